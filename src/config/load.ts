@@ -1,0 +1,115 @@
+import { hostname } from "node:os";
+import { parse as parseYaml } from "yaml";
+import { ConfigError } from "../errors.ts";
+import { configSchema, type ParsedConfig, type PoolConfig } from "./schema.ts";
+import { Secret } from "./secret.ts";
+
+export type { PoolConfig } from "./schema.ts";
+
+export interface Config extends Omit<ParsedConfig, "worker"> {
+  worker: ParsedConfig["worker"] & { hostId: string };
+  secrets: { privateKey: Secret; webhookSecret: Secret };
+}
+
+export interface LoadSources {
+  /** YAML text of the config file. */
+  text: string;
+  /** Environment, for secrets and overrides (JITRUNNER_*). */
+  env: Record<string, string | undefined>;
+  /** Reads a secret file; throws if it cannot. */
+  readFile: (path: string) => string;
+}
+
+/**
+ * Turns config text and environment into a validated Config, or throws ConfigError with every
+ * problem found. Pure apart from `readFile`. Secret values never appear in the errors.
+ */
+export function loadConfig({ text, env, readFile }: LoadSources): Config {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text) ?? {};
+  } catch (err) {
+    throw new ConfigError([`config is not valid YAML: ${(err as Error).message.split("\n")[0]}`]);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new ConfigError(["config must be a YAML mapping"]);
+  }
+  applyEnvOverrides(raw as Record<string, any>, env);
+
+  const problems: string[] = [];
+  const parsed = configSchema.safeParse(raw);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const where = issue.path.length ? issue.path.join(".") : "(top level)";
+      problems.push(`${where}: ${issue.message}`);
+    }
+  }
+
+  const secret = (what: string, envName: string, file: string | undefined): Secret | undefined => {
+    const fromEnv = env[envName];
+    if (fromEnv) return new Secret(normalizeSecret(fromEnv));
+    if (!file) {
+      problems.push(`${what}: set ${envName} or github.${what}File`);
+      return undefined;
+    }
+    try {
+      const value = normalizeSecret(readFile(file));
+      if (!value) problems.push(`github.${what}File: ${file} is empty`);
+      return new Secret(value);
+    } catch (err) {
+      problems.push(`github.${what}File: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+      return undefined;
+    }
+  };
+  const gh = (raw as Record<string, any>).github ?? {};
+  const privateKey = secret("privateKey", "JITRUNNER_GITHUB_PRIVATE_KEY", gh.privateKeyFile);
+  const webhookSecret = secret("webhookSecret", "JITRUNNER_GITHUB_WEBHOOK_SECRET", gh.webhookSecretFile);
+  if (privateKey && privateKey.reveal() && !privateKey.reveal().includes("PRIVATE KEY-----")) {
+    problems.push("privateKey: not a PEM private key (expected '-----BEGIN ... PRIVATE KEY-----')");
+  }
+
+  if (parsed.success) problems.push(...crossCheck(parsed.data));
+  if (problems.length > 0 || !parsed.success || !privateKey || !webhookSecret) {
+    throw new ConfigError(problems);
+  }
+  return {
+    ...parsed.data,
+    worker: { ...parsed.data.worker, hostId: parsed.data.worker.hostId ?? sanitizeHost(hostname()) },
+    secrets: { privateKey, webhookSecret },
+  };
+}
+
+function crossCheck(config: ParsedConfig): string[] {
+  const problems: string[] = [];
+  const seen = new Set<string>();
+  config.pools.forEach((pool: PoolConfig, i) => {
+    if (seen.has(pool.name)) problems.push(`pools.${i}.name: duplicate pool name '${pool.name}'`);
+    seen.add(pool.name);
+  });
+  for (const [i, wanted] of config.worker.pools.entries()) {
+    if (!seen.has(wanted)) problems.push(`worker.pools.${i}: no pool named '${wanted}'`);
+  }
+  const d = config.worker.docker;
+  if (d.socketPath && d.host) problems.push("worker.docker: give socketPath or host, not both");
+  return problems;
+}
+
+/** JITRUNNER_REDIS_URL and friends override the file, so one file serves several hosts. */
+function applyEnvOverrides(raw: Record<string, any>, env: Record<string, string | undefined>): void {
+  const set = (section: string, key: string, value: unknown) => {
+    raw[section] = { ...(raw[section] ?? {}), [key]: value };
+  };
+  if (env.JITRUNNER_REDIS_URL) set("redis", "url", env.JITRUNNER_REDIS_URL);
+  if (env.JITRUNNER_HOST_ID) set("worker", "hostId", env.JITRUNNER_HOST_ID);
+  if (env.JITRUNNER_PORT) set("server", "port", Number(env.JITRUNNER_PORT));
+  if (env.JITRUNNER_LOG_LEVEL) raw.logLevel = env.JITRUNNER_LOG_LEVEL;
+}
+
+/** Secrets from files often end in a newline; PEMs passed through env often carry literal \n. */
+function normalizeSecret(value: string): string {
+  return value.replace(/\\n/g, "\n").trim();
+}
+
+function sanitizeHost(name: string): string {
+  return name.replace(/[^A-Za-z0-9_.-]/g, "-").slice(0, 63) || "host";
+}

@@ -1,0 +1,109 @@
+import { z } from "zod";
+
+/** Isolation profiles of a runner container (DESIGN.md, "Runner containers"). */
+export const ISOLATION_PROFILES = ["privileged", "capabilities", "sysbox"] as const;
+export type Isolation = (typeof ISOLATION_PROFILES)[number];
+
+const name = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]{0,30}$/, "must be 1-31 characters of a-z, 0-9 and '-', starting with a letter or digit");
+
+const label = z.string().min(1).max(256);
+
+const mount = z
+  .object({
+    source: z.string().min(1),
+    target: z.string().startsWith("/", "must be an absolute path"),
+    readOnly: z.boolean().default(false),
+  })
+  .strict();
+
+const pool = z
+  .object({
+    name,
+    labels: z.array(label).min(1).max(100),
+    image: z.string().min(1),
+    scope: z.enum(["repository", "organization"]).default("repository"),
+    runnerGroupId: z.number().int().positive().default(1),
+    isolation: z.enum(ISOLATION_PROFILES).default("privileged"),
+    capDrop: z.array(z.string().regex(/^[A-Z_]+$/)).default(["SYS_RESOURCE"]),
+    resources: z
+      .object({
+        cpus: z.number().positive().optional(),
+        memoryMb: z.number().int().positive().optional(),
+        pidsLimit: z.number().int().positive().optional(),
+      })
+      .strict()
+      .prefault({}),
+    networkMode: z.string().min(1).default("bridge"),
+    mounts: z.array(mount).default([]),
+    env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
+    allowPublicRepositories: z.boolean().default(false),
+    idleTimeoutSeconds: z.number().int().positive().default(600),
+  })
+  .strict();
+
+const docker = z
+  .object({
+    socketPath: z.string().optional(),
+    host: z.string().optional(),
+    port: z.number().int().positive().optional(),
+    protocol: z.enum(["http", "https", "ssh"]).optional(),
+  })
+  .strict()
+  .prefault({});
+
+export const configSchema = z
+  .object({
+    github: z
+      .object({
+        appId: z.number().int().positive(),
+        apiUrl: z.url().default("https://api.github.com"),
+        privateKeyFile: z.string().optional(),
+        webhookSecretFile: z.string().optional(),
+        checkStillQueued: z.boolean().default(true),
+      })
+      .strict(),
+    redis: z
+      .object({
+        url: z.string().regex(/^rediss?:\/\//, "must be a redis:// or rediss:// URL").default("redis://127.0.0.1:6379"),
+        prefix: z.string().regex(/^[A-Za-z0-9_-]+$/).default("jitrunner"),
+      })
+      .strict()
+      .prefault({}),
+    server: z
+      .object({
+        host: z.string().default("0.0.0.0"),
+        port: z.number().int().min(0).max(65535).default(8080),
+        bodyLimitBytes: z.number().int().positive().default(25 * 1024 * 1024),
+      })
+      .strict()
+      .prefault({}),
+    worker: z
+      .object({
+        hostId: z.string().regex(/^[A-Za-z0-9_.-]{1,63}$/).optional(),
+        capacity: z.number().int().positive().default(4),
+        pools: z.array(name).default([]),
+        docker,
+        completedGraceSeconds: z.number().nonnegative().default(30),
+        launchAttempts: z.number().int().positive().default(5),
+        reconcileIntervalSeconds: z.number().positive().default(30),
+      })
+      .strict()
+      .prefault({}),
+    policy: z
+      .object({
+        allowedOwners: z.array(z.string().min(1)).default([]),
+        allowedRepositories: z.array(z.string().regex(/^[^/\s]+\/[^/\s]+$/, "must be owner/repo")).default([]),
+      })
+      .strict()
+      .prefault({}),
+    runnerNamePrefix: z.string().regex(/^[a-z0-9][a-z0-9-]{0,15}$/).default("jitrunner"),
+    logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace"]).default("info"),
+    pools: z.array(pool).min(1, "at least one pool is needed"),
+  })
+  .strict();
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;
+export type PoolConfig = ParsedConfig["pools"][number];

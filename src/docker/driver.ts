@@ -1,0 +1,38 @@
+import type { Isolation } from "../config/schema.ts";
+import type { Secret } from "../config/secret.ts";
+
+/** Everything needed to create one runner container. */
+export interface RunnerSpec {
+  name: string;
+  image: string;
+  /** The JIT config; becomes ACTIONS_RUNNER_INPUT_JITCONFIG in the container. */
+  jitConfig: Secret;
+  env: Record<string, string>;
+  labels: Record<string, string>;
+  isolation: Isolation;
+  capDrop: string[];
+  resources: { cpus?: number; memoryMb?: number; pidsLimit?: number };
+  networkMode: string;
+  mounts: Array<{ source: string; target: string; readOnly: boolean }>;
+}
+
+export interface RunnerContainer {
+  id: string;
+  name: string;
+  labels: Record<string, string>;
+  running: boolean;
+  createdAt: number;
+}
+
+/** The Docker engine as the worker needs it. One real implementation: DockerodeDriver. */
+export interface RunnerDriver {
+  ping(): Promise<void>;
+  create(spec: RunnerSpec): Promise<string>;
+  start(id: string): Promise<void>;
+  /** Resolves when the container stops (or is gone), or when `signal` aborts. */
+  wait(id: string, signal: AbortSignal): Promise<{ exitCode: number | null }>;
+  /** Removes the container and its anonymous volumes; a missing container is not an error. */
+  remove(id: string): Promise<void>;
+  /** Containers carrying all of these labels, running or not. */
+  list(labels: Record<string, string>): Promise<RunnerContainer[]>;
+}

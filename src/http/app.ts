@@ -1,0 +1,47 @@
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import type { Logger } from "pino";
+import type { Secret } from "../config/secret.ts";
+import type { Ingress } from "../ingress/ingress.ts";
+import type { Metrics } from "../metrics/metrics.ts";
+import { webhookRoutes } from "./webhooks.ts";
+
+export interface AppDeps {
+  logger: Logger;
+  metrics: Metrics;
+  /** Absent in `worker` mode: no webhook route. */
+  webhooks?: { secret: Secret; bodyLimit: number; ingress: Ingress };
+  /** Problems that make this process unready (empty: ready). */
+  readiness: () => Promise<string[]>;
+}
+
+/** Builds the HTTP app without listening: main.ts listens, tests use inject(). */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: deps.logger as FastifyBaseLogger,
+    disableRequestLogging: true,
+    bodyLimit: deps.webhooks?.bodyLimit ?? 1024 * 1024,
+    return503OnClosing: true,
+  });
+
+  app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
+    if (status >= 500) req.log.error({ err: { message: err.message, code: (err as { code?: string }).code } }, "request failed");
+    return reply.code(status).send({ error: status >= 500 ? "internal error" : err.message });
+  });
+
+  app.get("/healthz", async () => ({ status: "ok" }));
+  app.get("/readyz", async (_req, reply) => {
+    const problems = await deps.readiness();
+    return reply.code(problems.length ? 503 : 200).send({ status: problems.length ? "unready" : "ready", problems });
+  });
+  app.get("/metrics", async (_req, reply) => {
+    const body = await deps.metrics.render();
+    return reply.type("text/plain; version=0.0.4; charset=utf-8").send(body);
+  });
+
+  if (deps.webhooks) {
+    const { secret, bodyLimit, ingress } = deps.webhooks;
+    await app.register(webhookRoutes, { secret, bodyLimit, ingress, metrics: deps.metrics });
+  }
+  return app;
+}

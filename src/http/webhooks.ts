@@ -1,0 +1,65 @@
+import { Webhooks } from "@octokit/webhooks";
+import type { FastifyInstance } from "fastify";
+import type { Secret } from "../config/secret.ts";
+import type { Ingress } from "../ingress/ingress.ts";
+import type { Metrics } from "../metrics/metrics.ts";
+
+export interface WebhookRouteOptions {
+  secret: Secret;
+  bodyLimit: number;
+  ingress: Ingress;
+  metrics: Metrics;
+}
+
+/**
+ * POST /webhooks/github. The signature is checked over the raw bytes before anything is parsed;
+ * only verified deliveries reach the ingress. GitHub waits 10 s for an answer and does not retry,
+ * so the answer comes as soon as the demand is in Redis.
+ */
+export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOptions): Promise<void> {
+  const verifier = new Webhooks({ secret: opts.secret.reveal() });
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser("application/json", { parseAs: "buffer", bodyLimit: opts.bodyLimit }, (_req, body, done) => {
+    done(null, body);
+  });
+
+  app.post("/webhooks/github", async (req, reply) => {
+    const receivedAt = Date.now();
+    const event = header(req.headers["x-github-event"]);
+    const deliveryId = header(req.headers["x-github-delivery"]) ?? "none";
+    const signature = header(req.headers["x-hub-signature-256"]);
+    const body = req.body;
+    if (!signature || !Buffer.isBuffer(body)) {
+      opts.metrics.delivery(event ?? "none", "none", "unsigned");
+      return reply.code(401).send({ error: "missing X-Hub-Signature-256" });
+    }
+    if (!(await verify(verifier, body, signature))) {
+      opts.metrics.delivery(event ?? "none", "none", "bad_signature");
+      return reply.code(401).send({ error: "signature does not match" });
+    }
+    if (!event) return reply.code(400).send({ error: "missing X-GitHub-Event" });
+    let payload: unknown;
+    try {
+      payload = JSON.parse(body.toString("utf8"));
+    } catch {
+      opts.metrics.delivery(event, "none", "malformed");
+      return reply.code(400).send({ error: "body is not valid JSON" });
+    }
+    const outcome = await opts.ingress.handle({ event, deliveryId, payload, receivedAt });
+    if (outcome === "malformed") return reply.code(400).send({ error: "not a valid workflow_job payload" });
+    return reply.code(event === "ping" ? 200 : 202).send({ outcome });
+  });
+}
+
+async function verify(verifier: Webhooks, body: Buffer, signature: string): Promise<boolean> {
+  if (!/^sha256=[0-9a-f]{64}$/i.test(signature)) return false;
+  try {
+    return await verifier.verify(body.toString("utf8"), signature);
+  } catch {
+    return false;
+  }
+}
+
+function header(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}

@@ -1,0 +1,117 @@
+import type { Logger } from "pino";
+import type { Config } from "../config/load.ts";
+import { demandId, type Demand } from "../demand.ts";
+import type { Metrics } from "../metrics/metrics.ts";
+import { isOurRunner } from "../worker/names.ts";
+import { decideQueued, type WorkflowJobEvent } from "./policy.ts";
+import { matchPool } from "./pools.ts";
+
+/** Where accepted demand goes (the BullMQ queues in production). */
+export interface DemandSink {
+  add(demand: Demand): Promise<"added" | "duplicate">;
+  cancel(pool: string, demandId: string): Promise<boolean>;
+}
+
+/** Where runner state changes from webhooks go (the Redis runner records). */
+export interface RunnerMarks {
+  mark(name: string, state: "busy" | "completed", jobId: number): Promise<boolean>;
+}
+
+export interface Delivery {
+  event: string;
+  deliveryId: string;
+  payload: unknown;
+  receivedAt: number;
+}
+
+export interface IngressDeps {
+  config: Pick<Config, "pools" | "policy" | "runnerNamePrefix">;
+  demand: DemandSink;
+  runners: RunnerMarks;
+  metrics: Metrics;
+  logger: Logger;
+}
+
+/**
+ * Acts on one verified, parsed delivery and says what it did. Only `workflow_job` matters;
+ * every other event is acknowledged and counted.
+ */
+export class Ingress {
+  readonly #deps: IngressDeps;
+  constructor(deps: IngressDeps) {
+    this.#deps = deps;
+  }
+
+  async handle(delivery: Delivery): Promise<string> {
+    const action = actionOf(delivery.payload);
+    let outcome: string;
+    if (delivery.event === "ping") outcome = "pong";
+    else if (delivery.event !== "workflow_job") outcome = "ignored_event";
+    else if (!isWorkflowJob(delivery.payload)) outcome = "malformed";
+    else outcome = await this.#workflowJob(delivery.payload, delivery);
+    this.#deps.metrics.delivery(delivery.event, action, outcome);
+    return outcome;
+  }
+
+  async #workflowJob(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
+    const { config, logger } = this.#deps;
+    const job = event.workflow_job;
+    const log = logger.child({ deliveryId: delivery.deliveryId, jobId: job.id, action: event.action });
+    switch (event.action) {
+      case "queued": {
+        const decision = decideQueued(event, config, { deliveryId: delivery.deliveryId, receivedAt: delivery.receivedAt });
+        if (decision.kind === "ignore") {
+          log.debug({ reason: decision.reason }, "queued job ignored");
+          return `ignored_${decision.reason}`;
+        }
+        const result = await this.#deps.demand.add(decision.demand);
+        if (result === "added") log.info({ pool: decision.pool.name, repo: event.repository.full_name }, "demand queued");
+        return result === "added" ? "queued" : "duplicate";
+      }
+      case "in_progress": {
+        if (!isOurRunner(config.runnerNamePrefix, job.runner_name)) return "not_ours";
+        const known = await this.#deps.runners.mark(job.runner_name!, "busy", job.id);
+        if (known) log.info({ runner: job.runner_name }, "runner busy");
+        return known ? "runner_busy" : "runner_unknown";
+      }
+      case "completed": {
+        if (isOurRunner(config.runnerNamePrefix, job.runner_name)) {
+          const known = await this.#deps.runners.mark(job.runner_name!, "completed", job.id);
+          if (known) log.info({ runner: job.runner_name }, "runner completed its job");
+          return known ? "runner_completed" : "runner_unknown";
+        }
+        if (job.runner_name) return "not_ours";
+        // Completed without a runner: cancelled while queued. Drop its demand if still waiting.
+        const pool = matchPool(job.labels, config.pools);
+        if (!pool) return "no_pool";
+        const dropped = await this.#deps.demand.cancel(pool.name, demandId(job.id, job.run_attempt ?? 1));
+        if (dropped) log.info({ pool: pool.name }, "demand dropped: job ended before it got a runner");
+        return dropped ? "demand_cancelled" : "no_demand";
+      }
+      default:
+        return "ignored_action";
+    }
+  }
+}
+
+function actionOf(payload: unknown): string {
+  const action = (payload as { action?: unknown } | null)?.action;
+  return typeof action === "string" ? action : "none";
+}
+
+function isWorkflowJob(p: unknown): p is WorkflowJobEvent {
+  const e = p as WorkflowJobEvent;
+  const j = e?.workflow_job;
+  return (
+    typeof e?.action === "string" &&
+    typeof j === "object" && j !== null &&
+    Number.isSafeInteger(j.id) &&
+    (j.run_id === undefined || Number.isSafeInteger(j.run_id)) &&
+    (j.run_attempt === undefined || Number.isSafeInteger(j.run_attempt)) &&
+    typeof j.status === "string" &&
+    Array.isArray(j.labels) && j.labels.every((l) => typeof l === "string") &&
+    typeof e.repository?.name === "string" &&
+    typeof e.repository?.full_name === "string" &&
+    typeof e.repository?.owner?.login === "string"
+  );
+}

@@ -1,0 +1,69 @@
+import type { Config, PoolConfig } from "../config/load.ts";
+import type { Demand } from "../demand.ts";
+import { matchPool } from "./pools.ts";
+
+/** The parts of a `workflow_job` webhook payload that jitrunner reads. */
+export interface WorkflowJobEvent {
+  action: string;
+  workflow_job: {
+    id: number;
+    run_id: number;
+    /** Absent in some of GitHub's own example payloads: then 1. */
+    run_attempt?: number;
+    status: string;
+    labels: string[];
+    runner_name: string | null;
+    created_at?: string;
+    started_at?: string | null;
+  };
+  repository: { name: string; full_name: string; private: boolean; visibility?: string; owner: { login: string } };
+  installation?: { id: number };
+}
+
+export type QueuedDecision =
+  | { kind: "enqueue"; demand: Demand; pool: PoolConfig }
+  | { kind: "ignore"; reason: "not_queued" | "no_pool" | "owner_not_allowed" | "repo_not_allowed" | "public_repo" | "no_installation" };
+
+/** What to do with a `queued` delivery. Pure: policy and pool matching only. */
+export function decideQueued(
+  event: WorkflowJobEvent,
+  config: Pick<Config, "pools" | "policy">,
+  meta: { deliveryId: string; receivedAt: number },
+): QueuedDecision {
+  const job = event.workflow_job;
+  if (job.status !== "queued") return { kind: "ignore", reason: "not_queued" };
+  const owner = event.repository.owner.login;
+  const fullName = event.repository.full_name;
+  const { allowedOwners, allowedRepositories } = config.policy;
+  if (allowedOwners.length > 0 && !allowedOwners.some((o) => o.toLowerCase() === owner.toLowerCase())) {
+    return { kind: "ignore", reason: "owner_not_allowed" };
+  }
+  if (allowedRepositories.length > 0 && !allowedRepositories.some((r) => r.toLowerCase() === fullName.toLowerCase())) {
+    return { kind: "ignore", reason: "repo_not_allowed" };
+  }
+  const pool = matchPool(job.labels, config.pools);
+  if (!pool) return { kind: "ignore", reason: "no_pool" };
+  if (isPublic(event.repository) && !pool.allowPublicRepositories) return { kind: "ignore", reason: "public_repo" };
+  const installationId = event.installation?.id;
+  if (!installationId) return { kind: "ignore", reason: "no_installation" };
+  return {
+    kind: "enqueue",
+    pool,
+    demand: {
+      pool: pool.name,
+      jobId: job.id,
+      runId: job.run_id,
+      runAttempt: job.run_attempt ?? 1,
+      owner,
+      repo: event.repository.name,
+      installationId,
+      labels: job.labels,
+      receivedAt: meta.receivedAt,
+      deliveryId: meta.deliveryId,
+    },
+  };
+}
+
+function isPublic(repo: WorkflowJobEvent["repository"]): boolean {
+  return repo.visibility ? repo.visibility === "public" : !repo.private;
+}

@@ -1,0 +1,125 @@
+import type { FastifyInstance } from "fastify";
+import type { Redis } from "ioredis";
+import type { Logger } from "pino";
+import type { Config } from "./config/load.ts";
+import { DockerodeDriver } from "./docker/dockerode-driver.ts";
+import { errorMessage } from "./errors.ts";
+import { OctokitGitHub } from "./github/octokit-client.ts";
+import { buildApp } from "./http/app.ts";
+import { Ingress } from "./ingress/ingress.ts";
+import { Metrics } from "./metrics/metrics.ts";
+import { DemandConsumer, DemandQueues, redisConnection } from "./queue/demand-queue.ts";
+import { RunnerStore } from "./state/runners.ts";
+import { Launcher } from "./worker/launcher.ts";
+import { RunnerEvents } from "./worker/runner-events.ts";
+import { RunnerWorker } from "./worker/worker.ts";
+
+export type Mode = "server" | "worker" | "all";
+
+export interface Running {
+  app: FastifyInstance;
+  /** http://host:port the HTTP server listens on. */
+  url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * The composition root: builds every collaborator from the config, starts the parts this mode
+ * runs, and returns one `close` that stops them in order (no new webhooks, no new demand, finish
+ * in-flight launches, close connections; running runners keep running).
+ */
+export async function start(config: Config, mode: Mode, logger: Logger): Promise<Running> {
+  const connections: Redis[] = [];
+  const connect = (): Redis => {
+    const c = redisConnection(config.redis.url);
+    c.on("error", (err) => logger.debug({ err: errorMessage(err) }, "redis connection error"));
+    connections.push(c);
+    return c;
+  };
+  const redis = connect();
+  const metrics = new Metrics();
+  const runners = new RunnerStore(redis, config.redis.prefix);
+  const settings = { redisUrl: config.redis.url, prefix: config.redis.prefix, attempts: config.worker.launchAttempts };
+  const allPools = config.pools.map((p) => p.name);
+
+  let queues: DemandQueues | undefined;
+  let ingress: Ingress | undefined;
+  if (mode !== "worker") {
+    queues = new DemandQueues(settings, redis);
+    ingress = new Ingress({ config, demand: queues, runners, metrics, logger });
+    const q = queues;
+    metrics.onScrape(async () => {
+      for (const [pool, n] of await q.pending(allPools)) metrics.demandPending(pool, n);
+    });
+  }
+
+  let worker: RunnerWorker | undefined;
+  let events: RunnerEvents | undefined;
+  if (mode !== "server") {
+    const host = config.worker.hostId;
+    const driver = new DockerodeDriver(config.worker.docker);
+    const github = new OctokitGitHub({
+      appId: config.github.appId,
+      privateKey: config.secrets.privateKey,
+      apiUrl: config.github.apiUrl,
+      logger,
+      metrics,
+    });
+    events = new RunnerEvents(connect(), runners.eventsChannel);
+    await events.start();
+    const launcher = new Launcher({
+      host,
+      namePrefix: config.runnerNamePrefix,
+      completedGraceSeconds: config.worker.completedGraceSeconds,
+      driver,
+      github,
+      runners,
+      events,
+      metrics,
+    });
+    const served = config.worker.pools.length ? config.pools.filter((p) => config.worker.pools.includes(p.name)) : config.pools;
+    const sources = new Map(served.map((p) => [p.name, new DemandConsumer(settings, connect(), p.name, `${host}:${process.pid}`)]));
+    worker = new RunnerWorker({
+      host,
+      capacity: config.worker.capacity,
+      pools: served,
+      checkStillQueued: config.github.checkStillQueued,
+      namePrefix: config.runnerNamePrefix,
+      reconcileIntervalSeconds: config.worker.reconcileIntervalSeconds,
+      sources,
+      launcher,
+      driver,
+      github,
+      runners,
+      metrics,
+      logger: logger.child({ host }),
+    });
+    await worker.start();
+  }
+
+  const w = worker;
+  const app = await buildApp({
+    logger,
+    metrics,
+    webhooks: ingress ? { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress } : undefined,
+    readiness: async () => {
+      const problems: string[] = [];
+      await redis.ping().catch((err) => problems.push(`redis: ${errorMessage(err)}`));
+      if (w?.problem) problems.push(w.problem);
+      return problems;
+    },
+  });
+  const url = await app.listen({ host: config.server.host, port: config.server.port });
+  logger.info({ mode, url }, "jitrunner started");
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      await app.close();
+      await worker?.stop();
+      await queues?.close();
+      await events?.close();
+      await Promise.allSettled(connections.map((c) => c.quit()));
+    })());
+  return { app, url, close };
+}

@@ -1,0 +1,115 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+const LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300];
+
+/**
+ * The one place that knows metric names. Domain methods only; label values are bounded
+ * (pools, hosts, states, outcomes, routes; never job ids or runner names).
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly #deliveries = new Counter({
+    name: "jitrunner_webhook_deliveries_total",
+    help: "Webhook deliveries received, by event, action and outcome",
+    labelNames: ["event", "action", "outcome"],
+    registers: [this.registry],
+  });
+  readonly #runners = new Gauge({
+    name: "jitrunner_runners",
+    help: "Runner containers this process manages, by pool, host and state",
+    labelNames: ["pool", "host", "state"],
+    registers: [this.registry],
+  });
+  readonly #demandPending = new Gauge({
+    name: "jitrunner_demand_pending",
+    help: "Queued jobs waiting for a worker, per pool",
+    labelNames: ["pool"],
+    registers: [this.registry],
+  });
+  readonly #launch = new Histogram({
+    name: "jitrunner_launch_duration_seconds",
+    help: "Demand taken by a worker -> runner container started",
+    labelNames: ["pool"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly #pickup = new Histogram({
+    name: "jitrunner_pickup_latency_seconds",
+    help: "Queued webhook received -> runner container started",
+    labelNames: ["pool"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly #launchFailures = new Counter({
+    name: "jitrunner_launch_failures_total",
+    help: "Failed runner launches, by pool and reason",
+    labelNames: ["pool", "reason"],
+    registers: [this.registry],
+  });
+  readonly #removals = new Counter({
+    name: "jitrunner_runner_removals_total",
+    help: "Runner containers removed, by pool and reason",
+    labelNames: ["pool", "reason"],
+    registers: [this.registry],
+  });
+  readonly #githubRequests = new Counter({
+    name: "jitrunner_github_requests_total",
+    help: "GitHub API requests, by route template and status (0: no response)",
+    labelNames: ["route", "status"],
+    registers: [this.registry],
+  });
+  readonly #rateLimit = new Gauge({
+    name: "jitrunner_github_rate_limit_remaining",
+    help: "GitHub API requests remaining in the current window, per installation",
+    labelNames: ["installation"],
+    registers: [this.registry],
+  });
+
+  constructor(opts: { processMetrics?: boolean } = {}) {
+    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: "jitrunner_" });
+  }
+
+  delivery(event: string, action: string, outcome: string): void {
+    this.#deliveries.inc({ event: bounded(event), action: bounded(action), outcome });
+  }
+  runners(host: string, counts: ReadonlyMap<string, ReadonlyMap<string, number>>): void {
+    this.#runners.reset();
+    for (const [pool, byState] of counts) {
+      for (const [state, n] of byState) this.#runners.set({ pool, host, state }, n);
+    }
+  }
+  demandPending(pool: string, n: number): void {
+    this.#demandPending.set({ pool }, n);
+  }
+  launched(pool: string, launchSeconds: number, pickupSeconds: number): void {
+    this.#launch.observe({ pool }, launchSeconds);
+    this.#pickup.observe({ pool }, pickupSeconds);
+  }
+  launchFailed(pool: string, reason: string): void {
+    this.#launchFailures.inc({ pool, reason });
+  }
+  removed(pool: string, reason: string): void {
+    this.#removals.inc({ pool, reason });
+  }
+  githubRequest(route: string, status: number): void {
+    this.#githubRequests.inc({ route, status: String(status) });
+  }
+  githubRateLimitRemaining(installationId: number, remaining: number): void {
+    this.#rateLimit.set({ installation: String(installationId) }, remaining);
+  }
+  /** Called before each scrape. */
+  onScrape(fn: () => Promise<void>): void {
+    this.#scrapeHooks.push(fn);
+  }
+  readonly #scrapeHooks: Array<() => Promise<void>> = [];
+
+  async render(): Promise<string> {
+    await Promise.allSettled(this.#scrapeHooks.map((fn) => fn()));
+    return this.registry.metrics();
+  }
+}
+
+/** Event and action names come from the sender: keep the label set bounded. */
+function bounded(value: string): string {
+  return /^[a-z_]{1,40}$/.test(value) ? value : "other";
+}

@@ -1,0 +1,163 @@
+/**
+ * The only module that imports BullMQ. One queue per pool; the server adds demand, workers lease
+ * it. A lease lasts as long as the runner launched for it: a worker that dies stops renewing the
+ * lock, BullMQ's stalled check puts the demand back, and another worker takes it.
+ */
+import { Queue, UnrecoverableError, Worker, type Job, type RedisConnection } from "bullmq";
+import { Redis, type RedisOptions } from "ioredis";
+import type { Demand } from "../demand.ts";
+import { demandId } from "../demand.ts";
+
+/** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
+const SEEN_TTL_SECONDS = 3 * 24 * 3600;
+const LOCK_MS = 30_000;
+
+export interface QueueSettings {
+  redisUrl: string;
+  prefix: string;
+  attempts: number;
+}
+
+export function redisConnection(url: string, extra: RedisOptions = {}): Redis {
+  // BullMQ needs maxRetriesPerRequest: null on connections it blocks on.
+  return new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, ...extra });
+}
+
+function queueName(pool: string): string {
+  return `demand-${pool}`;
+}
+
+/** The producer side, used by the server. */
+export class DemandQueues {
+  readonly #settings: QueueSettings;
+  readonly #redis: Redis;
+  readonly #queues = new Map<string, Queue>();
+
+  constructor(settings: QueueSettings, redis: Redis) {
+    this.#settings = settings;
+    this.#redis = redis;
+  }
+
+  #queue(pool: string): Queue {
+    let q = this.#queues.get(pool);
+    if (!q) {
+      q = new Queue(queueName(pool), { connection: this.#redis, prefix: `${this.#settings.prefix}:bull` });
+      this.#queues.set(pool, q);
+    }
+    return q;
+  }
+
+  /** Adds the demand once per (job id, run attempt); a redelivery adds nothing. */
+  async add(demand: Demand): Promise<"added" | "duplicate"> {
+    const id = demandId(demand.jobId, demand.runAttempt);
+    const seenKey = `${this.#settings.prefix}:seen:${id}`;
+    const fresh = await this.#redis.set(seenKey, demand.pool, "EX", SEEN_TTL_SECONDS, "NX");
+    if (fresh === null) return "duplicate";
+    try {
+      await this.#queue(demand.pool).add("runner", demand, {
+        jobId: id,
+        attempts: this.#settings.attempts,
+        backoff: { type: "exponential", delay: 2000 },
+        removeOnComplete: { age: 3600, count: 5000 },
+        removeOnFail: { age: SEEN_TTL_SECONDS },
+      });
+    } catch (err) {
+      await this.#redis.del(seenKey).catch(() => undefined);
+      throw err;
+    }
+    return "added";
+  }
+
+  /** Drops a demand that is still waiting (its job was cancelled). False if it is taken or gone. */
+  async cancel(pool: string, id: string): Promise<boolean> {
+    const job = await this.#queue(pool).getJob(id);
+    if (!job) return false;
+    const state = await job.getState();
+    if (state !== "waiting" && state !== "delayed" && state !== "prioritized") return false;
+    return (await this.#queue(pool).remove(id)) === 1;
+  }
+
+  /** Demand not yet taken by a worker, per pool. */
+  async pending(pools: readonly string[]): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    for (const pool of pools) {
+      out.set(pool, await this.#queue(pool).getJobCountByTypes("waiting", "delayed", "prioritized", "paused"));
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#queues.values()].map((q) => q.close()));
+  }
+}
+
+/** A worker's hold on one demand, for the life of the runner launched for it. */
+export interface Lease {
+  readonly id: string;
+  readonly demand: Demand;
+  /** 1 on the first try. */
+  readonly attempt: number;
+  complete(result: string): Promise<void>;
+  /** Give the demand back: retried with backoff while attempts remain, unless `final`. */
+  fail(err: Error, final: boolean): Promise<void>;
+}
+
+/** The consumer side for one pool, used by a worker; it takes demand only when asked. */
+export class DemandConsumer {
+  readonly #worker: Worker<Demand>;
+  readonly #token: string;
+
+  constructor(settings: QueueSettings, connection: Redis, pool: string, workerId: string) {
+    this.#token = workerId;
+    this.#worker = new Worker<Demand>(queueName(pool), null, {
+      connection: connection as unknown as RedisConnection as never,
+      prefix: `${settings.prefix}:bull`,
+      autorun: false,
+      lockDuration: LOCK_MS,
+      maxStalledCount: 3,
+      stalledInterval: LOCK_MS,
+      drainDelay: 2,
+      name: workerId,
+    });
+    this.#worker.on("error", () => undefined);
+  }
+
+  async start(): Promise<void> {
+    await this.#worker.waitUntilReady();
+    await this.#worker.startStalledCheckTimer();
+  }
+
+  /** Waits up to about two seconds for demand; undefined when there is none. */
+  async next(): Promise<Lease | undefined> {
+    const job = (await this.#worker.getNextJob(this.#token, { block: true })) as Job<Demand> | undefined;
+    if (!job?.id) return undefined;
+    return this.#lease(job);
+  }
+
+  #lease(job: Job<Demand>): Lease {
+    const token = this.#token;
+    const renew = setInterval(() => {
+      job.extendLock(token, LOCK_MS).catch(() => undefined);
+    }, LOCK_MS / 3);
+    renew.unref();
+    let settled = false;
+    const settle = async (fn: () => Promise<unknown>) => {
+      if (settled) return;
+      settled = true;
+      clearInterval(renew);
+      await fn();
+    };
+    return {
+      id: job.id!,
+      demand: job.data,
+      attempt: job.attemptsMade + 1,
+      complete: (result) => settle(() => job.moveToCompleted(result, token, false)),
+      fail: (err, final) =>
+        settle(() => job.moveToFailed(final ? new UnrecoverableError(err.message) : err, token, false)),
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.#worker.close();
+  }
+}

@@ -1,0 +1,128 @@
+import type { Redis } from "ioredis";
+
+export type RunnerState = "registering" | "starting" | "idle" | "busy" | "completed";
+
+/** What Redis holds about one runner we created. */
+export interface RunnerRecord {
+  name: string;
+  pool: string;
+  host: string;
+  state: RunnerState;
+  installationId: number;
+  owner: string;
+  /** Empty for organization-scoped runners. */
+  repo: string;
+  runnerId?: number;
+  containerId?: string;
+  demandId: string;
+  createdAt: number;
+  jobId?: number;
+}
+
+const MARK_IF_EXISTS = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'state') == 'completed' then
+  if ARGV[1] ~= 'completed' then return 2 end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'jobId', ARGV[2], ARGV[1] .. 'At', ARGV[3])
+return 1`;
+
+/**
+ * Redis records of runners, keyed by runner name, with one index set per host. Records are
+ * written by workers; the server only marks existing ones busy or completed from webhooks and
+ * publishes the change so the owning worker reacts at once.
+ */
+export class RunnerStore {
+  readonly #redis: Redis;
+  readonly #prefix: string;
+
+  constructor(redis: Redis, prefix: string) {
+    this.#redis = redis;
+    this.#prefix = prefix;
+    redis.defineCommand("jitrunnerMarkIfExists", { numberOfKeys: 1, lua: MARK_IF_EXISTS });
+  }
+
+  get eventsChannel(): string {
+    return `${this.#prefix}:runner-events`;
+  }
+
+  #key(name: string): string {
+    return `${this.#prefix}:runner:${name}`;
+  }
+  #hostKey(host: string): string {
+    return `${this.#prefix}:host:${host}:runners`;
+  }
+
+  #demandKey(demandId: string): string {
+    return `${this.#prefix}:demand-runner:${demandId}`;
+  }
+
+  async put(record: RunnerRecord): Promise<void> {
+    const fields: Record<string, string> = {};
+    for (const [k, v] of Object.entries(record)) if (v !== undefined) fields[k] = String(v);
+    await this.#redis
+      .multi()
+      .hset(this.#key(record.name), fields)
+      .sadd(this.#hostKey(record.host), record.name)
+      .set(this.#demandKey(record.demandId), record.name, "EX", 7 * 24 * 3600)
+      .exec();
+  }
+
+  /** The live runner launched for a demand, if any (a demand taken over from a stopped worker). */
+  async findByDemand(demandId: string): Promise<RunnerRecord | undefined> {
+    const name = await this.#redis.get(this.#demandKey(demandId));
+    return name ? this.get(name) : undefined;
+  }
+
+  async update(name: string, fields: Partial<Omit<RunnerRecord, "name">>): Promise<void> {
+    const values: Record<string, string> = {};
+    for (const [k, v] of Object.entries(fields)) if (v !== undefined) values[k] = String(v);
+    await this.#redis.hset(this.#key(name), values);
+  }
+
+  async get(name: string): Promise<RunnerRecord | undefined> {
+    const h = await this.#redis.hgetall(this.#key(name));
+    if (!h.name) return undefined;
+    return {
+      name: h.name,
+      pool: h.pool ?? "",
+      host: h.host ?? "",
+      state: (h.state ?? "registering") as RunnerState,
+      installationId: Number(h.installationId),
+      owner: h.owner ?? "",
+      repo: h.repo ?? "",
+      runnerId: h.runnerId ? Number(h.runnerId) : undefined,
+      containerId: h.containerId || undefined,
+      demandId: h.demandId ?? "",
+      createdAt: Number(h.createdAt),
+      jobId: h.jobId ? Number(h.jobId) : undefined,
+    };
+  }
+
+  async listHost(host: string): Promise<string[]> {
+    return this.#redis.smembers(this.#hostKey(host));
+  }
+
+  async remove(record: Pick<RunnerRecord, "name" | "host" | "demandId">): Promise<void> {
+    await this.#redis
+      .multi()
+      .del(this.#key(record.name))
+      .srem(this.#hostKey(record.host), record.name)
+      .del(this.#demandKey(record.demandId))
+      .exec();
+  }
+
+  /**
+   * From a webhook: mark a runner busy or completed if it is one of ours, and tell its worker.
+   * Returns false when no record exists (not ours, or already gone). `completed` is terminal: a
+   * late `in_progress` does not undo it.
+   */
+  async mark(name: string, state: "busy" | "completed", jobId: number): Promise<boolean> {
+    const redis = this.#redis as Redis & {
+      jitrunnerMarkIfExists(key: string, state: string, jobId: string, at: string): Promise<number>;
+    };
+    const result = await redis.jitrunnerMarkIfExists(this.#key(name), state, String(jobId), String(Date.now()));
+    if (result === 1) await this.#redis.publish(this.eventsChannel, JSON.stringify({ name, state }));
+    return result !== 0;
+  }
+}

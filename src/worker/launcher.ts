@@ -1,0 +1,189 @@
+import type { Logger } from "pino";
+import type { PoolConfig } from "../config/load.ts";
+import type { Demand } from "../demand.ts";
+import { demandId } from "../demand.ts";
+import { runnerLabels } from "../docker/labels.ts";
+import type { RunnerDriver, RunnerSpec } from "../docker/driver.ts";
+import { errorMessage } from "../errors.ts";
+import type { GitHubClient, RunnerScope } from "../github/client.ts";
+import type { Metrics } from "../metrics/metrics.ts";
+import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
+import { runnerName } from "./names.ts";
+import type { RunnerEvents } from "./runner-events.ts";
+
+export type LiveState = "starting" | "idle" | "busy" | "completed";
+
+/** A runner this process watches. */
+export interface Tracked {
+  record: RunnerRecord;
+  state: LiveState;
+}
+
+export interface LauncherDeps {
+  host: string;
+  namePrefix: string;
+  completedGraceSeconds: number;
+  driver: RunnerDriver;
+  github: GitHubClient;
+  runners: RunnerStore;
+  events: RunnerEvents;
+  metrics: Metrics;
+}
+
+export function scopeOf(record: Pick<RunnerRecord, "installationId" | "owner" | "repo">): RunnerScope {
+  return { installationId: record.installationId, owner: record.owner, repo: record.repo || undefined };
+}
+
+/**
+ * One runner's life on this host: register (JIT config), create, start, watch, tear down.
+ * Every step after registration that fails undoes the registration and the container.
+ */
+export class Launcher {
+  readonly tracked = new Map<string, Tracked>();
+  readonly #d: LauncherDeps;
+
+  constructor(deps: LauncherDeps) {
+    this.#d = deps;
+  }
+
+  async launch(demand: Demand, pool: PoolConfig, log: Logger): Promise<Tracked> {
+    const d = this.#d;
+    const name = runnerName(d.namePrefix, pool.name);
+    const record: RunnerRecord = {
+      name,
+      pool: pool.name,
+      host: d.host,
+      state: "registering",
+      installationId: demand.installationId,
+      owner: demand.owner,
+      repo: pool.scope === "repository" ? demand.repo : "",
+      demandId: demandId(demand.jobId, demand.runAttempt),
+      createdAt: Date.now(),
+    };
+    const tracked: Tracked = { record, state: "starting" };
+    this.tracked.set(name, tracked);
+    const rlog = log.child({ runner: name });
+    try {
+      // The record comes first: a crash at any later step leaves a trace the reconciler follows.
+      await d.runners.put(record);
+      const jit = await d.github.generateJitConfig(scopeOf(record), {
+        name,
+        labels: pool.labels,
+        runnerGroupId: pool.runnerGroupId,
+      });
+      record.runnerId = jit.runnerId;
+      await d.runners.update(name, { runnerId: jit.runnerId });
+      rlog.info({ runnerId: jit.runnerId }, "runner registered");
+      const spec: RunnerSpec = {
+        name,
+        image: pool.image,
+        jitConfig: jit.encodedJitConfig,
+        env: pool.env,
+        // Ours last, so pool config cannot relabel a container into another pool or host.
+        labels: runnerLabels({ pool: pool.name, host: d.host, runnerName: name, demandId: record.demandId }),
+        isolation: pool.isolation,
+        capDrop: pool.capDrop,
+        resources: pool.resources,
+        networkMode: pool.networkMode,
+        mounts: pool.mounts,
+      };
+      record.containerId = await d.driver.create(spec);
+      record.state = "starting";
+      await d.runners.update(name, { containerId: record.containerId, state: "starting" });
+      await d.driver.start(record.containerId);
+      tracked.state = "idle";
+      rlog.info({ container: record.containerId.slice(0, 12) }, "runner container started");
+      return tracked;
+    } catch (err) {
+      rlog.warn({ err: errorMessage(err) }, "launch failed; undoing registration and container");
+      await this.teardown(record, "launch_failed", rlog).catch((e) =>
+        rlog.warn({ err: errorMessage(e) }, "cleanup after failed launch incomplete; the reconciler will retry"),
+      );
+      throw err;
+    }
+  }
+
+  /**
+   * Waits until the runner is done: its container stopped, or `completed` came and the grace
+   * period passed, or it stayed idle past the pool's idle timeout and GitHub agreed to delete it.
+   */
+  watch(tracked: Tracked, pool: Pick<PoolConfig, "idleTimeoutSeconds">, log: Logger): Promise<string> {
+    const d = this.#d;
+    const { name, containerId } = tracked.record;
+    return new Promise((resolve) => {
+      const ac = new AbortController();
+      const timers: NodeJS.Timeout[] = [];
+      let finished = false;
+      const finish = (reason: string) => {
+        if (finished) return;
+        finished = true;
+        timers.forEach(clearTimeout);
+        off();
+        ac.abort();
+        resolve(reason);
+      };
+      const onState = (state: "busy" | "completed") => {
+        if (finished || tracked.state === "completed") return;
+        tracked.state = state;
+        if (state === "completed") {
+          timers.push(setTimeout(() => finish("completed_grace_expired"), d.completedGraceSeconds * 1000));
+        }
+      };
+      const off = d.events.on(name, onState);
+      // A webhook may have arrived before we listened.
+      d.runners.get(name).then((r) => r && (r.state === "busy" || r.state === "completed") && onState(r.state), () => undefined);
+      if (!containerId) return finish("no_container");
+      d.driver.wait(containerId, ac.signal).then(
+        () => finish("exited"),
+        (err) => {
+          log.warn({ err: errorMessage(err) }, "lost track of runner container");
+          finish("wait_failed");
+        },
+      );
+      const idleCheck = async () => {
+        if (finished || tracked.state === "busy" || tracked.state === "completed") return;
+        const result = await this.#deregister(tracked.record, log);
+        if (result === "busy") tracked.state = "busy";
+        else if (result) finish("idle_timeout");
+        else timers.push(setTimeout(idleCheck, 30_000));
+      };
+      timers.push(setTimeout(idleCheck, pool.idleTimeoutSeconds * 1000));
+    });
+  }
+
+  /** Removes the container and its volumes, the registration if it may still exist, the record. */
+  async teardown(record: RunnerRecord, reason: string, log: Logger): Promise<void> {
+    const d = this.#d;
+    try {
+      if (record.containerId) await d.driver.remove(record.containerId);
+      else for (const c of await d.driver.list(runnerLabels({ ...labelKey(record) }))) await d.driver.remove(c.id);
+      const latest = (await d.runners.get(record.name)) ?? record;
+      // A runner that ran a job removed itself from GitHub (JIT runners are ephemeral).
+      const ranAJob = latest.state === "busy" || latest.state === "completed";
+      if (latest.runnerId && !ranAJob) {
+        const result = await this.#deregister(latest, log);
+        if (result === undefined) throw new Error("could not delete the runner's registration");
+      }
+      await d.runners.remove(record);
+      d.metrics.removed(record.pool, reason);
+      log.info({ runner: record.name, reason }, "runner removed");
+    } finally {
+      this.tracked.delete(record.name);
+    }
+  }
+
+  /** Deletes the registration. `busy`: GitHub refused because it runs a job; undefined: error. */
+  async #deregister(record: RunnerRecord, log: Logger): Promise<"deleted" | "not_found" | "busy" | undefined> {
+    if (!record.runnerId) return "not_found";
+    try {
+      return await this.#d.github.deleteRunner(scopeOf(record), record.runnerId);
+    } catch (err) {
+      log.warn({ runner: record.name, err: errorMessage(err) }, "deleting runner registration failed");
+      return undefined;
+    }
+  }
+}
+
+function labelKey(record: RunnerRecord) {
+  return { pool: record.pool, host: record.host, runnerName: record.name, demandId: record.demandId };
+}

@@ -1,0 +1,32 @@
+import { generateKeyPairSync } from "node:crypto";
+import { loadConfig, type Config } from "../../src/config/load.ts";
+import type { ConfigInput } from "../../src/config/schema.ts";
+
+export const WEBHOOK_SECRET = "test-webhook-secret-3f9a1c";
+
+let key: string | undefined;
+/** An RSA key that looks like a GitHub App key. */
+export function testPrivateKey(): string {
+  key ??= generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs1", format: "pem" }).toString();
+  return key;
+}
+
+/** A validated Config through the real loader, from a partial config object. */
+export function testConfig(input: Partial<ConfigInput> & { privateKey?: string; webhookSecret?: string } = {}): Config {
+  const { privateKey, webhookSecret, ...rest } = input;
+  const raw: ConfigInput = {
+    github: { appId: 1, apiUrl: "http://127.0.0.1:9/" },
+    pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: "jitrunner-test-runner:latest" }],
+    ...rest,
+  } as ConfigInput;
+  return loadConfig({
+    text: JSON.stringify(raw),
+    env: {
+      JITRUNNER_GITHUB_PRIVATE_KEY: privateKey ?? testPrivateKey(),
+      JITRUNNER_GITHUB_WEBHOOK_SECRET: webhookSecret ?? WEBHOOK_SECRET,
+    },
+    readFile: () => {
+      throw new Error("no files in tests");
+    },
+  });
+}

@@ -1,0 +1,178 @@
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { pino } from "pino";
+import { Redis } from "ioredis";
+import { Queue } from "bullmq";
+import { buildApp } from "../../src/http/app.ts";
+import { Ingress } from "../../src/ingress/ingress.ts";
+import { Metrics } from "../../src/metrics/metrics.ts";
+import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
+import { RunnerStore } from "../../src/state/runners.ts";
+import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { examplesOf, queuedPayload, signedHeaders } from "../helpers/webhooks.ts";
+import type { FastifyInstance } from "fastify";
+
+let redis: TestRedis;
+let conn: Redis;
+let app: FastifyInstance;
+let metrics: Metrics;
+let queues: DemandQueues;
+let runners: RunnerStore;
+const config = testConfig({
+  pools: [
+    { name: "default", labels: ["self-hosted", "linux", "x64"], image: "x" },
+    { name: "oss", labels: ["ubuntu-latest", "self-hosted", "k8s", "gpu", "db-app", "dc-03"], image: "x", allowPublicRepositories: true },
+  ],
+  server: { bodyLimitBytes: 64 * 1024 },
+});
+
+before(async () => {
+  redis = await startRedis();
+  conn = redisConnection(redis.url);
+  metrics = new Metrics({ processMetrics: false });
+  queues = new DemandQueues({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, conn);
+  runners = new RunnerStore(conn, redis.prefix);
+  const ingress = new Ingress({ config: { ...config }, demand: queues, runners, metrics, logger: pino({ level: "silent" }) });
+  app = await buildApp({
+    logger: pino({ level: "silent" }),
+    metrics,
+    webhooks: { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress },
+    readiness: async () => [],
+  });
+});
+
+after(async () => {
+  await app.close();
+  await queues.close();
+  conn.disconnect();
+  await redis.stop();
+});
+
+async function waitingJobs(pool: string): Promise<string[]> {
+  const q = new Queue(`demand-${pool}`, { connection: conn, prefix: `${redis.prefix}:bull` });
+  const jobs = await q.getJobs(["waiting", "delayed", "prioritized"]);
+  await q.close();
+  return jobs.map((j) => j.id!).sort();
+}
+
+function post(body: string, headers: Record<string, string>) {
+  return app.inject({ method: "POST", url: "/webhooks/github", payload: body, headers });
+}
+
+test("missing or wrong signatures get 401 and queue nothing", async () => {
+  const body = JSON.stringify(queuedPayload({ jobId: 1, labels: ["self-hosted", "linux"] }));
+  const good = signedHeaders("workflow_job", body, WEBHOOK_SECRET);
+  const { ["x-hub-signature-256"]: _sig, ...unsigned } = good;
+  assert.equal((await post(body, unsigned)).statusCode, 401);
+  assert.equal((await post(body, signedHeaders("workflow_job", body, "wrong-secret"))).statusCode, 401);
+  assert.equal((await post(body, { ...good, "x-hub-signature-256": "sha1=abcdef" })).statusCode, 401);
+  // The signature of another body does not carry over.
+  assert.equal((await post(body.replace('"id":1', '"id":2'), good)).statusCode, 401);
+  assert.deepEqual(await waitingJobs("default"), []);
+});
+
+test("a queued job becomes one demand item; redeliveries add nothing", async () => {
+  const body = JSON.stringify(queuedPayload({ jobId: 555, runAttempt: 1, labels: ["self-hosted", "Linux"] }));
+  const headers = signedHeaders("workflow_job", body, WEBHOOK_SECRET, "delivery-555");
+  const first = await post(body, headers);
+  assert.equal(first.statusCode, 202);
+  assert.equal(first.json().outcome, "queued");
+  for (let i = 0; i < 3; i++) {
+    const again = await post(body, headers);
+    assert.equal(again.statusCode, 202);
+    assert.equal(again.json().outcome, "duplicate");
+  }
+  // A new attempt of the same job is new demand.
+  const rerun = JSON.stringify(queuedPayload({ jobId: 555, runAttempt: 2, labels: ["self-hosted"] }));
+  assert.equal((await post(rerun, signedHeaders("workflow_job", rerun, WEBHOOK_SECRET))).json().outcome, "queued");
+  assert.deepEqual(await waitingJobs("default"), ["555-1", "555-2"]);
+});
+
+test("a job no pool serves is ignored and counted, never queued", async () => {
+  const body = JSON.stringify(queuedPayload({ jobId: 777, labels: ["windows", "self-hosted"] }));
+  const res = await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET));
+  assert.equal(res.statusCode, 202);
+  assert.equal(res.json().outcome, "ignored_no_pool");
+  assert.ok(!(await waitingJobs("default")).includes("777-1"));
+  const text = await metrics.render();
+  assert.match(text, /jitrunner_webhook_deliveries_total\{event="workflow_job",action="queued",outcome="ignored_no_pool"\} 1/);
+});
+
+test("GitHub's example workflow_job payloads pass through the real ingress", async () => {
+  const outcomes = [];
+  for (const example of examplesOf("workflow_job")) {
+    const body = JSON.stringify(example);
+    const res = await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET));
+    assert.equal(res.statusCode, 202, `example ${example.action}/${example.workflow_job.status}`);
+    outcomes.push(`${example.action}/${example.workflow_job.status}:${res.json().outcome}`);
+  }
+  assert.deepEqual(outcomes.sort(), [
+    "completed/completed:not_ours",
+    "completed/completed:not_ours",
+    "in_progress/in_progress:not_ours",
+    "in_progress/in_progress:not_ours",
+    "in_progress/in_progress:not_ours",
+    "queued/queued:queued",
+    "queued/waiting:ignored_not_queued",
+    "waiting/waiting:ignored_action",
+  ]);
+  const queuedExample = examplesOf("workflow_job").find((e) => e.action === "queued" && e.workflow_job.status === "queued")!;
+  assert.deepEqual(await waitingJobs("oss"), [`${queuedExample.workflow_job.id}-${queuedExample.workflow_job.run_attempt}`]);
+});
+
+test("ping 200, other events 202 and counted, malformed 400, wrong type 415, too big 413", async () => {
+  const ping = JSON.stringify({ zen: "Keep it logically awesome.", hook_id: 1 });
+  assert.equal((await post(ping, signedHeaders("ping", ping, WEBHOOK_SECRET))).statusCode, 200);
+  const push = JSON.stringify({ ref: "refs/heads/main" });
+  const pushRes = await post(push, signedHeaders("push", push, WEBHOOK_SECRET));
+  assert.equal(pushRes.statusCode, 202);
+  assert.equal(pushRes.json().outcome, "ignored_event");
+  const junk = "{not json";
+  assert.equal((await post(junk, signedHeaders("workflow_job", junk, WEBHOOK_SECRET))).statusCode, 400);
+  const shapeless = JSON.stringify({ action: "queued", workflow_job: { id: "x" } });
+  assert.equal((await post(shapeless, signedHeaders("workflow_job", shapeless, WEBHOOK_SECRET))).statusCode, 400);
+  const form = "payload=%7B%7D";
+  assert.equal((await post(form, { ...signedHeaders("workflow_job", form, WEBHOOK_SECRET), "content-type": "application/x-www-form-urlencoded" })).statusCode, 415);
+  const big = JSON.stringify({ pad: "x".repeat(100 * 1024) });
+  assert.equal((await post(big, signedHeaders("workflow_job", big, WEBHOOK_SECRET))).statusCode, 413);
+  const text = await metrics.render();
+  assert.match(text, /outcome="ignored_event"\} 1/);
+  assert.match(text, /outcome="pong"\} 1/);
+});
+
+test("in_progress and completed mark our runners and tell their worker", async () => {
+  const name = "jitrunner-default-0123456789";
+  await runners.put({ name, pool: "default", host: "h1", state: "starting", installationId: 1, owner: "acme", repo: "app", demandId: "9-1", createdAt: Date.now() });
+  const sub = redisConnection(redis.url);
+  const heard: string[] = [];
+  await sub.subscribe(runners.eventsChannel);
+  sub.on("message", (_c, m) => heard.push(JSON.parse(m).state));
+  const send = async (action: string) => {
+    const p = queuedPayload({ jobId: 9, labels: ["self-hosted"] });
+    p.action = action;
+    p.workflow_job.status = action;
+    p.workflow_job.runner_name = name;
+    const body = JSON.stringify(p);
+    return (await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET))).json().outcome;
+  };
+  assert.equal(await send("completed"), "runner_completed");
+  // Out of order: a late in_progress does not undo completed.
+  assert.equal(await send("in_progress"), "runner_busy");
+  assert.equal((await runners.get(name))?.state, "completed");
+  for (let i = 0; i < 50 && heard.length < 1; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(heard, ["completed"]);
+  sub.disconnect();
+});
+
+test("completed for a job that never got a runner drops its waiting demand", async () => {
+  const q = JSON.stringify(queuedPayload({ jobId: 4242, labels: ["self-hosted"] }));
+  assert.equal((await post(q, signedHeaders("workflow_job", q, WEBHOOK_SECRET))).json().outcome, "queued");
+  const p = queuedPayload({ jobId: 4242, labels: ["self-hosted"] });
+  p.action = "completed";
+  p.workflow_job.status = "completed";
+  p.workflow_job.conclusion = "cancelled";
+  const body = JSON.stringify(p);
+  assert.equal((await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET))).json().outcome, "demand_cancelled");
+  assert.ok(!(await waitingJobs("default")).includes("4242-1"));
+});

@@ -1,0 +1,104 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { loadConfig } from "../../src/config/load.ts";
+import { ConfigError } from "../../src/errors.ts";
+import { testPrivateKey } from "../helpers/config.ts";
+
+const KEY = testPrivateKey();
+const env = { JITRUNNER_GITHUB_PRIVATE_KEY: KEY, JITRUNNER_GITHUB_WEBHOOK_SECRET: "s3cret-value" };
+const noFiles = (p: string): string => {
+  throw Object.assign(new Error(`ENOENT ${p}`), { code: "ENOENT" });
+};
+
+const minimal = `
+github:
+  appId: 42
+pools:
+  - name: default
+    labels: [self-hosted, linux]
+    image: runner:1
+`;
+
+test("a minimal config gets documented defaults", () => {
+  const c = loadConfig({ text: minimal, env, readFile: noFiles });
+  assert.equal(c.github.apiUrl, "https://api.github.com");
+  assert.equal(c.github.checkStillQueued, true);
+  assert.equal(c.server.port, 8080);
+  assert.equal(c.server.bodyLimitBytes, 25 * 1024 * 1024);
+  assert.equal(c.worker.capacity, 4);
+  assert.ok(c.worker.hostId.length > 0);
+  const pool = c.pools[0]!;
+  assert.equal(pool.isolation, "privileged");
+  assert.equal(pool.scope, "repository");
+  assert.equal(pool.runnerGroupId, 1);
+  assert.equal(pool.networkMode, "bridge");
+  assert.equal(c.secrets.privateKey.reveal(), KEY.trim());
+});
+
+test("every problem is reported at once, and no secret is in the report", () => {
+  const text = `
+github:
+  appId: -1
+  apiUrl: not a url
+server:
+  port: 70000
+worker:
+  capacity: 0
+  pools: [nope]
+pools:
+  - name: Bad_Name
+    labels: []
+    image: x
+    isolation: chroot
+  - name: ok
+    labels: [a]
+    image: x
+    surprise: true
+`;
+  const secretEnv = { JITRUNNER_GITHUB_PRIVATE_KEY: "not-a-pem-but-secret-XYZ", JITRUNNER_GITHUB_WEBHOOK_SECRET: "hunter2-webhook" };
+  const err = (() => {
+    try {
+      loadConfig({ text, env: secretEnv, readFile: noFiles });
+    } catch (e) {
+      return e;
+    }
+  })();
+  assert.ok(err instanceof ConfigError, "throws ConfigError");
+  const joined = err.problems.join("\n");
+  for (const where of ["github.appId", "github.apiUrl", "server.port", "worker.capacity", "pools.0.name", "pools.0.labels", "pools.0.isolation", "pools.1", "privateKey"]) {
+    assert.match(joined, new RegExp(where.replace(".", "\\.")), `reports ${where}`);
+  }
+  assert.ok(err.problems.length >= 9, `${err.problems.length} problems`);
+  assert.doesNotMatch(err.message, /not-a-pem-but-secret-XYZ|hunter2-webhook/);
+});
+
+test("secrets come from files when the environment has none; unreadable files are reported", () => {
+  const files: Record<string, string> = { "/run/key.pem": `${KEY}\n`, "/run/hook": "from-file\n" };
+  const read = (p: string) => files[p] ?? noFiles(p);
+  const text = `${minimal}\n`.replace("appId: 42", "appId: 42\n  privateKeyFile: /run/key.pem\n  webhookSecretFile: /run/hook");
+  const c = loadConfig({ text, env: {}, readFile: read });
+  assert.equal(c.secrets.webhookSecret.reveal(), "from-file");
+  assert.equal(String(c.secrets.webhookSecret), "[redacted]");
+  assert.equal(JSON.stringify({ s: c.secrets.privateKey }), '{"s":"[redacted]"}');
+
+  const missing = text.replace("/run/hook", "/run/missing");
+  assert.throws(() => loadConfig({ text: missing, env: {}, readFile: read }), /webhookSecretFile: cannot read \/run\/missing \(ENOENT\)/);
+  assert.throws(() => loadConfig({ text: minimal, env: {}, readFile: read }), /set JITRUNNER_GITHUB_PRIVATE_KEY or github\.privateKeyFile/);
+});
+
+test("duplicate pools and unknown worker pools are cross-checked; YAML errors are clear", () => {
+  const dup = `${minimal}  - name: default\n    labels: [x]\n    image: y\n`;
+  assert.throws(() => loadConfig({ text: dup, env, readFile: noFiles }), /duplicate pool name 'default'/);
+  assert.throws(() => loadConfig({ text: "github: [unclosed", env, readFile: noFiles }), /not valid YAML/);
+});
+
+test("environment overrides redis url, host id and port", () => {
+  const c = loadConfig({
+    text: minimal,
+    env: { ...env, JITRUNNER_REDIS_URL: "redis://10.0.0.9:6380", JITRUNNER_HOST_ID: "host-b", JITRUNNER_PORT: "9000" },
+    readFile: noFiles,
+  });
+  assert.equal(c.redis.url, "redis://10.0.0.9:6380");
+  assert.equal(c.worker.hostId, "host-b");
+  assert.equal(c.server.port, 9000);
+});

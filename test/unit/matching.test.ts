@@ -1,0 +1,80 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { decideQueued, type WorkflowJobEvent } from "../../src/ingress/policy.ts";
+import { matchPool } from "../../src/ingress/pools.ts";
+import { needsRunner } from "../../src/worker/still-queued.ts";
+import { testConfig } from "../helpers/config.ts";
+
+const pools = [
+  { name: "big", labels: ["self-hosted", "linux", "x64", "gpu", "large"] },
+  { name: "std", labels: ["self-hosted", "Linux", "x64"] },
+  { name: "arm", labels: ["self-hosted", "linux", "arm64"] },
+];
+
+test("a pool serves a job whose labels are a subset of its own, case-insensitively", () => {
+  assert.equal(matchPool(["self-hosted", "LINUX"], pools)?.name, "std");
+  assert.equal(matchPool(["gpu"], pools)?.name, "big");
+  assert.equal(matchPool(["linux", "arm64"], pools)?.name, "arm");
+  assert.equal(matchPool(["ubuntu-latest"], pools), undefined);
+  assert.equal(matchPool(["self-hosted", "windows"], pools), undefined);
+});
+
+test("of several matching pools the most specific (fewest labels) wins", () => {
+  assert.equal(matchPool(["self-hosted", "x64"], pools)?.name, "std");
+  assert.equal(matchPool([], pools)?.name, "std");
+});
+
+function event(over: { status?: string; labels?: string[]; owner?: string; repo?: string; private?: boolean; visibility?: string; installation?: boolean } = {}): WorkflowJobEvent {
+  const owner = over.owner ?? "acme";
+  const repo = over.repo ?? "app";
+  return {
+    action: "queued",
+    workflow_job: { id: 101, run_id: 7, run_attempt: 2, status: over.status ?? "queued", labels: over.labels ?? ["self-hosted", "linux"], runner_name: null },
+    repository: { name: repo, full_name: `${owner}/${repo}`, private: over.private ?? true, visibility: over.visibility, owner: { login: owner } },
+    installation: over.installation === false ? undefined : { id: 9 },
+  };
+}
+
+test("queued decisions: status, pool, allowlists, public repositories, installation", () => {
+  const config = testConfig();
+  const meta = { deliveryId: "d1", receivedAt: 1 };
+  const ok = decideQueued(event(), config, meta);
+  assert.equal(ok.kind, "enqueue");
+  if (ok.kind === "enqueue") {
+    assert.deepEqual(
+      { pool: ok.demand.pool, jobId: ok.demand.jobId, runAttempt: ok.demand.runAttempt, installationId: ok.demand.installationId },
+      { pool: "default", jobId: 101, runAttempt: 2, installationId: 9 },
+    );
+  }
+  const reason = (e: WorkflowJobEvent, c = config) => {
+    const d = decideQueued(e, c, meta);
+    return d.kind === "ignore" ? d.reason : "enqueue";
+  };
+  assert.equal(reason(event({ status: "waiting" })), "not_queued");
+  assert.equal(reason(event({ labels: ["windows"] })), "no_pool");
+  assert.equal(reason(event({ private: false })), "public_repo");
+  assert.equal(reason(event({ private: true, visibility: "public" })), "public_repo");
+  assert.equal(reason(event({ private: true, visibility: "internal" })), "enqueue");
+  assert.equal(reason(event({ installation: false })), "no_installation");
+  const owners = testConfig({ policy: { allowedOwners: ["Other"] } });
+  assert.equal(reason(event(), owners), "owner_not_allowed");
+  assert.equal(reason(event({ owner: "other" }), owners), "enqueue");
+  const repos = testConfig({ policy: { allowedRepositories: ["acme/site"] } });
+  assert.equal(reason(event(), repos), "repo_not_allowed");
+  assert.equal(reason(event({ repo: "Site" }), repos), "enqueue");
+  const pub = testConfig({ pools: [{ name: "oss", labels: ["self-hosted", "linux"], image: "x", allowPublicRepositories: true }] });
+  assert.equal(reason(event({ private: false }), pub), "enqueue");
+});
+
+test("still-queued check: skip only when no runner of ours was used up", () => {
+  const p = "jitrunner";
+  assert.equal(needsRunner({ status: "queued", conclusion: null, runnerName: null }, p), true);
+  assert.equal(needsRunner({ status: "waiting", conclusion: null, runnerName: null }, p), true);
+  // Cancelled while queued: nothing consumed.
+  assert.equal(needsRunner({ status: "completed", conclusion: "cancelled", runnerName: null }, p), false);
+  // Ran on a runner that is not ours: nothing of ours consumed.
+  assert.equal(needsRunner({ status: "in_progress", conclusion: null, runnerName: "fixed-pool-3" }, p), false);
+  // Took one of our runners, launched for another job: that job still needs this one.
+  assert.equal(needsRunner({ status: "in_progress", conclusion: null, runnerName: "jitrunner-default-ab12" }, p), true);
+  assert.equal(needsRunner({ status: "completed", conclusion: "success", runnerName: "jitrunner-default-ab12" }, p), true);
+});
