@@ -72,10 +72,12 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (err) => {
-    process.stderr.write(`jitrunner: ${errorMessage(err)}\n`);
-    process.exit(1);
-  },
-);
+/** Exit once stdout and stderr are flushed (a piped `check-config` must not be cut short). */
+function exit(code: number): void {
+  process.stdout.write("", () => process.stderr.write("", () => process.exit(code)));
+}
+
+main(process.argv.slice(2)).then(exit, (err) => {
+  process.stderr.write(`jitrunner: ${errorMessage(err)}\n`);
+  exit(1);
+});

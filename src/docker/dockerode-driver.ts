@@ -106,7 +106,10 @@ export function createOptions(spec: RunnerSpec): Docker.ContainerCreateOptions {
     case "capabilities":
       host.CapAdd = ["ALL"];
       host.CapDrop = spec.capDrop;
-      host.SecurityOpt = ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"];
+      host.SecurityOpt = ["seccomp=unconfined", "apparmor=unconfined"];
+      // The CLI's `--security-opt systempaths=unconfined`: nothing masked, nothing read-only.
+      (host as Record<string, unknown>).MaskedPaths = [];
+      (host as Record<string, unknown>).ReadonlyPaths = [];
       break;
     case "sysbox":
       host.Runtime = "sysbox-runc";

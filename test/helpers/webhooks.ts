@@ -5,13 +5,13 @@ export type Example = Record<string, any>;
 
 /** GitHub's own example payloads for an event (from @octokit/webhooks-examples). */
 export function examplesOf(event: string): Example[] {
-  const entry = (examples as Array<{ name: string; examples: Example[] }>).find((e) => e.name === event);
+  const entry = (examples as unknown as Array<{ name: string; examples: Example[] }>).find((e) => e.name === event);
   if (!entry) throw new Error(`no examples for ${event}`);
   return entry.examples;
 }
 
 /** Headers GitHub sends with a delivery, signed over the exact body. */
-export function signedHeaders(event: string, body: string, secret: string, deliveryId = randomUUID()): Record<string, string> {
+export function signedHeaders(event: string, body: string, secret: string, deliveryId: string = randomUUID()): Record<string, string> {
   return {
     "content-type": "application/json",
     "x-github-event": event,

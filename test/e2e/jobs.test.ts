@@ -1,0 +1,123 @@
+/**
+ * The whole path, for real: the fake GitHub sends signed `queued` webhooks to the real
+ * `jitrunner all` process, which queues demand in a real Redis, registers JIT runners with the
+ * fake's REST API and launches real Docker-in-Docker runner containers (network none) that take
+ * their job over a bind-mounted unix socket, run a nested `docker run`, and exit.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { after, before, test } from "node:test";
+import Docker from "dockerode";
+import { stringify } from "yaml";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { freePort } from "../helpers/ports.ts";
+import { runJitrunner, waitFor, type JitrunnerProcess } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+
+const IMAGE = process.env.JITRUNNER_TEST_RUNNER_IMAGE ?? "jitrunner-test-runner:latest";
+const JOBS = Number(process.env.JITRUNNER_E2E_JOBS ?? 10);
+const docker = new Docker();
+const hostId = `e2e-${randomBytes(3).toString("hex")}`;
+const ours = { label: [`dev.jitrunner.managed-by=jitrunner`, `dev.jitrunner.host=${hostId}`] };
+
+let redis: TestRedis;
+let fake: FakeGitHub;
+let jr: JitrunnerProcess;
+let url: string;
+let volumesBefore: number;
+
+async function volumeCount(): Promise<number> {
+  return ((await docker.listVolumes()).Volumes ?? []).length;
+}
+
+before(async () => {
+  await docker.getImage(IMAGE).inspect().catch(() => {
+    throw new Error(`test image ${IMAGE} is missing: run 'npm run test:images' first`);
+  });
+  volumesBefore = await volumeCount();
+  redis = await startRedis();
+  fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const port = await freePort();
+  url = `http://127.0.0.1:${port}`;
+  fake.setWebhookUrl(`${url}/webhooks/github`);
+  const dir = mkdtempSync(join(tmpdir(), "jitrunner-e2e-"));
+  writeFileSync(join(dir, "app.pem"), fake.privateKey, { mode: 0o600 });
+  writeFileSync(join(dir, "webhook-secret"), WEBHOOK_SECRET, { mode: 0o600 });
+  const config = {
+    github: { appId: fake.appId, apiUrl: fake.url, privateKeyFile: join(dir, "app.pem"), webhookSecretFile: join(dir, "webhook-secret") },
+    redis: { url: redis.url, prefix: redis.prefix },
+    server: { host: "127.0.0.1", port },
+    worker: { hostId, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 5 },
+    logLevel: "debug",
+    pools: [
+      {
+        name: "default",
+        labels: ["self-hosted", "linux", "x64"],
+        image: IMAGE,
+        isolation: "capabilities",
+        networkMode: "none",
+        resources: { memoryMb: 1024, pidsLimit: 2048 },
+        mounts: [{ source: dirname(fake.socketPath), target: "/fake-github" }],
+        env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock" },
+      },
+    ],
+  };
+  writeFileSync(join(dir, "jitrunner.yml"), stringify(config));
+  jr = runJitrunner(["all", "--config", join(dir, "jitrunner.yml")]);
+  await waitFor(async () => (await fetch(`${url}/readyz`)).ok, 30_000, `jitrunner ready (output: ${jr.output().slice(-2000)})`);
+});
+
+after(async () => {
+  const code = await jr?.stop();
+  if (process.env.JITRUNNER_TEST_VERBOSE) process.stderr.write(jr?.output() ?? "");
+  for (const c of await docker.listContainers({ all: true, filters: ours })) await docker.getContainer(c.Id).remove({ force: true, v: true });
+  await fake?.close();
+  await redis?.stop();
+  assert.equal(code, 0, "jitrunner exits 0 on SIGTERM");
+});
+
+test(`${JOBS} queued jobs -> ${JOBS} runners -> ${JOBS} completed jobs -> nothing left behind`, async () => {
+  const jobs = [];
+  for (let i = 0; i < JOBS; i++) jobs.push(await fake.queueJob({ owner: "acme", repo: `app${i % 3}`, labels: ["self-hosted", "linux"] }));
+
+  const done = await waitFor(
+    () => {
+      const finished = fake.jobs().filter((j) => j.status === "completed");
+      return finished.length === JOBS && finished;
+    },
+    300_000,
+    `all ${JOBS} jobs completed (have: ${JSON.stringify(fake.jobs().map((j) => j.status))})`,
+  );
+  assert.deepEqual(
+    done.map((j) => j.conclusion),
+    Array(JOBS).fill("success"),
+    "every job ran its nested docker run successfully",
+  );
+  const runnerNames = new Set(done.map((j) => j.runner_name));
+  assert.equal(runnerNames.size, JOBS, "each job ran on its own runner");
+  for (const n of runnerNames) assert.match(String(n), /^jitrunner-default-[0-9a-f]{10}$/);
+
+  await waitFor(async () => (await docker.listContainers({ all: true, filters: ours })).length === 0, 60_000, "0 runner containers left");
+  await waitFor(() => fake.runners().length === 0, 30_000, "0 runner registrations left");
+  await waitFor(async () => (await volumeCount()) <= volumesBefore, 30_000, "no volumes left behind");
+
+  const metrics = await (await fetch(`${url}/metrics`)).text();
+  assert.match(metrics, new RegExp(`jitrunner_pickup_latency_seconds_count\\{pool="default"\\} ${JOBS}`));
+  assert.match(metrics, new RegExp(`jitrunner_webhook_deliveries_total\\{event="workflow_job",action="queued",outcome="queued"\\} ${JOBS}`));
+  assert.match(metrics, /jitrunner_demand_pending\{pool="default"\} 0/);
+  assert.match(metrics, /jitrunner_runners\{pool="default",host="[^"]+",state="busy"\} 0/);
+
+  // The happy path costs GitHub at most 2 calls per job (still-queued check + JIT config), plus tokens.
+  const perJob = fake.requests.filter((r) => !r.route.startsWith("/app/")).length / JOBS;
+  assert.ok(perJob <= 2, `${perJob} GitHub calls per job`);
+
+  const logs = jr.output();
+  assert.ok(!logs.includes(WEBHOOK_SECRET), "webhook secret not in logs");
+  assert.ok(!logs.includes(fake.privateKey.split("\n")[1]!), "private key not in logs");
+  assert.doesNotMatch(logs, /ghs_[A-Za-z0-9]{8,}/, "installation tokens not in logs");
+  assert.ok(!logs.includes("ACTIONS_RUNNER_INPUT_JITCONFIG="), "JIT config not in logs");
+});

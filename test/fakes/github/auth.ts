@@ -1,0 +1,70 @@
+// App credentials: a fresh RSA key, App JWT verification (RS256) and installation tokens.
+import { createPublicKey, generateKeyPairSync, randomBytes, verify, type KeyObject } from "node:crypto";
+
+const MAX_JWT_SECONDS = 600; // GitHub: exp at most 10 minutes in the future
+const CLOCK_SKEW_SECONDS = 60;
+const TOKEN_SECONDS = 3600;
+
+export class FakeAuth {
+  readonly privateKey: string;
+  private readonly publicKey: KeyObject;
+  private readonly tokens = new Map<string, number>(); // token -> expiry (ms)
+
+  constructor(readonly appId: number, readonly installationId: number) {
+    const pair = generateKeyPairSync("rsa", {
+      modulusLength: 2048,
+      privateKeyEncoding: { type: "pkcs1", format: "pem" }, // what GitHub hands out
+      publicKeyEncoding: { type: "spki", format: "pem" },
+    });
+    this.privateKey = pair.privateKey;
+    this.publicKey = createPublicKey(pair.publicKey);
+  }
+
+  /** undefined when the header carries a valid App JWT, else GitHub's error message. */
+  checkJwt(authorization: string | undefined): string | undefined {
+    const m = /^bearer\s+([\w-]+)\.([\w-]+)\.([\w-]+)$/i.exec(authorization ?? "");
+    if (!m) return "A JSON web token could not be decoded";
+    const [, h = "", p = "", s = ""] = m;
+    let header: { alg?: unknown };
+    let claims: { iss?: unknown; exp?: unknown; iat?: unknown };
+    try {
+      header = JSON.parse(Buffer.from(h, "base64url").toString("utf8"));
+      claims = JSON.parse(Buffer.from(p, "base64url").toString("utf8"));
+    } catch {
+      return "A JSON web token could not be decoded";
+    }
+    if (header.alg !== "RS256") return "A JSON web token could not be decoded";
+    if (!verify("RSA-SHA256", Buffer.from(`${h}.${p}`), this.publicKey, Buffer.from(s, "base64url"))) {
+      return "A JSON web token could not be decoded";
+    }
+    const nowS = Math.floor(Date.now() / 1000);
+    if (String(claims.iss) !== String(this.appId)) return "'Issuer' claim ('iss') must be the App's id";
+    if (typeof claims.iat !== "number" || claims.iat > nowS + CLOCK_SKEW_SECONDS) {
+      return "'Issued at' claim ('iat') must be an Integer representing a time in the past";
+    }
+    if (typeof claims.exp !== "number" || claims.exp <= nowS) {
+      return "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires";
+    }
+    if (claims.exp > nowS + MAX_JWT_SECONDS) return "'Expiration time' claim ('exp') is too far in the future";
+    return undefined;
+  }
+
+  issueToken(): { token: string; expiresAt: string } {
+    const token = `ghs_${randomBytes(27).toString("base64url")}`;
+    const expires = Date.now() + TOKEN_SECONDS * 1000;
+    this.tokens.set(token, expires);
+    return { token, expiresAt: new Date(expires).toISOString().replace(/\.\d{3}Z$/, "Z") };
+  }
+
+  /** True when the header carries a live installation token (`token X` or `bearer X`). */
+  checkToken(authorization: string | undefined): boolean {
+    const m = /^(?:token|bearer)\s+(\S+)$/i.exec(authorization ?? "");
+    const expires = m?.[1] ? this.tokens.get(m[1]) : undefined;
+    return expires !== undefined && expires > Date.now();
+  }
+
+  /** Test helper: make every issued installation token expire now. */
+  expireTokens(): void {
+    for (const t of this.tokens.keys()) this.tokens.set(t, 0);
+  }
+}

@@ -1,0 +1,215 @@
+// A tiny router for the fake: OpenAPI path templates, auth, fault injection, request log.
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { FakeAuth } from "./auth.ts";
+
+export type AuthKind = "app" | "installation" | "none";
+
+export interface Req {
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  params: Record<string, string>;
+  body: Record<string, unknown>;
+  headers: IncomingHttpHeaders;
+}
+
+export interface Reply {
+  status: number;
+  body?: unknown;
+  headers?: Record<string, string>;
+}
+
+export interface Route {
+  method: string;
+  template: string; // the OpenAPI path template, e.g. /repos/{owner}/{repo}/actions/jobs/{job_id}
+  auth: AuthKind;
+  internal?: boolean; // runner/test routes: not GitHub's API, not logged in `requests`
+  handle(req: Req): Reply | Promise<Reply>;
+}
+
+export interface Fault {
+  route?: string; // template or concrete path; omitted: any GitHub API route
+  method?: string;
+  status?: number; // omitted: only delay, then answer normally
+  times: number;
+  headers?: Record<string, string>;
+  body?: unknown;
+  delayMs?: number;
+}
+
+export interface RequestRecord {
+  method: string;
+  route: string;
+  status: number;
+}
+
+const DOCS = "https://docs.github.com/rest";
+const MAX_BODY = 1 << 20;
+
+/** GitHub's error body ("Basic Error"; a 422 is a "Validation Error Simple", which has no status). */
+export function ghError(status: number, message: string, documentationUrl = DOCS): Reply {
+  const body = { message, documentation_url: documentationUrl };
+  return { status, body: status === 422 ? body : { ...body, status: String(status) } };
+}
+
+const FAULT_MESSAGES: Record<number, string> = {
+  401: "Bad credentials",
+  403: "API rate limit exceeded for installation ID 1.",
+  404: "Not Found",
+  409: "Conflict",
+  422: "Validation Failed",
+  429: "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+};
+
+interface CompiledRoute extends Route {
+  regex: RegExp;
+}
+
+function compile(route: Route): CompiledRoute {
+  const pattern = route.template
+    .split(/(\{\w+\})/)
+    .map((part) => {
+      const m = /^\{(\w+)\}$/.exec(part);
+      if (!m) return part.replace(/[.*+?^$()|[\]\\]/g, "\\$&");
+      return m[1]?.endsWith("_id") ? `(?<${m[1]}>\\d+)` : `(?<${m[1]}>[^/]+)`;
+    })
+    .join("");
+  return { ...route, regex: new RegExp(`^${pattern}$`) };
+}
+
+export class Router {
+  readonly requests: RequestRecord[] = [];
+  private readonly routes: CompiledRoute[];
+  private readonly faults: Fault[] = [];
+  private window = { start: Date.now(), used: 0 };
+
+  constructor(routes: Route[], private readonly auth: FakeAuth) {
+    this.routes = routes.map(compile);
+  }
+
+  get table(): Array<{ method: string; template: string; internal: boolean }> {
+    return this.routes.map((r) => ({ method: r.method, template: r.template, internal: r.internal ?? false }));
+  }
+
+  inject(fault: Fault): void {
+    this.faults.push({ ...fault });
+  }
+
+  readonly listener = (req: IncomingMessage, res: ServerResponse): void => {
+    this.serve(req, res).catch((err: unknown) => {
+      if (!res.headersSent) this.send(res, ghError(500, `fake GitHub: ${String(err)}`));
+    });
+  };
+
+  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", "http://fake");
+    const method = (req.method ?? "GET").toUpperCase();
+    const raw = await readBody(req);
+    const found = this.match(method, url.pathname);
+    const routeName = found?.route.template ?? url.pathname;
+    const internal = found?.route.internal ?? false;
+    const reply = await this.answer(method, url, raw, req.headers, found);
+    if (!internal) this.requests.push({ method, route: routeName, status: reply.status });
+    this.send(res, reply, !internal);
+  }
+
+  private async answer(
+    method: string,
+    url: URL,
+    raw: Buffer | undefined,
+    headers: IncomingHttpHeaders,
+    found: { route: CompiledRoute; params: Record<string, string> } | undefined,
+  ): Promise<Reply> {
+    if (raw === undefined) return ghError(413, "Payload too large");
+    const fault = this.takeFault(method, url.pathname, found?.route);
+    if (fault?.delayMs) await sleep(Math.min(fault.delayMs, 60_000), undefined, { ref: false });
+    if (fault?.status !== undefined) {
+      const body = fault.body ?? ghError(fault.status, FAULT_MESSAGES[fault.status] ?? "Server Error").body;
+      return { status: fault.status, body, headers: fault.headers ?? {} };
+    }
+    if (!found) return ghError(404, "Not Found");
+    const { route, params } = found;
+    if (route.auth === "app") {
+      const problem = this.auth.checkJwt(headers.authorization);
+      if (problem) return ghError(401, problem);
+    } else if (route.auth === "installation" && !this.auth.checkToken(headers.authorization)) {
+      return ghError(401, "Bad credentials");
+    }
+    let body: Record<string, unknown> = {};
+    if (raw.length > 0) {
+      try {
+        const parsed: unknown = JSON.parse(raw.toString("utf8"));
+        if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("not an object");
+        body = parsed as Record<string, unknown>;
+      } catch {
+        return ghError(400, "Problems parsing JSON");
+      }
+    }
+    return route.handle({ method, path: url.pathname, query: url.searchParams, params, body, headers });
+  }
+
+  private match(method: string, path: string): { route: CompiledRoute; params: Record<string, string> } | undefined {
+    for (const route of this.routes) {
+      if (route.method !== method) continue;
+      const m = route.regex.exec(path);
+      if (!m) continue;
+      const params: Record<string, string> = {};
+      for (const [k, v] of Object.entries(m.groups ?? {})) params[k] = decodeURIComponent(v);
+      return { route, params };
+    }
+    return undefined;
+  }
+
+  private takeFault(method: string, path: string, route: CompiledRoute | undefined): Fault | undefined {
+    const i = this.faults.findIndex(
+      (f) =>
+        f.times > 0 &&
+        (f.method === undefined || f.method.toUpperCase() === method) &&
+        (f.route === undefined ? !route?.internal : f.route === path || f.route === route?.template),
+    );
+    const fault = this.faults[i];
+    if (!fault) return undefined;
+    if (--fault.times <= 0) this.faults.splice(i, 1);
+    return fault;
+  }
+
+  private send(res: ServerResponse, reply: Reply, rateLimited = true): void {
+    const headers: Record<string, string> = {
+      "content-type": "application/json; charset=utf-8",
+      "x-github-request-id": randomUUID().toUpperCase(),
+      "x-github-media-type": "github.v3; format=json",
+      ...(rateLimited ? this.rateHeaders() : {}),
+      ...reply.headers,
+    };
+    const text = reply.body === undefined ? "" : JSON.stringify(reply.body);
+    res.writeHead(reply.status, headers);
+    res.end(reply.status === 204 ? undefined : text);
+  }
+
+  private rateHeaders(): Record<string, string> {
+    const hour = 3_600_000;
+    if (Date.now() - this.window.start >= hour) this.window = { start: Date.now(), used: 0 };
+    const used = ++this.window.used;
+    return {
+      "x-ratelimit-limit": "5000",
+      "x-ratelimit-remaining": String(Math.max(0, 5000 - used)),
+      "x-ratelimit-reset": String(Math.ceil((this.window.start + hour) / 1000)),
+      "x-ratelimit-used": String(used),
+      "x-ratelimit-resource": "core",
+    };
+  }
+}
+
+/** The whole body, or undefined when it exceeds MAX_BODY. */
+async function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY) return undefined;
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}

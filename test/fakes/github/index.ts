@@ -1,0 +1,199 @@
+// FakeGitHub: an HTTP fake of the parts of GitHub jitrunner uses (REST API on
+// 127.0.0.1, runner protocol on a unix socket, signed workflow_job webhooks).
+// See test/fakes/PROTOCOL.md and test/fakes/github/README.md.
+import { chmod, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { FakeAuth } from "./auth.ts";
+import type { Ctx } from "./context.ts";
+import { Router, type Fault, type RequestRecord } from "./http.ts";
+import { appRoutes } from "./routes-app.ts";
+import { fakeRunnerRoutes } from "./routes-fake-runner.ts";
+import { jobRoutes } from "./routes-jobs.ts";
+import { runnerRoutes } from "./routes-runners.ts";
+import { FakeState, type FakeJob, type FakeRunner } from "./state.ts";
+import { WebhookSender, workflowJobPayload, type DeliveryRecord } from "./webhooks.ts";
+
+export type { FakeJob, FakeRunner, RunnerScope, Conclusion } from "./state.ts";
+export type { Fault, RequestRecord } from "./http.ts";
+export type { DeliveryRecord } from "./webhooks.ts";
+
+export interface FakeGitHubOptions {
+  appId?: number;
+  webhookSecret: string;
+  webhookUrl?: string;
+  socketDir?: string;
+  installationId?: number;
+}
+
+export interface QueueJobOptions {
+  owner: string;
+  repo: string;
+  labels: string[];
+  private?: boolean;
+  runAttempt?: number;
+  runId?: number; // add the job to an existing run (default: a new run)
+  name?: string;
+}
+
+function listen(server: Server, target: { port: number; host: string } | string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    const done = (): void => {
+      server.off("error", reject);
+      resolve();
+    };
+    if (typeof target === "string") server.listen(target, done);
+    else server.listen(target.port, target.host, done);
+  });
+}
+
+function stop(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}
+
+export class FakeGitHub {
+  readonly appId: number;
+  readonly installationId: number;
+  readonly privateKey: string;
+  readonly url: string;
+  readonly socketPath: string;
+
+  private constructor(
+    private readonly state: FakeState,
+    private readonly auth: FakeAuth,
+    private readonly router: Router,
+    private readonly hooks: WebhookSender,
+    private readonly ctx: Ctx,
+    private readonly servers: Server[],
+    private readonly ownSocketDir: string | undefined,
+  ) {
+    this.appId = auth.appId;
+    this.installationId = auth.installationId;
+    this.privateKey = auth.privateKey;
+    this.url = ctx.urls.api;
+    this.socketPath = servers[1]?.address() as string;
+  }
+
+  static async start(opts: FakeGitHubOptions): Promise<FakeGitHub> {
+    const state = new FakeState();
+    const auth = new FakeAuth(opts.appId ?? 12345, opts.installationId ?? 1);
+    const hooks = new WebhookSender({ secret: opts.webhookSecret, appId: auth.appId, hookId: 400_000_000 + auth.appId, url: opts.webhookUrl });
+    const ctx: Ctx = {
+      urls: { api: "", html: "https://github.com" },
+      state,
+      auth,
+      appId: auth.appId,
+      installationId: auth.installationId,
+      emit: (job, action) => hooks.deliver(job.id, action, workflowJobPayload(ctx.urls, state, auth.installationId, job, action)),
+    };
+    const router = new Router([...appRoutes(ctx), ...runnerRoutes(ctx), ...jobRoutes(ctx), ...fakeRunnerRoutes(ctx)], auth);
+    const tcp = createServer(router.listener);
+    const unix = createServer(router.listener);
+    const ownSocketDir = opts.socketDir ? undefined : await mkdtemp(join(tmpdir(), "fake-github-"));
+    const dir = opts.socketDir ?? ownSocketDir ?? "";
+    await mkdir(dir, { recursive: true });
+    const socketPath = join(dir, "github.sock");
+    await rm(socketPath, { force: true });
+    await listen(tcp, { port: 0, host: "127.0.0.1" });
+    await listen(unix, socketPath);
+    await chmod(dir, 0o777); // the runner in a container runs as uid 1001
+    await chmod(socketPath, 0o777);
+    ctx.urls.api = `http://127.0.0.1:${(tcp.address() as AddressInfo).port}`;
+    return new FakeGitHub(state, auth, router, hooks, ctx, [tcp, unix], ownSocketDir);
+  }
+
+  /** REST calls made to the fake (runner-protocol calls excluded), in order. */
+  get requests(): RequestRecord[] {
+    return this.router.requests;
+  }
+
+  /** Webhook deliveries attempted, in order of completion. */
+  get deliveries(): DeliveryRecord[] {
+    return this.hooks.deliveries;
+  }
+
+  /** Every route the fake serves (OpenAPI templates); `internal` marks the runner protocol. */
+  get routes(): Array<{ method: string; template: string; internal: boolean }> {
+    return this.router.table;
+  }
+
+  setWebhookUrl(url: string): void {
+    this.hooks.url = url;
+  }
+
+  /** The next `fault.times` matching requests get this answer (and/or delay). */
+  inject(fault: Fault): void {
+    this.router.inject(fault);
+  }
+
+  async queueJob(o: QueueJobOptions): Promise<FakeJob> {
+    if (o.labels.length === 0) throw new Error("queueJob: a job needs at least one label");
+    const run = o.runId === undefined ? undefined : [...this.state.jobs.values()].find((j) => j.run_id === o.runId);
+    if (run && (run.owner !== o.owner || run.repo !== o.repo)) throw new Error(`queueJob: run ${o.runId} belongs to ${run.owner}/${run.repo}`);
+    const job = this.state.createJob(o);
+    await this.ctx.emit(job, "queued");
+    return structuredClone(job);
+  }
+
+  /** Cancel a job: completed/cancelled plus its completed webhook. A running job's runner stays busy until it reports. */
+  async cancelJob(id: number): Promise<void> {
+    const job = this.state.jobs.get(id);
+    if (!job) throw new Error(`cancelJob: no job ${id}`);
+    if (!this.state.complete(job, "cancelled")) throw new Error(`cancelJob: job ${id} is already completed`);
+    await this.ctx.emit(job, "completed");
+  }
+
+  /** Resend a past delivery (same X-GitHub-Delivery); resolves with the receiver's status. */
+  redeliver(deliveryId: string): Promise<number> {
+    return this.hooks.redeliver(deliveryId);
+  }
+
+  /** Add an organization runner group; returns its id. Group 1 ("Default") always exists. */
+  addRunnerGroup(name: string): number {
+    const id = Math.max(...this.state.runnerGroups.keys()) + 1;
+    this.state.runnerGroups.set(id, name);
+    return id;
+  }
+
+  /** Make every installation token issued so far invalid (401 from then on). */
+  expireTokens(): void {
+    this.auth.expireTokens();
+  }
+
+  jobs(): FakeJob[] {
+    return structuredClone([...this.state.jobs.values()]);
+  }
+
+  runners(): FakeRunner[] {
+    return structuredClone([...this.state.runners.values()]);
+  }
+
+  /** Resolves once every webhook queued so far has been attempted. */
+  webhooksIdle(): Promise<void> {
+    return this.hooks.idle();
+  }
+
+  async waitFor<T>(fn: () => T | undefined | false, timeoutMs: number, what: string): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const value = fn();
+      if (value !== undefined && value !== false) return value;
+      if (Date.now() >= deadline) throw new Error(`FakeGitHub.waitFor: timed out after ${timeoutMs} ms waiting for ${what}`);
+      await sleep(50);
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.servers.map(stop));
+    await this.hooks.idle();
+    if (this.ownSocketDir) await rm(this.ownSocketDir, { recursive: true, force: true });
+    else await rm(this.socketPath, { force: true });
+  }
+}

@@ -1,0 +1,34 @@
+// App-level routes: the App itself, installations, installation access tokens.
+import type { Ctx } from "./context.ts";
+import { ghError, type Route } from "./http.ts";
+import { app, installation, PERMISSIONS } from "./shapes.ts";
+
+export function appRoutes(ctx: Ctx): Route[] {
+  const inst = (login: string) =>
+    installation(ctx.urls, { id: ctx.installationId, appId: ctx.appId, login, ownerId: ctx.state.ownerId(login) });
+  return [
+    { method: "GET", template: "/app", auth: "app", handle: () => ({ status: 200, body: app(ctx.urls, ctx.appId) }) },
+    {
+      method: "POST",
+      template: "/app/installations/{installation_id}/access_tokens",
+      auth: "app",
+      handle: (req) => {
+        if (Number(req.params.installation_id) !== ctx.installationId) return ghError(404, "Not Found");
+        const { token, expiresAt } = ctx.auth.issueToken();
+        return { status: 201, body: { token, expires_at: expiresAt, permissions: PERMISSIONS, repository_selection: "all" } };
+      },
+    },
+    {
+      method: "GET",
+      template: "/repos/{owner}/{repo}/installation",
+      auth: "app",
+      handle: (req) => ({ status: 200, body: inst(req.params.owner ?? "") }),
+    },
+    {
+      method: "GET",
+      template: "/orgs/{org}/installation",
+      auth: "app",
+      handle: (req) => ({ status: 200, body: inst(req.params.org ?? "") }),
+    },
+  ];
+}

@@ -1,0 +1,197 @@
+// In-memory GitHub state: repositories, runs, jobs, runners, runner groups.
+// Pure bookkeeping; HTTP and webhooks live elsewhere.
+import { randomBytes } from "node:crypto";
+
+export type JobStatus = "queued" | "in_progress" | "completed";
+export const CONCLUSIONS = ["success", "failure", "cancelled", "skipped", "neutral", "timed_out", "action_required"] as const;
+export type Conclusion = (typeof CONCLUSIONS)[number];
+
+export interface FakeJob {
+  id: number;
+  run_id: number;
+  run_attempt: number;
+  owner: string;
+  repo: string;
+  private: boolean;
+  labels: string[];
+  name: string;
+  status: JobStatus;
+  conclusion: Conclusion | null;
+  runner_id: number | null;
+  runner_name: string | null;
+  runner_group_id: number | null;
+  runner_group_name: string | null;
+  created_at: string;
+  started_at: string;
+  completed_at: string | null;
+  head_sha: string;
+}
+
+export type RunnerScope = { kind: "repo"; owner: string; repo: string } | { kind: "org"; org: string };
+
+export interface FakeRunner {
+  id: number;
+  name: string;
+  os: string;
+  status: "online" | "offline";
+  busy: boolean;
+  labels: string[];
+  scope: RunnerScope;
+  runner_group_id: number;
+  job_id: number | null;
+  created_at: string;
+}
+
+export interface RepoInfo {
+  id: number;
+  ownerId: number;
+  owner: string;
+  name: string;
+  private: boolean;
+}
+
+export class ConflictError extends Error {}
+
+const lower = (s: string): string => s.toLowerCase();
+const now = (): string => new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+
+export function labelsMatch(jobLabels: string[], runnerLabels: string[]): boolean {
+  const have = new Set(runnerLabels.map(lower));
+  return jobLabels.every((l) => have.has(lower(l)));
+}
+
+export function scopeHoldsRepo(scope: RunnerScope, owner: string, repo: string): boolean {
+  if (scope.kind === "org") return lower(scope.org) === lower(owner);
+  return lower(scope.owner) === lower(owner) && lower(scope.repo) === lower(repo);
+}
+
+function sameScope(a: RunnerScope, b: RunnerScope): boolean {
+  if (a.kind === "org" && b.kind === "org") return lower(a.org) === lower(b.org);
+  if (a.kind === "repo" && b.kind === "repo") return scopeHoldsRepo(a, b.owner, b.repo);
+  return false;
+}
+
+export class FakeState {
+  // Ids above 2^32 for jobs and runs, as on github.com today, so int32 mistakes show up.
+  private nextJobId = 40_000_000_001;
+  private nextRunId = 12_000_000_001;
+  private nextRunnerId = 1001;
+  private nextRepoId = 700_000_001;
+  private nextLabelId = 1;
+  private readonly labelIds = new Map<string, number>();
+  private readonly ownerIds = new Map<string, number>();
+  readonly repos = new Map<string, RepoInfo>();
+  readonly jobs = new Map<number, FakeJob>();
+  readonly runners = new Map<number, FakeRunner>();
+  readonly runnerTokens = new Map<number, string>();
+  readonly runnerGroups = new Map<number, string>([[1, "Default"]]);
+
+  repoInfo(owner: string, name: string, isPrivate?: boolean): RepoInfo {
+    const key = `${lower(owner)}/${lower(name)}`;
+    let info = this.repos.get(key);
+    if (!info) {
+      let ownerId = this.ownerIds.get(lower(owner));
+      if (ownerId === undefined) this.ownerIds.set(lower(owner), (ownerId = 90_000_000 + this.ownerIds.size + 1));
+      info = { id: this.nextRepoId++, ownerId, owner, name, private: isPrivate ?? true };
+      this.repos.set(key, info);
+    }
+    if (isPrivate !== undefined) info.private = isPrivate;
+    return info;
+  }
+
+  ownerId(owner: string): number {
+    return this.ownerIds.get(lower(owner)) ?? 90_000_000;
+  }
+
+  labelId(name: string): number {
+    let id = this.labelIds.get(lower(name));
+    if (id === undefined) this.labelIds.set(lower(name), (id = this.nextLabelId++));
+    return id;
+  }
+
+  createJob(o: { owner: string; repo: string; labels: string[]; private?: boolean; runAttempt?: number; runId?: number; name?: string }): FakeJob {
+    const repo = this.repoInfo(o.owner, o.repo, o.private);
+    const at = now();
+    const job: FakeJob = {
+      id: this.nextJobId++,
+      run_id: o.runId ?? this.nextRunId++,
+      run_attempt: o.runAttempt ?? 1,
+      owner: repo.owner,
+      repo: repo.name,
+      private: repo.private,
+      labels: [...o.labels],
+      name: o.name ?? "build",
+      status: "queued",
+      conclusion: null,
+      runner_id: null,
+      runner_name: null,
+      runner_group_id: null,
+      runner_group_name: null,
+      created_at: at,
+      started_at: at,
+      completed_at: null,
+      head_sha: randomBytes(20).toString("hex"),
+    };
+    this.jobs.set(job.id, job);
+    return job;
+  }
+
+  createRunner(scope: RunnerScope, name: string, runnerGroupId: number, labels: string[]): { runner: FakeRunner; token: string } {
+    for (const r of this.runners.values()) {
+      if (sameScope(r.scope, scope) && r.name === name) throw new ConflictError(name);
+    }
+    const runner: FakeRunner = {
+      id: this.nextRunnerId++,
+      name,
+      os: "Linux",
+      status: "offline",
+      busy: false,
+      labels: [...labels],
+      scope,
+      runner_group_id: runnerGroupId,
+      job_id: null,
+      created_at: now(),
+    };
+    const token = randomBytes(24).toString("hex");
+    this.runners.set(runner.id, runner);
+    this.runnerTokens.set(runner.id, token);
+    return { runner, token };
+  }
+
+  runnersIn(scope: RunnerScope): FakeRunner[] {
+    return [...this.runners.values()].filter((r) => sameScope(r.scope, scope));
+  }
+
+  deleteRunner(id: number): void {
+    this.runners.delete(id);
+    this.runnerTokens.delete(id);
+  }
+
+  /** Oldest queued job this runner may take, marked in_progress; undefined when none. */
+  acquire(runner: FakeRunner): FakeJob | undefined {
+    if (runner.job_id !== null) return this.jobs.get(runner.job_id);
+    const job = [...this.jobs.values()].find(
+      (j) => j.status === "queued" && scopeHoldsRepo(runner.scope, j.owner, j.repo) && labelsMatch(j.labels, runner.labels),
+    );
+    if (!job) return undefined;
+    job.status = "in_progress";
+    job.started_at = now();
+    job.runner_id = runner.id;
+    job.runner_name = runner.name;
+    job.runner_group_id = runner.runner_group_id;
+    job.runner_group_name = this.runnerGroups.get(runner.runner_group_id) ?? `group-${runner.runner_group_id}`;
+    runner.busy = true;
+    runner.status = "online";
+    runner.job_id = job.id;
+    return job;
+  }
+
+  /** Marks a job completed; false when it already was (e.g. cancelled earlier). */
+  complete(job: FakeJob, conclusion: Conclusion): boolean {
+    if (job.status === "completed") return false;
+    job.status = "completed";
+    job.conclusion = conclusion;
+    job.completed_at = now();
+    return true;
+  }
+}

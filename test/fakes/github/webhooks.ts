@@ -1,0 +1,169 @@
+// workflow_job webhooks: payloads built from GitHub's own examples
+// (@octokit/webhooks-examples), signed with @octokit/webhooks, delivered in
+// event order, one at a time per job.
+import { createHmac, randomUUID } from "node:crypto";
+import { request } from "node:http";
+import { createRequire } from "node:module";
+import { Webhooks } from "@octokit/webhooks";
+import { job as restJob, type Urls } from "./shapes.ts";
+import type { FakeJob, FakeState } from "./state.ts";
+
+export type JobAction = "queued" | "in_progress" | "completed";
+type Json = Record<string, unknown>;
+interface Example extends Json {
+  action: string;
+  workflow_job: Json & { status: string; conclusion: string | null };
+  installation?: Json;
+  organization?: Json;
+  repository: Json;
+}
+
+const DELIVERY_TIMEOUT_MS = 10_000; // what GitHub gives a receiver
+const examples: Example[] =
+  (createRequire(import.meta.url)("@octokit/webhooks-examples") as Array<{ name: string; examples: Example[] }>).find(
+    (d) => d.name === "workflow_job",
+  )?.examples ?? [];
+
+function example(pick: (e: Example) => boolean, what: string): Example {
+  const found = examples.find(pick);
+  if (!found) throw new Error(`@octokit/webhooks-examples has no workflow_job example for ${what}`);
+  return found;
+}
+
+const TEMPLATES: Record<JobAction, Example> = {
+  queued: example((e) => e.action === "queued" && e.workflow_job.status === "queued", "queued"),
+  in_progress: example((e) => e.action === "in_progress" && e.installation !== undefined, "in_progress"),
+  completed: example((e) => e.action === "completed" && e.workflow_job.conclusion === "success", "completed"),
+};
+const ORGANIZATION = example((e) => e.organization !== undefined, "organization").organization ?? {};
+
+/** Deep copy with every string passed through `fn`. */
+function mapStrings<T>(value: T, fn: (s: string) => string): T {
+  if (typeof value === "string") return fn(value) as T;
+  if (Array.isArray(value)) return value.map((v: unknown) => mapStrings(v, fn)) as T;
+  if (value && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, mapStrings(v, fn)])) as T;
+  }
+  return value;
+}
+
+export function workflowJobPayload(u: Urls, state: FakeState, installationId: number, job: FakeJob, action: JobAction): Json {
+  const t = TEMPLATES[action];
+  const info = state.repoInfo(job.owner, job.repo);
+  const fullName = `${info.owner}/${info.name}`;
+  const rewrite = (s: string): string =>
+    s
+      .replaceAll("https://api.github.com", u.api)
+      .replaceAll(String(t.repository.full_name), fullName)
+      .replaceAll(String((t.repository.owner as Json).login), info.owner);
+  const repository = mapStrings(t.repository, rewrite);
+  Object.assign(repository, {
+    id: info.id,
+    node_id: Buffer.from(`010:Repository${info.id}`).toString("base64"),
+    name: info.name,
+    full_name: fullName,
+    private: info.private,
+    visibility: info.private ? "private" : "public",
+  });
+  Object.assign(repository.owner as Json, { login: info.owner, id: info.ownerId, type: "Organization" });
+  const orgLogin = String(ORGANIZATION.login);
+  const organization = mapStrings(ORGANIZATION, (s) => s.replaceAll("https://api.github.com", u.api).replaceAll(orgLogin, info.owner));
+  Object.assign(organization, { login: info.owner, id: info.ownerId, description: null });
+  return {
+    action,
+    workflow_job: { ...structuredClone(t.workflow_job), ...restJob(u, job) },
+    repository,
+    organization,
+    sender: structuredClone(t.sender),
+    installation: { id: installationId, node_id: Buffer.from(`023:IntegrationInstallation${installationId}`).toString("base64") },
+  };
+}
+
+export interface DeliveryRecord {
+  id: string;
+  event: string;
+  action: string;
+  status: number; // 0: not delivered (no URL, connection failed or timed out)
+  jobId: number;
+}
+
+interface Sent {
+  body: string;
+  action: string;
+  jobId: number;
+}
+
+export class WebhookSender {
+  readonly deliveries: DeliveryRecord[] = [];
+  url: string | undefined;
+  private readonly sent = new Map<string, Sent>();
+  private readonly chains = new Map<number, Promise<unknown>>();
+  private readonly webhooks: Webhooks;
+
+  constructor(private readonly o: { secret: string; appId: number; hookId: number; url?: string }) {
+    this.webhooks = new Webhooks({ secret: o.secret });
+    this.url = o.url;
+  }
+
+  /** Queue a new delivery behind the job's earlier ones; resolves to the receiver's status. */
+  deliver(jobId: number, action: string, payload: Json): Promise<number> {
+    const id = randomUUID();
+    const sent = { body: JSON.stringify(payload), action, jobId };
+    this.sent.set(id, sent);
+    return this.enqueue(id, sent);
+  }
+
+  redeliver(id: string): Promise<number> {
+    const sent = this.sent.get(id);
+    if (!sent) return Promise.reject(new Error(`no delivery ${id}`));
+    return this.enqueue(id, sent);
+  }
+
+  /** Resolves once every queued delivery has been attempted. */
+  async idle(): Promise<void> {
+    while (this.chains.size > 0) await Promise.allSettled([...this.chains.values()]);
+  }
+
+  private enqueue(id: string, sent: Sent): Promise<number> {
+    const previous = this.chains.get(sent.jobId) ?? Promise.resolve();
+    const next = previous.then(() => this.post(id, sent));
+    const tail = next.catch(() => undefined);
+    this.chains.set(sent.jobId, tail);
+    void tail.then(() => {
+      if (this.chains.get(sent.jobId) === tail) this.chains.delete(sent.jobId);
+    });
+    return next;
+  }
+
+  private async post(id: string, sent: Sent): Promise<number> {
+    const status = this.url ? await this.send(this.url, id, sent.body) : 0;
+    this.deliveries.push({ id, event: "workflow_job", action: sent.action, status, jobId: sent.jobId });
+    return status;
+  }
+
+  private async send(url: string, id: string, body: string): Promise<number> {
+    const headers = {
+      accept: "*/*",
+      "content-type": "application/json",
+      "content-length": String(Buffer.byteLength(body)),
+      "user-agent": "GitHub-Hookshot/8e03811",
+      "x-github-delivery": id,
+      "x-github-event": "workflow_job",
+      "x-github-hook-id": String(this.o.hookId),
+      "x-github-hook-installation-target-id": String(this.o.appId),
+      "x-github-hook-installation-target-type": "integration",
+      "x-hub-signature": `sha1=${createHmac("sha1", this.o.secret).update(body).digest("hex")}`,
+      "x-hub-signature-256": await this.webhooks.sign(body),
+    };
+    return new Promise<number>((resolve) => {
+      const signal = AbortSignal.timeout(DELIVERY_TIMEOUT_MS);
+      const req = request(url, { method: "POST", headers, signal }, (res) => {
+        res.resume();
+        res.on("end", () => resolve(res.statusCode ?? 0));
+        res.on("error", () => resolve(0));
+      });
+      req.on("error", () => resolve(0));
+      req.end(body);
+    });
+  }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The "job" the fake runner runs (test/fakes/PROTOCOL.md): a nested container inside the runner
+# container's own Docker engine, with no network. Its exit status is the job's outcome.
+set -euo pipefail
+
+image="jitrunner-inner"
+
+if ! docker image inspect "$image" >/dev/null 2>&1; then
+  # No registry: the inner image is just a static busybox, imported from a directory.
+  dir="$(mktemp -d)"
+  trap 'rm -rf "$dir"' EXIT
+  cp /bin/busybox "$dir/busybox"
+  tar -C "$dir" -c . | docker import - "$image" >/dev/null
+fi
+
+docker run --rm --network none "$image" /busybox echo nested-ok
