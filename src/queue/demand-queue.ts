@@ -100,6 +100,8 @@ export interface Lease {
   complete(result: string): Promise<void>;
   /** Give the demand back: retried with backoff while attempts remain, unless `final`. */
   fail(err: Error, final: boolean): Promise<void>;
+  /** Hand the demand back untouched (shutdown): another worker, or this one restarted, takes it. */
+  release(): Promise<void>;
 }
 
 /** The consumer side for one pool, used by a worker; it takes demand only when asked. */
@@ -154,6 +156,7 @@ export class DemandConsumer {
       complete: (result) => settle(() => job.moveToCompleted(result, token, false)),
       fail: (err, final) =>
         settle(() => job.moveToFailed(final ? new UnrecoverableError(err.message) : err, token, false)),
+      release: () => settle(() => job.moveToWait(token)),
     };
   }
 

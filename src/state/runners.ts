@@ -68,10 +68,13 @@ export class RunnerStore {
       .exec();
   }
 
-  /** The live runner launched for a demand, if any (a demand taken over from a stopped worker). */
-  async findByDemand(demandId: string): Promise<RunnerRecord | undefined> {
+  /**
+   * The runner launched for a demand, if any: `record` while it lives, only `name` once it is gone
+   * (the demand was served). A demand taken over from a stopped worker needs no second runner.
+   */
+  async findByDemand(demandId: string): Promise<{ name: string; record?: RunnerRecord } | undefined> {
     const name = await this.#redis.get(this.#demandKey(demandId));
-    return name ? this.get(name) : undefined;
+    return name ? { name, record: await this.get(name) } : undefined;
   }
 
   async update(name: string, fields: Partial<Omit<RunnerRecord, "name">>): Promise<void> {
@@ -103,13 +106,14 @@ export class RunnerStore {
     return this.#redis.smembers(this.#hostKey(host));
   }
 
-  async remove(record: Pick<RunnerRecord, "name" | "host" | "demandId">): Promise<void> {
-    await this.#redis
-      .multi()
-      .del(this.#key(record.name))
-      .srem(this.#hostKey(record.host), record.name)
-      .del(this.#demandKey(record.demandId))
-      .exec();
+  /**
+   * Forgets a runner. `demandServed` keeps the note that its demand got a runner (so a redelivered
+   * lease launches no second one); a failed launch clears it so the retry launches again.
+   */
+  async remove(record: Pick<RunnerRecord, "name" | "host" | "demandId">, demandServed: boolean): Promise<void> {
+    const tx = this.#redis.multi().del(this.#key(record.name)).srem(this.#hostKey(record.host), record.name);
+    if (!demandServed && record.demandId) tx.del(this.#demandKey(record.demandId));
+    await tx.exec();
   }
 
   /**

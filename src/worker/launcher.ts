@@ -107,7 +107,7 @@ export class Launcher {
    * Waits until the runner is done: its container stopped, or `completed` came and the grace
    * period passed, or it stayed idle past the pool's idle timeout and GitHub agreed to delete it.
    */
-  watch(tracked: Tracked, pool: Pick<PoolConfig, "idleTimeoutSeconds">, log: Logger): Promise<string> {
+  watch(tracked: Tracked, pool: Pick<PoolConfig, "idleTimeoutSeconds">, log: Logger, shutdown?: AbortSignal): Promise<string> {
     const d = this.#d;
     const { name, containerId } = tracked.record;
     return new Promise((resolve) => {
@@ -130,6 +130,9 @@ export class Launcher {
         }
       };
       const off = d.events.on(name, onState);
+      // Shutdown stops the watching, not the runner: a restarted worker adopts it.
+      if (shutdown?.aborted) return finish("shutdown");
+      shutdown?.addEventListener("abort", () => finish("shutdown"), { once: true });
       // A webhook may have arrived before we listened.
       d.runners.get(name).then((r) => r && (r.state === "busy" || r.state === "completed") && onState(r.state), () => undefined);
       if (!containerId) return finish("no_container");
@@ -164,7 +167,7 @@ export class Launcher {
         const result = await this.#deregister(latest, log);
         if (result === undefined) throw new Error("could not delete the runner's registration");
       }
-      await d.runners.remove(record);
+      await d.runners.remove(record, reason !== "launch_failed");
       d.metrics.removed(record.pool, reason);
       log.info({ runner: record.name, reason }, "runner removed");
     } finally {

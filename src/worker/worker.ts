@@ -44,6 +44,8 @@ export class RunnerWorker {
   readonly #slots: Slots;
   readonly #pools: Map<string, PoolConfig>;
   readonly #launches = new Set<Promise<unknown>>();
+  readonly #serving = new Set<Promise<unknown>>();
+  readonly #shutdown = new AbortController();
   readonly #loops: Promise<void>[] = [];
   #stopping = false;
   #reconcileTimer: NodeJS.Timeout | undefined;
@@ -82,9 +84,12 @@ export class RunnerWorker {
   async stop(): Promise<void> {
     this.#stopping = true;
     clearTimeout(this.#reconcileTimer);
+    // Watching stops at once; launches in flight finish first, then hand their demand back.
+    this.#shutdown.abort();
     await Promise.allSettled([...this.#d.sources.values()].map((s) => s.close()));
     await Promise.allSettled(this.#loops);
     await Promise.allSettled([...this.#launches]);
+    await Promise.allSettled([...this.#serving]);
     this.#d.logger.info({ running: this.#d.launcher.tracked.size }, "worker stopped; running runners left running");
   }
 
@@ -105,8 +110,11 @@ export class RunnerWorker {
         this.#slots.release();
         continue;
       }
-      const serving = this.#serve(lease).finally(() => this.#slots.release());
-      void serving;
+      const serving = this.#serve(lease).finally(() => {
+        this.#slots.release();
+        this.#serving.delete(serving);
+      });
+      this.#serving.add(serving);
     }
   }
 
@@ -117,10 +125,12 @@ export class RunnerWorker {
     try {
       const existing = await this.#d.runners.findByDemand(lease.id);
       if (existing) {
-        // Taken over from a worker that stopped: its runner still exists; wait for it to end.
-        log.info({ runner: existing.name, host: existing.host }, "demand already has a runner; waiting for it");
-        await this.#waitGone(existing.name);
-        await lease.complete("served_elsewhere");
+        // Taken over from a worker that stopped. Its runner served the demand, or still runs:
+        // then wait for it to end (the host that has it removes it). No second runner either way.
+        log.info({ runner: existing.name, host: existing.record?.host }, "demand already has a runner");
+        if (existing.record) await this.#waitGone(existing.name);
+        if (this.#stopping) await lease.release();
+        else await lease.complete("served_by_earlier_runner");
         return;
       }
       if (this.#d.checkStillQueued && !(await this.#stillNeeded(lease, log))) {
@@ -138,7 +148,11 @@ export class RunnerWorker {
       }
       this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000, (Date.now() - demand.receivedAt) / 1000);
       this.#lastError = undefined;
-      const reason = await this.#d.launcher.watch(tracked, pool, log);
+      const reason = await this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal);
+      if (reason === "shutdown") {
+        await lease.release();
+        return;
+      }
       await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => {
         log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry");
       });
@@ -190,7 +204,10 @@ export class RunnerWorker {
           const tracked: Tracked = { record: { ...record, containerId: c.id }, state: record.state === "busy" ? "busy" : "idle" };
           launcher.tracked.set(name, tracked);
           log.info({ runner: name }, "adopted running runner");
-          void launcher.watch(tracked, pool, log).then((reason) => launcher.teardown(tracked.record, reason, log)).catch(() => undefined);
+          void launcher
+            .watch(tracked, pool, log, this.#shutdown.signal)
+            .then((reason) => (reason === "shutdown" ? undefined : launcher.teardown(tracked.record, reason, log)))
+            .catch(() => undefined);
         } else {
           const stub = record ?? { name, pool: c.labels[LABEL.pool] ?? "", host, state: "registering" as const, installationId: 0, owner: "", repo: "", demandId: c.labels[LABEL.demand] ?? "", createdAt: c.createdAt };
           await launcher.teardown({ ...stub, containerId: c.id }, c.running ? "reconcile_unknown" : "reconcile_exited", log);
@@ -200,7 +217,7 @@ export class RunnerWorker {
         if (seen.has(name) || launcher.tracked.has(name)) continue;
         const record = await runners.get(name);
         if (!record) {
-          await runners.remove({ name, host, demandId: "" });
+          await runners.remove({ name, host, demandId: "" }, true);
           continue;
         }
         if (Date.now() - record.createdAt < 60_000) continue;

@@ -62,7 +62,7 @@ async function cleanPrefix(url: string, prefix: string): Promise<void> {
   try {
     let cursor = "0";
     do {
-      const [next, keys] = await c.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 500);
+      const [next, keys] = await c.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 500);
       cursor = next;
       if (keys.length) await c.del(...keys);
     } while (cursor !== "0");

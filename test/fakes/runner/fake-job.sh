@@ -14,3 +14,5 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
 fi
 
 docker run --rm --network none "$image" /busybox echo nested-ok
+# Tests that need a job still running (restarts, shutdown) make it last longer.
+sleep "${FAKE_JOB_SECONDS:-0}"

@@ -1,0 +1,76 @@
+import { randomBytes } from "node:crypto";
+import { dirname } from "node:path";
+import { Writable } from "node:stream";
+import Docker from "dockerode";
+import { start, type Mode, type Running } from "../../src/main.ts";
+import { createLogger } from "../../src/logger.ts";
+import type { ConfigInput } from "../../src/config/schema.ts";
+import type { FakeGitHub } from "../fakes/github/index.ts";
+import { testConfig, WEBHOOK_SECRET } from "./config.ts";
+import type { TestRedis } from "./redis.ts";
+
+export const RUNNER_IMAGE = process.env.JITRUNNER_TEST_RUNNER_IMAGE ?? "jitrunner-test-runner:latest";
+export const docker = new Docker();
+
+/** A pool of real DinD runner containers that reach the fake GitHub through its unix socket. */
+export function fakeRunnerPool(fake: FakeGitHub, over: Record<string, unknown> = {}) {
+  return {
+    name: "default",
+    labels: ["self-hosted", "linux", "x64"],
+    image: RUNNER_IMAGE,
+    isolation: "capabilities" as const,
+    networkMode: "none",
+    resources: { memoryMb: 1024, pidsLimit: 2048 },
+    mounts: [{ source: dirname(fake.socketPath), target: "/fake-github" }],
+    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock" },
+    ...over,
+  };
+}
+
+export interface SystemUnderTest extends Running {
+  logs(): string;
+}
+
+/** The real composition root, in-process, against the fake GitHub, a real Redis and Docker. */
+export async function startSystem(
+  mode: Mode,
+  fake: FakeGitHub,
+  redis: TestRedis,
+  hostId: string,
+  over: Partial<ConfigInput> = {},
+): Promise<SystemUnderTest> {
+  const config = testConfig({
+    github: { appId: fake.appId, apiUrl: fake.url },
+    redis: { url: redis.url, prefix: redis.prefix },
+    server: { host: "127.0.0.1", port: 0 },
+    worker: { hostId, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
+    logLevel: "debug",
+    pools: [fakeRunnerPool(fake)],
+    privateKey: fake.privateKey,
+    webhookSecret: WEBHOOK_SECRET,
+    ...over,
+  });
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(String(chunk));
+      cb();
+    },
+  });
+  const running = await start(config, mode, createLogger("debug", sink));
+  if (mode !== "worker") fake.setWebhookUrl(`${running.url}/webhooks/github`);
+  return { ...running, logs: () => lines.join("") };
+}
+
+export function uniqueHost(tag: string): string {
+  return `${tag}-${randomBytes(3).toString("hex")}`;
+}
+
+/** Our containers on one host, running or not. */
+export async function containersOf(hostId: string): Promise<Docker.ContainerInfo[]> {
+  return docker.listContainers({ all: true, filters: { label: ["dev.jitrunner.managed-by=jitrunner", `dev.jitrunner.host=${hostId}`] } });
+}
+
+export async function removeContainersOf(hostId: string): Promise<void> {
+  for (const c of await containersOf(hostId)) await docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => undefined);
+}

@@ -1,0 +1,130 @@
+/**
+ * The worker's less happy paths, for real (fake GitHub, real Redis, real Docker engine):
+ * a launch that fails after registration, a job cancelled while its webhook was lost, and a
+ * worker stopped and restarted while its runner runs a job.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Queue } from "bullmq";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { waitFor } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { containersOf, fakeRunnerPool, removeContainersOf, startSystem, uniqueHost } from "../helpers/system.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
+
+const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
+const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
+let redis: TestRedis;
+const hosts: string[] = [];
+
+before(async () => {
+  redis = await startRedis();
+});
+after(async () => {
+  for (const h of hosts) await removeContainersOf(h);
+  await redis.stop();
+});
+
+function calls(fake: FakeGitHub, route: string, method?: string): number {
+  return fake.requests.filter((r) => r.route === route && (!method || r.method === method)).length;
+}
+
+/** Each test its own key prefix: job ids restart with each fake GitHub. */
+function scoped(tag: string): TestRedis {
+  return { ...redis, prefix: `${redis.prefix}-${tag}` };
+}
+
+async function demandState(r: TestRedis, pool: string, id: string): Promise<{ state: string; result: unknown } | undefined> {
+  const conn = redisConnection(r.url);
+  const q = new Queue(`demand-${pool}`, { connection: conn, prefix: `${r.prefix}:bull` });
+  try {
+    const job = await q.getJob(id);
+    return job ? { state: await job.getState(), result: job.returnvalue } : undefined;
+  } finally {
+    await q.close();
+    conn.disconnect();
+  }
+}
+
+test("a launch that fails after registration deletes the registration and leaves no container", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("fail");
+  const r = scoped("fail");
+  hosts.push(host);
+  const sys = await startSystem("all", fake, r, host, { pools: [fakeRunnerPool(fake, { image: "jitrunner-no-such-image:never" })] });
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+    await waitFor(() => calls(fake, DELETE, "DELETE") >= 1 && calls(fake, JIT) >= 1, 30_000, "registration deleted after the failed create");
+    await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "failed", 30_000, "demand failed (missing image is not retried)");
+    assert.equal(calls(fake, JIT), calls(fake, DELETE, "DELETE"), "every registration made was deleted");
+    assert.equal(fake.runners().length, 0);
+    assert.equal((await containersOf(host)).length, 0);
+    const metrics = await (await fetch(`${sys.url}/metrics`)).text();
+    assert.match(metrics, /jitrunner_launch_failures_total\{pool="default",reason="E_DOCKER"\} 1/);
+    assert.match(sys.logs(), /create container failed \(404\)/);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
+test("a job cancelled while queued launches no runner, even when the completed webhook was lost", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("cancel");
+  const r = scoped("cancel");
+  hosts.push(host);
+  const server = await startSystem("server", fake, r, host);
+  let worker: Awaited<ReturnType<typeof startSystem>> | undefined;
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "waiting", 10_000, "demand waiting");
+    fake.setWebhookUrl("http://127.0.0.1:9/lost"); // the `completed` delivery goes nowhere
+    await fake.cancelJob(job.id);
+    worker = await startSystem("worker", fake, r, host);
+    const done = await waitFor(async () => {
+      const s = await demandState(r, "default", `${job.id}-1`);
+      return s?.state === "completed" && s;
+    }, 20_000, "demand settled by the worker");
+    assert.equal(done.result, "not_needed");
+    assert.equal(calls(fake, JIT), 0, "no runner registered");
+    assert.equal(calls(fake, "/repos/{owner}/{repo}/actions/jobs/{job_id}"), 1, "one still-queued check");
+    assert.equal((await containersOf(host)).length, 0);
+  } finally {
+    await worker?.close();
+    await server.close();
+    await fake.close();
+  }
+});
+
+test("a worker stopped mid-job leaves the runner running; restarted, it adopts it and launches no second runner", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("restart");
+  const r = scoped("restart");
+  hosts.push(host);
+  const pools = [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "8" } })];
+  const first = await startSystem("all", fake, r, host, { pools });
+  let second: Awaited<ReturnType<typeof startSystem>> | undefined;
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "job running");
+    await first.close();
+    const running = await containersOf(host);
+    assert.equal(running.length, 1, "runner container survives the worker's shutdown");
+    assert.equal(running[0]!.State, "running");
+
+    second = await startSystem("all", fake, r, host, { pools });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "container removed by the restarted worker");
+    await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "completed", 30_000, "demand completed");
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.conclusion, "success");
+    assert.equal(calls(fake, JIT), 1, "exactly one runner was ever registered");
+    assert.equal(fake.runners().length, 0);
+    assert.match(second.logs(), /adopted running runner/);
+    assert.match(second.logs(), /demand already has a runner/);
+  } finally {
+    await second?.close();
+    await first.close();
+    await fake.close();
+  }
+});
