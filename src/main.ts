@@ -9,6 +9,7 @@ import { buildApp } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
 import { Metrics } from "./metrics/metrics.ts";
 import { DemandConsumer, DemandQueues, redisConnection } from "./queue/demand-queue.ts";
+import { DeliveryLog } from "./state/deliveries.ts";
 import { RunnerStore } from "./state/runners.ts";
 import { Launcher } from "./worker/launcher.ts";
 import { RunnerEvents } from "./worker/runner-events.ts";
@@ -46,7 +47,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   let ingress: Ingress | undefined;
   if (mode !== "worker") {
     queues = new DemandQueues(settings, redis);
-    ingress = new Ingress({ config, demand: queues, runners, metrics, logger });
+    ingress = new Ingress({ config, demand: queues, runners, deliveries: new DeliveryLog(redis, config.redis.prefix), metrics, logger });
     const q = queues;
     metrics.onScrape(async () => {
       for (const [pool, n] of await q.pending(allPools)) metrics.demandPending(pool, n);

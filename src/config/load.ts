@@ -85,6 +85,12 @@ function crossCheck(config: ParsedConfig): string[] {
   config.pools.forEach((pool: PoolConfig, i) => {
     if (seen.has(pool.name)) problems.push(`pools.${i}.name: duplicate pool name '${pool.name}'`);
     seen.add(pool.name);
+    pool.mounts.forEach((m, j) => {
+      // A runner never gets a Docker engine of the host: any job could take the host over.
+      if (exposesEngineSocket(m.source)) {
+        problems.push(`pools.${i}.mounts.${j}: ${m.source} is a container engine socket; runners must never get the host's engine`);
+      }
+    });
   });
   for (const [i, wanted] of config.worker.pools.entries()) {
     if (!seen.has(wanted)) problems.push(`worker.pools.${i}: no pool named '${wanted}'`);
@@ -92,6 +98,16 @@ function crossCheck(config: ParsedConfig): string[] {
   const d = config.worker.docker;
   if (d.socketPath && d.host) problems.push("worker.docker: give socketPath or host, not both");
   return problems;
+}
+
+/** Directories that hold the host's engine sockets, and the sockets themselves. */
+const ENGINE_PATHS = ["/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock", "/run/podman/podman.sock"];
+
+/** True when a bind mount source is, or contains, a container engine socket of the host. */
+export function exposesEngineSocket(source: string): boolean {
+  const path = source.replace(/\/+$/, "") || "/";
+  if (/(^|\/)(docker|containerd|podman)\.sock$/.test(path)) return true;
+  return ENGINE_PATHS.some((socket) => socket === path || socket.startsWith(path === "/" ? "/" : `${path}/`));
 }
 
 /** JITRUNNER_REDIS_URL and friends override the file, so one file serves several hosts. */

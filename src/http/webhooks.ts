@@ -26,7 +26,7 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
   app.post("/webhooks/github", async (req, reply) => {
     const receivedAt = Date.now();
     const event = header(req.headers["x-github-event"]);
-    const deliveryId = header(req.headers["x-github-delivery"]) ?? "none";
+    const deliveryId = header(req.headers["x-github-delivery"]);
     const signature = header(req.headers["x-hub-signature-256"]);
     const body = req.body;
     if (!signature || !Buffer.isBuffer(body)) {
@@ -38,6 +38,7 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
       return reply.code(401).send({ error: "signature does not match" });
     }
     if (!event) return reply.code(400).send({ error: "missing X-GitHub-Event" });
+    if (!deliveryId || deliveryId.length > 100) return reply.code(400).send({ error: "missing or invalid X-GitHub-Delivery" });
     let payload: unknown;
     try {
       payload = JSON.parse(body.toString("utf8"));

@@ -17,6 +17,12 @@ export interface RunnerMarks {
   mark(name: string, state: "busy" | "completed", jobId: number): Promise<boolean>;
 }
 
+/** Delivery ids already acted on (Redis in production). */
+export interface DeliveryClaims {
+  claim(deliveryId: string): Promise<boolean>;
+  forget(deliveryId: string): Promise<void>;
+}
+
 export interface Delivery {
   event: string;
   deliveryId: string;
@@ -28,6 +34,7 @@ export interface IngressDeps {
   config: Pick<Config, "pools" | "policy" | "runnerNamePrefix">;
   demand: DemandSink;
   runners: RunnerMarks;
+  deliveries: DeliveryClaims;
   metrics: Metrics;
   logger: Logger;
 }
@@ -48,7 +55,16 @@ export class Ingress {
     if (delivery.event === "ping") outcome = "pong";
     else if (delivery.event !== "workflow_job") outcome = "ignored_event";
     else if (!isWorkflowJob(delivery.payload)) outcome = "malformed";
-    else outcome = await this.#workflowJob(delivery.payload, delivery);
+    else if (!(await this.#deps.deliveries.claim(delivery.deliveryId))) outcome = "replayed";
+    else {
+      try {
+        outcome = await this.#workflowJob(delivery.payload, delivery);
+      } catch (err) {
+        // Not acted on: GitHub's redelivery of this id must be.
+        await this.#deps.deliveries.forget(delivery.deliveryId).catch(() => undefined);
+        throw err;
+      }
+    }
     this.#deps.metrics.delivery(delivery.event, action, outcome);
     return outcome;
   }

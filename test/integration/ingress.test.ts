@@ -7,6 +7,7 @@ import { buildApp } from "../../src/http/app.ts";
 import { Ingress } from "../../src/ingress/ingress.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
+import { DeliveryLog } from "../../src/state/deliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
@@ -33,7 +34,8 @@ before(async () => {
   metrics = new Metrics({ processMetrics: false });
   queues = new DemandQueues({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, conn);
   runners = new RunnerStore(conn, redis.prefix);
-  const ingress = new Ingress({ config: { ...config }, demand: queues, runners, metrics, logger: pino({ level: "silent" }) });
+  const deliveries = new DeliveryLog(conn, redis.prefix);
+  const ingress = new Ingress({ config: { ...config }, demand: queues, runners, deliveries, metrics, logger: pino({ level: "silent" }) });
   app = await buildApp({
     logger: pino({ level: "silent" }),
     metrics,
@@ -72,16 +74,20 @@ test("missing or wrong signatures get 401 and queue nothing", async () => {
   assert.deepEqual(await waitingJobs("default"), []);
 });
 
-test("a queued job becomes one demand item; redeliveries add nothing", async () => {
+test("a queued job becomes one demand item; replays and redeliveries add nothing", async () => {
   const body = JSON.stringify(queuedPayload({ jobId: 555, runAttempt: 1, labels: ["self-hosted", "Linux"] }));
   const headers = signedHeaders("workflow_job", body, WEBHOOK_SECRET, "delivery-555");
   const first = await post(body, headers);
   assert.equal(first.statusCode, 202);
   assert.equal(first.json().outcome, "queued");
   for (let i = 0; i < 3; i++) {
+    // The same delivery id again: a replay, acknowledged and ignored.
     const again = await post(body, headers);
     assert.equal(again.statusCode, 202);
-    assert.equal(again.json().outcome, "duplicate");
+    assert.equal(again.json().outcome, "replayed");
+    // A new delivery of the same job attempt (GitHub sent the event twice): no new demand.
+    const dup = await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET));
+    assert.equal(dup.json().outcome, "duplicate");
   }
   // A new attempt of the same job is new demand.
   const rerun = JSON.stringify(queuedPayload({ jobId: 555, runAttempt: 2, labels: ["self-hosted"] }));
@@ -130,6 +136,8 @@ test("ping 200, other events 202 and counted, malformed 400, wrong type 415, too
   assert.equal(pushRes.json().outcome, "ignored_event");
   const junk = "{not json";
   assert.equal((await post(junk, signedHeaders("workflow_job", junk, WEBHOOK_SECRET))).statusCode, 400);
+  const { ["x-github-delivery"]: _d, ...noDelivery } = signedHeaders("workflow_job", ping, WEBHOOK_SECRET);
+  assert.equal((await post(ping, noDelivery)).statusCode, 400);
   const shapeless = JSON.stringify({ action: "queued", workflow_job: { id: "x" } });
   assert.equal((await post(shapeless, signedHeaders("workflow_job", shapeless, WEBHOOK_SECRET))).statusCode, 400);
   const form = "payload=%7B%7D";
@@ -175,4 +183,52 @@ test("completed for a job that never got a runner drops its waiting demand", asy
   const body = JSON.stringify(p);
   assert.equal((await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET))).json().outcome, "demand_cancelled");
   assert.ok(!(await waitingJobs("default")).includes("4242-1"));
+});
+
+test("fuzz: random bodies and headers never crash the server; only verified deliveries queue", async () => {
+  const before = (await waitingJobs("default")).length + (await waitingJobs("oss")).length;
+  let seed = 0x5eed;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const pick = <T,>(xs: T[]): T => xs[Math.floor(rand() * xs.length)]!;
+  const valid = JSON.stringify(queuedPayload({ jobId: 990001, labels: ["self-hosted"] }));
+  const bodies = [
+    () => "",
+    () => "null",
+    () => "[]",
+    () => '{"action":"queued"}',
+    () => valid.slice(0, Math.floor(rand() * valid.length)),
+    () => valid.replace(/[0-9]/g, () => String(Math.floor(rand() * 10))),
+    () => Buffer.from(Array.from({ length: Math.floor(rand() * 512) }, () => Math.floor(rand() * 256))).toString("latin1"),
+    () => JSON.stringify({ action: "queued", workflow_job: { id: 1e300, labels: [{}], status: "queued" }, repository: null }),
+  ];
+  const statuses = new Map<number, number>();
+  let queued = 0;
+  const N = 400;
+  for (let i = 0; i < N; i++) {
+    const body = pick(bodies)();
+    const secret = pick([WEBHOOK_SECRET, "nope"]);
+    const signed = signedHeaders(pick(["workflow_job", "ping", "push", "", "workflow_job\u0000"]), body, secret);
+    const headers: Record<string, string> = { ...signed };
+    let signatureIntact = secret === WEBHOOK_SECRET;
+    if (rand() < 0.2) {
+      headers["x-hub-signature-256"] = pick(["", "sha256=", "sha256=zz", `sha256=${"0".repeat(64)}`, "md5=1"]);
+      signatureIntact = false;
+    }
+    if (rand() < 0.2) headers["content-type"] = pick(["text/plain", "application/json; charset=utf-8", "application/jsonx", ""]);
+    if (rand() < 0.1) delete headers["x-github-event"];
+    const res = await post(body, headers);
+    statuses.set(res.statusCode, (statuses.get(res.statusCode) ?? 0) + 1);
+    assert.ok(res.statusCode < 500, `request ${i} got ${res.statusCode}`);
+    // A wrong media type is refused (415) before the body is read at all; else a bad signature is 401.
+    const jsonType = /^application\/json(;|$)/.test(headers["content-type"] ?? "");
+    if (!signatureIntact) assert.equal(res.statusCode, jsonType ? 401 : 415, `request ${i}: refused unverified`);
+    if (res.statusCode === 202 && res.json().outcome === "queued") {
+      assert.ok(signatureIntact, `request ${i} queued without a valid signature`);
+      queued++;
+    }
+  }
+  // Demand grows by exactly the verified, well-formed queued jobs, and by nothing else.
+  const afterCount = (await waitingJobs("default")).length + (await waitingJobs("oss")).length;
+  assert.equal(afterCount - before, queued, `statuses: ${JSON.stringify([...statuses])}`);
+  assert.equal((await app.inject({ method: "GET", url: "/healthz" })).statusCode, 200);
 });
