@@ -4,37 +4,56 @@ import { loadConfig, type Config } from "./config/load.ts";
 import { ConfigError, errorMessage } from "./errors.ts";
 import { createLogger } from "./logger.ts";
 import { start, type Mode } from "./main.ts";
-
-const USAGE = `Usage: jitrunner <command> --config FILE
-
-Commands:
-  server        webhook ingress, /metrics, /healthz, /readyz
-  worker        launch and remove runner containers on this Docker host
-  all           server and worker in one process (the single-host default)
-  check-config  validate the config and print it resolved, secrets redacted
-
-Options:
-  -c, --config FILE   YAML config (default: $JITRUNNER_CONFIG or ./jitrunner.yml)
-  -h, --help          show this help
-
-Secrets come from files named in the config (github.privateKeyFile, github.webhookSecretFile)
-or from JITRUNNER_GITHUB_PRIVATE_KEY and JITRUNNER_GITHUB_WEBHOOK_SECRET.
-See README.md for every option.`;
+import { drainHost } from "./cli/drain.ts";
+import { COMMAND_HELP, USAGE } from "./cli/help.ts";
+import { appManifest } from "./cli/manifest.ts";
+import { statusCommand } from "./cli/status.ts";
 
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        config: { type: "string", short: "c" },
+        help: { type: "boolean", short: "h" },
+        host: { type: "string" },
+        "no-wait": { type: "boolean" },
+        json: { type: "boolean" },
+        url: { type: "string" },
+        name: { type: "string" },
+        "redirect-url": { type: "string" },
+      },
+    });
+  } catch (err) {
+    process.stderr.write(`jitrunner: ${errorMessage(err)}\n\n${USAGE}\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
   const command = positionals[0];
-  if (values.help || !command) {
+  if (!command) {
     process.stdout.write(`${USAGE}\n`);
     return values.help ? 0 : 2;
   }
-  if (!["server", "worker", "all", "check-config"].includes(command)) {
+  const help = COMMAND_HELP[command];
+  if (!help) {
     process.stderr.write(`jitrunner: unknown command '${command}'\n\n${USAGE}\n`);
     return 2;
+  }
+  if (values.help) {
+    process.stdout.write(`${help}\n`);
+    return 0;
+  }
+  if (command === "app-manifest") {
+    try {
+      const manifest = appManifest({ url: values.url, name: values.name, redirectUrl: values["redirect-url"] });
+      process.stdout.write(`${JSON.stringify(manifest, null, 2)}\n`);
+      return 0;
+    } catch (err) {
+      process.stderr.write(`jitrunner app-manifest: ${errorMessage(err)}\n`);
+      return 2;
+    }
   }
   const path = values.config ?? process.env.JITRUNNER_CONFIG ?? "jitrunner.yml";
   let config: Config;
@@ -49,6 +68,14 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${JSON.stringify(config, null, 2)}\n`);
     return 0;
   }
+  if (command === "drain") {
+    if (!values.host) {
+      process.stderr.write("jitrunner drain: --host ID is required\n");
+      return 2;
+    }
+    return drainHost(config, values.host, !values["no-wait"], process.stdout);
+  }
+  if (command === "status") return statusCommand(config, { json: !!values.json }, process.stdout, process.stderr);
 
   const logger = createLogger(config.logLevel);
   const running = await start(config, command as Mode, logger);
@@ -67,6 +94,10 @@ async function main(argv: string[]): Promise<number> {
     };
     process.on("SIGTERM", onSignal);
     process.on("SIGINT", onSignal);
+    void running.drained.then(() => {
+      logger.info("drained: every job on this host finished; exiting");
+      running.close().then(resolve, resolve);
+    });
   });
   logger.info("stopped");
   return 0;

@@ -9,7 +9,11 @@ import { buildApp } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
 import { Metrics } from "./metrics/metrics.ts";
 import { DemandConsumer, DemandQueues, redisConnection } from "./queue/demand-queue.ts";
+import { notingActivity } from "./reconcile/repo-activity.ts";
+import { Reconciler } from "./reconcile/reconciler.ts";
+import { ActiveRepos } from "./state/active-repos.ts";
 import { DeliveryLog } from "./state/deliveries.ts";
+import { HostStore, PoolLimits } from "./state/hosts.ts";
 import { RunnerStore } from "./state/runners.ts";
 import { Launcher } from "./worker/launcher.ts";
 import { RunnerEvents } from "./worker/runner-events.ts";
@@ -21,6 +25,8 @@ export interface Running {
   app: FastifyInstance;
   /** http://host:port the HTTP server listens on. */
   url: string;
+  /** Resolves when this worker has been drained (`jitrunner drain`); never in `server` mode. */
+  drained: Promise<void>;
   close(): Promise<void>;
 }
 
@@ -47,7 +53,8 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   let ingress: Ingress | undefined;
   if (mode !== "worker") {
     queues = new DemandQueues(settings, redis);
-    ingress = new Ingress({ config, demand: queues, runners, deliveries: new DeliveryLog(redis, config.redis.prefix), metrics, logger });
+    const demand = notingActivity(queues, new ActiveRepos(redis, config.redis.prefix), logger);
+    ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, config.redis.prefix), metrics, logger });
     const q = queues;
     metrics.onScrape(async () => {
       for (const [pool, n] of await q.pending(allPools)) metrics.demandPending(pool, n);
@@ -56,6 +63,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
 
   let worker: RunnerWorker | undefined;
   let events: RunnerEvents | undefined;
+  let reconciler: Reconciler | undefined;
   if (mode !== "server") {
     const host = config.worker.hostId;
     const driver = new DockerodeDriver(config.worker.docker);
@@ -65,6 +73,9 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
       apiUrl: config.github.apiUrl,
       logger,
       metrics,
+      // Installation tokens shared by every process on this Redis.
+      redis,
+      redisPrefix: config.redis.prefix,
     });
     events = new RunnerEvents(connect(), runners.eventsChannel);
     await events.start();
@@ -87,15 +98,22 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
       checkStillQueued: config.github.checkStillQueued,
       namePrefix: config.runnerNamePrefix,
       reconcileIntervalSeconds: config.worker.reconcileIntervalSeconds,
+      heartbeatSeconds: config.worker.heartbeatSeconds,
       sources,
       launcher,
       driver,
       github,
       runners,
+      hosts: new HostStore(redis, config.redis.prefix),
+      limits: new PoolLimits(redis, config.redis.prefix),
       metrics,
       logger: logger.child({ host }),
     });
     await worker.start();
+    // Workers campaign for the reconcile leader: they hold GitHub access and exist in every fleet.
+    queues ??= new DemandQueues(settings, redis);
+    reconciler = new Reconciler({ config, redis, github, demand: queues, runners, metrics, logger });
+    await reconciler.start();
   }
 
   const w = worker;
@@ -117,10 +135,11 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   const close = () =>
     (closing ??= (async () => {
       await app.close();
+      await reconciler?.close();
       await worker?.stop();
       await queues?.close();
       await events?.close();
       await Promise.allSettled(connections.map((c) => c.quit()));
     })());
-  return { app, url, close };
+  return { app, url, close, drained: worker?.drained ?? new Promise<void>(() => undefined) };
 }

@@ -8,7 +8,7 @@ export type { PoolConfig } from "./schema.ts";
 
 export interface Config extends Omit<ParsedConfig, "worker"> {
   worker: ParsedConfig["worker"] & { hostId: string };
-  secrets: { privateKey: Secret; webhookSecret: Secret };
+  secrets: { privateKey: Secret; webhookSecret: Secret; adminToken?: Secret; metricsToken?: Secret };
 }
 
 export interface LoadSources {
@@ -64,6 +64,9 @@ export function loadConfig({ text, env, readFile }: LoadSources): Config {
   const gh = (raw as Record<string, any>).github ?? {};
   const privateKey = secret("privateKey", "JITRUNNER_GITHUB_PRIVATE_KEY", gh.privateKeyFile);
   const webhookSecret = secret("webhookSecret", "JITRUNNER_GITHUB_WEBHOOK_SECRET", gh.webhookSecretFile);
+  const srv = (raw as Record<string, any>).server ?? {};
+  const adminToken = optionalToken("server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN", srv.adminTokenFile, env, readFile, problems);
+  const metricsToken = optionalToken("server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN", srv.metricsTokenFile, env, readFile, problems);
   if (privateKey && privateKey.reveal() && !privateKey.reveal().includes("PRIVATE KEY-----")) {
     problems.push("privateKey: not a PEM private key (expected '-----BEGIN ... PRIVATE KEY-----')");
   }
@@ -75,7 +78,7 @@ export function loadConfig({ text, env, readFile }: LoadSources): Config {
   return {
     ...parsed.data,
     worker: { ...parsed.data.worker, hostId: parsed.data.worker.hostId ?? sanitizeHost(hostname()) },
-    secrets: { privateKey, webhookSecret },
+    secrets: { privateKey, webhookSecret, ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }) },
   };
 }
 
@@ -85,6 +88,12 @@ function crossCheck(config: ParsedConfig): string[] {
   config.pools.forEach((pool: PoolConfig, i) => {
     if (seen.has(pool.name)) problems.push(`pools.${i}.name: duplicate pool name '${pool.name}'`);
     seen.add(pool.name);
+    if (pool.runnerGroup !== undefined && pool.runnerGroupId !== undefined) {
+      problems.push(`pools.${i}: give runnerGroup (a name) or runnerGroupId, not both`);
+    }
+    if (pool.runnerGroup !== undefined && pool.scope !== "organization") {
+      problems.push(`pools.${i}.runnerGroup: runner groups are for organization runners; set scope: organization`);
+    }
     pool.mounts.forEach((m, j) => {
       // A runner never gets a Docker engine of the host: any job could take the host over.
       if (exposesEngineSocket(m.source)) {
@@ -119,6 +128,35 @@ function applyEnvOverrides(raw: Record<string, any>, env: Record<string, string 
   if (env.JITRUNNER_HOST_ID) set("worker", "hostId", env.JITRUNNER_HOST_ID);
   if (env.JITRUNNER_PORT) set("server", "port", Number(env.JITRUNNER_PORT));
   if (env.JITRUNNER_LOG_LEVEL) raw.logLevel = env.JITRUNNER_LOG_LEVEL;
+}
+
+/** Shortest bearer token accepted: a guessable token protects nothing. */
+const TOKEN_MIN_LENGTH = 16;
+
+/** An optional bearer token from env or file; undefined when neither is given. */
+function optionalToken(
+  option: string,
+  envName: string,
+  file: unknown,
+  env: Record<string, string | undefined>,
+  readFile: (path: string) => string,
+  problems: string[],
+): Secret | undefined {
+  let value: string;
+  if (env[envName]) value = env[envName].trim();
+  else if (typeof file === "string") {
+    try {
+      value = readFile(file).trim();
+    } catch (err) {
+      problems.push(`${option}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+      return undefined;
+    }
+  } else return undefined;
+  if (value.length < TOKEN_MIN_LENGTH || /\s/.test(value)) {
+    problems.push(`${option}: the token (from ${env[envName] ? envName : file}) must be at least ${TOKEN_MIN_LENGTH} characters without spaces`);
+    return undefined;
+  }
+  return new Secret(value);
 }
 
 /** Secrets from files often end in a newline; PEMs passed through env often carry literal \n. */

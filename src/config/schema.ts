@@ -24,7 +24,10 @@ const pool = z
     labels: z.array(label).min(1).max(100),
     image: z.string().min(1),
     scope: z.enum(["repository", "organization"]).default("repository"),
-    runnerGroupId: z.number().int().positive().default(1),
+    /** Organization runner group by id (default 1, "Default")... */
+    runnerGroupId: z.number().int().positive().optional(),
+    /** ...or by name, resolved once through GitHub's API; not both (checked in load.ts). */
+    runnerGroup: z.string().trim().min(1).max(256).optional(),
     isolation: z.enum(ISOLATION_PROFILES).default("privileged"),
     capDrop: z.array(z.string().regex(/^[A-Z_]+$/)).default(["SYS_RESOURCE"]),
     resources: z
@@ -40,8 +43,12 @@ const pool = z
     env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
     allowPublicRepositories: z.boolean().default(false),
     idleTimeoutSeconds: z.number().int().positive().default(600),
+    /** Runners of this pool at once across every host; unset: no global limit. */
+    maxRunners: z.number().int().positive().optional(),
   })
-  .strict();
+  .strict()
+  // The Default group when neither a group id nor a name is given.
+  .transform((p) => ({ ...p, runnerGroupId: p.runnerGroup === undefined ? (p.runnerGroupId ?? 1) : p.runnerGroupId }));
 
 const docker = z
   .object({
@@ -49,6 +56,12 @@ const docker = z
     host: z.string().optional(),
     port: z.number().int().positive().optional(),
     protocol: z.enum(["http", "https", "ssh"]).optional(),
+    /** TLS client files for `https` (Docker's --tlsverify). */
+    caFile: z.string().optional(),
+    certFile: z.string().optional(),
+    keyFile: z.string().optional(),
+    /** User for `ssh` (keys from the SSH agent, SSH_AUTH_SOCK). */
+    username: z.string().optional(),
   })
   .strict()
   .prefault({});
@@ -76,6 +89,10 @@ export const configSchema = z
         host: z.string().default("0.0.0.0"),
         port: z.number().int().min(0).max(65535).default(8080),
         bodyLimitBytes: z.number().int().positive().default(25 * 1024 * 1024),
+        /** File with the token the status page requires (or env JITRUNNER_ADMIN_TOKEN); unset: open. */
+        adminTokenFile: z.string().optional(),
+        /** File with the token /metrics requires (or env JITRUNNER_METRICS_TOKEN); unset: open. */
+        metricsTokenFile: z.string().optional(),
       })
       .strict()
       .prefault({}),
@@ -88,6 +105,7 @@ export const configSchema = z
         completedGraceSeconds: z.number().nonnegative().default(30),
         launchAttempts: z.number().int().positive().default(5),
         reconcileIntervalSeconds: z.number().positive().default(30),
+        heartbeatSeconds: z.number().positive().default(5),
       })
       .strict()
       .prefault({}),
@@ -95,6 +113,19 @@ export const configSchema = z
       .object({
         allowedOwners: z.array(z.string().min(1)).default([]),
         allowedRepositories: z.array(z.string().regex(/^[^/\s]+\/[^/\s]+$/, "must be owner/repo")).default([]),
+      })
+      .strict()
+      .prefault({}),
+    /** Leader-side reconciliation (src/reconcile): one elected worker compares GitHub with Redis. */
+    reconcile: z
+      .object({
+        leaderLockSeconds: z.number().min(1).default(15),
+        runnersIntervalSeconds: z.number().positive().default(300),
+        queuedIntervalSeconds: z.number().positive().default(300),
+        deliveriesIntervalSeconds: z.number().min(0).default(60),
+        activeWindowSeconds: z.number().positive().default(24 * 3600),
+        maxRepositories: z.number().int().positive().default(100),
+        orphanGraceSeconds: z.number().nonnegative().default(300),
       })
       .strict()
       .prefault({}),

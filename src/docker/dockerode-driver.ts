@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import Docker from "dockerode";
 import { DockerError, errorMessage } from "../errors.ts";
 import type { RunnerContainer, RunnerDriver, RunnerSpec } from "./driver.ts";
@@ -7,6 +8,10 @@ export interface DockerConnection {
   host?: string;
   port?: number;
   protocol?: "http" | "https" | "ssh";
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  username?: string;
 }
 
 const DOCKER_DATA = "/var/lib/docker";
@@ -16,7 +21,14 @@ export class DockerodeDriver implements RunnerDriver {
   readonly #docker: Docker;
 
   constructor(connection: DockerConnection = {}) {
-    this.#docker = connection.host || connection.socketPath ? new Docker(connection) : new Docker();
+    const { caFile, certFile, keyFile, username, ...rest } = connection;
+    const options: Docker.DockerOptions = { ...rest };
+    if (caFile) options.ca = readFileSync(caFile);
+    if (certFile) options.cert = readFileSync(certFile);
+    if (keyFile) options.key = readFileSync(keyFile);
+    if (username) options.username = username;
+    if (connection.protocol === "ssh") options.sshOptions = { agent: process.env.SSH_AUTH_SOCK };
+    this.#docker = rest.host || rest.socketPath ? new Docker(options) : new Docker();
   }
 
   async ping(): Promise<void> {

@@ -7,6 +7,16 @@ export interface RunnerScope {
   repo?: string;
 }
 
+/** A JIT registration. The labels are always sent as given (GitHub adds no defaults to JIT runners). */
+export interface JitRequest {
+  name: string;
+  labels: string[];
+  /** Runner group by id; without it and without `runnerGroup`, 1 ("Default"). */
+  runnerGroupId?: number;
+  /** Runner group by name (organization scope): resolved to its id once per organization, then cached. */
+  runnerGroup?: string;
+}
+
 export interface JitRunner {
   runnerId: number;
   encodedJitConfig: Secret;
@@ -18,10 +28,65 @@ export interface JobStatus {
   runnerName: string | null;
 }
 
+/** A registered self-hosted runner, as GitHub lists it. */
+export interface RegisteredRunner {
+  id: number;
+  name: string;
+  status: string;
+  busy: boolean;
+}
+
+/** A workflow run, as the reconciler needs it. */
+export interface WorkflowRunSummary {
+  id: number;
+  owner: string;
+  repo: string;
+  private: boolean;
+  visibility?: string;
+}
+
+/** A job of a workflow run, as the reconciler needs it. */
+export interface WorkflowJobSummary {
+  id: number;
+  runId: number;
+  runAttempt: number;
+  status: string;
+  labels: string[];
+  runnerName: string | null;
+}
+
+/** One attempt to deliver one webhook event (`guid` is the X-GitHub-Delivery id, shared by redeliveries). */
+export interface HookDelivery {
+  id: number;
+  guid: string;
+  deliveredAt: string;
+  statusCode: number;
+  event: string;
+  action: string | null;
+}
+
+/** Bounds a call: aborted calls reject. */
+export interface CallOptions {
+  signal?: AbortSignal;
+}
+
 /** The GitHub API as jitrunner needs it. One real implementation: OctokitGitHub. */
 export interface GitHubClient {
-  generateJitConfig(scope: RunnerScope, req: { name: string; labels: string[]; runnerGroupId: number }): Promise<JitRunner>;
+  /** 409 (a GitHubError with that status): a runner with this name exists in the scope. */
+  generateJitConfig(scope: RunnerScope, req: JitRequest): Promise<JitRunner>;
   /** `busy`: GitHub refused (422) because the runner is running a job. */
   deleteRunner(scope: RunnerScope, runnerId: number): Promise<"deleted" | "not_found" | "busy">;
+  /** Deletes the registration with this name, if there is one (one whose creation answer was lost). */
+  deleteRunnerNamed(scope: RunnerScope, name: string): Promise<"deleted" | "not_found" | "busy">;
   getJob(installationId: number, owner: string, repo: string, jobId: number): Promise<JobStatus>;
+  /** Every runner registered in a scope (all pages, up to a bound). */
+  listRunners(scope: RunnerScope, opts?: CallOptions): Promise<RegisteredRunner[]>;
+  /** Runs of a repository with this status (`queued`, `in_progress`), newest first, up to a bound. */
+  listRuns(installationId: number, owner: string, repo: string, status: string, opts?: CallOptions): Promise<WorkflowRunSummary[]>;
+  /** Jobs of the latest attempt of a run. */
+  listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts?: CallOptions): Promise<WorkflowJobSummary[]>;
+  /** The App's webhook deliveries, newest first, one page; `cursor` continues (App JWT). */
+  listHookDeliveries(opts?: CallOptions & { cursor?: string }): Promise<{ deliveries: HookDelivery[]; next?: string }>;
+  /** Asks GitHub to deliver a past delivery again (App JWT). */
+  redeliverHookDelivery(id: number, opts?: CallOptions): Promise<void>;
 }

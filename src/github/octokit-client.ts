@@ -2,12 +2,40 @@ import { createAppAuth } from "@octokit/auth-app";
 import { Octokit } from "@octokit/core";
 import { retry } from "@octokit/plugin-retry";
 import { throttling } from "@octokit/plugin-throttling";
+import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import type { Secret } from "../config/secret.ts";
 import { Secret as SecretValue } from "../config/secret.ts";
 import { GitHubError, errorMessage } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
-import type { GitHubClient, JitRunner, JobStatus, RunnerScope } from "./client.ts";
+import { GitHubClock, JWT_TIME_ERROR, appJwtSigner, type CreateJwt } from "./app-jwt.ts";
+import type {
+  CallOptions,
+  GitHubClient,
+  HookDelivery,
+  JitRequest,
+  JitRunner,
+  JobStatus,
+  RegisteredRunner,
+  RunnerScope,
+  WorkflowJobSummary,
+  WorkflowRunSummary,
+} from "./client.ts";
+import { RedisTokenCache } from "./token-cache.ts";
+
+/** Pages read per listing at most: bounds one call of the reconciler. */
+const MAX_PAGES = 20;
+/** One HTTP attempt at most this long (a hung connection must not hold a launch forever). */
+const ATTEMPT_TIMEOUT_MS = 30_000;
+/** Rate-limited calls wait as GitHub says and retry this often at most... */
+const RATE_LIMIT_RETRIES = 3;
+/** ...unless told to wait longer than this: a primary window resets within the hour. */
+const RATE_LIMIT_MAX_WAIT_SECONDS = 3900;
+/**
+ * Statuses never retried by @octokit/plugin-retry. 409 and 422 carry meaning (name taken, runner
+ * busy); 403 and 429 are the throttling plugin's, which waits as GitHub says.
+ */
+const DO_NOT_RETRY = [400, 401, 403, 404, 409, 410, 422, 429, 451];
 
 const JitOctokit = Octokit.plugin(throttling, retry);
 type JitOctokitInstance = InstanceType<typeof JitOctokit>;
@@ -15,75 +43,216 @@ type JitOctokitInstance = InstanceType<typeof JitOctokit>;
 export interface OctokitGitHubOptions {
   appId: number;
   privateKey: Secret;
+  /** REST base: https://api.github.com, or https://HOST/api/v3 for GitHub Enterprise Server. */
   apiUrl: string;
   logger: Logger;
   metrics: Metrics;
+  /** With it, installation tokens are shared by every process on this Redis (keys under `redisPrefix`). */
+  redis?: Redis;
+  redisPrefix?: string;
+}
+
+/** What a request hook sees (structurally: only what is used here). */
+interface HookOptions {
+  url: string;
+}
+interface HookResponse {
+  status: number;
+  headers: { date?: string; "x-ratelimit-remaining"?: string | number };
+}
+
+interface RequestFailure {
+  status?: number;
+  message?: string;
+  request?: { url?: string };
+  response?: { headers?: Record<string, string | undefined>; data?: { message?: string } };
 }
 
 /**
- * GitHubClient over @octokit/core: App installation tokens from @octokit/auth-app, per-installation
- * throttling, retries on 5xx/network errors but never on 409/422 (they carry meaning: name taken,
- * runner busy).
+ * GitHubClient over @octokit/core, built to survive real GitHub:
+ * - App JWTs with a unique `jti` (two processes never send the same one) and times on GitHub's
+ *   clock, learned from its Date headers (a time-claim 401 is retried once with the learned time);
+ * - installation tokens from @octokit/auth-app, shared through Redis by every process; a token
+ *   GitHub no longer accepts (401) is replaced and the call retried once;
+ * - throttling per installation (`throttle.id`), waiting as `retry-after` / `x-ratelimit-reset`
+ *   say, counted in `jitrunner_github_rate_limited_total`;
+ * - retries on 5xx and network errors, never on 409/422 (they carry meaning: name taken, busy);
+ * - every route relative to `apiUrl`, so a GHES base path (`/api/v3`) is kept.
  */
 export class OctokitGitHub implements GitHubClient {
   readonly #opts: OctokitGitHubOptions;
   readonly #clients = new Map<number, JitOctokitInstance>();
+  readonly #clock = new GitHubClock();
+  readonly #createJwt: CreateJwt;
+  readonly #tokens: RedisTokenCache | undefined;
+  /** Runner group ids by installation/organization/name, resolved once. */
+  readonly #groups = new Map<string, Promise<number>>();
 
   constructor(opts: OctokitGitHubOptions) {
     this.#opts = opts;
+    this.#createJwt = appJwtSigner(opts.privateKey.reveal(), this.#clock);
+    const prefix = `${opts.redisPrefix ?? "jitrunner"}:github:app-${opts.appId}:installation-token`;
+    this.#tokens = opts.redis ? new RedisTokenCache(opts.redis, prefix, () => this.#clock.now()) : undefined;
+  }
+
+  /** Seconds GitHub's clock is ahead of this host's, as learned from its answers. */
+  get clockOffsetSeconds(): number {
+    return this.#clock.offsetSeconds;
   }
 
   #client(installationId: number): JitOctokitInstance {
     let client = this.#clients.get(installationId);
     if (client) return client;
     const { logger, metrics } = this.#opts;
+    const limited =
+      (kind: "primary" | "secondary") =>
+      (retryAfter: number, options: { method: string; url: string }, _octokit: unknown, retryCount: number): boolean => {
+        const again = retryCount < RATE_LIMIT_RETRIES && retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS;
+        metrics.githubRateLimited(kind, again ? "retried" : "gave_up");
+        logger.warn(
+          { route: options.url, method: options.method, installationId, retryAfter, retryCount },
+          again ? `GitHub ${kind} rate limit: waiting ${retryAfter} s as told, then retrying` : `GitHub ${kind} rate limit: giving up on this call`,
+        );
+        return again;
+      };
     client = new JitOctokit({
       baseUrl: this.#opts.apiUrl.replace(/\/+$/, ""),
       authStrategy: createAppAuth,
-      auth: { appId: this.#opts.appId, privateKey: this.#opts.privateKey.reveal(), installationId },
-      userAgent: "jitrunner",
-      log: { debug: () => {}, info: () => {}, warn: (m: string) => logger.warn(m), error: (m: string) => logger.error(m) },
-      retry: { doNotRetry: [400, 401, 403, 404, 409, 410, 422, 451] },
-      throttle: {
-        id: `installation-${installationId}`,
-        onRateLimit: (retryAfter: number, options: { method: string; url: string }, _o: unknown, retryCount: number) => {
-          logger.warn({ route: options.url, retryAfter }, "GitHub rate limit hit");
-          return retryCount < 3;
-        },
-        onSecondaryRateLimit: (retryAfter: number, options: { method: string; url: string }, _o: unknown, retryCount: number) => {
-          logger.warn({ route: options.url, retryAfter }, "GitHub secondary rate limit hit");
-          return retryCount < 3;
-        },
+      auth: {
+        appId: this.#opts.appId,
+        createJwt: this.#createJwt,
+        // Installation 0: the App itself (App JWT routes such as /app/hook/deliveries).
+        ...(installationId ? { installationId } : {}),
+        ...(this.#tokens ? { cache: this.#tokens } : {}),
       },
+      userAgent: "jitrunner",
+      request: { fetch: fetchWithTimeout },
+      log: { debug: () => {}, info: () => {}, warn: (m: string) => logger.warn(m), error: (m: string) => logger.error(m) },
+      retry: { doNotRetry: DO_NOT_RETRY },
+      throttle: { id: `installation-${installationId}`, onRateLimit: limited("primary"), onSecondaryRateLimit: limited("secondary") },
     });
-    client.hook.after("request", (response, options) => {
-      metrics.githubRequest(String(options.url), response.status);
-      const remaining = Number(response.headers["x-ratelimit-remaining"]);
-      if (Number.isFinite(remaining)) metrics.githubRateLimitRemaining(installationId, remaining);
-    });
-    client.hook.error("request", (error, options) => {
-      metrics.githubRequest(String(options.url), (error as { status?: number }).status ?? 0);
-      throw error;
-    });
+    const c = client;
+    // Outermost: sees every call's final answer, token requests included (auth-app sends them through the same hooks).
+    client.hook.wrap("request", (request, options) => this.#send(installationId, c, request, options));
     this.#clients.set(installationId, client);
     return client;
   }
 
-  async generateJitConfig(scope: RunnerScope, req: { name: string; labels: string[]; runnerGroupId: number }): Promise<JitRunner> {
-    const body = { name: req.name, labels: req.labels, runner_group_id: req.runnerGroupId, work_folder: "_work" };
-    const res = await this.#call("generate JIT config", () =>
-      scope.repo
-        ? this.#client(scope.installationId).request("POST /repos/{owner}/{repo}/actions/runners/generate-jitconfig", {
-            owner: scope.owner,
-            repo: scope.repo,
-            ...body,
-          })
-        : this.#client(scope.installationId).request("POST /orgs/{org}/actions/runners/generate-jitconfig", {
-            org: scope.owner,
-            ...body,
-          }),
-    );
-    return { runnerId: res.data.runner.id, encodedJitConfig: new SecretValue(res.data.encoded_jit_config) };
+  /** One call: metrics, GitHub's clock, and one retry after a 401 that a new JWT or token cures. */
+  async #send<O extends HookOptions, R extends HookResponse>(
+    installationId: number,
+    client: JitOctokitInstance,
+    request: (options: O) => R | Promise<R>,
+    options: O,
+  ): Promise<R> {
+    try {
+      return this.#answered(installationId, options, await request(options));
+    } catch (err) {
+      this.#failed(options, err as RequestFailure);
+      if (!(await this.#curable(installationId, client, err as RequestFailure))) throw err;
+    }
+    try {
+      return this.#answered(installationId, options, await request(options));
+    } catch (err) {
+      this.#failed(options, err as RequestFailure);
+      throw err;
+    }
+  }
+
+  #answered<R extends HookResponse>(installationId: number, options: HookOptions, response: R): R {
+    const { metrics } = this.#opts;
+    metrics.githubRequest(String(options.url), response.status);
+    const remaining = Number(response.headers["x-ratelimit-remaining"]);
+    if (Number.isFinite(remaining)) metrics.githubRateLimitRemaining(installationId, remaining);
+    this.#observeClock(response.headers.date);
+    return response;
+  }
+
+  #failed(options: HookOptions, err: RequestFailure): void {
+    // A token request goes through this hook too: its failure is counted there, not again as the
+    // failure of the call that needed the token.
+    const tokenFailure = err.request?.url?.includes("/access_tokens") && !String(options.url).includes("/access_tokens");
+    if (!tokenFailure) this.#opts.metrics.githubRequest(String(options.url), err.status ?? 0);
+    this.#observeClock(err.response?.headers?.date);
+  }
+
+  #observeClock(date: string | undefined): void {
+    const offset = this.#clock.observe(date);
+    if (offset !== undefined) {
+      this.#opts.logger.warn({ offsetSeconds: offset }, "GitHub's clock differs from this host's; App JWTs follow GitHub's");
+    }
+  }
+
+  /** True when a retry can succeed: a JWT refused for its times (the clock is learned now), or a token GitHub no longer takes. */
+  async #curable(installationId: number, client: JitOctokitInstance, err: RequestFailure): Promise<boolean> {
+    if (err.status !== 401) return false;
+    if (JWT_TIME_ERROR.test(err.response?.data?.message ?? err.message ?? "")) return true;
+    if (installationId === 0 || err.request?.url?.includes("/access_tokens")) return false;
+    // Revoked or expired early: mint a new one (and share it) instead of failing for the rest of its life.
+    this.#opts.logger.warn({ installationId }, "GitHub refused the installation token; minting a new one");
+    await client.auth({ type: "installation", refresh: true });
+    return true;
+  }
+
+  async generateJitConfig(scope: RunnerScope, req: JitRequest): Promise<JitRunner> {
+    const groupId = req.runnerGroup === undefined ? (req.runnerGroupId ?? 1) : await this.#runnerGroupId(scope, req.runnerGroup);
+    // Labels as given: a JIT runner gets exactly these (GitHub adds no defaults to it).
+    const body = { name: req.name, labels: req.labels, runner_group_id: groupId, work_folder: "_work" };
+    try {
+      const res = await this.#call("generate JIT config", () =>
+        scope.repo
+          ? this.#client(scope.installationId).request("POST /repos/{owner}/{repo}/actions/runners/generate-jitconfig", {
+              owner: scope.owner,
+              repo: scope.repo,
+              ...body,
+            })
+          : this.#client(scope.installationId).request("POST /orgs/{org}/actions/runners/generate-jitconfig", {
+              org: scope.owner,
+              ...body,
+            }),
+      );
+      return { runnerId: res.data.runner.id, encodedJitConfig: new SecretValue(res.data.encoded_jit_config) };
+    } catch (err) {
+      // A group resolved by name may have been deleted or renamed since: resolve it again next time.
+      if (req.runnerGroup !== undefined && err instanceof GitHubError && (err.status === 404 || err.status === 422)) {
+        this.#groups.delete(groupKey(scope, req.runnerGroup));
+      }
+      throw err;
+    }
+  }
+
+  /** A runner group's id from its name (GET /orgs/{org}/actions/runner-groups), once per organization. */
+  #runnerGroupId(scope: RunnerScope, name: string): Promise<number> {
+    if (scope.repo) {
+      return Promise.reject(new GitHubError(`runner group '${name}': runner groups are for organization runners only`, undefined, { retryable: false }));
+    }
+    const key = groupKey(scope, name);
+    let id = this.#groups.get(key);
+    if (!id) {
+      id = this.#findRunnerGroup(scope, name);
+      this.#groups.set(key, id);
+      id.catch(() => this.#groups.delete(key));
+    }
+    return id;
+  }
+
+  async #findRunnerGroup(scope: RunnerScope, name: string): Promise<number> {
+    const client = this.#client(scope.installationId);
+    const seen: Array<{ id: number; name: string }> = [];
+    for (let page = 1; page <= MAX_PAGES; page++) {
+      const res = await this.#call("list runner groups", () =>
+        client.request("GET /orgs/{org}/actions/runner-groups", { org: scope.owner, per_page: 100, page }),
+      );
+      seen.push(...res.data.runner_groups.map((g) => ({ id: g.id, name: g.name })));
+      if (res.data.runner_groups.length < 100 || seen.length >= res.data.total_count) break;
+    }
+    const found = seen.find((g) => g.name === name) ?? seen.find((g) => g.name.toLowerCase() === name.toLowerCase());
+    if (!found) {
+      const known = seen.map((g) => g.name).join(", ");
+      throw new GitHubError(`runner group '${name}' does not exist in organization ${scope.owner} (it has: ${known})`, 404, { retryable: false });
+    }
+    this.#opts.logger.info({ org: scope.owner, runnerGroup: name, runnerGroupId: found.id }, "runner group resolved");
+    return found.id;
   }
 
   async deleteRunner(scope: RunnerScope, runnerId: number): Promise<"deleted" | "not_found" | "busy"> {
@@ -108,6 +277,17 @@ export class OctokitGitHub implements GitHubClient {
     }
   }
 
+  async deleteRunnerNamed(scope: RunnerScope, name: string): Promise<"deleted" | "not_found" | "busy"> {
+    const client = this.#client(scope.installationId);
+    const res = await this.#call("find runner by name", () =>
+      scope.repo
+        ? client.request("GET /repos/{owner}/{repo}/actions/runners", { owner: scope.owner, repo: scope.repo, name })
+        : client.request("GET /orgs/{org}/actions/runners", { org: scope.owner, name }),
+    );
+    const runner = res.data.runners.find((r) => r.name === name);
+    return runner ? this.deleteRunner(scope, runner.id) : "not_found";
+  }
+
   async getJob(installationId: number, owner: string, repo: string, jobId: number): Promise<JobStatus> {
     const res = await this.#call("get job", () =>
       this.#client(installationId).request("GET /repos/{owner}/{repo}/actions/jobs/{job_id}", { owner, repo, job_id: jobId }),
@@ -115,15 +295,116 @@ export class OctokitGitHub implements GitHubClient {
     return { status: res.data.status, conclusion: res.data.conclusion ?? null, runnerName: res.data.runner_name ?? null };
   }
 
+  async listRunners(scope: RunnerScope, opts: CallOptions = {}): Promise<RegisteredRunner[]> {
+    const client = this.#client(scope.installationId);
+    const out: RegisteredRunner[] = [];
+    for (let page = 1; page <= MAX_PAGES; page++) {
+      const params = { per_page: 100, page, request: { signal: opts.signal } };
+      const res = await this.#call("list runners", () =>
+        scope.repo
+          ? client.request("GET /repos/{owner}/{repo}/actions/runners", { owner: scope.owner, repo: scope.repo, ...params })
+          : client.request("GET /orgs/{org}/actions/runners", { org: scope.owner, ...params }),
+      );
+      for (const r of res.data.runners) out.push({ id: r.id, name: r.name, status: r.status, busy: r.busy });
+      if (res.data.runners.length < 100 || out.length >= res.data.total_count) break;
+    }
+    return out;
+  }
+
+  async listRuns(installationId: number, owner: string, repo: string, status: string, opts: CallOptions = {}): Promise<WorkflowRunSummary[]> {
+    const client = this.#client(installationId);
+    const out: WorkflowRunSummary[] = [];
+    for (let page = 1; page <= MAX_PAGES; page++) {
+      const res = await this.#call("list runs", () =>
+        client.request("GET /repos/{owner}/{repo}/actions/runs", {
+          owner,
+          repo,
+          status: status as "queued",
+          per_page: 100,
+          page,
+          request: { signal: opts.signal },
+        }),
+      );
+      for (const r of res.data.workflow_runs) {
+        out.push({ id: Number(r.id), owner: r.repository.owner.login, repo: r.repository.name, private: r.repository.private, visibility: r.repository.visibility });
+      }
+      if (res.data.workflow_runs.length < 100 || out.length >= res.data.total_count) break;
+    }
+    return out;
+  }
+
+  async listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts: CallOptions = {}): Promise<WorkflowJobSummary[]> {
+    const client = this.#client(installationId);
+    const out: WorkflowJobSummary[] = [];
+    for (let page = 1; page <= MAX_PAGES; page++) {
+      const res = await this.#call("list run jobs", () =>
+        client.request("GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs", {
+          owner,
+          repo,
+          run_id: runId,
+          filter: "latest",
+          per_page: 100,
+          page,
+          request: { signal: opts.signal },
+        }),
+      );
+      for (const j of res.data.jobs) {
+        out.push({ id: Number(j.id), runId: Number(j.run_id), runAttempt: j.run_attempt ?? 1, status: j.status, labels: j.labels, runnerName: j.runner_name ?? null });
+      }
+      if (res.data.jobs.length < 100 || out.length >= res.data.total_count) break;
+    }
+    return out;
+  }
+
+  async listHookDeliveries(opts: CallOptions & { cursor?: string } = {}): Promise<{ deliveries: HookDelivery[]; next?: string }> {
+    const res = await this.#call("list hook deliveries", () =>
+      this.#client(0).request("GET /app/hook/deliveries", {
+        per_page: 100,
+        ...(opts.cursor ? { cursor: opts.cursor } : {}),
+        request: { signal: opts.signal },
+      }),
+    );
+    const deliveries = res.data.map((d) => ({
+      id: Number(d.id),
+      guid: d.guid,
+      deliveredAt: d.delivered_at,
+      statusCode: d.status_code,
+      event: d.event,
+      action: d.action ?? null,
+    }));
+    const next = /<([^>]+)>;\s*rel="next"/.exec(String(res.headers.link ?? ""))?.[1];
+    return { deliveries, next: next ? (new URL(next).searchParams.get("cursor") ?? undefined) : undefined };
+  }
+
+  async redeliverHookDelivery(id: number, opts: CallOptions = {}): Promise<void> {
+    await this.#call("redeliver hook delivery", () =>
+      this.#client(0).request("POST /app/hook/deliveries/{delivery_id}/attempts", { delivery_id: id, request: { signal: opts.signal } }),
+    );
+  }
+
   async #call<T>(what: string, fn: () => Promise<T>): Promise<T> {
     try {
       return await fn();
     } catch (err) {
-      const status = (err as { status?: number }).status;
-      const retryable = status === undefined || status === 0 || status >= 500 || status === 429 || status === 403;
+      const e = err as RequestFailure;
+      const status = e.status;
+      const rateLimited =
+        status === 429 || (status === 403 && (e.response?.headers?.["x-ratelimit-remaining"] === "0" || /rate limit/i.test(e.response?.data?.message ?? "")));
+      // 403 without a rate limit is a permission GitHub will keep refusing.
+      const retryable = status === undefined || status === 0 || status >= 500 || rateLimited;
       // GitHub's message only: octokit's error carries the request, and with it tokens and JIT configs.
-      const detail = (err as { response?: { data?: { message?: string } } }).response?.data?.message ?? errorMessage(err).split("\n")[0];
+      const detail = e.response?.data?.message ?? errorMessage(err).split("\n")[0];
       throw new GitHubError(`${what} failed${status ? ` (${status})` : ""}: ${detail}`, status, { retryable });
     }
   }
 }
+
+function groupKey(scope: RunnerScope, name: string): string {
+  return `${scope.installationId}/${scope.owner.toLowerCase()}/${name}`;
+}
+
+/** fetch with a time limit on each attempt, on top of the caller's own signal. */
+const fetchWithTimeout: typeof fetch = (input, init = {}) => {
+  const timeout = AbortSignal.timeout(ATTEMPT_TIMEOUT_MS);
+  return fetch(input, { ...init, signal: init.signal ? AbortSignal.any([init.signal, timeout]) : timeout });
+};

@@ -3,6 +3,8 @@ import type { Logger } from "pino";
 import type { Secret } from "../config/secret.ts";
 import type { Ingress } from "../ingress/ingress.ts";
 import type { Metrics } from "../metrics/metrics.ts";
+import { requireBearer } from "./auth.ts";
+import { statusRoutes, type StatusRouteOptions } from "./status.ts";
 import { webhookRoutes } from "./webhooks.ts";
 
 export interface AppDeps {
@@ -12,6 +14,10 @@ export interface AppDeps {
   webhooks?: { secret: Secret; bodyLimit: number; ingress: Ingress };
   /** Problems that make this process unready (empty: ready). */
   readiness: () => Promise<string[]>;
+  /** The status page at `/`; absent: no page (a worker-only process). */
+  status?: StatusRouteOptions;
+  /** When set, /metrics needs `Authorization: Bearer <token>`. */
+  metricsToken?: Secret;
 }
 
 /** Builds the HTTP app without listening: main.ts listens, tests use inject(). */
@@ -34,7 +40,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     const problems = await deps.readiness();
     return reply.code(problems.length ? 503 : 200).send({ status: problems.length ? "unready" : "ready", problems });
   });
-  app.get("/metrics", async (_req, reply) => {
+  app.get("/metrics", { preHandler: requireBearer(deps.metricsToken, "jitrunner-metrics") }, async (_req, reply) => {
     const body = await deps.metrics.render();
     return reply.type("text/plain; version=0.0.4; charset=utf-8").send(body);
   });
@@ -43,5 +49,6 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     const { secret, bodyLimit, ingress } = deps.webhooks;
     await app.register(webhookRoutes, { secret, bodyLimit, ingress, metrics: deps.metrics });
   }
+  if (deps.status) await app.register(statusRoutes, deps.status);
   return app;
 }

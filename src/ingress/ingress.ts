@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config/load.ts";
 import { demandId, type Demand } from "../demand.ts";
 import type { Metrics } from "../metrics/metrics.ts";
+import type { ActivityRecorder } from "../state/activity.ts";
 import { isOurRunner } from "../worker/names.ts";
 import { decideQueued, type WorkflowJobEvent } from "./policy.ts";
 import { matchPool } from "./pools.ts";
@@ -37,6 +38,8 @@ export interface IngressDeps {
   deliveries: DeliveryClaims;
   metrics: Metrics;
   logger: Logger;
+  /** Recent jobs for operators (status page, `jitrunner status`); optional. */
+  activity?: ActivityRecorder;
 }
 
 /**
@@ -66,6 +69,7 @@ export class Ingress {
       }
     }
     this.#deps.metrics.delivery(delivery.event, action, outcome);
+    await this.#deps.activity?.delivery(delivery, outcome).catch(() => undefined);
     return outcome;
   }
 

@@ -64,6 +64,37 @@ export class Metrics {
     labelNames: ["installation"],
     registers: [this.registry],
   });
+  readonly #rateLimited = new Counter({
+    name: "jitrunner_github_rate_limited_total",
+    help: "GitHub answers that said rate limited, by kind (primary, secondary) and whether the call waited and retried (retried, gave_up)",
+    labelNames: ["kind", "outcome"],
+    registers: [this.registry],
+  });
+
+  readonly #reconcileRuns = new Counter({
+    name: "jitrunner_reconcile_runs_total",
+    help: "Reconcile loop passes, by loop and outcome (ok, error)",
+    labelNames: ["loop", "outcome"],
+    registers: [this.registry],
+  });
+  readonly #reconcileActions = new Counter({
+    name: "jitrunner_reconcile_actions_total",
+    help: "What reconcile loops fixed or left alone, by loop and action",
+    labelNames: ["loop", "action"],
+    registers: [this.registry],
+  });
+  readonly #reconcileLastOk = new Gauge({
+    name: "jitrunner_reconcile_last_success_timestamp_seconds",
+    help: "When each reconcile loop last completed a pass without error",
+    labelNames: ["loop"],
+    registers: [this.registry],
+  });
+  readonly #leader = new Gauge({
+    name: "jitrunner_leader",
+    help: "1 while this process holds the reconcile leader lock, else 0 (the sum over a fleet is 1)",
+    labelNames: ["host"],
+    registers: [this.registry],
+  });
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: "jitrunner_" });
@@ -96,6 +127,19 @@ export class Metrics {
   }
   githubRateLimitRemaining(installationId: number, remaining: number): void {
     this.#rateLimit.set({ installation: String(installationId) }, remaining);
+  }
+  githubRateLimited(kind: "primary" | "secondary", outcome: "retried" | "gave_up"): void {
+    this.#rateLimited.inc({ kind, outcome });
+  }
+  reconcileRun(loop: string, outcome: "ok" | "error"): void {
+    this.#reconcileRuns.inc({ loop, outcome });
+    if (outcome === "ok") this.#reconcileLastOk.set({ loop }, Date.now() / 1000);
+  }
+  reconcileAction(loop: string, action: string): void {
+    this.#reconcileActions.inc({ loop, action });
+  }
+  leader(host: string, leading: boolean): void {
+    this.#leader.set({ host }, leading ? 1 : 0);
   }
   /** Called before each scrape. */
   onScrape(fn: () => Promise<void>): void {

@@ -19,6 +19,11 @@ export interface RunnerRecord {
   jobId?: number;
 }
 
+/** Deletes KEYS[1] only while it still names ARGV[1]: a newer runner's claim survives. */
+const DEL_IF_EQUALS = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`;
+
 const MARK_IF_EXISTS = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'state') == 'completed' then
@@ -28,9 +33,10 @@ redis.call('HSET', KEYS[1], 'state', ARGV[1], 'jobId', ARGV[2], ARGV[1] .. 'At',
 return 1`;
 
 /**
- * Redis records of runners, keyed by runner name, with one index set per host. Records are
- * written by workers; the server only marks existing ones busy or completed from webhooks and
- * publishes the change so the owning worker reacts at once.
+ * Redis records of runners, keyed by runner name, with one index set per host and one of every
+ * runner (for operators: the status page and `jitrunner status`). Records are written by workers;
+ * the server only marks existing ones busy or completed from webhooks and publishes the change so
+ * the owning worker reacts at once.
  */
 export class RunnerStore {
   readonly #redis: Redis;
@@ -40,6 +46,7 @@ export class RunnerStore {
     this.#redis = redis;
     this.#prefix = prefix;
     redis.defineCommand("jitrunnerMarkIfExists", { numberOfKeys: 1, lua: MARK_IF_EXISTS });
+    redis.defineCommand("jitrunnerDelIfEquals", { numberOfKeys: 1, lua: DEL_IF_EQUALS });
   }
 
   get eventsChannel(): string {
@@ -53,6 +60,11 @@ export class RunnerStore {
     return `${this.#prefix}:host:${host}:runners`;
   }
 
+  /** Every runner's name, whatever its host. */
+  get #allKey(): string {
+    return `${this.#prefix}:runners`;
+  }
+
   #demandKey(demandId: string): string {
     return `${this.#prefix}:demand-runner:${demandId}`;
   }
@@ -64,6 +76,7 @@ export class RunnerStore {
       .multi()
       .hset(this.#key(record.name), fields)
       .sadd(this.#hostKey(record.host), record.name)
+      .sadd(this.#allKey, record.name)
       .set(this.#demandKey(record.demandId), record.name, "EX", 7 * 24 * 3600)
       .exec();
   }
@@ -84,22 +97,25 @@ export class RunnerStore {
   }
 
   async get(name: string): Promise<RunnerRecord | undefined> {
-    const h = await this.#redis.hgetall(this.#key(name));
-    if (!h.name) return undefined;
-    return {
-      name: h.name,
-      pool: h.pool ?? "",
-      host: h.host ?? "",
-      state: (h.state ?? "registering") as RunnerState,
-      installationId: Number(h.installationId),
-      owner: h.owner ?? "",
-      repo: h.repo ?? "",
-      runnerId: h.runnerId ? Number(h.runnerId) : undefined,
-      containerId: h.containerId || undefined,
-      demandId: h.demandId ?? "",
-      createdAt: Number(h.createdAt),
-      jobId: h.jobId ? Number(h.jobId) : undefined,
-    };
+    return parseRecord(await this.#redis.hgetall(this.#key(name)));
+  }
+
+  /**
+   * Every runner on every host, oldest first: what operators see. Runners recorded before this
+   * index existed are not listed (they are short-lived: gone after one job or the idle timeout).
+   */
+  async listAll(): Promise<RunnerRecord[]> {
+    const names = await this.#redis.smembers(this.#allKey);
+    if (names.length === 0) return [];
+    const pipeline = this.#redis.pipeline();
+    for (const name of names) pipeline.hgetall(this.#key(name));
+    const records: RunnerRecord[] = [];
+    for (const [err, h] of (await pipeline.exec()) ?? []) {
+      if (err) throw err;
+      const record = parseRecord(h as Record<string, string>);
+      if (record) records.push(record);
+    }
+    return records.sort((a, b) => a.createdAt - b.createdAt || a.name.localeCompare(b.name));
   }
 
   async listHost(host: string): Promise<string[]> {
@@ -111,9 +127,20 @@ export class RunnerStore {
    * lease launches no second one); a failed launch clears it so the retry launches again.
    */
   async remove(record: Pick<RunnerRecord, "name" | "host" | "demandId">, demandServed: boolean): Promise<void> {
-    const tx = this.#redis.multi().del(this.#key(record.name)).srem(this.#hostKey(record.host), record.name);
-    if (!demandServed && record.demandId) tx.del(this.#demandKey(record.demandId));
+    const tx = this.#redis
+      .multi()
+      .del(this.#key(record.name))
+      .srem(this.#hostKey(record.host), record.name)
+      .srem(this.#allKey, record.name);
     await tx.exec();
+    if (!demandServed) await this.releaseDemand(record);
+  }
+
+  /** This runner no longer answers for its demand (its launch failed): a retry launches anew. */
+  async releaseDemand(record: Pick<RunnerRecord, "name" | "demandId">): Promise<void> {
+    if (!record.demandId) return;
+    const redis = this.#redis as Redis & { jitrunnerDelIfEquals(key: string, name: string): Promise<number> };
+    await redis.jitrunnerDelIfEquals(this.#demandKey(record.demandId), record.name);
   }
 
   /**
@@ -129,4 +156,22 @@ export class RunnerStore {
     if (result === 1) await this.#redis.publish(this.eventsChannel, JSON.stringify({ name, state }));
     return result !== 0;
   }
+}
+
+function parseRecord(h: Record<string, string>): RunnerRecord | undefined {
+  if (!h.name) return undefined;
+  return {
+    name: h.name,
+    pool: h.pool ?? "",
+    host: h.host ?? "",
+    state: (h.state ?? "registering") as RunnerState,
+    installationId: Number(h.installationId),
+    owner: h.owner ?? "",
+    repo: h.repo ?? "",
+    runnerId: h.runnerId ? Number(h.runnerId) : undefined,
+    containerId: h.containerId || undefined,
+    demandId: h.demandId ?? "",
+    createdAt: Number(h.createdAt),
+    jobId: h.jobId ? Number(h.jobId) : undefined,
+  };
 }

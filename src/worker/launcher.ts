@@ -4,8 +4,8 @@ import type { Demand } from "../demand.ts";
 import { demandId } from "../demand.ts";
 import { runnerLabels } from "../docker/labels.ts";
 import type { RunnerDriver, RunnerSpec } from "../docker/driver.ts";
-import { errorMessage } from "../errors.ts";
-import type { GitHubClient, RunnerScope } from "../github/client.ts";
+import { GitHubError, errorMessage } from "../errors.ts";
+import type { GitHubClient, JitRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
 import { runnerName } from "./names.ts";
@@ -48,7 +48,7 @@ export class Launcher {
 
   async launch(demand: Demand, pool: PoolConfig, log: Logger): Promise<Tracked> {
     const d = this.#d;
-    const name = runnerName(d.namePrefix, pool.name);
+    let name = runnerName(d.namePrefix, pool.name);
     const record: RunnerRecord = {
       name,
       pool: pool.name,
@@ -62,15 +62,33 @@ export class Launcher {
     };
     const tracked: Tracked = { record, state: "starting" };
     this.tracked.set(name, tracked);
-    const rlog = log.child({ runner: name });
+    let rlog = log.child({ runner: name });
     try {
       // The record comes first: a crash at any later step leaves a trace the reconciler follows.
       await d.runners.put(record);
-      const jit = await d.github.generateJitConfig(scopeOf(record), {
-        name,
-        labels: pool.labels,
-        runnerGroupId: pool.runnerGroupId,
-      });
+      let jit: JitRunner | undefined;
+      for (let attempt = 1; !jit; attempt++) {
+        try {
+          jit = await d.github.generateJitConfig(scopeOf(record), {
+            name,
+            labels: pool.labels,
+            runnerGroupId: pool.runnerGroupId,
+            runnerGroup: pool.runnerGroup,
+          });
+        } catch (err) {
+          // 409, name taken: by our own earlier try whose answer was lost (created, then a 5xx or
+          // timeout, then retried). Delete that orphan and forget its record; go on under a new name.
+          if (!(err instanceof GitHubError && err.status === 409) || attempt >= 3) throw err;
+          const orphan = await d.github.deleteRunnerNamed(scopeOf(record), name).catch((e: unknown) => `not deleted: ${errorMessage(e)}`);
+          rlog.warn({ orphan }, "runner name already registered; registering under a new name");
+          await d.runners.remove(record, false);
+          this.tracked.delete(name);
+          name = record.name = runnerName(d.namePrefix, pool.name);
+          this.tracked.set(name, tracked);
+          rlog = log.child({ runner: name });
+          await d.runners.put(record);
+        }
+      }
       record.runnerId = jit.runnerId;
       await d.runners.update(name, { runnerId: jit.runnerId });
       rlog.info({ runnerId: jit.runnerId }, "runner registered");
@@ -99,6 +117,8 @@ export class Launcher {
       await this.teardown(record, "launch_failed", rlog).catch((e) =>
         rlog.warn({ err: errorMessage(e) }, "cleanup after failed launch incomplete; the reconciler will retry"),
       );
+      // Whatever the cleanup managed, the demand was not served: its retry must launch anew.
+      await d.runners.releaseDemand(record).catch(() => undefined);
       throw err;
     }
   }

@@ -6,8 +6,11 @@ import { errorMessage } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
-import type { RunnerStore } from "../state/runners.ts";
-import { Launcher, type Tracked } from "./launcher.ts";
+import type { ActivityRecorder } from "../state/activity.ts";
+import type { HostStore, PoolLimits } from "../state/hosts.ts";
+import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
+import { Launcher, scopeOf, type Tracked } from "./launcher.ts";
+import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
 import { needsRunner } from "./still-queued.ts";
 
@@ -25,46 +28,72 @@ export interface WorkerDeps {
   checkStillQueued: boolean;
   namePrefix: string;
   reconcileIntervalSeconds: number;
+  heartbeatSeconds: number;
   sources: Map<string, DemandSource>;
   launcher: Launcher;
   driver: RunnerDriver;
   github: GitHubClient;
   runners: RunnerStore;
+  hosts: HostStore;
+  limits: PoolLimits;
   metrics: Metrics;
   logger: Logger;
+  /** Recent launch failures for operators (status page, `jitrunner status`); optional. */
+  activity?: ActivityRecorder;
 }
 
+/** Why a watched runner ended without having taken a job: its demand must be served again. */
+const ENDED_WITHOUT_JOB = new Set(["exited", "wait_failed", "no_container"]);
+
 /**
- * Takes demand while it has free slots and holds each lease for the life of the runner it
- * launched. Stopping takes no new demand and lets in-flight launches finish; running runners keep
- * running (a restarted worker adopts them).
+ * Takes demand while it has free slots (and its pool is under its global limit) and holds each
+ * lease for the life of the runner it launched. Stopping takes no new demand, lets in-flight
+ * launches finish and hands held demand back; running runners keep running (a restarted worker
+ * adopts them). Draining takes no new demand and resolves `drained` once every runner is gone.
  */
 export class RunnerWorker {
   readonly #d: WorkerDeps;
   readonly #slots: Slots;
   readonly #pools: Map<string, PoolConfig>;
+  readonly #presence: HostPresence;
   readonly #launches = new Set<Promise<unknown>>();
-  readonly #serving = new Set<Promise<unknown>>();
-  readonly #shutdown = new AbortController();
+  readonly #serving = new Map<Promise<unknown>, Lease>();
   readonly #loops: Promise<void>[] = [];
+  readonly #shutdown = new AbortController();
   #stopping = false;
   #reconcileTimer: NodeJS.Timeout | undefined;
   #lastError: string | undefined;
+  #drained: (() => void) | undefined;
+  /** Resolves when an operator's drain has finished: no demand held, no runner left. */
+  readonly drained: Promise<void>;
 
   constructor(deps: WorkerDeps) {
     this.#d = deps;
     this.#slots = new Slots(deps.capacity);
     this.#pools = new Map(deps.pools.map((p) => [p.name, p]));
+    this.drained = new Promise((resolve) => (this.#drained = resolve));
+    this.#presence = new HostPresence({
+      host: deps.host,
+      capacity: deps.capacity,
+      pools: deps.pools.map((p) => p.name),
+      heartbeatSeconds: deps.heartbeatSeconds,
+      hosts: deps.hosts,
+      driver: deps.driver,
+      logger: deps.logger,
+      used: () => this.#slots.used,
+      onBeat: () => this.#onBeat(),
+    });
     deps.metrics.onScrape(async () => deps.metrics.runners(deps.host, this.#counts()));
   }
 
-  /** Problems that make this worker unready. */
+  /** What makes this worker unready, if anything. */
   get problem(): string | undefined {
-    return this.#lastError;
+    return this.#presence.engineProblem ?? this.#lastError;
   }
 
   async start(): Promise<void> {
     await this.#d.driver.ping();
+    await this.#presence.start();
     await this.reconcile();
     for (const [pool, source] of this.#d.sources) {
       await source.start();
@@ -82,6 +111,7 @@ export class RunnerWorker {
   }
 
   async stop(): Promise<void> {
+    if (this.#stopping) return;
     this.#stopping = true;
     clearTimeout(this.#reconcileTimer);
     // Watching stops at once; launches in flight finish first, then hand their demand back.
@@ -89,33 +119,67 @@ export class RunnerWorker {
     await Promise.allSettled([...this.#d.sources.values()].map((s) => s.close()));
     await Promise.allSettled(this.#loops);
     await Promise.allSettled([...this.#launches]);
-    await Promise.allSettled([...this.#serving]);
+    await Promise.allSettled([...this.#serving.keys()]);
+    // With runners still running the host stays listed until its record expires, so a quick
+    // restart adopts them before anyone treats the host as gone.
+    await this.#presence.stop(this.#d.launcher.tracked.size === 0);
     this.#d.logger.info({ running: this.#d.launcher.tracked.size }, "worker stopped; running runners left running");
   }
 
   async #loop(pool: string, source: DemandSource): Promise<void> {
     let failures = 0;
     while (!this.#stopping) {
+      if (!this.#presence.open) {
+        await sleep(1000);
+        continue;
+      }
       await this.#slots.acquire();
       let lease: Lease | undefined;
       try {
-        lease = this.#stopping ? undefined : await source.next();
+        lease = this.#stopping || !this.#presence.open ? undefined : await source.next();
         failures = 0;
       } catch (err) {
         failures++;
         this.#noteError(`taking demand for pool ${pool} failed: ${errorMessage(err)}`, failures === 1);
         await sleep(Math.min(30_000, 500 * 2 ** failures));
       }
+      if (lease && !(await this.#withinPoolLimit(lease))) {
+        await lease.release().catch(() => undefined);
+        lease = undefined;
+        await sleep(1000);
+      }
       if (!lease) {
         this.#slots.release();
         continue;
       }
-      const serving = this.#serve(lease).finally(() => {
-        this.#slots.release();
+      const held = lease;
+      const serving: Promise<void> = this.#serve(held).finally(async () => {
         this.#serving.delete(serving);
+        this.#slots.release();
+        await this.#d.limits.release(held.demand.pool, held.id).catch(() => undefined);
+        this.#checkDrained();
       });
-      this.#serving.add(serving);
+      this.#serving.set(serving, held);
     }
+  }
+
+  async #withinPoolLimit(lease: Lease): Promise<boolean> {
+    const max = this.#pools.get(lease.demand.pool)?.maxRunners;
+    if (!max) return true;
+    return this.#d.limits.acquire(lease.demand.pool, lease.id, max);
+  }
+
+  /** Each beat refreshes this worker's places under pool limits, and ends a finished drain. */
+  async #onBeat(): Promise<void> {
+    for (const lease of this.#serving.values()) {
+      const max = this.#pools.get(lease.demand.pool)?.maxRunners;
+      if (max) await this.#d.limits.acquire(lease.demand.pool, lease.id, max);
+    }
+    this.#checkDrained();
+  }
+
+  #checkDrained(): void {
+    if (this.#presence.draining && this.#serving.size === 0 && this.#d.launcher.tracked.size === 0) this.#drained?.();
   }
 
   async #serve(lease: Lease): Promise<void> {
@@ -123,16 +187,7 @@ export class RunnerWorker {
     const pool = this.#pools.get(demand.pool)!;
     const log = this.#d.logger.child({ demandId: lease.id, jobId: demand.jobId, pool: pool.name, deliveryId: demand.deliveryId });
     try {
-      const existing = await this.#d.runners.findByDemand(lease.id);
-      if (existing) {
-        // Taken over from a worker that stopped. Its runner served the demand, or still runs:
-        // then wait for it to end (the host that has it removes it). No second runner either way.
-        log.info({ runner: existing.name, host: existing.record?.host }, "demand already has a runner");
-        if (existing.record) await this.#waitGone(existing.name);
-        if (this.#stopping) await lease.release();
-        else await lease.complete("served_by_earlier_runner");
-        return;
-      }
+      if (await this.#alreadyServed(lease, log)) return;
       if (this.#d.checkStillQueued && !(await this.#stillNeeded(lease, log))) {
         await lease.complete("not_needed");
         return;
@@ -153,17 +208,50 @@ export class RunnerWorker {
         await lease.release();
         return;
       }
+      const latest = await this.#d.runners.get(tracked.record.name);
+      const tookAJob = tracked.state === "busy" || tracked.state === "completed" || latest?.state === "busy" || latest?.state === "completed";
       await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => {
         log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry");
       });
+      if (!tookAJob && ENDED_WITHOUT_JOB.has(reason)) {
+        // The runner died before taking a job (engine restarted, container killed, crash):
+        // the job it was for still needs one.
+        throw Object.assign(new Error(`runner ended without taking a job (${reason})`), { code: "E_RUNNER_LOST", retryable: true });
+      }
       await lease.complete(reason);
     } catch (err) {
       const retryable = (err as { retryable?: boolean }).retryable ?? true;
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
+      await this.#d.activity?.launchFailure(demand, lease.attempt, err).catch(() => undefined);
       this.#noteError(`launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       log.warn({ attempt: lease.attempt, retryable, err: errorMessage(err) }, "demand failed; returned to the queue");
       await lease.fail(err instanceof Error ? err : new Error(String(err)), !retryable).catch(() => undefined);
     }
+  }
+
+  /**
+   * A demand taken over from a worker that stopped may already have its runner. Running on a live
+   * host, or done: no second runner. On a host that is gone, a runner that never took a job is
+   * deregistered and forgotten, and the demand is served again here.
+   */
+  async #alreadyServed(lease: Lease, log: Logger): Promise<boolean> {
+    const existing = await this.#d.runners.findByDemand(lease.id);
+    if (!existing) return false;
+    const record = existing.record;
+    const hostGone = record && record.host !== this.#d.host && !(await this.#d.hosts.alive(record.host));
+    if (record && hostGone && record.state !== "busy" && record.state !== "completed") {
+      const outcome = record.runnerId ? await this.#d.github.deleteRunner(scopeOf(record), record.runnerId) : "not_found";
+      if (outcome !== "busy") {
+        await this.#d.runners.remove(record, false);
+        log.info({ runner: record.name, host: record.host }, "runner lost with its host; launching another");
+        return false;
+      }
+    }
+    log.info({ runner: existing.name, host: record?.host }, "demand already has a runner");
+    if (record && !hostGone) await this.#waitGone(existing.name);
+    if (this.#stopping) await lease.release();
+    else await lease.complete("served_by_earlier_runner");
+    return true;
   }
 
   /** GitHub's word on whether the job still needs a runner; on any API error, it does. */
@@ -181,50 +269,99 @@ export class RunnerWorker {
   }
 
   async #waitGone(name: string): Promise<void> {
-    while (!this.#stopping && (await this.#d.runners.get(name))) await sleep(5000);
+    while (!this.#stopping && (await this.#d.runners.get(name))) await sleep(2000);
   }
 
   /**
    * The host loop: containers of ours that this process does not watch are adopted (running) or
-   * removed (stopped); records of this host with no container are torn down.
+   * removed (stopped); records of this host with no container are torn down; runners of hosts
+   * whose heartbeat lapsed are deregistered and forgotten unless they run a job.
    */
   async reconcile(): Promise<void> {
-    const { driver, runners, launcher, host, logger } = this.#d;
-    const log = logger.child({ loop: "host" });
+    const log = this.#d.logger.child({ loop: "host" });
     try {
-      const containers = await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host });
-      const seen = new Set<string>();
-      for (const c of containers) {
-        const name = c.labels[LABEL.runnerName] ?? c.name;
-        seen.add(name);
-        if (launcher.tracked.has(name)) continue;
-        const record = await runners.get(name);
-        const pool = this.#pools.get(c.labels[LABEL.pool] ?? "");
-        if (record && c.running && pool) {
-          const tracked: Tracked = { record: { ...record, containerId: c.id }, state: record.state === "busy" ? "busy" : "idle" };
-          launcher.tracked.set(name, tracked);
-          log.info({ runner: name }, "adopted running runner");
-          void launcher
-            .watch(tracked, pool, log, this.#shutdown.signal)
-            .then((reason) => (reason === "shutdown" ? undefined : launcher.teardown(tracked.record, reason, log)))
-            .catch(() => undefined);
-        } else {
-          const stub = record ?? { name, pool: c.labels[LABEL.pool] ?? "", host, state: "registering" as const, installationId: 0, owner: "", repo: "", demandId: c.labels[LABEL.demand] ?? "", createdAt: c.createdAt };
-          await launcher.teardown({ ...stub, containerId: c.id }, c.running ? "reconcile_unknown" : "reconcile_exited", log);
-        }
+      await this.#reconcileContainers(log);
+      await this.#reconcileRecords(log);
+      await this.#sweepGoneHosts(log);
+    } catch (err) {
+      this.#noteError(`host reconcile failed: ${errorMessage(err)}`, false);
+    }
+  }
+
+  async #reconcileContainers(log: Logger): Promise<void> {
+    const { driver, runners, launcher, host } = this.#d;
+    for (const c of await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host })) {
+      const name = c.labels[LABEL.runnerName] ?? c.name;
+      if (launcher.tracked.has(name)) continue;
+      const record = await runners.get(name);
+      const pool = this.#pools.get(c.labels[LABEL.pool] ?? "");
+      if (record && c.running && pool && !this.#stopping) {
+        const tracked: Tracked = { record: { ...record, containerId: c.id }, state: record.state === "busy" ? "busy" : "idle" };
+        launcher.tracked.set(name, tracked);
+        log.info({ runner: name }, "adopted running runner");
+        void launcher
+          .watch(tracked, pool, log, this.#shutdown.signal)
+          .then((reason) => (reason === "shutdown" ? undefined : launcher.teardown(tracked.record, reason, log)))
+          .catch(() => undefined)
+          .finally(() => this.#checkDrained());
+      } else {
+        const stub: RunnerRecord = record ?? {
+          name,
+          pool: c.labels[LABEL.pool] ?? "",
+          host,
+          state: "registering",
+          installationId: 0,
+          owner: "",
+          repo: "",
+          demandId: c.labels[LABEL.demand] ?? "",
+          createdAt: c.createdAt,
+        };
+        await launcher.teardown({ ...stub, containerId: c.id }, c.running ? "reconcile_unknown" : "reconcile_exited", log);
       }
-      for (const name of await runners.listHost(host)) {
-        if (seen.has(name) || launcher.tracked.has(name)) continue;
-        const record = await runners.get(name);
-        if (!record) {
-          await runners.remove({ name, host, demandId: "" }, true);
+    }
+  }
+
+  async #reconcileRecords(log: Logger): Promise<void> {
+    const { driver, runners, launcher, host } = this.#d;
+    const present = new Set(
+      (await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host })).map((c) => c.labels[LABEL.runnerName] ?? c.name),
+    );
+    for (const name of await runners.listHost(host)) {
+      if (present.has(name) || launcher.tracked.has(name)) continue;
+      const record = await runners.get(name);
+      if (!record) {
+        await runners.remove({ name, host, demandId: "" }, true);
+        continue;
+      }
+      if (Date.now() - record.createdAt < 60_000) continue;
+      await launcher.teardown(record, "reconcile_no_container", log);
+    }
+  }
+
+  async #sweepGoneHosts(log: Logger): Promise<void> {
+    const { hosts, runners, github, metrics } = this.#d;
+    for (const { id, record } of await hosts.list()) {
+      if (record || id === this.#d.host) continue;
+      let running = 0;
+      for (const name of await runners.listHost(id)) {
+        const r = await runners.get(name);
+        if (!r) continue;
+        if (r.state === "busy" || r.state === "completed") {
+          running++;
           continue;
         }
-        if (Date.now() - record.createdAt < 60_000) continue;
-        await launcher.teardown(record, "reconcile_no_container", log);
+        const outcome = r.runnerId ? await github.deleteRunner(scopeOf(r), r.runnerId).catch(() => "error") : "not_found";
+        if (outcome === "busy") running++;
+        else if (outcome !== "error") {
+          await runners.remove(r, false);
+          metrics.removed(r.pool, "host_gone");
+          log.info({ runner: name, host: id }, "runner of a gone host deregistered");
+        }
       }
-    } catch (err) {
-      this.#noteError(`host reconcile failed: ${errorMessage(err)}`, true);
+      if (running === 0) {
+        await hosts.forget(id);
+        log.info({ host: id }, "gone host forgotten");
+      }
     }
   }
 

@@ -126,6 +126,20 @@ test("a scripted flow's responses validate against the documented response schem
   await expectCall("GET", "/app", 401, { auth: { authorization: "bearer not.a.jwt" } });
   await expectCall("GET", `${repo}/actions/secrets`, 404);
 
+  await fake.webhooksIdle();
+  const deliveriesPage = await client.call("GET", "/app/hook/deliveries?per_page=2", { auth: "app" });
+  const firstPage = await expectCall("GET", "/app/hook/deliveries?per_page=2", 200, { auth: "app" });
+  assert.equal(firstPage.length, 2);
+  const next = /<([^>]+)>;\s*rel="next"/.exec(deliveriesPage.headers.get("link") ?? "")?.[1] ?? "";
+  assert.match(next, /cursor=v1_\d+/);
+  const secondPage = await expectCall("GET", next.slice(fake.url.length), 200, { auth: "app" });
+  assert.ok(secondPage[0].id < firstPage[1].id, "newest first, the next page continues where the first ended");
+  const before = fake.deliveries.length;
+  await expectCall("POST", `/app/hook/deliveries/${firstPage[0].id}/attempts`, 202, { auth: "app" });
+  await fake.webhooksIdle();
+  assert.deepEqual(fake.deliveries.slice(before).map((d) => [d.id, d.redelivery]), [[firstPage[0].guid, true]]);
+  await expectCall("POST", "/app/hook/deliveries/1/attempts", 404, { auth: "app" });
+
   const served = fake.routes.filter((r) => !r.internal).map((r) => `${r.method} ${r.template}`);
   assert.deepEqual(served.filter((r) => !checked.has(r)), [], "every served route is exercised and checked above");
 });

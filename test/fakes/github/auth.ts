@@ -1,4 +1,5 @@
-// App credentials: a fresh RSA key, App JWT verification (RS256) and installation tokens.
+// App credentials: a fresh RSA key, App JWT verification (RS256) and installation tokens,
+// on the fake's own clock (which may be skewed from the caller's, as a real server's may be).
 import { createPublicKey, generateKeyPairSync, randomBytes, verify, type KeyObject } from "node:crypto";
 
 const MAX_JWT_SECONDS = 600; // GitHub: exp at most 10 minutes in the future
@@ -9,6 +10,11 @@ export class FakeAuth {
   readonly privateKey: string;
   private readonly publicKey: KeyObject;
   private readonly tokens = new Map<string, number>(); // token -> expiry (ms)
+  private readonly usedJwts = new Set<string>();
+  /** The fake's clock minus the real one, in ms (setClockSkew). */
+  skewMs = 0;
+  /** Answer 404 to an installation token request whose App JWT was used before (GitHub does, for byte-identical JWTs). */
+  rejectReusedJwts = false;
 
   constructor(readonly appId: number, readonly installationId: number) {
     const pair = generateKeyPairSync("rsa", {
@@ -18,6 +24,20 @@ export class FakeAuth {
     });
     this.privateKey = pair.privateKey;
     this.publicKey = createPublicKey(pair.publicKey);
+  }
+
+  /** The fake server's time in ms: what its Date header says and what JWTs are checked against. */
+  now(): number {
+    return Date.now() + this.skewMs;
+  }
+
+  /** True when this JWT was presented before (and remembers it). Only with `rejectReusedJwts`. */
+  replayed(authorization: string | undefined): boolean {
+    if (!this.rejectReusedJwts) return false;
+    const jwt = (authorization ?? "").replace(/^bearer\s+/i, "");
+    if (this.usedJwts.has(jwt)) return true;
+    this.usedJwts.add(jwt);
+    return false;
   }
 
   /** undefined when the header carries a valid App JWT, else GitHub's error message. */
@@ -37,10 +57,10 @@ export class FakeAuth {
     if (!verify("RSA-SHA256", Buffer.from(`${h}.${p}`), this.publicKey, Buffer.from(s, "base64url"))) {
       return "A JSON web token could not be decoded";
     }
-    const nowS = Math.floor(Date.now() / 1000);
+    const nowS = Math.floor(this.now() / 1000);
     if (String(claims.iss) !== String(this.appId)) return "'Issuer' claim ('iss') must be the App's id";
     if (typeof claims.iat !== "number" || claims.iat > nowS + CLOCK_SKEW_SECONDS) {
-      return "'Issued at' claim ('iat') must be an Integer representing a time in the past";
+      return "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued";
     }
     if (typeof claims.exp !== "number" || claims.exp <= nowS) {
       return "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires";
@@ -51,7 +71,7 @@ export class FakeAuth {
 
   issueToken(): { token: string; expiresAt: string } {
     const token = `ghs_${randomBytes(27).toString("base64url")}`;
-    const expires = Date.now() + TOKEN_SECONDS * 1000;
+    const expires = this.now() + TOKEN_SECONDS * 1000;
     this.tokens.set(token, expires);
     return { token, expiresAt: new Date(expires).toISOString().replace(/\.\d{3}Z$/, "Z") };
   }
@@ -60,7 +80,7 @@ export class FakeAuth {
   checkToken(authorization: string | undefined): boolean {
     const m = /^(?:token|bearer)\s+(\S+)$/i.exec(authorization ?? "");
     const expires = m?.[1] ? this.tokens.get(m[1]) : undefined;
-    return expires !== undefined && expires > Date.now();
+    return expires !== undefined && expires > this.now();
   }
 
   /** Test helper: make every issued installation token expire now. */

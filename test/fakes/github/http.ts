@@ -1,4 +1,5 @@
-// A tiny router for the fake: OpenAPI path templates, auth, fault injection, request log.
+// A tiny router for the fake: OpenAPI path templates (under an optional base path, as GHES
+// serves them under /api/v3), auth, fault injection, request log.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -37,12 +38,18 @@ export interface Fault {
   headers?: Record<string, string>;
   body?: unknown;
   delayMs?: number;
+  /** The request takes effect, then the client gets the fault instead (a response lost on its way back). */
+  afterHandling?: boolean;
 }
 
 export interface RequestRecord {
   method: string;
   route: string;
   status: number;
+  /** The request's path as sent, base path included. */
+  path: string;
+  /** When the request arrived (ms, real clock). */
+  at: number;
 }
 
 const DOCS = "https://docs.github.com/rest";
@@ -85,8 +92,12 @@ export class Router {
   private readonly faults: Fault[] = [];
   private window = { start: Date.now(), used: 0 };
 
-  constructor(routes: Route[], private readonly auth: FakeAuth) {
+  private readonly basePath: string;
+
+  /** `basePath`: GitHub's API routes are served only under it (e.g. "/api/v3"); the fake runner's routes with or without it. */
+  constructor(routes: Route[], private readonly auth: FakeAuth, opts: { basePath?: string } = {}) {
     this.routes = routes.map(compile);
+    this.basePath = (opts.basePath ?? "").replace(/\/+$/, "");
   }
 
   get table(): Array<{ method: string; template: string; internal: boolean }> {
@@ -104,31 +115,49 @@ export class Router {
   };
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const at = Date.now();
     const url = new URL(req.url ?? "/", "http://fake");
     const method = (req.method ?? "GET").toUpperCase();
     const raw = await readBody(req);
-    const found = this.match(method, url.pathname);
+    const underBase = this.basePath === "" || url.pathname.startsWith(`${this.basePath}/`);
+    const path = underBase ? url.pathname.slice(this.basePath.length) : url.pathname;
+    const found = this.match(method, path, underBase);
     const routeName = found?.route.template ?? url.pathname;
     const internal = found?.route.internal ?? false;
-    const reply = await this.answer(method, url, raw, req.headers, found);
-    if (!internal) this.requests.push({ method, route: routeName, status: reply.status });
+    const reply = await this.answer(method, path, url, raw, req.headers, found);
+    if (!internal) this.requests.push({ method, route: routeName, status: reply.status, path: url.pathname, at });
     this.send(res, reply, !internal);
   }
 
   private async answer(
     method: string,
+    path: string,
     url: URL,
     raw: Buffer | undefined,
     headers: IncomingHttpHeaders,
     found: { route: CompiledRoute; params: Record<string, string> } | undefined,
   ): Promise<Reply> {
     if (raw === undefined) return ghError(413, "Payload too large");
-    const fault = this.takeFault(method, url.pathname, found?.route);
+    const fault = this.takeFault(method, path, found?.route);
     if (fault?.delayMs) await sleep(Math.min(fault.delayMs, 60_000), undefined, { ref: false });
-    if (fault?.status !== undefined) {
-      const body = fault.body ?? ghError(fault.status, FAULT_MESSAGES[fault.status] ?? "Server Error").body;
-      return { status: fault.status, body, headers: fault.headers ?? {} };
-    }
+    if (fault?.status === undefined) return this.handle(method, path, url, raw, headers, found);
+    const faulty: Reply = {
+      status: fault.status,
+      body: fault.body ?? ghError(fault.status, FAULT_MESSAGES[fault.status] ?? "Server Error").body,
+      headers: fault.headers ?? {},
+    };
+    if (fault.afterHandling) await this.handle(method, path, url, raw, headers, found);
+    return faulty;
+  }
+
+  private async handle(
+    method: string,
+    path: string,
+    url: URL,
+    raw: Buffer,
+    headers: IncomingHttpHeaders,
+    found: { route: CompiledRoute; params: Record<string, string> } | undefined,
+  ): Promise<Reply> {
     if (!found) return ghError(404, "Not Found");
     const { route, params } = found;
     if (route.auth === "app") {
@@ -147,12 +176,13 @@ export class Router {
         return ghError(400, "Problems parsing JSON");
       }
     }
-    return route.handle({ method, path: url.pathname, query: url.searchParams, params, body, headers });
+    return route.handle({ method, path, query: url.searchParams, params, body, headers });
   }
 
-  private match(method: string, path: string): { route: CompiledRoute; params: Record<string, string> } | undefined {
+  /** Outside the base path only the fake runner's (internal) routes answer. */
+  private match(method: string, path: string, underBase: boolean): { route: CompiledRoute; params: Record<string, string> } | undefined {
     for (const route of this.routes) {
-      if (route.method !== method) continue;
+      if (route.method !== method || (!underBase && !route.internal)) continue;
       const m = route.regex.exec(path);
       if (!m) continue;
       const params: Record<string, string> = {};
@@ -180,6 +210,7 @@ export class Router {
       "content-type": "application/json; charset=utf-8",
       "x-github-request-id": randomUUID().toUpperCase(),
       "x-github-media-type": "github.v3; format=json",
+      date: new Date(this.auth.now()).toUTCString(),
       ...(rateLimited ? this.rateHeaders() : {}),
       ...reply.headers,
     };

@@ -12,6 +12,7 @@ import type { Ctx } from "./context.ts";
 import { Router, type Fault, type RequestRecord } from "./http.ts";
 import { appRoutes } from "./routes-app.ts";
 import { fakeRunnerRoutes } from "./routes-fake-runner.ts";
+import { hookRoutes } from "./routes-hooks.ts";
 import { jobRoutes } from "./routes-jobs.ts";
 import { runnerRoutes } from "./routes-runners.ts";
 import { FakeState, type FakeJob, type FakeRunner } from "./state.ts";
@@ -27,6 +28,12 @@ export interface FakeGitHubOptions {
   webhookUrl?: string;
   socketDir?: string;
   installationId?: number;
+  /** Serve GitHub's API under this path, as GHES does under "/api/v3" (`url` includes it). */
+  basePath?: string;
+  /** The fake's clock runs this far ahead of the real one (negative: behind); see setClockSkew. */
+  clockSkewSeconds?: number;
+  /** Answer 404 to a token request whose App JWT was used before, as GitHub does for identical JWTs. */
+  rejectReusedAppJwts?: boolean;
 }
 
 export interface QueueJobOptions {
@@ -84,6 +91,10 @@ export class FakeGitHub {
   static async start(opts: FakeGitHubOptions): Promise<FakeGitHub> {
     const state = new FakeState();
     const auth = new FakeAuth(opts.appId ?? 12345, opts.installationId ?? 1);
+    auth.skewMs = (opts.clockSkewSeconds ?? 0) * 1000;
+    auth.rejectReusedJwts = opts.rejectReusedAppJwts ?? false;
+    const basePath = (opts.basePath ?? "").replace(/\/+$/, "");
+    if (basePath && !/^\/[\w./-]+$/.test(basePath)) throw new Error(`FakeGitHub: basePath must look like /api/v3, got ${opts.basePath}`);
     const hooks = new WebhookSender({ secret: opts.webhookSecret, appId: auth.appId, hookId: 400_000_000 + auth.appId, url: opts.webhookUrl });
     const ctx: Ctx = {
       urls: { api: "", html: "https://github.com" },
@@ -93,7 +104,7 @@ export class FakeGitHub {
       installationId: auth.installationId,
       emit: (job, action) => hooks.deliver(job.id, action, workflowJobPayload(ctx.urls, state, auth.installationId, job, action)),
     };
-    const router = new Router([...appRoutes(ctx), ...runnerRoutes(ctx), ...jobRoutes(ctx), ...fakeRunnerRoutes(ctx)], auth);
+    const router = new Router([...appRoutes(ctx), ...runnerRoutes(ctx), ...jobRoutes(ctx), ...fakeRunnerRoutes(ctx), ...hookRoutes(ctx, hooks)], auth, { basePath });
     const tcp = createServer(router.listener);
     const unix = createServer(router.listener);
     const ownSocketDir = opts.socketDir ? undefined : await mkdtemp(join(tmpdir(), "fake-github-"));
@@ -105,7 +116,7 @@ export class FakeGitHub {
     await listen(unix, socketPath);
     await chmod(dir, 0o777); // the runner in a container runs as uid 1001
     await chmod(socketPath, 0o777);
-    ctx.urls.api = `http://127.0.0.1:${(tcp.address() as AddressInfo).port}`;
+    ctx.urls.api = `http://127.0.0.1:${(tcp.address() as AddressInfo).port}${basePath}`;
     return new FakeGitHub(state, auth, router, hooks, ctx, [tcp, unix], ownSocketDir);
   }
 
@@ -160,6 +171,11 @@ export class FakeGitHub {
     const id = Math.max(...this.state.runnerGroups.keys()) + 1;
     this.state.runnerGroups.set(id, name);
     return id;
+  }
+
+  /** Set the fake's clock to run `seconds` ahead of the real one (negative: behind): its Date header and JWT checks follow. */
+  setClockSkew(seconds: number): void {
+    this.auth.skewMs = seconds * 1000;
   }
 
   /** Make every installation token issued so far invalid (401 from then on). */

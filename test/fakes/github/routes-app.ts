@@ -14,6 +14,8 @@ export function appRoutes(ctx: Ctx): Route[] {
       auth: "app",
       handle: (req) => {
         if (Number(req.params.installation_id) !== ctx.installationId) return ghError(404, "Not Found");
+        // What GitHub answers a second, byte-identical App JWT (terraform-aws-github-runner#5025).
+        if (ctx.auth.replayed(req.headers.authorization)) return ghError(404, "Not Found");
         const { token, expiresAt } = ctx.auth.issueToken();
         return { status: 201, body: { token, expires_at: expiresAt, permissions: PERMISSIONS, repository_selection: "all" } };
       },

@@ -85,12 +85,21 @@ export interface DeliveryRecord {
   action: string;
   status: number; // 0: not delivered (no URL, connection failed or timed out)
   jobId: number;
+  /** The attempt's own id (GitHub's numeric delivery id; `id` is the event's GUID). */
+  attemptId: number;
+  deliveredAt: string;
+  durationMs: number;
+  redelivery: boolean;
+  installationId: number | null;
+  repositoryId: number | null;
 }
 
 interface Sent {
   body: string;
   action: string;
   jobId: number;
+  installationId: number | null;
+  repositoryId: number | null;
 }
 
 export class WebhookSender {
@@ -99,6 +108,7 @@ export class WebhookSender {
   private readonly sent = new Map<string, Sent>();
   private readonly chains = new Map<number, Promise<unknown>>();
   private readonly webhooks: Webhooks;
+  private nextAttemptId = 90_000_000_001;
 
   constructor(private readonly o: { secret: string; appId: number; hookId: number; url?: string }) {
     this.webhooks = new Webhooks({ secret: o.secret });
@@ -108,7 +118,8 @@ export class WebhookSender {
   /** Queue a new delivery behind the job's earlier ones; resolves to the receiver's status. */
   deliver(jobId: number, action: string, payload: Json): Promise<number> {
     const id = randomUUID();
-    const sent = { body: JSON.stringify(payload), action, jobId };
+    const ids = payload as { installation?: { id?: number }; repository?: { id?: number } };
+    const sent = { body: JSON.stringify(payload), action, jobId, installationId: ids.installation?.id ?? null, repositoryId: ids.repository?.id ?? null };
     this.sent.set(id, sent);
     return this.enqueue(id, sent);
   }
@@ -116,7 +127,7 @@ export class WebhookSender {
   redeliver(id: string): Promise<number> {
     const sent = this.sent.get(id);
     if (!sent) return Promise.reject(new Error(`no delivery ${id}`));
-    return this.enqueue(id, sent);
+    return this.enqueue(id, sent, true);
   }
 
   /** Resolves once every queued delivery has been attempted. */
@@ -124,9 +135,9 @@ export class WebhookSender {
     while (this.chains.size > 0) await Promise.allSettled([...this.chains.values()]);
   }
 
-  private enqueue(id: string, sent: Sent): Promise<number> {
+  private enqueue(id: string, sent: Sent, redelivery = false): Promise<number> {
     const previous = this.chains.get(sent.jobId) ?? Promise.resolve();
-    const next = previous.then(() => this.post(id, sent));
+    const next = previous.then(() => this.post(id, sent, redelivery));
     const tail = next.catch(() => undefined);
     this.chains.set(sent.jobId, tail);
     void tail.then(() => {
@@ -135,9 +146,23 @@ export class WebhookSender {
     return next;
   }
 
-  private async post(id: string, sent: Sent): Promise<number> {
+  private async post(id: string, sent: Sent, redelivery: boolean): Promise<number> {
+    const started = Date.now();
+    const deliveredAt = new Date(started).toISOString().replace(/\.\d{3}Z$/, "Z");
     const status = this.url ? await this.send(this.url, id, sent.body) : 0;
-    this.deliveries.push({ id, event: "workflow_job", action: sent.action, status, jobId: sent.jobId });
+    this.deliveries.push({
+      id,
+      event: "workflow_job",
+      action: sent.action,
+      status,
+      jobId: sent.jobId,
+      attemptId: this.nextAttemptId++,
+      deliveredAt,
+      durationMs: Date.now() - started,
+      redelivery,
+      installationId: sent.installationId,
+      repositoryId: sent.repositoryId,
+    });
     return status;
   }
 

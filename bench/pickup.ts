@@ -1,0 +1,257 @@
+/**
+ * Pickup: `queued` webhook received -> runner container started, for jobs queued one at a time
+ * (nothing queues behind anything: jitrunner's own path) and for a burst of 50 at once (what
+ * GitHub's write throttling does to it), each against a bare `docker create` + `start` of the same
+ * container spec on the same engine, timed the same way (to Docker's `start` event).
+ */
+import { randomBytes } from "node:crypto";
+import { Queue } from "bullmq";
+import type Docker from "dockerode";
+import { Redis } from "ioredis";
+import { Secret } from "../src/config/secret.ts";
+import { createOptions } from "../src/docker/dockerode-driver.ts";
+import type { FakeGitHub } from "../test/fakes/github/index.ts";
+import { ContainerEvents, maxRunning, type Lifecycle } from "./lib/docker-events.ts";
+import { JOB_LABELS, POOL, runnerPool, startJitrunner, type RunningJitrunner } from "./lib/jitrunner.ts";
+import type { BenchRedis } from "./lib/procs.ts";
+import { summarize, type Summary } from "./lib/stats.ts";
+
+const ISOLATED = Number(process.env.BENCH_PICKUP_ISOLATED ?? 20);
+const BURST = Number(process.env.BENCH_PICKUP_BURST ?? 50);
+/** More than GitHub's write throttle (one JIT config per second per installation) needs. */
+const SPACING_MS = 1_500;
+const BASELINE_LABEL = "dev.jitrunner.bench-baseline";
+const DEMAND_LABEL = "dev.jitrunner.demand";
+
+/** One container's timeline, ms since the epoch; jitrunner's start at the webhook's arrival. */
+export interface Pickup {
+  /** webhook received by the server (jitrunner) or create call made (bare) */
+  t0: number;
+  /** demand added to BullMQ (jitrunner only) */
+  queued?: number;
+  /** demand taken by the worker (jitrunner only) */
+  taken?: number;
+  created: number;
+  started: number;
+  /** container stopped (jitrunner: the runner finished its job) */
+  died?: number;
+}
+
+export interface Series {
+  name: string;
+  items: Pickup[];
+  total: Summary;
+  /** t0 -> queued, queued -> taken, taken -> created, created -> started */
+  parts: Record<string, Summary>;
+  /** gaps between consecutive `create` events, sorted by time */
+  createGaps: Summary;
+  /** start -> die of each container */
+  lifetime: Summary;
+}
+
+export interface PickupResult {
+  bareIsolated: Series;
+  bareBurst: Series;
+  isolated: Series;
+  burst: Series;
+  burstMaxRunning: number;
+  capacity: number;
+  metricPickup: { count: number; sum: number };
+  githubCalls: Map<string, number>;
+  jobs: number;
+}
+
+function series(name: string, items: Pickup[]): Series {
+  const parts: Record<string, Summary> = {};
+  const part = (key: string, f: (p: Pickup) => number | undefined) => {
+    const values = items.map(f).filter((v): v is number => v !== undefined && Number.isFinite(v));
+    if (values.length) parts[key] = summarize(values);
+  };
+  part("received -> in BullMQ", (p) => (p.queued === undefined ? undefined : p.queued - p.t0));
+  part("in BullMQ -> taken by worker", (p) => (p.queued === undefined || p.taken === undefined ? undefined : p.taken - p.queued));
+  part("taken -> container created", (p) => (p.taken === undefined ? undefined : p.created - p.taken));
+  part("start -> container created", (p) => (p.taken === undefined ? p.created - p.t0 : undefined));
+  part("created -> started", (p) => p.started - p.created);
+  const creates = items.map((p) => p.created).sort((a, b) => a - b);
+  return {
+    name,
+    items,
+    total: summarize(items.map((p) => p.started - p.t0)),
+    parts,
+    createGaps: summarize(creates.slice(1).map((c, i) => c - creates[i]!)),
+    lifetime: summarize(items.flatMap((p) => (p.died === undefined ? [] : [p.died - p.started]))),
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Bare create + start of the runner spec jitrunner would create, `n` of them, `concurrent` or spaced. */
+async function bare(docker: Docker, fake: FakeGitHub, n: number, concurrent: boolean): Promise<Pickup[]> {
+  const tag = randomBytes(4).toString("hex");
+  const events = await ContainerEvents.open(docker, `${BASELINE_LABEL}=${tag}`);
+  const pool = runnerPool(fake);
+  const t0s = new Map<string, number>();
+  const one = async (i: number) => {
+    const name = `bench-bare-${tag}-${i}`;
+    const opts = createOptions({
+      name,
+      image: pool.image,
+      // Not a JIT config: the container boots its own dockerd like a runner, then its runner exits.
+      jitConfig: new Secret(Buffer.from("not-a-jit-config").toString("base64")),
+      env: pool.env,
+      labels: { [BASELINE_LABEL]: tag },
+      isolation: pool.isolation,
+      capDrop: ["SYS_RESOURCE"],
+      resources: pool.resources,
+      networkMode: pool.networkMode,
+      mounts: pool.mounts,
+    });
+    const t0 = Date.now();
+    const c = await docker.createContainer(opts);
+    t0s.set(c.id, t0);
+    await c.start();
+    return c.id;
+  };
+  const ids: string[] = [];
+  try {
+    if (concurrent) ids.push(...(await Promise.all(Array.from({ length: n }, (_, i) => one(i)))));
+    else {
+      // Each on an idle engine: started, exited, removed, gone, then the next.
+      for (let i = 0; i < n; i++) {
+        const at = Date.now();
+        const id = await one(i);
+        ids.push(id);
+        await events.until(() => events.byId.get(id)?.start, 30_000, "bare container start event");
+        // Like a runner: it boots its dockerd and exits by itself; then it is removed.
+        await events.until(() => events.byId.get(id)?.die, 60_000, "bare container to exit");
+        await docker.getContainer(id).remove({ force: true, v: true });
+        await events.until(() => events.byId.get(id)?.destroy, 30_000, "bare container destroy event");
+        await sleep(Math.max(0, SPACING_MS - (Date.now() - at)));
+      }
+    }
+    await events.until(() => ids.every((id) => events.byId.get(id)?.start !== undefined), 60_000, "bare start events");
+    return ids.map((id) => {
+      const lc = events.byId.get(id)!;
+      return { t0: t0s.get(id)!, created: lc.create!, started: lc.start!, died: lc.die };
+    });
+  } finally {
+    events.close();
+    await Promise.allSettled(ids.map((id) => docker.getContainer(id).remove({ force: true, v: true })));
+  }
+}
+
+/** Reads jitrunner's timeline of each demand back from BullMQ and pairs it with Docker's events. */
+export async function timelines(redisUrl: string, prefix: string, containers: Lifecycle[]): Promise<Pickup[]> {
+  const conn = new Redis(redisUrl, { maxRetriesPerRequest: null });
+  const queue = new Queue(`demand-${POOL}`, { connection: conn, prefix: `${prefix}:bull` });
+  try {
+    const out: Pickup[] = [];
+    for (const lc of containers) {
+      const id = lc.labels[DEMAND_LABEL];
+      if (!id || lc.start === undefined || lc.create === undefined) continue;
+      const job = await queue.getJob(id);
+      const receivedAt = (job?.data as { receivedAt?: number } | undefined)?.receivedAt;
+      if (!job || receivedAt === undefined) continue;
+      out.push({ t0: receivedAt, queued: job.timestamp, taken: job.processedOn, created: lc.create, started: lc.start, died: lc.die });
+    }
+    return out;
+  } finally {
+    await queue.close();
+    conn.disconnect();
+  }
+}
+
+export async function runPickup(
+  dir: string,
+  redis: BenchRedis,
+  docker: Docker,
+  fake: FakeGitHub,
+  progress: (msg: string) => void,
+): Promise<PickupResult> {
+  progress(`pickup: bare docker create+start, ${ISOLATED} one at a time on an idle engine`);
+  const bareIsolated = series("bare, one at a time", await bare(docker, fake, ISOLATED, false));
+  progress(`pickup: bare docker create+start, ${BURST} at once`);
+  const bareBurst = series(`bare, ${BURST} at once`, await bare(docker, fake, BURST, true));
+
+  const tag = randomBytes(3).toString("hex");
+  const prefix = `bench-pickup-${tag}`;
+  const host = `bench-pickup-${tag}`;
+  const capacity = BURST + ISOLATED;
+  const common = { dir, redisUrl: redis.url, prefix, privateKey: fake.privateKey, appId: fake.appId, apiUrl: fake.url, pools: [runnerPool(fake)], hostId: host, capacity };
+  const events = await ContainerEvents.open(docker, `dev.jitrunner.host=${host}`);
+  const firstRequest = fake.requests.length;
+  let server: RunningJitrunner | undefined;
+  let worker: RunningJitrunner | undefined;
+  try {
+    server = await startJitrunner({ ...common, name: "pickup-server", mode: "server" });
+    worker = await startJitrunner({ ...common, name: "pickup-worker", mode: "worker" });
+    fake.setWebhookUrl(`${server.url}/webhooks/github`);
+    const startedFor = (jobId: number) => () => events.all().find((lc) => lc.labels[DEMAND_LABEL] === `${jobId}-1` && lc.start !== undefined);
+
+    progress("pickup: jitrunner, one warm-up job (installation token, first JIT config)");
+    const warm = await fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS });
+    await events.until(startedFor(warm.id), 60_000, "warm-up runner start");
+    await sleep(SPACING_MS);
+
+    progress(`pickup: jitrunner, ${ISOLATED} jobs one at a time on an idle engine`);
+    const isolatedIds: string[] = [];
+    for (let i = 0; i < ISOLATED; i++) {
+      // Each on an idle engine: the previous runner has run its job and is gone.
+      await waitQuiet(fake, events, 60_000, "the previous runner to finish and go");
+      const at = Date.now();
+      const job = await fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS });
+      isolatedIds.push((await events.until(startedFor(job.id), 60_000, `runner start for job ${i + 1}`)).id);
+      await sleep(Math.max(0, SPACING_MS - (Date.now() - at)));
+    }
+    await waitQuiet(fake, events, 120_000, "isolated jobs to finish and their containers to go");
+
+    progress(`pickup: jitrunner, ${BURST} jobs at once`);
+    const burstJobs = await Promise.all(Array.from({ length: BURST }, () => fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS })));
+    const burstIds = new Set(burstJobs.map((j) => `${j.id}-1`));
+    await events.until(
+      () => events.all().filter((lc) => burstIds.has(lc.labels[DEMAND_LABEL] ?? "") && lc.start !== undefined).length >= BURST,
+      180_000,
+      `${BURST} burst runners to start`,
+    );
+    const burstContainers = events.all().filter((lc) => burstIds.has(lc.labels[DEMAND_LABEL] ?? ""));
+    const burstMaxRunning = maxRunning(burstContainers);
+    await waitQuiet(fake, events, 180_000, "burst jobs to finish and their containers to go");
+
+    const metrics = await (await fetch(`${worker.url}/metrics`)).text();
+    const metricPickup = {
+      count: Number(/jitrunner_pickup_latency_seconds_count\{pool="default"\} (\S+)/.exec(metrics)?.[1] ?? Number.NaN),
+      sum: Number(/jitrunner_pickup_latency_seconds_sum\{pool="default"\} (\S+)/.exec(metrics)?.[1] ?? Number.NaN),
+    };
+    const byId = (ids: Iterable<string>) => [...ids].map((id) => events.byId.get(id)!).filter(Boolean);
+    const githubCalls = new Map<string, number>();
+    for (const r of fake.requests.slice(firstRequest)) githubCalls.set(`${r.method} ${r.route}`, (githubCalls.get(`${r.method} ${r.route}`) ?? 0) + 1);
+    return {
+      bareIsolated,
+      bareBurst,
+      isolated: series("jitrunner, one at a time", await timelines(redis.url, prefix, byId(isolatedIds))),
+      burst: series(`jitrunner, ${BURST} at once`, await timelines(redis.url, prefix, burstContainers)),
+      burstMaxRunning,
+      capacity,
+      metricPickup,
+      githubCalls,
+      jobs: 1 + ISOLATED + BURST,
+    };
+  } finally {
+    events.close();
+    await worker?.proc.stop();
+    await server?.proc.stop();
+    await removeHost(docker, host);
+  }
+}
+
+/** Every job of the fake completed and no container of ours left running. */
+export async function waitQuiet(fake: FakeGitHub, events: ContainerEvents, timeoutMs: number, what: string): Promise<void> {
+  await fake.waitFor(() => fake.jobs().every((j) => j.status === "completed"), timeoutMs, what);
+  await events.until(() => events.all().every((lc) => lc.start === undefined || lc.destroy !== undefined), timeoutMs, what);
+}
+
+/** Force-removes whatever is left of one jitrunner host's containers (and their volumes). */
+export async function removeHost(docker: Docker, host: string): Promise<void> {
+  const left = await docker.listContainers({ all: true, filters: { label: [`dev.jitrunner.host=${host}`] } });
+  await Promise.allSettled(left.map((c) => docker.getContainer(c.Id).remove({ force: true, v: true })));
+}

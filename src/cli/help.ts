@@ -1,0 +1,99 @@
+/** The `jitrunner` command's help: one overview and one text per command (`jitrunner CMD --help`). */
+
+const CONFIG_OPTION = `  -c, --config FILE   YAML config (default: $JITRUNNER_CONFIG or ./jitrunner.yml)`;
+
+export const USAGE = `Usage: jitrunner <command> [options]
+
+Commands:
+  server        webhook ingress, status page, /metrics, /healthz, /readyz
+  worker        launch and remove runner containers on this Docker host
+  all           server and worker in one process (the single-host default)
+  check-config  validate the config and print it resolved, secrets redacted
+  status        pools, hosts, runners, queue depth, recent jobs and failures, from Redis
+  drain         --host ID [--no-wait]: stop a host taking demand, wait for its jobs, let it exit
+  app-manifest  print the GitHub App manifest (permissions and events jitrunner needs)
+
+Options:
+${CONFIG_OPTION}
+  -h, --help          show this help, or a command's: jitrunner <command> --help
+
+Secrets come from files named in the config (github.privateKeyFile, github.webhookSecretFile)
+or from JITRUNNER_GITHUB_PRIVATE_KEY and JITRUNNER_GITHUB_WEBHOOK_SECRET.
+See README.md for every option.`;
+
+const RUN_NOTE = `SIGTERM stops taking demand, lets launches in flight finish and leaves running runners
+running; a restarted worker adopts them.`;
+
+export const COMMAND_HELP: Record<string, string> = {
+  server: `Usage: jitrunner server --config FILE
+
+Serves, on server.host:server.port: POST /webhooks/github (the App's webhook), GET / (the status
+page; needs the admin token when one is set), GET /metrics, GET /healthz and GET /readyz.
+Runs no runners: pair it with one or more \`jitrunner worker\`.
+
+Options:
+${CONFIG_OPTION}
+  -h, --help          show this help`,
+
+  worker: `Usage: jitrunner worker --config FILE
+
+Takes demand for its pools while it has free slots (worker.capacity), launches one JIT runner
+container per job on this host's Docker engine and removes it when done. Serves /metrics,
+/healthz and /readyz on server.port. ${RUN_NOTE}
+
+Options:
+${CONFIG_OPTION}
+  -h, --help          show this help`,
+
+  all: `Usage: jitrunner all --config FILE
+
+\`server\` and \`worker\` in one process: the single-host default. ${RUN_NOTE}
+
+Options:
+${CONFIG_OPTION}
+  -h, --help          show this help`,
+
+  "check-config": `Usage: jitrunner check-config --config FILE
+
+Validates the config (every problem at once) and prints it resolved, with defaults filled in and
+secrets redacted. Exits 1 when the config is not valid.
+
+Options:
+${CONFIG_OPTION}
+  -h, --help          show this help`,
+
+  status: `Usage: jitrunner status --config FILE [--json]
+
+Reads Redis (redis.url, redis.prefix) and prints what the status page shows: pools with their
+queue depth, hosts and runners with state and age, recent jobs and recent launch failures.
+Exits 1 when Redis cannot be reached or a part could not be read (it says which).
+
+Options:
+${CONFIG_OPTION}
+      --json          print the facts as JSON instead of tables
+  -h, --help          show this help`,
+
+  drain: `Usage: jitrunner drain --config FILE --host ID [--no-wait]
+
+Stops host ID taking new demand; its running jobs finish, then its worker exits. Waits until the
+host has left the fleet, with a progress line every 10 s.
+
+Options:
+${CONFIG_OPTION}
+      --host ID       the host to drain (worker.hostId)
+      --no-wait       return as soon as the host is told
+  -h, --help          show this help`,
+
+  "app-manifest": `Usage: jitrunner app-manifest [--url BASE] [--name NAME] [--redirect-url URL]
+
+Prints the GitHub App manifest for GitHub's manifest flow: webhook BASE/webhooks/github, the
+workflow_job event, and exactly the permissions jitrunner needs (Administration: write,
+Actions: read, organization Self-hosted runners: write). Needs no config. README.md, "Create the
+GitHub App from a manifest", shows how to use it.
+
+Options:
+      --url BASE          where GitHub reaches jitrunner (default: https://YOUR-HOST)
+      --name NAME         the App's name (default: jitrunner; GitHub lets you change it)
+      --redirect-url URL  where GitHub sends the browser back with the code to exchange
+  -h, --help              show this help`,
+};

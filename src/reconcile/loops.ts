@@ -1,0 +1,120 @@
+import type { Logger } from "pino";
+import { errorMessage } from "../errors.ts";
+import type { Metrics } from "../metrics/metrics.ts";
+import type { Leadership } from "./leader.ts";
+
+/** One named, idempotent reconcile pass, run every `intervalMs`. */
+export interface Loop {
+  name: string;
+  intervalMs: number;
+  /** Runs only while this process is the elected leader. */
+  leaderOnly: boolean;
+  /** One pass. Must stop (throw) soon after `signal` aborts: closing, timed out, or leadership lost. */
+  run(signal: AbortSignal): Promise<void>;
+}
+
+export interface LoopRunnerDeps {
+  loops: Loop[];
+  leader?: Leadership;
+  metrics: Metrics;
+  logger: Logger;
+}
+
+interface LoopState {
+  loop: Loop;
+  timer: NodeJS.Timeout | undefined;
+  running: Promise<void> | undefined;
+  lastError: string | undefined;
+  failures: number;
+}
+
+/** A pass that takes longer than this is aborted: every loop is bounded. */
+export function passTimeoutMs(intervalMs: number): number {
+  return Math.min(10 * 60_000, Math.max(30_000, 2 * intervalMs));
+}
+
+/**
+ * Runs each loop on its own timer (garm's startLoopForFunction): a loop that fails or hangs never
+ * delays or stops another, and the next pass of a loop starts only after the previous one settled
+ * (a pass that ignores its abort signal is abandoned, not awaited). A failure is logged when it
+ * first happens (or its message changes) and counted on every pass; recovery is logged once.
+ */
+export class LoopRunner {
+  readonly #d: LoopRunnerDeps;
+  readonly #states: LoopState[];
+  readonly #closing = new AbortController();
+
+  constructor(deps: LoopRunnerDeps) {
+    this.#d = deps;
+    this.#states = deps.loops.map((loop) => ({ loop, timer: undefined, running: undefined, lastError: undefined, failures: 0 }));
+  }
+
+  /** Each loop's first pass starts at once (leader-only ones pass quietly until elected). */
+  start(): void {
+    for (const s of this.#states) this.#schedule(s, 0);
+  }
+
+  /** Runs the leader's loops now (on election), instead of waiting for their next interval. */
+  kickLeaderLoops(): void {
+    for (const s of this.#states) if (s.loop.leaderOnly && !s.running) this.#schedule(s, 0);
+  }
+
+  async close(): Promise<void> {
+    this.#closing.abort(new Error("closing"));
+    for (const s of this.#states) clearTimeout(s.timer);
+    await Promise.allSettled(this.#states.map((s) => s.running));
+  }
+
+  #schedule(s: LoopState, delayMs: number): void {
+    if (this.#closing.signal.aborted) return;
+    clearTimeout(s.timer);
+    s.timer = setTimeout(() => void this.#tick(s), delayMs);
+    s.timer.unref();
+  }
+
+  async #tick(s: LoopState): Promise<void> {
+    if (this.#closing.signal.aborted || s.running) return;
+    const { loop } = s;
+    const term = this.#d.leader?.term;
+    if (loop.leaderOnly && !term) {
+      this.#schedule(s, loop.intervalMs);
+      return;
+    }
+    const signals = [this.#closing.signal, AbortSignal.timeout(passTimeoutMs(loop.intervalMs))];
+    if (loop.leaderOnly && term) signals.push(term);
+    s.running = this.#pass(s, AbortSignal.any(signals));
+    await s.running;
+    s.running = undefined;
+    this.#schedule(s, loop.intervalMs);
+  }
+
+  async #pass(s: LoopState, signal: AbortSignal): Promise<void> {
+    const { loop } = s;
+    const { metrics, logger } = this.#d;
+    try {
+      await abortable(loop.run(signal), signal);
+      metrics.reconcileRun(loop.name, "ok");
+      if (s.failures > 0) logger.info({ loop: loop.name, failedPasses: s.failures }, "reconcile loop recovered");
+      s.failures = 0;
+      s.lastError = undefined;
+    } catch (err) {
+      if (this.#closing.signal.aborted) return;
+      const message = signal.aborted ? `aborted: ${errorMessage(signal.reason)}` : errorMessage(err);
+      metrics.reconcileRun(loop.name, "error");
+      s.failures++;
+      if (message !== s.lastError) logger.warn({ loop: loop.name, err: message }, "reconcile loop failed; retrying every interval, counted in jitrunner_reconcile_runs_total");
+      else logger.debug({ loop: loop.name, err: message, failedPasses: s.failures }, "reconcile loop failed again");
+      s.lastError = message;
+    }
+  }
+}
+
+/** Settles when `p` does or when `signal` aborts, whichever is first: a stuck pass cannot stall its loop. */
+function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}

@@ -1,0 +1,216 @@
+import type { Redis } from "ioredis";
+
+/** One `workflow_job` delivery as operators see it: what came in and what jitrunner did. */
+export interface JobEvent {
+  at: number;
+  jobId: number;
+  runAttempt: number;
+  /** owner/repo */
+  repo: string;
+  /** The job's name and its workflow's, when GitHub sent them. */
+  name?: string;
+  workflow?: string;
+  labels: string[];
+  action: string;
+  /** What the ingress did (the `outcome` label of jitrunner_webhook_deliveries_total). */
+  outcome: string;
+  runner?: string;
+  conclusion?: string;
+}
+
+/** A runner launch that failed; its demand is retried with backoff unless `retryable` is false. */
+export interface LaunchFailure {
+  at: number;
+  pool: string;
+  jobId: number;
+  repo: string;
+  attempt: number;
+  /** The error's code (E_GITHUB, E_DOCKER, E_RUNNER_LOST, ...). */
+  reason: string;
+  message: string;
+  retryable: boolean;
+}
+
+/** What the ingress and the worker tell the activity log: one call each. */
+export interface ActivityRecorder {
+  delivery(delivery: { event: string; payload: unknown; receivedAt: number }, outcome: string): Promise<void>;
+  launchFailure(demand: { pool: string; jobId: number; owner: string; repo: string }, attempt: number, err: unknown): Promise<void>;
+}
+
+/**
+ * Outcomes not worth an operator's attention, left out so that they cannot push the interesting
+ * ones out of the bounded list: jobs for other runners (GitHub-hosted, other pools of other
+ * tools), replays, and deliveries that were not acted on. Metrics still count them all.
+ */
+const NOT_RECORDED = new Set([
+  "malformed",
+  "replayed",
+  "duplicate",
+  "not_ours",
+  "no_pool",
+  "ignored_no_pool",
+  "ignored_not_queued",
+  "ignored_action",
+]);
+
+const TEXT_MAX = 200;
+const MESSAGE_MAX = 300;
+
+/**
+ * Recent jobs and launch failures, for the status page and `jitrunner status`: two capped Redis
+ * lists, newest first. Writes never fail their caller's work (callers ignore the promise's
+ * rejection); entries hold no secrets (long token-like strings in error messages are redacted).
+ */
+export class ActivityLog implements ActivityRecorder {
+  readonly #redis: Redis;
+  readonly #prefix: string;
+  readonly #keepJobs: number;
+  readonly #keepFailures: number;
+
+  constructor(redis: Redis, prefix: string, opts: { keepJobs?: number; keepFailures?: number } = {}) {
+    this.#redis = redis;
+    this.#prefix = prefix;
+    this.#keepJobs = opts.keepJobs ?? 500;
+    this.#keepFailures = opts.keepFailures ?? 100;
+  }
+
+  get #jobsKey(): string {
+    return `${this.#prefix}:activity:jobs`;
+  }
+  get #failuresKey(): string {
+    return `${this.#prefix}:activity:failures`;
+  }
+
+  async delivery(delivery: { event: string; payload: unknown; receivedAt: number }, outcome: string): Promise<void> {
+    if (delivery.event !== "workflow_job" || NOT_RECORDED.has(outcome)) return;
+    const entry = jobEventOf(delivery.payload, outcome, delivery.receivedAt);
+    if (entry) await this.#push(this.#jobsKey, entry, this.#keepJobs);
+  }
+
+  async launchFailure(demand: { pool: string; jobId: number; owner: string; repo: string }, attempt: number, err: unknown): Promise<void> {
+    const e = err as { code?: unknown; retryable?: unknown; message?: unknown } | undefined;
+    const entry: LaunchFailure = {
+      at: Date.now(),
+      pool: demand.pool,
+      jobId: demand.jobId,
+      repo: `${demand.owner}/${demand.repo}`,
+      attempt,
+      reason: typeof e?.code === "string" ? e.code : "error",
+      message: redact(typeof e?.message === "string" ? e.message : String(err)).slice(0, MESSAGE_MAX),
+      retryable: e?.retryable !== false,
+    };
+    await this.#push(this.#failuresKey, entry, this.#keepFailures);
+  }
+
+  /** Newest first. */
+  async recentJobEvents(count = this.#keepJobs): Promise<JobEvent[]> {
+    return this.#read<JobEvent>(this.#jobsKey, count);
+  }
+
+  /** Newest first. */
+  async recentFailures(count = this.#keepFailures): Promise<LaunchFailure[]> {
+    return this.#read<LaunchFailure>(this.#failuresKey, count);
+  }
+
+  async #push(key: string, entry: object, keep: number): Promise<void> {
+    await this.#redis
+      .multi()
+      .lpush(key, JSON.stringify(entry))
+      .ltrim(key, 0, keep - 1)
+      .exec();
+  }
+
+  async #read<T>(key: string, count: number): Promise<T[]> {
+    const out: T[] = [];
+    for (const raw of await this.#redis.lrange(key, 0, Math.max(0, count - 1))) {
+      try {
+        out.push(JSON.parse(raw) as T);
+      } catch {
+        // A foreign or damaged entry: skip it.
+      }
+    }
+    return out;
+  }
+}
+
+/** The operator-relevant fields of a (verified, well-formed) `workflow_job` payload. */
+function jobEventOf(payload: unknown, outcome: string, at: number): JobEvent | undefined {
+  const p = payload as {
+    action?: unknown;
+    workflow_job?: Record<string, unknown>;
+    repository?: { full_name?: unknown };
+  };
+  const job = p?.workflow_job;
+  if (!job || typeof job.id !== "number") return undefined;
+  return {
+    at,
+    jobId: job.id,
+    runAttempt: typeof job.run_attempt === "number" ? job.run_attempt : 1,
+    repo: text(p.repository?.full_name) ?? "",
+    name: text(job.name),
+    workflow: text(job.workflow_name),
+    labels: Array.isArray(job.labels) ? job.labels.filter((l): l is string => typeof l === "string").slice(0, 20).map((l) => l.slice(0, TEXT_MAX)) : [],
+    action: text(p.action) ?? "",
+    outcome,
+    runner: text(job.runner_name),
+    conclusion: text(job.conclusion),
+  };
+}
+
+function text(value: unknown): string | undefined {
+  return typeof value === "string" && value ? value.slice(0, TEXT_MAX) : undefined;
+}
+
+/**
+ * Error messages come from GitHub and Docker, not from requests, but keep anything that looks
+ * like a credential out of a page operators share: bearer values and long token-like strings.
+ */
+export function redact(message: string): string {
+  return message
+    .replace(/\b(bearer|basic)\s+\S+/gi, "$1 [redacted]")
+    .replace(/\b(token|authorization|secret|password)(\s*[:=]\s*)\S+/gi, "$1$2[redacted]")
+    .replace(/[A-Za-z0-9+/_=-]{40,}/g, "[redacted]");
+}
+
+/** One row per job attempt, from its events: where it got to and what it ran on. */
+export interface JobSummary {
+  jobId: number;
+  runAttempt: number;
+  repo: string;
+  name?: string;
+  workflow?: string;
+  labels: string[];
+  /** The latest outcome, and when it happened. */
+  outcome: string;
+  lastAt: number;
+  queuedAt?: number;
+  startedAt?: number;
+  completedAt?: number;
+  runner?: string;
+  conclusion?: string;
+}
+
+/** Folds events (newest first, as read) into one summary per job attempt, newest first. */
+export function summarizeJobs(events: readonly JobEvent[], limit = 50): JobSummary[] {
+  const byJob = new Map<string, JobSummary>();
+  for (const e of [...events].sort((a, b) => a.at - b.at)) {
+    const key = `${e.jobId}-${e.runAttempt}`;
+    const s: JobSummary = byJob.get(key) ?? { jobId: e.jobId, runAttempt: e.runAttempt, repo: e.repo, labels: e.labels, outcome: e.outcome, lastAt: e.at };
+    s.repo ||= e.repo;
+    s.name ??= e.name;
+    s.workflow ??= e.workflow;
+    if (e.labels.length) s.labels = e.labels;
+    // `completed` is terminal: a late in_progress does not make the job look running again.
+    if (!(s.completedAt && e.action !== "completed")) {
+      s.outcome = e.outcome;
+      s.lastAt = e.at;
+    }
+    if (e.action === "queued" && e.outcome === "queued") s.queuedAt ??= e.at;
+    if (e.action === "in_progress") s.startedAt ??= e.at;
+    if (e.action === "completed") s.completedAt ??= e.at;
+    s.runner = e.runner ?? s.runner;
+    s.conclusion = e.conclusion ?? s.conclusion;
+    byJob.set(key, s);
+  }
+  return [...byJob.values()].sort((a, b) => b.lastAt - a.lastAt).slice(0, limit);
+}

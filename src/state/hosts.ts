@@ -1,0 +1,113 @@
+import type { Redis } from "ioredis";
+
+export interface HostRecord {
+  id: string;
+  capacity: number;
+  used: number;
+  pools: string[];
+  draining: boolean;
+  heartbeatAt: number;
+}
+
+/**
+ * Worker hosts in Redis. Each worker refreshes its record every few seconds with an expiry; a host
+ * whose record expired has stopped (worker killed, machine gone), and others clean up after it.
+ */
+export class HostStore {
+  readonly #redis: Redis;
+  readonly #prefix: string;
+
+  constructor(redis: Redis, prefix: string) {
+    this.#redis = redis;
+    this.#prefix = prefix;
+  }
+
+  #key(id: string): string {
+    return `${this.#prefix}:hostinfo:${id}`;
+  }
+  #drainKey(id: string): string {
+    return `${this.#prefix}:drain:${id}`;
+  }
+  get #index(): string {
+    return `${this.#prefix}:hosts`;
+  }
+
+  async heartbeat(record: Omit<HostRecord, "heartbeatAt" | "draining">, ttlMs: number): Promise<void> {
+    const value = JSON.stringify({ ...record, heartbeatAt: Date.now() });
+    await this.#redis.multi().set(this.#key(record.id), value, "PX", ttlMs).sadd(this.#index, record.id).exec();
+  }
+
+  async alive(id: string): Promise<boolean> {
+    return (await this.#redis.exists(this.#key(id))) === 1;
+  }
+
+  /** Every host that ever heartbeat and has not been cleaned up, alive or not. */
+  async list(): Promise<Array<{ id: string; record?: HostRecord }>> {
+    const ids = await this.#redis.smembers(this.#index);
+    const out = [];
+    for (const id of ids) {
+      const raw = await this.#redis.get(this.#key(id));
+      const record = raw ? ({ ...JSON.parse(raw), draining: await this.draining(id) } as HostRecord) : undefined;
+      out.push({ id, record });
+    }
+    return out;
+  }
+
+  async forget(id: string): Promise<void> {
+    await this.#redis.multi().srem(this.#index, id).del(this.#key(id), this.#drainKey(id)).exec();
+  }
+
+  async drain(id: string): Promise<void> {
+    await this.#redis.set(this.#drainKey(id), "1", "EX", 7 * 24 * 3600);
+  }
+
+  async draining(id: string): Promise<boolean> {
+    return (await this.#redis.exists(this.#drainKey(id))) === 1;
+  }
+}
+
+const ACQUIRE = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+return 1`;
+
+/**
+ * The global limit of runners per pool across every host: a sorted set of holders with expiry
+ * times, taken and checked in one script, so a burst on many hosts cannot pass the limit. A holder
+ * that dies stops refreshing and its place frees itself after the expiry.
+ */
+export class PoolLimits {
+  readonly #redis: Redis & { jitrunnerPoolAcquire(key: string, now: string, until: string, id: string, max: string): Promise<number> };
+  readonly #prefix: string;
+  static readonly HOLD_MS = 60_000;
+
+  constructor(redis: Redis, prefix: string) {
+    redis.defineCommand("jitrunnerPoolAcquire", { numberOfKeys: 1, lua: ACQUIRE });
+    this.#redis = redis as never;
+    this.#prefix = prefix;
+  }
+
+  #key(pool: string): string {
+    return `${this.#prefix}:pool:${pool}:holders`;
+  }
+
+  /** Takes (or refreshes) a place for `holder`; false when the pool is full. */
+  async acquire(pool: string, holder: string, max: number): Promise<boolean> {
+    const now = Date.now();
+    return (await this.#redis.jitrunnerPoolAcquire(this.#key(pool), String(now), String(now + PoolLimits.HOLD_MS), holder, String(max))) === 1;
+  }
+
+  async release(pool: string, holder: string): Promise<void> {
+    await this.#redis.zrem(this.#key(pool), holder);
+  }
+
+  async count(pool: string): Promise<number> {
+    await this.#redis.zremrangebyscore(this.#key(pool), "-inf", Date.now());
+    return this.#redis.zcard(this.#key(pool));
+  }
+}

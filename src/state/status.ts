@@ -1,0 +1,165 @@
+import type { PoolConfig } from "../config/load.ts";
+import { errorMessage } from "../errors.ts";
+import { matchPool } from "../ingress/pools.ts";
+import { summarizeJobs, type JobEvent, type JobSummary, type LaunchFailure } from "./activity.ts";
+import type { RunnerRecord, RunnerState } from "./runners.ts";
+
+export const RUNNER_STATES: readonly RunnerState[] = ["registering", "starting", "idle", "busy", "completed"];
+
+/** Where the facts come from: Redis through the state stores, and the demand queues. */
+export interface StatusSources {
+  pools: ReadonlyArray<Pick<PoolConfig, "name" | "labels" | "image" | "isolation" | "scope">>;
+  runners: { listAll(): Promise<RunnerRecord[]> };
+  activity?: { recentJobEvents(count?: number): Promise<JobEvent[]>; recentFailures(count?: number): Promise<LaunchFailure[]> };
+  /** Demand not yet taken by a worker, per pool (DemandQueues.pending). */
+  pending?: (pools: readonly string[]) => Promise<Map<string, number>>;
+  now?: () => number;
+}
+
+export type StateCounts = Record<RunnerState, number>;
+
+export interface PoolStatus {
+  name: string;
+  labels: string[];
+  image: string;
+  isolation: string;
+  scope: string;
+  /** Undefined when the queue could not be read. */
+  pending?: number;
+  runners: StateCounts;
+}
+
+/** A Docker host as its runner records show it (heartbeats and capacity come with host records). */
+export interface HostStatus {
+  id: string;
+  runners: StateCounts;
+  pools: string[];
+  oldestCreatedAt: number;
+}
+
+export interface RunnerStatus {
+  name: string;
+  pool: string;
+  host: string;
+  state: RunnerState;
+  createdAt: number;
+  ageSeconds: number;
+  /** owner/repo for repository runners, the owner for organization runners. */
+  scope: string;
+  jobId?: number;
+  runnerId?: number;
+  /** Short container id, for `docker logs`. */
+  container?: string;
+}
+
+export interface JobStatus extends JobSummary {
+  /** The pool whose labels match the job's, if any. */
+  pool?: string;
+}
+
+export interface StatusSnapshot {
+  generatedAt: number;
+  pools: PoolStatus[];
+  hosts: HostStatus[];
+  runners: RunnerStatus[];
+  jobs: JobStatus[];
+  failures: LaunchFailure[];
+  /** Parts that could not be read; the rest of the snapshot is still right. */
+  problems: string[];
+}
+
+/**
+ * Everything operators see, read in one go. Each part is read on its own: one that fails is
+ * reported in `problems` and the others are still shown.
+ */
+export async function collectStatus(src: StatusSources, opts: { jobs?: number; failures?: number } = {}): Promise<StatusSnapshot> {
+  const now = (src.now ?? Date.now)();
+  const problems: string[] = [];
+  const attempt = async <T>(what: string, fn: () => Promise<T>, fallback: T): Promise<T> => {
+    try {
+      return await fn();
+    } catch (err) {
+      problems.push(`${what}: ${errorMessage(err)}`);
+      return fallback;
+    }
+  };
+  const poolNames = src.pools.map((p) => p.name);
+  const [records, pending, events, failures] = await Promise.all([
+    attempt("runners", () => src.runners.listAll(), [] as RunnerRecord[]),
+    src.pending ? attempt("queue depth", () => src.pending!(poolNames), undefined) : Promise.resolve(undefined),
+    src.activity ? attempt("recent jobs", () => src.activity!.recentJobEvents(), [] as JobEvent[]) : Promise.resolve([]),
+    src.activity ? attempt("recent failures", () => src.activity!.recentFailures(opts.failures ?? 20), [] as LaunchFailure[]) : Promise.resolve([]),
+  ]);
+
+  const runners: RunnerStatus[] = records.map((r) => ({
+    name: r.name,
+    pool: r.pool,
+    host: r.host,
+    state: r.state,
+    createdAt: r.createdAt,
+    ageSeconds: Number.isFinite(r.createdAt) ? Math.max(0, Math.round((now - r.createdAt) / 1000)) : 0,
+    scope: r.repo ? `${r.owner}/${r.repo}` : r.owner,
+    jobId: r.jobId,
+    runnerId: r.runnerId,
+    container: r.containerId?.slice(0, 12),
+  }));
+
+  const pools: PoolStatus[] = src.pools.map((p) => ({
+    name: p.name,
+    labels: [...p.labels],
+    image: p.image,
+    isolation: p.isolation,
+    scope: p.scope,
+    pending: pending?.get(p.name),
+    runners: countStates(runners.filter((r) => r.pool === p.name)),
+  }));
+
+  const hostIds = [...new Set(runners.map((r) => r.host))].sort();
+  const hosts: HostStatus[] = hostIds.map((id) => {
+    const mine = runners.filter((r) => r.host === id);
+    return {
+      id,
+      runners: countStates(mine),
+      pools: [...new Set(mine.map((r) => r.pool))].sort(),
+      oldestCreatedAt: Math.min(...mine.map((r) => r.createdAt)),
+    };
+  });
+
+  const jobs: JobStatus[] = summarizeJobs(events, opts.jobs ?? 30).map((j) => ({ ...j, pool: matchPool(j.labels, src.pools)?.name }));
+  return { generatedAt: now, pools, hosts, runners, jobs, failures, problems };
+}
+
+export function countStates(runners: ReadonlyArray<{ state: RunnerState }>): StateCounts {
+  const counts = Object.fromEntries(RUNNER_STATES.map((s) => [s, 0])) as StateCounts;
+  for (const r of runners) counts[r.state] = (counts[r.state] ?? 0) + 1;
+  return counts;
+}
+
+/** "42s", "5m 03s", "2h 10m", "3d 4h". */
+export function formatAge(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+/** What an ingress outcome means for the job, in words. */
+export function describeOutcome(outcome: string, conclusion?: string): string {
+  switch (outcome) {
+    case "queued":
+      return "waiting for a runner";
+    case "runner_busy":
+      return "running";
+    case "runner_completed":
+      return conclusion ? `completed: ${conclusion}` : "completed";
+    case "runner_unknown":
+      return "ran on a runner no longer recorded";
+    case "demand_cancelled":
+      return "ended before pickup; demand dropped";
+    case "no_demand":
+      return conclusion ? `ended without our runner: ${conclusion}` : "ended without our runner";
+    default:
+      return outcome.startsWith("ignored_") ? `ignored: ${outcome.slice("ignored_".length).replace(/_/g, " ")}` : outcome.replace(/_/g, " ");
+  }
+}

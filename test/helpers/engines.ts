@@ -1,0 +1,65 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Docker from "dockerode";
+
+export interface TestEngine {
+  name: string;
+  socketPath: string;
+  docker: Docker;
+  /** Stops the daemon (SIGTERM, by pid): to the worker on it, the host failed. */
+  stop(): Promise<void>;
+}
+
+/**
+ * An extra Docker engine on this machine (shared/TESTING.md): its own data and exec roots,
+ * pidfile and unix socket, no bridge and no iptables. Its data root is kept under the system temp
+ * dir between runs so the runner image is loaded once.
+ */
+export async function startEngine(name: string, image: string): Promise<TestEngine> {
+  const root = join(tmpdir(), "jitrunner-engines", name);
+  mkdirSync(root, { recursive: true });
+  const socketPath = join(root, "docker.sock");
+  const child: ChildProcess = spawn(
+    "dockerd",
+    [
+      "--data-root", join(root, "data"),
+      "--exec-root", join(root, "exec"),
+      "--pidfile", join(root, "dockerd.pid"),
+      "-H", `unix://${socketPath}`,
+      "--bridge", "none",
+      "--iptables=false",
+      "--ip-masq=false",
+    ],
+    { stdio: "ignore" },
+  );
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const docker = new Docker({ socketPath });
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      await docker.ping();
+      break;
+    } catch {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`dockerd ${name} did not start`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  const present = await docker.getImage(image).inspect().then(() => true, () => false);
+  if (!present) {
+    // No registry: copy the image from the main engine.
+    const tar = await new Docker().getImage(image).get();
+    const stream = await docker.loadImage(tar);
+    await new Promise((resolve, reject) => docker.modem.followProgress(stream, (err) => (err ? reject(err) : resolve(undefined))));
+  }
+  return {
+    name,
+    socketPath,
+    docker,
+    stop: async () => {
+      if (child.exitCode === null) child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}

@@ -1,0 +1,142 @@
+/**
+ * The real `jitrunner` command, run as a process: `--help` on every command, `app-manifest`, and
+ * `status` reading a real Redis that runner records, demand and activity were written to through
+ * the real stores and queues.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import type { Redis } from "ioredis";
+import { COMMAND_HELP } from "../../src/cli/help.ts";
+import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
+import { ActivityLog } from "../../src/state/activity.ts";
+import { RunnerStore } from "../../src/state/runners.ts";
+import { testPrivateKey, WEBHOOK_SECRET } from "../helpers/config.ts";
+import { freePort } from "../helpers/ports.ts";
+import { runJitrunner } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { queuedPayload } from "../helpers/webhooks.ts";
+
+const SECRETS = { JITRUNNER_GITHUB_PRIVATE_KEY: testPrivateKey(), JITRUNNER_GITHUB_WEBHOOK_SECRET: WEBHOOK_SECRET };
+
+let redis: TestRedis;
+let conn: Redis;
+let dir: string;
+let configFile: string;
+
+/** Runs the CLI to its end: exit code and everything it printed. */
+async function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string }> {
+  const p = runJitrunner(args, env);
+  const code = await new Promise<number | null>((resolve) => {
+    if (p.child.exitCode !== null) resolve(p.child.exitCode);
+    else p.child.once("exit", (c) => resolve(c));
+  });
+  // Let the last chunks of output arrive.
+  await new Promise((r) => setImmediate(r));
+  return { code, out: p.output() };
+}
+
+function configText(redisUrl: string, prefix: string): string {
+  return `
+github:
+  appId: 1
+redis:
+  url: ${redisUrl}
+  prefix: ${prefix}
+pools:
+  - name: default
+    labels: [self-hosted, linux, x64]
+    image: jitrunner-runner:latest
+    isolation: capabilities
+  - name: arm
+    labels: [self-hosted, linux, arm64]
+    image: jitrunner-runner-arm:latest
+`;
+}
+
+before(async () => {
+  redis = await startRedis();
+  conn = redisConnection(redis.url);
+  dir = await mkdtemp(join(tmpdir(), "jitrunner-cli-"));
+  configFile = join(dir, "jitrunner.yml");
+  await writeFile(configFile, configText(redis.url, redis.prefix));
+});
+
+after(async () => {
+  conn?.disconnect();
+  await redis?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+test("--help works on every command, without a config", async () => {
+  const commands = Object.keys(COMMAND_HELP);
+  assert.ok(commands.includes("status") && commands.includes("app-manifest") && commands.includes("check-config"));
+  const results = await Promise.all(commands.map((c) => run([c, "--help"], { JITRUNNER_CONFIG: join(dir, "missing.yml") })));
+  results.forEach((r, i) => {
+    assert.equal(r.code, 0, `${commands[i]} --help: ${r.out}`);
+    assert.match(r.out, new RegExp(`^Usage: jitrunner ${commands[i]}\\b`));
+  });
+  const top = await run(["--help"]);
+  assert.equal(top.code, 0);
+  assert.match(top.out, /status +pools, hosts, runners/);
+  const unknown = await run(["statos"]);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.out, /unknown command 'statos'/);
+});
+
+test("app-manifest prints the manifest for the given base URL, with no config at all", async () => {
+  const r = await run(["app-manifest", "--url", "https://ci.example.com"], { JITRUNNER_CONFIG: join(dir, "missing.yml") });
+  assert.equal(r.code, 0, r.out);
+  const m = JSON.parse(r.out);
+  assert.equal(m.hook_attributes.url, "https://ci.example.com/webhooks/github");
+  assert.equal(m.public, false);
+  assert.deepEqual(m.default_permissions, { administration: "write", actions: "read", organization_self_hosted_runners: "write" });
+  assert.deepEqual(m.default_events, ["workflow_job"]);
+  const bad = await run(["app-manifest", "--url", "ftp://x"]);
+  assert.equal(bad.code, 2);
+});
+
+test("status prints pools with queue depth, hosts, runners, recent jobs and failures from Redis", async () => {
+  const runners = new RunnerStore(conn, redis.prefix);
+  await runners.put({ name: "jitrunner-default-aaaa000001", pool: "default", host: "dockerhost-1", state: "starting", installationId: 1, owner: "acme", repo: "app", demandId: "1-1", createdAt: Date.now() - 125_000 });
+  await runners.mark("jitrunner-default-aaaa000001", "busy", 4242);
+  await runners.put({ name: "jitrunner-arm-bbbb000002", pool: "arm", host: "pi-2", state: "starting", installationId: 1, owner: "acme", repo: "lib", demandId: "2-1", createdAt: Date.now() - 3000 });
+  const queues = new DemandQueues({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, conn);
+  for (const jobId of [1, 2]) {
+    await queues.add({ pool: "arm", jobId, runId: 1, runAttempt: 1, owner: "acme", repo: "lib", installationId: 1, labels: ["self-hosted", "arm64"], receivedAt: Date.now(), deliveryId: `d${jobId}` });
+  }
+  await queues.close();
+  const activity = new ActivityLog(conn, redis.prefix);
+  await activity.delivery({ event: "workflow_job", payload: queuedPayload({ jobId: 77, labels: ["self-hosted", "arm64"], repo: "lib" }), receivedAt: Date.now() }, "queued");
+  await activity.launchFailure({ pool: "arm", jobId: 78, owner: "acme", repo: "lib" }, 3, Object.assign(new Error("engine unreachable"), { code: "E_DOCKER" }));
+
+  const r = await run(["status", "--config", configFile], SECRETS);
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /^jitrunner status at /);
+  assert.match(r.out, /2 runner\(s\), 1 busy; 2 job\(s\) waiting; 2 host\(s\)/);
+  assert.match(r.out, /^default +self-hosted,linux,x64 +jitrunner-runner:latest +capabilities +repository +0 +1 busy$/m);
+  assert.match(r.out, /^arm +self-hosted,linux,arm64 +jitrunner-runner-arm:latest +privileged +repository +2 +1 starting$/m);
+  assert.match(r.out, /^dockerhost-1 +1 busy +default +2m \d\ds ago$/m);
+  assert.match(r.out, /^jitrunner-default-aaaa000001 +default +dockerhost-1 +busy +2m \d\ds +acme\/app +4242$/m);
+  assert.match(r.out, /^\S+ ago +77 +acme\/lib +.* +arm +waiting for a runner$/m);
+  assert.match(r.out, /^\S+ ago +arm +78 +acme\/lib +3 +E_DOCKER +engine unreachable$/m);
+
+  const json = await run(["status", "--json", "--config", configFile], SECRETS);
+  assert.equal(json.code, 0, json.out);
+  const s = JSON.parse(json.out);
+  assert.deepEqual(s.runners.map((x: { name: string }) => x.name), ["jitrunner-default-aaaa000001", "jitrunner-arm-bbbb000002"]);
+  assert.deepEqual(s.pools.map((p: { name: string; pending: number }) => [p.name, p.pending]), [["default", 0], ["arm", 2]]);
+  assert.ok(!json.out.includes("PRIVATE KEY") && !json.out.includes(WEBHOOK_SECRET), "no secret in the output");
+});
+
+test("status fails fast, exit 1, when Redis does not answer", async () => {
+  const deadFile = join(dir, "dead.yml");
+  await writeFile(deadFile, configText(`redis://127.0.0.1:${await freePort()}`, "x"));
+  const started = Date.now();
+  const r = await run(["status", "--config", deadFile], SECRETS);
+  assert.equal(r.code, 1, r.out);
+  assert.match(r.out, /cannot reach Redis/);
+  assert.ok(Date.now() - started < 15_000);
+});

@@ -1,0 +1,346 @@
+/**
+ * The GitHub client against the fake GitHub over HTTP, with a real Redis: shared installation
+ * tokens, unique App JWTs, clock skew, rate limits, retries that never repeat a 409/422, runner
+ * groups by name, and a GHES base path. Nothing of ours is stubbed.
+ */
+import assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
+import { after, before, test } from "node:test";
+import { Writable } from "node:stream";
+import { createAppAuth } from "@octokit/auth-app";
+import { Octokit } from "@octokit/core";
+import { Redis } from "ioredis";
+import { Secret } from "../../src/config/secret.ts";
+import { GitHubError } from "../../src/errors.ts";
+import { GitHubClock, appJwtSigner } from "../../src/github/app-jwt.ts";
+import { OctokitGitHub } from "../../src/github/octokit-client.ts";
+import { RedisTokenCache } from "../../src/github/token-cache.ts";
+import { createLogger } from "../../src/logger.ts";
+import { Metrics } from "../../src/metrics/metrics.ts";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+
+const SECRET = "github-client-test-secret";
+const TOKEN = "/app/installations/{installation_id}/access_tokens";
+const REPO_JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
+const ORG_JIT = "/orgs/{org}/actions/runners/generate-jitconfig";
+const JOB = "/repos/{owner}/{repo}/actions/jobs/{job_id}";
+const LABELS = ["self-hosted", "Linux", "x64", "gpu-A100"];
+
+let redis: TestRedis;
+const connections: Redis[] = [];
+const fakes: FakeGitHub[] = [];
+
+before(async () => {
+  redis = await startRedis();
+});
+after(async () => {
+  for (const f of fakes) await f.close();
+  for (const c of connections) c.disconnect();
+  await redis.stop();
+});
+
+async function fakeGitHub(opts: Partial<Parameters<typeof FakeGitHub.start>[0]> = {}): Promise<FakeGitHub> {
+  const fake = await FakeGitHub.start({ webhookSecret: SECRET, ...opts });
+  fakes.push(fake);
+  return fake;
+}
+
+interface Client {
+  gh: OctokitGitHub;
+  metrics: Metrics;
+  logs: () => string;
+}
+
+function client(fake: FakeGitHub, o: { prefix?: string; apiUrl?: string; shared?: boolean } = {}): Client {
+  const metrics = new Metrics({ processMetrics: false });
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(String(chunk));
+      cb();
+    },
+  });
+  let conn: Redis | undefined;
+  if (o.shared ?? true) {
+    conn = new Redis(redis.url);
+    connections.push(conn);
+  }
+  const gh = new OctokitGitHub({
+    appId: fake.appId,
+    privateKey: new Secret(fake.privateKey),
+    apiUrl: o.apiUrl ?? fake.url,
+    logger: createLogger("debug", sink),
+    metrics,
+    redis: conn,
+    redisPrefix: o.prefix ?? redis.prefix,
+  });
+  return { gh, metrics, logs: () => lines.join("") };
+}
+
+function calls(fake: FakeGitHub, route: string): number[] {
+  return fake.requests.filter((r) => r.route === route).map((r) => r.status);
+}
+
+function metric(text: string, name: string, labels: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{${labels}}`));
+  return line ? Number(line.split(" ").pop()) : 0;
+}
+
+const repo = (owner = "acme", name = "app") => ({ installationId: 1, owner, repo: name });
+const org = (owner = "acme") => ({ installationId: 1, owner });
+
+async function failure(p: Promise<unknown>): Promise<GitHubError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof GitHubError, `expected a GitHubError, got ${String(err)}`);
+  return err;
+}
+
+test("installation tokens are shared through Redis: two clients, one token request; another prefix mints its own", async () => {
+  const fake = await fakeGitHub();
+  const prefix = `${redis.prefix}-share`;
+  const a = client(fake, { prefix });
+  const b = client(fake, { prefix });
+  await a.gh.listRunners(repo());
+  await b.gh.listRunners(repo());
+  await b.gh.listRunners(repo("acme", "other"));
+  assert.deepEqual(calls(fake, TOKEN), [201], "the second client used the first one's token");
+
+  // The token's key lives shorter than the token: it is never handed out within 5 minutes of expiry.
+  const conn = new Redis(redis.url);
+  connections.push(conn);
+  const keys = await conn.keys(`${prefix}:github:*`);
+  assert.deepEqual(keys, [`${prefix}:github:app-${fake.appId}:installation-token:1`]);
+  const ttl = await conn.pttl(keys[0]!);
+  assert.ok(ttl > 50 * 60_000 && ttl <= 55 * 60_000, `TTL ${ttl} ms: below the token's hour, with 5 minutes to spare`);
+
+  const elsewhere = client(fake, { prefix: `${redis.prefix}-other` });
+  await elsewhere.gh.listRunners(repo());
+  assert.deepEqual(calls(fake, TOKEN), [201, 201], "a client on another prefix does not see the token");
+
+  // Two fresh clients starting at once still mint one token between them (in one process auth-app
+  // shares the pending request itself; across processes the mint lock does: next test).
+  const c = client(fake, { prefix: `${redis.prefix}-burst` });
+  const d = client(fake, { prefix: `${redis.prefix}-burst` });
+  await Promise.all([c.gh.listRunners(repo()), d.gh.listRunners(repo())]);
+  assert.deepEqual(calls(fake, TOKEN), [201, 201, 201]);
+});
+
+test("the token cache: one process mints while the others wait for its token instead of minting their own", async () => {
+  const conn = new Redis(redis.url);
+  connections.push(conn);
+  const prefix = `${redis.prefix}-cache`;
+  const minter = new RedisTokenCache(conn, prefix);
+  const waiter = new RedisTokenCache(conn, prefix);
+  assert.equal(await minter.get("7"), "", "a miss: this one mints");
+  const waiting = waiter.get("7");
+  await sleep(300);
+  const expiresAt = new Date(Date.now() + 3600_000).toISOString();
+  await minter.set("7", `ghs_x|${new Date().toISOString()}|${expiresAt}|all|actions,administration!|`);
+  assert.match(await waiting, /^ghs_x\|/, "the other process got the minted token");
+  assert.equal(await conn.exists(`${prefix}:7:minting`), 0, "lock released");
+
+  await minter.set("8", `ghs_y|${new Date().toISOString()}|${new Date(Date.now() + 120_000).toISOString()}|all||`);
+  assert.equal(await conn.exists(`${prefix}:8`), 0, "a token with under 5 minutes left is not shared");
+  assert.equal(await new RedisTokenCache(conn, prefix).get("8"), "");
+});
+
+test("App JWTs carry a unique jti: no two are alike, even signed in the same second; GitHub's times are respected", async () => {
+  const fake = await fakeGitHub();
+  const sign = appJwtSigner(fake.privateKey, new GitHubClock());
+  const [one, two] = await Promise.all([sign(fake.appId), sign(fake.appId)]);
+  assert.notEqual(one.jwt, two.jwt);
+  const claims = (jwt: string) => JSON.parse(Buffer.from(jwt.split(".")[1]!, "base64url").toString()) as Record<string, number | string>;
+  const c1 = claims(one.jwt);
+  const c2 = claims(two.jwt);
+  assert.notEqual(c1.jti, c2.jti);
+  assert.equal(c1.iss, fake.appId);
+  assert.equal(Number(c1.exp) - Number(c1.iat), 600, "10 minutes, GitHub's maximum");
+  assert.ok(Math.abs(Number(c1.iat) - (Date.now() / 1000 - 30)) < 3, "issued 30 s back, for clocks a little ahead");
+  const accepted = await fetch(`${fake.url}/app`, { headers: { authorization: `Bearer ${one.jwt}` } });
+  assert.equal(accepted.status, 200, "GitHub accepts it");
+
+  // What the library's built-in signer does: the same second gives byte-identical JWTs.
+  while (Date.now() % 1000 > 600) await sleep(20);
+  const builtIn = () => createAppAuth({ appId: fake.appId, privateKey: fake.privateKey })({ type: "app" });
+  const [x, y] = await Promise.all([builtIn(), builtIn()]);
+  assert.equal(x.token, y.token, "without a jti, two signers in one second collide");
+});
+
+test("a GitHub that refuses a JWT it has seen before: two processes minting tokens in the same second both succeed", async () => {
+  const fake = await fakeGitHub({ rejectReusedAppJwts: true });
+  // Control: the built-in signer's second token request in the same second is refused (404).
+  const builtIn = () =>
+    new Octokit({ baseUrl: fake.url, authStrategy: createAppAuth, auth: { appId: fake.appId, privateKey: fake.privateKey, installationId: 1 } });
+  while (Date.now() % 1000 > 500) await sleep(20);
+  await builtIn().request("GET /repos/{owner}/{repo}/actions/runners", { owner: "acme", repo: "app" });
+  await assert.rejects(builtIn().request("GET /repos/{owner}/{repo}/actions/runners", { owner: "acme", repo: "app" }), /Not Found/);
+
+  const before = calls(fake, TOKEN).length;
+  while (Date.now() % 1000 > 500) await sleep(20);
+  await client(fake, { shared: false }).gh.listRunners(repo());
+  await client(fake, { shared: false }).gh.listRunners(repo());
+  assert.deepEqual(calls(fake, TOKEN).slice(before), [201, 201], "each process's JWT is its own");
+});
+
+test("clock skew: JWTs follow GitHub's clock, learned once from its Date header, so only the first is refused", async () => {
+  for (const skew of [-300, 900]) {
+    const fake = await fakeGitHub({ clockSkewSeconds: skew });
+    // Control: the library alone retries each refused JWT but learns nothing: every mint is refused first.
+    const quiet = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
+    const auth = { appId: fake.appId, privateKey: fake.privateKey, installationId: 1 };
+    const plain = new Octokit({ baseUrl: fake.url, authStrategy: createAppAuth, auth, log: quiet });
+    await plain.auth({ type: "installation", refresh: true });
+    await plain.auth({ type: "installation", refresh: true });
+    assert.deepEqual(calls(fake, TOKEN), [401, 201, 401, 201]);
+
+    const c = client(fake, { shared: false });
+    const before = calls(fake, TOKEN).length;
+    assert.deepEqual(await c.gh.listRunners(repo()), []);
+    assert.deepEqual(calls(fake, TOKEN).slice(before), [401, 201], `skew ${skew} s: one refusal, then a token`);
+    assert.ok(Math.abs(c.gh.clockOffsetSeconds - skew) <= 2, `learned ${c.gh.clockOffsetSeconds} s, GitHub is ${skew} s off`);
+    assert.match(c.logs(), /GitHub's clock differs/);
+    // From now on the first JWT is right.
+    await c.gh.listRunners(repo("acme", "two"));
+    fake.expireTokens();
+    await c.gh.listRunners(repo("acme", "three"));
+    assert.deepEqual(calls(fake, TOKEN).slice(before), [401, 201, 201]);
+  }
+});
+
+test("a token GitHub stops accepting is replaced, and the call retried once", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { prefix: `${redis.prefix}-revoked` });
+  await c.gh.listRunners(repo());
+  // auth-app itself retries a 401 on a token younger than 5 s (GitHub's replication delay); an older one is ours to replace.
+  await sleep(5100);
+  fake.expireTokens();
+  assert.deepEqual(await c.gh.listRunners(repo()), []);
+  assert.deepEqual(calls(fake, TOKEN), [201, 201]);
+  assert.deepEqual(calls(fake, "/repos/{owner}/{repo}/actions/runners"), [200, 401, 200]);
+  // The new token is the shared one: another process uses it without minting.
+  await client(fake, { prefix: `${redis.prefix}-revoked` }).gh.listRunners(repo());
+  assert.deepEqual(calls(fake, TOKEN), [201, 201]);
+});
+
+test("rate limits: 429 + retry-after and 403 + x-ratelimit-reset are waited out and counted; too many gives up", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+
+  fake.inject({ route: JOB, status: 429, times: 1, headers: { "retry-after": "2" } });
+  let started = Date.now();
+  assert.equal((await c.gh.getJob(1, "acme", "app", job.id)).status, "queued");
+  assert.ok(Date.now() - started >= 1900, "waited the 2 s GitHub asked for");
+  assert.deepEqual(calls(fake, JOB), [429, 200], "one retry, not the retry plugin's as well");
+
+  const reset = Math.ceil(Date.now() / 1000) + 2;
+  fake.inject({ route: JOB, status: 403, times: 1, headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": String(reset) } });
+  started = Date.now();
+  assert.equal((await c.gh.getJob(1, "acme", "app", job.id)).status, "queued");
+  assert.ok(Date.now() >= reset * 1000, "waited until the window reset");
+  assert.deepEqual(calls(fake, JOB), [429, 200, 403, 200]);
+
+  fake.inject({ route: REPO_JIT, status: 429, times: 10, headers: { "retry-after": "1" } });
+  const gaveUp = await failure(c.gh.generateJitConfig(repo(), { name: "jr-limited", labels: LABELS }));
+  assert.equal(gaveUp.status, 429);
+  assert.equal(gaveUp.retryable, true, "the demand is tried again later, not dropped");
+  assert.deepEqual(calls(fake, REPO_JIT), [429, 429, 429, 429], "the first try and 3 retries, then it gives up");
+  assert.equal(fake.runners().length, 0);
+
+  const text = await c.metrics.render();
+  assert.equal(metric(text, "jitrunner_github_rate_limited_total", 'kind="secondary",outcome="retried"'), 4);
+  assert.equal(metric(text, "jitrunner_github_rate_limited_total", 'kind="primary",outcome="retried"'), 1);
+  assert.equal(metric(text, "jitrunner_github_rate_limited_total", 'kind="secondary",outcome="gave_up"'), 1);
+  assert.equal(metric(text, "jitrunner_github_requests_total", `route="${JOB}",status="200"`), 2);
+  assert.ok(metric(text, "jitrunner_github_rate_limit_remaining", 'installation="1"') > 0);
+});
+
+test("409 and 422 are answered at once, never retried; 5xx is retried; a lost answer leaves a named orphan that can be found and deleted", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  fake.inject({ route: REPO_JIT, status: 409, times: 1 });
+  const conflict = await failure(c.gh.generateJitConfig(repo(), { name: "jr-taken", labels: LABELS }));
+  assert.equal(conflict.status, 409);
+  assert.deepEqual(calls(fake, REPO_JIT), [409]);
+
+  const jit = await c.gh.generateJitConfig(repo(), { name: "jr-busy", labels: LABELS });
+  fake.inject({ route: "/repos/{owner}/{repo}/actions/runners/{runner_id}", method: "DELETE", status: 422, times: 1 });
+  assert.equal(await c.gh.deleteRunner(repo(), jit.runnerId), "busy");
+  assert.equal(await c.gh.deleteRunner(repo(), jit.runnerId), "deleted");
+  assert.deepEqual(calls(fake, "/repos/{owner}/{repo}/actions/runners/{runner_id}"), [422, 204]);
+
+  fake.inject({ route: JOB, status: 502, times: 1 });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  assert.equal((await c.gh.getJob(1, "acme", "app", job.id)).status, "queued");
+  assert.deepEqual(calls(fake, JOB), [502, 200]);
+
+  // GitHub created the runner but the answer was lost: the retry finds the name taken.
+  fake.inject({ route: REPO_JIT, status: 502, times: 1, afterHandling: true });
+  const lost = await failure(c.gh.generateJitConfig(repo(), { name: "jr-lost", labels: LABELS }));
+  assert.equal(lost.status, 409);
+  assert.deepEqual(fake.runners().map((r) => r.name), ["jr-lost"]);
+  assert.equal(await c.gh.deleteRunnerNamed(repo(), "jr-lost"), "deleted");
+  assert.equal(await c.gh.deleteRunnerNamed(repo(), "jr-lost"), "not_found");
+  assert.equal(fake.runners().length, 0);
+
+  fake.inject({ route: JOB, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "x", status: "403" } });
+  const denied = await failure(c.gh.getJob(1, "acme", "app", job.id));
+  assert.deepEqual([denied.status, denied.retryable], [403, false], "a permission 403 is not a rate limit");
+});
+
+test("runner group by name: resolved once per organization, then cached; labels are passed exactly as configured", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  const groupId = fake.addRunnerGroup("ci-runners");
+  const a = await c.gh.generateJitConfig(org(), { name: "jr-g1", labels: LABELS, runnerGroup: "ci-runners" });
+  const b = await c.gh.generateJitConfig(org(), { name: "jr-g2", labels: LABELS, runnerGroup: "ci-runners" });
+  await c.gh.generateJitConfig(org("other-org"), { name: "jr-g3", labels: LABELS, runnerGroup: "CI-Runners" });
+  const runners = fake.runners();
+  assert.deepEqual(runners.map((r) => r.runner_group_id), [groupId, groupId, groupId]);
+  assert.deepEqual([a.runnerId, b.runnerId], runners.slice(0, 2).map((r) => r.id));
+  assert.deepEqual(calls(fake, "/orgs/{org}/actions/runner-groups"), [200, 200], "one lookup per organization");
+  for (const r of runners) assert.deepEqual(r.labels, LABELS, "exactly the configured labels, case kept");
+
+  await c.gh.generateJitConfig(org(), { name: "jr-g4", labels: ["self-hosted"], runnerGroupId: groupId });
+  await c.gh.generateJitConfig(repo(), { name: "jr-r1", labels: ["self-hosted"] });
+  assert.deepEqual(fake.runners().slice(3).map((r) => [r.runner_group_id, r.labels]), [[groupId, ["self-hosted"]], [1, ["self-hosted"]]]);
+
+  const missing = await failure(c.gh.generateJitConfig(org(), { name: "jr-g5", labels: LABELS, runnerGroup: "no-such-group" }));
+  assert.equal(missing.retryable, false);
+  assert.match(missing.message, /runner group 'no-such-group' does not exist in organization acme/);
+  const repoGroup = await failure(c.gh.generateJitConfig(repo(), { name: "jr-g6", labels: LABELS, runnerGroup: "ci-runners" }));
+  assert.match(repoGroup.message, /organization runners only/);
+  assert.deepEqual(calls(fake, ORG_JIT), [201, 201, 201, 201]);
+});
+
+test("GHES: with apiUrl http://HOST/api/v3 every call, the token's included, goes under /api/v3", async () => {
+  const fake = await fakeGitHub({ basePath: "/api/v3" });
+  assert.match(fake.url, /^http:\/\/127\.0\.0\.1:\d+\/api\/v3$/);
+  const outside = await fetch(`${fake.url.replace(/\/api\/v3$/, "")}/app`);
+  assert.equal(outside.status, 404, "the fake serves nothing outside its base path");
+
+  for (const apiUrl of [fake.url, `${fake.url}/`]) {
+    const c = client(fake, { apiUrl, shared: false });
+    fake.addRunnerGroup(`group-${apiUrl.length}`);
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+    assert.equal((await c.gh.getJob(1, "acme", "app", job.id)).status, "queued");
+    const r = await c.gh.generateJitConfig(repo(), { name: `jr-ghes-${apiUrl.length}`, labels: LABELS });
+    const o = await c.gh.generateJitConfig(org(), { name: `jr-ghes-org-${apiUrl.length}`, labels: LABELS, runnerGroup: `group-${apiUrl.length}` });
+    assert.equal((await c.gh.listRunners(repo())).length, 1);
+    assert.equal(await c.gh.deleteRunner(repo(), r.runnerId), "deleted");
+    assert.equal(await c.gh.deleteRunnerNamed(org(), `jr-ghes-org-${apiUrl.length}`), "deleted");
+    assert.ok(o.runnerId > 0);
+  }
+  const routes = new Set(fake.requests.map((r) => r.route));
+  for (const route of [TOKEN, JOB, REPO_JIT, ORG_JIT, "/orgs/{org}/actions/runner-groups", "/orgs/{org}/actions/runners"]) {
+    assert.ok(routes.has(route), `${route} was called`);
+  }
+  const api = fake.requests.filter((r) => r.path !== "/app");
+  assert.equal(api.length, 18, "9 calls by each of the two clients");
+  assert.deepEqual(api.filter((r) => !r.path.startsWith("/api/v3/")), [], "every call under the base path");
+  assert.deepEqual(api.filter((r) => r.status >= 400), [], "and every one answered");
+});

@@ -1,0 +1,208 @@
+/**
+ * The leader's GitHub loops, for real (fake GitHub, real Redis, real Docker engine, real DinD
+ * runners): registrations left behind are deleted and nothing else is, and a job whose `queued`
+ * webhook was lost still gets a runner and finishes, recovered either from the repository's
+ * queued runs or through the App's failed-deliveries list.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { FakeGitHubClient } from "../fakes/github/client.ts";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { waitFor } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { containersOf, fakeRunnerPool, removeContainersOf, startSystem, uniqueHost } from "../helpers/system.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { RunnerStore } from "../../src/state/runners.ts";
+
+const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
+const DEAD_URL = "http://127.0.0.1:9/";
+let redis: TestRedis;
+const hosts: string[] = [];
+
+before(async () => {
+  redis = await startRedis();
+});
+after(async () => {
+  for (const h of hosts) await removeContainersOf(h);
+  await redis.stop();
+});
+
+/** Each test its own key prefix: job ids restart with each fake GitHub. */
+function scoped(tag: string): TestRedis {
+  return { ...redis, prefix: `${redis.prefix}-${tag}` };
+}
+
+function calls(fake: FakeGitHub, route: string, method?: string): number {
+  return fake.requests.filter((r) => r.route === route && (!method || r.method === method)).length;
+}
+
+async function metricsOf(url: string): Promise<string> {
+  return (await fetch(`${url}/metrics`)).text();
+}
+
+/** The value of one sample in Prometheus text, 0 when absent. */
+function sample(text: string, name: string, labels: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{${labels}}`));
+  return line ? Number(line.split(" ").at(-1)) : 0;
+}
+
+function worker(host: string, over: Record<string, unknown> = {}) {
+  return { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, ...over };
+}
+
+test("registrations of ours with no record are deleted after the grace period; others', recorded and busy ones are kept", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("orphans");
+  const r = scoped("orphans");
+  hosts.push(host);
+  const GRACE_S = 4;
+  // The worker serves only `spare`, so the job below stays queued for the fake runner to take.
+  const sys = await startSystem("all", fake, r, host, {
+    worker: worker(host, { pools: ["spare"] }),
+    pools: [
+      fakeRunnerPool(fake),
+      fakeRunnerPool(fake, { name: "orgpool", labels: ["org-only"], scope: "organization" }),
+      fakeRunnerPool(fake, { name: "spare", labels: ["spare-only"] }),
+    ],
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 1, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 0, orphanGraceSeconds: GRACE_S },
+  });
+  const conn = redisConnection(r.url);
+  try {
+    // A real webhook makes acme/app a recently active repository.
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await fake.webhooksIdle();
+    assert.equal(fake.deliveries.find((d) => d.jobId === job.id)?.status, 202);
+
+    const gh = new FakeGitHubClient(fake);
+    const register = async (path: string, name: string, labels = ["self-hosted", "linux", "x64"]) => {
+      const res = await gh.call("POST", `${path}/actions/runners/generate-jitconfig`, { body: { name, runner_group_id: 1, labels } });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      const body = res.body as { runner: { id: number }; encoded_jit_config: string };
+      return { id: body.runner.id, jit: JSON.parse(Buffer.from(body.encoded_jit_config, "base64").toString()) as { token: string } };
+    };
+    const registeredAt = Date.now();
+    const stale = await register("/repos/acme/app", "jitrunner-default-00000000aa");
+    const staleOrg = await register("/orgs/acme", "jitrunner-orgpool-00000000bb", ["org-only"]);
+    const notOurs = await register("/repos/acme/app", "other-ci-runner-1");
+    const recorded = await register("/repos/acme/app", "jitrunner-default-00000000cc");
+    const busy = await register("/repos/acme/app", "jitrunner-default-00000000dd");
+    await new RunnerStore(conn, r.prefix).put({
+      name: "jitrunner-default-00000000cc",
+      pool: "default",
+      host: "elsewhere",
+      state: "idle",
+      installationId: fake.installationId,
+      owner: "acme",
+      repo: "app",
+      runnerId: recorded.id,
+      demandId: "1-1",
+      createdAt: Date.now(),
+    });
+    // The "busy" runner takes the queued job through the runner protocol, as a real runner would.
+    const acquired = await fetch(`${fake.url}/_fake/runners/${busy.id}/acquire`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ token: busy.jit.token }),
+    });
+    assert.equal(acquired.status, 200);
+    // GitHub answers 422 when a runner got a job between the list and the delete: kept, retried later.
+    fake.inject({ route: "/repos/{owner}/{repo}/actions/runners/{runner_id}", method: "DELETE", status: 422, times: 1 });
+
+    const ids = () => new Set(fake.runners().map((x) => x.id));
+    await new Promise((res) => setTimeout(res, (GRACE_S - 1.5) * 1000 - (Date.now() - registeredAt)));
+    assert.ok(ids().has(stale.id) && ids().has(staleOrg.id), "nothing is deleted before the grace period");
+
+    await waitFor(() => !ids().has(stale.id) && !ids().has(staleOrg.id), 20_000, "stale registrations deleted");
+    assert.ok(Date.now() - registeredAt >= GRACE_S * 1000);
+    assert.ok(ids().has(notOurs.id), "a runner without our prefix is never touched");
+    assert.ok(ids().has(recorded.id), "a runner with a record is kept");
+    assert.ok(ids().has(busy.id), "a busy runner is kept");
+
+    const text = await metricsOf(sys.url);
+    assert.equal(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-runners",action="runner_deleted"'), 2);
+    assert.ok(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-runners",action="runner_busy_kept"') >= 2, "the 422 and the listed-busy runner");
+    assert.ok(sample(text, "jitrunner_reconcile_runs_total", 'loop="github-runners",outcome="ok"') >= 3);
+    assert.equal(sample(text, "jitrunner_reconcile_runs_total", 'loop="github-runners",outcome="error"'), 0);
+    assert.equal(sample(text, "jitrunner_leader", `host="${host}"`), 1);
+    assert.equal(calls(fake, JIT) + calls(fake, "/orgs/{org}/actions/runners/generate-jitconfig"), 5, "the reconciler registered nothing");
+    assert.match(sys.logs(), /deleted a registration of ours that has no runner record/);
+  } finally {
+    conn.disconnect();
+    await sys.close();
+    await fake.close();
+  }
+});
+
+test("a lost queued webhook is recovered from the repository's queued runs, and the job completes on a real runner", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("lostq");
+  const r = scoped("lostq");
+  hosts.push(host);
+  const sys = await startSystem("all", fake, r, host, {
+    worker: worker(host),
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 3600, queuedIntervalSeconds: 1, deliveriesIntervalSeconds: 0 },
+  });
+  try {
+    // An earlier job makes the repository recently active, and shows the normal path works.
+    const first = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === first.id && j.status === "completed"), 60_000, "first job completed");
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "first runner removed");
+
+    fake.setWebhookUrl(DEAD_URL);
+    const lost = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    fake.setWebhookUrl(`${sys.url}/webhooks/github`);
+    assert.deepEqual(fake.deliveries.filter((d) => d.jobId === lost.id).map((d) => [d.action, d.status]), [["queued", 0]]);
+
+    await waitFor(() => fake.jobs().find((j) => j.id === lost.id && j.status === "completed"), 60_000, "lost job completed");
+    assert.equal(fake.jobs().find((j) => j.id === lost.id)?.conclusion, "success");
+    assert.match(fake.jobs().find((j) => j.id === lost.id)?.runner_name ?? "", /^jitrunner-default-/);
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "second runner removed");
+    await waitFor(() => fake.runners().length === 0, 10_000, "no registration left");
+    assert.equal(calls(fake, JIT), 2, "one runner per job, none extra");
+    assert.deepEqual(
+      fake.deliveries.filter((d) => d.jobId === lost.id && d.action === "queued").map((d) => d.status),
+      [0],
+      "the queued webhook never arrived",
+    );
+    const text = await metricsOf(sys.url);
+    assert.equal(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_recovered"'), 1);
+    assert.match(sys.logs(), /recovered a queued job that had no demand/);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
+test("a lost queued webhook is redelivered from the App's failed deliveries, and the job completes on a real runner", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("redeliver");
+  const r = scoped("redeliver");
+  hosts.push(host);
+  // The queued-runs loop runs once at election (before the job exists), then not for an hour.
+  const sys = await startSystem("all", fake, r, host, {
+    worker: worker(host),
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 3600, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 1 },
+  });
+  try {
+    fake.setWebhookUrl(DEAD_URL);
+    const lost = await fake.queueJob({ owner: "acme", repo: "other", labels: ["self-hosted"] });
+    fake.setWebhookUrl(`${sys.url}/webhooks/github`);
+
+    await waitFor(() => fake.jobs().find((j) => j.id === lost.id && j.status === "completed"), 60_000, "lost job completed");
+    assert.equal(fake.jobs().find((j) => j.id === lost.id)?.conclusion, "success");
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "runner removed");
+    await waitFor(() => fake.runners().length === 0, 10_000, "no registration left");
+    const queued = fake.deliveries.filter((d) => d.jobId === lost.id && d.action === "queued");
+    assert.deepEqual(queued.map((d) => [d.status, d.redelivery]), [[0, false], [202, true]], "one failed delivery, one redelivery");
+    assert.equal(queued[0]?.id, queued[1]?.id, "the redelivery carries the original delivery id");
+    assert.equal(calls(fake, JIT), 1);
+    assert.equal(calls(fake, "/app/hook/deliveries/{delivery_id}/attempts", "POST"), 1, "asked once, though the loop ran many times");
+    const text = await metricsOf(sys.url);
+    assert.equal(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-deliveries",action="delivery_redelivered"'), 1);
+    assert.equal(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_recovered"'), 0);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});

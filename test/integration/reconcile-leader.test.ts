@@ -1,0 +1,140 @@
+/**
+ * Leader election between real `jitrunner worker` processes sharing one real Redis: exactly one
+ * leads and only it runs the leader's loops; a leader killed with SIGKILL is replaced once its
+ * lock expires (not before); a leader stopped with SIGTERM hands over at once.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { Redis } from "ioredis";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { freePort } from "../helpers/ports.ts";
+import { runJitrunner, waitFor, type JitrunnerProcess } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { fakeRunnerPool, removeContainersOf, uniqueHost } from "../helpers/system.ts";
+
+const LOCK_MS = 3000;
+let redis: TestRedis;
+let fake: FakeGitHub;
+let dir: string;
+const hosts: string[] = [];
+
+before(async () => {
+  redis = await startRedis();
+  fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  dir = await mkdtemp(join(tmpdir(), "jitrunner-leader-"));
+});
+after(async () => {
+  for (const h of hosts) await removeContainersOf(h);
+  await fake.close();
+  await redis.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+interface Worker {
+  host: string;
+  url: string;
+  proc: JitrunnerProcess;
+}
+
+async function startWorker(tag: string): Promise<Worker> {
+  const host = uniqueHost(tag);
+  hosts.push(host);
+  const port = await freePort();
+  const config = {
+    github: { appId: fake.appId, apiUrl: fake.url },
+    redis: { url: redis.url, prefix: redis.prefix },
+    server: { host: "127.0.0.1", port },
+    worker: { hostId: host, capacity: 1, reconcileIntervalSeconds: 2 },
+    reconcile: { leaderLockSeconds: LOCK_MS / 1000, runnersIntervalSeconds: 1, queuedIntervalSeconds: 1, deliveriesIntervalSeconds: 1 },
+    pools: [fakeRunnerPool(fake)],
+  };
+  const file = join(dir, `${host}.yml`);
+  await writeFile(file, JSON.stringify(config));
+  const proc = runJitrunner(["worker", "--config", file], {
+    JITRUNNER_GITHUB_PRIVATE_KEY: fake.privateKey,
+    JITRUNNER_GITHUB_WEBHOOK_SECRET: WEBHOOK_SECRET,
+    JITRUNNER_LOG_LEVEL: "info",
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(async () => (await fetch(`${url}/healthz`)).ok, 30_000, `worker ${host} up`).catch((err) => {
+    throw new Error(`${(err as Error).message}\n${proc.output()}`);
+  });
+  return { host, url, proc };
+}
+
+/** The process's own view, from its /metrics: 1 leading, 0 not, undefined unreachable. */
+async function leads(w: Worker): Promise<number | undefined> {
+  try {
+    const text = await (await fetch(`${w.url}/metrics`, { signal: AbortSignal.timeout(2000) })).text();
+    const line = text.split("\n").find((l) => l.startsWith(`jitrunner_leader{host="${w.host}"}`));
+    return line ? Number(line.split(" ").at(-1)) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function passes(w: Worker, loop: string): Promise<number> {
+  const text = await (await fetch(`${w.url}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`jitrunner_reconcile_runs_total{loop="${loop}",outcome="ok"}`));
+  return line ? Number(line.split(" ").at(-1)) : 0;
+}
+
+/** Which host Redis says holds the lock. */
+async function lockHolder(): Promise<string | undefined> {
+  const c = new Redis(redis.url);
+  try {
+    return (await c.get(`${redis.prefix}:leader`))?.split(":")[0];
+  } finally {
+    c.disconnect();
+  }
+}
+
+test("one leader among worker processes; SIGKILL: taken over after the lock expires; SIGTERM: handed over at once", async (t) => {
+  const workers = [await startWorker("lead-a"), await startWorker("lead-b")];
+  try {
+    const [leader, follower] = await waitFor(async () => {
+      const views = await Promise.all(workers.map(leads));
+      if (views.filter((v) => v === 1).length !== 1 || views.filter((v) => v === 0).length !== 1) return undefined;
+      const i = views.indexOf(1);
+      return [workers[i]!, workers[1 - i]!] as const;
+    }, 20_000, "exactly one leader");
+    assert.equal(await lockHolder(), leader.host);
+    await waitFor(async () => (await passes(leader, "github-runners")) >= 2 && (await passes(leader, "github-deliveries")) >= 2, 10_000, "leader loops running");
+    assert.equal(await passes(follower, "github-runners"), 0, "a follower runs no leader loop");
+    assert.equal(await passes(follower, "github-queued"), 0);
+
+    // A crash leaves the lock in place: the follower waits for it to expire, then leads.
+    leader.proc.child.kill("SIGKILL");
+    const killedAt = Date.now();
+    await waitFor(async () => (await leads(follower)) === 1, LOCK_MS + 5000, "follower takes over");
+    const takeover = Date.now() - killedAt;
+    assert.ok(takeover <= LOCK_MS + 1000, `took over in ${takeover} ms, lock expiry ${LOCK_MS} ms`);
+    assert.ok(takeover >= LOCK_MS / 2, `took over in ${takeover} ms: the lock of a leader that renewed within a third of the expiry cannot be gone sooner`);
+    assert.equal(await lockHolder(), follower.host);
+    t.diagnostic(`takeover after SIGKILL: ${takeover} ms (lock expiry ${LOCK_MS} ms)`);
+    const before = await passes(follower, "github-runners");
+    await waitFor(async () => (await passes(follower, "github-runners")) > before, 5000, "the new leader runs the loops");
+
+    // A clean stop releases the lock: the next process leads well before the expiry.
+    const third = await startWorker("lead-c");
+    workers.push(third);
+    assert.equal(await leads(third), 0);
+    follower.proc.child.kill("SIGTERM");
+    const stoppedAt = Date.now();
+    await waitFor(async () => (await leads(third)) === 1, LOCK_MS + 5000, "third process takes over");
+    const handover = Date.now() - stoppedAt;
+    assert.ok(handover < LOCK_MS, `handed over in ${handover} ms, lock expiry ${LOCK_MS} ms`);
+    t.diagnostic(`handover after SIGTERM: ${handover} ms`);
+    // (Not proc.stop(): a second SIGTERM means "exit now".)
+    const exited = await waitFor(() => follower.proc.child.exitCode !== null && { code: follower.proc.child.exitCode }, 30_000, "stopped leader exits");
+    assert.equal(exited.code, 0, follower.proc.output().slice(-2000));
+    assert.match(follower.proc.output(), /leadership released/);
+    assert.equal(await lockHolder(), third.host);
+  } finally {
+    await Promise.all(workers.map((w) => w.proc.stop()));
+  }
+});

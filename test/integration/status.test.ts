@@ -1,0 +1,227 @@
+/**
+ * The operators' view over a real Redis: the all-runners index of RunnerStore, the bounded
+ * activity log fed by the real ingress (signed webhooks through the real HTTP app), queue depth
+ * from the real BullMQ queues, and the tokens on `/` and `/metrics`.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import type { FastifyInstance } from "fastify";
+import type { Redis } from "ioredis";
+import { pino } from "pino";
+import { Secret } from "../../src/config/secret.ts";
+import { GitHubError } from "../../src/errors.ts";
+import { buildApp } from "../../src/http/app.ts";
+import { Ingress } from "../../src/ingress/ingress.ts";
+import { Metrics } from "../../src/metrics/metrics.ts";
+import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
+import { ActivityLog } from "../../src/state/activity.ts";
+import { DeliveryLog } from "../../src/state/deliveries.ts";
+import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
+import { collectStatus } from "../../src/state/status.ts";
+import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { examplesOf, queuedPayload, signedHeaders } from "../helpers/webhooks.ts";
+
+const ADMIN_TOKEN = "admin-token-0123456789abcdef";
+const METRICS_TOKEN = "metrics-token-0123456789abcdef";
+
+let redis: TestRedis;
+let conn: Redis;
+let app: FastifyInstance;
+let queues: DemandQueues;
+let runners: RunnerStore;
+let activity: ActivityLog;
+const config = testConfig({
+  pools: [
+    { name: "default", labels: ["self-hosted", "linux", "x64"], image: "runner:1", isolation: "capabilities" },
+    { name: "gpu", labels: ["self-hosted", "linux", "gpu"], image: "runner-gpu:2" },
+  ],
+});
+
+function record(name: string, o: Partial<RunnerRecord> = {}): RunnerRecord {
+  return {
+    name,
+    pool: "default",
+    host: "host-a",
+    state: "starting",
+    installationId: 1,
+    owner: "acme",
+    repo: "app",
+    demandId: `${name}-1`,
+    createdAt: Date.now() - 90_000,
+    ...o,
+  };
+}
+
+before(async () => {
+  redis = await startRedis();
+  conn = redisConnection(redis.url);
+  queues = new DemandQueues({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, conn);
+  runners = new RunnerStore(conn, redis.prefix);
+  activity = new ActivityLog(conn, redis.prefix, { keepJobs: 5, keepFailures: 3 });
+  const metrics = new Metrics({ processMetrics: false });
+  const logger = pino({ level: "silent" });
+  const ingress = new Ingress({
+    config,
+    demand: queues,
+    runners,
+    deliveries: new DeliveryLog(conn, redis.prefix),
+    metrics,
+    logger,
+    activity,
+  });
+  app = await buildApp({
+    logger,
+    metrics,
+    webhooks: { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress },
+    readiness: async () => [],
+    status: {
+      snapshot: () => collectStatus({ pools: config.pools, runners, activity, pending: (p) => queues.pending(p) }),
+      adminToken: new Secret(ADMIN_TOKEN),
+    },
+    metricsToken: new Secret(METRICS_TOKEN),
+  });
+});
+
+after(async () => {
+  await app?.close();
+  await queues?.close();
+  conn?.disconnect();
+  await redis?.stop();
+});
+
+function deliver(payload: object) {
+  const body = JSON.stringify(payload);
+  return app.inject({ method: "POST", url: "/webhooks/github", payload: body, headers: signedHeaders("workflow_job", body, WEBHOOK_SECRET) });
+}
+
+test("listAll sees every runner on every host and forgets removed ones", async () => {
+  await runners.put(record("jitrunner-default-aaaa", { host: "host-a", state: "busy", jobId: 11 }));
+  await runners.put(record("jitrunner-gpu-bbbb", { host: "host-b", pool: "gpu", repo: "", createdAt: Date.now() - 5000 }));
+  await runners.put(record("jitrunner-default-cccc", { host: "host-b" }));
+  assert.deepEqual(
+    (await runners.listAll()).map((r) => [r.name, r.host, r.state]),
+    [
+      ["jitrunner-default-aaaa", "host-a", "busy"],
+      ["jitrunner-default-cccc", "host-b", "starting"],
+      ["jitrunner-gpu-bbbb", "host-b", "starting"],
+    ],
+    "oldest first",
+  );
+  await runners.remove(record("jitrunner-default-cccc", { host: "host-b" }), true);
+  assert.deepEqual((await runners.listAll()).map((r) => r.name), ["jitrunner-default-aaaa", "jitrunner-gpu-bbbb"]);
+});
+
+test("the ingress records what it did with each job; jobs not ours stay out; the list is bounded", async () => {
+  assert.equal((await deliver(queuedPayload({ jobId: 7001, labels: ["self-hosted", "gpu"] }))).statusCode, 202);
+  // Another tool's job (no pool matches): acknowledged, counted, but not in the operators' list.
+  assert.equal((await deliver(queuedPayload({ jobId: 7002, labels: ["ubuntu-latest"] }))).statusCode, 202);
+  const inProgress = structuredClone(examplesOf("workflow_job").find((e) => e.action === "in_progress")!);
+  inProgress.workflow_job = { ...inProgress.workflow_job, id: 11, run_attempt: 1, runner_name: "jitrunner-default-aaaa" };
+  assert.equal((await deliver(inProgress)).statusCode, 202);
+
+  const events = await activity.recentJobEvents();
+  assert.deepEqual(
+    events.map((e) => [e.jobId, e.action, e.outcome]),
+    [
+      [11, "in_progress", "runner_busy"],
+      [7001, "queued", "queued"],
+    ],
+  );
+  assert.deepEqual(events[1]!.labels, ["self-hosted", "gpu"]);
+  assert.equal(events[1]!.repo, "acme/app");
+
+  for (let i = 0; i < 8; i++) await deliver(queuedPayload({ jobId: 8000 + i, labels: ["self-hosted"] }));
+  const bounded = await activity.recentJobEvents();
+  assert.equal(bounded.length, 5, "keepJobs caps the list");
+  assert.equal(bounded[0]!.jobId, 8007, "newest first");
+});
+
+test("launch failures are recorded with their code, bounded, and without token-like strings", async () => {
+  const demand = { pool: "gpu", jobId: 7001, owner: "acme", repo: "app" };
+  const leaky = new GitHubError(`POST generate-jitconfig failed: 502 (token ghs_${"x".repeat(36)})`, 502, { retryable: true });
+  await activity.launchFailure(demand, 1, leaky);
+  await activity.launchFailure(demand, 2, Object.assign(new Error("no such image"), { code: "E_DOCKER", retryable: false }));
+  const failures = await activity.recentFailures();
+  assert.deepEqual(
+    failures.map((f) => [f.attempt, f.reason, f.retryable]),
+    [
+      [2, "E_DOCKER", false],
+      [1, "E_GITHUB", true],
+    ],
+  );
+  assert.ok(!failures[1]!.message.includes("ghs_"), failures[1]!.message);
+  assert.match(failures[1]!.message, /502/);
+});
+
+test("the status page needs the admin token, and shows pools, queue depth, hosts, runners, jobs and failures", async () => {
+  assert.equal((await app.inject({ url: "/" })).statusCode, 401);
+  const wrong = await app.inject({ url: "/", headers: { authorization: `Bearer ${ADMIN_TOKEN}x` } });
+  assert.equal(wrong.statusCode, 401);
+  assert.match(String(wrong.headers["www-authenticate"]), /^Bearer/);
+  assert.equal((await app.inject({ url: "/", headers: { authorization: `Basic ${ADMIN_TOKEN}` } })).statusCode, 401);
+  assert.ok(!wrong.body.includes("jitrunner-default-aaaa"), "nothing leaks without the token");
+
+  const res = await app.inject({ url: "/", headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  assert.equal(res.statusCode, 200);
+  assert.match(String(res.headers["content-type"]), /^text\/html/);
+  assert.match(String(res.headers["content-security-policy"]), /default-src 'none'/);
+  assert.equal(res.headers["cache-control"], "no-store");
+  const body = res.body;
+  for (const text of ["jitrunner-default-aaaa", "jitrunner-gpu-bbbb", "host-a", "host-b", "runner-gpu:2", "capabilities", "E_DOCKER", "no such image"]) {
+    assert.ok(body.includes(text), `page shows ${text}`);
+  }
+  // Queue depth per pool from the real queues: 7001 (gpu) and 8000-8007 (default) are waiting.
+  const snapshot = await collectStatus({ pools: config.pools, runners, activity, pending: (p) => queues.pending(p) });
+  assert.deepEqual(snapshot.pools.map((p) => [p.name, p.pending]), [["default", 8], ["gpu", 1]]);
+  assert.deepEqual(snapshot.hosts.map((h) => [h.id, h.runners.busy, h.runners.starting]), [["host-a", 1, 0], ["host-b", 0, 1]]);
+  assert.equal(snapshot.jobs.find((j) => j.jobId === 8007)?.pool, "default");
+  assert.deepEqual(snapshot.problems, []);
+  // No secret of the config is on the page.
+  for (const secret of [ADMIN_TOKEN, METRICS_TOKEN, WEBHOOK_SECRET, config.secrets.privateKey.reveal().slice(40, 80)]) {
+    assert.ok(!body.includes(secret));
+  }
+});
+
+test("a part that cannot be read is reported on the page; the rest is still shown", async () => {
+  const snapshot = await collectStatus({
+    pools: config.pools,
+    runners,
+    activity,
+    pending: async () => {
+      throw new Error("queue unavailable");
+    },
+  });
+  assert.deepEqual(snapshot.problems, ["queue depth: queue unavailable"]);
+  assert.equal(snapshot.pools[0]!.pending, undefined);
+  assert.equal(snapshot.runners.length, 2);
+});
+
+test("/metrics needs its own token when one is set; the admin token does not open it", async () => {
+  assert.equal((await app.inject({ url: "/metrics" })).statusCode, 401);
+  assert.equal((await app.inject({ url: "/metrics", headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).statusCode, 401);
+  const ok = await app.inject({ url: "/metrics", headers: { authorization: `Bearer ${METRICS_TOKEN}` } });
+  assert.equal(ok.statusCode, 200);
+  assert.match(ok.body, /jitrunner_webhook_deliveries_total/);
+  // Health stays open: orchestrators probe it without credentials.
+  assert.equal((await app.inject({ url: "/healthz" })).statusCode, 200);
+});
+
+test("without tokens configured, / and /metrics are open; a worker-only app has no page", async () => {
+  const logger = pino({ level: "silent" });
+  const open = await buildApp({
+    logger,
+    metrics: new Metrics({ processMetrics: false }),
+    readiness: async () => [],
+    status: { snapshot: () => collectStatus({ pools: config.pools, runners }) },
+  });
+  const workerOnly = await buildApp({ logger, metrics: new Metrics({ processMetrics: false }), readiness: async () => [] });
+  try {
+    assert.equal((await open.inject({ url: "/" })).statusCode, 200);
+    assert.equal((await open.inject({ url: "/metrics" })).statusCode, 200);
+    assert.equal((await workerOnly.inject({ url: "/" })).statusCode, 404);
+  } finally {
+    await open.close();
+    await workerOnly.close();
+  }
+});

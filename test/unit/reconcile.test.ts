@@ -1,0 +1,87 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import type { HookDelivery } from "../../src/github/client.ts";
+import { decideQueued } from "../../src/ingress/policy.ts";
+import { toRedeliver, transientFailure } from "../../src/reconcile/github-deliveries.ts";
+import { queuedEventOf } from "../../src/reconcile/github-queued.ts";
+import { scopesToCheck } from "../../src/reconcile/github-runners.ts";
+import { passTimeoutMs } from "../../src/reconcile/loops.ts";
+import { testConfig } from "../helpers/config.ts";
+
+const repo = (owner: string, name: string, installationId = 1) => ({ installationId, owner, repo: name, seenAt: 0 });
+
+test("runner scopes: each active repository for repository pools, each owner once for organization pools", () => {
+  const repos = [repo("acme", "app"), repo("Acme", "lib"), repo("acme", "APP"), repo("other", "x", 2)];
+  assert.deepEqual(scopesToCheck(repos, [{ scope: "repository" }]), [
+    { installationId: 1, owner: "acme", repo: "app" },
+    { installationId: 1, owner: "Acme", repo: "lib" },
+    { installationId: 2, owner: "other", repo: "x" },
+  ]);
+  assert.deepEqual(scopesToCheck(repos, [{ scope: "organization" }]), [
+    { installationId: 1, owner: "acme" },
+    { installationId: 2, owner: "other" },
+  ]);
+  assert.equal(scopesToCheck(repos, [{ scope: "organization" }, { scope: "repository" }]).length, 5);
+  assert.deepEqual(scopesToCheck([], [{ scope: "repository" }]), []);
+});
+
+test("a queued job found through the API passes exactly the webhook's policy", () => {
+  const config = testConfig({ policy: { allowedOwners: ["acme"] } });
+  const job = { id: 40_000_000_001, runId: 12_000_000_001, runAttempt: 2, status: "queued", labels: ["self-hosted", "linux"], runnerName: null };
+  const run = { id: 12_000_000_001, owner: "acme", repo: "app", private: true, visibility: "private" };
+  const decision = decideQueued(queuedEventOf(job, run, 7), config, { deliveryId: "reconcile-1", receivedAt: 5 });
+  assert.equal(decision.kind, "enqueue");
+  if (decision.kind === "enqueue") {
+    assert.deepEqual(decision.demand, {
+      pool: "default",
+      jobId: 40_000_000_001,
+      runId: 12_000_000_001,
+      runAttempt: 2,
+      owner: "acme",
+      repo: "app",
+      installationId: 7,
+      labels: ["self-hosted", "linux"],
+      receivedAt: 5,
+      deliveryId: "reconcile-1",
+    });
+  }
+  const ignored = (over: object, jobOver: object = {}) => {
+    const d = decideQueued(queuedEventOf({ ...job, ...jobOver }, { ...run, ...over }, 7), config, { deliveryId: "r", receivedAt: 0 });
+    return d.kind === "ignore" ? d.reason : "enqueue";
+  };
+  assert.equal(ignored({ private: false, visibility: "public" }), "public_repo");
+  assert.equal(ignored({ owner: "evil" }), "owner_not_allowed");
+  assert.equal(ignored({}, { labels: ["gpu"] }), "no_pool");
+  assert.equal(ignored({}, { status: "waiting" }), "not_queued");
+});
+
+const attempt = (id: number, guid: string, statusCode: number, event = "workflow_job"): HookDelivery => ({
+  id,
+  guid,
+  deliveredAt: "2024-01-01T00:00:00Z",
+  statusCode,
+  event,
+  action: "queued",
+});
+
+test("redelivery: workflow_job events with no successful attempt whose latest failure is transient, latest attempt", () => {
+  const picked = toRedeliver([
+    attempt(1, "lost", 0),
+    attempt(2, "ok", 202),
+    attempt(3, "retried-ok", 503),
+    attempt(4, "retried-ok", 202),
+    attempt(5, "twice", 502),
+    attempt(6, "twice", 0),
+    attempt(7, "refused", 401),
+    attempt(8, "other-event", 0, "push"),
+  ]);
+  assert.deepEqual(picked.map((d) => [d.guid, d.id]), [["lost", 1], ["twice", 6]]);
+  assert.ok(transientFailure(0) && transientFailure(500) && transientFailure(429) && transientFailure(408));
+  assert.ok(!transientFailure(400) && !transientFailure(401) && !transientFailure(413) && !transientFailure(202));
+});
+
+test("every pass is bounded in time", () => {
+  assert.equal(passTimeoutMs(1000), 30_000);
+  assert.equal(passTimeoutMs(300_000), 600_000);
+  assert.equal(passTimeoutMs(3_600_000), 600_000);
+});
