@@ -15,6 +15,8 @@ import { ActiveRepos } from "./state/active-repos.ts";
 import { DeliveryLog } from "./state/deliveries.ts";
 import { HostStore, PoolLimits } from "./state/hosts.ts";
 import { RunnerStore } from "./state/runners.ts";
+import { ActivityLog } from "./state/activity.ts";
+import { collectStatus } from "./state/status.ts";
 import { Launcher } from "./worker/launcher.ts";
 import { RunnerEvents } from "./worker/runner-events.ts";
 import { RunnerWorker } from "./worker/worker.ts";
@@ -46,6 +48,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   const redis = connect();
   const metrics = new Metrics();
   const runners = new RunnerStore(redis, config.redis.prefix);
+  const activity = new ActivityLog(redis, config.redis.prefix);
   const settings = { redisUrl: config.redis.url, prefix: config.redis.prefix, attempts: config.worker.launchAttempts };
   const allPools = config.pools.map((p) => p.name);
 
@@ -54,7 +57,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   if (mode !== "worker") {
     queues = new DemandQueues(settings, redis);
     const demand = notingActivity(queues, new ActiveRepos(redis, config.redis.prefix), logger);
-    ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, config.redis.prefix), metrics, logger });
+    ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, config.redis.prefix), metrics, logger, activity });
     const q = queues;
     metrics.onScrape(async () => {
       for (const [pool, n] of await q.pending(allPools)) metrics.demandPending(pool, n);
@@ -64,6 +67,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   let worker: RunnerWorker | undefined;
   let events: RunnerEvents | undefined;
   let reconciler: Reconciler | undefined;
+  let reconcilerQueues: DemandQueues | undefined;
   if (mode !== "server") {
     const host = config.worker.hostId;
     const driver = new DockerodeDriver(config.worker.docker);
@@ -108,15 +112,18 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
       limits: new PoolLimits(redis, config.redis.prefix),
       metrics,
       logger: logger.child({ host }),
+      activity,
     });
     await worker.start();
     // Workers campaign for the reconcile leader: they hold GitHub access and exist in every fleet.
-    queues ??= new DemandQueues(settings, redis);
-    reconciler = new Reconciler({ config, redis, github, demand: queues, runners, metrics, logger });
+    // (Its own producer in `worker` mode: `queues` stays the server's, which the status page keys on.)
+    reconcilerQueues = queues ?? new DemandQueues(settings, redis);
+    reconciler = new Reconciler({ config, redis, github, demand: reconcilerQueues, runners, metrics, logger });
     await reconciler.start();
   }
 
   const w = worker;
+  const q = queues;
   const app = await buildApp({
     logger,
     metrics,
@@ -127,6 +134,11 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
       if (w?.problem) problems.push(w.problem);
       return problems;
     },
+    status: q && {
+      snapshot: () => collectStatus({ pools: config.pools, runners, activity, pending: (pools) => q.pending(pools) }),
+      adminToken: config.secrets.adminToken,
+    },
+    metricsToken: config.secrets.metricsToken,
   });
   const url = await app.listen({ host: config.server.host, port: config.server.port });
   logger.info({ mode, url }, "jitrunner started");
@@ -138,6 +150,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
       await reconciler?.close();
       await worker?.stop();
       await queues?.close();
+      if (reconcilerQueues !== queues) await reconcilerQueues?.close();
       await events?.close();
       await Promise.allSettled(connections.map((c) => c.quit()));
     })());

@@ -19,6 +19,11 @@ export interface RunnerRecord {
   jobId?: number;
 }
 
+/** starting -> idle, and nothing else: a `busy` a webhook already wrote stays. */
+const STARTED = `
+if redis.call('HGET', KEYS[1], 'state') == 'starting' then return redis.call('HSET', KEYS[1], 'state', 'idle') end
+return 0`;
+
 /** Deletes KEYS[1] only while it still names ARGV[1]: a newer runner's claim survives. */
 const DEL_IF_EQUALS = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -47,6 +52,7 @@ export class RunnerStore {
     this.#prefix = prefix;
     redis.defineCommand("jitrunnerMarkIfExists", { numberOfKeys: 1, lua: MARK_IF_EXISTS });
     redis.defineCommand("jitrunnerDelIfEquals", { numberOfKeys: 1, lua: DEL_IF_EQUALS });
+    redis.defineCommand("jitrunnerStarted", { numberOfKeys: 1, lua: STARTED });
   }
 
   get eventsChannel(): string {
@@ -134,6 +140,12 @@ export class RunnerStore {
       .srem(this.#allKey, record.name);
     await tx.exec();
     if (!demandServed) await this.releaseDemand(record);
+  }
+
+  /** The container started: idle until a webhook says busy (unless one already has). */
+  async started(name: string): Promise<void> {
+    const redis = this.#redis as Redis & { jitrunnerStarted(key: string): Promise<number> };
+    await redis.jitrunnerStarted(this.#key(name));
   }
 
   /** This runner no longer answers for its demand (its launch failed): a retry launches anew. */

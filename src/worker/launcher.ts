@@ -110,6 +110,7 @@ export class Launcher {
       await d.runners.update(name, { containerId: record.containerId, state: "starting" });
       await d.driver.start(record.containerId);
       tracked.state = "idle";
+      await d.runners.started(name);
       rlog.info({ container: record.containerId.slice(0, 12) }, "runner container started");
       return tracked;
     } catch (err) {

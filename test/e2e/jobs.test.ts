@@ -115,6 +115,13 @@ test(`${JOBS} queued jobs -> ${JOBS} runners -> ${JOBS} completed jobs -> nothin
   const perJob = fake.requests.filter((r) => !r.route.startsWith("/app/")).length / JOBS;
   assert.ok(perJob <= 2, `${perJob} GitHub calls per job`);
 
+  const page = await fetch(`${url}/`);
+  assert.equal(page.status, 200, "status page served");
+  const html = await page.text();
+  assert.match(html, /default/, "status page lists the pool");
+  assert.ok(!html.includes(WEBHOOK_SECRET) && !html.includes(fake.privateKey.split("\n")[1]!), "no secret on the status page");
+  assert.ok(!metrics.includes(WEBHOOK_SECRET), "no secret in metrics");
+
   const logs = jr.output();
   assert.ok(!logs.includes(WEBHOOK_SECRET), "webhook secret not in logs");
   assert.ok(!logs.includes(fake.privateKey.split("\n")[1]!), "private key not in logs");
