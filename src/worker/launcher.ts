@@ -184,7 +184,8 @@ export class Launcher {
       const latest = (await d.runners.get(record.name)) ?? record;
       // A runner that ran a job removed itself from GitHub (JIT runners are ephemeral).
       const ranAJob = latest.state === "busy" || latest.state === "completed";
-      if (latest.runnerId && !ranAJob) {
+      // An idle timeout ends only once GitHub has agreed to delete the registration.
+      if (latest.runnerId && !ranAJob && reason !== "idle_timeout") {
         const result = await this.#deregister(latest, log);
         if (result === undefined) throw new Error("could not delete the runner's registration");
       }

@@ -213,10 +213,11 @@ export class RunnerWorker {
       await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => {
         log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry");
       });
-      if (!tookAJob && ENDED_WITHOUT_JOB.has(reason)) {
-        // The runner died before taking a job (engine restarted, container killed, crash):
-        // the job it was for still needs one.
-        throw Object.assign(new Error(`runner ended without taking a job (${reason})`), { code: "E_RUNNER_LOST", retryable: true });
+      const retry = tookAJob ? undefined : await this.#retryReason(lease, reason);
+      if (retry) {
+        // This runner did not serve the demand: forget its claim so the retry launches anew.
+        await this.#d.runners.releaseDemand(tracked.record);
+        throw Object.assign(new Error(retry.message), { code: retry.code, retryable: true });
       }
       await lease.complete(reason);
     } catch (err) {
@@ -266,6 +267,19 @@ export class RunnerWorker {
       log.warn({ err: errorMessage(err) }, "still-queued check failed; launching anyway");
       return true;
     }
+  }
+
+  /**
+   * Why a runner that took no job leaves its demand unserved, if it does: it died (engine
+   * restarted, container killed, crash), or it sat idle all along while GitHub still lists its
+   * job as queued (it never came online).
+   */
+  async #retryReason(lease: Lease, reason: string): Promise<{ code: string; message: string } | undefined> {
+    if (ENDED_WITHOUT_JOB.has(reason)) return { code: "E_RUNNER_LOST", message: `runner ended without taking a job (${reason})` };
+    if (reason !== "idle_timeout") return undefined;
+    const { demand } = lease;
+    const job = await this.#d.github.getJob(demand.installationId, demand.owner, demand.repo, demand.jobId).catch(() => undefined);
+    return job?.status === "queued" ? { code: "E_RUNNER_NEVER_ONLINE", message: "runner never took its still-queued job" } : undefined;
   }
 
   async #waitGone(name: string): Promise<void> {

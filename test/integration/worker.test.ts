@@ -128,3 +128,26 @@ test("a worker stopped mid-job leaves the runner running; restarted, it adopts i
     await fake.close();
   }
 });
+
+test("a runner that hangs without ever taking its job is reaped at the idle timeout and its job retried", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("hang");
+  hosts.push(host);
+  const r = scoped("hang");
+  const pools = [fakeRunnerPool(fake, { idleTimeoutSeconds: 3, env: { RUNNER_CMD: "sleep 3600" } })];
+  const sys = await startSystem("all", fake, r, host, { pools, worker: { hostId: host, capacity: 2, launchAttempts: 2, reconcileIntervalSeconds: 2, completedGraceSeconds: 5 } });
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "failed", 90_000, "demand failed after 2 hung runners");
+    assert.equal(calls(fake, JIT), 2, "one runner per attempt");
+    assert.equal(calls(fake, DELETE, "DELETE"), 2, "each hung runner deregistered");
+    assert.equal(fake.runners().length, 0);
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "hung containers removed");
+    assert.match(sys.logs(), /runner never took its still-queued job/);
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.status, "queued", "the job itself is untouched: the reconciler or a new delivery can still serve it");
+  } finally {
+    if (process.env.JITRUNNER_TEST_VERBOSE) process.stderr.write(sys.logs());
+    await sys.close();
+    await fake.close();
+  }
+});
