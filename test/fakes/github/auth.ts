@@ -69,6 +69,11 @@ export class FakeAuth {
     return undefined;
   }
 
+  /** Every installation token handed out, for tests that grep output for secrets. */
+  issuedTokens(): string[] {
+    return [...this.tokens.keys()];
+  }
+
   issueToken(): { token: string; expiresAt: string } {
     const token = `ghs_${randomBytes(27).toString("base64url")}`;
     const expires = this.now() + TOKEN_SECONDS * 1000;

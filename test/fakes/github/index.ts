@@ -178,6 +178,11 @@ export class FakeGitHub {
     this.auth.skewMs = seconds * 1000;
   }
 
+  /** Every secret the fake handed out: installation tokens and encoded JIT configs. */
+  issuedSecrets(): string[] {
+    return [...this.auth.issuedTokens(), ...this.state.issuedJitConfigs];
+  }
+
   /** Make every installation token issued so far invalid (401 from then on). */
   expireTokens(): void {
     this.auth.expireTokens();

@@ -36,6 +36,7 @@ function generateJitConfig(ctx: Ctx, req: Req): Reply {
   try {
     const { runner, token } = ctx.state.createRunner(scopeOf(req), name, groupId, labels);
     const encoded = Buffer.from(JSON.stringify({ fake: true, runnerId: runner.id, name, labels, token })).toString("base64");
+    ctx.state.issuedJitConfigs.push(encoded);
     return { status: 201, body: { runner: runnerBody(ctx.state, runner), encoded_jit_config: encoded } };
   } catch (err) {
     if (err instanceof ConflictError) return ghError(409, `Already exists - A runner with the name ${name} already exists.`, DOCS);

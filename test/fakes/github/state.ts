@@ -84,6 +84,8 @@ export class FakeState {
   readonly jobs = new Map<number, FakeJob>();
   readonly runners = new Map<number, FakeRunner>();
   readonly runnerTokens = new Map<number, string>();
+  /** Every encoded JIT config handed out, for tests that grep output for secrets. */
+  readonly issuedJitConfigs: string[] = [];
   readonly runnerGroups = new Map<number, string>([[1, "Default"]]);
 
   repoInfo(owner: string, name: string, isPrivate?: boolean): RepoInfo {
