@@ -59,6 +59,11 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
     const demand = notingActivity(queues, new ActiveRepos(redis, config.redis.prefix), logger);
     ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, config.redis.prefix), metrics, logger, activity });
     const q = queues;
+    const hostStore = new HostStore(redis, config.redis.prefix);
+    metrics.onScrape(async () => {
+      const hosts = await hostStore.list();
+      metrics.hosts(hosts.flatMap((h) => (h.record ? [{ id: h.id, capacity: h.record.capacity, heartbeatAt: h.record.heartbeatAt }] : [])));
+    });
     metrics.onScrape(async () => {
       for (const [pool, n] of await q.pending(allPools)) metrics.demandPending(pool, n);
     });

@@ -89,12 +89,14 @@ export class Ingress {
         return result === "added" ? "queued" : "duplicate";
       }
       case "in_progress": {
+        this.#observeTimes(event);
         if (!isOurRunner(config.runnerNamePrefix, job.runner_name)) return "not_ours";
         const known = await this.#deps.runners.mark(job.runner_name!, "busy", job.id);
         if (known) log.info({ runner: job.runner_name }, "runner busy");
         return known ? "runner_busy" : "runner_unknown";
       }
       case "completed": {
+        this.#observeTimes(event);
         if (isOurRunner(config.runnerNamePrefix, job.runner_name)) {
           const known = await this.#deps.runners.mark(job.runner_name!, "completed", job.id);
           if (known) log.info({ runner: job.runner_name }, "runner completed its job");
@@ -112,6 +114,22 @@ export class Ingress {
         return "ignored_action";
     }
   }
+
+  /** Queue wait and duration of jobs our pools serve (matched by labels, as GitHub routes them). */
+  #observeTimes(event: WorkflowJobEvent): void {
+    const job = event.workflow_job;
+    const pool = matchPool(job.labels, this.#deps.config.pools);
+    if (!pool) return;
+    if (event.action === "in_progress") this.#deps.metrics.jobStarted(pool.name, secondsBetween(job.created_at, job.started_at));
+    else if (isOurRunner(this.#deps.config.runnerNamePrefix, job.runner_name)) {
+      this.#deps.metrics.jobFinished(pool.name, job.conclusion ?? "unknown", secondsBetween(job.started_at, job.completed_at));
+    }
+  }
+}
+
+/** Seconds between two of GitHub's timestamps, or NaN. */
+function secondsBetween(from: string | null | undefined, to: string | null | undefined): number {
+  return from && to ? (Date.parse(to) - Date.parse(from)) / 1000 : Number.NaN;
 }
 
 function actionOf(payload: unknown): string {

@@ -15,6 +15,8 @@ export interface WorkflowJobEvent {
     runner_name: string | null;
     created_at?: string;
     started_at?: string | null;
+    completed_at?: string | null;
+    conclusion?: string | null;
   };
   repository: { name: string; full_name: string; private: boolean; visibility?: string; owner: { login: string } };
   installation?: { id: number };

@@ -96,6 +96,33 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly #jobWait = new Histogram({
+    name: "jitrunner_job_queue_wait_seconds",
+    help: "GitHub's created_at -> started_at of jobs our pools serve (from in_progress webhooks)",
+    labelNames: ["pool"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly #jobDuration = new Histogram({
+    name: "jitrunner_job_duration_seconds",
+    help: "GitHub's started_at -> completed_at of jobs that ran on our runners, by conclusion",
+    labelNames: ["pool", "conclusion"],
+    buckets: [1, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600],
+    registers: [this.registry],
+  });
+  readonly #hostCapacity = new Gauge({
+    name: "jitrunner_host_capacity",
+    help: "Runner slots a host offers (0 while draining or its engine is down), from its heartbeat",
+    labelNames: ["host"],
+    registers: [this.registry],
+  });
+  readonly #heartbeatAge = new Gauge({
+    name: "jitrunner_host_heartbeat_age_seconds",
+    help: "Seconds since a host's last heartbeat",
+    labelNames: ["host"],
+    registers: [this.registry],
+  });
+
   constructor(opts: { processMetrics?: boolean } = {}) {
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: "jitrunner_" });
   }
@@ -124,6 +151,21 @@ export class Metrics {
   }
   githubRequest(route: string, status: number): void {
     this.#githubRequests.inc({ route, status: String(status) });
+  }
+  jobStarted(pool: string, waitSeconds: number): void {
+    if (Number.isFinite(waitSeconds) && waitSeconds >= 0) this.#jobWait.observe({ pool }, waitSeconds);
+  }
+  jobFinished(pool: string, conclusion: string, seconds: number): void {
+    const c = /^[a-z_]{1,20}$/.test(conclusion) ? conclusion : "other";
+    if (Number.isFinite(seconds) && seconds >= 0) this.#jobDuration.observe({ pool, conclusion: c }, seconds);
+  }
+  hosts(hosts: Array<{ id: string; capacity: number; heartbeatAt: number }>): void {
+    this.#hostCapacity.reset();
+    this.#heartbeatAge.reset();
+    for (const h of hosts) {
+      this.#hostCapacity.set({ host: h.id }, h.capacity);
+      this.#heartbeatAge.set({ host: h.id }, Math.max(0, (Date.now() - h.heartbeatAt) / 1000));
+    }
   }
   githubRateLimitRemaining(installationId: number, remaining: number): void {
     this.#rateLimit.set({ installation: String(installationId) }, remaining);

@@ -116,6 +116,9 @@ test(`${JOBS} queued jobs -> ${JOBS} runners -> ${JOBS} completed jobs -> nothin
   assert.match(metrics, new RegExp(`jitrunner_pickup_latency_seconds_count\\{pool="default"\\} ${JOBS}`));
   assert.match(metrics, new RegExp(`jitrunner_webhook_deliveries_total\\{event="workflow_job",action="queued",outcome="queued"\\} ${JOBS}`));
   assert.match(metrics, /jitrunner_demand_pending\{pool="default"\} 0/);
+  assert.match(metrics, new RegExp(`jitrunner_job_queue_wait_seconds_count\\{pool="default"\\} ${JOBS}`));
+  assert.match(metrics, new RegExp(`jitrunner_job_duration_seconds_count\\{pool="default",conclusion="success"\\} ${JOBS}`));
+  assert.match(metrics, new RegExp(`jitrunner_host_capacity\\{host="${hostId}"\\} 4`));
   assert.match(metrics, /jitrunner_runners\{pool="default",host="[^"]+",state="busy"\} 0/);
 
   // The happy path costs GitHub at most 2 calls per job (still-queued check + JIT config), plus tokens.
