@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { RunnerDriver } from "../docker/driver.ts";
 import { errorMessage } from "../errors.ts";
 import type { HostStore } from "../state/hosts.ts";
+import { every } from "../timers.ts";
 
 export interface PresenceDeps {
   host: string;
@@ -23,7 +24,7 @@ export interface PresenceDeps {
  */
 export class HostPresence {
   readonly #d: PresenceDeps;
-  #timer: NodeJS.Timeout | undefined;
+  #timer: { stop(): void } | undefined;
   #engineProblem: string | undefined;
   #draining = false;
   #stopped = false;
@@ -45,14 +46,7 @@ export class HostPresence {
 
   async start(): Promise<void> {
     await this.beat();
-    const tick = () => {
-      this.#timer = setTimeout(async () => {
-        await this.beat();
-        if (!this.#stopped) tick();
-      }, this.#d.heartbeatSeconds * 1000);
-      this.#timer.unref();
-    };
-    tick();
+    this.#timer = every(this.#d.heartbeatSeconds * 1000, () => this.beat());
   }
 
   async beat(): Promise<void> {
@@ -84,7 +78,7 @@ export class HostPresence {
   /** Stops the heartbeat; `leave` also removes this host's record (a clean exit). */
   async stop(leave: boolean): Promise<void> {
     this.#stopped = true;
-    clearTimeout(this.#timer);
+    this.#timer?.stop();
     if (leave) await this.#d.hosts.forget(this.#d.host).catch(() => undefined);
   }
 }

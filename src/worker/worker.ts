@@ -12,6 +12,7 @@ import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
 import { Launcher, scopeOf, type Tracked } from "./launcher.ts";
 import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
+import { every } from "../timers.ts";
 import { needsRunner } from "./still-queued.ts";
 
 /** Where a worker takes demand from, per pool (BullMQ in production). */
@@ -61,7 +62,7 @@ export class RunnerWorker {
   readonly #loops: Promise<void>[] = [];
   readonly #shutdown = new AbortController();
   #stopping = false;
-  #reconcileTimer: NodeJS.Timeout | undefined;
+  #reconcileTimer: { stop(): void } | undefined;
   #lastError: string | undefined;
   #drained: (() => void) | undefined;
   /** Resolves when an operator's drain has finished: no demand held, no runner left. */
@@ -99,21 +100,14 @@ export class RunnerWorker {
       await source.start();
       this.#loops.push(this.#loop(pool, source));
     }
-    const tick = () => {
-      this.#reconcileTimer = setTimeout(async () => {
-        await this.reconcile();
-        if (!this.#stopping) tick();
-      }, this.#d.reconcileIntervalSeconds * 1000);
-      this.#reconcileTimer.unref();
-    };
-    tick();
+    this.#reconcileTimer = every(this.#d.reconcileIntervalSeconds * 1000, () => this.reconcile());
     this.#d.logger.info({ host: this.#d.host, capacity: this.#d.capacity, pools: [...this.#d.sources.keys()] }, "worker started");
   }
 
   async stop(): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
-    clearTimeout(this.#reconcileTimer);
+    this.#reconcileTimer?.stop();
     // Watching stops at once; launches in flight finish first, then hand their demand back.
     this.#shutdown.abort();
     await Promise.allSettled([...this.#d.sources.values()].map((s) => s.close()));
