@@ -14,7 +14,8 @@ import { removeHost, timelines, waitQuiet } from "./pickup.ts";
 
 const JOBS = Number(process.env.BENCH_BURST_JOBS ?? 200);
 const CAPACITY = Number(process.env.BENCH_BURST_CAPACITY ?? 4);
-const IDLE_WINDOW_MS = 10_000;
+const SETTLE_MS = 15_000;
+const IDLE_WINDOW_MS = 15_000;
 
 export interface ProcCost {
   /** CPU over the whole burst, ms */
@@ -26,6 +27,7 @@ export interface ProcCost {
 }
 
 export interface BurstResult {
+  settleS: number;
   idleWindowS: number;
   jobs: number;
   capacity: number;
@@ -64,7 +66,8 @@ export async function runBurst(dir: string, redis: BenchRedis, docker: Docker, f
     worker = await startJitrunner({ ...common, name: "burst-worker", mode: "worker" });
     fake.setWebhookUrl(`${server.url}/webhooks/github`);
 
-    progress(`burst: ${IDLE_WINDOW_MS / 1000} s idle window (what server, worker and Redis cost doing nothing)`);
+    progress(`burst: ${SETTLE_MS / 1000} s to settle, then a ${IDLE_WINDOW_MS / 1000} s idle window (what server, worker and Redis cost doing nothing)`);
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
     const idle0 = { server: sample(server.proc.pid), worker: sample(worker.proc.pid), cmds: await redis.commandstats(), redisCpu: await redis.cpuMs() };
     await new Promise((r) => setTimeout(r, IDLE_WINDOW_MS));
     const idle1 = { server: sample(server.proc.pid), worker: sample(worker.proc.pid), cmds: await redis.commandstats(), redisCpu: await redis.cpuMs() };
@@ -103,6 +106,7 @@ export async function runBurst(dir: string, redis: BenchRedis, docker: Docker, f
     const idleCmds = commandDelta(idle0.cmds, idle1.cmds);
     const pickups = (await timelines(redis.url, prefix, containers)).map((p) => p.started - p.t0);
     return {
+      settleS: SETTLE_MS / 1000,
       idleWindowS: IDLE_WINDOW_MS / 1000,
       jobs: JOBS,
       capacity: CAPACITY,

@@ -5,10 +5,11 @@
  *
  * Env: BENCH_PHASES (comma list of ingest,pickup,burst; a partial run prints its results instead of
  * writing BENCHMARKS.md), BENCH_OUT (output file), BENCH_QUIET_WAIT_S (how long to wait for other
- * work on the machine to stop first, default 120), and the per-phase sizes in each phase's file.
+ * work on the machine to stop first, default 120), BENCH_KEEP_LOGS (keep the scratch directory with
+ * every process's log), and the per-phase sizes in each phase's file.
  */
 import { execFileSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Docker from "dockerode";
 import { FakeGitHub } from "../test/fakes/github/index.ts";
@@ -64,7 +65,7 @@ async function main(): Promise<void> {
   });
   cleanups.push(() => removeBenchContainers(docker));
   const dir = scratchDir();
-  progress(`logs and configs of this run: ${dir}`);
+  progress(`logs and configs of this run: ${dir} (removed after a successful run unless BENCH_KEEP_LOGS=1)`);
   const redis = await startBenchRedis();
   cleanups.push(() => redis.stop());
   const machine = await describeMachine(docker, redis.version);
@@ -129,6 +130,7 @@ async function main(): Promise<void> {
     burst,
   });
   writeFileSync(out, markdown);
+  if (!process.env.BENCH_KEEP_LOGS) rmSync(dir, { recursive: true, force: true });
   progress(`wrote ${out.startsWith(ROOT) ? out.slice(ROOT.length) : out} in ${Math.round(seconds)} s`);
 }
 

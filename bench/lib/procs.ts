@@ -42,6 +42,11 @@ function track(child: ChildProcess, what: string): Child {
   return handle;
 }
 
+// Last resort when the bench dies without cleaning up: nothing it started outlives it.
+process.on("exit", () => {
+  for (const c of running) if (c.child.exitCode === null && c.child.signalCode === null) c.child.kill("SIGTERM");
+});
+
 export async function stopAllChildren(): Promise<void> {
   await Promise.allSettled([...running].map((c) => c.stop(5_000)));
 }
@@ -85,21 +90,30 @@ export function sample(pid: number): ProcSample {
   return { cpuMs: (ticks * 1000) / CLK_TCK, rssKib: kib("VmRSS"), hwmKib: kib("VmHWM") };
 }
 
-/** The whole machine's CPU time since boot, ms: busy (everything but idle and iowait) and stolen. */
-export function machineCpu(): { busyMs: number; stealMs: number; totalMs: number } {
+/**
+ * The whole machine's CPU time since boot, ms: what processes ran (user, nice, system: what
+ * /proc/PID/stat can be set against), interrupt handling (irq, softirq: loopback networking
+ * partly lands here, charged to no process), stolen, and everything.
+ */
+export function machineCpu(): { processMs: number; irqMs: number; stealMs: number; totalMs: number } {
   const line = readFileSync("/proc/stat", "utf8").split("\n")[0]!;
   const t = line.trim().split(/\s+/).slice(1, 9).map(Number); // user nice system idle iowait irq softirq steal
-  const total = t.reduce((a, b) => a + b, 0);
-  const idle = (t[3] ?? 0) + (t[4] ?? 0);
+  const at = (i: number) => t[i] ?? 0;
   const toMs = (ticks: number) => (ticks * 1000) / CLK_TCK;
-  return { busyMs: toMs(total - idle), stealMs: toMs(t[7] ?? 0), totalMs: toMs(total) };
+  return {
+    processMs: toMs(at(0) + at(1) + at(2)),
+    irqMs: toMs(at(5) + at(6)),
+    stealMs: toMs(at(7)),
+    totalMs: toMs(t.reduce((a, b) => a + b, 0)),
+  };
 }
 
 /** CPU cores the whole machine kept busy over `ms` (a quick look before a run: is anything else running?). */
 export async function machineLoad(ms: number): Promise<number> {
   const a = machineCpu();
   await new Promise((r) => setTimeout(r, ms));
-  return (machineCpu().busyMs - a.busyMs) / ms;
+  const b = machineCpu();
+  return (b.processMs + b.irqMs - a.processMs - a.irqMs) / ms;
 }
 
 export interface BenchRedis {
