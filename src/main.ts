@@ -46,6 +46,10 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
     return c;
   };
   const redis = connect();
+  // BullMQ loads its Lua scripts into the connection it is given, and ioredis then copies them
+  // onto every MULTI on it: our own state writes get a connection of their own (measured in
+  // BENCHMARKS.md: about 0.1 ms of server CPU per delivery).
+  const queueRedis = connect();
   const metrics = new Metrics();
   const runners = new RunnerStore(redis, config.redis.prefix);
   const activity = new ActivityLog(redis, config.redis.prefix);
@@ -55,7 +59,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   let queues: DemandQueues | undefined;
   let ingress: Ingress | undefined;
   if (mode !== "worker") {
-    queues = new DemandQueues(settings, redis);
+    queues = new DemandQueues(settings, queueRedis);
     const demand = notingActivity(queues, new ActiveRepos(redis, config.redis.prefix), logger);
     ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, config.redis.prefix), metrics, logger, activity });
     const q = queues;
@@ -122,7 +126,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
     await worker.start();
     // Workers campaign for the reconcile leader: they hold GitHub access and exist in every fleet.
     // (Its own producer in `worker` mode: `queues` stays the server's, which the status page keys on.)
-    reconcilerQueues = queues ?? new DemandQueues(settings, redis);
+    reconcilerQueues = queues ?? new DemandQueues(settings, queueRedis);
     reconciler = new Reconciler({ config, redis, github, demand: reconcilerQueues, runners, metrics, logger });
     await reconciler.start();
   }
