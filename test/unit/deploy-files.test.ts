@@ -113,7 +113,8 @@ test("the checker itself catches v2-only syntax", () => {
 const dockerCompose = spawnSync("docker-compose", ["version", "--short"], { encoding: "utf8" });
 test(
   "docker-compose (v1) accepts the Compose files",
-  { skip: dockerCompose.status === 0 ? false : "docker-compose is not installed" },
+  // CI installs docker-compose, so there a missing one fails the test; elsewhere it is skipped.
+  { skip: dockerCompose.status === 0 || process.env.CI ? false : "docker-compose is not installed" },
   () => {
     for (const path of composeFiles) {
       const r = spawnSync("docker-compose", ["-f", join(ROOT, path), "config", "-q"], {
