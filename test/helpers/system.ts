@@ -9,6 +9,7 @@ import type { FakeGitHub } from "../fakes/github/index.ts";
 import { testConfig, WEBHOOK_SECRET } from "./config.ts";
 import type { TestRedis } from "./redis.ts";
 
+
 export const RUNNER_IMAGE = process.env.JITRUNNER_TEST_RUNNER_IMAGE ?? "jitrunner-test-runner:latest";
 export const docker = new Docker();
 
@@ -73,4 +74,14 @@ export async function containersOf(hostId: string): Promise<Docker.ContainerInfo
 
 export async function removeContainersOf(hostId: string): Promise<void> {
   for (const c of await containersOf(hostId)) await docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => undefined);
+}
+
+/** The same Redis under a key prefix of its own: job ids restart with each fake GitHub. */
+export function scopedRedis(redis: TestRedis, tag: string): TestRedis {
+  return { ...redis, prefix: `${redis.prefix}-${tag}` };
+}
+
+/** How many REST calls jitrunner made to one route of the fake (optionally one method). */
+export function callsTo(fake: FakeGitHub, route: string, method?: string): number {
+  return fake.requests.filter((r) => r.route === route && (!method || r.method === method)).length;
 }

@@ -11,7 +11,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { containersOf, fakeRunnerPool, removeContainersOf, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 
@@ -28,14 +28,7 @@ after(async () => {
   await redis.stop();
 });
 
-/** Each test its own key prefix: job ids restart with each fake GitHub. */
-function scoped(tag: string): TestRedis {
-  return { ...redis, prefix: `${redis.prefix}-${tag}` };
-}
 
-function calls(fake: FakeGitHub, route: string, method?: string): number {
-  return fake.requests.filter((r) => r.route === route && (!method || r.method === method)).length;
-}
 
 async function metricsOf(url: string): Promise<string> {
   return (await fetch(`${url}/metrics`)).text();
@@ -54,7 +47,7 @@ function worker(host: string, over: Record<string, unknown> = {}) {
 test("registrations of ours with no record are deleted after the grace period; others', recorded and busy ones are kept", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("orphans");
-  const r = scoped("orphans");
+  const r = scopedRedis(redis, "orphans");
   hosts.push(host);
   const GRACE_S = 4;
   // The worker serves only `spare`, so the job below stays queued for the fake runner to take.
@@ -125,7 +118,7 @@ test("registrations of ours with no record are deleted after the grace period; o
     assert.ok(sample(text, "jitrunner_reconcile_runs_total", 'loop="github-runners",outcome="ok"') >= 3);
     assert.equal(sample(text, "jitrunner_reconcile_runs_total", 'loop="github-runners",outcome="error"'), 0);
     assert.equal(sample(text, "jitrunner_leader", `host="${host}"`), 1);
-    assert.equal(calls(fake, JIT) + calls(fake, "/orgs/{org}/actions/runners/generate-jitconfig"), 5, "the reconciler registered nothing");
+    assert.equal(callsTo(fake, JIT) + callsTo(fake, "/orgs/{org}/actions/runners/generate-jitconfig"), 5, "the reconciler registered nothing");
     assert.match(sys.logs(), /deleted a registration of ours that has no runner record/);
   } finally {
     conn.disconnect();
@@ -137,7 +130,7 @@ test("registrations of ours with no record are deleted after the grace period; o
 test("a lost queued webhook is recovered from the repository's queued runs, and the job completes on a real runner", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("lostq");
-  const r = scoped("lostq");
+  const r = scopedRedis(redis, "lostq");
   hosts.push(host);
   const sys = await startSystem("all", fake, r, host, {
     worker: worker(host),
@@ -159,7 +152,7 @@ test("a lost queued webhook is recovered from the repository's queued runs, and 
     assert.match(fake.jobs().find((j) => j.id === lost.id)?.runner_name ?? "", /^jitrunner-default-/);
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "second runner removed");
     await waitFor(() => fake.runners().length === 0, 10_000, "no registration left");
-    assert.equal(calls(fake, JIT), 2, "one runner per job, none extra");
+    assert.equal(callsTo(fake, JIT), 2, "one runner per job, none extra");
     assert.deepEqual(
       fake.deliveries.filter((d) => d.jobId === lost.id && d.action === "queued").map((d) => d.status),
       [0],
@@ -177,7 +170,7 @@ test("a lost queued webhook is recovered from the repository's queued runs, and 
 test("a lost queued webhook is redelivered from the App's failed deliveries, and the job completes on a real runner", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("redeliver");
-  const r = scoped("redeliver");
+  const r = scopedRedis(redis, "redeliver");
   hosts.push(host);
   // The queued-runs loop runs once at election (before the job exists), then not for an hour.
   const sys = await startSystem("all", fake, r, host, {
@@ -196,8 +189,8 @@ test("a lost queued webhook is redelivered from the App's failed deliveries, and
     const queued = fake.deliveries.filter((d) => d.jobId === lost.id && d.action === "queued");
     assert.deepEqual(queued.map((d) => [d.status, d.redelivery]), [[0, false], [202, true]], "one failed delivery, one redelivery");
     assert.equal(queued[0]?.id, queued[1]?.id, "the redelivery carries the original delivery id");
-    assert.equal(calls(fake, JIT), 1);
-    assert.equal(calls(fake, "/app/hook/deliveries/{delivery_id}/attempts", "POST"), 1, "asked once, though the loop ran many times");
+    assert.equal(callsTo(fake, JIT), 1);
+    assert.equal(callsTo(fake, "/app/hook/deliveries/{delivery_id}/attempts", "POST"), 1, "asked once, though the loop ran many times");
     const text = await metricsOf(sys.url);
     assert.equal(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-deliveries",action="delivery_redelivered"'), 1);
     assert.equal(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_recovered"'), 0);

@@ -10,7 +10,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { containersOf, fakeRunnerPool, removeContainersOf, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
@@ -26,14 +26,7 @@ after(async () => {
   await redis.stop();
 });
 
-function calls(fake: FakeGitHub, route: string, method?: string): number {
-  return fake.requests.filter((r) => r.route === route && (!method || r.method === method)).length;
-}
 
-/** Each test its own key prefix: job ids restart with each fake GitHub. */
-function scoped(tag: string): TestRedis {
-  return { ...redis, prefix: `${redis.prefix}-${tag}` };
-}
 
 async function demandState(r: TestRedis, pool: string, id: string): Promise<{ state: string; result: unknown } | undefined> {
   const conn = redisConnection(r.url);
@@ -50,14 +43,14 @@ async function demandState(r: TestRedis, pool: string, id: string): Promise<{ st
 test("a launch that fails after registration deletes the registration and leaves no container", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("fail");
-  const r = scoped("fail");
+  const r = scopedRedis(redis, "fail");
   hosts.push(host);
   const sys = await startSystem("all", fake, r, host, { pools: [fakeRunnerPool(fake, { image: "jitrunner-no-such-image:never" })] });
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
-    await waitFor(() => calls(fake, DELETE, "DELETE") >= 1 && calls(fake, JIT) >= 1, 30_000, "registration deleted after the failed create");
+    await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1 && callsTo(fake, JIT) >= 1, 30_000, "registration deleted after the failed create");
     await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "failed", 30_000, "demand failed (missing image is not retried)");
-    assert.equal(calls(fake, JIT), calls(fake, DELETE, "DELETE"), "every registration made was deleted");
+    assert.equal(callsTo(fake, JIT), callsTo(fake, DELETE, "DELETE"), "every registration made was deleted");
     assert.equal(fake.runners().length, 0);
     assert.equal((await containersOf(host)).length, 0);
     const metrics = await (await fetch(`${sys.url}/metrics`)).text();
@@ -72,7 +65,7 @@ test("a launch that fails after registration deletes the registration and leaves
 test("a job cancelled while queued launches no runner, even when the completed webhook was lost", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("cancel");
-  const r = scoped("cancel");
+  const r = scopedRedis(redis, "cancel");
   hosts.push(host);
   const server = await startSystem("server", fake, r, host);
   let worker: Awaited<ReturnType<typeof startSystem>> | undefined;
@@ -87,8 +80,8 @@ test("a job cancelled while queued launches no runner, even when the completed w
       return s?.state === "completed" && s;
     }, 20_000, "demand settled by the worker");
     assert.equal(done.result, "not_needed");
-    assert.equal(calls(fake, JIT), 0, "no runner registered");
-    assert.equal(calls(fake, "/repos/{owner}/{repo}/actions/jobs/{job_id}"), 1, "one still-queued check");
+    assert.equal(callsTo(fake, JIT), 0, "no runner registered");
+    assert.equal(callsTo(fake, "/repos/{owner}/{repo}/actions/jobs/{job_id}"), 1, "one still-queued check");
     assert.equal((await containersOf(host)).length, 0);
   } finally {
     await worker?.close();
@@ -100,7 +93,7 @@ test("a job cancelled while queued launches no runner, even when the completed w
 test("a worker stopped mid-job leaves the runner running; restarted, it adopts it and launches no second runner", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("restart");
-  const r = scoped("restart");
+  const r = scopedRedis(redis, "restart");
   hosts.push(host);
   const pools = [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "8" } })];
   const first = await startSystem("all", fake, r, host, { pools });
@@ -118,7 +111,7 @@ test("a worker stopped mid-job leaves the runner running; restarted, it adopts i
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "container removed by the restarted worker");
     await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "completed", 30_000, "demand completed");
     assert.equal(fake.jobs().find((j) => j.id === job.id)?.conclusion, "success");
-    assert.equal(calls(fake, JIT), 1, "exactly one runner was ever registered");
+    assert.equal(callsTo(fake, JIT), 1, "exactly one runner was ever registered");
     assert.equal(fake.runners().length, 0);
     assert.match(second.logs(), /adopted running runner/);
     assert.match(second.logs(), /demand already has a runner/);
@@ -133,14 +126,14 @@ test("a runner that hangs without ever taking its job is reaped at the idle time
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("hang");
   hosts.push(host);
-  const r = scoped("hang");
+  const r = scopedRedis(redis, "hang");
   const pools = [fakeRunnerPool(fake, { idleTimeoutSeconds: 3, env: { RUNNER_CMD: "sleep 3600" } })];
   const sys = await startSystem("all", fake, r, host, { pools, worker: { hostId: host, capacity: 2, launchAttempts: 2, reconcileIntervalSeconds: 2, completedGraceSeconds: 5 } });
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "failed", 90_000, "demand failed after 2 hung runners");
-    assert.equal(calls(fake, JIT), 2, "one runner per attempt");
-    assert.equal(calls(fake, DELETE, "DELETE"), 2, "each hung runner deregistered");
+    assert.equal(callsTo(fake, JIT), 2, "one runner per attempt");
+    assert.equal(callsTo(fake, DELETE, "DELETE"), 2, "each hung runner deregistered");
     assert.equal(fake.runners().length, 0);
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "hung containers removed");
     assert.match(sys.logs(), /runner never took its still-queued job/);
