@@ -56,6 +56,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   const settings = { redisUrl: config.redis.url, prefix: config.redis.prefix, attempts: config.worker.launchAttempts };
   const allPools = config.pools.map((p) => p.name);
 
+  const hostStore = new HostStore(redis, config.redis.prefix);
   let queues: DemandQueues | undefined;
   let ingress: Ingress | undefined;
   if (mode !== "worker") {
@@ -63,13 +64,15 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
     const demand = notingActivity(queues, new ActiveRepos(redis, config.redis.prefix), logger);
     ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, config.redis.prefix), metrics, logger, activity });
     const q = queues;
-    const hostStore = new HostStore(redis, config.redis.prefix);
     metrics.onScrape(async () => {
       const hosts = await hostStore.list();
-      metrics.hosts(hosts.flatMap((h) => (h.record ? [{ id: h.id, capacity: h.record.capacity, heartbeatAt: h.record.heartbeatAt }] : [])));
+      metrics.hosts(hosts.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, lastBeatAt: h.lastBeatAt })));
     });
     metrics.onScrape(async () => {
-      for (const [pool, n] of await q.pending(allPools)) metrics.demandPending(pool, n);
+      for (const [pool, counts] of await q.counts(allPools)) {
+        metrics.queueJobs(pool, counts);
+        metrics.demandPending(pool, counts.waiting + counts.delayed + counts.prioritized + counts.paused);
+      }
     });
   }
 
@@ -117,7 +120,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
       driver,
       github,
       runners,
-      hosts: new HostStore(redis, config.redis.prefix),
+      hosts: hostStore,
       limits: new PoolLimits(redis, config.redis.prefix),
       metrics,
       logger: logger.child({ host }),
@@ -144,7 +147,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
       return problems;
     },
     status: q && {
-      snapshot: () => collectStatus({ pools: config.pools, runners, activity, pending: (pools) => q.pending(pools) }),
+      snapshot: () => collectStatus({ pools: config.pools, runners, hosts: hostStore, activity, pending: (pools) => q.pending(pools) }),
       adminToken: config.secrets.adminToken,
     },
     metricsToken: config.secrets.metricsToken,

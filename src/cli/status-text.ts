@@ -51,9 +51,17 @@ export function renderStatusText(s: StatusSnapshot): string {
   );
   section(
     "HOSTS",
-    ["HOST", "RUNNERS", "POOLS", "OLDEST RUNNER"],
-    s.hosts.map((h) => [h.id, counts(h.runners), h.pools.join(","), ago(now, h.oldestCreatedAt)]),
-    "no host runs a runner now",
+    ["HOST", "HEALTH", "SLOTS", "HEARTBEAT", "RUNNERS", "POOLS", "OLDEST RUNNER"],
+    s.hosts.map((h) => [
+      h.id,
+      h.health ?? "unknown",
+      h.capacity === undefined ? "" : `${h.used ?? 0}/${h.capacity}`,
+      h.heartbeatAgeSeconds === undefined ? "" : `${formatAge(h.heartbeatAgeSeconds)} ago`,
+      counts(h.runners),
+      h.pools.join(","),
+      ago(now, h.oldestCreatedAt),
+    ]),
+    "no worker host has a heartbeat or a runner now",
   );
   section(
     "RUNNERS",

@@ -3,6 +3,7 @@ import type { Config } from "../config/load.ts";
 import { errorMessage } from "../errors.ts";
 import { DemandQueues } from "../queue/demand-queue.ts";
 import { ActivityLog } from "../state/activity.ts";
+import { HostStore } from "../state/hosts.ts";
 import { RunnerStore } from "../state/runners.ts";
 import { collectStatus } from "../state/status.ts";
 import { renderStatusText } from "./status-text.ts";
@@ -31,6 +32,7 @@ export async function statusCommand(config: Config, opts: { json: boolean }, out
     const snapshot = await collectStatus({
       pools: config.pools,
       runners: new RunnerStore(redis, config.redis.prefix),
+      hosts: new HostStore(redis, config.redis.prefix),
       activity: new ActivityLog(redis, config.redis.prefix),
       pending: (pools) => queues.pending(pools),
     });

@@ -32,6 +32,9 @@ code { font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; }
 .state-idle { background: #ddf4ff; color: #0550ae; }
 .state-starting, .state-registering { background: #fff8c5; color: #7d4e00; }
 .state-completed { background: #eef1f4; color: #59636e; }
+.state-up { background: #dafbe1; color: #116329; }
+.state-draining { background: #fff8c5; color: #7d4e00; }
+.state-engine_down, .state-gone { background: #ffebe9; color: #cf222e; }
 .empty { color: var(--muted); font-style: italic; padding: 10px; background: var(--card); border: 1px solid var(--line); border-radius: 8px; }
 .problems { background: #fff1e5; border: 1px solid #fb8f44; border-radius: 8px; padding: 8px 14px; margin-bottom: 12px; }
 .bad { color: #cf222e; font-weight: 600; }
@@ -124,10 +127,10 @@ function poolsSection(s: StatusSnapshot): Html {
 
 function hostsSection(s: StatusSnapshot): Html {
   return section("hosts", "Hosts", s.hosts.length, () => html`<table>
-<thead><tr><th>Host</th><th>Runners</th><th>Pools</th><th>Oldest runner</th></tr></thead>
+<thead><tr><th>Host</th><th>Health</th><th class="num">Slots used</th><th class="num">Heartbeat</th><th>Runners</th><th>Pools</th><th>Oldest runner</th></tr></thead>
 <tbody>${s.hosts.map(
-    (h) => html`<tr><td><strong>${h.id}</strong></td><td>${counts(h.runners)}</td><td>${h.pools.join(", ")}</td><td class="when">${ago(s.generatedAt, h.oldestCreatedAt)}</td></tr>`,
-  )}</tbody></table>`, "No host runs a runner now (hosts are listed by their runners).");
+    (h) => html`<tr data-host="${h.id}"><td><strong>${h.id}</strong></td><td>${h.health ? state(h.health) : html`<span class="muted">unknown</span>`}</td><td class="num">${h.capacity === undefined ? "" : `${h.used ?? 0} / ${h.capacity}`}</td><td class="num">${h.heartbeatAgeSeconds === undefined ? "" : `${formatAge(h.heartbeatAgeSeconds)} ago`}</td><td>${counts(h.runners)}</td><td>${h.pools.join(", ")}</td><td class="when">${ago(s.generatedAt, h.oldestCreatedAt)}</td></tr>`,
+  )}</tbody></table>`, "No worker host has a heartbeat or a runner now.");
 }
 
 function runnersSection(s: StatusSnapshot): Html {

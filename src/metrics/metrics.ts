@@ -26,6 +26,12 @@ export class Metrics {
     labelNames: ["pool"],
     registers: [this.registry],
   });
+  readonly #queueJobs = new Gauge({
+    name: "jitrunner_queue_jobs",
+    help: "Demand items in BullMQ per pool and state (waiting, delayed, prioritized, paused, active, failed: out of launch attempts, completed: kept for an hour)",
+    labelNames: ["pool", "state"],
+    registers: [this.registry],
+  });
   readonly #launch = new Histogram({
     name: "jitrunner_launch_duration_seconds",
     help: "Demand taken by a worker -> runner container started",
@@ -118,8 +124,13 @@ export class Metrics {
   });
   readonly #heartbeatAge = new Gauge({
     name: "jitrunner_host_heartbeat_age_seconds",
-    help: "Seconds since a host's last heartbeat",
+    help: "Seconds since a host's last heartbeat; keeps growing for a host that stopped until its runners are cleaned up and it is forgotten",
     labelNames: ["host"],
+    registers: [this.registry],
+  });
+  readonly #hostsGone = new Counter({
+    name: "jitrunner_hosts_gone_total",
+    help: "Hosts whose heartbeat lapsed (worker killed, machine gone) and whose runners this process cleaned up",
     registers: [this.registry],
   });
 
@@ -138,6 +149,9 @@ export class Metrics {
   }
   demandPending(pool: string, n: number): void {
     this.#demandPending.set({ pool }, n);
+  }
+  queueJobs(pool: string, counts: Readonly<Record<string, number>>): void {
+    for (const [state, n] of Object.entries(counts)) this.#queueJobs.set({ pool, state }, n);
   }
   launched(pool: string, launchSeconds: number, pickupSeconds: number): void {
     this.#launch.observe({ pool }, launchSeconds);
@@ -159,13 +173,17 @@ export class Metrics {
     const c = /^[a-z_]{1,20}$/.test(conclusion) ? conclusion : "other";
     if (Number.isFinite(seconds) && seconds >= 0) this.#jobDuration.observe({ pool, conclusion: c }, seconds);
   }
-  hosts(hosts: Array<{ id: string; capacity: number; heartbeatAt: number }>): void {
+  /** Hosts from their heartbeats; a gone host has capacity 0 and an ever older heartbeat. */
+  hosts(hosts: ReadonlyArray<{ id: string; capacity: number; lastBeatAt: number }>): void {
     this.#hostCapacity.reset();
     this.#heartbeatAge.reset();
     for (const h of hosts) {
       this.#hostCapacity.set({ host: h.id }, h.capacity);
-      this.#heartbeatAge.set({ host: h.id }, Math.max(0, (Date.now() - h.heartbeatAt) / 1000));
+      if (h.lastBeatAt > 0) this.#heartbeatAge.set({ host: h.id }, Math.max(0, (Date.now() - h.lastBeatAt) / 1000));
     }
+  }
+  hostGone(): void {
+    this.#hostsGone.inc();
   }
   githubRateLimitRemaining(installationId: number, remaining: number): void {
     this.#rateLimit.set({ installation: String(installationId) }, remaining);

@@ -27,6 +27,12 @@ function queueName(pool: string): string {
   return `demand-${pool}`;
 }
 
+/** The BullMQ states a demand item can be in; `failed` ones ran out of launch attempts. */
+export const QUEUE_STATES = ["waiting", "delayed", "prioritized", "paused", "active", "failed", "completed"] as const;
+export type QueueState = (typeof QUEUE_STATES)[number];
+/** The states that mean "not yet taken by a worker". */
+const PENDING_STATES: readonly QueueState[] = ["waiting", "delayed", "prioritized", "paused"];
+
 /** The producer side, used by the server. */
 export class DemandQueues {
   readonly #settings: QueueSettings;
@@ -81,8 +87,15 @@ export class DemandQueues {
   async pending(pools: readonly string[]): Promise<Map<string, number>> {
     const out = new Map<string, number>();
     for (const pool of pools) {
-      out.set(pool, await this.#queue(pool).getJobCountByTypes("waiting", "delayed", "prioritized", "paused"));
+      out.set(pool, await this.#queue(pool).getJobCountByTypes(...PENDING_STATES));
     }
+    return out;
+  }
+
+  /** BullMQ's job counts per pool and state (waiting, delayed, prioritized, paused, active, failed, completed). */
+  async counts(pools: readonly string[]): Promise<Map<string, Record<QueueState, number>>> {
+    const out = new Map<string, Record<QueueState, number>>();
+    for (const pool of pools) out.set(pool, (await this.#queue(pool).getJobCounts(...QUEUE_STATES)) as Record<QueueState, number>);
     return out;
   }
 

@@ -31,30 +31,39 @@ export class HostStore {
   get #index(): string {
     return `${this.#prefix}:hosts`;
   }
+  /** Last heartbeat time per host, kept after the record expires so a gone host's silence shows. */
+  get #lastBeat(): string {
+    return `${this.#prefix}:hosts:lastbeat`;
+  }
 
   async heartbeat(record: Omit<HostRecord, "heartbeatAt" | "draining">, ttlMs: number): Promise<void> {
-    const value = JSON.stringify({ ...record, heartbeatAt: Date.now() });
-    await this.#redis.multi().set(this.#key(record.id), value, "PX", ttlMs).sadd(this.#index, record.id).exec();
+    const now = Date.now();
+    const value = JSON.stringify({ ...record, heartbeatAt: now });
+    await this.#redis.multi().set(this.#key(record.id), value, "PX", ttlMs).sadd(this.#index, record.id).hset(this.#lastBeat, record.id, now).exec();
   }
 
   async alive(id: string): Promise<boolean> {
     return (await this.#redis.exists(this.#key(id))) === 1;
   }
 
-  /** Every host that ever heartbeat and has not been cleaned up, alive or not. */
-  async list(): Promise<Array<{ id: string; record?: HostRecord }>> {
+  /**
+   * Every host that ever heartbeat and has not been cleaned up, alive (with its record) or not,
+   * with the time of its last heartbeat (0 if unknown).
+   */
+  async list(): Promise<Array<{ id: string; record?: HostRecord; lastBeatAt: number }>> {
     const ids = await this.#redis.smembers(this.#index);
+    const beats = ids.length > 0 ? await this.#redis.hmget(this.#lastBeat, ...ids) : [];
     const out = [];
-    for (const id of ids) {
+    for (const [i, id] of ids.entries()) {
       const raw = await this.#redis.get(this.#key(id));
       const record = raw ? ({ ...JSON.parse(raw), draining: await this.draining(id) } as HostRecord) : undefined;
-      out.push({ id, record });
+      out.push({ id, record, lastBeatAt: record?.heartbeatAt ?? Number(beats[i] ?? 0) });
     }
     return out;
   }
 
   async forget(id: string): Promise<void> {
-    await this.#redis.multi().srem(this.#index, id).del(this.#key(id), this.#drainKey(id)).exec();
+    await this.#redis.multi().srem(this.#index, id).hdel(this.#lastBeat, id).del(this.#key(id), this.#drainKey(id)).exec();
   }
 
   async drain(id: string): Promise<void> {

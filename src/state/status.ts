@@ -11,6 +11,8 @@ export interface StatusSources {
   pools: ReadonlyArray<Pick<PoolConfig, "name" | "labels" | "image" | "isolation" | "scope">>;
   runners: { listAll(): Promise<RunnerRecord[]> };
   activity?: { recentJobEvents(count?: number): Promise<JobEvent[]>; recentFailures(count?: number): Promise<LaunchFailure[]> };
+  /** Hosts as their heartbeats show them (HostStore.list), alive or gone. */
+  hosts?: { list(): Promise<Array<{ id: string; record?: { capacity: number; used: number; draining: boolean }; lastBeatAt: number }>> };
   /** Demand not yet taken by a worker, per pool (DemandQueues.pending). */
   pending?: (pools: readonly string[]) => Promise<Map<string, number>>;
   now?: () => number;
@@ -29,12 +31,24 @@ export interface PoolStatus {
   runners: StateCounts;
 }
 
-/** A Docker host as its runner records show it (heartbeats and capacity come with host records). */
+/**
+ * What a host's heartbeat says: `up` (taking demand), `draining`, `engine_down` (its worker beats
+ * but its Docker engine does not answer), `gone` (no heartbeat within its expiry).
+ */
+export type HostHealth = "up" | "draining" | "engine_down" | "gone";
+
+/** A Docker host: from its heartbeat record (when hosts are read) and its runner records. */
 export interface HostStatus {
   id: string;
   runners: StateCounts;
   pools: string[];
+  /** NaN when the host has no runner. */
   oldestCreatedAt: number;
+  /** Undefined when heartbeats were not read (or the host is known only by its runners). */
+  health?: HostHealth;
+  capacity?: number;
+  used?: number;
+  heartbeatAgeSeconds?: number;
 }
 
 export interface RunnerStatus {
@@ -84,8 +98,9 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
     }
   };
   const poolNames = src.pools.map((p) => p.name);
-  const [records, pending, events, failures] = await Promise.all([
+  const [records, beats, pending, events, failures] = await Promise.all([
     attempt("runners", () => src.runners.listAll(), [] as RunnerRecord[]),
+    src.hosts ? attempt("hosts", () => src.hosts!.list(), []) : Promise.resolve([]),
     src.pending ? attempt("queue depth", () => src.pending!(poolNames), undefined) : Promise.resolve(undefined),
     src.activity ? attempt("recent jobs", () => src.activity!.recentJobEvents(), [] as JobEvent[]) : Promise.resolve([]),
     src.activity ? attempt("recent failures", () => src.activity!.recentFailures(opts.failures ?? 20), [] as LaunchFailure[]) : Promise.resolve([]),
@@ -114,19 +129,32 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
     runners: countStates(runners.filter((r) => r.pool === p.name)),
   }));
 
-  const hostIds = [...new Set(runners.map((r) => r.host))].sort();
+  const hostIds = [...new Set([...beats.map((b) => b.id), ...runners.map((r) => r.host)])].sort();
   const hosts: HostStatus[] = hostIds.map((id) => {
     const mine = runners.filter((r) => r.host === id);
+    const beat = beats.find((b) => b.id === id);
     return {
       id,
       runners: countStates(mine),
       pools: [...new Set(mine.map((r) => r.pool))].sort(),
-      oldestCreatedAt: Math.min(...mine.map((r) => r.createdAt)),
+      oldestCreatedAt: mine.length ? Math.min(...mine.map((r) => r.createdAt)) : Number.NaN,
+      ...(beat && {
+        health: hostHealth(beat.record),
+        capacity: beat.record?.capacity ?? 0,
+        used: beat.record?.used ?? 0,
+        heartbeatAgeSeconds: beat.lastBeatAt > 0 ? Math.max(0, Math.round((now - beat.lastBeatAt) / 1000)) : undefined,
+      }),
     };
   });
 
   const jobs: JobStatus[] = summarizeJobs(events, opts.jobs ?? 30).map((j) => ({ ...j, pool: matchPool(j.labels, src.pools)?.name }));
   return { generatedAt: now, pools, hosts, runners, jobs, failures, problems };
+}
+
+function hostHealth(record: { capacity: number; draining: boolean } | undefined): HostHealth {
+  if (!record) return "gone";
+  if (record.draining) return "draining";
+  return record.capacity > 0 ? "up" : "engine_down";
 }
 
 export function countStates(runners: ReadonlyArray<{ state: RunnerState }>): StateCounts {

@@ -368,6 +368,7 @@ export class RunnerWorker {
       }
       if (running === 0) {
         await hosts.forget(id);
+        metrics.hostGone();
         log.info({ host: id }, "gone host forgotten");
       }
     }

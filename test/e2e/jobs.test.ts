@@ -119,6 +119,10 @@ test(`${JOBS} queued jobs -> ${JOBS} runners -> ${JOBS} completed jobs -> nothin
   assert.match(metrics, new RegExp(`jitrunner_job_queue_wait_seconds_count\\{pool="default"\\} ${JOBS}`));
   assert.match(metrics, new RegExp(`jitrunner_job_duration_seconds_count\\{pool="default",conclusion="success"\\} ${JOBS}`));
   assert.match(metrics, new RegExp(`jitrunner_host_capacity\\{host="${hostId}"\\} 4`));
+  assert.match(metrics, new RegExp(`jitrunner_queue_jobs\\{pool="default",state="completed"\\} ${JOBS}`));
+  assert.match(metrics, /jitrunner_queue_jobs\{pool="default",state="(failed|active|waiting)"\} 0\n[\s\S]*state="(failed|active|waiting)"\} 0\n[\s\S]*state="(failed|active|waiting)"\} 0\n/);
+  const beatAge = Number(new RegExp(`jitrunner_host_heartbeat_age_seconds\\{host="${hostId}"\\} (\\S+)`).exec(metrics)?.[1]);
+  assert.ok(beatAge >= 0 && beatAge < 30, `heartbeat age of a live host: ${beatAge}`);
   assert.match(metrics, /jitrunner_runners\{pool="default",host="[^"]+",state="busy"\} 0/);
 
   // The happy path costs GitHub at most 2 calls per job (still-queued check + JIT config), plus tokens.

@@ -12,6 +12,7 @@ import type { Redis } from "ioredis";
 import { COMMAND_HELP } from "../../src/cli/help.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { ActivityLog } from "../../src/state/activity.ts";
+import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { testPrivateKey, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { freePort } from "../helpers/ports.ts";
@@ -103,6 +104,7 @@ test("status prints pools with queue depth, hosts, runners, recent jobs and fail
   await runners.put({ name: "jitrunner-default-aaaa000001", pool: "default", host: "dockerhost-1", state: "starting", installationId: 1, owner: "acme", repo: "app", demandId: "1-1", createdAt: Date.now() - 125_000 });
   await runners.mark("jitrunner-default-aaaa000001", "busy", 4242);
   await runners.put({ name: "jitrunner-arm-bbbb000002", pool: "arm", host: "pi-2", state: "starting", installationId: 1, owner: "acme", repo: "lib", demandId: "2-1", createdAt: Date.now() - 3000 });
+  await new HostStore(conn, redis.prefix).heartbeat({ id: "dockerhost-1", capacity: 4, used: 1, pools: ["default"] }, 60_000);
   const queues = new DemandQueues({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, conn);
   for (const jobId of [1, 2]) {
     await queues.add({ pool: "arm", jobId, runId: 1, runAttempt: 1, owner: "acme", repo: "lib", installationId: 1, labels: ["self-hosted", "arm64"], receivedAt: Date.now(), deliveryId: `d${jobId}` });
@@ -118,7 +120,8 @@ test("status prints pools with queue depth, hosts, runners, recent jobs and fail
   assert.match(r.out, /2 runner\(s\), 1 busy; 2 job\(s\) waiting; 2 host\(s\)/);
   assert.match(r.out, /^default +self-hosted,linux,x64 +jitrunner-runner:latest +capabilities +repository +0 +1 busy$/m);
   assert.match(r.out, /^arm +self-hosted,linux,arm64 +jitrunner-runner-arm:latest +privileged +repository +2 +1 starting$/m);
-  assert.match(r.out, /^dockerhost-1 +1 busy +default +2m \d\ds ago$/m);
+  assert.match(r.out, /^dockerhost-1 +up +1\/4 +\ds ago +1 busy +default +2m \d\ds ago$/m);
+  assert.match(r.out, /^pi-2 +unknown +1 starting +arm +\ds ago$/m, "a host known only by its runners");
   assert.match(r.out, /^jitrunner-default-aaaa000001 +default +dockerhost-1 +busy +2m \d\ds +acme\/app +4242$/m);
   assert.match(r.out, /^\S+ ago +77 +acme\/lib +.* +arm +waiting for a runner$/m);
   assert.match(r.out, /^\S+ ago +arm +78 +acme\/lib +3 +E_DOCKER +engine unreachable$/m);

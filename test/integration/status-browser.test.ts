@@ -23,6 +23,7 @@ import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { ActivityLog } from "../../src/state/activity.ts";
 import { DeliveryLog } from "../../src/state/deliveries.ts";
+import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { collectStatus } from "../../src/state/status.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
@@ -54,6 +55,7 @@ before(async () => {
   });
   queues = new DemandQueues({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, conn);
   const runners = new RunnerStore(conn, redis.prefix);
+  const hosts = new HostStore(conn, redis.prefix);
   const activity = new ActivityLog(conn, redis.prefix);
   const metrics = new Metrics({ processMetrics: false });
   const logger = pino({ level: "silent" });
@@ -64,12 +66,15 @@ before(async () => {
     webhooks: { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress },
     readiness: async () => [],
     status: {
-      snapshot: () => collectStatus({ pools: config.pools, runners, activity, pending: (p) => queues.pending(p) }),
+      snapshot: () => collectStatus({ pools: config.pools, runners, hosts, activity, pending: (p) => queues.pending(p) }),
       adminToken: new Secret(ADMIN_TOKEN),
     },
   });
   baseUrl = await app.listen({ host: "127.0.0.1", port: 0 });
 
+  // Two worker hosts as their heartbeats show them: one up, one whose heartbeat expired (gone).
+  await hosts.heartbeat({ id: "dockerhost-1", capacity: 4, used: 1, pools: ["default"] }, 600_000);
+  await hosts.heartbeat({ id: "dockerhost-2", capacity: 2, used: 1, pools: ["gpu"] }, 1);
   // Two runners through the real store, as a worker writes them.
   const now = Date.now();
   await runners.put({ name: "jitrunner-default-1a2b3c4d5e", pool: "default", host: "dockerhost-1", state: "starting", installationId: 1, owner: "acme", repo: "app", demandId: "901-1", createdAt: now - 42_000 });
@@ -136,7 +141,8 @@ test("the status page shows pools, hosts, runners, queue depth, jobs and failure
   assert.ok(await busyRunner.isVisible());
   assert.match(await busyRunner.innerText(), /gpu\s+dockerhost-2\s+busy\s+7m \d\ds\s+acme\s+902/);
   assert.match(await page.locator('tr[data-runner="jitrunner-default-1a2b3c4d5e"]').innerText(), /starting\s+(4\d|5\d|1m \d\d)s\s+acme\/app\s+0123456789ab/);
-  assert.match(await page.locator("#hosts").innerText(), /dockerhost-1\s+1 starting\s+default[\s\S]*dockerhost-2\s+1 busy\s+gpu/);
+  assert.match(await page.locator("#hosts").innerText(), /dockerhost-1\s+up\s+1 \/ 4\s+\d+s ago\s+1 starting\s+default[\s\S]*dockerhost-2\s+gone\s+0 \/ 0\s+\d+s ago\s+1 busy\s+gpu/);
+  assert.equal(await page.locator('tr[data-host="dockerhost-2"] .state-gone').evaluate((el) => getComputedStyle(el).color), "rgb(207, 34, 46)", "a gone host is shown red");
 
   const jobRow = page.locator("#jobs tbody tr", { hasText: "903" });
   assert.ok((await jobRow.innerText()).includes(HOSTILE), "the job name shows as text");

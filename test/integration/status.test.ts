@@ -16,6 +16,7 @@ import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { ActivityLog } from "../../src/state/activity.ts";
 import { DeliveryLog } from "../../src/state/deliveries.ts";
+import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
 import { collectStatus } from "../../src/state/status.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
@@ -181,6 +182,44 @@ test("the status page needs the admin token, and shows pools, queue depth, hosts
   for (const secret of [ADMIN_TOKEN, METRICS_TOKEN, WEBHOOK_SECRET, config.secrets.privateKey.reveal().slice(40, 80)]) {
     assert.ok(!body.includes(secret));
   }
+});
+
+test("hosts show their heartbeat: up, draining, engine down, and gone with an ever older last beat", async () => {
+  const hosts = new HostStore(conn, `${redis.prefix}:beats`);
+  await hosts.heartbeat({ id: "host-up", capacity: 4, used: 1, pools: ["default"] }, 60_000);
+  await hosts.heartbeat({ id: "host-engine", capacity: 0, used: 0, pools: ["default"] }, 60_000);
+  await hosts.heartbeat({ id: "host-drain", capacity: 0, used: 2, pools: ["default"] }, 60_000);
+  await hosts.drain("host-drain");
+  await hosts.heartbeat({ id: "host-gone", capacity: 4, used: 3, pools: ["default"] }, 50);
+  await new Promise((r) => setTimeout(r, 1100));
+  const snapshot = await collectStatus({ pools: config.pools, runners, hosts });
+  const byId = new Map(snapshot.hosts.map((h) => [h.id, h]));
+  assert.deepEqual(
+    ["host-up", "host-engine", "host-drain", "host-gone"].map((id) => [id, byId.get(id)?.health, byId.get(id)?.used, byId.get(id)?.capacity]),
+    [["host-up", "up", 1, 4], ["host-engine", "engine_down", 0, 0], ["host-drain", "draining", 2, 0], ["host-gone", "gone", 0, 0]],
+  );
+  assert.ok(byId.get("host-gone")!.heartbeatAgeSeconds! >= 1, "a gone host's last beat keeps its time");
+  // Hosts known only by their runners are still listed, with no heartbeat facts.
+  assert.equal(byId.get("host-a")?.health, undefined);
+  assert.equal(byId.get("host-a")?.runners.busy, 1);
+
+  // The same facts as metrics: a gone host has capacity 0 and an age that grows.
+  const metrics = new Metrics({ processMetrics: false });
+  metrics.hosts((await hosts.list()).map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, lastBeatAt: h.lastBeatAt })));
+  const text = await metrics.render();
+  assert.match(text, /jitrunner_host_capacity\{host="host-gone"\} 0/);
+  assert.ok(Number(/jitrunner_host_heartbeat_age_seconds\{host="host-gone"\} (\S+)/.exec(text)?.[1]) >= 1);
+  // Forgotten (cleaned up) hosts leave no series behind.
+  await hosts.forget("host-gone");
+  metrics.hosts((await hosts.list()).map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, lastBeatAt: h.lastBeatAt })));
+  assert.doesNotMatch(await metrics.render(), /host-gone/);
+});
+
+test("queue counts per state come from BullMQ", async () => {
+  const counts = await queues.counts(["default", "gpu"]);
+  assert.deepEqual(Object.keys(counts.get("default")!).sort(), ["active", "completed", "delayed", "failed", "paused", "prioritized", "waiting"]);
+  assert.equal(counts.get("default")!.waiting, (await queues.pending(["default"])).get("default"));
+  assert.equal(counts.get("gpu")!.waiting, 1);
 });
 
 test("a part that cannot be read is reported on the page; the rest is still shown", async () => {

@@ -4,6 +4,7 @@
  * histogram series and process metrics count too).
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -111,9 +112,25 @@ test("the alert rules parse, are complete, and query only metrics and labels tha
     "launch failures": /jitrunner_launch_failures_total/,
     "rate limit low": /jitrunner_github_rate_limit_remaining\S*\)\s*</,
     "worker unready or down": /probe_success|\bup\{/,
+    "host gone (heartbeat)": /jitrunner_host_heartbeat_age_seconds\S*\)\s*>/,
+    "demand out of launch attempts": /jitrunner_queue_jobs\{state="failed"\}/,
   })) {
     assert.ok(covers(re), what);
   }
+});
+
+test("promtool accepts the rules and their unit tests pass (every alert fires where its test says)", () => {
+  const dir = `${ROOT}deploy/prometheus`;
+  const promtool = spawnSync("promtool", ["--version"], { encoding: "utf8" });
+  assert.equal(promtool.error, undefined, "promtool is needed: install Debian's prometheus package (.ci/run does)");
+  for (const args of [["check", "rules", "jitrunner-alerts.yml"], ["test", "rules", "jitrunner-alerts.test.yml"]]) {
+    const r = spawnSync("promtool", args, { cwd: dir, encoding: "utf8" });
+    assert.equal(r.status, 0, `promtool ${args.join(" ")}:\n${r.stdout}${r.stderr}`);
+  }
+  // Every alert has a unit test.
+  const tested = parseYaml(read("deploy/prometheus/jitrunner-alerts.test.yml")) as { tests: Array<{ alert_rule_test: Array<{ alertname: string }> }> };
+  const names = new Set(tested.tests.flatMap((t) => t.alert_rule_test.map((a) => a.alertname)));
+  assert.deepEqual(rules.map((r) => r.alert!).filter((a) => !names.has(a)), []);
 });
 
 test("the scrape config loads the rules file and scrapes jitrunner", () => {
