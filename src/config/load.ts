@@ -94,6 +94,15 @@ function crossCheck(config: ParsedConfig): string[] {
     if (pool.runnerGroup !== undefined && pool.scope !== "organization") {
       problems.push(`pools.${i}.runnerGroup: runner groups are for organization runners; set scope: organization`);
     }
+    if (pool.minIdle > 0 && !pool.warm) {
+      problems.push(`pools.${i}.warm: minIdle needs warm.installationId and warm.owner (and warm.repo for repository pools): where warm runners register`);
+    }
+    if (pool.warm && pool.scope === "repository" && !pool.warm.repo) {
+      problems.push(`pools.${i}.warm.repo: a repository pool's warm runners register on one repository; name it`);
+    }
+    if (pool.maxRunners !== undefined && pool.minIdle > pool.maxRunners) {
+      problems.push(`pools.${i}.minIdle: ${pool.minIdle} warm runners exceed maxRunners (${pool.maxRunners})`);
+    }
     pool.mounts.forEach((m, j) => {
       // A runner never gets a Docker engine of the host: any job could take the host over.
       if (exposesEngineSocket(m.source)) {

@@ -45,6 +45,18 @@ const pool = z
     idleTimeoutSeconds: z.number().int().positive().default(600),
     /** Runners of this pool at once across every host; unset: no global limit. */
     maxRunners: z.number().int().positive().optional(),
+    /** Idle registered runners kept ready across the fleet, so a job starts with no launch on its critical path. */
+    minIdle: z.number().int().min(0).default(0),
+    /** Where warm runners register (a JIT runner is registered before any job names a repository). */
+    warm: z
+      .object({
+        installationId: z.number().int().positive(),
+        owner: z.string().min(1),
+        /** Required for repository-scoped pools. */
+        repo: z.string().min(1).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict()
   // The Default group when neither a group id nor a name is given.

@@ -153,9 +153,14 @@ export class Metrics {
   queueJobs(pool: string, counts: Readonly<Record<string, number>>): void {
     for (const [state, n] of Object.entries(counts)) this.#queueJobs.set({ pool, state }, n);
   }
-  launched(pool: string, launchSeconds: number, pickupSeconds: number): void {
+  /** A runner started; for a demand (not a warm runner), that is also its pickup. */
+  launched(pool: string, launchSeconds: number, pickupSeconds?: number): void {
     this.#launch.observe({ pool }, launchSeconds);
-    this.#pickup.observe({ pool }, pickupSeconds);
+    if (pickupSeconds !== undefined) this.pickedUp(pool, pickupSeconds);
+  }
+  /** A demand got its runner: launched for it, or a warm one adopted. */
+  pickedUp(pool: string, seconds: number): void {
+    this.#pickup.observe({ pool }, seconds);
   }
   launchFailed(pool: string, reason: string): void {
     this.#launchFailures.inc({ pool, reason });

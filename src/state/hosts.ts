@@ -111,6 +111,11 @@ export class PoolLimits {
     return (await this.#redis.jitrunnerPoolAcquire(this.#key(pool), String(now), String(now + PoolLimits.HOLD_MS), holder, String(max))) === 1;
   }
 
+  /** Hands `from`'s place to `to` in one step (the count never dips, so no one else slips in). */
+  async transfer(pool: string, from: string, to: string): Promise<void> {
+    await this.#redis.multi().zrem(this.#key(pool), from).zadd(this.#key(pool), Date.now() + PoolLimits.HOLD_MS, to).exec();
+  }
+
   async release(pool: string, holder: string): Promise<void> {
     await this.#redis.zrem(this.#key(pool), holder);
   }

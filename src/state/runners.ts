@@ -78,13 +78,19 @@ export class RunnerStore {
   async put(record: RunnerRecord): Promise<void> {
     const fields: Record<string, string> = {};
     for (const [k, v] of Object.entries(record)) if (v !== undefined) fields[k] = String(v);
-    await this.#redis
+    const tx = this.#redis
       .multi()
       .hset(this.#key(record.name), fields)
       .sadd(this.#hostKey(record.host), record.name)
-      .sadd(this.#allKey, record.name)
-      .set(this.#demandKey(record.demandId), record.name, "EX", 7 * 24 * 3600)
-      .exec();
+      .sadd(this.#allKey, record.name);
+    // A warm runner has no demand until one adopts it.
+    if (record.demandId) tx.set(this.#demandKey(record.demandId), record.name, "EX", 7 * 24 * 3600);
+    await tx.exec();
+  }
+
+  /** A warm runner now answers for a demand: as if it had been launched for it. */
+  async claimDemand(name: string, demandId: string): Promise<void> {
+    await this.#redis.multi().hset(this.#key(name), "demandId", demandId).set(this.#demandKey(demandId), name, "EX", 7 * 24 * 3600).exec();
   }
 
   /**

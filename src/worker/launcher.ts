@@ -30,9 +30,23 @@ export interface LauncherDeps {
   metrics: Metrics;
 }
 
+/** Where a runner registers, and the demand it answers for ("" for a warm runner). */
+export interface LaunchTarget {
+  installationId: number;
+  owner: string;
+  repo: string;
+  demandId: string;
+}
+
+export function targetOf(demand: Demand): LaunchTarget {
+  return { installationId: demand.installationId, owner: demand.owner, repo: demand.repo, demandId: demandId(demand.jobId, demand.runAttempt) };
+}
+
 export function scopeOf(record: Pick<RunnerRecord, "installationId" | "owner" | "repo">): RunnerScope {
   return { installationId: record.installationId, owner: record.owner, repo: record.repo || undefined };
 }
+
+const IDLE_RECHECK_MS = 2000;
 
 /**
  * One runner's life on this host: register (JIT config), create, start, watch, tear down.
@@ -46,7 +60,7 @@ export class Launcher {
     this.#d = deps;
   }
 
-  async launch(demand: Demand, pool: PoolConfig, log: Logger): Promise<Tracked> {
+  async launch(target: LaunchTarget, pool: PoolConfig, log: Logger): Promise<Tracked> {
     const d = this.#d;
     let name = runnerName(d.namePrefix, pool.name);
     const record: RunnerRecord = {
@@ -54,10 +68,10 @@ export class Launcher {
       pool: pool.name,
       host: d.host,
       state: "registering",
-      installationId: demand.installationId,
-      owner: demand.owner,
-      repo: pool.scope === "repository" ? demand.repo : "",
-      demandId: demandId(demand.jobId, demand.runAttempt),
+      installationId: target.installationId,
+      owner: target.owner,
+      repo: pool.scope === "repository" ? target.repo : "",
+      demandId: target.demandId,
       createdAt: Date.now(),
     };
     const tracked: Tracked = { record, state: "starting" };
@@ -128,8 +142,17 @@ export class Launcher {
    * Waits until the runner is done: its container stopped, or `completed` came and the grace
    * period passed, or it stayed idle past the pool's idle timeout and GitHub agreed to delete it.
    */
-  watch(tracked: Tracked, pool: Pick<PoolConfig, "idleTimeoutSeconds">, log: Logger, shutdown?: AbortSignal): Promise<string> {
+  watch(
+    tracked: Tracked,
+    pool: Pick<PoolConfig, "idleTimeoutSeconds">,
+    log: Logger,
+    shutdown?: AbortSignal,
+    /** When an idle runner is reaped (ms since epoch); a warm runner's moves while it waits. */
+    idleDeadline?: () => number,
+  ): Promise<string> {
     const d = this.#d;
+    const fixedDeadline = Date.now() + pool.idleTimeoutSeconds * 1000;
+    const deadline = idleDeadline ?? (() => fixedDeadline);
     const { name, containerId } = tracked.record;
     return new Promise((resolve) => {
       const ac = new AbortController();
@@ -166,12 +189,15 @@ export class Launcher {
       );
       const idleCheck = async () => {
         if (finished || tracked.state === "busy" || tracked.state === "completed") return;
+        const wait = deadline() - Date.now();
+        // A moving deadline is looked at again every few seconds; no API call until it passes.
+        if (wait > 0) return void timers.push(setTimeout(idleCheck, Math.min(wait, IDLE_RECHECK_MS)));
         const result = await this.#deregister(tracked.record, log);
         if (result === "busy") tracked.state = "busy";
         else if (result) finish("idle_timeout");
         else timers.push(setTimeout(idleCheck, 30_000));
       };
-      timers.push(setTimeout(idleCheck, pool.idleTimeoutSeconds * 1000));
+      timers.push(setTimeout(idleCheck, Math.max(0, Math.min(deadline() - Date.now(), idleDeadline ? IDLE_RECHECK_MS : Infinity))));
     });
   }
 

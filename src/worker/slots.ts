@@ -20,6 +20,18 @@ export class Slots {
     await new Promise<void>((resolve) => this.#waiters.push(resolve));
   }
 
+  /** Takes a free slot if there is one and nobody waits for it; never waits. */
+  tryAcquire(): boolean {
+    if (this.#used >= this.capacity || this.#waiters.length > 0) return false;
+    this.#used++;
+    return true;
+  }
+
+  /** Takes a slot back that was handed on, even over capacity for a moment. */
+  take(): void {
+    this.#used++;
+  }
+
   release(): void {
     const next = this.#waiters.shift();
     if (next) next();

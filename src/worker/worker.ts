@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import { LABEL, MANAGED_BY } from "../docker/labels.ts";
@@ -9,7 +10,7 @@ import type { Lease } from "../queue/demand-queue.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
 import type { HostStore, PoolLimits } from "../state/hosts.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
-import { Launcher, scopeOf, type Tracked } from "./launcher.ts";
+import { Launcher, scopeOf, targetOf, type Tracked } from "./launcher.ts";
 import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
 import { every } from "../timers.ts";
@@ -43,6 +44,29 @@ export interface WorkerDeps {
   activity?: ActivityRecorder;
 }
 
+/** How often the warm loop looks at its pool when nothing happens. */
+const WARM_TICK_MS = 1000;
+
+/** A warm runner of this host: launched for no demand, kept idle until one adopts it. */
+interface Spare {
+  pool: PoolConfig;
+  /** Its holder id in the pool's warm set and under the pool limit. */
+  holder: string;
+  tracked: Tracked;
+  /** Counted among the pool's warm runners (exempt from the idle timeout). */
+  warm: boolean;
+  /** A demand took it over. */
+  adopted: boolean;
+  /** When it stopped being warm: the idle timeout runs from here. */
+  idleFrom: number;
+  /** The watch: why the runner ended. */
+  ended: Promise<string>;
+}
+
+function warmKey(pool: string): string {
+  return `${pool}:warm`;
+}
+
 /** Why a watched runner ended without having taken a job: its demand must be served again. */
 const ENDED_WITHOUT_JOB = new Set(["exited", "wait_failed", "no_container"]);
 
@@ -61,6 +85,8 @@ export class RunnerWorker {
   readonly #serving = new Map<Promise<unknown>, Lease>();
   readonly #loops: Promise<void>[] = [];
   readonly #shutdown = new AbortController();
+  /** Warm runners this host launched that no demand has adopted yet, by runner name. */
+  readonly #spares = new Map<string, Spare>();
   #stopping = false;
   #reconcileTimer: { stop(): void } | undefined;
   #lastError: string | undefined;
@@ -99,6 +125,8 @@ export class RunnerWorker {
     for (const [pool, source] of this.#d.sources) {
       await source.start();
       this.#loops.push(this.#loop(pool, source));
+      const config = this.#pools.get(pool);
+      if (config && config.minIdle > 0) this.#loops.push(this.#warmLoop(config));
     }
     this.#reconcileTimer = every(this.#d.reconcileIntervalSeconds * 1000, () => this.reconcile());
     this.#d.logger.info({ host: this.#d.host, capacity: this.#d.capacity, pools: [...this.#d.sources.keys()] }, "worker started");
@@ -137,7 +165,9 @@ export class RunnerWorker {
         this.#noteError(`taking demand for pool ${pool} failed: ${errorMessage(err)}`, failures === 1);
         await sleep(Math.min(30_000, 500 * 2 ** failures));
       }
-      if (lease && !(await this.#withinPoolLimit(lease))) {
+      // A warm runner of this host takes the demand over with its place under the pool limit.
+      const spare = lease && (await this.#adoptSpare(lease));
+      if (lease && !spare && !(await this.#withinPoolLimit(lease))) {
         await lease.release().catch(() => undefined);
         lease = undefined;
         await sleep(1000);
@@ -147,7 +177,7 @@ export class RunnerWorker {
         continue;
       }
       const held = lease;
-      const serving: Promise<void> = this.#serve(held).finally(async () => {
+      const serving: Promise<void> = this.#serve(held, spare).finally(async () => {
         this.#serving.delete(serving);
         this.#slots.release();
         await this.#d.limits.release(held.demand.pool, held.id).catch(() => undefined);
@@ -169,6 +199,15 @@ export class RunnerWorker {
       const max = this.#pools.get(lease.demand.pool)?.maxRunners;
       if (max) await this.#d.limits.acquire(lease.demand.pool, lease.id, max);
     }
+    for (const spare of this.#spares.values()) {
+      const { pool, holder } = spare;
+      if (spare.warm && !(await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle))) {
+        // Its place expired and others filled the set: a spare like any other now.
+        spare.warm = false;
+        spare.idleFrom = Date.now();
+      }
+      if (pool.maxRunners) await this.#d.limits.acquire(pool.name, holder, pool.maxRunners);
+    }
     this.#checkDrained();
   }
 
@@ -176,28 +215,44 @@ export class RunnerWorker {
     if (this.#presence.draining && this.#serving.size === 0 && this.#d.launcher.tracked.size === 0) this.#drained?.();
   }
 
-  async #serve(lease: Lease): Promise<void> {
+  async #serve(lease: Lease, spare?: Spare): Promise<void> {
     const { demand } = lease;
     const pool = this.#pools.get(demand.pool)!;
     const log = this.#d.logger.child({ demandId: lease.id, jobId: demand.jobId, pool: pool.name, deliveryId: demand.deliveryId });
     try {
-      if (await this.#alreadyServed(lease, log)) return;
-      if (this.#d.checkStillQueued && !(await this.#stillNeeded(lease, log))) {
-        await lease.complete("not_needed");
+      if (await this.#alreadyServed(lease, log)) {
+        if (spare) await this.#returnSpare(spare, lease);
         return;
       }
-      const started = Date.now();
-      const launching = this.#d.launcher.launch(demand, pool, log);
-      this.#launches.add(launching);
       let tracked: Tracked;
-      try {
-        tracked = await launching;
-      } finally {
-        this.#launches.delete(launching);
+      let reason: string;
+      if (spare) {
+        // No launch on this job's critical path: GitHub hands the job to an idle runner at once.
+        // No still-queued check either: adopting costs no API call, and a cancelled job's runner
+        // is reaped after the idle timeout like any runner that got no job.
+        tracked = spare.tracked;
+        await this.#d.runners.claimDemand(tracked.record.name, lease.id);
+        tracked.record.demandId = lease.id;
+        this.#d.metrics.pickedUp(pool.name, (Date.now() - demand.receivedAt) / 1000);
+        log.info({ runner: tracked.record.name }, "demand adopted by a warm runner");
+        reason = await spare.ended;
+      } else {
+        if (this.#d.checkStillQueued && !(await this.#stillNeeded(lease, log))) {
+          await lease.complete("not_needed");
+          return;
+        }
+        const started = Date.now();
+        const launching = this.#d.launcher.launch(targetOf(demand), pool, log);
+        this.#launches.add(launching);
+        try {
+          tracked = await launching;
+        } finally {
+          this.#launches.delete(launching);
+        }
+        this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000, (Date.now() - demand.receivedAt) / 1000);
+        this.#lastError = undefined;
+        reason = await this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal);
       }
-      this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000, (Date.now() - demand.receivedAt) / 1000);
-      this.#lastError = undefined;
-      const reason = await this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal);
       if (reason === "shutdown") {
         await lease.release();
         return;
@@ -206,6 +261,7 @@ export class RunnerWorker {
       const tookAJob = tracked.state === "busy" || tracked.state === "completed" || latest?.state === "busy" || latest?.state === "completed";
       await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => {
         log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry");
+        return undefined;
       });
       const retry = tookAJob ? undefined : await this.#retryReason(lease, reason);
       if (retry) {
@@ -247,6 +303,153 @@ export class RunnerWorker {
     if (this.#stopping) await lease.release();
     else await lease.complete("served_by_earlier_runner");
     return true;
+  }
+
+  /**
+   * Keeps `pool.minIdle` warm runners across the fleet: a place in a Redis set per pool, taken and
+   * checked in one script like the pool limit, is what a host must win before it launches one.
+   * A warm runner that takes a job (busy), is adopted by a demand, or ends gives its place up, and
+   * some host launches the next. Warm runners use this host's free slots only, never the one a
+   * demand loop waits with.
+   */
+  async #warmLoop(pool: PoolConfig): Promise<void> {
+    let failures = 0;
+    while (!this.#stopping) {
+      for (const spare of this.#spares.values()) {
+        // It took a job directly (its demand is still to come, or never will): no longer warm.
+        if (spare.pool === pool && spare.warm && spare.tracked.state !== "idle" && spare.tracked.state !== "starting") await this.#unwarm(spare);
+      }
+      while (!this.#stopping && this.#presence.open && this.#slots.tryAcquire()) {
+        const holder = `${this.#d.host}:${randomUUID()}`;
+        const placed =
+          (await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false)) &&
+          (!pool.maxRunners || (await this.#d.limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false)));
+        if (!placed) {
+          await this.#d.limits.release(warmKey(pool.name), holder).catch(() => undefined);
+          this.#slots.release();
+          break;
+        }
+        if (!(await this.#launchSpare(pool, holder))) {
+          failures++;
+          break;
+        }
+        failures = 0;
+      }
+      // After a failure, back off (the slots stay free for demand meanwhile).
+      await this.#pause(failures > 0 ? Math.min(60_000, 1000 * 2 ** failures) : WARM_TICK_MS);
+    }
+  }
+
+  /** Sleeps, but no longer than until the worker stops. */
+  #pause(ms: number): Promise<void> {
+    const signal = this.#shutdown.signal;
+    return new Promise((resolve) => {
+      if (signal.aborted) return resolve();
+      const onAbort = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      }, ms);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /** Launches one warm runner that already holds its places and a slot; false if it failed. */
+  async #launchSpare(pool: PoolConfig, holder: string): Promise<boolean> {
+    const log = this.#d.logger.child({ pool: pool.name, warm: true });
+    const freePlaces = async () => {
+      await this.#d.limits.release(warmKey(pool.name), holder).catch(() => undefined);
+      if (pool.maxRunners) await this.#d.limits.release(pool.name, holder).catch(() => undefined);
+      this.#slots.release();
+    };
+    const started = Date.now();
+    const launching = this.#d.launcher.launch({ ...pool.warm!, repo: pool.warm!.repo ?? "", demandId: "" }, pool, log);
+    this.#launches.add(launching);
+    let tracked: Tracked;
+    try {
+      tracked = await launching;
+    } catch (err) {
+      await freePlaces();
+      this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
+      this.#noteError(`warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+      return false;
+    } finally {
+      this.#launches.delete(launching);
+    }
+    this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000);
+    this.#lastError = undefined;
+    const spare: Spare = { pool, holder, tracked, warm: true, adopted: false, idleFrom: Number.POSITIVE_INFINITY, ended: Promise.resolve("") };
+    const name = tracked.record.name;
+    // Warm: never idle too long, but reaped at once when the host drains. Adopted, or no longer
+    // counted as warm: the pool's idle timeout, from that moment.
+    spare.ended = this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal, () => {
+      if (spare.adopted || !spare.warm) return spare.idleFrom + pool.idleTimeoutSeconds * 1000;
+      return this.#presence.draining ? 0 : Number.POSITIVE_INFINITY;
+    });
+    this.#spares.set(name, spare);
+    log.info({ runner: name }, "warm runner ready");
+    void spare.ended.then(async (reason) => {
+      // An adopted runner is its demand's now: #serve tears it down and frees the places.
+      if (spare.adopted) return;
+      this.#spares.delete(name);
+      if (reason !== "shutdown") await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry"));
+      await freePlaces();
+      this.#checkDrained();
+    });
+    return true;
+  }
+
+  /** A warm runner that took a job on its own gives up its warm place; it keeps its slot until it ends. */
+  async #unwarm(spare: Spare): Promise<void> {
+    spare.warm = false;
+    spare.idleFrom = Date.now();
+    await this.#d.limits.release(warmKey(spare.pool.name), spare.holder).catch(() => undefined);
+  }
+
+  /**
+   * Hands a warm runner of this host to the demand, with its slot and place: the one already
+   * running the demand's job if GitHub gave it one, else the oldest idle one.
+   */
+  async #adoptSpare(lease: Lease): Promise<Spare | undefined> {
+    let chosen: Spare | undefined;
+    for (const spare of [...this.#spares.values()]) {
+      if (spare.pool.name !== lease.demand.pool || spare.adopted) continue;
+      if (spare.tracked.state === "busy" || spare.tracked.state === "completed") {
+        const record = await this.#d.runners.get(spare.tracked.record.name).catch(() => undefined);
+        if (record?.jobId === lease.demand.jobId && !spare.adopted && this.#spares.has(record.name)) {
+          chosen = spare;
+          break;
+        }
+      } else if (spare.warm && spare.tracked.state === "idle" && (!chosen || spare.tracked.record.createdAt < chosen.tracked.record.createdAt)) {
+        chosen = spare;
+      }
+    }
+    if (!chosen || chosen.adopted || !this.#spares.has(chosen.tracked.record.name)) return undefined;
+    const spare = chosen;
+    spare.adopted = true;
+    spare.idleFrom = Date.now();
+    this.#spares.delete(spare.tracked.record.name);
+    // The demand's slot covers the runner now; its place under the pool limit moves to the demand.
+    this.#slots.release();
+    if (spare.warm) void this.#d.limits.release(warmKey(spare.pool.name), spare.holder).catch(() => undefined);
+    spare.warm = false;
+    if (spare.pool.maxRunners) void this.#d.limits.transfer(spare.pool.name, spare.holder, lease.id).catch(() => undefined);
+    return spare;
+  }
+
+  /** The demand needed no runner after all: the adopted runner goes back to being a spare. */
+  async #returnSpare(spare: Spare, lease: Lease): Promise<void> {
+    spare.adopted = false;
+    spare.warm =
+      spare.tracked.state === "idle" && (await this.#d.limits.acquire(warmKey(spare.pool.name), spare.holder, spare.pool.minIdle).catch(() => false));
+    if (spare.pool.maxRunners) await this.#d.limits.transfer(spare.pool.name, lease.id, spare.holder).catch(() => undefined);
+    if (!spare.warm) spare.idleFrom = Date.now();
+    // Back to the handler #launchSpare set on its end, which sees it is no longer adopted.
+    this.#slots.take();
+    this.#spares.set(spare.tracked.record.name, spare);
   }
 
   /** GitHub's word on whether the job still needs a runner; on any API error, it does. */

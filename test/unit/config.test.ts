@@ -92,6 +92,23 @@ test("duplicate pools and unknown worker pools are cross-checked; YAML errors ar
   assert.throws(() => loadConfig({ text: "github: [unclosed", env, readFile: noFiles }), /not valid YAML/);
 });
 
+test("warm runners: minIdle needs where to register, a repository for repository pools, and fits maxRunners", () => {
+  const pool = (extra: string) => `${minimal}    ${extra.trim().split("\n").join("\n    ")}\n`;
+  assert.equal(loadConfig({ text: minimal, env, readFile: noFiles }).pools[0]!.minIdle, 0);
+  assert.throws(() => loadConfig({ text: pool("minIdle: 2"), env, readFile: noFiles }), /pools\.0\.warm: minIdle needs warm\.installationId and warm\.owner/);
+  assert.throws(
+    () => loadConfig({ text: pool("minIdle: 2\nwarm: { installationId: 7, owner: acme }"), env, readFile: noFiles }),
+    /pools\.0\.warm\.repo: a repository pool's warm runners register on one repository/,
+  );
+  assert.throws(
+    () => loadConfig({ text: pool("minIdle: 3\nmaxRunners: 2\nwarm: { installationId: 7, owner: acme, repo: app }"), env, readFile: noFiles }),
+    /pools\.0\.minIdle: 3 warm runners exceed maxRunners \(2\)/,
+  );
+  const org = loadConfig({ text: pool("scope: organization\nminIdle: 1\nwarm: { installationId: 7, owner: acme }"), env, readFile: noFiles }).pools[0]!;
+  assert.deepEqual([org.minIdle, org.warm], [1, { installationId: 7, owner: "acme" }]);
+  assert.throws(() => loadConfig({ text: pool("minIdle: -1"), env, readFile: noFiles }), /pools\.0\.minIdle/);
+});
+
 test("environment overrides redis url, host id and port", () => {
   const c = loadConfig({
     text: minimal,

@@ -1,0 +1,92 @@
+/**
+ * Warm runners (pool `minIdle`), for real: DinD runner containers on the engine, the fake GitHub,
+ * a real Redis. A pool keeps its idle registered runners ready with no demand; a job starts on one
+ * that existed before its webhook (no launch on its critical path); a replacement brings the pool
+ * back to `minIdle`; warm runners outlive the idle timeout; a drain deregisters and removes them.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { waitFor } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { callsTo, containersOf, docker, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { HostStore } from "../../src/state/hosts.ts";
+
+const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
+const MIN_IDLE = 2;
+const IDLE_TIMEOUT_SECONDS = 8;
+let redis: TestRedis;
+const hosts: string[] = [];
+
+before(async () => {
+  redis = await startRedis();
+});
+after(async () => {
+  for (const h of hosts) await removeContainersOf(h);
+  await redis.stop();
+});
+
+test("warm runners: ready with no demand, a job starts on one, replaced, kept past the idle timeout, removed by a drain", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("warm");
+  const r = scopedRedis(redis, "warm");
+  hosts.push(host);
+  const pool = fakeRunnerPool(fake, {
+    minIdle: MIN_IDLE,
+    idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS,
+    warm: { installationId: fake.installationId, owner: "acme", repo: "app" },
+    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "1" },
+  });
+  // Capacity 4: one slot stays with the demand loop, MIN_IDLE hold warm runners, one is spare.
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [pool],
+    worker: { hostId: host, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
+  });
+  const idleRunners = () => fake.runners().filter((x) => !x.busy && x.status === "online");
+  try {
+    // Ready with no job at all: MIN_IDLE registered runners, online, in running containers.
+    const warm = await waitFor(() => idleRunners().length === MIN_IDLE && idleRunners(), 90_000, `${MIN_IDLE} warm runners online`);
+    assert.equal(callsTo(fake, JIT), MIN_IDLE, "exactly minIdle registrations while nothing is queued");
+    assert.equal((await containersOf(host)).filter((c) => c.State === "running").length, MIN_IDLE);
+    const warmNames = new Set(warm.map((x) => x.name));
+
+    // A job starts on a runner that was there before its webhook: no launch on its critical path.
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    const done = await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+    assert.equal(done.conclusion, "success");
+    assert.ok(warmNames.has(done.runner_name!), `the job ran on a warm runner (${done.runner_name})`);
+    const metrics = await (await fetch(`${sys.url}/metrics`)).text();
+    assert.match(metrics, /jitrunner_pickup_latency_seconds_count\{pool="default"\} 1/, "the demand was picked up once");
+
+    // Replaced: the pool is back to MIN_IDLE idle runners, and after the idle timeout (which a
+    // runner the demand adopted but GitHub did not use is subject to) exactly MIN_IDLE are left.
+    await waitFor(async () => idleRunners().length === MIN_IDLE && (await containersOf(host)).length === MIN_IDLE, (IDLE_TIMEOUT_SECONDS + 60) * 1000, "back to minIdle warm runners");
+    const replaced = new Set(idleRunners().map((x) => x.name));
+    assert.ok(callsTo(fake, JIT) >= MIN_IDLE + 1, "the consumed warm runner was replaced");
+
+    // Warm runners are exempt from the idle timeout: the same runners are still there after it.
+    await new Promise((res) => setTimeout(res, (IDLE_TIMEOUT_SECONDS + 4) * 1000));
+    assert.deepEqual(new Set(idleRunners().map((x) => x.name)), replaced, "warm runners outlive the idle timeout");
+    assert.equal((await containersOf(host)).length, MIN_IDLE);
+
+    // A drain deregisters them (they are idle) and removes them; the drained worker is done.
+    const warmVolumes = new Set((await containersOf(host)).flatMap((c) => c.Mounts.flatMap((m) => (m.Type === "volume" && m.Name ? [m.Name] : []))));
+    assert.equal(warmVolumes.size, MIN_IDLE, "each warm runner has its own volume");
+    const conn = redisConnection(r.url);
+    try {
+      await new HostStore(conn, r.prefix).drain(host);
+    } finally {
+      conn.disconnect();
+    }
+    await Promise.race([sys.drained, new Promise((_, reject) => setTimeout(() => reject(new Error("drain did not finish in 60 s")), 60_000))]);
+    assert.equal(fake.runners().length, 0, "no registration left");
+    assert.equal((await containersOf(host)).length, 0, "no container left");
+    const left = ((await docker.listVolumes()).Volumes ?? []).filter((v) => warmVolumes.has(v.Name));
+    assert.deepEqual(left, [], "the warm runners' /var/lib/docker volumes are removed with them");
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
