@@ -2,6 +2,7 @@ import { createAppAuth } from "@octokit/auth-app";
 import { Octokit } from "@octokit/core";
 import { retry } from "@octokit/plugin-retry";
 import { throttling } from "@octokit/plugin-throttling";
+import Bottleneck from "bottleneck";
 import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import type { Secret } from "../config/secret.ts";
@@ -36,6 +37,19 @@ const RATE_LIMIT_MAX_WAIT_SECONDS = 3900;
  * busy); 403 and 429 are the throttling plugin's, which waits as GitHub says.
  */
 const DO_NOT_RETRY = [400, 401, 403, 404, 409, 410, 422, 429, 451];
+/**
+ * Writes (JIT configs above all, also runner deletions and redelivery requests) start at most this
+ * often per installation. @octokit/plugin-throttling's default is one a second: GitHub's advice for
+ * content-creating requests. A JIT config creates no content (no notification, nothing users see);
+ * what binds it is the points budget of GitHub's secondary rate limits (about 900 points a minute
+ * for REST, a write costs 5, so at most ~180 JIT configs a minute). Two a second is 120 writes (600
+ * points) a minute, leaving a third of the budget for the reads that go with them (one still-queued
+ * check per job, the reconcile loops). A secondary-limit answer (403/429) is still waited out as
+ * GitHub says, by the same plugin.
+ */
+export const WRITE_MIN_INTERVAL_MS = 500;
+/** One write limiter per installation (keyed by `throttle.id`), shared by every client in the process. */
+const writeLimiter = new Bottleneck.Group({ id: "jitrunner-write", maxConcurrent: 1, minTime: WRITE_MIN_INTERVAL_MS });
 
 const JitOctokit = Octokit.plugin(throttling, retry);
 type JitOctokitInstance = InstanceType<typeof JitOctokit>;
@@ -129,7 +143,12 @@ export class OctokitGitHub implements GitHubClient {
       request: { fetch: fetchWithTimeout },
       log: { debug: () => {}, info: () => {}, warn: (m: string) => logger.warn(m), error: (m: string) => logger.error(m) },
       retry: { doNotRetry: DO_NOT_RETRY },
-      throttle: { id: `installation-${installationId}`, onRateLimit: limited("primary"), onSecondaryRateLimit: limited("secondary") },
+      throttle: {
+        id: `installation-${installationId}`,
+        write: writeLimiter,
+        onRateLimit: limited("primary"),
+        onSecondaryRateLimit: limited("secondary"),
+      },
     });
     const c = client;
     // Outermost: sees every call's final answer, token requests included (auth-app sends them through the same hooks).

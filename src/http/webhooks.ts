@@ -1,4 +1,4 @@
-import { Webhooks } from "@octokit/webhooks";
+import { createHmac, timingSafeEqual } from "node:crypto";
 import type { FastifyInstance } from "fastify";
 import type { Secret } from "../config/secret.ts";
 import type { Ingress } from "../ingress/ingress.ts";
@@ -17,7 +17,7 @@ export interface WebhookRouteOptions {
  * so the answer comes as soon as the demand is in Redis.
  */
 export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOptions): Promise<void> {
-  const verifier = new Webhooks({ secret: opts.secret.reveal() });
+  const secret = opts.secret.reveal();
   app.removeAllContentTypeParsers();
   app.addContentTypeParser("application/json", { parseAs: "buffer", bodyLimit: opts.bodyLimit }, (_req, body, done) => {
     done(null, body);
@@ -33,7 +33,7 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
       opts.metrics.delivery(event ?? "none", "none", "unsigned");
       return reply.code(401).send({ error: "missing X-Hub-Signature-256" });
     }
-    if (!(await verify(verifier, body, signature))) {
+    if (!signatureMatches(secret, body, signature)) {
       opts.metrics.delivery(event ?? "none", "none", "bad_signature");
       return reply.code(401).send({ error: "signature does not match" });
     }
@@ -52,13 +52,20 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
   });
 }
 
-async function verify(verifier: Webhooks, body: Buffer, signature: string): Promise<boolean> {
-  if (!/^sha256=[0-9a-f]{64}$/i.test(signature)) return false;
-  try {
-    return await verifier.verify(body.toString("utf8"), signature);
-  } catch {
-    return false;
-  }
+const SIGNATURE = /^sha256=([0-9a-f]{64})$/i;
+
+/**
+ * GitHub's `X-Hub-Signature-256`: HMAC-SHA256 of the raw body, compared in constant time (what
+ * @octokit/webhooks' verify does). Computed over the bytes as received, which is what GitHub
+ * signed, rather than over a decoded and re-encoded string: exact for any body, and one copy of
+ * it less per delivery.
+ */
+function signatureMatches(secret: string, body: Buffer, header: string): boolean {
+  const hex = SIGNATURE.exec(header)?.[1];
+  if (!hex) return false;
+  const expected = createHmac("sha256", secret).update(body).digest();
+  const given = Buffer.from(hex, "hex");
+  return given.length === expected.length && timingSafeEqual(given, expected);
 }
 
 function header(value: string | string[] | undefined): string | undefined {

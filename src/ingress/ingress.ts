@@ -1,15 +1,22 @@
 import type { Logger } from "pino";
 import type { Config } from "../config/load.ts";
 import { demandId, type Demand } from "../demand.ts";
+import { errorMessage } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
+import type { ClaimKey } from "../state/deliveries.ts";
 import { isOurRunner } from "../worker/names.ts";
+import { BestEffortWrites } from "./best-effort.ts";
 import { decideQueued, type WorkflowJobEvent } from "./policy.ts";
 import { matchPool } from "./pools.ts";
 
 /** Where accepted demand goes (the BullMQ queues in production). */
 export interface DemandSink {
-  add(demand: Demand): Promise<"added" | "duplicate">;
+  /**
+   * Once per job attempt ("duplicate" after that). With `claim`, the delivery is claimed in the
+   * same round trip, first: "replayed" when it was claimed before, and nothing is added.
+   */
+  add(demand: Demand, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed">;
   cancel(pool: string, demandId: string): Promise<boolean>;
 }
 
@@ -21,6 +28,8 @@ export interface RunnerMarks {
 /** Delivery ids already acted on (Redis in production). */
 export interface DeliveryClaims {
   claim(deliveryId: string): Promise<boolean>;
+  /** The claim as a key, for the demand sink to take together with the job attempt's. */
+  claimKey(deliveryId: string): ClaimKey;
   forget(deliveryId: string): Promise<void>;
 }
 
@@ -43,13 +52,28 @@ export interface IngressDeps {
 }
 
 /**
+ * Activity-log writes in flight at most before a delivery's answer waits for its own: far above
+ * what a healthy Redis ever has pending, small enough to bound memory when Redis stalls.
+ */
+const MAX_BOOKKEEPING_IN_FLIGHT = 1000;
+
+/**
  * Acts on one verified, parsed delivery and says what it did. Only `workflow_job` matters;
  * every other event is acknowledged and counted.
+ *
+ * The answer waits only for what it promises: a `queued` delivery's demand is in Redis (claimed,
+ * de-duplicated and added to BullMQ) before `handle` resolves. The activity log is written after,
+ * off the answer's path (bounded, see BestEffortWrites).
  */
 export class Ingress {
   readonly #deps: IngressDeps;
+  readonly #bookkeeping: BestEffortWrites;
+
   constructor(deps: IngressDeps) {
     this.#deps = deps;
+    this.#bookkeeping = new BestEffortWrites(MAX_BOOKKEEPING_IN_FLIGHT, (err) =>
+      deps.logger.debug({ err: errorMessage(err) }, "could not write the activity log"),
+    );
   }
 
   async handle(delivery: Delivery): Promise<string> {
@@ -58,7 +82,6 @@ export class Ingress {
     if (delivery.event === "ping") outcome = "pong";
     else if (delivery.event !== "workflow_job") outcome = "ignored_event";
     else if (!isWorkflowJob(delivery.payload)) outcome = "malformed";
-    else if (!(await this.#deps.deliveries.claim(delivery.deliveryId))) outcome = "replayed";
     else {
       try {
         outcome = await this.#workflowJob(delivery.payload, delivery);
@@ -69,37 +92,35 @@ export class Ingress {
       }
     }
     this.#deps.metrics.delivery(delivery.event, action, outcome);
-    await this.#deps.activity?.delivery(delivery, outcome).catch(() => undefined);
+    const activity = this.#deps.activity;
+    if (activity) {
+      // Handed over now: the log writes it with this turn's others, and a read through it waits for that.
+      const wait = this.#bookkeeping.start(() => activity.delivery(delivery, outcome));
+      if (wait) await wait;
+    }
     return outcome;
   }
 
+  /** Every delivery id is claimed once, before it is acted on: a replay gets "replayed" and does nothing. */
   async #workflowJob(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
+    if (event.action === "queued") return this.#queued(event, delivery);
+    if (!(await this.#deps.deliveries.claim(delivery.deliveryId))) return "replayed";
     const { config, logger } = this.#deps;
     const job = event.workflow_job;
-    const log = logger.child({ deliveryId: delivery.deliveryId, jobId: job.id, action: event.action });
+    const ids = { deliveryId: delivery.deliveryId, jobId: job.id, action: event.action };
     switch (event.action) {
-      case "queued": {
-        const decision = decideQueued(event, config, { deliveryId: delivery.deliveryId, receivedAt: delivery.receivedAt });
-        if (decision.kind === "ignore") {
-          log.debug({ reason: decision.reason }, "queued job ignored");
-          return `ignored_${decision.reason}`;
-        }
-        const result = await this.#deps.demand.add(decision.demand);
-        if (result === "added") log.info({ pool: decision.pool.name, repo: event.repository.full_name }, "demand queued");
-        return result === "added" ? "queued" : "duplicate";
-      }
       case "in_progress": {
         this.#observeTimes(event);
         if (!isOurRunner(config.runnerNamePrefix, job.runner_name)) return "not_ours";
         const known = await this.#deps.runners.mark(job.runner_name!, "busy", job.id);
-        if (known) log.info({ runner: job.runner_name }, "runner busy");
+        if (known) logger.info({ ...ids, runner: job.runner_name }, "runner busy");
         return known ? "runner_busy" : "runner_unknown";
       }
       case "completed": {
         this.#observeTimes(event);
         if (isOurRunner(config.runnerNamePrefix, job.runner_name)) {
           const known = await this.#deps.runners.mark(job.runner_name!, "completed", job.id);
-          if (known) log.info({ runner: job.runner_name }, "runner completed its job");
+          if (known) logger.info({ ...ids, runner: job.runner_name }, "runner completed its job");
           return known ? "runner_completed" : "runner_unknown";
         }
         if (job.runner_name) return "not_ours";
@@ -107,12 +128,35 @@ export class Ingress {
         const pool = matchPool(job.labels, config.pools);
         if (!pool) return "no_pool";
         const dropped = await this.#deps.demand.cancel(pool.name, demandId(job.id, job.run_attempt ?? 1));
-        if (dropped) log.info({ pool: pool.name }, "demand dropped: job ended before it got a runner");
+        if (dropped) logger.info({ ...ids, pool: pool.name }, "demand dropped: job ended before it got a runner");
         return dropped ? "demand_cancelled" : "no_demand";
       }
       default:
         return "ignored_action";
     }
+  }
+
+  /**
+   * A `queued` delivery the policy accepts costs two Redis round trips before its answer: the
+   * delivery and job-attempt claims together, then BullMQ's add. One it ignores is still claimed,
+   * so that its replays say so.
+   */
+  async #queued(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
+    const { config, logger, deliveries } = this.#deps;
+    const { deliveryId, receivedAt } = delivery;
+    const decision = decideQueued(event, config, { deliveryId, receivedAt });
+    if (decision.kind === "ignore") {
+      if (!(await deliveries.claim(deliveryId))) return "replayed";
+      logger.debug({ deliveryId, jobId: event.workflow_job.id, action: event.action, reason: decision.reason }, "queued job ignored");
+      return `ignored_${decision.reason}`;
+    }
+    const result = await this.#deps.demand.add(decision.demand, deliveries.claimKey(deliveryId));
+    if (result !== "added") return result;
+    logger.info(
+      { deliveryId, jobId: event.workflow_job.id, action: event.action, pool: decision.pool.name, repo: event.repository.full_name },
+      "demand queued",
+    );
+    return "queued";
   }
 
   /** Queue wait and duration of jobs our pools serve (matched by labels, as GitHub routes them). */

@@ -3,14 +3,36 @@
  * it. A lease lasts as long as the runner launched for it: a worker that dies stops renewing the
  * lock, BullMQ's stalled check puts the demand back, and another worker takes it.
  */
-import { Queue, UnrecoverableError, Worker, type Job, type RedisConnection } from "bullmq";
+import { Queue, UnrecoverableError, Worker, type Job, type JobsOptions, type RedisConnection } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
+import { TurnBatch } from "../batch.ts";
 import type { Demand } from "../demand.ts";
 import { demandId } from "../demand.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
 const SEEN_TTL_SECONDS = 3 * 24 * 3600;
 const LOCK_MS = 30_000;
+
+const CLAIM_REPLAYED = 0;
+const CLAIM_DUPLICATE = 1;
+/**
+ * Claims a delivery (KEYS[1]), then the job attempt it asks for (KEYS[2]), atomically and in one
+ * round trip. A replayed delivery never claims the attempt: were the config changed between two
+ * copies of one delivery, the attempt could otherwise end up marked seen with no demand behind it.
+ * 0: the delivery was claimed before; 1: only the attempt was; 2: both are new.
+ */
+const CLAIM_DELIVERY_AND_ATTEMPT = `
+if not redis.call('SET', KEYS[1], '1', 'EX', ARGV[1], 'NX') then return ${CLAIM_REPLAYED} end
+if not redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2], 'NX') then return ${CLAIM_DUPLICATE} end
+return 2`;
+
+/** One call of that script: the delivery's claim, the attempt's seen key, and the pool it names. */
+interface ClaimCall {
+  claim: { key: string; ttlSeconds: number };
+  seenKey: string;
+  pool: string;
+}
+type Claiming = { jitrunnerClaimDemand(claimKey: string, seenKey: string, claimTtl: string, seenTtl: string, pool: string): Promise<number> };
 
 export interface QueueSettings {
   redisUrl: string;
@@ -33,15 +55,30 @@ export type QueueState = (typeof QUEUE_STATES)[number];
 /** The states that mean "not yet taken by a worker". */
 const PENDING_STATES: readonly QueueState[] = ["waiting", "delayed", "prioritized", "paused"];
 
-/** The producer side, used by the server. */
+/**
+ * The producer side, used by the server. Claims and adds made in the same turn of the event loop
+ * (concurrent deliveries) go to Redis together: one pipelined write of claims, one `addBulk` per
+ * pool (see TurnBatch). Each delivery still gets its own answer, and only once its own add has
+ * resolved.
+ */
 export class DemandQueues {
   readonly #settings: QueueSettings;
   readonly #redis: Redis;
   readonly #queues = new Map<string, Queue>();
+  readonly #jobOptions: JobsOptions;
+  readonly #claims = new TurnBatch<ClaimCall, number>((calls) => this.#claimAll(calls));
+  readonly #adds = new Map<string, TurnBatch<Demand, void>>();
 
   constructor(settings: QueueSettings, redis: Redis) {
     this.#settings = settings;
     this.#redis = redis;
+    this.#jobOptions = {
+      attempts: settings.attempts,
+      backoff: { type: "exponential", delay: 2000 },
+      removeOnComplete: { age: 3600, count: 5000 },
+      removeOnFail: { age: SEEN_TTL_SECONDS },
+    };
+    redis.defineCommand("jitrunnerClaimDemand", { numberOfKeys: 2, lua: CLAIM_DELIVERY_AND_ATTEMPT });
   }
 
   #queue(pool: string): Queue {
@@ -53,25 +90,67 @@ export class DemandQueues {
     return q;
   }
 
-  /** Adds the demand once per (job id, run attempt); a redelivery adds nothing. */
-  async add(demand: Demand): Promise<"added" | "duplicate"> {
+  /**
+   * Adds the demand once per (job id, run attempt); a redelivery adds nothing ("duplicate"). With
+   * `claim` (a delivery's claim, see DeliveryLog.claimKey), that delivery is claimed first in the
+   * same round trip: "replayed" when it was claimed before, and then nothing else is touched. The
+   * answer comes only once BullMQ's add has resolved: "added" means the demand is in Redis.
+   */
+  async add(demand: Demand, claim?: { key: string; ttlSeconds: number }): Promise<"added" | "duplicate" | "replayed"> {
     const id = demandId(demand.jobId, demand.runAttempt);
     const seenKey = `${this.#settings.prefix}:seen:${id}`;
-    const fresh = await this.#redis.set(seenKey, demand.pool, "EX", SEEN_TTL_SECONDS, "NX");
-    if (fresh === null) return "duplicate";
+    if (claim) {
+      const claimed = await this.#claims.call({ claim, seenKey, pool: demand.pool });
+      if (claimed === CLAIM_REPLAYED) return "replayed";
+      if (claimed === CLAIM_DUPLICATE) return "duplicate";
+    } else if ((await this.#redis.set(seenKey, demand.pool, "EX", SEEN_TTL_SECONDS, "NX")) === null) {
+      return "duplicate";
+    }
     try {
-      await this.#queue(demand.pool).add("runner", demand, {
-        jobId: id,
-        attempts: this.#settings.attempts,
-        backoff: { type: "exponential", delay: 2000 },
-        removeOnComplete: { age: 3600, count: 5000 },
-        removeOnFail: { age: SEEN_TTL_SECONDS },
-      });
+      await this.#addBatch(demand.pool).call(demand);
     } catch (err) {
       await this.#redis.del(seenKey).catch(() => undefined);
       throw err;
     }
     return "added";
+  }
+
+  /** One turn's claims: the script alone, or pipelined in one write. */
+  async #claimAll(calls: ClaimCall[]): Promise<Array<number | Error>> {
+    const args = (c: ClaimCall) => [c.claim.key, c.seenKey, String(c.claim.ttlSeconds), String(SEEN_TTL_SECONDS), c.pool] as const;
+    if (calls.length === 1) return [await (this.#redis as Redis & Claiming).jitrunnerClaimDemand(...args(calls[0]!))];
+    const pipeline = this.#redis.pipeline() as ReturnType<Redis["pipeline"]> & Claiming;
+    for (const c of calls) void pipeline.jitrunnerClaimDemand(...args(c));
+    const results = (await pipeline.exec()) ?? [];
+    return calls.map((_c, i) => {
+      const [err, value] = results[i] ?? [new Error("no reply to a claim")];
+      return err ?? (value as number);
+    });
+  }
+
+  /**
+   * One turn's demand for a pool: `add`, or one `addBulk`. A bulk add that fails is tried again one
+   * by one, so each delivery learns whether its own demand is in Redis (BullMQ's job id makes a
+   * second add of one that did get in a no-op).
+   */
+  #addBatch(pool: string): TurnBatch<Demand, void> {
+    let batch = this.#adds.get(pool);
+    if (!batch) {
+      const opts = (d: Demand): JobsOptions => ({ ...this.#jobOptions, jobId: demandId(d.jobId, d.runAttempt) });
+      batch = new TurnBatch<Demand, void>(async (demands) => {
+        const queue = this.#queue(pool);
+        if (demands.length > 1) {
+          const added = await queue.addBulk(demands.map((d) => ({ name: "runner", data: d, opts: opts(d) }))).then(
+            () => true,
+            () => false,
+          );
+          if (added) return demands.map(() => undefined);
+        }
+        return Promise.all(demands.map((d) => queue.add("runner", d, opts(d)).then(() => undefined, (err: unknown) => toError(err))));
+      });
+      this.#adds.set(pool, batch);
+    }
+    return batch;
   }
 
   /** Drops a demand that is still waiting (its job was cancelled). False if it is taken or gone. */
@@ -176,4 +255,8 @@ export class DemandConsumer {
   async close(): Promise<void> {
     await this.#worker.close();
   }
+}
+
+function toError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
 }

@@ -1,21 +1,28 @@
 import type { Logger } from "pino";
 import type { Demand } from "../demand.ts";
 import { errorMessage } from "../errors.ts";
+import { BestEffortWrites } from "../ingress/best-effort.ts";
 import type { DemandSink } from "../ingress/ingress.ts";
 import type { ActiveRepos } from "../state/active-repos.ts";
 
+/** Notes in flight at most before an answer waits for its own (see BestEffortWrites). */
+const MAX_NOTES_IN_FLIGHT = 1000;
+
 /**
  * The ingress's demand sink, noting each repository whose queued jobs it accepts as recently
- * active (what the leader's loops ask GitHub about). Noting is best effort: a webhook is never
- * refused because of it.
+ * active (what the leader's loops ask GitHub about). Noting is best effort and off the webhook's
+ * answer: a webhook is never refused or held up because of it.
  */
 export function notingActivity(sink: DemandSink, repos: Pick<ActiveRepos, "touch">, logger: Logger): DemandSink {
+  const notes = new BestEffortWrites(MAX_NOTES_IN_FLIGHT, (err) =>
+    logger.debug({ err: errorMessage(err) }, "could not note an active repository"),
+  );
   return {
-    async add(demand: Demand) {
-      const result = await sink.add(demand);
-      await repos
-        .touch({ installationId: demand.installationId, owner: demand.owner, repo: demand.repo })
-        .catch((err) => logger.debug({ err: errorMessage(err) }, "could not note an active repository"));
+    async add(demand: Demand, claim) {
+      const result = await sink.add(demand, claim);
+      if (result === "replayed") return result;
+      const wait = notes.start(() => repos.touch({ installationId: demand.installationId, owner: demand.owner, repo: demand.repo }));
+      if (wait) await wait;
       return result;
     },
     cancel: (pool, demandId) => sink.cancel(pool, demandId),

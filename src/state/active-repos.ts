@@ -11,6 +11,12 @@ export interface ActiveRepo {
 
 /** Newest entries kept at most, whatever the window: bounds the set under any load. */
 const MAX_ENTRIES = 10_000;
+/**
+ * A repository noted by this process less than this long ago is not written again. The loops that
+ * read the set look back hours and run every few minutes, so a few seconds of lag changes nothing,
+ * while a burst of one repository's jobs costs one write instead of one per job.
+ */
+const RENOTE_MS = 10_000;
 
 /**
  * Repositories with recent demand, in one Redis sorted set scored by time. The ingress touches a
@@ -20,18 +26,28 @@ const MAX_ENTRIES = 10_000;
 export class ActiveRepos {
   readonly #redis: Redis;
   readonly #key: string;
+  /** When this process last wrote each repository (at most MAX_ENTRIES of them). */
+  readonly #noted = new Map<string, number>();
 
   constructor(redis: Redis, prefix: string) {
     this.#redis = redis;
     this.#key = `${prefix}:active-repos`;
   }
 
+  /** Notes a repository as active at `at`, unless this process did so within the last RENOTE_MS. */
   async touch(r: Omit<ActiveRepo, "seenAt">, at: number = Date.now()): Promise<void> {
-    await this.#redis
-      .multi()
-      .zadd(this.#key, at, `${r.installationId}/${r.owner}/${r.repo}`)
-      .zremrangebyrank(this.#key, 0, -(MAX_ENTRIES + 1))
-      .exec();
+    const member = `${r.installationId}/${r.owner}/${r.repo}`;
+    const last = this.#noted.get(member);
+    if (last !== undefined && at >= last && at - last < RENOTE_MS) return;
+    if (this.#noted.size >= MAX_ENTRIES) this.#noted.clear();
+    this.#noted.set(member, at);
+    try {
+      await this.#redis.multi().zadd(this.#key, at, member).zremrangebyrank(this.#key, 0, -(MAX_ENTRIES + 1)).exec();
+    } catch (err) {
+      // Not written: the next job of this repository tries again.
+      if (this.#noted.get(member) === at) this.#noted.delete(member);
+      throw err;
+    }
   }
 
   /** Repositories seen within `windowMs`, most recent first, at most `max`. Older ones are dropped. */

@@ -1,4 +1,5 @@
 import type { Redis } from "ioredis";
+import { TurnBatch } from "../batch.ts";
 
 /** One `workflow_job` delivery as operators see it: what came in and what jitrunner did. */
 export interface JobEvent {
@@ -60,12 +61,20 @@ const MESSAGE_MAX = 300;
  * Recent jobs and launch failures, for the status page and `jitrunner status`: two capped Redis
  * lists, newest first. Writes never fail their caller's work (callers ignore the promise's
  * rejection); entries hold no secrets (long token-like strings in error messages are redacted).
+ * Job events recorded in the same turn of the event loop (concurrent deliveries) are written
+ * together, in one LPUSH; a read through this object waits for what it was told before.
  */
 export class ActivityLog implements ActivityRecorder {
   readonly #redis: Redis;
   readonly #prefix: string;
   readonly #keepJobs: number;
   readonly #keepFailures: number;
+  readonly #jobWrites = new TurnBatch<string, void>(async (entries) => {
+    await this.#pushAll(this.#jobsKey, entries, this.#keepJobs);
+    return entries.map(() => undefined);
+  });
+  /** The last batch of job events handed to Redis (settled, never rejected). */
+  #lastJobWrite: Promise<void> = Promise.resolve();
 
   constructor(redis: Redis, prefix: string, opts: { keepJobs?: number; keepFailures?: number } = {}) {
     this.#redis = redis;
@@ -84,7 +93,10 @@ export class ActivityLog implements ActivityRecorder {
   async delivery(delivery: { event: string; payload: unknown; receivedAt: number }, outcome: string): Promise<void> {
     if (delivery.event !== "workflow_job" || NOT_RECORDED.has(outcome)) return;
     const entry = jobEventOf(delivery.payload, outcome, delivery.receivedAt);
-    if (entry) await this.#push(this.#jobsKey, entry, this.#keepJobs);
+    if (!entry) return;
+    const written = this.#jobWrites.call(JSON.stringify(entry));
+    this.#lastJobWrite = written.catch(() => undefined);
+    await written;
   }
 
   async launchFailure(demand: { pool: string; jobId: number; owner: string; repo: string }, attempt: number, err: unknown): Promise<void> {
@@ -99,11 +111,12 @@ export class ActivityLog implements ActivityRecorder {
       message: redact(typeof e?.message === "string" ? e.message : String(err)).slice(0, MESSAGE_MAX),
       retryable: e?.retryable !== false,
     };
-    await this.#push(this.#failuresKey, entry, this.#keepFailures);
+    await this.#pushAll(this.#failuresKey, [JSON.stringify(entry)], this.#keepFailures);
   }
 
   /** Newest first. */
   async recentJobEvents(count = this.#keepJobs): Promise<JobEvent[]> {
+    await this.#lastJobWrite;
     return this.#read<JobEvent>(this.#jobsKey, count);
   }
 
@@ -112,10 +125,11 @@ export class ActivityLog implements ActivityRecorder {
     return this.#read<LaunchFailure>(this.#failuresKey, count);
   }
 
-  async #push(key: string, entry: object, keep: number): Promise<void> {
+  /** `entries` oldest first: each lands in front of the one before it. */
+  async #pushAll(key: string, entries: string[], keep: number): Promise<void> {
     await this.#redis
       .multi()
-      .lpush(key, JSON.stringify(entry))
+      .lpush(key, ...entries)
       .ltrim(key, 0, keep - 1)
       .exec();
   }

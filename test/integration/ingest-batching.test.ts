@@ -1,0 +1,152 @@
+/**
+ * The ingest path as main.ts composes it (HTTP app, Ingress, DemandQueues on a connection of its
+ * own, the activity log and the active-repository set on another), on a real Redis, under
+ * concurrency: the delivery and job-attempt claims of one event-loop turn go to Redis as one
+ * pipeline and the adds as one `addBulk`, yet each delivery is answered for itself, a 202 means
+ * its demand is in BullMQ, and a delivery whose demand could not be added is acted on when
+ * GitHub sends it again.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, test } from "node:test";
+import { Queue } from "bullmq";
+import type { FastifyInstance } from "fastify";
+import type { Redis } from "ioredis";
+import { pino } from "pino";
+import { buildApp } from "../../src/http/app.ts";
+import { Ingress } from "../../src/ingress/ingress.ts";
+import { Metrics } from "../../src/metrics/metrics.ts";
+import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
+import { notingActivity } from "../../src/reconcile/repo-activity.ts";
+import { ActiveRepos } from "../../src/state/active-repos.ts";
+import { ActivityLog } from "../../src/state/activity.ts";
+import { DeliveryLog } from "../../src/state/deliveries.ts";
+import { RunnerStore } from "../../src/state/runners.ts";
+import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { queuedPayload, signedHeaders } from "../helpers/webhooks.ts";
+
+let redis: TestRedis;
+let state: Redis;
+let queueConn: Redis;
+let app: FastifyInstance;
+let queues: DemandQueues;
+let activity: ActivityLog;
+let repos: ActiveRepos;
+const config = testConfig({ pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: "x" }] });
+
+before(async () => {
+  redis = await startRedis();
+  state = redisConnection(redis.url);
+  queueConn = redisConnection(redis.url);
+  const logger = pino({ level: "silent" });
+  const metrics = new Metrics({ processMetrics: false });
+  queues = new DemandQueues({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, queueConn);
+  activity = new ActivityLog(state, redis.prefix, { keepJobs: 1000 });
+  repos = new ActiveRepos(state, redis.prefix);
+  const ingress = new Ingress({
+    config,
+    demand: notingActivity(queues, repos, logger),
+    runners: new RunnerStore(state, redis.prefix),
+    deliveries: new DeliveryLog(state, redis.prefix),
+    metrics,
+    logger,
+    activity,
+  });
+  app = await buildApp({
+    logger,
+    metrics,
+    webhooks: { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress },
+    readiness: async () => [],
+  });
+});
+
+after(async () => {
+  await app?.close();
+  await queues?.close();
+  state?.disconnect();
+  queueConn?.disconnect();
+  await redis?.stop();
+});
+
+async function demandIds(): Promise<string[]> {
+  const q = new Queue("demand-default", { connection: state, prefix: `${redis.prefix}:bull` });
+  const jobs = await q.getJobs(["waiting", "delayed", "prioritized", "active", "completed", "failed"]);
+  await q.close();
+  return jobs.map((j) => j.id!).sort();
+}
+
+function deliver(body: string, deliveryId: string) {
+  return app.inject({ method: "POST", url: "/webhooks/github", payload: body, headers: signedHeaders("workflow_job", body, WEBHOOK_SECRET, deliveryId) });
+}
+
+test("concurrent copies and duplicates of many jobs: one demand per job attempt, each delivery answered for itself", async () => {
+  const jobs = Array.from({ length: 40 }, (_, i) => 910_000 + i);
+  // Per job: a delivery, the same delivery again (a replay), and a second delivery of the same
+  // attempt (GitHub sending the event twice); all 120 at once, in a shuffled order.
+  const sends: Array<{ jobId: number; body: string; deliveryId: string }> = [];
+  for (const jobId of jobs) {
+    const body = JSON.stringify(queuedPayload({ jobId, labels: ["self-hosted", "linux"], owner: "acme", repo: "batch" }));
+    const first = randomUUID();
+    sends.push({ jobId, body, deliveryId: first }, { jobId, body, deliveryId: first }, { jobId, body, deliveryId: randomUUID() });
+  }
+  let seed = 7;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  for (let i = sends.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [sends[i], sends[j]] = [sends[j]!, sends[i]!];
+  }
+  const answers = await Promise.all(sends.map(async (s) => ({ jobId: s.jobId, res: await deliver(s.body, s.deliveryId) })));
+
+  const byJob = new Map<number, string[]>();
+  for (const { jobId, res } of answers) {
+    assert.equal(res.statusCode, 202);
+    byJob.set(jobId, [...(byJob.get(jobId) ?? []), res.json().outcome as string]);
+  }
+  for (const jobId of jobs) {
+    // Whatever the order: one copy of the delivery finds it claimed; of the two deliveries that
+    // claimed an id, one adds the demand and the other finds the attempt claimed.
+    assert.deepEqual(byJob.get(jobId)!.sort(), ["duplicate", "queued", "replayed"], `job ${jobId}`);
+  }
+  assert.deepEqual(await demandIds(), jobs.map((id) => `${id}-1`).sort());
+  // The bookkeeping written after the answers: one activity entry per queued job, the repository noted.
+  const events = await activity.recentJobEvents();
+  assert.deepEqual(events.map((e) => e.jobId).sort(), [...jobs].sort());
+  assert.ok(events.every((e) => e.outcome === "queued"));
+  assert.ok((await repos.list(60_000, 10)).some((r) => r.owner === "acme" && r.repo === "batch"));
+});
+
+test("a delivery whose demand could not be added answers 500, and is acted on when GitHub sends it again", async () => {
+  const jobs = [920_001, 920_002, 920_003];
+  const deliveries = jobs.map((jobId) => ({
+    jobId,
+    id: randomUUID(),
+    body: JSON.stringify(queuedPayload({ jobId, labels: ["self-hosted"], owner: "acme", repo: "broken" })),
+  }));
+  // BullMQ's add script starts by incrementing the queue's id counter: a counter that is not a
+  // number makes every add fail before it writes anything, as a Redis refusing writes would.
+  const idKey = `${redis.prefix}:bull:demand-default:id`;
+  await state.set(idKey, "not-a-number");
+  const alone = await deliver(deliveries[0]!.body, deliveries[0]!.id);
+  const together = await Promise.all(deliveries.slice(1).map((d) => deliver(d.body, d.id)));
+  for (const res of [alone, ...together]) assert.equal(res.statusCode, 500);
+  assert.ok(!(await demandIds()).some((id) => id.startsWith("92000")), "nothing was added");
+
+  await state.del(idKey);
+  // The redelivery carries the same delivery id: the failed attempt left no claim behind.
+  const again = await Promise.all(deliveries.map((d) => deliver(d.body, d.id)));
+  assert.deepEqual(again.map((r) => [r.statusCode, r.json().outcome]), jobs.map(() => [202, "queued"]));
+  const ids = await demandIds();
+  for (const jobId of jobs) assert.equal(ids.filter((id) => id === `${jobId}-1`).length, 1);
+});
+
+test("a repository noted a moment ago is not written again; later it is", async () => {
+  const r = { installationId: 7, owner: "acme", repo: "renote" };
+  const t0 = Date.now() - 60_000;
+  const seenAt = async () => (await repos.list(3_600_000, 100)).find((x) => x.repo === "renote")?.seenAt;
+  await repos.touch(r, t0);
+  await repos.touch(r, t0 + 5_000);
+  assert.equal(await seenAt(), t0, "5 s later: the first note stands");
+  await repos.touch(r, t0 + 11_000);
+  assert.equal(await seenAt(), t0 + 11_000, "11 s later: noted again");
+});
