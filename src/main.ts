@@ -39,6 +39,18 @@ export interface Running {
  */
 export async function start(config: Config, mode: Mode, logger: Logger): Promise<Running> {
   const connections: Redis[] = [];
+  const undo: Array<() => Promise<unknown>> = [];
+  try {
+    return await startWith(config, mode, logger, connections, undo);
+  } catch (err) {
+    // A start that fails half-way (engine unreachable, port taken) leaves nothing open.
+    await Promise.allSettled(undo.reverse().map((fn) => fn()));
+    for (const c of connections) c.disconnect();
+    throw err;
+  }
+}
+
+async function startWith(config: Config, mode: Mode, logger: Logger, connections: Redis[], undo: Array<() => Promise<unknown>>): Promise<Running> {
   const connect = (): Redis => {
     const c = redisConnection(config.redis.url);
     c.on("error", (err) => logger.debug({ err: errorMessage(err) }, "redis connection error"));
@@ -107,6 +119,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
     });
     const served = config.worker.pools.length ? config.pools.filter((p) => config.worker.pools.includes(p.name)) : config.pools;
     const sources = new Map(served.map((p) => [p.name, new DemandConsumer(settings, connect(), p.name, `${host}:${process.pid}`)]));
+    for (const source of sources.values()) undo.push(() => source.close());
     worker = new RunnerWorker({
       host,
       capacity: config.worker.capacity,

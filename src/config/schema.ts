@@ -43,6 +43,8 @@ const pool = z
     env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
     allowPublicRepositories: z.boolean().default(false),
     idleTimeoutSeconds: z.number().int().positive().default(600),
+    /** A runner GitHub does not list online this long after its container started is removed. */
+    startTimeoutSeconds: z.number().int().positive().default(300),
     /** Runners of this pool at once across every host; unset: no global limit. */
     maxRunners: z.number().int().positive().optional(),
     /** Idle registered runners kept ready across the fleet, so a job starts with no launch on its critical path. */

@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 import Docker from "dockerode";
 import { DockerError, errorMessage } from "../errors.ts";
 import type { RunnerContainer, RunnerDriver, RunnerSpec } from "./driver.ts";
@@ -15,6 +16,10 @@ export interface DockerConnection {
 }
 
 const DOCKER_DATA = "/var/lib/docker";
+/** Ends the name of each runner's own volume for DinD's storage (see `dataVolumeName`). */
+const DATA_VOLUME_SUFFIX = "-var-lib-docker";
+/** How often a waited-for container's state is also looked at (see `wait`). */
+const WAIT_POLL_MS = 10_000;
 
 /** RunnerDriver on a real Docker engine, through dockerode (unix socket, TCP+TLS or SSH). */
 export class DockerodeDriver implements RunnerDriver {
@@ -36,8 +41,14 @@ export class DockerodeDriver implements RunnerDriver {
   }
 
   async create(spec: RunnerSpec): Promise<string> {
-    const container = await this.#call("create container", () => this.#docker.createContainer(createOptions(spec)));
-    return container.id;
+    try {
+      const container = await this.#call("create container", () => this.#docker.createContainer(createOptions(spec)));
+      return container.id;
+    } catch (err) {
+      // A create the engine fails half-way can leave the volume made (it does while shutting down).
+      if (ownsDataVolume(spec)) await this.#removeVolume(dataVolumeName(spec.name)).catch(() => undefined);
+      throw err;
+    }
   }
 
   async start(id: string): Promise<void> {
@@ -46,6 +57,21 @@ export class DockerodeDriver implements RunnerDriver {
 
   async wait(id: string, signal: AbortSignal): Promise<{ exitCode: number | null }> {
     const container = this.#docker.getContainer(id);
+    // An engine that shuts down while a wait is open may never answer it, nor close it visibly
+    // (seen with a container started during the engine's shutdown): a slow look at the
+    // container's state ends the wait all the same, once the engine answers again.
+    const done = new AbortController();
+    const stop = () => done.abort();
+    signal.addEventListener("abort", stop, { once: true });
+    try {
+      return await Promise.race([this.#waitOnce(container, done.signal), this.#pollStopped(container, done.signal)]);
+    } finally {
+      done.abort();
+      signal.removeEventListener("abort", stop);
+    }
+  }
+
+  async #waitOnce(container: Docker.Container, signal: AbortSignal): Promise<{ exitCode: number | null }> {
     try {
       const result = await container.wait({ abortSignal: signal });
       return { exitCode: typeof result?.StatusCode === "number" ? result.StatusCode : null };
@@ -56,14 +82,48 @@ export class DockerodeDriver implements RunnerDriver {
     }
   }
 
+  /** Resolves once the container is seen stopped or gone; errors (engine down) are looked past. */
+  async #pollStopped(container: Docker.Container, signal: AbortSignal): Promise<{ exitCode: number | null }> {
+    while (!signal.aborted) {
+      const slept = await sleep(WAIT_POLL_MS, true, { signal }).catch(() => false);
+      if (!slept) break;
+      try {
+        const state = (await container.inspect()).State;
+        if (!state.Running && !state.Restarting) return { exitCode: state.ExitCode };
+      } catch (err) {
+        if (statusOf(err) === 404) return { exitCode: null };
+      }
+    }
+    return { exitCode: null };
+  }
+
   async remove(id: string): Promise<void> {
+    const container = this.#docker.getContainer(id);
+    // Its data volume is named, and remove({ v: true }) deletes only anonymous ones.
+    const volumes = await container.inspect().then(
+      (c) => c.Mounts.filter((m) => m.Type === "volume" && m.Name?.endsWith(DATA_VOLUME_SUFFIX)).map((m) => m.Name!),
+      () => [],
+    );
     try {
-      await this.#docker.getContainer(id).remove({ force: true, v: true });
+      await container.remove({ force: true, v: true });
     } catch (err) {
       const status = statusOf(err);
-      // 404: already gone; 409: removal already in progress.
+      // 404: already gone; 409: removal already in progress (a volume left is the host loop's).
       if (status === 404 || status === 409) return;
       throw new DockerError(`remove container failed: ${errorMessage(err)}`, { cause: err });
+    }
+    for (const v of volumes) await this.#removeVolume(v);
+  }
+
+  /** 404 (gone) and 409 (in use) are not errors: what stays is left to `removeUnusedVolumes`. */
+  async #removeVolume(name: string): Promise<boolean> {
+    try {
+      await this.#docker.getVolume(name).remove();
+      return true;
+    } catch (err) {
+      const status = statusOf(err);
+      if (status === 404 || status === 409) return false;
+      throw new DockerError(`remove volume failed: ${errorMessage(err)}`, { cause: err });
     }
   }
 
@@ -77,6 +137,20 @@ export class DockerodeDriver implements RunnerDriver {
       running: c.State === "running" || c.State === "restarting",
       createdAt: c.Created * 1000,
     }));
+  }
+
+  async removeUnusedVolumes(labels: Record<string, string>, namePrefix: string): Promise<number> {
+    // `dangling`: referenced by no container, not even a stopped or half-created one.
+    const filters = { dangling: ["true"] };
+    const found = await this.#call("list volumes", () => this.#docker.listVolumes({ filters } as Docker.VolumeListOptions));
+    let removed = 0;
+    for (const v of found.Volumes ?? []) {
+      const labelled = Object.entries(labels).every(([k, value]) => v.Labels?.[k] === value);
+      // A create the engine failed while shutting down leaves the volume without its labels.
+      const unlabelled = Object.keys(v.Labels ?? {}).length === 0 && v.Name.startsWith(namePrefix) && v.Name.endsWith(DATA_VOLUME_SUFFIX);
+      if ((labelled || unlabelled) && (await this.#removeVolume(v.Name))) removed++;
+    }
+    return removed;
   }
 
   async #call<T>(what: string, fn: () => Promise<T>): Promise<T> {
@@ -98,6 +172,16 @@ function statusOf(err: unknown): number | undefined {
   return typeof s === "number" ? s : undefined;
 }
 
+/** The name of a runner container's own volume for DinD's storage. */
+export function dataVolumeName(containerName: string): string {
+  return `${containerName}${DATA_VOLUME_SUFFIX}`;
+}
+
+/** Unless the pool mounts something of its own there. */
+function ownsDataVolume(spec: RunnerSpec): boolean {
+  return !spec.mounts.some((m) => m.target === DOCKER_DATA);
+}
+
 /** The Docker API body for a runner container. Exported for tests. */
 export function createOptions(spec: RunnerSpec): Docker.ContainerCreateOptions {
   const env = { ...spec.env, ACTIONS_RUNNER_INPUT_JITCONFIG: spec.jitConfig.reveal() };
@@ -111,6 +195,14 @@ export function createOptions(spec: RunnerSpec): Docker.ContainerCreateOptions {
   if (spec.resources.cpus) host.NanoCpus = Math.round(spec.resources.cpus * 1e9);
   if (spec.resources.memoryMb) host.Memory = spec.resources.memoryMb * 1024 * 1024;
   if (spec.resources.pidsLimit) host.PidsLimit = spec.resources.pidsLimit;
+  // A fresh volume of its own (DinD's storage cannot sit on the container's overlay root), named
+  // after the runner and labelled as ours, so that one left behind (an engine that shuts down
+  // fails creates half-way, and removals) is known as ours; `remove` deletes it.
+  if (ownsDataVolume(spec)) {
+    host.Mounts = [
+      { Type: "volume", Source: dataVolumeName(spec.name), Target: DOCKER_DATA, VolumeOptions: { Labels: spec.labels } } as Docker.MountSettings,
+    ];
+  }
   switch (spec.isolation) {
     case "privileged":
       host.Privileged = true;
@@ -132,9 +224,6 @@ export function createOptions(spec: RunnerSpec): Docker.ContainerCreateOptions {
     Image: spec.image,
     Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
     Labels: spec.labels,
-    // An anonymous volume: DinD's storage cannot sit on the container's overlay root, and
-    // remove({ v: true }) deletes it with the container.
-    Volumes: { [DOCKER_DATA]: {} },
     HostConfig: host,
     Tty: false,
     AttachStdout: false,

@@ -31,8 +31,14 @@ export interface RunnerDriver {
   start(id: string): Promise<void>;
   /** Resolves when the container stops (or is gone), or when `signal` aborts. */
   wait(id: string, signal: AbortSignal): Promise<{ exitCode: number | null }>;
-  /** Removes the container and its anonymous volumes; a missing container is not an error. */
+  /** Removes the container and its volumes; a missing container is not an error. */
   remove(id: string): Promise<void>;
   /** Containers carrying all of these labels, running or not. */
   list(labels: Record<string, string>): Promise<RunnerContainer[]>;
+  /**
+   * Removes runner volumes that no container uses: those carrying all of these labels, and those
+   * named for a runner of `namePrefix` that lost their labels (a create the engine failed half-way
+   * while shutting down leaves such a volume). Resolves how many it removed.
+   */
+  removeUnusedVolumes(labels: Record<string, string>, namePrefix: string): Promise<number>;
 }

@@ -79,6 +79,8 @@ export interface GitHubClient {
   /** Deletes the registration with this name, if there is one (one whose creation answer was lost). */
   deleteRunnerNamed(scope: RunnerScope, name: string): Promise<"deleted" | "not_found" | "busy">;
   getJob(installationId: number, owner: string, repo: string, jobId: number): Promise<JobStatus>;
+  /** One registered runner; undefined when GitHub has none with this id (404). */
+  getRunner(scope: RunnerScope, runnerId: number): Promise<RegisteredRunner | undefined>;
   /** Every runner registered in a scope (all pages, up to a bound). */
   listRunners(scope: RunnerScope, opts?: CallOptions): Promise<RegisteredRunner[]>;
   /** Runs of a repository with this status (`queued`, `in_progress`), newest first, up to a bound. */

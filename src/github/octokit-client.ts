@@ -314,6 +314,21 @@ export class OctokitGitHub implements GitHubClient {
     return { status: res.data.status, conclusion: res.data.conclusion ?? null, runnerName: res.data.runner_name ?? null };
   }
 
+  async getRunner(scope: RunnerScope, runnerId: number): Promise<RegisteredRunner | undefined> {
+    const client = this.#client(scope.installationId);
+    try {
+      const res = await this.#call("get runner", () =>
+        scope.repo
+          ? client.request("GET /repos/{owner}/{repo}/actions/runners/{runner_id}", { owner: scope.owner, repo: scope.repo, runner_id: runnerId })
+          : client.request("GET /orgs/{org}/actions/runners/{runner_id}", { org: scope.owner, runner_id: runnerId }),
+      );
+      return { id: res.data.id, name: res.data.name, status: res.data.status, busy: res.data.busy };
+    } catch (err) {
+      if (err instanceof GitHubError && err.status === 404) return undefined;
+      throw err;
+    }
+  }
+
   async listRunners(scope: RunnerScope, opts: CallOptions = {}): Promise<RegisteredRunner[]> {
     const client = this.#client(scope.installationId);
     const out: RegisteredRunner[] = [];

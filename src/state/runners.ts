@@ -139,13 +139,14 @@ export class RunnerStore {
    * lease launches no second one); a failed launch clears it so the retry launches again.
    */
   async remove(record: Pick<RunnerRecord, "name" | "host" | "demandId">, demandServed: boolean): Promise<void> {
+    // The claim goes first: whoever sees the record gone then sees the demand unserved too.
+    if (!demandServed) await this.releaseDemand(record);
     const tx = this.#redis
       .multi()
       .del(this.#key(record.name))
       .srem(this.#hostKey(record.host), record.name)
       .srem(this.#allKey, record.name);
     await tx.exec();
-    if (!demandServed) await this.releaseDemand(record);
   }
 
   /** The container started: idle until a webhook says busy (unless one already has). */

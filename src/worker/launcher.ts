@@ -47,6 +47,25 @@ export function scopeOf(record: Pick<RunnerRecord, "installationId" | "owner" | 
 }
 
 const IDLE_RECHECK_MS = 2000;
+/** Reasons a watch ends for only after GitHub deleted the registration (no job ran on it). */
+const DEREGISTERED_BY_WATCH = new Set(["idle_timeout", "start_timeout"]);
+
+/** Points of a launch at which a test can have the process die (docs/reliability.md). */
+export type Failpoint = "launch:after-jit" | "launch:after-create" | "launch:after-start";
+
+/**
+ * A testing aid for the chaos tests: `JITRUNNER_FAILPOINT` (comma-separated points) makes the
+ * process SIGKILL itself at that point of every launch, exactly as a crash there would, leaving
+ * what that point leaves behind. Read once, when the process starts; never set in production.
+ */
+const FAILPOINTS = new Set((process.env.JITRUNNER_FAILPOINT ?? "").split(",").map((p) => p.trim()).filter(Boolean));
+
+function failpoint(point: Failpoint): void {
+  if (!FAILPOINTS.has(point)) return;
+  // stderr is written synchronously (a pipe or a file), so the test sees which point was hit.
+  process.stderr.write(`failpoint ${point}: SIGKILL\n`);
+  process.kill(process.pid, "SIGKILL");
+}
 
 /**
  * One runner's life on this host: register (JIT config), create, start, watch, tear down.
@@ -103,6 +122,8 @@ export class Launcher {
           await d.runners.put(record);
         }
       }
+      // Registered at GitHub; not yet noted anywhere but in this process.
+      failpoint("launch:after-jit");
       record.runnerId = jit.runnerId;
       await d.runners.update(name, { runnerId: jit.runnerId });
       rlog.info({ runnerId: jit.runnerId }, "runner registered");
@@ -120,9 +141,11 @@ export class Launcher {
         mounts: pool.mounts,
       };
       record.containerId = await d.driver.create(spec);
+      failpoint("launch:after-create");
       record.state = "starting";
       await d.runners.update(name, { containerId: record.containerId, state: "starting" });
       await d.driver.start(record.containerId);
+      failpoint("launch:after-start");
       tracked.state = "idle";
       await d.runners.started(name);
       rlog.info({ container: record.containerId.slice(0, 12) }, "runner container started");
@@ -140,11 +163,13 @@ export class Launcher {
 
   /**
    * Waits until the runner is done: its container stopped, or `completed` came and the grace
-   * period passed, or it stayed idle past the pool's idle timeout and GitHub agreed to delete it.
+   * period passed, or it stayed idle past the pool's idle timeout and GitHub agreed to delete it,
+   * or GitHub still did not list it online at the pool's start timeout (never registered, hung)
+   * and agreed to delete it.
    */
   watch(
     tracked: Tracked,
-    pool: Pick<PoolConfig, "idleTimeoutSeconds">,
+    pool: Pick<PoolConfig, "idleTimeoutSeconds" | "startTimeoutSeconds">,
     log: Logger,
     shutdown?: AbortSignal,
     /** When an idle runner is reaped (ms since epoch); a warm runner's moves while it waits. */
@@ -158,11 +183,13 @@ export class Launcher {
       const ac = new AbortController();
       const timers: NodeJS.Timeout[] = [];
       let finished = false;
+      const onShutdown = () => finish("shutdown");
       const finish = (reason: string) => {
         if (finished) return;
         finished = true;
         timers.forEach(clearTimeout);
         off();
+        shutdown?.removeEventListener("abort", onShutdown);
         ac.abort();
         resolve(reason);
       };
@@ -176,7 +203,7 @@ export class Launcher {
       const off = d.events.on(name, onState);
       // Shutdown stops the watching, not the runner: a restarted worker adopts it.
       if (shutdown?.aborted) return finish("shutdown");
-      shutdown?.addEventListener("abort", () => finish("shutdown"), { once: true });
+      shutdown?.addEventListener("abort", onShutdown, { once: true });
       // A webhook may have arrived before we listened.
       d.runners.get(name).then((r) => r && (r.state === "busy" || r.state === "completed") && onState(r.state), () => undefined);
       if (!containerId) return finish("no_container");
@@ -198,26 +225,49 @@ export class Launcher {
         else timers.push(setTimeout(idleCheck, 30_000));
       };
       timers.push(setTimeout(idleCheck, Math.max(0, Math.min(deadline() - Date.now(), idleDeadline ? IDLE_RECHECK_MS : Infinity))));
+      // One look at GitHub, once: a runner not online by now never will be. Deleting it first
+      // settles the race with a job GitHub hands it at this very moment (422: busy, kept).
+      const startCheck = async () => {
+        if (finished || tracked.state === "busy" || tracked.state === "completed" || !tracked.record.runnerId) return;
+        const registered = await d.github.getRunner(scopeOf(tracked.record), tracked.record.runnerId).catch(() => "error" as const);
+        if (finished || registered === "error" || registered?.status === "online") return;
+        log.warn({ runner: name, startTimeoutSeconds: pool.startTimeoutSeconds }, "runner never came online; removing it");
+        const result = await this.#deregister(tracked.record, log);
+        if (result === "busy") tracked.state = "busy";
+        else if (result) finish("start_timeout");
+      };
+      timers.push(setTimeout(startCheck, pool.startTimeoutSeconds * 1000));
     });
   }
 
-  /** Removes the container and its volumes, the registration if it may still exist, the record. */
-  async teardown(record: RunnerRecord, reason: string, log: Logger): Promise<void> {
+  /**
+   * Removes the container and its volumes, the registration if it may still exist, the record.
+   * Resolves whether the runner took a job: a webhook said so, or GitHub refused to delete its
+   * registration (busy) or had removed it already while its record was still ours (whoever of us
+   * deletes a registration removes the record too). That last sign is what is left when the
+   * `in_progress` and `completed` webhooks were lost (no server answered) and the runner exited.
+   */
+  async teardown(record: RunnerRecord, reason: string, log: Logger): Promise<{ tookAJob: boolean }> {
     const d = this.#d;
     try {
       if (record.containerId) await d.driver.remove(record.containerId);
       else for (const c of await d.driver.list(runnerLabels({ ...labelKey(record) }))) await d.driver.remove(c.id);
-      const latest = (await d.runners.get(record.name)) ?? record;
+      const stored = await d.runners.get(record.name);
+      const latest = stored ?? record;
       // A runner that ran a job removed itself from GitHub (JIT runners are ephemeral).
-      const ranAJob = latest.state === "busy" || latest.state === "completed";
-      // An idle timeout ends only once GitHub has agreed to delete the registration.
-      if (latest.runnerId && !ranAJob && reason !== "idle_timeout") {
+      let ranAJob = latest.state === "busy" || latest.state === "completed";
+      // An idle or start timeout ends only once GitHub has agreed to delete the registration.
+      if (latest.runnerId && !ranAJob && !DEREGISTERED_BY_WATCH.has(reason)) {
         const result = await this.#deregister(latest, log);
         if (result === undefined) throw new Error("could not delete the runner's registration");
+        ranAJob = result === "busy" || (result === "not_found" && stored !== undefined);
       }
-      await d.runners.remove(record, reason !== "launch_failed");
+      // A runner that took no job did not serve its demand: a lease of it that comes back (its
+      // worker died) must launch again, not find this runner and call the demand served.
+      await d.runners.remove(record, reason !== "launch_failed" && ranAJob);
       d.metrics.removed(record.pool, reason);
       log.info({ runner: record.name, reason }, "runner removed");
+      return { tookAJob: ranAJob };
     } finally {
       this.tracked.delete(record.name);
     }

@@ -68,7 +68,7 @@ function warmKey(pool: string): string {
 }
 
 /** Why a watched runner ended without having taken a job: its demand must be served again. */
-const ENDED_WITHOUT_JOB = new Set(["exited", "wait_failed", "no_container"]);
+const ENDED_WITHOUT_JOB = new Set(["exited", "wait_failed", "no_container", "start_timeout"]);
 
 /**
  * Takes demand while it has free slots (and its pool is under its global limit) and holds each
@@ -259,11 +259,11 @@ export class RunnerWorker {
       }
       const latest = await this.#d.runners.get(tracked.record.name);
       const tookAJob = tracked.state === "busy" || tracked.state === "completed" || latest?.state === "busy" || latest?.state === "completed";
-      await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => {
+      const torn = await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => {
         log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry");
         return undefined;
       });
-      const retry = tookAJob ? undefined : await this.#retryReason(lease, reason);
+      const retry = tookAJob || torn?.tookAJob ? undefined : await this.#retryReason(lease, reason);
       if (retry) {
         // This runner did not serve the demand: forget its claim so the retry launches anew.
         await this.#d.runners.releaseDemand(tracked.record);
@@ -300,6 +300,12 @@ export class RunnerWorker {
     }
     log.info({ runner: existing.name, host: record?.host }, "demand already has a runner");
     if (record && !hostGone) await this.#waitGone(existing.name);
+    // Gone without serving the demand (a launch cut short by a crash, a runner that took no job):
+    // its teardown released the claim, and the demand needs a runner still.
+    if (record && !hostGone && !this.#stopping && !(await this.#d.runners.findByDemand(lease.id))) {
+      log.info({ runner: existing.name }, "earlier runner gone without a job; launching another");
+      return false;
+    }
     if (this.#stopping) await lease.release();
     else await lease.complete("served_by_earlier_runner");
     return true;
@@ -472,6 +478,7 @@ export class RunnerWorker {
    * job as queued (it never came online).
    */
   async #retryReason(lease: Lease, reason: string): Promise<{ code: string; message: string } | undefined> {
+    if (reason === "start_timeout") return { code: "E_RUNNER_NEVER_ONLINE", message: "runner was not online at the pool's start timeout" };
     if (ENDED_WITHOUT_JOB.has(reason)) return { code: "E_RUNNER_LOST", message: `runner ended without taking a job (${reason})` };
     if (reason !== "idle_timeout") return undefined;
     const { demand } = lease;
@@ -485,13 +492,16 @@ export class RunnerWorker {
 
   /**
    * The host loop: containers of ours that this process does not watch are adopted (running) or
-   * removed (stopped); records of this host with no container are torn down; runners of hosts
-   * whose heartbeat lapsed are deregistered and forgotten unless they run a job.
+   * removed (stopped); volumes of ours that no container uses are removed; records of this host
+   * with no container are torn down; runners of hosts whose heartbeat lapsed are deregistered and
+   * forgotten unless they run a job.
    */
   async reconcile(): Promise<void> {
     const log = this.#d.logger.child({ loop: "host" });
     try {
       await this.#reconcileContainers(log);
+      const volumes = await this.#d.driver.removeUnusedVolumes({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: this.#d.host }, `${this.#d.namePrefix}-`);
+      if (volumes > 0) log.info({ volumes }, "removed volumes of ours that no container uses");
       await this.#reconcileRecords(log);
       await this.#sweepGoneHosts(log);
     } catch (err) {
@@ -557,8 +567,16 @@ export class RunnerWorker {
       for (const name of await runners.listHost(id)) {
         const r = await runners.get(name);
         if (!r) continue;
-        if (r.state === "busy" || r.state === "completed") {
+        if (r.state === "busy") {
           running++;
+          continue;
+        }
+        if (r.state === "completed") {
+          // Its job is done and GitHub removed the registration: nothing of it needs the host.
+          // Its stopped container, on that host's engine, goes when that host's worker returns.
+          await runners.remove(r, true);
+          metrics.removed(r.pool, "host_gone");
+          log.info({ runner: name, host: id }, "completed runner of a gone host forgotten");
           continue;
         }
         const outcome = r.runnerId ? await github.deleteRunner(scopeOf(r), r.runnerId).catch(() => "error") : "not_found";

@@ -1,8 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { dirname } from "node:path";
 import { Writable } from "node:stream";
+import { Queue } from "bullmq";
 import Docker from "dockerode";
 import { start, type Mode, type Running } from "../../src/main.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { createLogger } from "../../src/logger.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 import type { FakeGitHub } from "../fakes/github/index.ts";
@@ -74,6 +76,10 @@ export async function containersOf(hostId: string): Promise<Docker.ContainerInfo
 
 export async function removeContainersOf(hostId: string): Promise<void> {
   for (const c of await containersOf(hostId)) await docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => undefined);
+  // A runner's data volume is named (not removed with its container), and labelled with its host.
+  const filters = { label: [`dev.jitrunner.host=${hostId}`] };
+  const volumes = await docker.listVolumes({ filters } as Docker.VolumeListOptions).catch(() => undefined);
+  for (const v of volumes?.Volumes ?? []) await docker.getVolume(v.Name).remove().catch(() => undefined);
 }
 
 /** The same Redis under a key prefix of its own: job ids restart with each fake GitHub. */
@@ -84,4 +90,17 @@ export function scopedRedis(redis: TestRedis, tag: string): TestRedis {
 /** How many REST calls jitrunner made to one route of the fake (optionally one method). */
 export function callsTo(fake: FakeGitHub, route: string, method?: string): number {
   return fake.requests.filter((r) => r.route === route && (!method || r.method === method)).length;
+}
+
+/** A demand item as BullMQ holds it: its state, launch attempts made and result; undefined if gone. */
+export async function demandState(r: TestRedis, pool: string, id: string): Promise<{ state: string; attempts: number; result: unknown } | undefined> {
+  const conn = redisConnection(r.url);
+  const q = new Queue(`demand-${pool}`, { connection: conn, prefix: `${r.prefix}:bull` });
+  try {
+    const job = await q.getJob(id);
+    return job ? { state: await job.getState(), attempts: job.attemptsMade, result: job.returnvalue } : undefined;
+  } finally {
+    await q.close();
+    conn.disconnect();
+  }
 }

@@ -5,13 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Queue } from "bullmq";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
-import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { callsTo, containersOf, demandState, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
@@ -27,18 +25,6 @@ after(async () => {
 });
 
 
-
-async function demandState(r: TestRedis, pool: string, id: string): Promise<{ state: string; result: unknown } | undefined> {
-  const conn = redisConnection(r.url);
-  const q = new Queue(`demand-${pool}`, { connection: conn, prefix: `${r.prefix}:bull` });
-  try {
-    const job = await q.getJob(id);
-    return job ? { state: await job.getState(), result: job.returnvalue } : undefined;
-  } finally {
-    await q.close();
-    conn.disconnect();
-  }
-}
 
 test("a launch that fails after registration deletes the registration and leaves no container", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });

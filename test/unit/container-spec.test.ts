@@ -27,7 +27,10 @@ test("a runner container: JIT config in env, our labels, an anonymous volume for
   assert.equal(o.Labels?.[LABEL.managedBy], "jitrunner");
   assert.equal(o.Labels?.[LABEL.pool], "default");
   assert.equal(o.Labels?.[LABEL.host], "h1");
-  assert.deepEqual(o.Volumes, { "/var/lib/docker": {} });
+  // A volume of its own, named after the runner and labelled as ours (known as ours if left behind).
+  assert.deepEqual(o.HostConfig!.Mounts, [
+    { Type: "volume", Source: "jitrunner-default-0123456789-var-lib-docker", Target: "/var/lib/docker", VolumeOptions: { Labels: o.Labels } },
+  ]);
   const h = o.HostConfig!;
   assert.equal(h.NanoCpus, 1.5e9);
   assert.equal(h.Memory, 2048 * 1024 * 1024);

@@ -16,11 +16,11 @@ import { hookRoutes } from "./routes-hooks.ts";
 import { jobRoutes } from "./routes-jobs.ts";
 import { runnerRoutes } from "./routes-runners.ts";
 import { FakeState, type FakeJob, type FakeRunner } from "./state.ts";
-import { WebhookSender, workflowJobPayload, type DeliveryRecord } from "./webhooks.ts";
+import { WebhookSender, workflowJobPayload, type DeliveryRecord, type HeldDelivery } from "./webhooks.ts";
 
 export type { FakeJob, FakeRunner, RunnerScope, Conclusion } from "./state.ts";
 export type { Fault, RequestRecord } from "./http.ts";
-export type { DeliveryRecord } from "./webhooks.ts";
+export type { DeliveryRecord, HeldDelivery } from "./webhooks.ts";
 
 export interface FakeGitHubOptions {
   appId?: number;
@@ -159,6 +159,24 @@ export class FakeGitHub {
     if (!job) throw new Error(`cancelJob: no job ${id}`);
     if (!this.state.complete(job, "cancelled")) throw new Error(`cancelJob: job ${id} is already completed`);
     await this.ctx.emit(job, "completed");
+  }
+
+  /**
+   * Hold webhooks back from now on (`false`: send new ones at once again; held ones stay held).
+   * GitHub promises no order: `sendHeld` delivers held events late, shuffled or several times.
+   */
+  holdWebhooks(hold = true): void {
+    this.hooks.holding = hold;
+  }
+
+  /** Events held back and not yet sent, oldest first. */
+  heldWebhooks(): HeldDelivery[] {
+    return this.hooks.heldDeliveries();
+  }
+
+  /** Send a held event `times` times (the first its delivery, the rest redeliveries of the same id); the receiver's statuses. */
+  sendHeld(id: string, times = 1): Promise<number[]> {
+    return this.hooks.sendHeld(id, times);
   }
 
   /** Resend a past delivery (same X-GitHub-Delivery); resolves with the receiver's status. */

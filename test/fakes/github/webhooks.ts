@@ -102,10 +102,24 @@ interface Sent {
   repositoryId: number | null;
 }
 
+/** An event built and signed-to-be but not yet sent (see `WebhookSender.holding`). */
+export interface HeldDelivery {
+  id: string;
+  jobId: number;
+  action: string;
+}
+
 export class WebhookSender {
   readonly deliveries: DeliveryRecord[] = [];
   url: string | undefined;
+  /**
+   * While true, new events are held back instead of sent, until `sendHeld` sends them: GitHub
+   * does not promise any order, so a test can deliver them late, shuffled or several times. Each
+   * payload is built when its event happens, as GitHub does, not when it is sent.
+   */
+  holding = false;
   private readonly sent = new Map<string, Sent>();
+  private readonly held = new Map<string, Sent>();
   private readonly chains = new Map<number, Promise<unknown>>();
   private readonly webhooks: Webhooks;
   private nextAttemptId = 90_000_000_001;
@@ -121,7 +135,30 @@ export class WebhookSender {
     const ids = payload as { installation?: { id?: number }; repository?: { id?: number } };
     const sent = { body: JSON.stringify(payload), action, jobId, installationId: ids.installation?.id ?? null, repositoryId: ids.repository?.id ?? null };
     this.sent.set(id, sent);
+    if (this.holding) {
+      this.held.set(id, sent);
+      return Promise.resolve(0);
+    }
     return this.enqueue(id, sent);
+  }
+
+  /** Events held back and not yet sent, oldest first. */
+  heldDeliveries(): HeldDelivery[] {
+    return [...this.held].map(([id, s]) => ({ id, jobId: s.jobId, action: s.action }));
+  }
+
+  /**
+   * Sends a held event `times` times, one after the other: the first is its delivery, the others
+   * redeliveries (same X-GitHub-Delivery, listed with `redelivery: true`, as GitHub lists them).
+   * Resolves with the receiver's statuses.
+   */
+  async sendHeld(id: string, times = 1): Promise<number[]> {
+    const sent = this.held.get(id);
+    if (!sent) throw new Error(`no held delivery ${id}`);
+    this.held.delete(id);
+    const statuses: number[] = [];
+    for (let i = 0; i < times; i++) statuses.push(await this.enqueue(id, sent, i > 0));
+    return statuses;
   }
 
   redeliver(id: string): Promise<number> {

@@ -1,0 +1,487 @@
+/**
+ * Chaos (issue 5; issue 4's host takeover), processes: a worker SIGKILLed at exact points of a
+ * launch (the failpoints of src/worker/launcher.ts), a whole worker SIGKILLed mid-burst on one of
+ * two hosts, and a Docker engine restarted under running runners. After each, every job that was
+ * still queued gets a runner and finishes on a real DinD runner container, no job is served twice,
+ * and once the reconcile loops have run nothing is left: no container, no volume, no registration,
+ * no demand, no runner record.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import type Docker from "dockerode";
+import { stringify } from "yaml";
+import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { startEngine, type TestEngine } from "../helpers/engines.ts";
+import { assertNothingLeft, watchVolumes } from "../helpers/leftovers.ts";
+import { runJitrunner, waitFor, type JitrunnerProcess } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import {
+  callsTo,
+  containersOf,
+  fakeRunnerPool,
+  removeContainersOf,
+  RUNNER_IMAGE,
+  scopedRedis,
+  startSystem,
+  uniqueHost,
+  type SystemUnderTest,
+} from "../helpers/system.ts";
+import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
+import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
+import { HostStore } from "../../src/state/hosts.ts";
+import { RunnerStore } from "../../src/state/runners.ts";
+import type { Failpoint } from "../../src/worker/launcher.ts";
+
+const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
+const LABELS = ["self-hosted", "linux"];
+const OURS = "dev.jitrunner.managed-by=jitrunner";
+/** Short loops, so recovery comes within seconds: a host silent for 3 s is gone. */
+const WORKER = { capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, completedGraceSeconds: 5 };
+const RECONCILE = { leaderLockSeconds: 3, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 2, deliveriesIntervalSeconds: 2 };
+/**
+ * A dead worker's leases come back through BullMQ's stalled check: its lock (30 s) must expire
+ * and a check (every 30 s) must see it, so within about a minute; the waits allow for a launch
+ * on top of that.
+ */
+const TAKEOVER_MS = 150_000;
+
+let redis: TestRedis;
+let conn: ReturnType<typeof redisConnection>;
+const hosts: string[] = [];
+const engines: TestEngine[] = [];
+const children: JitrunnerProcess[] = [];
+/** Config directories of worker processes (they hold the App's key). */
+const configDirs: string[] = [];
+
+before(async () => {
+  redis = await startRedis();
+  conn = redisConnection(redis.url);
+  // Named for this run: another run of this file (someone's full suite) must not share them.
+  for (const name of ["a", "b"]) engines.push(await startEngine(`chaos-proc-${name}-${process.pid}`, RUNNER_IMAGE));
+});
+
+after(async () => {
+  for (const c of children) await c.stop();
+  for (const d of configDirs) rmSync(d, { recursive: true, force: true });
+  for (const h of hosts) await removeContainersOf(h);
+  for (const e of engines) {
+    await emptyEngine(e).catch(() => undefined);
+    await e.stop();
+    killLeftoverShims(e.root);
+    rmSync(e.root, { recursive: true, force: true });
+  }
+  conn.disconnect();
+  await redis.stop();
+});
+
+/**
+ * An engine restarted while it was starting a container can leave that container's containerd
+ * shim running after the engine stops: found by this engine's own exec root, killed by pid.
+ */
+function killLeftoverShims(root: string): void {
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    let cmdline = "";
+    try {
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    } catch {
+      continue; // gone meanwhile
+    }
+    if (cmdline.includes("containerd-shim") && cmdline.includes(`${root}/exec/`)) process.kill(Number(pid), "SIGKILL");
+  }
+}
+
+/** Removes every container and volume of a test engine (each is this file's alone). */
+async function emptyEngine(e: TestEngine): Promise<void> {
+  for (const c of await e.docker.listContainers({ all: true })) await e.docker.getContainer(c.Id).remove({ force: true, v: true });
+  for (const v of (await e.docker.listVolumes()).Volumes ?? []) await e.docker.getVolume(v.Name).remove();
+}
+
+async function ourContainers(d: Docker, host: string): Promise<Docker.ContainerInfo[]> {
+  return d.listContainers({ all: true, filters: { label: [OURS, `dev.jitrunner.host=${host}`] } });
+}
+
+async function volumeCount(e: TestEngine): Promise<number> {
+  return ((await e.docker.listVolumes()).Volumes ?? []).length;
+}
+
+/** Waits (bounded) until the engine has no volume left, and fails naming those it has. */
+async function noVolumesLeft(e: TestEngine): Promise<void> {
+  try {
+    await waitFor(async () => (await volumeCount(e)) === 0, 30_000, `0 volumes left on engine ${e.name}`);
+  } catch (err) {
+    const left = ((await e.docker.listVolumes()).Volumes ?? []).map((v) => ({ name: v.Name.slice(0, 12), labels: v.Labels }));
+    const users = (await e.docker.listContainers({ all: true })).map((c) => ({ state: c.State, labels: c.Labels, mounts: c.Mounts.map((m) => m.Name?.slice(0, 12)) }));
+    throw new Error(`${(err as Error).message}: ${JSON.stringify({ left, users })}`);
+  }
+}
+
+interface Killable {
+  proc: JitrunnerProcess;
+  /** Resolves with the signal that ended the process (null if it exited by itself). */
+  exit: Promise<NodeJS.Signals | null>;
+  /** Set once it has exited. */
+  ended: { signal: NodeJS.Signals | null } | undefined;
+}
+
+/** `jitrunner worker` as a child process, from a config file like an operator's; `env` may arm a failpoint. */
+function workerProcess(fake: FakeGitHub, r: TestRedis, hostId: string, pools: unknown[], docker: Record<string, unknown>, env: Record<string, string> = {}): Killable {
+  const dir = mkdtempSync(join(tmpdir(), "jitrunner-chaos-proc-"));
+  configDirs.push(dir);
+  writeFileSync(join(dir, "app.pem"), fake.privateKey, { mode: 0o600 });
+  writeFileSync(join(dir, "webhook-secret"), WEBHOOK_SECRET, { mode: 0o600 });
+  const config = {
+    github: { appId: fake.appId, apiUrl: fake.url, privateKeyFile: join(dir, "app.pem"), webhookSecretFile: join(dir, "webhook-secret") },
+    redis: { url: r.url, prefix: r.prefix },
+    server: { host: "127.0.0.1", port: 0 },
+    worker: { ...WORKER, hostId, docker },
+    reconcile: RECONCILE,
+    logLevel: "debug",
+    pools,
+  };
+  writeFileSync(join(dir, "jitrunner.yml"), stringify(config));
+  const proc = runJitrunner(["worker", "--config", join(dir, "jitrunner.yml")], env);
+  children.push(proc);
+  const killable: Killable = { proc, exit: Promise.resolve(null), ended: undefined };
+  killable.exit = new Promise((resolve) =>
+    proc.child.once("exit", (_code, signal) => {
+      killable.ended = { signal };
+      resolve(signal);
+    }),
+  );
+  return killable;
+}
+
+/** An in-process worker (the real composition root) on `hostId`. */
+function inProcessWorker(fake: FakeGitHub, r: TestRedis, hostId: string, pools: unknown[], docker: Record<string, unknown> = {}): Promise<SystemUnderTest> {
+  return startSystem("worker", fake, r, hostId, { pools: pools as never, worker: { ...WORKER, hostId, docker }, reconcile: RECONCILE });
+}
+
+function jobPool(fake: FakeGitHub, jobSeconds: number) {
+  // Idle runners are reaped within 30 s: a spare runner would show as a container left behind.
+  return fakeRunnerPool(fake, { idleTimeoutSeconds: 30, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds) } });
+}
+
+/**
+ * Waits until no demand waits or is held: a dead worker's lease comes back only through the
+ * stalled check, and must then be completed (its runner served it) or served again. None failed.
+ */
+async function demandSettled(r: TestRedis): Promise<void> {
+  const queues = new DemandQueues({ redisUrl: r.url, prefix: r.prefix, attempts: 1 }, conn);
+  try {
+    const counts = async () => (await queues.counts(["default"])).get("default")!;
+    await waitFor(
+      async () => {
+        const c = await counts();
+        return c.waiting + c.delayed + c.prioritized + c.paused + c.active === 0;
+      },
+      TAKEOVER_MS,
+      "no demand waiting or held",
+    );
+    assert.equal((await counts()).failed, 0, "no demand ran out of launch attempts");
+  } finally {
+    await queues.close();
+  }
+}
+
+/** No demand waiting, held or failed, and no runner record, under `r`'s prefix. */
+async function assertRedisClean(r: TestRedis): Promise<void> {
+  await demandSettled(r);
+  const records = new RunnerStore(conn, r.prefix);
+  // A record whose teardown an engine restart cut short goes with the host loop, at the latest
+  // 60 s after the runner's launch (records younger than that may be launches in flight).
+  await waitFor(async () => (await records.listAll()).length === 0, 90_000, "no runner record left");
+}
+
+function jobsDone(fake: FakeGitHub, ids: number[]): FakeJob[] | undefined {
+  const jobs = fake.jobs().filter((j) => ids.includes(j.id));
+  return jobs.length === ids.length && jobs.every((j) => j.status === "completed") ? jobs : undefined;
+}
+
+const LAUNCH_CASES: Array<[Failpoint, "same host restarted" | "another host"]> = [
+  ["launch:after-jit", "same host restarted"],
+  ["launch:after-jit", "another host"],
+  ["launch:after-create", "same host restarted"],
+  ["launch:after-start", "same host restarted"],
+  ["launch:after-start", "another host"],
+];
+
+for (const [point, takeover] of LAUNCH_CASES) {
+  test(`worker SIGKILLed at ${point}, ${takeover} takes over: the job is served once, nothing left`, async () => {
+    const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+    const r = scopedRedis(redis, `${point}-${takeover}`.replace(/[^a-z]+/g, "-"));
+    const runners = new RunnerStore(conn, r.prefix);
+    const hostStore = new HostStore(conn, r.prefix);
+    const pools = [jobPool(fake, 1)];
+    const server = await startSystem("server", fake, r, uniqueHost("chaos-proc-srv"), { pools });
+    const victim = uniqueHost("chaos-proc-victim");
+    const heir = takeover === "same host restarted" ? victim : uniqueHost("chaos-proc-heir");
+    hosts.push(victim, heir);
+    const volumes = watchVolumes([...new Set([victim, heir])]);
+    const killed = workerProcess(fake, r, victim, pools, {}, { JITRUNNER_FAILPOINT: point });
+    const workers: SystemUnderTest[] = [];
+    try {
+      const job = await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS });
+      const ended = await waitFor(() => killed.ended, 60_000, `the worker to hit ${point}`);
+      assert.equal(ended.signal, "SIGKILL", killed.proc.output().slice(-2000));
+      assert.match(killed.proc.output(), new RegExp(`failpoint ${point}: SIGKILL`));
+      for (const secret of fake.issuedSecrets()) assert.ok(!killed.proc.output().includes(secret), "no token or JIT config in the output");
+
+      // Exactly what a crash at that point leaves: a record, a registration, maybe a container.
+      const [record, ...more] = await runners.listAll();
+      assert.ok(record && more.length === 0, "one runner record");
+      assert.equal(record.host, victim);
+      assert.equal(fake.runners().length, 1, "the runner is registered at GitHub");
+      const left = await containersOf(victim);
+      if (point === "launch:after-jit") {
+        assert.equal(record.runnerId, undefined, "its runner id not yet noted");
+        assert.equal(left.length, 0, "no container yet");
+      } else {
+        assert.equal(record.runnerId, fake.runners()[0]!.id);
+        assert.equal(left.length, 1, "its container exists");
+        assert.equal(left[0]!.State, point === "launch:after-create" ? "created" : "running");
+        assert.equal(record.containerId, point === "launch:after-create" ? undefined : left[0]!.Id);
+        assert.equal(record.state, point === "launch:after-create" ? "registering" : "starting");
+      }
+
+      workers.push(await inProcessWorker(fake, r, heir, pools));
+      const [done] = await waitFor(
+        () => jobsDone(fake, [job.id]),
+        TAKEOVER_MS,
+        `the job completed (${JSON.stringify(fake.jobs().map((j) => j.status))})`,
+      );
+      assert.equal(done!.conclusion, "success");
+      // The dead worker's lease came back and was settled without a runner too many.
+      await demandSettled(r);
+      if (point === "launch:after-start" && takeover === "same host restarted") {
+        // The restarted worker adopted the running container, which took the job: no second runner.
+        assert.equal(done!.runner_name, record.name, "the job ran on the runner started before the kill");
+        assert.equal(callsTo(fake, JIT), 1, "no second registration");
+      } else if (point !== "launch:after-start") {
+        // The first runner never ran: a second one served the job.
+        assert.notEqual(done!.runner_name, record.name);
+        assert.equal(callsTo(fake, JIT), 2, "one more registration, no more");
+      } else {
+        // Another host: the started runner took the job, or it was deregistered as lost (it had
+        // taken none yet when its host was found gone) and a runner of the heir ran the job.
+        assert.ok(callsTo(fake, JIT) <= 2, `${callsTo(fake, JIT)} registrations`);
+        assert.equal(callsTo(fake, JIT) === 1, done!.runner_name === record.name);
+      }
+
+      if (takeover === "another host") {
+        // Issue 4: the killed host's records are swept and the host forgotten, with nobody on it.
+        await waitFor(
+          async () => (await runners.listHost(victim)).length === 0 && !(await hostStore.list()).some((h) => h.id === victim),
+          60_000,
+          "the killed host's records swept and the host forgotten",
+        );
+        if (point !== "launch:after-jit") {
+          // Its container is on its engine, which only that host's worker reaches: it stays,
+          // stopped, until that worker comes back and removes it.
+          await waitFor(async () => (await containersOf(victim)).every((c) => c.State === "exited"), 60_000, "the victim's runner exited");
+          assert.equal((await containersOf(victim)).length, 1);
+          workers.push(await inProcessWorker(fake, r, victim, pools));
+        }
+      }
+      await assertNothingLeft({ hostIds: [...new Set([victim, heir])], fake, redis: r, pools: ["default"], volumes });
+    } finally {
+      await volumes.stop();
+      if (process.env.JITRUNNER_TEST_VERBOSE) {
+        process.stderr.write(`--- killed worker\n${killed.proc.output()}\n`);
+        workers.forEach((w, i) => process.stderr.write(`--- worker ${i}\n${w.logs()}\n`));
+      }
+      await killed.proc.stop();
+      for (const w of workers) await w.close();
+      await server.close();
+      await fake.close();
+    }
+  });
+}
+
+test("a worker SIGKILLed mid-burst on one of two hosts: the other takes the queued demand, the dead host is swept, its restarted worker removes its runners", async (t) => {
+  const [engA, engB] = engines as [TestEngine, TestEngine];
+  await emptyEngine(engA);
+  await emptyEngine(engB);
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "burst");
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  const pools = [jobPool(fake, 8)];
+  const server = await startSystem("server", fake, r, uniqueHost("chaos-proc-srv"), { pools });
+  const hostA = uniqueHost("chaos-proc-a");
+  const hostB = uniqueHost("chaos-proc-b");
+  const a = workerProcess(fake, r, hostA, pools, { socketPath: engA.socketPath });
+  const workers: SystemUnderTest[] = [];
+  try {
+    await waitFor(() => a.proc.output().includes("worker started"), 60_000, `worker A started (${a.proc.output().slice(-2000)})`);
+    const b = await inProcessWorker(fake, r, hostB, pools, { socketPath: engB.socketPath });
+    workers.push(b);
+    const ids: number[] = [];
+    for (let i = 0; i < 6; i++) ids.push((await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS })).id);
+
+    // A runs two jobs (its capacity), B two, two wait in the queue.
+    const aNames = async () => new Set((await ourContainers(engA.docker, hostA)).map((c) => c.Labels["dev.jitrunner.runner-name"] ?? ""));
+    const onA = await waitFor(
+      async () => {
+        const names = await aNames();
+        const running = fake.jobs().filter((j) => j.status === "in_progress" && names.has(String(j.runner_name)));
+        return running.length === 2 && fake.jobs().some((j) => j.status === "queued") && running;
+      },
+      120_000,
+      `2 jobs running on A with jobs still queued (${JSON.stringify(fake.jobs().map((j) => j.status))})`,
+    );
+    const queuedAtKill = fake.jobs().filter((j) => j.status === "queued").map((j) => j.id);
+    a.proc.child.kill("SIGKILL");
+    assert.equal(await a.exit, "SIGKILL");
+    const killedAt = Date.now();
+
+    // The queued demand goes to B; A's runners, left alone, finish their jobs.
+    const done = await waitFor(() => jobsDone(fake, ids), 180_000, `all 6 jobs completed (${JSON.stringify(fake.jobs().map((j) => j.status))})`);
+    const jobsSeconds = (Date.now() - killedAt) / 1000;
+    // A's two leases come back through the stalled check and are settled as served.
+    await demandSettled(r);
+    const leasesSeconds = (Date.now() - killedAt) / 1000;
+    assert.deepEqual(done.map((j) => j.conclusion), Array(6).fill("success"));
+    assert.equal(new Set(done.map((j) => j.runner_name)).size, 6, "each job on a runner of its own");
+    assert.equal(callsTo(fake, JIT), 6, "one registration per job: none served twice, no spare runner");
+    for (const j of onA) assert.equal(done.find((d) => d.id === j.id)?.runner_name, j.runner_name, "A's running jobs finished on A's runners");
+    for (const id of queuedAtKill) assert.ok(b.logs().includes(String(done.find((d) => d.id === id)?.runner_name)), `queued job ${id} served by B`);
+
+    // Issue 4: A's records are swept by B's gone-host sweep and A is forgotten.
+    await waitFor(
+      async () => (await runners.listHost(hostA)).length === 0 && !(await hostStore.list()).some((h) => h.id === hostA),
+      60_000,
+      "A's runner records swept and A forgotten",
+    );
+    // B's engine is clean; A's stays as A's runners left it (only A's worker reaches that engine).
+    await waitFor(async () => (await engB.docker.listContainers({ all: true })).length === 0, 60_000, "0 containers left on B's engine");
+    assert.equal(await volumeCount(engB), 0, "0 volumes left on B's engine");
+    const leftOnA = await waitFor(
+      async () => {
+        const cs = await ourContainers(engA.docker, hostA);
+        return cs.every((c) => c.State === "exited") && cs;
+      },
+      60_000,
+      "A's runners exited after their jobs",
+    );
+    assert.equal(leftOnA.length, 2, "A's two runners stay, stopped, on A's engine while A is down");
+    assert.ok((await volumeCount(engA)) >= 2, "with their /var/lib/docker volumes");
+
+    // A restarted: its host loop removes them, with their volumes.
+    workers.push(await inProcessWorker(fake, r, hostA, pools, { socketPath: engA.socketPath }));
+    await waitFor(async () => (await engA.docker.listContainers({ all: true })).length === 0, 60_000, "0 containers left on A's engine");
+    await noVolumesLeft(engA);
+    await waitFor(() => fake.runners().length === 0, 30_000, `0 registrations left (${JSON.stringify(fake.runners().map((x) => x.name))})`);
+    await assertRedisClean(r);
+    t.diagnostic(`after the kill: all 6 jobs completed in ${jobsSeconds.toFixed(1)} s, A's leases settled in ${leasesSeconds.toFixed(1)} s`);
+  } finally {
+    if (process.env.JITRUNNER_TEST_VERBOSE) {
+      process.stderr.write(`--- worker A (killed)\n${a.proc.output()}\n`);
+      workers.forEach((w, i) => process.stderr.write(`--- worker ${i}\n${w.logs()}\n`));
+    }
+    await a.proc.stop();
+    for (const w of workers) await w.close();
+    await server.close();
+    await fake.close();
+  }
+});
+
+test("the wait on a container started while its engine shuts down ends once the engine is back", async () => {
+  // An engine still answers for the seconds it takes to stop its containers, so a worker can
+  // start a runner on it then; that container is killed at the end, and the engine never answers
+  // the open wait for it. The driver must see it stopped all the same (else the worker holds the
+  // runner's slot and demand forever).
+  const eng = engines[0]!;
+  await emptyEngine(eng);
+  const driver = new DockerodeDriver({ socketPath: eng.socketPath });
+  const run = async (entrypoint: string[]) => {
+    const c = await eng.docker.createContainer({ Image: RUNNER_IMAGE, Entrypoint: entrypoint, HostConfig: { NetworkMode: "none" } });
+    await c.start();
+    return c.id;
+  };
+  // Ignores SIGTERM (PID 1): the engine's shutdown waits 10 s for it before killing it.
+  await run(["sleep", "300"]);
+  const restarted = eng.restart();
+  // Well into the shutdown: the engine has begun stopping its containers.
+  await new Promise((r) => setTimeout(r, 2000));
+  let late: string | undefined;
+  await waitFor(
+    async () => {
+      await driver.ping();
+      return (late = await run(["sleep", "300"]));
+    },
+    5000,
+    "a container started on the engine while it shuts down",
+  );
+  let ended: { exitCode: number | null } | undefined;
+  void driver.wait(late!, new AbortController().signal).then((r) => (ended = r));
+  await restarted;
+  const result = await waitFor(() => ended, 30_000, "the wait to end after the engine came back");
+  assert.equal(result.exitCode, 137, "the engine killed it at the end of its shutdown");
+  await emptyEngine(eng);
+});
+
+test("a Docker engine restarted under running runners: every job still queued finishes there, nothing left on it", async () => {
+  const eng = engines[1]!;
+  await emptyEngine(eng);
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "engine");
+  const pools = [jobPool(fake, 15)];
+  const server = await startSystem("server", fake, r, uniqueHost("chaos-proc-srv"), { pools });
+  const host = uniqueHost("chaos-proc-engine");
+  const worker = await inProcessWorker(fake, r, host, pools, { socketPath: eng.socketPath });
+  try {
+    const ids: number[] = [];
+    for (let i = 0; i < 4; i++) ids.push((await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS })).id);
+    await waitFor(
+      () => fake.jobs().filter((j) => j.status === "in_progress").length === 2,
+      120_000,
+      `2 jobs running (${JSON.stringify(fake.jobs().map((j) => j.status))})`,
+    );
+    const before = fake.jobs();
+    const lost = before.filter((j) => j.status === "in_progress");
+    const queued = before.filter((j) => j.status === "queued").map((j) => j.id);
+    assert.equal(queued.length, 2);
+    assert.ok((await volumeCount(eng)) >= 2, "the runners have their /var/lib/docker volumes");
+
+    await eng.restart();
+    // Its runners died with it (no restart policy): their jobs are GitHub's to fail. The jobs
+    // still queued get runners once the engine answers again.
+    const done = await waitFor(() => jobsDone(fake, queued), 180_000, `the queued jobs completed (${JSON.stringify(fake.jobs().map((j) => j.status))})`);
+    assert.deepEqual(done.map((j) => j.conclusion), ["success", "success"]);
+    for (const j of lost) {
+      const now = fake.jobs().find((x) => x.id === j.id)!;
+      assert.equal(now.status, "in_progress", "a job whose runner died is not run again");
+      assert.equal(now.runner_name, j.runner_name);
+    }
+    // Launches cut short by the restart ("database not open") were undone and retried.
+    await demandSettled(r);
+    const undone = worker.logs().split("launch failed; undoing registration").length - 1;
+    assert.equal(callsTo(fake, JIT), 4 + undone, `one registration per job and per undone launch (${undone}): no runner for a demand whose runner died mid-job`);
+
+    await waitFor(async () => (await eng.docker.listContainers({ all: true })).length === 0, 60_000, "0 containers left on the engine");
+    // A create the engine fails while it shuts down ("database not open") leaves the container's
+    // volume behind, with our labels and no container: the host loop removes such volumes. One
+    // made here for certain (the restart above may or may not have produced one):
+    await eng.docker.createVolume({ Labels: { "dev.jitrunner.managed-by": "jitrunner", "dev.jitrunner.host": host } });
+    await noVolumesLeft(eng);
+    // Only the dead runners' registrations remain: GitHub still lists them busy with their jobs
+    // until it fails those (the fake never does). A launch whose undoing the restart cut short
+    // leaves its record, which the host loop tears down (registration too) after its grace.
+    const expected = JSON.stringify(lost.map((j) => j.runner_name).sort());
+    await waitFor(
+      () => JSON.stringify(fake.runners().map((x) => x.name).sort()) === expected,
+      90_000,
+      `only the dead runners' registrations left (${expected}; have ${JSON.stringify(fake.runners().map((x) => x.name))})`,
+    );
+    await assertRedisClean(r);
+  } finally {
+    if (process.env.JITRUNNER_TEST_VERBOSE) process.stderr.write(`--- worker\n${worker.logs()}\n`);
+    await worker.close();
+    await server.close();
+    await fake.close();
+  }
+});
