@@ -1,11 +1,24 @@
 # The jitrunner control plane: `jitrunner server | worker | all`.
 # Build: docker build -t jitrunner .   (NODE_IMAGE lets you pick the base, e.g. a mirror)
+# Without a registry: docker build --network none --build-arg NPM_OFFLINE=true -t jitrunner .
+#   with an npm cache in ./npm-cache (below) and NODE_IMAGE naming a Node 20 image you have.
 ARG NODE_IMAGE=node:20-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
+# Dependencies come from the npm registry, as package-lock.json pins them. A build that cannot reach
+# the registry installs them from an npm cache instead: fill one where the registry is reachable
+# (`npm install --cache ./npm-cache` in the checkout), keep it in the build context as ./npm-cache
+# and pass NPM_OFFLINE=true; npm then reads that cache only. The cache stays in this stage.
+# (`npm-cach[e]` matches nothing when there is no ./npm-cache; package.json keeps the COPY valid.)
+ARG NPM_OFFLINE=false
+ENV npm_config_cache=/tmp/npm-cache npm_config_offline=${NPM_OFFLINE}
+COPY package.json npm-cach[e] /tmp/npm-cache/
 COPY package.json package-lock.json ./
-RUN npm install --ignore-scripts --no-audit --no-fund
+RUN case "$NPM_OFFLINE" in \
+      true | false) npm install --ignore-scripts --no-audit --no-fund ;; \
+      *) echo "NPM_OFFLINE must be true or false, not '$NPM_OFFLINE'" >&2; exit 1 ;; \
+    esac
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev --ignore-scripts
