@@ -55,6 +55,8 @@ export interface LoadRun {
   /** share of the machine's CPU time stolen by the hypervisor during the run */
   stealPct: number;
   redisCommandsPerReq: number;
+  /** socket reads Redis served per request: how many separate writes its clients made (batched commands count once) */
+  redisReadsPerReq: number;
   redisByCommand: Map<string, number>;
   stoppedByTimeout: boolean;
 }
@@ -110,7 +112,14 @@ async function load(
   let ok = 0;
   let other = 0;
   let errors = 0;
-  const before = { proc: sample(proc.pid), redisCpu: await redis.cpuMs(), cmds: await redis.commandstats(), gen: process.cpuUsage(), machine: machineCpu() };
+  const before = {
+    proc: sample(proc.pid),
+    redisCpu: await redis.cpuMs(),
+    redisReads: await redis.readsProcessed(),
+    cmds: await redis.commandstats(),
+    gen: process.cpuUsage(),
+    machine: machineCpu(),
+  };
   const started = performance.now();
   // autocannon ends a run on its next 1-second tick, so its own duration is rounded up to whole
   // seconds: the run's length here is first request to last response.
@@ -160,7 +169,7 @@ async function load(
   const wallSeconds = (performance.now() - started) / 1000;
   const gen = process.cpuUsage(before.gen);
   const machine = machineCpu();
-  const after = { proc: sample(proc.pid), redisCpu: await redis.cpuMs(), cmds: await redis.commandstats() };
+  const after = { proc: sample(proc.pid), redisCpu: await redis.cpuMs(), redisReads: await redis.readsProcessed(), cmds: await redis.commandstats() };
   const sent = ok + other + errors;
   const cmds = commandDelta(before.cmds, after.cmds);
   return {
@@ -186,6 +195,7 @@ async function load(
     ),
     stealPct: (100 * (machine.stealMs - before.machine.stealMs)) / Math.max(1, machine.totalMs - before.machine.totalMs),
     redisCommandsPerReq: cmds.total / Math.max(1, sent),
+    redisReadsPerReq: (after.redisReads - before.redisReads) / Math.max(1, sent),
     redisByCommand: cmds.byCommand,
     stoppedByTimeout,
   };

@@ -18,7 +18,7 @@ import { summarize, type Summary } from "./lib/stats.ts";
 
 const ISOLATED = Number(process.env.BENCH_PICKUP_ISOLATED ?? 20);
 const BURST = Number(process.env.BENCH_PICKUP_BURST ?? 50);
-/** More than GitHub's write throttle (one JIT config per second per installation) needs. */
+/** More than the GitHub client's write throttle (one JIT config per WRITE_MIN_INTERVAL_MS per installation) needs. */
 const SPACING_MS = 1_500;
 const BASELINE_LABEL = "dev.jitrunner.bench-baseline";
 const DEMAND_LABEL = "dev.jitrunner.demand";

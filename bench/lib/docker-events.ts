@@ -100,13 +100,23 @@ export class ContainerEvents {
 
 /** Most containers running at the same moment, from their start and die events. */
 export function maxRunning(containers: Lifecycle[]): number {
+  return maxConcurrent(containers, "start", "die");
+}
+
+/**
+ * Most containers at the same moment between two of their events: start -> die (running), or
+ * create -> destroy (existing: what a worker's slot and a pool's place cover, and more).
+ */
+export function maxConcurrent(containers: Lifecycle[], from: "create" | "start", to: "die" | "destroy"): number {
   const edges: Array<[number, number]> = [];
   for (const lc of containers) {
-    if (lc.start === undefined) continue;
-    edges.push([lc.start, 1]);
-    if (lc.die !== undefined) edges.push([lc.die, -1]);
+    const a = lc[from];
+    if (a === undefined) continue;
+    edges.push([a, 1]);
+    const b = lc[to];
+    if (b !== undefined) edges.push([b, -1]);
   }
-  // At equal times a stop counts before a start.
+  // At equal times an end counts before a beginning.
   edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   let now = 0;
   let max = 0;

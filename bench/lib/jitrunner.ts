@@ -18,8 +18,12 @@ export function scratchDir(): string {
   return mkdtempSync(join(tmpdir(), "jitrunner-bench-"));
 }
 
-/** The e2e test's pool: real DinD runner containers, `capabilities` profile, network none. */
-export function runnerPool(fake: FakeGitHub) {
+/**
+ * The e2e test's pool: real DinD runner containers, `capabilities` profile, network none.
+ * `socketDir`: the directory mounted as /fake-github (default: the fake's own; a RunnerProxy's to
+ * time job hand-overs); `extra`: more pool fields (name, labels, minIdle, maxRunners, ...).
+ */
+export function runnerPool(fake: FakeGitHub, o: { socketDir?: string; env?: Record<string, string>; extra?: Record<string, unknown> } = {}) {
   return {
     name: POOL,
     labels: ["self-hosted", "linux", "x64"],
@@ -27,8 +31,9 @@ export function runnerPool(fake: FakeGitHub) {
     isolation: "capabilities" as const,
     networkMode: "none",
     resources: { memoryMb: 1024, pidsLimit: 2048 },
-    mounts: [{ source: dirname(fake.socketPath), target: "/fake-github", readOnly: false }],
-    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock" },
+    mounts: [{ source: o.socketDir ?? dirname(fake.socketPath), target: "/fake-github", readOnly: false }],
+    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", ...o.env },
+    ...o.extra,
   };
 }
 
@@ -44,6 +49,8 @@ export interface JitrunnerOptions {
   pools: unknown[];
   hostId?: string;
   capacity?: number;
+  /** The worker's Docker engine (default: the default socket). */
+  dockerSocket?: string;
   logLevel?: string;
 }
 
@@ -67,6 +74,7 @@ export async function startJitrunner(o: JitrunnerOptions): Promise<RunningJitrun
     worker: {
       hostId: o.hostId ?? `bench-${o.name}`,
       capacity: o.capacity ?? 4,
+      ...(o.dockerSocket ? { docker: { socketPath: o.dockerSocket } } : {}),
       completedGraceSeconds: 5,
       reconcileIntervalSeconds: 30,
     },

@@ -125,6 +125,11 @@ export interface BenchRedis {
   commandstats(): Promise<Map<string, number>>;
   /** Redis's own CPU time, ms. */
   cpuMs(): Promise<number>;
+  /**
+   * Socket reads Redis has served since it started (INFO stats `total_reads_processed`): one per
+   * batch of commands a client wrote at once, so commands per read shows how far clients pipeline.
+   */
+  readsProcessed(): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -159,6 +164,7 @@ export async function startBenchRedis(): Promise<BenchRedis> {
       const get = (k: string) => Number(new RegExp(`^${k}:([\\d.]+)`, "m").exec(text)?.[1] ?? 0);
       return (get("used_cpu_sys") + get("used_cpu_user")) * 1000;
     },
+    readsProcessed: async () => Number(/^total_reads_processed:(\d+)/m.exec(await info("stats"))?.[1] ?? Number.NaN),
     stop: async () => {
       client.disconnect();
       await handle.stop(5_000);

@@ -1,0 +1,26 @@
+/**
+ * One run's figures as a file (results.json in the run's scratch directory), so BENCHMARKS.md can
+ * be rendered again from them (`BENCH_RENDER_FROM=FILE`) after its wording changes, without
+ * measuring anything again. Maps are kept as `{ "$map": [[key, value], ...] }`.
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import type { Machine } from "./machine.ts";
+import type { Results, RunInfo } from "../report.ts";
+
+export interface SavedRun {
+  info: RunInfo;
+  machine: Machine;
+  results: Results;
+}
+
+export function saveRun(file: string, run: SavedRun): string {
+  const json = JSON.stringify(run, (_k, v: unknown) => (v instanceof Map ? { $map: [...v] } : v), 2);
+  writeFileSync(file, json);
+  return json;
+}
+
+export function loadRun(file: string): SavedRun {
+  return JSON.parse(readFileSync(file, "utf8"), (_k, v: unknown) =>
+    v !== null && typeof v === "object" && Array.isArray((v as { $map?: unknown }).$map) ? new Map((v as { $map: Array<[unknown, unknown]> }).$map) : v,
+  ) as SavedRun;
+}
