@@ -58,7 +58,9 @@ async function main(argv: string[]): Promise<number> {
   const path = values.config ?? process.env.JITRUNNER_CONFIG ?? "jitrunner.yml";
   let config: Config;
   try {
-    config = loadConfig({ text: readFileSync(path, "utf8"), env: process.env, readFile: (p) => readFileSync(p, "utf8") });
+    // status and drain only read Redis: an operator's shell needs no GitHub secrets for them.
+    const githubSecrets = command !== "status" && command !== "drain";
+    config = loadConfig({ text: readFileSync(path, "utf8"), env: process.env, readFile: (p) => readFileSync(p, "utf8"), githubSecrets });
   } catch (err) {
     if (err instanceof ConfigError) process.stderr.write(`jitrunner: ${path}: ${err.message}\n`);
     else process.stderr.write(`jitrunner: cannot read config ${path}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}\n`);

@@ -18,13 +18,18 @@ export interface LoadSources {
   env: Record<string, string | undefined>;
   /** Reads a secret file; throws if it cannot. */
   readFile: (path: string) => string;
+  /**
+   * false: the GitHub App's private key and webhook secret are neither read nor required (empty),
+   * for commands that only read Redis (`status`, `drain`) on an operator's machine.
+   */
+  githubSecrets?: boolean;
 }
 
 /**
  * Turns config text and environment into a validated Config, or throws ConfigError with every
  * problem found. Pure apart from `readFile`. Secret values never appear in the errors.
  */
-export function loadConfig({ text, env, readFile }: LoadSources): Config {
+export function loadConfig({ text, env, readFile, githubSecrets = true }: LoadSources): Config {
   let raw: unknown;
   try {
     raw = parseYaml(text) ?? {};
@@ -62,8 +67,8 @@ export function loadConfig({ text, env, readFile }: LoadSources): Config {
     }
   };
   const gh = (raw as Record<string, any>).github ?? {};
-  const privateKey = secret("privateKey", "JITRUNNER_GITHUB_PRIVATE_KEY", gh.privateKeyFile);
-  const webhookSecret = secret("webhookSecret", "JITRUNNER_GITHUB_WEBHOOK_SECRET", gh.webhookSecretFile);
+  const privateKey = githubSecrets ? secret("privateKey", "JITRUNNER_GITHUB_PRIVATE_KEY", gh.privateKeyFile) : undefined;
+  const webhookSecret = githubSecrets ? secret("webhookSecret", "JITRUNNER_GITHUB_WEBHOOK_SECRET", gh.webhookSecretFile) : new Secret("");
   const srv = (raw as Record<string, any>).server ?? {};
   const adminToken = optionalToken("server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN", srv.adminTokenFile, env, readFile, problems);
   const metricsToken = optionalToken("server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN", srv.metricsTokenFile, env, readFile, problems);
@@ -72,13 +77,13 @@ export function loadConfig({ text, env, readFile }: LoadSources): Config {
   }
 
   if (parsed.success) problems.push(...crossCheck(parsed.data));
-  if (problems.length > 0 || !parsed.success || !privateKey || !webhookSecret) {
+  if (problems.length > 0 || !parsed.success || (githubSecrets && !privateKey) || !webhookSecret) {
     throw new ConfigError(problems);
   }
   return {
     ...parsed.data,
     worker: { ...parsed.data.worker, hostId: parsed.data.worker.hostId ?? sanitizeHost(hostname()) },
-    secrets: { privateKey, webhookSecret, ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }) },
+    secrets: { privateKey: privateKey ?? new Secret(""), webhookSecret, ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }) },
   };
 }
 

@@ -103,7 +103,10 @@ export class DemandQueues {
       const claimed = await this.#claims.call({ claim, seenKey, pool: demand.pool });
       if (claimed === CLAIM_REPLAYED) return "replayed";
       if (claimed === CLAIM_DUPLICATE) return "duplicate";
-    } else if ((await this.#redis.set(seenKey, demand.pool, "EX", SEEN_TTL_SECONDS, "NX")) === null) {
+    } else if ((await this.#redis.set(seenKey, demand.pool, "EX", SEEN_TTL_SECONDS, "NX")) === null && (await this.#queue(demand.pool).getJob(id))) {
+      // Seen, and BullMQ holds it. Seen but not held: a process died between the claim and the
+      // add, or the demand was served over an hour ago and its job is queued again; either way
+      // (the reconciler adds only jobs GitHub lists as queued) it needs a runner: add it.
       return "duplicate";
     }
     try {

@@ -126,6 +126,11 @@ test("status prints pools with queue depth, hosts, runners, recent jobs and fail
   assert.match(r.out, /^\S+ ago +77 +acme\/lib +.* +arm +waiting for a runner$/m);
   assert.match(r.out, /^\S+ ago +arm +78 +acme\/lib +3 +E_DOCKER +engine unreachable$/m);
 
+  // No GitHub secret is needed to read the status (the config names no secret files either).
+  const bare = await run(["status", "--config", configFile]);
+  assert.equal(bare.code, 0, bare.out);
+  assert.match(bare.out, /2 runner\(s\), 1 busy/);
+
   const json = await run(["status", "--json", "--config", configFile], SECRETS);
   assert.equal(json.code, 0, json.out);
   const s = JSON.parse(json.out);

@@ -150,3 +150,18 @@ test("a repository noted a moment ago is not written again; later it is", async 
   await repos.touch(r, t0 + 11_000);
   assert.equal(await seenAt(), t0 + 11_000, "11 s later: noted again");
 });
+
+test("a job attempt claimed by a process that died before adding it is added by the next add without a claim (the reconciler's)", async () => {
+  const demand = { pool: "default", jobId: 990001, runId: 1, runAttempt: 1, owner: "acme", repo: "app", installationId: 1, labels: ["self-hosted"], receivedAt: Date.now(), deliveryId: "d-crash" };
+  // What a crash between the claim and BullMQ's add leaves: the attempt's seen key, no demand.
+  await queueConn.set(`${redis.prefix}:seen:990001-1`, "default", "EX", 600);
+  assert.equal(await queues.add(demand, { key: `${redis.prefix}:delivery:d-crash-2`, ttlSeconds: 600 }), "duplicate", "a webhook's add trusts the claim");
+  assert.equal(await queues.add(demand), "added", "the reconciler's add finds no demand behind the seen key and adds it");
+  assert.equal(await queues.add(demand), "duplicate", "once added, it is a duplicate again");
+  const q = new Queue("demand-default", { connection: queueConn, prefix: `${redis.prefix}:bull` });
+  try {
+    assert.equal(await (await q.getJob("990001-1"))?.getState(), "waiting");
+  } finally {
+    await q.close();
+  }
+});
