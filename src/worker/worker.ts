@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import { LABEL, MANAGED_BY } from "../docker/labels.ts";
@@ -347,20 +348,8 @@ export class RunnerWorker {
   }
 
   /** Sleeps, but no longer than until the worker stops. */
-  #pause(ms: number): Promise<void> {
-    const signal = this.#shutdown.signal;
-    return new Promise((resolve) => {
-      if (signal.aborted) return resolve();
-      const onAbort = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        signal.removeEventListener("abort", onAbort);
-        resolve();
-      }, ms);
-      signal.addEventListener("abort", onAbort, { once: true });
-    });
+  async #pause(ms: number): Promise<void> {
+    await delay(ms, undefined, { signal: this.#shutdown.signal, ref: false }).catch(() => undefined);
   }
 
   /** Launches one warm runner that already holds its places and a slot; false if it failed. */
