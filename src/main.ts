@@ -125,6 +125,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       capacity: config.worker.capacity,
       pools: served,
       checkStillQueued: config.github.checkStillQueued,
+      overlapStillQueuedCheckSeconds: config.github.overlapStillQueuedCheckSeconds,
       namePrefix: config.runnerNamePrefix,
       reconcileIntervalSeconds: config.worker.reconcileIntervalSeconds,
       heartbeatSeconds: config.worker.heartbeatSeconds,

@@ -51,11 +51,16 @@ export async function stopAllChildren(): Promise<void> {
   await Promise.allSettled([...running].map((c) => c.stop(5_000)));
 }
 
-/** `node --import tsx FILE ARGS` from the repo root, stdout and stderr appended to `logFile`. */
+/**
+ * `node --import tsx FILE ARGS` from the repo root, stdout and stderr appended to `logFile`.
+ * With `BENCH_CPU_PROF=DIR` each such process writes a V8 CPU profile into DIR when it exits
+ * (node refuses `--cpu-prof` in NODE_OPTIONS).
+ */
 export function spawnNode(args: string[], logFile: string, env: Record<string, string> = {}): Child {
   const fd = openSync(logFile, "a");
+  const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
   try {
-    const child = spawn(process.execPath, ["--import", "tsx", ...args], {
+    const child = spawn(process.execPath, [...profile, "--import", "tsx", ...args], {
       cwd: ROOT,
       env: { ...process.env, ...env },
       stdio: ["ignore", fd, fd],

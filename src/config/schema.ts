@@ -89,6 +89,7 @@ export const configSchema = z
         privateKeyFile: z.string().optional(),
         webhookSecretFile: z.string().optional(),
         checkStillQueued: z.boolean().default(true),
+        overlapStillQueuedCheckSeconds: z.number().min(0).max(3600).default(10),
       })
       .strict(),
     redis: z

@@ -4,7 +4,7 @@ import type { Demand } from "../demand.ts";
 import { demandId } from "../demand.ts";
 import { runnerLabels } from "../docker/labels.ts";
 import type { RunnerDriver, RunnerSpec } from "../docker/driver.ts";
-import { GitHubError, errorMessage } from "../errors.ts";
+import { GitHubError, JitrunnerError, errorMessage } from "../errors.ts";
 import type { GitHubClient, JitRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
@@ -67,6 +67,13 @@ function failpoint(point: Failpoint): void {
   process.kill(process.pid, "SIGKILL");
 }
 
+/** The launch stopped before its container: GitHub says the job needs no runner after all. */
+export class NotNeeded extends JitrunnerError {
+  constructor() {
+    super("E_NOT_NEEDED", "the job no longer needs a runner");
+  }
+}
+
 /**
  * One runner's life on this host: register (JIT config), create, start, watch, tear down.
  * Every step after registration that fails undoes the registration and the container.
@@ -79,7 +86,11 @@ export class Launcher {
     this.#d = deps;
   }
 
-  async launch(target: LaunchTarget, pool: PoolConfig, log: Logger): Promise<Tracked> {
+  /**
+   * Registers, creates and starts a runner for `target`. `needed`, a check still under way, gates
+   * the container: when it says false, the registration is deleted and the launch ends in NotNeeded.
+   */
+  async launch(target: LaunchTarget, pool: PoolConfig, log: Logger, needed?: Promise<boolean>): Promise<Tracked> {
     const d = this.#d;
     let name = runnerName(d.namePrefix, pool.name);
     const record: RunnerRecord = {
@@ -127,6 +138,7 @@ export class Launcher {
       record.runnerId = jit.runnerId;
       await d.runners.update(name, { runnerId: jit.runnerId });
       rlog.info({ runnerId: jit.runnerId }, "runner registered");
+      if (needed && !(await needed)) throw new NotNeeded();
       const spec: RunnerSpec = {
         name,
         image: pool.image,
@@ -151,8 +163,10 @@ export class Launcher {
       rlog.info({ container: record.containerId.slice(0, 12) }, "runner container started");
       return tracked;
     } catch (err) {
-      rlog.warn({ err: errorMessage(err) }, "launch failed; undoing registration and container");
-      await this.teardown(record, "launch_failed", rlog).catch((e) =>
+      const notNeeded = err instanceof NotNeeded;
+      if (notNeeded) rlog.info("job needs no runner after all; deleting the registration");
+      else rlog.warn({ err: errorMessage(err) }, "launch failed; undoing registration and container");
+      await this.teardown(record, notNeeded ? "not_needed" : "launch_failed", rlog).catch((e) =>
         rlog.warn({ err: errorMessage(e) }, "cleanup after failed launch incomplete; the reconciler will retry"),
       );
       // Whatever the cleanup managed, the demand was not served: its retry must launch anew.

@@ -11,7 +11,7 @@ import type { Lease } from "../queue/demand-queue.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
 import type { HostStore, PoolLimits } from "../state/hosts.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
-import { Launcher, scopeOf, targetOf, type Tracked } from "./launcher.ts";
+import { Launcher, NotNeeded, scopeOf, targetOf, type Tracked } from "./launcher.ts";
 import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
 import { every } from "../timers.ts";
@@ -29,6 +29,8 @@ export interface WorkerDeps {
   capacity: number;
   pools: PoolConfig[];
   checkStillQueued: boolean;
+  /** Demand younger than this (first attempt) is checked while its runner registers, not before. */
+  overlapStillQueuedCheckSeconds?: number;
   namePrefix: string;
   reconcileIntervalSeconds: number;
   heartbeatSeconds: number;
@@ -238,15 +240,24 @@ export class RunnerWorker {
         log.info({ runner: tracked.record.name }, "demand adopted by a warm runner");
         reason = await spare.ended;
       } else {
-        if (this.#d.checkStillQueued && !(await this.#stillNeeded(lease, log))) {
+        // A fresh job was queued a moment ago: ask GitHub alongside the registration, and let the
+        // answer gate only the container. Demand that waited (a backlog, a retry) asks first, as a
+        // job cancelled meanwhile is likelier there and would waste a registration.
+        const fresh = lease.attempt === 1 && Date.now() - demand.receivedAt < (this.#d.overlapStillQueuedCheckSeconds ?? 0) * 1000;
+        const check = this.#d.checkStillQueued ? this.#stillNeeded(lease, log) : undefined;
+        if (check && !fresh && !(await check)) {
           await lease.complete("not_needed");
           return;
         }
         const started = Date.now();
-        const launching = this.#d.launcher.launch(targetOf(demand), pool, log);
+        const launching = this.#d.launcher.launch(targetOf(demand), pool, log, check);
         this.#launches.add(launching);
         try {
           tracked = await launching;
+        } catch (err) {
+          if (!(err instanceof NotNeeded)) throw err;
+          await lease.complete("not_needed");
+          return;
         } finally {
           this.#launches.delete(launching);
         }

@@ -292,6 +292,31 @@ test("409 and 422 are answered at once, never retried; 5xx is retried; a lost an
   assert.deepEqual([denied.status, denied.retryable], [403, false], "a permission 403 is not a rate limit");
 });
 
+test("a 5xx is retried after a backoff, but not once the caller has given up on the call", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  const RUNNERS = "/repos/{owner}/{repo}/actions/runners";
+  await c.gh.listRunners(repo()); // the installation token, so that only the listing is counted below
+  fake.inject({ route: RUNNERS, status: 503, times: 2 });
+  const stop = new AbortController();
+  const listing = c.gh.listRunners(repo(), { signal: stop.signal });
+  await waitForCalls(fake, RUNNERS, 2); // the first try of this call, answered 503
+  stop.abort(); // during the 1 s backoff
+  const err = await failure(listing);
+  assert.equal(err.status, 503);
+  await sleep(1500);
+  assert.deepEqual(calls(fake, RUNNERS), [200, 503], "no retry after the caller gave up");
+
+  const again = c.gh.listRunners(repo());
+  assert.deepEqual(await again, []);
+  assert.deepEqual(calls(fake, RUNNERS), [200, 503, 503, 200], "a call nobody gave up on: retried after 1 s");
+});
+
+async function waitForCalls(fake: FakeGitHub, route: string, n: number): Promise<void> {
+  for (let i = 0; i < 200 && calls(fake, route).length < n; i++) await sleep(10);
+  assert.equal(calls(fake, route).length, n, `${n} calls to ${route}`);
+}
+
 test("runner group by name: resolved once per organization, then cached; labels are passed exactly as configured", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { shared: false });

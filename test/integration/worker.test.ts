@@ -48,32 +48,52 @@ test("a launch that fails after registration deletes the registration and leaves
   }
 });
 
-test("a job cancelled while queued launches no runner, even when the completed webhook was lost", async () => {
+/**
+ * A job cancelled while queued, its `completed` webhook lost, reaches a worker. `overlap`: how the
+ * worker's still-queued check runs (github.overlapStillQueuedCheckSeconds).
+ */
+async function cancelledWhileQueued(tag: string, overlapSeconds: number) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("cancel");
-  const r = scopedRedis(redis, "cancel");
+  const host = uniqueHost(tag);
+  const r = scopedRedis(redis, tag);
   hosts.push(host);
-  const server = await startSystem("server", fake, r, host);
+  const github = { appId: fake.appId, apiUrl: fake.url, overlapStillQueuedCheckSeconds: overlapSeconds };
+  const server = await startSystem("server", fake, r, host, { github });
   let worker: Awaited<ReturnType<typeof startSystem>> | undefined;
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "waiting", 10_000, "demand waiting");
     fake.setWebhookUrl("http://127.0.0.1:9/lost"); // the `completed` delivery goes nowhere
     await fake.cancelJob(job.id);
-    worker = await startSystem("worker", fake, r, host);
+    worker = await startSystem("worker", fake, r, host, { github });
     const done = await waitFor(async () => {
       const s = await demandState(r, "default", `${job.id}-1`);
       return s?.state === "completed" && s;
     }, 20_000, "demand settled by the worker");
     assert.equal(done.result, "not_needed");
-    assert.equal(callsTo(fake, JIT), 0, "no runner registered");
     assert.equal(callsTo(fake, "/repos/{owner}/{repo}/actions/jobs/{job_id}"), 1, "one still-queued check");
     assert.equal((await containersOf(host)).length, 0);
+    assert.doesNotMatch(worker.logs(), /runner container started/);
+    assert.equal(fake.runners().length, 0, "no registration left at GitHub");
+    return { jit: callsTo(fake, JIT), deleted: callsTo(fake, DELETE, "DELETE"), logs: worker.logs() };
   } finally {
     await worker?.close();
     await server.close();
     await fake.close();
   }
+}
+
+test("a job cancelled while queued launches no runner, even when the completed webhook was lost", async () => {
+  // Checked before anything is registered: the job's age is past the overlap window (0 s).
+  const { jit } = await cancelledWhileQueued("cancel", 0);
+  assert.equal(jit, 0, "no runner registered");
+});
+
+test("a fresh job's still-queued check runs alongside its registration and stops the launch before the container", async () => {
+  const { jit, deleted, logs } = await cancelledWhileQueued("cancel-fresh", 60);
+  assert.equal(jit, 1, "registered while the check ran");
+  assert.equal(deleted, 1, "and that registration deleted");
+  assert.match(logs, /job needs no runner after all/);
 });
 
 test("a worker stopped mid-job leaves the runner running; restarted, it adopts it and launches no second runner", async () => {
