@@ -64,6 +64,19 @@ interface Spare {
   idleFrom: number;
   /** The watch: why the runner ended. */
   ended: Promise<string>;
+  /** The watch has ended. */
+  done?: boolean;
+  /** Whether it took over a demand for the job it took on its own (#handOver; asked once). */
+  handedOver?: Promise<boolean>;
+}
+
+/** A demand served by an adopted warm runner that has not taken a job yet. */
+interface Adoption {
+  lease: Lease;
+  spare: Spare;
+  /** Set when a warm runner that took the demand's job itself took the demand over. */
+  taker?: Spare;
+  wake(): void;
 }
 
 function warmKey(pool: string): string {
@@ -90,6 +103,8 @@ export class RunnerWorker {
   readonly #shutdown = new AbortController();
   /** Warm runners this host launched that no demand has adopted yet, by runner name. */
   readonly #spares = new Map<string, Spare>();
+  /** Demands served by an adopted warm runner still idle, by GitHub job id. */
+  readonly #adoptions = new Map<number, Adoption>();
   #stopping = false;
   #reconcileTimer: { stop(): void } | undefined;
   #lastError: string | undefined;
@@ -233,12 +248,13 @@ export class RunnerWorker {
         // No launch on this job's critical path: GitHub hands the job to an idle runner at once.
         // No still-queued check either: adopting costs no API call, and a cancelled job's runner
         // is reaped after the idle timeout like any runner that got no job.
-        tracked = spare.tracked;
-        await this.#d.runners.claimDemand(tracked.record.name, lease.id);
-        tracked.record.demandId = lease.id;
+        await this.#d.runners.claimDemand(spare.tracked.record.name, lease.id);
+        spare.tracked.record.demandId = lease.id;
         this.#d.metrics.pickedUp(pool.name, (Date.now() - demand.receivedAt) / 1000);
-        log.info({ runner: tracked.record.name }, "demand adopted by a warm runner");
-        reason = await spare.ended;
+        log.info({ runner: spare.tracked.record.name }, "demand adopted by a warm runner");
+        const served = await this.#whileAdopted(lease, spare);
+        tracked = served.tracked;
+        reason = served.reason;
       } else {
         // A fresh job was queued a moment ago: ask GitHub alongside the registration, and let the
         // answer gate only the container. Demand that waited (a backlog, a retry) asks first, as a
@@ -333,9 +349,12 @@ export class RunnerWorker {
   async #warmLoop(pool: PoolConfig): Promise<void> {
     let failures = 0;
     while (!this.#stopping) {
-      for (const spare of this.#spares.values()) {
-        // It took a job directly (its demand is still to come, or never will): no longer warm.
-        if (spare.pool === pool && spare.warm && spare.tracked.state !== "idle" && spare.tracked.state !== "starting") await this.#unwarm(spare);
+      for (const spare of [...this.#spares.values()]) {
+        if (spare.pool !== pool || spare.tracked.state === "idle" || spare.tracked.state === "starting") continue;
+        // It took a job directly: the demand for that job, if it adopted another runner, is its;
+        // else that demand is still to come, or never will. Either way, no longer warm.
+        if (await this.#handOver(spare, this.#d.logger.child({ pool: pool.name }))) continue;
+        if (spare.warm) await this.#unwarm(spare);
       }
       while (!this.#stopping && this.#presence.open && this.#slots.tryAcquire()) {
         const holder = `${this.#d.host}:${randomUUID()}`;
@@ -366,9 +385,10 @@ export class RunnerWorker {
   /** Launches one warm runner that already holds its places and a slot; false if it failed. */
   async #launchSpare(pool: PoolConfig, holder: string): Promise<boolean> {
     const log = this.#d.logger.child({ pool: pool.name, warm: true });
-    const freePlaces = async () => {
-      await this.#d.limits.release(warmKey(pool.name), holder).catch(() => undefined);
-      if (pool.maxRunners) await this.#d.limits.release(pool.name, holder).catch(() => undefined);
+    // By the holder it has then: a runner returned from a hand-over holds another's places.
+    const freePlaces = async (of: string) => {
+      await this.#d.limits.release(warmKey(pool.name), of).catch(() => undefined);
+      if (pool.maxRunners) await this.#d.limits.release(pool.name, of).catch(() => undefined);
       this.#slots.release();
     };
     const started = Date.now();
@@ -378,7 +398,7 @@ export class RunnerWorker {
     try {
       tracked = await launching;
     } catch (err) {
-      await freePlaces();
+      await freePlaces(holder);
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       this.#noteError(`warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       return false;
@@ -398,13 +418,83 @@ export class RunnerWorker {
     this.#spares.set(name, spare);
     log.info({ runner: name }, "warm runner ready");
     void spare.ended.then(async (reason) => {
-      // An adopted runner is its demand's now: #serve tears it down and frees the places.
+      spare.done = true;
+      // An adopted runner is its demand's now: #serve tears it down and frees the places. One that
+      // ran a job so short that the warm loop never saw it busy may still become a demand's.
       if (spare.adopted) return;
+      if ((reason === "exited" || reason === "completed_grace_expired") && (await this.#handOver(spare, log))) return;
       this.#spares.delete(name);
       if (reason !== "shutdown") await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry"));
-      await freePlaces();
+      await freePlaces(spare.holder);
       this.#checkDrained();
     });
+    return true;
+  }
+
+  /**
+   * Waits for the end of the warm runner serving `lease`. GitHub hands a job to whichever idle
+   * runner asks first, so the job may go to another warm runner than the one adopted for it: that
+   * one then takes the demand over (#handOver), and the adopted one, still idle, is warm again
+   * instead of idling out with a demand that is already served.
+   */
+  async #whileAdopted(lease: Lease, spare: Spare): Promise<{ tracked: Tracked; reason: string }> {
+    for (;;) {
+      let wake!: () => void;
+      const woken = new Promise<void>((resolve) => (wake = resolve));
+      const adoption: Adoption = { lease, spare, wake };
+      this.#adoptions.set(lease.demand.jobId, adoption);
+      await Promise.race([spare.ended, woken]);
+      if (this.#adoptions.get(lease.demand.jobId) === adoption) this.#adoptions.delete(lease.demand.jobId);
+      // Decided by the hand-over itself, not by which promise settled first.
+      if (!adoption.taker) return { tracked: spare.tracked, reason: await spare.ended };
+      spare = adoption.taker;
+    }
+  }
+
+  /**
+   * A runner launched warm, not adopted, took a job on its own: if a demand for that job was given
+   * to another warm runner that is still idle, the two swap. The taker serves the demand (its
+   * places and slot go to the demand); the idle one comes back with the taker's places, warm if
+   * the taker was. True when the taker now belongs to a demand.
+   */
+  #handOver(taker: Spare, log: Logger): Promise<boolean> {
+    taker.handedOver ??= this.#tryHandOver(taker, log).catch(() => false);
+    return taker.handedOver;
+  }
+
+  async #tryHandOver(taker: Spare, log: Logger): Promise<boolean> {
+    if (taker.adopted) return false;
+    const jobId = (await this.#d.runners.get(taker.tracked.record.name))?.jobId;
+    const adoption = jobId === undefined ? undefined : this.#adoptions.get(jobId);
+    const idle = adoption?.spare;
+    // From here to the wake-up, synchronous: neither runner's end can slip in between the checks
+    // and the swap (an idle runner that ended meanwhile is its demand's to tear down).
+    if (!adoption || !idle || idle.done || idle.tracked.state !== "idle" || taker.adopted || !this.#spares.has(taker.tracked.record.name)) return false;
+    const { lease } = adoption;
+    const takerName = taker.tracked.record.name;
+    const idleName = idle.tracked.record.name;
+    this.#adoptions.delete(jobId!);
+    this.#spares.delete(takerName);
+    taker.adopted = true;
+    taker.idleFrom = Date.now();
+    taker.tracked.record.demandId = lease.id;
+    // Slots and places change hands, none is freed: the idle runner holds the taker's now.
+    idle.holder = taker.holder;
+    idle.warm = taker.warm;
+    idle.adopted = false;
+    idle.idleFrom = idle.warm ? Number.POSITIVE_INFINITY : Date.now();
+    idle.tracked.record.demandId = "";
+    taker.warm = false;
+    this.#spares.set(idleName, idle);
+    adoption.taker = taker;
+    adoption.wake();
+    log.info({ demandId: lease.id, jobId, runner: takerName, returned: idleName }, "a warm runner took the job itself: demand handed over to it; the adopted runner is a spare again");
+    await this.#d.runners.claimDemand(takerName, lease.id).catch(() => undefined);
+    await this.#d.runners.update(idleName, { demandId: "" }).catch(() => undefined);
+    if (!idle.warm && !idle.done) {
+      idle.warm = await this.#d.limits.acquire(warmKey(idle.pool.name), idle.holder, idle.pool.minIdle).catch(() => false);
+      if (idle.warm) idle.idleFrom = Number.POSITIVE_INFINITY;
+    }
     return true;
   }
 

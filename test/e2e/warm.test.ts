@@ -10,7 +10,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, docker, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandState, docker, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 
@@ -74,13 +74,7 @@ test("warm runners: ready with no demand, a job starts on one, replaced, kept pa
     // A drain deregisters them (they are idle) and removes them; the drained worker is done.
     const warmVolumes = new Set((await containersOf(host)).flatMap((c) => c.Mounts.flatMap((m) => (m.Type === "volume" && m.Name ? [m.Name] : []))));
     assert.equal(warmVolumes.size, MIN_IDLE, "each warm runner has its own volume");
-    const conn = redisConnection(r.url);
-    try {
-      await new HostStore(conn, r.prefix).drain(host);
-    } finally {
-      conn.disconnect();
-    }
-    await Promise.race([sys.drained, new Promise((_, reject) => setTimeout(() => reject(new Error("drain did not finish in 60 s")), 60_000))]);
+    await drain(r, host, sys.drained);
     assert.equal(fake.runners().length, 0, "no registration left");
     assert.equal((await containersOf(host)).length, 0, "no container left");
     const left = ((await docker.listVolumes()).Volumes ?? []).filter((v) => warmVolumes.has(v.Name));
@@ -90,3 +84,64 @@ test("warm runners: ready with no demand, a job starts on one, replaced, kept pa
     await fake.close();
   }
 });
+
+test("a job GitHub hands to another warm runner than the one its demand adopted: the demand follows the job, the adopted runner stays warm", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("warm-swap");
+  const r = scopedRedis(redis, "warm-swap");
+  hosts.push(host);
+  const pool = fakeRunnerPool(fake, {
+    minIdle: MIN_IDLE,
+    idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS,
+    warm: { installationId: fake.installationId, owner: "acme", repo: "app" },
+    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "3" },
+  });
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [pool],
+    worker: { hostId: host, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
+  });
+  const idleRunners = () => fake.runners().filter((x) => !x.busy && x.status === "online");
+  try {
+    const warm = await waitFor(() => idleRunners().length === MIN_IDLE && idleRunners(), 90_000, `${MIN_IDLE} warm runners online`);
+    // The demand adopts the oldest warm runner (registered first); GitHub gives the job to the newest.
+    const [oldest, newest] = [...warm].sort((a, b) => a.id - b.id);
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"], onlyRunner: newest!.name });
+    const done = await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+    assert.equal(done.runner_name, newest!.name);
+    assert.match(sys.logs(), new RegExp(`"runner":"${oldest!.name}".*demand adopted by a warm runner`));
+    assert.match(sys.logs(), new RegExp(`"runner":"${newest!.name}","returned":"${oldest!.name}".*demand handed over`));
+    const settled = await waitFor(async () => {
+      const d = await demandState(r, "default", `${job.id}-1`);
+      return d?.state === "completed" && d;
+    }, 30_000, "demand completed");
+    assert.equal(settled.result, "exited", "completed when the runner that ran its job exited");
+
+    // One replacement (for the runner that ran the job), and the adopted runner is warm again:
+    // still there, idle, after the idle timeout.
+    await waitFor(async () => idleRunners().length === MIN_IDLE && (await containersOf(host)).length === MIN_IDLE, 60_000, "back to minIdle warm runners");
+    await new Promise((res) => setTimeout(res, (IDLE_TIMEOUT_SECONDS + 4) * 1000));
+    const names = idleRunners().map((x) => x.name);
+    assert.ok(names.includes(oldest!.name), `the adopted runner kept as a warm runner (${names.join(", ")})`);
+    assert.equal(names.length, MIN_IDLE);
+    assert.equal(callsTo(fake, JIT), MIN_IDLE + 1, "one launch for one job");
+    assert.doesNotMatch(sys.logs(), /"reason":"idle_timeout"/, "no runner idled out");
+
+    await drain(r, host, sys.drained);
+    assert.equal(fake.runners().length, 0, "no registration left");
+    assert.equal((await containersOf(host)).length, 0, "no container left");
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
+/** Drains `host` as an operator would, and waits for its worker to finish the drain. */
+async function drain(r: TestRedis, host: string, drained: Promise<void>): Promise<void> {
+  const conn = redisConnection(r.url);
+  try {
+    await new HostStore(conn, r.prefix).drain(host);
+  } finally {
+    conn.disconnect();
+  }
+  await Promise.race([drained, new Promise((_, reject) => setTimeout(() => reject(new Error("drain did not finish in 60 s")), 60_000))]);
+}

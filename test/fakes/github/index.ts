@@ -44,6 +44,11 @@ export interface QueueJobOptions {
   runAttempt?: number;
   runId?: number; // add the job to an existing run (default: a new run)
   name?: string;
+  /**
+   * Only the runner of this name may take the job. GitHub hands a queued job to whichever idle
+   * runner with matching labels asks first; this is a test's way to pick that runner.
+   */
+  onlyRunner?: string;
 }
 
 function listen(server: Server, target: { port: number; host: string } | string): Promise<void> {
@@ -149,6 +154,7 @@ export class FakeGitHub {
     const run = o.runId === undefined ? undefined : [...this.state.jobs.values()].find((j) => j.run_id === o.runId);
     if (run && (run.owner !== o.owner || run.repo !== o.repo)) throw new Error(`queueJob: run ${o.runId} belongs to ${run.owner}/${run.repo}`);
     const job = this.state.createJob(o);
+    if (o.onlyRunner) this.state.pinned.set(job.id, o.onlyRunner);
     await this.ctx.emit(job, "queued");
     return structuredClone(job);
   }

@@ -82,6 +82,8 @@ export class FakeState {
   private readonly ownerIds = new Map<string, number>();
   readonly repos = new Map<string, RepoInfo>();
   readonly jobs = new Map<number, FakeJob>();
+  /** Jobs only one runner may take, by job id (QueueJobOptions.onlyRunner). */
+  readonly pinned = new Map<number, string>();
   readonly runners = new Map<number, FakeRunner>();
   readonly runnerTokens = new Map<number, string>();
   /** Every encoded JIT config handed out, for tests that grep output for secrets. */
@@ -173,7 +175,11 @@ export class FakeState {
   acquire(runner: FakeRunner): FakeJob | undefined {
     if (runner.job_id !== null) return this.jobs.get(runner.job_id);
     const job = [...this.jobs.values()].find(
-      (j) => j.status === "queued" && scopeHoldsRepo(runner.scope, j.owner, j.repo) && labelsMatch(j.labels, runner.labels),
+      (j) =>
+        j.status === "queued" &&
+        (this.pinned.get(j.id) ?? runner.name) === runner.name &&
+        scopeHoldsRepo(runner.scope, j.owner, j.repo) &&
+        labelsMatch(j.labels, runner.labels),
     );
     if (!job) return undefined;
     job.status = "in_progress";
