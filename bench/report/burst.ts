@@ -106,13 +106,13 @@ ${b.hosts.map((h) => ms(h.createGaps.p50)).join(" / ")} at p50${
 
 GitHub calls: ${calls(b.github.byRoute)}; ${int(b.webhooks)} webhooks delivered. A job's own launch
 makes ${(launchCalls(b) / b.jobs).toFixed(2)} calls (the still-queued check and the JIT config). The rest are the
-elected leader's reconcile loops, and one of them grows with the backlog: the queued-jobs loop
-(src/reconcile/github-queued.ts) lists the queued and in-progress runs of each recently active
-repository and then the jobs of *every* such run, each pass, so while ${int(b.jobs)} jobs (here ${int(b.jobs)}
-runs) wait, a pass costs up to one call per waiting run: ${int(b.github.byRoute.get("GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs") ?? 0)} run-jobs calls in
-this burst. At the default interval (\`reconcile.queuedIntervalSeconds\`, 300 s), a backlog of 1,000
-queued runs would cost about 12,000 calls an hour, more than an installation's base rate limit of
-5,000 an hour.
+elected leader's reconcile loops. The queued-jobs loop (src/reconcile/github-queued.ts) lists the
+queued and in-progress runs of each recently active repository, then the jobs of such runs, since
+GitHub lists jobs per run only: at most \`reconcile.queuedMaxRunsPerPass\` runs per pass (100),
+runs never looked at first, then those looked at longest ago. ${int(b.github.byRoute.get("GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs") ?? 0)} run-jobs calls in
+this burst (${int(b.jobs)} jobs in ${int(b.jobs)} runs); at the default interval (\`reconcile.queuedIntervalSeconds\`,
+300 s) a backlog of any size costs at most 1,200 of them an hour, a quarter of an installation's
+base rate limit of 5,000, and a large backlog is looked through over several passes.
 Redis commands per job by command: ${topCommands(b.redis.byCommand, b.jobs, 12)}.
 CPU per job includes the timers that run whatever the load (heartbeats, reconcile loops, BullMQ's
 blocking fetch, a worker that waits for a place under the pool limit and looks again every second);
@@ -140,7 +140,7 @@ export function burstSummaryRows(b: BurstResult): Row[] {
       "",
       "",
       "a few, never a poll per job",
-      `${yes(launchCalls(b) / b.jobs <= 3)} on the launch path; the queued-jobs reconcile lists each queued run's jobs every pass`,
+      `${yes(launchCalls(b) / b.jobs <= 3)} on the launch path; the queued-jobs reconcile lists at most 100 runs' jobs per pass`,
     ],
     [
       "burst: RSS after, server / workers",

@@ -54,7 +54,10 @@ step by step, jitrunner's own share is **${ms(ownSteps(p))}** at p50: received -
 (${ms((p.isolated.parts["received -> in BullMQ"]?.p50 ?? Number.NaN) + (p.isolated.parts["in BullMQ -> taken by worker"]?.p50 ?? Number.NaN))})
 plus "taken -> container created" beyond the bare create
 (${ms((p.isolated.parts["taken -> container created"]?.p50 ?? Number.NaN) - (p.bareIsolated.parts["start -> container created"]?.p50 ?? Number.NaN))}:
-the still-queued check, the JIT config call, the runner record's Redis writes). Docker's own
+the JIT config call with the still-queued check alongside it, as the job is fresh
+(\`github.overlapStillQueuedCheckSeconds\`), and the runner record's Redis writes; each call
+through Octokit and its throttling plugin costs about 10 ms more than a bare fetch of the fake,
+in Bottleneck's scheduler hops). Docker's own
 "created -> started" varies by more than that from one container to the next (compare the two
 series), which is why the totals can come out in either order.
 
@@ -74,7 +77,8 @@ start API call returns, a few ms after Docker's event). GitHub calls in this pha
 
 ${p.isolated.total.n} one-at-a-time pickups make p99 nearly the maximum. GitHub is a fake with no
 latency: real \`generate-jitconfig\` and job lookups take tens to hundreds of ms each, so the
-one-at-a-time overhead above is jitrunner's own cost, not what a user sees against github.com.`;
+one-at-a-time overhead above is jitrunner's own cost, not what a user sees against github.com;
+there, running the still-queued check alongside the registration saves one whole round trip.`;
 }
 
 /** The Summary's pickup rows; their first cell starts with "pickup". */

@@ -137,6 +137,7 @@ export const configSchema = z
         leaderLockSeconds: z.number().min(1).default(15),
         runnersIntervalSeconds: z.number().positive().default(300),
         queuedIntervalSeconds: z.number().positive().default(300),
+        queuedMaxRunsPerPass: z.number().int().positive().default(100),
         deliveriesIntervalSeconds: z.number().min(0).default(60),
         activeWindowSeconds: z.number().positive().default(24 * 3600),
         maxRepositories: z.number().int().positive().default(100),

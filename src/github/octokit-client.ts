@@ -48,8 +48,8 @@ const RETRY_BASE_MS = 1000;
  * what binds it is the points budget of GitHub's secondary rate limits (about 900 points a minute
  * for REST, a write costs 5, so at most ~180 JIT configs a minute). Two a second is 120 writes (600
  * points) a minute, leaving a third of the budget for the reads that go with them (one still-queued
- * check per job, the reconcile loops). A secondary-limit answer (403/429) is still waited out as
- * GitHub says, by the same plugin.
+ * check per job, the reconcile loops). A rate-limit answer (403/429) is waited out as GitHub says:
+ * the plugin retries the refused call after the wait, and the installation's writes wait with it.
  */
 export const WRITE_MIN_INTERVAL_MS = 500;
 /** One write limiter per installation (keyed by `throttle.id`), shared by every client in the process. */
@@ -123,11 +123,17 @@ export class OctokitGitHub implements GitHubClient {
     let client = this.#clients.get(installationId);
     if (client) return client;
     const { logger, metrics } = this.#opts;
+    const throttleId = `installation-${installationId}`;
     const limited =
       (kind: "primary" | "secondary") =>
       (retryAfter: number, options: { method: string; url: string }, _octokit: unknown, retryCount: number): boolean => {
         const again = retryCount < RATE_LIMIT_RETRIES && retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS;
         metrics.githubRateLimited(kind, again ? "retried" : "gave_up");
+        // GitHub's wait is for every request, not only the one refused: the plugin retries this one
+        // after it, and no other write of this installation starts before it is over either.
+        if (retryAfter > 0 && retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS) {
+          void writeLimiter.key(throttleId).schedule({ priority: 0 }, () => delay(retryAfter * 1000, undefined, { ref: false }));
+        }
         logger.warn(
           { route: options.url, method: options.method, installationId, retryAfter, retryCount },
           again ? `GitHub ${kind} rate limit: waiting ${retryAfter} s as told, then retrying` : `GitHub ${kind} rate limit: giving up on this call`,
@@ -148,7 +154,7 @@ export class OctokitGitHub implements GitHubClient {
       request: { fetch: fetchWithTimeout },
       log: { debug: () => {}, info: () => {}, warn: (m: string) => logger.warn(m), error: (m: string) => logger.error(m) },
       throttle: {
-        id: `installation-${installationId}`,
+        id: throttleId,
         write: writeLimiter,
         onRateLimit: limited("primary"),
         onSecondaryRateLimit: limited("secondary"),

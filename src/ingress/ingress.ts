@@ -18,6 +18,13 @@ export interface DemandSink {
    */
   add(demand: Demand, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed">;
   cancel(pool: string, demandId: string): Promise<boolean>;
+  /** Whether the demand's item is done (completed): its runner ran a job, this one or another. */
+  isDone(demand: Demand): Promise<boolean>;
+  /**
+   * Adds the demand again if its earlier item is done (its runner took another job: runners are
+   * not bound to jobs) while GitHub still lists the job as queued. False if it is still pending.
+   */
+  addAgain(demand: Demand): Promise<boolean>;
 }
 
 /** Where runner state changes from webhooks go (the Redis runner records). */

@@ -156,6 +156,22 @@ export class DemandQueues {
     return batch;
   }
 
+  async isDone(demand: Demand): Promise<boolean> {
+    const held = await this.#queue(demand.pool).getJob(demandId(demand.jobId, demand.runAttempt));
+    return held !== undefined && (await held.isCompleted());
+  }
+
+  /** See DemandSink.addAgain: a completed item is replaced by a new one under the same id. */
+  async addAgain(demand: Demand): Promise<boolean> {
+    const id = demandId(demand.jobId, demand.runAttempt);
+    const held = await this.#queue(demand.pool).getJob(id);
+    if (held && !(await held.isCompleted())) return false;
+    if (held) await held.remove();
+    await this.#redis.set(`${this.#settings.prefix}:seen:${id}`, demand.pool, "EX", SEEN_TTL_SECONDS);
+    await this.#addBatch(demand.pool).call(demand);
+    return true;
+  }
+
   /** Drops a demand that is still waiting (its job was cancelled). False if it is taken or gone. */
   async cancel(pool: string, id: string): Promise<boolean> {
     const job = await this.#queue(pool).getJob(id);

@@ -6,6 +6,8 @@ import type { DemandSink } from "../ingress/ingress.ts";
 import { decideQueued, type WorkflowJobEvent } from "../ingress/policy.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
+import type { RunnerStore } from "../state/runners.ts";
+import { demandId } from "../demand.ts";
 import type { Loop } from "./loops.ts";
 
 export const GITHUB_QUEUED = "github-queued";
@@ -42,13 +44,34 @@ export function queuedEventOf(job: WorkflowJobSummary, run: WorkflowRunSummary, 
 export interface GitHubQueuedDeps {
   config: Pick<Config, "pools" | "policy">;
   github: Pick<GitHubClient, "listRuns" | "listRunJobs">;
-  demand: Pick<DemandSink, "add">;
+  demand: Pick<DemandSink, "add" | "isDone" | "addAgain">;
+  runners: Pick<RunnerStore, "findByDemand" | "forgetDemand">;
   repos: Pick<ActiveRepos, "list">;
   intervalMs: number;
   windowMs: number;
   maxRepositories: number;
+  /** Runs whose jobs are listed per pass at most: the ones listed longest ago (or never) first. */
+  maxRunsPerPass: number;
   metrics: Metrics;
   logger: Logger;
+}
+
+/** A queued or in-progress run, with the installation it was listed through. */
+interface RunToCheck {
+  run: WorkflowRunSummary;
+  installationId: number;
+}
+
+/**
+ * The runs whose jobs a pass lists: at most `max`, never-listed ones first, then the ones listed
+ * longest ago (ties in listing order). Pure.
+ */
+export function runsToList<T extends { run: { id: number } }>(runs: readonly T[], lastListed: ReadonlyMap<number, number>, max: number): T[] {
+  return runs
+    .map((r, i) => ({ r, i, at: lastListed.get(r.run.id) ?? Number.NEGATIVE_INFINITY }))
+    .sort((a, b) => a.at - b.at || a.i - b.i)
+    .slice(0, max)
+    .map((x) => x.r);
 }
 
 /**
@@ -57,8 +80,14 @@ export interface GitHubQueuedDeps {
  * queued that a pool serves is added as demand through the same idempotent path as its webhook
  * (keyed by job id and run attempt), so a job whose `queued` webhook arrived adds nothing, and one
  * whose webhook was lost (or came while we were down) gets its runner.
+ *
+ * GitHub lists jobs per run only, so a backlog of queued runs would cost a call per run on every
+ * pass: a pass lists at most `maxRunsPerPass` runs' jobs, new runs first, then the ones it looked
+ * at longest ago, so a large backlog is covered over several passes within a fixed budget.
  */
 export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
+  /** When each run still queued or in progress had its jobs listed last (this leader's memory). */
+  const lastListed = new Map<number, number>();
   return {
     name: GITHUB_QUEUED,
     intervalMs: d.intervalMs,
@@ -66,40 +95,65 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
     async run(signal) {
       const repos = await d.repos.list(d.windowMs, d.maxRepositories);
       const failed: string[] = [];
+      const runs = new Map<number, RunToCheck>();
       for (const repo of repos) {
         signal.throwIfAborted();
         try {
-          await recoverRepo(d, repo, signal);
+          for (const run of await listOpenRuns(d, repo, signal)) runs.set(run.id, { run, installationId: repo.installationId });
         } catch (err) {
           if (signal.aborted) throw err;
           failed.push(`${repo.owner}/${repo.repo}: ${errorMessage(err)}`);
         }
       }
-      if (failed.length > 0) throw new Error(`checking queued jobs failed for ${failed.length} of ${repos.length} repositories; first: ${failed[0]}`);
+      for (const id of lastListed.keys()) if (!runs.has(id)) lastListed.delete(id);
+      for (const { run, installationId } of runsToList([...runs.values()], lastListed, d.maxRunsPerPass)) {
+        signal.throwIfAborted();
+        try {
+          await recoverRun(d, run, installationId, signal);
+          lastListed.set(run.id, Date.now());
+        } catch (err) {
+          if (signal.aborted) throw err;
+          failed.push(`${run.owner}/${run.repo} run ${run.id}: ${errorMessage(err)}`);
+        }
+      }
+      if (failed.length > 0) throw new Error(`checking queued jobs failed ${failed.length} times (${repos.length} repositories); first: ${failed[0]}`);
     },
   };
 }
 
-async function recoverRepo(d: GitHubQueuedDeps, repo: ActiveRepo, signal: AbortSignal): Promise<void> {
+async function listOpenRuns(d: GitHubQueuedDeps, repo: ActiveRepo, signal: AbortSignal): Promise<WorkflowRunSummary[]> {
   const runs = new Map<number, WorkflowRunSummary>();
   for (const status of RUN_STATUSES) {
     for (const run of await d.github.listRuns(repo.installationId, repo.owner, repo.repo, status, { signal })) runs.set(run.id, run);
   }
-  for (const run of runs.values()) {
+  return [...runs.values()];
+}
+
+async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installationId: number, signal: AbortSignal): Promise<void> {
+  const jobs = await d.github.listRunJobs(installationId, run.owner, run.repo, run.id, { signal });
+  for (const job of jobs) {
+    if (job.status !== "queued") continue;
+    const receivedAt = Date.now();
+    const decision = decideQueued(queuedEventOf(job, run, installationId), d.config, { deliveryId: `reconcile-${job.id}`, receivedAt });
+    if (decision.kind !== "enqueue") continue;
     signal.throwIfAborted();
-    const jobs = await d.github.listRunJobs(repo.installationId, run.owner, run.repo, run.id, { signal });
-    for (const job of jobs) {
-      if (job.status !== "queued") continue;
-      const receivedAt = Date.now();
-      const decision = decideQueued(queuedEventOf(job, run, repo.installationId), d.config, { deliveryId: `reconcile-${job.id}`, receivedAt });
-      if (decision.kind !== "enqueue") continue;
-      signal.throwIfAborted();
-      if ((await d.demand.add(decision.demand)) !== "added") continue;
+    const ids = { loop: GITHUB_QUEUED, jobId: job.id, runId: run.id, repo: `${run.owner}/${run.repo}`, pool: decision.pool.name };
+    const added = await d.demand.add(decision.demand);
+    if (added === "added") {
       d.metrics.reconcileAction(GITHUB_QUEUED, "demand_recovered");
-      d.logger.info(
-        { loop: GITHUB_QUEUED, jobId: job.id, runId: run.id, repo: `${run.owner}/${run.repo}`, pool: decision.pool.name },
-        "recovered a queued job that had no demand (its webhook was lost)",
-      );
+      d.logger.info(ids, "recovered a queued job that had no demand (its webhook was lost)");
+      continue;
     }
+    // Its demand is done and the runner that served it is gone, yet the job still waits: that
+    // runner took another job (one whose own demand was missing). It needs a runner of its own: the
+    // demand again, with the record of which runner served it forgotten, so the worker does not
+    // take it as served. A runner still there may yet take this job: wait for it.
+    if (added !== "duplicate" || !(await d.demand.isDone(decision.demand))) continue;
+    const id = demandId(decision.demand.jobId, decision.demand.runAttempt);
+    if ((await d.runners.findByDemand(id))?.record) continue;
+    await d.runners.forgetDemand(id);
+    if (!(await d.demand.addAgain(decision.demand))) continue;
+    d.metrics.reconcileAction(GITHUB_QUEUED, "demand_renewed");
+    d.logger.info(ids, "a queued job's runner took another job: its demand added again");
   }
 }

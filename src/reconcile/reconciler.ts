@@ -17,8 +17,8 @@ export interface ReconcilerDeps {
   config: Pick<Config, "reconcile" | "pools" | "policy" | "runnerNamePrefix" | "redis"> & { worker: { hostId: string } };
   redis: Redis;
   github: GitHubClient;
-  demand: Pick<DemandSink, "add">;
-  runners: Pick<RunnerStore, "get">;
+  demand: Pick<DemandSink, "add" | "isDone" | "addAgain">;
+  runners: Pick<RunnerStore, "get" | "findByDemand" | "forgetDemand">;
   metrics: Metrics;
   logger: Logger;
 }
@@ -49,7 +49,16 @@ export class Reconciler {
         intervalMs: rc.runnersIntervalSeconds * 1000,
         graceMs: rc.orphanGraceSeconds * 1000,
       }),
-      githubQueuedLoop({ ...common, config: d.config, github: d.github, demand: d.demand, repos, intervalMs: rc.queuedIntervalSeconds * 1000 }),
+      githubQueuedLoop({
+        ...common,
+        config: d.config,
+        github: d.github,
+        demand: d.demand,
+        runners: d.runners,
+        repos,
+        intervalMs: rc.queuedIntervalSeconds * 1000,
+        maxRunsPerPass: rc.queuedMaxRunsPerPass,
+      }),
     ];
     if (rc.deliveriesIntervalSeconds > 0) {
       loops.push(

@@ -26,5 +26,7 @@ export function notingActivity(sink: DemandSink, repos: Pick<ActiveRepos, "touch
       return result;
     },
     cancel: (pool, demandId) => sink.cancel(pool, demandId),
+    isDone: (demand) => sink.isDone(demand),
+    addAgain: (demand) => sink.addAgain(demand),
   };
 }

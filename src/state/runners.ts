@@ -155,6 +155,11 @@ export class RunnerStore {
     await redis.jitrunnerStarted(this.#key(name));
   }
 
+  /** Forgets which runner served a demand, whichever it was: the demand is to be served anew. */
+  async forgetDemand(demandId: string): Promise<void> {
+    await this.#redis.del(this.#demandKey(demandId));
+  }
+
   /** This runner no longer answers for its demand (its launch failed): a retry launches anew. */
   async releaseDemand(record: Pick<RunnerRecord, "name" | "demandId">): Promise<void> {
     if (!record.demandId) return;

@@ -2,9 +2,13 @@
  * Runners that never do their part, for real (DinD runner containers, the fake GitHub, Redis):
  * one that never comes online is removed at the pool's start timeout and its demand retried; a
  * spare runner, launched for a job cancelled before it could take it, is reaped at the idle
- * timeout and its demand completed without another launch. Nothing is left behind either way.
+ * timeout and its demand completed without another launch; one that hangs after its job, its
+ * `completed` webhook lost, is removed once the deliveries loop has GitHub send that webhook again.
+ * Nothing is left behind either way.
  */
 import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
@@ -88,6 +92,50 @@ test("a job cancelled before its runner could take it: the spare runner is reape
     assert.equal(callsTo(fake, JIT), 1, "no second runner for a cancelled job");
     const metrics = await (await fetch(`${sys.url}/metrics`)).text();
     assert.match(metrics, /jitrunner_runner_removals_total\{pool="default",reason="idle_timeout"\} 1/);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
+test("a runner that hangs after its job, its completed webhook lost: removed once the deliveries loop has it redelivered", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("hung-after-job");
+  const r = scopedRedis(redis, "hung-after-job");
+  hosts.push(host);
+  // The runner does its job and reports it, then hangs: the container never exits by itself.
+  const script = join(dirname(fake.socketPath), "hang-after-job.sh");
+  writeFileSync(script, "/home/runner/run.sh\nsleep 3600\n", { mode: 0o755 });
+  const pool = fakeRunnerPool(fake, {
+    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "4", RUNNER_CMD: "sh /fake-github/hang-after-job.sh" },
+  });
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [pool],
+    worker: { hostId: host, capacity: 2, completedGraceSeconds: 3, reconcileIntervalSeconds: 2 },
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 2 },
+  });
+  const completedDeliveries = (jobId: number) => fake.deliveries.filter((d) => d.jobId === jobId && d.action === "completed");
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "in_progress" && d.status === 202), 60_000, "in_progress delivered");
+    fake.setWebhookUrl("http://127.0.0.1:9/lost"); // the job's `completed` goes nowhere
+    await waitFor(() => completedDeliveries(job.id).some((d) => d.status === 0), 30_000, "completed delivery failed");
+    fake.setWebhookUrl(`${sys.url}/webhooks/github`);
+    const [container] = await containersOf(host);
+    assert.equal(container?.State, "running", "the runner hangs after reporting its job");
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.status, "completed");
+
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "hung container removed");
+    assert.ok(completedDeliveries(job.id).some((d) => d.redelivery && d.status === 202), "completed redelivered and accepted");
+    const done = await waitFor(async () => {
+      const d = await demandState(r, "default", `${job.id}-1`);
+      return d?.state === "completed" && d;
+    }, 30_000, "demand completed");
+    assert.equal(done.result, "completed_grace_expired", "removed at the end of the grace after completed");
+    assert.equal(fake.runners().length, 0, "no registration left");
+    assert.equal(callsTo(fake, JIT), 1, "one runner for one job");
+    const metrics = await (await fetch(`${sys.url}/metrics`)).text();
+    assert.match(metrics, /jitrunner_runner_removals_total\{pool="default",reason="completed_grace_expired"\} 1/);
   } finally {
     await sys.close();
     await fake.close();

@@ -29,21 +29,7 @@ after(async () => {
 });
 
 test("warm runners: ready with no demand, a job starts on one, replaced, kept past the idle timeout, removed by a drain", async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("warm");
-  const r = scopedRedis(redis, "warm");
-  hosts.push(host);
-  const pool = fakeRunnerPool(fake, {
-    minIdle: MIN_IDLE,
-    idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS,
-    warm: { installationId: fake.installationId, owner: "acme", repo: "app" },
-    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "1" },
-  });
-  // Capacity 4: one slot stays with the demand loop, MIN_IDLE hold warm runners, one is spare.
-  const sys = await startSystem("all", fake, r, host, {
-    pools: [pool],
-    worker: { hostId: host, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
-  });
+  const { fake, host, r, sys } = await warmSystem("warm", 1);
   const idleRunners = () => fake.runners().filter((x) => !x.busy && x.status === "online");
   try {
     // Ready with no job at all: MIN_IDLE registered runners, online, in running containers.
@@ -86,20 +72,7 @@ test("warm runners: ready with no demand, a job starts on one, replaced, kept pa
 });
 
 test("a job GitHub hands to another warm runner than the one its demand adopted: the demand follows the job, the adopted runner stays warm", async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("warm-swap");
-  const r = scopedRedis(redis, "warm-swap");
-  hosts.push(host);
-  const pool = fakeRunnerPool(fake, {
-    minIdle: MIN_IDLE,
-    idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS,
-    warm: { installationId: fake.installationId, owner: "acme", repo: "app" },
-    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "3" },
-  });
-  const sys = await startSystem("all", fake, r, host, {
-    pools: [pool],
-    worker: { hostId: host, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
-  });
+  const { fake, host, r, sys } = await warmSystem("warm-swap", 3);
   const idleRunners = () => fake.runners().filter((x) => !x.busy && x.status === "online");
   try {
     const warm = await waitFor(() => idleRunners().length === MIN_IDLE && idleRunners(), 90_000, `${MIN_IDLE} warm runners online`);
@@ -134,6 +107,26 @@ test("a job GitHub hands to another warm runner than the one its demand adopted:
     await fake.close();
   }
 });
+
+/** The fake GitHub and jitrunner (`all`) with one pool of MIN_IDLE warm runners whose jobs take `jobSeconds`. */
+async function warmSystem(tag: string, jobSeconds: number) {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost(tag);
+  const r = scopedRedis(redis, tag);
+  hosts.push(host);
+  const pool = fakeRunnerPool(fake, {
+    minIdle: MIN_IDLE,
+    idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS,
+    warm: { installationId: fake.installationId, owner: "acme", repo: "app" },
+    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds) },
+  });
+  // Capacity 4: one slot stays with the demand loop, MIN_IDLE hold warm runners, one is spare.
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [pool],
+    worker: { hostId: host, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
+  });
+  return { fake, host, r, sys };
+}
 
 /** Drains `host` as an operator would, and waits for its worker to finish the drain. */
 async function drain(r: TestRedis, host: string, drained: Promise<void>): Promise<void> {

@@ -97,8 +97,11 @@ export async function demandState(r: TestRedis, pool: string, id: string): Promi
   const conn = redisConnection(r.url);
   const q = new Queue(`demand-${pool}`, { connection: conn, prefix: `${r.prefix}:bull` });
   try {
+    // The state first: read after the job, a state of "completed" could come with a result read
+    // before the completion (BullMQ sets both at once).
+    const state = await q.getJobState(id);
     const job = await q.getJob(id);
-    return job ? { state: await job.getState(), attempts: job.attemptsMade, result: job.returnvalue } : undefined;
+    return job && state !== "unknown" ? { state, attempts: job.attemptsMade, result: job.returnvalue } : undefined;
   } finally {
     await q.close();
     conn.disconnect();

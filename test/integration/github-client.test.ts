@@ -18,6 +18,7 @@ import { RedisTokenCache } from "../../src/github/token-cache.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
+import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 
 const SECRET = "github-client-test-secret";
@@ -300,8 +301,9 @@ test("a 5xx is retried after a backoff, but not once the caller has given up on 
   fake.inject({ route: RUNNERS, status: 503, times: 2 });
   const stop = new AbortController();
   const listing = c.gh.listRunners(repo(), { signal: stop.signal });
-  await waitForCalls(fake, RUNNERS, 2); // the first try of this call, answered 503
-  stop.abort(); // during the 1 s backoff
+  // The first try of this call answered 503, and that answer is in: the client is in its 1 s backoff.
+  await waitFor(async () => /jitrunner_github_requests_total\{.*status="503"\} 1/.test(await c.metrics.render()), 5_000, "the 503 answered");
+  stop.abort();
   const err = await failure(listing);
   assert.equal(err.status, 503);
   await sleep(1500);
@@ -311,11 +313,6 @@ test("a 5xx is retried after a backoff, but not once the caller has given up on 
   assert.deepEqual(await again, []);
   assert.deepEqual(calls(fake, RUNNERS), [200, 503, 503, 200], "a call nobody gave up on: retried after 1 s");
 });
-
-async function waitForCalls(fake: FakeGitHub, route: string, n: number): Promise<void> {
-  for (let i = 0; i < 200 && calls(fake, route).length < n; i++) await sleep(10);
-  assert.equal(calls(fake, route).length, n, `${n} calls to ${route}`);
-}
 
 test("runner group by name: resolved once per organization, then cached; labels are passed exactly as configured", async () => {
   const fake = await fakeGitHub();

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { FakeGitHubClient } from "../fakes/github/client.ts";
-import { FakeGitHub } from "../fakes/github/index.ts";
+import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
@@ -161,6 +161,44 @@ test("a lost queued webhook is recovered from the repository's queued runs, and 
     const text = await metricsOf(sys.url);
     assert.equal(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_recovered"'), 1);
     assert.match(sys.logs(), /recovered a queued job that had no demand/);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
+test("lost queued webhooks in more runs than a pass may list: every job served over several passes, within the budget", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("lostq-budget");
+  const r = scopedRedis(redis, "lostq-budget");
+  hosts.push(host);
+  const RUN_JOBS = "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs";
+  const sys = await startSystem("all", fake, r, host, {
+    worker: worker(host),
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 3600, queuedIntervalSeconds: 1, queuedMaxRunsPerPass: 1, deliveriesIntervalSeconds: 0 },
+  });
+  try {
+    const first = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === first.id && j.status === "completed"), 60_000, "first job completed");
+
+    fake.setWebhookUrl(DEAD_URL);
+    const lost: FakeJob[] = [];
+    for (let i = 0; i < 3; i++) lost.push(await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] }));
+    fake.setWebhookUrl(`${sys.url}/webhooks/github`);
+    await waitFor(() => lost.every((l) => fake.jobs().find((j) => j.id === l.id)?.status === "completed"), 120_000, "every lost job completed");
+    assert.equal(new Set(lost.map((l) => l.run_id)).size, 3, "three runs");
+
+    const text = await metricsOf(sys.url);
+    const passes = ["ok", "error"].reduce((n, o) => n + sample(text, "jitrunner_reconcile_runs_total", `loop="github-queued",outcome="${o}"`), 0);
+    const listed = callsTo(fake, RUN_JOBS);
+    assert.ok(listed <= passes, `at most one run's jobs listed per pass (${listed} listings in ${passes} passes)`);
+    // The fake gives a runner the oldest queued job: the runner recovered for the newest lost job
+    // runs the oldest, whose demand was never added; the newest job's demand, done while its job
+    // still waits, is then added again. One runner per lost job either way.
+    const action = (a: string) => sample(text, "jitrunner_reconcile_actions_total", `loop="github-queued",action="${a}"`);
+    assert.equal(action("demand_recovered") + action("demand_renewed"), 3, `recovered ${action("demand_recovered")}, renewed ${action("demand_renewed")}`);
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "runners removed");
+    assert.equal(callsTo(fake, JIT), 4, "one runner per job, none extra");
   } finally {
     await sys.close();
     await fake.close();

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import type { HookDelivery } from "../../src/github/client.ts";
 import { decideQueued } from "../../src/ingress/policy.ts";
 import { toRedeliver, transientFailure } from "../../src/reconcile/github-deliveries.ts";
-import { queuedEventOf } from "../../src/reconcile/github-queued.ts";
+import { queuedEventOf, runsToList } from "../../src/reconcile/github-queued.ts";
 import { scopesToCheck } from "../../src/reconcile/github-runners.ts";
 import { passTimeoutMs } from "../../src/reconcile/loops.ts";
 import { testConfig } from "../helpers/config.ts";
@@ -84,4 +84,27 @@ test("every pass is bounded in time", () => {
   assert.equal(passTimeoutMs(1000), 30_000);
   assert.equal(passTimeoutMs(300_000), 600_000);
   assert.equal(passTimeoutMs(3_600_000), 600_000);
+});
+
+test("queued runs: at most the budget per pass, never-listed runs first, then the ones listed longest ago", () => {
+  const runs = [10, 11, 12, 13, 14].map((id) => ({ run: { id } }));
+  const ids = (rs: Array<{ run: { id: number } }>) => rs.map((r) => r.run.id);
+  assert.deepEqual(ids(runsToList(runs, new Map(), 2)), [10, 11], "none listed yet: in listing order");
+  const listed = new Map([
+    [10, 300],
+    [11, 100],
+    [13, 200],
+  ]);
+  assert.deepEqual(ids(runsToList(runs, listed, 3)), [12, 14, 11], "never listed first, then the oldest listing");
+  assert.deepEqual(ids(runsToList(runs, listed, 10)), [12, 14, 11, 13, 10], "everything, when the budget allows");
+  // Passes that each list their picks cover every run, each within ceil(n / budget) passes.
+  const seen = new Map<number, number>();
+  const covered = new Set<number>();
+  for (let pass = 1; pass <= 3; pass++) {
+    for (const r of runsToList(runs, seen, 2)) {
+      seen.set(r.run.id, pass);
+      covered.add(r.run.id);
+    }
+  }
+  assert.equal(covered.size, runs.length);
 });
