@@ -118,11 +118,11 @@ function launchesNote(w: WarmResult): string {
   const unused =
     w.adoptionsLogged > 0
       ? ` The worker takes a demand a few ms after its webhook, usually before the runner's \`in_progress\` says which ` +
-        `runner GitHub gave the job to, and then adopts the oldest idle warm runner: in ${w.adoptedOther} of the ${w.adoptionsLogged} ` +
-        `warm jobs whose adoption it logged, that was not the runner that ran the job, and ${w.adoptedUnused} of those adopted runners ` +
-        `took no job at all: no longer counted as warm, each lingered idle until the pool's idle timeout (${w.idleTimeoutS} s here, ` +
-        `600 s by default) holding a slot, while replacements were launched for it and for the runner that ran the job. ` +
-        `(In a burst the mix-ups cancel out: every idle runner takes one of the jobs.)`
+        `runner GitHub gave the job to, and adopts the oldest idle warm runner: in ${w.adoptedOther} of the ${w.adoptionsLogged} ` +
+        `warm jobs whose adoption it logged, that was not the runner that ran the job. The demand then follows its job to the ` +
+        `runner that took it, and the adopted runner is a warm runner again (src/worker/worker.ts, #handOver): ` +
+        `${w.adoptedUnused} adopted runners idled out at the pool's idle timeout (${w.idleTimeoutS} s here, 600 s by default) ` +
+        `without a job, and no replacement was launched for one.`
       : "";
   return `Launches per measured job: cold ${w.launchesPerJob.cold.toFixed(2)}, warm ${w.launchesPerJob.warm.toFixed(2)} (a warm job is replaced by a launch off its critical path).${unused}`;
 }
