@@ -14,7 +14,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, demandState, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
@@ -42,10 +42,7 @@ test("a runner that never comes online is removed at the start timeout, and its 
   });
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
-    const failed = await waitFor(async () => {
-      const d = await demandState(r, "default", `${job.id}-1`);
-      return d?.state === "failed" && d;
-    }, 90_000, "demand failed after every attempt");
+    const failed = await demandIn(r, `${job.id}-1`, "failed", 90_000);
     assert.equal(failed.attempts, 2, "retried once, then given up (launchAttempts: 2)");
     assert.equal(callsTo(fake, JIT), 2, "one registration per attempt");
     assert.ok(callsTo(fake, RUNNER, "GET") >= 2, "GitHub was asked once per runner whether it was online");
@@ -82,10 +79,7 @@ test("a job cancelled before its runner could take it: the spare runner is reape
 
     // A runner is launched and comes online, but there is no job for it.
     await waitFor(() => fake.runners().some((x) => x.status === "online" && !x.busy), 60_000, "spare runner online");
-    const done = await waitFor(async () => {
-      const d = await demandState(r, "default", `${job.id}-1`);
-      return d?.state === "completed" && d;
-    }, 60_000, "demand completed");
+    const done = await demandIn(r, `${job.id}-1`, "completed", 60_000);
     assert.equal(done.result, "idle_timeout");
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "spare container removed");
     assert.equal(fake.runners().length, 0, "spare runner deregistered");
@@ -127,10 +121,7 @@ test("a runner that hangs after its job, its completed webhook lost: removed onc
 
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "hung container removed");
     assert.ok(completedDeliveries(job.id).some((d) => d.redelivery && d.status === 202), "completed redelivered and accepted");
-    const done = await waitFor(async () => {
-      const d = await demandState(r, "default", `${job.id}-1`);
-      return d?.state === "completed" && d;
-    }, 30_000, "demand completed");
+    const done = await demandIn(r, `${job.id}-1`, "completed", 30_000);
     assert.equal(done.result, "completed_grace_expired", "removed at the end of the grace after completed");
     assert.equal(fake.runners().length, 0, "no registration left");
     assert.equal(callsTo(fake, JIT), 1, "one runner for one job");

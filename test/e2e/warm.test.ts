@@ -10,7 +10,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, demandState, docker, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, docker, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 
@@ -83,10 +83,7 @@ test("a job GitHub hands to another warm runner than the one its demand adopted:
     assert.equal(done.runner_name, newest!.name);
     assert.match(sys.logs(), new RegExp(`"runner":"${oldest!.name}".*demand adopted by a warm runner`));
     assert.match(sys.logs(), new RegExp(`"runner":"${newest!.name}","returned":"${oldest!.name}".*demand handed over`));
-    const settled = await waitFor(async () => {
-      const d = await demandState(r, "default", `${job.id}-1`);
-      return d?.state === "completed" && d;
-    }, 30_000, "demand completed");
+    const settled = await demandIn(r, `${job.id}-1`, "completed", 30_000);
     assert.equal(settled.result, "exited", "completed when the runner that ran its job exited");
 
     // One replacement (for the runner that ran the job), and the adopted runner is warm again:

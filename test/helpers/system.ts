@@ -10,6 +10,7 @@ import type { ConfigInput } from "../../src/config/schema.ts";
 import type { FakeGitHub } from "../fakes/github/index.ts";
 import { testConfig, WEBHOOK_SECRET } from "./config.ts";
 import type { TestRedis } from "./redis.ts";
+import { waitFor } from "./process.ts";
 
 
 export const RUNNER_IMAGE = process.env.JITRUNNER_TEST_RUNNER_IMAGE ?? "jitrunner-test-runner:latest";
@@ -90,6 +91,14 @@ export function scopedRedis(redis: TestRedis, tag: string): TestRedis {
 /** How many REST calls jitrunner made to one route of the fake (optionally one method). */
 export function callsTo(fake: FakeGitHub, route: string, method?: string): number {
   return fake.requests.filter((r) => r.route === route && (!method || r.method === method)).length;
+}
+
+/** Waits until the demand item is in `state`, and returns what demandState says of it then. */
+export async function demandIn(r: TestRedis, id: string, state: string, ms: number, pool = "default"): Promise<{ state: string; attempts: number; result: unknown }> {
+  return waitFor(async () => {
+    const d = await demandState(r, pool, id);
+    return d?.state === state && d;
+  }, ms, `demand ${id} ${state}`);
 }
 
 /** A demand item as BullMQ holds it: its state, launch attempts made and result; undefined if gone. */

@@ -9,7 +9,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, demandState, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
@@ -35,7 +35,7 @@ test("a launch that fails after registration deletes the registration and leaves
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
     await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1 && callsTo(fake, JIT) >= 1, 30_000, "registration deleted after the failed create");
-    await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "failed", 30_000, "demand failed (missing image is not retried)");
+    await demandIn(r, `${job.id}-1`, "failed", 30_000);
     assert.equal(callsTo(fake, JIT), callsTo(fake, DELETE, "DELETE"), "every registration made was deleted");
     assert.equal(fake.runners().length, 0);
     assert.equal((await containersOf(host)).length, 0);
@@ -62,14 +62,11 @@ async function cancelledWhileQueued(tag: string, overlapSeconds: number) {
   let worker: Awaited<ReturnType<typeof startSystem>> | undefined;
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
-    await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "waiting", 10_000, "demand waiting");
+    await demandIn(r, `${job.id}-1`, "waiting", 10_000);
     fake.setWebhookUrl("http://127.0.0.1:9/lost"); // the `completed` delivery goes nowhere
     await fake.cancelJob(job.id);
     worker = await startSystem("worker", fake, r, host, { github });
-    const done = await waitFor(async () => {
-      const s = await demandState(r, "default", `${job.id}-1`);
-      return s?.state === "completed" && s;
-    }, 20_000, "demand settled by the worker");
+    const done = await demandIn(r, `${job.id}-1`, "completed", 20_000);
     assert.equal(done.result, "not_needed");
     assert.equal(callsTo(fake, "/repos/{owner}/{repo}/actions/jobs/{job_id}"), 1, "one still-queued check");
     assert.equal((await containersOf(host)).length, 0);
@@ -115,7 +112,7 @@ test("a worker stopped mid-job leaves the runner running; restarted, it adopts i
     second = await startSystem("all", fake, r, host, { pools });
     await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "container removed by the restarted worker");
-    await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "completed", 30_000, "demand completed");
+    await demandIn(r, `${job.id}-1`, "completed", 30_000);
     assert.equal(fake.jobs().find((j) => j.id === job.id)?.conclusion, "success");
     assert.equal(callsTo(fake, JIT), 1, "exactly one runner was ever registered");
     assert.equal(fake.runners().length, 0);
@@ -137,7 +134,7 @@ test("a runner that hangs without ever taking its job is reaped at the idle time
   const sys = await startSystem("all", fake, r, host, { pools, worker: { hostId: host, capacity: 2, launchAttempts: 2, reconcileIntervalSeconds: 2, completedGraceSeconds: 5 } });
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
-    await waitFor(async () => (await demandState(r, "default", `${job.id}-1`))?.state === "failed", 90_000, "demand failed after 2 hung runners");
+    await demandIn(r, `${job.id}-1`, "failed", 90_000);
     assert.equal(callsTo(fake, JIT), 2, "one runner per attempt");
     assert.equal(callsTo(fake, DELETE, "DELETE"), 2, "each hung runner deregistered");
     assert.equal(fake.runners().length, 0);
