@@ -1,7 +1,7 @@
 /**
  * Pickup: `queued` webhook received -> runner container started, for jobs queued one at a time
- * (nothing queues behind anything: jitrunner's own path) and for a burst of 50 at once (what
- * GitHub's write throttling does to it), each against a bare `docker create` + `start` of the same
+ * (nothing queues behind anything: jitrunner's own path) and for a burst of 50 at once (all
+ * of them on one engine at the same moment), each against a bare `docker create` + `start` of the same
  * container spec on the same engine, timed the same way (to Docker's `start` event).
  */
 import { randomBytes } from "node:crypto";
@@ -18,7 +18,7 @@ import { summarize, type Summary } from "./lib/stats.ts";
 
 const ISOLATED = Number(process.env.BENCH_PICKUP_ISOLATED ?? 20);
 const BURST = Number(process.env.BENCH_PICKUP_BURST ?? 50);
-/** More than the GitHub client's write throttle (one JIT config per WRITE_MIN_INTERVAL_MS per installation) needs. */
+/** Between jobs queued one at a time: each runner is created and started before the next job comes. */
 const SPACING_MS = 1_500;
 const BASELINE_LABEL = "dev.jitrunner.bench-baseline";
 const DEMAND_LABEL = "dev.jitrunner.demand";

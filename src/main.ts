@@ -104,6 +104,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       // Installation tokens shared by every process on this Redis.
       redis,
       redisPrefix: config.redis.prefix,
+      writes: { max: config.github.writesPerMinute, windowMs: 60_000 },
     });
     events = new RunnerEvents(connect(), runners.eventsChannel);
     await events.start();

@@ -1,5 +1,4 @@
 /** The Warm runners section of BENCHMARKS.md and its Summary rows. */
-import { WRITE_MIN_INTERVAL_MS } from "../../src/github/octokit-client.ts";
 import { ms, ratio, summarize } from "../lib/stats.ts";
 import type { JobStart, WarmResult, WarmSeries } from "../warm.ts";
 import { calls, runLine, table, yes, type Row, type RunInfo } from "./common.ts";
@@ -90,9 +89,8 @@ ${ms(one.warm.start.p90)} against ${ms(one.cold.start.p90)}). In a burst of ${w.
 ${ms(burst.cold.start.p50)} (${ratio(burst.warm.start.p50, burst.cold.start.p50)}, ${times(burst)}). A cold job waits for jitrunner's launch (webhook ->
 container created: ${ms(one.cold.toCreated.p50)}), Docker's start (${ms(one.cold.createdToStarted.p50)}) and then
 the runner container's own boot: its dockerd, the runner coming online and its first poll
-(${ms(one.cold.startedToTaken.p50)})${largest(one.cold)}. In the cold burst the launches queue behind
-the GitHub client's write pacing (one JIT config per ${WRITE_MIN_INTERVAL_MS} ms per installation), so the k-th
-job waits for k of them.
+(${ms(one.cold.startedToTaken.p50)})${largest(one.cold)}. In the cold burst the launches share one engine and
+the machine's CPUs: the runners' own boots (each starts a dockerd) overlap.
 
 **No launch on the critical path: ${w.warmPrecreated} of ${w.warmJobs} warm jobs** ran on a runner whose container
 was created before the job's webhook was sent (${w.warmPrecreated === w.warmJobs ? "all of them" : "**not all**"}), by ${ms(before[0] ?? Number.NaN)} at

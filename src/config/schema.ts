@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { DEFAULT_WRITES_PER_MINUTE } from "../github/write-window.ts";
 
 /** Isolation profiles of a runner container (DESIGN.md, "Runner containers"). */
 export const ISOLATION_PROFILES = ["privileged", "capabilities", "sysbox"] as const;
@@ -90,6 +91,7 @@ export const configSchema = z
         webhookSecretFile: z.string().optional(),
         checkStillQueued: z.boolean().default(true),
         overlapStillQueuedCheckSeconds: z.number().min(0).max(3600).default(10),
+        writesPerMinute: z.number().int().min(1).max(10_000).default(DEFAULT_WRITES_PER_MINUTE),
       })
       .strict(),
     redis: z

@@ -1,8 +1,7 @@
 import { createAppAuth } from "@octokit/auth-app";
 import { Octokit } from "@octokit/core";
-import { throttling } from "@octokit/plugin-throttling";
+import { throttling, type ThrottlingOptions } from "@octokit/plugin-throttling";
 import { setTimeout as delay } from "node:timers/promises";
-import Bottleneck from "bottleneck";
 import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import type { Secret } from "../config/secret.ts";
@@ -23,6 +22,7 @@ import type {
   WorkflowRunSummary,
 } from "./client.ts";
 import { RedisTokenCache } from "./token-cache.ts";
+import { DEFAULT_WRITES_PER_MINUTE, WriteWindow } from "./write-window.ts";
 
 /** Pages read per listing at most: bounds one call of the reconciler. */
 const MAX_PAGES = 20;
@@ -41,20 +41,6 @@ const RATE_LIMIT_MAX_WAIT_SECONDS = 3900;
  */
 const RETRIES = 3;
 const RETRY_BASE_MS = 1000;
-/**
- * Writes (JIT configs above all, also runner deletions and redelivery requests) start at most this
- * often per installation. @octokit/plugin-throttling's default is one a second: GitHub's advice for
- * content-creating requests. A JIT config creates no content (no notification, nothing users see);
- * what binds it is the points budget of GitHub's secondary rate limits (about 900 points a minute
- * for REST, a write costs 5, so at most ~180 JIT configs a minute). Two a second is 120 writes (600
- * points) a minute, leaving a third of the budget for the reads that go with them (one still-queued
- * check per job, the reconcile loops). A rate-limit answer (403/429) is waited out as GitHub says:
- * the plugin retries the refused call after the wait, and the installation's writes wait with it.
- */
-export const WRITE_MIN_INTERVAL_MS = 500;
-/** One write limiter per installation (keyed by `throttle.id`), shared by every client in the process. */
-const writeLimiter = new Bottleneck.Group({ id: "jitrunner-write", maxConcurrent: 1, minTime: WRITE_MIN_INTERVAL_MS });
-
 const JitOctokit = Octokit.plugin(throttling);
 type JitOctokitInstance = InstanceType<typeof JitOctokit>;
 
@@ -68,6 +54,8 @@ export interface OctokitGitHubOptions {
   /** With it, installation tokens are shared by every process on this Redis (keys under `redisPrefix`). */
   redis?: Redis;
   redisPrefix?: string;
+  /** Write starts allowed per installation in any `windowMs` (default DEFAULT_WRITES_PER_MINUTE a minute). */
+  writes?: { max: number; windowMs: number };
 }
 
 /** What a request hook sees (structurally: only what is used here). */
@@ -104,12 +92,15 @@ export class OctokitGitHub implements GitHubClient {
   readonly #clock = new GitHubClock();
   readonly #createJwt: CreateJwt;
   readonly #tokens: RedisTokenCache | undefined;
+  /** The write budget of every installation this client calls for (`throttle.id` keys it). */
+  readonly #writes: WriteWindow;
   /** Runner group ids by installation/organization/name, resolved once. */
   readonly #groups = new Map<string, Promise<number>>();
 
   constructor(opts: OctokitGitHubOptions) {
     this.#opts = opts;
     this.#createJwt = appJwtSigner(opts.privateKey.reveal(), this.#clock);
+    this.#writes = new WriteWindow(opts.writes?.max ?? DEFAULT_WRITES_PER_MINUTE, opts.writes?.windowMs ?? 60_000);
     const prefix = `${opts.redisPrefix ?? "jitrunner"}:github:app-${opts.appId}:installation-token`;
     this.#tokens = opts.redis ? new RedisTokenCache(opts.redis, prefix, () => this.#clock.now()) : undefined;
   }
@@ -132,7 +123,7 @@ export class OctokitGitHub implements GitHubClient {
         // GitHub's wait is for every request, not only the one refused: the plugin retries this one
         // after it, and no other write of this installation starts before it is over either.
         if (retryAfter > 0 && retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS) {
-          void writeLimiter.key(throttleId).schedule({ priority: 0 }, () => delay(retryAfter * 1000, undefined, { ref: false }));
+          this.#writes.pause(throttleId, retryAfter * 1000);
         }
         logger.warn(
           { route: options.url, method: options.method, installationId, retryAfter, retryCount },
@@ -155,7 +146,8 @@ export class OctokitGitHub implements GitHubClient {
       log: { debug: () => {}, info: () => {}, warn: (m: string) => logger.warn(m), error: (m: string) => logger.error(m) },
       throttle: {
         id: throttleId,
-        write: writeLimiter,
+        // The plugin only calls `key(id).schedule(options, fn)` on its write group (WriteGate).
+        write: this.#writes as unknown as NonNullable<ThrottlingOptions["write"]>,
         onRateLimit: limited("primary"),
         onSecondaryRateLimit: limited("secondary"),
       },

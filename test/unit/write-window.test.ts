@@ -1,0 +1,70 @@
+/**
+ * WriteWindow, the GitHub client's write budget per installation: at most `max` starts in any
+ * window, at once while the window has room, none while paused, retries first. Real timers with
+ * short windows; each check allows for timers firing late on a loaded machine, never early.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { WriteWindow } from "../../src/github/write-window.ts";
+
+const WINDOW_MS = 400;
+/** "At once": well within half a window (a first call on a cold process takes a while). */
+const AT_ONCE_MS = WINDOW_MS / 2;
+/** The test reads the clock a little after the gate does: a start may look this much later. */
+const SKEW_MS = 20;
+
+/** Schedules `n` writes on `key` at once; resolves with each one's start time, in start order. */
+async function startTimes(w: WriteWindow, key: string, n: number): Promise<number[]> {
+  const starts: number[] = [];
+  await Promise.all(Array.from({ length: n }, () => w.key(key).schedule({}, () => starts.push(Date.now()))));
+  return starts;
+}
+
+test("a burst within the budget starts at once; beyond it, never more than max in any window", async () => {
+  const w = new WriteWindow(3, WINDOW_MS);
+  const t0 = Date.now();
+  const starts = await startTimes(w, "installation-1", 8);
+  assert.equal(starts.length, 8);
+  assert.ok(starts.slice(0, 3).every((t) => t - t0 < AT_ONCE_MS), `the first 3 at once: ${starts.map((t) => t - t0).join(", ")} ms`);
+  for (let i = 3; i < starts.length; i++) {
+    assert.ok(starts[i]! - starts[i - 3]! >= WINDOW_MS - SKEW_MS, `write ${i} waits a window after write ${i - 3}: ${starts.map((t) => t - t0).join(", ")} ms`);
+  }
+  // 8 writes at 3 a window: the last in the third window.
+  assert.ok(starts.at(-1)! - t0 >= 2 * WINDOW_MS);
+});
+
+test("installations have budgets of their own", async () => {
+  const w = new WriteWindow(2, 60_000);
+  const t0 = Date.now();
+  const [a, b] = await Promise.all([startTimes(w, "installation-1", 2), startTimes(w, "installation-2", 2)]);
+  assert.ok([...a, ...b].every((t) => t - t0 < AT_ONCE_MS), "each installation's 2 at once");
+});
+
+test("a pause holds every write of its installation, and a retry (priority 0) goes first after it", async () => {
+  const w = new WriteWindow(10, 60_000);
+  const order: string[] = [];
+  const t0 = Date.now();
+  w.pause("installation-1", WINDOW_MS);
+  const other = w.key("installation-2").schedule({}, () => Date.now());
+  const queued = w.key("installation-1").schedule({}, () => order.push("queued"));
+  const retry = w.key("installation-1").schedule({ priority: 0 }, () => order.push("retry"));
+  await Promise.all([queued, retry]);
+  assert.ok(Date.now() - t0 >= WINDOW_MS, "held for the pause");
+  assert.deepEqual(order, ["retry", "queued"]);
+  assert.ok((await other) - t0 < AT_ONCE_MS, "another installation is not held");
+  // A shorter pause set meanwhile does not cut a longer one short.
+  const t1 = Date.now();
+  w.pause("installation-1", WINDOW_MS);
+  w.pause("installation-1", 10);
+  await w.key("installation-1").schedule({}, () => undefined);
+  assert.ok(Date.now() - t1 >= WINDOW_MS);
+});
+
+test("a write's own failure reaches its caller and uses its start", async () => {
+  const w = new WriteWindow(1, WINDOW_MS);
+  await assert.rejects(w.key("k").schedule({}, () => Promise.reject(new Error("refused"))), /refused/);
+  const t0 = Date.now();
+  await w.key("k").schedule({}, () => undefined);
+  assert.ok(Date.now() - t0 >= WINDOW_MS - SKEW_MS, "the failed write counted against the window");
+  assert.throws(() => new WriteWindow(0, 1000), /max >= 1/);
+});
