@@ -16,6 +16,13 @@ export interface Demand {
   deliveryId: string;
 }
 
+/** How a demand's queue item ended: its runner served it (`completed`) or it ran out of launch attempts (`failed`). */
+export interface DemandEnd {
+  outcome: "completed" | "failed";
+  /** When, in ms since the epoch. */
+  at: number;
+}
+
 /** Queue job id of a demand: stable across redeliveries of the same job attempt. */
 export function demandId(jobId: number, runAttempt: number): string {
   return `${jobId}-${runAttempt}`;

@@ -140,6 +140,7 @@ export const configSchema = z
         runnersIntervalSeconds: z.number().positive().default(300),
         queuedIntervalSeconds: z.number().positive().default(300),
         queuedMaxRunsPerPass: z.number().int().positive().default(100),
+        retryFailedDemandSeconds: z.number().min(0).default(900),
         deliveriesIntervalSeconds: z.number().min(0).default(60),
         activeWindowSeconds: z.number().positive().default(24 * 3600),
         maxRepositories: z.number().int().positive().default(100),

@@ -1,6 +1,6 @@
 import type { Logger } from "pino";
 import type { Config } from "../config/load.ts";
-import { demandId, type Demand } from "../demand.ts";
+import { demandId, type Demand, type DemandEnd } from "../demand.ts";
 import { errorMessage } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
@@ -18,11 +18,15 @@ export interface DemandSink {
    */
   add(demand: Demand, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed">;
   cancel(pool: string, demandId: string): Promise<boolean>;
-  /** Whether the demand's item is done (completed): its runner ran a job, this one or another. */
-  isDone(demand: Demand): Promise<boolean>;
   /**
-   * Adds the demand again if its earlier item is done (its runner took another job: runners are
-   * not bound to jobs) while GitHub still lists the job as queued. False if it is still pending.
+   * How the demand's item ended, if it has, and when: `completed` (its runner ran a job, this one
+   * or another) or `failed` (it ran out of launch attempts).
+   */
+  ended(demand: Demand): Promise<DemandEnd | undefined>;
+  /**
+   * Adds the demand again, with its launch attempts afresh, if its earlier item has ended while
+   * GitHub still lists the job as queued (its runner took another job: runners are not bound to
+   * jobs; or its launches failed). False if it is still pending.
    */
   addAgain(demand: Demand): Promise<boolean>;
 }

@@ -6,7 +6,7 @@
 import { Queue, UnrecoverableError, Worker, type Job, type JobsOptions, type RedisConnection } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
 import { TurnBatch } from "../batch.ts";
-import type { Demand } from "../demand.ts";
+import type { Demand, DemandEnd } from "../demand.ts";
 import { demandId } from "../demand.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
@@ -156,16 +156,19 @@ export class DemandQueues {
     return batch;
   }
 
-  async isDone(demand: Demand): Promise<boolean> {
+  async ended(demand: Demand): Promise<DemandEnd | undefined> {
     const held = await this.#queue(demand.pool).getJob(demandId(demand.jobId, demand.runAttempt));
-    return held !== undefined && (await held.isCompleted());
+    if (!held) return undefined;
+    const state = await held.getState();
+    if (state !== "completed" && state !== "failed") return undefined;
+    return { outcome: state, at: held.finishedOn ?? Date.now() };
   }
 
-  /** See DemandSink.addAgain: a completed item is replaced by a new one under the same id. */
+  /** See DemandSink.addAgain: an ended item is replaced by a new one under the same id. */
   async addAgain(demand: Demand): Promise<boolean> {
     const id = demandId(demand.jobId, demand.runAttempt);
     const held = await this.#queue(demand.pool).getJob(id);
-    if (held && !(await held.isCompleted())) return false;
+    if (held && !(await held.isCompleted()) && !(await held.isFailed())) return false;
     if (held) await held.remove();
     await this.#redis.set(`${this.#settings.prefix}:seen:${id}`, demand.pool, "EX", SEEN_TTL_SECONDS);
     await this.#addBatch(demand.pool).call(demand);

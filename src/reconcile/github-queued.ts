@@ -12,6 +12,12 @@ import type { Loop } from "./loops.ts";
 
 export const GITHUB_QUEUED = "github-queued";
 
+/**
+ * Failed demand given its launch attempts afresh per pass at most: a pool that cannot launch at all
+ * (a missing image, say) costs at most this many jobs' worth of registrations a pass.
+ */
+export const MAX_RETRIES_PER_PASS = 10;
+
 /** Run statuses that can hold queued jobs: a run in progress can still have jobs waiting. */
 const RUN_STATUSES = ["queued", "in_progress"] as const;
 
@@ -44,7 +50,7 @@ export function queuedEventOf(job: WorkflowJobSummary, run: WorkflowRunSummary, 
 export interface GitHubQueuedDeps {
   config: Pick<Config, "pools" | "policy">;
   github: Pick<GitHubClient, "listRuns" | "listRunJobs">;
-  demand: Pick<DemandSink, "add" | "isDone" | "addAgain">;
+  demand: Pick<DemandSink, "add" | "ended" | "addAgain">;
   runners: Pick<RunnerStore, "findByDemand" | "forgetDemand">;
   repos: Pick<ActiveRepos, "list">;
   intervalMs: number;
@@ -52,6 +58,11 @@ export interface GitHubQueuedDeps {
   maxRepositories: number;
   /** Runs whose jobs are listed per pass at most: the ones listed longest ago (or never) first. */
   maxRunsPerPass: number;
+  /**
+   * A still-queued job whose demand ran out of launch attempts this long ago gets them afresh
+   * (at most MAX_RETRIES_PER_PASS such jobs a pass); 0: never.
+   */
+  retryFailedAfterMs: number;
   metrics: Metrics;
   logger: Logger;
 }
@@ -106,10 +117,11 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
         }
       }
       for (const id of lastListed.keys()) if (!runs.has(id)) lastListed.delete(id);
+      const pass: Pass = { retriesLeft: MAX_RETRIES_PER_PASS };
       for (const { run, installationId } of runsToList([...runs.values()], lastListed, d.maxRunsPerPass)) {
         signal.throwIfAborted();
         try {
-          await recoverRun(d, run, installationId, signal);
+          await recoverRun(d, run, installationId, pass, signal);
           lastListed.set(run.id, Date.now());
         } catch (err) {
           if (signal.aborted) throw err;
@@ -129,7 +141,12 @@ async function listOpenRuns(d: GitHubQueuedDeps, repo: ActiveRepo, signal: Abort
   return [...runs.values()];
 }
 
-async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installationId: number, signal: AbortSignal): Promise<void> {
+/** What one pass has left to spend. */
+interface Pass {
+  retriesLeft: number;
+}
+
+async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installationId: number, pass: Pass, signal: AbortSignal): Promise<void> {
   const jobs = await d.github.listRunJobs(installationId, run.owner, run.repo, run.id, { signal });
   for (const job of jobs) {
     if (job.status !== "queued") continue;
@@ -144,16 +161,29 @@ async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installa
       d.logger.info(ids, "recovered a queued job that had no demand (its webhook was lost)");
       continue;
     }
-    // Its demand is done and the runner that served it is gone, yet the job still waits: that
-    // runner took another job (one whose own demand was missing). It needs a runner of its own: the
-    // demand again, with the record of which runner served it forgotten, so the worker does not
-    // take it as served. A runner still there may yet take this job: wait for it.
-    if (added !== "duplicate" || !(await d.demand.isDone(decision.demand))) continue;
+    if (added !== "duplicate") continue;
+    const ended = await d.demand.ended(decision.demand);
+    if (!ended) continue;
     const id = demandId(decision.demand.jobId, decision.demand.runAttempt);
-    if ((await d.runners.findByDemand(id))?.record) continue;
+    if (ended.outcome === "completed") {
+      // Its demand is done and the runner that served it is gone, yet the job still waits: that
+      // runner took another job (one whose own demand was missing). It needs a runner of its own:
+      // the demand again, with the record of which runner served it forgotten, so the worker does
+      // not take it as served. A runner still there may yet take this job: wait for it.
+      if ((await d.runners.findByDemand(id))?.record) continue;
+      await d.runners.forgetDemand(id);
+      if (!(await d.demand.addAgain(decision.demand))) continue;
+      d.metrics.reconcileAction(GITHUB_QUEUED, "demand_renewed");
+      d.logger.info(ids, "a queued job's runner took another job: its demand added again");
+      continue;
+    }
+    // Its launches all failed (GitHub or the hosts failing for longer than the backoff lasts), and
+    // the job still waits: after a while, and a few jobs a pass, it gets its attempts afresh.
+    if (d.retryFailedAfterMs <= 0 || Date.now() - ended.at < d.retryFailedAfterMs || pass.retriesLeft <= 0) continue;
+    pass.retriesLeft--;
     await d.runners.forgetDemand(id);
     if (!(await d.demand.addAgain(decision.demand))) continue;
-    d.metrics.reconcileAction(GITHUB_QUEUED, "demand_renewed");
-    d.logger.info(ids, "a queued job's runner took another job: its demand added again");
+    d.metrics.reconcileAction(GITHUB_QUEUED, "demand_retried");
+    d.logger.info({ ...ids, failedAt: new Date(ended.at).toISOString() }, "a queued job whose launches all failed: its demand added again with fresh attempts");
   }
 }

@@ -17,7 +17,7 @@ export interface ReconcilerDeps {
   config: Pick<Config, "reconcile" | "pools" | "policy" | "runnerNamePrefix" | "redis"> & { worker: { hostId: string } };
   redis: Redis;
   github: GitHubClient;
-  demand: Pick<DemandSink, "add" | "isDone" | "addAgain">;
+  demand: Pick<DemandSink, "add" | "ended" | "addAgain">;
   runners: Pick<RunnerStore, "get" | "findByDemand" | "forgetDemand">;
   metrics: Metrics;
   logger: Logger;
@@ -58,6 +58,7 @@ export class Reconciler {
         repos,
         intervalMs: rc.queuedIntervalSeconds * 1000,
         maxRunsPerPass: rc.queuedMaxRunsPerPass,
+        retryFailedAfterMs: rc.retryFailedDemandSeconds * 1000,
       }),
     ];
     if (rc.deliveriesIntervalSeconds > 0) {

@@ -26,7 +26,7 @@ export function notingActivity(sink: DemandSink, repos: Pick<ActiveRepos, "touch
       return result;
     },
     cancel: (pool, demandId) => sink.cancel(pool, demandId),
-    isDone: (demand) => sink.isDone(demand),
+    ended: (demand) => sink.ended(demand),
     addAgain: (demand) => sink.addAgain(demand),
   };
 }

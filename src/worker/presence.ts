@@ -49,17 +49,25 @@ export class HostPresence {
     this.#timer = every(this.#d.heartbeatSeconds * 1000, () => this.beat());
   }
 
-  async beat(): Promise<void> {
+  /** Pings the engine now (not waiting for the next beat); false, and closed, if it does not answer. */
+  async checkEngine(): Promise<boolean> {
     const d = this.#d;
     try {
       await d.driver.ping();
       if (this.#engineProblem) d.logger.info("Docker engine answers again; taking demand");
       this.#engineProblem = undefined;
+      return true;
     } catch (err) {
       const problem = `Docker engine unreachable: ${errorMessage(err)}`;
       if (problem !== this.#engineProblem) d.logger.warn(`${problem}; taking no demand until it answers`);
       this.#engineProblem = problem;
+      return false;
     }
+  }
+
+  async beat(): Promise<void> {
+    const d = this.#d;
+    await this.checkEngine();
     try {
       if (!this.#draining && (await d.hosts.draining(d.host))) {
         this.#draining = true;

@@ -4,7 +4,7 @@ import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import { LABEL, MANAGED_BY } from "../docker/labels.ts";
 import type { RunnerDriver } from "../docker/driver.ts";
-import { errorMessage } from "../errors.ts";
+import { DockerError, errorMessage } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
@@ -303,6 +303,13 @@ export class RunnerWorker {
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       await this.#d.activity?.launchFailure(demand, lease.attempt, err).catch(() => undefined);
       this.#noteError(`launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+      if (err instanceof DockerError && !(await this.#presence.checkEngine())) {
+        // The host failed, not the demand: it goes back without spending one of its launch
+        // attempts, for another host, or this one once its engine answers (it takes none before).
+        log.warn({ attempt: lease.attempt, err: errorMessage(err) }, "launch failed with the Docker engine gone; demand handed back");
+        await lease.release().catch(() => undefined);
+        return;
+      }
       log.warn({ attempt: lease.attempt, retryable, err: errorMessage(err) }, "demand failed; returned to the queue");
       await lease.fail(err instanceof Error ? err : new Error(String(err)), !retryable).catch(() => undefined);
     }

@@ -17,11 +17,13 @@ import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startEngine, type TestEngine } from "../helpers/engines.ts";
 import { assertNothingLeft, watchVolumes } from "../helpers/leftovers.ts";
-import { runJitrunner, waitFor, type JitrunnerProcess } from "../helpers/process.ts";
+import { runJitrunner, waitFor, writeLogTail, type JitrunnerProcess } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import {
   callsTo,
   containersOf,
+  demandIn,
+  demandState,
   fakeRunnerPool,
   removeContainersOf,
   RUNNER_IMAGE,
@@ -424,6 +426,49 @@ test("the wait on a container started while its engine shuts down ends once the 
   await emptyEngine(eng);
 });
 
+test("a launch cut short by its engine going away spends no launch attempt: the job runs once the engine is back", async () => {
+  const eng = engines[0]!;
+  await emptyEngine(eng);
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "engine-gone");
+  const pools = [jobPool(fake, 2)];
+  const host = uniqueHost("chaos-proc-gone");
+  // One launch attempt: a failure that counted against the demand would fail it for good.
+  const system = await startSystem("all", fake, r, host, {
+    pools: pools as never,
+    worker: { ...WORKER, hostId: host, docker: { socketPath: eng.socketPath }, launchAttempts: 1 },
+    reconcile: RECONCILE,
+  });
+  try {
+    // The registration takes its time: the engine is gone by the time the container is created.
+    fake.inject({ route: JIT, method: "POST", times: 1, delayMs: 4000 });
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS });
+    const id = `${job.id}-1`;
+    await demandIn(r, id, "active", 30_000);
+    await eng.stop();
+    await waitFor(() => system.logs().includes("demand handed back"), 30_000, "the failed launch to hand its demand back");
+    const back = await demandState(r, "default", id);
+    assert.equal(back?.state, "waiting", "back in the queue, not failed");
+    assert.equal(back?.attempts, 0, "no launch attempt spent");
+    assert.equal(callsTo(fake, JIT), 1);
+
+    await eng.restart();
+    const [done] = await waitFor(() => jobsDone(fake, [job.id]), 120_000, `the job completed (${JSON.stringify(fake.jobs().map((j) => j.status))})`);
+    assert.equal(done!.conclusion, "success");
+    assert.equal(callsTo(fake, JIT), 2, "one registration undone, one that ran the job");
+    await waitFor(() => fake.runners().length === 0, 60_000, `no registration left (${JSON.stringify(fake.runners().map((x) => x.name))})`);
+    await waitFor(async () => (await eng.docker.listContainers({ all: true })).length === 0, 60_000, "0 containers left on the engine");
+    await noVolumesLeft(eng);
+    await assertRedisClean(r);
+  } catch (err) {
+    writeLogTail("jitrunner all", system.logs());
+    throw err;
+  } finally {
+    await system.close();
+    await fake.close();
+  }
+});
+
 test("a Docker engine restarted under running runners: every job still queued finishes there, nothing left on it", async () => {
   const eng = engines[1]!;
   await emptyEngine(eng);
@@ -478,6 +523,9 @@ test("a Docker engine restarted under running runners: every job still queued fi
       `only the dead runners' registrations left (${expected}; have ${JSON.stringify(fake.runners().map((x) => x.name))})`,
     );
     await assertRedisClean(r);
+  } catch (err) {
+    writeLogTail("the worker", worker.logs());
+    throw err;
   } finally {
     if (process.env.JITRUNNER_TEST_VERBOSE) process.stderr.write(`--- worker\n${worker.logs()}\n`);
     await worker.close();

@@ -50,3 +50,12 @@ export async function waitFor<T>(fn: () => Promise<T | undefined | false> | T | 
     await new Promise((r) => setTimeout(r, 200));
   }
 }
+
+/**
+ * Writes the last `lines` lines of a process's log to stderr, under a heading: for a test that
+ * failed, so CI's output shows what the process did (its logs carry no secrets: they are redacted).
+ */
+export function writeLogTail(label: string, log: string, lines = 400): void {
+  const tail = log.trimEnd().split("\n").slice(-lines).join("\n");
+  process.stderr.write(`--- last ${lines} lines of ${label}'s log\n${tail}\n`);
+}

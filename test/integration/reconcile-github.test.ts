@@ -11,7 +11,7 @@ import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 
@@ -199,6 +199,41 @@ test("lost queued webhooks in more runs than a pass may list: every job served o
     assert.equal(action("demand_recovered") + action("demand_renewed"), 3, `recovered ${action("demand_recovered")}, renewed ${action("demand_renewed")}`);
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "runners removed");
     assert.equal(callsTo(fake, JIT), 4, "one runner per job, none extra");
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
+test("a job whose launches all failed (GitHub down longer than its attempts last) gets fresh attempts later, and completes", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("failed-retry");
+  const r = scopedRedis(redis, "failed-retry");
+  hosts.push(host);
+  const RETRY_S = 4;
+  const sys = await startSystem("all", fake, r, host, {
+    worker: worker(host, { launchAttempts: 1 }),
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 3600, queuedIntervalSeconds: 1, deliveriesIntervalSeconds: 0, retryFailedDemandSeconds: RETRY_S },
+  });
+  try {
+    // The client tries a 5xx 4 times (1 + 4 + 9 s apart): one launch attempt, and it fails.
+    fake.inject({ route: JIT, method: "POST", status: 502, times: 4 });
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await demandIn(r, `${job.id}-1`, "failed", 60_000);
+    const failedSeen = Date.now();
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.status, "queued");
+
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 90_000, "the job completed");
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.conclusion, "success");
+    const posts = fake.requests.filter((q) => q.route === JIT && q.method === "POST");
+    assert.deepEqual(posts.map((q) => q.status), [502, 502, 502, 502, 201], "4 failed tries, then one registration");
+    // Observed failed up to a poll after it failed: the retry waited out most of its delay at least.
+    assert.ok(posts.at(-1)!.at - failedSeen >= (RETRY_S - 1) * 1000, `fresh attempts ${posts.at(-1)!.at - failedSeen} ms after the failure was seen`);
+    const text = await metricsOf(sys.url);
+    assert.equal(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_retried"'), 1);
+    assert.match(sys.logs(), /launches all failed: its demand added again/);
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "runner removed");
+    await waitFor(() => fake.runners().length === 0, 10_000, "no registration left");
   } finally {
     await sys.close();
     await fake.close();
