@@ -167,9 +167,10 @@ export class DemandQueues {
   /** See DemandSink.addAgain: an ended item is replaced by a new one under the same id. */
   async addAgain(demand: Demand): Promise<boolean> {
     const id = demandId(demand.jobId, demand.runAttempt);
-    const held = await this.#queue(demand.pool).getJob(id);
-    if (held && !(await held.isCompleted()) && !(await held.isFailed())) return false;
-    if (held) await held.remove();
+    const queue = this.#queue(demand.pool);
+    const state = await queue.getJobState(id);
+    if (state !== "completed" && state !== "failed" && state !== "unknown") return false;
+    if (state !== "unknown") await queue.remove(id);
     await this.#redis.set(`${this.#settings.prefix}:seen:${id}`, demand.pool, "EX", SEEN_TTL_SECONDS);
     await this.#addBatch(demand.pool).call(demand);
     return true;
