@@ -235,7 +235,7 @@ export async function runBurst(dir: string, redis: BenchRedis, docker: Docker, f
     };
   } finally {
     for (const h of hosts) h.events?.close();
-    await Promise.allSettled(hosts.map((h) => h.worker?.proc.stop()));
+    await Promise.allSettled(hosts.flatMap((h) => (h.worker ? [h.worker.proc.stop()] : [])));
     await server?.proc.stop();
     for (const h of hosts) await removeHost(h.docker, h.id).catch(() => undefined);
     for (const e of engines) await stopBenchEngine(e).catch(() => undefined);

@@ -51,7 +51,7 @@ export class ContainerEvents {
   static async open(docker: Docker, label: string): Promise<ContainerEvents> {
     const stream = (await docker.getEvents({
       filters: { type: ["container"], event: [...ACTIONS], label: [label] },
-    } as never)) as unknown as Readable;
+    })) as unknown as Readable;
     return new ContainerEvents(stream);
   }
 

@@ -62,7 +62,7 @@ export class LoopRunner {
   async close(): Promise<void> {
     this.#closing.abort(new Error("closing"));
     for (const s of this.#states) clearTimeout(s.timer);
-    await Promise.allSettled(this.#states.map((s) => s.running));
+    await Promise.allSettled(this.#states.flatMap((s) => (s.running ? [s.running] : [])));
   }
 
   #schedule(s: LoopState, delayMs: number): void {

@@ -66,7 +66,7 @@ test("best-effort writes are not waited for below the limit, waited for above it
 
   // Failures, thrown or rejected, go to onError; the caller's promise still resolves.
   assert.equal(writes.start(async () => Promise.reject(new Error("lpush failed"))), undefined);
-  writes.start(() => {
+  void writes.start(() => {
     throw new Error("thrown at once");
   });
   await nextTurn();
