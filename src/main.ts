@@ -112,6 +112,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       host,
       namePrefix: config.runnerNamePrefix,
       completedGraceSeconds: config.worker.completedGraceSeconds,
+      concurrentStarts: config.worker.concurrentStarts,
       driver,
       github,
       runners,

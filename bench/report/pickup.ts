@@ -1,5 +1,6 @@
 /** The Pickup section of BENCHMARKS.md and its Summary rows. */
 import { DEFAULT_WRITES_PER_MINUTE as WRITES } from "../../src/github/write-window.ts";
+import { DEFAULT_CONCURRENT_STARTS as STARTS } from "../../src/config/schema.ts";
 import type { PickupResult, Series } from "../pickup.ts";
 import { ms, ratio } from "../lib/stats.ts";
 import { calls, p50p99, runLine, table, yes, type Row, type RunInfo } from "./common.ts";
@@ -61,20 +62,21 @@ in Bottleneck's scheduler hops). Docker's own
 "created -> started" varies by more than that from one container to the next (compare the two
 series), which is why the totals can come out in either order.
 
-**In the burst every job queues behind the others at the engine, as the bare containers do.**
-Every JIT config is a POST, and the GitHub client starts at most ${WRITES} writes in any minute per
-installation (a sliding window, \`github.writesPerMinute\`; src/github/write-window.ts), so all
-${p.burst.total.n} registrations go out at once and the runners' creates meet at the engine like the bare ones.
-The median gap between consecutive runner creates in the burst was ${ms(p.burst.createGaps.p50)} (bare burst:
-${ms(p.bareBurst.createGaps.p50)}): p50 ${ms(p.burst.total.p50)}, p99 ${ms(p.burst.total.p99)} against ${ms(p.bareBurst.total.p50)} / ${ms(p.bareBurst.total.p99)}
-for ${p.bareBurst.total.n} bare containers started at once (${ratio(p.burst.total.p50, p.bareBurst.total.p50)} at p50, overhead
-${ms(p.burst.total.p50 - p.bareBurst.total.p50)}). What remains is the engine's order of work: "taken -> container
-created" took ${ms(p.burst.parts["taken -> container created"]?.p50 ?? Number.NaN)} at p50 against ${ms(p.bareBurst.parts["start -> container created"]?.p50 ?? Number.NaN)} for the bare creates (the GitHub
-client answers 50 concurrent registrations with their still-queued checks in about 150 ms at p50
-against this fake, measured apart), because each runner is started as soon as it is created, so
-later creates wait in the engine behind earlier starts, where the bare burst creates all 50 before
-starting any; and "created -> started" took ${ms(p.burst.parts["created -> started"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["created -> started"]?.p50 ?? Number.NaN)}, the engine
-starting each runner while the ones started before it boot their own dockerd on the same CPUs. At most
+**In the burst the worker starts ${STARTS} containers at a time on its engine, in order; the bare
+baseline asks the engine for all ${p.bareBurst.total.n} at once.** Every JIT config is a POST, and the GitHub client
+starts at most ${WRITES} writes in any minute per installation (a sliding window,
+\`github.writesPerMinute\`; src/github/write-window.ts), so all ${p.burst.total.n} registrations go out at once and
+the runners' creates reach the engine together (median gap between consecutive creates
+${ms(p.burst.createGaps.p50)}; bare burst: ${ms(p.bareBurst.createGaps.p50)}). Their starts then wait their turn
+(\`worker.concurrentStarts\`, default ${STARTS}): an engine asked for dozens of starts at once works on all of
+them together and finishes them all late, as the bare burst shows (p50 ${ms(p.bareBurst.total.p50)}, p99
+${ms(p.bareBurst.total.p99)}: nearly the same), where a few at a time the first runners start early and the
+last no later. jitrunner: p50 ${ms(p.burst.total.p50)}, p99 ${ms(p.burst.total.p99)} against
+${ms(p.bareBurst.total.p50)} / ${ms(p.bareBurst.total.p99)} for the bare burst (${ratio(p.burst.total.p50, p.bareBurst.total.p50)} at p50,
+${ratio(p.burst.total.p99, p.bareBurst.total.p99)} at p99). By step: "taken -> container created" took
+${ms(p.burst.parts["taken -> container created"]?.p50 ?? Number.NaN)} at p50 against ${ms(p.bareBurst.parts["start -> container created"]?.p50 ?? Number.NaN)} for the bare creates, and
+"created -> started" ${ms(p.burst.parts["created -> started"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["created -> started"]?.p50 ?? Number.NaN)} (it includes the wait for a
+turn); each runner started boots its own dockerd on the same CPUs as the starts still to come. At most
 ${p.burstMaxRunning} of the burst's runners ran at the same time (each lived ${ms(p.burst.lifetime.p50)} at p50),
 so the worker's ${p.capacity} slots were never what held a job back.
 

@@ -65,6 +65,13 @@ const pool = z
   // The Default group when neither a group id nor a name is given.
   .transform((p) => ({ ...p, runnerGroupId: p.runnerGroup === undefined ? (p.runnerGroupId ?? 1) : p.runnerGroupId }));
 
+/**
+ * An engine starts many containers at once no faster than a few: each start then waits for all
+ * the others, and all finish late together. A few at a time, in order, the first runners start
+ * seconds sooner and the last no later (measured in BENCHMARKS.md, "Pickup").
+ */
+export const DEFAULT_CONCURRENT_STARTS = 12;
+
 const docker = z
   .object({
     socketPath: z.string().optional(),
@@ -121,6 +128,8 @@ export const configSchema = z
         docker,
         completedGraceSeconds: z.number().nonnegative().default(30),
         launchAttempts: z.number().int().positive().default(5),
+        /** Container starts in flight on this worker's engine at once; more wait their turn (see Launcher). */
+        concurrentStarts: z.number().int().positive().default(DEFAULT_CONCURRENT_STARTS),
         reconcileIntervalSeconds: z.number().positive().default(30),
         heartbeatSeconds: z.number().positive().default(5),
       })

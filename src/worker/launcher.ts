@@ -10,6 +10,7 @@ import type { Metrics } from "../metrics/metrics.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
 import { runnerName } from "./names.ts";
 import type { RunnerEvents } from "./runner-events.ts";
+import { Slots } from "./slots.ts";
 
 export type LiveState = "starting" | "idle" | "busy" | "completed";
 
@@ -28,6 +29,8 @@ export interface LauncherDeps {
   runners: RunnerStore;
   events: RunnerEvents;
   metrics: Metrics;
+  /** Container starts in flight at once on this engine (`worker.concurrentStarts`); default: no limit. */
+  concurrentStarts?: number;
 }
 
 /** Where a runner registers, and the demand it answers for ("" for a warm runner). */
@@ -81,9 +84,12 @@ export class NotNeeded extends JitrunnerError {
 export class Launcher {
   readonly tracked = new Map<string, Tracked>();
   readonly #d: LauncherDeps;
+  /** Starts wait here in order: see DEFAULT_CONCURRENT_STARTS. */
+  readonly #starts: Slots;
 
   constructor(deps: LauncherDeps) {
     this.#d = deps;
+    this.#starts = new Slots(deps.concurrentStarts ?? Number.POSITIVE_INFINITY);
   }
 
   /**
@@ -156,7 +162,12 @@ export class Launcher {
       failpoint("launch:after-create");
       record.state = "starting";
       await d.runners.update(name, { containerId: record.containerId, state: "starting" });
-      await d.driver.start(record.containerId);
+      await this.#starts.acquire();
+      try {
+        await d.driver.start(record.containerId);
+      } finally {
+        this.#starts.release();
+      }
       failpoint("launch:after-start");
       tracked.state = "idle";
       await d.runners.started(name);

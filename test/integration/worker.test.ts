@@ -1,12 +1,14 @@
 /**
  * The worker's less happy paths, for real (fake GitHub, real Redis, real Docker engine):
  * a launch that fails after registration, a job cancelled while its webhook was lost, and a
- * worker stopped and restarted while its runner runs a job.
+ * worker stopped and restarted while its runner runs a job, and a burst whose container starts
+ * wait their turn at the engine.
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { callsTo, containersOf, demandIn, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
@@ -144,6 +146,33 @@ test("a runner that hangs without ever taking its job is reaped at the idle time
   } finally {
     if (process.env.JITRUNNER_TEST_VERBOSE) process.stderr.write(sys.logs());
     await sys.close();
+    await fake.close();
+  }
+});
+
+test("a burst's container starts wait their turn: the engine never has more than worker.concurrentStarts at once, and every job is served", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const proxy = await startDockerProxy();
+  const host = uniqueHost("starts");
+  hosts.push(host);
+  const r = scopedRedis(redis, "starts");
+  const jobs = 6;
+  const sys = await startSystem("all", fake, r, host, {
+    worker: { hostId: host, capacity: jobs, concurrentStarts: 2, reconcileIntervalSeconds: 2, completedGraceSeconds: 5, docker: { socketPath: proxy.socketPath } },
+  });
+  try {
+    const queued = await Promise.all(Array.from({ length: jobs }, () => fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] })));
+    const ids = new Set(queued.map((j) => j.id));
+    await waitFor(() => fake.jobs().filter((j) => ids.has(j.id) && j.status === "completed").length === jobs, 120_000, `${jobs} jobs completed`);
+    assert.ok(fake.jobs().every((j) => !ids.has(j.id) || j.conclusion === "success"));
+    assert.equal(proxy.starts, jobs, "one start per runner");
+    // Six launches at once, each start a few hundred ms: they queue, two at a time.
+    assert.equal(proxy.maxStartsInFlight, 2, "starts in flight at once");
+    await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "runner containers removed");
+    assert.equal(fake.runners().length, 0);
+  } finally {
+    await sys.close();
+    await proxy.close();
     await fake.close();
   }
 });
