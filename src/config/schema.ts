@@ -67,8 +67,9 @@ const pool = z
 
 /**
  * An engine starts many containers at once no faster than a few: each start then waits for all
- * the others, and all finish late together. A few at a time, in order, the first runners start
- * seconds sooner and the last no later (measured in BENCHMARKS.md, "Pickup").
+ * the others, and all finish late together. A few at a time, in order, the first runners of a burst
+ * start seconds sooner; on a small host the last start somewhat later, while the runners started
+ * first boot on the same CPUs (measured in BENCHMARKS.md, "Pickup").
  */
 export const DEFAULT_CONCURRENT_STARTS = 12;
 
