@@ -7,7 +7,7 @@ import { decideQueued, type WorkflowJobEvent } from "../ingress/policy.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
 import type { RunnerStore } from "../state/runners.ts";
-import { demandId } from "../demand.ts";
+import { demandId, type Demand } from "../demand.ts";
 import type { Loop } from "./loops.ts";
 
 export const GITHUB_QUEUED = "github-queued";
@@ -117,7 +117,7 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
         }
       }
       for (const id of lastListed.keys()) if (!runs.has(id)) lastListed.delete(id);
-      const pass: Pass = { retriesLeft: MAX_RETRIES_PER_PASS };
+      const pass: Pass = { failedDemand: [] };
       for (const { run, installationId } of runsToList([...runs.values()], lastListed, d.maxRunsPerPass)) {
         signal.throwIfAborted();
         try {
@@ -126,6 +126,16 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
         } catch (err) {
           if (signal.aborted) throw err;
           failed.push(`${run.owner}/${run.repo} run ${run.id}: ${errorMessage(err)}`);
+        }
+      }
+      // The ones that failed longest ago first: a job past this pass's share comes first next time.
+      for (const f of pass.failedDemand.sort((a, b) => a.at - b.at).slice(0, MAX_RETRIES_PER_PASS)) {
+        signal.throwIfAborted();
+        try {
+          await retryFailed(d, f);
+        } catch (err) {
+          if (signal.aborted) throw err;
+          failed.push(`${f.ids.repo} job ${f.ids.jobId}: ${errorMessage(err)}`);
         }
       }
       if (failed.length > 0) throw new Error(`checking queued jobs failed ${failed.length} times (${repos.length} repositories); first: ${failed[0]}`);
@@ -141,9 +151,16 @@ async function listOpenRuns(d: GitHubQueuedDeps, repo: ActiveRepo, signal: Abort
   return [...runs.values()];
 }
 
-/** What one pass has left to spend. */
+/** A still-queued job whose demand ran out of launch attempts at `at`, long enough ago. */
+interface FailedDemand {
+  demand: Demand;
+  at: number;
+  ids: { loop: string; jobId: number; runId: number; repo: string; pool: string };
+}
+
+/** What one pass found along the way. */
 interface Pass {
-  retriesLeft: number;
+  failedDemand: FailedDemand[];
 }
 
 async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installationId: number, pass: Pass, signal: AbortSignal): Promise<void> {
@@ -179,11 +196,14 @@ async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installa
     }
     // Its launches all failed (GitHub or the hosts failing for longer than the backoff lasts), and
     // the job still waits: after a while, and a few jobs a pass, it gets its attempts afresh.
-    if (d.retryFailedAfterMs <= 0 || Date.now() - ended.at < d.retryFailedAfterMs || pass.retriesLeft <= 0) continue;
-    pass.retriesLeft--;
-    await d.runners.forgetDemand(id);
-    if (!(await d.demand.addAgain(decision.demand))) continue;
-    d.metrics.reconcileAction(GITHUB_QUEUED, "demand_retried");
-    d.logger.info({ ...ids, failedAt: new Date(ended.at).toISOString() }, "a queued job whose launches all failed: its demand added again with fresh attempts");
+    if (d.retryFailedAfterMs <= 0 || Date.now() - ended.at < d.retryFailedAfterMs) continue;
+    pass.failedDemand.push({ demand: decision.demand, at: ended.at, ids });
   }
+}
+
+async function retryFailed(d: GitHubQueuedDeps, { demand, at, ids }: FailedDemand): Promise<void> {
+  await d.runners.forgetDemand(demandId(demand.jobId, demand.runAttempt));
+  if (!(await d.demand.addAgain(demand))) return;
+  d.metrics.reconcileAction(GITHUB_QUEUED, "demand_retried");
+  d.logger.info({ ...ids, failedAt: new Date(at).toISOString() }, "a queued job whose launches all failed: its demand added again with fresh attempts");
 }

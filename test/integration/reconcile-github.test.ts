@@ -240,6 +240,53 @@ test("a job whose launches all failed (GitHub down longer than its attempts last
   }
 });
 
+test("failed demand is given fresh attempts at most 10 jobs a pass: a pool that cannot launch at all costs a bounded number of registrations", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("retry-cap");
+  const r = scopedRedis(redis, "retry-cap");
+  hosts.push(host);
+  const JOBS = 12;
+  const sys = await startSystem("all", fake, r, host, {
+    // Every launch fails at its create (no such image), and one failure spends the demand.
+    pools: [fakeRunnerPool(fake, { image: "jitrunner-no-such-image:never" })],
+    worker: worker(host, { launchAttempts: 1 }),
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 3600, queuedIntervalSeconds: 3, deliveriesIntervalSeconds: 0, retryFailedDemandSeconds: 1 },
+  });
+  try {
+    const jobs = await Promise.all(Array.from({ length: JOBS }, () => fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] })));
+    for (const job of jobs) await demandIn(r, `${job.id}-1`, "failed", 60_000);
+    // Each pass, from the metrics: how many demands it gave fresh attempts.
+    const perPass: number[] = [];
+    let last: { passes: number; retried: number } | undefined;
+    await waitFor(
+      async () => {
+        const text = await metricsOf(sys.url);
+        const now = {
+          passes: sample(text, "jitrunner_reconcile_runs_total", 'loop="github-queued",outcome="ok"') + sample(text, "jitrunner_reconcile_runs_total", 'loop="github-queued",outcome="error"'),
+          retried: sample(text, "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_retried"'),
+        };
+        if (last && now.passes > last.passes) perPass.push(now.retried - last.retried);
+        else if (last && now.retried !== last.retried) return false; // mid-pass: look again
+        last = now;
+        return perPass.length >= 3 && now.retried >= JOBS;
+      },
+      60_000,
+      "three passes after the failures, every job retried",
+    );
+    assert.ok(perPass.every((n) => n <= 10), `retries per pass ${perPass.join(", ")}`);
+    assert.ok(perPass.includes(10), `some pass met the cap with ${JOBS} failed demands waiting: ${perPass.join(", ")}`);
+    const retriedJobs = new Set([...sys.logs().matchAll(/"jobId":(\d+)[^\n]*launches all failed: its demand added again/g)].map((m) => Number(m[1])));
+    assert.equal(retriedJobs.size, JOBS, "no job left out: the ones that failed longest ago go first");
+    // Launches go on while the pool cannot launch: stopped, the worker leaves none of them behind.
+    await sys.close();
+    assert.equal(fake.runners().length, 0, "every registration of a failed launch deleted");
+    assert.equal((await containersOf(host)).length, 0);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
 test("a lost queued webhook is redelivered from the App's failed deliveries, and the job completes on a real runner", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("redeliver");
