@@ -219,34 +219,55 @@ export interface Lease {
   release(): Promise<void>;
 }
 
-/** The consumer side for one pool, used by a worker; it takes demand only when asked. */
+/**
+ * How long `close` lets a BullMQ worker's connections finish their handshake. BullMQ closing a
+ * connection mid-handshake leaves that handshake's rejection unhandled (taskforcesh/bullmq#3546),
+ * which ends the process; past this, Redis is not answering and close goes ahead regardless.
+ */
+const CLOSE_WAIT_READY_MS = 5_000;
+
+/**
+ * The consumer side for one pool, used by a worker; it takes demand only when asked. Its BullMQ
+ * worker (two connections) exists from `start` on, so a process whose start fails before (its
+ * Docker engine unreachable, say) opens nothing here.
+ */
 export class DemandConsumer {
-  readonly #worker: Worker<Demand>;
+  #worker: Worker<Demand> | undefined;
+  readonly #make: () => Worker<Demand>;
   readonly #token: string;
 
   constructor(settings: QueueSettings, connection: Redis, pool: string, workerId: string) {
     this.#token = workerId;
-    this.#worker = new Worker<Demand>(queueName(pool), null, {
-      connection: connection as unknown as RedisConnection as never,
-      prefix: `${settings.prefix}:bull`,
-      autorun: false,
-      lockDuration: LOCK_MS,
-      maxStalledCount: 3,
-      stalledInterval: LOCK_MS,
-      drainDelay: 2,
-      name: workerId,
-    });
-    this.#worker.on("error", () => undefined);
+    this.#make = () => {
+      const worker = new Worker<Demand>(queueName(pool), null, {
+        connection: connection as unknown as RedisConnection as never,
+        prefix: `${settings.prefix}:bull`,
+        autorun: false,
+        lockDuration: LOCK_MS,
+        maxStalledCount: 3,
+        stalledInterval: LOCK_MS,
+        drainDelay: 2,
+        name: workerId,
+      });
+      worker.on("error", () => undefined);
+      return worker;
+    };
   }
 
   async start(): Promise<void> {
+    this.#worker ??= this.#make();
     await this.#worker.waitUntilReady();
     await this.#worker.startStalledCheckTimer();
   }
 
+  #started(): Worker<Demand> {
+    if (!this.#worker) throw new Error("demand consumer not started");
+    return this.#worker;
+  }
+
   /** Waits up to about two seconds for demand; undefined when there is none. */
   async next(): Promise<Lease | undefined> {
-    const job = (await this.#worker.getNextJob(this.#token, { block: true })) as Job<Demand> | undefined;
+    const job = (await this.#started().getNextJob(this.#token, { block: true })) as Job<Demand> | undefined;
     if (!job?.id) return undefined;
     return this.#lease(job);
   }
@@ -276,7 +297,14 @@ export class DemandConsumer {
   }
 
   async close(): Promise<void> {
-    await this.#worker.close();
+    const worker = this.#worker;
+    if (!worker) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      worker.waitUntilReady().catch(() => undefined),
+      new Promise((resolve) => (timer = setTimeout(resolve, CLOSE_WAIT_READY_MS))),
+    ]).finally(() => clearTimeout(timer));
+    await worker.close();
   }
 }
 
