@@ -18,6 +18,13 @@ export const GITHUB_QUEUED = "github-queued";
  */
 export const MAX_RETRIES_PER_PASS = 10;
 
+/**
+ * A queued job whose demand completed (its runner ran another job) gets a runner of its own only
+ * once the demand has been done this long: runners launched for other jobs meanwhile may still
+ * be booting, and whichever asks first gets this job. Renewed sooner, one of them is left idle.
+ */
+export const RENEW_AFTER_MS = 30_000;
+
 /** Run statuses that can hold queued jobs: a run in progress can still have jobs waiting. */
 const RUN_STATUSES = ["queued", "in_progress"] as const;
 
@@ -186,7 +193,9 @@ async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installa
       // Its demand is done and the runner that served it is gone, yet the job still waits: that
       // runner took another job (one whose own demand was missing). It needs a runner of its own:
       // the demand again, with the record of which runner served it forgotten, so the worker does
-      // not take it as served. A runner still there may yet take this job: wait for it.
+      // not take it as served. A runner still there may yet take this job: wait for it; so may
+      // the runners launched for other jobs, still booting when this demand was done.
+      if (Date.now() - ended.at < RENEW_AFTER_MS) continue;
       if ((await d.runners.findByDemand(id))?.record) continue;
       await d.runners.forgetDemand(id);
       if (!(await d.demand.addAgain(decision.demand))) continue;

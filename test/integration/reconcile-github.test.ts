@@ -194,7 +194,9 @@ test("lost queued webhooks in more runs than a pass may list: every job served o
     assert.ok(listed <= passes, `at most one run's jobs listed per pass (${listed} listings in ${passes} passes)`);
     // The fake gives a runner the oldest queued job: the runner recovered for the newest lost job
     // runs the oldest, whose demand was never added; the newest job's demand, done while its job
-    // still waits, is then added again. One runner per lost job either way.
+    // still waits, is then added again (after RENEW_AFTER_MS: a runner recovered for another job
+    // meanwhile, still booting, may take it first, and then nothing is added). One runner per
+    // lost job either way.
     const action = (a: string) => sample(text, "jitrunner_reconcile_actions_total", `loop="github-queued",action="${a}"`);
     assert.equal(action("demand_recovered") + action("demand_renewed"), 3, `recovered ${action("demand_recovered")}, renewed ${action("demand_renewed")}`);
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "runners removed");
