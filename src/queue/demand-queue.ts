@@ -3,6 +3,7 @@
  * it. A lease lasts as long as the runner launched for it: a worker that dies stops renewing the
  * lock, BullMQ's stalled check puts the demand back, and another worker takes it.
  */
+import { setTimeout as sleep } from "node:timers/promises";
 import { Queue, UnrecoverableError, Worker, type Job, type JobsOptions, type RedisConnection } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
 import { TurnBatch } from "../batch.ts";
@@ -299,11 +300,7 @@ export class DemandConsumer {
   async close(): Promise<void> {
     const worker = this.#worker;
     if (!worker) return;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      worker.waitUntilReady().catch(() => undefined),
-      new Promise((resolve) => (timer = setTimeout(resolve, CLOSE_WAIT_READY_MS))),
-    ]).finally(() => clearTimeout(timer));
+    await Promise.race([worker.waitUntilReady().catch(() => undefined), sleep(CLOSE_WAIT_READY_MS, undefined, { ref: false })]);
     await worker.close();
   }
 }

@@ -12,8 +12,7 @@ const START = /^\/(v[\d.]+\/)?containers\/[^/]+\/start(\?|$)/;
 
 export interface DockerProxy {
   socketPath: string;
-  /** Start requests the engine has not answered yet, now and at most so far. */
-  readonly startsInFlight: number;
+  /** Most start requests the engine had not answered yet at one time, so far. */
   readonly maxStartsInFlight: number;
   readonly starts: number;
   close(): Promise<void>;
@@ -53,9 +52,6 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
   await new Promise<void>((resolve) => server.listen(socketPath, resolve));
   return {
     socketPath,
-    get startsInFlight() {
-      return counts.inFlight;
-    },
     get maxStartsInFlight() {
       return counts.max;
     },
