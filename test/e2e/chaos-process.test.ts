@@ -207,6 +207,7 @@ const LAUNCH_CASES: Array<[Failpoint, "same host restarted" | "another host"]> =
   ["launch:after-jit", "same host restarted"],
   ["launch:after-jit", "another host"],
   ["launch:after-create", "same host restarted"],
+  ["launch:after-create", "another host"],
   ["launch:after-start", "same host restarted"],
   ["launch:after-start", "another host"],
 ];
@@ -281,9 +282,10 @@ for (const [point, takeover] of LAUNCH_CASES) {
           "the killed host's records swept and the host forgotten",
         );
         if (point !== "launch:after-jit") {
-          // Its container is on its engine, which only that host's worker reaches: it stays,
-          // stopped, until that worker comes back and removes it.
-          await waitFor(async () => (await containersOf(victim)).every((c) => c.State === "exited"), 60_000, "the victim's runner exited");
+          // Its container is on its engine, which only that host's worker reaches: it stays
+          // (stopped, or never started) until that worker comes back and removes it.
+          const still = point === "launch:after-create" ? "created" : "exited";
+          await waitFor(async () => (await containersOf(victim)).every((c) => c.State === still), 60_000, `the victim's runner ${still}`);
           assert.equal((await containersOf(victim)).length, 1);
           workers.push(await inProcessWorker(fake, r, victim, pools));
         }
