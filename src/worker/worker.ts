@@ -357,7 +357,17 @@ export class RunnerWorker {
     let failures = 0;
     while (!this.#stopping) {
       for (const spare of [...this.#spares.values()]) {
-        if (spare.pool !== pool || spare.tracked.state === "idle" || spare.tracked.state === "starting") continue;
+        if (spare.pool !== pool || spare.tracked.state === "starting") continue;
+        if (spare.tracked.state === "idle") {
+          // An idle spare that lost its warm place (a restart found the places still held by the
+          // holders of the process before) takes a free one before any launch does.
+          if (!spare.warm && !spare.adopted && !spare.done && (await this.#d.limits.acquire(warmKey(pool.name), spare.holder, pool.minIdle).catch(() => false))) {
+            spare.warm = true;
+            spare.idleFrom = Number.POSITIVE_INFINITY;
+            this.#d.logger.info({ pool: pool.name, runner: spare.tracked.record.name }, "spare warm again");
+          }
+          continue;
+        }
         // It took a job directly: the demand for that job, if it adopted another runner, is its;
         // else that demand is still to come, or never will. Either way, no longer warm.
         if (await this.#handOver(spare, this.#d.logger.child({ pool: pool.name }))) continue;
@@ -392,12 +402,6 @@ export class RunnerWorker {
   /** Launches one warm runner that already holds its places and a slot; false if it failed. */
   async #launchSpare(pool: PoolConfig, holder: string): Promise<boolean> {
     const log = this.#d.logger.child({ pool: pool.name, warm: true });
-    // By the holder it has then: a runner returned from a hand-over holds another's places.
-    const freePlaces = async (of: string) => {
-      await this.#d.limits.release(warmKey(pool.name), of).catch(() => undefined);
-      if (pool.maxRunners) await this.#d.limits.release(pool.name, of).catch(() => undefined);
-      this.#slots.release();
-    };
     const started = Date.now();
     const launching = this.#d.launcher.launch({ ...pool.warm!, repo: pool.warm!.repo ?? "", demandId: "" }, pool, log);
     this.#launches.add(launching);
@@ -405,7 +409,7 @@ export class RunnerWorker {
     try {
       tracked = await launching;
     } catch (err) {
-      await freePlaces(holder);
+      await this.#freeSparePlaces(pool, holder);
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       this.#noteError(`warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       return false;
@@ -414,7 +418,36 @@ export class RunnerWorker {
     }
     this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000);
     this.#lastError = undefined;
-    const spare: Spare = { pool, holder, tracked, warm: true, adopted: false, idleFrom: Number.POSITIVE_INFINITY, ended: Promise.resolve("") };
+    this.#keepSpare(pool, holder, tracked, true, log);
+    log.info({ runner: tracked.record.name }, "warm runner ready");
+    return true;
+  }
+
+  /**
+   * A running runner of this host that no demand holds (launched warm before this process
+   * started): a spare again, in a slot of its own, and warm if the pool has a warm place free, so
+   * that the restarted worker hands it the next demand instead of launching another beside it.
+   */
+  async #readoptSpare(pool: PoolConfig, tracked: Tracked, log: Logger): Promise<void> {
+    const holder = `${this.#d.host}:${randomUUID()}`;
+    // Before any loop runs, so the slot is free unless the capacity shrank across the restart.
+    this.#slots.take();
+    const warm = tracked.state === "idle" && (await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false));
+    if (pool.maxRunners) await this.#d.limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
+    this.#keepSpare(pool, holder, tracked, warm, log);
+    log.info({ runner: tracked.record.name, warm }, "adopted running runner as a spare");
+  }
+
+  /** Frees a spare's places and slot, by the holder it has then (a hand-over swaps holders). */
+  async #freeSparePlaces(pool: PoolConfig, holder: string): Promise<void> {
+    await this.#d.limits.release(warmKey(pool.name), holder).catch(() => undefined);
+    if (pool.maxRunners) await this.#d.limits.release(pool.name, holder).catch(() => undefined);
+    this.#slots.release();
+  }
+
+  /** Watches a spare that holds a slot (and `holder`'s places) until it ends, then frees them. */
+  #keepSpare(pool: PoolConfig, holder: string, tracked: Tracked, warm: boolean, log: Logger): void {
+    const spare: Spare = { pool, holder, tracked, warm, adopted: false, idleFrom: warm ? Number.POSITIVE_INFINITY : Date.now(), ended: Promise.resolve("") };
     const name = tracked.record.name;
     // Warm: never idle too long, but reaped at once when the host drains. Adopted, or no longer
     // counted as warm: the pool's idle timeout, from that moment.
@@ -423,7 +456,6 @@ export class RunnerWorker {
       return this.#presence.draining ? 0 : Number.POSITIVE_INFINITY;
     });
     this.#spares.set(name, spare);
-    log.info({ runner: name }, "warm runner ready");
     void spare.ended.then(async (reason) => {
       spare.done = true;
       // An adopted runner is its demand's now: #serve tears it down and frees the places. One that
@@ -432,10 +464,9 @@ export class RunnerWorker {
       if ((reason === "exited" || reason === "completed_grace_expired") && (await this.#handOver(spare, log))) return;
       this.#spares.delete(name);
       if (reason !== "shutdown") await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry"));
-      await freePlaces(spare.holder);
+      await this.#freeSparePlaces(pool, spare.holder);
       this.#checkDrained();
     });
-    return true;
   }
 
   /**
@@ -616,6 +647,10 @@ export class RunnerWorker {
       if (record && c.running && pool && !this.#stopping) {
         const tracked: Tracked = { record: { ...record, containerId: c.id }, state: record.state === "busy" ? "busy" : "idle" };
         launcher.tracked.set(name, tracked);
+        if (!record.demandId && pool.minIdle > 0) {
+          await this.#readoptSpare(pool, tracked, log.child({ pool: pool.name, warm: true }));
+          continue;
+        }
         log.info({ runner: name }, "adopted running runner");
         void launcher
           .watch(tracked, pool, log, this.#shutdown.signal)

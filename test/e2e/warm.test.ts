@@ -10,7 +10,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, demandIn, docker, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, docker, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 
@@ -105,6 +105,60 @@ test("a job GitHub hands to another warm runner than the one its demand adopted:
   }
 });
 
+test("warm runners outlive a worker restart: kept warm in slots of their own, none launched beside them, the next job starts on one", async () => {
+  const { fake, host, r, sys: first, restart } = await warmSystem("warm-restart", 1);
+  const idleRunners = () => fake.runners().filter((x) => !x.busy && x.status === "online");
+  const conn = redisConnection(r.url);
+  let sys: SystemUnderTest = first;
+  try {
+    const warm = await waitFor(() => idleRunners().length === MIN_IDLE && idleRunners(), 90_000, `${MIN_IDLE} warm runners online`);
+    const warmNames = new Set(warm.map((x) => x.name));
+
+    // A stop leaves them running and frees their warm places; the restarted worker takes them
+    // back as warm spares, each in a slot, and has no place left to launch another.
+    await sys.close();
+    assert.equal((await containersOf(host)).filter((c) => c.State === "running").length, MIN_IDLE, "a stopped worker leaves its warm runners running");
+    sys = await restart();
+    assert.equal((sys.logs().match(/"warm":true.*adopted running runner as a spare/g) ?? []).length, MIN_IDLE, sys.logs().slice(-3000));
+    const hostsStore = new HostStore(conn, r.prefix);
+    // Their slots, and the one the demand loop waits for demand with.
+    await waitFor(async () => (await hostsStore.list()).find((h) => h.id === host)?.record?.used === MIN_IDLE + 1, 15_000, `host ${host} counts ${MIN_IDLE + 1} slots used`);
+    // Past the idle timeout: the very same runners, no registration more, none idled out.
+    await new Promise((res) => setTimeout(res, (IDLE_TIMEOUT_SECONDS + 2) * 1000));
+    assert.deepEqual(new Set(idleRunners().map((x) => x.name)), warmNames, "the same warm runners");
+    assert.equal(callsTo(fake, JIT), MIN_IDLE, "no launch beside them");
+
+    // After a crash, their places are still held by the holders of the process before until
+    // those expire: the runners come back as spares that are not warm, and take the places, not
+    // new launches, once they are free (here 3 s after the restart rather than 60 s).
+    await sys.close();
+    const expires = Date.now() + 3000;
+    for (let i = 0; i < MIN_IDLE; i++) await conn.zadd(`${r.prefix}:pool:default:warm:holders`, expires, `${host}:before-the-crash-${i}`);
+    sys = await restart();
+    assert.equal((sys.logs().match(/"warm":false.*adopted running runner as a spare/g) ?? []).length, MIN_IDLE, sys.logs().slice(-3000));
+    await waitFor(() => (sys.logs().match(/spare warm again/g) ?? []).length === MIN_IDLE, 15_000, "both spares warm again");
+    await new Promise((res) => setTimeout(res, (IDLE_TIMEOUT_SECONDS + 2) * 1000));
+    assert.deepEqual(new Set(idleRunners().map((x) => x.name)), warmNames, "still the same warm runners");
+    assert.equal(callsTo(fake, JIT), MIN_IDLE, "still no launch beside them");
+
+    // The next job starts on one of them, adopted by its demand, and one replacement follows.
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    const done = await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+    assert.ok(warmNames.has(done.runner_name!), `the job ran on a runner warm before the restarts (${done.runner_name})`);
+    assert.match(sys.logs(), /demand adopted by a warm runner/);
+    await waitFor(async () => idleRunners().length === MIN_IDLE && (await containersOf(host)).length === MIN_IDLE, 60_000, "back to minIdle warm runners");
+    assert.equal(callsTo(fake, JIT), MIN_IDLE + 1, "one launch for one job");
+
+    await drain(r, host, sys.drained);
+    assert.equal(fake.runners().length, 0, "no registration left");
+    assert.equal((await containersOf(host)).length, 0, "no container left");
+  } finally {
+    conn.disconnect();
+    await sys.close();
+    await fake.close();
+  }
+});
+
 /** The fake GitHub and jitrunner (`all`) with one pool of MIN_IDLE warm runners whose jobs take `jobSeconds`. */
 async function warmSystem(tag: string, jobSeconds: number) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
@@ -118,11 +172,12 @@ async function warmSystem(tag: string, jobSeconds: number) {
     env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds) },
   });
   // Capacity 4: one slot stays with the demand loop, MIN_IDLE hold warm runners, one is spare.
-  const sys = await startSystem("all", fake, r, host, {
-    pools: [pool],
-    worker: { hostId: host, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
-  });
-  return { fake, host, r, sys };
+  const restart = () =>
+    startSystem("all", fake, r, host, {
+      pools: [pool],
+      worker: { hostId: host, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
+    });
+  return { fake, host, r, sys: await restart(), restart };
 }
 
 /** Drains `host` as an operator would, and waits for its worker to finish the drain. */
