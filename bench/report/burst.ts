@@ -7,13 +7,13 @@ import { calls, p50p99, reconcileCalls, restCalls, runLine, table, topCommands, 
 const ISSUE_JOBS = 1000;
 
 /**
- * Lower bounds of the makespan: the three workers' JIT config budget (the k-th write of a worker,
- * from 0, starts no sooner than floor(k / WRITES) minutes in), and runner time over the pool limit.
+ * Lower bounds of the makespan: the JIT config budget the workers share through Redis (the k-th
+ * write of the fleet, from 0, starts no sooner than floor(k / WRITES) minutes in), and runner time
+ * over the pool limit.
  */
 export function bounds(b: BurstResult): { writesMs: number; placesMs: number } {
-  const workers = b.hosts.length;
   return {
-    writesMs: Math.floor(Math.max(0, Math.ceil(b.jobs / workers) - 1) / WRITES) * 60_000,
+    writesMs: Math.floor(Math.max(0, b.jobs - 1) / WRITES) * 60_000,
     placesMs: b.runnerHeldMs / b.maxRunners,
   };
 }
@@ -42,7 +42,7 @@ export function burstSection(b: BurstResult, info: RunInfo, cpus: number): strin
   const perS = (b.served / b.makespanMs) * 1000;
   const hostRows: Row[] = b.hosts.flatMap((h, i) => [
     [`host ${"abc"[i]} (${h.engine === "default" ? "the default engine" : `engine ${h.engine}`}): runners, most running / existing at once`, `${h.runners}: ${h.maxRunning} / ${h.maxExisting}`, `capacity ${h.capacity}`, ratio(h.maxExisting, h.capacity)],
-    [`host ${"abc"[i]}: gap between its runner creates p50 / p99`, p50p99(h.createGaps), `JIT budget per worker: ${WRITES} a minute (mean ${ms(60_000 / WRITES)})`, ratio(h.createGaps.p50, 60_000 / WRITES)],
+    [`host ${"abc"[i]}: gap between its runner creates p50 / p99`, p50p99(h.createGaps), `a third of the shared JIT budget: ${WRITES} a minute (mean ${ms((60_000 * b.hosts.length) / WRITES)})`, ratio(h.createGaps.p50, (60_000 * b.hosts.length) / WRITES)],
   ]);
   const workerRows: Row[] = b.hosts.map((h, i) => [`worker ${"abc"[i]} CPU per job it served (${h.runners})`, cpuPerJob(h.worker, Math.max(1, h.runners), b.makespanMs), "", ""]);
   const rssRows: Row[] = b.hosts.map((h, i) => [`worker ${"abc"[i]} RSS: idle -> after`, rss(h.worker), "idle", ratio(h.worker.after.rssKib, h.worker.idle.rssKib)]);
@@ -93,17 +93,16 @@ ${table(
 )}
 
 **What bounds the makespan.** Two lower bounds, from this run's own figures: the GitHub client
-starts at most ${WRITES} JIT config writes in any minute per installation *per process* (a sliding
-window: \`github.writesPerMinute\`), so three workers together register at most ${3 * WRITES} runners a minute and
-${int(b.jobs)} jobs (a third each) need at least ${ms(writesMs)} of it; and a runner holds its place under \`maxRunners\` from before its
+starts at most ${WRITES} JIT config writes in any minute per installation, all workers together (a sliding
+window in Redis: \`github.writesPerMinute\`), so ${int(b.jobs)} jobs need at least ${ms(writesMs)} of it; and a runner holds its place under \`maxRunners\` from before its
 container is created until after it is destroyed (${ms(b.held.p50)} at p50 here), so ${int(b.jobs)} of them need at
 least their summed time over ${b.maxRunners} places: ${ms(placesMs)}. The pool limit was the binding one
 ${placesMs >= writesMs ? "" : "**not** "}(${ms(placesMs)} against ${ms(writesMs)}); the measured makespan is ${ratio(b.makespanMs, bound)} of the larger.
-${placesMs >= writesMs ? `A runner holds its place that long because the runners share the machine's ${cpus} CPUs: the whole machine was ${((100 * b.machineCores) / cpus).toFixed(0)}% busy during the burst (every process: the runners' dockerd boots and nested \`docker run\`s, any other work on the machine, and jitrunner's four processes and Redis, which together used ${(((b.hosts.reduce((a, h) => a + h.worker.cpuMs, 0) + b.server.cpuMs + b.redis.cpuMs) / b.makespanMs) * 100).toFixed(0)}% of one CPU). Here the limit is the CPU the runners need, not jitrunner; on real hosts (one engine per machine) it would be the hosts' capacity and the JIT pace.` : "The JIT config pace was the limit: more worker processes (or installations) would register runners faster."}
+${placesMs >= writesMs ? `A runner holds its place that long because the runners share the machine's ${cpus} CPUs: the whole machine was ${((100 * b.machineCores) / cpus).toFixed(0)}% busy during the burst (every process: the runners' dockerd boots and nested \`docker run\`s, any other work on the machine, and jitrunner's four processes and Redis, which together used ${(((b.hosts.reduce((a, h) => a + h.worker.cpuMs, 0) + b.server.cpuMs + b.redis.cpuMs) / b.makespanMs) * 100).toFixed(0)}% of one CPU). Here the limit is the CPU the runners need, not jitrunner; on real hosts (one engine per machine) it would be the hosts' capacity and the JIT pace.` : "The JIT config pace was the limit: a larger `github.writesPerMinute` (within GitHub's secondary limits) or more installations would register runners faster."}
 Places in use: ${((100 * b.runnerHeldMs) / (b.maxRunners * b.makespanMs)).toFixed(0)}% of \`maxRunners\` x makespan. Each worker created a runner every
 ${b.hosts.map((h) => ms(h.createGaps.p50)).join(" / ")} at p50${
-    b.hosts.every((h) => h.createGaps.p50 > (1.5 * 60_000) / WRITES)
-      ? ", well behind its JIT budget's mean pace: it was waiting for a place under \`maxRunners\` (a worker that finds none hands its demand back and looks again a second later)."
+    b.hosts.every((h) => h.createGaps.p50 > (1.5 * 60_000 * b.hosts.length) / WRITES)
+      ? ", well behind its share of the JIT budget's mean pace: it was waiting for a place under \`maxRunners\` (a worker that finds none hands its demand back and looks again a second later)."
       : "."
   }
 

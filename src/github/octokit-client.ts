@@ -22,7 +22,7 @@ import type {
   WorkflowRunSummary,
 } from "./client.ts";
 import { RedisTokenCache } from "./token-cache.ts";
-import { DEFAULT_WRITES_PER_MINUTE, WriteWindow } from "./write-window.ts";
+import { DEFAULT_WRITES_PER_MINUTE, SharedWriteWindow, WriteWindow, type WriteBudget } from "./write-window.ts";
 
 /** Pages read per listing at most: bounds one call of the reconciler. */
 const MAX_PAGES = 20;
@@ -51,10 +51,16 @@ export interface OctokitGitHubOptions {
   apiUrl: string;
   logger: Logger;
   metrics: Metrics;
-  /** With it, installation tokens are shared by every process on this Redis (keys under `redisPrefix`). */
+  /**
+   * With it, installation tokens and the write budget are shared by every process on this Redis
+   * (keys under `redisPrefix`).
+   */
   redis?: Redis;
   redisPrefix?: string;
-  /** Write starts allowed per installation in any `windowMs` (default DEFAULT_WRITES_PER_MINUTE a minute). */
+  /**
+   * Write starts allowed per installation in any `windowMs` (default DEFAULT_WRITES_PER_MINUTE a
+   * minute), across every process on `redis` when it is given, else in this process.
+   */
   writes?: { max: number; windowMs: number };
 }
 
@@ -93,16 +99,20 @@ export class OctokitGitHub implements GitHubClient {
   readonly #createJwt: CreateJwt;
   readonly #tokens: RedisTokenCache | undefined;
   /** The write budget of every installation this client calls for (`throttle.id` keys it). */
-  readonly #writes: WriteWindow;
+  readonly #writes: WriteBudget;
   /** Runner group ids by installation/organization/name, resolved once. */
   readonly #groups = new Map<string, Promise<number>>();
 
   constructor(opts: OctokitGitHubOptions) {
     this.#opts = opts;
     this.#createJwt = appJwtSigner(opts.privateKey.reveal(), this.#clock);
-    this.#writes = new WriteWindow(opts.writes?.max ?? DEFAULT_WRITES_PER_MINUTE, opts.writes?.windowMs ?? 60_000);
-    const prefix = `${opts.redisPrefix ?? "jitrunner"}:github:app-${opts.appId}:installation-token`;
-    this.#tokens = opts.redis ? new RedisTokenCache(opts.redis, prefix, () => this.#clock.now()) : undefined;
+    const max = opts.writes?.max ?? DEFAULT_WRITES_PER_MINUTE;
+    const windowMs = opts.writes?.windowMs ?? 60_000;
+    const app = `${opts.redisPrefix ?? "jitrunner"}:github:app-${opts.appId}`;
+    this.#writes = opts.redis
+      ? new SharedWriteWindow(opts.redis, `${app}:writes`, max, windowMs, (err) => opts.logger.warn({ err: errorMessage(err) }, "could not share GitHub's wait through Redis"))
+      : new WriteWindow(max, windowMs);
+    this.#tokens = opts.redis ? new RedisTokenCache(opts.redis, `${app}:installation-token`, () => this.#clock.now()) : undefined;
   }
 
   /** Seconds GitHub's clock is ahead of this host's, as learned from its answers. */

@@ -1,21 +1,31 @@
+import { randomUUID } from "node:crypto";
+import type { Redis } from "ioredis";
+
 /**
  * Writes (JIT configs above all, also runner deletions and redelivery requests) start at most this
- * many times a minute per installation, by default; `github.writesPerMinute` sets it. A JIT config
- * creates no content (no notification, nothing users see), so GitHub's advice of a second between
- * content-creating requests (@octokit/plugin-throttling's default pace) does not bind it; what does
- * is the points budget of GitHub's secondary rate limits (about 900 points a minute for REST, a
- * write costs 5, so at most ~180 JIT configs a minute). 120 writes (600 points) in any minute leaves
- * a third of the budget for the reads that go with them (one still-queued check per job, the
- * reconcile loops). The window slides (WriteWindow): a burst of up to 120 jobs is registered at
- * once, and a longer one goes on at the pace its first writes leave the window. A rate-limit answer
- * (403/429) is waited out as GitHub says: the plugin retries the refused call after the wait, and
- * the installation's writes wait with it.
+ * many times a minute per installation, by default, across every process on one Redis
+ * (SharedWriteWindow); `github.writesPerMinute` sets it. A JIT config creates no content (no
+ * notification, nothing users see), so GitHub's advice of a second between content-creating
+ * requests (@octokit/plugin-throttling's default pace) does not bind it; what does is the points
+ * budget of GitHub's secondary rate limits (about 900 points a minute for REST, a write costs 5,
+ * so at most ~180 JIT configs a minute). 120 writes (600 points) in any minute leaves a third of
+ * the budget for the reads that go with them (one still-queued check per job, the reconcile
+ * loops). The window slides (WriteWindow): a burst of up to 120 jobs is registered at once, and a
+ * longer one goes on at the pace its first writes leave the window. A rate-limit answer (403/429)
+ * is waited out as GitHub says: the plugin retries the refused call after the wait, and the
+ * installation's writes wait with it.
  */
 export const DEFAULT_WRITES_PER_MINUTE = 120;
 
 /** What @octokit/plugin-throttling calls on its `throttle.write` group (a Bottleneck.Group's shape). */
 export interface WriteGate {
   key(id: string): { schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> };
+}
+
+/** A write gate that GitHub's "wait" answers pause, per key. */
+export interface WriteBudget extends WriteGate {
+  /** No write of `id` starts for `ms` from now (a longer pause already set stands). */
+  pause(id: string, ms: number): void;
 }
 
 /**
@@ -28,7 +38,7 @@ export interface WriteGate {
  * a reservoir refreshed per fixed window (twice the budget across a window boundary) or a token
  * bucket (a burst allowance lowers the sustained rate under the same budget); none gives both.
  */
-export class WriteWindow implements WriteGate {
+export class WriteWindow implements WriteBudget {
   readonly #keys = new Map<string, KeyWindow>();
   readonly #max: number;
   readonly #windowMs: number;
@@ -97,6 +107,129 @@ class KeyWindow {
       }
       this.#starts.push(now);
       this.#waiting.shift()!();
+    }
+  }
+}
+
+/**
+ * Takes up to ARGV[3] starts in the window of KEYS[1] (a sorted set of start times), unless
+ * KEYS[2] (a pause, ms since epoch) is still ahead; on Redis's clock, so that hosts whose clocks
+ * differ share one window. Returns {starts taken, ms until the next start may be taken}.
+ */
+const TAKE_STARTS = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > now then return {0, paused - now} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local n = math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1]))
+if n > 0 then
+  for i = 1, n do redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. i) end
+  redis.call('PEXPIRE', KEYS[1], window)
+end
+if n >= tonumber(ARGV[3]) then return {n, 0} end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {math.max(n, 0), tonumber(oldest[2]) + window - now}`;
+
+/** Sets the pause of KEYS[1] to ARGV[1] ms from now on Redis's clock, unless a later one is set. */
+const PAUSE = `
+local t = redis.call('TIME')
+local untilMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+if untilMs > tonumber(redis.call('GET', KEYS[1]) or '0') then redis.call('SET', KEYS[1], untilMs, 'PX', ARGV[1]) end
+return 0`;
+
+type BudgetRedis = Redis & {
+  jitrunnerTakeWriteStarts(starts: string, paused: string, windowMs: string, max: string, want: string, id: string): Promise<[number, number]>;
+  jitrunnerPauseWrites(paused: string, ms: string): Promise<number>;
+};
+
+/**
+ * The same budget as WriteWindow, shared by every process on one Redis (all the workers of a
+ * fleet call GitHub as one App): starts are taken from a window in Redis, and a pause that GitHub
+ * asked of one process holds the writes of all. Within a process, writes start in order (a
+ * refused call's retry first), as with WriteWindow; across processes, whoever asks first.
+ */
+export class SharedWriteWindow implements WriteBudget {
+  readonly #redis: BudgetRedis;
+  readonly #prefix: string;
+  readonly #max: number;
+  readonly #windowMs: number;
+  readonly #onError: (err: unknown) => void;
+  readonly #keys = new Map<string, SharedKeyWindow>();
+
+  /**
+   * A Redis failure fails the writes waiting (their callers retry them); `onError` hears of one
+   * that lost a pause (GitHub's refusal of the call that asked for it is retried all the same).
+   */
+  constructor(redis: Redis, prefix: string, max: number, windowMs: number, onError: (err: unknown) => void = () => {}) {
+    if (!(max >= 1) || !(windowMs > 0)) throw new RangeError(`a write window needs max >= 1 and windowMs > 0 (got ${max}, ${windowMs})`);
+    redis.defineCommand("jitrunnerTakeWriteStarts", { numberOfKeys: 2, lua: TAKE_STARTS });
+    redis.defineCommand("jitrunnerPauseWrites", { numberOfKeys: 1, lua: PAUSE });
+    this.#redis = redis as BudgetRedis;
+    this.#prefix = prefix;
+    this.#max = max;
+    this.#windowMs = windowMs;
+    this.#onError = onError;
+  }
+
+  key(id: string): SharedKeyWindow {
+    let k = this.#keys.get(id);
+    if (!k) {
+      // One hash tag per key: both of its Redis keys in one cluster slot.
+      const base = `${this.#prefix}:{${id}}`;
+      k = new SharedKeyWindow((want, callId) =>
+        this.#redis.jitrunnerTakeWriteStarts(`${base}:starts`, `${base}:paused`, String(this.#windowMs), String(this.#max), String(want), callId),
+      );
+      this.#keys.set(id, k);
+    }
+    return k;
+  }
+
+  pause(id: string, ms: number): void {
+    this.#redis.jitrunnerPauseWrites(`${this.#prefix}:{${id}}:paused`, String(Math.ceil(ms))).catch(this.#onError);
+  }
+}
+
+class SharedKeyWindow {
+  readonly #take: (want: number, callId: string) => Promise<[number, number]>;
+  readonly #waiting: Array<{ resolve: () => void; reject: (err: unknown) => void }> = [];
+  #pumping = false;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(take: (want: number, callId: string) => Promise<[number, number]>) {
+    this.#take = take;
+  }
+
+  async schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> {
+    await new Promise<void>((resolve, reject) => {
+      if (options.priority === 0) this.#waiting.unshift({ resolve, reject });
+      else this.#waiting.push({ resolve, reject });
+      void this.#pump();
+    });
+    return fn();
+  }
+
+  /** Takes starts for the writes waiting, and sets one timer for when the next may start. */
+  async #pump(): Promise<void> {
+    // One ask at a time: writes that come meanwhile are in the next one.
+    if (this.#pumping) return;
+    this.#pumping = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    try {
+      while (this.#waiting.length > 0) {
+        const [taken, waitMs] = await this.#take(this.#waiting.length, randomUUID());
+        for (const w of this.#waiting.splice(0, taken)) w.resolve();
+        if (this.#waiting.length > 0 && (waitMs > 0 || taken === 0)) {
+          this.#timer = setTimeout(() => void this.#pump(), Math.max(1, waitMs));
+          break;
+        }
+      }
+    } catch (err) {
+      for (const w of this.#waiting.splice(0)) w.reject(err);
+    } finally {
+      this.#pumping = false;
     }
   }
 }

@@ -1,15 +1,20 @@
 /**
  * The GitHub client's write budget against the fake GitHub over HTTP (src/github/write-window.ts):
  * JIT configs asked for all at once (a burst of demand) reach GitHub at once while the budget has
- * room, and never more than the budget in any window when it has not; every one is served.
+ * room, and never more than the budget in any window when it has not; every one is served. Two
+ * clients on one Redis (two workers of a fleet) share one budget, and one wait GitHub asked for.
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
+import type { Redis } from "ioredis";
 import { pino } from "pino";
 import { Secret } from "../../src/config/secret.ts";
 import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
+import { waitFor } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
 
 const REPO_JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 /**
@@ -19,8 +24,12 @@ const REPO_JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const SLACK_MS = 200;
 
 let fake: FakeGitHub | undefined;
+let redis: TestRedis | undefined;
+const connections: Redis[] = [];
 after(async () => {
   await fake?.close();
+  for (const c of connections) c.disconnect();
+  await redis?.stop();
 });
 
 /** Asks for `n` JIT configs at once; returns the times their POSTs reached the fake, in order. */
@@ -39,7 +48,10 @@ async function burst(gh: OctokitGitHub, tag: string, n: number): Promise<number[
   return posts;
 }
 
-function client(writes?: { max: number; windowMs: number }): OctokitGitHub {
+/** A client; with `shared` (a Redis key prefix), on a Redis connection of its own, as a process of a fleet. */
+function client(writes?: { max: number; windowMs: number }, shared?: string): OctokitGitHub {
+  let conn: Redis | undefined;
+  if (shared) connections.push((conn = redisConnection(redis!.url)));
   return new OctokitGitHub({
     appId: fake!.appId,
     privateKey: new Secret(fake!.privateKey),
@@ -47,7 +59,17 @@ function client(writes?: { max: number; windowMs: number }): OctokitGitHub {
     logger: pino({ level: "silent" }),
     metrics: new Metrics({ processMetrics: false }),
     writes,
+    redis: conn,
+    redisPrefix: shared,
   });
+}
+
+/** Every pair of POSTs `max` apart in `posts` (sorted) at least a window apart. */
+function assertWithinBudget(posts: number[], max: number, windowMs: number): void {
+  const offsets = posts.map((t) => t - posts[0]!).join(", ");
+  for (let i = max; i < posts.length; i++) {
+    assert.ok(posts[i]! - posts[i - max]! >= windowMs - SLACK_MS, `POST ${i} a window after POST ${i - max}: ${offsets} ms`);
+  }
 }
 
 test("a burst of JIT configs within the default budget reaches GitHub at once", async () => {
@@ -63,10 +85,49 @@ test("beyond the budget, writes wait: never more than the budget in any window",
   const windowMs = 1500;
   // The lone write that fetches the token takes the first place of the window.
   const posts = await burst(client({ max: 2, windowMs }), "paced", 5);
-  const offsets = posts.map((t) => t - posts[0]!).join(", ");
   // Starts: 0 (the lone write), 0, 1.5 s, 1.5 s, 3 s, 3 s.
-  for (let i = 2; i < posts.length; i++) {
-    assert.ok(posts[i]! - posts[i - 2]! >= windowMs - SLACK_MS, `POST ${i} a window after POST ${i - 2}: ${offsets} ms`);
-  }
-  assert.ok(posts.at(-1)! - posts[0]! >= 2 * windowMs - SLACK_MS, `the fifth write in the third window: ${offsets} ms`);
+  assertWithinBudget(posts, 2, windowMs);
+  assert.ok(posts.at(-1)! - posts[0]! >= 2 * windowMs - SLACK_MS, `the fifth write in the third window: ${posts.map((t) => t - posts[0]!).join(", ")} ms`);
+});
+
+test("two processes on one Redis share one budget: never more than it in any window across both", async () => {
+  fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
+  redis ??= await startRedis();
+  const windowMs = 1500;
+  const prefix = `${redis.prefix}-shared-budget`;
+  const [a, b] = [client({ max: 2, windowMs }, prefix), client({ max: 2, windowMs }, prefix)];
+  const scope = { installationId: 1, owner: "acme", repo: "app" };
+  const before = fake.requests.length;
+  // A lone write each (their tokens), then a burst of 3 each at once: 8 writes, 2 a window
+  // between the two processes, not 2 each.
+  await a.generateJitConfig(scope, { name: "jr-shared-a", labels: ["self-hosted"] });
+  await b.generateJitConfig(scope, { name: "jr-shared-b", labels: ["self-hosted"] });
+  const names = [0, 1, 2].flatMap((i) => [`jr-shared-a${i}`, `jr-shared-b${i}`]);
+  const runners = await Promise.all(names.map((name, i) => (i % 2 ? b : a).generateJitConfig(scope, { name, labels: ["self-hosted"] })));
+  assert.equal(new Set(runners.map((r) => r.runnerId)).size, 6, "a registration each");
+  const posts = fake.requests.slice(before).filter((r) => r.route === REPO_JIT).map((r) => r.at).sort((x, y) => x - y);
+  assert.equal(posts.length, 8, "every write once");
+  assertWithinBudget(posts, 2, windowMs);
+  assert.ok(posts.at(-1)! - posts[0]! >= 3 * windowMs - SLACK_MS, `the last two writes in the fourth window: ${posts.map((t) => t - posts[0]!).join(", ")} ms`);
+});
+
+test("a wait GitHub asked of one process holds the other's writes too", async () => {
+  fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
+  redis ??= await startRedis();
+  const prefix = `${redis.prefix}-shared-wait`;
+  const [a, b] = [client(undefined, prefix), client(undefined, prefix)];
+  const scope = { installationId: 1, owner: "acme", repo: "app" };
+  // Their tokens first, so that only the writes below wait.
+  await a.generateJitConfig(scope, { name: "jr-wait-a0", labels: ["self-hosted"] });
+  await b.generateJitConfig(scope, { name: "jr-wait-b0", labels: ["self-hosted"] });
+  const before = fake.requests.length;
+  fake.inject({ route: REPO_JIT, status: 429, times: 1, headers: { "retry-after": "2" } });
+  const first = a.generateJitConfig(scope, { name: "jr-wait-a1", labels: ["self-hosted"] });
+  const refused = await waitFor(() => fake!.requests.slice(before).find((r) => r.status === 429), 10_000, "the 429");
+  await new Promise((res) => setTimeout(res, 200));
+  const second = await b.generateJitConfig(scope, { name: "jr-wait-b1", labels: ["self-hosted"] });
+  await first;
+  const post = fake.requests.slice(before).find((r) => r.route === REPO_JIT && r.status === 201 && r.at > refused.at);
+  assert.ok(second.runnerId > 0);
+  assert.ok(post && post.at - refused.at >= 2000 - SLACK_MS, `no write within the 2 s GitHub asked of the other process: ${post ? post.at - refused.at : "none"} ms`);
 });
