@@ -31,6 +31,16 @@ export class GitHubError extends JitrunnerError {
   }
 }
 
+/**
+ * A call given up before it was sent (its caller stopped: a worker shutting down): nothing reached
+ * GitHub, so nothing needs undoing there.
+ */
+export class NotSentError extends JitrunnerError {
+  constructor(what: string) {
+    super("E_NOT_SENT", `${what}: given up before it was sent`, { retryable: true });
+  }
+}
+
 /** The Docker engine refused or failed an operation. */
 export class DockerError extends JitrunnerError {
   constructor(message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {

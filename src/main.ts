@@ -92,10 +92,11 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
   let events: RunnerEvents | undefined;
   let reconciler: Reconciler | undefined;
   let reconcilerQueues: DemandQueues | undefined;
+  let github: OctokitGitHub | undefined;
   if (mode !== "server") {
     const host = config.worker.hostId;
     const driver = new DockerodeDriver(config.worker.docker);
-    const github = new OctokitGitHub({
+    github = new OctokitGitHub({
       appId: config.github.appId,
       privateKey: config.secrets.privateKey,
       apiUrl: config.github.apiUrl,
@@ -177,6 +178,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       await app.close();
       await reconciler?.close();
       await worker?.stop();
+      github?.close();
       await queues?.close();
       if (reconcilerQueues !== queues) await reconcilerQueues?.close();
       await events?.close();

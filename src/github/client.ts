@@ -72,8 +72,13 @@ export interface CallOptions {
 
 /** The GitHub API as jitrunner needs it. One real implementation: OctokitGitHub. */
 export interface GitHubClient {
-  /** 409 (a GitHubError with that status): a runner with this name exists in the scope. */
-  generateJitConfig(scope: RunnerScope, req: JitRequest): Promise<JitRunner>;
+  /**
+   * 409 (a GitHubError with that status): a runner with this name exists in the scope. When
+   * `opts.signal` aborts while the call still waits for its turn in the write budget, it fails at
+   * once with NotSentError and is never sent; once sent, its answer is waited for (only the answer
+   * says whether the registration exists).
+   */
+  generateJitConfig(scope: RunnerScope, req: JitRequest, opts?: CallOptions): Promise<JitRunner>;
   /** `busy`: GitHub refused (422) because the runner is running a job. */
   deleteRunner(scope: RunnerScope, runnerId: number): Promise<"deleted" | "not_found" | "busy">;
   /** Deletes the registration with this name, if there is one (one whose creation answer was lost). */
@@ -91,4 +96,9 @@ export interface GitHubClient {
   listHookDeliveries(opts?: CallOptions & { cursor?: string }): Promise<{ deliveries: HookDelivery[]; next?: string }>;
   /** Asks GitHub to deliver a past delivery again (App JWT). */
   redeliverHookDelivery(id: number, opts?: CallOptions): Promise<void>;
+  /**
+   * Closes the client once its users have stopped: writes still waiting for the write budget
+   * (launches given up by a stopping worker) fail with NotSentError and are never sent.
+   */
+  close(): void;
 }

@@ -6,7 +6,7 @@ import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import type { Secret } from "../config/secret.ts";
 import { Secret as SecretValue } from "../config/secret.ts";
-import { GitHubError, errorMessage } from "../errors.ts";
+import { GitHubError, NotSentError, errorMessage } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import { GitHubClock, JWT_TIME_ERROR, appJwtSigner, type CreateJwt } from "./app-jwt.ts";
 import type {
@@ -113,6 +113,10 @@ export class OctokitGitHub implements GitHubClient {
       ? new SharedWriteWindow(opts.redis, `${app}:writes`, max, windowMs, (err) => opts.logger.warn({ err: errorMessage(err) }, "could not share GitHub's wait through Redis"))
       : new WriteWindow(max, windowMs);
     this.#tokens = opts.redis ? new RedisTokenCache(opts.redis, `${app}:installation-token`, () => this.#clock.now()) : undefined;
+  }
+
+  close(): void {
+    this.#writes.close();
   }
 
   /** Seconds GitHub's clock is ahead of this host's, as learned from its answers. */
@@ -233,22 +237,24 @@ export class OctokitGitHub implements GitHubClient {
     return true;
   }
 
-  async generateJitConfig(scope: RunnerScope, req: JitRequest): Promise<JitRunner> {
+  async generateJitConfig(scope: RunnerScope, req: JitRequest, opts: CallOptions = {}): Promise<JitRunner> {
     const groupId = req.runnerGroup === undefined ? (req.runnerGroupId ?? 1) : await this.#runnerGroupId(scope, req.runnerGroup);
     // Labels as given: a JIT runner gets exactly these (GitHub adds no defaults to it).
-    const body = { name: req.name, labels: req.labels, runner_group_id: groupId, work_folder: "_work" };
+    const body = { name: req.name, labels: req.labels, runner_group_id: groupId, work_folder: "_work", request: unlessGivenUp(opts.signal) };
     try {
-      const res = await this.#call("generate JIT config", () =>
-        scope.repo
-          ? this.#client(scope.installationId).request("POST /repos/{owner}/{repo}/actions/runners/generate-jitconfig", {
-              owner: scope.owner,
-              repo: scope.repo,
-              ...body,
-            })
-          : this.#client(scope.installationId).request("POST /orgs/{org}/actions/runners/generate-jitconfig", {
-              org: scope.owner,
-              ...body,
-            }),
+      const res = await untilGivenUp("generate JIT config", opts.signal, body.request, () =>
+        this.#call("generate JIT config", () =>
+          scope.repo
+            ? this.#client(scope.installationId).request("POST /repos/{owner}/{repo}/actions/runners/generate-jitconfig", {
+                owner: scope.owner,
+                repo: scope.repo,
+                ...body,
+              })
+            : this.#client(scope.installationId).request("POST /orgs/{org}/actions/runners/generate-jitconfig", {
+                org: scope.owner,
+                ...body,
+              }),
+        ),
       );
       return { runnerId: res.data.runner.id, encodedJitConfig: new SecretValue(res.data.encoded_jit_config) };
     } catch (err) {
@@ -461,6 +467,51 @@ function transient(err: RequestFailure): boolean {
 
 function groupKey(scope: RunnerScope, name: string): string {
   return `${scope.installationId}/${scope.owner.toLowerCase()}/${name}`;
+}
+
+/**
+ * Request options for a write that its caller may give up on only while it waits for its turn (in
+ * the write budget, or before a retry): a fetch that refuses to start once `signal` has aborted
+ * and, once started, is not cut short by it (a registration may exist only the answer tells of).
+ * `sent` says whether any attempt started. The signal also stops retries (see #send).
+ */
+function unlessGivenUp(signal: AbortSignal | undefined): { signal?: AbortSignal; fetch?: typeof fetch; sent: boolean } {
+  if (!signal) return { sent: false };
+  const request = {
+    signal,
+    sent: false,
+    fetch: ((input, init = {}) => {
+      if (signal.aborted) return Promise.reject(signal.reason as Error);
+      request.sent = true;
+      return fetchWithTimeout(input, { ...init, signal: undefined });
+    }) as typeof fetch,
+  };
+  return request;
+}
+
+/**
+ * `call`, or NotSentError as soon as `signal` aborts if no attempt of it was sent by then. The
+ * call itself goes on waiting for its turn (the throttling plugin's queues take no signal) until
+ * it comes, when the fetch above refuses it, or until the client closes (close()).
+ */
+async function untilGivenUp<T>(what: string, signal: AbortSignal | undefined, request: { sent: boolean }, call: () => Promise<T>): Promise<T> {
+  const running = call();
+  if (!signal) return running;
+  let onAbort: (() => void) | undefined;
+  const givenUp = new Promise<never>((_, reject) => {
+    onAbort = () => {
+      if (!request.sent) reject(new NotSentError(what));
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([running, givenUp]);
+  } finally {
+    signal.removeEventListener("abort", onAbort!);
+    // Settles later with the refusal of the fetch above, or with an answer after all: handled here.
+    running.catch(() => undefined);
+  }
 }
 
 /** fetch with a time limit on each attempt, on top of the caller's own signal. */

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
+import { NotSentError } from "../errors.ts";
 
 /**
  * Writes (JIT configs above all, also runner deletions and redelivery requests) start at most this
@@ -17,6 +18,22 @@ import type { Redis } from "ioredis";
  */
 export const DEFAULT_WRITES_PER_MINUTE = 120;
 
+/** A write waiting for its start. */
+interface Waiter {
+  resolve(): void;
+  reject(err: unknown): void;
+}
+
+/** Joins `line`, first when `first` (a retry), and pumps; refused at once after `closed`. */
+function waitInLine(line: Waiter[], first: boolean, closed: boolean, pump: () => void): Promise<void> {
+  if (closed) return Promise.reject(new NotSentError("GitHub write"));
+  return new Promise<void>((resolve, reject) => {
+    if (first) line.unshift({ resolve, reject });
+    else line.push({ resolve, reject });
+    pump();
+  });
+}
+
 /** What @octokit/plugin-throttling calls on its `throttle.write` group (a Bottleneck.Group's shape). */
 export interface WriteGate {
   key(id: string): { schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> };
@@ -26,6 +43,11 @@ export interface WriteGate {
 export interface WriteBudget extends WriteGate {
   /** No write of `id` starts for `ms` from now (a longer pause already set stands). */
   pause(id: string, ms: number): void;
+  /**
+   * The client is closing: every write still waiting, and any asked for later, fails with
+   * NotSentError (it never starts), and no timer is left behind.
+   */
+  close(): void;
 }
 
 /**
@@ -40,6 +62,7 @@ export interface WriteBudget extends WriteGate {
  */
 export class WriteWindow implements WriteBudget {
   readonly #keys = new Map<string, KeyWindow>();
+  #closed = false;
   readonly #max: number;
   readonly #windowMs: number;
 
@@ -53,6 +76,7 @@ export class WriteWindow implements WriteBudget {
     let k = this.#keys.get(id);
     if (!k) {
       k = new KeyWindow(this.#max, this.#windowMs);
+      if (this.#closed) k.close();
       this.#keys.set(id, k);
     }
     return k;
@@ -62,6 +86,11 @@ export class WriteWindow implements WriteBudget {
   pause(id: string, ms: number): void {
     this.key(id).pause(Date.now() + ms);
   }
+
+  close(): void {
+    this.#closed = true;
+    for (const k of this.#keys.values()) k.close();
+  }
 }
 
 class KeyWindow {
@@ -69,9 +98,10 @@ class KeyWindow {
   readonly #windowMs: number;
   /** Start times within the last window, oldest first. */
   readonly #starts: number[] = [];
-  readonly #waiting: Array<() => void> = [];
+  readonly #waiting: Waiter[] = [];
   #pausedUntil = 0;
   #timer: NodeJS.Timeout | undefined;
+  #closed = false;
 
   constructor(max: number, windowMs: number) {
     this.#max = max;
@@ -79,12 +109,14 @@ class KeyWindow {
   }
 
   async schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> {
-    await new Promise<void>((resolve) => {
-      if (options.priority === 0) this.#waiting.unshift(resolve);
-      else this.#waiting.push(resolve);
-      this.#pump();
-    });
+    await waitInLine(this.#waiting, options.priority === 0, this.#closed, () => this.#pump());
     return fn();
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    for (const w of this.#waiting.splice(0)) w.reject(new NotSentError("GitHub write"));
   }
 
   pause(until: number): void {
@@ -106,7 +138,7 @@ class KeyWindow {
         return;
       }
       this.#starts.push(now);
-      this.#waiting.shift()!();
+      this.#waiting.shift()!.resolve();
     }
   }
 }
@@ -157,6 +189,7 @@ export class SharedWriteWindow implements WriteBudget {
   readonly #windowMs: number;
   readonly #onError: (err: unknown) => void;
   readonly #keys = new Map<string, SharedKeyWindow>();
+  #closed = false;
 
   /**
    * A Redis failure fails the writes waiting (their callers retry them); `onError` hears of one
@@ -181,6 +214,7 @@ export class SharedWriteWindow implements WriteBudget {
       k = new SharedKeyWindow((want, callId) =>
         this.#redis.jitrunnerTakeWriteStarts(`${base}:starts`, `${base}:paused`, String(this.#windowMs), String(this.#max), String(want), callId),
       );
+      if (this.#closed) k.close();
       this.#keys.set(id, k);
     }
     return k;
@@ -189,25 +223,33 @@ export class SharedWriteWindow implements WriteBudget {
   pause(id: string, ms: number): void {
     this.#redis.jitrunnerPauseWrites(`${this.#prefix}:{${id}}:paused`, String(Math.ceil(ms))).catch(this.#onError);
   }
+
+  close(): void {
+    this.#closed = true;
+    for (const k of this.#keys.values()) k.close();
+  }
 }
 
 class SharedKeyWindow {
   readonly #take: (want: number, callId: string) => Promise<[number, number]>;
-  readonly #waiting: Array<{ resolve: () => void; reject: (err: unknown) => void }> = [];
+  readonly #waiting: Waiter[] = [];
   #pumping = false;
   #timer: NodeJS.Timeout | undefined;
+  #closed = false;
 
   constructor(take: (want: number, callId: string) => Promise<[number, number]>) {
     this.#take = take;
   }
 
   async schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> {
-    await new Promise<void>((resolve, reject) => {
-      if (options.priority === 0) this.#waiting.unshift({ resolve, reject });
-      else this.#waiting.push({ resolve, reject });
-      void this.#pump();
-    });
+    await waitInLine(this.#waiting, options.priority === 0, this.#closed, () => void this.#pump());
     return fn();
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    for (const w of this.#waiting.splice(0)) w.reject(new NotSentError("GitHub write"));
   }
 
   /** Takes starts for the writes waiting, and sets one timer for when the next may start. */

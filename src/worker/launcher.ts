@@ -4,7 +4,7 @@ import type { Demand } from "../demand.ts";
 import { demandId } from "../demand.ts";
 import { runnerLabels } from "../docker/labels.ts";
 import type { RunnerDriver, RunnerSpec } from "../docker/driver.ts";
-import { GitHubError, JitrunnerError, errorMessage } from "../errors.ts";
+import { GitHubError, JitrunnerError, NotSentError, errorMessage } from "../errors.ts";
 import type { GitHubClient, JitRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
@@ -95,8 +95,11 @@ export class Launcher {
   /**
    * Registers, creates and starts a runner for `target`. `needed`, a check still under way, gates
    * the container: when it says false, the registration is deleted and the launch ends in NotNeeded.
+   * `stop` (the worker stopping) ends a launch still waiting to ask for its registration (a full
+   * write budget, a wait GitHub asked of another call) in NotSentError; one that has asked goes on
+   * to the end.
    */
-  async launch(target: LaunchTarget, pool: PoolConfig, log: Logger, needed?: Promise<boolean>): Promise<Tracked> {
+  async launch(target: LaunchTarget, pool: PoolConfig, log: Logger, needed?: Promise<boolean>, stop?: AbortSignal): Promise<Tracked> {
     const d = this.#d;
     let name = runnerName(d.namePrefix, pool.name);
     const record: RunnerRecord = {
@@ -119,12 +122,11 @@ export class Launcher {
       let jit: JitRunner | undefined;
       for (let attempt = 1; !jit; attempt++) {
         try {
-          jit = await d.github.generateJitConfig(scopeOf(record), {
-            name,
-            labels: pool.labels,
-            runnerGroupId: pool.runnerGroupId,
-            runnerGroup: pool.runnerGroup,
-          });
+          jit = await d.github.generateJitConfig(
+            scopeOf(record),
+            { name, labels: pool.labels, runnerGroupId: pool.runnerGroupId, runnerGroup: pool.runnerGroup },
+            { signal: stop },
+          );
         } catch (err) {
           // 409, name taken: by our own earlier try whose answer was lost (created, then a 5xx or
           // timeout, then retried). Delete that orphan and forget its record; go on under a new name.
@@ -176,6 +178,7 @@ export class Launcher {
     } catch (err) {
       const notNeeded = err instanceof NotNeeded;
       if (notNeeded) rlog.info("job needs no runner after all; deleting the registration");
+      else if (err instanceof NotSentError) rlog.info("worker stopping: launch given up before its registration was asked for");
       else rlog.warn({ err: errorMessage(err) }, "launch failed; undoing registration and container");
       await this.teardown(record, notNeeded ? "not_needed" : "launch_failed", rlog).catch((e) =>
         rlog.warn({ err: errorMessage(e) }, "cleanup after failed launch incomplete; the reconciler will retry"),

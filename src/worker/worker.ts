@@ -4,7 +4,7 @@ import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import { LABEL, MANAGED_BY } from "../docker/labels.ts";
 import type { RunnerDriver } from "../docker/driver.ts";
-import { DockerError, errorMessage } from "../errors.ts";
+import { DockerError, NotSentError, errorMessage } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
@@ -266,7 +266,7 @@ export class RunnerWorker {
           return;
         }
         const started = Date.now();
-        const launching = this.#d.launcher.launch(targetOf(demand), pool, log, check);
+        const launching = this.#d.launcher.launch(targetOf(demand), pool, log, check, this.#shutdown.signal);
         this.#launches.add(launching);
         try {
           tracked = await launching;
@@ -299,6 +299,11 @@ export class RunnerWorker {
       }
       await lease.complete(reason);
     } catch (err) {
+      if (err instanceof NotSentError) {
+        // Stopping, with nothing registered: the demand goes back without spending an attempt.
+        await lease.release().catch(() => undefined);
+        return;
+      }
       const retryable = (err as { retryable?: boolean }).retryable ?? true;
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       await this.#d.activity?.launchFailure(demand, lease.attempt, err).catch(() => undefined);
@@ -403,13 +408,14 @@ export class RunnerWorker {
   async #launchSpare(pool: PoolConfig, holder: string): Promise<boolean> {
     const log = this.#d.logger.child({ pool: pool.name, warm: true });
     const started = Date.now();
-    const launching = this.#d.launcher.launch({ ...pool.warm!, repo: pool.warm!.repo ?? "", demandId: "" }, pool, log);
+    const launching = this.#d.launcher.launch({ ...pool.warm!, repo: pool.warm!.repo ?? "", demandId: "" }, pool, log, undefined, this.#shutdown.signal);
     this.#launches.add(launching);
     let tracked: Tracked;
     try {
       tracked = await launching;
     } catch (err) {
       await this.#freeSparePlaces(pool, holder);
+      if (err instanceof NotSentError) return false;
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       this.#noteError(`warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       return false;

@@ -131,3 +131,35 @@ test("a wait GitHub asked of one process holds the other's writes too", async ()
   assert.ok(second.runnerId > 0);
   assert.ok(post && post.at - refused.at >= 2000 - SLACK_MS, `no write within the 2 s GitHub asked of the other process: ${post ? post.at - refused.at : "none"} ms`);
 });
+
+test("a JIT config whose caller stops while it waits for the shared budget fails at once, is never sent, and its client closed leaves its start to the next", async () => {
+  fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
+  redis ??= await startRedis();
+  const windowMs = 1500;
+  const prefix = `${redis.prefix}-shared-stop`;
+  const [a, b] = [client({ max: 1, windowMs }, prefix), client({ max: 1, windowMs }, prefix)];
+  const scope = { installationId: 1, owner: "acme", repo: "app" };
+  await a.generateJitConfig(scope, { name: "jr-stop-a0", labels: ["self-hosted"] });
+  const before = fake.requests.length;
+  // Both wait for the next window; a's caller stops before it comes.
+  const stop = new AbortController();
+  const t0 = Date.now();
+  const givenUp = a.generateJitConfig(scope, { name: "jr-stop-a1", labels: ["self-hosted"] }, { signal: stop.signal });
+  const next = b.generateJitConfig(scope, { name: "jr-stop-b1", labels: ["self-hosted"] });
+  await new Promise((res) => setTimeout(res, 200));
+  stop.abort();
+  await assert.rejects(givenUp, (err: Error & { code?: string }) => err.code === "E_NOT_SENT");
+  assert.ok(Date.now() - t0 < windowMs - SLACK_MS, "given up at once, not when the window had room");
+  // The stopping process closes its client: the write it gave up leaves the line.
+  a.close();
+  await next;
+  // b's write took the start a's would have: one window after the first write, not two.
+  const posts = fake.requests.slice(before).filter((r) => r.route === REPO_JIT);
+  assert.deepEqual(
+    posts.map((r) => r.status),
+    [201],
+    "only b's write reached GitHub",
+  );
+  assert.ok(posts[0]!.at - t0 < 2 * windowMs - SLACK_MS, `b's write in the second window: ${posts[0]!.at - t0} ms`);
+  assert.ok(!fake.runners().some((r) => r.name === "jr-stop-a1"), "no registration for the write given up");
+});

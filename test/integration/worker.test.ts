@@ -11,7 +11,9 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, demandIn, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { RunnerStore } from "../../src/state/runners.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
@@ -123,6 +125,49 @@ test("a worker stopped mid-job leaves the runner running; restarted, it adopts i
   } finally {
     await second?.close();
     await first.close();
+    await fake.close();
+  }
+});
+
+test("a worker stopped while launches wait for the write budget gives them up at once: never sent, their demand back with no attempt spent", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("stop-waiting");
+  const r = scopedRedis(redis, "stop-waiting");
+  hosts.push(host);
+  // Two writes a minute: two JIT configs go at once; the third launch waits for the window, a
+  // minute.
+  const sys = await startSystem("all", fake, r, host, {
+    github: { appId: fake.appId, apiUrl: fake.url, writesPerMinute: 2 },
+    worker: { hostId: host, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
+    pools: [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "30" } })],
+  });
+  let closed = false;
+  try {
+    const jobs = [];
+    for (let i = 0; i < 3; i++) jobs.push(await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] }));
+    await waitFor(() => (sys.logs().match(/runner container started/g) ?? []).length === 2, 60_000, "two runners started");
+    const sent = callsTo(fake, JIT);
+    assert.equal(sent, 2, "the third launch waits for the write budget");
+
+    // A stop does not wait out the window (a minute): the waiting launches give up.
+    const closing = sys.close().then(() => (closed = true));
+    const late = new Promise((res) => setTimeout(res, 30_000, "still closing after 30 s").unref());
+    assert.equal(await Promise.race([closing, late]), true, "the worker stopped before the write window had room");
+    assert.equal((sys.logs().match(/launch given up before its registration was asked for/g) ?? []).length, 1, sys.logs().slice(-3000));
+    assert.doesNotMatch(sys.logs(), /demand failed; returned to the queue/, "no launch attempt spent");
+
+    // Every demand is back in the queue with no attempt spent (a stop hands back the leases of
+    // runners that run too: a restarted worker finds them), and no runner exists but those sent.
+    const states = await Promise.all(jobs.map((j) => demandState(r, "default", `${j.id}-1`)));
+    assert.ok(states.every((d) => d?.state === "waiting" && d.attempts === 0), JSON.stringify(states));
+    await new Promise((res) => setTimeout(res, 1000));
+    assert.equal(callsTo(fake, JIT), sent, "nothing sent after the stop");
+    assert.equal((await containersOf(host)).length, sent, "a container only for each registration sent");
+    const conn = redisConnection(r.url);
+    const records = await new RunnerStore(conn, r.prefix).listAll().finally(() => conn.disconnect());
+    assert.equal(records.length, sent, `a record only for each runner registered (${records.map((x) => x.state).join(", ")})`);
+  } finally {
+    if (!closed) await sys.close();
     await fake.close();
   }
 });

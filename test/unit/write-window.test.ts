@@ -68,3 +68,19 @@ test("a write's own failure reaches its caller and uses its start", async () => 
   assert.ok(Date.now() - t0 >= WINDOW_MS - SKEW_MS, "the failed write counted against the window");
   assert.throws(() => new WriteWindow(0, 1000), /max >= 1/);
 });
+
+test("closed, the window fails every write still waiting and any asked for later; none runs, no timer is left", async () => {
+  const w = new WriteWindow(1, 60_000);
+  await w.key("k").schedule({}, () => undefined);
+  let ran = 0;
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+  const before = timers();
+  const t0 = Date.now();
+  const waiting = [w.key("k").schedule({}, () => ran++), w.key("k").schedule({ priority: 0 }, () => ran++)];
+  w.close();
+  for (const p of waiting) await assert.rejects(p, (err: Error & { code?: string }) => err.code === "E_NOT_SENT");
+  assert.ok(Date.now() - t0 < AT_ONCE_MS, "at once, not when the window has room (a minute)");
+  await assert.rejects(w.key("other").schedule({}, () => ran++), /given up before it was sent/);
+  assert.equal(ran, 0);
+  assert.equal(timers(), before, "the timer for the window's next start is gone");
+});
