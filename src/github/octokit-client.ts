@@ -189,6 +189,8 @@ export class OctokitGitHub implements GitHubClient {
       try {
         return this.#answered(installationId, options, await request(options));
       } catch (err) {
+        // Never sent (its caller gave up, the client closed): no answer to count, nothing to retry.
+        if (err instanceof NotSentError || (err as { cause?: unknown }).cause instanceof NotSentError) throw err;
         const failure = err as RequestFailure;
         this.#failed(options, failure);
         if (!cured && (await this.#curable(installationId, client, failure))) {
@@ -481,7 +483,7 @@ function unlessGivenUp(signal: AbortSignal | undefined): { signal?: AbortSignal;
     signal,
     sent: false,
     fetch: ((input, init = {}) => {
-      if (signal.aborted) return Promise.reject(signal.reason as Error);
+      if (signal.aborted) return Promise.reject(new NotSentError("GitHub write"));
       request.sent = true;
       return fetchWithTimeout(input, { ...init, signal: undefined });
     }) as typeof fetch,

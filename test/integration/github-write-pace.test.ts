@@ -49,7 +49,7 @@ async function burst(gh: OctokitGitHub, tag: string, n: number): Promise<number[
 }
 
 /** A client; with `shared` (a Redis key prefix), on a Redis connection of its own, as a process of a fleet. */
-function client(writes?: { max: number; windowMs: number }, shared?: string): OctokitGitHub {
+function client(writes?: { max: number; windowMs: number }, shared?: string, metrics = new Metrics({ processMetrics: false })): OctokitGitHub {
   let conn: Redis | undefined;
   if (shared) connections.push((conn = redisConnection(redis!.url)));
   return new OctokitGitHub({
@@ -57,7 +57,7 @@ function client(writes?: { max: number; windowMs: number }, shared?: string): Oc
     privateKey: new Secret(fake!.privateKey),
     apiUrl: fake!.url,
     logger: pino({ level: "silent" }),
-    metrics: new Metrics({ processMetrics: false }),
+    metrics,
     writes,
     redis: conn,
     redisPrefix: shared,
@@ -162,4 +162,24 @@ test("a JIT config whose caller stops while it waits for the shared budget fails
   );
   assert.ok(posts[0]!.at - t0 < 2 * windowMs - SLACK_MS, `b's write in the second window: ${posts[0]!.at - t0} ms`);
   assert.ok(!fake.runners().some((r) => r.name === "jr-stop-a1"), "no registration for the write given up");
+});
+
+test("a JIT config given up while it waits is not sent when its turn comes either, nor counted as an answer", async () => {
+  fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
+  const windowMs = 1000;
+  const metrics = new Metrics({ processMetrics: false });
+  const gh = client({ max: 1, windowMs }, undefined, metrics);
+  const scope = { installationId: 1, owner: "acme", repo: "app" };
+  await gh.generateJitConfig(scope, { name: "jr-late-0", labels: ["self-hosted"] });
+  const before = fake.requests.length;
+  const stop = new AbortController();
+  const givenUp = gh.generateJitConfig(scope, { name: "jr-late-1", labels: ["self-hosted"] }, { signal: stop.signal });
+  stop.abort();
+  await assert.rejects(givenUp, (err: Error & { code?: string }) => err.code === "E_NOT_SENT");
+  // The client is not closed: the write keeps its place in the window until its turn, then stops.
+  await new Promise((res) => setTimeout(res, windowMs + SLACK_MS));
+  assert.equal(fake.requests.slice(before).filter((r) => r.route === REPO_JIT).length, 0, "never sent");
+  const counted = (await metrics.render()).split("\n").filter((l) => l.startsWith("jitrunner_github_requests_total") && l.includes("generate-jitconfig"));
+  assert.deepEqual(counted.map((l) => l.replace(/^.*status="(\d+)".*$/, "$1")), ["201"], counted.join("\n"));
+  gh.close();
 });
