@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 
 export interface HostRecord {
@@ -85,6 +86,17 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 return 1`;
 
+/** A new holder id of a place taken on behalf of `host`'s runners (warm runners and spares). */
+export function hostHolder(host: string): string {
+  return `${host}:${randomUUID()}`;
+}
+
+/** The host of a hostHolder id (a host id may itself hold ':'), or undefined for other holders. */
+function holderHost(holder: string): string | undefined {
+  const m = /^(.+):[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.exec(holder);
+  return m?.[1];
+}
+
 /**
  * The global limit of runners per pool across every host: a sorted set of holders with expiry
  * times, taken and checked in one script, so a burst on many hosts cannot pass the limit. A holder
@@ -118,6 +130,16 @@ export class PoolLimits {
 
   async release(pool: string, holder: string): Promise<void> {
     await this.#redis.zrem(this.#key(pool), holder);
+  }
+
+  /**
+   * Frees the places of every holder of `host` (hostHolder's ids) at once: a host found gone
+   * refreshes none, and they would otherwise stay taken until they expire (HOLD_MS).
+   */
+  async releaseHost(pool: string, host: string): Promise<number> {
+    const mine = (await this.#redis.zrange(this.#key(pool), 0, -1)).filter((m) => holderHost(m) === host);
+    if (mine.length) await this.#redis.zrem(this.#key(pool), ...mine);
+    return mine.length;
   }
 
   async count(pool: string): Promise<number> {

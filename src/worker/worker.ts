@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
@@ -9,7 +8,7 @@ import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
-import type { HostStore, PoolLimits } from "../state/hosts.ts";
+import { hostHolder, type HostStore, type PoolLimits } from "../state/hosts.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
 import { Launcher, NotNeeded, scopeOf, targetOf, type Tracked } from "./launcher.ts";
 import { HostPresence } from "./presence.ts";
@@ -379,7 +378,7 @@ export class RunnerWorker {
         if (spare.warm) await this.#unwarm(spare);
       }
       while (!this.#stopping && this.#presence.open && this.#slots.tryAcquire()) {
-        const holder = `${this.#d.host}:${randomUUID()}`;
+        const holder = hostHolder(this.#d.host);
         const placed =
           (await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false)) &&
           (!pool.maxRunners || (await this.#d.limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false)));
@@ -435,7 +434,7 @@ export class RunnerWorker {
    * that the restarted worker hands it the next demand instead of launching another beside it.
    */
   async #readoptSpare(pool: PoolConfig, tracked: Tracked, log: Logger): Promise<void> {
-    const holder = `${this.#d.host}:${randomUUID()}`;
+    const holder = hostHolder(this.#d.host);
     // Before any loop runs, so the slot is free unless the capacity shrank across the restart.
     this.#slots.take();
     const warm = tracked.state === "idle" && (await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false));
@@ -724,6 +723,12 @@ export class RunnerWorker {
           metrics.removed(r.pool, "host_gone");
           log.info({ runner: name, host: id }, "runner of a gone host deregistered");
         }
+      }
+      // Its warm places: its runners are deregistered or busy, none is warm. Its places under the
+      // pool limit too once none of its runners runs. Freed now, not when they expire.
+      for (const pool of this.#pools.keys()) {
+        await this.#d.limits.releaseHost(warmKey(pool), id);
+        if (running === 0) await this.#d.limits.releaseHost(pool, id);
       }
       if (running === 0) {
         await hosts.forget(id);

@@ -393,6 +393,98 @@ test("a worker SIGKILLed mid-burst on one of two hosts: the other takes the queu
   }
 });
 
+test("a worker SIGKILLed with a warm runner and not restarted: its host swept deregisters it, another host keeps the pool warm, it goes when its host returns", async (t) => {
+  const [engA, engB] = engines as [TestEngine, TestEngine];
+  await emptyEngine(engA);
+  await emptyEngine(engB);
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "warm-kill");
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  const pools = [{ ...jobPool(fake, 1), minIdle: 1, warm: { installationId: fake.installationId, owner: "acme", repo: "app" } }];
+  const server = await startSystem("server", fake, r, uniqueHost("chaos-proc-srv"), { pools });
+  const hostA = uniqueHost("chaos-proc-warm-a");
+  const hostB = uniqueHost("chaos-proc-warm-b");
+  const a = workerProcess(fake, r, hostA, pools, { socketPath: engA.socketPath });
+  const workers: SystemUnderTest[] = [];
+  const idle = () => fake.runners().filter((x) => x.status === "online" && !x.busy);
+  const namesOn = async (e: TestEngine, host: string) => new Set((await ourContainers(e.docker, host)).map((c) => c.Labels["dev.jitrunner.runner-name"] ?? ""));
+  try {
+    // A fills the pool's warm place (a worker keeps a slot for demand: capacity 2 holds one warm
+    // runner); B, joining after, finds it taken and launches none.
+    const aWarm = await waitFor(
+      async () => {
+        const onA = await namesOn(engA, hostA);
+        const warm = idle().filter((x) => onA.has(x.name));
+        return warm.length === 1 && warm.map((x) => x.name);
+      },
+      120_000,
+      "A's warm runner online",
+    );
+    workers.push(await inProcessWorker(fake, r, hostB, pools, { socketPath: engB.socketPath }));
+    await new Promise((res) => setTimeout(res, 3000));
+    assert.equal(callsTo(fake, JIT), 1, "B launches nothing while A's runner holds the warm place");
+
+    a.proc.child.kill("SIGKILL");
+    assert.equal(await a.exit, "SIGKILL");
+    const killedAt = Date.now();
+
+    // A's host is swept: its warm runner, idle, is deregistered, its record goes, A is forgotten.
+    await waitFor(() => !fake.runners().some((x) => aWarm.includes(x.name)), 90_000, "A's warm runner deregistered");
+    await waitFor(
+      async () => (await runners.listHost(hostA)).length === 0 && !(await hostStore.list()).some((h) => h.id === hostA),
+      60_000,
+      "A's runner records swept and A forgotten",
+    );
+    const sweptSeconds = (Date.now() - killedAt) / 1000;
+    // The sweep frees A's warm place with its host (else it would stay taken until it expires, a
+    // minute after A's last heartbeat), and B fills it.
+    const warmHolders = await conn.zrange(`${r.prefix}:pool:default:warm:holders`, 0, -1);
+    assert.ok(!warmHolders.some((h) => h.startsWith(`${hostA}:`)), `A's warm place freed with its host (${warmHolders.join(", ")})`);
+    const bWarm = await waitFor(
+      async () => {
+        const onB = await namesOn(engB, hostB);
+        const warm = idle().filter((x) => onB.has(x.name));
+        return warm.length === 1 && warm.map((x) => x.name);
+      },
+      TAKEOVER_MS,
+      "a warm runner online on B",
+    );
+    const warmAgainSeconds = (Date.now() - killedAt) / 1000;
+    assert.equal(callsTo(fake, JIT), 2, "one replacement, no more");
+    assert.equal(fake.runners().length, 1, `no registration left but B's (${fake.runners().map((x) => x.name).join(", ")})`);
+
+    // A's engine keeps A's runner, exited (its registration went), until A's worker returns;
+    // restarted, its host loop removes it with its volume.
+    await waitFor(
+      async () => {
+        const cs = await ourContainers(engA.docker, hostA);
+        return cs.length === 1 && cs.every((c) => c.State === "exited");
+      },
+      60_000,
+      "A's runner exited, still on A's engine",
+    );
+    workers.push(await inProcessWorker(fake, r, hostA, pools, { socketPath: engA.socketPath }));
+    await waitFor(async () => (await engA.docker.listContainers({ all: true })).length === 0, 60_000, "0 containers left on A's engine");
+    await noVolumesLeft(engA);
+
+    // The pool is warm on B: the next job starts on its warm runner.
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS });
+    const done = await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "the job completed");
+    assert.ok(bWarm.includes(String(done.runner_name)), `the job ran on B's warm runner (${done.runner_name})`);
+    t.diagnostic(`after the kill: A's host swept in ${sweptSeconds.toFixed(1)} s, the pool warm again on B in ${warmAgainSeconds.toFixed(1)} s`);
+  } finally {
+    if (process.env.JITRUNNER_TEST_VERBOSE) {
+      process.stderr.write(`--- worker A (killed)\n${a.proc.output()}\n`);
+      workers.forEach((w, i) => process.stderr.write(`--- worker ${i}\n${w.logs()}\n`));
+    }
+    await a.proc.stop();
+    for (const w of workers) await w.close();
+    await server.close();
+    await fake.close();
+  }
+});
+
 test("the wait on a container started while its engine shuts down ends once the engine is back", async () => {
   // An engine still answers for the seconds it takes to stop its containers, so a worker can
   // start a runner on it then; that container is killed at the end, and the engine never answers
