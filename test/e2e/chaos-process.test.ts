@@ -157,6 +157,18 @@ function workerProcess(fake: FakeGitHub, r: TestRedis, hostId: string, pools: un
   return killable;
 }
 
+/** Stops a killed worker's process (if still there), the workers, the server and the fake; logs with JITRUNNER_TEST_VERBOSE. */
+async function closeAll(a: Killable, workers: SystemUnderTest[], server: SystemUnderTest, fake: FakeGitHub): Promise<void> {
+  if (process.env.JITRUNNER_TEST_VERBOSE) {
+    process.stderr.write(`--- worker A (killed)\n${a.proc.output()}\n`);
+    workers.forEach((w, i) => process.stderr.write(`--- worker ${i}\n${w.logs()}\n`));
+  }
+  await a.proc.stop();
+  for (const w of workers) await w.close();
+  await server.close();
+  await fake.close();
+}
+
 /** An in-process worker (the real composition root) on `hostId`. */
 function inProcessWorker(fake: FakeGitHub, r: TestRedis, hostId: string, pools: unknown[], docker: Record<string, unknown> = {}): Promise<SystemUnderTest> {
   return startSystem("worker", fake, r, hostId, { pools: pools as never, worker: { ...WORKER, hostId, docker }, reconcile: RECONCILE });
@@ -382,14 +394,7 @@ test("a worker SIGKILLed mid-burst on one of two hosts: the other takes the queu
     await assertRedisClean(r);
     t.diagnostic(`after the kill: all 6 jobs completed in ${jobsSeconds.toFixed(1)} s, A's leases settled in ${leasesSeconds.toFixed(1)} s`);
   } finally {
-    if (process.env.JITRUNNER_TEST_VERBOSE) {
-      process.stderr.write(`--- worker A (killed)\n${a.proc.output()}\n`);
-      workers.forEach((w, i) => process.stderr.write(`--- worker ${i}\n${w.logs()}\n`));
-    }
-    await a.proc.stop();
-    for (const w of workers) await w.close();
-    await server.close();
-    await fake.close();
+    await closeAll(a, workers, server, fake);
   }
 });
 
@@ -474,14 +479,7 @@ test("a worker SIGKILLed with a warm runner and not restarted: its host swept de
     assert.ok(bWarm.includes(String(done.runner_name)), `the job ran on B's warm runner (${done.runner_name})`);
     t.diagnostic(`after the kill: A's host swept in ${sweptSeconds.toFixed(1)} s, the pool warm again on B in ${warmAgainSeconds.toFixed(1)} s`);
   } finally {
-    if (process.env.JITRUNNER_TEST_VERBOSE) {
-      process.stderr.write(`--- worker A (killed)\n${a.proc.output()}\n`);
-      workers.forEach((w, i) => process.stderr.write(`--- worker ${i}\n${w.logs()}\n`));
-    }
-    await a.proc.stop();
-    for (const w of workers) await w.close();
-    await server.close();
-    await fake.close();
+    await closeAll(a, workers, server, fake);
   }
 });
 
