@@ -52,6 +52,8 @@ export function scopeOf(record: Pick<RunnerRecord, "installationId" | "owner" | 
 const IDLE_RECHECK_MS = 2000;
 /** Reasons a watch ends for only after GitHub deleted the registration (no job ran on it). */
 const DEREGISTERED_BY_WATCH = new Set(["idle_timeout", "start_timeout"]);
+/** Removals of a launch undone before its runner could take a job: its demand was not served. */
+const LAUNCH_UNDONE = new Set(["launch_failed", "launch_given_up"]);
 
 /** Points of a launch at which a test can have the process die (docs/reliability.md). */
 export type Failpoint = "launch:after-jit" | "launch:after-create" | "launch:after-start";
@@ -176,11 +178,11 @@ export class Launcher {
       rlog.info({ container: record.containerId.slice(0, 12) }, "runner container started");
       return tracked;
     } catch (err) {
-      const notNeeded = err instanceof NotNeeded;
-      if (notNeeded) rlog.info("job needs no runner after all; deleting the registration");
-      else if (err instanceof NotSentError) rlog.info("worker stopping: launch given up before its registration was asked for");
+      const reason = err instanceof NotNeeded ? "not_needed" : err instanceof NotSentError ? "launch_given_up" : "launch_failed";
+      if (reason === "not_needed") rlog.info("job needs no runner after all; deleting the registration");
+      else if (reason === "launch_given_up") rlog.info("worker stopping: launch given up before its registration was asked for");
       else rlog.warn({ err: errorMessage(err) }, "launch failed; undoing registration and container");
-      await this.teardown(record, notNeeded ? "not_needed" : "launch_failed", rlog).catch((e) =>
+      await this.teardown(record, reason, rlog).catch((e) =>
         rlog.warn({ err: errorMessage(e) }, "cleanup after failed launch incomplete; the reconciler will retry"),
       );
       // Whatever the cleanup managed, the demand was not served: its retry must launch anew.
@@ -292,7 +294,7 @@ export class Launcher {
       }
       // A runner that took no job did not serve its demand: a lease of it that comes back (its
       // worker died) must launch again, not find this runner and call the demand served.
-      await d.runners.remove(record, reason !== "launch_failed" && ranAJob);
+      await d.runners.remove(record, !LAUNCH_UNDONE.has(reason) && ranAJob);
       d.metrics.removed(record.pool, reason);
       log.info({ runner: record.name, reason }, "runner removed");
       return { tookAJob: ranAJob };

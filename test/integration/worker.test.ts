@@ -155,6 +155,7 @@ test("a worker stopped while launches wait for the write budget gives them up at
     assert.equal(await Promise.race([closing, late]), true, "the worker stopped before the write window had room");
     assert.equal((sys.logs().match(/launch given up before its registration was asked for/g) ?? []).length, 1, sys.logs().slice(-3000));
     assert.doesNotMatch(sys.logs(), /demand failed; returned to the queue/, "no launch attempt spent");
+    assert.match(sys.logs(), /"reason":"launch_given_up"[^\n]*"msg":"runner removed"/, "removed as given up, not as a failed launch");
 
     // Every demand is back in the queue with no attempt spent (a stop hands back the leases of
     // runners that run too: a restarted worker finds them), and no runner exists but those sent.
