@@ -24,14 +24,46 @@ interface Waiter {
   reject(err: unknown): void;
 }
 
-/** Joins `line`, first when `first` (a retry), and pumps; refused at once after `closed`. */
-function waitInLine(line: Waiter[], first: boolean, closed: boolean, pump: () => void): Promise<void> {
-  if (closed) return Promise.reject(new NotSentError("GitHub write"));
-  return new Promise<void>((resolve, reject) => {
-    if (first) line.unshift({ resolve, reject });
-    else line.push({ resolve, reject });
-    pump();
-  });
+/**
+ * The writes of one key waiting for their start, first come first served (a refused call's retry
+ * goes first), and the one timer set for when the next may start. `pump` starts what may start.
+ * Closed, it fails every write waiting, and any that comes later, with NotSentError.
+ */
+class Line {
+  readonly waiting: Waiter[] = [];
+  readonly #pump: () => void;
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  constructor(pump: () => void) {
+    this.#pump = pump;
+  }
+
+  join(first: boolean): Promise<void> {
+    if (this.#closed) return Promise.reject(new NotSentError("GitHub write"));
+    return new Promise<void>((resolve, reject) => {
+      if (first) this.waiting.unshift({ resolve, reject });
+      else this.waiting.push({ resolve, reject });
+      this.#pump();
+    });
+  }
+
+  /** Pumps again in `ms` (replacing the timer set before). */
+  wakeIn(ms: number): void {
+    this.stopTimer();
+    this.#timer = setTimeout(this.#pump, ms);
+  }
+
+  stopTimer(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.stopTimer();
+    for (const w of this.waiting.splice(0)) w.reject(new NotSentError("GitHub write"));
+  }
 }
 
 /** What @octokit/plugin-throttling calls on its `throttle.write` group (a Bottleneck.Group's shape). */
@@ -98,10 +130,8 @@ class KeyWindow {
   readonly #windowMs: number;
   /** Start times within the last window, oldest first. */
   readonly #starts: number[] = [];
-  readonly #waiting: Waiter[] = [];
+  readonly #line = new Line(() => this.#pump());
   #pausedUntil = 0;
-  #timer: NodeJS.Timeout | undefined;
-  #closed = false;
 
   constructor(max: number, windowMs: number) {
     this.#max = max;
@@ -109,14 +139,12 @@ class KeyWindow {
   }
 
   async schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> {
-    await waitInLine(this.#waiting, options.priority === 0, this.#closed, () => this.#pump());
+    await this.#line.join(options.priority === 0);
     return fn();
   }
 
   close(): void {
-    this.#closed = true;
-    clearTimeout(this.#timer);
-    for (const w of this.#waiting.splice(0)) w.reject(new NotSentError("GitHub write"));
+    this.#line.close();
   }
 
   pause(until: number): void {
@@ -126,19 +154,19 @@ class KeyWindow {
 
   /** Starts what may start now, and sets one timer for when the next may. */
   #pump(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#line.stopTimer();
     const now = Date.now();
+    const waiting = this.#line.waiting;
     while (this.#starts.length > 0 && this.#starts[0]! <= now - this.#windowMs) this.#starts.shift();
-    while (this.#waiting.length > 0) {
+    while (waiting.length > 0) {
       const full = this.#starts.length >= this.#max;
       const at = Math.max(this.#pausedUntil, full ? this.#starts[0]! + this.#windowMs : now);
       if (at > now) {
-        this.#timer = setTimeout(() => this.#pump(), at - now);
+        this.#line.wakeIn(at - now);
         return;
       }
       this.#starts.push(now);
-      this.#waiting.shift()!.resolve();
+      waiting.shift()!.resolve();
     }
   }
 }
@@ -232,24 +260,20 @@ export class SharedWriteWindow implements WriteBudget {
 
 class SharedKeyWindow {
   readonly #take: (want: number, callId: string) => Promise<[number, number]>;
-  readonly #waiting: Waiter[] = [];
+  readonly #line = new Line(() => void this.#pump());
   #pumping = false;
-  #timer: NodeJS.Timeout | undefined;
-  #closed = false;
 
   constructor(take: (want: number, callId: string) => Promise<[number, number]>) {
     this.#take = take;
   }
 
   async schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> {
-    await waitInLine(this.#waiting, options.priority === 0, this.#closed, () => void this.#pump());
+    await this.#line.join(options.priority === 0);
     return fn();
   }
 
   close(): void {
-    this.#closed = true;
-    clearTimeout(this.#timer);
-    for (const w of this.#waiting.splice(0)) w.reject(new NotSentError("GitHub write"));
+    this.#line.close();
   }
 
   /** Takes starts for the writes waiting, and sets one timer for when the next may start. */
@@ -257,19 +281,19 @@ class SharedKeyWindow {
     // One ask at a time: writes that come meanwhile are in the next one.
     if (this.#pumping) return;
     this.#pumping = true;
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#line.stopTimer();
+    const waiting = this.#line.waiting;
     try {
-      while (this.#waiting.length > 0) {
-        const [taken, waitMs] = await this.#take(this.#waiting.length, randomUUID());
-        for (const w of this.#waiting.splice(0, taken)) w.resolve();
-        if (this.#waiting.length > 0 && (waitMs > 0 || taken === 0)) {
-          this.#timer = setTimeout(() => void this.#pump(), Math.max(1, waitMs));
+      while (waiting.length > 0) {
+        const [taken, waitMs] = await this.#take(waiting.length, randomUUID());
+        for (const w of waiting.splice(0, taken)) w.resolve();
+        if (waiting.length > 0 && (waitMs > 0 || taken === 0)) {
+          this.#line.wakeIn(Math.max(1, waitMs));
           break;
         }
       }
     } catch (err) {
-      for (const w of this.#waiting.splice(0)) w.reject(err);
+      for (const w of waiting.splice(0)) w.reject(err);
     } finally {
       this.#pumping = false;
     }
