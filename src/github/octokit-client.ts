@@ -448,6 +448,10 @@ export class OctokitGitHub implements GitHubClient {
     try {
       return await fn();
     } catch (err) {
+      // Never sent (its caller gave up, the client closed): said as such, whatever octokit wrapped it in.
+      const cause = (err as { cause?: unknown }).cause;
+      if (err instanceof NotSentError) throw err;
+      if (cause instanceof NotSentError) throw cause;
       const e = err as RequestFailure;
       const status = e.status;
       const rateLimited =
@@ -471,46 +475,66 @@ function groupKey(scope: RunnerScope, name: string): string {
   return `${scope.installationId}/${scope.owner.toLowerCase()}/${name}`;
 }
 
+/** A write's progress, for its caller to give it up while no attempt of it is out (untilGivenUp). */
+interface Sending {
+  /** An attempt is out whose effect is unknown, or it was answered. */
+  sent: boolean;
+  /** Set by untilGivenUp: called when an answer leaves the write unsent again (a refusal). */
+  unsent?: () => void;
+}
+
 /**
  * Request options for a write that its caller may give up on only while it waits for its turn (in
  * the write budget, or before a retry): a fetch that refuses to start once `signal` has aborted
  * and, once started, is not cut short by it (a registration may exist only the answer tells of).
- * `sent` says whether any attempt started. The signal also stops retries (see #send).
+ * A rate-limit refusal (403, 429) did nothing: after one the write is unsent again until the retry
+ * that GitHub's wait leads to starts, so a caller that gives up during that wait, or gave up while
+ * the refused attempt was out, is not held for it (a minute, or an hour). The refusal itself still
+ * reaches the throttling plugin, so the wait is kept for the installation's other writes. The
+ * signal also stops other retries (see #send).
  */
-function unlessGivenUp(signal: AbortSignal | undefined): { signal?: AbortSignal; fetch?: typeof fetch; sent: boolean } {
+function unlessGivenUp(signal: AbortSignal | undefined): { signal?: AbortSignal; fetch?: typeof fetch } & Sending {
   if (!signal) return { sent: false };
-  const request = {
+  const request: { signal: AbortSignal; fetch: typeof fetch } & Sending = {
     signal,
     sent: false,
-    fetch: ((input, init = {}) => {
-      if (signal.aborted) return Promise.reject(new NotSentError("GitHub write"));
+    fetch: (async (input, init = {}) => {
+      if (signal.aborted) throw new NotSentError("GitHub write");
       request.sent = true;
-      return fetchWithTimeout(input, { ...init, signal: undefined });
+      const response = await fetchWithTimeout(input, { ...init, signal: undefined });
+      if (response.status === 403 || response.status === 429) {
+        request.sent = false;
+        request.unsent?.();
+      }
+      return response;
     }) as typeof fetch,
   };
   return request;
 }
 
 /**
- * `call`, or NotSentError as soon as `signal` aborts if no attempt of it was sent by then. The
- * call itself goes on waiting for its turn (the throttling plugin's queues take no signal) until
- * it comes, when the fetch above refuses it, or until the client closes (close()).
+ * `call`, or NotSentError as soon as `signal` has aborted while no attempt of it is out (at the
+ * abort, or at a refusal after it). The call itself goes on waiting for its turn (the throttling
+ * plugin's queues take no signal) until it comes, when the fetch above refuses it, or until the
+ * client closes (close()).
  */
-async function untilGivenUp<T>(what: string, signal: AbortSignal | undefined, request: { sent: boolean }, call: () => Promise<T>): Promise<T> {
+async function untilGivenUp<T>(what: string, signal: AbortSignal | undefined, request: Sending, call: () => Promise<T>): Promise<T> {
   const running = call();
   if (!signal) return running;
-  let onAbort: (() => void) | undefined;
+  let check: (() => void) | undefined;
   const givenUp = new Promise<never>((_, reject) => {
-    onAbort = () => {
-      if (!request.sent) reject(new NotSentError(what));
+    check = () => {
+      if (signal.aborted && !request.sent) reject(new NotSentError(what));
     };
-    if (signal.aborted) onAbort();
-    else signal.addEventListener("abort", onAbort, { once: true });
+    request.unsent = check;
+    if (signal.aborted) check();
+    else signal.addEventListener("abort", check, { once: true });
   });
   try {
     return await Promise.race([running, givenUp]);
   } finally {
-    signal.removeEventListener("abort", onAbort!);
+    signal.removeEventListener("abort", check!);
+    request.unsent = undefined;
     // Settles later with the refusal of the fetch above, or with an answer after all: handled here.
     running.catch(() => undefined);
   }

@@ -183,3 +183,45 @@ test("a JIT config given up while it waits is not sent when its turn comes eithe
   assert.deepEqual(counted.map((l) => l.replace(/^.*status="(\d+)".*$/, "$1")), ["201"], counted.join("\n"));
   gh.close();
 });
+
+test("a JIT config refused with a wait (429) is given up at once by a caller that stops, during the wait or while the refused attempt was out; the wait still holds the other writes", async () => {
+  fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
+  const scope = { installationId: 1, owner: "acme", repo: "app" };
+  const jitStatuses = (since: number) => fake!.requests.slice(since).filter((r) => r.route === REPO_JIT).map((r) => r.status);
+  const refused = { route: REPO_JIT, status: 429, times: 1, headers: { "retry-after": "30" } };
+
+  // Stopped during GitHub's wait: given up at once, not after the 30 s.
+  const gh = client();
+  await gh.generateJitConfig(scope, { name: "jr-wait-0", labels: ["self-hosted"] });
+  let before = fake.requests.length;
+  fake.inject(refused);
+  const stop = new AbortController();
+  const duringWait = gh.generateJitConfig(scope, { name: "jr-wait-1", labels: ["self-hosted"] }, { signal: stop.signal });
+  await waitFor(() => jitStatuses(before).includes(429), 5_000, "the refusal");
+  let t0 = Date.now();
+  stop.abort();
+  await assert.rejects(duringWait, (err: Error & { code?: string }) => err.code === "E_NOT_SENT");
+  assert.ok(Date.now() - t0 < 1_000, `given up ${Date.now() - t0} ms after the stop`);
+  // The wait GitHub asked for still holds the installation's other writes.
+  const held = gh.generateJitConfig(scope, { name: "jr-wait-2", labels: ["self-hosted"] });
+  await new Promise((res) => setTimeout(res, 1_000));
+  assert.deepEqual(jitStatuses(before), [429], "nothing sent during the wait");
+  gh.close();
+  await assert.rejects(held, (err: Error & { code?: string }) => err.code === "E_NOT_SENT");
+
+  // Stopped while the attempt that GitHub refuses is out: given up when the refusal comes.
+  const gh2 = client();
+  await gh2.generateJitConfig(scope, { name: "jr-wait-3", labels: ["self-hosted"] });
+  before = fake.requests.length;
+  fake.inject({ ...refused, delayMs: 800 });
+  const stop2 = new AbortController();
+  const inFlight = gh2.generateJitConfig(scope, { name: "jr-wait-4", labels: ["self-hosted"] }, { signal: stop2.signal });
+  await new Promise((res) => setTimeout(res, 300));
+  t0 = Date.now();
+  stop2.abort();
+  await assert.rejects(inFlight, (err: Error & { code?: string }) => err.code === "E_NOT_SENT");
+  assert.ok(Date.now() - t0 < 5_000, `given up ${Date.now() - t0} ms after the stop, not after GitHub's 30 s`);
+  assert.deepEqual(jitStatuses(before), [429], "the attempt was out and refused; no retry sent");
+  gh2.close();
+  assert.ok(!fake.runners().some((r) => r.name === "jr-wait-1" || r.name === "jr-wait-2" || r.name === "jr-wait-4"), "no registration for a write given up");
+});
