@@ -20,15 +20,15 @@ import type { TestEngine } from "../test/helpers/engines.ts";
 /**
  * 1,000 is the issue's size. On the 2-CPU development machines the runners' own work (each boots a
  * dockerd and runs a nested container) keeps both CPUs busy at about 1.1 jobs/s, so 1,000 take about
- * 15 minutes whatever the limits (see BENCHMARKS.md); LIMIT_MS leaves room for a busier machine.
+ * 15 minutes whatever the limits (see BENCHMARKS.md); BURST_LIMIT_MS leaves room for a busier machine.
  */
 const JOBS = Number(process.env.BENCH_BURST_JOBS ?? 1000);
 const CAPACITY = Number(process.env.BENCH_BURST_CAPACITY ?? 4);
 const MAX_RUNNERS = Number(process.env.BENCH_BURST_MAX_RUNNERS ?? 10);
 /** FAKE_JOB_SECONDS of every runner: how long the job sleeps after its nested `docker run`. */
 const JOB_SECONDS = Number(process.env.BENCH_BURST_JOB_SECONDS ?? 0);
-/** The burst stops here, served or not, and says how far it got. */
-const LIMIT_MS = Number(process.env.BENCH_BURST_LIMIT_S ?? 1200) * 1000;
+/** The burst stops here, served or not, and says how far it got (BENCH_BURST_LIMIT_S, default 1200). */
+export const BURST_LIMIT_MS = Number(process.env.BENCH_BURST_LIMIT_S ?? 1200) * 1000;
 const EXTRA_ENGINES = ["bench-burst-b", "bench-burst-c"];
 const SETTLE_MS = 15_000;
 const IDLE_WINDOW_MS = 15_000;
@@ -144,14 +144,14 @@ export async function runBurst(dir: string, redis: BenchRedis, docker: Docker, f
     await sleep(IDLE_WINDOW_MS);
     const idle1 = await snap();
 
-    progress(`burst: ${JOBS} jobs at once, 3 engines, capacity ${CAPACITY} each, pool maxRunners ${MAX_RUNNERS}, time limit ${LIMIT_MS / 1000} s`);
+    progress(`burst: ${JOBS} jobs at once, 3 engines, capacity ${CAPACITY} each, pool maxRunners ${MAX_RUNNERS}, time limit ${BURST_LIMIT_MS / 1000} s`);
     const firstRequest = fake.requests.length;
     const firstDelivery = fake.deliveries.length;
     const cpu0 = machineCpu();
     const t0 = Date.now();
     const jobs = await Promise.all(Array.from({ length: JOBS }, (_, i) => fake.queueJob({ owner: "acme", repo: `burst${i % REPOS}`, labels: JOB_LABELS })));
     const ids = new Set(jobs.map((j) => j.id));
-    const deadline = t0 + LIMIT_MS;
+    const deadline = t0 + BURST_LIMIT_MS;
     const alive = () => hosts.flatMap((h) => h.events!.all()).filter((lc) => lc.create !== undefined && lc.destroy === undefined).length;
     let done = 0;
     let reported = 0;
@@ -206,7 +206,7 @@ export async function runBurst(dir: string, redis: BenchRedis, docker: Docker, f
       jobSeconds: JOB_SECONDS,
       capacity: CAPACITY,
       maxRunners: MAX_RUNNERS,
-      limitS: LIMIT_MS / 1000,
+      limitS: BURST_LIMIT_MS / 1000,
       timedOut,
       served: finished.filter((j) => j.status === "completed").length,
       succeeded: finished.filter((j) => j.conclusion === "success").length,
