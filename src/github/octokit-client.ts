@@ -190,7 +190,7 @@ export class OctokitGitHub implements GitHubClient {
         return this.#answered(installationId, options, await request(options));
       } catch (err) {
         // Never sent (its caller gave up, the client closed): no answer to count, nothing to retry.
-        if (err instanceof NotSentError || (err as { cause?: unknown }).cause instanceof NotSentError) throw err;
+        if (notSent(err)) throw err;
         const failure = err as RequestFailure;
         this.#failed(options, failure);
         if (!cured && (await this.#curable(installationId, client, failure))) {
@@ -448,10 +448,9 @@ export class OctokitGitHub implements GitHubClient {
     try {
       return await fn();
     } catch (err) {
-      // Never sent (its caller gave up, the client closed): said as such, whatever octokit wrapped it in.
-      const cause = (err as { cause?: unknown }).cause;
-      if (err instanceof NotSentError) throw err;
-      if (cause instanceof NotSentError) throw cause;
+      // Never sent (its caller gave up, the client closed): said as such.
+      const never = notSent(err);
+      if (never) throw never;
       const e = err as RequestFailure;
       const status = e.status;
       const rateLimited =
@@ -475,6 +474,13 @@ function groupKey(scope: RunnerScope, name: string): string {
   return `${scope.installationId}/${scope.owner.toLowerCase()}/${name}`;
 }
 
+/** The NotSentError that `err` is, or that octokit wrapped (as the cause of a RequestError). */
+function notSent(err: unknown): NotSentError | undefined {
+  if (err instanceof NotSentError) return err;
+  const cause = (err as { cause?: unknown } | null)?.cause;
+  return cause instanceof NotSentError ? cause : undefined;
+}
+
 /** A write's progress, for its caller to give it up while no attempt of it is out (untilGivenUp). */
 interface Sending {
   /** An attempt is out whose effect is unknown, or it was answered. */
@@ -487,11 +493,11 @@ interface Sending {
  * Request options for a write that its caller may give up on only while it waits for its turn (in
  * the write budget, or before a retry): a fetch that refuses to start once `signal` has aborted
  * and, once started, is not cut short by it (a registration may exist only the answer tells of).
- * A rate-limit refusal (403, 429) did nothing: after one the write is unsent again until the retry
- * that GitHub's wait leads to starts, so a caller that gives up during that wait, or gave up while
- * the refused attempt was out, is not held for it (a minute, or an hour). The refusal itself still
- * reaches the throttling plugin, so the wait is kept for the installation's other writes. The
- * signal also stops other retries (see #send).
+ * A refusal (403, 429: rate limited, or not allowed) did nothing: after one the write is unsent
+ * again until the retry that GitHub's wait leads to starts, so a caller that gives up during that
+ * wait, or gave up while the refused attempt was out, is not held for it (a minute, or an hour).
+ * The refusal itself still reaches the throttling plugin, so the wait is kept for the
+ * installation's other writes. The signal also stops other retries (see #send).
  */
 function unlessGivenUp(signal: AbortSignal | undefined): { signal?: AbortSignal; fetch?: typeof fetch } & Sending {
   if (!signal) return { sent: false };
