@@ -174,6 +174,25 @@ function inProcessWorker(fake: FakeGitHub, r: TestRedis, hostId: string, pools: 
   return startSystem("worker", fake, r, hostId, { pools: pools as never, worker: { ...WORKER, hostId, docker }, reconcile: RECONCILE });
 }
 
+/**
+ * The runners whose demand went back to the queue because they ended without taking a job: each
+ * such retry names the runner of the last "runner removed" line of its demand.
+ */
+function runnersEndedWithoutAJob(logs: string): string[] {
+  const lastRemoved = new Map<string, string>();
+  const names: string[] = [];
+  for (const line of logs.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    const entry = JSON.parse(line) as { msg?: string; demandId?: string; runner?: string; err?: string };
+    if (!entry.demandId) continue;
+    if (entry.msg === "runner removed" && entry.runner) lastRemoved.set(entry.demandId, entry.runner);
+    if (entry.msg === "demand failed; returned to the queue" && entry.err?.startsWith("runner ended without taking a job")) {
+      names.push(lastRemoved.get(entry.demandId) ?? `unknown runner of ${entry.demandId}`);
+    }
+  }
+  return names;
+}
+
 function jobPool(fake: FakeGitHub, jobSeconds: number) {
   // Idle runners are reaped within 30 s: a spare runner would show as a container left behind.
   return fakeRunnerPool(fake, { idleTimeoutSeconds: 30, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds) } });
@@ -594,10 +613,23 @@ test("a Docker engine restarted under running runners: every job still queued fi
       assert.equal(now.status, "in_progress", "a job whose runner died is not run again");
       assert.equal(now.runner_name, j.runner_name);
     }
-    // Launches cut short by the restart ("database not open") were undone and retried.
+    // Launches cut short by the restart ("database not open") were undone and retried. So was a
+    // runner started while the engine shut down, which it then killed before the runner took a
+    // job. A runner that died mid-job is never replaced: its demand was served.
     await demandSettled(r);
     const undone = worker.logs().split("launch failed; undoing registration").length - 1;
-    assert.equal(callsTo(fake, JIT), 4 + undone, `one registration per job and per undone launch (${undone}): no runner for a demand whose runner died mid-job`);
+    const endedIdle = runnersEndedWithoutAJob(worker.logs());
+    const lostNames = lost.map((j) => String(j.runner_name));
+    assert.deepEqual(
+      endedIdle.filter((name) => lostNames.includes(name)),
+      [],
+      "no runner for a demand whose runner died mid-job",
+    );
+    assert.equal(
+      callsTo(fake, JIT),
+      4 + undone + endedIdle.length,
+      `one registration per job, per undone launch (${undone}) and per runner that ended without taking a job (${endedIdle.join(", ") || "none"})`,
+    );
 
     await waitFor(async () => (await eng.docker.listContainers({ all: true })).length === 0, 60_000, "0 containers left on the engine");
     // A create the engine fails while it shuts down ("database not open") leaves the container's
