@@ -65,7 +65,12 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
   const metrics = new Metrics();
   const runners = new RunnerStore(redis, config.redis.prefix);
   const activity = new ActivityLog(redis, config.redis.prefix);
-  const settings = { redisUrl: config.redis.url, prefix: config.redis.prefix, attempts: config.worker.launchAttempts };
+  const settings = {
+    redisUrl: config.redis.url,
+    prefix: config.redis.prefix,
+    attempts: config.worker.launchAttempts,
+    leaseMs: config.worker.leaseSeconds * 1000,
+  };
   const allPools = config.pools.map((p) => p.name);
 
   const hostStore = new HostStore(redis, config.redis.prefix);

@@ -133,6 +133,8 @@ export const configSchema = z
         concurrentStarts: z.number().int().positive().default(DEFAULT_CONCURRENT_STARTS),
         reconcileIntervalSeconds: z.number().positive().default(30),
         heartbeatSeconds: z.number().positive().default(5),
+        /** A demand lease's lock, renewed every third of it; a dead worker's demand is back within about twice this. */
+        leaseSeconds: z.number().min(5).max(3600).default(30),
       })
       .strict()
       .prefault({}),

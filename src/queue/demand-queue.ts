@@ -12,7 +12,8 @@ import { demandId } from "../demand.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
 const SEEN_TTL_SECONDS = 3 * 24 * 3600;
-const LOCK_MS = 30_000;
+/** A lease's lock when the settings name none (`worker.leaseSeconds`' default). */
+const DEFAULT_LEASE_MS = 30_000;
 
 const CLAIM_REPLAYED = 0;
 const CLAIM_DUPLICATE = 1;
@@ -39,6 +40,11 @@ export interface QueueSettings {
   redisUrl: string;
   prefix: string;
   attempts: number;
+  /**
+   * How long a worker's lease lasts unrenewed (renewed every third of it), and how often a worker
+   * checks for leases left to lapse: a dead worker's demand comes back within about twice this.
+   */
+  leaseMs?: number;
 }
 
 export function redisConnection(url: string, extra: RedisOptions = {}): Redis {
@@ -236,17 +242,20 @@ export class DemandConsumer {
   #worker: Worker<Demand> | undefined;
   readonly #make: () => Worker<Demand>;
   readonly #token: string;
+  readonly #leaseMs: number;
 
   constructor(settings: QueueSettings, connection: Redis, pool: string, workerId: string) {
     this.#token = workerId;
+    const leaseMs = settings.leaseMs ?? DEFAULT_LEASE_MS;
+    this.#leaseMs = leaseMs;
     this.#make = () => {
       const worker = new Worker<Demand>(queueName(pool), null, {
         connection: connection as unknown as RedisConnection as never,
         prefix: `${settings.prefix}:bull`,
         autorun: false,
-        lockDuration: LOCK_MS,
+        lockDuration: leaseMs,
         maxStalledCount: 3,
-        stalledInterval: LOCK_MS,
+        stalledInterval: leaseMs,
         drainDelay: 2,
         name: workerId,
       });
@@ -275,9 +284,10 @@ export class DemandConsumer {
 
   #lease(job: Job<Demand>): Lease {
     const token = this.#token;
+    const leaseMs = this.#leaseMs;
     const renew = setInterval(() => {
-      job.extendLock(token, LOCK_MS).catch(() => undefined);
-    }, LOCK_MS / 3);
+      job.extendLock(token, leaseMs).catch(() => undefined);
+    }, leaseMs / 3);
     renew.unref();
     let settled = false;
     const settle = async (fn: () => Promise<unknown>) => {

@@ -41,13 +41,16 @@ import type { Failpoint } from "../../src/worker/launcher.ts";
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const LABELS = ["self-hosted", "linux"];
 const OURS = "dev.jitrunner.managed-by=jitrunner";
-/** Short loops, so recovery comes within seconds: a host silent for 3 s is gone. */
-const WORKER = { capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, completedGraceSeconds: 5 };
+/**
+ * Short loops, so recovery comes within seconds: a host silent for 3 s is gone, a dead worker's
+ * leases lapse after 10 s.
+ */
+const WORKER = { capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, completedGraceSeconds: 5, leaseSeconds: 10 };
 const RECONCILE = { leaderLockSeconds: 3, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 2, deliveriesIntervalSeconds: 2 };
 /**
- * A dead worker's leases come back through BullMQ's stalled check: its lock (30 s) must expire
- * and a check (every 30 s) must see it, so within about a minute; the waits allow for a launch
- * on top of that.
+ * A dead worker's leases come back through BullMQ's stalled check: its lock (10 s here) must
+ * expire and a check (every 10 s) must see it, so within about 20 s; the waits allow for a slow
+ * machine and a launch on top of that.
  */
 const TAKEOVER_MS = 150_000;
 

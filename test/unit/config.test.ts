@@ -26,6 +26,7 @@ test("a minimal config gets documented defaults", () => {
   assert.equal(c.server.port, 8080);
   assert.equal(c.server.bodyLimitBytes, 25 * 1024 * 1024);
   assert.equal(c.worker.capacity, 4);
+  assert.equal(c.worker.leaseSeconds, 30);
   assert.ok(c.worker.hostId.length > 0);
   const pool = c.pools[0]!;
   assert.equal(pool.isolation, "privileged");
@@ -44,6 +45,7 @@ server:
   port: 70000
 worker:
   capacity: 0
+  leaseSeconds: 2
   pools: [nope]
 pools:
   - name: Bad_Name
@@ -65,10 +67,10 @@ pools:
   })();
   assert.ok(err instanceof ConfigError, "throws ConfigError");
   const joined = err.problems.join("\n");
-  for (const where of ["github.appId", "github.apiUrl", "server.port", "worker.capacity", "pools.0.name", "pools.0.labels", "pools.0.isolation", "pools.1", "privateKey"]) {
+  for (const where of ["github.appId", "github.apiUrl", "server.port", "worker.capacity", "worker.leaseSeconds", "pools.0.name", "pools.0.labels", "pools.0.isolation", "pools.1", "privateKey"]) {
     assert.match(joined, new RegExp(where.replace(".", "\\.")), `reports ${where}`);
   }
-  assert.ok(err.problems.length >= 9, `${err.problems.length} problems`);
+  assert.ok(err.problems.length >= 10, `${err.problems.length} problems`);
   assert.doesNotMatch(err.message, /not-a-pem-but-secret-XYZ|hunter2-webhook/);
 });
 
