@@ -3,7 +3,9 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after, before } from "node:test";
 import { Redis } from "ioredis";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { freePort } from "./ports.ts";
 
 export interface TestRedis {
@@ -23,6 +25,23 @@ export interface OwnRedis extends TestRedis {
   kill(signal: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port and directory: with append-only on, it replays its AOF. */
   restart(): Promise<void>;
+}
+
+/**
+ * A Redis (startRedis) and one connection to it for all the tests of a file: started before them,
+ * closed after them. Its fields are there once `before` has run, so read them inside tests.
+ */
+export function redisForFile(): { readonly redis: TestRedis; readonly conn: Redis } {
+  const shared = {} as { redis: TestRedis; conn: Redis };
+  before(async () => {
+    shared.redis = await startRedis();
+    shared.conn = redisConnection(shared.redis.url);
+  });
+  after(async () => {
+    shared.conn.disconnect();
+    await shared.redis.stop();
+  });
+  return shared;
 }
 
 export interface OwnRedisOptions {

@@ -5,28 +5,16 @@
  */
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
-import { after, before, test } from "node:test";
-import type { Redis } from "ioredis";
+import { test } from "node:test";
 import type { Demand } from "../../src/demand.ts";
 import { DemandConsumer, DemandQueues, redisConnection, type Lease } from "../../src/queue/demand-queue.ts";
 import { waitFor } from "../helpers/process.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { redisForFile } from "../helpers/redis.ts";
 
 const LEASE_MS = 5_000;
 const POOL = "default";
 
-let redis: TestRedis;
-let conn: Redis;
-
-before(async () => {
-  redis = await startRedis();
-  conn = redisConnection(redis.url);
-});
-
-after(async () => {
-  conn.disconnect();
-  await redis.stop();
-});
+const shared = redisForFile();
 
 function demand(jobId: number): Demand {
   return {
@@ -44,6 +32,7 @@ function demand(jobId: number): Demand {
 }
 
 test("a lease's lock lasts worker.leaseSeconds and is renewed while held; one no longer renewed goes to another worker, no attempt spent", async () => {
+  const { redis, conn } = shared;
   const settings = { redisUrl: redis.url, prefix: redis.prefix, attempts: 3, leaseMs: LEASE_MS };
   const queues = new DemandQueues(settings, conn);
   const dyingConn = redisConnection(redis.url);

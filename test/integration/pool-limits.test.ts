@@ -3,23 +3,14 @@
  * places are freed at once, and only its own, whatever its id and the other holders look like.
  */
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { hostHolder, PoolLimits } from "../../src/state/hosts.ts";
-import { redisConnection } from "../../src/queue/demand-queue.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { redisForFile } from "../helpers/redis.ts";
 
-let redis: TestRedis;
-let conn: ReturnType<typeof redisConnection>;
-before(async () => {
-  redis = await startRedis();
-  conn = redisConnection(redis.url);
-});
-after(async () => {
-  conn.disconnect();
-  await redis.stop();
-});
+const shared = redisForFile();
 
 test("a host's places are freed together, and no one else's: not a host whose id it begins, nor a demand's", async () => {
+  const { redis, conn } = shared;
   const limits = new PoolLimits(conn, redis.prefix);
   const gone = [hostHolder("host-a"), hostHolder("host-a")];
   const others = [hostHolder("host-a:2"), hostHolder("host-b"), "8812345-1"];
