@@ -1,8 +1,9 @@
 # The jitrunner control plane: `jitrunner server | worker | all`.
 # Build: docker build -t jitrunner .   (NODE_IMAGE lets you pick the base, e.g. a mirror)
 # Without a registry: docker build --network none --build-arg NPM_OFFLINE=true -t jitrunner .
-#   with an npm cache in ./npm-cache (below) and NODE_IMAGE naming a Node 20 image you have.
-ARG NODE_IMAGE=node:20-bookworm-slim
+#   with an npm cache in ./npm-cache (below) and NODE_IMAGE naming a Node 24 image you have.
+# Node 24 (LTS); Node 20 also runs jitrunner, but it is past its end of life.
+ARG NODE_IMAGE=node:24-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app

