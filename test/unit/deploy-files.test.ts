@@ -101,6 +101,18 @@ test("Compose files use no v2-only keys or syntax", () => {
   }
 });
 
+test("Compose builds the control plane on the Dockerfile's default Node image", () => {
+  const image = /^ARG NODE_IMAGE=(\S+)$/m.exec(read("Dockerfile"))?.[1];
+  assert.ok(image, "the Dockerfile has a default NODE_IMAGE");
+  const built = composeFiles.flatMap((path) =>
+    Object.entries((parseYamlFile(path)[0]!.services ?? {}) as Obj)
+      .filter(([, s]) => s.build?.args?.NODE_IMAGE !== undefined)
+      .map(([name, s]) => [`${path} ${name}`, String(s.build.args.NODE_IMAGE)]),
+  );
+  assert.ok(built.length >= 2, `services building the control plane: ${built.map(([w]) => w).join(", ")}`);
+  for (const [where, arg] of built) assert.equal(arg, `\${NODE_IMAGE:-${image}}`, where);
+});
+
 test("the checker itself catches v2-only syntax", () => {
   const bad = { version: "3.8", name: "x", services: { a: { image: "i", develop: {}, build: { context: ".", additional_contexts: {} } } } };
   const problems = v1Problems("bad.yml", "image: ${A:+b} ${A:-${B}} !reset", bad);
