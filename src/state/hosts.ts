@@ -26,6 +26,9 @@ export class HostStore {
   #key(id: string): string {
     return `${this.#prefix}:hostinfo:${id}`;
   }
+  #instanceKey(instance: string): string {
+    return `${this.#prefix}:worker-instance:${instance}`;
+  }
   #drainKey(id: string): string {
     return `${this.#prefix}:drain:${id}`;
   }
@@ -37,10 +40,26 @@ export class HostStore {
     return `${this.#prefix}:hosts:lastbeat`;
   }
 
-  async heartbeat(record: Omit<HostRecord, "heartbeatAt" | "draining">, ttlMs: number): Promise<void> {
+  /**
+   * A worker's beat: its host's record and, with `instance`, that the worker process is alive,
+   * both until `ttlMs` from now.
+   */
+  async heartbeat(record: Omit<HostRecord, "heartbeatAt" | "draining">, ttlMs: number, instance?: string): Promise<void> {
     const now = Date.now();
     const value = JSON.stringify({ ...record, heartbeatAt: now });
-    await this.#redis.multi().set(this.#key(record.id), value, "PX", ttlMs).sadd(this.#index, record.id).hset(this.#lastBeat, record.id, now).exec();
+    const tx = this.#redis.multi().set(this.#key(record.id), value, "PX", ttlMs).sadd(this.#index, record.id).hset(this.#lastBeat, record.id, now);
+    if (instance) tx.set(this.#instanceKey(instance), record.id, "PX", ttlMs);
+    await tx.exec();
+  }
+
+  /** Whether the worker process `instance` has beaten within its heartbeat's expiry and not stopped. */
+  async instanceAlive(instance: string): Promise<boolean> {
+    return (await this.#redis.exists(this.#instanceKey(instance))) === 1;
+  }
+
+  /** The worker process `instance` has stopped: what it left is for others to clean up now. */
+  async instanceGone(instance: string): Promise<void> {
+    await this.#redis.del(this.#instanceKey(instance));
   }
 
   async alive(id: string): Promise<boolean> {

@@ -17,6 +17,11 @@ export interface RunnerRecord {
   demandId: string;
   createdAt: number;
   jobId?: number;
+  /**
+   * The worker process that launched or adopted the runner (Launcher.instance). While that
+   * process lives, only it tears down a record with no container: it may still be launching.
+   */
+  instance?: string;
 }
 
 /** starting -> idle, and nothing else: a `busy` a webhook already wrote stays. */
@@ -28,6 +33,11 @@ return 0`;
 const DEL_IF_EQUALS = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`;
+
+/** Sets one field of an existing record; a record removed meanwhile stays removed. */
+const SET_IF_EXISTS = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])`;
 
 const MARK_IF_EXISTS = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -53,6 +63,7 @@ export class RunnerStore {
     redis.defineCommand("jitrunnerMarkIfExists", { numberOfKeys: 1, lua: MARK_IF_EXISTS });
     redis.defineCommand("jitrunnerDelIfEquals", { numberOfKeys: 1, lua: DEL_IF_EQUALS });
     redis.defineCommand("jitrunnerStarted", { numberOfKeys: 1, lua: STARTED });
+    redis.defineCommand("jitrunnerSetIfExists", { numberOfKeys: 1, lua: SET_IF_EXISTS });
   }
 
   get eventsChannel(): string {
@@ -149,6 +160,12 @@ export class RunnerStore {
     await tx.exec();
   }
 
+  /** The worker process `instance` took the runner over (see RunnerRecord.instance), if it is still recorded. */
+  async adopt(name: string, instance: string): Promise<void> {
+    const redis = this.#redis as Redis & { jitrunnerSetIfExists(key: string, field: string, value: string): Promise<number> };
+    await redis.jitrunnerSetIfExists(this.#key(name), "instance", instance);
+  }
+
   /** The container started: idle until a webhook says busy (unless one already has). */
   async started(name: string): Promise<void> {
     const redis = this.#redis as Redis & { jitrunnerStarted(key: string): Promise<number> };
@@ -197,5 +214,6 @@ function parseRecord(h: Record<string, string>): RunnerRecord | undefined {
     demandId: h.demandId ?? "",
     createdAt: Number(h.createdAt),
     jobId: h.jobId ? Number(h.jobId) : undefined,
+    instance: h.instance || undefined,
   };
 }

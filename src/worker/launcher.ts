@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import type { Demand } from "../demand.ts";
@@ -85,6 +86,8 @@ export class NotNeeded extends JitrunnerError {
  */
 export class Launcher {
   readonly tracked = new Map<string, Tracked>();
+  /** This process among the host's workers, past and present: written on each record it launches. */
+  readonly instance = randomUUID();
   readonly #d: LauncherDeps;
   /** Starts wait here in order: see DEFAULT_CONCURRENT_STARTS. */
   readonly #starts: Slots;
@@ -114,6 +117,7 @@ export class Launcher {
       repo: pool.scope === "repository" ? target.repo : "",
       demandId: target.demandId,
       createdAt: Date.now(),
+      instance: this.instance,
     };
     const tracked: Tracked = { record, state: "starting" };
     this.tracked.set(name, tracked);

@@ -6,6 +6,8 @@ import { every } from "../timers.ts";
 
 export interface PresenceDeps {
   host: string;
+  /** This worker process (Launcher.instance): alive while its beats last. */
+  instance: string;
   capacity: number;
   pools: string[];
   heartbeatSeconds: number;
@@ -76,6 +78,7 @@ export class HostPresence {
       await d.hosts.heartbeat(
         { id: d.host, capacity: this.#engineProblem || this.#draining ? 0 : d.capacity, used: d.used(), pools: d.pools },
         d.heartbeatSeconds * 3000,
+        d.instance,
       );
       await d.onBeat();
     } catch (err) {
@@ -83,10 +86,14 @@ export class HostPresence {
     }
   }
 
-  /** Stops the heartbeat; `leave` also removes this host's record (a clean exit). */
+  /**
+   * Stops the heartbeat and says this process is gone (its records are others' to clean up now);
+   * `leave` also removes this host's record (a clean exit: nothing of it runs).
+   */
   async stop(leave: boolean): Promise<void> {
     this.#stopped = true;
     this.#timer?.stop();
+    await this.#d.hosts.instanceGone(this.#d.instance).catch(() => undefined);
     if (leave) await this.#d.hosts.forget(this.#d.host).catch(() => undefined);
   }
 }

@@ -46,6 +46,9 @@ export interface WorkerDeps {
   activity?: ActivityRecorder;
 }
 
+/** How old a record that names no worker process must be before the host loop takes it for dead. */
+const UNATTRIBUTED_RECORD_MS = 60_000;
+
 /** How often the warm loop looks at its pool when nothing happens. */
 const WARM_TICK_MS = 1000;
 
@@ -118,6 +121,7 @@ export class RunnerWorker {
     this.drained = new Promise((resolve) => (this.#drained = resolve));
     this.#presence = new HostPresence({
       host: deps.host,
+      instance: deps.launcher.instance,
       capacity: deps.capacity,
       pools: deps.pools.map((p) => p.name),
       heartbeatSeconds: deps.heartbeatSeconds,
@@ -626,8 +630,9 @@ export class RunnerWorker {
   /**
    * The host loop: containers of ours that this process does not watch are adopted (running) or
    * removed (stopped); volumes of ours that no container uses are removed; records of this host
-   * with no container are torn down; runners of hosts whose heartbeat lapsed are deregistered and
-   * forgotten unless they run a job.
+   * with no container are torn down once no launch can be under way for them (#launchOver);
+   * runners of hosts whose heartbeat lapsed are deregistered and forgotten unless they run a job.
+   * Each pass is counted in `jitrunner_reconcile_runs_total{loop="host"}`.
    */
   async reconcile(): Promise<void> {
     const log = this.#d.logger.child({ loop: "host" });
@@ -637,7 +642,9 @@ export class RunnerWorker {
       if (volumes > 0) log.info({ volumes }, "removed volumes of ours that no container uses");
       await this.#reconcileRecords(log);
       await this.#sweepGoneHosts(log);
+      this.#d.metrics.reconcileRun("host", "ok");
     } catch (err) {
+      this.#d.metrics.reconcileRun("host", "error");
       this.#noteError(`host reconcile failed: ${errorMessage(err)}`, false);
     }
   }
@@ -650,8 +657,10 @@ export class RunnerWorker {
       const record = await runners.get(name);
       const pool = this.#pools.get(c.labels[LABEL.pool] ?? "");
       if (record && c.running && pool && !this.#stopping) {
-        const tracked: Tracked = { record: { ...record, containerId: c.id }, state: record.state === "busy" ? "busy" : "idle" };
+        const tracked: Tracked = { record: { ...record, containerId: c.id, instance: launcher.instance }, state: record.state === "busy" ? "busy" : "idle" };
         launcher.tracked.set(name, tracked);
+        // Ours now: should its teardown be cut short, this process's host loop finishes it at once.
+        await runners.adopt(name, launcher.instance);
         if (!record.demandId && pool.minIdle > 0) {
           await this.#readoptSpare(pool, tracked, log.child({ pool: pool.name, warm: true }));
           continue;
@@ -691,9 +700,21 @@ export class RunnerWorker {
         await runners.remove({ name, host, demandId: "" }, true);
         continue;
       }
-      if (Date.now() - record.createdAt < 60_000) continue;
+      if (!(await this.#launchOver(record))) continue;
       await launcher.teardown(record, "reconcile_no_container", log);
     }
+  }
+
+  /**
+   * Whether a record of this host with no container is done with: not a launch still under way.
+   * This process's own launches are tracked from before their record is written; another worker
+   * process's (this host restarted, or a second worker on it) are over once that process stopped
+   * beating. A record that names no process (written before records did) gets 60 s.
+   */
+  async #launchOver(record: RunnerRecord): Promise<boolean> {
+    if (record.instance === this.#d.launcher.instance) return true;
+    if (record.instance) return !(await this.#d.hosts.instanceAlive(record.instance));
+    return Date.now() - record.createdAt >= UNATTRIBUTED_RECORD_MS;
   }
 
   async #sweepGoneHosts(log: Logger): Promise<void> {

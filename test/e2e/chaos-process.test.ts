@@ -227,9 +227,9 @@ async function demandSettled(r: TestRedis): Promise<void> {
 async function assertRedisClean(r: TestRedis): Promise<void> {
   await demandSettled(r);
   const records = new RunnerStore(conn, r.prefix);
-  // A record whose teardown an engine restart cut short goes with the host loop, at the latest
-  // 60 s after the runner's launch (records younger than that may be launches in flight).
-  await waitFor(async () => (await records.listAll()).length === 0, 90_000, "no runner record left");
+  // A record whose teardown an engine restart cut short goes with the host loop's next pass; one a
+  // killed worker left, once its process's heartbeat has lapsed (3 s here).
+  await waitFor(async () => (await records.listAll()).length === 0, 30_000, "no runner record left");
 }
 
 function jobsDone(fake: FakeGitHub, ids: number[]): FakeJob[] | undefined {

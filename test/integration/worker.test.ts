@@ -13,7 +13,9 @@ import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
-import { RunnerStore } from "../../src/state/runners.ts";
+import { HostStore } from "../../src/state/hosts.ts";
+import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
+import { metricSample } from "../helpers/leftovers.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
@@ -105,6 +107,8 @@ test("a worker stopped mid-job leaves the runner running; restarted, it adopts i
   const pools = [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "8" } })];
   const first = await startSystem("all", fake, r, host, { pools });
   let second: Awaited<ReturnType<typeof startSystem>> | undefined;
+  const conn = redisConnection(r.url);
+  const store = new RunnerStore(conn, r.prefix);
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "job running");
@@ -112,8 +116,13 @@ test("a worker stopped mid-job leaves the runner running; restarted, it adopts i
     const running = await containersOf(host);
     assert.equal(running.length, 1, "runner container survives the worker's shutdown");
     assert.equal(running[0]!.State, "running");
+    const [launched] = await store.listAll();
+    assert.ok(launched?.instance, "the record names the worker process that launched the runner");
 
     second = await startSystem("all", fake, r, host, { pools });
+    await waitFor(() => /adopted running runner/.test(second!.logs()), 30_000, "the runner adopted");
+    const adopted = await store.get(launched.name);
+    assert.ok(adopted?.instance && adopted.instance !== launched.instance, "the restarted worker process names itself on the record it adopted");
     await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "container removed by the restarted worker");
     await demandIn(r, `${job.id}-1`, "completed", 30_000);
@@ -126,6 +135,44 @@ test("a worker stopped mid-job leaves the runner running; restarted, it adopts i
     await second?.close();
     await first.close();
     await fake.close();
+    conn.disconnect();
+  }
+});
+
+test("the host loop tears down at once a record without a container that a stopped worker process of its host left, and not one a live process may still be launching", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("records");
+  const r = scopedRedis(redis, "records");
+  hosts.push(host);
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  const now = Date.now();
+  const record = (name: string, over: Partial<RunnerRecord>): RunnerRecord => ({
+    name: `jitrunner-default-${name}`, pool: "default", host, state: "registering", installationId: 1, owner: "acme", repo: "app", demandId: "", createdAt: now, ...over,
+  });
+  // A worker process of this host that beats (for a minute) and one that has stopped.
+  await hostStore.heartbeat({ id: host, capacity: 2, used: 0, pools: ["default"] }, 60_000, "live-process");
+  await hostStore.heartbeat({ id: host, capacity: 2, used: 0, pools: ["default"] }, 60_000, "stopped-process");
+  await hostStore.instanceGone("stopped-process");
+  const stopped = record("stopped0001", { instance: "stopped-process" });
+  const live = record("livelive01", { instance: "live-process" });
+  // Records that name no process (written before records did): taken for dead at 60 s.
+  const young = record("unnamed001", {});
+  const old = record("unnamed002", { createdAt: now - 61_000 });
+  for (const x of [stopped, live, young, old]) await runners.put(x);
+  const sys = await startSystem("worker", fake, r, host);
+  try {
+    const passes = async () => metricSample(await (await fetch(`${sys.url}/metrics`)).text(), "jitrunner_reconcile_runs_total", 'loop="host",outcome="ok"');
+    await waitFor(async () => (await passes()) >= 3, 30_000, "three passes of the host loop");
+    const left = (await runners.listHost(host)).sort();
+    assert.deepEqual(left, [live.name, young.name].sort(), "the stopped process's record and the old unnamed one torn down; the live process's and the young one kept");
+    assert.match(sys.logs(), new RegExp(`"runner":"${stopped.name}","reason":"reconcile_no_container".*"msg":"runner removed"`));
+    assert.ok(Date.now() - stopped.createdAt < 60_000, "torn down before the 60 s an unnamed record waits");
+  } finally {
+    await sys.close();
+    await fake.close();
+    conn.disconnect();
   }
 });
 
