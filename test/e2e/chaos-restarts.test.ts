@@ -5,7 +5,7 @@
  * served twice, and nothing is left behind.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -26,6 +26,8 @@ const LABELS = ["self-hosted", "linux"];
 /** Short loops, so recovery comes within seconds (the defaults are minutes). */
 const RECONCILE = { leaderLockSeconds: 3, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 2, deliveriesIntervalSeconds: 2 };
 const hosts: string[] = [];
+/** The servers' config directories (a test private key and webhook secret in each). */
+const configDirs: string[] = [];
 let redis: TestRedis;
 
 before(async () => {
@@ -34,6 +36,7 @@ before(async () => {
 after(async () => {
   for (const h of hosts) await removeContainersOf(h);
   await redis.stop();
+  for (const d of configDirs) rmSync(d, { recursive: true, force: true });
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -50,6 +53,7 @@ function assertEachJobRanOnce(fake: FakeGitHub, count: number): void {
 /** A `jitrunner server` child process on a fixed port, from a config file like an operator's. */
 function serverCommand(fake: FakeGitHub, r: TestRedis, port: number, pools: unknown[]): () => JitrunnerProcess {
   const dir = mkdtempSync(join(tmpdir(), "jitrunner-chaos-"));
+  configDirs.push(dir);
   writeFileSync(join(dir, "app.pem"), fake.privateKey, { mode: 0o600 });
   writeFileSync(join(dir, "webhook-secret"), WEBHOOK_SECRET, { mode: 0o600 });
   const config = {

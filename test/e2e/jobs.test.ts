@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
@@ -28,6 +28,8 @@ let redis: TestRedis;
 let fake: FakeGitHub;
 let jr: JitrunnerProcess;
 let url: string;
+/** The config directory (a test private key and webhook secret in it), removed after. */
+let configDir: string | undefined;
 /** Volumes our runner containers had, seen while they lived: each must be gone at the end. */
 const ourVolumes = new Set<string>();
 async function noteVolumes(): Promise<void> {
@@ -49,7 +51,7 @@ before(async () => {
   const port = await freePort();
   url = `http://127.0.0.1:${port}`;
   fake.setWebhookUrl(`${url}/webhooks/github`);
-  const dir = mkdtempSync(join(tmpdir(), "jitrunner-e2e-"));
+  const dir = (configDir = mkdtempSync(join(tmpdir(), "jitrunner-e2e-")));
   writeFileSync(join(dir, "app.pem"), fake.privateKey, { mode: 0o600 });
   writeFileSync(join(dir, "webhook-secret"), WEBHOOK_SECRET, { mode: 0o600 });
   const config = {
@@ -82,6 +84,7 @@ after(async () => {
   for (const c of await docker.listContainers({ all: true, filters: ours })) await docker.getContainer(c.Id).remove({ force: true, v: true });
   await fake?.close();
   await redis?.stop();
+  if (configDir) rmSync(configDir, { recursive: true, force: true });
   assert.equal(code, 0, "jitrunner exits 0 on SIGTERM");
 });
 
