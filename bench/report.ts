@@ -56,7 +56,7 @@ ${table(
     ["CPU model", m.cpuModel],
     ["memory", `${m.memoryGib} GiB`],
     ["OS, kernel", `${m.os}, ${m.kernel}`],
-    ["Node", m.node],
+    ["Node", `${m.node} (this run's; each section's first line names the one that measured it)`],
     ["Docker engine", `${m.docker} (storage ${m.dockerStorage}, cgroup ${m.cgroup})`],
     ["Redis", `${m.redis} (private to each run, no persistence)`],
   ],
@@ -134,7 +134,7 @@ function legacyRunLine(head: string, phase: Phase): string {
 /** "D, commit C" of a section's run line, for the header. */
 function provenanceOf(section: string): string | undefined {
   const m = RUN_LINE.exec(section);
-  return m ? `${m[1]}, commit ${m[2]}` : undefined;
+  return m ? `${m[1]}, commit ${m[2]}${m[3] ? `, Node ${m[3]}` : ""}` : undefined;
 }
 
 /**

@@ -174,6 +174,7 @@ async function main(): Promise<void> {
     commit: git(["rev-parse", "--short", "HEAD"]) || "unknown",
     dirty: git(["status", "--porcelain", "--untracked-files=no"]) !== "",
     busyBefore,
+    node: process.version,
     loadavg: { ...loadavg, end: loadavg1() },
     phaseSeconds,
   };

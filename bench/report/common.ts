@@ -9,6 +9,8 @@ export interface RunInfo {
   dirty: boolean;
   /** CPUs kept busy by other processes just before the run (3 s sample) */
   busyBefore: number;
+  /** the Node release that ran the bench and every process it measured (absent in older saved runs) */
+  node?: string;
   /** 1-minute load average at the start of each phase (and at `start` and `end`) */
   loadavg: Record<string, number>;
   /** how long each phase took, s */
@@ -21,14 +23,14 @@ export type Row = Array<string | number>;
 export function runLine(info: RunInfo, phase: string): string {
   const load = info.loadavg[phase];
   return (
-    `*Measured on ${info.date} from commit ${info.commit}${info.dirty ? " plus uncommitted changes in the work tree" : ""} ` +
+    `*Measured on ${info.date} from commit ${info.commit}${info.dirty ? " plus uncommitted changes in the work tree" : ""}${info.node ? ` on Node ${info.node}` : ""} ` +
     `(this phase: ${Math.round(info.phaseSeconds[phase] ?? Number.NaN)} s; just before the run other processes kept ${info.busyBefore.toFixed(2)} CPUs busy, ` +
     `3 s sample${load === undefined ? "" : `; 1-minute load average ${load.toFixed(2)} at the start of this phase, the run's own load included`}).*`
   );
 }
 
-/** Finds a section's run line: its date and commit, for the file's header. */
-export const RUN_LINE = /^\*Measured (?:on|by the run on) (\S+?),? (?:in \d+ s )?from commit (\S+?)(?: plus uncommitted changes in the work tree)?[ ;.(]/m;
+/** Finds a section's run line: its date, commit and Node release (when it names one), for the file's header. */
+export const RUN_LINE = /^\*Measured (?:on|by the run on) (\S+?),? (?:in \d+ s )?from commit (\S+?)(?: plus uncommitted changes in the work tree)?(?: on Node (v[\d.]+))?[ ;.(]/m;
 
 export const yes = (ok: boolean) => (ok ? "yes" : "**no**");
 
