@@ -660,7 +660,8 @@ export class RunnerWorker {
         const tracked: Tracked = { record: { ...record, containerId: c.id, instance: launcher.instance }, state: record.state === "busy" ? "busy" : "idle" };
         launcher.tracked.set(name, tracked);
         // Ours now: should its teardown be cut short, this process's host loop finishes it at once.
-        await runners.adopt(name, launcher.instance);
+        // Best effort: unnoted, the record names the process before this one, gone: to the same effect.
+        await runners.adopt(name, launcher.instance).catch(() => undefined);
         if (!record.demandId && pool.minIdle > 0) {
           await this.#readoptSpare(pool, tracked, log.child({ pool: pool.name, warm: true }));
           continue;
