@@ -7,18 +7,17 @@
  * no demand, no runner record.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import type Docker from "dockerode";
-import { stringify } from "yaml";
 import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startEngine, type TestEngine } from "../helpers/engines.ts";
 import { assertNothingLeft, watchVolumes } from "../helpers/leftovers.ts";
 import { runJitrunner, waitFor, writeLogTail, type JitrunnerProcess } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import {
   callsTo,
   containersOf,
@@ -59,8 +58,6 @@ let conn: ReturnType<typeof redisConnection>;
 const hosts: string[] = [];
 const engines: TestEngine[] = [];
 const children: JitrunnerProcess[] = [];
-/** Config directories of worker processes (they hold the App's key). */
-const configDirs: string[] = [];
 
 before(async () => {
   redis = await startRedis();
@@ -71,7 +68,6 @@ before(async () => {
 
 after(async () => {
   for (const c of children) await c.stop();
-  for (const d of configDirs) rmSync(d, { recursive: true, force: true });
   for (const h of hosts) await removeContainersOf(h);
   for (const e of engines) {
     await emptyEngine(e).catch(() => undefined);
@@ -134,21 +130,15 @@ interface Killable {
 
 /** `jitrunner worker` as a child process, from a config file like an operator's; `env` may arm a failpoint. */
 function workerProcess(fake: FakeGitHub, r: TestRedis, hostId: string, pools: unknown[], docker: Record<string, unknown>, env: Record<string, string> = {}): Killable {
-  const dir = mkdtempSync(join(tmpdir(), "jitrunner-chaos-proc-"));
-  configDirs.push(dir);
-  writeFileSync(join(dir, "app.pem"), fake.privateKey, { mode: 0o600 });
-  writeFileSync(join(dir, "webhook-secret"), WEBHOOK_SECRET, { mode: 0o600 });
-  const config = {
-    github: { appId: fake.appId, apiUrl: fake.url, privateKeyFile: join(dir, "app.pem"), webhookSecretFile: join(dir, "webhook-secret") },
+  const file = writeOperatorConfig(fake, {
     redis: { url: r.url, prefix: r.prefix },
     server: { host: "127.0.0.1", port: 0 },
     worker: { ...WORKER, hostId, docker },
     reconcile: RECONCILE,
     logLevel: "debug",
     pools,
-  };
-  writeFileSync(join(dir, "jitrunner.yml"), stringify(config));
-  const proc = runJitrunner(["worker", "--config", join(dir, "jitrunner.yml")], env);
+  });
+  const proc = runJitrunner(["worker", "--config", file], env);
   children.push(proc);
   const killable: Killable = { proc, exit: Promise.resolve(null), ended: undefined };
   killable.exit = new Promise((resolve) =>

@@ -5,11 +5,9 @@
  * served twice, and nothing is left behind.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { stringify } from "yaml";
 import { FakeGitHubClient } from "../fakes/github/client.ts";
 import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
@@ -18,6 +16,7 @@ import { freePort } from "../helpers/ports.ts";
 import { runJitrunner, waitFor, type JitrunnerProcess } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { callsTo, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 
@@ -26,8 +25,6 @@ const LABELS = ["self-hosted", "linux"];
 /** Short loops, so recovery comes within seconds (the defaults are minutes). */
 const RECONCILE = { leaderLockSeconds: 3, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 2, deliveriesIntervalSeconds: 2 };
 const hosts: string[] = [];
-/** The servers' config directories (a test private key and webhook secret in each). */
-const configDirs: string[] = [];
 let redis: TestRedis;
 
 before(async () => {
@@ -36,7 +33,6 @@ before(async () => {
 after(async () => {
   for (const h of hosts) await removeContainersOf(h);
   await redis.stop();
-  for (const d of configDirs) rmSync(d, { recursive: true, force: true });
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -52,19 +48,8 @@ function assertEachJobRanOnce(fake: FakeGitHub, count: number): void {
 
 /** A `jitrunner server` child process on a fixed port, from a config file like an operator's. */
 function serverCommand(fake: FakeGitHub, r: TestRedis, port: number, pools: unknown[]): () => JitrunnerProcess {
-  const dir = mkdtempSync(join(tmpdir(), "jitrunner-chaos-"));
-  configDirs.push(dir);
-  writeFileSync(join(dir, "app.pem"), fake.privateKey, { mode: 0o600 });
-  writeFileSync(join(dir, "webhook-secret"), WEBHOOK_SECRET, { mode: 0o600 });
-  const config = {
-    github: { appId: fake.appId, apiUrl: fake.url, privateKeyFile: join(dir, "app.pem"), webhookSecretFile: join(dir, "webhook-secret") },
-    redis: { url: r.url, prefix: r.prefix },
-    server: { host: "127.0.0.1", port },
-    logLevel: "debug",
-    pools,
-  };
-  writeFileSync(join(dir, "jitrunner.yml"), stringify(config));
-  return () => runJitrunner(["server", "--config", join(dir, "jitrunner.yml")]);
+  const file = writeOperatorConfig(fake, { redis: { url: r.url, prefix: r.prefix }, server: { host: "127.0.0.1", port }, logLevel: "debug", pools });
+  return () => runJitrunner(["server", "--config", file]);
 }
 
 async function ready(url: string, jr: JitrunnerProcess): Promise<void> {

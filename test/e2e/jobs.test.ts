@@ -6,17 +6,15 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { dirname } from "node:path";
 import { after, before, test } from "node:test";
 import Docker from "dockerode";
-import { stringify } from "yaml";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { freePort } from "../helpers/ports.ts";
 import { runJitrunner, waitFor, type JitrunnerProcess } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { writeOperatorConfig } from "../helpers/operator-config.ts";
 
 const IMAGE = process.env.JITRUNNER_TEST_RUNNER_IMAGE ?? "jitrunner-test-runner:latest";
 const JOBS = Number(process.env.JITRUNNER_E2E_JOBS ?? 10);
@@ -28,8 +26,6 @@ let redis: TestRedis;
 let fake: FakeGitHub;
 let jr: JitrunnerProcess;
 let url: string;
-/** The config directory (a test private key and webhook secret in it), removed after. */
-let configDir: string | undefined;
 /** Volumes our runner containers had, seen while they lived: each must be gone at the end. */
 const ourVolumes = new Set<string>();
 async function noteVolumes(): Promise<void> {
@@ -51,11 +47,7 @@ before(async () => {
   const port = await freePort();
   url = `http://127.0.0.1:${port}`;
   fake.setWebhookUrl(`${url}/webhooks/github`);
-  const dir = (configDir = mkdtempSync(join(tmpdir(), "jitrunner-e2e-")));
-  writeFileSync(join(dir, "app.pem"), fake.privateKey, { mode: 0o600 });
-  writeFileSync(join(dir, "webhook-secret"), WEBHOOK_SECRET, { mode: 0o600 });
-  const config = {
-    github: { appId: fake.appId, apiUrl: fake.url, privateKeyFile: join(dir, "app.pem"), webhookSecretFile: join(dir, "webhook-secret") },
+  const file = writeOperatorConfig(fake, {
     redis: { url: redis.url, prefix: redis.prefix },
     server: { host: "127.0.0.1", port },
     worker: { hostId, capacity: 4, completedGraceSeconds: 5, reconcileIntervalSeconds: 5 },
@@ -72,9 +64,8 @@ before(async () => {
         env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock" },
       },
     ],
-  };
-  writeFileSync(join(dir, "jitrunner.yml"), stringify(config));
-  jr = runJitrunner(["all", "--config", join(dir, "jitrunner.yml")]);
+  });
+  jr = runJitrunner(["all", "--config", file]);
   await waitFor(async () => (await fetch(`${url}/readyz`)).ok, 30_000, `jitrunner ready (output: ${jr.output().slice(-2000)})`);
 });
 
@@ -84,7 +75,6 @@ after(async () => {
   for (const c of await docker.listContainers({ all: true, filters: ours })) await docker.getContainer(c.Id).remove({ force: true, v: true });
   await fake?.close();
   await redis?.stop();
-  if (configDir) rmSync(configDir, { recursive: true, force: true });
   assert.equal(code, 0, "jitrunner exits 0 on SIGTERM");
 });
 

@@ -16,6 +16,7 @@ import { parseAllDocuments } from "yaml";
 import { loadConfig } from "../../src/config/load.ts";
 import { buildApp } from "../../src/http/app.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
+import { dockerfileNodeImage } from "../helpers/local-images.ts";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const DEPLOY = join(ROOT, "deploy");
@@ -102,8 +103,7 @@ test("Compose files use no v2-only keys or syntax", () => {
 });
 
 test("Compose builds the control plane on the Dockerfile's default Node image", () => {
-  const image = /^ARG NODE_IMAGE=(\S+)$/m.exec(read("Dockerfile"))?.[1];
-  assert.ok(image, "the Dockerfile has a default NODE_IMAGE");
+  const { image } = dockerfileNodeImage();
   const built = composeFiles.flatMap((path) =>
     Object.entries((parseYamlFile(path)[0]!.services ?? {}) as Obj)
       .filter(([, s]) => s.build?.args?.NODE_IMAGE !== undefined)
