@@ -6,7 +6,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { Queue, UnrecoverableError, Worker, type Job, type JobsOptions, type RedisConnection } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
-import { TurnBatch } from "../batch.ts";
+import { inOneWrite, TurnBatch } from "../batch.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
 import { demandId } from "../demand.ts";
 
@@ -64,9 +64,9 @@ const PENDING_STATES: readonly QueueState[] = ["waiting", "delayed", "prioritize
 
 /**
  * The producer side, used by the server. Claims and adds made in the same turn of the event loop
- * (concurrent deliveries) go to Redis together: one pipelined write of claims, one `addBulk` per
- * pool (see TurnBatch). Each delivery still gets its own answer, and only once its own add has
- * resolved.
+ * (concurrent deliveries) go to Redis together: one write of claims, then one write of adds per
+ * pool (see TurnBatch and inOneWrite). Each delivery still gets its own answer, and only once its
+ * own add has resolved.
  */
 export class DemandQueues {
   readonly #settings: QueueSettings;
@@ -125,38 +125,27 @@ export class DemandQueues {
     return "added";
   }
 
-  /** One turn's claims: the script alone, or pipelined in one write. */
+  /** One turn's claims: one call of the script each, all in one write. */
   async #claimAll(calls: ClaimCall[]): Promise<Array<number | Error>> {
-    const args = (c: ClaimCall) => [c.claim.key, c.seenKey, String(c.claim.ttlSeconds), String(SEEN_TTL_SECONDS), c.pool] as const;
-    if (calls.length === 1) return [await (this.#redis as Redis & Claiming).jitrunnerClaimDemand(...args(calls[0]!))];
-    const pipeline = this.#redis.pipeline() as ReturnType<Redis["pipeline"]> & Claiming;
-    for (const c of calls) void pipeline.jitrunnerClaimDemand(...args(c));
-    const results = (await pipeline.exec()) ?? [];
-    return calls.map((_c, i) => {
-      const [err, value] = results[i] ?? [new Error("no reply to a claim")];
-      return err ?? (value as number);
-    });
+    const claiming = this.#redis as Redis & Claiming;
+    const replies = inOneWrite(this.#redis, () =>
+      calls.map((c) => claiming.jitrunnerClaimDemand(c.claim.key, c.seenKey, String(c.claim.ttlSeconds), String(SEEN_TTL_SECONDS), c.pool)),
+    );
+    return Promise.all(replies.map((reply) => reply.then((value) => value, toError)));
   }
 
   /**
-   * One turn's demand for a pool: `add`, or one `addBulk`. A bulk add that fails is tried again one
-   * by one, so each delivery learns whether its own demand is in Redis (BullMQ's job id makes a
-   * second add of one that did get in a no-op).
+   * One turn's demand for a pool: one BullMQ add each, all in one write. Each add is its own
+   * script call, so each delivery learns whether its own demand is in Redis.
    */
   #addBatch(pool: string): TurnBatch<Demand, void> {
     let batch = this.#adds.get(pool);
     if (!batch) {
       const opts = (d: Demand): JobsOptions => ({ ...this.#jobOptions, jobId: demandId(d.jobId, d.runAttempt) });
-      batch = new TurnBatch<Demand, void>(async (demands) => {
+      batch = new TurnBatch<Demand, void>((demands) => {
         const queue = this.#queue(pool);
-        if (demands.length > 1) {
-          const added = await queue.addBulk(demands.map((d) => ({ name: "runner", data: d, opts: opts(d) }))).then(
-            () => true,
-            () => false,
-          );
-          if (added) return demands.map(() => undefined);
-        }
-        return Promise.all(demands.map((d) => queue.add("runner", d, opts(d)).then(() => undefined, (err: unknown) => toError(err))));
+        const adds = inOneWrite(this.#redis, () => demands.map((d) => queue.add("runner", d, opts(d))));
+        return Promise.all(adds.map((added) => added.then(() => undefined, toError)));
       });
       this.#adds.set(pool, batch);
     }

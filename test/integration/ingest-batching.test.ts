@@ -1,8 +1,8 @@
 /**
  * The ingest path as main.ts composes it (HTTP app, Ingress, DemandQueues on a connection of its
  * own, the activity log and the active-repository set on another), on a real Redis, under
- * concurrency: the delivery and job-attempt claims of one event-loop turn go to Redis as one
- * pipeline and the adds as one `addBulk`, yet each delivery is answered for itself, a 202 means
+ * concurrency: the delivery and job-attempt claims of one event-loop turn go to Redis in one
+ * write and the adds in another, yet each delivery is answered for itself, a 202 means
  * its demand is in BullMQ, and a delivery whose demand could not be added is acted on when
  * GitHub sends it again.
  */
@@ -163,5 +163,38 @@ test("a job attempt claimed by a process that died before adding it is added by 
     assert.equal(await (await q.getJob("990001-1"))?.getState(), "waiting");
   } finally {
     await q.close();
+  }
+});
+
+test("one turn's claims reach Redis in one write and its adds in one more", async () => {
+  // A server of this test's own: its count of socket reads is this test's traffic alone.
+  const own = await startRedis({ own: true });
+  const conn = redisConnection(own.url);
+  const info = redisConnection(own.url);
+  const ownQueues = new DemandQueues({ redisUrl: own.url, prefix: own.prefix, attempts: 3 }, conn);
+  const reads = async () => Number(/^total_reads_processed:(\d+)/m.exec(await info.info("stats"))?.[1]);
+  try {
+    const demand = (jobId: number) => ({ pool: "default", jobId, runId: 1, runAttempt: 1, owner: "acme", repo: "app", installationId: 1, labels: ["self-hosted"], receivedAt: Date.now(), deliveryId: `d-${jobId}` });
+    const claim = (jobId: number) => ({ key: `${own.prefix}:delivery:d-${jobId}`, ttlSeconds: 600 });
+    // Warm: BullMQ's scripts loaded, the queue ready.
+    assert.equal(await ownQueues.add(demand(930_000), claim(930_000)), "added");
+    const jobs = Array.from({ length: 20 }, (_, i) => 930_001 + i);
+    const before = await reads();
+    const results = await Promise.all(jobs.map((id) => ownQueues.add(demand(id), claim(id))));
+    const used = (await reads()) - before;
+    assert.deepEqual(results, jobs.map(() => "added"));
+    // Two writes (claims, adds) and the second INFO; one write per command would be 40 or more.
+    assert.ok(used <= 4, `Redis read ${used} times for 20 deliveries`);
+    const q = new Queue("demand-default", { connection: conn, prefix: `${own.prefix}:bull` });
+    try {
+      assert.equal((await q.getJobs(["waiting"])).length, 21);
+    } finally {
+      await q.close();
+    }
+  } finally {
+    await ownQueues.close();
+    conn.disconnect();
+    info.disconnect();
+    await own.stop();
   }
 });
