@@ -590,17 +590,20 @@ test("a Docker engine restarted under running runners: every job still queued fi
       120_000,
       `2 jobs running (${JSON.stringify(fake.jobs().map((j) => j.status))})`,
     );
-    const before = fake.jobs();
-    const lost = before.filter((j) => j.status === "in_progress");
-    const queued = before.filter((j) => j.status === "queued").map((j) => j.id);
-    assert.equal(queued.length, 2);
+    assert.equal(fake.jobs().filter((j) => j.status === "queued").length, 2);
     assert.ok((await volumeCount(eng)) >= 2, "the runners have their /var/lib/docker volumes");
 
     await eng.restart();
-    // Its runners died with it (no restart policy): their jobs are GitHub's to fail. The jobs
-    // still queued get runners once the engine answers again.
-    const done = await waitFor(() => jobsDone(fake, queued), 180_000, `the queued jobs completed (${JSON.stringify(fake.jobs().map((j) => j.status))})`);
-    assert.deepEqual(done.map((j) => j.conclusion), ["success", "success"]);
+    // Its runners died with it (no restart policy): their jobs are GitHub's to fail. That includes
+    // a runner launched while the engine shut down (a slot freed by a runner it had killed) that
+    // took a job before the engine killed it too: every job in progress now has lost its runner.
+    // The jobs still queued get runners once the engine answers again.
+    const after = fake.jobs();
+    const lost = after.filter((j) => j.status === "in_progress");
+    const queued = after.filter((j) => j.status === "queued").map((j) => j.id);
+    assert.ok(lost.length >= 2 && queued.length >= 1 && lost.length + queued.length === 4, JSON.stringify(after.map((j) => j.status)));
+    const done = await waitFor(() => jobsDone(fake, queued), 180_000, `the queued jobs completed (${JSON.stringify(after.map((j) => j.status))} after the restart)`);
+    assert.ok(done.every((j) => j.conclusion === "success"));
     for (const j of lost) {
       const now = fake.jobs().find((x) => x.id === j.id)!;
       assert.equal(now.status, "in_progress", "a job whose runner died is not run again");
