@@ -1,5 +1,23 @@
 import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
+import { DEL_IF_EQUALS } from "./runners.ts";
+
+/**
+ * Takes or renews the hold on a host (KEYS[1]) for the worker process ARGV[1] until ARGV[2] ms
+ * from now, unless another process holds it: then returns that process and its hold's time left.
+ */
+const HOLD_HOST = `
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return {0, holder, redis.call('PTTL', KEYS[1])} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, ARGV[1], tonumber(ARGV[2])}`;
+
+/** Who holds a host: this process (`held`) or another one, whose hold lasts `ttlMs` more. */
+export interface HostHold {
+  held: boolean;
+  holder: string;
+  ttlMs: number;
+}
 
 export interface HostRecord {
   id: string;
@@ -15,11 +33,16 @@ export interface HostRecord {
  * whose record expired has stopped (worker killed, machine gone), and others clean up after it.
  */
 export class HostStore {
-  readonly #redis: Redis;
+  readonly #redis: Redis & {
+    jitrunnerHoldHost(key: string, instance: string, ttlMs: string): Promise<[number, string, number]>;
+    jitrunnerDelIfEquals(key: string, value: string): Promise<number>;
+  };
   readonly #prefix: string;
 
   constructor(redis: Redis, prefix: string) {
-    this.#redis = redis;
+    redis.defineCommand("jitrunnerHoldHost", { numberOfKeys: 1, lua: HOLD_HOST });
+    redis.defineCommand("jitrunnerDelIfEquals", { numberOfKeys: 1, lua: DEL_IF_EQUALS });
+    this.#redis = redis as never;
     this.#prefix = prefix;
   }
 
@@ -28,6 +51,9 @@ export class HostStore {
   }
   #instanceKey(instance: string): string {
     return `${this.#prefix}:worker-instance:${instance}`;
+  }
+  #holdKey(id: string): string {
+    return `${this.#prefix}:host-held-by:${id}`;
   }
   #drainKey(id: string): string {
     return `${this.#prefix}:drain:${id}`;
@@ -57,9 +83,23 @@ export class HostStore {
     return (await this.#redis.exists(this.#instanceKey(instance))) === 1;
   }
 
-  /** The worker process `instance` has stopped: what it left is for others to clean up now. */
-  async instanceGone(instance: string): Promise<void> {
+  /**
+   * One worker process per host: takes or renews `instance`'s hold on host `id` until `ttlMs` from
+   * now, or says which process holds it. Two processes serving one host would each take the
+   * other's containers for leftovers.
+   */
+  async hold(id: string, instance: string, ttlMs: number): Promise<HostHold> {
+    const [held, holder, left] = await this.#redis.jitrunnerHoldHost(this.#holdKey(id), instance, String(ttlMs));
+    return { held: held === 1, holder, ttlMs: left };
+  }
+
+  /**
+   * The worker process `instance` has stopped: what it left is for others to clean up now, and
+   * its host `id` (if it held it) is free for the next process at once.
+   */
+  async instanceGone(instance: string, id?: string): Promise<void> {
     await this.#redis.del(this.#instanceKey(instance));
+    if (id) await this.#redis.jitrunnerDelIfEquals(this.#holdKey(id), instance);
   }
 
   async alive(id: string): Promise<boolean> {

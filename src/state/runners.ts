@@ -30,7 +30,7 @@ if redis.call('HGET', KEYS[1], 'state') == 'starting' then return redis.call('HS
 return 0`;
 
 /** Deletes KEYS[1] only while it still names ARGV[1]: a newer runner's claim survives. */
-const DEL_IF_EQUALS = `
+export const DEL_IF_EQUALS = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`;
 

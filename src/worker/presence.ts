@@ -1,6 +1,7 @@
 import type { Logger } from "pino";
 import type { RunnerDriver } from "../docker/driver.ts";
-import { errorMessage } from "../errors.ts";
+import { setTimeout as sleep } from "node:timers/promises";
+import { errorMessage, JitrunnerError } from "../errors.ts";
 import type { HostStore } from "../state/hosts.ts";
 import { every } from "../timers.ts";
 
@@ -20,14 +21,16 @@ export interface PresenceDeps {
 }
 
 /**
- * A worker's presence in the fleet: a heartbeat record with an expiry (other hosts take over when
- * it lapses), its engine's health (no demand is taken while the engine does not answer), and the
- * drain flag an operator sets with `jitrunner drain`.
+ * A worker's presence in the fleet: its hold on its host (one worker process per host id), a
+ * heartbeat record with an expiry (other hosts take over when it lapses), its engine's health (no
+ * demand is taken while the engine does not answer), and the drain flag an operator sets with
+ * `jitrunner drain`.
  */
 export class HostPresence {
   readonly #d: PresenceDeps;
   #timer: { stop(): void } | undefined;
   #engineProblem: string | undefined;
+  #hostProblem: string | undefined;
   #draining = false;
   #stopped = false;
 
@@ -35,20 +38,61 @@ export class HostPresence {
     this.#d = deps;
   }
 
-  get engineProblem(): string | undefined {
-    return this.#engineProblem;
+  /** What keeps this worker from taking demand, if anything but a drain. */
+  get problem(): string | undefined {
+    return this.#hostProblem ?? this.#engineProblem;
   }
   get draining(): boolean {
     return this.#draining;
   }
   /** Whether this worker may take new demand now. */
   get open(): boolean {
-    return !this.#stopped && !this.#draining && !this.#engineProblem;
+    return !this.#stopped && !this.#draining && !this.problem;
   }
 
+  get #ttlMs(): number {
+    return this.#d.heartbeatSeconds * 3000;
+  }
+
+  /**
+   * Takes the host, then beats. A hold left by a process that stopped without a word (killed) is
+   * waited out, at most its expiry; a hold its process keeps renewing means a second worker with
+   * this host id, and the start fails.
+   */
   async start(): Promise<void> {
+    await this.#takeHost();
     await this.beat();
     this.#timer = every(this.#d.heartbeatSeconds * 1000, () => this.beat());
+  }
+
+  async #takeHost(): Promise<void> {
+    const d = this.#d;
+    const deadline = Date.now() + this.#ttlMs + d.heartbeatSeconds * 1000;
+    let seen: { holder: string; ttlMs: number } | undefined;
+    for (;;) {
+      const hold = await d.hosts.hold(d.host, d.instance, this.#ttlMs);
+      if (hold.held) {
+        if (seen) d.logger.info("the earlier worker process's hold on this host lapsed; starting");
+        return;
+      }
+      // A hold's time left only grows when its holder renews it.
+      const renewed = seen?.holder === hold.holder && hold.ttlMs > seen.ttlMs;
+      if (renewed || Date.now() >= deadline) {
+        throw new JitrunnerError(
+          "E_HOST_TAKEN",
+          `another worker process is serving host "${d.host}" (it renewed its hold within the last ${d.heartbeatSeconds * 2} s): ` +
+            "give each worker its own worker.hostId (JITRUNNER_HOST_ID), or stop the other one first",
+        );
+      }
+      if (!seen) {
+        d.logger.warn(
+          { waitMs: hold.ttlMs },
+          "another worker process held this host at its last beat; waiting to see whether it still runs (a worker killed without stopping holds it until its hold expires)",
+        );
+      }
+      seen = { holder: hold.holder, ttlMs: hold.ttlMs };
+      await sleep(Math.max(50, Math.min(hold.ttlMs, (d.heartbeatSeconds * 1000) / 2)));
+    }
   }
 
   /** Pings the engine now (not waiting for the next beat); false, and closed, if it does not answer. */
@@ -71,6 +115,7 @@ export class HostPresence {
     const d = this.#d;
     await this.checkEngine();
     try {
+      if (!(await this.#keepHost())) return;
       if (!this.#draining && (await d.hosts.draining(d.host))) {
         this.#draining = true;
         d.logger.info("draining: no new demand; running jobs finish, then the worker exits");
@@ -87,13 +132,33 @@ export class HostPresence {
   }
 
   /**
-   * Stops the heartbeat and says this process is gone (its records are others' to clean up now);
-   * `leave` also removes this host's record (a clean exit: nothing of it runs).
+   * Renews the hold on the host. Lost (this process stalled past its expiry and another took the
+   * host, or Redis lost it and another took it first), the worker takes no demand and writes no
+   * beat until the host is its own again.
+   */
+  async #keepHost(): Promise<boolean> {
+    const d = this.#d;
+    const hold = await d.hosts.hold(d.host, d.instance, this.#ttlMs);
+    if (hold.held) {
+      if (this.#hostProblem) d.logger.info("this worker process holds its host again; taking demand");
+      this.#hostProblem = undefined;
+      return true;
+    }
+    if (!this.#hostProblem) d.logger.error("another worker process has taken this host; taking no demand while it holds it");
+    this.#hostProblem = `another worker process holds host "${d.host}": give each worker its own worker.hostId`;
+    return false;
+  }
+
+  /**
+   * Stops the heartbeat and says this process is gone (its records are others' to clean up now,
+   * its host is free for the next process); `leave` also removes this host's record (a clean exit:
+   * nothing of it runs).
    */
   async stop(leave: boolean): Promise<void> {
     this.#stopped = true;
     this.#timer?.stop();
-    await this.#d.hosts.instanceGone(this.#d.instance).catch(() => undefined);
-    if (leave) await this.#d.hosts.forget(this.#d.host).catch(() => undefined);
+    await this.#d.hosts.instanceGone(this.#d.instance, this.#d.host).catch(() => undefined);
+    // A host another process has taken is that process's to leave.
+    if (leave && !this.#hostProblem) await this.#d.hosts.forget(this.#d.host).catch(() => undefined);
   }
 }

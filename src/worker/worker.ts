@@ -136,12 +136,23 @@ export class RunnerWorker {
 
   /** What makes this worker unready, if anything. */
   get problem(): string | undefined {
-    return this.#presence.engineProblem ?? this.#lastError;
+    return this.#presence.problem ?? this.#lastError;
   }
 
   async start(): Promise<void> {
     await this.#d.driver.ping();
     await this.#presence.start();
+    try {
+      await this.#startServing();
+    } catch (err) {
+      // Half started: stop what did start, and free the host for the next try.
+      await this.stop().catch(() => undefined);
+      throw err;
+    }
+    this.#d.logger.info({ capacity: this.#d.capacity, pools: [...this.#d.sources.keys()] }, "worker started");
+  }
+
+  async #startServing(): Promise<void> {
     await this.reconcile();
     for (const [pool, source] of this.#d.sources) {
       await source.start();
@@ -150,7 +161,6 @@ export class RunnerWorker {
       if (config && config.minIdle > 0) this.#loops.push(this.#warmLoop(config));
     }
     this.#reconcileTimer = every(this.#d.reconcileIntervalSeconds * 1000, () => this.reconcile());
-    this.#d.logger.info({ host: this.#d.host, capacity: this.#d.capacity, pools: [...this.#d.sources.keys()] }, "worker started");
   }
 
   async stop(): Promise<void> {
@@ -185,6 +195,11 @@ export class RunnerWorker {
         failures++;
         this.#noteError(`taking demand for pool ${pool} failed: ${errorMessage(err)}`, failures === 1);
         await sleep(Math.min(30_000, 500 * 2 ** failures));
+      }
+      if (lease && !this.#presence.open) {
+        // Closed while it waited (engine gone, host taken, drain, stop): the demand goes back unspent.
+        await lease.release().catch(() => undefined);
+        lease = undefined;
       }
       // A warm runner of this host takes the demand over with its place under the pool limit.
       const spare = lease && (await this.#adoptSpare(lease));

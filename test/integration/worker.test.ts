@@ -1,15 +1,18 @@
 /**
  * The worker's less happy paths, for real (fake GitHub, real Redis, real Docker engine):
  * a launch that fails after registration, a job cancelled while its webhook was lost, and a
- * worker stopped and restarted while its runner runs a job, and a burst whose container starts
- * wait their turn at the engine.
+ * worker stopped and restarted while its runner runs a job, a burst whose container starts
+ * wait their turn at the engine, and one worker process per host id.
  */
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startDockerProxy } from "../helpers/docker-proxy.ts";
-import { waitFor } from "../helpers/process.ts";
+import { writeOperatorConfig } from "../helpers/operator-config.ts";
+import { runJitrunner, waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
@@ -267,5 +270,72 @@ test("a burst's container starts wait their turn: the engine never has more than
     await sys.close();
     await proxy.close();
     await fake.close();
+  }
+});
+
+test("one worker process per host id: a second one exits at start while the first beats, waits out a killed one's hold, and a worker whose host is taken from it takes no demand until it is its own again", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "hold");
+  const [host, killedHost] = [uniqueHost("hold"), uniqueHost("killed")];
+  hosts.push(host, killedHost);
+  const conn = redisConnection(r.url);
+  const worker = { capacity: 1, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, completedGraceSeconds: 5 };
+  const started: Array<Awaited<ReturnType<typeof startSystem>>> = [];
+  // Every start here ends within its hold's expiry (3 beats) and one more beat; a start that
+  // neither starts nor fails by then is a failure, not a hang.
+  const startOrFail = async (hostId: string, mode: "all" | "worker" = "worker") => {
+    let timer: NodeJS.Timeout | undefined;
+    const limit = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`start on ${hostId} still pending after 20 s`)), 20_000)));
+    try {
+      const sys = await Promise.race([startSystem(mode, fake, r, hostId, { worker: { hostId, ...worker } }), limit]);
+      started.push(sys);
+      return sys;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  try {
+    const first = await startOrFail(host, "all");
+    // An operator's second `jitrunner worker` with the same id: it says why, and exits 1.
+    const config = writeOperatorConfig(fake, { redis: { url: r.url, prefix: r.prefix }, server: { host: "127.0.0.1", port: 0 }, worker, pools: [fakeRunnerPool(fake)] });
+    const second = runJitrunner(["worker", "--config", config], { JITRUNNER_HOST_ID: host });
+    const code = await Promise.race([once(second.child, "exit").then(([c]) => c as number | null), sleep(20_000, "still running", { ref: false })]);
+    await second.stop();
+    assert.equal(code, 1, second.output().slice(-2000));
+    assert.match(second.output(), new RegExp(`jitrunner: another worker process is serving host "${host}" .*: give each worker its own worker.hostId`));
+    assert.ok((await fetch(`${first.url}/readyz`)).ok, "the first worker serves on, untroubled");
+
+    // A process killed without stopping leaves its hold to expire: the next one waits it out.
+    await new HostStore(conn, r.prefix).hold(killedHost, "killed-process", 2_000);
+    const next = await startOrFail(killedHost);
+    assert.match(next.logs(), /another worker process held this host at its last beat; waiting/);
+    assert.match(next.logs(), /hold on this host lapsed; starting/);
+    await next.close(); // it serves the same pool: the demand below is the first worker's alone
+
+    // The host taken from a running worker (it stalled past its hold, and another took it).
+    const holdKey = `${r.prefix}:host-held-by:${host}`;
+    await conn.set(holdKey, "intruder", "PX", 60_000);
+    const unready = await waitFor(async () => {
+      const res = await fetch(`${first.url}/readyz`);
+      return !res.ok && ((await res.json()) as { problems: string[] }).problems;
+    }, 10_000, "the first worker unready once its host is taken");
+    assert.deepEqual(unready, [`another worker process holds host "${host}": give each worker its own worker.hostId`]);
+    assert.match(first.logs(), /another worker process has taken this host; taking no demand/);
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await sleep(3_000);
+    assert.equal(callsTo(fake, JIT), 0, "no demand taken while another process holds the host");
+    await conn.del(holdKey);
+    await waitFor(async () => (await fetch(`${first.url}/readyz`)).ok, 10_000, "ready again once the host is free");
+    assert.match(first.logs(), /holds its host again; taking demand/);
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "the job served once the host is the worker's own again");
+
+    // A clean stop frees the host at once: the next process starts without waiting.
+    await first.close();
+    const after = await startOrFail(host);
+    assert.doesNotMatch(after.logs(), /held this host/);
+  } finally {
+    for (const sys of started) await sys.close();
+    await fake.close();
+    conn.disconnect();
   }
 });
