@@ -265,7 +265,7 @@ export class Launcher {
         if (finished || tracked.state === "busy" || tracked.state === "completed" || !tracked.record.runnerId) return;
         const registered = await d.github.getRunner(scopeOf(tracked.record), tracked.record.runnerId).catch(() => "error" as const);
         if (finished || registered === "error" || registered?.status === "online") return;
-        log.warn({ runner: name, startTimeoutSeconds: pool.startTimeoutSeconds }, "runner never came online; removing it");
+        log.warn({ ...runnerField(log, name), startTimeoutSeconds: pool.startTimeoutSeconds }, "runner never came online; removing it");
         const result = await this.#deregister(tracked.record, log);
         if (result === "busy") tracked.state = "busy";
         else if (result) finish("start_timeout");
@@ -300,7 +300,7 @@ export class Launcher {
       // worker died) must launch again, not find this runner and call the demand served.
       await d.runners.remove(record, !LAUNCH_UNDONE.has(reason) && ranAJob);
       d.metrics.removed(record.pool, reason);
-      log.info({ runner: record.name, reason }, "runner removed");
+      log.info({ ...runnerField(log, record.name), reason }, "runner removed");
       return { tookAJob: ranAJob };
     } finally {
       this.tracked.delete(record.name);
@@ -313,7 +313,7 @@ export class Launcher {
     try {
       return await this.#d.github.deleteRunner(scopeOf(record), record.runnerId);
     } catch (err) {
-      log.warn({ runner: record.name, err: errorMessage(err) }, "deleting runner registration failed");
+      log.warn({ ...runnerField(log, record.name), err: errorMessage(err) }, "deleting runner registration failed");
       return undefined;
     }
   }
@@ -321,4 +321,9 @@ export class Launcher {
 
 function labelKey(record: RunnerRecord) {
   return { pool: record.pool, host: record.host, runnerName: record.name, demandId: record.demandId };
+}
+
+/** The runner's name for a log line, unless `log` is bound to it already (a key once per line). */
+function runnerField(log: Logger, name: string): { runner?: string } {
+  return log.bindings().runner === name ? {} : { runner: name };
 }

@@ -352,11 +352,11 @@ export class RunnerWorker {
       const outcome = record.runnerId ? await this.#d.github.deleteRunner(scopeOf(record), record.runnerId) : "not_found";
       if (outcome !== "busy") {
         await this.#d.runners.remove(record, false);
-        log.info({ runner: record.name, host: record.host }, "runner lost with its host; launching another");
+        log.info({ runner: record.name, runnerHost: record.host }, "runner lost with its host; launching another");
         return false;
       }
     }
-    log.info({ runner: existing.name, host: record?.host }, "demand already has a runner");
+    log.info({ runner: existing.name, runnerHost: record?.host }, "demand already has a runner");
     if (record && !hostGone) await this.#waitGone(existing.name);
     // Gone without serving the demand (a launch cut short by a crash, a runner that took no job):
     // its teardown released the claim, and the demand needs a runner still.
@@ -750,7 +750,7 @@ export class RunnerWorker {
           // Its stopped container, on that host's engine, goes when that host's worker returns.
           await runners.remove(r, true);
           metrics.removed(r.pool, "host_gone");
-          log.info({ runner: name, host: id }, "completed runner of a gone host forgotten");
+          log.info({ runner: name, goneHost: id }, "completed runner of a gone host forgotten");
           continue;
         }
         const outcome = r.runnerId ? await github.deleteRunner(scopeOf(r), r.runnerId).catch(() => "error") : "not_found";
@@ -758,7 +758,7 @@ export class RunnerWorker {
         else if (outcome !== "error") {
           await runners.remove(r, false);
           metrics.removed(r.pool, "host_gone");
-          log.info({ runner: name, host: id }, "runner of a gone host deregistered");
+          log.info({ runner: name, goneHost: id }, "runner of a gone host deregistered");
         }
       }
       // Its warm places: its runners are deregistered or busy, none is warm. Its places under the
@@ -770,7 +770,7 @@ export class RunnerWorker {
       if (running === 0) {
         await hosts.forget(id);
         metrics.hostGone();
-        log.info({ host: id }, "gone host forgotten");
+        log.info({ goneHost: id }, "gone host forgotten");
       }
     }
   }

@@ -51,6 +51,9 @@ test("a launch that fails after registration deletes the registration and leaves
     const metrics = await (await fetch(`${sys.url}/metrics`)).text();
     assert.match(metrics, /jitrunner_launch_failures_total\{pool="default",reason="E_DOCKER"\} 1/);
     assert.match(sys.logs(), /create container failed \(404\)/);
+    const removed = sys.logs().split("\n").filter((l) => l.includes('"msg":"runner removed"'));
+    assert.ok(removed.length > 0);
+    for (const line of removed) assert.equal(line.split('"runner":').length - 1, 1, `the runner named once: ${line}`);
   } finally {
     await sys.close();
     await fake.close();
@@ -331,8 +334,8 @@ test("one worker process per host id: a second one exits at start while the firs
 
     // A clean stop frees the host at once: the next process starts without waiting.
     await first.close();
-    const after = await startOrFail(host);
-    assert.doesNotMatch(after.logs(), /held this host/);
+    const restarted = await startOrFail(host);
+    assert.doesNotMatch(restarted.logs(), /held this host/);
   } finally {
     for (const sys of started) await sys.close();
     await fake.close();
