@@ -56,9 +56,10 @@ step by step, jitrunner's own share is **${ms(ownSteps(p))}** at p50: received -
 plus "taken -> container created" beyond the bare create
 (${ms((p.isolated.parts["taken -> container created"]?.p50 ?? Number.NaN) - (p.bareIsolated.parts["start -> container created"]?.p50 ?? Number.NaN))}:
 the JIT config call with the still-queued check alongside it, as the job is fresh
-(\`github.overlapStillQueuedCheckSeconds\`), and the runner record's Redis writes; each call
-through Octokit and its throttling plugin costs about 10 ms more than a bare fetch of the fake,
-in Bottleneck's scheduler hops). Docker's own
+(\`github.overlapStillQueuedCheckSeconds\`), and the runner record's Redis writes; a call
+through Octokit and its throttling plugin costs about 1 ms more than a bare fetch of the fake,
+and a write one Redis round trip more for the shared write budget, since the plugin's schedulers
+take no timer turns (src/github/request-gates.ts; through Bottleneck's they cost 10 ms more). Docker's own
 "created -> started" varies by more than that from one container to the next (compare the two
 series), which is why the totals can come out in either order.
 

@@ -21,6 +21,7 @@ import type {
   WorkflowJobSummary,
   WorkflowRunSummary,
 } from "./client.ts";
+import { ConcurrencyGroup, RetryScheduler } from "./request-gates.ts";
 import { RedisTokenCache } from "./token-cache.ts";
 import { DEFAULT_WRITES_PER_MINUTE, SharedWriteWindow, WriteWindow, type WriteBudget } from "./write-window.ts";
 
@@ -28,6 +29,8 @@ import { DEFAULT_WRITES_PER_MINUTE, SharedWriteWindow, WriteWindow, type WriteBu
 const MAX_PAGES = 20;
 /** One HTTP attempt at most this long (a hung connection must not hold a launch forever). */
 const ATTEMPT_TIMEOUT_MS = 30_000;
+/** Calls of one installation running at once at most (GitHub's secondary limit is 100; the throttling plugin's default). */
+const CONCURRENT_CALLS = 10;
 /** Rate-limited calls wait as GitHub says and retry this often at most... */
 const RATE_LIMIT_RETRIES = 3;
 /** ...unless told to wait longer than this: a primary window resets within the hour. */
@@ -100,6 +103,11 @@ export class OctokitGitHub implements GitHubClient {
   readonly #tokens: RedisTokenCache | undefined;
   /** The write budget of every installation this client calls for (`throttle.id` keys it). */
   readonly #writes: WriteBudget;
+  /** The throttling plugin's other schedulers, without Bottleneck's timer turns (see request-gates.ts). */
+  readonly #calls = new ConcurrencyGroup(CONCURRENT_CALLS);
+  readonly #tokenRequests = new ConcurrencyGroup(1);
+  /** One per client, as the plugin's own: each client's plugin hears only its own calls' failures. */
+  readonly #retries: RetryScheduler[] = [];
   /** Runner group ids by installation/organization/name, resolved once. */
   readonly #groups = new Map<string, Promise<number>>();
 
@@ -117,6 +125,7 @@ export class OctokitGitHub implements GitHubClient {
 
   close(): void {
     this.#writes.close();
+    for (const retries of this.#retries) retries.close();
   }
 
   /** Seconds GitHub's clock is ahead of this host's, as learned from its answers. */
@@ -145,6 +154,8 @@ export class OctokitGitHub implements GitHubClient {
         );
         return again;
       };
+    const retries = new RetryScheduler();
+    this.#retries.push(retries);
     client = new JitOctokit({
       baseUrl: this.#opts.apiUrl.replace(/\/+$/, ""),
       authStrategy: createAppAuth,
@@ -162,6 +173,8 @@ export class OctokitGitHub implements GitHubClient {
         id: throttleId,
         // The plugin only calls `key(id).schedule(options, fn)` on its write group (WriteGate).
         write: this.#writes as unknown as NonNullable<ThrottlingOptions["write"]>,
+        // Not in the plugin's types, read from its options all the same (it assigns them over its defaults).
+        ...({ global: this.#calls, auth: this.#tokenRequests, retryLimiter: retries } as object),
         onRateLimit: limited("primary"),
         onSecondaryRateLimit: limited("secondary"),
       },

@@ -11,7 +11,7 @@ import { createAppAuth } from "@octokit/auth-app";
 import { Octokit } from "@octokit/core";
 import { Redis } from "ioredis";
 import { Secret } from "../../src/config/secret.ts";
-import { GitHubError } from "../../src/errors.ts";
+import { GitHubError, NotSentError } from "../../src/errors.ts";
 import { GitHubClock, appJwtSigner } from "../../src/github/app-jwt.ts";
 import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { RedisTokenCache } from "../../src/github/token-cache.ts";
@@ -258,6 +258,58 @@ test("rate limits: 429 + retry-after and 403 + x-ratelimit-reset are waited out 
   assert.equal(metric(text, "jitrunner_github_rate_limited_total", 'kind="secondary",outcome="gave_up"'), 1);
   assert.equal(metric(text, "jitrunner_github_requests_total", `route="${JOB}",status="200"`), 2);
   assert.ok(metric(text, "jitrunner_github_rate_limit_remaining", 'installation="1"') > 0);
+});
+
+test("a rate limit is heard by the refused call's installation: all its writes wait, even when the App's own client was made first", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { prefix: `${redis.prefix}-heard` });
+  await c.gh.listHookDeliveries(); // the App's own client (installation 0), made before installation 1's
+  fake.inject({ route: REPO_JIT, status: 429, times: 1, headers: { "retry-after": "2" } });
+  const limited = c.gh.generateJitConfig(repo(), { name: "jr-limited", labels: LABELS });
+  await waitFor(() => calls(fake, REPO_JIT).includes(429), 5_000, "the 429 answered");
+  await waitFor(() => /secondary rate limit: waiting 2 s/.test(c.logs()), 5_000, "the wait logged");
+  assert.match(c.logs(), /"installationId":1,.*secondary rate limit: waiting 2 s/);
+  assert.doesNotMatch(c.logs(), /"installationId":0,.*rate limit/, "the App client's handler did not hear of it");
+  // Another write of installation 1, asked for during the wait, waits for its end too.
+  await c.gh.generateJitConfig(repo(), { name: "jr-during", labels: LABELS });
+  await limited;
+  const jit = fake.requests.filter((r) => r.route === REPO_JIT).map((r) => ({ status: r.status, at: r.at }));
+  assert.deepEqual(jit.map((r) => r.status), [429, 201, 201]);
+  assert.ok(jit.slice(1).every((r) => r.at - jit[0]!.at >= 1900), `no write within GitHub's 2 s: ${jit.map((r) => r.at - jit[0]!.at).join(", ")} ms`);
+});
+
+test("at most 10 calls of one installation are out at once: the 11th is sent when an answer has come", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { prefix: `${redis.prefix}-concurrency` });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  await c.gh.getJob(1, "acme", "app", job.id); // the token, minted first
+  const held = 1000;
+  fake.inject({ route: JOB, times: 12, delayMs: held });
+  const answers = await Promise.all(Array.from({ length: 12 }, () => c.gh.getJob(1, "acme", "app", job.id)));
+  assert.ok(answers.every((a) => a.status === "queued"));
+  const arrived = fake.requests.filter((r) => r.route === JOB).slice(1).map((r) => r.at).sort((a, b) => a - b);
+  assert.deepEqual(calls(fake, JOB), Array(13).fill(200));
+  // Each of the first 10 is answered `held` ms after it arrived, so no 11th can arrive sooner (less
+  // the fake's timer firing early against the clock on a busy event loop); unlimited, it came 5 ms after.
+  assert.ok(arrived[10]! - arrived[0]! >= held - 200, `the 11th arrived ${arrived[10]! - arrived[0]!} ms after the first`);
+});
+
+test("a call waiting out GitHub's rate limit fails at once with NotSentError when the client closes, and is not sent again", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { prefix: `${redis.prefix}-closed` });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  fake.inject({ route: JOB, status: 429, times: 1, headers: { "retry-after": "60" } });
+  const call = c.gh.getJob(1, "acme", "app", job.id).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  await waitFor(() => calls(fake, JOB).length === 1, 5_000, "the 429 answered");
+  const started = Date.now();
+  c.gh.close();
+  const err = await call;
+  assert.ok(err instanceof NotSentError, `expected NotSentError, got ${String(err)}`);
+  assert.ok(Date.now() - started < 5_000, "not after GitHub's 60 s");
+  assert.deepEqual(calls(fake, JOB), [429]);
 });
 
 test("409 and 422 are answered at once, never retried; 5xx is retried; a lost answer leaves a named orphan that can be found and deleted", async () => {

@@ -1,0 +1,150 @@
+import { NotSentError } from "../errors.ts";
+
+/*
+ * @octokit/plugin-throttling sends every call through two Bottleneck schedulers: its retry limiter
+ * (which repeats a rate-limited call after GitHub's wait) and its global group (at most 10 calls
+ * of one installation at a time). Bottleneck's local datastore takes a timer turn for each of its
+ * steps: about 4.5 ms a scheduler here, 9 ms on every GitHub call, on the critical path of every
+ * runner launch. The plugin takes its schedulers from its options (`retryLimiter`, `global`,
+ * `auth`, as it takes `write`); these two do the same jobs with no timer between a call and its
+ * start. The plugin still decides what is rate limited and how long to wait.
+ */
+
+/** What the plugin passes a `failed` handler: the error and the scheduled call's arguments. */
+export interface FailedInfo {
+  args: unknown[];
+  retryCount: number;
+}
+
+/** Says in how many ms to run the failed call again, or nothing to give up on it. */
+export type FailedHandler = (error: unknown, info: FailedInfo) => unknown;
+
+/**
+ * The plugin's `retryLimiter` (a Bottleneck's shape as the plugin uses it): `schedule(fn, ...args)`
+ * runs `fn` at once; when it fails, the `failed` handler may answer a wait in ms, after which `fn`
+ * runs again with the same arguments, else the failure is the call's. Closed, a call waiting for
+ * its retry fails at once with NotSentError (the attempt GitHub refused did nothing), and no timer
+ * is left behind.
+ */
+export class RetryScheduler {
+  readonly #handlers: FailedHandler[] = [];
+  readonly #waits = new Set<{ timer: NodeJS.Timeout; reject(err: unknown): void }>();
+  #closed = false;
+
+  on(event: string, handler: FailedHandler): void {
+    if (event === "failed") this.#handlers.push(handler);
+  }
+
+  async schedule<T>(fn: (...args: never[]) => T | PromiseLike<T>, ...args: unknown[]): Promise<T> {
+    for (let retryCount = 0; ; retryCount++) {
+      if (this.#closed) throw new NotSentError("GitHub call");
+      try {
+        return await (fn as (...a: unknown[]) => T | PromiseLike<T>)(...args);
+      } catch (err) {
+        const waitMs = await this.#retryAfter(err, { args, retryCount });
+        if (waitMs === undefined) throw err;
+        await this.#wait(waitMs);
+      }
+    }
+  }
+
+  /** Fails every call waiting for its retry, and any scheduled later, with NotSentError. */
+  close(): void {
+    this.#closed = true;
+    for (const w of this.#waits) {
+      clearTimeout(w.timer);
+      w.reject(new NotSentError("GitHub call"));
+    }
+    this.#waits.clear();
+  }
+
+  async #retryAfter(err: unknown, info: FailedInfo): Promise<number | undefined> {
+    for (const handler of this.#handlers) {
+      let answer: unknown;
+      try {
+        answer = await handler(err, info);
+      } catch {
+        // A handler that fails cannot ask for a retry: the call's own failure stands.
+        continue;
+      }
+      if (typeof answer === "number" && Number.isFinite(answer)) return Math.max(0, answer);
+    }
+    return undefined;
+  }
+
+  #wait(ms: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const w = {
+        timer: setTimeout(() => {
+          this.#waits.delete(w);
+          resolve();
+        }, ms),
+        reject,
+      };
+      this.#waits.add(w);
+    });
+  }
+}
+
+/** Options the plugin passes with each call: a retry has priority 0 and weight 0. */
+interface GateOptions {
+  priority?: number;
+  weight?: number;
+}
+
+/**
+ * The plugin's `global` and `auth` groups (a Bottleneck.Group's shape as the plugin uses it): per
+ * key, at most `max` calls running; more wait in order of arrival and start as soon as one ends.
+ * A retry (weight 0, as the plugin schedules it) runs at once and takes no place, as in Bottleneck.
+ */
+export class ConcurrencyGroup {
+  readonly #max: number;
+  readonly #keys = new Map<string, ConcurrencyGate>();
+
+  constructor(max: number) {
+    if (!(max >= 1)) throw new RangeError(`a concurrency gate needs max >= 1 (got ${max})`);
+    this.#max = max;
+  }
+
+  key(id: string): ConcurrencyGate {
+    let gate = this.#keys.get(id);
+    if (!gate) {
+      gate = new ConcurrencyGate(this.#max);
+      this.#keys.set(id, gate);
+    }
+    return gate;
+  }
+}
+
+export class ConcurrencyGate {
+  readonly #max: number;
+  readonly #waiting: (() => void)[] = [];
+  #running = 0;
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  /** Calls running now, and calls waiting for a place. */
+  get running(): number {
+    return this.#running;
+  }
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
+  async schedule<T>(options: GateOptions, fn: (...args: never[]) => T | PromiseLike<T>, ...args: unknown[]): Promise<T> {
+    const run = () => (fn as (...a: unknown[]) => T | PromiseLike<T>)(...args);
+    if (options.weight === 0) return run();
+    if (this.#running >= this.#max) await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    else this.#running++;
+    try {
+      return await run();
+    } finally {
+      // The place passes straight to the next call waiting, if any.
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#running--;
+    }
+  }
+}
