@@ -169,6 +169,7 @@ export class RunnerWorker {
     this.#reconcileTimer?.stop();
     // Watching stops at once; launches in flight finish first, then hand their demand back.
     this.#shutdown.abort();
+    this.#slots.notify();
     await Promise.allSettled([...this.#d.sources.values()].map((s) => s.close()));
     await Promise.allSettled(this.#loops);
     await Promise.allSettled([...this.#launches]);
@@ -186,7 +187,12 @@ export class RunnerWorker {
         await sleep(1000);
         continue;
       }
-      await this.#slots.acquire();
+      // Demand is taken only while a slot is free, and waiting for it holds none: a pool without
+      // demand keeps no slot from another pool's (BullMQ's wait for demand lasts up to 2 s).
+      if (this.#slots.free === 0) {
+        await this.#slots.changed();
+        continue;
+      }
       let lease: Lease | undefined;
       try {
         lease = this.#stopping || !this.#presence.open ? undefined : await source.next();
@@ -196,20 +202,25 @@ export class RunnerWorker {
         this.#noteError(`taking demand for pool ${pool} failed: ${errorMessage(err)}`, failures === 1);
         await sleep(Math.min(30_000, 500 * 2 ** failures));
       }
-      if (lease && !this.#presence.open) {
+      if (!lease) continue;
+      if (!this.#presence.open) {
         // Closed while it waited (engine gone, host taken, drain, stop): the demand goes back unspent.
         await lease.release().catch(() => undefined);
-        lease = undefined;
+        continue;
       }
-      // A warm runner of this host takes the demand over with its place under the pool limit.
-      const spare = lease && (await this.#adoptSpare(lease));
-      if (lease && !spare && !(await this.#withinPoolLimit(lease))) {
+      // A warm runner of this host takes the demand over with its slot and its place under the
+      // pool limit; else the demand needs a slot of its own.
+      const spare = await this.#adoptSpare(lease);
+      if (!spare && !this.#slots.tryAcquire()) {
+        // Another pool's demand took the last slot while this one waited: back unspent, first in
+        // line, for a host with room (or this one, once a slot is free).
         await lease.release().catch(() => undefined);
-        lease = undefined;
-        await sleep(1000);
+        continue;
       }
-      if (!lease) {
+      if (!spare && !(await this.#withinPoolLimit(lease))) {
+        await lease.release().catch(() => undefined);
         this.#slots.release();
+        await sleep(1000);
         continue;
       }
       const held = lease;
@@ -396,7 +407,8 @@ export class RunnerWorker {
         if (await this.#handOver(spare, this.#d.logger.child({ pool: pool.name }))) continue;
         if (spare.warm) await this.#unwarm(spare);
       }
-      while (!this.#stopping && this.#presence.open && this.#slots.tryAcquire()) {
+      // A slot free for each pool's demand stays free: warm runners never crowd demand out.
+      while (!this.#stopping && this.#presence.open && this.#slots.tryAcquire(this.#d.sources.size)) {
         const holder = hostHolder(this.#d.host);
         const placed =
           (await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false)) &&
@@ -590,8 +602,7 @@ export class RunnerWorker {
     spare.adopted = true;
     spare.idleFrom = Date.now();
     this.#spares.delete(spare.tracked.record.name);
-    // The demand's slot covers the runner now; its place under the pool limit moves to the demand.
-    this.#slots.release();
+    // The runner's slot and its place under the pool limit are the demand's now.
     if (spare.warm) void this.#d.limits.release(warmKey(spare.pool.name), spare.holder).catch(() => undefined);
     spare.warm = false;
     if (spare.pool.maxRunners) void this.#d.limits.transfer(spare.pool.name, spare.holder, lease.id).catch(() => undefined);

@@ -249,6 +249,50 @@ test("a runner that hangs without ever taking its job is reaped at the idle time
   }
 });
 
+test("waiting for demand holds no slot: an idle worker with two pools and one slot counts none used, and serves either pool's job, one at a time", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("slots");
+  hosts.push(host);
+  const r = scopedRedis(redis, "slots");
+  const env = { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "3" };
+  const pools = [
+    fakeRunnerPool(fake, { name: "a", labels: ["self-hosted", "pool-a"], env }),
+    fakeRunnerPool(fake, { name: "b", labels: ["self-hosted", "pool-b"], env }),
+  ];
+  const sys = await startSystem("all", fake, r, host, { pools, worker: { hostId: host, capacity: 1, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, completedGraceSeconds: 5 } });
+  const conn = redisConnection(r.url);
+  const hostStore = new HostStore(conn, r.prefix);
+  const used = async () => (await hostStore.list()).find((h) => h.id === host)?.record?.used;
+  try {
+    // Both pools' loops wait for demand the whole time; across 3 beats, no slot is counted used.
+    const seen: Array<number | undefined> = [];
+    for (let i = 0; i < 6; i++) {
+      await sleep(500);
+      seen.push(await used());
+    }
+    assert.deepEqual(seen.filter((u) => u !== undefined), Array(seen.filter((u) => u !== undefined).length).fill(0), `slots used while idle: ${seen.join(", ")}`);
+    assert.ok(seen.some((u) => u !== undefined), "the host beat");
+
+    const a = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "pool-a"] });
+    await waitFor(async () => (await used()) === 1, 30_000, "the runner's slot counted");
+    const b = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "pool-b"] });
+    const done = await waitFor(() => {
+      const jobs = fake.jobs().filter((j) => j.id === a.id || j.id === b.id);
+      return jobs.every((j) => j.status === "completed") && jobs;
+    }, 90_000, "both jobs completed");
+    assert.deepEqual(done.map((j) => j.conclusion), ["success", "success"]);
+    const ran = done.map((j) => ({ start: Date.parse(j.started_at!), end: Date.parse(j.completed_at!) })).sort((x, y) => x.start - y.start);
+    assert.ok(ran[1]!.start >= ran[0]!.end, "one slot: the second job ran after the first");
+    assert.equal(callsTo(fake, JIT), 2, "one registration each");
+    assert.doesNotMatch(await (await fetch(`${sys.url}/metrics`)).text(), /^jitrunner_launch_failures_total\{/m, "no launch failed");
+    await waitFor(async () => (await used()) === 0 && (await containersOf(host)).length === 0, 30_000, "the slot free again, nothing left");
+  } finally {
+    conn.disconnect();
+    await sys.close();
+    await fake.close();
+  }
+});
+
 test("a burst's container starts wait their turn: the engine never has more than worker.concurrentStarts at once, and every job is served", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const proxy = await startDockerProxy();
