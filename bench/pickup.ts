@@ -85,21 +85,40 @@ function series(name: string, items: Pickup[]): Series {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Bare create + start of the runner spec jitrunner would create, `n` of them, `concurrent` or spaced. */
-async function bare(docker: Docker, fake: FakeGitHub, n: number, concurrent: boolean): Promise<Pickup[]> {
-  const tag = randomBytes(4).toString("hex");
-  const events = await ContainerEvents.open(docker, `${BASELINE_LABEL}=${tag}`);
-  const pool = runnerPool(fake);
-  const t0s = new Map<string, number>();
-  const one = async (i: number) => {
-    const name = `bench-bare-${tag}-${i}`;
+/**
+ * Bare create + start of the runner spec jitrunner would create, on the same engine: `one` at a
+ * time (each on an idle engine: started, exited, removed, gone) or `burst` at once.
+ */
+class Bare {
+  readonly #docker: Docker;
+  readonly #fake: FakeGitHub;
+  readonly #tag: string;
+  readonly #events: ContainerEvents;
+  readonly #t0s = new Map<string, number>();
+  readonly #ids: string[] = [];
+  #n = 0;
+
+  private constructor(docker: Docker, fake: FakeGitHub, tag: string, events: ContainerEvents) {
+    this.#docker = docker;
+    this.#fake = fake;
+    this.#tag = tag;
+    this.#events = events;
+  }
+
+  static async open(docker: Docker, fake: FakeGitHub): Promise<Bare> {
+    const tag = randomBytes(4).toString("hex");
+    return new Bare(docker, fake, tag, await ContainerEvents.open(docker, `${BASELINE_LABEL}=${tag}`));
+  }
+
+  async #createAndStart(): Promise<string> {
+    const pool = runnerPool(this.#fake);
     const opts = createOptions({
-      name,
+      name: `bench-bare-${this.#tag}-${this.#n++}`,
       image: pool.image,
       // Not a JIT config: the container boots its own dockerd like a runner, then its runner exits.
       jitConfig: new Secret(Buffer.from("not-a-jit-config").toString("base64")),
       env: pool.env,
-      labels: { [BASELINE_LABEL]: tag },
+      labels: { [BASELINE_LABEL]: this.#tag },
       isolation: pool.isolation,
       capDrop: ["SYS_RESOURCE"],
       resources: pool.resources,
@@ -107,36 +126,41 @@ async function bare(docker: Docker, fake: FakeGitHub, n: number, concurrent: boo
       mounts: pool.mounts,
     });
     const t0 = Date.now();
-    const c = await docker.createContainer(opts);
-    t0s.set(c.id, t0);
+    const c = await this.#docker.createContainer(opts);
+    this.#t0s.set(c.id, t0);
+    this.#ids.push(c.id);
     await c.start();
     return c.id;
-  };
-  const ids: string[] = [];
-  try {
-    if (concurrent) ids.push(...(await Promise.all(Array.from({ length: n }, (_, i) => one(i)))));
-    else {
-      // Each on an idle engine: started, exited, removed, gone, then the next.
-      for (let i = 0; i < n; i++) {
-        const at = Date.now();
-        const id = await one(i);
-        ids.push(id);
-        await events.until(() => events.byId.get(id)?.start, 30_000, "bare container start event");
-        // Like a runner: it boots its dockerd and exits by itself; then it is removed.
-        await events.until(() => events.byId.get(id)?.die, 60_000, "bare container to exit");
-        await docker.getContainer(id).remove({ force: true, v: true });
-        await events.until(() => events.byId.get(id)?.destroy, 30_000, "bare container destroy event");
-        await sleep(Math.max(0, SPACING_MS - (Date.now() - at)));
-      }
-    }
-    await events.until(() => ids.every((id) => events.byId.get(id)?.start !== undefined), 60_000, "bare start events");
+  }
+
+  /** One on an idle engine; like a runner it boots its dockerd and exits by itself, then it is removed. */
+  async one(): Promise<string> {
+    const events = this.#events;
+    const id = await this.#createAndStart();
+    await events.until(() => events.byId.get(id)?.start, 30_000, "bare container start event");
+    await events.until(() => events.byId.get(id)?.die, 60_000, "bare container to exit");
+    await this.#docker.getContainer(id).remove({ force: true, v: true });
+    await events.until(() => events.byId.get(id)?.destroy, 30_000, "bare container destroy event");
+    return id;
+  }
+
+  /** `n` at once; resolves when all have started. */
+  async burst(n: number): Promise<string[]> {
+    const ids = await Promise.all(Array.from({ length: n }, () => this.#createAndStart()));
+    await this.#events.until(() => ids.every((id) => this.#events.byId.get(id)?.start !== undefined), 60_000, "bare start events");
+    return ids;
+  }
+
+  pickups(ids: string[]): Pickup[] {
     return ids.map((id) => {
-      const lc = events.byId.get(id)!;
-      return { t0: t0s.get(id)!, created: lc.create!, started: lc.start!, died: lc.die };
+      const lc = this.#events.byId.get(id)!;
+      return { t0: this.#t0s.get(id)!, created: lc.create!, started: lc.start!, died: lc.die };
     });
-  } finally {
-    events.close();
-    await Promise.allSettled(ids.map((id) => docker.getContainer(id).remove({ force: true, v: true })));
+  }
+
+  async close(): Promise<void> {
+    this.#events.close();
+    await Promise.allSettled(this.#ids.map((id) => this.#docker.getContainer(id).remove({ force: true, v: true })));
   }
 }
 
@@ -168,17 +192,13 @@ export async function runPickup(
   fake: FakeGitHub,
   progress: (msg: string) => void,
 ): Promise<PickupResult> {
-  progress(`pickup: bare docker create+start, ${ISOLATED} one at a time on an idle engine`);
-  const bareIsolated = series("bare, one at a time", await bare(docker, fake, ISOLATED, false));
-  progress(`pickup: bare docker create+start, ${BURST} at once`);
-  const bareBurst = series(`bare, ${BURST} at once`, await bare(docker, fake, BURST, true));
-
   const tag = randomBytes(3).toString("hex");
   const prefix = `bench-pickup-${tag}`;
   const host = `bench-pickup-${tag}`;
   const capacity = BURST + ISOLATED;
   const common = { dir, redisUrl: redis.url, prefix, privateKey: fake.privateKey, appId: fake.appId, apiUrl: fake.url, pools: [runnerPool(fake)], hostId: host, capacity };
   const events = await ContainerEvents.open(docker, `dev.jitrunner.host=${host}`);
+  const bare = await Bare.open(docker, fake);
   const firstRequest = fake.requests.length;
   let server: RunningJitrunner | undefined;
   let worker: RunningJitrunner | undefined;
@@ -188,22 +208,40 @@ export async function runPickup(
     fake.setWebhookUrl(`${server.url}/webhooks/github`);
     const startedFor = (jobId: number) => () => events.all().find((lc) => lc.labels[DEMAND_LABEL] === `${jobId}-1` && lc.start !== undefined);
 
-    progress("pickup: jitrunner, one warm-up job (installation token, first JIT config)");
+    progress("pickup: one warm-up of each (jitrunner: installation token, first JIT config)");
+    await bare.one();
     const warm = await fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS });
     await events.until(startedFor(warm.id), 60_000, "warm-up runner start");
-    await sleep(SPACING_MS);
+    await waitQuiet(fake, events, 60_000, "the warm-up runner to finish and go");
 
-    progress(`pickup: jitrunner, ${ISOLATED} jobs one at a time on an idle engine`);
+    progress(`pickup: ${ISOLATED} bare create+start and ${ISOLATED} jitrunner jobs, one at a time on an idle engine, taking turns`);
+    const bareIds: string[] = [];
     const isolatedIds: string[] = [];
-    for (let i = 0; i < ISOLATED; i++) {
-      // Each on an idle engine: the previous runner has run its job and is gone.
-      await waitQuiet(fake, events, 60_000, "the previous runner to finish and go");
+    const spaced = async (step: () => Promise<void>) => {
       const at = Date.now();
-      const job = await fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS });
-      isolatedIds.push((await events.until(startedFor(job.id), 60_000, `runner start for job ${i + 1}`)).id);
+      await step();
       await sleep(Math.max(0, SPACING_MS - (Date.now() - at)));
+    };
+    const bareStep = async () => {
+      bareIds.push(await bare.one());
+    };
+    const jitrunnerStep = async () => {
+      const job = await fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS });
+      isolatedIds.push((await events.until(startedFor(job.id), 60_000, `runner start for job ${isolatedIds.length + 1}`)).id);
+      // Each on an idle engine: this runner runs its job and is gone before the next step.
+      await waitQuiet(fake, events, 60_000, "the runner to finish and go");
+    };
+    for (let i = 0; i < ISOLATED; i++) {
+      // Which goes first alternates, so neither always runs right after the other.
+      const steps = i % 2 === 0 ? [bareStep, jitrunnerStep] : [jitrunnerStep, bareStep];
+      for (const step of steps) await spaced(step);
     }
-    await waitQuiet(fake, events, 120_000, "isolated jobs to finish and their containers to go");
+    const bareIsolated = series("bare, one at a time", bare.pickups(bareIds));
+
+    progress(`pickup: bare docker create+start, ${BURST} at once`);
+    const bareBurstIds = await bare.burst(BURST);
+    const bareBurst = series(`bare, ${BURST} at once`, bare.pickups(bareBurstIds));
+    await Promise.allSettled(bareBurstIds.map((id) => docker.getContainer(id).remove({ force: true, v: true })));
 
     progress(`pickup: jitrunner, ${BURST} jobs at once`);
     const burstJobs = await Promise.all(Array.from({ length: BURST }, () => fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS })));
@@ -238,6 +276,7 @@ export async function runPickup(
     };
   } finally {
     events.close();
+    await bare.close();
     await worker?.proc.stop();
     await server?.proc.stop();
     await removeHost(docker, host);

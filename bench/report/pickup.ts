@@ -38,12 +38,14 @@ boots its own dockerd, takes a job from the fake GitHub, runs a nested \`docker 
 \`jitrunner server\` and \`jitrunner worker\` run as separate processes (worker capacity
 ${p.capacity}, so no job waits for a slot); the fake GitHub adds no latency.
 
-- **One at a time**: ${p.isolated.total.n} jobs (after one warm-up job), each queued only when the
-  previous runner is gone and at least 1.5 s after the previous one (so neither a slot nor
-  GitHub's write throttle delays it); the baseline creates and starts ${p.bareIsolated.total.n}
-  containers the same way, each removed before the next.
+- **One at a time**: ${p.isolated.total.n} jobs and ${p.bareIsolated.total.n} bare containers (after one
+  warm-up of each), taking turns: a bare one, a job, a job, a bare one, and so on, so that neither
+  always follows the other and both see the engine in the same state. Each starts only when the
+  one before is gone (the runner has run its job, the bare container has exited and been removed)
+  and at least 1.5 s after it (so neither a slot nor GitHub's write throttle delays a job). The
+  worker runs throughout, so its loops load the engine alike for both.
 - **Burst**: ${p.burst.total.n} jobs queued at once; the baseline creates and starts
-  ${p.bareBurst.total.n} containers at once.
+  ${p.bareBurst.total.n} containers at once (first, while the worker idles).
 
 ${table(["series", "step", "p50", "p99", "max"], [...seriesRows(p.bareIsolated), ...seriesRows(p.isolated), ...seriesRows(p.bareBurst), ...seriesRows(p.burst)])}
 
