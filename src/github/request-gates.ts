@@ -6,8 +6,8 @@ import { NotSentError } from "../errors.ts";
  * of one installation at a time). Bottleneck's local datastore takes a timer turn for each of its
  * steps: about 4.5 ms a scheduler here, 9 ms on every GitHub call, on the critical path of every
  * runner launch. The plugin takes its schedulers from its options (`retryLimiter`, `global`,
- * `auth`, as it takes `write`); these two do the same jobs with no timer between a call and its
- * start. The plugin still decides what is rate limited and how long to wait.
+ * `auth`, as it takes `write`); the two classes below do the same jobs with no timer between a
+ * call and its start. The plugin still decides what is rate limited and how long to wait.
  */
 
 /** What the plugin passes a `failed` handler: the error and the scheduled call's arguments. */
@@ -74,6 +74,11 @@ export class RetryScheduler {
 
   #wait(ms: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {
+      // Refused while the client closed: it is not sent again.
+      if (this.#closed) {
+        reject(new NotSentError("GitHub call"));
+        return;
+      }
       const w = {
         timer: setTimeout(() => {
           this.#waits.delete(w);

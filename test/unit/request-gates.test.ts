@@ -106,3 +106,19 @@ test("closed, the retry scheduler fails a call waiting for its retry at once wit
   assert.equal(process.getActiveResourcesInfo().filter((r) => r === "Timeout").length, timersBefore - 1, "the 60 s wait's timer is gone");
   await assert.rejects(retries.schedule(() => "never"), (err) => err instanceof NotSentError);
 });
+
+test("a call refused while its client closes is not waited for: NotSentError at once, no timer", async () => {
+  const retries = new RetryScheduler();
+  retries.on("failed", () => 60_000);
+  let refuse!: () => void;
+  const call = retries.schedule(() => new Promise((_, reject) => (refuse = () => reject(new Error("limited")))));
+  await Promise.resolve();
+  retries.close();
+  const timersBefore = process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+  refuse();
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.equal(process.getActiveResourcesInfo().filter((r) => r === "Timeout").length, timersBefore, "no 60 s wait began");
+  const outcome = await Promise.race([call.then(() => "answered", (err: unknown) => err), new Promise((r) => setTimeout(r, 5_000, "still waiting").unref())]);
+  assert.ok(outcome instanceof NotSentError, `expected NotSentError at once, got ${String(outcome)}`);
+});
