@@ -9,11 +9,13 @@ import { after, before, test } from "node:test";
 import { Writable } from "node:stream";
 import { createAppAuth } from "@octokit/auth-app";
 import { Octokit } from "@octokit/core";
+import { throttling } from "@octokit/plugin-throttling";
 import { Redis } from "ioredis";
 import { Secret } from "../../src/config/secret.ts";
 import { GitHubError, NotSentError } from "../../src/errors.ts";
 import { GitHubClock, appJwtSigner } from "../../src/github/app-jwt.ts";
 import { OctokitGitHub } from "../../src/github/octokit-client.ts";
+import { ConcurrencyGroup, RetryScheduler } from "../../src/github/request-gates.ts";
 import { RedisTokenCache } from "../../src/github/token-cache.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
@@ -99,6 +101,42 @@ async function failure(p: Promise<unknown>): Promise<GitHubError> {
   assert.ok(err instanceof GitHubError, `expected a GitHubError, got ${String(err)}`);
   return err;
 }
+
+test("the throttling plugin takes its retry limiter and its call and token groups from its options, as OctokitGitHub passes them (else its Bottleneck ones would run, silently)", async () => {
+  const fake = await fakeGitHub();
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  const seen: string[] = [];
+  const retryLimiter = new RetryScheduler();
+  const schedule = retryLimiter.schedule.bind(retryLimiter);
+  retryLimiter.schedule = ((fn, ...args) => {
+    seen.push("retry");
+    return schedule(fn, ...args);
+  }) as typeof retryLimiter.schedule;
+  const group = (name: string, max: number): ConcurrencyGroup => {
+    const g = new ConcurrencyGroup(max);
+    const key = g.key.bind(g);
+    g.key = (id) => {
+      seen.push(`${name}:${id}`);
+      return key(id);
+    };
+    return g;
+  };
+  const octokit = new (Octokit.plugin(throttling))({
+    baseUrl: fake.url,
+    authStrategy: createAppAuth,
+    auth: { appId: fake.appId, privateKey: fake.privateKey, installationId: fake.installationId },
+    throttle: {
+      id: "gates",
+      ...({ global: group("global", 10), auth: group("auth", 1), retryLimiter } as object),
+      onRateLimit: () => false,
+      onSecondaryRateLimit: () => false,
+    },
+  });
+  const { data } = await octokit.request("GET /repos/{owner}/{repo}/actions/jobs/{job_id}", { owner: "acme", repo: "app", job_id: job.id });
+  assert.equal(data.id, job.id);
+  // The installation token's request goes through the token group, the job's through the call group.
+  assert.deepEqual([...new Set(seen)].sort(), ["auth:gates", "global:gates", "retry"]);
+});
 
 test("installation tokens are shared through Redis: two clients, one token request; another prefix mints its own", async () => {
   const fake = await fakeGitHub();
