@@ -21,7 +21,7 @@ import type {
   WorkflowJobSummary,
   WorkflowRunSummary,
 } from "./client.ts";
-import { ConcurrencyGroup, RetryScheduler } from "./request-gates.ts";
+import { ConcurrencyGroup, RetryScheduler, throttleSchedulers } from "./request-gates.ts";
 import { RedisTokenCache } from "./token-cache.ts";
 import { DEFAULT_WRITES_PER_MINUTE, SharedWriteWindow, WriteWindow, type WriteBudget } from "./write-window.ts";
 
@@ -173,8 +173,7 @@ export class OctokitGitHub implements GitHubClient {
         id: throttleId,
         // The plugin only calls `key(id).schedule(options, fn)` on its write group (WriteGate).
         write: this.#writes as unknown as NonNullable<ThrottlingOptions["write"]>,
-        // Not in the plugin's types, read from its options all the same (it assigns them over its defaults).
-        ...({ global: this.#calls, auth: this.#tokenRequests, retryLimiter: retries } as object),
+        ...throttleSchedulers({ global: this.#calls, auth: this.#tokenRequests, retryLimiter: retries }),
         onRateLimit: limited("primary"),
         onSecondaryRateLimit: limited("secondary"),
       },

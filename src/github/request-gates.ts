@@ -10,6 +10,15 @@ import { NotSentError } from "../errors.ts";
  * call and its start. The plugin still decides what is rate limited and how long to wait.
  */
 
+/**
+ * The plugin's options that put these schedulers in place of its Bottleneck ones: `global` (calls),
+ * `auth` (token requests) and `retryLimiter`. They are outside the plugin's types; it reads them at
+ * runtime all the same, assigning its options over its defaults.
+ */
+export function throttleSchedulers(s: { global: ConcurrencyGroup; auth: ConcurrencyGroup; retryLimiter: RetryScheduler }): object {
+  return { global: s.global, auth: s.auth, retryLimiter: s.retryLimiter };
+}
+
 /** What the plugin passes a `failed` handler: the error and the scheduled call's arguments. */
 export interface FailedInfo {
   args: unknown[];

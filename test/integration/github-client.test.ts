@@ -15,7 +15,7 @@ import { Secret } from "../../src/config/secret.ts";
 import { GitHubError, NotSentError } from "../../src/errors.ts";
 import { GitHubClock, appJwtSigner } from "../../src/github/app-jwt.ts";
 import { OctokitGitHub } from "../../src/github/octokit-client.ts";
-import { ConcurrencyGroup, RetryScheduler } from "../../src/github/request-gates.ts";
+import { ConcurrencyGroup, RetryScheduler, throttleSchedulers } from "../../src/github/request-gates.ts";
 import { RedisTokenCache } from "../../src/github/token-cache.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
@@ -127,7 +127,7 @@ test("the throttling plugin takes its retry limiter and its call and token group
     auth: { appId: fake.appId, privateKey: fake.privateKey, installationId: fake.installationId },
     throttle: {
       id: "gates",
-      ...({ global: group("global", 10), auth: group("auth", 1), retryLimiter } as object),
+      ...throttleSchedulers({ global: group("global", 10), auth: group("auth", 1), retryLimiter }),
       onRateLimit: () => false,
       onSecondaryRateLimit: () => false,
     },
