@@ -64,12 +64,13 @@ async function queueJobs(tag: string, n: number, labels = ["self-hosted", "linux
   return jobs;
 }
 
-/**
- * Queues `n` jobs and waits until every one completed, with the jobs `queued` before, and nothing of
- * ours is left; returns them all.
- */
-async function jobsSurvive(tag: string, n: number, labels = ["self-hosted", "linux"], queued: FakeJob[] = []): Promise<FakeJob[]> {
-  const jobs = [...queued, ...(await queueJobs(tag, n, labels))];
+/** Queues `n` jobs and waits until every one completed and nothing of ours is left; returns them. */
+async function jobsSurvive(tag: string, n: number, labels = ["self-hosted", "linux"]): Promise<FakeJob[]> {
+  return allServed(tag, await queueJobs(tag, n, labels));
+}
+
+/** Waits until every one of `jobs` completed, each on a runner of its own, and nothing of ours is left. */
+async function allServed(tag: string, jobs: FakeJob[]): Promise<FakeJob[]> {
   const ids = new Set(jobs.map((j) => j.id));
   const done = await waitFor(
     () => {
@@ -95,7 +96,7 @@ test("429 with retry-after on generate-jitconfig: waited out as told, counted, e
   // came cannot be held (with all three queued at once, a third call sometimes was).
   const first = await queueJobs("429", 1);
   await waitFor(async () => (await retried()) > before, 30_000, "the 429 heard");
-  await jobsSurvive("429", 2, undefined, first);
+  await allServed("429", [...first, ...(await queueJobs("429", 2))]);
   const jit = since(from, JIT);
   assert.deepEqual(jit.map((r) => r.status).sort(), [201, 201, 201, 429, 429]);
   // Any job's: the wait holds every write of the installation, not only the call refused.
