@@ -217,7 +217,7 @@ export class RunnerWorker {
         await lease.release().catch(() => undefined);
         continue;
       }
-      if (!spare && !(await this.#withinPoolLimit(lease))) {
+      if (!spare && !(await this.#withinPoolLimit(lease, pool))) {
         await lease.release().catch(() => undefined);
         this.#slots.release();
         await sleep(1000);
@@ -234,10 +234,17 @@ export class RunnerWorker {
     }
   }
 
-  async #withinPoolLimit(lease: Lease): Promise<boolean> {
+  /** False (the demand goes back) when the pool is at its limit, or Redis cannot say that it is not. */
+  async #withinPoolLimit(lease: Lease, pool: string): Promise<boolean> {
     const max = this.#pools.get(lease.demand.pool)?.maxRunners;
     if (!max) return true;
-    return this.#d.limits.acquire(lease.demand.pool, lease.id, max);
+    try {
+      return await this.#d.limits.acquire(lease.demand.pool, lease.id, max);
+    } catch (err) {
+      // A Redis error (out of memory, read-only replica) must not end this pool's loop.
+      this.#noteError(`pool limit check for pool ${pool} failed: ${errorMessage(err)}`, false);
+      return false;
+    }
   }
 
   /** Each beat refreshes this worker's places under pool limits, and ends a finished drain. */
@@ -268,7 +275,7 @@ export class RunnerWorker {
     const log = this.#d.logger.child({ demandId: lease.id, jobId: demand.jobId, pool: pool.name, deliveryId: demand.deliveryId });
     try {
       if (await this.#alreadyServed(lease, log)) {
-        if (spare) await this.#returnSpare(spare, lease);
+        if (spare) await this.#returnSpare(spare, lease, log);
         return;
       }
       let tracked: Tracked;
@@ -498,6 +505,8 @@ export class RunnerWorker {
       // ran a job so short that the warm loop never saw it busy may still become a demand's.
       if (spare.adopted) return;
       if ((reason === "exited" || reason === "completed_grace_expired") && (await this.#handOver(spare, log))) return;
+      // Adopted while the hand-over asked Redis: #serve tears it down and frees its slot.
+      if (spare.adopted) return;
       this.#spares.delete(name);
       if (reason !== "shutdown") await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry"));
       await this.#freeSparePlaces(pool, spare.holder);
@@ -593,7 +602,7 @@ export class RunnerWorker {
           chosen = spare;
           break;
         }
-      } else if (spare.warm && spare.tracked.state === "idle" && (!chosen || spare.tracked.record.createdAt < chosen.tracked.record.createdAt)) {
+      } else if (spare.warm && !spare.done && spare.tracked.state === "idle" && (!chosen || spare.tracked.record.createdAt < chosen.tracked.record.createdAt)) {
         chosen = spare;
       }
     }
@@ -609,16 +618,32 @@ export class RunnerWorker {
     return spare;
   }
 
-  /** The demand needed no runner after all: the adopted runner goes back to being a spare. */
-  async #returnSpare(spare: Spare, lease: Lease): Promise<void> {
+  /**
+   * The demand needed no runner after all: the adopted runner goes back to being a spare. One that
+   * ended while adopted (it took another job, or idled out, while the demand waited for an earlier
+   * runner) is torn down instead: the handler #keepSpare set on its end left it to the demand.
+   */
+  async #returnSpare(spare: Spare, lease: Lease, log: Logger): Promise<void> {
+    if (spare.done) {
+      const reason = await spare.ended;
+      if (reason !== "shutdown") {
+        await this.#d.launcher.teardown(spare.tracked.record, reason, log).catch((err) => log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry"));
+      }
+      return;
+    }
+    // Back among the spares, with a slot of its own, before anything is awaited: should it end
+    // from here on, that handler frees it like any spare.
     spare.adopted = false;
-    spare.warm =
-      spare.tracked.state === "idle" && (await this.#d.limits.acquire(warmKey(spare.pool.name), spare.holder, spare.pool.minIdle).catch(() => false));
-    if (spare.pool.maxRunners) await this.#d.limits.transfer(spare.pool.name, lease.id, spare.holder).catch(() => undefined);
-    if (!spare.warm) spare.idleFrom = Date.now();
-    // Back to the handler #launchSpare set on its end, which sees it is no longer adopted.
+    spare.warm = false;
+    spare.idleFrom = Date.now();
     this.#slots.take();
     this.#spares.set(spare.tracked.record.name, spare);
+    if (spare.pool.maxRunners) await this.#d.limits.transfer(spare.pool.name, lease.id, spare.holder).catch(() => undefined);
+    if (spare.tracked.state !== "idle" || spare.done) return;
+    if (await this.#d.limits.acquire(warmKey(spare.pool.name), spare.holder, spare.pool.minIdle).catch(() => false)) {
+      spare.warm = true;
+      spare.idleFrom = Number.POSITIVE_INFINITY;
+    }
   }
 
   /** GitHub's word on whether the job still needs a runner; on any API error, it does. */

@@ -249,6 +249,43 @@ test("a runner that hangs without ever taking its job is reaped at the idle time
   }
 });
 
+test("a Redis error on the pool limit check hands the demand back unspent and the worker goes on: once Redis answers, the job runs", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("limit-error");
+  hosts.push(host);
+  const r = scopedRedis(redis, "limit-error");
+  const conn = redisConnection(r.url);
+  // The pool's places held as a string: Redis answers the limit script with WRONGTYPE, as it
+  // would with an out-of-memory or read-only error, while taking demand still works.
+  const placesKey = `${r.prefix}:pool:default:holders`;
+  await conn.set(placesKey, "not a sorted set");
+  const pools = [fakeRunnerPool(fake, { maxRunners: 2 })];
+  const sys = await startSystem("all", fake, r, host, { pools, worker: { hostId: host, capacity: 2, launchAttempts: 1, reconcileIntervalSeconds: 2, completedGraceSeconds: 5 } });
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => /pool limit check for pool default failed: WRONGTYPE/.test(sys.logs()), 30_000, "the failed limit check logged");
+    await sleep(2500);
+    const d = await demandState(r, "default", `${job.id}-1`);
+    assert.ok(d && ["waiting", "active"].includes(d.state), `the demand is still pending (${JSON.stringify(d)})`);
+    assert.equal(d.attempts, 0, "no launch attempt spent");
+    assert.equal(callsTo(fake, JIT), 0, "nothing registered over an unchecked limit");
+
+    await conn.del(placesKey);
+    const [done] = await waitFor(() => {
+      const j = fake.jobs().filter((x) => x.id === job.id && x.status === "completed");
+      return j.length === 1 && j;
+    }, 90_000, "the job completed once the limit could be checked");
+    assert.equal(done!.conclusion, "success");
+    assert.equal(callsTo(fake, JIT), 1);
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "nothing left");
+  } finally {
+    if (process.env.JITRUNNER_TEST_VERBOSE) process.stderr.write(sys.logs());
+    conn.disconnect();
+    await sys.close();
+    await fake.close();
+  }
+});
+
 test("waiting for demand holds no slot: an idle worker with two pools and one slot counts none used, and serves either pool's job, one at a time", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("slots");
