@@ -273,8 +273,11 @@ export class RunnerWorker {
     const { demand } = lease;
     const pool = this.#pools.get(demand.pool)!;
     const log = this.#d.logger.child({ demandId: lease.id, jobId: demand.jobId, pool: pool.name, deliveryId: demand.deliveryId });
+    // An adopted warm runner is this call's to hand back until #whileAdopted watches it.
+    let unwatchedSpare = spare;
     try {
       if (await this.#alreadyServed(lease, log)) {
+        unwatchedSpare = undefined;
         if (spare) await this.#returnSpare(spare, lease, log);
         return;
       }
@@ -288,6 +291,7 @@ export class RunnerWorker {
         spare.tracked.record.demandId = lease.id;
         this.#d.metrics.pickedUp(pool.name, (Date.now() - demand.receivedAt) / 1000);
         log.info({ runner: spare.tracked.record.name }, "demand adopted by a warm runner");
+        unwatchedSpare = undefined;
         const served = await this.#whileAdopted(lease, spare);
         tracked = served.tracked;
         reason = served.reason;
@@ -321,7 +325,7 @@ export class RunnerWorker {
         await lease.release();
         return;
       }
-      const latest = await this.#d.runners.get(tracked.record.name);
+      const latest = await this.#d.runners.get(tracked.record.name).catch(() => undefined);
       const tookAJob = tracked.state === "busy" || tracked.state === "completed" || latest?.state === "busy" || latest?.state === "completed";
       const torn = await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => {
         log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry");
@@ -335,6 +339,8 @@ export class RunnerWorker {
       }
       await lease.complete(reason);
     } catch (err) {
+      // Failed before the adopted runner was watched (Redis, GitHub): it is a spare again.
+      if (unwatchedSpare) await this.#returnSpare(unwatchedSpare, lease, log).catch(() => undefined);
       if (err instanceof NotSentError) {
         // Stopping, with nothing registered: the demand goes back without spending an attempt.
         await lease.release().catch(() => undefined);
