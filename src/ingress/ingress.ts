@@ -14,7 +14,9 @@ import { matchPool } from "./pools.ts";
 export interface DemandSink {
   /**
    * Once per job attempt ("duplicate" after that). With `claim`, the delivery is claimed in the
-   * same round trip, first: "replayed" when it was claimed before, and nothing is added.
+   * same round trip, first: "replayed" when it was claimed before, and nothing is added. A claim
+   * or seen attempt whose demand is not in the queue (its adder died before adding it) does not
+   * count: the demand is added ("added").
    */
   add(demand: Demand, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed">;
   cancel(pool: string, demandId: string): Promise<boolean>;
@@ -112,7 +114,11 @@ export class Ingress {
     return outcome;
   }
 
-  /** Every delivery id is claimed once, before it is acted on: a replay gets "replayed" and does nothing. */
+  /**
+   * Every delivery id is claimed once, before it is acted on: a replay gets "replayed" and does
+   * nothing, except a replay of a `queued` delivery whose demand is not in the queue, which adds it
+   * (see DemandSink.add).
+   */
   async #workflowJob(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
     if (event.action === "queued") return this.#queued(event, delivery);
     if (!(await this.#deps.deliveries.claim(delivery.deliveryId))) return "replayed";
@@ -149,8 +155,10 @@ export class Ingress {
 
   /**
    * A `queued` delivery the policy accepts costs two Redis round trips before its answer: the
-   * delivery and job-attempt claims together, then BullMQ's add. One it ignores is still claimed,
-   * so that its replays say so.
+   * delivery and job-attempt claims together, then BullMQ's add. A replay or duplicate costs a
+   * look at the queue instead of the add, and the add too if its demand is not there (a server
+   * died between claim and add): "queued" then. One the policy ignores is still claimed, so that
+   * its replays say so.
    */
   async #queued(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
     const { config, logger, deliveries } = this.#deps;

@@ -9,6 +9,7 @@ import { Redis, type RedisOptions } from "ioredis";
 import { inOneWrite, TurnBatch } from "../batch.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
 import { demandId } from "../demand.ts";
+import type { ClaimKey } from "../state/deliveries.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
 const SEEN_TTL_SECONDS = 3 * 24 * 3600;
@@ -30,7 +31,7 @@ return 2`;
 
 /** One call of that script: the delivery's claim, the attempt's seen key, and the pool it names. */
 interface ClaimCall {
-  claim: { key: string; ttlSeconds: number };
+  claim: ClaimKey;
   seenKey: string;
   pool: string;
 }
@@ -75,6 +76,8 @@ export class DemandQueues {
   readonly #jobOptions: JobsOptions;
   readonly #claims = new TurnBatch<ClaimCall, number>((calls) => this.#claimAll(calls));
   readonly #adds = new Map<string, TurnBatch<Demand, void>>();
+  /** This process's adds not yet answered, by demand id (see add). */
+  readonly #inFlight = new Map<string, Promise<unknown>>();
 
   constructor(settings: QueueSettings, redis: Redis) {
     this.#settings = settings;
@@ -98,31 +101,61 @@ export class DemandQueues {
   }
 
   /**
-   * Adds the demand once per (job id, run attempt); a redelivery adds nothing ("duplicate"). With
-   * `claim` (a delivery's claim, see DeliveryLog.claimKey), that delivery is claimed first in the
-   * same round trip: "replayed" when it was claimed before, and then nothing else is touched. The
-   * answer comes only once BullMQ's add has resolved: "added" means the demand is in Redis.
+   * Adds the demand once per (job id, run attempt): "duplicate" when that attempt was seen before
+   * and BullMQ holds its item (in any state). With `claim` (a delivery's claim, see
+   * DeliveryLog.claimKey), that delivery is claimed first, in the same round trip as the attempt:
+   * "replayed" when it was claimed before and BullMQ holds the item. The answer comes only once
+   * BullMQ's add has resolved: "added" means the demand is in Redis.
+   *
+   * A claim or seen key with no item behind it is not trusted: a process died between the claim
+   * and the add, or Redis ran the claim script but its reply was lost and ioredis sent it again
+   * (which then found its own keys). Either way no demand will come of the earlier copy, so the
+   * seen key is set afresh and the demand added ("added"). Only a replay or duplicate pays for that
+   * look (one read); a new delivery pays the claim and the add, as before. It also adds demand
+   * again for a replay whose item BullMQ has already dropped (completed items are kept an hour),
+   * as the claim-less add (the reconciler's) always has: the worker asks GitHub whether the job
+   * still needs a runner before launching one (Worker's still-queued check).
    */
-  async add(demand: Demand, claim?: { key: string; ttlSeconds: number }): Promise<"added" | "duplicate" | "replayed"> {
+  async add(demand: Demand, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed"> {
     const id = demandId(demand.jobId, demand.runAttempt);
+    // Copies handled at once by this process: the earliest claims first (claims go to Redis in
+    // call order), and the later ones wait for its add before looking whether BullMQ holds it.
+    const earlier = this.#inFlight.get(id);
+    const adding = this.#add(demand, id, earlier, claim);
+    this.#inFlight.set(id, adding);
+    try {
+      return await adding;
+    } finally {
+      if (this.#inFlight.get(id) === adding) this.#inFlight.delete(id);
+    }
+  }
+
+  async #add(demand: Demand, id: string, earlier: Promise<unknown> | undefined, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed"> {
+    const { pool } = demand;
     const seenKey = `${this.#settings.prefix}:seen:${id}`;
     if (claim) {
-      const claimed = await this.#claims.call({ claim, seenKey, pool: demand.pool });
-      if (claimed === CLAIM_REPLAYED) return "replayed";
-      if (claimed === CLAIM_DUPLICATE) return "duplicate";
-    } else if ((await this.#redis.set(seenKey, demand.pool, "EX", SEEN_TTL_SECONDS, "NX")) === null && (await this.#queue(demand.pool).getJob(id))) {
-      // Seen, and BullMQ holds it. Seen but not held: a process died between the claim and the
-      // add, or the demand was served over an hour ago and its job is queued again; either way
-      // (the reconciler adds only jobs GitHub lists as queued) it needs a runner: add it.
+      const claimed = await this.#claims.call({ claim, seenKey, pool });
+      if (claimed === CLAIM_REPLAYED || claimed === CLAIM_DUPLICATE) {
+        if (await this.#held(pool, id, earlier)) return claimed === CLAIM_REPLAYED ? "replayed" : "duplicate";
+        await this.#redis.set(seenKey, pool, "EX", SEEN_TTL_SECONDS);
+      }
+    } else if ((await this.#redis.set(seenKey, pool, "EX", SEEN_TTL_SECONDS, "NX")) === null && (await this.#held(pool, id, earlier))) {
+      // Seen but not held: see above; the reconciler adds only jobs GitHub lists as queued.
       return "duplicate";
     }
     try {
-      await this.#addBatch(demand.pool).call(demand);
+      await this.#addBatch(pool).call(demand);
     } catch (err) {
       await this.#redis.del(seenKey).catch(() => undefined);
       throw err;
     }
     return "added";
+  }
+
+  /** Whether BullMQ holds the item, once an add of it this process has in flight has settled. */
+  async #held(pool: string, id: string, earlier: Promise<unknown> | undefined): Promise<boolean> {
+    await earlier?.catch(() => undefined);
+    return (await this.#queue(pool).getJob(id)) !== undefined;
   }
 
   /** One turn's claims: one call of the script each, all in one write. */

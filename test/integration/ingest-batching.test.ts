@@ -16,7 +16,7 @@ import { pino } from "pino";
 import { buildApp } from "../../src/http/app.ts";
 import { Ingress } from "../../src/ingress/ingress.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
-import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
+import { DemandConsumer, DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { notingActivity } from "../../src/reconcile/repo-activity.ts";
 import { ActiveRepos } from "../../src/state/active-repos.ts";
 import { ActivityLog } from "../../src/state/activity.ts";
@@ -151,13 +151,77 @@ test("a repository noted a moment ago is not written again; later it is", async 
   assert.equal(await seenAt(), t0 + 11_000, "11 s later: noted again");
 });
 
+/** Redis as a server SIGKILLed between the claim script and BullMQ's add leaves it: both keys set, no demand. */
+async function crashedBetweenClaimAndAdd(deliveryId: string, jobId: number): Promise<void> {
+  await state.set(`${redis.prefix}:delivery:${deliveryId}`, "1", "EX", 600);
+  await state.set(`${redis.prefix}:seen:${jobId}-1`, "default", "EX", 600);
+}
+
+test("a delivery claimed by a server that died before adding its demand is queued when GitHub sends it again", async () => {
+  const body = JSON.stringify(queuedPayload({ jobId: 940_001, labels: ["self-hosted"], owner: "acme", repo: "crash" }));
+  const deliveryId = randomUUID();
+  await crashedBetweenClaimAndAdd(deliveryId, 940_001);
+  assert.ok(!(await demandIds()).includes("940001-1"));
+
+  // GitHub's redelivery carries the same delivery id: the claim is there, the demand is not.
+  const again = await deliver(body, deliveryId);
+  assert.deepEqual([again.statusCode, again.json().outcome], [202, "queued"]);
+  assert.equal((await demandIds()).filter((id) => id === "940001-1").length, 1);
+  assert.ok((await state.ttl(`${redis.prefix}:seen:940001-1`)) > 600, "the seen key is set afresh, for 3 days");
+  // From now on its copies are recognised again.
+  assert.equal((await deliver(body, deliveryId)).json().outcome, "replayed");
+  assert.equal((await deliver(body, randomUUID())).json().outcome, "duplicate");
+});
+
+test("another delivery of a job attempt whose first delivery's server died before adding it is queued", async () => {
+  // The same state, and then GitHub sends the event a second time under a new delivery id.
+  await crashedBetweenClaimAndAdd(randomUUID(), 940_002);
+  const body = JSON.stringify(queuedPayload({ jobId: 940_002, labels: ["self-hosted"], owner: "acme", repo: "crash" }));
+  const res = await deliver(body, randomUUID());
+  assert.deepEqual([res.statusCode, res.json().outcome], [202, "queued"]);
+  assert.equal((await demandIds()).filter((id) => id === "940002-1").length, 1);
+});
+
+test("a replay or duplicate of a delivery whose demand BullMQ holds adds nothing, waiting or completed", async () => {
+  const q = new Queue("demand-default", { connection: state, prefix: `${redis.prefix}:bull` });
+  const consumerConn = redisConnection(redis.url);
+  const consumer = new DemandConsumer({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, consumerConn, "default", "test-worker");
+  try {
+    // The earlier tests' demand out of the way, so that the consumer takes this test's.
+    await q.drain();
+    const body = JSON.stringify(queuedPayload({ jobId: 940_003, labels: ["self-hosted"], owner: "acme", repo: "held" }));
+    const deliveryId = randomUUID();
+    assert.equal((await deliver(body, deliveryId)).json().outcome, "queued");
+    const first = await q.getJob("940003-1");
+    assert.equal(first?.data.deliveryId, deliveryId);
+    for (const expected of ["waiting", "completed"]) {
+      if (expected === "completed") {
+        await consumer.start();
+        const lease = await consumer.next();
+        assert.equal(lease?.id, "940003-1");
+        await lease.complete("served");
+      }
+      const replay = await deliver(body, deliveryId);
+      assert.deepEqual([replay.statusCode, replay.json().outcome], [202, "replayed"], expected);
+      assert.equal((await deliver(body, randomUUID())).json().outcome, "duplicate", expected);
+      const held = await q.getJob("940003-1");
+      assert.equal(await held?.getState(), expected, "the item is left as it was");
+      assert.equal(held?.timestamp, first?.timestamp, "and is the one the first delivery added");
+    }
+  } finally {
+    await consumer.close();
+    consumerConn.disconnect();
+    await q.close();
+  }
+});
+
 test("a job attempt claimed by a process that died before adding it is added by the next add without a claim (the reconciler's)", async () => {
   const demand = { pool: "default", jobId: 990001, runId: 1, runAttempt: 1, owner: "acme", repo: "app", installationId: 1, labels: ["self-hosted"], receivedAt: Date.now(), deliveryId: "d-crash" };
   // What a crash between the claim and BullMQ's add leaves: the attempt's seen key, no demand.
   await queueConn.set(`${redis.prefix}:seen:990001-1`, "default", "EX", 600);
-  assert.equal(await queues.add(demand, { key: `${redis.prefix}:delivery:d-crash-2`, ttlSeconds: 600 }), "duplicate", "a webhook's add trusts the claim");
   assert.equal(await queues.add(demand), "added", "the reconciler's add finds no demand behind the seen key and adds it");
   assert.equal(await queues.add(demand), "duplicate", "once added, it is a duplicate again");
+  assert.equal(await queues.add(demand, { key: `${redis.prefix}:delivery:d-crash-2`, ttlSeconds: 600 }), "duplicate", "and to a webhook's add");
   const q = new Queue("demand-default", { connection: queueConn, prefix: `${redis.prefix}:bull` });
   try {
     assert.equal(await (await q.getJob("990001-1"))?.getState(), "waiting");
