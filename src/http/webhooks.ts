@@ -25,18 +25,19 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
 
   app.post("/webhooks/github", async (req, reply) => {
     const receivedAt = Date.now();
-    const event = header(req.headers["x-github-event"]);
-    const deliveryId = header(req.headers["x-github-delivery"]);
     const signature = header(req.headers["x-hub-signature-256"]);
     const body = req.body;
     if (!signature || !Buffer.isBuffer(body)) {
-      opts.metrics.delivery(event ?? "none", "none", "unsigned");
+      opts.metrics.unverifiedDelivery("unsigned");
       return reply.code(401).send({ error: "missing X-Hub-Signature-256" });
     }
     if (!signatureMatches(secret, body, signature)) {
-      opts.metrics.delivery(event ?? "none", "none", "bad_signature");
+      opts.metrics.unverifiedDelivery("bad_signature");
       return reply.code(401).send({ error: "signature does not match" });
     }
+    // Verified from here on: the headers are GitHub's.
+    const event = header(req.headers["x-github-event"]);
+    const deliveryId = header(req.headers["x-github-delivery"]);
     if (!event) return reply.code(400).send({ error: "missing X-GitHub-Event" });
     if (!deliveryId || deliveryId.length > 100) return reply.code(400).send({ error: "missing or invalid X-GitHub-Delivery" });
     let payload: unknown;

@@ -138,8 +138,16 @@ export class Metrics {
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: "jitrunner_" });
   }
 
+  /** A verified delivery: its sender is GitHub, whose event and action names are a finite set. */
   delivery(event: string, action: string, outcome: string): void {
     this.#deliveries.inc({ event: bounded(event), action: bounded(action), outcome });
+  }
+  /**
+   * A request refused for its signature. Its headers come from anyone, so none of them becomes a
+   * label: one series per outcome, however many event names senders make up.
+   */
+  unverifiedDelivery(outcome: "unsigned" | "bad_signature"): void {
+    this.#deliveries.inc({ event: "unverified", action: "none", outcome });
   }
   runners(host: string, counts: ReadonlyMap<string, ReadonlyMap<string, number>>): void {
     this.#runners.reset();
@@ -218,7 +226,7 @@ export class Metrics {
   }
 }
 
-/** Event and action names come from the sender: keep the label set bounded. */
+/** Event and action names of verified deliveries: keep the label set bounded all the same. */
 function bounded(value: string): string {
   return /^[a-z_]{1,40}$/.test(value) ? value : "other";
 }

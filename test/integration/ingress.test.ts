@@ -74,6 +74,29 @@ test("missing or wrong signatures get 401 and queue nothing", async () => {
   assert.deepEqual(await waitingJobs("default"), []);
 });
 
+test("unverified requests add no metric series of their own, whatever X-GitHub-Event they carry", async () => {
+  const series = async () => (await metrics.render()).split("\n").filter((l) => l.startsWith("jitrunner_webhook_deliveries_total{"));
+  const before = await series();
+  const N = 50;
+  for (let i = 0; i < N; i++) {
+    // Event names as an attacker would pick them: each valid for a label, each new.
+    const event = `made_up_${String.fromCharCode(97 + (i % 26))}_${"x".repeat(Math.floor(i / 26) + 1)}`;
+    const body = JSON.stringify({ action: "queued", n: i });
+    const headers = signedHeaders(event, body, "wrong-secret");
+    assert.equal((await post(body, headers)).statusCode, 401);
+    const { ["x-hub-signature-256"]: _sig, ...unsigned } = headers;
+    assert.equal((await post(body, unsigned)).statusCode, 401);
+  }
+  const after = await series();
+  assert.ok(!after.some((l) => l.includes("made_up_")), "no series names a sender's event");
+  const added = after.filter((l) => !before.some((b) => b.replace(/ \S+$/, "") === l.replace(/ \S+$/, "")));
+  assert.ok(added.length <= 2, `new series: ${added.join(", ")}`);
+  const text = await metrics.render();
+  const count = (outcome: string) => Number(new RegExp(`jitrunner_webhook_deliveries_total\\{event="unverified",action="none",outcome="${outcome}"\\} (\\d+)`).exec(text)?.[1]);
+  assert.ok(count("bad_signature") >= N, "each request is still counted, under one fixed label");
+  assert.ok(count("unsigned") >= N);
+});
+
 test("a queued job becomes one demand item; replays and redeliveries add nothing", async () => {
   const body = JSON.stringify(queuedPayload({ jobId: 555, runAttempt: 1, labels: ["self-hosted", "Linux"] }));
   const headers = signedHeaders("workflow_job", body, WEBHOOK_SECRET, "delivery-555");
