@@ -79,7 +79,11 @@ export interface GitHubClient {
    * says whether the registration exists).
    */
   generateJitConfig(scope: RunnerScope, req: JitRequest, opts?: CallOptions): Promise<JitRunner>;
-  /** `busy`: GitHub refused (422) because the runner is running a job. */
+  /**
+   * `busy`: GitHub refused (422) because the runner is running a job. `not_found`: GitHub has no
+   * runner with this id (404), and no attempt of this call may have deleted it; a 404 after an
+   * attempt whose answer was lost (5xx, 408, no answer; retried) is `deleted`.
+   */
   deleteRunner(scope: RunnerScope, runnerId: number): Promise<"deleted" | "not_found" | "busy">;
   /** Deletes the registration with this name, if there is one (one whose creation answer was lost). */
   deleteRunnerNamed(scope: RunnerScope, name: string): Promise<"deleted" | "not_found" | "busy">;

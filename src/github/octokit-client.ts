@@ -315,6 +315,7 @@ export class OctokitGitHub implements GitHubClient {
   }
 
   async deleteRunner(scope: RunnerScope, runnerId: number): Promise<"deleted" | "not_found" | "busy"> {
+    const request = noticingLostAnswers();
     try {
       await this.#call("delete runner", () =>
         scope.repo
@@ -322,15 +323,19 @@ export class OctokitGitHub implements GitHubClient {
               owner: scope.owner,
               repo: scope.repo,
               runner_id: runnerId,
+              request,
             })
           : this.#client(scope.installationId).request("DELETE /orgs/{org}/actions/runners/{runner_id}", {
               org: scope.owner,
               runner_id: runnerId,
+              request,
             }),
       );
       return "deleted";
     } catch (err) {
-      if (err instanceof GitHubError && err.status === 404) return "not_found";
+      // A 404 after an attempt that may have deleted the runner (its answer lost, the call retried)
+      // is that attempt's work: "not_found" would say the runner removed itself, after a job.
+      if (err instanceof GitHubError && err.status === 404) return request.lost ? "deleted" : "not_found";
       if (err instanceof GitHubError && err.status === 422) return "busy";
       throw err;
     }
@@ -556,6 +561,30 @@ async function untilGivenUp<T>(what: string, signal: AbortSignal | undefined, re
     // Settles later with the refusal of the fetch above, or with an answer after all: handled here.
     running.catch(() => undefined);
   }
+}
+
+/**
+ * Request options that note whether an attempt of the call may have acted at GitHub without its
+ * answer reaching us: a 5xx or 408 (GitHub may have acted before failing, or a proxy lost its
+ * answer) or no answer at all (network error, attempt timeout). #send retries exactly these, so
+ * once `lost` is set, a retry's answer may describe what the lost attempt did, not the call's own
+ * effect. A network error before anything was sent sets it too: which one it was cannot be told.
+ */
+function noticingLostAnswers(): { fetch: typeof fetch; lost: boolean } {
+  const request = {
+    lost: false,
+    fetch: (async (input, init) => {
+      try {
+        const response = await fetchWithTimeout(input, init);
+        if (response.status === 408 || response.status >= 500) request.lost = true;
+        return response;
+      } catch (err) {
+        request.lost = true;
+        throw err;
+      }
+    }) as typeof fetch,
+  };
+  return request;
 }
 
 /** fetch with a time limit on each attempt, on top of the caller's own signal. */

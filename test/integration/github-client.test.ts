@@ -383,6 +383,28 @@ test("409 and 422 are answered at once, never retried; 5xx is retried; a lost an
   assert.deepEqual([denied.status, denied.retryable], [403, false], "a permission 403 is not a rate limit");
 });
 
+test("a runner deletion whose answer was lost (GitHub deleted it, then a 502) answers 'deleted', though its retry gets 404; a plain 404 is 'not_found'", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  const RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
+  const ORG_RUNNER = "/orgs/{org}/actions/runners/{runner_id}";
+  const jit = await c.gh.generateJitConfig(repo(), { name: "jr-lost-delete", labels: LABELS });
+  fake.inject({ route: RUNNER, method: "DELETE", status: 502, times: 1, afterHandling: true });
+  assert.equal(await c.gh.deleteRunner(repo(), jit.runnerId), "deleted", "our first attempt deleted it, not the runner itself");
+  assert.deepEqual(calls(fake, RUNNER), [502, 404], "the retry found it gone");
+  assert.equal(fake.runners().length, 0);
+  // No attempt of this call lost: the runner was gone before it.
+  assert.equal(await c.gh.deleteRunner(repo(), jit.runnerId), "not_found");
+  assert.deepEqual(calls(fake, RUNNER), [502, 404, 404]);
+
+  // The same for an organization runner, and through deleteRunnerNamed.
+  await c.gh.generateJitConfig(org(), { name: "jr-lost-delete-org", labels: LABELS });
+  fake.inject({ route: ORG_RUNNER, method: "DELETE", status: 503, times: 1, afterHandling: true });
+  assert.equal(await c.gh.deleteRunnerNamed(org(), "jr-lost-delete-org"), "deleted");
+  assert.deepEqual(calls(fake, ORG_RUNNER), [503, 404]);
+  assert.equal(fake.runners().length, 0);
+});
+
 test("a 5xx is retried after a backoff, but not once the caller has given up on the call", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { shared: false });
