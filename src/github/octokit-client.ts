@@ -9,6 +9,7 @@ import { Secret as SecretValue } from "../config/secret.ts";
 import { GitHubError, NotSentError, errorMessage } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import { GitHubClock, JWT_TIME_ERROR, appJwtSigner, type CreateJwt } from "./app-jwt.ts";
+import { rateLimitResetPlugin, type RateLimitClock } from "./rate-limit-reset.ts";
 import type {
   CallOptions,
   GitHubClient,
@@ -44,7 +45,8 @@ const RATE_LIMIT_MAX_WAIT_SECONDS = 3900;
  */
 const RETRIES = 3;
 const RETRY_BASE_MS = 1000;
-const JitOctokit = Octokit.plugin(throttling);
+/** The reset fix first: its hook runs inside the throttling plugin's (see rate-limit-reset.ts). */
+const JitOctokit = Octokit.plugin(rateLimitResetPlugin, throttling);
 type JitOctokitInstance = InstanceType<typeof JitOctokit>;
 
 export interface OctokitGitHubOptions {
@@ -144,9 +146,11 @@ export class OctokitGitHub implements GitHubClient {
         const again = retryCount < RATE_LIMIT_RETRIES && retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS;
         metrics.githubRateLimited(kind, again ? "retried" : "gave_up");
         // GitHub's wait is for every request, not only the one refused: the plugin retries this one
-        // after it, and no other write of this installation starts before it is over either.
-        if (retryAfter > 0 && retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS) {
-          this.#writes.pause(throttleId, retryAfter * 1000);
+        // after it, and no other write of this installation starts before it is over either. The
+        // primary wait is on GitHub's clock and at least 1 s (rateLimitResetPlugin); a wait of 0
+        // still pauses writes for 1 s.
+        if (retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS) {
+          this.#writes.pause(throttleId, Math.max(1, retryAfter) * 1000);
         }
         logger.warn(
           { route: options.url, method: options.method, installationId, retryAfter, retryCount },
@@ -168,6 +172,7 @@ export class OctokitGitHub implements GitHubClient {
       },
       userAgent: "jitrunner",
       request: { fetch: fetchWithTimeout },
+      githubClock: { observe: (date) => this.#observeClock(date), now: () => this.#clock.now() } satisfies RateLimitClock,
       log: { debug: () => {}, info: () => {}, warn: (m: string) => logger.warn(m), error: (m: string) => logger.error(m) },
       throttle: {
         id: throttleId,

@@ -298,6 +298,35 @@ test("rate limits: 429 + retry-after and 403 + x-ratelimit-reset are waited out 
   assert.ok(metric(text, "jitrunner_github_rate_limit_remaining", 'installation="1"') > 0);
 });
 
+test("a primary rate limit with this host's clock 30 s ahead of GitHub's: the call is retried after GitHub's reset, on GitHub's clock, and writes wait for it too", async () => {
+  const skew = -30; // GitHub's clock behind this host's
+  const fake = await fakeGitHub({ clockSkewSeconds: skew });
+  const c = client(fake, { shared: false });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  await c.gh.listRunners(repo()); // the token, and GitHub's clock learned from its Date header
+  assert.equal(c.gh.clockOffsetSeconds, skew);
+
+  // A reset 3 s away on GitHub's clock: 27 s past on this host's, where the throttling plugin reads it.
+  const reset = Math.ceil((Date.now() + skew * 1000) / 1000) + 3;
+  fake.inject({ route: JOB, status: 403, times: 1, headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": String(reset) } });
+  const limited = c.gh.getJob(1, "acme", "app", job.id);
+  await waitFor(() => calls(fake, JOB).includes(403), 5_000, "the 403 answered");
+  await waitFor(() => /primary rate limit: waiting/.test(c.logs()), 5_000, "the wait logged");
+  // A write asked for during the wait waits for GitHub's reset too.
+  const write = c.gh.generateJitConfig(repo(), { name: "jr-after-reset", labels: LABELS });
+  assert.equal((await limited).status, "queued");
+  await write;
+
+  const onGitHubsClock = (route: string) => fake.requests.filter((r) => r.route === route).map((r) => ({ status: r.status, at: r.at + skew * 1000 }));
+  const got = onGitHubsClock(JOB);
+  assert.deepEqual(got.map((r) => r.status), [403, 200], "one retry, not a burst of them");
+  assert.ok(got[1]!.at >= reset * 1000, `the retry came ${reset * 1000 - got[1]!.at} ms before GitHub's reset`);
+  const jit = onGitHubsClock(REPO_JIT);
+  assert.deepEqual(jit.map((r) => r.status), [201]);
+  assert.ok(jit[0]!.at >= reset * 1000, `the write came ${reset * 1000 - jit[0]!.at} ms before GitHub's reset`);
+  assert.match(c.logs(), /"retryAfter":[1-9]/);
+});
+
 test("a rate limit is heard by the refused call's installation: all its writes wait, even when the App's own client was made first", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { prefix: `${redis.prefix}-heard` });
