@@ -481,6 +481,11 @@ export class OctokitGitHub implements GitHubClient {
       const retryable = status === undefined || status === 0 || status >= 500 || rateLimited;
       // GitHub's message only: octokit's error carries the request, and with it tokens and JIT configs.
       const detail = e.response?.data?.message ?? errorMessage(err).split("\n")[0];
+      // The installation token could not be minted: the status is the token request's, not the
+      // call's, and is left out of the error. A 404 there is not "no such runner", nor a 422 "busy".
+      if (e.request?.url?.includes("/access_tokens")) {
+        throw new GitHubError(`${what} failed: installation token${status ? ` (${status})` : ""}: ${detail}`, undefined, { retryable });
+      }
       throw new GitHubError(`${what} failed${status ? ` (${status})` : ""}: ${detail}`, status, { retryable });
     }
   }

@@ -434,6 +434,32 @@ test("a runner deletion whose answer was lost (GitHub deleted it, then a 502) an
   assert.equal(fake.runners().length, 0);
 });
 
+test("an installation token GitHub will not mint (404, 422) fails the call as an error, not as the call's own 404 or 422", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  const RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
+  const runner = await c.gh.generateJitConfig(repo(), { name: "jr-token", labels: LABELS });
+  // A client with no token yet, whose mints fail.
+  const d = client(fake, { shared: false });
+  for (const status of [404, 422]) {
+    fake.inject({ route: TOKEN, status, times: 3 });
+    const read = await failure(d.gh.getRunner(repo(), runner.runnerId));
+    const del = await failure(d.gh.deleteRunner(repo(), runner.runnerId));
+    const named = await failure(d.gh.deleteRunnerNamed(repo(), "jr-token"));
+    for (const err of [read, del, named]) {
+      assert.equal(err.status, undefined, "no status of the call's own");
+      assert.match(err.message, new RegExp(`failed: installation token \\(${status}\\): `));
+    }
+  }
+  assert.deepEqual(calls(fake, TOKEN).slice(1), [404, 404, 404, 422, 422, 422]);
+  assert.deepEqual(calls(fake, RUNNER), [], "no runner call was sent");
+  for (const secret of fake.issuedSecrets()) assert.ok(!d.logs().includes(secret), "no secret in the logs");
+  // Once a token is minted, the same calls answer as GitHub does.
+  assert.equal((await d.gh.getRunner(repo(), runner.runnerId))?.name, "jr-token");
+  assert.equal(await d.gh.deleteRunner(repo(), runner.runnerId), "deleted");
+  assert.equal(await d.gh.getRunner(repo(), runner.runnerId), undefined);
+});
+
 test("a 5xx is retried after a backoff, but not once the caller has given up on the call", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { shared: false });
