@@ -154,6 +154,7 @@ export const configSchema = z
         queuedMaxRunsPerPass: z.number().int().positive().default(100),
         retryFailedDemandSeconds: z.number().min(0).default(900),
         deliveriesIntervalSeconds: z.number().min(0).default(60),
+        deliveriesMaxPerPass: z.number().int().positive().default(100),
         activeWindowSeconds: z.number().positive().default(24 * 3600),
         maxRepositories: z.number().int().positive().default(100),
         orphanGraceSeconds: z.number().nonnegative().default(300),

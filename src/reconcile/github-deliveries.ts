@@ -11,7 +11,6 @@ const REDELIVERABLE_MS = 3 * 24 * 3600 * 1000;
 /** Each pass re-reads this much before where the last one stopped (deliveries land out of order). */
 const OVERLAP_MS = 10 * 60 * 1000;
 const MAX_PAGES = 10;
-const MAX_REDELIVERIES_PER_PASS = 100;
 /** Redeliveries asked for one event at most: a receiver that keeps failing is not hammered. */
 export const MAX_REDELIVERIES_PER_EVENT = 3;
 
@@ -43,6 +42,8 @@ export interface GitHubDeliveriesDeps {
   intervalMs: number;
   /** How far back the first pass reads (capped at GitHub's 3 days). */
   windowMs: number;
+  /** Redeliveries one pass asks for at most. */
+  maxPerPass: number;
   metrics: Metrics;
   logger: Logger;
 }
@@ -81,7 +82,7 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
       }
       let asked = 0;
       for (const delivery of toRedeliver(read)) {
-        if (asked >= MAX_REDELIVERIES_PER_PASS) break;
+        if (asked >= d.maxPerPass) break;
         signal.throwIfAborted();
         if (!(await d.log.take(delivery.guid, MAX_REDELIVERIES_PER_EVENT))) continue;
         await d.github.redeliverHookDelivery(delivery.id, { signal });

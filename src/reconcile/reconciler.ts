@@ -68,6 +68,7 @@ export class Reconciler {
           github: d.github,
           log: new RedeliveryLog(d.redis, d.config.redis.prefix),
           intervalMs: rc.deliveriesIntervalSeconds * 1000,
+          maxPerPass: rc.deliveriesMaxPerPass,
         }),
       );
     }
