@@ -5,6 +5,7 @@
  * queued runs or through the App's failed-deliveries list.
  */
 import assert from "node:assert/strict";
+import { Writable } from "node:stream";
 import { after, before, test } from "node:test";
 import { FakeGitHubClient } from "../fakes/github/client.ts";
 import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
@@ -12,7 +13,13 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { callsTo, containersOf, demandIn, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { GitHubError } from "../../src/errors.ts";
+import type { GitHubClient, HookDelivery } from "../../src/github/client.ts";
+import { createLogger } from "../../src/logger.ts";
+import { Metrics } from "../../src/metrics/metrics.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { githubDeliveriesLoop } from "../../src/reconcile/github-deliveries.ts";
+import { RedeliveryLog } from "../../src/state/redeliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
@@ -319,5 +326,181 @@ test("a lost queued webhook is redelivered from the App's failed deliveries, and
   } finally {
     await sys.close();
     await fake.close();
+  }
+});
+
+test("more failed deliveries than one pass may redeliver, hours apart: every one redelivered once over several passes, none twice", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("redeliver-backlog");
+  const r = scopedRedis(redis, "redeliver-backlog");
+  hosts.push(host);
+  const LOST = 7;
+  const ATTEMPTS = "/app/hook/deliveries/{delivery_id}/attempts";
+  try {
+    // An outage before jitrunner started: queued deliveries nobody answered, for jobs no pool
+    // serves (no runner needed to count redeliveries). GitHub stamps a delivery when it is made;
+    // these are dated 11 minutes apart, the newest 11 minutes ago, beyond the overlap a pass re-reads.
+    fake.setWebhookUrl(DEAD_URL);
+    for (let i = 0; i < LOST; i++) await fake.queueJob({ owner: "acme", repo: "outage", labels: ["self-hosted", "gpu"] });
+    const failed = fake.deliveries.filter((d) => d.event === "workflow_job");
+    assert.deepEqual(failed.map((d) => d.status), Array(LOST).fill(0));
+    const now = Date.now();
+    failed.forEach((d, i) => (d.deliveredAt = new Date(now - (LOST - i) * 11 * 60_000).toISOString().replace(/\.\d{3}Z$/, "Z")));
+
+    const sys = await startSystem("all", fake, r, host, {
+      worker: worker(host),
+      reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 3600, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 1, deliveriesMaxPerPass: 2 },
+    });
+    try {
+      const passes = async () => sample(await metricsOf(sys.url), "jitrunner_reconcile_runs_total", 'loop="github-deliveries",outcome="ok"');
+      await waitFor(() => failed.every((f) => fake.deliveries.some((d) => d.id === f.id && d.redelivery && d.status === 202)), 30_000, "every failed delivery redelivered");
+      // A few passes more: none asks again.
+      const done = await passes();
+      await waitFor(async () => (await passes()) >= done + 3, 30_000, "three passes more");
+
+      assert.equal(callsTo(fake, ATTEMPTS, "POST"), LOST, "one redelivery asked per failed delivery");
+      for (const f of failed) {
+        assert.deepEqual(
+          fake.deliveries.filter((d) => d.id === f.id).map((d) => [d.status, d.redelivery]),
+          [[0, false], [202, true]],
+          `delivery ${f.id}: failed once, redelivered once`,
+        );
+      }
+      const backlog = sys
+        .logs()
+        .split("\n")
+        .filter((l) => l.includes("failed deliveries left for the next pass"))
+        .map((l) => JSON.parse(l) as { redelivered: number; left: number });
+      assert.ok(backlog.length >= 2, `the backlog took several passes (${backlog.length} passes left some)`);
+      assert.ok(backlog.every((b) => b.redelivered <= 2 && b.left > 0), JSON.stringify(backlog));
+    } finally {
+      await sys.close();
+    }
+  } finally {
+    await fake.close();
+  }
+});
+
+/**
+ * The App's delivery list as GitHub serves it (newest first, `perPage` a page, a cursor naming the
+ * first delivery of the next page), small pages so that a backlog outgrows one pass's page limit
+ * with few deliveries. Redelivery adds an attempt of the same event, answered 202.
+ */
+class DeliveryList implements Pick<GitHubClient, "listHookDeliveries" | "redeliverHookDelivery"> {
+  readonly deliveries: HookDelivery[] = [];
+  readonly asked: number[] = [];
+  /** Attempts whose redelivery GitHub refuses every time. */
+  readonly failing = new Set<number>();
+  /** Cursors GitHub no longer takes. */
+  readonly stale = new Set<string>();
+  #nextId = 1;
+  constructor(readonly perPage: number) {}
+
+  add(guid: string, statusCode: number, at: number): HookDelivery {
+    const d = { id: this.#nextId++, guid, deliveredAt: new Date(at).toISOString().replace(/\.\d{3}Z$/, "Z"), statusCode, event: "workflow_job", action: "queued" };
+    this.deliveries.push(d);
+    return d;
+  }
+
+  async listHookDeliveries(opts: { cursor?: string } = {}): Promise<{ deliveries: HookDelivery[]; next?: string }> {
+    if (opts.cursor && this.stale.has(opts.cursor)) throw new GitHubError("list hook deliveries failed (422): Invalid cursor", 422, { retryable: false });
+    const from = opts.cursor ? Number(opts.cursor) : Number.POSITIVE_INFINITY;
+    const all = [...this.deliveries].sort((a, b) => b.id - a.id).filter((d) => d.id <= from);
+    const rest = all[this.perPage];
+    return { deliveries: all.slice(0, this.perPage), ...(rest ? { next: String(rest.id) } : {}) };
+  }
+
+  async redeliverHookDelivery(id: number): Promise<void> {
+    this.asked.push(id);
+    if (this.failing.has(id)) throw new GitHubError("redeliver hook delivery failed (502): Bad Gateway", 502, { retryable: true });
+    this.add(this.deliveries.find((d) => d.id === id)!.guid, 202, Date.now());
+  }
+}
+
+test("a backlog deeper than the pages one pass reads: read on over several passes from where the last stopped, each failure redelivered once", async () => {
+  const r = scopedRedis(redis, "redeliver-pages");
+  const conn = redisConnection(r.url);
+  try {
+    // 5 a page, 10 pages a pass: 60 failed events (and 15 delivered ones) from an outage an hour ago.
+    const list = new DeliveryList(5);
+    const hourAgo = Date.now() - 3600_000;
+    const failed: HookDelivery[] = [];
+    for (let i = 0; i < 75; i++) {
+      const d = list.add(`event-${i}`, i % 5 === 4 ? 202 : 0, hourAgo + i * 30_000);
+      if (d.statusCode === 0) failed.push(d);
+    }
+    // One whose redelivery GitHub never accepts: asked for 3 times at most, and then passed over.
+    const stuck = failed[30]!;
+    list.failing.add(stuck.id);
+    const lines: string[] = [];
+    const sink = new Writable({ write: (chunk, _enc, cb) => (lines.push(String(chunk)), cb()) });
+    const log = new RedeliveryLog(conn, r.prefix);
+    const loop = githubDeliveriesLoop({
+      github: list,
+      log,
+      intervalMs: 1000,
+      windowMs: 24 * 3600_000,
+      maxPerPass: 20,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("info", sink),
+    });
+    const signal = new AbortController().signal;
+    let errors = 0;
+    /** Passes until one reads all the way down; how many. */
+    const readAll = async (): Promise<number> => {
+      for (let passes = 1; passes <= 30; passes++) {
+        const ok = await loop.run(signal).then(
+          () => true,
+          () => (errors++, false),
+        );
+        if (ok && (await log.resume()) === undefined) return passes;
+      }
+      throw new Error("the read never got all the way down");
+    };
+    assert.ok((await readAll()) >= 4, "several passes");
+    // The redeliveries are new deliveries on top: one more read over them asks for nothing.
+    const asking = list.asked.length;
+    await readAll();
+    assert.equal(list.asked.length, asking, "nothing asked for on the next read");
+
+    const asked = new Map<number, number>();
+    for (const id of list.asked) asked.set(id, (asked.get(id) ?? 0) + 1);
+    for (const f of failed) assert.equal(asked.get(f.id), f === stuck ? 3 : 1, `event ${f.guid}`);
+    assert.equal(list.asked.length, failed.length + 2, "nothing else asked for");
+    assert.equal(errors, 3, "the stuck event failed 3 passes, then was passed over");
+    assert.equal(await log.resume(), undefined, "the read finished");
+    assert.ok((await log.readUpTo()) >= Date.parse(list.deliveries.at(-1)!.deliveredAt) - 1000, "the mark moved up to the newest delivery");
+    const backlog = lines.map((l) => JSON.parse(l) as { msg: string; redelivered?: number }).filter((l) => l.msg === "failed deliveries left for the next pass");
+    assert.ok(backlog.length >= 3 && backlog.every((b) => (b.redelivered ?? 99) <= 20), JSON.stringify(backlog));
+  } finally {
+    conn.disconnect();
+  }
+});
+
+test("a saved cursor GitHub no longer takes: the pass fails once, and the next reads from the top", async () => {
+  const r = scopedRedis(redis, "redeliver-cursor");
+  const conn = redisConnection(r.url);
+  try {
+    const list = new DeliveryList(5);
+    const failed = Array.from({ length: 12 }, (_, i) => list.add(`event-${i}`, 0, Date.now() - 3600_000 + i * 1000));
+    const log = new RedeliveryLog(conn, r.prefix);
+    await log.setResume({ cursor: "3", top: Date.now() });
+    list.stale.add("3");
+    const loop = githubDeliveriesLoop({
+      github: list,
+      log,
+      intervalMs: 1000,
+      windowMs: 24 * 3600_000,
+      maxPerPass: 100,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("silent"),
+    });
+    const signal = new AbortController().signal;
+    await assert.rejects(loop.run(signal), /Invalid cursor/);
+    assert.equal(await log.resume(), undefined);
+    await loop.run(signal);
+    assert.deepEqual(list.asked.sort((a, b) => a - b), failed.map((f) => f.id));
+  } finally {
+    conn.disconnect();
   }
 });
