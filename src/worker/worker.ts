@@ -775,18 +775,25 @@ export class RunnerWorker {
     return Date.now() - record.createdAt >= UNATTRIBUTED_RECORD_MS;
   }
 
+  /**
+   * A gone host's runners are deregistered and forgotten, but for those that run a job; the host
+   * is forgotten once none of its runners is left in Redis: one that runs a job, or whose
+   * deregistration failed (a 5xx after retries, a rate limit), keeps it, so that the next pass
+   * looks at it again.
+   */
   async #sweepGoneHosts(log: Logger): Promise<void> {
     const { hosts, runners, github, metrics } = this.#d;
     for (const { id, record } of await hosts.list()) {
       if (record || id === this.#d.host) continue;
-      let running = 0;
       for (const name of await runners.listHost(id)) {
         const r = await runners.get(name);
-        if (!r) continue;
-        if (r.state === "busy") {
-          running++;
+        if (!r) {
+          // A name in the host's set whose record is gone: nothing to deregister, but the name
+          // must go too, or it would stay in Redis after the host is forgotten.
+          await runners.remove({ name, host: id, demandId: "" }, true);
           continue;
         }
+        if (r.state === "busy") continue;
         if (r.state === "completed") {
           // Its job is done and GitHub removed the registration: nothing of it needs the host.
           // Its stopped container, on that host's engine, goes when that host's worker returns.
@@ -795,25 +802,31 @@ export class RunnerWorker {
           log.info({ runner: name, goneHost: id }, "completed runner of a gone host forgotten");
           continue;
         }
-        const outcome = r.runnerId ? await github.deleteRunner(scopeOf(r), r.runnerId).catch(() => "error") : "not_found";
-        if (outcome === "busy") running++;
-        else if (outcome !== "error") {
-          await runners.remove(r, false);
-          metrics.removed(r.pool, "host_gone");
-          log.info({ runner: name, goneHost: id }, "runner of a gone host deregistered");
+        let outcome: "deleted" | "not_found" | "busy" | "error" = "not_found";
+        if (r.runnerId) {
+          outcome = await github.deleteRunner(scopeOf(r), r.runnerId).catch((err: unknown) => {
+            log.warn({ runner: name, goneHost: id, err: errorMessage(err) }, "deregistering runner of a gone host failed; the next pass tries again");
+            return "error" as const;
+          });
         }
+        // Busy, or not deregistered: its record stays, and keeps the host known.
+        if (outcome === "busy" || outcome === "error") continue;
+        await runners.remove(r, false);
+        metrics.removed(r.pool, "host_gone");
+        log.info({ runner: name, goneHost: id }, "runner of a gone host deregistered");
       }
+      // Busy runners, and those whose deregistration failed.
+      const left = (await runners.listHost(id)).length;
       // Its warm places: its runners are deregistered or busy, none is warm. Its places under the
-      // pool limit too once none of its runners runs. Freed now, not when they expire.
+      // pool limit too once none of its runners is left. Freed now, not when they expire.
       for (const pool of this.#pools.keys()) {
         await this.#d.limits.releaseHost(warmKey(pool), id);
-        if (running === 0) await this.#d.limits.releaseHost(pool, id);
+        if (left === 0) await this.#d.limits.releaseHost(pool, id);
       }
-      if (running === 0) {
-        await hosts.forget(id);
-        metrics.hostGone();
-        log.info({ goneHost: id }, "gone host forgotten");
-      }
+      if (left > 0) continue;
+      await hosts.forget(id);
+      metrics.hostGone();
+      log.info({ goneHost: id }, "gone host forgotten");
     }
   }
 

@@ -2,7 +2,8 @@
  * The worker's less happy paths, for real (fake GitHub, real Redis, real Docker engine):
  * a launch that fails after registration, a job cancelled while its webhook was lost, and a
  * worker stopped and restarted while its runner runs a job, a burst whose container starts
- * wait their turn at the engine, and one worker process per host id.
+ * wait their turn at the engine, one worker process per host id, and a gone host whose runner
+ * GitHub fails to deregister.
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
@@ -14,6 +15,7 @@ import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { runJitrunner, waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { FakeGitHubClient } from "../fakes/github/client.ts";
 import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
@@ -419,6 +421,66 @@ test("one worker process per host id: a second one exits at start while the firs
     assert.doesNotMatch(restarted.logs(), /held this host/);
   } finally {
     for (const sys of started) await sys.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+/** Registers a runner of acme/app at the fake as jitrunner would; resolves its id. */
+async function register(fake: FakeGitHub, name: string): Promise<number> {
+  const res = await new FakeGitHubClient(fake).call("POST", "/repos/acme/app/actions/runners/generate-jitconfig", {
+    body: { name, runner_group_id: 1, labels: ["self-hosted", "linux", "x64"] },
+  });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  return (res.body as { runner: { id: number } }).runner.id;
+}
+
+/** A host that beat once, for a moment, and is gone now (its record expired; the index keeps it). */
+async function goneHost(hostStore: HostStore, id: string): Promise<void> {
+  await hostStore.heartbeat({ id, capacity: 1, used: 1, pools: ["default"] }, 100);
+  await waitFor(async () => !(await hostStore.alive(id)), 5_000, `host ${id}'s heartbeat lapsed`);
+}
+
+function idleRecord(fake: FakeGitHub, name: string, host: string, runnerId: number, over: Partial<RunnerRecord> = {}): RunnerRecord {
+  return {
+    name, pool: "default", host, state: "idle", installationId: fake.installationId, owner: "acme", repo: "app", runnerId, demandId: `demand-${name}`, createdAt: Date.now(), instance: "a-stopped-process", ...over,
+  };
+}
+
+test("a gone host whose idle runner GitHub fails to deregister stays known with the runner's record until a later pass deregisters it; then nothing of the host is left in Redis", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("sweep");
+  const gone = uniqueHost("sweep-gone");
+  const r = scopedRedis(redis, "sweep");
+  hosts.push(host);
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  const name = "jitrunner-default-00sweep001";
+  const runnerId = await register(fake, name);
+  await runners.put(idleRecord(fake, name, gone, runnerId));
+  await goneHost(hostStore, gone);
+  // A 5xx on the first attempt and on each of the client's retries: the first pass's call fails.
+  fake.inject({ route: DELETE, method: "DELETE", status: 502, times: 4 });
+  // The worker's start runs one pass of the host loop before it resolves.
+  const sys = await startSystem("worker", fake, r, host);
+  try {
+    assert.equal(callsTo(fake, DELETE, "DELETE"), 4, "the first pass tried to deregister the runner, and retried");
+    assert.ok((await hostStore.list()).some((h) => h.id === gone), "the gone host is still known: the next pass looks at it again");
+    assert.equal((await runners.get(name))?.host, gone, "the runner's record is kept");
+    assert.deepEqual(await runners.listHost(gone), [name]);
+    assert.ok(fake.runners().some((x) => x.id === runnerId), "the registration is still there");
+    assert.match(sys.logs(), new RegExp(`"runner":"${name}","goneHost":"${gone}","err":"[^"]*502[^"]*","msg":"deregistering runner of a gone host failed`));
+
+    await waitFor(async () => !(await hostStore.list()).some((h) => h.id === gone), 30_000, "the gone host forgotten on a later pass");
+    assert.ok(!fake.runners().some((x) => x.id === runnerId), "the registration deleted");
+    assert.equal(await runners.get(name), undefined, "the record removed");
+    assert.deepEqual(await conn.keys(`${r.prefix}:*${gone}*`), [], "no key of the gone host left");
+    assert.equal(await conn.hexists(`${r.prefix}:hosts:lastbeat`, gone), 0);
+    assert.equal(await conn.sismember(`${r.prefix}:runners`, name), 0, "the runner is out of the index of every runner");
+    assert.match(sys.logs(), new RegExp(`"runner":"${name}","goneHost":"${gone}","msg":"runner of a gone host deregistered"`));
+  } finally {
+    await sys.close();
     await fake.close();
     conn.disconnect();
   }
