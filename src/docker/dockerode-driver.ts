@@ -139,18 +139,24 @@ export class DockerodeDriver implements RunnerDriver {
     }));
   }
 
-  async removeUnusedVolumes(labels: Record<string, string>, namePrefix: string): Promise<number> {
+  async removeUnusedVolumes(labels: Record<string, string>, namePrefix: string): Promise<{ removed: number; failed: Array<{ volume: string; error: Error }> }> {
     // `dangling`: referenced by no container, not even a stopped or half-created one.
     const filters = { dangling: ["true"] };
     const found = await this.#call("list volumes", () => this.#docker.listVolumes({ filters } as Docker.VolumeListOptions));
     let removed = 0;
+    const failed: Array<{ volume: string; error: Error }> = [];
     for (const v of found.Volumes ?? []) {
       const labelled = Object.entries(labels).every(([k, value]) => v.Labels?.[k] === value);
       // A create the engine failed while shutting down leaves the volume without its labels.
       const unlabelled = Object.keys(v.Labels ?? {}).length === 0 && v.Name.startsWith(namePrefix) && v.Name.endsWith(DATA_VOLUME_SUFFIX);
-      if ((labelled || unlabelled) && (await this.#removeVolume(v.Name))) removed++;
+      if (!labelled && !unlabelled) continue;
+      try {
+        if (await this.#removeVolume(v.Name)) removed++;
+      } catch (err) {
+        failed.push({ volume: v.Name, error: err instanceof Error ? err : new Error(String(err)) });
+      }
     }
-    return removed;
+    return { removed, failed };
   }
 
   async #call<T>(what: string, fn: () => Promise<T>): Promise<T> {

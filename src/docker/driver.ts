@@ -38,7 +38,9 @@ export interface RunnerDriver {
   /**
    * Removes runner volumes that no container uses: those carrying all of these labels, and those
    * named for a runner of `namePrefix` that lost their labels (a create the engine failed half-way
-   * while shutting down leaves such a volume). Resolves how many it removed.
+   * while shutting down leaves such a volume). Each volume on its own: one the engine refuses to
+   * remove stops none of the others. Resolves how many it removed and which it could not (with
+   * the engine's word); rejects only when the volumes cannot be listed.
    */
-  removeUnusedVolumes(labels: Record<string, string>, namePrefix: string): Promise<number>;
+  removeUnusedVolumes(labels: Record<string, string>, namePrefix: string): Promise<{ removed: number; failed: Array<{ volume: string; error: Error }> }>;
 }

@@ -2,7 +2,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import { LABEL, MANAGED_BY } from "../docker/labels.ts";
-import type { RunnerDriver } from "../docker/driver.ts";
+import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
 import { DockerError, NotSentError, errorMessage } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
@@ -11,6 +11,7 @@ import type { ActivityRecorder } from "../state/activity.ts";
 import { hostHolder, type HostStore, type PoolLimits } from "../state/hosts.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
 import { Launcher, NotNeeded, scopeOf, targetOf, type Tracked } from "./launcher.ts";
+import { PassFailures } from "./pass-failures.ts";
 import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
 import { every } from "../timers.ts";
@@ -689,16 +690,20 @@ export class RunnerWorker {
    * removed (stopped); volumes of ours that no container uses are removed; records of this host
    * with no container are torn down once no launch can be under way for them (#launchOver);
    * runners of hosts whose heartbeat lapsed are deregistered and forgotten unless they run a job.
-   * Each pass is counted in `jitrunner_reconcile_runs_total{loop="host"}`.
+   * Each container, volume, record and gone host is handled on its own (PassFailures): one that
+   * fails is logged and tried again next pass, and the others are handled all the same. A pass
+   * with any failure counts as an error in `jitrunner_reconcile_runs_total{loop="host"}`.
    */
   async reconcile(): Promise<void> {
     const log = this.#d.logger.child({ loop: "host" });
+    const pass = new PassFailures(log);
     try {
-      await this.#reconcileContainers(log);
-      const volumes = await this.#d.driver.removeUnusedVolumes({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: this.#d.host }, `${this.#d.namePrefix}-`);
-      if (volumes > 0) log.info({ volumes }, "removed volumes of ours that no container uses");
-      await this.#reconcileRecords(log);
-      await this.#sweepGoneHosts(log);
+      await this.#reconcileContainers(log, pass);
+      await this.#removeUnusedVolumes(log, pass);
+      await this.#reconcileRecords(log, pass);
+      await this.#sweepGoneHosts(log, pass);
+      const failed = pass.summary();
+      if (failed) throw failed;
       this.#d.metrics.reconcileRun("host", "ok");
     } catch (err) {
       this.#d.metrics.reconcileRun("host", "error");
@@ -706,61 +711,90 @@ export class RunnerWorker {
     }
   }
 
-  async #reconcileContainers(log: Logger): Promise<void> {
-    const { driver, runners, launcher, host } = this.#d;
-    for (const c of await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host })) {
+  async #reconcileContainers(log: Logger, pass: PassFailures): Promise<void> {
+    const { driver, host } = this.#d;
+    let containers: RunnerContainer[] = [];
+    const listed = await pass.attempt({ host }, "listing containers", async () => {
+      containers = await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host });
+    });
+    if (!listed) return;
+    for (const c of containers) {
       const name = c.labels[LABEL.runnerName] ?? c.name;
-      if (launcher.tracked.has(name)) continue;
-      const record = await runners.get(name);
-      const pool = this.#pools.get(c.labels[LABEL.pool] ?? "");
-      if (record && c.running && pool && !this.#stopping) {
-        const tracked: Tracked = { record: { ...record, containerId: c.id, instance: launcher.instance }, state: record.state === "busy" ? "busy" : "idle" };
-        launcher.tracked.set(name, tracked);
-        // Ours now: should its teardown be cut short, this process's host loop finishes it at once.
-        // Best effort: unnoted, the record names the process before this one, gone: to the same effect.
-        await runners.adopt(name, launcher.instance).catch(() => undefined);
-        if (!record.demandId && pool.minIdle > 0) {
-          await this.#readoptSpare(pool, tracked, log.child({ pool: pool.name, warm: true }));
-          continue;
-        }
-        log.info({ runner: name }, "adopted running runner");
-        void launcher
-          .watch(tracked, pool, log, this.#shutdown.signal)
-          .then((reason) => (reason === "shutdown" ? undefined : launcher.teardown(tracked.record, reason, log)))
-          .catch(() => undefined)
-          .finally(() => this.#checkDrained());
-      } else {
-        const stub: RunnerRecord = record ?? {
-          name,
-          pool: c.labels[LABEL.pool] ?? "",
-          host,
-          state: "registering",
-          installationId: 0,
-          owner: "",
-          repo: "",
-          demandId: c.labels[LABEL.demand] ?? "",
-          createdAt: c.createdAt,
-        };
-        await launcher.teardown({ ...stub, containerId: c.id }, c.running ? "reconcile_unknown" : "reconcile_exited", log);
-      }
+      await pass.attempt({ runner: name, container: c.id.slice(0, 12) }, "reconciling container", () => this.#reconcileContainer(c, name, log));
     }
   }
 
-  async #reconcileRecords(log: Logger): Promise<void> {
-    const { driver, runners, launcher, host } = this.#d;
-    const present = new Set(
-      (await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host })).map((c) => c.labels[LABEL.runnerName] ?? c.name),
-    );
-    for (const name of await runners.listHost(host)) {
-      if (present.has(name) || launcher.tracked.has(name)) continue;
-      const record = await runners.get(name);
-      if (!record) {
-        await runners.remove({ name, host, demandId: "" }, true);
-        continue;
+  async #reconcileContainer(c: RunnerContainer, name: string, log: Logger): Promise<void> {
+    const { runners, launcher, host } = this.#d;
+    if (launcher.tracked.has(name)) return;
+    const record = await runners.get(name);
+    const pool = this.#pools.get(c.labels[LABEL.pool] ?? "");
+    if (record && c.running && pool && !this.#stopping) {
+      const tracked: Tracked = { record: { ...record, containerId: c.id, instance: launcher.instance }, state: record.state === "busy" ? "busy" : "idle" };
+      launcher.tracked.set(name, tracked);
+      // Ours now: should its teardown be cut short, this process's host loop finishes it at once.
+      // Best effort: unnoted, the record names the process before this one, gone: to the same effect.
+      await runners.adopt(name, launcher.instance).catch(() => undefined);
+      if (!record.demandId && pool.minIdle > 0) {
+        await this.#readoptSpare(pool, tracked, log.child({ pool: pool.name, warm: true }));
+        return;
       }
-      if (!(await this.#launchOver(record))) continue;
-      await launcher.teardown(record, "reconcile_no_container", log);
+      log.info({ runner: name }, "adopted running runner");
+      void launcher
+        .watch(tracked, pool, log, this.#shutdown.signal)
+        .then((reason) => (reason === "shutdown" ? undefined : launcher.teardown(tracked.record, reason, log)))
+        .catch(() => undefined)
+        .finally(() => this.#checkDrained());
+    } else {
+      const stub: RunnerRecord = record ?? {
+        name,
+        pool: c.labels[LABEL.pool] ?? "",
+        host,
+        state: "registering",
+        installationId: 0,
+        owner: "",
+        repo: "",
+        demandId: c.labels[LABEL.demand] ?? "",
+        createdAt: c.createdAt,
+      };
+      await launcher.teardown({ ...stub, containerId: c.id }, c.running ? "reconcile_unknown" : "reconcile_exited", log);
     }
+  }
+
+  async #removeUnusedVolumes(log: Logger, pass: PassFailures): Promise<void> {
+    const { driver, host, namePrefix } = this.#d;
+    await pass.attempt({ host }, "removing unused volumes", async () => {
+      const { removed, failed } = await driver.removeUnusedVolumes({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host }, `${namePrefix}-`);
+      if (removed > 0) log.info({ volumes: removed }, "removed volumes of ours that no container uses");
+      for (const { volume, error } of failed) pass.fail({ volume }, "removing volume", error);
+    });
+  }
+
+  async #reconcileRecords(log: Logger, pass: PassFailures): Promise<void> {
+    const { driver, runners, host } = this.#d;
+    let present = new Set<string>();
+    let names: string[] = [];
+    const listed = await pass.attempt({ host }, "listing records", async () => {
+      present = new Set((await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host })).map((c) => c.labels[LABEL.runnerName] ?? c.name));
+      names = await runners.listHost(host);
+    });
+    if (!listed) return;
+    for (const name of names) {
+      if (present.has(name)) continue;
+      await pass.attempt({ runner: name }, "reconciling record", () => this.#reconcileRecord(name, log));
+    }
+  }
+
+  async #reconcileRecord(name: string, log: Logger): Promise<void> {
+    const { runners, launcher, host } = this.#d;
+    if (launcher.tracked.has(name)) return;
+    const record = await runners.get(name);
+    if (!record) {
+      await runners.remove({ name, host, demandId: "" }, true);
+      return;
+    }
+    if (!(await this.#launchOver(record))) return;
+    await launcher.teardown(record, "reconcile_no_container", log);
   }
 
   /**
@@ -775,59 +809,64 @@ export class RunnerWorker {
     return Date.now() - record.createdAt >= UNATTRIBUTED_RECORD_MS;
   }
 
+  async #sweepGoneHosts(log: Logger, pass: PassFailures): Promise<void> {
+    const { hosts, host } = this.#d;
+    let gone: string[] = [];
+    const listed = await pass.attempt({ host }, "listing hosts", async () => {
+      gone = (await hosts.list()).filter((h) => !h.record && h.id !== host).map((h) => h.id);
+    });
+    if (!listed) return;
+    for (const id of gone) await pass.attempt({ goneHost: id }, "sweeping gone host", () => this.#sweepGoneHost(id, log, pass));
+  }
+
   /**
    * A gone host's runners are deregistered and forgotten, but for those that run a job; the host
    * is forgotten once none of its runners is left in Redis: one that runs a job, or whose
-   * deregistration failed (a 5xx after retries, a rate limit), keeps it, so that the next pass
-   * looks at it again.
+   * deregistration failed, keeps it, so that the next pass looks at it again.
    */
-  async #sweepGoneHosts(log: Logger): Promise<void> {
-    const { hosts, runners, github, metrics } = this.#d;
-    for (const { id, record } of await hosts.list()) {
-      if (record || id === this.#d.host) continue;
-      for (const name of await runners.listHost(id)) {
-        const r = await runners.get(name);
-        if (!r) {
-          // A name in the host's set whose record is gone: nothing to deregister, but the name
-          // must go too, or it would stay in Redis after the host is forgotten.
-          await runners.remove({ name, host: id, demandId: "" }, true);
-          continue;
-        }
-        if (r.state === "busy") continue;
-        if (r.state === "completed") {
-          // Its job is done and GitHub removed the registration: nothing of it needs the host.
-          // Its stopped container, on that host's engine, goes when that host's worker returns.
-          await runners.remove(r, true);
-          metrics.removed(r.pool, "host_gone");
-          log.info({ runner: name, goneHost: id }, "completed runner of a gone host forgotten");
-          continue;
-        }
-        let outcome: "deleted" | "not_found" | "busy" | "error" = "not_found";
-        if (r.runnerId) {
-          outcome = await github.deleteRunner(scopeOf(r), r.runnerId).catch((err: unknown) => {
-            log.warn({ runner: name, goneHost: id, err: errorMessage(err) }, "deregistering runner of a gone host failed; the next pass tries again");
-            return "error" as const;
-          });
-        }
-        // Busy, or not deregistered: its record stays, and keeps the host known.
-        if (outcome === "busy" || outcome === "error") continue;
-        await runners.remove(r, false);
-        metrics.removed(r.pool, "host_gone");
-        log.info({ runner: name, goneHost: id }, "runner of a gone host deregistered");
-      }
-      // Busy runners, and those whose deregistration failed.
-      const left = (await runners.listHost(id)).length;
-      // Its warm places: its runners are deregistered or busy, none is warm. Its places under the
-      // pool limit too once none of its runners is left. Freed now, not when they expire.
-      for (const pool of this.#pools.keys()) {
-        await this.#d.limits.releaseHost(warmKey(pool), id);
-        if (left === 0) await this.#d.limits.releaseHost(pool, id);
-      }
-      if (left > 0) continue;
-      await hosts.forget(id);
-      metrics.hostGone();
-      log.info({ goneHost: id }, "gone host forgotten");
+  async #sweepGoneHost(id: string, log: Logger, pass: PassFailures): Promise<void> {
+    const { hosts, runners, metrics } = this.#d;
+    for (const name of await runners.listHost(id)) {
+      await pass.attempt({ runner: name, goneHost: id }, "deregistering runner of a gone host", () => this.#sweepGoneRunner(id, name, log));
     }
+    // Busy runners, and those whose deregistration or removal failed.
+    const left = (await runners.listHost(id)).length;
+    // Its warm places: its runners are deregistered or busy, none is warm. Its places under the
+    // pool limit too once none of its runners is left. Freed now, not when they expire.
+    for (const pool of this.#pools.keys()) {
+      await this.#d.limits.releaseHost(warmKey(pool), id);
+      if (left === 0) await this.#d.limits.releaseHost(pool, id);
+    }
+    if (left > 0) return;
+    await hosts.forget(id);
+    metrics.hostGone();
+    log.info({ goneHost: id }, "gone host forgotten");
+  }
+
+  async #sweepGoneRunner(id: string, name: string, log: Logger): Promise<void> {
+    const { runners, github, metrics } = this.#d;
+    const r = await runners.get(name);
+    if (!r) {
+      // A name in the host's set whose record is gone: nothing to deregister, but the name must go
+      // too, or it would stay in Redis after the host is forgotten.
+      await runners.remove({ name, host: id, demandId: "" }, true);
+      return;
+    }
+    if (r.state === "busy") return;
+    if (r.state === "completed") {
+      // Its job is done and GitHub removed the registration: nothing of it needs the host.
+      // Its stopped container, on that host's engine, goes when that host's worker returns.
+      await runners.remove(r, true);
+      metrics.removed(r.pool, "host_gone");
+      log.info({ runner: name, goneHost: id }, "completed runner of a gone host forgotten");
+      return;
+    }
+    // A failure (a 5xx after retries, a rate limit) throws: the record stays, and so does the host.
+    const outcome = r.runnerId ? await github.deleteRunner(scopeOf(r), r.runnerId) : "not_found";
+    if (outcome === "busy") return;
+    await runners.remove(r, false);
+    metrics.removed(r.pool, "host_gone");
+    log.info({ runner: name, goneHost: id }, "runner of a gone host deregistered");
   }
 
   #counts(): Map<string, Map<string, number>> {

@@ -2,8 +2,8 @@
  * The worker's less happy paths, for real (fake GitHub, real Redis, real Docker engine):
  * a launch that fails after registration, a job cancelled while its webhook was lost, and a
  * worker stopped and restarted while its runner runs a job, a burst whose container starts
- * wait their turn at the engine, one worker process per host id, and a gone host whose runner
- * GitHub fails to deregister.
+ * wait their turn at the engine, one worker process per host id, and a host loop whose items
+ * fail (a deregistration GitHub refuses, a container the engine will not remove).
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
@@ -16,7 +16,8 @@ import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { runJitrunner, waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { FakeGitHubClient } from "../fakes/github/client.ts";
-import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
@@ -447,6 +448,10 @@ function idleRecord(fake: FakeGitHub, name: string, host: string, runnerId: numb
   };
 }
 
+async function hostPasses(sys: { url: string }, outcome: "ok" | "error"): Promise<number> {
+  return metricSample(await (await fetch(`${sys.url}/metrics`)).text(), "jitrunner_reconcile_runs_total", `loop="host",outcome="${outcome}"`);
+}
+
 test("a gone host whose idle runner GitHub fails to deregister stays known with the runner's record until a later pass deregisters it; then nothing of the host is left in Redis", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("sweep");
@@ -470,6 +475,7 @@ test("a gone host whose idle runner GitHub fails to deregister stays known with 
     assert.equal((await runners.get(name))?.host, gone, "the runner's record is kept");
     assert.deepEqual(await runners.listHost(gone), [name]);
     assert.ok(fake.runners().some((x) => x.id === runnerId), "the registration is still there");
+    assert.ok((await hostPasses(sys, "error")) >= 1, "the pass counts as failed");
     assert.match(sys.logs(), new RegExp(`"runner":"${name}","goneHost":"${gone}","err":"[^"]*502[^"]*","msg":"deregistering runner of a gone host failed`));
 
     await waitFor(async () => !(await hostStore.list()).some((h) => h.id === gone), 30_000, "the gone host forgotten on a later pass");
@@ -481,6 +487,65 @@ test("a gone host whose idle runner GitHub fails to deregister stays known with 
     assert.match(sys.logs(), new RegExp(`"runner":"${name}","goneHost":"${gone}","msg":"runner of a gone host deregistered"`));
   } finally {
     await sys.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+test("the host loop handles each item on its own: a container the engine refuses to remove stops neither the unused volume, the record without a container nor the gone host after it, and goes on a later pass", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("items");
+  const gone = uniqueHost("items-gone");
+  const r = scopedRedis(redis, "items");
+  hosts.push(host);
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  const proxy = await startDockerProxy();
+  // A stopped container of ours on this host with no record: the engine will not remove it (yet).
+  const stuckName = "jitrunner-default-00items001";
+  const stuck = await docker.createContainer({
+    Image: RUNNER_IMAGE,
+    name: `${stuckName}-${host}`,
+    Labels: runnerLabels({ pool: "default", host, runnerName: stuckName, demandId: "" }),
+    HostConfig: { NetworkMode: "none" },
+  });
+  proxy.refuseRemoval.add(stuck.id);
+  // A volume of ours that no container uses.
+  const volume = `jitrunner-test-${host}-unused`;
+  await docker.createVolume({ Name: volume, Labels: { [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host } });
+  // A registered runner's record of this host with no container, left by a stopped worker process.
+  const orphan = "jitrunner-default-00items002";
+  const orphanId = await register(fake, orphan);
+  await runners.put(idleRecord(fake, orphan, host, orphanId));
+  // A registered idle runner of a gone host.
+  const stranded = "jitrunner-default-00items003";
+  const strandedId = await register(fake, stranded);
+  await runners.put(idleRecord(fake, stranded, gone, strandedId));
+  await goneHost(hostStore, gone);
+  const sys = await startSystem("worker", fake, r, host, {
+    worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, docker: { socketPath: proxy.socketPath } },
+  });
+  try {
+    // The worker's start ran one pass: everything but the stuck container is handled.
+    assert.equal((await containersOf(host)).length, 1, "the container the engine refused is still there");
+    assert.equal(await docker.getVolume(volume).inspect().then(() => true, () => false), false, "the unused volume removed");
+    assert.equal(await runners.get(orphan), undefined, "the record without a container torn down");
+    assert.ok(!fake.runners().some((x) => x.id === orphanId), "and its registration deleted");
+    assert.ok(!(await hostStore.list()).some((h) => h.id === gone), "the gone host forgotten");
+    assert.ok(!fake.runners().some((x) => x.id === strandedId), "and its runner deregistered");
+    const failLine = new RegExp(`"runner":"${stuckName}","container":"${stuck.id.slice(0, 12)}","err":"[^"]*device or resource busy[^"]*","msg":"reconciling container failed`);
+    const logged = sys.logs().split("\n").filter((l) => failLine.test(l)).length;
+    const failedPasses = await hostPasses(sys, "error");
+    assert.ok(logged >= 1 && logged <= failedPasses, `the container's failure logged once per pass (${logged} lines, ${failedPasses} failed passes)`);
+    assert.match(sys.logs(), /host reconcile failed: 1 item failed; first: reconciling container/);
+
+    proxy.refuseRemoval.delete(stuck.id);
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "the container removed on a later pass");
+    await waitFor(async () => (await hostPasses(sys, "ok")) >= 1, 30_000, "a pass with nothing failed");
+  } finally {
+    await sys.close();
+    await proxy.close();
     await fake.close();
     conn.disconnect();
   }
