@@ -51,3 +51,34 @@ export class DockerError extends JitrunnerError {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * Redis did not take a command: the connection is down (the server's connections hold no commands
+ * while it is), Redis did not answer within the connection's command timeout, or it is still
+ * loading its data. Nothing after that command was done; doing it all again later is safe
+ * (a webhook: GitHub's redelivery, which the `github-deliveries` loop asks for).
+ */
+export class RedisUnavailableError extends JitrunnerError {
+  /** Why, in words of our own: never Redis's URL or reply text. */
+  readonly reason: string;
+  constructor(reason: string, cause: unknown) {
+    super("E_REDIS_UNAVAILABLE", `Redis is unavailable (${reason})`, { retryable: true, cause });
+    this.reason = reason;
+  }
+}
+
+/**
+ * Why `err` says that Redis is unavailable, or undefined when it says something else (a bug, a
+ * WRONGTYPE reply). Matched on what ioredis and BullMQ reject a command with: they have no error
+ * classes for these but ConnectionClosedError and MaxRetriesPerRequestError.
+ */
+export function redisUnavailableReason(err: unknown): string | undefined {
+  if (!(err instanceof Error)) return undefined;
+  if (err.message === "Stream isn't writeable and enableOfflineQueue options is false") return "not connected";
+  if (err.message === "Command timed out") return "no answer within the command timeout";
+  if (err.name === "ConnectionClosedError" || err.name === "MaxRetriesPerRequestError" || err.message.startsWith("Connection is closed")) {
+    return "connection lost";
+  }
+  if (err.message.startsWith("LOADING ")) return "loading its data";
+  return undefined;
+}

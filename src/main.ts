@@ -1,5 +1,5 @@
 import type { FastifyInstance } from "fastify";
-import type { Redis } from "ioredis";
+import type { Redis, RedisOptions } from "ioredis";
 import type { Logger } from "pino";
 import type { Config } from "./config/load.ts";
 import { DockerodeDriver } from "./docker/dockerode-driver.ts";
@@ -8,7 +8,7 @@ import { OctokitGitHub } from "./github/octokit-client.ts";
 import { buildApp } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
 import { Metrics } from "./metrics/metrics.ts";
-import { DemandConsumer, DemandQueues, redisConnection } from "./queue/demand-queue.ts";
+import { DemandConsumer, DemandQueues, FAIL_FAST, redisConnection } from "./queue/demand-queue.ts";
 import { notingActivity } from "./reconcile/repo-activity.ts";
 import { Reconciler } from "./reconcile/reconciler.ts";
 import { ActiveRepos } from "./state/active-repos.ts";
@@ -17,6 +17,7 @@ import { HostStore, PoolLimits } from "./state/hosts.ts";
 import { RunnerStore } from "./state/runners.ts";
 import { ActivityLog } from "./state/activity.ts";
 import { collectStatus } from "./state/status.ts";
+import { within } from "./timers.ts";
 import { Launcher } from "./worker/launcher.ts";
 import { RunnerEvents } from "./worker/runner-events.ts";
 import { RunnerWorker } from "./worker/worker.ts";
@@ -51,42 +52,48 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
 }
 
 async function startWith(config: Config, mode: Mode, logger: Logger, connections: Redis[], undo: Array<() => Promise<unknown>>): Promise<Running> {
-  const connect = (): Redis => {
-    const c = redisConnection(config.redis.url);
+  const connect = (options: RedisOptions = {}): Redis => {
+    const c = redisConnection(config.redis.url, options);
     c.on("error", (err) => logger.debug({ err: errorMessage(err) }, "redis connection error"));
     connections.push(c);
     return c;
   };
-  const redis = connect();
-  // BullMQ loads its Lua scripts into the connection it is given, and ioredis then copies them
-  // onto every MULTI on it: our own state writes get a connection of their own (measured in
-  // BENCHMARKS.md: about 0.1 ms of server CPU per delivery).
-  const queueRedis = connect();
   const metrics = new Metrics();
-  const runners = new RunnerStore(redis, config.redis.prefix);
-  const activity = new ActivityLog(redis, config.redis.prefix);
+  const prefix = config.redis.prefix;
   const settings = {
     redisUrl: config.redis.url,
-    prefix: config.redis.prefix,
+    prefix,
     attempts: config.worker.launchAttempts,
     leaseMs: config.worker.leaseSeconds * 1000,
   };
   const allPools = config.pools.map((p) => p.name);
 
-  const hostStore = new HostStore(redis, config.redis.prefix);
-  let queues: DemandQueues | undefined;
-  let ingress: Ingress | undefined;
+  // The HTTP side (webhooks, status page, scrapes, readiness) answers callers that will not wait:
+  // its connections fail fast while Redis is away (FAIL_FAST). The worker's and the reconciler's
+  // wait for Redis to come back, with their own retries and backoff.
+  let http: { redis: Redis; queues: DemandQueues; runners: RunnerStore; activity: ActivityLog; hosts: HostStore; ingress: Ingress } | undefined;
   if (mode !== "worker") {
-    queues = new DemandQueues(settings, queueRedis);
-    const demand = notingActivity(queues, new ActiveRepos(redis, config.redis.prefix), logger);
-    ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, config.redis.prefix), metrics, logger, activity });
-    const q = queues;
+    const redis = connect(FAIL_FAST);
+    // BullMQ loads its Lua scripts into the connection it is given, and ioredis then copies them
+    // onto every MULTI on it: our own state writes get a connection of their own (measured in
+    // BENCHMARKS.md: about 0.1 ms of server CPU per delivery).
+    const queueRedis = connect(FAIL_FAST);
+    // They hold no command until connected: listening before would refuse the first deliveries.
+    // A Redis that is down does not keep the server from starting (unready, answering 503).
+    await Promise.all([readyWithin(redis, STARTUP_REDIS_WAIT_MS), readyWithin(queueRedis, STARTUP_REDIS_WAIT_MS)]);
+    const queues = new DemandQueues(settings, queueRedis);
+    const runners = new RunnerStore(redis, prefix);
+    const activity = new ActivityLog(redis, prefix);
+    const hosts = new HostStore(redis, prefix);
+    const demand = notingActivity(queues, new ActiveRepos(redis, prefix), logger);
+    const ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, prefix), metrics, logger, activity });
+    http = { redis, queues, runners, activity, hosts, ingress };
     metrics.onScrape(async () => {
-      const hosts = await hostStore.list();
-      metrics.hosts(hosts.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, lastBeatAt: h.lastBeatAt })));
+      const list = await hosts.list();
+      metrics.hosts(list.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, lastBeatAt: h.lastBeatAt })));
     });
     metrics.onScrape(async () => {
-      for (const [pool, counts] of await q.counts(allPools)) {
+      for (const [pool, counts] of await queues.counts(allPools)) {
         metrics.queueJobs(pool, counts);
         metrics.demandPending(pool, counts.waiting + counts.delayed + counts.prioritized + counts.paused);
       }
@@ -98,7 +105,12 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
   let reconciler: Reconciler | undefined;
   let reconcilerQueues: DemandQueues | undefined;
   let github: OctokitGitHub | undefined;
+  let redis: Redis | undefined;
   if (mode !== "server") {
+    redis = connect();
+    const runners = new RunnerStore(redis, prefix);
+    const activity = new ActivityLog(redis, prefix);
+    const hostStore = new HostStore(redis, prefix);
     const host = config.worker.hostId;
     const driver = new DockerodeDriver(config.worker.docker);
     github = new OctokitGitHub({
@@ -109,7 +121,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       metrics,
       // Installation tokens shared by every process on this Redis.
       redis,
-      redisPrefix: config.redis.prefix,
+      redisPrefix: prefix,
       writes: { max: config.github.writesPerMinute, windowMs: 60_000 },
     });
     events = new RunnerEvents(connect(), runners.eventsChannel);
@@ -143,33 +155,34 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       github,
       runners,
       hosts: hostStore,
-      limits: new PoolLimits(redis, config.redis.prefix),
+      limits: new PoolLimits(redis, prefix),
       metrics,
       logger: logger.child({ host }),
       activity,
     });
     await worker.start();
     // Workers campaign for the reconcile leader: they hold GitHub access and exist in every fleet.
-    // (Its own producer in `worker` mode: `queues` stays the server's, which the status page keys on.)
-    reconcilerQueues = queues ?? new DemandQueues(settings, queueRedis);
+    // Its producer is its own (in `all` mode too): the server's fails fast while Redis is away.
+    reconcilerQueues = new DemandQueues(settings, connect());
     reconciler = new Reconciler({ config, redis, github, demand: reconcilerQueues, runners, metrics, logger });
     await reconciler.start();
   }
 
   const w = worker;
-  const q = queues;
+  const readinessRedis = http?.redis ?? redis;
   const app = await buildApp({
     logger,
     metrics,
-    webhooks: ingress ? { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress } : undefined,
+    webhooks: http && { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress: http.ingress },
     readiness: async () => {
       const problems: string[] = [];
-      await redis.ping().catch((err) => problems.push(`redis: ${errorMessage(err)}`));
+      const redisProblem = readinessRedis && (await pingProblem(readinessRedis));
+      if (redisProblem) problems.push(redisProblem);
       if (w?.problem) problems.push(w.problem);
       return problems;
     },
-    status: q && {
-      snapshot: () => collectStatus({ pools: config.pools, runners, hosts: hostStore, activity, pending: (pools) => q.pending(pools) }),
+    status: http && {
+      snapshot: () => collectStatus({ pools: config.pools, runners: http.runners, hosts: http.hosts, activity: http.activity, pending: (pools) => http.queues.pending(pools) }),
       adminToken: config.secrets.adminToken,
     },
     metricsToken: config.secrets.metricsToken,
@@ -184,10 +197,42 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       await reconciler?.close();
       await worker?.stop();
       github?.close();
-      await queues?.close();
-      if (reconcilerQueues !== queues) await reconcilerQueues?.close();
+      await http?.queues.close();
+      await reconcilerQueues?.close();
       await events?.close();
       await Promise.allSettled(connections.map((c) => c.quit()));
     })());
   return { app, url, close, drained: worker?.drained ?? new Promise<void>(() => undefined) };
+}
+
+/** How long a server's start waits for its Redis connections before it listens regardless. */
+const STARTUP_REDIS_WAIT_MS = 5_000;
+
+/** Resolves once `redis` is connected and ready, or after `ms`, whichever comes first. */
+function readyWithin(redis: Redis, ms: number): Promise<void> {
+  if (redis.status === "ready") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      redis.off("ready", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    redis.once("ready", done);
+  });
+}
+
+/** How long readiness waits for Redis's answer to a ping. */
+const READY_PING_MS = 2_000;
+
+/** Why Redis makes this process unready, or undefined; answers within READY_PING_MS. */
+async function pingProblem(redis: Redis): Promise<string | undefined> {
+  // Not connected: said at once, rather than a ping left waiting for the reconnection.
+  if (redis.status !== "ready") return `redis: not connected (${redis.status})`;
+  try {
+    await within(redis.ping(), READY_PING_MS, `no answer to a ping within ${READY_PING_MS} ms`);
+    return undefined;
+  } catch (err) {
+    return `redis: ${errorMessage(err)}`;
+  }
 }

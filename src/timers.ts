@@ -20,3 +20,16 @@ export function every(ms: number, fn: () => Promise<void>): { stop(): void } {
     },
   };
 }
+
+/**
+ * `p`, or a rejection with `message` once `ms` have passed, whichever comes first (`p` itself is
+ * not stopped). The timer does not keep the process alive.
+ */
+export function within<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+    timer.unref();
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}

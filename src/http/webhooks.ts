@@ -1,6 +1,7 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { FastifyInstance } from "fastify";
 import type { Secret } from "../config/secret.ts";
+import { RedisUnavailableError } from "../errors.ts";
 import type { Ingress } from "../ingress/ingress.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 
@@ -14,7 +15,9 @@ export interface WebhookRouteOptions {
 /**
  * POST /webhooks/github. The signature is checked over the raw bytes before anything is parsed;
  * only verified deliveries reach the ingress. GitHub waits 10 s for an answer and does not retry,
- * so the answer comes as soon as the demand is in Redis.
+ * so the answer comes as soon as the demand is in Redis, or, when Redis cannot take it, as a 503
+ * within the server's Redis command timeout (GitHub records the delivery as failed, and the
+ * `github-deliveries` loop has it redelivered).
  */
 export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOptions): Promise<void> {
   const secret = opts.secret.reveal();
@@ -47,7 +50,16 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
       opts.metrics.delivery(event, "none", "malformed");
       return reply.code(400).send({ error: "body is not valid JSON" });
     }
-    const outcome = await opts.ingress.handle({ event, deliveryId, payload, receivedAt });
+    let outcome: string;
+    try {
+      outcome = await opts.ingress.handle({ event, deliveryId, payload, receivedAt });
+    } catch (err) {
+      // Not taken, and nothing half-done that a redelivery would not finish (logged and counted by the ingress).
+      if (err instanceof RedisUnavailableError) {
+        return reply.code(503).send({ error: `${err.message}: the delivery was not taken; deliver it again later` });
+      }
+      throw err;
+    }
     if (outcome === "malformed") return reply.code(400).send({ error: "not a valid workflow_job payload" });
     return reply.code(event === "ping" ? 200 : 202).send({ outcome });
   });

@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { Config } from "../config/load.ts";
 import { demandId, type Demand, type DemandEnd } from "../demand.ts";
-import { errorMessage } from "../errors.ts";
+import { errorMessage, RedisUnavailableError, redisUnavailableReason } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
@@ -76,11 +76,15 @@ const MAX_BOOKKEEPING_IN_FLIGHT = 1000;
  *
  * The answer waits only for what it promises: a `queued` delivery's demand is in Redis (claimed,
  * de-duplicated and added to BullMQ) before `handle` resolves. The activity log is written after,
- * off the answer's path (bounded, see BestEffortWrites).
+ * off the answer's path (bounded, see BestEffortWrites). A delivery Redis cannot take (it is
+ * unreachable or does not answer: see redisUnavailableReason) rejects with RedisUnavailableError,
+ * counted with outcome `redis_unavailable`; GitHub's redelivery of it is acted on.
  */
 export class Ingress {
   readonly #deps: IngressDeps;
   readonly #bookkeeping: BestEffortWrites;
+  /** Since the first delivery Redis could not take, until one it takes. */
+  #redisDown: { reason: string; refused: number } | undefined;
 
   constructor(deps: IngressDeps) {
     this.#deps = deps;
@@ -100,9 +104,20 @@ export class Ingress {
         outcome = await this.#workflowJob(delivery.payload, delivery);
       } catch (err) {
         // Not acted on: GitHub's redelivery of this id must be.
-        await this.#deps.deliveries.forget(delivery.deliveryId).catch(() => undefined);
-        throw err;
+        const forgetting = this.#deps.deliveries.forget(delivery.deliveryId).catch(() => undefined);
+        const reason = redisUnavailableReason(err);
+        if (reason === undefined) {
+          await forgetting;
+          throw err;
+        }
+        // Redis is away, so the forget fails as well (or waits for the command timeout): the answer
+        // does not wait for it. A claim left behind is no harm: a redelivery whose claim exists but
+        // whose demand BullMQ does not hold is added (DemandSink.add).
+        this.#deps.metrics.delivery(delivery.event, action, "redis_unavailable");
+        this.#redisRefused(reason, delivery.deliveryId);
+        throw new RedisUnavailableError(reason, err);
       }
+      this.#redisBack();
     }
     this.#deps.metrics.delivery(delivery.event, action, outcome);
     const activity = this.#deps.activity;
@@ -112,6 +127,28 @@ export class Ingress {
       if (wait) await wait;
     }
     return outcome;
+  }
+
+  /**
+   * One warning when Redis starts refusing deliveries (or its reason changes), not one per
+   * delivery: a storm of them while Redis is down would flood the log. Each is still counted
+   * (outcome `redis_unavailable`).
+   */
+  #redisRefused(reason: string, deliveryId: string): void {
+    const down = this.#redisDown;
+    if (down?.reason !== reason) {
+      this.#deps.logger.warn(
+        { deliveryId, reason },
+        "Redis is unavailable: webhook deliveries are answered 503 until it is back, and GitHub's failed deliveries are redelivered later (github-deliveries loop)",
+      );
+    }
+    this.#redisDown = { reason, refused: (down?.refused ?? 0) + 1 };
+  }
+
+  #redisBack(): void {
+    if (!this.#redisDown) return;
+    this.#deps.logger.info({ refused: this.#redisDown.refused }, "Redis takes webhook deliveries again");
+    this.#redisDown = undefined;
   }
 
   /**

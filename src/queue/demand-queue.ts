@@ -53,6 +53,20 @@ export function redisConnection(url: string, extra: RedisOptions = {}): Redis {
   return new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, ...extra });
 }
 
+/** How long a command on a fail-fast connection may wait for Redis's answer: well under GitHub's 10 s. */
+export const FAIL_FAST_COMMAND_TIMEOUT_MS = 3_000;
+
+/**
+ * Options for connections whose callers answer someone who will not wait (the server's webhook
+ * route: GitHub gives up after 10 s, and the handler would otherwise keep its delivery in memory
+ * for as long as Redis is away). While disconnected, a command fails at once instead of waiting
+ * in ioredis's offline queue; on a connection Redis does not answer, it fails after the timeout.
+ * maxRetriesPerRequest stays null: BullMQ needs it only on connections it blocks on, and a
+ * producer's Queue does not block; the timeout bounds a command in flight when the connection
+ * drops.
+ */
+export const FAIL_FAST: RedisOptions = { enableOfflineQueue: false, commandTimeout: FAIL_FAST_COMMAND_TIMEOUT_MS };
+
 function queueName(pool: string): string {
   return `demand-${pool}`;
 }
@@ -94,8 +108,16 @@ export class DemandQueues {
   #queue(pool: string): Queue {
     let q = this.#queues.get(pool);
     if (!q) {
-      q = new Queue(queueName(pool), { connection: this.#redis, prefix: `${this.#settings.prefix}:bull` });
-      this.#queues.set(pool, q);
+      // Not waiting for the connection to be ready: on a fail-fast connection, a queue made while
+      // Redis is away fails its calls at once. BullMQ's set-up of a queue (a version check) that
+      // fails leaves it failing every call for good, so it is dropped and the next call makes another.
+      const made = new Queue(queueName(pool), { connection: this.#redis, prefix: `${this.#settings.prefix}:bull`, skipWaitingForReady: true });
+      made.waitUntilReady().catch(() => {
+        if (this.#queues.get(pool) === made) this.#queues.delete(pool);
+        made.close().catch(() => undefined);
+      });
+      this.#queues.set(pool, made);
+      q = made;
     }
     return q;
   }

@@ -49,6 +49,8 @@ export interface OwnRedisOptions {
   own: true;
   /** Persist as a deployment should (docs/reliability.md): `appendonly yes`, `appendfsync everysec`. */
   appendOnly?: boolean;
+  /** Redis's `requirepass`: the URL then carries it (`redis://:PASSWORD@host:port`), as a deployment's might. */
+  password?: string;
 }
 
 /**
@@ -90,8 +92,9 @@ async function startOwnRedis(opts: OwnRedisOptions): Promise<OwnRedis> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "jitrunner-redis-"));
   const persistence = opts.appendOnly ? ["--appendonly", "yes", "--appendfsync", "everysec"] : ["--appendonly", "no"];
-  const args = ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--maxmemory-policy", "noeviction", ...persistence];
-  const url = `redis://127.0.0.1:${port}`;
+  const auth = opts.password ? ["--requirepass", opts.password] : [];
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--maxmemory-policy", "noeviction", ...persistence, ...auth];
+  const url = opts.password ? `redis://:${encodeURIComponent(opts.password)}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`;
   let child: ChildProcess | undefined;
   let exited: Promise<void> = Promise.resolve();
   const launch = async (): Promise<void> => {

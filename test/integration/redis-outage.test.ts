@@ -1,0 +1,146 @@
+/**
+ * A `jitrunner server` (the real composition root) on a Redis of the test's own, with a password
+ * in its URL, while that Redis is stopped and while it is frozen (connected, not answering):
+ * verified `queued` deliveries are answered 503 within GitHub's patience, /readyz says Redis is
+ * the problem, and once Redis is back the same deliveries sent again (GitHub's redelivery: same
+ * X-GitHub-Delivery) are queued and their demand is in BullMQ. Nothing secret reaches the logs.
+ */
+import assert from "node:assert/strict";
+import { randomBytes, randomUUID } from "node:crypto";
+import { Writable } from "node:stream";
+import { after, before, test } from "node:test";
+import { Queue } from "bullmq";
+import { createLogger } from "../../src/logger.ts";
+import { start, type Running } from "../../src/main.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { testConfig, testPrivateKey, WEBHOOK_SECRET } from "../helpers/config.ts";
+import { waitFor } from "../helpers/process.ts";
+import { startRedis, type OwnRedis } from "../helpers/redis.ts";
+import { queuedPayload, signedHeaders } from "../helpers/webhooks.ts";
+
+/** A client that waits longer than GitHub (10 s): no answer by then is the defect. */
+const CLIENT_TIMEOUT_MS = 20_000;
+const PASSWORD = `redis-secret-${randomBytes(8).toString("hex")}`;
+
+let redis: OwnRedis;
+let server: Running;
+const lines: string[] = [];
+let nextJobId = 7_000_000;
+
+before(async () => {
+  redis = await startRedis({ own: true, password: PASSWORD });
+  const config = testConfig({
+    redis: { url: redis.url, prefix: redis.prefix },
+    server: { host: "127.0.0.1", port: 0 },
+    logLevel: "debug",
+    pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: "x" }],
+  });
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(String(chunk));
+      cb();
+    },
+  });
+  server = await start(config, "server", createLogger("debug", sink));
+  await waitFor(async () => (await get("/readyz")).status === 200, 10_000, "the server to be ready");
+});
+
+after(async () => {
+  await server?.close();
+  await redis?.stop();
+});
+
+interface Sent {
+  jobId: number;
+  deliveryId: string;
+  body: string;
+}
+
+function newDelivery(): Sent {
+  const jobId = nextJobId++;
+  return { jobId, deliveryId: randomUUID(), body: JSON.stringify(queuedPayload({ jobId, labels: ["self-hosted", "linux"] })) };
+}
+
+async function send(d: Sent): Promise<{ status: number; body: { outcome?: string; error?: string } }> {
+  const res = await fetch(`${server.url}/webhooks/github`, {
+    method: "POST",
+    body: d.body,
+    headers: signedHeaders("workflow_job", d.body, WEBHOOK_SECRET, d.deliveryId),
+    signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS),
+  });
+  return { status: res.status, body: (await res.json()) as { outcome?: string; error?: string } };
+}
+
+async function get(path: string): Promise<{ status: number; text: string }> {
+  const res = await fetch(`${server.url}${path}`, { signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS) });
+  return { status: res.status, text: await res.text() };
+}
+
+/** Each delivery is answered 503 with an error that names Redis and carries nothing secret. */
+async function assertRefused(sent: Sent[]): Promise<void> {
+  const answers = await Promise.all(sent.map(send));
+  for (const a of answers) {
+    assert.equal(a.status, 503, JSON.stringify(a.body));
+    assert.match(a.body.error ?? "", /Redis is unavailable/);
+    assert.doesNotMatch(a.body.error ?? "", new RegExp(PASSWORD));
+  }
+  const ready = await get("/readyz");
+  assert.equal(ready.status, 503, ready.text);
+  assert.match(ready.text, /redis/);
+}
+
+/** GitHub's redelivery of each (same body, same X-GitHub-Delivery) is queued; BullMQ holds its demand. */
+async function assertTakenAgain(sent: Sent[]): Promise<void> {
+  await waitFor(async () => (await get("/readyz")).status === 200, 20_000, "the server to be ready again");
+  for (const a of await Promise.all(sent.map(send))) assert.deepEqual(a, { status: 202, body: { outcome: "queued" } });
+  const conn = redisConnection(redis.url);
+  const queue = new Queue("demand-default", { connection: conn, prefix: `${redis.prefix}:bull` });
+  try {
+    for (const d of sent) assert.equal(await queue.getJobState(`${d.jobId}-1`), "waiting", `demand of job ${d.jobId}`);
+  } finally {
+    await queue.close();
+    conn.disconnect();
+  }
+}
+
+function assertNoSecretLogged(): void {
+  const logs = lines.join("");
+  assert.doesNotMatch(logs, new RegExp(PASSWORD), "the Redis password");
+  assert.ok(!logs.includes(WEBHOOK_SECRET), "the webhook secret");
+  assert.ok(!logs.includes(testPrivateKey().split("\n")[1]!), "the App's private key");
+}
+
+function warnings(): string[] {
+  return lines.filter((l) => l.includes('"level":40') && l.includes("Redis is unavailable"));
+}
+
+test("while Redis is stopped, queued deliveries get 503 at once, and their redeliveries are queued once it is back", async () => {
+  const sent = Array.from({ length: 5 }, newDelivery);
+  await redis.kill("SIGTERM");
+  try {
+    await assertRefused(sent);
+    const metrics = await get("/metrics");
+    assert.match(metrics.text, /jitrunner_webhook_deliveries_total\{event="workflow_job",action="queued",outcome="redis_unavailable"\} 5/);
+    assert.equal(warnings().length, 1, "one warning for the outage, not one per delivery");
+  } finally {
+    await redis.restart();
+  }
+  await assertTakenAgain(sent);
+  assert.match(lines.join(""), /"refused":5,.*"msg":"Redis takes webhook deliveries again"/);
+  assertNoSecretLogged();
+});
+
+test("while Redis is connected but does not answer, queued deliveries get 503 within the command timeout, and are queued when sent again", async () => {
+  const sent = Array.from({ length: 3 }, newDelivery);
+  process.kill(redis.pid, "SIGSTOP");
+  try {
+    await assertRefused(sent);
+  } finally {
+    process.kill(redis.pid, "SIGCONT");
+  }
+  // Redis now runs the claims it was sent before the server gave up on them: the redeliveries
+  // still add the demand (a claim whose demand BullMQ does not hold does not count).
+  await assertTakenAgain(sent);
+  assert.equal(warnings().length, 2, "one more warning, for the new reason");
+  assertNoSecretLogged();
+});
