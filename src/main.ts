@@ -71,7 +71,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
   // The HTTP side (webhooks, status page, scrapes, readiness) answers callers that will not wait:
   // its connections fail fast while Redis is away (FAIL_FAST). The worker's and the reconciler's
   // wait for Redis to come back, with their own retries and backoff.
-  let http: { redis: Redis; queues: DemandQueues; runners: RunnerStore; activity: ActivityLog; hosts: HostStore; ingress: Ingress } | undefined;
+  let http: { redis: Redis; queueRedis: Redis; queues: DemandQueues; runners: RunnerStore; activity: ActivityLog; hosts: HostStore; ingress: Ingress } | undefined;
   if (mode !== "worker") {
     const redis = connect(FAIL_FAST);
     // BullMQ loads its Lua scripts into the connection it is given, and ioredis then copies them
@@ -87,7 +87,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
     const hosts = new HostStore(redis, prefix);
     const demand = notingActivity(queues, new ActiveRepos(redis, prefix), logger);
     const ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, prefix), metrics, logger, activity });
-    http = { redis, queues, runners, activity, hosts, ingress };
+    http = { redis, queueRedis, queues, runners, activity, hosts, ingress };
     metrics.onScrape(async () => {
       const list = await hosts.list();
       metrics.hosts(list.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, lastBeatAt: h.lastBeatAt })));
@@ -169,14 +169,15 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
   }
 
   const w = worker;
-  const readinessRedis = http?.redis ?? redis;
+  // Ready once every connection a webhook needs answers (the HTTP side's two), else the worker's.
+  const readinessRedis = http ? [http.redis, http.queueRedis] : redis ? [redis] : [];
   const app = await buildApp({
     logger,
     metrics,
     webhooks: http && { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress: http.ingress },
     readiness: async () => {
       const problems: string[] = [];
-      const redisProblem = readinessRedis && (await pingProblem(readinessRedis));
+      const redisProblem = (await Promise.all(readinessRedis.map(pingProblem))).find((p) => p !== undefined);
       if (redisProblem) problems.push(redisProblem);
       if (w?.problem) problems.push(w.problem);
       return problems;

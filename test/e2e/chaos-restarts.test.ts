@@ -171,6 +171,16 @@ test("Redis SIGKILLed (AOF, everysec) while runners run jobs and restarted: ever
     } finally {
       conn.disconnect();
     }
+    // The server's connections fail fast and reconnect by themselves: until they have, a delivery
+    // is answered 503 (and GitHub's redelivery, asked for by the github-deliveries loop, comes later).
+    await waitFor(
+      async () => {
+        const body = (await (await fetch(`${sys.url}/readyz`)).json()) as { problems?: string[] };
+        return !(body.problems ?? []).some((p) => p.startsWith("redis:"));
+      },
+      30_000,
+      "the server connected to Redis again",
+    );
     for (const j of first) {
       const queued = fake.deliveries.find((d) => d.jobId === j.id && d.action === "queued")!;
       assert.equal(await fake.redeliver(queued.id), 202);
