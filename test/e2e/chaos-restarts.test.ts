@@ -197,8 +197,10 @@ test("Redis SIGKILLed (AOF, everysec) while runners run jobs and restarted: ever
     const queued = (o: string) => metricSample(metrics, "jitrunner_webhook_deliveries_total", `event="workflow_job",action="queued",outcome="${o}"`);
     const recovered = metricSample(metrics, "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_recovered"');
     assert.ok(queued("redis_unavailable") >= 2, "the queued deliveries sent while Redis was down were answered 503");
-    // Each of those came back exactly once: redelivered and queued, or found queued by the leader.
-    assert.equal(queued("queued") + recovered, 5, `5 demands (${queued("queued")} from webhooks, ${recovered} found queued)`);
+    // Each of those came back: redelivered and queued, or found queued by the leader, or both at
+    // once (each then sees no item and adds: BullMQ keeps one per job attempt, and every job ran
+    // once, as checked above).
+    assert.ok(queued("queued") + recovered >= 5, `5 demands (${queued("queued")} from webhooks, ${recovered} found queued)`);
     assert.equal(queued("replayed"), 3, "the 3 redeliveries recognised after the restart");
     assert.doesNotMatch(sys.logs(), /"reason":"reconcile_unknown"/, "no running runner was taken for unknown and removed");
     await assertNothingLeft({ hostIds: [host], fake, redis: own, pools: ["default"], volumes });
