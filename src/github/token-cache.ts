@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Redis } from "ioredis";
+import { within } from "../timers.ts";
 
 /** A token is handed out only while it has at least this long left (a slow call must not outlive it). */
 const MIN_REMAINING_MS = 5 * 60_000;
@@ -103,10 +104,5 @@ export class RedisTokenCache {
 }
 
 function bounded<T>(op: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error("redis did not answer")), REDIS_TIMEOUT_MS);
-    timer.unref();
-  });
-  return Promise.race([op, timeout]).finally(() => clearTimeout(timer));
+  return within(op, REDIS_TIMEOUT_MS, "redis did not answer");
 }

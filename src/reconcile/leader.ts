@@ -3,6 +3,7 @@ import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import { errorMessage } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
+import { within } from "../timers.ts";
 
 /** Extends the lock only if this process still holds it (compare-and-extend). */
 const RENEW = `
@@ -160,11 +161,6 @@ export class LeaderElection implements Leadership {
   /** A Redis call that cannot hold a round up longer than a third of the expiry. */
   #bounded<T>(p: Promise<T>): Promise<T> {
     const ms = Math.max(100, this.#d.lockMs / 3);
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`Redis did not answer within ${ms} ms`)), ms);
-      timer.unref();
-    });
-    return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+    return within(p, ms, `Redis did not answer within ${ms} ms`);
   }
 }

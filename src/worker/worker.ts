@@ -218,7 +218,7 @@ export class RunnerWorker {
         await lease.release().catch(() => undefined);
         continue;
       }
-      if (!spare && !(await this.#withinPoolLimit(lease, pool))) {
+      if (!spare && !(await this.#withinPoolLimit(lease))) {
         await lease.release().catch(() => undefined);
         this.#slots.release();
         await sleep(1000);
@@ -236,14 +236,14 @@ export class RunnerWorker {
   }
 
   /** False (the demand goes back) when the pool is at its limit, or Redis cannot say that it is not. */
-  async #withinPoolLimit(lease: Lease, pool: string): Promise<boolean> {
+  async #withinPoolLimit(lease: Lease): Promise<boolean> {
     const max = this.#pools.get(lease.demand.pool)?.maxRunners;
     if (!max) return true;
     try {
       return await this.#d.limits.acquire(lease.demand.pool, lease.id, max);
     } catch (err) {
       // A Redis error (out of memory, read-only replica) must not end this pool's loop.
-      this.#noteError(`pool limit check for pool ${pool} failed: ${errorMessage(err)}`, false);
+      this.#noteError(`pool limit check for pool ${lease.demand.pool} failed: ${errorMessage(err)}`, false);
       return false;
     }
   }
@@ -328,10 +328,7 @@ export class RunnerWorker {
       }
       const latest = await this.#d.runners.get(tracked.record.name).catch(() => undefined);
       const tookAJob = tracked.state === "busy" || tracked.state === "completed" || latest?.state === "busy" || latest?.state === "completed";
-      const torn = await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => {
-        log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry");
-        return undefined;
-      });
+      const torn = await this.#tearDown(tracked.record, reason, log);
       const retry = tookAJob || torn?.tookAJob ? undefined : await this.#retryReason(lease, reason);
       if (retry) {
         // This runner did not serve the demand: forget its claim so the retry launches anew.
@@ -515,7 +512,7 @@ export class RunnerWorker {
       // Adopted while the hand-over asked Redis: #serve tears it down and frees its slot.
       if (spare.adopted) return;
       this.#spares.delete(name);
-      if (reason !== "shutdown") await this.#d.launcher.teardown(tracked.record, reason, log).catch((err) => log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry"));
+      if (reason !== "shutdown") await this.#tearDown(tracked.record, reason, log);
       await this.#freeSparePlaces(pool, spare.holder);
       this.#checkDrained();
     });
@@ -625,6 +622,14 @@ export class RunnerWorker {
     return spare;
   }
 
+  /** A runner's teardown; one cut short is logged and left to the host loop (undefined). */
+  #tearDown(record: RunnerRecord, reason: string, log: Logger): Promise<Awaited<ReturnType<Launcher["teardown"]>> | undefined> {
+    return this.#d.launcher.teardown(record, reason, log).catch((err: unknown) => {
+      log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry");
+      return undefined;
+    });
+  }
+
   /**
    * The demand needed no runner after all: the adopted runner goes back to being a spare. One that
    * ended while adopted (it took another job, or idled out, while the demand waited for an earlier
@@ -633,9 +638,7 @@ export class RunnerWorker {
   async #returnSpare(spare: Spare, lease: Lease, log: Logger): Promise<void> {
     if (spare.done) {
       const reason = await spare.ended;
-      if (reason !== "shutdown") {
-        await this.#d.launcher.teardown(spare.tracked.record, reason, log).catch((err) => log.warn({ err: errorMessage(err) }, "teardown incomplete; the reconciler will retry"));
-      }
+      if (reason !== "shutdown") await this.#tearDown(spare.tracked.record, reason, log);
       return;
     }
     // Back among the spares, with a slot of its own, before anything is awaited: should it end
