@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import { NotSentError } from "../errors.ts";
+import { within } from "../timers.ts";
 
 /**
  * Writes (JIT configs above all, also runner deletions and redelivery requests) start at most this
@@ -17,6 +18,14 @@ import { NotSentError } from "../errors.ts";
  * installation's writes wait with it.
  */
 export const DEFAULT_WRITES_PER_MINUTE = 120;
+
+/**
+ * How long the shared budget waits for Redis's answer. The worker's connections queue commands
+ * while Redis is away and wait for ever on one that stopped answering; without a limit, every
+ * write of the installation would wait with them, and the waiting writes fail instead (their
+ * callers retry them).
+ */
+const REDIS_TIMEOUT_MS = 2_000;
 
 /** A write waiting for its start. */
 interface Waiter {
@@ -220,8 +229,8 @@ export class SharedWriteWindow implements WriteBudget {
   #closed = false;
 
   /**
-   * A Redis failure fails the writes waiting (their callers retry them); `onError` hears of one
-   * that lost a pause (GitHub's refusal of the call that asked for it is retried all the same).
+   * A Redis failure, or no answer within REDIS_TIMEOUT_MS, fails the writes waiting (their callers
+   * retry them); `onError` hears of one that lost a pause (GitHub's refusal of the call that asked for it is retried all the same).
    */
   constructor(redis: Redis, prefix: string, max: number, windowMs: number, onError: (err: unknown) => void = () => {}) {
     if (!(max >= 1) || !(windowMs > 0)) throw new RangeError(`a write window needs max >= 1 and windowMs > 0 (got ${max}, ${windowMs})`);
@@ -240,7 +249,11 @@ export class SharedWriteWindow implements WriteBudget {
       // One hash tag per key: both of its Redis keys in one cluster slot.
       const base = `${this.#prefix}:{${id}}`;
       k = new SharedKeyWindow((want, callId) =>
-        this.#redis.jitrunnerTakeWriteStarts(`${base}:starts`, `${base}:paused`, String(this.#windowMs), String(this.#max), String(want), callId),
+        within(
+          this.#redis.jitrunnerTakeWriteStarts(`${base}:starts`, `${base}:paused`, String(this.#windowMs), String(this.#max), String(want), callId),
+          REDIS_TIMEOUT_MS,
+          "redis did not answer the GitHub write budget",
+        ),
       );
       if (this.#closed) k.close();
       this.#keys.set(id, k);
@@ -249,7 +262,9 @@ export class SharedWriteWindow implements WriteBudget {
   }
 
   pause(id: string, ms: number): void {
-    this.#redis.jitrunnerPauseWrites(`${this.#prefix}:{${id}}:paused`, String(Math.ceil(ms))).catch(this.#onError);
+    within(this.#redis.jitrunnerPauseWrites(`${this.#prefix}:{${id}}:paused`, String(Math.ceil(ms))), REDIS_TIMEOUT_MS, "redis did not answer the GitHub write budget").catch(
+      this.#onError,
+    );
   }
 
   close(): void {

@@ -228,3 +228,37 @@ test("a JIT config refused with a wait (429) is given up at once by a caller tha
   gh2.close();
   assert.ok(!fake.runners().some((r) => r.name === "jr-wait-1" || r.name === "jr-wait-2" || r.name === "jr-wait-4"), "no registration for a write given up");
 });
+
+test("a JIT config whose shared budget Redis does not answer fails instead of waiting for ever, is not sent, and the next goes out once Redis answers again", { timeout: 60_000 }, async () => {
+  fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
+  const own = await startRedis({ own: true });
+  const conn = redisConnection(own.url);
+  connections.push(conn);
+  const gh = new OctokitGitHub({
+    appId: fake.appId,
+    privateKey: new Secret(fake.privateKey),
+    apiUrl: fake.url,
+    logger: pino({ level: "silent" }),
+    metrics: new Metrics({ processMetrics: false }),
+    redis: conn,
+    redisPrefix: `${own.prefix}-frozen`,
+  });
+  const scope = { installationId: 1, owner: "acme", repo: "app" };
+  try {
+    await gh.generateJitConfig(scope, { name: "jr-frozen-0", labels: ["self-hosted"] });
+    const before = fake.requests.length;
+    // Connected, but answering nothing: the worker's connection would queue the budget's script for ever.
+    process.kill(own.pid, "SIGSTOP");
+    try {
+      await assert.rejects(gh.generateJitConfig(scope, { name: "jr-frozen-1", labels: ["self-hosted"] }), /redis did not answer the GitHub write budget/);
+    } finally {
+      process.kill(own.pid, "SIGCONT");
+    }
+    assert.deepEqual(fake.requests.slice(before).filter((r) => r.route === REPO_JIT), [], "the write that got no start was not sent");
+    const next = await gh.generateJitConfig(scope, { name: "jr-frozen-2", labels: ["self-hosted"] });
+    assert.ok(next.runnerId > 0, "registered once Redis answers");
+  } finally {
+    gh.close();
+    await own.stop();
+  }
+});
