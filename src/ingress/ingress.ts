@@ -103,7 +103,7 @@ export class Ingress {
       try {
         outcome = await this.#workflowJob(delivery.payload, delivery);
       } catch (err) {
-        // Not acted on: GitHub's redelivery of this id must be.
+        // Not done, or done but not claimed: GitHub's redelivery of this id must be acted on.
         const forgetting = this.#deps.deliveries.forget(delivery.deliveryId).catch(() => undefined);
         const reason = redisUnavailableReason(err);
         if (reason === undefined) {
@@ -152,38 +152,47 @@ export class Ingress {
   }
 
   /**
-   * Every delivery id is claimed once, before it is acted on: a replay gets "replayed" and does
-   * nothing, except a replay of a `queued` delivery whose demand is not in the queue, which adds it
-   * (see DemandSink.add).
+   * Every delivery id is claimed once: a replay gets "replayed". A `queued` delivery is claimed
+   * before it is acted on, in one round trip with its job attempt (see #queued). An `in_progress`
+   * or `completed` one is acted on first and claimed after: what it does (a runner marked busy or
+   * completed, which never undoes completed; a waiting demand dropped) comes out the same however
+   * often it is done, whereas a claim first would lose it for good when the claim was taken but its
+   * answer lost (the connection dropped, the command timed out) or the server died before acting:
+   * GitHub's redelivery would find the claim and do nothing. Its timings, counted only by the copy
+   * that claims it, and its log line, come once.
    */
   async #workflowJob(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
     if (event.action === "queued") return this.#queued(event, delivery);
+    const outcome = await this.#act(event);
     if (!(await this.#deps.deliveries.claim(delivery.deliveryId))) return "replayed";
-    const { config, logger } = this.#deps;
     const job = event.workflow_job;
+    if (event.action === "in_progress" || event.action === "completed") this.#observeTimes(event);
     const ids = { deliveryId: delivery.deliveryId, jobId: job.id, action: event.action };
+    const { logger } = this.#deps;
+    if (outcome === "runner_busy") logger.info({ ...ids, runner: job.runner_name }, "runner busy");
+    else if (outcome === "runner_completed") logger.info({ ...ids, runner: job.runner_name }, "runner completed its job");
+    else if (outcome === "demand_cancelled") logger.info({ ...ids, pool: matchPool(job.labels, this.#deps.config.pools)?.name }, "demand dropped: job ended before it got a runner");
+    return outcome;
+  }
+
+  /** What an `in_progress` or `completed` delivery does; the same however often it is done. */
+  async #act(event: WorkflowJobEvent): Promise<string> {
+    const { config } = this.#deps;
+    const job = event.workflow_job;
     switch (event.action) {
       case "in_progress": {
-        this.#observeTimes(event);
         if (!isOurRunner(config.runnerNamePrefix, job.runner_name)) return "not_ours";
-        const known = await this.#deps.runners.mark(job.runner_name!, "busy", job.id);
-        if (known) logger.info({ ...ids, runner: job.runner_name }, "runner busy");
-        return known ? "runner_busy" : "runner_unknown";
+        return (await this.#deps.runners.mark(job.runner_name!, "busy", job.id)) ? "runner_busy" : "runner_unknown";
       }
       case "completed": {
-        this.#observeTimes(event);
         if (isOurRunner(config.runnerNamePrefix, job.runner_name)) {
-          const known = await this.#deps.runners.mark(job.runner_name!, "completed", job.id);
-          if (known) logger.info({ ...ids, runner: job.runner_name }, "runner completed its job");
-          return known ? "runner_completed" : "runner_unknown";
+          return (await this.#deps.runners.mark(job.runner_name!, "completed", job.id)) ? "runner_completed" : "runner_unknown";
         }
         if (job.runner_name) return "not_ours";
         // Completed without a runner: cancelled while queued. Drop its demand if still waiting.
         const pool = matchPool(job.labels, config.pools);
         if (!pool) return "no_pool";
-        const dropped = await this.#deps.demand.cancel(pool.name, demandId(job.id, job.run_attempt ?? 1));
-        if (dropped) logger.info({ ...ids, pool: pool.name }, "demand dropped: job ended before it got a runner");
-        return dropped ? "demand_cancelled" : "no_demand";
+        return (await this.#deps.demand.cancel(pool.name, demandId(job.id, job.run_attempt ?? 1))) ? "demand_cancelled" : "no_demand";
       }
       default:
         return "ignored_action";

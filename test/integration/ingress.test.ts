@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { pino } from "pino";
@@ -194,6 +195,35 @@ test("in_progress and completed mark our runners and tell their worker", async (
   for (let i = 0; i < 50 && heard.length < 1; i++) await new Promise((r) => setTimeout(r, 20));
   assert.deepEqual(heard, ["completed"]);
   sub.disconnect();
+});
+
+test("an in_progress or completed delivery whose claim was taken but not acted on (its answer lost) is acted on when GitHub sends it again, and counted once", async () => {
+  const name = "jitrunner-default-lostclaim01";
+  await runners.put({ name, pool: "default", host: "h1", state: "idle", installationId: 1, owner: "acme", repo: "app", demandId: "77-1", createdAt: Date.now() });
+  const body = (action: string) => {
+    const p = queuedPayload({ jobId: 77, labels: ["self-hosted", "linux", "x64"] });
+    p.action = action;
+    p.workflow_job.status = action;
+    p.workflow_job.runner_name = name;
+    p.workflow_job.started_at = p.workflow_job.created_at;
+    p.workflow_job.completed_at = p.workflow_job.created_at;
+    return JSON.stringify(p);
+  };
+  const finished = async () => Number(/^jitrunner_job_duration_seconds_count\{pool="default",conclusion="[a-z_]+"\} (\d+)$/m.exec(await metrics.render())?.[1] ?? 0);
+  const before = await finished();
+  for (const [action, state, outcome] of [["in_progress", "busy", "runner_busy"], ["completed", "completed", "runner_completed"]] as const) {
+    const deliveryId = randomUUID();
+    // What a claim whose answer never came leaves: the key, and nothing done.
+    await conn.set(`${redis.prefix}:delivery:${deliveryId}`, "1", "EX", 600);
+    const res = await post(body(action), signedHeaders("workflow_job", body(action), WEBHOOK_SECRET, deliveryId));
+    assert.deepEqual([res.statusCode, res.json().outcome], [202, "replayed"]);
+    assert.equal((await runners.get(name))?.state, state, `${action}: the runner is marked all the same`);
+    // A delivery sent once, and then again: acted on and counted once, the copy answered "replayed".
+    const again = randomUUID();
+    assert.equal((await post(body(action), signedHeaders("workflow_job", body(action), WEBHOOK_SECRET, again))).json().outcome, outcome);
+    assert.equal((await post(body(action), signedHeaders("workflow_job", body(action), WEBHOOK_SECRET, again))).json().outcome, "replayed");
+  }
+  assert.equal(await finished(), before + 1, "the job's duration observed once, by the copy that claimed");
 });
 
 test("completed for a job that never got a runner drops its waiting demand", async () => {
