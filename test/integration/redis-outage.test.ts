@@ -3,7 +3,8 @@
  * in its URL, while that Redis is stopped and while it is frozen (connected, not answering):
  * verified `queued` deliveries are answered 503 within GitHub's patience, /readyz says Redis is
  * the problem, and once Redis is back the same deliveries sent again (GitHub's redelivery: same
- * X-GitHub-Delivery) are queued and their demand is in BullMQ. Nothing secret reaches the logs.
+ * X-GitHub-Delivery) are queued and their demand is in BullMQ. Meanwhile the status page and
+ * /metrics still answer. Nothing secret reaches the logs.
  */
 import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
@@ -87,6 +88,12 @@ async function assertRefused(sent: Sent[]): Promise<void> {
   const ready = await get("/readyz");
   assert.equal(ready.status, 503, ready.text);
   assert.match(ready.text, /redis/);
+  // What operators look at meanwhile still answers, saying what it could not read.
+  const page = await get("/");
+  assert.equal(page.status, 200);
+  assert.match(page.text, /Some facts could not be read/);
+  assert.doesNotMatch(page.text, new RegExp(PASSWORD));
+  assert.equal((await get("/metrics")).status, 200);
 }
 
 /** GitHub's redelivery of each (same body, same X-GitHub-Delivery) is queued; BullMQ holds its demand. */
