@@ -86,7 +86,16 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
     const activity = new ActivityLog(redis, prefix);
     const hosts = new HostStore(redis, prefix);
     const demand = notingActivity(queues, new ActiveRepos(redis, prefix), logger);
-    const ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, prefix), metrics, logger, activity });
+    // However many deliveries wait for Redis to come back, one listener per connection.
+    let bothReady: Promise<unknown> | undefined;
+    const redisReconnected = async () => {
+      bothReady ??= Promise.all([redis, queueRedis].map((c) => (c.status === "ready" ? Promise.resolve() : new Promise((r) => c.once("ready", r))))).finally(() => {
+        bothReady = undefined;
+      });
+      await within(bothReady, config.server.redisWaitSeconds * 1000, "redis did not come back").catch(() => undefined);
+      return redis.status === "ready" && queueRedis.status === "ready";
+    };
+    const ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, prefix), metrics, logger, activity, redisReconnected });
     http = { redis, queueRedis, queues, runners, activity, hosts, ingress };
     metrics.onScrape(async () => {
       const list = await hosts.list();

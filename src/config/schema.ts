@@ -114,6 +114,12 @@ export const configSchema = z
         host: z.string().default("0.0.0.0"),
         port: z.number().int().min(0).max(65535).default(8080),
         bodyLimitBytes: z.number().int().positive().default(25 * 1024 * 1024),
+        /**
+         * How long a webhook delivery waits for a Redis connection that is reconnecting (a Redis
+         * restart or failover) before it is answered 503. GitHub waits 10 s for an answer, and the
+         * delivery's Redis commands may take up to 3 s each once connected.
+         */
+        redisWaitSeconds: z.number().min(0).max(5).default(3),
         /** File with the token the status page requires (or env JITRUNNER_ADMIN_TOKEN); unset: open. */
         adminTokenFile: z.string().optional(),
         /** File with the token /metrics requires (or env JITRUNNER_METRICS_TOKEN); unset: open. */

@@ -62,6 +62,11 @@ export interface IngressDeps {
   logger: Logger;
   /** Recent jobs for operators (status page, `jitrunner status`); optional. */
   activity?: ActivityRecorder;
+  /**
+   * Resolves true once the Redis connections deliveries use are connected again, or false when
+   * they are not within the server's `redisWaitSeconds`; absent: a delivery never waits.
+   */
+  redisReconnected?: () => Promise<boolean>;
 }
 
 /**
@@ -69,6 +74,14 @@ export interface IngressDeps {
  * what a healthy Redis ever has pending, small enough to bound memory when Redis stalls.
  */
 const MAX_BOOKKEEPING_IN_FLIGHT = 1000;
+
+/** Why Redis refused a delivery, when a reconnection may cure it at once (not: connected, no answer). */
+const RECONNECTING = new Set(["not connected", "connection lost", "loading its data"]);
+/**
+ * Deliveries waiting at most for Redis to reconnect; any more are answered 503 at once, so that a
+ * storm of them while Redis is away does not pile up in memory.
+ */
+const MAX_WAITING_FOR_REDIS = 1000;
 
 /**
  * Acts on one verified, parsed delivery and says what it did. Only `workflow_job` matters;
@@ -85,6 +98,7 @@ export class Ingress {
   readonly #bookkeeping: BestEffortWrites;
   /** Since the first delivery Redis could not take, until one it takes. */
   #redisDown: { reason: string; refused: number } | undefined;
+  #waitingForRedis = 0;
 
   constructor(deps: IngressDeps) {
     this.#deps = deps;
@@ -101,7 +115,7 @@ export class Ingress {
     else if (!isWorkflowJob(delivery.payload)) outcome = "malformed";
     else {
       try {
-        outcome = await this.#workflowJob(delivery.payload, delivery);
+        outcome = await this.#workflowJobOnceConnected(delivery.payload, delivery);
       } catch (err) {
         // Not done, or done but not claimed: GitHub's redelivery of this id must be acted on.
         const forgetting = this.#deps.deliveries.forget(delivery.deliveryId).catch(() => undefined);
@@ -127,6 +141,30 @@ export class Ingress {
       if (wait) await wait;
     }
     return outcome;
+  }
+
+  /**
+   * A delivery that Redis refused because its connection is down or reconnecting (a Redis restart,
+   * a failover) waits for the reconnection, within `redisWaitSeconds`, and is acted on once more
+   * rather than answered 503: a redelivery would come only with the github-deliveries loop, a
+   * minute or more later. Acting on it again is safe: a claim whose demand BullMQ does not hold
+   * does not count, and an `in_progress` or `completed` delivery does the same however often it
+   * is done (see #workflowJob).
+   */
+  async #workflowJobOnceConnected(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
+    try {
+      return await this.#workflowJob(event, delivery);
+    } catch (err) {
+      const reconnected = this.#deps.redisReconnected;
+      if (!reconnected || !RECONNECTING.has(redisUnavailableReason(err) ?? "") || this.#waitingForRedis >= MAX_WAITING_FOR_REDIS) throw err;
+      this.#waitingForRedis++;
+      try {
+        if (!(await reconnected())) throw err;
+      } finally {
+        this.#waitingForRedis--;
+      }
+      return this.#workflowJob(event, delivery);
+    }
   }
 
   /**

@@ -136,7 +136,7 @@ test("Redis SIGKILLed (AOF, everysec) while runners run jobs and restarted: ever
   hosts.push(host);
   const sys = await startSystem("all", fake, own, host, {
     worker: { hostId: host, capacity: 3, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, heartbeatSeconds: 1 },
-    pools: [fakeRunnerPool(fake, { idleTimeoutSeconds: 30, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "8" } })],
+    pools: [fakeRunnerPool(fake, { idleTimeoutSeconds: 30, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "11" } })],
     reconcile: RECONCILE,
   });
   const volumes = watchVolumes([host]);
@@ -152,10 +152,11 @@ test("Redis SIGKILLed (AOF, everysec) while runners run jobs and restarted: ever
 
     const pid = own.pid;
     await own.kill("SIGKILL");
-    // GitHub keeps sending while Redis is down: two more jobs, whose queued deliveries the server
-    // answers 503 (it holds nothing while Redis is away); the leader's loops recover them after.
+    // GitHub keeps sending while Redis is down: two more jobs, whose queued deliveries wait for
+    // Redis (server.redisWaitSeconds, 3 s) and, Redis being down longer, are answered 503; the
+    // leader's loops recover them after.
     const late = [fake.queueJob({ owner: "acme", repo: "app", labels: LABELS }), fake.queueJob({ owner: "acme", repo: "app", labels: LABELS })];
-    await sleep(3000);
+    await sleep(5000);
     assert.ok(fake.jobs().filter((j) => j.status === "in_progress").length >= 1, "runners were mid-job when Redis came back");
     await own.restart();
     assert.notEqual(own.pid, pid, "a new redis-server process");

@@ -121,7 +121,7 @@ function warnings(): string[] {
   return lines.filter((l) => l.includes('"level":40') && l.includes("Redis is unavailable"));
 }
 
-test("while Redis is stopped, queued deliveries get 503 at once, and their redeliveries are queued once it is back", async () => {
+test("while Redis stays stopped, queued deliveries get 503 once the server's wait for it is over, and their redeliveries are queued once it is back", async () => {
   const sent = Array.from({ length: 5 }, newDelivery);
   await redis.kill("SIGTERM");
   try {
@@ -151,3 +151,34 @@ test("while Redis is connected but does not answer, queued deliveries get 503 wi
   assert.equal(warnings().length, 2, "one more warning, for the new reason");
   assertNoSecretLogged();
 });
+
+test("a Redis restart within the server's wait (server.redisWaitSeconds, 3 s by default): deliveries sent while it is down wait for it and are queued, not refused", async () => {
+  const warned = warnings().length;
+  const refusedBefore = refusedCount(await get("/metrics"));
+  const sent = Array.from({ length: 5 }, newDelivery);
+  await redis.kill("SIGTERM");
+  let answers: ReturnType<typeof send>[];
+  try {
+    answers = sent.map(send);
+    // They are waiting, not refused: the server has not answered any while Redis is down.
+    await new Promise((r) => setTimeout(r, 200));
+  } finally {
+    await redis.restart();
+  }
+  for (const a of await Promise.all(answers)) assert.deepEqual(a, { status: 202, body: { outcome: "queued" } });
+  const conn = redisConnection(redis.url);
+  const queue = new Queue("demand-default", { connection: conn, prefix: `${redis.prefix}:bull` });
+  try {
+    for (const d of sent) assert.equal(await queue.getJobState(`${d.jobId}-1`), "waiting", `demand of job ${d.jobId}`);
+  } finally {
+    await queue.close();
+    conn.disconnect();
+  }
+  assert.equal(refusedCount(await get("/metrics")), refusedBefore, "none counted as refused");
+  assert.equal(warnings().length, warned, "no warning: nothing was refused");
+  assertNoSecretLogged();
+});
+
+function refusedCount(metrics: { text: string }): number {
+  return Number(/^jitrunner_webhook_deliveries_total\{event="workflow_job",action="queued",outcome="redis_unavailable"\} (\d+)$/m.exec(metrics.text)?.[1] ?? 0);
+}
