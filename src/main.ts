@@ -157,6 +157,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       overlapStillQueuedCheckSeconds: config.github.overlapStillQueuedCheckSeconds,
       namePrefix: config.runnerNamePrefix,
       reconcileIntervalSeconds: config.worker.reconcileIntervalSeconds,
+      goneHostBusyCheckSeconds: config.worker.goneHostBusyCheckSeconds,
       heartbeatSeconds: config.worker.heartbeatSeconds,
       sources,
       launcher,

@@ -138,6 +138,8 @@ export const configSchema = z
         /** Container starts in flight on this worker's engine at once; more wait their turn (see Launcher). */
         concurrentStarts: z.number().int().positive().default(DEFAULT_CONCURRENT_STARTS),
         reconcileIntervalSeconds: z.number().positive().default(30),
+        /** A runner of a gone host recorded busy this long is asked about at GitHub, then once per this long (lost `completed` webhooks). */
+        goneHostBusyCheckSeconds: z.number().nonnegative().default(300),
         heartbeatSeconds: z.number().positive().default(5),
         /** A demand lease's lock, renewed every third of it; a dead worker's demand is back within about twice this. */
         leaseSeconds: z.number().min(5).max(3600).default(30),

@@ -17,6 +17,13 @@ export interface RunnerRecord {
   demandId: string;
   createdAt: number;
   jobId?: number;
+  /** When a webhook marked it busy (ms since epoch); written by `mark`. */
+  busyAt?: number;
+  /**
+   * When a host loop last asked GitHub about it as a busy runner of a gone host (ms since epoch):
+   * shared by every worker, so that the fleet asks about it once an interval, not once per worker.
+   */
+  askedAt?: number;
   /**
    * The worker process that launched or adopted the runner (Launcher.instance). While that
    * process lives, only it tears down a record with no container: it may still be launching.
@@ -166,6 +173,12 @@ export class RunnerStore {
     await redis.jitrunnerSetIfExists(this.#key(name), "instance", instance);
   }
 
+  /** A host loop asked GitHub about this busy runner of a gone host (see RunnerRecord.askedAt), if it is still recorded. */
+  async asked(name: string, at: number): Promise<void> {
+    const redis = this.#redis as Redis & { jitrunnerSetIfExists(key: string, field: string, value: string): Promise<number> };
+    await redis.jitrunnerSetIfExists(this.#key(name), "askedAt", String(at));
+  }
+
   /** The container started: idle until a webhook says busy (unless one already has). */
   async started(name: string): Promise<void> {
     const redis = this.#redis as Redis & { jitrunnerStarted(key: string): Promise<number> };
@@ -214,6 +227,8 @@ function parseRecord(h: Record<string, string>): RunnerRecord | undefined {
     demandId: h.demandId ?? "",
     createdAt: Number(h.createdAt),
     jobId: h.jobId ? Number(h.jobId) : undefined,
+    busyAt: h.busyAt ? Number(h.busyAt) : undefined,
+    askedAt: h.askedAt ? Number(h.askedAt) : undefined,
     instance: h.instance || undefined,
   };
 }

@@ -33,6 +33,11 @@ export interface WorkerDeps {
   overlapStillQueuedCheckSeconds?: number;
   namePrefix: string;
   reconcileIntervalSeconds: number;
+  /**
+   * A busy runner of a gone host is asked about at GitHub once it has been busy this long, and
+   * then at most once per this long (`worker.goneHostBusyCheckSeconds`; see #sweepGoneBusyRunner).
+   */
+  goneHostBusyCheckSeconds: number;
   heartbeatSeconds: number;
   sources: Map<string, DemandSource>;
   launcher: Launcher;
@@ -692,7 +697,8 @@ export class RunnerWorker {
    * The host loop: containers of ours that this process does not watch are adopted (running) or
    * removed (stopped); volumes of ours that no container uses are removed; records of this host
    * with no container are torn down once no launch can be under way for them (#launchOver);
-   * runners of hosts whose heartbeat lapsed are deregistered and forgotten unless they run a job.
+   * runners of hosts whose heartbeat lapsed are deregistered and forgotten unless they run a job
+   * (a busy one is forgotten once GitHub no longer knows it: see #sweepGoneBusyRunner).
    * Each container, volume, record and gone host is handled on its own (PassFailures): one that
    * fails is logged and tried again next pass, and the others are handled all the same. A pass
    * with any failure counts as an error in `jitrunner_reconcile_runs_total{loop="host"}`.
@@ -824,8 +830,9 @@ export class RunnerWorker {
 
   /**
    * A gone host's runners are deregistered and forgotten, but for those that run a job; the host
-   * is forgotten once none of its runners is left in Redis: one that runs a job, or whose
-   * deregistration failed, keeps it, so that the next pass looks at it again.
+   * is forgotten once none of its runners is left in Redis: one that runs a job (or is recorded
+   * busy and not yet checked at GitHub), or whose deregistration failed, keeps it, so that the
+   * next pass looks at it again.
    */
   async #sweepGoneHost(id: string, log: Logger, pass: PassFailures): Promise<void> {
     const { hosts, runners, metrics } = this.#d;
@@ -855,7 +862,7 @@ export class RunnerWorker {
       await runners.remove({ name, host: id, demandId: "" }, true);
       return;
     }
-    if (r.state === "busy") return;
+    if (r.state === "busy") return this.#sweepGoneBusyRunner(id, r, log);
     if (r.state === "completed") {
       // Its job is done and GitHub removed the registration: nothing of it needs the host.
       // Its stopped container, on that host's engine, goes when that host's worker returns.
@@ -870,6 +877,52 @@ export class RunnerWorker {
     await runners.remove(r, false);
     metrics.removed(r.pool, "host_gone");
     log.info({ runner: name, goneHost: id }, "runner of a gone host deregistered");
+  }
+
+  /**
+   * A busy runner's record is ended by its `completed` webhook. When that webhook is lost, a busy
+   * record of a gone host would stay for good, and the host with it; so GitHub is asked about the
+   * runner instead: once it has been busy for `goneHostBusyCheckSeconds`, and then at most once per
+   * that interval. The time of the last look is on the record, so the fleet's workers, which all
+   * sweep gone hosts, ask once an interval between them: one read per busy runner of a gone host
+   * per interval (12 an hour at the default 5 minutes), against 5,000 an hour per installation.
+   *
+   * - GitHub no longer knows it: its job is over (an ephemeral runner removes its registration
+   *   after its job); the record is forgotten as a completed one is.
+   * - Known and busy: its job may still run, on the gone host's engine; kept.
+   * - Known and not busy: it runs no job; deregistered like an idle runner (422 busy: kept).
+   * - No runner id on the record (its id never noted): looked up by name, with the same outcomes
+   *   (GitHub's 422 settles busy), at the cost of one list call; forgetting it unasked could drop
+   *   the record of a runner that still runs its job.
+   *
+   * A failure (a 5xx after retries, a rate limit) throws: the record stays, and so does the host;
+   * the next look is an interval later, so a failing GitHub is not asked every pass.
+   */
+  async #sweepGoneBusyRunner(id: string, r: RunnerRecord, log: Logger): Promise<void> {
+    const { runners, github, metrics } = this.#d;
+    const now = Date.now();
+    const lastLook = Math.max(r.busyAt ?? r.createdAt, r.askedAt ?? 0);
+    if (now - lastLook < this.#d.goneHostBusyCheckSeconds * 1000) return;
+    await runners.asked(r.name, now);
+    const scope = scopeOf(r);
+    let outcome: "deleted" | "not_found" | "busy";
+    if (!r.runnerId) {
+      outcome = await github.deleteRunnerNamed(scope, r.name);
+    } else {
+      const registered = await github.getRunner(scope, r.runnerId);
+      if (registered?.busy) outcome = "busy";
+      else outcome = registered ? await github.deleteRunner(scope, r.runnerId) : "not_found";
+    }
+    const item = { runner: r.name, goneHost: id };
+    if (outcome === "busy") {
+      log.debug(item, "busy runner of a gone host still runs a job at GitHub; kept");
+      return;
+    }
+    // It took a job (a webhook marked it busy): its demand was served.
+    await runners.remove(r, true);
+    metrics.removed(r.pool, "host_gone");
+    if (outcome === "deleted") log.info(item, "runner of a gone host recorded busy but running no job at GitHub; deregistered");
+    else log.info(item, "busy runner of a gone host forgotten: GitHub no longer knows it, its job is over");
   }
 
   #counts(): Map<string, Map<string, number>> {

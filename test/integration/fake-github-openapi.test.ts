@@ -106,6 +106,9 @@ test("a scripted flow's responses validate against the documented response schem
   await expectCall("DELETE", `${repo}/actions/runners/${created.runner.id}`, 422);
   const idle = await expectCall("POST", `${repo}/actions/runners/generate-jitconfig`, 201, { body: { ...gen, name: "jr-idle" } });
   await expectCall("DELETE", `${repo}/actions/runners/${idle.runner.id}`, 204);
+  // A runner GitHub no longer knows (deleted, or an ephemeral runner after its job): 404.
+  await expectCall("GET", `${repo}/actions/runners/${idle.runner.id}`, 404);
+  await expectCall("GET", `/orgs/acme/actions/runners/${idle.runner.id}`, 404);
 
   const inProgress = await expectCall("GET", `${repo}/actions/runs?status=in_progress`, 200);
   assert.deepEqual(inProgress.workflow_runs.map((r: { id: number }) => r.id), [first.run_id]);

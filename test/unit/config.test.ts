@@ -27,6 +27,7 @@ test("a minimal config gets documented defaults", () => {
   assert.equal(c.server.bodyLimitBytes, 25 * 1024 * 1024);
   assert.equal(c.worker.capacity, 4);
   assert.equal(c.worker.leaseSeconds, 30);
+  assert.equal(c.worker.goneHostBusyCheckSeconds, 300);
   assert.ok(c.worker.hostId.length > 0);
   const pool = c.pools[0]!;
   assert.equal(pool.isolation, "privileged");
