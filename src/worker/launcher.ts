@@ -280,8 +280,9 @@ export class Launcher {
    * registration (busy) or had removed it already while its record was still ours (whoever of us
    * deletes a registration removes the record too). That last sign is what is left when the
    * `in_progress` and `completed` webhooks were lost (no server answered) and the runner exited.
+   * `deregistered`: GitHub's answer to a deletion of the registration made already (retire).
    */
-  async teardown(record: RunnerRecord, reason: string, log: Logger): Promise<{ tookAJob: boolean }> {
+  async teardown(record: RunnerRecord, reason: string, log: Logger, deregistered?: "deleted" | "not_found"): Promise<{ tookAJob: boolean }> {
     const d = this.#d;
     try {
       if (record.containerId) await d.driver.remove(record.containerId);
@@ -292,7 +293,7 @@ export class Launcher {
       let ranAJob = latest.state === "busy" || latest.state === "completed";
       // An idle or start timeout ends only once GitHub has agreed to delete the registration.
       if (latest.runnerId && !ranAJob && !DEREGISTERED_BY_WATCH.has(reason)) {
-        const result = await this.#deregister(latest, log);
+        const result = deregistered ?? (await this.#deregister(latest, log));
         if (result === undefined) throw new Error("could not delete the runner's registration");
         ranAJob = result === "busy" || (result === "not_found" && stored !== undefined);
       }
@@ -305,6 +306,27 @@ export class Launcher {
     } finally {
       this.tracked.delete(record.name);
     }
+  }
+
+  /**
+   * Tears down a running runner that no watch of this process follows, GitHub first: teardown
+   * removes the container before it deletes the registration, so a runner GitHub handed a job a
+   * moment ago would be killed mid-job. Here the registration is deleted first, and a runner GitHub
+   * refuses to delete (422: it runs a job) is left running, untouched: "busy". One whose record
+   * says busy is not asked about. A record that says completed needs no deletion (GitHub removed
+   * the ephemeral registration itself) and is torn down.
+   */
+  async retire(record: RunnerRecord, reason: string, log: Logger): Promise<"busy" | "removed"> {
+    if (record.state === "busy") return "busy";
+    let deregistered: "deleted" | "not_found" | undefined;
+    if (record.state !== "completed") {
+      const result = await this.#deregister(record, log);
+      if (result === undefined) throw new Error("could not delete the runner's registration");
+      if (result === "busy") return "busy";
+      deregistered = result;
+    }
+    await this.teardown(record, reason, log, deregistered);
+    return "removed";
   }
 
   /** Deletes the registration. `busy`: GitHub refused because it runs a job; undefined: error. */

@@ -113,6 +113,13 @@ export class RunnerWorker {
   readonly #spares = new Map<string, Spare>();
   /** Demands served by an adopted warm runner still idle, by GitHub job id. */
   readonly #adoptions = new Map<number, Adoption>();
+  /**
+   * Running runners of this host that run a job and that this process does not watch: of a pool
+   * it does not serve (removed or renamed in its config, or left out of `worker.pools`), or met
+   * while it stops. Left to finish their job; each holds a slot meanwhile (#leaveRunning), and the
+   * host loop removes it once its container has stopped. By runner name.
+   */
+  readonly #leftRunning = new Set<string>();
   #stopping = false;
   #reconcileTimer: { stop(): void } | undefined;
   #lastError: string | undefined;
@@ -182,7 +189,7 @@ export class RunnerWorker {
     await Promise.allSettled([...this.#serving.keys()]);
     // With runners still running the host stays listed until its record expires, so a quick
     // restart adopts them before anyone treats the host as gone.
-    await this.#presence.stop(this.#d.launcher.tracked.size === 0);
+    await this.#presence.stop(this.#d.launcher.tracked.size === 0 && this.#leftRunning.size === 0);
     this.#d.logger.info({ running: this.#d.launcher.tracked.size }, "worker stopped; running runners left running");
   }
 
@@ -272,7 +279,7 @@ export class RunnerWorker {
   }
 
   #checkDrained(): void {
-    if (this.#presence.draining && this.#serving.size === 0 && this.#d.launcher.tracked.size === 0) this.#drained?.();
+    if (this.#presence.draining && this.#serving.size === 0 && this.#d.launcher.tracked.size === 0 && this.#leftRunning.size === 0) this.#drained?.();
   }
 
   async #serve(lease: Lease, spare?: Spare): Promise<void> {
@@ -694,9 +701,10 @@ export class RunnerWorker {
   }
 
   /**
-   * The host loop: containers of ours that this process does not watch are adopted (running) or
-   * removed (stopped); volumes of ours that no container uses are removed; records of this host
-   * with no container are torn down once no launch can be under way for them (#launchOver);
+   * The host loop: containers of ours that this process does not watch are adopted (running, of a
+   * pool it serves), left to finish their job (running one, of a pool it does not serve) or removed
+   * (stopped, or running no job); volumes of ours that no container uses are removed; records of
+   * this host with no container are torn down once no launch can be under way for them (#launchOver);
    * runners of hosts whose heartbeat lapsed are deregistered and forgotten unless they run a job
    * (a busy one is forgotten once GitHub no longer knows it: see #sweepGoneBusyRunner).
    * Each container, volume, record and gone host is handled on its own (PassFailures): one that
@@ -727,10 +735,14 @@ export class RunnerWorker {
       containers = await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host });
     });
     if (!listed) return;
+    const names = new Set<string>();
     for (const c of containers) {
       const name = c.labels[LABEL.runnerName] ?? c.name;
+      names.add(name);
       await pass.attempt({ runner: name, container: c.id.slice(0, 12) }, "reconciling container", () => this.#reconcileContainer(c, name, log));
     }
+    // Left running, and gone since by other hands (an operator's `docker rm`): its slot is free.
+    for (const name of this.#leftRunning) if (!names.has(name)) this.#letGo(name);
   }
 
   async #reconcileContainer(c: RunnerContainer, name: string, log: Logger): Promise<void> {
@@ -754,20 +766,56 @@ export class RunnerWorker {
         .then((reason) => (reason === "shutdown" ? undefined : launcher.teardown(tracked.record, reason, log)))
         .catch(() => undefined)
         .finally(() => this.#checkDrained());
-    } else {
-      const stub: RunnerRecord = record ?? {
-        name,
-        pool: c.labels[LABEL.pool] ?? "",
-        host,
-        state: "registering",
-        installationId: 0,
-        owner: "",
-        repo: "",
-        demandId: c.labels[LABEL.demand] ?? "",
-        createdAt: c.createdAt,
-      };
-      await launcher.teardown({ ...stub, containerId: c.id }, c.running ? "reconcile_unknown" : "reconcile_exited", log);
+      return;
     }
+    const stub: RunnerRecord = record ?? {
+      name,
+      pool: c.labels[LABEL.pool] ?? "",
+      host,
+      state: "registering",
+      installationId: 0,
+      owner: "",
+      repo: "",
+      demandId: c.labels[LABEL.demand] ?? "",
+      createdAt: c.createdAt,
+    };
+    const target = { ...stub, containerId: c.id };
+    if (!c.running) {
+      // A runner left running has ended its job (the ephemeral runner exits after one).
+      this.#letGo(name);
+      await launcher.teardown(target, "reconcile_exited", log);
+      return;
+    }
+    // Running, and not adopted: of a pool this worker does not serve, or met while it stops. One
+    // running a job is left to finish it (killing it fails the job). One left running because
+    // GitHub said it is busy is not asked again each pass, until its record says completed.
+    if (this.#leftRunning.has(name) && record?.state !== "completed") return;
+    // The registration goes first (retire): a runner GitHub handed a job a moment ago, that no
+    // webhook has marked busy yet, answers 422 and is left running too.
+    if ((await launcher.retire(target, "reconcile_unknown", log)) === "busy") this.#leaveRunning(target, pool !== undefined, log);
+    else this.#letGo(name);
+  }
+
+  /**
+   * Leaves a running runner that runs a job to finish it; logged once. It holds one of this
+   * worker's slots until a pass finds its container stopped: it uses the engine's room as much as
+   * a runner of ours does, and `capacity` is what the host has room for. So a worker restarted with
+   * a pool removed takes less demand while that pool's last jobs finish, instead of overfilling
+   * the host; the slots it reports on each beat say so to the fleet.
+   */
+  #leaveRunning(record: RunnerRecord, served: boolean, log: Logger): void {
+    if (this.#leftRunning.has(record.name)) return;
+    this.#leftRunning.add(record.name);
+    this.#slots.take();
+    const why = served ? "worker stopping" : "pool not served by this worker";
+    log.info({ runner: record.name, pool: record.pool, why }, "runner running a job left running until it exits; removed then");
+  }
+
+  /** A runner left running is gone, or on its way: its slot is free again. */
+  #letGo(name: string): void {
+    if (!this.#leftRunning.delete(name)) return;
+    this.#slots.release();
+    this.#checkDrained();
   }
 
   async #removeUnusedVolumes(log: Logger, pass: PassFailures): Promise<void> {
