@@ -73,6 +73,20 @@ const pool = z
  */
 export const DEFAULT_CONCURRENT_STARTS = 12;
 
+/**
+ * How long a Docker call that should answer promptly (list, inspect, remove, ping) may go
+ * unanswered before it fails: an engine whose connection silently dropped (TCP, SSH) or that hangs
+ * never answers, and a host loop pass waiting on it would never end. Generous: a busy engine takes
+ * seconds, not a minute.
+ */
+export const DEFAULT_CALL_TIMEOUT_SECONDS = 60;
+
+/**
+ * The same for creating and starting a runner container, which a busy engine under a burst can
+ * take 10-20 s over (DinD's volume, cgroups, network setup): twice the other limit.
+ */
+export const DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS = 120;
+
 const docker = z
   .object({
     socketPath: z.string().optional(),
@@ -85,6 +99,10 @@ const docker = z
     keyFile: z.string().optional(),
     /** User for `ssh` (keys from the SSH agent, SSH_AUTH_SOCK). */
     username: z.string().optional(),
+    /** Time limit on list, inspect, remove and ping calls (not on waits for a container to stop). */
+    callTimeoutSeconds: z.number().min(1).default(DEFAULT_CALL_TIMEOUT_SECONDS),
+    /** Time limit on creating and on starting a runner container. */
+    launchCallTimeoutSeconds: z.number().min(1).default(DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS),
   })
   .strict()
   .prefault({});

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import Docker from "dockerode";
+import { DEFAULT_CALL_TIMEOUT_SECONDS, DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS } from "../config/schema.ts";
 import { DockerError, errorMessage } from "../errors.ts";
 import type { RunnerContainer, RunnerDriver, RunnerSpec } from "./driver.ts";
 
@@ -13,6 +14,10 @@ export interface DockerConnection {
   certFile?: string;
   keyFile?: string;
   username?: string;
+  /** Time limit on calls that should answer promptly: list, inspect, remove, ping. */
+  callTimeoutSeconds?: number;
+  /** Time limit on creating and on starting a container. */
+  launchCallTimeoutSeconds?: number;
 }
 
 const DOCKER_DATA = "/var/lib/docker";
@@ -21,12 +26,27 @@ const DATA_VOLUME_SUFFIX = "-var-lib-docker";
 /** How often a waited-for container's state is also looked at (see `wait`). */
 const WAIT_POLL_MS = 10_000;
 
-/** RunnerDriver on a real Docker engine, through dockerode (unix socket, TCP+TLS or SSH). */
+/**
+ * RunnerDriver on a real Docker engine, through dockerode (unix socket, TCP+TLS or SSH).
+ *
+ * An engine can leave a call unanswered for good (a TCP or SSH connection that silently dropped, a
+ * hung engine), and a caller awaiting it, such as a pass of the host loop, would never go on. So
+ * every call that should answer promptly has a time limit (dockerode's `abortSignal`), after which
+ * it fails with a DockerError naming the call and the limit. Calls that last as long as something
+ * else does have none: the wait for a container to stop lasts as long as the runner runs.
+ */
 export class DockerodeDriver implements RunnerDriver {
   readonly #docker: Docker;
+  readonly #callMs: number;
+  readonly #launchCallMs: number;
 
   constructor(connection: DockerConnection = {}) {
-    const { caFile, certFile, keyFile, username, ...rest } = connection;
+    const { caFile, certFile, keyFile, username, callTimeoutSeconds, launchCallTimeoutSeconds, ...rest } = connection;
+    this.#callMs = (callTimeoutSeconds ?? DEFAULT_CALL_TIMEOUT_SECONDS) * 1000;
+    // Create and start under a burst are slow on a busy engine (10-20 s seen): a limit of their own,
+    // longer, so that a slow engine is not taken for a hung one. One that gives up on a create or
+    // start the engine then finishes leaves a labelled container: the host loop removes it.
+    this.#launchCallMs = (launchCallTimeoutSeconds ?? DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS) * 1000;
     const options: Docker.DockerOptions = { ...rest };
     if (caFile) options.ca = readFileSync(caFile);
     if (certFile) options.cert = readFileSync(certFile);
@@ -37,12 +57,18 @@ export class DockerodeDriver implements RunnerDriver {
   }
 
   async ping(): Promise<void> {
-    await this.#call("ping", () => this.#docker.ping());
+    // dockerode's ping takes options (abortSignal) as its other calls do; its types say none.
+    const ping = this.#docker.ping.bind(this.#docker) as unknown as (opts: { abortSignal: AbortSignal }) => Promise<unknown>;
+    await this.#call("ping", this.#callMs, (abortSignal) => ping({ abortSignal }));
   }
 
   async create(spec: RunnerSpec): Promise<string> {
     try {
-      const container = await this.#call("create container", () => this.#docker.createContainer(createOptions(spec)));
+      // The options object goes to the engine as the request body (the signal is taken out first):
+      // it holds the JIT config, so no error made here repeats it (see #call).
+      const container = await this.#call("create container", this.#launchCallMs, (abortSignal) =>
+        this.#docker.createContainer({ ...createOptions(spec), abortSignal }),
+      );
       return container.id;
     } catch (err) {
       // A create the engine fails half-way can leave the volume made (it does while shutting down).
@@ -52,9 +78,10 @@ export class DockerodeDriver implements RunnerDriver {
   }
 
   async start(id: string): Promise<void> {
-    await this.#call("start container", () => this.#docker.getContainer(id).start());
+    await this.#call("start container", this.#launchCallMs, (abortSignal) => this.#docker.getContainer(id).start({ abortSignal }));
   }
 
+  /** No time limit on the wait itself: it lasts as long as the container runs. */
   async wait(id: string, signal: AbortSignal): Promise<{ exitCode: number | null }> {
     const container = this.#docker.getContainer(id);
     // An engine that shuts down while a wait is open may never answer it, nor close it visibly
@@ -88,7 +115,7 @@ export class DockerodeDriver implements RunnerDriver {
       const slept = await sleep(WAIT_POLL_MS, true, { signal }).catch(() => false);
       if (!slept) break;
       try {
-        const state = (await container.inspect()).State;
+        const state = (await this.#limited("inspect container", this.#callMs, (abortSignal) => container.inspect({ abortSignal }), signal)).State;
         if (!state.Running && !state.Restarting) return { exitCode: state.ExitCode };
       } catch (err) {
         if (statusOf(err) === 404) return { exitCode: null };
@@ -100,16 +127,17 @@ export class DockerodeDriver implements RunnerDriver {
   async remove(id: string): Promise<void> {
     const container = this.#docker.getContainer(id);
     // Its data volume is named, and remove({ v: true }) deletes only anonymous ones.
-    const volumes = await container.inspect().then(
+    const volumes = await this.#limited("inspect container", this.#callMs, (abortSignal) => container.inspect({ abortSignal })).then(
       (c) => c.Mounts.filter((m) => m.Type === "volume" && m.Name?.endsWith(DATA_VOLUME_SUFFIX)).map((m) => m.Name!),
       () => [],
     );
     try {
-      await container.remove({ force: true, v: true });
+      await this.#limited("remove container", this.#callMs, (abortSignal) => container.remove({ force: true, v: true, abortSignal }));
     } catch (err) {
       const status = statusOf(err);
       // 404: already gone; 409: removal already in progress (a volume left is the host loop's).
       if (status === 404 || status === 409) return;
+      if (err instanceof DockerError) throw err;
       throw new DockerError(`remove container failed: ${errorMessage(err)}`, { cause: err });
     }
     for (const v of volumes) await this.#removeVolume(v);
@@ -118,18 +146,19 @@ export class DockerodeDriver implements RunnerDriver {
   /** 404 (gone) and 409 (in use) are not errors: what stays is left to `removeUnusedVolumes`. */
   async #removeVolume(name: string): Promise<boolean> {
     try {
-      await this.#docker.getVolume(name).remove();
+      await this.#limited("remove volume", this.#callMs, (abortSignal) => this.#docker.getVolume(name).remove({ abortSignal }));
       return true;
     } catch (err) {
       const status = statusOf(err);
       if (status === 404 || status === 409) return false;
+      if (err instanceof DockerError) throw err;
       throw new DockerError(`remove volume failed: ${errorMessage(err)}`, { cause: err });
     }
   }
 
   async list(labels: Record<string, string>): Promise<RunnerContainer[]> {
     const filters = { label: Object.entries(labels).map(([k, v]) => `${k}=${v}`) };
-    const found = await this.#call("list containers", () => this.#docker.listContainers({ all: true, filters }));
+    const found = await this.#call("list containers", this.#callMs, (abortSignal) => this.#docker.listContainers({ all: true, filters, abortSignal }));
     return found.map((c) => ({
       id: c.Id,
       name: (c.Names[0] ?? "").replace(/^\//, ""),
@@ -142,7 +171,7 @@ export class DockerodeDriver implements RunnerDriver {
   async removeUnusedVolumes(labels: Record<string, string>, namePrefix: string): Promise<{ removed: number; failed: Array<{ volume: string; error: Error }> }> {
     // `dangling`: referenced by no container, not even a stopped or half-created one.
     const filters = { dangling: ["true"] };
-    const found = await this.#call("list volumes", () => this.#docker.listVolumes({ filters } as Docker.VolumeListOptions));
+    const found = await this.#call("list volumes", this.#callMs, (abortSignal) => this.#docker.listVolumes({ filters, abortSignal } as Docker.VolumeListOptions));
     let removed = 0;
     const failed: Array<{ volume: string; error: Error }> = [];
     for (const v of found.Volumes ?? []) {
@@ -159,16 +188,43 @@ export class DockerodeDriver implements RunnerDriver {
     return { removed, failed };
   }
 
-  async #call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  async #call<T>(what: string, ms: number, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
     try {
-      return await fn();
+      return await this.#limited(what, ms, fn);
     } catch (err) {
+      if (err instanceof DockerError) throw err;
       const status = statusOf(err);
       // Docker's message, never the request: the request carries the JIT config.
       const reason = (err as { json?: { message?: string } }).json?.message ?? errorMessage(err);
       throw new DockerError(`${what} failed${status ? ` (${status})` : ""}: ${reason}`, {
         retryable: status === undefined || status >= 500,
       });
+    }
+  }
+
+  /**
+   * `fn`'s call to the engine, given a signal that aborts it after `ms` (or when `signal` aborts).
+   * Past the limit it rejects with a DockerError naming the call and the limit, even should the
+   * aborted request not end; any other failure is `fn`'s own, unchanged.
+   */
+  async #limited<T>(what: string, ms: number, fn: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const limit = AbortSignal.timeout(ms);
+    const combined = signal ? AbortSignal.any([signal, limit]) : limit;
+    // Our words only: never the request, which for a create carries the JIT config.
+    const late = () => new DockerError(`Docker engine did not answer '${what}' within ${ms / 1000} s`, { retryable: true });
+    let onAbort: (() => void) | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      onAbort = () => reject(late());
+      limit.addEventListener("abort", onAbort, { once: true });
+    });
+    try {
+      return await Promise.race([fn(combined), timedOut]);
+    } catch (err) {
+      // The aborted request's own error (an AbortError) says less than ours.
+      if (limit.aborted && !signal?.aborted) throw late();
+      throw err;
+    } finally {
+      limit.removeEventListener("abort", onAbort!);
     }
   }
 }

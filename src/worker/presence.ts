@@ -3,7 +3,7 @@ import type { RunnerDriver } from "../docker/driver.ts";
 import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage, JitrunnerError } from "../errors.ts";
 import type { HostStore } from "../state/hosts.ts";
-import { every } from "../timers.ts";
+import { every, within } from "../timers.ts";
 
 export interface PresenceDeps {
   host: string;
@@ -95,11 +95,17 @@ export class HostPresence {
     }
   }
 
-  /** Pings the engine now (not waiting for the next beat); false, and closed, if it does not answer. */
+  /**
+   * Pings the engine now (not waiting for the next beat); false, and closed, if it does not answer
+   * within a beat. The driver's own time limit on calls (a minute by default) is longer than the
+   * expiry of this host's record and hold (3 beats): a beat waiting that long on an engine that
+   * hangs would let both lapse, and other hosts would take this one for gone.
+   */
   async checkEngine(): Promise<boolean> {
     const d = this.#d;
+    const ms = d.heartbeatSeconds * 1000;
     try {
-      await d.driver.ping();
+      await within(d.driver.ping(), ms, `Docker engine did not answer 'ping' within ${ms / 1000} s`);
       if (this.#engineProblem) d.logger.info("Docker engine answers again; taking demand");
       this.#engineProblem = undefined;
       return true;

@@ -2,15 +2,44 @@
  * An HTTP proxy on a unix socket in front of this machine's Docker engine, passing every request
  * through unchanged (streams too: events, waits) and counting container starts in flight, so a
  * test sees what the engine was asked at once. It can also refuse to remove chosen containers, as
- * an engine does that cannot unmount what a Docker-in-Docker container left mounted.
+ * an engine does that cannot unmount what a Docker-in-Docker container left mounted, and leave
+ * chosen requests unanswered, as an engine does that hangs or whose connection silently dropped.
  */
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer, request, type Server } from "node:http";
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const START = /^\/(v[\d.]+\/)?containers\/[^/]+\/start(\?|$)/;
 const REMOVE = /^\/(v[\d.]+\/)?containers\/([^/?]+)(\?|$)/;
+/** `GET` this: a container list (`docker ps`). */
+export const LIST_CONTAINERS = /^\/(v[\d.]+\/)?containers\/json(\?|$)/;
+/** `POST` this: a container create. */
+export const CREATE_CONTAINER = /^\/(v[\d.]+\/)?containers\/create(\?|$)/;
+/** `GET` this: a ping. */
+export const PING = /^\/(v[\d.]+\/)?_ping(\?|$)/;
+
+/** Requests the proxy holds unanswered; see `DockerProxy.hang`. */
+export interface Hang {
+  /** Requests held so far. */
+  readonly held: number;
+  /** Requests held whose caller still waits (has not closed its connection). */
+  readonly waiting: number;
+  /** Holds no more; those held whose caller still waits go on to the engine. */
+  release(): void;
+}
+
+interface Held {
+  method: string;
+  path: RegExp;
+  held: number;
+  requests: Array<{ req: IncomingMessage; res: ServerResponse }>;
+}
+
+/** Whether the caller of a held request still waits for its answer. */
+function stillWaiting({ req, res }: { req: IncomingMessage; res: ServerResponse }): boolean {
+  return !res.destroyed && !req.socket.destroyed;
+}
 
 export interface DockerProxy {
   socketPath: string;
@@ -22,6 +51,11 @@ export interface DockerProxy {
    * busy" as it does for a container whose mounts it cannot undo. Tests add and delete ids.
    */
   readonly refuseRemoval: Set<string>;
+  /**
+   * From now on, requests of `method` whose path matches `path` get no answer at all (the engine
+   * never sees them) until the hang is released.
+   */
+  hang(method: string, path: RegExp): Hang;
   close(): Promise<void>;
 }
 
@@ -30,7 +64,17 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
   const socketPath = join(dir, "docker.sock");
   const counts = { inFlight: 0, max: 0, starts: 0 };
   const refuseRemoval = new Set<string>();
+  const hangs = new Set<Held>();
   const server: Server = createServer((req, res) => {
+    const hang = [...hangs].find((h) => h.method === req.method && h.path.test(req.url ?? ""));
+    if (hang) {
+      hang.held++;
+      hang.requests.push({ req, res });
+      return;
+    }
+    forward(req, res);
+  });
+  const forward = (req: IncomingMessage, res: ServerResponse) => {
     const removing = req.method === "DELETE" ? REMOVE.exec(req.url ?? "")?.[2] : undefined;
     if (removing && refuseRemoval.has(removing)) {
       const message = `could not remove container ${removing}: unlinkat /var/lib/docker/overlay2/merged: device or resource busy`;
@@ -63,7 +107,7 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
       upstream.destroy();
     });
     req.pipe(upstream);
-  });
+  };
   await new Promise<void>((resolve) => server.listen(socketPath, resolve));
   return {
     socketPath,
@@ -74,6 +118,22 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
       return counts.starts;
     },
     refuseRemoval,
+    hang: (method, path) => {
+      const h: Held = { method, path, held: 0, requests: [] };
+      hangs.add(h);
+      return {
+        get held() {
+          return h.held;
+        },
+        get waiting() {
+          return h.requests.filter(stillWaiting).length;
+        },
+        release: () => {
+          hangs.delete(h);
+          for (const r of h.requests.splice(0)) if (stillWaiting(r)) forward(r.req, r.res);
+        },
+      };
+    },
     close: async () => {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

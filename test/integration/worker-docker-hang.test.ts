@@ -1,0 +1,203 @@
+/**
+ * A Docker engine that never answers (a hung engine, or a TCP/SSH connection to it that silently
+ * dropped), for real: a proxy in front of the real engine holds the worker's container lists
+ * unanswered. The host loop's passes must end all the same, each within the time limit of its
+ * Docker calls (worker.docker.callTimeoutSeconds), count as errors, and go on: once the engine
+ * answers again, the next pass cleans up what was left meanwhile. A create the engine never
+ * answers fails the same way, its error free of the JIT config the request carried; a ping it
+ * never answers holds no heartbeat past a beat.
+ */
+import assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
+import { inspect } from "node:util";
+import { after, before, test } from "node:test";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { CREATE_CONTAINER, LIST_CONTAINERS, PING, startDockerProxy } from "../helpers/docker-proxy.ts";
+import { metricSample } from "../helpers/leftovers.ts";
+import { waitFor } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { containersOf, docker, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
+import { Secret } from "../../src/config/secret.ts";
+import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
+import { runnerLabels } from "../../src/docker/labels.ts";
+import { DockerError } from "../../src/errors.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { HostStore } from "../../src/state/hosts.ts";
+
+let redis: TestRedis;
+const hosts: string[] = [];
+
+before(async () => {
+  redis = await startRedis();
+});
+after(async () => {
+  for (const h of hosts) await removeContainersOf(h);
+  await redis.stop();
+});
+
+async function hostPasses(sys: { url: string }, outcome: "ok" | "error"): Promise<number> {
+  return metricSample(await (await fetch(`${sys.url}/metrics`)).text(), "jitrunner_reconcile_runs_total", `loop="host",outcome="${outcome}"`);
+}
+
+/** The Docker calls' time limit in this test. */
+const LIMIT_SECONDS = 2;
+
+test(
+  "an engine that never answers a container list holds no host loop pass past the call's time limit: each pass ends as an error, the loop goes on, and once the engine answers a stopped container of ours left meanwhile is removed",
+  // Without the time limit the first pass held never ends: the waits below fail, and this bounds
+  // anything else that might hang. t.after closes everything even then.
+  { timeout: 120_000 },
+  async (t) => {
+    const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+    const proxy = await startDockerProxy();
+    let sys: SystemUnderTest | undefined;
+    t.after(async () => {
+      await sys?.close();
+      await proxy.close();
+      await fake.close();
+    });
+    const host = uniqueHost("docker-hang");
+    hosts.push(host);
+    const r = scopedRedis(redis, "docker-hang");
+    sys = await startSystem("worker", fake, r, host, {
+      worker: {
+        hostId: host,
+        capacity: 1,
+        completedGraceSeconds: 5,
+        reconcileIntervalSeconds: 1,
+        docker: { socketPath: proxy.socketPath, callTimeoutSeconds: LIMIT_SECONDS },
+      },
+    });
+    const worker = sys;
+    // The worker's start ran one pass, with the engine answering.
+    assert.ok((await hostPasses(worker, "ok")) >= 1, "a pass with the engine answering counts ok");
+    const errorsBefore = await hostPasses(worker, "error");
+
+    const hang = proxy.hang("GET", LIST_CONTAINERS);
+    // Polled finer than waitFor does: the time from the first list held to the pass's end is measured.
+    const deadline = Date.now() + 10_000;
+    while (hang.held === 0 && Date.now() < deadline) await sleep(20);
+    assert.ok(hang.held > 0, "the host loop asked for a container list within 10 s");
+    const heldAt = Date.now();
+    await waitFor(async () => (await hostPasses(worker, "error")) > errorsBefore, 20_000, "a pass with the container list unanswered to end, as an error");
+    const passSeconds = (Date.now() - heldAt) / 1000;
+    t.diagnostic(`the pass ended ${passSeconds.toFixed(1)} s after its first list was held (limit ${LIMIT_SECONDS} s a call)`);
+    // A pass lists containers twice (its containers, then its records): at most two limits, and slack.
+    assert.ok(passSeconds <= 2 * LIMIT_SECONDS + 3, `the pass ended ${passSeconds.toFixed(1)} s after its first list was held`);
+    assert.match(worker.logs(), new RegExp(`"err":"Docker engine did not answer 'list containers' within ${LIMIT_SECONDS} s","msg":"listing containers failed`));
+    assert.match(worker.logs(), /host reconcile failed: \d items? failed; first: listing containers/);
+
+    // The loop goes on: another pass starts, and ends the same way.
+    await waitFor(async () => (await hostPasses(worker, "error")) >= errorsBefore + 2, 20_000, "a second pass with the engine hanging to end, as an error");
+    assert.ok(hang.held >= 2, `each pass asked the engine again (${hang.held} lists held)`);
+
+    // Meanwhile a container of ours on this host stopped, with no record: the host loop's to remove.
+    const leftName = "jitrunner-default-00hang0001";
+    const left = await docker.createContainer({
+      Image: RUNNER_IMAGE,
+      name: `${leftName}-${host}`,
+      Labels: runnerLabels({ pool: "default", host, runnerName: leftName, demandId: "" }),
+      HostConfig: { NetworkMode: "none" },
+    });
+    await sleep(LIMIT_SECONDS * 1000 + 500);
+    assert.equal((await containersOf(host)).length, 1, "not removed while the engine does not answer lists");
+
+    hang.release();
+    const okBefore = await hostPasses(worker, "ok");
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "the stopped container removed once the engine answers");
+    assert.match(worker.logs(), new RegExp(`"runner":"${leftName}","reason":"reconcile_exited".*"msg":"runner removed"`));
+    await waitFor(async () => (await hostPasses(worker, "ok")) > okBefore, 30_000, "a pass with nothing failed");
+    assert.equal(await docker.getContainer(left.id).inspect().then(() => true, () => false), false);
+  },
+);
+
+test(
+  "a container create the engine never answers fails at worker.docker.launchCallTimeoutSeconds, with an error that names the call and not the JIT config, and the request is given up",
+  { timeout: 60_000 },
+  async (t) => {
+    const proxy = await startDockerProxy();
+    t.after(() => proxy.close());
+    const host = uniqueHost("docker-hang-create");
+    hosts.push(host);
+    const driver = new DockerodeDriver({ socketPath: proxy.socketPath, callTimeoutSeconds: LIMIT_SECONDS, launchCallTimeoutSeconds: 1 });
+    const jit = "jit-config-that-must-not-leak-7d1e";
+    const name = "jitrunner-default-00hang0002";
+    const hang = proxy.hang("POST", CREATE_CONTAINER);
+    const started = Date.now();
+    const creating = driver
+      .create({
+        name: `${name}-${host}`,
+        image: RUNNER_IMAGE,
+        jitConfig: new Secret(jit),
+        env: { SOME: "thing" },
+        labels: runnerLabels({ pool: "default", host, runnerName: name, demandId: "" }),
+        isolation: "capabilities",
+        capDrop: ["SYS_RESOURCE"],
+        resources: {},
+        networkMode: "none",
+        mounts: [],
+      })
+      .then(
+        () => assert.fail("the create resolved"),
+        (e: unknown) => e,
+      );
+    const late = sleep(10_000, undefined, { ref: false }).then(() => assert.fail("the create neither resolved nor failed within 10 s"));
+    const err = await Promise.race([creating, late]);
+    const seconds = (Date.now() - started) / 1000;
+    assert.equal(hang.held, 1, "the create reached the engine's side and was held");
+    assert.ok(err instanceof DockerError, inspect(err));
+    assert.equal(err.message, "Docker engine did not answer 'create container' within 1 s");
+    assert.equal(err.retryable, true);
+    assert.ok(seconds < 3, `failed ${seconds.toFixed(1)} s after the create was sent`);
+    for (const text of [err.message, err.stack ?? "", inspect(err, { depth: 10 }), JSON.stringify(err)]) assert.ok(!text.includes(jit), `no JIT config in: ${text}`);
+    // The request itself was aborted (its connection closed), not only left behind.
+    await waitFor(() => hang.waiting === 0, 5_000, "the held create's connection closed by the driver");
+    hang.release();
+    await sleep(500);
+    assert.equal((await containersOf(host)).length, 0, "the engine never created it");
+  },
+);
+
+test(
+  "a ping the engine never answers holds no heartbeat past a beat: the host stays alive to the fleet, unready, and ready again once the engine answers",
+  { timeout: 60_000 },
+  async (t) => {
+    const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+    const proxy = await startDockerProxy();
+    const host = uniqueHost("docker-hang-ping");
+    hosts.push(host);
+    const r = scopedRedis(redis, "docker-hang-ping");
+    const conn = redisConnection(r.url);
+    let sys: SystemUnderTest | undefined;
+    t.after(async () => {
+      await sys?.close();
+      await proxy.close();
+      await fake.close();
+      conn.disconnect();
+    });
+    // The calls' limit (5 s) is longer than the host record's expiry (3 beats of 1 s).
+    sys = await startSystem("worker", fake, r, host, {
+      worker: { hostId: host, capacity: 1, heartbeatSeconds: 1, reconcileIntervalSeconds: 1, docker: { socketPath: proxy.socketPath, callTimeoutSeconds: 5 } },
+    });
+    const worker = sys;
+    const hostStore = new HostStore(conn, r.prefix);
+    assert.ok(await hostStore.alive(host));
+
+    const hang = proxy.hang("GET", PING);
+    const until = Date.now() + 8_000;
+    let lapsed = 0;
+    while (Date.now() < until) {
+      if (!(await hostStore.alive(host))) lapsed++;
+      await sleep(100);
+    }
+    assert.equal(lapsed, 0, "the host's record never lapsed while its engine did not answer pings");
+    assert.ok(hang.held >= 3, `the engine was pinged on each beat (${hang.held} pings held)`);
+    const res = await fetch(`${worker.url}/readyz`);
+    assert.equal(res.status, 503);
+    assert.match(JSON.stringify(await res.json()), /Docker engine unreachable: Docker engine did not answer 'ping' within 1 s/);
+
+    hang.release();
+    await waitFor(async () => (await fetch(`${worker.url}/readyz`)).ok, 10_000, "ready again once the engine answers");
+  },
+);
