@@ -97,13 +97,15 @@ export class HostPresence {
 
   /**
    * Pings the engine now (not waiting for the next beat); false, and closed, if it does not answer
-   * within a beat. The driver's own time limit on calls (a minute by default) is longer than the
-   * expiry of this host's record and hold (3 beats): a beat waiting that long on an engine that
-   * hangs would let both lapse, and other hosts would take this one for gone.
+   * within a beat and a half. The driver's own time limit on calls (a minute by default) is longer
+   * than the expiry of this host's record and hold (3 beats): a beat waiting that long on an engine
+   * that hangs would let both lapse, and other hosts would take this one for gone. A beat and a
+   * half, not one: the next beat comes a beat after this one ends, so the renewal is still within
+   * the expiry, and a busy engine slow to answer a ping for a moment is not taken for a hung one.
    */
   async checkEngine(): Promise<boolean> {
     const d = this.#d;
-    const ms = d.heartbeatSeconds * 1000;
+    const ms = d.heartbeatSeconds * 1500;
     try {
       await within(d.driver.ping(), ms, `Docker engine did not answer 'ping' within ${ms / 1000} s`);
       if (this.#engineProblem) d.logger.info("Docker engine answers again; taking demand");
