@@ -7,7 +7,10 @@ import { start, type Mode, type Running } from "../../src/main.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { createLogger } from "../../src/logger.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
+import assert from "node:assert/strict";
+import { FakeGitHubClient } from "../fakes/github/client.ts";
 import type { FakeGitHub } from "../fakes/github/index.ts";
+import { metricSample } from "./leftovers.ts";
 import { testConfig, WEBHOOK_SECRET } from "./config.ts";
 import type { TestRedis } from "./redis.ts";
 import { waitFor } from "./process.ts";
@@ -115,4 +118,18 @@ export async function demandState(r: TestRedis, pool: string, id: string): Promi
     await q.close();
     conn.disconnect();
   }
+}
+
+/** Passes of the host loop the system has counted with this outcome (its /metrics). */
+export async function hostPasses(sys: { url: string }, outcome: "ok" | "error"): Promise<number> {
+  return metricSample(await (await fetch(`${sys.url}/metrics`)).text(), "jitrunner_reconcile_runs_total", `loop="host",outcome="${outcome}"`);
+}
+
+/** Registers a runner of acme/app at the fake as jitrunner would; its id and the token its program would use. */
+export async function registerRunner(fake: FakeGitHub, name: string, labels = ["self-hosted", "linux", "x64"]): Promise<{ id: number; token: string }> {
+  const res = await new FakeGitHubClient(fake).call("POST", "/repos/acme/app/actions/runners/generate-jitconfig", { body: { name, runner_group_id: 1, labels } });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  const body = res.body as { runner: { id: number }; encoded_jit_config: string };
+  const jit = JSON.parse(Buffer.from(body.encoded_jit_config, "base64").toString("utf8")) as { token: string };
+  return { id: body.runner.id, token: jit.token };
 }

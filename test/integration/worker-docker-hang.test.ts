@@ -14,10 +14,9 @@ import { after, before, test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { CREATE_CONTAINER, LIST_CONTAINERS, PING, startDockerProxy } from "../helpers/docker-proxy.ts";
-import { metricSample } from "../helpers/leftovers.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { containersOf, docker, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
+import { containersOf, docker, hostPasses, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
 import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
 import { runnerLabels } from "../../src/docker/labels.ts";
@@ -36,9 +35,6 @@ after(async () => {
   await redis.stop();
 });
 
-async function hostPasses(sys: { url: string }, outcome: "ok" | "error"): Promise<number> {
-  return metricSample(await (await fetch(`${sys.url}/metrics`)).text(), "jitrunner_reconcile_runs_total", `loop="host",outcome="${outcome}"`);
-}
 
 /** The Docker calls' time limit in this test. */
 const LIMIT_SECONDS = 2;

@@ -7,13 +7,12 @@
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, test } from "node:test";
-import { FakeGitHubClient } from "../fakes/github/client.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { metricSample } from "../helpers/leftovers.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, registerRunner, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
@@ -33,16 +32,6 @@ after(async () => {
   await redis.stop();
 });
 
-/** Registers a runner of acme/app at the fake as jitrunner would; its id and its runner token. */
-async function register(fake: FakeGitHub, name: string): Promise<{ id: number; token: string }> {
-  const res = await new FakeGitHubClient(fake).call("POST", "/repos/acme/app/actions/runners/generate-jitconfig", {
-    body: { name, runner_group_id: 1, labels: ["self-hosted", "linux", "x64"] },
-  });
-  assert.equal(res.status, 201, JSON.stringify(res.body));
-  const body = res.body as { runner: { id: number }; encoded_jit_config: string };
-  const jit = JSON.parse(Buffer.from(body.encoded_jit_config, "base64").toString("utf8")) as { token: string };
-  return { id: body.runner.id, token: jit.token };
-}
 
 /** The registered runner takes a job of its own at the fake (GitHub then lists it busy). */
 async function takeJob(fake: FakeGitHub, name: string, runner: { id: number; token: string }): Promise<number> {
@@ -111,18 +100,18 @@ test("busy runners of a gone host whose completed webhook was lost: those GitHub
   // Host `ended`: three runners whose jobs are over, their `completed` webhooks lost.
   // One that ran its job and removed its registration, as an ephemeral runner does.
   const done = "jitrunner-default-00gbdone01";
-  const doneRunner = await register(fake, done);
+  const doneRunner = await registerRunner(fake, done);
   const doneJob = await takeJob(fake, done, doneRunner);
   assert.equal((await runnerCall(fake, doneRunner, "complete", { jobId: doneJob, conclusion: "success" })).status, 200);
   assert.ok(!fake.runners().some((x) => x.id === doneRunner.id), "the registration removed itself");
   // One GitHub still lists, idle (its job was handed elsewhere or abandoned): runs no job.
   const idle = "jitrunner-default-00gbidle01";
-  const idleRunner = await register(fake, idle);
+  const idleRunner = await registerRunner(fake, idle);
   // One whose runner id was never noted, and that GitHub does not know by its name either.
   const noId = "jitrunner-default-00gbnoid01";
   // Host `running`: one runner GitHub lists busy, running its job on the gone host's engine.
   const busy = "jitrunner-default-00gbbusy01";
-  const busyRunner = await register(fake, busy);
+  const busyRunner = await registerRunner(fake, busy);
   const busyJob = await takeJob(fake, busy, busyRunner);
   assert.ok(fake.runners().find((x) => x.id === busyRunner.id)?.busy);
 
@@ -192,7 +181,7 @@ test("a busy runner of a gone host is not asked about before it has been busy fo
   const hostStore = new HostStore(conn, r.prefix);
   // A runner that ran its job and removed its registration; its `completed` webhook lost.
   const name = "jitrunner-default-00gbfail01";
-  const runner = await register(fake, name);
+  const runner = await registerRunner(fake, name);
   const job = await takeJob(fake, name, runner);
   assert.equal((await runnerCall(fake, runner, "complete", { jobId: job, conclusion: "success" })).status, 200);
   const interval = 3;

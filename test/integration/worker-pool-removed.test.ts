@@ -8,12 +8,11 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
-import { FakeGitHubClient } from "../fakes/github/client.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { metricSample } from "../helpers/leftovers.ts";
-import { containersOf, docker, fakeRunnerPool, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { containersOf, docker, fakeRunnerPool, registerRunner, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { runnerLabels } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
@@ -32,21 +31,13 @@ after(async () => {
   await redis.stop();
 });
 
-/** Registers a runner at the fake as jitrunner would; its id and the token its program would use. */
-async function register(fake: FakeGitHub, name: string, labels: string[]): Promise<{ id: number; token: string }> {
-  const res = await new FakeGitHubClient(fake).call("POST", "/repos/acme/app/actions/runners/generate-jitconfig", { body: { name, runner_group_id: 1, labels } });
-  assert.equal(res.status, 201, JSON.stringify(res.body));
-  const body = res.body as { runner: { id: number }; encoded_jit_config: string };
-  const jit = JSON.parse(Buffer.from(body.encoded_jit_config, "base64").toString("utf8")) as { token: string };
-  return { id: body.runner.id, token: jit.token };
-}
 
 /**
  * A runner of pool `a` as a worker process that stopped left it: registered, recorded idle, its
  * container running (a sleep stands in for the runner program, which would poll for a job).
  */
 async function leftIdleRunner(fake: FakeGitHub, runners: RunnerStore, host: string, name: string, labels: string[]) {
-  const { id, token } = await register(fake, name, labels);
+  const { id, token } = await registerRunner(fake, name, labels);
   const container = await docker.createContainer({
     Image: RUNNER_IMAGE,
     name: `${name}-${host}`,

@@ -15,8 +15,7 @@ import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { runJitrunner, waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { FakeGitHubClient } from "../fakes/github/client.ts";
-import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, hostPasses, registerRunner, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
@@ -427,14 +426,6 @@ test("one worker process per host id: a second one exits at start while the firs
   }
 });
 
-/** Registers a runner of acme/app at the fake as jitrunner would; resolves its id. */
-async function register(fake: FakeGitHub, name: string): Promise<number> {
-  const res = await new FakeGitHubClient(fake).call("POST", "/repos/acme/app/actions/runners/generate-jitconfig", {
-    body: { name, runner_group_id: 1, labels: ["self-hosted", "linux", "x64"] },
-  });
-  assert.equal(res.status, 201, JSON.stringify(res.body));
-  return (res.body as { runner: { id: number } }).runner.id;
-}
 
 /** A host that beat once, for a moment, and is gone now (its record expired; the index keeps it). */
 async function goneHost(hostStore: HostStore, id: string): Promise<void> {
@@ -448,9 +439,6 @@ function idleRecord(fake: FakeGitHub, name: string, host: string, runnerId: numb
   };
 }
 
-async function hostPasses(sys: { url: string }, outcome: "ok" | "error"): Promise<number> {
-  return metricSample(await (await fetch(`${sys.url}/metrics`)).text(), "jitrunner_reconcile_runs_total", `loop="host",outcome="${outcome}"`);
-}
 
 test("a gone host whose idle runner GitHub fails to deregister stays known with the runner's record until a later pass deregisters it; then nothing of the host is left in Redis", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
@@ -462,7 +450,7 @@ test("a gone host whose idle runner GitHub fails to deregister stays known with 
   const runners = new RunnerStore(conn, r.prefix);
   const hostStore = new HostStore(conn, r.prefix);
   const name = "jitrunner-default-00sweep001";
-  const runnerId = await register(fake, name);
+  const { id: runnerId } = await registerRunner(fake, name);
   await runners.put(idleRecord(fake, name, gone, runnerId));
   await goneHost(hostStore, gone);
   // A 5xx on the first attempt and on each of the client's retries: the first pass's call fails.
@@ -516,11 +504,11 @@ test("the host loop handles each item on its own: a container the engine refuses
   await docker.createVolume({ Name: volume, Labels: { [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host } });
   // A registered runner's record of this host with no container, left by a stopped worker process.
   const orphan = "jitrunner-default-00items002";
-  const orphanId = await register(fake, orphan);
+  const { id: orphanId } = await registerRunner(fake, orphan);
   await runners.put(idleRecord(fake, orphan, host, orphanId));
   // A registered idle runner of a gone host.
   const stranded = "jitrunner-default-00items003";
-  const strandedId = await register(fake, stranded);
+  const { id: strandedId } = await registerRunner(fake, stranded);
   await runners.put(idleRecord(fake, stranded, gone, strandedId));
   await goneHost(hostStore, gone);
   const sys = await startSystem("worker", fake, r, host, {
