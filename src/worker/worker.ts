@@ -190,7 +190,7 @@ export class RunnerWorker {
     // With runners still running the host stays listed until its record expires, so a quick
     // restart adopts them before anyone treats the host as gone.
     await this.#presence.stop(this.#d.launcher.tracked.size === 0 && this.#leftRunning.size === 0);
-    this.#d.logger.info({ running: this.#d.launcher.tracked.size }, "worker stopped; running runners left running");
+    this.#d.logger.info({ running: this.#d.launcher.tracked.size + this.#leftRunning.size }, "worker stopped; running runners left running");
   }
 
   async #loop(pool: string, source: DemandSource): Promise<void> {
