@@ -9,8 +9,11 @@ const MIN_REMAINING_MS = 5 * 60_000;
 const MINT_LOCK_MS = 10_000;
 const WAIT_FOR_MINT_MS = 5_000;
 const POLL_MS = 100;
-/** A Redis that does not answer within this long is treated as down (connections may queue commands forever). */
-const REDIS_TIMEOUT_MS = 2_000;
+/**
+ * A Redis that does not answer within this long is treated as down (connections may queue
+ * commands forever): the GitHub client's own Redis calls (this cache, the shared write budget).
+ */
+export const REDIS_TIMEOUT_MS = 2_000;
 
 const RELEASE_IF_OURS = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

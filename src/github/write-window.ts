@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import { NotSentError } from "../errors.ts";
 import { within } from "../timers.ts";
+import { REDIS_TIMEOUT_MS } from "./token-cache.ts";
 
 /**
  * Writes (JIT configs above all, also runner deletions and redelivery requests) start at most this
@@ -18,14 +19,6 @@ import { within } from "../timers.ts";
  * installation's writes wait with it.
  */
 export const DEFAULT_WRITES_PER_MINUTE = 120;
-
-/**
- * How long the shared budget waits for Redis's answer. The worker's connections queue commands
- * while Redis is away and wait for ever on one that stopped answering; without a limit, every
- * write of the installation would wait with them, and the waiting writes fail instead (their
- * callers retry them).
- */
-const REDIS_TIMEOUT_MS = 2_000;
 
 /** A write waiting for its start. */
 interface Waiter {
@@ -229,8 +222,9 @@ export class SharedWriteWindow implements WriteBudget {
   #closed = false;
 
   /**
-   * A Redis failure, or no answer within REDIS_TIMEOUT_MS, fails the writes waiting (their callers
-   * retry them); `onError` hears of one that lost a pause (GitHub's refusal of the call that asked for it is retried all the same).
+   * A Redis failure, or no answer within REDIS_TIMEOUT_MS (the worker's connections queue commands
+   * while Redis is away, and wait for ever on one that stopped answering), fails the writes waiting
+   * (their callers retry them); `onError` hears of one that lost a pause (GitHub's refusal of the call that asked for it is retried all the same).
    */
   constructor(redis: Redis, prefix: string, max: number, windowMs: number, onError: (err: unknown) => void = () => {}) {
     if (!(max >= 1) || !(windowMs > 0)) throw new RangeError(`a write window needs max >= 1 and windowMs > 0 (got ${max}, ${windowMs})`);

@@ -201,7 +201,7 @@ export class Ingress {
    */
   async #workflowJob(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
     if (event.action === "queued") return this.#queued(event, delivery);
-    const outcome = await this.#act(event);
+    const { outcome, pool } = await this.#act(event);
     if (!(await this.#deps.deliveries.claim(delivery.deliveryId))) return "replayed";
     const job = event.workflow_job;
     if (event.action === "in_progress" || event.action === "completed") this.#observeTimes(event);
@@ -209,31 +209,35 @@ export class Ingress {
     const { logger } = this.#deps;
     if (outcome === "runner_busy") logger.info({ ...ids, runner: job.runner_name }, "runner busy");
     else if (outcome === "runner_completed") logger.info({ ...ids, runner: job.runner_name }, "runner completed its job");
-    else if (outcome === "demand_cancelled") logger.info({ ...ids, pool: matchPool(job.labels, this.#deps.config.pools)?.name }, "demand dropped: job ended before it got a runner");
+    else if (outcome === "demand_cancelled") logger.info({ ...ids, pool }, "demand dropped: job ended before it got a runner");
     return outcome;
   }
 
-  /** What an `in_progress` or `completed` delivery does; the same however often it is done. */
-  async #act(event: WorkflowJobEvent): Promise<string> {
+  /**
+   * What an `in_progress` or `completed` delivery does, the same however often it is done; with
+   * the pool whose demand it dropped, if it did.
+   */
+  async #act(event: WorkflowJobEvent): Promise<{ outcome: string; pool?: string }> {
     const { config } = this.#deps;
     const job = event.workflow_job;
     switch (event.action) {
       case "in_progress": {
-        if (!isOurRunner(config.runnerNamePrefix, job.runner_name)) return "not_ours";
-        return (await this.#deps.runners.mark(job.runner_name!, "busy", job.id)) ? "runner_busy" : "runner_unknown";
+        if (!isOurRunner(config.runnerNamePrefix, job.runner_name)) return { outcome: "not_ours" };
+        return { outcome: (await this.#deps.runners.mark(job.runner_name!, "busy", job.id)) ? "runner_busy" : "runner_unknown" };
       }
       case "completed": {
         if (isOurRunner(config.runnerNamePrefix, job.runner_name)) {
-          return (await this.#deps.runners.mark(job.runner_name!, "completed", job.id)) ? "runner_completed" : "runner_unknown";
+          return { outcome: (await this.#deps.runners.mark(job.runner_name!, "completed", job.id)) ? "runner_completed" : "runner_unknown" };
         }
-        if (job.runner_name) return "not_ours";
+        if (job.runner_name) return { outcome: "not_ours" };
         // Completed without a runner: cancelled while queued. Drop its demand if still waiting.
         const pool = matchPool(job.labels, config.pools);
-        if (!pool) return "no_pool";
-        return (await this.#deps.demand.cancel(pool.name, demandId(job.id, job.run_attempt ?? 1))) ? "demand_cancelled" : "no_demand";
+        if (!pool) return { outcome: "no_pool" };
+        const dropped = await this.#deps.demand.cancel(pool.name, demandId(job.id, job.run_attempt ?? 1));
+        return { outcome: dropped ? "demand_cancelled" : "no_demand", pool: pool.name };
       }
       default:
-        return "ignored_action";
+        return { outcome: "ignored_action" };
     }
   }
 

@@ -9,25 +9,15 @@
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, demandIn, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
-let redis: TestRedis;
-const hosts: string[] = [];
-
-before(async () => {
-  redis = await startRedis();
-});
-after(async () => {
-  for (const h of hosts) await removeContainersOf(h);
-  await redis.stop();
-});
+const { redis, hosts } = workersForFile();
 
 test("a runner that never comes online is removed at the start timeout, and its demand retried", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });

@@ -5,28 +5,19 @@
  * back to `minIdle`; warm runners outlive the idle timeout; a drain deregisters and removes them.
  */
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, demandIn, docker, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
+import type { TestRedis } from "../helpers/redis.ts";
+import { callsTo, containersOf, demandIn, docker, fakeRunnerPool, scopedRedis, startSystem, type SystemUnderTest, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const MIN_IDLE = 2;
 const IDLE_TIMEOUT_SECONDS = 8;
-let redis: TestRedis;
-const hosts: string[] = [];
-
-before(async () => {
-  redis = await startRedis();
-});
-after(async () => {
-  for (const h of hosts) await removeContainersOf(h);
-  await redis.stop();
-});
+const { redis, hosts } = workersForFile();
 
 test("warm runners: ready with no demand, a job starts on one, replaced, kept past the idle timeout, removed by a drain", async () => {
   const { fake, host, r, sys } = await warmSystem("warm", 1);

@@ -6,13 +6,15 @@ import Docker from "dockerode";
 import { start, type Mode, type Running } from "../../src/main.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { createLogger } from "../../src/logger.ts";
+import type { HostStore } from "../../src/state/hosts.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 import assert from "node:assert/strict";
+import { after, before } from "node:test";
 import { FakeGitHubClient } from "../fakes/github/client.ts";
 import type { FakeGitHub } from "../fakes/github/index.ts";
 import { metricSample } from "./leftovers.ts";
 import { testConfig, WEBHOOK_SECRET } from "./config.ts";
-import type { TestRedis } from "./redis.ts";
+import { startRedis, type TestRedis } from "./redis.ts";
 import { waitFor } from "./process.ts";
 
 
@@ -132,4 +134,28 @@ export async function registerRunner(fake: FakeGitHub, name: string, labels = ["
   const body = res.body as { runner: { id: number }; encoded_jit_config: string };
   const jit = JSON.parse(Buffer.from(body.encoded_jit_config, "base64").toString("utf8")) as { token: string };
   return { id: body.runner.id, token: jit.token };
+}
+
+/**
+ * A Redis for all the tests of a file that run workers (startRedis), and the host ids whose
+ * containers are removed after them: a test pushes each host it runs. The Redis's fields are there
+ * once `before` has run, so read them inside tests.
+ */
+export function workersForFile(): { readonly redis: TestRedis; readonly hosts: string[] } {
+  const redis = {} as TestRedis;
+  const hosts: string[] = [];
+  before(async () => {
+    Object.assign(redis, await startRedis());
+  });
+  after(async () => {
+    for (const h of hosts) await removeContainersOf(h);
+    await redis.stop();
+  });
+  return { redis, hosts };
+}
+
+/** A host that beat once, for a moment, and is gone now (its record expired; the index keeps it). */
+export async function goneHost(hostStore: HostStore, id: string): Promise<void> {
+  await hostStore.heartbeat({ id, capacity: 1, used: 1, pools: ["default"] }, 100);
+  await waitFor(async () => !(await hostStore.alive(id)), 5_000, `host ${id}'s heartbeat lapsed`);
 }

@@ -6,13 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { Writable } from "node:stream";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { FakeGitHubClient } from "../fakes/github/client.ts";
 import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, demandIn, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { GitHubError } from "../../src/errors.ts";
 import type { GitHubClient, HookDelivery } from "../../src/github/client.ts";
 import { createLogger } from "../../src/logger.ts";
@@ -24,16 +23,7 @@ import { RunnerStore } from "../../src/state/runners.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DEAD_URL = "http://127.0.0.1:9/";
-let redis: TestRedis;
-const hosts: string[] = [];
-
-before(async () => {
-  redis = await startRedis();
-});
-after(async () => {
-  for (const h of hosts) await removeContainersOf(h);
-  await redis.stop();
-});
+const { redis, hosts } = workersForFile();
 
 
 

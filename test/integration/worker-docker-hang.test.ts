@@ -10,13 +10,12 @@
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { inspect } from "node:util";
-import { after, before, test } from "node:test";
+import { after, test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { CREATE_CONTAINER, LIST_CONTAINERS, PING, startDockerProxy } from "../helpers/docker-proxy.ts";
 import { waitFor } from "../helpers/process.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { containersOf, docker, hostPasses, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
+import { containersOf, docker, hostPasses, RUNNER_IMAGE, scopedRedis, startSystem, type SystemUnderTest, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
 import { runnerLabels } from "../../src/docker/labels.ts";
@@ -24,16 +23,7 @@ import { DockerError } from "../../src/errors.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 
-let redis: TestRedis;
-const hosts: string[] = [];
-
-before(async () => {
-  redis = await startRedis();
-});
-after(async () => {
-  for (const h of hosts) await removeContainersOf(h);
-  await redis.stop();
-});
+const { redis, hosts } = workersForFile();
 
 
 /** The Docker calls' time limit in this test. */

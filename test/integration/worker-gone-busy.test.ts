@@ -6,13 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { metricSample } from "../helpers/leftovers.ts";
 import { waitFor } from "../helpers/process.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, registerRunner, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, goneHost, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
@@ -21,17 +20,7 @@ const GET_RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 const LIST_RUNNERS = "/repos/{owner}/{repo}/actions/runners";
 /** Long past any check interval below: the record has been busy for a minute. */
 const BUSY_LONG_AGO = () => Date.now() - 60_000;
-let redis: TestRedis;
-const hosts: string[] = [];
-
-before(async () => {
-  redis = await startRedis();
-});
-after(async () => {
-  for (const h of hosts) await removeContainersOf(h);
-  await redis.stop();
-});
-
+const { redis, hosts } = workersForFile();
 
 /** The registered runner takes a job of its own at the fake (GitHub then lists it busy). */
 async function takeJob(fake: FakeGitHub, name: string, runner: { id: number; token: string }): Promise<number> {
@@ -48,12 +37,6 @@ async function runnerCall(fake: FakeGitHub, runner: { id: number; token: string 
     body: JSON.stringify({ token: runner.token, ...extra }),
     signal: AbortSignal.timeout(5000),
   });
-}
-
-/** A host that beat once, for a moment, and is gone now (its record expired; the index keeps it). */
-async function goneHost(hostStore: HostStore, id: string): Promise<void> {
-  await hostStore.heartbeat({ id, capacity: 1, used: 1, pools: ["default"] }, 100);
-  await waitFor(async () => !(await hostStore.alive(id)), 5_000, `host ${id}'s heartbeat lapsed`);
 }
 
 /** What the server writes when an `in_progress` webhook marks a runner of acme/app busy. */

@@ -6,13 +6,12 @@
  * said so yet) is left running too.
  */
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { metricSample } from "../helpers/leftovers.ts";
-import { containersOf, docker, fakeRunnerPool, registerRunner, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { containersOf, docker, fakeRunnerPool, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { runnerLabels } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
@@ -20,16 +19,7 @@ import { RunnerStore } from "../../src/state/runners.ts";
 
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 const SOCKET_ENV = { FAKE_GITHUB_SOCKET: "/fake-github/github.sock" };
-let redis: TestRedis;
-const hosts: string[] = [];
-
-before(async () => {
-  redis = await startRedis();
-});
-after(async () => {
-  for (const h of hosts) await removeContainersOf(h);
-  await redis.stop();
-});
+const { redis, hosts } = workersForFile();
 
 
 /**

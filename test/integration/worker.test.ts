@@ -8,14 +8,13 @@
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { runJitrunner, waitFor } from "../helpers/process.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, hostPasses, registerRunner, removeContainersOf, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, goneHost, hostPasses, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
@@ -24,18 +23,7 @@ import { metricSample } from "../helpers/leftovers.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
-let redis: TestRedis;
-const hosts: string[] = [];
-
-before(async () => {
-  redis = await startRedis();
-});
-after(async () => {
-  for (const h of hosts) await removeContainersOf(h);
-  await redis.stop();
-});
-
-
+const { redis, hosts } = workersForFile();
 
 test("a launch that fails after registration deletes the registration and leaves no container", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
@@ -426,19 +414,11 @@ test("one worker process per host id: a second one exits at start while the firs
   }
 });
 
-
-/** A host that beat once, for a moment, and is gone now (its record expired; the index keeps it). */
-async function goneHost(hostStore: HostStore, id: string): Promise<void> {
-  await hostStore.heartbeat({ id, capacity: 1, used: 1, pools: ["default"] }, 100);
-  await waitFor(async () => !(await hostStore.alive(id)), 5_000, `host ${id}'s heartbeat lapsed`);
-}
-
 function idleRecord(fake: FakeGitHub, name: string, host: string, runnerId: number, over: Partial<RunnerRecord> = {}): RunnerRecord {
   return {
     name, pool: "default", host, state: "idle", installationId: fake.installationId, owner: "acme", repo: "app", runnerId, demandId: `demand-${name}`, createdAt: Date.now(), instance: "a-stopped-process", ...over,
   };
 }
-
 
 test("a gone host whose idle runner GitHub fails to deregister stays known with the runner's record until a later pass deregisters it; then nothing of the host is left in Redis", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
