@@ -230,25 +230,30 @@ test("a job attempt claimed by a process that died before adding it is added by 
   }
 });
 
-test("one turn's claims reach Redis in one write and its adds in one more", async () => {
+test("one turn's claims reach Redis in one write, as one script call, and its adds in one more", async () => {
   // A server of this test's own: its count of socket reads is this test's traffic alone.
   const own = await startRedis({ own: true });
   const conn = redisConnection(own.url);
   const info = redisConnection(own.url);
   const ownQueues = new DemandQueues({ redisUrl: own.url, prefix: own.prefix, attempts: 3 }, conn);
   const reads = async () => Number(/^total_reads_processed:(\d+)/m.exec(await info.info("stats"))?.[1]);
+  const scriptCalls = async () => Number(/^cmdstat_evalsha:calls=(\d+)/m.exec(await info.info("commandstats"))?.[1] ?? 0);
   try {
     const demand = (jobId: number) => ({ pool: "default", jobId, runId: 1, runAttempt: 1, owner: "acme", repo: "app", installationId: 1, labels: ["self-hosted"], receivedAt: Date.now(), deliveryId: `d-${jobId}` });
     const claim = (jobId: number) => ({ key: `${own.prefix}:delivery:d-${jobId}`, ttlSeconds: 600 });
     // Warm: BullMQ's scripts loaded, the queue ready.
     assert.equal(await ownQueues.add(demand(930_000), claim(930_000)), "added");
     const jobs = Array.from({ length: 20 }, (_, i) => 930_001 + i);
+    const scriptsBefore = await scriptCalls();
     const before = await reads();
     const results = await Promise.all(jobs.map((id) => ownQueues.add(demand(id), claim(id))));
     const used = (await reads()) - before;
+    const scripts = (await scriptCalls()) - scriptsBefore;
     assert.deepEqual(results, jobs.map(() => "added"));
     // Two writes (claims, adds) and the second INFO; one write per command would be 40 or more.
     assert.ok(used <= 4, `Redis read ${used} times for 20 deliveries`);
+    // BullMQ's add is a script call per demand; the 20 claims are one more, not 20.
+    assert.equal(scripts, 21, `Redis ran ${scripts} script calls for 20 deliveries`);
     const q = new Queue("demand-default", { connection: conn, prefix: `${own.prefix}:bull` });
     try {
       assert.equal((await q.getJobs(["waiting"])).length, 21);
