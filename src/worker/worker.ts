@@ -117,9 +117,9 @@ export class RunnerWorker {
    * Running runners of this host that run a job and that this process does not watch: of a pool
    * it does not serve (removed or renamed in its config, or left out of `worker.pools`), or met
    * while it stops. Left to finish their job; each holds a slot meanwhile (#leaveRunning), and the
-   * host loop removes it once its container has stopped. By runner name.
+   * host loop removes it once its container has stopped. Its pool, by runner name.
    */
-  readonly #leftRunning = new Set<string>();
+  readonly #leftRunning = new Map<string, string>();
   #stopping = false;
   #reconcileTimer: { stop(): void } | undefined;
   #lastError: string | undefined;
@@ -742,7 +742,7 @@ export class RunnerWorker {
       await pass.attempt({ runner: name, container: c.id.slice(0, 12) }, "reconciling container", () => this.#reconcileContainer(c, name, log));
     }
     // Left running, and gone since by other hands (an operator's `docker rm`): its slot is free.
-    for (const name of this.#leftRunning) if (!names.has(name)) this.#letGo(name);
+    for (const name of this.#leftRunning.keys()) if (!names.has(name)) this.#letGo(name);
   }
 
   async #reconcileContainer(c: RunnerContainer, name: string, log: Logger): Promise<void> {
@@ -805,7 +805,7 @@ export class RunnerWorker {
    */
   #leaveRunning(record: RunnerRecord, served: boolean, log: Logger): void {
     if (this.#leftRunning.has(record.name)) return;
-    this.#leftRunning.add(record.name);
+    this.#leftRunning.set(record.name, record.pool);
     this.#slots.take();
     const why = served ? "worker stopping" : "pool not served by this worker";
     log.info({ runner: record.name, pool: record.pool, why }, "runner running a job left running until it exits; removed then");
@@ -973,12 +973,19 @@ export class RunnerWorker {
     else log.info(item, "busy runner of a gone host forgotten: GitHub no longer knows it, its job is over");
   }
 
+  /** Runners of this worker by pool and state, for `jitrunner_runners`. */
   #counts(): Map<string, Map<string, number>> {
     const counts = new Map<string, Map<string, number>>();
     for (const p of this.#pools.keys()) counts.set(p, new Map([["starting", 0], ["idle", 0], ["busy", 0], ["completed", 0]]));
     for (const t of this.#d.launcher.tracked.values()) {
       const byState = counts.get(t.record.pool);
       if (byState) byState.set(t.state, (byState.get(t.state) ?? 0) + 1);
+    }
+    // Left running to finish a job (#leaveRunning), of a pool this worker may not serve: busy.
+    for (const pool of this.#leftRunning.values()) {
+      const byState = counts.get(pool) ?? new Map([["busy", 0]]);
+      byState.set("busy", (byState.get("busy") ?? 0) + 1);
+      counts.set(pool, byState);
     }
     return counts;
   }

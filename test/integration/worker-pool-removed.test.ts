@@ -111,6 +111,9 @@ test("a worker restarted without a pool leaves that pool's busy runners running 
     }
     // They take the engine's room: counted among the host's slots used.
     await waitFor(async () => (await hostStore.list()).find((h) => h.id === host)?.record?.used === 2, 10_000, "two slots counted used");
+    // And in the runner gauge, as busy runners of their pool.
+    const busyOfA = async () => metricSample(await (await fetch(`${sys.url}/metrics`)).text(), "jitrunner_runners", `pool="a",host="${host}",state="busy"`);
+    assert.equal(await busyOfA(), 2, "both counted busy runners of pool a");
 
     // The job ends; the fake runner reports and exits; a pass removes its container and record.
     const done = await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 90_000, "job completed");
@@ -129,6 +132,7 @@ test("a worker restarted without a pool leaves that pool's busy runners running 
     await waitFor(async () => (await containersOf(host)).length === 0 && (await runners.listHost(host)).length === 0, 30_000, "nothing of pool a left on the host");
     assert.equal(await runners.get("jitrunner-a-00taken0001"), undefined);
     await waitFor(async () => (await hostStore.list()).find((h) => h.id === host)?.record?.used === 0, 10_000, "the slots free again");
+    assert.equal(await busyOfA(), 0, "and no longer counted");
   } finally {
     await second?.close();
     await first.close();
