@@ -156,7 +156,7 @@ policy, two Redis round trips before the answer (the delivery and job-attempt cl
 script, then BullMQ's add, which runs its own script) and one log line; the activity-log entry and
 the active-repository note are written after the answer (bounded, not awaited). Claims, adds and
 activity entries of deliveries handled in the same event-loop turn go to Redis together (one
-write of claims, one of BullMQ adds, one script call that pushes the activity entries and trims the list): Redis served ${h.redisReads.toFixed(2)} socket reads per
+script call for all their claims, one write of BullMQ adds, one script call that pushes the activity entries and trims the list): Redis served ${h.redisReads.toFixed(2)} socket reads per
 delivery and ran ${h.commands.toFixed(1)} commands per delivery${last ? ` (${topCommands(last.redisByCommand, last.sent)}; INFO commandstats counts the commands run inside Lua scripts one by one, so this is Redis work, not round trips)` : ""}.
 
 **What 0.5x would take.** Half the bare route's rate is ${int(h.bareRps / 2)}/s; with jitrunner's work on one
