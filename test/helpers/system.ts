@@ -6,6 +6,7 @@ import Docker from "dockerode";
 import { start, type Mode, type Running } from "../../src/main.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { createLogger } from "../../src/logger.ts";
+import { runnerLabels } from "../../src/docker/labels.ts";
 import type { HostStore } from "../../src/state/hosts.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 import assert from "node:assert/strict";
@@ -78,6 +79,21 @@ export function uniqueHost(tag: string): string {
 /** Our containers on one host, running or not. */
 export async function containersOf(hostId: string): Promise<Docker.ContainerInfo[]> {
   return docker.listContainers({ all: true, filters: { label: ["dev.jitrunner.managed-by=jitrunner", `dev.jitrunner.host=${hostId}`] } });
+}
+
+/**
+ * A container of ours (our labels, network none) on `host` for runner `name`, created, not
+ * started: what a worker process left behind. `entrypoint` replaces the runner program (a sleep
+ * stands in for one that waits for a job).
+ */
+export async function ourContainer(host: string, name: string, o: { pool?: string; entrypoint?: string[] } = {}): Promise<Docker.Container> {
+  return docker.createContainer({
+    Image: RUNNER_IMAGE,
+    name: `${name}-${host}`,
+    ...(o.entrypoint ? { Entrypoint: o.entrypoint } : {}),
+    Labels: runnerLabels({ pool: o.pool ?? "default", host, runnerName: name, demandId: "" }),
+    HostConfig: { NetworkMode: "none" },
+  });
 }
 
 export async function removeContainersOf(hostId: string): Promise<void> {

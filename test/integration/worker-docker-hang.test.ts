@@ -15,7 +15,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { CREATE_CONTAINER, LIST_CONTAINERS, PING, startDockerProxy } from "../helpers/docker-proxy.ts";
 import { waitFor } from "../helpers/process.ts";
-import { containersOf, docker, hostPasses, RUNNER_IMAGE, scopedRedis, startSystem, type SystemUnderTest, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { containersOf, docker, hostPasses, ourContainer, RUNNER_IMAGE, scopedRedis, startSystem, type SystemUnderTest, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
 import { runnerLabels } from "../../src/docker/labels.ts";
@@ -80,12 +80,7 @@ test(
 
     // Meanwhile a container of ours on this host stopped, with no record: the host loop's to remove.
     const leftName = "jitrunner-default-00hang0001";
-    const left = await docker.createContainer({
-      Image: RUNNER_IMAGE,
-      name: `${leftName}-${host}`,
-      Labels: runnerLabels({ pool: "default", host, runnerName: leftName, demandId: "" }),
-      HostConfig: { NetworkMode: "none" },
-    });
+    const left = await ourContainer(host, leftName);
     await sleep(LIMIT_SECONDS * 1000 + 500);
     assert.equal((await containersOf(host)).length, 1, "not removed while the engine does not answer lists");
 

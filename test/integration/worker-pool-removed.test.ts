@@ -11,8 +11,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { metricSample } from "../helpers/leftovers.ts";
-import { containersOf, docker, fakeRunnerPool, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
-import { runnerLabels } from "../../src/docker/labels.ts";
+import { containersOf, docker, fakeRunnerPool, ourContainer, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
@@ -28,13 +27,7 @@ const { redis, hosts } = workersForFile();
  */
 async function leftIdleRunner(fake: FakeGitHub, runners: RunnerStore, host: string, name: string, labels: string[]) {
   const { id, token } = await registerRunner(fake, name, labels);
-  const container = await docker.createContainer({
-    Image: RUNNER_IMAGE,
-    name: `${name}-${host}`,
-    Entrypoint: ["sleep", "600"],
-    Labels: runnerLabels({ pool: "a", host, runnerName: name, demandId: "" }),
-    HostConfig: { NetworkMode: "none" },
-  });
+  const container = await ourContainer(host, name, { pool: "a", entrypoint: ["sleep", "600"] });
   await container.start();
   await runners.put({
     name, pool: "a", host, state: "idle", installationId: fake.installationId, owner: "acme", repo: "app", runnerId: id, containerId: container.id, demandId: "", createdAt: Date.now(), instance: "a-stopped-process",

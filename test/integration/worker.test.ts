@@ -14,8 +14,8 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { runJitrunner, waitFor } from "../helpers/process.ts";
-import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, goneHost, hostPasses, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
-import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
+import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, goneHost, hostPasses, ourContainer, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { LABEL, MANAGED_BY } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
@@ -472,12 +472,7 @@ test("the host loop handles each item on its own: a container the engine refuses
   const proxy = await startDockerProxy();
   // A stopped container of ours on this host with no record: the engine will not remove it (yet).
   const stuckName = "jitrunner-default-00items001";
-  const stuck = await docker.createContainer({
-    Image: RUNNER_IMAGE,
-    name: `${stuckName}-${host}`,
-    Labels: runnerLabels({ pool: "default", host, runnerName: stuckName, demandId: "" }),
-    HostConfig: { NetworkMode: "none" },
-  });
+  const stuck = await ourContainer(host, stuckName);
   proxy.refuseRemoval.add(stuck.id);
   // A volume of ours that no container uses.
   const volume = `jitrunner-test-${host}-unused`;
