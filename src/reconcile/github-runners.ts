@@ -35,14 +35,17 @@ function scopeKey(s: RunnerScope): string {
 
 export interface GitHubRunnersDeps {
   github: Pick<GitHubClient, "listRunners" | "deleteRunner">;
-  runners: Pick<RunnerStore, "get">;
+  runners: Pick<RunnerStore, "get" | "listAll" | "mark">;
   repos: Pick<ActiveRepos, "list">;
   pools: readonly Pick<PoolConfig, "scope">[];
   namePrefix: string;
   intervalMs: number;
   windowMs: number;
   maxRepositories: number;
-  /** How long a registration of ours must have been seen without a record before it is deleted. */
+  /**
+   * How long a registration of ours must have been seen without a record before it is deleted,
+   * and a runner recorded busy seen without a registration before it is marked completed.
+   */
   graceMs: number;
   metrics: Metrics;
   logger: Logger;
@@ -55,22 +58,39 @@ export interface GitHubRunnersDeps {
  * a runner running a job is never touched (it removes itself after the job, being ephemeral).
  * GitHub's list carries no creation time, so "seen since" is kept in memory: a new leader
  * starts the grace period again, which only ever delays a deletion.
+ *
+ * The other way round, a runner recorded busy whose registration GitHub no longer lists has ended
+ * its job (an ephemeral runner's registration goes with its job), whether or not its `completed`
+ * webhook came: one that did not (lost, and its redelivery too) would leave the runner, should it
+ * hang instead of exiting, running and holding its slot until its worker restarted. Once it has
+ * been missing from its scope's list for the grace period, it is marked completed, as that webhook
+ * would have marked it, and its worker removes it after `worker.completedGraceSeconds`. Only scopes
+ * listed in full this pass count, and only runners marked busy before the pass began: no extra
+ * call to GitHub.
  */
 export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
   const firstSeen = new Map<string, number>();
+  const missingSince = new Map<string, number>();
   return {
     name: GITHUB_RUNNERS,
     intervalMs: d.intervalMs,
     leaderOnly: true,
     async run(signal) {
+      const began = Date.now();
       const scopes = scopesToCheck(await d.repos.list(d.windowMs, d.maxRepositories), d.pools);
       const seen = new Set<string>();
       const failed: string[] = [];
+      /** Scopes whose whole list came this pass, and the names of ours each lists. */
+      const listed = new Map<string, Set<string>>();
       for (const scope of scopes) {
         signal.throwIfAborted();
         try {
-          for (const r of await d.github.listRunners(scope, { signal })) {
+          const registrations = await d.github.listRunners(scope, { signal });
+          const names = new Set<string>();
+          listed.set(scopeKey(scope), names);
+          for (const r of registrations) {
             if (!isOurRunner(d.namePrefix, r.name)) continue;
+            names.add(r.name);
             const key = `${scopeKey(scope)}#${r.id}`;
             if (await d.runners.get(r.name)) continue;
             seen.add(key);
@@ -99,7 +119,40 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       }
       // Forget what is no longer listed (gone, or now has a record), so the map stays bounded.
       for (const key of firstSeen.keys()) if (!seen.has(key)) firstSeen.delete(key);
+      await endBusyRunnersGoneFromGitHub(d, listed, began, missingSince, signal);
       if (failed.length > 0) throw new Error(`listing runners failed for ${failed.length} of ${scopes.length} scopes; first: ${failed[0]}`);
     },
   };
+}
+
+/**
+ * Marks completed the runners recorded busy (since before `began`) that their scope's list, taken
+ * in full this pass, no longer names, once missing for the grace period (see githubRunnersLoop).
+ */
+async function endBusyRunnersGoneFromGitHub(
+  d: GitHubRunnersDeps,
+  listed: ReadonlyMap<string, ReadonlySet<string>>,
+  began: number,
+  missingSince: Map<string, number>,
+  signal: AbortSignal,
+): Promise<void> {
+  const missing = new Set<string>();
+  for (const r of await d.runners.listAll()) {
+    if (r.state !== "busy" || r.busyAt === undefined || r.busyAt >= began) continue;
+    const names = listed.get(scopeKey({ installationId: r.installationId, owner: r.owner, repo: r.repo || undefined }));
+    if (!names || names.has(r.name)) continue;
+    missing.add(r.name);
+    const since = missingSince.get(r.name) ?? Date.now();
+    missingSince.set(r.name, since);
+    if (Date.now() - since < d.graceMs) continue;
+    signal.throwIfAborted();
+    missingSince.delete(r.name);
+    if (!(await d.runners.mark(r.name, "completed", r.jobId ?? 0))) continue;
+    d.metrics.reconcileAction(GITHUB_RUNNERS, "busy_runner_ended");
+    d.logger.warn(
+      { loop: GITHUB_RUNNERS, runner: r.name, runnerId: r.runnerId, host: r.host, jobId: r.jobId },
+      "runner recorded busy is no longer registered at GitHub (its job is over) and no completed webhook came; marked completed, its worker removes it",
+    );
+  }
+  for (const name of missingSince.keys()) if (!missing.has(name)) missingSince.delete(name);
 }

@@ -18,7 +18,7 @@ export interface ReconcilerDeps {
   redis: Redis;
   github: GitHubClient;
   demand: Pick<DemandSink, "add" | "ended" | "addAgain">;
-  runners: Pick<RunnerStore, "get" | "findByDemand" | "forgetDemand">;
+  runners: Pick<RunnerStore, "get" | "findByDemand" | "forgetDemand" | "listAll" | "mark">;
   metrics: Metrics;
   logger: Logger;
 }

@@ -3,8 +3,9 @@
  * one that never comes online is removed at the pool's start timeout and its demand retried; a
  * spare runner, launched for a job cancelled before it could take it, is reaped at the idle
  * timeout and its demand completed without another launch; one that hangs after its job, its
- * `completed` webhook lost, is removed once the deliveries loop has GitHub send that webhook again.
- * Nothing is left behind either way.
+ * `completed` webhook lost, is removed once the deliveries loop has GitHub send that webhook again,
+ * or, with no redelivery, once GitHub's runner list no longer names it (left alone while it runs
+ * its job). Nothing is left behind either way.
  */
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
@@ -96,7 +97,8 @@ test("a runner that hangs after its job, its completed webhook lost: removed onc
   const sys = await startSystem("all", fake, r, host, {
     pools: [pool],
     worker: { hostId: host, capacity: 2, completedGraceSeconds: 3, reconcileIntervalSeconds: 2 },
-    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 2 },
+    // A long grace: the runner list's own look at the busy runner (next test) comes after the redelivery.
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 2, orphanGraceSeconds: 120, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 2 },
   });
   const completedDeliveries = (jobId: number) => fake.deliveries.filter((d) => d.jobId === jobId && d.action === "completed");
   try {
@@ -117,6 +119,53 @@ test("a runner that hangs after its job, its completed webhook lost: removed onc
     assert.equal(callsTo(fake, JIT), 1, "one runner for one job");
     const metrics = await (await fetch(`${sys.url}/metrics`)).text();
     assert.match(metrics, /jitrunner_runner_removals_total\{pool="default",reason="completed_grace_expired"\} 1/);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
+test("a runner that hangs after its job, its completed webhook lost for good: marked completed once GitHub no longer lists it", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("hung-unredelivered");
+  const r = scopedRedis(redis, "hung-unredelivered");
+  hosts.push(host);
+  const script = join(dirname(fake.socketPath), "hang-after-job.sh");
+  writeFileSync(script, "/home/runner/run.sh\nsleep 3600\n", { mode: 0o755 });
+  const pool = fakeRunnerPool(fake, {
+    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "12", RUNNER_CMD: "sh /fake-github/hang-after-job.sh" },
+  });
+  // No redelivery (the deliveries loop is as good as off): only the runner list can tell.
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [pool],
+    worker: { hostId: host, capacity: 2, completedGraceSeconds: 3, reconcileIntervalSeconds: 2 },
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 2, orphanGraceSeconds: 3, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 3600 },
+  });
+  const ended = async () => {
+    const text = await (await fetch(`${sys.url}/metrics`)).text();
+    return /jitrunner_reconcile_actions_total\{loop="github-runners",action="busy_runner_ended"\} 1/.test(text);
+  };
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "in_progress" && d.status === 202), 60_000, "in_progress delivered");
+    fake.setWebhookUrl("http://127.0.0.1:9/lost"); // the job's `completed` goes nowhere
+
+    // While the job runs, the runner is listed busy: the list is read past the grace, and it is kept.
+    const lists = callsTo(fake, "/repos/{owner}/{repo}/actions/runners", "GET");
+    await waitFor(() => callsTo(fake, "/repos/{owner}/{repo}/actions/runners", "GET") >= lists + 3, 30_000, "three runner lists during the job");
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.status, "in_progress", "the job still runs (FAKE_JOB_SECONDS is long enough)");
+    assert.equal(await ended(), false, "a runner GitHub lists is not marked");
+    assert.equal((await containersOf(host))[0]?.State, "running");
+
+    await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "completed" && d.status === 0), 60_000, "completed delivery failed");
+    await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "hung container removed");
+    assert.ok(await ended(), "marked completed by the runner list");
+    assert.ok(!fake.deliveries.some((d) => d.jobId === job.id && d.redelivery), "no redelivery: the webhook stayed lost");
+    const done = await demandIn(r, `${job.id}-1`, "completed", 30_000);
+    assert.equal(done.result, "completed_grace_expired", "removed at the end of the grace, as after a completed webhook");
+    assert.equal(fake.runners().length, 0, "no registration left");
+    assert.equal(callsTo(fake, JIT), 1, "one runner for one job");
+    assert.match(sys.logs(), /runner recorded busy is no longer registered at GitHub/);
   } finally {
     await sys.close();
     await fake.close();
