@@ -4,7 +4,7 @@ import { errorMessage } from "../errors.ts";
 import type { GitHubClient, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
-import type { RunnerStore } from "../state/runners.ts";
+import { scopeOf, type RunnerStore } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
 import type { Loop } from "./loops.ts";
 
@@ -34,7 +34,7 @@ function scopeKey(s: RunnerScope): string {
 }
 
 export interface GitHubRunnersDeps {
-  github: Pick<GitHubClient, "listRunners" | "deleteRunner">;
+  github: Pick<GitHubClient, "listRunners" | "deleteRunner" | "getRunner">;
   runners: Pick<RunnerStore, "get" | "listAll" | "mark">;
   repos: Pick<ActiveRepos, "list">;
   pools: readonly Pick<PoolConfig, "scope">[];
@@ -65,8 +65,11 @@ export interface GitHubRunnersDeps {
  * hang instead of exiting, running and holding its slot until its worker restarted. Once it has
  * been missing from its scope's list for the grace period, it is marked completed, as that webhook
  * would have marked it, and its worker removes it after `worker.completedGraceSeconds`. Only scopes
- * listed in full this pass count, and only runners marked busy before the pass began: no extra
- * call to GitHub.
+ * listed this pass count, and only runners marked busy before the pass began. A list read page by
+ * page can miss an entry while runners come and go (or stop at its page limit), and removing a
+ * runner that still runs its job would fail that job; so GitHub is asked about the runner itself
+ * before it is marked (one call, only for a runner missing that long), and a runner it still
+ * knows is left alone.
  */
 export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
   const firstSeen = new Map<string, number>();
@@ -139,14 +142,16 @@ async function endBusyRunnersGoneFromGitHub(
   const missing = new Set<string>();
   for (const r of await d.runners.listAll()) {
     if (r.state !== "busy" || r.busyAt === undefined || r.busyAt >= began) continue;
-    const names = listed.get(scopeKey({ installationId: r.installationId, owner: r.owner, repo: r.repo || undefined }));
+    const names = listed.get(scopeKey(scopeOf(r)));
     if (!names || names.has(r.name)) continue;
-    missing.add(r.name);
     const since = missingSince.get(r.name) ?? Date.now();
+    missing.add(r.name);
     missingSince.set(r.name, since);
-    if (Date.now() - since < d.graceMs) continue;
+    if (Date.now() - since < d.graceMs || r.runnerId === undefined) continue;
     signal.throwIfAborted();
     missingSince.delete(r.name);
+    // Listed after all: a page missed it. Left alone, and the grace starts again should it go missing.
+    if (await d.github.getRunner(scopeOf(r), r.runnerId)) continue;
     if (!(await d.runners.mark(r.name, "completed", r.jobId ?? 0))) continue;
     d.metrics.reconcileAction(GITHUB_RUNNERS, "busy_runner_ended");
     d.logger.warn(

@@ -1,4 +1,5 @@
 import type { Redis } from "ioredis";
+import type { RunnerScope } from "../github/client.ts";
 
 export type RunnerState = "registering" | "starting" | "idle" | "busy" | "completed";
 
@@ -29,6 +30,11 @@ export interface RunnerRecord {
    * process lives, only it tears down a record with no container: it may still be launching.
    */
   instance?: string;
+}
+
+/** Where the runner is registered at GitHub. */
+export function scopeOf(record: Pick<RunnerRecord, "installationId" | "owner" | "repo">): RunnerScope {
+  return { installationId: record.installationId, owner: record.owner, repo: record.repo || undefined };
 }
 
 /** starting -> idle, and nothing else: a `busy` a webhook already wrote stays. */

@@ -8,7 +8,7 @@ import type { RunnerDriver, RunnerSpec } from "../docker/driver.ts";
 import { GitHubError, JitrunnerError, NotSentError, errorMessage } from "../errors.ts";
 import type { GitHubClient, JitRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
-import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
+import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { runnerName } from "./names.ts";
 import type { RunnerEvents } from "./runner-events.ts";
 import { Slots } from "./slots.ts";
@@ -44,10 +44,6 @@ export interface LaunchTarget {
 
 export function targetOf(demand: Demand): LaunchTarget {
   return { installationId: demand.installationId, owner: demand.owner, repo: demand.repo, demandId: demandId(demand.jobId, demand.runAttempt) };
-}
-
-export function scopeOf(record: Pick<RunnerRecord, "installationId" | "owner" | "repo">): RunnerScope {
-  return { installationId: record.installationId, owner: record.owner, repo: record.repo || undefined };
 }
 
 const IDLE_RECHECK_MS = 2000;

@@ -4,8 +4,9 @@
  * spare runner, launched for a job cancelled before it could take it, is reaped at the idle
  * timeout and its demand completed without another launch; one that hangs after its job, its
  * `completed` webhook lost, is removed once the deliveries loop has GitHub send that webhook again,
- * or, with no redelivery, once GitHub's runner list no longer names it (left alone while it runs
- * its job). Nothing is left behind either way.
+ * or, with no redelivery, once GitHub's runner list no longer names it and GitHub, asked about it,
+ * no longer knows it (left alone while it runs its job, even by lists that miss it). Nothing is
+ * left behind either way.
  */
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
@@ -14,6 +15,7 @@ import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
+import type { TestRedis } from "../helpers/redis.ts";
 import { callsTo, containersOf, demandIn, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
@@ -83,23 +85,30 @@ test("a job cancelled before its runner could take it: the spare runner is reape
   }
 });
 
+/**
+ * A system whose runners do their job (`jobSeconds` long) and report it, then hang: the container
+ * never exits by itself. The leader's runner list runs every 2 s.
+ */
+function startWithHangingRunner(fake: FakeGitHub, r: TestRedis, host: string, jobSeconds: number, reconcile: { orphanGraceSeconds: number; deliveriesIntervalSeconds: number }) {
+  const script = join(dirname(fake.socketPath), "hang-after-job.sh");
+  writeFileSync(script, "/home/runner/run.sh\nsleep 3600\n", { mode: 0o755 });
+  const pool = fakeRunnerPool(fake, {
+    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds), RUNNER_CMD: "sh /fake-github/hang-after-job.sh" },
+  });
+  return startSystem("all", fake, r, host, {
+    pools: [pool],
+    worker: { hostId: host, capacity: 2, completedGraceSeconds: 3, reconcileIntervalSeconds: 2 },
+    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 2, queuedIntervalSeconds: 3600, ...reconcile },
+  });
+}
+
 test("a runner that hangs after its job, its completed webhook lost: removed once the deliveries loop has it redelivered", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("hung-after-job");
   const r = scopedRedis(redis, "hung-after-job");
   hosts.push(host);
-  // The runner does its job and reports it, then hangs: the container never exits by itself.
-  const script = join(dirname(fake.socketPath), "hang-after-job.sh");
-  writeFileSync(script, "/home/runner/run.sh\nsleep 3600\n", { mode: 0o755 });
-  const pool = fakeRunnerPool(fake, {
-    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "4", RUNNER_CMD: "sh /fake-github/hang-after-job.sh" },
-  });
-  const sys = await startSystem("all", fake, r, host, {
-    pools: [pool],
-    worker: { hostId: host, capacity: 2, completedGraceSeconds: 3, reconcileIntervalSeconds: 2 },
-    // A long grace: the runner list's own look at the busy runner (next test) comes after the redelivery.
-    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 2, orphanGraceSeconds: 120, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 2 },
-  });
+  // A long grace: the runner list's own look at the busy runner (next test) comes after the redelivery.
+  const sys = await startWithHangingRunner(fake, r, host, 4, { orphanGraceSeconds: 120, deliveriesIntervalSeconds: 2 });
   const completedDeliveries = (jobId: number) => fake.deliveries.filter((d) => d.jobId === jobId && d.action === "completed");
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
@@ -130,17 +139,8 @@ test("a runner that hangs after its job, its completed webhook lost for good: ma
   const host = uniqueHost("hung-unredelivered");
   const r = scopedRedis(redis, "hung-unredelivered");
   hosts.push(host);
-  const script = join(dirname(fake.socketPath), "hang-after-job.sh");
-  writeFileSync(script, "/home/runner/run.sh\nsleep 3600\n", { mode: 0o755 });
-  const pool = fakeRunnerPool(fake, {
-    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "12", RUNNER_CMD: "sh /fake-github/hang-after-job.sh" },
-  });
   // No redelivery (the deliveries loop is as good as off): only the runner list can tell.
-  const sys = await startSystem("all", fake, r, host, {
-    pools: [pool],
-    worker: { hostId: host, capacity: 2, completedGraceSeconds: 3, reconcileIntervalSeconds: 2 },
-    reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 2, orphanGraceSeconds: 3, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 3600 },
-  });
+  const sys = await startWithHangingRunner(fake, r, host, 20, { orphanGraceSeconds: 3, deliveriesIntervalSeconds: 3600 });
   const ended = async () => {
     const text = await (await fetch(`${sys.url}/metrics`)).text();
     return /jitrunner_reconcile_actions_total\{loop="github-runners",action="busy_runner_ended"\} 1/.test(text);
@@ -150,11 +150,16 @@ test("a runner that hangs after its job, its completed webhook lost for good: ma
     await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "in_progress" && d.status === 202), 60_000, "in_progress delivered");
     fake.setWebhookUrl("http://127.0.0.1:9/lost"); // the job's `completed` goes nowhere
 
-    // While the job runs, the runner is listed busy: the list is read past the grace, and it is kept.
-    const lists = callsTo(fake, "/repos/{owner}/{repo}/actions/runners", "GET");
-    await waitFor(() => callsTo(fake, "/repos/{owner}/{repo}/actions/runners", "GET") >= lists + 3, 30_000, "three runner lists during the job");
+    // While the job runs: three lists that miss the runner (as a list read page by page can), past
+    // the grace, then one that names it. GitHub, asked about the runner itself, still knows it: kept.
+    const LIST = "/repos/{owner}/{repo}/actions/runners";
+    const lists = callsTo(fake, LIST, "GET");
+    const looks = callsTo(fake, RUNNER, "GET");
+    fake.inject({ route: LIST, method: "GET", status: 200, body: { total_count: 0, runners: [] }, times: 3 });
+    await waitFor(() => callsTo(fake, LIST, "GET") >= lists + 4, 30_000, "four runner lists during the job");
+    assert.ok(callsTo(fake, RUNNER, "GET") > looks, "asked about the runner it missed in the lists");
     assert.equal(fake.jobs().find((j) => j.id === job.id)?.status, "in_progress", "the job still runs (FAKE_JOB_SECONDS is long enough)");
-    assert.equal(await ended(), false, "a runner GitHub lists is not marked");
+    assert.equal(await ended(), false, "a runner GitHub still knows is not marked");
     assert.equal((await containersOf(host))[0]?.State, "running");
 
     await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "completed" && d.status === 0), 60_000, "completed delivery failed");
