@@ -83,7 +83,7 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       const scopes = scopesToCheck(await d.repos.list(d.windowMs, d.maxRepositories), d.pools);
       const seen = new Set<string>();
       const failed: string[] = [];
-      /** Scopes whose whole list came this pass, and the names of ours each lists. */
+      /** Scopes listed this pass, and the names of ours each list holds. */
       const listed = new Map<string, Set<string>>();
       for (const scope of scopes) {
         signal.throwIfAborted();
@@ -130,7 +130,8 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
 
 /**
  * Marks completed the runners recorded busy (since before `began`) that their scope's list, taken
- * in full this pass, no longer names, once missing for the grace period (see githubRunnersLoop).
+ * this pass, no longer names, once missing for the grace period and unknown to GitHub when asked
+ * about by id (see githubRunnersLoop).
  */
 async function endBusyRunnersGoneFromGitHub(
   d: GitHubRunnersDeps,
@@ -149,9 +150,11 @@ async function endBusyRunnersGoneFromGitHub(
     missingSince.set(r.name, since);
     if (Date.now() - since < d.graceMs || r.runnerId === undefined) continue;
     signal.throwIfAborted();
+    // A failed look throws, and the runner is asked about again next pass. One GitHub still knows
+    // was missed by a list: left alone, and the grace starts again should it go missing again.
+    const known = await d.github.getRunner(scopeOf(r), r.runnerId);
     missingSince.delete(r.name);
-    // Listed after all: a page missed it. Left alone, and the grace starts again should it go missing.
-    if (await d.github.getRunner(scopeOf(r), r.runnerId)) continue;
+    if (known) continue;
     if (!(await d.runners.mark(r.name, "completed", r.jobId ?? 0))) continue;
     d.metrics.reconcileAction(GITHUB_RUNNERS, "busy_runner_ended");
     d.logger.warn(
