@@ -59,6 +59,8 @@ export class LeaderElection implements Leadership {
   #leading = false;
   #term: AbortController | undefined;
   #timer: NodeJS.Timeout | undefined;
+  /** Ends the term at #validUntil, whatever a round in flight is waiting for. */
+  #lapse: NodeJS.Timeout | undefined;
   #closed = false;
   #round: Promise<void> = Promise.resolve();
   #lastError: string | undefined;
@@ -94,6 +96,7 @@ export class LeaderElection implements Leadership {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#timer);
+    clearTimeout(this.#lapse);
     this.#validUntil = 0;
     this.#transition();
     // A round in flight could still take the lock: wait for it, then release (only if it is ours),
@@ -127,10 +130,26 @@ export class LeaderElection implements Leadership {
     }
     if (this.#closed) return;
     this.#transition();
-    // While leading, also wake when the validity would lapse (it only lapses if renewals fail).
-    if (this.#leading) next = Math.min(next, Math.max(10, this.#validUntil - Date.now()));
+    this.#watchLapse();
+    // While leading, a renewal that failed is tried again a little before the validity lapses.
+    if (this.#leading) next = Math.min(next, Math.max(10, this.#validUntil - Date.now() - lockMs / 20));
     this.#timer = setTimeout(() => void (this.#round = this.#campaign()), next);
     this.#timer.unref();
+  }
+
+  /**
+   * While leading, ends the term the moment its validity lapses (renewals failed until then), not
+   * at the end of the round that is waiting for Redis by then: that round's renewal may wait a
+   * third of the expiry more, and the lock may be another's before it gives up.
+   */
+  #watchLapse(): void {
+    clearTimeout(this.#lapse);
+    if (!this.#leading) return;
+    this.#lapse = setTimeout(() => {
+      this.#transition();
+      this.#watchLapse();
+    }, Math.max(1, this.#validUntil - Date.now() + 1));
+    this.#lapse.unref();
   }
 
   /** True when this process holds the lock after this call. */

@@ -1,14 +1,19 @@
 /**
  * Leader election between real `jitrunner worker` processes sharing one real Redis: exactly one
  * leads and only it runs the leader's loops; a leader killed with SIGKILL is replaced once its
- * lock expires (not before); a leader stopped with SIGTERM hands over at once.
+ * lock expires (not before); a leader stopped with SIGTERM hands over at once. And a leader cut
+ * off from Redis ends its term before another can take the lock.
  */
 import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer, connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { Redis } from "ioredis";
+import { pino } from "pino";
+import { Metrics } from "../../src/metrics/metrics.ts";
+import { LeaderElection } from "../../src/reconcile/leader.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { freePort } from "../helpers/ports.ts";
@@ -136,5 +141,71 @@ test("one leader among worker processes; SIGKILL: taken over after the lock expi
     assert.equal(await lockHolder(), third.host);
   } finally {
     await Promise.all(workers.map((w) => w.proc.stop()));
+  }
+});
+
+/**
+ * A TCP relay to Redis that can go silent: from `cut()` on, it passes nothing either way and
+ * keeps the connections open (a half-open connection, a stalled network path), so that only the
+ * processes behind it lose Redis.
+ */
+async function silenceableRelay(target: URL): Promise<{ url: string; cut(): void; close(): Promise<void> }> {
+  let silent = false;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+      sockets.add(from);
+      from.on("data", (chunk) => silent || to.write(chunk));
+      from.on("error", () => undefined);
+      from.on("close", () => to.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  const url = new URL(target);
+  url.hostname = "127.0.0.1";
+  url.port = String(port);
+  return {
+    url: url.toString(),
+    cut: () => void (silent = true),
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+test("a leader cut off from Redis ends its term before another process can take the lock", async () => {
+  const relay = await silenceableRelay(new URL(redis.url));
+  const prefix = `${redis.prefix}:cutoff`;
+  const logger = pino({ level: "silent" });
+  const cutOff = new Redis(relay.url);
+  const direct = new Redis(redis.url);
+  const a = new LeaderElection({ redis: cutOff, prefix, host: "cut-a", lockMs: LOCK_MS, metrics: new Metrics(), logger });
+  const b = new LeaderElection({ redis: direct, prefix, host: "cut-b", lockMs: LOCK_MS, metrics: new Metrics(), logger });
+  try {
+    await a.start();
+    await b.start();
+    assert.ok(a.isLeader && !b.isLeader);
+    const term = a.term!;
+    let termEnded: number | undefined;
+    term.addEventListener("abort", () => void (termEnded = Date.now()));
+    let bLeads: number | undefined;
+    b.onChange((leading) => leading && (bLeads ??= Date.now()));
+
+    relay.cut();
+    const cutAt = Date.now();
+    await waitFor(() => bLeads !== undefined, LOCK_MS * 3, "the other process leads");
+    // The lock was renewed at most a third of the expiry before the cut: it cannot lapse sooner.
+    assert.ok(bLeads! - cutAt >= (LOCK_MS * 2) / 3 - 100, `took the lock ${bLeads! - cutAt} ms after the cut`);
+    assert.ok(termEnded !== undefined, "the cut-off leader's term had not ended when the other took the lock");
+    assert.ok(termEnded <= bLeads!, `term ended ${termEnded - bLeads!} ms after the other took the lock`);
+    assert.equal(a.isLeader, false);
+  } finally {
+    await Promise.all([a.close(), b.close()]);
+    cutOff.disconnect();
+    direct.disconnect();
+    await relay.close();
   }
 });
