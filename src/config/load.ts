@@ -52,7 +52,12 @@ export function loadConfig({ text, env, readFile, githubSecrets = true }: LoadSo
 
   const secret = (what: string, envName: string, file: string | undefined): Secret | undefined => {
     const fromEnv = env[envName];
-    if (fromEnv) return new Secret(normalizeSecret(fromEnv));
+    if (fromEnv) {
+      // Only blanks (a newline, say): an empty webhook secret would let anyone sign deliveries.
+      const value = normalizeSecret(fromEnv);
+      if (!value) problems.push(`${what}: ${envName} holds only white space`);
+      return new Secret(value);
+    }
     if (!file) {
       problems.push(`${what}: set ${envName} or github.${what}File`);
       return undefined;

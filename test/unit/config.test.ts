@@ -89,6 +89,16 @@ test("secrets come from files when the environment has none; unreadable files ar
   assert.throws(() => loadConfig({ text: minimal, env: {}, readFile: read }), /set JITRUNNER_GITHUB_PRIVATE_KEY or github\.privateKeyFile/);
 });
 
+test("a secret from the environment that is only white space is refused, as an empty file is: an empty webhook secret would accept anyone's signature", () => {
+  for (const [name, blank] of [["JITRUNNER_GITHUB_WEBHOOK_SECRET", " "], ["JITRUNNER_GITHUB_WEBHOOK_SECRET", "\\n"], ["JITRUNNER_GITHUB_PRIVATE_KEY", "\n\t"]] as const) {
+    assert.throws(
+      () => loadConfig({ text: minimal, env: { ...env, [name]: blank }, readFile: noFiles }),
+      (err: unknown) => err instanceof ConfigError && err.message.includes(`${name} holds only white space`),
+      `${name}=${JSON.stringify(blank)}`,
+    );
+  }
+});
+
 test("duplicate pools and unknown worker pools are cross-checked; YAML errors are clear", () => {
   const dup = `${minimal}  - name: default\n    labels: [x]\n    image: y\n`;
   assert.throws(() => loadConfig({ text: dup, env, readFile: noFiles }), /duplicate pool name 'default'/);
