@@ -9,6 +9,19 @@ import { COMMAND_HELP, USAGE } from "./cli/help.ts";
 import { appManifest } from "./cli/manifest.ts";
 import { statusCommand } from "./cli/status.ts";
 
+/** A URL as it may be printed: a password in it (`redis://:PASSWORD@host`) replaced. */
+function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (!u.password) return url;
+    u.password = "redacted";
+    return u.href;
+  } catch {
+    // Not a URL the WHATWG parser takes: hide whatever stands before an @.
+    return url.replace(/\/\/[^/]*@/, "//redacted@");
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
@@ -67,7 +80,8 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
   if (command === "check-config") {
-    process.stdout.write(`${JSON.stringify(config, null, 2)}\n`);
+    const shown = { ...config, redis: { ...config.redis, url: withoutPassword(config.redis.url) } };
+    process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
     return 0;
   }
   if (command === "drain") {

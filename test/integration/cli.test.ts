@@ -71,6 +71,16 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
+test("check-config prints the resolved config without a secret: the keys' values, the Redis password", async () => {
+  const password = "redis-pass-Z9q";
+  const { code, out } = await run(["check-config", "--config", configFile], { ...SECRETS, JITRUNNER_REDIS_URL: `redis://:${password}@127.0.0.1:6399/2` });
+  assert.equal(code, 0, out);
+  const printed = JSON.parse(out) as { redis: { url: string }; secrets: Record<string, string> };
+  assert.equal(printed.redis.url, "redis://:redacted@127.0.0.1:6399/2");
+  assert.equal(printed.secrets.webhookSecret, "[redacted]");
+  for (const secret of [password, WEBHOOK_SECRET, SECRETS.JITRUNNER_GITHUB_PRIVATE_KEY.split("\n")[1]!]) assert.ok(!out.includes(secret));
+});
+
 test("--help works on every command, without a config", async () => {
   const commands = Object.keys(COMMAND_HELP);
   assert.ok(commands.includes("status") && commands.includes("app-manifest") && commands.includes("check-config"));
