@@ -1,16 +1,38 @@
-import { Redis } from "ioredis";
 import type { Config } from "../config/load.ts";
 import { HostStore } from "../state/hosts.ts";
+import { RunnerStore } from "../state/runners.ts";
+import { cliRedis, connectCli, isUnreachable, unreachableReason } from "./status.ts";
+
+/** `drain`'s exit code when the host stopped answering with runners of its own still recorded. */
+export const DRAIN_EXIT_HOST_VANISHED = 3;
 
 /**
  * `jitrunner drain --host ID`: the host takes no new demand, lets its running jobs finish, then
  * its worker exits 0. With `wait`, returns once the host has left the fleet, with a progress line
- * every 10 s.
+ * every 10 s. Each call to Redis waits at most CLI_REDIS_TIMEOUT_MS (cliRedis), the wait itself as
+ * long as the jobs take. Exits 1 when Redis cannot be reached, and DRAIN_EXIT_HOST_VANISHED when
+ * the host's worker stopped beating with runners still recorded (see #ended).
  */
-export async function drainHost(config: Config, host: string, wait: boolean, out: NodeJS.WritableStream): Promise<number> {
-  const redis = new Redis(config.redis.url, { maxRetriesPerRequest: 2, lazyConnect: true });
+export async function drainHost(
+  config: Config,
+  host: string,
+  wait: boolean,
+  out: NodeJS.WritableStream,
+  err: NodeJS.WritableStream = process.stderr,
+): Promise<number> {
+  const unreachable = (e: unknown, note = ""): number => {
+    err.write(`jitrunner drain: cannot reach Redis (redis.url): ${unreachableReason(e)}${note}\n`);
+    return 1;
+  };
+  const redis = cliRedis(config.redis.url);
   try {
-    await redis.connect();
+    await connectCli(redis);
+  } catch (e) {
+    redis.disconnect();
+    return unreachable(e);
+  }
+  let told = false;
+  try {
     const hosts = new HostStore(redis, config.redis.prefix);
     const known = (await hosts.list()).find((h) => h.id === host);
     if (!known?.record) {
@@ -18,21 +40,45 @@ export async function drainHost(config: Config, host: string, wait: boolean, out
       return 1;
     }
     await hosts.drain(host);
+    told = true;
     out.write(`draining ${host}: it takes no new demand; running jobs finish, then its worker exits\n`);
     if (!wait) return 0;
     let lastLine = 0;
     for (;;) {
       const now = (await hosts.list()).find((h) => h.id === host);
-      if (!now?.record) break;
+      if (!now?.record) return await ended(host, now !== undefined, new RunnerStore(redis, config.redis.prefix), out, err);
       if (Date.now() - lastLine >= 10_000) {
         out.write(`  ${host}: ${now.record.used} runner slot(s) in use\n`);
         lastLine = Date.now();
       }
       await new Promise((r) => setTimeout(r, 1000));
     }
-    out.write(`${host} drained\n`);
-    return 0;
+  } catch (e) {
+    if (!isUnreachable(e)) throw e;
+    return unreachable(e, told ? `; ${host} was told to drain and still does: run drain again to wait for it` : "");
   } finally {
     redis.disconnect();
   }
+}
+
+/**
+ * The host's record is gone: it left, or it vanished. A drained worker removes its last runner's
+ * record, then leaves the fleet (HostPresence.stop: HostStore.forget takes it out of the host
+ * list), so a host no longer `listed` has left. A worker that stopped beating (killed, crashed,
+ * stopped with runners left running) is still listed once its record lapses, and so are its
+ * runners' records until other workers sweep them: the sweep keeps a gone host listed while any
+ * runner of it is recorded, busy ones until their job is known to be over.
+ */
+async function ended(host: string, listed: boolean, runners: RunnerStore, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
+  let recorded = 0;
+  if (listed) for (const name of await runners.listHost(host)) if (await runners.get(name)) recorded++;
+  if (recorded > 0) {
+    err.write(
+      `jitrunner drain: ${host} stopped answering with ${recorded} runner(s) still recorded; they may still be running jobs ` +
+        `(its worker stopped beating before they finished: see jitrunner status)\n`,
+    );
+    return DRAIN_EXIT_HOST_VANISHED;
+  }
+  out.write(listed ? `${host} drained (its worker stopped beating, but no runner of it is recorded)\n` : `${host} drained\n`);
+  return 0;
 }

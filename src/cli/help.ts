@@ -66,7 +66,8 @@ ${CONFIG_OPTION}
 
 Reads Redis (redis.url, redis.prefix) and prints what the status page shows: pools with their
 queue depth, hosts and runners with state and age, recent jobs and recent launch failures.
-Exits 1 when Redis cannot be reached or a part could not be read (it says which).
+Exits 1 when Redis cannot be reached or a part could not be read (it says which); each step waits
+at most 5 s for Redis.
 
 Options:
 ${CONFIG_OPTION}
@@ -76,7 +77,12 @@ ${CONFIG_OPTION}
   drain: `Usage: jitrunner drain --config FILE --host ID [--no-wait]
 
 Stops host ID taking new demand; its running jobs finish, then its worker exits. Waits until the
-host has left the fleet, with a progress line every 10 s.
+host has left the fleet, with a progress line every 10 s. Each call to Redis waits at most 5 s.
+
+Exit codes: 0 the host drained (or, with --no-wait, was told to); 1 no live host ID, or Redis
+cannot be reached or stopped answering (the host, once told, still drains); 3 the host's worker
+stopped beating (killed, crashed, stopped) with runners of it still recorded: they may still be
+running jobs, see \`jitrunner status\`.
 
 Options:
 ${CONFIG_OPTION}

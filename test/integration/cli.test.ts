@@ -1,7 +1,8 @@
 /**
  * The real `jitrunner` command, run as a process: `--help` on every command, `app-manifest`, and
  * `status` reading a real Redis that runner records, demand and activity were written to through
- * the real stores and queues.
+ * the real stores and queues, `drain` waiting on hosts written through the real HostStore, and
+ * both against a Redis that accepts connections but never answers.
  */
 import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -16,8 +17,9 @@ import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { testPrivateKey, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { freePort } from "../helpers/ports.ts";
-import { runJitrunner } from "../helpers/process.ts";
+import { runJitrunner, waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { silenceableRelay, silentServer } from "../helpers/relay.ts";
 import { queuedPayload } from "../helpers/webhooks.ts";
 
 const SECRETS = { JITRUNNER_GITHUB_PRIVATE_KEY: testPrivateKey(), JITRUNNER_GITHUB_WEBHOOK_SECRET: WEBHOOK_SECRET };
@@ -27,13 +29,21 @@ let conn: Redis;
 let dir: string;
 let configFile: string;
 
-/** Runs the CLI to its end: exit code and everything it printed. */
-async function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string }> {
+/**
+ * Runs the CLI to its end: exit code and everything it printed. A process still running after
+ * `limitMs` is killed and fails the test: a command that should give up hangs instead.
+ */
+async function run(args: string[], env: Record<string, string> = {}, limitMs = 60_000): Promise<{ code: number | null; out: string }> {
   const p = runJitrunner(args, env);
-  const code = await new Promise<number | null>((resolve) => {
-    if (p.child.exitCode !== null) resolve(p.child.exitCode);
-    else p.child.once("exit", (c) => resolve(c));
-  });
+  let timer: NodeJS.Timeout | undefined;
+  const code = await new Promise<number | null>((resolve, reject) => {
+    if (p.child.exitCode !== null) return resolve(p.child.exitCode);
+    p.child.once("exit", (c) => resolve(c));
+    timer = setTimeout(() => {
+      p.child.kill("SIGKILL");
+      reject(new Error(`jitrunner ${args[0]} still running after ${limitMs / 1000} s; it printed:\n${p.output()}`));
+    }, limitMs);
+  }).finally(() => clearTimeout(timer));
   // Let the last chunks of output arrive.
   await new Promise((r) => setImmediate(r));
   return { code, out: p.output() };
@@ -157,4 +167,104 @@ test("status fails fast, exit 1, when Redis does not answer", async () => {
   assert.equal(r.code, 1, r.out);
   assert.match(r.out, /cannot reach Redis/);
   assert.ok(Date.now() - started < 15_000);
+});
+
+test("status exits 1 when Redis accepts the connection but never answers, without printing the URL's password", async () => {
+  const silent = await silentServer();
+  try {
+    const password = "hung-redis-pass-Q7w";
+    const file = join(dir, "silent-status.yml");
+    await writeFile(file, configText(`redis://:${password}@127.0.0.1:${silent.port}`, "x"));
+    // The limit is generous: it catches a hang, not slowness.
+    const r = await run(["status", "--config", file], SECRETS, 20_000);
+    assert.equal(r.code, 1, r.out);
+    assert.match(r.out, /^jitrunner status: cannot reach Redis \(redis\.url\): .*did not answer within \d+ s$/m);
+    assert.ok(!r.out.includes(password), r.out);
+  } finally {
+    await silent.close();
+  }
+});
+
+test("drain exits 1 when Redis accepts the connection but never answers", async () => {
+  const silent = await silentServer();
+  try {
+    const password = "hung-redis-pass-D3x";
+    const file = join(dir, "silent-drain.yml");
+    await writeFile(file, configText(`redis://:${password}@127.0.0.1:${silent.port}`, "x"));
+    for (const args of [["--host", "dockerhost-1"], ["--host", "dockerhost-1", "--no-wait"]]) {
+      const r = await run(["drain", "--config", file, ...args], SECRETS, 20_000);
+      assert.equal(r.code, 1, r.out);
+      assert.match(r.out, /^jitrunner drain: cannot reach Redis \(redis\.url\): .*did not answer within \d+ s$/m);
+      assert.ok(!r.out.includes(password), r.out);
+    }
+  } finally {
+    await silent.close();
+  }
+});
+
+test("drain, waiting for a host, exits 1 when Redis stops answering during the wait; the host stays draining", async () => {
+  const relay = await silenceableRelay(new URL(redis.url));
+  const file = join(dir, "relay.yml");
+  await writeFile(file, configText(`redis://127.0.0.1:${relay.port}`, redis.prefix));
+  const hosts = new HostStore(conn, redis.prefix);
+  await hosts.heartbeat({ id: "relayhost", capacity: 2, used: 1, pools: ["default"] }, 60_000);
+  const p = runJitrunner(["drain", "--config", file, "--host", "relayhost"], SECRETS);
+  try {
+    await waitFor(() => p.output().includes("draining relayhost"), 20_000, "drain to tell the host");
+    relay.silence();
+    const code = await Promise.race([
+      new Promise<number | null>((resolve) => (p.child.exitCode !== null ? resolve(p.child.exitCode) : p.child.once("exit", resolve))),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`drain still waiting 20 s after Redis went silent:\n${p.output()}`)), 20_000).unref()),
+    ]);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(code, 1, p.output());
+    assert.match(p.output(), /^jitrunner drain: cannot reach Redis \(redis\.url\): .*did not answer within \d+ s.*relayhost/m);
+    assert.equal(await hosts.draining("relayhost"), true);
+  } finally {
+    await p.stop();
+    await relay.close();
+    await hosts.forget("relayhost");
+  }
+});
+
+test("drain waiting for a host that stops answering with a busy runner still recorded exits 3 and says so", async () => {
+  const hosts = new HostStore(conn, redis.prefix);
+  const runners = new RunnerStore(conn, redis.prefix);
+  // Host A's worker beats no more (killed): its record lapses after its expiry, its busy runner stays recorded.
+  await hosts.heartbeat({ id: "host-a", capacity: 2, used: 1, pools: ["default"] }, 3000);
+  await runners.put({ name: "jitrunner-default-cccc000003", pool: "default", host: "host-a", state: "busy", installationId: 1, owner: "acme", repo: "app", demandId: "3-1", createdAt: Date.now() });
+  try {
+    const r = await run(["drain", "--config", configFile, "--host", "host-a"], SECRETS, 30_000);
+    assert.equal(r.code, 3, r.out);
+    assert.match(r.out, /^draining host-a: /m);
+    assert.match(r.out, /^jitrunner drain: host-a stopped answering with 1 runner\(s\) still recorded; they may still be running jobs/m);
+    assert.doesNotMatch(r.out, /host-a drained/);
+  } finally {
+    await runners.remove({ name: "jitrunner-default-cccc000003", host: "host-a", demandId: "3-1" }, true);
+    await hosts.forget("host-a");
+  }
+});
+
+test("drain waiting for a host that finishes its jobs and leaves exits 0: drained", async () => {
+  const hosts = new HostStore(conn, redis.prefix);
+  const runners = new RunnerStore(conn, redis.prefix);
+  const runner = { name: "jitrunner-default-dddd000004", pool: "default", host: "host-b", state: "busy" as const, installationId: 1, owner: "acme", repo: "app", demandId: "4-1", createdAt: Date.now() };
+  await hosts.heartbeat({ id: "host-b", capacity: 2, used: 1, pools: ["default"] }, 60_000);
+  await runners.put(runner);
+  const p = runJitrunner(["drain", "--config", configFile, "--host", "host-b"], SECRETS);
+  try {
+    await waitFor(() => p.output().includes("draining host-b"), 20_000, "drain to tell the host");
+    // What a drained worker does at its end: its last runner removed, then it leaves the fleet (HostPresence.stop).
+    await runners.remove(runner, true);
+    await hosts.forget("host-b");
+    const code = await Promise.race([
+      new Promise<number | null>((resolve) => (p.child.exitCode !== null ? resolve(p.child.exitCode) : p.child.once("exit", resolve))),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`drain still waiting 20 s after the host left:\n${p.output()}`)), 20_000).unref()),
+    ]);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(code, 0, p.output());
+    assert.match(p.output(), /^host-b drained$/m);
+  } finally {
+    await p.stop();
+  }
 });

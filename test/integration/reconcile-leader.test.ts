@@ -6,7 +6,6 @@
  */
 import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { createServer, connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -19,6 +18,7 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { freePort } from "../helpers/ports.ts";
 import { runJitrunner, waitFor, type JitrunnerProcess } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { silenceableRelay } from "../helpers/relay.ts";
 import { fakeRunnerPool, removeContainersOf, uniqueHost } from "../helpers/system.ts";
 
 const LOCK_MS = 3000;
@@ -144,38 +144,6 @@ test("one leader among worker processes; SIGKILL: taken over after the lock expi
   }
 });
 
-/**
- * A TCP relay to Redis that can go silent: from `cut()` on, it passes nothing either way and
- * keeps the connections open (a half-open connection, a stalled network path), so that only the
- * processes behind it lose Redis.
- */
-async function silenceableRelay(target: URL): Promise<{ url: string; cut(): void; close(): Promise<void> }> {
-  let silent = false;
-  const sockets = new Set<Socket>();
-  const server = createServer((client) => {
-    const upstream = connect(Number(target.port), target.hostname);
-    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
-      sockets.add(from);
-      from.on("data", (chunk) => silent || to.write(chunk));
-      from.on("error", () => undefined);
-      from.on("close", () => to.destroy());
-    }
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  const url = new URL(target);
-  url.hostname = "127.0.0.1";
-  url.port = String(port);
-  return {
-    url: url.toString(),
-    cut: () => void (silent = true),
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
-
 test("a leader cut off from Redis ends its term before another process can take the lock", async () => {
   const relay = await silenceableRelay(new URL(redis.url));
   const prefix = `${redis.prefix}:cutoff`;
@@ -194,7 +162,7 @@ test("a leader cut off from Redis ends its term before another process can take 
     let bLeads: number | undefined;
     b.onChange((leading) => leading && (bLeads ??= Date.now()));
 
-    relay.cut();
+    relay.silence();
     const cutAt = Date.now();
     await waitFor(() => bLeads !== undefined, LOCK_MS * 3, "the other process leads");
     // The lock was renewed at most a third of the expiry before the cut: it cannot lapse sooner.
