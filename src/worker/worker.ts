@@ -120,6 +120,12 @@ export class RunnerWorker {
    * host loop removes it once its container has stopped. Its pool, by runner name.
    */
   readonly #leftRunning = new Map<string, string>();
+  /**
+   * Runners of a demand adopted from the process before this one (restarted mid-job): each holds
+   * a slot, and its demand's place under the pool limit, until it ends, as its launch did; or
+   * until a lease of its demand taken here holds them instead (#alreadyServed). By runner name.
+   */
+  readonly #adopted = new Map<string, { pool: PoolConfig; demandId: string }>();
   #stopping = false;
   #reconcileTimer: { stop(): void } | undefined;
   #lastError: string | undefined;
@@ -266,6 +272,9 @@ export class RunnerWorker {
       const max = this.#pools.get(lease.demand.pool)?.maxRunners;
       if (max) await this.#d.limits.acquire(lease.demand.pool, lease.id, max);
     }
+    for (const { pool, demandId } of this.#adopted.values()) {
+      if (pool.maxRunners && demandId) await this.#d.limits.acquire(pool.name, demandId, pool.maxRunners);
+    }
     for (const spare of this.#spares.values()) {
       const { pool, holder } = spare;
       if (spare.warm && !(await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle))) {
@@ -391,6 +400,8 @@ export class RunnerWorker {
       }
     }
     log.info({ runner: existing.name, runnerHost: record?.host }, "demand already has a runner");
+    // Adopted here: this lease's slot and place (its demand's, as the runner's) count for it now.
+    this.#releaseAdopted(existing.name, true);
     if (record && !hostGone) await this.#waitGone(existing.name);
     // Gone without serving the demand (a launch cut short by a crash, a runner that took no job):
     // its teardown released the claim, and the demand needs a runner still.
@@ -760,12 +771,16 @@ export class RunnerWorker {
         await this.#readoptSpare(pool, tracked, log.child({ pool: pool.name, warm: true }));
         return;
       }
+      this.#holdAdopted(pool, tracked.record);
       log.info({ runner: name }, "adopted running runner");
       void launcher
         .watch(tracked, pool, log, this.#shutdown.signal)
         .then((reason) => (reason === "shutdown" ? undefined : launcher.teardown(tracked.record, reason, log)))
         .catch(() => undefined)
-        .finally(() => this.#checkDrained());
+        .finally(() => {
+          this.#releaseAdopted(name, false);
+          this.#checkDrained();
+        });
       return;
     }
     const stub: RunnerRecord = record ?? {
@@ -809,6 +824,26 @@ export class RunnerWorker {
     this.#slots.take();
     const why = served ? "worker stopping" : "pool not served by this worker";
     log.info({ runner: record.name, pool: record.pool, why }, "runner running a job left running until it exits; removed then");
+  }
+
+  /**
+   * An adopted runner of a demand takes a slot, even over capacity (it runs regardless), and its
+   * demand's place under the pool limit; unless a lease of that demand served here holds them.
+   */
+  #holdAdopted(pool: PoolConfig, record: RunnerRecord): void {
+    if (record.demandId && [...this.#serving.values()].some((lease) => lease.id === record.demandId)) return;
+    this.#adopted.set(record.name, { pool, demandId: record.demandId });
+    this.#slots.take();
+    if (pool.maxRunners && record.demandId) void this.#d.limits.acquire(pool.name, record.demandId, pool.maxRunners).catch(() => false);
+  }
+
+  /** An adopted runner's slot is free again; its place too, unless a lease of its demand keeps it. */
+  #releaseAdopted(name: string, leaseKeepsPlace: boolean): void {
+    const held = this.#adopted.get(name);
+    if (!held) return;
+    this.#adopted.delete(name);
+    this.#slots.release();
+    if (held.pool.maxRunners && held.demandId && !leaseKeepsPlace) void this.#d.limits.release(held.pool.name, held.demandId).catch(() => undefined);
   }
 
   /** A runner left running is gone, or on its way: its slot is free again. */

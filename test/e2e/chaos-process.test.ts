@@ -129,11 +129,19 @@ interface Killable {
 }
 
 /** `jitrunner worker` as a child process, from a config file like an operator's; `env` may arm a failpoint. */
-function workerProcess(fake: FakeGitHub, r: TestRedis, hostId: string, pools: unknown[], docker: Record<string, unknown>, env: Record<string, string> = {}): Killable {
+function workerProcess(
+  fake: FakeGitHub,
+  r: TestRedis,
+  hostId: string,
+  pools: unknown[],
+  docker: Record<string, unknown>,
+  env: Record<string, string> = {},
+  worker: Record<string, unknown> = {},
+): Killable {
   const file = writeOperatorConfig(fake, {
     redis: { url: r.url, prefix: r.prefix },
     server: { host: "127.0.0.1", port: 0 },
-    worker: { ...WORKER, hostId, docker },
+    worker: { ...WORKER, ...worker, hostId, docker },
     reconcile: RECONCILE,
     logLevel: "debug",
     pools,
@@ -163,8 +171,15 @@ async function closeAll(a: Killable, workers: SystemUnderTest[], server: SystemU
 }
 
 /** An in-process worker (the real composition root) on `hostId`. */
-function inProcessWorker(fake: FakeGitHub, r: TestRedis, hostId: string, pools: unknown[], docker: Record<string, unknown> = {}): Promise<SystemUnderTest> {
-  return startSystem("worker", fake, r, hostId, { pools: pools as never, worker: { ...WORKER, hostId, docker }, reconcile: RECONCILE });
+function inProcessWorker(
+  fake: FakeGitHub,
+  r: TestRedis,
+  hostId: string,
+  pools: unknown[],
+  docker: Record<string, unknown> = {},
+  worker: Record<string, unknown> = {},
+): Promise<SystemUnderTest> {
+  return startSystem("worker", fake, r, hostId, { pools: pools as never, worker: { ...WORKER, ...worker, hostId, docker }, reconcile: RECONCILE });
 }
 
 /**
@@ -328,6 +343,48 @@ for (const [point, takeover] of LAUNCH_CASES) {
     }
   });
 }
+
+test("a worker restarted with a runner mid-job counts the runner it adopts in its capacity: with one slot, the next job's runner starts only once it has exited", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "adopted-slot");
+  const pools = [jobPool(fake, 15)];
+  const server = await startSystem("server", fake, r, uniqueHost("chaos-proc-srv"), { pools });
+  const host = uniqueHost("chaos-proc-adopt");
+  hosts.push(host);
+  const volumes = watchVolumes([host]);
+  const killed = workerProcess(fake, r, host, pools, {}, {}, { capacity: 1 });
+  const workers: SystemUnderTest[] = [];
+  let watching = true;
+  let mostRunning = 0;
+  const watch = (async () => {
+    while (watching) {
+      mostRunning = Math.max(mostRunning, (await containersOf(host)).filter((c) => c.State === "running").length);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  })();
+  try {
+    const first = await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS });
+    await waitFor(() => fake.jobs().find((j) => j.id === first.id)?.status === "in_progress", 60_000, "the first job running");
+    killed.proc.child.kill("SIGKILL");
+    await killed.exit;
+    const second = await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS });
+    workers.push(await inProcessWorker(fake, r, host, pools, {}, { capacity: 1 }));
+    await waitFor(() => jobsDone(fake, [first.id, second.id]), TAKEOVER_MS, "both jobs completed");
+    const [one, two] = [first.id, second.id].map((id) => fake.jobs().find((j) => j.id === id)!);
+    assert.ok(Date.parse(two!.started_at!) >= Date.parse(one!.completed_at!), "the second job started only after the first (adopted) one ended");
+    assert.match(workers[0]!.logs(), /adopted running runner/);
+    watching = false;
+    await watch;
+    assert.equal(mostRunning, 1, "never more runner containers running than the one slot");
+    await demandSettled(r);
+    await assertNothingLeft({ hostIds: [host], fake, redis: r, pools: ["default"], volumes });
+  } finally {
+    watching = false;
+    await watch;
+    await volumes.stop();
+    await closeAll(killed, workers, server, fake);
+  }
+});
 
 test("a worker SIGKILLed mid-burst on one of two hosts: the other takes the queued demand, the dead host is swept, its restarted worker removes its runners", async (t) => {
   const [engA, engB] = engines as [TestEngine, TestEngine];
