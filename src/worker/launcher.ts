@@ -47,6 +47,13 @@ export function targetOf(demand: Demand): LaunchTarget {
 }
 
 const IDLE_RECHECK_MS = 2000;
+/**
+ * How often a watch reads its runner's record again until the runner is known completed: one
+ * HGETALL per watched runner per period (1,000 runners on one Redis: 100 a second). A `completed`
+ * published while the worker's subscriber was disconnected is lost, and its hung container is then
+ * removed at most this much later than the grace after `completed` would have.
+ */
+const RECORD_RECHECK_MS = 10_000;
 /** Reasons a watch ends for only after GitHub deleted the registration (no job ran on it). */
 const DEREGISTERED_BY_WATCH = new Set(["idle_timeout", "start_timeout"]);
 /** Removals of a launch undone before its runner could take a job: its demand was not served. */
@@ -212,12 +219,14 @@ export class Launcher {
     return new Promise((resolve) => {
       const ac = new AbortController();
       const timers: NodeJS.Timeout[] = [];
+      let recheck: NodeJS.Timeout | undefined;
       let finished = false;
       const onShutdown = () => finish("shutdown");
       const finish = (reason: string) => {
         if (finished) return;
         finished = true;
         timers.forEach(clearTimeout);
+        clearTimeout(recheck);
         off();
         shutdown?.removeEventListener("abort", onShutdown);
         ac.abort();
@@ -230,12 +239,25 @@ export class Launcher {
           timers.push(setTimeout(() => finish("completed_grace_expired"), d.completedGraceSeconds * 1000));
         }
       };
-      const off = d.events.on(name, onState);
+      // The record says what the events say, and what they could not: a webhook that arrived
+      // before we listened, or one published while the subscriber was disconnected (a Redis restart
+      // or failover, a dropped connection; pub/sub keeps nothing for it). It is read now, every
+      // RECORD_RECHECK_MS until the runner is known completed, and as soon as the subscriber is back.
+      const readRecord = () => {
+        clearTimeout(recheck);
+        recheck = undefined;
+        void d.runners
+          .get(name)
+          .then((r) => r && (r.state === "busy" || r.state === "completed") && onState(r.state), () => undefined)
+          .finally(() => {
+            if (!finished && tracked.state !== "completed" && !recheck) recheck = setTimeout(readRecord, RECORD_RECHECK_MS);
+          });
+      };
+      const off = d.events.on(name, onState, readRecord);
       // Shutdown stops the watching, not the runner: a restarted worker adopts it.
       if (shutdown?.aborted) return finish("shutdown");
       shutdown?.addEventListener("abort", onShutdown, { once: true });
-      // A webhook may have arrived before we listened.
-      d.runners.get(name).then((r) => r && (r.state === "busy" || r.state === "completed") && onState(r.state), () => undefined);
+      readRecord();
       if (!containerId) return finish("no_container");
       d.driver.wait(containerId, ac.signal).then(
         () => finish("exited"),
