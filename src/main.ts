@@ -211,10 +211,19 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       await http?.queues.close();
       await reconcilerQueues?.close();
       await events?.close();
-      await Promise.allSettled(connections.map((c) => c.quit()));
+      // A quit waits for the commands before it: with Redis away, for ever. Past QUIT_WAIT_MS, cut.
+      await Promise.allSettled(
+        connections.map(async (c) => {
+          if (c.status === "ready") await within(c.quit(), QUIT_WAIT_MS, "").catch(() => c.disconnect());
+          else c.disconnect();
+        }),
+      );
     })());
   return { app, url, close, drained: worker?.drained ?? new Promise<void>(() => undefined) };
 }
+
+/** How long a stopping process lets a Redis connection send what it holds before it cuts it. */
+const QUIT_WAIT_MS = 3_000;
 
 /** How long a server's start waits for its Redis connections before it listens regardless. */
 const STARTUP_REDIS_WAIT_MS = 5_000;

@@ -367,7 +367,9 @@ export class DemandConsumer {
     const worker = this.#worker;
     if (!worker) return;
     await Promise.race([worker.waitUntilReady().catch(() => undefined), sleep(CLOSE_WAIT_READY_MS, undefined, { ref: false })]);
-    await worker.close();
+    // Forced: no job of ours runs inside BullMQ (leases are taken by hand), and a quit would wait
+    // for a Redis that does not answer; its blocking connection is cut instead.
+    await worker.close(true);
   }
 }
 

@@ -20,6 +20,9 @@ export interface PresenceDeps {
   onBeat: () => Promise<void>;
 }
 
+/** How long a stopping worker waits for Redis to take its last words (see stop). */
+const STOP_REDIS_MS = 5_000;
+
 /**
  * A worker's presence in the fleet: its hold on its host (one worker process per host id), a
  * heartbeat record with an expiry (other hosts take over when it lapses), its engine's health (no
@@ -165,8 +168,13 @@ export class HostPresence {
   async stop(leave: boolean): Promise<void> {
     this.#stopped = true;
     this.#timer?.stop();
-    await this.#d.hosts.instanceGone(this.#d.instance, this.#d.host).catch(() => undefined);
-    // A host another process has taken is that process's to leave.
-    if (leave && !this.#hostProblem) await this.#d.hosts.forget(this.#d.host).catch(() => undefined);
+    // Bounded: with Redis away the commands would wait for it, and the stop with them. What they
+    // would have said, Redis learns anyway once this host's hold and beat expire.
+    const said = (async () => {
+      await this.#d.hosts.instanceGone(this.#d.instance, this.#d.host);
+      // A host another process has taken is that process's to leave.
+      if (leave && !this.#hostProblem) await this.#d.hosts.forget(this.#d.host);
+    })();
+    await within(said, STOP_REDIS_MS, "").catch(() => undefined);
   }
 }

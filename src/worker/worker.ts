@@ -214,12 +214,13 @@ export class RunnerWorker {
       }
       let lease: Lease | undefined;
       try {
-        lease = this.#stopping || !this.#presence.open ? undefined : await source.next();
+        lease = this.#stopping || !this.#presence.open ? undefined : await this.#next(source);
         failures = 0;
       } catch (err) {
         failures++;
         this.#noteError(`taking demand for pool ${pool} failed: ${errorMessage(err)}`, failures === 1);
-        await sleep(Math.min(30_000, 500 * 2 ** failures));
+        // Cut short by a stop: with Redis away, the backoff reaches 30 s.
+        await this.#pause(Math.min(30_000, 500 * 2 ** failures));
       }
       if (!lease) continue;
       if (!this.#presence.open) {
@@ -250,6 +251,28 @@ export class RunnerWorker {
         this.#checkDrained();
       });
       this.#serving.set(serving, held);
+    }
+  }
+
+  /**
+   * The source's next lease, or undefined once the worker stops: a wait for demand on a Redis
+   * that is away lasts until it is back, and must not hold the stop up. A lease that comes after
+   * the stop goes back at once, unspent.
+   */
+  async #next(source: DemandSource): Promise<Lease | undefined> {
+    const taking = source.next();
+    const signal = this.#shutdown.signal;
+    let onStop!: () => void;
+    const stopped = new Promise<undefined>((resolve) => (onStop = () => resolve(undefined)));
+    signal.addEventListener("abort", onStop, { once: true });
+    try {
+      const lease = await Promise.race([taking, stopped]);
+      if (!signal.aborted) return lease;
+      // Stopped: the lease, taken already or still to come, goes back.
+      void taking.then((late) => late?.release(), () => undefined).catch(() => undefined);
+      return undefined;
+    } finally {
+      signal.removeEventListener("abort", onStop);
     }
   }
 
