@@ -283,6 +283,13 @@ export class Launcher {
         if (finished || tracked.state === "busy" || tracked.state === "completed" || !tracked.record.runnerId) return;
         const registered = await d.github.getRunner(scopeOf(tracked.record), tracked.record.runnerId).catch(() => "error" as const);
         if (finished || registered === "error" || registered?.status === "online") return;
+        if (registered === undefined) {
+          // GitHub no longer knows it: a JIT registration goes with its one job (an unused one stays
+          // a day), so it ran a job and the webhooks saying so were lost. It ends as after `completed`.
+          log.warn(runnerField(log, name), "runner's registration gone at the start timeout: it ran a job; removing it after the completed grace");
+          onState("completed");
+          return;
+        }
         log.warn({ ...runnerField(log, name), startTimeoutSeconds: pool.startTimeoutSeconds }, "runner never came online; removing it");
         const result = await this.#deregister(tracked.record, log);
         if (result === "busy") tracked.state = "busy";

@@ -89,10 +89,18 @@ test("a job cancelled before its runner could take it: the spare runner is reape
  * A system whose runners do their job (`jobSeconds` long) and report it, then hang: the container
  * never exits by itself. The leader's runner list runs every 2 s.
  */
-function startWithHangingRunner(fake: FakeGitHub, r: TestRedis, host: string, jobSeconds: number, reconcile: { orphanGraceSeconds: number; deliveriesIntervalSeconds: number }) {
+function startWithHangingRunner(
+  fake: FakeGitHub,
+  r: TestRedis,
+  host: string,
+  jobSeconds: number,
+  reconcile: { orphanGraceSeconds: number; deliveriesIntervalSeconds: number },
+  startTimeoutSeconds = 300,
+) {
   const script = join(dirname(fake.socketPath), "hang-after-job.sh");
   writeFileSync(script, "/home/runner/run.sh\nsleep 3600\n", { mode: 0o755 });
   const pool = fakeRunnerPool(fake, {
+    startTimeoutSeconds,
     env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds), RUNNER_CMD: "sh /fake-github/hang-after-job.sh" },
   });
   return startSystem("all", fake, r, host, {
@@ -171,6 +179,35 @@ test("a runner that hangs after its job, its completed webhook lost for good: ma
     assert.equal(fake.runners().length, 0, "no registration left");
     assert.equal(callsTo(fake, JIT), 1, "one runner for one job");
     assert.match(sys.logs(), /runner recorded busy is no longer registered at GitHub/);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
+test("a runner that hangs after its job, both its in_progress and completed webhooks lost: GitHub no longer knows it at the start timeout, so it ran a job: removed after the grace, no second runner", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("hung-unseen");
+  const r = scopedRedis(redis, "hung-unseen");
+  hosts.push(host);
+  // No redelivery, and the record never says busy: only the start timeout's look at GitHub can tell.
+  const sys = await startWithHangingRunner(fake, r, host, 4, { orphanGraceSeconds: 3, deliveriesIntervalSeconds: 3600 }, 15);
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "queued" && d.status === 202), 30_000, "queued delivered");
+    fake.setWebhookUrl("http://127.0.0.1:9/lost"); // in_progress and completed go nowhere
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id)?.status === "completed", 60_000, "the job completed");
+    assert.equal((await containersOf(host))[0]?.State, "running", "the runner hangs after its job");
+    assert.ok(!fake.deliveries.some((d) => d.jobId === job.id && d.action !== "queued" && d.status === 202), "no in_progress or completed reached the server");
+
+    await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "hung container removed");
+    const done = await demandIn(r, `${job.id}-1`, "completed", 30_000);
+    assert.equal(done.result, "completed_grace_expired", "ended as after a completed webhook");
+    assert.equal(callsTo(fake, JIT), 1, "one runner for one job: the demand counts as served");
+    assert.equal(fake.runners().length, 0, "no registration left");
+    assert.match(sys.logs(), /registration gone at the start timeout: it ran a job/);
+    const metrics = await (await fetch(`${sys.url}/metrics`)).text();
+    assert.doesNotMatch(metrics, /jitrunner_launch_failures_total\{pool="default",reason="E_RUNNER_NEVER_ONLINE"\}/);
   } finally {
     await sys.close();
     await fake.close();
