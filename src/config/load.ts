@@ -1,3 +1,4 @@
+import { createPrivateKey } from "node:crypto";
 import { hostname } from "node:os";
 import { parse as parseYaml } from "yaml";
 import { ConfigError } from "../errors.ts";
@@ -77,8 +78,11 @@ export function loadConfig({ text, env, readFile, githubSecrets = true }: LoadSo
   const srv = (raw as Record<string, any>).server ?? {};
   const adminToken = optionalToken("server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN", srv.adminTokenFile, env, readFile, problems);
   const metricsToken = optionalToken("server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN", srv.metricsTokenFile, env, readFile, problems);
-  if (privateKey && privateKey.reveal() && !privateKey.reveal().includes("PRIVATE KEY-----")) {
-    problems.push("privateKey: not a PEM private key (expected '-----BEGIN ... PRIVATE KEY-----')");
+  if (privateKey && privateKey.reveal() && !readablePrivateKey(privateKey.reveal())) {
+    problems.push(
+      "privateKey: not a PEM private key that can be read (expected '-----BEGIN ... PRIVATE KEY-----' with its lines intact; " +
+        "in an environment variable, its line breaks written as \\n)",
+    );
   }
 
   if (parsed.success) problems.push(...crossCheck(parsed.data));
@@ -176,6 +180,19 @@ function optionalToken(
     return undefined;
   }
   return new Secret(value);
+}
+
+/**
+ * Whether `pem` is a private key Node can read: one whose line breaks an environment file ate
+ * (systemd turns an unquoted \n into n) still looks like a PEM, and would fail only at start.
+ */
+function readablePrivateKey(pem: string): boolean {
+  try {
+    createPrivateKey(pem);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Secrets from files often end in a newline; PEMs passed through env often carry literal \n. */

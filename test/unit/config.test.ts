@@ -99,6 +99,20 @@ test("a secret from the environment that is only white space is refused, as an e
   }
 });
 
+test("a private key whose line breaks were lost on the way (an unquoted \\n in a systemd environment file) is refused at load, without the key in the message", () => {
+  const mangled = KEY.trim().replace(/\n/g, "n");
+  assert.ok(mangled.includes("PRIVATE KEY-----"), "it still looks like a PEM");
+  let err: unknown;
+  try {
+    loadConfig({ text: minimal, env: { ...env, JITRUNNER_GITHUB_PRIVATE_KEY: mangled }, readFile: noFiles });
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err instanceof ConfigError, String(err));
+  assert.match(err.message, /privateKey: not a PEM private key that can be read/);
+  assert.ok(!err.message.includes(KEY.split("\n")[1]!), "no key material in the message");
+});
+
 test("duplicate pools and unknown worker pools are cross-checked; YAML errors are clear", () => {
   const dup = `${minimal}  - name: default\n    labels: [x]\n    image: y\n`;
   assert.throws(() => loadConfig({ text: dup, env, readFile: noFiles }), /duplicate pool name 'default'/);

@@ -16,6 +16,7 @@ import { parseAllDocuments } from "yaml";
 import { loadConfig } from "../../src/config/load.ts";
 import { buildApp } from "../../src/http/app.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
+import { testPrivateKey } from "../helpers/config.ts";
 import { dockerfileNodeImage } from "../helpers/local-images.ts";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -191,7 +192,7 @@ test("the Deployment's probes hit routes the real app serves, on the port it lis
   const config = loadConfig({
     text: configMap.data["jitrunner.yml"],
     env: { JITRUNNER_REDIS_URL: "redis://redis.internal:6379" },
-    readFile: (p) => (p.endsWith("github-app-key") ? "-----BEGIN RSA PRIVATE KEY-----\nx\n-----END RSA PRIVATE KEY-----" : "secret"),
+    readFile: (p) => (p.endsWith("github-app-key") ? testPrivateKey() : "secret"),
   });
   for (const probe of [c.readinessProbe, c.livenessProbe]) assert.equal(port(probe.httpGet.port), config.server.port);
   // The secrets the config reads are the files the Secret volume provides.
