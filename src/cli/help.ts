@@ -94,8 +94,8 @@ ${CONFIG_OPTION}
 
 Prints the GitHub App manifest for GitHub's manifest flow: webhook BASE/webhooks/github, the
 workflow_job event, and exactly the permissions jitrunner needs (Administration: write,
-Actions: read, organization Self-hosted runners: write). Needs no config. README.md, "Create the
-GitHub App from a manifest", shows how to use it.
+Actions: read, organization Self-hosted runners: write). Needs no config. README.md, "Or from a
+manifest" (under "Create the GitHub App"), shows how to use it.
 
 Options:
       --url BASE          where GitHub reaches jitrunner (default: https://YOUR-HOST)

@@ -121,7 +121,7 @@ function writeProjectDir(redisPort: number, jitrunnerPort: number, images: { nod
         build: { network: "none", args: { NODE_IMAGE: images.node, NPM_OFFLINE: "true" }, labels: { [INPUTS_LABEL]: hashes.control } },
         image: CONTROL_IMAGE,
         network_mode: "host",
-        environment: { JITRUNNER_REDIS_URL: redisUrl },
+        environment: { JITRUNNER_REDIS_URL: redisUrl, JITRUNNER_HOST_ID: hostId },
       },
       "runner-image": {
         build: { network: "none", args: { BASE_IMAGE: images.runnerBase, INSTALL_DOCKER: "false" }, labels: { [INPUTS_LABEL]: hashes.runner } },

@@ -140,6 +140,15 @@ test(
   },
 );
 
+test("docker-compose.yml gives its worker a host id that survives a re-create, not the container's hostname", () => {
+  const [doc] = parseYamlFile("docker-compose.yml");
+  const svc = (doc!.services as Obj).jitrunner;
+  assert.equal(svc.command[0], "all");
+  // A fixed default: a re-created container gets a new hostname, and its runners would be left.
+  assert.match(String(svc.environment.JITRUNNER_HOST_ID), /^\$\{JITRUNNER_HOST_ID:-[A-Za-z0-9][A-Za-z0-9_.-]*\}$/);
+  assert.equal(svc.hostname, undefined, "one way to name the host");
+});
+
 test("deploy/compose.worker.yml runs a worker against the central Redis with this host's engine", () => {
   const [doc] = parseYamlFile("deploy/compose.worker.yml");
   const services = Object.entries(doc!.services as Obj);
