@@ -91,21 +91,29 @@ export class DockerodeDriver implements RunnerDriver {
     const stop = () => done.abort();
     signal.addEventListener("abort", stop, { once: true });
     try {
-      return await Promise.race([this.#waitOnce(container, done.signal), this.#pollStopped(container, done.signal)]);
+      return await Promise.race([this.#engineWait(container, done.signal), this.#pollStopped(container, done.signal)]);
     } finally {
       done.abort();
       signal.removeEventListener("abort", stop);
     }
   }
 
-  async #waitOnce(container: Docker.Container, signal: AbortSignal): Promise<{ exitCode: number | null }> {
-    try {
-      const result = await container.wait({ abortSignal: signal });
-      return { exitCode: typeof result?.StatusCode === "number" ? result.StatusCode : null };
-    } catch (err) {
-      if (signal.aborted) return { exitCode: null };
-      if (statusOf(err) === 404) return { exitCode: null };
-      throw new DockerError(`wait for container failed: ${errorMessage(err)}`, { cause: err });
+  /**
+   * The engine's wait, opened again whenever it fails short of saying the container is gone: a
+   * broken wait (an SSH or TCP link that dropped, a proxy's idle timeout, an engine restarted with
+   * live-restore) says nothing of the container, which may be running its job still. A container
+   * that stopped meanwhile is seen by #pollStopped.
+   */
+  async #engineWait(container: Docker.Container, signal: AbortSignal): Promise<{ exitCode: number | null }> {
+    for (let failures = 0; ; failures++) {
+      try {
+        const result = await container.wait({ abortSignal: signal });
+        return { exitCode: typeof result?.StatusCode === "number" ? result.StatusCode : null };
+      } catch (err) {
+        if (signal.aborted || statusOf(err) === 404) return { exitCode: null };
+      }
+      const backoff = Math.min(WAIT_POLL_MS, 500 * 2 ** failures);
+      if (!(await sleep(backoff, true, { signal }).catch(() => false))) return { exitCode: null };
     }
   }
 

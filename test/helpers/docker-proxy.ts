@@ -3,7 +3,8 @@
  * through unchanged (streams too: events, waits) and counting container starts in flight, so a
  * test sees what the engine was asked at once. It can also refuse to remove chosen containers, as
  * an engine does that cannot unmount what a Docker-in-Docker container left mounted, and leave
- * chosen requests unanswered, as an engine does that hangs or whose connection silently dropped.
+ * chosen requests unanswered, as an engine does that hangs or whose connection silently dropped,
+ * and cut the connections of open container waits, as a dropped SSH or TCP link does.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -16,6 +17,7 @@ const REMOVE = /^\/(v[\d.]+\/)?containers\/([^/?]+)(\?|$)/;
 export const LIST_CONTAINERS = /^\/(v[\d.]+\/)?containers\/json(\?|$)/;
 /** `POST` this: a container create. */
 export const CREATE_CONTAINER = /^\/(v[\d.]+\/)?containers\/create(\?|$)/;
+const WAIT = /^\/(v[\d.]+\/)?containers\/[^/]+\/wait(\?|$)/;
 /** `GET` this: a ping. */
 export const PING = /^\/(v[\d.]+\/)?_ping(\?|$)/;
 
@@ -56,6 +58,8 @@ export interface DockerProxy {
    * never sees them) until the hang is released.
    */
   hang(method: string, path: RegExp): Hang;
+  /** Cuts the connection of every container wait open now (the engine's side stays); how many. */
+  cutWaits(): number;
   close(): Promise<void>;
 }
 
@@ -65,6 +69,7 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
   const counts = { inFlight: 0, max: 0, starts: 0 };
   const refuseRemoval = new Set<string>();
   const hangs = new Set<Held>();
+  const waits = new Set<IncomingMessage>();
   const server: Server = createServer((req, res) => {
     const hang = [...hangs].find((h) => h.method === req.method && h.path.test(req.url ?? ""));
     if (hang) {
@@ -81,6 +86,10 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
       res.writeHead(500, { "content-type": "application/json" });
       res.end(JSON.stringify({ message }));
       return;
+    }
+    if (req.method === "POST" && WAIT.test(req.url ?? "")) {
+      waits.add(req);
+      req.socket.once("close", () => waits.delete(req));
     }
     const isStart = req.method === "POST" && START.test(req.url ?? "");
     let open = isStart;
@@ -133,6 +142,11 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
           for (const r of h.requests.splice(0)) if (stillWaiting(r)) forward(r.req, r.res);
         },
       };
+    },
+    cutWaits: () => {
+      const open = [...waits];
+      for (const req of open) req.socket.destroy();
+      return open.length;
     },
     close: async () => {
       server.closeAllConnections();

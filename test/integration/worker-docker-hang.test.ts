@@ -15,7 +15,21 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { CREATE_CONTAINER, LIST_CONTAINERS, PING, startDockerProxy } from "../helpers/docker-proxy.ts";
 import { waitFor } from "../helpers/process.ts";
-import { containersOf, docker, hostPasses, ourContainer, RUNNER_IMAGE, scopedRedis, startSystem, type SystemUnderTest, uniqueHost, workersForFile } from "../helpers/system.ts";
+import {
+  callsTo,
+  containersOf,
+  demandIn,
+  docker,
+  fakeRunnerPool,
+  hostPasses,
+  ourContainer,
+  RUNNER_IMAGE,
+  scopedRedis,
+  startSystem,
+  type SystemUnderTest,
+  uniqueHost,
+  workersForFile,
+} from "../helpers/system.ts";
 import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
 import { runnerLabels } from "../../src/docker/labels.ts";
@@ -182,3 +196,35 @@ test(
     await waitFor(async () => (await fetch(`${worker.url}/readyz`)).ok, 10_000, "ready again once the engine answers");
   },
 );
+
+test("a runner's container wait whose connection drops mid-job (an SSH or TCP link, a proxy's idle timeout) is opened again: the runner finishes its job and exits, and is not removed as lost", { timeout: 180_000 }, async (t) => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const proxy = await startDockerProxy();
+  let sys: SystemUnderTest | undefined;
+  t.after(async () => {
+    await sys?.close();
+    await proxy.close();
+    await fake.close();
+  });
+  const host = uniqueHost("wait-cut");
+  hosts.push(host);
+  const r = scopedRedis(redis, "wait-cut");
+  sys = await startSystem("all", fake, r, host, {
+    pools: [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "12" } })],
+    worker: { hostId: host, capacity: 1, completedGraceSeconds: 30, reconcileIntervalSeconds: 2, docker: { socketPath: proxy.socketPath } },
+  });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+  await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "in_progress" && d.status === 202), 60_000, "the runner took its job");
+  // Cut twice: the wait opened again is cut too, and opened once more.
+  assert.ok(proxy.cutWaits() >= 1, "the worker was waiting on its runner's container");
+  await waitFor(() => proxy.cutWaits() >= 1, 10_000, "the wait opened again, and cut again");
+  assert.equal((await containersOf(host))[0]?.State, "running", "the runner still runs its job");
+
+  const done = await demandIn(r, `${job.id}-1`, "completed", 60_000);
+  const ran = fake.jobs().find((j) => j.id === job.id);
+  assert.equal(ran?.conclusion, "success", "the job ran to its end");
+  assert.equal(done.result, "exited", "the runner ended by exiting, seen through the wait");
+  assert.equal(callsTo(fake, "/repos/{owner}/{repo}/actions/runners/generate-jitconfig"), 1, "no second runner");
+  assert.doesNotMatch(sys.logs(), /lost track of runner container/);
+  await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "the exited runner removed");
+});
