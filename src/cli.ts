@@ -9,12 +9,13 @@ import { COMMAND_HELP, USAGE } from "./cli/help.ts";
 import { appManifest } from "./cli/manifest.ts";
 import { statusCommand } from "./cli/status.ts";
 
-/** A URL as it may be printed: a password in it (`redis://:PASSWORD@host`) replaced. */
+/** A URL as it may be printed: a password in it (`redis://:PASSWORD@host`, `?password=`) replaced. */
 function withoutPassword(url: string): string {
   try {
     const u = new URL(url);
-    if (!u.password) return url;
-    u.password = "redacted";
+    if (!u.password && !u.searchParams.has("password")) return url;
+    if (u.password) u.password = "redacted";
+    if (u.searchParams.has("password")) u.searchParams.set("password", "redacted");
     return u.href;
   } catch {
     // Not a URL the WHATWG parser takes: hide whatever stands before an @.

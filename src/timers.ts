@@ -33,3 +33,17 @@ export function within<T>(p: Promise<T>, ms: number, message: string): Promise<T
   });
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
+
+/**
+ * Waits for `p` at most `ms`; past that, resolves undefined and leaves `p` to go on (a rejection
+ * of it then goes unheard). For best-effort steps whose effect comes about anyway in time: a
+ * lease or a place handed back to Redis also lapses by itself.
+ */
+export function atMost<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+    timer.unref();
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}

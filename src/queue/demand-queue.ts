@@ -7,12 +7,15 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Queue, UnrecoverableError, Worker, type Job, type JobsOptions, type RedisConnection } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
 import { inOneWrite, TurnBatch } from "../batch.ts";
+import { atMost } from "../timers.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
 import { demandId } from "../demand.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
 const SEEN_TTL_SECONDS = 3 * 24 * 3600;
+/** How long handing a demand back waits for Redis (see Lease.release). */
+const RELEASE_WAIT_MS = 3_000;
 /** A lease's lock when the settings name none (`worker.leaseSeconds`' default). */
 const DEFAULT_LEASE_MS = 30_000;
 
@@ -278,7 +281,10 @@ export interface Lease {
   complete(result: string): Promise<void>;
   /** Give the demand back: retried with backoff while attempts remain, unless `final`. */
   fail(err: Error, final: boolean): Promise<void>;
-  /** Hand the demand back untouched (shutdown): another worker, or this one restarted, takes it. */
+  /**
+   * Hand the demand back untouched (shutdown): another worker, or this one restarted, takes it.
+   * Waits for Redis a few seconds at most; past that, the demand comes back when its lease lapses.
+   */
   release(): Promise<void>;
 }
 
@@ -359,7 +365,9 @@ export class DemandConsumer {
       complete: (result) => settle(() => job.moveToCompleted(result, token, false)),
       fail: (err, final) =>
         settle(() => job.moveToFailed(final ? new UnrecoverableError(err.message) : err, token, false)),
-      release: () => settle(() => job.moveToWait(token)),
+      // Waits for Redis at most RELEASE_WAIT_MS (a stop while Redis is away must not wait for
+      // it): a demand not handed back in time comes back all the same once its lease lapses.
+      release: () => settle(() => atMost(job.moveToWait(token), RELEASE_WAIT_MS)),
     };
   }
 

@@ -131,8 +131,9 @@ export class LeaderElection implements Leadership {
     if (this.#closed) return;
     this.#transition();
     this.#watchLapse();
-    // While leading, a renewal that failed is tried again a little before the validity lapses.
-    if (this.#leading) next = Math.min(next, Math.max(10, this.#validUntil - Date.now() - lockMs / 20));
+    // While leading, a renewal that failed is tried again a little before the validity lapses; a
+    // Redis that refuses at once (read-only after a failover) is asked every 1/30 of the expiry.
+    if (this.#leading) next = Math.min(next, Math.max(lockMs / 30, this.#validUntil - Date.now() - lockMs / 20));
     this.#timer = setTimeout(() => void (this.#round = this.#campaign()), next);
     this.#timer.unref();
   }

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
+import { atMost } from "../timers.ts";
 import { DEL_IF_EQUALS } from "./runners.ts";
 
 /**
@@ -145,6 +146,9 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 return 1`;
 
+/** How long freeing a place under a pool limit waits for Redis (see PoolLimits.release). */
+const RELEASE_WAIT_MS = 3_000;
+
 /** A new holder id of a place taken on behalf of `host`'s runners (warm runners and spares). */
 export function hostHolder(host: string): string {
   return `${host}:${randomUUID()}`;
@@ -187,8 +191,12 @@ export class PoolLimits {
     await this.#redis.multi().zrem(this.#key(pool), from).zadd(this.#key(pool), Date.now() + PoolLimits.HOLD_MS, to).exec();
   }
 
+  /**
+   * Waits for Redis at most RELEASE_WAIT_MS (a stop while Redis is away must not wait for it): a
+   * place not freed in time frees itself at its expiry.
+   */
   async release(pool: string, holder: string): Promise<void> {
-    await this.#redis.zrem(this.#key(pool), holder);
+    await atMost(this.#redis.zrem(this.#key(pool), holder), RELEASE_WAIT_MS);
   }
 
   /**

@@ -283,9 +283,11 @@ export class Launcher {
         if (finished || tracked.state === "busy" || tracked.state === "completed" || !tracked.record.runnerId) return;
         const registered = await d.github.getRunner(scopeOf(tracked.record), tracked.record.runnerId).catch(() => "error" as const);
         if (finished || registered === "error" || registered?.status === "online") return;
-        if (registered === undefined) {
-          // GitHub no longer knows it: a JIT registration goes with its one job (an unused one stays
-          // a day), so it ran a job and the webhooks saying so were lost. It ends as after `completed`.
+        // GitHub no longer knows it, while its record is still ours: a JIT registration goes with its
+        // one job (an unused one stays a day), and whoever of us deletes one removes its record too,
+        // so it ran a job and the webhooks saying so were lost. It ends as after `completed`.
+        if (registered === undefined && (await d.runners.get(name).catch(() => undefined))?.runnerId === tracked.record.runnerId) {
+          if (finished) return;
           log.warn(runnerField(log, name), "runner's registration gone at the start timeout: it ran a job; removing it after the completed grace");
           onState("completed");
           return;

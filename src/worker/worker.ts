@@ -122,10 +122,11 @@ export class RunnerWorker {
   readonly #leftRunning = new Map<string, string>();
   /**
    * Runners of a demand adopted from the process before this one (restarted mid-job): each holds
-   * a slot, and its demand's place under the pool limit, until it ends, as its launch did; or
-   * until a lease of its demand taken here holds them instead (#alreadyServed). By runner name.
+   * a slot, and a place of this host's under the pool limit, until it ends, as its launch did; or
+   * until a lease of its demand taken here holds a slot and place for it instead (#alreadyServed).
+   * By runner name.
    */
-  readonly #adopted = new Map<string, { pool: PoolConfig; demandId: string }>();
+  readonly #adopted = new Map<string, { pool: PoolConfig; holder: string }>();
   #stopping = false;
   #reconcileTimer: { stop(): void } | undefined;
   #lastError: string | undefined;
@@ -295,8 +296,8 @@ export class RunnerWorker {
       const max = this.#pools.get(lease.demand.pool)?.maxRunners;
       if (max) await this.#d.limits.acquire(lease.demand.pool, lease.id, max);
     }
-    for (const { pool, demandId } of this.#adopted.values()) {
-      if (pool.maxRunners && demandId) await this.#d.limits.acquire(pool.name, demandId, pool.maxRunners);
+    for (const { pool, holder } of this.#adopted.values()) {
+      if (pool.maxRunners) await this.#d.limits.acquire(pool.name, holder, pool.maxRunners);
     }
     for (const spare of this.#spares.values()) {
       const { pool, holder } = spare;
@@ -423,8 +424,8 @@ export class RunnerWorker {
       }
     }
     log.info({ runner: existing.name, runnerHost: record?.host }, "demand already has a runner");
-    // Adopted here: this lease's slot and place (its demand's, as the runner's) count for it now.
-    this.#releaseAdopted(existing.name, true);
+    // Adopted here: this lease's slot and place count for it now.
+    this.#releaseAdopted(existing.name);
     if (record && !hostGone) await this.#waitGone(existing.name);
     // Gone without serving the demand (a launch cut short by a crash, a runner that took no job):
     // its teardown released the claim, and the demand needs a runner still.
@@ -801,7 +802,7 @@ export class RunnerWorker {
         .then((reason) => (reason === "shutdown" ? undefined : launcher.teardown(tracked.record, reason, log)))
         .catch(() => undefined)
         .finally(() => {
-          this.#releaseAdopted(name, false);
+          this.#releaseAdopted(name);
           this.#checkDrained();
         });
       return;
@@ -850,23 +851,25 @@ export class RunnerWorker {
   }
 
   /**
-   * An adopted runner of a demand takes a slot, even over capacity (it runs regardless), and its
-   * demand's place under the pool limit; unless a lease of that demand served here holds them.
+   * An adopted runner of a demand takes a slot, even over capacity (it runs regardless), and a
+   * place of this host's under the pool limit (a hostHolder: freed with the host should it go);
+   * unless a lease of that demand served here holds them already.
    */
   #holdAdopted(pool: PoolConfig, record: RunnerRecord): void {
     if (record.demandId && [...this.#serving.values()].some((lease) => lease.id === record.demandId)) return;
-    this.#adopted.set(record.name, { pool, demandId: record.demandId });
+    const holder = hostHolder(this.#d.host);
+    this.#adopted.set(record.name, { pool, holder });
     this.#slots.take();
-    if (pool.maxRunners && record.demandId) void this.#d.limits.acquire(pool.name, record.demandId, pool.maxRunners).catch(() => false);
+    if (pool.maxRunners) void this.#d.limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
   }
 
-  /** An adopted runner's slot is free again; its place too, unless a lease of its demand keeps it. */
-  #releaseAdopted(name: string, leaseKeepsPlace: boolean): void {
+  /** An adopted runner's slot and place are free again. */
+  #releaseAdopted(name: string): void {
     const held = this.#adopted.get(name);
     if (!held) return;
     this.#adopted.delete(name);
     this.#slots.release();
-    if (held.pool.maxRunners && held.demandId && !leaseKeepsPlace) void this.#d.limits.release(held.pool.name, held.demandId).catch(() => undefined);
+    if (held.pool.maxRunners) void this.#d.limits.release(held.pool.name, held.holder).catch(() => undefined);
   }
 
   /** A runner left running is gone, or on its way: its slot is free again. */

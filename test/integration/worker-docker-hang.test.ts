@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { inspect } from "node:util";
-import { after, test } from "node:test";
+import { after, test, type TestContext } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { CREATE_CONTAINER, LIST_CONTAINERS, PING, startDockerProxy } from "../helpers/docker-proxy.ts";
@@ -33,6 +33,7 @@ import {
 import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
 import { runnerLabels } from "../../src/docker/labels.ts";
+import type { ConfigInput } from "../../src/config/schema.ts";
 import { DockerError } from "../../src/errors.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
@@ -43,33 +44,41 @@ const { redis, hosts } = workersForFile();
 /** The Docker calls' time limit in this test. */
 const LIMIT_SECONDS = 2;
 
+/**
+ * A fake GitHub, a Docker proxy in front of the real engine, and `jitrunner MODE` on a host of its
+ * own that reaches its engine through the proxy (`over` gets the proxy's socket); all closed after
+ * the test, even one that times out.
+ */
+async function behindProxy(
+  t: TestContext,
+  tag: string,
+  mode: "worker" | "all",
+  over: (o: { fake: FakeGitHub; host: string; socketPath: string }) => Partial<ConfigInput>,
+) {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const proxy = await startDockerProxy();
+  let sys: SystemUnderTest | undefined;
+  t.after(async () => {
+    await sys?.close();
+    await proxy.close();
+    await fake.close();
+  });
+  const host = uniqueHost(tag);
+  hosts.push(host);
+  const r = scopedRedis(redis, tag);
+  sys = await startSystem(mode, fake, r, host, over({ fake, host, socketPath: proxy.socketPath }));
+  return { fake, proxy, sys, host, r };
+}
+
 test(
   "an engine that never answers a container list holds no host loop pass past the call's time limit: each pass ends as an error, the loop goes on, and once the engine answers a stopped container of ours left meanwhile is removed",
   // Without the time limit the first pass held never ends: the waits below fail, and this bounds
   // anything else that might hang. t.after closes everything even then.
   { timeout: 120_000 },
   async (t) => {
-    const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-    const proxy = await startDockerProxy();
-    let sys: SystemUnderTest | undefined;
-    t.after(async () => {
-      await sys?.close();
-      await proxy.close();
-      await fake.close();
-    });
-    const host = uniqueHost("docker-hang");
-    hosts.push(host);
-    const r = scopedRedis(redis, "docker-hang");
-    sys = await startSystem("worker", fake, r, host, {
-      worker: {
-        hostId: host,
-        capacity: 1,
-        completedGraceSeconds: 5,
-        reconcileIntervalSeconds: 1,
-        docker: { socketPath: proxy.socketPath, callTimeoutSeconds: LIMIT_SECONDS },
-      },
-    });
-    const worker = sys;
+    const { proxy, sys: worker, host } = await behindProxy(t, "docker-hang", "worker", ({ host, socketPath }) => ({
+      worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1, docker: { socketPath, callTimeoutSeconds: LIMIT_SECONDS } },
+    }));
     // The worker's start ran one pass, with the engine answering.
     assert.ok((await hostPasses(worker, "ok")) >= 1, "a pass with the engine answering counts ok");
     const errorsBefore = await hostPasses(worker, "error");
@@ -158,24 +167,12 @@ test(
   "a ping the engine never answers holds no heartbeat past a beat and a half: the host stays alive to the fleet, unready, and ready again once the engine answers",
   { timeout: 60_000 },
   async (t) => {
-    const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-    const proxy = await startDockerProxy();
-    const host = uniqueHost("docker-hang-ping");
-    hosts.push(host);
-    const r = scopedRedis(redis, "docker-hang-ping");
-    const conn = redisConnection(r.url);
-    let sys: SystemUnderTest | undefined;
-    t.after(async () => {
-      await sys?.close();
-      await proxy.close();
-      await fake.close();
-      conn.disconnect();
-    });
     // The calls' limit (5 s) is longer than the host record's expiry (3 beats of 1 s).
-    sys = await startSystem("worker", fake, r, host, {
-      worker: { hostId: host, capacity: 1, heartbeatSeconds: 1, reconcileIntervalSeconds: 1, docker: { socketPath: proxy.socketPath, callTimeoutSeconds: 5 } },
-    });
-    const worker = sys;
+    const { proxy, sys: worker, host, r } = await behindProxy(t, "docker-hang-ping", "worker", ({ host, socketPath }) => ({
+      worker: { hostId: host, capacity: 1, heartbeatSeconds: 1, reconcileIntervalSeconds: 1, docker: { socketPath, callTimeoutSeconds: 5 } },
+    }));
+    const conn = redisConnection(r.url);
+    t.after(() => conn.disconnect());
     const hostStore = new HostStore(conn, r.prefix);
     assert.ok(await hostStore.alive(host));
 
@@ -198,21 +195,10 @@ test(
 );
 
 test("a runner's container wait whose connection drops mid-job (an SSH or TCP link, a proxy's idle timeout) is opened again: the runner finishes its job and exits, and is not removed as lost", { timeout: 180_000 }, async (t) => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const proxy = await startDockerProxy();
-  let sys: SystemUnderTest | undefined;
-  t.after(async () => {
-    await sys?.close();
-    await proxy.close();
-    await fake.close();
-  });
-  const host = uniqueHost("wait-cut");
-  hosts.push(host);
-  const r = scopedRedis(redis, "wait-cut");
-  sys = await startSystem("all", fake, r, host, {
+  const { fake, proxy, sys, host, r } = await behindProxy(t, "wait-cut", "all", ({ fake, host, socketPath }) => ({
     pools: [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "12" } })],
-    worker: { hostId: host, capacity: 1, completedGraceSeconds: 30, reconcileIntervalSeconds: 2, docker: { socketPath: proxy.socketPath } },
-  });
+    worker: { hostId: host, capacity: 1, completedGraceSeconds: 30, reconcileIntervalSeconds: 2, docker: { socketPath } },
+  }));
   const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
   await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "in_progress" && d.status === 202), 60_000, "the runner took its job");
   // Cut twice: the wait opened again is cut too, and opened once more.
