@@ -3,7 +3,7 @@ import type { RunnerDriver } from "../docker/driver.ts";
 import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage, JitrunnerError } from "../errors.ts";
 import type { HostStore } from "../state/hosts.ts";
-import { every, within } from "../timers.ts";
+import { atMost, every, within } from "../timers.ts";
 
 export interface PresenceDeps {
   host: string;
@@ -171,10 +171,10 @@ export class HostPresence {
     // Bounded: with Redis away the commands would wait for it, and the stop with them. What they
     // would have said, Redis learns anyway once this host's hold and beat expire.
     const said = (async () => {
-      await this.#d.hosts.instanceGone(this.#d.instance, this.#d.host);
+      await this.#d.hosts.instanceGone(this.#d.instance, this.#d.host).catch(() => undefined);
       // A host another process has taken is that process's to leave.
-      if (leave && !this.#hostProblem) await this.#d.hosts.forget(this.#d.host);
+      if (leave && !this.#hostProblem) await this.#d.hosts.forget(this.#d.host).catch(() => undefined);
     })();
-    await within(said, STOP_REDIS_MS, "").catch(() => undefined);
+    await atMost(said, STOP_REDIS_MS);
   }
 }
