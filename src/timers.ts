@@ -26,12 +26,7 @@ export function every(ms: number, fn: () => Promise<void>): { stop(): void } {
  * not stopped). The timer does not keep the process alive.
  */
 export function within<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(message)), ms);
-    timer.unref();
-  });
-  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+  return raceTimer(p, ms, (_resolve, reject) => reject(new Error(message)));
 }
 
 /**
@@ -40,10 +35,15 @@ export function within<T>(p: Promise<T>, ms: number, message: string): Promise<T
  * lease or a place handed back to Redis also lapses by itself.
  */
 export function atMost<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  return raceTimer<T | undefined>(p, ms, (resolve) => resolve(undefined));
+}
+
+/** `p` against an unref'd timer that, after `ms`, settles the race as `late` says; the timer is cleared either way. */
+function raceTimer<T>(p: Promise<T>, ms: number, late: (resolve: (v: T) => void, reject: (err: Error) => void) => void): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), ms);
+  const lateOne = new Promise<T>((resolve, reject) => {
+    timer = setTimeout(() => late(resolve, reject), ms);
     timer.unref();
   });
-  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+  return Promise.race([p, lateOne]).finally(() => clearTimeout(timer));
 }

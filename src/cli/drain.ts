@@ -1,7 +1,7 @@
 import type { Config } from "../config/load.ts";
 import { HostStore } from "../state/hosts.ts";
 import { RunnerStore } from "../state/runners.ts";
-import { cliRedis, connectCli, isUnreachable, unreachableReason } from "./status.ts";
+import { cliRedis, connectCli, isUnreachable, unreachableReason } from "./redis.ts";
 
 /** `drain`'s exit code when the host stopped answering with runners of its own still recorded. */
 export const DRAIN_EXIT_HOST_VANISHED = 3;
