@@ -1,5 +1,5 @@
 import type { Logger } from "pino";
-import { GitHubError } from "../errors.ts";
+import { errorMessage, GitHubError } from "../errors.ts";
 import type { GitHubClient, HookDelivery } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { RedeliveryLog } from "../state/redeliveries.ts";
@@ -12,8 +12,29 @@ const REDELIVERABLE_MS = 3 * 24 * 3600 * 1000;
 /** Each pass re-reads this much before where the last one stopped (deliveries land out of order). */
 const OVERLAP_MS = 10 * 60 * 1000;
 const MAX_PAGES = 10;
-/** Redeliveries asked for one event at most: a receiver that keeps failing is not hammered. */
-export const MAX_REDELIVERIES_PER_EVENT = 3;
+/**
+ * Redeliveries asked for one event at most, spaced out (retryDelayMs): a receiver that keeps
+ * failing is not hammered, and a receiver down for up to about 23 hours still gets the event.
+ */
+export const MAX_REDELIVERIES_PER_EVENT = 7;
+/** Failed redelivery requests (GitHub erring, rate-limiting, unreachable) for one event at most, spaced the same way. */
+export const MAX_FAILED_REQUESTS_PER_EVENT = 7;
+/** The wait before an event's second try; each wait after is 4 times the one before. */
+export const RETRY_BASE_MS = 60_000;
+
+/**
+ * How long after its `n`th failure (n >= 1) an event waits before it is tried again: 1, 4, 16,
+ * 64, 256 and 1,024 minutes. Seven tries span about 23 hours, well within the 3 days GitHub
+ * lets a delivery be redelivered. Pure.
+ */
+export function retryDelayMs(n: number): number {
+  return RETRY_BASE_MS * 4 ** Math.max(0, n - 1);
+}
+
+/** GitHub will not redeliver this delivery, however often asked (gone, too old, invalid). */
+function refused(err: unknown): boolean {
+  return err instanceof GitHubError && (err.status === 400 || err.status === 404 || err.status === 410 || err.status === 422);
+}
 
 /** A status worth another try: no answer, timeout, overload or a server error (not 4xx refusals). */
 export function transientFailure(statusCode: number): boolean {
@@ -39,7 +60,7 @@ export function toRedeliver(deliveries: readonly HookDelivery[]): HookDelivery[]
 
 export interface GitHubDeliveriesDeps {
   github: Pick<GitHubClient, "listHookDeliveries" | "redeliverHookDelivery">;
-  log: Pick<RedeliveryLog, "readUpTo" | "setReadUpTo" | "resume" | "setResume" | "take" | "asked">;
+  log: Pick<RedeliveryLog, "readUpTo" | "setReadUpTo" | "resume" | "setResume" | "event" | "asked" | "wait" | "failed" | "giveUp" | "settled" | "due">;
   intervalMs: number;
   /** How far back the first pass reads (capped at GitHub's 3 days). */
   windowMs: number;
@@ -47,6 +68,8 @@ export interface GitHubDeliveriesDeps {
   maxPerPass: number;
   metrics: Metrics;
   logger: Logger;
+  /** The time (ms); Date.now by default. */
+  now?: () => number;
 }
 
 /** One page of the App's delivery list and the cursor it was read with (`undefined`: the top). */
@@ -83,6 +106,62 @@ function cursorRefused(err: unknown): boolean {
   return err instanceof GitHubError && (err.status === 400 || err.status === 422);
 }
 
+/** What one pass has done so far. */
+interface Pass {
+  /** Redelivery requests sent, accepted or not: what `maxPerPass` bounds. */
+  requests: number;
+  /** Redeliveries GitHub accepted. */
+  asked: number;
+  /** Requests that failed, as "guid: message". */
+  failed: string[];
+}
+
+/**
+ * Asks GitHub to redeliver `attemptId` of event `guid`, and notes the outcome. A failed request
+ * is no try (nothing reached the receiver): the event waits for another request, spaced like
+ * tries, up to MAX_FAILED_REQUESTS_PER_EVENT; a request GitHub refuses for good ends the event.
+ * Neither ends the pass.
+ */
+async function ask(
+  d: GitHubDeliveriesDeps,
+  event: { guid: string; attemptId: number; action?: string | null; status?: number },
+  pass: Pass,
+  now: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const { guid, attemptId } = event;
+  const log = d.logger.child({ loop: GITHUB_DELIVERIES, deliveryId: guid, attemptId });
+  pass.requests++;
+  try {
+    await d.github.redeliverHookDelivery(attemptId, { signal });
+  } catch (err) {
+    if (signal.aborted) throw err;
+    pass.failed.push(`${guid}: ${errorMessage(err)}`);
+    if (refused(err)) {
+      await d.log.giveUp(guid);
+      d.metrics.reconcileAction(GITHUB_DELIVERIES, "delivery_refused");
+      log.warn({ err: errorMessage(err) }, "GitHub refused to redeliver a failed workflow_job delivery; passed over");
+      return;
+    }
+    const failures = await d.log.failed(guid);
+    if (failures >= MAX_FAILED_REQUESTS_PER_EVENT) {
+      await d.log.giveUp(guid);
+      d.metrics.reconcileAction(GITHUB_DELIVERIES, "delivery_given_up");
+      log.warn({ err: errorMessage(err), failures }, "asking GitHub to redeliver a failed workflow_job delivery failed too often; passed over");
+      return;
+    }
+    const notBefore = now + retryDelayMs(failures);
+    await d.log.wait(guid, attemptId, notBefore);
+    d.metrics.reconcileAction(GITHUB_DELIVERIES, "delivery_request_failed");
+    log.warn({ err: errorMessage(err), failures, retryAt: new Date(notBefore).toISOString() }, "asking GitHub to redeliver a failed workflow_job delivery failed; asked again later");
+    return;
+  }
+  await d.log.asked(guid, attemptId);
+  pass.asked++;
+  d.metrics.reconcileAction(GITHUB_DELIVERIES, "delivery_redelivered");
+  log.info({ action: event.action, status: event.status }, "asked GitHub to redeliver a failed workflow_job delivery");
+}
+
 /**
  * Leader loop: the App's failed webhook deliveries. GitHub never retries a failed delivery by
  * itself; this loop asks it to, for `workflow_job` events that never reached us (receiver down,
@@ -91,21 +170,31 @@ function cursorRefused(err: unknown): boolean {
  * One call per page of the App's list, however many repositories: the cheap first line; the
  * `github-queued` loop is the backstop for events GitHub never sent.
  *
+ * An event's first redelivery is asked for at once. GitHub makes it at once, so while our
+ * receiver is still down it fails too: the next try waits until that attempt failed 1 minute
+ * ago, then 4, 16, 64, 256, 1,024 (retryDelayMs), MAX_REDELIVERIES_PER_EVENT tries in all
+ * (about 23 hours), after which the event is passed over: a receiver that keeps failing is not
+ * hammered, and one down for hours still gets its events. A waiting event is kept in Redis with
+ * its time, and asked for then without the list being read that far back again. A redelivery
+ * request that fails (GitHub erring, rate limiting, unreachable) counts no try: the event waits
+ * the same way for another request, and the pass goes on with the others.
+ *
  * Each read goes down the list, newest first, to a little before the newest delivery the last
  * complete read saw (or to the lookback limit). A backlog larger than one pass may handle (more
- * pages than MAX_PAGES, more failures than `maxPerPass`) is read over several passes: the pass
+ * pages than MAX_PAGES, more requests than `maxPerPass`) is read over several passes: the pass
  * saves GitHub's cursor of the first page it did not finish, and the next pass goes on from there;
  * only a read that got all the way down moves the "read up to" mark. A new failure waits until
- * the backlog is through. Nothing pins the read: events refused (4xx) or already asked for 3 times
- * are passed over, and deliveries beyond the lookback limit end the read.
+ * the backlog is through. Nothing pins the read: events waiting for their time, refused (4xx) or
+ * out of tries are passed over, and deliveries beyond the lookback limit end the read.
  */
 export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
+  const clock = d.now ?? Date.now;
   return {
     name: GITHUB_DELIVERIES,
     intervalMs: d.intervalMs,
     leaderOnly: true,
     async run(signal) {
-      const now = Date.now();
+      const now = clock();
       const upTo = await d.log.readUpTo();
       const floor = Math.max(now - Math.min(d.windowMs, REDELIVERABLE_MS), upTo - OVERLAP_MS);
       const resume = await d.log.resume();
@@ -124,46 +213,64 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
       const all = read.pages.flatMap((p) => p.deliveries);
       // The newest delivery time when this read began at the top (kept across the passes of one read).
       const top = resume?.top ?? all.reduce((t, delivery) => Math.max(t, Date.parse(delivery.deliveredAt)), 0);
+      await d.log.settled([...new Set(all.filter((x) => x.statusCode >= 200 && x.statusCode < 300).map((x) => x.guid))]);
 
+      const pass: Pass = { requests: 0, asked: 0, failed: [] };
+      // Events whose wait is over first: they have waited longest.
+      for (const due of await d.log.due(now, d.maxPerPass)) {
+        signal.throwIfAborted();
+        await ask(d, due, pass, now, signal);
+      }
       const candidates = toRedeliver(all);
-      let asked = 0;
       let stoppedAt: number | undefined;
       for (const [i, delivery] of candidates.entries()) {
-        if (asked >= d.maxPerPass) {
+        if (pass.requests >= d.maxPerPass) {
           stoppedAt = i;
           break;
         }
         signal.throwIfAborted();
-        if (!(await d.log.take(delivery.guid, delivery.id, MAX_REDELIVERIES_PER_EVENT))) continue;
-        await d.github.redeliverHookDelivery(delivery.id, { signal });
-        await d.log.asked(delivery.guid, delivery.id);
-        asked++;
-        d.metrics.reconcileAction(GITHUB_DELIVERIES, "delivery_redelivered");
-        d.logger.info(
-          { loop: GITHUB_DELIVERIES, deliveryId: delivery.guid, action: delivery.action, status: delivery.statusCode },
-          "asked GitHub to redeliver a failed workflow_job delivery",
-        );
+        const event = await d.log.event(delivery.guid);
+        // Passed over: given up; its redelivery asked for, the new attempt not listed yet; waiting.
+        if (event.gaveUp || event.asked >= delivery.id || event.waitingUntil !== undefined) continue;
+        if (event.tries >= MAX_REDELIVERIES_PER_EVENT) {
+          await d.log.giveUp(delivery.guid);
+          d.metrics.reconcileAction(GITHUB_DELIVERIES, "delivery_given_up");
+          d.logger.warn(
+            { loop: GITHUB_DELIVERIES, deliveryId: delivery.guid, tries: event.tries, status: delivery.statusCode },
+            "a failed workflow_job delivery failed again on every redelivery; passed over",
+          );
+          continue;
+        }
+        // The latest attempt is the last redelivery's: the next try waits until it failed long enough ago.
+        const notBefore = event.tries === 0 ? now : Date.parse(delivery.deliveredAt) + retryDelayMs(event.tries);
+        if (notBefore > now) {
+          await d.log.wait(delivery.guid, delivery.id, notBefore);
+          continue;
+        }
+        await ask(d, { guid: delivery.guid, attemptId: delivery.id, action: delivery.action, status: delivery.statusCode }, pass, now, signal);
       }
 
       if (stoppedAt === undefined && read.next === undefined) {
         // All the way down: the next read stops a little before what this one began with.
         if (top > upTo) await d.log.setReadUpTo(top);
         if (resume) await d.log.setResume(undefined);
-        return;
+      } else {
+        // Stopped early: go on from the first page not finished (its handled events are passed
+        // over then: asked for already, or waiting). A page read from the top needs no cursor:
+        // the mark has not moved.
+        const cursor = stoppedAt === undefined ? read.next : read.pages[pageOf.get(candidates[stoppedAt]!.id)!]!.cursor;
+        await d.log.setResume(cursor === undefined ? undefined : { cursor, top });
+        d.logger.info(
+          {
+            loop: GITHUB_DELIVERIES,
+            redelivered: pass.asked,
+            left: stoppedAt === undefined ? 0 : candidates.length - stoppedAt,
+            unreadPages: read.next !== undefined,
+          },
+          "failed deliveries left for the next pass",
+        );
       }
-      // Stopped early: go on from the first page not finished (its handled events are passed over
-      // then: asked for already). A page read from the top needs no cursor: the mark has not moved.
-      const cursor = stoppedAt === undefined ? read.next : read.pages[pageOf.get(candidates[stoppedAt]!.id)!]!.cursor;
-      await d.log.setResume(cursor === undefined ? undefined : { cursor, top });
-      d.logger.info(
-        {
-          loop: GITHUB_DELIVERIES,
-          redelivered: asked,
-          left: stoppedAt === undefined ? 0 : candidates.length - stoppedAt,
-          unreadPages: read.next !== undefined,
-        },
-        "failed deliveries left for the next pass",
-      );
+      if (pass.failed.length > 0) throw new Error(`${pass.failed.length} of ${pass.requests} redelivery requests failed; first: ${pass.failed[0]}`);
     },
   };
 }

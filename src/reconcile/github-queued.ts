@@ -179,6 +179,12 @@ async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installa
     if (decision.kind !== "enqueue") continue;
     signal.throwIfAborted();
     const ids = { loop: GITHUB_QUEUED, jobId: job.id, runId: run.id, repo: `${run.owner}/${run.repo}`, pool: decision.pool.name };
+    const id = demandId(decision.demand.jobId, decision.demand.runAttempt);
+    // A runner that served this demand and is gone, while GitHub still lists the job as queued,
+    // took another job. Its note (kept 7 days, longer than BullMQ keeps the done item) would make
+    // the worker take demand added now as served: forgotten first. A runner still there is kept.
+    const served = await d.runners.findByDemand(id);
+    if (served && !served.record) await d.runners.forgetDemand(id);
     const added = await d.demand.add(decision.demand);
     if (added === "added") {
       d.metrics.reconcileAction(GITHUB_QUEUED, "demand_recovered");
@@ -188,7 +194,6 @@ async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installa
     if (added !== "duplicate") continue;
     const ended = await d.demand.ended(decision.demand);
     if (!ended) continue;
-    const id = demandId(decision.demand.jobId, decision.demand.runAttempt);
     if (ended.outcome === "completed") {
       // Its demand is done and the runner that served it is gone, yet the job still waits: that
       // runner took another job (one whose own demand was missing). It needs a runner of its own:

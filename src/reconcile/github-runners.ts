@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import { errorMessage } from "../errors.ts";
-import type { GitHubClient, RunnerScope } from "../github/client.ts";
+import type { GitHubClient, RegisteredRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
 import { scopeOf, type RunnerStore } from "../state/runners.ts";
@@ -87,45 +87,70 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       const listed = new Map<string, Set<string>>();
       for (const scope of scopes) {
         signal.throwIfAborted();
+        let registrations: RegisteredRunner[];
         try {
-          const registrations = await d.github.listRunners(scope, { signal });
-          const names = new Set<string>();
-          listed.set(scopeKey(scope), names);
-          for (const r of registrations) {
-            if (!isOurRunner(d.namePrefix, r.name)) continue;
-            names.add(r.name);
-            const key = `${scopeKey(scope)}#${r.id}`;
-            if (await d.runners.get(r.name)) continue;
-            seen.add(key);
-            const since = firstSeen.get(key) ?? Date.now();
-            firstSeen.set(key, since);
-            if (Date.now() - since < d.graceMs) continue;
-            signal.throwIfAborted();
-            const outcome = r.busy ? "busy" : await d.github.deleteRunner(scope, r.id);
-            const log = d.logger.child({ loop: GITHUB_RUNNERS, runner: r.name, runnerId: r.id, owner: scope.owner, repo: scope.repo });
-            if (outcome === "busy") {
-              d.metrics.reconcileAction(GITHUB_RUNNERS, "runner_busy_kept");
-              log.debug("registration without a record is running a job; kept");
-              continue;
-            }
-            firstSeen.delete(key);
-            seen.delete(key);
-            if (outcome === "deleted") {
-              d.metrics.reconcileAction(GITHUB_RUNNERS, "runner_deleted");
-              log.info({ status: r.status }, "deleted a registration of ours that has no runner record");
-            }
-          }
+          registrations = await d.github.listRunners(scope, { signal });
         } catch (err) {
           if (signal.aborted) throw err;
           failed.push(`${scope.owner}/${scope.repo ?? "(organization)"}: ${errorMessage(err)}`);
+          continue;
+        }
+        const ours = registrations.filter((r) => isOurRunner(d.namePrefix, r.name));
+        // The whole list, before anything is done about it: a registration that fails below
+        // leaves the names complete for the busy runners' check.
+        listed.set(scopeKey(scope), new Set(ours.map((r) => r.name)));
+        for (const r of ours) {
+          signal.throwIfAborted();
+          const key = `${scopeKey(scope)}#${r.id}`;
+          try {
+            await deleteIfOrphan(d, scope, r, key, firstSeen, seen);
+          } catch (err) {
+            if (signal.aborted) throw err;
+            // Kept as seen: its grace goes on, and it is tried again next pass.
+            if (firstSeen.has(key)) seen.add(key);
+            failed.push(`${scope.owner}/${scope.repo ?? "(organization)"} runner ${r.name}: ${errorMessage(err)}`);
+            d.logger.warn({ loop: GITHUB_RUNNERS, runner: r.name, runnerId: r.id, owner: scope.owner, repo: scope.repo, err: errorMessage(err) }, "checking a registration of ours failed; the others go on");
+          }
         }
       }
       // Forget what is no longer listed (gone, or now has a record), so the map stays bounded.
       for (const key of firstSeen.keys()) if (!seen.has(key)) firstSeen.delete(key);
       await endBusyRunnersGoneFromGitHub(d, listed, began, missingSince, signal);
-      if (failed.length > 0) throw new Error(`listing runners failed for ${failed.length} of ${scopes.length} scopes; first: ${failed[0]}`);
+      if (failed.length > 0) throw new Error(`checking runners failed ${failed.length} times (${scopes.length} scopes); first: ${failed[0]}`);
     },
   };
+}
+
+/**
+ * A registration of ours: kept while it has a record or is in its grace period (noted in
+ * `firstSeen` and `seen`), else deleted unless GitHub says it is busy.
+ */
+async function deleteIfOrphan(
+  d: GitHubRunnersDeps,
+  scope: RunnerScope,
+  r: RegisteredRunner,
+  key: string,
+  firstSeen: Map<string, number>,
+  seen: Set<string>,
+): Promise<void> {
+  if (await d.runners.get(r.name)) return;
+  seen.add(key);
+  const since = firstSeen.get(key) ?? Date.now();
+  firstSeen.set(key, since);
+  if (Date.now() - since < d.graceMs) return;
+  const outcome = r.busy ? "busy" : await d.github.deleteRunner(scope, r.id);
+  const log = d.logger.child({ loop: GITHUB_RUNNERS, runner: r.name, runnerId: r.id, owner: scope.owner, repo: scope.repo });
+  if (outcome === "busy") {
+    d.metrics.reconcileAction(GITHUB_RUNNERS, "runner_busy_kept");
+    log.debug("registration without a record is running a job; kept");
+    return;
+  }
+  firstSeen.delete(key);
+  seen.delete(key);
+  if (outcome === "deleted") {
+    d.metrics.reconcileAction(GITHUB_RUNNERS, "runner_deleted");
+    log.info({ status: r.status }, "deleted a registration of ours that has no runner record");
+  }
 }
 
 /**

@@ -12,10 +12,31 @@ export interface ReadResume {
   top: number;
 }
 
+/** What the redelivery loop has done about one event (delivery GUID). */
+export interface EventTries {
+  /** Redeliveries GitHub accepted. */
+  tries: number;
+  /** The latest attempt whose redelivery GitHub accepted (0: none). */
+  asked: number;
+  /** Redelivery requests that failed (GitHub erred, rate-limited, unreachable) since the last accepted one. */
+  failures: number;
+  /** Set while the event waits for its next try: not before this time (ms). */
+  waitingUntil?: number;
+  /** Passed over for good (out of tries, or GitHub refused the request). */
+  gaveUp: boolean;
+}
+
+/** An event whose time for its next try has come, and the attempt to ask GitHub to redeliver. */
+export interface DueEvent {
+  guid: string;
+  attemptId: number;
+}
+
 /**
  * What the leader's redelivery loop remembers across passes and leaders: how far back the App's
- * delivery list has been read, where an unfinished read goes on, and which redeliveries each event
- * (delivery GUID) has had.
+ * delivery list has been read, where an unfinished read goes on, and, per event (delivery GUID),
+ * its redeliveries and failed requests and, while it waits for its next try, when that is due
+ * (a sorted set by time, so a waiting event needs no re-read of the list).
  */
 export class RedeliveryLog {
   readonly #redis: Redis;
@@ -24,6 +45,14 @@ export class RedeliveryLog {
   constructor(redis: Redis, prefix: string) {
     this.#redis = redis;
     this.#prefix = prefix;
+  }
+
+  #eventKey(guid: string): string {
+    return `${this.#prefix}:redelivery:event:${guid}`;
+  }
+
+  get #dueKey(): string {
+    return `${this.#prefix}:redelivery:due`;
   }
 
   /** Newest delivery time (ms) of the last read that went all the way down; 0 before the first. */
@@ -54,20 +83,75 @@ export class RedeliveryLog {
     else await this.#redis.del(key);
   }
 
-  /**
-   * Counts one more redelivery of `guid`, whose latest attempt seen is `attemptId`. False, counting
-   * nothing, when a redelivery of that attempt (or a later one) was already asked for: its new
-   * attempt is not in what this pass read. False once `max` have already been counted.
-   */
-  async take(guid: string, attemptId: number, max: number): Promise<boolean> {
-    const key = `${this.#prefix}:redelivery:${guid}`;
-    if (Number(await this.#redis.get(`${key}:asked`)) >= attemptId) return false;
-    const [[, n] = [null, 0]] = (await this.#redis.multi().incr(key).expire(key, TTL_SECONDS).exec()) ?? [];
-    return Number(n) <= max;
+  /** What was done about `guid` so far. */
+  async event(guid: string): Promise<EventTries> {
+    const [fields, score] = await Promise.all([this.#redis.hgetall(this.#eventKey(guid)), this.#redis.zscore(this.#dueKey, guid)]);
+    return {
+      tries: Number(fields.tries) || 0,
+      asked: Number(fields.asked) || 0,
+      failures: Number(fields.failures) || 0,
+      ...(score === null ? {} : { waitingUntil: Number(score) }),
+      gaveUp: fields.gaveUp === "1",
+    };
   }
 
-  /** Notes that GitHub accepted a redelivery of `guid`'s attempt `attemptId`. */
+  /**
+   * Notes that GitHub accepted a redelivery of `guid`'s attempt `attemptId`: one more try, and the
+   * event no longer waits (its new attempt, once listed, says whether it is done).
+   */
   async asked(guid: string, attemptId: number): Promise<void> {
-    await this.#redis.set(`${this.#prefix}:redelivery:${guid}:asked`, String(attemptId), "EX", TTL_SECONDS);
+    const key = this.#eventKey(guid);
+    await this.#redis
+      .multi()
+      .hincrby(key, "tries", 1)
+      .hset(key, "asked", String(attemptId))
+      .hdel(key, "failures", "attempt")
+      .expire(key, TTL_SECONDS)
+      .zrem(this.#dueKey, guid)
+      .exec();
+  }
+
+  /** `guid` waits until `notBefore` (ms), when attempt `attemptId` is to be redelivered. */
+  async wait(guid: string, attemptId: number, notBefore: number): Promise<void> {
+    const key = this.#eventKey(guid);
+    await this.#redis
+      .multi()
+      .hset(key, "attempt", String(attemptId))
+      .expire(key, TTL_SECONDS)
+      .zadd(this.#dueKey, notBefore, guid)
+      .expire(this.#dueKey, TTL_SECONDS)
+      .exec();
+  }
+
+  /** Counts a failed redelivery request for `guid` (no try: nothing was redelivered); the count so far. */
+  async failed(guid: string): Promise<number> {
+    const key = this.#eventKey(guid);
+    const [[, n] = [null, 0]] = (await this.#redis.multi().hincrby(key, "failures", 1).expire(key, TTL_SECONDS).exec()) ?? [];
+    return Number(n);
+  }
+
+  /** `guid` is passed over from now on. */
+  async giveUp(guid: string): Promise<void> {
+    const key = this.#eventKey(guid);
+    await this.#redis.multi().hset(key, "gaveUp", "1").hdel(key, "attempt").expire(key, TTL_SECONDS).zrem(this.#dueKey, guid).exec();
+  }
+
+  /** Events that arrived after all (an attempt succeeded): none of them waits any longer. */
+  async settled(guids: readonly string[]): Promise<void> {
+    if (guids.length > 0) await this.#redis.zrem(this.#dueKey, ...guids);
+  }
+
+  /** Up to `limit` waiting events whose time has come by `now`, longest due first. */
+  async due(now: number, limit: number): Promise<DueEvent[]> {
+    if (limit <= 0) return [];
+    const guids = await this.#redis.zrangebyscore(this.#dueKey, "-inf", now, "LIMIT", 0, limit);
+    const out: DueEvent[] = [];
+    for (const guid of guids) {
+      const attemptId = Number(await this.#redis.hget(this.#eventKey(guid), "attempt"));
+      // Its record expired (3 days, as GitHub keeps deliveries): nothing left to redeliver.
+      if (attemptId > 0) out.push({ guid, attemptId });
+      else await this.#redis.zrem(this.#dueKey, guid);
+    }
+    return out;
   }
 }

@@ -5,27 +5,48 @@
  * queued runs or through the App's failed-deliveries list.
  */
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import { test } from "node:test";
 import { FakeGitHubClient } from "../fakes/github/client.ts";
 import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
-import { callsTo, containersOf, demandIn, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { testConfig } from "../helpers/config.ts";
+import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { Secret } from "../../src/config/secret.ts";
 import { GitHubError } from "../../src/errors.ts";
 import type { GitHubClient, HookDelivery } from "../../src/github/client.ts";
+import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
-import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { githubDeliveriesLoop } from "../../src/reconcile/github-deliveries.ts";
+import { githubQueuedLoop } from "../../src/reconcile/github-queued.ts";
+import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
 import { RedeliveryLog } from "../../src/state/redeliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DEAD_URL = "http://127.0.0.1:9/";
 const { redis, hosts } = workersForFile();
+const ATTEMPTS = "/app/hook/deliveries/{delivery_id}/attempts";
+const RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 
+/** The real GitHub client, talking to the fake; no Redis (tokens and write budget in process). */
+function octokit(fake: FakeGitHub): OctokitGitHub {
+  return new OctokitGitHub({
+    appId: fake.appId,
+    privateKey: new Secret(fake.privateKey),
+    apiUrl: fake.url,
+    logger: createLogger("silent"),
+    metrics: new Metrics({ processMetrics: false }),
+  });
+}
 
+/** acme/app as the only recently active repository. */
+const activeApp = (fake: FakeGitHub) => ({ list: async () => [{ installationId: fake.installationId, owner: "acme", repo: "app", seenAt: Date.now() }] });
 
 async function metricsOf(url: string): Promise<string> {
   return (await fetch(`${url}/metrics`)).text();
@@ -325,7 +346,6 @@ test("more failed deliveries than one pass may redeliver, hours apart: every one
   const r = scopedRedis(redis, "redeliver-backlog");
   hosts.push(host);
   const LOST = 7;
-  const ATTEMPTS = "/app/hook/deliveries/{delivery_id}/attempts";
   try {
     // An outage before jitrunner started: queued deliveries nobody answered, for jobs no pool
     // serves (no runner needed to count redeliveries). GitHub stamps a delivery when it is made;
@@ -383,6 +403,8 @@ class DeliveryList implements Pick<GitHubClient, "listHookDeliveries" | "redeliv
   readonly failing = new Set<number>();
   /** Cursors GitHub no longer takes. */
   readonly stale = new Set<string>();
+  /** When GitHub makes a redelivery. */
+  clock: () => number = Date.now;
   #nextId = 1;
   constructor(readonly perPage: number) {}
 
@@ -403,7 +425,7 @@ class DeliveryList implements Pick<GitHubClient, "listHookDeliveries" | "redeliv
   async redeliverHookDelivery(id: number): Promise<void> {
     this.asked.push(id);
     if (this.failing.has(id)) throw new GitHubError("redeliver hook delivery failed (502): Bad Gateway", 502, { retryable: true });
-    this.add(this.deliveries.find((d) => d.id === id)!.guid, 202, Date.now());
+    this.add(this.deliveries.find((d) => d.id === id)!.guid, 202, this.clock());
   }
 }
 
@@ -419,7 +441,8 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
       const d = list.add(`event-${i}`, i % 5 === 4 ? 202 : 0, hourAgo + i * 30_000);
       if (d.statusCode === 0) failed.push(d);
     }
-    // One whose redelivery GitHub never accepts: asked for 3 times at most, and then passed over.
+    // One whose redelivery request GitHub fails: no try counted, and the pass goes on with the
+    // others; it waits (a minute, longer than this test) before it is asked for again.
     const stuck = failed[30]!;
     list.failing.add(stuck.id);
     const lines: string[] = [];
@@ -447,7 +470,8 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
       }
       throw new Error("the read never got all the way down");
     };
-    assert.ok((await readAll()) >= 4, "several passes");
+    // 60 requests, 20 a pass.
+    assert.ok((await readAll()) >= 3, "several passes");
     // The redeliveries are new deliveries on top: one more read over them asks for nothing.
     const asking = list.asked.length;
     await readAll();
@@ -455,9 +479,12 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
 
     const asked = new Map<number, number>();
     for (const id of list.asked) asked.set(id, (asked.get(id) ?? 0) + 1);
-    for (const f of failed) assert.equal(asked.get(f.id), f === stuck ? 3 : 1, `event ${f.guid}`);
-    assert.equal(list.asked.length, failed.length + 2, "nothing else asked for");
-    assert.equal(errors, 3, "the stuck event failed 3 passes, then was passed over");
+    for (const f of failed) assert.equal(asked.get(f.id), 1, `event ${f.guid}`);
+    assert.equal(list.asked.length, failed.length, "nothing else asked for");
+    assert.equal(errors, 1, "the pass whose request failed said so, after doing the rest");
+    const waiting = await log.event(stuck.guid);
+    assert.deepEqual([waiting.tries, waiting.failures, waiting.gaveUp], [0, 1, false], "its tries all left");
+    assert.ok(waiting.waitingUntil !== undefined, "it waits to be asked for again");
     assert.equal(await log.resume(), undefined, "the read finished");
     assert.ok((await log.readUpTo()) >= Date.parse(list.deliveries.at(-1)!.deliveredAt) - 1000, "the mark moved up to the newest delivery");
     const backlog = lines.map((l) => JSON.parse(l) as { msg: string; redelivered?: number }).filter((l) => l.msg === "failed deliveries left for the next pass");
@@ -492,5 +519,208 @@ test("a saved cursor GitHub no longer takes: the pass fails once, and the next r
     assert.deepEqual(list.asked.sort((a, b) => a - b), failed.map((f) => f.id));
   } finally {
     conn.disconnect();
+  }
+});
+
+test("a receiver down for 10 minutes, far longer than three passes: tries come 1, 4 and 16 minutes apart, and the event is redelivered once it is back", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "redeliver-outage");
+  const conn = redisConnection(r.url);
+  const receiver = createServer((req, res) => req.resume().on("end", () => res.writeHead(202).end()));
+  await new Promise<void>((res) => receiver.listen(0, "127.0.0.1", res));
+  try {
+    fake.setWebhookUrl(DEAD_URL);
+    const job = await fake.queueJob({ owner: "acme", repo: "outage", labels: ["self-hosted", "gpu"] });
+    const guid = fake.deliveries.find((d) => d.jobId === job.id)!.id;
+    // A pass a minute for 30 minutes, on a clock of the test's; GitHub stamps each attempt with it.
+    let offset = 0;
+    const now = () => Date.now() + offset;
+    const stamp = () => {
+      for (const d of fake.deliveries) if (!stamped.has(d)) (stamped.add(d), (d.deliveredAt = new Date(now()).toISOString().replace(/\.\d{3}Z$/, "Z")));
+    };
+    const stamped = new Set<object>();
+    stamp();
+    const log = new RedeliveryLog(conn, r.prefix);
+    const loop = githubDeliveriesLoop({
+      github: octokit(fake),
+      log,
+      intervalMs: 60_000,
+      windowMs: 3600_000,
+      maxPerPass: 10,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("silent"),
+      now,
+    });
+    const signal = new AbortController().signal;
+    const askedAt: number[] = [];
+    for (let minute = 0; minute <= 30; minute++) {
+      offset = minute * 60_000;
+      // The receiver is back after 10 minutes.
+      if (minute === 10) fake.setWebhookUrl(`http://127.0.0.1:${(receiver.address() as AddressInfo).port}/`);
+      const before = callsTo(fake, ATTEMPTS, "POST");
+      await loop.run(signal);
+      await fake.webhooksIdle();
+      stamp();
+      if (callsTo(fake, ATTEMPTS, "POST") > before) askedAt.push(minute);
+    }
+    assert.deepEqual(askedAt, [0, 1, 5, 21], "each try waits 4 times longer after the last one failed");
+    assert.deepEqual(
+      fake.deliveries.filter((d) => d.id === guid).map((d) => d.status),
+      [0, 0, 0, 0, 202],
+      "failed while the receiver was down, redelivered once it was back",
+    );
+    const event = await log.event(guid);
+    assert.equal(event.tries, 4);
+    assert.equal(event.waitingUntil, undefined, "done: nothing waits");
+  } finally {
+    receiver.close();
+    conn.disconnect();
+    await fake.close();
+  }
+});
+
+test("a redelivery request GitHub fails counts no try and stops nothing: the later events are asked for in the same pass, the failed one again later", async () => {
+  const r = scopedRedis(redis, "redeliver-request-fails");
+  const conn = redisConnection(r.url);
+  try {
+    const list = new DeliveryList(100);
+    let offset = 0;
+    list.clock = () => Date.now() + offset;
+    const events = [0, 1, 2].map((i) => list.add(`event-${i}`, 0, Date.now() - 60_000 + i * 1000));
+    // The newest, the first one asked for: GitHub fails the request (5xx after the client's retries).
+    const broken = events[2]!;
+    list.failing.add(broken.id);
+    const log = new RedeliveryLog(conn, r.prefix);
+    const loop = githubDeliveriesLoop({
+      github: list,
+      log,
+      intervalMs: 60_000,
+      windowMs: 3600_000,
+      maxPerPass: 10,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("silent"),
+      now: list.clock,
+    });
+    const signal = new AbortController().signal;
+    const failure = await loop.run(signal).then(() => undefined, (err: unknown) => err);
+    assert.deepEqual(list.asked, [broken.id, events[1]!.id, events[0]!.id], "the later events asked for in the same pass");
+    assert.match(String(failure), /1 of 3 redelivery requests failed; first: event-2: .*502/, "the pass says so, after doing the rest");
+    const after = await log.event(broken.guid);
+    assert.equal(after.tries, 0, "a failed request is no try");
+    assert.equal(after.failures, 1);
+    assert.ok(after.waitingUntil !== undefined && after.waitingUntil >= list.clock() + 59_000, "asked again a minute later");
+
+    // GitHub fails it twice more, then takes it: a pass a minute, 25 minutes.
+    const askedAt: number[] = [];
+    for (let minute = 1; minute <= 25; minute++) {
+      offset = minute * 60_000;
+      if (minute === 6) list.failing.delete(broken.id);
+      const before = list.asked.length;
+      await loop.run(signal).catch(() => undefined);
+      if (list.asked.length > before) askedAt.push(minute);
+      assert.ok(list.asked.slice(before).every((id) => id === broken.id), "nothing else asked for");
+    }
+    assert.deepEqual(askedAt, [1, 5, 21], "requests spaced out like tries");
+    const done = await log.event(broken.guid);
+    assert.deepEqual([done.tries, done.failures, done.waitingUntil, done.gaveUp], [1, 0, undefined, false], "one try, taken once GitHub took the request");
+    assert.deepEqual(
+      list.deliveries.filter((d) => d.guid === broken.guid).map((d) => d.statusCode),
+      [0, 202],
+    );
+  } finally {
+    conn.disconnect();
+  }
+});
+
+test("checking one registration fails: the later orphans of its scope are still deleted, and its list still counts as complete", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "orphans-one-fails");
+  const conn = redisConnection(r.url);
+  try {
+    const orphans = [];
+    for (const n of ["aa", "bb", "cc"]) orphans.push(await registerRunner(fake, `jitrunner-default-00000000${n}`));
+    // A runner recorded busy, listed after them: its registration is there, so GitHub is not asked about it.
+    const busy = await registerRunner(fake, "jitrunner-default-00000000dd");
+    const runners = new RunnerStore(conn, r.prefix);
+    await runners.put({
+      name: "jitrunner-default-00000000dd",
+      pool: "default",
+      host: "elsewhere",
+      state: "busy",
+      busyAt: Date.now() - 60_000,
+      installationId: fake.installationId,
+      owner: "acme",
+      repo: "app",
+      runnerId: busy.id,
+      demandId: "1-1",
+      createdAt: Date.now() - 60_000,
+    });
+    // GitHub refuses the first delete (a permission it keeps refusing).
+    fake.inject({ route: RUNNER, method: "DELETE", status: 403, times: 1, body: { message: "Resource not accessible by integration" } });
+    const loop = githubRunnersLoop({
+      github: octokit(fake),
+      runners,
+      repos: activeApp(fake),
+      pools: [{ scope: "repository" }],
+      namePrefix: "jitrunner",
+      intervalMs: 60_000,
+      windowMs: 3600_000,
+      maxRepositories: 10,
+      graceMs: 0,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("silent"),
+    });
+    const failure = await loop.run(new AbortController().signal).then(() => undefined, (err: unknown) => err);
+    assert.deepEqual(
+      fake.runners().map((x) => x.id).sort((a, b) => a - b),
+      [orphans[0]!.id, busy.id],
+      "the two later orphans deleted; the refused one and the recorded one kept",
+    );
+    assert.equal(callsTo(fake, RUNNER, "GET"), 0, "the busy runner's registration was listed: not asked about");
+    assert.match(String(failure), /runner jitrunner-default-00000000aa: .*403/, "the pass says so, after doing the rest");
+  } finally {
+    conn.disconnect();
+    await fake.close();
+  }
+});
+
+test("a queued job whose done demand BullMQ no longer holds: added again with the note of the runner that served it forgotten", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "recover-expired");
+  const conn = redisConnection(r.url);
+  const queues = new DemandQueues({ redisUrl: r.url, prefix: r.prefix, attempts: 3 }, conn);
+  try {
+    fake.setWebhookUrl(DEAD_URL);
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    const id = `${job.id}-${job.run_attempt}`;
+    // Its demand was served over an hour ago by a runner that took another job and is gone; BullMQ
+    // dropped the done item (after an hour), the runner's note stays (7 days).
+    const runners = new RunnerStore(conn, r.prefix);
+    const gone = { name: "jitrunner-default-00000000ee", host: "elsewhere", demandId: id };
+    await runners.put({ ...gone, pool: "default", state: "idle", installationId: fake.installationId, owner: "acme", repo: "app", createdAt: Date.now() - 7200_000 });
+    await runners.remove(gone, true);
+    assert.equal((await runners.findByDemand(id))?.name, gone.name);
+
+    const loop = githubQueuedLoop({
+      config: testConfig(),
+      github: octokit(fake),
+      demand: queues,
+      runners,
+      repos: activeApp(fake),
+      intervalMs: 60_000,
+      windowMs: 3600_000,
+      maxRepositories: 10,
+      maxRunsPerPass: 10,
+      retryFailedAfterMs: 0,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("silent"),
+    });
+    await loop.run(new AbortController().signal);
+    assert.equal((await demandState(r, "default", id))?.state, "waiting", "the demand added again");
+    assert.equal(await runners.findByDemand(id), undefined, "no note of a runner: a worker launches one rather than taking it as served");
+  } finally {
+    await queues.close();
+    conn.disconnect();
+    await fake.close();
   }
 });

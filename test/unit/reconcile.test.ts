@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { HookDelivery } from "../../src/github/client.ts";
 import { decideQueued } from "../../src/ingress/policy.ts";
-import { toRedeliver, transientFailure } from "../../src/reconcile/github-deliveries.ts";
+import { MAX_FAILED_REQUESTS_PER_EVENT, MAX_REDELIVERIES_PER_EVENT, retryDelayMs, toRedeliver, transientFailure } from "../../src/reconcile/github-deliveries.ts";
 import { queuedEventOf, runsToList } from "../../src/reconcile/github-queued.ts";
 import { scopesToCheck } from "../../src/reconcile/github-runners.ts";
 import { passTimeoutMs } from "../../src/reconcile/loops.ts";
@@ -107,4 +107,11 @@ test("queued runs: at most the budget per pass, never-listed runs first, then th
     }
   }
   assert.equal(covered.size, runs.length);
+});
+
+test("redelivery tries: 1, 4, 16, 64, 256, 1,024 minutes apart, all of them (and as many failed requests) within GitHub's 3 days", () => {
+  assert.deepEqual([1, 2, 3, 4, 5, 6].map((n) => retryDelayMs(n) / 60_000), [1, 4, 16, 64, 256, 1024]);
+  const span = (max: number) => Array.from({ length: max - 1 }, (_, i) => retryDelayMs(i + 1)).reduce((a, b) => a + b, 0);
+  assert.ok(span(MAX_REDELIVERIES_PER_EVENT) > 20 * 3600_000, "a receiver down for most of a day still gets the event");
+  assert.ok(span(MAX_REDELIVERIES_PER_EVENT) + span(MAX_FAILED_REQUESTS_PER_EVENT) < 3 * 24 * 3600_000);
 });
