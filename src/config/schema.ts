@@ -99,6 +99,11 @@ const docker = z
     keyFile: z.string().optional(),
     /** User for `ssh` (keys from the SSH agent, SSH_AUTH_SOCK). */
     username: z.string().optional(),
+    /**
+     * OpenSSH known_hosts file that must hold the `ssh` engine's host key, as for the docker CLI
+     * (unset: ~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts). An unknown or changed key is refused.
+     */
+    knownHostsFile: z.string().optional(),
     /** Time limit on list, inspect, remove and ping calls (not on waits for a container to stop). */
     callTimeoutSeconds: z.number().min(1).default(DEFAULT_CALL_TIMEOUT_SECONDS),
     /** Time limit on creating and on starting a runner container. */

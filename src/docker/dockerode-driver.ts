@@ -4,6 +4,7 @@ import Docker from "dockerode";
 import { DEFAULT_CALL_TIMEOUT_SECONDS, DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS } from "../config/schema.ts";
 import { DockerError, errorMessage } from "../errors.ts";
 import type { RunnerContainer, RunnerDriver, RunnerSpec } from "./driver.ts";
+import { hostKeyVerifier, type HostKeyVerifier } from "./known-hosts.ts";
 
 export interface DockerConnection {
   socketPath?: string;
@@ -14,11 +15,15 @@ export interface DockerConnection {
   certFile?: string;
   keyFile?: string;
   username?: string;
+  /** OpenSSH known_hosts file the `ssh` engine's host key must be in (default: ~/.ssh/known_hosts, /etc/ssh/ssh_known_hosts). */
+  knownHostsFile?: string;
   /** Time limit on calls that should answer promptly: list, inspect, remove, ping. */
   callTimeoutSeconds?: number;
   /** Time limit on creating and on starting a container. */
   launchCallTimeoutSeconds?: number;
 }
+
+type SshOptions = NonNullable<Docker.DockerOptions["sshOptions"]>;
 
 const DOCKER_DATA = "/var/lib/docker";
 /** Ends the name of each runner's own volume for DinD's storage (see `dataVolumeName`). */
@@ -39,9 +44,17 @@ export class DockerodeDriver implements RunnerDriver {
   readonly #docker: Docker;
   readonly #callMs: number;
   readonly #launchCallMs: number;
+  /** For an engine over SSH: its host key's check (see known-hosts.ts). */
+  readonly #hostKeys: HostKeyVerifier | undefined;
 
-  constructor(connection: DockerConnection = {}) {
-    const { caFile, certFile, keyFile, username, callTimeoutSeconds, launchCallTimeoutSeconds, ...rest } = connection;
+  /**
+   * `warn` hears of a connection that exposes what it carries (see `connectionWarnings`); by
+   * default, a process warning on stderr.
+   */
+  constructor(connection: DockerConnection = {}, o: { warn?: (message: string) => void } = {}) {
+    const { caFile, certFile, keyFile, username, knownHostsFile, callTimeoutSeconds, launchCallTimeoutSeconds, ...rest } = connection;
+    const warn = o.warn ?? ((message: string) => process.emitWarning(message, { code: "JITRUNNER_DOCKER_CLEARTEXT" }));
+    for (const w of connectionWarnings(connection)) warn(w);
     this.#callMs = (callTimeoutSeconds ?? DEFAULT_CALL_TIMEOUT_SECONDS) * 1000;
     // Create and start under a burst are slow on a busy engine (10-20 s seen): a limit of their own,
     // longer, so that a slow engine is not taken for a hung one. One that gives up on a create or
@@ -52,8 +65,19 @@ export class DockerodeDriver implements RunnerDriver {
     if (certFile) options.cert = readFileSync(certFile);
     if (keyFile) options.key = readFileSync(keyFile);
     if (username) options.username = username;
-    if (connection.protocol === "ssh") options.sshOptions = { agent: process.env.SSH_AUTH_SOCK };
-    this.#docker = rest.host || rest.socketPath ? new Docker(options) : new Docker();
+    const configured = !!(rest.host || rest.socketPath);
+    // With neither, docker-modem takes DOCKER_HOST (from process.env), which may be an ssh:// URL.
+    // ssh2 connects to localhost when given no host.
+    const ssh = configured ? (connection.protocol === "ssh" ? { host: rest.host ?? "localhost", port: rest.port } : undefined) : sshDockerHost(process.env);
+    if (ssh) {
+      // ssh2 accepts any host key unless given a hostVerifier.
+      const hostKeys = hostKeyVerifier({ ...ssh, files: knownHostsFile ? [knownHostsFile] : undefined });
+      this.#hostKeys = hostKeys;
+      // Names ssh2 knows (known-hosts.ts takes them from its list).
+      const algorithms = hostKeys.algorithms() as SshOptions["algorithms"];
+      options.sshOptions = { agent: process.env.SSH_AUTH_SOCK, hostVerifier: (key: Buffer) => hostKeys.verify(key), ...(algorithms ? { algorithms } : {}) };
+    }
+    this.#docker = configured ? new Docker(options) : ssh ? new Docker({ sshOptions: options.sshOptions }) : new Docker();
   }
 
   async ping(): Promise<void> {
@@ -91,6 +115,8 @@ export class DockerodeDriver implements RunnerDriver {
     const stop = () => done.abort();
     signal.addEventListener("abort", stop, { once: true });
     try {
+      // An abort before the listener was added does not fire it.
+      if (signal.aborted) return { exitCode: null };
       return await Promise.race([this.#engineWait(container, done.signal), this.#pollStopped(container, done.signal)]);
     } finally {
       done.abort();
@@ -146,7 +172,7 @@ export class DockerodeDriver implements RunnerDriver {
       // 404: already gone; 409: removal already in progress (a volume left is the host loop's).
       if (status === 404 || status === 409) return;
       if (err instanceof DockerError) throw err;
-      throw new DockerError(`remove container failed: ${errorMessage(err)}`, { cause: err });
+      throw new DockerError(`remove container failed: ${this.#reason(err)}`, { cause: err });
     }
     for (const v of volumes) await this.#removeVolume(v);
   }
@@ -160,7 +186,7 @@ export class DockerodeDriver implements RunnerDriver {
       const status = statusOf(err);
       if (status === 404 || status === 409) return false;
       if (err instanceof DockerError) throw err;
-      throw new DockerError(`remove volume failed: ${errorMessage(err)}`, { cause: err });
+      throw new DockerError(`remove volume failed: ${this.#reason(err)}`, { cause: err });
     }
   }
 
@@ -203,11 +229,17 @@ export class DockerodeDriver implements RunnerDriver {
       if (err instanceof DockerError) throw err;
       const status = statusOf(err);
       // Docker's message, never the request: the request carries the JIT config.
-      const reason = (err as { json?: { message?: string } }).json?.message ?? errorMessage(err);
-      throw new DockerError(`${what} failed${status ? ` (${status})` : ""}: ${reason}`, {
+      throw new DockerError(`${what} failed${status ? ` (${status})` : ""}: ${this.#reason(err)}`, {
         retryable: status === undefined || status >= 500,
       });
     }
+  }
+
+  /** Docker's message, or for an SSH host key refused, why (ssh2 says only "Host denied"). */
+  #reason(err: unknown): string {
+    const message = (err as { json?: { message?: string } }).json?.message ?? errorMessage(err);
+    const refusal = this.#hostKeys?.refusal;
+    return refusal && /host denied/i.test(message) ? refusal : message;
   }
 
   /**
@@ -235,6 +267,47 @@ export class DockerodeDriver implements RunnerDriver {
       limit.removeEventListener("abort", onAbort!);
     }
   }
+}
+
+/** The host and port of a `DOCKER_HOST=ssh://[user@]host[:port]`, if that is what it is. */
+function sshDockerHost(env: NodeJS.ProcessEnv): { host: string; port?: number } | undefined {
+  if (!env.DOCKER_HOST?.startsWith("ssh://")) return undefined;
+  const url = new URL(env.DOCKER_HOST);
+  return { host: url.hostname.replace(/^\[(.*)\]$/, "$1"), ...(url.port ? { port: Number(url.port) } : {}) };
+}
+
+/** Whether `host` names this machine: a loopback address or `localhost`. */
+function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  return h === "localhost" || h.endsWith(".localhost") || h === "::1" || /^127\.\d+\.\d+\.\d+$/.test(h) || /^::ffff:127\./.test(h);
+}
+
+/**
+ * What is wrong, short of an error, with a way to the engine: plain HTTP (`protocol: http`, or a
+ * host with neither `https` nor TLS files, or `DOCKER_HOST=tcp://` without DOCKER_TLS_VERIFY) to an
+ * engine on another machine sends every container-create body, each runner's JIT config in it,
+ * unencrypted, and lets anyone on the way drive the engine.
+ */
+export function connectionWarnings(connection: DockerConnection, env: NodeJS.ProcessEnv = process.env): string[] {
+  let host = connection.host;
+  let protocol = connection.protocol ?? (connection.caFile && connection.certFile && connection.keyFile ? "https" : "http");
+  if (!connection.host && !connection.socketPath) {
+    // docker-modem's reading of DOCKER_HOST (lib/modem.js, defaultOpts).
+    const url = env.DOCKER_HOST;
+    if (!url || url.startsWith("unix://") || url.startsWith("npipe://")) return [];
+    let parsed: URL;
+    try {
+      parsed = new URL(url.includes("//") ? url : `tcp://${url}`);
+    } catch {
+      return [];
+    }
+    host = parsed.hostname;
+    protocol = env.DOCKER_TLS_VERIFY === "1" || parsed.port === "2376" ? "https" : parsed.protocol === "ssh:" ? "ssh" : "http";
+  }
+  if (protocol !== "http" || !host || isLoopback(host)) return [];
+  return [
+    `worker.docker: the Docker engine at ${host} is reached over plain HTTP: every runner's JIT config goes to it unencrypted and anyone on the way can drive the engine. Use protocol https with TLS client certificates (caFile, certFile, keyFile) or ssh.`,
+  ];
 }
 
 function statusOf(err: unknown): number | undefined {

@@ -3,9 +3,11 @@
  * - TCP+TLS: an extra engine listening on a loopback port with `--tlsverify` and certificates made
  *   for the test; the worker connects with a client certificate;
  * - SSH (dockerode's `ssh` protocol, keys from the SSH agent, `docker system dial-stdio` on the far
- *   side): an OpenSSH server on 127.0.0.1 in front of this machine's engine.
+ *   side): an OpenSSH server on 127.0.0.1 in front of this machine's engine, its host key in a
+ *   known_hosts file made for the test.
  * Each runs a job through the fake GitHub on a DinD runner launched over that connection, with
- * nothing left behind; a connection that cannot authenticate fails the start with a clear error.
+ * nothing left behind; a connection that cannot authenticate fails the start with a clear error,
+ * and so does an SSH server whose host key known_hosts does not hold (another key, or none).
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -26,10 +28,21 @@ let redis: TestRedis;
 let sshd: TestSshd;
 const hosts: string[] = [];
 const agentBefore = process.env.SSH_AUTH_SOCK;
+/** known_hosts files: one holding the test sshd's host key, one holding another key for it. */
+let knownHostsDir: string;
+let knownHosts: string;
+let otherKnownHosts: string;
+/** An ed25519 key made by ssh-keygen, not the test sshd's. */
+const OTHER_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMb3Rs/fS8YstzsxbIWUFzOhWRvIjjEZqrEU824CmbIO";
 
 before(async () => {
   redis = await startRedis();
   sshd = await startSshd();
+  knownHostsDir = mkdtempSync(join(tmpdir(), "jitrunner-known-hosts-"));
+  knownHosts = join(knownHostsDir, "known_hosts");
+  writeFileSync(knownHosts, `${sshd.knownHostsLine}\n`);
+  otherKnownHosts = join(knownHostsDir, "other_known_hosts");
+  writeFileSync(otherKnownHosts, `[127.0.0.1]:${sshd.port} ${OTHER_HOST_KEY}\n`);
 });
 after(async () => {
   if (agentBefore === undefined) delete process.env.SSH_AUTH_SOCK;
@@ -37,6 +50,7 @@ after(async () => {
   for (const h of hosts) await removeContainersOf(h);
   await sshd?.stop();
   await redis?.stop();
+  if (knownHostsDir) rmSync(knownHostsDir, { recursive: true, force: true });
 });
 
 /** A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl. */
@@ -105,7 +119,7 @@ test("over TCP+TLS: the worker launches a runner on a --tlsverify engine; a cert
   }
 });
 
-test("over SSH: the worker launches a runner, its job completes, nothing is left", async () => {
+test("over SSH to a host whose key known_hosts holds: the worker launches a runner, its job completes, nothing is left", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("ssh");
   hosts.push(host);
@@ -117,7 +131,7 @@ test("over SSH: the worker launches a runner, its job completes, nothing is left
       capacity: 2,
       completedGraceSeconds: 5,
       reconcileIntervalSeconds: 2,
-      docker: { protocol: "ssh", host: "127.0.0.1", port: sshd.port, username: "root" },
+      docker: { protocol: "ssh", host: "127.0.0.1", port: sshd.port, username: "root", knownHostsFile: knownHosts },
     },
   });
   try {
@@ -140,7 +154,7 @@ test("over SSH with no usable key: the worker does not start, and says why", asy
   try {
     await assert.rejects(
       startSystem("worker", fake, scopedRedis(redis, "ssh-denied"), host, {
-        worker: { hostId: host, docker: { protocol: "ssh", host: "127.0.0.1", port: sshd.port, username: "root" } },
+        worker: { hostId: host, docker: { protocol: "ssh", host: "127.0.0.1", port: sshd.port, username: "root", knownHostsFile: knownHosts } },
       }),
       (err: Error) => {
         assert.match(err.message, /ping/i);
@@ -148,6 +162,41 @@ test("over SSH with no usable key: the worker does not start, and says why", asy
         return true;
       },
     );
+  } finally {
+    await fake.close();
+  }
+});
+
+test("over SSH to a host whose key known_hosts does not hold: the worker refuses the engine, and says why", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  // The agent holds the key sshd accepts: only the host key check stands in the way.
+  process.env.SSH_AUTH_SOCK = sshd.agentSocket;
+  const hostKey = sshd.hostPublicKey.split(/\s+/)[1]!;
+  // The fingerprint OpenSSH shows for the key the test sshd presents.
+  const shown = spawnSync("ssh-keygen", ["-lf", "-"], { input: sshd.hostPublicKey, encoding: "utf8" }).stdout.split(" ")[1]!;
+  const cases = [
+    { file: otherKnownHosts, said: /differs from the one known_hosts .* holds for it/ },
+    { file: join(knownHostsDir, "absent"), said: /is not in known_hosts .*absent \(missing\)/ },
+  ];
+  try {
+    for (const { file, said } of cases) {
+      const host = uniqueHost("ssh-unknown-host");
+      hosts.push(host);
+      await assert.rejects(
+        startSystem("worker", fake, scopedRedis(redis, "ssh-unknown-host"), host, {
+          worker: { hostId: host, docker: { protocol: "ssh", host: "127.0.0.1", port: sshd.port, username: "root", knownHostsFile: file } },
+        }),
+        (err: Error) => {
+          assert.match(err.message, /ping/i);
+          assert.ok(err.message.includes(`SSH host key of 127.0.0.1 port ${sshd.port} (ssh-ed25519 ${shown})`), err.message);
+          assert.match(err.message, said);
+          assert.match(err.message, new RegExp(`ssh-keyscan -p ${sshd.port} 127\\.0\\.0\\.1 >> `));
+          assert.ok(!err.message.includes(hostKey), "the fingerprint, not the key");
+          return true;
+        },
+      );
+      assert.equal((await containersOf(host)).length, 0);
+    }
   } finally {
     await fake.close();
   }

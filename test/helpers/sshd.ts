@@ -7,6 +7,10 @@ import { freePort } from "./ports.ts";
 
 export interface TestSshd {
   port: number;
+  /** sshd's host public key, as OpenSSH writes it: `ssh-ed25519 BASE64 comment`. */
+  hostPublicKey: string;
+  /** A known_hosts line for this sshd (`[127.0.0.1]:PORT ssh-ed25519 BASE64`). */
+  knownHostsLine: string;
   /** An ssh-agent holding the one key sshd accepts (for root): what SSH_AUTH_SOCK should name. */
   agentSocket: string;
   /** An ssh-agent holding no key at all. */
@@ -64,8 +68,12 @@ export async function startSshd(): Promise<TestSshd> {
   };
   try {
     await until(() => connects({ port, host: "127.0.0.1" }), "sshd", () => (sshd.exitCode !== null ? `sshd exited: ${sshdErr}` : undefined));
+    const hostPublicKey = readFileSync(join(dir, "host_key.pub"), "utf8").trim();
+    const [keyType, key] = hostPublicKey.split(/\s+/);
     return {
       port,
+      hostPublicKey,
+      knownHostsLine: `[127.0.0.1]:${port} ${keyType} ${key}`,
       agentSocket: await agent("agent.sock", true),
       emptyAgentSocket: await agent("empty-agent.sock", false),
       stop: async () => {

@@ -1,0 +1,44 @@
+/**
+ * DockerodeDriver on its own, before any engine answers: its warnings at construction, and a wait
+ * given a signal that has already aborted. The "engine" is an HTTP server on a unix socket that
+ * answers nothing.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, type IncomingMessage } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
+
+test("a driver for plain HTTP to another machine warns at construction; one for loopback does not", () => {
+  const warnings: string[] = [];
+  const warn = (m: string) => warnings.push(m);
+  new DockerodeDriver({ host: "engine.example", port: 2375, protocol: "http" }, { warn });
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0]!, /engine\.example is reached over plain HTTP: every runner's JIT config goes to it unencrypted/);
+  new DockerodeDriver({ host: "127.0.0.1", port: 2375, protocol: "http" }, { warn });
+  new DockerodeDriver({ host: "engine.example", port: 22, protocol: "ssh", knownHostsFile: "/nowhere" }, { warn });
+  assert.equal(warnings.length, 1);
+});
+
+test("a wait given a signal already aborted ends at once", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "jitrunner-driver-"));
+  const socketPath = join(dir, "engine.sock");
+  const held: IncomingMessage[] = [];
+  const server = createServer((req) => void held.push(req));
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  try {
+    const driver = new DockerodeDriver({ socketPath, callTimeoutSeconds: 1 });
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), 2000)));
+    const result = await Promise.race([driver.wait("c0ffee", AbortSignal.abort()), late]);
+    clearTimeout(timer);
+    assert.deepEqual(result, { exitCode: null });
+  } finally {
+    for (const req of held) req.socket.destroy();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
