@@ -1,11 +1,13 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { loadConfig, type Config } from "./config/load.ts";
+import { loadConfig, type Config, type SecretsFor } from "./config/load.ts";
+import { connectionWarnings } from "./docker/dockerode-driver.ts";
 import { ConfigError, errorMessage } from "./errors.ts";
 import { createLogger } from "./logger.ts";
 import { start, type Mode } from "./main.ts";
 import { drainHost } from "./cli/drain.ts";
 import { COMMAND_HELP, USAGE } from "./cli/help.ts";
+import { runUntilStopped } from "./cli/run.ts";
 import { appManifest } from "./cli/manifest.ts";
 import { statusCommand } from "./cli/status.ts";
 
@@ -23,6 +25,17 @@ function withoutPassword(url: string): string {
   }
 }
 
+/**
+ * The GitHub secrets a command loads (secretsNeeded): a run mode its own, `check-config` those of
+ * the mode it is asked about (--mode; default `all`, both), `status` and `drain` none (they only
+ * read Redis: an operator's shell needs no GitHub secret). Undefined: not a mode.
+ */
+function secretsForCommand(command: string, mode: string | undefined): SecretsFor | undefined {
+  if (command === "status" || command === "drain") return "none";
+  const wanted = command === "check-config" ? (mode ?? "all") : command;
+  return wanted === "server" || wanted === "worker" || wanted === "all" ? wanted : undefined;
+}
+
 async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
@@ -38,6 +51,7 @@ async function main(argv: string[]): Promise<number> {
         url: { type: "string" },
         name: { type: "string" },
         "redirect-url": { type: "string" },
+        mode: { type: "string" },
       },
     });
   } catch (err) {
@@ -69,12 +83,15 @@ async function main(argv: string[]): Promise<number> {
       return 2;
     }
   }
+  const secretsFor = secretsForCommand(command, values.mode);
+  if (!secretsFor) {
+    process.stderr.write(`jitrunner ${command}: --mode must be server, worker or all\n`);
+    return 2;
+  }
   const path = values.config ?? process.env.JITRUNNER_CONFIG ?? "jitrunner.yml";
   let config: Config;
   try {
-    // status and drain only read Redis: an operator's shell needs no GitHub secrets for them.
-    const githubSecrets = command !== "status" && command !== "drain";
-    config = loadConfig({ text: readFileSync(path, "utf8"), env: process.env, readFile: (p) => readFileSync(p, "utf8"), githubSecrets });
+    config = loadConfig({ text: readFileSync(path, "utf8"), env: process.env, readFile: (p) => readFileSync(p, "utf8"), secretsFor });
   } catch (err) {
     if (err instanceof ConfigError) process.stderr.write(`jitrunner: ${path}: ${err.message}\n`);
     else process.stderr.write(`jitrunner: cannot read config ${path}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}\n`);
@@ -83,6 +100,7 @@ async function main(argv: string[]): Promise<number> {
   if (command === "check-config") {
     const shown = { ...config, redis: { ...config.redis, url: withoutPassword(config.redis.url) } };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
+    if (values.mode !== "server") for (const w of connectionWarnings(config.worker.docker)) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
     return 0;
   }
   if (command === "drain") {
@@ -96,28 +114,9 @@ async function main(argv: string[]): Promise<number> {
 
   const logger = createLogger(config.logLevel);
   const running = await start(config, command as Mode, logger);
-  await new Promise<void>((resolve) => {
-    let signals = 0;
-    const onSignal = (signal: string) => {
-      if (++signals > 1) {
-        logger.warn({ signal }, "second signal: exiting now");
-        process.exit(1);
-      }
-      logger.info({ signal }, "shutting down: no new demand, finishing in-flight launches");
-      running.close().then(resolve, (err) => {
-        logger.error({ err: errorMessage(err) }, "shutdown incomplete");
-        resolve();
-      });
-    };
-    process.on("SIGTERM", onSignal);
-    process.on("SIGINT", onSignal);
-    void running.drained.then(() => {
-      logger.info("drained: every job on this host finished; exiting");
-      running.close().then(resolve, resolve);
-    });
-  });
-  logger.info("stopped");
-  return 0;
+  const code = await runUntilStopped(running, logger);
+  logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");
+  return code;
 }
 
 /** Exit once stdout and stderr are flushed (a piped `check-config` must not be cut short). */

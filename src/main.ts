@@ -1,9 +1,9 @@
 import type { FastifyInstance } from "fastify";
 import type { Redis, RedisOptions } from "ioredis";
 import type { Logger } from "pino";
-import type { Config } from "./config/load.ts";
+import { secretsNeeded, type Config } from "./config/load.ts";
 import { DockerodeDriver } from "./docker/dockerode-driver.ts";
-import { errorMessage } from "./errors.ts";
+import { ConfigError, errorMessage } from "./errors.ts";
 import { OctokitGitHub } from "./github/octokit-client.ts";
 import { buildApp } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
@@ -39,6 +39,11 @@ export interface Running {
  * in-flight launches, close connections; running runners keep running).
  */
 export async function start(config: Config, mode: Mode, logger: Logger): Promise<Running> {
+  // A config loaded for another mode (loadConfig's secretsFor) lacks a secret this one needs: an
+  // empty webhook secret would let anyone sign deliveries.
+  const needs = secretsNeeded(mode);
+  if (needs.privateKey && !config.secrets.privateKey.reveal()) throw new ConfigError([`${mode} mode needs the GitHub App's private key`]);
+  if (needs.webhookSecret && !config.secrets.webhookSecret.reveal()) throw new ConfigError([`${mode} mode needs the webhook secret`]);
   const connections: Redis[] = [];
   const undo: Array<() => Promise<unknown>> = [];
   try {
@@ -121,7 +126,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
     const activity = new ActivityLog(redis, prefix);
     const hostStore = new HostStore(redis, prefix);
     const host = config.worker.hostId;
-    const driver = new DockerodeDriver(config.worker.docker);
+    const driver = new DockerodeDriver(config.worker.docker, { warn: (message) => logger.warn({ docker: "connection" }, message) });
     github = new OctokitGitHub({
       appId: config.github.appId,
       privateKey: config.secrets.privateKey,
@@ -198,15 +203,24 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
     },
     metricsToken: config.secrets.metricsToken,
   });
+  const beginHttpClose = closeConnectionsAfterResponses(app);
   const url = await app.listen({ host: config.server.host, port: config.server.port });
   logger.info({ mode, url }, "jitrunner started");
 
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
-      await app.close();
-      await reconciler?.close();
-      await worker?.stop();
+      // The HTTP side and the worker stop side by side: a keep-alive client (a proxy, a scraper)
+      // must not hold up the launches' end, nor the launches the HTTP server's. A delivery in
+      // flight still reaches the queue: it closes below, once both are done.
+      beginHttpClose();
+      const stopped = await Promise.allSettled([
+        app.close(),
+        (async () => {
+          await reconciler?.close();
+          await worker?.stop();
+        })(),
+      ]);
       github?.close();
       await http?.queues.close();
       await reconcilerQueues?.close();
@@ -218,8 +232,32 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
           else c.disconnect();
         }),
       );
+      const failed = stopped.find((r) => r.status === "rejected");
+      if (failed) throw failed.reason;
     })());
   return { app, url, close, drained: worker?.drained ?? new Promise<void>(() => undefined) };
+}
+
+/**
+ * Node's and Fastify's close ends only the connections idle when it starts: a keep-alive
+ * connection whose request is in flight then stays open after its response until the client
+ * leaves or keepAliveTimeout (72 s) passes, and app.close() waits for it. Once the function
+ * returned is called, every response says `Connection: close` (Node then ends its connection),
+ * and each finished response closes the connections left idle, so close ends right after the
+ * in-flight responses. Hooks must be added before the app is ready: call this before listen.
+ */
+function closeConnectionsAfterResponses(app: FastifyInstance): () => void {
+  let closing = false;
+  app.addHook("onSend", async (_req, reply, payload) => {
+    if (closing && !reply.raw.headersSent) void reply.header("connection", "close");
+    return payload;
+  });
+  app.addHook("onResponse", async () => {
+    if (closing) app.server.closeIdleConnections();
+  });
+  return () => {
+    closing = true;
+  };
 }
 
 /** How long a stopping process lets a Redis connection send what it holds before it cuts it. */

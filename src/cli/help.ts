@@ -18,18 +18,26 @@ ${CONFIG_OPTION}
   -h, --help          show this help, or a command's: jitrunner <command> --help
 
 Secrets come from files named in the config (github.privateKeyFile, github.webhookSecretFile)
-or from JITRUNNER_GITHUB_PRIVATE_KEY and JITRUNNER_GITHUB_WEBHOOK_SECRET.
-See README.md for every option.`;
+or from JITRUNNER_GITHUB_PRIVATE_KEY and JITRUNNER_GITHUB_WEBHOOK_SECRET. Each mode reads only
+the ones it uses: server the webhook secret, worker the private key, all both; status and drain
+neither. See README.md for every option.`;
 
 const RUN_NOTE = `SIGTERM stops taking demand, lets launches in flight finish and leaves running runners
 running; a restarted worker adopts them.`;
+
+const RUN_EXIT = `Exit codes: 0 stopped (SIGTERM, SIGINT, or the end of a drain) with everything closed; 1 the
+config is not valid, the start failed, the stop could not close everything ("shutdown
+incomplete" in the log), or a second signal cut the stop short.`;
 
 export const COMMAND_HELP: Record<string, string> = {
   server: `Usage: jitrunner server --config FILE
 
 Serves, on server.host:server.port: POST /webhooks/github (the App's webhook), GET / (the status
 page; needs the admin token when one is set), GET /metrics, GET /healthz and GET /readyz.
-Runs no runners: pair it with one or more \`jitrunner worker\`.
+Runs no runners: pair it with one or more \`jitrunner worker\`. Needs the webhook secret, not
+the App's private key (it never calls GitHub): do not give the server the key.
+
+${RUN_EXIT}
 
 Options:
 ${CONFIG_OPTION}
@@ -40,6 +48,9 @@ ${CONFIG_OPTION}
 Takes demand for its pools while it has free slots (worker.capacity), launches one JIT runner
 container per job on this host's Docker engine and removes it when done. Serves /metrics,
 /healthz and /readyz on server.port. ${RUN_NOTE}
+Needs the App's private key, not the webhook secret (it serves no webhooks).
+
+${RUN_EXIT}
 
 Options:
 ${CONFIG_OPTION}
@@ -48,18 +59,24 @@ ${CONFIG_OPTION}
   all: `Usage: jitrunner all --config FILE
 
 \`server\` and \`worker\` in one process: the single-host default. ${RUN_NOTE}
+Needs both the App's private key and the webhook secret.
+
+${RUN_EXIT}
 
 Options:
 ${CONFIG_OPTION}
   -h, --help          show this help`,
 
-  "check-config": `Usage: jitrunner check-config --config FILE
+  "check-config": `Usage: jitrunner check-config --config FILE [--mode server|worker|all]
 
 Validates the config (every problem at once) and prints it resolved, with defaults filled in and
-secrets redacted. Exits 1 when the config is not valid.
+secrets redacted. The secrets it requires are those of the mode it is asked about: server the
+webhook secret, worker the App's private key, all (the default) both. Exits 1 when the config
+is not valid, 2 for a --mode that is not one of the three.
 
 Options:
 ${CONFIG_OPTION}
+      --mode MODE     check the config as \`jitrunner MODE\` would load it (default: all)
   -h, --help          show this help`,
 
   status: `Usage: jitrunner status --config FILE [--json]

@@ -9,6 +9,7 @@ export type { PoolConfig } from "./schema.ts";
 
 export interface Config extends Omit<ParsedConfig, "worker"> {
   worker: ParsedConfig["worker"] & { hostId: string };
+  /** privateKey and webhookSecret are empty when the mode loaded for does not use them (secretsNeeded). */
   secrets: { privateKey: Secret; webhookSecret: Secret; adminToken?: Secret; metricsToken?: Secret };
 }
 
@@ -20,17 +21,32 @@ export interface LoadSources {
   /** Reads a secret file; throws if it cannot. */
   readFile: (path: string) => string;
   /**
-   * false: the GitHub App's private key and webhook secret are neither read nor required (empty),
-   * for commands that only read Redis (`status`, `drain`) on an operator's machine.
+   * What the config is loaded for, which says which GitHub secrets are read and required (the
+   * others are neither read nor required, and left empty): `worker` the App's private key (it
+   * calls GitHub), `server` the webhook secret (it checks deliveries), `all` (the default) both,
+   * `none` neither, for commands that only read Redis (`status`, `drain`) on an operator's machine.
    */
-  githubSecrets?: boolean;
+  secretsFor?: SecretsFor;
+}
+
+/** The run mode a config is loaded for (see LoadSources.secretsFor). */
+export type SecretsFor = "server" | "worker" | "all" | "none";
+
+const WHO_NEEDS = {
+  privateKey: "worker and all need it: they call GitHub",
+  webhookSecret: "server and all need it: they verify webhook deliveries",
+};
+
+/** Which GitHub secrets a mode needs: the key to call GitHub, the webhook secret to verify deliveries. */
+export function secretsNeeded(mode: SecretsFor): { privateKey: boolean; webhookSecret: boolean } {
+  return { privateKey: mode === "worker" || mode === "all", webhookSecret: mode === "server" || mode === "all" };
 }
 
 /**
  * Turns config text and environment into a validated Config, or throws ConfigError with every
  * problem found. Pure apart from `readFile`. Secret values never appear in the errors.
  */
-export function loadConfig({ text, env, readFile, githubSecrets = true }: LoadSources): Config {
+export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSources): Config {
   let raw: unknown;
   try {
     raw = parseYaml(text) ?? {};
@@ -51,20 +67,21 @@ export function loadConfig({ text, env, readFile, githubSecrets = true }: LoadSo
     }
   }
 
-  const secret = (what: string, envName: string, file: string | undefined): Secret | undefined => {
+  const secret = (what: "privateKey" | "webhookSecret", envName: string, file: string | undefined): Secret | undefined => {
+    const normalize = what === "privateKey" ? normalizePem : normalizeSecret;
     const fromEnv = env[envName];
     if (fromEnv) {
       // Only blanks (a newline, say): an empty webhook secret would let anyone sign deliveries.
-      const value = normalizeSecret(fromEnv);
+      const value = normalize(fromEnv);
       if (!value) problems.push(`${what}: ${envName} holds only white space`);
       return new Secret(value);
     }
     if (!file) {
-      problems.push(`${what}: set ${envName} or github.${what}File`);
+      problems.push(`${what}: set ${envName} or github.${what}File (${WHO_NEEDS[what]})`);
       return undefined;
     }
     try {
-      const value = normalizeSecret(readFile(file));
+      const value = normalize(readFile(file));
       if (!value) problems.push(`github.${what}File: ${file} is empty`);
       return new Secret(value);
     } catch (err) {
@@ -73,8 +90,11 @@ export function loadConfig({ text, env, readFile, githubSecrets = true }: LoadSo
     }
   };
   const gh = (raw as Record<string, any>).github ?? {};
-  const privateKey = githubSecrets ? secret("privateKey", "JITRUNNER_GITHUB_PRIVATE_KEY", gh.privateKeyFile) : undefined;
-  const webhookSecret = githubSecrets ? secret("webhookSecret", "JITRUNNER_GITHUB_WEBHOOK_SECRET", gh.webhookSecretFile) : new Secret("");
+  // A secret this mode does not use is not read at all: the internet-facing server never holds
+  // the App's key, and a worker (no webhook route) never holds the webhook secret.
+  const needs = secretsNeeded(secretsFor);
+  const privateKey = needs.privateKey ? secret("privateKey", "JITRUNNER_GITHUB_PRIVATE_KEY", gh.privateKeyFile) : new Secret("");
+  const webhookSecret = needs.webhookSecret ? secret("webhookSecret", "JITRUNNER_GITHUB_WEBHOOK_SECRET", gh.webhookSecretFile) : new Secret("");
   const srv = (raw as Record<string, any>).server ?? {};
   const adminToken = optionalToken("server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN", srv.adminTokenFile, env, readFile, problems);
   const metricsToken = optionalToken("server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN", srv.metricsTokenFile, env, readFile, problems);
@@ -86,13 +106,13 @@ export function loadConfig({ text, env, readFile, githubSecrets = true }: LoadSo
   }
 
   if (parsed.success) problems.push(...crossCheck(parsed.data));
-  if (problems.length > 0 || !parsed.success || (githubSecrets && !privateKey) || !webhookSecret) {
+  if (problems.length > 0 || !parsed.success || !privateKey || !webhookSecret) {
     throw new ConfigError(problems);
   }
   return {
     ...parsed.data,
     worker: { ...parsed.data.worker, hostId: parsed.data.worker.hostId ?? sanitizeHost(hostname()) },
-    secrets: { privateKey: privateKey ?? new Secret(""), webhookSecret, ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }) },
+    secrets: { privateKey, webhookSecret, ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }) },
   };
 }
 
@@ -195,9 +215,18 @@ function readablePrivateKey(pem: string): boolean {
   }
 }
 
-/** Secrets from files often end in a newline; PEMs passed through env often carry literal \n. */
+/** Secrets from files often end in a newline: surrounding white space is dropped, nothing else. */
 function normalizeSecret(value: string): string {
-  return value.replace(/\\n/g, "\n").trim();
+  return value.trim();
+}
+
+/**
+ * A PEM private key: trimmed, and its line breaks restored when written as a literal \n (a PEM
+ * passed through an environment variable). Only for the key: in a webhook secret, backslash-n
+ * is two characters of the secret that GitHub signs with.
+ */
+function normalizePem(value: string): string {
+  return normalizeSecret(value.replace(/\\n/g, "\n"));
 }
 
 function sanitizeHost(name: string): string {

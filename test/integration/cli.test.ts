@@ -97,6 +97,36 @@ test("check-config prints the resolved config without a secret: the keys' values
   }
 });
 
+test("check-config judges the secrets by the mode asked about: --mode server needs no private key, --mode worker no webhook secret, the default (all) both", async () => {
+  const hookOnly = { JITRUNNER_GITHUB_WEBHOOK_SECRET: WEBHOOK_SECRET, JITRUNNER_GITHUB_PRIVATE_KEY: "" };
+  const keyOnly = { JITRUNNER_GITHUB_PRIVATE_KEY: SECRETS.JITRUNNER_GITHUB_PRIVATE_KEY, JITRUNNER_GITHUB_WEBHOOK_SECRET: "" };
+  const server = await run(["check-config", "--mode", "server", "--config", configFile], hookOnly);
+  assert.equal(server.code, 0, server.out);
+  const worker = await run(["check-config", "--mode", "worker", "--config", configFile], keyOnly);
+  assert.equal(worker.code, 0, worker.out);
+  for (const env of [hookOnly, keyOnly]) {
+    const all = await run(["check-config", "--config", configFile], env);
+    assert.equal(all.code, 1, all.out);
+    assert.match(all.out, /set JITRUNNER_GITHUB_(PRIVATE_KEY|WEBHOOK_SECRET) or github\.(privateKey|webhookSecret)File/);
+  }
+  const asAll = await run(["check-config", "--mode", "all", "--config", configFile], hookOnly);
+  assert.equal(asAll.code, 1, asAll.out);
+  const bad = await run(["check-config", "--mode", "both", "--config", configFile], SECRETS);
+  assert.equal(bad.code, 2, bad.out);
+  assert.match(bad.out, /--mode must be server, worker or all/);
+});
+
+test("check-config warns of a Docker engine reached in clear text on another machine, for the modes that launch runners", async () => {
+  // Only named, never connected to: check-config reads the config and sends nothing.
+  const env = { ...SECRETS, DOCKER_HOST: "tcp://engine.invalid:2375" };
+  const all = await run(["check-config", "--config", configFile], env);
+  assert.equal(all.code, 0, all.out);
+  assert.match(all.out, /jitrunner check-config: warning: .*engine\.invalid/);
+  const server = await run(["check-config", "--mode", "server", "--config", configFile], env);
+  assert.equal(server.code, 0, server.out);
+  assert.doesNotMatch(server.out, /warning/);
+});
+
 test("--help works on every command, without a config", async () => {
   const commands = Object.keys(COMMAND_HELP);
   assert.ok(commands.includes("status") && commands.includes("app-manifest") && commands.includes("check-config"));

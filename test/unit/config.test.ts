@@ -90,13 +90,68 @@ test("secrets come from files when the environment has none; unreadable files ar
 });
 
 test("a secret from the environment that is only white space is refused, as an empty file is: an empty webhook secret would accept anyone's signature", () => {
-  for (const [name, blank] of [["JITRUNNER_GITHUB_WEBHOOK_SECRET", " "], ["JITRUNNER_GITHUB_WEBHOOK_SECRET", "\\n"], ["JITRUNNER_GITHUB_PRIVATE_KEY", "\n\t"]] as const) {
+  for (const [name, blank] of [["JITRUNNER_GITHUB_WEBHOOK_SECRET", " "], ["JITRUNNER_GITHUB_WEBHOOK_SECRET", "\n\t"], ["JITRUNNER_GITHUB_PRIVATE_KEY", "\n\t"], ["JITRUNNER_GITHUB_PRIVATE_KEY", "\\n"]] as const) {
     assert.throws(
       () => loadConfig({ text: minimal, env: { ...env, [name]: blank }, readFile: noFiles }),
       (err: unknown) => err instanceof ConfigError && err.message.includes(`${name} holds only white space`),
       `${name}=${JSON.stringify(blank)}`,
     );
   }
+});
+
+test("a webhook secret keeps a backslash-n as the two characters it is (GitHub signs with them); only the PEM key's \\n become line breaks", () => {
+  const hook = "ab\\ncd\\n";
+  const c = loadConfig({ text: minimal, env: { JITRUNNER_GITHUB_PRIVATE_KEY: KEY.trim().replace(/\n/g, "\\n"), JITRUNNER_GITHUB_WEBHOOK_SECRET: ` ${hook}\n` }, readFile: noFiles });
+  assert.equal(c.secrets.webhookSecret.reveal(), hook, "surrounding white space trimmed, nothing else");
+  assert.equal(c.secrets.privateKey.reveal(), KEY.trim(), "the key's line breaks restored");
+  const files: Record<string, string> = { "/run/hook": `${hook}\n` };
+  const text = minimal.replace("appId: 42", "appId: 42\n  webhookSecretFile: /run/hook");
+  const fromFile = loadConfig({ text, env: { JITRUNNER_GITHUB_PRIVATE_KEY: KEY }, readFile: (p) => files[p] ?? noFiles(p) });
+  assert.equal(fromFile.secrets.webhookSecret.reveal(), hook);
+});
+
+test("each mode reads and requires only the GitHub secrets it uses: server the webhook secret, worker the key, all both, status and drain neither", () => {
+  // The config names both files, as one shared jitrunner.yml does; only some are mounted.
+  const text = minimal.replace("appId: 42", "appId: 42\n  privateKeyFile: /run/secrets/github-app-key\n  webhookSecretFile: /run/secrets/webhook-secret");
+  const mounted = (files: Record<string, string>) => {
+    const reads: string[] = [];
+    return {
+      reads,
+      readFile: (p: string) => {
+        reads.push(p);
+        return files[p] ?? noFiles(p);
+      },
+    };
+  };
+  const both = { "/run/secrets/github-app-key": KEY, "/run/secrets/webhook-secret": "hook-secret\n" };
+
+  // The internet-facing server: no key mounted, none read, none held.
+  const server = mounted({ "/run/secrets/webhook-secret": "hook-secret\n" });
+  const s = loadConfig({ text, env: {}, readFile: server.readFile, secretsFor: "server" });
+  assert.equal(s.secrets.webhookSecret.reveal(), "hook-secret");
+  assert.equal(s.secrets.privateKey.reveal(), "");
+  assert.deepEqual(server.reads, ["/run/secrets/webhook-secret"]);
+  assert.equal(loadConfig({ text: minimal, env, readFile: noFiles, secretsFor: "server" }).secrets.privateKey.reveal(), "", "a key in the environment is not taken either");
+  assert.throws(() => loadConfig({ text: minimal, env: {}, readFile: noFiles, secretsFor: "server" }), /webhookSecret: set JITRUNNER_GITHUB_WEBHOOK_SECRET or github\.webhookSecretFile \(server and all need it/);
+
+  // A worker: the key, no webhook secret.
+  const worker = mounted({ "/run/secrets/github-app-key": KEY });
+  const w = loadConfig({ text, env: {}, readFile: worker.readFile, secretsFor: "worker" });
+  assert.equal(w.secrets.privateKey.reveal(), KEY.trim());
+  assert.equal(w.secrets.webhookSecret.reveal(), "");
+  assert.deepEqual(worker.reads, ["/run/secrets/github-app-key"]);
+  assert.throws(() => loadConfig({ text: minimal, env: {}, readFile: noFiles, secretsFor: "worker" }), /privateKey: set JITRUNNER_GITHUB_PRIVATE_KEY or github\.privateKeyFile \(worker and all need it/);
+
+  // all (the default) needs both; missing either is a problem.
+  const all = loadConfig({ text, env: {}, readFile: mounted(both).readFile });
+  assert.deepEqual([all.secrets.privateKey.reveal(), all.secrets.webhookSecret.reveal()], [KEY.trim(), "hook-secret"]);
+  assert.throws(() => loadConfig({ text, env: {}, readFile: server.readFile, secretsFor: "all" }), /github\.privateKeyFile: cannot read \/run\/secrets\/github-app-key/);
+  assert.throws(() => loadConfig({ text, env: {}, readFile: worker.readFile }), /github\.webhookSecretFile: cannot read \/run\/secrets\/webhook-secret/);
+
+  // status and drain: neither.
+  const none = mounted({});
+  const n = loadConfig({ text, env: {}, readFile: none.readFile, secretsFor: "none" });
+  assert.deepEqual([n.secrets.privateKey.reveal(), n.secrets.webhookSecret.reveal(), none.reads], ["", "", []]);
 });
 
 test("a private key whose line breaks were lost on the way (an unquoted \\n in a systemd environment file) is refused at load, without the key in the message", () => {

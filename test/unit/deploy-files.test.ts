@@ -12,11 +12,10 @@ import { join, relative } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
-import { parseAllDocuments } from "yaml";
+import { parseAllDocuments, parse as parseYaml } from "yaml";
 import { loadConfig } from "../../src/config/load.ts";
 import { buildApp } from "../../src/http/app.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
-import { testPrivateKey } from "../helpers/config.ts";
 import { dockerfileNodeImage } from "../helpers/local-images.ts";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -198,17 +197,18 @@ test("the Deployment's probes hit routes the real app serves, on the port it lis
   const configMap = k8sDocs.find((d) => d.doc.kind === "ConfigMap")!.doc;
   const mount = c.volumeMounts.find((m: Obj) => m.name === "config");
   assert.equal(`${mount.mountPath}/jitrunner.yml`, c.args[c.args.indexOf("--config") + 1]);
-  const config = loadConfig({
-    text: configMap.data["jitrunner.yml"],
-    env: { JITRUNNER_REDIS_URL: "redis://redis.internal:6379" },
-    readFile: (p) => (p.endsWith("github-app-key") ? testPrivateKey() : "secret"),
-  });
-  for (const probe of [c.readinessProbe, c.livenessProbe]) assert.equal(port(probe.httpGet.port), config.server.port);
-  // The secrets the config reads are the files the Secret volume provides.
   const secretVolume = deployment.spec.template.spec.volumes.find((v: Obj) => v.secret);
   const secretMount = c.volumeMounts.find((m: Obj) => m.name === secretVolume.name);
   const provided = secretVolume.secret.items.map((i: Obj) => `${secretMount.mountPath}/${i.path}`);
-  for (const file of [config.github.privateKeyFile, config.github.webhookSecretFile]) assert.ok(provided.includes(file), `${file} is mounted`);
+  // Loaded as `jitrunner server` loads it, reading only the files the Secret volume provides.
+  const config = loadConfig({
+    text: configMap.data["jitrunner.yml"],
+    env: { JITRUNNER_REDIS_URL: "redis://redis.internal:6379" },
+    readFile: (p) => (provided.includes(p) ? "secret" : assert.fail(`the server reads ${p}, which is not mounted`)),
+    secretsFor: c.args[0],
+  });
+  for (const probe of [c.readinessProbe, c.livenessProbe]) assert.equal(port(probe.httpGet.port), config.server.port);
+  assert.ok(provided.includes(config.github.webhookSecretFile), `${config.github.webhookSecretFile} is mounted`);
   const secret = k8sDocs.find((d) => d.doc.kind === "Secret")!.doc;
   for (const i of secretVolume.secret.items) assert.ok(i.key in secret.stringData, `the Secret template has ${i.key}`);
 
@@ -224,6 +224,49 @@ test("the Deployment's probes hit routes the real app serves, on the port it lis
     await unready.close();
   } finally {
     await app.close();
+  }
+});
+
+// --- Secrets: each part gets only those it uses -----------------------------------------------------
+
+test("the internet-facing server never gets the App's private key; worker-only deployments never get the webhook secret", () => {
+  // Kubernetes runs servers only: no key in its Secret, its volume, its env or its config.
+  for (const { path, doc } of k8sDocs) {
+    const config = doc.kind === "ConfigMap" ? (parseYaml(doc.data["jitrunner.yml"]) as Obj) : undefined;
+    assert.equal(config?.github?.privateKeyFile, undefined, `${path}: the servers' config names a private key file`);
+    assert.doesNotMatch(JSON.stringify(doc.kind === "ConfigMap" ? config : doc), /github-app-key|PRIVATE KEY|GITHUB_PRIVATE_KEY/, `${path} gives the server the private key`);
+  }
+  // The extra worker host's Compose file mounts the key alone, not the secrets directory.
+  const [worker] = parseYamlFile("deploy/compose.worker.yml");
+  const mounts = (Object.values(worker!.services as Obj)[0] as Obj).volumes as string[];
+  assert.ok(mounts.some((m) => /github-app-key/.test(m)), "the worker gets the key");
+  assert.ok(!mounts.some((m) => /webhook-secret|secrets:\/run\/secrets/.test(m)), `the worker gets no webhook secret: ${mounts.join(", ")}`);
+  // The systemd worker's environment file holds no webhook secret.
+  assert.doesNotMatch(read("deploy/systemd/jitrunner-worker.service"), /JITRUNNER_GITHUB_WEBHOOK_SECRET|webhookSecretFile/);
+});
+
+// --- Stopping: launches in flight finish before the supervisor kills -------------------------------
+
+/** Compose's duration (`300s`, `5m`, `1m30s`, `1h`) in seconds. */
+function seconds(duration: string): number {
+  const parts = [...duration.matchAll(/(\d+(?:\.\d+)?)(h|m|s|ms|us)/g)];
+  assert.equal(parts.map((p) => p[0]).join(""), duration, `a Compose duration: ${duration}`);
+  const unit: Record<string, number> = { h: 3600, m: 60, s: 1, ms: 1e-3, us: 1e-6 };
+  return parts.reduce((sum, p) => sum + Number(p[1]) * unit[p[2]!]!, 0);
+}
+
+test("every Compose service that runs a worker (worker, all) gives its launches minutes to finish after SIGTERM, not Docker's 10 s", () => {
+  assert.equal(seconds("1m30s"), 90);
+  const workers = composeFiles.flatMap((path) =>
+    Object.entries((parseYamlFile(path)[0]!.services ?? {}) as Obj)
+      .filter(([, s]) => Array.isArray(s.command) && ["worker", "all"].includes(s.command[0]))
+      .map(([name, s]) => ({ where: `${path} ${name}`, svc: s as Obj })),
+  );
+  assert.deepEqual(workers.map((w) => w.where), ["docker-compose.yml jitrunner", "deploy/compose.worker.yml worker"]);
+  for (const { where, svc } of workers) {
+    assert.ok(svc.stop_grace_period, `${where}: stop_grace_period`);
+    assert.ok(seconds(String(svc.stop_grace_period)) >= 120, `${where}: stop_grace_period ${svc.stop_grace_period} is at least 2m`);
+    assert.equal(svc.stop_signal ?? "SIGTERM", "SIGTERM");
   }
 });
 

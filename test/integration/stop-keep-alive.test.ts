@@ -1,0 +1,81 @@
+/**
+ * A stopping `jitrunner server` (the real composition root, a real Redis, real sockets on
+ * loopback) does not wait for keep-alive clients to leave: a client whose delivery is in flight
+ * when the stop starts gets its answer, told `Connection: close`, and the stop completes while
+ * that client still holds its socket open (as a reverse proxy or a Prometheus scraper does).
+ * Before, the connection stayed open after its answer until the client left or Fastify's
+ * keepAliveTimeout (72 s) passed, and the stop waited for it.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { connect, type Socket } from "node:net";
+import { test } from "node:test";
+import { pino } from "pino";
+import { start } from "../../src/main.ts";
+import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
+import { redisForFile } from "../helpers/redis.ts";
+import { queuedPayload, signedHeaders } from "../helpers/webhooks.ts";
+
+const shared = redisForFile();
+
+/** How long the client holds its socket open before it leaves on its own (well under 72 s). */
+const CLIENT_HOLDS_MS = 30_000;
+
+test("a keep-alive client's delivery in flight at the stop is answered, and the stop ends while the client is still connected", async () => {
+  const config = testConfig({
+    redis: { url: shared.redis.url, prefix: shared.redis.prefix },
+    server: { host: "127.0.0.1", port: 0 },
+    pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: "x" }],
+  });
+  const running = await start(config, "server", pino({ level: "silent" }));
+  let socket: Socket | undefined;
+  let holdTimer: NodeJS.Timeout | undefined;
+  try {
+    const { port } = new URL(running.url);
+    const body = JSON.stringify(queuedPayload({ jobId: 9_100_001, labels: ["self-hosted", "linux"] }));
+    const headers = { ...signedHeaders("workflow_job", body, WEBHOOK_SECRET), host: `127.0.0.1:${port}`, connection: "keep-alive", "content-length": String(Buffer.byteLength(body)) };
+    const head = `POST /webhooks/github HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n`;
+
+    socket = connect(Number(port), "127.0.0.1");
+    await once(socket, "connect");
+    let received = "";
+    socket.setEncoding("utf8");
+    socket.on("data", (d: string) => (received += d));
+    let clientLeft = false;
+    let serverEnded = false;
+    socket.on("end", () => (serverEnded = true));
+    // The client never ends the connection itself until it gives up (a proxy keeping it for reuse).
+    holdTimer = setTimeout(() => {
+      clientLeft = true;
+      socket?.destroy();
+    }, CLIENT_HOLDS_MS);
+
+    // The delivery is in flight: the server has its headers and waits for the rest of the body.
+    const requested = once(running.app.server, "request");
+    socket.write(head + body.slice(0, 10));
+    await requested;
+
+    let closed = false;
+    const closing = running.close().then(() => (closed = true));
+    // The stop has begun (the listening socket is closed) before the rest of the delivery arrives.
+    await waitUntil(() => !running.app.server.listening);
+    assert.equal(closed, false, "the stop waits for the delivery in flight");
+    socket.write(body.slice(10));
+
+    await closing;
+    assert.equal(clientLeft, false, `the stop completed only once the client left, after ${CLIENT_HOLDS_MS / 1000} s: the keep-alive connection held it`);
+    // The server ended the connection after its answer (the client reads both soon after).
+    await waitUntil(() => serverEnded);
+    assert.match(received, /^HTTP\/1\.1 202 /, `the delivery in flight was answered: ${received.split("\r\n")[0]}`);
+    assert.match(received, /\r\nconnection: close\r\n/i, "its answer tells the client the connection closes");
+  } finally {
+    clearTimeout(holdTimer);
+    socket?.destroy();
+    await running.close();
+  }
+});
+
+/** Polls until `fn` is true (each test's own timeout bounds the wait). */
+async function waitUntil(fn: () => boolean): Promise<void> {
+  while (!fn()) await new Promise((r) => setTimeout(r, 10));
+}
