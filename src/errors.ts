@@ -22,12 +22,18 @@ export class ConfigError extends JitrunnerError {
   }
 }
 
-/** A call to GitHub failed; `status` is the HTTP status when there was one. */
+/**
+ * A call to GitHub failed; `status` is the HTTP status when there was one. `answerLost`: an
+ * attempt of the call may have acted at GitHub without its answer reaching us (a 5xx, 408 or no
+ * answer, then retried): a JIT registration may exist though the call failed.
+ */
 export class GitHubError extends JitrunnerError {
   readonly status: number | undefined;
-  constructor(message: string, status: number | undefined, opts: { retryable: boolean; cause?: unknown }) {
+  readonly answerLost: boolean;
+  constructor(message: string, status: number | undefined, opts: { retryable: boolean; cause?: unknown; answerLost?: boolean }) {
     super("E_GITHUB", message, opts);
     this.status = status;
+    this.answerLost = opts.answerLost ?? false;
   }
 }
 
@@ -81,4 +87,30 @@ export function redisUnavailableReason(err: unknown): string | undefined {
   }
   if (err.message.startsWith("LOADING ")) return "loading its data";
   return undefined;
+}
+
+/**
+ * Redis answered a command with an error reply: it refuses writes (`OOM` under `noeviction`,
+ * `MISCONF`, `READONLY`, `NOREPLICAS`), the connection is not authenticated (`NOAUTH`), or
+ * something else went wrong in it. Nothing after that command was done; it needs Redis fixed,
+ * not a reconnection, and doing it all again then is safe.
+ */
+export class RedisRefusedError extends JitrunnerError {
+  /** The reply's error code (`OOM`, `MISCONF`, ...): never the rest of its text, which is Redis's. */
+  readonly reply: string;
+  constructor(reply: string, cause: unknown) {
+    super("E_REDIS_REFUSED", `Redis refused the command (${reply})`, { retryable: true, cause });
+    this.reply = reply;
+  }
+}
+
+/**
+ * The error reply Redis answered with, when `err` is one (ioredis's ReplyError): its first line,
+ * without the location a script's reply ends with (`script: SHA, on @user_script:4.`), so that
+ * the same refusal reads the same whichever command met it. Undefined for anything else.
+ */
+export function redisErrorReply(err: unknown): { code: string; message: string } | undefined {
+  if (!(err instanceof Error) || err.name !== "ReplyError") return undefined;
+  const message = (err.message.split("\n")[0] ?? "").replace(/ script: [0-9a-f]+, on @[\w:]+\.?$/, "").slice(0, 200);
+  return { code: /^[A-Z]+(?= |$)/.exec(message)?.[0] ?? "ERR", message };
 }

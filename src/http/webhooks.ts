@@ -1,9 +1,9 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
-import type { FastifyInstance } from "fastify";
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Secret } from "../config/secret.ts";
-import { RedisUnavailableError } from "../errors.ts";
+import { RedisRefusedError, RedisUnavailableError } from "../errors.ts";
 import type { Ingress } from "../ingress/ingress.ts";
-import type { Metrics } from "../metrics/metrics.ts";
+import type { Metrics, UnverifiedOutcome } from "../metrics/metrics.ts";
 
 export interface WebhookRouteOptions {
   secret: Secret;
@@ -13,11 +13,13 @@ export interface WebhookRouteOptions {
 }
 
 /**
- * POST /webhooks/github. The signature is checked over the raw bytes before anything is parsed;
- * only verified deliveries reach the ingress. GitHub waits 10 s for an answer and does not retry,
- * so the answer comes as soon as the demand is in Redis, or, when Redis cannot take it, as a 503
- * within the server's Redis command timeout (GitHub records the delivery as failed, and the
- * `github-deliveries` loop has it redelivered).
+ * POST /webhooks/github. A body that is not `application/json` (415) or over the body limit (413)
+ * is refused before it is read; then the signature is checked over the raw bytes before anything
+ * is parsed, and only verified deliveries reach the ingress. GitHub waits 10 s for an answer and
+ * does not retry, so the answer comes as soon as the demand is in Redis, or, when Redis cannot
+ * take it, as a 503: within the server's Redis command timeout when Redis is unavailable, at once
+ * when it answers with an error (it refuses writes). GitHub records the delivery as failed, and
+ * the `github-deliveries` loop has it redelivered.
  */
 export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOptions): Promise<void> {
   const secret = opts.secret.reveal();
@@ -26,7 +28,15 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
     done(null, body);
   });
 
-  app.post("/webhooks/github", async (req, reply) => {
+  // Requests refused before the handler runs (when Fastify reads the body: not JSON 415, over the
+  // body limit 413, a body that does not match its Content-Length 400) are counted as unverified
+  // too, so that probes of every kind show in the metric.
+  const onError = async (_req: FastifyRequest, _reply: FastifyReply, err: FastifyError): Promise<void> => {
+    const outcome = refusedUnread(err);
+    if (outcome) opts.metrics.unverifiedDelivery(outcome);
+  };
+
+  app.post("/webhooks/github", { onError }, async (req, reply) => {
     const receivedAt = Date.now();
     const signature = header(req.headers["x-hub-signature-256"]);
     const body = req.body;
@@ -38,7 +48,10 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
       opts.metrics.unverifiedDelivery("bad_signature");
       return reply.code(401).send({ error: "signature does not match" });
     }
-    // Verified from here on: the headers are GitHub's.
+    // Verified from here on, but only the body: the headers are whatever the sender put there
+    // (anyone holding one signed body can send it again with other headers). The delivery id is
+    // claimed once (replays are answered "replayed"); the event name picks what is done and is a
+    // metric label only when the ingress acts on it (Metrics.delivery).
     const event = header(req.headers["x-github-event"]);
     const deliveryId = header(req.headers["x-github-delivery"]);
     if (!event) return reply.code(400).send({ error: "missing X-GitHub-Event" });
@@ -55,7 +68,7 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
       outcome = await opts.ingress.handle({ event, deliveryId, payload, receivedAt });
     } catch (err) {
       // Not taken, and nothing half-done that a redelivery would not finish (logged and counted by the ingress).
-      if (err instanceof RedisUnavailableError) {
+      if (err instanceof RedisUnavailableError || err instanceof RedisRefusedError) {
         return reply.code(503).send({ error: `${err.message}: the delivery was not taken; deliver it again later` });
       }
       throw err;
@@ -63,6 +76,17 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
     if (outcome === "malformed") return reply.code(400).send({ error: "not a valid workflow_job payload" });
     return reply.code(event === "ping" ? 200 : 202).send({ outcome });
   });
+}
+
+/**
+ * The outcome of a request Fastify refused before the handler read it, or undefined for an error
+ * of the handler's own (a 500: logged by the app's error handler, see buildApp).
+ */
+function refusedUnread(err: FastifyError): UnverifiedOutcome | undefined {
+  if (err.code === "FST_ERR_CTP_BODY_TOO_LARGE") return "too_large";
+  if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") return "unsupported_media_type";
+  const status = err.statusCode ?? 500;
+  return status >= 400 && status < 500 ? "bad_request" : undefined;
 }
 
 const SIGNATURE = /^sha256=([0-9a-f]{64})$/i;

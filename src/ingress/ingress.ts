@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { Config } from "../config/load.ts";
 import { demandId, type Demand, type DemandEnd } from "../demand.ts";
-import { errorMessage, RedisUnavailableError, redisUnavailableReason } from "../errors.ts";
+import { errorMessage, redisErrorReply, RedisRefusedError, RedisUnavailableError, redisUnavailableReason } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
@@ -91,12 +91,14 @@ const MAX_WAITING_FOR_REDIS = 1000;
  * de-duplicated and added to BullMQ) before `handle` resolves. The activity log is written after,
  * off the answer's path (bounded, see BestEffortWrites). A delivery Redis cannot take (it is
  * unreachable or does not answer: see redisUnavailableReason) rejects with RedisUnavailableError,
- * counted with outcome `redis_unavailable`; GitHub's redelivery of it is acted on.
+ * counted with outcome `redis_unavailable`; one Redis answers with an error reply (it refuses
+ * writes: `OOM`, `MISCONF`, `READONLY`...) rejects with RedisRefusedError, counted with outcome
+ * `redis_error`. GitHub's redelivery of either is acted on.
  */
 export class Ingress {
   readonly #deps: IngressDeps;
   readonly #bookkeeping: BestEffortWrites;
-  /** Since the first delivery Redis could not take, until one it takes. */
+  /** Since the first delivery Redis could not take (unavailable or refused), until one it takes. */
   #redisDown: { reason: string; refused: number } | undefined;
   #waitingForRedis = 0;
 
@@ -120,16 +122,21 @@ export class Ingress {
         // Not done, or done but not claimed: GitHub's redelivery of this id must be acted on.
         const forgetting = this.#deps.deliveries.forget(delivery.deliveryId).catch(() => undefined);
         const reason = redisUnavailableReason(err);
-        if (reason === undefined) {
-          await forgetting;
-          throw err;
+        if (reason !== undefined) {
+          // Redis is away, so the forget fails as well (or waits for the command timeout): the answer
+          // does not wait for it. A claim left behind is no harm: a redelivery whose claim exists but
+          // whose demand BullMQ does not hold is added (DemandSink.add).
+          this.#deps.metrics.delivery(delivery.event, action, "redis_unavailable");
+          this.#redisRefused(reason, delivery.deliveryId);
+          throw new RedisUnavailableError(reason, err);
         }
-        // Redis is away, so the forget fails as well (or waits for the command timeout): the answer
-        // does not wait for it. A claim left behind is no harm: a redelivery whose claim exists but
-        // whose demand BullMQ does not hold is added (DemandSink.add).
-        this.#deps.metrics.delivery(delivery.event, action, "redis_unavailable");
-        this.#redisRefused(reason, delivery.deliveryId);
-        throw new RedisUnavailableError(reason, err);
+        // Redis answers: the forget gets its answer at once (or the same refusal, harmless as above).
+        await forgetting;
+        const reply = redisErrorReply(err);
+        if (reply === undefined) throw err;
+        this.#deps.metrics.delivery(delivery.event, action, "redis_error");
+        this.#redisErrorReply(reply.message, delivery.deliveryId);
+        throw new RedisRefusedError(reply.code, err);
       }
       this.#redisBack();
     }
@@ -173,14 +180,32 @@ export class Ingress {
    * (outcome `redis_unavailable`).
    */
   #redisRefused(reason: string, deliveryId: string): void {
+    if (this.#notTakenAgain(`unavailable: ${reason}`)) return;
+    this.#deps.logger.warn(
+      { deliveryId, reason },
+      "Redis is unavailable: webhook deliveries are answered 503 until it is back, and GitHub's failed deliveries are redelivered later (github-deliveries loop)",
+    );
+  }
+
+  /**
+   * One error line when Redis starts answering deliveries' commands with an error reply (`OOM`
+   * under `noeviction`, `MISCONF`, `READONLY`, `NOAUTH`...), and again when the reply changes, not
+   * one per delivery. It needs an operator: Redis will not take deliveries until it is fixed. Each
+   * is still counted (outcome `redis_error`).
+   */
+  #redisErrorReply(reply: string, deliveryId: string): void {
+    if (this.#notTakenAgain(`error reply: ${reply}`)) return;
+    this.#deps.logger.error(
+      { deliveryId, reply },
+      "Redis answers webhook deliveries with an error: they are answered 503 and not taken until it accepts them, and GitHub's failed deliveries are redelivered later (github-deliveries loop)",
+    );
+  }
+
+  /** Counts one more delivery not taken; true when it was for the same reason as the one before. */
+  #notTakenAgain(reason: string): boolean {
     const down = this.#redisDown;
-    if (down?.reason !== reason) {
-      this.#deps.logger.warn(
-        { deliveryId, reason },
-        "Redis is unavailable: webhook deliveries are answered 503 until it is back, and GitHub's failed deliveries are redelivered later (github-deliveries loop)",
-      );
-    }
     this.#redisDown = { reason, refused: (down?.refused ?? 0) + 1 };
+    return down?.reason === reason;
   }
 
   #redisBack(): void {

@@ -138,15 +138,23 @@ export class Metrics {
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: "jitrunner_" });
   }
 
-  /** A verified delivery: its sender is GitHub, whose event and action names are a finite set. */
+  /**
+   * A verified delivery. The signature covers its body, not its headers: anyone holding one signed
+   * body (GitHub shows them under Recent deliveries) can send it again with any X-GitHub-Event, so
+   * the event label is one of the names the ingress acts on, or `other`. The action comes from the
+   * signed body, so GitHub chose it (bounded to a name pattern all the same).
+   */
   delivery(event: string, action: string, outcome: string): void {
-    this.#deliveries.inc({ event: bounded(event), action: bounded(action), outcome });
+    this.#deliveries.inc({ event: LABELLED_EVENTS.has(event) ? event : "other", action: bounded(action), outcome });
   }
   /**
-   * A request refused for its signature. Its headers come from anyone, so none of them becomes a
-   * label: one series per outcome, however many event names senders make up.
+   * A request refused before its signature was checked (`too_large`: over the body limit;
+   * `unsupported_media_type`: not `application/json`; `bad_request`: a body that does not match its
+   * Content-Length) or for its signature (`unsigned`, `bad_signature`). Its headers come from
+   * anyone, so none of them becomes a label: one series per outcome, however many event names
+   * senders make up.
    */
-  unverifiedDelivery(outcome: "unsigned" | "bad_signature"): void {
+  unverifiedDelivery(outcome: UnverifiedOutcome): void {
     this.#deliveries.inc({ event: "unverified", action: "none", outcome });
   }
   runners(host: string, counts: ReadonlyMap<string, ReadonlyMap<string, number>>): void {
@@ -226,7 +234,12 @@ export class Metrics {
   }
 }
 
-/** Event and action names of verified deliveries: keep the label set bounded all the same. */
+export type UnverifiedOutcome = "unsigned" | "bad_signature" | "too_large" | "unsupported_media_type" | "bad_request";
+
+/** The events that get a label of their own: those the ingress acts on. */
+const LABELLED_EVENTS: ReadonlySet<string> = new Set(["workflow_job", "ping"]);
+
+/** Action names of verified deliveries (from the signed body): keep the label set bounded all the same. */
 function bounded(value: string): string {
   return /^[a-z_]{1,40}$/.test(value) ? value : "other";
 }

@@ -98,6 +98,23 @@ test("unverified requests add no metric series of their own, whatever X-GitHub-E
   assert.ok(count("unsigned") >= N);
 });
 
+test("a signed body sent again with made-up X-GitHub-Event names is counted as event=\"other\", adding no series of its own", async () => {
+  // The signature covers the body only: anyone who saw one signed delivery can send it with any headers.
+  const body = JSON.stringify({ zen: "Design for failure.", hook_id: 1 });
+  const signed = signedHeaders("ping", body, WEBHOOK_SECRET);
+  const count = async () => Number(/^jitrunner_webhook_deliveries_total\{event="other",action="none",outcome="ignored_event"\} (\d+)$/m.exec(await metrics.render())?.[1] ?? 0);
+  const before = await count();
+  const N = 30;
+  for (let i = 0; i < N; i++) {
+    const event = `x${String.fromCharCode(97 + (i % 26))}${"y".repeat(Math.floor(i / 26))}`;
+    const res = await post(body, { ...signed, "x-github-event": event });
+    assert.deepEqual([res.statusCode, res.json().outcome], [202, "ignored_event"]);
+  }
+  assert.equal(await count(), before + N, "each counted, under event=\"other\"");
+  const events = new Set([...(await metrics.render()).matchAll(/^jitrunner_webhook_deliveries_total\{event="([^"]*)"/gm)].map((m) => m[1]));
+  assert.deepEqual([...events].filter((e) => !["workflow_job", "ping", "other", "unverified"].includes(e!)), [], "no series names a sender's event");
+});
+
 test("a queued job becomes one demand item; replays and redeliveries add nothing", async () => {
   const body = JSON.stringify(queuedPayload({ jobId: 555, runAttempt: 1, labels: ["self-hosted", "Linux"] }));
   const headers = signedHeaders("workflow_job", body, WEBHOOK_SECRET, "delivery-555");
@@ -151,7 +168,9 @@ test("GitHub's example workflow_job payloads pass through the real ingress", asy
   assert.deepEqual(await waitingJobs("oss"), [`${queuedExample.workflow_job.id}-${queuedExample.workflow_job.run_attempt}`]);
 });
 
-test("ping 200, other events 202 and counted, malformed 400, wrong type 415, too big 413", async () => {
+test("ping 200, other events 202 and counted, malformed 400, wrong type 415, too big 413; those refused unread are counted as unverified", async () => {
+  const count = (text: string, labels: string) => Number(new RegExp(`^jitrunner_webhook_deliveries_total\\{${labels}\\} (\\d+)$`, "m").exec(text)?.[1] ?? 0);
+  const before = await metrics.render();
   const ping = JSON.stringify({ zen: "Keep it logically awesome.", hook_id: 1 });
   assert.equal((await post(ping, signedHeaders("ping", ping, WEBHOOK_SECRET))).statusCode, 200);
   const push = JSON.stringify({ ref: "refs/heads/main" });
@@ -166,11 +185,20 @@ test("ping 200, other events 202 and counted, malformed 400, wrong type 415, too
   assert.equal((await post(shapeless, signedHeaders("workflow_job", shapeless, WEBHOOK_SECRET))).statusCode, 400);
   const form = "payload=%7B%7D";
   assert.equal((await post(form, { ...signedHeaders("workflow_job", form, WEBHOOK_SECRET), "content-type": "application/x-www-form-urlencoded" })).statusCode, 415);
+  const { ["content-type"]: _t, ...untyped } = signedHeaders("workflow_job", ping, WEBHOOK_SECRET);
+  assert.equal((await post(ping, untyped)).statusCode, 415);
   const big = JSON.stringify({ pad: "x".repeat(100 * 1024) });
   assert.equal((await post(big, signedHeaders("workflow_job", big, WEBHOOK_SECRET))).statusCode, 413);
+  const short = { ...signedHeaders("workflow_job", ping, WEBHOOK_SECRET), "content-length": String(Buffer.byteLength(ping) + 10) };
+  assert.equal((await post(ping, short)).statusCode, 400, "a body short of its Content-Length");
   const text = await metrics.render();
-  assert.match(text, /outcome="ignored_event"\} 1/);
-  assert.match(text, /outcome="pong"\} 1/);
+  const added = (labels: string) => count(text, labels) - count(before, labels);
+  assert.equal(added('event="other",action="none",outcome="ignored_event"'), 1);
+  assert.equal(added('event="ping",action="none",outcome="pong"'), 1);
+  // Refused before the signature is checked, and counted all the same (no header of theirs as a label).
+  assert.equal(added('event="unverified",action="none",outcome="unsupported_media_type"'), 2);
+  assert.equal(added('event="unverified",action="none",outcome="too_large"'), 1);
+  assert.equal(added('event="unverified",action="none",outcome="bad_request"'), 1);
 });
 
 test("in_progress and completed mark our runners and tell their worker", async () => {

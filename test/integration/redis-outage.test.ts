@@ -4,7 +4,8 @@
  * verified `queued` deliveries are answered 503 within GitHub's patience, /readyz says Redis is
  * the problem, and once Redis is back the same deliveries sent again (GitHub's redelivery: same
  * X-GitHub-Delivery) are queued and their demand is in BullMQ. Meanwhile the status page and
- * /metrics still answer. Nothing secret reaches the logs.
+ * /metrics still answer. While Redis answers but refuses writes, the same deliveries get 503 at
+ * once, counted, with one log line for all of them. Nothing secret reaches the logs.
  */
 import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
@@ -180,3 +181,37 @@ test("a Redis restart within the server's wait (server.redisWaitSeconds, 3 s by 
 function refusedCount(metrics: { text: string }): number {
   return Number(/^jitrunner_webhook_deliveries_total\{event="workflow_job",action="queued",outcome="redis_unavailable"\} (\d+)$/m.exec(metrics.text)?.[1] ?? 0);
 }
+
+test("while Redis refuses writes (out of memory under noeviction), deliveries get 503 at once, are counted, log one line between them, and are queued when sent again once it accepts writes", async () => {
+  const conn = redisConnection(redis.url);
+  const from = lines.length;
+  const refusals = () => lines.slice(from).filter((l) => l.includes('"level":50') && l.includes("Redis answers webhook deliveries with an error"));
+  const sent = Array.from({ length: 4 }, newDelivery);
+  // A `completed` delivery meets the refusal on another command (the claim's SET, not the claim script).
+  const completed = newDelivery();
+  const payload = JSON.parse(completed.body);
+  payload.action = payload.workflow_job.status = "completed";
+  completed.body = JSON.stringify(payload);
+  try {
+    await conn.config("SET", "maxmemory-policy", "noeviction");
+    await conn.config("SET", "maxmemory", "1");
+    for (const d of [...sent.slice(0, 2), completed, ...sent.slice(2)]) {
+      const a = await send(d);
+      assert.equal(a.status, 503, JSON.stringify(a.body));
+      assert.match(a.body.error ?? "", /^Redis refused the command \(OOM\): the delivery was not taken; deliver it again later$/);
+    }
+    const metrics = await get("/metrics");
+    assert.match(metrics.text, /jitrunner_webhook_deliveries_total\{event="workflow_job",action="queued",outcome="redis_error"\} 4/);
+    assert.match(metrics.text, /jitrunner_webhook_deliveries_total\{event="workflow_job",action="completed",outcome="redis_error"\} 1/);
+    assert.equal(refusals().length, 1, `one line for the refusal, not one per delivery: ${refusals().join("")}`);
+    assert.match(refusals()[0]!, /"reply":"OOM command not allowed when used memory > 'maxmemory'\."/);
+    assert.ok(!lines.slice(from).some((l) => l.includes('"msg":"request failed"')), "no error line per delivery");
+  } finally {
+    await conn.config("SET", "maxmemory", "0");
+    conn.disconnect();
+  }
+  for (const a of await Promise.all(sent.map(send))) assert.deepEqual(a, { status: 202, body: { outcome: "queued" } });
+  await assertHeld(sent);
+  assert.match(lines.slice(from).join(""), /"refused":5,.*"msg":"Redis takes webhook deliveries again"/);
+  assertNoSecretLogged();
+});
