@@ -71,6 +71,7 @@ export interface OctokitGitHubOptions {
 
 /** What a request hook sees (structurally: only what is used here). */
 interface HookOptions {
+  method?: string;
   url: string;
   request?: { signal?: AbortSignal };
 }
@@ -93,7 +94,8 @@ interface RequestFailure {
  * - installation tokens from @octokit/auth-app, shared through Redis by every process; a token
  *   GitHub no longer accepts (401) is replaced and the call retried once;
  * - throttling per installation (`throttle.id`), waiting as `retry-after` / `x-ratelimit-reset`
- *   say, counted in `jitrunner_github_rate_limited_total`;
+ *   say, counted in `jitrunner_github_rate_limited_total`; the wait holds every call of the
+ *   installation, reads too, in every process on the same Redis;
  * - retries on 5xx and network errors, never on 409/422 (they carry meaning: name taken, busy);
  * - every route relative to `apiUrl`, so a GHES base path (`/api/v3`) is kept.
  */
@@ -112,6 +114,8 @@ export class OctokitGitHub implements GitHubClient {
   readonly #retries: RetryScheduler[] = [];
   /** Runner group ids by installation/organization/name, resolved once. */
   readonly #groups = new Map<string, Promise<number>>();
+  /** Aborted by close(): reads waiting out GitHub's wait fail with NotSentError. */
+  readonly #closing = new AbortController();
 
   constructor(opts: OctokitGitHubOptions) {
     this.#opts = opts;
@@ -126,6 +130,7 @@ export class OctokitGitHub implements GitHubClient {
   }
 
   close(): void {
+    this.#closing.abort();
     this.#writes.close();
     for (const retries of this.#retries) retries.close();
   }
@@ -139,16 +144,18 @@ export class OctokitGitHub implements GitHubClient {
     let client = this.#clients.get(installationId);
     if (client) return client;
     const { logger, metrics } = this.#opts;
-    const throttleId = `installation-${installationId}`;
+    const throttleId = throttleIdOf(installationId);
     const limited =
       (kind: "primary" | "secondary") =>
       (retryAfter: number, options: { method: string; url: string }, _octokit: unknown, retryCount: number): boolean => {
         const again = retryCount < RATE_LIMIT_RETRIES && retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS;
         metrics.githubRateLimited(kind, again ? "retried" : "gave_up");
         // GitHub's wait is for every request, not only the one refused: the plugin retries this one
-        // after it, and no other write of this installation starts before it is over either. The
-        // primary wait is on GitHub's clock and at least 1 s (rateLimitResetPlugin); a wait of 0
-        // still pauses writes for 1 s.
+        // after it, and no other call of this installation starts before it is over either (writes
+        // wait in the write budget, reads in #send; in every process sharing its Redis). Calls sent
+        // during it are refused, and each refusal would make the wait longer (and may get the App
+        // banned). The primary wait is on GitHub's clock and at least 1 s (rateLimitResetPlugin);
+        // a wait of 0 still pauses calls for 1 s.
         if (retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS) {
           this.#writes.pause(throttleId, Math.max(1, retryAfter) * 1000);
         }
@@ -201,8 +208,11 @@ export class OctokitGitHub implements GitHubClient {
     options: O,
   ): Promise<R> {
     const signal = options.request?.signal;
+    const read = options.method === "GET" || options.method === "HEAD";
     let cured = false;
     for (let retry = 0; ; retry++) {
+      // Writes wait out GitHub's wait in the write budget (inside the throttling plugin); reads here.
+      if (read) await this.#waitOutPause(installationId, signal);
       try {
         return this.#answered(installationId, options, await request(options));
       } catch (err) {
@@ -218,6 +228,29 @@ export class OctokitGitHub implements GitHubClient {
         const waited = await delay((retry + 1) ** 2 * RETRY_BASE_MS, true, { signal }).catch(() => false);
         if (!waited) throw err;
       }
+    }
+  }
+
+  /**
+   * Waits until no wait GitHub asked for holds `installationId`'s calls (in any process sharing
+   * the write budget's Redis), for RATE_LIMIT_MAX_WAIT_SECONDS at most: a longer one fails the call
+   * at once as rate limited (as a refused call told to wait that long gives up). A caller that gives
+   * up meanwhile (`signal`), or the client closing, ends the wait in NotSentError: nothing was sent.
+   */
+  async #waitOutPause(installationId: number, signal: AbortSignal | undefined): Promise<void> {
+    const id = throttleIdOf(installationId);
+    const stop = signal ? AbortSignal.any([signal, this.#closing.signal]) : this.#closing.signal;
+    let waited = 0;
+    for (;;) {
+      if (stop.aborted) throw new NotSentError("GitHub read");
+      const ms = await this.#writes.pausedFor(id);
+      if (ms <= 0) return;
+      if (waited + ms > RATE_LIMIT_MAX_WAIT_SECONDS * 1000) {
+        throw new GitHubError(`rate limited: GitHub asked to wait ${Math.ceil(ms / 1000)} s more`, 429, { retryable: true });
+      }
+      const done = await delay(ms, true, { signal: stop }).catch(() => false);
+      if (!done) throw new NotSentError("GitHub read");
+      waited += ms;
     }
   }
 
@@ -280,6 +313,13 @@ export class OctokitGitHub implements GitHubClient {
       // A group resolved by name may have been deleted or renamed since: resolve it again next time.
       if (req.runnerGroup !== undefined && err instanceof GitHubError && (err.status === 404 || err.status === 422)) {
         this.#groups.delete(groupKey(scope, req.runnerGroup));
+      }
+      // An attempt whose answer was lost may have registered the runner: said so, for its caller to
+      // delete it by name (no runner id came back). Also when the call was then given up before a
+      // retry went out: not "never sent".
+      if (body.request.lost && (err instanceof GitHubError || err instanceof NotSentError)) {
+        if (err instanceof GitHubError) throw new GitHubError(err.message, err.status, { retryable: err.retryable, cause: err, answerLost: true });
+        throw new GitHubError("generate JIT config failed: given up after an attempt whose answer was lost", undefined, { retryable: true, cause: err, answerLost: true });
       }
       throw err;
     }
@@ -497,6 +537,11 @@ function transient(err: RequestFailure): boolean {
   return status === undefined || status === 0 || status === 408 || status >= 500;
 }
 
+/** The throttling plugin's id of an installation's calls: their write budget and GitHub's waits are kept under it. */
+function throttleIdOf(installationId: number): string {
+  return `installation-${installationId}`;
+}
+
 function groupKey(scope: RunnerScope, name: string): string {
   return `${scope.installationId}/${scope.owner.toLowerCase()}/${name}`;
 }
@@ -512,6 +557,8 @@ function notSent(err: unknown): NotSentError | undefined {
 interface Sending {
   /** An attempt is out whose effect is unknown, or it was answered. */
   sent: boolean;
+  /** An attempt may have acted without its answer reaching us (as noticingLostAnswers). */
+  lost: boolean;
   /** Set by untilGivenUp: called when an answer leaves the write unsent again (a refusal). */
   unsent?: () => void;
 }
@@ -522,20 +569,29 @@ interface Sending {
  * and, once started, is not cut short by it (a registration may exist only the answer tells of).
  * A refusal (403, 429: rate limited, or not allowed) did nothing: after one the write is unsent
  * again until the retry that GitHub's wait leads to starts, so a caller that gives up during that
- * wait, or gave up while the refused attempt was out, is not held for it (a minute, or an hour).
- * The refusal itself still reaches the throttling plugin, so the wait is kept for the
- * installation's other writes. The signal also stops other retries (see #send).
+ * wait, or gave up while the refused attempt was out, is not held for it (a minute, or an hour);
+ * unless an earlier attempt's answer was lost (`lost`, as noticingLostAnswers notes it, with or
+ * without a signal): that one may have acted. The refusal itself still reaches the throttling
+ * plugin, so the wait is kept for the installation's other writes. The signal also stops other
+ * retries (see #send).
  */
-function unlessGivenUp(signal: AbortSignal | undefined): { signal?: AbortSignal; fetch?: typeof fetch } & Sending {
-  if (!signal) return { sent: false };
-  const request: { signal: AbortSignal; fetch: typeof fetch } & Sending = {
-    signal,
+function unlessGivenUp(signal: AbortSignal | undefined): { signal?: AbortSignal; fetch: typeof fetch } & Sending {
+  const request: { signal?: AbortSignal; fetch: typeof fetch } & Sending = {
+    ...(signal ? { signal } : {}),
     sent: false,
+    lost: false,
     fetch: (async (input, init = {}) => {
-      if (signal.aborted) throw new NotSentError("GitHub write");
+      if (signal?.aborted) throw new NotSentError("GitHub write");
       request.sent = true;
-      const response = await fetchWithTimeout(input, { ...init, signal: undefined });
-      if (response.status === 403 || response.status === 429) {
+      let response: Response;
+      try {
+        response = await fetchWithTimeout(input, { ...init, signal: undefined });
+      } catch (err) {
+        request.lost = true;
+        throw err;
+      }
+      if (response.status === 408 || response.status >= 500) request.lost = true;
+      if ((response.status === 403 || response.status === 429) && !request.lost) {
         request.sent = false;
         request.unsent?.();
       }

@@ -16,7 +16,7 @@ import { REDIS_TIMEOUT_MS } from "./token-cache.ts";
  * loops). The window slides (WriteWindow): a burst of up to 120 jobs is registered at once, and a
  * longer one goes on at the pace its first writes leave the window. A rate-limit answer (403/429)
  * is waited out as GitHub says: the plugin retries the refused call after the wait, and the
- * installation's writes wait with it.
+ * installation's writes wait with it, and its reads too (they ask `pausedFor` before they start).
  */
 export const DEFAULT_WRITES_PER_MINUTE = 120;
 
@@ -78,6 +78,11 @@ export interface WriteBudget extends WriteGate {
   /** No write of `id` starts for `ms` from now (a longer pause already set stands). */
   pause(id: string, ms: number): void;
   /**
+   * Ms until the pause of `id` ends (0: not paused), for the calls that do not go through this
+   * gate (reads) to wait it out as well: GitHub's wait is for every request of the installation.
+   */
+  pausedFor(id: string): Promise<number>;
+  /**
    * The client is closing: every write still waiting, and any asked for later, fails with
    * NotSentError (it never starts), and no timer is left behind.
    */
@@ -121,6 +126,10 @@ export class WriteWindow implements WriteBudget {
     this.key(id).pause(Date.now() + ms);
   }
 
+  pausedFor(id: string): Promise<number> {
+    return Promise.resolve(Math.max(0, (this.#keys.get(id)?.pausedUntil ?? 0) - Date.now()));
+  }
+
   close(): void {
     this.#closed = true;
     for (const k of this.#keys.values()) k.close();
@@ -152,6 +161,10 @@ class KeyWindow {
   pause(until: number): void {
     this.#pausedUntil = Math.max(this.#pausedUntil, until);
     this.#pump();
+  }
+
+  get pausedUntil(): number {
+    return this.#pausedUntil;
   }
 
   /** Starts what may start now, and sets one timer for when the next may. */
@@ -201,16 +214,26 @@ local untilMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonu
 if untilMs > tonumber(redis.call('GET', KEYS[1]) or '0') then redis.call('SET', KEYS[1], untilMs, 'PX', ARGV[1]) end
 return 0`;
 
+/** Ms until the pause in KEYS[1] ends on Redis's clock (0: none). */
+const PAUSED_FOR = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+if paused > now then return paused - now end
+return 0`;
+
 type BudgetRedis = Redis & {
   jitrunnerTakeWriteStarts(starts: string, paused: string, windowMs: string, max: string, want: string, id: string): Promise<[number, number]>;
   jitrunnerPauseWrites(paused: string, ms: string): Promise<number>;
+  jitrunnerPausedFor(paused: string): Promise<number>;
 };
 
 /**
  * The same budget as WriteWindow, shared by every process on one Redis (all the workers of a
  * fleet call GitHub as one App): starts are taken from a window in Redis, and a pause that GitHub
- * asked of one process holds the writes of all. Within a process, writes start in order (a
- * refused call's retry first), as with WriteWindow; across processes, whoever asks first.
+ * asked of one process holds the writes of all (and their reads: `pausedFor`). Within a process,
+ * writes start in order (a refused call's retry first), as with WriteWindow; across processes,
+ * whoever asks first.
  */
 export class SharedWriteWindow implements WriteBudget {
   readonly #redis: BudgetRedis;
@@ -219,6 +242,8 @@ export class SharedWriteWindow implements WriteBudget {
   readonly #windowMs: number;
   readonly #onError: (err: unknown) => void;
   readonly #keys = new Map<string, SharedKeyWindow>();
+  /** Pauses this process was asked for (ms since epoch, this host's clock): kept when Redis is away. */
+  readonly #heard = new Map<string, number>();
   #closed = false;
 
   /**
@@ -230,6 +255,7 @@ export class SharedWriteWindow implements WriteBudget {
     if (!(max >= 1) || !(windowMs > 0)) throw new RangeError(`a write window needs max >= 1 and windowMs > 0 (got ${max}, ${windowMs})`);
     redis.defineCommand("jitrunnerTakeWriteStarts", { numberOfKeys: 2, lua: TAKE_STARTS });
     redis.defineCommand("jitrunnerPauseWrites", { numberOfKeys: 1, lua: PAUSE });
+    redis.defineCommand("jitrunnerPausedFor", { numberOfKeys: 1, lua: PAUSED_FOR });
     this.#redis = redis as BudgetRedis;
     this.#prefix = prefix;
     this.#max = max;
@@ -256,9 +282,29 @@ export class SharedWriteWindow implements WriteBudget {
   }
 
   pause(id: string, ms: number): void {
+    this.#heard.set(id, Math.max(this.#heard.get(id) ?? 0, Date.now() + ms));
     within(this.#redis.jitrunnerPauseWrites(`${this.#prefix}:{${id}}:paused`, String(Math.ceil(ms))), REDIS_TIMEOUT_MS, "redis did not answer the GitHub write budget").catch(
       this.#onError,
     );
+  }
+
+  /**
+   * The pause that any process sharing this Redis was asked for, or the one this process heard
+   * of, whichever ends later. While the connection is not ready, or Redis does not answer within
+   * REDIS_TIMEOUT_MS, only this process's own (a read needs no Redis to go out).
+   */
+  async pausedFor(id: string): Promise<number> {
+    const heard = this.#heard.get(id);
+    const own = heard === undefined ? 0 : Math.max(0, heard - Date.now());
+    if (heard !== undefined && own === 0) this.#heard.delete(id);
+    if (this.#redis.status !== "ready") return own;
+    const shared = await within(this.#redis.jitrunnerPausedFor(`${this.#prefix}:{${id}}:paused`), REDIS_TIMEOUT_MS, "redis did not answer the GitHub write budget").catch(
+      (err: unknown) => {
+        this.#onError(err);
+        return 0;
+      },
+    );
+    return Math.max(own, Number(shared) || 0);
   }
 
   close(): void {

@@ -103,6 +103,11 @@ export class HostStore {
     if (id) await this.#redis.jitrunnerDelIfEquals(this.#holdKey(id), instance);
   }
 
+  /** Resolves once Redis answers a PING on this store's connection. */
+  async ping(): Promise<void> {
+    await this.#redis.ping();
+  }
+
   async alive(id: string): Promise<boolean> {
     return (await this.#redis.exists(this.#key(id))) === 1;
   }
@@ -168,12 +173,24 @@ function holderHost(holder: string): string | undefined {
 export class PoolLimits {
   readonly #redis: Redis & { jitrunnerPoolAcquire(key: string, now: string, until: string, id: string, max: string): Promise<number> };
   readonly #prefix: string;
+  /** How long a place lasts unless refreshed, by default. */
   static readonly HOLD_MS = 60_000;
+  /** How long a place this instance takes or refreshes lasts unless refreshed again. */
+  readonly holdMs: number;
 
-  constructor(redis: Redis, prefix: string) {
+  constructor(redis: Redis, prefix: string, holdMs = PoolLimits.HOLD_MS) {
     redis.defineCommand("jitrunnerPoolAcquire", { numberOfKeys: 1, lua: ACQUIRE });
     this.#redis = redis as never;
     this.#prefix = prefix;
+    this.holdMs = holdMs;
+  }
+
+  /**
+   * The same limits, with places held `holdMs` unrefreshed: a holder must refresh its places well
+   * within that (a worker does on each beat, so its hold follows its heartbeat).
+   */
+  holding(holdMs: number): PoolLimits {
+    return holdMs === this.holdMs ? this : new PoolLimits(this.#redis, this.#prefix, holdMs);
   }
 
   #key(pool: string): string {
@@ -183,12 +200,12 @@ export class PoolLimits {
   /** Takes (or refreshes) a place for `holder`; false when the pool is full. */
   async acquire(pool: string, holder: string, max: number): Promise<boolean> {
     const now = Date.now();
-    return (await this.#redis.jitrunnerPoolAcquire(this.#key(pool), String(now), String(now + PoolLimits.HOLD_MS), holder, String(max))) === 1;
+    return (await this.#redis.jitrunnerPoolAcquire(this.#key(pool), String(now), String(now + this.holdMs), holder, String(max))) === 1;
   }
 
   /** Hands `from`'s place to `to` in one step (the count never dips, so no one else slips in). */
   async transfer(pool: string, from: string, to: string): Promise<void> {
-    await this.#redis.multi().zrem(this.#key(pool), from).zadd(this.#key(pool), Date.now() + PoolLimits.HOLD_MS, to).exec();
+    await this.#redis.multi().zrem(this.#key(pool), from).zadd(this.#key(pool), Date.now() + this.holdMs, to).exec();
   }
 
   /**
@@ -201,7 +218,7 @@ export class PoolLimits {
 
   /**
    * Frees the places of every holder of `host` (hostHolder's ids) at once: a host found gone
-   * refreshes none, and they would otherwise stay taken until they expire (HOLD_MS).
+   * refreshes none, and they would otherwise stay taken until they expire (holdMs).
    */
   async releaseHost(pool: string, host: string): Promise<number> {
     const mine = (await this.#redis.zrange(this.#key(pool), 0, -1)).filter((m) => holderHost(m) === host);

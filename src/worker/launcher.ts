@@ -139,8 +139,15 @@ export class Launcher {
         } catch (err) {
           // 409, name taken: by our own earlier try whose answer was lost (created, then a 5xx or
           // timeout, then retried). Delete that orphan and forget its record; go on under a new name.
-          if (!(err instanceof GitHubError && err.status === 409) || attempt >= 3) throw err;
+          // Any other failure after a lost answer (answerLost) may have left that orphan too, and
+          // teardown knows no runner id: delete it by name as well, then fail.
+          const taken = err instanceof GitHubError && err.status === 409 && attempt < 3;
+          if (!taken && !(err instanceof GitHubError && err.answerLost)) throw err;
           const orphan = await d.github.deleteRunnerNamed(scopeOf(record), name).catch((e: unknown) => `not deleted: ${errorMessage(e)}`);
+          if (!taken) {
+            rlog.warn({ orphan }, "registering failed after an answer was lost; the registration it may have made deleted by name");
+            throw err;
+          }
           rlog.warn({ orphan }, "runner name already registered; registering under a new name");
           await d.runners.remove(record, false);
           this.tracked.delete(name);
@@ -325,8 +332,10 @@ export class Launcher {
         ranAJob = result === "busy" || (result === "not_found" && stored !== undefined);
       }
       // A runner that took no job did not serve its demand: a lease of it that comes back (its
-      // worker died) must launch again, not find this runner and call the demand served.
-      await d.runners.remove(record, !LAUNCH_UNDONE.has(reason) && ranAJob);
+      // worker died) must launch again, not find this runner and call the demand served. A runner
+      // with no record left (a container the host loop found, whose record its teardown removed
+      // already) says nothing of its demand: whoever removed the record settled the claim.
+      await d.runners.remove(record, stored === undefined || (!LAUNCH_UNDONE.has(reason) && ranAJob));
       d.metrics.removed(record.pool, reason);
       log.info({ ...runnerField(log, record.name), reason }, "runner removed");
       return { tookAJob: ranAJob };

@@ -8,13 +8,13 @@ import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
-import { hostHolder, type HostStore, type PoolLimits } from "../state/hosts.ts";
+import { hostHolder, PoolLimits, type HostStore } from "../state/hosts.ts";
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { Launcher, NotNeeded, targetOf, type Tracked } from "./launcher.ts";
 import { PassFailures } from "./pass-failures.ts";
 import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
-import { every } from "../timers.ts";
+import { atMost, every } from "../timers.ts";
 import { needsRunner } from "./still-queued.ts";
 
 /** Where a worker takes demand from, per pool (BullMQ in production). */
@@ -57,6 +57,24 @@ const UNATTRIBUTED_RECORD_MS = 60_000;
 
 /** How often the warm loop looks at its pool when nothing happens. */
 const WARM_TICK_MS = 1000;
+
+/**
+ * A stopping worker waits for its launches in flight and the demand it holds as long as Redis
+ * answers: it asks Redis every this long whether it does, and gives it this long to answer.
+ */
+const STOP_REDIS_PROBE_MS = 3_000;
+
+/**
+ * How long a place under a pool limit (or a warm place) lasts unrefreshed: at least
+ * PoolLimits.HOLD_MS, and 6 beats at a slower heartbeat. Places are refreshed on each beat, and
+ * beats come a heartbeat apart after the previous one ends, which waits up to a beat and a half
+ * for the engine (HostPresence.checkEngine): 2.5 beats between refreshes at worst, so a place of a
+ * live worker never lapses between two of them (another host would then take it, and the pool run
+ * over its `maxRunners`).
+ */
+export function placeHoldMs(heartbeatSeconds: number): number {
+  return Math.max(PoolLimits.HOLD_MS, heartbeatSeconds * 6000);
+}
 
 /** A warm runner of this host: launched for no demand, kept idle until one adopts it. */
 interface Spare {
@@ -105,6 +123,10 @@ export class RunnerWorker {
   readonly #slots: Slots;
   readonly #pools: Map<string, PoolConfig>;
   readonly #presence: HostPresence;
+  /** The pool limits, with places held long enough for this worker's heartbeat (placeHoldMs). */
+  readonly #limits: PoolLimits;
+  /** Places a beat found lost (lapsed, and taken by others), by holder: logged once each. */
+  readonly #lostPlaces = new Set<string>();
   readonly #launches = new Set<Promise<unknown>>();
   readonly #serving = new Map<Promise<unknown>, Lease>();
   readonly #loops: Promise<void>[] = [];
@@ -138,6 +160,7 @@ export class RunnerWorker {
     this.#d = deps;
     this.#slots = new Slots(deps.capacity);
     this.#pools = new Map(deps.pools.map((p) => [p.name, p]));
+    this.#limits = deps.limits.holding(placeHoldMs(deps.heartbeatSeconds));
     this.drained = new Promise((resolve) => (this.#drained = resolve));
     this.#presence = new HostPresence({
       host: deps.host,
@@ -191,13 +214,63 @@ export class RunnerWorker {
     this.#shutdown.abort();
     this.#slots.notify();
     await Promise.allSettled([...this.#d.sources.values()].map((s) => s.close()));
-    await Promise.allSettled(this.#loops);
-    await Promise.allSettled([...this.#launches]);
-    await Promise.allSettled([...this.#serving.keys()]);
+    const work = (async () => {
+      await Promise.allSettled(this.#loops);
+      await Promise.allSettled([...this.#launches]);
+      await Promise.allSettled([...this.#serving.keys()]);
+    })();
+    if (!(await this.#whileRedisAnswers(work))) {
+      // The worker's connection holds its commands until Redis is back: what waits on it would
+      // hold the stop up for ever. Left as a crash would leave it: a lease lapses, a place
+      // expires, and the next worker's host loop finishes a launch or a teardown cut short.
+      this.#d.logger.warn(
+        { launching: this.#launches.size, holding: this.#serving.size },
+        "Redis does not answer: stopping without waiting for launches in flight and demand held",
+      );
+    }
     // With runners still running the host stays listed until its record expires, so a quick
     // restart adopts them before anyone treats the host as gone.
     await this.#presence.stop(this.#d.launcher.tracked.size === 0 && this.#leftRunning.size === 0);
     this.#d.logger.info({ running: this.#d.launcher.tracked.size + this.#leftRunning.size }, "worker stopped; running runners left running");
+  }
+
+  /**
+   * Waits for `work` as long as Redis answers (asked every STOP_REDIS_PROBE_MS): true once it is
+   * done, false as soon as Redis does not answer within STOP_REDIS_PROBE_MS.
+   */
+  async #whileRedisAnswers(work: Promise<void>): Promise<boolean> {
+    let done = false;
+    const finished = work.then(() => (done = true));
+    for (;;) {
+      await atMost(finished, STOP_REDIS_PROBE_MS);
+      if (done) return true;
+      const answered = await atMost(
+        this.#d.hosts.ping().then(
+          () => true,
+          () => false,
+        ),
+        STOP_REDIS_PROBE_MS,
+      );
+      if (done) return true;
+      if (!answered) return false;
+    }
+  }
+
+  /**
+   * `p`, or `stopped` as soon as the worker stops: a loop's wait on Redis, which lasts while Redis
+   * is away, must not hold a stop up (`p` goes on; what it does late is harmless).
+   */
+  async #unlessStopped<T>(p: Promise<T>, stopped: T): Promise<T> {
+    const signal = this.#shutdown.signal;
+    let onStop!: () => void;
+    const aborted = new Promise<T>((resolve) => (onStop = () => resolve(stopped)));
+    if (signal.aborted) onStop();
+    else signal.addEventListener("abort", onStop, { once: true });
+    try {
+      return await Promise.race([p, aborted]);
+    } finally {
+      signal.removeEventListener("abort", onStop);
+    }
   }
 
   async #loop(pool: string, source: DemandSource): Promise<void> {
@@ -248,7 +321,7 @@ export class RunnerWorker {
       const serving: Promise<void> = this.#serve(held, spare).finally(async () => {
         this.#serving.delete(serving);
         this.#slots.release();
-        await this.#d.limits.release(held.demand.pool, held.id).catch(() => undefined);
+        await this.#limits.release(held.demand.pool, held.id).catch(() => undefined);
         this.#checkDrained();
       });
       this.#serving.set(serving, held);
@@ -277,12 +350,13 @@ export class RunnerWorker {
     }
   }
 
-  /** False (the demand goes back) when the pool is at its limit, or Redis cannot say that it is not. */
+  /** False (the demand goes back) when the pool is at its limit, Redis cannot say that it is not, or the worker stops. */
   async #withinPoolLimit(lease: Lease): Promise<boolean> {
     const max = this.#pools.get(lease.demand.pool)?.maxRunners;
     if (!max) return true;
+    if (this.#stopping) return false;
     try {
-      return await this.#d.limits.acquire(lease.demand.pool, lease.id, max);
+      return await this.#unlessStopped(this.#limits.acquire(lease.demand.pool, lease.id, max), false);
     } catch (err) {
       // A Redis error (out of memory, read-only replica) must not end this pool's loop.
       this.#noteError(`pool limit check for pool ${lease.demand.pool} failed: ${errorMessage(err)}`, false);
@@ -290,25 +364,47 @@ export class RunnerWorker {
     }
   }
 
-  /** Each beat refreshes this worker's places under pool limits, and ends a finished drain. */
+  /**
+   * Each beat refreshes this worker's places under pool limits (they last placeHoldMs), and ends
+   * a finished drain.
+   */
   async #onBeat(): Promise<void> {
+    const held = new Set<string>();
     for (const lease of this.#serving.values()) {
       const max = this.#pools.get(lease.demand.pool)?.maxRunners;
-      if (max) await this.#d.limits.acquire(lease.demand.pool, lease.id, max);
+      if (max) await this.#refreshPlace(lease.demand.pool, lease.id, max, held);
     }
     for (const { pool, holder } of this.#adopted.values()) {
-      if (pool.maxRunners) await this.#d.limits.acquire(pool.name, holder, pool.maxRunners);
+      if (pool.maxRunners) await this.#refreshPlace(pool.name, holder, pool.maxRunners, held);
     }
     for (const spare of this.#spares.values()) {
       const { pool, holder } = spare;
-      if (spare.warm && !(await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle))) {
+      if (spare.warm && !(await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle))) {
         // Its place expired and others filled the set: a spare like any other now.
         spare.warm = false;
         spare.idleFrom = Date.now();
       }
-      if (pool.maxRunners) await this.#d.limits.acquire(pool.name, holder, pool.maxRunners);
+      if (pool.maxRunners) await this.#refreshPlace(pool.name, holder, pool.maxRunners, held);
     }
+    for (const holder of this.#lostPlaces) if (!held.has(holder)) this.#lostPlaces.delete(holder);
     this.#checkDrained();
+  }
+
+  /**
+   * Refreshes a runner's place under its pool's `maxRunners`. One that lapsed (Redis lost it, or
+   * this process stalled past placeHoldMs) and that others took meanwhile cannot be had back: the
+   * runner runs all the same, and the pool is over its limit until one of its runners ends. Said
+   * once per place.
+   */
+  async #refreshPlace(pool: string, holder: string, max: number, held: Set<string>): Promise<void> {
+    held.add(holder);
+    if (await this.#limits.acquire(pool, holder, max)) {
+      this.#lostPlaces.delete(holder);
+      return;
+    }
+    if (this.#lostPlaces.has(holder)) return;
+    this.#lostPlaces.add(holder);
+    this.#d.logger.warn({ pool, holder, maxRunners: max }, "a runner's place under maxRunners lapsed and the pool is full: it runs over the limit until a runner of the pool ends");
   }
 
   #checkDrained(): void {
@@ -374,7 +470,7 @@ export class RunnerWorker {
       const latest = await this.#d.runners.get(tracked.record.name).catch(() => undefined);
       const tookAJob = tracked.state === "busy" || tracked.state === "completed" || latest?.state === "busy" || latest?.state === "completed";
       const torn = await this.#tearDown(tracked.record, reason, log);
-      const retry = tookAJob || torn?.tookAJob ? undefined : await this.#retryReason(lease, reason);
+      const retry = tookAJob || torn?.tookAJob ? undefined : await this.#retryReason(lease, reason, log);
       if (retry) {
         // This runner did not serve the demand: forget its claim so the retry launches anew.
         await this.#d.runners.releaseDemand(tracked.record);
@@ -453,7 +549,7 @@ export class RunnerWorker {
         if (spare.tracked.state === "idle") {
           // An idle spare that lost its warm place (a restart found the places still held by the
           // holders of the process before) takes a free one before any launch does.
-          if (!spare.warm && !spare.adopted && !spare.done && (await this.#d.limits.acquire(warmKey(pool.name), spare.holder, pool.minIdle).catch(() => false))) {
+          if (!spare.warm && !spare.adopted && !spare.done && (await this.#unlessStopped(this.#limits.acquire(warmKey(pool.name), spare.holder, pool.minIdle).catch(() => false), false))) {
             spare.warm = true;
             spare.idleFrom = Number.POSITIVE_INFINITY;
             this.#d.logger.info({ pool: pool.name, runner: spare.tracked.record.name }, "spare warm again");
@@ -462,17 +558,18 @@ export class RunnerWorker {
         }
         // It took a job directly: the demand for that job, if it adopted another runner, is its;
         // else that demand is still to come, or never will. Either way, no longer warm.
-        if (await this.#handOver(spare, this.#d.logger.child({ pool: pool.name }))) continue;
+        if (await this.#unlessStopped(this.#handOver(spare, this.#d.logger.child({ pool: pool.name })), false)) continue;
         if (spare.warm) await this.#unwarm(spare);
       }
       // A slot free for each pool's demand stays free: warm runners never crowd demand out.
       while (!this.#stopping && this.#presence.open && this.#slots.tryAcquire(this.#d.sources.size)) {
         const holder = hostHolder(this.#d.host);
-        const placed =
-          (await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false)) &&
-          (!pool.maxRunners || (await this.#d.limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false)));
+        const place = (key: string, max: number) => this.#unlessStopped(this.#limits.acquire(key, holder, max).catch(() => false), false);
+        const placed = (await place(warmKey(pool.name), pool.minIdle)) && (!pool.maxRunners || (await place(pool.name, pool.maxRunners)));
         if (!placed) {
-          await this.#d.limits.release(warmKey(pool.name), holder).catch(() => undefined);
+          const freeing = this.#limits.release(warmKey(pool.name), holder).catch(() => undefined);
+          // Stopping: not waited for (with Redis away, 3 s); a place not freed expires.
+          if (!this.#stopping) await freeing;
           this.#slots.release();
           break;
         }
@@ -526,16 +623,16 @@ export class RunnerWorker {
     const holder = hostHolder(this.#d.host);
     // Before any loop runs, so the slot is free unless the capacity shrank across the restart.
     this.#slots.take();
-    const warm = tracked.state === "idle" && (await this.#d.limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false));
-    if (pool.maxRunners) await this.#d.limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
+    const warm = tracked.state === "idle" && (await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false));
+    if (pool.maxRunners) await this.#limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
     this.#keepSpare(pool, holder, tracked, warm, log);
     log.info({ runner: tracked.record.name, warm }, "adopted running runner as a spare");
   }
 
   /** Frees a spare's places and slot, by the holder it has then (a hand-over swaps holders). */
   async #freeSparePlaces(pool: PoolConfig, holder: string): Promise<void> {
-    await this.#d.limits.release(warmKey(pool.name), holder).catch(() => undefined);
-    if (pool.maxRunners) await this.#d.limits.release(pool.name, holder).catch(() => undefined);
+    await this.#limits.release(warmKey(pool.name), holder).catch(() => undefined);
+    if (pool.maxRunners) await this.#limits.release(pool.name, holder).catch(() => undefined);
     this.#slots.release();
   }
 
@@ -626,7 +723,7 @@ export class RunnerWorker {
     await this.#d.runners.claimDemand(takerName, lease.id).catch(() => undefined);
     await this.#d.runners.update(idleName, { demandId: "" }).catch(() => undefined);
     if (!idle.warm && !idle.done) {
-      idle.warm = await this.#d.limits.acquire(warmKey(idle.pool.name), idle.holder, idle.pool.minIdle).catch(() => false);
+      idle.warm = await this.#limits.acquire(warmKey(idle.pool.name), idle.holder, idle.pool.minIdle).catch(() => false);
       if (idle.warm) idle.idleFrom = Number.POSITIVE_INFINITY;
     }
     return true;
@@ -636,19 +733,21 @@ export class RunnerWorker {
   async #unwarm(spare: Spare): Promise<void> {
     spare.warm = false;
     spare.idleFrom = Date.now();
-    await this.#d.limits.release(warmKey(spare.pool.name), spare.holder).catch(() => undefined);
+    await this.#limits.release(warmKey(spare.pool.name), spare.holder).catch(() => undefined);
   }
 
   /**
    * Hands a warm runner of this host to the demand, with its slot and place: the one already
-   * running the demand's job if GitHub gave it one, else the oldest idle one.
+   * running the demand's job if GitHub gave it one, else the oldest idle one. Only one registered
+   * where the job can go (its installation and owner, and its repository in a repository pool):
+   * GitHub never hands a job to a runner registered elsewhere.
    */
   async #adoptSpare(lease: Lease): Promise<Spare | undefined> {
     let chosen: Spare | undefined;
     for (const spare of [...this.#spares.values()]) {
-      if (spare.pool.name !== lease.demand.pool || spare.adopted) continue;
+      if (spare.pool.name !== lease.demand.pool || spare.adopted || !servesDemand(spare, lease)) continue;
       if (spare.tracked.state === "busy" || spare.tracked.state === "completed") {
-        const record = await this.#d.runners.get(spare.tracked.record.name).catch(() => undefined);
+        const record = await this.#unlessStopped(this.#d.runners.get(spare.tracked.record.name).catch(() => undefined), undefined);
         if (record?.jobId === lease.demand.jobId && !spare.adopted && this.#spares.has(record.name)) {
           chosen = spare;
           break;
@@ -663,9 +762,9 @@ export class RunnerWorker {
     spare.idleFrom = Date.now();
     this.#spares.delete(spare.tracked.record.name);
     // The runner's slot and its place under the pool limit are the demand's now.
-    if (spare.warm) void this.#d.limits.release(warmKey(spare.pool.name), spare.holder).catch(() => undefined);
+    if (spare.warm) void this.#limits.release(warmKey(spare.pool.name), spare.holder).catch(() => undefined);
     spare.warm = false;
-    if (spare.pool.maxRunners) void this.#d.limits.transfer(spare.pool.name, spare.holder, lease.id).catch(() => undefined);
+    if (spare.pool.maxRunners) void this.#limits.transfer(spare.pool.name, spare.holder, lease.id).catch(() => undefined);
     return spare;
   }
 
@@ -695,9 +794,9 @@ export class RunnerWorker {
     spare.idleFrom = Date.now();
     this.#slots.take();
     this.#spares.set(spare.tracked.record.name, spare);
-    if (spare.pool.maxRunners) await this.#d.limits.transfer(spare.pool.name, lease.id, spare.holder).catch(() => undefined);
+    if (spare.pool.maxRunners) await this.#limits.transfer(spare.pool.name, lease.id, spare.holder).catch(() => undefined);
     if (spare.tracked.state !== "idle" || spare.done) return;
-    if (await this.#d.limits.acquire(warmKey(spare.pool.name), spare.holder, spare.pool.minIdle).catch(() => false)) {
+    if (await this.#limits.acquire(warmKey(spare.pool.name), spare.holder, spare.pool.minIdle).catch(() => false)) {
       spare.warm = true;
       spare.idleFrom = Number.POSITIVE_INFINITY;
     }
@@ -720,15 +819,22 @@ export class RunnerWorker {
   /**
    * Why a runner that took no job leaves its demand unserved, if it does: it died (engine
    * restarted, container killed, crash), or it sat idle all along while GitHub still lists its
-   * job as queued (it never came online).
+   * job as queued (it never came online). GitHub not answering whether the job is still queued
+   * counts as queued: a demand served again costs a runner that idles out, one completed for a
+   * job that waits leaves the job waiting until the leader's queued-job loop finds it.
    */
-  async #retryReason(lease: Lease, reason: string): Promise<{ code: string; message: string } | undefined> {
+  async #retryReason(lease: Lease, reason: string, log: Logger): Promise<{ code: string; message: string } | undefined> {
     if (reason === "start_timeout") return { code: "E_RUNNER_NEVER_ONLINE", message: "runner was not online at the pool's start timeout" };
     if (ENDED_WITHOUT_JOB.has(reason)) return { code: "E_RUNNER_LOST", message: `runner ended without taking a job (${reason})` };
     if (reason !== "idle_timeout") return undefined;
     const { demand } = lease;
-    const job = await this.#d.github.getJob(demand.installationId, demand.owner, demand.repo, demand.jobId).catch(() => undefined);
-    return job?.status === "queued" ? { code: "E_RUNNER_NEVER_ONLINE", message: "runner never took its still-queued job" } : undefined;
+    try {
+      const job = await this.#d.github.getJob(demand.installationId, demand.owner, demand.repo, demand.jobId);
+      return job.status === "queued" ? { code: "E_RUNNER_NEVER_ONLINE", message: "runner never took its still-queued job" } : undefined;
+    } catch (err) {
+      log.warn({ err: errorMessage(err) }, "could not ask GitHub whether the job of a runner that idled out is still queued; serving its demand again");
+      return { code: "E_GITHUB", message: `runner idled out and GitHub did not say whether its job is still queued: ${errorMessage(err)}` };
+    }
   }
 
   async #waitGone(name: string): Promise<void> {
@@ -799,14 +905,18 @@ export class RunnerWorker {
       log.info({ runner: name }, "adopted running runner");
       void launcher
         .watch(tracked, pool, log, this.#shutdown.signal)
-        .then((reason) => (reason === "shutdown" ? undefined : launcher.teardown(tracked.record, reason, log)))
-        .catch(() => undefined)
+        // A teardown cut short is logged, and left to the next pass (the container is still listed).
+        .then((reason) => (reason === "shutdown" ? undefined : this.#tearDown(tracked.record, reason, log)))
         .finally(() => {
           this.#releaseAdopted(name);
           this.#checkDrained();
         });
       return;
     }
+    // No record: a leftover, or a runner this process tore down since the list was made (its
+    // teardown removes the container before the record). Looked up again, so that one is not torn
+    // down, counted and logged a second time.
+    if (!record && !(await this.#stillListed(c))) return;
     const stub: RunnerRecord = record ?? {
       name,
       pool: c.labels[LABEL.pool] ?? "",
@@ -835,6 +945,12 @@ export class RunnerWorker {
     else this.#letGo(name);
   }
 
+  /** Whether the engine still lists the container. */
+  async #stillListed(c: RunnerContainer): Promise<boolean> {
+    const { driver, host } = this.#d;
+    return (await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host })).some((x) => x.id === c.id);
+  }
+
   /**
    * Leaves a running runner that runs a job to finish it; logged once. It holds one of this
    * worker's slots until a pass finds its container stopped: it uses the engine's room as much as
@@ -860,7 +976,7 @@ export class RunnerWorker {
     const holder = hostHolder(this.#d.host);
     this.#adopted.set(record.name, { pool, holder });
     this.#slots.take();
-    if (pool.maxRunners) void this.#d.limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
+    if (pool.maxRunners) void this.#limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
   }
 
   /** An adopted runner's slot and place are free again. */
@@ -869,7 +985,7 @@ export class RunnerWorker {
     if (!held) return;
     this.#adopted.delete(name);
     this.#slots.release();
-    if (held.pool.maxRunners) void this.#d.limits.release(held.pool.name, held.holder).catch(() => undefined);
+    if (held.pool.maxRunners) void this.#limits.release(held.pool.name, held.holder).catch(() => undefined);
   }
 
   /** A runner left running is gone, or on its way: its slot is free again. */
@@ -953,8 +1069,8 @@ export class RunnerWorker {
     // Its warm places: its runners are deregistered or busy, none is warm. Its places under the
     // pool limit too once none of its runners is left. Freed now, not when they expire.
     for (const pool of this.#pools.keys()) {
-      await this.#d.limits.releaseHost(warmKey(pool), id);
-      if (left === 0) await this.#d.limits.releaseHost(pool, id);
+      await this.#limits.releaseHost(warmKey(pool), id);
+      if (left === 0) await this.#limits.releaseHost(pool, id);
     }
     if (left > 0) return;
     await hosts.forget(id);
@@ -1055,6 +1171,19 @@ export class RunnerWorker {
     if (log || message !== this.#lastError) this.#d.logger.warn(message);
     this.#lastError = message;
   }
+}
+
+/**
+ * Whether GitHub can hand the demand's job to the spare: it is registered in the job's
+ * installation and owner, and, in a repository pool, on the job's repository (a warm runner
+ * registers on `pool.warm`, which need not be where the job runs).
+ */
+function servesDemand(spare: Spare, lease: Lease): boolean {
+  const { record } = spare.tracked;
+  const { demand } = lease;
+  const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+  if (record.installationId !== demand.installationId || !same(record.owner, demand.owner)) return false;
+  return spare.pool.scope !== "repository" || same(record.repo, demand.repo);
 }
 
 function sleep(ms: number): Promise<void> {

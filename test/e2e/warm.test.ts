@@ -96,6 +96,25 @@ test("a job GitHub hands to another warm runner than the one its demand adopted:
   }
 });
 
+test("a job of another repository of the pool gets a runner of its own: warm runners registered on the warm repository are not adopted for it", async () => {
+  const { fake, sys } = await warmSystem("warm-scope", 1);
+  try {
+    // Adopted only once started (idle): wait for both, not for them to be online.
+    await waitFor(() => (sys.logs().match(/warm runner ready/g) ?? []).length === MIN_IDLE, 60_000, `${MIN_IDLE} warm runners started`);
+    const warmNames = new Set(fake.runners().map((x) => x.name));
+    const job = await fake.queueJob({ owner: "acme", repo: "lib", labels: ["self-hosted", "linux"] });
+    const done = await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+    assert.equal(done.conclusion, "success");
+    assert.ok(!warmNames.has(done.runner_name!), `the job ran on a runner of its own (${done.runner_name})`);
+    assert.doesNotMatch(sys.logs(), /demand adopted by a warm runner/, "no warm runner of acme/app adopted for a job of acme/lib");
+    assert.equal(fake.requests.filter((x) => x.route === JIT && x.path.includes("/repos/acme/lib/")).length, 1, "one runner registered on acme/lib");
+    assert.equal(fake.runners().filter((x) => warmNames.has(x.name) && !x.busy).length, MIN_IDLE, "the warm runners still wait");
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
 test("warm runners outlive a worker restart: kept warm in slots of their own, none launched beside them, the next job starts on one", async () => {
   const { fake, host, r, sys: first, restart } = await warmSystem("warm-restart", 1);
   const idleRunners = () => fake.runners().filter((x) => !x.busy && x.status === "online");

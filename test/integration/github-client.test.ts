@@ -272,9 +272,17 @@ test("rate limits: 429 + retry-after and 403 + x-ratelimit-reset are waited out 
 
   fake.inject({ route: JOB, status: 429, times: 1, headers: { "retry-after": "2" } });
   let started = Date.now();
-  assert.equal((await c.gh.getJob(1, "acme", "app", job.id)).status, "queued");
+  const limited = c.gh.getJob(1, "acme", "app", job.id);
+  await waitFor(() => /secondary rate limit: waiting 2 s/.test(c.logs()), 5_000, "the wait heard");
+  // Without Redis too, the installation's other reads wait with it.
+  const during = c.gh.listRunners(repo());
+  assert.equal((await limited).status, "queued");
   assert.ok(Date.now() - started >= 1900, "waited the 2 s GitHub asked for");
   assert.deepEqual(calls(fake, JOB), [429, 200], "one retry, not the retry plugin's as well");
+  await during;
+  const refusedAt = fake.requests.find((r) => r.route === JOB && r.status === 429)!.at;
+  const listed = fake.requests.filter((r) => r.route === "/repos/{owner}/{repo}/actions/runners");
+  assert.ok(listed.length === 1 && listed[0]!.at - refusedAt >= 1900, `the listing waited: ${listed.map((r) => r.at - refusedAt).join(", ")} ms`);
 
   const reset = Math.ceil(Date.now() / 1000) + 2;
   fake.inject({ route: JOB, status: 403, times: 1, headers: { "x-ratelimit-remaining": "0", "x-ratelimit-reset": String(reset) } });
@@ -287,6 +295,7 @@ test("rate limits: 429 + retry-after and 403 + x-ratelimit-reset are waited out 
   const gaveUp = await failure(c.gh.generateJitConfig(repo(), { name: "jr-limited", labels: LABELS }));
   assert.equal(gaveUp.status, 429);
   assert.equal(gaveUp.retryable, true, "the demand is tried again later, not dropped");
+  assert.equal(gaveUp.answerLost, false, "every attempt refused: none registered a runner");
   assert.deepEqual(calls(fake, REPO_JIT), [429, 429, 429, 429], "the first try and 3 retries, then it gives up");
   assert.equal(fake.runners().length, 0);
 
@@ -343,6 +352,86 @@ test("a rate limit is heard by the refused call's installation: all its writes w
   const jit = fake.requests.filter((r) => r.route === REPO_JIT).map((r) => ({ status: r.status, at: r.at }));
   assert.deepEqual(jit.map((r) => r.status), [429, 201, 201]);
   assert.ok(jit.slice(1).every((r) => r.at - jit[0]!.at >= 1900), `no write within GitHub's 2 s: ${jit.map((r) => r.at - jit[0]!.at).join(", ")} ms`);
+});
+
+/**
+ * Starts a read of each kind during a wait GitHub asked for, from `c` and from `d` (another process
+ * on the same Redis), and checks that none reached GitHub until the wait was over.
+ */
+async function readsWaitOutTheLimit(
+  fake: FakeGitHub,
+  c: Client,
+  d: Client,
+  prefix: string,
+  refusedRoute: string,
+  job: { id: number; run_id: number },
+  limited: Promise<unknown>,
+): Promise<void> {
+  const refused = await waitFor(() => fake.requests.find((r) => r.route === refusedRoute && r.status === 429), 5_000, "the 429 answered");
+  await waitFor(() => /secondary rate limit: waiting 2 s/.test(c.logs()), 5_000, "the wait heard");
+  // The other process learns of it through Redis (the key the write budget's pause is kept in).
+  const conn = new Redis(redis.url);
+  connections.push(conn);
+  await waitFor(async () => (await conn.get(`${prefix}:github:app-${fake.appId}:writes:{installation-1}:paused`)) !== null, 5_000, "the wait shared");
+  const stop = new AbortController();
+  const givenUp = d.gh.listRunners(repo(), { signal: stop.signal });
+  const reads = Promise.all([
+    c.gh.getJob(1, "acme", "app", job.id),
+    c.gh.listRunners(repo()),
+    d.gh.getJob(1, "acme", "app", job.id),
+    d.gh.listRuns(1, "acme", "app", "queued"),
+    d.gh.listRunJobs(1, "acme", "app", job.run_id),
+    d.gh.getRunner(repo(), 12345),
+  ]);
+  await sleep(300);
+  const t0 = Date.now();
+  stop.abort();
+  const err = await givenUp.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  const givenUpAfterMs = Date.now() - t0;
+  await Promise.all([reads, limited]);
+  const during = fake.requests.filter((r) => r.at >= refused.at && r.at - refused.at < 1900).map((r) => `${r.method} ${r.route} ${r.status}`);
+  assert.deepEqual(during, [`${refused.method} ${refusedRoute} 429`], "nothing but the refused call reached GitHub during its 2 s wait");
+  assert.ok(err instanceof NotSentError, `a read given up during the wait: NotSentError, got ${String(err)}`);
+  assert.ok(givenUpAfterMs < 1000, `given up at once, not after ${givenUpAfterMs} ms`);
+  const after = fake.requests.filter((r) => r.at - refused.at >= 1900);
+  // The six reads above (not the one given up), each once, and the refused call's retry.
+  assert.equal(after.length, 7, after.map((r) => `${r.route} ${r.status}`).join(", "));
+}
+
+test("a secondary rate limit heard on a write holds the installation's reads too, in this process and in another on the same Redis", async () => {
+  const fake = await fakeGitHub();
+  const prefix = `${redis.prefix}-read-wait-w`;
+  const [c, d] = [client(fake, { prefix }), client(fake, { prefix })];
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  // Their tokens first: only the calls below are counted.
+  await c.gh.getJob(1, "acme", "app", job.id);
+  await d.gh.getJob(1, "acme", "app", job.id);
+  fake.inject({ route: REPO_JIT, status: 429, times: 1, headers: { "retry-after": "2" } });
+  const limited = c.gh.generateJitConfig(repo(), { name: "jr-read-wait", labels: LABELS });
+  await readsWaitOutTheLimit(fake, c, d, prefix, REPO_JIT, job, limited);
+  assert.ok((await limited).runnerId > 0);
+});
+
+test("a secondary rate limit heard on a read holds the installation's other reads too, in this process and in another on the same Redis", async () => {
+  const fake = await fakeGitHub();
+  const prefix = `${redis.prefix}-read-wait-r`;
+  const [c, d] = [client(fake, { prefix }), client(fake, { prefix })];
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  await c.gh.listRunners(repo());
+  await d.gh.listRunners(repo());
+  const from = fake.requests.length;
+  fake.inject({ route: JOB, status: 429, times: 1, headers: { "retry-after": "2" } });
+  const limited = c.gh.getJob(1, "acme", "app", job.id);
+  await readsWaitOutTheLimit(fake, c, d, prefix, JOB, job, limited);
+  assert.equal((await limited).status, "queued");
+  assert.deepEqual(
+    fake.requests.slice(from).filter((r) => r.route === JOB).map((r) => r.status),
+    [429, 200, 200, 200],
+    "the refused read retried once, after the wait",
+  );
 });
 
 test("at most 10 calls of one installation are out at once: the 11th is sent when an answer has come", async () => {
@@ -432,6 +521,35 @@ test("a runner deletion whose answer was lost (GitHub deleted it, then a 502) an
   assert.equal(await c.gh.deleteRunnerNamed(org(), "jr-lost-delete-org"), "deleted");
   assert.deepEqual(calls(fake, ORG_RUNNER), [503, 404]);
   assert.equal(fake.runners().length, 0);
+});
+
+test("a JIT config that fails after an attempt whose answer was lost says so (answerLost), also when its caller gave up during the backoff; one that GitHub refused does not", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  await c.gh.listRunners(repo()); // the token
+  // GitHub registered it, the answer was lost; the retry is refused for good.
+  fake.inject({ route: REPO_JIT, status: 502, times: 1, afterHandling: true });
+  fake.inject({ route: REPO_JIT, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "x", status: "403" } });
+  const refused = await failure(c.gh.generateJitConfig(repo(), { name: "jr-lost-refused", labels: LABELS }));
+  assert.deepEqual([refused.status, refused.answerLost, refused.retryable], [403, true, false]);
+  assert.deepEqual(fake.runners().map((r) => r.name), ["jr-lost-refused"], "the registration the lost answer told of");
+  assert.equal(await c.gh.deleteRunnerNamed(repo(), "jr-lost-refused"), "deleted");
+
+  // The caller gives up during the backoff after the lost answer: no retry, and not "never sent".
+  fake.inject({ route: REPO_JIT, status: 502, times: 1, afterHandling: true });
+  const stop = new AbortController();
+  const givenUp = failure(c.gh.generateJitConfig(repo(), { name: "jr-lost-stopped", labels: LABELS }, { signal: stop.signal }));
+  await waitFor(() => calls(fake, REPO_JIT).filter((s) => s === 502).length === 2, 5_000, "the second 502");
+  stop.abort();
+  const stopped = await givenUp;
+  assert.deepEqual([stopped.status, stopped.answerLost], [502, true]);
+  assert.deepEqual(fake.runners().map((r) => r.name), ["jr-lost-stopped"]);
+
+  // Refused outright: nothing registered, nothing lost.
+  fake.inject({ route: REPO_JIT, status: 422, times: 1 });
+  const invalid = await failure(c.gh.generateJitConfig(repo(), { name: "jr-invalid", labels: LABELS }));
+  assert.deepEqual([invalid.status, invalid.answerLost], [422, false]);
+  assert.deepEqual(calls(fake, REPO_JIT), [502, 403, 502, 422]);
 });
 
 test("an installation token GitHub will not mint (404, 422) fails the call as an error, not as the call's own 404 or 422", async () => {

@@ -153,3 +153,22 @@ test("an organization pool with runnerGroup by name: the group is resolved once 
   assert.equal(since(from, "/orgs/{org}/actions/runner-groups").length, 1, "one lookup for both runners");
   assert.equal(since(from, "/orgs/{org}/actions/runners/generate-jitconfig").length, 2);
 });
+
+// Last: its launch fails on purpose (the 409 test counts launch failures from 0).
+test("generate-jitconfig registers the runner but its answer is lost, and the retries are refused until the call gives up: the launch deletes that registration by name, and the job is served", async () => {
+  const from = fake.requests.length;
+  fake.inject({ route: JIT, status: 502, times: 1, afterHandling: true });
+  // Not a 409 (the name taken): that one is handled by registering under a new name.
+  fake.inject({ route: JIT, status: 429, times: 4, headers: { "retry-after": "1" } });
+  const [job] = await queueJobs("lost", 1);
+  await waitFor(() => since(from, JIT).length >= 5, 30_000, "the call given up");
+  const jit = since(from, JIT).map((r) => r.status);
+  assert.deepEqual(jit.slice(0, 5), [502, 429, 429, 429, 429], `the lost answer, then refusals until the call gave up (${jit.join(", ")})`);
+  // No registration left behind (the reconciler would delete it only after its 300 s grace).
+  await allServed("lost", [job!]);
+  assert.match(sys.logs(), /registering failed after an answer was lost; the registration it may have made deleted by name/);
+  // The by-name delete: the listing by name, then the deletion of what it found.
+  assert.ok(since(from, "/repos/{owner}/{repo}/actions/runners").some((r) => r.status === 200), "looked up by name");
+  assert.ok(since(from, DELETE).some((r) => r.status === 204), "the lost registration deleted");
+  assert.equal(since(from, JIT).filter((r) => r.status === 201).length, 1, "one registration for the job's own runner");
+});

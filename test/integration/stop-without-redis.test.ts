@@ -1,9 +1,9 @@
 /**
  * `jitrunner all` (server, worker and leader in one process) asked to stop while Redis is away,
  * for real (the composition root, a Docker engine, a Redis of the test's own): stopped, or frozen
- * (connected, answering nothing), idle or with a runner running its job. The stop ends within a
- * bound instead of waiting for Redis for ever: a supervisor's stop (SIGTERM) must not turn into
- * its kill after the grace period.
+ * (connected, answering nothing), idle, with a runner running its job, or keeping a warm runner
+ * (its warm loop asks Redis every second). The stop ends within a bound instead of waiting for
+ * Redis for ever: a supervisor's stop (SIGTERM) must not turn into its kill after the grace period.
  */
 import assert from "node:assert/strict";
 import { after, test, type TestContext } from "node:test";
@@ -20,8 +20,12 @@ after(async () => {
   for (const h of hosts) await removeContainersOf(h);
 });
 
-/** `jitrunner all` on a Redis of its own, with a fake GitHub; its pool's jobs last `jobSeconds`. */
-async function system(t: TestContext, tag: string, jobSeconds: number): Promise<{ sys: SystemUnderTest; redis: OwnRedis; fake: FakeGitHub; host: string }> {
+/**
+ * `jitrunner all` on a Redis of its own, with a fake GitHub; its pool's jobs last `jobSeconds`.
+ * `minIdle`: the pool keeps that many warm runners, with two slots more: one the worker keeps free
+ * for demand, and one that has its warm loop ask Redis for a warm place each second.
+ */
+async function system(t: TestContext, tag: string, jobSeconds: number, minIdle = 0): Promise<{ sys: SystemUnderTest; redis: OwnRedis; fake: FakeGitHub; host: string }> {
   const redis = await startRedis({ own: true });
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   let sys: SystemUnderTest | undefined;
@@ -33,9 +37,10 @@ async function system(t: TestContext, tag: string, jobSeconds: number): Promise<
   });
   const host = uniqueHost(tag);
   hosts.push(host);
+  const warm = minIdle > 0 ? { minIdle, warm: { installationId: fake.installationId, owner: "acme", repo: "app" } } : {};
   sys = await startSystem("all", fake, redis, host, {
-    pools: [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds) } })],
-    worker: { hostId: host, capacity: 1, heartbeatSeconds: 1, reconcileIntervalSeconds: 1 },
+    pools: [fakeRunnerPool(fake, { ...warm, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds) } })],
+    worker: { hostId: host, capacity: minIdle > 0 ? minIdle + 2 : 1, heartbeatSeconds: 1, reconcileIntervalSeconds: 1 },
     reconcile: { leaderLockSeconds: 3 },
   });
   await waitFor(async () => (await fetch(`${sys.url}/readyz`)).status === 200, 20_000, "ready");
@@ -81,4 +86,12 @@ test("jitrunner all with a runner running its job stops within a bound while Red
   await redis.kill("SIGKILL");
   await stopsWithinBound(t, sys, "Redis stopped, a lease held");
   assert.equal((await containersOf(host))[0]?.State, "running", "the runner is left to run its job (a restarted worker adopts it)");
+});
+
+test("jitrunner all keeping a warm runner stops within a bound while Redis is stopped, and leaves the warm runner running", async (t) => {
+  const { sys, redis, host } = await system(t, "stop-warm", 4, 1);
+  await waitFor(() => /warm runner ready/.test(sys.logs()), 30_000, "the warm runner started");
+  await redis.kill("SIGKILL");
+  await stopsWithinBound(t, sys, "Redis stopped, a warm runner kept");
+  assert.equal((await containersOf(host))[0]?.State, "running", "the warm runner is left running (a restarted worker takes it back as a spare)");
 });

@@ -14,8 +14,8 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { runJitrunner, waitFor } from "../helpers/process.ts";
-import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, goneHost, hostPasses, ourContainer, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
-import { LABEL, MANAGED_BY } from "../../src/docker/labels.ts";
+import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, goneHost, hostPasses, ourContainer, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
@@ -216,7 +216,7 @@ test("a worker stopped while launches wait for the write budget gives them up at
   }
 });
 
-test("a runner that hangs without ever taking its job is reaped at the idle timeout and its job retried", async () => {
+test("a runner that hangs without ever taking its job is reaped at the idle timeout and its job retried, also when GitHub does not say whether the job is still queued", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("hang");
   hosts.push(host);
@@ -225,7 +225,11 @@ test("a runner that hangs without ever taking its job is reaped at the idle time
   const sys = await startSystem("all", fake, r, host, { pools, worker: { hostId: host, capacity: 2, launchAttempts: 2, reconcileIntervalSeconds: 2, completedGraceSeconds: 5 } });
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    // The first runner's idle timeout asks GitHub about the job: a 5xx on that call and each retry.
+    await waitFor(() => /runner container started/.test(sys.logs()), 30_000, "the first runner started");
+    fake.inject({ route: "/repos/{owner}/{repo}/actions/jobs/{job_id}", method: "GET", status: 502, times: 4 });
     await demandIn(r, `${job.id}-1`, "failed", 90_000);
+    assert.match(sys.logs(), /could not ask GitHub whether the job of a runner that idled out is still queued; serving its demand again/);
     assert.equal(callsTo(fake, JIT), 2, "one runner per attempt");
     assert.equal(callsTo(fake, DELETE, "DELETE"), 2, "each hung runner deregistered");
     assert.equal(fake.runners().length, 0);
@@ -273,6 +277,30 @@ test("a Redis error on the pool limit check hands the demand back unspent and th
     conn.disconnect();
     await sys.close();
     await fake.close();
+  }
+});
+
+test("a worker with a slow heartbeat holds its places under maxRunners for 6 beats: a place outlasts the 2.5 beats between two refreshes", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("slow-beat");
+  hosts.push(host);
+  const r = scopedRedis(redis, "slow-beat");
+  const conn = redisConnection(r.url);
+  // A warm runner takes a place under maxRunners before its launch; no job needed.
+  const pools = [fakeRunnerPool(fake, { maxRunners: 2, minIdle: 1, warm: { installationId: fake.installationId, owner: "acme", repo: "app" } })];
+  const sys = await startSystem("worker", fake, r, host, { pools, worker: { hostId: host, capacity: 3, heartbeatSeconds: 20, reconcileIntervalSeconds: 2 } });
+  try {
+    const placesKey = `${r.prefix}:pool:default:holders`;
+    const [, until] = await waitFor(async () => {
+      const held = await conn.zrange(placesKey, 0, -1, "WITHSCORES");
+      return held.length === 2 && held;
+    }, 20_000, "the warm runner's place taken");
+    const left = Number(until) - Date.now();
+    assert.ok(left > 110_000 && left <= 120_000, `a place lasts 6 beats of 20 s unrefreshed (${left} ms left)`);
+  } finally {
+    await sys.close();
+    await fake.close();
+    conn.disconnect();
   }
 });
 
@@ -460,7 +488,7 @@ test("a gone host whose idle runner GitHub fails to deregister stays known with 
   }
 });
 
-test("the host loop handles each item on its own: a container the engine refuses to remove stops neither the unused volume, the record without a container nor the gone host after it, and goes on a later pass", async () => {
+test("the host loop handles each item on its own: a container the engine refuses to remove stops neither the unused volume, the record without a container nor the gone host after it, and goes on a later pass; a container whose record is gone leaves its demand served", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("items");
   const gone = uniqueHost("items-gone");
@@ -486,6 +514,18 @@ test("the host loop handles each item on its own: a container the engine refuses
   const { id: strandedId } = await registerRunner(fake, stranded);
   await runners.put(idleRecord(fake, stranded, gone, strandedId));
   await goneHost(hostStore, gone);
+  // A stopped runner whose teardown removed its record (its demand served) after the host loop
+  // listed its container: left, here, with no record and its demand's claim naming it.
+  const served = "jitrunner-default-00items004";
+  const servedRecord = idleRecord(fake, served, host, 1, { demandId: "424242-1" });
+  await runners.put(servedRecord);
+  await runners.remove(servedRecord, true);
+  await docker.createContainer({
+    Image: RUNNER_IMAGE,
+    name: `${served}-${host}`,
+    Labels: runnerLabels({ pool: "default", host, runnerName: served, demandId: servedRecord.demandId }),
+    HostConfig: { NetworkMode: "none" },
+  });
   const sys = await startSystem("worker", fake, r, host, {
     worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, docker: { socketPath: proxy.socketPath } },
   });
@@ -497,6 +537,7 @@ test("the host loop handles each item on its own: a container the engine refuses
     assert.ok(!fake.runners().some((x) => x.id === orphanId), "and its registration deleted");
     assert.ok(!(await hostStore.list()).some((h) => h.id === gone), "the gone host forgotten");
     assert.ok(!fake.runners().some((x) => x.id === strandedId), "and its runner deregistered");
+    assert.deepEqual(await runners.findByDemand(servedRecord.demandId), { name: served, record: undefined }, "the container with no record removed, its demand still served");
     const failLine = new RegExp(`"runner":"${stuckName}","container":"${stuck.id.slice(0, 12)}","err":"[^"]*device or resource busy[^"]*","msg":"reconciling container failed`);
     const logged = sys.logs().split("\n").filter((l) => failLine.test(l)).length;
     const failedPasses = await hostPasses(sys, "error");
