@@ -248,12 +248,15 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
  */
 function closeConnectionsAfterResponses(app: FastifyInstance): () => void {
   let closing = false;
-  app.addHook("onSend", async (_req, reply, payload) => {
+  // Callback hooks, not async ones: they run on every response, webhooks included, and cost no
+  // promise while the process is not closing.
+  app.addHook("onSend", (_req, reply, payload, done) => {
     if (closing && !reply.raw.headersSent) void reply.header("connection", "close");
-    return payload;
+    done(null, payload);
   });
-  app.addHook("onResponse", async () => {
+  app.addHook("onResponse", (_req, _reply, done) => {
     if (closing) app.server.closeIdleConnections();
+    done();
   });
   return () => {
     closing = true;

@@ -186,6 +186,7 @@ export const configSchema = z
         retryFailedDemandSeconds: z.number().min(0).default(900),
         deliveriesIntervalSeconds: z.number().min(0).default(60),
         deliveriesMaxPerPass: z.number().int().positive().default(100),
+        deliveriesRetrySeconds: z.number().positive().default(60),
         activeWindowSeconds: z.number().positive().default(24 * 3600),
         maxRepositories: z.number().int().positive().default(100),
         orphanGraceSeconds: z.number().nonnegative().default(300),

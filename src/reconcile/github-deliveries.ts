@@ -19,7 +19,7 @@ const MAX_PAGES = 10;
 export const MAX_REDELIVERIES_PER_EVENT = 7;
 /** Failed redelivery requests (GitHub erring, rate-limiting, unreachable) for one event at most, spaced the same way. */
 export const MAX_FAILED_REQUESTS_PER_EVENT = 7;
-/** The wait before an event's second try; each wait after is 4 times the one before. */
+/** The wait before an event's second try, unless set (`reconcile.deliveriesRetrySeconds`); each wait after is 4 times the one before. */
 export const RETRY_BASE_MS = 60_000;
 
 /**
@@ -27,8 +27,8 @@ export const RETRY_BASE_MS = 60_000;
  * 64, 256 and 1,024 minutes. Seven tries span about 23 hours, well within the 3 days GitHub
  * lets a delivery be redelivered. Pure.
  */
-export function retryDelayMs(n: number): number {
-  return RETRY_BASE_MS * 4 ** Math.max(0, n - 1);
+export function retryDelayMs(n: number, baseMs: number = RETRY_BASE_MS): number {
+  return baseMs * 4 ** Math.max(0, n - 1);
 }
 
 /** GitHub will not redeliver this delivery, however often asked (gone, too old, invalid). */
@@ -68,6 +68,8 @@ export interface GitHubDeliveriesDeps {
   maxPerPass: number;
   metrics: Metrics;
   logger: Logger;
+  /** The wait before an event's second try (RETRY_BASE_MS by default); each later one 4 times the one before. */
+  retryBaseMs?: number;
   /** The time (ms); Date.now by default. */
   now?: () => number;
 }
@@ -150,7 +152,7 @@ async function ask(
       log.warn({ err: errorMessage(err), failures }, "asking GitHub to redeliver a failed workflow_job delivery failed too often; passed over");
       return;
     }
-    const notBefore = now + retryDelayMs(failures);
+    const notBefore = now + retryDelayMs(failures, d.retryBaseMs);
     await d.log.wait(guid, attemptId, notBefore);
     d.metrics.reconcileAction(GITHUB_DELIVERIES, "delivery_request_failed");
     log.warn({ err: errorMessage(err), failures, retryAt: new Date(notBefore).toISOString() }, "asking GitHub to redeliver a failed workflow_job delivery failed; asked again later");
@@ -242,7 +244,7 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
           continue;
         }
         // The latest attempt is the last redelivery's: the next try waits until it failed long enough ago.
-        const notBefore = event.tries === 0 ? now : Date.parse(delivery.deliveredAt) + retryDelayMs(event.tries);
+        const notBefore = event.tries === 0 ? now : Date.parse(delivery.deliveredAt) + retryDelayMs(event.tries, d.retryBaseMs);
         if (notBefore > now) {
           await d.log.wait(delivery.guid, delivery.id, notBefore);
           continue;

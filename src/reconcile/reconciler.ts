@@ -69,6 +69,7 @@ export class Reconciler {
           log: new RedeliveryLog(d.redis, d.config.redis.prefix),
           intervalMs: rc.deliveriesIntervalSeconds * 1000,
           maxPerPass: rc.deliveriesMaxPerPass,
+          retryBaseMs: rc.deliveriesRetrySeconds * 1000,
         }),
       );
     }

@@ -907,6 +907,7 @@ export class RunnerWorker {
         .watch(tracked, pool, log, this.#shutdown.signal)
         // A teardown cut short is logged, and left to the next pass (the container is still listed).
         .then((reason) => (reason === "shutdown" ? undefined : this.#tearDown(tracked.record, reason, log)))
+        .catch((err: unknown) => log.warn({ runner: name, err: errorMessage(err) }, "watching an adopted runner failed; the next pass looks at it again"))
         .finally(() => {
           this.#releaseAdopted(name);
           this.#checkDrained();

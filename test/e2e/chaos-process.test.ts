@@ -45,7 +45,7 @@ const OURS = "dev.jitrunner.managed-by=jitrunner";
  * leases lapse after 10 s.
  */
 const WORKER = { capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, completedGraceSeconds: 5, leaseSeconds: 10 };
-const RECONCILE = { leaderLockSeconds: 3, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 2, deliveriesIntervalSeconds: 2 };
+const RECONCILE = { leaderLockSeconds: 3, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 2, deliveriesIntervalSeconds: 2, deliveriesRetrySeconds: 2 };
 /**
  * A dead worker's leases come back through BullMQ's stalled check: its lock (10 s here) must
  * expire and a check (every 10 s) must see it, so within about 20 s; the waits allow for a slow

@@ -23,7 +23,8 @@ import { RunnerStore } from "../../src/state/runners.ts";
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const LABELS = ["self-hosted", "linux"];
 /** Short loops, so recovery comes within seconds (the defaults are minutes). */
-const RECONCILE = { leaderLockSeconds: 3, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 2, deliveriesIntervalSeconds: 2 };
+// Redeliveries tried again 2, 8, 32 s after a failed one (60 s, 4 and 16 minutes in production).
+const RECONCILE = { leaderLockSeconds: 3, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 2, deliveriesIntervalSeconds: 2, deliveriesRetrySeconds: 2 };
 const hosts: string[] = [];
 let redis: TestRedis;
 

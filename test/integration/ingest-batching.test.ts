@@ -116,7 +116,7 @@ test("concurrent copies and duplicates of many jobs: one demand per job attempt,
   assert.ok((await repos.list(60_000, 10)).some((r) => r.owner === "acme" && r.repo === "batch"));
 });
 
-test("a delivery whose demand could not be added answers 500, and is acted on when GitHub sends it again", async () => {
+test("a delivery whose demand Redis refused to add answers 503, and is acted on when GitHub sends it again", async () => {
   const jobs = [920_001, 920_002, 920_003];
   const deliveries = jobs.map((jobId) => ({
     jobId,
@@ -129,7 +129,10 @@ test("a delivery whose demand could not be added answers 500, and is acted on wh
   await state.set(idKey, "not-a-number");
   const alone = await deliver(deliveries[0]!.body, deliveries[0]!.id);
   const together = await Promise.all(deliveries.slice(1).map((d) => deliver(d.body, d.id)));
-  for (const res of [alone, ...together]) assert.equal(res.statusCode, 500);
+  for (const res of [alone, ...together]) {
+    assert.equal(res.statusCode, 503);
+    assert.match(res.json().error, /^Redis refused the command \(ERR\): the delivery was not taken/);
+  }
   assert.ok(!(await demandIds()).some((id) => id.startsWith("92000")), "nothing was added");
 
   await state.del(idKey);
