@@ -214,18 +214,9 @@ local untilMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonu
 if untilMs > tonumber(redis.call('GET', KEYS[1]) or '0') then redis.call('SET', KEYS[1], untilMs, 'PX', ARGV[1]) end
 return 0`;
 
-/** Ms until the pause in KEYS[1] ends on Redis's clock (0: none). */
-const PAUSED_FOR = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
-if paused > now then return paused - now end
-return 0`;
-
 type BudgetRedis = Redis & {
   jitrunnerTakeWriteStarts(starts: string, paused: string, windowMs: string, max: string, want: string, id: string): Promise<[number, number]>;
   jitrunnerPauseWrites(paused: string, ms: string): Promise<number>;
-  jitrunnerPausedFor(paused: string): Promise<number>;
 };
 
 /**
@@ -255,7 +246,6 @@ export class SharedWriteWindow implements WriteBudget {
     if (!(max >= 1) || !(windowMs > 0)) throw new RangeError(`a write window needs max >= 1 and windowMs > 0 (got ${max}, ${windowMs})`);
     redis.defineCommand("jitrunnerTakeWriteStarts", { numberOfKeys: 2, lua: TAKE_STARTS });
     redis.defineCommand("jitrunnerPauseWrites", { numberOfKeys: 1, lua: PAUSE });
-    redis.defineCommand("jitrunnerPausedFor", { numberOfKeys: 1, lua: PAUSED_FOR });
     this.#redis = redis as BudgetRedis;
     this.#prefix = prefix;
     this.#max = max;
@@ -298,7 +288,8 @@ export class SharedWriteWindow implements WriteBudget {
     const own = heard === undefined ? 0 : Math.max(0, heard - Date.now());
     if (heard !== undefined && own === 0) this.#heard.delete(id);
     if (this.#redis.status !== "ready") return own;
-    const shared = await within(this.#redis.jitrunnerPausedFor(`${this.#prefix}:{${id}}:paused`), REDIS_TIMEOUT_MS, "redis did not answer the GitHub write budget").catch(
+    // The pause key expires when its pause ends (PAUSE sets it PX the pause): its time to live is what is left.
+    const shared = await within(this.#redis.pttl(`${this.#prefix}:{${id}}:paused`), REDIS_TIMEOUT_MS, "redis did not answer the GitHub write budget").catch(
       (err: unknown) => {
         this.#onError(err);
         return 0;

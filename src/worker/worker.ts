@@ -335,19 +335,11 @@ export class RunnerWorker {
    */
   async #next(source: DemandSource): Promise<Lease | undefined> {
     const taking = source.next();
-    const signal = this.#shutdown.signal;
-    let onStop!: () => void;
-    const stopped = new Promise<undefined>((resolve) => (onStop = () => resolve(undefined)));
-    signal.addEventListener("abort", onStop, { once: true });
-    try {
-      const lease = await Promise.race([taking, stopped]);
-      if (!signal.aborted) return lease;
-      // Stopped: the lease, taken already or still to come, goes back.
-      void taking.then((late) => late?.release(), () => undefined).catch(() => undefined);
-      return undefined;
-    } finally {
-      signal.removeEventListener("abort", onStop);
-    }
+    const lease = await this.#unlessStopped(taking, undefined);
+    if (!this.#shutdown.signal.aborted) return lease;
+    // Stopped: the lease, taken already or still to come, goes back.
+    void taking.then((late) => late?.release(), () => undefined).catch(() => undefined);
+    return undefined;
   }
 
   /** False (the demand goes back) when the pool is at its limit, Redis cannot say that it is not, or the worker stops. */
