@@ -5,7 +5,7 @@ import { connectionWarnings } from "./docker/dockerode-driver.ts";
 import { ConfigError, errorMessage } from "./errors.ts";
 import { createLogger } from "./logger.ts";
 import { start, type Mode } from "./main.ts";
-import { drainHost } from "./cli/drain.ts";
+import { drainHost, undoDrain } from "./cli/drain.ts";
 import { COMMAND_HELP, USAGE } from "./cli/help.ts";
 import { runUntilStopped } from "./cli/run.ts";
 import { appManifest } from "./cli/manifest.ts";
@@ -47,6 +47,7 @@ async function main(argv: string[]): Promise<number> {
         help: { type: "boolean", short: "h" },
         host: { type: "string" },
         "no-wait": { type: "boolean" },
+        undo: { type: "boolean" },
         json: { type: "boolean" },
         url: { type: "string" },
         name: { type: "string" },
@@ -108,6 +109,7 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write("jitrunner drain: --host ID is required\n");
       return 2;
     }
+    if (values.undo) return undoDrain(config, values.host, process.stdout);
     return drainHost(config, values.host, !values["no-wait"], process.stdout);
   }
   if (command === "status") return statusCommand(config, { json: !!values.json }, process.stdout, process.stderr);

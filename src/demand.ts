@@ -14,6 +14,12 @@ export interface Demand {
   /** When the `queued` webhook reached us (ms since epoch): the start of pickup latency. */
   receivedAt: number;
   deliveryId: string;
+  /**
+   * Absent for the demand a `queued` webhook (or its recovery) adds; n for the nth renewal the
+   * queued-jobs loop added because the runners launched before it took other jobs (see
+   * github-queued's renewals): a queue item of its own for the same job.
+   */
+  renewal?: number;
 }
 
 /** How a demand's queue item ended: its runner served it (`completed`) or it ran out of launch attempts (`failed`). */
@@ -23,7 +29,12 @@ export interface DemandEnd {
   at: number;
 }
 
-/** Queue job id of a demand: stable across redeliveries of the same job attempt. */
-export function demandId(jobId: number, runAttempt: number): string {
-  return `${jobId}-${runAttempt}`;
+/** Queue job id of a demand: stable across redeliveries of the same job attempt; a renewal has one of its own. */
+export function demandId(jobId: number, runAttempt: number, renewal?: number): string {
+  return renewal ? `${jobId}-${runAttempt}-r${renewal}` : `${jobId}-${runAttempt}`;
+}
+
+/** The queue job id of `demand` (see demandId). */
+export function demandIdOf(demand: Pick<Demand, "jobId" | "runAttempt" | "renewal">): string {
+  return demandId(demand.jobId, demand.runAttempt, demand.renewal);
 }

@@ -1,3 +1,4 @@
+import type { Redis } from "ioredis";
 import type { Config } from "../config/load.ts";
 import { HostStore } from "../state/hosts.ts";
 import { RunnerStore } from "../state/runners.ts";
@@ -8,8 +9,9 @@ export const DRAIN_EXIT_HOST_VANISHED = 3;
 
 /**
  * `jitrunner drain --host ID`: the host takes no new demand, lets its running jobs finish, then
- * its worker exits 0. With `wait`, returns once the host has left the fleet, with a progress line
- * every 10 s. Each call to Redis waits at most CLI_REDIS_TIMEOUT_MS (cliRedis), the wait itself as
+ * its worker exits 0. The host stays drained (HostStore DrainMark `left`): a worker started on it
+ * again, by a restart policy or by hand, takes no demand until `drain --undo` (undoDrain). With
+ * `wait`, returns once the host has left the fleet, with a progress line every 10 s. Each call to Redis waits at most CLI_REDIS_TIMEOUT_MS (cliRedis), the wait itself as
  * long as the jobs take. Exits 1 when Redis cannot be reached, and DRAIN_EXIT_HOST_VANISHED when
  * the host's worker stopped beating with runners still recorded (see #ended).
  */
@@ -24,13 +26,8 @@ export async function drainHost(
     err.write(`jitrunner drain: cannot reach Redis (redis.url): ${unreachableReason(e)}${note}\n`);
     return 1;
   };
-  const redis = cliRedis(config.redis.url);
-  try {
-    await connectCli(redis);
-  } catch (e) {
-    redis.disconnect();
-    return unreachable(e);
-  }
+  const redis = await connected(config, unreachable);
+  if (typeof redis === "number") return redis;
   let told = false;
   try {
     const hosts = new HostStore(redis, config.redis.prefix);
@@ -45,6 +42,12 @@ export async function drainHost(
     if (!wait) return 0;
     let lastLine = 0;
     for (;;) {
+      // The worker left: a restart policy may have started the next one on the host already,
+      // listed again but drained still.
+      if ((await hosts.drainMark(host)) === "left") {
+        out.write(`${host} drained\n${stays(host)}`);
+        return 0;
+      }
       const now = (await hosts.list()).find((h) => h.id === host);
       if (!now?.record) return await ended(host, now !== undefined, new RunnerStore(redis, config.redis.prefix), out, err);
       if (Date.now() - lastLine >= 10_000) {
@@ -79,6 +82,55 @@ async function ended(host: string, listed: boolean, runners: RunnerStore, out: N
     );
     return DRAIN_EXIT_HOST_VANISHED;
   }
-  out.write(listed ? `${host} drained (its worker stopped beating, but no runner of it is recorded)\n` : `${host} drained\n`);
+  out.write(listed ? `${host} drained (its worker stopped beating, but no runner of it is recorded)\n` : `${host} drained\n${stays(host)}`);
   return 0;
+}
+
+/** How a drained host stays. */
+function stays(host: string): string {
+  return `it stays drained: a worker started on it takes no demand until \`jitrunner drain --host ${host} --undo\`\n`;
+}
+
+/**
+ * `jitrunner drain --host ID --undo`: removes the host's drain mark, so that its worker takes
+ * demand again (one asked to drain and still running its jobs stays draining, and exits). Exits 1
+ * when the host has no drain mark, or Redis cannot be reached.
+ */
+export async function undoDrain(config: Config, host: string, out: NodeJS.WritableStream, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+  const unreachable = (e: unknown): number => {
+    err.write(`jitrunner drain --undo: cannot reach Redis (redis.url): ${unreachableReason(e)}\n`);
+    return 1;
+  };
+  const redis = await connected(config, unreachable);
+  if (typeof redis === "number") return redis;
+  try {
+    const hosts = new HostStore(redis, config.redis.prefix);
+    const mark = await hosts.drainMark(host);
+    if (!(await hosts.undrain(host))) {
+      err.write(`jitrunner drain --undo: host '${host}' is not drained (it has no drain mark); nothing to undo\n`);
+      return 1;
+    }
+    const live = (await hosts.list()).find((h) => h.id === host)?.record;
+    if (mark === "asked" && live) out.write(`${host}: drain mark removed; its worker was draining already and still exits once its jobs finish\n`);
+    else if (live) out.write(`${host}: drain mark removed; its worker takes demand again within a heartbeat\n`);
+    else out.write(`${host}: drain mark removed; a worker started on it takes demand\n`);
+    return 0;
+  } catch (e) {
+    if (!isUnreachable(e)) throw e;
+    return unreachable(e);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** The CLI's Redis connection, connected; or, when it cannot connect, what `unreachable` returns for it. */
+async function connected(config: Config, unreachable: (e: unknown) => number): Promise<Redis | number> {
+  const redis = cliRedis(config.redis.url);
+  try {
+    await connectCli(redis);
+    return redis;
+  } catch (e) {
+    redis.disconnect();
+    return unreachable(e);
+  }
 }

@@ -10,7 +10,7 @@ Commands:
   all           server and worker in one process (the single-host default)
   check-config  validate the config and print it resolved, secrets redacted
   status        pools, hosts, runners, queue depth, recent jobs and failures, from Redis
-  drain         --host ID [--no-wait]: stop a host taking demand, wait for its jobs, let it exit
+  drain         --host ID [--no-wait | --undo]: stop a host taking demand, wait for its jobs, let it exit
   app-manifest  print the GitHub App manifest (permissions and events jitrunner needs)
 
 Options:
@@ -20,7 +20,8 @@ ${CONFIG_OPTION}
 Secrets come from files named in the config (github.privateKeyFile, github.webhookSecretFile)
 or from JITRUNNER_GITHUB_PRIVATE_KEY and JITRUNNER_GITHUB_WEBHOOK_SECRET. Each mode reads only
 the ones it uses: server the webhook secret, worker the private key, all both; status and drain
-neither. See README.md for every option.`;
+neither. Likewise the tokens: server.adminTokenFile server and all, server.metricsTokenFile
+server, worker and all; status and drain neither. See README.md for every option.`;
 
 const RUN_NOTE = `SIGTERM stops taking demand, lets launches in flight finish and leaves running runners
 running; a restarted worker adopts them.`;
@@ -70,9 +71,11 @@ ${CONFIG_OPTION}
   "check-config": `Usage: jitrunner check-config --config FILE [--mode server|worker|all]
 
 Validates the config (every problem at once) and prints it resolved, with defaults filled in and
-secrets redacted. The secrets it requires are those of the mode it is asked about: server the
-webhook secret, worker the App's private key, all (the default) both. Exits 1 when the config
-is not valid, 2 for a --mode that is not one of the three.
+secrets redacted. The files it reads are those of the mode it is asked about: server the
+webhook secret, worker the App's private key, all (the default) both; the admin token file for
+server and all, the metrics token file for every mode; worker.docker's caFile, certFile and
+keyFile for worker and all. Exits 1 when the config is not valid, 2 for a --mode that is not
+one of the three.
 
 Options:
 ${CONFIG_OPTION}
@@ -92,19 +95,24 @@ ${CONFIG_OPTION}
   -h, --help          show this help`,
 
   drain: `Usage: jitrunner drain --config FILE --host ID [--no-wait]
+       jitrunner drain --config FILE --host ID --undo
 
 Stops host ID taking new demand; its running jobs finish, then its worker exits. Waits until the
 host has left the fleet, with a progress line every 10 s. Each call to Redis waits at most 5 s.
+The host stays drained (for 7 days at most): a worker started on it again, by a restart policy
+or by hand, takes no demand and stays up idle until --undo removes the drain mark.
 
-Exit codes: 0 the host drained (or, with --no-wait, was told to); 1 no live host ID, or Redis
-cannot be reached or stopped answering (the host, once told, still drains); 3 the host's worker
-stopped beating (killed, crashed, stopped) with runners of it still recorded: they may still be
-running jobs, see \`jitrunner status\`.
+Exit codes: 0 the host drained (or, with --no-wait, was told to; with --undo, its mark removed);
+1 no live host ID (with --undo: no drain mark on ID), or Redis cannot be reached or stopped
+answering (the host, once told, still drains); 3 the host's worker stopped beating (killed,
+crashed, stopped) with runners of it still recorded: they may still be running jobs, see
+\`jitrunner status\`.
 
 Options:
 ${CONFIG_OPTION}
       --host ID       the host to drain (worker.hostId)
       --no-wait       return as soon as the host is told
+      --undo          remove the host's drain mark: its worker takes demand again
   -h, --help          show this help`,
 
   "app-manifest": `Usage: jitrunner app-manifest [--url BASE] [--name NAME] [--redirect-url URL]

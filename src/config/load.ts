@@ -9,7 +9,10 @@ export type { PoolConfig } from "./schema.ts";
 
 export interface Config extends Omit<ParsedConfig, "worker"> {
   worker: ParsedConfig["worker"] & { hostId: string };
-  /** privateKey and webhookSecret are empty when the mode loaded for does not use them (secretsNeeded). */
+  /**
+   * privateKey and webhookSecret are empty when the mode loaded for does not use them (secretsNeeded);
+   * adminToken and metricsToken are absent when not set, or not read by that mode (tokensNeeded).
+   */
   secrets: { privateKey: Secret; webhookSecret: Secret; adminToken?: Secret; metricsToken?: Secret };
 }
 
@@ -25,6 +28,7 @@ export interface LoadSources {
    * others are neither read nor required, and left empty): `worker` the App's private key (it
    * calls GitHub), `server` the webhook secret (it checks deliveries), `all` (the default) both,
    * `none` neither, for commands that only read Redis (`status`, `drain`) on an operator's machine.
+   * The bearer tokens likewise (tokensNeeded), and the Docker TLS files only where a worker runs.
    */
   secretsFor?: SecretsFor;
 }
@@ -43,6 +47,18 @@ export function secretsNeeded(mode: SecretsFor): { privateKey: boolean; webhookS
 }
 
 /**
+ * Which bearer tokens a mode reads: the admin token guards the status page, which only the HTTP
+ * side serves (server, all); the metrics token guards /metrics, which every run mode serves (a
+ * worker too). Commands that only read Redis (`none`) read neither.
+ */
+export function tokensNeeded(mode: SecretsFor): { adminToken: boolean; metricsToken: boolean } {
+  return { adminToken: mode === "server" || mode === "all", metricsToken: mode !== "none" };
+}
+
+/** Options of worker.docker that name files a worker reads at start (TLS to its engine). */
+const DOCKER_FILES = ["caFile", "certFile", "keyFile"] as const;
+
+/**
  * Turns config text and environment into a validated Config, or throws ConfigError with every
  * problem found. Pure apart from `readFile`. Secret values never appear in the errors.
  */
@@ -56,14 +72,16 @@ export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSour
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
     throw new ConfigError(["config must be a YAML mapping"]);
   }
-  applyEnvOverrides(raw as Record<string, any>, env);
+  const overridden = applyEnvOverrides(raw as Record<string, any>, env);
 
   const problems: string[] = [];
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
       const where = issue.path.length ? issue.path.join(".") : "(top level)";
-      problems.push(`${where}: ${issue.message}`);
+      // A value an environment variable set: name the variable, the file does not hold it.
+      const from = [...overridden].find(([key]) => where === key || where.startsWith(`${key}.`))?.[1];
+      problems.push(`${where}: ${issue.message}${from ? ` (from ${from})` : ""}`);
     }
   }
 
@@ -85,7 +103,7 @@ export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSour
       if (!value) problems.push(`github.${what}File: ${file} is empty`);
       return new Secret(value);
     } catch (err) {
-      problems.push(`github.${what}File: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+      problems.push(cannotRead(`github.${what}File`, file, err));
       return undefined;
     }
   };
@@ -96,8 +114,13 @@ export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSour
   const privateKey = needs.privateKey ? secret("privateKey", "JITRUNNER_GITHUB_PRIVATE_KEY", gh.privateKeyFile) : new Secret("");
   const webhookSecret = needs.webhookSecret ? secret("webhookSecret", "JITRUNNER_GITHUB_WEBHOOK_SECRET", gh.webhookSecretFile) : new Secret("");
   const srv = (raw as Record<string, any>).server ?? {};
-  const adminToken = optionalToken("server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN", srv.adminTokenFile, env, readFile, problems);
-  const metricsToken = optionalToken("server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN", srv.metricsTokenFile, env, readFile, problems);
+  // Likewise the tokens: a worker host mounts no admin token, an operator's shell neither.
+  const tokens = tokensNeeded(secretsFor);
+  const adminToken = tokens.adminToken ? optionalToken("server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN", srv.adminTokenFile, env, readFile, problems) : undefined;
+  const metricsToken = tokens.metricsToken ? optionalToken("server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN", srv.metricsTokenFile, env, readFile, problems) : undefined;
+  // The Docker TLS files, read by a worker at start: a missing one would fail it there, naming no option.
+  const runsWorker = secretsFor === "worker" || secretsFor === "all";
+  if (runsWorker) problems.push(...unreadableFiles((raw as Record<string, any>).worker?.docker, "worker.docker", DOCKER_FILES, readFile));
   if (privateKey && privateKey.reveal() && !readablePrivateKey(privateKey.reveal())) {
     problems.push(
       "privateKey: not a PEM private key that can be read (expected '-----BEGIN ... PRIVATE KEY-----' with its lines intact; " +
@@ -105,7 +128,8 @@ export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSour
     );
   }
 
-  if (parsed.success) problems.push(...crossCheck(parsed.data));
+  // On whatever parsed, so that a second run does not bring up problems the first could have named.
+  problems.push(...crossCheck(parsed.success ? parsed.data : parsedParts(raw as Record<string, any>)));
   if (problems.length > 0 || !parsed.success || !privateKey || !webhookSecret) {
     throw new ConfigError(problems);
   }
@@ -116,10 +140,31 @@ export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSour
   };
 }
 
-function crossCheck(config: ParsedConfig): string[] {
+/** What crossCheck looks at: the pools (undefined where one is not valid) and the worker section. */
+interface CrossChecked {
+  pools: Array<PoolConfig | undefined>;
+  worker: ParsedConfig["worker"] | undefined;
+  /** Every pool name given, valid pool or not (a worker's pool is not unknown because its pool has another problem). */
+  poolNames?: string[];
+}
+
+/** The sections crossCheck needs, each parsed alone, of a config that is not valid as a whole. */
+function parsedParts(raw: Record<string, any>): CrossChecked {
+  const list: unknown[] = Array.isArray(raw.pools) ? raw.pools : [];
+  const pools = list.map((p) => {
+    const r = configSchema.shape.pools.element.safeParse(p);
+    return r.success ? r.data : undefined;
+  });
+  const worker = configSchema.shape.worker.safeParse(raw.worker);
+  const poolNames = list.map((p) => (p as { name?: unknown } | null)?.name).filter((n): n is string => typeof n === "string");
+  return { pools, worker: worker.success ? worker.data : undefined, poolNames };
+}
+
+function crossCheck(config: CrossChecked): string[] {
   const problems: string[] = [];
   const seen = new Set<string>();
-  config.pools.forEach((pool: PoolConfig, i) => {
+  config.pools.forEach((pool, i) => {
+    if (!pool) return;
     if (seen.has(pool.name)) problems.push(`pools.${i}.name: duplicate pool name '${pool.name}'`);
     seen.add(pool.name);
     if (pool.runnerGroup !== undefined && pool.runnerGroupId !== undefined) {
@@ -144,8 +189,10 @@ function crossCheck(config: ParsedConfig): string[] {
       }
     });
   });
+  if (!config.worker) return problems;
+  const known = new Set([...seen, ...(config.poolNames ?? [])]);
   for (const [i, wanted] of config.worker.pools.entries()) {
-    if (!seen.has(wanted)) problems.push(`worker.pools.${i}: no pool named '${wanted}'`);
+    if (!known.has(wanted)) problems.push(`worker.pools.${i}: no pool named '${wanted}'`);
   }
   const d = config.worker.docker;
   if (d.socketPath && d.host) problems.push("worker.docker: give socketPath or host, not both");
@@ -162,15 +209,54 @@ export function exposesEngineSocket(source: string): boolean {
   return ENGINE_PATHS.some((socket) => socket === path || socket.startsWith(path === "/" ? "/" : `${path}/`));
 }
 
-/** JITRUNNER_REDIS_URL and friends override the file, so one file serves several hosts. */
-function applyEnvOverrides(raw: Record<string, any>, env: Record<string, string | undefined>): void {
-  const set = (section: string, key: string, value: unknown) => {
+/**
+ * JITRUNNER_REDIS_URL and friends override the file, so one file serves several hosts. Returns
+ * the keys set, each with the variable that set it.
+ */
+function applyEnvOverrides(raw: Record<string, any>, env: Record<string, string | undefined>): Map<string, string> {
+  const overridden = new Map<string, string>();
+  const set = (section: string, key: string, value: unknown, from: string) => {
     raw[section] = { ...(raw[section] ?? {}), [key]: value };
+    overridden.set(`${section}.${key}`, from);
   };
-  if (env.JITRUNNER_REDIS_URL) set("redis", "url", env.JITRUNNER_REDIS_URL);
-  if (env.JITRUNNER_HOST_ID) set("worker", "hostId", env.JITRUNNER_HOST_ID);
-  if (env.JITRUNNER_PORT) set("server", "port", Number(env.JITRUNNER_PORT));
-  if (env.JITRUNNER_LOG_LEVEL) raw.logLevel = env.JITRUNNER_LOG_LEVEL;
+  if (env.JITRUNNER_REDIS_URL) set("redis", "url", env.JITRUNNER_REDIS_URL, "JITRUNNER_REDIS_URL");
+  if (env.JITRUNNER_HOST_ID) set("worker", "hostId", env.JITRUNNER_HOST_ID, "JITRUNNER_HOST_ID");
+  if (env.JITRUNNER_PORT) set("server", "port", Number(env.JITRUNNER_PORT), "JITRUNNER_PORT");
+  if (env.JITRUNNER_LOG_LEVEL) {
+    raw.logLevel = env.JITRUNNER_LOG_LEVEL;
+    overridden.set("logLevel", "JITRUNNER_LOG_LEVEL");
+  }
+  return overridden;
+}
+
+/**
+ * A file that cannot be read, as a config problem naming its option. Permission denied says who
+ * must be able to read it: secrets are often made root's, and the image runs as uid 1000.
+ */
+function cannotRead(option: string, file: string, err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code ?? "error";
+  if (code !== "EACCES") return `${option}: cannot read ${file} (${code})`;
+  const uid = process.getuid?.();
+  return (
+    `${option}: cannot read ${file} (EACCES): it must be readable by the user jitrunner runs as` +
+    `${uid === undefined ? "" : ` (uid ${uid})`}; the container image runs as uid 1000: chown 1000 ${file}, mode 0400 or 0600`
+  );
+}
+
+/** Problems with the files a config section names (each read once: missing, unreadable, empty). */
+function unreadableFiles(section: unknown, where: string, keys: readonly string[], readFile: (path: string) => string): string[] {
+  if (typeof section !== "object" || section === null) return [];
+  const problems: string[] = [];
+  for (const key of keys) {
+    const file = (section as Record<string, unknown>)[key];
+    if (typeof file !== "string" || !file) continue;
+    try {
+      if (!readFile(file).trim()) problems.push(`${where}.${key}: ${file} is empty`);
+    } catch (err) {
+      problems.push(cannotRead(`${where}.${key}`, file, err));
+    }
+  }
+  return problems;
 }
 
 /** Shortest bearer token accepted: a guessable token protects nothing. */
@@ -191,7 +277,7 @@ function optionalToken(
     try {
       value = readFile(file).trim();
     } catch (err) {
-      problems.push(`${option}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+      problems.push(cannotRead(option, file, err));
       return undefined;
     }
   } else return undefined;

@@ -67,6 +67,11 @@ export interface OctokitGitHubOptions {
    * minute), across every process on `redis` when it is given, else in this process.
    */
   writes?: { max: number; windowMs: number };
+  /**
+   * How long a secondary rate limit that names no wait (no `retry-after`) is waited out: GitHub
+   * asks for at least a minute, the default. Tests shorten it.
+   */
+  secondaryLimitWaitSeconds?: number;
 }
 
 /** What a request hook sees (structurally: only what is used here). */
@@ -116,6 +121,8 @@ export class OctokitGitHub implements GitHubClient {
   readonly #groups = new Map<string, Promise<number>>();
   /** Aborted by close(): reads waiting out GitHub's wait fail with NotSentError. */
   readonly #closing = new AbortController();
+  /** Scopes whose runner list was cut at MAX_PAGES, said so once. */
+  readonly #cappedScopes = new Set<string>();
 
   constructor(opts: OctokitGitHubOptions) {
     this.#opts = opts;
@@ -188,6 +195,7 @@ export class OctokitGitHub implements GitHubClient {
         ...throttleSchedulers({ global: this.#calls, auth: this.#tokenRequests, retryLimiter: retries }),
         onRateLimit: limited("primary"),
         onSecondaryRateLimit: limited("secondary"),
+        ...(this.#opts.secondaryLimitWaitSeconds !== undefined && { fallbackSecondaryRateRetryAfter: this.#opts.secondaryLimitWaitSeconds }),
       },
     });
     const c = client;
@@ -430,9 +438,21 @@ export class OctokitGitHub implements GitHubClient {
           : client.request("GET /orgs/{org}/actions/runners", { org: scope.owner, ...params }),
       );
       for (const r of res.data.runners) out.push({ id: r.id, name: r.name, status: r.status, busy: r.busy });
-      if (res.data.runners.length < 100 || out.length >= res.data.total_count) break;
+      if (res.data.runners.length < 100 || out.length >= res.data.total_count) return out;
     }
+    this.#pageCapped(scope, out.length);
     return out;
+  }
+
+  /** Says once per scope (for the first 1,000 scopes) that a runner list stopped at MAX_PAGES. */
+  #pageCapped(scope: RunnerScope, listed: number): void {
+    const key = `${scope.installationId}/${scope.owner}/${scope.repo ?? ""}`.toLowerCase();
+    if (this.#cappedScopes.has(key) || this.#cappedScopes.size >= 1000) return;
+    this.#cappedScopes.add(key);
+    this.#opts.logger.warn(
+      { installationId: scope.installationId, owner: scope.owner, repo: scope.repo, listed, maxPages: MAX_PAGES },
+      "runner list longer than the pages read per listing: the runners past them are not checked (said once per scope)",
+    );
   }
 
   async listRuns(installationId: number, owner: string, repo: string, status: string, opts: CallOptions = {}): Promise<WorkflowRunSummary[]> {

@@ -9,7 +9,7 @@ import { Redis, type RedisOptions } from "ioredis";
 import { inOneWrite, TurnBatch } from "../batch.ts";
 import { atMost } from "../timers.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
-import { demandId } from "../demand.ts";
+import { demandIdOf } from "../demand.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
@@ -155,7 +155,7 @@ export class DemandQueues {
    * still needs a runner before launching one (Worker's still-queued check).
    */
   async add(demand: Demand, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed"> {
-    const id = demandId(demand.jobId, demand.runAttempt);
+    const id = demandIdOf(demand);
     // Copies handled at once by this process: the earliest claims first (claims go to Redis in
     // call order), and the later ones wait for its add before looking whether BullMQ holds it.
     const earlier = this.#inFlight.get(id);
@@ -211,7 +211,7 @@ export class DemandQueues {
   #addBatch(pool: string): TurnBatch<Demand, void> {
     let batch = this.#adds.get(pool);
     if (!batch) {
-      const opts = (d: Demand): JobsOptions => ({ ...this.#jobOptions, jobId: demandId(d.jobId, d.runAttempt) });
+      const opts = (d: Demand): JobsOptions => ({ ...this.#jobOptions, jobId: demandIdOf(d) });
       batch = new TurnBatch<Demand, void>((demands) => {
         const queue = this.#queue(pool);
         const adds = inOneWrite(this.#redis, () => demands.map((d) => queue.add("runner", d, opts(d))));
@@ -223,7 +223,7 @@ export class DemandQueues {
   }
 
   async ended(demand: Demand): Promise<DemandEnd | undefined> {
-    const held = await this.#queue(demand.pool).getJob(demandId(demand.jobId, demand.runAttempt));
+    const held = await this.#queue(demand.pool).getJob(demandIdOf(demand));
     if (!held) return undefined;
     const state = await held.getState();
     if (state !== "completed" && state !== "failed") return undefined;
@@ -232,7 +232,7 @@ export class DemandQueues {
 
   /** See DemandSink.addAgain: an ended item is replaced by a new one under the same id. */
   async addAgain(demand: Demand): Promise<boolean> {
-    const id = demandId(demand.jobId, demand.runAttempt);
+    const id = demandIdOf(demand);
     const queue = this.#queue(demand.pool);
     const state = await queue.getJobState(id);
     if (state !== "completed" && state !== "failed" && state !== "unknown") return false;

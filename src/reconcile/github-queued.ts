@@ -6,8 +6,8 @@ import type { DemandSink } from "../ingress/ingress.ts";
 import { decideQueued, type WorkflowJobEvent } from "../ingress/policy.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
-import type { RunnerStore } from "../state/runners.ts";
-import { demandId, type Demand } from "../demand.ts";
+import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
+import { demandIdOf, type Demand } from "../demand.ts";
 import type { Loop } from "./loops.ts";
 
 export const GITHUB_QUEUED = "github-queued";
@@ -20,10 +20,35 @@ export const MAX_RETRIES_PER_PASS = 10;
 
 /**
  * A queued job whose demand completed (its runner ran another job) gets a runner of its own only
- * once the demand has been done this long: runners launched for other jobs meanwhile may still
+ * once the demand has been done this long, or, while the demand is still held, once its runner has
+ * been busy with another job this long: runners launched for other jobs meanwhile may still
  * be booting, and whichever asks first gets this job. Renewed sooner, one of them is left idle.
  */
 export const RENEW_AFTER_MS = 30_000;
+
+/**
+ * Renewals of a job attempt's demand at most: each one is a runner launched for the job that took
+ * another job. Past the last, a done one is added again under its own id (after RENEW_AFTER_MS).
+ */
+export const MAX_RENEWALS = 10;
+
+/**
+ * The demand for the same job as `demand`, renewal `n` (0: `demand` itself): a queue item of its
+ * own (see demandId), as the item of a demand whose runner took another job stays active for as
+ * long as that runner runs it, and cannot be replaced meanwhile. Pure.
+ */
+export function renewalOf(demand: Demand, n: number): Demand {
+  if (n === 0) return demand;
+  return { ...demand, renewal: n };
+}
+
+/**
+ * Whether the runner launched for `jobId`'s demand took another job: GitHub marked it busy with, or
+ * done with, a job of another id. One still registering, starting or idle may yet take it. Pure.
+ */
+export function tookAnotherJob(record: Pick<RunnerRecord, "state" | "jobId">, jobId: number): boolean {
+  return (record.state === "busy" || record.state === "completed") && record.jobId !== undefined && record.jobId !== jobId;
+}
 
 /** Run statuses that can hold queued jobs: a run in progress can still have jobs waiting. */
 const RUN_STATUSES = ["queued", "in_progress"] as const;
@@ -179,44 +204,88 @@ async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installa
     if (decision.kind !== "enqueue") continue;
     signal.throwIfAborted();
     const ids = { loop: GITHUB_QUEUED, jobId: job.id, runId: run.id, repo: `${run.owner}/${run.repo}`, pool: decision.pool.name };
-    const id = demandId(decision.demand.jobId, decision.demand.runAttempt);
-    // A runner that served this demand and is gone, while GitHub still lists the job as queued,
-    // took another job. Its note (kept 7 days, longer than BullMQ keeps the done item) would make
-    // the worker take demand added now as served: forgotten first. A runner still there is kept.
-    const served = await d.runners.findByDemand(id);
-    if (served && !served.record) await d.runners.forgetDemand(id);
-    const added = await d.demand.add(decision.demand);
-    if (added === "added") {
-      d.metrics.reconcileAction(GITHUB_QUEUED, "demand_recovered");
-      d.logger.info(ids, "recovered a queued job that had no demand (its webhook was lost)");
-      continue;
-    }
-    if (added !== "duplicate") continue;
-    const ended = await d.demand.ended(decision.demand);
-    if (!ended) continue;
-    if (ended.outcome === "completed") {
-      // Its demand is done and the runner that served it is gone, yet the job still waits: that
-      // runner took another job (one whose own demand was missing). It needs a runner of its own:
-      // the demand again, with the record of which runner served it forgotten, so the worker does
-      // not take it as served. A runner still there may yet take this job: wait for it; so may
-      // the runners launched for other jobs, still booting when this demand was done.
-      if (Date.now() - ended.at < RENEW_AFTER_MS) continue;
-      if ((await d.runners.findByDemand(id))?.record) continue;
-      await d.runners.forgetDemand(id);
-      if (!(await d.demand.addAgain(decision.demand))) continue;
-      d.metrics.reconcileAction(GITHUB_QUEUED, "demand_renewed");
-      d.logger.info(ids, "a queued job's runner took another job: its demand added again");
-      continue;
-    }
-    // Its launches all failed (GitHub or the hosts failing for longer than the backoff lasts), and
-    // the job still waits: after a while, and a few jobs a pass, it gets its attempts afresh.
-    if (d.retryFailedAfterMs <= 0 || Date.now() - ended.at < d.retryFailedAfterMs) continue;
-    pass.failedDemand.push({ demand: decision.demand, at: ended.at, ids });
+    await recoverJob(d, decision.demand, ids, pass);
   }
 }
 
+type JobIds = FailedDemand["ids"];
+
+/**
+ * One queued job's demand and its renewals, in order: the first one not used up is looked after
+ * as ever (added if missing, retried if failed), and a used-up one (its runner took another job)
+ * passes the job on to the next renewal, which is added if it is not there yet. Redis only: no
+ * GitHub call.
+ */
+async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass: Pass): Promise<void> {
+  for (let n = 0; n <= MAX_RENEWALS; n++) {
+    const demand = renewalOf(first, n);
+    const id = demandIdOf(demand);
+    const last = n === MAX_RENEWALS;
+    const served = await d.runners.findByDemand(id);
+    if (served?.record) {
+      // Its runner lives and took another job: the item stays active for as long as that job
+      // runs and cannot be replaced, so the job needs the next renewal. Not before
+      // RENEW_AFTER_MS, for the same reason as a done demand's (see there).
+      if (!tookAnotherJob(served.record, first.jobId)) return;
+      if (last || Date.now() - (served.record.busyAt ?? 0) < RENEW_AFTER_MS) return;
+      continue;
+    }
+    if (served && !(await d.demand.ended(demand))) {
+      // A runner that served this demand and is gone, while GitHub still lists the job as queued,
+      // took another job, and BullMQ no longer holds the done item (kept an hour). Passed on
+      // to the renewal if there is one; else the note (kept 7 days) would make the worker take
+      // demand added now as served: forgotten first. A done item's note stays: it tells the
+      // item was used up once BullMQ drops it.
+      if (!last && (await renewalKnown(d, renewalOf(first, n + 1)))) continue;
+      await d.runners.forgetDemand(id);
+    }
+    const added = await d.demand.add(demand);
+    if (added === "added") {
+      if (n === 0) {
+        d.metrics.reconcileAction(GITHUB_QUEUED, "demand_recovered");
+        d.logger.info(ids, "recovered a queued job that had no demand (its webhook was lost)");
+      } else {
+        d.metrics.reconcileAction(GITHUB_QUEUED, "demand_renewed");
+        d.logger.info({ ...ids, renewal: n }, "a queued job's runner took another job: demand of its own added");
+      }
+      return;
+    }
+    if (added !== "duplicate") return;
+    const ended = await d.demand.ended(demand);
+    if (!ended) return;
+    if (ended.outcome === "completed") {
+      // Its demand is done and the runner that served it is gone, yet the job still waits: that
+      // runner took another job (one whose own demand was missing). It needs a runner of its own:
+      // the next renewal (added, or looked at if an earlier pass added it). A runner still there
+      // may yet take this job: wait for it; so may the runners launched for other jobs, still
+      // booting when this demand was done.
+      if (Date.now() - ended.at < RENEW_AFTER_MS) return;
+      if ((await d.runners.findByDemand(id))?.record) return;
+      if (!last) continue;
+      // Out of renewals: this one again, with the record of which runner served it forgotten,
+      // so the worker does not take it as served.
+      await d.runners.forgetDemand(id);
+      if (!(await d.demand.addAgain(demand))) return;
+      d.metrics.reconcileAction(GITHUB_QUEUED, "demand_renewed");
+      d.logger.info({ ...ids, renewal: n }, "a queued job's runner took another job: its demand added again");
+      return;
+    }
+    // Its launches all failed (GitHub or the hosts failing for longer than the backoff lasts), and
+    // the job still waits: after a while, and a few jobs a pass, it gets its attempts afresh.
+    if (d.retryFailedAfterMs <= 0 || Date.now() - ended.at < d.retryFailedAfterMs) return;
+    pass.failedDemand.push({ demand, at: ended.at, ids });
+    return;
+  }
+}
+
+/** Whether a renewal was added before: its item has ended, or a runner was launched for it. */
+async function renewalKnown(d: GitHubQueuedDeps, renewal: Demand): Promise<boolean> {
+  if (await d.demand.ended(renewal)) return true;
+  return (await d.runners.findByDemand(demandIdOf(renewal))) !== undefined;
+}
+
 async function retryFailed(d: GitHubQueuedDeps, { demand, at, ids }: FailedDemand): Promise<void> {
-  await d.runners.forgetDemand(demandId(demand.jobId, demand.runAttempt));
+  await d.runners.forgetDemand(demandIdOf(demand));
   if (!(await d.demand.addAgain(demand))) return;
   d.metrics.reconcileAction(GITHUB_QUEUED, "demand_retried");
   d.logger.info({ ...ids, failedAt: new Date(at).toISOString() }, "a queued job whose launches all failed: its demand added again with fresh attempts");

@@ -4,17 +4,24 @@ import { errorMessage } from "../errors.ts";
 import type { GitHubClient, RegisteredRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
-import { scopeOf, type RunnerStore } from "../state/runners.ts";
+import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
 import type { Loop } from "./loops.ts";
 
 export const GITHUB_RUNNERS = "github-runners";
 
 /**
- * Where our runners can be registered: each active repository when a pool registers per
- * repository, each active repository's owner when a pool registers per organization. Pure.
+ * Where our runners can be registered, each scope once: every pool's warm scope (warm runners
+ * register there before any job names a repository, and a repository whose jobs stopped never turns
+ * up among the active ones), the scopes of runners recorded in Redis (`recorded`), then each active
+ * repository when a pool registers per repository and each active repository's owner when a pool
+ * registers per organization. Pure.
  */
-export function scopesToCheck(repos: readonly ActiveRepo[], pools: readonly Pick<PoolConfig, "scope">[]): RunnerScope[] {
+export function scopesToCheck(
+  repos: readonly ActiveRepo[],
+  pools: readonly Pick<PoolConfig, "scope" | "warm">[],
+  recorded: readonly RunnerScope[] = [],
+): RunnerScope[] {
   const perRepo = pools.some((p) => p.scope === "repository");
   const perOrg = pools.some((p) => p.scope === "organization");
   const scopes = new Map<string, RunnerScope>();
@@ -22,11 +29,30 @@ export function scopesToCheck(repos: readonly ActiveRepo[], pools: readonly Pick
     const key = scopeKey(scope);
     if (!scopes.has(key)) scopes.set(key, scope);
   };
+  for (const p of pools) {
+    if (!p.warm) continue;
+    if (p.scope === "organization") add({ installationId: p.warm.installationId, owner: p.warm.owner });
+    else if (p.warm.repo) add({ installationId: p.warm.installationId, owner: p.warm.owner, repo: p.warm.repo });
+  }
+  for (const s of recorded) add(s);
   for (const r of repos) {
     if (perRepo) add({ installationId: r.installationId, owner: r.owner, repo: r.repo });
     if (perOrg) add({ installationId: r.installationId, owner: r.owner });
   }
   return [...scopes.values()];
+}
+
+/** The scopes of `records`, newest record first, each once, at most `max`; `more` when some were left out. */
+export function recordedScopes(records: readonly Pick<RunnerRecord, "installationId" | "owner" | "repo" | "createdAt">[], max: number): { scopes: RunnerScope[]; more: boolean } {
+  const scopes = new Map<string, RunnerScope>();
+  for (const r of [...records].sort((a, b) => b.createdAt - a.createdAt)) {
+    const scope = scopeOf(r);
+    const key = scopeKey(scope);
+    if (scopes.has(key)) continue;
+    if (scopes.size >= max) return { scopes: [...scopes.values()], more: true };
+    scopes.set(key, scope);
+  }
+  return { scopes: [...scopes.values()], more: false };
 }
 
 function scopeKey(s: RunnerScope): string {
@@ -37,10 +63,11 @@ export interface GitHubRunnersDeps {
   github: Pick<GitHubClient, "listRunners" | "deleteRunner" | "getRunner">;
   runners: Pick<RunnerStore, "get" | "listAll" | "mark">;
   repos: Pick<ActiveRepos, "list">;
-  pools: readonly Pick<PoolConfig, "scope">[];
+  pools: readonly Pick<PoolConfig, "scope" | "warm">[];
   namePrefix: string;
   intervalMs: number;
   windowMs: number;
+  /** Active repositories checked a pass at most, and scopes of recorded runners at most as many. */
   maxRepositories: number;
   /**
    * How long a registration of ours must have been seen without a record before it is deleted,
@@ -74,13 +101,14 @@ export interface GitHubRunnersDeps {
 export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
   const firstSeen = new Map<string, number>();
   const missingSince = new Map<string, number>();
+  const capped = new CapNotice(d);
   return {
     name: GITHUB_RUNNERS,
     intervalMs: d.intervalMs,
     leaderOnly: true,
     async run(signal) {
       const began = Date.now();
-      const scopes = scopesToCheck(await d.repos.list(d.windowMs, d.maxRepositories), d.pools);
+      const scopes = await passScopes(d, capped);
       const seen = new Set<string>();
       const failed: string[] = [];
       /** Scopes listed this pass, and the names of ours each list holds. */
@@ -119,6 +147,47 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       if (failed.length > 0) throw new Error(`checking runners failed ${failed.length} times (${scopes.length} scopes); first: ${failed[0]}`);
     },
   };
+}
+
+/**
+ * The scopes one pass lists (scopesToCheck): every warm scope, the scopes of recorded runners and
+ * the active repositories, these two capped at `maxRepositories` each.
+ */
+async function passScopes(d: GitHubRunnersDeps, capped: CapNotice): Promise<RunnerScope[]> {
+  // One more than the cap: whether the cap left any out.
+  const active = await d.repos.list(d.windowMs, d.maxRepositories + 1);
+  const recorded = recordedScopes(await d.runners.listAll(), d.maxRepositories);
+  capped.note({ activeLeftOut: active.length > d.maxRepositories, recordedLeftOut: recorded.more });
+  return scopesToCheck(active.slice(0, d.maxRepositories), d.pools, recorded.scopes);
+}
+
+/**
+ * Says once that a cap left scopes out of the passes (a registration of ours there is found only
+ * once its repository is among the newest again), and once that passes are whole again; not every
+ * pass.
+ */
+class CapNotice {
+  readonly #d: Pick<GitHubRunnersDeps, "maxRepositories" | "windowMs" | "logger">;
+  #leftOut = false;
+
+  constructor(d: Pick<GitHubRunnersDeps, "maxRepositories" | "windowMs" | "logger">) {
+    this.#d = d;
+  }
+
+  note(c: { activeLeftOut: boolean; recordedLeftOut: boolean }): void {
+    const leftOut = c.activeLeftOut || c.recordedLeftOut;
+    if (leftOut === this.#leftOut) return;
+    this.#leftOut = leftOut;
+    const log = this.#d.logger.child({ loop: GITHUB_RUNNERS, maxRepositories: this.#d.maxRepositories });
+    if (leftOut) {
+      log.warn(
+        { activeLeftOut: c.activeLeftOut, recordedLeftOut: c.recordedLeftOut, activeWindowSeconds: this.#d.windowMs / 1000 },
+        "more repositories than reconcile.maxRepositories: runner lists of the least recent ones are not checked (said once until they fit again)",
+      );
+    } else {
+      log.info("every active repository's runner list is checked again");
+    }
+  }
 }
 
 /**

@@ -20,6 +20,20 @@ export interface HostHold {
   ttlMs: number;
 }
 
+/** How long a drain mark lasts: a host forgotten for so long is taken to be a new machine. */
+const DRAIN_MARK_SECONDS = 7 * 24 * 3600;
+/** The drain mark while the worker asked to drain still runs (the value of marks from before `left`). */
+const DRAIN_ASKED = "1";
+/** The drain mark once that worker left (HostStore.forget): the host stays drained until `drain --undo`. */
+const DRAIN_LEFT = "left";
+
+/**
+ * A host's drain mark, as kubectl's cordon: `asked` of the worker running on it, which takes no
+ * new demand and exits once its jobs finish; `left` behind once it did, so that a worker started
+ * on the host later (a restart policy) takes no demand either, and stays up, until the mark goes.
+ */
+export type DrainMark = "asked" | "left";
+
 export interface HostRecord {
   id: string;
   capacity: number;
@@ -122,22 +136,55 @@ export class HostStore {
     const out = [];
     for (const [i, id] of ids.entries()) {
       const raw = await this.#redis.get(this.#key(id));
-      const record = raw ? ({ ...JSON.parse(raw), draining: await this.draining(id) } as HostRecord) : undefined;
+      const record = raw ? this.#withMark(JSON.parse(raw) as HostRecord, await this.drainMark(id)) : undefined;
       out.push({ id, record, lastBeatAt: record?.heartbeatAt ?? Number(beats[i] ?? 0) });
     }
     return out;
   }
 
+  /** A drained host offers no slots, whatever its worker beats (one started on a marked host beats its capacity). */
+  #withMark(record: HostRecord, mark: DrainMark | undefined): HostRecord {
+    return mark ? { ...record, draining: true, capacity: 0 } : { ...record, draining: false };
+  }
+
+  /**
+   * Takes the host out of the fleet. Its drain mark, if any, stays (until it expires or `drain
+   * --undo` removes it), as `left`: the host stays drained for a worker started on it later.
+   */
   async forget(id: string): Promise<void> {
-    await this.#redis.multi().srem(this.#index, id).hdel(this.#lastBeat, id).del(this.#key(id), this.#drainKey(id)).exec();
+    await this.#redis
+      .multi()
+      .srem(this.#index, id)
+      .hdel(this.#lastBeat, id)
+      .del(this.#key(id))
+      .set(this.#drainKey(id), DRAIN_LEFT, "KEEPTTL", "XX")
+      .exec();
   }
 
+  /** Asks the host's worker to drain; on a host drained already, the worker started there since too. */
   async drain(id: string): Promise<void> {
-    await this.#redis.set(this.#drainKey(id), "1", "EX", 7 * 24 * 3600);
+    await this.#redis.set(this.#drainKey(id), DRAIN_ASKED, "EX", DRAIN_MARK_SECONDS);
   }
 
+  /**
+   * Whether the host's worker was asked to drain: it takes no new demand and exits once its jobs
+   * finish. Not so for a mark its worker left behind (drainMark `left`): a worker that exits on it
+   * at start would be restarted by its supervisor, again and again.
+   */
   async draining(id: string): Promise<boolean> {
-    return (await this.#redis.exists(this.#drainKey(id))) === 1;
+    return (await this.drainMark(id)) === "asked";
+  }
+
+  /** The host's drain mark: `asked` of its worker, `left` behind by a worker that drained; or none. */
+  async drainMark(id: string): Promise<DrainMark | undefined> {
+    const value = await this.#redis.get(this.#drainKey(id));
+    if (value === null) return undefined;
+    return value === DRAIN_LEFT ? "left" : "asked";
+  }
+
+  /** Removes the host's drain mark (`drain --undo`); false if it had none. */
+  async undrain(id: string): Promise<boolean> {
+    return (await this.#redis.del(this.#drainKey(id))) === 1;
   }
 }
 

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import type { Demand } from "../demand.ts";
-import { demandId } from "../demand.ts";
+import { demandIdOf } from "../demand.ts";
 import { runnerLabels } from "../docker/labels.ts";
 import type { RunnerDriver, RunnerSpec } from "../docker/driver.ts";
 import { GitHubError, JitrunnerError, NotSentError, errorMessage } from "../errors.ts";
@@ -43,10 +43,12 @@ export interface LaunchTarget {
 }
 
 export function targetOf(demand: Demand): LaunchTarget {
-  return { installationId: demand.installationId, owner: demand.owner, repo: demand.repo, demandId: demandId(demand.jobId, demand.runAttempt) };
+  return { installationId: demand.installationId, owner: demand.owner, repo: demand.repo, demandId: demandIdOf(demand) };
 }
 
 const IDLE_RECHECK_MS = 2000;
+/** How soon a watch writes again a busy state GitHub told it of, when Redis refused the write. */
+const BUSY_WRITE_RETRY_MS = 5_000;
 /**
  * How often a watch reads its runner's record again until the runner is known completed: one
  * HGETALL per watched runner per period (1,000 runners on one Redis: 100 a second). A `completed`
@@ -260,6 +262,27 @@ export class Launcher {
             if (!finished && tracked.state !== "completed" && !recheck) recheck = setTimeout(readRecord, RECORD_RECHECK_MS);
           });
       };
+      // GitHub refused to delete the registration (422): the runner runs a job, and webhooks may
+      // never say so (both lost). Written to the record as they would (RunnerStore.mark: a
+      // `completed` already there stays, a record removed stays removed), so that the checks of
+      // busy runners cover it: the record's busy state for this watch, the leader's look at
+      // GitHub's list for a runner that hangs after its job (a record left idle would never be
+      // looked at), and status. Its job is not known: 0, as that leader's loop writes. A write
+      // that fails is tried again while the watch lasts (logged once).
+      let busyWriteFailed = false;
+      const noteBusy = async () => {
+        onState("busy");
+        if (finished || tracked.state === "completed") return;
+        const written = await d.runners.mark(name, "busy", 0).then(
+          () => true,
+          (err: unknown) => {
+            if (!busyWriteFailed) log.warn({ ...runnerField(log, name), err: errorMessage(err) }, "recording a runner GitHub says is busy failed; trying again");
+            busyWriteFailed = true;
+            return false;
+          },
+        );
+        if (!written && !finished) timers.push(setTimeout(() => void noteBusy(), BUSY_WRITE_RETRY_MS));
+      };
       const off = d.events.on(name, onState, readRecord);
       // Shutdown stops the watching, not the runner: a restarted worker adopts it.
       if (shutdown?.aborted) return finish("shutdown");
@@ -279,7 +302,7 @@ export class Launcher {
         // A moving deadline is looked at again every few seconds; no API call until it passes.
         if (wait > 0) return void timers.push(setTimeout(idleCheck, Math.min(wait, IDLE_RECHECK_MS)));
         const result = await this.#deregister(tracked.record, log);
-        if (result === "busy") tracked.state = "busy";
+        if (result === "busy") await noteBusy();
         else if (result) finish("idle_timeout");
         else timers.push(setTimeout(idleCheck, 30_000));
       };
@@ -301,7 +324,7 @@ export class Launcher {
         }
         log.warn({ ...runnerField(log, name), startTimeoutSeconds: pool.startTimeoutSeconds }, "runner never came online; removing it");
         const result = await this.#deregister(tracked.record, log);
-        if (result === "busy") tracked.state = "busy";
+        if (result === "busy") await noteBusy();
         else if (result) finish("start_timeout");
       };
       timers.push(setTimeout(startCheck, pool.startTimeoutSeconds * 1000));
@@ -322,14 +345,23 @@ export class Launcher {
       if (record.containerId) await d.driver.remove(record.containerId);
       else for (const c of await d.driver.list(runnerLabels({ ...labelKey(record) }))) await d.driver.remove(c.id);
       const stored = await d.runners.get(record.name);
-      const latest = stored ?? record;
+      // The id this process knows counts too: the write that would have recorded it may have
+      // failed (Redis refusing writes), and the registration is there all the same.
+      const latest = { ...(stored ?? record), runnerId: stored?.runnerId ?? record.runnerId };
       // A runner that ran a job removed itself from GitHub (JIT runners are ephemeral).
       let ranAJob = latest.state === "busy" || latest.state === "completed";
-      // An idle or start timeout ends only once GitHub has agreed to delete the registration.
-      if (latest.runnerId && !ranAJob && !DEREGISTERED_BY_WATCH.has(reason)) {
+      // An idle or start timeout ends only once GitHub has agreed to delete the registration. A
+      // launch undone here with no id was never registered (a registration whose answer was lost
+      // it deleted by name already); any other runner with no id is deleted by name (#deregister),
+      // but for a container found with no record, which does not say where it registered (the
+      // leader's github-runners loop deletes a registration of ours with no record).
+      const unregistered = !latest.runnerId && (LAUNCH_UNDONE.has(reason) || !latest.installationId);
+      if (!ranAJob && !unregistered && !DEREGISTERED_BY_WATCH.has(reason)) {
         const result = deregistered ?? (await this.#deregister(latest, log));
         if (result === undefined) throw new Error("could not delete the runner's registration");
-        ranAJob = result === "busy" || (result === "not_found" && stored !== undefined);
+        // Only an id GitHub no longer knows says the runner removed itself: a name it does not
+        // know may never have been registered.
+        ranAJob = result === "busy" || (result === "not_found" && stored !== undefined && latest.runnerId !== undefined);
       }
       // A runner that took no job did not serve its demand: a lease of it that comes back (its
       // worker died) must launch again, not find this runner and call the demand served. A runner
@@ -365,11 +397,17 @@ export class Launcher {
     return "removed";
   }
 
-  /** Deletes the registration. `busy`: GitHub refused because it runs a job; undefined: error. */
+  /**
+   * Deletes the registration: by id, or by name when no id was ever noted (a crash, or a write
+   * Redis refused, between the registration and the record's update). `busy`: GitHub refused
+   * because it runs a job; undefined: error.
+   */
   async #deregister(record: RunnerRecord, log: Logger): Promise<"deleted" | "not_found" | "busy" | undefined> {
-    if (!record.runnerId) return "not_found";
+    const { github } = this.#d;
+    // Neither id nor installation (a container found with no record): nothing to ask GitHub by.
+    if (!record.runnerId && !record.installationId) return "not_found";
     try {
-      return await this.#d.github.deleteRunner(scopeOf(record), record.runnerId);
+      return record.runnerId ? await github.deleteRunner(scopeOf(record), record.runnerId) : await github.deleteRunnerNamed(scopeOf(record), record.name);
     } catch (err) {
       log.warn({ ...runnerField(log, record.name), err: errorMessage(err) }, "deleting runner registration failed");
       return undefined;

@@ -129,6 +129,11 @@ export class RunnerWorker {
   readonly #lostPlaces = new Set<string>();
   readonly #launches = new Set<Promise<unknown>>();
   readonly #serving = new Map<Promise<unknown>, Lease>();
+  /**
+   * Leases served here that hold no slot of this host: each waits for its demand's runner on
+   * another host (#waitElsewhere). Their end frees no slot.
+   */
+  readonly #slotless = new Set<Lease>();
   readonly #loops: Promise<void>[] = [];
   readonly #shutdown = new AbortController();
   /** Warm runners this host launched that no demand has adopted yet, by runner name. */
@@ -144,11 +149,30 @@ export class RunnerWorker {
   readonly #leftRunning = new Map<string, string>();
   /**
    * Runners of a demand adopted from the process before this one (restarted mid-job): each holds
-   * a slot, and a place of this host's under the pool limit, until it ends, as its launch did; or
+   * a slot, and its demand's place under the pool limit, until it ends, as its launch did; or
    * until a lease of its demand taken here holds a slot and place for it instead (#alreadyServed).
    * By runner name.
    */
   readonly #adopted = new Map<string, { pool: PoolConfig; holder: string }>();
+  /**
+   * Host loop passes under way. A pass tears down what it finds (a stopped container left
+   * running, a record without a container): a drain is over, and a stop decides whether the host
+   * leaves the fleet, only once it has ended. (Teardowns of runners this process watches keep
+   * them in `launcher.tracked` until they end.)
+   */
+  readonly #passes = new Set<Promise<void>>();
+  /** The end of a drain, once every runner is gone: it waits for the host loop's pass (#finishDrain). */
+  #finishingDrain: Promise<void> | undefined;
+  /**
+   * The host's drain mark was left by a worker that drained before this one started (HostStore
+   * DrainMark `left`): this one takes no demand, and stays up, until `drain --undo` removes it.
+   */
+  #cordoned = false;
+  /**
+   * The first host loop pass has ended: a drain is not over before it (a worker restarted while
+   * its host drains adopts the runners it finds there first, and lets their jobs finish).
+   */
+  #passed = false;
   #stopping = false;
   #reconcileTimer: { stop(): void } | undefined;
   #lastError: string | undefined;
@@ -197,6 +221,8 @@ export class RunnerWorker {
 
   async #startServing(): Promise<void> {
     await this.reconcile();
+    this.#passed = true;
+    this.#checkDrained();
     for (const [pool, source] of this.#d.sources) {
       await source.start();
       this.#loops.push(this.#loop(pool, source));
@@ -218,6 +244,8 @@ export class RunnerWorker {
       await Promise.allSettled(this.#loops);
       await Promise.allSettled([...this.#launches]);
       await Promise.allSettled([...this.#serving.keys()]);
+      // A pass's teardown cut short would leave a container, or a record, behind the host's leaving.
+      await Promise.allSettled([...this.#passes]);
     })();
     if (!(await this.#whileRedisAnswers(work))) {
       // The worker's connection holds its commands until Redis is back: what waits on it would
@@ -229,9 +257,25 @@ export class RunnerWorker {
       );
     }
     // With runners still running the host stays listed until its record expires, so a quick
-    // restart adopts them before anyone treats the host as gone.
-    await this.#presence.stop(this.#d.launcher.tracked.size === 0 && this.#leftRunning.size === 0);
+    // restart adopts them before anyone treats the host as gone. So it does with runners still
+    // recorded (a teardown that failed: an engine that would not remove a container, GitHub not
+    // answering): forgotten, the host would be swept by no one, and nothing would remove them.
+    const running = this.#d.launcher.tracked.size + this.#leftRunning.size;
+    const recorded = running === 0 ? await this.#recordedRunners() : undefined;
+    if (recorded !== 0 && running === 0) {
+      this.#d.logger.warn(
+        { recorded },
+        "runners of this host are still recorded (a teardown failed, or Redis did not answer): the host stays listed, for the next worker on it or the other hosts' host loops to clean up",
+      );
+    }
+    await this.#presence.stop(running === 0 && recorded === 0);
     this.#d.logger.info({ running: this.#d.launcher.tracked.size + this.#leftRunning.size }, "worker stopped; running runners left running");
+  }
+
+  /** How many runners of this host Redis records; undefined if it does not say within STOP_REDIS_PROBE_MS. */
+  async #recordedRunners(): Promise<number | undefined> {
+    const names = this.#d.runners.listHost(this.#d.host).catch(() => undefined);
+    return (await atMost(names, STOP_REDIS_PROBE_MS))?.length;
   }
 
   /**
@@ -276,7 +320,7 @@ export class RunnerWorker {
   async #loop(pool: string, source: DemandSource): Promise<void> {
     let failures = 0;
     while (!this.#stopping) {
-      if (!this.#presence.open) {
+      if (!this.#open) {
         await sleep(1000);
         continue;
       }
@@ -288,7 +332,7 @@ export class RunnerWorker {
       }
       let lease: Lease | undefined;
       try {
-        lease = this.#stopping || !this.#presence.open ? undefined : await this.#next(source);
+        lease = this.#stopping || !this.#open ? undefined : await this.#next(source);
         failures = 0;
       } catch (err) {
         failures++;
@@ -297,7 +341,7 @@ export class RunnerWorker {
         await this.#pause(Math.min(30_000, 500 * 2 ** failures));
       }
       if (!lease) continue;
-      if (!this.#presence.open) {
+      if (!this.#open) {
         // Closed while it waited (engine gone, host taken, drain, stop): the demand goes back unspent.
         await lease.release().catch(() => undefined);
         continue;
@@ -320,7 +364,7 @@ export class RunnerWorker {
       const held = lease;
       const serving: Promise<void> = this.#serve(held, spare).finally(async () => {
         this.#serving.delete(serving);
-        this.#slots.release();
+        if (!this.#slotless.delete(held)) this.#slots.release();
         await this.#limits.release(held.demand.pool, held.id).catch(() => undefined);
         this.#checkDrained();
       });
@@ -361,6 +405,8 @@ export class RunnerWorker {
    * a finished drain.
    */
   async #onBeat(): Promise<void> {
+    // Errors aside (the places are refreshed all the same): the next beat looks again.
+    await this.#checkCordon().catch((err: unknown) => this.#d.logger.warn({ err: errorMessage(err) }, "reading the host's drain mark failed"));
     const held = new Set<string>();
     for (const lease of this.#serving.values()) {
       const max = this.#pools.get(lease.demand.pool)?.maxRunners;
@@ -399,22 +445,65 @@ export class RunnerWorker {
     this.#d.logger.warn({ pool, holder, maxRunners: max }, "a runner's place under maxRunners lapsed and the pool is full: it runs over the limit until a runner of the pool ends");
   }
 
+  /** Whether this worker may take demand now: its presence is open, and the host is not cordoned. */
+  get #open(): boolean {
+    return this.#presence.open && !this.#cordoned;
+  }
+
+  /**
+   * Follows the host's drain mark on each beat. A mark left by a worker that drained (`left`)
+   * cordons this one, said once as a warning, as a worker restarted on a drained host (a restart
+   * policy such as Compose's `unless-stopped`) would otherwise take demand again; it exits only
+   * when asked to drain itself (`asked`: HostPresence then drains it). The mark removed, it takes
+   * demand again.
+   */
+  async #checkCordon(): Promise<void> {
+    const { hosts, host, logger } = this.#d;
+    const cordoned = (await hosts.drainMark(host)) === "left";
+    if (cordoned && !this.#cordoned) {
+      logger.warn(
+        `host "${host}" is drained (jitrunner drain): taking no demand, and staying up, until \`jitrunner drain --host ${host} --undo\` removes its drain mark`,
+      );
+    } else if (!cordoned && this.#cordoned && !this.#presence.draining) {
+      logger.info("the host's drain mark is gone: taking demand");
+    }
+    this.#cordoned = cordoned;
+  }
+
+  /** Whether an operator's drain has nothing left to wait for in this process but passes under way. */
+  #idleDrained(): boolean {
+    return this.#passed && this.#presence.draining && this.#serving.size === 0 && this.#d.launcher.tracked.size === 0 && this.#leftRunning.size === 0;
+  }
+
   #checkDrained(): void {
-    if (this.#presence.draining && this.#serving.size === 0 && this.#d.launcher.tracked.size === 0 && this.#leftRunning.size === 0) this.#drained?.();
+    if (this.#idleDrained()) this.#finishingDrain ??= this.#finishDrain().finally(() => (this.#finishingDrain = undefined));
+  }
+
+  /**
+   * Resolves `drained` once the host loop's passes under way have ended, if nothing came back
+   * meanwhile: resolved earlier, the worker would exit in the middle of a pass's teardown.
+   */
+  async #finishDrain(): Promise<void> {
+    while (this.#passes.size > 0) await Promise.allSettled([...this.#passes]);
+    if (this.#idleDrained()) this.#drained?.();
   }
 
   async #serve(lease: Lease, spare?: Spare): Promise<void> {
     const { demand } = lease;
     const pool = this.#pools.get(demand.pool)!;
     const log = this.#d.logger.child({ demandId: lease.id, jobId: demand.jobId, pool: pool.name, deliveryId: demand.deliveryId });
-    // An adopted warm runner is this call's to hand back until #whileAdopted watches it.
-    let unwatchedSpare = spare;
+    // An adopted warm runner is this call's to hand back until #whileAdopted watches it (or
+    // #alreadyServed hands it back itself).
+    const unwatched: { spare?: Spare } = { spare };
     try {
-      if (await this.#alreadyServed(lease, log)) {
-        unwatchedSpare = undefined;
-        if (spare) await this.#returnSpare(spare, lease, log);
+      if (await this.#alreadyServed(lease, log, unwatched)) {
+        const back = unwatched.spare;
+        unwatched.spare = undefined;
+        if (back) await this.#returnSpare(back, lease, log);
         return;
       }
+      // Handed back while the demand waited for a runner of another host: a launch of its own now.
+      spare = unwatched.spare;
       let tracked: Tracked;
       let reason: string;
       if (spare) {
@@ -425,7 +514,7 @@ export class RunnerWorker {
         spare.tracked.record.demandId = lease.id;
         this.#d.metrics.pickedUp(pool.name, (Date.now() - demand.receivedAt) / 1000);
         log.info({ runner: spare.tracked.record.name }, "demand adopted by a warm runner");
-        unwatchedSpare = undefined;
+        unwatched.spare = undefined;
         const served = await this.#whileAdopted(lease, spare);
         tracked = served.tracked;
         reason = served.reason;
@@ -471,7 +560,7 @@ export class RunnerWorker {
       await lease.complete(reason);
     } catch (err) {
       // Failed before the adopted runner was watched (Redis, GitHub): it is a spare again.
-      if (unwatchedSpare) await this.#returnSpare(unwatchedSpare, lease, log).catch(() => undefined);
+      if (unwatched.spare) await this.#returnSpare(unwatched.spare, lease, log).catch(() => undefined);
       if (err instanceof NotSentError) {
         // Stopping, with nothing registered: the demand goes back without spending an attempt.
         await lease.release().catch(() => undefined);
@@ -496,9 +585,10 @@ export class RunnerWorker {
   /**
    * A demand taken over from a worker that stopped may already have its runner. Running on a live
    * host, or done: no second runner. On a host that is gone, a runner that never took a job is
-   * deregistered and forgotten, and the demand is served again here.
+   * deregistered and forgotten, and the demand is served again here. `unwatched`: the warm runner
+   * of this host adopted for the demand, if any, while #serve is to hand it back.
    */
-  async #alreadyServed(lease: Lease, log: Logger): Promise<boolean> {
+  async #alreadyServed(lease: Lease, log: Logger, unwatched: { spare?: Spare }): Promise<boolean> {
     const existing = await this.#d.runners.findByDemand(lease.id);
     if (!existing) return false;
     const record = existing.record;
@@ -512,8 +602,9 @@ export class RunnerWorker {
       }
     }
     log.info({ runner: existing.name, runnerHost: record?.host }, "demand already has a runner");
-    // Adopted here: this lease's slot and place count for it now.
-    this.#releaseAdopted(existing.name);
+    if (record && !hostGone && record.host !== this.#d.host) return this.#waitElsewhere(lease, existing.name, log, unwatched);
+    // Adopted here: this lease's slot and place count for it now (the place is the same one).
+    this.#releaseAdopted(existing.name, lease.id);
     if (record && !hostGone) await this.#waitGone(existing.name);
     // Gone without serving the demand (a launch cut short by a crash, a runner that took no job):
     // its teardown released the claim, and the demand needs a runner still.
@@ -523,6 +614,50 @@ export class RunnerWorker {
     }
     if (this.#stopping) await lease.release();
     else await lease.complete("served_by_earlier_runner");
+    return true;
+  }
+
+  /**
+   * The demand's runner runs on another live host, whose worker handed the demand back as it
+   * stopped (or died, and its lease lapsed) and adopts the runner when it starts again, with a slot
+   * of its own and the demand's place under the pool limit (#holdAdopted). The lease waits here for
+   * the runner's end without a slot of this host: held, it would keep this host's room from other
+   * jobs for the whole of a job that runs elsewhere, the runner counting twice. It holds the
+   * demand's place only, the very place that host takes on adopting (same holder id), so the runner
+   * counts once under `maxRunners`, adopted or not yet. A warm runner of this host adopted for the
+   * demand is a spare again. Should the runner end without serving the demand, the lease takes a
+   * slot and a place again to launch, or, with none free, goes back to the queue unspent.
+   */
+  async #waitElsewhere(lease: Lease, name: string, log: Logger, unwatched: { spare?: Spare }): Promise<boolean> {
+    const spare = unwatched.spare;
+    unwatched.spare = undefined;
+    // The spare takes a slot of its own back, and its place; the lease's slot is free after it.
+    if (spare) await this.#returnSpare(spare, lease, log);
+    this.#slotless.add(lease);
+    this.#slots.release();
+    const max = this.#pools.get(lease.demand.pool)?.maxRunners;
+    // Best effort, as a refresh is: one the pool has no room for runs over the limit all the same.
+    if (max) await this.#limits.acquire(lease.demand.pool, lease.id, max).catch(() => false);
+    log.info({ runner: name }, "waiting for the demand's runner on another host, holding no slot here");
+    await this.#waitGone(name);
+    if (this.#stopping) {
+      await lease.release();
+      return true;
+    }
+    if (await this.#d.runners.findByDemand(lease.id)) {
+      await lease.complete("served_by_earlier_runner");
+      return true;
+    }
+    // Gone without serving the demand (a runner that took no job): launched here, given room.
+    if (this.#slots.tryAcquire()) {
+      this.#slotless.delete(lease);
+      if (await this.#withinPoolLimit(lease)) {
+        log.info({ runner: name }, "earlier runner gone without a job; launching another");
+        return false;
+      }
+    }
+    log.info({ runner: name }, "earlier runner gone without a job and no room here: demand handed back");
+    await lease.release();
     return true;
   }
 
@@ -554,7 +689,7 @@ export class RunnerWorker {
         if (spare.warm) await this.#unwarm(spare);
       }
       // A slot free for each pool's demand stays free: warm runners never crowd demand out.
-      while (!this.#stopping && this.#presence.open && this.#slots.tryAcquire(this.#d.sources.size)) {
+      while (!this.#stopping && this.#open && this.#slots.tryAcquire(this.#d.sources.size)) {
         const holder = hostHolder(this.#d.host);
         const place = (key: string, max: number) => this.#unlessStopped(this.#limits.acquire(key, holder, max).catch(() => false), false);
         const placed = (await place(warmKey(pool.name), pool.minIdle)) && (!pool.maxRunners || (await place(pool.name, pool.maxRunners)));
@@ -636,7 +771,7 @@ export class RunnerWorker {
     // counted as warm: the pool's idle timeout, from that moment.
     spare.ended = this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal, () => {
       if (spare.adopted || !spare.warm) return spare.idleFrom + pool.idleTimeoutSeconds * 1000;
-      return this.#presence.draining ? 0 : Number.POSITIVE_INFINITY;
+      return this.#presence.draining || this.#cordoned ? 0 : Number.POSITIVE_INFINITY;
     });
     this.#spares.set(name, spare);
     void spare.ended.then(async (reason) => {
@@ -845,6 +980,16 @@ export class RunnerWorker {
    * with any failure counts as an error in `jitrunner_reconcile_runs_total{loop="host"}`.
    */
   async reconcile(): Promise<void> {
+    const pass = this.#reconcilePass();
+    this.#passes.add(pass);
+    try {
+      await pass;
+    } finally {
+      this.#passes.delete(pass);
+    }
+  }
+
+  async #reconcilePass(): Promise<void> {
     const log = this.#d.logger.child({ loop: "host" });
     const pass = new PassFailures(log);
     try {
@@ -923,9 +1068,13 @@ export class RunnerWorker {
     };
     const target = { ...stub, containerId: c.id };
     if (!c.running) {
-      // A runner left running has ended its job (the ephemeral runner exits after one).
-      this.#letGo(name);
-      await launcher.teardown(target, "reconcile_exited", log);
+      // A runner left running has ended its job (the ephemeral runner exits after one). Its slot
+      // is free once its teardown has ended (a drain waits for it to end, done or not).
+      try {
+        await launcher.teardown(target, "reconcile_exited", log);
+      } finally {
+        this.#letGo(name);
+      }
       return;
     }
     // Running, and not adopted: of a pool this worker does not serve, or met while it stops. One
@@ -961,24 +1110,26 @@ export class RunnerWorker {
 
   /**
    * An adopted runner of a demand takes a slot, even over capacity (it runs regardless), and a
-   * place of this host's under the pool limit (a hostHolder: freed with the host should it go);
-   * unless a lease of that demand served here holds them already.
+   * place under the pool limit; unless a lease of that demand served here holds them already. The
+   * place is the demand's, held by the lease's id: a lease of it that waits for the runner on
+   * another host holds the same (#waitElsewhere), and the runner counts once. One with no demand
+   * takes a place of this host's (a hostHolder: freed with the host should it go).
    */
   #holdAdopted(pool: PoolConfig, record: RunnerRecord): void {
     if (record.demandId && [...this.#serving.values()].some((lease) => lease.id === record.demandId)) return;
-    const holder = hostHolder(this.#d.host);
+    const holder = record.demandId || hostHolder(this.#d.host);
     this.#adopted.set(record.name, { pool, holder });
     this.#slots.take();
     if (pool.maxRunners) void this.#limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
   }
 
-  /** An adopted runner's slot and place are free again. */
-  #releaseAdopted(name: string): void {
+  /** An adopted runner's slot and place are free again; but for a place `heldBy` holds (its demand's lease) now. */
+  #releaseAdopted(name: string, heldBy?: string): void {
     const held = this.#adopted.get(name);
     if (!held) return;
     this.#adopted.delete(name);
     this.#slots.release();
-    if (held.pool.maxRunners) void this.#limits.release(held.pool.name, held.holder).catch(() => undefined);
+    if (held.pool.maxRunners && held.holder !== heldBy) void this.#limits.release(held.pool.name, held.holder).catch(() => undefined);
   }
 
   /** A runner left running is gone, or on its way: its slot is free again. */

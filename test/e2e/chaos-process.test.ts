@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import type { Readable } from "node:stream";
 import { after, before, test } from "node:test";
 import type Docker from "dockerode";
 import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
@@ -24,6 +25,7 @@ import {
   demandIn,
   demandState,
   fakeRunnerPool,
+  hostPasses,
   removeContainersOf,
   RUNNER_IMAGE,
   scopedRedis,
@@ -42,13 +44,13 @@ const LABELS = ["self-hosted", "linux"];
 const OURS = "dev.jitrunner.managed-by=jitrunner";
 /**
  * Short loops, so recovery comes within seconds: a host silent for 3 s is gone, a dead worker's
- * leases lapse after 10 s.
+ * leases lapse after 5 s (the shortest lease the config allows).
  */
-const WORKER = { capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, completedGraceSeconds: 5, leaseSeconds: 10 };
+const WORKER = { capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, completedGraceSeconds: 5, leaseSeconds: 5 };
 const RECONCILE = { leaderLockSeconds: 3, runnersIntervalSeconds: 2, orphanGraceSeconds: 5, queuedIntervalSeconds: 2, deliveriesIntervalSeconds: 2, deliveriesRetrySeconds: 2 };
 /**
- * A dead worker's leases come back through BullMQ's stalled check: its lock (10 s here) must
- * expire and a check (every 10 s) must see it, so within about 20 s; the waits allow for a slow
+ * A dead worker's leases come back through BullMQ's stalled check: its lock (5 s here) must
+ * expire and a check (every 5 s) must see it, so within about 10 s; the waits allow for a slow
  * machine and a launch on top of that.
  */
 const TAKEOVER_MS = 150_000;
@@ -495,8 +497,10 @@ test("a worker SIGKILLed with a warm runner and not restarted: its host swept de
       120_000,
       "A's warm runner online",
     );
-    workers.push(await inProcessWorker(fake, r, hostB, pools, { socketPath: engB.socketPath }));
-    await new Promise((res) => setTimeout(res, 3000));
+    const b = await inProcessWorker(fake, r, hostB, pools, { socketPath: engB.socketPath });
+    workers.push(b);
+    // B at work for a while (its warm loop looks for a free place every second): two passes of its host loop.
+    await waitFor(async () => (await hostPasses(b, "ok")) >= 2, 30_000, "two passes of B's host loop");
     assert.equal(callsTo(fake, JIT), 1, "B launches nothing while A's runner holds the warm place");
 
     a.proc.child.kill("SIGKILL");
@@ -565,11 +569,19 @@ test("the wait on a container started while its engine shuts down ends once the 
     await c.start();
     return c.id;
   };
+  // The engine's shutdown begins by sending its containers SIGTERM: seen as a kill event. Its
+  // socket stops taking connections then; the requests below go over one it keeps open (kept
+  // alive), so the event stream is opened first, on a connection of its own.
+  const events = (await eng.docker.getEvents({ filters: { event: ["kill"] } })) as Readable;
+  events.on("error", () => undefined); // the stream breaks when the engine goes
   // Ignores SIGTERM (PID 1): the engine's shutdown waits 10 s for it before killing it.
-  await run(["sleep", "300"]);
+  const first = await run(["sleep", "300"]);
+  let stopping = false;
+  events.on("data", (chunk) => (stopping ||= String(chunk).includes(first)));
   const restarted = eng.restart();
-  // Well into the shutdown: the engine has begun stopping its containers.
-  await new Promise((r) => setTimeout(r, 2000));
+  // Into the shutdown: the engine has begun stopping its containers.
+  await waitFor(() => stopping, 30_000, "the engine to begin stopping its containers");
+  events.destroy();
   let late: string | undefined;
   await waitFor(
     async () => {

@@ -17,6 +17,7 @@ import { runJitrunner, waitFor, type JitrunnerProcess } from "../helpers/process
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { callsTo, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost } from "../helpers/system.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
+import { assertNoSecrets } from "../helpers/secrets.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 
@@ -36,7 +37,6 @@ after(async () => {
   await redis.stop();
 });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Every job completed successfully, each on a runner of its own, one registration each. */
 function assertEachJobRanOnce(fake: FakeGitHub, count: number): void {
@@ -120,6 +120,9 @@ test("the server SIGKILLed mid-burst: failed deliveries are redelivered or the j
     assert.ok(fake.deliveries.some((d) => d.redelivery && d.status === 202), "a redelivery reached the restarted server");
 
     await assertNothingLeft({ hostIds: [host], fake, redis: r, pools: ["default"], volumes });
+    // Failed deliveries, redeliveries and recoveries logged: no secret among them.
+    await assertNoSecrets(fake, { logs: worker.logs(), sys: worker, texts: { "server output": jr.output() } });
+    await assertNoSecrets(fake, { sys: { url } });
     assert.equal(await jr.stop(), 0, "the restarted server exits 0 on SIGTERM");
   } finally {
     await volumes.stop();
@@ -157,7 +160,15 @@ test("Redis SIGKILLed (AOF, everysec) while runners run jobs and restarted: ever
     // Redis (server.redisWaitSeconds, 3 s) and, Redis being down longer, are answered 503; the
     // leader's loops recover them after.
     const late = [fake.queueJob({ owner: "acme", repo: "app", labels: LABELS }), fake.queueJob({ owner: "acme", repo: "app", labels: LABELS })];
-    await sleep(5000);
+    // Redis stays down until both late queued deliveries have been answered (503 once the server's
+    // wait for Redis ran out), not for a fixed time that a slow machine may not fill.
+    const firstIds = new Set(first.map((j) => j.id));
+    const refusedLate = () => fake.deliveries.filter((d) => d.action === "queued" && !firstIds.has(d.jobId) && d.status === 503);
+    await waitFor(
+      () => refusedLate().length >= 2,
+      30_000,
+      `both late queued deliveries answered 503 (have ${JSON.stringify(fake.deliveries.filter((d) => !firstIds.has(d.jobId)).map((d) => [d.action, d.status]))})`,
+    );
     assert.ok(fake.jobs().filter((j) => j.status === "in_progress").length >= 1, "runners were mid-job when Redis came back");
     await own.restart();
     assert.notEqual(own.pid, pid, "a new redis-server process");
@@ -206,6 +217,8 @@ test("Redis SIGKILLed (AOF, everysec) while runners run jobs and restarted: ever
     assert.equal(queued("replayed"), 3, "the 3 redeliveries recognised after the restart");
     assert.doesNotMatch(sys.logs(), /"reason":"reconcile_unknown"/, "no running runner was taken for unknown and removed");
     await assertNothingLeft({ hostIds: [host], fake, redis: own, pools: ["default"], volumes });
+    // Redis errors, 503s and retries logged: no secret among them.
+    await assertNoSecrets(fake, { logs: sys.logs(), sys });
   } finally {
     await volumes.stop();
     if (process.env.JITRUNNER_TEST_VERBOSE) process.stderr.write(sys.logs());

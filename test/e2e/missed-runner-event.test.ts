@@ -16,6 +16,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { assertNothingLeft, watchVolumes } from "../helpers/leftovers.ts";
 import { waitFor } from "../helpers/process.ts";
+import { assertNoSecrets } from "../helpers/secrets.ts";
 import { callsTo, containersOf, demandIn, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
@@ -72,8 +73,14 @@ test("a runner that hangs after its job, its completed event published while the
     // The subscriber is killed, and again each time it is back, until the webhook has marked the record.
     assert.ok((await killSubscribers(conn, connectionName)) >= 1, "the worker's subscriber was connected");
     killing = true;
+    // Bounded in passes and in time (the wait for the record below gives up after 10 s), with a
+    // pause shorter than ioredis's first reconnection delay (50 ms) so it cannot spin Redis.
     killer = (async () => {
-      while (killing) await killSubscribers(conn, connectionName);
+      const until = Date.now() + 15_000;
+      for (let pass = 0; killing && pass < 1_000 && Date.now() < until; pass++) {
+        await killSubscribers(conn, connectionName);
+        await new Promise((r) => setTimeout(r, 10));
+      }
     })();
     assert.deepEqual(await fake.sendHeld(completed.id), [202]);
     await waitFor(async () => (await records.get(runner.name))?.state === "completed", 10_000, "the runner's record marked completed");
@@ -89,6 +96,7 @@ test("a runner that hangs after its job, its completed event published while the
     const metrics = await (await fetch(`${sys.url}/metrics`)).text();
     assert.match(metrics, /jitrunner_runner_removals_total\{pool="default",reason="completed_grace_expired"\} 1/);
     await assertNothingLeft({ hostIds: [host], fake, redis: r, pools: ["default"], volumes });
+    await assertNoSecrets(fake, { logs: sys.logs(), sys });
   } finally {
     killing = false;
     await killer.catch(() => undefined);

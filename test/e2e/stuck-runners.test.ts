@@ -148,7 +148,7 @@ test("a runner that hangs after its job, its completed webhook lost for good: ma
   const r = scopedRedis(redis, "hung-unredelivered");
   hosts.push(host);
   // No redelivery (the deliveries loop is as good as off): only the runner list can tell.
-  const sys = await startWithHangingRunner(fake, r, host, 20, { orphanGraceSeconds: 3, deliveriesIntervalSeconds: 3600 });
+  const sys = await startWithHangingRunner(fake, r, host, 14, { orphanGraceSeconds: 3, deliveriesIntervalSeconds: 3600 });
   const ended = async () => {
     const text = await (await fetch(`${sys.url}/metrics`)).text();
     return /jitrunner_reconcile_actions_total\{loop="github-runners",action="busy_runner_ended"\} 1/.test(text);

@@ -1,4 +1,5 @@
 import { generateKeyPairSync } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { loadConfig, type Config } from "../../src/config/load.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 
@@ -25,8 +26,8 @@ export function testConfig(input: Partial<ConfigInput> & { privateKey?: string; 
       JITRUNNER_GITHUB_PRIVATE_KEY: privateKey ?? testPrivateKey(),
       JITRUNNER_GITHUB_WEBHOOK_SECRET: webhookSecret ?? WEBHOOK_SECRET,
     },
-    readFile: () => {
-      throw new Error("no files in tests");
-    },
+    // Secrets come from the environment above; files named in the config (an engine's TLS
+    // files) are read as jitrunner reads them.
+    readFile: (path) => readFileSync(path, "utf8"),
   });
 }

@@ -127,6 +127,28 @@ test("check-config warns of a Docker engine reached in clear text on another mac
   assert.doesNotMatch(server.out, /warning/);
 });
 
+test("each command reads only the files its mode uses: status needs no token file, a worker no admin token, the server no Docker TLS file", async () => {
+  // A shared config naming files that this machine does not have, as an operator's laptop.
+  const shared = join(dir, "shared.yml");
+  const missing = join(dir, "not-mounted");
+  await writeFile(
+    shared,
+    `${configText(redis.url, redis.prefix)}server:\n  adminTokenFile: ${missing}/admin\n  metricsTokenFile: ${missing}/metrics\n` +
+      `worker:\n  docker: { host: engine.internal, port: 2376, protocol: https, caFile: ${missing}/ca.pem, certFile: ${missing}/cert.pem, keyFile: ${missing}/key.pem }\n`,
+  );
+  const status = await run(["status", "--config", shared], {});
+  assert.equal(status.code, 0, status.out);
+  const worker = await run(["check-config", "--mode", "worker", "--config", shared], SECRETS);
+  assert.equal(worker.code, 1, worker.out);
+  assert.match(worker.out, /server\.metricsTokenFile: cannot read/);
+  assert.match(worker.out, /worker\.docker\.caFile: cannot read .*ca\.pem \(ENOENT\)/);
+  assert.doesNotMatch(worker.out, /adminTokenFile/);
+  const server = await run(["check-config", "--mode", "server", "--config", shared], SECRETS);
+  assert.equal(server.code, 1, server.out);
+  assert.match(server.out, /server\.adminTokenFile: cannot read/);
+  assert.doesNotMatch(server.out, /worker\.docker/);
+});
+
 test("--help works on every command, without a config", async () => {
   const commands = Object.keys(COMMAND_HELP);
   assert.ok(commands.includes("status") && commands.includes("app-manifest") && commands.includes("check-config"));

@@ -11,11 +11,13 @@ import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { assertNoSecrets } from "../helpers/secrets.ts";
 import { RUNNER_IMAGE, containersOf, docker, fakeRunnerPool, removeContainersOf, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const JOB = "/repos/{owner}/{repo}/actions/jobs/{job_id}";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
+const TOKEN = "/app/installations/{installation_id}/access_tokens";
 
 let redis: TestRedis;
 let fake: FakeGitHub;
@@ -84,6 +86,9 @@ async function allServed(tag: string, jobs: FakeJob[]): Promise<FakeJob[]> {
   assert.equal(new Set(done.map((j) => j.runner_name)).size, jobs.length, `${tag}: each on a runner of its own`);
   await waitFor(async () => (await containersOf(host)).length === 0, 30_000, `${tag}: 0 runner containers left`);
   await waitFor(() => fake.runners().length === 0, 30_000, `${tag}: 0 registrations left (have ${fake.runners().map((r) => r.name).join(", ")})`);
+  // Faults are where errors carrying requests and answers get logged and shown.
+  const checked = await assertNoSecrets(fake, { logs: sys.logs(), sys });
+  assert.ok(checked.jitConfigs >= jobs.length && checked.places.includes("status page"), `${tag}: secrets looked for (${JSON.stringify(checked)})`);
   return done;
 }
 
@@ -139,11 +144,22 @@ test("409 on generate-jitconfig (name taken), also after a lost answer: a new na
   assert.equal(await metric("jitrunner_launch_failures_total", 'pool="default",reason="E_GITHUB"'), 0, "no launch failed for it");
 });
 
-test("slow GitHub (1.5 s per call): every job served", async () => {
-  fake.inject({ delayMs: 1500, times: 8 });
-  const started = Date.now();
+test("slow GitHub (1.5 s per call): every job served, no call repeated or given up for being slow", async () => {
+  const from = fake.requests.length;
+  const failuresBefore = await metric("jitrunner_launch_failures_total", 'pool="default",reason="E_GITHUB"');
+  // Slow, well within the client's 30 s time limit on an attempt: waiting is right, retrying is not.
+  // Every call a job makes (its still-queued check, its JIT config; the token is cached) is slowed,
+  // by faults of their routes that the two jobs use up: none is left to slow a later test.
+  fake.inject({ route: JIT, delayMs: 1500, times: 2 });
+  fake.inject({ route: JOB, delayMs: 1500, times: 2 });
   await jobsSurvive("latency", 2);
-  assert.ok(Date.now() - started >= 3000);
+  const calls = fake.requests.slice(from);
+  assert.deepEqual(calls.filter((r) => r.status >= 400).map((r) => `${r.method} ${r.route} ${r.status}`), [], "every call answered as asked");
+  assert.deepEqual(since(from, JIT).map((r) => r.status), [201, 201], "one JIT config per job: no slow call sent twice");
+  assert.ok(since(from, TOKEN).length <= 1, `no token minted over and over (${since(from, TOKEN).length})`);
+  // Any call taken for lost and retried would have reached GitHub twice: one still-queued check per job.
+  assert.equal(since(from, JOB).length, 2, "one still-queued check per job");
+  assert.equal(await metric("jitrunner_launch_failures_total", 'pool="default",reason="E_GITHUB"'), failuresBefore, "no launch failed for it");
 });
 
 test("an organization pool with runnerGroup by name: the group is resolved once and its runners serve the jobs", async () => {

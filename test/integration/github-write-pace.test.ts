@@ -32,11 +32,15 @@ after(async () => {
   await redis?.stop();
 });
 
-/** Asks for `n` JIT configs at once; returns the times their POSTs reached the fake, in order. */
-async function burst(gh: OctokitGitHub, tag: string, n: number): Promise<number[]> {
+/**
+ * Asks for `n` JIT configs at once; returns the times their POSTs reached the fake, in order.
+ * `holdMs`: the fake holds each of the burst's answers this long.
+ */
+async function burst(gh: OctokitGitHub, tag: string, n: number, holdMs?: number): Promise<number[]> {
   const scope = { installationId: 1, owner: "acme", repo: "app" };
   // First a lone write, so the installation token is there: the burst's writes wait for nothing else.
   await gh.generateJitConfig(scope, { name: `jr-${tag}-warm`, labels: ["self-hosted"] });
+  if (holdMs) fake!.inject({ route: REPO_JIT, delayMs: holdMs, times: n });
   const before = fake!.requests.length;
   const names = Array.from({ length: n }, (_, i) => `jr-${tag}-${i}`);
   const runners = await Promise.all(names.map((name) => gh.generateJitConfig(scope, { name, labels: ["self-hosted"] })));
@@ -74,10 +78,13 @@ function assertWithinBudget(posts: number[], max: number, windowMs: number): voi
 
 test("a burst of JIT configs within the default budget reaches GitHub at once", async () => {
   fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
-  const posts = await burst(client(), "at-once", 10);
-  // The fake answers each in about a ms; ten one after another at any pace of writes would span
-  // far more than this.
-  assert.ok(posts.at(-1)! - posts[0]! < 1000 - SLACK_MS, `all within a moment: ${posts.map((t) => t - posts[0]!).join(", ")} ms`);
+  // The fake holds every answer of the burst: the first goes out HOLD_MS after its POST arrived.
+  // Writes sent one after another, or paced, would send the next only after an answer (or a
+  // window) had come; sent at once, every POST is in before the first answer goes out.
+  const HOLD_MS = 5_000;
+  const posts = await burst(client(), "at-once", 10, HOLD_MS);
+  const firstAnswer = posts[0]! + HOLD_MS;
+  assert.ok(posts.every((at) => at < firstAnswer), `every POST arrived before the first answer went out (${HOLD_MS} ms after the first POST): ${posts.map((t) => t - posts[0]!).join(", ")} ms`);
 });
 
 test("beyond the budget, writes wait: never more than the budget in any window", async () => {

@@ -220,8 +220,11 @@ test("in_progress and completed mark our runners and tell their worker", async (
   // Out of order: a late in_progress does not undo completed.
   assert.equal(await send("in_progress"), "runner_busy");
   assert.equal((await runners.get(name))?.state, "completed");
-  for (let i = 0; i < 50 && heard.length < 1; i++) await new Promise((r) => setTimeout(r, 20));
-  assert.deepEqual(heard, ["completed"]);
+  // A sentinel published after both answers, on the same channel: once it is heard, whatever the
+  // two deliveries published has been heard too (one publisher's messages arrive in order).
+  await conn.publish(runners.eventsChannel, JSON.stringify({ state: "sentinel" }));
+  for (let i = 0; i < 250 && !heard.includes("sentinel"); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(heard, ["completed", "sentinel"], "completed told once; the late in_progress told nothing");
   sub.disconnect();
 });
 

@@ -35,13 +35,14 @@ const ATTEMPTS = "/app/hook/deliveries/{delivery_id}/attempts";
 const RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 
 /** The real GitHub client, talking to the fake; no Redis (tokens and write budget in process). */
-function octokit(fake: FakeGitHub): OctokitGitHub {
+function octokit(fake: FakeGitHub, writes?: { max: number; windowMs: number }): OctokitGitHub {
   return new OctokitGitHub({
     appId: fake.appId,
     privateKey: new Secret(fake.privateKey),
     apiUrl: fake.url,
     logger: createLogger("silent"),
     metrics: new Metrics({ processMetrics: false }),
+    ...(writes && { writes }),
   });
 }
 
@@ -95,6 +96,8 @@ test("registrations of ours with no record are deleted after the grace period; o
     const registeredAt = Date.now();
     const stale = await register("/repos/acme/app", "jitrunner-default-00000000aa");
     const staleOrg = await register("/orgs/acme", "jitrunner-orgpool-00000000bb", ["org-only"]);
+    /** When GitHub got a request for `path` (the first, or the first answered `status`). */
+    const sentAt = (method: string, path: string, status?: number) => fake.requests.find((q) => q.method === method && q.path === path && (status === undefined || q.status === status))?.at;
     const notOurs = await register("/repos/acme/app", "other-ci-runner-1");
     const recorded = await register("/repos/acme/app", "jitrunner-default-00000000cc");
     const busy = await register("/repos/acme/app", "jitrunner-default-00000000dd");
@@ -125,7 +128,14 @@ test("registrations of ours with no record are deleted after the grace period; o
     assert.ok(ids().has(stale.id) && ids().has(staleOrg.id), "nothing is deleted before the grace period");
 
     await waitFor(() => !ids().has(stale.id) && !ids().has(staleOrg.id), 20_000, "stale registrations deleted");
-    assert.ok(Date.now() - registeredAt >= GRACE_S * 1000);
+    // When GitHub got each deletion, against when it got the registration (the test's own view of
+    // the time, polled, would only ever come later).
+    for (const [path, id] of [["/repos/acme/app", stale.id], ["/orgs/acme", staleOrg.id]] as const) {
+      const registered = sentAt("POST", `${path}/actions/runners/generate-jitconfig`)!;
+      const deleted = sentAt("DELETE", `${path}/actions/runners/${id}`, 204);
+      assert.ok(deleted !== undefined, `${path}: deleted through the API`);
+      assert.ok(deleted - registered >= GRACE_S * 1000, `${path}: deleted ${deleted - registered} ms after it was registered: not before the ${GRACE_S} s grace`);
+    }
     assert.ok(ids().has(notOurs.id), "a runner without our prefix is never touched");
     assert.ok(ids().has(recorded.id), "a runner with a record is kept");
     assert.ok(ids().has(busy.id), "a busy runner is kept");
@@ -392,9 +402,11 @@ test("more failed deliveries than one pass may redeliver, hours apart: every one
 });
 
 /**
- * The App's delivery list as GitHub serves it (newest first, `perPage` a page, a cursor naming the
- * first delivery of the next page), small pages so that a backlog outgrows one pass's page limit
- * with few deliveries. Redelivery adds an attempt of the same event, answered 202.
+ * The App's delivery list as GitHub serves it (newest first, `perPage` a page, a cursor `v1_<id>`
+ * naming the first delivery of the next page, 400 "Invalid cursor" for one it does not take, as
+ * the fake GitHub's route does), small pages so that a backlog outgrows one pass's page limit
+ * with few deliveries, without HTTP. Redelivery adds an attempt of the same event, answered 202.
+ * (The real client paging the fake GitHub over HTTP: the tests after these.)
  */
 class DeliveryList implements Pick<GitHubClient, "listHookDeliveries" | "redeliverHookDelivery"> {
   readonly deliveries: HookDelivery[] = [];
@@ -415,11 +427,11 @@ class DeliveryList implements Pick<GitHubClient, "listHookDeliveries" | "redeliv
   }
 
   async listHookDeliveries(opts: { cursor?: string } = {}): Promise<{ deliveries: HookDelivery[]; next?: string }> {
-    if (opts.cursor && this.stale.has(opts.cursor)) throw new GitHubError("list hook deliveries failed (422): Invalid cursor", 422, { retryable: false });
-    const from = opts.cursor ? Number(opts.cursor) : Number.POSITIVE_INFINITY;
+    const from = opts.cursor ? Number(/^v1_(\d+)$/.exec(opts.cursor)?.[1] ?? Number.NaN) : Number.POSITIVE_INFINITY;
+    if ((opts.cursor && this.stale.has(opts.cursor)) || Number.isNaN(from)) throw new GitHubError("list hook deliveries failed (400): Invalid cursor", 400, { retryable: false });
     const all = [...this.deliveries].sort((a, b) => b.id - a.id).filter((d) => d.id <= from);
     const rest = all[this.perPage];
-    return { deliveries: all.slice(0, this.perPage), ...(rest ? { next: String(rest.id) } : {}) };
+    return { deliveries: all.slice(0, this.perPage), ...(rest ? { next: `v1_${rest.id}` } : {}) };
   }
 
   async redeliverHookDelivery(id: number): Promise<void> {
@@ -501,8 +513,8 @@ test("a saved cursor GitHub no longer takes: the pass fails once, and the next r
     const list = new DeliveryList(5);
     const failed = Array.from({ length: 12 }, (_, i) => list.add(`event-${i}`, 0, Date.now() - 3600_000 + i * 1000));
     const log = new RedeliveryLog(conn, r.prefix);
-    await log.setResume({ cursor: "3", top: Date.now() });
-    list.stale.add("3");
+    await log.setResume({ cursor: "v1_3", top: Date.now() });
+    list.stale.add("v1_3");
     const loop = githubDeliveriesLoop({
       github: list,
       log,
@@ -519,6 +531,117 @@ test("a saved cursor GitHub no longer takes: the pass fails once, and the next r
     assert.deepEqual(list.asked.sort((a, b) => a - b), failed.map((f) => f.id));
   } finally {
     conn.disconnect();
+  }
+});
+
+test("more failed deliveries than a page, through the fake GitHub and the real client: pages followed by their Link cursors, read over several passes, each failure redelivered once", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "redeliver-http-pages");
+  const conn = redisConnection(r.url);
+  const receiver = createServer((req, res) => req.resume().on("end", () => res.writeHead(202).end()));
+  await new Promise<void>((res) => receiver.listen(0, "127.0.0.1", res));
+  const LIST = "/app/hook/deliveries";
+  const LOST = 130;
+  try {
+    // An outage: 130 queued deliveries nobody answered (GitHub lists 100 a page at most), for jobs
+    // no pool serves (no runner needed to count redeliveries).
+    fake.setWebhookUrl(DEAD_URL);
+    for (let i = 0; i < LOST; i++) await fake.queueJob({ owner: "acme", repo: "outage", labels: ["self-hosted", "gpu"] });
+    await fake.webhooksIdle();
+    const failed = fake.deliveries.filter((d) => d.event === "workflow_job");
+    assert.deepEqual(new Set(failed.map((d) => d.status)), new Set([0]));
+    assert.equal(failed.length, LOST);
+    fake.setWebhookUrl(`http://127.0.0.1:${(receiver.address() as AddressInfo).port}/`);
+
+    const log = new RedeliveryLog(conn, r.prefix);
+    // A write budget that does not pace 130 redeliveries over two minutes (pacing is tested elsewhere).
+    const gh = octokit(fake, { max: 1000, windowMs: 60_000 });
+    const loop = githubDeliveriesLoop({
+      github: gh,
+      log,
+      intervalMs: 1000,
+      windowMs: 24 * 3600_000,
+      maxPerPass: 50,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("silent"),
+    });
+    const signal = new AbortController().signal;
+    const redelivered = () => failed.every((f) => fake.deliveries.some((d) => d.id === f.id && d.redelivery));
+    // Passes until every failed delivery was redelivered, and which cursors each one saved.
+    const saved: Array<string | undefined> = [];
+    let passes = 0;
+    while (!redelivered() && passes < 10) {
+      await loop.run(signal);
+      await fake.webhooksIdle();
+      passes++;
+      saved.push((await log.resume())?.cursor);
+    }
+    assert.ok(passes >= 3, `several passes (${passes}): 50 redeliveries a pass`);
+    // One pass more reads down to the end and asks for nothing.
+    const asking = callsTo(fake, ATTEMPTS, "POST");
+    await loop.run(signal);
+    passes++;
+    gh.close();
+    assert.equal(callsTo(fake, ATTEMPTS, "POST"), asking, "nothing asked for once all were redelivered");
+    assert.equal(await log.resume(), undefined, "the read finished");
+    assert.ok(
+      saved.some((c) => c !== undefined && /^v1_\d+$/.test(c)),
+      `a pass stopped below the first page saved GitHub's cursor from the Link header: ${JSON.stringify(saved)}`,
+    );
+    for (const f of failed) {
+      assert.deepEqual(
+        fake.deliveries.filter((d) => d.id === f.id).map((d) => [d.status, d.redelivery]),
+        [[0, false], [202, true]],
+        `delivery ${f.id}: failed once, redelivered once`,
+      );
+    }
+    assert.equal(callsTo(fake, ATTEMPTS, "POST"), LOST, "one redelivery asked per failed delivery");
+    const lists = fake.requests.filter((q) => q.route === LIST);
+    assert.ok(lists.every((q) => q.status === 200), "every page taken");
+    assert.ok(lists.length > passes, `more pages than passes: passes read past their first page (${lists.length} pages, ${passes} passes)`);
+  } finally {
+    receiver.close();
+    conn.disconnect();
+    await fake.close();
+  }
+});
+
+test("a saved cursor the fake GitHub no longer takes (400 Invalid cursor): the pass fails once, and the next reads from the top", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "redeliver-http-cursor");
+  const conn = redisConnection(r.url);
+  try {
+    fake.setWebhookUrl(DEAD_URL);
+    const job = await fake.queueJob({ owner: "acme", repo: "outage", labels: ["self-hosted", "gpu"] });
+    await fake.webhooksIdle();
+    const log = new RedeliveryLog(conn, r.prefix);
+    // A cursor of another form than GitHub's `v1_<id>` (saved by an older jitrunner, say).
+    await log.setResume({ cursor: "MTIz", top: Date.now() });
+    const gh = octokit(fake);
+    const loop = githubDeliveriesLoop({
+      github: gh,
+      log,
+      intervalMs: 1000,
+      windowMs: 24 * 3600_000,
+      maxPerPass: 100,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("silent"),
+    });
+    const signal = new AbortController().signal;
+    await assert.rejects(loop.run(signal), /\(400\): Invalid cursor/);
+    assert.equal(await log.resume(), undefined, "the cursor forgotten");
+    await loop.run(signal);
+    gh.close();
+    assert.deepEqual(
+      fake.requests.filter((q) => q.route === "/app/hook/deliveries").map((q) => q.status),
+      [400, 200],
+    );
+    const guid = fake.deliveries.find((d) => d.jobId === job.id)!.id;
+    assert.equal(callsTo(fake, ATTEMPTS, "POST"), 1, "the failed delivery asked for from the top");
+    assert.equal((await log.event(guid)).tries, 1);
+  } finally {
+    conn.disconnect();
+    await fake.close();
   }
 });
 

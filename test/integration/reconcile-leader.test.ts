@@ -115,9 +115,12 @@ test("one leader among worker processes; SIGKILL: taken over after the lock expi
     // A crash leaves the lock in place: the follower waits for it to expire, then leads.
     leader.proc.child.kill("SIGKILL");
     const killedAt = Date.now();
-    await waitFor(async () => (await leads(follower)) === 1, LOCK_MS + 5000, "follower takes over");
+    await waitFor(async () => (await leads(follower)) === 1, 3 * LOCK_MS + 5000, "follower takes over");
     const takeover = Date.now() - killedAt;
-    assert.ok(takeover <= LOCK_MS + 1000, `took over in ${takeover} ms, lock expiry ${LOCK_MS} ms`);
+    // A follower tries for the lock every third of its expiry, so it leads within a third of the
+    // expiry after it. Checked with a wide margin, under two expiries (about 2 s to spare): a
+    // follower that waited out a second expiry still fails it.
+    assert.ok(takeover < 2 * LOCK_MS, `took over in ${takeover} ms, lock expiry ${LOCK_MS} ms`);
     assert.ok(takeover >= LOCK_MS / 2, `took over in ${takeover} ms: the lock of a leader that renewed within a third of the expiry cannot be gone sooner`);
     assert.equal(await lockHolder(), follower.host);
     t.diagnostic(`takeover after SIGKILL: ${takeover} ms (lock expiry ${LOCK_MS} ms)`);

@@ -21,7 +21,7 @@ const shared = redisForFile();
 /** How long the client holds its socket open before it leaves on its own (well under 72 s). */
 const CLIENT_HOLDS_MS = 30_000;
 
-test("a keep-alive client's delivery in flight at the stop is answered, and the stop ends while the client is still connected", async () => {
+test("a keep-alive client's delivery in flight at the stop is answered, and the stop ends while the client is still connected", { timeout: 120_000 }, async () => {
   const config = testConfig({
     redis: { url: shared.redis.url, prefix: shared.redis.prefix },
     server: { host: "127.0.0.1", port: 0 },
@@ -51,21 +51,26 @@ test("a keep-alive client's delivery in flight at the stop is answered, and the 
     }, CLIENT_HOLDS_MS);
 
     // The delivery is in flight: the server has its headers and waits for the rest of the body.
-    const requested = once(running.app.server, "request");
+    const requested = once(running.app.server, "request", { signal: AbortSignal.timeout(10_000) });
     socket.write(head + body.slice(0, 10));
     await requested;
 
     let closed = false;
     const closing = running.close().then(() => (closed = true));
     // The stop has begun (the listening socket is closed) before the rest of the delivery arrives.
-    await waitUntil(() => !running.app.server.listening);
+    await waitUntil(() => !running.app.server.listening, 10_000, "the listening socket closed");
     assert.equal(closed, false, "the stop waits for the delivery in flight");
     socket.write(body.slice(10));
 
-    await closing;
+    // Bounded: past the client's own leaving (which ends a stop that waits for it), plus slack.
+    let late: NodeJS.Timeout | undefined;
+    const stuck = new Promise<never>((_, reject) => {
+      late = setTimeout(() => reject(new Error("the stop still running 30 s after the client left")), CLIENT_HOLDS_MS + 30_000);
+    });
+    await Promise.race([closing, stuck]).finally(() => clearTimeout(late));
     assert.equal(clientLeft, false, `the stop completed only once the client left, after ${CLIENT_HOLDS_MS / 1000} s: the keep-alive connection held it`);
     // The server ended the connection after its answer (the client reads both soon after).
-    await waitUntil(() => serverEnded);
+    await waitUntil(() => serverEnded, 10_000, "the server ended the connection");
     assert.match(received, /^HTTP\/1\.1 202 /, `the delivery in flight was answered: ${received.split("\r\n")[0]}`);
     assert.match(received, /\r\nconnection: close\r\n/i, "its answer tells the client the connection closes");
   } finally {
@@ -75,7 +80,11 @@ test("a keep-alive client's delivery in flight at the stop is answered, and the 
   }
 });
 
-/** Polls until `fn` is true (each test's own timeout bounds the wait). */
-async function waitUntil(fn: () => boolean): Promise<void> {
-  while (!fn()) await new Promise((r) => setTimeout(r, 10));
+/** Polls every 10 ms until `fn` is true; fails after `ms` (node:test has no default timeout). */
+async function waitUntil(fn: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() >= deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }

@@ -6,6 +6,7 @@
  * Redis for ever: a supervisor's stop (SIGTERM) must not turn into its kill after the grace period.
  */
 import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
 import { after, test, type TestContext } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
@@ -47,10 +48,39 @@ async function system(t: TestContext, tag: string, jobSeconds: number, minIdle =
   return { sys, redis, fake, host };
 }
 
-/** Stops `sys` (Redis away for a few seconds already), failing the test if that takes past the bound. */
-async function stopsWithinBound(t: TestContext, sys: SystemUnderTest, what: string): Promise<void> {
-  // Long enough for the connections to notice (stopped) or for commands to be in flight (frozen).
-  await new Promise((resolve) => setTimeout(resolve, 3000));
+/** True once `sys` logs a Redis connection error after this call: its connections noticed Redis gone. */
+function connectionErrorSince(sys: SystemUnderTest): () => boolean {
+  const from = sys.logs().length;
+  return () => sys.logs().slice(from).includes('"msg":"redis connection error"');
+}
+
+/**
+ * How many of the Redis's connections on `port` hold bytes it has not read: commands in flight
+ * to a frozen Redis (the kernel's receive queue of each of its sockets, from /proc/net/tcp*).
+ */
+function connectionsWithCommandsInFlight(port: number): number {
+  const local = `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  let n = 0;
+  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    const lines = existsSync(file) ? readFileSync(file, "utf8").split("\n").slice(1) : [];
+    for (const line of lines) {
+      // sl local_address rem_address st tx_queue:rx_queue ...; st 01: established.
+      const [, address, , state, queues] = line.trim().split(/\s+/);
+      if (address?.endsWith(local) && state === "01" && parseInt(queues?.split(":")[1] ?? "0", 16) > 0) n++;
+    }
+  }
+  return n;
+}
+
+/**
+ * Stops `sys` once Redis is away and `sys` has seen it (`noticed`), failing the test if the stop
+ * takes past the bound.
+ */
+async function stopsWithinBound(t: TestContext, sys: SystemUnderTest, what: string, noticed: () => boolean): Promise<void> {
+  // The connections noticed (stopped), or commands are in flight (frozen).
+  const away = Date.now();
+  await waitFor(noticed, 30_000, `jitrunner to meet the Redis ${what}`);
+  t.diagnostic(`${what}: noticed in ${Date.now() - away} ms`);
   const started = Date.now();
   let timer: NodeJS.Timeout | undefined;
   const outcome = await Promise.race([
@@ -66,12 +96,13 @@ for (const away of ["stopped", "frozen"] as const) {
   test(`jitrunner all stops within a bound while Redis is ${away}`, async (t) => {
     const { sys, redis } = await system(t, `stop-${away}`, 4);
     if (away === "stopped") {
+      const noticed = connectionErrorSince(sys);
       await redis.kill("SIGKILL");
-      await stopsWithinBound(t, sys, "Redis stopped");
+      await stopsWithinBound(t, sys, "Redis stopped", noticed);
     } else {
       process.kill(redis.pid, "SIGSTOP");
       try {
-        await stopsWithinBound(t, sys, "Redis frozen");
+        await stopsWithinBound(t, sys, "Redis frozen", () => connectionsWithCommandsInFlight(Number(new URL(redis.url).port)) >= 1);
       } finally {
         process.kill(redis.pid, "SIGCONT");
       }
@@ -83,15 +114,17 @@ test("jitrunner all with a runner running its job stops within a bound while Red
   const { sys, redis, fake, host } = await system(t, "stop-busy", 120);
   const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
   await waitFor(() => fake.jobs().find((j) => j.id === job.id)?.status === "in_progress", 60_000, "the runner took its job");
+  const noticed = connectionErrorSince(sys);
   await redis.kill("SIGKILL");
-  await stopsWithinBound(t, sys, "Redis stopped, a lease held");
+  await stopsWithinBound(t, sys, "Redis stopped, a lease held", noticed);
   assert.equal((await containersOf(host))[0]?.State, "running", "the runner is left to run its job (a restarted worker adopts it)");
 });
 
 test("jitrunner all keeping a warm runner stops within a bound while Redis is stopped, and leaves the warm runner running", async (t) => {
   const { sys, redis, host } = await system(t, "stop-warm", 4, 1);
   await waitFor(() => /warm runner ready/.test(sys.logs()), 30_000, "the warm runner started");
+  const noticed = connectionErrorSince(sys);
   await redis.kill("SIGKILL");
-  await stopsWithinBound(t, sys, "Redis stopped, a warm runner kept");
+  await stopsWithinBound(t, sys, "Redis stopped, a warm runner kept", noticed);
   assert.equal((await containersOf(host))[0]?.State, "running", "the warm runner is left running (a restarted worker takes it back as a spare)");
 });

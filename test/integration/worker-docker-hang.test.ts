@@ -124,11 +124,12 @@ test(
     t.after(() => proxy.close());
     const host = uniqueHost("docker-hang-create");
     hosts.push(host);
-    const driver = new DockerodeDriver({ socketPath: proxy.socketPath, callTimeoutSeconds: LIMIT_SECONDS, launchCallTimeoutSeconds: 1 });
+    // The launch's own limit (1 s) far below the other calls' (60 s): a create held to the wrong
+    // limit would outlast the 10 s this test waits.
+    const driver = new DockerodeDriver({ socketPath: proxy.socketPath, callTimeoutSeconds: 60, launchCallTimeoutSeconds: 1 });
     const jit = "jit-config-that-must-not-leak-7d1e";
     const name = "jitrunner-default-00hang0002";
     const hang = proxy.hang("POST", CREATE_CONTAINER);
-    const started = Date.now();
     const creating = driver
       .create({
         name: `${name}-${host}`,
@@ -148,12 +149,10 @@ test(
       );
     const late = sleep(10_000, undefined, { ref: false }).then(() => assert.fail("the create neither resolved nor failed within 10 s"));
     const err = await Promise.race([creating, late]);
-    const seconds = (Date.now() - started) / 1000;
     assert.equal(hang.held, 1, "the create reached the engine's side and was held");
     assert.ok(err instanceof DockerError, inspect(err));
     assert.equal(err.message, "Docker engine did not answer 'create container' within 1 s");
     assert.equal(err.retryable, true);
-    assert.ok(seconds < 3, `failed ${seconds.toFixed(1)} s after the create was sent`);
     for (const text of [err.message, err.stack ?? "", inspect(err, { depth: 10 }), JSON.stringify(err)]) assert.ok(!text.includes(jit), `no JIT config in: ${text}`);
     // The request itself was aborted (its connection closed), not only left behind.
     await waitFor(() => hang.waiting === 0, 5_000, "the held create's connection closed by the driver");

@@ -114,7 +114,10 @@ test("busy runners of a gone host whose completed webhook was lost: those GitHub
     assert.deepEqual(await conn.keys(`${r.prefix}:*${ended}*`), [], "no key of that host left");
     assert.ok(!fake.runners().some((x) => x.id === idleRunner.id), "the registration GitHub listed idle deleted");
     assert.equal(looksAt(fake, doneRunner.id), 1, "GitHub asked once about the runner whose job is over");
-    assert.equal(callsTo(fake, LIST_RUNNERS, "GET"), 1, "the runner with no id looked up by name");
+    // One list looks up the runner with no id by name; the leader's github-runners loop (this
+    // worker campaigns for it) may list the scope of the recorded runners once more at its start.
+    const lists = callsTo(fake, LIST_RUNNERS, "GET");
+    assert.ok(lists >= 1 && lists <= 2, `the runner with no id looked up by name (runner lists: ${lists})`);
     const logs = sys.logs();
     assert.match(logs, new RegExp(`"runner":"${done}","goneHost":"${ended}","msg":"busy runner of a gone host forgotten: GitHub no longer knows it`));
     assert.match(logs, new RegExp(`"runner":"${noId}","goneHost":"${ended}","msg":"busy runner of a gone host forgotten: GitHub no longer knows it`));

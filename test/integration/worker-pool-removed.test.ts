@@ -49,7 +49,7 @@ test("a worker restarted without a pool leaves that pool's busy runners running 
   const hostStore = new HostStore(conn, r.prefix);
   const worker = { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, heartbeatSeconds: 1 };
   // The job lasts long enough to outlive the restart and a few passes of the host loop.
-  const poolA = fakeRunnerPool(fake, { name: "a", labels: ["self-hosted", "pool-a"], env: { ...SOCKET_ENV, FAKE_JOB_SECONDS: "30" } });
+  const poolA = fakeRunnerPool(fake, { name: "a", labels: ["self-hosted", "pool-a"], env: { ...SOCKET_ENV, FAKE_JOB_SECONDS: "12" } });
   const poolB = fakeRunnerPool(fake, { name: "b", labels: ["self-hosted", "pool-b"], env: SOCKET_ENV });
   const first = await startSystem("all", fake, r, host, { pools: [poolA], worker });
   let second: Awaited<ReturnType<typeof startSystem>> | undefined;

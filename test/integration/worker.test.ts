@@ -20,6 +20,7 @@ import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
 import { metricSample } from "../helpers/leftovers.ts";
+import { assertNoSecrets } from "../helpers/secrets.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
@@ -44,6 +45,9 @@ test("a launch that fails after registration deletes the registration and leaves
     const removed = sys.logs().split("\n").filter((l) => l.includes('"msg":"runner removed"'));
     assert.ok(removed.length > 0);
     for (const line of removed) assert.equal(line.split('"runner":').length - 1, 1, `the runner named once: ${line}`);
+    // The create that failed carried the JIT config issued for it: not in its error, logged, counted or shown.
+    const checked = await assertNoSecrets(fake, { logs: sys.logs(), sys });
+    assert.ok(checked.jitConfigs >= 1 && checked.places.includes("status page"), JSON.stringify(checked));
   } finally {
     await sys.close();
     await fake.close();
@@ -74,6 +78,7 @@ async function cancelledWhileQueued(tag: string, overlapSeconds: number) {
     assert.equal((await containersOf(host)).length, 0);
     assert.doesNotMatch(worker.logs(), /runner container started/);
     assert.equal(fake.runners().length, 0, "no registration left at GitHub");
+    await assertNoSecrets(fake, { texts: { "server logs": server.logs() }, logs: worker.logs(), sys: server });
     return { jit: callsTo(fake, JIT), deleted: callsTo(fake, DELETE, "DELETE"), logs: worker.logs() };
   } finally {
     await worker?.close();
@@ -236,6 +241,7 @@ test("a runner that hangs without ever taking its job is reaped at the idle time
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "hung containers removed");
     assert.match(sys.logs(), /runner never took its still-queued job/);
     assert.equal(fake.jobs().find((j) => j.id === job.id)?.status, "queued", "the job itself is untouched: the reconciler or a new delivery can still serve it");
+    assert.ok((await assertNoSecrets(fake, { logs: sys.logs(), sys })).jitConfigs >= 2, "both hung runners' JIT configs looked for");
   } finally {
     if (process.env.JITRUNNER_TEST_VERBOSE) process.stderr.write(sys.logs());
     await sys.close();
@@ -424,7 +430,13 @@ test("one worker process per host id: a second one exits at start while the firs
     assert.deepEqual(unready, [`another worker process holds host "${host}": give each worker its own worker.hostId`]);
     assert.match(first.logs(), /another worker process has taken this host; taking no demand/);
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
-    await sleep(3_000);
+    // The demand is there to take; the worker's demand loop looks again each second while its
+    // host is not its own, and its host loop (every 2 s) runs on: two more passes of it give the
+    // demand loop at least two looks at the demand.
+    await demandIn(r, `${job.id}-1`, "waiting", 10_000);
+    const passed = await hostPasses(first, "ok");
+    await waitFor(async () => (await hostPasses(first, "ok")) >= passed + 2, 20_000, "two more passes of the host loop");
+    assert.equal((await demandState(r, "default", `${job.id}-1`))?.state, "waiting", "the demand left waiting");
     assert.equal(callsTo(fake, JIT), 0, "no demand taken while another process holds the host");
     await conn.del(holdKey);
     await waitFor(async () => (await fetch(`${first.url}/readyz`)).ok, 10_000, "ready again once the host is free");
@@ -481,6 +493,7 @@ test("a gone host whose idle runner GitHub fails to deregister stays known with 
     assert.equal(await conn.hexists(`${r.prefix}:hosts:lastbeat`, gone), 0);
     assert.equal(await conn.sismember(`${r.prefix}:runners`, name), 0, "the runner is out of the index of every runner");
     assert.match(sys.logs(), new RegExp(`"runner":"${name}","goneHost":"${gone}","msg":"runner of a gone host deregistered"`));
+    await assertNoSecrets(fake, { logs: sys.logs(), sys });
   } finally {
     await sys.close();
     await fake.close();

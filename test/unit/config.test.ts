@@ -201,3 +201,83 @@ test("environment overrides redis url, host id and port", () => {
   assert.equal(c.worker.hostId, "host-b");
   assert.equal(c.server.port, 9000);
 });
+
+/** The problems loadConfig reports, or a failure when it accepts the config. */
+function problemsOf(sources: Parameters<typeof loadConfig>[0]): string[] {
+  try {
+    loadConfig(sources);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.problems;
+  }
+  return assert.fail("the config was accepted");
+}
+
+test("a value an environment variable set is reported under its key and the variable's name, not as if the file held it", () => {
+  const problems = problemsOf({
+    text: minimal,
+    env: { ...env, JITRUNNER_PORT: "abc", JITRUNNER_LOG_LEVEL: "loud", JITRUNNER_REDIS_URL: "http://redis:6379", JITRUNNER_HOST_ID: "a host" },
+    readFile: noFiles,
+  }).join("\n");
+  assert.match(problems, /^server\.port: .*\(from JITRUNNER_PORT\)$/m);
+  assert.match(problems, /^logLevel: .*\(from JITRUNNER_LOG_LEVEL\)$/m);
+  assert.match(problems, /^redis\.url: must be a redis:\/\/ or rediss:\/\/ URL \(from JITRUNNER_REDIS_URL\)$/m);
+  assert.match(problems, /^worker\.hostId: .*\(from JITRUNNER_HOST_ID\)$/m);
+  // The same mistakes in the file say nothing of a variable.
+  const inFile = problemsOf({ text: `${minimal}server:\n  port: abc\nlogLevel: loud\n`, env, readFile: noFiles }).join("\n");
+  assert.match(inFile, /^server\.port: /m);
+  assert.doesNotMatch(inFile, /from JITRUNNER/);
+});
+
+test("cross-checks run on whatever parsed: a config with a schema error reports its duplicate pools and unknown worker pools in the same run", () => {
+  const text = `${minimal}  - name: default
+    labels: [x]
+    image: y
+  - name: broken
+    labels: []
+    image: z
+server:
+  port: -1
+worker:
+  pools: [default, broken, missing]
+  docker: { socketPath: /run/docker.sock, host: tcp.example }
+`;
+  const problems = problemsOf({ text, env, readFile: noFiles }).join("\n");
+  assert.match(problems, /server\.port/);
+  assert.match(problems, /pools\.2\.labels/);
+  assert.match(problems, /pools\.1\.name: duplicate pool name 'default'/);
+  assert.match(problems, /worker\.pools\.2: no pool named 'missing'/);
+  assert.match(problems, /worker\.docker: give socketPath or host, not both/);
+  // A pool that is there but not valid is reported for what is wrong with it, not as missing.
+  assert.doesNotMatch(problems, /no pool named 'broken'/);
+});
+
+test("the Docker engine's TLS files are checked under their option names by the modes that run a worker, not by the server", () => {
+  const files: Record<string, string> = { "/tls/ca.pem": "-----BEGIN CERTIFICATE-----\n", "/tls/cert.pem": "\n" };
+  const read = (p: string) => files[p] ?? noFiles(p);
+  const text = `${minimal}worker:\n  docker: { host: engine.internal, port: 2376, protocol: https, caFile: /tls/ca.pem, certFile: /tls/cert.pem, keyFile: /tls/key.pem }\n`;
+  for (const secretsFor of ["worker", "all"] as const) {
+    const problems = problemsOf({ text, env, readFile: read, secretsFor }).join("\n");
+    assert.match(problems, /worker\.docker\.keyFile: cannot read \/tls\/key\.pem \(ENOENT\)/, secretsFor);
+    assert.match(problems, /worker\.docker\.certFile: \/tls\/cert\.pem is empty/, secretsFor);
+    assert.doesNotMatch(problems, /caFile/, secretsFor);
+  }
+  // The server and the operator's commands never connect to an engine.
+  for (const secretsFor of ["server", "none"] as const) assert.doesNotThrow(() => loadConfig({ text, env, readFile: read, secretsFor }), secretsFor);
+  files["/tls/cert.pem"] = "-----BEGIN CERTIFICATE-----\n";
+  files["/tls/key.pem"] = "-----BEGIN PRIVATE KEY-----\n";
+  assert.doesNotThrow(() => loadConfig({ text, env, readFile: read, secretsFor: "worker" }));
+});
+
+test("a secret or key file the process may not read says who must be able to read it", () => {
+  const denied = (p: string): string => {
+    throw Object.assign(new Error(`EACCES ${p}`), { code: "EACCES" });
+  };
+  const text = minimal.replace("appId: 42", "appId: 42\n  privateKeyFile: /run/secrets/github-app-key\n  webhookSecretFile: /run/secrets/webhook-secret");
+  const problems = problemsOf({ text: `${text}server:\n  adminTokenFile: /run/secrets/admin\n`, env: {}, readFile: denied }).join("\n");
+  for (const [option, file] of [["github.privateKeyFile", "/run/secrets/github-app-key"], ["github.webhookSecretFile", "/run/secrets/webhook-secret"], ["server.adminTokenFile", "/run/secrets/admin"]] as const) {
+    assert.match(problems, new RegExp(`${option.replace(".", "\\.")}: cannot read ${file} \\(EACCES\\): it must be readable by the user jitrunner runs as.*chown 1000 ${file}`));
+  }
+  // Other errors stay as they were: a missing file is not a question of owners.
+  assert.doesNotMatch(problemsOf({ text, env: {}, readFile: noFiles }).join("\n"), /chown/);
+});

@@ -148,6 +148,14 @@ test("docker-compose.yml gives its worker a host id that survives a re-create, n
   assert.equal(svc.hostname, undefined, "one way to name the host");
 });
 
+test("docker-compose.yml takes the Redis URL from the environment, Compose's Redis by default, so an operator can point it elsewhere", () => {
+  const [doc] = parseYamlFile("docker-compose.yml");
+  const svc = (doc!.services as Obj).jitrunner;
+  // The variable wins over redis.url in jitrunner.yml (load.ts): a fixed value would hide the file's.
+  assert.equal(svc.environment.JITRUNNER_REDIS_URL, "${JITRUNNER_REDIS_URL:-redis://redis:6379}");
+  assert.ok("redis" in (doc!.services as Obj), "the default names the file's own Redis service");
+});
+
 test("deploy/compose.worker.yml runs a worker against the central Redis with this host's engine", () => {
   const [doc] = parseYamlFile("deploy/compose.worker.yml");
   const services = Object.entries(doc!.services as Obj);
@@ -204,7 +212,7 @@ test("the Deployment's probes hit routes the real app serves, on the port it lis
   const config = loadConfig({
     text: configMap.data["jitrunner.yml"],
     env: { JITRUNNER_REDIS_URL: "redis://redis.internal:6379" },
-    readFile: (p) => (provided.includes(p) ? "secret" : assert.fail(`the server reads ${p}, which is not mounted`)),
+    readFile: (p) => (provided.includes(p) ? "secret-value-0123456789" : assert.fail(`the server reads ${p}, which is not mounted`)),
     secretsFor: c.args[0],
   });
   for (const probe of [c.readinessProbe, c.livenessProbe]) assert.equal(port(probe.httpGet.port), config.server.port);
@@ -225,6 +233,25 @@ test("the Deployment's probes hit routes the real app serves, on the port it lis
   } finally {
     await app.close();
   }
+});
+
+test("the Kubernetes servers, reachable through an Ingress, require tokens for the status page and /metrics, mounted from the Secret", () => {
+  const deployment = k8sDocs.find((d) => d.doc.kind === "Deployment")!.doc;
+  const c = deployment.spec.template.spec.containers[0];
+  const configMap = k8sDocs.find((d) => d.doc.kind === "ConfigMap")!.doc;
+  const secretVolume = deployment.spec.template.spec.volumes.find((v: Obj) => v.secret);
+  const secretMount = c.volumeMounts.find((m: Obj) => m.name === secretVolume.name);
+  const files = new Map<string, string>(secretVolume.secret.items.map((i: Obj) => [`${secretMount.mountPath}/${i.path}`, `value-of-${i.key}-0123456789`]));
+  const config = loadConfig({
+    text: configMap.data["jitrunner.yml"],
+    env: { JITRUNNER_REDIS_URL: "redis://redis.internal:6379" },
+    readFile: (p) => files.get(p) ?? assert.fail(`the server reads ${p}, which is not mounted`),
+    secretsFor: c.args[0],
+  });
+  assert.equal(config.secrets.adminToken?.reveal(), "value-of-admin-token-0123456789");
+  assert.equal(config.secrets.metricsToken?.reveal(), "value-of-metrics-token-0123456789");
+  const secret = k8sDocs.find((d) => d.doc.kind === "Secret")!.doc;
+  for (const key of ["admin-token", "metrics-token"]) assert.ok(key in secret.stringData, `the Secret template has ${key}`);
 });
 
 // --- Secrets: each part gets only those it uses -----------------------------------------------------

@@ -173,3 +173,40 @@ test("the Grafana dashboard parses and every panel queries metrics and labels th
   const metric = /label_values\((\w+), (\w+)\)/.exec(pool?.definition ?? "");
   assert.ok(metric && KNOWN.get(metric[1]!)?.includes(metric[2]!), "the pool variable reads a real label");
 });
+
+/**
+ * Series that every `server`/`all` process exports with the same value (the queue's counts and the
+ * hosts' heartbeats, read from Redis) or every worker for the same installation: adding them up
+ * across processes counts the same jobs once per process.
+ */
+const FLEET_GAUGES = ["jitrunner_demand_pending", "jitrunner_queue_jobs", "jitrunner_host_capacity", "jitrunner_host_heartbeat_age_seconds", "jitrunner_github_rate_limit_remaining"];
+
+/** Sums of a fleet gauge straight across processes (no `by (instance)`, no max/min per series first). */
+function sumsAcrossProcesses(expr: string): string[] {
+  const problems: string[] = [];
+  for (const m of expr.matchAll(/\bsum\s*(?:by\s*\(([^)]*)\))?\s*\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)/g)) {
+    const by = (m[1] ?? "").split(",").map((l) => l.trim());
+    if (FLEET_GAUGES.includes(m[2]!) && !by.includes("instance")) problems.push(`sums ${m[2]} over every process exporting it`);
+  }
+  return problems;
+}
+
+test("the dashboard never adds up a series that each server process exports alike (the queue counted once per server)", () => {
+  assert.deepEqual(sumsAcrossProcesses('sum(jitrunner_demand_pending{pool=~"$pool"})'), ["sums jitrunner_demand_pending over every process exporting it"]);
+  assert.deepEqual(sumsAcrossProcesses('sum(max by (pool) (jitrunner_demand_pending{pool=~"$pool"}))'), []);
+  assert.deepEqual(sumsAcrossProcesses("max by (state) (sum by (instance, state) (jitrunner_queue_jobs))"), []);
+  const dash = JSON.parse(read("deploy/grafana/jitrunner.json")) as { panels: Array<{ title: string; targets?: Array<{ expr: string }> }> };
+  for (const p of dash.panels) for (const t of p.targets ?? []) assert.deepEqual(sumsAcrossProcesses(t.expr), [], `${p.title}: ${t.expr}`);
+});
+
+test("README lists every metric with its labels", () => {
+  const readme = read("README.md");
+  const missing: string[] = [];
+  for (const m of new Metrics().registry.getMetricsAsArray()) {
+    if (/^jitrunner_(process|nodejs)_/.test(m.name)) continue; // the default metrics, listed by their prefixes
+    const labels = (m as unknown as { labelNames?: string[] }).labelNames ?? [];
+    const listed = labels.length ? `\`${m.name}{${labels.join(",")}}\`` : `\`${m.name}\``;
+    if (!readme.includes(listed)) missing.push(listed);
+  }
+  assert.deepEqual(missing, []);
+});

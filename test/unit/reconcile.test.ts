@@ -3,7 +3,8 @@ import { test } from "node:test";
 import type { HookDelivery } from "../../src/github/client.ts";
 import { decideQueued } from "../../src/ingress/policy.ts";
 import { MAX_FAILED_REQUESTS_PER_EVENT, MAX_REDELIVERIES_PER_EVENT, retryDelayMs, toRedeliver, transientFailure } from "../../src/reconcile/github-deliveries.ts";
-import { queuedEventOf, runsToList } from "../../src/reconcile/github-queued.ts";
+import { queuedEventOf, renewalOf, runsToList, tookAnotherJob } from "../../src/reconcile/github-queued.ts";
+import { demandId, demandIdOf } from "../../src/demand.ts";
 import { scopesToCheck } from "../../src/reconcile/github-runners.ts";
 import { passTimeoutMs } from "../../src/reconcile/loops.ts";
 import { testConfig } from "../helpers/config.ts";
@@ -114,4 +115,23 @@ test("redelivery tries: 1, 4, 16, 64, 256, 1,024 minutes apart, all of them (and
   const span = (max: number) => Array.from({ length: max - 1 }, (_, i) => retryDelayMs(i + 1)).reduce((a, b) => a + b, 0);
   assert.ok(span(MAX_REDELIVERIES_PER_EVENT) > 20 * 3600_000, "a receiver down for most of a day still gets the event");
   assert.ok(span(MAX_REDELIVERIES_PER_EVENT) + span(MAX_FAILED_REQUESTS_PER_EVENT) < 3 * 24 * 3600_000);
+});
+
+test("a demand's runner took another job only once GitHub marked it busy or done with a job of another id", () => {
+  for (const state of ["registering", "starting", "idle"] as const) assert.equal(tookAnotherJob({ state }, 7), false, state);
+  assert.equal(tookAnotherJob({ state: "busy", jobId: 7 }, 7), false, "its own job");
+  assert.equal(tookAnotherJob({ state: "busy", jobId: 8 }, 7), true);
+  assert.equal(tookAnotherJob({ state: "completed", jobId: 8 }, 7), true);
+  assert.equal(tookAnotherJob({ state: "busy" }, 7), false, "busy with no job named");
+});
+
+test("renewals of a demand: the same job under queue ids of their own, none a run attempt's", () => {
+  const demand = { pool: "p", jobId: 40_000_000_001, runId: 1, runAttempt: 2, owner: "o", repo: "r", installationId: 1, labels: ["x"], receivedAt: 5, deliveryId: "d" };
+  assert.equal(renewalOf(demand, 0), demand);
+  const ids = [0, 1, 2, 10].map((n) => demandIdOf(renewalOf(demand, n)));
+  assert.deepEqual(ids, ["40000000001-2", "40000000001-2-r1", "40000000001-2-r2", "40000000001-2-r10"]);
+  assert.ok(!ids.includes(demandId(demand.jobId, 3)), "no renewal's id is another run attempt's");
+  const { renewal, ...rest } = renewalOf(demand, 3);
+  assert.equal(renewal, 3);
+  assert.deepEqual(rest, demand, "only the renewal differs");
 });

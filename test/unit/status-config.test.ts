@@ -64,3 +64,36 @@ test("unreadable, short or spaced tokens are config problems, reported with the 
   assert.ok(!problems.replace(/\/run\/secrets\/short/g, "").includes("short"), "the token's value is not in the report");
   assert.throws(() => loadConfig({ text: text(), env: { ...env, JITRUNNER_ADMIN_TOKEN: "has a space in it, long enough" }, readFile }), /JITRUNNER_ADMIN_TOKEN\) must be/);
 });
+
+test("each mode reads only the tokens it serves: the admin token server and all (the status page), the metrics token every run mode (a worker serves /metrics too), status and drain neither", () => {
+  // One shared config names both token files; each part mounts what it uses.
+  const shared = text("server: { adminTokenFile: /run/secrets/admin, metricsTokenFile: /run/secrets/metrics }");
+  const reading = (mounted: string[]) => {
+    const reads: string[] = [];
+    return {
+      reads,
+      readFile: (p: string) => {
+        reads.push(p);
+        return mounted.includes(p) ? readFile(p) : readFile("/not/mounted");
+      },
+    };
+  };
+  // A worker host mounts the metrics token, not the admin token (compose.worker.yml mounts the key alone).
+  const worker = reading(["/run/secrets/metrics"]);
+  const w = loadConfig({ text: shared, env, readFile: worker.readFile, secretsFor: "worker" });
+  assert.deepEqual(worker.reads, ["/run/secrets/metrics"]);
+  assert.equal(w.secrets.adminToken, undefined);
+  assert.equal(w.secrets.metricsToken?.reveal(), "metrics-token-from-file-0123");
+
+  const server = reading(["/run/secrets/admin", "/run/secrets/metrics"]);
+  const s = loadConfig({ text: shared, env, readFile: server.readFile, secretsFor: "server" });
+  assert.deepEqual([s.secrets.adminToken?.reveal(), s.secrets.metricsToken?.reveal()], ["admin-token-from-file-0123", "metrics-token-from-file-0123"]);
+
+  // status and drain on an operator's laptop: nothing mounted, nothing read, even a bad token in the env is not looked at.
+  const laptop = reading([]);
+  const n = loadConfig({ text: shared, env: { JITRUNNER_ADMIN_TOKEN: "short" }, readFile: laptop.readFile, secretsFor: "none" });
+  assert.deepEqual([laptop.reads, n.secrets.adminToken, n.secrets.metricsToken], [[], undefined, undefined]);
+
+  // all, and check-config by default, read both: a missing admin token fails it as it fails `jitrunner all`.
+  assert.throws(() => loadConfig({ text: shared, env, readFile: reading(["/run/secrets/metrics"]).readFile, secretsFor: "all" }), /server\.adminTokenFile: cannot read/);
+});

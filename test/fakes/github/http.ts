@@ -40,6 +40,14 @@ export interface Fault {
   delayMs?: number;
   /** The request takes effect, then the client gets the fault instead (a response lost on its way back). */
   afterHandling?: boolean;
+  /**
+   * The rate limit the fault plays, with GitHub's message and headers (`headers` still override):
+   * `primary`, `x-ratelimit-remaining: 0` and the window's `x-ratelimit-reset`; `secondary`, the
+   * "secondary rate limit" message with the usual counters and no `retry-after` unless `headers`
+   * give one (GitHub often sends none). Omitted: a 403 without `body` is primary, a 429 without
+   * `body` secondary, any other fault neither.
+   */
+  rateLimit?: "primary" | "secondary";
 }
 
 export interface RequestRecord {
@@ -53,7 +61,10 @@ export interface RequestRecord {
 }
 
 const DOCS = "https://docs.github.com/rest";
+const RATE_LIMIT_DOCS = "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api";
 const MAX_BODY = 1 << 20;
+const RATE_LIMIT = 5000;
+const HOUR_MS = 3_600_000;
 
 /** GitHub's error body ("Basic Error"; a 422 is a "Validation Error Simple", which has no status). */
 export function ghError(status: number, message: string, documentationUrl = DOCS): Reply {
@@ -63,12 +74,38 @@ export function ghError(status: number, message: string, documentationUrl = DOCS
 
 const FAULT_MESSAGES: Record<number, string> = {
   401: "Bad credentials",
-  403: "API rate limit exceeded for installation ID 1.",
   404: "Not Found",
   409: "Conflict",
   422: "Validation Failed",
-  429: "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
 };
+
+/**
+ * GitHub's answer to a rate-limited call ("Rate limits for the REST API", "Exceeding the rate
+ * limit"): a primary limit is a 403 or 429 with `x-ratelimit-remaining: 0` and the epoch second
+ * the window resets; a secondary limit a 403 or 429 whose message says "secondary rate limit",
+ * with the usual counters, and `retry-after` only sometimes.
+ */
+function rateLimitReply(kind: "primary" | "secondary", resetSeconds: number): { message: string; documentationUrl: string; headers: Record<string, string> } {
+  if (kind === "primary") {
+    return {
+      message: "API rate limit exceeded for installation ID 1.",
+      documentationUrl: `${RATE_LIMIT_DOCS}#about-primary-rate-limits`,
+      headers: { "x-ratelimit-remaining": "0", "x-ratelimit-used": String(RATE_LIMIT), "x-ratelimit-reset": String(resetSeconds) },
+    };
+  }
+  return {
+    message: `You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID ${randomUUID().toUpperCase()}.`,
+    documentationUrl: `${RATE_LIMIT_DOCS}#about-secondary-rate-limits`,
+    headers: {},
+  };
+}
+
+/** The rate limit a fault plays (Fault.rateLimit), if any. */
+function rateLimitOf(fault: Fault): "primary" | "secondary" | undefined {
+  if (fault.rateLimit) return fault.rateLimit;
+  if (fault.body !== undefined) return undefined;
+  return fault.status === 403 ? "primary" : fault.status === 429 ? "secondary" : undefined;
+}
 
 interface CompiledRoute extends Route {
   regex: RegExp;
@@ -141,10 +178,12 @@ export class Router {
     const fault = this.takeFault(method, path, found?.route);
     if (fault?.delayMs) await sleep(Math.min(fault.delayMs, 60_000), undefined, { ref: false });
     if (fault?.status === undefined) return this.handle(method, path, url, raw, headers, found);
+    const limit = rateLimitOf(fault);
+    const limited = limit && rateLimitReply(limit, this.resetSeconds());
     const faulty: Reply = {
       status: fault.status,
-      body: fault.body ?? ghError(fault.status, FAULT_MESSAGES[fault.status] ?? "Server Error").body,
-      headers: fault.headers ?? {},
+      body: fault.body ?? (limited ? ghError(fault.status, limited.message, limited.documentationUrl) : ghError(fault.status, FAULT_MESSAGES[fault.status] ?? "Server Error")).body,
+      headers: { ...limited?.headers, ...fault.headers },
     };
     if (fault.afterHandling) await this.handle(method, path, url, raw, headers, found);
     return faulty;
@@ -220,16 +259,24 @@ export class Router {
   }
 
   private rateHeaders(): Record<string, string> {
-    const hour = 3_600_000;
-    if (Date.now() - this.window.start >= hour) this.window = { start: Date.now(), used: 0 };
-    const used = ++this.window.used;
+    const used = ++this.currentWindow().used;
     return {
-      "x-ratelimit-limit": "5000",
-      "x-ratelimit-remaining": String(Math.max(0, 5000 - used)),
-      "x-ratelimit-reset": String(Math.ceil((this.window.start + hour) / 1000)),
+      "x-ratelimit-limit": String(RATE_LIMIT),
+      "x-ratelimit-remaining": String(Math.max(0, RATE_LIMIT - used)),
+      "x-ratelimit-reset": String(this.resetSeconds()),
       "x-ratelimit-used": String(used),
       "x-ratelimit-resource": "core",
     };
+  }
+
+  private currentWindow(): { start: number; used: number } {
+    if (Date.now() - this.window.start >= HOUR_MS) this.window = { start: Date.now(), used: 0 };
+    return this.window;
+  }
+
+  /** When the current rate-limit window ends (epoch seconds, as `x-ratelimit-reset`). */
+  private resetSeconds(): number {
+    return Math.ceil((this.currentWindow().start + HOUR_MS) / 1000);
   }
 }
 

@@ -1,0 +1,68 @@
+/**
+ * A drain whose last teardown fails, for real (fake GitHub, real Redis, a Docker proxy in front
+ * of the real engine that refuses to remove the runner's container once, as an engine does that
+ * cannot unmount what a Docker-in-Docker container left mounted): the drained worker exits, but
+ * the host stays known while its runner is recorded, so that the fleet's host loops clean up.
+ */
+import assert from "node:assert/strict";
+import { Writable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import { test } from "node:test";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
+import { startDockerProxy } from "../helpers/docker-proxy.ts";
+import { waitFor } from "../helpers/process.ts";
+import { containersOf, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile, type SystemUnderTest } from "../helpers/system.ts";
+import { drainHost } from "../../src/cli/drain.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { HostStore } from "../../src/state/hosts.ts";
+import { RunnerStore } from "../../src/state/runners.ts";
+
+const { redis, hosts } = workersForFile();
+
+test("a drained worker whose last teardown failed leaves its host listed; another host's loop then forgets the runner and the host, and the host's next worker removes the container", { timeout: 240_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const proxy = await startDockerProxy();
+  const host = uniqueHost("drain-stuck");
+  const other = uniqueHost("drain-other");
+  hosts.push(host, other);
+  const r = scopedRedis(redis, "drain-stuck");
+  const conn = redisConnection(r.url);
+  const hostStore = new HostStore(conn, r.prefix);
+  const runners = new RunnerStore(conn, r.prefix);
+  const pools = [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "6" } })];
+  const worker = { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, heartbeatSeconds: 1, docker: { socketPath: proxy.socketPath } };
+  let sys: SystemUnderTest | undefined = await startSystem("all", fake, r, host, { pools, worker });
+  let second: SystemUnderTest | undefined;
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "job running");
+    const [container] = await containersOf(host);
+    assert.ok(container);
+    const [name] = await runners.listHost(host);
+    assert.ok(name);
+    proxy.refuseRemoval.add(container.Id);
+    const sink = new Writable({ write: (_c, _e, cb) => cb() });
+    assert.equal(await drainHost(testConfig({ redis: { url: r.url, prefix: r.prefix } }), host, false, sink), 0);
+    await Promise.race([sys.drained, sleep(60_000).then(() => assert.fail("the worker did not drain"))]);
+    await sys.close();
+    sys = undefined;
+    assert.ok(await runners.get(name), "the runner's record is still there: its teardown failed");
+    assert.ok((await hostStore.list()).some((h) => h.id === host), "so the host is not forgotten: the other hosts' loops look at it once it lapses");
+    proxy.refuseRemoval.delete(container.Id);
+
+    // Another host's loop finds the host gone: the runner (its job done) forgotten, then the host.
+    second = await startSystem("worker", fake, r, other, { pools, worker: { ...worker, hostId: other, docker: {} } });
+    await waitFor(async () => !(await runners.get(name)) && !(await hostStore.list()).some((h) => h.id === host), 30_000, "the runner and the host forgotten");
+    assert.equal(await hostStore.drainMark(host), "left", "the host stays drained");
+    // The host's next worker (drained: it takes no demand) removes the container left on its engine.
+    sys = await startSystem("worker", fake, r, host, { pools, worker });
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "the container removed");
+  } finally {
+    await second?.close();
+    await sys?.close();
+    await proxy.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});

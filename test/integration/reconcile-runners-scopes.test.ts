@@ -1,0 +1,156 @@
+/**
+ * Which scopes the github-runners loop lists (fake GitHub, real Redis, the real GitHub client):
+ * not only the recently active repositories, but every pool's warm scope and the scopes of the
+ * runners recorded in Redis, so that a registration left behind where no job has been queued for a
+ * day (a warm runner's launch killed after it registered) is still found and deleted.
+ */
+import assert from "node:assert/strict";
+import { Writable } from "node:stream";
+import { test } from "node:test";
+import { FakeGitHubClient } from "../fakes/github/client.ts";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { redisForFile } from "../helpers/redis.ts";
+import { Secret } from "../../src/config/secret.ts";
+import type { PoolConfig } from "../../src/config/load.ts";
+import { OctokitGitHub } from "../../src/github/octokit-client.ts";
+import { createLogger } from "../../src/logger.ts";
+import { Metrics } from "../../src/metrics/metrics.ts";
+import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
+import { ActiveRepos } from "../../src/state/active-repos.ts";
+import { RunnerStore } from "../../src/state/runners.ts";
+
+const shared = redisForFile();
+const LIST_REPO = "/repos/{owner}/{repo}/actions/runners";
+const LIST_ORG = "/orgs/{org}/actions/runners";
+
+function octokit(fake: FakeGitHub): OctokitGitHub {
+  return new OctokitGitHub({
+    appId: fake.appId,
+    privateKey: new Secret(fake.privateKey),
+    apiUrl: fake.url,
+    logger: createLogger("silent"),
+    metrics: new Metrics({ processMetrics: false }),
+  });
+}
+
+/** Registers a runner at `path` (`/repos/o/r` or `/orgs/o`) as jitrunner's launch would; its id. */
+async function register(fake: FakeGitHub, path: string, name: string): Promise<number> {
+  const res = await new FakeGitHubClient(fake).call("POST", `${path}/actions/runners/generate-jitconfig`, {
+    body: { name, runner_group_id: 1, labels: ["self-hosted", "linux"] },
+  });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  return (res.body as { runner: { id: number } }).runner.id;
+}
+
+/** The loop over real Redis state under `prefix`, its log lines collected. */
+function loopOf(fake: FakeGitHub, prefix: string, pools: readonly Pick<PoolConfig, "scope" | "warm">[], over: { graceMs?: number; maxRepositories?: number } = {}) {
+  const lines: Array<{ level: number; msg: string }> = [];
+  const sink = new Writable({ write: (chunk, _enc, cb) => (lines.push(JSON.parse(String(chunk)) as { level: number; msg: string }), cb()) });
+  const github = octokit(fake);
+  const loop = githubRunnersLoop({
+    github,
+    runners: new RunnerStore(shared.conn, prefix),
+    repos: new ActiveRepos(shared.conn, prefix),
+    pools,
+    namePrefix: "jitrunner",
+    intervalMs: 60_000,
+    windowMs: 24 * 3600_000,
+    maxRepositories: over.maxRepositories ?? 100,
+    graceMs: over.graceMs ?? 0,
+    metrics: new Metrics({ processMetrics: false }),
+    logger: createLogger("info", sink),
+  });
+  const signal = new AbortController().signal;
+  return { run: () => loop.run(signal), lines, close: () => github.close() };
+}
+
+test("a registration of ours in a pool's warm scope, where no job was queued within the window, is deleted after the grace period", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const prefix = `${shared.redis.prefix}-warm-scope`;
+  const GRACE_MS = 1500;
+  const pools = [
+    { scope: "repository" as const, warm: { installationId: fake.installationId, owner: "acme", repo: "warm" } },
+    { scope: "organization" as const, warm: { installationId: fake.installationId, owner: "acme-org" } },
+  ];
+  const loop = loopOf(fake, prefix, pools, { graceMs: GRACE_MS });
+  try {
+    // The repository was active two days ago: outside the window, dropped from the set.
+    await new ActiveRepos(shared.conn, prefix).touch({ installationId: fake.installationId, owner: "acme", repo: "warm" }, Date.now() - 48 * 3600_000);
+    // Warm launches killed after their registrations were made, before their records were written.
+    const repoOrphan = await register(fake, "/repos/acme/warm", "jitrunner-default-00000000a1");
+    const orgOrphan = await register(fake, "/orgs/acme-org", "jitrunner-orgpool-00000000b2");
+    const notOurs = await register(fake, "/repos/acme/warm", "other-ci-runner-1");
+    const ids = () => new Set(fake.runners().map((r) => r.id));
+
+    await loop.run();
+    const firstSeen = Date.now();
+    assert.ok(ids().has(repoOrphan) && ids().has(orgOrphan), "kept within the grace period");
+    assert.equal(fake.requests.filter((r) => r.route === LIST_REPO && r.path === "/repos/acme/warm/actions/runners").length, 1, "the warm repository listed");
+    assert.equal(fake.requests.filter((r) => r.route === LIST_ORG && r.path === "/orgs/acme-org/actions/runners").length, 1, "the warm organization listed");
+
+    await new Promise((res) => setTimeout(res, GRACE_MS - (Date.now() - firstSeen) + 100));
+    await loop.run();
+    assert.ok(!ids().has(repoOrphan), "the repository's orphan deleted");
+    assert.ok(!ids().has(orgOrphan), "the organization's orphan deleted");
+    assert.ok(ids().has(notOurs), "a runner without our prefix is never touched");
+    const deletes = fake.requests.filter((r) => r.method === "DELETE");
+    assert.deepEqual(deletes.map((r) => r.status), [204, 204]);
+  } finally {
+    loop.close();
+    await fake.close();
+  }
+});
+
+test("a scope of a runner recorded in Redis is listed, active or not: an orphan next to it is deleted and a busy runner gone from it is ended", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const prefix = `${shared.redis.prefix}-recorded-scope`;
+  const loop = loopOf(fake, prefix, [{ scope: "repository" }]);
+  const runners = new RunnerStore(shared.conn, prefix);
+  try {
+    // A runner of acme/quiet, recorded and running a job; that repository has not been active for a day.
+    const kept = await register(fake, "/repos/acme/quiet", "jitrunner-default-00000000c3");
+    const record = { pool: "default", host: "elsewhere", installationId: fake.installationId, owner: "acme", repo: "quiet", demandId: "1-1", createdAt: Date.now() - 60_000 };
+    await runners.put({ ...record, name: "jitrunner-default-00000000c3", state: "idle", runnerId: kept });
+    // Its neighbour's launch died after registering; and a runner recorded busy whose registration
+    // went with its job, its completed webhook lost.
+    const orphan = await register(fake, "/repos/acme/quiet", "jitrunner-default-00000000d4");
+    await runners.put({ ...record, name: "jitrunner-default-00000000e5", state: "busy", busyAt: Date.now() - 60_000, runnerId: 999_999, demandId: "2-1", jobId: 2 });
+
+    await loop.run(); // the busy runner is first seen missing here (grace 0: ended on this pass)
+    assert.deepEqual(fake.runners().map((r) => r.id), [kept], "the orphan deleted, the recorded runner kept");
+    assert.equal((await runners.get("jitrunner-default-00000000e5"))?.state, "completed", "the busy runner gone from GitHub ended");
+  } finally {
+    loop.close();
+    await fake.close();
+  }
+});
+
+test("more active repositories than maxRepositories: the newest are listed, and the cap is said once, not every pass", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const prefix = `${shared.redis.prefix}-repo-cap`;
+  const loop = loopOf(fake, prefix, [{ scope: "repository" }], { maxRepositories: 2 });
+  const repos = new ActiveRepos(shared.conn, prefix);
+  try {
+    const now = Date.now();
+    for (const [i, name] of ["oldest", "middle", "newest"].entries()) await repos.touch({ installationId: fake.installationId, owner: "acme", repo: name }, now - 3000 + i * 1000);
+    await loop.run();
+    await loop.run();
+    const listed = fake.requests.filter((r) => r.route === LIST_REPO).map((r) => r.path);
+    const newestTwo = ["/repos/acme/newest/actions/runners", "/repos/acme/middle/actions/runners"];
+    assert.deepEqual(listed, [...newestTwo, ...newestTwo], "the two newest, each pass; never the oldest");
+    const said = loop.lines.filter((l) => /more repositories than reconcile.maxRepositories/.test(l.msg));
+    assert.equal(said.length, 1, "said once over two passes");
+    assert.equal(said[0]!.level, 40, "a warning");
+
+    // Back under the cap (the oldest drops out of the window): said once, and not again.
+    await shared.conn.zrem(`${prefix}:active-repos`, `${fake.installationId}/acme/oldest`);
+    await loop.run();
+    await loop.run();
+    assert.equal(loop.lines.filter((l) => /checked again/.test(l.msg)).length, 1);
+    assert.equal(loop.lines.filter((l) => /more repositories than reconcile.maxRepositories/.test(l.msg)).length, 1);
+  } finally {
+    loop.close();
+    await fake.close();
+  }
+});

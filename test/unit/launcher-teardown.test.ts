@@ -1,0 +1,98 @@
+/**
+ * Launcher.teardown and the runner ids it knows, against a real Redis, the fake GitHub through the
+ * real client and the real Docker engine (the runners here have no container): an id the record
+ * lacks (the write that would have noted it refused) but this process holds, and a registration
+ * no id was ever noted for, are deleted all the same.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { callsTo, registerRunner, workersForFile } from "../helpers/system.ts";
+import { Secret } from "../../src/config/secret.ts";
+import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
+import { OctokitGitHub } from "../../src/github/octokit-client.ts";
+import { createLogger } from "../../src/logger.ts";
+import { Metrics } from "../../src/metrics/metrics.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
+import { Launcher } from "../../src/worker/launcher.ts";
+import { RunnerEvents } from "../../src/worker/runner-events.ts";
+
+const { redis } = workersForFile();
+const LIST = "/repos/{owner}/{repo}/actions/runners";
+
+async function setUp(tag: string) {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const conn = redisConnection(redis.url);
+  const sub = redisConnection(redis.url);
+  const prefix = `${redis.prefix}-${tag}`;
+  const runners = new RunnerStore(conn, prefix);
+  const metrics = new Metrics({ processMetrics: false });
+  const github = new OctokitGitHub({ appId: fake.appId, privateKey: new Secret(fake.privateKey), apiUrl: fake.url, logger: createLogger("silent"), metrics });
+  const launcher = new Launcher({
+    host: `launcher-${tag}`,
+    namePrefix: "jitrunner",
+    completedGraceSeconds: 5,
+    driver: new DockerodeDriver({}),
+    github,
+    runners,
+    events: new RunnerEvents(sub, `${prefix}:events`),
+    metrics,
+  });
+  const record = (name: string, runnerId?: number): RunnerRecord => ({
+    name,
+    pool: "default",
+    host: `launcher-${tag}`,
+    state: "idle",
+    installationId: fake.installationId,
+    owner: "acme",
+    repo: "app",
+    demandId: "",
+    createdAt: Date.now(),
+    ...(runnerId === undefined ? {} : { runnerId }),
+  });
+  const close = async () => {
+    github.close();
+    await fake.close();
+    conn.disconnect();
+    sub.disconnect();
+  };
+  return { fake, runners, launcher, record, close };
+}
+
+test("teardown deletes the registration by the id this process knows when the stored record lacks it", async () => {
+  const { fake, runners, launcher, record, close } = await setUp("known-id");
+  try {
+    const name = "jitrunner-default-00tear0001";
+    const { id } = await registerRunner(fake, name);
+    // The record as Redis holds it: its runnerId update was refused.
+    await runners.put(record(name));
+    await launcher.teardown(record(name, id), "exited", createLogger("silent"));
+    assert.ok(!fake.runners().some((r) => r.id === id), "the registration deleted");
+    assert.equal(await runners.get(name), undefined, "the record removed");
+  } finally {
+    await close();
+  }
+});
+
+test("teardown deletes by name a registration whose id was never noted, and asks nothing for a launch undone before it registered", async () => {
+  const { fake, runners, launcher, record, close } = await setUp("no-id");
+  try {
+    const name = "jitrunner-default-00tear0002";
+    const { id } = await registerRunner(fake, name);
+    await runners.put(record(name));
+    await launcher.teardown(record(name), "reconcile_no_container", createLogger("silent"));
+    assert.ok(!fake.runners().some((r) => r.id === id), "the registration deleted by name");
+    assert.equal(await runners.get(name), undefined);
+
+    const listed = callsTo(fake, LIST, "GET");
+    const undone = "jitrunner-default-00tear0003";
+    await runners.put(record(undone));
+    await launcher.teardown(record(undone), "launch_given_up", createLogger("silent"));
+    assert.equal(callsTo(fake, LIST, "GET"), listed, "no lookup for a launch that never registered");
+    assert.equal(await runners.get(undone), undefined);
+  } finally {
+    await close();
+  }
+});

@@ -1,0 +1,36 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { recordedScopes, scopesToCheck } from "../../src/reconcile/github-runners.ts";
+
+const repo = (owner: string, name: string, installationId = 1) => ({ installationId, owner, repo: name, seenAt: 0 });
+const record = (owner: string, name: string, createdAt: number) => ({ installationId: 1, owner, repo: name, createdAt });
+
+test("runner scopes: every pool's warm scope and each recorded scope come first, then the active ones, each scope once", () => {
+  const pools = [
+    { scope: "repository" as const, warm: { installationId: 1, owner: "acme", repo: "warm" } },
+    { scope: "organization" as const, warm: { installationId: 2, owner: "Other", repo: "ignored" } },
+    { scope: "repository" as const },
+  ];
+  const recorded = [{ installationId: 1, owner: "ACME", repo: "WARM" }, { installationId: 1, owner: "acme", repo: "far" }, { installationId: 3, owner: "solo" }];
+  assert.deepEqual(scopesToCheck([repo("acme", "app"), repo("acme", "far"), repo("other", "x", 2)], pools, recorded), [
+    { installationId: 1, owner: "acme", repo: "warm" },
+    { installationId: 2, owner: "Other" },
+    { installationId: 1, owner: "acme", repo: "far" },
+    { installationId: 3, owner: "solo" },
+    { installationId: 1, owner: "acme", repo: "app" },
+    { installationId: 1, owner: "acme" },
+    { installationId: 2, owner: "other", repo: "x" },
+  ]);
+  // A repository pool's warm scope without a repository (refused by the config) adds nothing.
+  assert.deepEqual(scopesToCheck([], [{ scope: "repository", warm: { installationId: 1, owner: "acme" } }]), []);
+});
+
+test("recorded scopes: newest record first, each scope once, capped, and whether the cap left some out", () => {
+  const records = [record("acme", "a", 1), record("acme", "b", 3), record("acme", "a", 4), record("acme", "", 2)];
+  assert.deepEqual(recordedScopes(records, 10), {
+    scopes: [{ installationId: 1, owner: "acme", repo: "a" }, { installationId: 1, owner: "acme", repo: "b" }, { installationId: 1, owner: "acme", repo: undefined }],
+    more: false,
+  });
+  assert.deepEqual(recordedScopes(records, 2), { scopes: [{ installationId: 1, owner: "acme", repo: "a" }, { installationId: 1, owner: "acme", repo: "b" }], more: true });
+  assert.deepEqual(recordedScopes(records, 3).more, false, "exactly the cap: nothing left out");
+});
