@@ -15,7 +15,6 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { testConfig } from "../helpers/config.ts";
 import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
-import { Secret } from "../../src/config/secret.ts";
 import { GitHubError } from "../../src/errors.ts";
 import type { GitHubClient, HookDelivery } from "../../src/github/client.ts";
 import { OctokitGitHub } from "../../src/github/octokit-client.ts";
@@ -27,6 +26,7 @@ import { githubQueuedLoop } from "../../src/reconcile/github-queued.ts";
 import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
 import { RedeliveryLog } from "../../src/state/redeliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
+import { githubFor } from "../helpers/github.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DEAD_URL = "http://127.0.0.1:9/";
@@ -36,14 +36,7 @@ const RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 
 /** The real GitHub client, talking to the fake; no Redis (tokens and write budget in process). */
 function octokit(fake: FakeGitHub, writes?: { max: number; windowMs: number }): OctokitGitHub {
-  return new OctokitGitHub({
-    appId: fake.appId,
-    privateKey: new Secret(fake.privateKey),
-    apiUrl: fake.url,
-    logger: createLogger("silent"),
-    metrics: new Metrics({ processMetrics: false }),
-    ...(writes && { writes }),
-  });
+  return githubFor(fake, writes && { writes });
 }
 
 /** acme/app as the only recently active repository. */

@@ -14,14 +14,13 @@ import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { metricSample } from "../helpers/leftovers.ts";
 import { redisForFile } from "../helpers/redis.ts";
 import { RUNNER_IMAGE, registerRunner } from "../helpers/system.ts";
-import { Secret } from "../../src/config/secret.ts";
-import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandConsumer, DemandQueues, redisConnection, type Lease, type QueueSettings } from "../../src/queue/demand-queue.ts";
 import { githubQueuedLoop, RENEW_AFTER_MS } from "../../src/reconcile/github-queued.ts";
 import type { Loop } from "../../src/reconcile/loops.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
+import { githubFor } from "../helpers/github.ts";
 
 const shared = redisForFile();
 const DEAD_URL = "http://127.0.0.1:9/";
@@ -61,7 +60,7 @@ async function setUp(tag: string): Promise<Setup> {
   const queues = new DemandQueues(settings, conn);
   const runners = new RunnerStore(conn, prefix);
   const metrics = new Metrics({ processMetrics: false });
-  const github = new OctokitGitHub({ appId: fake.appId, privateKey: new Secret(fake.privateKey), apiUrl: fake.url, logger: createLogger("silent"), metrics: new Metrics({ processMetrics: false }) });
+  const github = githubFor(fake);
   const loop = githubQueuedLoop({
     config: testConfig({ pools: POOLS }),
     github,

@@ -13,12 +13,11 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { registerRunner } from "../helpers/system.ts";
 import { redisForFile } from "../helpers/redis.ts";
-import { Secret } from "../../src/config/secret.ts";
-import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
+import { githubFor } from "../helpers/github.ts";
 
 const shared = redisForFile();
 const LIST = "/repos/{owner}/{repo}/actions/runners";
@@ -76,14 +75,7 @@ test("the runners loop hits a secondary limit without retry-after: the client wa
   const lines: string[] = [];
   const sink = new Writable({ write: (chunk, _enc, cb) => (lines.push(String(chunk)), cb()) });
   const metrics = new Metrics({ processMetrics: false });
-  const github = new OctokitGitHub({
-    appId: fake.appId,
-    privateKey: new Secret(fake.privateKey),
-    apiUrl: fake.url,
-    logger: createLogger("info", sink),
-    metrics,
-    secondaryLimitWaitSeconds: WAIT_S,
-  });
+  const github = githubFor(fake, { logger: createLogger("info", sink), metrics, secondaryLimitWaitSeconds: WAIT_S });
   const scope = { installationId: fake.installationId, owner: "acme", repo: "app" };
   const loop = githubRunnersLoop({
     github,

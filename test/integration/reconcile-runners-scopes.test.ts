@@ -11,28 +11,17 @@ import { FakeGitHubClient } from "../fakes/github/client.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { redisForFile } from "../helpers/redis.ts";
-import { Secret } from "../../src/config/secret.ts";
 import type { PoolConfig } from "../../src/config/load.ts";
-import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
 import { ActiveRepos } from "../../src/state/active-repos.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
+import { githubFor } from "../helpers/github.ts";
 
 const shared = redisForFile();
 const LIST_REPO = "/repos/{owner}/{repo}/actions/runners";
 const LIST_ORG = "/orgs/{org}/actions/runners";
-
-function octokit(fake: FakeGitHub): OctokitGitHub {
-  return new OctokitGitHub({
-    appId: fake.appId,
-    privateKey: new Secret(fake.privateKey),
-    apiUrl: fake.url,
-    logger: createLogger("silent"),
-    metrics: new Metrics({ processMetrics: false }),
-  });
-}
 
 /** Registers a runner at `path` (`/repos/o/r` or `/orgs/o`) as jitrunner's launch would; its id. */
 async function register(fake: FakeGitHub, path: string, name: string): Promise<number> {
@@ -47,7 +36,7 @@ async function register(fake: FakeGitHub, path: string, name: string): Promise<n
 function loopOf(fake: FakeGitHub, prefix: string, pools: readonly Pick<PoolConfig, "scope" | "warm">[], over: { graceMs?: number; maxRepositories?: number } = {}) {
   const lines: Array<{ level: number; msg: string }> = [];
   const sink = new Writable({ write: (chunk, _enc, cb) => (lines.push(JSON.parse(String(chunk)) as { level: number; msg: string }), cb()) });
-  const github = octokit(fake);
+  const github = githubFor(fake);
   const loop = githubRunnersLoop({
     github,
     runners: new RunnerStore(shared.conn, prefix),

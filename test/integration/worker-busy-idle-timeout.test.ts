@@ -11,15 +11,14 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { callsTo, ourContainer, registerRunner, uniqueHost, workersForFile } from "../helpers/system.ts";
-import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
-import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
 import { Launcher, type Tracked } from "../../src/worker/launcher.ts";
 import { RunnerEvents } from "../../src/worker/runner-events.ts";
+import { githubFor } from "../helpers/github.ts";
 
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 const { redis, hosts } = workersForFile();
@@ -36,7 +35,7 @@ test("a runner GitHub refuses to delete at its idle timeout (busy, its webhooks 
   const events = new RunnerEvents(sub, runners.eventsChannel);
   await events.start();
   const metrics = new Metrics({ processMetrics: false });
-  const github = new OctokitGitHub({ appId: fake.appId, privateKey: new Secret(fake.privateKey), apiUrl: fake.url, logger: createLogger("silent"), metrics });
+  const github = githubFor(fake, { metrics });
   const driver = new DockerodeDriver({});
   const launcher = new Launcher({ host, namePrefix: "jitrunner", completedGraceSeconds: 5, driver, github, runners, events, metrics });
   const shutdown = new AbortController();

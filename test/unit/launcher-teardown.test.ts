@@ -9,15 +9,14 @@ import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { callsTo, registerRunner, workersForFile } from "../helpers/system.ts";
-import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
-import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
 import { Launcher } from "../../src/worker/launcher.ts";
 import { RunnerEvents } from "../../src/worker/runner-events.ts";
+import { githubFor } from "../helpers/github.ts";
 
 const { redis } = workersForFile();
 const LIST = "/repos/{owner}/{repo}/actions/runners";
@@ -29,7 +28,7 @@ async function setUp(tag: string) {
   const prefix = `${redis.prefix}-${tag}`;
   const runners = new RunnerStore(conn, prefix);
   const metrics = new Metrics({ processMetrics: false });
-  const github = new OctokitGitHub({ appId: fake.appId, privateKey: new Secret(fake.privateKey), apiUrl: fake.url, logger: createLogger("silent"), metrics });
+  const github = githubFor(fake, { metrics });
   const launcher = new Launcher({
     host: `launcher-${tag}`,
     namePrefix: "jitrunner",

@@ -1,0 +1,20 @@
+import type { FakeGitHub } from "../fakes/github/index.ts";
+import { Secret } from "../../src/config/secret.ts";
+import { OctokitGitHub, type OctokitGitHubOptions } from "../../src/github/octokit-client.ts";
+import { createLogger } from "../../src/logger.ts";
+import { Metrics } from "../../src/metrics/metrics.ts";
+
+/**
+ * jitrunner's real GitHub client, talking to `fake` as the App: silent, with metrics of its own,
+ * unless `extra` says otherwise (a logger to read, shared metrics, a write budget, a shorter wait).
+ */
+export function githubFor(fake: FakeGitHub, extra: Partial<OctokitGitHubOptions> = {}): OctokitGitHub {
+  return new OctokitGitHub({
+    appId: fake.appId,
+    privateKey: new Secret(fake.privateKey),
+    apiUrl: fake.url,
+    logger: createLogger("silent"),
+    metrics: new Metrics({ processMetrics: false }),
+    ...extra,
+  });
+}
