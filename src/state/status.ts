@@ -60,6 +60,7 @@ export interface RunnerStatus {
   ageSeconds: number;
   /** owner/repo for repository runners, the owner for organization runners. */
   scope: string;
+  /** The job it runs or ran, when GitHub named it. */
   jobId?: number;
   runnerId?: number;
   /** Short container id, for `docker logs`. */
@@ -114,7 +115,8 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
     createdAt: r.createdAt,
     ageSeconds: Number.isFinite(r.createdAt) ? Math.max(0, Math.round((now - r.createdAt) / 1000)) : 0,
     scope: r.repo ? `${r.owner}/${r.repo}` : r.owner,
-    jobId: r.jobId,
+    // 0: busy with a job GitHub did not name (found busy at a timeout, its webhooks lost).
+    ...(r.jobId ? { jobId: r.jobId } : {}),
     runnerId: r.runnerId,
     container: r.containerId?.slice(0, 12),
   }));

@@ -264,3 +264,19 @@ test("without tokens configured, / and /metrics are open; a worker-only app has 
     await workerOnly.close();
   }
 });
+
+test("a runner recorded busy with a job GitHub did not name (job 0: found busy at a timeout) shows no job id; one with its job shows it", async () => {
+  const store = new RunnerStore(conn, `${redis.prefix}:job0`);
+  await store.put(record("jitrunner-default-0000unkn01", { host: "host-a" }));
+  await store.put(record("jitrunner-default-0000known1", { host: "host-a" }));
+  assert.ok(await store.mark("jitrunner-default-0000unkn01", "busy", 0));
+  assert.ok(await store.mark("jitrunner-default-0000known1", "busy", 42));
+  const snapshot = await collectStatus({ pools: config.pools, runners: store });
+  assert.deepEqual(
+    snapshot.runners.map((r) => [r.name, r.state, r.jobId]),
+    [
+      ["jitrunner-default-0000unkn01", "busy", undefined],
+      ["jitrunner-default-0000known1", "busy", 42],
+    ],
+  );
+});
