@@ -7,14 +7,14 @@
  * no demand, no runner record.
  */
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { after, before, test } from "node:test";
 import type Docker from "dockerode";
 import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
-import { startEngine, type TestEngine } from "../helpers/engines.ts";
+import { killLeftoverShims, startEngine, type TestEngine } from "../helpers/engines.ts";
 import { assertNothingLeft, watchVolumes } from "../helpers/leftovers.ts";
 import { runJitrunner, waitFor, writeLogTail, type JitrunnerProcess } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
@@ -80,22 +80,6 @@ after(async () => {
   conn.disconnect();
   await redis.stop();
 });
-
-/**
- * An engine restarted while it was starting a container can leave that container's containerd
- * shim running after the engine stops: found by this engine's own exec root, killed by pid.
- */
-function killLeftoverShims(root: string): void {
-  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
-    let cmdline = "";
-    try {
-      cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-    } catch {
-      continue; // gone meanwhile
-    }
-    if (cmdline.includes("containerd-shim") && cmdline.includes(`${root}/exec/`)) process.kill(Number(pid), "SIGKILL");
-  }
-}
 
 /** Removes every container and volume of a test engine (each is this file's alone). */
 async function emptyEngine(e: TestEngine): Promise<void> {

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
-import { startEngine, type TestEngine } from "../helpers/engines.ts";
+import { killLeftoverShims, startEngine, type TestEngine } from "../helpers/engines.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { fakeRunnerPool, RUNNER_IMAGE, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
@@ -30,6 +30,7 @@ after(async () => {
       await e.docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => undefined);
     }
     await e.stop();
+    killLeftoverShims(e.root);
   }
   await redis.stop();
 });

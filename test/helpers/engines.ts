@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Docker from "dockerode";
@@ -83,4 +83,21 @@ export async function startEngine(name: string, image: string, opts: { args?: re
       await launch();
     },
   };
+}
+
+/**
+ * An engine stopped while it was starting or stopping containers can leave a container's
+ * containerd shim running after it: found by this engine's own exec root, killed by pid. For a
+ * file's clean-up, once its engine is stopped for good (a restarted engine takes its shims back).
+ */
+export function killLeftoverShims(root: string): void {
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    let cmdline = "";
+    try {
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    } catch {
+      continue; // gone meanwhile
+    }
+    if (cmdline.includes("containerd-shim") && cmdline.includes(`${join(root, "exec")}/`)) process.kill(Number(pid), "SIGKILL");
+  }
 }
