@@ -29,6 +29,12 @@ export interface DemandEnd {
   at: number;
 }
 
+/**
+ * Renewals of a job attempt's demand at most: each one is a runner launched for the job that took
+ * another job (see github-queued). Past the last, a done one is added again under its own id.
+ */
+export const MAX_RENEWALS = 10;
+
 /** Queue job id of a demand: stable across redeliveries of the same job attempt; a renewal has one of its own. */
 export function demandId(jobId: number, runAttempt: number, renewal?: number): string {
   return renewal ? `${jobId}-${runAttempt}-r${renewal}` : `${jobId}-${runAttempt}`;
@@ -37,4 +43,9 @@ export function demandId(jobId: number, runAttempt: number, renewal?: number): s
 /** The queue job id of `demand` (see demandId). */
 export function demandIdOf(demand: Pick<Demand, "jobId" | "runAttempt" | "renewal">): string {
   return demandId(demand.jobId, demand.runAttempt, demand.renewal);
+}
+
+/** The queue job ids a job attempt's demand can have: its own, then its renewals' (see MAX_RENEWALS). */
+export function demandIdsOf(jobId: number, runAttempt: number): string[] {
+  return Array.from({ length: MAX_RENEWALS + 1 }, (_, n) => demandId(jobId, runAttempt, n));
 }

@@ -1,6 +1,6 @@
 import type { Logger } from "pino";
 import type { Config } from "../config/load.ts";
-import { demandId, type Demand, type DemandEnd } from "../demand.ts";
+import type { Demand, DemandEnd } from "../demand.ts";
 import { errorMessage, redisErrorReply, RedisRefusedError, RedisUnavailableError, redisUnavailableReason } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
@@ -19,7 +19,8 @@ export interface DemandSink {
    * count: the demand is added ("added").
    */
   add(demand: Demand, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed">;
-  cancel(pool: string, demandId: string): Promise<boolean>;
+  /** Drops the job attempt's demand, and its renewals, where still waiting; false if none was. */
+  cancel(pool: string, jobId: number, runAttempt: number): Promise<boolean>;
   /**
    * How the demand's item ended, if it has, and when: `completed` (its runner ran a job, this one
    * or another) or `failed` (it ran out of launch attempts).
@@ -255,10 +256,10 @@ export class Ingress {
           return { outcome: (await this.#deps.runners.mark(job.runner_name!, "completed", job.id)) ? "runner_completed" : "runner_unknown" };
         }
         if (job.runner_name) return { outcome: "not_ours" };
-        // Completed without a runner: cancelled while queued. Drop its demand if still waiting.
+        // Completed without a runner: cancelled while queued. Drop its demand (and renewals) if still waiting.
         const pool = matchPool(job.labels, config.pools);
         if (!pool) return { outcome: "no_pool" };
-        const dropped = await this.#deps.demand.cancel(pool.name, demandId(job.id, job.run_attempt ?? 1));
+        const dropped = await this.#deps.demand.cancel(pool.name, job.id, job.run_attempt ?? 1);
         return { outcome: dropped ? "demand_cancelled" : "no_demand", pool: pool.name };
       }
       default:

@@ -9,7 +9,7 @@ import { Redis, type RedisOptions } from "ioredis";
 import { inOneWrite, TurnBatch } from "../batch.ts";
 import { atMost } from "../timers.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
-import { demandIdOf } from "../demand.ts";
+import { demandIdOf, demandIdsOf } from "../demand.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
@@ -242,13 +242,21 @@ export class DemandQueues {
     return true;
   }
 
-  /** Drops a demand that is still waiting (its job was cancelled). False if it is taken or gone. */
-  async cancel(pool: string, id: string): Promise<boolean> {
-    const job = await this.#queue(pool).getJob(id);
-    if (!job) return false;
-    const state = await job.getState();
-    if (state !== "waiting" && state !== "delayed" && state !== "prioritized") return false;
-    return (await this.#queue(pool).remove(id)) === 1;
+  /**
+   * Drops a job attempt's demand that is still waiting (its job was cancelled while queued), and
+   * its renewals that are (see MAX_RENEWALS): one look per id, all sent at once. False if none
+   * was waiting: taken by a worker, ended or gone.
+   */
+  async cancel(pool: string, jobId: number, runAttempt: number): Promise<boolean> {
+    const queue = this.#queue(pool);
+    const dropped = await Promise.all(
+      demandIdsOf(jobId, runAttempt).map(async (id) => {
+        const state = await queue.getJobState(id);
+        if (state !== "waiting" && state !== "delayed" && state !== "prioritized") return false;
+        return (await queue.remove(id)) === 1;
+      }),
+    );
+    return dropped.includes(true);
   }
 
   /** Demand not yet taken by a worker, per pool. */

@@ -7,7 +7,7 @@ import { decideQueued, type WorkflowJobEvent } from "../ingress/policy.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
-import { demandIdOf, type Demand } from "../demand.ts";
+import { demandIdOf, MAX_RENEWALS, type Demand } from "../demand.ts";
 import type { Loop } from "./loops.ts";
 
 export const GITHUB_QUEUED = "github-queued";
@@ -25,12 +25,6 @@ export const MAX_RETRIES_PER_PASS = 10;
  * be booting, and whichever asks first gets this job. Renewed sooner, one of them is left idle.
  */
 export const RENEW_AFTER_MS = 30_000;
-
-/**
- * Renewals of a job attempt's demand at most: each one is a runner launched for the job that took
- * another job. Past the last, a done one is added again under its own id (after RENEW_AFTER_MS).
- */
-export const MAX_RENEWALS = 10;
 
 /**
  * The demand for the same job as `demand`, renewal `n` (0: `demand` itself): a queue item of its

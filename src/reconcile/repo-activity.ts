@@ -25,7 +25,7 @@ export function notingActivity(sink: DemandSink, repos: Pick<ActiveRepos, "touch
       if (wait) await wait;
       return result;
     },
-    cancel: (pool, demandId) => sink.cancel(pool, demandId),
+    cancel: (pool, jobId, runAttempt) => sink.cancel(pool, jobId, runAttempt),
     ended: (demand) => sink.ended(demand),
     addAgain: (demand) => sink.addAgain(demand),
   };

@@ -7,7 +7,7 @@ import { Queue } from "bullmq";
 import { buildApp } from "../../src/http/app.ts";
 import { Ingress } from "../../src/ingress/ingress.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
-import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
+import { DemandConsumer, DemandQueues, redisConnection, type Lease } from "../../src/queue/demand-queue.ts";
 import { DeliveryLog } from "../../src/state/deliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
@@ -267,6 +267,41 @@ test("completed for a job that never got a runner drops its waiting demand", asy
   const body = JSON.stringify(p);
   assert.equal((await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET))).json().outcome, "demand_cancelled");
   assert.ok(!(await waitingJobs("default")).includes("4242-1"));
+});
+
+test("completed for a job cancelled while queued drops its waiting renewals too, not only its own demand", async () => {
+  // The job's own demand served a runner that took another job (its item completed), and the
+  // queued-jobs loop added renewals for it: the cancellation must drop those, or a worker takes one.
+  const q = JSON.stringify(queuedPayload({ jobId: 4343, labels: ["self-hosted"] }));
+  assert.equal((await post(q, signedHeaders("workflow_job", q, WEBHOOK_SECRET))).json().outcome, "queued");
+  const taker = redisConnection(redis.url);
+  const consumer = new DemandConsumer({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, taker, "default", "test-host:1");
+  try {
+    await consumer.start();
+    // Earlier tests' demand waits in the same queue: held aside, and handed back after.
+    const others: Lease[] = [];
+    let lease: Lease | undefined;
+    for (let i = 0; i < 50 && lease?.id !== "4343-1"; i++) {
+      if (lease) others.push(lease);
+      lease = await consumer.next();
+    }
+    await Promise.all(others.map((l) => l.release()));
+    assert.equal(lease?.id, "4343-1", "the job's own demand leased");
+    await lease.complete("runner took job 999");
+    assert.equal(await queues.add({ ...lease.demand, renewal: 1 }), "added");
+    assert.equal(await queues.add({ ...lease.demand, renewal: 2 }), "added");
+  } finally {
+    await consumer.close();
+    taker.disconnect();
+  }
+  assert.deepEqual((await waitingJobs("default")).filter((id) => id.startsWith("4343-")), ["4343-1-r1", "4343-1-r2"]);
+  const p = queuedPayload({ jobId: 4343, labels: ["self-hosted"] });
+  p.action = "completed";
+  p.workflow_job.status = "completed";
+  p.workflow_job.conclusion = "cancelled";
+  const body = JSON.stringify(p);
+  assert.equal((await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET))).json().outcome, "demand_cancelled");
+  assert.deepEqual((await waitingJobs("default")).filter((id) => id.startsWith("4343-")), []);
 });
 
 test("fuzz: random bodies and headers never crash the server; only verified deliveries queue", async () => {
