@@ -1,5 +1,6 @@
 import { createPrivateKey } from "node:crypto";
 import { hostname } from "node:os";
+import { posix } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { ConfigError } from "../errors.ts";
 import { configSchema, type ParsedConfig, type PoolConfig } from "./schema.ts";
@@ -92,6 +93,7 @@ export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSour
       // Only blanks (a newline, say): an empty webhook secret would let anyone sign deliveries.
       const value = normalize(fromEnv);
       if (!value) problems.push(`${what}: ${envName} holds only white space`);
+      else if (what === "webhookSecret") problems.push(...weakWebhookSecret(what, envName, value));
       return new Secret(value);
     }
     if (!file) {
@@ -101,6 +103,7 @@ export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSour
     try {
       const value = normalize(readFile(file));
       if (!value) problems.push(`github.${what}File: ${file} is empty`);
+      else if (what === "webhookSecret") problems.push(...weakWebhookSecret(`github.${what}File`, file, value));
       return new Secret(value);
     } catch (err) {
       problems.push(cannotRead(`github.${what}File`, file, err));
@@ -184,8 +187,11 @@ function crossCheck(config: CrossChecked): string[] {
     }
     pool.mounts.forEach((m, j) => {
       // A runner never gets a Docker engine of the host: any job could take the host over.
-      if (exposesEngineSocket(m.source)) {
-        problems.push(`pools.${i}.mounts.${j}: ${m.source} is a container engine socket; runners must never get the host's engine`);
+      const reached = engineReachedBy(m.source);
+      if (reached) {
+        problems.push(
+          `pools.${i}.mounts.${j}: ${m.source} reaches ${reached}, where a container engine socket or an engine's state lives; runners must never get the host's engine`,
+        );
       }
     });
   });
@@ -199,14 +205,25 @@ function crossCheck(config: CrossChecked): string[] {
   return problems;
 }
 
-/** Directories that hold the host's engine sockets, and the sockets themselves. */
-const ENGINE_PATHS = ["/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock", "/run/podman/podman.sock"];
+/**
+ * What of the host gives a runner its engine: the Docker socket; the run directories of dockerd
+ * (the socket of the containerd it starts), containerd (each container's config.json), podman and
+ * rootless engines (/run/user/<uid>), each under /var/run too, which links to /run; and the
+ * engines' state (every container's config.v2.json, runners' JIT configs among them).
+ */
+const ENGINE_RUN = ["/run/docker.sock", "/run/docker", "/run/containerd", "/run/podman", "/run/user"];
+const ENGINE_PATHS = [...ENGINE_RUN, ...ENGINE_RUN.map((p) => `/var${p}`), "/var/lib/docker", "/var/lib/containerd"];
 
-/** True when a bind mount source is, or contains, a container engine socket of the host. */
-export function exposesEngineSocket(source: string): boolean {
-  const path = source.replace(/\/+$/, "") || "/";
-  if (/(^|\/)(docker|containerd|podman)\.sock$/.test(path)) return true;
-  return ENGINE_PATHS.some((socket) => socket === path || socket.startsWith(path === "/" ? "/" : `${path}/`));
+/**
+ * The engine path (of ENGINE_PATHS, or any engine's *.sock) a bind mount source is, lies inside or
+ * holds; undefined when none. Compared as Docker mounts it, cleaned: `//var/run`, `/var/./run` and
+ * `/var/run/../run` are all /var/run.
+ */
+function engineReachedBy(source: string): string | undefined {
+  const path = posix.normalize(source).replace(/\/+$/, "") || "/";
+  if (/(^|\/)(docker|containerd|podman)\.sock$/.test(path)) return path;
+  const dir = path === "/" ? "/" : `${path}/`;
+  return ENGINE_PATHS.find((p) => p === path || p.startsWith(dir) || path.startsWith(`${p}/`));
 }
 
 /**
@@ -261,6 +278,23 @@ function unreadableFiles(section: unknown, where: string, keys: readonly string[
 
 /** Shortest bearer token accepted: a guessable token protects nothing. */
 const TOKEN_MIN_LENGTH = 16;
+
+/** Shortest webhook secret accepted: whoever guesses it can sign deliveries that launch runners. */
+const WEBHOOK_SECRET_MIN_LENGTH = 16;
+
+/** The placeholder deploy/kubernetes/secret.example.yml ships: a value holding it was never filled in. */
+const SECRET_PLACEHOLDERS = ["REPLACE_ME"];
+
+/** Why a webhook secret (trimmed, not empty) is too weak to sign with, naming where it came from. */
+function weakWebhookSecret(option: string, from: string, value: string): string[] {
+  const make = "make one with `openssl rand -hex 32` and give GitHub the same in the App's settings";
+  const placeholder = SECRET_PLACEHOLDERS.find((p) => value.toUpperCase().includes(p));
+  if (placeholder) return [`${option}: the webhook secret (from ${from}) still holds ${placeholder}, the example files' placeholder; ${make}`];
+  if (value.length < WEBHOOK_SECRET_MIN_LENGTH) {
+    return [`${option}: the webhook secret (from ${from}) must be at least ${WEBHOOK_SECRET_MIN_LENGTH} characters; ${make}`];
+  }
+  return [];
+}
 
 /** An optional bearer token from env or file; undefined when neither is given. */
 function optionalToken(

@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
+import { parse as parseYaml } from "yaml";
 import { loadConfig } from "../../src/config/load.ts";
 import { ConfigError } from "../../src/errors.ts";
 import { testPrivateKey } from "../helpers/config.ts";
 
 const KEY = testPrivateKey();
-const env = { JITRUNNER_GITHUB_PRIVATE_KEY: KEY, JITRUNNER_GITHUB_WEBHOOK_SECRET: "s3cret-value" };
+const env = { JITRUNNER_GITHUB_PRIVATE_KEY: KEY, JITRUNNER_GITHUB_WEBHOOK_SECRET: "s3cret-value-0123456789" };
 const noFiles = (p: string): string => {
   throw Object.assign(new Error(`ENOENT ${p}`), { code: "ENOENT" });
 };
@@ -76,11 +78,11 @@ pools:
 });
 
 test("secrets come from files when the environment has none; unreadable files are reported", () => {
-  const files: Record<string, string> = { "/run/key.pem": `${KEY}\n`, "/run/hook": "from-file\n" };
+  const files: Record<string, string> = { "/run/key.pem": `${KEY}\n`, "/run/hook": "from-file-0123456789\n" };
   const read = (p: string) => files[p] ?? noFiles(p);
   const text = `${minimal}\n`.replace("appId: 42", "appId: 42\n  privateKeyFile: /run/key.pem\n  webhookSecretFile: /run/hook");
   const c = loadConfig({ text, env: {}, readFile: read });
-  assert.equal(c.secrets.webhookSecret.reveal(), "from-file");
+  assert.equal(c.secrets.webhookSecret.reveal(), "from-file-0123456789");
   assert.equal(String(c.secrets.webhookSecret), "[redacted]");
   assert.equal(JSON.stringify({ s: c.secrets.privateKey }), '{"s":"[redacted]"}');
 
@@ -100,7 +102,7 @@ test("a secret from the environment that is only white space is refused, as an e
 });
 
 test("a webhook secret keeps a backslash-n as the two characters it is (GitHub signs with them); only the PEM key's \\n become line breaks", () => {
-  const hook = "ab\\ncd\\n";
+  const hook = "0123456789-ab\\ncd\\n";
   const c = loadConfig({ text: minimal, env: { JITRUNNER_GITHUB_PRIVATE_KEY: KEY.trim().replace(/\n/g, "\\n"), JITRUNNER_GITHUB_WEBHOOK_SECRET: ` ${hook}\n` }, readFile: noFiles });
   assert.equal(c.secrets.webhookSecret.reveal(), hook, "surrounding white space trimmed, nothing else");
   assert.equal(c.secrets.privateKey.reveal(), KEY.trim(), "the key's line breaks restored");
@@ -123,12 +125,12 @@ test("each mode reads and requires only the GitHub secrets it uses: server the w
       },
     };
   };
-  const both = { "/run/secrets/github-app-key": KEY, "/run/secrets/webhook-secret": "hook-secret\n" };
+  const both = { "/run/secrets/github-app-key": KEY, "/run/secrets/webhook-secret": "hook-secret-0123456789\n" };
 
   // The internet-facing server: no key mounted, none read, none held.
-  const server = mounted({ "/run/secrets/webhook-secret": "hook-secret\n" });
+  const server = mounted({ "/run/secrets/webhook-secret": "hook-secret-0123456789\n" });
   const s = loadConfig({ text, env: {}, readFile: server.readFile, secretsFor: "server" });
-  assert.equal(s.secrets.webhookSecret.reveal(), "hook-secret");
+  assert.equal(s.secrets.webhookSecret.reveal(), "hook-secret-0123456789");
   assert.equal(s.secrets.privateKey.reveal(), "");
   assert.deepEqual(server.reads, ["/run/secrets/webhook-secret"]);
   assert.equal(loadConfig({ text: minimal, env, readFile: noFiles, secretsFor: "server" }).secrets.privateKey.reveal(), "", "a key in the environment is not taken either");
@@ -144,7 +146,7 @@ test("each mode reads and requires only the GitHub secrets it uses: server the w
 
   // all (the default) needs both; missing either is a problem.
   const all = loadConfig({ text, env: {}, readFile: mounted(both).readFile });
-  assert.deepEqual([all.secrets.privateKey.reveal(), all.secrets.webhookSecret.reveal()], [KEY.trim(), "hook-secret"]);
+  assert.deepEqual([all.secrets.privateKey.reveal(), all.secrets.webhookSecret.reveal()], [KEY.trim(), "hook-secret-0123456789"]);
   assert.throws(() => loadConfig({ text, env: {}, readFile: server.readFile, secretsFor: "all" }), /github\.privateKeyFile: cannot read \/run\/secrets\/github-app-key/);
   assert.throws(() => loadConfig({ text, env: {}, readFile: worker.readFile }), /github\.webhookSecretFile: cannot read \/run\/secrets\/webhook-secret/);
 
@@ -280,4 +282,71 @@ test("a secret or key file the process may not read says who must be able to rea
   }
   // Other errors stay as they were: a missing file is not a question of owners.
   assert.doesNotMatch(problemsOf({ text, env: {}, readFile: noFiles }).join("\n"), /chown/);
+});
+
+test("a webhook secret shorter than 16 characters is refused where it is read, naming the option, where it came from and how to make one", () => {
+  const text = minimal.replace("appId: 42", "appId: 42\n  webhookSecretFile: /run/secrets/webhook-secret");
+  const file = (value: string) => (p: string) => (p === "/run/secrets/webhook-secret" ? value : noFiles(p));
+  for (const secretsFor of ["server", "all"] as const) {
+    const fromEnv = problemsOf({ text: minimal, env: { ...env, JITRUNNER_GITHUB_WEBHOOK_SECRET: "x" }, readFile: noFiles, secretsFor }).join("\n");
+    assert.match(fromEnv, /^webhookSecret: .*\(from JITRUNNER_GITHUB_WEBHOOK_SECRET\) must be at least 16 characters.*openssl rand -hex 32/m, secretsFor);
+    const fromFile = problemsOf({ text, env: { JITRUNNER_GITHUB_PRIVATE_KEY: KEY }, readFile: file("short-secret\n"), secretsFor }).join("\n");
+    assert.match(fromFile, /^github\.webhookSecretFile: .*\(from \/run\/secrets\/webhook-secret\) must be at least 16 characters.*openssl rand -hex 32/m, secretsFor);
+    assert.doesNotMatch(fromFile, /short-secret/, "the secret is not in the message");
+  }
+  // A file's trailing newline is dropped before counting: 15 characters and a newline are too few, 16 are enough.
+  assert.throws(() => loadConfig({ text, env: { JITRUNNER_GITHUB_PRIVATE_KEY: KEY }, readFile: file(`${"a".repeat(15)}\n`) }), /at least 16 characters/);
+  assert.equal(loadConfig({ text, env: { JITRUNNER_GITHUB_PRIVATE_KEY: KEY }, readFile: file(`${"a".repeat(16)}\n`) }).secrets.webhookSecret.reveal(), "a".repeat(16));
+  // A worker and the operator's commands never read it, short or not.
+  for (const secretsFor of ["worker", "none"] as const) {
+    assert.doesNotThrow(() => loadConfig({ text: minimal, env: { ...env, JITRUNNER_GITHUB_WEBHOOK_SECRET: "x" }, readFile: noFiles, secretsFor }), secretsFor);
+  }
+});
+
+test("the example Secret's webhook-secret placeholder is refused, as is any value still holding it", () => {
+  const example = parseYaml(readFileSync(new URL("../../deploy/kubernetes/secret.example.yml", import.meta.url), "utf8")) as { stringData: Record<string, string> };
+  const placeholder = example.stringData["webhook-secret"]!;
+  for (const value of [placeholder, `${placeholder}-with-openssl-rand-hex-32`, `replace_me-${"0".repeat(16)}`]) {
+    const problems = problemsOf({ text: minimal, env: { ...env, JITRUNNER_GITHUB_WEBHOOK_SECRET: value }, readFile: noFiles }).join("\n");
+    assert.match(problems, /^webhookSecret: .*\(from JITRUNNER_GITHUB_WEBHOOK_SECRET\) still holds REPLACE_ME, the example files' placeholder;.*openssl rand -hex 32/m, value);
+  }
+});
+
+test("a pool mount of the host's engine is refused however its path is written: Docker cleans the path before mounting", () => {
+  const refused = [
+    // Unnormalised spellings of /var/run, which holds docker.sock.
+    "/var/./run",
+    "//var/run",
+    "/var/run/../run",
+    "/var/run/./",
+    "/run/../var/run/docker.sock/",
+    // The engines' state: every container's config.v2.json, runners' JIT configs among them; and what holds it.
+    "/var/lib/docker",
+    "/var/lib/docker/",
+    "/var/lib/docker/containers",
+    "//var/lib/./docker",
+    "/var/lib/containerd",
+    "/var/lib",
+    "/var",
+    "/",
+    // Engines' run directories: rootless Docker's socket dir, containerd's task bundles (each runner's config.json), dockerd's own containerd.
+    "/run/user/1000",
+    "/run/user",
+    "/var/run/user/1000",
+    "/run/containerd/io.containerd.runtime.v2.task",
+    "/var/run/containerd",
+    "/run/docker",
+    "/run/podman",
+  ];
+  const mounts = (sources: string[]) => `${minimal}    mounts:\n${sources.map((s) => `      - { source: "${s}", target: /x }`).join("\n")}\n`;
+  const problems = problemsOf({ text: mounts(refused), env, readFile: noFiles });
+  refused.forEach((source, j) => {
+    assert.ok(
+      problems.some((p) => p.startsWith(`pools.0.mounts.${j}: `) && p.includes("container engine socket")),
+      `${source} is refused: ${problems.join("\n")}`,
+    );
+  });
+  // Look-alikes of other directories are not the engine's.
+  const allowed = ["/srv/cache", "/var/lib/docker-cache", "/var/lib/apt", "/run/users", "/run/secrets/npmrc", "/var/cache/./apt", "/home/ci/.cache/"];
+  assert.deepEqual(loadConfig({ text: mounts(allowed), env, readFile: noFiles }).pools[0]!.mounts.map((m) => m.source), allowed);
 });

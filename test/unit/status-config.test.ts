@@ -6,7 +6,7 @@ import { loadConfig } from "../../src/config/load.ts";
 import { ConfigError } from "../../src/errors.ts";
 import { testPrivateKey } from "../helpers/config.ts";
 
-const env = { JITRUNNER_GITHUB_PRIVATE_KEY: testPrivateKey(), JITRUNNER_GITHUB_WEBHOOK_SECRET: "s3cret-value" };
+const env = { JITRUNNER_GITHUB_PRIVATE_KEY: testPrivateKey(), JITRUNNER_GITHUB_WEBHOOK_SECRET: "s3cret-value-0123456789" };
 const text = (server = "") => `
 github: { appId: 1 }
 ${server}
