@@ -5,6 +5,7 @@ import { errorMessage, redisErrorReply, RedisRefusedError, RedisUnavailableError
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
+import type { DeliveredBy } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
 import { BestEffortWrites } from "./best-effort.ts";
 import { decideQueued, type WorkflowJobEvent } from "./policy.ts";
@@ -36,7 +37,8 @@ export interface DemandSink {
 
 /** Where runner state changes from webhooks go (the Redis runner records). */
 export interface RunnerMarks {
-  mark(name: string, state: "busy" | "completed", jobId: number): Promise<boolean>;
+  /** "not_ours" when the record is another runner than the delivery's (see RunnerStore.markFromWebhook). */
+  markFromWebhook(name: string, state: "busy" | "completed", jobId: number, by: DeliveredBy): Promise<"marked" | "unknown" | "not_ours">;
 }
 
 /** Delivery ids already acted on (Redis in production). */
@@ -230,12 +232,18 @@ export class Ingress {
     const { outcome, pool } = await this.#act(event);
     if (!(await this.#deps.deliveries.claim(delivery.deliveryId))) return "replayed";
     const job = event.workflow_job;
-    if (event.action === "in_progress" || event.action === "completed") this.#observeTimes(event);
+    if (event.action === "in_progress" || event.action === "completed") this.#observeTimes(event, outcome);
     const ids = { deliveryId: delivery.deliveryId, jobId: job.id, action: event.action };
     const { logger } = this.#deps;
     if (outcome === "runner_busy") logger.info({ ...ids, runner: job.runner_name }, "runner busy");
     else if (outcome === "runner_completed") logger.info({ ...ids, runner: job.runner_name }, "runner completed its job");
     else if (outcome === "demand_cancelled") logger.info({ ...ids, pool }, "demand dropped: job ended before it got a runner");
+    else if (outcome === "not_ours" && isOurRunner(this.#deps.config.runnerNamePrefix, job.runner_name)) {
+      logger.warn(
+        { ...ids, runner: job.runner_name, repo: event.repository.full_name },
+        "delivery names one of our runners but another runner id, installation, owner or repository: not marked (a runner registered elsewhere under our name?)",
+      );
+    }
     return outcome;
   }
 
@@ -249,12 +257,10 @@ export class Ingress {
     switch (event.action) {
       case "in_progress": {
         if (!isOurRunner(config.runnerNamePrefix, job.runner_name)) return { outcome: "not_ours" };
-        return { outcome: (await this.#deps.runners.mark(job.runner_name!, "busy", job.id)) ? "runner_busy" : "runner_unknown" };
+        return { outcome: await this.#mark(event, "busy") };
       }
       case "completed": {
-        if (isOurRunner(config.runnerNamePrefix, job.runner_name)) {
-          return { outcome: (await this.#deps.runners.mark(job.runner_name!, "completed", job.id)) ? "runner_completed" : "runner_unknown" };
-        }
+        if (isOurRunner(config.runnerNamePrefix, job.runner_name)) return { outcome: await this.#mark(event, "completed") };
         if (job.runner_name) return { outcome: "not_ours" };
         // Completed without a runner: cancelled while queued. Drop its demand (and renewals) if still waiting.
         const pool = matchPool(job.labels, config.pools);
@@ -265,6 +271,23 @@ export class Ingress {
       default:
         return { outcome: "ignored_action" };
     }
+  }
+
+  /** Marks the runner the delivery names, if its record is that runner and not a namesake. */
+  async #mark(event: WorkflowJobEvent, state: "busy" | "completed"): Promise<string> {
+    const job = event.workflow_job;
+    // Not in WorkflowJobEvent: only a mark needs it. A number once the job has a runner.
+    const runnerId = (job as typeof job & { runner_id?: unknown }).runner_id;
+    const installationId = event.installation?.id;
+    const by: DeliveredBy = {
+      runnerId: Number.isSafeInteger(runnerId) ? (runnerId as number) : undefined,
+      installationId: Number.isSafeInteger(installationId) ? installationId : undefined,
+      owner: event.repository.owner.login,
+      repo: event.repository.name,
+    };
+    const result = await this.#deps.runners.markFromWebhook(job.runner_name!, state, job.id, by);
+    if (result === "marked") return state === "busy" ? "runner_busy" : "runner_completed";
+    return result === "unknown" ? "runner_unknown" : "not_ours";
   }
 
   /**
@@ -292,13 +315,16 @@ export class Ingress {
     return "queued";
   }
 
-  /** Queue wait and duration of jobs our pools serve (matched by labels, as GitHub routes them). */
-  #observeTimes(event: WorkflowJobEvent): void {
+  /**
+   * Queue wait and duration of jobs our pools serve (matched by labels, as GitHub routes them); no
+   * duration for a job of a namesake of our runner (`not_ours`).
+   */
+  #observeTimes(event: WorkflowJobEvent, outcome: string): void {
     const job = event.workflow_job;
     const pool = matchPool(job.labels, this.#deps.config.pools);
     if (!pool) return;
     if (event.action === "in_progress") this.#deps.metrics.jobStarted(pool.name, secondsBetween(job.created_at, job.started_at));
-    else if (isOurRunner(this.#deps.config.runnerNamePrefix, job.runner_name)) {
+    else if (outcome !== "not_ours" && isOurRunner(this.#deps.config.runnerNamePrefix, job.runner_name)) {
       this.#deps.metrics.jobFinished(pool.name, job.conclusion ?? "unknown", secondsBetween(job.started_at, job.completed_at));
     }
   }

@@ -52,13 +52,37 @@ const SET_IF_EXISTS = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])`;
 
+/**
+ * Marks an existing record (ARGV: state, jobId, at): 0 when there is none, 2 when it is completed
+ * and the mark is not (it stays completed), else 1. With ARGV[4] == '1', from a webhook: 3, and
+ * nothing written, when the delivery is about a namesake (see RunnerStore.markFromWebhook): its
+ * runner id (ARGV[5], '' if none) differs from the record's, where both have one; or its
+ * installation (ARGV[6]), owner (ARGV[7]) or repository (ARGV[8]) from the record's, where the
+ * record has one (installation 0 is unknown, repository '' an organization runner). Logins and
+ * names compare case-insensitively, as GitHub's do.
+ */
 const MARK_IF_EXISTS = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HGET', KEYS[1], 'state') == 'completed' then
-  if ARGV[1] ~= 'completed' then return 2 end
+local state, runnerId, installationId, owner, repo = unpack(redis.call('HMGET', KEYS[1], 'state', 'runnerId', 'installationId', 'owner', 'repo'))
+if ARGV[4] == '1' then
+  if runnerId and runnerId ~= '' and ARGV[5] ~= '' and runnerId ~= ARGV[5] then return 3 end
+  if installationId and installationId ~= '' and installationId ~= '0' and installationId ~= ARGV[6] then return 3 end
+  if owner and owner ~= '' and string.lower(owner) ~= string.lower(ARGV[7]) then return 3 end
+  if repo and repo ~= '' and string.lower(repo) ~= string.lower(ARGV[8]) then return 3 end
 end
+if state == 'completed' and ARGV[1] ~= 'completed' then return 2 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'jobId', ARGV[2], ARGV[1] .. 'At', ARGV[3])
 return 1`;
+
+/** Who a webhook delivery says ran its job: `workflow_job.runner_id`, `installation.id`, `repository`. */
+export interface DeliveredBy {
+  /** Absent when the delivery carries none. */
+  runnerId?: number;
+  /** Absent when the delivery carries none. */
+  installationId?: number;
+  owner: string;
+  repo: string;
+}
 
 /**
  * Redis records of runners, keyed by runner name, with one index set per host and one of every
@@ -204,17 +228,37 @@ export class RunnerStore {
   }
 
   /**
-   * From a webhook: mark a runner busy or completed if it is one of ours, and tell its worker.
-   * Returns false when no record exists (not ours, or already gone). `completed` is terminal: a
-   * late `in_progress` does not undo it.
+   * From our own loops, which know the runner is ours (GitHub listed or answered for it by id):
+   * mark a runner busy or completed and tell its worker. Returns false when no record exists (it
+   * is gone). `completed` is terminal: a later `busy` does not undo it.
    */
   async mark(name: string, state: "busy" | "completed", jobId: number): Promise<boolean> {
+    return (await this.#mark(name, state, jobId, ["0"])) !== 0;
+  }
+
+  /**
+   * From a webhook: mark as `mark` does, if the delivery is about this very runner. GitHub makes
+   * runner names unique only per repository or organization: an admin of any repository the App
+   * is installed on can register a runner under one of our names (the status page shows them)
+   * and get genuinely signed deliveries naming it. Such a delivery would have our runner torn down
+   * (`completed`) or kept past its idle timeout (`in_progress`). So the delivery must carry the
+   * record's runner id (unless the record has none yet, or the delivery none), installation
+   * (unless recorded as 0: unknown) and owner, and for a repository runner its repository; an
+   * organization runner takes jobs of any repository of the organization. Checked in the same
+   * script as the write: "not_ours" leaves the record as it was.
+   */
+  async markFromWebhook(name: string, state: "busy" | "completed", jobId: number, by: DeliveredBy): Promise<"marked" | "unknown" | "not_ours"> {
+    const result = await this.#mark(name, state, jobId, ["1", String(by.runnerId ?? ""), String(by.installationId ?? ""), by.owner, by.repo]);
+    return result === 0 ? "unknown" : result === 3 ? "not_ours" : "marked";
+  }
+
+  async #mark(name: string, state: "busy" | "completed", jobId: number, check: string[]): Promise<number> {
     const redis = this.#redis as Redis & {
-      jitrunnerMarkIfExists(key: string, state: string, jobId: string, at: string): Promise<number>;
+      jitrunnerMarkIfExists(key: string, state: string, jobId: string, at: string, ...check: string[]): Promise<number>;
     };
-    const result = await redis.jitrunnerMarkIfExists(this.#key(name), state, String(jobId), String(Date.now()));
+    const result = await redis.jitrunnerMarkIfExists(this.#key(name), state, String(jobId), String(Date.now()), ...check);
     if (result === 1) await this.#redis.publish(this.eventsChannel, JSON.stringify({ name, state }));
-    return result !== 0;
+    return result;
   }
 }
 

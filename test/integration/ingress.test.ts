@@ -257,6 +257,50 @@ test("an in_progress or completed delivery whose claim was taken but not acted o
   assert.equal(await finished(), before + 1, "the job's duration observed once, by the copy that claimed");
 });
 
+/** A signed in_progress or completed delivery naming `runner`, as GitHub sends it for a job that ran on it. */
+async function sendRan(action: string, runner: string, o: { runnerId: number | null; installationId: number; owner: string; repo?: string }) {
+  const p = queuedPayload({ jobId: 31, labels: ["self-hosted"], installationId: o.installationId, owner: o.owner, repo: o.repo ?? "any-repo" });
+  p.action = action;
+  p.workflow_job.status = action;
+  p.workflow_job.runner_name = runner;
+  p.workflow_job.runner_id = o.runnerId;
+  const body = JSON.stringify(p);
+  return (await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET))).json().outcome;
+}
+
+test("a delivery naming our runner's name from another runner, installation or owner (a namesake registered elsewhere) leaves the record as it was", async () => {
+  // GitHub makes runner names unique per repository or organization only: anyone who administers a
+  // repository the App is installed on can register a runner under our name and run a job on it.
+  const name = "jitrunner-default-namesake01";
+  await runners.put({ name, pool: "default", host: "h1", state: "idle", installationId: 1, owner: "my-org", repo: "", runnerId: 1, demandId: "31-1", createdAt: Date.now() });
+  const recorded = await runners.get(name);
+  for (const [action, from] of [
+    ["completed", { runnerId: 2, installationId: 1, owner: "my-org" }],
+    ["in_progress", { runnerId: 2, installationId: 1, owner: "my-org" }],
+    ["completed", { runnerId: null, installationId: 999, owner: "someone-else" }],
+    ["completed", { runnerId: null, installationId: 999, owner: "my-org" }],
+    ["in_progress", { runnerId: null, installationId: 1, owner: "someone-else" }],
+  ] as const) {
+    assert.equal(await sendRan(action, name, from), "not_ours", `${action} from ${JSON.stringify(from)}`);
+    assert.deepEqual(await runners.get(name), recorded, "the record unchanged");
+  }
+  // Its own: the owner's login in another case, any repository of the organization.
+  assert.equal(await sendRan("completed", name, { runnerId: 1, installationId: 1, owner: "My-Org" }), "runner_completed");
+  assert.equal((await runners.get(name))?.state, "completed");
+  assert.equal(await sendRan("completed", name, { runnerId: 1, installationId: 1, owner: "my-org", repo: "other" }), "runner_completed", "a repeat is a no-op");
+  assert.equal(await sendRan("in_progress", name, { runnerId: 2, installationId: 1, owner: "my-org" }), "not_ours", "refused after completed as well");
+});
+
+test("a repository runner is marked only from its repository; a record without a runner id yet by installation and owner", async () => {
+  const name = "jitrunner-default-reporunnr1";
+  await runners.put({ name, pool: "default", host: "h1", state: "idle", installationId: 1, owner: "acme", repo: "app", demandId: "31-1", createdAt: Date.now() });
+  const recorded = await runners.get(name);
+  assert.equal(await sendRan("in_progress", name, { runnerId: 7, installationId: 1, owner: "acme", repo: "other" }), "not_ours");
+  assert.deepEqual(await runners.get(name), recorded);
+  assert.equal(await sendRan("in_progress", name, { runnerId: 7, installationId: 1, owner: "ACME", repo: "App" }), "runner_busy");
+  assert.equal((await runners.get(name))?.state, "busy");
+});
+
 test("completed for a job that never got a runner drops its waiting demand", async () => {
   const q = JSON.stringify(queuedPayload({ jobId: 4242, labels: ["self-hosted"] }));
   assert.equal((await post(q, signedHeaders("workflow_job", q, WEBHOOK_SECRET))).json().outcome, "queued");

@@ -119,6 +119,8 @@ test("the ingress records what it did with each job; jobs not ours stay out; the
   assert.equal((await deliver(queuedPayload({ jobId: 7002, labels: ["ubuntu-latest"] }))).statusCode, 202);
   const inProgress = structuredClone(examplesOf("workflow_job").find((e) => e.action === "in_progress")!);
   inProgress.workflow_job = { ...inProgress.workflow_job, id: 11, run_attempt: 1, runner_name: "jitrunner-default-aaaa" };
+  // Where that runner is registered: a delivery from elsewhere naming it is a namesake's (not_ours).
+  Object.assign(inProgress, { installation: { id: 1 }, repository: queuedPayload({ jobId: 11, labels: [] }).repository });
   assert.equal((await deliver(inProgress)).statusCode, 202);
 
   const events = await activity.recentJobEvents();
