@@ -64,9 +64,34 @@ export interface QueueSettings {
   leaseMs?: number;
 }
 
+/**
+ * How long a connection waits for any byte back once a command is out, before it drops the socket
+ * and reconnects. Without it, a Redis that goes silent without FIN or RST (a managed Redis failing
+ * over behind one DNS name, a NAT or load balancer dropping the flow) is waited on until TCP gives
+ * up, about 15 minutes: the server's connection stays `ready` and times out every command (every
+ * webhook 503), and a worker's commands (heartbeats, leases) hang. ioredis arms it only while a
+ * command awaits its reply, so an idle or subscribed connection is never cut, but a command Redis
+ * takes longer to answer would be: it must exceed BullMQ's longest block (its worker's
+ * maximumBlockTimeout, 10 s, plus a 1 s watchdog). Recovery takes about this plus a reconnect.
+ */
+export const REDIS_SOCKET_TIMEOUT_MS = 15_000;
+/**
+ * TCP keep-alive after this much idleness (the OS default is 2 h): the only check on a connection
+ * with no command out, a subscriber's. Node 20 sets only the first probe's delay; the OS's probe
+ * interval and count (Linux: 75 s, 9) decide when a dead peer is given up on.
+ */
+export const REDIS_KEEPALIVE_MS = 10_000;
+
 export function redisConnection(url: string, extra: RedisOptions = {}): Redis {
-  // BullMQ needs maxRetriesPerRequest: null on connections it blocks on.
-  return new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, ...extra });
+  // BullMQ needs maxRetriesPerRequest: null on connections it blocks on. BullMQ's own connections
+  // (a worker's blocking one) are duplicates of this one, with its timeouts.
+  return new Redis(url, {
+    maxRetriesPerRequest: null,
+    enableReadyCheck: true,
+    socketTimeout: REDIS_SOCKET_TIMEOUT_MS,
+    keepAlive: REDIS_KEEPALIVE_MS,
+    ...extra,
+  });
 }
 
 /** How long a command on a fail-fast connection may wait for Redis's answer: well under GitHub's 10 s. */
@@ -82,6 +107,12 @@ export const FAIL_FAST_COMMAND_TIMEOUT_MS = 3_000;
  * drops.
  */
 export const FAIL_FAST: RedisOptions = { enableOfflineQueue: false, commandTimeout: FAIL_FAST_COMMAND_TIMEOUT_MS };
+
+/**
+ * Failed demand items kept per pool, newest first. At about 1.5 KB each (one stack trace), at most
+ * about 30 MB a pool: a pool that cannot launch at 100,000 jobs a day fills it in about 5 hours.
+ */
+export const FAILED_ITEMS_KEPT = 20_000;
 
 function queueName(pool: string): string {
   return `demand-${pool}`;
@@ -116,7 +147,12 @@ export class DemandQueues {
       attempts: settings.attempts,
       backoff: { type: "exponential", delay: 2000 },
       removeOnComplete: { age: 3600, count: 5000 },
-      removeOnFail: { age: SEEN_TTL_SECONDS },
+      // A failed item is kept while its job may still wait on GitHub (ended, retryFailed), but
+      // bounded: a pool that cannot launch fails an item per job, and Redis (noeviction) full
+      // refuses every webhook. One stack trace (the last attempt's) instead of one per attempt;
+      // a failed item past the cap is as if never added: the reconciler or a redelivery adds it.
+      removeOnFail: { age: SEEN_TTL_SECONDS, count: FAILED_ITEMS_KEPT },
+      stackTraceLimit: 1,
     };
     redis.defineCommand("jitrunnerClaimDemands", { lua: CLAIM_DELIVERIES_AND_ATTEMPTS });
   }
