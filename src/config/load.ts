@@ -176,6 +176,13 @@ function crossCheck(config: CrossChecked): string[] {
     if (pool.runnerGroup !== undefined && pool.scope !== "organization") {
       problems.push(`pools.${i}.runnerGroup: runner groups are for organization runners; set scope: organization`);
     }
+    // Default group: runnerGroupId 1, set by the schema when no group is given.
+    if (pool.serveJobsWithoutLabels && (pool.scope !== "organization" || (pool.runnerGroup === undefined && pool.runnerGroupId === 1))) {
+      problems.push(
+        `pools.${i}.serveJobsWithoutLabels: only for a pool with scope: organization and a runner group of its own (runnerGroup, or a runnerGroupId other than 1, the Default group): ` +
+          "a job with no labels names only a runner group, which its webhooks do not carry, so this pool's runners must be in the one group such jobs ask for",
+      );
+    }
     if (pool.minIdle > 0 && !pool.warm) {
       problems.push(`pools.${i}.warm: minIdle needs warm.installationId and warm.owner (and warm.repo for repository pools): where warm runners register`);
     }

@@ -43,6 +43,12 @@ const pool = z
     mounts: z.array(mount).default([]),
     env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
     allowPublicRepositories: z.boolean().default(false),
+    /**
+     * Serve jobs that name no labels (`runs-on: { group: ... }` only). Their webhooks do not say
+     * which group they want, so a runner launched for one may be in the wrong group and take
+     * nothing: only for an organization pool with a runner group of its own (checked in load.ts).
+     */
+    serveJobsWithoutLabels: z.boolean().default(false),
     idleTimeoutSeconds: z.number().int().positive().default(600),
     /** A runner GitHub does not list online this long after its container started is removed. */
     startTimeoutSeconds: z.number().int().positive().default(300),

@@ -4,20 +4,22 @@ import type { Demand, DemandEnd } from "../demand.ts";
 import { errorMessage, redisErrorReply, RedisRefusedError, RedisUnavailableError, redisUnavailableReason } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
-import type { ClaimKey } from "../state/deliveries.ts";
+import { NO_CHANGE_TTL_SECONDS, type ClaimKey } from "../state/deliveries.ts";
 import type { DeliveredBy } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
 import { BestEffortWrites } from "./best-effort.ts";
 import { decideQueued, type WorkflowJobEvent } from "./policy.ts";
-import { matchPool } from "./pools.ts";
+import { matchPool, unmatchedReason } from "./pools.ts";
 
 /** Where accepted demand goes (the BullMQ queues in production). */
 export interface DemandSink {
   /**
-   * Once per job attempt ("duplicate" after that). With `claim`, the delivery is claimed in the
-   * same round trip, first: "replayed" when it was claimed before, and nothing is added. A claim
-   * or seen attempt whose demand is not in the queue (its adder died before adding it) does not
-   * count: the demand is added ("added").
+   * Once per job attempt ("duplicate" after that, while its demand is pending or taken). With
+   * `claim`, the delivery is claimed in the same round trip, first: "replayed" when it was claimed
+   * before, and nothing is added. A claim or seen attempt whose demand is not in the queue (its
+   * adder died before adding it, or a `waiting` delivery dropped it) does not count: the demand is
+   * added ("added"). Nor does, for a new delivery, a seen attempt whose demand has ended: GitHub
+   * queued the job again (after an approval), so it is added afresh ("added").
    */
   add(demand: Demand, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed">;
   /** Drops the job attempt's demand, and its renewals, where still waiting; false if none was. */
@@ -43,7 +45,8 @@ export interface RunnerMarks {
 
 /** Delivery ids already acted on (Redis in production). */
 export interface DeliveryClaims {
-  claim(deliveryId: string): Promise<boolean>;
+  /** True the first time; kept GitHub's 3 days unless `ttlSeconds` says otherwise. */
+  claim(deliveryId: string, ttlSeconds?: number): Promise<boolean>;
   /** The claim as a key, for the demand sink to take together with the job attempt's. */
   claimKey(deliveryId: string): ClaimKey;
   forget(deliveryId: string): Promise<void>;
@@ -85,6 +88,13 @@ const RECONNECTING = new Set(["not connected", "connection lost", "loading its d
  * storm of them while Redis is away does not pile up in memory.
  */
 const MAX_WAITING_FOR_REDIS = 1000;
+
+/**
+ * Outcomes of deliveries that changed nothing: claimed for NO_CHANGE_TTL_SECONDS only, not 3 days
+ * (most deliveries of an App installed org-wide are of jobs that are not ours). Any other outcome
+ * keeps GitHub's 3 days.
+ */
+const CHANGED_NOTHING = new Set(["not_ours", "runner_unknown", "no_demand", "no_pool", "no_labels", "ignored_action"]);
 
 /**
  * Acts on one verified, parsed delivery and says what it did. Only `workflow_job` matters;
@@ -158,8 +168,8 @@ export class Ingress {
    * a failover) waits for the reconnection, within `redisWaitSeconds`, and is acted on once more
    * rather than answered 503: a redelivery would come only with the github-deliveries loop, a
    * minute or more later. Acting on it again is safe: a claim whose demand BullMQ does not hold
-   * does not count, and an `in_progress` or `completed` delivery does the same however often it
-   * is done (see #workflowJob).
+   * does not count, and any other than a `queued` delivery does the same however often it is done
+   * (see #workflowJob).
    */
   async #workflowJobOnceConnected(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
     try {
@@ -218,25 +228,28 @@ export class Ingress {
   }
 
   /**
-   * Every delivery id is claimed once: a replay gets "replayed". A `queued` delivery is claimed
-   * before it is acted on, in one round trip with its job attempt (see #queued). An `in_progress`
-   * or `completed` one is acted on first and claimed after: what it does (a runner marked busy or
-   * completed, which never undoes completed; a waiting demand dropped) comes out the same however
-   * often it is done, whereas a claim first would lose it for good when the claim was taken but its
-   * answer lost (the connection dropped, the command timed out) or the server died before acting:
-   * GitHub's redelivery would find the claim and do nothing. Its timings, counted only by the copy
-   * that claims it, and its log line, come once.
+   * Every delivery id is claimed once: a replay gets "replayed" (within an hour only when the
+   * delivery changed nothing: see CHANGED_NOTHING). A `queued` delivery is claimed before it is
+   * acted on, in one round trip with its job attempt (see #queued). Any other one is acted on first
+   * and claimed after: what it does (a runner marked busy or completed, which never undoes
+   * completed; a waiting demand dropped) comes out the same however often it is done, whereas a
+   * claim first would lose it for good when the claim was taken but its answer lost (the connection
+   * dropped, the command timed out) or the server died before acting: GitHub's redelivery would find
+   * the claim and do nothing. Its timings, counted only by the copy that claims it, and its log
+   * line, come once.
    */
   async #workflowJob(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
     if (event.action === "queued") return this.#queued(event, delivery);
     const { outcome, pool } = await this.#act(event);
-    if (!(await this.#deps.deliveries.claim(delivery.deliveryId))) return "replayed";
+    const ttl = CHANGED_NOTHING.has(outcome) ? NO_CHANGE_TTL_SECONDS : undefined;
+    if (!(await this.#deps.deliveries.claim(delivery.deliveryId, ttl))) return "replayed";
     const job = event.workflow_job;
     if (event.action === "in_progress" || event.action === "completed") this.#observeTimes(event, outcome);
     const ids = { deliveryId: delivery.deliveryId, jobId: job.id, action: event.action };
     const { logger } = this.#deps;
     if (outcome === "runner_busy") logger.info({ ...ids, runner: job.runner_name }, "runner busy");
     else if (outcome === "runner_completed") logger.info({ ...ids, runner: job.runner_name }, "runner completed its job");
+    else if (outcome === "demand_cancelled" && event.action === "waiting") logger.info({ ...ids, pool }, "demand dropped: job waits for an approval");
     else if (outcome === "demand_cancelled") logger.info({ ...ids, pool }, "demand dropped: job ended before it got a runner");
     else if (outcome === "not_ours" && isOurRunner(this.#deps.config.runnerNamePrefix, job.runner_name)) {
       logger.warn(
@@ -248,8 +261,8 @@ export class Ingress {
   }
 
   /**
-   * What an `in_progress` or `completed` delivery does, the same however often it is done; with
-   * the pool whose demand it dropped, if it did.
+   * What a delivery other than `queued` does, the same however often it is done; with the pool
+   * whose demand it dropped, if it did.
    */
   async #act(event: WorkflowJobEvent): Promise<{ outcome: string; pool?: string }> {
     const { config } = this.#deps;
@@ -262,15 +275,28 @@ export class Ingress {
       case "completed": {
         if (isOurRunner(config.runnerNamePrefix, job.runner_name)) return { outcome: await this.#mark(event, "completed") };
         if (job.runner_name) return { outcome: "not_ours" };
-        // Completed without a runner: cancelled while queued. Drop its demand (and renewals) if still waiting.
-        const pool = matchPool(job.labels, config.pools);
-        if (!pool) return { outcome: "no_pool" };
-        const dropped = await this.#deps.demand.cancel(pool.name, job.id, job.run_attempt ?? 1);
-        return { outcome: dropped ? "demand_cancelled" : "no_demand", pool: pool.name };
+        // Completed without a runner: cancelled while queued.
+        return this.#cancel(event);
       }
+      case "waiting":
+        // Waiting for an approval, maybe for hours: a runner launched now would idle out. Once
+        // approved, GitHub queues the job again, and that delivery adds its demand again.
+        return this.#cancel(event);
       default:
         return { outcome: "ignored_action" };
     }
+  }
+
+  /**
+   * Drops the job attempt's demand, and its renewals, where still waiting, in the pool the job's
+   * labels choose (as for a `queued` delivery: no pool for a job without labels unless one opts in).
+   */
+  async #cancel(event: WorkflowJobEvent): Promise<{ outcome: string; pool?: string }> {
+    const job = event.workflow_job;
+    const pool = matchPool(job.labels, this.#deps.config.pools);
+    if (!pool) return { outcome: unmatchedReason(job.labels) };
+    const dropped = await this.#deps.demand.cancel(pool.name, job.id, job.run_attempt ?? 1);
+    return { outcome: dropped ? "demand_cancelled" : "no_demand", pool: pool.name };
   }
 
   /** Marks the runner the delivery names, if its record is that runner and not a namesake. */
@@ -294,15 +320,15 @@ export class Ingress {
    * A `queued` delivery the policy accepts costs two Redis round trips before its answer: the
    * delivery and job-attempt claims together, then BullMQ's add. A replay or duplicate costs a
    * look at the queue instead of the add, and the add too if its demand is not there (a server
-   * died between claim and add): "queued" then. One the policy ignores is still claimed, so that
-   * its replays say so.
+   * died between claim and add): "queued" then. One the policy ignores is still claimed, for an
+   * hour (it changed nothing, see CHANGED_NOTHING), so that its replays say so.
    */
   async #queued(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
     const { config, logger, deliveries } = this.#deps;
     const { deliveryId, receivedAt } = delivery;
     const decision = decideQueued(event, config, { deliveryId, receivedAt });
     if (decision.kind === "ignore") {
-      if (!(await deliveries.claim(deliveryId))) return "replayed";
+      if (!(await deliveries.claim(deliveryId, NO_CHANGE_TTL_SECONDS))) return "replayed";
       logger.debug({ deliveryId, jobId: event.workflow_job.id, action: event.action, reason: decision.reason }, "queued job ignored");
       return `ignored_${decision.reason}`;
     }

@@ -1,6 +1,6 @@
 import type { Config, PoolConfig } from "../config/load.ts";
 import type { Demand } from "../demand.ts";
-import { matchPool } from "./pools.ts";
+import { matchPool, unmatchedReason } from "./pools.ts";
 
 /** The parts of a `workflow_job` webhook payload that jitrunner reads. */
 export interface WorkflowJobEvent {
@@ -24,7 +24,10 @@ export interface WorkflowJobEvent {
 
 export type QueuedDecision =
   | { kind: "enqueue"; demand: Demand; pool: PoolConfig }
-  | { kind: "ignore"; reason: "not_queued" | "no_pool" | "owner_not_allowed" | "repo_not_allowed" | "public_repo" | "no_installation" };
+  | {
+      kind: "ignore";
+      reason: "not_queued" | "no_pool" | "no_labels" | "owner_not_allowed" | "repo_not_allowed" | "public_repo" | "no_installation";
+    };
 
 /** What to do with a `queued` delivery. Pure: policy and pool matching only. */
 export function decideQueued(
@@ -44,7 +47,8 @@ export function decideQueued(
     return { kind: "ignore", reason: "repo_not_allowed" };
   }
   const pool = matchPool(job.labels, config.pools);
-  if (!pool) return { kind: "ignore", reason: "no_pool" };
+  // No labels: only a pool that opts in serves it (see matchPool).
+  if (!pool) return { kind: "ignore", reason: unmatchedReason(job.labels) };
   if (isPublic(event.repository) && !pool.allowPublicRepositories) return { kind: "ignore", reason: "public_repo" };
   const installationId = event.installation?.id;
   if (!installationId) return { kind: "ignore", reason: "no_installation" };

@@ -176,10 +176,17 @@ export class DemandQueues {
 
   /**
    * Adds the demand once per (job id, run attempt): "duplicate" when that attempt was seen before
-   * and BullMQ holds its item (in any state). With `claim` (a delivery's claim, see
-   * DeliveryLog.claimKey), that delivery is claimed first, in the same round trip as the attempt:
-   * "replayed" when it was claimed before and BullMQ holds the item. The answer comes only once
-   * BullMQ's add has resolved: "added" means the demand is in Redis.
+   * and BullMQ holds its item (in any state; with `claim`, pending or taken). With `claim` (a
+   * delivery's claim, see DeliveryLog.claimKey), that delivery is claimed first, in the same round
+   * trip as the attempt: "replayed" when it was claimed before and BullMQ holds the item. The
+   * answer comes only once BullMQ's add has resolved: "added" means the demand is in Redis.
+   *
+   * A new delivery (its claim is new) for an attempt whose item has ended (completed or failed)
+   * is GitHub saying the job is queued now, typically after an approval (queued, waiting, queued
+   * again: the item ended meanwhile, its job not needing a runner). The ended item is replaced by
+   * a fresh one, as addAgain does ("added"), rather than leaving the job to the reconciler's
+   * queued-jobs loop minutes later; the worker's still-queued check skips it if no runner is
+   * needed after all. A replay (the same delivery id) stays "replayed".
    *
    * A claim or seen key with no item behind it is not trusted: a process died between the claim
    * and the add, or Redis ran the claim script but its reply was lost and ioredis sent it again
@@ -210,7 +217,14 @@ export class DemandQueues {
     if (claim) {
       const claimed = await this.#claims.call({ claim, seenKey, pool });
       if (claimed === CLAIM_REPLAYED || claimed === CLAIM_DUPLICATE) {
-        if (await this.#held(pool, id, earlier)) return claimed === CLAIM_REPLAYED ? "replayed" : "duplicate";
+        // As #held, with the item's state: one read all the same ("unknown" when not held).
+        await earlier?.catch(() => undefined);
+        const queue = this.#queue(pool);
+        const state = await queue.getJobState(id);
+        const ended = state === "completed" || state === "failed";
+        if (state !== "unknown" && !(ended && claimed === CLAIM_DUPLICATE)) return claimed === CLAIM_REPLAYED ? "replayed" : "duplicate";
+        // Not held, or a new delivery for an ended item: a fresh item, as addAgain makes.
+        if (ended) await queue.remove(id);
         await this.#redis.set(seenKey, pool, "EX", SEEN_TTL_SECONDS);
       }
     } else if ((await this.#redis.set(seenKey, pool, "EX", SEEN_TTL_SECONDS, "NX")) === null && (await this.#held(pool, id, earlier))) {

@@ -50,6 +50,8 @@ const NOT_RECORDED = new Set([
   "not_ours",
   "no_pool",
   "ignored_no_pool",
+  "no_labels",
+  "ignored_no_labels",
   "ignored_not_queued",
   "ignored_action",
 ]);
@@ -226,7 +228,8 @@ export function summarizeJobs(events: readonly JobEvent[], limit = 50): JobSumma
     if (e.labels.length) s.labels = e.labels;
     // `completed` is terminal: a late in_progress does not make the job look running again.
     if (!(s.completedAt && e.action !== "completed")) {
-      s.outcome = e.outcome;
+      // A `waiting` delivery drops the demand until the approval; what operators need to see is why.
+      s.outcome = e.action === "waiting" ? "awaiting_approval" : e.outcome;
       s.lastAt = e.at;
     }
     if (e.action === "queued" && e.outcome === "queued") s.queuedAt ??= e.at;

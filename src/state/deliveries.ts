@@ -2,6 +2,13 @@ import type { Redis } from "ioredis";
 
 /** GitHub keeps deliveries, and lets them be redelivered, for 3 days. */
 const TTL_SECONDS = 3 * 24 * 3600;
+/**
+ * The claim of a delivery that changed nothing (a job not ours, no pool for it, an action ignored):
+ * most deliveries of an App installed org-wide, GitHub-hosted jobs among them, and 3 days of their
+ * claims would fill Redis for nothing. A replay within the hour is still answered "replayed"; a
+ * later one is acted on again, which again changes nothing.
+ */
+export const NO_CHANGE_TTL_SECONDS = 3600;
 
 /** A delivery's claim as what it is in Redis: a key set with NX and an expiry. */
 export interface ClaimKey {
@@ -23,9 +30,12 @@ export class DeliveryLog {
     this.#prefix = prefix;
   }
 
-  /** True the first time an id is claimed within the window. */
-  async claim(deliveryId: string): Promise<boolean> {
-    return (await this.#redis.set(this.#key(deliveryId), "1", "EX", TTL_SECONDS, "NX")) === "OK";
+  /**
+   * True the first time an id is claimed within the window: GitHub's 3 days, or as long as given
+   * (NO_CHANGE_TTL_SECONDS for a delivery that changed nothing).
+   */
+  async claim(deliveryId: string, ttlSeconds: number = TTL_SECONDS): Promise<boolean> {
+    return (await this.#redis.set(this.#key(deliveryId), "1", "EX", ttlSeconds, "NX")) === "OK";
   }
 
   /**

@@ -187,6 +187,8 @@ export function describeOutcome(outcome: string, conclusion?: string): string {
       return "ran on a runner no longer recorded";
     case "demand_cancelled":
       return "ended before pickup; demand dropped";
+    case "awaiting_approval":
+      return "waiting for an approval";
     case "no_demand":
       return conclusion ? `ended without our runner: ${conclusion}` : "ended without our runner";
     default:

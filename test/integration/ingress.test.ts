@@ -63,6 +63,39 @@ function post(body: string, headers: Record<string, string>) {
   return app.inject({ method: "POST", url: "/webhooks/github", payload: body, headers });
 }
 
+/** A signed delivery of `action` for a job with those labels, as GitHub sends it before the job has a runner. */
+async function sendJob(action: string, jobId: number, labels: string[], deliveryId: string = randomUUID()): Promise<string> {
+  const p = queuedPayload({ jobId, labels });
+  p.action = action;
+  p.workflow_job.status = action;
+  const body = JSON.stringify(p);
+  return (await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET, deliveryId))).json().outcome;
+}
+
+/**
+ * Leases the demand item `id` of the default pool as a worker would, and hands it to `use`.
+ * Earlier tests' demand waits in the same queue: held aside, and handed back after.
+ */
+async function withLease(id: string, use: (lease: Lease) => Promise<void>): Promise<void> {
+  const taker = redisConnection(redis.url);
+  const consumer = new DemandConsumer({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, taker, "default", "test-host:1");
+  try {
+    await consumer.start();
+    const others: Lease[] = [];
+    let lease: Lease | undefined;
+    for (let i = 0; i < 50 && lease?.id !== id; i++) {
+      if (lease) others.push(lease);
+      lease = await consumer.next();
+    }
+    await Promise.all(others.map((l) => l.release()));
+    assert.equal(lease?.id, id, `${id} leased`);
+    await use(lease);
+  } finally {
+    await consumer.close();
+    taker.disconnect();
+  }
+}
+
 test("missing or wrong signatures get 401 and queue nothing", async () => {
   const body = JSON.stringify(queuedPayload({ jobId: 1, labels: ["self-hosted", "linux"] }));
   const good = signedHeaders("workflow_job", body, WEBHOOK_SECRET);
@@ -162,7 +195,8 @@ test("GitHub's example workflow_job payloads pass through the real ingress", asy
     "in_progress/in_progress:not_ours",
     "queued/queued:queued",
     "queued/waiting:ignored_not_queued",
-    "waiting/waiting:ignored_action",
+    // Waiting for an approval: its demand dropped where still waiting (another job's example: none).
+    "waiting/waiting:no_demand",
   ]);
   const queuedExample = examplesOf("workflow_job").find((e) => e.action === "queued" && e.workflow_job.status === "queued")!;
   assert.deepEqual(await waitingJobs("oss"), [`${queuedExample.workflow_job.id}-${queuedExample.workflow_job.run_attempt}`]);
@@ -258,14 +292,14 @@ test("an in_progress or completed delivery whose claim was taken but not acted o
 });
 
 /** A signed in_progress or completed delivery naming `runner`, as GitHub sends it for a job that ran on it. */
-async function sendRan(action: string, runner: string, o: { runnerId: number | null; installationId: number; owner: string; repo?: string }) {
+async function sendRan(action: string, runner: string, o: { runnerId: number | null; installationId: number; owner: string; repo?: string }, deliveryId?: string) {
   const p = queuedPayload({ jobId: 31, labels: ["self-hosted"], installationId: o.installationId, owner: o.owner, repo: o.repo ?? "any-repo" });
   p.action = action;
   p.workflow_job.status = action;
   p.workflow_job.runner_name = runner;
   p.workflow_job.runner_id = o.runnerId;
   const body = JSON.stringify(p);
-  return (await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET))).json().outcome;
+  return (await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET, deliveryId))).json().outcome;
 }
 
 test("a delivery naming our runner's name from another runner, installation or owner (a namesake registered elsewhere) leaves the record as it was", async () => {
@@ -318,26 +352,11 @@ test("completed for a job cancelled while queued drops its waiting renewals too,
   // queued-jobs loop added renewals for it: the cancellation must drop those, or a worker takes one.
   const q = JSON.stringify(queuedPayload({ jobId: 4343, labels: ["self-hosted"] }));
   assert.equal((await post(q, signedHeaders("workflow_job", q, WEBHOOK_SECRET))).json().outcome, "queued");
-  const taker = redisConnection(redis.url);
-  const consumer = new DemandConsumer({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, taker, "default", "test-host:1");
-  try {
-    await consumer.start();
-    // Earlier tests' demand waits in the same queue: held aside, and handed back after.
-    const others: Lease[] = [];
-    let lease: Lease | undefined;
-    for (let i = 0; i < 50 && lease?.id !== "4343-1"; i++) {
-      if (lease) others.push(lease);
-      lease = await consumer.next();
-    }
-    await Promise.all(others.map((l) => l.release()));
-    assert.equal(lease?.id, "4343-1", "the job's own demand leased");
+  await withLease("4343-1", async (lease) => {
     await lease.complete("runner took job 999");
     assert.equal(await queues.add({ ...lease.demand, renewal: 1 }), "added");
     assert.equal(await queues.add({ ...lease.demand, renewal: 2 }), "added");
-  } finally {
-    await consumer.close();
-    taker.disconnect();
-  }
+  });
   assert.deepEqual((await waitingJobs("default")).filter((id) => id.startsWith("4343-")), ["4343-1-r1", "4343-1-r2"]);
   const p = queuedPayload({ jobId: 4343, labels: ["self-hosted"] });
   p.action = "completed";
@@ -346,6 +365,85 @@ test("completed for a job cancelled while queued drops its waiting renewals too,
   const body = JSON.stringify(p);
   assert.equal((await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET))).json().outcome, "demand_cancelled");
   assert.deepEqual((await waitingJobs("default")).filter((id) => id.startsWith("4343-")), []);
+});
+
+test("a job that waits for an approval has its waiting demand dropped", async () => {
+  // queued -> waiting (an environment's reviewers) -> queued again once approved.
+  assert.equal(await sendJob("queued", 4545, ["self-hosted"]), "queued");
+  assert.ok((await waitingJobs("default")).includes("4545-1"));
+  assert.equal(await sendJob("waiting", 4545, ["self-hosted"]), "demand_cancelled");
+  assert.ok(!(await waitingJobs("default")).includes("4545-1"));
+  assert.equal(await sendJob("waiting", 4545, ["self-hosted"]), "no_demand", "nothing left to drop");
+  // Approved: the new queued delivery adds the demand again.
+  assert.equal(await sendJob("queued", 4545, ["self-hosted"]), "queued");
+  assert.ok((await waitingJobs("default")).includes("4545-1"));
+});
+
+test("a new queued delivery for a job attempt whose demand has ended adds it afresh; a replay of it does not", async () => {
+  // The demand ended while the job waited for an approval (taken, its runner idled out): once
+  // approved, GitHub queues the same job attempt again under a new delivery id.
+  assert.equal(await sendJob("queued", 4646, ["self-hosted"]), "queued");
+  await withLease("4646-1", (lease) => lease.complete("idle_timeout"));
+  assert.ok(!(await waitingJobs("default")).includes("4646-1"));
+  const approved = randomUUID();
+  assert.equal(await sendJob("queued", 4646, ["self-hosted"], approved), "queued");
+  assert.ok((await waitingJobs("default")).includes("4646-1"), "a fresh item waits");
+  assert.equal(await sendJob("queued", 4646, ["self-hosted"], approved), "replayed");
+  assert.equal(await sendJob("queued", 4646, ["self-hosted"]), "duplicate", "another delivery while the fresh item waits");
+  assert.deepEqual((await waitingJobs("default")).filter((id) => id.startsWith("4646-")), ["4646-1"]);
+  // Likewise an item that ran out of launch attempts.
+  assert.equal(await sendJob("queued", 4647, ["self-hosted"]), "queued");
+  await withLease("4647-1", (lease) => lease.fail(new Error("no engine"), true));
+  assert.equal(await sendJob("queued", 4647, ["self-hosted"]), "queued");
+  assert.ok((await waitingJobs("default")).includes("4647-1"));
+});
+
+test("a job with no labels (runs-on a runner group only) gets no demand unless a pool opts in", async () => {
+  assert.equal(await sendJob("queued", 4747, []), "ignored_no_labels");
+  assert.equal(await sendJob("completed", 4747, []), "no_labels");
+  assert.ok(!(await waitingJobs("default")).includes("4747-1"));
+  assert.ok(!(await waitingJobs("oss")).includes("4747-1"));
+});
+
+test("deliveries that change nothing are claimed for an hour; those that act, for GitHub's 3 days", async () => {
+  const ttl = (deliveryId: string) => conn.ttl(`${redis.prefix}:delivery:${deliveryId}`);
+  const HOUR = 3600;
+  const DAYS_3 = 3 * 24 * 3600;
+  const notOurs = randomUUID();
+  const p = queuedPayload({ jobId: 4848, labels: ["self-hosted"] });
+  p.action = "in_progress";
+  p.workflow_job.status = "in_progress";
+  p.workflow_job.runner_name = "github-hosted-runner-7";
+  const body = JSON.stringify(p);
+  assert.equal((await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET, notOurs))).json().outcome, "not_ours");
+  const brief = await ttl(notOurs);
+  assert.ok(brief > 0 && brief <= HOUR, `not_ours claimed for ${brief} s`);
+  assert.equal((await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET, notOurs))).json().outcome, "replayed", "a replay within the hour");
+  for (const [action, labels, outcome] of [
+    ["queued", ["windows"], "ignored_no_pool"],
+    ["queued", [], "ignored_no_labels"],
+    ["completed", ["self-hosted"], "no_demand"],
+    ["waiting", ["windows"], "no_pool"],
+    ["requested", ["self-hosted"], "ignored_action"],
+  ] as const) {
+    const id = randomUUID();
+    assert.equal(await sendJob(action, 4848, [...labels], id), outcome);
+    const t = await ttl(id);
+    assert.ok(t > 0 && t <= HOUR, `${action} ${outcome}: claimed for ${t} s`);
+  }
+  // Acting: a runner of ours marked busy, a waiting demand dropped, demand queued.
+  const name = "jitrunner-default-claimttl01";
+  await runners.put({ name, pool: "default", host: "h1", state: "idle", installationId: 1, owner: "acme", repo: "app", demandId: "4848-1", createdAt: Date.now() });
+  const marks = randomUUID();
+  assert.equal(await sendRan("in_progress", name, { runnerId: null, installationId: 1, owner: "acme", repo: "app" }, marks), "runner_busy");
+  const queued = randomUUID();
+  assert.equal(await sendJob("queued", 4949, ["self-hosted"], queued), "queued");
+  const cancels = randomUUID();
+  assert.equal(await sendJob("waiting", 4949, ["self-hosted"], cancels), "demand_cancelled");
+  for (const id of [marks, queued, cancels]) {
+    const t = await ttl(id);
+    assert.ok(t > DAYS_3 - 60 && t <= DAYS_3, `claimed for ${t} s`);
+  }
 });
 
 test("fuzz: random bodies and headers never crash the server; only verified deliveries queue", async () => {

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { ConfigError } from "../../src/errors.ts";
 import { decideQueued, type WorkflowJobEvent } from "../../src/ingress/policy.ts";
 import { matchPool } from "../../src/ingress/pools.ts";
 import { needsRunner } from "../../src/worker/still-queued.ts";
@@ -21,7 +22,14 @@ test("a pool serves a job whose labels are a subset of its own, case-insensitive
 
 test("of several matching pools the most specific (fewest labels) wins", () => {
   assert.equal(matchPool(["self-hosted", "x64"], pools)?.name, "std");
-  assert.equal(matchPool([], pools)?.name, "std");
+});
+
+test("a job with no labels (runs-on: { group: ... } only) matches only a pool that opts in", () => {
+  // Its webhooks do not say which group it wants: a runner of another group could not take it.
+  assert.equal(matchPool([], pools), undefined);
+  const optIn = [...pools, { name: "group-a", labels: ["self-hosted", "linux", "x64", "a"], serveJobsWithoutLabels: true }];
+  assert.equal(matchPool([], optIn)?.name, "group-a", "the pool that opts in, though others have fewer labels");
+  assert.equal(matchPool(["self-hosted", "x64"], optIn)?.name, "std", "jobs with labels are matched as before");
 });
 
 function event(over: { status?: string; labels?: string[]; owner?: string; repo?: string; private?: boolean; visibility?: string; installation?: boolean } = {}): WorkflowJobEvent {
@@ -52,6 +60,7 @@ test("queued decisions: status, pool, allowlists, public repositories, installat
   };
   assert.equal(reason(event({ status: "waiting" })), "not_queued");
   assert.equal(reason(event({ labels: ["windows"] })), "no_pool");
+  assert.equal(reason(event({ labels: [] })), "no_labels");
   assert.equal(reason(event({ private: false })), "public_repo");
   assert.equal(reason(event({ private: true, visibility: "public" })), "public_repo");
   assert.equal(reason(event({ private: true, visibility: "internal" })), "enqueue");
@@ -69,7 +78,6 @@ test("queued decisions: status, pool, allowlists, public repositories, installat
 test("still-queued check: skip only when no runner of ours was used up", () => {
   const p = "jitrunner";
   assert.equal(needsRunner({ status: "queued", conclusion: null, runnerName: null }, p), true);
-  assert.equal(needsRunner({ status: "waiting", conclusion: null, runnerName: null }, p), true);
   // Cancelled while queued: nothing consumed.
   assert.equal(needsRunner({ status: "completed", conclusion: "cancelled", runnerName: null }, p), false);
   // Ran on a runner that is not ours: nothing of ours consumed.
@@ -77,4 +85,40 @@ test("still-queued check: skip only when no runner of ours was used up", () => {
   // Took one of our runners, launched for another job: that job still needs this one.
   assert.equal(needsRunner({ status: "in_progress", conclusion: null, runnerName: "jitrunner-default-ab12" }, p), true);
   assert.equal(needsRunner({ status: "completed", conclusion: "success", runnerName: "jitrunner-default-ab12" }, p), true);
+});
+
+test("still-queued check: a job waiting for an approval needs no runner yet", () => {
+  // It may wait hours; a runner launched now would idle out. Once approved, GitHub queues it again.
+  assert.equal(needsRunner({ status: "waiting", conclusion: null, runnerName: null }, "jitrunner"), false);
+});
+
+test("a job with no labels is queued only to an organization pool with its own runner group that opts in", () => {
+  const meta = { deliveryId: "d1", receivedAt: 1 };
+  const grouped = { name: "group-a", labels: ["self-hosted", "linux"], image: "x", scope: "organization" as const, runnerGroup: "group-a" };
+  const optedIn = testConfig({ pools: [{ ...grouped, serveJobsWithoutLabels: true }] });
+  const decision = decideQueued(event({ labels: [] }), optedIn, meta);
+  assert.equal(decision.kind, "enqueue");
+  if (decision.kind === "enqueue") assert.deepEqual([decision.pool.name, decision.demand.labels], ["group-a", []]);
+  const notOptedIn = decideQueued(event({ labels: [] }), testConfig({ pools: [grouped] }), meta);
+  assert.deepEqual(notOptedIn, { kind: "ignore", reason: "no_labels" });
+});
+
+test("serveJobsWithoutLabels is refused at load for a repository pool or one in the Default group", () => {
+  const refused = (pool: Record<string, unknown>) => {
+    try {
+      testConfig({ pools: [{ name: "p", labels: ["self-hosted"], image: "x", serveJobsWithoutLabels: true, ...pool }] });
+    } catch (err) {
+      assert.ok(err instanceof ConfigError, String(err));
+      return err.problems.filter((p) => p.startsWith("pools.0.serveJobsWithoutLabels:"));
+    }
+    return [];
+  };
+  assert.equal(refused({}).length, 1, "repository scope (the default)");
+  assert.match(refused({})[0]!, /scope: organization and a runner group of its own/);
+  assert.equal(refused({ scope: "repository", runnerGroupId: 5 }).length, 1, "a repository pool has no group");
+  assert.equal(refused({ scope: "organization" }).length, 1, "the Default group, by default");
+  assert.equal(refused({ scope: "organization", runnerGroupId: 1 }).length, 1, "the Default group, by id");
+  assert.deepEqual(refused({ scope: "organization", runnerGroupId: 5 }), []);
+  assert.deepEqual(refused({ scope: "organization", runnerGroup: "builders" }), []);
+  assert.equal(testConfig().pools[0]!.serveJobsWithoutLabels, false, "off by default");
 });

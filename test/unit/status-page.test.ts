@@ -78,13 +78,17 @@ test("job events fold into one row per job attempt; completed is terminal", () =
     ev(5, 1, "in_progress", "runner_busy", { runner: "r1" }), // late, after completed
     ev(4, 1, "completed", "runner_completed", { runner: "r1", conclusion: "success" }),
     ev(3, 2, "queued", "queued"),
+    ev(2, 3, "waiting", "demand_cancelled"), // held for an approval: its demand dropped until then
+    ev(1, 3, "queued", "queued"),
     ev(1, 1, "queued", "queued"),
   ];
   const rows = summarizeJobs(events);
   assert.deepEqual(rows.map((r) => [r.jobId, r.outcome, r.conclusion, r.queuedAt, r.startedAt, r.completedAt]), [
     [1, "runner_completed", "success", 1, 5, 4],
     [2, "queued", undefined, 3, undefined, undefined],
+    [3, "awaiting_approval", undefined, 1, undefined, undefined],
   ]);
+  assert.equal(describeOutcome("awaiting_approval"), "waiting for an approval");
   assert.equal(describeOutcome("runner_completed", "success"), "completed: success");
   assert.equal(describeOutcome("ignored_public_repo"), "ignored: public repo");
 });
