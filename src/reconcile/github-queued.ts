@@ -44,8 +44,12 @@ export function tookAnotherJob(record: Pick<RunnerRecord, "state" | "jobId">, jo
   return (record.state === "busy" || record.state === "completed") && record.jobId !== undefined && record.jobId !== jobId;
 }
 
-/** Run statuses that can hold queued jobs: a run in progress can still have jobs waiting. */
-const RUN_STATUSES = ["queued", "in_progress"] as const;
+/**
+ * Run statuses that can hold queued jobs: a run in progress can still have jobs waiting, and a run
+ * one of whose jobs waits for an environment's approval is `waiting` (listed under no other status)
+ * while its sibling jobs are queued for runners. One list call per status and repository a pass.
+ */
+const RUN_STATUSES = ["queued", "in_progress", "waiting"] as const;
 
 /**
  * What a webhook would have said about a queued job, from the REST API's view of it, so the
@@ -113,7 +117,8 @@ export function runsToList<T extends { run: { id: number } }>(runs: readonly T[]
 
 /**
  * Leader loop: GitHub's queued jobs against the demand we hold. For each recently active
- * repository, the runs that are queued or in progress, and their latest attempt's jobs; a job still
+ * repository, the runs that are queued, in progress or waiting (one of their jobs waits for an
+ * environment's approval while others are queued), and their latest attempt's jobs; a job still
  * queued that a pool serves is added as demand through the same idempotent path as its webhook
  * (keyed by job id and run attempt), so a job whose `queued` webhook arrived adds nothing, and one
  * whose webhook was lost (or came while we were down) gets its runner.
@@ -123,7 +128,7 @@ export function runsToList<T extends { run: { id: number } }>(runs: readonly T[]
  * at longest ago, so a large backlog is covered over several passes within a fixed budget.
  */
 export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
-  /** When each run still queued or in progress had its jobs listed last (this leader's memory). */
+  /** When each run still queued, in progress or waiting had its jobs listed last (this leader's memory). */
   const lastListed = new Map<number, number>();
   return {
     name: GITHUB_QUEUED,

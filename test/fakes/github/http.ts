@@ -127,7 +127,8 @@ export class Router {
   readonly requests: RequestRecord[] = [];
   private readonly routes: CompiledRoute[];
   private readonly faults: Fault[] = [];
-  private window = { start: Date.now(), used: 0 };
+  /** The rate-limit window, on the fake's clock (as its Date header): a reset agrees with it under skew. */
+  private window: { start: number; used: number };
 
   private readonly basePath: string;
 
@@ -135,6 +136,7 @@ export class Router {
   constructor(routes: Route[], private readonly auth: FakeAuth, opts: { basePath?: string } = {}) {
     this.routes = routes.map(compile);
     this.basePath = (opts.basePath ?? "").replace(/\/+$/, "");
+    this.window = { start: auth.now(), used: 0 };
   }
 
   get table(): Array<{ method: string; template: string; internal: boolean }> {
@@ -270,7 +272,9 @@ export class Router {
   }
 
   private currentWindow(): { start: number; used: number } {
-    if (Date.now() - this.window.start >= HOUR_MS) this.window = { start: Date.now(), used: 0 };
+    // A clock set back (setClockSkew) starts a window too: its reset is never over an hour away.
+    const now = this.auth.now();
+    if (now - this.window.start >= HOUR_MS || now < this.window.start) this.window = { start: now, used: 0 };
     return this.window;
   }
 

@@ -49,6 +49,12 @@ export interface QueueJobOptions {
    * runner with matching labels asks first; this is a test's way to pick that runner.
    */
   onlyRunner?: string;
+  /**
+   * The job waits for an environment's approval: status `waiting` (no runner may take it), its run
+   * `waiting` as long as it does, until approveJob. GitHub says `queued` and then `waiting`, both
+   * with status `waiting`.
+   */
+  waitForApproval?: boolean;
 }
 
 function listen(server: Server, target: { port: number; host: string } | string): Promise<void> {
@@ -153,10 +159,19 @@ export class FakeGitHub {
     if (o.labels.length === 0) throw new Error("queueJob: a job needs at least one label");
     const run = o.runId === undefined ? undefined : [...this.state.jobs.values()].find((j) => j.run_id === o.runId);
     if (run && (run.owner !== o.owner || run.repo !== o.repo)) throw new Error(`queueJob: run ${o.runId} belongs to ${run.owner}/${run.repo}`);
-    const job = this.state.createJob(o);
+    const job = this.state.createJob({ ...o, waiting: o.waitForApproval });
     if (o.onlyRunner) this.state.pinned.set(job.id, o.onlyRunner);
     await this.ctx.emit(job, "queued");
+    if (o.waitForApproval) await this.ctx.emit(job, "waiting");
     return structuredClone(job);
+  }
+
+  /** Approve a job waiting for an environment's approval: `queued` from now on, with its webhook. */
+  async approveJob(id: number): Promise<void> {
+    const job = this.state.jobs.get(id);
+    if (!job) throw new Error(`approveJob: no job ${id}`);
+    if (!this.state.approve(job)) throw new Error(`approveJob: job ${id} is ${job.status}, not waiting`);
+    await this.ctx.emit(job, "queued");
   }
 
   /** Cancel a job: completed/cancelled plus its completed webhook. A running job's runner stays busy until it reports. */

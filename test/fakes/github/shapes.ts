@@ -158,6 +158,9 @@ export function runner(state: FakeState, r: FakeRunner) {
 
 function runStatus(jobs: FakeJob[]): { status: string; conclusion: string | null } {
   if (jobs.every((j) => j.status === "queued")) return { status: "queued", conclusion: null };
+  // A job waiting for an environment's approval makes its run `waiting`, whatever its siblings
+  // do (queued or running): GitHub lists such a run under `status=waiting` only.
+  if (jobs.some((j) => j.status === "waiting")) return { status: "waiting", conclusion: null };
   if (!jobs.every((j) => j.status === "completed")) return { status: "in_progress", conclusion: null };
   for (const c of ["failure", "cancelled", "timed_out"] as const) {
     if (jobs.some((j) => j.conclusion === c)) return { status: "completed", conclusion: c };

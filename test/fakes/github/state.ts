@@ -2,7 +2,8 @@
 // Pure bookkeeping; HTTP and webhooks live elsewhere.
 import { randomBytes } from "node:crypto";
 
-export type JobStatus = "queued" | "in_progress" | "completed";
+/** `waiting`: held for an environment's approval (no runner may take it) until approved, then `queued`. */
+export type JobStatus = "waiting" | "queued" | "in_progress" | "completed";
 export const CONCLUSIONS = ["success", "failure", "cancelled", "skipped", "neutral", "timed_out", "action_required"] as const;
 export type Conclusion = (typeof CONCLUSIONS)[number];
 
@@ -113,7 +114,7 @@ export class FakeState {
     return id;
   }
 
-  createJob(o: { owner: string; repo: string; labels: string[]; private?: boolean; runAttempt?: number; runId?: number; name?: string }): FakeJob {
+  createJob(o: { owner: string; repo: string; labels: string[]; private?: boolean; runAttempt?: number; runId?: number; name?: string; waiting?: boolean }): FakeJob {
     const repo = this.repoInfo(o.owner, o.repo, o.private);
     const at = now();
     const job: FakeJob = {
@@ -125,7 +126,7 @@ export class FakeState {
       private: repo.private,
       labels: [...o.labels],
       name: o.name ?? "build",
-      status: "queued",
+      status: o.waiting ? "waiting" : "queued",
       conclusion: null,
       runner_id: null,
       runner_name: null,
@@ -192,6 +193,13 @@ export class FakeState {
     runner.status = "online";
     runner.job_id = job.id;
     return job;
+  }
+
+  /** Lets a job waiting for approval be taken (`queued`); false when it was not waiting. */
+  approve(job: FakeJob): boolean {
+    if (job.status !== "waiting") return false;
+    job.status = "queued";
+    return true;
   }
 
   /** Marks a job completed; false when it already was (e.g. cancelled earlier). */

@@ -8,7 +8,7 @@ import { Webhooks } from "@octokit/webhooks";
 import { job as restJob, type Urls } from "./shapes.ts";
 import type { FakeJob, FakeState } from "./state.ts";
 
-export type JobAction = "queued" | "in_progress" | "completed";
+export type JobAction = "queued" | "waiting" | "in_progress" | "completed";
 type Json = Record<string, unknown>;
 interface Example extends Json {
   action: string;
@@ -32,6 +32,7 @@ function example(pick: (e: Example) => boolean, what: string): Example {
 
 const TEMPLATES: Record<JobAction, Example> = {
   queued: example((e) => e.action === "queued" && e.workflow_job.status === "queued", "queued"),
+  waiting: example((e) => e.action === "waiting", "waiting"),
   in_progress: example((e) => e.action === "in_progress" && e.installation !== undefined, "in_progress"),
   completed: example((e) => e.action === "completed" && e.workflow_job.conclusion === "success", "completed"),
 };
