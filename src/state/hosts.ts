@@ -13,6 +13,20 @@ if holder and holder ~= ARGV[1] then return {0, holder, redis.call('PTTL', KEYS[
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, ARGV[1], tonumber(ARGV[2])}`;
 
+/**
+ * Takes the host ARGV[1] out of the fleet: out of the index (KEYS[1]) and the last beats (KEYS[2]),
+ * its record (KEYS[3]) deleted, its drain mark (KEYS[4]) made ARGV[2] if it has one. With ARGV[3]
+ * '1', nothing when the record is there: the host beat again since another worker found it gone,
+ * and the check and the removal must be one step, or a beat in between would be undone.
+ */
+const FORGET = `
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], ARGV[2], 'KEEPTTL', 'XX')
+return 1`;
+
 /** Who holds a host: this process (`held`) or another one, whose hold lasts `ttlMs` more. */
 export interface HostHold {
   held: boolean;
@@ -51,11 +65,13 @@ export class HostStore {
   readonly #redis: Redis & {
     jitrunnerHoldHost(key: string, instance: string, ttlMs: string): Promise<[number, string, number]>;
     jitrunnerDelIfEquals(key: string, value: string): Promise<number>;
+    jitrunnerForgetHost(index: string, lastBeat: string, info: string, drain: string, id: string, left: string, ifGone: string): Promise<number>;
   };
   readonly #prefix: string;
 
   constructor(redis: Redis, prefix: string) {
     redis.defineCommand("jitrunnerHoldHost", { numberOfKeys: 1, lua: HOLD_HOST });
+    redis.defineCommand("jitrunnerForgetHost", { numberOfKeys: 4, lua: FORGET });
     redis.defineCommand("jitrunnerDelIfEquals", { numberOfKeys: 1, lua: DEL_IF_EQUALS });
     this.#redis = redis as never;
     this.#prefix = prefix;
@@ -148,17 +164,26 @@ export class HostStore {
   }
 
   /**
-   * Takes the host out of the fleet. Its drain mark, if any, stays (until it expires or `drain
-   * --undo` removes it), as `left`: the host stays drained for a worker started on it later.
+   * Takes the host out of the fleet, whether it beats or not (its own worker leaving). Its drain
+   * mark, if any, stays (until it expires or `drain --undo` removes it), as `left`: the host stays
+   * drained for a worker started on it later.
    */
   async forget(id: string): Promise<void> {
-    await this.#redis
-      .multi()
-      .srem(this.#index, id)
-      .hdel(this.#lastBeat, id)
-      .del(this.#key(id))
-      .set(this.#drainKey(id), DRAIN_LEFT, "KEEPTTL", "XX")
-      .exec();
+    await this.#forget(id, false);
+  }
+
+  /**
+   * As `forget`, for a host found gone by another worker: nothing, and false, if it beat again
+   * since (a beat that lapsed only briefly: a GC pause, a Redis hiccup), so that its record, its
+   * place in the fleet and its drain mark's `asked` stay while its worker runs.
+   */
+  async forgetGone(id: string): Promise<boolean> {
+    return this.#forget(id, true);
+  }
+
+  async #forget(id: string, ifGone: boolean): Promise<boolean> {
+    const done = await this.#redis.jitrunnerForgetHost(this.#index, this.#lastBeat, this.#key(id), this.#drainKey(id), id, DRAIN_LEFT, ifGone ? "1" : "0");
+    return done === 1;
   }
 
   /** Asks the host's worker to drain; on a host drained already, the worker started there since too. */
@@ -188,15 +213,38 @@ export class HostStore {
   }
 }
 
-const ACQUIRE = `
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+/**
+ * Now in ms on Redis's clock, the one clock every host shares: places' expiry times are written and
+ * compared against it alone, as SharedWriteWindow's starts are. With each host's own clock, one
+ * ahead by more than a hold would delete everyone's live places as expired (and pass the limit),
+ * and one behind would write places the others delete at once.
+ */
+const REDIS_NOW = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
+/** Takes or refreshes the place of ARGV[2] in KEYS[1] for ARGV[1] ms; a new one only while fewer than ARGV[3] are taken. */
+const ACQUIRE = `${REDIS_NOW}
+local untilMs = now + tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  redis.call('ZADD', KEYS[1], untilMs, ARGV[2])
   return 1
 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], untilMs, ARGV[2])
 return 1`;
+
+/** Hands the place of ARGV[1] in KEYS[1] to ARGV[2], held for ARGV[3] ms. */
+const TRANSFER = `${REDIS_NOW}
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+return 1`;
+
+/** The places in KEYS[1] that have not expired. */
+const COUNT = `${REDIS_NOW}
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])`;
 
 /** How long freeing a place under a pool limit waits for Redis (see PoolLimits.release). */
 const RELEASE_WAIT_MS = 3_000;
@@ -214,11 +262,16 @@ function holderHost(holder: string): string | undefined {
 
 /**
  * The global limit of runners per pool across every host: a sorted set of holders with expiry
- * times, taken and checked in one script, so a burst on many hosts cannot pass the limit. A holder
- * that dies stops refreshing and its place frees itself after the expiry.
+ * times on Redis's clock (REDIS_NOW), taken and checked in one script, so a burst on many hosts
+ * cannot pass the limit. A holder that dies stops refreshing and its place frees itself after the
+ * expiry.
  */
 export class PoolLimits {
-  readonly #redis: Redis & { jitrunnerPoolAcquire(key: string, now: string, until: string, id: string, max: string): Promise<number> };
+  readonly #redis: Redis & {
+    jitrunnerPoolAcquire(key: string, holdMs: string, id: string, max: string): Promise<number>;
+    jitrunnerPoolTransfer(key: string, from: string, to: string, holdMs: string): Promise<number>;
+    jitrunnerPoolCount(key: string): Promise<number>;
+  };
   readonly #prefix: string;
   /** How long a place lasts unless refreshed, by default. */
   static readonly HOLD_MS = 60_000;
@@ -227,6 +280,8 @@ export class PoolLimits {
 
   constructor(redis: Redis, prefix: string, holdMs = PoolLimits.HOLD_MS) {
     redis.defineCommand("jitrunnerPoolAcquire", { numberOfKeys: 1, lua: ACQUIRE });
+    redis.defineCommand("jitrunnerPoolTransfer", { numberOfKeys: 1, lua: TRANSFER });
+    redis.defineCommand("jitrunnerPoolCount", { numberOfKeys: 1, lua: COUNT });
     this.#redis = redis as never;
     this.#prefix = prefix;
     this.holdMs = holdMs;
@@ -246,13 +301,12 @@ export class PoolLimits {
 
   /** Takes (or refreshes) a place for `holder`; false when the pool is full. */
   async acquire(pool: string, holder: string, max: number): Promise<boolean> {
-    const now = Date.now();
-    return (await this.#redis.jitrunnerPoolAcquire(this.#key(pool), String(now), String(now + this.holdMs), holder, String(max))) === 1;
+    return (await this.#redis.jitrunnerPoolAcquire(this.#key(pool), String(this.holdMs), holder, String(max))) === 1;
   }
 
   /** Hands `from`'s place to `to` in one step (the count never dips, so no one else slips in). */
   async transfer(pool: string, from: string, to: string): Promise<void> {
-    await this.#redis.multi().zrem(this.#key(pool), from).zadd(this.#key(pool), Date.now() + this.holdMs, to).exec();
+    await this.#redis.jitrunnerPoolTransfer(this.#key(pool), from, to, String(this.holdMs));
   }
 
   /**
@@ -274,7 +328,6 @@ export class PoolLimits {
   }
 
   async count(pool: string): Promise<number> {
-    await this.#redis.zremrangebyscore(this.#key(pool), "-inf", Date.now());
-    return this.#redis.zcard(this.#key(pool));
+    return this.#redis.jitrunnerPoolCount(this.#key(pool));
   }
 }

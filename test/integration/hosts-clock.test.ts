@@ -1,0 +1,108 @@
+/**
+ * src/state/hosts.ts against a real Redis, where hosts disagree or race: places under a pool's
+ * limits (maxRunners, minIdle) expire on Redis's clock, not on each host's own, so a host whose
+ * clock is off by more than a hold neither passes the limit nor loses others' places; and a gone
+ * host that beat again is not forgotten by the worker that found it gone (forgetGone).
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { hostHolder, HostStore, PoolLimits } from "../../src/state/hosts.ts";
+import { redisForFile } from "../helpers/redis.ts";
+
+const shared = redisForFile();
+/** More than a place's default hold (PoolLimits.HOLD_MS): each side's places are expired on the other's clock. */
+const SKEW_MS = PoolLimits.HOLD_MS + 1_000;
+
+/**
+ * Runs `fn` as on a host whose clock is `skewMs` off. PoolLimits takes no clock, so Date.now is
+ * shifted, for this test's awaits only (node:test runs a file's tests one at a time).
+ */
+async function onClock<T>(skewMs: number, fn: () => Promise<T>): Promise<T> {
+  const real = Date.now;
+  Date.now = () => real() + skewMs;
+  try {
+    return await fn();
+  } finally {
+    Date.now = real;
+  }
+}
+
+test("a host whose clock is ahead by more than a hold cannot pass maxRunners, and the places of hosts on time stay", async () => {
+  const { redis, conn } = shared;
+  const onTime = new PoolLimits(conn, `${redis.prefix}-ahead`);
+  const ahead = new PoolLimits(conn, `${redis.prefix}-ahead`);
+  const b = [hostHolder("host-b"), hostHolder("host-b")];
+  for (const h of b) assert.equal(await onTime.acquire("default", h, 2), true);
+
+  const a = [hostHolder("host-a"), hostHolder("host-a")];
+  for (const h of a) assert.equal(await onClock(SKEW_MS, () => ahead.acquire("default", h, 2)), false, "the pool is full, whatever the host's clock says");
+  assert.equal(await onClock(SKEW_MS, () => ahead.count("default")), 2, "the host ahead counts the places of the host on time");
+
+  for (const h of b) assert.equal(await onTime.acquire("default", h, 2), true, "the host on time refreshes its places: they are still there");
+  assert.equal(await onTime.count("default"), 2);
+});
+
+test("a place taken or handed over on a host whose clock is behind by more than a hold lasts its hold for the others", async () => {
+  const { redis, conn } = shared;
+  const onTime = new PoolLimits(conn, `${redis.prefix}-behind`);
+  const behind = new PoolLimits(conn, `${redis.prefix}-behind`);
+  const spare = hostHolder("host-a");
+  assert.equal(await onClock(-SKEW_MS, () => behind.acquire("default", spare, 2)), true);
+  assert.equal(await onTime.count("default"), 1, "the place taken behind is not expired on the host on time");
+  // A warm runner takes a demand: its place goes to the demand's lease, then back.
+  await onClock(-SKEW_MS, () => behind.transfer("default", spare, "8812345-1"));
+  assert.equal(await onTime.count("default"), 1, "the place handed over behind is not expired either");
+  assert.equal(await onTime.acquire("default", hostHolder("host-b"), 2), true);
+  assert.equal(await onTime.acquire("default", hostHolder("host-b"), 2), false, "the place handed over still counts against the limit");
+  await onClock(-SKEW_MS, () => behind.transfer("default", "8812345-1", spare));
+  assert.ok((await conn.zrange(`${redis.prefix}-behind:pool:default:holders`, 0, -1)).includes(spare), "handed back");
+  assert.equal(await onTime.count("default"), 2);
+});
+
+test("a place's hold runs from Redis's now, whatever the host's clock says", async () => {
+  const { redis, conn } = shared;
+  const limits = new PoolLimits(conn, `${redis.prefix}-hold`, 300);
+  const h = hostHolder("host-a");
+  assert.equal(await onClock(SKEW_MS, () => limits.acquire("default", h, 1)), true);
+  const [, score] = await conn.zrange(`${redis.prefix}-hold:pool:default:holders`, 0, -1, "WITHSCORES");
+  const [sec, micro] = await conn.time();
+  const redisNow = Number(sec) * 1000 + Math.floor(Number(micro) / 1000);
+  const left = Number(score) - redisNow;
+  assert.ok(left > 0 && left <= 300, `the place expires 300 ms after Redis's now, not the host's (${left} ms left)`);
+  await new Promise((r) => setTimeout(r, 400));
+  assert.equal(await limits.count("default"), 0, "expired once its hold is over");
+  assert.equal(await limits.acquire("default", hostHolder("host-b"), 1), true, "and taken by another at once");
+});
+
+test("a gone host that beat again is not forgotten by the worker that found it gone; one still gone is, and its drain mark becomes `left`", async () => {
+  const { redis, conn } = shared;
+  const hosts = new HostStore(conn, `${redis.prefix}-forget`);
+  const record = { capacity: 2, used: 0, pools: ["default"] };
+  // Found gone (its record lapsed), then it beats again before the sweeping worker forgets it.
+  await hosts.heartbeat({ id: "host-x", ...record }, 100);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(await hosts.alive("host-x"), false, "found gone");
+  await hosts.drain("host-x");
+  await hosts.heartbeat({ id: "host-x", ...record }, 60_000);
+
+  assert.equal(await hosts.forgetGone("host-x"), false, "not forgotten: it beats");
+  const x = (await hosts.list()).find((h) => h.id === "host-x");
+  assert.ok(x?.record, "its record and its place in the fleet stay");
+  assert.ok(x.lastBeatAt > 0, "its last beat stays");
+  assert.equal(await hosts.drainMark("host-x"), "asked", "its drain mark stays `asked`: its worker still runs");
+
+  // One whose beat did not come back is forgotten.
+  await hosts.heartbeat({ id: "host-y", ...record }, 100);
+  await hosts.drain("host-y");
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(await hosts.forgetGone("host-y"), true);
+  assert.ok(!(await hosts.list()).some((h) => h.id === "host-y"), "out of the fleet");
+  assert.equal(await conn.hexists(`${redis.prefix}-forget:hosts:lastbeat`, "host-y"), 0);
+  assert.equal(await hosts.drainMark("host-y"), "left");
+
+  // A worker leaving forgets its own host, which beats until then.
+  await hosts.forget("host-x");
+  assert.ok(!(await hosts.list()).some((h) => h.id === "host-x"), "a leaving worker's host is out of the fleet");
+  assert.equal(await hosts.alive("host-x"), false);
+  assert.equal(await hosts.drainMark("host-x"), "left");
+});
