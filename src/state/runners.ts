@@ -53,6 +53,23 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])`;
 
 /**
+ * Sets fields (ARGV: field, value, ...) of an existing record: 1, or 0 and nothing written when
+ * there is none. A plain HSET would bring a removed record back as a partial hash: no `name` (so
+ * read as absent), no index entry, nothing that ever removes it.
+ */
+const UPDATE_IF_EXISTS = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1`;
+
+/** claimDemand's write (KEYS: record, demand claim; ARGV: demandId, name, ttl): 1, or 0 and nothing written when the record is gone. */
+const CLAIM_IF_EXISTS = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'demandId', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1`;
+
+/**
  * Marks an existing record (ARGV: state, jobId, at): 0 when there is none, 2 when it is completed
  * and the mark is not (it stays completed), else 1. With ARGV[4] == '1', from a webhook: 3, and
  * nothing written, when the delivery is about a namesake (see RunnerStore.markFromWebhook): its
@@ -101,6 +118,8 @@ export class RunnerStore {
     redis.defineCommand("jitrunnerDelIfEquals", { numberOfKeys: 1, lua: DEL_IF_EQUALS });
     redis.defineCommand("jitrunnerStarted", { numberOfKeys: 1, lua: STARTED });
     redis.defineCommand("jitrunnerSetIfExists", { numberOfKeys: 1, lua: SET_IF_EXISTS });
+    redis.defineCommand("jitrunnerUpdateIfExists", { numberOfKeys: 1, lua: UPDATE_IF_EXISTS });
+    redis.defineCommand("jitrunnerClaimIfExists", { numberOfKeys: 2, lua: CLAIM_IF_EXISTS });
   }
 
   get eventsChannel(): string {
@@ -136,9 +155,13 @@ export class RunnerStore {
     await tx.exec();
   }
 
-  /** A warm runner now answers for a demand: as if it had been launched for it. */
-  async claimDemand(name: string, demandId: string): Promise<void> {
-    await this.#redis.multi().hset(this.#key(name), "demandId", demandId).set(this.#demandKey(demandId), name, "EX", 7 * 24 * 3600).exec();
+  /**
+   * A warm runner now answers for a demand: as if it had been launched for it. False, and nothing
+   * written, when its record is gone (removed meanwhile: see UPDATE_IF_EXISTS).
+   */
+  async claimDemand(name: string, demandId: string): Promise<boolean> {
+    const redis = this.#redis as Redis & { jitrunnerClaimIfExists(key: string, claim: string, demandId: string, name: string, ttl: number): Promise<number> };
+    return (await redis.jitrunnerClaimIfExists(this.#key(name), this.#demandKey(demandId), demandId, name, 7 * 24 * 3600)) === 1;
   }
 
   /**
@@ -150,10 +173,16 @@ export class RunnerStore {
     return name ? { name, record: await this.get(name) } : undefined;
   }
 
-  async update(name: string, fields: Partial<Omit<RunnerRecord, "name">>): Promise<void> {
-    const values: Record<string, string> = {};
-    for (const [k, v] of Object.entries(fields)) if (v !== undefined) values[k] = String(v);
-    await this.#redis.hset(this.#key(name), values);
+  /**
+   * Sets fields of an existing record. False, and nothing written, when the record is gone: removed
+   * meanwhile (a teardown, a sweep of a host taken for gone), it stays removed (UPDATE_IF_EXISTS).
+   */
+  async update(name: string, fields: Partial<Omit<RunnerRecord, "name">>): Promise<boolean> {
+    const values: string[] = [];
+    for (const [k, v] of Object.entries(fields)) if (v !== undefined) values.push(k, String(v));
+    if (values.length === 0) return (await this.#redis.exists(this.#key(name))) === 1;
+    const redis = this.#redis as Redis & { jitrunnerUpdateIfExists(key: string, ...fieldsAndValues: string[]): Promise<number> };
+    return (await redis.jitrunnerUpdateIfExists(this.#key(name), ...values)) === 1;
   }
 
   async get(name: string): Promise<RunnerRecord | undefined> {

@@ -86,6 +86,18 @@ export class NotNeeded extends JitrunnerError {
 }
 
 /**
+ * The runner's record was removed while its launch went on (a sweep of this host taken for gone,
+ * a teardown): written again it would be a partial record that nothing indexes or expires, and the
+ * github-runners loop would delete the registration of a runner left running. So the launch is
+ * undone as a failed one is; its demand is served again.
+ */
+export class RecordGone extends JitrunnerError {
+  constructor() {
+    super("E_RECORD_GONE", "the runner's record was removed while it launched", { retryable: true });
+  }
+}
+
+/**
  * One runner's life on this host: register (JIT config), create, start, watch, tear down.
  * Every step after registration that fails undoes the registration and the container.
  */
@@ -162,7 +174,7 @@ export class Launcher {
       // Registered at GitHub; not yet noted anywhere but in this process.
       failpoint("launch:after-jit");
       record.runnerId = jit.runnerId;
-      await d.runners.update(name, { runnerId: jit.runnerId });
+      if (!(await d.runners.update(name, { runnerId: jit.runnerId }))) throw new RecordGone();
       rlog.info({ runnerId: jit.runnerId }, "runner registered");
       if (needed && !(await needed)) throw new NotNeeded();
       const spec: RunnerSpec = {
@@ -181,7 +193,7 @@ export class Launcher {
       record.containerId = await d.driver.create(spec);
       failpoint("launch:after-create");
       record.state = "starting";
-      await d.runners.update(name, { containerId: record.containerId, state: "starting" });
+      if (!(await d.runners.update(name, { containerId: record.containerId, state: "starting" }))) throw new RecordGone();
       await this.#starts.acquire();
       try {
         await d.driver.start(record.containerId);
@@ -262,13 +274,14 @@ export class Launcher {
             if (!finished && tracked.state !== "completed" && !recheck) recheck = setTimeout(readRecord, RECORD_RECHECK_MS);
           });
       };
-      // GitHub refused to delete the registration (422): the runner runs a job, and webhooks may
-      // never say so (both lost). Written to the record as they would (RunnerStore.mark: a
-      // `completed` already there stays, a record removed stays removed), so that the checks of
-      // busy runners cover it: the record's busy state for this watch, the leader's look at
-      // GitHub's list for a runner that hangs after its job (a record left idle would never be
-      // looked at), and status. Its job is not known: 0, as that leader's loop writes. A write
-      // that fails is tried again while the watch lasts (logged once).
+      // GitHub refused to delete the registration (422) and says the runner is busy (a 422 for
+      // another reason fails the deletion, tried again by the next check): the runner runs a
+      // job, and webhooks may never say so (both lost). Written to the record as they would
+      // (RunnerStore.mark: a `completed` already there stays, a record removed stays removed),
+      // so that the checks of busy runners cover it: the record's busy state for this watch, the
+      // leader's look at GitHub's list for a runner that hangs after its job (a record left idle
+      // would never be looked at), and status. Its job is not known: 0, as that leader's loop
+      // writes. A write that fails is tried again while the watch lasts (logged once).
       let busyWriteFailed = false;
       const noteBusy = async () => {
         onState("busy");

@@ -64,6 +64,9 @@ const WARM_TICK_MS = 1000;
  */
 const STOP_REDIS_PROBE_MS = 3_000;
 
+/** How often a stopping worker says what it still waits for (#logStopProgress). */
+const STOP_PROGRESS_MS = 10_000;
+
 /**
  * How long a place under a pool limit (or a warm place) lasts unrefreshed: at least
  * PoolLimits.HOLD_MS, and 6 beats at a slower heartbeat. Places are refreshed on each beat, and
@@ -128,6 +131,11 @@ export class RunnerWorker {
   /** Places a beat found lost (lapsed, and taken by others), by holder: logged once each. */
   readonly #lostPlaces = new Set<string>();
   readonly #launches = new Set<Promise<unknown>>();
+  /**
+   * What each launch under way is at, in words, by its lease (a warm launch: by its promise), from
+   * its still-queued check to its container's start: a stopping worker names them (#logStopProgress).
+   */
+  readonly #steps = new Map<object, () => string>();
   readonly #serving = new Map<Promise<unknown>, Lease>();
   /**
    * Leases served here that hold no slot of this host: each waits for its demand's runner on
@@ -247,7 +255,9 @@ export class RunnerWorker {
       // A pass's teardown cut short would leave a container, or a record, behind the host's leaving.
       await Promise.allSettled([...this.#passes]);
     })();
-    if (!(await this.#whileRedisAnswers(work))) {
+    const progress = setInterval(() => this.#logStopProgress(), STOP_PROGRESS_MS).unref();
+    const finished = await this.#whileRedisAnswers(work).finally(() => clearInterval(progress));
+    if (!finished) {
       // The worker's connection holds its commands until Redis is back: what waits on it would
       // hold the stop up for ever. Left as a crash would leave it: a lease lapses, a place
       // expires, and the next worker's host loop finishes a launch or a teardown cut short.
@@ -270,6 +280,34 @@ export class RunnerWorker {
     }
     await this.#presence.stop(running === 0 && recorded === 0);
     this.#d.logger.info({ running: this.#d.launcher.tracked.size + this.#leftRunning.size }, "worker stopped; running runners left running");
+  }
+
+  /**
+   * Says what the stop still waits for: launches by job and step (a warm one by pool), demand
+   * held otherwise (handed back as its watch ends), host loop passes; else the demand loops.
+   */
+  #logStopProgress(): void {
+    const launches = [...this.#steps.values()].map((step) => step());
+    const holding = [...this.#serving.values()].filter((lease) => !this.#steps.has(lease)).length;
+    const parts: string[] = [];
+    if (launches.length > 0) parts.push(`${launches.length} launch${launches.length === 1 ? "" : "es"} in flight (${launches.join("; ")})`);
+    if (holding > 0) parts.push(`${holding} demand held`);
+    if (this.#passes.size > 0) parts.push(`${this.#passes.size} host loop pass${this.#passes.size === 1 ? "" : "es"}`);
+    if (parts.length === 0) parts.push("the demand loops");
+    this.#d.logger.info({ launching: launches.length, holding, passes: this.#passes.size }, `stopping: waiting for ${parts.join(", ")}`);
+  }
+
+  /**
+   * Where the launch for a demand is, from the launcher's record of it (found by demand id; none
+   * yet: it waits for its still-queued check first). `checking`: that check has not answered.
+   */
+  #launchStep(demandId: string, checking: boolean): string {
+    const tracked = [...this.#d.launcher.tracked.values()].find((t) => t.record.demandId === demandId);
+    if (!tracked) return checking ? "still-queued check" : "launching";
+    const { record } = tracked;
+    if (record.runnerId === undefined) return `runner ${record.name}: registering at GitHub`;
+    if (!record.containerId) return `runner ${record.name}: ${checking ? "still-queued check" : "creating its container"}`;
+    return `runner ${record.name}: ${tracked.state === "starting" ? "starting its container" : "noting its start"}`;
   }
 
   /** How many runners of this host Redis records; undefined if it does not say within STOP_REDIS_PROBE_MS. */
@@ -510,7 +548,11 @@ export class RunnerWorker {
         // No launch on this job's critical path: GitHub hands the job to an idle runner at once.
         // No still-queued check either: adopting costs no API call, and a cancelled job's runner
         // is reaped after the idle timeout like any runner that got no job.
-        await this.#d.runners.claimDemand(spare.tracked.record.name, lease.id);
+        if (!(await this.#d.runners.claimDemand(spare.tracked.record.name, lease.id)) && (await this.#recordGone(spare, log)) === "removed") {
+          unwatched.spare = undefined;
+          await lease.release();
+          return;
+        }
         spare.tracked.record.demandId = lease.id;
         this.#d.metrics.pickedUp(pool.name, (Date.now() - demand.receivedAt) / 1000);
         log.info({ runner: spare.tracked.record.name }, "demand adopted by a warm runner");
@@ -523,24 +565,38 @@ export class RunnerWorker {
         // answer gate only the container. Demand that waited (a backlog, a retry) asks first, as a
         // job cancelled meanwhile is likelier there and would waste a registration.
         const fresh = lease.attempt === 1 && Date.now() - demand.receivedAt < (this.#d.overlapStillQueuedCheckSeconds ?? 0) * 1000;
-        const check = this.#d.checkStillQueued ? this.#stillNeeded(lease, log) : undefined;
-        if (check && !fresh && !(await check)) {
-          await lease.complete("not_needed");
-          return;
-        }
-        const started = Date.now();
-        const launching = this.#d.launcher.launch(targetOf(demand), pool, log, check, this.#shutdown.signal);
-        this.#launches.add(launching);
+        // The first line of the job's launch: its registration may wait minutes on a slow GitHub.
+        log.info({ attempt: lease.attempt }, "launching a runner");
+        let checking = this.#d.checkStillQueued;
+        const check = this.#d.checkStillQueued ? this.#stillNeeded(lease, log).finally(() => (checking = false)) : undefined;
+        this.#steps.set(lease, () => `job ${demand.jobId}: ${this.#launchStep(lease.id, checking)}`);
         try {
-          tracked = await launching;
-        } catch (err) {
-          if (!(err instanceof NotNeeded)) throw err;
-          await lease.complete("not_needed");
-          return;
+          if (check && !fresh && !(await check)) {
+            await lease.complete("not_needed");
+            return;
+          }
+          if (check && !fresh && this.#shutdown.signal.aborted) {
+            // The stop cut the check short (#stillNeeded): nothing is registered, the demand goes back unspent.
+            log.info("worker stopping: launch given up at its still-queued check, before its registration was asked for");
+            await lease.release();
+            return;
+          }
+          const started = Date.now();
+          const launching = this.#d.launcher.launch(targetOf(demand), pool, log, check, this.#shutdown.signal);
+          this.#launches.add(launching);
+          try {
+            tracked = await launching;
+          } catch (err) {
+            if (!(err instanceof NotNeeded)) throw err;
+            await lease.complete("not_needed");
+            return;
+          } finally {
+            this.#launches.delete(launching);
+          }
+          this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000, (Date.now() - demand.receivedAt) / 1000);
         } finally {
-          this.#launches.delete(launching);
+          this.#steps.delete(lease);
         }
-        this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000, (Date.now() - demand.receivedAt) / 1000);
         this.#lastError = undefined;
         reason = await this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal);
       }
@@ -722,6 +778,7 @@ export class RunnerWorker {
     const started = Date.now();
     const launching = this.#d.launcher.launch({ ...pool.warm!, repo: pool.warm!.repo ?? "", demandId: "" }, pool, log, undefined, this.#shutdown.signal);
     this.#launches.add(launching);
+    this.#steps.set(launching, () => `warm runner of pool ${pool.name}`);
     let tracked: Tracked;
     try {
       tracked = await launching;
@@ -733,6 +790,7 @@ export class RunnerWorker {
       return false;
     } finally {
       this.#launches.delete(launching);
+      this.#steps.delete(launching);
     }
     this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000);
     this.#lastError = undefined;
@@ -847,6 +905,8 @@ export class RunnerWorker {
     adoption.taker = taker;
     adoption.wake();
     log.info({ demandId: lease.id, jobId, runner: takerName, returned: idleName }, "a warm runner took the job itself: demand handed over to it; the adopted runner is a spare again");
+    // Best effort, both: a record gone meanwhile stays gone (nothing written). The taker's claim
+    // unrecorded, a lease of the demand redelivered after a crash launches anew, as after a failed write.
     await this.#d.runners.claimDemand(takerName, lease.id).catch(() => undefined);
     await this.#d.runners.update(idleName, { demandId: "" }).catch(() => undefined);
     if (!idle.warm && !idle.done) {
@@ -929,11 +989,18 @@ export class RunnerWorker {
     }
   }
 
-  /** GitHub's word on whether the job still needs a runner; on any API error, it does. */
+  /**
+   * GitHub's word on whether the job still needs a runner; on any API error, it does. The stop
+   * cuts the question short (true, and no failure logged): GitHub slow or away would hold it for
+   * the client's retries (tens of seconds). Asked before the registration, #serve then hands the demand back;
+   * asked alongside it, a registration already asked for goes on to its container, as it would.
+   */
   async #stillNeeded(lease: Lease, log: Logger): Promise<boolean> {
     const { demand } = lease;
     try {
-      const job = await this.#d.github.getJob(demand.installationId, demand.owner, demand.repo, demand.jobId);
+      // getJob takes no signal (GitHubClient): raced against the stop, its late answer dropped.
+      const job = await this.#unlessStopped(this.#d.github.getJob(demand.installationId, demand.owner, demand.repo, demand.jobId), undefined);
+      if (!job) return true;
       const needed = needsRunner(job, this.#d.namePrefix);
       if (!needed) log.info({ status: job.status, conclusion: job.conclusion }, "job no longer needs a runner; skipped");
       return needed;
@@ -941,6 +1008,23 @@ export class RunnerWorker {
       log.warn({ err: errorMessage(err) }, "still-queued check failed; launching anyway");
       return true;
     }
+  }
+
+  /**
+   * A warm runner's record was gone as a demand adopted it (claimDemand wrote nothing): removed by
+   * a sweep that took this host for gone, which deregistered the runner, or by an operator. Such a
+   * runner cannot stand for the demand: it is retired (its registration deleted first), and #serve
+   * hands the demand back unspent. One GitHub refuses to delete runs a job it was handed a moment
+   * ago: "busy", and it stays adopted, watched as any adopted runner (unclaimed: a crash leaves the
+   * demand to be served anew). A failure throws: it is a spare again, as on any failure before its
+   * watch, and the demand fails this attempt.
+   */
+  async #recordGone(spare: Spare, log: Logger): Promise<"removed" | "busy"> {
+    const name = spare.tracked.record.name;
+    const retired = await this.#d.launcher.retire(spare.tracked.record, "record_gone", log);
+    if (retired === "removed") log.warn({ runner: name }, "warm runner's record gone as the demand adopted it: runner removed, demand handed back");
+    else log.warn({ runner: name }, "warm runner's record gone as the demand adopted it, and GitHub says it runs a job: kept, adopted");
+    return retired;
   }
 
   /**
@@ -1202,14 +1286,27 @@ export class RunnerWorker {
    * is forgotten once none of its runners is left in Redis: one that runs a job (or is recorded
    * busy and not yet checked at GitHub), or whose deregistration failed, keeps it, so that the
    * next pass looks at it again.
+   *
+   * The verdict "gone" came from one look at the host list, and the sweep may take tens of seconds
+   * (each deregistration waits its turn in the shared GitHub write budget): a host whose beat
+   * lapsed only briefly (a GC pause, a Redis hiccup) may beat again meanwhile. So the host is
+   * looked at again before each runner and before its places are freed, and the sweep stops once
+   * it beats; forgetGone checks once more, in the same step as it forgets.
    */
   async #sweepGoneHost(id: string, log: Logger, pass: PassFailures): Promise<void> {
     const { hosts, runners, metrics } = this.#d;
+    const back = async (): Promise<boolean> => {
+      if (!(await hosts.alive(id))) return false;
+      log.info({ goneHost: id }, "gone host beats again; its sweep stops");
+      return true;
+    };
     for (const name of await runners.listHost(id)) {
+      if (await back()) return;
       await pass.attempt({ runner: name, goneHost: id }, "deregistering runner of a gone host", () => this.#sweepGoneRunner(id, name, log));
     }
     // Busy runners, and those whose deregistration or removal failed.
     const left = (await runners.listHost(id)).length;
+    if (await back()) return;
     // Its warm places: its runners are deregistered or busy, none is warm. Its places under the
     // pool limit too once none of its runners is left. Freed now, not when they expire.
     for (const pool of this.#pools.keys()) {
@@ -1217,7 +1314,10 @@ export class RunnerWorker {
       if (left === 0) await this.#limits.releaseHost(pool, id);
     }
     if (left > 0) return;
-    await hosts.forget(id);
+    if (!(await hosts.forgetGone(id))) {
+      log.info({ goneHost: id }, "gone host beats again; not forgotten");
+      return;
+    }
     metrics.hostGone();
     log.info({ goneHost: id }, "gone host forgotten");
   }

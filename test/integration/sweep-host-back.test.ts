@@ -1,0 +1,127 @@
+/**
+ * A host found gone that beats again while another worker sweeps it, for real (fake GitHub, real
+ * Redis, a real worker): its beat had lapsed only briefly, so the sweep stops at its next runner,
+ * and the host keeps its other runners (records and registrations), its record in the fleet and
+ * its places under the pool limit.
+ */
+import assert from "node:assert/strict";
+import { createServer, request, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { test } from "node:test";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { callsTo, goneHost, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { hostHolder, HostStore, PoolLimits } from "../../src/state/hosts.ts";
+import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
+
+const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
+const { redis, hosts } = workersForFile();
+
+/**
+ * A loopback HTTP relay to the fake GitHub that holds the first DELETE of a runner in `held` until
+ * `release()`: the test acts while the sweep's first deregistration is under way, as a host's beat
+ * would come while the sweep's deletions wait their turn in the write budget.
+ */
+async function holdingRelay(fake: FakeGitHub, held: Set<number>): Promise<{ url: string; reached: Promise<void>; release(): void; close(): Promise<void> }> {
+  const target = new URL(fake.url);
+  let reach!: () => void;
+  let release!: () => void;
+  const reached = new Promise<void>((r) => (reach = r));
+  const released = new Promise<void>((r) => (release = r));
+  let holding = true;
+  const server: Server = createServer((req, res) => {
+    void (async () => {
+      const id = Number(/\/actions\/runners\/(\d+)$/.exec(req.url ?? "")?.[1]);
+      if (holding && req.method === "DELETE" && held.has(id)) {
+        holding = false;
+        reach();
+        await released;
+      }
+      const up = request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      });
+      up.on("error", () => res.destroy());
+      req.pipe(up);
+    })();
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const url = new URL(fake.url);
+  url.hostname = "127.0.0.1";
+  url.port = String((server.address() as AddressInfo).port);
+  return {
+    url: url.toString(),
+    reached,
+    release,
+    close: () => new Promise<void>((r) => server.close(() => r())).finally(() => server.closeAllConnections()),
+  };
+}
+
+function idleRecord(fake: FakeGitHub, name: string, host: string, runnerId: number): RunnerRecord {
+  return {
+    name, pool: "default", host, state: "idle", installationId: fake.installationId, owner: "acme", repo: "app", runnerId, demandId: `demand-${name}`, createdAt: Date.now(), instance: "a-stalled-process",
+  };
+}
+
+test("a gone host that beats again while another worker sweeps it keeps its remaining runners, its record and its places; the sweep stops", { timeout: 60_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("back");
+  const lapsed = uniqueHost("back-lapsed");
+  const r = scopedRedis(redis, "sweep-back");
+  hosts.push(host);
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  const limits = new PoolLimits(conn, r.prefix);
+
+  // Host `lapsed`: three idle runners, registered, each with its place under the pool limit.
+  const names = ["jitrunner-default-00back0001", "jitrunner-default-00back0002", "jitrunner-default-00back0003"];
+  const ids = new Set<number>();
+  for (const name of names) {
+    const { id } = await registerRunner(fake, name);
+    ids.add(id);
+    await runners.put(idleRecord(fake, name, lapsed, id));
+    assert.equal(await limits.acquire("default", hostHolder(lapsed), 10), true);
+  }
+  // Its beat lapses (a GC pause, a Redis hiccup): another worker's host loop finds it gone.
+  await goneHost(hostStore, lapsed);
+
+  const relay = await holdingRelay(fake, ids);
+  // The worker's start runs one pass of the host loop before it resolves.
+  const starting = startSystem("worker", fake, r, host, {
+    github: { appId: fake.appId, apiUrl: relay.url },
+    worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1 },
+  });
+  starting.catch(() => undefined);
+  let sys: Awaited<typeof starting> | undefined;
+  try {
+    await Promise.race([relay.reached, starting.then(() => assert.fail("the worker started without deregistering a runner of the gone host"))]);
+    // While the sweep's first deregistration is under way, the host beats again.
+    await hostStore.heartbeat({ id: lapsed, capacity: 3, used: 0, pools: ["default"] }, 60_000);
+    relay.release();
+    sys = await starting;
+    // A few more passes of the host loop (one a second): the host beats, none sweeps it.
+    await sleep(3_000);
+
+    assert.equal(callsTo(fake, DELETE, "DELETE"), 1, "only the deregistration under way when the host beat again");
+    const kept = [];
+    for (const name of names) if (await runners.get(name)) kept.push(name);
+    assert.equal(kept.length, 2, `the host's other runners keep their records (kept: ${kept.join(", ")})`);
+    assert.equal((await runners.listHost(lapsed)).length, 2);
+    assert.equal(fake.runners().filter((x) => ids.has(x.id)).length, 2, "and their registrations");
+    const listed = (await hostStore.list()).find((h) => h.id === lapsed);
+    assert.ok(listed?.record, "the host's record stays in the fleet");
+    assert.equal(await limits.count("default"), 3, "its places under the pool limit stay");
+    assert.match(sys.logs(), new RegExp(`"goneHost":"${lapsed}","msg":"gone host beats again; its sweep stops"`));
+    assert.doesNotMatch(sys.logs(), /"msg":"gone host forgotten"/);
+  } finally {
+    relay.release();
+    sys ??= await starting.catch(() => undefined);
+    await sys?.close();
+    await relay.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});

@@ -1,0 +1,57 @@
+/**
+ * RunnerStore's writes to a record that may have been removed meanwhile (a sweep of a host taken
+ * for gone, a teardown), against a real Redis: `update` and `claimDemand` write only to a record
+ * that exists, and say whether they did. A plain HSET would bring the record back as a partial
+ * hash with no name, no index entry and no expiry: read as absent, and never removed.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { redisForFile } from "../helpers/redis.ts";
+import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
+
+const shared = redisForFile();
+
+function setUp(tag: string) {
+  const prefix = `${shared.redis.prefix}-${tag}`;
+  const runners = new RunnerStore(shared.conn, prefix);
+  const record: RunnerRecord = {
+    name: `jitrunner-default-${tag}`,
+    pool: "default",
+    host: "host-a",
+    state: "registering",
+    installationId: 1,
+    owner: "acme",
+    repo: "app",
+    demandId: "4242-1",
+    createdAt: Date.now(),
+  };
+  const exists = async (name: string) => (await shared.conn.exists(`${prefix}:runner:${name}`)) === 1;
+  return { runners, record, exists };
+}
+
+test("update writes to a record that exists, and to none that was removed: the key stays gone and the call says so", async () => {
+  const { runners, record, exists } = setUp("update");
+  await runners.put(record);
+  assert.equal(await runners.update(record.name, { runnerId: 7, state: "starting" }), true);
+  const updated = await runners.get(record.name);
+  assert.deepEqual([updated?.name, updated?.runnerId, updated?.state], [record.name, 7, "starting"]);
+
+  await runners.remove(record, false);
+  assert.equal(await runners.update(record.name, { runnerId: 1 }), false, "the call says the record is gone");
+  assert.equal(await exists(record.name), false, "no partial record written");
+  assert.deepEqual(await runners.listAll(), []);
+});
+
+test("claimDemand claims for a record that exists, and writes nothing, the demand's claim neither, for one that was removed", async () => {
+  const { runners, record, exists } = setUp("claim");
+  const warm = { ...record, demandId: "" };
+  await runners.put(warm);
+  assert.equal(await runners.claimDemand(warm.name, "4242-1"), true);
+  assert.equal((await runners.get(warm.name))?.demandId, "4242-1");
+  assert.equal((await runners.findByDemand("4242-1"))?.name, warm.name);
+
+  await runners.remove({ ...warm, demandId: "4242-1" }, false);
+  assert.equal(await runners.claimDemand(warm.name, "4243-1"), false, "the call says the record is gone");
+  assert.equal(await exists(warm.name), false, "no partial record written");
+  assert.equal(await runners.findByDemand("4243-1"), undefined, "no claim for the demand either");
+});
