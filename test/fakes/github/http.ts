@@ -4,6 +4,7 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { FakeAuth } from "./auth.ts";
+import { requestCheck, type RequestCheck, type RequestProblem } from "./request-check.ts";
 
 export type AuthKind = "app" | "installation" | "none";
 
@@ -60,6 +61,22 @@ export interface RequestRecord {
   at: number;
 }
 
+/** A request to GitHub's API that does not conform to GitHub's OpenAPI description (see request-check.ts). */
+export interface InvalidRequest {
+  method: string;
+  /** The OpenAPI template of the route. */
+  route: string;
+  /** The path and query as sent, base path included. */
+  path: string;
+  /** What the description refuses, as the 422's message lists it (or "Problems parsing JSON"). */
+  problems: string[];
+  /** The fake's answer: 422 (400 for a body that is no JSON), or an injected fault, or 401 before the check. */
+  status: number;
+  /** The JSON body as sent (undefined when there was none). */
+  body?: string;
+  at: number;
+}
+
 const DOCS = "https://docs.github.com/rest";
 const RATE_LIMIT_DOCS = "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api";
 const MAX_BODY = 1 << 20;
@@ -109,6 +126,8 @@ function rateLimitOf(fault: Fault): "primary" | "secondary" | undefined {
 
 interface CompiledRoute extends Route {
   regex: RegExp;
+  /** The request check of GitHub's operation (none for the fake's own routes). */
+  check?: RequestCheck;
 }
 
 function compile(route: Route): CompiledRoute {
@@ -120,11 +139,15 @@ function compile(route: Route): CompiledRoute {
       return m[1]?.endsWith("_id") ? `(?<${m[1]}>\\d+)` : `(?<${m[1]}>[^/]+)`;
     })
     .join("");
-  return { ...route, regex: new RegExp(`^${pattern}$`) };
+  // Compiled once per operation and process: a route GitHub does not document fails here, at start.
+  const check = route.internal ? undefined : requestCheck(route.method, route.template);
+  return { ...route, regex: new RegExp(`^${pattern}$`), check };
 }
 
 export class Router {
   readonly requests: RequestRecord[] = [];
+  /** Requests to GitHub's routes that GitHub's OpenAPI description refuses, in order. */
+  readonly invalid: InvalidRequest[] = [];
   private readonly routes: CompiledRoute[];
   private readonly faults: Fault[] = [];
   /** The rate-limit window, on the fake's clock (as its Date header): a reset agrees with it under skew. */
@@ -163,8 +186,14 @@ export class Router {
     const found = this.match(method, path, underBase);
     const routeName = found?.route.template ?? url.pathname;
     const internal = found?.route.internal ?? false;
-    const reply = await this.answer(method, path, url, raw, req.headers, found);
+    // Checked whatever the answer (an injected fault, a 401): the record is of what the client sent.
+    const problem = raw === undefined ? undefined : found?.route.check?.(url.searchParams, raw);
+    const reply = await this.answer(method, path, url, raw, req.headers, found, problem);
     if (!internal) this.requests.push({ method, route: routeName, status: reply.status, path: url.pathname, at });
+    if (problem) {
+      const body = raw && raw.length > 0 ? raw.toString("utf8").slice(0, 2000) : undefined;
+      this.invalid.push({ method, route: routeName, path: `${url.pathname}${url.search}`, problems: problem.problems, status: reply.status, body, at });
+    }
     this.send(res, reply, !internal);
   }
 
@@ -175,11 +204,12 @@ export class Router {
     raw: Buffer | undefined,
     headers: IncomingHttpHeaders,
     found: { route: CompiledRoute; params: Record<string, string> } | undefined,
+    problem: RequestProblem | undefined,
   ): Promise<Reply> {
     if (raw === undefined) return ghError(413, "Payload too large");
     const fault = this.takeFault(method, path, found?.route);
     if (fault?.delayMs) await sleep(Math.min(fault.delayMs, 60_000), undefined, { ref: false });
-    if (fault?.status === undefined) return this.handle(method, path, url, raw, headers, found);
+    if (fault?.status === undefined) return this.handle(method, path, url, raw, headers, found, problem);
     const limit = rateLimitOf(fault);
     const limited = limit && rateLimitReply(limit, this.resetSeconds());
     const faulty: Reply = {
@@ -187,7 +217,7 @@ export class Router {
       body: fault.body ?? (limited ? ghError(fault.status, limited.message, limited.documentationUrl) : ghError(fault.status, FAULT_MESSAGES[fault.status] ?? "Server Error")).body,
       headers: { ...limited?.headers, ...fault.headers },
     };
-    if (fault.afterHandling) await this.handle(method, path, url, raw, headers, found);
+    if (fault.afterHandling) await this.handle(method, path, url, raw, headers, found, problem);
     return faulty;
   }
 
@@ -198,6 +228,7 @@ export class Router {
     raw: Buffer,
     headers: IncomingHttpHeaders,
     found: { route: CompiledRoute; params: Record<string, string> } | undefined,
+    problem: RequestProblem | undefined,
   ): Promise<Reply> {
     if (!found) return ghError(404, "Not Found");
     const { route, params } = found;
@@ -207,6 +238,10 @@ export class Router {
     } else if (route.auth === "installation" && !this.auth.checkToken(headers.authorization)) {
       return ghError(401, "Bad credentials");
     }
+    // After authentication, as GitHub checks: a body that is no JSON is a 400, one or a query the
+    // operation's schemas refuse a 422 "Invalid request." (Validation Error Simple).
+    if (problem?.status === 400) return ghError(400, "Problems parsing JSON", problem.documentationUrl);
+    if (problem) return ghError(422, `Invalid request.\n\n${problem.problems.join("\n")}`, problem.documentationUrl);
     let body: Record<string, unknown> = {};
     if (raw.length > 0) {
       try {

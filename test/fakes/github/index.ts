@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { FakeAuth } from "./auth.ts";
 import type { Ctx } from "./context.ts";
-import { Router, type Fault, type RequestRecord } from "./http.ts";
+import { Router, type Fault, type InvalidRequest, type RequestRecord } from "./http.ts";
 import { appRoutes } from "./routes-app.ts";
 import { fakeRunnerRoutes } from "./routes-fake-runner.ts";
 import { hookRoutes } from "./routes-hooks.ts";
@@ -19,7 +19,7 @@ import { FakeState, type FakeJob, type FakeRunner } from "./state.ts";
 import { WebhookSender, workflowJobPayload, type DeliveryRecord, type HeldDelivery } from "./webhooks.ts";
 
 export type { FakeJob, FakeRunner, RunnerScope, Conclusion } from "./state.ts";
-export type { Fault, RequestRecord } from "./http.ts";
+export type { Fault, InvalidRequest, RequestRecord } from "./http.ts";
 export type { DeliveryRecord, HeldDelivery } from "./webhooks.ts";
 
 export interface FakeGitHubOptions {
@@ -136,6 +136,20 @@ export class FakeGitHub {
     return this.router.requests;
   }
 
+  /**
+   * Requests to GitHub's API that GitHub's OpenAPI description refuses (query parameters, JSON
+   * body), in order: each was answered 422 (400 for a body that is no JSON) unless a fault or a 401
+   * came first. Should stay empty: `close()` fails the test process when it is not (see there).
+   */
+  invalidRequests(): InvalidRequest[] {
+    return structuredClone(this.router.invalid);
+  }
+
+  /** The invalid requests so far, forgotten (a test that sends some on purpose takes and checks them). */
+  takeInvalidRequests(): InvalidRequest[] {
+    return this.router.invalid.splice(0);
+  }
+
   /** Webhook deliveries attempted, in order of completion. */
   get deliveries(): DeliveryRecord[] {
     return this.hooks.deliveries;
@@ -250,10 +264,22 @@ export class FakeGitHub {
     }
   }
 
+  /**
+   * Stops the fake. When a request did not conform to GitHub's OpenAPI description (and was not
+   * taken by takeInvalidRequests), it says which on stderr and sets the process's exit code to 1:
+   * the test file fails (node --test) even when the refusal was swallowed by a retry or a log line.
+   * It does not throw, so a test's cleanup after it still runs.
+   */
   async close(): Promise<void> {
     await Promise.all(this.servers.map(stop));
     await this.hooks.idle();
     if (this.ownSocketDir) await rm(this.ownSocketDir, { recursive: true, force: true });
     else await rm(this.socketPath, { force: true });
+    const invalid = this.takeInvalidRequests();
+    if (invalid.length > 0) {
+      process.exitCode = 1;
+      const lines = invalid.map((r) => `  ${r.method} ${r.path} (${r.route}) -> ${r.status}${r.body ? ` body ${r.body.slice(0, 300)}` : ""}\n    ${r.problems.join("\n    ")}`);
+      console.error(`FakeGitHub: ${invalid.length} request(s) that GitHub's OpenAPI description refuses (exit code set to 1):\n${lines.join("\n")}`);
+    }
   }
 }

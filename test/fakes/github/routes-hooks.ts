@@ -39,9 +39,13 @@ export function hookRoutes(ctx: Ctx, hooks: WebhookSender): Route[] {
         const cursor = req.query.get("cursor");
         const from = cursor ? Number(/^v1_(\d+)$/.exec(cursor)?.[1] ?? Number.NaN) : Number.POSITIVE_INFINITY;
         if (Number.isNaN(from)) return ghError(400, "Invalid cursor", DOCS);
+        // GitHub's description of `status` (the Router refuses any other value than these two):
+        // "success" is a status_code of 200-399, "failure" one of 400-599, both inclusive. A delivery
+        // that got no answer (status_code 0, "failed to connect to host", or a timeout) is in neither.
         const status = req.query.get("status");
+        const inRange = (code: number): boolean => (status === "success" ? code >= 200 && code <= 399 : code >= 400 && code <= 599);
         const all = [...hooks.deliveries]
-          .filter((d) => status === null || (status === "success" ? d.status >= 200 && d.status < 400 : d.status >= 400 && d.status < 600))
+          .filter((d) => status === null || inRange(d.status))
           .sort((a, b) => b.attemptId - a.attemptId)
           .filter((d) => d.attemptId <= from);
         const page = all.slice(0, perPage);
