@@ -82,7 +82,9 @@ export interface GitHubClient {
   /**
    * `busy`: GitHub refused (422) because the runner is running a job. `not_found`: GitHub has no
    * runner with this id (404), and no attempt of this call may have deleted it; a 404 after an
-   * attempt whose answer was lost (5xx, 408, no answer; retried) is `deleted`.
+   * attempt whose answer was lost (5xx, 408, no answer; retried) is `deleted`. A 422 is `busy` only
+   * when GitHub, asked about the runner then, says it is busy (it answers 422 to invalid or spammed
+   * requests too); when it says the runner is not busy, the call fails (retryable): try it later.
    */
   deleteRunner(scope: RunnerScope, runnerId: number): Promise<"deleted" | "not_found" | "busy">;
   /** Deletes the registration with this name, if there is one (one whose creation answer was lost). */
@@ -92,7 +94,7 @@ export interface GitHubClient {
   getRunner(scope: RunnerScope, runnerId: number): Promise<RegisteredRunner | undefined>;
   /** Every runner registered in a scope (all pages, up to a bound). */
   listRunners(scope: RunnerScope, opts?: CallOptions): Promise<RegisteredRunner[]>;
-  /** Runs of a repository with this status (`queued`, `in_progress`), newest first, up to a bound. */
+  /** Runs of a repository with this status (`queued`, `in_progress`, `waiting`), newest first, up to a bound. */
   listRuns(installationId: number, owner: string, repo: string, status: string, opts?: CallOptions): Promise<WorkflowRunSummary[]>;
   /** Jobs of the latest attempt of a run. */
   listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts?: CallOptions): Promise<WorkflowJobSummary[]>;

@@ -389,9 +389,29 @@ export class OctokitGitHub implements GitHubClient {
       // A 404 after an attempt that may have deleted the runner (its answer lost, the call retried)
       // is that attempt's work: "not_found" would say the runner removed itself, after a job.
       if (err instanceof GitHubError && err.status === 404) return request.lost ? "deleted" : "not_found";
-      if (err instanceof GitHubError && err.status === 422) return "busy";
+      if (err instanceof GitHubError && err.status === 422) return this.#refusedDeletion(scope, runnerId, err, request.lost);
       throw err;
     }
+  }
+
+  /**
+   * What a 422 to a runner's deletion means. GitHub answers 422 to a busy runner, but also to a
+   * request it finds invalid or an endpoint it finds spammed (OpenAPI: "Validation failed, or the
+   * endpoint has been spammed"); taken as busy, an idle runner would be recorded busy and never
+   * deleted by its idle check. So GitHub is asked about the runner, only after a 422 (the normal
+   * path costs no call more): busy when it says so; gone (404) as a 404 to the deletion; otherwise
+   * the refusal is a failure worth another try, as a 5xx is (the caller's next check).
+   */
+  async #refusedDeletion(scope: RunnerScope, runnerId: number, refusal: GitHubError, lost: boolean): Promise<"deleted" | "not_found" | "busy"> {
+    let registered: RegisteredRunner | undefined;
+    try {
+      registered = await this.getRunner(scope, runnerId);
+    } catch (err) {
+      throw new GitHubError(`${refusal.message}; asking whether the runner is busy failed: ${errorMessage(err)}`, 422, { retryable: true, cause: err });
+    }
+    if (registered === undefined) return lost ? "deleted" : "not_found";
+    if (registered.busy) return "busy";
+    throw new GitHubError(`${refusal.message} (the runner is not busy: ${registered.status})`, 422, { retryable: true, cause: refusal });
   }
 
   async deleteRunnerNamed(scope: RunnerScope, name: string): Promise<"deleted" | "not_found" | "busy"> {

@@ -514,10 +514,13 @@ test("409 and 422 are answered at once, never retried; 5xx is retried; a lost an
   assert.deepEqual(calls(fake, REPO_JIT), [409]);
 
   const jit = await c.gh.generateJitConfig(repo(), { name: "jr-busy", labels: LABELS });
+  // A 422 GitHub sends for another reason than busy (it says, asked then, the runner is not): not
+  // "busy", not retried here; the caller's next try deletes it.
   fake.inject({ route: "/repos/{owner}/{repo}/actions/runners/{runner_id}", method: "DELETE", status: 422, times: 1 });
-  assert.equal(await c.gh.deleteRunner(repo(), jit.runnerId), "busy");
+  const refused = await failure(c.gh.deleteRunner(repo(), jit.runnerId));
+  assert.deepEqual([refused.status, refused.retryable], [422, true]);
   assert.equal(await c.gh.deleteRunner(repo(), jit.runnerId), "deleted");
-  assert.deepEqual(calls(fake, "/repos/{owner}/{repo}/actions/runners/{runner_id}"), [422, 204]);
+  assert.deepEqual(calls(fake, "/repos/{owner}/{repo}/actions/runners/{runner_id}"), [422, 200, 204]);
 
   fake.inject({ route: JOB, status: 502, times: 1 });
   const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
@@ -536,7 +539,7 @@ test("409 and 422 are answered at once, never retried; 5xx is retried; a lost an
   fake.inject({ route: JOB, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "x", status: "403" } });
   const denied = await failure(c.gh.getJob(1, "acme", "app", job.id));
   assert.deepEqual([denied.status, denied.retryable], [403, false], "a permission 403 is not a rate limit");
-  const checked = await assertNoSecretsFrom(fake, c.logs(), [conflict, lost, denied]);
+  const checked = await assertNoSecretsFrom(fake, c.logs(), [conflict, refused, lost, denied]);
   assert.ok(checked.tokens >= 1 && checked.jitConfigs >= 2, JSON.stringify(checked));
 });
 

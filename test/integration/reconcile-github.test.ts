@@ -113,7 +113,8 @@ test("registrations of ours with no record are deleted after the grace period; o
       body: JSON.stringify({ token: busy.jit.token }),
     });
     assert.equal(acquired.status, 200);
-    // GitHub answers 422 when a runner got a job between the list and the delete: kept, retried later.
+    // A 422 for another reason than busy (GitHub, asked then, says the runner is not busy): that
+    // deletion fails, and the next pass deletes the runner.
     fake.inject({ route: "/repos/{owner}/{repo}/actions/runners/{runner_id}", method: "DELETE", status: 422, times: 1 });
 
     const ids = () => new Set(fake.runners().map((x) => x.id));
@@ -135,9 +136,9 @@ test("registrations of ours with no record are deleted after the grace period; o
 
     const text = await metricsOf(sys.url);
     assert.equal(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-runners",action="runner_deleted"'), 2);
-    assert.ok(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-runners",action="runner_busy_kept"') >= 2, "the 422 and the listed-busy runner");
+    assert.ok(sample(text, "jitrunner_reconcile_actions_total", 'loop="github-runners",action="runner_busy_kept"') >= 1, "the listed-busy runner");
     assert.ok(sample(text, "jitrunner_reconcile_runs_total", 'loop="github-runners",outcome="ok"') >= 3);
-    assert.equal(sample(text, "jitrunner_reconcile_runs_total", 'loop="github-runners",outcome="error"'), 0);
+    assert.equal(sample(text, "jitrunner_reconcile_runs_total", 'loop="github-runners",outcome="error"'), 1, "the pass whose deletion got the 422");
     assert.equal(sample(text, "jitrunner_leader", `host="${host}"`), 1);
     assert.equal(callsTo(fake, JIT) + callsTo(fake, "/orgs/{org}/actions/runners/generate-jitconfig"), 5, "the reconciler registered nothing");
     assert.match(sys.logs(), /deleted a registration of ours that has no runner record/);
