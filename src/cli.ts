@@ -7,22 +7,39 @@ import { createLogger } from "./logger.ts";
 import { start, type Mode } from "./main.ts";
 import { drainHost, undoDrain } from "./cli/drain.ts";
 import { COMMAND_HELP, USAGE } from "./cli/help.ts";
+import { withoutPassword } from "./cli/redis.ts";
 import { runUntilStopped } from "./cli/run.ts";
 import { appManifest } from "./cli/manifest.ts";
 import { statusCommand } from "./cli/status.ts";
 
-/** A URL as it may be printed: a password in it (`redis://:PASSWORD@host`, `?password=`) replaced. */
-function withoutPassword(url: string): string {
-  try {
-    const u = new URL(url);
-    if (!u.password && !u.searchParams.has("password")) return url;
-    if (u.password) u.password = "redacted";
-    if (u.searchParams.has("password")) u.searchParams.set("password", "redacted");
-    return u.href;
-  } catch {
-    // Not a URL the WHATWG parser takes: hide whatever stands before an @.
-    return url.replace(/\/\/[^/]*@/, "//redacted@");
+/**
+ * The options the environment set, by variable, as loadConfig's overrides take them (a variable
+ * that is set and not empty wins over the file), for errors that name where a value came from.
+ * loadConfig knows this too but does not return it: keep the two lists in step.
+ */
+function envOrigins(env: NodeJS.ProcessEnv): Map<string, string> {
+  const overrides = [
+    ["redis.url", "JITRUNNER_REDIS_URL"],
+    ["worker.hostId", "JITRUNNER_HOST_ID"],
+    ["server.port", "JITRUNNER_PORT"],
+    ["logLevel", "JITRUNNER_LOG_LEVEL"],
+  ] as const;
+  return new Map(overrides.filter(([, name]) => env[name]).map(([option, name]) => [option, name]));
+}
+
+/**
+ * Why the config file cannot be read, with the way forward: a first run has none yet, and
+ * Compose bind-mounting a file that does not exist makes a directory in its place.
+ */
+function unreadableConfig(path: string, err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === "ENOENT") return `no config at ${path}: pass --config FILE or set JITRUNNER_CONFIG; start from deploy/jitrunner.example.yml`;
+  if (code === "EISDIR") return `cannot read config ${path} (a directory: Docker creates one when a bind-mounted file does not exist; remove it and create the file)`;
+  if (code === "EACCES") {
+    const uid = process.getuid?.();
+    return `cannot read config ${path} (EACCES): it must be readable by the user jitrunner runs as${uid === undefined ? "" : ` (uid ${uid})`}; the container image runs as uid 1000`;
   }
+  return `cannot read config ${path}: ${code ?? errorMessage(err)}`;
 }
 
 /**
@@ -90,14 +107,22 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const path = values.config ?? process.env.JITRUNNER_CONFIG ?? "jitrunner.yml";
-  let config: Config;
+  let text: string;
   try {
-    config = loadConfig({ text: readFileSync(path, "utf8"), env: process.env, readFile: (p) => readFileSync(p, "utf8"), secretsFor });
+    text = readFileSync(path, "utf8");
   } catch (err) {
-    if (err instanceof ConfigError) process.stderr.write(`jitrunner: ${path}: ${err.message}\n`);
-    else process.stderr.write(`jitrunner: cannot read config ${path}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}\n`);
+    process.stderr.write(`jitrunner: ${unreadableConfig(path, err)}\n`);
     return 1;
   }
+  let config: Config;
+  try {
+    config = loadConfig({ text, env: process.env, readFile: (p) => readFileSync(p, "utf8"), secretsFor });
+  } catch (err) {
+    if (err instanceof ConfigError) process.stderr.write(`jitrunner: ${path}: ${err.message}\n`);
+    else process.stderr.write(`jitrunner: cannot load config ${path}: ${errorMessage(err)}\n`);
+    return 1;
+  }
+  const origins = envOrigins(process.env);
   if (command === "check-config") {
     const shown = { ...config, redis: { ...config.redis, url: withoutPassword(config.redis.url) } };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
@@ -109,13 +134,13 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write("jitrunner drain: --host ID is required\n");
       return 2;
     }
-    if (values.undo) return undoDrain(config, values.host, process.stdout);
-    return drainHost(config, values.host, !values["no-wait"], process.stdout);
+    if (values.undo) return undoDrain(config, values.host, process.stdout, process.stderr, origins);
+    return drainHost(config, values.host, !values["no-wait"], process.stdout, process.stderr, origins);
   }
-  if (command === "status") return statusCommand(config, { json: !!values.json }, process.stdout, process.stderr);
+  if (command === "status") return statusCommand(config, { json: !!values.json, origins }, process.stdout, process.stderr);
 
   const logger = createLogger(config.logLevel);
-  const running = await start(config, command as Mode, logger);
+  const running = await start(config, command as Mode, logger, { origins });
   const code = await runUntilStopped(running, logger);
   logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");
   return code;

@@ -3,7 +3,7 @@ import type { Redis, RedisOptions } from "ioredis";
 import type { Logger } from "pino";
 import { secretsNeeded, type Config } from "./config/load.ts";
 import { DockerodeDriver } from "./docker/dockerode-driver.ts";
-import { ConfigError, errorMessage } from "./errors.ts";
+import { ConfigError, errorMessage, JitrunnerError } from "./errors.ts";
 import { OctokitGitHub } from "./github/octokit-client.ts";
 import { buildApp } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
@@ -24,6 +24,14 @@ import { RunnerWorker } from "./worker/worker.ts";
 
 export type Mode = "server" | "worker" | "all";
 
+export interface StartOptions {
+  /**
+   * The options the environment set, and by which variable ("server.port" -> "JITRUNNER_PORT"),
+   * as loadConfig applied them: an error about a value names where it came from.
+   */
+  origins?: ReadonlyMap<string, string>;
+}
+
 export interface Running {
   app: FastifyInstance;
   /** http://host:port the HTTP server listens on. */
@@ -38,7 +46,7 @@ export interface Running {
  * runs, and returns one `close` that stops them in order (no new webhooks, no new demand, finish
  * in-flight launches, close connections; running runners keep running).
  */
-export async function start(config: Config, mode: Mode, logger: Logger): Promise<Running> {
+export async function start(config: Config, mode: Mode, logger: Logger, opts: StartOptions = {}): Promise<Running> {
   // A config loaded for another mode (loadConfig's secretsFor) lacks a secret this one needs: an
   // empty webhook secret would let anyone sign deliveries.
   const needs = secretsNeeded(mode);
@@ -47,7 +55,7 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   const connections: Redis[] = [];
   const undo: Array<() => Promise<unknown>> = [];
   try {
-    return await startWith(config, mode, logger, connections, undo);
+    return await startWith(config, mode, logger, opts, connections, undo);
   } catch (err) {
     // A start that fails half-way (engine unreachable, port taken) leaves nothing open.
     await Promise.allSettled(undo.reverse().map((fn) => fn()));
@@ -56,7 +64,14 @@ export async function start(config: Config, mode: Mode, logger: Logger): Promise
   }
 }
 
-async function startWith(config: Config, mode: Mode, logger: Logger, connections: Redis[], undo: Array<() => Promise<unknown>>): Promise<Running> {
+async function startWith(
+  config: Config,
+  mode: Mode,
+  logger: Logger,
+  opts: StartOptions,
+  connections: Redis[],
+  undo: Array<() => Promise<unknown>>,
+): Promise<Running> {
   const connect = (options: RedisOptions = {}): Redis => {
     const c = redisConnection(config.redis.url, options);
     c.on("error", (err) => logger.debug({ err: errorMessage(err) }, "redis connection error"));
@@ -139,7 +154,6 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       writes: { max: config.github.writesPerMinute, windowMs: 60_000 },
     });
     events = new RunnerEvents(connect(), runners.eventsChannel);
-    await events.start();
     const launcher = new Launcher({
       host,
       namePrefix: config.runnerNamePrefix,
@@ -175,15 +189,15 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       logger: logger.child({ host }),
       activity,
     });
-    await worker.start();
     // Workers campaign for the reconcile leader: they hold GitHub access and exist in every fleet.
     // Its producer is its own (in `all` mode too): the server's fails fast while Redis is away.
     reconcilerQueues = new DemandQueues(settings, connect());
     reconciler = new Reconciler({ config, redis, github, demand: reconcilerQueues, runners, metrics, logger });
-    await reconciler.start();
   }
 
   const w = worker;
+  // Unready until the worker has started (its engine answered, its first host pass done).
+  let workerStarted = false;
   // Ready once every connection a webhook needs answers (the HTTP side's two), else the worker's.
   const readinessRedis = http ? [http.redis, http.queueRedis] : redis ? [redis] : [];
   const app = await buildApp({
@@ -194,6 +208,7 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
       const problems: string[] = [];
       const redisProblem = (await Promise.all(readinessRedis.map(pingProblem))).find((p) => p !== undefined);
       if (redisProblem) problems.push(redisProblem);
+      if (w && !workerStarted) problems.push("worker: starting");
       if (w?.problem) problems.push(w.problem);
       return problems;
     },
@@ -204,7 +219,28 @@ async function startWith(config: Config, mode: Mode, logger: Logger, connections
     metricsToken: config.secrets.metricsToken,
   });
   const beginHttpClose = closeConnectionsAfterResponses(app);
-  const url = await app.listen({ host: config.server.host, port: config.server.port });
+  undo.push(() => app.close());
+  // Bound before the worker and the reconciler start: a port taken fails the start before a host
+  // record, a leader lock or a demand lease exists that the undo would have to take back.
+  const url = await app.listen({ host: config.server.host, port: config.server.port }).catch((err: unknown) => {
+    throw listenError(err, config.server, opts.origins?.get("server.port"));
+  });
+  if (worker && reconciler && events && github) {
+    const [wk, gh, ev, rec] = [worker, github, events, reconciler];
+    // Undone in close()'s order. A worker whose start fails stops what it started (RunnerWorker.start).
+    let reconcilerUp = false;
+    undo.push(async () => {
+      if (reconcilerUp) await rec.close();
+      if (workerStarted) await wk.stop();
+      gh.close();
+      await ev.close();
+    });
+    await ev.start();
+    await wk.start();
+    workerStarted = true;
+    await rec.start();
+    reconcilerUp = true;
+  }
   logger.info({ mode, url }, "jitrunner started");
 
   let closing: Promise<void> | undefined;
@@ -261,6 +297,25 @@ function closeConnectionsAfterResponses(app: FastifyInstance): () => void {
   return () => {
     closing = true;
   };
+}
+
+/**
+ * Why the HTTP listener could not bind, in an operator's words: which option, set where, and what
+ * to do. `from`: the environment variable that set server.port, if one did. Other errors as they are.
+ */
+function listenError(err: unknown, server: { host: string; port: number }, from: string | undefined): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  const option = `server.port ${server.port}${from ? ` (from ${from})` : ""}`;
+  // Where to change it, unless the message already names the variable that set it.
+  const where = from ? "" : " (server.port in the config, or JITRUNNER_PORT)";
+  if (code === "EADDRINUSE") {
+    return new JitrunnerError("E_LISTEN", `${option} is in use on ${server.host}: pick another port${where} or stop the process using it`, { cause: err });
+  }
+  if (code === "EACCES") {
+    const message = `${option} cannot be bound on ${server.host}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE): pick one of 1024 or more${where}`;
+    return new JitrunnerError("E_LISTEN", message, { cause: err });
+  }
+  return err;
 }
 
 /** How long a stopping process lets a Redis connection send what it holds before it cuts it. */

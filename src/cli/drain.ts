@@ -2,7 +2,7 @@ import type { Redis } from "ioredis";
 import type { Config } from "../config/load.ts";
 import { HostStore } from "../state/hosts.ts";
 import { RunnerStore } from "../state/runners.ts";
-import { cliRedis, connectCli, isUnreachable, unreachableReason } from "./redis.ts";
+import { cliRedis, connectCli, isUnreachable, redisTarget, unreachableReason } from "./redis.ts";
 
 /** `drain`'s exit code when the host stopped answering with runners of its own still recorded. */
 export const DRAIN_EXIT_HOST_VANISHED = 3;
@@ -13,7 +13,8 @@ export const DRAIN_EXIT_HOST_VANISHED = 3;
  * again, by a restart policy or by hand, takes no demand until `drain --undo` (undoDrain). With
  * `wait`, returns once the host has left the fleet, with a progress line every 10 s. Each call to Redis waits at most CLI_REDIS_TIMEOUT_MS (cliRedis), the wait itself as
  * long as the jobs take. Exits 1 when Redis cannot be reached, and DRAIN_EXIT_HOST_VANISHED when
- * the host's worker stopped beating with runners still recorded (see #ended).
+ * the host's worker stopped beating with runners still recorded (see #ended). `origins`: the
+ * options the environment set, for the error naming where the Redis URL came from (redisTarget).
  */
 export async function drainHost(
   config: Config,
@@ -21,9 +22,10 @@ export async function drainHost(
   wait: boolean,
   out: NodeJS.WritableStream,
   err: NodeJS.WritableStream = process.stderr,
+  origins?: ReadonlyMap<string, string>,
 ): Promise<number> {
   const unreachable = (e: unknown, note = ""): number => {
-    err.write(`jitrunner drain: cannot reach Redis (redis.url): ${unreachableReason(e)}${note}\n`);
+    err.write(`jitrunner drain: cannot reach Redis at ${redisTarget(config.redis.url, origins)}: ${unreachableReason(e)}${note}\n`);
     return 1;
   };
   const redis = await connected(config, unreachable);
@@ -94,11 +96,17 @@ function stays(host: string): string {
 /**
  * `jitrunner drain --host ID --undo`: removes the host's drain mark, so that its worker takes
  * demand again (one asked to drain and still running its jobs stays draining, and exits). Exits 1
- * when the host has no drain mark, or Redis cannot be reached.
+ * when the host has no drain mark, or Redis cannot be reached (`origins` as for drainHost).
  */
-export async function undoDrain(config: Config, host: string, out: NodeJS.WritableStream, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+export async function undoDrain(
+  config: Config,
+  host: string,
+  out: NodeJS.WritableStream,
+  err: NodeJS.WritableStream = process.stderr,
+  origins?: ReadonlyMap<string, string>,
+): Promise<number> {
   const unreachable = (e: unknown): number => {
-    err.write(`jitrunner drain --undo: cannot reach Redis (redis.url): ${unreachableReason(e)}\n`);
+    err.write(`jitrunner drain --undo: cannot reach Redis at ${redisTarget(config.redis.url, origins)}: ${unreachableReason(e)}\n`);
     return 1;
   };
   const redis = await connected(config, unreachable);

@@ -45,9 +45,33 @@ export async function connectCli(redis: Redis): Promise<void> {
   }
 }
 
+/** A URL as it may be printed: a password in it (`redis://:PASSWORD@host`, `?password=`) replaced. */
+export function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (!u.password && !u.searchParams.has("password")) return url;
+    if (u.password) u.password = "redacted";
+    if (u.searchParams.has("password")) u.searchParams.set("password", "redacted");
+    return u.href;
+  } catch {
+    // Not a URL the WHATWG parser takes: hide whatever stands before an @.
+    return url.replace(/\/\/[^/]*@/, "//redacted@");
+  }
+}
+
 /**
- * Why Redis could not be reached, for an operator's one line: never the URL (it may carry a
- * password), only the error's text, which names at most host and port.
+ * Which Redis a command could not reach, for an operator's line: its URL without a password, and
+ * where the URL came from, so the one to fix is found: the environment variable that set it
+ * (`origins`, the options the environment set), else `redis.url` in the config.
+ */
+export function redisTarget(url: string, origins?: ReadonlyMap<string, string>): string {
+  const from = origins?.get("redis.url");
+  return `${withoutPassword(url)} (${from ? `from ${from}` : "redis.url"})`;
+}
+
+/**
+ * Why Redis could not be reached, for an operator's one line: only the error's text, which names
+ * at most host and port (never a password).
  */
 export function unreachableReason(err: unknown): string {
   const message = errorMessage(err);

@@ -5,20 +5,26 @@ import { HostStore } from "../state/hosts.ts";
 import { RunnerStore } from "../state/runners.ts";
 import { collectStatus } from "../state/status.ts";
 import { within } from "../timers.ts";
-import { CLI_REDIS_TIMEOUT_MS, cliRedis, connectCli, NO_ANSWER, unreachableReason } from "./redis.ts";
+import { CLI_REDIS_TIMEOUT_MS, cliRedis, connectCli, NO_ANSWER, redisTarget, unreachableReason } from "./redis.ts";
 import { renderStatusText } from "./status-text.ts";
 
 /**
  * `jitrunner status`: reads Redis directly (no server needed) and prints the status page's facts.
  * Fails fast, with exit code 1, when Redis does not answer: each step waits at most
- * CLI_REDIS_TIMEOUT_MS (cliRedis).
+ * CLI_REDIS_TIMEOUT_MS (cliRedis). `opts.origins`: the options the environment set, for the error
+ * naming where the Redis URL came from (redisTarget).
  */
-export async function statusCommand(config: Config, opts: { json: boolean }, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
+export async function statusCommand(
+  config: Config,
+  opts: { json: boolean; origins?: ReadonlyMap<string, string> },
+  out: NodeJS.WritableStream,
+  err: NodeJS.WritableStream,
+): Promise<number> {
   const redis = cliRedis(config.redis.url);
   try {
     await connectCli(redis);
   } catch (e) {
-    err.write(`jitrunner status: cannot reach Redis (redis.url): ${unreachableReason(e)}\n`);
+    err.write(`jitrunner status: cannot reach Redis at ${redisTarget(config.redis.url, opts.origins)}: ${unreachableReason(e)}\n`);
     redis.disconnect();
     return 1;
   }

@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import Docker from "dockerode";
 import { DEFAULT_CALL_TIMEOUT_SECONDS, DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS } from "../config/schema.ts";
@@ -46,6 +46,8 @@ export class DockerodeDriver implements RunnerDriver {
   readonly #launchCallMs: number;
   /** For an engine over SSH: its host key's check (see known-hosts.ts). */
   readonly #hostKeys: HostKeyVerifier | undefined;
+  /** What set the engine's address, for an error saying it cannot be reached (engineUnreachable). */
+  readonly #where: string;
 
   /**
    * `warn` hears of a connection that exposes what it carries (see `connectionWarnings`); by
@@ -66,6 +68,13 @@ export class DockerodeDriver implements RunnerDriver {
     if (keyFile) options.key = readFileSync(keyFile);
     if (username) options.username = username;
     const configured = !!(rest.host || rest.socketPath);
+    this.#where = rest.socketPath
+      ? "worker.docker.socketPath"
+      : rest.host
+        ? "worker.docker.host and port"
+        : process.env.DOCKER_HOST
+          ? "from DOCKER_HOST"
+          : "worker.docker.socketPath or DOCKER_HOST";
     // With neither, docker-modem takes DOCKER_HOST (from process.env), which may be an ssh:// URL.
     // ssh2 connects to localhost when given no host.
     const ssh = configured ? (connection.protocol === "ssh" ? { host: rest.host ?? "localhost", port: rest.port } : undefined) : sshDockerHost(process.env);
@@ -227,6 +236,9 @@ export class DockerodeDriver implements RunnerDriver {
       return await this.#limited(what, ms, fn);
     } catch (err) {
       if (err instanceof DockerError) throw err;
+      // The engine was never reached: said as such (for the ping at start, alone), with the fix.
+      const unreachable = engineUnreachable(err, this.#where);
+      if (unreachable) throw new DockerError(what === "ping" ? unreachable : `${what} failed: ${unreachable}`, { retryable: true });
       const status = statusOf(err);
       // Docker's message, never the request: the request carries the JIT config.
       throw new DockerError(`${what} failed${status ? ` (${status})` : ""}: ${this.#reason(err)}`, {
@@ -267,6 +279,35 @@ export class DockerodeDriver implements RunnerDriver {
       limit.removeEventListener("abort", onAbort!);
     }
   }
+}
+
+/**
+ * Why the engine could not be reached, in an operator's words, or undefined when `err` is not a
+ * failed connect: its address, what set it (`where`), and the fix for the usual causes: a socket
+ * whose group this process lacks (Compose's `DOCKER_GID`), no socket (no dockerd, a wrong path).
+ */
+export function engineUnreachable(err: unknown, where: string): string | undefined {
+  const e = err as (NodeJS.ErrnoException & { address?: string; port?: number }) | undefined;
+  if (e?.syscall !== "connect" || !e.code || !e.address) return undefined;
+  const socket = e.port === undefined;
+  const head = `cannot reach the Docker engine at ${socket ? e.address : `${e.address}:${e.port}`} (${where})`;
+  if (e.code === "EACCES") return `${head}: permission denied; ${socketAccess(e.address)}`;
+  if (e.code === "ENOENT") return `${head}: no socket there: is dockerd running, and is the path right?`;
+  if (e.code === "ECONNREFUSED") return `${head}: connection refused: ${socket ? "no dockerd listens on the socket (is it running?)" : "nothing listens there"}`;
+  return `${head}: ${e.message}`;
+}
+
+/** Who this process is, next to the socket's group: the group it needs, and how to give it. */
+function socketAccess(path: string): string {
+  const who = `this process (uid ${process.getuid?.() ?? "?"}, groups [${(process.getgroups?.() ?? []).join(", ")}])`;
+  let gid: number | undefined;
+  try {
+    gid = statSync(path).gid;
+  } catch {
+    return `${who} may not use the socket`;
+  }
+  if (process.getgroups?.().includes(gid)) return `${who} is in the socket's group ${gid}, which may not use it: check its mode (stat -c %a ${path})`;
+  return `${who} needs the socket's group ${gid}: in Compose set DOCKER_GID=$(stat -c %g ${path}); elsewhere add the user to group ${gid}`;
 }
 
 /** The host and port of a `DOCKER_HOST=ssh://[user@]host[:port]`, if that is what it is. */

@@ -87,6 +87,7 @@ interface HookResponse {
 
 interface RequestFailure {
   status?: number;
+  name?: string;
   message?: string;
   request?: { url?: string };
   response?: { headers?: Record<string, string | undefined>; data?: { message?: string } };
@@ -275,7 +276,8 @@ export class OctokitGitHub implements GitHubClient {
     // A token request goes through this hook too: its failure is counted there, not again as the
     // failure of the call that needed the token.
     const tokenFailure = err.request?.url?.includes("/access_tokens") && !String(options.url).includes("/access_tokens");
-    if (!tokenFailure) this.#opts.metrics.githubRequest(String(options.url), err.status ?? 0);
+    // No answer is counted as status 0 (the metric's "no response"), not as octokit's 500 for it.
+    if (!tokenFailure) this.#opts.metrics.githubRequest(String(options.url), unanswered(err) ? 0 : (err.status ?? 0));
     this.#observeClock(err.response?.headers?.date);
   }
 
@@ -554,13 +556,20 @@ export class OctokitGitHub implements GitHubClient {
       const never = notSent(err);
       if (never) throw never;
       const e = err as RequestFailure;
-      const status = e.status;
+      let status = e.status;
       const rateLimited =
         status === 429 || (status === 403 && (e.response?.headers?.["x-ratelimit-remaining"] === "0" || /rate limit/i.test(e.response?.data?.message ?? "")));
       // 403 without a rate limit is a permission GitHub will keep refusing.
       const retryable = status === undefined || status === 0 || status >= 500 || rateLimited;
       // GitHub's message only: octokit's error carries the request, and with it tokens and JIT configs.
-      const detail = e.response?.data?.message ?? errorMessage(err).split("\n")[0];
+      let detail = e.response?.data?.message ?? errorMessage(err).split("\n")[0];
+      // Not answered: no status, though octokit gives it 500. A failed fetch is the network (DNS, a
+      // refused connection, a proxy, the attempt's time limit), said with where it was sent; an
+      // abort is its caller giving up.
+      if (unanswered(e)) {
+        status = undefined;
+        if (e.name === "HttpError") detail = `cannot reach GitHub at ${this.#opts.apiUrl}: ${detail}`;
+      }
       // The installation token could not be minted: the status is the token request's, not the
       // call's, and is left out of the error. A 404 there is not "no such runner", nor a 422 "busy".
       if (e.request?.url?.includes("/access_tokens")) {
@@ -569,6 +578,15 @@ export class OctokitGitHub implements GitHubClient {
       throw new GitHubError(`${what} failed${status ? ` (${status})` : ""}: ${detail}`, status, { retryable });
     }
   }
+}
+
+/**
+ * No answer came from GitHub: the fetch failed (octokit wraps that in a RequestError, name
+ * HttpError, of status 500 with no response; so it does a fetch cut by its time limit) or was
+ * aborted by its caller (octokit rethrows the AbortError, status 500 too).
+ */
+function unanswered(err: RequestFailure): boolean {
+  return err.response === undefined && (err.name === "HttpError" || err.name === "AbortError");
 }
 
 /** A failure worth another attempt: 5xx, 408, or no answer at all. */

@@ -5,7 +5,7 @@
  * both against a Redis that accepts connections but never answers.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -227,6 +227,43 @@ test("status fails fast, exit 1, when Redis does not answer", async () => {
   assert.ok(Date.now() - started < 15_000);
 });
 
+test("a config file that is missing, or a directory (Compose bind-mounting a file that did not exist), is said so with the way forward", async () => {
+  const missing = join(dir, "nowhere.yml");
+  for (const [args, env] of [
+    [["status", "--config", missing], {}],
+    [["check-config"], { JITRUNNER_CONFIG: missing }],
+  ] as const) {
+    const r = await run([...args], env);
+    assert.equal(r.code, 1, r.out);
+    assert.equal(r.out, `jitrunner: no config at ${missing}: pass --config FILE or set JITRUNNER_CONFIG; start from deploy/jitrunner.example.yml\n`);
+  }
+  const mounted = join(dir, "mounted.yml");
+  await mkdir(mounted);
+  const r = await run(["all", "--config", mounted], SECRETS);
+  assert.equal(r.code, 1, r.out);
+  assert.equal(
+    r.out,
+    `jitrunner: cannot read config ${mounted} (a directory: Docker creates one when a bind-mounted file does not exist; remove it and create the file)\n`,
+  );
+});
+
+test("status and drain that cannot reach Redis name its URL (without the password) and where it came from", async () => {
+  const port = await freePort();
+  const password = "env-redis-pass-K3v";
+  const env = { JITRUNNER_REDIS_URL: `redis://:${password}@127.0.0.1:${port}` };
+  for (const args of [["status"], ["drain", "--host", "h1"], ["drain", "--host", "h1", "--undo"]]) {
+    const r = await run([args[0]!, "--config", configFile, ...args.slice(1)], env, 20_000);
+    assert.equal(r.code, 1, r.out);
+    const command = args.includes("--undo") ? "drain --undo" : args[0];
+    assert.equal(r.out, `jitrunner ${command}: cannot reach Redis at redis://:redacted@127.0.0.1:${port} (from JITRUNNER_REDIS_URL): connect ECONNREFUSED 127.0.0.1:${port}\n`);
+  }
+  const fromFile = join(dir, "closed.yml");
+  await writeFile(fromFile, configText(`redis://127.0.0.1:${port}/3`, "x"));
+  const r = await run(["status", "--config", fromFile], {}, 20_000);
+  assert.equal(r.code, 1, r.out);
+  assert.equal(r.out, `jitrunner status: cannot reach Redis at redis://127.0.0.1:${port}/3 (redis.url): connect ECONNREFUSED 127.0.0.1:${port}\n`);
+});
+
 test("status and drain exit 1 when Redis accepts the connection but never answers, without printing the URL's password", async () => {
   const silent = await silentServer();
   try {
@@ -237,7 +274,8 @@ test("status and drain exit 1 when Redis accepts the connection but never answer
       // The limit is generous: it catches a hang, not slowness.
       const r = await run([args[0]!, "--config", file, ...args.slice(1)], SECRETS, 20_000);
       assert.equal(r.code, 1, r.out);
-      assert.match(r.out, new RegExp(`^jitrunner ${args[0]}: cannot reach Redis \\(redis\\.url\\): .*did not answer within \\d+ s$`, "m"));
+      const at = `redis://:redacted@127\\.0\\.0\\.1:${silent.port} \\(redis\\.url\\)`;
+      assert.match(r.out, new RegExp(`^jitrunner ${args[0]}: cannot reach Redis at ${at}: .*did not answer within \\d+ s$`, "m"));
       assert.ok(!r.out.includes(password), r.out);
     }
   } finally {
@@ -261,7 +299,7 @@ test("drain, waiting for a host, exits 1 when Redis stops answering during the w
     ]);
     await new Promise((r) => setImmediate(r));
     assert.equal(code, 1, p.output());
-    assert.match(p.output(), /^jitrunner drain: cannot reach Redis \(redis\.url\): .*did not answer within \d+ s.*relayhost/m);
+    assert.match(p.output(), new RegExp(`^jitrunner drain: cannot reach Redis at redis://127\\.0\\.0\\.1:${relay.port} \\(redis\\.url\\): .*did not answer within \\d+ s.*relayhost`, "m"));
     assert.equal(await hosts.draining("relayhost"), true);
   } finally {
     await p.stop();
