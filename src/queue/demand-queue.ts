@@ -82,10 +82,33 @@ export const REDIS_SOCKET_TIMEOUT_MS = 15_000;
  */
 export const REDIS_KEEPALIVE_MS = 10_000;
 
+/**
+ * A connection whose socket-timeout timer goes with its socket. ioredis arms that timer when a
+ * command is sent and clears it only when data comes back: a connection closed with a command out
+ * (a BullMQ worker closed mid-block, a stop while Redis is away) left it running, which held a
+ * process that had closed everything alive for up to REDIS_SOCKET_TIMEOUT_MS more. Its duplicates
+ * (BullMQ's blocking connections) are of this class too.
+ */
+class Connection extends Redis {
+  constructor(url: string | undefined, options: RedisOptions) {
+    if (url === undefined) super(options);
+    else super(url, options);
+    this.on("close", () => {
+      const self = this as unknown as { socketTimeoutTimer?: ReturnType<typeof setTimeout> };
+      clearTimeout(self.socketTimeoutTimer);
+      self.socketTimeoutTimer = undefined;
+    });
+  }
+
+  override duplicate(override?: Partial<RedisOptions>): Redis {
+    return new Connection(undefined, { ...this.options, ...override });
+  }
+}
+
 export function redisConnection(url: string, extra: RedisOptions = {}): Redis {
   // BullMQ needs maxRetriesPerRequest: null on connections it blocks on. BullMQ's own connections
   // (a worker's blocking one) are duplicates of this one, with its timeouts.
-  return new Redis(url, {
+  return new Connection(url, {
     maxRetriesPerRequest: null,
     enableReadyCheck: true,
     socketTimeout: REDIS_SOCKET_TIMEOUT_MS,

@@ -165,3 +165,26 @@ describe("Redis going silent", { concurrency: true }, () => {
     }
   });
 });
+
+it("a connection closed with a command out leaves no timer behind (a process that closed everything exits at once)", async () => {
+  const { redis } = shared;
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+  const conn = redisConnection(redis.url);
+  const blocking = conn.duplicate(); // as BullMQ makes its worker's blocking connection
+  try {
+    assert.equal(await conn.ping(), "PONG");
+    assert.equal(await blocking.ping(), "PONG");
+    const before = timers();
+    const outstanding = [conn.blpop(`${redis.prefix}:never`, 5), blocking.blpop(`${redis.prefix}:never`, 5)].map((p) => p.catch(() => null));
+    await sleep(100);
+    assert.ok(timers() >= before + 2, "each command out arms its connection's socket timeout");
+    conn.disconnect();
+    blocking.disconnect();
+    await Promise.all(outstanding);
+    await sleep(100);
+    assert.ok(timers() <= before, `the socket timeouts went with their sockets (${timers()} timers, ${before} before)`);
+  } finally {
+    conn.disconnect();
+    blocking.disconnect();
+  }
+});
