@@ -105,7 +105,7 @@ async function startWith(
     const runners = new RunnerStore(redis, prefix);
     const activity = new ActivityLog(redis, prefix);
     const hosts = new HostStore(redis, prefix);
-    const demand = notingActivity(queues, new ActiveRepos(redis, prefix), logger);
+    const demand = notingActivity(queues, new ActiveRepos(redis, prefix), config.pools, logger);
     // However many deliveries wait for Redis to come back, one listener per connection.
     let bothReady: Promise<unknown> | undefined;
     const redisReconnected = async () => {

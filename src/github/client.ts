@@ -40,6 +40,8 @@ export interface RegisteredRunner {
 export interface WorkflowRunSummary {
   id: number;
   owner: string;
+  /** The owner's account type (`Organization`, `User`): which pools can serve its jobs (servesOwner). */
+  ownerType: string;
   repo: string;
   private: boolean;
   visibility?: string;

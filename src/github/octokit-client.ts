@@ -492,7 +492,8 @@ export class OctokitGitHub implements GitHubClient {
         }),
       );
       for (const r of res.data.workflow_runs) {
-        out.push({ id: Number(r.id), owner: r.repository.owner.login, repo: r.repository.name, private: r.repository.private, visibility: r.repository.visibility });
+        const repository = r.repository;
+        out.push({ id: Number(r.id), owner: repository.owner.login, ownerType: repository.owner.type, repo: repository.name, private: repository.private, visibility: repository.visibility });
       }
       if (res.data.workflow_runs.length < 100 || out.length >= res.data.total_count) break;
     }

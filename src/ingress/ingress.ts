@@ -9,7 +9,7 @@ import type { DeliveredBy } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
 import { BestEffortWrites } from "./best-effort.ts";
 import { decideQueued, type WorkflowJobEvent } from "./policy.ts";
-import { matchPool, unmatchedReason } from "./pools.ts";
+import { matchPoolForOwner, unmatchedReason } from "./pools.ts";
 
 /** Where accepted demand goes (the BullMQ queues in production). */
 export interface DemandSink {
@@ -289,11 +289,12 @@ export class Ingress {
 
   /**
    * Drops the job attempt's demand, and its renewals, where still waiting, in the pool the job's
-   * labels choose (as for a `queued` delivery: no pool for a job without labels unless one opts in).
+   * labels and its repository's owner choose (as for a `queued` delivery: no pool for a job without
+   * labels unless one opts in, no organization pool for a user's repository).
    */
   async #cancel(event: WorkflowJobEvent): Promise<{ outcome: string; pool?: string }> {
     const job = event.workflow_job;
-    const pool = matchPool(job.labels, this.#deps.config.pools);
+    const pool = matchPoolForOwner(job.labels, this.#deps.config.pools, event.repository.owner.type);
     if (!pool) return { outcome: unmatchedReason(job.labels) };
     const dropped = await this.#deps.demand.cancel(pool.name, job.id, job.run_attempt ?? 1);
     return { outcome: dropped ? "demand_cancelled" : "no_demand", pool: pool.name };
@@ -342,12 +343,13 @@ export class Ingress {
   }
 
   /**
-   * Queue wait and duration of jobs our pools serve (matched by labels, as GitHub routes them); no
-   * duration for a job of a namesake of our runner (`not_ours`).
+   * Queue wait and duration of jobs our pools serve (matched by labels, as GitHub routes them, and
+   * by owner, as a `queued` delivery is); no duration for a job of a namesake of our runner
+   * (`not_ours`).
    */
   #observeTimes(event: WorkflowJobEvent, outcome: string): void {
     const job = event.workflow_job;
-    const pool = matchPool(job.labels, this.#deps.config.pools);
+    const pool = matchPoolForOwner(job.labels, this.#deps.config.pools, event.repository.owner.type);
     if (!pool) return;
     if (event.action === "in_progress") this.#deps.metrics.jobStarted(pool.name, secondsBetween(job.created_at, job.started_at));
     else if (outcome !== "not_ours" && isOurRunner(this.#deps.config.runnerNamePrefix, job.runner_name)) {
@@ -379,6 +381,7 @@ function isWorkflowJob(p: unknown): p is WorkflowJobEvent {
     Array.isArray(j.labels) && j.labels.every((l) => typeof l === "string") &&
     typeof e.repository?.name === "string" &&
     typeof e.repository?.full_name === "string" &&
-    typeof e.repository?.owner?.login === "string"
+    typeof e.repository?.owner?.login === "string" &&
+    (e.repository.owner.type === undefined || typeof e.repository.owner.type === "string")
   );
 }

@@ -1,6 +1,6 @@
 import type { Config, PoolConfig } from "../config/load.ts";
 import type { Demand } from "../demand.ts";
-import { matchPool, unmatchedReason } from "./pools.ts";
+import { matchPool, matchPoolForOwner, unmatchedReason } from "./pools.ts";
 
 /** The parts of a `workflow_job` webhook payload that jitrunner reads. */
 export interface WorkflowJobEvent {
@@ -18,7 +18,7 @@ export interface WorkflowJobEvent {
     completed_at?: string | null;
     conclusion?: string | null;
   };
-  repository: { name: string; full_name: string; private: boolean; visibility?: string; owner: { login: string } };
+  repository: { name: string; full_name: string; private: boolean; visibility?: string; owner: { login: string; type?: string } };
   installation?: { id: number };
 }
 
@@ -26,7 +26,7 @@ export type QueuedDecision =
   | { kind: "enqueue"; demand: Demand; pool: PoolConfig }
   | {
       kind: "ignore";
-      reason: "not_queued" | "no_pool" | "no_labels" | "owner_not_allowed" | "repo_not_allowed" | "public_repo" | "no_installation";
+      reason: "not_queued" | "no_pool" | "no_labels" | "owner_not_allowed" | "repo_not_allowed" | "public_repo" | "no_installation" | "user_owner_org_pool";
     };
 
 /** What to do with a `queued` delivery. Pure: policy and pool matching only. */
@@ -46,9 +46,13 @@ export function decideQueued(
   if (allowedRepositories.length > 0 && !allowedRepositories.some((r) => r.toLowerCase() === fullName.toLowerCase())) {
     return { kind: "ignore", reason: "repo_not_allowed" };
   }
-  const pool = matchPool(job.labels, config.pools);
-  // No labels: only a pool that opts in serves it (see matchPool).
-  if (!pool) return { kind: "ignore", reason: unmatchedReason(job.labels) };
+  const pool = matchPoolForOwner(job.labels, config.pools, event.repository.owner.type);
+  if (!pool) {
+    // Only organization pools have the labels, and the owner is no organization (see servesOwner).
+    if (matchPool(job.labels, config.pools)) return { kind: "ignore", reason: "user_owner_org_pool" };
+    // No labels: only a pool that opts in serves it (see matchPool).
+    return { kind: "ignore", reason: unmatchedReason(job.labels) };
+  }
   if (isPublic(event.repository) && !pool.allowPublicRepositories) return { kind: "ignore", reason: "public_repo" };
   const installationId = event.installation?.id;
   if (!installationId) return { kind: "ignore", reason: "no_installation" };

@@ -71,7 +71,7 @@ export function queuedEventOf(job: WorkflowJobSummary, run: WorkflowRunSummary, 
       full_name: `${run.owner}/${run.repo}`,
       private: run.private,
       visibility: run.visibility,
-      owner: { login: run.owner },
+      owner: { login: run.owner, type: run.ownerType },
     },
     installation: { id: installationId },
   };

@@ -3,7 +3,7 @@ import type { PoolConfig } from "../config/load.ts";
 import { errorMessage } from "../errors.ts";
 import type { GitHubClient, RegisteredRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
-import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
+import type { ActiveOrganization, ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
 import type { Loop } from "./loops.ts";
@@ -14,11 +14,14 @@ export const GITHUB_RUNNERS = "github-runners";
  * Where our runners can be registered, each scope once: every pool's warm scope (warm runners
  * register there before any job names a repository, and a repository whose jobs stopped never turns
  * up among the active ones), the scopes of runners recorded in Redis (`recorded`), then each active
- * repository when a pool registers per repository and each active repository's owner when a pool
- * registers per organization. Pure.
+ * repository when a pool registers per repository, and each owner an organization pool served
+ * (`organizations`) when a pool registers per organization. Not every active repository's owner:
+ * one served only by repository pools may be a user account, whose organization runner list
+ * GitHub refuses (404) on every pass. Pure.
  */
 export function scopesToCheck(
   repos: readonly ActiveRepo[],
+  organizations: readonly Omit<ActiveOrganization, "seenAt">[],
   pools: readonly Pick<PoolConfig, "scope" | "warm">[],
   recorded: readonly RunnerScope[] = [],
 ): RunnerScope[] {
@@ -35,10 +38,8 @@ export function scopesToCheck(
     else if (p.warm.repo) add({ installationId: p.warm.installationId, owner: p.warm.owner, repo: p.warm.repo });
   }
   for (const s of recorded) add(s);
-  for (const r of repos) {
-    if (perRepo) add({ installationId: r.installationId, owner: r.owner, repo: r.repo });
-    if (perOrg) add({ installationId: r.installationId, owner: r.owner });
-  }
+  if (perRepo) for (const r of repos) add({ installationId: r.installationId, owner: r.owner, repo: r.repo });
+  if (perOrg) for (const o of organizations) add({ installationId: o.installationId, owner: o.owner });
   return [...scopes.values()];
 }
 
@@ -62,12 +63,15 @@ function scopeKey(s: RunnerScope): string {
 export interface GitHubRunnersDeps {
   github: Pick<GitHubClient, "listRunners" | "deleteRunner" | "getRunner">;
   runners: Pick<RunnerStore, "get" | "listAll" | "mark">;
-  repos: Pick<ActiveRepos, "list">;
+  repos: Pick<ActiveRepos, "list" | "listOrganizations">;
   pools: readonly Pick<PoolConfig, "scope" | "warm">[];
   namePrefix: string;
   intervalMs: number;
   windowMs: number;
-  /** Active repositories checked a pass at most, and scopes of recorded runners at most as many. */
+  /**
+   * Active repositories checked a pass at most; organizations, and scopes of recorded runners, at
+   * most as many each.
+   */
   maxRepositories: number;
   /**
    * How long a registration of ours must have been seen without a record before it is deleted,
@@ -150,15 +154,18 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
 }
 
 /**
- * The scopes one pass lists (scopesToCheck): every warm scope, the scopes of recorded runners and
- * the active repositories, these two capped at `maxRepositories` each.
+ * The scopes one pass lists (scopesToCheck): every warm scope, the scopes of recorded runners, the
+ * active repositories and the organizations organization pools served, these three capped at
+ * `maxRepositories` each.
  */
 async function passScopes(d: GitHubRunnersDeps, capped: CapNotice): Promise<RunnerScope[]> {
   // One more than the cap: whether the cap left any out.
   const active = await d.repos.list(d.windowMs, d.maxRepositories + 1);
+  const organizations = await d.repos.listOrganizations(d.windowMs, d.maxRepositories + 1);
   const recorded = recordedScopes(await d.runners.listAll(), d.maxRepositories);
-  capped.note({ activeLeftOut: active.length > d.maxRepositories, recordedLeftOut: recorded.more });
-  return scopesToCheck(active.slice(0, d.maxRepositories), d.pools, recorded.scopes);
+  const activeLeftOut = active.length > d.maxRepositories || organizations.length > d.maxRepositories;
+  capped.note({ activeLeftOut, recordedLeftOut: recorded.more });
+  return scopesToCheck(active.slice(0, d.maxRepositories), organizations.slice(0, d.maxRepositories), d.pools, recorded.scopes);
 }
 
 /**

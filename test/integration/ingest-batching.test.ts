@@ -46,7 +46,7 @@ before(async () => {
   repos = new ActiveRepos(state, redis.prefix);
   const ingress = new Ingress({
     config,
-    demand: notingActivity(queues, repos, logger),
+    demand: notingActivity(queues, repos, config.pools, logger),
     runners: new RunnerStore(state, redis.prefix),
     deliveries: new DeliveryLog(state, redis.prefix),
     metrics,
@@ -144,7 +144,7 @@ test("a delivery whose demand Redis refused to add answers 503, and is acted on 
 });
 
 test("a repository noted a moment ago is not written again; later it is", async () => {
-  const r = { installationId: 7, owner: "acme", repo: "renote" };
+  const r = { installationId: 7, owner: "acme", repo: "renote", scope: "repository" as const };
   const t0 = Date.now() - 60_000;
   const seenAt = async () => (await repos.list(3_600_000, 100)).find((x) => x.repo === "renote")?.seenAt;
   await repos.touch(r, t0);

@@ -40,7 +40,10 @@ function octokit(fake: FakeGitHub, writes?: { max: number; windowMs: number }): 
 }
 
 /** acme/app as the only recently active repository. */
-const activeApp = (fake: FakeGitHub) => ({ list: async () => [{ installationId: fake.installationId, owner: "acme", repo: "app", seenAt: Date.now() }] });
+const activeApp = (fake: FakeGitHub) => ({
+  list: async () => [{ installationId: fake.installationId, owner: "acme", repo: "app", seenAt: Date.now() }],
+  listOrganizations: async () => [],
+});
 
 async function metricsOf(url: string): Promise<string> {
   return (await fetch(`${url}/metrics`)).text();

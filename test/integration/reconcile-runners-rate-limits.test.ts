@@ -80,7 +80,7 @@ test("the runners loop hits a secondary limit without retry-after: the client wa
   const loop = githubRunnersLoop({
     github,
     runners: new RunnerStore(shared.conn, prefix),
-    repos: { list: async () => [{ ...scope, seenAt: Date.now() }] },
+    repos: { list: async () => [{ ...scope, seenAt: Date.now() }], listOrganizations: async () => [] },
     pools: [{ scope: "repository" }],
     namePrefix: "jitrunner",
     intervalMs: 60_000,

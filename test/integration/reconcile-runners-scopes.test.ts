@@ -65,7 +65,7 @@ test("a registration of ours in a pool's warm scope, where no job was queued wit
   const loop = loopOf(fake, prefix, pools, { graceMs: GRACE_MS });
   try {
     // The repository was active two days ago: outside the window, dropped from the set.
-    await new ActiveRepos(shared.conn, prefix).touch({ installationId: fake.installationId, owner: "acme", repo: "warm" }, Date.now() - 48 * 3600_000);
+    await new ActiveRepos(shared.conn, prefix).touch({ installationId: fake.installationId, owner: "acme", repo: "warm", scope: "repository" }, Date.now() - 48 * 3600_000);
     // Warm launches killed after their registrations were made, before their records were written.
     const repoOrphan = await register(fake, "/repos/acme/warm", "jitrunner-default-00000000a1");
     const orgOrphan = await register(fake, "/orgs/acme-org", "jitrunner-orgpool-00000000b2");
@@ -122,7 +122,7 @@ test("more active repositories than maxRepositories: the newest are listed, and 
   const repos = new ActiveRepos(shared.conn, prefix);
   try {
     const now = Date.now();
-    for (const [i, name] of ["oldest", "middle", "newest"].entries()) await repos.touch({ installationId: fake.installationId, owner: "acme", repo: name }, now - 3000 + i * 1000);
+    for (const [i, name] of ["oldest", "middle", "newest"].entries()) await repos.touch({ installationId: fake.installationId, owner: "acme", repo: name, scope: "repository" }, now - 3000 + i * 1000);
     await loop.run();
     await loop.run();
     const listed = fake.requests.filter((r) => r.route === LIST_REPO).map((r) => r.path);
@@ -138,6 +138,30 @@ test("more active repositories than maxRepositories: the newest are listed, and 
     await loop.run();
     assert.equal(loop.lines.filter((l) => /checked again/.test(l.msg)).length, 1);
     assert.equal(loop.lines.filter((l) => /more repositories than reconcile.maxRepositories/.test(l.msg)).length, 1);
+  } finally {
+    loop.close();
+    await fake.close();
+  }
+});
+
+test("a user's repository served by a repository pool next to an organization pool: its owner's organization list is never read, and the pass succeeds", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const prefix = `${shared.redis.prefix}-user-owner`;
+  const loop = loopOf(fake, prefix, [{ scope: "repository" }, { scope: "organization" }]);
+  const repos = new ActiveRepos(shared.conn, prefix);
+  // GitHub's answer for an account that is no organization.
+  fake.inject({ route: "/orgs/someuser/actions/runners", method: "GET", status: 404, times: 100, body: { message: "Not Found" } });
+  try {
+    const installationId = fake.installationId;
+    await repos.touch({ installationId, owner: "someuser", repo: "dotfiles", scope: "repository" });
+    await repos.touch({ installationId, owner: "acme", repo: "site", scope: "organization" });
+    await repos.touch({ installationId, owner: "acme", repo: "lib", scope: "repository" });
+    await loop.run();
+    await loop.run();
+    const orgLists = fake.requests.filter((r) => r.route === LIST_ORG).map((r) => r.path);
+    assert.deepEqual(orgLists, ["/orgs/acme/actions/runners", "/orgs/acme/actions/runners"], "the organization an organization pool served, each pass; never the user");
+    const repoLists = new Set(fake.requests.filter((r) => r.route === LIST_REPO).map((r) => r.path));
+    assert.deepEqual(repoLists, new Set(["/repos/someuser/dotfiles/actions/runners", "/repos/acme/site/actions/runners", "/repos/acme/lib/actions/runners"]));
   } finally {
     loop.close();
     await fake.close();

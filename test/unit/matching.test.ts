@@ -32,13 +32,15 @@ test("a job with no labels (runs-on: { group: ... } only) matches only a pool th
   assert.equal(matchPool(["self-hosted", "x64"], optIn)?.name, "std", "jobs with labels are matched as before");
 });
 
-function event(over: { status?: string; labels?: string[]; owner?: string; repo?: string; private?: boolean; visibility?: string; installation?: boolean } = {}): WorkflowJobEvent {
+function event(
+  over: { status?: string; labels?: string[]; owner?: string; ownerType?: string; repo?: string; private?: boolean; visibility?: string; installation?: boolean } = {},
+): WorkflowJobEvent {
   const owner = over.owner ?? "acme";
   const repo = over.repo ?? "app";
   return {
     action: "queued",
     workflow_job: { id: 101, run_id: 7, run_attempt: 2, status: over.status ?? "queued", labels: over.labels ?? ["self-hosted", "linux"], runner_name: null },
-    repository: { name: repo, full_name: `${owner}/${repo}`, private: over.private ?? true, visibility: over.visibility, owner: { login: owner } },
+    repository: { name: repo, full_name: `${owner}/${repo}`, private: over.private ?? true, visibility: over.visibility, owner: { login: owner, type: over.ownerType } },
     installation: over.installation === false ? undefined : { id: 9 },
   };
 }
@@ -101,6 +103,30 @@ test("a job with no labels is queued only to an organization pool with its own r
   if (decision.kind === "enqueue") assert.deepEqual([decision.pool.name, decision.demand.labels], ["group-a", []]);
   const notOptedIn = decideQueued(event({ labels: [] }), testConfig({ pools: [grouped] }), meta);
   assert.deepEqual(notOptedIn, { kind: "ignore", reason: "no_labels" });
+});
+
+test("a user's repository is never given an organization pool: the best repository pool serves it, or it is ignored", () => {
+  // GitHub has no organization runners for a user account (generate-jitconfig answers 404).
+  const meta = { deliveryId: "d1", receivedAt: 1 };
+  const org = { name: "org", labels: ["self-hosted", "linux"], image: "x", scope: "organization" as const };
+  const repo = { name: "repo", labels: ["self-hosted", "linux", "x64"], image: "x" };
+  const wider = { name: "wider", labels: ["self-hosted", "linux", "x64", "gpu"], image: "x" };
+  const pool = (e: WorkflowJobEvent, c: ReturnType<typeof testConfig>) => {
+    const d = decideQueued(e, c, meta);
+    return d.kind === "enqueue" ? d.pool.name : `ignored: ${d.reason}`;
+  };
+  const both = testConfig({ pools: [org, wider, repo] });
+  assert.equal(pool(event({ ownerType: "Organization" }), both), "org", "an organization's job: the most specific pool, as ever");
+  assert.equal(pool(event({ ownerType: "User" }), both), "repo", "a user's job: the most specific repository pool");
+  assert.equal(pool(event({ ownerType: "Bot" }), both), "repo", "any account that is not an organization");
+  assert.equal(pool(event({ ownerType: undefined }), both), "org", "type unknown (never from GitHub): as before");
+  const orgOnly = testConfig({ pools: [org] });
+  assert.equal(pool(event({ ownerType: "User" }), orgOnly), "ignored: user_owner_org_pool");
+  assert.equal(pool(event({ ownerType: "User", labels: ["windows"] }), orgOnly), "ignored: no_pool", "no pool at all: no_pool, as before");
+  // A job without labels is served only by organization pools that opt in (see above): never a user's.
+  const grouped = testConfig({ pools: [{ ...org, runnerGroup: "g", serveJobsWithoutLabels: true }, repo] });
+  assert.equal(pool(event({ ownerType: "User", labels: [] }), grouped), "ignored: user_owner_org_pool");
+  assert.equal(pool(event({ ownerType: "Organization", labels: [] }), grouped), "org");
 });
 
 test("serveJobsWithoutLabels is refused at load for a repository pool or one in the Default group", () => {

@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import pino from "pino";
+import type { Demand } from "../../src/demand.ts";
+import type { DemandSink } from "../../src/ingress/ingress.ts";
 import { recordedScopes, scopesToCheck } from "../../src/reconcile/github-runners.ts";
+import { notingActivity } from "../../src/reconcile/repo-activity.ts";
 
 const repo = (owner: string, name: string, installationId = 1) => ({ installationId, owner, repo: name, seenAt: 0 });
 const record = (owner: string, name: string, createdAt: number) => ({ installationId: 1, owner, repo: name, createdAt });
@@ -12,17 +16,18 @@ test("runner scopes: every pool's warm scope and each recorded scope come first,
     { scope: "repository" as const },
   ];
   const recorded = [{ installationId: 1, owner: "ACME", repo: "WARM" }, { installationId: 1, owner: "acme", repo: "far" }, { installationId: 3, owner: "solo" }];
-  assert.deepEqual(scopesToCheck([repo("acme", "app"), repo("acme", "far"), repo("other", "x", 2)], pools, recorded), [
+  const orgs = [{ installationId: 1, owner: "acme" }, { installationId: 2, owner: "other" }];
+  assert.deepEqual(scopesToCheck([repo("acme", "app"), repo("acme", "far"), repo("other", "x", 2)], orgs, pools, recorded), [
     { installationId: 1, owner: "acme", repo: "warm" },
     { installationId: 2, owner: "Other" },
     { installationId: 1, owner: "acme", repo: "far" },
     { installationId: 3, owner: "solo" },
     { installationId: 1, owner: "acme", repo: "app" },
-    { installationId: 1, owner: "acme" },
     { installationId: 2, owner: "other", repo: "x" },
+    { installationId: 1, owner: "acme" },
   ]);
   // A repository pool's warm scope without a repository (refused by the config) adds nothing.
-  assert.deepEqual(scopesToCheck([], [{ scope: "repository", warm: { installationId: 1, owner: "acme" } }]), []);
+  assert.deepEqual(scopesToCheck([], [], [{ scope: "repository", warm: { installationId: 1, owner: "acme" } }]), []);
 });
 
 test("recorded scopes: newest record first, each scope once, capped, and whether the cap left some out", () => {
@@ -33,4 +38,22 @@ test("recorded scopes: newest record first, each scope once, capped, and whether
   });
   assert.deepEqual(recordedScopes(records, 2), { scopes: [{ installationId: 1, owner: "acme", repo: "a" }, { installationId: 1, owner: "acme", repo: "b" }], more: true });
   assert.deepEqual(recordedScopes(records, 3).more, false, "exactly the cap: nothing left out");
+});
+
+test("an accepted job notes its repository with the scope of the pool that took it; a replay notes nothing", async () => {
+  const touched: Array<{ owner: string; repo: string; scope: string }> = [];
+  let answer: "added" | "replayed" = "added";
+  const sink: DemandSink = { add: async () => answer, cancel: async () => false, ended: async () => undefined, addAgain: async () => false };
+  const pools = [{ name: "org", scope: "organization" as const }, { name: "repo", scope: "repository" as const }];
+  const noting = notingActivity(sink, { touch: async (r) => void touched.push({ owner: r.owner, repo: r.repo, scope: r.scope }) }, pools, pino({ level: "silent" }));
+  const demand = (pool: string, owner: string, repo: string): Demand =>
+    ({ pool, owner, repo, installationId: 1, jobId: 1, runId: 1, runAttempt: 1, labels: [], receivedAt: 0, deliveryId: "d" });
+  await noting.add(demand("org", "acme", "site"));
+  await noting.add(demand("repo", "someuser", "dotfiles"));
+  answer = "replayed";
+  await noting.add(demand("org", "other", "x"));
+  assert.deepEqual(touched, [
+    { owner: "acme", repo: "site", scope: "organization" },
+    { owner: "someuser", repo: "dotfiles", scope: "repository" },
+  ]);
 });

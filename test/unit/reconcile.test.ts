@@ -10,26 +10,30 @@ import { passTimeoutMs } from "../../src/reconcile/loops.ts";
 import { testConfig } from "../helpers/config.ts";
 
 const repo = (owner: string, name: string, installationId = 1) => ({ installationId, owner, repo: name, seenAt: 0 });
+const org = (owner: string, installationId = 1) => ({ installationId, owner, seenAt: 0 });
 
-test("runner scopes: each active repository for repository pools, each owner once for organization pools", () => {
-  const repos = [repo("acme", "app"), repo("Acme", "lib"), repo("acme", "APP"), repo("other", "x", 2)];
-  assert.deepEqual(scopesToCheck(repos, [{ scope: "repository" }]), [
+test("runner scopes: each active repository for repository pools, each owner an organization pool served once for organization pools", () => {
+  // A user's repository (its jobs served by a repository pool) is active; its owner is no organization.
+  const repos = [repo("acme", "app"), repo("Acme", "lib"), repo("acme", "APP"), repo("other", "x", 2), repo("someuser", "dotfiles")];
+  const orgs = [org("acme"), org("ACME"), org("other", 2)];
+  assert.deepEqual(scopesToCheck(repos, orgs, [{ scope: "repository" }]), [
     { installationId: 1, owner: "acme", repo: "app" },
     { installationId: 1, owner: "Acme", repo: "lib" },
     { installationId: 2, owner: "other", repo: "x" },
+    { installationId: 1, owner: "someuser", repo: "dotfiles" },
   ]);
-  assert.deepEqual(scopesToCheck(repos, [{ scope: "organization" }]), [
+  assert.deepEqual(scopesToCheck(repos, orgs, [{ scope: "organization" }]), [
     { installationId: 1, owner: "acme" },
     { installationId: 2, owner: "other" },
-  ]);
-  assert.equal(scopesToCheck(repos, [{ scope: "organization" }, { scope: "repository" }]).length, 5);
-  assert.deepEqual(scopesToCheck([], [{ scope: "repository" }]), []);
+  ], "never /orgs/someuser: GitHub answers 404 for a user account, on every pass");
+  assert.equal(scopesToCheck(repos, orgs, [{ scope: "organization" }, { scope: "repository" }]).length, 6);
+  assert.deepEqual(scopesToCheck([], [], [{ scope: "repository" }]), []);
 });
 
 test("a queued job found through the API passes exactly the webhook's policy", () => {
   const config = testConfig({ policy: { allowedOwners: ["acme"] } });
   const job = { id: 40_000_000_001, runId: 12_000_000_001, runAttempt: 2, status: "queued", labels: ["self-hosted", "linux"], runnerName: null };
-  const run = { id: 12_000_000_001, owner: "acme", repo: "app", private: true, visibility: "private" };
+  const run = { id: 12_000_000_001, owner: "acme", ownerType: "Organization", repo: "app", private: true, visibility: "private" };
   const decision = decideQueued(queuedEventOf(job, run, 7), config, { deliveryId: "reconcile-1", receivedAt: 5 });
   assert.equal(decision.kind, "enqueue");
   if (decision.kind === "enqueue") {
@@ -54,6 +58,10 @@ test("a queued job found through the API passes exactly the webhook's policy", (
   assert.equal(ignored({ owner: "evil" }), "owner_not_allowed");
   assert.equal(ignored({}, { labels: ["gpu"] }), "no_pool");
   assert.equal(ignored({}, { status: "waiting" }), "not_queued");
+  // The run's owner type reaches the policy: a user's job is refused an organization pool.
+  const orgOnly = testConfig({ pools: [{ name: "org", labels: ["self-hosted", "linux"], image: "x", scope: "organization" }] });
+  const user = decideQueued(queuedEventOf(job, { ...run, ownerType: "User" }, 7), orgOnly, { deliveryId: "r", receivedAt: 0 });
+  assert.deepEqual(user, { kind: "ignore", reason: "user_owner_org_pool" });
 });
 
 const attempt = (id: number, guid: string, statusCode: number, event = "workflow_job"): HookDelivery => ({
