@@ -42,6 +42,8 @@ const RATE_LIMIT_MAX_WAIT_SECONDS = 3900;
  * name taken, runner busy), nor 403/429 (the throttling plugin's: it waits as GitHub says), nor a
  * call its caller gave up on. @octokit/plugin-retry does the same, but through a Bottleneck
  * scheduler per call, whose timer hops added about 4 ms to every call (measured against the fake).
+ * One budget per call: an installation token minted for a call is a request of its own with these
+ * retries, and a call whose token could not be minted is not tried again (see mintFailed).
  */
 const RETRIES = 3;
 const RETRY_BASE_MS = 1000;
@@ -102,7 +104,8 @@ interface RequestFailure {
  * - throttling per installation (`throttle.id`), waiting as `retry-after` / `x-ratelimit-reset`
  *   say, counted in `jitrunner_github_rate_limited_total`; the wait holds every call of the
  *   installation, reads too, in every process on the same Redis;
- * - retries on 5xx and network errors, never on 409/422 (they carry meaning: name taken, busy);
+ * - retries on 5xx and network errors, never on 409/422 (they carry meaning: name taken, busy),
+ *   and a failed token mint only by itself, not again for each attempt of its call;
  * - every route relative to `apiUrl`, so a GHES base path (`/api/v3`) is kept.
  */
 export class OctokitGitHub implements GitHubClient {
@@ -233,7 +236,10 @@ export class OctokitGitHub implements GitHubClient {
           cured = true;
           continue;
         }
-        if (retry >= RETRIES || signal?.aborted || !transient(failure)) throw err;
+        // A failed token mint has had its own retries (it went through this hook itself): retrying
+        // the call would mint again for each of its attempts, 16 token requests over about 70 s
+        // where GitHub is unreachable, instead of 4 over 14 s.
+        if (retry >= RETRIES || signal?.aborted || !transient(failure) || mintFailed(options, failure)) throw err;
         const waited = await delay((retry + 1) ** 2 * RETRY_BASE_MS, true, { signal }).catch(() => false);
         if (!waited) throw err;
       }
@@ -275,9 +281,8 @@ export class OctokitGitHub implements GitHubClient {
   #failed(options: HookOptions, err: RequestFailure): void {
     // A token request goes through this hook too: its failure is counted there, not again as the
     // failure of the call that needed the token.
-    const tokenFailure = err.request?.url?.includes("/access_tokens") && !String(options.url).includes("/access_tokens");
     // No answer is counted as status 0 (the metric's "no response"), not as octokit's 500 for it.
-    if (!tokenFailure) this.#opts.metrics.githubRequest(String(options.url), unanswered(err) ? 0 : (err.status ?? 0));
+    if (!mintFailed(options, err)) this.#opts.metrics.githubRequest(String(options.url), unanswered(err) ? 0 : (err.status ?? 0));
     this.#observeClock(err.response?.headers?.date);
   }
 
@@ -588,6 +593,14 @@ export class OctokitGitHub implements GitHubClient {
  */
 function unanswered(err: RequestFailure): boolean {
   return err.response === undefined && (err.name === "HttpError" || err.name === "AbortError");
+}
+
+/**
+ * The call `options` failed because the installation token it needed could not be minted: the
+ * failure is the token request's, which went through #send on its own (counted and retried there).
+ */
+function mintFailed(options: HookOptions, err: RequestFailure): boolean {
+  return Boolean(err.request?.url?.includes("/access_tokens")) && !String(options.url).includes("/access_tokens");
 }
 
 /** A failure worth another attempt: 5xx, 408, or no answer at all. */
