@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { loadConfig, type Config, type SecretsFor } from "./config/load.ts";
+import { loadConfigWithOrigins, type Config, type SecretsFor } from "./config/load.ts";
 import { connectionWarnings } from "./docker/dockerode-driver.ts";
 import { ConfigError, errorMessage } from "./errors.ts";
 import { createLogger } from "./logger.ts";
@@ -11,21 +11,6 @@ import { withoutPassword } from "./cli/redis.ts";
 import { runUntilStopped } from "./cli/run.ts";
 import { appManifest } from "./cli/manifest.ts";
 import { statusCommand } from "./cli/status.ts";
-
-/**
- * The options the environment set, by variable, as loadConfig's overrides take them (a variable
- * that is set and not empty wins over the file), for errors that name where a value came from.
- * loadConfig knows this too but does not return it: keep the two lists in step.
- */
-function envOrigins(env: NodeJS.ProcessEnv): Map<string, string> {
-  const overrides = [
-    ["redis.url", "JITRUNNER_REDIS_URL"],
-    ["worker.hostId", "JITRUNNER_HOST_ID"],
-    ["server.port", "JITRUNNER_PORT"],
-    ["logLevel", "JITRUNNER_LOG_LEVEL"],
-  ] as const;
-  return new Map(overrides.filter(([, name]) => env[name]).map(([option, name]) => [option, name]));
-}
 
 /**
  * Why the config file cannot be read, with the way forward: a first run has none yet, and
@@ -115,14 +100,15 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
   let config: Config;
+  /** The options the environment set, by variable: errors about their values name it. */
+  let origins: ReadonlyMap<string, string>;
   try {
-    config = loadConfig({ text, env: process.env, readFile: (p) => readFileSync(p, "utf8"), secretsFor });
+    ({ config, origins } = loadConfigWithOrigins({ text, env: process.env, readFile: (p) => readFileSync(p, "utf8"), secretsFor }));
   } catch (err) {
     if (err instanceof ConfigError) process.stderr.write(`jitrunner: ${path}: ${err.message}\n`);
     else process.stderr.write(`jitrunner: cannot load config ${path}: ${errorMessage(err)}\n`);
     return 1;
   }
-  const origins = envOrigins(process.env);
   if (command === "check-config") {
     const shown = { ...config, redis: { ...config.redis, url: withoutPassword(config.redis.url) } };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);

@@ -27,7 +27,7 @@ export type Mode = "server" | "worker" | "all";
 export interface StartOptions {
   /**
    * The options the environment set, and by which variable ("server.port" -> "JITRUNNER_PORT"),
-   * as loadConfig applied them: an error about a value names where it came from.
+   * as loadConfigWithOrigins returns them: an error about a value names where it came from.
    */
   origins?: ReadonlyMap<string, string>;
 }

@@ -63,7 +63,17 @@ const DOCKER_FILES = ["caFile", "certFile", "keyFile"] as const;
  * Turns config text and environment into a validated Config, or throws ConfigError with every
  * problem found. Pure apart from `readFile`. Secret values never appear in the errors.
  */
-export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSources): Config {
+export function loadConfig(sources: LoadSources): Config {
+  return loadConfigWithOrigins(sources).config;
+}
+
+/**
+ * loadConfig, and the options the environment set, each with the variable that set it
+ * ("server.port" -> "JITRUNNER_PORT"): for errors met later (Redis unreachable, port taken) to
+ * name where a value came from, by the rule that set it, not a copy of that rule. Apart from the
+ * config, so that printing the config (check-config) shows options only.
+ */
+export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" }: LoadSources): { config: Config; origins: ReadonlyMap<string, string> } {
   let raw: unknown;
   try {
     raw = parseYaml(text) ?? {};
@@ -136,11 +146,12 @@ export function loadConfig({ text, env, readFile, secretsFor = "all" }: LoadSour
   if (problems.length > 0 || !parsed.success || !privateKey || !webhookSecret) {
     throw new ConfigError(problems);
   }
-  return {
+  const config: Config = {
     ...parsed.data,
     worker: { ...parsed.data.worker, hostId: parsed.data.worker.hostId ?? sanitizeHost(hostname()) },
     secrets: { privateKey, webhookSecret, ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }) },
   };
+  return { config, origins: overridden };
 }
 
 /** What crossCheck looks at: the pools (undefined where one is not valid) and the worker section. */

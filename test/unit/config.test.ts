@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { parse as parseYaml } from "yaml";
-import { loadConfig } from "../../src/config/load.ts";
+import { loadConfig, loadConfigWithOrigins } from "../../src/config/load.ts";
 import { ConfigError } from "../../src/errors.ts";
 import { testPrivateKey } from "../helpers/config.ts";
 
@@ -229,6 +229,21 @@ test("a value an environment variable set is reported under its key and the vari
   const inFile = problemsOf({ text: `${minimal}server:\n  port: abc\nlogLevel: loud\n`, env, readFile: noFiles }).join("\n");
   assert.match(inFile, /^server\.port: /m);
   assert.doesNotMatch(inFile, /from JITRUNNER/);
+});
+
+test("the options the environment set come back with the variable that set each, apart from the config; an empty variable sets nothing", () => {
+  const overrides = { JITRUNNER_PORT: "9090", JITRUNNER_LOG_LEVEL: "debug", JITRUNNER_REDIS_URL: "redis://other:6379", JITRUNNER_HOST_ID: "" };
+  const { config, origins } = loadConfigWithOrigins({ text: minimal, env: { ...env, ...overrides }, readFile: noFiles });
+  assert.deepEqual([...origins], [
+    ["redis.url", "JITRUNNER_REDIS_URL"],
+    ["server.port", "JITRUNNER_PORT"],
+    ["logLevel", "JITRUNNER_LOG_LEVEL"],
+  ]);
+  assert.deepEqual([config.server.port, config.logLevel, config.redis.url], [9090, "debug", "redis://other:6379"]);
+  // The config itself is the same as loadConfig's, with no trace of where values came from.
+  assert.deepEqual(Object.keys(config), Object.keys(loadConfig({ text: minimal, env, readFile: noFiles })));
+  assert.doesNotMatch(JSON.stringify(config), /JITRUNNER_/);
+  assert.equal(loadConfigWithOrigins({ text: minimal, env, readFile: noFiles }).origins.size, 0, "nothing set: no origins");
 });
 
 test("cross-checks run on whatever parsed: a config with a schema error reports its duplicate pools and unknown worker pools in the same run", () => {
