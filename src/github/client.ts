@@ -57,6 +57,21 @@ export interface WorkflowJobSummary {
   runnerName: string | null;
 }
 
+/** Who may see a repository, as GitHub says now (`GET /repos/{owner}/{repo}`). */
+export interface RepositoryVisibility {
+  private: boolean;
+  /** `public`, `private` or `internal`; GitHub Enterprise Server before 3.x may leave it out. */
+  visibility?: string;
+}
+
+/** An organization's runner group, as the warm-runner check needs it. */
+export interface RunnerGroupSummary {
+  id: number;
+  name: string;
+  /** Whether jobs of the organization's public repositories may run on the group's runners. */
+  allowsPublicRepositories: boolean;
+}
+
 /** One attempt to deliver one webhook event (`guid` is the X-GitHub-Delivery id, shared by redeliveries). */
 export interface HookDelivery {
   id: number;
@@ -94,6 +109,13 @@ export interface GitHubClient {
   getJob(installationId: number, owner: string, repo: string, jobId: number): Promise<JobStatus>;
   /** One registered runner; undefined when GitHub has none with this id (404). */
   getRunner(scope: RunnerScope, runnerId: number): Promise<RegisteredRunner | undefined>;
+  /** A repository's visibility now: whether a runner registered on it can be handed jobs of anyone's pull request. */
+  getRepositoryVisibility(installationId: number, owner: string, repo: string, opts?: CallOptions): Promise<RepositoryVisibility>;
+  /**
+   * An organization's runner group by id or by name (a name as generateJitConfig resolves it);
+   * undefined when the organization has none such. `scope` must be an organization's.
+   */
+  getRunnerGroup(scope: RunnerScope, group: { id: number } | { name: string }, opts?: CallOptions): Promise<RunnerGroupSummary | undefined>;
   /** Every runner registered in a scope (all pages, up to a bound). */
   listRunners(scope: RunnerScope, opts?: CallOptions): Promise<RegisteredRunner[]>;
   /** Runs of a repository with this status (`queued`, `in_progress`, `waiting`), newest first, up to a bound. */

@@ -18,6 +18,8 @@ import type {
   JitRunner,
   JobStatus,
   RegisteredRunner,
+  RepositoryVisibility,
+  RunnerGroupSummary,
   RunnerScope,
   WorkflowJobSummary,
   WorkflowRunSummary,
@@ -356,22 +358,41 @@ export class OctokitGitHub implements GitHubClient {
   }
 
   async #findRunnerGroup(scope: RunnerScope, name: string): Promise<number> {
-    const client = this.#client(scope.installationId);
-    const seen: Array<{ id: number; name: string }> = [];
-    for (let page = 1; page <= MAX_PAGES; page++) {
-      const res = await this.#call("list runner groups", () =>
-        client.request("GET /orgs/{org}/actions/runner-groups", { org: scope.owner, per_page: 100, page }),
-      );
-      seen.push(...res.data.runner_groups.map((g) => ({ id: g.id, name: g.name })));
-      if (res.data.runner_groups.length < 100 || seen.length >= res.data.total_count) break;
-    }
-    const found = seen.find((g) => g.name === name) ?? seen.find((g) => g.name.toLowerCase() === name.toLowerCase());
+    const seen = await this.#listRunnerGroups(scope);
+    const found = groupNamed(seen, name);
     if (!found) {
       const known = seen.map((g) => g.name).join(", ");
       throw new GitHubError(`runner group '${name}' does not exist in organization ${scope.owner} (it has: ${known})`, 404, { retryable: false });
     }
     this.#opts.logger.info({ org: scope.owner, runnerGroup: name, runnerGroupId: found.id }, "runner group resolved");
     return found.id;
+  }
+
+  /** Every runner group of the scope's organization (all pages, up to MAX_PAGES). */
+  async #listRunnerGroups(scope: RunnerScope, opts: CallOptions = {}): Promise<RunnerGroupSummary[]> {
+    const client = this.#client(scope.installationId);
+    const seen: RunnerGroupSummary[] = [];
+    for (let page = 1; page <= MAX_PAGES; page++) {
+      const res = await this.#call("list runner groups", () =>
+        client.request("GET /orgs/{org}/actions/runner-groups", { org: scope.owner, per_page: 100, page, request: { signal: opts.signal } }),
+      );
+      seen.push(...res.data.runner_groups.map((g) => ({ id: g.id, name: g.name, allowsPublicRepositories: g.allows_public_repositories })));
+      if (res.data.runner_groups.length < 100 || seen.length >= res.data.total_count) break;
+    }
+    return seen;
+  }
+
+  async getRunnerGroup(scope: RunnerScope, group: { id: number } | { name: string }, opts: CallOptions = {}): Promise<RunnerGroupSummary | undefined> {
+    if (scope.repo) throw new GitHubError("runner groups are for organization runners only", undefined, { retryable: false });
+    const seen = await this.#listRunnerGroups(scope, opts);
+    return "id" in group ? seen.find((g) => g.id === group.id) : groupNamed(seen, group.name);
+  }
+
+  async getRepositoryVisibility(installationId: number, owner: string, repo: string, opts: CallOptions = {}): Promise<RepositoryVisibility> {
+    const res = await this.#call("get repository", () =>
+      this.#client(installationId).request("GET /repos/{owner}/{repo}", { owner, repo, request: { signal: opts.signal } }),
+    );
+    return { private: res.data.private, ...(res.data.visibility ? { visibility: res.data.visibility } : {}) };
   }
 
   async deleteRunner(scope: RunnerScope, runnerId: number): Promise<"deleted" | "not_found" | "busy"> {
@@ -612,6 +633,11 @@ function transient(err: RequestFailure): boolean {
 /** The throttling plugin's id of an installation's calls: their write budget and GitHub's waits are kept under it. */
 function throttleIdOf(installationId: number): string {
   return `installation-${installationId}`;
+}
+
+/** The group of this name: spelt exactly so first, else in any case (as GitHub's names are shown). */
+function groupNamed<G extends { name: string }>(groups: G[], name: string): G | undefined {
+  return groups.find((g) => g.name === name) ?? groups.find((g) => g.name.toLowerCase() === name.toLowerCase());
 }
 
 function groupKey(scope: RunnerScope, name: string): string {

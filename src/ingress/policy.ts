@@ -53,7 +53,7 @@ export function decideQueued(
     // No labels: only a pool that opts in serves it (see matchPool).
     return { kind: "ignore", reason: unmatchedReason(job.labels) };
   }
-  if (isPublic(event.repository) && !pool.allowPublicRepositories) return { kind: "ignore", reason: "public_repo" };
+  if (isPublicRepository(event.repository) && !pool.allowPublicRepositories) return { kind: "ignore", reason: "public_repo" };
   const installationId = event.installation?.id;
   if (!installationId) return { kind: "ignore", reason: "no_installation" };
   return {
@@ -74,6 +74,10 @@ export function decideQueued(
   };
 }
 
-function isPublic(repo: WorkflowJobEvent["repository"]): boolean {
+/**
+ * Whether anyone may open a pull request whose jobs run in the repository: `visibility` when GitHub
+ * sends it (`internal` is not public: only the enterprise's members see it), else `private`.
+ */
+export function isPublicRepository(repo: { private: boolean; visibility?: string }): boolean {
   return repo.visibility ? repo.visibility === "public" : !repo.private;
 }

@@ -16,6 +16,7 @@ import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
 import { atMost, every } from "../timers.ts";
 import { needsRunner } from "./still-queued.ts";
+import { WarmExposure } from "./warm-exposure.ts";
 
 /** Where a worker takes demand from, per pool (BullMQ in production). */
 export interface DemandSource {
@@ -59,6 +60,12 @@ const UNATTRIBUTED_RECORD_MS = 60_000;
 const WARM_TICK_MS = 1000;
 
 /**
+ * How often the warm loop looks again while its pool's warm runners are refused (WarmExposure):
+ * each look counts one launch failure, so the refusal shows in the metric without a count a second.
+ */
+const WARM_REFUSED_PAUSE_MS = 60_000;
+
+/**
  * A stopping worker waits for its launches in flight and the demand it holds as long as Redis
  * answers: it asks Redis every this long whether it does, and gives it this long to answer.
  */
@@ -97,6 +104,8 @@ interface Spare {
   done?: boolean;
   /** Whether it took over a demand for the job it took on its own (#handOver; asked once). */
   handedOver?: Promise<boolean>;
+  /** To be deregistered and removed at once: GitHub could hand it a public repository's job (#retireSpares). */
+  retired?: boolean;
 }
 
 /** A demand served by an adopted warm runner that has not taken a job yet. */
@@ -183,6 +192,8 @@ export class RunnerWorker {
   #passed = false;
   #stopping = false;
   #reconcileTimer: { stop(): void } | undefined;
+  /** Whether each warm pool's runners may register where they would (public repositories). */
+  readonly #exposure: WarmExposure;
   #lastError: string | undefined;
   #drained: (() => void) | undefined;
   /** Resolves when an operator's drain has finished: no demand held, no runner left. */
@@ -193,6 +204,7 @@ export class RunnerWorker {
     this.#slots = new Slots(deps.capacity);
     this.#pools = new Map(deps.pools.map((p) => [p.name, p]));
     this.#limits = deps.limits.holding(placeHoldMs(deps.heartbeatSeconds));
+    this.#exposure = new WarmExposure({ github: deps.github, logger: deps.logger });
     this.drained = new Promise((resolve) => (this.#drained = resolve));
     this.#presence = new HostPresence({
       host: deps.host,
@@ -727,12 +739,24 @@ export class RunnerWorker {
   async #warmLoop(pool: PoolConfig): Promise<void> {
     let failures = 0;
     while (!this.#stopping) {
+      // Asked of GitHub once per few minutes (cached), so a repository made public later is
+      // noticed too: its idle warm runners are removed, and none is launched while it stays so.
+      const refused = await this.#unlessStopped(this.#exposure.refusal(pool, this.#shutdown.signal), undefined);
+      if (this.#stopping) break;
+      if (refused) {
+        // Not on a failed lookup: those were allowed when launched, and a GitHub outage would
+        // otherwise cost every warm runner (and deregistrations GitHub then fails too).
+        if (refused !== "visibility_unknown") this.#retireSpares(pool, refused);
+        if (this.#open) this.#d.metrics.launchFailed(pool.name, refused);
+        await this.#pause(WARM_REFUSED_PAUSE_MS);
+        continue;
+      }
       for (const spare of [...this.#spares.values()]) {
         if (spare.pool !== pool || spare.tracked.state === "starting") continue;
         if (spare.tracked.state === "idle") {
           // An idle spare that lost its warm place (a restart found the places still held by the
           // holders of the process before) takes a free one before any launch does.
-          if (!spare.warm && !spare.adopted && !spare.done && (await this.#unlessStopped(this.#limits.acquire(warmKey(pool.name), spare.holder, pool.minIdle).catch(() => false), false))) {
+          if (!spare.warm && !spare.adopted && !spare.done && !spare.retired && (await this.#unlessStopped(this.#limits.acquire(warmKey(pool.name), spare.holder, pool.minIdle).catch(() => false), false))) {
             spare.warm = true;
             spare.idleFrom = Number.POSITIVE_INFINITY;
             this.#d.logger.info({ pool: pool.name, runner: spare.tracked.record.name }, "spare warm again");
@@ -764,6 +788,19 @@ export class RunnerWorker {
       }
       // After a failure, back off (the slots stay free for demand meanwhile).
       await this.#pause(failures > 0 ? Math.min(60_000, 1000 * 2 ** failures) : WARM_TICK_MS);
+    }
+  }
+
+  /**
+   * Has every spare of the pool that no demand holds deregistered and removed at once (a drain's
+   * way: its idle deadline is now), each said once: GitHub would hand it a public repository's job.
+   * One that took a job meanwhile keeps it (the deregistration answers busy).
+   */
+  #retireSpares(pool: PoolConfig, refusal: string): void {
+    for (const spare of this.#spares.values()) {
+      if (spare.pool !== pool || spare.adopted || spare.done || spare.retired) continue;
+      spare.retired = true;
+      this.#d.logger.warn({ pool: pool.name, runner: spare.tracked.record.name, reason: refusal }, "warm runner removed: GitHub could hand it a public repository's job");
     }
   }
 
@@ -826,9 +863,11 @@ export class RunnerWorker {
     const spare: Spare = { pool, holder, tracked, warm, adopted: false, idleFrom: warm ? Number.POSITIVE_INFINITY : Date.now(), ended: Promise.resolve("") };
     const name = tracked.record.name;
     // Warm: never idle too long, but reaped at once when the host drains. Adopted, or no longer
-    // counted as warm: the pool's idle timeout, from that moment.
+    // counted as warm: the pool's idle timeout, from that moment. Retired: at once.
     spare.ended = this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal, () => {
-      if (spare.adopted || !spare.warm) return spare.idleFrom + pool.idleTimeoutSeconds * 1000;
+      if (spare.adopted) return spare.idleFrom + pool.idleTimeoutSeconds * 1000;
+      if (spare.retired) return 0;
+      if (!spare.warm) return spare.idleFrom + pool.idleTimeoutSeconds * 1000;
       return this.#presence.draining || this.#cordoned ? 0 : Number.POSITIVE_INFINITY;
     });
     this.#spares.set(name, spare);
@@ -939,7 +978,7 @@ export class RunnerWorker {
           chosen = spare;
           break;
         }
-      } else if (spare.warm && !spare.done && spare.tracked.state === "idle" && (!chosen || spare.tracked.record.createdAt < chosen.tracked.record.createdAt)) {
+      } else if (spare.warm && !spare.done && !spare.retired && spare.tracked.state === "idle" && (!chosen || spare.tracked.record.createdAt < chosen.tracked.record.createdAt)) {
         chosen = spare;
       }
     }

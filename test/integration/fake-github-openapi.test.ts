@@ -73,6 +73,12 @@ test("a scripted flow's responses validate against the documented response schem
   await expectCall("GET", "/app", 200, { auth: "app" });
   await expectCall("GET", `${repo}/installation`, 200, { auth: "app" });
   await expectCall("GET", "/orgs/acme/installation", 200, { auth: "app" });
+  const unseen = await expectCall("GET", repo, 200);
+  assert.deepEqual([unseen.full_name, unseen.private, unseen.visibility], ["acme/widgets", true, "private"], "a repository not met yet is private");
+  fake.setRepositoryPrivate("acme", "widgets", false);
+  const made = await expectCall("GET", repo, 200);
+  assert.deepEqual([made.private, made.visibility], [false, "public"]);
+  fake.setRepositoryPrivate("acme", "widgets", true);
 
   const first = await fake.queueJob({ owner: "acme", repo: "widgets", labels: ["self-hosted", "linux"] });
   const sibling = await fake.queueJob({ owner: "acme", repo: "widgets", labels: ["self-hosted", "gpu"], runId: first.run_id });
@@ -98,7 +104,12 @@ test("a scripted flow's responses validate against the documented response schem
     ],
   );
   const org = await expectCall("POST", "/orgs/acme/actions/runners/generate-jitconfig", 201, { body: { ...gen, name: "jr-org-1" } });
-  await expectCall("GET", "/orgs/acme/actions/runner-groups", 200);
+  const open = fake.addRunnerGroup("open-to-public", { allowsPublicRepositories: true });
+  const groups = await expectCall("GET", "/orgs/acme/actions/runner-groups", 200);
+  assert.deepEqual(
+    groups.runner_groups.map((g: { id: number; allows_public_repositories: boolean }) => [g.id, g.allows_public_repositories]),
+    [[1, false], [open, true]],
+  );
 
   const listed = await expectCall("GET", `${repo}/actions/runners?per_page=10`, 200);
   assert.deepEqual(listed.runners.map((r: { name: string }) => r.name), ["jr-1"]);

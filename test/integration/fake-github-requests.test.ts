@@ -180,6 +180,8 @@ test("jitrunner's GitHub client, through every call it makes, sends nothing GitH
     assert.equal((await gh.getRunner(repo, a.runnerId))?.name, "jr-req-1");
     assert.equal((await gh.getRunner(org, b.runnerId))?.name, "jr-req-2");
     assert.equal((await gh.getJob(fake.installationId, "acme", "jr", queued.id)).status, "queued");
+    assert.equal((await gh.getRepositoryVisibility(fake.installationId, "acme", "jr")).private, true);
+    assert.equal((await gh.getRunnerGroup(org, { name: "ci-runners" }))?.allowsPublicRepositories, false);
     const runs = [];
     for (const status of ["queued", "in_progress", "waiting"]) runs.push(...(await gh.listRuns(fake.installationId, "acme", "jr", status)));
     assert.ok(runs.length >= 2);
@@ -209,6 +211,7 @@ test("jitrunner's GitHub client, through every call it makes, sends nothing GitH
     "DELETE /repos/{owner}/{repo}/actions/runners/{runner_id}",
     "DELETE /orgs/{org}/actions/runners/{runner_id}",
     "GET /repos/{owner}/{repo}/actions/jobs/{job_id}",
+    "GET /repos/{owner}/{repo}",
     `GET ${RUNS}`,
     "GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
     "GET /app/hook/deliveries",

@@ -219,11 +219,20 @@ export class FakeGitHub {
     return this.hooks.redeliver(deliveryId);
   }
 
-  /** Add an organization runner group; returns its id. Group 1 ("Default") always exists. */
-  addRunnerGroup(name: string): number {
+  /**
+   * Add an organization runner group; returns its id. Group 1 ("Default") always exists.
+   * `allowsPublicRepositories`: its runners may take public repositories' jobs (GitHub's default: no).
+   */
+  addRunnerGroup(name: string, opts: { allowsPublicRepositories?: boolean } = {}): number {
     const id = Math.max(...this.state.runnerGroups.keys()) + 1;
     this.state.runnerGroups.set(id, name);
+    if (opts.allowsPublicRepositories) this.state.publicRunnerGroups.add(id);
     return id;
+  }
+
+  /** Make a repository public or private, as its admin can at any time; later jobs and `GET /repos/{owner}/{repo}` follow. */
+  setRepositoryPrivate(owner: string, repo: string, isPrivate: boolean): void {
+    this.state.repoInfo(owner, repo, isPrivate);
   }
 
   /** Set the fake's clock to run `seconds` ahead of the real one (negative: behind): its Date header and JWT checks follow. */

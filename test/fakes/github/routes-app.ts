@@ -1,7 +1,8 @@
-// App-level routes: the App itself, installations, installation access tokens.
+// App-level routes: the App itself, installations, installation access tokens; and the
+// repository itself (its visibility).
 import type { Ctx } from "./context.ts";
 import { ghError, type Route } from "./http.ts";
-import { app, installation, PERMISSIONS } from "./shapes.ts";
+import { app, fullRepository, installation, PERMISSIONS } from "./shapes.ts";
 
 export function appRoutes(ctx: Ctx): Route[] {
   const inst = (login: string) =>
@@ -25,6 +26,14 @@ export function appRoutes(ctx: Ctx): Route[] {
       template: "/repos/{owner}/{repo}/installation",
       auth: "app",
       handle: (req) => ({ status: 200, body: inst(req.params.owner ?? "") }),
+    },
+    {
+      // Any repository exists, as for the runner routes: one the fake has not met yet is private
+      // (FakeState.repoInfo), as jobs' repositories are unless a test says otherwise.
+      method: "GET",
+      template: "/repos/{owner}/{repo}",
+      auth: "installation",
+      handle: (req) => ({ status: 200, body: fullRepository(ctx.urls, ctx.state.repoInfo(req.params.owner ?? "", req.params.repo ?? "")) }),
     },
     {
       method: "GET",

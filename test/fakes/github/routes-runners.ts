@@ -91,7 +91,7 @@ export function runnerRoutes(ctx: Ctx): Route[] {
     template: "/orgs/{org}/actions/runner-groups",
     auth: "installation",
     handle: (req) => {
-      const groups = [...ctx.state.runnerGroups].map(([id, name]) => runnerGroup(ctx.urls, req.params.org ?? "", id, name));
+      const groups = [...ctx.state.runnerGroups].map(([id, name]) => runnerGroup(ctx.urls, req.params.org ?? "", id, name, ctx.state.publicRunnerGroups.has(id)));
       const page = paginate(ctx, req, groups);
       return { status: 200, body: { total_count: groups.length, runner_groups: page.items }, headers: page.headers };
     },

@@ -99,6 +99,47 @@ export function repository(u: Urls, info: RepoInfo) {
   };
 }
 
+/**
+ * GitHub's "full-repository" (`GET /repos/{owner}/{repo}`): the minimal one plus the counts,
+ * settings and times it requires, all of a fresh, empty repository.
+ */
+export function fullRepository(u: Urls, info: RepoInfo) {
+  const base = repository(u, info);
+  const host = new URL(u.html).host;
+  return {
+    ...base,
+    clone_url: `${u.html}/${info.owner}/${info.name}.git`,
+    git_url: `git://${host}/${info.owner}/${info.name}.git`,
+    ssh_url: `git@${host}:${info.owner}/${info.name}.git`,
+    svn_url: `${u.html}/${info.owner}/${info.name}`,
+    mirror_url: null,
+    homepage: null,
+    language: null,
+    default_branch: "main",
+    forks: 0,
+    forks_count: 0,
+    stargazers_count: 0,
+    watchers: 0,
+    watchers_count: 0,
+    open_issues: 0,
+    open_issues_count: 0,
+    size: 0,
+    has_issues: true,
+    has_projects: true,
+    has_wiki: true,
+    has_pages: false,
+    has_discussions: false,
+    archived: false,
+    disabled: false,
+    license: null,
+    pushed_at: CREATED,
+    created_at: CREATED,
+    updated_at: CREATED,
+    network_count: 0,
+    subscribers_count: 0,
+  };
+}
+
 function steps(job: FakeJob) {
   const setUp = { name: "Set up job", number: 1, started_at: job.started_at };
   if (job.status === "queued" || job.runner_id === null) return [];
@@ -256,7 +297,7 @@ export function app(u: Urls, appId: number) {
   };
 }
 
-export function runnerGroup(u: Urls, org: string, id: number, name: string) {
+export function runnerGroup(u: Urls, org: string, id: number, name: string, allowsPublicRepositories = false) {
   return {
     id,
     name,
@@ -264,7 +305,7 @@ export function runnerGroup(u: Urls, org: string, id: number, name: string) {
     default: id === 1,
     runners_url: `${u.api}/orgs/${org}/actions/runner-groups/${id}/runners`,
     inherited: false,
-    allows_public_repositories: false,
+    allows_public_repositories: allowsPublicRepositories,
     restricted_to_workflows: false,
     selected_workflows: [],
     workflow_restrictions_read_only: false,

@@ -90,6 +90,8 @@ export class FakeState {
   /** Every encoded JIT config handed out, for tests that grep output for secrets. */
   readonly issuedJitConfigs: string[] = [];
   readonly runnerGroups = new Map<number, string>([[1, "Default"]]);
+  /** Runner groups whose runners may take jobs of public repositories (GitHub's default: none). */
+  readonly publicRunnerGroups = new Set<number>();
 
   repoInfo(owner: string, name: string, isPrivate?: boolean): RepoInfo {
     const key = `${lower(owner)}/${lower(name)}`;

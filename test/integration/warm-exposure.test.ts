@@ -1,0 +1,137 @@
+/**
+ * The warm-runner check against the fake GitHub through jitrunner's real client (no Redis, no
+ * Docker): a repository's visibility and a runner group's `allows_public_repositories` as the client
+ * reads them, and WarmExposure's verdicts: asked once per pool per few minutes, a repository made
+ * public noticed when the answer expires, a failed lookup refusing (fail closed) until one
+ * succeeds, each change said once.
+ */
+import assert from "node:assert/strict";
+import { Writable } from "node:stream";
+import { after, before, test } from "node:test";
+import type { PoolConfig } from "../../src/config/load.ts";
+import { GitHubError } from "../../src/errors.ts";
+import type { OctokitGitHub } from "../../src/github/octokit-client.ts";
+import { createLogger } from "../../src/logger.ts";
+import { WarmExposure } from "../../src/worker/warm-exposure.ts";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
+import { githubFor } from "../helpers/github.ts";
+import { callsTo } from "../helpers/system.ts";
+
+const REPO = "/repos/{owner}/{repo}";
+const GROUPS = "/orgs/{org}/actions/runner-groups";
+
+let fake: FakeGitHub;
+let gh: OctokitGitHub;
+before(async () => {
+  fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  gh = githubFor(fake);
+});
+after(async () => {
+  gh.close();
+  await fake.close();
+});
+
+function pool(over: Record<string, unknown>): PoolConfig {
+  return testConfig({ pools: [{ name: "warm", labels: ["self-hosted"], image: "runner", minIdle: 1, ...over }] }).pools[0]!;
+}
+
+/** A WarmExposure on a clock the test moves, and the lines it logged. */
+function exposure() {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(String(chunk));
+      cb();
+    },
+  });
+  const clock = { now: 1_000_000 };
+  const guard = new WarmExposure({ github: gh, logger: createLogger("info", sink), now: () => clock.now });
+  const said = (msg: RegExp) => lines.filter((l) => msg.test(l)).length;
+  return { guard, clock, lines, said };
+}
+
+test("the client reads a repository's visibility and an organization's runner groups as GitHub gives them", async () => {
+  const inst = fake.installationId;
+  assert.deepEqual(await gh.getRepositoryVisibility(inst, "acme", "secret"), { private: true, visibility: "private" });
+  fake.setRepositoryPrivate("acme", "open-source", false);
+  assert.deepEqual(await gh.getRepositoryVisibility(inst, "acme", "open-source"), { private: false, visibility: "public" });
+
+  const org = { installationId: inst, owner: "acme" };
+  const open = fake.addRunnerGroup("Open-CI", { allowsPublicRepositories: true });
+  assert.deepEqual(await gh.getRunnerGroup(org, { id: 1 }), { id: 1, name: "Default", allowsPublicRepositories: false });
+  assert.deepEqual(await gh.getRunnerGroup(org, { name: "open-ci" }), { id: open, name: "Open-CI", allowsPublicRepositories: true }, "by name, in any case");
+  assert.equal(await gh.getRunnerGroup(org, { id: 999 }), undefined);
+  assert.equal(await gh.getRunnerGroup(org, { name: "no-such-group" }), undefined);
+  await assert.rejects(gh.getRunnerGroup({ ...org, repo: "app" }, { id: 1 }), /organization runners only/);
+
+  fake.inject({ route: REPO, status: 404, times: 1, body: { message: "Not Found", documentation_url: "https://docs.github.com/rest/repos/repos#get-a-repository" } });
+  const missing = await gh.getRepositoryVisibility(inst, "acme", "gone").then(
+    () => assert.fail("a 404 answered"),
+    (e: unknown) => e,
+  );
+  assert.ok(missing instanceof GitHubError && missing.status === 404, String(missing));
+  assert.deepEqual(fake.invalidRequests(), [], "every request conforms to GitHub's OpenAPI description");
+});
+
+test("a repository pool: asked once per 5 minutes, not per launch; made public, refused and said once; private again, allowed and said so", async () => {
+  const { guard, clock, said } = exposure();
+  const p = pool({ warm: { installationId: fake.installationId, owner: "acme", repo: "app" } });
+  const before = callsTo(fake, REPO);
+  assert.equal(await guard.refusal(p), undefined);
+  assert.equal(await guard.refusal(p), undefined);
+  clock.now += 4 * 60_000;
+  assert.equal(await guard.refusal(p), undefined);
+  assert.equal(callsTo(fake, REPO) - before, 1, "one call within 5 minutes");
+
+  fake.setRepositoryPrivate("acme", "app", false);
+  assert.equal(await guard.refusal(p), undefined, "the answer kept until it expires");
+  clock.now += 60_000;
+  assert.equal(await guard.refusal(p), "public_repository", "noticed once the answer expired");
+  clock.now += 5 * 60_000;
+  assert.equal(await guard.refusal(p), "public_repository");
+  assert.equal(callsTo(fake, REPO) - before, 3);
+  assert.equal(said(/warm repository is public/), 1, "said once, not at every look");
+
+  fake.setRepositoryPrivate("acme", "app", true);
+  clock.now += 5 * 60_000;
+  assert.equal(await guard.refusal(p), undefined);
+  assert.equal(said(/warm runners allowed again/), 1);
+});
+
+test("a failed lookup refuses (fail closed), said once, asked again a minute later; a success allows again", async () => {
+  const { guard, clock, said, lines } = exposure();
+  const p = pool({ warm: { installationId: fake.installationId, owner: "acme", repo: "flaky" } });
+  // A 403 that is no rate limit: GitHub will keep refusing it (the App lacks access), no retry.
+  fake.inject({ route: REPO, status: 403, times: 2, body: { message: "Resource not accessible by integration", documentation_url: "https://docs.github.com/rest" } });
+  const before = callsTo(fake, REPO);
+  assert.equal(await guard.refusal(p), "visibility_unknown");
+  assert.equal(await guard.refusal(p), "visibility_unknown", "kept for a minute: not asked again at once");
+  assert.equal(callsTo(fake, REPO) - before, 1);
+  clock.now += 60_000;
+  assert.equal(await guard.refusal(p), "visibility_unknown");
+  assert.equal(callsTo(fake, REPO) - before, 2);
+  assert.equal(said(/no warm runners launched until GitHub says/), 1, "said once while it keeps failing");
+  assert.match(lines.join(""), /Resource not accessible by integration/, "GitHub's word in the log");
+  clock.now += 60_000;
+  assert.equal(await guard.refusal(p), undefined, "allowed once a lookup succeeds");
+  assert.equal(said(/warm runners allowed again/), 1);
+});
+
+test("an organization pool: its runner group's allows_public_repositories decides; a group not there refuses; allowPublicRepositories costs no call", async () => {
+  const { guard } = exposure();
+  const warm = { installationId: fake.installationId, owner: "acme" };
+  fake.addRunnerGroup("public-ci", { allowsPublicRepositories: true });
+  fake.addRunnerGroup("private-ci");
+  const org = (over: Record<string, unknown>) => pool({ name: `org-${JSON.stringify(over).length}`, scope: "organization", warm, ...over });
+  assert.equal(await guard.refusal(pool({ name: "default-group", scope: "organization", warm })), undefined, "the Default group (GitHub's default: no public repositories)");
+  assert.equal(await guard.refusal(org({ runnerGroup: "public-ci" })), "public_runner_group");
+  assert.equal(await guard.refusal(org({ runnerGroup: "Private-CI" })), undefined);
+  assert.equal(await guard.refusal(org({ runnerGroup: "no-such-group" })), "visibility_unknown");
+
+  const before = callsTo(fake, GROUPS) + callsTo(fake, REPO);
+  assert.equal(await guard.refusal(pool({ name: "allowed-org", scope: "organization", warm, runnerGroup: "public-ci", allowPublicRepositories: true })), undefined);
+  fake.setRepositoryPrivate("acme", "public-app", false);
+  assert.equal(await guard.refusal(pool({ name: "allowed-repo", warm: { ...warm, repo: "public-app" }, allowPublicRepositories: true })), undefined);
+  assert.equal(callsTo(fake, GROUPS) + callsTo(fake, REPO), before, "no call for pools that allow public repositories");
+});
