@@ -200,16 +200,23 @@ async function startWith(
   let workerStarted = false;
   // Ready once every connection a webhook needs answers (the HTTP side's two), else the worker's.
   const readinessRedis = http ? [http.redis, http.queueRedis] : redis ? [redis] : [];
+  // Redis's own words on the last unready answer: logged once each, as /readyz does not say them.
+  let redisSaid: string | undefined;
   const app = await buildApp({
     logger,
     metrics,
     webhooks: http && { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress: http.ingress },
+    // Fixed reasons only: /readyz needs no token, and the words of Redis, GitHub or Docker can
+    // name hosts, organizations, runner groups, images or keys. They go to the log.
     readiness: async () => {
       const problems: string[] = [];
       const redisProblem = (await Promise.all(readinessRedis.map(pingProblem))).find((p) => p !== undefined);
-      if (redisProblem) problems.push(redisProblem);
+      if (redisProblem && redisProblem !== redisSaid) logger.warn({ err: redisProblem }, `not ready: ${REDIS_UNAVAILABLE}`);
+      redisSaid = redisProblem;
+      if (redisProblem) problems.push(REDIS_UNAVAILABLE);
       if (w && !workerStarted) problems.push("worker: starting");
-      if (w?.problem) problems.push(w.problem);
+      const workerProblem = w?.problem;
+      if (workerProblem) problems.push(workerProblem.reason);
       return problems;
     },
     status: http && {
@@ -340,6 +347,9 @@ function readyWithin(redis: Redis, ms: number): Promise<void> {
 
 /** How long readiness waits for Redis's answer to a ping. */
 const READY_PING_MS = 2_000;
+
+/** What /readyz says of a Redis that is not connected or does not answer a ping (pingProblem says why, to the log). */
+const REDIS_UNAVAILABLE = "redis: unavailable";
 
 /** Why Redis makes this process unready, or undefined; answers within READY_PING_MS. */
 async function pingProblem(redis: Redis): Promise<string | undefined> {

@@ -4,6 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage, JitrunnerError } from "../errors.ts";
 import type { HostStore } from "../state/hosts.ts";
 import { atMost, every, within } from "../timers.ts";
+import { UNREADY, type WorkerProblem } from "./unready.ts";
 
 export interface PresenceDeps {
   host: string;
@@ -42,8 +43,10 @@ export class HostPresence {
   }
 
   /** What keeps this worker from taking demand, if anything but a drain. */
-  get problem(): string | undefined {
-    return this.#hostProblem ?? this.#engineProblem;
+  get problem(): WorkerProblem | undefined {
+    if (this.#hostProblem) return { reason: UNREADY.hostTaken, detail: this.#hostProblem };
+    if (this.#engineProblem) return { reason: UNREADY.engine, detail: this.#engineProblem };
+    return undefined;
   }
   get draining(): boolean {
     return this.#draining;

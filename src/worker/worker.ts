@@ -16,6 +16,7 @@ import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
 import { atMost, every } from "../timers.ts";
 import { needsRunner } from "./still-queued.ts";
+import { UNREADY, type UnreadyReason, type WorkerProblem } from "./unready.ts";
 import { WarmExposure } from "./warm-exposure.ts";
 
 /** Where a worker takes demand from, per pool (BullMQ in production). */
@@ -194,7 +195,7 @@ export class RunnerWorker {
   #reconcileTimer: { stop(): void } | undefined;
   /** Whether each warm pool's runners may register where they would (public repositories). */
   readonly #exposure: WarmExposure;
-  #lastError: string | undefined;
+  #lastError: WorkerProblem | undefined;
   #drained: (() => void) | undefined;
   /** Resolves when an operator's drain has finished: no demand held, no runner left. */
   readonly drained: Promise<void>;
@@ -221,8 +222,8 @@ export class RunnerWorker {
     deps.metrics.onScrape(async () => deps.metrics.runners(deps.host, this.#counts()));
   }
 
-  /** What makes this worker unready, if anything. */
-  get problem(): string | undefined {
+  /** What makes this worker unready, if anything: its `reason` is fit for /readyz, its `detail` is not. */
+  get problem(): WorkerProblem | undefined {
     return this.#presence.problem ?? this.#lastError;
   }
 
@@ -386,7 +387,7 @@ export class RunnerWorker {
         failures = 0;
       } catch (err) {
         failures++;
-        this.#noteError(`taking demand for pool ${pool} failed: ${errorMessage(err)}`, failures === 1);
+        this.#noteError(UNREADY.takingDemand, `taking demand for pool ${pool} failed: ${errorMessage(err)}`, failures === 1);
         // Cut short by a stop: with Redis away, the backoff reaches 30 s.
         await this.#pause(Math.min(30_000, 500 * 2 ** failures));
       }
@@ -445,7 +446,7 @@ export class RunnerWorker {
       return await this.#unlessStopped(this.#limits.acquire(lease.demand.pool, lease.id, max), false);
     } catch (err) {
       // A Redis error (out of memory, read-only replica) must not end this pool's loop.
-      this.#noteError(`pool limit check for pool ${lease.demand.pool} failed: ${errorMessage(err)}`, false);
+      this.#noteError(UNREADY.poolLimit, `pool limit check for pool ${lease.demand.pool} failed: ${errorMessage(err)}`, false);
       return false;
     }
   }
@@ -637,7 +638,7 @@ export class RunnerWorker {
       const retryable = (err as { retryable?: boolean }).retryable ?? true;
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       await this.#d.activity?.launchFailure(demand, lease.attempt, err).catch(() => undefined);
-      this.#noteError(`launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+      this.#noteError(UNREADY.launches, `launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       if (err instanceof DockerError && !(await this.#presence.checkEngine())) {
         // The host failed, not the demand: it goes back without spending one of its launch
         // attempts, for another host, or this one once its engine answers (it takes none before).
@@ -823,7 +824,7 @@ export class RunnerWorker {
       await this.#freeSparePlaces(pool, holder);
       if (err instanceof NotSentError) return false;
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
-      this.#noteError(`warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+      this.#noteError(UNREADY.launches, `warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       return false;
     } finally {
       this.#launches.delete(launching);
@@ -1125,7 +1126,7 @@ export class RunnerWorker {
       this.#d.metrics.reconcileRun("host", "ok");
     } catch (err) {
       this.#d.metrics.reconcileRun("host", "error");
-      this.#noteError(`host reconcile failed: ${errorMessage(err)}`, false);
+      this.#noteError(UNREADY.hostLoop, `host reconcile failed: ${errorMessage(err)}`, false);
     }
   }
 
@@ -1450,9 +1451,10 @@ export class RunnerWorker {
     return counts;
   }
 
-  #noteError(message: string, log: boolean): void {
-    if (log || message !== this.#lastError) this.#d.logger.warn(message);
-    this.#lastError = message;
+  /** Logs `detail` (when new, or when asked to) and keeps it, with its fixed `reason`, as the worker's problem. */
+  #noteError(reason: UnreadyReason, detail: string, log: boolean): void {
+    if (log || detail !== this.#lastError?.detail) this.#d.logger.warn(detail);
+    this.#lastError = { reason, detail };
   }
 }
 

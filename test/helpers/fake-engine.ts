@@ -5,7 +5,7 @@
  * until a test stops them or jitrunner removes them. For tests of the worker that need no real
  * runner (what it launches, refuses or reports), on machines or at times where the real engine is
  * not to be touched. `refuseCreate` makes every container create fail as an engine does (500,
- * Docker's `{message}`), with the test's words in it.
+ * Docker's `{message}`), with the test's words in it; `failPing` does the same to pings.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
@@ -26,6 +26,8 @@ export interface FakeEngine {
   socketPath: string;
   /** When set, every container create is answered 500 with this as Docker's message. */
   refuseCreate: string | undefined;
+  /** When set, every ping is answered 500 with this as Docker's message. */
+  failPing: string | undefined;
   /** Containers created and not removed, by id. */
   readonly containers: ReadonlyMap<string, Readonly<FakeContainer>>;
   /** Creates asked for, refused ones included. */
@@ -69,6 +71,7 @@ export async function startFakeEngine(): Promise<FakeEngine> {
   const engine: FakeEngine = {
     socketPath,
     refuseCreate: undefined,
+    failPing: undefined,
     containers,
     get creates() {
       return creates;
@@ -91,6 +94,7 @@ export async function startFakeEngine(): Promise<FakeEngine> {
     const url = new URL(req.url ?? "/", "http://engine");
     const path = API.exec(url.pathname)?.[1] ?? "";
     const method = req.method ?? "GET";
+    if (method === "GET" && path === "_ping" && engine.failPing !== undefined) return send(res, 500, { message: engine.failPing });
     if (method === "GET" && path === "_ping") return void res.writeHead(200, { "content-type": "text/plain" }).end("OK");
     if (method === "GET" && path === "containers/json") {
       const list = [...containers.values()].filter((c) => labelled(c, url.searchParams.get("filters")));
