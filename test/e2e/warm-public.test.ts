@@ -2,8 +2,8 @@
  * Warm runners and public repositories, for real: DinD runner containers on the engine that
  * register and come online at the fake GitHub, a real Redis. Warm runners of a repository made
  * public are deregistered and their containers removed, and none is launched in their place; a
- * job of a public repository is not run on one. (Without Docker, with a fake engine:
- * test/integration/worker-warm-public.test.ts.)
+ * job of a public repository is not run on one. (Each pool's case, with runner containers that
+ * need not come online: test/integration/worker-warm-public.test.ts.)
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";

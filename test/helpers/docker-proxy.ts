@@ -4,7 +4,8 @@
  * test sees what the engine was asked at once. It can also refuse to remove chosen containers, as
  * an engine does that cannot unmount what a Docker-in-Docker container left mounted, and leave
  * chosen requests unanswered, as an engine does that hangs or whose connection silently dropped,
- * and cut the connections of open container waits, as a dropped SSH or TCP link does.
+ * answer chosen requests with an engine's error of the test's words (a refused create, a failed
+ * ping), and cut the connections of open container waits, as a dropped SSH or TCP link does.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -29,6 +30,22 @@ export interface Hang {
   readonly waiting: number;
   /** Holds no more; those held whose caller still waits go on to the engine. */
   release(): void;
+}
+
+/** Requests the proxy answers with an error of its own; see `DockerProxy.fail`. */
+export interface Failing {
+  /** Requests answered with the error so far. */
+  readonly answered: number;
+  /** Fails no more: from now on those requests go on to the engine. */
+  stop(): void;
+}
+
+interface Failed {
+  method: string;
+  path: RegExp;
+  status: number;
+  message: string;
+  answered: number;
 }
 
 interface Held {
@@ -58,6 +75,12 @@ export interface DockerProxy {
    * never sees them) until the hang is released.
    */
   hang(method: string, path: RegExp): Hang;
+  /**
+   * From now on, requests of `method` whose path matches `path` are answered `status` (500 by
+   * default) with Docker's error body, `{"message": message}`, as the engine answers a create it
+   * cannot do (an image it cannot pull) or a ping it cannot serve; the engine never sees them.
+   */
+  fail(method: string, path: RegExp, message: string, status?: number): Failing;
   /** Cuts the connection of every container wait open now (the engine's side stays); how many. */
   cutWaits(): number;
   close(): Promise<void>;
@@ -69,8 +92,18 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
   const counts = { inFlight: 0, max: 0, starts: 0 };
   const refuseRemoval = new Set<string>();
   const hangs = new Set<Held>();
+  const failures = new Set<Failed>();
   const waits = new Set<IncomingMessage>();
   const server: Server = createServer((req, res) => {
+    const failing = [...failures].find((f) => f.method === req.method && f.path.test(req.url ?? ""));
+    if (failing) {
+      failing.answered++;
+      // The body (a create's spec) is not read: drained, so the connection stays usable.
+      req.resume();
+      res.writeHead(failing.status, { "content-type": "application/json" });
+      res.end(JSON.stringify({ message: failing.message }));
+      return;
+    }
     const hang = [...hangs].find((h) => h.method === req.method && h.path.test(req.url ?? ""));
     if (hang) {
       hang.held++;
@@ -141,6 +174,16 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
           hangs.delete(h);
           for (const r of h.requests.splice(0)) if (stillWaiting(r)) forward(r.req, r.res);
         },
+      };
+    },
+    fail: (method, path, message, status = 500) => {
+      const f: Failed = { method, path, status, message, answered: 0 };
+      failures.add(f);
+      return {
+        get answered() {
+          return f.answered;
+        },
+        stop: () => void failures.delete(f),
       };
     },
     cutWaits: () => {

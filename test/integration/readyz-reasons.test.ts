@@ -2,8 +2,9 @@
  * `/readyz` needs no token (probes, load balancers), so it answers fixed reasons only: what
  * GitHub, Docker or Redis said (organizations, runner groups, image names, SSH fingerprints,
  * addresses) stays in the log, and a demand's launch failure on the status page behind the admin
- * token. Through the real composition root against the fake GitHub, a real Redis and a fake Docker
- * engine (test/helpers/fake-engine.ts: no real engine is touched).
+ * token. Through the real composition root against the fake GitHub, a real Redis and the real
+ * Docker engine, behind a proxy (test/helpers/docker-proxy.ts) that answers the engine's errors
+ * with words of the test's own. One system for the file.
  */
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -13,10 +14,10 @@ import { after, before, test } from "node:test";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
-import { startFakeEngine, type FakeEngine } from "../helpers/fake-engine.ts";
+import { CREATE_CONTAINER, PING, startDockerProxy, type DockerProxy } from "../helpers/docker-proxy.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
-import { scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
+import { removeContainersOf, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
 
 const ADMIN_TOKEN = "readyz-admin-token-9c2e71";
 /** Words only the engine says: what an image name, an organization or a key would be. */
@@ -24,42 +25,47 @@ const MARKER = "registry.acme-secret-org.example/private/runner:MARKER-5b1d";
 
 let redis: TestRedis;
 let tokenDir: string;
+let fake: FakeGitHub;
+let proxy: DockerProxy;
+let sys: SystemUnderTest;
+const host = uniqueHost("readyz");
+let r: TestRedis;
+
 before(async () => {
   redis = await startRedis();
   tokenDir = mkdtempSync(join(tmpdir(), "jr-readyz-"));
   writeFileSync(join(tokenDir, "admin-token"), ADMIN_TOKEN);
+  fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  proxy = await startDockerProxy();
+  r = scopedRedis(redis, "readyz");
+  sys = await startSystem("all", fake, r, host, {
+    server: { host: "127.0.0.1", port: 0, adminTokenFile: join(tokenDir, "admin-token") },
+    worker: { hostId: host, capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, docker: { socketPath: proxy.socketPath } },
+  });
 });
 after(async () => {
-  await redis.stop();
+  await sys?.close();
+  await proxy?.close();
+  await fake?.close();
+  await removeContainersOf(host);
+  await redis?.stop();
   rmSync(tokenDir, { recursive: true, force: true });
 });
 
-async function system(tag: string, mode: "all" | "worker"): Promise<{ fake: FakeGitHub; engine: FakeEngine; sys: SystemUnderTest; host: string; r: TestRedis }> {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const engine = await startFakeEngine();
-  const host = uniqueHost(tag);
-  const r = scopedRedis(redis, tag);
-  const sys = await startSystem(mode, fake, r, host, {
-    server: { host: "127.0.0.1", port: 0, adminTokenFile: join(tokenDir, "admin-token") },
-    worker: { hostId: host, capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, docker: { socketPath: engine.socketPath } },
-  });
-  return { fake, engine, sys, host, r };
-}
-
-async function readyz(sys: SystemUnderTest): Promise<{ status: number; text: string }> {
+async function readyz(): Promise<{ status: number; text: string }> {
   const res = await fetch(`${sys.url}/readyz`);
   return { status: res.status, text: await res.text() };
 }
 
 test("a launch that fails with the engine's words naming private things: /readyz says 'worker: launches failing' only; the words are in the log and on the status page", async () => {
-  const { fake, engine, sys } = await system("readyz-launch", "all");
+  const refused = proxy.fail("POST", CREATE_CONTAINER, `pull access denied for ${MARKER}`);
   try {
-    engine.refuseCreate = `pull access denied for ${MARKER}`;
     await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     const unready = await waitFor(async () => {
-      const r = await readyz(sys);
-      return r.status === 503 && r;
+      const res = await readyz();
+      return res.status === 503 && res;
     }, 20_000, "unready after the failed launch");
+    assert.ok(refused.answered >= 1, "the engine's side refused the create");
     assert.deepEqual(JSON.parse(unready.text), { status: "unready", problems: ["worker: launches failing"] });
     assert.ok(!unready.text.includes("MARKER"), unready.text);
     assert.ok(!unready.text.includes("default"), "not even the pool's name");
@@ -69,47 +75,46 @@ test("a launch that fails with the engine's words naming private things: /readyz
     assert.equal(page.status, 200);
     assert.ok((await page.text()).includes(MARKER), "the status page, behind the token, says why");
     assert.equal((await fetch(`${sys.url}/`)).status, 401, "and only behind it");
-
-    // The next attempt launches: ready again.
-    engine.refuseCreate = undefined;
-    await waitFor(async () => (await readyz(sys)).status === 200, 30_000, "ready once a launch succeeds");
   } finally {
-    await sys.close();
-    await engine.close();
-    await fake.close();
+    refused.stop();
   }
+  // The next attempt launches: ready again.
+  await waitFor(async () => (await readyz()).status === 200, 30_000, "ready once a launch succeeds");
 });
 
 test("an engine that fails its pings and a host taken by another process: fixed reasons on /readyz, the details in the log", async () => {
-  const { fake, engine, sys, host, r } = await system("readyz-engine", "worker");
   const conn = redisConnection(r.url);
   try {
-    assert.equal((await readyz(sys)).status, 200);
-    engine.failPing = `ssh: handshake failed: host key SHA256:${MARKER}`;
-    const engineDown = await waitFor(async () => {
-      const res = await readyz(sys);
-      return res.status === 503 && res;
-    }, 10_000, "unready while pings fail");
-    assert.deepEqual(JSON.parse(engineDown.text), { status: "unready", problems: ["worker: engine unreachable"] });
-    assert.match(sys.logs(), new RegExp(`Docker engine unreachable: ping failed \\(500\\): ssh: handshake failed: host key SHA256:${MARKER.replaceAll(".", "\\.")}`));
-    engine.failPing = undefined;
-    await waitFor(async () => (await readyz(sys)).status === 200, 10_000, "ready once the engine answers");
+    await waitFor(async () => (await readyz()).status === 200, 30_000, "ready before the engine fails");
+    const failing = proxy.fail("GET", PING, `ssh: handshake failed: host key SHA256:${MARKER}`);
+    try {
+      const engineDown = await waitFor(async () => {
+        const res = await readyz();
+        return res.status === 503 && res;
+      }, 10_000, "unready while pings fail");
+      assert.ok(failing.answered >= 1, "the engine's side failed the ping");
+      assert.deepEqual(JSON.parse(engineDown.text), { status: "unready", problems: ["worker: engine unreachable"] });
+      assert.match(sys.logs(), new RegExp(`Docker engine unreachable: ping failed \\(500\\): ssh: handshake failed: host key SHA256:${MARKER.replaceAll(".", "\\.")}`));
+    } finally {
+      failing.stop();
+    }
+    await waitFor(async () => (await readyz()).status === 200, 10_000, "ready once the engine answers");
 
     const holdKey = `${r.prefix}:host-held-by:${host}`;
     await conn.set(holdKey, "intruder", "PX", 60_000);
-    const taken = await waitFor(async () => {
-      const res = await readyz(sys);
-      return res.status === 503 && res;
-    }, 10_000, "unready while another process holds the host");
-    assert.deepEqual(JSON.parse(taken.text), { status: "unready", problems: ["worker: host held by another process"] });
-    assert.ok(!taken.text.includes(host), "the host's name is not said");
-    assert.match(sys.logs(), /another worker process has taken this host/);
-    await conn.del(holdKey);
-    await waitFor(async () => (await readyz(sys)).status === 200, 10_000, "ready once the host is free");
+    try {
+      const taken = await waitFor(async () => {
+        const res = await readyz();
+        return res.status === 503 && res;
+      }, 10_000, "unready while another process holds the host");
+      assert.deepEqual(JSON.parse(taken.text), { status: "unready", problems: ["worker: host held by another process"] });
+      assert.ok(!taken.text.includes(host), "the host's name is not said");
+      assert.match(sys.logs(), /another worker process has taken this host/);
+    } finally {
+      await conn.del(holdKey);
+    }
+    await waitFor(async () => (await readyz()).status === 200, 10_000, "ready once the host is free");
   } finally {
     conn.disconnect();
-    await sys.close();
-    await engine.close();
-    await fake.close();
   }
 });

@@ -77,10 +77,14 @@ test("registrations of ours with no record are deleted after the grace period; o
   });
   const conn = redisConnection(r.url);
   try {
-    // A real webhook makes acme/app a recently active repository.
+    // A real webhook makes acme/app a recently active repository; another, a job the organization
+    // pool takes, makes acme an organization whose runners are listed (only the owners organization
+    // pools served are: a user's /orgs/{owner} is a 404).
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    const orgJob = await fake.queueJob({ owner: "acme", repo: "app", labels: ["org-only"] });
     await fake.webhooksIdle();
     assert.equal(fake.deliveries.find((d) => d.jobId === job.id)?.status, 202);
+    assert.equal(fake.deliveries.find((d) => d.jobId === orgJob.id)?.status, 202);
 
     const gh = new FakeGitHubClient(fake);
     const register = async (path: string, name: string, labels = ["self-hosted", "linux", "x64"]) => {
