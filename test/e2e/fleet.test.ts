@@ -161,7 +161,8 @@ test("an engine stopped mid-burst loses no queued job", async () => {
     const completed = f.fake.jobs().filter((j) => j.status === "completed");
     assert.ok(completed.every((j) => j.conclusion === "success"));
     assert.ok(completed.length >= 4, `${completed.length} of 6 completed`);
-    assert.match(f.workers[2]!.logs(), /Docker engine unreachable/);
+    // Noticed by its worker: by the heartbeat's ping, or a host pass's call, whichever comes first.
+    await waitFor(() => /Docker engine unreachable|cannot reach the Docker engine/.test(victimLogs()), 30_000, "the engine's loss logged by its worker");
   } finally {
     if (process.env.JITRUNNER_TEST_VERBOSE) f.workers.forEach((w, i) => process.stderr.write(`--- worker ${i}\n${w.logs()}`));
     await f.close();

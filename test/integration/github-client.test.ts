@@ -23,6 +23,7 @@ import { Metrics } from "../../src/metrics/metrics.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { githubFailure as failure } from "../helpers/github.ts";
 import { assertNoSecrets } from "../helpers/secrets.ts";
 
 const SECRET = "github-client-test-secret";
@@ -94,15 +95,6 @@ function metric(text: string, name: string, labels: string): number {
 
 const repo = (owner = "acme", name = "app") => ({ installationId: 1, owner, repo: name });
 const org = (owner = "acme") => ({ installationId: 1, owner });
-
-async function failure(p: Promise<unknown>): Promise<GitHubError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  assert.ok(err instanceof GitHubError, `expected a GitHubError, got ${String(err)}`);
-  return err;
-}
 
 /**
  * No secret (installation token, JIT config, App key) in a client's logs nor anywhere in the

@@ -13,22 +13,13 @@ import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { testPrivateKey, WEBHOOK_SECRET } from "../helpers/config.ts";
-import { githubFor } from "../helpers/github.ts";
+import { githubFor, githubFailure as failure } from "../helpers/github.ts";
 import { freePort } from "../helpers/ports.ts";
 
 const TOKEN = "/app/installations/{installation_id}/access_tokens";
 const RUNNERS = "/repos/{owner}/{repo}/actions/runners";
 /** A call's attempts at most (the first and RETRIES in octokit-client.ts). */
 const ATTEMPTS = 4;
-
-async function failure(p: Promise<unknown>): Promise<GitHubError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  assert.ok(err instanceof GitHubError, `expected a GitHubError, got ${String(err)}`);
-  return err;
-}
 
 test("a token GitHub keeps failing to mint (503): one call sends at most its attempts' worth of token requests, and never itself", { timeout: 60_000 }, async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });

@@ -12,6 +12,7 @@ import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { testPrivateKey } from "../helpers/config.ts";
+import { githubFailure as failure } from "../helpers/github.ts";
 import { freePort } from "../helpers/ports.ts";
 
 function statuses(text: string, route: string): Record<string, number> {
@@ -21,15 +22,6 @@ function statuses(text: string, route: string): Record<string, number> {
     if (m && m[1] === route) out[m[2]!] = Number(m[3]);
   }
   return out;
-}
-
-async function failure(p: Promise<unknown>): Promise<GitHubError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  assert.ok(err instanceof GitHubError, `expected a GitHubError, got ${String(err)}`);
-  return err;
 }
 
 test("GitHub unreachable: 'cannot reach GitHub at <apiUrl>', no HTTP status, counted as status 0; the token request's failure too", { timeout: 60_000 }, async () => {

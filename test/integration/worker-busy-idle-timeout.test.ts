@@ -1,11 +1,18 @@
 /**
- * A runner that GitHub says is busy when its idle timeout comes (422 on its deletion), its
- * `in_progress` webhook lost, for real (fake GitHub through the real client, real Redis, a real
- * container on the Docker engine): its watch records it busy in Redis, with the time, as the
+ * A runner whose deletion GitHub refuses (422) when its idle timeout comes, for real (fake GitHub
+ * through the real client, real Redis, a real container on the Docker engine).
+ *
+ * Busy, its `in_progress` webhook lost: its watch records it busy in Redis, with the time, as the
  * webhook would have, so that the checks of busy runners (the leader's look at GitHub's runner
  * list, for one that hangs after its job) cover it; in memory only, it would stay idle there.
+ *
+ * Not busy (GitHub answers 422 to invalid or spammed requests too): GitHub, asked then, says the
+ * runner is not busy, so it is not recorded busy (a busy record would end its idle check, and
+ * nothing else ends a busy runner GitHub still lists: it would hold its slot until a job came),
+ * and the next idle check deletes it.
  */
 import assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
@@ -23,34 +30,35 @@ import { githubFor } from "../helpers/github.ts";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 const { redis, hosts } = workersForFile();
 
-test("a runner GitHub refuses to delete at its idle timeout (busy, its webhooks lost) is recorded busy in Redis, with the time, and watched on", { timeout: 60_000 }, async () => {
-  // No webhook URL: the `in_progress` delivery of the job the runner takes is lost.
+/**
+ * A launcher on a host of its own, and a runner `name` registered at the fake and running idle in
+ * a container of ours (a sleep stands in for the runner program), recorded and tracked idle.
+ * `beforeContainer` runs once the runner is registered (to hand it a job at GitHub).
+ */
+async function idleRunner(tag: string, name: string, beforeContainer?: (fake: FakeGitHub, runner: Awaited<ReturnType<typeof registerRunner>>) => Promise<void>) {
+  // No webhook URL: the deliveries of a job the runner takes are lost.
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("busy-idle");
+  const host = uniqueHost(tag);
   hosts.push(host);
   const conn = redisConnection(redis.url);
   const sub = redisConnection(redis.url);
-  const prefix = `${redis.prefix}-busy-idle`;
-  const runners = new RunnerStore(conn, prefix);
+  const runners = new RunnerStore(conn, `${redis.prefix}-${tag}`);
   const events = new RunnerEvents(sub, runners.eventsChannel);
   await events.start();
   const metrics = new Metrics({ processMetrics: false });
   const github = githubFor(fake, { metrics });
-  const driver = new DockerodeDriver({});
-  const launcher = new Launcher({ host, namePrefix: "jitrunner", completedGraceSeconds: 5, driver, github, runners, events, metrics });
+  const launcher = new Launcher({ host, namePrefix: "jitrunner", completedGraceSeconds: 5, driver: new DockerodeDriver({}), github, runners, events, metrics });
   const shutdown = new AbortController();
+  const close = async () => {
+    shutdown.abort();
+    github.close();
+    await events.close();
+    await fake.close();
+    conn.disconnect();
+  };
   try {
-    const name = "jitrunner-default-00busyidle1";
     const runner = await registerRunner(fake, name);
-    // The runner takes a job at GitHub: GitHub now answers 422 to its deletion.
-    await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"], onlyRunner: name });
-    const acquired = await fetch(`${fake.url}/_fake/runners/${runner.id}/acquire`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ token: runner.token }),
-    });
-    assert.equal(acquired.status, 200);
-    // Its container: a sleep stands in for the runner program, running its job.
+    await beforeContainer?.(fake, runner);
     const container = await ourContainer(host, name, { entrypoint: ["sleep", "300"] });
     await container.start();
     const record: RunnerRecord = {
@@ -59,10 +67,31 @@ test("a runner GitHub refuses to delete at its idle timeout (busy, its webhooks 
     await runners.put(record);
     const tracked: Tracked = { record: { ...record }, state: "idle" };
     launcher.tracked.set(name, tracked);
+    const watch = () => launcher.watch(tracked, { idleTimeoutSeconds: 1, startTimeoutSeconds: 600 }, createLogger("silent"), shutdown.signal);
+    return { fake, runners, launcher, runner, tracked, shutdown, watch, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
 
+test("a runner GitHub refuses to delete at its idle timeout (busy, its webhooks lost) is recorded busy in Redis, with the time, and watched on", { timeout: 60_000 }, async () => {
+  const name = "jitrunner-default-00busyidle1";
+  const t = await idleRunner("busy-idle", name, async (fake, runner) => {
+    // The runner takes a job at GitHub: GitHub now answers 422 to its deletion.
+    await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"], onlyRunner: name });
+    const acquired = await fetch(`${fake.url}/_fake/runners/${runner.id}/acquire`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ token: runner.token }),
+    });
+    assert.equal(acquired.status, 200);
+  });
+  const { fake, runners, runner, tracked, shutdown } = t;
+  try {
     const before = Date.now();
     let ended: string | undefined;
-    const watching = launcher.watch(tracked, { idleTimeoutSeconds: 1, startTimeoutSeconds: 600 }, createLogger("silent"), shutdown.signal).then((reason) => (ended = reason));
+    const watching = t.watch().then((reason) => (ended = reason));
     await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1, 15_000, "the deletion at the idle timeout");
     const stored = await waitFor(async () => {
       const r = await runners.get(name);
@@ -76,10 +105,40 @@ test("a runner GitHub refuses to delete at its idle timeout (busy, its webhooks 
     shutdown.abort();
     assert.equal(await watching, "shutdown");
   } finally {
-    shutdown.abort();
-    github.close();
-    await events.close();
-    await fake.close();
-    conn.disconnect();
+    await t.close();
+  }
+});
+
+test("a 422 at the idle timeout for a runner GitHub says is not busy: not recorded busy, and the next idle check deletes it", { timeout: 90_000 }, async () => {
+  const name = "jitrunner-default-00idle4221";
+  const t = await idleRunner("idle-422", name);
+  const { fake, runners, launcher, tracked } = t;
+  try {
+    // The first deletion gets GitHub's "Validation Failed" 422; the runner is idle at GitHub.
+    fake.inject({ route: DELETE, method: "DELETE", status: 422, times: 1 });
+    let ended: string | undefined;
+    const watching = t.watch().then((reason) => (ended = reason));
+    await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1, 15_000, "the deletion at the idle timeout");
+    await sleep(1_000);
+    assert.deepEqual(
+      fake.requests.filter((r) => r.route === DELETE).map((r) => `${r.method} ${r.status}`),
+      ["DELETE 422", "GET 200"],
+      "GitHub asked about the runner after the 422, and nothing more yet",
+    );
+    assert.equal((await runners.get(name))?.state, "idle", "not recorded busy: GitHub says it is not");
+    assert.equal(tracked.state, "idle");
+    assert.equal(ended, undefined, "watched on: the next idle check tries again");
+
+    // The next idle check (30 s on) deletes it: the watch ends at the idle timeout.
+    assert.equal(await watching, "idle_timeout");
+    assert.deepEqual(
+      fake.requests.filter((r) => r.route === DELETE).map((r) => `${r.method} ${r.status}`),
+      ["DELETE 422", "GET 200", "DELETE 204"],
+    );
+    assert.equal(fake.runners().length, 0, "its registration deleted");
+    await launcher.teardown(tracked.record, ended ?? "", createLogger("silent"));
+    assert.equal(await runners.get(name), undefined, "its record removed");
+  } finally {
+    await t.close();
   }
 });

@@ -75,7 +75,8 @@ export class FakeAuth {
   }
 
   issueToken(): { token: string; expiresAt: string } {
-    const token = `ghs_${randomBytes(27).toString("base64url")}`;
+    // As GitHub's: `ghs_` and 36 letters and digits (base64url's `-` and `_` are not in them).
+    const token = `ghs_${randomBytes(36).toString("base64").replace(/[^A-Za-z0-9]/g, "").slice(0, 36).padEnd(36, "0")}`;
     const expires = this.now() + TOKEN_SECONDS * 1000;
     this.tokens.set(token, expires);
     return { token, expiresAt: new Date(expires).toISOString().replace(/\.\d{3}Z$/, "Z") };
