@@ -11,6 +11,7 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { containersOf, demandIn, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
+import Docker from "dockerode";
 import { RunnerStore } from "../../src/state/runners.ts";
 
 const { redis, hosts } = workersForFile();
@@ -32,6 +33,10 @@ test("a warm runner whose record is gone when a demand adopts it is retired, wri
     const [warm] = await waitFor(() => fake.runners().filter((x) => !x.busy && x.status === "online").length === 1 && fake.runners(), 90_000, "a warm runner online");
     const record = await waitFor(() => store.get(warm!.name), 10_000, "the warm runner's record");
     await store.remove(record, false);
+    // Paused, it takes no job before the demand adopts it: otherwise GitHub may hand the job to it
+    // first (it is registered and idle), and the retire rightly finds it busy and keeps it.
+    const [container] = (await containersOf(host)).filter((c) => c.Labels["dev.jitrunner.runner-name"] === warm!.name);
+    await new Docker().getContainer(container!.Id).pause();
 
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     const done = await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 120_000, "job completed");
