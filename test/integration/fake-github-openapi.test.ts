@@ -73,6 +73,7 @@ test("a scripted flow's responses validate against the documented response schem
   await expectCall("GET", "/app", 200, { auth: "app" });
   await expectCall("GET", `${repo}/installation`, 200, { auth: "app" });
   await expectCall("GET", "/orgs/acme/installation", 200, { auth: "app" });
+  await expectCall("GET", "/users/acme/installation", 200, { auth: "app" });
   const unseen = await expectCall("GET", repo, 200);
   assert.deepEqual([unseen.full_name, unseen.private, unseen.visibility], ["acme/widgets", true, "private"], "a repository not met yet is private");
   fake.setRepositoryPrivate("acme", "widgets", false);
@@ -149,6 +150,10 @@ test("a scripted flow's responses validate against the documented response schem
   await expectCall("GET", `${repo}/actions/runners`, 401, { auth: { authorization: "token ghs_not-a-token" } });
   await expectCall("GET", "/app", 401, { auth: { authorization: "bearer not.a.jwt" } });
   await expectCall("GET", `${repo}/actions/secrets`, 404);
+  // A token of another installation than the owner's: GitHub's error bodies (installations.ts says which and why).
+  fake.addInstallation("globex");
+  await expectCall("GET", "/repos/globex/app/actions/runners", 404);
+  await expectCall("GET", "/orgs/globex/actions/runners", 403);
 
   await fake.webhooksIdle();
   const deliveriesPage = await client.call("GET", "/app/hook/deliveries?per_page=2", { auth: "app" });

@@ -45,7 +45,7 @@ test("toJsonSchema turns OpenAPI 3.0 nullable into JSON Schema null", () => {
 test("workflow_job payloads take GitHub's example and replace what identifies the job", () => {
   const state = new FakeState();
   const job = state.createJob({ owner: "acme", repo: "widgets", labels: ["self-hosted"], private: true, runAttempt: 2 });
-  const p = workflowJobPayload({ api: "http://127.0.0.1:1", html: "https://github.com" }, state, 9, job, "queued");
+  const p = workflowJobPayload({ api: "http://127.0.0.1:1", html: "https://github.com" }, state, { id: 9, type: "Organization" }, job, "queued");
   const wj = p.workflow_job as Record<string, unknown>;
   const repo = p.repository as Record<string, unknown>;
   assert.equal(p.action, "queued");

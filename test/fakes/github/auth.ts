@@ -9,14 +9,15 @@ const TOKEN_SECONDS = 3600;
 export class FakeAuth {
   readonly privateKey: string;
   private readonly publicKey: KeyObject;
-  private readonly tokens = new Map<string, number>(); // token -> expiry (ms)
+  /** Each token's expiry (ms, the fake's clock) and the installation it was minted for. */
+  private readonly tokens = new Map<string, { expires: number; installationId: number }>();
   private readonly usedJwts = new Set<string>();
   /** The fake's clock minus the real one, in ms (setClockSkew). */
   skewMs = 0;
   /** Answer 404 to an installation token request whose App JWT was used before (GitHub does, for byte-identical JWTs). */
   rejectReusedJwts = false;
 
-  constructor(readonly appId: number, readonly installationId: number) {
+  constructor(readonly appId: number) {
     const pair = generateKeyPairSync("rsa", {
       modulusLength: 2048,
       privateKeyEncoding: { type: "pkcs1", format: "pem" }, // what GitHub hands out
@@ -74,23 +75,24 @@ export class FakeAuth {
     return [...this.tokens.keys()];
   }
 
-  issueToken(): { token: string; expiresAt: string } {
+  /** A token for `installationId` only: the Router refuses it on owners other installations cover. */
+  issueToken(installationId: number): { token: string; expiresAt: string } {
     // As GitHub's: `ghs_` and 36 letters and digits (base64url's `-` and `_` are not in them).
     const token = `ghs_${randomBytes(36).toString("base64").replace(/[^A-Za-z0-9]/g, "").slice(0, 36).padEnd(36, "0")}`;
     const expires = this.now() + TOKEN_SECONDS * 1000;
-    this.tokens.set(token, expires);
+    this.tokens.set(token, { expires, installationId });
     return { token, expiresAt: new Date(expires).toISOString().replace(/\.\d{3}Z$/, "Z") };
   }
 
-  /** True when the header carries a live installation token (`token X` or `bearer X`). */
-  checkToken(authorization: string | undefined): boolean {
+  /** The installation of the live installation token the header carries (`token X` or `bearer X`); undefined when none. */
+  checkToken(authorization: string | undefined): number | undefined {
     const m = /^(?:token|bearer)\s+(\S+)$/i.exec(authorization ?? "");
-    const expires = m?.[1] ? this.tokens.get(m[1]) : undefined;
-    return expires !== undefined && expires > this.now();
+    const issued = m?.[1] ? this.tokens.get(m[1]) : undefined;
+    return issued && issued.expires > this.now() ? issued.installationId : undefined;
   }
 
   /** Test helper: make every issued installation token expire now. */
   expireTokens(): void {
-    for (const t of this.tokens.keys()) this.tokens.set(t, 0);
+    for (const issued of this.tokens.values()) issued.expires = 0;
   }
 }

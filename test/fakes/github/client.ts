@@ -15,11 +15,12 @@ export type Credential = "app" | "installation" | "none" | { authorization: stri
 export class FakeGitHubClient {
   private readonly octokit: Octokit;
 
-  constructor(private readonly fake: FakeGitHub) {
+  /** `installationId`: whose tokens `installation` calls carry (default: the fake's default installation). */
+  constructor(private readonly fake: FakeGitHub, opts: { installationId?: number } = {}) {
     this.octokit = new Octokit({
       baseUrl: fake.url,
       authStrategy: createAppAuth,
-      auth: { appId: fake.appId, privateKey: fake.privateKey, installationId: fake.installationId },
+      auth: { appId: fake.appId, privateKey: fake.privateKey, installationId: opts.installationId ?? fake.installationId },
     });
   }
 

@@ -1,6 +1,7 @@
 // What route handlers share, and GitHub-style pagination.
 import type { FakeAuth } from "./auth.ts";
 import type { Req } from "./http.ts";
+import type { Installations } from "./installations.ts";
 import type { Urls } from "./shapes.ts";
 import type { FakeJob, FakeState } from "./state.ts";
 import type { JobAction } from "./webhooks.ts";
@@ -10,7 +11,7 @@ export interface Ctx {
   state: FakeState;
   auth: FakeAuth;
   appId: number;
-  installationId: number;
+  installations: Installations;
   /** Send the job's webhook for `action`, built from its state now; resolves with the receiver's status. */
   emit(job: FakeJob, action: JobAction): Promise<number>;
 }

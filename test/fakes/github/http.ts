@@ -8,6 +8,9 @@ import { requestCheck, type RequestCheck, type RequestProblem } from "./request-
 
 export type AuthKind = "app" | "installation" | "none";
 
+/** What GitHub answers a valid installation token of `installationId` on a route outside that installation; undefined: allowed. */
+export type AccessCheck = (installationId: number, method: string, template: string, params: Record<string, string>) => Reply | undefined;
+
 export interface Req {
   method: string;
   path: string;
@@ -59,6 +62,8 @@ export interface RequestRecord {
   path: string;
   /** When the request arrived (ms, real clock). */
   at: number;
+  /** The installation whose live token the request carried; undefined without one (an App JWT, none, a stale token). */
+  installationId?: number;
 }
 
 /** A request to GitHub's API that does not conform to GitHub's OpenAPI description (see request-check.ts). */
@@ -154,11 +159,16 @@ export class Router {
   private window: { start: number; used: number };
 
   private readonly basePath: string;
+  private readonly access: AccessCheck | undefined;
 
-  /** `basePath`: GitHub's API routes are served only under it (e.g. "/api/v3"); the fake runner's routes with or without it. */
-  constructor(routes: Route[], private readonly auth: FakeAuth, opts: { basePath?: string } = {}) {
+  /**
+   * `basePath`: GitHub's API routes are served only under it (e.g. "/api/v3"); the fake runner's
+   * routes with or without it. `access`: whether an installation token reaches a route's owner.
+   */
+  constructor(routes: Route[], private readonly auth: FakeAuth, opts: { basePath?: string; access?: AccessCheck } = {}) {
     this.routes = routes.map(compile);
     this.basePath = (opts.basePath ?? "").replace(/\/+$/, "");
+    this.access = opts.access;
     this.window = { start: auth.now(), used: 0 };
   }
 
@@ -189,7 +199,10 @@ export class Router {
     // Checked whatever the answer (an injected fault, a 401): the record is of what the client sent.
     const problem = raw === undefined ? undefined : found?.route.check?.(url.searchParams, raw);
     const reply = await this.answer(method, path, url, raw, req.headers, found, problem);
-    if (!internal) this.requests.push({ method, route: routeName, status: reply.status, path: url.pathname, at });
+    if (!internal) {
+      const installationId = this.auth.checkToken(req.headers.authorization);
+      this.requests.push({ method, route: routeName, status: reply.status, path: url.pathname, at, ...(installationId === undefined ? {} : { installationId }) });
+    }
     if (problem) {
       const body = raw && raw.length > 0 ? raw.toString("utf8").slice(0, 2000) : undefined;
       this.invalid.push({ method, route: routeName, path: `${url.pathname}${url.search}`, problems: problem.problems, status: reply.status, body, at });
@@ -235,8 +248,13 @@ export class Router {
     if (route.auth === "app") {
       const problem = this.auth.checkJwt(headers.authorization);
       if (problem) return ghError(401, problem);
-    } else if (route.auth === "installation" && !this.auth.checkToken(headers.authorization)) {
-      return ghError(401, "Bad credentials");
+    } else if (route.auth === "installation") {
+      const installationId = this.auth.checkToken(headers.authorization);
+      if (installationId === undefined) return ghError(401, "Bad credentials");
+      // A valid token of another installation (installations.ts). Before the body is checked: a 422
+      // for a repository the token cannot see would tell that it exists, which GitHub's 404 hides.
+      const refused = this.access?.(installationId, method, route.template, params);
+      if (refused) return refused;
     }
     // After authentication, as GitHub checks: a body that is no JSON is a 400, one or a query the
     // operation's schemas refuse a 422 "Invalid request." (Validation Error Simple).

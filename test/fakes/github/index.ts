@@ -12,6 +12,7 @@ import type { Ctx } from "./context.ts";
 import { Router, type Fault, type InvalidRequest, type RequestRecord } from "./http.ts";
 import { appRoutes } from "./routes-app.ts";
 import { fakeRunnerRoutes } from "./routes-fake-runner.ts";
+import { Installations, type AccountType, type FakeInstallation } from "./installations.ts";
 import { hookRoutes } from "./routes-hooks.ts";
 import { jobRoutes } from "./routes-jobs.ts";
 import { runnerRoutes } from "./routes-runners.ts";
@@ -21,13 +22,17 @@ import { WebhookSender, workflowJobPayload, type DeliveryRecord, type HeldDelive
 export type { FakeJob, FakeRunner, RunnerScope, Conclusion } from "./state.ts";
 export type { Fault, InvalidRequest, RequestRecord } from "./http.ts";
 export type { DeliveryRecord, HeldDelivery } from "./webhooks.ts";
+export type { AccountType, FakeInstallation } from "./installations.ts";
 
 export interface FakeGitHubOptions {
   appId?: number;
   webhookSecret: string;
   webhookUrl?: string;
   socketDir?: string;
+  /** The default installation's id (1): it covers every owner no installation of `installations` covers. */
   installationId?: number;
+  /** More installations, one per account (see addInstallation). */
+  installations?: Array<{ owner: string; id?: number; type?: AccountType }>;
   /** Serve GitHub's API under this path, as GHES does under "/api/v3" (`url` includes it). */
   basePath?: string;
   /** The fake's clock runs this far ahead of the real one (negative: behind); see setClockSkew. */
@@ -78,6 +83,7 @@ function stop(server: Server): Promise<void> {
 
 export class FakeGitHub {
   readonly appId: number;
+  /** The default installation's id: its tokens work on every owner no added installation covers. */
   readonly installationId: number;
   readonly privateKey: string;
   readonly url: string;
@@ -93,7 +99,7 @@ export class FakeGitHub {
     private readonly ownSocketDir: string | undefined,
   ) {
     this.appId = auth.appId;
-    this.installationId = auth.installationId;
+    this.installationId = ctx.installations.fallback.id;
     this.privateKey = auth.privateKey;
     this.url = ctx.urls.api;
     this.socketPath = servers[1]?.address() as string;
@@ -101,7 +107,9 @@ export class FakeGitHub {
 
   static async start(opts: FakeGitHubOptions): Promise<FakeGitHub> {
     const state = new FakeState();
-    const auth = new FakeAuth(opts.appId ?? 12345, opts.installationId ?? 1);
+    const auth = new FakeAuth(opts.appId ?? 12345);
+    const installations = new Installations(opts.installationId ?? 1);
+    for (const i of opts.installations ?? []) installations.add(i.owner, i);
     auth.skewMs = (opts.clockSkewSeconds ?? 0) * 1000;
     auth.rejectReusedJwts = opts.rejectReusedAppJwts ?? false;
     const basePath = (opts.basePath ?? "").replace(/\/+$/, "");
@@ -112,10 +120,14 @@ export class FakeGitHub {
       state,
       auth,
       appId: auth.appId,
-      installationId: auth.installationId,
-      emit: (job, action) => hooks.deliver(job.id, action, workflowJobPayload(ctx.urls, state, auth.installationId, job, action)),
+      installations,
+      // The installation covering the job's owner when the event happens, as GitHub sends it.
+      emit: (job, action) => hooks.deliver(job.id, action, workflowJobPayload(ctx.urls, state, installations.forOwner(job.owner), job, action)),
     };
-    const router = new Router([...appRoutes(ctx), ...runnerRoutes(ctx), ...jobRoutes(ctx), ...fakeRunnerRoutes(ctx), ...hookRoutes(ctx, hooks)], auth, { basePath });
+    const routes = [...appRoutes(ctx), ...runnerRoutes(ctx), ...jobRoutes(ctx), ...fakeRunnerRoutes(ctx), ...hookRoutes(ctx, hooks)];
+    const access = (installationId: number, method: string, template: string, params: Record<string, string>) =>
+      installations.refusal(installationId, method, template, params, state);
+    const router = new Router(routes, auth, { basePath, access });
     const tcp = createServer(router.listener);
     const unix = createServer(router.listener);
     const ownSocketDir = opts.socketDir ? undefined : await mkdtemp(join(tmpdir(), "fake-github-"));
@@ -228,6 +240,21 @@ export class FakeGitHub {
     this.state.runnerGroups.set(id, name);
     if (opts.allowsPublicRepositories) this.state.publicRunnerGroups.add(id);
     return id;
+  }
+
+  /**
+   * Install the App on `owner`'s account (case-insensitive), one installation per account as on
+   * GitHub: from now on its tokens work on `owner`'s repositories and, for an organization, its
+   * organization routes, and nowhere else; the default installation's no longer do there. Later
+   * webhooks of `owner`'s jobs carry its id. `id` defaults to one above the highest so far.
+   */
+  addInstallation(owner: string, opts: { id?: number; type?: AccountType } = {}): FakeInstallation {
+    return { ...this.ctx.installations.add(owner, opts) };
+  }
+
+  /** Every installation, the default one first (its `account` undefined: it covers every owner no other does). */
+  installations(): FakeInstallation[] {
+    return structuredClone(this.ctx.installations.list());
   }
 
   /** Make a repository public or private, as its admin can at any time; later jobs and `GET /repos/{owner}/{repo}` follow. */

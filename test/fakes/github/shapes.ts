@@ -253,19 +253,20 @@ export function run(u: Urls, state: FakeState, runJobs: FakeJob[]) {
   };
 }
 
-export function installation(u: Urls, o: { id: number; appId: number; login: string; ownerId: number }) {
+export function installation(u: Urls, o: { id: number; appId: number; login: string; ownerId: number; type: "Organization" | "User" }) {
   return {
     id: o.id,
     client_id: `Iv1.fake${o.appId}`,
-    account: account(u, o.login, o.ownerId, "Organization"),
+    account: account(u, o.login, o.ownerId, o.type),
     repository_selection: "all",
     access_tokens_url: `${u.api}/app/installations/${o.id}/access_tokens`,
     repositories_url: `${u.api}/installation/repositories`,
-    html_url: `${u.html}/organizations/${o.login}/settings/installations/${o.id}`,
+    // GitHub's settings page of an installation: under the organization's settings, or the user's own.
+    html_url: o.type === "User" ? `${u.html}/settings/installations/${o.id}` : `${u.html}/organizations/${o.login}/settings/installations/${o.id}`,
     app_id: o.appId,
     app_slug: APP_SLUG,
     target_id: o.ownerId,
-    target_type: "Organization",
+    target_type: o.type,
     permissions: PERMISSIONS,
     events: ["workflow_job"],
     created_at: CREATED,
@@ -278,7 +279,7 @@ export function installation(u: Urls, o: { id: number; appId: number; login: str
   };
 }
 
-export function app(u: Urls, appId: number) {
+export function app(u: Urls, appId: number, installationsCount: number) {
   return {
     id: appId,
     slug: APP_SLUG,
@@ -293,7 +294,7 @@ export function app(u: Urls, appId: number) {
     updated_at: CREATED,
     permissions: PERMISSIONS,
     events: ["workflow_job"],
-    installations_count: 1,
+    installations_count: installationsCount,
   };
 }
 

@@ -48,7 +48,12 @@ function mapStrings<T>(value: T, fn: (s: string) => string): T {
   return value;
 }
 
-export function workflowJobPayload(u: Urls, state: FakeState, installationId: number, job: FakeJob, action: JobAction): Json {
+/**
+ * The `workflow_job` payload of `job` now. `installation`: the one covering the job's owner (its id
+ * is what a receiver mints a token for); a user's account has no `organization` and an owner of
+ * type `User`, as GitHub sends for a personal repository.
+ */
+export function workflowJobPayload(u: Urls, state: FakeState, installation: { id: number; type: "Organization" | "User" }, job: FakeJob, action: JobAction): Json {
   const t = TEMPLATES[action];
   const info = state.repoInfo(job.owner, job.repo);
   const fullName = `${info.owner}/${info.name}`;
@@ -66,7 +71,7 @@ export function workflowJobPayload(u: Urls, state: FakeState, installationId: nu
     private: info.private,
     visibility: info.private ? "private" : "public",
   });
-  Object.assign(repository.owner as Json, { login: info.owner, id: info.ownerId, type: "Organization" });
+  Object.assign(repository.owner as Json, { login: info.owner, id: info.ownerId, type: installation.type });
   const orgLogin = String(ORGANIZATION.login);
   const organization = mapStrings(ORGANIZATION, (s) => s.replaceAll("https://api.github.com", u.api).replaceAll(orgLogin, info.owner));
   Object.assign(organization, { login: info.owner, id: info.ownerId, description: null });
@@ -74,9 +79,9 @@ export function workflowJobPayload(u: Urls, state: FakeState, installationId: nu
     action,
     workflow_job: { ...structuredClone(t.workflow_job), ...restJob(u, job) },
     repository,
-    organization,
+    ...(installation.type === "Organization" ? { organization } : {}),
     sender: structuredClone(t.sender),
-    installation: { id: installationId, node_id: Buffer.from(`023:IntegrationInstallation${installationId}`).toString("base64") },
+    installation: { id: installation.id, node_id: Buffer.from(`023:IntegrationInstallation${installation.id}`).toString("base64") },
   };
 }
 
