@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { RUNNER_NETWORK } from "../docker/labels.ts";
 import { DEFAULT_WRITES_PER_MINUTE } from "../github/write-window.ts";
 
 /** Isolation profiles of a runner container (DESIGN.md, "Runner containers"). */
@@ -39,7 +40,7 @@ const pool = z
       })
       .strict()
       .prefault({}),
-    networkMode: z.string().min(1).default("bridge"),
+    networkMode: z.string().min(1).default(RUNNER_NETWORK),
     mounts: z.array(mount).default([]),
     env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
     allowPublicRepositories: z.boolean().default(false),

@@ -5,6 +5,7 @@ import { DEFAULT_CALL_TIMEOUT_SECONDS, DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS } fro
 import { DockerError, errorMessage } from "../errors.ts";
 import type { RunnerContainer, RunnerDriver, RunnerSpec } from "./driver.ts";
 import { hostKeyVerifier, type HostKeyVerifier } from "./known-hosts.ts";
+import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "./labels.ts";
 
 export interface DockerConnection {
   socketPath?: string;
@@ -28,6 +29,8 @@ type SshOptions = NonNullable<Docker.DockerOptions["sshOptions"]>;
 const DOCKER_DATA = "/var/lib/docker";
 /** Ends the name of each runner's own volume for DinD's storage (see `dataVolumeName`). */
 const DATA_VOLUME_SUFFIX = "-var-lib-docker";
+/** The bridge driver's option that lets (or, "false", keeps) a network's containers reach each other. */
+const ICC = "com.docker.network.bridge.enable_icc";
 /** How often a waited-for container's state is also looked at (see `wait`). */
 const WAIT_POLL_MS = 10_000;
 
@@ -110,8 +113,61 @@ export class DockerodeDriver implements RunnerDriver {
     }
   }
 
+  async ensureRunnerNetwork(): Promise<void> {
+    let found = await this.#runnerNetworks();
+    if (found.length === 0) {
+      try {
+        await this.#limited("create network", this.#callMs, (abortSignal) =>
+          this.#docker.createNetwork({
+            Name: RUNNER_NETWORK,
+            Driver: "bridge",
+            Options: { [ICC]: "false" },
+            Labels: { [LABEL.managedBy]: MANAGED_BY },
+            abortSignal,
+          } as Docker.NetworkCreateOptions),
+        );
+      } catch (err) {
+        // 409: made since the look, by another worker on this engine.
+        if (statusOf(err) !== 409) throw this.#failed("create network", err);
+      }
+      found = await this.#runnerNetworks();
+    }
+    // Docker's check that a name is free is not atomic: workers of one engine starting at once can
+    // each make one, and a container naming it then fails ("ambiguous"). Every worker keeps the same
+    // one, the first made, and removes the others (one in use, or gone already, is left alone).
+    const [kept, ...extra] = found.sort((a, b) => a.Created.localeCompare(b.Created) || a.Id.localeCompare(b.Id));
+    for (const n of extra) {
+      await this.#limited("remove network", this.#callMs, (abortSignal) => this.#docker.getNetwork(n.Id).remove({ abortSignal })).catch((err: unknown) => {
+        if (statusOf(err) !== 404 && statusOf(err) !== 409) throw this.#failed("remove network", err);
+      });
+    }
+    if (!kept) throw new DockerError(`network ${RUNNER_NETWORK} was made but the engine does not list it`);
+    if (kept.Driver === "bridge" && kept.Options?.[ICC] === "false") return;
+    throw new DockerError(
+      `network ${RUNNER_NETWORK} exists on this engine but lets its containers reach each other (driver ${kept.Driver}, ${ICC}=${kept.Options?.[ICC] ?? "unset"}): ` +
+        `remove it (docker network rm ${RUNNER_NETWORK}) for jitrunner to make its own, or set the pools' networkMode to a network of yours`,
+      { retryable: false },
+    );
+  }
+
+  /** The engine's networks named RUNNER_NETWORK (its name filter also matches longer names). */
+  async #runnerNetworks(): Promise<Docker.NetworkInspectInfo[]> {
+    const filters = { name: [RUNNER_NETWORK] };
+    const all = await this.#call("list networks", this.#callMs, (abortSignal) => this.#docker.listNetworks({ filters, abortSignal }));
+    return all.filter((n) => n.Name === RUNNER_NETWORK);
+  }
+
   async start(id: string): Promise<void> {
-    await this.#call("start container", this.#launchCallMs, (abortSignal) => this.#docker.getContainer(id).start({ abortSignal }));
+    const start = () => this.#call("start container", this.#launchCallMs, (abortSignal) => this.#docker.getContainer(id).start({ abortSignal }));
+    try {
+      await start();
+    } catch (err) {
+      // The runners' network went after the worker made it: `docker network prune` removes it
+      // whenever no runner is running. Made again, and the start tried once more.
+      if (!(err instanceof DockerError && err.message.includes(`(404): network ${RUNNER_NETWORK} not found`))) throw err;
+      await this.ensureRunnerNetwork();
+      await start();
+    }
   }
 
   /** No time limit on the wait itself: it lasts as long as the container runs. */
@@ -235,16 +291,21 @@ export class DockerodeDriver implements RunnerDriver {
     try {
       return await this.#limited(what, ms, fn);
     } catch (err) {
-      if (err instanceof DockerError) throw err;
-      // The engine was never reached: said as such (for the ping at start, alone), with the fix.
-      const unreachable = engineUnreachable(err, this.#where);
-      if (unreachable) throw new DockerError(what === "ping" ? unreachable : `${what} failed: ${unreachable}`, { retryable: true });
-      const status = statusOf(err);
-      // Docker's message, never the request: the request carries the JIT config.
-      throw new DockerError(`${what} failed${status ? ` (${status})` : ""}: ${this.#reason(err)}`, {
-        retryable: status === undefined || status >= 500,
-      });
+      throw this.#failed(what, err);
     }
+  }
+
+  /** `what`'s failure as a DockerError: Docker's message with its status, never the request. */
+  #failed(what: string, err: unknown): DockerError {
+    if (err instanceof DockerError) return err;
+    // The engine was never reached: said as such (for the ping at start, alone), with the fix.
+    const unreachable = engineUnreachable(err, this.#where);
+    if (unreachable) return new DockerError(what === "ping" ? unreachable : `${what} failed: ${unreachable}`, { retryable: true });
+    const status = statusOf(err);
+    // Docker's message, never the request: the request carries the JIT config.
+    return new DockerError(`${what} failed${status ? ` (${status})` : ""}: ${this.#reason(err)}`, {
+      retryable: status === undefined || status >= 500,
+    });
   }
 
   /** Docker's message, or for an SSH host key refused, why (ssh2 says only "Host denied"). */

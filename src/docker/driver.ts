@@ -27,6 +27,11 @@ export interface RunnerContainer {
 /** The Docker engine as the worker needs it. One real implementation: DockerodeDriver. */
 export interface RunnerDriver {
   ping(): Promise<void>;
+  /**
+   * Makes RUNNER_NETWORK on the engine if it is missing. Rejects, saying what to do, when a network
+   * of that name exists that lets its containers reach each other (not one jitrunner made).
+   */
+  ensureRunnerNetwork(): Promise<void>;
   create(spec: RunnerSpec): Promise<string>;
   start(id: string): Promise<void>;
   /** Resolves when the container stops (or is gone), or when `signal` aborts. */

@@ -13,6 +13,15 @@ export const LABEL = {
 
 export const MANAGED_BY = "jitrunner";
 
+/**
+ * The network pools' runners join unless a pool names another (`pools[].networkMode`): a bridge
+ * that each worker makes on its engine, with traffic between its containers off. On Docker's
+ * default bridge, a runner reaches every other container on the host: another repository's runner,
+ * and any port a job publishes on its own engine. Named apart from what an operator may have
+ * called a network for jitrunner itself.
+ */
+export const RUNNER_NETWORK = "jitrunner-runners";
+
 export function runnerLabels(o: { pool: string; host: string; runnerName: string; demandId: string }): Record<string, string> {
   return {
     [LABEL.managedBy]: MANAGED_BY,

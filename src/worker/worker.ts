@@ -1,7 +1,7 @@
 import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
-import { LABEL, MANAGED_BY } from "../docker/labels.ts";
+import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "../docker/labels.ts";
 import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
 import { DockerError, NotSentError, errorMessage } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
@@ -229,6 +229,8 @@ export class RunnerWorker {
 
   async start(): Promise<void> {
     await this.#d.driver.ping();
+    // Before any launch: a network of that name that lets runners reach each other stops the start.
+    if (this.#d.pools.some((p) => p.networkMode === RUNNER_NETWORK)) await this.#d.driver.ensureRunnerNetwork();
     await this.#presence.start();
     try {
       await this.#startServing();

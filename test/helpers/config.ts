@@ -17,7 +17,8 @@ export function testConfig(input: Partial<ConfigInput> & { privateKey?: string; 
   const { privateKey, webhookSecret, ...rest } = input;
   const raw: ConfigInput = {
     github: { appId: 1, apiUrl: "http://127.0.0.1:9/" },
-    pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: "jitrunner-test-runner:latest" }],
+    // Network `none`, as every runner in tests (their traffic stays on unix sockets).
+    pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: "jitrunner-test-runner:latest", networkMode: "none" }],
     ...rest,
   } as ConfigInput;
   return loadConfig({
