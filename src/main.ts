@@ -115,7 +115,7 @@ async function startWith(
       await within(bothReady, config.server.redisWaitSeconds * 1000, "redis did not come back").catch(() => undefined);
       return redis.status === "ready" && queueRedis.status === "ready";
     };
-    const ingress = new Ingress({ config, demand, runners, deliveries: new DeliveryLog(redis, prefix), metrics, logger, activity, redisReconnected });
+    const ingress = new Ingress({ config, demand, runners, repositories: runners, deliveries: new DeliveryLog(redis, prefix), metrics, logger, activity, redisReconnected });
     http = { redis, queueRedis, queues, runners, activity, hosts, ingress };
     metrics.onScrape(async () => {
       const list = await hosts.list();
@@ -188,6 +188,7 @@ async function startWith(
       metrics,
       logger: logger.child({ host }),
       activity,
+      events,
     });
     // Workers campaign for the reconcile leader: they hold GitHub access and exist in every fleet.
     // Its producer is its own (in `all` mode too): the server's fails fast while Redis is away.

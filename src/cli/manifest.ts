@@ -15,7 +15,8 @@ export const DEFAULT_BASE_URL = "https://YOUR-HOST";
 /**
  * Exactly what jitrunner needs: register and delete runners (repository Administration: write;
  * organization Self-hosted runners: write) and read jobs (Actions: read), with `workflow_job`
- * webhooks. Nothing more.
+ * webhooks, and `repository` ones (Metadata, which every App has), for a warm repository made
+ * public. Nothing more.
  */
 export const APP_PERMISSIONS: Readonly<Record<string, "read" | "write">> = Object.freeze({
   administration: "write",
@@ -35,7 +36,7 @@ export function appManifest(opts: { url?: string; name?: string; redirectUrl?: s
     ...(opts.redirectUrl && { redirect_url: checkUrl(opts.redirectUrl, "--redirect-url").trim() }),
     public: false,
     default_permissions: { ...APP_PERMISSIONS },
-    default_events: ["workflow_job"],
+    default_events: ["workflow_job", "repository"],
   };
 }
 

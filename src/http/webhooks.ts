@@ -73,7 +73,7 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
       }
       throw err;
     }
-    if (outcome === "malformed") return reply.code(400).send({ error: "not a valid workflow_job payload" });
+    if (outcome === "malformed") return reply.code(400).send({ error: `not a valid ${event === "repository" ? "repository" : "workflow_job"} payload` });
     return reply.code(event === "ping" ? 200 : 202).send({ outcome });
   });
 }

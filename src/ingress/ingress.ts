@@ -68,6 +68,8 @@ export interface IngressDeps {
   logger: Logger;
   /** Recent jobs for operators (status page, `jitrunner status`); optional. */
   activity?: ActivityRecorder;
+  /** Where a repository made public is told to the workers (RunnerStore); absent: `repository` events are ignored. */
+  repositories?: { announcePublicized(owner: string, repo: string): Promise<void> };
   /**
    * Resolves true once the Redis connections deliveries use are connected again, or false when
    * they are not within the server's `redisWaitSeconds`; absent: a delivery never waits.
@@ -125,7 +127,9 @@ export class Ingress {
   async handle(delivery: Delivery): Promise<string> {
     const action = actionOf(delivery.payload);
     let outcome: string;
+    const repositories = this.#deps.repositories;
     if (delivery.event === "ping") outcome = "pong";
+    else if (delivery.event === "repository" && repositories) outcome = await this.#repository(delivery, repositories);
     else if (delivery.event !== "workflow_job") outcome = "ignored_event";
     else if (!isWorkflowJob(delivery.payload)) outcome = "malformed";
     else {
@@ -185,6 +189,38 @@ export class Ingress {
       }
       return this.#workflowJob(event, delivery);
     }
+  }
+
+  /**
+   * A repository made public (`publicized`): warm runners registered on it could be handed any
+   * pull request's job from now on, so every worker is told at once rather than noticing at its
+   * next check of the repository's visibility (up to 5 minutes later). Not claimed: a replay costs
+   * one publish here and at most one GitHub call per warm pool per 10 s in each worker
+   * (WarmExposure.recheck). Redis failing is a 503, as for a job; the github-deliveries loop asks
+   * for redeliveries of `workflow_job` events only, so the workers' own check of the repository
+   * (WARM_CHECK_TTL_MS) notices it then. Other actions change nothing jitrunner keeps.
+   */
+  async #repository(delivery: Delivery, repositories: NonNullable<IngressDeps["repositories"]>): Promise<string> {
+    const p = delivery.payload as { action?: unknown; repository?: { name?: unknown; owner?: { login?: unknown } } } | null;
+    const owner = p?.repository?.owner?.login;
+    const repo = p?.repository?.name;
+    if (typeof p?.action !== "string" || typeof owner !== "string" || typeof repo !== "string") return "malformed";
+    if (p.action !== "publicized") return "ignored_action";
+    try {
+      await repositories.announcePublicized(owner, repo);
+    } catch (err) {
+      const reason = redisUnavailableReason(err);
+      if (reason !== undefined) {
+        this.#deps.metrics.delivery(delivery.event, p.action, "redis_unavailable");
+        throw new RedisUnavailableError(reason, err);
+      }
+      const reply = redisErrorReply(err);
+      if (reply === undefined) throw err;
+      this.#deps.metrics.delivery(delivery.event, p.action, "redis_error");
+      throw new RedisRefusedError(reply.code, err);
+    }
+    this.#deps.logger.info({ deliveryId: delivery.deliveryId, repo: `${owner}/${repo}` }, "repository made public: warm runners registered on it are rechecked");
+    return "warm_recheck";
   }
 
   /**

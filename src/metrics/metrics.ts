@@ -237,7 +237,7 @@ export class Metrics {
 export type UnverifiedOutcome = "unsigned" | "bad_signature" | "too_large" | "unsupported_media_type" | "bad_request";
 
 /** The events that get a label of their own: those the ingress acts on. */
-const LABELLED_EVENTS: ReadonlySet<string> = new Set(["workflow_job", "ping"]);
+const LABELLED_EVENTS: ReadonlySet<string> = new Set(["workflow_job", "repository", "ping"]);
 
 /** Action names of verified deliveries (from the signed body): keep the label set bounded all the same. */
 function bounded(value: string): string {

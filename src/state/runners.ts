@@ -289,6 +289,15 @@ export class RunnerStore {
     if (result === 1) await this.#redis.publish(this.eventsChannel, JSON.stringify({ name, state }));
     return result;
   }
+
+  /**
+   * Tells every worker that GitHub made `owner/repo` public (a `repository` `publicized` webhook),
+   * on the runner events' channel: workers whose warm runners register there ask GitHub again at
+   * once (RunnerEvents.onPublicized). Workers of earlier versions find no runner by that message.
+   */
+  async announcePublicized(owner: string, repo: string): Promise<void> {
+    await this.#redis.publish(this.eventsChannel, JSON.stringify({ publicized: { owner, repo } }));
+  }
 }
 
 function parseRecord(h: Record<string, string>): RunnerRecord | undefined {

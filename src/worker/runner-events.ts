@@ -1,17 +1,21 @@
 import type { Redis } from "ioredis";
 
 type Listener = (state: "busy" | "completed") => void;
+/** A repository GitHub made public; undefined: any may have been (messages were missed). */
+type PublicizedListener = (where: { owner: string; repo: string } | undefined) => void;
 
 /**
  * Runner state changes published by the server (from webhooks), delivered to the worker that
- * watches that runner. One subscriber connection per worker. Pub/sub keeps nothing for a
- * subscriber that is disconnected: a watcher's `missed` is called each time the subscriber is
+ * watches that runner; and repositories made public, delivered to every listener. One subscriber
+ * connection per worker. Pub/sub keeps nothing for a subscriber that is disconnected: a watcher's
+ * `missed`, and every publicized listener (with undefined), is called each time the subscriber is
  * subscribed again, for it to read what it may have missed.
  */
 export class RunnerEvents {
   readonly #sub: Redis;
   readonly #channel: string;
   readonly #listeners = new Map<string, { listener: Listener; missed?: () => void }>();
+  readonly #publicized = new Set<PublicizedListener>();
 
   constructor(subscriber: Redis, channel: string) {
     this.#sub = subscriber;
@@ -19,8 +23,13 @@ export class RunnerEvents {
     subscriber.on("message", (channel: string, message: string) => {
       if (channel !== this.#channel) return;
       try {
-        const { name, state } = JSON.parse(message) as { name: string; state: "busy" | "completed" };
-        this.#listeners.get(name)?.listener(state);
+        const m = JSON.parse(message) as { name?: string; state?: "busy" | "completed"; publicized?: { owner?: unknown; repo?: unknown } };
+        const p = m.publicized;
+        if (p) {
+          if (typeof p.owner === "string" && typeof p.repo === "string") this.#publicized.forEach((l) => l({ owner: p.owner as string, repo: p.repo as string }));
+        } else if (m.name && m.state) {
+          this.#listeners.get(m.name)?.listener(m.state);
+        }
       } catch {
         // Not ours to fail on: a malformed message is dropped.
       }
@@ -28,7 +37,10 @@ export class RunnerEvents {
     // ioredis sends its SUBSCRIBE again before "ready" is emitted; the PING's answer comes after it.
     subscriber.on("ready", () => {
       subscriber.ping().then(
-        () => this.#listeners.forEach((l) => l.missed?.()),
+        () => {
+          this.#listeners.forEach((l) => l.missed?.());
+          this.#publicized.forEach((l) => l(undefined));
+        },
         () => undefined,
       );
     });
@@ -41,6 +53,12 @@ export class RunnerEvents {
   on(name: string, listener: Listener, missed?: () => void): () => void {
     this.#listeners.set(name, { listener, missed });
     return () => this.#listeners.delete(name);
+  }
+
+  /** Hears of repositories GitHub made public (RunnerStore.announcePublicized). */
+  onPublicized(listener: PublicizedListener): () => void {
+    this.#publicized.add(listener);
+    return () => this.#publicized.delete(listener);
   }
 
   async close(): Promise<void> {

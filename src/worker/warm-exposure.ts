@@ -44,17 +44,25 @@ export function warmRefusal(pool: Pick<PoolConfig, "allowPublicRepositories">, f
 export const WARM_CHECK_TTL_MS = 5 * 60_000;
 /** How soon a lookup that failed is tried again (warm launches wait meanwhile). */
 export const WARM_CHECK_RETRY_MS = 60_000;
+/**
+ * How soon after GitHub was asked a recheck (a repository made public, see `recheck`) asks again:
+ * whoever replays one signed `publicized` delivery costs each worker one call per pool this often.
+ */
+export const WARM_RECHECK_MIN_MS = 10_000;
 
 export interface WarmExposureDeps {
   github: GitHubClient;
   logger: Logger;
   ttlMs?: number;
   retryMs?: number;
+  recheckMinMs?: number;
   now?: () => number;
 }
 
 interface Verdict {
   refusal: WarmRefusal | undefined;
+  /** When GitHub was asked (ms since epoch). */
+  asked: number;
   /** Asked again after this (ms since epoch). */
   until: number;
 }
@@ -96,9 +104,19 @@ export class WarmExposure {
     }
     const refusal = warmRefusal(pool, facts);
     const ttl = refusal === "visibility_unknown" ? (this.#d.retryMs ?? WARM_CHECK_RETRY_MS) : (this.#d.ttlMs ?? WARM_CHECK_TTL_MS);
-    this.#verdicts.set(pool.name, { refusal, until: now() + ttl });
+    const asked = now();
+    this.#verdicts.set(pool.name, { refusal, asked, until: asked + ttl });
     this.#say(pool, refusal, failure);
     return refusal;
+  }
+
+  /**
+   * Has the pool's next `refusal` ask GitHub again, not before WARM_RECHECK_MIN_MS after the last
+   * time it did: GitHub said its warm repository was made public (a `repository` webhook).
+   */
+  recheck(poolName: string): void {
+    const kept = this.#verdicts.get(poolName);
+    if (kept) kept.until = Math.min(kept.until, kept.asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS));
   }
 
   async #facts(pool: PoolConfig, signal: AbortSignal | undefined): Promise<WarmTargetFacts> {

@@ -17,6 +17,7 @@ import { Slots } from "./slots.ts";
 import { atMost, every } from "../timers.ts";
 import { needsRunner } from "./still-queued.ts";
 import { UNREADY, type UnreadyReason, type WorkerProblem } from "./unready.ts";
+import type { RunnerEvents } from "./runner-events.ts";
 import { WarmExposure } from "./warm-exposure.ts";
 
 /** Where a worker takes demand from, per pool (BullMQ in production). */
@@ -52,6 +53,8 @@ export interface WorkerDeps {
   logger: Logger;
   /** Recent launch failures for operators (status page, `jitrunner status`); optional. */
   activity?: ActivityRecorder;
+  /** Repositories GitHub made public, from the server (RunnerEvents); without it, noticed within WARM_CHECK_TTL_MS. */
+  events?: Pick<RunnerEvents, "onPublicized">;
 }
 
 /** How old a record that names no worker process must be before the host loop takes it for dead. */
@@ -193,6 +196,8 @@ export class RunnerWorker {
   #passed = false;
   #stopping = false;
   #reconcileTimer: { stop(): void } | undefined;
+  /** Stops hearing of repositories made public (see #publicized). */
+  #offPublicized: (() => void) | undefined;
   /** Whether each warm pool's runners may register where they would (public repositories). */
   readonly #exposure: WarmExposure;
   #lastError: WorkerProblem | undefined;
@@ -243,6 +248,7 @@ export class RunnerWorker {
   }
 
   async #startServing(): Promise<void> {
+    this.#offPublicized = this.#d.events?.onPublicized((where) => this.#publicized(where));
     await this.reconcile();
     this.#passed = true;
     this.#checkDrained();
@@ -259,6 +265,7 @@ export class RunnerWorker {
     if (this.#stopping) return;
     this.#stopping = true;
     this.#reconcileTimer?.stop();
+    this.#offPublicized?.();
     // Watching stops at once; launches in flight finish first, then hand their demand back.
     this.#shutdown.abort();
     this.#slots.notify();
@@ -804,6 +811,23 @@ export class RunnerWorker {
       if (spare.pool !== pool || spare.adopted || spare.done || spare.retired) continue;
       spare.retired = true;
       this.#d.logger.warn({ pool: pool.name, runner: spare.tracked.record.name, reason: refusal }, "warm runner removed: GitHub could hand it a public repository's job");
+    }
+  }
+
+  /**
+   * A repository made public (`where`; undefined: perhaps any, messages were missed): the warm
+   * pools that register on it ask GitHub again now, not at their next check, and their warm loop
+   * (a second at most away) removes their idle warm runners. An organization pool's warm runners
+   * are refused by their runner group, which no repository's change alters.
+   */
+  #publicized(where: { owner: string; repo: string } | undefined): void {
+    const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+    for (const pool of this.#d.pools) {
+      const warm = pool.warm;
+      if (pool.minIdle === 0 || !warm || pool.scope !== "repository" || pool.allowPublicRepositories) continue;
+      if (where && !(same(warm.owner, where.owner) && same(warm.repo ?? "", where.repo))) continue;
+      if (where) this.#d.logger.info({ pool: pool.name, owner: warm.owner, repo: warm.repo }, "warm repository made public: asking GitHub again");
+      this.#exposure.recheck(pool.name);
     }
   }
 

@@ -172,7 +172,7 @@ test("app-manifest prints the manifest for the given base URL, with no config at
   assert.equal(m.hook_attributes.url, "https://ci.example.com/webhooks/github");
   assert.equal(m.public, false);
   assert.deepEqual(m.default_permissions, { administration: "write", actions: "read", organization_self_hosted_runners: "write" });
-  assert.deepEqual(m.default_events, ["workflow_job"]);
+  assert.deepEqual(m.default_events, ["workflow_job", "repository"]);
   const bad = await run(["app-manifest", "--url", "ftp://x"]);
   assert.equal(bad.code, 2);
 });

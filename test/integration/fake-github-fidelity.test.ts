@@ -129,3 +129,22 @@ for (const skew of [-7200, 7200]) {
     });
   });
 }
+
+test("a repository made public: GitHub's `repository` `publicized` webhook, as documented, and the repository answers public", async () => {
+  await withFake({}, async (fake, client) => {
+    assert.equal(await fake.publicize("acme", "app"), 200);
+    const hook = receiver.received.find((h) => h.headers["x-github-event"] === "repository" && h.payload.action === "publicized");
+    assert.ok(hook, "the webhook was sent with X-GitHub-Event: repository");
+    assert.ok(hook.signatureOk);
+    const repository = hook.payload.repository as { full_name: string; private: boolean };
+    assert.deepEqual([repository.full_name, repository.private], ["acme/app", false]);
+    assert.equal((hook.payload.installation as { id: number }).id, fake.installationId);
+    const op = spec["x-webhooks"]["repository-publicized"]?.post;
+    assert.ok(op?.requestBody, "no documented webhook for repository publicized");
+    const schema = op.requestBody.content["application/json"]?.schema ?? {};
+    assert.deepEqual(schemaErrors(schema, hook.payload), [], "repository publicized payload does not match its schema");
+    assert.deepEqual(undocumentedKeys(schema, hook.payload), [], "repository publicized payload has undocumented fields");
+    assert.equal((await documented(fake, client, "GET", "/repos/acme/app", 200)).private, false);
+    assert.equal(fake.deliveries.at(-1)?.event, "repository", "listed under its event, as GitHub's delivery list does");
+  });
+});

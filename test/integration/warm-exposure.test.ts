@@ -135,3 +135,26 @@ test("an organization pool: its runner group's allows_public_repositories decide
   assert.equal(await guard.refusal(pool({ name: "allowed-repo", warm: { ...warm, repo: "public-app" }, allowPublicRepositories: true })), undefined);
   assert.equal(callsTo(fake, GROUPS) + callsTo(fake, REPO), before, "no call for pools that allow public repositories");
 });
+
+test("a recheck (the repository made public) asks GitHub at the next look, but not sooner than 10 s after the last ask", async () => {
+  const { guard, clock } = exposure();
+  const p = pool({ name: "rechecked", warm: { installationId: fake.installationId, owner: "acme", repo: "rechecked" } });
+  const before = callsTo(fake, REPO);
+  assert.equal(await guard.refusal(p), undefined);
+  assert.equal(callsTo(fake, REPO), before + 1);
+
+  fake.setRepositoryPrivate("acme", "rechecked", false);
+  // Replays of one signed delivery, at once: one ask at most per 10 s whatever their number.
+  clock.now += 2_000;
+  for (let i = 0; i < 5; i++) guard.recheck("rechecked");
+  assert.equal(await guard.refusal(p), undefined, "the answer of 2 s ago still stands");
+  assert.equal(callsTo(fake, REPO), before + 1);
+  clock.now += 8_000;
+  assert.equal(await guard.refusal(p), "public_repository", "asked again 10 s after the last ask, not 5 minutes");
+  assert.equal(callsTo(fake, REPO), before + 2);
+  guard.recheck("no-such-pool");
+  guard.recheck("rechecked");
+  clock.now += 1_000;
+  assert.equal(await guard.refusal(p), "public_repository");
+  assert.equal(callsTo(fake, REPO), before + 2, "1 s after the last ask: not asked");
+});

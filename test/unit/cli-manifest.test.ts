@@ -12,7 +12,7 @@ test("the App manifest asks for exactly the permissions and events jitrunner nee
     hook_attributes: { url: "https://ci.example.com/jitrunner/webhooks/github", active: true },
     public: false,
     default_permissions: { administration: "write", actions: "read", organization_self_hosted_runners: "write" },
-    default_events: ["workflow_job"],
+    default_events: ["workflow_job", "repository"],
   });
   assert.equal(typeof m.description, "string");
 });

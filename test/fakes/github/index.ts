@@ -17,7 +17,7 @@ import { hookRoutes } from "./routes-hooks.ts";
 import { jobRoutes } from "./routes-jobs.ts";
 import { runnerRoutes } from "./routes-runners.ts";
 import { FakeState, type FakeJob, type FakeRunner } from "./state.ts";
-import { WebhookSender, workflowJobPayload, type DeliveryRecord, type HeldDelivery } from "./webhooks.ts";
+import { publicizedPayload, WebhookSender, workflowJobPayload, type DeliveryRecord, type HeldDelivery } from "./webhooks.ts";
 
 export type { FakeJob, FakeRunner, RunnerScope, Conclusion } from "./state.ts";
 export type { Fault, InvalidRequest, RequestRecord } from "./http.ts";
@@ -257,9 +257,23 @@ export class FakeGitHub {
     return structuredClone(this.ctx.installations.list());
   }
 
-  /** Make a repository public or private, as its admin can at any time; later jobs and `GET /repos/{owner}/{repo}` follow. */
+  /**
+   * Make a repository public or private, as its admin can at any time; later jobs and `GET
+   * /repos/{owner}/{repo}` follow. No webhook: as for an App not subscribed to Repository events
+   * (see publicize).
+   */
   setRepositoryPrivate(owner: string, repo: string, isPrivate: boolean): void {
     this.state.repoInfo(owner, repo, isPrivate);
+  }
+
+  /**
+   * Make a repository public, as its admin can at any time, and send the `repository` `publicized`
+   * webhook GitHub sends an App subscribed to Repository events; resolves to the receiver's status.
+   */
+  publicize(owner: string, repo: string): Promise<number> {
+    this.state.repoInfo(owner, repo, false);
+    const payload = publicizedPayload(this.ctx.urls, this.state, this.ctx.installations.forOwner(owner), owner, repo);
+    return this.hooks.deliver(0, "publicized", payload, "repository");
   }
 
   /** Set the fake's clock to run `seconds` ahead of the real one (negative: behind): its Date header and JWT checks follow. */

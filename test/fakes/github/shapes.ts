@@ -268,7 +268,7 @@ export function installation(u: Urls, o: { id: number; appId: number; login: str
     target_id: o.ownerId,
     target_type: o.type,
     permissions: PERMISSIONS,
-    events: ["workflow_job"],
+    events: ["workflow_job", "repository"],
     created_at: CREATED,
     updated_at: CREATED,
     single_file_name: null,
@@ -293,7 +293,7 @@ export function app(u: Urls, appId: number, installationsCount: number) {
     created_at: CREATED,
     updated_at: CREATED,
     permissions: PERMISSIONS,
-    events: ["workflow_job"],
+    events: ["workflow_job", "repository"],
     installations_count: installationsCount,
   };
 }

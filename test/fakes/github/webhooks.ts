@@ -37,6 +37,12 @@ const TEMPLATES: Record<JobAction, Example> = {
   completed: example((e) => e.action === "completed" && e.workflow_job.conclusion === "success", "completed"),
 };
 const ORGANIZATION = example((e) => e.organization !== undefined, "organization").organization ?? {};
+const PUBLICIZED = (() => {
+  const all = createRequire(import.meta.url)("@octokit/webhooks-examples") as Array<{ name: string; examples: Example[] }>;
+  const found = all.find((d) => d.name === "repository")?.examples.find((e) => e.action === "publicized");
+  if (!found) throw new Error("@octokit/webhooks-examples has no repository example for publicized");
+  return found;
+})();
 
 /** Deep copy with every string passed through `fn`. */
 function mapStrings<T>(value: T, fn: (s: string) => string): T {
@@ -55,7 +61,24 @@ function mapStrings<T>(value: T, fn: (s: string) => string): T {
  */
 export function workflowJobPayload(u: Urls, state: FakeState, installation: { id: number; type: "Organization" | "User" }, job: FakeJob, action: JobAction): Json {
   const t = TEMPLATES[action];
-  const info = state.repoInfo(job.owner, job.repo);
+  return {
+    action,
+    workflow_job: { ...structuredClone(t.workflow_job), ...restJob(u, job) },
+    ...ownerParts(u, state, installation, job.owner, job.repo, t),
+  };
+}
+
+/**
+ * The `repository` `publicized` payload GitHub sends an App subscribed to Repository events when
+ * `owner/repo` is made public (from GitHub's own example, as the workflow_job ones).
+ */
+export function publicizedPayload(u: Urls, state: FakeState, installation: { id: number; type: "Organization" | "User" }, owner: string, repo: string): Json {
+  return { action: "publicized", ...ownerParts(u, state, installation, owner, repo, PUBLICIZED) };
+}
+
+/** The repository, organization, sender and installation of a payload about `owner/repo`, from template `t`. */
+function ownerParts(u: Urls, state: FakeState, installation: { id: number; type: "Organization" | "User" }, owner: string, repo: string, t: Example): Json {
+  const info = state.repoInfo(owner, repo);
   const fullName = `${info.owner}/${info.name}`;
   const rewrite = (s: string): string =>
     s
@@ -76,8 +99,6 @@ export function workflowJobPayload(u: Urls, state: FakeState, installation: { id
   const organization = mapStrings(ORGANIZATION, (s) => s.replaceAll("https://api.github.com", u.api).replaceAll(orgLogin, info.owner));
   Object.assign(organization, { login: info.owner, id: info.ownerId, description: null });
   return {
-    action,
-    workflow_job: { ...structuredClone(t.workflow_job), ...restJob(u, job) },
     repository,
     ...(installation.type === "Organization" ? { organization } : {}),
     sender: structuredClone(t.sender),
@@ -102,6 +123,8 @@ export interface DeliveryRecord {
 
 interface Sent {
   body: string;
+  /** The X-GitHub-Event: `workflow_job`, or `repository` for a repository's own events. */
+  event: string;
   action: string;
   jobId: number;
   installationId: number | null;
@@ -135,11 +158,14 @@ export class WebhookSender {
     this.url = o.url;
   }
 
-  /** Queue a new delivery behind the job's earlier ones; resolves to the receiver's status. */
-  deliver(jobId: number, action: string, payload: Json): Promise<number> {
+  /**
+   * Queue a new delivery behind the job's earlier ones (an event of no job, `jobId` 0, behind the
+   * other such); resolves to the receiver's status.
+   */
+  deliver(jobId: number, action: string, payload: Json, event = "workflow_job"): Promise<number> {
     const id = randomUUID();
     const ids = payload as { installation?: { id?: number }; repository?: { id?: number } };
-    const sent = { body: JSON.stringify(payload), action, jobId, installationId: ids.installation?.id ?? null, repositoryId: ids.repository?.id ?? null };
+    const sent = { body: JSON.stringify(payload), event, action, jobId, installationId: ids.installation?.id ?? null, repositoryId: ids.repository?.id ?? null };
     this.sent.set(id, sent);
     if (this.holding) {
       this.held.set(id, sent);
@@ -192,10 +218,10 @@ export class WebhookSender {
   private async post(id: string, sent: Sent, redelivery: boolean): Promise<number> {
     const started = Date.now();
     const deliveredAt = new Date(started).toISOString().replace(/\.\d{3}Z$/, "Z");
-    const status = this.url ? await this.send(this.url, id, sent.body) : 0;
+    const status = this.url ? await this.send(this.url, id, sent.event, sent.body) : 0;
     this.deliveries.push({
       id,
-      event: "workflow_job",
+      event: sent.event,
       action: sent.action,
       status,
       jobId: sent.jobId,
@@ -209,14 +235,14 @@ export class WebhookSender {
     return status;
   }
 
-  private async send(url: string, id: string, body: string): Promise<number> {
+  private async send(url: string, id: string, event: string, body: string): Promise<number> {
     const headers = {
       accept: "*/*",
       "content-type": "application/json",
       "content-length": String(Buffer.byteLength(body)),
       "user-agent": "GitHub-Hookshot/8e03811",
       "x-github-delivery": id,
-      "x-github-event": "workflow_job",
+      "x-github-event": event,
       "x-github-hook-id": String(this.o.hookId),
       "x-github-hook-installation-target-id": String(this.o.appId),
       "x-github-hook-installation-target-type": "integration",

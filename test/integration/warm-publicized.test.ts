@@ -1,0 +1,88 @@
+/**
+ * A warm repository made public while jitrunner runs (`all`, against the fake GitHub, a real Redis
+ * and the real Docker engine): GitHub's `repository` `publicized` webhook reaches the server, which
+ * tells every worker; the worker asks GitHub again at once and removes its idle warm runners there,
+ * within seconds rather than at its next 5-minute check. Other repository events change nothing,
+ * and are counted under their own event label.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { metricSample } from "../helpers/leftovers.ts";
+import { waitFor } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { examplesOf, signedHeaders } from "../helpers/webhooks.ts";
+import { containersOf, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
+
+const REPO = "/repos/{owner}/{repo}";
+const MIN_IDLE = 2;
+
+let redis: TestRedis;
+let fake: FakeGitHub;
+let sys: SystemUnderTest;
+const host = uniqueHost("warm-publicized");
+
+before(async () => {
+  redis = await startRedis();
+  fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  sys = await startSystem("all", fake, scopedRedis(redis, "warm-publicized"), host, {
+    pools: [fakeRunnerPool(fake, { name: "warm", minIdle: MIN_IDLE, warm: { installationId: fake.installationId, owner: "acme", repo: "app" } })],
+    worker: { hostId: host, capacity: MIN_IDLE + 1, heartbeatSeconds: 1, reconcileIntervalSeconds: 2 },
+  });
+});
+after(async () => {
+  await sys?.close();
+  await fake?.close();
+  await removeContainersOf(host);
+  await redis?.stop();
+});
+
+function visibilityAsks(): number {
+  return fake.requests.filter((q) => q.route === REPO && q.method === "GET" && q.path.endsWith("/repos/acme/app")).length;
+}
+
+test("the `publicized` webhook has the idle warm runners of that repository removed within seconds, and none launched after", { timeout: 120_000 }, async () => {
+  await waitFor(
+    async () => (await containersOf(host)).filter((c) => c.State === "running").length === MIN_IDLE && fake.runners().length === MIN_IDLE,
+    60_000,
+    `${MIN_IDLE} warm runners started`,
+  );
+  const asked = visibilityAsks();
+  const names = fake.runners().map((r) => r.name);
+
+  const made = Date.now();
+  assert.equal(await fake.publicize("acme", "app"), 202);
+  await waitFor(async () => (await containersOf(host)).length === 0 && fake.runners().length === 0, 30_000, "the warm runners deregistered and removed");
+  const took = Date.now() - made;
+  assert.ok(took < 60_000, `removed after ${took} ms: well before the 5-minute check`);
+  assert.equal(visibilityAsks(), asked + 1, "GitHub asked once more, on the webhook");
+  const logs = sys.logs();
+  assert.match(logs, /"msg":"repository made public: warm runners registered on it are rechecked"/);
+  for (const name of names) assert.match(logs, new RegExp(`"runner":"${name}"[^\\n]*"msg":"warm runner removed: GitHub could hand it a public repository's job"`));
+
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.deepEqual(await containersOf(host), [], "none launched in their place");
+  const metrics = await (await fetch(`${sys.url}/metrics`)).text();
+  assert.equal(metricSample(metrics, "jitrunner_webhook_deliveries_total", 'event="repository",action="publicized",outcome="warm_recheck"'), 1);
+});
+
+/** A signed `repository` delivery of `payload` to the running server. */
+function deliver(payload: unknown): Promise<Response> {
+  const body = JSON.stringify(payload);
+  return fetch(`${sys.url}/webhooks/github`, { method: "POST", headers: signedHeaders("repository", body, WEBHOOK_SECRET), body });
+}
+
+test("other repository events are acknowledged and change nothing; one without a repository is refused 400", async () => {
+  // GitHub's own example of a rename.
+  const renamed = examplesOf("repository").find((e) => e.action === "renamed")!;
+  const ok = await deliver(renamed);
+  assert.equal(ok.status, 202);
+  assert.deepEqual(await ok.json(), { outcome: "ignored_action" });
+  const bad = await deliver({ action: "publicized" });
+  assert.equal(bad.status, 400);
+  assert.deepEqual(await bad.json(), { error: "not a valid repository payload" });
+  const metrics = await (await fetch(`${sys.url}/metrics`)).text();
+  assert.equal(metricSample(metrics, "jitrunner_webhook_deliveries_total", 'event="repository",action="renamed",outcome="ignored_action"'), 1);
+  assert.equal(metricSample(metrics, "jitrunner_webhook_deliveries_total", 'event="repository",action="publicized",outcome="malformed"'), 1);
+});
