@@ -46,6 +46,12 @@ export class Metrics {
     buckets: LATENCY_BUCKETS,
     registers: [this.registry],
   });
+  readonly #warmRefused = new Gauge({
+    name: "jitrunner_warm_refused",
+    help: "1 while this worker launches no warm runner for the pool, by reason (public_repository, public_runner_group, visibility_unknown)",
+    labelNames: ["pool", "reason"],
+    registers: [this.registry],
+  });
   readonly #launchFailures = new Counter({
     name: "jitrunner_launch_failures_total",
     help: "Failed runner launches, by pool and reason",
@@ -181,6 +187,14 @@ export class Metrics {
   launchFailed(pool: string, reason: string): void {
     this.#launchFailures.inc({ pool, reason });
   }
+  /**
+   * Why the pool's warm runners are refused now (WarmExposure), or undefined when they are not: a
+   * state, not a failed launch, so that a pool kept warm on a public repository does not look like
+   * one whose launches all fail.
+   */
+  warmRefused(pool: string, reason: string | undefined): void {
+    for (const r of WARM_REFUSALS) this.#warmRefused.set({ pool, reason: r }, r === reason ? 1 : 0);
+  }
   removed(pool: string, reason: string): void {
     this.#removals.inc({ pool, reason });
   }
@@ -237,6 +251,8 @@ export class Metrics {
 export type UnverifiedOutcome = "unsigned" | "bad_signature" | "too_large" | "unsupported_media_type" | "bad_request";
 
 /** The events that get a label of their own: those the ingress acts on. */
+const WARM_REFUSALS = ["public_repository", "public_runner_group", "visibility_unknown"] as const;
+
 const LABELLED_EVENTS: ReadonlySet<string> = new Set(["workflow_job", "repository", "ping"]);
 
 /** Action names of verified deliveries (from the signed body): keep the label set bounded all the same. */

@@ -65,7 +65,8 @@ const WARM_TICK_MS = 1000;
 
 /**
  * How often the warm loop looks again while its pool's warm runners are refused (WarmExposure):
- * each look counts one launch failure, so the refusal shows in the metric without a count a second.
+ * the verdict is kept minutes anyway (a repository made public is rechecked at once: #publicized),
+ * and the refusal shows as the `jitrunner_warm_refused` gauge meanwhile.
  */
 const WARM_REFUSED_PAUSE_MS = 60_000;
 
@@ -757,10 +758,11 @@ export class RunnerWorker {
         // Not on a failed lookup: those were allowed when launched, and a GitHub outage would
         // otherwise cost every warm runner (and deregistrations GitHub then fails too).
         if (refused !== "visibility_unknown") this.#retireSpares(pool, refused);
-        if (this.#open) this.#d.metrics.launchFailed(pool.name, refused);
+        this.#d.metrics.warmRefused(pool.name, refused);
         await this.#pause(WARM_REFUSED_PAUSE_MS);
         continue;
       }
+      this.#d.metrics.warmRefused(pool.name, undefined);
       for (const spare of [...this.#spares.values()]) {
         if (spare.pool !== pool || spare.tracked.state === "starting") continue;
         if (spare.tracked.state === "idle") {

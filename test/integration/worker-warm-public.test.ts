@@ -70,7 +70,7 @@ function runnersOf(pool: Pool) {
   return fake.runners().filter((x) => x.name.includes(`-${pool}-`));
 }
 
-test("a repository pool whose warm repository is public registers no warm runner: asked once, said once, counted as public_repository; the worker stays ready", async () => {
+test("a repository pool whose warm repository is public registers no warm runner: asked once, said once, shown as refused (public_repository), not as failed launches; the worker stays ready", async () => {
   await waitFor(() => /warm repository is public/.test(sys.logs()), 15_000, "the refusal logged");
   // Several warm-loop ticks' worth: nothing is launched, GitHub is not asked again.
   await new Promise((r) => setTimeout(r, 3000));
@@ -79,7 +79,10 @@ test("a repository pool whose warm repository is public registers no warm runner
   assert.equal(callsFor("default", REPO, "GET"), 1, "the repository's visibility asked once, not per tick");
   assert.equal((sys.logs().match(/warm repository is public/g) ?? []).length, 1, "said once");
   const metrics = await (await fetch(`${sys.url}/metrics`)).text();
-  assert.equal(metricSample(metrics, "jitrunner_launch_failures_total", 'pool="default",reason="public_repository"'), 1);
+  assert.equal(metricSample(metrics, "jitrunner_warm_refused", 'pool="default",reason="public_repository"'), 1);
+  assert.equal(metricSample(metrics, "jitrunner_warm_refused", 'pool="default",reason="visibility_unknown"'), 0);
+  assert.equal(metricSample(metrics, "jitrunner_warm_refused", 'pool="turned",reason="public_repository"'), 0, "a private warm repository's pool is not refused");
+  assert.doesNotMatch(metrics, /jitrunner_launch_failures_total\{pool="default"/, "a refusal is no failed launch: it would page as every launch failing");
   const ready = await fetch(`${sys.url}/readyz`);
   assert.equal(ready.status, 200, "a refused warm pool does not keep the worker from serving demand");
 });
