@@ -385,7 +385,12 @@ export class OctokitGitHub implements GitHubClient {
   async getRunnerGroup(scope: RunnerScope, group: { id: number } | { name: string }, opts: CallOptions = {}): Promise<RunnerGroupSummary | undefined> {
     if (scope.repo) throw new GitHubError("runner groups are for organization runners only", undefined, { retryable: false });
     const seen = await this.#listRunnerGroups(scope, opts);
-    return "id" in group ? seen.find((g) => g.id === group.id) : groupNamed(seen, group.name);
+    if ("id" in group) return seen.find((g) => g.id === group.id);
+    const found = groupNamed(seen, group.name);
+    // The registration's look-up by name, spared: the worker asks this just before it registers.
+    const key = groupKey(scope, group.name);
+    if (found && !this.#groups.has(key)) this.#groups.set(key, Promise.resolve(found.id));
+    return found;
   }
 
   async getRepositoryVisibility(installationId: number, owner: string, repo: string, opts: CallOptions = {}): Promise<RepositoryVisibility> {

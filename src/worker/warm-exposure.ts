@@ -67,16 +67,27 @@ interface Verdict {
   until: number;
 }
 
+/** Where a pool's runners register: its warm target, or for a job, the job's installation and organization. */
+export interface ExposureTarget {
+  installationId: number;
+  owner: string;
+  repo?: string;
+}
+
 /**
- * The warm-runner check of every pool, asked of GitHub at most once per WARM_CHECK_TTL_MS per pool
- * (once per WARM_CHECK_RETRY_MS while the lookup fails), not per launch: `GET /repos/{owner}/{repo}`
- * for a repository pool, `GET /orgs/{org}/actions/runner-groups` for an organization pool. A pool
- * that allows public repositories costs no call. Each change of a pool's verdict is logged once.
+ * Whether a pool's runners may register where they would, asked of GitHub at most once per
+ * WARM_CHECK_TTL_MS per pool and target (once per WARM_CHECK_RETRY_MS while the lookup fails), not
+ * per launch, and once at a time: `GET /repos/{owner}/{repo}` for a repository pool's warm
+ * runners, `GET /orgs/{org}/actions/runner-groups` for an organization pool's runners, warm or
+ * launched for a job (its runner group is per organization). A pool that allows public
+ * repositories costs no call. Each change of a verdict is logged once.
  */
 export class WarmExposure {
   readonly #d: WarmExposureDeps;
   readonly #verdicts = new Map<string, Verdict>();
-  /** The refusal last logged per pool ("" for none): a repeat is not logged again. */
+  /** Lookups under way, by key: callers at once share one. */
+  readonly #asking = new Map<string, Promise<WarmRefusal | undefined>>();
+  /** The refusal last logged per key ("" for none): a repeat is not logged again. */
   readonly #said = new Map<string, string>();
 
   constructor(deps: WarmExposureDeps) {
@@ -84,19 +95,30 @@ export class WarmExposure {
   }
 
   /**
-   * Why `pool`'s warm runners may not be launched now, or undefined when they may. Never throws:
-   * a failed lookup is a refusal (fail closed). One caller per pool (its warm loop). A lookup cut
+   * Why `pool`'s runners may not be launched at `target` now (default: its warm target), or
+   * undefined when they may. Never throws: a failed lookup is a refusal (fail closed). A lookup cut
    * short by `signal` (the worker stopping) is a refusal that is neither kept nor logged.
    */
-  async refusal(pool: PoolConfig, signal?: AbortSignal): Promise<WarmRefusal | undefined> {
-    if (pool.allowPublicRepositories || !pool.warm) return undefined;
+  async refusal(pool: PoolConfig, signal?: AbortSignal, target: ExposureTarget | undefined = pool.warm): Promise<WarmRefusal | undefined> {
+    if (pool.allowPublicRepositories || !target) return undefined;
+    const key = keyOf(pool, target);
     const now = this.#d.now ?? Date.now;
-    const kept = this.#verdicts.get(pool.name);
+    const kept = this.#verdicts.get(key);
     if (kept && now() < kept.until) return kept.refusal;
+    let asking = this.#asking.get(key);
+    if (!asking) {
+      asking = this.#ask(pool, target, key, signal).finally(() => this.#asking.delete(key));
+      this.#asking.set(key, asking);
+    }
+    return asking;
+  }
+
+  async #ask(pool: PoolConfig, target: ExposureTarget, key: string, signal: AbortSignal | undefined): Promise<WarmRefusal | undefined> {
+    const now = this.#d.now ?? Date.now;
     let facts: WarmTargetFacts;
     let failure: string | undefined;
     try {
-      facts = await this.#facts(pool, signal);
+      facts = await this.#facts(pool, target, signal);
     } catch (err) {
       if (signal?.aborted) return "visibility_unknown";
       facts = { kind: "unknown" };
@@ -105,8 +127,8 @@ export class WarmExposure {
     const refusal = warmRefusal(pool, facts);
     const ttl = refusal === "visibility_unknown" ? (this.#d.retryMs ?? WARM_CHECK_RETRY_MS) : (this.#d.ttlMs ?? WARM_CHECK_TTL_MS);
     const asked = now();
-    this.#verdicts.set(pool.name, { refusal, asked, until: asked + ttl });
-    this.#say(pool, refusal, failure);
+    this.#verdicts.set(key, { refusal, asked, until: asked + ttl });
+    this.#say(pool, target, key, refusal, failure);
     return refusal;
   }
 
@@ -115,12 +137,13 @@ export class WarmExposure {
    * time it did: GitHub said its warm repository was made public (a `repository` webhook).
    */
   recheck(poolName: string): void {
-    const kept = this.#verdicts.get(poolName);
-    if (kept) kept.until = Math.min(kept.until, kept.asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS));
+    for (const [key, kept] of this.#verdicts) {
+      if (key.startsWith(`${poolName}\0`)) kept.until = Math.min(kept.until, kept.asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS));
+    }
   }
 
-  async #facts(pool: PoolConfig, signal: AbortSignal | undefined): Promise<WarmTargetFacts> {
-    const { installationId, owner, repo } = pool.warm!;
+  async #facts(pool: PoolConfig, target: ExposureTarget, signal: AbortSignal | undefined): Promise<WarmTargetFacts> {
+    const { installationId, owner, repo } = target;
     if (pool.scope === "repository") {
       return { kind: "repository", repository: await this.#d.github.getRepositoryVisibility(installationId, owner, repo ?? "", { signal }) };
     }
@@ -128,28 +151,39 @@ export class WarmExposure {
     return { kind: "organization", group: await this.#d.github.getRunnerGroup({ installationId, owner }, group, { signal }) };
   }
 
-  /** Logs a pool's verdict when it differs from the one logged last (the first allowed one is not news). */
-  #say(pool: PoolConfig, refusal: WarmRefusal | undefined, failure: string | undefined): void {
-    const before = this.#said.get(pool.name) ?? "";
-    this.#said.set(pool.name, refusal ?? "");
+  /** Logs a verdict when it differs from the one logged last for its key (the first allowed one is not news). */
+  #say(pool: PoolConfig, target: ExposureTarget, key: string, refusal: WarmRefusal | undefined, failure: string | undefined): void {
+    const before = this.#said.get(key) ?? "";
+    this.#said.set(key, refusal ?? "");
     if ((refusal ?? "") === before) return;
-    const { owner, repo } = pool.warm!;
+    const { owner, repo } = target;
     const where = pool.scope === "repository" ? { owner, repo } : { owner, runnerGroup: pool.runnerGroup ?? pool.runnerGroupId ?? 1 };
     const log = this.#d.logger.child({ pool: pool.name, ...where });
     if (refusal === undefined) {
-      log.info("warm runners allowed again: their repository or runner group admits no public repository");
+      log.info(
+        pool.scope === "repository"
+          ? "warm runners allowed again: their repository is not public"
+          : "runners allowed again: their runner group admits no public repository",
+      );
     } else if (refusal === "visibility_unknown") {
       log.warn(
         { reason: refusal, err: failure ?? "runner group not found" },
-        "no warm runners launched until GitHub says whether public repositories' jobs could reach them (asked again every minute)",
+        pool.scope === "repository"
+          ? "no warm runners launched until GitHub says whether public repositories' jobs could reach them (asked again every minute)"
+          : "no runners launched until GitHub says whether public repositories' jobs could reach them (asked again every minute)",
       );
     } else {
       log.warn(
         { reason: refusal },
         refusal === "public_repository"
           ? "warm repository is public: no warm runners launched and idle ones removed (anyone's pull request could run on them); set allowPublicRepositories to allow it"
-          : "runner group admits public repositories: no warm runners launched and idle ones removed (anyone's pull request could run on them); set allowPublicRepositories to allow it",
+          : "runner group admits public repositories: no runners launched in it, for jobs or warm, and idle warm ones removed (anyone's pull request could run on them); restrict the group, or set allowPublicRepositories to allow it",
       );
     }
   }
+}
+
+/** A verdict's key: the pool, and where its runners register (an organization's name is any case). */
+function keyOf(pool: PoolConfig, target: ExposureTarget): string {
+  return `${pool.name}\0${target.owner.toLowerCase()}/${pool.scope === "repository" ? (target.repo ?? "").toLowerCase() : ""}`;
 }

@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "../docker/labels.ts";
 import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
-import { DockerError, NotSentError, errorMessage } from "../errors.ts";
+import { DockerError, JitrunnerError, NotSentError, errorMessage } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
@@ -604,6 +604,7 @@ export class RunnerWorker {
             await lease.release();
             return;
           }
+          await this.#checkRunnerGroup(pool, demand);
           const started = Date.now();
           const launching = this.#d.launcher.launch(targetOf(demand), pool, log, check, this.#shutdown.signal);
           this.#launches.add(launching);
@@ -658,6 +659,34 @@ export class RunnerWorker {
       }
       log.warn({ attempt: lease.attempt, retryable, err: errorMessage(err) }, "demand failed; returned to the queue");
       await lease.fail(err instanceof Error ? err : new Error(String(err)), !retryable).catch(() => undefined);
+    }
+  }
+
+  /**
+   * An organization pool's runner is registered in a runner group, and GitHub hands it any job of
+   * matching labels from any repository the group admits, before the job it was launched for: in
+   * a group that admits public repositories, a fork's pull request. So unless the pool allows
+   * public repositories, no runner is launched in such a group, as no warm one is (WarmExposure,
+   * asked once per 5 minutes per pool and organization). Throws, before anything is registered:
+   * for good (the demand fails, its error saying what to change) when the group admits public
+   * repositories; to be retried when GitHub cannot say; NotSentError when the worker stops.
+   */
+  async #checkRunnerGroup(pool: PoolConfig, demand: Lease["demand"]): Promise<void> {
+    if (pool.scope !== "organization" || pool.allowPublicRepositories) return;
+    const refused = await this.#exposure.refusal(pool, this.#shutdown.signal, { installationId: demand.installationId, owner: demand.owner });
+    if (this.#shutdown.signal.aborted) throw new NotSentError("the runner group check");
+    const group = pool.runnerGroup ?? pool.runnerGroupId ?? 1;
+    if (refused === "public_runner_group") {
+      throw new JitrunnerError(
+        "E_PUBLIC_RUNNER_GROUP",
+        `runner group ${group} of organization ${demand.owner} admits public repositories: any pull request could run on this pool's runners; restrict the group to private repositories, or set allowPublicRepositories on pool ${pool.name}`,
+        { retryable: false },
+      );
+    }
+    if (refused === "visibility_unknown") {
+      throw new JitrunnerError("E_RUNNER_GROUP_UNKNOWN", `could not learn from GitHub whether runner group ${group} of organization ${demand.owner} admits public repositories (see the log)`, {
+        retryable: true,
+      });
     }
   }
 

@@ -158,3 +158,18 @@ test("a recheck (the repository made public) asks GitHub at the next look, but n
   assert.equal(await guard.refusal(p), "public_repository");
   assert.equal(callsTo(fake, REPO), before + 2, "1 s after the last ask: not asked");
 });
+
+test("an organization pool's runners for jobs: asked per organization (each has its own runner groups), once for callers at once", async () => {
+  const { guard } = exposure();
+  fake.addRunnerGroup("per-org-ci");
+  const p = pool({ name: "org-jobs", scope: "organization", runnerGroup: "per-org-ci", minIdle: 0 });
+  const before = callsTo(fake, GROUPS);
+  const acme = { installationId: fake.installationId, owner: "acme" };
+  const results = await Promise.all([guard.refusal(p, undefined, acme), guard.refusal(p, undefined, acme), guard.refusal(p, undefined, { ...acme, owner: "ACME" })]);
+  assert.deepEqual(results, [undefined, undefined, undefined]);
+  assert.equal(callsTo(fake, GROUPS), before + 1, "three callers at once, one organization (in any case): one call");
+  assert.equal(await guard.refusal(p, undefined, { ...acme, owner: "globex" }), undefined);
+  assert.equal(callsTo(fake, GROUPS), before + 2, "another organization: its own call");
+  assert.equal(await guard.refusal(p), undefined, "no warm target, no job's: nothing to ask");
+  assert.equal(callsTo(fake, GROUPS), before + 2);
+});

@@ -1,0 +1,73 @@
+/**
+ * Organization pools and runner groups that admit public repositories, through the real system
+ * (`all`, fake GitHub, real Redis, the real Docker engine). GitHub hands a runner of such a group
+ * any job of matching labels from any repository the group admits, a fork's pull request
+ * included, before the job it was launched for: so a pool that does not allow public repositories
+ * launches no runner there, not even for a private repository's job; its demand fails for good
+ * with an error that says what to change, before anything is registered. The same group with
+ * `allowPublicRepositories` serves the job.
+ */
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { metricSample } from "../helpers/leftovers.ts";
+import { waitFor } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { containersOf, fakeRunnerPool, removeContainersOf, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
+
+const ORG_JIT = "/orgs/{org}/actions/runners/generate-jitconfig";
+const GROUPS = "/orgs/{org}/actions/runner-groups";
+
+let redis: TestRedis;
+let fake: FakeGitHub;
+let sys: SystemUnderTest;
+const host = uniqueHost("public-group");
+
+before(async () => {
+  redis = await startRedis();
+  fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  fake.addRunnerGroup("open-ci", { allowsPublicRepositories: true });
+  sys = await startSystem("all", fake, redis, host, {
+    worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
+    pools: [
+      fakeRunnerPool(fake, { name: "open", labels: ["self-hosted", "open"], scope: "organization", runnerGroup: "open-ci" }),
+      fakeRunnerPool(fake, { name: "trusted", labels: ["self-hosted", "trusted"], scope: "organization", runnerGroup: "open-ci", allowPublicRepositories: true }),
+    ],
+  });
+});
+
+after(async () => {
+  await sys?.close();
+  await removeContainersOf(host);
+  await fake?.close();
+  await redis?.stop();
+});
+
+function calls(route: string, from: number): number {
+  return fake.requests.slice(from).filter((r) => r.route === route).length;
+}
+
+test("a private repository's job for a pool whose runner group admits public repositories: no runner, the demand fails for good saying why", { timeout: 60_000 }, async () => {
+  const from = fake.requests.length;
+  await fake.queueJob({ owner: "acme", repo: "private-app", labels: ["self-hosted", "open"] });
+  await waitFor(async () => metricSample(await (await fetch(`${sys.url}/metrics`)).text(), "jitrunner_launch_failures_total", 'pool="open",reason="E_PUBLIC_RUNNER_GROUP"') === 1, 30_000, "the launch refused");
+  assert.equal(calls(ORG_JIT, from), 0, "nothing registered");
+  assert.deepEqual(await containersOf(host), [], "no container");
+  assert.equal(calls(GROUPS, from), 1, "the group asked of GitHub once");
+  const logs = sys.logs();
+  assert.match(logs, /runner group admits public repositories: no runners launched in it, for jobs or warm/);
+  assert.match(logs, /"retryable":false[^\n]*runner group open-ci of organization acme admits public repositories: any pull request could run on this pool's runners; restrict the group to private repositories, or set allowPublicRepositories on pool open/);
+  const status = await (await fetch(`${sys.url}/`)).text();
+  assert.match(status, /E_PUBLIC_RUNNER_GROUP/, "the status page lists the failure");
+});
+
+test("the same group for a pool that allows public repositories: the job is served, with no check of the group", { timeout: 120_000 }, async () => {
+  const from = fake.requests.length;
+  const job = await fake.queueJob({ owner: "acme", repo: "private-app", labels: ["self-hosted", "trusted"] });
+  await waitFor(() => fake.jobs().find((j) => j.id === job.id)?.status === "completed", 90_000, "the job served");
+  assert.equal(calls(ORG_JIT, from), 1);
+  // The registration's look-up of the group by name at most (none when the refused pool's check
+  // above already listed that organization's groups: the id is kept per organization).
+  assert.ok(calls(GROUPS, from) <= 1, `${calls(GROUPS, from)} group look-ups`);
+});
