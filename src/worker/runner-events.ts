@@ -1,6 +1,9 @@
 import type { Redis } from "ioredis";
 
 type Listener = (state: "busy" | "completed") => void;
+
+/** How often an idle subscriber asks Redis for a sign of life. */
+export const KEEPALIVE_PING_MS = 30_000;
 /** A repository GitHub made public; undefined: any may have been (messages were missed). */
 type PublicizedListener = (where: { owner: string; repo: string } | undefined) => void;
 
@@ -10,16 +13,27 @@ type PublicizedListener = (where: { owner: string; repo: string } | undefined) =
  * connection per worker. Pub/sub keeps nothing for a subscriber that is disconnected: a watcher's
  * `missed`, and every publicized listener (with undefined), is called each time the subscriber is
  * subscribed again, for it to read what it may have missed.
+ *
+ * A subscriber sends nothing of its own, so a Redis that goes silent without FIN or RST (a
+ * failover behind one name, a dropped NAT flow) would be noticed only by TCP keep-alive, about
+ * 11 minutes on Linux defaults, with every event meanwhile lost. It pings every KEEPALIVE_PING_MS:
+ * a ping unanswered within the connection's socket timeout (REDIS_SOCKET_TIMEOUT_MS) drops the
+ * socket, and the reconnection calls `missed`.
  */
 export class RunnerEvents {
   readonly #sub: Redis;
   readonly #channel: string;
   readonly #listeners = new Map<string, { listener: Listener; missed?: () => void }>();
   readonly #publicized = new Set<PublicizedListener>();
+  readonly #keepAlive: NodeJS.Timeout;
 
-  constructor(subscriber: Redis, channel: string) {
+  constructor(subscriber: Redis, channel: string, opts: { keepAlivePingMs?: number } = {}) {
     this.#sub = subscriber;
     this.#channel = channel;
+    // Only while connected: a ping queued offline would be answered by the reconnection anyway.
+    this.#keepAlive = setInterval(() => {
+      if (subscriber.status === "ready") subscriber.ping().catch(() => undefined);
+    }, opts.keepAlivePingMs ?? KEEPALIVE_PING_MS).unref();
     subscriber.on("message", (channel: string, message: string) => {
       if (channel !== this.#channel) return;
       try {
@@ -62,6 +76,7 @@ export class RunnerEvents {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.#keepAlive);
     this.#sub.disconnect();
   }
 }

@@ -14,6 +14,8 @@ import type { Redis } from "ioredis";
 import type { Demand } from "../../src/demand.ts";
 import { DemandConsumer, DemandQueues, FAIL_FAST, REDIS_SOCKET_TIMEOUT_MS, redisConnection, type Lease } from "../../src/queue/demand-queue.ts";
 import { within } from "../../src/timers.ts";
+import { RunnerEvents } from "../../src/worker/runner-events.ts";
+import { waitFor } from "../helpers/process.ts";
 import { redisForFile } from "../helpers/redis.ts";
 
 const POOL = "default";
@@ -186,5 +188,32 @@ it("a connection closed with a command out leaves no timer behind (a process tha
   } finally {
     conn.disconnect();
     blocking.disconnect();
+  }
+});
+
+it("a worker's subscriber whose Redis went silent pings, reconnects, says what it may have missed, and hears events again", async () => {
+  const { redis, conn } = shared;
+  const relay = await failoverRelay(new URL(redis.url));
+  const sub = redisConnection(relay.url);
+  sub.on("error", () => undefined);
+  const channel = `${redis.prefix}:runner-events`;
+  const events = new RunnerEvents(sub, channel, { keepAlivePingMs: 1_000 });
+  let missed = 0;
+  const heard: string[] = [];
+  events.on("r1", (state) => heard.push(state), () => missed++);
+  try {
+    await events.start();
+    await waitFor(async () => (await conn.publish(channel, JSON.stringify({ name: "r1", state: "busy" }))) > 0 && heard.length > 0, 5_000, "subscribed");
+    const missedBefore = missed;
+    const silenced = Date.now();
+    relay.silenceExisting();
+    // Silent: nothing comes to a subscriber, and without its pings nothing would ever tell it.
+    await waitFor(() => missed > missedBefore, ANSWER_WITHIN_MS, "the subscriber reconnected and said it may have missed events");
+    const afterMs = Date.now() - silenced;
+    assert.ok(afterMs >= REDIS_SOCKET_TIMEOUT_MS - 1_000, `reconnected ${afterMs} ms after the silence: by a ping's timeout`);
+    await waitFor(async () => (await conn.publish(channel, JSON.stringify({ name: "r1", state: "completed" }))) > 0 && heard.includes("completed"), 5_000, "an event heard again");
+  } finally {
+    await events.close();
+    await relay.close();
   }
 });
