@@ -31,9 +31,11 @@ COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY bin ./bin
-# The server needs no privileges. A worker needs the Docker socket of its host: run it with the
-# socket's group (compose: group_add) rather than as root.
-USER node
+# Started as root, jitrunner reads its config and secrets, then runs on as `node` (JITRUNNER_USER),
+# with the group of its Docker socket added, whatever that group's id on the host: so the secret
+# files need not be readable by uid 1000, and Compose needs no group_add. A container started as
+# another user (Kubernetes' runAsUser) runs as that user, with the groups it was given.
+ENV JITRUNNER_USER=1000:1000
 EXPOSE 8080
 ENTRYPOINT ["node", "/app/bin/jitrunner.js"]
 CMD ["all", "--config", "/etc/jitrunner/jitrunner.yml"]

@@ -8,6 +8,7 @@ import { start, type Mode } from "./main.ts";
 import { drainHost, undoDrain } from "./cli/drain.ts";
 import { COMMAND_HELP, USAGE } from "./cli/help.ts";
 import { withoutPassword } from "./cli/redis.ts";
+import { dropPrivileges, localDockerSocket, type DropResult } from "./cli/privileges.ts";
 import { runUntilStopped } from "./cli/run.ts";
 import { appManifest } from "./cli/manifest.ts";
 import { statusCommand } from "./cli/status.ts";
@@ -125,7 +126,16 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command === "status") return statusCommand(config, { json: !!values.json, origins }, process.stdout, process.stderr);
 
+  let dropped: DropResult | undefined;
+  try {
+    const docker = config.worker.docker;
+    dropped = dropPrivileges(process.env.JITRUNNER_USER, command === "server" ? undefined : localDockerSocket(docker.socketPath, docker.host, process.env));
+  } catch (err) {
+    process.stderr.write(`jitrunner: ${errorMessage(err)}\n`);
+    return 1;
+  }
   const logger = createLogger(config.logLevel);
+  if (dropped) logger.info(dropped, "config and secrets read as root; running on as this user");
   const running = await start(config, command as Mode, logger, { origins });
   const code = await runUntilStopped(running, logger);
   logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");

@@ -135,7 +135,7 @@ export class DockerodeDriver implements RunnerDriver {
     // Docker's check that a name is free is not atomic: workers of one engine starting at once can
     // each make one, and a container naming it then fails ("ambiguous"). Every worker keeps the same
     // one, the first made, and removes the others (one in use, or gone already, is left alone).
-    const [kept, ...extra] = found.sort((a, b) => a.Created.localeCompare(b.Created) || a.Id.localeCompare(b.Id));
+    const [kept, ...extra] = found.sort((a, b) => createdAt(a.Created).localeCompare(createdAt(b.Created)) || a.Id.localeCompare(b.Id));
     for (const n of extra) {
       await this.#limited("remove network", this.#callMs, (abortSignal) => this.#docker.getNetwork(n.Id).remove({ abortSignal })).catch((err: unknown) => {
         if (statusOf(err) !== 404 && statusOf(err) !== 409) throw this.#failed("remove network", err);
@@ -368,7 +368,7 @@ function socketAccess(path: string): string {
     return `${who} may not use the socket`;
   }
   if (process.getgroups?.().includes(gid)) return `${who} is in the socket's group ${gid}, which may not use it: check its mode (stat -c %a ${path})`;
-  return `${who} needs the socket's group ${gid}: in Compose set DOCKER_GID=$(stat -c %g ${path}); elsewhere add the user to group ${gid}`;
+  return `${who} needs the socket's group ${gid}: add the user to group ${gid} (the jitrunner image adds it itself when it starts as root, its default; see JITRUNNER_USER)`;
 }
 
 /** The host and port of a `DOCKER_HOST=ssh://[user@]host[:port]`, if that is what it is. */
@@ -415,6 +415,14 @@ export function connectionWarnings(connection: DockerConnection, env: NodeJS.Pro
 function statusOf(err: unknown): number | undefined {
   const s = (err as { statusCode?: unknown }).statusCode;
   return typeof s === "number" ? s : undefined;
+}
+
+/**
+ * An engine's RFC 3339 time, as a string that sorts as the time does: Docker drops trailing zeros
+ * from the nanoseconds (".1234Z" would sort after ".12345Z").
+ */
+function createdAt(rfc3339: string): string {
+  return rfc3339.replace(/\.(\d+)/, (_m, fraction: string) => `.${fraction.padEnd(9, "0")}`);
 }
 
 /** The name of a runner container's own volume for DinD's storage. */

@@ -250,9 +250,10 @@ export class Metrics {
 
 export type UnverifiedOutcome = "unsigned" | "bad_signature" | "too_large" | "unsupported_media_type" | "bad_request";
 
-/** The events that get a label of their own: those the ingress acts on. */
+/** Why a pool's warm runners may be refused (WarmRefusal): each a series of jitrunner_warm_refused. */
 const WARM_REFUSALS = ["public_repository", "public_runner_group", "visibility_unknown"] as const;
 
+/** The events that get a label of their own: those the ingress acts on. */
 const LABELLED_EVENTS: ReadonlySet<string> = new Set(["workflow_job", "repository", "ping"]);
 
 /** Action names of verified deliveries (from the signed body): keep the label set bounded all the same. */

@@ -165,7 +165,7 @@ test("deploy/compose.worker.yml runs a worker against the central Redis with thi
   assert.match(String(svc.environment.JITRUNNER_REDIS_URL), /^\$\{JITRUNNER_REDIS_URL:\?/, "Redis URL required from the operator");
   assert.match(String(svc.environment.JITRUNNER_HOST_ID), /^\$\{JITRUNNER_HOST_ID:\?/, "host id required from the operator");
   assert.ok(svc.volumes.includes("/var/run/docker.sock:/var/run/docker.sock"), "the host's Docker socket");
-  assert.deepEqual(svc.group_add, ["${DOCKER_GID:-999}"]);
+  assert.equal(svc.group_add, undefined, "no group id to guess: the image adds the socket's group itself");
   assert.equal(svc.stop_signal, "SIGTERM");
   assert.ok(!Object.keys(doc!.services).includes("redis"), "no Redis of its own");
 });
@@ -312,4 +312,14 @@ test("the systemd unit runs a worker that may finish its launches on stop", () =
   assert.equal(directives.get("KillSignal"), "SIGTERM");
   assert.ok(Number(directives.get("TimeoutStopSec")) >= 120, "a long stop timeout: launches in flight finish");
   assert.notEqual(directives.get("User") ?? "root", "root");
+});
+
+test("the control-plane image starts as root and runs jitrunner on as `node` (JITRUNNER_USER), so Compose needs no socket group id", () => {
+  const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8");
+  const final = dockerfile.slice(dockerfile.lastIndexOf("\nFROM "));
+  assert.doesNotMatch(final, /^USER /m, "no USER: it starts as root, to read the secrets and find the socket's group");
+  assert.match(final, /^ENV JITRUNNER_USER=1000:1000$/m);
+  for (const file of ["docker-compose.yml", "deploy/compose.worker.yml"]) {
+    assert.doesNotMatch(readFileSync(join(ROOT, file), "utf8"), /DOCKER_GID|group_add/, `${file} asks for no socket group id`);
+  }
 });

@@ -36,7 +36,7 @@ test("no socket at worker.docker.socketPath: the ping says where, which option, 
   }
 });
 
-test("permission denied on the socket: this process's uid and groups, the socket's group, and Compose's DOCKER_GID", async (t) => {
+test("permission denied on the socket: this process's uid and groups, the socket's group, and what to do", async (t) => {
   // Root is never refused: the driver runs in a process of its own as nobody, the socket in a group it lacks.
   const [uid, gid, socketGid] = [65534, 65534, 4242];
   if (process.getuid?.() !== 0) return t.skip("needs root, to run the driver as another user");
@@ -57,7 +57,7 @@ test("permission denied on the socket: this process's uid and groups, the socket
       out.trim(),
       `cannot reach the Docker engine at ${socketPath} (worker.docker.socketPath): permission denied; ` +
         `this process (uid ${uid}, groups [${gid}]) needs the socket's group ${socketGid}: ` +
-        `in Compose set DOCKER_GID=$(stat -c %g ${socketPath}); elsewhere add the user to group ${socketGid}`,
+        `add the user to group ${socketGid} (the jitrunner image adds it itself when it starts as root, its default; see JITRUNNER_USER)`,
     );
   } finally {
     await new Promise((resolve) => server.close(resolve));

@@ -1,0 +1,77 @@
+/**
+ * JITRUNNER_USER, as the control-plane image sets it, for the real CLI started as root (the test
+ * runs as root, as .ci/run does): a worker reads its root-only config and secrets, then runs on as
+ * that user with the Docker socket's group added, and reaches the real engine through it (it gets
+ * ready); a spec that is not two numbers stops the start. Against the fake GitHub and a real Redis.
+ */
+import assert from "node:assert/strict";
+import { readFileSync, statSync } from "node:fs";
+import { after, before, test } from "node:test";
+import { FakeGitHub } from "../fakes/github/index.ts";
+import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { writeOperatorConfig } from "../helpers/operator-config.ts";
+import { freePort } from "../helpers/ports.ts";
+import { runJitrunner, waitFor } from "../helpers/process.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { fakeRunnerPool, removeContainersOf, uniqueHost } from "../helpers/system.ts";
+
+const USER = { uid: 1000, gid: 1000 };
+let redis: TestRedis;
+let fake: FakeGitHub;
+const host = uniqueHost("privileges");
+
+before(async () => {
+  redis = await startRedis();
+  fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+});
+after(async () => {
+  await removeContainersOf(host);
+  await fake?.close();
+  await redis?.stop();
+});
+
+/** A line of /proc/PID/status, split into its numbers. */
+function procStatus(pid: number, field: string): number[] {
+  const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith(`${field}:`));
+  return (line ?? "").slice(field.length + 1).trim().split(/\s+/).filter(Boolean).map(Number);
+}
+
+test("a worker started as root with JITRUNNER_USER reads its root-only secrets, runs on as that user in the Docker socket's group, and reaches its engine", { timeout: 120_000 }, async (t) => {
+  if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
+  const port = await freePort();
+  // writeOperatorConfig writes the key and secret 0600, owned by root: uid 1000 could not read them.
+  const file = writeOperatorConfig(fake, {
+    redis: { url: redis.url, prefix: redis.prefix },
+    server: { host: "127.0.0.1", port },
+    worker: { hostId: host, capacity: 1 },
+    pools: [fakeRunnerPool(fake)],
+  });
+  const jr = runJitrunner(["worker", "--config", file], { JITRUNNER_USER: `${USER.uid}:${USER.gid}` });
+  try {
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).ok, 60_000, `the worker ready (output: ${jr.output().slice(-2000)})`);
+    const pid = jr.child.pid!;
+    assert.deepEqual(procStatus(pid, "Uid"), [USER.uid, USER.uid, USER.uid, USER.uid], "real, effective, saved and filesystem uid");
+    assert.deepEqual(procStatus(pid, "Gid"), [USER.gid, USER.gid, USER.gid, USER.gid]);
+    const socketGid = statSync("/var/run/docker.sock").gid;
+    assert.deepEqual(procStatus(pid, "Groups").sort(), [USER.gid, socketGid].sort(), "its own group and the socket's, nothing of root's");
+    // Log lines are written in batches, at least once a second.
+    const said = /"uid":1000,"gid":1000,"groups":\[[\d,]+\],"socket":"\/var\/run\/docker\.sock"[^\n]*"msg":"config and secrets read as root; running on as this user"/;
+    await waitFor(() => said.test(jr.output()), 5_000, "the change of user logged");
+  } finally {
+    assert.equal(await jr.stop(), 0, jr.output().slice(-2000));
+  }
+});
+
+test("a JITRUNNER_USER that is not UID:GID in numbers stops the start, saying so", { timeout: 60_000 }, async (t) => {
+  if (process.getuid?.() !== 0) return t.skip("needs root: elsewhere the variable changes nothing");
+  const file = writeOperatorConfig(fake, { redis: { url: redis.url, prefix: redis.prefix }, server: { host: "127.0.0.1", port: await freePort() }, pools: [fakeRunnerPool(fake)] });
+  for (const [spec, said] of [
+    ["node", "JITRUNNER_USER must be UID:GID in numbers (the image's is 1000:1000), not 'node'"],
+    ["0:0", "JITRUNNER_USER names root: unset it to run as root"],
+  ]) {
+    const jr = runJitrunner(["server", "--config", file], { JITRUNNER_USER: spec! });
+    const code = await new Promise<number | null>((resolve) => jr.child.once("exit", resolve));
+    assert.equal(code, 1);
+    assert.equal(jr.output().trim(), `jitrunner: ${said}`);
+  }
+});
