@@ -276,9 +276,19 @@ export class Ingress {
    */
   async #workflowJob(event: WorkflowJobEvent, delivery: Delivery): Promise<string> {
     if (event.action === "queued") return this.#queued(event, delivery);
+    // `waiting` is claimed first, unlike the others: a copy of it acted on again once the job was
+    // approved (a redelivery, a replay) would drop the demand the approval's `queued` added, and
+    // the job would wait for the reconciler. Lost, it costs little: a claim taken whose answer was
+    // lost leaves the demand, and the worker's still-queued check launches no runner for a job
+    // that waits. Claimed an hour only when no pool of ours serves the job (it changes nothing).
+    const claimedFirst = event.action === "waiting";
+    if (claimedFirst) {
+      const served = matchPoolForOwner(event.workflow_job.labels, this.#deps.config.pools, event.repository.owner.type) !== undefined;
+      if (!(await this.#deps.deliveries.claim(delivery.deliveryId, served ? undefined : NO_CHANGE_TTL_SECONDS))) return "replayed";
+    }
     const { outcome, pool } = await this.#act(event);
     const ttl = CHANGED_NOTHING.has(outcome) ? NO_CHANGE_TTL_SECONDS : undefined;
-    if (!(await this.#deps.deliveries.claim(delivery.deliveryId, ttl))) return "replayed";
+    if (!claimedFirst && !(await this.#deps.deliveries.claim(delivery.deliveryId, ttl))) return "replayed";
     const job = event.workflow_job;
     if (event.action === "in_progress" || event.action === "completed") this.#observeTimes(event, outcome);
     const ids = { deliveryId: delivery.deliveryId, jobId: job.id, action: event.action };

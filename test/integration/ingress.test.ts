@@ -379,6 +379,16 @@ test("a job that waits for an approval has its waiting demand dropped", async ()
   assert.ok((await waitingJobs("default")).includes("4545-1"));
 });
 
+test("a copy of a `waiting` delivery that comes again after the approval does not drop the approval's demand", async () => {
+  const waiting = randomUUID();
+  assert.equal(await sendJob("queued", 4858, ["self-hosted"]), "queued");
+  assert.equal(await sendJob("waiting", 4858, ["self-hosted"], waiting), "demand_cancelled");
+  // Approved: GitHub queues the job again; then the `waiting` delivery comes once more.
+  assert.equal(await sendJob("queued", 4858, ["self-hosted"]), "queued");
+  assert.equal(await sendJob("waiting", 4858, ["self-hosted"], waiting), "replayed");
+  assert.ok((await waitingJobs("default")).includes("4858-1"), "the approval's demand still waits");
+});
+
 test("a new queued delivery for a job attempt whose demand has ended adds it afresh; a replay of it does not", async () => {
   // The demand ended while the job waited for an approval (taken, its runner idled out): once
   // approved, GitHub queues the same job attempt again under a new delivery id.
