@@ -31,11 +31,12 @@ COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY bin ./bin
-# Started as root, jitrunner reads its config and secrets, then runs on as `node` (JITRUNNER_USER),
-# with the group of its Docker socket added, whatever that group's id on the host: so the secret
-# files need not be readable by uid 1000, and Compose needs no group_add. A container started as
-# another user (Kubernetes' runAsUser) runs as that user, with the groups it was given.
+# It runs as `node`. Started as root instead (the Compose files' `user: root`), jitrunner reads
+# its config and secrets, then runs on as `node` (JITRUNNER_USER), with the group of its Docker
+# socket added, whatever that group's id on the host: so the secret files need not be readable by
+# uid 1000, and Compose needs no group id.
 ENV JITRUNNER_USER=1000:1000
+USER node
 EXPOSE 8080
 ENTRYPOINT ["node", "/app/bin/jitrunner.js"]
 CMD ["all", "--config", "/etc/jitrunner/jitrunner.yml"]

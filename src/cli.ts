@@ -9,6 +9,7 @@ import { drainHost, undoDrain } from "./cli/drain.ts";
 import { COMMAND_HELP, USAGE } from "./cli/help.ts";
 import { withoutPassword } from "./cli/redis.ts";
 import { dropPrivileges, localDockerSocket, type DropResult } from "./cli/privileges.ts";
+import { readDockerFiles, type DockerFiles } from "./docker/dockerode-driver.ts";
 import { runUntilStopped } from "./cli/run.ts";
 import { appManifest } from "./cli/manifest.ts";
 import { statusCommand } from "./cli/status.ts";
@@ -23,7 +24,7 @@ function unreadableConfig(path: string, err: unknown): string {
   if (code === "EISDIR") return `cannot read config ${path} (a directory: Docker creates one when a bind-mounted file does not exist; remove it and create the file)`;
   if (code === "EACCES") {
     const uid = process.getuid?.();
-    return `cannot read config ${path} (EACCES): it must be readable by the user jitrunner runs as${uid === undefined ? "" : ` (uid ${uid})`}; the container image runs as uid 1000`;
+    return `cannot read config ${path} (EACCES): it must be readable by the user jitrunner runs as${uid === undefined ? "" : ` (uid ${uid})`}; the container image runs as uid 1000 unless started as root (the Compose files' user: root)`;
   }
   return `cannot read config ${path}: ${code ?? errorMessage(err)}`;
 }
@@ -127,16 +128,23 @@ async function main(argv: string[]): Promise<number> {
   if (command === "status") return statusCommand(config, { json: !!values.json, origins }, process.stdout, process.stderr);
 
   let dropped: DropResult | undefined;
+  let dockerFiles: DockerFiles | undefined;
   try {
     const docker = config.worker.docker;
-    dropped = dropPrivileges(process.env.JITRUNNER_USER, command === "server" ? undefined : localDockerSocket(docker.socketPath, docker.host, process.env));
+    const worker = command !== "server";
+    // Read as the other secrets are, before the process may run on as another user.
+    if (worker) dockerFiles = readDockerFiles(docker);
+    dropped = dropPrivileges(process.env.JITRUNNER_USER, worker ? localDockerSocket(docker.socketPath, docker.host, process.env) : undefined);
   } catch (err) {
     process.stderr.write(`jitrunner: ${errorMessage(err)}\n`);
     return 1;
   }
   const logger = createLogger(config.logLevel);
   if (dropped) logger.info(dropped, "config and secrets read as root; running on as this user");
-  const running = await start(config, command as Mode, logger, { origins });
+  if (dropped?.socketGroupSkipped !== undefined) {
+    logger.warn({ socket: dropped.socket }, "the Docker socket belongs to group 0 (root): not added; give it a group of its own (a docker group) for the worker to use it");
+  }
+  const running = await start(config, command as Mode, logger, { origins, dockerFiles });
   const code = await runUntilStopped(running, logger);
   logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");
   return code;

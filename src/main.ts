@@ -2,7 +2,7 @@ import type { FastifyInstance } from "fastify";
 import type { Redis, RedisOptions } from "ioredis";
 import type { Logger } from "pino";
 import { secretsNeeded, type Config } from "./config/load.ts";
-import { DockerodeDriver } from "./docker/dockerode-driver.ts";
+import { DockerodeDriver, type DockerFiles } from "./docker/dockerode-driver.ts";
 import { ConfigError, errorMessage, JitrunnerError } from "./errors.ts";
 import { OctokitGitHub } from "./github/octokit-client.ts";
 import { buildApp } from "./http/app.ts";
@@ -30,6 +30,8 @@ export interface StartOptions {
    * as loadConfigWithOrigins returns them: an error about a value names where it came from.
    */
   origins?: ReadonlyMap<string, string>;
+  /** The worker's Docker TLS files, read already (before the process ran on as another user). */
+  dockerFiles?: DockerFiles;
 }
 
 export interface Running {
@@ -141,7 +143,7 @@ async function startWith(
     const activity = new ActivityLog(redis, prefix);
     const hostStore = new HostStore(redis, prefix);
     const host = config.worker.hostId;
-    const driver = new DockerodeDriver(config.worker.docker, { warn: (message) => logger.warn({ docker: "connection" }, message) });
+    const driver = new DockerodeDriver(config.worker.docker, { warn: (message) => logger.warn({ docker: "connection" }, message), files: opts.dockerFiles });
     github = new OctokitGitHub({
       appId: config.github.appId,
       privateKey: config.secrets.privateKey,

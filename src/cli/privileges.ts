@@ -15,6 +15,8 @@ export interface DropResult {
   groups: number[];
   /** The socket whose group was added, if any. */
   socket?: string;
+  /** The socket's group when it was not added: 0, root's own group. */
+  socketGroupSkipped?: number;
 }
 
 /** Where the worker's Docker engine socket is, when it is a local one (as DockerodeDriver picks it). */
@@ -40,11 +42,14 @@ export function dropPrivileges(spec: string | undefined, socket: string | undefi
   if (uid === 0) throw new Error("JITRUNNER_USER names root: unset it to run as root");
   const groups = [gid];
   let found: string | undefined;
+  let skipped: number | undefined;
   if (socket) {
     try {
       const st = statSync(socket);
-      if (st.isSocket() && !groups.includes(st.gid)) groups.push(st.gid);
       if (st.isSocket()) found = socket;
+      // Root's group would give back much of what leaving root takes away.
+      if (st.isSocket() && st.gid === 0) skipped = 0;
+      else if (st.isSocket() && !groups.includes(st.gid)) groups.push(st.gid);
     } catch {
       // No socket there (a server, or an engine reached over TCP): nothing to add; a worker says
       // at start that it cannot reach its engine.
@@ -58,7 +63,7 @@ export function dropPrivileges(spec: string | undefined, socket: string | undefi
   // The user's own home (~/.ssh/known_hosts of an SSH engine), not root's.
   const home = homeOf(uid);
   if (home) process.env.HOME = home;
-  return { uid, gid, groups, ...(found ? { socket: found } : {}) };
+  return { uid, gid, groups, ...(found ? { socket: found } : {}), ...(skipped !== undefined ? { socketGroupSkipped: skipped } : {}) };
 }
 
 /** `uid`'s home directory from /etc/passwd, if it is listed there. */

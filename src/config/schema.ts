@@ -1,5 +1,4 @@
 import { z } from "zod";
-import { RUNNER_NETWORK } from "../docker/labels.ts";
 import { DEFAULT_WRITES_PER_MINUTE } from "../github/write-window.ts";
 
 /** Isolation profiles of a runner container (DESIGN.md, "Runner containers"). */
@@ -40,7 +39,7 @@ const pool = z
       })
       .strict()
       .prefault({}),
-    networkMode: z.string().min(1).default(RUNNER_NETWORK),
+    networkMode: z.string().min(1).default("bridge"),
     mounts: z.array(mount).default([]),
     env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
     allowPublicRepositories: z.boolean().default(false),

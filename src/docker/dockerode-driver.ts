@@ -26,11 +26,33 @@ export interface DockerConnection {
 
 type SshOptions = NonNullable<Docker.DockerOptions["sshOptions"]>;
 
+/** The contents of a connection's TLS files (caFile, certFile, keyFile). */
+export interface DockerFiles {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+/**
+ * Reads the connection's TLS files now: a process that runs on as another user (JITRUNNER_USER)
+ * reads them before, as root, as it reads its other secrets.
+ */
+export function readDockerFiles(connection: Pick<DockerConnection, "caFile" | "certFile" | "keyFile">): DockerFiles {
+  const { caFile, certFile, keyFile } = connection;
+  return {
+    ...(caFile ? { ca: readFileSync(caFile) } : {}),
+    ...(certFile ? { cert: readFileSync(certFile) } : {}),
+    ...(keyFile ? { key: readFileSync(keyFile) } : {}),
+  };
+}
+
 const DOCKER_DATA = "/var/lib/docker";
 /** Ends the name of each runner's own volume for DinD's storage (see `dataVolumeName`). */
 const DATA_VOLUME_SUFFIX = "-var-lib-docker";
 /** The bridge driver's option that lets (or, "false", keeps) a network's containers reach each other. */
 const ICC = "com.docker.network.bridge.enable_icc";
+/** The bridge driver's option for its interfaces' MTU. */
+const MTU = "com.docker.network.driver.mtu";
 /** How often a waited-for container's state is also looked at (see `wait`). */
 const WAIT_POLL_MS = 10_000;
 
@@ -56,7 +78,7 @@ export class DockerodeDriver implements RunnerDriver {
    * `warn` hears of a connection that exposes what it carries (see `connectionWarnings`); by
    * default, a process warning on stderr.
    */
-  constructor(connection: DockerConnection = {}, o: { warn?: (message: string) => void } = {}) {
+  constructor(connection: DockerConnection = {}, o: { warn?: (message: string) => void; files?: DockerFiles } = {}) {
     const { caFile, certFile, keyFile, username, knownHostsFile, callTimeoutSeconds, launchCallTimeoutSeconds, ...rest } = connection;
     const warn = o.warn ?? ((message: string) => process.emitWarning(message, { code: "JITRUNNER_DOCKER_CLEARTEXT" }));
     for (const w of connectionWarnings(connection)) warn(w);
@@ -66,9 +88,10 @@ export class DockerodeDriver implements RunnerDriver {
     // start the engine then finishes leaves a labelled container: the host loop removes it.
     this.#launchCallMs = (launchCallTimeoutSeconds ?? DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS) * 1000;
     const options: Docker.DockerOptions = { ...rest };
-    if (caFile) options.ca = readFileSync(caFile);
-    if (certFile) options.cert = readFileSync(certFile);
-    if (keyFile) options.key = readFileSync(keyFile);
+    const files = o.files ?? readDockerFiles(connection);
+    if (files.ca) options.ca = files.ca;
+    if (files.cert) options.cert = files.cert;
+    if (files.key) options.key = files.key;
     if (username) options.username = username;
     const configured = !!(rest.host || rest.socketPath);
     this.#where = rest.socketPath
@@ -116,12 +139,16 @@ export class DockerodeDriver implements RunnerDriver {
   async ensureRunnerNetwork(): Promise<void> {
     let found = await this.#runnerNetworks();
     if (found.length === 0) {
+      // The engine's `mtu` setting applies to its default bridge only: a network made without it
+      // would get 1500 where the host's path needs less (a cloud's 1460, a VPN), and large
+      // transfers would hang.
+      const mtu = (await this.#networksNamed("bridge"))[0]?.Options?.[MTU];
       try {
         await this.#limited("create network", this.#callMs, (abortSignal) =>
           this.#docker.createNetwork({
             Name: RUNNER_NETWORK,
             Driver: "bridge",
-            Options: { [ICC]: "false" },
+            Options: { [ICC]: "false", ...(mtu ? { [MTU]: mtu } : {}) },
             Labels: { [LABEL.managedBy]: MANAGED_BY },
             abortSignal,
           } as Docker.NetworkCreateOptions),
@@ -150,11 +177,16 @@ export class DockerodeDriver implements RunnerDriver {
     );
   }
 
-  /** The engine's networks named RUNNER_NETWORK (its name filter also matches longer names). */
-  async #runnerNetworks(): Promise<Docker.NetworkInspectInfo[]> {
-    const filters = { name: [RUNNER_NETWORK] };
+  /** The engine's networks named RUNNER_NETWORK. */
+  #runnerNetworks(): Promise<Docker.NetworkInspectInfo[]> {
+    return this.#networksNamed(RUNNER_NETWORK);
+  }
+
+  /** The engine's networks named `name` (its name filter also matches longer names). */
+  async #networksNamed(name: string): Promise<Docker.NetworkInspectInfo[]> {
+    const filters = { name: [name] };
     const all = await this.#call("list networks", this.#callMs, (abortSignal) => this.#docker.listNetworks({ filters, abortSignal }));
-    return all.filter((n) => n.Name === RUNNER_NETWORK);
+    return all.filter((n) => n.Name === name);
   }
 
   async start(id: string): Promise<void> {
@@ -345,7 +377,8 @@ export class DockerodeDriver implements RunnerDriver {
 /**
  * Why the engine could not be reached, in an operator's words, or undefined when `err` is not a
  * failed connect: its address, what set it (`where`), and the fix for the usual causes: a socket
- * whose group this process lacks (Compose's `DOCKER_GID`), no socket (no dockerd, a wrong path).
+ * whose group this process lacks (JITRUNNER_USER adds it when started as root), no socket (no
+ * dockerd, a wrong path).
  */
 export function engineUnreachable(err: unknown, where: string): string | undefined {
   const e = err as (NodeJS.ErrnoException & { address?: string; port?: number }) | undefined;

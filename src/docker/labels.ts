@@ -14,11 +14,13 @@ export const LABEL = {
 export const MANAGED_BY = "jitrunner";
 
 /**
- * The network pools' runners join unless a pool names another (`pools[].networkMode`): a bridge
- * that each worker makes on its engine, with traffic between its containers off. On Docker's
- * default bridge, a runner reaches every other container on the host: another repository's runner,
- * and any port a job publishes on its own engine. Named apart from what an operator may have
- * called a network for jitrunner itself.
+ * The network a pool's runners join with `networkMode: jitrunner-runners`: a bridge that each
+ * worker makes on its engine, with traffic between its containers off. On Docker's default bridge,
+ * a runner reaches every other container on the host: another repository's runner, and any port a
+ * job publishes on its own engine. Not the default: on a user-defined network Docker gives
+ * containers its embedded resolver (127.0.0.11), which the runner's own engine cannot pass on to
+ * the containers a job starts, and they then resolve names through public DNS (moby/moby#20037).
+ * Named apart from what an operator may have called a network for jitrunner itself.
  */
 export const RUNNER_NETWORK = "jitrunner-runners";
 

@@ -388,8 +388,9 @@ export class OctokitGitHub implements GitHubClient {
     if ("id" in group) return seen.find((g) => g.id === group.id);
     const found = groupNamed(seen, group.name);
     // The registration's look-up by name, spared: the worker asks this just before it registers.
-    const key = groupKey(scope, group.name);
-    if (found && !this.#groups.has(key)) this.#groups.set(key, Promise.resolve(found.id));
+    // Always the id found now: a group renamed since, and another made under its name, must not
+    // have runners registered in the old one, which the worker did not check.
+    if (found) this.#groups.set(groupKey(scope, group.name), Promise.resolve(found.id));
     return found;
   }
 

@@ -48,7 +48,7 @@ export class Metrics {
   });
   readonly #warmRefused = new Gauge({
     name: "jitrunner_warm_refused",
-    help: "1 while this worker launches no warm runner for the pool, by reason (public_repository, public_runner_group, visibility_unknown)",
+    help: "1 while this worker launches no warm runner for the pool, by reason (public_repository, public_runner_group, runner_group_missing, visibility_unknown)",
     labelNames: ["pool", "reason"],
     registers: [this.registry],
   });
@@ -251,7 +251,7 @@ export class Metrics {
 export type UnverifiedOutcome = "unsigned" | "bad_signature" | "too_large" | "unsupported_media_type" | "bad_request";
 
 /** Why a pool's warm runners may be refused (WarmRefusal): each a series of jitrunner_warm_refused. */
-const WARM_REFUSALS = ["public_repository", "public_runner_group", "visibility_unknown"] as const;
+const WARM_REFUSALS = ["public_repository", "public_runner_group", "runner_group_missing", "visibility_unknown"] as const;
 
 /** The events that get a label of their own: those the ingress acts on. */
 const LABELLED_EVENTS: ReadonlySet<string> = new Set(["workflow_job", "repository", "ping"]);

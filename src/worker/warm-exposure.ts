@@ -7,10 +7,11 @@ import { isPublicRepository } from "../ingress/policy.ts";
 /**
  * Why a pool's warm runners may not be registered now: where they register, GitHub would hand
  * them jobs of a public repository (`public_repository`: the warm repository is public;
- * `public_runner_group`: the organization pool's runner group admits public repositories), or
- * GitHub could not be asked (`visibility_unknown`: the lookup failed, or the group is not there).
+ * `public_runner_group`: the organization pool's runner group admits public repositories), the
+ * organization has no such runner group (`runner_group_missing`), or GitHub could not be asked
+ * (`visibility_unknown`: the lookup failed).
  */
-export type WarmRefusal = "public_repository" | "public_runner_group" | "visibility_unknown";
+export type WarmRefusal = "public_repository" | "public_runner_group" | "runner_group_missing" | "visibility_unknown";
 
 /** What GitHub said about where a pool's warm runners register. */
 export type WarmTargetFacts =
@@ -33,7 +34,7 @@ export function warmRefusal(pool: Pick<PoolConfig, "allowPublicRepositories">, f
     case "repository":
       return isPublicRepository(facts.repository) ? "public_repository" : undefined;
     case "organization":
-      if (!facts.group) return "visibility_unknown";
+      if (!facts.group) return "runner_group_missing";
       return facts.group.allowsPublicRepositories ? "public_runner_group" : undefined;
     case "unknown":
       return "visibility_unknown";
@@ -85,6 +86,8 @@ export interface ExposureTarget {
 export class WarmExposure {
   readonly #d: WarmExposureDeps;
   readonly #verdicts = new Map<string, Verdict>();
+  /** When a recheck was last asked for, by pool (see recheck). */
+  readonly #rechecks = new Map<string, number>();
   /** Lookups under way, by key: callers at once share one. */
   readonly #asking = new Map<string, Promise<WarmRefusal | undefined>>();
   /** The refusal last logged per key ("" for none): a repeat is not logged again. */
@@ -98,13 +101,15 @@ export class WarmExposure {
    * Why `pool`'s runners may not be launched at `target` now (default: its warm target), or
    * undefined when they may. Never throws: a failed lookup is a refusal (fail closed). A lookup cut
    * short by `signal` (the worker stopping) is a refusal that is neither kept nor logged.
+   * `askAgainIfFailed`: a failed lookup kept from before is not trusted, GitHub is asked again (a
+   * job's launch, whose retries come sooner than the minute a failure is kept).
    */
-  async refusal(pool: PoolConfig, signal?: AbortSignal, target: ExposureTarget | undefined = pool.warm): Promise<WarmRefusal | undefined> {
+  async refusal(pool: PoolConfig, signal?: AbortSignal, target: ExposureTarget | undefined = pool.warm, askAgainIfFailed = false): Promise<WarmRefusal | undefined> {
     if (pool.allowPublicRepositories || !target) return undefined;
     const key = keyOf(pool, target);
     const now = this.#d.now ?? Date.now;
     const kept = this.#verdicts.get(key);
-    if (kept && now() < kept.until) return kept.refusal;
+    if (kept && now() < kept.until && !(askAgainIfFailed && kept.refusal === "visibility_unknown")) return kept.refusal;
     let asking = this.#asking.get(key);
     if (!asking) {
       asking = this.#ask(pool, target, key, signal).finally(() => this.#asking.delete(key));
@@ -115,6 +120,7 @@ export class WarmExposure {
 
   async #ask(pool: PoolConfig, target: ExposureTarget, key: string, signal: AbortSignal | undefined): Promise<WarmRefusal | undefined> {
     const now = this.#d.now ?? Date.now;
+    const started = now();
     let facts: WarmTargetFacts;
     let failure: string | undefined;
     try {
@@ -125,21 +131,33 @@ export class WarmExposure {
       failure = errorMessage(err);
     }
     const refusal = warmRefusal(pool, facts);
-    const ttl = refusal === "visibility_unknown" ? (this.#d.retryMs ?? WARM_CHECK_RETRY_MS) : (this.#d.ttlMs ?? WARM_CHECK_TTL_MS);
+    const failed = refusal === "visibility_unknown" || refusal === "runner_group_missing";
+    const ttl = failed ? (this.#d.retryMs ?? WARM_CHECK_RETRY_MS) : (this.#d.ttlMs ?? WARM_CHECK_TTL_MS);
     const asked = now();
-    this.#verdicts.set(key, { refusal, asked, until: asked + ttl });
+    // A recheck asked for while GitHub was being asked may be about a change after its answer.
+    const recheckedSince = (this.#rechecks.get(pool.name) ?? -Infinity) >= started;
+    const until = recheckedSince ? Math.min(asked + ttl, asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS)) : asked + ttl;
+    this.#verdicts.set(key, { refusal, asked, until });
     this.#say(pool, target, key, refusal, failure);
     return refusal;
   }
 
   /**
    * Has the pool's next `refusal` ask GitHub again, not before WARM_RECHECK_MIN_MS after the last
-   * time it did: GitHub said its warm repository was made public (a `repository` webhook).
+   * time it did: GitHub said its warm repository was made public (a `repository` webhook). A lookup
+   * under way keeps its answer only that long too. True when a kept answer was cut short.
    */
-  recheck(poolName: string): void {
+  recheck(poolName: string): boolean {
+    const now = this.#d.now ?? Date.now;
+    this.#rechecks.set(poolName, now());
+    let sooner = false;
     for (const [key, kept] of this.#verdicts) {
-      if (key.startsWith(`${poolName}\0`)) kept.until = Math.min(kept.until, kept.asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS));
+      if (!key.startsWith(`${poolName}\0`)) continue;
+      const until = Math.min(kept.until, kept.asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS));
+      sooner ||= until < kept.until;
+      kept.until = until;
     }
+    return sooner;
   }
 
   async #facts(pool: PoolConfig, target: ExposureTarget, signal: AbortSignal | undefined): Promise<WarmTargetFacts> {
@@ -165,9 +183,14 @@ export class WarmExposure {
           ? "warm runners allowed again: their repository is not public"
           : "runners allowed again: their runner group admits no public repository",
       );
+    } else if (refusal === "runner_group_missing") {
+      log.warn(
+        { reason: refusal },
+        "the pool's runner group does not exist in this organization: no runners launched there; check runnerGroup or runnerGroupId (asked again every minute)",
+      );
     } else if (refusal === "visibility_unknown") {
       log.warn(
-        { reason: refusal, err: failure ?? "runner group not found" },
+        { reason: refusal, err: failure },
         pool.scope === "repository"
           ? "no warm runners launched until GitHub says whether public repositories' jobs could reach them (asked again every minute)"
           : "no runners launched until GitHub says whether public repositories' jobs could reach them (asked again every minute)",

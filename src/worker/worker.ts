@@ -60,6 +60,10 @@ export interface WorkerDeps {
 /** How old a record that names no worker process must be before the host loop takes it for dead. */
 const UNATTRIBUTED_RECORD_MS = 60_000;
 
+/** Why a job's launch is refused by the pool's config, before anything is registered (#checkRunnerGroup). */
+const CONFIG_REFUSAL = { publicGroup: "E_PUBLIC_RUNNER_GROUP", missingGroup: "E_RUNNER_GROUP_MISSING" } as const;
+const CONFIG_REFUSALS: ReadonlySet<string> = new Set(Object.values(CONFIG_REFUSAL));
+
 /** How often the warm loop looks at its pool when nothing happens. */
 const WARM_TICK_MS = 1000;
 
@@ -649,7 +653,8 @@ export class RunnerWorker {
       const retryable = (err as { retryable?: boolean }).retryable ?? true;
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       await this.#d.activity?.launchFailure(demand, lease.attempt, err).catch(() => undefined);
-      this.#noteError(UNREADY.launches, `launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+      // A job the config refuses (its runner group) says nothing of this worker's health.
+      if (!CONFIG_REFUSALS.has((err as { code?: string }).code ?? "")) this.#noteError(UNREADY.launches, `launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       if (err instanceof DockerError && !(await this.#presence.checkEngine())) {
         // The host failed, not the demand: it goes back without spending one of its launch
         // attempts, for another host, or this one once its engine answers (it takes none before).
@@ -669,17 +674,26 @@ export class RunnerWorker {
    * public repositories, no runner is launched in such a group, as no warm one is (WarmExposure,
    * asked once per 5 minutes per pool and organization). Throws, before anything is registered:
    * for good (the demand fails, its error saying what to change) when the group admits public
-   * repositories; to be retried when GitHub cannot say; NotSentError when the worker stops.
+   * repositories or is not there; to be retried when GitHub cannot say (asked again on each try);
+   * NotSentError when the worker stops. Refusals of the config are no failure of the worker's:
+   * they do not make it unready (see #serve).
    */
   async #checkRunnerGroup(pool: PoolConfig, demand: Lease["demand"]): Promise<void> {
     if (pool.scope !== "organization" || pool.allowPublicRepositories) return;
-    const refused = await this.#exposure.refusal(pool, this.#shutdown.signal, { installationId: demand.installationId, owner: demand.owner });
+    const refused = await this.#exposure.refusal(pool, this.#shutdown.signal, { installationId: demand.installationId, owner: demand.owner }, true);
     if (this.#shutdown.signal.aborted) throw new NotSentError("the runner group check");
     const group = pool.runnerGroup ?? pool.runnerGroupId ?? 1;
     if (refused === "public_runner_group") {
       throw new JitrunnerError(
-        "E_PUBLIC_RUNNER_GROUP",
+        CONFIG_REFUSAL.publicGroup,
         `runner group ${group} of organization ${demand.owner} admits public repositories: any pull request could run on this pool's runners; restrict the group to private repositories, or set allowPublicRepositories on pool ${pool.name}`,
+        { retryable: false },
+      );
+    }
+    if (refused === "runner_group_missing") {
+      throw new JitrunnerError(
+        CONFIG_REFUSAL.missingGroup,
+        `runner group ${group} does not exist in organization ${demand.owner}: check runnerGroup or runnerGroupId of pool ${pool.name}`,
         { retryable: false },
       );
     }
@@ -786,7 +800,7 @@ export class RunnerWorker {
       if (refused) {
         // Not on a failed lookup: those were allowed when launched, and a GitHub outage would
         // otherwise cost every warm runner (and deregistrations GitHub then fails too).
-        if (refused !== "visibility_unknown") this.#retireSpares(pool, refused);
+        if (refused === "public_repository" || refused === "public_runner_group") this.#retireSpares(pool, refused);
         this.#d.metrics.warmRefused(pool.name, refused);
         await this.#pause(WARM_REFUSED_PAUSE_MS);
         continue;
@@ -857,8 +871,8 @@ export class RunnerWorker {
       const warm = pool.warm;
       if (pool.minIdle === 0 || !warm || pool.scope !== "repository" || pool.allowPublicRepositories) continue;
       if (where && !(same(warm.owner, where.owner) && same(warm.repo ?? "", where.repo))) continue;
-      if (where) this.#d.logger.info({ pool: pool.name, owner: warm.owner, repo: warm.repo }, "warm repository made public: asking GitHub again");
-      this.#exposure.recheck(pool.name);
+      // Said only when it changed something: replays of one delivery add no line each.
+      if (this.#exposure.recheck(pool.name) && where) this.#d.logger.info({ pool: pool.name, owner: warm.owner, repo: warm.repo }, "warm repository made public: asking GitHub again");
     }
   }
 

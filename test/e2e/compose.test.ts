@@ -61,7 +61,7 @@ let downDone = false;
 function compose(args: string[], timeoutMs: number): Promise<string> {
   return runCommand("docker-compose", ["--ansi", "never", "-f", "docker-compose.yml", "-f", "compose.test.yml", "-p", project, ...args], {
     cwd: dir,
-    // No DOCKER_GID, nor any other step for the socket's group: the image adds it itself.
+    // No DOCKER_GID, nor any other step for the socket's group: started as root, jitrunner adds it itself.
     env: { ...CLASSIC_BUILD_ENV, COMPOSE_FILE: undefined, COMPOSE_PROJECT_NAME: undefined },
     timeoutMs,
   });

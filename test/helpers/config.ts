@@ -17,10 +17,12 @@ export function testConfig(input: Partial<ConfigInput> & { privateKey?: string; 
   const { privateKey, webhookSecret, ...rest } = input;
   const raw: ConfigInput = {
     github: { appId: 1, apiUrl: "http://127.0.0.1:9/" },
-    // Network `none`, as every runner in tests (their traffic stays on unix sockets).
-    pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: "jitrunner-test-runner:latest", networkMode: "none" }],
+    pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: "jitrunner-test-runner:latest" }],
     ...rest,
   } as ConfigInput;
+  // Network `none` for every pool that names none, as every runner in tests (their traffic stays
+  // on unix sockets): the default would put a runner on a bridge with a way out.
+  raw.pools = (raw.pools as Array<Record<string, unknown>>).map((p) => ({ networkMode: "none", ...p })) as ConfigInput["pools"];
   return loadConfig({
     text: JSON.stringify(raw),
     env: {

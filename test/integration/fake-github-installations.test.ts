@@ -58,6 +58,10 @@ test("the fake starts with its default installation and adds others, one per acc
 });
 
 test("a token of one installation is refused on another installation's owner, as GitHub refuses it", async () => {
+  // Requests GitHub would refuse that came before this test are not its own: set aside here, so
+  // that the one it sends on purpose is checked alone, and reported at its end (close() cannot now).
+  const earlierInvalid = fake.takeInvalidRequests();
+  const runnersBefore = fake.runners().map((r) => r.name);
   // Installation 1's token on globex: a private repository it cannot see is a 404, whatever the
   // request; globex's organization is known to exist, and refuses with a 403.
   assert.deepEqual(await answer(acme, "GET", "/repos/globex/app/actions/runners"), NOT_FOUND);
@@ -68,7 +72,7 @@ test("a token of one installation is refused on another installation's owner, as
   assert.deepEqual(await answer(acme, "GET", "/orgs/Globex/actions/runners"), NOT_ACCESSIBLE, "logins are case-insensitive");
   assert.deepEqual(await answer(acme, "GET", "/orgs/globex/actions/runner-groups"), NOT_ACCESSIBLE);
   assert.deepEqual(await answer(acme, "GET", "/repos/globex/app"), NOT_FOUND);
-  assert.equal(fake.runners().length, 0, "nothing registered by a refused token");
+  assert.deepEqual(fake.runners().map((r) => r.name), runnersBefore, "nothing registered by a refused token");
 
   // The other way round: globex's token on acme (the default installation's) and on someuser.
   assert.deepEqual(await answer(globex, "GET", "/repos/acme/app/actions/runners"), NOT_FOUND);
@@ -81,8 +85,13 @@ test("a token of one installation is refused on another installation's owner, as
   const id = (made.body as { runner: { id: number } }).runner.id;
   assert.deepEqual(await answer(acme, "GET", `/repos/globex/app/actions/runners/${id}`), NOT_FOUND);
   assert.deepEqual(await answer(acme, "DELETE", `/repos/globex/app/actions/runners/${id}`), NOT_FOUND);
-  assert.deepEqual(fake.runners().map((r) => r.name), ["jr-globex"], "still registered");
+  assert.deepEqual(fake.runners().map((r) => r.name), [...runnersBefore, "jr-globex"], "still registered");
   assert.deepEqual(await answer(globex, "DELETE", `/repos/globex/app/actions/runners/${id}`), { status: 204 });
+  assert.deepEqual(
+    earlierInvalid.map((r) => `${r.method} ${r.path}: ${r.problems.join("; ")}`),
+    [],
+    "no request GitHub's OpenAPI description refuses came before this test",
+  );
 });
 
 test("a public repository of another installation reads as public data, and its runners are refused with a 403", async () => {
@@ -102,6 +111,7 @@ test("a public repository of another installation reads as public data, and its 
 });
 
 test("each installation's token works on its own owner, a user's has no organization routes", async () => {
+  const from = fake.requests.length;
   assert.deepEqual(await answer(acme, "GET", "/repos/acme/app/actions/runners"), { status: 200 });
   assert.deepEqual(await answer(acme, "GET", "/orgs/acme/actions/runner-groups"), { status: 200 });
   assert.deepEqual(await answer(acme, "GET", "/repos/any-other-owner/app"), { status: 200 }, "the default installation covers every other owner");
@@ -109,8 +119,9 @@ test("each installation's token works on its own owner, a user's has no organiza
   assert.deepEqual(await answer(globex, "GET", "/orgs/globex/actions/runners"), { status: 200 });
   assert.deepEqual(await answer(someuser, "GET", "/repos/someuser/dotfiles/actions/runners"), { status: 200 });
   assert.deepEqual(await answer(someuser, "GET", "/orgs/someuser/actions/runners"), NOT_FOUND, "a user is no organization");
-  const calls = fake.requests.filter((r) => r.path.endsWith("/someuser/dotfiles/actions/runners"));
-  assert.deepEqual(calls.map((r) => [r.status, r.installationId]), [[404, 2], [200, 30]], "each request records its token's installation");
+  assert.deepEqual(await answer(globex, "GET", "/repos/someuser/dotfiles/actions/runners"), NOT_FOUND, "nor does globex's token work on someuser");
+  const calls = fake.requests.slice(from).filter((r) => r.path.endsWith("/someuser/dotfiles/actions/runners"));
+  assert.deepEqual(calls.map((r) => [r.status, r.installationId]), [[200, 30], [404, 2]], "each request records its token's installation");
 });
 
 test("tokens are minted per installation, and the installation routes name the covering one", async () => {
@@ -152,6 +163,7 @@ test("webhooks carry the installation covering the job's owner", async () => {
 
 test("jitrunner's GitHub client works with the right installationId and fails clearly with a wrong one", async () => {
   const gh = githubFor(fake);
+  const runnersBefore = fake.runners().map((r) => r.name);
   try {
     const scope = { installationId: 2, owner: "globex", repo: "client" };
     const jit = await gh.generateJitConfig(scope, { name: "jr-client", labels: ["self-hosted"] });
@@ -172,7 +184,7 @@ test("jitrunner's GitHub client works with the right installationId and fails cl
     assert.equal(unknown.status, undefined, "the token request's 404 is no 'runner not found'");
 
     assert.equal(await gh.deleteRunner(scope, jit.runnerId), "deleted");
-    assert.equal(fake.runners().length, 0);
+    assert.deepEqual(fake.runners().map((r) => r.name), runnersBefore);
   } finally {
     gh.close();
   }

@@ -1,12 +1,16 @@
 /**
  * JITRUNNER_USER, as the control-plane image sets it, for the real CLI started as root (the test
- * runs as root, as .ci/run does): a worker reads its root-only config and secrets, then runs on as
- * that user with the Docker socket's group added, and reaches the real engine through it (it gets
+ * runs as root, as .ci/run does): a worker reads its root-only config, secrets and engine TLS
+ * files, then runs on as that user with the Docker socket's group added, and reaches the real engine through it (it gets
  * ready); a spec that is not two numbers stops the start. Against the fake GitHub and a real Redis.
  */
 import assert from "node:assert/strict";
-import { readFileSync, statSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { localDockerSocket } from "../../src/cli/privileges.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
@@ -19,12 +23,14 @@ const USER = { uid: 1000, gid: 1000 };
 let redis: TestRedis;
 let fake: FakeGitHub;
 const host = uniqueHost("privileges");
+const dirs: string[] = [];
 
 before(async () => {
   redis = await startRedis();
   fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
 });
 after(async () => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
   await removeContainersOf(host);
   await fake?.close();
   await redis?.stop();
@@ -39,11 +45,13 @@ function procStatus(pid: number, field: string): number[] {
 test("a worker started as root with JITRUNNER_USER reads its root-only secrets, runs on as that user in the Docker socket's group, and reaches its engine", { timeout: 120_000 }, async (t) => {
   if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
   const port = await freePort();
+  const socketPath = localDockerSocket(undefined, undefined, process.env);
+  assert.ok(socketPath, "the test engine is reached through a local socket");
   // writeOperatorConfig writes the key and secret 0600, owned by root: uid 1000 could not read them.
   const file = writeOperatorConfig(fake, {
     redis: { url: redis.url, prefix: redis.prefix },
     server: { host: "127.0.0.1", port },
-    worker: { hostId: host, capacity: 1 },
+    worker: { hostId: host, capacity: 1, docker: { socketPath } },
     pools: [fakeRunnerPool(fake)],
   });
   const jr = runJitrunner(["worker", "--config", file], { JITRUNNER_USER: `${USER.uid}:${USER.gid}` });
@@ -52,14 +60,38 @@ test("a worker started as root with JITRUNNER_USER reads its root-only secrets, 
     const pid = jr.child.pid!;
     assert.deepEqual(procStatus(pid, "Uid"), [USER.uid, USER.uid, USER.uid, USER.uid], "real, effective, saved and filesystem uid");
     assert.deepEqual(procStatus(pid, "Gid"), [USER.gid, USER.gid, USER.gid, USER.gid]);
-    const socketGid = statSync("/var/run/docker.sock").gid;
+    const socketGid = statSync(socketPath).gid;
     assert.deepEqual(procStatus(pid, "Groups").sort(), [USER.gid, socketGid].sort(), "its own group and the socket's, nothing of root's");
     // Log lines are written in batches, at least once a second.
-    const said = /"uid":1000,"gid":1000,"groups":\[[\d,]+\],"socket":"\/var\/run\/docker\.sock"[^\n]*"msg":"config and secrets read as root; running on as this user"/;
+    const said = new RegExp(`"uid":1000,"gid":1000,"groups":\\[[\\d,]+\\],"socket":"${socketPath.replaceAll("/", "\\/").replaceAll(".", "\\.")}"[^\\n]*"msg":"config and secrets read as root; running on as this user"`);
     await waitFor(() => said.test(jr.output()), 5_000, "the change of user logged");
   } finally {
     assert.equal(await jr.stop(), 0, jr.output().slice(-2000));
   }
+});
+
+test("a worker's root-only engine TLS files are read before it runs on as that user: its start fails at the engine, not at the files", { timeout: 60_000 }, async (t) => {
+  if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
+  const tls = mkdtempSync(join(tmpdir(), "jitrunner-tls-"));
+  dirs.push(tls);
+  const made = spawnSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=jitrunner-test", "-keyout", join(tls, "key.pem"), "-out", join(tls, "cert.pem")], { encoding: "utf8" });
+  assert.equal(made.status, 0, made.stderr);
+  copyFileSync(join(tls, "cert.pem"), join(tls, "ca.pem"));
+  for (const name of ["ca.pem", "cert.pem", "key.pem"]) chmodSync(join(tls, name), 0o600);
+  // An engine over TLS on loopback where nothing listens: the start fails reaching it, after the
+  // files were read (read as uid 1000, they would fail it first with EACCES).
+  const enginePort = await freePort();
+  const file = writeOperatorConfig(fake, {
+    redis: { url: redis.url, prefix: redis.prefix },
+    server: { host: "127.0.0.1", port: await freePort() },
+    worker: { hostId: uniqueHost("privileges-tls"), capacity: 1, docker: { host: "127.0.0.1", port: enginePort, protocol: "https", caFile: join(tls, "ca.pem"), certFile: join(tls, "cert.pem"), keyFile: join(tls, "key.pem") } },
+    pools: [fakeRunnerPool(fake)],
+  });
+  const jr = runJitrunner(["worker", "--config", file], { JITRUNNER_USER: `${USER.uid}:${USER.gid}` });
+  const code = await new Promise<number | null>((resolve) => (jr.child.exitCode !== null ? resolve(jr.child.exitCode) : jr.child.once("exit", resolve)));
+  assert.equal(code, 1, jr.output());
+  assert.match(jr.output(), new RegExp(`cannot reach the Docker engine at 127\\.0\\.0\\.1:${enginePort}`));
+  assert.doesNotMatch(jr.output(), /EACCES/);
 });
 
 test("a JITRUNNER_USER that is not UID:GID in numbers stops the start, saying so", { timeout: 60_000 }, async (t) => {

@@ -1,15 +1,18 @@
 /**
  * The network runners join by default (RUNNER_NETWORK), on the real Docker engine: a worker makes
- * it at start as a bridge whose containers cannot reach each other, once however many workers of
- * one engine start at once; one of that name that lets them is refused with what to do; and a
- * network removed after the start (`docker network prune` while no runner runs) is made again by
- * the next container start. The engine's network of that name is removed before and after.
+ * it at start as a bridge whose containers cannot reach each other, with the MTU of the engine's
+ * default bridge, once however many workers of one engine start at once (duplicates of that name,
+ * which Docker's non-atomic name check lets through, are removed but the first made); one of that
+ * name that lets them is refused with what to do; and a network removed after the start (`docker
+ * network prune` while no runner runs) is made again by the next container start. The engine's
+ * networks of that name are removed before and after.
  *
  * Network rule: no runner container joins it here. The one container started on it runs `true`
  * and exits (a start is what needs the network); every runner stays on network `none`.
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
+import Docker from "dockerode";
 import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "../../src/docker/labels.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
@@ -17,17 +20,26 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { docker, fakeRunnerPool, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 
 const ICC = "com.docker.network.bridge.enable_icc";
+const MTU = "com.docker.network.driver.mtu";
 /** An image every test machine has (test/fakes/runner/build.sh), run for its `true` only. */
 const BASE_IMAGE = process.env.JITRUNNER_TEST_BASE_IMAGE ?? "jitrunner-test-base:bookworm";
 const { redis, hosts } = workersForFile();
 
+/** The engine's networks named RUNNER_NETWORK (its name filter also matches longer names). */
+async function networksNamed() {
+  return (await docker.listNetworks({ filters: { name: [RUNNER_NETWORK] } })).filter((n) => n.Name === RUNNER_NETWORK);
+}
+
+/** Removes every network of that name, by id: a name two networks share is ambiguous to remove. */
 async function removeNetwork(): Promise<void> {
-  await docker
-    .getNetwork(RUNNER_NETWORK)
-    .remove()
-    .catch((err: { statusCode?: number }) => {
-      if (err.statusCode !== 404) throw err;
-    });
+  for (const n of await networksNamed()) {
+    await docker
+      .getNetwork(n.Id)
+      .remove()
+      .catch((err: { statusCode?: number }) => {
+        if (err.statusCode !== 404) throw err;
+      });
+  }
 }
 
 async function inspectNetwork() {
@@ -69,6 +81,32 @@ test("a worker whose pools name other networks makes none", { timeout: 120_000 }
   }
 });
 
+test("networks of that name made twice, as workers of one engine starting at once can, are cut to one: the first made", async () => {
+  await removeNetwork();
+  // Docker's name check is not atomic; API 1.41 skips it on request, which makes the race's
+  // outcome (two networks of one name) every time rather than when the race happens.
+  const racing = new Docker({ version: "v1.41" });
+  const made: string[] = [];
+  for (let i = 0; i < 2; i++) {
+    const n = await racing.createNetwork({
+      Name: RUNNER_NETWORK,
+      Driver: "bridge",
+      CheckDuplicate: false,
+      Options: { [ICC]: "false" },
+      Labels: { [LABEL.managedBy]: MANAGED_BY },
+    });
+    made.push(n.id);
+  }
+  assert.equal((await networksNamed()).length, 2, "the engine holds two networks of that name");
+
+  await new DockerodeDriver().ensureRunnerNetwork();
+  assert.deepEqual(
+    (await networksNamed()).map((n) => n.Id),
+    [made[0]],
+    "one left, the first made: the one every worker keeps",
+  );
+});
+
 test("workers of one engine starting at once make one network, and each start after finds it", async () => {
   await removeNetwork();
   const drivers = Array.from({ length: 4 }, () => new DockerodeDriver());
@@ -76,8 +114,19 @@ test("workers of one engine starting at once make one network, and each start af
   const first = await inspectNetwork();
   await drivers[0]!.ensureRunnerNetwork();
   assert.equal((await inspectNetwork()).Id, first.Id, "found, not made again");
-  const named = (await docker.listNetworks({ filters: { name: [RUNNER_NETWORK] } })).filter((n) => n.Name === RUNNER_NETWORK);
-  assert.equal(named.length, 1);
+  assert.equal((await networksNamed()).length, 1);
+});
+
+test("the network made carries the MTU of the engine's default bridge", async (t) => {
+  const bridge = (await docker.getNetwork("bridge").inspect()) as { Options?: Record<string, string> };
+  const mtu = bridge.Options?.[MTU];
+  if (mtu === undefined) {
+    t.skip(`the engine's default bridge sets no ${MTU}`);
+    return;
+  }
+  await removeNetwork();
+  await new DockerodeDriver().ensureRunnerNetwork();
+  assert.equal((await inspectNetwork()).Options[MTU], mtu, "the MTU the engine was given (dockerd --mtu) holds on the runners' network too");
 });
 
 test("a network of that name whose containers can reach each other stops the worker's start, saying what to do", { timeout: 120_000 }, async () => {

@@ -127,7 +127,7 @@ test("an organization pool: its runner group's allows_public_repositories decide
   assert.equal(await guard.refusal(pool({ name: "default-group", scope: "organization", warm })), undefined, "the Default group (GitHub's default: no public repositories)");
   assert.equal(await guard.refusal(org({ runnerGroup: "public-ci" })), "public_runner_group");
   assert.equal(await guard.refusal(org({ runnerGroup: "Private-CI" })), undefined);
-  assert.equal(await guard.refusal(org({ runnerGroup: "no-such-group" })), "visibility_unknown");
+  assert.equal(await guard.refusal(org({ runnerGroup: "no-such-group" })), "runner_group_missing");
 
   const before = callsTo(fake, GROUPS) + callsTo(fake, REPO);
   assert.equal(await guard.refusal(pool({ name: "allowed-org", scope: "organization", warm, runnerGroup: "public-ci", allowPublicRepositories: true })), undefined);
@@ -172,4 +172,29 @@ test("an organization pool's runners for jobs: asked per organization (each has 
   assert.equal(callsTo(fake, GROUPS), before + 2, "another organization: its own call");
   assert.equal(await guard.refusal(p), undefined, "no warm target, no job's: nothing to ask");
   assert.equal(callsTo(fake, GROUPS), before + 2);
+});
+
+test("a job's launch asks again after a failed lookup rather than trusting it for a minute; a recheck during a lookup shortens its answer's life", async () => {
+  const { guard, clock } = exposure();
+  fake.addRunnerGroup("flaky-ci");
+  const p = pool({ name: "org-flaky", scope: "organization", runnerGroup: "flaky-ci", minIdle: 0 });
+  const acme = { installationId: fake.installationId, owner: "acme" };
+  fake.inject({ route: GROUPS, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "https://docs.github.com/rest" } });
+  const before = callsTo(fake, GROUPS);
+  assert.equal(await guard.refusal(p, undefined, acme), "visibility_unknown");
+  assert.equal(await guard.refusal(p, undefined, acme), "visibility_unknown", "the warm loop's way: kept a minute");
+  assert.equal(callsTo(fake, GROUPS), before + 1);
+  assert.equal(await guard.refusal(p, undefined, acme, true), undefined, "a job's way: asked again at once");
+  assert.equal(callsTo(fake, GROUPS), before + 2);
+
+  // A recheck that comes while GitHub is being asked: the answer, perhaps from before the change, is kept 10 s, not 5 minutes.
+  const q = pool({ name: "mid-lookup", warm: { installationId: fake.installationId, owner: "acme", repo: "mid-lookup" } });
+  const asking = guard.refusal(q);
+  guard.recheck("mid-lookup");
+  assert.equal(await asking, undefined);
+  const asked = callsTo(fake, REPO);
+  clock.now += 10_000;
+  fake.setRepositoryPrivate("acme", "mid-lookup", false);
+  assert.equal(await guard.refusal(q), "public_repository", "asked again 10 s later");
+  assert.equal(callsTo(fake, REPO), asked + 1);
 });

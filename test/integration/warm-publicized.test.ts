@@ -51,11 +51,13 @@ test("the `publicized` webhook has the idle warm runners of that repository remo
   const asked = visibilityAsks();
   const names = fake.runners().map((r) => r.name);
 
-  const made = Date.now();
   assert.equal(await fake.publicize("acme", "app"), 202);
-  await waitFor(async () => (await containersOf(host)).length === 0 && fake.runners().length === 0, 30_000, "the warm runners deregistered and removed");
-  const took = Date.now() - made;
-  assert.ok(took < 60_000, `removed after ${took} ms: well before the 5-minute check`);
+  // The limit is the assertion: 30 s is well before the worker's next 5-minute visibility check.
+  await waitFor(
+    async () => (await containersOf(host)).length === 0 && fake.runners().length === 0,
+    30_000,
+    "the warm runners deregistered and removed within 30 s of the webhook, well before the 5-minute check",
+  );
   assert.equal(visibilityAsks(), asked + 1, "GitHub asked once more, on the webhook");
   const logs = sys.logs();
   assert.match(logs, /"msg":"repository made public: warm runners registered on it are rechecked"/);

@@ -13,7 +13,6 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
-import { metricSample } from "../helpers/leftovers.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { containersOf, fakeRunnerPool, removeContainersOf, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
@@ -79,9 +78,10 @@ test("a repository pool whose warm repository is public registers no warm runner
   assert.equal(callsFor("default", REPO, "GET"), 1, "the repository's visibility asked once, not per tick");
   assert.equal((sys.logs().match(/warm repository is public/g) ?? []).length, 1, "said once");
   const metrics = await (await fetch(`${sys.url}/metrics`)).text();
-  assert.equal(metricSample(metrics, "jitrunner_warm_refused", 'pool="default",reason="public_repository"'), 1);
-  assert.equal(metricSample(metrics, "jitrunner_warm_refused", 'pool="default",reason="visibility_unknown"'), 0);
-  assert.equal(metricSample(metrics, "jitrunner_warm_refused", 'pool="turned",reason="public_repository"'), 0, "a private warm repository's pool is not refused");
+  // Exact lines: a missing series must fail these, not read as 0.
+  assert.match(metrics, /^jitrunner_warm_refused\{pool="default",reason="public_repository"\} 1$/m);
+  assert.match(metrics, /^jitrunner_warm_refused\{pool="default",reason="visibility_unknown"\} 0$/m);
+  assert.match(metrics, /^jitrunner_warm_refused\{pool="turned",reason="public_repository"\} 0$/m, "a private warm repository's pool is not refused");
   assert.doesNotMatch(metrics, /jitrunner_launch_failures_total\{pool="default"/, "a refusal is no failed launch: it would page as every launch failing");
   const ready = await fetch(`${sys.url}/readyz`);
   assert.equal(ready.status, 200, "a refused warm pool does not keep the worker from serving demand");

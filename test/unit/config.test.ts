@@ -4,7 +4,6 @@ import { test } from "node:test";
 import { parse as parseYaml } from "yaml";
 import { loadConfig, loadConfigWithOrigins } from "../../src/config/load.ts";
 import { ConfigError } from "../../src/errors.ts";
-import { RUNNER_NETWORK } from "../../src/docker/labels.ts";
 import { testPrivateKey } from "../helpers/config.ts";
 
 const KEY = testPrivateKey();
@@ -36,7 +35,7 @@ test("a minimal config gets documented defaults", () => {
   assert.equal(pool.isolation, "privileged");
   assert.equal(pool.scope, "repository");
   assert.equal(pool.runnerGroupId, 1);
-  assert.equal(pool.networkMode, RUNNER_NETWORK);
+  assert.equal(pool.networkMode, "bridge");
   assert.equal(c.secrets.privateKey.reveal(), KEY.trim());
 });
 

@@ -314,12 +314,15 @@ test("the systemd unit runs a worker that may finish its launches on stop", () =
   assert.notEqual(directives.get("User") ?? "root", "root");
 });
 
-test("the control-plane image starts as root and runs jitrunner on as `node` (JITRUNNER_USER), so Compose needs no socket group id", () => {
+test("the control-plane image runs as `node`; the Compose files start it as root to run on as `node` (JITRUNNER_USER), so they need no socket group id", () => {
   const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8");
   const final = dockerfile.slice(dockerfile.lastIndexOf("\nFROM "));
-  assert.doesNotMatch(final, /^USER /m, "no USER: it starts as root, to read the secrets and find the socket's group");
+  assert.match(final, /^USER node$/m, "not root unless asked: Kubernetes' runAsNonRoot and hardened setups keep working");
   assert.match(final, /^ENV JITRUNNER_USER=1000:1000$/m);
   for (const file of ["docker-compose.yml", "deploy/compose.worker.yml"]) {
+    const [doc] = parseYamlFile(file);
+    const svc = Object.values(doc!.services as Obj).find((s) => String(s.command?.[0]).match(/^(all|worker)$/));
+    assert.equal(svc.user, "root", `${file}: started as root, to read the secrets and find the socket's group`);
     assert.doesNotMatch(readFileSync(join(ROOT, file), "utf8"), /DOCKER_GID|group_add/, `${file} asks for no socket group id`);
   }
 });

@@ -1,7 +1,7 @@
 /**
  * An engine that cannot be reached is said so, with what set its address and the fix: a socket
  * path with no socket (no dockerd, a wrong path), and a socket whose group this process lacks
- * (in Compose, DOCKER_GID), rather than `ping failed: connect EACCES /var/run/docker.sock`.
+ * (added by JITRUNNER_USER when started as root), rather than `ping failed: connect EACCES /var/run/docker.sock`.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";

@@ -24,7 +24,7 @@ test("an organization pool: refused when its runner group admits public reposito
   const group = (allowsPublicRepositories: boolean) => ({ kind: "organization" as const, group: { id: 2, name: "ci", allowsPublicRepositories } });
   assert.equal(warmRefusal(strict, group(true)), "public_runner_group");
   assert.equal(warmRefusal(strict, group(false)), undefined);
-  assert.equal(warmRefusal(strict, { kind: "organization", group: undefined }), "visibility_unknown");
+  assert.equal(warmRefusal(strict, { kind: "organization", group: undefined }), "runner_group_missing");
   assert.equal(warmRefusal(open, group(true)), undefined);
 });
 
