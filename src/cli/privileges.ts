@@ -1,12 +1,13 @@
 import { readFileSync, statSync } from "node:fs";
 
 /**
- * The control-plane image starts as root with JITRUNNER_USER=1000:1000 (the image's `node`). Once
- * jitrunner has read its config and secrets, it goes on as that user, with the group of the Docker
- * socket its worker uses added: so the secret files need not be made readable to uid 1000, nor the
- * socket's group id, which differs from host to host, be given to Compose (`group_add`). Nothing
- * is started before: no listener, no connection. Elsewhere (not root, or no JITRUNNER_USER: a
- * systemd unit's user, a Kubernetes pod's runAsUser) it changes nothing.
+ * The control-plane image sets JITRUNNER_USER=1000:1000 (its `node`), and the Compose files start
+ * it as root. Once jitrunner has read its config and secrets, it goes on as that user, with the
+ * group of the Docker socket its worker uses added: so the secret files need not be made readable
+ * to uid 1000, nor the socket's group id, which differs from host to host, be given to Compose
+ * (`group_add`). Nothing is started before: no listener, no connection. Elsewhere (not root, or no
+ * JITRUNNER_USER: the image's own `node`, a systemd unit's user, a Kubernetes pod's runAsUser) it
+ * changes nothing.
  */
 export interface DropResult {
   uid: number;
