@@ -128,35 +128,12 @@ export class Ingress {
     const action = actionOf(delivery.payload);
     let outcome: string;
     const repositories = this.#deps.repositories;
+    const payload = delivery.payload;
     if (delivery.event === "ping") outcome = "pong";
-    else if (delivery.event === "repository" && repositories) outcome = await this.#repository(delivery, repositories);
+    else if (delivery.event === "repository" && repositories) outcome = await this.#takenByRedis(delivery, action, () => this.#repository(delivery, repositories));
     else if (delivery.event !== "workflow_job") outcome = "ignored_event";
-    else if (!isWorkflowJob(delivery.payload)) outcome = "malformed";
-    else {
-      try {
-        outcome = await this.#workflowJobOnceConnected(delivery.payload, delivery);
-      } catch (err) {
-        // Not done, or done but not claimed: GitHub's redelivery of this id must be acted on.
-        const forgetting = this.#deps.deliveries.forget(delivery.deliveryId).catch(() => undefined);
-        const reason = redisUnavailableReason(err);
-        if (reason !== undefined) {
-          // Redis is away, so the forget fails as well (or waits for the command timeout): the answer
-          // does not wait for it. A claim left behind is no harm: a redelivery whose claim exists but
-          // whose demand BullMQ does not hold is added (DemandSink.add).
-          this.#deps.metrics.delivery(delivery.event, action, "redis_unavailable");
-          this.#redisRefused(reason, delivery.deliveryId);
-          throw new RedisUnavailableError(reason, err);
-        }
-        // Redis answers: the forget gets its answer at once (or the same refusal, harmless as above).
-        await forgetting;
-        const reply = redisErrorReply(err);
-        if (reply === undefined) throw err;
-        this.#deps.metrics.delivery(delivery.event, action, "redis_error");
-        this.#redisErrorReply(reply.message, delivery.deliveryId);
-        throw new RedisRefusedError(reply.code, err);
-      }
-      this.#redisBack();
-    }
+    else if (!isWorkflowJob(payload)) outcome = "malformed";
+    else outcome = await this.#takenByRedis(delivery, action, () => this.#workflowJobOnceConnected(payload, delivery));
     this.#deps.metrics.delivery(delivery.event, action, outcome);
     const activity = this.#deps.activity;
     if (activity) {
@@ -164,6 +141,39 @@ export class Ingress {
       const wait = this.#bookkeeping.start(() => activity.delivery(delivery, outcome));
       if (wait) await wait;
     }
+    return outcome;
+  }
+
+  /**
+   * `act`'s outcome; when Redis could not take what it did, its delivery is forgotten (GitHub's
+   * redelivery must be acted on), counted, said once, and rejected with RedisUnavailableError or
+   * RedisRefusedError (a 503).
+   */
+  async #takenByRedis(delivery: Delivery, action: string, act: () => Promise<string>): Promise<string> {
+    let outcome: string;
+    try {
+      outcome = await act();
+    } catch (err) {
+      // Not done, or done but not claimed: GitHub's redelivery of this id must be acted on.
+      const forgetting = this.#deps.deliveries.forget(delivery.deliveryId).catch(() => undefined);
+      const reason = redisUnavailableReason(err);
+      if (reason !== undefined) {
+        // Redis is away, so the forget fails as well (or waits for the command timeout): the answer
+        // does not wait for it. A claim left behind is no harm: a redelivery whose claim exists but
+        // whose demand BullMQ does not hold is added (DemandSink.add).
+        this.#deps.metrics.delivery(delivery.event, action, "redis_unavailable");
+        this.#redisRefused(reason, delivery.deliveryId);
+        throw new RedisUnavailableError(reason, err);
+      }
+      // Redis answers: the forget gets its answer at once (or the same refusal, harmless as above).
+      await forgetting;
+      const reply = redisErrorReply(err);
+      if (reply === undefined) throw err;
+      this.#deps.metrics.delivery(delivery.event, action, "redis_error");
+      this.#redisErrorReply(reply.message, delivery.deliveryId);
+      throw new RedisRefusedError(reply.code, err);
+    }
+    this.#redisBack();
     return outcome;
   }
 
@@ -196,9 +206,10 @@ export class Ingress {
    * pull request's job from now on, so every worker is told at once rather than noticing at its
    * next check of the repository's visibility (up to 5 minutes later). Not claimed: a replay costs
    * one publish here and at most one GitHub call per warm pool per 10 s in each worker
-   * (WarmExposure.recheck). Redis failing is a 503, as for a job; the github-deliveries loop asks
-   * for redeliveries of `workflow_job` events only, so the workers' own check of the repository
-   * (WARM_CHECK_TTL_MS) notices it then. Other actions change nothing jitrunner keeps.
+   * (WarmExposure.recheck). Redis failing is a 503, as for a job (see #takenByRedis); the
+   * github-deliveries loop asks for redeliveries of `workflow_job` events only, so the workers' own
+   * check of the repository (WARM_CHECK_TTL_MS) notices it then. Other actions change nothing
+   * jitrunner keeps.
    */
   async #repository(delivery: Delivery, repositories: NonNullable<IngressDeps["repositories"]>): Promise<string> {
     const p = delivery.payload as { action?: unknown; repository?: { name?: unknown; owner?: { login?: unknown } } } | null;
@@ -206,19 +217,7 @@ export class Ingress {
     const repo = p?.repository?.name;
     if (typeof p?.action !== "string" || typeof owner !== "string" || typeof repo !== "string") return "malformed";
     if (p.action !== "publicized") return "ignored_action";
-    try {
-      await repositories.announcePublicized(owner, repo);
-    } catch (err) {
-      const reason = redisUnavailableReason(err);
-      if (reason !== undefined) {
-        this.#deps.metrics.delivery(delivery.event, p.action, "redis_unavailable");
-        throw new RedisUnavailableError(reason, err);
-      }
-      const reply = redisErrorReply(err);
-      if (reply === undefined) throw err;
-      this.#deps.metrics.delivery(delivery.event, p.action, "redis_error");
-      throw new RedisRefusedError(reply.code, err);
-    }
+    await repositories.announcePublicized(owner, repo);
     this.#deps.logger.info({ deliveryId: delivery.deliveryId, repo: `${owner}/${repo}` }, "repository made public: warm runners registered on it are rechecked");
     return "warm_recheck";
   }
