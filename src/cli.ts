@@ -133,8 +133,11 @@ async function main(argv: string[]): Promise<number> {
     const docker = config.worker.docker;
     const worker = command !== "server";
     // Read as the other secrets are, before the process may run on as another user.
-    if (worker) dockerFiles = readDockerFiles(docker);
+    if (worker) dockerFiles = readDockerFiles(docker, process.env);
     dropped = dropPrivileges(process.env.JITRUNNER_USER, worker ? localDockerSocket(docker.socketPath, docker.host, process.env) : undefined);
+    // docker-modem would read DOCKER_CERT_PATH's files again, as the user this process may now
+    // run as: they are given to it as read (see DockerodeDriver).
+    if (dockerFiles?.fromCertPath) delete process.env.DOCKER_CERT_PATH;
   } catch (err) {
     process.stderr.write(`jitrunner: ${errorMessage(err)}\n`);
     return 1;

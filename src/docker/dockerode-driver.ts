@@ -1,4 +1,5 @@
 import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import Docker from "dockerode";
 import { DEFAULT_CALL_TIMEOUT_SECONDS, DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS } from "../config/schema.ts";
@@ -26,24 +27,58 @@ export interface DockerConnection {
 
 type SshOptions = NonNullable<Docker.DockerOptions["sshOptions"]>;
 
-/** The contents of a connection's TLS files (caFile, certFile, keyFile). */
+/**
+ * What a worker reads of its engine's files at start (see `readDockerFiles`): the TLS files' contents
+ * (the connection's caFile, certFile, keyFile, else DOCKER_CERT_PATH's), and the configured
+ * known_hosts file's.
+ */
 export interface DockerFiles {
   ca?: Buffer;
   cert?: Buffer;
   key?: Buffer;
+  /** Whether some of them came from DOCKER_CERT_PATH (docker-modem reads it again unless it is unset). */
+  fromCertPath?: boolean;
+  /** `knownHostsFile`'s text at start, if it could be read then: kept for a process that can no longer read it. */
+  knownHosts?: string;
 }
 
 /**
  * Reads the connection's TLS files now: a process that runs on as another user (JITRUNNER_USER)
- * reads them before, as root, as it reads its other secrets.
+ * reads them before, as root, as it reads its other secrets. Those the connection does not name
+ * come from DOCKER_CERT_PATH (`ca.pem`, `cert.pem`, `key.pem`) whenever docker-modem would read them
+ * there: DOCKER_HOST names an engine over TCP or SSH (lib/modem.js, defaultOpts). The configured
+ * known_hosts file is read too, if it can be, since it is read again on each SSH connection.
  */
-export function readDockerFiles(connection: Pick<DockerConnection, "caFile" | "certFile" | "keyFile">): DockerFiles {
-  const { caFile, certFile, keyFile } = connection;
-  return {
+export function readDockerFiles(connection: Pick<DockerConnection, "caFile" | "certFile" | "keyFile" | "knownHostsFile">, env: NodeJS.ProcessEnv = process.env): DockerFiles {
+  const { caFile, certFile, keyFile, knownHostsFile } = connection;
+  const files: DockerFiles = {
     ...(caFile ? { ca: readFileSync(caFile) } : {}),
     ...(certFile ? { cert: readFileSync(certFile) } : {}),
     ...(keyFile ? { key: readFileSync(keyFile) } : {}),
   };
+  const certPath = env.DOCKER_CERT_PATH;
+  const dockerHost = env.DOCKER_HOST;
+  if (certPath && dockerHost && !dockerHost.startsWith("unix://") && !dockerHost.startsWith("npipe://")) {
+    const read = (name: string): Buffer => {
+      try {
+        return readFileSync(join(certPath, name));
+      } catch (err) {
+        throw new Error(`cannot read ${name} in DOCKER_CERT_PATH (${certPath}): ${errorMessage(err)}`);
+      }
+    };
+    files.ca ??= read("ca.pem");
+    files.cert ??= read("cert.pem");
+    files.key ??= read("key.pem");
+    files.fromCertPath = true;
+  }
+  if (knownHostsFile) {
+    try {
+      files.knownHosts = readFileSync(knownHostsFile, "utf8");
+    } catch {
+      // Missing, or unreadable even now: the SSH connection's check says so (known-hosts.ts).
+    }
+  }
+  return files;
 }
 
 const DOCKER_DATA = "/var/lib/docker";
@@ -106,13 +141,20 @@ export class DockerodeDriver implements RunnerDriver {
     const ssh = configured ? (connection.protocol === "ssh" ? { host: rest.host ?? "localhost", port: rest.port } : undefined) : sshDockerHost(process.env);
     if (ssh) {
       // ssh2 accepts any host key unless given a hostVerifier.
-      const hostKeys = hostKeyVerifier({ ...ssh, files: knownHostsFile ? [knownHostsFile] : undefined });
+      const hostKeys = hostKeyVerifier({
+        ...ssh,
+        files: knownHostsFile ? [knownHostsFile] : undefined,
+        ...(knownHostsFile && files.knownHosts !== undefined ? { readAtStart: new Map([[knownHostsFile, files.knownHosts]]) } : {}),
+      });
       this.#hostKeys = hostKeys;
       // Names ssh2 knows (known-hosts.ts takes them from its list).
       const algorithms = hostKeys.algorithms() as SshOptions["algorithms"];
       options.sshOptions = { agent: process.env.SSH_AUTH_SOCK, hostVerifier: (key: Buffer) => hostKeys.verify(key), ...(algorithms ? { algorithms } : {}) };
     }
-    this.#docker = configured ? new Docker(options) : ssh ? new Docker({ sshOptions: options.sshOptions }) : new Docker();
+    // Unconfigured, docker-modem takes the engine from DOCKER_HOST; the TLS files are given as read
+    // (from DOCKER_CERT_PATH, by readDockerFiles).
+    const tlsFiles = { ...(files.ca ? { ca: files.ca } : {}), ...(files.cert ? { cert: files.cert } : {}), ...(files.key ? { key: files.key } : {}) };
+    this.#docker = configured ? new Docker(options) : ssh ? new Docker({ sshOptions: options.sshOptions }) : new Docker(tlsFiles);
   }
 
   async ping(): Promise<void> {
@@ -195,8 +237,11 @@ export class DockerodeDriver implements RunnerDriver {
       await start();
     } catch (err) {
       // The runners' network went after the worker made it: `docker network prune` removes it
-      // whenever no runner is running. Made again, and the start tried once more.
-      if (!(err instanceof DockerError && err.message.includes(`(404): network ${RUNNER_NETWORK} not found`))) throw err;
+      // whenever no runner is running. Or another of that name came since (a worker on this
+      // engine that stopped between making one and removing its own: see ensureRunnerNetwork).
+      // Made again, or cut to one, and the start tried once more.
+      const networkGone = err instanceof DockerError && err.message.includes(`(404): network ${RUNNER_NETWORK} not found`);
+      if (!networkGone && !(err instanceof DockerError && err.message.includes(`network ${RUNNER_NETWORK} is ambiguous`))) throw err;
       await this.ensureRunnerNetwork();
       await start();
     }

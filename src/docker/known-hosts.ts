@@ -132,9 +132,11 @@ export interface HostKeyVerifier {
 /**
  * A verifier of `host`:`port`'s key against `files` (OpenSSH's defaults when none). The files are
  * read again on each connection, as `ssh` does: a key added (or replaced) counts from the next
- * connection, with no restart. A missing file is one with no entries.
+ * connection, with no restart. A missing file is one with no entries. A file this process may no
+ * longer read (EACCES: it ran on as another user, JITRUNNER_USER) counts as `readAtStart` holds it,
+ * read before that, if it does.
  */
-export function hostKeyVerifier(o: { host: string; port?: number; files?: string[]; readFile?: (path: string) => string }): HostKeyVerifier {
+export function hostKeyVerifier(o: { host: string; port?: number; files?: string[]; readFile?: (path: string) => string; readAtStart?: ReadonlyMap<string, string> }): HostKeyVerifier {
   const port = o.port ?? 22;
   const files = o.files?.length ? o.files : defaultKnownHostsFiles();
   const read = o.readFile ?? ((p: string) => readFileSync(p, "utf8"));
@@ -148,6 +150,12 @@ export function hostKeyVerifier(o: { host: string; port?: number; files?: string
         named.push(f);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
+        const atStart = code === "EACCES" ? o.readAtStart?.get(f) : undefined;
+        if (atStart !== undefined) {
+          known.push(...parseKnownHosts(atStart));
+          named.push(`${f} (as read at start: this user cannot read it)`);
+          continue;
+        }
         named.push(`${f} (${code === "ENOENT" ? "missing" : `unreadable: ${code ?? errorMessage(err)}`})`);
       }
     }

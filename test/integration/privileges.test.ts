@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -17,6 +17,7 @@ import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { freePort } from "../helpers/ports.ts";
 import { runJitrunner, waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { startSshd } from "../helpers/sshd.ts";
 import { fakeRunnerPool, removeContainersOf, uniqueHost } from "../helpers/system.ts";
 
 const USER = { uid: 1000, gid: 1000 };
@@ -92,6 +93,64 @@ test("a worker's root-only engine TLS files are read before it runs on as that u
   assert.equal(code, 1, jr.output());
   assert.match(jr.output(), new RegExp(`cannot reach the Docker engine at 127\\.0\\.0\\.1:${enginePort}`));
   assert.doesNotMatch(jr.output(), /EACCES/);
+});
+
+/** How a CLI started as root ends: its exit code and output. */
+async function exitOf(jr: ReturnType<typeof runJitrunner>): Promise<number | null> {
+  return new Promise<number | null>((resolve) => (jr.child.exitCode !== null ? resolve(jr.child.exitCode) : jr.child.once("exit", resolve)));
+}
+
+test("an engine named by DOCKER_HOST with root-only DOCKER_CERT_PATH files: they are read before the change of user, and the start fails at the engine, not at the files", { timeout: 60_000 }, async (t) => {
+  if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
+  const tls = mkdtempSync(join(tmpdir(), "jitrunner-cert-path-"));
+  dirs.push(tls);
+  const made = spawnSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=jitrunner-test", "-keyout", join(tls, "key.pem"), "-out", join(tls, "cert.pem")], { encoding: "utf8" });
+  assert.equal(made.status, 0, made.stderr);
+  copyFileSync(join(tls, "cert.pem"), join(tls, "ca.pem"));
+  for (const name of ["ca.pem", "cert.pem", "key.pem"]) chmodSync(join(tls, name), 0o600);
+  chmodSync(tls, 0o700);
+  const enginePort = await freePort();
+  const file = writeOperatorConfig(fake, {
+    redis: { url: redis.url, prefix: redis.prefix },
+    server: { host: "127.0.0.1", port: await freePort() },
+    worker: { hostId: uniqueHost("privileges-cert-path"), capacity: 1 },
+    pools: [fakeRunnerPool(fake)],
+  });
+  const jr = runJitrunner(["worker", "--config", file], {
+    JITRUNNER_USER: `${USER.uid}:${USER.gid}`,
+    DOCKER_HOST: `tcp://127.0.0.1:${enginePort}`,
+    DOCKER_TLS_VERIFY: "1",
+    DOCKER_CERT_PATH: tls,
+  });
+  assert.equal(await exitOf(jr), 1, jr.output());
+  assert.match(jr.output(), new RegExp(`cannot reach the Docker engine at 127\\.0\\.0\\.1:${enginePort} \\(from DOCKER_HOST\\)`));
+  assert.doesNotMatch(jr.output(), /EACCES/);
+});
+
+test("an engine over SSH with a root-only known_hosts file: its host key is checked against it as read at start, and the start goes past it to the login", { timeout: 60_000 }, async (t) => {
+  if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
+  const sshd = await startSshd();
+  try {
+    const dir = mkdtempSync(join(tmpdir(), "jitrunner-known-hosts-"));
+    dirs.push(dir);
+    const knownHosts = join(dir, "known_hosts");
+    writeFileSync(knownHosts, `${sshd.knownHostsLine}\n`, { mode: 0o600 });
+    chmodSync(dir, 0o700);
+    const file = writeOperatorConfig(fake, {
+      redis: { url: redis.url, prefix: redis.prefix },
+      server: { host: "127.0.0.1", port: await freePort() },
+      worker: { hostId: uniqueHost("privileges-ssh"), capacity: 1, docker: { protocol: "ssh", host: "127.0.0.1", port: sshd.port, username: "root", knownHostsFile: knownHosts } },
+      pools: [fakeRunnerPool(fake)],
+    });
+    // The test's agents are root's (ssh-agent serves no other uid): past the host key, the login
+    // fails at the agent. Without the host key as read at start, the start fails before that.
+    const jr = runJitrunner(["worker", "--config", file], { JITRUNNER_USER: `${USER.uid}:${USER.gid}`, SSH_AUTH_SOCK: sshd.agentSocket });
+    assert.equal(await exitOf(jr), 1, jr.output());
+    assert.match(jr.output(), /jitrunner: ping failed: Failed to connect to agent/);
+    assert.doesNotMatch(jr.output(), /SSH host key|EACCES/);
+  } finally {
+    await sshd.stop();
+  }
 });
 
 test("a JITRUNNER_USER that is not UID:GID in numbers stops the start, saying so", { timeout: 60_000 }, async (t) => {

@@ -1,11 +1,12 @@
 /**
- * The network runners join by default (RUNNER_NETWORK), on the real Docker engine: a worker makes
- * it at start as a bridge whose containers cannot reach each other, with the MTU of the engine's
- * default bridge, once however many workers of one engine start at once (duplicates of that name,
- * which Docker's non-atomic name check lets through, are removed but the first made); one of that
- * name that lets them is refused with what to do; and a network removed after the start (`docker
- * network prune` while no runner runs) is made again by the next container start. The engine's
- * networks of that name are removed before and after.
+ * The network runners join with `networkMode: jitrunner-runners` (RUNNER_NETWORK), on the real
+ * Docker engine: a worker makes it at start as a bridge whose containers cannot reach each other,
+ * with the MTU of the engine's default bridge, once however many workers of one engine start at
+ * once (duplicates of that name, which Docker's non-atomic name check lets through, are removed but
+ * the first made); one of that name that lets them is refused with what to do; and a network
+ * removed after the start (`docker network prune` while no runner runs), or duplicated since, is
+ * made again or cut to one by the next container start. The engine's networks of that name are
+ * removed before and after.
  *
  * Network rule: no runner container joins it here. The one container started on it runs `true`
  * and exits (a start is what needs the network); every runner stays on network `none`.
@@ -161,6 +162,24 @@ test("a container start after the network was removed makes it again and starts"
     await driver.start(container.id);
     const remade = await inspectNetwork();
     assert.equal(remade.Options[ICC], "false");
+    const { exitCode } = await driver.wait(container.id, AbortSignal.timeout(30_000));
+    assert.equal(exitCode, 0);
+  } finally {
+    await container.remove({ force: true });
+  }
+});
+
+test("a container start that finds two networks of that name (a worker stopped between making its own and removing it) cuts them to one and starts", { timeout: 60_000 }, async () => {
+  await removeNetwork();
+  const driver = new DockerodeDriver();
+  await driver.ensureRunnerNetwork();
+  const kept = (await networksNamed())[0]!.Id;
+  await new Docker({ version: "v1.41" }).createNetwork({ Name: RUNNER_NETWORK, Driver: "bridge", CheckDuplicate: false, Options: { [ICC]: "false" }, Labels: { [LABEL.managedBy]: MANAGED_BY } });
+  assert.equal((await networksNamed()).length, 2);
+  const container = await docker.createContainer({ Image: BASE_IMAGE, Cmd: ["true"], HostConfig: { NetworkMode: RUNNER_NETWORK } });
+  try {
+    await driver.start(container.id);
+    assert.deepEqual((await networksNamed()).map((n) => n.Id), [kept], "the first made is kept");
     const { exitCode } = await driver.wait(container.id, AbortSignal.timeout(30_000));
     assert.equal(exitCode, 0);
   } finally {

@@ -4,12 +4,12 @@
  * answers nothing.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
+import { DockerodeDriver, readDockerFiles } from "../../src/docker/dockerode-driver.ts";
 
 test("a driver for plain HTTP to another machine warns at construction; one for loopback does not", () => {
   const warnings: string[] = [];
@@ -39,6 +39,28 @@ test("a wait given a signal already aborted ends at once", async () => {
     for (const req of held) req.socket.destroy();
     server.closeAllConnections();
     await new Promise((resolve) => server.close(resolve));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a worker's engine TLS files are read at start: the connection's, else DOCKER_CERT_PATH's where docker-modem would read them; known_hosts too", () => {
+  const dir = mkdtempSync(join(tmpdir(), "jitrunner-files-"));
+  try {
+    for (const name of ["ca.pem", "cert.pem", "key.pem", "known_hosts", "mine.pem"]) writeFileSync(join(dir, name), `${name}\n`);
+    const env = { DOCKER_HOST: "tcp://engine.example:2376", DOCKER_CERT_PATH: dir };
+    const text = (b: Buffer | undefined) => b?.toString();
+    const fromEnv = readDockerFiles({}, env);
+    assert.deepEqual([text(fromEnv.ca), text(fromEnv.cert), text(fromEnv.key), fromEnv.fromCertPath], ["ca.pem\n", "cert.pem\n", "key.pem\n", true]);
+    // The connection's own file wins over DOCKER_CERT_PATH's.
+    const mixed = readDockerFiles({ caFile: join(dir, "mine.pem"), knownHostsFile: join(dir, "known_hosts") }, env);
+    assert.deepEqual([text(mixed.ca), text(mixed.cert), mixed.knownHosts], ["mine.pem\n", "cert.pem\n", "known_hosts\n"]);
+    // A local socket: docker-modem reads no certificates, nor does the worker.
+    assert.deepEqual(readDockerFiles({}, { DOCKER_HOST: "unix:///var/run/docker.sock", DOCKER_CERT_PATH: dir }), {});
+    assert.deepEqual(readDockerFiles({}, { DOCKER_CERT_PATH: dir }), {});
+    // A known_hosts file missing at start is no error here: the SSH connection's check says so.
+    assert.deepEqual(readDockerFiles({ knownHostsFile: join(dir, "absent") }, {}), {});
+    assert.throws(() => readDockerFiles({}, { ...env, DOCKER_CERT_PATH: join(dir, "absent") }), /cannot read ca\.pem in DOCKER_CERT_PATH \(.*absent\): ENOENT/);
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -118,6 +118,26 @@ test("the verifier reads its files on each connection and says why it refused, n
   assert.equal(missing.algorithms(), undefined);
 });
 
+test("a known_hosts file the process can no longer read counts as read at start; one it never read is refused, saying why", () => {
+  const readFile = (p: string): string => {
+    throw Object.assign(new Error(`EACCES: permission denied, open '${p}'`), { code: "EACCES" });
+  };
+  const readAtStart = new Map([["/kh", `[127.0.0.1]:2222 ${ED25519}\n`]]);
+  const kept = hostKeyVerifier({ host: "127.0.0.1", port: 2222, files: ["/kh"], readFile, readAtStart });
+  assert.equal(kept.verify(blob(ED25519)), true);
+  assert.deepEqual(kept.algorithms(), { serverHostKey: hostKeyAlgorithms(["ssh-ed25519"]) });
+  assert.equal(kept.verify(blob(ECDSA)), false);
+  assert.match(kept.refusal!, /differs from the one known_hosts \(\/kh \(as read at start: this user cannot read it\);/);
+
+  const never = hostKeyVerifier({ host: "127.0.0.1", port: 2222, files: ["/kh"], readFile });
+  assert.equal(never.verify(blob(ED25519)), false);
+  assert.match(never.refusal!, /\/kh \(unreadable: EACCES\)/);
+  // Only a file that cannot be read now falls back: a missing one is one with no entries.
+  const gone = hostKeyVerifier({ host: "127.0.0.1", port: 2222, files: ["/kh"], readFile: () => { throw Object.assign(new Error("ENOENT"), { code: "ENOENT" }); }, readAtStart });
+  assert.equal(gone.verify(blob(ED25519)), false);
+  assert.match(gone.refusal!, /\/kh \(missing\)/);
+});
+
 test("plain HTTP to an engine on another machine is warned about; loopback, TLS, SSH and sockets are not", () => {
   const warned = (c: Parameters<typeof connectionWarnings>[0], env: NodeJS.ProcessEnv = {}) => connectionWarnings(c, env).length > 0;
   assert.equal(warned({ host: "engine.example", port: 2375, protocol: "http" }), true);
