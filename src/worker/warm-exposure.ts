@@ -43,6 +43,12 @@ export function warmRefusal(pool: Pick<PoolConfig, "allowPublicRepositories">, f
 
 /** How long GitHub's answer is trusted: a repository made public is noticed within this long. */
 export const WARM_CHECK_TTL_MS = 5 * 60_000;
+/**
+ * A job's launch that finds an answer this far into its life (4 of its 5 minutes) takes it and has
+ * GitHub asked again meanwhile: in an organization that keeps launching, no launch waits for the
+ * lookup, and no answer is trusted longer than WARM_CHECK_TTL_MS for it.
+ */
+export const WARM_CHECK_REFRESH_AT = 0.8;
 /** How soon a lookup that failed is tried again (warm launches wait meanwhile). */
 export const WARM_CHECK_RETRY_MS = 60_000;
 /**
@@ -101,15 +107,26 @@ export class WarmExposure {
    * Why `pool`'s runners may not be launched at `target` now (default: its warm target), or
    * undefined when they may. Never throws: a failed lookup is a refusal (fail closed). A lookup cut
    * short by `signal` (the worker stopping) is a refusal that is neither kept nor logged.
-   * `askAgainIfFailed`: a failed lookup kept from before is not trusted, GitHub is asked again (a
-   * job's launch, whose retries come sooner than the minute a failure is kept).
+   * `forJob`: for a job's launch, on its pickup path. A failed lookup kept from before is not
+   * trusted, GitHub is asked again (its retries come sooner than the minute a failure is kept); an
+   * answer past WARM_CHECK_REFRESH_AT of its life is taken, and GitHub asked again in the background.
    */
-  async refusal(pool: PoolConfig, signal?: AbortSignal, target: ExposureTarget | undefined = pool.warm, askAgainIfFailed = false): Promise<WarmRefusal | undefined> {
+  async refusal(pool: PoolConfig, signal?: AbortSignal, target: ExposureTarget | undefined = pool.warm, forJob = false): Promise<WarmRefusal | undefined> {
     if (pool.allowPublicRepositories || !target) return undefined;
     const key = keyOf(pool, target);
     const now = this.#d.now ?? Date.now;
     const kept = this.#verdicts.get(key);
-    if (kept && now() < kept.until && !(askAgainIfFailed && kept.refusal === "visibility_unknown")) return kept.refusal;
+    if (kept && now() < kept.until && !(forJob && kept.refusal === "visibility_unknown")) {
+      // Not for an answer a recheck cut short, whose end comes sooner anyway (asked again then, not
+      // sooner than WARM_RECHECK_MIN_MS after the last ask), nor for a failure's minute.
+      if (forJob && now() >= kept.asked + (this.#d.ttlMs ?? WARM_CHECK_TTL_MS) * WARM_CHECK_REFRESH_AT) void this.#asked(pool, target, key, signal).catch(() => undefined);
+      return kept.refusal;
+    }
+    return this.#asked(pool, target, key, signal);
+  }
+
+  /** The lookup under way for `key`, or one started now. */
+  #asked(pool: PoolConfig, target: ExposureTarget, key: string, signal: AbortSignal | undefined): Promise<WarmRefusal | undefined> {
     let asking = this.#asking.get(key);
     if (!asking) {
       asking = this.#ask(pool, target, key, signal).finally(() => this.#asking.delete(key));
@@ -130,6 +147,9 @@ export class WarmExposure {
       facts = { kind: "unknown" };
       failure = errorMessage(err);
     }
+    const kept = this.#verdicts.get(key);
+    // A lookup ahead of its answer's end (see refusal) that failed leaves that answer to its end.
+    if (failure !== undefined && kept && kept.refusal !== "visibility_unknown" && now() < kept.until) return kept.refusal;
     const refusal = warmRefusal(pool, facts);
     const failed = refusal === "visibility_unknown" || refusal === "runner_group_missing";
     const ttl = failed ? (this.#d.retryMs ?? WARM_CHECK_RETRY_MS) : (this.#d.ttlMs ?? WARM_CHECK_TTL_MS);

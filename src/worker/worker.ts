@@ -672,7 +672,8 @@ export class RunnerWorker {
    * matching labels from any repository the group admits, before the job it was launched for: in
    * a group that admits public repositories, a fork's pull request. So unless the pool allows
    * public repositories, no runner is launched in such a group, as no warm one is (WarmExposure,
-   * asked once per 5 minutes per pool and organization). Throws, before anything is registered:
+   * asked once per 5 minutes per pool and organization, ahead of time in an answer's last minute:
+   * no launch waits for it while jobs keep coming). Throws, before anything is registered:
    * for good (the demand fails, its error saying what to change) when the group admits public
    * repositories or is not there; to be retried when GitHub cannot say (asked again on each try);
    * NotSentError when the worker stops. Refusals of the config are no failure of the worker's:

@@ -3,7 +3,7 @@
  * Docker): a repository's visibility and a runner group's `allows_public_repositories` as the client
  * reads them, and WarmExposure's verdicts: asked once per pool per few minutes, a repository made
  * public noticed when the answer expires, a failed lookup refusing (fail closed) until one
- * succeeds, each change said once.
+ * succeeds, each change said once, and a job's launch in an answer's last minute asking ahead.
  */
 import assert from "node:assert/strict";
 import { Writable } from "node:stream";
@@ -16,6 +16,7 @@ import { WarmExposure } from "../../src/worker/warm-exposure.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { githubFor } from "../helpers/github.ts";
+import { waitFor } from "../helpers/process.ts";
 import { callsTo } from "../helpers/system.ts";
 
 const REPO = "/repos/{owner}/{repo}";
@@ -197,4 +198,39 @@ test("a job's launch asks again after a failed lookup rather than trusting it fo
   fake.setRepositoryPrivate("acme", "mid-lookup", false);
   assert.equal(await guard.refusal(q), "public_repository", "asked again 10 s later");
   assert.equal(callsTo(fake, REPO), asked + 1);
+});
+
+test("a job's launch in an answer's last minute takes that answer, and has GitHub asked again meanwhile; a failed ask then leaves the answer to its end", async () => {
+  const { guard, clock } = exposure();
+  const target = { installationId: fake.installationId, owner: "acme", repo: "ahead" };
+  const p = pool({ name: "ahead", warm: target });
+  const before = callsTo(fake, REPO);
+  assert.equal(await guard.refusal(p, undefined, target, true), undefined);
+  clock.now += 3 * 60_000;
+  assert.equal(await guard.refusal(p, undefined, target, true), undefined);
+  assert.equal(await guard.refusal(p), undefined, "the warm loop's way");
+  assert.equal(callsTo(fake, REPO), before + 1, "3 minutes in: the answer stands, no call");
+
+  fake.setRepositoryPrivate("acme", "ahead", false);
+  clock.now += 60_000;
+  assert.equal(await guard.refusal(p), undefined, "the warm loop does not ask ahead");
+  assert.equal(callsTo(fake, REPO), before + 1);
+  assert.equal(await guard.refusal(p, undefined, target, true), undefined, "4 minutes in: a job's launch takes the answer, waiting for no call");
+  await waitFor(async () => (await guard.refusal(p)) === "public_repository", 5_000, "the answer of the ask made meanwhile");
+  assert.equal(callsTo(fake, REPO), before + 2, "one ask ahead");
+
+  // That answer's last minute: an ask ahead that fails leaves it until its end, then fails closed.
+  fake.setRepositoryPrivate("acme", "ahead", true);
+  clock.now += 4 * 60_000 + 30_000;
+  // Two failures: the ask ahead, and the ask at the answer's end.
+  fake.inject({ route: REPO, status: 403, times: 2, body: { message: "Resource not accessible by integration", documentation_url: "https://docs.github.com/rest" } });
+  assert.equal(await guard.refusal(p, undefined, target, true), "public_repository");
+  await waitFor(() => callsTo(fake, REPO) === before + 3, 5_000, "the ask ahead made");
+  // Let its failure come back (its answer is not awaited by anyone).
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(await guard.refusal(p), "public_repository", "the answer kept to its end");
+  clock.now += 30_000;
+  assert.equal(await guard.refusal(p, undefined, target, true), "visibility_unknown", "past its end, asked again and failed: refused");
+  assert.equal(await guard.refusal(p, undefined, target, true), undefined, "a job's launch asks again at once");
+  assert.equal(callsTo(fake, REPO), before + 5);
 });
