@@ -1216,7 +1216,11 @@ export class RunnerWorker {
       await pass.attempt({ runner: name, container: c.id.slice(0, 12) }, "reconciling container", () => this.#reconcileContainer(c, name, log));
     }
     // Left running, and gone since by other hands (an operator's `docker rm`): its slot is free.
-    for (const name of this.#leftRunning.keys()) if (!names.has(name)) this.#letGo(name);
+    for (const [name, pool] of this.#leftRunning) {
+      if (names.has(name)) continue;
+      log.info({ runner: name, pool }, "runner left running is gone (its container removed by other hands): its slot is free");
+      this.#letGo(name);
+    }
   }
 
   async #reconcileContainer(c: RunnerContainer, name: string, log: Logger): Promise<void> {
