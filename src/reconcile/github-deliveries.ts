@@ -44,7 +44,10 @@ export function transientFailure(statusCode: number): boolean {
 /**
  * The events to redeliver, from one read of the App's delivery list: `workflow_job` events none
  * of whose attempts succeeded and whose latest attempt failed transiently; the latest attempt's id
- * for each. Pure.
+ * for each. Not `waiting` ones: lost, one costs nothing (the worker's still-queued check launches
+ * no runner for a job that waits for an approval), whereas redelivered after the approval it
+ * would drop the demand the approval's `queued` added, and the job would wait for the queued-jobs
+ * loop. Pure.
  */
 export function toRedeliver(deliveries: readonly HookDelivery[]): HookDelivery[] {
   const byGuid = new Map<string, HookDelivery[]>();
@@ -53,7 +56,7 @@ export function toRedeliver(deliveries: readonly HookDelivery[]): HookDelivery[]
   for (const attempts of byGuid.values()) {
     if (attempts.some((a) => a.statusCode >= 200 && a.statusCode < 300)) continue;
     const latest = attempts.reduce((a, b) => (b.id > a.id ? b : a));
-    if (latest.event === "workflow_job" && transientFailure(latest.statusCode)) out.push(latest);
+    if (latest.event === "workflow_job" && latest.action !== "waiting" && transientFailure(latest.statusCode)) out.push(latest);
   }
   return out;
 }

@@ -64,16 +64,16 @@ test("a queued job found through the API passes exactly the webhook's policy", (
   assert.deepEqual(user, { kind: "ignore", reason: "user_owner_org_pool" });
 });
 
-const attempt = (id: number, guid: string, statusCode: number, event = "workflow_job"): HookDelivery => ({
+const attempt = (id: number, guid: string, statusCode: number, event = "workflow_job", action = "queued"): HookDelivery => ({
   id,
   guid,
   deliveredAt: "2024-01-01T00:00:00Z",
   statusCode,
   event,
-  action: "queued",
+  action,
 });
 
-test("redelivery: workflow_job events with no successful attempt whose latest failure is transient, latest attempt", () => {
+test("redelivery: workflow_job events with no successful attempt whose latest failure is transient, latest attempt; not `waiting` ones", () => {
   const picked = toRedeliver([
     attempt(1, "lost", 0),
     attempt(2, "ok", 202),
@@ -83,8 +83,10 @@ test("redelivery: workflow_job events with no successful attempt whose latest fa
     attempt(6, "twice", 0),
     attempt(7, "refused", 401),
     attempt(8, "other-event", 0, "push"),
+    attempt(9, "waiting", 503, "workflow_job", "waiting"),
+    attempt(10, "completed", 503, "workflow_job", "completed"),
   ]);
-  assert.deepEqual(picked.map((d) => [d.guid, d.id]), [["lost", 1], ["twice", 6]]);
+  assert.deepEqual(picked.map((d) => [d.guid, d.id]), [["lost", 1], ["twice", 6], ["completed", 10]]);
   assert.ok(transientFailure(0) && transientFailure(500) && transientFailure(429) && transientFailure(408));
   assert.ok(!transientFailure(400) && !transientFailure(401) && !transientFailure(413) && !transientFailure(202));
 });
