@@ -85,8 +85,23 @@ export interface InvalidRequest {
 const DOCS = "https://docs.github.com/rest";
 const RATE_LIMIT_DOCS = "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api";
 const MAX_BODY = 1 << 20;
-const RATE_LIMIT = 5000;
 const HOUR_MS = 3_600_000;
+
+/**
+ * Whose primary rate limit a request counts against: the credential's that made it ("Rate limits
+ * for the REST API"). An installation token's installation (each has its own 5,000 an hour, the
+ * base GitHub gives any installation); the App itself for calls with its JWT (/app/...), a budget
+ * of its own; an unauthenticated call (no credential, or one GitHub does not take) its originating
+ * IP address's, 60 an hour.
+ */
+export type RateBudget = { kind: "installation"; installationId: number } | { kind: "app"; appId: number } | { kind: "ip"; address: string };
+
+const RATE_LIMITS: Record<RateBudget["kind"], number> = { installation: 5000, app: 5000, ip: 60 };
+
+function budgetKey(budget: RateBudget): string {
+  if (budget.kind === "installation") return `installation:${budget.installationId}`;
+  return budget.kind === "app" ? "app" : `ip:${budget.address}`;
+}
 
 /** GitHub's error body ("Basic Error"; a 422 is a "Validation Error Simple", which has no status). */
 export function ghError(status: number, message: string, documentationUrl = DOCS): Reply {
@@ -101,18 +116,30 @@ const FAULT_MESSAGES: Record<number, string> = {
   422: "Validation Failed",
 };
 
+/** Whom GitHub's primary rate-limit message names: the installation, the App, or the IP address the budget is of. */
+function exceededFor(budget: RateBudget): string {
+  if (budget.kind === "installation") return `API rate limit exceeded for installation ID ${budget.installationId}.`;
+  if (budget.kind === "app") return `API rate limit exceeded for app ID ${budget.appId}.`;
+  return `API rate limit exceeded for ${budget.address}. (But here's the good news: Authenticated requests get a higher rate limit. Check out the documentation for more details.)`;
+}
+
 /**
  * GitHub's answer to a rate-limited call ("Rate limits for the REST API", "Exceeding the rate
  * limit"): a primary limit is a 403 or 429 with `x-ratelimit-remaining: 0` and the epoch second
- * the window resets; a secondary limit a 403 or 429 whose message says "secondary rate limit",
- * with the usual counters, and `retry-after` only sometimes.
+ * the caller's window resets, its message naming whose budget ran out; a secondary limit a 403 or
+ * 429 whose message says "secondary rate limit", with the usual counters, and `retry-after` only
+ * sometimes.
  */
-function rateLimitReply(kind: "primary" | "secondary", resetSeconds: number): { message: string; documentationUrl: string; headers: Record<string, string> } {
+function rateLimitReply(
+  kind: "primary" | "secondary",
+  budget: RateBudget,
+  resetSeconds: number,
+): { message: string; documentationUrl: string; headers: Record<string, string> } {
   if (kind === "primary") {
     return {
-      message: "API rate limit exceeded for installation ID 1.",
+      message: exceededFor(budget),
       documentationUrl: `${RATE_LIMIT_DOCS}#about-primary-rate-limits`,
-      headers: { "x-ratelimit-remaining": "0", "x-ratelimit-used": String(RATE_LIMIT), "x-ratelimit-reset": String(resetSeconds) },
+      headers: { "x-ratelimit-remaining": "0", "x-ratelimit-used": String(RATE_LIMITS[budget.kind]), "x-ratelimit-reset": String(resetSeconds) },
     };
   }
   return {
@@ -155,8 +182,12 @@ export class Router {
   readonly invalid: InvalidRequest[] = [];
   private readonly routes: CompiledRoute[];
   private readonly faults: Fault[] = [];
-  /** The rate-limit window, on the fake's clock (as its Date header): a reset agrees with it under skew. */
-  private window: { start: number; used: number };
+  /**
+   * The primary rate-limit windows, one per budget (budgetKey): each installation's, the App's,
+   * each unauthenticated address's. On the fake's clock (as its Date header): a reset agrees with
+   * it under skew. A budget's window starts with its first call, as GitHub's does.
+   */
+  private readonly windows = new Map<string, { start: number; used: number }>();
 
   private readonly basePath: string;
   private readonly access: AccessCheck | undefined;
@@ -169,7 +200,6 @@ export class Router {
     this.routes = routes.map(compile);
     this.basePath = (opts.basePath ?? "").replace(/\/+$/, "");
     this.access = opts.access;
-    this.window = { start: auth.now(), used: 0 };
   }
 
   get table(): Array<{ method: string; template: string; internal: boolean }> {
@@ -182,7 +212,7 @@ export class Router {
 
   readonly listener = (req: IncomingMessage, res: ServerResponse): void => {
     this.serve(req, res).catch((err: unknown) => {
-      if (!res.headersSent) this.send(res, ghError(500, `fake GitHub: ${String(err)}`));
+      if (!res.headersSent) this.send(res, ghError(500, `fake GitHub: ${String(err)}`), this.budgetOf(req));
     });
   };
 
@@ -198,16 +228,28 @@ export class Router {
     const internal = found?.route.internal ?? false;
     // Checked whatever the answer (an injected fault, a 401): the record is of what the client sent.
     const problem = raw === undefined ? undefined : found?.route.check?.(url.searchParams, raw);
-    const reply = await this.answer(method, path, url, raw, req.headers, found, problem);
+    // Whose budget the call counts against is settled as it arrives, as its credential is then.
+    const budget = this.budgetOf(req);
+    const reply = await this.answer(method, path, url, raw, req.headers, found, problem, budget);
     if (!internal) {
-      const installationId = this.auth.checkToken(req.headers.authorization);
+      const installationId = budget.kind === "installation" ? budget.installationId : undefined;
       this.requests.push({ method, route: routeName, status: reply.status, path: url.pathname, at, ...(installationId === undefined ? {} : { installationId }) });
     }
     if (problem) {
       const body = raw && raw.length > 0 ? raw.toString("utf8").slice(0, 2000) : undefined;
       this.invalid.push({ method, route: routeName, path: `${url.pathname}${url.search}`, problems: problem.problems, status: reply.status, body, at });
     }
-    this.send(res, reply, !internal);
+    this.send(res, reply, internal ? undefined : budget);
+  }
+
+  /** The budget of the credential the request carries (RateBudget). */
+  private budgetOf(req: IncomingMessage): RateBudget {
+    const authorization = req.headers.authorization;
+    const installationId = this.auth.checkToken(authorization);
+    if (installationId !== undefined) return { kind: "installation", installationId };
+    if (authorization !== undefined && this.auth.checkJwt(authorization) === undefined) return { kind: "app", appId: this.auth.appId };
+    // Loopback over TCP; the unix socket has no address: the fake's own host.
+    return { kind: "ip", address: req.socket.remoteAddress?.replace(/^::ffff:/, "") || "127.0.0.1" };
   }
 
   private async answer(
@@ -218,13 +260,14 @@ export class Router {
     headers: IncomingHttpHeaders,
     found: { route: CompiledRoute; params: Record<string, string> } | undefined,
     problem: RequestProblem | undefined,
+    budget: RateBudget,
   ): Promise<Reply> {
     if (raw === undefined) return ghError(413, "Payload too large");
     const fault = this.takeFault(method, path, found?.route);
     if (fault?.delayMs) await sleep(Math.min(fault.delayMs, 60_000), undefined, { ref: false });
     if (fault?.status === undefined) return this.handle(method, path, url, raw, headers, found, problem);
     const limit = rateLimitOf(fault);
-    const limited = limit && rateLimitReply(limit, this.resetSeconds());
+    const limited = limit && rateLimitReply(limit, budget, this.resetSeconds(budget));
     const faulty: Reply = {
       status: fault.status,
       body: fault.body ?? (limited ? ghError(fault.status, limited.message, limited.documentationUrl) : ghError(fault.status, FAULT_MESSAGES[fault.status] ?? "Server Error")).body,
@@ -299,13 +342,14 @@ export class Router {
     return fault;
   }
 
-  private send(res: ServerResponse, reply: Reply, rateLimited = true): void {
+  /** `budget`: the rate limit the answer reports (undefined: none, the fake runner's routes). */
+  private send(res: ServerResponse, reply: Reply, budget: RateBudget | undefined): void {
     const headers: Record<string, string> = {
       "content-type": "application/json; charset=utf-8",
       "x-github-request-id": randomUUID().toUpperCase(),
       "x-github-media-type": "github.v3; format=json",
       date: new Date(this.auth.now()).toUTCString(),
-      ...(rateLimited ? this.rateHeaders() : {}),
+      ...(budget ? this.rateHeaders(budget) : {}),
       ...reply.headers,
     };
     const text = reply.body === undefined ? "" : JSON.stringify(reply.body);
@@ -313,27 +357,33 @@ export class Router {
     res.end(reply.status === 204 ? undefined : text);
   }
 
-  private rateHeaders(): Record<string, string> {
-    const used = ++this.currentWindow().used;
+  /** The call counted against `budget`, and that budget's state after it, as GitHub's `x-ratelimit-*` headers say. */
+  private rateHeaders(budget: RateBudget): Record<string, string> {
+    const limit = RATE_LIMITS[budget.kind];
+    const used = ++this.currentWindow(budget).used;
     return {
-      "x-ratelimit-limit": String(RATE_LIMIT),
-      "x-ratelimit-remaining": String(Math.max(0, RATE_LIMIT - used)),
-      "x-ratelimit-reset": String(this.resetSeconds()),
+      "x-ratelimit-limit": String(limit),
+      "x-ratelimit-remaining": String(Math.max(0, limit - used)),
+      "x-ratelimit-reset": String(this.resetSeconds(budget)),
       "x-ratelimit-used": String(used),
       "x-ratelimit-resource": "core",
     };
   }
 
-  private currentWindow(): { start: number; used: number } {
-    // A clock set back (setClockSkew) starts a window too: its reset is never over an hour away.
+  private currentWindow(budget: RateBudget): { start: number; used: number } {
+    const key = budgetKey(budget);
     const now = this.auth.now();
-    if (now - this.window.start >= HOUR_MS || now < this.window.start) this.window = { start: now, used: 0 };
-    return this.window;
+    const window = this.windows.get(key);
+    // A clock set back (setClockSkew) starts a window too: its reset is never over an hour away.
+    if (window && now - window.start < HOUR_MS && now >= window.start) return window;
+    const started = { start: now, used: 0 };
+    this.windows.set(key, started);
+    return started;
   }
 
-  /** When the current rate-limit window ends (epoch seconds, as `x-ratelimit-reset`). */
-  private resetSeconds(): number {
-    return Math.ceil((this.currentWindow().start + HOUR_MS) / 1000);
+  /** When `budget`'s current rate-limit window ends (epoch seconds, as `x-ratelimit-reset`). */
+  private resetSeconds(budget: RateBudget): number {
+    return Math.ceil((this.currentWindow(budget).start + HOUR_MS) / 1000);
   }
 }
 
