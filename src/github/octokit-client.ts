@@ -275,7 +275,10 @@ export class OctokitGitHub implements GitHubClient {
     const { metrics } = this.#opts;
     metrics.githubRequest(String(options.url), response.status);
     const remaining = Number(response.headers["x-ratelimit-remaining"]);
-    if (Number.isFinite(remaining)) metrics.githubRateLimitRemaining(installationId, remaining);
+    // A token request goes through an installation's client but is made with the App's JWT: its
+    // counters are of the App's own budget (installation 0, as the App's own calls).
+    const budget = String(options.url).includes("/access_tokens") ? APP_INSTALLATION : installationId;
+    if (Number.isFinite(remaining)) metrics.githubRateLimitRemaining(budget, remaining);
     this.#observeClock(response.headers.date);
     return response;
   }
@@ -299,7 +302,7 @@ export class OctokitGitHub implements GitHubClient {
   async #curable(installationId: number, client: JitOctokitInstance, err: RequestFailure): Promise<boolean> {
     if (err.status !== 401) return false;
     if (JWT_TIME_ERROR.test(err.response?.data?.message ?? err.message ?? "")) return true;
-    if (installationId === 0 || err.request?.url?.includes("/access_tokens")) return false;
+    if (installationId === APP_INSTALLATION || err.request?.url?.includes("/access_tokens")) return false;
     // Revoked or expired early: mint a new one (and share it) instead of failing for the rest of its life.
     this.#opts.logger.warn({ installationId }, "GitHub refused the installation token; minting a new one");
     await client.auth({ type: "installation", refresh: true });
@@ -557,7 +560,7 @@ export class OctokitGitHub implements GitHubClient {
 
   async listHookDeliveries(opts: CallOptions & { cursor?: string } = {}): Promise<{ deliveries: HookDelivery[]; next?: string }> {
     const res = await this.#call("list hook deliveries", () =>
-      this.#client(0).request("GET /app/hook/deliveries", {
+      this.#client(APP_INSTALLATION).request("GET /app/hook/deliveries", {
         per_page: 100,
         ...(opts.cursor ? { cursor: opts.cursor } : {}),
         request: { signal: opts.signal },
@@ -577,7 +580,7 @@ export class OctokitGitHub implements GitHubClient {
 
   async redeliverHookDelivery(id: number, opts: CallOptions = {}): Promise<void> {
     await this.#call("redeliver hook delivery", () =>
-      this.#client(0).request("POST /app/hook/deliveries/{delivery_id}/attempts", { delivery_id: id, request: { signal: opts.signal } }),
+      this.#client(APP_INSTALLATION).request("POST /app/hook/deliveries/{delivery_id}/attempts", { delivery_id: id, request: { signal: opts.signal } }),
     );
   }
 
@@ -621,6 +624,9 @@ export class OctokitGitHub implements GitHubClient {
 function unanswered(err: RequestFailure): boolean {
   return err.response === undefined && (err.name === "HttpError" || err.name === "AbortError");
 }
+
+/** The client of the App's own calls, made with its JWT (webhook deliveries), and the label of its rate-limit budget. */
+const APP_INSTALLATION = 0;
 
 /**
  * The call `options` failed because the installation token it needed could not be minted: the

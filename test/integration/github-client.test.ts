@@ -329,6 +329,25 @@ test("rate limits: 429 + retry-after and 403 + x-ratelimit-reset are waited out 
   assert.ok(metric(text, "jitrunner_github_rate_limit_remaining", 'installation="1"') > 0);
 });
 
+test("the rate-limit gauge keeps each budget apart: a token request's counters are the App's (installation 0), not the installation's it is for", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS });
+  for (let i = 0; i < 3; i++) await c.gh.listHookDeliveries();
+  // The installation's first call mints its token (the App's budget), then fails without counters
+  // of its own reaching the gauge: a 403 the client does not retry.
+  fake.inject({ route: JOB, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "https://docs.github.com/rest" } });
+  await failure(c.gh.getJob(1, "acme", "app", job.id));
+  let text = await c.metrics.render();
+  assert.equal(metric(text, "jitrunner_github_rate_limit_remaining", 'installation="0"'), 4996, "the App's: 3 delivery lists and the token request");
+  assert.equal(metric(text, "jitrunner_github_rate_limit_remaining", 'installation="1"'), 0, "nothing of installation 1's own yet");
+  await c.gh.getJob(1, "acme", "app", job.id);
+  text = await c.metrics.render();
+  assert.equal(metric(text, "jitrunner_github_rate_limit_remaining", 'installation="1"'), 4998, "installation 1's: its two calls");
+  assert.equal(metric(text, "jitrunner_github_rate_limit_remaining", 'installation="0"'), 4996);
+  c.gh.close();
+});
+
 test("a primary rate limit with this host's clock 30 s ahead of GitHub's: the call is retried after GitHub's reset, on GitHub's clock, and writes wait for it too", async () => {
   const skew = -30; // GitHub's clock behind this host's
   const fake = await fakeGitHub({ clockSkewSeconds: skew });
