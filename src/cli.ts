@@ -137,7 +137,7 @@ async function main(argv: string[]): Promise<number> {
     dropped = dropPrivileges(process.env.JITRUNNER_USER, worker ? localDockerSocket(docker.socketPath, docker.host, process.env) : undefined);
     // docker-modem would read DOCKER_CERT_PATH's files again, as the user this process may now
     // run as: they are given to it as read (see DockerodeDriver).
-    if (dockerFiles?.fromCertPath) delete process.env.DOCKER_CERT_PATH;
+    if (dockerFiles?.certPath) delete process.env.DOCKER_CERT_PATH;
   } catch (err) {
     process.stderr.write(`jitrunner: ${errorMessage(err)}\n`);
     return 1;

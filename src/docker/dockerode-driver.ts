@@ -27,27 +27,30 @@ export interface DockerConnection {
 
 type SshOptions = NonNullable<Docker.DockerOptions["sshOptions"]>;
 
-/**
- * What a worker reads of its engine's files at start (see `readDockerFiles`): the TLS files' contents
- * (the connection's caFile, certFile, keyFile, else DOCKER_CERT_PATH's), and the configured
- * known_hosts file's.
- */
-export interface DockerFiles {
+/** The contents of TLS files: a CA (bundle), a client certificate and its key. */
+export interface TlsFiles {
   ca?: Buffer;
   cert?: Buffer;
   key?: Buffer;
-  /** Whether some of them came from DOCKER_CERT_PATH (docker-modem reads it again unless it is unset). */
-  fromCertPath?: boolean;
+}
+
+/**
+ * What a worker reads of its engine's files at start (see `readDockerFiles`): the connection's TLS
+ * files (caFile, certFile, keyFile), DOCKER_CERT_PATH's, and the configured known_hosts file.
+ */
+export interface DockerFiles extends TlsFiles {
+  /** DOCKER_CERT_PATH's three files, read where docker-modem would read them (it reads them again unless the variable is unset). */
+  certPath?: Required<TlsFiles>;
   /** `knownHostsFile`'s text at start, if it could be read then: kept for a process that can no longer read it. */
   knownHosts?: string;
 }
 
 /**
  * Reads the connection's TLS files now: a process that runs on as another user (JITRUNNER_USER)
- * reads them before, as root, as it reads its other secrets. Those the connection does not name
- * come from DOCKER_CERT_PATH (`ca.pem`, `cert.pem`, `key.pem`) whenever docker-modem would read them
- * there: DOCKER_HOST names an engine over TCP or SSH (lib/modem.js, defaultOpts). The configured
- * known_hosts file is read too, if it can be, since it is read again on each SSH connection.
+ * reads them before, as root, as it reads its other secrets. So are DOCKER_CERT_PATH's `ca.pem`,
+ * `cert.pem` and `key.pem` whenever docker-modem would read them: DOCKER_HOST names an engine over
+ * TCP or SSH (lib/modem.js, defaultOpts). The configured known_hosts file is read too, if it can
+ * be, since it is read again on each SSH connection.
  */
 export function readDockerFiles(connection: Pick<DockerConnection, "caFile" | "certFile" | "keyFile" | "knownHostsFile">, env: NodeJS.ProcessEnv = process.env): DockerFiles {
   const { caFile, certFile, keyFile, knownHostsFile } = connection;
@@ -66,10 +69,7 @@ export function readDockerFiles(connection: Pick<DockerConnection, "caFile" | "c
         throw new Error(`cannot read ${name} in DOCKER_CERT_PATH (${certPath}): ${errorMessage(err)}`);
       }
     };
-    files.ca ??= read("ca.pem");
-    files.cert ??= read("cert.pem");
-    files.key ??= read("key.pem");
-    files.fromCertPath = true;
+    files.certPath = { ca: read("ca.pem"), cert: read("cert.pem"), key: read("key.pem") };
   }
   if (knownHostsFile) {
     try {
@@ -124,9 +124,14 @@ export class DockerodeDriver implements RunnerDriver {
     this.#launchCallMs = (launchCallTimeoutSeconds ?? DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS) * 1000;
     const options: Docker.DockerOptions = { ...rest };
     const files = o.files ?? readDockerFiles(connection);
-    if (files.ca) options.ca = files.ca;
-    if (files.cert) options.cert = files.cert;
-    if (files.key) options.key = files.key;
+    // The connection's own files, else DOCKER_CERT_PATH's (as docker-modem's defaults fill in the
+    // options a connection lacks).
+    const ca = files.ca ?? files.certPath?.ca;
+    const cert = files.cert ?? files.certPath?.cert;
+    const key = files.key ?? files.certPath?.key;
+    if (ca) options.ca = ca;
+    if (cert) options.cert = cert;
+    if (key) options.key = key;
     if (username) options.username = username;
     const configured = !!(rest.host || rest.socketPath);
     this.#where = rest.socketPath
@@ -151,10 +156,9 @@ export class DockerodeDriver implements RunnerDriver {
       const algorithms = hostKeys.algorithms() as SshOptions["algorithms"];
       options.sshOptions = { agent: process.env.SSH_AUTH_SOCK, hostVerifier: (key: Buffer) => hostKeys.verify(key), ...(algorithms ? { algorithms } : {}) };
     }
-    // Unconfigured, docker-modem takes the engine from DOCKER_HOST; the TLS files are given as read
-    // (from DOCKER_CERT_PATH, by readDockerFiles).
-    const tlsFiles = { ...(files.ca ? { ca: files.ca } : {}), ...(files.cert ? { cert: files.cert } : {}), ...(files.key ? { key: files.key } : {}) };
-    this.#docker = configured ? new Docker(options) : ssh ? new Docker({ sshOptions: options.sshOptions }) : new Docker(tlsFiles);
+    // Unconfigured, docker-modem takes the engine from DOCKER_HOST, and DOCKER_CERT_PATH's files as
+    // read (the connection's own TLS files apply to a configured engine only, as ever).
+    this.#docker = configured ? new Docker(options) : ssh ? new Docker({ sshOptions: options.sshOptions }) : new Docker(files.certPath ? { ...files.certPath } : undefined);
   }
 
   async ping(): Promise<void> {

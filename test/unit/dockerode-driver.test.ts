@@ -50,10 +50,10 @@ test("a worker's engine TLS files are read at start: the connection's, else DOCK
     const env = { DOCKER_HOST: "tcp://engine.example:2376", DOCKER_CERT_PATH: dir };
     const text = (b: Buffer | undefined) => b?.toString();
     const fromEnv = readDockerFiles({}, env);
-    assert.deepEqual([text(fromEnv.ca), text(fromEnv.cert), text(fromEnv.key), fromEnv.fromCertPath], ["ca.pem\n", "cert.pem\n", "key.pem\n", true]);
-    // The connection's own file wins over DOCKER_CERT_PATH's.
+    assert.deepEqual([text(fromEnv.certPath?.ca), text(fromEnv.certPath?.cert), text(fromEnv.certPath?.key), fromEnv.ca], ["ca.pem\n", "cert.pem\n", "key.pem\n", undefined]);
+    // The connection's own files are kept apart: they apply to a configured engine only.
     const mixed = readDockerFiles({ caFile: join(dir, "mine.pem"), knownHostsFile: join(dir, "known_hosts") }, env);
-    assert.deepEqual([text(mixed.ca), text(mixed.cert), mixed.knownHosts], ["mine.pem\n", "cert.pem\n", "known_hosts\n"]);
+    assert.deepEqual([text(mixed.ca), text(mixed.certPath?.ca), mixed.knownHosts], ["mine.pem\n", "ca.pem\n", "known_hosts\n"]);
     // A local socket: docker-modem reads no certificates, nor does the worker.
     assert.deepEqual(readDockerFiles({}, { DOCKER_HOST: "unix:///var/run/docker.sock", DOCKER_CERT_PATH: dir }), {});
     assert.deepEqual(readDockerFiles({}, { DOCKER_CERT_PATH: dir }), {});
@@ -61,6 +61,29 @@ test("a worker's engine TLS files are read at start: the connection's, else DOCK
     assert.deepEqual(readDockerFiles({ knownHostsFile: join(dir, "absent") }, {}), {});
     assert.throws(() => readDockerFiles({}, { ...env, DOCKER_CERT_PATH: join(dir, "absent") }), /cannot read ca\.pem in DOCKER_CERT_PATH \(.*absent\): ENOENT/);
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a connection's TLS files without a host or socket of its own leave the local engine as it is: plain HTTP on its socket", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "jitrunner-driver-"));
+  const socketPath = join(dir, "engine.sock");
+  const server = createServer((req, res) => {
+    res.writeHead(req.url?.endsWith("/_ping") ? 200 : 404, { "content-type": "text/plain" }).end("OK");
+  });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  const before = process.env.DOCKER_HOST;
+  try {
+    for (const name of ["ca.pem", "cert.pem", "key.pem"]) writeFileSync(join(dir, name), "not read by TLS\n");
+    // docker-modem takes the engine from DOCKER_HOST (a unix socket here) when the connection names none.
+    process.env.DOCKER_HOST = `unix://${socketPath}`;
+    const driver = new DockerodeDriver({ caFile: join(dir, "ca.pem"), certFile: join(dir, "cert.pem"), keyFile: join(dir, "key.pem"), callTimeoutSeconds: 5 });
+    await driver.ping();
+  } finally {
+    if (before === undefined) delete process.env.DOCKER_HOST;
+    else process.env.DOCKER_HOST = before;
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
     rmSync(dir, { recursive: true, force: true });
   }
 });
