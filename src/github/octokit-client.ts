@@ -276,9 +276,8 @@ export class OctokitGitHub implements GitHubClient {
     metrics.githubRequest(String(options.url), response.status);
     const remaining = Number(response.headers["x-ratelimit-remaining"]);
     // A token request goes through an installation's client but is made with the App's JWT: its
-    // counters are of the App's own budget (installation 0, as the App's own calls).
-    const budget = String(options.url).includes("/access_tokens") ? APP_INSTALLATION : installationId;
-    if (Number.isFinite(remaining)) metrics.githubRateLimitRemaining(budget, remaining);
+    // counters are not the installation's (GitHub does not document which budget they describe).
+    if (Number.isFinite(remaining) && !String(options.url).includes("/access_tokens")) metrics.githubRateLimitRemaining(installationId, remaining);
     this.#observeClock(response.headers.date);
     return response;
   }
