@@ -360,7 +360,9 @@ export class Router {
   /** The call counted against `budget`, and that budget's state after it, as GitHub's `x-ratelimit-*` headers say. */
   private rateHeaders(budget: RateBudget): Record<string, string> {
     const limit = RATE_LIMITS[budget.kind];
-    const used = ++this.currentWindow(budget).used;
+    const window = this.currentWindow(budget);
+    // The fake answers past the limit (it refuses only through faults); GitHub's counter stops there.
+    const used = (window.used = Math.min(limit, window.used + 1));
     return {
       "x-ratelimit-limit": String(limit),
       "x-ratelimit-remaining": String(Math.max(0, limit - used)),
