@@ -43,6 +43,23 @@ function procStatus(pid: number, field: string): number[] {
   return (line ?? "").slice(field.length + 1).trim().split(/\s+/).filter(Boolean).map(Number);
 }
 
+/** The exit code of a CLI that is to stop by itself. */
+async function exitOf(jr: ReturnType<typeof runJitrunner>): Promise<number | null> {
+  return new Promise<number | null>((resolve) => (jr.child.exitCode !== null ? resolve(jr.child.exitCode) : jr.child.once("exit", resolve)));
+}
+
+/** A directory (removed after the file) with a self-signed `ca.pem`, `cert.pem` and `key.pem`, all 0600, owned by root. */
+function rootOnlyTlsFiles(prefix: string): string {
+  const tls = mkdtempSync(join(tmpdir(), prefix));
+  dirs.push(tls);
+  const made = spawnSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=jitrunner-test", "-keyout", join(tls, "key.pem"), "-out", join(tls, "cert.pem")], { encoding: "utf8" });
+  assert.equal(made.status, 0, made.stderr);
+  copyFileSync(join(tls, "cert.pem"), join(tls, "ca.pem"));
+  for (const name of ["ca.pem", "cert.pem", "key.pem"]) chmodSync(join(tls, name), 0o600);
+  chmodSync(tls, 0o700);
+  return tls;
+}
+
 test("a worker started as root with JITRUNNER_USER reads its root-only secrets, runs on as that user in the Docker socket's group, and reaches its engine", { timeout: 120_000 }, async (t) => {
   if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
   const port = await freePort();
@@ -73,12 +90,7 @@ test("a worker started as root with JITRUNNER_USER reads its root-only secrets, 
 
 test("a worker's root-only engine TLS files are read before it runs on as that user: its start fails at the engine, not at the files", { timeout: 60_000 }, async (t) => {
   if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
-  const tls = mkdtempSync(join(tmpdir(), "jitrunner-tls-"));
-  dirs.push(tls);
-  const made = spawnSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=jitrunner-test", "-keyout", join(tls, "key.pem"), "-out", join(tls, "cert.pem")], { encoding: "utf8" });
-  assert.equal(made.status, 0, made.stderr);
-  copyFileSync(join(tls, "cert.pem"), join(tls, "ca.pem"));
-  for (const name of ["ca.pem", "cert.pem", "key.pem"]) chmodSync(join(tls, name), 0o600);
+  const tls = rootOnlyTlsFiles("jitrunner-tls-");
   // An engine over TLS on loopback where nothing listens: the start fails reaching it, after the
   // files were read (read as uid 1000, they would fail it first with EACCES).
   const enginePort = await freePort();
@@ -89,26 +101,14 @@ test("a worker's root-only engine TLS files are read before it runs on as that u
     pools: [fakeRunnerPool(fake)],
   });
   const jr = runJitrunner(["worker", "--config", file], { JITRUNNER_USER: `${USER.uid}:${USER.gid}` });
-  const code = await new Promise<number | null>((resolve) => (jr.child.exitCode !== null ? resolve(jr.child.exitCode) : jr.child.once("exit", resolve)));
-  assert.equal(code, 1, jr.output());
+  assert.equal(await exitOf(jr), 1, jr.output());
   assert.match(jr.output(), new RegExp(`cannot reach the Docker engine at 127\\.0\\.0\\.1:${enginePort}`));
   assert.doesNotMatch(jr.output(), /EACCES/);
 });
 
-/** How a CLI started as root ends: its exit code and output. */
-async function exitOf(jr: ReturnType<typeof runJitrunner>): Promise<number | null> {
-  return new Promise<number | null>((resolve) => (jr.child.exitCode !== null ? resolve(jr.child.exitCode) : jr.child.once("exit", resolve)));
-}
-
 test("an engine named by DOCKER_HOST with root-only DOCKER_CERT_PATH files: they are read before the change of user, and the start fails at the engine, not at the files", { timeout: 60_000 }, async (t) => {
   if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
-  const tls = mkdtempSync(join(tmpdir(), "jitrunner-cert-path-"));
-  dirs.push(tls);
-  const made = spawnSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=jitrunner-test", "-keyout", join(tls, "key.pem"), "-out", join(tls, "cert.pem")], { encoding: "utf8" });
-  assert.equal(made.status, 0, made.stderr);
-  copyFileSync(join(tls, "cert.pem"), join(tls, "ca.pem"));
-  for (const name of ["ca.pem", "cert.pem", "key.pem"]) chmodSync(join(tls, name), 0o600);
-  chmodSync(tls, 0o700);
+  const tls = rootOnlyTlsFiles("jitrunner-cert-path-");
   const enginePort = await freePort();
   const file = writeOperatorConfig(fake, {
     redis: { url: redis.url, prefix: redis.prefix },
@@ -161,7 +161,7 @@ test("a JITRUNNER_USER that is not UID:GID in numbers stops the start, saying so
     ["0:0", "JITRUNNER_USER names root: unset it to run as root"],
   ]) {
     const jr = runJitrunner(["server", "--config", file], { JITRUNNER_USER: spec! });
-    const code = await new Promise<number | null>((resolve) => jr.child.once("exit", resolve));
+    const code = await exitOf(jr);
     assert.equal(code, 1);
     assert.equal(jr.output().trim(), `jitrunner: ${said}`);
   }
