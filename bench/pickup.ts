@@ -10,6 +10,7 @@ import type Docker from "dockerode";
 import { Redis } from "ioredis";
 import { Secret } from "../src/config/secret.ts";
 import { createOptions } from "../src/docker/dockerode-driver.ts";
+import { FakeGitHubClient } from "../test/fakes/github/client.ts";
 import type { FakeGitHub } from "../test/fakes/github/index.ts";
 import { ContainerEvents, maxRunning, type Lifecycle } from "./lib/docker-events.ts";
 import { JOB_LABELS, POOL, runnerPool, startJitrunner, type RunningJitrunner } from "./lib/jitrunner.ts";
@@ -18,6 +19,11 @@ import { summarize, type Summary } from "./lib/stats.ts";
 
 const ISOLATED = Number(process.env.BENCH_PICKUP_ISOLATED ?? 20);
 const BURST = Number(process.env.BENCH_PICKUP_BURST ?? 50);
+/**
+ * Bursts of each kind, taking turns (which goes first alternates): a single burst's median moved
+ * by seconds from one run to the next on these shared machines, either way.
+ */
+const BURST_ROUNDS = Number(process.env.BENCH_PICKUP_ROUNDS ?? 3);
 /** Between jobs queued one at a time: each runner is created and started before the next job comes. */
 const SPACING_MS = 1_500;
 const BASELINE_LABEL = "dev.jitrunner.bench-baseline";
@@ -49,11 +55,24 @@ export interface Series {
   lifetime: Summary;
 }
 
+/** One round's bursts: their p50 and p99 (ms), and which went first. */
+export interface BurstRound {
+  bareFirst: boolean;
+  bare: { p50: number; p99: number };
+  jitrunner: { p50: number; p99: number };
+}
+
 export interface PickupResult {
   bareIsolated: Series;
+  /** Every round's bare burst containers, pooled. */
   bareBurst: Series;
   isolated: Series;
+  /** Every round's jitrunner burst runners, pooled. */
   burst: Series;
+  /** Containers per burst. */
+  burstSize: number;
+  rounds: BurstRound[];
+  /** Most runners running at once in any round's jitrunner burst. */
   burstMaxRunning: number;
   capacity: number;
   metricPickup: { count: number; sum: number };
@@ -85,13 +104,20 @@ function series(name: string, items: Pickup[]): Series {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A bare container's job: labels no pool of jitrunner's matches, so its webhooks make no demand. */
+const BARE_LABELS = ["self-hosted", "bench-bare-baseline"];
+
 /**
  * Bare create + start of the runner spec jitrunner would create, on the same engine: `one` at a
- * time (each on an idle engine: started, exited, removed, gone) or `burst` at once.
+ * time (each on an idle engine: started, exited, removed, gone) or `burst` at once. Each is given
+ * a JIT config of its own and a job pinned to it, both made before its create call (untimed), so
+ * that once started it does what a runner of jitrunner's does (boots its dockerd, runs the job with
+ * its nested `docker run`, exits), and a burst loads the engine and the CPUs alike on both sides.
  */
 class Bare {
   readonly #docker: Docker;
   readonly #fake: FakeGitHub;
+  readonly #client: FakeGitHubClient;
   readonly #tag: string;
   readonly #events: ContainerEvents;
   readonly #t0s = new Map<string, number>();
@@ -101,6 +127,7 @@ class Bare {
   private constructor(docker: Docker, fake: FakeGitHub, tag: string, events: ContainerEvents) {
     this.#docker = docker;
     this.#fake = fake;
+    this.#client = new FakeGitHubClient(fake);
     this.#tag = tag;
     this.#events = events;
   }
@@ -110,13 +137,21 @@ class Bare {
     return new Bare(docker, fake, tag, await ContainerEvents.open(docker, `${BASELINE_LABEL}=${tag}`));
   }
 
-  async #createAndStart(): Promise<string> {
+  /** A runner registered at the fake, with a job queued for it alone: what a bare container runs. */
+  async #registered(): Promise<{ name: string; jitConfig: string }> {
+    const name = `bench-bare-${this.#tag}-${this.#n++}`;
+    const res = await this.#client.call("POST", "/repos/acme/bench/actions/runners/generate-jitconfig", { body: { name, runner_group_id: 1, labels: BARE_LABELS } });
+    if (res.status !== 201) throw new Error(`bare runner ${name}: generate-jitconfig answered ${res.status}`);
+    await this.#fake.queueJob({ owner: "acme", repo: "bench", labels: BARE_LABELS, onlyRunner: name });
+    return { name, jitConfig: (res.body as { encoded_jit_config: string }).encoded_jit_config };
+  }
+
+  async #createAndStart({ name, jitConfig }: { name: string; jitConfig: string }): Promise<string> {
     const pool = runnerPool(this.#fake);
     const opts = createOptions({
-      name: `bench-bare-${this.#tag}-${this.#n++}`,
+      name,
       image: pool.image,
-      // Not a JIT config: the container boots its own dockerd like a runner, then its runner exits.
-      jitConfig: new Secret(Buffer.from("not-a-jit-config").toString("base64")),
+      jitConfig: new Secret(jitConfig),
       env: pool.env,
       labels: { [BASELINE_LABEL]: this.#tag },
       isolation: pool.isolation,
@@ -133,21 +168,23 @@ class Bare {
     return c.id;
   }
 
-  /** One on an idle engine; like a runner it boots its dockerd and exits by itself, then it is removed. */
+  /** One on an idle engine; like a runner it boots its dockerd, runs its job and exits by itself, then it is removed. */
   async one(): Promise<string> {
     const events = this.#events;
-    const id = await this.#createAndStart();
+    const id = await this.#createAndStart(await this.#registered());
     await events.until(() => events.byId.get(id)?.start, 30_000, "bare container start event");
-    await events.until(() => events.byId.get(id)?.die, 60_000, "bare container to exit");
+    await events.until(() => events.byId.get(id)?.die, 120_000, "bare container to run its job and exit");
     await this.#docker.getContainer(id).remove({ force: true, v: true });
     await events.until(() => events.byId.get(id)?.destroy, 30_000, "bare container destroy event");
     return id;
   }
 
-  /** `n` at once; resolves when all have started. */
+  /** `n` at once; resolves when all have started, run their jobs and exited. */
   async burst(n: number): Promise<string[]> {
-    const ids = await Promise.all(Array.from({ length: n }, () => this.#createAndStart()));
+    const runners = await Promise.all(Array.from({ length: n }, () => this.#registered()));
+    const ids = await Promise.all(runners.map((r) => this.#createAndStart(r)));
     await this.#events.until(() => ids.every((id) => this.#events.byId.get(id)?.start !== undefined), 60_000, "bare start events");
+    await this.#events.until(() => ids.every((id) => this.#events.byId.get(id)?.die !== undefined), 180_000, "bare containers to run their jobs and exit");
     return ids;
   }
 
@@ -238,22 +275,44 @@ export async function runPickup(
     }
     const bareIsolated = series("bare, one at a time", bare.pickups(bareIds));
 
-    progress(`pickup: bare docker create+start, ${BURST} at once`);
-    const bareBurstIds = await bare.burst(BURST);
-    const bareBurst = series(`bare, ${BURST} at once`, bare.pickups(bareBurstIds));
-    await Promise.allSettled(bareBurstIds.map((id) => docker.getContainer(id).remove({ force: true, v: true })));
-
-    progress(`pickup: jitrunner, ${BURST} jobs at once`);
-    const burstJobs = await Promise.all(Array.from({ length: BURST }, () => fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS })));
-    const burstIds = new Set(burstJobs.map((j) => `${j.id}-1`));
-    await events.until(
-      () => events.all().filter((lc) => burstIds.has(lc.labels[DEMAND_LABEL] ?? "") && lc.start !== undefined).length >= BURST,
-      180_000,
-      `${BURST} burst runners to start`,
-    );
-    const burstContainers = events.all().filter((lc) => burstIds.has(lc.labels[DEMAND_LABEL] ?? ""));
-    const burstMaxRunning = maxRunning(burstContainers);
-    await waitQuiet(fake, events, 180_000, "burst jobs to finish and their containers to go");
+    const bareBursts: Pickup[] = [];
+    const burstContainers: Lifecycle[] = [];
+    const rounds: BurstRound[] = [];
+    let burstMaxRunning = 0;
+    const bareBurst = async (): Promise<Pickup[]> => {
+      progress(`pickup: bare docker create+start, ${BURST} at once`);
+      const ids = await bare.burst(BURST);
+      await Promise.allSettled(ids.map((id) => docker.getContainer(id).remove({ force: true, v: true })));
+      return bare.pickups(ids);
+    };
+    const jitrunnerBurst = async (): Promise<Lifecycle[]> => {
+      progress(`pickup: jitrunner, ${BURST} jobs at once`);
+      const jobs = await Promise.all(Array.from({ length: BURST }, () => fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS })));
+      const ids = new Set(jobs.map((j) => `${j.id}-1`));
+      await events.until(
+        () => events.all().filter((lc) => ids.has(lc.labels[DEMAND_LABEL] ?? "") && lc.start !== undefined).length >= BURST,
+        180_000,
+        `${BURST} burst runners to start`,
+      );
+      const containers = events.all().filter((lc) => ids.has(lc.labels[DEMAND_LABEL] ?? ""));
+      await waitQuiet(fake, events, 180_000, "burst jobs to finish and their containers to go");
+      return containers;
+    };
+    for (let round = 0; round < BURST_ROUNDS; round++) {
+      progress(`pickup: burst round ${round + 1} of ${BURST_ROUNDS}`);
+      const bareFirst = round % 2 === 0;
+      let bareItems: Pickup[] = [];
+      let containers: Lifecycle[] = [];
+      if (bareFirst) bareItems = await bareBurst();
+      containers = await jitrunnerBurst();
+      if (!bareFirst) bareItems = await bareBurst();
+      bareBursts.push(...bareItems);
+      burstContainers.push(...containers);
+      burstMaxRunning = Math.max(burstMaxRunning, maxRunning(containers));
+      const mine = series("round", await timelines(redis.url, prefix, containers)).total;
+      const theirs = series("round", bareItems).total;
+      rounds.push({ bareFirst, bare: { p50: theirs.p50, p99: theirs.p99 }, jitrunner: { p50: mine.p50, p99: mine.p99 } });
+    }
 
     const metrics = await (await fetch(`${worker.url}/metrics`)).text();
     const metricPickup = {
@@ -265,14 +324,16 @@ export async function runPickup(
     for (const r of fake.requests.slice(firstRequest)) githubCalls.set(`${r.method} ${r.route}`, (githubCalls.get(`${r.method} ${r.route}`) ?? 0) + 1);
     return {
       bareIsolated,
-      bareBurst,
+      bareBurst: series(`bare, ${BURST} at once (${BURST_ROUNDS} rounds)`, bareBursts),
       isolated: series("jitrunner, one at a time", await timelines(redis.url, prefix, byId(isolatedIds))),
-      burst: series(`jitrunner, ${BURST} at once`, await timelines(redis.url, prefix, burstContainers)),
+      burst: series(`jitrunner, ${BURST} at once (${BURST_ROUNDS} rounds)`, await timelines(redis.url, prefix, burstContainers)),
+      burstSize: BURST,
+      rounds,
       burstMaxRunning,
       capacity,
       metricPickup,
       githubCalls,
-      jobs: 1 + ISOLATED + BURST,
+      jobs: 1 + ISOLATED + BURST_ROUNDS * BURST,
     };
   } finally {
     events.close();

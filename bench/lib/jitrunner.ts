@@ -77,6 +77,8 @@ export async function startJitrunner(o: JitrunnerOptions): Promise<RunningJitrun
       ...(o.dockerSocket ? { docker: { socketPath: o.dockerSocket } } : {}),
       completedGraceSeconds: 5,
       reconcileIntervalSeconds: 30,
+      // Starts in flight at once on the engine (worker.concurrentStarts), for comparing settings.
+      ...(process.env.BENCH_CONCURRENT_STARTS ? { concurrentStarts: Number(process.env.BENCH_CONCURRENT_STARTS) } : {}),
     },
     logLevel: o.logLevel ?? "info",
     pools: o.pools,
