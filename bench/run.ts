@@ -9,8 +9,9 @@
  * BENCH_QUIET_WAIT_S (how long to wait for other work on the machine to stop first, default 120),
  * BENCH_KEEP_LOGS (keep the scratch directory with every process's log and the run's figures,
  * results.json), BENCH_RENDER_FROM (render BENCHMARKS.md again from such a results.json, the
- * phases in BENCH_PHASES that it holds, without measuring), and the per-phase sizes in each
- * phase's file.
+ * phases in BENCH_PHASES that it holds, without measuring), BENCH_CONCURRENT_STARTS (the
+ * jitrunner workers' worker.concurrentStarts, to compare settings; default: the config's default),
+ * and the per-phase sizes in each phase's file.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
