@@ -20,7 +20,13 @@ export function saveRun(file: string, run: SavedRun): string {
 }
 
 export function loadRun(file: string): SavedRun {
-  return JSON.parse(readFileSync(file, "utf8"), (_k, v: unknown) =>
+  const run = JSON.parse(readFileSync(file, "utf8"), (_k, v: unknown) =>
     v !== null && typeof v === "object" && Array.isArray((v as { $map?: unknown }).$map) ? new Map((v as { $map: Array<[unknown, unknown]> }).$map) : v,
   ) as SavedRun;
+  // Saved before the pickup bursts were measured in rounds: the report cannot say what it needs.
+  const pickup = run.results.pickup as { rounds?: unknown } | undefined;
+  if (pickup && !Array.isArray(pickup.rounds)) {
+    throw new Error(`${file} was saved by an older bench (its pickup results have no burst rounds): measure pickup again (BENCH_PHASES=pickup)`);
+  }
+  return run;
 }
