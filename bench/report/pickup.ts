@@ -1,6 +1,7 @@
 /** The Pickup section of BENCHMARKS.md and its Summary rows. */
 import { DEFAULT_WRITES_PER_MINUTE as WRITES } from "../../src/github/write-window.ts";
 import { DEFAULT_CONCURRENT_STARTS as STARTS } from "../../src/config/schema.ts";
+import { TAKE_AHEAD } from "../../src/worker/worker.ts";
 import type { PickupResult, Series } from "../pickup.ts";
 import { ms, ratio } from "../lib/stats.ts";
 import { calls, p50p99, runLine, table, yes, type Row, type RunInfo } from "./common.ts";
@@ -88,8 +89,10 @@ ${ms(p.burst.total.p50)}, p99 ${ms(p.burst.total.p99)} against ${ms(p.bareBurst.
 (${ratio(p.burst.total.p50, p.bareBurst.total.p50)} at p50, ${ratio(p.burst.total.p99, p.bareBurst.total.p99)} at p99): ${burstVerdict(
   p.burst.total.p50 < p.bareBurst.total.p50,
   p.burst.total.p99 <= p.bareBurst.total.p99,
-)}. By step: "taken -> container created" took
-${ms(p.burst.parts["taken -> container created"]?.p50 ?? Number.NaN)} at p50 against ${ms(p.bareBurst.parts["start -> container created"]?.p50 ?? Number.NaN)} for the bare creates, and
+)}. By step: "in BullMQ -> taken by worker" took ${ms(p.burst.parts["in BullMQ -> taken by worker"]?.p50 ?? Number.NaN)} at p50
+(p99 ${ms(p.burst.parts["in BullMQ -> taken by worker"]?.p99 ?? Number.NaN)}: once it finds demand, the worker takes up to ${TAKE_AHEAD} more that wait together, never
+more than its free slots, while it serves the first; src/worker/worker.ts \`TAKE_AHEAD\`), "taken -> container created"
+${ms(p.burst.parts["taken -> container created"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["start -> container created"]?.p50 ?? Number.NaN)} for the bare creates, and
 "created -> started" ${ms(p.burst.parts["created -> started"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["created -> started"]?.p50 ?? Number.NaN)} (it includes the wait for a
 turn). At most
 ${p.burstMaxRunning} of a burst's runners ran at the same time (each lived ${ms(p.burst.lifetime.p50)} at p50),

@@ -425,6 +425,20 @@ export class DemandConsumer {
     return this.#lease(job);
   }
 
+  /**
+   * Demand already waiting, up to `max`, taken at once without waiting for more (a burst's rest,
+   * once `next` found some): the calls go to Redis together, each one round trip. A call that
+   * fails took nothing; the leases of those that succeeded are returned all the same.
+   */
+  async ready(max: number): Promise<Lease[]> {
+    const worker = this.#started();
+    const taken = await Promise.allSettled(Array.from({ length: max }, () => worker.getNextJob(this.#token, { block: false }) as Promise<Job<Demand> | undefined>));
+    const leases = taken.flatMap((t) => (t.status === "fulfilled" && t.value?.id ? [this.#lease(t.value)] : []));
+    const failed = taken.find((t) => t.status === "rejected");
+    if (failed && !leases.length) throw failed.reason;
+    return leases;
+  }
+
   #lease(job: Job<Demand>): Lease {
     const token = this.#token;
     const leaseMs = this.#leaseMs;

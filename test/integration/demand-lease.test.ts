@@ -68,3 +68,45 @@ test("a lease's lock lasts worker.leaseSeconds and is renewed while held; one no
     dyingConn.disconnect();
   }
 });
+
+test("demand already waiting is taken at once up to the number asked, each lease with its own lock; with none waiting, none is taken; a lease given back waits again", async () => {
+  const { redis, conn } = shared;
+  const settings = { redisUrl: redis.url, prefix: `${redis.prefix}:ready`, attempts: 3, leaseMs: LEASE_MS };
+  const queues = new DemandQueues(settings, conn);
+  const consumerConn = redisConnection(redis.url);
+  const consumer = new DemandConsumer(settings, consumerConn, POOL, "host-a:1");
+  const held: Lease[] = [];
+  try {
+    for (let job = 11; job <= 15; job++) assert.equal(await queues.add(demand(job)), "added");
+    await consumer.start();
+    held.push(await waitFor(() => consumer.next(), 20_000, "the first demand leased"));
+    const three = await consumer.ready(3);
+    held.push(...three);
+    assert.equal(three.length, 3, "as many as asked, while that many wait");
+    assert.equal(new Set(held.map((l) => l.demand.jobId)).size, 4, "each demand leased once");
+    for (const lease of three) {
+      assert.equal(await conn.get(`${settings.prefix}:bull:demand-${POOL}:${lease.id}:lock`), "host-a:1", `demand ${lease.id} locked for its holder`);
+      assert.equal(lease.attempt, 1);
+    }
+    const counts = (await queues.counts([POOL])).get(POOL)!;
+    assert.equal(counts.active, 4);
+    assert.equal(counts.waiting, 1);
+
+    const rest = await consumer.ready(3);
+    held.push(...rest);
+    assert.deepEqual(rest.map((l) => l.demand.jobId), [...[11, 12, 13, 14, 15].filter((j) => !held.slice(0, 4).some((l) => l.demand.jobId === j))], "the one left");
+    assert.deepEqual(await consumer.ready(3), [], "none waiting: none taken");
+
+    await three[0]!.release();
+    assert.equal((await queues.counts([POOL])).get(POOL)!.waiting, 1, "a lease given back waits again");
+    const again = await consumer.ready(2);
+    assert.deepEqual(again.map((l) => l.demand.jobId), [three[0]!.demand.jobId]);
+    assert.equal(again[0]!.attempt, 1, "given back unspent");
+    held.push(...again);
+  } finally {
+    await Promise.all(held.map((l) => l.complete("served").catch(() => undefined)));
+    await queues.close();
+    await consumer.close();
+    consumerConn.disconnect();
+  }
+});

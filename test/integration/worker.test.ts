@@ -354,27 +354,37 @@ test("waiting for demand holds no slot: an idle worker with two pools and one sl
   }
 });
 
-test("a burst's container starts wait their turn: the engine never has more than worker.concurrentStarts at once, and every job is served", async () => {
+test("a burst's container starts wait their turn: the engine never has more than worker.concurrentStarts at once; demand taken together never outnumbers the free slots; every job is served", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const proxy = await startDockerProxy();
   const host = uniqueHost("starts");
   hosts.push(host);
   const r = scopedRedis(redis, "starts");
   const jobs = 6;
+  const capacity = 4;
   const sys = await startSystem("all", fake, r, host, {
-    worker: { hostId: host, capacity: jobs, concurrentStarts: 2, reconcileIntervalSeconds: 2, completedGraceSeconds: 5, docker: { socketPath: proxy.socketPath } },
+    worker: { hostId: host, capacity, concurrentStarts: 2, reconcileIntervalSeconds: 2, completedGraceSeconds: 5, docker: { socketPath: proxy.socketPath } },
   });
+  const conn = redisConnection(r.url);
   try {
     const queued = await Promise.all(Array.from({ length: jobs }, () => fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] })));
     const ids = new Set(queued.map((j) => j.id));
-    await waitFor(() => fake.jobs().filter((j) => ids.has(j.id) && j.status === "completed").length === jobs, 120_000, `${jobs} jobs completed`);
+    // Demand the worker holds (leased in BullMQ), looked at throughout: the jobs beyond its slots
+    // wait in the queue, for any host, until a runner ends.
+    const leased: number[] = [];
+    await waitFor(async () => {
+      leased.push(await conn.llen(`${r.prefix}:bull:demand-default:active`));
+      return fake.jobs().filter((j) => ids.has(j.id) && j.status === "completed").length === jobs;
+    }, 120_000, `${jobs} jobs completed`);
     assert.ok(fake.jobs().every((j) => !ids.has(j.id) || j.conclusion === "success"));
+    assert.equal(Math.max(...leased), capacity, `demand leased at once, looked at ${leased.length} times`);
     assert.equal(proxy.starts, jobs, "one start per runner");
     // Six launches at once, each start a few hundred ms: they queue, two at a time.
     assert.equal(proxy.maxStartsInFlight, 2, "starts in flight at once");
     await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "runner containers removed");
     assert.equal(fake.runners().length, 0);
   } finally {
+    conn.disconnect();
     await sys.close();
     await proxy.close();
     await fake.close();
