@@ -168,12 +168,14 @@ export class OctokitGitHub implements GitHubClient {
         // wait in the write budget, reads in #send; in every process sharing its Redis). Calls sent
         // during it are refused, and each refusal would make the wait longer (and may get the App
         // banned). The primary wait is on GitHub's clock and at least 1 s (rateLimitResetPlugin);
-        // a wait of 0 still pauses calls for 1 s.
+        // a wait of 0 still pauses calls for 1 s. A token request is the App's, made with its JWT:
+        // the wait holds the App's calls, and every installation's token requests with them.
+        const app = isTokenRequest(options.url);
         if (retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS) {
-          this.#writes.pause(throttleId, Math.max(1, retryAfter) * 1000);
+          this.#writes.pause(app ? throttleIdOf(APP_INSTALLATION) : throttleId, Math.max(1, retryAfter) * 1000);
         }
         logger.warn(
-          { route: options.url, method: options.method, installationId, retryAfter, retryCount },
+          { route: options.url, method: options.method, installationId: app ? APP_INSTALLATION : installationId, retryAfter, retryCount },
           again ? `GitHub ${kind} rate limit: waiting ${retryAfter} s as told, then retrying` : `GitHub ${kind} rate limit: giving up on this call`,
         );
         return again;
@@ -225,8 +227,10 @@ export class OctokitGitHub implements GitHubClient {
     const read = options.method === "GET" || options.method === "HEAD";
     let cured = false;
     for (let retry = 0; ; retry++) {
-      // Writes wait out GitHub's wait in the write budget (inside the throttling plugin); reads here.
+      // Writes wait out GitHub's wait in the write budget (inside the throttling plugin); reads here,
+      // and token requests (POSTs on the App's budget, which the plugin does not count as writes).
       if (read) await this.#waitOutPause(installationId, signal);
+      else if (isTokenRequest(options.url)) await this.#waitOutPause(APP_INSTALLATION, signal);
       try {
         return this.#answered(installationId, options, await request(options));
       } catch (err) {
@@ -277,7 +281,7 @@ export class OctokitGitHub implements GitHubClient {
     const remaining = Number(response.headers["x-ratelimit-remaining"]);
     // A token request goes through an installation's client but is made with the App's JWT: its
     // counters are not the installation's (GitHub does not document which budget they describe).
-    if (Number.isFinite(remaining) && !String(options.url).includes("/access_tokens")) metrics.githubRateLimitRemaining(installationId, remaining);
+    if (Number.isFinite(remaining) && !isTokenRequest(options.url)) metrics.githubRateLimitRemaining(installationId, remaining);
     this.#observeClock(response.headers.date);
     return response;
   }
@@ -301,7 +305,7 @@ export class OctokitGitHub implements GitHubClient {
   async #curable(installationId: number, client: JitOctokitInstance, err: RequestFailure): Promise<boolean> {
     if (err.status !== 401) return false;
     if (JWT_TIME_ERROR.test(err.response?.data?.message ?? err.message ?? "")) return true;
-    if (installationId === APP_INSTALLATION || err.request?.url?.includes("/access_tokens")) return false;
+    if (installationId === APP_INSTALLATION || isTokenRequest(err.request?.url)) return false;
     // Revoked or expired early: mint a new one (and share it) instead of failing for the rest of its life.
     this.#opts.logger.warn({ installationId }, "GitHub refused the installation token; minting a new one");
     await client.auth({ type: "installation", refresh: true });
@@ -607,7 +611,7 @@ export class OctokitGitHub implements GitHubClient {
       }
       // The installation token could not be minted: the status is the token request's, not the
       // call's, and is left out of the error. A 404 there is not "no such runner", nor a 422 "busy".
-      if (e.request?.url?.includes("/access_tokens")) {
+      if (isTokenRequest(e.request?.url)) {
         throw new GitHubError(`${what} failed: installation token${status ? ` (${status})` : ""}: ${detail}`, undefined, { retryable });
       }
       throw new GitHubError(`${what} failed${status ? ` (${status})` : ""}: ${detail}`, status, { retryable });
@@ -627,12 +631,17 @@ function unanswered(err: RequestFailure): boolean {
 /** The client of the App's own calls, made with its JWT (webhook deliveries), and the label of its rate-limit budget. */
 const APP_INSTALLATION = 0;
 
+/** A request for an installation token (made with the App's JWT, on the App's budget). */
+function isTokenRequest(url: unknown): boolean {
+  return String(url).includes("/access_tokens");
+}
+
 /**
  * The call `options` failed because the installation token it needed could not be minted: the
  * failure is the token request's, which went through #send on its own (counted and retried there).
  */
 function mintFailed(options: HookOptions, err: RequestFailure): boolean {
-  return Boolean(err.request?.url?.includes("/access_tokens")) && !String(options.url).includes("/access_tokens");
+  return isTokenRequest(err.request?.url) && !isTokenRequest(options.url);
 }
 
 /** A failure worth another attempt: 5xx, 408, or no answer at all. */
