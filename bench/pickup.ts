@@ -13,7 +13,7 @@ import { createOptions } from "../src/docker/dockerode-driver.ts";
 import { FakeGitHubClient } from "../test/fakes/github/client.ts";
 import type { FakeGitHub } from "../test/fakes/github/index.ts";
 import { ContainerEvents, maxRunning, type Lifecycle } from "./lib/docker-events.ts";
-import { JOB_LABELS, POOL, runnerPool, startJitrunner, type RunningJitrunner } from "./lib/jitrunner.ts";
+import { CONCURRENT_STARTS, JOB_LABELS, POOL, runnerPool, startJitrunner, type RunningJitrunner } from "./lib/jitrunner.ts";
 import type { BenchRedis } from "./lib/procs.ts";
 import { summarize, type Summary } from "./lib/stats.ts";
 
@@ -75,6 +75,8 @@ export interface PickupResult {
   /** Most runners running at once in any round's jitrunner burst. */
   burstMaxRunning: number;
   capacity: number;
+  /** The worker's `worker.concurrentStarts`. */
+  concurrentStarts: number;
   metricPickup: { count: number; sum: number };
   githubCalls: Map<string, number>;
   jobs: number;
@@ -331,6 +333,7 @@ export async function runPickup(
       rounds,
       burstMaxRunning,
       capacity,
+      concurrentStarts: CONCURRENT_STARTS,
       metricPickup,
       githubCalls,
       jobs: 1 + ISOLATED + BURST_ROUNDS * BURST,

@@ -3,6 +3,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { stringify } from "yaml";
+import { DEFAULT_CONCURRENT_STARTS } from "../../src/config/schema.ts";
 import type { FakeGitHub } from "../../test/fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../../test/helpers/config.ts";
 import { freePort } from "../../test/helpers/ports.ts";
@@ -60,6 +61,9 @@ export interface RunningJitrunner {
   logFile: string;
 }
 
+/** `worker.concurrentStarts` of the workers the bench starts: BENCH_CONCURRENT_STARTS, else the default. */
+export const CONCURRENT_STARTS = process.env.BENCH_CONCURRENT_STARTS ? Number(process.env.BENCH_CONCURRENT_STARTS) : DEFAULT_CONCURRENT_STARTS;
+
 /** Writes the config and secrets, starts `jitrunner MODE`, waits for /readyz. */
 export async function startJitrunner(o: JitrunnerOptions): Promise<RunningJitrunner> {
   const port = await freePort();
@@ -78,7 +82,7 @@ export async function startJitrunner(o: JitrunnerOptions): Promise<RunningJitrun
       completedGraceSeconds: 5,
       reconcileIntervalSeconds: 30,
       // Starts in flight at once on the engine (worker.concurrentStarts), for comparing settings.
-      ...(process.env.BENCH_CONCURRENT_STARTS ? { concurrentStarts: Number(process.env.BENCH_CONCURRENT_STARTS) } : {}),
+      concurrentStarts: CONCURRENT_STARTS,
     },
     logLevel: o.logLevel ?? "info",
     pools: o.pools,

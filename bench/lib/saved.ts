@@ -23,10 +23,10 @@ export function loadRun(file: string): SavedRun {
   const run = JSON.parse(readFileSync(file, "utf8"), (_k, v: unknown) =>
     v !== null && typeof v === "object" && Array.isArray((v as { $map?: unknown }).$map) ? new Map((v as { $map: Array<[unknown, unknown]> }).$map) : v,
   ) as SavedRun;
-  // Saved before the pickup bursts were measured in rounds: the report cannot say what it needs.
-  const pickup = run.results.pickup as { rounds?: unknown } | undefined;
-  if (pickup && !Array.isArray(pickup.rounds)) {
-    throw new Error(`${file} was saved by an older bench (its pickup results have no burst rounds): measure pickup again (BENCH_PHASES=pickup)`);
+  // Saved before the pickup results said all the report needs.
+  const pickup = run.results.pickup as { rounds?: unknown; concurrentStarts?: unknown } | undefined;
+  if (pickup && (!Array.isArray(pickup.rounds) || typeof pickup.concurrentStarts !== "number")) {
+    throw new Error(`${file} was saved by an older bench (its pickup results lack the burst rounds or the worker's concurrentStarts): measure pickup again (BENCH_PHASES=pickup)`);
   }
   return run;
 }

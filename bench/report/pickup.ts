@@ -24,6 +24,7 @@ function ownSteps(p: PickupResult): number {
 }
 
 export function pickupSection(p: PickupResult, info: RunInfo): string {
+  const allAtOnce = p.concurrentStarts >= p.burstSize;
   return `## Pickup
 
 ${runLine(info, "pickup")}
@@ -75,16 +76,12 @@ take no timer turns (src/github/request-gates.ts; through Bottleneck's they cost
 "created -> started" varies by more than that from one container to the next (compare the two
 series), which is why the totals can come out in either order.
 
-**In the burst the worker starts ${STARTS} containers at a time on its engine, in order; the bare
-baseline asks the engine for all ${p.burstSize} at once.** Every JIT config is a POST, and the GitHub client
+**In the burst the worker ${allAtOnce ? `asks its engine for all ${p.burstSize} starts at once, as the bare baseline does` : `starts ${p.concurrentStarts} containers at a time on its engine, in order; the bare baseline asks the engine for all ${p.burstSize} at once`}**
+(\`worker.concurrentStarts\` ${p.concurrentStarts}${p.concurrentStarts === STARTS ? ", the default" : `; default ${STARTS}`}). Every JIT config is a POST, and the GitHub client
 starts at most ${WRITES} writes in any minute per installation (a sliding window,
 \`github.writesPerMinute\`; src/github/write-window.ts), so all ${p.burstSize} registrations of a burst go out at once and
 the runners' creates reach the engine together (median gap between consecutive creates
-${ms(p.burst.createGaps.p50)}; bare burst: ${ms(p.bareBurst.createGaps.p50)}). Their starts then wait their turn
-(\`worker.concurrentStarts\`, default ${STARTS}): an engine asked for dozens of starts at once works on all of
-them together and finishes them all late, as the bare burst shows (p50 ${ms(p.bareBurst.total.p50)}, p99
-${ms(p.bareBurst.total.p99)}: nearly the same). A few at a time, the first runners start sooner, and the later
-ones start while the runners before them boot their own dockerd on the same CPUs. jitrunner: p50
+${ms(p.burst.createGaps.p50)}; bare burst: ${ms(p.bareBurst.createGaps.p50)}). ${STARTS_TRADE} jitrunner: p50
 ${ms(p.burst.total.p50)}, p99 ${ms(p.burst.total.p99)} against ${ms(p.bareBurst.total.p50)} / ${ms(p.bareBurst.total.p99)} for the bare burst
 (${ratio(p.burst.total.p50, p.bareBurst.total.p50)} at p50, ${ratio(p.burst.total.p99, p.bareBurst.total.p99)} at p99): ${burstVerdict(
   p.burst.total.p50 < p.bareBurst.total.p50,
@@ -93,8 +90,7 @@ ${ms(p.burst.total.p50)}, p99 ${ms(p.burst.total.p99)} against ${ms(p.bareBurst.
 (p99 ${ms(p.burst.parts["in BullMQ -> taken by worker"]?.p99 ?? Number.NaN)}: once it finds demand, the worker takes up to ${TAKE_AHEAD} more that wait together, never
 more than its free slots, while it serves the first; src/worker/worker.ts \`TAKE_AHEAD\`), "taken -> container created"
 ${ms(p.burst.parts["taken -> container created"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["start -> container created"]?.p50 ?? Number.NaN)} for the bare creates, and
-"created -> started" ${ms(p.burst.parts["created -> started"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["created -> started"]?.p50 ?? Number.NaN)} (it includes the wait for a
-turn). At most
+"created -> started" ${ms(p.burst.parts["created -> started"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["created -> started"]?.p50 ?? Number.NaN)}${allAtOnce ? "" : " (it includes the wait for a turn)"}. At most
 ${p.burstMaxRunning} of a burst's runners ran at the same time (each lived ${ms(p.burst.lifetime.p50)} at p50),
 so the worker's ${p.capacity} slots were never what held a job back.
 
@@ -120,7 +116,17 @@ export function pickupSummaryRows(p: PickupResult): Row[] {
 /** What the burst's order of starts did in this run, against the bare burst's all at once. Pure. */
 function burstVerdict(medianSooner: boolean, lastNoLater: boolean): string {
   if (medianSooner && lastNoLater) return "the median job started sooner and the last no later";
-  if (medianSooner) return "on this 2-CPU machine the order traded the last starts for the first ones: the median job started sooner, the last later";
+  if (medianSooner) return "the median job started sooner, the last later";
   if (lastNoLater) return "the median job started later and the last no later";
-  return "in this run the order did not pay: the median job and the last both started later than in the bare burst";
+  return "the median job and the last both started later than in the bare burst";
 }
+
+/**
+ * Why \`worker.concurrentStarts\` defaults to all of a burst: what holding starts back did on this
+ * machine (pooled runs of 3 rounds, BENCH_CONCURRENT_STARTS=12 against 50, at fca4a62..14eb194).
+ */
+const STARTS_TRADE = `Holding starts back (a few at a time, in order) gets the first runners of a burst going sooner, but on
+this 2-CPU machine it cost more than it gained: the later starts then wait while the runners started first boot
+their own dockerd on the same CPUs, and each is slower. In pooled runs of 3 rounds each, 12 at a time gave
+p50 1.16x, 1.23x and 1.29x the bare burst and p99 1.39x, 1.84x and 2.32x; 50 at once gave p50 1.00x, 1.06x
+and 1.18x and p99 0.80x, 1.37x and 1.40x.${STARTS >= 50 ? " So by default a worker asks its engine for up to 50 starts at once." : ""}`;

@@ -72,12 +72,14 @@ const pool = z
   .transform((p) => ({ ...p, runnerGroupId: p.runnerGroup === undefined ? (p.runnerGroupId ?? 1) : p.runnerGroupId }));
 
 /**
- * An engine starts many containers at once no faster than a few: each start then waits for all
- * the others, and all finish late together. A few at a time, in order, the first runners of a burst
- * start seconds sooner; on a small host the last start somewhat later, while the runners started
- * first boot on the same CPUs (measured in BENCHMARKS.md, "Pickup").
+ * Container starts in flight at once on an engine. Held back to a few, in order, the first runners
+ * of a burst start sooner, but the later starts then wait while the runners started first boot
+ * their own dockerd on the same CPUs: measured on 2 CPUs, 12 at a time made the median and the last
+ * start of a burst of 50 later than all at once did (BENCHMARKS.md, "Pickup"). So a whole burst at
+ * once, as far as a host's capacity goes; a lower number is a guard for an engine that is slow to
+ * take many starts together (each has `launchCallTimeoutSeconds`).
  */
-export const DEFAULT_CONCURRENT_STARTS = 12;
+export const DEFAULT_CONCURRENT_STARTS = 50;
 
 /**
  * How long a Docker call that should answer promptly (list, inspect, remove, ping) may go
