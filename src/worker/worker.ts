@@ -431,14 +431,14 @@ export class RunnerWorker {
         await this.#pause(Math.min(30_000, 500 * 2 ** failures));
       }
       if (!lease) continue;
-      // There was demand: what else waits is taken while this lease is served.
-      const room = Math.min(TAKE_AHEAD, this.#slots.free - 1);
-      if (!ahead.length && !more && room > 0 && source.ready) more = this.#ready(source.ready(room));
       if (!this.#open) {
         // Closed while it waited (engine gone, host taken, drain, stop): the demand goes back unspent.
         await lease.release().catch(() => undefined);
         continue;
       }
+      // There was demand: what else waits is taken while this lease is served.
+      const room = Math.min(TAKE_AHEAD, this.#slots.free - 1);
+      if (!ahead.length && !more && room > 0 && source.ready) more = this.#ready(source.ready(room));
       // A warm runner of this host takes the demand over with its slot and its place under the
       // pool limit; else the demand needs a slot of its own.
       const spare = await this.#adoptSpare(lease);
