@@ -85,9 +85,10 @@ const STOP_REDIS_PROBE_MS = 3_000;
 /** How often a stopping worker says what it still waits for (#logStopProgress). */
 const STOP_PROGRESS_MS = 10_000;
 /**
- * In a burst, demand taken at once beyond the lease being served (at most the free slots): one
- * after the other, each take waits for the one before and for the launches in flight on this
- * process's event loop, and the 50th job of a burst was taken 300 ms after the first.
+ * In a burst, demand taken at once beyond the lease being served, per pool (never more than the
+ * free slots beyond that lease's and what the pools' loops hold taken ahead): one after the other,
+ * each take waited for the one before and for the launches in flight on this process's event loop,
+ * and the 50th job of a burst was taken 300 ms after the first.
  */
 export const TAKE_AHEAD = 8;
 
@@ -168,6 +169,8 @@ export class RunnerWorker {
    * another host (#waitElsewhere). Their end frees no slot.
    */
   readonly #slotless = new Set<Lease>();
+  /** Demand every pool's loop holds taken ahead, or has room set aside for in a take under way (see TAKE_AHEAD). */
+  #aheadHeld = 0;
   readonly #loops: Promise<void>[] = [];
   readonly #shutdown = new AbortController();
   /** Warm runners this host launched that no demand has adopted yet, by runner name. */
@@ -392,15 +395,26 @@ export class RunnerWorker {
 
   async #loop(pool: string, source: DemandSource): Promise<void> {
     let failures = 0;
-    // Demand taken ahead in a burst (see TAKE_AHEAD), served in order before more is taken, and a
-    // take of more in flight.
+    // Demand taken ahead in a burst (see TAKE_AHEAD), oldest first, served in order before more is
+    // taken; a take of more in flight; and whether the pool's limit refused the last demand (none
+    // is taken ahead then, until a demand gets through).
     const ahead: Lease[] = [];
     let more: Promise<Lease[]> | undefined;
-    const giveBack = async () => {
+    let atLimit = false;
+    const shift = () => {
+      const lease = ahead.shift();
+      if (lease) this.#aheadHeld--;
+      return lease;
+    };
+    // `first` (older than all taken ahead), then what was taken ahead, back unspent. Each goes
+    // back to the head of the line, so they go newest first, to keep the queue's order.
+    const giveBack = async (first?: Lease) => {
       const leases = ahead.splice(0);
       if (more) leases.push(...(await more));
       more = undefined;
-      await Promise.all(leases.map((l) => l.release().catch(() => undefined)));
+      this.#aheadHeld -= leases.length;
+      if (first) leases.unshift(first);
+      for (const lease of leases.reverse()) await lease.release().catch(() => undefined);
     };
     while (!this.#stopping) {
       if (!this.#open) {
@@ -415,11 +429,11 @@ export class RunnerWorker {
         await this.#slots.changed();
         continue;
       }
-      let lease = ahead.shift();
+      let lease = shift();
       if (!lease && more) {
         ahead.push(...(await more));
         more = undefined;
-        lease = ahead.shift();
+        lease = shift();
       }
       try {
         lease ??= this.#stopping || !this.#open ? undefined : await this.#next(source);
@@ -433,28 +447,37 @@ export class RunnerWorker {
       if (!lease) continue;
       if (!this.#open) {
         // Closed while it waited (engine gone, host taken, drain, stop): the demand goes back unspent.
-        await lease.release().catch(() => undefined);
+        await giveBack(lease);
         continue;
       }
-      // There was demand: what else waits is taken while this lease is served.
-      const room = Math.min(TAKE_AHEAD, this.#slots.free - 1);
-      if (!ahead.length && !more && room > 0 && source.ready) more = this.#ready(source.ready(room));
+      // There was demand: what else waits is taken while this lease is served, as far as the free
+      // slots go beyond this lease's and what every pool's loop holds taken ahead.
+      const room = atLimit ? 0 : Math.min(TAKE_AHEAD, this.#slots.free - 1 - this.#aheadHeld);
+      if (!ahead.length && !more && room > 0 && source.ready) {
+        this.#aheadHeld += room;
+        more = this.#ready(source.ready(room)).then((leases) => {
+          this.#aheadHeld -= room - leases.length;
+          return leases;
+        });
+      }
       // A warm runner of this host takes the demand over with its slot and its place under the
       // pool limit; else the demand needs a slot of its own.
       const spare = await this.#adoptSpare(lease);
       if (!spare && !this.#slots.tryAcquire()) {
         // Another pool's demand took the last slot while this one waited: back unspent, first in
         // line, for a host with room (or this one, once a slot is free).
-        await lease.release().catch(() => undefined);
+        await giveBack(lease);
         continue;
       }
-      if (!spare && !(await this.#withinPoolLimit(lease))) {
-        await lease.release().catch(() => undefined);
-        this.#slots.release();
-        // The demand taken ahead is the same pool's: it would wait for the same limit.
-        await giveBack();
-        await sleep(1000);
-        continue;
+      if (!spare) {
+        atLimit = !(await this.#withinPoolLimit(lease));
+        if (atLimit) {
+          this.#slots.release();
+          // The demand taken ahead is the same pool's: it would wait for the same limit.
+          await giveBack(lease);
+          await sleep(1000);
+          continue;
+        }
       }
       const held = lease;
       const serving: Promise<void> = this.#serve(held, spare).finally(async () => {

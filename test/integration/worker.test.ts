@@ -378,6 +378,11 @@ test("a burst's container starts wait their turn: the engine never has more than
     }, 120_000, `${jobs} jobs completed`);
     assert.ok(fake.jobs().every((j) => !ids.has(j.id) || j.conclusion === "success"));
     assert.equal(Math.max(...leased), capacity, `demand leased at once, looked at ${leased.length} times`);
+    // None was taken beyond the free slots: such demand goes straight back (BullMQ says "waiting",
+    // from "active"), too soon for the look above to catch.
+    const events = await conn.xrange(`${r.prefix}:bull:demand-default:events`, "-", "+");
+    const backToWaiting = events.filter(([, f]) => f.join(" ").includes("event waiting") && f.join(" ").includes("prev active"));
+    assert.deepEqual(backToWaiting, [], "no demand handed back");
     assert.equal(proxy.starts, jobs, "one start per runner");
     // Six launches at once, each start a few hundred ms: they queue, two at a time.
     assert.equal(proxy.maxStartsInFlight, 2, "starts in flight at once");
