@@ -120,7 +120,10 @@ export class OctokitGitHub implements GitHubClient {
   readonly #writes: WriteBudget;
   /** The throttling plugin's other schedulers, without Bottleneck's timer turns (see request-gates.ts). */
   readonly #calls = new ConcurrencyGroup(CONCURRENT_CALLS);
-  readonly #tokenRequests = new ConcurrencyGroup(1);
+  // A token request is made with the App's JWT: once it has its place, it waits out a wait GitHub
+  // asked of the App (a token request of any installation refused), so none queued behind the
+  // refused one is sent meanwhile.
+  readonly #tokenRequests = new ConcurrencyGroup(1, () => this.#waitOutPause(APP_INSTALLATION, undefined, "installation token request"));
   /** One per client, as the plugin's own: each client's plugin hears only its own calls' failures. */
   readonly #retries: RetryScheduler[] = [];
   /** Runner group ids by installation/organization/name, resolved once. */
@@ -180,7 +183,9 @@ export class OctokitGitHub implements GitHubClient {
         );
         return again;
       };
-    const retries = new RetryScheduler();
+    // A token request that failed (retried by itself already) fails the call that needed it: its
+    // rate limit is not the call's to wait out or to retry.
+    const retries = new RetryScheduler((err, args) => !mintFailed(args[2] as HookOptions, err as RequestFailure));
     this.#retries.push(retries);
     client = new JitOctokit({
       baseUrl: this.#opts.apiUrl.replace(/\/+$/, ""),
@@ -227,10 +232,9 @@ export class OctokitGitHub implements GitHubClient {
     const read = options.method === "GET" || options.method === "HEAD";
     let cured = false;
     for (let retry = 0; ; retry++) {
-      // Writes wait out GitHub's wait in the write budget (inside the throttling plugin); reads here,
-      // and token requests (POSTs on the App's budget, which the plugin does not count as writes).
+      // Writes wait out GitHub's wait in the write budget (inside the throttling plugin); token
+      // requests in their gate (#tokenRequests); reads here.
       if (read) await this.#waitOutPause(installationId, signal);
-      else if (isTokenRequest(options.url)) await this.#waitOutPause(APP_INSTALLATION, signal);
       try {
         return this.#answered(installationId, options, await request(options));
       } catch (err) {
@@ -258,19 +262,19 @@ export class OctokitGitHub implements GitHubClient {
    * at once as rate limited (as a refused call told to wait that long gives up). A caller that gives
    * up meanwhile (`signal`), or the client closing, ends the wait in NotSentError: nothing was sent.
    */
-  async #waitOutPause(installationId: number, signal: AbortSignal | undefined): Promise<void> {
+  async #waitOutPause(installationId: number, signal: AbortSignal | undefined, what = "GitHub read"): Promise<void> {
     const id = throttleIdOf(installationId);
     const stop = signal ? AbortSignal.any([signal, this.#closing.signal]) : this.#closing.signal;
     let waited = 0;
     for (;;) {
-      if (stop.aborted) throw new NotSentError("GitHub read");
+      if (stop.aborted) throw new NotSentError(what);
       const ms = await this.#writes.pausedFor(id);
       if (ms <= 0) return;
       if (waited + ms > RATE_LIMIT_MAX_WAIT_SECONDS * 1000) {
         throw new GitHubError(`rate limited: GitHub asked to wait ${Math.ceil(ms / 1000)} s more`, 429, { retryable: true });
       }
       const done = await delay(ms, true, { signal: stop }).catch(() => false);
-      if (!done) throw new NotSentError("GitHub read");
+      if (!done) throw new NotSentError(what);
       waited += ms;
     }
   }

@@ -38,7 +38,16 @@ export type FailedHandler = (error: unknown, info: FailedInfo) => unknown;
 export class RetryScheduler {
   readonly #handlers: FailedHandler[] = [];
   readonly #waits = new Set<{ timer: NodeJS.Timeout; reject(err: unknown): void }>();
+  readonly #own: (err: unknown, args: unknown[]) => boolean;
   #closed = false;
+
+  /**
+   * `own` says whether a failure is the scheduled call's own: one that is not (a request the call
+   * made along the way, retried by itself already) reaches no handler, and is the call's failure.
+   */
+  constructor(own: (err: unknown, args: unknown[]) => boolean = () => true) {
+    this.#own = own;
+  }
 
   on(event: string, handler: FailedHandler): void {
     if (event === "failed") this.#handlers.push(handler);
@@ -68,6 +77,7 @@ export class RetryScheduler {
   }
 
   async #retryAfter(err: unknown, info: FailedInfo): Promise<number | undefined> {
+    if (!this.#own(err, info.args)) return undefined;
     for (const handler of this.#handlers) {
       let answer: unknown;
       try {
@@ -114,16 +124,19 @@ interface GateOptions {
 export class ConcurrencyGroup {
   readonly #max: number;
   readonly #keys = new Map<string, ConcurrencyGate>();
+  readonly #before: (() => Promise<void>) | undefined;
 
-  constructor(max: number) {
+  /** `before` runs once a call has its place, before the call: a failure of it is the call's. */
+  constructor(max: number, before?: () => Promise<void>) {
     if (!(max >= 1)) throw new RangeError(`a concurrency gate needs max >= 1 (got ${max})`);
     this.#max = max;
+    this.#before = before;
   }
 
   key(id: string): ConcurrencyGate {
     let gate = this.#keys.get(id);
     if (!gate) {
-      gate = new ConcurrencyGate(this.#max);
+      gate = new ConcurrencyGate(this.#max, this.#before);
       this.#keys.set(id, gate);
     }
     return gate;
@@ -132,11 +145,13 @@ export class ConcurrencyGroup {
 
 export class ConcurrencyGate {
   readonly #max: number;
+  readonly #before: (() => Promise<void>) | undefined;
   readonly #waiting: (() => void)[] = [];
   #running = 0;
 
-  constructor(max: number) {
+  constructor(max: number, before?: () => Promise<void>) {
     this.#max = max;
+    this.#before = before;
   }
 
   /** Calls running now, and calls waiting for a place. */
@@ -148,7 +163,9 @@ export class ConcurrencyGate {
   }
 
   async schedule<T>(options: GateOptions, fn: (...args: never[]) => T | PromiseLike<T>, ...args: unknown[]): Promise<T> {
-    const run = () => (fn as (...a: unknown[]) => T | PromiseLike<T>)(...args);
+    const before = this.#before;
+    const call = () => (fn as (...a: unknown[]) => T | PromiseLike<T>)(...args);
+    const run = before ? async () => (await before(), call()) : call;
     if (options.weight === 0) return run();
     if (this.#running >= this.#max) await new Promise<void>((resolve) => this.#waiting.push(resolve));
     else this.#running++;

@@ -413,6 +413,25 @@ test("a rate limit on a token request is the App's: no other installation's toke
   assert.match(c.logs(), /"installationId":0,.*secondary rate limit: waiting 2 s/, "logged as the App's");
 });
 
+test("a token request GitHub keeps refusing for the App's rate limit fails the call that needed it: its 4 tries are the only ones, and the installation's own calls are not held", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { prefix: `${redis.prefix}-mint-limited` });
+  fake.inject({ route: TOKEN, status: 429, times: 4, headers: { "retry-after": "1" } });
+  const err = await failure(c.gh.listRunners(repo()));
+  assert.match(err.message, /installation token/);
+  assert.deepEqual(calls(fake, TOKEN), [429, 429, 429, 429], "the token request's own 4 tries; the call that needed it mints no more");
+  const text = await c.metrics.render();
+  assert.equal(metric(text, "jitrunner_github_rate_limited_total", 'kind="secondary",outcome="retried"'), 3);
+  assert.equal(metric(text, "jitrunner_github_rate_limited_total", 'kind="secondary",outcome="gave_up"'), 1, "counted once, as the token request's");
+  assert.doesNotMatch(c.logs(), /"installationId":1,[^\n]*rate limit/, "no wait laid on installation 1");
+  // GitHub mints again: the installation's next call goes out at once, held by no wait of its own.
+  const conn = new Redis(redis.url);
+  connections.push(conn);
+  assert.equal(await conn.exists(`${redis.prefix}-mint-limited:github:app-${fake.appId}:writes:{installation-1}:paused`), 0);
+  await c.gh.listRunners(repo());
+  assert.deepEqual(calls(fake, TOKEN), [429, 429, 429, 429, 201]);
+});
+
 /**
  * Starts a read of each kind during a wait GitHub asked for, from `c` and from `d` (another process
  * on the same Redis), and checks that none reached GitHub until the wait was over.
