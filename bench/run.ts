@@ -88,7 +88,7 @@ async function main(): Promise<void> {
   const out = process.env.BENCH_OUT ?? join(ROOT, "BENCHMARKS.md");
   if (process.env.BENCH_RENDER_FROM) {
     // No measuring: the saved run's figures, in the report's current wording.
-    const run = loadRun(process.env.BENCH_RENDER_FROM);
+    const run = loadRun(process.env.BENCH_RENDER_FROM, PHASES);
     const phases = new Set(Object.keys(run.results).filter((k) => PHASES.has(k)));
     if (!writeReport(out, run, phases)) throw new Error(`${out} does not exist: a saved run of some phases only updates an existing file`);
     return;

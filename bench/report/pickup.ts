@@ -88,7 +88,8 @@ ${ms(p.burst.total.p50)}, p99 ${ms(p.burst.total.p99)} against ${ms(p.bareBurst.
   p.burst.total.p99 <= p.bareBurst.total.p99,
 )}. By step: "in BullMQ -> taken by worker" took ${ms(p.burst.parts["in BullMQ -> taken by worker"]?.p50 ?? Number.NaN)} at p50
 (p99 ${ms(p.burst.parts["in BullMQ -> taken by worker"]?.p99 ?? Number.NaN)}: once it finds demand, the worker takes up to ${TAKE_AHEAD} more that wait together, never
-more than its free slots, while it serves the first; src/worker/worker.ts \`TAKE_AHEAD\`), "taken -> container created"
+more than its free slots, while it serves the first; src/worker/worker.ts \`TAKE_AHEAD\`; a demand taken ahead counts as taken,
+and what it then waits in the worker before its launch counts under the next step), "taken -> container created"
 ${ms(p.burst.parts["taken -> container created"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["start -> container created"]?.p50 ?? Number.NaN)} for the bare creates, and
 "created -> started" ${ms(p.burst.parts["created -> started"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["created -> started"]?.p50 ?? Number.NaN)}${allAtOnce ? "" : " (it includes the wait for a turn)"}. At most
 ${p.burstMaxRunning} of a burst's runners ran at the same time (each lived ${ms(p.burst.lifetime.p50)} at p50),
@@ -126,7 +127,7 @@ function burstVerdict(medianSooner: boolean, lastNoLater: boolean): string {
  * machine (pooled runs of 3 rounds, BENCH_CONCURRENT_STARTS=12 against 50, at fca4a62..14eb194).
  */
 const STARTS_TRADE = `Holding starts back (a few at a time, in order) gets the first runners of a burst going sooner, but on
-this 2-CPU machine it cost more than it gained: the later starts then wait while the runners started first boot
+a 2-CPU machine of this kind (runs of 2026-12-05 and 2026-12-06) it cost more than it gained: the later starts then wait while the runners started first boot
 their own dockerd on the same CPUs, and each is slower. In pooled runs of 3 rounds each, 12 at a time gave
 p50 1.16x, 1.23x and 1.29x the bare burst and p99 1.39x, 1.84x and 2.32x; 50 at once gave p50 1.00x, 1.06x
 and 1.18x and p99 0.80x, 1.37x and 1.40x.${STARTS >= 50 ? " So by default a worker asks its engine for up to 50 starts at once." : ""}`;
