@@ -44,13 +44,15 @@ export async function drainHost(
     if (!wait) return 0;
     let lastLine = 0;
     for (;;) {
+      const now = (await hosts.list()).find((h) => h.id === host);
       // The worker left: a restart policy may have started the next one on the host already,
-      // listed again but drained still.
+      // listed again but drained still. Looked at after the list, which reads the host's index and
+      // then its record: a worker leaving sets the mark and drops the record in one step, so one
+      // that left between those two reads is not taken for one that stopped beating.
       if ((await hosts.drainMark(host)) === "left") {
         out.write(`${host} drained\n${stays(host)}`);
         return 0;
       }
-      const now = (await hosts.list()).find((h) => h.id === host);
       if (!now?.record) return await ended(host, now !== undefined, new RunnerStore(redis, config.redis.prefix), out, err);
       if (Date.now() - lastLine >= 10_000) {
         out.write(`  ${host}: ${now.record.used} runner slot(s) in use\n`);
