@@ -236,7 +236,11 @@ export class OctokitGitHub implements GitHubClient {
       // requests in their gate (#tokenRequests); reads here.
       if (read) await this.#waitOutPause(installationId, signal);
       try {
-        return this.#answered(installationId, options, await request(options));
+        // A read is let go as soon as its caller gives up, even while its installation's token is
+        // being minted: the token request waits out a wait GitHub asked of the App (up to an hour)
+        // in a gate no caller's signal reaches. Giving up a read changes nothing at GitHub.
+        const answer = read ? untilGivenUp("GitHub read", signal, { sent: false, lost: false }, async () => request(options)) : request(options);
+        return this.#answered(installationId, options, await answer);
       } catch (err) {
         // Never sent (its caller gave up, the client closed): no answer to count, nothing to retry.
         if (notSent(err)) throw err;

@@ -432,6 +432,30 @@ test("a token request GitHub keeps refusing for the App's rate limit fails the c
   assert.deepEqual(calls(fake, TOKEN), [429, 429, 429, 429, 201]);
 });
 
+test("a read given up while its installation's token request waits out a wait GitHub asked of the App ends at once, never sent; the token request is not sent either", async () => {
+  const fake = await fakeGitHub({ installations: [{ owner: "globex" }] });
+  const c = client(fake, { prefix: `${redis.prefix}-read-given-up` });
+  fake.inject({ route: TOKEN, status: 429, times: 1, headers: { "retry-after": "600" } });
+  const limited = c.gh.listRunners(repo()).catch((err: unknown) => err);
+  try {
+    await waitFor(() => /secondary rate limit: waiting 600 s/.test(c.logs()), 5_000, "the App's wait of 600 s heard");
+    const stop = new AbortController();
+    const read = c.gh.listRunners({ installationId: 2, owner: "globex", repo: "app" }, { signal: stop.signal }).then(
+      () => "answered",
+      (err: unknown) => err,
+    );
+    // Past its own installation's check (none is paused): it waits for its token, in the gate.
+    await sleep(1000);
+    stop.abort();
+    const outcome = await Promise.race([read, sleep(10_000, "still waiting 10 s after it was given up")]);
+    assert.ok(outcome instanceof NotSentError, String(outcome));
+    assert.deepEqual(calls(fake, TOKEN), [429], "installation 2's token was never requested");
+  } finally {
+    c.gh.close();
+  }
+  assert.ok((await limited) instanceof NotSentError, "the refused call, waiting for its retry, ends with the client");
+});
+
 /**
  * Starts a read of each kind during a wait GitHub asked for, from `c` and from `d` (another process
  * on the same Redis), and checks that none reached GitHub until the wait was over.

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Secret } from "../../src/config/secret.ts";
-import { GitHubError } from "../../src/errors.ts";
+import { GitHubError, NotSentError } from "../../src/errors.ts";
 import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
@@ -37,9 +37,16 @@ test("GitHub unreachable: 'cannot reach GitHub at <apiUrl>', no HTTP status, cou
     assert.equal(app.status, undefined, "no HTTP status: GitHub never answered");
     assert.equal(app.retryable, true);
 
-    // An installation's call: its token cannot be minted (the token request is retried, 14 s, then fails).
-    const runs = await failure(gh.listRuns(7, "acme", "app", "queued", { signal: AbortSignal.timeout(300) }));
+    // An installation's call: its token cannot be minted (the token request is retried, 14 s, then
+    // fails). A caller that gives up meanwhile is let go at once, and told it was never sent.
+    const settled: string[] = [];
+    const givenUp = gh.listRuns(7, "acme", "app", "queued", { signal: AbortSignal.timeout(300) }).catch((err: unknown) => (settled.push("given up"), err));
+    const runs = await failure(gh.listRuns(7, "acme", "app", "queued"));
+    settled.push("failed");
     assert.equal(runs.message, `list runs failed: installation token: cannot reach GitHub at ${apiUrl}: ${refused}`);
+    const early = await givenUp;
+    assert.ok(early instanceof NotSentError, String(early));
+    assert.deepEqual(settled, ["given up", "failed"], "the caller that gave up was not held for the token request");
 
     const text = await metrics.render();
     assert.deepEqual(statuses(text, "/app/hook/deliveries"), { "0": 1 });
