@@ -29,8 +29,8 @@ test("a demand re-leased on another host while its runner runs a job there holds
   const places = new PoolLimits(conn, r.prefix);
   const hostStore = new HostStore(conn, r.prefix);
   // Two runners at most in the pool: the job running on A and one more. Counted twice, A's runner
-  // would leave no place for the second job.
-  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "50" } })];
+  // would leave no place for the second job. Job 1 runs until the test ends it.
+  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "120" } })];
   const worker = (hostId: string) => ({ pools, worker: { hostId, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 } });
   const server = await startSystem("server", fake, r, uniqueHost("xs"), { pools });
   const a1 = await startSystem("worker", fake, r, hostA, worker(hostA));
@@ -67,6 +67,7 @@ test("a demand re-leased on another host while its runner runs a job there holds
     assert.equal((await containersOf(hostB)).length, 1, "B runs job 2's runner only");
 
     // Job 1 ends on A: its demand completes, served by A's runner, with no second runner.
+    await fake.endJob(job1.id);
     await waitFor(() => fake.jobs().find((j) => j.id === job1.id && j.status === "completed"), 90_000, "job 1 completed");
     const done = await demandIn(r, `${job1.id}-1`, "completed", 30_000);
     assert.equal(done.result, "served_by_earlier_runner");

@@ -1,11 +1,11 @@
 // FakeGitHub: an HTTP fake of the parts of GitHub jitrunner uses (REST API on
 // 127.0.0.1, runner protocol on a unix socket, signed workflow_job webhooks).
 // See test/fakes/PROTOCOL.md and test/fakes/github/README.md.
-import { chmod, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { FakeAuth } from "./auth.ts";
 import type { Ctx } from "./context.ts";
@@ -88,6 +88,8 @@ export class FakeGitHub {
   readonly privateKey: string;
   readonly url: string;
   readonly socketPath: string;
+  /** Files endJob put beside the socket, removed by close(). */
+  private readonly endFiles = new Set<string>();
 
   private constructor(
     private readonly state: FakeState,
@@ -291,6 +293,16 @@ export class FakeGitHub {
     this.auth.expireTokens();
   }
 
+  /**
+   * Ends a running fake job before its FAKE_JOB_SECONDS (test/fakes/PROTOCOL.md): its fake-job
+   * script sees a file `end-<job id>` beside the socket, which the runner container mounts.
+   */
+  async endJob(id: number): Promise<void> {
+    const file = join(dirname(this.socketPath), `end-${id}`);
+    await writeFile(file, "", { mode: 0o644 });
+    this.endFiles.add(file);
+  }
+
   jobs(): FakeJob[] {
     return structuredClone([...this.state.jobs.values()]);
   }
@@ -324,7 +336,11 @@ export class FakeGitHub {
     await Promise.all(this.servers.map(stop));
     await this.hooks.idle();
     if (this.ownSocketDir) await rm(this.ownSocketDir, { recursive: true, force: true });
-    else await rm(this.socketPath, { force: true });
+    else {
+      // A directory of the test's: the next fake there numbers its jobs from 1 again.
+      await rm(this.socketPath, { force: true });
+      for (const file of this.endFiles) await rm(file, { force: true });
+    }
     const invalid = this.takeInvalidRequests();
     if (invalid.length > 0) {
       process.exitCode = 1;
