@@ -154,6 +154,7 @@ async function startWith(
       redis,
       redisPrefix: prefix,
       writes: { max: config.github.writesPerMinute, windowMs: 60_000 },
+      concurrentCalls: config.github.concurrentCalls,
     });
     events = new RunnerEvents(connect(), runners.eventsChannel);
     const launcher = new Launcher({

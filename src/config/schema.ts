@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { DEFAULT_CONCURRENT_CALLS } from "../github/request-gates.ts";
 import { DEFAULT_WRITES_PER_MINUTE } from "../github/write-window.ts";
 
 /** Isolation profiles of a runner container (DESIGN.md, "Runner containers"). */
@@ -131,6 +132,7 @@ export const configSchema = z
         checkStillQueued: z.boolean().default(true),
         overlapStillQueuedCheckSeconds: z.number().min(0).max(3600).default(10),
         writesPerMinute: z.number().int().min(1).max(10_000).default(DEFAULT_WRITES_PER_MINUTE),
+        concurrentCalls: z.number().int().min(1).max(100).default(DEFAULT_CONCURRENT_CALLS),
       })
       .strict(),
     redis: z

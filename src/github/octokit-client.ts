@@ -24,7 +24,7 @@ import type {
   WorkflowJobSummary,
   WorkflowRunSummary,
 } from "./client.ts";
-import { ConcurrencyGroup, RetryScheduler, throttleSchedulers } from "./request-gates.ts";
+import { ConcurrencyGroup, DEFAULT_CONCURRENT_CALLS, RetryScheduler, throttleSchedulers } from "./request-gates.ts";
 import { RedisTokenCache } from "./token-cache.ts";
 import { DEFAULT_WRITES_PER_MINUTE, SharedWriteWindow, WriteWindow, type WriteBudget } from "./write-window.ts";
 
@@ -32,8 +32,6 @@ import { DEFAULT_WRITES_PER_MINUTE, SharedWriteWindow, WriteWindow, type WriteBu
 const MAX_PAGES = 20;
 /** One HTTP attempt at most this long (a hung connection must not hold a launch forever). */
 const ATTEMPT_TIMEOUT_MS = 30_000;
-/** Calls of one installation running at once at most (GitHub's secondary limit is 100; the throttling plugin's default). */
-const CONCURRENT_CALLS = 10;
 /** Rate-limited calls wait as GitHub says and retry this often at most... */
 const RATE_LIMIT_RETRIES = 3;
 /** ...unless told to wait longer than this: a primary window resets within the hour. */
@@ -71,6 +69,8 @@ export interface OctokitGitHubOptions {
    * minute), across every process on `redis` when it is given, else in this process.
    */
   writes?: { max: number; windowMs: number };
+  /** Calls of one installation out at once at most, in this process (default DEFAULT_CONCURRENT_CALLS). */
+  concurrentCalls?: number;
   /**
    * How long a secondary rate limit that names no wait (no `retry-after`) is waited out: GitHub
    * asks for at least a minute, the default. Tests shorten it.
@@ -119,7 +119,7 @@ export class OctokitGitHub implements GitHubClient {
   /** The write budget of every installation this client calls for (`throttle.id` keys it). */
   readonly #writes: WriteBudget;
   /** The throttling plugin's other schedulers, without Bottleneck's timer turns (see request-gates.ts). */
-  readonly #calls = new ConcurrencyGroup(CONCURRENT_CALLS);
+  readonly #calls: ConcurrencyGroup;
   // A token request is made with the App's JWT: once it has its place, it waits out a wait GitHub
   // asked of the App (a token request of any installation refused), so none queued behind the
   // refused one is sent meanwhile.
@@ -136,6 +136,7 @@ export class OctokitGitHub implements GitHubClient {
   constructor(opts: OctokitGitHubOptions) {
     this.#opts = opts;
     this.#createJwt = appJwtSigner(opts.privateKey.reveal(), this.#clock);
+    this.#calls = new ConcurrencyGroup(opts.concurrentCalls ?? DEFAULT_CONCURRENT_CALLS);
     const max = opts.writes?.max ?? DEFAULT_WRITES_PER_MINUTE;
     const windowMs = opts.writes?.windowMs ?? 60_000;
     const app = `${opts.redisPrefix ?? "jitrunner"}:github:app-${opts.appId}`;
@@ -230,23 +231,33 @@ export class OctokitGitHub implements GitHubClient {
   ): Promise<R> {
     const signal = options.request?.signal;
     const read = options.method === "GET" || options.method === "HEAD";
+    // A read whose caller gives up is let go at once while its attempt is not out, even while its
+    // installation's token is being minted: the token request waits (out a wait GitHub asked of
+    // the App, up to an hour; through its own retries) in a gate no caller's signal reaches. Once
+    // out, the signal aborts the attempt's fetch itself, which fails as unanswered.
+    const sending: Sending = { sent: false, lost: false };
+    if (read && signal) {
+      const attempt = ((input, init) => ((sending.sent = true), fetchWithTimeout(input, init))) as typeof fetch;
+      // In place: the hooks inside this one are bound to this very object (before-after-hook).
+      options.request = { ...options.request, fetch: attempt } as HookOptions["request"];
+    }
+    const orGivenUp = <T>(call: () => Promise<T>): Promise<T> => {
+      sending.sent = false;
+      return read ? untilGivenUp("GitHub read", signal, sending, call) : call();
+    };
     let cured = false;
     for (let retry = 0; ; retry++) {
       // Writes wait out GitHub's wait in the write budget (inside the throttling plugin); token
       // requests in their gate (#tokenRequests); reads here.
       if (read) await this.#waitOutPause(installationId, signal);
       try {
-        // A read is let go as soon as its caller gives up, even while its installation's token is
-        // being minted: the token request waits out a wait GitHub asked of the App (up to an hour)
-        // in a gate no caller's signal reaches. Giving up a read changes nothing at GitHub.
-        const answer = read ? untilGivenUp("GitHub read", signal, { sent: false, lost: false }, async () => request(options)) : request(options);
-        return this.#answered(installationId, options, await answer);
+        return this.#answered(installationId, options, await orGivenUp(async () => request(options)));
       } catch (err) {
         // Never sent (its caller gave up, the client closed): no answer to count, nothing to retry.
         if (notSent(err)) throw err;
         const failure = err as RequestFailure;
         this.#failed(options, failure);
-        if (!cured && (await this.#curable(installationId, client, failure))) {
+        if (!cured && !signal?.aborted && (await orGivenUp(() => this.#curable(installationId, client, failure)))) {
           cured = true;
           continue;
         }

@@ -2,9 +2,10 @@ import { NotSentError } from "../errors.ts";
 
 /*
  * @octokit/plugin-throttling sends every call through two Bottleneck schedulers: its retry limiter
- * (which repeats a rate-limited call after GitHub's wait) and its global group (at most 10 calls
- * of one installation at a time). Bottleneck's local datastore takes a timer turn for each of its
- * steps: about 4.5 ms a scheduler here, 9 ms on every GitHub call, on the critical path of every
+ * (which repeats a rate-limited call after GitHub's wait) and its global group (at most
+ * `github.concurrentCalls` calls of one installation at a time). Bottleneck's local datastore
+ * takes a timer turn for each of its steps: about 4.5 ms a scheduler here, 9 ms on every GitHub
+ * call, on the critical path of every
  * runner launch. The plugin takes its schedulers from its options (`retryLimiter`, `global`,
  * `auth`, as it takes `write`); the two classes below do the same jobs with no timer between a
  * call and its start. The plugin still decides what is rate limited and how long to wait.
@@ -109,6 +110,16 @@ export class RetryScheduler {
     });
   }
 }
+
+/**
+ * Calls of one installation a process has out at once, by default (`github.concurrentCalls`).
+ * GitHub refuses more than 100 at once (a secondary rate limit, which every process calling for
+ * the installation shares): 25 lets half a burst's JIT configs and still-queued checks go out
+ * together (each mostly waits for GitHub's answer), and four workers at full tilt stay within
+ * about that limit (a retry after a rate-limit wait takes no place, and installation token
+ * requests and the App's own calls have gates of their own). The throttling plugin's default is 10.
+ */
+export const DEFAULT_CONCURRENT_CALLS = 25;
 
 /** Options the plugin passes with each call: a retry has priority 0 and weight 0. */
 interface GateOptions {

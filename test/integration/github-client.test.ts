@@ -16,7 +16,7 @@ import { Secret } from "../../src/config/secret.ts";
 import { GitHubError, NotSentError } from "../../src/errors.ts";
 import { GitHubClock, appJwtSigner } from "../../src/github/app-jwt.ts";
 import { OctokitGitHub } from "../../src/github/octokit-client.ts";
-import { ConcurrencyGroup, RetryScheduler, throttleSchedulers } from "../../src/github/request-gates.ts";
+import { ConcurrencyGroup, DEFAULT_CONCURRENT_CALLS, RetryScheduler, throttleSchedulers } from "../../src/github/request-gates.ts";
 import { RedisTokenCache } from "../../src/github/token-cache.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
@@ -31,6 +31,7 @@ const TOKEN = "/app/installations/{installation_id}/access_tokens";
 const REPO_JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const ORG_JIT = "/orgs/{org}/actions/runners/generate-jitconfig";
 const JOB = "/repos/{owner}/{repo}/actions/jobs/{job_id}";
+const RUNNERS = "/repos/{owner}/{repo}/actions/runners";
 const LABELS = ["self-hosted", "Linux", "x64", "gpu-A100"];
 
 let redis: TestRedis;
@@ -58,7 +59,7 @@ interface Client {
   logs: () => string;
 }
 
-function client(fake: FakeGitHub, o: { prefix?: string; apiUrl?: string; shared?: boolean } = {}): Client {
+function client(fake: FakeGitHub, o: { prefix?: string; apiUrl?: string; shared?: boolean; concurrentCalls?: number | undefined } = {}): Client {
   const metrics = new Metrics({ processMetrics: false });
   const lines: string[] = [];
   const sink = new Writable({
@@ -80,6 +81,7 @@ function client(fake: FakeGitHub, o: { prefix?: string; apiUrl?: string; shared?
     metrics,
     redis: conn,
     redisPrefix: o.prefix ?? redis.prefix,
+    ...(o.concurrentCalls === undefined ? {} : { concurrentCalls: o.concurrentCalls }),
   });
   return { gh, metrics, logs: () => lines.join("") };
 }
@@ -432,7 +434,7 @@ test("a token request GitHub keeps refusing for the App's rate limit fails the c
   assert.deepEqual(calls(fake, TOKEN), [429, 429, 429, 429, 201]);
 });
 
-test("a read given up while its installation's token request waits out a wait GitHub asked of the App ends at once, never sent; the token request is not sent either", async () => {
+test("a read given up while its installation's token request waits out a wait GitHub asked of the App ends at once, never sent", async () => {
   const fake = await fakeGitHub({ installations: [{ owner: "globex" }] });
   const c = client(fake, { prefix: `${redis.prefix}-read-given-up` });
   fake.inject({ route: TOKEN, status: 429, times: 1, headers: { "retry-after": "600" } });
@@ -449,11 +451,28 @@ test("a read given up while its installation's token request waits out a wait Gi
     stop.abort();
     const outcome = await Promise.race([read, sleep(10_000, "still waiting 10 s after it was given up")]);
     assert.ok(outcome instanceof NotSentError, String(outcome));
-    assert.deepEqual(calls(fake, TOKEN), [429], "installation 2's token was never requested");
   } finally {
     c.gh.close();
   }
   assert.ok((await limited) instanceof NotSentError, "the refused call, waiting for its retry, ends with the client");
+});
+
+test("a read given up while its request is out is cut off and fails as unanswered, counted with status 0 (not as never sent)", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { prefix: `${redis.prefix}-read-cut-off` });
+  await c.gh.listRunners(repo()); // the token, minted first
+  fake.inject({ route: RUNNERS, times: 1, delayMs: 3000 });
+  const stop = new AbortController();
+  const read = c.gh.listRunners(repo(), { signal: stop.signal }).then(
+    () => "answered",
+    (err: unknown) => err,
+  );
+  await sleep(500); // out, held by the fake
+  stop.abort();
+  const outcome = await read;
+  assert.ok(outcome instanceof Error && !(outcome instanceof NotSentError), `a read that was out is not said never sent: ${String(outcome)}`);
+  assert.equal(metric(await c.metrics.render(), "jitrunner_github_requests_total", `route="${RUNNERS}",status="0"`), 1);
+  c.gh.close();
 });
 
 /**
@@ -543,21 +562,26 @@ test("a secondary rate limit heard on a read holds the installation's other read
   );
 });
 
-test("at most 10 calls of one installation are out at once: the 11th is sent when an answer has come", async () => {
-  const fake = await fakeGitHub();
-  const c = client(fake, { prefix: `${redis.prefix}-concurrency` });
-  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
-  await c.gh.getJob(1, "acme", "app", job.id); // the token, minted first
-  const held = 1000;
-  fake.inject({ route: JOB, times: 12, delayMs: held });
-  const answers = await Promise.all(Array.from({ length: 12 }, () => c.gh.getJob(1, "acme", "app", job.id)));
-  assert.ok(answers.every((a) => a.status === "queued"));
-  const arrived = fake.requests.filter((r) => r.route === JOB).slice(1).map((r) => r.at).sort((a, b) => a - b);
-  assert.deepEqual(calls(fake, JOB), Array(13).fill(200));
-  // Each of the first 10 is answered `held` ms after it arrived, so no 11th can arrive sooner (less
-  // the fake's timer firing early against the clock on a busy event loop); unlimited, it came 5 ms after.
-  assert.ok(arrived[10]! - arrived[0]! >= held - 200, `the 11th arrived ${arrived[10]! - arrived[0]!} ms after the first`);
-});
+for (const limit of [undefined, 3]) {
+  const max = limit ?? DEFAULT_CONCURRENT_CALLS;
+  test(`at most ${max} calls of one installation are out at once (concurrentCalls ${limit ?? "by default"}): the next is sent when an answer has come`, async () => {
+    const fake = await fakeGitHub();
+    const c = client(fake, { prefix: `${redis.prefix}-concurrency-${max}`, concurrentCalls: limit });
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+    await c.gh.getJob(1, "acme", "app", job.id); // the token, minted first
+    const held = 1000;
+    fake.inject({ route: JOB, times: max + 2, delayMs: held });
+    const answers = await Promise.all(Array.from({ length: max + 2 }, () => c.gh.getJob(1, "acme", "app", job.id)));
+    assert.ok(answers.every((a) => a.status === "queued"));
+    const arrived = fake.requests.filter((r) => r.route === JOB).slice(1).map((r) => r.at).sort((a, b) => a - b);
+    assert.deepEqual(calls(fake, JOB), Array(max + 3).fill(200));
+    // All of the first `max` arrive together; each is answered `held` ms after it arrived, so the
+    // next cannot arrive sooner (less the fake's timer firing early against the clock on a busy
+    // event loop); unlimited, it came a few ms after.
+    assert.ok(arrived[max - 1]! - arrived[0]! < held - 200, `the first ${max} went out together (the last ${arrived[max - 1]! - arrived[0]!} ms after the first)`);
+    assert.ok(arrived[max]! - arrived[0]! >= held - 200, `call ${max + 1} arrived ${arrived[max]! - arrived[0]!} ms after the first`);
+  });
+}
 
 test("a call waiting out GitHub's rate limit fails at once with NotSentError when the client closes, and is not sent again", async () => {
   const fake = await fakeGitHub();
@@ -701,7 +725,6 @@ test("an installation token GitHub will not mint (404, 422) fails the call as an
 test("a 5xx is retried after a backoff, but not once the caller has given up on the call", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { shared: false });
-  const RUNNERS = "/repos/{owner}/{repo}/actions/runners";
   await c.gh.listRunners(repo()); // the installation token, so that only the listing is counted below
   fake.inject({ route: RUNNERS, status: 503, times: 2 });
   const stop = new AbortController();
