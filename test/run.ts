@@ -81,19 +81,27 @@ function runLane(lane: Lane, width: number): Promise<LaneResult> {
     });
   }
   return new Promise((done) => {
-    child.on("close", (code, signal) => {
+    const end = (code: number) => {
       children.delete(child);
-      done({ name: lane.name, code: code ?? (signal ? 1 : 0), seconds: (performance.now() - started) / 1000, counts });
+      done({ name: lane.name, code, seconds: (performance.now() - started) / 1000, counts });
+    };
+    child.on("error", (err) => {
+      console.error(`${tag}could not run node --test: ${err.message}`);
+      end(1);
     });
+    child.on("close", (code, signal) => end(code ?? (signal ? 1 : 0)));
   });
 }
 
+let stopping = false;
+/** Passes a signal on to the lanes; a second one kills them outright. */
 function stopAll(signal: NodeJS.Signals, status: number): void {
-  for (const child of children) child.kill(signal);
+  for (const child of children) child.kill(stopping ? "SIGKILL" : signal);
+  stopping = true;
   process.exitCode = status;
 }
-process.once("SIGINT", () => stopAll("SIGINT", 130));
-process.once("SIGTERM", () => stopAll("SIGTERM", 143));
+process.on("SIGINT", () => stopAll("SIGINT", 130));
+process.on("SIGTERM", () => stopAll("SIGTERM", 143));
 
 const args = process.argv.slice(2);
 const listOnly = args[0] === "--list";
