@@ -231,13 +231,22 @@ export class OctokitGitHub implements GitHubClient {
   ): Promise<R> {
     const signal = options.request?.signal;
     const read = options.method === "GET" || options.method === "HEAD";
-    // A read whose caller gives up is let go at once while its attempt is not out, even while its
-    // installation's token is being minted: the token request waits (out a wait GitHub asked of
-    // the App, up to an hour; through its own retries) in a gate no caller's signal reaches. Once
-    // out, the signal aborts the attempt's fetch itself, which fails as unanswered.
+    // A read whose caller gives up is let go at once while no attempt of it is out: while its
+    // installation's token is being minted (the token request waits, out a wait GitHub asked of
+    // the App, up to an hour, or through its own retries, in a gate no caller's signal reaches),
+    // or while the throttling plugin waits out a rate limit its attempt was refused for. Once out,
+    // the signal aborts the attempt's fetch itself, which fails as unanswered.
     const sending: Sending = { sent: false, lost: false };
     if (read && signal) {
-      const attempt = ((input, init) => ((sending.sent = true), fetchWithTimeout(input, init))) as typeof fetch;
+      const attempt = (async (input, init) => {
+        sending.sent = true;
+        const response = await fetchWithTimeout(input, init);
+        if (response.status === 403 || response.status === 429) {
+          sending.sent = false;
+          sending.unsent?.();
+        }
+        return response;
+      }) as typeof fetch;
       // In place: the hooks inside this one are bound to this very object (before-after-hook).
       options.request = { ...options.request, fetch: attempt } as HookOptions["request"];
     }
@@ -690,13 +699,13 @@ function notSent(err: unknown): NotSentError | undefined {
   return cause instanceof NotSentError ? cause : undefined;
 }
 
-/** A write's progress, for its caller to give it up while no attempt of it is out (untilGivenUp). */
+/** A call's progress (a write's, or a read's with a signal), for its caller to give it up while no attempt of it is out (untilGivenUp). */
 interface Sending {
   /** An attempt is out whose effect is unknown, or it was answered. */
   sent: boolean;
   /** An attempt may have acted without its answer reaching us (as noticingLostAnswers). */
   lost: boolean;
-  /** Set by untilGivenUp: called when an answer leaves the write unsent again (a refusal). */
+  /** Set by untilGivenUp: called when an answer leaves the call unsent again (a refusal). */
   unsent?: () => void;
 }
 

@@ -457,6 +457,27 @@ test("a read given up while its installation's token request waits out a wait Gi
   assert.ok((await limited) instanceof NotSentError, "the refused call, waiting for its retry, ends with the client");
 });
 
+test("a read given up while the throttling plugin waits out the rate limit it was refused for ends at once, and is not sent again", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { prefix: `${redis.prefix}-read-refused-given-up` });
+  await c.gh.listRunners(repo()); // the token, minted first
+  fake.inject({ route: RUNNERS, status: 429, times: 1, headers: { "retry-after": "600" } });
+  const stop = new AbortController();
+  const read = c.gh.listRunners(repo(), { signal: stop.signal }).then(
+    () => "answered",
+    (err: unknown) => err,
+  );
+  try {
+    await waitFor(() => /secondary rate limit: waiting 600 s/.test(c.logs()), 5_000, "the wait of 600 s heard");
+    stop.abort();
+    const outcome = await Promise.race([read, sleep(10_000, "still waiting 10 s after it was given up")]);
+    assert.ok(outcome instanceof NotSentError, String(outcome));
+  } finally {
+    c.gh.close();
+  }
+  assert.deepEqual(calls(fake, RUNNERS), [200, 429], "the refused attempt only");
+});
+
 test("a read given up while its request is out is cut off and fails as unanswered, counted with status 0 (not as never sent)", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { prefix: `${redis.prefix}-read-cut-off` });
