@@ -238,17 +238,8 @@ export class OctokitGitHub implements GitHubClient {
     // the signal aborts the attempt's fetch itself, which fails as unanswered.
     const sending: Sending = { sent: false, lost: false };
     if (read && signal) {
-      const attempt = (async (input, init) => {
-        sending.sent = true;
-        const response = await fetchWithTimeout(input, init);
-        if (response.status === 403 || response.status === 429) {
-          sending.sent = false;
-          sending.unsent?.();
-        }
-        return response;
-      }) as typeof fetch;
       // In place: the hooks inside this one are bound to this very object (before-after-hook).
-      options.request = { ...options.request, fetch: attempt } as HookOptions["request"];
+      options.request = { ...options.request, fetch: notingFetch(sending, signal, "GitHub read") } as HookOptions["request"];
     }
     const orGivenUp = <T>(call: () => Promise<T>): Promise<T> => {
       sending.sent = false;
@@ -722,29 +713,35 @@ interface Sending {
  * retries (see #send).
  */
 function unlessGivenUp(signal: AbortSignal | undefined): { signal?: AbortSignal; fetch: typeof fetch } & Sending {
-  const request: { signal?: AbortSignal; fetch: typeof fetch } & Sending = {
-    ...(signal ? { signal } : {}),
-    sent: false,
-    lost: false,
-    fetch: (async (input, init = {}) => {
-      if (signal?.aborted) throw new NotSentError("GitHub write");
-      request.sent = true;
-      let response: Response;
-      try {
-        response = await fetchWithTimeout(input, { ...init, signal: undefined });
-      } catch (err) {
-        request.lost = true;
-        throw err;
-      }
-      if (response.status === 408 || response.status >= 500) request.lost = true;
-      if ((response.status === 403 || response.status === 429) && !request.lost) {
-        request.sent = false;
-        request.unsent?.();
-      }
-      return response;
-    }) as typeof fetch,
-  };
-  return request;
+  const sending: Sending = { sent: false, lost: false };
+  return Object.assign(sending, { ...(signal ? { signal } : {}), fetch: notingFetch(sending, signal, "GitHub write") });
+}
+
+/**
+ * A fetch that notes in `sending` whether an attempt of a call is out (see unlessGivenUp): it
+ * refuses to start once `signal` has aborted, and a refusal (403, 429) leaves the call unsent
+ * again. A write's attempt, once started, is not cut short by the signal, and one whose answer may
+ * have been lost keeps the write sent; a read's attempt is cut off by it (it changes nothing).
+ */
+function notingFetch(sending: Sending, signal: AbortSignal | undefined, what: "GitHub write" | "GitHub read"): typeof fetch {
+  const write = what === "GitHub write";
+  return (async (input, init = {}) => {
+    if (signal?.aborted) throw new NotSentError(what);
+    sending.sent = true;
+    let response: Response;
+    try {
+      response = await fetchWithTimeout(input, write ? { ...init, signal: undefined } : init);
+    } catch (err) {
+      if (write) sending.lost = true;
+      throw err;
+    }
+    if (write && (response.status === 408 || response.status >= 500)) sending.lost = true;
+    if ((response.status === 403 || response.status === 429) && !sending.lost) {
+      sending.sent = false;
+      sending.unsent?.();
+    }
+    return response;
+  }) as typeof fetch;
 }
 
 /**
