@@ -13,7 +13,7 @@ import { createOptions } from "../src/docker/dockerode-driver.ts";
 import { FakeGitHubClient } from "../test/fakes/github/client.ts";
 import type { FakeGitHub } from "../test/fakes/github/index.ts";
 import { ContainerEvents, maxRunning, type Lifecycle } from "./lib/docker-events.ts";
-import { CONCURRENT_STARTS, JOB_LABELS, POOL, runnerPool, startJitrunner, type RunningJitrunner } from "./lib/jitrunner.ts";
+import { CONCURRENT_CALLS, CONCURRENT_STARTS, JOB_LABELS, POOL, runnerPool, startJitrunner, type RunningJitrunner } from "./lib/jitrunner.ts";
 import type { BenchRedis } from "./lib/procs.ts";
 import { summarize, type Summary } from "./lib/stats.ts";
 
@@ -77,6 +77,8 @@ export interface PickupResult {
   capacity: number;
   /** The worker's `worker.concurrentStarts`. */
   concurrentStarts: number;
+  /** The worker's `github.concurrentCalls`; not recorded by runs before it was. */
+  concurrentCalls?: number;
   metricPickup: { count: number; sum: number };
   githubCalls: Map<string, number>;
   jobs: number;
@@ -334,6 +336,7 @@ export async function runPickup(
       burstMaxRunning,
       capacity,
       concurrentStarts: CONCURRENT_STARTS,
+      concurrentCalls: CONCURRENT_CALLS,
       metricPickup,
       githubCalls,
       jobs: 1 + ISOLATED + BURST_ROUNDS * BURST,

@@ -11,7 +11,8 @@
  * results.json), BENCH_RENDER_FROM (render BENCHMARKS.md again from such a results.json, the
  * phases in BENCH_PHASES that it holds, without measuring), BENCH_CONCURRENT_STARTS (the
  * jitrunner workers' worker.concurrentStarts, to compare settings; default: the config's default),
- * and the per-phase sizes in each phase's file.
+ * BENCH_CONCURRENT_CALLS (their github.concurrentCalls, likewise), and the per-phase sizes in each
+ * phase's file.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";

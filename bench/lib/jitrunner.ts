@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { stringify } from "yaml";
 import { DEFAULT_CONCURRENT_STARTS } from "../../src/config/schema.ts";
+import { DEFAULT_CONCURRENT_CALLS } from "../../src/github/request-gates.ts";
 import type { FakeGitHub } from "../../test/fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../../test/helpers/config.ts";
 import { freePort } from "../../test/helpers/ports.ts";
@@ -63,6 +64,8 @@ export interface RunningJitrunner {
 
 /** `worker.concurrentStarts` of the workers the bench starts: BENCH_CONCURRENT_STARTS, else the default. */
 export const CONCURRENT_STARTS = process.env.BENCH_CONCURRENT_STARTS ? Number(process.env.BENCH_CONCURRENT_STARTS) : DEFAULT_CONCURRENT_STARTS;
+/** `github.concurrentCalls` of the jitrunner processes the bench starts: BENCH_CONCURRENT_CALLS, else the default. */
+export const CONCURRENT_CALLS = process.env.BENCH_CONCURRENT_CALLS ? Number(process.env.BENCH_CONCURRENT_CALLS) : DEFAULT_CONCURRENT_CALLS;
 
 /** Writes the config and secrets, starts `jitrunner MODE`, waits for /readyz. */
 export async function startJitrunner(o: JitrunnerOptions): Promise<RunningJitrunner> {
@@ -72,7 +75,7 @@ export async function startJitrunner(o: JitrunnerOptions): Promise<RunningJitrun
   writeFileSync(keyFile, o.privateKey, { mode: 0o600 });
   writeFileSync(secretFile, WEBHOOK_SECRET, { mode: 0o600 });
   const config = {
-    github: { appId: o.appId, apiUrl: o.apiUrl, privateKeyFile: keyFile, webhookSecretFile: secretFile },
+    github: { appId: o.appId, apiUrl: o.apiUrl, privateKeyFile: keyFile, webhookSecretFile: secretFile, concurrentCalls: CONCURRENT_CALLS },
     redis: { url: o.redisUrl, prefix: o.prefix },
     server: { host: "127.0.0.1", port },
     worker: {

@@ -1,6 +1,7 @@
 /** The Pickup section of BENCHMARKS.md and its Summary rows. */
 import { DEFAULT_WRITES_PER_MINUTE as WRITES } from "../../src/github/write-window.ts";
 import { DEFAULT_CONCURRENT_STARTS as STARTS } from "../../src/config/schema.ts";
+import { DEFAULT_CONCURRENT_CALLS as CALLS } from "../../src/github/request-gates.ts";
 import { TAKE_AHEAD } from "../../src/worker/worker.ts";
 import type { PickupResult, Series } from "../pickup.ts";
 import { ms, ratio } from "../lib/stats.ts";
@@ -21,6 +22,12 @@ function ownSteps(p: PickupResult): number {
     part(p.isolated, "taken -> container created") -
     part(p.bareIsolated, "start -> container created")
   );
+}
+
+/** What the run's worker had out at once per installation, where the run recorded it. */
+function callsLine(concurrentCalls: number | undefined): string {
+  if (concurrentCalls === undefined) return "The run did not record its \`github.concurrentCalls\`.";
+  return `Its GitHub client had at most ${concurrentCalls} calls out at once (\`github.concurrentCalls\`${concurrentCalls === CALLS ? ", the default" : `; default ${CALLS}`}).`;
 }
 
 export function pickupSection(p: PickupResult, info: RunInfo): string {
@@ -77,7 +84,7 @@ take no timer turns (src/github/request-gates.ts; through Bottleneck's they cost
 series), which is why the totals can come out in either order.
 
 **In the burst the worker ${allAtOnce ? `asks its engine for all ${p.burstSize} starts at once, as the bare baseline does` : `starts ${p.concurrentStarts} containers at a time on its engine, in order; the bare baseline asks the engine for all ${p.burstSize} at once`}**
-(\`worker.concurrentStarts\` ${p.concurrentStarts}${p.concurrentStarts === STARTS ? ", the default" : `; default ${STARTS}`}). Every JIT config is a POST, and the GitHub client
+(\`worker.concurrentStarts\` ${p.concurrentStarts}${p.concurrentStarts === STARTS ? ", the default" : `; default ${STARTS}`}). ${callsLine(p.concurrentCalls)} Every JIT config is a POST, and the GitHub client
 starts at most ${WRITES} writes in any minute per installation (a sliding window,
 \`github.writesPerMinute\`; src/github/write-window.ts), so all ${p.burstSize} registrations of a burst go out at once and
 the runners' creates reach the engine together (median gap between consecutive creates
