@@ -53,6 +53,7 @@ export interface WorkflowJobSummary {
   runId: number;
   runAttempt: number;
   status: string;
+  conclusion: string | null;
   labels: string[];
   runnerName: string | null;
 }
@@ -120,8 +121,8 @@ export interface GitHubClient {
   listRunners(scope: RunnerScope, opts?: CallOptions): Promise<RegisteredRunner[]>;
   /** Runs of a repository with this status (`queued`, `in_progress`, `waiting`), newest first, up to a bound. */
   listRuns(installationId: number, owner: string, repo: string, status: string, opts?: CallOptions): Promise<WorkflowRunSummary[]>;
-  /** Jobs of the latest attempt of a run. */
-  listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts?: CallOptions): Promise<WorkflowJobSummary[]>;
+  /** Jobs of the latest attempt of a run: all pages up to a bound, or the first `opts.pages` (100 jobs each). */
+  listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts?: CallOptions & { pages?: number }): Promise<WorkflowJobSummary[]>;
   /** The App's webhook deliveries, newest first, one page; `cursor` continues (App JWT). */
   listHookDeliveries(opts?: CallOptions & { cursor?: string }): Promise<{ deliveries: HookDelivery[]; next?: string }>;
   /** Asks GitHub to deliver a past delivery again (App JWT). */

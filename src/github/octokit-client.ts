@@ -557,10 +557,10 @@ export class OctokitGitHub implements GitHubClient {
     return out;
   }
 
-  async listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts: CallOptions = {}): Promise<WorkflowJobSummary[]> {
+  async listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts: CallOptions & { pages?: number } = {}): Promise<WorkflowJobSummary[]> {
     const client = this.#client(installationId);
     const out: WorkflowJobSummary[] = [];
-    for (let page = 1; page <= MAX_PAGES; page++) {
+    for (let page = 1; page <= Math.min(opts.pages ?? MAX_PAGES, MAX_PAGES); page++) {
       const res = await this.#call("list run jobs", () =>
         client.request("GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs", {
           owner,
@@ -573,7 +573,15 @@ export class OctokitGitHub implements GitHubClient {
         }),
       );
       for (const j of res.data.jobs) {
-        out.push({ id: Number(j.id), runId: Number(j.run_id), runAttempt: j.run_attempt ?? 1, status: j.status, labels: j.labels, runnerName: j.runner_name ?? null });
+        out.push({
+          id: Number(j.id),
+          runId: Number(j.run_id),
+          runAttempt: j.run_attempt ?? 1,
+          status: j.status,
+          conclusion: j.conclusion ?? null,
+          labels: j.labels,
+          runnerName: j.runner_name ?? null,
+        });
       }
       if (res.data.jobs.length < 100 || out.length >= res.data.total_count) break;
     }

@@ -15,6 +15,7 @@ import { PassFailures } from "./pass-failures.ts";
 import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
 import { atMost, every } from "../timers.ts";
+import { JobChecks } from "./job-checks.ts";
 import { needsRunner } from "./still-queued.ts";
 import { UNREADY, type UnreadyReason, type WorkerProblem } from "./unready.ts";
 import type { RunnerEvents } from "./runner-events.ts";
@@ -163,6 +164,8 @@ export class RunnerWorker {
    * its still-queued check to its container's start: a stopping worker names them (#logStopProgress).
    */
   readonly #steps = new Map<object, () => string>();
+  /** Still-queued checks, one listing for the jobs of a run checked together. */
+  readonly #jobChecks: JobChecks;
   readonly #serving = new Map<Promise<unknown>, Lease>();
   /**
    * Leases served here that hold no slot of this host: each waits for its demand's runner on
@@ -227,6 +230,7 @@ export class RunnerWorker {
     this.#pools = new Map(deps.pools.map((p) => [p.name, p]));
     this.#limits = deps.limits.holding(placeHoldMs(deps.heartbeatSeconds));
     this.#exposure = new WarmExposure({ github: deps.github, logger: deps.logger });
+    this.#jobChecks = new JobChecks(deps.github);
     this.drained = new Promise((resolve) => (this.#drained = resolve));
     this.#presence = new HostPresence({
       host: deps.host,
@@ -1177,8 +1181,8 @@ export class RunnerWorker {
   async #stillNeeded(lease: Lease, log: Logger): Promise<boolean> {
     const { demand } = lease;
     try {
-      // getJob takes no signal (GitHubClient): raced against the stop, its late answer dropped.
-      const job = await this.#unlessStopped(this.#d.github.getJob(demand.installationId, demand.owner, demand.repo, demand.jobId), undefined);
+      // The check takes no signal (it may answer others too): raced against the stop, its late answer dropped.
+      const job = await this.#unlessStopped(this.#jobChecks.check(demand), undefined);
       if (!job) return true;
       const needed = needsRunner(job, this.#d.namePrefix);
       if (!needed) log.info({ status: job.status, conclusion: job.conclusion }, "job no longer needs a runner; skipped");

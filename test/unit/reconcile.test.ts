@@ -32,7 +32,7 @@ test("runner scopes: each active repository for repository pools, each owner an 
 
 test("a queued job found through the API passes exactly the webhook's policy", () => {
   const config = testConfig({ policy: { allowedOwners: ["acme"] } });
-  const job = { id: 40_000_000_001, runId: 12_000_000_001, runAttempt: 2, status: "queued", labels: ["self-hosted", "linux"], runnerName: null };
+  const job = { id: 40_000_000_001, runId: 12_000_000_001, runAttempt: 2, status: "queued", conclusion: null, labels: ["self-hosted", "linux"], runnerName: null };
   const run = { id: 12_000_000_001, owner: "acme", ownerType: "Organization", repo: "app", private: true, visibility: "private" };
   const decision = decideQueued(queuedEventOf(job, run, 7), config, { deliveryId: "reconcile-1", receivedAt: 5 });
   assert.equal(decision.kind, "enqueue");

@@ -1,0 +1,76 @@
+import type { Demand } from "../demand.ts";
+import type { GitHubClient, WorkflowJobSummary } from "../github/client.ts";
+import type { JobSnapshot } from "./still-queued.ts";
+
+/** The demand fields a still-queued check needs: where the job is, and its run. */
+export type CheckedDemand = Pick<Demand, "installationId" | "owner" | "repo" | "jobId" | "runId">;
+
+interface Waiting {
+  jobId: number;
+  resolve: (job: JobSnapshot) => void;
+  reject: (err: unknown) => void;
+}
+
+/**
+ * A worker's still-queued checks, shared by workflow run. A burst is usually one run's jobs (a
+ * matrix), and every check is a GitHub call that waits its turn among the installation's
+ * `github.concurrentCalls`, from the installation's 5,000 or more calls an hour: one listing of the
+ * run's jobs answers all the checks of that run made in the same turn of the event loop, and those
+ * made while it is out. A check alone in its turn asks for its own job, as before (a run of one
+ * job costs what it did). The listing is one page, 100 jobs: a job it does not hold (further down
+ * a larger run, of an attempt that is no longer the latest, or not listed yet when the listing
+ * started) is asked for by itself. A listing that fails fails the checks that waited on it.
+ */
+export class JobChecks {
+  readonly #github: Pick<GitHubClient, "getJob" | "listRunJobs">;
+  /** Checks of this turn, by run. */
+  #gathering = new Map<string, { demand: CheckedDemand; waiting: Waiting[] }>();
+  /** Listings out now, by run. */
+  readonly #listing = new Map<string, Promise<Map<number, WorkflowJobSummary>>>();
+
+  constructor(github: Pick<GitHubClient, "getJob" | "listRunJobs">) {
+    this.#github = github;
+  }
+
+  /** What GitHub says of the demand's job now. */
+  check(demand: CheckedDemand): Promise<JobSnapshot> {
+    const run = runKey(demand);
+    const listing = this.#listing.get(run);
+    if (listing) return listing.then((jobs) => this.#answer(demand, demand.jobId, jobs));
+    return new Promise<JobSnapshot>((resolve, reject) => {
+      if (this.#gathering.size === 0) setImmediate(() => this.#flush());
+      let gathered = this.#gathering.get(run);
+      if (!gathered) this.#gathering.set(run, (gathered = { demand, waiting: [] }));
+      gathered.waiting.push({ jobId: demand.jobId, resolve, reject });
+    });
+  }
+
+  #flush(): void {
+    const runs = this.#gathering;
+    this.#gathering = new Map();
+    for (const [run, { demand, waiting }] of runs) {
+      if (waiting.length === 1) {
+        this.#github.getJob(demand.installationId, demand.owner, demand.repo, demand.jobId).then(waiting[0]!.resolve, waiting[0]!.reject);
+        continue;
+      }
+      const listing = this.#github
+        .listRunJobs(demand.installationId, demand.owner, demand.repo, demand.runId, { pages: 1 })
+        .then((jobs) => new Map(jobs.map((j) => [j.id, j])));
+      this.#listing.set(run, listing);
+      // Gone once answered: a check made later asks GitHub anew.
+      const done = () => void (this.#listing.get(run) === listing && this.#listing.delete(run));
+      listing.then(done, done);
+      for (const w of waiting) listing.then((jobs) => this.#answer(demand, w.jobId, jobs)).then(w.resolve, w.reject);
+    }
+  }
+
+  async #answer(demand: CheckedDemand, jobId: number, jobs: Map<number, WorkflowJobSummary>): Promise<JobSnapshot> {
+    const job = jobs.get(jobId);
+    if (job) return { status: job.status, conclusion: job.conclusion, runnerName: job.runnerName };
+    return this.#github.getJob(demand.installationId, demand.owner, demand.repo, jobId);
+  }
+}
+
+function runKey(d: CheckedDemand): string {
+  return `${d.installationId}/${d.owner}/${d.repo}/${d.runId}`;
+}
