@@ -398,20 +398,25 @@ test("a rate limit is heard by the refused call's installation: all its writes w
   assert.ok(jit.slice(1).every((r) => r.at - jit[0]!.at >= 1900), `no write within GitHub's 2 s: ${jit.map((r) => r.at - jit[0]!.at).join(", ")} ms`);
 });
 
-test("a rate limit on a token request is the App's: no other installation's token request, nor the App's own call, reaches GitHub until the wait is over", async () => {
+test("a rate limit on a token request is the App's: no other installation's token request, nor the App's own call, reaches GitHub until the wait is over; the same installation's next call waits for the refused request's token", async () => {
   const fake = await fakeGitHub({ installations: [{ owner: "globex" }] });
   const c = client(fake, { prefix: `${redis.prefix}-app-limit` });
   fake.inject({ route: TOKEN, status: 429, times: 1, headers: { "retry-after": "2" } });
   const limited = c.gh.listRunners(repo());
   const refused = await waitFor(() => fake.requests.find((r) => r.route === TOKEN && r.status === 429), 5_000, "the 429 answered");
   await waitFor(() => /secondary rate limit: waiting 2 s/.test(c.logs()), 5_000, "the wait logged");
-  // Installation 2's first call needs a token of its own; the App's call needs no token.
-  const during = Promise.all([c.gh.listRunners({ installationId: 2, owner: "globex", repo: "app" }), c.gh.listHookDeliveries()]);
+  // Installation 2's first call needs a token of its own; the App's call needs no token; another
+  // call of installation 1 needs the token the refused request is for.
+  const during = Promise.all([
+    c.gh.listRunners({ installationId: 2, owner: "globex", repo: "app" }),
+    c.gh.listHookDeliveries(),
+    c.gh.listRunners(repo("acme", "other")),
+  ]);
   await Promise.all([limited, during]);
   const sent = fake.requests.filter((r) => r.at >= refused.at).map((r) => ({ call: `${r.method} ${r.route} ${r.status}`, after: r.at - refused.at }));
   assert.deepEqual(sent.filter((r) => r.after < 1900).map((r) => r.call), [`POST ${TOKEN} 429`], "nothing but the refused request within GitHub's 2 s");
-  assert.deepEqual(calls(fake, TOKEN), [429, 201, 201], "the refused request's retry, and installation 2's");
-  assert.equal(sent.length, 6, sent.map((r) => r.call).join(", "));
+  assert.deepEqual(calls(fake, TOKEN), [429, 201, 201], "the refused request's retry, and installation 2's: installation 1's second call minted none of its own");
+  assert.equal(sent.length, 7, sent.map((r) => r.call).join(", "));
   assert.match(c.logs(), /"installationId":0,.*secondary rate limit: waiting 2 s/, "logged as the App's");
 });
 
