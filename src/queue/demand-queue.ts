@@ -428,15 +428,13 @@ export class DemandConsumer {
   /**
    * Demand already waiting, up to `max`, taken at once without waiting for more (a burst's rest,
    * once `next` found some): the calls go to Redis together, each one round trip. A call that
-   * fails took nothing; the leases of those that succeeded are returned all the same.
+   * fails took nothing (the next `next` hears of a Redis that is away); the leases of those that
+   * succeeded are returned all the same.
    */
   async ready(max: number): Promise<Lease[]> {
     const worker = this.#started();
     const taken = await Promise.allSettled(Array.from({ length: max }, () => worker.getNextJob(this.#token, { block: false }) as Promise<Job<Demand> | undefined>));
-    const leases = taken.flatMap((t) => (t.status === "fulfilled" && t.value?.id ? [this.#lease(t.value)] : []));
-    const failed = taken.find((t) => t.status === "rejected");
-    if (failed && !leases.length) throw failed.reason;
-    return leases;
+    return taken.flatMap((t) => (t.status === "fulfilled" && t.value?.id ? [this.#lease(t.value)] : []));
   }
 
   #lease(job: Job<Demand>): Lease {
