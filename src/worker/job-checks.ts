@@ -1,6 +1,6 @@
 import type { Demand } from "../demand.ts";
 import type { GitHubClient, WorkflowJobSummary } from "../github/client.ts";
-import type { JobSnapshot } from "./still-queued.ts";
+import { needsRunner, type JobSnapshot } from "./still-queued.ts";
 
 /** The demand fields a still-queued check needs: where the job is, and its run. */
 export type CheckedDemand = Pick<Demand, "installationId" | "owner" | "repo" | "jobId" | "runId">;
@@ -20,20 +20,32 @@ interface Waiting {
  * job costs what it did). The listing is one page, 100 jobs: a job it does not hold (further down
  * a larger run, of an attempt that is no longer the latest, or not listed yet when the listing
  * started) is asked for by itself. A listing that fails fails the checks that waited on it.
+ *
+ * A listing is taken at its word only when it says the job needs a runner: a check that joined a
+ * listing sent before its job came back to `queued` (an environment's approval: `waiting`, then
+ * `queued` again under the same id) would otherwise be told `waiting` and skip a job that needs a
+ * runner. Any other answer (waiting, completed, running on a runner not ours) is asked for again,
+ * by itself: launching for a job that did not need it costs a runner that idles out, skipping one
+ * that did leaves it queued until the leader's queued-jobs loop finds it.
  */
 export class JobChecks {
   readonly #github: Pick<GitHubClient, "getJob" | "listRunJobs">;
+  readonly #namePrefix: string;
   /** Checks of this turn, by run. */
   #gathering = new Map<string, { demand: CheckedDemand; waiting: Waiting[] }>();
   /** Listings out now, by run. */
   readonly #listing = new Map<string, Promise<Map<number, WorkflowJobSummary>>>();
 
-  constructor(github: Pick<GitHubClient, "getJob" | "listRunJobs">) {
+  /** `namePrefix`: our runners' (needsRunner). */
+  constructor(github: Pick<GitHubClient, "getJob" | "listRunJobs">, namePrefix: string) {
     this.#github = github;
+    this.#namePrefix = namePrefix;
   }
 
   /** What GitHub says of the demand's job now. */
   check(demand: CheckedDemand): Promise<JobSnapshot> {
+    // A demand with no run (a payload without run_id) has no listing to share.
+    if (!(Number.isSafeInteger(demand.runId) && demand.runId > 0)) return this.#job(demand, demand.jobId);
     const run = runKey(demand);
     const listing = this.#listing.get(run);
     if (listing) return listing.then((jobs) => this.#answer(demand, demand.jobId, jobs));
@@ -50,11 +62,12 @@ export class JobChecks {
     this.#gathering = new Map();
     for (const [run, { demand, waiting }] of runs) {
       if (waiting.length === 1) {
-        this.#github.getJob(demand.installationId, demand.owner, demand.repo, demand.jobId).then(waiting[0]!.resolve, waiting[0]!.reject);
+        this.#job(demand, demand.jobId).then(waiting[0]!.resolve, waiting[0]!.reject);
         continue;
       }
-      const listing = this.#github
-        .listRunJobs(demand.installationId, demand.owner, demand.repo, demand.runId, { pages: 1 })
+      // Started from a promise: a client that throws at once fails these checks, not the flush.
+      const listing = Promise.resolve()
+        .then(() => this.#github.listRunJobs(demand.installationId, demand.owner, demand.repo, demand.runId, { pages: 1 }))
         .then((jobs) => new Map(jobs.map((j) => [j.id, j])));
       this.#listing.set(run, listing);
       // Gone once answered: a check made later asks GitHub anew.
@@ -65,8 +78,13 @@ export class JobChecks {
   }
 
   async #answer(demand: CheckedDemand, jobId: number, jobs: Map<number, WorkflowJobSummary>): Promise<JobSnapshot> {
-    const job = jobs.get(jobId);
-    if (job) return { status: job.status, conclusion: job.conclusion, runnerName: job.runnerName };
+    const listed = jobs.get(jobId);
+    const job = listed && { status: listed.status, conclusion: listed.conclusion, runnerName: listed.runnerName };
+    if (job && needsRunner(job, this.#namePrefix)) return job;
+    return this.#job(demand, jobId);
+  }
+
+  async #job(demand: CheckedDemand, jobId: number): Promise<JobSnapshot> {
     return this.#github.getJob(demand.installationId, demand.owner, demand.repo, jobId);
   }
 }

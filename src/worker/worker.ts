@@ -230,7 +230,7 @@ export class RunnerWorker {
     this.#pools = new Map(deps.pools.map((p) => [p.name, p]));
     this.#limits = deps.limits.holding(placeHoldMs(deps.heartbeatSeconds));
     this.#exposure = new WarmExposure({ github: deps.github, logger: deps.logger });
-    this.#jobChecks = new JobChecks(deps.github);
+    this.#jobChecks = new JobChecks(deps.github, deps.namePrefix);
     this.drained = new Promise((resolve) => (this.#drained = resolve));
     this.#presence = new HostPresence({
       host: deps.host,

@@ -22,7 +22,7 @@ after(async () => {
 async function setUp(): Promise<{ fake: FakeGitHub; checks: JobChecks }> {
   const fake = await FakeGitHub.start({ webhookSecret: "job-checks-test-secret" });
   fakes.push(fake);
-  return { fake, checks: new JobChecks(githubFor(fake)) };
+  return { fake, checks: new JobChecks(githubFor(fake), "jitrunner") };
 }
 
 function demandOf(job: FakeJob): CheckedDemand {
@@ -51,12 +51,46 @@ test("the jobs of one run checked together cost one listing of the run, and each
   const answers = await Promise.all([...jobs, other].map((j) => checks.check(demandOf(j))));
 
   assert.equal(callsTo(fake, RUN_JOBS, from), 1, "one listing for the six jobs of the run");
-  assert.equal(callsTo(fake, JOB, from), 1, "the job alone in its run asked for by itself");
+  assert.equal(callsTo(fake, JOB, from), 2, "the job alone in its run asked for by itself, and the cancelled one asked again");
   assert.deepEqual(
     answers.map((a) => a.status),
     ["queued", "queued", "completed", "queued", "queued", "queued", "queued"],
   );
   assert.equal(answers[2]!.conclusion, "cancelled");
+});
+
+test("a listing that says a job needs no runner is asked again for that job: the listing may have been sent before the job was queued again", async () => {
+  const { fake, checks } = await setUp();
+  const [first] = await matrix(fake, 2);
+  // Waiting for an environment's approval: queued again, under the same id, once approved.
+  const gated = await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS, runId: first!.run_id, waitForApproval: true });
+  const from = fake.requests.length;
+
+  const answers = await Promise.all([checks.check(demandOf(first!)), checks.check(demandOf(gated))]);
+
+  assert.equal(callsTo(fake, RUN_JOBS, from), 1);
+  const asked = fake.requests.slice(from).filter((r) => r.route === JOB);
+  assert.equal(asked.length, 1, "the job the listing said waits asked for by itself");
+  assert.ok(asked[0]!.path.endsWith(`/actions/jobs/${gated.id}`), asked[0]!.path);
+  assert.deepEqual(
+    answers.map((a) => a.status),
+    ["queued", "waiting"],
+  );
+});
+
+test("a demand with no run id is asked for by itself", async () => {
+  const { fake, checks } = await setUp();
+  const jobs = await matrix(fake, 2);
+  const from = fake.requests.length;
+
+  const answers = await Promise.all(jobs.map((j) => checks.check({ ...demandOf(j), runId: undefined as unknown as number })));
+
+  assert.equal(callsTo(fake, RUN_JOBS, from), 0);
+  assert.equal(callsTo(fake, JOB, from), 2);
+  assert.deepEqual(
+    answers.map((a) => a.status),
+    ["queued", "queued"],
+  );
 });
 
 test("a check made while its run's listing is out waits for that listing; one made after it asks again", async () => {
