@@ -88,6 +88,12 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+/** How far listRunJobs reads (see there). */
+export interface RunJobsOptions extends CallOptions {
+  pages?: number;
+  enough?: (jobs: readonly WorkflowJobSummary[]) => boolean;
+}
+
 /** The GitHub API as jitrunner needs it. One real implementation: OctokitGitHub. */
 export interface GitHubClient {
   /**
@@ -121,8 +127,11 @@ export interface GitHubClient {
   listRunners(scope: RunnerScope, opts?: CallOptions): Promise<RegisteredRunner[]>;
   /** Runs of a repository with this status (`queued`, `in_progress`, `waiting`), newest first, up to a bound. */
   listRuns(installationId: number, owner: string, repo: string, status: string, opts?: CallOptions): Promise<WorkflowRunSummary[]>;
-  /** Jobs of the latest attempt of a run: all pages up to a bound, or the first `opts.pages` (100 jobs each). */
-  listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts?: CallOptions & { pages?: number }): Promise<WorkflowJobSummary[]>;
+  /**
+   * Jobs of the latest attempt of a run, 100 a page: all pages up to a bound, or up to `opts.pages`,
+   * or until `opts.enough` says the jobs read so far are enough.
+   */
+  listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts?: RunJobsOptions): Promise<WorkflowJobSummary[]>;
   /** The App's webhook deliveries, newest first, one page; `cursor` continues (App JWT). */
   listHookDeliveries(opts?: CallOptions & { cursor?: string }): Promise<{ deliveries: HookDelivery[]; next?: string }>;
   /** Asks GitHub to deliver a past delivery again (App JWT). */

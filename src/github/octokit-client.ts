@@ -19,6 +19,7 @@ import type {
   JobStatus,
   RegisteredRunner,
   RepositoryVisibility,
+  RunJobsOptions,
   RunnerGroupSummary,
   RunnerScope,
   WorkflowJobSummary,
@@ -557,7 +558,7 @@ export class OctokitGitHub implements GitHubClient {
     return out;
   }
 
-  async listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts: CallOptions & { pages?: number } = {}): Promise<WorkflowJobSummary[]> {
+  async listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts: RunJobsOptions = {}): Promise<WorkflowJobSummary[]> {
     const client = this.#client(installationId);
     const out: WorkflowJobSummary[] = [];
     for (let page = 1; page <= Math.min(opts.pages ?? MAX_PAGES, MAX_PAGES); page++) {
@@ -583,7 +584,7 @@ export class OctokitGitHub implements GitHubClient {
           runnerName: j.runner_name ?? null,
         });
       }
-      if (res.data.jobs.length < 100 || out.length >= res.data.total_count) break;
+      if (res.data.jobs.length < 100 || out.length >= res.data.total_count || opts.enough?.(out)) break;
     }
     return out;
   }

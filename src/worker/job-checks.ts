@@ -2,6 +2,9 @@ import type { Demand } from "../demand.ts";
 import type { GitHubClient, WorkflowJobSummary } from "../github/client.ts";
 import { needsRunner, type JobSnapshot } from "./still-queued.ts";
 
+/** Pages of a run's jobs one listing reads at most. */
+const RUN_PAGES = 3;
+
 /** The demand fields a still-queued check needs: where the job is, and its run. */
 export type CheckedDemand = Pick<Demand, "installationId" | "owner" | "repo" | "jobId" | "runId">;
 
@@ -17,9 +20,11 @@ interface Waiting {
  * `github.concurrentCalls`, from the installation's 5,000 or more calls an hour: one listing of the
  * run's jobs answers all the checks of that run made in the same turn of the event loop, and those
  * made while it is out. A check alone in its turn asks for its own job, as before (a run of one
- * job costs what it did). The listing is one page, 100 jobs: a job it does not hold (further down
- * a larger run, of an attempt that is no longer the latest, or not listed yet when the listing
- * started) is asked for by itself. A listing that fails fails the checks that waited on it.
+ * job costs what it did). A listing reads pages of 100 jobs until it holds every job its turn's
+ * checks asked for, at most RUN_PAGES (a matrix has at most 256 jobs): a job it does not hold
+ * (further down a larger run, of an attempt that is no longer the latest, not listed yet when
+ * the listing started) is asked for by itself. A listing that fails fails the checks that waited
+ * on it.
  *
  * A listing is taken at its word only when it says the job needs a runner: a check that joined a
  * listing sent before its job came back to `queued` (an environment's approval: `waiting`, then
@@ -66,8 +71,10 @@ export class JobChecks {
         continue;
       }
       // Started from a promise: a client that throws at once fails these checks, not the flush.
+      const wanted = new Set(waiting.map((w) => w.jobId));
+      const enough = (jobs: readonly WorkflowJobSummary[]) => jobs.filter((j) => wanted.has(j.id)).length >= wanted.size;
       const listing = Promise.resolve()
-        .then(() => this.#github.listRunJobs(demand.installationId, demand.owner, demand.repo, demand.runId, { pages: 1 }))
+        .then(() => this.#github.listRunJobs(demand.installationId, demand.owner, demand.repo, demand.runId, { pages: RUN_PAGES, enough }))
         .then((jobs) => new Map(jobs.map((j) => [j.id, j])));
       this.#listing.set(run, listing);
       // Gone once answered: a check made later asks GitHub anew.

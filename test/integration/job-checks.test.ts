@@ -135,6 +135,24 @@ test("a job the run's listing does not hold is asked for by itself", async () =>
   );
 });
 
+test("a listing reads on, page by page, only until it holds every job its checks asked for", async () => {
+  const { fake, checks } = await setUp();
+  const jobs = await matrix(fake, 150);
+  let from = fake.requests.length;
+
+  await Promise.all([checks.check(demandOf(jobs[0]!)), checks.check(demandOf(jobs[1]!))]);
+  assert.equal(callsTo(fake, RUN_JOBS, from), 1, "both on the first page: one page read");
+
+  from = fake.requests.length;
+  const answers = await Promise.all([checks.check(demandOf(jobs[0]!)), checks.check(demandOf(jobs[140]!))]);
+  assert.equal(callsTo(fake, RUN_JOBS, from), 2, "the second on page 2: two pages read");
+  assert.equal(callsTo(fake, JOB, from), 0);
+  assert.deepEqual(
+    answers.map((a) => a.status),
+    ["queued", "queued"],
+  );
+});
+
 test("a listing that fails fails the checks that waited on it", async () => {
   const { fake, checks } = await setUp();
   const jobs = await matrix(fake, 3);
