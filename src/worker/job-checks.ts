@@ -70,9 +70,9 @@ export class JobChecks {
         this.#job(demand, demand.jobId).then(waiting[0]!.resolve, waiting[0]!.reject);
         continue;
       }
-      // Started from a promise: a client that throws at once fails these checks, not the flush.
       const wanted = new Set(waiting.map((w) => w.jobId));
       const enough = (jobs: readonly WorkflowJobSummary[]) => jobs.filter((j) => wanted.has(j.id)).length >= wanted.size;
+      // Started from a promise: a client that throws at once fails these checks, not the flush.
       const listing = Promise.resolve()
         .then(() => this.#github.listRunJobs(demand.installationId, demand.owner, demand.repo, demand.runId, { pages: RUN_PAGES, enough }))
         .then((jobs) => new Map(jobs.map((j) => [j.id, j])));
