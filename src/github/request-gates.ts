@@ -5,10 +5,10 @@ import { NotSentError } from "../errors.ts";
  * (which repeats a rate-limited call after GitHub's wait) and its global group (at most
  * `github.concurrentCalls` calls of one installation at a time). Bottleneck's local datastore
  * takes a timer turn for each of its steps: about 4.5 ms a scheduler here, 9 ms on every GitHub
- * call, on the critical path of every
- * runner launch. The plugin takes its schedulers from its options (`retryLimiter`, `global`,
- * `auth`, as it takes `write`); the two classes below do the same jobs with no timer between a
- * call and its start. The plugin still decides what is rate limited and how long to wait.
+ * call, on the critical path of every runner launch. The plugin takes its schedulers from its
+ * options (`retryLimiter`, `global`, `auth`, as it takes `write`); the two classes below do the
+ * same jobs with no timer between a call and its start. The plugin still decides what is rate
+ * limited and how long to wait.
  */
 
 /**
