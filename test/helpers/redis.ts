@@ -68,15 +68,7 @@ export async function startRedis(opts?: OwnRedisOptions): Promise<TestRedis | Ow
     await ping(shared, 5000);
     return { url: shared, prefix, stop: async () => cleanPrefix(shared, prefix) };
   }
-  const port = await freePort();
-  const child: ChildProcess = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-    stdio: "ignore",
-  });
-  const spawnError = new Promise<never>((_, reject) =>
-    child.once("error", (err) => reject(new Error(`cannot start redis-server (is it installed?): ${err.message}`))),
-  );
-  const url = `redis://127.0.0.1:${port}`;
-  await Promise.race([ping(url, 10_000), spawnError]);
+  const { child, url } = await startOnFreePort((port) => ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], (port) => `redis://127.0.0.1:${port}`);
   return {
     url,
     prefix,
@@ -89,45 +81,111 @@ export async function startRedis(opts?: OwnRedisOptions): Promise<TestRedis | Ow
 
 async function startOwnRedis(opts: OwnRedisOptions): Promise<OwnRedis> {
   const prefix = `jrtest-${randomBytes(4).toString("hex")}`;
-  const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "jitrunner-redis-"));
   const persistence = opts.appendOnly ? ["--appendonly", "yes", "--appendfsync", "everysec"] : ["--appendonly", "no"];
   const auth = opts.password ? ["--requirepass", opts.password] : [];
-  const args = ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--maxmemory-policy", "noeviction", ...persistence, ...auth];
-  const url = opts.password ? `redis://:${encodeURIComponent(opts.password)}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`;
-  let child: ChildProcess | undefined;
-  let exited: Promise<void> = Promise.resolve();
-  const launch = async (): Promise<void> => {
-    const c = spawn("redis-server", args, { stdio: "ignore" });
-    child = c;
-    exited = new Promise((resolve) => c.once("exit", () => resolve()));
-    const spawnError = new Promise<never>((_, reject) =>
-      c.once("error", (err) => reject(new Error(`cannot start redis-server (is it installed?): ${err.message}`))),
-    );
-    await Promise.race([ping(url, 10_000), spawnError]);
-  };
+  const argsOn = (port: number) => ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--maxmemory-policy", "noeviction", ...persistence, ...auth];
+  const urlOn = (port: number) => (opts.password ? `redis://:${encodeURIComponent(opts.password)}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`);
+  let started: Started;
+  try {
+    started = await startOnFreePort(argsOn, urlOn);
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  const { port, url } = started;
+  let child = started.child;
   const kill = async (signal: NodeJS.Signals): Promise<void> => {
-    if (child && child.exitCode === null && child.signalCode === null) child.kill(signal);
-    await exited;
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+      child.kill(signal);
+      await exited;
+    }
   };
-  await launch();
   return {
     url,
     prefix,
     dir,
     get pid() {
-      return child?.pid ?? 0;
+      return child.pid ?? 0;
     },
     kill,
     restart: async () => {
       await kill("SIGTERM");
-      await launch();
+      // The same port, as a restarted deployment's: taken meanwhile by another test, this fails.
+      const again = await launch(argsOn(port), url);
+      if (!again) throw new Error(`redis-server could not start again on port ${port}: the port was taken while it was down`);
+      child = again;
     },
     stop: async () => {
       await kill("SIGTERM");
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+interface Started {
+  child: ChildProcess;
+  port: number;
+  url: string;
+}
+
+/**
+ * Starts redis-server on a free loopback port. freePort's port is only free when it is asked
+ * for: a test in the other lane (test/run.ts) may bind it first, and redis-server then exits. So
+ * each try waits until the Redis answering there is its own, and a taken port is tried anew.
+ */
+async function startOnFreePort(argsOn: (port: number) => string[], urlOn: (port: number) => string): Promise<Started> {
+  for (let tries = 1; ; tries++) {
+    const port = await freePort();
+    const url = urlOn(port);
+    const child = await launch(argsOn(port), url);
+    if (child) return { child, port, url };
+    if (tries === 5) throw new Error(`redis-server could not start: 5 free ports were taken before it bound them`);
+  }
+}
+
+/**
+ * One redis-server, ready: resolves once the Redis at `url` reports the child's own pid (a ping
+ * alone could be answered by another test's server that holds the port), or undefined if the
+ * child exited first (its port was taken).
+ */
+async function launch(args: string[], url: string): Promise<ChildProcess | undefined> {
+  const child = spawn("redis-server", args, { stdio: "ignore" });
+  const exited = new Promise<undefined>((resolve, reject) => {
+    child.once("error", (err) => reject(new Error(`cannot start redis-server (is it installed?): ${err.message}`)));
+    child.once("exit", () => resolve(undefined));
+  });
+  const ready = (async () => {
+    const deadline = Date.now() + 10_000;
+    // No pid: the spawn failed ('error' above).
+    while (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+      if ((await serverPid(url)) === child.pid) return child;
+      if (Date.now() > deadline) {
+        child.kill("SIGKILL");
+        throw new Error(`redis-server at ${url} did not answer in 10 s`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return undefined;
+  })();
+  return Promise.race([ready, exited]);
+}
+
+/** The pid of the Redis answering at `url`, or undefined if none answers. */
+async function serverPid(url: string): Promise<number | undefined> {
+  const c = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  c.on("error", () => undefined); // refused while the server starts
+  try {
+    await c.connect();
+    const info = await c.info("server");
+    const pid = /^process_id:(\d+)/m.exec(info)?.[1];
+    return pid ? Number(pid) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    c.disconnect();
+  }
 }
 
 async function ping(url: string, timeoutMs: number): Promise<void> {

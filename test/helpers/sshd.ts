@@ -32,29 +32,8 @@ export async function startSshd(): Promise<TestSshd> {
   keygen("host_key");
   keygen("client_key");
   writeFileSync(join(dir, "authorized_keys"), readFileSync(join(dir, "client_key.pub")));
-  const port = await freePort();
-  writeFileSync(
-    join(dir, "sshd_config"),
-    [
-      `Port ${port}`,
-      "ListenAddress 127.0.0.1",
-      `HostKey ${join(dir, "host_key")}`,
-      `PidFile ${join(dir, "sshd.pid")}`,
-      `AuthorizedKeysFile ${join(dir, "authorized_keys")}`,
-      "PermitRootLogin prohibit-password",
-      "PasswordAuthentication no",
-      "KbdInteractiveAuthentication no",
-      "StrictModes no",
-      "UsePAM no",
-      "",
-    ].join("\n"),
-  );
   mkdirSync("/run/sshd", { recursive: true }); // sshd's privilege separation directory
   const children: ChildProcess[] = [];
-  const sshd = spawn("/usr/sbin/sshd", ["-D", "-e", "-f", join(dir, "sshd_config")], { stdio: ["ignore", "ignore", "pipe"] });
-  children.push(sshd);
-  let sshdErr = "";
-  sshd.stderr!.on("data", (d) => (sshdErr += String(d)));
   const agent = async (name: string, withKey: boolean): Promise<string> => {
     const socket = join(dir, name);
     const child = spawn("ssh-agent", ["-D", "-a", socket], { stdio: "ignore" });
@@ -67,7 +46,7 @@ export async function startSshd(): Promise<TestSshd> {
     return socket;
   };
   try {
-    await until(() => connects({ port, host: "127.0.0.1" }), "sshd", () => (sshd.exitCode !== null ? `sshd exited: ${sshdErr}` : undefined));
+    const port = await listen(dir, children);
     const hostPublicKey = readFileSync(join(dir, "host_key.pub"), "utf8").trim();
     const [keyType, key] = hostPublicKey.split(/\s+/);
     return {
@@ -88,9 +67,59 @@ export async function startSshd(): Promise<TestSshd> {
   }
 }
 
-function connects(target: string | { port: number; host: string }): Promise<boolean> {
+/**
+ * Starts sshd on a free loopback port and returns the port once sshd answers there. freePort's
+ * port is only free when it is asked for: a test in the other lane (test/run.ts) may bind it
+ * first, and sshd then exits; a new port is tried, up to 5.
+ */
+async function listen(dir: string, children: ChildProcess[]): Promise<number> {
+  for (let tries = 1; ; tries++) {
+    const port = await freePort();
+    writeFileSync(
+      join(dir, "sshd_config"),
+      [
+        `Port ${port}`,
+        "ListenAddress 127.0.0.1",
+        `HostKey ${join(dir, "host_key")}`,
+        `PidFile ${join(dir, "sshd.pid")}`,
+        `AuthorizedKeysFile ${join(dir, "authorized_keys")}`,
+        "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "StrictModes no",
+        "UsePAM no",
+        "",
+      ].join("\n"),
+    );
+    const sshd = spawn("/usr/sbin/sshd", ["-D", "-e", "-f", join(dir, "sshd_config")], { stdio: ["ignore", "ignore", "pipe"] });
+    children.push(sshd);
+    let sshdErr = "";
+    sshd.stderr!.on("data", (d) => (sshdErr += String(d)));
+    const exited = () => (sshd.exitCode !== null || sshd.signalCode !== null ? `sshd exited: ${sshdErr}` : undefined);
+    try {
+      // Its banner, not a mere connection: another test's listener may hold the port.
+      await until(() => greetsAsSsh(port), "sshd", exited);
+      return port;
+    } catch (err) {
+      if (!exited() || tries === 5) throw err;
+    }
+  }
+}
+
+/** Whether the server on `port` greets as OpenSSH does. */
+function greetsAsSsh(port: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const socket = typeof target === "string" ? createConnection(target) : createConnection(target.port, target.host);
+    const socket = createConnection(port, "127.0.0.1");
+    socket.setTimeout(2000, () => (socket.destroy(), resolve(false)));
+    socket.once("data", (d) => (socket.destroy(), resolve(String(d).startsWith("SSH-2.0-OpenSSH"))));
+    socket.once("error", () => resolve(false));
+    socket.once("close", () => resolve(false));
+  });
+}
+
+function connects(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection(path);
     socket.once("connect", () => (socket.destroy(), resolve(true)));
     socket.once("error", () => resolve(false));
   });
