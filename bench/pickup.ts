@@ -14,7 +14,7 @@ import { FakeGitHubClient } from "../test/fakes/github/client.ts";
 import type { FakeGitHub } from "../test/fakes/github/index.ts";
 import { ContainerEvents, maxRunning, type Lifecycle } from "./lib/docker-events.ts";
 import { CONCURRENT_CALLS, CONCURRENT_STARTS, JOB_LABELS, POOL, runnerPool, startJitrunner, type RunningJitrunner } from "./lib/jitrunner.ts";
-import type { BenchRedis } from "./lib/procs.ts";
+import { machineCpu, sample, type BenchRedis } from "./lib/procs.ts";
 import { summarize, type Summary } from "./lib/stats.ts";
 
 const ISOLATED = Number(process.env.BENCH_PICKUP_ISOLATED ?? 20);
@@ -55,11 +55,26 @@ export interface Series {
   lifetime: Summary;
 }
 
-/** One round's bursts: their p50 and p99 (ms), and which went first. */
+/**
+ * CPU time spent while one burst's containers were being started: from the burst's first webhook
+ * (jitrunner) or create call (bare) until its last container's start event. The machine was
+ * saturated then (its 2 CPUs), so whatever any process used in the window, the starts waited for.
+ */
+export interface BurstCpu {
+  windowMs: number;
+  /** every process on the machine, and interrupt handling */
+  machineMs: number;
+  /** jitrunner's server and worker processes, and its Redis (idle, or nearly, in a bare burst) */
+  jitrunnerMs: number;
+  /** the bench process: the fake GitHub, the Docker event stream, the bare baseline's API calls */
+  benchMs: number;
+}
+
+/** One round's bursts: their p50 and p99 (ms), which went first, and the CPU each window took. */
 export interface BurstRound {
   bareFirst: boolean;
-  bare: { p50: number; p99: number };
-  jitrunner: { p50: number; p99: number };
+  bare: { p50: number; p99: number; mean?: number; cpu?: BurstCpu };
+  jitrunner: { p50: number; p99: number; mean?: number; cpu?: BurstCpu };
 }
 
 export interface PickupResult {
@@ -183,11 +198,17 @@ class Bare {
     return id;
   }
 
-  /** `n` at once; resolves when all have started, run their jobs and exited. */
-  async burst(n: number): Promise<string[]> {
+  /**
+   * `n` at once; resolves when all have started, run their jobs and exited. `timed` is called
+   * once the JIT configs and jobs are made, right before the first create, and again once every
+   * container has started.
+   */
+  async burst(n: number, timed: (phase: "start" | "started") => void): Promise<string[]> {
     const runners = await Promise.all(Array.from({ length: n }, () => this.#registered()));
+    timed("start");
     const ids = await Promise.all(runners.map((r) => this.#createAndStart(r)));
     await this.#events.until(() => ids.every((id) => this.#events.byId.get(id)?.start !== undefined), 60_000, "bare start events");
+    timed("started");
     await this.#events.until(() => ids.every((id) => this.#events.byId.get(id)?.die !== undefined), 180_000, "bare containers to run their jobs and exit");
     return ids;
   }
@@ -283,14 +304,33 @@ export async function runPickup(
     const burstContainers: Lifecycle[] = [];
     const rounds: BurstRound[] = [];
     let burstMaxRunning = 0;
-    const bareBurst = async (): Promise<Pickup[]> => {
-      progress(`pickup: bare docker create+start, ${BURST} at once`);
-      const ids = await bare.burst(BURST);
-      await Promise.allSettled(ids.map((id) => docker.getContainer(id).remove({ force: true, v: true })));
-      return bare.pickups(ids);
+    const pids = { jitrunner: [server.proc.pid, worker.proc.pid, redis.pid] };
+    const cpuNow = () => ({
+      at: Date.now(),
+      machine: machineCpu(),
+      jitrunner: pids.jitrunner.reduce((sum, pid) => sum + sample(pid).cpuMs, 0),
+      bench: process.cpuUsage(),
+    });
+    const cpuSince = (a: ReturnType<typeof cpuNow>): BurstCpu => {
+      const b = cpuNow();
+      return {
+        windowMs: b.at - a.at,
+        machineMs: b.machine.processMs + b.machine.irqMs - a.machine.processMs - a.machine.irqMs,
+        jitrunnerMs: b.jitrunner - a.jitrunner,
+        benchMs: (b.bench.user + b.bench.system - a.bench.user - a.bench.system) / 1000,
+      };
     };
-    const jitrunnerBurst = async (): Promise<Lifecycle[]> => {
+    const bareBurst = async (): Promise<{ items: Pickup[]; cpu: BurstCpu }> => {
+      progress(`pickup: bare docker create+start, ${BURST} at once`);
+      let from = cpuNow();
+      let cpu: BurstCpu | undefined;
+      const ids = await bare.burst(BURST, (phase) => (phase === "start" ? (from = cpuNow()) : (cpu = cpuSince(from))));
+      await Promise.allSettled(ids.map((id) => docker.getContainer(id).remove({ force: true, v: true })));
+      return { items: bare.pickups(ids), cpu: cpu! };
+    };
+    const jitrunnerBurst = async (): Promise<{ containers: Lifecycle[]; cpu: BurstCpu }> => {
       progress(`pickup: jitrunner, ${BURST} jobs at once`);
+      const from = cpuNow();
       const jobs = await Promise.all(Array.from({ length: BURST }, () => fake.queueJob({ owner: "acme", repo: "bench", labels: JOB_LABELS })));
       const ids = new Set(jobs.map((j) => `${j.id}-1`));
       await events.until(
@@ -298,24 +338,27 @@ export async function runPickup(
         180_000,
         `${BURST} burst runners to start`,
       );
+      const cpu = cpuSince(from);
       const containers = events.all().filter((lc) => ids.has(lc.labels[DEMAND_LABEL] ?? ""));
       await waitQuiet(fake, events, 180_000, "burst jobs to finish and their containers to go");
-      return containers;
+      return { containers, cpu };
     };
     for (let round = 0; round < BURST_ROUNDS; round++) {
       progress(`pickup: burst round ${round + 1} of ${BURST_ROUNDS}`);
       const bareFirst = round % 2 === 0;
-      let bareItems: Pickup[] = [];
-      let containers: Lifecycle[] = [];
-      if (bareFirst) bareItems = await bareBurst();
-      containers = await jitrunnerBurst();
-      if (!bareFirst) bareItems = await bareBurst();
+      const first = bareFirst ? await bareBurst() : undefined;
+      const { containers, cpu } = await jitrunnerBurst();
+      const { items: bareItems, cpu: bareCpu } = first ?? (await bareBurst());
       bareBursts.push(...bareItems);
       burstContainers.push(...containers);
       burstMaxRunning = Math.max(burstMaxRunning, maxRunning(containers));
       const mine = series("round", await timelines(redis.url, prefix, containers)).total;
       const theirs = series("round", bareItems).total;
-      rounds.push({ bareFirst, bare: { p50: theirs.p50, p99: theirs.p99 }, jitrunner: { p50: mine.p50, p99: mine.p99 } });
+      rounds.push({
+        bareFirst,
+        bare: { p50: theirs.p50, p99: theirs.p99, mean: theirs.mean, cpu: bareCpu },
+        jitrunner: { p50: mine.p50, p99: mine.p99, mean: mine.mean, cpu },
+      });
     }
 
     const metrics = await (await fetch(`${worker.url}/metrics`)).text();

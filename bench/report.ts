@@ -40,7 +40,7 @@ function measured(info: RunInfo, m: Machine, r: Results): Map<Phase, { section: 
     const h = ingestHeadline(r.ingest);
     out.set("ingest", { section: ingestSection(r.ingest, h, info), rows: ingestSummaryRows(h) });
   }
-  if (r.pickup) out.set("pickup", { section: pickupSection(r.pickup, info), rows: pickupSummaryRows(r.pickup) });
+  if (r.pickup) out.set("pickup", { section: pickupSection(r.pickup, info, m.cpus), rows: pickupSummaryRows(r.pickup) });
   if (r.warm) out.set("warm", { section: warmSection(r.warm, info), rows: warmSummaryRows(r.warm) });
   if (r.burst) out.set("burst", { section: burstSection(r.burst, info, m.cpus), rows: burstSummaryRows(r.burst) });
   return out;

@@ -3,7 +3,7 @@ import { DEFAULT_WRITES_PER_MINUTE as WRITES } from "../../src/github/write-wind
 import { DEFAULT_CONCURRENT_STARTS as STARTS } from "../../src/config/schema.ts";
 import { DEFAULT_CONCURRENT_CALLS as CALLS } from "../../src/github/request-gates.ts";
 import { TAKE_AHEAD } from "../../src/worker/worker.ts";
-import type { PickupResult, Series } from "../pickup.ts";
+import type { BurstCpu, PickupResult, Series } from "../pickup.ts";
 import { ms, ratio } from "../lib/stats.ts";
 import { calls, p50p99, runLine, table, yes, type Row, type RunInfo } from "./common.ts";
 
@@ -30,7 +30,7 @@ function callsLine(concurrentCalls: number | undefined): string {
   return `Its GitHub client had at most ${concurrentCalls} calls out at once (\`github.concurrentCalls\`${concurrentCalls === CALLS ? ", the default" : `; default ${CALLS}`}).`;
 }
 
-export function pickupSection(p: PickupResult, info: RunInfo): string {
+export function pickupSection(p: PickupResult, info: RunInfo, cpus: number): string {
   const allAtOnce = p.concurrentStarts >= p.burstSize;
   return `## Pickup
 
@@ -102,6 +102,9 @@ ${ms(p.burst.parts["taken -> container created"]?.p50 ?? Number.NaN)} against ${
 ${p.burstMaxRunning} of a burst's runners ran at the same time (each lived ${ms(p.burst.lifetime.p50)} at p50),
 so the worker's ${p.capacity} slots were never what held a job back.
 
+${meansParagraph(p)}
+${cpuParagraph(p, cpus)}
+
 Cross-check: the worker's \`jitrunner_pickup_latency_seconds\` histogram counted ${p.metricPickup.count}
 launches with a mean of ${ms((p.metricPickup.sum / p.metricPickup.count) * 1000)} (it includes the warm-up job and ends when the
 start API call returns, a few ms after Docker's event). GitHub calls in this phase (${p.jobs} jobs): ${calls(p.githubCalls)}.
@@ -112,12 +115,71 @@ one-at-a-time overhead above is jitrunner's own cost, not what a user sees again
 there, running the still-queued check alongside the registration saves one whole round trip.`;
 }
 
+/**
+ * The bursts' mean pickup, pooled and per round: a burst's starts come in waves, and where its
+ * median falls among them moves by seconds; the mean moves less.
+ */
+function meansParagraph(p: PickupResult): string {
+  const perRound = p.rounds.every((r) => r.bare.mean !== undefined && r.jitrunner.mean !== undefined)
+    ? ` Per round, jitrunner against bare: ${p.rounds.map((r, i) => `${i + 1}: ${ms(r.jitrunner.mean!)} / ${ms(r.bare.mean!)} (${ratio(r.jitrunner.mean!, r.bare.mean!)})`).join("; ")}.`
+    : "";
+  return `**Means.** A burst's containers start in waves (the engine finishes many starts together), and
+where the median falls among the waves moves by seconds from one burst to the next. The mean moves
+less: pooled, jitrunner's mean pickup was ${ms(p.burst.total.mean)} against ${ms(p.bareBurst.total.mean)} for the bare burst
+(**${ratio(p.burst.total.mean, p.bareBurst.total.mean)}**, ${ms(p.burst.total.mean - p.bareBurst.total.mean)} more).${perRound}`;
+}
+
+/**
+ * Where the machine's CPU went while each kind of burst was being started (absent in runs before
+ * the bench measured it): the mean over rounds of each window's CPU time.
+ */
+function cpuParagraph(p: PickupResult, cpus: number): string {
+  const mean = (of: (r: PickupResult["rounds"][number]) => BurstCpu | undefined, f: (c: BurstCpu) => number) => {
+    const values = p.rounds.flatMap((r) => {
+      const c = of(r);
+      return c ? [f(c)] : [];
+    });
+    return values.length === p.rounds.length && values.length > 0 ? values.reduce((a, b) => a + b, 0) / values.length : undefined;
+  };
+  const kinds = [
+    { name: `bare, ${p.burstSize} at once`, of: (r: PickupResult["rounds"][number]) => r.bare.cpu },
+    { name: `jitrunner, ${p.burstSize} jobs at once`, of: (r: PickupResult["rounds"][number]) => r.jitrunner.cpu },
+  ].map((k) => ({
+    name: k.name,
+    window: mean(k.of, (c) => c.windowMs),
+    machine: mean(k.of, (c) => c.machineMs),
+    jitrunner: mean(k.of, (c) => c.jitrunnerMs),
+    bench: mean(k.of, (c) => c.benchMs),
+  }));
+  const [bare, mine] = kinds as [(typeof kinds)[number], (typeof kinds)[number]];
+  if ([bare, mine].some((k) => k.window === undefined || k.machine === undefined || k.jitrunner === undefined || k.bench === undefined)) return "";
+  const busy = (k: (typeof kinds)[number]) => `${Math.round((k.machine! / (k.window! * cpus)) * 100)}%`;
+  const extra = mine.jitrunner! - bare.jitrunner!;
+  const rows: Row[] = kinds.map((k) => [k.name, ms(k.window!), `${ms(k.machine!)} (${busy(k)} of ${cpus} CPUs)`, ms(k.jitrunner!), ms(k.bench!), ms(k.machine! - k.jitrunner! - k.bench!)]);
+  return `
+**Where the CPUs went while a burst started.** From a burst's first webhook (jitrunner) or first
+create call (bare) to its last container's start event, the CPU time each part of the machine
+used, per burst (mean of the ${p.rounds.length} rounds):
+
+${table(["burst", "window", "whole machine", "jitrunner: server, worker, Redis", "bench: fake GitHub, events", "the rest: engine, runners, kernel"], rows)}
+
+The machine was all but saturated in both windows (${busy(bare)} and ${busy(mine)} busy), so CPU time
+any process used there was time the engine's starts and the booting runners did not get.
+jitrunner's three processes used ${ms(extra)} more of it in their own burst than while the bare
+burst ran (${ms(extra / p.burstSize)} per job: taking the demand, the JIT config and still-queued
+calls, the record writes, the Docker calls, the logs, and serving the webhooks). Spread over the
+${cpus} CPUs that is about ${ms(extra / cpus)} by which the last start could come later on CPU alone;
+the windows differed by ${ms(mine.window! - bare.window!)}.
+`;
+}
+
 /** The Summary's pickup rows; their first cell starts with "pickup". */
 export function pickupSummaryRows(p: PickupResult): Row[] {
   const overhead = p.isolated.total.p50 - p.bareIsolated.total.p50;
   return [
     ["pickup one at a time, p50 / p99", p50p99(p.isolated.total), `${p50p99(p.bareIsolated.total)} (bare create+start)`, `${ratio(p.isolated.total.p50, p.bareIsolated.total.p50)} / ${ratio(p.isolated.total.p99, p.bareIsolated.total.p99)}`, "p50 overhead < 50 ms", `${yes(overhead < 50)} (${ms(overhead)}; jitrunner's own steps ${ms(ownSteps(p))})`],
     [`pickup, burst of ${p.burstSize} (${p.rounds.length} rounds pooled), p50 / p99`, p50p99(p.burst.total), `${p50p99(p.bareBurst.total)} (${p.burstSize} bare at once)`, `${ratio(p.burst.total.p50, p.bareBurst.total.p50)} / ${ratio(p.burst.total.p99, p.bareBurst.total.p99)}`, "p50 overhead < 50 ms", `${yes(p.burst.total.p50 - p.bareBurst.total.p50 < 50)} (${ms(p.burst.total.p50 - p.bareBurst.total.p50)}; at p99 ${p.burst.total.p99 >= p.bareBurst.total.p99 ? "+" : ""}${ms(p.burst.total.p99 - p.bareBurst.total.p99)})`],
+    [`pickup, burst of ${p.burstSize}, mean (the median moves with the engine's waves of starts)`, ms(p.burst.total.mean), `${ms(p.bareBurst.total.mean)} (${p.burstSize} bare at once)`, ratio(p.burst.total.mean, p.bareBurst.total.mean), "", `${ms(p.burst.total.mean - p.bareBurst.total.mean)} more`],
   ];
 }
 
