@@ -115,6 +115,11 @@ one-at-a-time overhead above is jitrunner's own cost, not what a user sees again
 there, running the still-queued check alongside the registration saves one whole round trip.`;
 }
 
+/** A difference in ms with its sign: "+1078 ms", "-8.91 ms". */
+function signed(v: number): string {
+  return `${v >= 0 ? "+" : ""}${ms(v)}`;
+}
+
 /**
  * The bursts' mean pickup, pooled and per round: a burst's starts come in waves, and where its
  * median falls among them moves by seconds; the mean moves less.
@@ -126,7 +131,7 @@ function meansParagraph(p: PickupResult): string {
   return `**Means.** A burst's containers start in waves (the engine finishes many starts together), and
 where the median falls among the waves moves by seconds from one burst to the next. The mean moves
 less: pooled, jitrunner's mean pickup was ${ms(p.burst.total.mean)} against ${ms(p.bareBurst.total.mean)} for the bare burst
-(**${ratio(p.burst.total.mean, p.bareBurst.total.mean)}**, ${ms(p.burst.total.mean - p.bareBurst.total.mean)} more).${perRound}`;
+(**${ratio(p.burst.total.mean, p.bareBurst.total.mean)}**, ${signed(p.burst.total.mean - p.bareBurst.total.mean)}).${perRound}`;
 }
 
 /**
@@ -179,7 +184,7 @@ export function pickupSummaryRows(p: PickupResult): Row[] {
   return [
     ["pickup one at a time, p50 / p99", p50p99(p.isolated.total), `${p50p99(p.bareIsolated.total)} (bare create+start)`, `${ratio(p.isolated.total.p50, p.bareIsolated.total.p50)} / ${ratio(p.isolated.total.p99, p.bareIsolated.total.p99)}`, "p50 overhead < 50 ms", `${yes(overhead < 50)} (${ms(overhead)}; jitrunner's own steps ${ms(ownSteps(p))})`],
     [`pickup, burst of ${p.burstSize} (${p.rounds.length} rounds pooled), p50 / p99`, p50p99(p.burst.total), `${p50p99(p.bareBurst.total)} (${p.burstSize} bare at once)`, `${ratio(p.burst.total.p50, p.bareBurst.total.p50)} / ${ratio(p.burst.total.p99, p.bareBurst.total.p99)}`, "p50 overhead < 50 ms", `${yes(p.burst.total.p50 - p.bareBurst.total.p50 < 50)} (${ms(p.burst.total.p50 - p.bareBurst.total.p50)}; at p99 ${p.burst.total.p99 >= p.bareBurst.total.p99 ? "+" : ""}${ms(p.burst.total.p99 - p.bareBurst.total.p99)})`],
-    [`pickup, burst of ${p.burstSize}, mean (the median moves with the engine's waves of starts)`, ms(p.burst.total.mean), `${ms(p.bareBurst.total.mean)} (${p.burstSize} bare at once)`, ratio(p.burst.total.mean, p.bareBurst.total.mean), "", `${ms(p.burst.total.mean - p.bareBurst.total.mean)} more`],
+    [`pickup, burst of ${p.burstSize}, mean (the median moves with the engine's waves of starts)`, ms(p.burst.total.mean), `${ms(p.bareBurst.total.mean)} (${p.burstSize} bare at once)`, ratio(p.burst.total.mean, p.bareBurst.total.mean), "", signed(p.burst.total.mean - p.bareBurst.total.mean)],
   ];
 }
 
