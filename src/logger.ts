@@ -26,7 +26,9 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
       level,
       base: { service: "jitrunner" },
       formatters: { log: censorNested },
-      redact: { paths: [...SECRET_KEYS, "req.headers.authorization", "req.headers['x-hub-signature-256']"], censor: CENSOR },
+      // err.rawPacket: the bytes of a request Node's HTTP parser refused (its headers, a token's
+      // among them), which Fastify logs at trace level with the error.
+      redact: { paths: [...SECRET_KEYS, "req.headers.authorization", "req.headers['x-hub-signature-256']", "err.rawPacket"], censor: CENSOR },
     },
     (destination as pino.DestinationStream | undefined) ??
       pino.destination({ dest: 1, minLength: WRITE_BATCH_BYTES, periodicFlush: FLUSH_EVERY_MS }),

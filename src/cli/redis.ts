@@ -54,8 +54,9 @@ export function withoutPassword(url: string): string {
     if (u.searchParams.has("password")) u.searchParams.set("password", "redacted");
     return u.href;
   } catch {
-    // Not a URL the WHATWG parser takes: hide whatever stands before an @.
-    return url.replace(/\/\/[^/]*@/, "//redacted@");
+    // Not a URL the WHATWG parser takes (a password with a '/' in it, say): hide all from the
+    // scheme to the last @.
+    return url.replace(/\/\/.*@/, "//redacted@");
   }
 }
 

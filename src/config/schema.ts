@@ -2,7 +2,7 @@ import { z } from "zod";
 import { DEFAULT_CONCURRENT_CALLS } from "../github/request-gates.ts";
 import { DEFAULT_WRITES_PER_MINUTE } from "../github/write-window.ts";
 
-/** Isolation profiles of a runner container (DESIGN.md, "Runner containers"). */
+/** Isolation profiles of a runner container (docs/security.md, "Isolation profiles"). */
 export const ISOLATION_PROFILES = ["privileged", "capabilities", "sysbox"] as const;
 export type Isolation = (typeof ISOLATION_PROFILES)[number];
 
@@ -126,7 +126,11 @@ export const configSchema = z
     github: z
       .object({
         appId: z.number().int().positive(),
-        apiUrl: z.url().default("https://api.github.com"),
+        apiUrl: z
+          .url()
+          // It is named in errors and logs ("cannot reach GitHub at ..."); the App authenticates by its key.
+          .refine((url) => !URL.canParse(url) || (new URL(url).username === "" && new URL(url).password === ""), "must not hold a user name or password")
+          .default("https://api.github.com"),
         privateKeyFile: z.string().optional(),
         webhookSecretFile: z.string().optional(),
         checkStillQueued: z.boolean().default(true),
@@ -137,7 +141,12 @@ export const configSchema = z
       .strict(),
     redis: z
       .object({
-        url: z.string().regex(/^rediss?:\/\//, "must be a redis:// or rediss:// URL").default("redis://127.0.0.1:6379"),
+        url: z
+          .string()
+          .regex(/^rediss?:\/\//, "must be a redis:// or rediss:// URL")
+          // Unparsable (a password with '/', '#' or '?' in it): the value is not echoed, it may hold the password.
+          .refine((url) => URL.canParse(url), "must be a valid URL: percent-encode a password's '/', '#', '?' and '@' (e.g. '/' as %2F)")
+          .default("redis://127.0.0.1:6379"),
         prefix: z.string().regex(/^[A-Za-z0-9_-]+$/).default("jitrunner"),
       })
       .strict()

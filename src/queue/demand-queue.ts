@@ -10,6 +10,7 @@ import { inOneWrite, TurnBatch } from "../batch.ts";
 import { atMost } from "../timers.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
 import { demandIdOf, demandIdsOf } from "../demand.ts";
+import { redact } from "../state/activity.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
@@ -381,6 +382,20 @@ const CLOSE_WAIT_READY_MS = 5_000;
  * worker (two connections) exists from `start` on, so a process whose start fails before (its
  * Docker engine unreachable, say) opens nothing here.
  */
+/**
+ * A failed attempt's error as BullMQ keeps it (the item's failed reason and stack trace, for as
+ * long as the failed item stays): its message redacted as the status page's is, since an engine,
+ * a proxy or GitHub may echo what they were sent, and its stack's frames under that message.
+ * `final`: an UnrecoverableError, which BullMQ tries no more.
+ */
+function asKept(err: Error, final: boolean): Error {
+  const message = redact(err.message);
+  const kept = final ? new UnrecoverableError(message) : new Error(message);
+  const head = `${err.name}: ${err.message}`;
+  kept.stack = `${kept.name}: ${message}${err.stack?.startsWith(head) ? err.stack.slice(head.length) : ""}`;
+  return kept;
+}
+
 export class DemandConsumer {
   #worker: Worker<Demand> | undefined;
   readonly #make: () => Worker<Demand>;
@@ -456,8 +471,7 @@ export class DemandConsumer {
       demand: job.data,
       attempt: job.attemptsMade + 1,
       complete: (result) => settle(() => job.moveToCompleted(result, token, false)),
-      fail: (err, final) =>
-        settle(() => job.moveToFailed(final ? new UnrecoverableError(err.message) : err, token, false)),
+      fail: (err, final) => settle(() => job.moveToFailed(asKept(err, final), token, false)),
       // Waits for Redis at most RELEASE_WAIT_MS (a stop while Redis is away must not wait for
       // it): a demand not handed back in time comes back all the same once its lease lapses.
       release: () => settle(() => atMost(job.moveToWait(token), RELEASE_WAIT_MS)),

@@ -18,7 +18,7 @@ function demand(pool: string, jobId: number): Demand {
 }
 
 /** Leases the pool's demand and fails it `times` times (the last one final when `final`). */
-async function failLaunches(settings: QueueSettings, pool: string, times: number, final = false): Promise<void> {
+async function failLaunches(settings: QueueSettings, pool: string, times: number, final = false, message = (n: number) => `launch ${n} failed`): Promise<void> {
   const conn = redisConnection(settings.redisUrl);
   const consumer = new DemandConsumer(settings, conn, pool, "host-a:1");
   try {
@@ -27,7 +27,7 @@ async function failLaunches(settings: QueueSettings, pool: string, times: number
       // The backoff between attempts is 2 s, then 4 s.
       const lease = await waitFor(() => consumer.next(), 20_000, `launch attempt ${n}`);
       assert.equal(lease.attempt, n);
-      await lease.fail(new Error(`launch ${n} failed`), final && n === times);
+      await lease.fail(new Error(message(n)), final && n === times);
     }
   } finally {
     await consumer.close();
@@ -48,6 +48,29 @@ test("a demand item that ran out of launch attempts keeps one stack trace: its l
     const traces = JSON.parse((await conn.hget(item, "stacktrace")) ?? "[]") as string[];
     assert.equal(traces.length, 1, `stack traces kept: ${traces.length}`);
     assert.match(traces[0]!, /launch 3 failed/);
+  } finally {
+    await queues.close();
+  }
+});
+
+test("what a failed item keeps of its error is redacted as the status page's: a credential an engine or proxy echoed is not stored", async () => {
+  const { redis, conn } = shared;
+  const settings = { redisUrl: redis.url, prefix: redis.prefix, attempts: 3 };
+  const queues = new DemandQueues(settings, conn);
+  const d = demand("redacted", 3);
+  const token = "ghs_16C7e42F292c6912E7710c838347Ae178B4a";
+  const jitConfig = "eyJydW5uZXIiOiJqaXRydW5uZXItZGVmYXVsdC0wMDAwMDAwMDAxIiwiLmNyZWRlbnRpYWxzIjoiZXcwS0lDQWdJQ0p";
+  try {
+    assert.equal(await queues.add(d), "added");
+    // Final: failed at once, as a refusal for good is.
+    await failLaunches(settings, d.pool, 1, true, () => `create container failed: proxy said: Authorization: Bearer ${token}; body {"Env":["ACTIONS_RUNNER_INPUT_JITCONFIG=${jitConfig}"]}`);
+    assert.equal((await queues.ended(d))?.outcome, "failed");
+    const item = `${redis.prefix}:bull:demand-${d.pool}:${demandIdOf(d)}`;
+    const [reason, stack] = await conn.hmget(item, "failedReason", "stacktrace");
+    assert.match(reason ?? "", /^create container failed: proxy said: Authorization: .*\[redacted\]/);
+    assert.match(stack ?? "", /UnrecoverableError: create container failed/);
+    assert.match(stack ?? "", /demand-failed-retention\.test\.ts/, "the stack's frames are kept");
+    for (const secret of [token, jitConfig]) assert.ok(!`${reason}${stack}`.includes(secret), `stored: ${reason} ${stack}`);
   } finally {
     await queues.close();
   }

@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { parse as parseYaml } from "yaml";
 import { loadConfig, loadConfigWithOrigins } from "../../src/config/load.ts";
+import { withoutPassword } from "../../src/cli/redis.ts";
 import { ConfigError } from "../../src/errors.ts";
 import { testPrivateKey } from "../helpers/config.ts";
 
@@ -214,6 +215,24 @@ function problemsOf(sources: Parameters<typeof loadConfig>[0]): string[] {
   }
   return assert.fail("the config was accepted");
 }
+
+test("a Redis URL the URL parser refuses (a password with '/') and a GitHub URL with credentials are refused without repeating them", () => {
+  const password = "Ab3/x+Yz9=";
+  const problems = problemsOf({
+    text: minimal.replace("appId: 42", "appId: 42\n  apiUrl: https://someone:gh-pass-77@ghes.example/api/v3"),
+    env: { ...env, JITRUNNER_REDIS_URL: `redis://:${password}@redis:6379` },
+    readFile: noFiles,
+  }).join("\n");
+  assert.match(problems, /^redis\.url: must be a valid URL: percent-encode .* \(from JITRUNNER_REDIS_URL\)$/m);
+  assert.match(problems, /^github\.apiUrl: must not hold a user name or password$/m);
+  assert.ok(!problems.includes(password) && !problems.includes("gh-pass-77"), problems);
+  // Printed anyway (check-config prints what it resolved), it is hidden, up to the last '@'.
+  assert.equal(withoutPassword(`redis://:${password}@redis:6379`), "redis://redacted@redis:6379");
+  assert.equal(withoutPassword("redis://:a/b@c@redis:6379/0"), "redis://redacted@redis:6379/0");
+  // Percent-encoded, the same password is taken.
+  const c = loadConfig({ text: minimal, env: { ...env, JITRUNNER_REDIS_URL: `redis://:${encodeURIComponent(password)}@redis:6379` }, readFile: noFiles });
+  assert.equal(new URL(c.redis.url).password, encodeURIComponent(password));
+});
 
 test("a value an environment variable set is reported under its key and the variable's name, not as if the file held it", () => {
   const problems = problemsOf({

@@ -6,9 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { connect } from "node:net";
 import { Writable } from "node:stream";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import Fastify, { type FastifyBaseLogger } from "fastify";
 import { createLogger } from "../../src/logger.ts";
 import { waitFor } from "../helpers/process.ts";
 
@@ -46,6 +48,36 @@ test("secret keys are censored at the top level, one level down and in child bin
   assert.equal(nested.token, "ghs_nested");
   const all = JSON.stringify(lines());
   for (const secret of ["-----BEGIN KEY", "eyJjb25m", "ghs_nested", "shh", "abc", "t2"]) assert.ok(!all.includes(secret), `${secret} logged`);
+});
+
+test("at trace level, a request the HTTP parser refuses is logged without its raw bytes (its Authorization header)", async () => {
+  const { sink, lines } = capture();
+  const app = Fastify({ loggerInstance: createLogger("trace", sink) as FastifyBaseLogger });
+  await app.listen({ host: "127.0.0.1", port: 0 });
+  try {
+    const { port } = app.server.address() as { port: number };
+    const token = "admin-token-Q8w2e4r6t8y0";
+    // A header line without a colon: Node's parser fails it, and the error it gives Fastify's
+    // client error handler carries the bytes read so far (rawPacket).
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = connect(port, "127.0.0.1", () => socket.write(`GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nbroken header\r\n\r\n`));
+      let got = "";
+      socket.on("data", (d: Buffer) => (got += d.toString()));
+      socket.on("close", () => resolve(got));
+      socket.on("error", reject);
+    });
+    assert.match(answer, /^HTTP\/1\.1 400/);
+    await waitFor(() => lines().some((l) => l.msg === "client error"), 5000, "the client error's log line");
+    const line = lines().find((l) => l.msg === "client error")!;
+    assert.equal((line.err as { code?: string }).code, "HPE_INVALID_HEADER_TOKEN");
+    // A Buffer is logged as its bytes ({ type: "Buffer", data: [...] }): read them as text too.
+    const text = JSON.stringify(lines(), (_key, value: unknown) =>
+      value !== null && typeof value === "object" && (value as { type?: string }).type === "Buffer" ? Buffer.from((value as { data: number[] }).data).toString() : value,
+    );
+    assert.ok(!text.includes(token), `the token was logged: ${text}`);
+  } finally {
+    await app.close();
+  }
 });
 
 /** A process that makes the default logger and runs `body` (TypeScript, `log` in scope). */
