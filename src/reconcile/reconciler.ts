@@ -24,9 +24,9 @@ export interface ReconcilerDeps {
 }
 
 /**
- * The leader side of reconciliation (DESIGN.md, "Reconciliation"): one process elected through a
- * Redis lock runs the loops that compare GitHub with Redis. Every process that runs it campaigns;
- * only the leader's loops do anything. (Each worker's host loop lives in the worker.)
+ * The leader side of reconciliation (docs/reliability.md, "The mechanisms"): one process elected
+ * through a Redis lock runs the loops that compare GitHub with Redis. Every process that runs it
+ * campaigns; only the leader's loops do anything. (Each worker's host loop lives in the worker.)
  */
 export class Reconciler {
   readonly #leader: LeaderElection;
