@@ -88,7 +88,8 @@ export interface GitHubRunnersDeps {
  * deleted once it has been seen that way for the grace period. GitHub's 422 "busy" is final:
  * a runner running a job is never touched (it removes itself after the job, being ephemeral).
  * GitHub's list carries no creation time, so "seen since" is kept in memory: a new leader
- * starts the grace period again, which only ever delays a deletion.
+ * starts the grace period again, which only ever delays a deletion. A pass whose list of a scope
+ * failed, or that a cap left the scope out of, does not: its registrations' grace goes on.
  *
  * The other way round, a runner recorded busy whose registration GitHub no longer lists has ended
  * its job (an ephemeral runner's registration goes with its job), whether or not its `completed`
@@ -145,8 +146,9 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
           }
         }
       }
-      // Forget what is no longer listed (gone, or now has a record), so the map stays bounded.
-      for (const key of firstSeen.keys()) if (!seen.has(key)) firstSeen.delete(key);
+      // Forget what is no longer listed (gone, or now has a record), so the map stays bounded; only
+      // in scopes listed this pass: one whose list failed or that a cap left out keeps its grace.
+      for (const key of firstSeen.keys()) if (!seen.has(key) && listed.has(key.slice(0, key.lastIndexOf("#")))) firstSeen.delete(key);
       await endBusyRunnersGoneFromGitHub(d, listed, began, missingSince, signal);
       if (failed.length > 0) throw new Error(`checking runners failed ${failed.length} times (${scopes.length} scopes); first: ${failed[0]}`);
     },
@@ -241,10 +243,13 @@ async function endBusyRunnersGoneFromGitHub(
   missingSince: Map<string, number>,
   signal: AbortSignal,
 ): Promise<void> {
+  // Missing from this pass's list, or in a scope not listed this pass (its list failed, or a cap
+  // left it out): the grace of either goes on.
   const missing = new Set<string>();
   for (const r of await d.runners.listAll()) {
     if (r.state !== "busy" || r.busyAt === undefined || r.busyAt >= began) continue;
     const names = listed.get(scopeKey(scopeOf(r)));
+    if (!names) missing.add(r.name);
     if (!names || names.has(r.name)) continue;
     const since = missingSince.get(r.name) ?? Date.now();
     missing.add(r.name);

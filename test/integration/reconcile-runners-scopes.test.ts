@@ -115,6 +115,70 @@ test("a scope of a runner recorded in Redis is listed, active or not: an orphan 
   }
 });
 
+test("a scope whose list fails in a pass keeps its orphan's grace: the next pass that lists it deletes the orphan, the grace counted from when it was first seen", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const prefix = `${shared.redis.prefix}-list-fails`;
+  const GRACE_MS = 1500;
+  const loop = loopOf(fake, prefix, [{ scope: "repository" }], { graceMs: GRACE_MS });
+  try {
+    await new ActiveRepos(shared.conn, prefix).touch({ installationId: fake.installationId, owner: "acme", repo: "flaky", scope: "repository" });
+    const orphan = await register(fake, "/repos/acme/flaky", "jitrunner-default-00000000f1");
+    const ids = () => new Set(fake.runners().map((r) => r.id));
+
+    await loop.run();
+    const firstSeen = Date.now();
+    assert.ok(ids().has(orphan), "kept within the grace period");
+
+    // Past the grace, the scope's list fails (a refusal the client does not retry; a 5xx past its
+    // retries or a rate limit given up on fails the listing the same way).
+    await new Promise((res) => setTimeout(res, GRACE_MS - (Date.now() - firstSeen) + 100));
+    fake.inject({ route: "/repos/acme/flaky/actions/runners", method: "GET", status: 403, times: 1, body: { message: "Resource not accessible by integration" } });
+    await assert.rejects(loop.run(), /checking runners failed 1 times .*acme\/flaky: .*403/);
+    assert.ok(ids().has(orphan), "nothing deleted in a pass that could not list the scope");
+
+    await loop.run();
+    assert.ok(!ids().has(orphan), "deleted on the next pass that lists it: its grace did not start again");
+    const lists = fake.requests.filter((r) => r.route === LIST_REPO && r.path === "/repos/acme/flaky/actions/runners");
+    assert.deepEqual(lists.map((r) => r.status), [200, 403, 200]);
+    assert.deepEqual(fake.requests.filter((r) => r.method === "DELETE").map((r) => r.status), [204]);
+  } finally {
+    loop.close();
+    await fake.close();
+  }
+});
+
+test("a runner recorded busy that GitHub no longer lists keeps its grace through a pass whose list of its scope fails: the next pass marks it completed", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const prefix = `${shared.redis.prefix}-busy-list-fails`;
+  const GRACE_MS = 1500;
+  const loop = loopOf(fake, prefix, [{ scope: "repository" }], { graceMs: GRACE_MS });
+  const runners = new RunnerStore(shared.conn, prefix);
+  const name = "jitrunner-default-00000000c3";
+  try {
+    // Registered, recorded busy, then gone from GitHub (its job over) with its completed webhook lost.
+    const runnerId = await register(fake, "/repos/acme/flaky", name);
+    await runners.put({ name, pool: "default", host: "h1", state: "idle", installationId: fake.installationId, owner: "acme", repo: "flaky", runnerId, demandId: "", createdAt: Date.now() });
+    assert.ok(await runners.mark(name, "busy", 77));
+    await new FakeGitHubClient(fake).call("DELETE", `/repos/acme/flaky/actions/runners/${runnerId}`);
+    await new Promise((res) => setTimeout(res, 5)); // busy since before the first pass began
+
+    await loop.run();
+    const firstMissing = Date.now();
+    assert.equal((await runners.get(name))?.state, "busy", "kept busy within the grace period");
+
+    await new Promise((res) => setTimeout(res, GRACE_MS - (Date.now() - firstMissing) + 100));
+    fake.inject({ route: "/repos/acme/flaky/actions/runners", method: "GET", status: 403, times: 1, body: { message: "Resource not accessible by integration" } });
+    await assert.rejects(loop.run(), /checking runners failed 1 times .*acme\/flaky: .*403/);
+    assert.equal((await runners.get(name))?.state, "busy", "nothing changed in a pass that could not list the scope");
+
+    await loop.run();
+    assert.equal((await runners.get(name))?.state, "completed", "marked completed on the next pass that lists the scope: its grace did not start again");
+  } finally {
+    loop.close();
+    await fake.close();
+  }
+});
+
 test("more active repositories than maxRepositories: the newest are listed, and the cap is said once, not every pass", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const prefix = `${shared.redis.prefix}-repo-cap`;
