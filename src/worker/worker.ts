@@ -788,7 +788,7 @@ export class RunnerWorker {
     const record = existing.record;
     const hostGone = record && record.host !== this.#d.host && !(await this.#d.hosts.alive(record.host));
     if (record && hostGone && record.state !== "busy" && record.state !== "completed") {
-      const outcome = record.runnerId ? await this.#d.github.deleteRunner(scopeOf(record), record.runnerId) : "not_found";
+      const outcome = await this.#deregisterGone(record);
       if (outcome !== "busy") {
         await this.#d.runners.remove(record, false);
         log.info({ runner: record.name, runnerHost: record.host }, "runner lost with its host; launching another");
@@ -1351,11 +1351,31 @@ export class RunnerWorker {
     // Running, and not adopted: of a pool this worker does not serve, or met while it stops. One
     // running a job is left to finish it (killing it fails the job). One left running because
     // GitHub said it is busy is not asked again each pass, until its record says completed.
-    if (this.#leftRunning.has(name) && record?.state !== "completed") return;
+    if (this.#leftRunning.has(name) && record?.state !== "completed") {
+      // Its busy mark, should the write have failed when it was left running.
+      if (record && record.state !== "busy") await this.#markLeftBusy(name);
+      return;
+    }
     // The registration goes first (retire): a runner GitHub handed a job a moment ago, that no
     // webhook has marked busy yet, answers 422 and is left running too.
-    if ((await launcher.retire(target, "reconcile_unknown", log)) === "busy") this.#leaveRunning(target, pool !== undefined, log);
-    else this.#letGo(name);
+    if ((await launcher.retire(target, "reconcile_unknown", log)) !== "busy") return this.#letGo(name);
+    this.#leaveRunning(target, pool !== undefined, log);
+    if (record && record.state !== "busy") await this.#markLeftBusy(name);
+  }
+
+  /**
+   * A runner left running because GitHub refused to delete its registration and says it is busy
+   * is recorded busy, as the launcher's watch records one (noteBusy): its webhooks may both be
+   * lost, and a record left idle or starting would never be looked at again should it hang after
+   * its job (the leader's github-runners loop marks completed only records that say busy; this
+   * host loop then removes it). Its job is not known: 0. Not over a busy (its job id) or completed
+   * mark already there (RunnerStore.mark keeps a completed one, and a removed record stays
+   * removed). A failed write fails this item of the pass; the next pass writes it again.
+   */
+  async #markLeftBusy(name: string): Promise<void> {
+    const { runners } = this.#d;
+    const now = await runners.get(name);
+    if (now && now.state !== "busy" && now.state !== "completed") await runners.mark(name, "busy", 0);
   }
 
   /** Whether the engine still lists the container. */
@@ -1510,7 +1530,7 @@ export class RunnerWorker {
   }
 
   async #sweepGoneRunner(id: string, name: string, log: Logger): Promise<void> {
-    const { runners, github, metrics } = this.#d;
+    const { runners, metrics } = this.#d;
     const r = await runners.get(name);
     if (!r) {
       // A name in the host's set whose record is gone: nothing to deregister, but the name must go
@@ -1528,11 +1548,26 @@ export class RunnerWorker {
       return;
     }
     // A failure (a 5xx after retries, a rate limit) throws: the record stays, and so does the host.
-    const outcome = r.runnerId ? await github.deleteRunner(scopeOf(r), r.runnerId) : "not_found";
+    const outcome = await this.#deregisterGone(r);
     if (outcome === "busy") return;
     await runners.remove(r, false);
     metrics.removed(r.pool, "host_gone");
     log.info({ runner: name, goneHost: id }, "runner of a gone host deregistered");
+  }
+
+  /**
+   * Deletes the registration of a runner of a gone host that runs no job by its record: by id, or
+   * by name when its id was never noted (its worker died between the registration and the record's
+   * update), as the host's own teardown does (Launcher.#deregister); read as `not_found`, the
+   * registration would be left to the leader's github-runners loop. `busy`: GitHub refused, it
+   * runs a job. A record with neither id nor installation says nothing to ask GitHub by. A failure
+   * throws.
+   */
+  async #deregisterGone(r: RunnerRecord): Promise<"deleted" | "not_found" | "busy"> {
+    const { github } = this.#d;
+    if (r.runnerId) return github.deleteRunner(scopeOf(r), r.runnerId);
+    if (!r.installationId) return "not_found";
+    return github.deleteRunnerNamed(scopeOf(r), r.name);
   }
 
   /**

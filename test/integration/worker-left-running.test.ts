@@ -2,7 +2,9 @@
  * A runner left running until it exits (of a pool this worker does not serve, and GitHub says it
  * runs a job) holds one of the worker's slots; when other hands remove its container (an
  * operator's `docker rm -f`), the next pass of the host loop frees that slot, for real (fake
- * GitHub, real Redis, real Docker engine).
+ * GitHub, real Redis, real Docker engine). Its record is marked busy, as the webhook GitHub held
+ * back would have: should it hang after its job with its webhooks lost, the leader's github-runners
+ * loop then marks it completed once GitHub no longer lists it, and the host loop removes it.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -19,6 +21,7 @@ import { RunnerStore } from "../../src/state/runners.ts";
 
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 const LEFT = "jitrunner-a-00taken0001";
+const HUNG = "jitrunner-a-00hung00001";
 const { redis, hosts } = workersForFile();
 
 test("a runner left running whose container other hands removed frees its slot at the next pass", { timeout: 120_000 }, async () => {
@@ -96,6 +99,65 @@ test("a runner left running whose container other hands removed frees its slot a
     await waitFor(async () => (await slots())?.used === 0 && (await containersOf(host)).length === 0, 30_000, "the runner of pool b removed, and no slot used");
   } catch (err) {
     if (sys) writeLogTail("the worker", sys.logs());
+    throw err;
+  } finally {
+    await sys?.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+test("a runner left running because GitHub says it is busy is recorded busy; hung after its job, its webhooks lost, it is marked completed and removed", { timeout: 120_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("left-hung");
+  hosts.push(host);
+  const r = scopedRedis(redis, "left-hung");
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  let sys: SystemUnderTest | undefined;
+  try {
+    // As above: a runner of pool a recorded idle, its container running, that GitHub handed a job.
+    // Every webhook is lost: none marks its record busy, nor completed once its job is over.
+    fake.holdWebhooks();
+    const hung = await registerRunner(fake, HUNG, ["self-hosted", "pool-a"]);
+    const container = await ourContainer(host, HUNG, { pool: "a", entrypoint: ["sleep", "600"] });
+    await container.start();
+    await runners.put({
+      name: HUNG, pool: "a", host, state: "idle", installationId: fake.installationId, owner: "acme", repo: "app", runnerId: hung.id, containerId: container.id, demandId: "", createdAt: Date.now(), instance: "a-stopped-process",
+    });
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "pool-a"], onlyRunner: HUNG });
+    const runnerCall = (action: string, extra: object = {}) =>
+      fetch(`${fake.url}/_fake/runners/${hung.id}/${action}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ token: hung.token, ...extra }) });
+    assert.equal((await runnerCall("acquire")).status, 200);
+
+    // A worker that serves pool b only, and the leader's github-runners loop, quick.
+    const poolB = fakeRunnerPool(fake, { name: "b", labels: ["self-hosted", "pool-b"] });
+    sys = await startSystem("all", fake, r, host, {
+      pools: [poolB],
+      worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, heartbeatSeconds: 1 },
+      reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 2, orphanGraceSeconds: 3, queuedIntervalSeconds: 3600, deliveriesIntervalSeconds: 0 },
+    });
+    const system = sys;
+    const leftLine = new RegExp(`"runner":"${HUNG}","pool":"a","why":"pool not served by this worker".*"msg":"runner running a job left running until it exits; removed then"`);
+    await waitFor(() => leftLine.test(system.logs()), 5_000, "the runner logged as left running");
+    assert.deepEqual(fake.requests.filter((q) => q.route === DELETE && q.method === "DELETE").map((q) => q.status), [422], "GitHub said it is busy");
+    const marked = await waitFor(async () => {
+      const rec = await runners.get(HUNG);
+      return rec?.state === "busy" && rec;
+    }, 5_000, "the record of the runner left running marked busy");
+    assert.equal(marked.jobId, 0, "its job not known");
+    assert.ok(marked.busyAt && marked.busyAt >= Date.now() - 30_000, "the time of the mark on the record");
+
+    // Its job ends at GitHub (the ephemeral registration goes with it); the runner hangs, its
+    // container still running, and the `completed` webhook is lost.
+    assert.equal((await runnerCall("complete", { jobId: job.id, conclusion: "success" })).status, 200);
+    assert.ok(!fake.runners().some((x) => x.id === hung.id), "the registration removed itself");
+    assert.ok((await container.inspect()).State.Running, "the runner hangs");
+    const ended = new RegExp(`"runner":"${HUNG}".*"msg":"runner recorded busy is no longer registered at GitHub \\(its job is over\\) and no completed webhook came; marked completed, its worker removes it"`);
+    await waitFor(() => ended.test(system.logs()), 30_000, "the leader's github-runners loop marks it completed");
+    await waitFor(async () => (await containersOf(host)).length === 0 && !(await runners.get(HUNG)), 30_000, "its container and record removed by the host loop");
+  } catch (err) {
+    if (sys) writeLogTail("the system", sys.logs());
     throw err;
   } finally {
     await sys?.close();

@@ -2,8 +2,9 @@
  * The worker's less happy paths, for real (fake GitHub, real Redis, real Docker engine):
  * a launch that fails after registration, a job cancelled while its webhook was lost, and a
  * worker stopped and restarted while its runner runs a job, a burst whose container starts
- * wait their turn at the engine, one worker process per host id, and a host loop whose items
- * fail (a deregistration GitHub refuses, a container the engine will not remove).
+ * wait their turn at the engine, one worker process per host id, a host loop whose items
+ * fail (a deregistration GitHub refuses, a container the engine will not remove), and runners
+ * whose id was never noted, lost with their host (deregistered by name).
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
@@ -13,7 +14,7 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
-import { runJitrunner, waitFor } from "../helpers/process.ts";
+import { runJitrunner, waitFor, writeLogTail } from "../helpers/process.ts";
 import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, goneHost, hostPasses, ourContainer, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
@@ -519,6 +520,94 @@ test("a gone host whose idle runner GitHub fails to deregister stays known with 
     await assertNoSecrets(fake, { logs: sys.logs(), sys });
   } finally {
     await sys.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+/** A runner registered at the fake takes a job of its own there: GitHub then lists it busy. */
+async function takeJob(fake: FakeGitHub, name: string, runner: { id: number; token: string }): Promise<void> {
+  await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"], onlyRunner: name });
+  const res = await fetch(`${fake.url}/_fake/runners/${runner.id}/acquire`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ token: runner.token }),
+  });
+  assert.equal(res.status, 200);
+}
+
+test("a gone host's runners whose id was never noted are deregistered by name: one idle at GitHub deleted and forgotten, one GitHub says is busy kept, and its host with it", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("noid");
+  const gone = uniqueHost("noid-gone");
+  const r = scopedRedis(redis, "noid");
+  hosts.push(host);
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  // Two runners whose worker died between their registration and the write of their id: their
+  // records are still `registering`, with no runner id. One runs no job; GitHub handed the other
+  // one a job (its container started on the gone host's engine; its webhooks were lost).
+  const idle = "jitrunner-default-00noidle01";
+  const busy = "jitrunner-default-00nobusy01";
+  const idleRunner = await registerRunner(fake, idle);
+  const busyRunner = await registerRunner(fake, busy);
+  await takeJob(fake, busy, busyRunner);
+  for (const name of [idle, busy]) await runners.put(idleRecord(fake, name, gone, 0, { state: "registering", runnerId: undefined }));
+  await goneHost(hostStore, gone);
+  // The worker's start runs one pass of the host loop before it resolves.
+  const sys = await startSystem("worker", fake, r, host);
+  try {
+    assert.ok(!fake.runners().some((x) => x.id === idleRunner.id), "the idle registration deleted, found by its name");
+    assert.equal(await runners.get(idle), undefined, "its record removed");
+    assert.match(sys.logs(), new RegExp(`"runner":"${idle}","goneHost":"${gone}","msg":"runner of a gone host deregistered"`));
+    assert.ok(fake.runners().find((x) => x.id === busyRunner.id)?.busy, "the busy registration untouched");
+    assert.equal((await runners.get(busy))?.state, "registering", "the record of the runner GitHub says is busy kept");
+    assert.ok((await hostStore.list()).some((h) => h.id === gone), "and its host with it");
+    assert.equal(fake.requests.filter((q) => q.route === DELETE && q.method === "DELETE" && q.status === 422).length, 1, "GitHub refused the busy one's deletion");
+  } finally {
+    await sys.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+test("a demand whose earlier runner, its id never noted, was lost with its host deletes that registration by name before it launches another", { timeout: 120_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("noid-lease");
+  // A host whose worker died mid-launch; its beat is gone and no sweep has reached it yet (the
+  // fleet's list never had it), so the demand's lease, back in the queue, meets its runner first.
+  const lost = uniqueHost("noid-lost");
+  const r = scopedRedis(redis, "noid-lease");
+  hosts.push(host);
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  let sys: Awaited<ReturnType<typeof startSystem>> | undefined;
+  try {
+    fake.holdWebhooks();
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    // The runner the dead worker registered for the job's demand: at GitHub, and recorded with no id.
+    const earlier = "jitrunner-default-00nolost01";
+    const { id: earlierId } = await registerRunner(fake, earlier);
+    await runners.put(idleRecord(fake, earlier, lost, 0, { state: "registering", runnerId: undefined, demandId: `${job.id}-1` }));
+    sys = await startSystem("all", fake, r, host);
+    const system = sys;
+    const queued = fake.heldWebhooks().find((h) => h.jobId === job.id && h.action === "queued");
+    assert.ok(queued);
+    fake.holdWebhooks(false);
+    assert.deepEqual(await fake.sendHeld(queued.id), [202]);
+    const lostLine = new RegExp(`"runner":"${earlier}","runnerHost":"${lost}","msg":"runner lost with its host; launching another"`);
+    await waitFor(() => lostLine.test(system.logs()), 30_000, "the earlier runner found lost with its host");
+    assert.ok(!fake.runners().some((x) => x.id === earlierId), "its registration deleted, found by its name");
+    assert.equal(await runners.get(earlier), undefined, "its record removed");
+    const done = await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "the job completed by another runner");
+    assert.equal(done.conclusion, "success");
+    assert.notEqual(done.runner_name, earlier);
+    assert.equal(callsTo(fake, JIT), 2, "the earlier registration and the new runner's");
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "the new runner removed");
+  } catch (err) {
+    if (sys) writeLogTail("the system", sys.logs());
+    throw err;
+  } finally {
+    await sys?.close();
     await fake.close();
     conn.disconnect();
   }
