@@ -5,7 +5,7 @@ import { secretsNeeded, type Config } from "./config/load.ts";
 import { DockerodeDriver, type DockerFiles } from "./docker/dockerode-driver.ts";
 import { ConfigError, errorMessage, JitrunnerError } from "./errors.ts";
 import { OctokitGitHub } from "./github/octokit-client.ts";
-import { buildApp } from "./http/app.ts";
+import { buildApp, REQUEST_TIMEOUT_MS } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
 import { Metrics } from "./metrics/metrics.ts";
 import { DemandConsumer, DemandQueues, FAIL_FAST, redisConnection } from "./queue/demand-queue.ts";
@@ -291,7 +291,8 @@ async function startWith(
  * leaves or keepAliveTimeout (72 s) passes, and app.close() waits for it. Once the function
  * returned is called, every response says `Connection: close` (Node then ends its connection),
  * and each finished response closes the connections left idle, so close ends right after the
- * in-flight responses. Hooks must be added before the app is ready: call this before listen.
+ * in-flight responses (and what is still open REQUEST_TIMEOUT_MS later is cut). Hooks must be
+ * added before the app is ready: call this before listen.
  */
 function closeConnectionsAfterResponses(app: FastifyInstance): () => void {
   let closing = false;
@@ -307,6 +308,11 @@ function closeConnectionsAfterResponses(app: FastifyInstance): () => void {
   });
   return () => {
     closing = true;
+    // Node stops timing requests out once its server closes (REQUEST_TIMEOUT_MS): a client that
+    // stalls mid-body would hold the stop for good. What is still open that long after is cut.
+    const cut = setTimeout(() => app.server.closeAllConnections(), REQUEST_TIMEOUT_MS);
+    cut.unref();
+    app.server.once("close", () => clearTimeout(cut));
   };
 }
 

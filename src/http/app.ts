@@ -7,6 +7,16 @@ import { requireBearer } from "./auth.ts";
 import { statusRoutes, type StatusRouteOptions } from "./status.ts";
 import { webhookRoutes } from "./webhooks.ts";
 
+/**
+ * How long a request may take to arrive, headers and body: one whose client sends slowly or stops
+ * half-way is answered 408 and its connection closed then, instead of holding the connection and up
+ * to the body limit in memory for good (Fastify turns Node's own 300 s limit off), and a stop with
+ * it. GitHub gives up on a delivery after 10 s.
+ */
+export const REQUEST_TIMEOUT_MS = 15_000;
+/** How often Node looks for requests past that time (its default, 30 s, would let one run 45 s). */
+const TIMEOUT_CHECK_MS = 1_000;
+
 export interface AppDeps {
   logger: Logger;
   metrics: Metrics;
@@ -28,6 +38,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.webhooks?.bodyLimit ?? 1024 * 1024,
     return503OnClosing: true,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    // Node applies it only when given at the server's creation too (setting it later, as Fastify does, is not enough).
+    http: { requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: TIMEOUT_CHECK_MS },
   });
 
   app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
