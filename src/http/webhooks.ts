@@ -40,7 +40,12 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
     const receivedAt = Date.now();
     const signature = header(req.headers["x-hub-signature-256"]);
     const body = req.body;
-    if (!signature || !Buffer.isBuffer(body)) {
+    if (!Buffer.isBuffer(body)) {
+      // No Content-Type and no body: Fastify parses nothing, and the route sees no buffer.
+      opts.metrics.unverifiedDelivery("unsupported_media_type");
+      return reply.code(415).send({ error: "the body must be application/json" });
+    }
+    if (!signature) {
       opts.metrics.unverifiedDelivery("unsigned");
       return reply.code(401).send({ error: "missing X-Hub-Signature-256" });
     }
@@ -54,8 +59,14 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
     // metric label only when the ingress acts on it (Metrics.delivery).
     const event = header(req.headers["x-github-event"]);
     const deliveryId = header(req.headers["x-github-delivery"]);
-    if (!event) return reply.code(400).send({ error: "missing X-GitHub-Event" });
-    if (!deliveryId || deliveryId.length > 100) return reply.code(400).send({ error: "missing or invalid X-GitHub-Delivery" });
+    if (!event) {
+      opts.metrics.delivery("other", "none", "malformed");
+      return reply.code(400).send({ error: "missing X-GitHub-Event" });
+    }
+    if (!deliveryId || deliveryId.length > 100) {
+      opts.metrics.delivery(event, "none", "malformed");
+      return reply.code(400).send({ error: "missing or invalid X-GitHub-Delivery" });
+    }
     let payload: unknown;
     try {
       payload = JSON.parse(body.toString("utf8"));

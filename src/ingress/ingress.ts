@@ -427,6 +427,11 @@ function isWorkflowJob(p: unknown): p is WorkflowJobEvent {
     typeof e.repository?.name === "string" &&
     typeof e.repository?.full_name === "string" &&
     typeof e.repository?.owner?.login === "string" &&
-    (e.repository.owner.type === undefined || typeof e.repository.owner.type === "string")
+    (e.repository.owner.type === undefined || typeof e.repository.owner.type === "string") &&
+    (e.repository.private === undefined || typeof e.repository.private === "boolean") &&
+    (e.repository.visibility === undefined || typeof e.repository.visibility === "string") &&
+    (e.installation == null || Number.isSafeInteger(e.installation.id)) &&
+    // Read as strings further on (runner names, metric labels, timestamps): anything else is malformed.
+    [j.runner_name, j.conclusion, j.created_at, j.started_at, j.completed_at].every((v) => v == null || typeof v === "string")
   );
 }

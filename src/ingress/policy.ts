@@ -67,7 +67,8 @@ export function decideQueued(
       owner,
       repo: event.repository.name,
       installationId,
-      labels: job.labels,
+      // Each once: a job's labels go into the demand kept in Redis, however often a payload repeats one.
+      labels: [...new Set(job.labels)],
       receivedAt: meta.receivedAt,
       deliveryId: meta.deliveryId,
     },
@@ -77,7 +78,9 @@ export function decideQueued(
 /**
  * Whether anyone may open a pull request whose jobs run in the repository: `visibility` when GitHub
  * sends it (`internal` is not public: only the enterprise's members see it), else `private`.
+ * Anything else than private or internal counts as public, and so does a repository that says
+ * neither: a value GitHub has not sent before must not open a pool to pull requests.
  */
-export function isPublicRepository(repo: { private: boolean; visibility?: string }): boolean {
-  return repo.visibility ? repo.visibility === "public" : !repo.private;
+export function isPublicRepository(repo: { private?: boolean; visibility?: string }): boolean {
+  return repo.visibility ? repo.visibility !== "private" && repo.visibility !== "internal" : repo.private !== true;
 }

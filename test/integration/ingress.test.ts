@@ -221,6 +221,11 @@ test("ping 200, other events 202 and counted, malformed 400, wrong type 415, too
   assert.equal((await post(form, { ...signedHeaders("workflow_job", form, WEBHOOK_SECRET), "content-type": "application/x-www-form-urlencoded" })).statusCode, 415);
   const { ["content-type"]: _t, ...untyped } = signedHeaders("workflow_job", ping, WEBHOOK_SECRET);
   assert.equal((await post(ping, untyped)).statusCode, 415);
+  // No Content-Type and no body at all (Fastify parses nothing): 415 too, not a missing signature.
+  const { ["content-type"]: _e, ...emptyUntyped } = signedHeaders("workflow_job", "", WEBHOOK_SECRET);
+  assert.equal((await post("", emptyUntyped)).statusCode, 415);
+  const { ["x-github-event"]: _v, ...noEvent } = signedHeaders("workflow_job", ping, WEBHOOK_SECRET);
+  assert.equal((await post(ping, noEvent)).statusCode, 400);
   const big = JSON.stringify({ pad: "x".repeat(100 * 1024) });
   assert.equal((await post(big, signedHeaders("workflow_job", big, WEBHOOK_SECRET))).statusCode, 413);
   const short = { ...signedHeaders("workflow_job", ping, WEBHOOK_SECRET), "content-length": String(Buffer.byteLength(ping) + 10) };
@@ -230,9 +235,52 @@ test("ping 200, other events 202 and counted, malformed 400, wrong type 415, too
   assert.equal(added('event="other",action="none",outcome="ignored_event"'), 1);
   assert.equal(added('event="ping",action="none",outcome="pong"'), 1);
   // Refused before the signature is checked, and counted all the same (no header of theirs as a label).
-  assert.equal(added('event="unverified",action="none",outcome="unsupported_media_type"'), 2);
+  assert.equal(added('event="unverified",action="none",outcome="unsupported_media_type"'), 3);
+  // Verified, but without the headers that say what it is: counted as malformed too.
+  assert.equal(added('event="workflow_job",action="none",outcome="malformed"'), 2, "the body that is no JSON, and the one without a delivery id");
+  assert.equal(added('event="other",action="none",outcome="malformed"'), 1, "the one without an event name");
   assert.equal(added('event="unverified",action="none",outcome="too_large"'), 1);
   assert.equal(added('event="unverified",action="none",outcome="bad_request"'), 1);
+});
+
+test("signed payloads with fields of the wrong type are refused 400 and counted, a repository that says neither private nor visibility counts as public, and a demand keeps each label once", async () => {
+  // Every action's series: a payload's action is its own.
+  const malformed = (text: string) =>
+    [...text.matchAll(/^jitrunner_webhook_deliveries_total\{event="workflow_job",action="[a-z_]+",outcome="malformed"\} (\d+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
+  const before = malformed(await metrics.render());
+  const send = async (p: object) => {
+    const body = JSON.stringify(p);
+    return post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET));
+  };
+  const job = (jobId: number, change: (p: Record<string, any>) => void) => {
+    const p = queuedPayload({ jobId, labels: ["self-hosted", "linux"] });
+    change(p);
+    return p;
+  };
+  const wrong: Array<[string, (p: Record<string, any>) => void]> = [
+    ["runner_name a number", (p) => ((p.action = "in_progress"), (p.workflow_job.runner_name = 123))],
+    ["started_at an object", (p) => ((p.action = "in_progress"), (p.workflow_job.started_at = { toString: 1 }))],
+    ["conclusion an object", (p) => ((p.action = "completed"), (p.workflow_job.conclusion = {}))],
+    ["visibility a number", (p) => (p.repository.visibility = 1)],
+    ["private a string", (p) => (p.repository.private = "false")],
+    ["installation id a string", (p) => (p.installation = { id: "5" })],
+  ];
+  for (const [i, [what, change]] of wrong.entries()) assert.equal((await send(job(7_300_001 + i, change))).statusCode, 400, what);
+  assert.equal(malformed(await metrics.render()) - before, wrong.length, "each counted as malformed");
+
+  // Neither `private` nor `visibility`: taken for public, so a pool that does not allow public repositories does not get it.
+  const unsaid = job(7_300_101, (p) => (delete p.repository.private, delete p.repository.visibility));
+  const res = await send(unsaid);
+  assert.equal(res.statusCode, 202);
+  assert.equal(res.json().outcome, "ignored_public_repo");
+
+  // Labels repeated in the payload are kept once in the demand.
+  const repeated = job(7_300_102, (p) => (p.workflow_job.labels = ["self-hosted", "linux", "linux", "self-hosted", "linux"]));
+  assert.equal((await send(repeated)).json().outcome, "queued");
+  const queue = new Queue("demand-default", { connection: conn, prefix: `${redis.prefix}:bull` });
+  const item = await queue.getJob("7300102-1");
+  await queue.close();
+  assert.deepEqual(item?.data.labels, ["self-hosted", "linux"]);
 });
 
 test("in_progress and completed mark our runners and tell their worker", async () => {
