@@ -147,8 +147,8 @@ async function main(argv: string[]): Promise<number> {
   if (dropped?.socketGroupSkipped !== undefined) {
     logger.warn({ socket: dropped.socket }, "the Docker socket belongs to group 0 (root): not added; give it a group of its own (a docker group) for the worker to use it");
   }
-  const running = await start(config, command as Mode, logger, { origins, dockerFiles });
-  const code = await runUntilStopped(running, logger);
+  logger.info({ mode: command }, "starting");
+  const code = await runUntilStopped(start(config, command as Mode, logger, { origins, dockerFiles }), logger);
   logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");
   return code;
 }

@@ -283,6 +283,34 @@ test("status and drain exit 1 when Redis accepts the connection but never answer
   }
 });
 
+test("a SIGTERM while the server still starts (its Redis silent) is heard: the server stops once started, and exits 0", { timeout: 60_000 }, async () => {
+  const silent = await silentServer();
+  const file = join(dir, "starting.yml");
+  await writeFile(file, `${configText(`redis://127.0.0.1:${silent.port}`, "x")}server:\n  host: 127.0.0.1\n  port: ${await freePort()}\n`);
+  const p = runJitrunner(["server", "--config", file], SECRETS);
+  try {
+    await waitFor(() => p.output().includes('"msg":"starting"'), 20_000, "the server to start starting");
+    // Into the start, which waits seconds for the silent Redis before it goes on without it.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.ok(!p.output().includes("jitrunner started"), p.output());
+    p.child.kill("SIGTERM");
+    const code = await Promise.race([
+      new Promise<number | null>((resolve) => (p.child.exitCode !== null ? resolve(p.child.exitCode) : p.child.once("exit", (c) => resolve(c)))),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`still running 30 s after SIGTERM:\n${p.output()}`)), 30_000).unref()),
+    ]);
+    await new Promise((r) => setImmediate(r));
+    // Not killed by the signal: without a handler a PID 1 in a container ignores it, and elsewhere it dies unstopped.
+    assert.equal(code, 0, p.output());
+    const msgs = p.output().split("\n").flatMap((l) => (l.startsWith("{") ? [(JSON.parse(l) as { msg: string }).msg] : []));
+    const at = (msg: string) => msgs.indexOf(msg);
+    assert.ok(at("shutting down once started (a second signal exits now)") >= 0, p.output());
+    assert.ok(at("shutting down once started (a second signal exits now)") < at("jitrunner started") && at("jitrunner started") < at("stopped"), p.output());
+  } finally {
+    p.child.kill("SIGKILL");
+    await silent.close();
+  }
+});
+
 test("drain, waiting for a host, exits 1 when Redis stops answering during the wait; the host stays draining", async () => {
   const relay = await silenceableRelay(new URL(redis.url));
   const file = join(dir, "relay.yml");

@@ -58,3 +58,41 @@ test("a second signal exits 1 at once, without waiting for the close", async () 
   signals.emit("SIGINT", "SIGINT");
   assert.deepEqual(forced, [1]);
 });
+
+test("a signal while the process starts is heard: the stop runs once the start has ended", async () => {
+  const signals = new EventEmitter();
+  const { logger, lines } = logged();
+  let started!: (s: { drained: Promise<void>; close: () => Promise<void> }) => void;
+  const starting = new Promise<{ drained: Promise<void>; close: () => Promise<void> }>((resolve) => (started = resolve));
+  let closes = 0;
+  const code = runUntilStopped(starting, logger, signals, () => assert.fail("no forced exit"));
+  signals.emit("SIGTERM", "SIGTERM");
+  assert.equal(closes, 0, "nothing to close before the start ends");
+  started({ drained: never, close: async () => void closes++ });
+  assert.equal(await code, 0);
+  assert.equal(closes, 1);
+  assert.ok(lines.some((l) => l.includes("shutting down once started")), lines.join(""));
+});
+
+test("a start that has not ended within the wait after a signal exits 1, without a close", async () => {
+  const signals = new EventEmitter();
+  const { logger, lines } = logged();
+  const forced: number[] = [];
+  void runUntilStopped(never as unknown as Promise<never>, logger, signals, (c) => forced.push(c), 50);
+  signals.emit("SIGTERM", "SIGTERM");
+  assert.deepEqual(forced, [], "not at once: the start may still end");
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(forced, [EXIT_SHUTDOWN_INCOMPLETE]);
+  assert.ok(lines.some((l) => l.includes("still starting")), lines.join(""));
+});
+
+test("a start that fails rejects with its error, whether or not a stop was asked for", async () => {
+  const { logger } = logged();
+  await assert.rejects(runUntilStopped(Promise.reject(new Error("port taken")), logger, new EventEmitter()), /port taken/);
+  const signals = new EventEmitter();
+  let fail!: (err: Error) => void;
+  const code = runUntilStopped(new Promise<never>((_, reject) => (fail = reject)), logger, signals, () => assert.fail("no forced exit"), 10_000);
+  signals.emit("SIGINT", "SIGINT");
+  fail(new Error("redis refused"));
+  await assert.rejects(code, /redis refused/);
+});
