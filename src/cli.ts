@@ -148,7 +148,7 @@ async function main(argv: string[]): Promise<number> {
     logger.warn({ socket: dropped.socket }, "the Docker socket belongs to group 0 (root): not added; give it a group of its own (a docker group) for the worker to use it");
   }
   logger.info({ mode: command }, "starting");
-  const code = await runUntilStopped(start(config, command as Mode, logger, { origins, dockerFiles }), logger);
+  const code = await runUntilStopped((signal) => start(config, command as Mode, logger, { origins, dockerFiles, signal }), logger);
   logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");
   return code;
 }

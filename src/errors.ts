@@ -47,6 +47,13 @@ export class NotSentError extends JitrunnerError {
   }
 }
 
+/** A start given up between its steps because a stop was asked for (StartOptions.signal). */
+export class StartAbortedError extends JitrunnerError {
+  constructor() {
+    super("E_START_ABORTED", "the start was given up: a stop was asked for", { retryable: false });
+  }
+}
+
 /** The Docker engine refused or failed an operation. */
 export class DockerError extends JitrunnerError {
   constructor(message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {

@@ -3,7 +3,7 @@ import type { Redis, RedisOptions } from "ioredis";
 import type { Logger } from "pino";
 import { secretsNeeded, type Config } from "./config/load.ts";
 import { DockerodeDriver, type DockerFiles } from "./docker/dockerode-driver.ts";
-import { ConfigError, errorMessage, JitrunnerError } from "./errors.ts";
+import { ConfigError, errorMessage, JitrunnerError, StartAbortedError } from "./errors.ts";
 import { OctokitGitHub } from "./github/octokit-client.ts";
 import { buildApp, REQUEST_TIMEOUT_MS } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
@@ -32,6 +32,11 @@ export interface StartOptions {
   origins?: ReadonlyMap<string, string>;
   /** The worker's Docker TLS files, read already (before the process ran on as another user). */
   dockerFiles?: DockerFiles;
+  /**
+   * Aborted: a stop was asked for during the start. The start goes no further than the step it is
+   * in, undoes what it began (the worker stopped as a stop would) and rejects with StartAbortedError.
+   */
+  signal?: AbortSignal;
 }
 
 export interface Running {
@@ -233,6 +238,10 @@ async function startWith(
   undo.push(() => app.close());
   // Bound before the worker and the reconciler start: a port taken fails the start before a host
   // record, a leader lock or a demand lease exists that the undo would have to take back.
+  const going = () => {
+    if (opts.signal?.aborted) throw new StartAbortedError();
+  };
+  going();
   const url = await app.listen({ host: config.server.host, port: config.server.port }).catch((err: unknown) => {
     throw listenError(err, config.server, opts.origins?.get("server.port"));
   });
@@ -246,12 +255,17 @@ async function startWith(
       gh.close();
       await ev.close();
     });
+    going();
     await ev.start();
+    going();
     await wk.start();
     workerStarted = true;
+    // Its demand loops run from here: a stop asked for by now stops it (the undo), as close() would.
+    going();
     await rec.start();
     reconcilerUp = true;
   }
+  going();
   logger.info({ mode, url }, "jitrunner started");
 
   let closing: Promise<void> | undefined;

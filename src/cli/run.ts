@@ -1,5 +1,5 @@
 import type { Logger } from "pino";
-import { errorMessage } from "../errors.ts";
+import { errorMessage, StartAbortedError } from "../errors.ts";
 
 /** `server`, `worker` or `all` once started (main.ts `Running`): what a run waits on and stops. */
 export interface Stoppable {
@@ -13,30 +13,33 @@ export const EXIT_SHUTDOWN_INCOMPLETE = 1;
 
 /**
  * How long a stop asked for while the process is still starting (waiting for Redis, or for the
- * hold an earlier process of its host id left to lapse) waits for the start to end, to stop then
- * as after any start. A start still going after that has taken no demand: the process exits 1.
+ * hold an earlier process of its host id left to lapse) waits for the start to give up at its next
+ * step and undo what it began. A step still going after that: the process exits 1, as a crash
+ * would (what it began is recovered as after one: its host hold and any demand lease lapse).
  */
 export const START_STOP_WAIT_MS = 10_000;
 
 /**
- * Runs until SIGTERM or SIGINT, or until the worker is drained, then closes what `starting`
- * resolves to. The signals are heard from the moment this is called, the start included: in a
+ * Starts with `start` and runs until SIGTERM or SIGINT, or until the worker is drained, then closes
+ * what it started. The signals are heard from the moment this is called, the start included: in a
  * container this process is PID 1, where a signal nothing listens for is ignored (a `docker stop`
- * would wait its whole grace period for the SIGKILL). Resolves to the exit code: 0 once everything
- * closed, EXIT_SHUTDOWN_INCOMPLETE when the close failed (a supervisor must not take that for a
- * clean stop) or the start did not end within START_STOP_WAIT_MS of the stop. A second signal
- * exits 1 at once. Rejects with the start's error when the start fails.
+ * would wait its whole grace period for the SIGKILL). A signal during the start aborts the
+ * signal given to `start` (main.ts StartOptions.signal). Resolves to the exit code: 0 once
+ * everything closed (or the start gave up for the stop), EXIT_SHUTDOWN_INCOMPLETE when the close
+ * failed (a supervisor must not take that for a clean stop) or the start had not ended
+ * START_STOP_WAIT_MS after the signal. A second signal exits 1 at once. Rejects with the start's
+ * error when the start fails otherwise.
  */
 export function runUntilStopped(
-  starting: Stoppable | Promise<Stoppable>,
+  start: (signal: AbortSignal) => Promise<Stoppable> | Stoppable,
   logger: Logger,
   signals: NodeJS.EventEmitter = process,
   exitNow: (code: number) => void = (code) => process.exit(code),
   startWaitMs: number = START_STOP_WAIT_MS,
 ): Promise<number> {
   return new Promise<number>((resolve, reject) => {
+    const aborting = new AbortController();
     let running: Stoppable | undefined;
-    let stopAsked = false;
     let startWait: NodeJS.Timeout | undefined;
     const stop = (r: Stoppable) =>
       r.close().then(
@@ -58,32 +61,36 @@ export function runUntilStopped(
         void stop(running);
         return;
       }
-      stopAsked = true;
-      logger.info({ signal, waitSeconds: startWaitMs / 1000 }, "shutting down once started (a second signal exits now)");
+      logger.info({ signal, waitSeconds: startWaitMs / 1000 }, "shutting down while starting: the start stops at its next step (a second signal exits now)");
+      aborting.abort();
       startWait = setTimeout(() => {
-        logger.warn({ signal }, "still starting: exiting without a stop (nothing was taken yet)");
+        logger.warn({ signal }, "still starting: exiting without a stop");
         exitNow(EXIT_SHUTDOWN_INCOMPLETE);
       }, startWaitMs);
     };
     signals.on("SIGTERM", onSignal);
     signals.on("SIGINT", onSignal);
-    Promise.resolve(starting).then(
-      (r) => {
-        running = r;
-        clearTimeout(startWait);
-        if (stopAsked) {
-          void stop(r);
-          return;
-        }
-        void r.drained.then(() => {
-          logger.info("drained: every job on this host finished; exiting");
-          void stop(r);
-        });
-      },
-      (err: unknown) => {
-        clearTimeout(startWait);
-        reject(err);
-      },
-    );
+    Promise.resolve()
+      .then(() => start(aborting.signal))
+      .then(
+        (r) => {
+          running = r;
+          clearTimeout(startWait);
+          // Started all the same (its last step ended as the stop came): stopped as after any start.
+          if (aborting.signal.aborted) {
+            void stop(r);
+            return;
+          }
+          void r.drained.then(() => {
+            logger.info("drained: every job on this host finished; exiting");
+            void stop(r);
+          });
+        },
+        (err: unknown) => {
+          clearTimeout(startWait);
+          if (err instanceof StartAbortedError && aborting.signal.aborted) resolve(0);
+          else reject(err);
+        },
+      );
   });
 }

@@ -9,6 +9,7 @@ import { Writable } from "node:stream";
 import { test } from "node:test";
 import { pino } from "pino";
 import { EXIT_SHUTDOWN_INCOMPLETE, runUntilStopped } from "../../src/cli/run.ts";
+import { StartAbortedError } from "../../src/errors.ts";
 
 function logged(): { logger: pino.Logger; lines: string[] } {
   const lines: string[] = [];
@@ -27,7 +28,8 @@ test("SIGTERM with a close that completes: exit 0", async () => {
   const signals = new EventEmitter();
   const { logger } = logged();
   let closes = 0;
-  const code = runUntilStopped({ drained: never, close: async () => void closes++ }, logger, signals, () => assert.fail("no forced exit"));
+  const code = runUntilStopped(() => ({ drained: never, close: async () => void closes++ }), logger, signals, () => assert.fail("no forced exit"));
+  await new Promise((r) => setImmediate(r)); // started
   signals.emit("SIGTERM", "SIGTERM");
   assert.equal(await code, 0);
   assert.equal(closes, 1);
@@ -36,7 +38,8 @@ test("SIGTERM with a close that completes: exit 0", async () => {
 test("SIGTERM with a close that fails: 'shutdown incomplete' and exit 1, not 0", async () => {
   const signals = new EventEmitter();
   const { logger, lines } = logged();
-  const code = runUntilStopped({ drained: never, close: () => Promise.reject(new Error("redis gone")) }, logger, signals, () => assert.fail("no forced exit"));
+  const code = runUntilStopped(() => ({ drained: never, close: () => Promise.reject(new Error("redis gone")) }), logger, signals, () => assert.fail("no forced exit"));
+  await new Promise((r) => setImmediate(r));
   signals.emit("SIGTERM", "SIGTERM");
   assert.equal(await code, EXIT_SHUTDOWN_INCOMPLETE);
   assert.equal(EXIT_SHUTDOWN_INCOMPLETE, 1);
@@ -45,7 +48,7 @@ test("SIGTERM with a close that fails: 'shutdown incomplete' and exit 1, not 0",
 
 test("a drained worker whose close fails exits 1 as well", async () => {
   const { logger } = logged();
-  const code = runUntilStopped({ drained: Promise.resolve(), close: () => Promise.reject(new Error("engine gone")) }, logger, new EventEmitter());
+  const code = runUntilStopped(() => ({ drained: Promise.resolve(), close: () => Promise.reject(new Error("engine gone")) }), logger, new EventEmitter());
   assert.equal(await code, EXIT_SHUTDOWN_INCOMPLETE);
 });
 
@@ -53,45 +56,66 @@ test("a second signal exits 1 at once, without waiting for the close", async () 
   const signals = new EventEmitter();
   const { logger } = logged();
   const forced: number[] = [];
-  void runUntilStopped({ drained: never, close: () => never }, logger, signals, (c) => forced.push(c));
+  void runUntilStopped(() => ({ drained: never, close: () => never }), logger, signals, (c) => forced.push(c));
+  await new Promise((r) => setImmediate(r));
   signals.emit("SIGTERM", "SIGTERM");
   signals.emit("SIGINT", "SIGINT");
   assert.deepEqual(forced, [1]);
 });
 
-test("a signal while the process starts is heard: the stop runs once the start has ended", async () => {
+test("a signal while the process starts is heard: the start's signal is aborted, and a start that ends all the same is stopped", async () => {
   const signals = new EventEmitter();
   const { logger, lines } = logged();
   let started!: (s: { drained: Promise<void>; close: () => Promise<void> }) => void;
-  const starting = new Promise<{ drained: Promise<void>; close: () => Promise<void> }>((resolve) => (started = resolve));
+  let given: AbortSignal | undefined;
   let closes = 0;
-  const code = runUntilStopped(starting, logger, signals, () => assert.fail("no forced exit"));
+  const code = runUntilStopped(
+    (signal) => ((given = signal), new Promise((resolve) => (started = resolve))),
+    logger,
+    signals,
+    () => assert.fail("no forced exit"),
+  );
+  await new Promise((r) => setImmediate(r));
+  assert.equal(given?.aborted, false);
   signals.emit("SIGTERM", "SIGTERM");
+  assert.equal(given?.aborted, true, "the start is told");
   assert.equal(closes, 0, "nothing to close before the start ends");
   started({ drained: never, close: async () => void closes++ });
   assert.equal(await code, 0);
   assert.equal(closes, 1);
-  assert.ok(lines.some((l) => l.includes("shutting down once started")), lines.join(""));
+  assert.ok(lines.some((l) => l.includes("shutting down while starting")), lines.join(""));
 });
 
-test("a start that has not ended within the wait after a signal exits 1, without a close", async () => {
+test("a start that gives up for the stop (StartAbortedError) ends the run with 0; one that has not ended within the wait exits 1", async () => {
   const signals = new EventEmitter();
   const { logger, lines } = logged();
+  const aborted = runUntilStopped(
+    (signal) => new Promise((_, reject) => signal.addEventListener("abort", () => reject(new StartAbortedError()))),
+    logger,
+    signals,
+    () => assert.fail("no forced exit"),
+  );
+  await new Promise((r) => setImmediate(r));
+  signals.emit("SIGINT", "SIGINT");
+  assert.equal(await aborted, 0);
+
+  const hung = new EventEmitter();
   const forced: number[] = [];
-  void runUntilStopped(never as unknown as Promise<never>, logger, signals, (c) => forced.push(c), 50);
-  signals.emit("SIGTERM", "SIGTERM");
-  assert.deepEqual(forced, [], "not at once: the start may still end");
+  void runUntilStopped(() => never as unknown as Promise<never>, logger, hung, (c) => forced.push(c), 50);
+  hung.emit("SIGTERM", "SIGTERM");
+  assert.deepEqual(forced, [], "not at once: the start may still give up");
   await new Promise((r) => setTimeout(r, 200));
   assert.deepEqual(forced, [EXIT_SHUTDOWN_INCOMPLETE]);
   assert.ok(lines.some((l) => l.includes("still starting")), lines.join(""));
 });
 
-test("a start that fails rejects with its error, whether or not a stop was asked for", async () => {
+test("a start that fails otherwise rejects with its error, whether or not a stop was asked for", async () => {
   const { logger } = logged();
-  await assert.rejects(runUntilStopped(Promise.reject(new Error("port taken")), logger, new EventEmitter()), /port taken/);
+  await assert.rejects(runUntilStopped(() => Promise.reject(new Error("port taken")), logger, new EventEmitter()), /port taken/);
   const signals = new EventEmitter();
   let fail!: (err: Error) => void;
-  const code = runUntilStopped(new Promise<never>((_, reject) => (fail = reject)), logger, signals, () => assert.fail("no forced exit"), 10_000);
+  const code = runUntilStopped(() => new Promise<never>((_, reject) => (fail = reject)), logger, signals, () => assert.fail("no forced exit"), 10_000);
+  await new Promise((r) => setImmediate(r));
   signals.emit("SIGINT", "SIGINT");
   fail(new Error("redis refused"));
   await assert.rejects(code, /redis refused/);
