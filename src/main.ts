@@ -186,6 +186,7 @@ async function startWith(
       reconcileIntervalSeconds: config.worker.reconcileIntervalSeconds,
       goneHostBusyCheckSeconds: config.worker.goneHostBusyCheckSeconds,
       heartbeatSeconds: config.worker.heartbeatSeconds,
+      stopTimeoutSeconds: config.worker.stopTimeoutSeconds,
       sources,
       launcher,
       driver,
@@ -283,9 +284,8 @@ async function startWith(
         })(),
       ]);
       github?.close();
-      await http?.queues.close();
-      await reconcilerQueues?.close();
-      await events?.close();
+      // Each whatever the others do: one that fails leaves none of the rest, nor the quits, undone.
+      const closed = await Promise.allSettled([http?.queues.close(), reconcilerQueues?.close(), events?.close()]);
       // A quit waits for the commands before it: with Redis away, for ever. Past QUIT_WAIT_MS, cut.
       await Promise.allSettled(
         connections.map(async (c) => {
@@ -293,7 +293,7 @@ async function startWith(
           else c.disconnect();
         }),
       );
-      const failed = stopped.find((r) => r.status === "rejected");
+      const failed = [...stopped, ...closed].find((r) => r.status === "rejected");
       if (failed) throw failed.reason;
     })());
   return { app, url, close, drained: worker?.drained ?? new Promise<void>(() => undefined) };

@@ -83,6 +83,13 @@ const pool = z
 export const DEFAULT_CONCURRENT_STARTS = 50;
 
 /**
+ * How long a worker's stop waits for launches in flight and demand held (`worker.stopTimeoutSeconds`):
+ * under the 5 minutes the Compose files give a stop, so that the process ends by itself, its logs
+ * written, rather than by SIGKILL.
+ */
+export const DEFAULT_STOP_TIMEOUT_SECONDS = 240;
+
+/**
  * How long a Docker call that should answer promptly (list, inspect, remove, ping) may go
  * unanswered before it fails: an engine whose connection silently dropped (TCP, SSH) or that hangs
  * never answers, and a host loop pass waiting on it would never end. Generous: a busy engine takes
@@ -183,6 +190,8 @@ export const configSchema = z
         /** A runner of a gone host recorded busy this long is asked about at GitHub, then once per this long (lost `completed` webhooks). */
         goneHostBusyCheckSeconds: z.number().nonnegative().default(300),
         heartbeatSeconds: z.number().positive().default(5),
+        /** How long a stop waits for launches in flight and demand held before it leaves them to lapse (RunnerWorker.stop). */
+        stopTimeoutSeconds: z.number().positive().default(DEFAULT_STOP_TIMEOUT_SECONDS),
         /** A demand lease's lock, renewed every third of it; a dead worker's demand is back within about twice this. */
         leaseSeconds: z.number().min(5).max(3600).default(30),
       })

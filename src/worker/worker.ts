@@ -1,6 +1,7 @@
 import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
+import { DEFAULT_STOP_TIMEOUT_SECONDS } from "../config/schema.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "../docker/labels.ts";
 import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
 import { DockerError, JitrunnerError, NotSentError, errorMessage } from "../errors.ts";
@@ -45,6 +46,12 @@ export interface WorkerDeps {
    */
   goneHostBusyCheckSeconds: number;
   heartbeatSeconds: number;
+  /**
+   * How long a stop waits for launches in flight, demand held and host loop passes
+   * (`worker.stopTimeoutSeconds`); past it they are left as a crash would leave them. Default
+   * DEFAULT_STOP_TIMEOUT_SECONDS.
+   */
+  stopTimeoutSeconds?: number;
   sources: Map<string, DemandSource>;
   launcher: Launcher;
   driver: RunnerDriver;
@@ -82,6 +89,8 @@ const WARM_REFUSED_PAUSE_MS = 60_000;
  * answers: it asks Redis every this long whether it does, and gives it this long to answer.
  */
 const STOP_REDIS_PROBE_MS = 3_000;
+/** Probes Redis must miss in a row before a stopping worker stops waiting for its work. */
+const STOP_REDIS_MISSES = 2;
 
 /** How often a stopping worker says what it still waits for (#logStopProgress). */
 const STOP_PROGRESS_MS = 10_000;
@@ -298,15 +307,20 @@ export class RunnerWorker {
       await Promise.allSettled([...this.#passes]);
     })();
     const progress = setInterval(() => this.#logStopProgress(), STOP_PROGRESS_MS).unref();
-    const finished = await this.#whileRedisAnswers(work).finally(() => clearInterval(progress));
-    if (!finished) {
-      // The worker's connection holds its commands until Redis is back: what waits on it would
-      // hold the stop up for ever. Left as a crash would leave it: a lease lapses, a place
-      // expires, and the next worker's host loop finishes a launch or a teardown cut short.
-      this.#d.logger.warn(
-        { launching: this.#launches.size, holding: this.#serving.size },
-        "Redis does not answer: stopping without waiting for launches in flight and demand held",
-      );
+    const timeoutMs = (this.#d.stopTimeoutSeconds ?? DEFAULT_STOP_TIMEOUT_SECONDS) * 1000;
+    const ended = await this.#whileRedisAnswers(work, Date.now() + timeoutMs).finally(() => clearInterval(progress));
+    let left: string | undefined;
+    if (ended !== "done") {
+      // Redis away: the worker's connection holds its commands until it is back, and what waits on
+      // it would hold the stop up for ever. Past the stop timeout: a launch or teardown waiting out
+      // a GitHub rate limit, or a hung engine's call limits. Left as a crash would leave it: a
+      // lease lapses, a place expires, and the next worker's host loop finishes a launch or a
+      // teardown cut short. The stop then fails, so that the process exits 1.
+      const what = { launching: this.#launches.size, holding: this.#serving.size, passes: this.#passes.size };
+      const why = ended === "redis_silent" ? "Redis does not answer" : `the stop took over worker.stopTimeoutSeconds (${timeoutMs / 1000} s)`;
+      this.#d.logger.warn(what, `${why}: stopping without waiting for launches in flight, demand held and host loop passes`);
+      // Demand not handed back is what the stop failed to do (a pass left is the next one's).
+      if (what.launching + what.holding > 0) left = `${why}: left to lapse: ${what.launching} launch${what.launching === 1 ? "" : "es"} in flight, ${what.holding} demand held`;
     }
     // With runners still running the host stays listed until its record expires, so a quick
     // restart adopts them before anyone treats the host as gone. So it does with runners still
@@ -322,6 +336,7 @@ export class RunnerWorker {
     }
     await this.#presence.stop(running === 0 && recorded === 0);
     this.#d.logger.info({ running: this.#d.launcher.tracked.size + this.#leftRunning.size }, "worker stopped; running runners left running");
+    if (left) throw new Error(`worker stop incomplete: ${left}`);
   }
 
   /**
@@ -359,15 +374,18 @@ export class RunnerWorker {
   }
 
   /**
-   * Waits for `work` as long as Redis answers (asked every STOP_REDIS_PROBE_MS): true once it is
-   * done, false as soon as Redis does not answer within STOP_REDIS_PROBE_MS.
+   * Waits for `work` until `deadline` (ms since epoch) as long as Redis answers (asked every
+   * STOP_REDIS_PROBE_MS): `done` once it is, `redis_silent` once Redis has not answered
+   * STOP_REDIS_MISSES probes in a row (one slow answer, a failover's, does not give up the work),
+   * `deadline` once that has passed.
    */
-  async #whileRedisAnswers(work: Promise<void>): Promise<boolean> {
+  async #whileRedisAnswers(work: Promise<void>, deadline: number): Promise<"done" | "redis_silent" | "deadline"> {
     let done = false;
     const finished = work.then(() => (done = true));
-    for (;;) {
-      await atMost(finished, STOP_REDIS_PROBE_MS);
-      if (done) return true;
+    for (let misses = 0; ; ) {
+      await atMost(finished, Math.max(0, Math.min(STOP_REDIS_PROBE_MS, deadline - Date.now())));
+      if (done) return "done";
+      if (Date.now() >= deadline) return "deadline";
       const answered = await atMost(
         this.#d.hosts.ping().then(
           () => true,
@@ -375,8 +393,9 @@ export class RunnerWorker {
         ),
         STOP_REDIS_PROBE_MS,
       );
-      if (done) return true;
-      if (!answered) return false;
+      if (done) return "done";
+      misses = answered ? 0 : misses + 1;
+      if (misses >= STOP_REDIS_MISSES) return "redis_silent";
     }
   }
 

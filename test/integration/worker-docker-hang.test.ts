@@ -195,6 +195,34 @@ test(
   },
 );
 
+test("a stop whose launch waits on a container create the engine never answers ends at worker.stopTimeoutSeconds, and reports itself incomplete", { timeout: 90_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const proxy = await startDockerProxy();
+  const host = uniqueHost("stop-timeout");
+  hosts.push(host);
+  const r = scopedRedis(redis, "stop-timeout");
+  // The create's own limit (60 s) far past the stop's (2 s).
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [fakeRunnerPool(fake)],
+    worker: { hostId: host, capacity: 1, reconcileIntervalSeconds: 30, stopTimeoutSeconds: 2, docker: { socketPath: proxy.socketPath, launchCallTimeoutSeconds: 60 } },
+  });
+  try {
+    const hang = proxy.hang("POST", CREATE_CONTAINER);
+    await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => hang.held === 1, 30_000, "the runner's create held by the engine");
+    // Without the stop timeout, the stop waits for the create's own limit (60 s).
+    const late = sleep(30_000, undefined, { ref: false }).then(() => "still stopping");
+    const outcome = await Promise.race([sys.close().then(() => "stopped", (err: unknown) => String(err)), late]);
+    assert.match(outcome, /worker stop incomplete: the stop took over worker\.stopTimeoutSeconds \(2 s\): left to lapse: 1 launch in flight, 1 demand held/);
+    assert.match(sys.logs(), /"msg":"the stop took over worker\.stopTimeoutSeconds \(2 s\): stopping without waiting/);
+    hang.release();
+  } finally {
+    await sys.close().catch(() => undefined);
+    await proxy.close();
+    await fake.close();
+  }
+});
+
 test("a runner's container wait whose connection drops mid-job (an SSH or TCP link, a proxy's idle timeout) is opened again: the runner finishes its job and exits, and is not removed as lost", { timeout: 180_000 }, async (t) => {
   const { fake, proxy, sys, host, r } = await behindProxy(t, "wait-cut", "all", ({ fake, host, socketPath }) => ({
     pools: [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "12" } })],
