@@ -237,12 +237,13 @@ async function startWith(
   });
   const beginHttpClose = closeConnectionsAfterResponses(app);
   undo.push(() => app.close());
-  // Bound before the worker and the reconciler start: a port taken fails the start before a host
-  // record, a leader lock or a demand lease exists that the undo would have to take back.
+  // A stop asked for during the start (StartOptions.signal): no step further; the caller undoes.
   const going = () => {
     if (opts.signal?.aborted) throw new StartAbortedError();
   };
   going();
+  // Bound before the worker and the reconciler start: a port taken fails the start before a host
+  // record, a leader lock or a demand lease exists that the undo would have to take back.
   const url = await app.listen({ host: config.server.host, port: config.server.port }).catch((err: unknown) => {
     throw listenError(err, config.server, opts.origins?.get("server.port"));
   });

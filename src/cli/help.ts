@@ -118,9 +118,9 @@ ${CONFIG_OPTION}
   "app-manifest": `Usage: jitrunner app-manifest [--url BASE] [--name NAME] [--redirect-url URL]
 
 Prints the GitHub App manifest for GitHub's manifest flow: webhook BASE/webhooks/github, the
-workflow_job and repository events, and exactly the permissions jitrunner needs (Administration: write,
-Actions: read, organization Self-hosted runners: write). Needs no config. README.md, "Or from a
-manifest" (under "Create the GitHub App"), shows how to use it.
+workflow_job and repository events, and exactly the permissions jitrunner needs (Administration:
+write, Actions: read, organization Self-hosted runners: write). Needs no config. README.md, "Or
+from a manifest" (under "Create the GitHub App"), shows how to use it.
 
 Options:
       --url BASE          where GitHub reaches jitrunner (default: https://YOUR-HOST)

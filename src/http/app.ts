@@ -39,7 +39,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     bodyLimit: deps.webhooks?.bodyLimit ?? 1024 * 1024,
     return503OnClosing: true,
     requestTimeout: REQUEST_TIMEOUT_MS,
-    // Node applies it only when given at the server's creation too (setting it later, as Fastify does, is not enough).
+    // Node applies it only when the server is created with it (Fastify sets it afterwards, which
+    // alone does nothing: measured on Node 20 and 24).
     http: { requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: TIMEOUT_CHECK_MS },
   });
 

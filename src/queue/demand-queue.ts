@@ -378,11 +378,6 @@ export interface Lease {
 const CLOSE_WAIT_READY_MS = 5_000;
 
 /**
- * The consumer side for one pool, used by a worker; it takes demand only when asked. Its BullMQ
- * worker (two connections) exists from `start` on, so a process whose start fails before (its
- * Docker engine unreachable, say) opens nothing here.
- */
-/**
  * A failed attempt's error as BullMQ keeps it (the item's failed reason and stack trace, for as
  * long as the failed item stays): its message redacted as the status page's is, since an engine,
  * a proxy or GitHub may echo what they were sent, and its stack's frames under that message.
@@ -396,6 +391,11 @@ function asKept(err: Error, final: boolean): Error {
   return kept;
 }
 
+/**
+ * The consumer side for one pool, used by a worker; it takes demand only when asked. Its BullMQ
+ * worker (two connections) exists from `start` on, so a process whose start fails before (its
+ * Docker engine unreachable, say) opens nothing here.
+ */
 export class DemandConsumer {
   #worker: Worker<Demand> | undefined;
   readonly #make: () => Worker<Demand>;
