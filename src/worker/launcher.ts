@@ -416,16 +416,25 @@ export class Launcher {
    * because it runs a job; undefined: error.
    */
   async #deregister(record: RunnerRecord, log: Logger): Promise<"deleted" | "not_found" | "busy" | undefined> {
-    const { github } = this.#d;
-    // Neither id nor installation (a container found with no record): nothing to ask GitHub by.
-    if (!record.runnerId && !record.installationId) return "not_found";
     try {
-      return record.runnerId ? await github.deleteRunner(scopeOf(record), record.runnerId) : await github.deleteRunnerNamed(scopeOf(record), record.name);
+      return await deregisterRecord(this.#d.github, record);
     } catch (err) {
       log.warn({ ...runnerField(log, record.name), err: errorMessage(err) }, "deleting runner registration failed");
       return undefined;
     }
   }
+}
+
+/**
+ * Deletes the registration of the runner `record` names: by its id, or by its name when its id
+ * was never noted (its worker died between the registration and the record's update). `busy`:
+ * GitHub refused, it runs a job. Neither id nor installation (a container found with no record):
+ * nothing to ask GitHub by, `not_found`. A failure throws.
+ */
+export function deregisterRecord(github: Pick<GitHubClient, "deleteRunner" | "deleteRunnerNamed">, record: RunnerRecord): Promise<"deleted" | "not_found" | "busy"> {
+  if (record.runnerId) return github.deleteRunner(scopeOf(record), record.runnerId);
+  if (!record.installationId) return Promise.resolve("not_found");
+  return github.deleteRunnerNamed(scopeOf(record), record.name);
 }
 
 function labelKey(record: RunnerRecord) {

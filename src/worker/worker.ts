@@ -11,7 +11,7 @@ import type { Lease } from "../queue/demand-queue.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
 import { hostHolder, PoolLimits, type HostStore } from "../state/hosts.ts";
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
-import { Launcher, NotNeeded, targetOf, type Tracked } from "./launcher.ts";
+import { deregisterRecord, Launcher, NotNeeded, targetOf, type Tracked } from "./launcher.ts";
 import { PassFailures } from "./pass-failures.ts";
 import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
@@ -807,7 +807,7 @@ export class RunnerWorker {
     const record = existing.record;
     const hostGone = record && record.host !== this.#d.host && !(await this.#d.hosts.alive(record.host));
     if (record && hostGone && record.state !== "busy" && record.state !== "completed") {
-      const outcome = await this.#deregisterGone(record);
+      const outcome = await deregisterRecord(this.#d.github, record);
       if (outcome !== "busy") {
         await this.#d.runners.remove(record, false);
         log.info({ runner: record.name, runnerHost: record.host }, "runner lost with its host; launching another");
@@ -1567,26 +1567,11 @@ export class RunnerWorker {
       return;
     }
     // A failure (a 5xx after retries, a rate limit) throws: the record stays, and so does the host.
-    const outcome = await this.#deregisterGone(r);
+    const outcome = await deregisterRecord(this.#d.github, r);
     if (outcome === "busy") return;
     await runners.remove(r, false);
     metrics.removed(r.pool, "host_gone");
     log.info({ runner: name, goneHost: id }, "runner of a gone host deregistered");
-  }
-
-  /**
-   * Deletes the registration of a runner of a gone host that runs no job by its record: by id, or
-   * by name when its id was never noted (its worker died between the registration and the record's
-   * update), as the host's own teardown does (Launcher.#deregister); read as `not_found`, the
-   * registration would be left to the leader's github-runners loop. `busy`: GitHub refused, it
-   * runs a job. A record with neither id nor installation says nothing to ask GitHub by. A failure
-   * throws.
-   */
-  async #deregisterGone(r: RunnerRecord): Promise<"deleted" | "not_found" | "busy"> {
-    const { github } = this.#d;
-    if (r.runnerId) return github.deleteRunner(scopeOf(r), r.runnerId);
-    if (!r.installationId) return "not_found";
-    return github.deleteRunnerNamed(scopeOf(r), r.name);
   }
 
   /**
