@@ -59,9 +59,9 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
     // metric label only when the ingress acts on it (Metrics.delivery).
     const event = header(req.headers["x-github-event"]);
     const deliveryId = header(req.headers["x-github-delivery"]);
-    if (!event) {
+    if (!event || !EVENT_NAME.test(event)) {
       opts.metrics.delivery("other", "none", "malformed");
-      return reply.code(400).send({ error: "missing X-GitHub-Event" });
+      return reply.code(400).send({ error: event ? "invalid X-GitHub-Event" : "missing X-GitHub-Event" });
     }
     if (!deliveryId || deliveryId.length > 100) {
       opts.metrics.delivery(event, "none", "malformed");
@@ -101,6 +101,12 @@ function refusedUnread(err: FastifyError): UnverifiedOutcome | undefined {
 }
 
 const SIGNATURE = /^sha256=([0-9a-f]{64})$/i;
+/**
+ * What GitHub sends as an event name (`workflow_job`, `ping`, `installation_repositories`). A
+ * header sent twice reaches the route joined (Node joins a repeated header with ", "): that is
+ * no event name, and is refused rather than taken for an event of another kind.
+ */
+const EVENT_NAME = /^[a-z_]{1,64}$/;
 
 /**
  * GitHub's `X-Hub-Signature-256`: HMAC-SHA256 of the raw body, compared in constant time (what

@@ -226,6 +226,11 @@ test("ping 200, other events 202 and counted, malformed 400, wrong type 415, too
   assert.equal((await post("", emptyUntyped)).statusCode, 415);
   const { ["x-github-event"]: _v, ...noEvent } = signedHeaders("workflow_job", ping, WEBHOOK_SECRET);
   assert.equal((await post(ping, noEvent)).statusCode, 400);
+  // The event header sent twice: Node hands the route both values joined, which names no event.
+  const twice = { ...signedHeaders("workflow_job", ping, WEBHOOK_SECRET), "x-github-event": "workflow_job, workflow_job" };
+  const refusedTwice = await post(ping, twice);
+  assert.equal(refusedTwice.statusCode, 400);
+  assert.match(refusedTwice.json().error, /invalid X-GitHub-Event/);
   const big = JSON.stringify({ pad: "x".repeat(100 * 1024) });
   assert.equal((await post(big, signedHeaders("workflow_job", big, WEBHOOK_SECRET))).statusCode, 413);
   const short = { ...signedHeaders("workflow_job", ping, WEBHOOK_SECRET), "content-length": String(Buffer.byteLength(ping) + 10) };
@@ -238,7 +243,7 @@ test("ping 200, other events 202 and counted, malformed 400, wrong type 415, too
   assert.equal(added('event="unverified",action="none",outcome="unsupported_media_type"'), 3);
   // Verified, but without the headers that say what it is: counted as malformed too.
   assert.equal(added('event="workflow_job",action="none",outcome="malformed"'), 2, "the body that is no JSON, and the one without a delivery id");
-  assert.equal(added('event="other",action="none",outcome="malformed"'), 1, "the one without an event name");
+  assert.equal(added('event="other",action="none",outcome="malformed"'), 2, "the one without an event name, and the one with it twice");
   assert.equal(added('event="unverified",action="none",outcome="too_large"'), 1);
   assert.equal(added('event="unverified",action="none",outcome="bad_request"'), 1);
 });
