@@ -66,6 +66,24 @@ export function errorMessage(err: unknown): string {
 }
 
 /**
+ * Error messages come from GitHub and Docker, not from requests, but keep anything that looks
+ * like a credential out of what operators read and share (log lines, the status page, what BullMQ
+ * keeps of a failure): bearer values and long token-like strings, 40 or more characters of base64
+ * (an installation token, a JIT config, a JWT, a key's line). Two kinds of such runs say what
+ * failed and are kept: lowercase hex (a container's id, a digest) and a lowercase path (an image's
+ * or a file's), which no random token is.
+ */
+export function redact(message: string): string {
+  return message
+    .replace(/\b(bearer|basic)\s+\S+/gi, "$1 [redacted]")
+    .replace(/\b(token|authorization|secret|password)(\s*[:=]\s*)\S+/gi, "$1$2[redacted]")
+    .replace(/[A-Za-z0-9+/_=-]{40,}/g, (run) => (NAMES_A_THING.test(run) ? run : "[redacted]"));
+}
+
+/** Lowercase hex, or lowercase words with a `/` among them. */
+const NAMES_A_THING = /^(?:[0-9a-f]+|[a-z0-9_-]*\/[a-z0-9/_-]*)$/;
+
+/**
  * Redis did not take a command: the connection is down (the server's connections hold no commands
  * while it is), Redis did not answer within the connection's command timeout, or it is still
  * loading its data. Nothing after that command was done; doing it all again later is safe

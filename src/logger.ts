@@ -1,4 +1,5 @@
 import { pino, type Logger } from "pino";
+import { redact } from "./errors.ts";
 
 /** Keys whose values never reach a log line, at the top of a line's fields or one level down. */
 const SECRET_KEYS = ["privateKey", "webhookSecret", "token", "encoded_jit_config", "jitConfig"];
@@ -17,7 +18,8 @@ const FLUSH_EVERY_MS = 1000;
  * carry GitHub's or Docker's message, never the request); censoring the known secret keys is a
  * second guard: pino's redaction at the top level (of a line's fields and of a child logger's),
  * censorNested one level down. pino's wildcard paths (`*.token`) would do the second too, at about
- * 4 µs on every line (measured: as much as the rest of the line costs).
+ * 4 µs on every line (measured: as much as the rest of the line costs). An error's text, under the
+ * `err` key, is GitHub's or Docker's words: it goes through `redact` as it does on the status page.
  * `destination` (tests): where lines go, as they are made; default stdout.
  */
 export function createLogger(level: string, destination?: NodeJS.WritableStream): Logger {
@@ -26,6 +28,7 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
       level,
       base: { service: "jitrunner" },
       formatters: { log: censorNested },
+      serializers: { err: redactedError },
       // err.rawPacket: the bytes of a request Node's HTTP parser refused (its headers, a token's
       // among them), which Fastify logs at trace level with the error.
       redact: { paths: [...SECRET_KEYS, "req.headers.authorization", "req.headers['x-hub-signature-256']", "err.rawPacket"], censor: CENSOR },
@@ -34,6 +37,25 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
       pino.destination({ dest: 1, minLength: WRITE_BATCH_BYTES, periodicFlush: FLUSH_EVERY_MS }),
   );
 }
+
+/**
+ * A line's `err`: a message (most lines log `errorMessage(err)`) redacted, or an Error serialized
+ * as pino does by default, with its message and the stack's message lines (its own and its
+ * causes') redacted; the frames (`    at ...`: paths and line numbers) are kept as they are. A Redis
+ * client's error names the command it failed on: the arguments (a token the cache wrote) are left out.
+ */
+export function redactedError(value: unknown): unknown {
+  if (typeof value === "string") return redact(value);
+  if (!(value instanceof Error)) return value;
+  const out = pino.stdSerializers.err(value);
+  out.message = redact(out.message);
+  if (typeof out.stack === "string") out.stack = out.stack.split("\n").map((l) => (FRAME.test(l) ? l : redact(l))).join("\n");
+  const command = out["command"] as { name?: unknown; args?: unknown } | undefined;
+  if (command && typeof command === "object") out["command"] = { name: command.name };
+  return out;
+}
+
+const FRAME = /^\s+at /;
 
 /**
  * A line's fields with every secret key inside a plain-object field censored. Copies only what

@@ -8,9 +8,9 @@ import { Queue, UnrecoverableError, Worker, type Job, type JobsOptions, type Red
 import { Redis, type RedisOptions } from "ioredis";
 import { inOneWrite, TurnBatch } from "../batch.ts";
 import { atMost } from "../timers.ts";
+import { redact } from "../errors.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
 import { demandIdOf, demandIdsOf } from "../demand.ts";
-import { redact } from "../state/activity.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */

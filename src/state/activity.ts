@@ -1,5 +1,6 @@
 import type { Redis } from "ioredis";
 import { TurnBatch } from "../batch.ts";
+import { redact } from "../errors.ts";
 
 /** One `workflow_job` delivery as operators see it: what came in and what jitrunner did. */
 export interface JobEvent {
@@ -185,17 +186,6 @@ function jobEventOf(payload: unknown, outcome: string, at: number): JobEvent | u
 
 function text(value: unknown): string | undefined {
   return typeof value === "string" && value ? value.slice(0, TEXT_MAX) : undefined;
-}
-
-/**
- * Error messages come from GitHub and Docker, not from requests, but keep anything that looks
- * like a credential out of a page operators share: bearer values and long token-like strings.
- */
-export function redact(message: string): string {
-  return message
-    .replace(/\b(bearer|basic)\s+\S+/gi, "$1 [redacted]")
-    .replace(/\b(token|authorization|secret|password)(\s*[:=]\s*)\S+/gi, "$1$2[redacted]")
-    .replace(/[A-Za-z0-9+/_=-]{40,}/g, "[redacted]");
 }
 
 /** One row per job attempt, from its events: where it got to and what it ran on. */

@@ -1,5 +1,5 @@
 import type { PoolConfig } from "../config/load.ts";
-import { errorMessage } from "../errors.ts";
+import { errorMessage, redact } from "../errors.ts";
 import { matchPool } from "../ingress/pools.ts";
 import { summarizeJobs, type JobEvent, type JobSummary, type LaunchFailure } from "./activity.ts";
 import type { RunnerRecord, RunnerState } from "./runners.ts";
@@ -94,7 +94,7 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
     try {
       return await fn();
     } catch (err) {
-      problems.push(`${what}: ${errorMessage(err)}`);
+      problems.push(`${what}: ${redact(errorMessage(err))}`);
       return fallback;
     }
   };

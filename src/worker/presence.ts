@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { RunnerDriver } from "../docker/driver.ts";
 import { setTimeout as sleep } from "node:timers/promises";
-import { errorMessage, JitrunnerError } from "../errors.ts";
+import { errorMessage, JitrunnerError, redact } from "../errors.ts";
 import type { HostStore } from "../state/hosts.ts";
 import { atMost, every, within } from "../timers.ts";
 import { UNREADY, type WorkerProblem } from "./unready.ts";
@@ -118,7 +118,7 @@ export class HostPresence {
       this.#engineProblem = undefined;
       return true;
     } catch (err) {
-      const problem = `Docker engine unreachable: ${errorMessage(err)}`;
+      const problem = `Docker engine unreachable: ${redact(errorMessage(err))}`;
       if (problem !== this.#engineProblem) d.logger.warn(`${problem}; taking no demand until it answers`);
       this.#engineProblem = problem;
       return false;

@@ -4,7 +4,7 @@ import type { PoolConfig } from "../config/load.ts";
 import { DEFAULT_STOP_TIMEOUT_SECONDS } from "../config/schema.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "../docker/labels.ts";
 import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
-import { DockerError, JitrunnerError, NotSentError, errorMessage } from "../errors.ts";
+import { DockerError, JitrunnerError, NotSentError, errorMessage, redact } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
@@ -1638,7 +1638,9 @@ export class RunnerWorker {
   }
 
   /** Logs `detail` (when new, or when asked to) and keeps it, with its fixed `reason`, as the worker's problem. */
-  #noteError(reason: UnreadyReason, detail: string, log: boolean): void {
+  /** `detail` (GitHub's or Docker's words among ours) is redacted: /readyz shows it. */
+  #noteError(reason: UnreadyReason, text: string, log: boolean): void {
+    const detail = redact(text);
     if (log || detail !== this.#lastError?.detail) this.#d.logger.warn(detail);
     this.#lastError = { reason, detail };
   }

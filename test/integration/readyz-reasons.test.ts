@@ -22,6 +22,8 @@ import { removeContainersOf, scopedRedis, startSystem, uniqueHost, type SystemUn
 const ADMIN_TOKEN = "readyz-admin-token-9c2e71";
 /** Words only the engine says: what an image name, an organization or a key would be. */
 const MARKER = "registry.acme-secret-org.example/private/runner:MARKER-5b1d";
+/** A credential's shape in the engine's words (an installation token's): redacted wherever they are kept. */
+const LEAKED = `ghs_${"Zq8Xw2".repeat(6)}`;
 
 let redis: TestRedis;
 let tokenDir: string;
@@ -58,7 +60,7 @@ async function readyz(): Promise<{ status: number; text: string }> {
 }
 
 test("a launch that fails with the engine's words naming private things: /readyz says 'worker: launches failing' only; the words are in the log and on the status page", async () => {
-  const refused = proxy.fail("POST", CREATE_CONTAINER, `pull access denied for ${MARKER}`);
+  const refused = proxy.fail("POST", CREATE_CONTAINER, `pull access denied for ${MARKER}; ${LEAKED}`);
   try {
     await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     const unready = await waitFor(async () => {
@@ -69,11 +71,14 @@ test("a launch that fails with the engine's words naming private things: /readyz
     assert.deepEqual(JSON.parse(unready.text), { status: "unready", problems: ["worker: launches failing"] });
     assert.ok(!unready.text.includes("MARKER"), unready.text);
     assert.ok(!unready.text.includes("default"), "not even the pool's name");
-    assert.match(sys.logs(), new RegExp(`launch for pool default failed: create container failed \\(500\\): pull access denied for ${MARKER.replaceAll(".", "\\.")}`));
+    assert.match(sys.logs(), new RegExp(`launch for pool default failed: create container failed \\(500\\): pull access denied for ${MARKER.replaceAll(".", "\\.")}; \\[redacted\\]`));
+    assert.ok(!sys.logs().includes(LEAKED), "the token-like words are not logged");
 
     const page = await fetch(`${sys.url}/`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     assert.equal(page.status, 200);
-    assert.ok((await page.text()).includes(MARKER), "the status page, behind the token, says why");
+    const pageText = await page.text();
+    assert.ok(pageText.includes(MARKER), "the status page, behind the token, says why");
+    assert.ok(!pageText.includes(LEAKED), "without the token-like words");
     assert.equal((await fetch(`${sys.url}/`)).status, 401, "and only behind it");
   } finally {
     refused.stop();

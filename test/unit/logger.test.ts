@@ -50,6 +50,27 @@ test("secret keys are censored at the top level, one level down and in child bin
   for (const secret of ["-----BEGIN KEY", "eyJjb25m", "ghs_nested", "shh", "abc", "t2"]) assert.ok(!all.includes(secret), `${secret} logged`);
 });
 
+test("an error's text is redacted, as a logged message and as an Error with causes, its frames kept and a Redis command's arguments left out", () => {
+  const { sink, lines } = capture();
+  const log = createLogger("info", sink);
+  const token = `ghs_${"A1b2C3".repeat(7)}`;
+  const jit = Buffer.from(JSON.stringify({ ".runner": "x".repeat(80) })).toString("base64");
+  log.warn({ err: `Bad credentials: Bearer ${token}` }, "as a message");
+  const cause = new Error(`runner config ${jit} refused`);
+  const err = Object.assign(new Error(`token=${token} failed`, { cause }), { command: { name: "set", args: ["k", token] } });
+  log.error({ err }, "as an Error");
+  const text = lines().map((l) => JSON.stringify(l)).join("\n");
+  assert.ok(!text.includes(token) && !text.includes(jit), text);
+  const [asMessage, asError] = lines();
+  assert.equal(asMessage?.err, "Bad credentials: Bearer [redacted]");
+  const e = asError?.err as { message: string; stack: string; command: unknown };
+  assert.equal(e.message, "token=[redacted] failed: runner config [redacted] refused");
+  assert.match(e.stack, /^Error: token=\[redacted\] failed\n {4}at /);
+  assert.match(e.stack, /caused by: Error: runner config \[redacted\] refused/);
+  assert.match(e.stack, /logger\.test\.ts:\d+/, "the frames are kept");
+  assert.deepEqual(e.command, { name: "set" });
+});
+
 test("at trace level, a request the HTTP parser refuses is logged without its raw bytes (its Authorization header)", async () => {
   const { sink, lines } = capture();
   const app = Fastify({ loggerInstance: createLogger("trace", sink) as FastifyBaseLogger });

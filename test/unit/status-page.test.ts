@@ -6,7 +6,8 @@ import { Secret } from "../../src/config/secret.ts";
 import { bearerMatches } from "../../src/http/auth.ts";
 import { escapeHtml, html } from "../../src/http/html.ts";
 import { CONTENT_SECURITY_POLICY, renderStatusPage } from "../../src/http/status-page.ts";
-import { redact, summarizeJobs, type JobEvent } from "../../src/state/activity.ts";
+import { redact } from "../../src/errors.ts";
+import { summarizeJobs, type JobEvent } from "../../src/state/activity.ts";
 import { collectStatus, countStates, describeOutcome, formatAge, type StatusSnapshot } from "../../src/state/status.ts";
 import type { RunnerRecord } from "../../src/state/runners.ts";
 
@@ -134,4 +135,9 @@ test("ages read well; error messages lose anything token-like", () => {
   assert.equal(redact("token=abc123 failed"), "token=[redacted] failed");
   assert.equal(redact(`config ${"A".repeat(50)} rejected`), "config [redacted] rejected");
   assert.equal(redact("HTTP 502 Bad Gateway"), "HTTP 502 Bad Gateway");
+  // What names the failing thing is kept: a container id, an image's path.
+  const id = "0123456789abcdef".repeat(4);
+  assert.equal(redact(`No such container: ${id}`), `No such container: ${id}`);
+  assert.equal(redact("pull access denied for acme/runners/actions-runner-with-docker-in-docker"), "pull access denied for acme/runners/actions-runner-with-docker-in-docker");
+  assert.equal(redact(`ghs_${"a1b2c3".repeat(5)}Q1w2e3 refused`), "[redacted] refused");
 });
