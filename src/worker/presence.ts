@@ -125,20 +125,29 @@ export class HostPresence {
     }
   }
 
+  /**
+   * Each write is made only while the worker has not begun to stop: a beat still waiting on the
+   * engine's ping when the stop says this process is gone would otherwise write its hold, its
+   * instance and its host record back, and the host would look served for 3 beats more (the next
+   * process on this host waits that out). A write made before the stop began reaches Redis ahead of
+   * the stop's own, on the same connection.
+   */
   async beat(): Promise<void> {
     const d = this.#d;
     await this.checkEngine();
     try {
-      if (!(await this.#keepHost())) return;
+      if (this.#stopped || !(await this.#keepHost())) return;
       if (!this.#draining && (await d.hosts.draining(d.host))) {
         this.#draining = true;
         d.logger.info("draining: no new demand; running jobs finish, then the worker exits");
       }
+      if (this.#stopped) return;
       await d.hosts.heartbeat(
         { id: d.host, capacity: this.#engineProblem || this.#draining ? 0 : d.capacity, used: d.used(), pools: d.pools },
         d.heartbeatSeconds * 3000,
         d.instance,
       );
+      if (this.#stopped) return;
       await d.onBeat();
     } catch (err) {
       d.logger.warn({ err: errorMessage(err) }, "heartbeat failed");

@@ -36,7 +36,9 @@ import { runnerLabels } from "../../src/docker/labels.ts";
 import type { ConfigInput } from "../../src/config/schema.ts";
 import { DockerError } from "../../src/errors.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { createLogger } from "../../src/logger.ts";
 import { HostStore } from "../../src/state/hosts.ts";
+import { HostPresence } from "../../src/worker/presence.ts";
 
 const { redis, hosts } = workersForFile();
 
@@ -195,51 +197,50 @@ test(
   },
 );
 
-test("a stop whose launch waits on a container create the engine never answers ends at worker.stopTimeoutSeconds, and reports itself incomplete", { timeout: 90_000 }, async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const proxy = await startDockerProxy();
-  const host = uniqueHost("stop-timeout");
-  hosts.push(host);
-  const r = scopedRedis(redis, "stop-timeout");
-  // The create's own limit (60 s) far past the stop's (2 s).
-  const sys = await startSystem("all", fake, r, host, {
-    pools: [fakeRunnerPool(fake)],
-    worker: { hostId: host, capacity: 1, reconcileIntervalSeconds: 30, stopTimeoutSeconds: 2, docker: { socketPath: proxy.socketPath, launchCallTimeoutSeconds: 60 } },
-  });
-  try {
-    const hang = proxy.hang("POST", CREATE_CONTAINER);
-    await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
-    await waitFor(() => hang.held === 1, 30_000, "the runner's create held by the engine");
-    // Without the stop timeout, the stop waits for the create's own limit (60 s).
-    const late = sleep(30_000, undefined, { ref: false }).then(() => "still stopping");
-    const outcome = await Promise.race([sys.close().then(() => "stopped", (err: unknown) => String(err)), late]);
-    assert.match(outcome, /worker stop incomplete: the stop took over worker\.stopTimeoutSeconds \(2 s\): left to lapse: 1 launch in flight, 1 demand held/);
-    assert.match(sys.logs(), /"msg":"the stop took over worker\.stopTimeoutSeconds \(2 s\): stopping without waiting/);
-    hang.release();
-  } finally {
-    await sys.close().catch(() => undefined);
-    await proxy.close();
-    await fake.close();
-  }
-});
+test(
+  "a presence that stops while a beat waits on the engine's ping leaves its host for good: the beat, once its ping times out, writes back neither the host's record nor its hold",
+  { timeout: 60_000 },
+  async (t) => {
+    // HostPresence itself, on a real engine behind the proxy and a real Redis whose connection
+    // stays open after the stop (a worker process closes its own right after, which would hide a
+    // late write).
+    const proxy = await startDockerProxy();
+    const conn = redisConnection(redis.url);
+    t.after(async () => {
+      conn.disconnect();
+      await proxy.close();
+    });
+    const prefix = `${redis.prefix}-presence-stop`;
+    const host = uniqueHost("presence-stop");
+    hosts.push(host);
+    const hostStore = new HostStore(conn, prefix);
+    const presence = new HostPresence({
+      host,
+      instance: `${host}-instance`,
+      capacity: 1,
+      pools: ["default"],
+      heartbeatSeconds: 1,
+      hosts: hostStore,
+      driver: new DockerodeDriver({ socketPath: proxy.socketPath, callTimeoutSeconds: 5 }),
+      logger: createLogger("silent"),
+      used: () => 0,
+      onBeat: async () => undefined,
+    });
+    await presence.start();
+    const held = async () => (await conn.exists(`${prefix}:host-held-by:${host}`)) === 1;
+    assert.ok((await hostStore.alive(host)) && (await held()));
 
-test("a runner's container wait whose connection drops mid-job (an SSH or TCP link, a proxy's idle timeout) is opened again: the runner finishes its job and exits, and is not removed as lost", { timeout: 180_000 }, async (t) => {
-  const { fake, proxy, sys, host, r } = await behindProxy(t, "wait-cut", "all", ({ fake, host, socketPath }) => ({
-    pools: [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "12" } })],
-    worker: { hostId: host, capacity: 1, completedGraceSeconds: 30, reconcileIntervalSeconds: 2, docker: { socketPath } },
-  }));
-  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
-  await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "in_progress" && d.status === 202), 60_000, "the runner took its job");
-  // Cut twice: the wait opened again is cut too, and opened once more.
-  assert.ok(proxy.cutWaits() >= 1, "the worker was waiting on its runner's container");
-  await waitFor(() => proxy.cutWaits() >= 1, 10_000, "the wait opened again, and cut again");
-  assert.equal((await containersOf(host))[0]?.State, "running", "the runner still runs its job");
-
-  const done = await demandIn(r, `${job.id}-1`, "completed", 60_000);
-  const ran = fake.jobs().find((j) => j.id === job.id);
-  assert.equal(ran?.conclusion, "success", "the job ran to its end");
-  assert.equal(done.result, "exited", "the runner ended by exiting, seen through the wait");
-  assert.equal(callsTo(fake, "/repos/{owner}/{repo}/actions/runners/generate-jitconfig"), 1, "no second runner");
-  assert.doesNotMatch(sys.logs(), /lost track of runner container/);
-  await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "the exited runner removed");
-});
+    const hang = proxy.hang("GET", PING);
+    t.after(() => hang.release());
+    await waitFor(() => hang.held >= 1, 10_000, "a beat waiting on its ping");
+    await presence.stop(true);
+    assert.ok(!(await hostStore.alive(host)) && !(await held()), "a clean stop leaves the host");
+    // The beat's ping times out 1.5 s after it was sent, and the beat goes on: it must write nothing.
+    const until = Date.now() + 3_000;
+    while (Date.now() < until) {
+      assert.ok(!(await hostStore.alive(host)), "the host's record was written back after the stop");
+      assert.ok(!(await held()), "the host's hold was taken back after the stop");
+      await sleep(100);
+    }
+  },
+);
