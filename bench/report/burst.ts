@@ -86,7 +86,7 @@ ${table(
     ["server CPU per job (3 webhooks each)", cpuPerJob(b.server, b.jobs, b.makespanMs), "", ""],
     ["Redis commands per job", `${(b.redis.commands / b.jobs).toFixed(0)} (${((b.redis.commands - (b.redis.idleCommandsPerS * b.makespanMs) / 1000) / b.jobs).toFixed(0)} without the idle rate)`, `idle: ${b.redis.idleCommandsPerS.toFixed(1)} per s`, ""],
     ["Redis CPU per job", `${(b.redis.cpuMs / b.jobs).toFixed(1)} ms`, `idle: ${b.redis.idleCpuMsPerS.toFixed(1)} ms per s`, ""],
-    ["GitHub REST calls per job: launch path / leader's reconcile loops", `${(launchCalls(b) / b.jobs).toFixed(2)} / ${(reconcileCalls(b.github.byRoute) / b.jobs).toFixed(2)} (${(b.github.calls / b.jobs).toFixed(2)} in all, App/token calls included)`, "DESIGN.md: at most a few", ""],
+    ["GitHub REST calls per job: launch path / leader's reconcile loops", `${(launchCalls(b) / b.jobs).toFixed(2)} / ${(reconcileCalls(b.github.byRoute) / b.jobs).toFixed(2)} (${(b.github.calls / b.jobs).toFixed(2)} in all, App/token calls included)`, "docs/operations.md: two per launch", ""],
     ["server RSS: idle -> after", rss(b.server), "idle", ratio(b.server.after.rssKib, b.server.idle.rssKib)],
     ...rssRows,
   ],
