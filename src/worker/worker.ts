@@ -204,6 +204,13 @@ export class RunnerWorker {
    */
   readonly #adopted = new Map<string, { pool: PoolConfig; holder: string }>();
   /**
+   * Warm runners being launched, by holder: their places are refreshed on each beat as a
+   * demand's are while it launches (a launch waiting out GitHub's rate limit, or a slow engine's
+   * create and start, outlasts placeHoldMs). `warm` turns false when the warm place lapsed and
+   * others filled the set: the runner is then a spare like any other once it is up.
+   */
+  readonly #warmLaunches = new Map<string, { pool: PoolConfig; warm: boolean }>();
+  /**
    * Host loop passes under way. A pass tears down what it finds (a stopped container left
    * running, a record without a container): a drain is over, and a stop decides whether the host
    * leaves the fleet, only once it has ended. (Teardowns of runners this process watches keep
@@ -568,6 +575,11 @@ export class RunnerWorker {
       if (max) await this.#refreshPlace(lease.demand.pool, lease.id, max, held);
     }
     for (const { pool, holder } of this.#adopted.values()) {
+      if (pool.maxRunners) await this.#refreshPlace(pool.name, holder, pool.maxRunners, held);
+    }
+    for (const [holder, launch] of this.#warmLaunches) {
+      const { pool } = launch;
+      if (launch.warm && !(await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle))) launch.warm = false;
       if (pool.maxRunners) await this.#refreshPlace(pool.name, holder, pool.maxRunners, held);
     }
     for (const spare of this.#spares.values()) {
@@ -977,6 +989,8 @@ export class RunnerWorker {
     const log = this.#d.logger.child({ pool: pool.name, warm: true });
     const started = Date.now();
     const launching = this.#d.launcher.launch({ ...pool.warm!, repo: pool.warm!.repo ?? "", demandId: "" }, pool, log, undefined, this.#shutdown.signal);
+    const places = { pool, warm: true };
+    this.#warmLaunches.set(holder, places);
     this.#launches.add(launching);
     this.#steps.set(launching, () => `warm runner of pool ${pool.name}`);
     let tracked: Tracked;
@@ -989,12 +1003,13 @@ export class RunnerWorker {
       this.#noteError(UNREADY.launches, `warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       return false;
     } finally {
+      this.#warmLaunches.delete(holder);
       this.#launches.delete(launching);
       this.#steps.delete(launching);
     }
     this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000);
     this.#lastError = undefined;
-    this.#keepSpare(pool, holder, tracked, true, log);
+    this.#keepSpare(pool, holder, tracked, places.warm, log);
     log.info({ runner: tracked.record.name }, "warm runner ready");
     return true;
   }

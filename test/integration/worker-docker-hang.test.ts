@@ -244,3 +244,83 @@ test(
     }
   },
 );
+
+test(
+  "a warm runner whose create the engine holds keeps its places while it launches: each beat refreshes its warm place and its place under maxRunners, as a demand's launch does",
+  { timeout: 90_000 },
+  async (t) => {
+    const { proxy, r } = await behindProxy(t, "warm-hang", "worker", ({ fake, host, socketPath }) => ({
+      pools: [fakeRunnerPool(fake, { minIdle: 1, maxRunners: 2, warm: { installationId: fake.installationId, owner: "acme", repo: "app" } })],
+      worker: { hostId: host, capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 30, docker: { socketPath, launchCallTimeoutSeconds: 60 } },
+    }));
+    const hang = proxy.hang("POST", CREATE_CONTAINER);
+    t.after(() => hang.release());
+    await waitFor(() => hang.held === 1, 30_000, "the warm runner's create held by the engine");
+    const conn = redisConnection(r.url);
+    t.after(() => conn.disconnect());
+    // Each place's score is when it lapses unrefreshed (Redis's clock, placeHoldMs after a refresh).
+    const expiries = async () => {
+      const one = async (key: string) => {
+        const places = await conn.zrange(`${r.prefix}:pool:${key}:holders`, 0, -1, "WITHSCORES");
+        assert.equal(places.length, 2, `one place in ${key}: ${places.join(" ")}`);
+        return Number(places[1]);
+      };
+      return { warm: await one("default:warm"), limit: await one("default") };
+    };
+    const first = await expiries();
+    await sleep(3_500);
+    const later = await expiries();
+    assert.equal(hang.held, 1, "the create is still held");
+    assert.ok(later.warm - first.warm >= 2_000, `the warm place was refreshed (${first.warm} -> ${later.warm})`);
+    assert.ok(later.limit - first.limit >= 2_000, `the place under maxRunners was refreshed (${first.limit} -> ${later.limit})`);
+  },
+);
+
+test("a stop whose launch waits on a container create the engine never answers ends at worker.stopTimeoutSeconds, and reports itself incomplete", { timeout: 90_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const proxy = await startDockerProxy();
+  const host = uniqueHost("stop-timeout");
+  hosts.push(host);
+  const r = scopedRedis(redis, "stop-timeout");
+  // The create's own limit (60 s) far past the stop's (2 s).
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [fakeRunnerPool(fake)],
+    worker: { hostId: host, capacity: 1, reconcileIntervalSeconds: 30, stopTimeoutSeconds: 2, docker: { socketPath: proxy.socketPath, launchCallTimeoutSeconds: 60 } },
+  });
+  try {
+    const hang = proxy.hang("POST", CREATE_CONTAINER);
+    await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => hang.held === 1, 30_000, "the runner's create held by the engine");
+    // Without the stop timeout, the stop waits for the create's own limit (60 s).
+    const late = sleep(30_000, undefined, { ref: false }).then(() => "still stopping");
+    const outcome = await Promise.race([sys.close().then(() => "stopped", (err: unknown) => String(err)), late]);
+    assert.match(outcome, /worker stop incomplete: the stop took over worker\.stopTimeoutSeconds \(2 s\): left to lapse: 1 launch in flight, 1 demand held/);
+    assert.match(sys.logs(), /"msg":"the stop took over worker\.stopTimeoutSeconds \(2 s\): stopping without waiting/);
+    hang.release();
+  } finally {
+    await sys.close().catch(() => undefined);
+    await proxy.close();
+    await fake.close();
+  }
+});
+
+test("a runner's container wait whose connection drops mid-job (an SSH or TCP link, a proxy's idle timeout) is opened again: the runner finishes its job and exits, and is not removed as lost", { timeout: 180_000 }, async (t) => {
+  const { fake, proxy, sys, host, r } = await behindProxy(t, "wait-cut", "all", ({ fake, host, socketPath }) => ({
+    pools: [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "12" } })],
+    worker: { hostId: host, capacity: 1, completedGraceSeconds: 30, reconcileIntervalSeconds: 2, docker: { socketPath } },
+  }));
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+  await waitFor(() => fake.deliveries.some((d) => d.jobId === job.id && d.action === "in_progress" && d.status === 202), 60_000, "the runner took its job");
+  // Cut twice: the wait opened again is cut too, and opened once more.
+  assert.ok(proxy.cutWaits() >= 1, "the worker was waiting on its runner's container");
+  await waitFor(() => proxy.cutWaits() >= 1, 10_000, "the wait opened again, and cut again");
+  assert.equal((await containersOf(host))[0]?.State, "running", "the runner still runs its job");
+
+  const done = await demandIn(r, `${job.id}-1`, "completed", 60_000);
+  const ran = fake.jobs().find((j) => j.id === job.id);
+  assert.equal(ran?.conclusion, "success", "the job ran to its end");
+  assert.equal(done.result, "exited", "the runner ended by exiting, seen through the wait");
+  assert.equal(callsTo(fake, "/repos/{owner}/{repo}/actions/runners/generate-jitconfig"), 1, "no second runner");
+  assert.doesNotMatch(sys.logs(), /lost track of runner container/);
+  await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "the exited runner removed");
+});
