@@ -181,6 +181,14 @@ export class RunnerWorker {
    * another host (#waitElsewhere). Their end frees no slot.
    */
   readonly #slotless = new Set<Lease>();
+  /**
+   * Leases that a stop handed back while their demand's runner runs on (here, or on another host
+   * for #waitElsewhere): the demand's place under the pool limit is kept, and lapses placeHoldMs
+   * later unless a worker refreshes it. Held by the demand's id, it is the one the next process
+   * on this host refreshes when it adopts the runner, or a lease of the demand serves it: a quick
+   * restart keeps the pool's count, where a place given up at once let other hosts launch over it.
+   */
+  readonly #placesKept = new Set<Lease>();
   /** Demand every pool's loop holds taken ahead, or has room set aside for in a take under way (see TAKE_AHEAD). */
   #aheadHeld = 0;
   readonly #loops: Promise<void>[] = [];
@@ -513,7 +521,7 @@ export class RunnerWorker {
       const serving: Promise<void> = this.#serve(held, spare).finally(async () => {
         this.#serving.delete(serving);
         if (!this.#slotless.delete(held)) this.#slots.release();
-        await this.#limits.release(held.demand.pool, held.id).catch(() => undefined);
+        if (!this.#placesKept.delete(held)) await this.#limits.release(held.demand.pool, held.id).catch(() => undefined);
         this.#checkDrained();
       });
       this.#serving.set(serving, held);
@@ -731,6 +739,8 @@ export class RunnerWorker {
         reason = await this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal);
       }
       if (reason === "shutdown") {
+        // The runner runs on: its place is kept (#placesKept).
+        this.#placesKept.add(lease);
         await lease.release();
         return;
       }
@@ -866,6 +876,8 @@ export class RunnerWorker {
     log.info({ runner: name }, "waiting for the demand's runner on another host, holding no slot here");
     await this.#waitGone(name);
     if (this.#stopping) {
+      // The runner on the other host runs on, counted by the place its worker refreshes.
+      this.#placesKept.add(lease);
       await lease.release();
       return true;
     }
@@ -1348,10 +1360,16 @@ export class RunnerWorker {
       void launcher
         .watch(tracked, pool, log, this.#shutdown.signal)
         // A teardown cut short is logged, and left to the next pass (the container is still listed).
-        .then((reason) => (reason === "shutdown" ? undefined : this.#tearDown(tracked.record, reason, log)))
+        .then(async (reason) => {
+          // Left running by a stop: its demand's place is kept for the next process (see
+          // #placesKept); a place of this host's, held by no id the next process knows, is not.
+          if (reason === "shutdown") return tracked.record.demandId ? "kept" : undefined;
+          await this.#tearDown(tracked.record, reason, log);
+          return undefined;
+        })
         .catch((err: unknown) => log.warn({ runner: name, err: errorMessage(err) }, "watching an adopted runner failed; the next pass looks at it again"))
-        .finally(() => {
-          this.#releaseAdopted(name);
+        .then((kept) => {
+          this.#releaseAdopted(name, undefined, kept === "kept");
           this.#checkDrained();
         });
       return;
@@ -1448,13 +1466,16 @@ export class RunnerWorker {
     if (pool.maxRunners) void this.#limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
   }
 
-  /** An adopted runner's slot and place are free again; but for a place `heldBy` holds (its demand's lease) now. */
-  #releaseAdopted(name: string, heldBy?: string): void {
+  /**
+   * An adopted runner's slot and place are free again; but for a place `heldBy` holds (its
+   * demand's lease) now, or one `kept` for a runner a stop leaves running.
+   */
+  #releaseAdopted(name: string, heldBy?: string, kept = false): void {
     const held = this.#adopted.get(name);
     if (!held) return;
     this.#adopted.delete(name);
     this.#slots.release();
-    if (held.pool.maxRunners && held.holder !== heldBy) void this.#limits.release(held.pool.name, held.holder).catch(() => undefined);
+    if (held.pool.maxRunners && held.holder !== heldBy && !kept) void this.#limits.release(held.pool.name, held.holder).catch(() => undefined);
   }
 
   /** A runner left running is gone, or on its way: its slot is free again. */

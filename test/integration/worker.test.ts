@@ -101,12 +101,12 @@ test("a fresh job's still-queued check runs alongside its registration and stops
   assert.match(logs, /job needs no runner after all/);
 });
 
-test("a worker stopped mid-job leaves the runner running; restarted, it adopts it and launches no second runner", async () => {
+test("a worker stopped mid-job leaves the runner running and its place under maxRunners held; restarted, it adopts it, keeps that place and launches no second runner", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("restart");
   const r = scopedRedis(redis, "restart");
   hosts.push(host);
-  const pools = [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "8" } })];
+  const pools = [fakeRunnerPool(fake, { maxRunners: 1, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "8" } })];
   const first = await startSystem("all", fake, r, host, { pools });
   let second: Awaited<ReturnType<typeof startSystem>> | undefined;
   const conn = redisConnection(r.url);
@@ -118,11 +118,15 @@ test("a worker stopped mid-job leaves the runner running; restarted, it adopts i
     const running = await containersOf(host);
     assert.equal(running.length, 1, "runner container survives the worker's shutdown");
     assert.equal(running[0]!.State, "running");
+    // The pool's one place stays the demand's while its runner runs: no other host can take it.
+    const places = () => conn.zrange(`${r.prefix}:pool:default:holders`, 0, -1);
+    assert.deepEqual(await places(), [`${job.id}-1`], "the runner's place outlives the stop");
     const [launched] = await store.listAll();
     assert.ok(launched?.instance, "the record names the worker process that launched the runner");
 
     second = await startSystem("all", fake, r, host, { pools });
     await waitFor(() => /adopted running runner/.test(second!.logs()), 30_000, "the runner adopted");
+    assert.deepEqual(await places(), [`${job.id}-1`], "the restarted worker holds the same place");
     const adopted = await store.get(launched.name);
     assert.ok(adopted?.instance && adopted.instance !== launched.instance, "the restarted worker process names itself on the record it adopted");
     await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
@@ -133,6 +137,8 @@ test("a worker stopped mid-job leaves the runner running; restarted, it adopts i
     assert.equal(fake.runners().length, 0);
     assert.match(second.logs(), /adopted running runner/);
     assert.match(second.logs(), /demand already has a runner/);
+    await waitFor(async () => (await places()).length === 0, 10_000, "the place freed once the runner is gone");
+    assert.doesNotMatch(second.logs(), /place under maxRunners lapsed/);
   } finally {
     await second?.close();
     await first.close();
