@@ -47,6 +47,17 @@ export class NotSentError extends JitrunnerError {
   }
 }
 
+/**
+ * A lease's demand is no longer its own: its lock lapsed (Redis away for longer than the lease)
+ * and the demand went back to the queue, or to another lease. What the lease would have recorded
+ * (completed, failed, handed back) is the demand's current holder's to say.
+ */
+export class LeaseLostError extends JitrunnerError {
+  constructor(demandId: string, cause: unknown) {
+    super("E_LEASE_LOST", `the lease on demand ${demandId} lapsed: the demand is back in the queue or another lease's`, { retryable: false, cause });
+  }
+}
+
 /** A start given up between its steps because a stop was asked for (StartOptions.signal). */
 export class StartAbortedError extends JitrunnerError {
   constructor() {

@@ -3,12 +3,13 @@
  * it. A lease lasts as long as the runner launched for it: a worker that dies stops renewing the
  * lock, BullMQ's stalled check puts the demand back, and another worker takes it.
  */
+import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Queue, UnrecoverableError, Worker, type Job, type JobsOptions, type RedisConnection } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
 import { inOneWrite, TurnBatch } from "../batch.ts";
 import { atMost } from "../timers.ts";
-import { redact } from "../errors.ts";
+import { errorMessage, LeaseLostError, redact } from "../errors.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
 import { demandIdOf, demandIdsOf } from "../demand.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
@@ -354,6 +355,12 @@ export class DemandQueues {
   }
 }
 
+/**
+ * BullMQ's refusals of a lease's lock token (Scripts.finishedErrors): the lock is gone or another
+ * lease's, or the stalled check moved the demand out of the active state.
+ */
+const LOCK_LOST = /^(Missing lock for job|Lock mismatch for job|Job \S+ is not in the active state)/;
+
 /** A worker's hold on one demand, for the life of the runner launched for it. */
 export interface Lease {
   readonly id: string;
@@ -433,11 +440,21 @@ export class DemandConsumer {
     return this.#worker;
   }
 
+  /**
+   * The lock token of one lease: this worker's id and a token of the lease's own. A lease whose
+   * lock lapsed (Redis away for longer than the lease) while the same worker took its demand
+   * again can then neither renew, complete nor fail what is now the other lease's.
+   */
+  #newToken(): string {
+    return `${this.#token}:${randomUUID()}`;
+  }
+
   /** Waits up to about two seconds for demand; undefined when there is none. */
   async next(): Promise<Lease | undefined> {
-    const job = (await this.#started().getNextJob(this.#token, { block: true })) as Job<Demand> | undefined;
+    const token = this.#newToken();
+    const job = (await this.#started().getNextJob(token, { block: true })) as Job<Demand> | undefined;
     if (!job?.id) return undefined;
-    return this.#lease(job);
+    return this.#lease(job, token);
   }
 
   /**
@@ -448,12 +465,16 @@ export class DemandConsumer {
    */
   async ready(max: number): Promise<Lease[]> {
     const worker = this.#started();
-    const taken = await Promise.allSettled(Array.from({ length: max }, () => worker.getNextJob(this.#token, { block: false }) as Promise<Job<Demand> | undefined>));
-    return taken.flatMap((t) => (t.status === "fulfilled" && t.value?.id ? [this.#lease(t.value)] : []));
+    const taken = await Promise.allSettled(
+      Array.from({ length: max }, async () => {
+        const token = this.#newToken();
+        return { job: (await worker.getNextJob(token, { block: false })) as Job<Demand> | undefined, token };
+      }),
+    );
+    return taken.flatMap((t) => (t.status === "fulfilled" && t.value.job?.id ? [this.#lease(t.value.job, t.value.token)] : []));
   }
 
-  #lease(job: Job<Demand>): Lease {
-    const token = this.#token;
+  #lease(job: Job<Demand>, token: string): Lease {
     const leaseMs = this.#leaseMs;
     const renew = setInterval(() => {
       job.extendLock(token, leaseMs).catch(() => undefined);
@@ -464,7 +485,11 @@ export class DemandConsumer {
       if (settled) return;
       settled = true;
       clearInterval(renew);
-      await fn();
+      try {
+        await fn();
+      } catch (err) {
+        throw LOCK_LOST.test(errorMessage(err)) ? new LeaseLostError(job.id!, err) : err;
+      }
     };
     return {
       id: job.id!,

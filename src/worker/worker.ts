@@ -4,7 +4,7 @@ import type { PoolConfig } from "../config/load.ts";
 import { DEFAULT_STOP_TIMEOUT_SECONDS } from "../config/schema.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "../docker/labels.ts";
 import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
-import { DockerError, JitrunnerError, NotSentError, errorMessage, redact } from "../errors.ts";
+import { DockerError, JitrunnerError, LeaseLostError, NotSentError, errorMessage, redact } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
@@ -757,6 +757,11 @@ export class RunnerWorker {
     } catch (err) {
       // Failed before the adopted runner was watched (Redis, GitHub): it is a spare again.
       if (unwatched.spare) await this.#returnSpare(unwatched.spare, lease, log).catch(() => undefined);
+      if (err instanceof LeaseLostError) {
+        // No launch failed: the demand is its current holder's, who finds this runner's record.
+        log.warn("the demand's lease lapsed while it was served (Redis away for longer than worker.leaseSeconds): its end is the demand's current holder's to record");
+        return;
+      }
       if (err instanceof NotSentError) {
         // Stopping, with nothing registered: the demand goes back without spending an attempt.
         await lease.release().catch(() => undefined);

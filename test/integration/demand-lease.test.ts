@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import type { Demand } from "../../src/demand.ts";
+import { LeaseLostError } from "../../src/errors.ts";
 import { DemandConsumer, DemandQueues, redisConnection, type Lease } from "../../src/queue/demand-queue.ts";
 import { waitFor } from "../helpers/process.ts";
 import { redisForFile } from "../helpers/redis.ts";
@@ -49,7 +50,7 @@ test("a lease's lock lasts worker.leaseSeconds and is renewed while held; one no
 
     // Held for twice its length: only renewal keeps the lock.
     for (const until = Date.now() + 2 * LEASE_MS; Date.now() < until; await sleep(250)) {
-      assert.equal(await conn.get(lock), "host-a:1", "the lock is still held");
+      assert.match((await conn.get(lock)) ?? "", /^host-a:1:[0-9a-f-]{36}$/, "the lock is still held");
     }
 
     // The holder can no longer reach Redis: nothing renews the lock, and it lapses.
@@ -58,7 +59,7 @@ test("a lease's lock lasts worker.leaseSeconds and is renewed while held; one no
     const back: Lease = await waitFor(() => heir.next(), 60_000, "the lapsed lease taken by the other worker");
     assert.equal(back.id, lease.id);
     assert.equal(back.attempt, 1, "a lapsed lease spends no launch attempt");
-    assert.equal(await conn.get(lock), "host-b:1");
+    assert.match((await conn.get(lock)) ?? "", /^host-b:1:/);
     await back.complete("served");
   } finally {
     await queues.close();
@@ -84,10 +85,14 @@ test("demand already waiting is taken at once up to the number asked, each lease
     held.push(...three);
     assert.equal(three.length, 3, "as many as asked, while that many wait");
     assert.equal(new Set(held.map((l) => l.demand.jobId)).size, 4, "each demand leased once");
+    const tokens = new Set<string>();
     for (const lease of three) {
-      assert.equal(await conn.get(`${settings.prefix}:bull:demand-${POOL}:${lease.id}:lock`), "host-a:1", `demand ${lease.id} locked for its holder`);
+      const token = (await conn.get(`${settings.prefix}:bull:demand-${POOL}:${lease.id}:lock`)) ?? "";
+      assert.match(token, /^host-a:1:/, `demand ${lease.id} locked for its holder`);
+      tokens.add(token);
       assert.equal(lease.attempt, 1);
     }
+    assert.equal(tokens.size, 3, "each lease with a token of its own");
     const counts = (await queues.counts([POOL])).get(POOL)!;
     assert.equal(counts.active, 4);
     assert.equal(counts.waiting, 1);
@@ -105,6 +110,37 @@ test("demand already waiting is taken at once up to the number asked, each lease
     held.push(...again);
   } finally {
     await Promise.all(held.map((l) => l.complete("served").catch(() => undefined)));
+    await queues.close();
+    await consumer.close();
+    consumerConn.disconnect();
+  }
+});
+
+test("a lease whose lock lapsed, its demand taken again by the same worker, can neither fail nor complete the new lease's demand", async () => {
+  const { redis, conn } = shared;
+  const settings = { redisUrl: redis.url, prefix: `${redis.prefix}:stale`, attempts: 3, leaseMs: 2_000 };
+  const queues = new DemandQueues(settings, conn);
+  const consumerConn = redisConnection(redis.url);
+  const consumer = new DemandConsumer(settings, consumerConn, POOL, "host-a:1");
+  let again: Lease | undefined;
+  try {
+    assert.equal(await queues.add(demand(21)), "added");
+    await consumer.start();
+    const stale = await waitFor(() => consumer.next(), 20_000, "the demand leased");
+    // Its lock lapses (as while Redis was away for longer than the lease): the stalled check puts
+    // the demand back, and the same worker takes it again.
+    await conn.del(`${settings.prefix}:bull:demand-${POOL}:${stale.id}:lock`);
+    again = await waitFor(() => consumer.next(), 30_000, "the demand taken again");
+    assert.equal(again.id, stale.id);
+
+    await assert.rejects(stale.fail(new Error("the stale lease's runner idled out"), false), LeaseLostError, "the stale lease's failure is refused, as a lease lost");
+    const counts = (await queues.counts([POOL])).get(POOL)!;
+    assert.equal(counts.active, 1, "the demand is still the new lease's");
+    assert.equal(counts.waiting + counts.delayed + counts.failed, 0, JSON.stringify(counts));
+    await again.complete("served");
+    assert.equal((await queues.counts([POOL])).get(POOL)!.completed, 1);
+  } finally {
+    await again?.complete("served").catch(() => undefined);
     await queues.close();
     await consumer.close();
     consumerConn.disconnect();
