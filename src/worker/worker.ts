@@ -1057,13 +1057,14 @@ export class RunnerWorker {
   #keepSpare(pool: PoolConfig, holder: string, tracked: Tracked, warm: boolean, log: Logger): void {
     const spare: Spare = { pool, holder, tracked, warm, adopted: false, idleFrom: warm ? Number.POSITIVE_INFINITY : Date.now(), ended: Promise.resolve("") };
     const name = tracked.record.name;
-    // Warm: never idle too long, but reaped at once when the host drains. Adopted, or no longer
-    // counted as warm: the pool's idle timeout, from that moment. Retired: at once.
+    // Warm: never idle too long. No longer counted as warm: the pool's idle timeout, from that
+    // moment. Either is reaped at once when the host drains or is cordoned (idle and registered,
+    // GitHub would hand it a new job there). Adopted: its demand's, the pool's idle timeout from
+    // the adoption, drain or not. Retired: at once.
     spare.ended = this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal, () => {
       if (spare.adopted) return spare.idleFrom + pool.idleTimeoutSeconds * 1000;
-      if (spare.retired) return 0;
-      if (!spare.warm) return spare.idleFrom + pool.idleTimeoutSeconds * 1000;
-      return this.#presence.draining || this.#cordoned ? 0 : Number.POSITIVE_INFINITY;
+      if (spare.retired || this.#presence.draining || this.#cordoned) return 0;
+      return spare.warm ? Number.POSITIVE_INFINITY : spare.idleFrom + pool.idleTimeoutSeconds * 1000;
     });
     this.#spares.set(name, spare);
     void spare.ended.then(async (reason) => {

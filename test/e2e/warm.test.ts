@@ -169,6 +169,34 @@ test("warm runners outlive a worker restart: kept warm in slots of their own, no
   }
 });
 
+test("a drain reaps an idle spare that is not warm at once, not at the end of its idle timeout", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("warm-drain-spare");
+  const r = scopedRedis(redis, "warm-drain-spare");
+  hosts.push(host);
+  // An idle timeout far past the drain's wait: only the drain can reap the spare in time.
+  const pool = fakeRunnerPool(fake, { minIdle: 1, idleTimeoutSeconds: 600, warm: { installationId: fake.installationId, owner: "acme", repo: "app" } });
+  const start = () => startSystem("all", fake, r, host, { pools: [pool], worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 } });
+  const conn = redisConnection(r.url);
+  let sys = await start();
+  try {
+    await waitFor(() => fake.runners().some((x) => !x.busy && x.status === "online"), 90_000, "a warm runner online");
+    // Restarted while the pool's one warm place is held by another holder (a crash's, left to
+    // expire): the runner comes back as a spare that is not warm.
+    await sys.close();
+    await conn.zadd(`${r.prefix}:pool:default:warm:holders`, Date.now() + 300_000, `${host}:before-the-crash`);
+    sys = await start();
+    assert.match(sys.logs(), /"warm":false.*adopted running runner as a spare/, sys.logs().slice(-3000));
+    await drain(r, host, sys.drained);
+    assert.equal(fake.runners().length, 0, "no registration left");
+    assert.equal((await containersOf(host)).length, 0, "no container left");
+  } finally {
+    conn.disconnect();
+    await sys.close();
+    await fake.close();
+  }
+});
+
 /** The fake GitHub and jitrunner (`all`) with one pool of MIN_IDLE warm runners whose jobs take `jobSeconds`. */
 async function warmSystem(tag: string, jobSeconds: number) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
