@@ -843,6 +843,17 @@ export class RunnerWorker {
     }
     log.info({ runner: existing.name, runnerHost: record?.host }, "demand already has a runner");
     if (record && !hostGone && record.host !== this.#d.host) return this.#waitElsewhere(lease, existing.name, log, unwatched);
+    if (record && !hostGone && unwatched.spare) {
+      // A warm runner adopted for the demand before its runner here was found: a spare again at
+      // once, with a slot and a place of its own, rather than held idle for that runner's whole
+      // job (two containers in one slot and one place, and one warm runner short meanwhile).
+      const spare = unwatched.spare;
+      unwatched.spare = undefined;
+      await this.#returnSpare(spare, lease, log);
+      const max = this.#pools.get(lease.demand.pool)?.maxRunners;
+      // The spare took its place back from the demand's: the demand's is had again for the runner.
+      if (max) await this.#limits.acquire(lease.demand.pool, lease.id, max).catch(() => false);
+    }
     // Adopted here: this lease's slot and place count for it now (the place is the same one).
     this.#releaseAdopted(existing.name, lease.id);
     if (record && !hostGone) await this.#waitGone(existing.name);

@@ -197,6 +197,53 @@ test("a drain reaps an idle spare that is not warm at once, not at the end of it
   }
 });
 
+test("a restarted worker whose demand adopts a warm runner before finding the demand's own runner on its host gives the warm runner back at once: no second launch, each runner in a slot", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("warm-served");
+  const r = scopedRedis(redis, "warm-served");
+  hosts.push(host);
+  const pool = fakeRunnerPool(fake, {
+    minIdle: 1,
+    idleTimeoutSeconds: 600,
+    warm: { installationId: fake.installationId, owner: "acme", repo: "app" },
+    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "30" },
+  });
+  const start = () => startSystem("all", fake, r, host, { pools: [pool], worker: { hostId: host, capacity: 3, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, heartbeatSeconds: 1 } });
+  const conn = redisConnection(r.url);
+  const idle = () => fake.runners().filter((x) => !x.busy && x.status === "online");
+  let sys = await start();
+  try {
+    await waitFor(() => idle().length === 1, 90_000, "a warm runner online");
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "the job running on the warm runner");
+    await waitFor(() => idle().length === 1, 90_000, "its replacement warm and idle");
+    assert.equal(callsTo(fake, JIT), 2);
+
+    // Stopped mid-job and started again: the job's runner and the idle warm one are both adopted,
+    // and the demand, handed back by the stop, is taken again, and adopts the warm one first.
+    await sys.close();
+    sys = await start();
+    await waitFor(() => /demand already has a runner/.test(sys.logs()), 30_000, "the demand found its runner on this host");
+    const hostsStore = new HostStore(conn, r.prefix);
+    await waitFor(async () => (await hostsStore.list()).find((h) => h.id === host)?.record?.used === 2, 10_000, "a slot each for the two runners");
+    // The warm loop, a second away, would launch a third runner for a warm runner held idle.
+    await new Promise((res) => setTimeout(res, 5_000));
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.status, "in_progress", "checked while the job still runs");
+    assert.equal(callsTo(fake, JIT), 2, "no runner launched beside the two");
+    assert.equal(idle().length, 1, "the warm runner still idle and registered");
+
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+    await demandIn(r, `${job.id}-1`, "completed", 30_000);
+    await drain(r, host, sys.drained);
+    assert.equal(fake.runners().length, 0, "no registration left");
+    assert.equal((await containersOf(host)).length, 0, "no container left");
+  } finally {
+    conn.disconnect();
+    await sys.close();
+    await fake.close();
+  }
+});
+
 /** The fake GitHub and jitrunner (`all`) with one pool of MIN_IDLE warm runners whose jobs take `jobSeconds`. */
 async function warmSystem(tag: string, jobSeconds: number) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
