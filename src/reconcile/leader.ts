@@ -55,6 +55,10 @@ export class LeaderElection implements Leadership {
   readonly #key: string;
   readonly #token: string;
   readonly #listeners: Array<(leading: boolean) => void> = [];
+  /**
+   * Until when this term surely holds, on the monotonic clock (performance.now): the wall clock,
+   * stepped back (NTP, a VM resumed), would stretch the term past the lock's expiry on Redis.
+   */
   #validUntil = 0;
   #leading = false;
   #term: AbortController | undefined;
@@ -76,7 +80,7 @@ export class LeaderElection implements Leadership {
   }
 
   get isLeader(): boolean {
-    return !this.#closed && Date.now() < this.#validUntil;
+    return !this.#closed && performance.now() < this.#validUntil;
   }
 
   get term(): AbortSignal | undefined {
@@ -109,7 +113,7 @@ export class LeaderElection implements Leadership {
   async #campaign(): Promise<void> {
     const { lockMs } = this.#d;
     let next = lockMs / 3;
-    const sentAt = Date.now();
+    const sentAt = performance.now();
     try {
       if (await this.#hold()) {
         this.#validUntil = sentAt + lockMs - Math.max(50, lockMs / 10);
@@ -133,7 +137,7 @@ export class LeaderElection implements Leadership {
     this.#watchLapse();
     // While leading, a renewal that failed is tried again a little before the validity lapses; a
     // Redis that refuses at once (read-only after a failover) is asked every 1/30 of the expiry.
-    if (this.#leading) next = Math.min(next, Math.max(lockMs / 30, this.#validUntil - Date.now() - lockMs / 20));
+    if (this.#leading) next = Math.min(next, Math.max(lockMs / 30, this.#validUntil - performance.now() - lockMs / 20));
     this.#timer = setTimeout(() => void (this.#round = this.#campaign()), next);
     this.#timer.unref();
   }
@@ -149,7 +153,7 @@ export class LeaderElection implements Leadership {
     this.#lapse = setTimeout(() => {
       this.#transition();
       this.#watchLapse();
-    }, Math.max(1, this.#validUntil - Date.now() + 1));
+    }, Math.max(1, this.#validUntil - performance.now() + 1));
     this.#lapse.unref();
   }
 

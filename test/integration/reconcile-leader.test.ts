@@ -180,3 +180,36 @@ test("a leader cut off from Redis ends its term before another process can take 
     await relay.close();
   }
 });
+
+test("a leader cut off from Redis whose wall clock is stepped back (an NTP step, a VM resumed) still ends its term before another process takes the lock", async () => {
+  const relay = await silenceableRelay(new URL(redis.url));
+  const prefix = `${redis.prefix}:clock-step`;
+  const logger = pino({ level: "silent" });
+  const cutOff = new Redis(relay.url);
+  const direct = new Redis(redis.url);
+  const a = new LeaderElection({ redis: cutOff, prefix, host: "step-a", lockMs: LOCK_MS, metrics: new Metrics(), logger });
+  const b = new LeaderElection({ redis: direct, prefix, host: "step-b", lockMs: LOCK_MS, metrics: new Metrics(), logger });
+  const wallClock = Date.now;
+  try {
+    await a.start();
+    await b.start();
+    assert.ok(a.isLeader && !b.isLeader);
+    let termEnded = false;
+    a.term!.addEventListener("abort", () => void (termEnded = true));
+    let bLeads = false;
+    b.onChange((leading) => leading && (bLeads = true));
+
+    relay.silence();
+    // This process's wall clock jumps a minute back; the lock still expires on Redis's clock.
+    Date.now = () => wallClock() - 60_000;
+    await waitFor(() => bLeads, LOCK_MS * 3, "the other process leads");
+    assert.ok(termEnded, "the cut-off leader's term ended by the time the other took the lock");
+    assert.equal(a.isLeader, false);
+  } finally {
+    Date.now = wallClock;
+    await Promise.all([a.close(), b.close()]);
+    cutOff.disconnect();
+    direct.disconnect();
+    await relay.close();
+  }
+});
