@@ -49,11 +49,12 @@ export async function drainHost(
       // listed again but drained still. Looked at after the list, which reads the host's index and
       // then its record: a worker leaving sets the mark and drops the record in one step, so one
       // that left between those two reads is not taken for one that stopped beating.
-      if ((await hosts.drainMark(host)) === "left") {
+      const mark = await hosts.drainMark(host);
+      if (mark === "left") {
         out.write(`${host} drained\n${stays(host)}`);
         return 0;
       }
-      if (!now?.record) return await ended(host, now !== undefined, new RunnerStore(redis, config.redis.prefix), out, err);
+      if (!now?.record) return await ended(host, now !== undefined, mark !== undefined, new RunnerStore(redis, config.redis.prefix), out, err);
       if (Date.now() - lastLine >= 10_000) {
         out.write(`  ${host}: ${now.record.used} runner slot(s) in use\n`);
         lastLine = Date.now();
@@ -76,7 +77,7 @@ export async function drainHost(
  * runners' records until other workers sweep them: the sweep keeps a gone host listed while any
  * runner of it is recorded, busy ones until their job is known to be over.
  */
-async function ended(host: string, listed: boolean, runners: RunnerStore, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
+async function ended(host: string, listed: boolean, marked: boolean, runners: RunnerStore, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
   let recorded = 0;
   if (listed) for (const name of await runners.listHost(host)) if (await runners.get(name)) recorded++;
   if (recorded > 0) {
@@ -86,7 +87,9 @@ async function ended(host: string, listed: boolean, runners: RunnerStore, out: N
     );
     return DRAIN_EXIT_HOST_VANISHED;
   }
-  out.write(listed ? `${host} drained (its worker stopped beating, but no runner of it is recorded)\n` : `${host} drained\n${stays(host)}`);
+  // Left with no drain mark: `drain --undo` took it away while the drain went on.
+  const after = marked ? stays(host) : "its drain mark was removed (drain --undo): a worker started on it takes demand\n";
+  out.write(listed ? `${host} drained (its worker stopped beating, but no runner of it is recorded)\n` : `${host} drained\n${after}`);
   return 0;
 }
 

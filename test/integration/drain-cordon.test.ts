@@ -127,3 +127,25 @@ test("jitrunner drain --undo removes a host's drain mark, and exits 1 saying so 
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test("a drain waited on whose mark drain --undo removes before the worker leaves says the host takes demand again, not that it stays drained", { timeout: 60_000 }, async () => {
+  const r = scopedRedis(redis, "undo-wait");
+  const conn = redisConnection(r.url);
+  const hostStore = new HostStore(conn, r.prefix);
+  const config = testConfig({ redis: { url: r.url, prefix: r.prefix } });
+  try {
+    await hostStore.heartbeat({ id: "undo-wait-host", capacity: 2, used: 1, pools: ["default"] }, 60_000);
+    const out = sink();
+    const draining = drainHost(config, "undo-wait-host", true, out.stream);
+    await waitFor(() => out.text().includes("draining undo-wait-host"), 10_000, "drain to tell the host");
+    // `drain --undo` while the drain waits, then the worker leaves (its drain was under way).
+    assert.equal(await hostStore.undrain("undo-wait-host"), true);
+    await hostStore.forget("undo-wait-host");
+    assert.equal(await draining, 0, out.text());
+    assert.match(out.text(), /^undo-wait-host drained\nits drain mark was removed \(drain --undo\): a worker started on it takes demand$/m);
+    assert.doesNotMatch(out.text(), /stays drained/);
+  } finally {
+    await hostStore.undrain("undo-wait-host");
+    conn.disconnect();
+  }
+});
