@@ -942,7 +942,7 @@ export class RunnerWorker {
         if (spare.tracked.state === "idle") {
           // An idle spare that lost its warm place (a restart found the places still held by the
           // holders of the process before) takes a free one before any launch does.
-          if (!spare.warm && !spare.adopted && !spare.done && !spare.retired && (await this.#unlessStopped(this.#limits.acquire(warmKey(pool.name), spare.holder, pool.minIdle).catch(() => false), false))) {
+          if (!spare.warm && !spare.adopted && !spare.done && !spare.retired && atWarmTarget(pool, spare.tracked.record) && (await this.#unlessStopped(this.#limits.acquire(warmKey(pool.name), spare.holder, pool.minIdle).catch(() => false), false))) {
             spare.warm = true;
             spare.idleFrom = Number.POSITIVE_INFINITY;
             this.#d.logger.info({ pool: pool.name, runner: spare.tracked.record.name }, "spare warm again");
@@ -1051,7 +1051,10 @@ export class RunnerWorker {
     const holder = hostHolder(this.#d.host);
     // Before any loop runs, so the slot is free unless the capacity shrank across the restart.
     this.#slots.take();
-    const warm = tracked.state === "idle" && (await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false));
+    // One registered where the pool's warm runners no longer go (`warm` changed across the
+    // restart) is a spare that idles out, never warm again: it would hold a warm place for good,
+    // and the checks of warm runners' exposure look at the pool's warm target only.
+    const warm = tracked.state === "idle" && atWarmTarget(pool, tracked.record) && (await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false));
     if (pool.maxRunners) await this.#limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
     this.#keepSpare(pool, holder, tracked, warm, log);
     log.info({ runner: tracked.record.name, warm }, "adopted running runner as a spare");
@@ -1228,7 +1231,7 @@ export class RunnerWorker {
     this.#slots.take();
     this.#spares.set(spare.tracked.record.name, spare);
     if (spare.pool.maxRunners) await this.#limits.transfer(spare.pool.name, lease.id, spare.holder).catch(() => undefined);
-    if (spare.tracked.state !== "idle" || spare.done) return;
+    if (spare.tracked.state !== "idle" || spare.done || !atWarmTarget(spare.pool, spare.tracked.record)) return;
     if (await this.#limits.acquire(warmKey(spare.pool.name), spare.holder, spare.pool.minIdle).catch(() => false)) {
       spare.warm = true;
       spare.idleFrom = Number.POSITIVE_INFINITY;
@@ -1710,6 +1713,14 @@ function servesDemand(spare: Spare, lease: Lease): boolean {
   const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
   if (record.installationId !== demand.installationId || !same(record.owner, demand.owner)) return false;
   return spare.pool.scope !== "repository" || same(record.repo, demand.repo);
+}
+
+/** Whether a runner is registered where the pool's warm runners go now (its `warm` target). */
+function atWarmTarget(pool: PoolConfig, record: RunnerRecord): boolean {
+  const warm = pool.warm;
+  const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+  if (!warm || record.installationId !== warm.installationId || !same(record.owner, warm.owner)) return false;
+  return pool.scope !== "repository" || same(record.repo, warm.repo ?? "");
 }
 
 function sleep(ms: number): Promise<void> {

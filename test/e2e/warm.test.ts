@@ -244,6 +244,32 @@ test("a restarted worker whose demand adopts a warm runner before finding the de
   }
 });
 
+test("a warm runner registered where the pool's warm runners no longer go (warm changed across a restart) is not warm again: it idles out, and a warm runner is launched at the new target", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("warm-moved");
+  const r = scopedRedis(redis, "warm-moved");
+  hosts.push(host);
+  const poolAt = (repo: string) => fakeRunnerPool(fake, { minIdle: 1, idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS, warm: { installationId: fake.installationId, owner: "acme", repo } });
+  const start = (repo: string) => startSystem("all", fake, r, host, { pools: [poolAt(repo)], worker: { hostId: host, capacity: 3, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 } });
+  let sys = await start("app");
+  const online = (repo: string) => fake.runners().filter((x) => !x.busy && x.status === "online" && x.scope.kind === "repo" && x.scope.repo === repo);
+  try {
+    const [old] = await waitFor(() => online("app").length === 1 && online("app"), 90_000, "a warm runner online on acme/app");
+    await sys.close();
+    sys = await start("other");
+    assert.match(sys.logs(), new RegExp(`"runner":"${old!.name}"[^\\n]*"warm":false[^\\n]*adopted running runner as a spare`), sys.logs().slice(-3000));
+    await waitFor(() => online("other").length === 1, 90_000, "a warm runner online on acme/other");
+    // The one on acme/app idles out and is removed; the new target's stays, warm.
+    await waitFor(async () => !fake.runners().some((x) => x.name === old!.name) && !(await containersOf(host)).some((c) => c.Labels["dev.jitrunner.runner-name"] === old!.name), (IDLE_TIMEOUT_SECONDS + 60) * 1000, "the runner on the old target removed");
+    assert.equal(online("other").length, 1);
+    await drain(r, host, sys.drained);
+    assert.equal(fake.runners().length, 0, "no registration left");
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
 /** The fake GitHub and jitrunner (`all`) with one pool of MIN_IDLE warm runners whose jobs take `jobSeconds`. */
 async function warmSystem(tag: string, jobSeconds: number) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
