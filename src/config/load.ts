@@ -200,8 +200,13 @@ function crossCheck(config: CrossChecked): string[] {
     if (pool.warm && pool.scope === "repository" && !pool.warm.repo) {
       problems.push(`pools.${i}.warm.repo: a repository pool's warm runners register on one repository; name it`);
     }
-    if (pool.maxRunners !== undefined && pool.minIdle > pool.maxRunners) {
-      problems.push(`pools.${i}.minIdle: ${pool.minIdle} warm runners exceed maxRunners (${pool.maxRunners})`);
+    if (pool.maxRunners !== undefined && pool.minIdle > 0 && pool.minIdle >= pool.maxRunners) {
+      // Warm runners wait with no idle deadline: holding every place, they would keep for good
+      // any job none of them can take (another repository of the pool, another owner).
+      problems.push(
+        `pools.${i}.minIdle: ${pool.minIdle} warm runners ${pool.minIdle > pool.maxRunners ? "exceed" : "fill"} maxRunners (${pool.maxRunners}); ` +
+          "a job no warm runner can take (another repository of the pool, another owner) would wait while they idle: set maxRunners above minIdle",
+      );
     }
     pool.mounts.forEach((m, j) => {
       // A runner never gets a Docker engine of the host: any job could take the host over.

@@ -177,7 +177,7 @@ test("duplicate pools and unknown worker pools are cross-checked; YAML errors ar
   assert.throws(() => loadConfig({ text: "github: [unclosed", env, readFile: noFiles }), /not valid YAML/);
 });
 
-test("warm runners: minIdle needs where to register, a repository for repository pools, and fits maxRunners", () => {
+test("warm runners: minIdle needs where to register, a repository for repository pools, and leaves room under maxRunners", () => {
   const pool = (extra: string) => `${minimal}    ${extra.trim().split("\n").join("\n    ")}\n`;
   assert.equal(loadConfig({ text: minimal, env, readFile: noFiles }).pools[0]!.minIdle, 0);
   assert.throws(() => loadConfig({ text: pool("minIdle: 2"), env, readFile: noFiles }), /pools\.0\.warm: minIdle needs warm\.installationId and warm\.owner/);
@@ -189,6 +189,11 @@ test("warm runners: minIdle needs where to register, a repository for repository
     () => loadConfig({ text: pool("minIdle: 3\nmaxRunners: 2\nwarm: { installationId: 7, owner: acme, repo: app }"), env, readFile: noFiles }),
     /pools\.0\.minIdle: 3 warm runners exceed maxRunners \(2\)/,
   );
+  assert.throws(
+    () => loadConfig({ text: pool("minIdle: 2\nmaxRunners: 2\nwarm: { installationId: 7, owner: acme, repo: app }"), env, readFile: noFiles }),
+    /pools\.0\.minIdle: 2 warm runners fill maxRunners \(2\); a job no warm runner can take .* set maxRunners above minIdle/,
+  );
+  assert.equal(loadConfig({ text: pool("minIdle: 2\nmaxRunners: 3\nwarm: { installationId: 7, owner: acme, repo: app }"), env, readFile: noFiles }).pools[0]!.maxRunners, 3);
   const org = loadConfig({ text: pool("scope: organization\nminIdle: 1\nwarm: { installationId: 7, owner: acme }"), env, readFile: noFiles }).pools[0]!;
   assert.deepEqual([org.minIdle, org.warm], [1, { installationId: 7, owner: "acme" }]);
   assert.throws(() => loadConfig({ text: pool("minIdle: -1"), env, readFile: noFiles }), /pools\.0\.minIdle/);
