@@ -104,16 +104,28 @@ interface RunToCheck {
 }
 
 /**
- * The runs whose jobs a pass lists: at most `max`, never-listed ones first, then the ones listed
- * longest ago (ties in listing order). Pure.
+ * The runs whose jobs a pass lists: at most `max`, in order of how long each has waited: a run
+ * listed before since its last listing, a run never listed since it was first seen plus `headStart`
+ * (ties in listing order). A new run goes ahead of any run listed less than `headStart` ago, and a
+ * run listed long ago is listed again even while new runs keep coming faster than the budget
+ * (its later jobs, a `needs:` job's, can be queued with their webhooks lost too). Pure.
  */
-export function runsToList<T extends { run: { id: number } }>(runs: readonly T[], lastListed: ReadonlyMap<number, number>, max: number): T[] {
+export function runsToList<T extends { run: { id: number } }>(
+  runs: readonly T[],
+  lastListed: ReadonlyMap<number, number>,
+  firstSeen: ReadonlyMap<number, number>,
+  max: number,
+  headStart: number,
+): T[] {
   return runs
-    .map((r, i) => ({ r, i, at: lastListed.get(r.run.id) ?? Number.NEGATIVE_INFINITY }))
+    .map((r, i) => ({ r, i, at: lastListed.get(r.run.id) ?? (firstSeen.get(r.run.id) ?? Number.POSITIVE_INFINITY) - headStart }))
     .sort((a, b) => a.at - b.at || a.i - b.i)
     .slice(0, max)
     .map((x) => x.r);
 }
+
+/** How far ahead of runs listed before a run never listed goes, in passes (see runsToList). */
+const NEW_RUN_HEAD_START_PASSES = 3;
 
 /**
  * Leader loop: GitHub's queued jobs against the demand we hold. For each recently active
@@ -124,12 +136,15 @@ export function runsToList<T extends { run: { id: number } }>(runs: readonly T[]
  * whose webhook was lost (or came while we were down) gets its runner.
  *
  * GitHub lists jobs per run only, so a backlog of queued runs would cost a call per run on every
- * pass: a pass lists at most `maxRunsPerPass` runs' jobs, new runs first, then the ones it looked
- * at longest ago, so a large backlog is covered over several passes within a fixed budget.
+ * pass: a pass lists at most `maxRunsPerPass` runs' jobs, those that waited longest first (a new
+ * run with a head start of a few passes: runsToList), so a large backlog is covered over several
+ * passes within a fixed budget, and runs listed before are listed again while new ones keep coming.
  */
 export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
   /** When each run still queued, in progress or waiting had its jobs listed last (this leader's memory). */
   const lastListed = new Map<number, number>();
+  /** When this leader first saw each run still queued, in progress or waiting. */
+  const firstSeen = new Map<number, number>();
   return {
     name: GITHUB_QUEUED,
     intervalMs: d.intervalMs,
@@ -148,8 +163,11 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
         }
       }
       for (const id of lastListed.keys()) if (!runs.has(id)) lastListed.delete(id);
+      for (const id of firstSeen.keys()) if (!runs.has(id)) firstSeen.delete(id);
+      const now = Date.now();
+      for (const id of runs.keys()) if (!firstSeen.has(id)) firstSeen.set(id, now);
       const pass: Pass = { failedDemand: [] };
-      for (const { run, installationId } of runsToList([...runs.values()], lastListed, d.maxRunsPerPass)) {
+      for (const { run, installationId } of runsToList([...runs.values()], lastListed, firstSeen, d.maxRunsPerPass, NEW_RUN_HEAD_START_PASSES * d.intervalMs)) {
         signal.throwIfAborted();
         try {
           await recoverRun(d, run, installationId, pass, signal);

@@ -97,27 +97,50 @@ test("every pass is bounded in time", () => {
   assert.equal(passTimeoutMs(3_600_000), 600_000);
 });
 
-test("queued runs: at most the budget per pass, never-listed runs first, then the ones listed longest ago", () => {
+test("queued runs: at most the budget per pass, those that waited longest first, a new run with a head start; runs listed before are listed again while new ones keep coming", () => {
   const runs = [10, 11, 12, 13, 14].map((id) => ({ run: { id } }));
   const ids = (rs: Array<{ run: { id: number } }>) => rs.map((r) => r.run.id);
-  assert.deepEqual(ids(runsToList(runs, new Map(), 2)), [10, 11], "none listed yet: in listing order");
+  const seenAt = (at: number, of: Array<{ run: { id: number } }>) => new Map(of.map((r) => [r.run.id, at]));
+  const HEAD_START = 1_000;
+  assert.deepEqual(ids(runsToList(runs, new Map(), seenAt(0, runs), 2, HEAD_START)), [10, 11], "none listed yet: in listing order");
   const listed = new Map([
     [10, 300],
     [11, 100],
     [13, 200],
   ]);
-  assert.deepEqual(ids(runsToList(runs, listed, 3)), [12, 14, 11], "never listed first, then the oldest listing");
-  assert.deepEqual(ids(runsToList(runs, listed, 10)), [12, 14, 11, 13, 10], "everything, when the budget allows");
+  assert.deepEqual(ids(runsToList(runs, listed, seenAt(0, runs), 3, HEAD_START)), [12, 14, 11], "never listed first, then the oldest listing");
+  assert.deepEqual(ids(runsToList(runs, listed, seenAt(0, runs), 10, HEAD_START)), [12, 14, 11, 13, 10], "everything, when the budget allows");
+  assert.deepEqual(ids(runsToList(runs, listed, seenAt(1_250, runs), 2, HEAD_START)), [11, 13], "a new run's head start is for so long only");
   // Passes that each list their picks cover every run, each within ceil(n / budget) passes.
   const seen = new Map<number, number>();
   const covered = new Set<number>();
   for (let pass = 1; pass <= 3; pass++) {
-    for (const r of runsToList(runs, seen, 2)) {
+    for (const r of runsToList(runs, seen, seenAt(0, runs), 2, HEAD_START)) {
       seen.set(r.run.id, pass);
       covered.add(r.run.id);
     }
   }
   assert.equal(covered.size, runs.length);
+
+  // Four new runs a pass with a budget of four (a pass every 100 ms, a head start of 3 passes): the
+  // five runs listed before are each listed again all the same (before, never: new runs came first).
+  const lastAt = new Map<number, number>(runs.map((r, i) => [r.run.id, i]));
+  const firstAt = new Map<number, number>(runs.map((r) => [r.run.id, 0]));
+  const open = [...runs];
+  const relisted = new Set<number>();
+  let next = 100;
+  for (let pass = 1; pass <= 12; pass++) {
+    const now = pass * 100;
+    for (let k = 0; k < 4; k++) {
+      open.push({ run: { id: next } });
+      firstAt.set(next++, now);
+    }
+    for (const r of runsToList(open, lastAt, firstAt, 4, 300)) {
+      if (r.run.id < 100) relisted.add(r.run.id);
+      lastAt.set(r.run.id, now);
+    }
+  }
+  assert.deepEqual([...relisted].sort(), [10, 11, 12, 13, 14], "every run listed before is listed again");
 });
 
 test("redelivery tries: 1, 4, 16, 64, 256, 1,024 minutes apart, all of them (and as many failed requests) within GitHub's 3 days", () => {
