@@ -170,13 +170,8 @@ test("warm runners outlive a worker restart: kept warm in slots of their own, no
 });
 
 test("a drain reaps an idle spare that is not warm at once, not at the end of its idle timeout", async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("warm-drain-spare");
-  const r = scopedRedis(redis, "warm-drain-spare");
-  hosts.push(host);
   // An idle timeout far past the drain's wait: only the drain can reap the spare in time.
-  const pool = fakeRunnerPool(fake, { minIdle: 1, idleTimeoutSeconds: 600, warm: { installationId: fake.installationId, owner: "acme", repo: "app" } });
-  const start = () => startSystem("all", fake, r, host, { pools: [pool], worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 } });
+  const { fake, host, r, start } = await warmHost("warm-drain-spare", { idleTimeoutSeconds: 600 });
   const conn = redisConnection(r.url);
   let sys = await start();
   try {
@@ -198,17 +193,7 @@ test("a drain reaps an idle spare that is not warm at once, not at the end of it
 });
 
 test("a restarted worker whose demand adopts a warm runner before finding the demand's own runner on its host gives the warm runner back at once: no second launch, each runner in a slot", async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("warm-served");
-  const r = scopedRedis(redis, "warm-served");
-  hosts.push(host);
-  const pool = fakeRunnerPool(fake, {
-    minIdle: 1,
-    idleTimeoutSeconds: 600,
-    warm: { installationId: fake.installationId, owner: "acme", repo: "app" },
-    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "30" },
-  });
-  const start = () => startSystem("all", fake, r, host, { pools: [pool], worker: { hostId: host, capacity: 3, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, heartbeatSeconds: 1 } });
+  const { fake, host, r, start } = await warmHost("warm-served", { idleTimeoutSeconds: 600, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "30" } }, { heartbeatSeconds: 1 });
   const conn = redisConnection(r.url);
   const idle = () => fake.runners().filter((x) => !x.busy && x.status === "online");
   let sys = await start();
@@ -245,13 +230,8 @@ test("a restarted worker whose demand adopts a warm runner before finding the de
 });
 
 test("a warm runner registered where the pool's warm runners no longer go (warm changed across a restart) is not warm again: it idles out, and a warm runner is launched at the new target", async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("warm-moved");
-  const r = scopedRedis(redis, "warm-moved");
-  hosts.push(host);
-  const poolAt = (repo: string) => fakeRunnerPool(fake, { minIdle: 1, idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS, warm: { installationId: fake.installationId, owner: "acme", repo } });
-  const start = (repo: string) => startSystem("all", fake, r, host, { pools: [poolAt(repo)], worker: { hostId: host, capacity: 3, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 } });
-  let sys = await start("app");
+  const { fake, host, r, start } = await warmHost("warm-moved", { idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS });
+  let sys = await start();
   const online = (repo: string) => fake.runners().filter((x) => !x.busy && x.status === "online" && x.scope.kind === "repo" && x.scope.repo === repo);
   try {
     const [old] = await waitFor(() => online("app").length === 1 && online("app"), 90_000, "a warm runner online on acme/app");
@@ -269,6 +249,24 @@ test("a warm runner registered where the pool's warm runners no longer go (warm 
     await fake.close();
   }
 });
+
+/**
+ * The fake GitHub, a host of the test's own and its Redis scope, and `start`, which starts
+ * jitrunner (`all`, capacity 3) there with one pool of one warm runner registered on acme/`repo`
+ * (default app), with the pool's and the worker's fields in `pool` and `worker`.
+ */
+async function warmHost(tag: string, pool: Record<string, unknown>, worker: Record<string, unknown> = {}) {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost(tag);
+  const r = scopedRedis(redis, tag);
+  hosts.push(host);
+  const start = (repo = "app") =>
+    startSystem("all", fake, r, host, {
+      pools: [fakeRunnerPool(fake, { minIdle: 1, warm: { installationId: fake.installationId, owner: "acme", repo }, ...pool })],
+      worker: { hostId: host, capacity: 3, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, ...worker },
+    });
+  return { fake, host, r, start };
+}
 
 /** The fake GitHub and jitrunner (`all`) with one pool of MIN_IDLE warm runners whose jobs take `jobSeconds`. */
 async function warmSystem(tag: string, jobSeconds: number) {
