@@ -1693,8 +1693,10 @@ export class RunnerWorker {
     return counts;
   }
 
-  /** Logs `detail` (when new, or when asked to) and keeps it, with its fixed `reason`, as the worker's problem. */
-  /** `detail` (GitHub's or Docker's words among ours) is redacted: /readyz shows it. */
+  /**
+   * Logs `text` (when new, or when asked to) and keeps it, with its fixed `reason`, as the
+   * worker's problem; redacted, as GitHub's or Docker's words are among ours.
+   */
   #noteError(reason: UnreadyReason, text: string, log: boolean): void {
     const detail = redact(text);
     if (log || detail !== this.#lastError?.detail) this.#d.logger.warn(detail);
@@ -1708,19 +1710,22 @@ export class RunnerWorker {
  * registers on `pool.warm`, which need not be where the job runs).
  */
 function servesDemand(spare: Spare, lease: Lease): boolean {
-  const { record } = spare.tracked;
-  const { demand } = lease;
-  const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
-  if (record.installationId !== demand.installationId || !same(record.owner, demand.owner)) return false;
-  return spare.pool.scope !== "repository" || same(record.repo, demand.repo);
+  return registeredAt(spare.pool, spare.tracked.record, lease.demand);
 }
 
 /** Whether a runner is registered where the pool's warm runners go now (its `warm` target). */
 function atWarmTarget(pool: PoolConfig, record: RunnerRecord): boolean {
-  const warm = pool.warm;
+  return pool.warm !== undefined && registeredAt(pool, record, { ...pool.warm, repo: pool.warm.repo ?? "" });
+}
+
+/**
+ * Whether a runner of `pool` is registered at `where`: the same installation and owner, and in a
+ * repository pool the same repository (names compared as GitHub does, ignoring case).
+ */
+function registeredAt(pool: PoolConfig, record: RunnerRecord, where: { installationId: number; owner: string; repo: string }): boolean {
   const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
-  if (!warm || record.installationId !== warm.installationId || !same(record.owner, warm.owner)) return false;
-  return pool.scope !== "repository" || same(record.repo, warm.repo ?? "");
+  if (record.installationId !== where.installationId || !same(record.owner, where.owner)) return false;
+  return pool.scope !== "repository" || same(record.repo, where.repo);
 }
 
 function sleep(ms: number): Promise<void> {

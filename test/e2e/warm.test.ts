@@ -193,7 +193,7 @@ test("a drain reaps an idle spare that is not warm at once, not at the end of it
 });
 
 test("a restarted worker whose demand adopts a warm runner before finding the demand's own runner on its host gives the warm runner back at once: no second launch, each runner in a slot", async () => {
-  const { fake, host, r, start } = await warmHost("warm-served", { idleTimeoutSeconds: 600, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "30" } }, { heartbeatSeconds: 1 });
+  const { fake, host, r, start } = await warmHost("warm-served", { idleTimeoutSeconds: 600, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "60" } }, { heartbeatSeconds: 1 });
   const conn = redisConnection(r.url);
   const idle = () => fake.runners().filter((x) => !x.busy && x.status === "online");
   let sys = await start();
@@ -216,12 +216,8 @@ test("a restarted worker whose demand adopts a warm runner before finding the de
     assert.equal(fake.jobs().find((j) => j.id === job.id)?.status, "in_progress", "checked while the job still runs");
     assert.equal(callsTo(fake, JIT), 2, "no runner launched beside the two");
     assert.equal(idle().length, 1, "the warm runner still idle and registered");
-
-    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
-    await demandIn(r, `${job.id}-1`, "completed", 30_000);
-    await drain(r, host, sys.drained);
-    assert.equal(fake.runners().length, 0, "no registration left");
-    assert.equal((await containersOf(host)).length, 0, "no container left");
+    // The job's end and the runners' teardown are other tests' (the restart test of worker.test,
+    // the drains here): its runners are removed with the file's hosts.
   } finally {
     conn.disconnect();
     await sys.close();
