@@ -843,17 +843,10 @@ export class RunnerWorker {
     }
     log.info({ runner: existing.name, runnerHost: record?.host }, "demand already has a runner");
     if (record && !hostGone && record.host !== this.#d.host) return this.#waitElsewhere(lease, existing.name, log, unwatched);
-    if (record && !hostGone && unwatched.spare) {
-      // A warm runner adopted for the demand before its runner here was found: a spare again at
-      // once, with a slot and a place of its own, rather than held idle for that runner's whole
-      // job (two containers in one slot and one place, and one warm runner short meanwhile).
-      const spare = unwatched.spare;
-      unwatched.spare = undefined;
-      await this.#returnSpare(spare, lease, log);
-      const max = this.#pools.get(lease.demand.pool)?.maxRunners;
-      // The spare took its place back from the demand's: the demand's is had again for the runner.
-      if (max) await this.#limits.acquire(lease.demand.pool, lease.id, max).catch(() => false);
-    }
+    // A warm runner adopted for the demand before its runner here was found: a spare again at
+    // once, rather than held idle for that runner's whole job (two containers in one slot and one
+    // place, and one warm runner short meanwhile).
+    if (record && !hostGone && unwatched.spare) await this.#holdForEarlierRunner(lease, log, unwatched);
     // Adopted here: this lease's slot and place count for it now (the place is the same one).
     this.#releaseAdopted(existing.name, lease.id);
     if (record && !hostGone) await this.#waitGone(existing.name);
@@ -869,6 +862,20 @@ export class RunnerWorker {
   }
 
   /**
+   * The demand already has a runner: a warm runner adopted for it meanwhile is a spare again, with
+   * a slot and a place of its own (taken back from the demand's), and the demand's place under the
+   * pool limit is had again, for that runner. Best effort, as a refresh is: one the pool has no
+   * room for runs over the limit all the same.
+   */
+  async #holdForEarlierRunner(lease: Lease, log: Logger, unwatched: { spare?: Spare }): Promise<void> {
+    const spare = unwatched.spare;
+    unwatched.spare = undefined;
+    if (spare) await this.#returnSpare(spare, lease, log);
+    const max = this.#pools.get(lease.demand.pool)?.maxRunners;
+    if (max) await this.#limits.acquire(lease.demand.pool, lease.id, max).catch(() => false);
+  }
+
+  /**
    * The demand's runner runs on another live host, whose worker handed the demand back as it
    * stopped (or died, and its lease lapsed) and adopts the runner when it starts again, with a slot
    * of its own and the demand's place under the pool limit (#holdAdopted). The lease waits here for
@@ -880,15 +887,10 @@ export class RunnerWorker {
    * slot and a place again to launch, or, with none free, goes back to the queue unspent.
    */
   async #waitElsewhere(lease: Lease, name: string, log: Logger, unwatched: { spare?: Spare }): Promise<boolean> {
-    const spare = unwatched.spare;
-    unwatched.spare = undefined;
     // The spare takes a slot of its own back, and its place; the lease's slot is free after it.
-    if (spare) await this.#returnSpare(spare, lease, log);
+    await this.#holdForEarlierRunner(lease, log, unwatched);
     this.#slotless.add(lease);
     this.#slots.release();
-    const max = this.#pools.get(lease.demand.pool)?.maxRunners;
-    // Best effort, as a refresh is: one the pool has no room for runs over the limit all the same.
-    if (max) await this.#limits.acquire(lease.demand.pool, lease.id, max).catch(() => false);
     log.info({ runner: name }, "waiting for the demand's runner on another host, holding no slot here");
     await this.#waitGone(name);
     if (this.#stopping) {
