@@ -102,11 +102,11 @@ function refusedUnread(err: FastifyError): UnverifiedOutcome | undefined {
 
 const SIGNATURE = /^sha256=([0-9a-f]{64})$/i;
 /**
- * What GitHub sends as an event name (`workflow_job`, `ping`, `installation_repositories`). A
- * header sent twice reaches the route joined (Node joins a repeated header with ", "): that is
- * no event name, and is refused rather than taken for an event of another kind.
+ * What GitHub sends as an event name (`workflow_job`, `ping`, `installation_repositories`,
+ * `projects_v2_item`). A header sent twice reaches the route joined (Node joins a repeated header
+ * with ", "): that is no event name, and is refused rather than taken for an event of another kind.
  */
-const EVENT_NAME = /^[a-z_]{1,64}$/;
+const EVENT_NAME = /^[a-z0-9_]{1,64}$/;
 
 /**
  * GitHub's `X-Hub-Signature-256`: HMAC-SHA256 of the raw body, compared in constant time (what

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { pino } from "pino";
+import { emitterEventNames } from "@octokit/webhooks";
 import { Redis } from "ioredis";
 import { Queue } from "bullmq";
 import { buildApp } from "../../src/http/app.ts";
@@ -146,6 +147,19 @@ test("a signed body sent again with made-up X-GitHub-Event names is counted as e
   assert.equal(await count(), before + N, "each counted, under event=\"other\"");
   const events = new Set([...(await metrics.render()).matchAll(/^jitrunner_webhook_deliveries_total\{event="([^"]*)"/gm)].map((m) => m[1]));
   assert.deepEqual([...events].filter((e) => !["workflow_job", "ping", "other", "unverified"].includes(e!)), [], "no series names a sender's event");
+});
+
+test("every event GitHub sends (the names @octokit/webhooks lists, projects_v2_item's digits included) other than those we act on is answered 202 and counted as ignored", async () => {
+  const body = JSON.stringify({ action: "created", hook_id: 1 });
+  const names = [...new Set(emitterEventNames.filter((n: string) => /^[a-z0-9_]+$/.test(n)))].filter((n) => !["workflow_job", "ping", "repository"].includes(n));
+  assert.ok(names.length > 50 && names.includes("projects_v2_item"), `${names.length} event names`);
+  const count = async () => Number(/^jitrunner_webhook_deliveries_total\{event="other",action="created",outcome="ignored_event"\} (\d+)$/m.exec(await metrics.render())?.[1] ?? 0);
+  const before = await count();
+  for (const name of names) {
+    const res = await post(body, signedHeaders(name, body, WEBHOOK_SECRET));
+    assert.deepEqual([res.statusCode, res.json().outcome], [202, "ignored_event"], name);
+  }
+  assert.equal(await count(), before + names.length);
 });
 
 test("a queued job becomes one demand item; replays and redeliveries add nothing", async () => {
