@@ -1,7 +1,7 @@
 import { createAppAuth } from "@octokit/auth-app";
 import { Octokit } from "@octokit/core";
 import { throttling, type ThrottlingOptions } from "@octokit/plugin-throttling";
-import { setTimeout as delay } from "node:timers/promises";
+import { setImmediate as turn, setTimeout as delay } from "node:timers/promises";
 import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import type { Secret } from "../config/secret.ts";
@@ -124,7 +124,7 @@ export class OctokitGitHub implements GitHubClient {
   // A token request is made with the App's JWT: once it has its place, it waits out a wait GitHub
   // asked of the App (a token request of any installation refused), so none queued behind the
   // refused one is sent meanwhile.
-  readonly #tokenRequests = new ConcurrencyGroup(1, () => this.#waitOutPause(APP_INSTALLATION, undefined, "installation token request"));
+  readonly #tokenRequests = new ConcurrencyGroup(1, { before: () => this.#waitOutPause(APP_INSTALLATION, undefined, "installation token request") });
   /** One per client, as the plugin's own: each client's plugin hears only its own calls' failures. */
   readonly #retries: RetryScheduler[] = [];
   /** Runner group ids by installation/organization/name, resolved once. */
@@ -137,7 +137,18 @@ export class OctokitGitHub implements GitHubClient {
   constructor(opts: OctokitGitHubOptions) {
     this.#opts = opts;
     this.#createJwt = appJwtSigner(opts.privateKey.reveal(), this.#clock);
-    this.#calls = new ConcurrencyGroup(opts.concurrentCalls ?? DEFAULT_CONCURRENT_CALLS);
+    // A call that waited for its place behind the installation's limit, or a retry (which takes
+    // none), waits out GitHub's wait once it may start: it was checked before it queued (reads in
+    // #send, writes in the write budget), and a call refused meanwhile may have begun a wait, which
+    // a burst queued behind the limit would otherwise all be sent into (each refusal making it
+    // longer). The place of a refused call passes on before the plugin hears why it was refused:
+    // a turn of the event loop first, so that its wait is heard (`limited`) when the next looks.
+    this.#calls = new ConcurrencyGroup(opts.concurrentCalls ?? DEFAULT_CONCURRENT_CALLS, {
+      afterWait: async (id) => {
+        await turn();
+        await this.#waitOut(id, undefined, "GitHub call");
+      },
+    });
     const max = opts.writes?.max ?? DEFAULT_WRITES_PER_MINUTE;
     const windowMs = opts.writes?.windowMs ?? 60_000;
     const app = `${opts.redisPrefix ?? "jitrunner"}:github:app-${opts.appId}`;
@@ -170,7 +181,8 @@ export class OctokitGitHub implements GitHubClient {
         metrics.githubRateLimited(kind, again ? "retried" : "gave_up");
         // GitHub's wait is for every request, not only the one refused: the plugin retries this one
         // after it, and no other call of this installation starts before it is over either (writes
-        // wait in the write budget, reads in #send; in every process sharing its Redis). Calls sent
+        // wait in the write budget, reads in #send, calls queued behind the concurrency limit and
+        // retries once they may start, in #calls; in every process sharing its Redis). Calls sent
         // during it are refused, and each refusal would make the wait longer (and may get the App
         // banned). The primary wait is on GitHub's clock and at least 1 s (rateLimitResetPlugin);
         // a wait of 0 still pauses calls for 1 s. A token request is the App's, made with its JWT:
@@ -278,8 +290,12 @@ export class OctokitGitHub implements GitHubClient {
    * at once as rate limited (as a refused call told to wait that long gives up). A caller that gives
    * up meanwhile (`signal`), or the client closing, ends the wait in NotSentError: nothing was sent.
    */
-  async #waitOutPause(installationId: number, signal: AbortSignal | undefined, what = "GitHub read"): Promise<void> {
-    const id = throttleIdOf(installationId);
+  #waitOutPause(installationId: number, signal: AbortSignal | undefined, what = "GitHub read"): Promise<void> {
+    return this.#waitOut(throttleIdOf(installationId), signal, what);
+  }
+
+  /** #waitOutPause, by the installation's throttle id. */
+  async #waitOut(id: string, signal: AbortSignal | undefined, what: string): Promise<void> {
     const stop = signal ? AbortSignal.any([signal, this.#closing.signal]) : this.#closing.signal;
     let waited = 0;
     for (;;) {

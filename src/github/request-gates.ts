@@ -128,6 +128,19 @@ interface GateOptions {
 }
 
 /**
+ * What a gate checks before a call starts (each a failure of which is the call's), given the gate's
+ * key (the installation's throttle id):
+ * - `before`: every call, once it has its place;
+ * - `afterWait`: only a call that waited for its place, and a retry (which takes none). What its
+ *   caller checked before the call came to the gate (GitHub's wait, say) may have changed while it
+ *   waited: a call that starts at once was checked a moment ago and pays nothing more.
+ */
+export interface GateChecks {
+  before?: (key: string) => Promise<void>;
+  afterWait?: (key: string) => Promise<void>;
+}
+
+/**
  * The plugin's `global` and `auth` groups (a Bottleneck.Group's shape as the plugin uses it): per
  * key, at most `max` calls running; more wait in order of arrival and start as soon as one ends.
  * A retry (weight 0, as the plugin schedules it) runs at once and takes no place, as in Bottleneck.
@@ -135,19 +148,18 @@ interface GateOptions {
 export class ConcurrencyGroup {
   readonly #max: number;
   readonly #keys = new Map<string, ConcurrencyGate>();
-  readonly #before: (() => Promise<void>) | undefined;
+  readonly #checks: GateChecks;
 
-  /** `before` runs once a call has its place, before the call: a failure of it is the call's. */
-  constructor(max: number, before?: () => Promise<void>) {
+  constructor(max: number, checks: GateChecks = {}) {
     if (!(max >= 1)) throw new RangeError(`a concurrency gate needs max >= 1 (got ${max})`);
     this.#max = max;
-    this.#before = before;
+    this.#checks = checks;
   }
 
   key(id: string): ConcurrencyGate {
     let gate = this.#keys.get(id);
     if (!gate) {
-      gate = new ConcurrencyGate(this.#max, this.#before);
+      gate = new ConcurrencyGate(this.#max, id, this.#checks);
       this.#keys.set(id, gate);
     }
     return gate;
@@ -156,13 +168,15 @@ export class ConcurrencyGroup {
 
 export class ConcurrencyGate {
   readonly #max: number;
-  readonly #before: (() => Promise<void>) | undefined;
+  readonly #key: string;
+  readonly #checks: GateChecks;
   readonly #waiting: (() => void)[] = [];
   #running = 0;
 
-  constructor(max: number, before?: () => Promise<void>) {
+  constructor(max: number, key: string, checks: GateChecks = {}) {
     this.#max = max;
-    this.#before = before;
+    this.#key = key;
+    this.#checks = checks;
   }
 
   /** Calls running now, and calls waiting for a place. */
@@ -174,19 +188,25 @@ export class ConcurrencyGate {
   }
 
   async schedule<T>(options: GateOptions, fn: (...args: never[]) => T | PromiseLike<T>, ...args: unknown[]): Promise<T> {
-    const before = this.#before;
     const call = () => (fn as (...a: unknown[]) => T | PromiseLike<T>)(...args);
-    const run = before ? async () => (await before(), call()) : call;
-    if (options.weight === 0) return run();
-    if (this.#running >= this.#max) await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    if (options.weight === 0) return this.#run(true, call);
+    const waited = this.#running >= this.#max;
+    if (waited) await new Promise<void>((resolve) => this.#waiting.push(resolve));
     else this.#running++;
     try {
-      return await run();
+      return await this.#run(waited, call);
     } finally {
       // The place passes straight to the next call waiting, if any.
       const next = this.#waiting.shift();
       if (next) next();
       else this.#running--;
     }
+  }
+
+  async #run<T>(waited: boolean, call: () => T | PromiseLike<T>): Promise<T> {
+    const { before, afterWait } = this.#checks;
+    if (before) await before(this.#key);
+    if (waited && afterWait) await afterWait(this.#key);
+    return call();
   }
 }

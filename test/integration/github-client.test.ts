@@ -609,6 +609,38 @@ for (const limit of [undefined, 3]) {
   });
 }
 
+test("calls queued behind the installation's call limit when a call is refused for a rate limit wait out GitHub's wait too: a read and a write queued then reach GitHub only once it is over", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { prefix: `${redis.prefix}-queued-wait`, concurrentCalls: 1 });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  await c.gh.getJob(1, "acme", "app", job.id); // the token, minted first
+  const from = fake.requests.length;
+  const heldMs = 300;
+  const waitS = 2;
+  fake.inject({ route: JOB, status: 429, times: 1, delayMs: heldMs, headers: { "retry-after": String(waitS) } });
+  const limited = c.gh.getJob(1, "acme", "app", job.id);
+  await sleep(100);
+  // Both are let through before the refusal (no wait yet), and queue behind the call out.
+  const read = c.gh.getJob(1, "acme", "app", job.id);
+  const write = c.gh.generateJitConfig(repo(), { name: "jr-queued-wait", labels: LABELS });
+  assert.equal((await limited).status, "queued");
+  assert.equal((await read).status, "queued");
+  assert.ok((await write).runnerId > 0);
+  const sent = fake.requests.slice(from).map((r) => ({ route: r.route, status: r.status, at: r.at }));
+  const refused = sent.find((r) => r.status === 429)!;
+  assert.ok(refused, JSON.stringify(sent));
+  // The wait began when the refusal was answered, `heldMs` after it arrived (less the fake's timer
+  // firing early on a busy event loop).
+  const waitEnds = refused.at + heldMs + waitS * 1000 - 200;
+  const early = sent.filter((r) => r !== refused && r.at < waitEnds);
+  assert.deepEqual(early, [], `nothing reached GitHub during the wait (refused at ${refused.at})`);
+  assert.deepEqual(
+    sent.map((r) => `${r.route === JOB ? "job" : "jit"} ${r.status}`).sort(),
+    ["jit 201", "job 200", "job 200", "job 429"],
+    "the refused read retried once; the queued two sent once each",
+  );
+});
+
 test("a call waiting out GitHub's rate limit fails at once with NotSentError when the client closes, and is not sent again", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { prefix: `${redis.prefix}-closed` });

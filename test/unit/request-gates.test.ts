@@ -59,6 +59,37 @@ test("a call that fails gives its place back", async () => {
   assert.equal(gate.running, 0);
 });
 
+test("a gate's checks: `before` runs for every call, with the gate's key; `afterWait` only for a call that waited for its place, and for a retry", async () => {
+  const checked: string[] = [];
+  const group = new ConcurrencyGroup(1, {
+    before: async (key) => void checked.push(`before ${key}`),
+    afterWait: async (key) => void checked.push(`afterWait ${key}`),
+  });
+  const gate = group.key("installation-1");
+  const end = deferred();
+  const first = gate.schedule({}, () => end.promise);
+  const queued = gate.schedule({}, () => "queued");
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(checked, ["before installation-1"], "the first call started at once: no afterWait");
+  end.resolve();
+  await first;
+  assert.equal(await queued, "queued");
+  assert.deepEqual(checked, ["before installation-1", "before installation-1", "afterWait installation-1"]);
+  checked.length = 0;
+  assert.equal(await gate.schedule({ priority: 0, weight: 0 }, () => "retry"), "retry");
+  assert.deepEqual(checked, ["before installation-1", "afterWait installation-1"], "a retry takes no place, and is checked again");
+
+  // A check that fails is the call's failure, and the place passes on.
+  const failing = new ConcurrencyGroup(1, { afterWait: () => Promise.reject(new NotSentError("GitHub call")) }).key("k");
+  const hold = deferred();
+  const held = failing.schedule({}, () => hold.promise);
+  const refused = failing.schedule({}, () => "sent");
+  hold.resolve();
+  await held;
+  await assert.rejects(refused, NotSentError);
+  assert.equal(failing.running, 0);
+});
+
 test("the retry scheduler runs a failed call again, with its arguments, after the wait its handler names; without one the failure stands", async () => {
   const retries = new RetryScheduler();
   const seen: { message: string; args: unknown[]; retryCount: number }[] = [];
