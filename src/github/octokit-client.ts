@@ -349,7 +349,12 @@ export class OctokitGitHub implements GitHubClient {
   }
 
   async generateJitConfig(scope: RunnerScope, req: JitRequest, opts: CallOptions = {}): Promise<JitRunner> {
-    const groupId = req.runnerGroup === undefined ? (req.runnerGroupId ?? 1) : await this.#runnerGroupId(scope, req.runnerGroup);
+    // The group's lookup is shared by every launch that needs it, so it takes no caller's signal: a
+    // caller that gives up (a stop) while it waits (out a rate limit, say) ends at once, unsent.
+    const groupId =
+      req.runnerGroup === undefined
+        ? (req.runnerGroupId ?? 1)
+        : await untilGivenUp("generate JIT config", opts.signal, { sent: false, lost: false }, () => this.#runnerGroupId(scope, req.runnerGroup!));
     // Labels as given: a JIT runner gets exactly these (GitHub adds no defaults to it).
     const body = { name: req.name, labels: req.labels, runner_group_id: groupId, work_folder: "_work", request: unlessGivenUp(opts.signal) };
     try {

@@ -825,6 +825,32 @@ test("runner group by name: resolved once per organization, then cached; labels 
   assert.deepEqual(calls(fake, ORG_JIT), [201, 201, 201, 201]);
 });
 
+test("a registration given up while its runner group's lookup waits out a rate limit ends at once, unsent; the lookup is not sent before the wait is over", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  fake.addRunnerGroup("ci-runners");
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  fake.inject({ route: JOB, status: 429, times: 1, headers: { "retry-after": "600" } });
+  const limited = c.gh.getJob(1, "acme", "app", job.id).catch((err: unknown) => err);
+  await waitFor(() => calls(fake, JOB).includes(429), 5_000, "the 429 answered");
+  const stop = new AbortController();
+  const registering = c.gh.generateJitConfig(org(), { name: "jr-group-wait", labels: LABELS, runnerGroup: "ci-runners" }, { signal: stop.signal }).catch((err: unknown) => err);
+  try {
+    await sleep(100);
+    const started = Date.now();
+    stop.abort();
+    const err = await Promise.race([registering, sleep(5_000).then(() => "still waiting 5 s after the abort")]);
+    assert.ok(err instanceof NotSentError, `expected NotSentError, got ${String(err)}`);
+    assert.ok(Date.now() - started < 2_000, `ended ${Date.now() - started} ms after the abort, not after GitHub's 600 s`);
+    assert.deepEqual(calls(fake, "/orgs/{org}/actions/runner-groups"), [], "the lookup waits out the rate limit");
+    assert.deepEqual(calls(fake, ORG_JIT), [], "nothing registered");
+  } finally {
+    c.gh.close();
+  }
+  assert.ok((await limited) instanceof NotSentError);
+  assert.ok((await registering) instanceof NotSentError);
+});
+
 test("GHES: with apiUrl http://HOST/api/v3 every call, the token's included, goes under /api/v3", async () => {
   const fake = await fakeGitHub({ basePath: "/api/v3" });
   assert.match(fake.url, /^http:\/\/127\.0\.0\.1:\d+\/api\/v3$/);
