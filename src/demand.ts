@@ -20,6 +20,13 @@ export interface Demand {
    * github-queued's renewals): a queue item of its own for the same job.
    */
   renewal?: number;
+  /**
+   * True for demand a `queued` delivery added for a job attempt seen before, whose item had ended
+   * (or was dropped): GitHub queued the job again after an approval, or it is a late redelivery or
+   * a captured body sent again under a new delivery id, of a job long served. The worker asks
+   * GitHub whether the job is still queued before it registers anything, as for demand that waited.
+   */
+  seenBefore?: true;
 }
 
 /** How a demand's queue item ended: its runner served it (`completed`) or it ran out of launch attempts (`failed`). */

@@ -210,8 +210,10 @@ export class DemandQueues {
    * is GitHub saying the job is queued now, typically after an approval (queued, waiting, queued
    * again: the item ended meanwhile, its job not needing a runner). The ended item is replaced by
    * a fresh one, as addAgain does ("added"), rather than leaving the job to the reconciler's
-   * queued-jobs loop minutes later; the worker's still-queued check skips it if no runner is
-   * needed after all. A replay (the same delivery id) stays "replayed".
+   * queued-jobs loop minutes later; the worker's still-queued check, made before anything is
+   * registered (Demand.seenBefore), skips it if no runner is needed after all: a late redelivery,
+   * or a captured body sent again under new delivery ids, costs a read each, never a registration.
+   * A replay (the same delivery id) stays "replayed".
    *
    * A claim or seen key with no item behind it is not trusted: a process died between the claim
    * and the add, or Redis ran the claim script but its reply was lost and ioredis sent it again
@@ -248,9 +250,11 @@ export class DemandQueues {
         const state = await queue.getJobState(id);
         const ended = state === "completed" || state === "failed";
         if (state !== "unknown" && !(ended && claimed === CLAIM_DUPLICATE)) return claimed === CLAIM_REPLAYED ? "replayed" : "duplicate";
-        // Not held, or a new delivery for an ended item: a fresh item, as addAgain makes.
+        // Not held, or a new delivery for an ended item: a fresh item, as addAgain makes, whose job
+        // is checked before anything is registered for it (Demand.seenBefore).
         if (ended) await queue.remove(id);
         await this.#redis.set(seenKey, pool, "EX", SEEN_TTL_SECONDS);
+        demand = { ...demand, seenBefore: true };
       }
     } else if ((await this.#redis.set(seenKey, pool, "EX", SEEN_TTL_SECONDS, "NX")) === null && (await this.#held(pool, id, earlier))) {
       // Seen but not held: see above; the reconciler adds only jobs GitHub lists as queued.

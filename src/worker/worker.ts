@@ -700,8 +700,9 @@ export class RunnerWorker {
       } else {
         // A fresh job was queued a moment ago: ask GitHub alongside the registration, and let the
         // answer gate only the container. Demand that waited (a backlog, a retry) asks first, as a
-        // job cancelled meanwhile is likelier there and would waste a registration.
-        const fresh = lease.attempt === 1 && Date.now() - demand.receivedAt < (this.#d.overlapStillQueuedCheckSeconds ?? 0) * 1000;
+        // job cancelled meanwhile is likelier there and would waste a registration; so does demand
+        // for a job attempt seen before (a late copy of its `queued` delivery: Demand.seenBefore).
+        const fresh = lease.attempt === 1 && !demand.seenBefore && Date.now() - demand.receivedAt < (this.#d.overlapStillQueuedCheckSeconds ?? 0) * 1000;
         // The first line of the job's launch: its registration may wait minutes on a slow GitHub.
         log.info({ attempt: lease.attempt }, "launching a runner");
         let checking = this.#d.checkStillQueued;

@@ -22,6 +22,7 @@ import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
 import { metricSample } from "../helpers/leftovers.ts";
 import { assertNoSecrets } from "../helpers/secrets.ts";
+import { queuedPayload, signedHeaders } from "../helpers/webhooks.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
@@ -59,7 +60,7 @@ test("a launch that fails after registration deletes the registration and leaves
  * A job cancelled while queued, its `completed` webhook lost, reaches a worker. `overlap`: how the
  * worker's still-queued check runs (github.overlapStillQueuedCheckSeconds).
  */
-async function cancelledWhileQueued(tag: string, overlapSeconds: number) {
+async function cancelledWhileQueued(tag: string, overlapSeconds: number, resend = false) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost(tag);
   const r = scopedRedis(redis, tag);
@@ -79,8 +80,18 @@ async function cancelledWhileQueued(tag: string, overlapSeconds: number) {
     assert.equal((await containersOf(host)).length, 0);
     assert.doesNotMatch(worker.logs(), /runner container started/);
     assert.equal(fake.runners().length, 0, "no registration left at GitHub");
+    let resent: string | undefined;
+    if (resend) {
+      // The job's `queued` body, signed, under a new delivery id: its item has ended, so it is added afresh.
+      const body = JSON.stringify(queuedPayload({ jobId: job.id, labels: ["self-hosted", "linux"] }));
+      const res = await fetch(`${server.url}/webhooks/github`, { method: "POST", body, headers: signedHeaders("workflow_job", body, WEBHOOK_SECRET) });
+      resent = ((await res.json()) as { outcome?: string }).outcome;
+      await waitFor(() => callsTo(fake, "/repos/{owner}/{repo}/actions/jobs/{job_id}") === 2, 20_000, "the copy's still-queued check");
+      assert.equal((await demandIn(r, `${job.id}-1`, "completed", 20_000)).result, "not_needed");
+      assert.equal(fake.runners().length, 0, "no registration left at GitHub");
+    }
     await assertNoSecrets(fake, { texts: { "server logs": server.logs() }, logs: worker.logs(), sys: server });
-    return { jit: callsTo(fake, JIT), deleted: callsTo(fake, DELETE, "DELETE"), logs: worker.logs() };
+    return { jit: callsTo(fake, JIT), deleted: callsTo(fake, DELETE, "DELETE"), logs: worker.logs(), resent };
   } finally {
     await worker?.close();
     await server.close();
@@ -99,6 +110,13 @@ test("a fresh job's still-queued check runs alongside its registration and stops
   assert.equal(jit, 1, "registered while the check ran");
   assert.equal(deleted, 1, "and that registration deleted");
   assert.match(logs, /job needs no runner after all/);
+});
+
+test("a `queued` delivery sent again under a new delivery id after its job's demand ended (a late redelivery, a captured body) adds demand that asks GitHub first: no second registration", async () => {
+  const { jit, deleted, resent } = await cancelledWhileQueued("cancel-resent", 60, true);
+  assert.equal(jit, 1, "only the first demand's registration, made alongside its check");
+  assert.equal(deleted, 1);
+  assert.equal(resent, "queued", "the copy added demand again (GitHub may have queued the job again after an approval)");
 });
 
 test("a worker stopped mid-job leaves the runner running and its place under maxRunners held; restarted, it adopts it, keeps that place and launches no second runner", async () => {
