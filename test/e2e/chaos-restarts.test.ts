@@ -106,18 +106,23 @@ test("the server SIGKILLed mid-burst: failed deliveries are redelivered or the j
     );
     assertEachJobRanOnce(fake, 6);
 
-    // Each lost queued job came back exactly once: as a redelivery the restarted server accepted,
-    // or found queued by the leader (the other path then added nothing).
+    // The leader asks GitHub to redeliver the failed deliveries, again and again (2, 8, 32 s...
+    // apart here) while the server is down; one reaches the restarted server, however long its
+    // restart took on a loaded machine.
+    await waitFor(() => fake.deliveries.some((d) => d.redelivery && d.status === 202), 180_000, "a redelivery reached the restarted server");
+    // Each lost queued job came back: as a redelivery the restarted server accepted, or found
+    // queued by the leader (the other path then added nothing while its demand was held). A
+    // redelivery that came once the job was served added demand again, which asked GitHub first
+    // and registered nothing (Demand.seenBefore): each job still ran once (above).
     const serverMetrics = await (await fetch(`${url}/metrics`)).text();
     const workerMetrics = await (await fetch(`${worker.url}/metrics`)).text();
     const redelivered = metricSample(serverMetrics, "jitrunner_webhook_deliveries_total", 'event="workflow_job",action="queued",outcome="queued"');
     const recovered = metricSample(workerMetrics, "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_recovered"');
-    assert.equal(redelivered + recovered, 3, `3 lost queued jobs recovered (${redelivered} redelivered, ${recovered} found queued)`);
+    assert.ok(redelivered + recovered >= 3, `3 lost queued jobs recovered (${redelivered} redelivered, ${recovered} found queued)`);
     assert.ok(
       metricSample(workerMetrics, "jitrunner_reconcile_actions_total", 'loop="github-deliveries",action="delivery_redelivered"') >= 1,
       "the leader asked GitHub to redeliver failed deliveries",
     );
-    assert.ok(fake.deliveries.some((d) => d.redelivery && d.status === 202), "a redelivery reached the restarted server");
 
     await assertNothingLeft({ hostIds: [host], fake, redis: r, pools: ["default"], volumes });
     // Failed deliveries, redeliveries and recoveries logged: no secret among them.
