@@ -157,8 +157,15 @@ export class DockerodeDriver implements RunnerDriver {
       options.sshOptions = { agent: process.env.SSH_AUTH_SOCK, hostVerifier: (key: Buffer) => hostKeys.verify(key), ...(algorithms ? { algorithms } : {}) };
     }
     // Unconfigured, docker-modem takes the engine from DOCKER_HOST, and DOCKER_CERT_PATH's files as
-    // read (the connection's own TLS files apply to a configured engine only, as ever).
-    this.#docker = configured ? new Docker(options) : ssh ? new Docker({ sshOptions: options.sshOptions }) : new Docker(files.certPath ? { ...files.certPath } : undefined);
+    // read (the connection's own TLS files apply to a configured engine only, as ever). Configured,
+    // DOCKER_HOST must not apply: docker-modem lays the options over what it read from DOCKER_HOST,
+    // so an address the connection leaves out (host, port, protocol, user) would be DOCKER_HOST's,
+    // and a host from it wins over a configured socketPath (checked by no host key when over SSH).
+    this.#docker = configured
+      ? new Docker({ ...NOT_FROM_DOCKER_HOST, ...options })
+      : ssh
+        ? new Docker({ sshOptions: options.sshOptions })
+        : new Docker(files.certPath ? { ...files.certPath } : undefined);
   }
 
   async ping(): Promise<void> {
@@ -169,10 +176,13 @@ export class DockerodeDriver implements RunnerDriver {
 
   async create(spec: RunnerSpec): Promise<string> {
     try {
-      // The options object goes to the engine as the request body (the signal is taken out first):
-      // it holds the JIT config, so no error made here repeats it (see #call).
+      // The options go to the engine as the request body: they hold the JIT config, so no error
+      // made here repeats it (see #call). Only the name goes in the URL: given the options alone,
+      // docker-modem puts all of them in its query string too (a request line an engine's debug
+      // log, or a proxy in front of it, would log).
+      const { name, ...body } = createOptions(spec);
       const container = await this.#call("create container", this.#launchCallMs, (abortSignal) =>
-        this.#docker.createContainer({ ...createOptions(spec), abortSignal }),
+        this.#docker.createContainer({ _query: { name }, _body: body, abortSignal } as Docker.ContainerCreateOptions),
       );
       return container.id;
     } catch (err) {
@@ -518,6 +528,9 @@ function ownsDataVolume(spec: RunnerSpec): boolean {
 }
 
 /** The Docker API body for a runner container. Exported for tests. */
+/** docker-modem's options that DOCKER_HOST fills in, left out: what a configured connection does not name. */
+const NOT_FROM_DOCKER_HOST: Docker.DockerOptions = { host: undefined, port: undefined, protocol: undefined, username: undefined, pathPrefix: undefined } as Docker.DockerOptions;
+
 export function createOptions(spec: RunnerSpec): Docker.ContainerCreateOptions {
   const env = { ...spec.env, ACTIONS_RUNNER_INPUT_JITCONFIG: spec.jitConfig.reveal() };
   const host: Docker.HostConfig = {

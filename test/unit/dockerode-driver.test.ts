@@ -1,7 +1,7 @@
 /**
- * DockerodeDriver on its own, before any engine answers: its warnings at construction, and a wait
- * given a signal that has already aborted. The "engine" is an HTTP server on a unix socket that
- * answers nothing.
+ * DockerodeDriver on its own, against an "engine" that is an HTTP server on a unix socket: its
+ * warnings at construction, a wait given a signal that has already aborted, which engine it reaches
+ * with DOCKER_HOST set, and what a create sends where.
  */
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -9,7 +9,9 @@ import { createServer, type IncomingMessage } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
+import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver, readDockerFiles } from "../../src/docker/dockerode-driver.ts";
+import { LABEL, runnerLabels } from "../../src/docker/labels.ts";
 
 test("a driver for plain HTTP to another machine warns at construction; one for loopback does not", () => {
   const warnings: string[] = [];
@@ -84,6 +86,80 @@ test("a connection's TLS files without a host or socket of its own leave the loc
     else process.env.DOCKER_HOST = before;
     server.closeAllConnections();
     await new Promise((resolve) => server.close(resolve));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** An "engine" on a unix socket that answers `/_ping` and a create, and notes each request's URL and body. */
+async function recordingEngine(dir: string): Promise<{ socketPath: string; seen: { url: string; body: string }[]; close(): Promise<void> }> {
+  const socketPath = join(dir, "engine.sock");
+  const seen: { url: string; body: string }[] = [];
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (chunk: Buffer) => (body += chunk.toString()));
+    req.on("end", () => {
+      seen.push({ url: req.url ?? "", body });
+      if (req.url?.endsWith("/_ping")) res.writeHead(200, { "content-type": "text/plain" }).end("OK");
+      else if (req.method === "POST" && req.url?.includes("/containers/create")) res.writeHead(201, { "content-type": "application/json" }).end('{"Id":"c0ffee","Warnings":[]}');
+      else res.writeHead(404, { "content-type": "application/json" }).end('{"message":"not here"}');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  return {
+    socketPath,
+    seen,
+    async close() {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+test("a configured socket is the engine even when DOCKER_HOST names another: docker-modem's defaults from DOCKER_HOST do not apply", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "jitrunner-driver-"));
+  const engine = await recordingEngine(dir);
+  const before = process.env.DOCKER_HOST;
+  try {
+    // Nothing listens there: a ping that went to DOCKER_HOST would be refused.
+    process.env.DOCKER_HOST = "tcp://127.0.0.1:1";
+    await new DockerodeDriver({ socketPath: engine.socketPath, callTimeoutSeconds: 5 }).ping();
+    assert.equal(engine.seen.filter((r) => r.url.endsWith("/_ping")).length, 1);
+  } finally {
+    if (before === undefined) delete process.env.DOCKER_HOST;
+    else process.env.DOCKER_HOST = before;
+    await engine.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a create sends the JIT config in the request's body only: the URL carries the container's name and nothing else", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "jitrunner-driver-"));
+  const engine = await recordingEngine(dir);
+  const jit = "JITSECRET-d6f1c0a4e2b94f7a";
+  try {
+    const driver = new DockerodeDriver({ socketPath: engine.socketPath, callTimeoutSeconds: 5 });
+    const id = await driver.create({
+      name: "jitrunner-default-0123456789",
+      image: "runner:1",
+      jitConfig: new Secret(jit),
+      env: { FOO: "bar" },
+      labels: runnerLabels({ pool: "default", host: "h1", runnerName: "jitrunner-default-0123456789", demandId: "1-1" }),
+      isolation: "privileged",
+      capDrop: [],
+      resources: {},
+      networkMode: "none",
+      mounts: [],
+    });
+    assert.equal(id, "c0ffee");
+    const [create, ...more] = engine.seen.filter((r) => r.url.includes("/containers/create"));
+    assert.ok(create && more.length === 0, JSON.stringify(engine.seen.map((r) => r.url)));
+    assert.match(create.url, /\/containers\/create\?name=jitrunner-default-0123456789$/);
+    const body = JSON.parse(create.body) as { Env: string[]; Image: string; Labels: Record<string, string> };
+    assert.ok(body.Env.includes(`ACTIONS_RUNNER_INPUT_JITCONFIG=${jit}`), "the runner still gets its JIT config");
+    assert.equal(body.Image, "runner:1");
+    assert.equal(body.Labels[LABEL.pool], "default");
+  } finally {
+    await engine.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });
