@@ -208,6 +208,13 @@ function crossCheck(config: CrossChecked): string[] {
           "a job no warm runner can take (another repository of the pool, another owner) would wait while they idle: set maxRunners above minIdle",
       );
     }
+    // A runner in the host's network, or in another container's, reaches what listens on its
+    // loopback: Redis, an engine on a loopback TCP port, jitrunner's own ports.
+    if (pool.networkMode === "host" || pool.networkMode.startsWith("container:")) {
+      problems.push(
+        `pools.${i}.networkMode: '${pool.networkMode}' puts runners in ${pool.networkMode === "host" ? "the host's network" : "another container's network"}, where any job reaches what listens on its loopback (Redis, a Docker engine on a TCP port, jitrunner's own ports); use bridge, none, jitrunner-runners or a network of your own`,
+      );
+    }
     pool.mounts.forEach((m, j) => {
       // A runner never gets a Docker engine of the host: any job could take the host over.
       const reached = engineReachedBy(m.source);

@@ -351,6 +351,16 @@ test("the example Secret's webhook-secret placeholder is refused, as is any valu
   }
 });
 
+test("a pool in the host's network or in another container's is refused: its jobs would reach what listens on that loopback", () => {
+  for (const mode of ["host", "container:jitrunner-worker", "container:0123abcd"]) {
+    const problems = problemsOf({ text: `${minimal}    networkMode: "${mode}"\n`, env, readFile: noFiles });
+    assert.ok(problems.some((p) => p.startsWith(`pools.0.networkMode: '${mode}' puts runners in `) && p.includes("loopback")), `${mode}: ${problems.join("\n")}`);
+  }
+  for (const mode of ["bridge", "none", "jitrunner-runners", "ci-net", "hostnet"]) {
+    assert.equal(loadConfig({ text: `${minimal}    networkMode: "${mode}"\n`, env, readFile: noFiles }).pools[0]!.networkMode, mode);
+  }
+});
+
 test("a pool mount of the host's engine is refused however its path is written: Docker cleans the path before mounting", () => {
   const refused = [
     // Unnormalised spellings of /var/run, which holds docker.sock.
