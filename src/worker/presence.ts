@@ -51,6 +51,10 @@ export class HostPresence {
   get draining(): boolean {
     return this.#draining;
   }
+  /** Whether another worker process holds this host now (it took it while this one stalled). */
+  get hostTaken(): boolean {
+    return this.#hostProblem !== undefined;
+  }
   /** Whether this worker may take new demand now. */
   get open(): boolean {
     return !this.#stopped && !this.#draining && !this.problem;
@@ -167,7 +171,7 @@ export class HostPresence {
       this.#hostProblem = undefined;
       return true;
     }
-    if (!this.#hostProblem) d.logger.error("another worker process has taken this host; taking no demand while it holds it");
+    if (!this.#hostProblem) d.logger.error("another worker process has taken this host; taking no demand, and leaving the host's containers and records alone, while it holds it");
     this.#hostProblem = `another worker process holds host "${d.host}": give each worker its own worker.hostId`;
     return false;
   }

@@ -1326,6 +1326,10 @@ export class RunnerWorker {
   }
 
   async #reconcilePass(): Promise<void> {
+    // Another process holds the host (this one stalled past its hold): what it launches is not
+    // tracked here, and a container it has created but not yet started would look left behind.
+    // The pass waits until the host is this process's again (counted as no pass meanwhile).
+    if (this.#presence.hostTaken) return;
     const log = this.#d.logger.child({ loop: "host" });
     const pass = new PassFailures(log);
     try {
