@@ -38,6 +38,11 @@ const RATE_LIMIT_RETRIES = 3;
 /** ...unless told to wait longer than this: a primary window resets within the hour. */
 const RATE_LIMIT_MAX_WAIT_SECONDS = 3900;
 /**
+ * How long after a token was minted for a refused one a 401 of the same installation retries with
+ * it instead of minting again: the calls out with the refused token are answered within this.
+ */
+const REMINT_SHARED_MS = 30_000;
+/**
  * A failed attempt is tried again this often at most, after 1, 4 and 9 s, when it may succeed:
  * 5xx, 408, or no answer (network error, attempt timeout). Never 409 or 422 (they carry meaning:
  * name taken, runner busy), nor 403/429 (the throttling plugin's: it waits as GitHub says), nor a
@@ -131,6 +136,8 @@ export class OctokitGitHub implements GitHubClient {
   readonly #groups = new Map<string, Promise<number>>();
   /** Aborted by close(): reads waiting out GitHub's wait fail with NotSentError. */
   readonly #closing = new AbortController();
+  /** The last token minted for each installation because GitHub refused the one before (see #curable). */
+  readonly #remints = new Map<number, { minting: Promise<unknown>; at?: number }>();
   /** Scopes whose runner list was cut at MAX_PAGES, said so once. */
   readonly #cappedScopes = new Set<string>();
 
@@ -343,8 +350,24 @@ export class OctokitGitHub implements GitHubClient {
     if (JWT_TIME_ERROR.test(err.response?.data?.message ?? err.message ?? "")) return true;
     if (installationId === APP_INSTALLATION || isTokenRequest(err.request?.url)) return false;
     // Revoked or expired early: mint a new one (and share it) instead of failing for the rest of its life.
+    // Once per refusal, not per call refused: the calls that were out with the refused token get
+    // their 401s over a while, and each minting again would cost a token request apiece. A call
+    // refused soon after a mint retries with the new token (a call is retried once, then fails).
+    const last = this.#remints.get(installationId);
+    if (last && (last.at === undefined || performance.now() - last.at < REMINT_SHARED_MS)) {
+      await last.minting;
+      return true;
+    }
     this.#opts.logger.warn({ installationId }, "GitHub refused the installation token; minting a new one");
-    await client.auth({ type: "installation", refresh: true });
+    const remint: { minting: Promise<unknown>; at?: number } = { minting: client.auth({ type: "installation", refresh: true }) };
+    this.#remints.set(installationId, remint);
+    try {
+      await remint.minting;
+    } catch (err) {
+      if (this.#remints.get(installationId) === remint) this.#remints.delete(installationId);
+      throw err;
+    }
+    remint.at = performance.now();
     return true;
   }
 

@@ -289,6 +289,22 @@ test("a token GitHub stops accepting is replaced, and the call retried once", as
   assert.deepEqual(calls(fake, TOKEN), [201, 201]);
 });
 
+test("calls out with a token GitHub stops accepting, refused one after another, mint one new token between them, not one each", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { prefix: `${redis.prefix}-revoked-many`, concurrentCalls: 5 });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  await c.gh.getJob(1, "acme", "app", job.id);
+  // auth-app itself retries a 401 on a token younger than 5 s; an older one is ours to replace.
+  await sleep(5100);
+  fake.expireTokens();
+  // Their refusals come 200 ms apart, each after the mint the one before began has ended.
+  for (const delayMs of [0, 200, 400, 600, 800]) fake.inject({ route: JOB, times: 1, delayMs });
+  const answers = await Promise.all(Array.from({ length: 5 }, () => c.gh.getJob(1, "acme", "app", job.id)));
+  assert.ok(answers.every((a) => a.status === "queued"));
+  assert.deepEqual(calls(fake, TOKEN), [201, 201], "one token at first, one after the refusals");
+  assert.deepEqual(calls(fake, JOB).filter((s) => s === 401).length, 5, "each call refused once, then retried with the new token");
+});
+
 test("rate limits: 429 + retry-after and 403 + x-ratelimit-reset are waited out and counted; too many gives up", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { shared: false });
