@@ -1631,7 +1631,12 @@ export class RunnerWorker {
     }
     // A failure (a 5xx after retries, a rate limit) throws: the record stays, and so does the host.
     const outcome = await deregisterRecord(this.#d.github, r);
-    if (outcome === "busy") return;
+    if (outcome === "busy") {
+      // Its webhooks lost: recorded busy, so that the next passes of every worker look at it once
+      // an interval between them (#sweepGoneBusyRunner), not each asking GitHub every pass.
+      await this.#markLeftBusy(name);
+      return;
+    }
     await runners.remove(r, false);
     metrics.removed(r.pool, "host_gone");
     log.info({ runner: name, goneHost: id }, "runner of a gone host deregistered");

@@ -590,9 +590,14 @@ test("a gone host's runners whose id was never noted are deregistered by name: o
     assert.equal(await runners.get(idle), undefined, "its record removed");
     assert.match(sys.logs(), new RegExp(`"runner":"${idle}","goneHost":"${gone}","msg":"runner of a gone host deregistered"`));
     assert.ok(fake.runners().find((x) => x.id === busyRunner.id)?.busy, "the busy registration untouched");
-    assert.equal((await runners.get(busy))?.state, "registering", "the record of the runner GitHub says is busy kept");
+    assert.equal((await runners.get(busy))?.state, "busy", "the record of the runner GitHub says is busy kept, and recorded busy");
     assert.ok((await hostStore.list()).some((h) => h.id === gone), "and its host with it");
-    assert.equal(fake.requests.filter((q) => q.route === DELETE && q.method === "DELETE" && q.status === 422).length, 1, "GitHub refused the busy one's deletion");
+    // Recorded busy, it is looked at once per goneHostBusyCheckSeconds between the fleet's
+    // workers, not asked about again each pass.
+    const passed = await hostPasses(sys, "ok");
+    await waitFor(async () => (await hostPasses(sys, "ok")) >= passed + 2, 30_000, "two more host passes");
+    assert.equal(fake.requests.filter((q) => q.route === DELETE && q.method === "DELETE" && q.status === 422).length, 1, "GitHub refused the busy one's deletion, asked once");
+    assert.ok((await hostStore.list()).some((h) => h.id === gone), "the host still kept for its busy runner");
   } finally {
     await sys.close();
     await fake.close();
