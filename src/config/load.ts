@@ -135,8 +135,13 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   const runsWorker = secretsFor === "worker" || secretsFor === "all";
   if (runsWorker) problems.push(...unreadableFiles((raw as Record<string, any>).worker?.docker, "worker.docker", DOCKER_FILES, readFile));
   if (privateKey && privateKey.reveal() && !readablePrivateKey(privateKey.reveal())) {
+    // Which one was read: the variable wins over the file, which is then not read at all.
+    const fromEnv = !!env.JITRUNNER_GITHUB_PRIVATE_KEY;
+    const source = fromEnv
+      ? `JITRUNNER_GITHUB_PRIVATE_KEY${gh.privateKeyFile ? `, which is read instead of github.privateKeyFile (${String(gh.privateKeyFile)})` : ""}`
+      : `github.privateKeyFile: ${String(gh.privateKeyFile)}`;
     problems.push(
-      "privateKey: not a PEM private key that can be read (expected '-----BEGIN ... PRIVATE KEY-----' with its lines intact; " +
+      `privateKey (from ${source}): not a PEM private key that can be read (expected '-----BEGIN ... PRIVATE KEY-----' with its lines intact; ` +
         "in an environment variable, its line breaks written as \\n)",
     );
   }
@@ -268,7 +273,8 @@ function applyEnvOverrides(raw: Record<string, any>, env: Record<string, string 
   };
   if (env.JITRUNNER_REDIS_URL) set("redis", "url", env.JITRUNNER_REDIS_URL, "JITRUNNER_REDIS_URL");
   if (env.JITRUNNER_HOST_ID) set("worker", "hostId", env.JITRUNNER_HOST_ID, "JITRUNNER_HOST_ID");
-  if (env.JITRUNNER_PORT) set("server", "port", Number(env.JITRUNNER_PORT), "JITRUNNER_PORT");
+  // Only white space is no port (Number(" ") is 0, an ephemeral one): kept as given, for the schema to refuse.
+  if (env.JITRUNNER_PORT) set("server", "port", env.JITRUNNER_PORT.trim() === "" ? env.JITRUNNER_PORT : Number(env.JITRUNNER_PORT), "JITRUNNER_PORT");
   if (env.JITRUNNER_LOG_LEVEL) {
     raw.logLevel = env.JITRUNNER_LOG_LEVEL;
     overridden.set("logLevel", "JITRUNNER_LOG_LEVEL");

@@ -167,8 +167,14 @@ test("a private key whose line breaks were lost on the way (an unquoted \\n in a
     err = e;
   }
   assert.ok(err instanceof ConfigError, String(err));
-  assert.match(err.message, /privateKey: not a PEM private key that can be read/);
+  assert.match(err.message, /privateKey \(from JITRUNNER_GITHUB_PRIVATE_KEY\): not a PEM private key that can be read/);
   assert.ok(!err.message.includes(KEY.split("\n")[1]!), "no key material in the message");
+  // Where it came from: the file named, or the variable read instead of it.
+  const withFile = `${minimal.replace("appId: 42", "appId: 42\n  privateKeyFile: /etc/jitrunner/app.pem")}`;
+  const fromFile = problemsOf({ text: withFile, env: {}, readFile: () => mangled, secretsFor: "worker" }).join("\n");
+  assert.match(fromFile, /^privateKey \(from github\.privateKeyFile: \/etc\/jitrunner\/app\.pem\): not a PEM private key/m);
+  const both = problemsOf({ text: withFile, env: { JITRUNNER_GITHUB_PRIVATE_KEY: mangled }, readFile: () => KEY, secretsFor: "worker" }).join("\n");
+  assert.match(both, /^privateKey \(from JITRUNNER_GITHUB_PRIVATE_KEY, which is read instead of github\.privateKeyFile \(\/etc\/jitrunner\/app\.pem\)\): not a PEM/m);
 });
 
 test("duplicate pools and unknown worker pools are cross-checked; YAML errors are clear", () => {
@@ -246,6 +252,10 @@ test("a value an environment variable set is reported under its key and the vari
     readFile: noFiles,
   }).join("\n");
   assert.match(problems, /^server\.port: .*\(from JITRUNNER_PORT\)$/m);
+  // Only white space is no port, not port 0 (an ephemeral one, where no webhook would find it).
+  for (const blank of [" ", "\t "]) {
+    assert.match(problemsOf({ text: minimal, env: { ...env, JITRUNNER_PORT: blank }, readFile: noFiles }).join("\n"), /^server\.port: .*\(from JITRUNNER_PORT\)$/m, JSON.stringify(blank));
+  }
   assert.match(problems, /^logLevel: .*\(from JITRUNNER_LOG_LEVEL\)$/m);
   assert.match(problems, /^redis\.url: must be a redis:\/\/ or rediss:\/\/ URL \(from JITRUNNER_REDIS_URL\)$/m);
   assert.match(problems, /^worker\.hostId: .*\(from JITRUNNER_HOST_ID\)$/m);
