@@ -33,8 +33,11 @@ export interface StartOptions {
   /** The worker's Docker TLS files, read already (before the process ran on as another user). */
   dockerFiles?: DockerFiles;
   /**
-   * Aborted: a stop was asked for during the start. The start goes no further than the step it is
-   * in, undoes what it began (the worker stopped as a stop would) and rejects with StartAbortedError.
+   * Aborted: a stop was asked for during the start. Until the worker has started, the start goes no
+   * further than the step it is in, undoes what it began and rejects with StartAbortedError. Once
+   * the worker has started (its demand loops run), the start ends as ever: its caller stops it as
+   * any process that started, with close()'s outcome (runUntilStopped), not an undo whose failure
+   * would go unsaid and whose stop of in-flight launches the start's own wait would cut short.
    */
   signal?: AbortSignal;
 }
@@ -262,12 +265,12 @@ async function startWith(
     going();
     await wk.start();
     workerStarted = true;
-    // Its demand loops run from here: a stop asked for by now stops it (the undo), as close() would.
-    going();
+    // Its demand loops run from here: the start goes on to its end (one quick step), and a stop
+    // asked for by now is the caller's to do, as after any start (see StartOptions.signal).
     await rec.start();
     reconcilerUp = true;
   }
-  going();
+  if (!workerStarted) going();
   logger.info({ mode, url }, "jitrunner started");
 
   let closing: Promise<void> | undefined;

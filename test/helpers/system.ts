@@ -3,7 +3,7 @@ import { dirname } from "node:path";
 import { Writable } from "node:stream";
 import { Queue } from "bullmq";
 import Docker from "dockerode";
-import { start, type Mode, type Running } from "../../src/main.ts";
+import { start, type Mode, type Running, type StartOptions } from "../../src/main.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { createLogger } from "../../src/logger.ts";
 import { runnerLabels } from "../../src/docker/labels.ts";
@@ -48,6 +48,7 @@ export async function startSystem(
   redis: TestRedis,
   hostId: string,
   over: Partial<ConfigInput> = {},
+  opts: StartOptions = {},
 ): Promise<SystemUnderTest> {
   const config = testConfig({
     github: { appId: fake.appId, apiUrl: fake.url },
@@ -67,7 +68,7 @@ export async function startSystem(
       cb();
     },
   });
-  const running = await start(config, mode, createLogger("debug", sink));
+  const running = await start(config, mode, createLogger("debug", sink), opts);
   if (mode !== "worker") fake.setWebhookUrl(`${running.url}/webhooks/github`);
   return { ...running, logs: () => lines.join("") };
 }

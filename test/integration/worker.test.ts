@@ -12,7 +12,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
-import { startDockerProxy } from "../helpers/docker-proxy.ts";
+import { LIST_CONTAINERS, startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { runJitrunner, waitFor, writeLogTail } from "../helpers/process.ts";
 import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, goneHost, hostPasses, ourContainer, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
@@ -199,6 +199,40 @@ test("the host loop tears down at once a record without a container that a stopp
     await sys.close();
     await fake.close();
     conn.disconnect();
+  }
+});
+
+test("a stop asked for while the worker starts, once its start has gone past the worker's: the start ends and is the caller's to stop as any start, not undone unsaid", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("start-stop");
+  const r = scopedRedis(redis, "start-stop");
+  hosts.push(host);
+  const proxy = await startDockerProxy();
+  // The worker's start lists the host's containers (its first host pass): held there.
+  const listing = proxy.hang("GET", LIST_CONTAINERS);
+  const stopping = new AbortController();
+  const worker = { hostId: host, capacity: 1, heartbeatSeconds: 1, reconcileIntervalSeconds: 2, docker: { socketPath: proxy.socketPath } };
+  const starting = startSystem("worker", fake, r, host, { worker }, { signal: stopping.signal }).then(
+    (sys) => sys,
+    (err: unknown) => err as Error,
+  );
+  let sys: Awaited<ReturnType<typeof startSystem>> | undefined;
+  try {
+    await waitFor(() => listing.held >= 1, 20_000, "the worker's start in its first host pass");
+    stopping.abort();
+    listing.release();
+    const started = await starting;
+    assert.ok(!(started instanceof Error), `the start ended as ever, not undone: ${String(started)}`);
+    sys = started;
+    assert.match(sys.logs(), /jitrunner started/);
+    // Stopped by its caller, as any start: close()'s outcome is the run's.
+    await sys.close();
+    sys = undefined;
+  } finally {
+    listing.release();
+    await sys?.close();
+    await proxy.close();
+    await fake.close();
   }
 });
 
