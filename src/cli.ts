@@ -112,7 +112,8 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
   if (command === "check-config") {
-    const shown = { ...config, redis: { ...config.redis, url: withoutPassword(config.redis.url) } };
+    const pools = config.pools.map((pool) => ({ ...pool, env: Object.fromEntries(Object.entries(pool.env).map(([k, v]) => [k, shownEnvValue(k, v)])) }));
+    const shown = { ...config, redis: { ...config.redis, url: withoutPassword(config.redis.url) }, pools };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
     if (values.mode !== "server") for (const w of connectionWarnings(config.worker.docker)) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
     return 0;
@@ -162,3 +163,12 @@ main(process.argv.slice(2)).then(exit, (err) => {
   process.stderr.write(`jitrunner: ${errorMessage(err)}\n`);
   exit(1);
 });
+
+/**
+ * A runner's environment value as check-config prints it (output that gets pasted into issues):
+ * hidden under a name that says it is a credential, and a URL's password hidden (a proxy's, say).
+ */
+function shownEnvValue(name: string, value: string): string {
+  if (/TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|(^|_)KEY($|_)/i.test(name)) return "[redacted]";
+  return value.replace(/(\/\/[^/:@\s]*):[^@\s]*@/g, "$1:redacted@");
+}
