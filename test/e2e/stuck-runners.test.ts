@@ -58,7 +58,9 @@ test("a job cancelled before its runner could take it: the spare runner is reape
   hosts.push(host);
   // No still-queued check: the worker launches for the job whatever happened to it since.
   const sys = await startSystem("all", fake, r, host, {
-    pools: [fakeRunnerPool(fake, { idleTimeoutSeconds: 6 })],
+    // Long enough for the runner to boot and come online first on a loaded machine (two engine
+    // test files run at once): its idle clock starts when its container has started.
+    pools: [fakeRunnerPool(fake, { idleTimeoutSeconds: 12 })],
     github: { appId: fake.appId, apiUrl: fake.url, checkStillQueued: false },
   });
   try {

@@ -16,7 +16,11 @@ import { HostStore } from "../../src/state/hosts.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const MIN_IDLE = 2;
-const IDLE_TIMEOUT_SECONDS = 8;
+/**
+ * Long enough for a runner launched for a job to boot and take it on a loaded machine (two engine
+ * test files run at once): its idle clock starts when its container has started.
+ */
+const IDLE_TIMEOUT_SECONDS = 12;
 const { redis, hosts } = workersForFile();
 
 test("warm runners: ready with no demand, a job starts on one, replaced, kept past the idle timeout, removed by a drain", async () => {
