@@ -21,10 +21,11 @@ export interface Demand {
    */
   renewal?: number;
   /**
-   * True for demand a `queued` delivery added for a job attempt seen before, whose item had ended
-   * (or was dropped): GitHub queued the job again after an approval, or it is a late redelivery or
-   * a captured body sent again under a new delivery id, of a job long served. The worker asks
-   * GitHub whether the job is still queued before it registers anything, as for demand that waited.
+   * True for demand a `queued` delivery added for a job attempt seen before whose item had ended or
+   * is gone: GitHub queued the job again after an approval, or it is a late redelivery or a
+   * captured body sent again under a new delivery id, of a job long served (or, rarely, the first
+   * delivery's own add was lost after its claim). The worker asks GitHub whether the job is still
+   * queued before it registers anything, as for demand that waited.
    */
   seenBefore?: true;
 }

@@ -527,10 +527,10 @@ function ownsDataVolume(spec: RunnerSpec): boolean {
   return !spec.mounts.some((m) => m.target === DOCKER_DATA);
 }
 
-/** The Docker API body for a runner container. Exported for tests. */
 /** docker-modem's options that DOCKER_HOST fills in, left out: what a configured connection does not name. */
 const NOT_FROM_DOCKER_HOST: Docker.DockerOptions = { host: undefined, port: undefined, protocol: undefined, username: undefined, pathPrefix: undefined } as Docker.DockerOptions;
 
+/** The Docker API body for a runner container. Exported for tests. */
 export function createOptions(spec: RunnerSpec): Docker.ContainerCreateOptions {
   const env = { ...spec.env, ACTIONS_RUNNER_INPUT_JITCONFIG: spec.jitConfig.reveal() };
   const host: Docker.HostConfig = {
