@@ -148,6 +148,8 @@ export const QUEUE_STATES = ["waiting", "delayed", "prioritized", "paused", "act
 export type QueueState = (typeof QUEUE_STATES)[number];
 /** The states that mean "not yet taken by a worker". */
 const PENDING_STATES: readonly QueueState[] = ["waiting", "delayed", "prioritized", "paused"];
+/** Items waitingFor looks at, at most. */
+const WAITING_LOOK_MAX = 200;
 
 /**
  * The producer side, used by the server. Claims and adds made in the same turn of the event loop
@@ -336,6 +338,15 @@ export class DemandQueues {
       }),
     );
     return dropped.includes(true);
+  }
+
+  /**
+   * Whether demand of `pool` not yet taken by a worker, among the first `max` (oldest first),
+   * matches `which`. One read of up to `max` items.
+   */
+  async waitingFor(pool: string, which: (demand: Demand) => boolean, max = WAITING_LOOK_MAX): Promise<boolean> {
+    const jobs = await this.#queue(pool).getJobs([...PENDING_STATES], 0, max - 1, true);
+    return jobs.some((job) => job?.data && which(job.data as Demand));
   }
 
   /** Demand not yet taken by a worker, per pool. */

@@ -6,6 +6,7 @@ import type { DemandSink } from "../ingress/ingress.ts";
 import { decideQueued, type WorkflowJobEvent } from "../ingress/policy.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
+import type { DemandQueues } from "../queue/demand-queue.ts";
 import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
 import { demandIdOf, MAX_RENEWALS, type Demand } from "../demand.ts";
 import type { Loop } from "./loops.ts";
@@ -80,7 +81,7 @@ export function queuedEventOf(job: WorkflowJobSummary, run: WorkflowRunSummary, 
 export interface GitHubQueuedDeps {
   config: Pick<Config, "pools" | "policy">;
   github: Pick<GitHubClient, "listRuns" | "listRunJobs">;
-  demand: Pick<DemandSink, "add" | "ended" | "addAgain">;
+  demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor">;
   runners: Pick<RunnerStore, "findByDemand" | "forgetDemand">;
   repos: Pick<ActiveRepos, "list">;
   intervalMs: number;
@@ -238,6 +239,12 @@ async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass:
     const demand = renewalOf(first, n);
     const id = demandIdOf(demand);
     const last = n === MAX_RENEWALS;
+    // A renewal not added yet waits while demand of another job that a runner of the same pool and
+    // place would serve is still waiting: that runner, once launched, can take this job (a runner
+    // takes any job its labels match), as the one launched for this job took another. Added now,
+    // it would be one runner too many in a full pool. If the job still waits once that demand has
+    // been taken, it gets its renewal then.
+    if (n > 0 && !(await renewalKnown(d, demand)) && (await otherDemandWaits(d, first))) return;
     const served = await d.runners.findByDemand(id);
     if (served?.record) {
       // Its runner lives and took another job: the item stays active for as long as that job
@@ -293,6 +300,21 @@ async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass:
     pass.failedDemand.push({ demand, at: ended.at, ids });
     return;
   }
+}
+
+/**
+ * Whether demand of `first`'s pool for another job waits to be taken whose runner would register
+ * where `first`'s would: the same installation and owner, and in a repository pool the same
+ * repository.
+ */
+async function otherDemandWaits(d: GitHubQueuedDeps, first: Demand): Promise<boolean> {
+  const pool = d.config.pools.find((p) => p.name === first.pool);
+  if (!pool) return false;
+  const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+  return d.demand.waitingFor(
+    first.pool,
+    (w) => w.jobId !== first.jobId && w.installationId === first.installationId && same(w.owner, first.owner) && (pool.scope !== "repository" || same(w.repo, first.repo)),
+  );
 }
 
 /** Whether a renewal was added before: its item has ended, or a runner was launched for it. */

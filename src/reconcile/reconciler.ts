@@ -4,6 +4,7 @@ import type { Config } from "../config/load.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { DemandSink } from "../ingress/ingress.ts";
 import type { Metrics } from "../metrics/metrics.ts";
+import type { DemandQueues } from "../queue/demand-queue.ts";
 import { ActiveRepos } from "../state/active-repos.ts";
 import { RedeliveryLog } from "../state/redeliveries.ts";
 import type { RunnerStore } from "../state/runners.ts";
@@ -17,7 +18,7 @@ export interface ReconcilerDeps {
   config: Pick<Config, "reconcile" | "pools" | "policy" | "runnerNamePrefix" | "redis"> & { worker: { hostId: string } };
   redis: Redis;
   github: GitHubClient;
-  demand: Pick<DemandSink, "add" | "ended" | "addAgain">;
+  demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor">;
   runners: Pick<RunnerStore, "get" | "findByDemand" | "forgetDemand" | "listAll" | "mark">;
   metrics: Metrics;
   logger: Logger;

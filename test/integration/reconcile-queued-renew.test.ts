@@ -229,3 +229,38 @@ test("the fresh demand's runner taken by yet another job: demand again; the firs
     await s.close();
   }
 });
+
+test("one pool: a job whose runner took another job whose demand still waits gets no demand of its own; that demand's runner can take it", async () => {
+  const s = await setUp("renew-waiting");
+  try {
+    const x = await s.fake.queueJob({ owner: "acme", repo: "app", labels: SMALL });
+    const j = await s.fake.queueJob({ owner: "acme", repo: "app", labels: SMALL });
+    await s.pass();
+    assert.equal(await s.pending("small"), 2);
+    // A full pool: J's demand is taken first, X's goes back to wait for room.
+    const taken = [await s.take("small"), await s.take("small")];
+    const leaseX = taken.find((l) => l.demand.jobId === x.id)!;
+    const leaseJ = taken.find((l) => l.demand.jobId === j.id)!;
+    assert.ok(leaseX && leaseJ);
+    await leaseX.release();
+    const rj = "jitrunner-small-00000000d1";
+    await s.launched(leaseJ, rj, "idle");
+    // GitHub hands J's runner the older job, X.
+    assert.equal(await takesAJob(s.fake, rj), x.id);
+    assert.ok(await s.runners.mark(rj, "busy", x.id));
+    await s.runners.update(rj, { busyAt: Date.now() - RENEW_AFTER_MS - 1000 });
+    await s.pass();
+    assert.equal(await s.pending("small"), 1, "X's demand only: the runner launched for it can take J");
+    assert.equal(await s.renewed(), 0);
+
+    // Once X's demand has been taken (its runner launched) and J still waits, J gets its own.
+    const again = await s.take("small");
+    assert.equal(again.demand.jobId, x.id);
+    await s.launched(again, "jitrunner-small-00000000d2", "starting");
+    await s.pass();
+    assert.equal(await s.renewed(), 1, "no demand waits: J's renewal added");
+    assert.equal(await s.pending("small"), 1);
+  } finally {
+    await s.close();
+  }
+});
