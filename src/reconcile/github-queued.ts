@@ -7,7 +7,7 @@ import { decideQueued, type WorkflowJobEvent } from "../ingress/policy.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
 import type { DemandQueues } from "../queue/demand-queue.ts";
-import type { RunnerRecord, RunnerStore } from "../state/runners.ts";
+import { registeredAt, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { demandIdOf, MAX_RENEWALS, type Demand } from "../demand.ts";
 import type { Loop } from "./loops.ts";
 
@@ -302,19 +302,11 @@ async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass:
   }
 }
 
-/**
- * Whether demand of `first`'s pool for another job waits to be taken whose runner would register
- * where `first`'s would: the same installation and owner, and in a repository pool the same
- * repository.
- */
+/** Whether demand of `first`'s pool for another job waits to be taken whose runner would register where `first`'s would. */
 async function otherDemandWaits(d: GitHubQueuedDeps, first: Demand): Promise<boolean> {
   const pool = d.config.pools.find((p) => p.name === first.pool);
   if (!pool) return false;
-  const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
-  return d.demand.waitingFor(
-    first.pool,
-    (w) => w.jobId !== first.jobId && w.installationId === first.installationId && same(w.owner, first.owner) && (pool.scope !== "repository" || same(w.repo, first.repo)),
-  );
+  return d.demand.waitingFor(first.pool, (w) => w.jobId !== first.jobId && registeredAt(pool, w, first));
 }
 
 /** Whether a renewal was added before: its item has ended, or a runner was launched for it. */

@@ -1,4 +1,5 @@
 import type { Redis } from "ioredis";
+import type { PoolConfig } from "../config/load.ts";
 import type { RunnerScope } from "../github/client.ts";
 
 export type RunnerState = "registering" | "starting" | "idle" | "busy" | "completed";
@@ -30,6 +31,20 @@ export interface RunnerRecord {
    * process lives, only it tears down a record with no container: it may still be launching.
    */
   instance?: string;
+}
+
+/** Where a runner registers: its installation, owner and repository (empty for an organization). */
+type Place = Pick<RunnerRecord, "installationId" | "owner" | "repo">;
+
+/**
+ * Whether a runner of `pool` registered at `at` is registered at `where`: the same installation
+ * and owner, and in a repository pool the same repository (names compared as GitHub does, ignoring
+ * case). A demand is a place too: where its runner registers.
+ */
+export function registeredAt(pool: Pick<PoolConfig, "scope">, at: Place, where: Place): boolean {
+  const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+  if (at.installationId !== where.installationId || !same(at.owner, where.owner)) return false;
+  return pool.scope !== "repository" || same(at.repo, where.repo);
 }
 
 /** Where the runner is registered at GitHub. */

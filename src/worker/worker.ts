@@ -10,7 +10,7 @@ import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
 import { hostHolder, PoolLimits, type HostStore } from "../state/hosts.ts";
-import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
+import { registeredAt, scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { deregisterRecord, Launcher, NotNeeded, targetOf, type Tracked } from "./launcher.ts";
 import { PassFailures } from "./pass-failures.ts";
 import { HostPresence } from "./presence.ts";
@@ -1728,16 +1728,6 @@ function servesDemand(spare: Spare, lease: Lease): boolean {
 /** Whether a runner is registered where the pool's warm runners go now (its `warm` target). */
 function atWarmTarget(pool: PoolConfig, record: RunnerRecord): boolean {
   return pool.warm !== undefined && registeredAt(pool, record, { ...pool.warm, repo: pool.warm.repo ?? "" });
-}
-
-/**
- * Whether a runner of `pool` is registered at `where`: the same installation and owner, and in a
- * repository pool the same repository (names compared as GitHub does, ignoring case).
- */
-function registeredAt(pool: PoolConfig, record: RunnerRecord, where: { installationId: number; owner: string; repo: string }): boolean {
-  const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
-  if (record.installationId !== where.installationId || !same(record.owner, where.owner)) return false;
-  return pool.scope !== "repository" || same(record.repo, where.repo);
 }
 
 function sleep(ms: number): Promise<void> {

@@ -237,7 +237,7 @@ test("one pool: a job whose runner took another job whose demand still waits get
     const j = await s.fake.queueJob({ owner: "acme", repo: "app", labels: SMALL });
     await s.pass();
     assert.equal(await s.pending("small"), 2);
-    // A full pool: J's demand is taken first, X's goes back to wait for room.
+    // A full pool: J's demand is taken, X's goes back to wait for room.
     const taken = [await s.take("small"), await s.take("small")];
     const leaseX = taken.find((l) => l.demand.jobId === x.id)!;
     const leaseJ = taken.find((l) => l.demand.jobId === j.id)!;
