@@ -1,7 +1,7 @@
 import { createPrivateKey } from "node:crypto";
 import { hostname } from "node:os";
 import { posix } from "node:path";
-import { parse as parseYaml } from "yaml";
+import { parseDocument } from "yaml";
 import { ConfigError } from "../errors.ts";
 import { configSchema, type ParsedConfig, type PoolConfig } from "./schema.ts";
 import { Secret } from "./secret.ts";
@@ -74,11 +74,20 @@ export function loadConfig(sources: LoadSources): Config {
  * config, so that printing the config (check-config) shows options only.
  */
 export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" }: LoadSources): { config: Config; origins: ReadonlyMap<string, string> } {
+  // parseDocument, not parse: parse prints the YAML library's warnings (an unknown `!tag`) through
+  // process.emitWarning with the source line under them, and a line may hold a pool's credential.
+  // Errors and warnings alike are refused here, each by its first line (where, not what).
+  const doc = parseDocument(text);
+  const firstLine = (err: unknown) => (err as Error).message.split("\n")[0]!.replace(/:$/, "");
+  const yamlProblems = [...doc.errors, ...doc.warnings].map(firstLine);
+  if (yamlProblems.length > 0) {
+    throw new ConfigError(yamlProblems.map((m) => `config is not valid YAML: ${m}`));
+  }
   let raw: unknown;
   try {
-    raw = parseYaml(text) ?? {};
+    raw = doc.toJS() ?? {};
   } catch (err) {
-    throw new ConfigError([`config is not valid YAML: ${(err as Error).message.split("\n")[0]}`]);
+    throw new ConfigError([`config is not valid YAML: ${firstLine(err)}`]); // too many aliases
   }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
     throw new ConfigError(["config must be a YAML mapping"]);

@@ -183,6 +183,35 @@ test("duplicate pools and unknown worker pools are cross-checked; YAML errors ar
   assert.throws(() => loadConfig({ text: "github: [unclosed", env, readFile: noFiles }), /not valid YAML/);
 });
 
+test("a YAML warning is refused by where it is, and neither it nor an error prints the line that holds a credential", () => {
+  const emitted: string[] = [];
+  const onWarning = (w: Error) => emitted.push(w.message);
+  process.on("warning", onWarning);
+  try {
+    const credential = "hunter2-in-a-pool-env";
+    const tagged = `${minimal}    env: { TOKEN: !vault ${credential} }\n`;
+    const errorOf = (text: string) => {
+      try {
+        loadConfig({ text, env, readFile: noFiles });
+      } catch (err) {
+        assert.ok(err instanceof ConfigError, String(err));
+        return err;
+      }
+      assert.fail("the config loaded");
+    };
+    const err = errorOf(tagged);
+    assert.match(err.message, /config is not valid YAML: Unresolved tag: !vault at line \d+, column \d+$/m);
+    assert.ok(!err.message.includes(credential), err.message);
+    const broken = `${minimal}    env: { TOKEN: ${credential}\n`;
+    const err2 = errorOf(broken);
+    assert.match(err2.message, /config is not valid YAML: .* at line \d+, column \d+/);
+    assert.ok(!err2.message.includes(credential), err2.message);
+  } finally {
+    process.off("warning", onWarning);
+  }
+  assert.deepEqual(emitted.filter((m) => /tag|hunter2/i.test(m)), [], "nothing printed through process warnings");
+});
+
 test("warm runners: minIdle needs where to register, a repository for repository pools, and leaves room under maxRunners", () => {
   const pool = (extra: string) => `${minimal}    ${extra.trim().split("\n").join("\n    ")}\n`;
   assert.equal(loadConfig({ text: minimal, env, readFile: noFiles }).pools[0]!.minIdle, 0);
