@@ -349,6 +349,12 @@ export class DemandQueues {
     return jobs.some((job) => job?.data && which(job.data as Demand));
   }
 
+  /** Demand of `pool` a worker holds now (active items), among the first `max`, that `which` picks. One read. */
+  async taken(pool: string, which: (demand: Demand) => boolean, max = WAITING_LOOK_MAX): Promise<Demand[]> {
+    const jobs = await this.#queue(pool).getJobs(["active"], 0, max - 1, true);
+    return jobs.filter((job) => job?.data && which(job.data as Demand)).map((job) => job.data as Demand);
+  }
+
   /** Demand not yet taken by a worker, per pool. */
   async pending(pools: readonly string[]): Promise<Map<string, number>> {
     const out = new Map<string, number>();

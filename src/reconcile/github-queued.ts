@@ -81,7 +81,7 @@ export function queuedEventOf(job: WorkflowJobSummary, run: WorkflowRunSummary, 
 export interface GitHubQueuedDeps {
   config: Pick<Config, "pools" | "policy">;
   github: Pick<GitHubClient, "listRuns" | "listRunJobs">;
-  demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor">;
+  demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor" | "taken">;
   runners: Pick<RunnerStore, "findByDemand" | "forgetDemand">;
   repos: Pick<ActiveRepos, "list">;
   intervalMs: number;
@@ -302,11 +302,23 @@ async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass:
   }
 }
 
-/** Whether demand of `first`'s pool for another job waits to be taken whose runner would register where `first`'s would. */
+/**
+ * Whether demand of `first`'s pool for another job, whose runner would register where `first`'s
+ * would, is still to get a runner or has one that has taken no job: waits to be taken, or is held
+ * by a worker (waiting for room, launching) with no runner recorded yet, or with a runner still
+ * registering, starting or idle. Either runner can take `first`'s job.
+ */
 async function otherDemandWaits(d: GitHubQueuedDeps, first: Demand): Promise<boolean> {
   const pool = d.config.pools.find((p) => p.name === first.pool);
   if (!pool) return false;
-  return d.demand.waitingFor(first.pool, (w) => w.jobId !== first.jobId && registeredAt(pool, w, first));
+  const other = (w: Demand) => w.jobId !== first.jobId && registeredAt(pool, w, first);
+  if (await d.demand.waitingFor(first.pool, other)) return true;
+  for (const held of await d.demand.taken(first.pool, other)) {
+    const runner = await d.runners.findByDemand(demandIdOf(held));
+    if (!runner) return true;
+    if (runner.record && runner.record.jobId === undefined && runner.record.state !== "busy" && runner.record.state !== "completed") return true;
+  }
+  return false;
 }
 
 /** Whether a renewal was added before: its item has ended, or a runner was launched for it. */

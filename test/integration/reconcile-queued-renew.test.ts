@@ -230,7 +230,7 @@ test("the fresh demand's runner taken by yet another job: demand again; the firs
   }
 });
 
-test("one pool: a job whose runner took another job whose demand still waits gets no demand of its own; that demand's runner can take it", async () => {
+test("one pool: a job whose runner took another job whose demand still waits, or is held with a runner that took no job, gets no demand of its own; that demand's runner can take it", async () => {
   const s = await setUp("renew-waiting");
   try {
     const x = await s.fake.queueJob({ owner: "acme", repo: "app", labels: SMALL });
@@ -253,12 +253,24 @@ test("one pool: a job whose runner took another job whose demand still waits get
     assert.equal(await s.pending("small"), 1, "X's demand only: the runner launched for it can take J");
     assert.equal(await s.renewed(), 0);
 
-    // Once X's demand has been taken (its runner launched) and J still waits, J gets its own.
+    // X's demand taken, held while the worker waits for room or launches: its runner can still take J.
     const again = await s.take("small");
     assert.equal(again.demand.jobId, x.id);
-    await s.launched(again, "jitrunner-small-00000000d2", "starting");
     await s.pass();
-    assert.equal(await s.renewed(), 1, "no demand waits: J's renewal added");
+    assert.equal(await s.renewed(), 0, "X's demand is held with no runner yet");
+    // Its runner launched and still starting, then idle: no job taken, so it can take J.
+    const rx = "jitrunner-small-00000000d2";
+    await s.launched(again, rx, "starting");
+    await s.pass();
+    await s.runners.update(rx, { state: "idle" });
+    await s.pass();
+    assert.equal(await s.renewed(), 0, "X's runner has taken no job");
+    assert.equal(await s.pending("small"), 0);
+
+    // Once that runner has taken another job (Y, say) and J still waits, J gets its own.
+    assert.ok(await s.runners.mark(rx, "busy", x.id + j.id + 1000));
+    await s.pass();
+    assert.equal(await s.renewed(), 1, "no demand is without a job: J's renewal added");
     assert.equal(await s.pending("small"), 1);
   } finally {
     await s.close();
