@@ -19,6 +19,9 @@ export const EXIT_SHUTDOWN_INCOMPLETE = 1;
  */
 export const START_STOP_WAIT_MS = 10_000;
 
+/** The same signal again within this long is the first one delivered twice, not a second signal. */
+export const REPEATED_SIGNAL_MS = 1000;
+
 /**
  * Starts with `start` and runs until SIGTERM or SIGINT, or until the worker is drained, then closes
  * what it started. The signals are heard from the moment this is called, the start included: in a
@@ -27,7 +30,8 @@ export const START_STOP_WAIT_MS = 10_000;
  * signal given to `start` (main.ts StartOptions.signal). Resolves to the exit code: 0 once
  * everything closed (or the start gave up for the stop), EXIT_SHUTDOWN_INCOMPLETE when the close
  * failed (a supervisor must not take that for a clean stop) or the start had not ended
- * START_STOP_WAIT_MS after the signal. A second signal exits 1 at once. Rejects with the start's
+ * START_STOP_WAIT_MS after the signal. A second signal exits 1 at once (the same one within
+ * REPEATED_SIGNAL_MS is the first delivered twice, and ignored). Rejects with the start's
  * error when the start fails otherwise.
  */
 export function runUntilStopped(
@@ -49,13 +53,18 @@ export function runUntilStopped(
           resolve(EXIT_SHUTDOWN_INCOMPLETE);
         },
       );
-    let count = 0;
+    let first: { signal: string; at: number } | undefined;
     const onSignal = (signal: string) => {
-      if (++count > 1) {
+      if (first) {
+        // One Ctrl-C under `npm run start` can arrive twice: the terminal signals the whole
+        // process group and npm forwards it to its child as well. Only a later one, or another
+        // signal, is a second.
+        if (signal === first.signal && Date.now() - first.at < REPEATED_SIGNAL_MS) return;
         logger.warn({ signal }, "second signal: exiting now");
         exitNow(1);
         return;
       }
+      first = { signal, at: Date.now() };
       if (running) {
         logger.info({ signal }, "shutting down: no new demand, finishing in-flight launches");
         void stop(running);

@@ -8,7 +8,7 @@ import { EventEmitter } from "node:events";
 import { Writable } from "node:stream";
 import { test } from "node:test";
 import { pino } from "pino";
-import { EXIT_SHUTDOWN_INCOMPLETE, runUntilStopped } from "../../src/cli/run.ts";
+import { EXIT_SHUTDOWN_INCOMPLETE, REPEATED_SIGNAL_MS, runUntilStopped } from "../../src/cli/run.ts";
 import { StartAbortedError } from "../../src/errors.ts";
 
 function logged(): { logger: pino.Logger; lines: string[] } {
@@ -61,6 +61,23 @@ test("a second signal exits 1 at once, without waiting for the close", async () 
   signals.emit("SIGTERM", "SIGTERM");
   signals.emit("SIGINT", "SIGINT");
   assert.deepEqual(forced, [1]);
+});
+
+test("the same signal twice at once (a Ctrl-C under npm run start: the terminal's and npm's) is one stop; again later, it exits 1", async (t) => {
+  t.mock.timers.enable({ apis: ["Date"], now: 1_000_000 });
+  const signals = new EventEmitter();
+  const { logger } = logged();
+  const forced: number[] = [];
+  let closes = 0;
+  void runUntilStopped(() => ({ drained: never, close: () => (closes++, never) }), logger, signals, (c) => forced.push(c));
+  await new Promise((r) => setImmediate(r));
+  signals.emit("SIGINT", "SIGINT");
+  signals.emit("SIGINT", "SIGINT");
+  assert.deepEqual(forced, [], "the repeat is the same Ctrl-C");
+  assert.equal(closes, 1);
+  t.mock.timers.tick(REPEATED_SIGNAL_MS);
+  signals.emit("SIGINT", "SIGINT");
+  assert.deepEqual(forced, [1], "pressed again: exits now");
 });
 
 test("a signal while the process starts is heard: the start's signal is aborted, and a start that ends all the same is stopped", async () => {
