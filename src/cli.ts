@@ -169,6 +169,7 @@ main(process.argv.slice(2)).then(exit, (err) => {
  * hidden under a name that says it is a credential, and a URL's password hidden (a proxy's, say).
  */
 function shownEnvValue(name: string, value: string): string {
-  if (/TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|(^|_)KEY($|_)/i.test(name)) return "[redacted]";
+  // Anywhere in the name (OPENAI_APIKEY, DB_PASS): a name that only looks like one (MONKEY) costs a hidden value.
+  if (/TOKEN|SECRET|PASS|CREDENTIAL|AUTH|KEY|PRIVATE/i.test(name)) return "[redacted]";
   return value.replace(/(\/\/[^/:@\s]*):[^@\s]*@/g, "$1:redacted@");
 }

@@ -99,13 +99,13 @@ test("check-config prints the resolved config without a secret: the keys' values
 
 test("check-config hides what a pool's runner environment holds of credentials: a URL's password, a value under a credential's name", async () => {
   const file = join(dir, "pool-env.yml");
-  const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      TZ: Europe/Berlin\n`;
+  const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      OPENAI_APIKEY: sk-apikey-Q7w\n      DB_PASS: db-pass-H4n\n      TZ: Europe/Berlin\n`;
   await writeFile(file, configText(redis.url, redis.prefix).replace("    isolation: capabilities\n", `    isolation: capabilities\n${env}`));
   const { code, out } = await run(["check-config", "--config", file], SECRETS);
   assert.equal(code, 0, out);
   const printed = JSON.parse(out) as { pools: Array<{ env: Record<string, string> }> };
-  assert.deepEqual(printed.pools[0]!.env, { HTTPS_PROXY: "http://ci:redacted@proxy.internal:3128", NPM_TOKEN: "[redacted]", API_KEY: "[redacted]", TZ: "Europe/Berlin" });
-  for (const secret of ["proxy-pass-K3x", "npm-token-V8r", "api-key-M2p"]) assert.ok(!out.includes(secret), secret);
+  assert.deepEqual(printed.pools[0]!.env, { HTTPS_PROXY: "http://ci:redacted@proxy.internal:3128", NPM_TOKEN: "[redacted]", API_KEY: "[redacted]", OPENAI_APIKEY: "[redacted]", DB_PASS: "[redacted]", TZ: "Europe/Berlin" });
+  for (const secret of ["proxy-pass-K3x", "npm-token-V8r", "api-key-M2p", "sk-apikey-Q7w", "db-pass-H4n"]) assert.ok(!out.includes(secret), secret);
 });
 
 test("check-config judges the secrets by the mode asked about: --mode server needs no private key, --mode worker no webhook secret, the default (all) both", async () => {
