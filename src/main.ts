@@ -129,7 +129,7 @@ async function startWith(
     http = { redis, queueRedis, queues, runners, activity, hosts, ingress };
     metrics.onScrape(async () => {
       const list = await hosts.list();
-      metrics.hosts(list.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, lastBeatAt: h.lastBeatAt })));
+      metrics.hosts(list.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, beatAgeMs: h.beatAgeMs })));
     });
     metrics.onScrape(async () => {
       for (const [pool, counts] of await queues.counts(allPools)) {

@@ -208,13 +208,13 @@ export class Metrics {
     const c = /^[a-z_]{1,20}$/.test(conclusion) ? conclusion : "other";
     if (Number.isFinite(seconds) && seconds >= 0) this.#jobDuration.observe({ pool, conclusion: c }, seconds);
   }
-  /** Hosts from their heartbeats; a gone host has capacity 0 and an ever older heartbeat. */
-  hosts(hosts: ReadonlyArray<{ id: string; capacity: number; lastBeatAt: number }>): void {
+  /** Hosts from their heartbeats; a gone host has capacity 0 and an ever older heartbeat (its age on Redis's clock: HostStore.list). */
+  hosts(hosts: ReadonlyArray<{ id: string; capacity: number; beatAgeMs?: number }>): void {
     this.#hostCapacity.reset();
     this.#heartbeatAge.reset();
     for (const h of hosts) {
       this.#hostCapacity.set({ host: h.id }, h.capacity);
-      if (h.lastBeatAt > 0) this.#heartbeatAge.set({ host: h.id }, Math.max(0, (Date.now() - h.lastBeatAt) / 1000));
+      if (h.beatAgeMs !== undefined) this.#heartbeatAge.set({ host: h.id }, h.beatAgeMs / 1000);
     }
   }
   hostGone(): void {

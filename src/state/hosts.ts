@@ -48,6 +48,17 @@ const DRAIN_LEFT = "left";
  */
 export type DrainMark = "asked" | "left";
 
+/** A host as HostStore.list finds it. */
+export interface HostListing {
+  id: string;
+  /** Its live record; none once its beat expired. */
+  record?: HostRecord;
+  /** Its last beat, in ms on Redis's clock; 0 when unknown. */
+  lastBeatAt: number;
+  /** How long ago that beat was, on Redis's clock; absent when unknown. */
+  beatAgeMs?: number;
+}
+
 export interface HostRecord {
   id: string;
   capacity: number;
@@ -66,6 +77,8 @@ export class HostStore {
     jitrunnerHoldHost(key: string, instance: string, ttlMs: string): Promise<[number, string, number]>;
     jitrunnerDelIfEquals(key: string, value: string): Promise<number>;
     jitrunnerForgetHost(index: string, lastBeat: string, info: string, drain: string, id: string, left: string, ifGone: string): Promise<number>;
+    jitrunnerHeartbeat(numberOfKeys: number, ...keysAndArgs: string[]): Promise<number>;
+    jitrunnerBeats(numberOfKeys: number, ...keysAndArgs: string[]): Promise<string[]>;
   };
   readonly #prefix: string;
 
@@ -73,6 +86,8 @@ export class HostStore {
     redis.defineCommand("jitrunnerHoldHost", { numberOfKeys: 1, lua: HOLD_HOST });
     redis.defineCommand("jitrunnerForgetHost", { numberOfKeys: 4, lua: FORGET });
     redis.defineCommand("jitrunnerDelIfEquals", { numberOfKeys: 1, lua: DEL_IF_EQUALS });
+    redis.defineCommand("jitrunnerHeartbeat", { lua: HEARTBEAT });
+    redis.defineCommand("jitrunnerBeats", { lua: BEATS });
     this.#redis = redis as never;
     this.#prefix = prefix;
   }
@@ -102,11 +117,10 @@ export class HostStore {
    * both until `ttlMs` from now.
    */
   async heartbeat(record: Omit<HostRecord, "heartbeatAt" | "draining">, ttlMs: number, instance?: string): Promise<void> {
-    const now = Date.now();
-    const value = JSON.stringify({ ...record, heartbeatAt: now });
-    const tx = this.#redis.multi().set(this.#key(record.id), value, "PX", ttlMs).sadd(this.#index, record.id).hset(this.#lastBeat, record.id, now);
-    if (instance) tx.set(this.#instanceKey(instance), record.id, "PX", ttlMs);
-    await tx.exec();
+    // The record's JSON up to its stamp, which the script adds on Redis's clock (HEARTBEAT).
+    const head = `${JSON.stringify(record).slice(0, -1)},"heartbeatAt":`;
+    const keys = [this.#key(record.id), this.#index, this.#lastBeat, ...(instance ? [this.#instanceKey(instance)] : [])];
+    await this.#redis.jitrunnerHeartbeat(keys.length, ...keys, head, String(ttlMs), record.id);
   }
 
   /** Whether the worker process `instance` has beaten within its heartbeat's expiry and not stopped. */
@@ -144,16 +158,18 @@ export class HostStore {
 
   /**
    * Every host that ever heartbeat and has not been cleaned up, alive (with its record) or not,
-   * with the time of its last heartbeat (0 if unknown).
+   * with the time of its last heartbeat (0 if unknown) and how long ago that was, both on Redis's
+   * clock.
    */
-  async list(): Promise<Array<{ id: string; record?: HostRecord; lastBeatAt: number }>> {
+  async list(): Promise<HostListing[]> {
     const ids = await this.#redis.smembers(this.#index);
-    const beats = ids.length > 0 ? await this.#redis.hmget(this.#lastBeat, ...ids) : [];
-    const out = [];
+    const [redisNow, ...beats] = (await this.#redis.jitrunnerBeats(1, this.#lastBeat, ...ids)).map(Number);
+    const out: HostListing[] = [];
     for (const [i, id] of ids.entries()) {
       const raw = await this.#redis.get(this.#key(id));
       const record = raw ? this.#withMark(JSON.parse(raw) as HostRecord, await this.drainMark(id)) : undefined;
-      out.push({ id, record, lastBeatAt: record?.heartbeatAt ?? Number(beats[i] ?? 0) });
+      const lastBeatAt = record?.heartbeatAt ?? beats[i] ?? 0;
+      out.push({ id, record, lastBeatAt, ...(lastBeatAt > 0 && { beatAgeMs: Math.max(0, redisNow! - lastBeatAt) }) });
     }
     return out;
   }
@@ -222,6 +238,28 @@ export class HostStore {
 const REDIS_NOW = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
+/**
+ * A worker's beat, stamped on Redis's clock (REDIS_NOW): its record (KEYS[1]) is ARGV[1], the
+ * record's JSON up to its `heartbeatAt` value, with the time and the closing brace added, until
+ * ARGV[2] ms from now; the host in the index (KEYS[2]) and its last beat (KEYS[3]); with a 4th
+ * key, the worker process alive (ARGV[3], its host) as long. Readers on other machines measure
+ * the beat's age against the same clock (HostStore.list), so a worker whose clock is behind does
+ * not look stale, nor one ahead alive after it died.
+ */
+const HEARTBEAT = `${REDIS_NOW}
+local at = string.format('%.0f', now)
+redis.call('SET', KEYS[1], ARGV[1] .. at .. '}', 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], at)
+if KEYS[4] then redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[2]) end
+return 1`;
+
+/** Redis's clock now, in ms, with each listed host's last beat: what HostStore.list reads. */
+const BEATS = `${REDIS_NOW}
+local out = {string.format('%.0f', now)}
+for i, id in ipairs(ARGV) do out[i + 1] = redis.call('HGET', KEYS[1], id) or '0' end
+return out`;
 
 /** Takes or refreshes the place of ARGV[2] in KEYS[1] for ARGV[1] ms; a new one only while fewer than ARGV[3] are taken. */
 const ACQUIRE = `${REDIS_NOW}

@@ -12,7 +12,7 @@ export interface StatusSources {
   runners: { listAll(): Promise<RunnerRecord[]> };
   activity?: { recentJobEvents(count?: number): Promise<JobEvent[]>; recentFailures(count?: number): Promise<LaunchFailure[]> };
   /** Hosts as their heartbeats show them (HostStore.list), alive or gone. */
-  hosts?: { list(): Promise<Array<{ id: string; record?: { capacity: number; used: number; draining: boolean }; lastBeatAt: number }>> };
+  hosts?: { list(): Promise<Array<{ id: string; record?: { capacity: number; used: number; draining: boolean }; beatAgeMs?: number }>> };
   /** Demand not yet taken by a worker, per pool (DemandQueues.pending). */
   pending?: (pools: readonly string[]) => Promise<Map<string, number>>;
   now?: () => number;
@@ -144,7 +144,8 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
         health: hostHealth(beat.record),
         capacity: beat.record?.capacity ?? 0,
         used: beat.record?.used ?? 0,
-        heartbeatAgeSeconds: beat.lastBeatAt > 0 ? Math.max(0, Math.round((now - beat.lastBeatAt) / 1000)) : undefined,
+        // On Redis's clock, as it was written: the reader's and the worker's may differ.
+        heartbeatAgeSeconds: beat.beatAgeMs !== undefined ? Math.round(beat.beatAgeMs / 1000) : undefined,
       }),
     };
   });

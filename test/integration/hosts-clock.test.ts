@@ -6,7 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { Metrics } from "../../src/metrics/metrics.ts";
 import { hostHolder, HostStore, PoolLimits } from "../../src/state/hosts.ts";
+import { RunnerStore } from "../../src/state/runners.ts";
+import { collectStatus } from "../../src/state/status.ts";
+import { metricSample } from "../helpers/leftovers.ts";
 import { redisForFile } from "../helpers/redis.ts";
 
 const shared = redisForFile();
@@ -105,4 +109,29 @@ test("a gone host that beat again is not forgotten by the worker that found it g
   assert.ok(!(await hosts.list()).some((h) => h.id === "host-x"), "a leaving worker's host is out of the fleet");
   assert.equal(await hosts.alive("host-x"), false);
   assert.equal(await hosts.drainMark("host-x"), "left");
+});
+
+test("a beat's age is on Redis's clock: a worker two minutes behind, or ahead, is read as having beaten just now, and its age grows once it stops", async () => {
+  const { redis, conn } = shared;
+  const store = new HostStore(conn, `${redis.prefix}-beat-age`);
+  const metrics = new Metrics({ processMetrics: false });
+  const record = { capacity: 4, used: 1, pools: ["default"] };
+  await onClock(-120_000, () => store.heartbeat({ id: "behind", ...record }, 15_000));
+  await onClock(120_000, () => store.heartbeat({ id: "ahead", ...record }, 15_000));
+  const listed = await onClock(60_000, () => store.list());
+  for (const id of ["behind", "ahead"]) {
+    const h = listed.find((l) => l.id === id);
+    assert.ok(h?.record && h.beatAgeMs !== undefined, `${id} listed alive`);
+    assert.ok(h.beatAgeMs < 5_000, `${id}: beat ${h.beatAgeMs} ms ago, whatever the clocks of the worker and the reader`);
+  }
+  metrics.hosts(listed.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, beatAgeMs: h.beatAgeMs })));
+  const text = await metrics.registry.metrics();
+  for (const id of ["behind", "ahead"]) assert.ok(metricSample(text, "jitrunner_host_heartbeat_age_seconds", `host="${id}"`) < 5, text);
+  const status = await onClock(-60_000, () => collectStatus({ pools: [], runners: new RunnerStore(conn, `${redis.prefix}-beat-age`), hosts: store }));
+  for (const id of ["behind", "ahead"]) assert.ok((status.hosts.find((h) => h.id === id)?.heartbeatAgeSeconds ?? 99) < 5, JSON.stringify(status.hosts));
+
+  // A worker that stops beating: its age grows from its last beat, on the same clock.
+  await new Promise((r) => setTimeout(r, 1_100));
+  const later = (await store.list()).find((l) => l.id === "ahead");
+  assert.ok(later?.beatAgeMs !== undefined && later.beatAgeMs >= 1_000, `${later?.beatAgeMs} ms after the last beat`);
 });

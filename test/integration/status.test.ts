@@ -207,13 +207,13 @@ test("hosts show their heartbeat: up, draining, engine down, and gone with an ev
 
   // The same facts as metrics: a gone host has capacity 0 and an age that grows.
   const metrics = new Metrics({ processMetrics: false });
-  metrics.hosts((await hosts.list()).map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, lastBeatAt: h.lastBeatAt })));
+  metrics.hosts((await hosts.list()).map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, beatAgeMs: h.beatAgeMs })));
   const text = await metrics.render();
   assert.match(text, /jitrunner_host_capacity\{host="host-gone"\} 0/);
   assert.ok(Number(/jitrunner_host_heartbeat_age_seconds\{host="host-gone"\} (\S+)/.exec(text)?.[1]) >= 1);
   // Forgotten (cleaned up) hosts leave no series behind.
   await hosts.forget("host-gone");
-  metrics.hosts((await hosts.list()).map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, lastBeatAt: h.lastBeatAt })));
+  metrics.hosts((await hosts.list()).map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, beatAgeMs: h.beatAgeMs })));
   assert.doesNotMatch(await metrics.render(), /host-gone/);
 });
 
