@@ -239,7 +239,16 @@ export class Launcher {
     const { name, containerId } = tracked.record;
     return new Promise((resolve) => {
       const ac = new AbortController();
-      const timers: NodeJS.Timeout[] = [];
+      // The timers pending now: each leaves the set as it fires. A warm runner's idle check runs
+      // every IDLE_RECHECK_MS for as long as it waits, so those that fired must not be kept.
+      const timers = new Set<NodeJS.Timeout>();
+      const later = (fn: () => unknown, ms: number) => {
+        const timer = setTimeout(() => {
+          timers.delete(timer);
+          void fn();
+        }, ms);
+        timers.add(timer);
+      };
       let recheck: NodeJS.Timeout | undefined;
       let finished = false;
       const onShutdown = () => finish("shutdown");
@@ -247,6 +256,7 @@ export class Launcher {
         if (finished) return;
         finished = true;
         timers.forEach(clearTimeout);
+        timers.clear();
         clearTimeout(recheck);
         off();
         shutdown?.removeEventListener("abort", onShutdown);
@@ -257,7 +267,7 @@ export class Launcher {
         if (finished || tracked.state === "completed") return;
         tracked.state = state;
         if (state === "completed") {
-          timers.push(setTimeout(() => finish("completed_grace_expired"), d.completedGraceSeconds * 1000));
+          later(() => finish("completed_grace_expired"), d.completedGraceSeconds * 1000);
         }
       };
       // The record says what the events say, and what they could not: a webhook that arrived
@@ -294,7 +304,7 @@ export class Launcher {
             return false;
           },
         );
-        if (!written && !finished) timers.push(setTimeout(() => void noteBusy(), BUSY_WRITE_RETRY_MS));
+        if (!written && !finished) later(noteBusy, BUSY_WRITE_RETRY_MS);
       };
       const off = d.events.on(name, onState, readRecord);
       // Shutdown stops the watching, not the runner: a restarted worker adopts it.
@@ -313,13 +323,13 @@ export class Launcher {
         if (finished || tracked.state === "busy" || tracked.state === "completed") return;
         const wait = deadline() - Date.now();
         // A moving deadline is looked at again every few seconds; no API call until it passes.
-        if (wait > 0) return void timers.push(setTimeout(idleCheck, Math.min(wait, IDLE_RECHECK_MS)));
+        if (wait > 0) return later(idleCheck, Math.min(wait, IDLE_RECHECK_MS));
         const result = await this.#deregister(tracked.record, log);
         if (result === "busy") await noteBusy();
         else if (result) finish("idle_timeout");
-        else timers.push(setTimeout(idleCheck, 30_000));
+        else later(idleCheck, 30_000);
       };
-      timers.push(setTimeout(idleCheck, Math.max(0, Math.min(deadline() - Date.now(), idleDeadline ? IDLE_RECHECK_MS : Infinity))));
+      later(idleCheck, Math.max(0, Math.min(deadline() - Date.now(), idleDeadline ? IDLE_RECHECK_MS : Infinity)));
       // One look at GitHub, once: a runner not online by now never will be. Deleting it first
       // settles the race with a job GitHub hands it at this very moment (422: busy, kept).
       const startCheck = async () => {
@@ -340,7 +350,7 @@ export class Launcher {
         if (result === "busy") await noteBusy();
         else if (result) finish("start_timeout");
       };
-      timers.push(setTimeout(startCheck, pool.startTimeoutSeconds * 1000));
+      later(startCheck, pool.startTimeoutSeconds * 1000);
     });
   }
 

@@ -14,6 +14,9 @@
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
+import { Redis } from "ioredis";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
@@ -28,6 +31,8 @@ import { RunnerEvents } from "../../src/worker/runner-events.ts";
 import { githubFor } from "../helpers/github.ts";
 
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
+// The last test looks at what the garbage collector can take: gc() for this file.
+setFlagsFromString("--expose-gc");
 const { redis, hosts } = workersForFile();
 
 /**
@@ -35,12 +40,18 @@ const { redis, hosts } = workersForFile();
  * a container of ours (a sleep stands in for the runner program), recorded and tracked idle.
  * `beforeContainer` runs once the runner is registered (to hand it a job at GitHub).
  */
-async function idleRunner(tag: string, name: string, beforeContainer?: (fake: FakeGitHub, runner: Awaited<ReturnType<typeof registerRunner>>) => Promise<void>) {
+async function idleRunner(
+  tag: string,
+  name: string,
+  beforeContainer?: (fake: FakeGitHub, runner: Awaited<ReturnType<typeof registerRunner>>) => Promise<void>,
+  /** A connection without a socket timeout (its timer would fire under mocked timers). */
+  plain = false,
+) {
   // No webhook URL: the deliveries of a job the runner takes are lost.
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost(tag);
   hosts.push(host);
-  const conn = redisConnection(redis.url);
+  const conn = plain ? new Redis(redis.url) : redisConnection(redis.url);
   const sub = redisConnection(redis.url);
   const runners = new RunnerStore(conn, `${redis.prefix}-${tag}`);
   const events = new RunnerEvents(sub, runners.eventsChannel);
@@ -139,6 +150,42 @@ test("a 422 at the idle timeout for a runner GitHub says is not busy: not record
     await launcher.teardown(tracked.record, ended ?? "", createLogger("silent"));
     assert.equal(await runners.get(name), undefined, "its record removed");
   } finally {
+    await t.close();
+  }
+});
+
+test("a warm runner's watch, waiting with no deadline, keeps no timer that has fired: its idle check every 2 s for days costs no memory", { timeout: 60_000 }, async (tc) => {
+  const name = "jitrunner-default-00warmwait1";
+  const t = await idleRunner("warm-wait", name, undefined, true);
+  const { launcher, tracked, shutdown } = t;
+  const gc = runInNewContext("gc") as () => void;
+  let finalized = 0;
+  const registry = new FinalizationRegistry(() => finalized++);
+  tc.mock.timers.enable({ apis: ["setTimeout", "Date"], now: Date.now() });
+  const mocked = globalThis.setTimeout;
+  try {
+    // Every timer the watch sets from now on is watched for being collected.
+    globalThis.setTimeout = ((...args: Parameters<typeof setTimeout>) => {
+      const timer = mocked(...args);
+      registry.register(timer, undefined);
+      return timer;
+    }) as typeof setTimeout;
+    const watching = launcher.watch(tracked, { idleTimeoutSeconds: 1, startTimeoutSeconds: 600 }, createLogger("silent"), shutdown.signal, () => Infinity);
+    // 250 idle checks (8 min 20 s: before the start timeout's look at GitHub), each setting the next.
+    for (let i = 0; i < 250; i++) tc.mock.timers.tick(2_000);
+    globalThis.setTimeout = mocked;
+    tc.mock.timers.reset();
+    for (let i = 0; i < 5 && finalized < 200; i++) {
+      gc();
+      await new Promise((r) => setImmediate(r));
+    }
+    assert.ok(finalized >= 200, `${finalized} of the 250 idle checks' fired timers were collected: the watch keeps them`);
+    assert.equal(tracked.state, "idle");
+    shutdown.abort();
+    assert.equal(await watching, "shutdown", "still watching until the stop");
+  } finally {
+    globalThis.setTimeout = mocked;
+    tc.mock.timers.reset();
     await t.close();
   }
 });
