@@ -857,8 +857,12 @@ export class RunnerWorker {
       log.info({ runner: existing.name }, "earlier runner gone without a job; launching another");
       return false;
     }
-    if (this.#stopping) await lease.release();
-    else await lease.complete("served_by_earlier_runner");
+    if (this.#stopping) {
+      // The runner here runs on, and the next process on this host adopts it with this very place
+      // (same holder id), as #waitElsewhere keeps it: freed now, another host could launch in it.
+      if (record && !hostGone) this.#placesKept.add(lease);
+      await lease.release();
+    } else await lease.complete("served_by_earlier_runner");
     return true;
   }
 

@@ -119,12 +119,41 @@ test("a `queued` delivery sent again under a new delivery id after its job's dem
   assert.equal(resent, "queued", "the copy added demand again (GitHub may have queued the job again after an approval)");
 });
 
+test("a `queued` delivery sent again under a new delivery id after one of our runners ran the job (a late redelivery after an outage, a captured body) registers nothing and asks GitHub nothing", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("served-resent");
+  const r = scopedRedis(redis, "served-resent");
+  hosts.push(host);
+  const pools = [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "1" } })];
+  const sys = await startSystem("all", fake, r, host, { pools });
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+    await demandIn(r, `${job.id}-1`, "completed", 30_000);
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "its runner removed");
+    assert.equal(callsTo(fake, JIT), 1);
+    assert.notEqual((await demandState(r, "default", `${job.id}-1`))?.result, "served_by_earlier_runner");
+    const checks = callsTo(fake, "/repos/{owner}/{repo}/actions/jobs/{job_id}");
+    const body = JSON.stringify(queuedPayload({ jobId: job.id, labels: ["self-hosted", "linux"] }));
+    const res = await fetch(`${sys.url}/webhooks/github`, { method: "POST", body, headers: signedHeaders("workflow_job", body, WEBHOOK_SECRET) });
+    assert.equal(((await res.json()) as { outcome?: string }).outcome, "queued", "added again: GitHub may have queued the job again");
+    // Its demand's note says which runner served it (kept longer than GitHub redelivers): no GitHub call, no launch.
+    assert.equal((await demandIn(r, `${job.id}-1`, "completed", 20_000)).result, "served_by_earlier_runner");
+    assert.equal(callsTo(fake, "/repos/{owner}/{repo}/actions/jobs/{job_id}"), checks, "no still-queued check needed");
+    assert.equal(callsTo(fake, JIT), 1, "no second registration");
+    assert.equal((await containersOf(host)).length, 0);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
 test("a worker stopped mid-job leaves the runner running and its place under maxRunners held; restarted, it adopts it, keeps that place and launches no second runner", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("restart");
   const r = scopedRedis(redis, "restart");
   hosts.push(host);
-  const pools = [fakeRunnerPool(fake, { maxRunners: 1, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "8" } })];
+  const pools = [fakeRunnerPool(fake, { maxRunners: 1, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "20" } })];
   const first = await startSystem("all", fake, r, host, { pools });
   let second: Awaited<ReturnType<typeof startSystem>> | undefined;
   const conn = redisConnection(r.url);
@@ -147,6 +176,13 @@ test("a worker stopped mid-job leaves the runner running and its place under max
     assert.deepEqual(await places(), [`${job.id}-1`], "the restarted worker holds the same place");
     const adopted = await store.get(launched.name);
     assert.ok(adopted?.instance && adopted.instance !== launched.instance, "the restarted worker process names itself on the record it adopted");
+    // It takes the demand back and finds its runner here; stopped again then, it keeps the place too.
+    await waitFor(() => /demand already has a runner/.test(second!.logs()), 30_000, "the demand taken and its runner found");
+    await second.close();
+    assert.deepEqual(await places(), [`${job.id}-1`], "the place outlives a stop of the process that found the runner for its demand");
+    second = await startSystem("all", fake, r, host, { pools });
+    await waitFor(() => /adopted running runner/.test(second!.logs()), 30_000, "the runner adopted again");
+    assert.deepEqual(await places(), [`${job.id}-1`]);
     await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "container removed by the restarted worker");
     await demandIn(r, `${job.id}-1`, "completed", 30_000);
