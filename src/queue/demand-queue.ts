@@ -432,7 +432,8 @@ export class DemandConsumer {
 
   constructor(settings: QueueSettings, connection: Redis, pool: string, workerId: string) {
     this.#token = workerId;
-    const leaseMs = settings.leaseMs ?? DEFAULT_LEASE_MS;
+    // Whole ms: BullMQ sends a lock's time to Redis as is, and Redis refuses a PX of 8189.999999999999 (leaseSeconds 8.19).
+    const leaseMs = Math.round(settings.leaseMs ?? DEFAULT_LEASE_MS);
     this.#leaseMs = leaseMs;
     this.#make = () => {
       const worker = new Worker<Demand>(queueName(pool), null, {

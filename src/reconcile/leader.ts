@@ -70,7 +70,8 @@ export class LeaderElection implements Leadership {
   #lastError: string | undefined;
 
   constructor(deps: LeaderElectionDeps) {
-    this.#d = deps;
+    // Whole ms: Redis refuses a PX of 16100.000000000002 (leaderLockSeconds 16.1), and no process would ever lead.
+    this.#d = { ...deps, lockMs: Math.round(deps.lockMs) };
     deps.redis.defineCommand("jitrunnerLeaderRenew", { numberOfKeys: 1, lua: RENEW });
     deps.redis.defineCommand("jitrunnerLeaderRelease", { numberOfKeys: 1, lua: RELEASE });
     this.#redis = deps.redis as LockRedis;

@@ -120,7 +120,8 @@ export class HostStore {
     // The record's JSON up to its stamp, which the script adds on Redis's clock (HEARTBEAT).
     const head = `${JSON.stringify(record).slice(0, -1)},"heartbeatAt":`;
     const keys = [this.#key(record.id), this.#index, this.#lastBeat, ...(instance ? [this.#instanceKey(instance)] : [])];
-    await this.#redis.jitrunnerHeartbeat(keys.length, ...keys, head, String(ttlMs), record.id);
+    // Whole ms: Redis refuses a PX of 3300.0000000000005 (heartbeatSeconds 1.1, three beats).
+    await this.#redis.jitrunnerHeartbeat(keys.length, ...keys, head, String(Math.round(ttlMs)), record.id);
   }
 
   /** Whether the worker process `instance` has beaten within its heartbeat's expiry and not stopped. */
@@ -134,7 +135,7 @@ export class HostStore {
    * other's containers for leftovers.
    */
   async hold(id: string, instance: string, ttlMs: number): Promise<HostHold> {
-    const [held, holder, left] = await this.#redis.jitrunnerHoldHost(this.#holdKey(id), instance, String(ttlMs));
+    const [held, holder, left] = await this.#redis.jitrunnerHoldHost(this.#holdKey(id), instance, String(Math.round(ttlMs)));
     return { held: held === 1, holder, ttlMs: left };
   }
 

@@ -146,3 +146,28 @@ test("a lease whose lock lapsed, its demand taken again by the same worker, can 
     consumerConn.disconnect();
   }
 });
+
+test("a lease of worker.leaseSeconds that is no whole number of ms once multiplied (8.19 s is 8189.999999999999 ms) is renewed all the same", async () => {
+  const { redis, conn } = shared;
+  const leaseMs = 8.19 * 1000;
+  assert.ok(!Number.isInteger(leaseMs));
+  const settings = { redisUrl: redis.url, prefix: `${redis.prefix}:fraction`, attempts: 3, leaseMs };
+  const queues = new DemandQueues(settings, conn);
+  const consumerConn = redisConnection(redis.url);
+  const consumer = new DemandConsumer(settings, consumerConn, POOL, "host-a:1");
+  try {
+    assert.equal(await queues.add(demand(41)), "added");
+    await consumer.start();
+    const lease = await waitFor(() => consumer.next(), 20_000, "the demand leased");
+    const lock = `${settings.prefix}:bull:demand-${POOL}:${lease.id}:lock`;
+    // Past a third of the lease, the renewal has run: the lock's time left is back near the whole.
+    await sleep(3_500);
+    const ttl = await conn.pttl(lock);
+    assert.ok(ttl > 8_190 - 3_000, `the lock renewed: ${ttl} ms left`);
+    await lease.complete("served");
+  } finally {
+    await queues.close();
+    await consumer.close();
+    consumerConn.disconnect();
+  }
+});

@@ -45,7 +45,7 @@ interface Worker {
   proc: JitrunnerProcess;
 }
 
-async function startWorker(tag: string): Promise<Worker> {
+async function startWorker(tag: string, times: { worker?: object; reconcile?: object } = {}): Promise<Worker> {
   const host = uniqueHost(tag);
   hosts.push(host);
   const port = await freePort();
@@ -53,8 +53,8 @@ async function startWorker(tag: string): Promise<Worker> {
     github: { appId: fake.appId, apiUrl: fake.url },
     redis: { url: redis.url, prefix: redis.prefix },
     server: { host: "127.0.0.1", port },
-    worker: { hostId: host, capacity: 1, reconcileIntervalSeconds: 2 },
-    reconcile: { leaderLockSeconds: LOCK_MS / 1000, runnersIntervalSeconds: 1, queuedIntervalSeconds: 1, deliveriesIntervalSeconds: 1 },
+    worker: { hostId: host, capacity: 1, reconcileIntervalSeconds: 2, ...times.worker },
+    reconcile: { leaderLockSeconds: LOCK_MS / 1000, runnersIntervalSeconds: 1, queuedIntervalSeconds: 1, deliveriesIntervalSeconds: 1, ...times.reconcile },
     pools: [fakeRunnerPool(fake)],
   };
   const file = join(dir, `${host}.yml`);
@@ -211,5 +211,22 @@ test("a leader cut off from Redis whose wall clock is stepped back (an NTP step,
     cutOff.disconnect();
     direct.disconnect();
     await relay.close();
+  }
+});
+
+test("times in seconds that are no whole number of ms once multiplied (16.1 s is 16100.000000000002 ms) still start, lead and beat: Redis takes whole ms only", async () => {
+  const w = await startWorker("fractions", { worker: { heartbeatSeconds: 1.1, leaseSeconds: 8.19 }, reconcile: { leaderLockSeconds: 16.1 } });
+  const c = new Redis(redis.url);
+  try {
+    await waitFor(async () => (await leads(w)) === 1, 20_000, "the worker leads").catch((err) => assert.fail(`${(err as Error).message}\n${w.proc.output()}`));
+    assert.equal(await lockHolder(), w.host);
+    const pttl = await c.pttl(`${redis.prefix}:leader`);
+    assert.ok(pttl > 3_000 && pttl <= 16_100, `the lock's time left: ${pttl} ms`);
+    const beat = await c.pttl(`${redis.prefix}:hostinfo:${w.host}`);
+    assert.ok(beat > 0 && beat <= 3_300, `the host's beat lasts 3 beats of 1.1 s: ${beat} ms left`);
+    assert.doesNotMatch(w.proc.output(), /not an integer|out of range/, "no call refused by Redis");
+  } finally {
+    c.disconnect();
+    await w.proc.stop();
   }
 });
