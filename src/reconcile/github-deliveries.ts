@@ -201,7 +201,9 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
     async run(signal) {
       const now = clock();
       const upTo = await d.log.readUpTo();
-      const floor = Math.max(now - Math.min(d.windowMs, REDELIVERABLE_MS), upTo - OVERLAP_MS);
+      // The window bounds the first read only: after a read, down to a little before what it saw,
+      // however long ago (an outage longer than the window), as far as GitHub redelivers.
+      const floor = upTo > 0 ? Math.max(now - REDELIVERABLE_MS, upTo - OVERLAP_MS) : now - Math.min(d.windowMs, REDELIVERABLE_MS);
       const resume = await d.log.resume();
       let read: Awaited<ReturnType<typeof readDown>>;
       try {

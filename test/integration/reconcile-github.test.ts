@@ -507,6 +507,34 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
   }
 });
 
+test("after an outage longer than reconcile.activeWindowSeconds, failed deliveries back to a little before the last read are redelivered; the window bounds the first read only", async () => {
+  const r = scopedRedis(redis, "redeliver-outage");
+  const conn = redisConnection(r.url);
+  try {
+    const now = Date.now();
+    const hour = 3600_000;
+    const failures = () => {
+      const list = new DeliveryList(5);
+      const ids = [3, 1.5, 0.5].map((hoursAgo, i) => list.add(`event-${i}`, 0, now - hoursAgo * hour).id);
+      return { list, ids };
+    };
+    const pass = (list: DeliveryList, log: RedeliveryLog) =>
+      githubDeliveriesLoop({ github: list, log, intervalMs: 1000, windowMs: hour, maxPerPass: 100, metrics: new Metrics({ processMetrics: false }), logger: createLogger("silent") }).run(new AbortController().signal);
+    // Read up to 2 hours ago, then down: the host was off for longer than the window.
+    const after = failures();
+    const log = new RedeliveryLog(conn, r.prefix);
+    await log.setReadUpTo(now - 2 * hour);
+    await pass(after.list, log);
+    assert.deepEqual(after.list.asked.sort((a, b) => a - b), after.ids.slice(1), "the outage's failures, not the one the last read saw");
+    // No read before: the window's hour only.
+    const first = failures();
+    await pass(first.list, new RedeliveryLog(conn, `${r.prefix}-first`));
+    assert.deepEqual(first.list.asked, first.ids.slice(2));
+  } finally {
+    conn.disconnect();
+  }
+});
+
 test("a saved cursor GitHub no longer takes: the pass fails once, and the next reads from the top", async () => {
   const r = scopedRedis(redis, "redeliver-cursor");
   const conn = redisConnection(r.url);
