@@ -43,7 +43,11 @@ export function appRoutes(ctx: Ctx): Route[] {
       method: "GET",
       template: "/repos/{owner}/{repo}",
       auth: "installation",
-      handle: (req) => ({ status: 200, body: fullRepository(ctx.urls, ctx.state.repoInfo(req.params.owner ?? "", req.params.repo ?? "")) }),
+      handle: (req) => {
+        const owner = req.params.owner ?? "";
+        // The owner's account type, as the installation on it says (a user's, or an organization's).
+        return { status: 200, body: fullRepository(ctx.urls, ctx.state.repoInfo(owner, req.params.repo ?? ""), ctx.installations.forOwner(owner).type) };
+      },
     },
     {
       method: "GET",

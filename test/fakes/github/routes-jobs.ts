@@ -1,6 +1,7 @@
 // Workflow runs and jobs of a repository (what reconciliation reads).
 import { paginate, type Ctx } from "./context.ts";
 import { ghError, type Req, type Route } from "./http.ts";
+import type { AccountType } from "./installations.ts";
 import { job as jobBody, run as runBody } from "./shapes.ts";
 import type { FakeJob } from "./state.ts";
 
@@ -10,6 +11,11 @@ function repoJobs(ctx: Ctx, req: Req): FakeJob[] {
   const owner = (req.params.owner ?? "").toLowerCase();
   const repo = (req.params.repo ?? "").toLowerCase();
   return [...ctx.state.jobs.values()].filter((j) => j.owner.toLowerCase() === owner && j.repo.toLowerCase() === repo);
+}
+
+/** The type of the repository owner's account, as the installation on it says: runs embed it. */
+function ownerType(ctx: Ctx, req: Req): AccountType {
+  return ctx.installations.forOwner(req.params.owner ?? "").type;
 }
 
 /** Jobs grouped by run, newest run first (GitHub's order). */
@@ -38,7 +44,7 @@ export function jobRoutes(ctx: Ctx): Route[] {
       handle: (req) => {
         const status = req.query.get("status");
         const runs = runsOf(repoJobs(ctx, req))
-          .map((jobs) => runBody(ctx.urls, ctx.state, jobs))
+          .map((jobs) => runBody(ctx.urls, ctx.state, jobs, ownerType(ctx, req)))
           .filter((r) => status === null || r.status === status || r.conclusion === status);
         const page = paginate(ctx, req, runs);
         return { status: 200, body: { total_count: runs.length, workflow_runs: page.items }, headers: page.headers };
@@ -50,7 +56,7 @@ export function jobRoutes(ctx: Ctx): Route[] {
       auth: "installation",
       handle: (req) => {
         const jobs = repoJobs(ctx, req).filter((j) => j.run_id === Number(req.params.run_id));
-        return jobs.length > 0 ? { status: 200, body: runBody(ctx.urls, ctx.state, jobs) } : ghError(404, "Not Found", DOCS);
+        return jobs.length > 0 ? { status: 200, body: runBody(ctx.urls, ctx.state, jobs, ownerType(ctx, req)) } : ghError(404, "Not Found", DOCS);
       },
     },
     {

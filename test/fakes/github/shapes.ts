@@ -1,5 +1,6 @@
 // GitHub-shaped JSON bodies (checked against GitHub's OpenAPI description by
 // test/integration/fake-github-openapi.test.ts).
+import type { AccountType } from "./installations.ts";
 import type { FakeJob, FakeRunner, FakeState, RepoInfo } from "./state.ts";
 
 export interface Urls {
@@ -45,7 +46,7 @@ export function account(u: Urls, login: string, id: number, type: "User" | "Orga
 }
 
 /** GitHub's "minimal-repository" (what runs and installations embed). */
-export function repository(u: Urls, info: RepoInfo) {
+export function repository(u: Urls, info: RepoInfo, ownerType: AccountType = "Organization") {
   const r = `${u.api}/repos/${info.owner}/${info.name}`;
   const t = (path: string): string => `${r}${path}`;
   return {
@@ -53,7 +54,7 @@ export function repository(u: Urls, info: RepoInfo) {
     node_id: nodeId("010:Repository", info.id),
     name: info.name,
     full_name: `${info.owner}/${info.name}`,
-    owner: account(u, info.owner, info.ownerId, "Organization"),
+    owner: account(u, info.owner, info.ownerId, ownerType),
     private: info.private,
     visibility: info.private ? "private" : "public",
     html_url: `${u.html}/${info.owner}/${info.name}`,
@@ -103,8 +104,8 @@ export function repository(u: Urls, info: RepoInfo) {
  * GitHub's "full-repository" (`GET /repos/{owner}/{repo}`): the minimal one plus the counts,
  * settings and times it requires, all of a fresh, empty repository.
  */
-export function fullRepository(u: Urls, info: RepoInfo) {
-  const base = repository(u, info);
+export function fullRepository(u: Urls, info: RepoInfo, ownerType: AccountType = "Organization") {
+  const base = repository(u, info, ownerType);
   const host = new URL(u.html).host;
   return {
     ...base,
@@ -210,10 +211,10 @@ function runStatus(jobs: FakeJob[]): { status: string; conclusion: string | null
 }
 
 /** A workflow run, derived from its jobs (all of one repository). */
-export function run(u: Urls, state: FakeState, runJobs: FakeJob[]) {
+export function run(u: Urls, state: FakeState, runJobs: FakeJob[], ownerType: AccountType = "Organization") {
   const first = runJobs[0];
   if (!first) throw new Error("a run needs at least one job");
-  const repo = repository(u, state.repoInfo(first.owner, first.repo));
+  const repo = repository(u, state.repoInfo(first.owner, first.repo), ownerType);
   const r = `${u.api}/repos/${first.owner}/${first.repo}/actions/runs/${first.run_id}`;
   const attempt = Math.max(...runJobs.map((j) => j.run_attempt));
   const updated = runJobs.map((j) => j.completed_at ?? j.started_at).sort().at(-1) ?? first.created_at;
