@@ -79,14 +79,18 @@ export function errorMessage(err: unknown): string {
 /**
  * Error messages come from GitHub and Docker, not from requests, but keep anything that looks
  * like a credential out of what operators read and share (log lines, the status page, what BullMQ
- * keeps of a failure): bearer values and long token-like strings, 40 or more characters of base64
- * (an installation token, a JIT config, a JWT, a key's line). Two kinds of such runs say what
+ * keeps of a failure): bearer values, GitHub's tokens (`ghs_...`, dots and all) and JWTs, and long
+ * token-like strings, 40 or more characters of base64 (an installation token, a JIT config, a
+ * key's line). Two kinds of such runs say what
  * failed and are kept: lowercase hex (a container's id, a digest) and a lowercase path (an image's
  * or a file's), which no random token is.
  */
 export function redact(message: string): string {
   return message
     .replace(/\b(bearer|basic)\s+\S+/gi, "$1 [redacted]")
+    // GitHub's tokens whole, dots and all: an installation token may be `ghs_APPID_` and a JWT.
+    .replace(/\b(?:gh[opsur]_|github_pat_)[A-Za-z0-9_.-]+/g, "[redacted]")
+    .replace(/\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g, "[redacted]")
     .replace(/\b(token|authorization|secret|password)(\s*[:=]\s*)\S+/gi, "$1$2[redacted]")
     .replace(/[A-Za-z0-9+/_=-]{40,}/g, (run) => (NAMES_A_THING.test(run) ? run : "[redacted]"));
 }

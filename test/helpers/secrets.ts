@@ -27,6 +27,10 @@ export function secretsOf(fake: FakeGitHub, webhookSecret = WEBHOOK_SECRET): Kno
   issued.forEach((value, i) => {
     const kind = value.startsWith("ghs_") ? "installation token" : "JIT config";
     known.push({ what: `${kind} #${i}`, value });
+    // A token in GitHub's stateless format is a JWT after `ghs_APPID_`: its signature is what a
+    // message cut at a dot would still hold.
+    const signature = kind === "installation token" ? value.split(".")[2] : undefined;
+    if (signature) known.push({ what: `the signature of installation token #${i}`, value: signature });
     if (kind === "JIT config") {
       const token = (() => {
         try {

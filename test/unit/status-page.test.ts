@@ -140,4 +140,8 @@ test("ages read well; error messages lose anything token-like", () => {
   assert.equal(redact(`No such container: ${id}`), `No such container: ${id}`);
   assert.equal(redact("pull access denied for acme/runners/actions-runner-with-docker-in-docker"), "pull access denied for acme/runners/actions-runner-with-docker-in-docker");
   assert.equal(redact(`ghs_${"a1b2c3".repeat(5)}Q1w2e3 refused`), "[redacted] refused");
+  // GitHub's stateless installation tokens (`ghs_APPID_` and a JWT) and JWTs, whole: no part is cut off at a dot.
+  assert.equal(redact("token ghs_4242_eyJhbGciOiJSUzI1NiJ9.eyJpbnMiOjd9.c2lnbmF0dXJl: 401"), "token [redacted]: 401");
+  assert.equal(redact("as ghs_4242_eyJhbGciOiJSUzI1NiJ9.eyJpbnMiOjd9.c2lnbmF0dXJl, refused"), "as [redacted], refused");
+  assert.equal(redact("jwt eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjF9.c2ln expired"), "jwt [redacted] expired");
 });

@@ -77,9 +77,16 @@ export class FakeAuth {
 
   /** A token for `installationId` only: the Router refuses it on owners other installations cover. */
   issueToken(installationId: number): { token: string; expiresAt: string } {
-    // As GitHub's: `ghs_` and 36 letters and digits (base64url's `-` and `_` are not in them).
-    const token = `ghs_${randomBytes(36).toString("base64").replace(/[^A-Za-z0-9]/g, "").slice(0, 36).padEnd(36, "0")}`;
     const expires = this.now() + TOKEN_SECONDS * 1000;
+    // GitHub's stateless format (`ghs_APPID_JWT`), rolled out from April 2026 (the endpoint's
+    // description in GitHub's OpenAPI: apps must not rely on 40 characters), every other token;
+    // the others as before: `ghs_` and 36 letters and digits (base64url's `-` and `_` are not in them).
+    const token =
+      this.tokens.size % 2 === 1
+        ? `ghs_${this.appId}_${[{ alg: "RS256", typ: "JWT" }, { iss: this.appId, ins: installationId, exp: Math.floor(expires / 1000) }]
+            .map((part) => Buffer.from(JSON.stringify(part)).toString("base64url"))
+            .join(".")}.${randomBytes(256).toString("base64url")}`
+        : `ghs_${randomBytes(36).toString("base64").replace(/[^A-Za-z0-9]/g, "").slice(0, 36).padEnd(36, "0")}`;
     this.tokens.set(token, { expires, installationId });
     return { token, expiresAt: new Date(expires).toISOString().replace(/\.\d{3}Z$/, "Z") };
   }
