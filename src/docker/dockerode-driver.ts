@@ -49,10 +49,14 @@ export interface DockerFiles extends TlsFiles {
  * Reads the connection's TLS files now: a process that runs on as another user (JITRUNNER_USER)
  * reads them before, as root, as it reads its other secrets. So are DOCKER_CERT_PATH's `ca.pem`,
  * `cert.pem` and `key.pem` whenever docker-modem would read them: DOCKER_HOST names an engine over
- * TCP or SSH (lib/modem.js, defaultOpts). The configured known_hosts file is read too, if it can
- * be, since it is read again on each SSH connection.
+ * TCP or SSH (lib/modem.js, defaultOpts); and for a configured `https` engine that names no files
+ * of its own, which docker-modem leaves without them. The configured known_hosts file is read too,
+ * if it can be, since it is read again on each SSH connection.
  */
-export function readDockerFiles(connection: Pick<DockerConnection, "caFile" | "certFile" | "keyFile" | "knownHostsFile">, env: NodeJS.ProcessEnv = process.env): DockerFiles {
+export function readDockerFiles(
+  connection: Pick<DockerConnection, "caFile" | "certFile" | "keyFile" | "knownHostsFile" | "host" | "protocol">,
+  env: NodeJS.ProcessEnv = process.env,
+): DockerFiles {
   const { caFile, certFile, keyFile, knownHostsFile } = connection;
   const files: DockerFiles = {
     ...(caFile ? { ca: readFileSync(caFile) } : {}),
@@ -61,7 +65,10 @@ export function readDockerFiles(connection: Pick<DockerConnection, "caFile" | "c
   };
   const certPath = env.DOCKER_CERT_PATH;
   const dockerHost = env.DOCKER_HOST;
-  if (certPath && dockerHost && !dockerHost.startsWith("unix://") && !dockerHost.startsWith("npipe://")) {
+  const overTcp = !!dockerHost && !dockerHost.startsWith("unix://") && !dockerHost.startsWith("npipe://");
+  // A configured `https` engine with no files of its own takes them too (README, worker.docker).
+  const httpsWithout = !!connection.host && connection.protocol === "https" && !(caFile || certFile || keyFile);
+  if (certPath && (overTcp || httpsWithout)) {
     const read = (name: string): Buffer => {
       try {
         return readFileSync(join(certPath, name));
@@ -460,7 +467,7 @@ function socketAccess(path: string): string {
     return `${who} may not use the socket`;
   }
   if (process.getgroups?.().includes(gid)) return `${who} is in the socket's group ${gid}, which may not use it: check its mode (stat -c %a ${path})`;
-  return `${who} needs the socket's group ${gid}: add the user to group ${gid} (the jitrunner image adds it itself when it starts as root, its default; see JITRUNNER_USER)`;
+  return `${who} needs the socket's group ${gid}: add the user to group ${gid} (the jitrunner image adds it itself when started as root, as the Compose files start it; see JITRUNNER_USER)`;
 }
 
 /** The host and port of a `DOCKER_HOST=ssh://[user@]host[:port]`, if that is what it is. */

@@ -57,7 +57,7 @@ test("permission denied on the socket: this process's uid and groups, the socket
       out.trim(),
       `cannot reach the Docker engine at ${socketPath} (worker.docker.socketPath): permission denied; ` +
         `this process (uid ${uid}, groups [${gid}]) needs the socket's group ${socketGid}: ` +
-        `add the user to group ${socketGid} (the jitrunner image adds it itself when it starts as root, its default; see JITRUNNER_USER)`,
+        `add the user to group ${socketGid} (the jitrunner image adds it itself when started as root, as the Compose files start it; see JITRUNNER_USER)`,
     );
   } finally {
     await new Promise((resolve) => server.close(resolve));

@@ -59,6 +59,10 @@ test("a worker's engine TLS files are read at start: the connection's, else DOCK
     // A local socket: docker-modem reads no certificates, nor does the worker.
     assert.deepEqual(readDockerFiles({}, { DOCKER_HOST: "unix:///var/run/docker.sock", DOCKER_CERT_PATH: dir }), {});
     assert.deepEqual(readDockerFiles({}, { DOCKER_CERT_PATH: dir }), {});
+    // A configured https engine naming no files of its own takes DOCKER_CERT_PATH's, DOCKER_HOST unset.
+    const https = readDockerFiles({ host: "engine.example", protocol: "https" }, { DOCKER_CERT_PATH: dir });
+    assert.deepEqual([text(https.certPath?.ca), text(https.certPath?.key)], ["ca.pem\n", "key.pem\n"]);
+    assert.deepEqual(readDockerFiles({ host: "engine.example", protocol: "ssh" }, { DOCKER_CERT_PATH: dir }), {});
     // A known_hosts file missing at start is no error here: the SSH connection's check says so.
     assert.deepEqual(readDockerFiles({ knownHostsFile: join(dir, "absent") }, {}), {});
     assert.throws(() => readDockerFiles({}, { ...env, DOCKER_CERT_PATH: join(dir, "absent") }), /cannot read ca\.pem in DOCKER_CERT_PATH \(.*absent\): ENOENT/);
