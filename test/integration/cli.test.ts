@@ -364,6 +364,14 @@ test("drain waiting for a host that stops answering with a busy runner still rec
   }
 });
 
+test("drain without --host exits 2, as --help says", async () => {
+  const r = await run(["drain", "--config", configFile], SECRETS);
+  assert.equal(r.code, 2, r.out);
+  assert.match(r.out, /jitrunner drain: --host ID is required/);
+  const help = await run(["drain", "--help"], SECRETS);
+  assert.match(help.out, /2 --host missing/);
+});
+
 test("drain waiting for a host that finishes its jobs and leaves exits 0: drained", async () => {
   const hosts = new HostStore(conn, redis.prefix);
   const runners = new RunnerStore(conn, redis.prefix);
