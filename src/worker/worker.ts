@@ -1141,7 +1141,11 @@ export class RunnerWorker {
     const idle = adoption?.spare;
     // From here to the wake-up, synchronous: neither runner's end can slip in between the checks
     // and the swap (an idle runner that ended meanwhile is its demand's to tear down).
-    if (!adoption || !idle || idle.done || idle.tracked.state !== "idle" || taker.adopted || !this.#spares.has(taker.tracked.record.name)) return false;
+    // Runners of one pool only: the places that change hands are the pool's (maxRunners, minIdle).
+    // A job of overlapping pools (a narrower pool's job on a wider pool's warm runner) is not
+    // handed over: the taker gives up its warm place, and the adopted runner idles out.
+    if (!adoption || !idle || idle.done || idle.tracked.state !== "idle" || idle.pool.name !== taker.pool.name) return false;
+    if (taker.adopted || !this.#spares.has(taker.tracked.record.name)) return false;
     const { lease } = adoption;
     const takerName = taker.tracked.record.name;
     const idleName = idle.tracked.record.name;

@@ -100,6 +100,51 @@ test("a job GitHub hands to another warm runner than the one its demand adopted:
   }
 });
 
+test("overlapping pools: a narrower pool's job taken by a wider pool's warm runner is not handed over across pools; each pool's places stay its own", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("warm-cross");
+  const r = scopedRedis(redis, "warm-cross");
+  hosts.push(host);
+  const pool = (name: string, labels: string[]) =>
+    fakeRunnerPool(fake, {
+      name,
+      labels,
+      minIdle: 1,
+      maxRunners: 3,
+      idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS,
+      warm: { installationId: fake.installationId, owner: "acme", repo: "app" },
+      env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "8" },
+    });
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [pool("small", ["self-hosted", "linux", "x64"]), pool("big", ["self-hosted", "linux", "x64", "big"])],
+    worker: { hostId: host, capacity: 5, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 },
+  });
+  const conn = redisConnection(r.url);
+  const holders = (p: string) => conn.zrange(`${r.prefix}:pool:${p}:holders`, 0, -1);
+  try {
+    const online = () => fake.runners().filter((x) => !x.busy && x.status === "online");
+    await waitFor(() => online().length === 2, 90_000, "a warm runner of each pool online");
+    const bigRunner = online().find((x) => x.labels.includes("big"));
+    assert.ok(bigRunner, "the wider pool's warm runner");
+    // The job is the narrower pool's (fewest labels); GitHub gives it to the wider pool's runner.
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"], onlyRunner: bigRunner.name });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "job running on the wider pool's runner");
+    await waitFor(() => /demand adopted by a warm runner/.test(sys.logs()), 30_000, "the demand adopted the narrower pool's warm runner");
+    // While the job runs: no place is held in both pools, and the wider pool counts its busy runner.
+    for (let i = 0; i < 10 && fake.jobs().find((j) => j.id === job.id)?.status !== "completed"; i++) {
+      const [small, big] = [await holders("small"), await holders("big")];
+      assert.deepEqual(small.filter((h) => big.includes(h)), [], `a place held in both pools: small ${small.join(",")}, big ${big.join(",")}`);
+      await new Promise((res) => setTimeout(res, 500));
+    }
+    assert.doesNotMatch(sys.logs(), /demand handed over/, "no hand-over across pools");
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+  } finally {
+    conn.disconnect();
+    await sys.close();
+    await fake.close();
+  }
+});
+
 test("a job of another repository of the pool gets a runner of its own: warm runners registered on the warm repository are not adopted for it", async () => {
   const { fake, sys } = await warmSystem("warm-scope", 1);
   try {
