@@ -224,7 +224,7 @@ export class RunnerWorker {
    * leaves the fleet, only once it has ended. (Teardowns of runners this process watches keep
    * them in `launcher.tracked` until they end.)
    */
-  readonly #passes = new Set<Promise<void>>();
+  readonly #passes = new Set<Promise<boolean>>();
   /** The end of a drain, once every runner is gone: it waits for the host loop's pass (#finishDrain). */
   #finishingDrain: Promise<void> | undefined;
   /**
@@ -293,16 +293,38 @@ export class RunnerWorker {
 
   async #startServing(): Promise<void> {
     this.#offPublicized = this.#d.events?.onPublicized((where) => this.#publicized(where));
-    await this.reconcile();
+    if (await this.reconcile()) return this.#serveDemand();
+    // The host's containers could not be listed (an engine whose lists hang, Redis away): those a
+    // stopped or crashed worker left (runners mid-job, warm runners) are not known yet. Opened now,
+    // the demand and warm loops would fill the slots beside them, and the pass that later adopts
+    // them would put the host over its capacity. No demand is taken until a pass has listed them.
+    this.#d.logger.warn("the host's containers could not be listed: taking no demand until they are (tried again every few seconds)");
+    this.#loops.push(
+      (async () => {
+        for (let tries = 1; !this.#stopping; tries++) {
+          await this.#pause(Math.min(30_000, 1000 * 2 ** tries));
+          if (this.#stopping) return;
+          if (await this.reconcile()) {
+            this.#d.logger.info("the host's containers listed: taking demand");
+            return this.#serveDemand();
+          }
+        }
+      })(),
+    );
+  }
+
+  /** Takes demand and keeps warm runners, once a host loop pass has listed this host's containers. */
+  async #serveDemand(): Promise<void> {
     this.#passed = true;
     this.#checkDrained();
     for (const [pool, source] of this.#d.sources) {
+      if (this.#stopping) return;
       await source.start();
       this.#loops.push(this.#loop(pool, source));
       const config = this.#pools.get(pool);
       if (config && config.minIdle > 0) this.#loops.push(this.#warmLoop(config));
     }
-    this.#reconcileTimer = every(this.#d.reconcileIntervalSeconds * 1000, () => this.reconcile());
+    this.#reconcileTimer = every(this.#d.reconcileIntervalSeconds * 1000, async () => void (await this.reconcile()));
   }
 
   async stop(): Promise<void> {
@@ -1323,25 +1345,27 @@ export class RunnerWorker {
    * fails is logged and tried again next pass, and the others are handled all the same. A pass
    * with any failure counts as an error in `jitrunner_reconcile_runs_total{loop="host"}`.
    */
-  async reconcile(): Promise<void> {
+  /** One host loop pass; true when it listed this host's containers (see #startServing). */
+  async reconcile(): Promise<boolean> {
     const pass = this.#reconcilePass();
     this.#passes.add(pass);
     try {
-      await pass;
+      return await pass;
     } finally {
       this.#passes.delete(pass);
     }
   }
 
-  async #reconcilePass(): Promise<void> {
+  async #reconcilePass(): Promise<boolean> {
     // Another process holds the host (this one stalled past its hold): what it launches is not
     // tracked here, and a container it has created but not yet started would look left behind.
     // The pass waits until the host is this process's again (counted as no pass meanwhile).
-    if (this.#presence.hostTaken) return;
+    if (this.#presence.hostTaken) return false;
     const log = this.#d.logger.child({ loop: "host" });
     const pass = new PassFailures(log);
+    let listed = false;
     try {
-      await this.#reconcileContainers(log, pass);
+      listed = await this.#reconcileContainers(log, pass);
       await this.#removeUnusedVolumes(log, pass);
       await this.#reconcileRecords(log, pass);
       await this.#sweepGoneHosts(log, pass);
@@ -1352,15 +1376,17 @@ export class RunnerWorker {
       this.#d.metrics.reconcileRun("host", "error");
       this.#noteError(UNREADY.hostLoop, `host reconcile failed: ${errorMessage(err)}`, false);
     }
+    return listed;
   }
 
-  async #reconcileContainers(log: Logger, pass: PassFailures): Promise<void> {
+  /** Whether the host's containers were listed (each one's handling may still have failed: it is tried again next pass). */
+  async #reconcileContainers(log: Logger, pass: PassFailures): Promise<boolean> {
     const { driver, host } = this.#d;
     let containers: RunnerContainer[] = [];
     const listed = await pass.attempt({ host }, "listing containers", async () => {
       containers = await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: host });
     });
-    if (!listed) return;
+    if (!listed) return false;
     const names = new Set<string>();
     for (const c of containers) {
       const name = c.labels[LABEL.runnerName] ?? c.name;
@@ -1373,6 +1399,7 @@ export class RunnerWorker {
       log.info({ runner: name, pool }, "runner left running is gone (its container removed by other hands): its slot is free");
       this.#letGo(name);
     }
+    return true;
   }
 
   async #reconcileContainer(c: RunnerContainer, name: string, log: Logger): Promise<void> {

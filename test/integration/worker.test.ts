@@ -272,6 +272,38 @@ test("a stop asked for while the worker starts, once its start has gone past the
   }
 });
 
+test("a worker whose engine cannot list the host's containers at start takes no demand until it can: what a stopped worker left running is known first", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("unlisted");
+  const r = scopedRedis(redis, "unlisted");
+  hosts.push(host);
+  const proxy = await startDockerProxy();
+  // Every container list fails, as an engine's may (the containers left running are not known).
+  const failing = proxy.fail("GET", LIST_CONTAINERS, "list failed for the test", 500);
+  const pools = [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "1" } })];
+  const worker = { hostId: host, capacity: 2, reconcileIntervalSeconds: 2, docker: { socketPath: proxy.socketPath } };
+  const sys = await startSystem("all", fake, r, host, { pools, worker });
+  try {
+    assert.match(sys.logs(), /the host's containers could not be listed: taking no demand until they are/);
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => failing.answered >= 3, 30_000, "lists tried again");
+    assert.equal((await demandState(r, "default", `${job.id}-1`))?.state, "waiting", "the demand not taken");
+    assert.equal(callsTo(fake, JIT), 0, "nothing registered");
+    const ready = await fetch(`${sys.url}/readyz`);
+    assert.equal(ready.status, 503, "not ready meanwhile");
+
+    failing.stop();
+    await waitFor(() => /the host's containers listed: taking demand/.test(sys.logs()), 60_000, "the worker opened once a list succeeded");
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "the job served");
+    assert.equal(callsTo(fake, JIT), 1);
+  } finally {
+    failing.stop();
+    await sys.close();
+    await proxy.close();
+    await fake.close();
+  }
+});
+
 test("a worker stopped while launches wait for the write budget gives them up at once: never sent, their demand back with no attempt spent", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("stop-waiting");
