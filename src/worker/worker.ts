@@ -192,6 +192,8 @@ export class RunnerWorker {
   /** Demand every pool's loop holds taken ahead, or has room set aside for in a take under way (see TAKE_AHEAD). */
   #aheadHeld = 0;
   readonly #loops: Promise<void>[] = [];
+  /** Pools whose demand source has started, with its loops. */
+  readonly #started = new Set<string>();
   readonly #shutdown = new AbortController();
   /** Warm runners this host launched that no demand has adopted yet, by runner name. */
   readonly #spares = new Map<string, Spare>();
@@ -303,10 +305,13 @@ export class RunnerWorker {
       (async () => {
         for (let tries = 1; !this.#stopping; tries++) {
           await this.#pause(Math.min(30_000, 1000 * 2 ** tries));
-          if (this.#stopping) return;
-          if (await this.reconcile()) {
-            this.#d.logger.info("the host's containers listed: taking demand");
-            return this.#serveDemand();
+          if (this.#stopping || !(this.#passed || (await this.reconcile())) || this.#stopping) continue;
+          if (!this.#passed) this.#d.logger.info("the host's containers listed: taking demand");
+          try {
+            return await this.#serveDemand();
+          } catch (err) {
+            // A queue that cannot start (Redis away): tried again, the pools started already kept.
+            this.#noteError(UNREADY.takingDemand, `taking demand could not start: ${errorMessage(err)}`, true);
           }
         }
       })(),
@@ -319,7 +324,11 @@ export class RunnerWorker {
     this.#checkDrained();
     for (const [pool, source] of this.#d.sources) {
       if (this.#stopping) return;
+      if (this.#started.has(pool)) continue;
       await source.start();
+      this.#started.add(pool);
+      // Stopped meanwhile (the sources closed): nothing more is started that the stop would not wait for.
+      if (this.#stopping) return;
       this.#loops.push(this.#loop(pool, source));
       const config = this.#pools.get(pool);
       if (config && config.minIdle > 0) this.#loops.push(this.#warmLoop(config));
@@ -1343,9 +1352,10 @@ export class RunnerWorker {
    * (a busy one is forgotten once GitHub no longer knows it: see #sweepGoneBusyRunner).
    * Each container, volume, record and gone host is handled on its own (PassFailures): one that
    * fails is logged and tried again next pass, and the others are handled all the same. A pass
-   * with any failure counts as an error in `jitrunner_reconcile_runs_total{loop="host"}`.
+   * with any failure counts as an error in `jitrunner_reconcile_runs_total{loop="host"}`, and the
+   * worker is not ready until a pass has none. True when the pass listed this host's containers
+   * (see #startServing).
    */
-  /** One host loop pass; true when it listed this host's containers (see #startServing). */
   async reconcile(): Promise<boolean> {
     const pass = this.#reconcilePass();
     this.#passes.add(pass);
@@ -1372,6 +1382,7 @@ export class RunnerWorker {
       const failed = pass.summary();
       if (failed) throw failed;
       this.#d.metrics.reconcileRun("host", "ok");
+      if (this.#lastError?.reason === UNREADY.hostLoop) this.#lastError = undefined;
     } catch (err) {
       this.#d.metrics.reconcileRun("host", "error");
       this.#noteError(UNREADY.hostLoop, `host reconcile failed: ${errorMessage(err)}`, false);

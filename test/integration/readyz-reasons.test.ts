@@ -14,7 +14,7 @@ import { after, before, test } from "node:test";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
-import { CREATE_CONTAINER, PING, startDockerProxy, type DockerProxy } from "../helpers/docker-proxy.ts";
+import { CREATE_CONTAINER, LIST_CONTAINERS, PING, startDockerProxy, type DockerProxy } from "../helpers/docker-proxy.ts";
 import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { removeContainersOf, scopedRedis, startSystem, uniqueHost, type SystemUnderTest } from "../helpers/system.ts";
@@ -85,6 +85,24 @@ test("a launch that fails with the engine's words naming private things: /readyz
   }
   // The next attempt launches: ready again.
   await waitFor(async () => (await readyz()).status === 200, 30_000, "ready once a launch succeeds");
+});
+
+test("container lists that fail: 'worker: host reconcile failing' on /readyz; ready again after the next pass that succeeds, with no launch", async () => {
+  await waitFor(async () => (await readyz()).status === 200, 30_000, "ready before the lists fail");
+  const jit = () => fake.requests.filter((q) => q.route.endsWith("/generate-jitconfig")).length;
+  const launches = jit();
+  const failing = proxy.fail("GET", LIST_CONTAINERS, `list failed near ${MARKER}`);
+  try {
+    const unready = await waitFor(async () => {
+      const res = await readyz();
+      return res.status === 503 && res;
+    }, 20_000, "unready while the host loop's lists fail");
+    assert.deepEqual(JSON.parse(unready.text), { status: "unready", problems: ["worker: host reconcile failing"] });
+  } finally {
+    failing.stop();
+  }
+  await waitFor(async () => (await readyz()).status === 200, 20_000, "ready once a pass succeeds");
+  assert.equal(jit(), launches, "no launch made it ready");
 });
 
 test("an engine that fails its pings and a host taken by another process: fixed reasons on /readyz, the details in the log", async () => {
