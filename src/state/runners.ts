@@ -77,6 +77,17 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1`;
 
+/**
+ * findByDemand's read (KEYS: demand claim; ARGV: the runner keys' prefix): nil when no runner
+ * answers for the demand, else its name and its record's fields (none once it is gone). One
+ * script, as `remove` deletes the claim before the record: two round trips could read the claim,
+ * then no record, as "served", while a failed runner was being forgotten in between.
+ */
+const FIND_BY_DEMAND = `
+local name = redis.call('GET', KEYS[1])
+if not name then return nil end
+return {name, redis.call('HGETALL', ARGV[1] .. name)}`;
+
 /** claimDemand's write (KEYS: record, demand claim; ARGV: demandId, name, ttl): 1, or 0 and nothing written when the record is gone. */
 const CLAIM_IF_EXISTS = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -135,6 +146,7 @@ export class RunnerStore {
     redis.defineCommand("jitrunnerSetIfExists", { numberOfKeys: 1, lua: SET_IF_EXISTS });
     redis.defineCommand("jitrunnerUpdateIfExists", { numberOfKeys: 1, lua: UPDATE_IF_EXISTS });
     redis.defineCommand("jitrunnerClaimIfExists", { numberOfKeys: 2, lua: CLAIM_IF_EXISTS });
+    redis.defineCommand("jitrunnerFindByDemand", { numberOfKeys: 1, lua: FIND_BY_DEMAND });
   }
 
   get eventsChannel(): string {
@@ -184,8 +196,13 @@ export class RunnerStore {
    * (the demand was served). A demand taken over from a stopped worker needs no second runner.
    */
   async findByDemand(demandId: string): Promise<{ name: string; record?: RunnerRecord } | undefined> {
-    const name = await this.#redis.get(this.#demandKey(demandId));
-    return name ? { name, record: await this.get(name) } : undefined;
+    const redis = this.#redis as Redis & { jitrunnerFindByDemand(key: string, runnerPrefix: string): Promise<[string, string[]] | null> };
+    const found = await redis.jitrunnerFindByDemand(this.#demandKey(demandId), this.#key(""));
+    if (!found) return undefined;
+    const [name, flat] = found;
+    const fields: Record<string, string> = {};
+    for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+    return { name, record: parseRecord(fields) };
   }
 
   /**

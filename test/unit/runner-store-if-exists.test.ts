@@ -55,3 +55,25 @@ test("claimDemand claims for a record that exists, and writes nothing, the deman
   assert.equal(await exists(warm.name), false, "no partial record written");
   assert.equal(await runners.findByDemand("4243-1"), undefined, "no claim for the demand either");
 });
+
+test("findByDemand never reads a demand's runner as gone while a failed launch's record is being removed: it sees the claim and the record, or neither", async () => {
+  // Two connections, as a worker taking a lease over and another forgetting its failed runner:
+  // `remove(record, false)` deletes the claim, then the record. A read of the claim, then of the
+  // record, in two round trips could fall in between and read "served" (a name, no record).
+  const { runners: writer, record } = setUp("find-race");
+  const readerConn = shared.conn.duplicate();
+  const reader = new RunnerStore(readerConn, `${shared.redis.prefix}-find-race`);
+  const torn: number[] = [];
+  try {
+    for (let i = 0; i < 300; i++) {
+      const r = { ...record, name: `${record.name}-${i}`, demandId: `5000-${i}` };
+      await writer.put(r);
+      const [found] = await Promise.all([reader.findByDemand(r.demandId), writer.remove(r, false)]);
+      if (found && !found.record) torn.push(i);
+      assert.ok(found === undefined || found.name === r.name);
+    }
+  } finally {
+    readerConn.disconnect();
+  }
+  assert.deepEqual(torn, [], "no read of the claim without its record");
+});
