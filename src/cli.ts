@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { loadConfigWithOrigins, type Config, type SecretsFor } from "./config/load.ts";
+import { shownSecretPath } from "./config/schema.ts";
 import { connectionWarnings } from "./docker/dockerode-driver.ts";
-import { ConfigError, errorMessage } from "./errors.ts";
+import { ConfigError, errorMessage, redact } from "./errors.ts";
 import { createLogger } from "./logger.ts";
 import { start, type Mode } from "./main.ts";
 import { drainHost, undoDrain } from "./cli/drain.ts";
@@ -113,7 +114,16 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command === "check-config") {
     const pools = config.pools.map((pool) => ({ ...pool, env: Object.fromEntries(Object.entries(pool.env).map(([k, v]) => [k, shownEnvValue(k, v)])) }));
-    const shown = { ...config, redis: { ...config.redis, url: withoutPassword(config.redis.url) }, pools };
+    // A secret file's path a mode does not read was not checked: shown only when plainly a path.
+    const path = (file: string | undefined) => (file === undefined ? undefined : shownSecretPath(file));
+    const shown = {
+      ...config,
+      github: { ...config.github, privateKeyFile: path(config.github.privateKeyFile), webhookSecretFile: path(config.github.webhookSecretFile) },
+      server: { ...config.server, adminTokenFile: path(config.server.adminTokenFile), metricsTokenFile: path(config.server.metricsTokenFile) },
+      worker: { ...config.worker, docker: { ...config.worker.docker, keyFile: path(config.worker.docker.keyFile) } },
+      redis: { ...config.redis, url: withoutPassword(config.redis.url) },
+      pools,
+    };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
     if (values.mode !== "server") for (const w of connectionWarnings(config.worker.docker)) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
     return 0;
@@ -166,10 +176,17 @@ main(process.argv.slice(2)).then(exit, (err) => {
 
 /**
  * A runner's environment value as check-config prints it (output that gets pasted into issues):
- * hidden under a name that says it is a credential, and a URL's password hidden (a proxy's, say).
+ * hidden under a name that says it is a credential; else a URL's user information past its user
+ * name (a proxy's password, `@` and all), a user name alone (a token written in its place), every
+ * query value, and what looks like a token (errors.ts `redact`) hidden.
  */
 function shownEnvValue(name: string, value: string): string {
   // Anywhere in the name (OPENAI_APIKEY, DB_PASS): a name that only looks like one (MONKEY) costs a hidden value.
-  if (/TOKEN|SECRET|PASS|CREDENTIAL|AUTH|KEY|PRIVATE/i.test(name)) return "[redacted]";
-  return value.replace(/(\/\/[^/:@\s]*):[^@\s]*@/g, "$1:redacted@");
+  if (/TOKEN|SECRET|PASS|PWD|CREDENTIAL|AUTH|KEY|PRIVATE|(^|_)PAT($|_)/i.test(name)) return "[redacted]";
+  return redact(
+    value
+      .replace(/(\/\/[^/:@\s]*):[^/\s]*@/g, "$1:redacted@")
+      .replace(/\/\/[^/:@\s]+@/g, "//redacted@")
+      .replace(/\?[^\s#]*/g, (query) => query.replace(/=[^&]*/g, "=redacted")),
+  );
 }

@@ -45,11 +45,16 @@ export async function connectCli(redis: Redis): Promise<void> {
   }
 }
 
-/** A URL as it may be printed: a password in it (`redis://:PASSWORD@host`, `?password=`) replaced. */
+/**
+ * A URL as it may be printed: a password in it (`redis://:PASSWORD@host`, `?password=`) replaced,
+ * and a user name with no password (`redis://PASSWORD@host`, the ':' forgotten) as well.
+ */
 export function withoutPassword(url: string): string {
   try {
     const u = new URL(url);
-    if (!u.password && !u.searchParams.has("password")) return url;
+    const nameAlone = u.username !== "" && !u.password;
+    if (!u.password && !nameAlone && !u.searchParams.has("password")) return url;
+    if (nameAlone) u.username = "redacted";
     if (u.password) u.password = "redacted";
     if (u.searchParams.has("password")) u.searchParams.set("password", "redacted");
     return u.href;

@@ -3,7 +3,7 @@ import { hostname } from "node:os";
 import { posix } from "node:path";
 import { parseDocument } from "yaml";
 import { ConfigError } from "../errors.ts";
-import { configSchema, type ParsedConfig, type PoolConfig } from "./schema.ts";
+import { configSchema, secretFile, shownSecretPath, type ParsedConfig, type PoolConfig } from "./schema.ts";
 import { Secret } from "./secret.ts";
 
 export type { PoolConfig } from "./schema.ts";
@@ -55,6 +55,12 @@ export function secretsNeeded(mode: SecretsFor): { privateKey: boolean; webhookS
 export function tokensNeeded(mode: SecretsFor): { adminToken: boolean; metricsToken: boolean } {
   return { adminToken: mode === "server" || mode === "all", metricsToken: mode !== "none" };
 }
+
+/**
+ * Whether a secret's file option can be read as a path: one that cannot (a secret pasted in its
+ * place) is refused by the schema without its value, and never opened here (an error would echo it).
+ */
+const readablePath = (file: unknown): file is string => typeof file === "string" && secretFile().safeParse(file).success;
 
 /** Options of worker.docker that name files a worker reads at start (TLS to its engine). */
 const DOCKER_FILES = ["caFile", "certFile", "keyFile"] as const;
@@ -119,13 +125,14 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
       problems.push(`${what}: set ${envName} or github.${what}File (${WHO_NEEDS[what]})`);
       return undefined;
     }
+    if (!readablePath(file)) return undefined; // refused by the schema, unshown
     try {
       const value = normalize(readFile(file));
-      if (!value) problems.push(`github.${what}File: ${file} is empty`);
-      else if (what === "webhookSecret") problems.push(...weakWebhookSecret(`github.${what}File`, file, value));
+      if (!value) problems.push(`github.${what}File: ${shownSecretPath(file)} is empty`);
+      else if (what === "webhookSecret") problems.push(...weakWebhookSecret(`github.${what}File`, shownSecretPath(file), value));
       return new Secret(value);
     } catch (err) {
-      problems.push(cannotRead(`github.${what}File`, file, err));
+      problems.push(cannotRead(`github.${what}File`, shownSecretPath(file), err));
       return undefined;
     }
   };
@@ -147,8 +154,8 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
     // Which one was read: the variable wins over the file, which is then not read at all.
     const fromEnv = !!env.JITRUNNER_GITHUB_PRIVATE_KEY;
     const source = fromEnv
-      ? `JITRUNNER_GITHUB_PRIVATE_KEY${gh.privateKeyFile ? `, which is read instead of github.privateKeyFile (${String(gh.privateKeyFile)})` : ""}`
-      : `github.privateKeyFile: ${String(gh.privateKeyFile)}`;
+      ? `JITRUNNER_GITHUB_PRIVATE_KEY${gh.privateKeyFile ? `, which is read instead of github.privateKeyFile (${shownSecretPath(String(gh.privateKeyFile))})` : ""}`
+      : `github.privateKeyFile: ${shownSecretPath(String(gh.privateKeyFile))}`;
     problems.push(
       `privateKey (from ${source}): not a PEM private key that can be read (expected '-----BEGIN ... PRIVATE KEY-----' with its lines intact; ` +
         "in an environment variable, its line breaks written as \\n)",
@@ -312,10 +319,12 @@ function unreadableFiles(section: unknown, where: string, keys: readonly string[
   for (const key of keys) {
     const file = (section as Record<string, unknown>)[key];
     if (typeof file !== "string" || !file) continue;
+    if (key === "keyFile" && !readablePath(file)) continue; // refused by the schema, unshown
+    const shown = key === "keyFile" ? shownSecretPath(file) : file;
     try {
-      if (!readFile(file).trim()) problems.push(`${where}.${key}: ${file} is empty`);
+      if (!readFile(file).trim()) problems.push(`${where}.${key}: ${shown} is empty`);
     } catch (err) {
-      problems.push(cannotRead(`${where}.${key}`, file, err));
+      problems.push(cannotRead(`${where}.${key}`, shown, err));
     }
   }
   return problems;
@@ -353,15 +362,16 @@ function optionalToken(
   let value: string;
   if (env[envName]) value = env[envName].trim();
   else if (typeof file === "string") {
+    if (!readablePath(file)) return undefined; // refused by the schema, unshown
     try {
       value = readFile(file).trim();
     } catch (err) {
-      problems.push(cannotRead(option, file, err));
+      problems.push(cannotRead(option, shownSecretPath(file), err));
       return undefined;
     }
   } else return undefined;
   if (value.length < TOKEN_MIN_LENGTH || /\s/.test(value)) {
-    problems.push(`${option}: the token (from ${env[envName] ? envName : file}) must be at least ${TOKEN_MIN_LENGTH} characters without spaces`);
+    problems.push(`${option}: the token (from ${env[envName] ? envName : shownSecretPath(String(file))}) must be at least ${TOKEN_MIN_LENGTH} characters without spaces`);
     return undefined;
   }
   return new Secret(value);

@@ -12,6 +12,30 @@ const name = z
 
 const label = z.string().min(1).max(256);
 
+/**
+ * The path of a file that holds a secret: one line, no PEM header. A value that is not one is
+ * the secret pasted in its place (a PEM key, say), refused without being echoed. `env` names the
+ * variable that may hold the secret instead.
+ */
+export function secretFile(env?: string) {
+  const instead = env ? `, or set ${env} instead` : "";
+  return z
+    .string()
+    .refine(
+      (value) => !/[\r\n]|-----BEGIN/.test(value) && value.length <= 4096,
+      `must be the path of a file that holds the secret, not the secret itself (the value is not shown): write it to a file and name that file here${instead}`,
+    );
+}
+
+/**
+ * A secret file's path as errors and check-config show it: absolute, or relative starting with
+ * ./ or ../ (a path, plainly). Any other value is not shown: it may be a token or secret written
+ * where its file's path belongs (a path so written is read from the working directory all the same).
+ */
+export function shownSecretPath(file: string): string {
+  return /^\.{0,2}\//.test(file) ? file : "(a relative path, not shown in case it is the secret itself: start it with ./ to show it)";
+}
+
 const mount = z
   .object({
     source: z.string().min(1),
@@ -112,7 +136,7 @@ const docker = z
     /** TLS client files for `https` (Docker's --tlsverify). */
     caFile: z.string().optional(),
     certFile: z.string().optional(),
-    keyFile: z.string().optional(),
+    keyFile: secretFile().optional(),
     /** User for `ssh` (keys from the SSH agent, SSH_AUTH_SOCK). */
     username: z.string().optional(),
     /**
@@ -138,8 +162,8 @@ export const configSchema = z
           // It is named in errors and logs ("cannot reach GitHub at ..."); the App authenticates by its key.
           .refine((url) => !URL.canParse(url) || (new URL(url).username === "" && new URL(url).password === ""), "must not hold a user name or password")
           .default("https://api.github.com"),
-        privateKeyFile: z.string().optional(),
-        webhookSecretFile: z.string().optional(),
+        privateKeyFile: secretFile("JITRUNNER_GITHUB_PRIVATE_KEY").optional(),
+        webhookSecretFile: secretFile("JITRUNNER_GITHUB_WEBHOOK_SECRET").optional(),
         checkStillQueued: z.boolean().default(true),
         overlapStillQueuedCheckSeconds: z.number().min(0).max(3600).default(10),
         writesPerMinute: z.number().int().min(1).max(10_000).default(DEFAULT_WRITES_PER_MINUTE),
@@ -170,9 +194,9 @@ export const configSchema = z
          */
         redisWaitSeconds: z.number().min(0).max(5).default(3),
         /** File with the token the status page requires (or env JITRUNNER_ADMIN_TOKEN); unset: open. */
-        adminTokenFile: z.string().optional(),
+        adminTokenFile: secretFile("JITRUNNER_ADMIN_TOKEN").optional(),
         /** File with the token /metrics requires (or env JITRUNNER_METRICS_TOKEN); unset: open. */
-        metricsTokenFile: z.string().optional(),
+        metricsTokenFile: secretFile("JITRUNNER_METRICS_TOKEN").optional(),
       })
       .strict()
       .prefault({}),

@@ -99,13 +99,51 @@ test("check-config prints the resolved config without a secret: the keys' values
 
 test("check-config hides what a pool's runner environment holds of credentials: a URL's password, a value under a credential's name", async () => {
   const file = join(dir, "pool-env.yml");
-  const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      OPENAI_APIKEY: sk-apikey-Q7w\n      DB_PASS: db-pass-H4n\n      TZ: Europe/Berlin\n`;
+  const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      OPENAI_APIKEY: sk-apikey-Q7w\n      DB_PASS: db-pass-H4n\n      TZ: Europe/Berlin\n      DSN: "postgres://db/x?sslmode=require&password=dsn-pass-J6t"\n      GIT_URL: "https://git-user-token-P5z@git.example/o/r"\n      AT_PROXY: "http://ci:at@pass-R2d@proxy.internal:3128"\n      GH_PAT: pat-value-W1c\n      DB_PWD: db-pwd-T8k\n      BLOB: "ghs_0123456789abcdefABCDEF0123456789abcd"\n`;
   await writeFile(file, configText(redis.url, redis.prefix).replace("    isolation: capabilities\n", `    isolation: capabilities\n${env}`));
   const { code, out } = await run(["check-config", "--config", file], SECRETS);
   assert.equal(code, 0, out);
   const printed = JSON.parse(out) as { pools: Array<{ env: Record<string, string> }> };
-  assert.deepEqual(printed.pools[0]!.env, { HTTPS_PROXY: "http://ci:redacted@proxy.internal:3128", NPM_TOKEN: "[redacted]", API_KEY: "[redacted]", OPENAI_APIKEY: "[redacted]", DB_PASS: "[redacted]", TZ: "Europe/Berlin" });
-  for (const secret of ["proxy-pass-K3x", "npm-token-V8r", "api-key-M2p", "sk-apikey-Q7w", "db-pass-H4n"]) assert.ok(!out.includes(secret), secret);
+  assert.deepEqual(printed.pools[0]!.env, {
+    HTTPS_PROXY: "http://ci:redacted@proxy.internal:3128",
+    NPM_TOKEN: "[redacted]",
+    API_KEY: "[redacted]",
+    OPENAI_APIKEY: "[redacted]",
+    DB_PASS: "[redacted]",
+    TZ: "Europe/Berlin",
+    DSN: "postgres://db/x?sslmode=redacted&password=[redacted]",
+    GIT_URL: "https://redacted@git.example/o/r",
+    AT_PROXY: "http://ci:redacted@proxy.internal:3128",
+    GH_PAT: "[redacted]",
+    DB_PWD: "[redacted]",
+    BLOB: "[redacted]",
+  });
+  for (const secret of ["proxy-pass-K3x", "npm-token-V8r", "api-key-M2p", "sk-apikey-Q7w", "db-pass-H4n", "dsn-pass-J6t", "git-user-token-P5z", "pass-R2d", "pat-value-W1c", "db-pwd-T8k", "0123456789abcdef"]) {
+    assert.ok(!out.includes(secret), secret);
+  }
+});
+
+test("check-config shows a secret file's path a mode does not read only when it is plainly a path, and refuses a key pasted in its place, unshown", async () => {
+  const token = "admin-token-written-in-place-4Qv";
+  const file = join(dir, "secret-paths.yml");
+  const metricsFile = join(dir, "metrics-token");
+  await writeFile(file, `${configText(redis.url, redis.prefix)}server:\n  adminTokenFile: ${token}\n  metricsTokenFile: ${metricsFile}\n`);
+  // A worker reads the metrics token, not the admin token: it prints that option as given, unless it may be a token.
+  await writeFile(metricsFile, "metrics-token-0123456789\n");
+  const worker = await run(["check-config", "--mode", "worker", "--config", file], SECRETS);
+  assert.equal(worker.code, 0, worker.out);
+  const printed = JSON.parse(worker.out) as { server: { adminTokenFile: string; metricsTokenFile: string } };
+  assert.equal(printed.server.metricsTokenFile, metricsFile);
+  assert.match(printed.server.adminTokenFile, /^\(a relative path, not shown/);
+  assert.ok(!worker.out.includes(token));
+
+  const pasted = join(dir, "pasted-key.yml");
+  const key = SECRETS.JITRUNNER_GITHUB_PRIVATE_KEY;
+  await writeFile(pasted, configText(redis.url, redis.prefix).replace("  appId: 1\n", `  appId: 1\n  privateKeyFile: ${JSON.stringify(key)}\n`));
+  const server = await run(["check-config", "--mode", "server", "--config", pasted], SECRETS);
+  assert.equal(server.code, 1, server.out);
+  assert.match(server.out, /github\.privateKeyFile: must be the path of a file that holds the secret, not the secret itself/);
+  assert.ok(!server.out.includes(key.split("\n")[1]!), server.out);
 });
 
 test("check-config judges the secrets by the mode asked about: --mode server needs no private key, --mode worker no webhook secret, the default (all) both", async () => {

@@ -438,3 +438,37 @@ test("a pool mount of the host's engine is refused however its path is written: 
   const allowed = ["/srv/cache", "/var/lib/docker-cache", "/var/lib/apt", "/run/users", "/run/secrets/npmrc", "/var/cache/./apt", "/home/ci/.cache/"];
   assert.deepEqual(loadConfig({ text: mounts(allowed), env, readFile: noFiles }).pools[0]!.mounts.map((m) => m.source), allowed);
 });
+
+test("a secret written where its file's path belongs is refused without being shown, in every mode; a relative path is shown only when plainly one", () => {
+  const problemsOf = (text: string, secretsFor: "all" | "server" | "worker" | "none", over: Record<string, string> = {}) => {
+    try {
+      loadConfig({ text, env: { ...over }, readFile: noFiles, secretsFor });
+    } catch (err) {
+      assert.ok(err instanceof ConfigError, String(err));
+      return err.message;
+    }
+    assert.fail("the config was taken");
+  };
+  const keyLine = KEY.split("\n")[1]!;
+  const pasted = minimal.replace("appId: 42", `appId: 42\n  privateKeyFile: ${JSON.stringify(KEY)}`);
+  for (const mode of ["all", "server", "worker", "none"] as const) {
+    const problems = problemsOf(pasted, mode, env);
+    assert.match(problems, /github\.privateKeyFile: must be the path of a file that holds the secret, not the secret itself .* or set JITRUNNER_GITHUB_PRIVATE_KEY instead/, mode);
+    assert.ok(!problems.includes(keyLine) && !problems.includes("BEGIN"), `${mode}: ${problems}`);
+  }
+  const pem = minimal.replace("appId: 42", "appId: 42\n  webhookSecretFile: /run/hook").concat(`worker:\n  docker: { host: e.example, protocol: https, keyFile: ${JSON.stringify(KEY)} }\n`);
+  const dockerKey = problemsOf(pem, "worker", env);
+  assert.match(dockerKey, /worker\.docker\.keyFile: must be the path of a file that holds the secret/);
+  assert.ok(!dockerKey.includes(keyLine), dockerKey);
+
+  // One line, relative: it may be a token; read, it is not found, and not shown.
+  const token = "tok3n-written-in-place-0123456789";
+  const relative = minimal.concat(`server:\n  adminTokenFile: ${token}\n  metricsTokenFile: ./secrets/metrics\n`);
+  const shown = problemsOf(relative, "server", env);
+  assert.ok(!shown.includes(token), shown);
+  assert.match(shown, /server\.adminTokenFile: cannot read \(a relative path, not shown in case it is the secret itself: start it with \.\/ to show it\) \(ENOENT\)/);
+  assert.match(shown, /server\.metricsTokenFile: cannot read \.\/secrets\/metrics \(ENOENT\)/);
+  // A user name with no password in a Redis URL is most likely the password, its ':' forgotten.
+  assert.equal(withoutPassword("redis://s3cret-pass@redis:6379/0"), "redis://redacted@redis:6379/0");
+  assert.equal(withoutPassword("redis://redis:6379/0"), "redis://redis:6379/0");
+});
