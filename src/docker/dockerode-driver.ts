@@ -1,5 +1,5 @@
 import { readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { join, posix } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import Docker from "dockerode";
 import { DEFAULT_CALL_TIMEOUT_SECONDS, DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS } from "../config/schema.ts";
@@ -323,9 +323,10 @@ export class DockerodeDriver implements RunnerDriver {
 
   async remove(id: string): Promise<void> {
     const container = this.#docker.getContainer(id);
-    // Its data volume is named, and remove({ v: true }) deletes only anonymous ones.
+    // Its data volume is named, and remove({ v: true }) deletes only anonymous ones. Only the
+    // one named after this container: a pool's own volume mounted there (a cache) is not ours.
     const volumes = await this.#limited("inspect container", this.#callMs, (abortSignal) => container.inspect({ abortSignal })).then(
-      (c) => c.Mounts.filter((m) => m.Type === "volume" && m.Name?.endsWith(DATA_VOLUME_SUFFIX)).map((m) => m.Name!),
+      (c) => c.Mounts.filter((m) => m.Type === "volume" && m.Name === dataVolumeName(c.Name.replace(/^\//, ""))).map((m) => m.Name!),
       () => [],
     );
     try {
@@ -374,7 +375,7 @@ export class DockerodeDriver implements RunnerDriver {
     for (const v of found.Volumes ?? []) {
       const labelled = Object.entries(labels).every(([k, value]) => v.Labels?.[k] === value);
       // A create the engine failed while shutting down leaves the volume without its labels.
-      const unlabelled = Object.keys(v.Labels ?? {}).length === 0 && v.Name.startsWith(namePrefix) && v.Name.endsWith(DATA_VOLUME_SUFFIX);
+      const unlabelled = Object.keys(v.Labels ?? {}).length === 0 && isDataVolumeOf(namePrefix, v.Name);
       if (!labelled && !unlabelled) continue;
       try {
         if (await this.#removeVolume(v.Name)) removed++;
@@ -529,9 +530,21 @@ export function dataVolumeName(containerName: string): string {
   return `${containerName}${DATA_VOLUME_SUFFIX}`;
 }
 
-/** Unless the pool mounts something of its own there. */
+/**
+ * Whether `volume` is named as the data volume of a runner whose name starts with `namePrefix`
+ * (runnerName: the prefix and '-', the pool, '-', 10 hex digits), not merely alike.
+ */
+function isDataVolumeOf(namePrefix: string, volume: string): boolean {
+  if (!volume.startsWith(namePrefix) || !volume.endsWith(DATA_VOLUME_SUFFIX)) return false;
+  return /^[a-z0-9][a-z0-9-]*-[0-9a-f]{10}$/.test(volume.slice(namePrefix.length, -DATA_VOLUME_SUFFIX.length));
+}
+
+/**
+ * Unless the pool mounts something of its own there: compared as Docker cleans a target
+ * (`/var/lib/docker/` is the same place), else the engine refuses two mounts at one point.
+ */
 function ownsDataVolume(spec: RunnerSpec): boolean {
-  return !spec.mounts.some((m) => m.target === DOCKER_DATA);
+  return !spec.mounts.some((m) => posix.normalize(m.target).replace(/(.)\/+$/, "$1") === DOCKER_DATA);
 }
 
 /** docker-modem's options that DOCKER_HOST fills in, left out: what a configured connection does not name. */

@@ -1,0 +1,90 @@
+/**
+ * Which volumes DockerodeDriver removes, on the real Docker engine: a runner's own data volume
+ * (named after it) goes with it; a pool's own volume mounted at /var/lib/docker (a cache an
+ * operator keeps), whatever its name, stays; a dangling volume with no labels goes only when it is
+ * named as a runner's is, not merely alike. Containers are created, never started (network `none`).
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { after, test } from "node:test";
+import { Secret } from "../../src/config/secret.ts";
+import { DockerodeDriver, dataVolumeName } from "../../src/docker/dockerode-driver.ts";
+import type { RunnerSpec } from "../../src/docker/driver.ts";
+import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
+import { docker, RUNNER_IMAGE } from "../helpers/system.ts";
+
+/** A name prefix of this run's own, as a worker's `namePrefix`: nothing else on the engine has it. */
+const PREFIX = `jrvol${randomBytes(3).toString("hex")}`;
+const driver = new DockerodeDriver();
+const made: string[] = [];
+
+async function volumeExists(name: string): Promise<boolean> {
+  return docker
+    .getVolume(name)
+    .inspect()
+    .then(
+      () => true,
+      (err: { statusCode?: number }) => {
+        if (err.statusCode === 404) return false;
+        throw err;
+      },
+    );
+}
+
+async function makeVolume(name: string, labels: Record<string, string> = {}): Promise<string> {
+  await docker.createVolume({ Name: name, Labels: labels });
+  made.push(name);
+  return name;
+}
+
+function spec(name: string, mounts: RunnerSpec["mounts"] = []): RunnerSpec {
+  return {
+    name,
+    image: RUNNER_IMAGE,
+    jitConfig: new Secret("not-a-real-jit-config"),
+    env: {},
+    labels: runnerLabels({ pool: "default", host: `${PREFIX}-host`, runnerName: name, demandId: "1-1" }),
+    isolation: "capabilities",
+    capDrop: [],
+    resources: {},
+    networkMode: "none",
+    mounts,
+  };
+}
+
+after(async () => {
+  for (const name of made) await docker.getVolume(name).remove().catch(() => undefined);
+});
+
+test("a runner's own data volume goes with it; a pool's volume at /var/lib/docker/ (trailing slash and all) stays, whatever its name", async () => {
+  const own = `${PREFIX}-default-${randomBytes(5).toString("hex")}`;
+  const id = await driver.create(spec(own));
+  made.push(dataVolumeName(own));
+  assert.equal(await volumeExists(dataVolumeName(own)), true, "made with the container");
+  await driver.remove(id);
+  assert.equal(await volumeExists(dataVolumeName(own)), false, "removed with it");
+
+  // The pool's cache, its name ending as a runner's data volume's does: the remove keeps it; and
+  // mounted at the same place written another way, the create adds no second mount there.
+  const cache = await makeVolume(`${PREFIX}-cache-var-lib-docker`);
+  for (const target of ["/var/lib/docker", "/var/lib/docker/"]) {
+    const withCache = `${PREFIX}-default-${randomBytes(5).toString("hex")}`;
+    const id2 = await driver.create(spec(withCache, [{ source: cache, target, readOnly: false }]));
+    assert.equal(await volumeExists(dataVolumeName(withCache)), false, `${target}: no volume of its own, the pool mounts one there`);
+    await driver.remove(id2);
+    assert.equal(await volumeExists(cache), true, `${target}: the pool's volume is not ours to remove`);
+  }
+});
+
+test("a dangling volume without labels is removed only when named as a runner's data volume is", async () => {
+  const runnerLike = await makeVolume(`${PREFIX}-default-${randomBytes(5).toString("hex")}-var-lib-docker`);
+  const alike = await makeVolume(`${PREFIX}-cache-var-lib-docker`);
+  const labelled = await makeVolume(`${PREFIX}-elsewhere`, runnerLabels({ pool: "default", host: `${PREFIX}-host`, runnerName: "x", demandId: "1-1" }));
+  // As the host loop asks: ours and this host's, or unlabelled and named with the worker's prefix.
+  const { removed, failed } = await driver.removeUnusedVolumes({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: `${PREFIX}-host` }, `${PREFIX}-`);
+  assert.deepEqual(failed, []);
+  assert.equal(await volumeExists(runnerLike), false, "named as a runner's: a create that lost its labels");
+  assert.equal(await volumeExists(labelled), false, "labelled as this host's");
+  assert.equal(await volumeExists(alike), true, "merely alike: an operator's");
+  assert.ok(removed >= 2);
+});
