@@ -207,6 +207,9 @@ function crossCheck(config: CrossChecked): string[] {
     }
     if (pool.runnerGroup !== undefined && pool.scope !== "organization") {
       problems.push(`pools.${i}.runnerGroup: runner groups are for organization runners; set scope: organization`);
+    } else if (pool.runnerGroupId !== 1 && pool.scope !== "organization") {
+      // A repository's runners are in its Default group (1): GitHub would refuse every registration.
+      problems.push(`pools.${i}.runnerGroupId: runner groups are for organization runners (a repository's runners are in group 1, the Default); set scope: organization`);
     }
     // Default group: runnerGroupId 1, set by the schema when no group is given.
     if (pool.serveJobsWithoutLabels && (pool.scope !== "organization" || (pool.runnerGroup === undefined && pool.runnerGroupId === 1))) {
@@ -304,6 +307,9 @@ function applyEnvOverrides(raw: Record<string, any>, env: Record<string, string 
  */
 function cannotRead(option: string, file: string, err: unknown): string {
   const code = (err as NodeJS.ErrnoException).code ?? "error";
+  if (code === "EISDIR") {
+    return `${option}: cannot read ${file}: it is a directory (Docker creates one when a bind-mounted file does not exist; remove it and create the file)`;
+  }
   if (code !== "EACCES") return `${option}: cannot read ${file} (${code})`;
   const uid = process.getuid?.();
   return (

@@ -87,6 +87,11 @@ test("secrets come from files when the environment has none; unreadable files ar
   assert.equal(String(c.secrets.webhookSecret), "[redacted]");
   assert.equal(JSON.stringify({ s: c.secrets.privateKey }), '{"s":"[redacted]"}');
 
+  const directory = (p: string): string => {
+    if (p === "/run/key.pem") return KEY;
+    throw Object.assign(new Error(`EISDIR ${p}`), { code: "EISDIR" });
+  };
+  assert.throws(() => loadConfig({ text, env: {}, readFile: directory }), /webhookSecretFile: cannot read \/run\/hook: it is a directory \(Docker creates one when a bind-mounted file does not exist/);
   const missing = text.replace("/run/hook", "/run/missing");
   assert.throws(() => loadConfig({ text: missing, env: {}, readFile: read }), /webhookSecretFile: cannot read \/run\/missing \(ENOENT\)/);
   assert.throws(() => loadConfig({ text: minimal, env: {}, readFile: read }), /set JITRUNNER_GITHUB_PRIVATE_KEY or github\.privateKeyFile/);
