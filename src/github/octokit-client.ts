@@ -405,7 +405,8 @@ export class OctokitGitHub implements GitHubClient {
       // delete it by name (no runner id came back). Also when the call was then given up before a
       // retry went out: not "never sent".
       if (body.request.lost && (err instanceof GitHubError || err instanceof NotSentError)) {
-        if (err instanceof GitHubError) throw new GitHubError(err.message, err.status, { retryable: err.retryable, cause: err, answerLost: true });
+        // A 409 then is that attempt's own name, not the job's fault: the launch may be tried again.
+        if (err instanceof GitHubError) throw new GitHubError(err.message, err.status, { retryable: err.retryable || err.status === 409, cause: err, answerLost: true });
         throw new GitHubError("generate JIT config failed: given up after an attempt whose answer was lost", undefined, { retryable: true, cause: err, answerLost: true });
       }
       throw err;
@@ -660,8 +661,9 @@ export class OctokitGitHub implements GitHubClient {
   }
 
   async #call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    let res: T;
     try {
-      return await fn();
+      res = await fn();
     } catch (err) {
       // Never sent (its caller gave up, the client closed): said as such.
       const never = notSent(err);
@@ -671,7 +673,8 @@ export class OctokitGitHub implements GitHubClient {
       const rateLimited =
         status === 429 || (status === 403 && (e.response?.headers?.["x-ratelimit-remaining"] === "0" || /rate limit/i.test(e.response?.data?.message ?? "")));
       // 403 without a rate limit is a permission GitHub will keep refusing.
-      const retryable = status === undefined || status === 0 || status >= 500 || rateLimited;
+      // 408: GitHub's own time limit on the request; `transient` tried it again already.
+      const retryable = status === undefined || status === 0 || status === 408 || status >= 500 || rateLimited;
       // GitHub's message only: octokit's error carries the request, and with it tokens and JIT configs.
       let detail = e.response?.data?.message ?? errorMessage(err).split("\n")[0];
       // Not answered: no status, though octokit gives it 500. A failed fetch is the network (DNS, a
@@ -688,6 +691,13 @@ export class OctokitGitHub implements GitHubClient {
       }
       throw new GitHubError(`${what} failed${status ? ` (${status})` : ""}: ${detail}`, status, { retryable });
     }
+    // Octokit answers a body it could not read or parse (cut short) with data "": the call may have
+    // done its work (a runner registered) with no answer to show for it, as a lost answer.
+    const { status, data } = res as { status?: number; data?: unknown };
+    if ((status === 200 || status === 201) && (typeof data !== "object" || data === null)) {
+      throw new GitHubError(`${what} failed: GitHub's answer (${status}) could not be read (cut short, or not JSON)`, undefined, { retryable: true, answerLost: true });
+    }
+    return res;
   }
 }
 

@@ -767,6 +767,27 @@ test("a JIT config that fails after an attempt whose answer was lost says so (an
   assert.ok(checked.tokens >= 1 && checked.jitConfigs >= 2, JSON.stringify(checked));
 });
 
+test("an answer cut short (201 or 200, its body half sent) is an error said as a lost answer, not a result with fields missing: the runner it registered is deleted by name", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  await c.gh.listRunners(repo()); // the token
+  fake.inject({ route: REPO_JIT, cutShort: true, times: 1 });
+  const cut = await failure(c.gh.generateJitConfig(repo(), { name: "jr-cut-short", labels: LABELS }));
+  assert.deepEqual([cut.status, cut.answerLost, cut.retryable], [undefined, true, true]);
+  assert.match(cut.message, /generate JIT config failed: GitHub's answer \(201\) could not be read/);
+  assert.deepEqual(fake.runners().map((r) => r.name), ["jr-cut-short"], "registered all the same");
+  assert.equal(await c.gh.deleteRunnerNamed(repo(), "jr-cut-short"), "deleted");
+
+  // A read: no runner with its status and busy flag missing, but an error to retry.
+  const jit = await c.gh.generateJitConfig(repo(), { name: "jr-cut-read", labels: LABELS });
+  fake.inject({ route: "/repos/{owner}/{repo}/actions/runners/{runner_id}", method: "GET", cutShort: true, times: 1 });
+  const read = await failure(c.gh.getRunner(repo(), jit.runnerId));
+  assert.deepEqual([read.status, read.retryable], [undefined, true]);
+  assert.equal((await c.gh.getRunner(repo(), jit.runnerId))?.status, "offline");
+  const checked = await assertNoSecretsFrom(fake, c.logs(), [cut, read]);
+  assert.ok(checked.jitConfigs >= 2, JSON.stringify(checked));
+});
+
 test("an installation token GitHub will not mint (404, 422) fails the call as an error, not as the call's own 404 or 422", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { shared: false });

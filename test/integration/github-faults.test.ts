@@ -188,3 +188,18 @@ test("generate-jitconfig registers the runner but its answer is lost, and the re
   assert.ok(since(from, DELETE).some((r) => r.status === 204), "the lost registration deleted");
   assert.equal(since(from, JIT).filter((r) => r.status === 201).length, 1, "one registration for the job's own runner");
 });
+
+test("every registration's answer lost, and each retry finding its own name taken (409), through a launch's three names: the demand is tried again, not failed for good, and the job served", async () => {
+  const from = fake.requests.length;
+  // Three launch attempts' worth: each name registered, its answer lost, its retry answered as
+  // GitHub would (409: the name is taken, by that lost attempt).
+  for (let i = 0; i < 3; i++) {
+    fake.inject({ route: JIT, status: 502, times: 1, afterHandling: true });
+    fake.inject({ route: JIT, delayMs: 1, times: 1 });
+  }
+  const [job] = await queueJobs("lost-409", 1);
+  await allServed("lost-409", [job!]);
+  const jit = since(from, JIT).map((r) => r.status);
+  assert.deepEqual(jit, [502, 409, 502, 409, 502, 409, 201], `three names lost, then one registered (${jit.join(", ")})`);
+  assert.match(sys.logs(), /registering failed after an answer was lost; the registration it may have made deleted by name/);
+});

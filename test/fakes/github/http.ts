@@ -24,6 +24,8 @@ export interface Reply {
   status: number;
   body?: unknown;
   headers?: Record<string, string>;
+  /** Sent with its full length announced, then the connection closed halfway through the body. */
+  cutShort?: boolean;
 }
 
 export interface Route {
@@ -44,6 +46,8 @@ export interface Fault {
   delayMs?: number;
   /** The request takes effect, then the client gets the fault instead (a response lost on its way back). */
   afterHandling?: boolean;
+  /** The request takes effect and its answer's status and headers arrive, but the connection closes halfway through the body. */
+  cutShort?: boolean;
   /**
    * The rate limit the fault plays, with GitHub's message and headers (`headers` still override):
    * `primary`, `x-ratelimit-remaining: 0` and the window's `x-ratelimit-reset`; `secondary`, the
@@ -265,6 +269,7 @@ export class Router {
     if (raw === undefined) return ghError(413, "Payload too large");
     const fault = this.takeFault(method, path, found?.route);
     if (fault?.delayMs) await sleep(Math.min(fault.delayMs, 60_000), undefined, { ref: false });
+    if (fault?.cutShort) return { ...(await this.handle(method, path, url, raw, headers, found, problem)), cutShort: true };
     if (fault?.status === undefined) return this.handle(method, path, url, raw, headers, found, problem);
     const limit = rateLimitOf(fault);
     const limited = limit && rateLimitReply(limit, budget, this.resetSeconds(budget));
@@ -353,6 +358,12 @@ export class Router {
       ...reply.headers,
     };
     const text = reply.body === undefined ? "" : JSON.stringify(reply.body);
+    if (reply.cutShort) {
+      const bytes = Buffer.from(text);
+      res.writeHead(reply.status, { ...headers, "content-length": String(bytes.length) });
+      res.write(bytes.subarray(0, bytes.length >> 1), () => res.destroy());
+      return;
+    }
     res.writeHead(reply.status, headers);
     res.end(reply.status === 204 ? undefined : text);
   }
