@@ -4,6 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import Docker from "dockerode";
 import { DEFAULT_CALL_TIMEOUT_SECONDS, DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS } from "../config/schema.ts";
 import { DockerError, errorMessage } from "../errors.ts";
+import { linkedSignal } from "../timers.ts";
 import type { RunnerContainer, RunnerDriver, RunnerSpec } from "./driver.ts";
 import { hostKeyVerifier, type HostKeyVerifier } from "./known-hosts.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "./labels.ts";
@@ -421,7 +422,9 @@ export class DockerodeDriver implements RunnerDriver {
    */
   async #limited<T>(what: string, ms: number, fn: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T> {
     const limit = AbortSignal.timeout(ms);
-    const combined = signal ? AbortSignal.any([signal, limit]) : limit;
+    // Not AbortSignal.any: a watch's signal lives as long as its runner (see linkedSignal).
+    const linked = signal ? linkedSignal([signal, limit]) : undefined;
+    const combined = linked?.signal ?? limit;
     // Our words only: never the request, which for a create carries the JIT config.
     const late = () => new DockerError(`Docker engine did not answer '${what}' within ${ms / 1000} s`, { retryable: true });
     let onAbort: (() => void) | undefined;
@@ -437,6 +440,7 @@ export class DockerodeDriver implements RunnerDriver {
       throw err;
     } finally {
       limit.removeEventListener("abort", onAbort!);
+      linked?.dispose();
     }
   }
 }

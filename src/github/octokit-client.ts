@@ -8,6 +8,7 @@ import type { Secret } from "../config/secret.ts";
 import { Secret as SecretValue } from "../config/secret.ts";
 import { GitHubError, NotSentError, errorMessage } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
+import { linkedSignal } from "../timers.ts";
 import { GitHubClock, JWT_TIME_ERROR, appJwtSigner, type CreateJwt } from "./app-jwt.ts";
 import { rateLimitResetPlugin, type RateLimitClock } from "./rate-limit-reset.ts";
 import type {
@@ -303,16 +304,19 @@ export class OctokitGitHub implements GitHubClient {
 
   /** #waitOutPause, by the installation's throttle id. */
   async #waitOut(id: string, signal: AbortSignal | undefined, what: string): Promise<void> {
-    const stop = signal ? AbortSignal.any([signal, this.#closing.signal]) : this.#closing.signal;
     let waited = 0;
     for (;;) {
-      if (stop.aborted) throw new NotSentError(what);
+      if (signal?.aborted || this.#closing.signal.aborted) throw new NotSentError(what);
       const ms = await this.#writes.pausedFor(id);
       if (ms <= 0) return;
       if (waited + ms > RATE_LIMIT_MAX_WAIT_SECONDS * 1000) {
         throw new GitHubError(`rate limited: GitHub asked to wait ${Math.ceil(ms / 1000)} s more`, 429, { retryable: true });
       }
-      const done = await delay(ms, true, { signal: stop }).catch(() => false);
+      // Linked only while waiting, and let go after (see linkedSignal).
+      const stop = linkedSignal([signal, this.#closing.signal]);
+      const done = await delay(ms, true, { signal: stop.signal })
+        .catch(() => false)
+        .finally(stop.dispose);
       if (!done) throw new NotSentError(what);
       waited += ms;
     }
@@ -861,6 +865,12 @@ function noticingLostAnswers(): { fetch: typeof fetch; lost: boolean } {
 
 /** fetch with a time limit on each attempt, on top of the caller's own signal. */
 const fetchWithTimeout: typeof fetch = (input, init = {}) => {
-  const timeout = AbortSignal.timeout(ATTEMPT_TIMEOUT_MS);
-  return fetch(input, { ...init, signal: init.signal ? AbortSignal.any([init.signal, timeout]) : timeout });
+  // Let go of the caller's signal at the time limit (the body may still be read until then), or
+  // at once should the fetch fail: not AbortSignal.any, whose composites a long-lived caller's
+  // signal (a loop's closing one) would keep for good (see linkedSignal).
+  const limited = linkedSignal([init.signal ?? undefined], ATTEMPT_TIMEOUT_MS);
+  return fetch(input, { ...init, signal: limited.signal }).catch((err: unknown) => {
+    limited.dispose();
+    throw err;
+  });
 };

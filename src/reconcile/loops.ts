@@ -1,6 +1,7 @@
 import type { Logger } from "pino";
 import { errorMessage } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
+import { linkedSignal } from "../timers.ts";
 import type { Leadership } from "./leader.ts";
 
 /** One named, idempotent reconcile pass, run every `intervalMs`. */
@@ -80,10 +81,11 @@ export class LoopRunner {
       this.#schedule(s, loop.intervalMs);
       return;
     }
-    const signals = [this.#closing.signal, AbortSignal.timeout(passTimeoutMs(loop.intervalMs))];
-    if (loop.leaderOnly && term) signals.push(term);
-    s.running = this.#pass(s, AbortSignal.any(signals));
+    // Not AbortSignal.any: a composite per pass would stay on the closing signal and the term for good (see linkedSignal).
+    const pass = linkedSignal([this.#closing.signal, loop.leaderOnly ? term : undefined], passTimeoutMs(loop.intervalMs));
+    s.running = this.#pass(s, pass.signal);
     await s.running;
+    pass.dispose();
     s.running = undefined;
     this.#schedule(s, loop.intervalMs);
   }
