@@ -84,9 +84,10 @@ export class RedisTokenCache {
   }
 
   async #read(key: string): Promise<string | undefined> {
-    const value = await bounded(this.#redis.get(this.#key(key)));
-    const ttl = value ? this.#ttl(value) : 0;
-    if (!value || ttl <= 0) return undefined;
+    const stored = await bounded(this.#redis.get(this.#key(key)));
+    const ttl = stored ? this.#ttl(stored) : 0;
+    if (!stored || ttl <= 0) return undefined;
+    const value = notAhead(stored);
     this.#memory.set(key, { value, until: Date.now() + ttl });
     return value;
   }
@@ -104,6 +105,20 @@ export class RedisTokenCache {
   #lockKey(key: string): string {
     return `${this.#prefix}:${key}:minting`;
   }
+}
+
+/**
+ * A value another process minted, its `createdAt` (stamped by that host's clock) brought back to
+ * this host's now should it be later. auth-app takes a 401 on a token under 5 s old for GitHub's
+ * replication lag and retries it, with longer waits, until it is 5 s old by this clock: a token
+ * from a host whose clock is minutes ahead held every refused call (a revoked token) for minutes.
+ */
+function notAhead(value: string): string {
+  const fields = value.split("|");
+  const createdAt = Date.parse(fields[1] ?? "");
+  if (!(createdAt > Date.now())) return value;
+  fields[1] = new Date().toISOString();
+  return fields.join("|");
 }
 
 function bounded<T>(op: Promise<T>): Promise<T> {

@@ -209,6 +209,16 @@ test("the token cache: one process mints while the others wait for its token ins
   await minter.set("8", `ghs_y|${new Date().toISOString()}|${new Date(Date.now() + 120_000).toISOString()}|all||`);
   assert.equal(await conn.exists(`${prefix}:8`), 0, "a token with under 5 minutes left is not shared");
   assert.equal(await new RedisTokenCache(conn, prefix).get("8"), "");
+
+  // Minted by a host whose clock is 10 minutes ahead: read here, it is no younger than now, so
+  // auth-app's retries of a 401 on a fresh token (GitHub's replication lag) end within seconds.
+  const ahead = new Date(Date.now() + 600_000).toISOString();
+  await conn.set(`${prefix}:9`, `ghs_z|${ahead}|${expiresAt}|all|actions!|`);
+  const [token, createdAt, expires] = (await new RedisTokenCache(conn, prefix).get("9")).split("|");
+  assert.equal(token, "ghs_z");
+  assert.equal(expires, expiresAt, "its expiry as GitHub gave it");
+  assert.ok(Date.parse(createdAt!) <= Date.now(), `createdAt ${createdAt} is not in this host's future`);
+  assert.equal(await new RedisTokenCache(conn, prefix).get("7").then((v) => v.split("|")[1]! <= new Date().toISOString()), true);
 });
 
 test("App JWTs carry a unique jti: no two are alike, even signed in the same second; GitHub's times are respected", async () => {
