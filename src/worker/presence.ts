@@ -17,7 +17,10 @@ export interface PresenceDeps {
   driver: RunnerDriver;
   logger: Logger;
   used: () => number;
-  /** Called on each beat, after the engine check (to refresh holds, etc.). */
+  /**
+   * Called on each beat, after the heartbeat is written (to refresh holds, etc.); not awaited by
+   * the beat, and not called again while the last call runs.
+   */
   onBeat: () => Promise<void>;
 }
 
@@ -37,6 +40,8 @@ export class HostPresence {
   #hostProblem: string | undefined;
   #draining = false;
   #stopped = false;
+  /** The onBeat call in progress, if any. */
+  #onBeat: Promise<void> | undefined;
 
   constructor(deps: PresenceDeps) {
     this.#d = deps;
@@ -152,7 +157,14 @@ export class HostPresence {
         d.instance,
       );
       if (this.#stopped) return;
-      await d.onBeat();
+      // Not awaited: its Redis calls (one per place this worker holds) would put off the next beat,
+      // and on a large host with a slow Redis let the record and hold, 3 beats long, lapse while
+      // the worker lives (other hosts would then sweep its runners). A call still running when the
+      // next beat comes is left to finish: its refreshes are the same.
+      this.#onBeat ??= d
+        .onBeat()
+        .catch((err: unknown) => d.logger.warn({ err: errorMessage(err) }, "refreshing this worker's places failed"))
+        .finally(() => (this.#onBeat = undefined));
     } catch (err) {
       d.logger.warn({ err: errorMessage(err) }, "heartbeat failed");
     }

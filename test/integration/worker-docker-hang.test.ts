@@ -326,3 +326,49 @@ test("a runner's container wait whose connection drops mid-job (an SSH or TCP li
   assert.doesNotMatch(sys.logs(), /lost track of runner container/);
   await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "the exited runner removed");
 });
+
+test(
+  "a beat whose place refreshes take long (a large host, a slow Redis) still writes the host's record and hold on time: they never lapse while the worker lives, and refreshes never overlap",
+  { timeout: 60_000 },
+  async (t) => {
+    const conn = redisConnection(redis.url);
+    const prefix = `${redis.prefix}-presence-slow`;
+    const host = uniqueHost("presence-slow");
+    hosts.push(host);
+    const hostStore = new HostStore(conn, prefix);
+    let running = 0;
+    let most = 0;
+    let calls = 0;
+    const presence = new HostPresence({
+      host,
+      instance: `${host}-instance`,
+      capacity: 1,
+      pools: ["default"],
+      heartbeatSeconds: 2,
+      hosts: hostStore,
+      driver: new DockerodeDriver({ callTimeoutSeconds: 5 }),
+      logger: createLogger("silent"),
+      used: () => 0,
+      // Five beats long: the record and hold last three.
+      onBeat: async () => {
+        calls++;
+        most = Math.max(most, ++running);
+        await sleep(10_000);
+        running--;
+      },
+    });
+    t.after(async () => {
+      await presence.stop(true);
+      conn.disconnect();
+    });
+    await presence.start();
+    const until = Date.now() + 14_000;
+    while (Date.now() < until) {
+      assert.ok(await hostStore.alive(host), "the host's record lapsed while its worker lives");
+      assert.equal(await conn.exists(`${prefix}:host-held-by:${host}`), 1, "the host's hold lapsed while its worker lives");
+      await sleep(250);
+    }
+    assert.equal(most, 1, "one refresh at a time");
+    assert.ok(calls >= 2, `a refresh on the first beat, and again on a beat after it ended (${calls})`);
+  },
+);
