@@ -9,6 +9,7 @@ import { start, type Mode } from "./main.ts";
 import { drainHost, undoDrain } from "./cli/drain.ts";
 import { COMMAND_HELP, USAGE } from "./cli/help.ts";
 import { withoutPassword } from "./cli/redis.ts";
+import { debugShowsDockerRequests } from "./cli/debug-env.ts";
 import { dropPrivileges, localDockerSocket, type DropResult } from "./cli/privileges.ts";
 import { readDockerFiles, type DockerFiles } from "./docker/dockerode-driver.ts";
 import { runUntilStopped } from "./cli/run.ts";
@@ -126,7 +127,18 @@ async function main(argv: string[]): Promise<number> {
     };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
     if (values.mode !== "server") for (const w of connectionWarnings(config.worker.docker)) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
+    if (values.mode !== "server" && debugShowsDockerRequests(process.env.DEBUG)) {
+      process.stderr.write(`jitrunner check-config: warning: DEBUG=${process.env.DEBUG} would print runners' JIT configs (docker-modem's debug output): a worker refuses to start with it; add -modem\n`);
+    }
     return 0;
+  }
+  if ((command === "worker" || command === "all") && debugShowsDockerRequests(process.env.DEBUG)) {
+    // Secrets never reach the logs: not even through a library's debug output an operator turned on.
+    process.stderr.write(
+      `jitrunner ${command}: DEBUG=${process.env.DEBUG} turns on docker-modem's debug output, which prints every runner's JIT config (and a TLS connection's key) to stderr: ` +
+        `add -modem to it (DEBUG=${process.env.DEBUG},-modem) or unset it\n`,
+    );
+    return 1;
   }
   if (command === "drain") {
     if (!values.host) {

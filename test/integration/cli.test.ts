@@ -146,6 +146,15 @@ test("check-config shows a secret file's path a mode does not read only when it 
   assert.ok(!server.out.includes(key.split("\n")[1]!), server.out);
 });
 
+test("a worker refuses to start with DEBUG turning on docker-modem's output (it prints runners' JIT configs), saying how to keep the rest; check-config warns", async () => {
+  const worker = await run(["worker", "--config", configFile], { ...SECRETS, DEBUG: "ioredis:*,*" });
+  assert.equal(worker.code, 1, worker.out);
+  assert.match(worker.out, /jitrunner worker: DEBUG=ioredis:\*,\* turns on docker-modem's debug output, .*add -modem to it \(DEBUG=ioredis:\*,\*,-modem\) or unset it/);
+  const checked = await run(["check-config", "--config", configFile], { ...SECRETS, DEBUG: "modem" });
+  assert.equal(checked.code, 0, checked.out);
+  assert.match(checked.out, /warning: DEBUG=modem would print runners' JIT configs/);
+});
+
 test("check-config judges the secrets by the mode asked about: --mode server needs no private key, --mode worker no webhook secret, the default (all) both", async () => {
   const hookOnly = { JITRUNNER_GITHUB_WEBHOOK_SECRET: WEBHOOK_SECRET, JITRUNNER_GITHUB_PRIVATE_KEY: "" };
   const keyOnly = { JITRUNNER_GITHUB_PRIVATE_KEY: SECRETS.JITRUNNER_GITHUB_PRIVATE_KEY, JITRUNNER_GITHUB_WEBHOOK_SECRET: "" };
