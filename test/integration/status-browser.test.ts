@@ -94,7 +94,19 @@ before(async () => {
   context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    // Network rule: every name resolves to nothing but loopback, and no proxy is used; the
+    // requests the page makes are checked below as well.
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-proxy-server",
+      "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ],
     viewport: VIEWPORT,
     deviceScaleFactor: 1,
     extraHTTPHeaders: { authorization: `Bearer ${ADMIN_TOKEN}` },
@@ -118,6 +130,12 @@ test("without the admin token the browser gets 401 and no page", async () => {
 
 test("the status page shows pools, hosts, runners, queue depth, jobs and failures, styled, scripts impossible", async (t) => {
   const page = await context.newPage();
+  const offLoopback: string[] = [];
+  page.on("request", (req) => {
+    const url = new URL(req.url());
+    if (url.protocol !== "data:" && url.hostname !== "127.0.0.1") offLoopback.push(req.url());
+  });
+  t.after(() => assert.deepEqual(offLoopback, [], "the page asked for nothing but loopback"));
   const cspViolations: string[] = [];
   page.on("console", (msg) => {
     if (/Content Security Policy/i.test(msg.text())) cspViolations.push(msg.text());
