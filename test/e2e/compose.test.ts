@@ -19,6 +19,7 @@ import { parseDocument, stringify } from "yaml";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { assertNothingLeft, watchVolumes } from "../helpers/leftovers.ts";
+import { assertNoSecrets } from "../helpers/secrets.ts";
 import {
   CLASSIC_BUILD_ENV,
   dockerfileNodeImage,
@@ -219,9 +220,9 @@ test("a queued job runs on a runner container that the containerised jitrunner l
   assert.ok(dropped, "the image ran jitrunner on as its user");
   assert.deepEqual([Number(dropped[1]), Number(dropped[2])], [NODE_UID, NODE_UID]);
   assert.ok(dropped[3]!.split(",").map(Number).includes(statSync("/var/run/docker.sock").gid), "with the Docker socket's group");
-  for (const secret of [WEBHOOK_SECRET, fake.privateKey.split("\n")[1]!, ...fake.issuedSecrets()]) {
-    assert.ok(!logs.includes(secret), "no secret, token or JIT config in the container's logs");
-  }
+  // No secret, token or JIT config in the container's logs, its /metrics or its status page.
+  const checked = await assertNoSecrets(fake, { texts: { "container logs": logs }, sys: { url } });
+  assert.ok(checked.jitConfigs >= 1 && checked.places.includes("status page"), JSON.stringify(checked));
 });
 
 test("docker-compose down -v leaves no container, volume or network of the project", { timeout: 5 * 60_000 }, async () => {
