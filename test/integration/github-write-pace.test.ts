@@ -142,7 +142,8 @@ test("a wait GitHub asked of one process holds the other's writes too", async ()
 test("a JIT config whose caller stops while it waits for the shared budget fails at once, is never sent, and its client closed leaves its start to the next", async () => {
   fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
   redis ??= await startRedis();
-  const windowMs = 1500;
+  // Long enough that "at once" and "in the second window" stay apart on a loaded machine.
+  const windowMs = 5000;
   const prefix = `${redis.prefix}-shared-stop`;
   const [a, b] = [client({ max: 1, windowMs }, prefix), client({ max: 1, windowMs }, prefix)];
   const scope = { installationId: 1, owner: "acme", repo: "app" };
