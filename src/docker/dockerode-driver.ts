@@ -49,13 +49,13 @@ export interface DockerFiles extends TlsFiles {
 /**
  * Reads the connection's TLS files now: a process that runs on as another user (JITRUNNER_USER)
  * reads them before, as root, as it reads its other secrets. So are DOCKER_CERT_PATH's `ca.pem`,
- * `cert.pem` and `key.pem` whenever docker-modem would read them: DOCKER_HOST names an engine over
- * TCP or SSH (lib/modem.js, defaultOpts); and for a configured `https` engine that names no files
- * of its own, which docker-modem leaves without them. The configured known_hosts file is read too,
+ * `cert.pem` and `key.pem` when they serve the engine: DOCKER_HOST names it, over TCP or SSH, and
+ * no engine is configured (lib/modem.js, defaultOpts); or a configured `https` engine names no
+ * files of its own, which docker-modem leaves without them. The configured known_hosts file is read too,
  * if it can be, since it is read again on each SSH connection.
  */
 export function readDockerFiles(
-  connection: Pick<DockerConnection, "caFile" | "certFile" | "keyFile" | "knownHostsFile" | "host" | "protocol">,
+  connection: Pick<DockerConnection, "caFile" | "certFile" | "keyFile" | "knownHostsFile" | "host" | "socketPath" | "protocol">,
   env: NodeJS.ProcessEnv = process.env,
 ): DockerFiles {
   const { caFile, certFile, keyFile, knownHostsFile } = connection;
@@ -66,7 +66,9 @@ export function readDockerFiles(
   };
   const certPath = env.DOCKER_CERT_PATH;
   const dockerHost = env.DOCKER_HOST;
-  const overTcp = !!dockerHost && !dockerHost.startsWith("unix://") && !dockerHost.startsWith("npipe://");
+  // DOCKER_HOST's engine only: a configured one (socketPath, host) ignores DOCKER_HOST.
+  const configured = !!(connection.host || connection.socketPath);
+  const overTcp = !configured && !!dockerHost && !dockerHost.startsWith("unix://") && !dockerHost.startsWith("npipe://");
   // A configured `https` engine with no files of its own takes them too (README, worker.docker).
   const httpsWithout = !!connection.host && connection.protocol === "https" && !(caFile || certFile || keyFile);
   if (certPath && (overTcp || httpsWithout)) {
@@ -551,8 +553,22 @@ function ownsDataVolume(spec: RunnerSpec): boolean {
   return !spec.mounts.some((m) => posix.normalize(m.target).replace(/(.)\/+$/, "$1") === DOCKER_DATA);
 }
 
-/** docker-modem's options that DOCKER_HOST fills in, left out: what a configured connection does not name. */
-const NOT_FROM_DOCKER_HOST: Docker.DockerOptions = { host: undefined, port: undefined, protocol: undefined, username: undefined, pathPrefix: undefined } as Docker.DockerOptions;
+/**
+ * docker-modem's options that DOCKER_HOST fills in (and, with it, DOCKER_CERT_PATH's files and
+ * DOCKER_CLIENT_TIMEOUT), left out: what a configured connection does not name. docker-modem
+ * speaks TLS whenever it holds a key, certificate and CA: even over a configured unix socket.
+ */
+const NOT_FROM_DOCKER_HOST: Docker.DockerOptions = {
+  host: undefined,
+  port: undefined,
+  protocol: undefined,
+  username: undefined,
+  pathPrefix: undefined,
+  ca: undefined,
+  cert: undefined,
+  key: undefined,
+  timeout: undefined,
+} as Docker.DockerOptions;
 
 /** The Docker API body for a runner container. Exported for tests. */
 export function createOptions(spec: RunnerSpec): Docker.ContainerCreateOptions {

@@ -94,6 +94,32 @@ test("a connection's TLS files without a host or socket of its own leave the loc
   }
 });
 
+test("a configured socket is spoken to in plain HTTP whatever DOCKER_HOST and DOCKER_CERT_PATH say of another engine", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "jitrunner-driver-"));
+  const socketPath = join(dir, "engine.sock");
+  const server = createServer((req, res) => {
+    res.writeHead(req.url?.endsWith("/_ping") ? 200 : 404, { "content-type": "text/plain" }).end("OK");
+  });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  const saved = { DOCKER_HOST: process.env.DOCKER_HOST, DOCKER_CERT_PATH: process.env.DOCKER_CERT_PATH };
+  try {
+    for (const name of ["ca.pem", "cert.pem", "key.pem"]) writeFileSync(join(dir, name), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    // An operator's shell, set up for a remote engine over TLS (nothing listens there: never dialled).
+    process.env.DOCKER_HOST = "tcp://127.0.0.1:9";
+    process.env.DOCKER_CERT_PATH = dir;
+    assert.deepEqual(readDockerFiles({ socketPath }, process.env), {}, "DOCKER_CERT_PATH's files are not for a configured socket");
+    await new DockerodeDriver({ socketPath, callTimeoutSeconds: 5 }).ping();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 /** An "engine" on a unix socket that answers `/_ping` and a create, and notes each request's URL and body. */
 async function recordingEngine(dir: string): Promise<{ socketPath: string; seen: { url: string; body: string }[]; close(): Promise<void> }> {
   const socketPath = join(dir, "engine.sock");
