@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import type { FakeGitHub } from "../fakes/github/index.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
+import { LABEL } from "../../src/docker/labels.ts";
 import { waitFor } from "./process.ts";
 import type { TestRedis } from "./redis.ts";
 import { containersOf, docker } from "./system.ts";
@@ -56,6 +57,12 @@ export async function assertNothingLeft(o: Leftovers): Promise<void> {
     return [...o.volumes.seen].filter((v) => existing.has(v));
   };
   await waitFor(async () => (await volumesLeft()).length === 0, 30_000, `0 runner volumes left (${o.volumes.seen.size} seen)`);
+  // And any volume labelled with the hosts (a runner's data volume), seen by the sampler or not:
+  // one a create failed half-way made never had a container to be seen through.
+  for (const host of o.hostIds) {
+    const labelled = async () => ((await docker.listVolumes({ filters: { label: [`${LABEL.host}=${host}`] } })).Volumes ?? []).map((v) => v.Name);
+    await waitFor(async () => (await labelled()).length === 0, 30_000, `0 volumes labelled with host ${host} left`);
+  }
   await waitFor(() => o.fake.runners().length === 0, 30_000, `0 runner registrations left (have ${JSON.stringify(o.fake.runners().map((r) => r.name))})`);
 
   const conn = redisConnection(o.redis.url);
@@ -70,6 +77,21 @@ export async function assertNothingLeft(o: Leftovers): Promise<void> {
     for (const [pool, c] of await queues.counts(o.pools)) assert.equal(c.failed, 0, `no demand of pool ${pool} ran out of launch attempts`);
     const records = new RunnerStore(conn, o.redis.prefix);
     await waitFor(async () => (await records.listAll()).length === 0, 30_000, "no runner record left in Redis");
+    // Below the store's own reading (listAll sees only indexed records with a name): no runner hash
+    // at all, indexed or not, partial or whole, and no host's index of runners holding a name.
+    const keys = async (pattern: string) => {
+      const found: string[] = [];
+      let cursor = "0";
+      do {
+        const [next, batch] = await conn.scan(cursor, "MATCH", pattern, "COUNT", 1000);
+        cursor = next;
+        found.push(...batch);
+      } while (cursor !== "0");
+      return found;
+    };
+    await waitFor(async () => (await keys(`${o.redis.prefix}:runner:*`)).length === 0, 30_000, "no runner hash left in Redis");
+    assert.equal(await conn.scard(`${o.redis.prefix}:runners`), 0, "no name left in the index of every runner");
+    for (const host of o.hostIds) assert.equal(await conn.scard(`${o.redis.prefix}:host:${host}:runners`), 0, `no name left in host ${host}'s runners`);
   } finally {
     await queues.close();
     conn.disconnect();
