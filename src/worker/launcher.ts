@@ -183,7 +183,10 @@ export class Launcher {
         jitConfig: jit.encodedJitConfig,
         env: pool.env,
         // Ours last, so pool config cannot relabel a container into another pool or host.
-        labels: runnerLabels({ pool: pool.name, host: d.host, runnerName: name, demandId: record.demandId }),
+        labels: runnerLabels(
+          { pool: pool.name, host: d.host, runnerName: name, demandId: record.demandId },
+          { installationId: record.installationId, owner: record.owner, repo: record.repo, runnerId: jit.runnerId },
+        ),
         isolation: pool.isolation,
         capDrop: pool.capDrop,
         resources: pool.resources,

@@ -2,7 +2,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { PoolConfig } from "../config/load.ts";
 import { DEFAULT_STOP_TIMEOUT_SECONDS } from "../config/schema.ts";
-import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "../docker/labels.ts";
+import { LABEL, MANAGED_BY, RUNNER_NETWORK, registeredFromLabels } from "../docker/labels.ts";
 import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
 import { DockerError, JitrunnerError, LeaseLostError, NotSentError, errorMessage, redact } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
@@ -1451,14 +1451,13 @@ export class RunnerWorker {
     // teardown removes the container before the record). Looked up again, so that one is not torn
     // down, counted and logged a second time.
     if (!record && !(await this.#stillListed(c))) return;
+    // Where it is registered, from its labels: a running one is then retired GitHub first.
     const stub: RunnerRecord = record ?? {
       name,
       pool: c.labels[LABEL.pool] ?? "",
       host,
       state: "registering",
-      installationId: 0,
-      owner: "",
-      repo: "",
+      ...registeredFromLabels(c.labels),
       demandId: c.labels[LABEL.demand] ?? "",
       createdAt: c.createdAt,
     };

@@ -201,6 +201,42 @@ test("a worker stopped mid-job leaves the runner running and its place under max
   }
 });
 
+test("a runner mid-job whose Redis record was lost (a restore from an old snapshot) is not killed by the worker that finds it: its labels say where it is registered, GitHub says busy, and it finishes its job", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("records-lost");
+  const r = scopedRedis(redis, "records-lost");
+  hosts.push(host);
+  const pools = [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "20" } })];
+  const first = await startSystem("all", fake, r, host, { pools });
+  let second: Awaited<ReturnType<typeof startSystem>> | undefined;
+  const conn = redisConnection(r.url);
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "job running");
+    await first.close();
+    const [container] = await containersOf(host);
+    assert.equal(container?.State, "running", "the runner survives the worker's stop");
+    assert.equal(container.Labels[LABEL.installation], String(fake.installationId), "its labels say where it is registered");
+    // The records are gone, as from a Redis restored from a snapshot older than the launch.
+    const store = new RunnerStore(conn, r.prefix);
+    for (const rec of await store.listAll()) await store.remove(rec, true);
+    assert.deepEqual(await store.listAll(), []);
+
+    second = await startSystem("all", fake, r, host, { pools });
+    await waitFor(() => /runner running a job left running until it exits/.test(second!.logs()), 30_000, "the unknown runner asked about at GitHub and left running");
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.conclusion, "success", "the job ran to its end on its runner");
+    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "its container removed once it exited");
+    await waitFor(() => fake.runners().length === 0, 30_000, "no registration left");
+    assert.equal(callsTo(fake, JIT), 1, "no second runner registered");
+  } finally {
+    await second?.close();
+    await first.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
 test("the host loop tears down at once a record without a container that a stopped worker process of its host left, and not one a live process may still be launching", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("records");
