@@ -62,7 +62,7 @@ const DEREGISTERED_BY_WATCH = new Set(["idle_timeout", "start_timeout"]);
 const LAUNCH_UNDONE = new Set(["launch_failed", "launch_given_up"]);
 
 /** Points of a launch at which a test can have the process die (docs/reliability.md). */
-export type Failpoint = "launch:after-jit" | "launch:after-create" | "launch:after-start";
+export type Failpoint = "launch:after-jit" | "launch:after-create" | "launch:after-start" | "teardown:after-remove";
 
 /**
  * A testing aid for the chaos tests: `JITRUNNER_FAILPOINT` (comma-separated points) makes the
@@ -370,6 +370,8 @@ export class Launcher {
     try {
       if (record.containerId) await d.driver.remove(record.containerId);
       else for (const c of await d.driver.list(runnerLabels({ ...labelKey(record) }))) await d.driver.remove(c.id);
+      // The container and its volume gone; its record, and maybe its registration, not yet.
+      failpoint("teardown:after-remove");
       const stored = await d.runners.get(record.name);
       // The id this process knows counts too: the write that would have recorded it may have
       // failed (Redis refusing writes), and the registration is there all the same.

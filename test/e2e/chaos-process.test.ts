@@ -330,6 +330,52 @@ for (const [point, takeover] of LAUNCH_CASES) {
   });
 }
 
+for (const takeover of ["same host restarted", "another host"] as const) {
+  test(`worker SIGKILLed in a teardown, its runner's container removed but not its record, ${takeover} takes over: the job served once, nothing left`, async () => {
+    const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+    const r = scopedRedis(redis, `teardown-${takeover}`.replace(/[^a-z]+/g, "-"));
+    const runners = new RunnerStore(conn, r.prefix);
+    const hostStore = new HostStore(conn, r.prefix);
+    const pools = [jobPool(fake, 1)];
+    const server = await startSystem("server", fake, r, uniqueHost("chaos-proc-srv"), { pools });
+    const victim = uniqueHost("chaos-proc-td");
+    const heir = takeover === "same host restarted" ? victim : uniqueHost("chaos-proc-td-heir");
+    hosts.push(victim, heir);
+    const volumes = watchVolumes([...new Set([victim, heir])]);
+    const killed = workerProcess(fake, r, victim, pools, {}, { JITRUNNER_FAILPOINT: "teardown:after-remove" });
+    const workers: SystemUnderTest[] = [];
+    try {
+      const job = await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS });
+      const ended = await waitFor(() => killed.ended, 90_000, "the worker to hit teardown:after-remove");
+      assert.equal(ended.signal, "SIGKILL", killed.proc.output().slice(-2000));
+      const [done] = jobsDone(fake, [job.id]) ?? [];
+      assert.equal(done?.conclusion, "success", "the job ran before its runner was torn down");
+      // What the crash leaves: the record, no container.
+      const [record, ...more] = await runners.listAll();
+      assert.ok(record && more.length === 0, "one runner record");
+      assert.equal((await containersOf(victim)).length, 0, "its container removed");
+
+      workers.push(await inProcessWorker(fake, r, heir, pools));
+      await demandSettled(r);
+      if (takeover === "another host") {
+        await waitFor(
+          async () => (await runners.listHost(victim)).length === 0 && !(await hostStore.list()).some((h) => h.id === victim),
+          60_000,
+          "the killed host's record swept and the host forgotten",
+        );
+      }
+      assert.equal(callsTo(fake, JIT), 1, "no second runner registered");
+      await assertNothingLeft({ hostIds: [...new Set([victim, heir])], fake, redis: r, pools: ["default"], volumes });
+    } finally {
+      await volumes.stop();
+      await killed.proc.stop();
+      for (const w of workers) await w.close();
+      await server.close();
+      await fake.close();
+    }
+  });
+}
+
 test("a worker restarted with a runner mid-job counts the runner it adopts in its capacity: with one slot, the next job's runner starts only once it has exited", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const r = scopedRedis(redis, "adopted-slot");
