@@ -2,6 +2,7 @@ import { createPrivateKey } from "node:crypto";
 import { hostname } from "node:os";
 import { posix } from "node:path";
 import { parseDocument } from "yaml";
+import type { ZodType } from "zod";
 import { ConfigError } from "../errors.ts";
 import { configSchema, secretFile, shownSecretPath, type ParsedConfig, type PoolConfig } from "./schema.ts";
 import { Secret } from "./secret.ts";
@@ -181,21 +182,59 @@ interface CrossChecked {
   worker: ParsedConfig["worker"] | undefined;
   /** Every pool name given, valid pool or not (a worker's pool is not unknown because its pool has another problem). */
   poolNames?: string[];
+  /**
+   * Per pool, and for the worker section, the fields the schema refused and left out (defaults in
+   * their place): cross-checks that name one are not reported, its own problem is.
+   */
+  dropped?: { pools: Array<Set<string> | undefined>; worker?: Set<string> };
+}
+
+/**
+ * `value` by `schema`; failing that, parsed again without the top-level fields the schema refused
+ * (defaults in their place), so that the cross-checks of the rest are reported in the same run:
+ * a refused isolation must not hide a `networkMode: host`. Undefined when even that fails, or when
+ * a field in `needed` (a pool's name) is among those refused.
+ */
+function lenient<T>(schema: ZodType<T>, value: unknown, needed: readonly string[] = []): { data: T; dropped?: Set<string> } | undefined {
+  const first = schema.safeParse(value);
+  if (first.success) return { data: first.data };
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
+  const dropped = new Set(first.error.issues.map((issue) => issue.path[0]).filter((k): k is string => typeof k === "string"));
+  if (dropped.size === 0 || needed.some((k) => dropped.has(k))) return undefined;
+  const again = schema.safeParse(Object.fromEntries(Object.entries(value).filter(([k]) => !dropped.has(k))));
+  return again.success ? { data: again.data, dropped } : undefined;
 }
 
 /** The sections crossCheck needs, each parsed alone, of a config that is not valid as a whole. */
 function parsedParts(raw: Record<string, any>): CrossChecked {
   const list: unknown[] = Array.isArray(raw.pools) ? raw.pools : [];
-  const pools = list.map((p) => {
-    const r = configSchema.shape.pools.element.safeParse(p);
-    return r.success ? r.data : undefined;
-  });
-  const worker = configSchema.shape.worker.safeParse(raw.worker);
+  const pools = list.map((p) => lenient(configSchema.shape.pools.element, p, ["name"]));
+  const worker = lenient(configSchema.shape.worker, raw.worker ?? {});
   const poolNames = list.map((p) => (p as { name?: unknown } | null)?.name).filter((n): n is string => typeof n === "string");
-  return { pools, worker: worker.success ? worker.data : undefined, poolNames };
+  return {
+    pools: pools.map((p) => p?.data),
+    worker: worker?.data,
+    poolNames,
+    dropped: { pools: pools.map((p) => p?.dropped), worker: worker?.dropped },
+  };
+}
+
+/** Whether `problem` names one of `fields` (a field left out, whose default it would be about). */
+function namesAny(problem: string, fields: Set<string> | undefined): boolean {
+  return !!fields && [...fields].some((f) => new RegExp(`\\b${f}\\b`).test(problem));
 }
 
 function crossCheck(config: CrossChecked): string[] {
+  const dropped = config.dropped;
+  if (!dropped) return crossCheckAll(config);
+  return crossCheckAll(config).filter((problem) => {
+    const pool = /^pools\.(\d+)[.:]/.exec(problem);
+    if (pool) return !namesAny(problem, dropped.pools[Number(pool[1])]);
+    return !(problem.startsWith("worker.") && namesAny(problem, dropped.worker));
+  });
+}
+
+function crossCheckAll(config: CrossChecked): string[] {
   const problems: string[] = [];
   const seen = new Set<string>();
   config.pools.forEach((pool, i) => {

@@ -477,3 +477,41 @@ test("a secret written where its file's path belongs is refused without being sh
   assert.equal(withoutPassword("redis://s3cret-pass@redis:6379/0"), "redis://redacted@redis:6379/0");
   assert.equal(withoutPassword("redis://redis:6379/0"), "redis://redis:6379/0");
 });
+
+test("a section's schema error hides none of its other problems: the cross-checks of the fields it did take are reported in the same run", () => {
+  const text = `
+github:
+  appId: 42
+worker:
+  hostId: "Not A Host!"
+  pools: [nope]
+  docker: { socketPath: /var/run/docker.sock, host: engine.example }
+pools:
+  - name: default
+    labels: [self-hosted]
+    image: runner:1
+    isolation: privilegd
+    networkMode: host
+    mounts: [{ source: /var/run/docker.sock, target: /var/run/docker.sock }]
+    minIdle: 1
+`;
+  let problems = "";
+  try {
+    loadConfig({ text, env, readFile: noFiles });
+  } catch (err) {
+    assert.ok(err instanceof ConfigError);
+    problems = err.problems.join("\n");
+  }
+  for (const expected of [
+    /^pools\.0\.isolation: /m,
+    /^pools\.0\.networkMode: 'host' puts runners in the host's network/m,
+    /^pools\.0\.mounts\.0: \/var\/run\/docker\.sock reaches /m,
+    /^pools\.0\.warm: minIdle needs warm\.installationId/m,
+    /^worker\.hostId: /m,
+    /^worker\.pools\.0: no pool named 'nope'/m,
+    /^worker\.docker: give socketPath or host, not both/m,
+  ]) {
+    assert.match(problems, expected);
+  }
+  assert.equal(problems.split("\n").length, 7, `these seven, and no cross-check of a refused field's default: ${problems}`);
+});
