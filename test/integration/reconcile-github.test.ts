@@ -27,6 +27,7 @@ import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
 import { RedeliveryLog } from "../../src/state/redeliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { githubFor } from "../helpers/github.ts";
+import { activeRepos } from "../helpers/active-repos.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DEAD_URL = "http://127.0.0.1:9/";
@@ -39,11 +40,8 @@ function octokit(fake: FakeGitHub, writes?: { max: number; windowMs: number }): 
   return githubFor(fake, writes && { writes });
 }
 
-/** acme/app as the only recently active repository. */
-const activeApp = (fake: FakeGitHub) => ({
-  list: async () => [{ installationId: fake.installationId, owner: "acme", repo: "app", seenAt: Date.now() }],
-  listOrganizations: async () => [],
-});
+/** acme/app as the only recently active repository (the real ActiveRepos, under `prefix`). */
+const activeApp = (fake: FakeGitHub, conn: ReturnType<typeof redisConnection>, prefix: string) => activeRepos(conn, prefix, [{ installationId: fake.installationId, owner: "acme", repo: "app" }]);
 
 async function metricsOf(url: string): Promise<string> {
   return (await fetch(`${url}/metrics`)).text();
@@ -812,7 +810,7 @@ test("checking one registration fails: the later orphans of its scope are still 
     const loop = githubRunnersLoop({
       github: octokit(fake),
       runners,
-      repos: activeApp(fake),
+      repos: await activeApp(fake, conn, r.prefix),
       pools: [{ scope: "repository" }],
       namePrefix: "jitrunner",
       intervalMs: 60_000,
@@ -858,7 +856,7 @@ test("a queued job whose done demand BullMQ no longer holds: added again with th
       github: octokit(fake),
       demand: queues,
       runners,
-      repos: activeApp(fake),
+      repos: await activeApp(fake, conn, r.prefix),
       intervalMs: 60_000,
       windowMs: 3600_000,
       maxRepositories: 10,

@@ -18,6 +18,7 @@ import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues } from "../../src/queue/demand-queue.ts";
 import { githubQueuedLoop } from "../../src/reconcile/github-queued.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
+import { activeRepos } from "../helpers/active-repos.ts";
 
 const shared = redisForFile();
 const LABELS = ["self-hosted", "linux"];
@@ -43,12 +44,10 @@ test("a lost queued webhook of a user's repository is recovered into a repositor
       github,
       demand: queues,
       runners: new RunnerStore(shared.conn, r.prefix),
-      repos: {
-        list: async () => [
-          { installationId: 30, owner: "someuser", repo: "dotfiles", seenAt: Date.now() },
-          { installationId: fake.installationId, owner: "acme", repo: "app", seenAt: Date.now() },
-        ],
-      },
+      repos: await activeRepos(shared.conn, r.prefix, [
+        { installationId: 30, owner: "someuser", repo: "dotfiles" },
+        { installationId: fake.installationId, owner: "acme", repo: "app" },
+      ]),
       intervalMs: 60_000,
       windowMs: 3600_000,
       maxRepositories: 10,

@@ -21,6 +21,7 @@ import { githubQueuedLoop, RENEW_AFTER_MS } from "../../src/reconcile/github-que
 import type { Loop } from "../../src/reconcile/loops.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
 import { githubFor } from "../helpers/github.ts";
+import { activeRepos } from "../helpers/active-repos.ts";
 
 const shared = redisForFile();
 const DEAD_URL = "http://127.0.0.1:9/";
@@ -66,7 +67,7 @@ async function setUp(tag: string): Promise<Setup> {
     github,
     demand: queues,
     runners,
-    repos: { list: async () => [{ installationId: fake.installationId, owner: "acme", repo: "app", seenAt: Date.now() }] },
+    repos: await activeRepos(conn, prefix, [{ installationId: fake.installationId, owner: "acme", repo: "app" }]),
     intervalMs: 60_000,
     windowMs: 3600_000,
     maxRepositories: 10,

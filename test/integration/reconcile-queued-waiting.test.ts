@@ -18,6 +18,7 @@ import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues } from "../../src/queue/demand-queue.ts";
 import { githubQueuedLoop } from "../../src/reconcile/github-queued.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
+import { activeRepos } from "../helpers/active-repos.ts";
 
 const shared = redisForFile();
 const DEAD_URL = "http://127.0.0.1:9/";
@@ -43,7 +44,7 @@ test("a queued job whose webhook was lost, in a run waiting for another job's ap
       github,
       demand: queues,
       runners: new RunnerStore(shared.conn, r.prefix),
-      repos: { list: async () => [{ installationId: fake.installationId, owner: "acme", repo: "app", seenAt: Date.now() }] },
+      repos: await activeRepos(shared.conn, r.prefix, [{ installationId: fake.installationId, owner: "acme", repo: "app" }]),
       intervalMs: 60_000,
       windowMs: 3600_000,
       maxRepositories: 10,

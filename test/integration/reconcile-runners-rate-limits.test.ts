@@ -18,6 +18,7 @@ import { Metrics } from "../../src/metrics/metrics.ts";
 import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { githubFor } from "../helpers/github.ts";
+import { activeRepos } from "../helpers/active-repos.ts";
 
 const shared = redisForFile();
 const LIST = "/repos/{owner}/{repo}/actions/runners";
@@ -80,7 +81,7 @@ test("the runners loop hits a secondary limit without retry-after: the client wa
   const loop = githubRunnersLoop({
     github,
     runners: new RunnerStore(shared.conn, prefix),
-    repos: { list: async () => [{ ...scope, seenAt: Date.now() }], listOrganizations: async () => [] },
+    repos: await activeRepos(shared.conn, prefix, [scope]),
     pools: [{ scope: "repository" }],
     namePrefix: "jitrunner",
     intervalMs: 60_000,
