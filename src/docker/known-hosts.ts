@@ -132,7 +132,8 @@ export interface HostKeyVerifier {
 /**
  * A verifier of `host`:`port`'s key against `files` (OpenSSH's defaults when none). The files are
  * read again on each connection, as `ssh` does: a key added (or replaced) counts from the next
- * connection, with no restart. A missing file is one with no entries. A file this process may no
+ * connection, with no restart; but the driver asks `algorithms` once, when it is made, so a key of
+ * another type replacing the only one known is offered last until the worker restarts. A missing file is one with no entries. A file this process may no
  * longer read (EACCES: it ran on as another user, JITRUNNER_USER) counts as `readAtStart` holds it,
  * read before that, if it does.
  */
