@@ -9,7 +9,7 @@ import { start, type Mode } from "./main.ts";
 import { drainHost, undoDrain } from "./cli/drain.ts";
 import { COMMAND_HELP, USAGE } from "./cli/help.ts";
 import { withoutPassword } from "./cli/redis.ts";
-import { debugShowsDockerRequests } from "./cli/debug-env.ts";
+import { DEBUG_SKIP_SECRETS, debugShowsSecrets } from "./cli/debug-env.ts";
 import { dropPrivileges, localDockerSocket, type DropResult } from "./cli/privileges.ts";
 import { readDockerFiles, type DockerFiles } from "./docker/dockerode-driver.ts";
 import { runUntilStopped } from "./cli/run.ts";
@@ -127,16 +127,18 @@ async function main(argv: string[]): Promise<number> {
     };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
     if (values.mode !== "server") for (const w of connectionWarnings(config.worker.docker)) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
-    if (values.mode !== "server" && debugShowsDockerRequests(process.env.DEBUG)) {
-      process.stderr.write(`jitrunner check-config: warning: DEBUG=${process.env.DEBUG} would print runners' JIT configs (docker-modem's debug output): a worker refuses to start with it; add -modem\n`);
+    const secretDebug = debugShowsSecrets(process.env.DEBUG);
+    if (secretDebug.length > 0) {
+      process.stderr.write(`jitrunner check-config: warning: DEBUG=${process.env.DEBUG} would print secrets (${secretDebug.join(", ")}): jitrunner refuses to start with it; add ${DEBUG_SKIP_SECRETS}\n`);
     }
     return 0;
   }
-  if ((command === "worker" || command === "all") && debugShowsDockerRequests(process.env.DEBUG)) {
+  const secretDebug = debugShowsSecrets(process.env.DEBUG);
+  if ((command === "server" || command === "worker" || command === "all") && secretDebug.length > 0) {
     // Secrets never reach the logs: not even through a library's debug output an operator turned on.
     process.stderr.write(
-      `jitrunner ${command}: DEBUG=${process.env.DEBUG} turns on docker-modem's debug output, which prints every runner's JIT config (and a TLS connection's key) to stderr: ` +
-        `add -modem to it (DEBUG=${process.env.DEBUG},-modem) or unset it\n`,
+      `jitrunner ${command}: DEBUG=${process.env.DEBUG} turns on debug output that prints secrets (${secretDebug.join(", ")}: JIT configs, installation tokens, the Redis password) to stderr: ` +
+        `add ${DEBUG_SKIP_SECRETS} to it (DEBUG=${process.env.DEBUG},${DEBUG_SKIP_SECRETS}) or unset it\n`,
     );
     return 1;
   }

@@ -146,13 +146,16 @@ test("check-config shows a secret file's path a mode does not read only when it 
   assert.ok(!server.out.includes(key.split("\n")[1]!), server.out);
 });
 
-test("a worker refuses to start with DEBUG turning on docker-modem's output (it prints runners' JIT configs), saying how to keep the rest; check-config warns", async () => {
-  const worker = await run(["worker", "--config", configFile], { ...SECRETS, DEBUG: "ioredis:*,*" });
+test("jitrunner refuses to start with DEBUG turning on debug output that prints secrets (docker-modem's, ioredis's), saying how to keep the rest; check-config warns", async () => {
+  const worker = await run(["worker", "--config", configFile], { ...SECRETS, DEBUG: "bullmq,*,-modem" });
   assert.equal(worker.code, 1, worker.out);
-  assert.match(worker.out, /jitrunner worker: DEBUG=ioredis:\*,\* turns on docker-modem's debug output, .*add -modem to it \(DEBUG=ioredis:\*,\*,-modem\) or unset it/);
+  assert.match(worker.out, /jitrunner worker: DEBUG=bullmq,\*,-modem turns on debug output that prints secrets \(ioredis:redis, .*\).*add -modem,-ioredis:\* to it \(DEBUG=bullmq,\*,-modem,-modem,-ioredis:\*\) or unset it/);
+  const server = await run(["server", "--config", configFile], { ...SECRETS, DEBUG: "ioredis:redis" });
+  assert.equal(server.code, 1, server.out);
+  assert.match(server.out, /jitrunner server: DEBUG=ioredis:redis turns on debug output that prints secrets \(ioredis:redis:/);
   const checked = await run(["check-config", "--config", configFile], { ...SECRETS, DEBUG: "modem" });
   assert.equal(checked.code, 0, checked.out);
-  assert.match(checked.out, /warning: DEBUG=modem would print runners' JIT configs/);
+  assert.match(checked.out, /warning: DEBUG=modem would print secrets \(modem\)/);
 });
 
 test("check-config judges the secrets by the mode asked about: --mode server needs no private key, --mode worker no webhook secret, the default (all) both", async () => {

@@ -1,8 +1,17 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { debugShowsDockerRequests } from "../../src/cli/debug-env.ts";
+import { DEBUG_SKIP_SECRETS, debugShowsSecrets } from "../../src/cli/debug-env.ts";
 
-test("DEBUG turns on docker-modem's output by its namespace or a wildcard that takes it, unless it is skipped", () => {
-  for (const on of ["*", "modem", "mod*", "ioredis:*,modem", "bullmq modem", "*,-ioredis"]) assert.equal(debugShowsDockerRequests(on), true, on);
-  for (const off of [undefined, "", "ioredis:*", "modem:x", "*,-modem", "-modem,*", "bull*", "-*"]) assert.equal(debugShowsDockerRequests(off), false, String(off));
+test("DEBUG turns on secret-bearing output (docker-modem's, ioredis's) by namespace or a wildcard that takes it, unless skipped", () => {
+  for (const [value, shown] of [
+    ["*", ["modem", "ioredis:redis", "ioredis:connection", "ioredis:dataHandler", "ioredis:cluster", "ioredis:SentinelConnector"]],
+    ["modem", ["modem"]],
+    ["mod*", ["modem"]],
+    ["ioredis:*", ["ioredis:redis", "ioredis:connection", "ioredis:dataHandler", "ioredis:cluster", "ioredis:SentinelConnector"]],
+    ["bullmq ioredis:redis", ["ioredis:redis"]],
+    ["*,-modem", ["ioredis:redis", "ioredis:connection", "ioredis:dataHandler", "ioredis:cluster", "ioredis:SentinelConnector"]],
+  ] as const) {
+    assert.deepEqual(debugShowsSecrets(value), shown, value);
+  }
+  for (const off of [undefined, "", "modem:x", "bull*", "-*", `*,${DEBUG_SKIP_SECRETS}`, `${DEBUG_SKIP_SECRETS},*`]) assert.deepEqual(debugShowsSecrets(off), [], String(off));
 });
