@@ -161,8 +161,9 @@ async function main(argv: string[]): Promise<number> {
     if (worker) dockerFiles = readDockerFiles(docker, process.env);
     dropped = dropPrivileges(process.env.JITRUNNER_USER, worker ? localDockerSocket(docker.socketPath, docker.host, process.env) : undefined);
     // docker-modem would read DOCKER_CERT_PATH's files again, as the user this process may now
-    // run as: they are given to it as read (see DockerodeDriver).
-    if (dockerFiles?.certPath) delete process.env.DOCKER_CERT_PATH;
+    // run as: they are given to it as read (see DockerodeDriver). A configured engine takes none of
+    // them, and docker-modem's defaults would still read them for DOCKER_HOST's (EACCES then).
+    if (dockerFiles?.certPath || (worker && (docker.socketPath || docker.host))) delete process.env.DOCKER_CERT_PATH;
   } catch (err) {
     process.stderr.write(`jitrunner: ${errorMessage(err)}\n`);
     return 1;

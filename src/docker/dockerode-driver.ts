@@ -40,7 +40,11 @@ export interface TlsFiles {
  * files (caFile, certFile, keyFile), DOCKER_CERT_PATH's, and the configured known_hosts file.
  */
 export interface DockerFiles extends TlsFiles {
-  /** DOCKER_CERT_PATH's three files, read where docker-modem would read them (it reads them again unless the variable is unset). */
+  /**
+   * DOCKER_CERT_PATH's three files, read when they serve the engine (readDockerFiles). docker-modem
+   * reads them again for any DOCKER_HOST over TCP unless the variable is unset, as the CLI unsets
+   * it for a configured engine too.
+   */
   certPath?: Required<TlsFiles>;
   /** `knownHostsFile`'s text at start, if it could be read then: kept for a process that can no longer read it. */
   knownHosts?: string;

@@ -127,6 +127,34 @@ test("an engine named by DOCKER_HOST with root-only DOCKER_CERT_PATH files: they
   assert.doesNotMatch(jr.output(), /EACCES/);
 });
 
+test("a configured engine socket with DOCKER_HOST and root-only DOCKER_CERT_PATH files set for another engine: the worker runs on as that user and reaches its socket", { timeout: 120_000 }, async (t) => {
+  if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
+  const tls = rootOnlyTlsFiles("jitrunner-other-cert-path-");
+  const port = await freePort();
+  const socketPath = localDockerSocket(undefined, undefined, { ...process.env, DOCKER_HOST: undefined });
+  assert.ok(socketPath, "the test engine is reached through a local socket");
+  const file = writeOperatorConfig(fake, {
+    redis: { url: redis.url, prefix: redis.prefix },
+    server: { host: "127.0.0.1", port },
+    worker: { hostId: uniqueHost("privileges-other-engine"), capacity: 1, docker: { socketPath } },
+    pools: [fakeRunnerPool(fake)],
+  });
+  // An operator's environment set up for a remote engine over TLS (never dialled: not configured).
+  const jr = runJitrunner(["worker", "--config", file], {
+    JITRUNNER_USER: `${USER.uid}:${USER.gid}`,
+    DOCKER_HOST: `tcp://127.0.0.1:${await freePort()}`,
+    DOCKER_TLS_VERIFY: "1",
+    DOCKER_CERT_PATH: tls,
+  });
+  try {
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined))?.ok === true || jr.child.exitCode !== null, 60_000, "the worker ready or gone");
+    assert.equal(jr.child.exitCode, null, jr.output().slice(-2000));
+    assert.doesNotMatch(jr.output(), /EACCES/);
+  } finally {
+    assert.equal(await jr.stop(), 0, jr.output().slice(-2000));
+  }
+});
+
 test("an engine over SSH with a root-only known_hosts file: its host key is checked against it as read at start, and the start goes past it to the login", { timeout: 60_000 }, async (t) => {
   if (process.getuid?.() !== 0) return t.skip("needs root, as the image starts");
   const sshd = await startSshd();
