@@ -284,6 +284,8 @@ export class RunnerWorker {
     if (this.#d.pools.some((p) => p.networkMode === RUNNER_NETWORK)) await this.#d.driver.ensureRunnerNetwork();
     await this.#presence.start();
     try {
+      // The drain mark before any demand (the beats read it beside them, not before).
+      await this.#checkCordon();
       await this.#startServing();
     } catch (err) {
       // Half started: stop what did start, and free the host for the next try.
