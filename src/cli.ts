@@ -3,7 +3,7 @@ import { parseArgs } from "node:util";
 import { loadConfigWithOrigins, type Config, type SecretsFor } from "./config/load.ts";
 import { shownSecretPath } from "./config/schema.ts";
 import { connectionWarnings } from "./docker/dockerode-driver.ts";
-import { ConfigError, errorMessage, redact } from "./errors.ts";
+import { ConfigError, errorMessage } from "./errors.ts";
 import { createLogger } from "./logger.ts";
 import { start, type Mode } from "./main.ts";
 import { drainHost, undoDrain } from "./cli/drain.ts";
@@ -191,17 +191,24 @@ main(process.argv.slice(2)).then(exit, (err) => {
 
 /**
  * A runner's environment value as check-config prints it (output that gets pasted into issues):
- * hidden under a name that says it is a credential; else a URL's user information past its user
- * name (a proxy's password, `@` and all), a user name alone (a token written in its place), every
- * query value, and what looks like a token (errors.ts `redact`) hidden.
+ * hidden under a name that says it is a credential; else a URL's password (up to its last `@`), a
+ * URL's user name given alone that is long enough to be a token, the value of a query parameter
+ * named as a credential, GitHub's tokens and JWTs, and a whole value that is one long token-like
+ * run, hidden. Paths, plain words and other query values are shown as they are.
  */
 function shownEnvValue(name: string, value: string): string {
   // Anywhere in the name (OPENAI_APIKEY, DB_PASS): a name that only looks like one (MONKEY) costs a hidden value.
-  if (/TOKEN|SECRET|PASS|PWD|CREDENTIAL|AUTH|KEY|PRIVATE|(^|_)PAT($|_)/i.test(name)) return "[redacted]";
-  return redact(
-    value
-      .replace(/(\/\/[^/:@\s]*):[^/\s]*@/g, "$1:redacted@")
-      .replace(/\/\/[^/:@\s]+@/g, "//redacted@")
-      .replace(/\?[^\s#]*/g, (query) => query.replace(/=[^&]*/g, "=redacted")),
-  );
+  if (credentialName(name)) return "[redacted]";
+  if (/^[A-Za-z0-9+/=_-]{40,}$/.test(value) && !value.startsWith("/")) return "[redacted]";
+  return value
+    .replace(/(\/\/[^/:@\s]*):[^/\s]*@/g, "$1:redacted@")
+    .replace(/\/\/([^/:@\s]{16,})@/g, "//redacted@")
+    .replace(/([?&])([^=&#\s]+)=([^&#\s]*)/g, (all, sep: string, key: string) => (credentialName(key) ? `${sep}${key}=redacted` : all))
+    .replace(/\b(?:gh[opsur]_|github_pat_)[A-Za-z0-9_.-]+/g, "[redacted]")
+    .replace(/\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g, "[redacted]");
+}
+
+/** Whether a name (of a variable, a query parameter) says its value is a credential. */
+function credentialName(name: string): boolean {
+  return /TOKEN|SECRET|PASS|PWD|CREDENTIAL|AUTH|KEY|PRIVATE|SIG|(^|_)PAT($|_)/i.test(name);
 }

@@ -353,7 +353,7 @@ function cannotRead(option: string, file: string, err: unknown): string {
   const uid = process.getuid?.();
   return (
     `${option}: cannot read ${file} (EACCES): it must be readable by the user jitrunner runs as` +
-    `${uid === undefined ? "" : ` (uid ${uid})`}; the container image runs as uid 1000 unless started as root (the Compose files' user: root): chown 1000 ${file}, mode 0400 or 0600`
+    `${uid === undefined ? "" : ` (uid ${uid})`}; the container image runs as uid 1000 unless started as root (the Compose files' user: root): chown 1000 ${file.startsWith("(") ? "the file" : file}, mode 0400 or 0600`
   );
 }
 

@@ -99,7 +99,7 @@ test("check-config prints the resolved config without a secret: the keys' values
 
 test("check-config hides what a pool's runner environment holds of credentials: a URL's password, a value under a credential's name", async () => {
   const file = join(dir, "pool-env.yml");
-  const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      OPENAI_APIKEY: sk-apikey-Q7w\n      DB_PASS: db-pass-H4n\n      TZ: Europe/Berlin\n      DSN: "postgres://db/x?sslmode=require&password=dsn-pass-J6t"\n      GIT_URL: "https://git-user-token-P5z@git.example/o/r"\n      AT_PROXY: "http://ci:at@pass-R2d@proxy.internal:3128"\n      GH_PAT: pat-value-W1c\n      DB_PWD: db-pwd-T8k\n      BLOB: "ghs_0123456789abcdefABCDEF0123456789abcd"\n`;
+  const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      OPENAI_APIKEY: sk-apikey-Q7w\n      DB_PASS: db-pass-H4n\n      TZ: Europe/Berlin\n      DSN: "postgres://db/x?sslmode=require&password=dsn-pass-J6t"\n      GIT_URL: "https://git-user-token-P5z@git.example/o/r"\n      AT_PROXY: "http://ci:at@pass-R2d@proxy.internal:3128"\n      GH_PAT: pat-value-W1c\n      DB_PWD: db-pwd-T8k\n      BLOB: "ghs_0123456789abcdefABCDEF0123456789abcd"\n      TOOL_CACHE: /opt/hostedtoolcache/MyCompany/Tools/Shared/Cache/Linux\n      REPO_URL: "ssh://git@git.example/o/r?ref=main"\n`;
   await writeFile(file, configText(redis.url, redis.prefix).replace("    isolation: capabilities\n", `    isolation: capabilities\n${env}`));
   const { code, out } = await run(["check-config", "--config", file], SECRETS);
   assert.equal(code, 0, out);
@@ -111,12 +111,14 @@ test("check-config hides what a pool's runner environment holds of credentials: 
     OPENAI_APIKEY: "[redacted]",
     DB_PASS: "[redacted]",
     TZ: "Europe/Berlin",
-    DSN: "postgres://db/x?sslmode=redacted&password=[redacted]",
+    DSN: "postgres://db/x?sslmode=require&password=redacted",
     GIT_URL: "https://redacted@git.example/o/r",
     AT_PROXY: "http://ci:redacted@proxy.internal:3128",
     GH_PAT: "[redacted]",
     DB_PWD: "[redacted]",
     BLOB: "[redacted]",
+    TOOL_CACHE: "/opt/hostedtoolcache/MyCompany/Tools/Shared/Cache/Linux",
+    REPO_URL: "ssh://git@git.example/o/r?ref=main",
   });
   for (const secret of ["proxy-pass-K3x", "npm-token-V8r", "api-key-M2p", "sk-apikey-Q7w", "db-pass-H4n", "dsn-pass-J6t", "git-user-token-P5z", "pass-R2d", "pat-value-W1c", "db-pwd-T8k", "0123456789abcdef"]) {
     assert.ok(!out.includes(secret), secret);
