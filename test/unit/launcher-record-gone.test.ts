@@ -1,7 +1,7 @@
 /**
  * A launch whose runner record is removed while it goes on (a sweep of its host taken for gone, a
  * teardown), against a real Redis, the fake GitHub through the real client and the real Docker
- * engine: the launch is undone as a failed one (registration and container deleted), and the
+ * engine behind a proxy that can hold a call (nothing of ours stubbed): the launch is undone as a failed one (registration and container deleted), and the
  * record is not written back as a partial hash that nothing indexes or expires.
  */
 import assert from "node:assert/strict";
@@ -9,9 +9,9 @@ import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { callsTo, containersOf, RUNNER_IMAGE, workersForFile } from "../helpers/system.ts";
+import { CREATE_CONTAINER, startDockerProxy } from "../helpers/docker-proxy.ts";
+import { waitFor } from "../helpers/process.ts";
 import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
-import type { RunnerDriver } from "../../src/docker/driver.ts";
-import type { GitHubClient } from "../../src/github/client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
@@ -22,30 +22,16 @@ import { githubFor } from "../helpers/github.ts";
 
 const { redis, hosts } = workersForFile();
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
-
-/**
- * `real` with one method replaced (none: `name` undefined), the others called on `real` itself (its
- * private fields); the name of each method called is pushed to `calls`.
- */
-function overriding<T extends object>(real: T, name: keyof T | undefined, fn: unknown, calls: string[] = []): T {
-  return new Proxy(real, {
-    get(target, prop) {
-      const v = prop === name ? fn : (Reflect.get(target, prop, target) as unknown);
-      if (typeof v !== "function") return v;
-      return (...args: unknown[]) => {
-        calls.push(String(prop));
-        return (v as (...a: unknown[]) => unknown).apply(prop === name ? undefined : target, args);
-      };
-    },
-  });
-}
+const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 
 /**
  * A launcher whose record is removed, as a sweep of a gone host removes one, at `when`: while
- * GitHub registers the runner, or once its container is created.
+ * GitHub registers the runner (the fake holds its answer), or while the engine creates its
+ * container (a proxy in front of the real engine holds the create until the record is gone).
  */
 async function launchLosingRecord(tag: string, when: "registering" | "created") {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const proxy = await startDockerProxy();
   const host = `launcher-${tag}-${process.pid}`;
   hosts.push(host);
   const conn = redisConnection(redis.url);
@@ -53,51 +39,45 @@ async function launchLosingRecord(tag: string, when: "registering" | "created") 
   const prefix = `${redis.prefix}-${tag}`;
   const runners = new RunnerStore(conn, prefix);
   const metrics = new Metrics({ processMetrics: false });
-  const real = githubFor(fake, { metrics });
-  const sweep = (name: string) => runners.remove({ name, host, demandId: "4242-1" }, false);
-  const github: GitHubClient =
-    when === "registering"
-      ? overriding<GitHubClient>(real, "generateJitConfig", (async (scope, req, opts) => {
-          await sweep(req.name);
-          return real.generateJitConfig(scope, req, opts);
-        }) satisfies GitHubClient["generateJitConfig"])
-      : real;
-  const realDriver = new DockerodeDriver({});
-  const driverCalls: string[] = [];
-  const driver: RunnerDriver = overriding<RunnerDriver>(
-    realDriver,
-    when === "created" ? "create" : undefined,
-    (async (spec) => {
-      const id = await realDriver.create(spec);
-      await sweep(spec.name);
-      return id;
-    }) satisfies RunnerDriver["create"],
-    driverCalls,
-  );
+  const github = githubFor(fake, { metrics });
+  const driver = new DockerodeDriver({ socketPath: proxy.socketPath });
   const launcher = new Launcher({ host, namePrefix: "jitrunner", completedGraceSeconds: 5, driver, github, runners, events: new RunnerEvents(sub, `${prefix}:events`), metrics });
   const pool = testConfig({ pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: RUNNER_IMAGE, networkMode: "none" }] }).pools[0]!;
   const target = { installationId: fake.installationId, owner: "acme", repo: "app", demandId: "4242-1" };
+  const recorded = async () => (await conn.keys(`${prefix}:runner:*`)).map((k) => k.slice(`${prefix}:runner:`.length));
+  if (when === "registering") fake.inject({ route: JIT, delayMs: 3000, times: 1 });
+  const hang = when === "created" ? proxy.hang("POST", CREATE_CONTAINER) : undefined;
   try {
-    const err = await launcher.launch(target, pool, createLogger("silent")).then(
+    const launching = launcher.launch(target, pool, createLogger("silent")).then(
       () => assert.fail("the launch went on without its record"),
       (e: unknown) => e,
     );
-    const keys = await conn.keys(`${prefix}:runner:*`);
-    return { err, fake, keys, driverCalls, deleted: callsTo(fake, DELETE, "DELETE"), containers: await containersOf(host), tracked: launcher.tracked.size, all: await runners.listAll() };
+    const [name] = await waitFor(async () => {
+      const names = await recorded();
+      return names.length === 1 && names;
+    }, 10_000, "the launch's record written");
+    if (hang) await waitFor(() => hang.held >= 1, 30_000, "the create at the engine");
+    else assert.equal(callsTo(fake, JIT), 0, "GitHub has not answered the registration yet");
+    await runners.remove({ name: name!, host, demandId: "4242-1" }, false);
+    hang?.release();
+    const err = await launching;
+    return { err, fake, keys: await recorded(), starts: proxy.starts, created: hang?.held ?? 0, deleted: callsTo(fake, DELETE, "DELETE"), containers: await containersOf(host), tracked: launcher.tracked.size, all: await runners.listAll() };
   } finally {
-    real.close();
+    hang?.release();
+    github.close();
     await fake.close();
+    await proxy.close();
     conn.disconnect();
     sub.disconnect();
   }
 }
 
 for (const when of ["registering", "created"] as const) {
-  test(`a launch whose record is removed ${when === "registering" ? "while GitHub registers its runner" : "once its container is created"} is undone: registration and container deleted, no partial record written`, async () => {
-    const { err, fake, keys, driverCalls, deleted, containers, tracked, all } = await launchLosingRecord(`gone-${when}`, when);
+  test(`a launch whose record is removed ${when === "registering" ? "while GitHub registers its runner" : "while the engine creates its container"} is undone: registration and container deleted, no partial record written`, async () => {
+    const { err, fake, keys, starts, created, deleted, containers, tracked, all } = await launchLosingRecord(`gone-${when}`, when);
     assert.ok(err instanceof RecordGone, String(err));
-    assert.ok(!driverCalls.includes("start"), `no container started: ${driverCalls.join(", ")}`);
-    if (when === "registering") assert.ok(!driverCalls.includes("create"), `no container created: ${driverCalls.join(", ")}`);
+    assert.equal(starts, 0, "no container started");
+    assert.equal(created, when === "registering" ? 0 : 1, when === "registering" ? "no container created" : "its container created");
     assert.equal(deleted, 1, "the registration deleted by its id");
     assert.equal(fake.runners().length, 0);
     assert.deepEqual(containers, [], "no container left");
