@@ -2,10 +2,14 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import pino from "pino";
 import type { Demand } from "../../src/demand.ts";
-import type { DemandSink } from "../../src/ingress/ingress.ts";
+import { DemandQueues } from "../../src/queue/demand-queue.ts";
+import { ActiveRepos } from "../../src/state/active-repos.ts";
+import { DeliveryLog } from "../../src/state/deliveries.ts";
+import { redisForFile } from "../helpers/redis.ts";
 import { recordedScopes, scopesToCheck } from "../../src/reconcile/github-runners.ts";
 import { notingActivity } from "../../src/reconcile/repo-activity.ts";
 
+const shared = redisForFile();
 const repo = (owner: string, name: string, installationId = 1) => ({ installationId, owner, repo: name, seenAt: 0 });
 const record = (owner: string, name: string, createdAt: number) => ({ installationId: 1, owner, repo: name, createdAt });
 
@@ -41,19 +45,28 @@ test("recorded scopes: newest record first, each scope once, capped, and whether
 });
 
 test("an accepted job notes its repository with the scope of the pool that took it; a replay notes nothing", async () => {
-  const touched: Array<{ owner: string; repo: string; scope: string }> = [];
-  let answer: "added" | "replayed" = "added";
-  const sink: DemandSink = { add: async () => answer, cancel: async () => false, ended: async () => undefined, addAgain: async () => false };
+  // The real demand queues, delivery claims and active-repository sets, on a real Redis.
+  const prefix = `${shared.redis.prefix}-noting`;
+  const queues = new DemandQueues({ redisUrl: shared.redis.url, prefix, attempts: 1 }, shared.conn);
+  const deliveries = new DeliveryLog(shared.conn, prefix);
+  const active = new ActiveRepos(shared.conn, prefix);
   const pools = [{ name: "org", scope: "organization" as const }, { name: "repo", scope: "repository" as const }];
-  const noting = notingActivity(sink, { touch: async (r) => void touched.push({ owner: r.owner, repo: r.repo, scope: r.scope }) }, pools, pino({ level: "silent" }));
+  const noting = notingActivity(queues, active, pools, pino({ level: "silent" }));
+  let jobId = 7100;
   const demand = (pool: string, owner: string, repo: string): Demand =>
-    ({ pool, owner, repo, installationId: 1, jobId: 1, runId: 1, runAttempt: 1, labels: [], receivedAt: 0, deliveryId: "d" });
-  await noting.add(demand("org", "acme", "site"));
-  await noting.add(demand("repo", "someuser", "dotfiles"));
-  answer = "replayed";
-  await noting.add(demand("org", "other", "x"));
-  assert.deepEqual(touched, [
-    { owner: "acme", repo: "site", scope: "organization" },
-    { owner: "someuser", repo: "dotfiles", scope: "repository" },
-  ]);
+    ({ pool, owner, repo, installationId: 1, jobId: ++jobId, runId: 1, runAttempt: 1, labels: [], receivedAt: Date.now(), deliveryId: `d-${jobId}` });
+  try {
+    const other = demand("org", "other", "x");
+    assert.equal(await noting.add(demand("org", "acme", "site"), deliveries.claimKey("d-site")), "added");
+    assert.equal(await noting.add(demand("repo", "someuser", "dotfiles"), deliveries.claimKey("d-dotfiles")), "added");
+    // A delivery's copy (its claim taken, its demand held): replayed, and nothing noted of it. The
+    // first copy is added through the queues themselves, not noted.
+    assert.equal(await queues.add(other, deliveries.claimKey("d-other")), "added");
+    assert.equal(await noting.add(other, deliveries.claimKey("d-other")), "replayed");
+    const repos = (await active.list(3600_000, 10)).map((r) => `${r.owner}/${r.repo}`).sort();
+    assert.deepEqual(repos, ["acme/site", "someuser/dotfiles"]);
+    assert.deepEqual((await active.listOrganizations(3600_000, 10)).map((o) => o.owner), ["acme"], "only the organization pool's owner");
+  } finally {
+    await queues.close();
+  }
 });
