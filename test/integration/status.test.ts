@@ -225,17 +225,19 @@ test("queue counts per state come from BullMQ", async () => {
 });
 
 test("a part that cannot be read is reported on the page; the rest is still shown", async () => {
-  const snapshot = await collectStatus({
-    pools: config.pools,
-    runners,
-    activity,
-    pending: async () => {
-      throw new Error("queue unavailable");
-    },
-  });
-  assert.deepEqual(snapshot.problems, ["queue depth: queue unavailable"]);
-  assert.equal(snapshot.pools[0]!.pending, undefined);
-  assert.equal(snapshot.runners.length, 2);
+  // Real queues whose waiting list Redis cannot read as one (a key of another type): the count fails.
+  const broken = `${redis.prefix}-broken`;
+  const brokenQueues = new DemandQueues({ redisUrl: redis.url, prefix: broken, attempts: 3 }, conn);
+  await conn.set(`${broken}:bull:demand-${config.pools[0]!.name}:wait`, "not a list");
+  try {
+    const snapshot = await collectStatus({ pools: config.pools, runners, activity, pending: (p) => brokenQueues.pending(p) });
+    assert.equal(snapshot.problems.length, 1, snapshot.problems.join("; "));
+    assert.match(snapshot.problems[0]!, /^queue depth: .*WRONGTYPE/);
+    assert.equal(snapshot.pools[0]!.pending, undefined);
+    assert.equal(snapshot.runners.length, 2);
+  } finally {
+    await brokenQueues.close();
+  }
 });
 
 test("/metrics needs its own token when one is set; the admin token does not open it", async () => {
