@@ -9,8 +9,12 @@ import { CONTENT_SECURITY_POLICY, renderStatusPage } from "../../src/http/status
 import { redact } from "../../src/errors.ts";
 import { summarizeJobs, type JobEvent } from "../../src/state/activity.ts";
 import { collectStatus, countStates, describeOutcome, formatAge, type StatusSnapshot } from "../../src/state/status.ts";
-import type { RunnerRecord } from "../../src/state/runners.ts";
+import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
+import { ActivityLog } from "../../src/state/activity.ts";
+import { redisForFile } from "../helpers/redis.ts";
+import { queuedPayload } from "../helpers/webhooks.ts";
 
+const shared = redisForFile();
 const EVIL = `<script>alert("x")</script>&'`;
 const NOW = Date.UTC(2026, 10, 23, 12, 0, 0);
 
@@ -95,27 +99,32 @@ test("job events fold into one row per job attempt; completed is terminal", () =
 });
 
 test("the snapshot derives hosts and counts from runner records and matches jobs to pools", async () => {
+  // The real runner store and activity log on Redis, written as workers and the ingress write them.
+  const prefix = `${shared.redis.prefix}-snapshot`;
+  const runners = new RunnerStore(shared.conn, prefix);
+  const activity = new ActivityLog(shared.conn, prefix, { keepJobs: 5, keepFailures: 3 });
   const rec = (name: string, host: string, pool: string, state: RunnerRecord["state"], createdAt: number): RunnerRecord => ({
     name, host, pool, state, createdAt, installationId: 1, owner: "acme", repo: "", demandId: name,
   });
+  for (const r of [rec("r1", "h2", "small", "busy", NOW - 10_000), rec("r2", "h1", "big", "starting", NOW - 3000), rec("r3", "h2", "small", "idle", NOW - 20_000)]) await runners.put(r);
+  await activity.delivery({ event: "workflow_job", payload: queuedPayload({ jobId: 1, labels: ["Linux", "BIG"] }), receivedAt: NOW }, "queued");
   const s = await collectStatus({
     pools: [
       { name: "small", labels: ["self-hosted", "linux"], image: "a", isolation: "privileged", scope: "repository" },
       { name: "big", labels: ["self-hosted", "linux", "big"], image: "b", isolation: "sysbox", scope: "organization" },
     ],
-    runners: { listAll: async () => [rec("r1", "h2", "small", "busy", NOW - 10_000), rec("r2", "h1", "big", "starting", NOW - 3000), rec("r3", "h2", "small", "idle", NOW - 20_000)] },
-    activity: {
-      recentJobEvents: async () => [{ at: NOW, jobId: 1, runAttempt: 1, repo: "acme/app", labels: ["Linux", "BIG"], action: "queued", outcome: "queued" }],
-      recentFailures: async () => [],
-    },
+    runners,
+    activity,
     now: () => NOW,
   });
+  assert.deepEqual(s.problems, []);
   assert.deepEqual(s.hosts.map((h) => [h.id, h.pools, h.runners.busy, h.runners.idle, h.runners.starting, h.oldestCreatedAt]), [
     ["h1", ["big"], 0, 0, 1, NOW - 3000],
     ["h2", ["small"], 1, 1, 0, NOW - 20_000],
   ]);
   assert.deepEqual(s.pools.map((p) => [p.name, p.pending, p.runners.busy + p.runners.idle + p.runners.starting]), [["small", undefined, 2], ["big", undefined, 1]]);
-  assert.equal(s.runners[0]!.ageSeconds, 10);
+  assert.equal(s.runners[0]!.name, "r3", "oldest first");
+  assert.equal(s.runners.find((r) => r.name === "r1")!.ageSeconds, 10);
   assert.equal(s.runners[0]!.scope, "acme", "organization runners show their owner");
   assert.equal(s.jobs[0]!.pool, "big");
 });
