@@ -801,7 +801,9 @@ export class RunnerWorker {
         await lease.release().catch(() => undefined);
         return;
       }
-      const retryable = (err as { retryable?: boolean }).retryable ?? true;
+      // A Docker error is this host's (an image, a runtime or a network it lacks), not the job's: the
+      // demand is tried again, by another host perhaps, up to its launch attempts.
+      const retryable = err instanceof DockerError || ((err as { retryable?: boolean }).retryable ?? true);
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       await this.#d.activity?.launchFailure(demand, lease.attempt, err).catch(() => undefined);
       // A job the config refuses (its runner group) says nothing of this worker's health.
@@ -887,6 +889,12 @@ export class RunnerWorker {
     // Gone without serving the demand (a launch cut short by a crash, a runner that took no job):
     // its teardown released the claim, and the demand needs a runner still.
     if (record && !hostGone && !this.#stopping && !(await this.#d.runners.findByDemand(lease.id))) {
+      if (!this.#open) {
+        // Not launched on a host that takes no demand now (drained, cordoned): another host will.
+        log.info({ runner: existing.name }, "earlier runner gone without a job, and this host takes no demand now: demand handed back");
+        await lease.release();
+        return true;
+      }
       log.info({ runner: existing.name }, "earlier runner gone without a job; launching another");
       return false;
     }
@@ -930,15 +938,30 @@ export class RunnerWorker {
     this.#slotless.add(lease);
     this.#slots.release();
     log.info({ runner: name }, "waiting for the demand's runner on another host, holding no slot here");
-    await this.#waitGone(name);
+    await this.#waitGone(name, true);
     if (this.#stopping) {
       // The runner on the other host runs on, counted by the place its worker refreshes.
       this.#placesKept.add(lease);
       await lease.release();
       return true;
     }
-    if (await this.#d.runners.findByDemand(lease.id)) {
+    const found = await this.#d.runners.findByDemand(lease.id);
+    if (found?.record) {
+      // Still running there, and this host takes no demand now (drained, cordoned, its engine or
+      // host lost): waited for here, the runner's job would hold a drain for its whole length. The
+      // demand goes back, its place kept for that runner, for a host that takes demand to wait on.
+      log.info({ runner: name }, "this host takes no demand now: the demand, whose runner runs on another host, handed back");
+      this.#placesKept.add(lease);
+      await lease.release();
+      return true;
+    }
+    if (found) {
       await lease.complete("served_by_earlier_runner");
+      return true;
+    }
+    if (!this.#open) {
+      log.info({ runner: name }, "earlier runner gone without a job, and this host takes no demand now: demand handed back");
+      await lease.release();
       return true;
     }
     // Gone without serving the demand (a runner that took no job): launched here, given room.
@@ -1341,8 +1364,9 @@ export class RunnerWorker {
     }
   }
 
-  async #waitGone(name: string): Promise<void> {
-    while (!this.#stopping && (await this.#d.runners.get(name))) await sleep(2000);
+  /** Until runner `name`'s record is gone, the worker stops, or (`whileOpen`) this host takes no demand. */
+  async #waitGone(name: string, whileOpen = false): Promise<void> {
+    while (!this.#stopping && (!whileOpen || this.#open) && (await this.#d.runners.get(name))) await sleep(2000);
   }
 
   /**

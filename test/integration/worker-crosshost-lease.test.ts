@@ -84,3 +84,50 @@ test("a demand re-leased on another host while its runner runs a job there holds
     conn.disconnect();
   }
 });
+
+test("a host drained while it waits for a demand's runner on another host hands the demand back and drains at once, launching nothing; the job is served by that runner", { timeout: 180_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const hostA = uniqueHost("dxa");
+  const hostB = uniqueHost("dxb");
+  hosts.push(hostA, hostB);
+  const r = scopedRedis(redis, "crosshost-drain");
+  const conn = redisConnection(r.url);
+  const hostStore = new HostStore(conn, r.prefix);
+  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "120" } })];
+  const worker = (hostId: string) => ({ pools, worker: { hostId, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, heartbeatSeconds: 1 } });
+  const server = await startSystem("server", fake, r, uniqueHost("dxs"), { pools });
+  const a1 = await startSystem("worker", fake, r, hostA, worker(hostA));
+  let b: Awaited<ReturnType<typeof startSystem>> | undefined;
+  let a2: Awaited<ReturnType<typeof startSystem>> | undefined;
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "the job running on host A");
+    b = await startSystem("worker", fake, r, hostB, worker(hostB));
+    await a1.close();
+    await waitFor(() => /waiting for the demand's runner on another host/.test(b!.logs()), 20_000, "host B waiting for A's runner");
+
+    // B drained while the job runs on A: it must not wait for that job to end.
+    await hostStore.drain(hostB);
+    await waitFor(() => /this host takes no demand now: the demand, whose runner runs on another host, handed back/.test(b!.logs()), 15_000, "B handing the demand back");
+    await Promise.race([b.drained, sleep(30_000).then(() => assert.fail("host B's drain waited for a job on another host"))]);
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.status, "in_progress", "drained while the job still runs on A");
+    assert.equal(callsTo(fake, JIT), 1, "B launched nothing");
+    assert.equal((await containersOf(hostB)).length, 0);
+
+    // A, restarted, adopts its runner and the demand; the job ends there, served once.
+    a2 = await startSystem("worker", fake, r, hostA, worker(hostA));
+    await waitFor(() => /adopted running runner/.test(a2!.logs()), 30_000, "host A adopted its runner");
+    await fake.endJob(job.id);
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 90_000, "the job completed");
+    const done = await demandIn(r, `${job.id}-1`, "completed", 60_000);
+    assert.equal(done.result, "served_by_earlier_runner");
+    assert.equal(callsTo(fake, JIT), 1, "one runner for the job");
+  } finally {
+    await a2?.close();
+    await b?.close();
+    await a1.close();
+    await server.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});

@@ -28,21 +28,25 @@ const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DELETE = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 const { redis, hosts } = workersForFile();
 
-test("a launch that fails after registration deletes the registration and leaves no container", async () => {
+test("a launch that fails after registration deletes the registration and leaves no container; a Docker refusal (no such image on this host) spends one of the demand's attempts, not all", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("fail");
   const r = scopedRedis(redis, "fail");
   hosts.push(host);
-  const sys = await startSystem("all", fake, r, host, { pools: [fakeRunnerPool(fake, { image: "jitrunner-no-such-image:never" })] });
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [fakeRunnerPool(fake, { image: "jitrunner-no-such-image:never" })],
+    worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, launchAttempts: 2 },
+  });
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
     await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1 && callsTo(fake, JIT) >= 1, 30_000, "registration deleted after the failed create");
     await demandIn(r, `${job.id}-1`, "failed", 30_000);
+    assert.equal(callsTo(fake, JIT), 2, "tried again: another host may have the image (2 launch attempts)");
     assert.equal(callsTo(fake, JIT), callsTo(fake, DELETE, "DELETE"), "every registration made was deleted");
     assert.equal(fake.runners().length, 0);
     assert.equal((await containersOf(host)).length, 0);
     const metrics = await (await fetch(`${sys.url}/metrics`)).text();
-    assert.match(metrics, /jitrunner_launch_failures_total\{pool="default",reason="E_DOCKER"\} 1/);
+    assert.match(metrics, /jitrunner_launch_failures_total\{pool="default",reason="E_DOCKER"\} 2/);
     assert.match(sys.logs(), /create container failed \(404\)/);
     const removed = sys.logs().split("\n").filter((l) => l.includes('"msg":"runner removed"'));
     assert.ok(removed.length > 0);
