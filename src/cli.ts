@@ -3,7 +3,7 @@ import { parseArgs } from "node:util";
 import { loadConfigWithOrigins, type Config, type SecretsFor } from "./config/load.ts";
 import { shownSecretPath } from "./config/schema.ts";
 import { connectionWarnings } from "./docker/dockerode-driver.ts";
-import { ConfigError, errorMessage } from "./errors.ts";
+import { ConfigError, errorMessage, redactTokens } from "./errors.ts";
 import { createLogger } from "./logger.ts";
 import { start, type Mode } from "./main.ts";
 import { drainHost, undoDrain } from "./cli/drain.ts";
@@ -113,6 +113,8 @@ async function main(argv: string[]): Promise<number> {
     else process.stderr.write(`jitrunner: cannot load config ${path}: ${errorMessage(err)}\n`);
     return 1;
   }
+  // Library debug output that would print secrets (see debug-env.ts): a start refuses it, check-config warns.
+  const secretDebug = debugShowsSecrets(process.env.DEBUG);
   if (command === "check-config") {
     const pools = config.pools.map((pool) => ({ ...pool, env: Object.fromEntries(Object.entries(pool.env).map(([k, v]) => [k, shownEnvValue(k, v)])) }));
     // A secret file's path a mode does not read was not checked: shown only when plainly a path.
@@ -127,13 +129,11 @@ async function main(argv: string[]): Promise<number> {
     };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
     if (values.mode !== "server") for (const w of connectionWarnings(config.worker.docker)) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
-    const secretDebug = debugShowsSecrets(process.env.DEBUG);
     if (secretDebug.length > 0) {
       process.stderr.write(`jitrunner check-config: warning: DEBUG=${process.env.DEBUG} would print secrets (${secretDebug.join(", ")}): jitrunner refuses to start with it; add ${DEBUG_SKIP_SECRETS}\n`);
     }
     return 0;
   }
-  const secretDebug = debugShowsSecrets(process.env.DEBUG);
   if ((command === "server" || command === "worker" || command === "all") && secretDebug.length > 0) {
     // Secrets never reach the logs: not even through a library's debug output an operator turned on.
     process.stderr.write(
@@ -200,12 +200,12 @@ function shownEnvValue(name: string, value: string): string {
   // Anywhere in the name (OPENAI_APIKEY, DB_PASS): a name that only looks like one (MONKEY) costs a hidden value.
   if (credentialName(name)) return "[redacted]";
   if (/^[A-Za-z0-9+/=_-]{40,}$/.test(value) && !value.startsWith("/")) return "[redacted]";
-  return value
-    .replace(/(\/\/[^/:@\s]*):[^/\s]*@/g, "$1:redacted@")
-    .replace(/\/\/([^/:@\s]{16,})@/g, "//redacted@")
-    .replace(/([?&])([^=&#\s]+)=([^&#\s]*)/g, (all, sep: string, key: string) => (credentialName(key) ? `${sep}${key}=redacted` : all))
-    .replace(/\b(?:gh[opsur]_|github_pat_)[A-Za-z0-9_.-]+/g, "[redacted]")
-    .replace(/\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g, "[redacted]");
+  return redactTokens(
+    value
+      .replace(/(\/\/[^/:@\s]*):[^/\s]*@/g, "$1:redacted@")
+      .replace(/\/\/([^/:@\s]{16,})@/g, "//redacted@")
+      .replace(/([?&])([^=&#\s]+)=([^&#\s]*)/g, (all, sep: string, key: string) => (credentialName(key) ? `${sep}${key}=redacted` : all)),
+  );
 }
 
 /** Whether a name (of a variable, a query parameter) says its value is a credential. */

@@ -86,13 +86,14 @@ export function errorMessage(err: unknown): string {
  * or a file's), which no random token is.
  */
 export function redact(message: string): string {
-  return message
-    .replace(/\b(bearer|basic)\s+\S+/gi, "$1 [redacted]")
-    // GitHub's tokens whole, dots and all: an installation token may be `ghs_APPID_` and a JWT.
-    .replace(/\b(?:gh[opsur]_|github_pat_)[A-Za-z0-9_.-]+/g, "[redacted]")
-    .replace(/\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g, "[redacted]")
+  return redactTokens(message.replace(/\b(bearer|basic)\s+\S+/gi, "$1 [redacted]"))
     .replace(/\b(token|authorization|secret|password)(\s*[:=]\s*)\S+/gi, "$1$2[redacted]")
     .replace(/[A-Za-z0-9+/_=-]{40,}/g, (run) => (NAMES_A_THING.test(run) ? run : "[redacted]"));
+}
+
+/** GitHub's tokens whole, dots and all (an installation token may be `ghs_APPID_` and a JWT), and JWTs, redacted. */
+export function redactTokens(text: string): string {
+  return text.replace(/\b(?:gh[opsur]_|github_pat_)[A-Za-z0-9_.-]+/g, "[redacted]").replace(/\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g, "[redacted]");
 }
 
 /** Lowercase hex, or lowercase words with a `/` among them. */

@@ -19,21 +19,29 @@ import { HostStore, PoolLimits } from "../../src/state/hosts.ts";
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const { redis, hosts } = workersForFile();
 
-test("a demand re-leased on another host while its runner runs a job there holds no slot of that host and one place between both: another job launches there, and the demand completes with no second runner", { timeout: 180_000 }, async () => {
+/**
+ * Two worker hosts and a server on one Redis, and host A's worker started: A runs a job's runner
+ * (a pool of two places, jobs of 120 s unless ended), B is started by the test when it wants it.
+ */
+async function twoHosts(tag: string, workerOver: Record<string, unknown> = {}) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const hostA = uniqueHost("xa");
-  const hostB = uniqueHost("xb");
+  const hostA = uniqueHost(`${tag}a`);
+  const hostB = uniqueHost(`${tag}b`);
   hosts.push(hostA, hostB);
-  const r = scopedRedis(redis, "crosshost");
+  const r = scopedRedis(redis, `crosshost-${tag}`);
   const conn = redisConnection(r.url);
-  const places = new PoolLimits(conn, r.prefix);
-  const hostStore = new HostStore(conn, r.prefix);
-  // Two runners at most in the pool: the job running on A and one more. Counted twice, A's runner
-  // would leave no place for the second job. Job 1 runs until the test ends it.
+  // Two runners at most in the pool: the job running on A and one more.
   const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "120" } })];
-  const worker = (hostId: string) => ({ pools, worker: { hostId, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 2 } });
-  const server = await startSystem("server", fake, r, uniqueHost("xs"), { pools });
+  const worker = (hostId: string) => ({ pools, worker: { hostId, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, ...workerOver } });
+  const server = await startSystem("server", fake, r, uniqueHost(`${tag}s`), { pools });
   const a1 = await startSystem("worker", fake, r, hostA, worker(hostA));
+  return { fake, hostA, hostB, r, conn, hostStore: new HostStore(conn, r.prefix), worker, server, a1 };
+}
+
+test("a demand re-leased on another host while its runner runs a job there holds no slot of that host and one place between both: another job launches there, and the demand completes with no second runner", { timeout: 180_000 }, async () => {
+  // Counted twice, A's runner would leave no place for the second job. Job 1 runs until the test ends it.
+  const { fake, hostA, hostB, r, conn, hostStore, worker, server, a1 } = await twoHosts("x");
+  const places = new PoolLimits(conn, r.prefix);
   let b: Awaited<ReturnType<typeof startSystem>> | undefined;
   let a2: Awaited<ReturnType<typeof startSystem>> | undefined;
   try {
@@ -86,17 +94,7 @@ test("a demand re-leased on another host while its runner runs a job there holds
 });
 
 test("a host drained while it waits for a demand's runner on another host hands the demand back and drains at once, launching nothing; the job is served by that runner", { timeout: 180_000 }, async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const hostA = uniqueHost("dxa");
-  const hostB = uniqueHost("dxb");
-  hosts.push(hostA, hostB);
-  const r = scopedRedis(redis, "crosshost-drain");
-  const conn = redisConnection(r.url);
-  const hostStore = new HostStore(conn, r.prefix);
-  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "120" } })];
-  const worker = (hostId: string) => ({ pools, worker: { hostId, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, heartbeatSeconds: 1 } });
-  const server = await startSystem("server", fake, r, uniqueHost("dxs"), { pools });
-  const a1 = await startSystem("worker", fake, r, hostA, worker(hostA));
+  const { fake, hostA, hostB, r, conn, hostStore, worker, server, a1 } = await twoHosts("dx", { heartbeatSeconds: 1 });
   let b: Awaited<ReturnType<typeof startSystem>> | undefined;
   let a2: Awaited<ReturnType<typeof startSystem>> | undefined;
   try {
