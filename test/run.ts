@@ -13,8 +13,9 @@
  * A lane's slots take its files from one list, the longest file (a rough measure of its run time)
  * first, each slot the next one as soon as its last has ended. A file is in the engine lane when it
  * imports `dockerode` or a module of `src/docker/`, directly or through test helpers (a few short
- * unit tests of those modules go there too). Each output line carries its lane and slot; the exit
- * status is 0 only when every file passes.
+ * unit tests of those modules go there too). Each output line carries its lane and slot; a failed
+ * file's failures are printed again at the end, above the totals; the exit status is 0 only when
+ * every file passes.
  *
  * Usage: node --import tsx test/run.ts [--list] [FILE ...]   (--list: which lane runs what, and exit)
  */
@@ -74,6 +75,8 @@ interface Lane {
 interface LaneResult {
   name: string;
   failed: string[];
+  /** What each failed file printed of its failures, kept for the end of the run. */
+  failures: string[];
   seconds: number;
   counts: Map<string, number>;
 }
@@ -86,26 +89,51 @@ async function runLane(lane: Lane, width: number): Promise<LaneResult> {
   const queue = [...lane.files].sort((a, b) => statSync(resolve(ROOT, b)).size - statSync(resolve(ROOT, a)).size);
   const counts = new Map<string, number>();
   const failed: string[] = [];
+  const failures: string[] = [];
   const slot = async (tag: string) => {
     for (let file = queue.shift(); file !== undefined && !stopping; file = queue.shift()) {
-      const { code, counts: own } = await runFile(file, tag);
+      const { code, counts: own, lines } = await runFile(file, tag);
       for (const [k, n] of own) counts.set(k, (counts.get(k) ?? 0) + n);
-      if (code !== 0) failed.push(file);
+      if (code !== 0) {
+        failed.push(file);
+        failures.push(`--- ${file} (exit ${code})`, ...failureLines(lines));
+      }
     }
   };
   const slots = Math.min(lane.slots, lane.files.length);
   await Promise.all(Array.from({ length: slots }, (_, i) => slot(`[${(slots > 1 ? `${lane.name} ${i + 1}` : lane.name).padEnd(width)}] `)));
   if (stopping && queue.length > 0) failed.push(...queue);
-  return { name: lane.name, failed, seconds: (performance.now() - started) / 1000, counts };
+  return { name: lane.name, failed, failures, seconds: (performance.now() - started) / 1000, counts };
+}
+
+/**
+ * What a failed file printed of its failures: each `not ok` line with the report under it (its
+ * error, its stack), and the file's last lines (a crash before any test ended, a hang's
+ * cancellation). Printed again at the end of the run, where a log read from its tail shows them,
+ * however long ago the file ran.
+ */
+function failureLines(lines: string[]): string[] {
+  const keep = new Set<number>();
+  for (let i = 0; i < lines.length; i++) {
+    if (!/^\s*not ok /.test(lines[i]!)) continue;
+    const indent = /^\s*/.exec(lines[i]!)![0];
+    let end = i + 1;
+    while (end < lines.length && lines[end]!.startsWith(`${indent}  `) && keep.size < 400) keep.add(end++);
+    keep.add(i);
+  }
+  for (let i = Math.max(0, lines.length - 30); i < lines.length; i++) keep.add(i);
+  return [...keep].sort((a, b) => a - b).map((i) => lines[i]!);
 }
 
 /** One file under `node --test`, its lines tagged; its exit code and its totals. */
-function runFile(file: string, tag: string): Promise<{ code: number; counts: Map<string, number> }> {
+function runFile(file: string, tag: string): Promise<{ code: number; counts: Map<string, number>; lines: string[] }> {
   const reporter = process.stdout.isTTY ? ["--test-reporter=spec"] : [];
   const child = spawn(process.execPath, [...NODE_TEST_ARGS, ...reporter, file], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
   children.add(child);
   const counts = new Map<string, number>();
+  const printed: string[] = [];
   const out = (stream: NodeJS.WritableStream) => (line: string) => {
+    printed.push(line);
     // The file's totals, as the TAP and spec reporters print them.
     const total = /^(?:# |ℹ )(tests|pass|fail|cancelled|skipped|todo) (\d+)$/.exec(line);
     if (total) counts.set(total[1]!, Number(total[2]));
@@ -120,7 +148,7 @@ function runFile(file: string, tag: string): Promise<{ code: number; counts: Map
     const end = (code: number) => {
       children.delete(child);
       // Its last lines (the totals) read before its counts are.
-      void Promise.all(lines).then(() => done({ code, counts }));
+      void Promise.all(lines).then(() => done({ code, counts, lines: printed }));
     };
     child.on("error", (err) => {
       console.error(`${tag}could not run node --test ${file}: ${err.message}`);
@@ -157,6 +185,9 @@ for (const l of lanes) {
 if (listOnly) process.exit(0);
 
 const results = await Promise.all(lanes.map((l) => runLane(l, width)));
+for (const r of results) {
+  for (const line of r.failures) console.log(`[${r.name.padEnd(width)}] ${line}`);
+}
 for (const r of results) {
   const n = (k: string) => r.counts.get(k) ?? 0;
   const verdict = r.failed.length === 0 ? "passed" : `FAILED (${r.failed.join(", ")})`;

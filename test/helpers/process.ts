@@ -7,7 +7,12 @@ export interface JitrunnerProcess {
   child: ChildProcess;
   /** Everything the process wrote to stdout and stderr so far. */
   output(): string;
-  /** SIGTERM, then the exit code. */
+  /**
+   * The exit code once the process has exited and its output has all been read (its pipes closed;
+   * at most 5 s after the exit, should a process it started hold them open).
+   */
+  exited(): Promise<number | null>;
+  /** SIGTERM, then the exit code, the output all read. */
   stop(): Promise<number | null>;
 }
 
@@ -21,12 +26,17 @@ export function runJitrunner(args: string[], env: Record<string, string> = {}): 
   const chunks: string[] = [];
   child.stdout!.on("data", (d: Buffer) => chunks.push(d.toString()));
   child.stderr!.on("data", (d: Buffer) => chunks.push(d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  // "exit" can come before the last of the output is read; "close" comes after it.
+  const exited = new Promise<number | null>((resolve) => {
+    child.once("close", (code) => resolve(code));
+    child.once("exit", (code) => setTimeout(() => resolve(code), 5_000).unref());
+  });
   return {
     child,
     output: () => chunks.join(""),
+    exited: () => exited,
     stop: async () => {
-      if (child.exitCode === null) child.kill("SIGTERM");
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
       const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
       const code = await exited;
       clearTimeout(timer);

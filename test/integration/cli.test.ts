@@ -36,16 +36,15 @@ let configFile: string;
 async function run(args: string[], env: Record<string, string> = {}, limitMs = 60_000): Promise<{ code: number | null; out: string }> {
   const p = runJitrunner(args, env);
   let timer: NodeJS.Timeout | undefined;
-  const code = await new Promise<number | null>((resolve, reject) => {
-    if (p.child.exitCode !== null) return resolve(p.child.exitCode);
-    p.child.once("exit", (c) => resolve(c));
-    timer = setTimeout(() => {
-      p.child.kill("SIGKILL");
-      reject(new Error(`jitrunner ${args[0]} still running after ${limitMs / 1000} s; it printed:\n${p.output()}`));
-    }, limitMs);
-  }).finally(() => clearTimeout(timer));
-  // Let the last chunks of output arrive.
-  await new Promise((r) => setImmediate(r));
+  const code = await Promise.race([
+    p.exited(),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        p.child.kill("SIGKILL");
+        reject(new Error(`jitrunner ${args[0]} still running after ${limitMs / 1000} s; it printed:\n${p.output()}`));
+      }, limitMs);
+    }),
+  ]).finally(() => clearTimeout(timer));
   return { code, out: p.output() };
 }
 
@@ -358,10 +357,9 @@ test("a SIGTERM while the server still starts (its Redis silent) is heard: the s
     assert.ok(!p.output().includes("jitrunner started"), p.output());
     p.child.kill("SIGTERM");
     const code = await Promise.race([
-      new Promise<number | null>((resolve) => (p.child.exitCode !== null ? resolve(p.child.exitCode) : p.child.once("exit", (c) => resolve(c)))),
+      p.exited(),
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`still running 30 s after SIGTERM:\n${p.output()}`)), 30_000).unref()),
     ]);
-    await new Promise((r) => setImmediate(r));
     // Not killed by the signal: without a handler a PID 1 in a container ignores it, and elsewhere
     // it dies unstopped. The start, waiting seconds on the silent Redis, never listened.
     assert.equal(code, 0, p.output());
@@ -384,10 +382,9 @@ test("drain, waiting for a host, exits 1 when Redis stops answering during the w
     await waitFor(() => p.output().includes("draining relayhost"), 20_000, "drain to tell the host");
     relay.silence();
     const code = await Promise.race([
-      new Promise<number | null>((resolve) => (p.child.exitCode !== null ? resolve(p.child.exitCode) : p.child.once("exit", resolve))),
+      p.exited(),
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`drain still waiting 20 s after Redis went silent:\n${p.output()}`)), 20_000).unref()),
     ]);
-    await new Promise((r) => setImmediate(r));
     assert.equal(code, 1, p.output());
     assert.match(p.output(), new RegExp(`^jitrunner drain: cannot reach Redis at redis://127\\.0\\.0\\.1:${relay.port} \\(redis\\.url\\): .*did not answer within \\d+ s.*relayhost`, "m"));
     assert.equal(await hosts.draining("relayhost"), true);
@@ -401,16 +398,24 @@ test("drain, waiting for a host, exits 1 when Redis stops answering during the w
 test("drain waiting for a host that stops answering with a busy runner still recorded exits 3 and says so", async () => {
   const hosts = new HostStore(conn, redis.prefix);
   const runners = new RunnerStore(conn, redis.prefix);
-  // Host A's worker beats no more (killed): its record lapses after its expiry, its busy runner stays recorded.
-  await hosts.heartbeat({ id: "host-a", capacity: 2, used: 1, pools: ["default"] }, 3000);
+  const beat = (ttlMs: number) => hosts.heartbeat({ id: "host-a", capacity: 2, used: 1, pools: ["default"] }, ttlMs);
+  await beat(60_000);
   await runners.put({ name: "jitrunner-default-cccc000003", pool: "default", host: "host-a", state: "busy", installationId: 1, owner: "acme", repo: "app", demandId: "3-1", createdAt: Date.now() });
+  const p = runJitrunner(["drain", "--config", configFile, "--host", "host-a"], SECRETS);
   try {
-    const r = await run(["drain", "--config", configFile, "--host", "host-a"], SECRETS, 30_000);
-    assert.equal(r.code, 3, r.out);
-    assert.match(r.out, /^draining host-a: /m);
-    assert.match(r.out, /^jitrunner drain: host-a stopped answering with 1 runner\(s\) still recorded; they may still be running jobs/m);
-    assert.doesNotMatch(r.out, /host-a drained/);
+    await waitFor(() => p.output().includes("draining host-a"), 20_000, "drain to tell the host");
+    // Host A's worker is killed after its last beat: its record lapses, its busy runner stays recorded.
+    await beat(500);
+    const code = await Promise.race([
+      p.exited(),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`drain still waiting 20 s after the host stopped answering:\n${p.output()}`)), 20_000).unref()),
+    ]);
+    assert.equal(code, 3, p.output());
+    assert.match(p.output(), /^draining host-a: /m);
+    assert.match(p.output(), /^jitrunner drain: host-a stopped answering with 1 runner\(s\) still recorded; they may still be running jobs/m);
+    assert.doesNotMatch(p.output(), /host-a drained/);
   } finally {
+    await p.stop();
     await runners.remove({ name: "jitrunner-default-cccc000003", host: "host-a", demandId: "3-1" }, true);
     await hosts.forget("host-a");
   }
@@ -437,10 +442,9 @@ test("drain waiting for a host that finishes its jobs and leaves exits 0: draine
     await runners.remove(runner, true);
     await hosts.forget("host-b");
     const code = await Promise.race([
-      new Promise<number | null>((resolve) => (p.child.exitCode !== null ? resolve(p.child.exitCode) : p.child.once("exit", resolve))),
+      p.exited(),
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`drain still waiting 20 s after the host left:\n${p.output()}`)), 20_000).unref()),
     ]);
-    await new Promise((r) => setImmediate(r));
     assert.equal(code, 0, p.output());
     assert.match(p.output(), /^host-b drained$/m);
   } finally {

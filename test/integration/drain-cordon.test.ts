@@ -103,8 +103,7 @@ test("jitrunner drain --undo removes a host's drain mark, and exits 1 saying so 
   );
   const run = async (args: string[]) => {
     const p = runJitrunner(args);
-    const code = await new Promise<number | null>((resolve) => (p.child.exitCode !== null ? resolve(p.child.exitCode) : p.child.once("exit", resolve)));
-    await new Promise((res) => setImmediate(res));
+    const code = await p.exited();
     return { code, out: p.output() };
   };
   try {

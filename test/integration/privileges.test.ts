@@ -45,7 +45,7 @@ function procStatus(pid: number, field: string): number[] {
 
 /** The exit code of a CLI that is to stop by itself. */
 async function exitOf(jr: ReturnType<typeof runJitrunner>): Promise<number | null> {
-  return new Promise<number | null>((resolve) => (jr.child.exitCode !== null ? resolve(jr.child.exitCode) : jr.child.once("exit", resolve)));
+  return jr.exited();
 }
 
 /** A directory (removed after the file) with a self-signed `ca.pem`, `cert.pem` and `key.pem`, all 0600, owned by root. */

@@ -73,8 +73,7 @@ test("`all` on a port in use exits 1 with what to do, before its worker or recon
       JITRUNNER_PORT: String(port),
       JITRUNNER_LOG_LEVEL: "info",
     });
-    const code = await new Promise<number | null>((resolve) => (p.child.exitCode !== null ? resolve(p.child.exitCode) : p.child.once("exit", resolve)));
-    await new Promise((r) => setImmediate(r));
+    const code = await p.exited();
     const out = p.output();
     assert.equal(code, 1, out);
     assert.match(out, new RegExp(`^jitrunner: server\\.port ${port} \\(from JITRUNNER_PORT\\) is in use on 127\\.0\\.0\\.1: pick another port or stop the process using it$`, "m"));
