@@ -162,6 +162,54 @@ test("GET /app/hook/deliveries?status=failure lists status codes 400-599 only, a
   assert.deepEqual(fake.invalidRequests(), []);
 });
 
+test("past deliveries (addPastDelivery) are listed as GitHub lists them, hookDeliveriesPageSize a page, and a redelivery sends the event", async () => {
+  const small = await FakeGitHub.start({ webhookSecret: SECRET, hookDeliveriesPageSize: 2 });
+  const got = await startReceiver(SECRET);
+  got.status = 202;
+  try {
+    const hourAgo = Math.floor(Date.now() / 1000) * 1000 - 3600_000;
+    const past = [0, 202, 0].map((status, i) => small.addPastDelivery({ owner: "acme", repo: "past", labels: ["self-hosted"], status, deliveredAt: hourAgo + i * 60_000 }));
+    assert.ok(past[0]!.attemptId < past[1]!.attemptId && past[1]!.attemptId < past[2]!.attemptId, "attempt ids follow the order they were added in");
+    const c = new FakeGitHubClient(small);
+    const list = async (path: string) => {
+      const res = await c.call("GET", path, { auth: "app" });
+      assert.equal(res.status, 200);
+      const schema = responseSchema(spec, "/app/hook/deliveries", "get", 200);
+      assert.ok(schema);
+      assert.deepEqual(schemaErrors(schema, res.body), [], "the page matches GitHub's documented schema");
+      const next = /<([^>]+)>;\s*rel="next"/.exec(res.headers.get("link") ?? "")?.[1];
+      return { items: res.body as Array<Record<string, unknown>>, next: next === undefined ? undefined : new URL(next) };
+    };
+    const first = await list("/app/hook/deliveries?per_page=100");
+    const view = (items: Array<Record<string, unknown>>) => items.map((d) => [d.id, d.guid, d.status_code, d.delivered_at, d.redelivery, d.event, d.action]);
+    const of = (d: (typeof past)[number]) => [d.attemptId, d.id, d.status, new Date(d.deliveredAt).toISOString().replace(/\.\d{3}Z$/, "Z"), false, "workflow_job", "queued"];
+    assert.deepEqual(view(first.items), [of(past[2]!), of(past[1]!)], "newest first, 2 a page though 100 were asked for");
+    assert.equal(first.next?.searchParams.get("per_page"), "100");
+    assert.equal(first.next?.searchParams.get("cursor"), `v1_${past[0]!.attemptId}`);
+    const second = await list(`${first.next!.pathname}${first.next!.search}`);
+    assert.deepEqual(view(second.items), [of(past[0]!)]);
+    assert.equal(second.next, undefined, "the last page");
+    assert.equal(got.received.length, 0, "nothing sent for a past delivery");
+
+    small.setWebhookUrl(got.url);
+    assert.equal((await c.call("POST", `/app/hook/deliveries/${past[0]!.attemptId}/attempts`, { auth: "app" })).status, 202);
+    await small.webhooksIdle();
+    assert.equal(got.received.length, 1);
+    const sent = got.received[0]!;
+    assert.ok(sent.signatureOk);
+    assert.equal(sent.headers["x-github-delivery"], past[0]!.id, "the event's own delivery id");
+    const job = sent.payload.workflow_job as { id: number; status: string };
+    assert.deepEqual([sent.payload.action, job.id, job.status], ["queued", past[0]!.jobId, "queued"]);
+    const top = (await list("/app/hook/deliveries?per_page=100")).items[0]!;
+    assert.deepEqual([top.guid, top.status_code, top.redelivery], [past[0]!.id, 202, true], "the redelivery listed on top");
+    assert.ok(Number(top.id) > past[2]!.attemptId);
+    assert.deepEqual(small.invalidRequests(), []);
+  } finally {
+    await got.close();
+    await small.close();
+  }
+});
+
 test("jitrunner's GitHub client, through every call it makes, sends nothing GitHub's description refuses", async () => {
   const gh: OctokitGitHub = githubFor(fake);
   try {

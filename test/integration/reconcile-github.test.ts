@@ -10,13 +10,12 @@ import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import { test } from "node:test";
 import { FakeGitHubClient } from "../fakes/github/client.ts";
-import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
+import { FakeGitHub, type DeliveryRecord, type FakeJob } from "../fakes/github/index.ts";
+import { startReceiver } from "../fakes/github/receiver.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
 import { testConfig } from "../helpers/config.ts";
 import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
-import { GitHubError } from "../../src/errors.ts";
-import type { GitHubClient, HookDelivery } from "../../src/github/client.ts";
 import { OctokitGitHub } from "../../src/github/octokit-client.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
@@ -401,66 +400,60 @@ test("more failed deliveries than one pass may redeliver, hours apart: every one
 });
 
 /**
- * The App's delivery list as GitHub serves it (newest first, `perPage` a page, a cursor `v1_<id>`
- * naming the first delivery of the next page, 400 "Invalid cursor" for one it does not take, as
- * the fake GitHub's route does), small pages so that a backlog outgrows one pass's page limit
- * with few deliveries, without HTTP. Redelivery adds an attempt of the same event, answered 202.
- * (The real client paging the fake GitHub over HTTP: the tests after these.)
+ * The real client sends a request GitHub answers with a 5xx 4 times (its 3 retries, 1, 4 and 9 s
+ * apart) before it fails: a fault failing one redelivery request answers this many.
  */
-class DeliveryList implements Pick<GitHubClient, "listHookDeliveries" | "redeliverHookDelivery"> {
-  readonly deliveries: HookDelivery[] = [];
-  readonly asked: number[] = [];
-  /** Attempts whose redelivery GitHub refuses every time. */
-  readonly failing = new Set<number>();
-  /** Cursors GitHub no longer takes. */
-  readonly stale = new Set<string>();
-  /** When GitHub makes a redelivery. */
-  clock: () => number = Date.now;
-  #nextId = 1;
-  constructor(readonly perPage: number) {}
+const CLIENT_TRIES = 4;
 
-  add(guid: string, statusCode: number, at: number): HookDelivery {
-    const d = { id: this.#nextId++, guid, deliveredAt: new Date(at).toISOString().replace(/\.\d{3}Z$/, "Z"), statusCode, event: "workflow_job", action: "queued" };
-    this.deliveries.push(d);
-    return d;
-  }
+/** The fake's path of the redelivery request of attempt `id`. */
+const attemptsOf = (id: number): string => `/app/hook/deliveries/${id}/attempts`;
 
-  async listHookDeliveries(opts: { cursor?: string } = {}): Promise<{ deliveries: HookDelivery[]; next?: string }> {
-    const from = opts.cursor ? Number(/^v1_(\d+)$/.exec(opts.cursor)?.[1] ?? Number.NaN) : Number.POSITIVE_INFINITY;
-    if ((opts.cursor && this.stale.has(opts.cursor)) || Number.isNaN(from)) throw new GitHubError("list hook deliveries failed (400): Invalid cursor", 400, { retryable: false });
-    const all = [...this.deliveries].sort((a, b) => b.id - a.id).filter((d) => d.id <= from);
-    const rest = all[this.perPage];
-    return { deliveries: all.slice(0, this.perPage), ...(rest ? { next: `v1_${rest.id}` } : {}) };
-  }
-
-  async redeliverHookDelivery(id: number): Promise<void> {
-    this.asked.push(id);
-    if (this.failing.has(id)) throw new GitHubError("redeliver hook delivery failed (502): Bad Gateway", 502, { retryable: true });
-    this.add(this.deliveries.find((d) => d.id === id)!.guid, 202, this.clock());
-  }
+/** The fake's answers to the redelivery requests of attempt `id`, in order (a request's retries by the client included). */
+function answers(fake: FakeGitHub, id: number): number[] {
+  return fake.requests.filter((q) => q.method === "POST" && q.path === attemptsOf(id)).map((q) => q.status);
 }
 
+/**
+ * The attempts jitrunner asked GitHub to redeliver, in the order it asked, from the fake's request
+ * `from` on. A pass asks for an attempt once at most; the client's retries of a request are that
+ * request: count one pass's with `from` (the length of `fake.requests` before it).
+ */
+function askedFor(fake: FakeGitHub, from = 0): number[] {
+  return [...new Set(fake.requests.slice(from).filter((q) => q.method === "POST" && q.route === ATTEMPTS).map((q) => Number(q.path.split("/")[4])))];
+}
+
+/** A `queued` delivery GitHub attempted at `at` (ms) and got `status` for, of a job no pool serves. */
+const past = (fake: FakeGitHub, status: number, at: number): DeliveryRecord =>
+  fake.addPastDelivery({ owner: "acme", repo: "outage", labels: ["self-hosted", "gpu"], status, deliveredAt: at });
+
 test("a backlog deeper than the pages one pass reads: read on over several passes from where the last stopped, each failure redelivered once", async () => {
+  // 5 a page (the fake's pages are that small, whatever the client's per_page of 100 asks), 10
+  // pages a pass: 60 failed events (and 15 delivered ones) from an outage an hour ago.
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET, hookDeliveriesPageSize: 5 });
+  const receiver = await startReceiver(WEBHOOK_SECRET);
+  receiver.status = 202;
   const r = scopedRedis(redis, "redeliver-pages");
   const conn = redisConnection(r.url);
+  // A write budget that does not pace 60 redeliveries (pacing is tested elsewhere).
+  const gh = octokit(fake, { max: 1000, windowMs: 60_000 });
   try {
-    // 5 a page, 10 pages a pass: 60 failed events (and 15 delivered ones) from an outage an hour ago.
-    const list = new DeliveryList(5);
     const hourAgo = Date.now() - 3600_000;
-    const failed: HookDelivery[] = [];
+    const failed: DeliveryRecord[] = [];
     for (let i = 0; i < 75; i++) {
-      const d = list.add(`event-${i}`, i % 5 === 4 ? 202 : 0, hourAgo + i * 30_000);
-      if (d.statusCode === 0) failed.push(d);
+      const d = past(fake, i % 5 === 4 ? 202 : 0, hourAgo + i * 30_000);
+      if (d.status === 0) failed.push(d);
     }
-    // One whose redelivery request GitHub fails: no try counted, and the pass goes on with the
-    // others; it waits (a minute, longer than this test) before it is asked for again.
+    fake.setWebhookUrl(receiver.url);
+    // One whose redelivery request GitHub fails (a 502 to each of the client's tries): no try
+    // counted, and the pass goes on with the others; it waits (a minute, longer than this test)
+    // before it is asked for again.
     const stuck = failed[30]!;
-    list.failing.add(stuck.id);
+    fake.inject({ route: attemptsOf(stuck.attemptId), method: "POST", status: 502, times: CLIENT_TRIES });
     const lines: string[] = [];
     const sink = new Writable({ write: (chunk, _enc, cb) => (lines.push(String(chunk)), cb()) });
     const log = new RedeliveryLog(conn, r.prefix);
     const loop = githubDeliveriesLoop({
-      github: list,
+      github: gh,
       log,
       intervalMs: 1000,
       windowMs: 24 * 3600_000,
@@ -477,6 +470,7 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
           () => true,
           () => (errors++, false),
         );
+        await fake.webhooksIdle();
         if (ok && (await log.resume()) === undefined) return passes;
       }
       throw new Error("the read never got all the way down");
@@ -484,66 +478,86 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
     // 60 requests, 20 a pass.
     assert.ok((await readAll()) >= 3, "several passes");
     // The redeliveries are new deliveries on top: one more read over them asks for nothing.
-    const asking = list.asked.length;
+    const asking = callsTo(fake, ATTEMPTS, "POST");
     await readAll();
-    assert.equal(list.asked.length, asking, "nothing asked for on the next read");
+    assert.equal(callsTo(fake, ATTEMPTS, "POST"), asking, "nothing asked for on the next read");
 
-    const asked = new Map<number, number>();
-    for (const id of list.asked) asked.set(id, (asked.get(id) ?? 0) + 1);
-    for (const f of failed) assert.equal(asked.get(f.id), 1, `event ${f.guid}`);
-    assert.equal(list.asked.length, failed.length, "nothing else asked for");
+    for (const f of failed) {
+      assert.deepEqual(answers(fake, f.attemptId), f === stuck ? Array(CLIENT_TRIES).fill(502) : [202], `event ${f.id}: asked for once`);
+    }
+    assert.deepEqual(askedFor(fake).sort((a, b) => a - b), failed.map((f) => f.attemptId), "nothing else asked for");
+    const got = receiver.received.map((x) => String(x.headers["x-github-delivery"]));
+    assert.deepEqual(got.sort(), failed.filter((f) => f !== stuck).map((f) => f.id).sort(), "each redelivered once, under its own delivery id");
+    assert.ok(receiver.received.every((x) => x.signatureOk && x.payload.action === "queued"));
     assert.equal(errors, 1, "the pass whose request failed said so, after doing the rest");
-    const waiting = await log.event(stuck.guid);
+    const waiting = await log.event(stuck.id);
     assert.deepEqual([waiting.tries, waiting.failures, waiting.gaveUp], [0, 1, false], "its tries all left");
     assert.ok(waiting.waitingUntil !== undefined, "it waits to be asked for again");
     assert.equal(await log.resume(), undefined, "the read finished");
-    assert.ok((await log.readUpTo()) >= Date.parse(list.deliveries.at(-1)!.deliveredAt) - 1000, "the mark moved up to the newest delivery");
+    const newest = Math.max(...fake.deliveries.map((d) => Date.parse(d.deliveredAt)));
+    assert.ok((await log.readUpTo()) >= newest - 1000, "the mark moved up to the newest delivery");
     const backlog = lines.map((l) => JSON.parse(l) as { msg: string; redelivered?: number }).filter((l) => l.msg === "failed deliveries left for the next pass");
     assert.ok(backlog.length >= 3 && backlog.every((b) => (b.redelivered ?? 99) <= 20), JSON.stringify(backlog));
   } finally {
+    gh.close();
     conn.disconnect();
+    await receiver.close();
+    await fake.close();
   }
 });
 
 test("after an outage longer than reconcile.activeWindowSeconds, failed deliveries back to a little before the last read are redelivered; the window bounds the first read only", async () => {
-  const r = scopedRedis(redis, "redeliver-outage");
+  const r = scopedRedis(redis, "redeliver-window");
   const conn = redisConnection(r.url);
+  const fakes: FakeGitHub[] = [];
   try {
     const now = Date.now();
     const hour = 3600_000;
-    const failures = () => {
-      const list = new DeliveryList(5);
-      const ids = [3, 1.5, 0.5].map((hoursAgo, i) => list.add(`event-${i}`, 0, now - hoursAgo * hour).id);
-      return { list, ids };
+    /** A fake GitHub whose App lists three failed deliveries, 3, 1.5 and 0.5 hours old; their attempt ids. */
+    const failures = async () => {
+      const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+      fakes.push(fake);
+      return { fake, ids: [3, 1.5, 0.5].map((hoursAgo) => past(fake, 0, now - hoursAgo * hour).attemptId) };
     };
-    const pass = (list: DeliveryList, log: RedeliveryLog) =>
-      githubDeliveriesLoop({ github: list, log, intervalMs: 1000, windowMs: hour, maxPerPass: 100, metrics: new Metrics({ processMetrics: false }), logger: createLogger("silent") }).run(new AbortController().signal);
+    const pass = async (fake: FakeGitHub, log: RedeliveryLog) => {
+      const gh = octokit(fake);
+      try {
+        await githubDeliveriesLoop({ github: gh, log, intervalMs: 1000, windowMs: hour, maxPerPass: 100, metrics: new Metrics({ processMetrics: false }), logger: createLogger("silent") }).run(
+          new AbortController().signal,
+        );
+      } finally {
+        gh.close();
+      }
+    };
     // Read up to 2 hours ago, then down: the host was off for longer than the window.
-    const after = failures();
+    const after = await failures();
     const log = new RedeliveryLog(conn, r.prefix);
     await log.setReadUpTo(now - 2 * hour);
-    await pass(after.list, log);
-    assert.deepEqual(after.list.asked.sort((a, b) => a - b), after.ids.slice(1), "the outage's failures, not the one the last read saw");
+    await pass(after.fake, log);
+    assert.deepEqual(askedFor(after.fake).sort((a, b) => a - b), after.ids.slice(1), "the outage's failures, not the one the last read saw");
     // No read before: the window's hour only.
-    const first = failures();
-    await pass(first.list, new RedeliveryLog(conn, `${r.prefix}-first`));
-    assert.deepEqual(first.list.asked, first.ids.slice(2));
+    const first = await failures();
+    await pass(first.fake, new RedeliveryLog(conn, `${r.prefix}-first`));
+    assert.deepEqual(askedFor(first.fake), first.ids.slice(2));
   } finally {
     conn.disconnect();
+    for (const fake of fakes) await fake.close();
   }
 });
 
 test("a saved cursor GitHub no longer takes: the pass fails once, and the next reads from the top", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET, hookDeliveriesPageSize: 5 });
   const r = scopedRedis(redis, "redeliver-cursor");
   const conn = redisConnection(r.url);
+  const gh = octokit(fake);
   try {
-    const list = new DeliveryList(5);
-    const failed = Array.from({ length: 12 }, (_, i) => list.add(`event-${i}`, 0, Date.now() - 3600_000 + i * 1000));
+    const failed = Array.from({ length: 12 }, (_, i) => past(fake, 0, Date.now() - 3600_000 + i * 1000));
     const log = new RedeliveryLog(conn, r.prefix);
-    await log.setResume({ cursor: "v1_3", top: Date.now() });
-    list.stale.add("v1_3");
+    // Not of GitHub's form (`v1_<attempt id>`, as the fake's cursors): GitHub answers 400 "Invalid
+    // cursor", as the fake does. Had the pass not used it, it would not fail.
+    await log.setResume({ cursor: "v0_3", top: Date.now() });
     const loop = githubDeliveriesLoop({
-      github: list,
+      github: gh,
       log,
       intervalMs: 1000,
       windowMs: 24 * 3600_000,
@@ -555,9 +569,16 @@ test("a saved cursor GitHub no longer takes: the pass fails once, and the next r
     await assert.rejects(loop.run(signal), /Invalid cursor/);
     assert.equal(await log.resume(), undefined);
     await loop.run(signal);
-    assert.deepEqual(list.asked.sort((a, b) => a - b), failed.map((f) => f.id));
+    assert.deepEqual(
+      fake.requests.filter((q) => q.route === "/app/hook/deliveries").map((q) => q.status),
+      [400, 200, 200, 200],
+      "the refused cursor, then the 12 from the top, 5 a page",
+    );
+    assert.deepEqual(askedFor(fake).sort((a, b) => a - b), failed.map((f) => f.attemptId));
   } finally {
+    gh.close();
     conn.disconnect();
+    await fake.close();
   }
 });
 
@@ -730,55 +751,69 @@ test("a receiver down for 10 minutes, far longer than three passes: tries come 1
 });
 
 test("a redelivery request GitHub fails counts no try and stops nothing: the later events are asked for in the same pass, the failed one again later", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const receiver = await startReceiver(WEBHOOK_SECRET);
+  receiver.status = 202;
   const r = scopedRedis(redis, "redeliver-request-fails");
   const conn = redisConnection(r.url);
+  const gh = octokit(fake);
   try {
-    const list = new DeliveryList(100);
     let offset = 0;
-    list.clock = () => Date.now() + offset;
-    const events = [0, 1, 2].map((i) => list.add(`event-${i}`, 0, Date.now() - 60_000 + i * 1000));
-    // The newest, the first one asked for: GitHub fails the request (5xx after the client's retries).
+    const clock = () => Date.now() + offset;
+    const events = [0, 1, 2].map((i) => past(fake, 0, Date.now() - 60_000 + i * 1000));
+    fake.setWebhookUrl(receiver.url);
+    // The newest, the first one asked for: GitHub fails the request (a 502 to each of the client's
+    // tries), this time and the next two.
     const broken = events[2]!;
-    list.failing.add(broken.id);
+    fake.inject({ route: attemptsOf(broken.attemptId), method: "POST", status: 502, times: 3 * CLIENT_TRIES });
     const log = new RedeliveryLog(conn, r.prefix);
     const loop = githubDeliveriesLoop({
-      github: list,
+      github: gh,
       log,
       intervalMs: 60_000,
       windowMs: 3600_000,
       maxPerPass: 10,
       metrics: new Metrics({ processMetrics: false }),
       logger: createLogger("silent"),
-      now: list.clock,
+      now: clock,
     });
     const signal = new AbortController().signal;
+    // The pass's time (the client's retries of the failed request take 14 s of it).
+    const started = clock();
     const failure = await loop.run(signal).then(() => undefined, (err: unknown) => err);
-    assert.deepEqual(list.asked, [broken.id, events[1]!.id, events[0]!.id], "the later events asked for in the same pass");
-    assert.match(String(failure), /1 of 3 redelivery requests failed; first: event-2: .*502/, "the pass says so, after doing the rest");
-    const after = await log.event(broken.guid);
+    await fake.webhooksIdle();
+    assert.deepEqual(askedFor(fake), [broken.attemptId, events[1]!.attemptId, events[0]!.attemptId], "the later events asked for in the same pass");
+    assert.deepEqual(answers(fake, broken.attemptId), Array(CLIENT_TRIES).fill(502), "one request, failed");
+    assert.match(String(failure), new RegExp(`1 of 3 redelivery requests failed; first: ${broken.id}: .*502`), "the pass says so, after doing the rest");
+    const after = await log.event(broken.id);
     assert.equal(after.tries, 0, "a failed request is no try");
     assert.equal(after.failures, 1);
-    assert.ok(after.waitingUntil !== undefined && after.waitingUntil >= list.clock() + 59_000, "asked again a minute later");
+    assert.ok(after.waitingUntil !== undefined && after.waitingUntil >= started + 60_000, "asked again a minute later");
 
     // GitHub fails it twice more, then takes it: a pass a minute, 25 minutes.
     const askedAt: number[] = [];
     for (let minute = 1; minute <= 25; minute++) {
       offset = minute * 60_000;
-      if (minute === 6) list.failing.delete(broken.id);
-      const before = list.asked.length;
+      const before = fake.requests.length;
       await loop.run(signal).catch(() => undefined);
-      if (list.asked.length > before) askedAt.push(minute);
-      assert.ok(list.asked.slice(before).every((id) => id === broken.id), "nothing else asked for");
+      await fake.webhooksIdle();
+      const asked = askedFor(fake, before);
+      if (asked.length > 0) askedAt.push(minute);
+      assert.ok(asked.every((id) => id === broken.attemptId), "nothing else asked for");
     }
     assert.deepEqual(askedAt, [1, 5, 21], "requests spaced out like tries");
-    const done = await log.event(broken.guid);
+    assert.deepEqual(answers(fake, broken.attemptId), [...Array(3 * CLIENT_TRIES).fill(502), 202], "three requests failed, the fourth taken");
+    const done = await log.event(broken.id);
     assert.deepEqual([done.tries, done.failures, done.waitingUntil, done.gaveUp], [1, 0, undefined, false], "one try, taken once GitHub took the request");
     assert.deepEqual(
-      list.deliveries.filter((d) => d.guid === broken.guid).map((d) => d.statusCode),
-      [0, 202],
+      fake.deliveries.filter((d) => d.id === broken.id).map((d) => [d.status, d.redelivery]),
+      [[0, false], [202, true]],
     );
   } finally {
+    gh.close();
     conn.disconnect();
+    await receiver.close();
+    await fake.close();
   }
 });
 

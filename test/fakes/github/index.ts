@@ -39,6 +39,13 @@ export interface FakeGitHubOptions {
   clockSkewSeconds?: number;
   /** Answer 404 to a token request whose App JWT was used before, as GitHub does for identical JWTs. */
   rejectReusedAppJwts?: boolean;
+  /**
+   * `GET /app/hook/deliveries` pages hold at most this many (default 100), whatever `per_page`
+   * asks: GitHub documents `per_page` as a maximum ("max 100") and the next page in the `link`
+   * header, which clients follow. With small pages a test outgrows the pages a client reads in one
+   * go with a few dozen deliveries instead of over a thousand (jitrunner asks 100 a page).
+   */
+  hookDeliveriesPageSize?: number;
 }
 
 export interface QueueJobOptions {
@@ -126,7 +133,7 @@ export class FakeGitHub {
       // The installation covering the job's owner when the event happens, as GitHub sends it.
       emit: (job, action) => hooks.deliver(job.id, action, workflowJobPayload(ctx.urls, state, installations.forOwner(job.owner), job, action)),
     };
-    const routes = [...appRoutes(ctx), ...runnerRoutes(ctx), ...jobRoutes(ctx), ...fakeRunnerRoutes(ctx), ...hookRoutes(ctx, hooks)];
+    const routes = [...appRoutes(ctx), ...runnerRoutes(ctx), ...jobRoutes(ctx), ...fakeRunnerRoutes(ctx), ...hookRoutes(ctx, hooks, opts.hookDeliveriesPageSize)];
     const access = (installationId: number, method: string, template: string, params: Record<string, string>) =>
       installations.refusal(installationId, method, template, params, state);
     const router = new Router(routes, auth, { basePath, access });
@@ -226,6 +233,18 @@ export class FakeGitHub {
   /** Send a held event `times` times (the first its delivery, the rest redeliveries of the same id); the receiver's statuses. */
   sendHeld(id: string, times = 1): Promise<number[]> {
     return this.hooks.sendHeld(id, times);
+  }
+
+  /**
+   * A job queued before the test began, whose `queued` webhook GitHub attempted at `deliveredAt`
+   * (ms) and got `status` for (0: no answer): listed by `GET /app/hook/deliveries` and redelivered
+   * on request (its payload built now, as queueJob's), but nothing is sent now. Attempt ids follow
+   * the calls, as GitHub's follow time: add the oldest first, before any webhook sent now.
+   */
+  addPastDelivery(o: { owner: string; repo: string; labels: string[]; status: number; deliveredAt: number }): DeliveryRecord {
+    const job = this.state.createJob(o);
+    const payload = workflowJobPayload(this.ctx.urls, this.state, this.ctx.installations.forOwner(job.owner), job, "queued");
+    return structuredClone(this.hooks.past({ jobId: job.id, action: "queued", payload, status: o.status, deliveredAt: o.deliveredAt }));
   }
 
   /** Resend a past delivery (same X-GitHub-Delivery); resolves with the receiver's status. */

@@ -28,7 +28,11 @@ function item(d: DeliveryRecord) {
   };
 }
 
-export function hookRoutes(ctx: Ctx, hooks: WebhookSender): Route[] {
+/**
+ * `pageSize`: the list's pages hold at most this many, whatever `per_page` asks (see
+ * FakeGitHubOptions.hookDeliveriesPageSize).
+ */
+export function hookRoutes(ctx: Ctx, hooks: WebhookSender, pageSize = 100): Route[] {
   return [
     {
       method: "GET",
@@ -48,8 +52,9 @@ export function hookRoutes(ctx: Ctx, hooks: WebhookSender): Route[] {
           .filter((d) => status === null || inRange(d.status))
           .sort((a, b) => b.attemptId - a.attemptId)
           .filter((d) => d.attemptId <= from);
-        const page = all.slice(0, perPage);
-        const rest = all[perPage];
+        const size = Math.min(perPage, pageSize);
+        const page = all.slice(0, size);
+        const rest = all[size];
         const headers: Record<string, string> = {};
         if (rest) {
           const q = new URLSearchParams(req.query);

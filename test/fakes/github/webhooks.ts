@@ -163,15 +163,23 @@ export class WebhookSender {
    * other such); resolves to the receiver's status.
    */
   deliver(jobId: number, action: string, payload: Json, event = "workflow_job"): Promise<number> {
-    const id = randomUUID();
-    const ids = payload as { installation?: { id?: number }; repository?: { id?: number } };
-    const sent = { body: JSON.stringify(payload), event, action, jobId, installationId: ids.installation?.id ?? null, repositoryId: ids.repository?.id ?? null };
-    this.sent.set(id, sent);
+    const [id, sent] = this.newEvent(jobId, action, payload, event);
     if (this.holding) {
       this.held.set(id, sent);
       return Promise.resolve(0);
     }
     return this.enqueue(id, sent);
+  }
+
+  /**
+   * An attempt GitHub made before the test began, recorded and not sent: a new event (its own
+   * X-GitHub-Delivery) whose delivery at `deliveredAt` (ms) got `status` (0: no answer). Its
+   * payload is kept, so a redelivery sends it. Attempt ids follow the calls, as GitHub's follow
+   * time: record the oldest first, before any delivery made now.
+   */
+  past(o: { jobId: number; action: string; payload: Json; status: number; deliveredAt: number }): DeliveryRecord {
+    const [id, sent] = this.newEvent(o.jobId, o.action, o.payload, "workflow_job");
+    return this.attempt(id, sent, { status: o.status, startedAt: o.deliveredAt, durationMs: 0, redelivery: false });
   }
 
   /** Events held back and not yet sent, oldest first. */
@@ -215,24 +223,38 @@ export class WebhookSender {
     return next;
   }
 
+  /** A new event of `payload` under a new X-GitHub-Delivery, kept for redeliveries. */
+  private newEvent(jobId: number, action: string, payload: Json, event: string): [string, Sent] {
+    const id = randomUUID();
+    const ids = payload as { installation?: { id?: number }; repository?: { id?: number } };
+    const sent = { body: JSON.stringify(payload), event, action, jobId, installationId: ids.installation?.id ?? null, repositoryId: ids.repository?.id ?? null };
+    this.sent.set(id, sent);
+    return [id, sent];
+  }
+
   private async post(id: string, sent: Sent, redelivery: boolean): Promise<number> {
-    const started = Date.now();
-    const deliveredAt = new Date(started).toISOString().replace(/\.\d{3}Z$/, "Z");
+    const startedAt = Date.now();
     const status = this.url ? await this.send(this.url, id, sent.event, sent.body) : 0;
-    this.deliveries.push({
+    return this.attempt(id, sent, { status, startedAt, durationMs: Date.now() - startedAt, redelivery }).status;
+  }
+
+  /** Lists an attempt of event `id` (under the next attempt id). */
+  private attempt(id: string, sent: Sent, o: { status: number; startedAt: number; durationMs: number; redelivery: boolean }): DeliveryRecord {
+    const record: DeliveryRecord = {
       id,
       event: sent.event,
       action: sent.action,
-      status,
+      status: o.status,
       jobId: sent.jobId,
       attemptId: this.nextAttemptId++,
-      deliveredAt,
-      durationMs: Date.now() - started,
-      redelivery,
+      deliveredAt: new Date(o.startedAt).toISOString().replace(/\.\d{3}Z$/, "Z"),
+      durationMs: o.durationMs,
+      redelivery: o.redelivery,
       installationId: sent.installationId,
       repositoryId: sent.repositoryId,
-    });
-    return status;
+    };
+    this.deliveries.push(record);
+    return record;
   }
 
   private async send(url: string, id: string, event: string, body: string): Promise<number> {
