@@ -1,5 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { once } from "node:events";
+import { mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Docker from "dockerode";
@@ -19,34 +21,71 @@ export interface TestEngine {
   restart(): Promise<void>;
 }
 
+export interface EngineOptions {
+  /**
+   * More dockerd flags. A TCP listener (`-H tcp://127.0.0.1:PORT`, for a TLS engine, say) is in
+   * the engine's network namespace: a relay of this process's listens on the same address and
+   * port here and passes its connections on, bytes untouched (TLS end to end).
+   */
+  args?: readonly string[];
+  /** The engine gets a default bridge of its own, made with this MTU (dockerd --mtu); none without. */
+  bridgeMtu?: number;
+}
+
+/**
+ * Passes connections to a unix socket on to a TCP address: run in the engine's network namespace.
+ * It exits when its stdin closes: with the test process, however that ends.
+ */
+const INNER_RELAY = `
+const net = require("node:net");
+process.stdin.on("close", () => process.exit(0)).resume();
+const [path, host, port] = process.argv.slice(1);
+net.createServer((c) => {
+  const u = net.connect(Number(port), host);
+  for (const [a, b] of [[c, u], [u, c]]) { a.pipe(b); a.on("error", () => b.destroy()); a.on("close", () => b.destroy()); }
+}).listen(path, () => process.stdout.write("listening\\n"));
+`;
+
 /**
  * An extra Docker engine on this machine (shared/TESTING.md): its own data and exec roots,
- * pidfile and unix socket, no bridge and no iptables. Its data root is kept under the system temp
- * dir between runs so the runner image is loaded once. `args`: more dockerd flags (a TLS
- * listener on a loopback TCP port, say).
+ * pidfile and unix socket, no iptables, and a network namespace of its own (unshare --net). Its
+ * data root is kept under the system temp dir between runs so the runner image is loaded once
+ * (`image`, copied from the main engine; none for a test that runs no container).
+ *
+ * The namespace keeps the engine off this machine's network: a dockerd started with `--bridge
+ * none`, or again on a data root it made a bridge on, deletes the interface `docker0` of the
+ * namespace it runs in, the machine's own engine's default bridge, whose containers could then
+ * no longer start. Runner containers use network `none` and the fake GitHub's unix socket anyway.
  */
-export async function startEngine(name: string, image: string, opts: { args?: readonly string[] } = {}): Promise<TestEngine> {
+export async function startEngine(name: string, image: string | undefined, opts: EngineOptions = {}): Promise<TestEngine> {
   const root = join(tmpdir(), "jitrunner-engines", name);
   mkdirSync(root, { recursive: true });
   const socketPath = join(root, "docker.sock");
   const docker = new Docker({ socketPath });
+  const args = opts.args ?? [];
+  const tcp = args.flatMap((a, i) => (args[i - 1] === "-H" || args[i - 1] === "--host") && a.startsWith("tcp://") ? [new URL(a)] : []);
+  const setup = ["ip link set lo up"];
+  let bridge = ["--bridge", "none"];
+  if (opts.bridgeMtu !== undefined) {
+    setup.push("ip link add jr0 type bridge", "ip addr add 10.213.255.1/24 dev jr0", "ip link set jr0 up");
+    bridge = ["--bridge", "jr0", "--mtu", String(opts.bridgeMtu)];
+  }
   let child: ChildProcess;
   let exited: Promise<void>;
+  let relays: Array<() => Promise<void>> = [];
   const launch = async (): Promise<void> => {
-    const c = spawn(
-      "dockerd",
-      [
-        "--data-root", join(root, "data"),
-        "--exec-root", join(root, "exec"),
-        "--pidfile", join(root, "dockerd.pid"),
-        "-H", `unix://${socketPath}`,
-        "--bridge", "none",
-        "--iptables=false",
-        "--ip-masq=false",
-        ...(opts.args ?? []),
-      ],
-      { stdio: "ignore" },
-    );
+    const dockerd = [
+      "--data-root", join(root, "data"),
+      "--exec-root", join(root, "exec"),
+      "--pidfile", join(root, "dockerd.pid"),
+      "-H", `unix://${socketPath}`,
+      ...bridge,
+      "--iptables=false",
+      "--ip-masq=false",
+      ...args,
+    ];
+    // sh execs dockerd: the child's pid is the daemon's, and its SIGTERM the daemon's.
+    const c = spawn("unshare", ["--net", "sh", "-c", `${setup.join(" && ")} && exec dockerd "$@"`, "sh", ...dockerd], { stdio: "ignore" });
     child = c;
     exited = new Promise<void>((resolve) => c.once("exit", () => resolve()));
     const deadline = Date.now() + 60_000;
@@ -59,13 +98,16 @@ export async function startEngine(name: string, image: string, opts: { args?: re
         await new Promise((r) => setTimeout(r, 250));
       }
     }
+    relays = await Promise.all(tcp.map((url) => relayInto(c.pid!, url, join(root, `tcp-${url.port}.sock`))));
   };
   const stop = async (): Promise<void> => {
+    for (const close of relays) await close();
+    relays = [];
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
     await exited;
   };
   await launch();
-  const present = await docker.getImage(image).inspect().then(() => true, () => false);
+  const present = image === undefined || (await docker.getImage(image).inspect().then(() => true, () => false));
   if (!present) {
     // No registry: copy the image from the main engine.
     const tar = await new Docker().getImage(image).get();
@@ -82,6 +124,35 @@ export async function startEngine(name: string, image: string, opts: { args?: re
       await stop();
       await launch();
     },
+  };
+}
+
+/**
+ * A listener on `url`'s loopback address and port here whose connections reach the same address
+ * and port in the network namespace of process `pid`, through a unix socket at `path` and a relay
+ * of its own run there (nsenter). Returns what closes both.
+ */
+async function relayInto(pid: number, url: URL, path: string): Promise<() => Promise<void>> {
+  rmSync(path, { force: true });
+  const inner = spawn("nsenter", ["--target", String(pid), "--net", process.execPath, "-e", INNER_RELAY, path, url.hostname, url.port], { stdio: ["pipe", "pipe", "inherit"] });
+  const [ready] = (await Promise.race([once(inner.stdout!, "data"), once(inner, "exit")])) as unknown[];
+  if (!Buffer.isBuffer(ready)) throw new Error(`the relay into the engine's network namespace for ${url.host} did not start`);
+  const sockets = new Set<Socket>();
+  const server = createServer((c) => {
+    const u = connect(path);
+    for (const [a, b] of [[c, u], [u, c]] as const) {
+      sockets.add(a);
+      a.pipe(b);
+      a.on("error", () => b.destroy());
+      a.on("close", () => (sockets.delete(a), b.destroy()));
+    }
+  });
+  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(Number(url.port), url.hostname, resolve));
+  return async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise((resolve) => server.close(resolve));
+    inner.kill("SIGTERM");
+    if (inner.exitCode === null && inner.signalCode === null) await once(inner, "exit");
   };
 }
 

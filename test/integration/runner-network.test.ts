@@ -6,7 +6,8 @@
  * the first made); one of that name that lets them is refused with what to do; and a network
  * removed after the start (`docker network prune` while no runner runs), or duplicated since, is
  * made again or cut to one by the next container start. The engine's networks of that name are
- * removed before and after.
+ * removed before and after. The MTU is checked on an extra engine of the test's own, given one
+ * other than Docker's 1500.
  *
  * Network rule: no runner container joins it here. The one container started on it runs `true`
  * and exits (a start is what needs the network); every runner stays on network `none`.
@@ -18,6 +19,7 @@ import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "../../src/docker/labels.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { startEngine } from "../helpers/engines.ts";
 import { docker, fakeRunnerPool, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 
 const ICC = "com.docker.network.bridge.enable_icc";
@@ -118,16 +120,20 @@ test("workers of one engine starting at once make one network, and each start af
   assert.equal((await networksNamed()).length, 1);
 });
 
-test("the network made carries the MTU of the engine's default bridge", async (t) => {
-  const bridge = (await docker.getNetwork("bridge").inspect()) as { Options?: Record<string, string> };
-  const mtu = bridge.Options?.[MTU];
-  if (mtu === undefined) {
-    t.skip(`the engine's default bridge sets no ${MTU}`);
-    return;
+test("the network made carries the MTU of the engine's default bridge, not Docker's 1500", { timeout: 120_000 }, async () => {
+  // An engine of its own, given an MTU (dockerd --mtu) as a host on a cloud's or a VPN's path would be.
+  const engine = await startEngine("runner-network-mtu", undefined, { bridgeMtu: 1400 });
+  try {
+    const own = engine.docker;
+    const defaultBridge = (await own.getNetwork("bridge").inspect()) as { Options?: Record<string, string> };
+    assert.equal(defaultBridge.Options?.[MTU], "1400", "the engine's default bridge has the MTU it was given");
+    for (const n of (await own.listNetworks()).filter((n) => n.Name === RUNNER_NETWORK)) await own.getNetwork(n.Id).remove();
+    await new DockerodeDriver({ socketPath: engine.socketPath }).ensureRunnerNetwork();
+    const made = (await own.getNetwork(RUNNER_NETWORK).inspect()) as { Options: Record<string, string> };
+    assert.equal(made.Options[MTU], "1400", "the MTU the engine was given holds on the runners' network too");
+  } finally {
+    await engine.stop();
   }
-  await removeNetwork();
-  await new DockerodeDriver().ensureRunnerNetwork();
-  assert.equal((await inspectNetwork()).Options[MTU], mtu, "the MTU the engine was given (dockerd --mtu) holds on the runners' network too");
 });
 
 test("a network of that name whose containers can reach each other stops the worker's start, saying what to do", { timeout: 120_000 }, async () => {
