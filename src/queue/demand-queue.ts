@@ -139,7 +139,8 @@ export const FAIL_FAST: RedisOptions = { enableOfflineQueue: false, commandTimeo
  */
 export const FAILED_ITEMS_KEPT = 20_000;
 
-function queueName(pool: string): string {
+/** The BullMQ queue of a pool's demand. */
+export function queueName(pool: string): string {
   return `demand-${pool}`;
 }
 
@@ -301,6 +302,11 @@ export class DemandQueues {
       this.#adds.set(pool, batch);
     }
     return batch;
+  }
+
+  /** Whether BullMQ holds the demand's item, in any state: waiting, delayed, active or ended. */
+  async held(demand: Demand): Promise<boolean> {
+    return (await this.#queue(demand.pool).getJobState(demandIdOf(demand))) !== "unknown";
   }
 
   async ended(demand: Demand): Promise<DemandEnd | undefined> {

@@ -81,7 +81,7 @@ export function queuedEventOf(job: WorkflowJobSummary, run: WorkflowRunSummary, 
 export interface GitHubQueuedDeps {
   config: Pick<Config, "pools" | "policy">;
   github: Pick<GitHubClient, "listRuns" | "listRunJobs">;
-  demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor" | "taken">;
+  demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor" | "taken" | "held">;
   runners: Pick<RunnerStore, "findByDemand" | "forgetDemand">;
   repos: Pick<ActiveRepos, "list">;
   intervalMs: number;
@@ -321,9 +321,12 @@ async function otherDemandWaits(d: GitHubQueuedDeps, first: Demand): Promise<boo
   return false;
 }
 
-/** Whether a renewal was added before: its item has ended, or a runner was launched for it. */
+/**
+ * Whether a renewal was added before: BullMQ holds its item (waiting for room, taken, ended), or
+ * a runner was launched for it (its item dropped since).
+ */
 async function renewalKnown(d: GitHubQueuedDeps, renewal: Demand): Promise<boolean> {
-  if (await d.demand.ended(renewal)) return true;
+  if (await d.demand.held(renewal)) return true;
   return (await d.runners.findByDemand(demandIdOf(renewal))) !== undefined;
 }
 

@@ -18,7 +18,7 @@ export interface ReconcilerDeps {
   config: Pick<Config, "reconcile" | "pools" | "policy" | "runnerNamePrefix" | "redis"> & { worker: { hostId: string } };
   redis: Redis;
   github: GitHubClient;
-  demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor" | "taken">;
+  demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor" | "taken" | "held">;
   runners: Pick<RunnerStore, "get" | "findByDemand" | "forgetDemand" | "listAll" | "mark">;
   metrics: Metrics;
   logger: Logger;

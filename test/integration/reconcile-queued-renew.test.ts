@@ -9,6 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { Queue } from "bullmq";
 import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { metricSample } from "../helpers/leftovers.ts";
@@ -16,7 +17,7 @@ import { redisForFile } from "../helpers/redis.ts";
 import { RUNNER_IMAGE, registerRunner } from "../helpers/system.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
-import { DemandConsumer, DemandQueues, redisConnection, type Lease, type QueueSettings } from "../../src/queue/demand-queue.ts";
+import { DemandConsumer, DemandQueues, queueName, redisConnection, type Lease, type QueueSettings } from "../../src/queue/demand-queue.ts";
 import { githubQueuedLoop, RENEW_AFTER_MS } from "../../src/reconcile/github-queued.ts";
 import type { Loop } from "../../src/reconcile/loops.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
@@ -46,7 +47,10 @@ interface Setup {
   pending(pool: string): Promise<number>;
   /** Moves a done item's end back by RENEW_AFTER_MS and more, as if it had ended that long ago (BullMQ's finishedOn). */
   endedLongAgo(pool: string, id: string): Promise<void>;
+  /** Drops a done item, as BullMQ does an hour after its end, or sooner once 5,000 more are done (removeOnComplete). */
+  dropDone(pool: string, id: string): Promise<void>;
   renewed(): Promise<number>;
+  recovered(): Promise<number>;
   pass(): Promise<void>;
   close(): Promise<void>;
 }
@@ -103,8 +107,21 @@ async function setUp(tag: string): Promise<Setup> {
     async endedLongAgo(pool, id) {
       assert.equal(await conn.hset(`${prefix}:bull:demand-${pool}:${id}`, "finishedOn", String(Date.now() - RENEW_AFTER_MS - 1000)), 0, "an existing item's field");
     },
+    async dropDone(pool, id) {
+      const queue = new Queue(queueName(pool), { connection: conn, prefix: `${prefix}:bull` });
+      try {
+        assert.equal(await queue.getJobState(id), "completed");
+        await queue.remove(id);
+        assert.equal(await queue.getJobState(id), "unknown");
+      } finally {
+        await queue.close();
+      }
+    },
     async renewed() {
       return metricSample(await metrics.registry.metrics(), "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_renewed"');
+    },
+    async recovered() {
+      return metricSample(await metrics.registry.metrics(), "jitrunner_reconcile_actions_total", 'loop="github-queued",action="demand_recovered"');
     },
     async pass() {
       await loop.run(new AbortController().signal);
@@ -226,6 +243,39 @@ test("the fresh demand's runner taken by yet another job: demand again; the firs
     assert.equal(statusOf(s.fake, j), "queued");
     assert.equal(await s.pending("large"), 1, "still the one fresh demand");
     assert.equal(await s.renewed(), 2);
+  } finally {
+    await s.close();
+  }
+});
+
+test("the first demand's done item dropped by BullMQ while the fresh demand still waits: the job gets no demand again", async () => {
+  const s = await setUp("renew-dropped");
+  try {
+    const x = await s.fake.queueJob({ owner: "acme", repo: "app", labels: SMALL });
+    const j = await s.fake.queueJob({ owner: "acme", repo: "app", labels: LARGE });
+    await s.pass();
+    const leaseJ = await s.take("large");
+    assert.equal(leaseJ.demand.jobId, j.id);
+    const rj = "jitrunner-large-00000000d1";
+    await s.launched(leaseJ, rj, "idle");
+    assert.equal(await takesAJob(s.fake, rj), x.id);
+    assert.ok(await s.runners.mark(rj, "busy", x.id));
+    await s.runners.update(rj, { busyAt: Date.now() - RENEW_AFTER_MS - 1000 });
+    await s.pass();
+    assert.equal(await s.pending("large"), 1, "J's fresh demand, waiting (the pool full, say)");
+
+    // X is done and J's first runner with it; its demand completes, and BullMQ drops the done item
+    // while the fresh demand still waits for room.
+    await s.runners.remove({ name: rj, host: "h1", demandId: leaseJ.id }, true);
+    await leaseJ.complete("exited");
+    await s.dropDone("large", leaseJ.id);
+    const recovered = await s.recovered();
+    await s.pass();
+    await s.pass();
+    assert.equal(statusOf(s.fake, j), "queued");
+    assert.equal(await s.pending("large"), 1, "the fresh demand only: no second runner for J");
+    assert.equal(await s.recovered(), recovered, "the first demand not added again");
+    assert.equal(await s.renewed(), 1);
   } finally {
     await s.close();
   }
