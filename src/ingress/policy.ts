@@ -39,19 +39,21 @@ export function decideQueued(
   if (job.status !== "queued") return { kind: "ignore", reason: "not_queued" };
   const owner = event.repository.owner.login;
   const fullName = event.repository.full_name;
-  const { allowedOwners, allowedRepositories } = config.policy;
-  if (allowedOwners.length > 0 && !allowedOwners.some((o) => o.toLowerCase() === owner.toLowerCase())) {
-    return { kind: "ignore", reason: "owner_not_allowed" };
-  }
-  if (allowedRepositories.length > 0 && !allowedRepositories.some((r) => r.toLowerCase() === fullName.toLowerCase())) {
-    return { kind: "ignore", reason: "repo_not_allowed" };
-  }
+  // Pools first: a job no pool serves (a GitHub-hosted one, another tool's) is none of ours, in a
+  // refused repository too, and stays off the status page's recent jobs (see ActivityLog).
   const pool = matchPoolForOwner(job.labels, config.pools, event.repository.owner.type);
   if (!pool) {
     // Only organization pools have the labels, and the owner is no organization (see servesOwner).
     if (matchPool(job.labels, config.pools)) return { kind: "ignore", reason: "user_owner_org_pool" };
     // No labels: only a pool that opts in serves it (see matchPool).
     return { kind: "ignore", reason: unmatchedReason(job.labels) };
+  }
+  const { allowedOwners, allowedRepositories } = config.policy;
+  if (allowedOwners.length > 0 && !allowedOwners.some((o) => o.toLowerCase() === owner.toLowerCase())) {
+    return { kind: "ignore", reason: "owner_not_allowed" };
+  }
+  if (allowedRepositories.length > 0 && !allowedRepositories.some((r) => r.toLowerCase() === fullName.toLowerCase())) {
+    return { kind: "ignore", reason: "repo_not_allowed" };
   }
   if (isPublicRepository(event.repository) && !pool.allowPublicRepositories) return { kind: "ignore", reason: "public_repo" };
   const installationId = event.installation?.id;

@@ -73,6 +73,11 @@ test("queued decisions: status, pool, allowlists, public repositories, installat
   const repos = testConfig({ policy: { allowedRepositories: ["acme/site"] } });
   assert.equal(reason(event(), repos), "repo_not_allowed");
   assert.equal(reason(event({ repo: "Site" }), repos), "enqueue");
+  // A job no pool serves (GitHub-hosted, another tool's) is none of ours, in a refused repository
+  // too: not a refusal the status page would list among its recent jobs.
+  assert.equal(reason(event({ labels: ["ubuntu-latest"] }), owners), "no_pool");
+  assert.equal(reason(event({ labels: ["ubuntu-latest"] }), repos), "no_pool");
+  assert.equal(reason(event({ labels: [] }), repos), "no_labels");
   const pub = testConfig({ pools: [{ name: "oss", labels: ["self-hosted", "linux"], image: "x", allowPublicRepositories: true }] });
   assert.equal(reason(event({ private: false }), pub), "enqueue");
 });
