@@ -186,7 +186,12 @@ export const configSchema = z
       .object({
         host: z.string().default("0.0.0.0"),
         port: z.number().int().min(0).max(65535).default(8080),
-        bodyLimitBytes: z.number().int().positive().default(25 * 1024 * 1024),
+        /**
+         * A webhook body is read whole before its signature can be checked: the limit bounds what
+         * each unauthenticated connection makes the server hold. The events served are a few KB,
+         * more with a long job's `steps` list; GitHub caps any payload at 25 MB.
+         */
+        bodyLimitBytes: z.number().int().positive().default(1024 * 1024),
         /**
          * How long a webhook delivery waits for a Redis connection that is reconnecting (a Redis
          * restart or failover) before it is answered 503. GitHub waits 10 s for an answer, and the

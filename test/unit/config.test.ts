@@ -27,7 +27,7 @@ test("a minimal config gets documented defaults", () => {
   assert.equal(c.github.apiUrl, "https://api.github.com");
   assert.equal(c.github.checkStillQueued, true);
   assert.equal(c.server.port, 8080);
-  assert.equal(c.server.bodyLimitBytes, 25 * 1024 * 1024);
+  assert.equal(c.server.bodyLimitBytes, 1024 * 1024);
   assert.equal(c.worker.capacity, 4);
   assert.equal(c.worker.leaseSeconds, 30);
   assert.equal(c.worker.goneHostBusyCheckSeconds, 300);
