@@ -188,6 +188,11 @@ test("the Kubernetes manifests run `jitrunner server` only, non-root", () => {
   assert.ok(pod.securityContext.runAsUser > 0);
   assert.equal(c.securityContext.allowPrivilegeEscalation, false);
   assert.deepEqual(c.securityContext.capabilities.drop, ["ALL"]);
+  // A rolling restart: the pod keeps serving while it leaves the endpoints, within its grace period.
+  const command: string[] = c.lifecycle?.preStop?.exec?.command ?? [];
+  const wait = /^setTimeout\(\(\) => \{\}, (\d+)\)$/.exec(command[2] ?? "");
+  assert.ok(command[0] === "node" && command[1] === "-e" && wait, "a preStop wait, with the node every image of ours has");
+  assert.ok(Number(wait[1]) >= 3000 && Number(wait[1]) / 1000 + 10 < (pod.terminationGracePeriodSeconds ?? 30), "a few seconds, well within the grace period");
   // The Service reaches the container's port, and the labels select the Deployment's pods.
   const service = k8sDocs.find((d) => d.doc.kind === "Service")!.doc;
   assert.deepEqual(service.spec.selector, deployment.spec.selector.matchLabels);
