@@ -93,7 +93,7 @@ interface HookOptions {
 }
 interface HookResponse {
   status: number;
-  headers: { date?: string; "x-ratelimit-remaining"?: string | number };
+  headers: { date?: string; "x-ratelimit-remaining"?: string | number; "x-ratelimit-reset"?: string | number };
 }
 
 interface RequestFailure {
@@ -326,10 +326,14 @@ export class OctokitGitHub implements GitHubClient {
     const { metrics } = this.#opts;
     metrics.githubRequest(String(options.url), response.status);
     const remaining = Number(response.headers["x-ratelimit-remaining"]);
+    this.#observeClock(response.headers.date);
     // A token request goes through an installation's client but is made with the App's JWT: its
     // counters are not the installation's (GitHub does not document which budget they describe).
-    if (Number.isFinite(remaining) && !isTokenRequest(options.url)) metrics.githubRateLimitRemaining(installationId, remaining);
-    this.#observeClock(response.headers.date);
+    if (Number.isFinite(remaining) && !isTokenRequest(options.url)) {
+      const reset = Number(response.headers["x-ratelimit-reset"]);
+      const resetsAtMs = Number.isFinite(reset) ? reset * 1000 - this.#clock.offsetSeconds * 1000 : undefined;
+      metrics.githubRateLimitRemaining(installationId, remaining, resetsAtMs);
+    }
     return response;
   }
 

@@ -70,11 +70,23 @@ export class Metrics {
     labelNames: ["route", "status"],
     registers: [this.registry],
   });
+  /** When each installation's rate-limit window resets (ms, this host's clock), as its last answer said. */
+  readonly #rateLimitResets = new Map<string, number>();
   readonly #rateLimit = new Gauge({
     name: "jitrunner_github_rate_limit_remaining",
-    help: "GitHub API requests remaining in the current window, per installation",
+    help: "GitHub API requests remaining in the current window, per installation (gone once the window has reset, until the next answer)",
     labelNames: ["installation"],
     registers: [this.registry],
+    // A count left from a window since reset is stale: a process that no longer calls for an
+    // installation would hold a low count (and the fleet's alert on the lowest) for good.
+    collect: () => {
+      const now = Date.now();
+      for (const [installation, at] of this.#rateLimitResets) {
+        if (now < at) continue;
+        this.#rateLimit.remove({ installation });
+        this.#rateLimitResets.delete(installation);
+      }
+    },
   });
   readonly #rateLimited = new Counter({
     name: "jitrunner_github_rate_limited_total",
@@ -220,8 +232,12 @@ export class Metrics {
   hostGone(): void {
     this.#hostsGone.inc();
   }
-  githubRateLimitRemaining(installationId: number, remaining: number): void {
-    this.#rateLimit.set({ installation: String(installationId) }, remaining);
+  /** `resetsAtMs`: when the window resets on this host's clock (GitHub's `x-ratelimit-reset`), if known. */
+  githubRateLimitRemaining(installationId: number, remaining: number, resetsAtMs?: number): void {
+    const installation = String(installationId);
+    this.#rateLimit.set({ installation }, remaining);
+    if (resetsAtMs === undefined) this.#rateLimitResets.delete(installation);
+    else this.#rateLimitResets.set(installation, resetsAtMs);
   }
   githubRateLimited(kind: "primary" | "secondary", outcome: "retried" | "gave_up"): void {
     this.#rateLimited.inc({ kind, outcome });
