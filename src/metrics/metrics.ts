@@ -58,6 +58,12 @@ export class Metrics {
     labelNames: ["pool", "reason"],
     registers: [this.registry],
   });
+  readonly #demandFailed = new Counter({
+    name: "jitrunner_demand_failed_total",
+    help: "Demand items failed for good (out of launch attempts, or an error that ends them): jobs that got no runner, by pool",
+    labelNames: ["pool"],
+    registers: [this.registry],
+  });
   readonly #removals = new Counter({
     name: "jitrunner_runner_removals_total",
     help: "Runner containers removed, by pool and reason",
@@ -198,6 +204,9 @@ export class Metrics {
   }
   launchFailed(pool: string, reason: string): void {
     this.#launchFailures.inc({ pool, reason });
+  }
+  demandFailed(pool: string): void {
+    this.#demandFailed.inc({ pool });
   }
   /**
    * Why the pool's warm runners are refused now (WarmExposure), or undefined when they are not: a

@@ -394,6 +394,8 @@ export interface Lease {
   readonly demand: Demand;
   /** 1 on the first try. */
   readonly attempt: number;
+  /** The tries the demand has in all (worker.launchAttempts): a failed `attempt` this high is its last. */
+  readonly attempts: number;
   complete(result: string): Promise<void>;
   /** Give the demand back: retried with backoff while attempts remain, unless `final`. */
   fail(err: Error, final: boolean): Promise<void>;
@@ -523,6 +525,7 @@ export class DemandConsumer {
       id: job.id!,
       demand: job.data,
       attempt: job.attemptsMade + 1,
+      attempts: job.opts.attempts ?? 1,
       complete: (result) => settle(() => job.moveToCompleted(result, token, false)),
       fail: (err, final) => settle(() => job.moveToFailed(asKept(err, final), token, false)),
       // Waits for Redis at most RELEASE_WAIT_MS (a stop while Redis is away must not wait for

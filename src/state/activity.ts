@@ -20,7 +20,7 @@ export interface JobEvent {
   conclusion?: string;
 }
 
-/** A runner launch that failed; its demand is retried with backoff unless `retryable` is false. */
+/** A runner launch that failed; its demand is retried with backoff unless `retryable` is false (its last attempt, or an error that ends it: shown as final). */
 export interface LaunchFailure {
   at: number;
   pool: string;
@@ -36,7 +36,7 @@ export interface LaunchFailure {
 /** What the ingress and the worker tell the activity log: one call each. */
 export interface ActivityRecorder {
   delivery(delivery: { event: string; payload: unknown; receivedAt: number }, outcome: string): Promise<void>;
-  launchFailure(demand: { pool: string; jobId: number; owner: string; repo: string }, attempt: number, err: unknown): Promise<void>;
+  launchFailure(demand: { pool: string; jobId: number; owner: string; repo: string }, attempt: number, err: unknown, final: boolean): Promise<void>;
 }
 
 /**
@@ -116,8 +116,9 @@ export class ActivityLog implements ActivityRecorder {
     await written;
   }
 
-  async launchFailure(demand: { pool: string; jobId: number; owner: string; repo: string }, attempt: number, err: unknown): Promise<void> {
-    const e = err as { code?: unknown; retryable?: unknown; message?: unknown } | undefined;
+  /** A failed launch attempt; `final` when the demand is not tried again (its last attempt, or an error that ends it). */
+  async launchFailure(demand: { pool: string; jobId: number; owner: string; repo: string }, attempt: number, err: unknown, final: boolean): Promise<void> {
+    const e = err as { code?: unknown; message?: unknown } | undefined;
     const entry: LaunchFailure = {
       at: Date.now(),
       pool: demand.pool,
@@ -126,7 +127,7 @@ export class ActivityLog implements ActivityRecorder {
       attempt,
       reason: typeof e?.code === "string" ? e.code : "error",
       message: redact(typeof e?.message === "string" ? e.message : String(err)).slice(0, MESSAGE_MAX),
-      retryable: e?.retryable !== false,
+      retryable: !final,
     };
     await this.#pushAll(this.#failuresKey, [JSON.stringify(entry)], this.#keepFailures);
   }

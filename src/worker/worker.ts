@@ -804,19 +804,25 @@ export class RunnerWorker {
       // A Docker error is this host's (an image, a runtime or a network it lacks), not the job's: the
       // demand is tried again, by another host perhaps, up to its launch attempts.
       const retryable = err instanceof DockerError || ((err as { retryable?: boolean }).retryable ?? true);
+      // The host failed, not the demand: it goes back without spending one of its launch
+      // attempts, for another host, or this one once its engine answers (it takes none before).
+      const engineGone = err instanceof DockerError && !(await this.#presence.checkEngine());
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
-      await this.#d.activity?.launchFailure(demand, lease.attempt, err).catch(() => undefined);
+      const final = !engineGone && (!retryable || lease.attempt >= lease.attempts);
+      await this.#d.activity?.launchFailure(demand, lease.attempt, err, final).catch(() => undefined);
       // A job the config refuses (its runner group) says nothing of this worker's health.
       if (!CONFIG_REFUSALS.has((err as { code?: string }).code ?? "")) this.#noteError(UNREADY.launches, `launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
-      if (err instanceof DockerError && !(await this.#presence.checkEngine())) {
-        // The host failed, not the demand: it goes back without spending one of its launch
-        // attempts, for another host, or this one once its engine answers (it takes none before).
+      if (engineGone) {
         log.warn({ attempt: lease.attempt, err: errorMessage(err) }, "launch failed with the Docker engine gone; demand handed back");
         await lease.release().catch(() => undefined);
         return;
       }
       log.warn({ attempt: lease.attempt, retryable, err: errorMessage(err) }, "demand failed; returned to the queue");
-      await lease.fail(err instanceof Error ? err : new Error(String(err)), !retryable).catch(() => undefined);
+      const failed = await lease.fail(err instanceof Error ? err : new Error(String(err)), !retryable).then(
+        () => true,
+        () => false,
+      );
+      if (failed && final) this.#d.metrics.demandFailed(pool.name);
     }
   }
 

@@ -252,7 +252,7 @@ test("status prints pools with queue depth, hosts, runners, recent jobs and fail
   await queues.close();
   const activity = new ActivityLog(conn, redis.prefix);
   await activity.delivery({ event: "workflow_job", payload: queuedPayload({ jobId: 77, labels: ["self-hosted", "arm64"], repo: "lib" }), receivedAt: Date.now() }, "queued");
-  await activity.launchFailure({ pool: "arm", jobId: 78, owner: "acme", repo: "lib" }, 3, Object.assign(new Error("engine unreachable"), { code: "E_DOCKER" }));
+  await activity.launchFailure({ pool: "arm", jobId: 78, owner: "acme", repo: "lib" }, 3, Object.assign(new Error("engine unreachable"), { code: "E_DOCKER" }), false);
 
   const r = await run(["status", "--config", configFile], SECRETS);
   assert.equal(r.code, 0, r.out);

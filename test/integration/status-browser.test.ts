@@ -88,7 +88,7 @@ before(async () => {
   const body = JSON.stringify(payload);
   const res = await fetch(`${baseUrl}/webhooks/github`, { method: "POST", body, headers: signedHeaders("workflow_job", body, WEBHOOK_SECRET) });
   assert.equal(res.status, 202);
-  await activity.launchFailure({ pool: "gpu", jobId: 904, owner: "acme", repo: "app" }, 2, Object.assign(new Error("pull access denied for jitrunner-runner-cuda"), { code: "E_DOCKER" }));
+  await activity.launchFailure({ pool: "gpu", jobId: 904, owner: "acme", repo: "app" }, 2, Object.assign(new Error("pull access denied for jitrunner-runner-cuda"), { code: "E_DOCKER" }), false);
 
   profile = await mkdtemp(join(tmpdir(), "jitrunner-chromium-"));
   context = await chromium.launchPersistentContext(profile, {

@@ -143,8 +143,8 @@ test("the ingress records what it did with each job; jobs not ours stay out; the
 test("launch failures are recorded with their code, bounded, and without token-like strings", async () => {
   const demand = { pool: "gpu", jobId: 7001, owner: "acme", repo: "app" };
   const leaky = new GitHubError(`POST generate-jitconfig failed: 502 (token ghs_${"x".repeat(36)})`, 502, { retryable: true });
-  await activity.launchFailure(demand, 1, leaky);
-  await activity.launchFailure(demand, 2, Object.assign(new Error("no such image"), { code: "E_DOCKER", retryable: false }));
+  await activity.launchFailure(demand, 1, leaky, false);
+  await activity.launchFailure(demand, 2, Object.assign(new Error("no such image"), { code: "E_DOCKER" }), true);
   const failures = await activity.recentFailures();
   assert.deepEqual(
     failures.map((f) => [f.attempt, f.reason, f.retryable]),

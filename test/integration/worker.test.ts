@@ -18,6 +18,7 @@ import { runJitrunner, waitFor, writeLogTail } from "../helpers/process.ts";
 import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, goneHost, hostPasses, ourContainer, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
+import { ActivityLog } from "../../src/state/activity.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
 import { metricSample } from "../helpers/leftovers.ts";
@@ -47,6 +48,11 @@ test("a launch that fails after registration deletes the registration and leaves
     assert.equal((await containersOf(host)).length, 0);
     const metrics = await (await fetch(`${sys.url}/metrics`)).text();
     assert.match(metrics, /jitrunner_launch_failures_total\{pool="default",reason="E_DOCKER"\} 2/);
+    assert.match(metrics, /jitrunner_demand_failed_total\{pool="default"\} 1\n/, "the demand failed for good once, at its last attempt");
+    // What the status page shows: the first attempt tried again, the last one final (newest first).
+    const conn = redisConnection(r.url);
+    const failures = await new ActivityLog(conn, r.prefix).recentFailures().finally(() => conn.disconnect());
+    assert.deepEqual(failures.map((f) => [f.attempt, f.reason, f.retryable]), [[2, "E_DOCKER", false], [1, "E_DOCKER", true]]);
     assert.match(sys.logs(), /create container failed \(404\)/);
     const removed = sys.logs().split("\n").filter((l) => l.includes('"msg":"runner removed"'));
     assert.ok(removed.length > 0);

@@ -113,7 +113,7 @@ test("the alert rules parse, are complete, and query only metrics and labels tha
     "rate limit low": /jitrunner_github_rate_limit_remaining\S*\)\s*</,
     "worker unready or down": /probe_success|\bup\{/,
     "host gone (heartbeat)": /jitrunner_host_heartbeat_age_seconds\S*\)\s*>/,
-    "demand out of launch attempts": /jitrunner_queue_jobs\{state="failed"\}/,
+    "demand out of launch attempts": /increase\(jitrunner_demand_failed_total\[/,
   })) {
     assert.ok(covers(re), what);
   }
