@@ -20,6 +20,12 @@ export class Metrics {
     labelNames: ["pool", "host", "state"],
     registers: [this.registry],
   });
+  readonly #startingFor = new Gauge({
+    name: "jitrunner_runner_starting_seconds",
+    help: "How long the runner of a pool on this host that has been starting longest has been starting (its launch under way: registering, its container created and started); 0 when none is",
+    labelNames: ["pool", "host"],
+    registers: [this.registry],
+  });
   readonly #demandPending = new Gauge({
     name: "jitrunner_demand_pending",
     help: "Queued jobs waiting for a worker, per pool",
@@ -181,11 +187,15 @@ export class Metrics {
   unverifiedDelivery(outcome: UnverifiedOutcome): void {
     this.#deliveries.inc({ event: "unverified", action: "none", outcome });
   }
-  runners(host: string, counts: ReadonlyMap<string, ReadonlyMap<string, number>>): void {
+  /** `startingSince`: per pool, the createdAt of its runner starting longest on this host (none: none starting). */
+  runners(host: string, counts: ReadonlyMap<string, ReadonlyMap<string, number>>, startingSince: ReadonlyMap<string, number | undefined> = new Map()): void {
     this.#runners.reset();
     for (const [pool, byState] of counts) {
       for (const [state, n] of byState) this.#runners.set({ pool, host, state }, n);
     }
+    this.#startingFor.reset();
+    const now = Date.now();
+    for (const [pool, since] of startingSince) this.#startingFor.set({ pool, host }, since === undefined ? 0 : Math.max(0, now - since) / 1000);
   }
   demandPending(pool: string, n: number): void {
     this.#demandPending.set({ pool }, n);

@@ -270,7 +270,7 @@ export class RunnerWorker {
       used: () => this.#slots.used,
       onBeat: () => this.#onBeat(),
     });
-    deps.metrics.onScrape(async () => deps.metrics.runners(deps.host, this.#counts()));
+    deps.metrics.onScrape(async () => deps.metrics.runners(deps.host, this.#counts(), this.#startingSince()));
   }
 
   /** What makes this worker unready, if anything: its `reason` is fit for /readyz, its `detail` is not. */
@@ -1780,6 +1780,16 @@ export class RunnerWorker {
       counts.set(pool, byState);
     }
     return counts;
+  }
+
+  /** Per pool this worker serves, since when its runner starting longest has been starting (createdAt); none when none is. */
+  #startingSince(): Map<string, number | undefined> {
+    const since = new Map<string, number | undefined>([...this.#pools.keys()].map((p) => [p, undefined]));
+    for (const t of this.#d.launcher.tracked.values()) {
+      if (t.state !== "starting" || !since.has(t.record.pool)) continue;
+      since.set(t.record.pool, Math.min(since.get(t.record.pool) ?? Infinity, t.record.createdAt));
+    }
+    return since;
   }
 
   /**

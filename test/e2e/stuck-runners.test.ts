@@ -35,12 +35,20 @@ test("a runner that never comes online is removed at the start timeout, and its 
   });
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    // While a runner's launch is under way (registered, its container created and started: well
+    // under a second here), /metrics says for how long (JitrunnerLaunchStuck's measure).
+    const startingFor = async () => {
+      const m = /^jitrunner_runner_starting_seconds\{pool="default",host="([^"]+)"\} (\S+)$/m.exec(await (await fetch(`${sys.url}/metrics`)).text());
+      return m && m[1] === host ? Number(m[2]) : undefined;
+    };
+    await waitFor(async () => ((await startingFor()) ?? 0) > 0, 30_000, "a runner starting, on /metrics");
     const failed = await demandIn(r, `${job.id}-1`, "failed", 90_000);
     assert.equal(failed.attempts, 2, "retried once, then given up (launchAttempts: 2)");
     assert.equal(callsTo(fake, JIT), 2, "one registration per attempt");
     assert.ok(callsTo(fake, RUNNER, "GET") >= 2, "GitHub was asked once per runner whether it was online");
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "no container left");
     assert.equal(fake.runners().length, 0, "no registration left");
+    assert.equal(await startingFor(), 0, "none starting now");
     const metrics = await (await fetch(`${sys.url}/metrics`)).text();
     assert.match(metrics, /jitrunner_launch_failures_total\{pool="default",reason="E_RUNNER_NEVER_ONLINE"\} 2/);
     assert.match(metrics, /jitrunner_runner_removals_total\{pool="default",reason="start_timeout"\} 2/);
