@@ -66,7 +66,7 @@ export class Metrics {
   });
   readonly #demandFailed = new Counter({
     name: "jitrunner_demand_failed_total",
-    help: "Demand items failed for good (out of launch attempts, or an error that ends them): jobs that got no runner, by pool",
+    help: "Demand items failed (out of launch attempts, or an error that ends them), by pool: their jobs got no runner, until the reconciler gives a still-queued one fresh attempts (reconcile.retryFailedDemandSeconds)",
     labelNames: ["pool"],
     registers: [this.registry],
   });
@@ -217,6 +217,14 @@ export class Metrics {
   }
   demandFailed(pool: string): void {
     this.#demandFailed.inc({ pool });
+  }
+  /**
+   * Each pool's count of failed demand exported from the start, at 0: a counter that first
+   * appears at 1 shows Prometheus no increase (increase() of its first sample is 0), and the
+   * first failure after each start would go unseen by JitrunnerDemandFailed.
+   */
+  demandFailures(pools: readonly string[]): void {
+    for (const pool of pools) this.#demandFailed.inc({ pool }, 0);
   }
   /**
    * Why the pool's warm runners are refused now (WarmExposure), or undefined when they are not: a

@@ -20,7 +20,11 @@ export interface JobEvent {
   conclusion?: string;
 }
 
-/** A runner launch that failed; its demand is retried with backoff unless `retryable` is false (its last attempt, or an error that ends it: shown as final). */
+/**
+ * A runner launch that failed; its demand is retried with backoff unless `retryable` is false (its
+ * last attempt, or an error that ends it: shown as final, until the reconciler gives a still-queued
+ * job fresh attempts, reconcile.retryFailedDemandSeconds).
+ */
 export interface LaunchFailure {
   at: number;
   pool: string;

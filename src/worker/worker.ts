@@ -271,6 +271,7 @@ export class RunnerWorker {
       onBeat: () => this.#onBeat(),
     });
     deps.metrics.onScrape(async () => deps.metrics.runners(deps.host, this.#counts(), this.#startingSince()));
+    deps.metrics.demandFailures([...this.#pools.keys()]);
   }
 
   /** What makes this worker unready, if anything: its `reason` is fit for /readyz, its `detail` is not. */
@@ -808,11 +809,10 @@ export class RunnerWorker {
       // attempts, for another host, or this one once its engine answers (it takes none before).
       const engineGone = err instanceof DockerError && !(await this.#presence.checkEngine());
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
-      const final = !engineGone && (!retryable || lease.attempt >= lease.attempts);
-      await this.#d.activity?.launchFailure(demand, lease.attempt, err, final).catch(() => undefined);
       // A job the config refuses (its runner group) says nothing of this worker's health.
       if (!CONFIG_REFUSALS.has((err as { code?: string }).code ?? "")) this.#noteError(UNREADY.launches, `launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       if (engineGone) {
+        await this.#d.activity?.launchFailure(demand, lease.attempt, err, false).catch(() => undefined);
         log.warn({ attempt: lease.attempt, err: errorMessage(err) }, "launch failed with the Docker engine gone; demand handed back");
         await lease.release().catch(() => undefined);
         return;
@@ -822,7 +822,11 @@ export class RunnerWorker {
         () => true,
         () => false,
       );
-      if (failed && final) this.#d.metrics.demandFailed(pool.name);
+      // Its last try (BullMQ retries while attempts remain), and the queue took it as failed: not
+      // when the fail did not land (the lease lost to another holder, Redis away), as the demand goes on.
+      const final = failed && (!retryable || lease.attempt >= lease.attempts);
+      if (final) this.#d.metrics.demandFailed(pool.name);
+      await this.#d.activity?.launchFailure(demand, lease.attempt, err, final).catch(() => undefined);
     }
   }
 

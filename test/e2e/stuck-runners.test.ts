@@ -34,14 +34,16 @@ test("a runner that never comes online is removed at the start timeout, and its 
     worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, launchAttempts: 2 },
   });
   try {
+    // The first registration takes 3 s: a launch under way long enough to be seen.
+    fake.inject({ route: JIT, method: "POST", delayMs: 3000, times: 1 });
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
-    // While a runner's launch is under way (registered, its container created and started: well
-    // under a second here), /metrics says for how long (JitrunnerLaunchStuck's measure).
+    // While a runner's launch is under way (registering, its container created and started),
+    // /metrics says for how long (JitrunnerLaunchStuck's measure).
     const startingFor = async () => {
       const m = /^jitrunner_runner_starting_seconds\{pool="default",host="([^"]+)"\} (\S+)$/m.exec(await (await fetch(`${sys.url}/metrics`)).text());
       return m && m[1] === host ? Number(m[2]) : undefined;
     };
-    await waitFor(async () => ((await startingFor()) ?? 0) > 0, 30_000, "a runner starting, on /metrics");
+    await waitFor(async () => ((await startingFor()) ?? 0) >= 1, 30_000, "a runner starting for a second or more, on /metrics");
     const failed = await demandIn(r, `${job.id}-1`, "failed", 90_000);
     assert.equal(failed.attempts, 2, "retried once, then given up (launchAttempts: 2)");
     assert.equal(callsTo(fake, JIT), 2, "one registration per attempt");

@@ -72,7 +72,7 @@ export async function startEngine(name: string, image: string | undefined, opts:
   }
   let child: ChildProcess;
   let exited: Promise<void>;
-  let relays: Array<() => Promise<void>> = [];
+  const relays: Array<() => Promise<void>> = [];
   const launch = async (): Promise<void> => {
     const dockerd = [
       "--data-root", join(root, "data"),
@@ -88,21 +88,26 @@ export async function startEngine(name: string, image: string | undefined, opts:
     const c = spawn("unshare", ["--net", "sh", "-c", `${setup.join(" && ")} && exec dockerd "$@"`, "sh", ...dockerd], { stdio: "ignore" });
     child = c;
     exited = new Promise<void>((resolve) => c.once("exit", () => resolve()));
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      try {
-        await docker.ping();
-        break;
-      } catch {
-        if (c.exitCode !== null || Date.now() > deadline) throw new Error(`dockerd ${name} did not start`);
-        await new Promise((r) => setTimeout(r, 250));
+    try {
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        try {
+          await docker.ping();
+          break;
+        } catch {
+          if (c.exitCode !== null || Date.now() > deadline) throw new Error(`dockerd ${name} did not start`);
+          await new Promise((r) => setTimeout(r, 250));
+        }
       }
+      for (const url of tcp) relays.push(await relayInto(c.pid!, url, join(root, `tcp-${url.port}.sock`)));
+    } catch (err) {
+      // No engine for the caller to stop: what did start is stopped here.
+      await stop();
+      throw err;
     }
-    relays = await Promise.all(tcp.map((url) => relayInto(c.pid!, url, join(root, `tcp-${url.port}.sock`))));
   };
   const stop = async (): Promise<void> => {
-    for (const close of relays) await close();
-    relays = [];
+    for (const close of relays.splice(0)) await close();
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
     await exited;
   };
@@ -147,7 +152,10 @@ async function relayInto(pid: number, url: URL, path: string): Promise<() => Pro
       a.on("close", () => (sockets.delete(a), b.destroy()));
     }
   });
-  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(Number(url.port), url.hostname, resolve));
+  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(Number(url.port), url.hostname, resolve)).catch((err: unknown) => {
+    inner.kill("SIGTERM");
+    throw err;
+  });
   return async () => {
     for (const s of sockets) s.destroy();
     await new Promise((resolve) => server.close(resolve));

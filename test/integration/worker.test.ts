@@ -39,6 +39,8 @@ test("a launch that fails after registration deletes the registration and leaves
     worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, launchAttempts: 2 },
   });
   try {
+    // Exported at 0 from the start: a counter first seen at 1 shows Prometheus no increase.
+    assert.match(await (await fetch(`${sys.url}/metrics`)).text(), /^jitrunner_demand_failed_total\{pool="default"\} 0$/m);
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
     await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1 && callsTo(fake, JIT) >= 1, 30_000, "registration deleted after the failed create");
     await demandIn(r, `${job.id}-1`, "failed", 30_000);
@@ -51,7 +53,12 @@ test("a launch that fails after registration deletes the registration and leaves
     assert.match(metrics, /jitrunner_demand_failed_total\{pool="default"\} 1\n/, "the demand failed for good once, at its last attempt");
     // What the status page shows: the first attempt tried again, the last one final (newest first).
     const conn = redisConnection(r.url);
-    const failures = await new ActivityLog(conn, r.prefix).recentFailures().finally(() => conn.disconnect());
+    const activity = new ActivityLog(conn, r.prefix);
+    // Written once the queue took the last try as failed.
+    const failures = await waitFor(async () => {
+      const all = await activity.recentFailures();
+      return all.length >= 2 && all;
+    }, 10_000, "both tries on the status page").finally(() => conn.disconnect());
     assert.deepEqual(failures.map((f) => [f.attempt, f.reason, f.retryable]), [[2, "E_DOCKER", false], [1, "E_DOCKER", true]]);
     assert.match(sys.logs(), /create container failed \(404\)/);
     const removed = sys.logs().split("\n").filter((l) => l.includes('"msg":"runner removed"'));
