@@ -17,7 +17,7 @@ const series = async (m: Metrics) =>
 
 test("an installation's remaining count is shown until its window resets, then not until the next answer", async () => {
   const m = new Metrics({ processMetrics: false });
-  m.githubRateLimitRemaining(1, 300, Date.now() + 400);
+  m.githubRateLimitRemaining(1, 300, Date.now() + 3000);
   m.githubRateLimitRemaining(0, 4000, Date.now() + 3600_000);
   m.githubRateLimitRemaining(2, 50);
   assert.deepEqual(await series(m), [
@@ -25,7 +25,7 @@ test("an installation's remaining count is shown until its window resets, then n
     'jitrunner_github_rate_limit_remaining{installation="1"} 300',
     'jitrunner_github_rate_limit_remaining{installation="2"} 50',
   ]);
-  await sleep(500);
+  await sleep(3200);
   assert.deepEqual(
     await series(m),
     ['jitrunner_github_rate_limit_remaining{installation="0"} 4000', 'jitrunner_github_rate_limit_remaining{installation="2"} 50'],
