@@ -306,7 +306,8 @@ export class DemandQueues {
 
   /** Whether BullMQ holds the demand's item, in any state: waiting, delayed, active or ended. */
   async held(demand: Demand): Promise<boolean> {
-    return (await this.#queue(demand.pool).getJobState(demandIdOf(demand))) !== "unknown";
+    const id = demandIdOf(demand);
+    return this.#held(demand.pool, id, this.#inFlight.get(id));
   }
 
   async ended(demand: Demand): Promise<DemandEnd | undefined> {

@@ -1,10 +1,11 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { connect, createServer, type Socket } from "node:net";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Docker from "dockerode";
+import { relayServer, type LoopbackServer } from "./relay.ts";
 
 export interface TestEngine {
   name: string;
@@ -133,8 +134,8 @@ export async function startEngine(name: string, image: string | undefined, opts:
 }
 
 /**
- * A listener on `url`'s loopback address and port here whose connections reach the same address
- * and port in the network namespace of process `pid`, through a unix socket at `path` and a relay
+ * A listener on 127.0.0.1 and `url`'s port here whose connections reach `url`'s address and
+ * port in the network namespace of process `pid`, through a unix socket at `path` and a relay
  * of its own run there (nsenter). Returns what closes both.
  */
 async function relayInto(pid: number, url: URL, path: string): Promise<() => Promise<void>> {
@@ -142,23 +143,15 @@ async function relayInto(pid: number, url: URL, path: string): Promise<() => Pro
   const inner = spawn("nsenter", ["--target", String(pid), "--net", process.execPath, "-e", INNER_RELAY, path, url.hostname, url.port], { stdio: ["pipe", "pipe", "inherit"] });
   const [ready] = (await Promise.race([once(inner.stdout!, "data"), once(inner, "exit")])) as unknown[];
   if (!Buffer.isBuffer(ready)) throw new Error(`the relay into the engine's network namespace for ${url.host} did not start`);
-  const sockets = new Set<Socket>();
-  const server = createServer((c) => {
-    const u = connect(path);
-    for (const [a, b] of [[c, u], [u, c]] as const) {
-      sockets.add(a);
-      a.pipe(b);
-      a.on("error", () => b.destroy());
-      a.on("close", () => (sockets.delete(a), b.destroy()));
-    }
-  });
-  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(Number(url.port), url.hostname, resolve)).catch((err: unknown) => {
+  let outer: LoopbackServer;
+  try {
+    outer = await relayServer(() => connect(path), { port: Number(url.port) });
+  } catch (err) {
     inner.kill("SIGTERM");
     throw err;
-  });
+  }
   return async () => {
-    for (const s of sockets) s.destroy();
-    await new Promise((resolve) => server.close(resolve));
+    await outer.close();
     inner.kill("SIGTERM");
     if (inner.exitCode === null && inner.signalCode === null) await once(inner, "exit");
   };

@@ -9,9 +9,11 @@ export interface JitrunnerProcess {
   output(): string;
   /**
    * The exit code once the process has exited and its output has all been read (its pipes closed;
-   * at most 5 s after the exit, should a process it started hold them open).
+   * at most 5 s after the exit, should a process it started hold them open). With `limitMs`, a
+   * process still running then is killed and the promise rejects with `what` and its output: a
+   * command that should have ended hangs instead.
    */
-  exited(): Promise<number | null>;
+  exited(limitMs?: number, what?: string): Promise<number | null>;
   /** SIGTERM, then the exit code, the output all read. */
   stop(): Promise<number | null>;
 }
@@ -34,7 +36,17 @@ export function runJitrunner(args: string[], env: Record<string, string> = {}): 
   return {
     child,
     output: () => chunks.join(""),
-    exited: () => exited,
+    exited: (limitMs, what = "still running") => {
+      if (limitMs === undefined) return exited;
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          child.kill("SIGKILL");
+          reject(new Error(`${what} (after ${limitMs / 1000} s); it printed:\n${chunks.join("")}`));
+        }, limitMs);
+      });
+      return Promise.race([exited, late]).finally(() => clearTimeout(timer));
+    },
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
       const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);

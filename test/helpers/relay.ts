@@ -20,21 +20,31 @@ export async function silentServer(): Promise<LoopbackServer> {
  * their server. `url` is `target` with the relay's host and port.
  */
 export async function silenceableRelay(target: URL): Promise<LoopbackServer & { url: string; silence(): void }> {
-  const sockets = new Set<Socket>();
   let silent = false;
-  const server = createServer((client) => {
-    const upstream = connect(Number(target.port), target.hostname);
-    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
-      track(sockets, from);
-      from.on("data", (chunk) => silent || to.write(chunk));
-      from.on("close", () => to.destroy());
-    }
-  });
-  const listening = await listen(server, sockets);
+  const listening = await relayServer(() => connect(Number(target.port), target.hostname), { passing: () => !silent });
   const url = new URL(target);
   url.hostname = "127.0.0.1";
   url.port = String(listening.port);
   return { ...listening, url: url.toString(), silence: () => void (silent = true) };
+}
+
+/**
+ * A TCP server on 127.0.0.1 (`port`, or any free one) that passes each connection's bytes both
+ * ways to a connection of its own, `upstream()` (another address, a unix socket), while
+ * `passing()` says so: what comes meanwhile is dropped. Either side closing closes the other.
+ */
+export async function relayServer(upstream: () => Socket, opts: { port?: number; passing?: () => boolean } = {}): Promise<LoopbackServer> {
+  const sockets = new Set<Socket>();
+  const passing = opts.passing ?? (() => true);
+  const server = createServer((client) => {
+    const other = upstream();
+    for (const [from, to] of [[client, other], [other, client]] as const) {
+      track(sockets, from);
+      from.on("data", (chunk) => passing() && to.write(chunk));
+      from.on("close", () => to.destroy());
+    }
+  });
+  return listen(server, sockets, opts.port);
 }
 
 function track(sockets: Set<Socket>, s: Socket): void {
@@ -43,8 +53,8 @@ function track(sockets: Set<Socket>, s: Socket): void {
   s.on("close", () => sockets.delete(s));
 }
 
-async function listen(server: Server, sockets: Set<Socket>): Promise<LoopbackServer> {
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+async function listen(server: Server, sockets: Set<Socket>, port = 0): Promise<LoopbackServer> {
+  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(port, "127.0.0.1", resolve));
   return {
     port: (server.address() as AddressInfo).port,
     close: async () => {

@@ -35,16 +35,7 @@ let configFile: string;
  */
 async function run(args: string[], env: Record<string, string> = {}, limitMs = 60_000): Promise<{ code: number | null; out: string }> {
   const p = runJitrunner(args, env);
-  let timer: NodeJS.Timeout | undefined;
-  const code = await Promise.race([
-    p.exited(),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        p.child.kill("SIGKILL");
-        reject(new Error(`jitrunner ${args[0]} still running after ${limitMs / 1000} s; it printed:\n${p.output()}`));
-      }, limitMs);
-    }),
-  ]).finally(() => clearTimeout(timer));
+  const code = await p.exited(limitMs, `jitrunner ${args[0]} still running`);
   return { code, out: p.output() };
 }
 
@@ -356,10 +347,7 @@ test("a SIGTERM while the server still starts (its Redis silent) is heard: the s
     await new Promise((r) => setTimeout(r, 500));
     assert.ok(!p.output().includes("jitrunner started"), p.output());
     p.child.kill("SIGTERM");
-    const code = await Promise.race([
-      p.exited(),
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`still running 30 s after SIGTERM:\n${p.output()}`)), 30_000).unref()),
-    ]);
+    const code = await p.exited(30_000, "still running after SIGTERM");
     // Not killed by the signal: without a handler a PID 1 in a container ignores it, and elsewhere
     // it dies unstopped. The start, waiting seconds on the silent Redis, never listened.
     assert.equal(code, 0, p.output());
@@ -381,10 +369,7 @@ test("drain, waiting for a host, exits 1 when Redis stops answering during the w
   try {
     await waitFor(() => p.output().includes("draining relayhost"), 20_000, "drain to tell the host");
     relay.silence();
-    const code = await Promise.race([
-      p.exited(),
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`drain still waiting 20 s after Redis went silent:\n${p.output()}`)), 20_000).unref()),
-    ]);
+    const code = await p.exited(20_000, "drain still waiting after Redis went silent");
     assert.equal(code, 1, p.output());
     assert.match(p.output(), new RegExp(`^jitrunner drain: cannot reach Redis at redis://127\\.0\\.0\\.1:${relay.port} \\(redis\\.url\\): .*did not answer within \\d+ s.*relayhost`, "m"));
     assert.equal(await hosts.draining("relayhost"), true);
@@ -406,10 +391,7 @@ test("drain waiting for a host that stops answering with a busy runner still rec
     await waitFor(() => p.output().includes("draining host-a"), 20_000, "drain to tell the host");
     // Host A's worker is killed after its last beat: its record lapses, its busy runner stays recorded.
     await beat(500);
-    const code = await Promise.race([
-      p.exited(),
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`drain still waiting 20 s after the host stopped answering:\n${p.output()}`)), 20_000).unref()),
-    ]);
+    const code = await p.exited(20_000, "drain still waiting after the host stopped answering");
     assert.equal(code, 3, p.output());
     assert.match(p.output(), /^draining host-a: /m);
     assert.match(p.output(), /^jitrunner drain: host-a stopped answering with 1 runner\(s\) still recorded; they may still be running jobs/m);
@@ -441,10 +423,7 @@ test("drain waiting for a host that finishes its jobs and leaves exits 0: draine
     // What a drained worker does at its end: its last runner removed, then it leaves the fleet (HostPresence.stop).
     await runners.remove(runner, true);
     await hosts.forget("host-b");
-    const code = await Promise.race([
-      p.exited(),
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`drain still waiting 20 s after the host left:\n${p.output()}`)), 20_000).unref()),
-    ]);
+    const code = await p.exited(20_000, "drain still waiting after the host left");
     assert.equal(code, 0, p.output());
     assert.match(p.output(), /^host-b drained$/m);
   } finally {
