@@ -219,12 +219,16 @@ export class Metrics {
     this.#demandFailed.inc({ pool });
   }
   /**
-   * Each pool's count of failed demand exported from the start, at 0: a counter that first
-   * appears at 1 shows Prometheus no increase (increase() of its first sample is 0), and the
-   * first failure after each start would go unseen by JitrunnerDemandFailed.
+   * Each pool's count of failed demand, and of failed launches for the usual reasons, exported
+   * from the start at 0: a counter that first appears at 1 shows Prometheus no increase (increase()
+   * of its first sample is 0), and the first failure after each start would go unseen by
+   * JitrunnerDemandFailed and JitrunnerLaunchFailures. A rarer reason still first appears at 1.
    */
-  demandFailures(pools: readonly string[]): void {
-    for (const pool of pools) this.#demandFailed.inc({ pool }, 0);
+  failureCounters(pools: readonly string[]): void {
+    for (const pool of pools) {
+      this.#demandFailed.inc({ pool }, 0);
+      for (const reason of USUAL_LAUNCH_FAILURES) this.#launchFailures.inc({ pool, reason }, 0);
+    }
   }
   /**
    * Why the pool's warm runners are refused now (WarmExposure), or undefined when they are not: a
@@ -294,6 +298,11 @@ export class Metrics {
 export type UnverifiedOutcome = "unsigned" | "bad_signature" | "too_large" | "unsupported_media_type" | "bad_request";
 
 /** Why a pool's warm runners may be refused (WarmRefusal): each a series of jitrunner_warm_refused. */
+/**
+ * Launch failure reasons exported at 0 from a worker's start (Metrics.failureCounters): GitHub or
+ * the engine refused a step, Redis was away, or the runner never came online or ended without a job.
+ */
+const USUAL_LAUNCH_FAILURES = ["E_GITHUB", "E_DOCKER", "E_REDIS_UNAVAILABLE", "E_RUNNER_NEVER_ONLINE", "E_RUNNER_LOST"] as const;
 const WARM_REFUSALS = ["public_repository", "public_runner_group", "runner_group_missing", "visibility_unknown"] as const;
 
 /** The events that get a label of their own: those the ingress acts on. */

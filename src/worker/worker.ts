@@ -271,7 +271,7 @@ export class RunnerWorker {
       onBeat: () => this.#onBeat(),
     });
     deps.metrics.onScrape(async () => deps.metrics.runners(deps.host, this.#counts(), this.#startingSince()));
-    deps.metrics.demandFailures([...this.#pools.keys()]);
+    deps.metrics.failureCounters([...this.#pools.keys()]);
   }
 
   /** What makes this worker unready, if anything: its `reason` is fit for /readyz, its `detail` is not. */

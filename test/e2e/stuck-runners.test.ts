@@ -219,7 +219,7 @@ test("a runner that hangs after its job, both its in_progress and completed webh
     assert.equal(fake.runners().length, 0, "no registration left");
     assert.match(sys.logs(), /registration gone at the start timeout: it ran a job/);
     const metrics = await (await fetch(`${sys.url}/metrics`)).text();
-    assert.doesNotMatch(metrics, /jitrunner_launch_failures_total\{pool="default",reason="E_RUNNER_NEVER_ONLINE"\}/);
+    assert.doesNotMatch(metrics, /jitrunner_launch_failures_total\{pool="default",reason="E_RUNNER_NEVER_ONLINE"\} [1-9]/);
   } finally {
     await sys.close();
     await fake.close();
