@@ -13,6 +13,7 @@ import { createOptions } from "../src/docker/dockerode-driver.ts";
 import { FakeGitHubClient } from "../test/fakes/github/client.ts";
 import type { FakeGitHub } from "../test/fakes/github/index.ts";
 import { ContainerEvents, maxRunning, type Lifecycle } from "./lib/docker-events.ts";
+import { removeContainers } from "./lib/engines.ts";
 import { CONCURRENT_CALLS, CONCURRENT_STARTS, JOB_LABELS, POOL, runnerPool, startJitrunner, type RunningJitrunner } from "./lib/jitrunner.ts";
 import { machineCpu, sample, type BenchRedis } from "./lib/procs.ts";
 import { summarize, type Summary } from "./lib/stats.ts";
@@ -151,9 +152,17 @@ class Bare {
     this.#events = events;
   }
 
+  /** Its installation token is fetched here, before the phase counts GitHub calls: only its registrations count, and `registrations` says how many. */
   static async open(docker: Docker, fake: FakeGitHub): Promise<Bare> {
     const tag = randomBytes(4).toString("hex");
-    return new Bare(docker, fake, tag, await ContainerEvents.open(docker, `${BASELINE_LABEL}=${tag}`));
+    const bare = new Bare(docker, fake, tag, await ContainerEvents.open(docker, `${BASELINE_LABEL}=${tag}`));
+    await bare.#client.installationToken();
+    return bare;
+  }
+
+  /** The bench's own generate-jitconfig calls, one per bare container. */
+  get registrations(): number {
+    return this.#n;
   }
 
   /** A runner registered at the fake, with a job queued for it alone: what a bare container runs. */
@@ -193,7 +202,7 @@ class Bare {
     const id = await this.#createAndStart(await this.#registered());
     await events.until(() => events.byId.get(id)?.start, 30_000, "bare container start event");
     await events.until(() => events.byId.get(id)?.die, 120_000, "bare container to run its job and exit");
-    await this.#docker.getContainer(id).remove({ force: true, v: true });
+    await removeContainers(this.#docker, [id]);
     await events.until(() => events.byId.get(id)?.destroy, 30_000, "bare container destroy event");
     return id;
   }
@@ -222,7 +231,7 @@ class Bare {
 
   async close(): Promise<void> {
     this.#events.close();
-    await Promise.allSettled(this.#ids.map((id) => this.#docker.getContainer(id).remove({ force: true, v: true })));
+    await removeContainers(this.#docker, this.#ids);
   }
 }
 
@@ -325,7 +334,7 @@ export async function runPickup(
       let from = cpuNow();
       let cpu: BurstCpu | undefined;
       const ids = await bare.burst(BURST, (phase) => (phase === "start" ? (from = cpuNow()) : (cpu = cpuSince(from))));
-      await Promise.allSettled(ids.map((id) => docker.getContainer(id).remove({ force: true, v: true })));
+      await removeContainers(docker, ids);
       return { items: bare.pickups(ids), cpu: cpu! };
     };
     const jitrunnerBurst = async (): Promise<{ containers: Lifecycle[]; cpu: BurstCpu }> => {
@@ -369,6 +378,8 @@ export async function runPickup(
     const byId = (ids: Iterable<string>) => [...ids].map((id) => events.byId.get(id)!).filter(Boolean);
     const githubCalls = new Map<string, number>();
     for (const r of fake.requests.slice(firstRequest)) githubCalls.set(`${r.method} ${r.route}`, (githubCalls.get(`${r.method} ${r.route}`) ?? 0) + 1);
+    // Jitrunner's calls only: the bare containers' registrations are the bench's.
+    for (const key of githubCalls.keys()) if (key.startsWith("POST /repos/") && key.endsWith("/generate-jitconfig")) githubCalls.set(key, githubCalls.get(key)! - bare.registrations);
     return {
       bareIsolated,
       bareBurst: series(`bare, ${BURST} at once (${BURST_ROUNDS} rounds)`, bareBursts),
@@ -402,5 +413,8 @@ export async function waitQuiet(fake: FakeGitHub, events: ContainerEvents, timeo
 /** Force-removes whatever is left of one jitrunner host's containers (and their volumes). */
 export async function removeHost(docker: Docker, host: string): Promise<void> {
   const left = await docker.listContainers({ all: true, filters: { label: [`dev.jitrunner.host=${host}`] } });
-  await Promise.allSettled(left.map((c) => docker.getContainer(c.Id).remove({ force: true, v: true })));
+  await removeContainers(
+    docker,
+    left.map((c) => c.Id),
+  );
 }

@@ -77,7 +77,8 @@ The parts come from these runs:
 
 ${PHASES.map((p) => `- ${TITLES[p]}: ${provenance.get(p) ?? "not measured yet"}`).join("\n")}
 
-Every ratio is against a baseline measured in the same run on the same machine.`;
+Every ratio of jitrunner to a baseline is against one measured in the same run on the same machine; the
+burst's rows that compare with configured limits (\`maxRunners\`, capacity) or a lower bound say so.`;
 }
 
 /** Says nothing of any phase's figures, so that a run of some phases leaves it true. */

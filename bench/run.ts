@@ -22,7 +22,7 @@ import { FakeGitHub } from "../test/fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../test/helpers/config.ts";
 import { BURST_LIMIT_MS, runBurst } from "./burst.ts";
 import { runIngest } from "./ingest.ts";
-import { stopAllBenchEngines } from "./lib/engines.ts";
+import { removeContainers, stopAllBenchEngines } from "./lib/engines.ts";
 import { RUNNER_IMAGE, scratchDir } from "./lib/jitrunner.ts";
 import { describeMachine } from "./lib/machine.ts";
 import { machineLoad, ROOT, startBenchRedis, stopAllChildren } from "./lib/procs.ts";
@@ -36,6 +36,8 @@ import { runWarm } from "./warm.ts";
  * burst, plus the burst's own limit (BENCH_BURST_LIMIT_S), so that a longer burst limit is kept.
  */
 const HARD_LIMIT_MS = 20 * 60_000 + BURST_LIMIT_MS;
+/** How long a stop by the hard limit or a signal waits for the cleanup (engines' stops included). */
+const CLEANUP_LIMIT_MS = 3 * 60_000;
 /** Before measuring, wait up to this long for other processes to use less than QUIET_CPUS. */
 const QUIET_WAIT_MS = Number(process.env.BENCH_QUIET_WAIT_S ?? 120) * 1000;
 const QUIET_CPUS = 0.2;
@@ -57,7 +59,10 @@ async function removeBenchContainers(docker: Docker): Promise<void> {
   const all = await docker.listContainers({ all: true, filters: { label: ["dev.jitrunner.bench-baseline"] } });
   const runners = await docker.listContainers({ all: true, filters: { label: ["dev.jitrunner.managed-by=jitrunner"] } });
   for (const c of runners) if (/^bench-(pickup|warm|burst)-[0-9a-f]{6}(-[a-c])?$/.test(c.Labels["dev.jitrunner.host"] ?? "")) all.push(c);
-  await Promise.allSettled(all.map((c) => docker.getContainer(c.Id).remove({ force: true, v: true })));
+  await removeContainers(
+    docker,
+    all.map((c) => c.Id),
+  );
 }
 
 function loadavg1(): number {
@@ -94,6 +99,10 @@ async function main(): Promise<void> {
     if (!writeReport(out, run, phases)) throw new Error(`${out} does not exist: a saved run of some phases only updates an existing file`);
     return;
   }
+  // The network rule: the bench drives engines on this machine only, through unix sockets.
+  if (process.env.DOCKER_HOST && !process.env.DOCKER_HOST.startsWith("unix://")) {
+    throw new Error("DOCKER_HOST is not a unix:// socket: the bench drives only this machine's Docker engines (unset it, or give the local engine's unix:// socket)");
+  }
   const docker = new Docker();
   await docker.getImage(RUNNER_IMAGE).inspect().catch(() => {
     throw new Error(`runner image ${RUNNER_IMAGE} is missing: run 'npm run test:images' first`);
@@ -125,10 +134,14 @@ async function main(): Promise<void> {
     progress(`${name}: start`);
     const t = Date.now();
     const fake = name === "ingest" ? undefined : await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+    // Closed by a stop in the middle of the phase too (it removes its socket's directory); once.
+    let closing: Promise<void> | undefined;
+    const closeFake = () => (closing ??= fake?.close() ?? Promise.resolve());
+    cleanups.push(closeFake);
     try {
       results[name] = await run(fake!);
     } finally {
-      await fake?.close();
+      await closeFake();
     }
     phaseSeconds[name] = (Date.now() - t) / 1000;
     await redis.client.flushall();
@@ -193,9 +206,25 @@ async function main(): Promise<void> {
   if (!process.env.BENCH_KEEP_LOGS && failed.length === 0) rmSync(dir, { recursive: true, force: true });
 }
 
+/**
+ * Cleans up and exits 1, cleanup or not after CLEANUP_LIMIT_MS: an engine that hangs (the likeliest
+ * reason to reach the hard limit) must not keep the run from ending. Child processes are still
+ * sent SIGTERM on exit (procs.ts).
+ */
+function cleanupAndExit(): void {
+  const limit = setTimeout(() => {
+    progress(`cleanup did not end within ${CLEANUP_LIMIT_MS / 1000} s: exiting; check for leftover bench-* engines and containers`);
+    process.exit(1);
+  }, CLEANUP_LIMIT_MS);
+  void cleanup().finally(() => {
+    clearTimeout(limit);
+    process.exit(1);
+  });
+}
+
 const watchdog = setTimeout(() => {
   progress(`hard limit of ${HARD_LIMIT_MS / 60_000} minutes reached: stopping`);
-  void cleanup().finally(() => process.exit(1));
+  cleanupAndExit();
 }, HARD_LIMIT_MS);
 watchdog.unref();
 
@@ -205,7 +234,7 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
     if (signalled) process.exit(1);
     signalled = true;
     progress(`${signal}: cleaning up`);
-    void cleanup().finally(() => process.exit(1));
+    cleanupAndExit();
   });
 }
 

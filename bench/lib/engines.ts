@@ -5,7 +5,8 @@
  * kept from an earlier run whose image is older gets the current one copied in.
  */
 import Docker from "dockerode";
-import { startEngine, type TestEngine } from "../../test/helpers/engines.ts";
+import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
+import { killLeftoverShims, startEngine, type TestEngine } from "../../test/helpers/engines.ts";
 
 /** Engines this process started and has not stopped yet, so a failed run can stop them. */
 const open = new Set<TestEngine>();
@@ -23,11 +24,26 @@ export async function startBenchEngine(name: string, image: string): Promise<Tes
   return engine;
 }
 
+/**
+ * Force-removes containers with their DinD data volumes, as a worker does (DockerodeDriver.remove):
+ * `remove({ v: true })` deletes only anonymous volumes, and each runner's is named after it.
+ * `docker` must be on a unix socket (the bench's engines are).
+ */
+export async function removeContainers(docker: Docker, ids: readonly string[]): Promise<void> {
+  const driver = new DockerodeDriver({ socketPath: (docker.modem as { socketPath?: string }).socketPath });
+  await Promise.allSettled(ids.map((id) => driver.remove(id)));
+}
+
 /** Removes every container left on the engine (it is the bench's alone), then stops it. */
 export async function stopBenchEngine(engine: TestEngine): Promise<void> {
   const left = await engine.docker.listContainers({ all: true }).catch(() => []);
-  await Promise.allSettled(left.map((c) => engine.docker.getContainer(c.Id).remove({ force: true, v: true })));
+  await removeContainers(
+    engine.docker,
+    left.map((c) => c.Id),
+  );
   await engine.stop();
+  // Shims of containers the engine left when it was stopped in the middle of a start.
+  killLeftoverShims(engine.root);
   open.delete(engine);
 }
 

@@ -54,15 +54,19 @@ export async function stopAllChildren(): Promise<void> {
 /**
  * `node --import tsx FILE ARGS` from the repo root, stdout and stderr appended to `logFile`.
  * With `BENCH_CPU_PROF=DIR` each such process writes a V8 CPU profile into DIR when it exits
- * (node refuses `--cpu-prof` in NODE_OPTIONS).
+ * (node refuses `--cpu-prof` in NODE_OPTIONS). The bench's own environment is passed on without
+ * its `JITRUNNER_*` variables: they override a config file (JITRUNNER_REDIS_URL would send the
+ * demand to another Redis, JITRUNNER_HOST_ID give every burst worker one host), and the configs
+ * the bench writes are what it measures.
  */
 export function spawnNode(args: string[], logFile: string, env: Record<string, string> = {}): Child {
   const fd = openSync(logFile, "a");
   const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("JITRUNNER_")));
   try {
     const child = spawn(process.execPath, [...profile, "--import", "tsx", ...args], {
       cwd: ROOT,
-      env: { ...process.env, ...env },
+      env: { ...inherited, ...env },
       stdio: ["ignore", fd, fd],
     });
     return track(child, args.join(" "));

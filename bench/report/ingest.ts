@@ -139,13 +139,15 @@ delivery: how many separate writes jitrunner's connections made to it.
 
 Medians over ${h.roundsUsed === h.rounds ? `${c.rounds} rounds` : `the ${h.roundsUsed} of ${h.rounds} rounds in which other processes kept at most ${QUIET_OTHER_CORES} CPUs busy during both targets' runs`}${h.roundsUsed === h.rounds && pairsNoisy(r) ? ` (all of them, though in some other work kept more than ${QUIET_OTHER_CORES} CPUs busy)` : ""}: **${int(h.realRps)}/s** against **${int(h.bareRps)}/s** for the bare
 route; the median of the per-round ratios is **${h.perRoundRatio.toFixed(2)}x**. Latency p50 / p99 under
-that load: ${p50p99(h.saturation.real)} against ${p50p99(h.saturation.bare)}; one delivery at a time (one
-connection, nothing queued anywhere): ${p50p99(h.serial.real)} against ${p50p99(h.serial.bare)}. Runs are
+that load (medians of the rounds' percentiles): ${p50p99(h.saturation.real)} against ${p50p99(h.saturation.bare)}; with ${c.saturationConnections} connections
+always busy, the mean latency is ${c.saturationConnections} over the rate (Little's law), so this pair restates the throughput more than it
+compares latency. The like-for-like latency is one delivery at a time (one connection, nothing queued
+anywhere): ${p50p99(h.serial.real)} against ${p50p99(h.serial.bare)}. Runs are
 timed from the first request to the last response (autocannon's own duration is rounded up to whole
 seconds).
 
 **Is the load generator the bottleneck?** For the bare route, in part: at ${int(h.bareRps)}/s it
-spent ${h.bareGenCpu.toFixed(3)} ms of CPU per request, ${cores(h.bareGenCpu, h.bareRps)} cores (one thread: at most 1), next to the bare
+spent ${h.bareGenCpu.toFixed(3)} ms of CPU per request, ${cores(h.bareGenCpu, h.bareRps)} cores (its JavaScript runs on one thread; the figure also counts its process's other threads), next to the bare
 server's ${cores(h.bareCpu, h.bareRps)}, on a machine of 2 CPUs. The bare figure is a floor of what Fastify alone does
 here, so the ratio errs in jitrunner's favour. jitrunner's runs are not held back by the generator
 (${cores(h.genCpu, h.realRps)} cores at ${int(h.realRps)}/s) but by its own process: ${cores(h.realCpu, h.realRps)} cores of a single thread.

@@ -97,9 +97,10 @@ was created before the job's webhook was sent (${w.warmPrecreated === w.warmJobs
 least and ${ms(before[Math.floor(before.length / 2)] ?? Number.NaN)} at the median. What a warm job waits for is the
 next poll of an idle runner: the fake runner asks for a job every 250 ms, so a warm start lies
 between 0 and about 250 ms, and ${idleRange(idleAtSend)} idle warm runners were polling when each job was
-queued. Their polls tend to fall at the same moments (the same loop against the same fake), so
-more idle runners do not shorten the wait, but a burst of up to \`minIdle\` jobs is taken in one
-round of polls. The real runner holds a long poll open with GitHub's broker instead; how fast
+queued. Each runner polls on a schedule of its own, from when it started, so a job waits for the
+soonest next poll of the idle runners: more idle runners shorten the wait (for 3 whose polls fall
+at independent moments, about 52 ms at the median and 134 ms at p90), and a burst of up to
+\`minIdle\` jobs is taken in one round of polls. The real runner holds a long poll open with GitHub's broker instead; how fast
 GitHub hands a job over that way is not something this bench can measure.
 Webhook delivery and jitrunner play no part in it: GitHub hands a queued job to any idle runner
 with matching labels, whether or not jitrunner has seen the webhook yet (jitrunner answered the
@@ -109,7 +110,7 @@ warm jobs' webhooks ${ms(summarize(warmAll.map((j) => j.answered - j.sent)).p50)
 ${w.warmJobs} warm and as many cold jobs, and every replacement): ${calls(w.githubCalls)}.
 ${w.completed} of ${2 * w.warmJobs} measured jobs completed, ${w.succeeded} succeeded.
 
-Small samples (${w.isolated} per pool one at a time, ${w.burst} per burst): p90 is close to the maximum.`;
+Small samples (${w.isolated} per pool one at a time, ${w.burst} per burst): p90 is the maximum or next to it (percentiles here are nearest rank).`;
 }
 
 function launchesNote(w: WarmResult): string {

@@ -58,6 +58,9 @@ net.createServer((c) => {
  * namespace it runs in, the machine's own engine's default bridge, whose containers could then
  * no longer start. Runner containers use network `none` and the fake GitHub's unix socket anyway.
  */
+/** How long an engine's stop waits for dockerd to exit after SIGTERM before it kills it (its own shutdown gives containers 15 s). */
+const STOP_GRACE_MS = 60_000;
+
 export async function startEngine(name: string, image: string | undefined, opts: EngineOptions = {}): Promise<TestEngine> {
   const root = join(tmpdir(), "jitrunner-engines", name);
   mkdirSync(root, { recursive: true });
@@ -110,7 +113,10 @@ export async function startEngine(name: string, image: string | undefined, opts:
   const stop = async (): Promise<void> => {
     for (const close of relays.splice(0)) await close();
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+    // A hung daemon is killed: its containers' shims are then the caller's (killLeftoverShims).
+    const kill = setTimeout(() => child.kill("SIGKILL"), STOP_GRACE_MS);
     await exited;
+    clearTimeout(kill);
   };
   await launch();
   const present = image === undefined || (await docker.getImage(image).inspect().then(() => true, () => false));
