@@ -317,6 +317,9 @@ test("the systemd unit runs a worker that may finish its launches on stop", () =
   assert.equal(directives.get("KillSignal"), "SIGTERM");
   assert.ok(Number(directives.get("TimeoutStopSec")) >= 120, "a long stop timeout: launches in flight finish");
   assert.notEqual(directives.get("User") ?? "root", "root");
+  // Stopping docker must not stop the worker for good (Requires= would, and no start of docker brings it back).
+  assert.ok(!directives.has("Requires") && !directives.has("BindsTo"), "nothing ties the worker's life to docker.service");
+  assert.match(directives.get("Wants") ?? "", /\bdocker\.service\b/);
 });
 
 test("the control-plane image runs as `node`; the Compose files start it as root to run on as `node` (JITRUNNER_USER), so they need no socket group id", () => {
