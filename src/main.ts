@@ -228,8 +228,7 @@ async function startWith(
       redisSaid = redisProblem;
       if (redisProblem) problems.push(REDIS_UNAVAILABLE);
       if (w && !workerStarted) problems.push("worker: starting");
-      const workerProblem = w?.problem;
-      if (workerProblem) problems.push(workerProblem.reason);
+      if (w) problems.push(...w.problems);
       return problems;
     },
     status: http && {

@@ -297,12 +297,12 @@ export class Metrics {
 
 export type UnverifiedOutcome = "unsigned" | "bad_signature" | "too_large" | "unsupported_media_type" | "bad_request";
 
-/** Why a pool's warm runners may be refused (WarmRefusal): each a series of jitrunner_warm_refused. */
 /**
  * Launch failure reasons exported at 0 from a worker's start (Metrics.failureCounters): GitHub or
  * the engine refused a step, Redis was away, or the runner never came online or ended without a job.
  */
 const USUAL_LAUNCH_FAILURES = ["E_GITHUB", "E_DOCKER", "E_REDIS_UNAVAILABLE", "E_RUNNER_NEVER_ONLINE", "E_RUNNER_LOST"] as const;
+/** Why a pool's warm runners may be refused (WarmRefusal): each a series of jitrunner_warm_refused. */
 const WARM_REFUSALS = ["public_repository", "public_runner_group", "runner_group_missing", "visibility_unknown"] as const;
 
 /** The events that get a label of their own: those the ingress acts on. */

@@ -18,7 +18,7 @@ import { Slots } from "./slots.ts";
 import { atMost, every } from "../timers.ts";
 import { JobChecks } from "./job-checks.ts";
 import { needsRunner } from "./still-queued.ts";
-import { UNREADY, type UnreadyReason, type WorkerProblem } from "./unready.ts";
+import { Problems, UNREADY, type UnreadyReason } from "./unready.ts";
 import type { RunnerEvents } from "./runner-events.ts";
 import { WarmExposure } from "./warm-exposure.ts";
 
@@ -245,7 +245,7 @@ export class RunnerWorker {
   #offPublicized: (() => void) | undefined;
   /** Whether each warm pool's runners may register where they would (public repositories). */
   readonly #exposure: WarmExposure;
-  #lastError: WorkerProblem | undefined;
+  readonly #problems = new Problems();
   #drained: (() => void) | undefined;
   /** Resolves when an operator's drain has finished: no demand held, no runner left. */
   readonly drained: Promise<void>;
@@ -274,9 +274,11 @@ export class RunnerWorker {
     deps.metrics.failureCounters([...this.#pools.keys()]);
   }
 
-  /** What makes this worker unready, if anything: its `reason` is fit for /readyz, its `detail` is not. */
-  get problem(): WorkerProblem | undefined {
-    return this.#presence.problem ?? this.#lastError;
+  /** What makes this worker unready, if anything: fixed reasons, fit for /readyz (the details are in the log). */
+  get problems(): UnreadyReason[] {
+    const presence = this.#presence.problem?.reason;
+    const rest = this.#problems.reasons().filter((r) => r !== presence);
+    return presence ? [presence, ...rest] : rest;
   }
 
   async start(): Promise<void> {
@@ -311,10 +313,12 @@ export class RunnerWorker {
           if (this.#stopping || !(this.#passed || (await this.reconcile())) || this.#stopping) continue;
           if (!this.#passed) this.#d.logger.info("the host's containers listed: taking demand");
           try {
-            return await this.#serveDemand();
+            await this.#serveDemand();
+            this.#problems.clear("demand");
+            return;
           } catch (err) {
             // A queue that cannot start (Redis away): tried again, the pools started already kept.
-            this.#noteError(UNREADY.takingDemand, `taking demand could not start: ${errorMessage(err)}`, true);
+            this.#noteError("demand", UNREADY.takingDemand, `taking demand could not start: ${errorMessage(err)}`, true);
           }
         }
       })(),
@@ -497,8 +501,10 @@ export class RunnerWorker {
       // Demand is taken only while a slot is free, and waiting for it holds none: a pool without
       // demand keeps no slot from another pool's (BullMQ's wait for demand lasts up to 2 s).
       if (this.#slots.free === 0) {
+        // Watched from before the hand-back: a slot freed while it waits on Redis wakes this loop.
+        const changed = this.#slots.changed();
         await giveBack();
-        await this.#slots.changed();
+        if (this.#slots.free === 0) await changed;
         continue;
       }
       let lease = shift();
@@ -510,9 +516,10 @@ export class RunnerWorker {
       try {
         lease ??= this.#stopping || !this.#open ? undefined : await this.#next(source);
         failures = 0;
+        this.#problems.clear(`demand:${pool}`);
       } catch (err) {
         failures++;
-        this.#noteError(UNREADY.takingDemand, `taking demand for pool ${pool} failed: ${errorMessage(err)}`, failures === 1);
+        this.#noteError(`demand:${pool}`, UNREADY.takingDemand, `taking demand for pool ${pool} failed: ${errorMessage(err)}`, failures === 1);
         // Cut short by a stop: with Redis away, the backoff reaches 30 s.
         await this.#pause(Math.min(30_000, 500 * 2 ** failures));
       }
@@ -596,10 +603,12 @@ export class RunnerWorker {
     if (!max) return true;
     if (this.#stopping) return false;
     try {
-      return await this.#unlessStopped(this.#limits.acquire(lease.demand.pool, lease.id, max), false);
+      const within = await this.#unlessStopped(this.#limits.acquire(lease.demand.pool, lease.id, max), false);
+      this.#problems.clear(`limit:${lease.demand.pool}`);
+      return within;
     } catch (err) {
       // A Redis error (out of memory, read-only replica) must not end this pool's loop.
-      this.#noteError(UNREADY.poolLimit, `pool limit check for pool ${lease.demand.pool} failed: ${errorMessage(err)}`, false);
+      this.#noteError(`limit:${lease.demand.pool}`, UNREADY.poolLimit, `pool limit check for pool ${lease.demand.pool} failed: ${errorMessage(err)}`, false);
       return false;
     }
   }
@@ -619,19 +628,24 @@ export class RunnerWorker {
     for (const { pool, holder } of this.#adopted.values()) {
       if (pool.maxRunners) await this.#refreshPlace(pool.name, holder, pool.maxRunners, held);
     }
+    // Each place is refreshed only while its holder still holds it, looked at right before the
+    // refresh is sent: a launch that failed, or a spare adopted by demand, while this beat waited
+    // on Redis has had its places freed or moved, and a refresh would put them back.
     for (const [holder, launch] of this.#warmLaunches) {
       const { pool } = launch;
-      if (launch.warm && !(await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle))) launch.warm = false;
-      if (pool.maxRunners) await this.#refreshPlace(pool.name, holder, pool.maxRunners, held);
+      const launching = () => this.#warmLaunches.get(holder) === launch;
+      if (launching() && launch.warm && !(await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle))) launch.warm = false;
+      if (launching() && pool.maxRunners) await this.#refreshPlace(pool.name, holder, pool.maxRunners, held);
     }
-    for (const spare of this.#spares.values()) {
+    for (const [name, spare] of this.#spares) {
       const { pool, holder } = spare;
-      if (spare.warm && !(await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle))) {
+      const kept = () => this.#spares.get(name) === spare && spare.holder === holder && !spare.adopted;
+      if (kept() && spare.warm && !(await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle)) && kept()) {
         // Its place expired and others filled the set: a spare like any other now.
         spare.warm = false;
         spare.idleFrom = Date.now();
       }
-      if (pool.maxRunners) await this.#refreshPlace(pool.name, holder, pool.maxRunners, held);
+      if (kept() && pool.maxRunners) await this.#refreshPlace(pool.name, holder, pool.maxRunners, held);
     }
     for (const holder of this.#lostPlaces) if (!held.has(holder)) this.#lostPlaces.delete(holder);
     this.#checkDrained();
@@ -770,7 +784,7 @@ export class RunnerWorker {
         } finally {
           this.#steps.delete(lease);
         }
-        this.#lastError = undefined;
+        this.#problems.clear(`launch:${pool.name}`);
         reason = await this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal);
       }
       if (reason === "shutdown") {
@@ -810,7 +824,9 @@ export class RunnerWorker {
       const engineGone = err instanceof DockerError && !(await this.#presence.checkEngine());
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       // A job the config refuses (its runner group) says nothing of this worker's health.
-      if (!CONFIG_REFUSALS.has((err as { code?: string }).code ?? "")) this.#noteError(UNREADY.launches, `launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+      if (!CONFIG_REFUSALS.has((err as { code?: string }).code ?? "")) {
+        this.#noteError(`launch:${pool.name}`, UNREADY.launches, `launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+      }
       if (engineGone) {
         await this.#d.activity?.launchFailure(demand, lease.attempt, err, false).catch(() => undefined);
         log.warn({ attempt: lease.attempt, err: errorMessage(err) }, "launch failed with the Docker engine gone; demand handed back");
@@ -1098,10 +1114,12 @@ export class RunnerWorker {
     try {
       tracked = await launching;
     } catch (err) {
+      // Off the beat's list first: a beat must not refresh the places being freed.
+      this.#warmLaunches.delete(holder);
       await this.#freeSparePlaces(pool, holder);
       if (err instanceof NotSentError) return false;
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
-      this.#noteError(UNREADY.launches, `warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+      this.#noteError(`warm:${pool.name}`, UNREADY.launches, `warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       return false;
     } finally {
       this.#warmLaunches.delete(holder);
@@ -1109,7 +1127,7 @@ export class RunnerWorker {
       this.#steps.delete(launching);
     }
     this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000);
-    this.#lastError = undefined;
+    this.#problems.clear(`warm:${pool.name}`);
     this.#keepSpare(pool, holder, tracked, places.warm, log);
     log.info({ runner: tracked.record.name }, "warm runner ready");
     return true;
@@ -1418,10 +1436,10 @@ export class RunnerWorker {
       const failed = pass.summary();
       if (failed) throw failed;
       this.#d.metrics.reconcileRun("host", "ok");
-      if (this.#lastError?.reason === UNREADY.hostLoop) this.#lastError = undefined;
+      this.#problems.clear("host");
     } catch (err) {
       this.#d.metrics.reconcileRun("host", "error");
-      this.#noteError(UNREADY.hostLoop, `host reconcile failed: ${errorMessage(err)}`, false);
+      this.#noteError("host", UNREADY.hostLoop, `host reconcile failed: ${errorMessage(err)}`, false);
     }
     return listed;
   }
@@ -1797,13 +1815,13 @@ export class RunnerWorker {
   }
 
   /**
-   * Logs `text` (when new, or when asked to) and keeps it, with its fixed `reason`, as the
-   * worker's problem; redacted, as GitHub's or Docker's words are among ours.
+   * Logs `text` (when new for `key`, or when asked to) and keeps it, with its fixed `reason`, as a
+   * problem of the worker's under `key` (see Problems); redacted, as GitHub's or Docker's words
+   * are among ours.
    */
-  #noteError(reason: UnreadyReason, text: string, log: boolean): void {
+  #noteError(key: string, reason: UnreadyReason, text: string, log: boolean): void {
     const detail = redact(text);
-    if (log || detail !== this.#lastError?.detail) this.#d.logger.warn(detail);
-    this.#lastError = { reason, detail };
+    if (this.#problems.note(key, { reason, detail }) || log) this.#d.logger.warn(detail);
   }
 }
 

@@ -105,6 +105,31 @@ test("container lists that fail: 'worker: host reconcile failing' on /readyz; re
   assert.equal(jit(), launches, "no launch made it ready");
 });
 
+test("one thing's success clears no other's problem: a launch that succeeds while the host loop's lists fail leaves the worker unready", async () => {
+  await waitFor(async () => (await readyz()).status === 200, 30_000, "ready before the lists fail");
+  const failing = proxy.fail("GET", LIST_CONTAINERS, "list failed");
+  try {
+    await waitFor(async () => (await readyz()).status === 503, 20_000, "unready while the host loop's lists fail");
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    // Every answer from the job's queueing until its runner has run it: never ready, and always
+    // for the host loop (a successful launch once cleared every problem until the next pass).
+    const seen = new Set<string>();
+    const deadline = Date.now() + 60_000;
+    while (fake.jobs().find((j) => j.id === job.id)?.status !== "completed") {
+      assert.ok(Date.now() < deadline, "the job ran within 60 s");
+      const res = await readyz();
+      seen.add(`${res.status} ${res.text}`);
+      assert.equal(res.status, 503, `ready in the middle of the host loop's failures: ${res.text}`);
+      assert.ok((JSON.parse(res.text) as { problems: string[] }).problems.includes("worker: host reconcile failing"), res.text);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.ok(seen.size >= 1);
+  } finally {
+    failing.stop();
+  }
+  await waitFor(async () => (await readyz()).status === 200, 20_000, "ready once a pass succeeds");
+});
+
 test("an engine that fails its pings and a host taken by another process: fixed reasons on /readyz, the details in the log", async () => {
   const conn = redisConnection(r.url);
   try {
