@@ -42,6 +42,11 @@ export interface Pickup {
   started: number;
   /** container stopped (jitrunner: the runner finished its job) */
   died?: number;
+  /**
+   * jitrunner only: the demand was taken again after this, its first runner, ended without a job
+   * (BullMQ keeps only the last take's time, so `taken` is not this container's)
+   */
+  retaken?: boolean;
 }
 
 export interface Series {
@@ -54,6 +59,8 @@ export interface Series {
   createGaps: Summary;
   /** start -> die of each container */
   lifetime: Summary;
+  /** demands taken again (Pickup.retaken): left out of the steps around the take */
+  retaken: number;
 }
 
 /**
@@ -107,9 +114,9 @@ function series(name: string, items: Pickup[]): Series {
     if (values.length) parts[key] = summarize(values);
   };
   part("received -> in BullMQ", (p) => (p.queued === undefined ? undefined : p.queued - p.t0));
-  part("in BullMQ -> taken by worker", (p) => (p.queued === undefined || p.taken === undefined ? undefined : p.taken - p.queued));
-  part("taken -> container created", (p) => (p.taken === undefined ? undefined : p.created - p.taken));
-  part("start -> container created", (p) => (p.taken === undefined ? p.created - p.t0 : undefined));
+  part("in BullMQ -> taken by worker", (p) => (p.queued === undefined || p.taken === undefined || p.retaken ? undefined : p.taken - p.queued));
+  part("taken -> container created", (p) => (p.taken === undefined || p.retaken ? undefined : p.created - p.taken));
+  part("start -> container created", (p) => (p.queued === undefined ? p.created - p.t0 : undefined));
   part("created -> started", (p) => p.started - p.created);
   const creates = items.map((p) => p.created).sort((a, b) => a - b);
   return {
@@ -119,6 +126,7 @@ function series(name: string, items: Pickup[]): Series {
     parts,
     createGaps: summarize(creates.slice(1).map((c, i) => c - creates[i]!)),
     lifetime: summarize(items.flatMap((p) => (p.died === undefined ? [] : [p.died - p.started]))),
+    retaken: items.filter((p) => p.retaken).length,
   };
 }
 
@@ -240,14 +248,22 @@ export async function timelines(redisUrl: string, prefix: string, containers: Li
   const conn = new Redis(redisUrl, { maxRetriesPerRequest: null });
   const queue = new Queue(`demand-${POOL}`, { connection: conn, prefix: `${prefix}:bull` });
   try {
-    const out: Pickup[] = [];
+    // A demand whose runner ended without a job is launched again: its first container is its pickup.
+    const first = new Map<string, Lifecycle>();
+    const launches = new Map<string, number>();
     for (const lc of containers) {
       const id = lc.labels[DEMAND_LABEL];
       if (!id || lc.start === undefined || lc.create === undefined) continue;
+      launches.set(id, (launches.get(id) ?? 0) + 1);
+      if ((first.get(id)?.create ?? Number.POSITIVE_INFINITY) > lc.create) first.set(id, lc);
+    }
+    const out: Pickup[] = [];
+    for (const [id, lc] of first) {
       const job = await queue.getJob(id);
       const receivedAt = (job?.data as { receivedAt?: number } | undefined)?.receivedAt;
       if (!job || receivedAt === undefined) continue;
-      out.push({ t0: receivedAt, queued: job.timestamp, taken: job.processedOn, created: lc.create, started: lc.start, died: lc.die });
+      const retaken = launches.get(id)! > 1 || job.attemptsMade > 1;
+      out.push({ t0: receivedAt, queued: job.timestamp, taken: job.processedOn, created: lc.create!, started: lc.start!, died: lc.die, retaken });
     }
     return out;
   } finally {

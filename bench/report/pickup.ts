@@ -99,7 +99,7 @@ ${ms(p.burst.total.p50)}, p99 ${ms(p.burst.total.p99)} against ${ms(p.bareBurst.
 more than its free slots, while it serves the first; src/worker/worker.ts \`TAKE_AHEAD\`; a demand taken ahead counts as taken,
 and what it then waits in the worker before its launch counts under the next step), "taken -> container created"
 ${ms(p.burst.parts["taken -> container created"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["start -> container created"]?.p50 ?? Number.NaN)} for the bare creates, and
-"created -> started" ${ms(p.burst.parts["created -> started"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["created -> started"]?.p50 ?? Number.NaN)}${allAtOnce ? "" : " (it includes the wait for a turn)"}. At most
+"created -> started" ${ms(p.burst.parts["created -> started"]?.p50 ?? Number.NaN)} against ${ms(p.bareBurst.parts["created -> started"]?.p50 ?? Number.NaN)}${allAtOnce ? "" : " (it includes the wait for a turn)"}.${retakenLine(p)} At most
 ${p.burstMaxRunning} of a burst's runners ran at the same time (each lived ${ms(p.burst.lifetime.p50)} at p50),
 so the worker's ${p.capacity} slots were never what held a job back.
 
@@ -187,6 +187,15 @@ export function pickupSummaryRows(p: PickupResult): Row[] {
     [`pickup, burst of ${p.burstSize} (${p.rounds.length} rounds pooled), p50 / p99`, p50p99(p.burst.total), `${p50p99(p.bareBurst.total)} (${p.burstSize} bare at once)`, `${ratio(p.burst.total.p50, p.bareBurst.total.p50)} / ${ratio(p.burst.total.p99, p.bareBurst.total.p99)}`, "p50 overhead < 50 ms", `${yes(p.burst.total.p50 - p.bareBurst.total.p50 < 50)} (${ms(p.burst.total.p50 - p.bareBurst.total.p50)}; at p99 ${p.burst.total.p99 >= p.bareBurst.total.p99 ? "+" : ""}${ms(p.burst.total.p99 - p.bareBurst.total.p99)})`],
     [`pickup, burst of ${p.burstSize}, mean (the median moves with the engine's waves of starts)`, ms(p.burst.total.mean), `${ms(p.bareBurst.total.mean)} (${p.burstSize} bare at once)`, ratio(p.burst.total.mean, p.bareBurst.total.mean), "", signed(p.burst.total.mean - p.bareBurst.total.mean)],
   ];
+}
+
+/** Demands taken again after their first runner ended without a job, if any (Series.retaken). */
+function retakenLine(p: PickupResult): string {
+  const n = (p.burst.retaken ?? 0) + (p.isolated.retaken ?? 0);
+  if (n === 0) return "";
+  return ` ${n} demand${n === 1 ? " was" : "s were"} taken again (${p.burst.retaken ?? 0} of the bursts', ${p.isolated.retaken ?? 0} of the one-at-a-time ones) after the first runner ended
+without a job, and launched again: BullMQ keeps only a demand's last take, so these are left out of the two steps
+around the take, and their pickup is their first container's (the worker's log says why each runner ended).`;
 }
 
 /** What the burst's order of starts did in this run, against the bare burst's all at once. Pure. */

@@ -22,6 +22,9 @@ export interface TestEngine {
   restart(): Promise<void>;
 }
 
+/** How long an engine's stop waits for dockerd to exit after SIGTERM before it kills it (its own shutdown gives containers 15 s). */
+const STOP_GRACE_MS = 60_000;
+
 export interface EngineOptions {
   /**
    * More dockerd flags. A TCP listener (`-H tcp://127.0.0.1:PORT`, for a TLS engine, say) is in
@@ -58,9 +61,6 @@ net.createServer((c) => {
  * namespace it runs in, the machine's own engine's default bridge, whose containers could then
  * no longer start. Runner containers use network `none` and the fake GitHub's unix socket anyway.
  */
-/** How long an engine's stop waits for dockerd to exit after SIGTERM before it kills it (its own shutdown gives containers 15 s). */
-const STOP_GRACE_MS = 60_000;
-
 export async function startEngine(name: string, image: string | undefined, opts: EngineOptions = {}): Promise<TestEngine> {
   const root = join(tmpdir(), "jitrunner-engines", name);
   mkdirSync(root, { recursive: true });
@@ -176,6 +176,11 @@ export function killLeftoverShims(root: string): void {
     } catch {
       continue; // gone meanwhile
     }
-    if (cmdline.includes("containerd-shim") && cmdline.includes(`${join(root, "exec")}/`)) process.kill(Number(pid), "SIGKILL");
+    if (!cmdline.includes("containerd-shim") || !cmdline.includes(`${join(root, "exec")}/`)) continue;
+    try {
+      process.kill(Number(pid), "SIGKILL");
+    } catch {
+      // gone meanwhile
+    }
   }
 }
