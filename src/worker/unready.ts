@@ -40,18 +40,16 @@ export const PROBLEM_LASTS_MS = 5 * 60_000;
 export class Problems {
   readonly #set = new Map<string, WorkerProblem & { until: number }>();
   readonly #now: () => number;
-  readonly #lastsMs: number;
 
-  constructor(o: { now?: () => number; lastsMs?: number } = {}) {
+  constructor(o: { now?: () => number } = {}) {
     this.#now = o.now ?? Date.now;
-    this.#lastsMs = o.lastsMs ?? PROBLEM_LASTS_MS;
   }
 
   /** Keeps `problem` under `key`; true when its detail is new for the key (worth a log line). */
   note(key: string, problem: WorkerProblem): boolean {
     const fresh = this.#current(key)?.detail !== problem.detail;
     // A key already set keeps its place in the order.
-    this.#set.set(key, { ...problem, until: this.#now() + this.#lastsMs });
+    this.#set.set(key, { ...problem, until: this.#now() + PROBLEM_LASTS_MS });
     return fresh;
   }
 
