@@ -276,9 +276,9 @@ export class RunnerWorker {
 
   /** What makes this worker unready, if anything: fixed reasons, fit for /readyz (the details are in the log). */
   get problems(): UnreadyReason[] {
-    const presence = this.#presence.problem?.reason;
-    const rest = this.#problems.reasons().filter((r) => r !== presence);
-    return presence ? [presence, ...rest] : rest;
+    // The host's own problems (engine, host taken) first; they are never among #problems.
+    const presence = this.#presence.problem;
+    return presence ? [presence.reason, ...this.#problems.reasons()] : this.#problems.reasons();
   }
 
   async start(): Promise<void> {

@@ -113,17 +113,17 @@ test("one thing's success clears no other's problem: a launch that succeeds whil
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     // Every answer from the job's queueing until its runner has run it: never ready, and always
     // for the host loop (a successful launch once cleared every problem until the next pass).
-    const seen = new Set<string>();
+    let answers = 0;
     const deadline = Date.now() + 60_000;
     while (fake.jobs().find((j) => j.id === job.id)?.status !== "completed") {
       assert.ok(Date.now() < deadline, "the job ran within 60 s");
       const res = await readyz();
-      seen.add(`${res.status} ${res.text}`);
+      answers++;
       assert.equal(res.status, 503, `ready in the middle of the host loop's failures: ${res.text}`);
       assert.ok((JSON.parse(res.text) as { problems: string[] }).problems.includes("worker: host reconcile failing"), res.text);
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
-    assert.ok(seen.size >= 1);
+    assert.ok(answers >= 1, "looked while the job was served");
   } finally {
     failing.stop();
   }
