@@ -307,8 +307,10 @@ test("calls out with a token GitHub stops accepting, refused one after another, 
   // auth-app itself retries a 401 on a token younger than 5 s; an older one is ours to replace.
   await sleep(5100);
   fake.expireTokens();
-  // Their refusals come 200 ms apart, each after the mint the one before began has ended.
-  for (const delayMs of [0, 200, 400, 600, 800]) fake.inject({ route: JOB, times: 1, delayMs });
+  // Their refusals come 200 ms apart, each after the mint the one before began has ended; the
+  // first after 1 s, so that all five are out with the old token on a loaded machine too (with the
+  // first refused at once, the later ones were once sent after it, with the new token).
+  for (const delayMs of [1000, 1200, 1400, 1600, 1800]) fake.inject({ route: JOB, times: 1, delayMs });
   const answers = await Promise.all(Array.from({ length: 5 }, () => c.gh.getJob(1, "acme", "app", job.id)));
   assert.ok(answers.every((a) => a.status === "queued"));
   assert.deepEqual(calls(fake, TOKEN), [201, 201], "one token at first, one after the refusals");
