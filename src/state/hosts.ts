@@ -262,11 +262,14 @@ local out = {string.format('%.0f', now)}
 for i, id in ipairs(ARGV) do out[i + 1] = redis.call('HGET', KEYS[1], id) or '0' end
 return out`;
 
-/** Takes or refreshes the place of ARGV[2] in KEYS[1] for ARGV[1] ms; a new one only while fewer than ARGV[3] are taken. */
+/**
+ * Takes or refreshes the place of ARGV[2] in KEYS[1] for ARGV[1] ms; a new one only while fewer
+ * than ARGV[3] are taken, or in the place of ARGV[4] (if given) while that one has not expired.
+ */
 const ACQUIRE = `${REDIS_NOW}
 local untilMs = now + tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) or (ARGV[4] and redis.call('ZREM', KEYS[1], ARGV[4]) == 1) then
   redis.call('ZADD', KEYS[1], untilMs, ARGV[2])
   return 1
 end
@@ -307,7 +310,7 @@ function holderHost(holder: string): string | undefined {
  */
 export class PoolLimits {
   readonly #redis: Redis & {
-    jitrunnerPoolAcquire(key: string, holdMs: string, id: string, max: string): Promise<number>;
+    jitrunnerPoolAcquire(key: string, holdMs: string, id: string, max: string, from?: string): Promise<number>;
     jitrunnerPoolTransfer(key: string, from: string, to: string, holdMs: string): Promise<number>;
     jitrunnerPoolCount(key: string): Promise<number>;
   };
@@ -338,9 +341,13 @@ export class PoolLimits {
     return `${this.#prefix}:pool:${pool}:holders`;
   }
 
-  /** Takes (or refreshes) a place for `holder`; false when the pool is full. */
-  async acquire(pool: string, holder: string, max: number): Promise<boolean> {
-    return (await this.#redis.jitrunnerPoolAcquire(this.#key(pool), String(this.holdMs), holder, String(max))) === 1;
+  /**
+   * Takes (or refreshes) a place for `holder`; false when the pool is full. With `from`: takes
+   * that holder's place over if it is still held (full or not), else as without.
+   */
+  async acquire(pool: string, holder: string, max: number, from?: string): Promise<boolean> {
+    const args = from === undefined ? [] : [from];
+    return (await this.#redis.jitrunnerPoolAcquire(this.#key(pool), String(this.holdMs), holder, String(max), ...args)) === 1;
   }
 
   /** Hands `from`'s place to `to` in one step (the count never dips, so no one else slips in). */
@@ -356,12 +363,17 @@ export class PoolLimits {
     await atMost(this.#redis.zrem(this.#key(pool), holder), RELEASE_WAIT_MS);
   }
 
+  /** The holders of `host` (hostHolder's ids) with a place in the pool, expired or not. */
+  async heldBy(pool: string, host: string): Promise<string[]> {
+    return (await this.#redis.zrange(this.#key(pool), 0, -1)).filter((m) => holderHost(m) === host);
+  }
+
   /**
    * Frees the places of every holder of `host` (hostHolder's ids) at once: a host found gone
    * refreshes none, and they would otherwise stay taken until they expire (holdMs).
    */
   async releaseHost(pool: string, host: string): Promise<number> {
-    const mine = (await this.#redis.zrange(this.#key(pool), 0, -1)).filter((m) => holderHost(m) === host);
+    const mine = await this.heldBy(pool, host);
     if (mine.length) await this.#redis.zrem(this.#key(pool), ...mine);
     return mine.length;
   }

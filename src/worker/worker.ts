@@ -221,6 +221,14 @@ export class RunnerWorker {
    */
   readonly #warmLaunches = new Map<string, { pool: PoolConfig; warm: boolean }>();
   /**
+   * The places the process before this one on this host held under each pool's limits (its
+   * hostHolder ids; any left after a crash), by limit: each runner it left that this process
+   * adopts without a demand takes one of them over (#takePlace), instead of counting a second
+   * time beside it until it expires. Those left over once a host pass has listed the host's
+   * containers are freed (#freeInherited). Read once this process holds the host.
+   */
+  #inherited: Map<string, string[]> | undefined;
+  /**
    * Host loop passes under way. A pass tears down what it finds (a stopped container left
    * running, a record without a container): a drain is over, and a stop decides whether the host
    * leaves the fleet, only once it has ended. (Teardowns of runners this process watches keep
@@ -287,6 +295,7 @@ export class RunnerWorker {
     if (this.#d.pools.some((p) => p.networkMode === RUNNER_NETWORK)) await this.#d.driver.ensureRunnerNetwork();
     await this.#presence.start();
     try {
+      await this.#placesBefore();
       // The drain mark before any demand (the beats read it beside them, not before).
       await this.#checkCordon();
       await this.#startServing();
@@ -1145,8 +1154,8 @@ export class RunnerWorker {
     // One registered where the pool's warm runners no longer go (`warm` changed across the
     // restart) is a spare that idles out, never warm again: it would hold a warm place for good,
     // and the checks of warm runners' exposure look at the pool's warm target only.
-    const warm = tracked.state === "idle" && atWarmTarget(pool, tracked.record) && (await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false));
-    if (pool.maxRunners) await this.#limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
+    const warm = tracked.state === "idle" && atWarmTarget(pool, tracked.record) && (await this.#takePlace(warmKey(pool.name), holder, pool.minIdle).catch(() => false));
+    if (pool.maxRunners) await this.#takePlace(pool.name, holder, pool.maxRunners).catch(() => false);
     this.#keepSpare(pool, holder, tracked, warm, log);
     log.info({ runner: tracked.record.name, warm }, "adopted running runner as a spare");
   }
@@ -1458,6 +1467,7 @@ export class RunnerWorker {
       names.add(name);
       await pass.attempt({ runner: name, container: c.id.slice(0, 12) }, "reconciling container", () => this.#reconcileContainer(c, name, log));
     }
+    await this.#freeInherited(log);
     // Left running, and gone since by other hands (an operator's `docker rm`): its slot is free.
     for (const [name, pool] of this.#leftRunning) {
       if (names.has(name)) continue;
@@ -1589,7 +1599,45 @@ export class RunnerWorker {
     const holder = record.demandId || hostHolder(this.#d.host);
     this.#adopted.set(record.name, { pool, holder });
     this.#slots.take();
-    if (pool.maxRunners) void this.#limits.acquire(pool.name, holder, pool.maxRunners).catch(() => false);
+    if (pool.maxRunners) void (record.demandId ? this.#limits.acquire(pool.name, holder, pool.maxRunners) : this.#takePlace(pool.name, holder, pool.maxRunners)).catch(() => false);
+  }
+
+  /**
+   * The places of the process before this one on this host, by limit (see #inherited). Unread
+   * (Redis away), the runners it left take new places beside its own until those expire.
+   */
+  async #placesBefore(): Promise<void> {
+    const found = new Map<string, string[]>();
+    try {
+      for (const pool of this.#pools.values()) {
+        for (const [key, max] of [[pool.name, pool.maxRunners], [warmKey(pool.name), pool.minIdle]] as const) {
+          const holders = max ? await this.#limits.heldBy(key, this.#d.host) : [];
+          if (holders.length) found.set(key, holders);
+        }
+      }
+    } catch (err) {
+      this.#d.logger.warn({ err: errorMessage(err) }, "could not read the places the worker before this one held under the pool limits: the runners it left count twice until those expire");
+    }
+    if (found.size) this.#inherited = found;
+  }
+
+  /** Takes a place under limit `key` for a runner left by the process before: one of its places if any is left (#inherited), else a new one. */
+  #takePlace(key: string, holder: string, max: number): Promise<boolean> {
+    return this.#limits.acquire(key, holder, max, this.#inherited?.get(key)?.shift());
+  }
+
+  /** Frees the places of the process before that no runner it left took over (see #inherited). */
+  async #freeInherited(log: Logger): Promise<void> {
+    const left = this.#inherited;
+    this.#inherited = undefined;
+    let freed = 0;
+    for (const [key, holders] of left ?? []) {
+      for (const holder of holders) {
+        await this.#limits.release(key, holder).catch(() => undefined);
+        freed++;
+      }
+    }
+    if (freed) log.info({ places: freed }, "freed the places under pool limits of the worker before this one that no runner it left holds");
   }
 
   /**

@@ -5,6 +5,7 @@
  * back to `minIdle`; warm runners outlive the idle timeout; a drain deregisters and removes them.
  */
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
@@ -165,7 +166,7 @@ test("a job of another repository of the pool gets a runner of its own: warm run
 });
 
 test("warm runners outlive a worker restart: kept warm in slots of their own, none launched beside them, the next job starts on one", async () => {
-  const { fake, host, r, sys: first, restart } = await warmSystem("warm-restart", 1);
+  const { fake, host, r, sys: first, restart } = await warmSystem("warm-restart", 1, { maxRunners: 4 });
   const idleRunners = () => fake.runners().filter((x) => !x.busy && x.status === "online");
   const conn = redisConnection(r.url);
   let sys: SystemUnderTest = first;
@@ -178,7 +179,7 @@ test("warm runners outlive a worker restart: kept warm in slots of their own, no
     await sys.close();
     assert.equal((await containersOf(host)).filter((c) => c.State === "running").length, MIN_IDLE, "a stopped worker leaves its warm runners running");
     sys = await restart();
-    assert.equal((sys.logs().match(/"warm":true.*adopted running runner as a spare/g) ?? []).length, MIN_IDLE, sys.logs().slice(-3000));
+    assert.equal((sys.logs().match(/"warm":true,"msg":"adopted running runner as a spare"/g) ?? []).length, MIN_IDLE, sys.logs().slice(-3000));
     const hostsStore = new HostStore(conn, r.prefix);
     // Their slots; the demand loop waits for demand in none.
     await waitFor(async () => (await hostsStore.list()).find((h) => h.id === host)?.record?.used === MIN_IDLE, 15_000, `host ${host} counts ${MIN_IDLE} slots used`);
@@ -187,15 +188,27 @@ test("warm runners outlive a worker restart: kept warm in slots of their own, no
     assert.deepEqual(new Set(idleRunners().map((x) => x.name)), warmNames, "the same warm runners");
     assert.equal(callsTo(fake, JIT), MIN_IDLE, "no launch beside them");
 
-    // After a crash, their places are still held by the holders of the process before until
-    // those expire: the runners come back as spares that are not warm, and take the places, not
-    // new launches, once they are free (here 3 s after the restart rather than 60 s).
+    // After a crash, the process before still holds their places (warm, and under maxRunners)
+    // until those expire; a stop frees them, so they are put back as a crash leaves them, with one
+    // more of a runner gone since. The runners come back warm at once, each in one of those
+    // places: none counts twice, and the one left over is freed.
+    const key = (limit: string) => `${r.prefix}:pool:${limit}:holders`;
+    const placesOf = async (limit: string) => (await conn.zrange(key(limit), 0, -1, "WITHSCORES")).filter((_, i) => i % 2 === 0);
+    const crashed = { warm: await placesOf("default:warm"), pool: await placesOf("default") };
+    assert.equal(crashed.warm.length, MIN_IDLE, "the warm places before the crash");
+    assert.equal(crashed.pool.length, MIN_IDLE, "their places under maxRunners");
     await sys.close();
-    const expires = Date.now() + 3000;
-    for (let i = 0; i < MIN_IDLE; i++) await conn.zadd(`${r.prefix}:pool:default:warm:holders`, expires, `${host}:before-the-crash-${i}`);
+    const expires = Date.now() + 60_000;
+    const gone = `${host}:${randomUUID()}`;
+    for (const holder of [...crashed.warm, gone]) await conn.zadd(key("default:warm"), expires, holder);
+    for (const holder of [...crashed.pool, gone]) await conn.zadd(key("default"), expires, holder);
     sys = await restart();
-    assert.equal((sys.logs().match(/"warm":false.*adopted running runner as a spare/g) ?? []).length, MIN_IDLE, sys.logs().slice(-3000));
-    await waitFor(() => (sys.logs().match(/spare warm again/g) ?? []).length === MIN_IDLE, 15_000, "both spares warm again");
+    assert.equal((sys.logs().match(/"warm":true,"msg":"adopted running runner as a spare"/g) ?? []).length, MIN_IDLE, sys.logs().slice(-3000));
+    for (const limit of ["default:warm", "default"]) {
+      const places = await placesOf(limit);
+      assert.equal(places.length, MIN_IDLE, `${limit}: one place per runner (${places.join(", ")})`);
+      assert.ok(!places.some((p) => crashed.warm.includes(p) || crashed.pool.includes(p) || p === gone), `${limit}: none held by the process before`);
+    }
     await new Promise((res) => setTimeout(res, (IDLE_TIMEOUT_SECONDS + 2) * 1000));
     assert.deepEqual(new Set(idleRunners().map((x) => x.name)), warmNames, "still the same warm runners");
     assert.equal(callsTo(fake, JIT), MIN_IDLE, "still no launch beside them");
@@ -225,10 +238,10 @@ test("a drain reaps an idle spare that is not warm at once, not at the end of it
   let sys = await start();
   try {
     await waitFor(() => fake.runners().some((x) => !x.busy && x.status === "online"), 90_000, "a warm runner online");
-    // Restarted while the pool's one warm place is held by another holder (a crash's, left to
-    // expire): the runner comes back as a spare that is not warm.
+    // Restarted while the pool's one warm place is held by another host (its warm runner, say):
+    // the runner comes back as a spare that is not warm.
     await sys.close();
-    await conn.zadd(`${r.prefix}:pool:default:warm:holders`, Date.now() + 300_000, `${host}:before-the-crash`);
+    await conn.zadd(`${r.prefix}:pool:default:warm:holders`, Date.now() + 300_000, `another-host:${randomUUID()}`);
     sys = await start();
     assert.match(sys.logs(), /"warm":false.*adopted running runner as a spare/, sys.logs().slice(-3000));
     await drain(r, host, sys.drained);
@@ -313,8 +326,8 @@ async function warmHost(tag: string, pool: Record<string, unknown>, worker: Reco
   return { fake, host, r, start };
 }
 
-/** The fake GitHub and jitrunner (`all`) with one pool of MIN_IDLE warm runners whose jobs take `jobSeconds`. */
-async function warmSystem(tag: string, jobSeconds: number) {
+/** The fake GitHub and jitrunner (`all`) with one pool of MIN_IDLE warm runners whose jobs take `jobSeconds`, and the pool fields in `over`. */
+async function warmSystem(tag: string, jobSeconds: number, over: Record<string, unknown> = {}) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost(tag);
   const r = scopedRedis(redis, tag);
@@ -324,6 +337,7 @@ async function warmSystem(tag: string, jobSeconds: number) {
     idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS,
     warm: { installationId: fake.installationId, owner: "acme", repo: "app" },
     env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds) },
+    ...over,
   });
   // Capacity 4: one slot stays free for demand, MIN_IDLE hold warm runners, one is spare.
   const restart = () =>

@@ -1,6 +1,8 @@
 /**
  * PoolLimits (src/state/hosts.ts), the places under a pool's limits in Redis: a gone host's
- * places are freed at once, and only its own, whatever its id and the other holders look like.
+ * places are freed at once, and only its own, whatever its id and the other holders look like; a
+ * place is taken over from the holder before it (a restarted worker's runners) without counting
+ * twice.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -22,4 +24,22 @@ test("a host's places are freed together, and no one else's: not a host whose id
   assert.equal(await limits.releaseHost("default", "host-a"), 0, "nothing more to free");
   assert.equal(await limits.releaseHost("other-pool", "host-b"), 0, "places are per pool");
   assert.equal(await limits.acquire("default", hostHolder("host-c"), 5), true, "a freed place is taken at once");
+});
+
+test("a place taken over from another holder: the pool full or not, the count stays; a holder whose place expired or was freed is no way in", async () => {
+  const { redis, conn } = shared;
+  const limits = new PoolLimits(conn, redis.prefix);
+  const before = [hostHolder("host-a"), hostHolder("host-a")];
+  for (const h of before) assert.equal(await limits.acquire("inherit", h, 2), true);
+  const after = hostHolder("host-a");
+  assert.equal(await limits.acquire("inherit", after, 2), false, "the pool is full");
+  assert.equal(await limits.acquire("inherit", after, 2, before[0]), true, "taken over although the pool is full");
+  assert.equal(await limits.count("inherit"), 2, "counted once");
+  assert.deepEqual((await conn.zrange(`${redis.prefix}:pool:inherit:holders`, 0, -1)).sort(), [after, before[1]!].sort());
+  // The first holder's place is gone now: naming it again takes nothing over, and the pool is full.
+  assert.equal(await limits.acquire("inherit", hostHolder("host-a"), 2, before[0]), false, "a place taken over once is not taken over again");
+  await limits.release("inherit", before[1]!);
+  assert.equal(await limits.acquire("inherit", hostHolder("host-a"), 2, before[1]), true, "a freed holder named: a new place while there is room");
+  assert.equal(await limits.acquire("inherit", hostHolder("host-a"), 2, "never-held"), false, "and none past the limit");
+  assert.deepEqual(await limits.heldBy("inherit", "host-a"), await conn.zrange(`${redis.prefix}:pool:inherit:holders`, 0, -1), "heldBy lists the host's holders");
 });
