@@ -130,7 +130,7 @@ interface Spare {
   ended: Promise<string>;
   /** The watch has ended. */
   done?: boolean;
-  /** Whether it took over a demand for the job it took on its own (#handOver; asked once). */
+  /** Whether it took over a demand for the job it took on its own (#handOver; asked once, unless Redis failed). */
   handedOver?: Promise<boolean>;
   /** To be deregistered and removed at once: GitHub could hand it a public repository's job (#retireSpares). */
   retired?: boolean;
@@ -1223,7 +1223,14 @@ export class RunnerWorker {
    * the taker was. True when the taker now belongs to a demand.
    */
   #handOver(taker: Spare, log: Logger): Promise<boolean> {
-    taker.handedOver ??= this.#tryHandOver(taker, log).catch(() => false);
+    taker.handedOver ??= this.#tryHandOver(taker, log).catch((err: unknown) => {
+      // Reading its job from Redis failed: asked again at the next look (the warm loop's next
+      // tick), not answered "no" for good, which would leave the adopted runner to idle out. At
+      // debug: with Redis away this comes each tick, and the outage is told elsewhere.
+      log.debug({ runner: taker.tracked.record.name, err: errorMessage(err) }, "could not read which job a warm runner took; asked again");
+      taker.handedOver = undefined;
+      return false;
+    });
     return taker.handedOver;
   }
 
