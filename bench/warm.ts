@@ -112,18 +112,19 @@ function seriesOf(kind: Kind, series: JobStart["series"], jobs: JobStart[]): War
 }
 
 /**
- * From the worker's log: which runner each demand adopted ("demand adopted by a warm runner"),
+ * From the worker's log: which runner each demand adopted ("demand adopted by a warm runner", or
+ * by an idle runner that is not warm),
  * and why each runner was removed ("runner removed").
  */
 function workerLog(logFile: string): { adopted: Map<number, string>; removed: Map<string, string> } {
   const adopted = new Map<number, string>();
   const removed = new Map<string, string>();
   for (const line of readFileSync(logFile, "utf8").split("\n")) {
-    if (!line.includes("demand adopted by a warm runner") && !line.includes("runner removed")) continue;
+    if (!line.includes("demand adopted by") && !line.includes("runner removed")) continue;
     try {
       const o = JSON.parse(line) as { msg?: string; jobId?: number; runner?: string; reason?: string };
       if (typeof o.runner !== "string") continue;
-      if (o.msg === "demand adopted by a warm runner" && typeof o.jobId === "number") adopted.set(o.jobId, o.runner);
+      if (o.msg?.startsWith("demand adopted by") && typeof o.jobId === "number") adopted.set(o.jobId, o.runner);
       if (o.msg === "runner removed" && typeof o.reason === "string") removed.set(o.runner, o.reason);
     } catch {
       // not a JSON line

@@ -76,6 +76,11 @@ const CONFIG_REFUSALS: ReadonlySet<string> = new Set(Object.values(CONFIG_REFUSA
 
 /** How often the warm loop looks at its pool when nothing happens. */
 const WARM_TICK_MS = 1000;
+/**
+ * A spare that is not warm is adopted by demand only this long before its idle timeout or more:
+ * past it, its watch may be deregistering it (it looks at the deadline every 2 s).
+ */
+const ADOPT_IDLE_MARGIN_MS = 10_000;
 
 /**
  * How often the warm loop looks again while its pool's warm runners are refused (WarmExposure):
@@ -130,6 +135,8 @@ interface Spare {
   ended: Promise<string>;
   /** The watch has ended. */
   done?: boolean;
+  /** Adopted by a demand while idle and not warm (it would have idled out). */
+  adoptedIdle?: boolean;
   /** Whether it took over a demand for the job it took on its own (#handOver; asked once, unless Redis failed). */
   handedOver?: Promise<boolean>;
   /** To be deregistered and removed at once: GitHub could hand it a public repository's job (#retireSpares). */
@@ -749,7 +756,7 @@ export class RunnerWorker {
         }
         spare.tracked.record.demandId = lease.id;
         this.#d.metrics.pickedUp(pool.name, (Date.now() - demand.receivedAt) / 1000);
-        log.info({ runner: spare.tracked.record.name }, "demand adopted by a warm runner");
+        log.info({ runner: spare.tracked.record.name }, spare.adoptedIdle ? "demand adopted by an idle runner of this host that is not warm" : "demand adopted by a warm runner");
         unwatched.spare = undefined;
         const served = await this.#whileAdopted(lease, spare);
         tracked = served.tracked;
@@ -1284,13 +1291,16 @@ export class RunnerWorker {
   }
 
   /**
-   * Hands a warm runner of this host to the demand, with its slot and place: the one already
-   * running the demand's job if GitHub gave it one, else the oldest idle one. Only one registered
-   * where the job can go (its installation and owner, and its repository in a repository pool):
-   * GitHub never hands a job to a runner registered elsewhere.
+   * Hands a spare runner of this host to the demand, with its slot and place: the one already
+   * running the demand's job if GitHub gave it one, else an idle one: one that is not warm first
+   * (it would idle out, and no replacement is launched for it), then the oldest. Only one
+   * registered where the job can go (its installation and owner, and its repository in a
+   * repository pool): GitHub never hands a job to a runner registered elsewhere. Not one that is
+   * not warm and close to its idle timeout: its deregistration may be under way.
    */
   async #adoptSpare(lease: Lease): Promise<Spare | undefined> {
     let chosen: Spare | undefined;
+    const before = (a: Spare, b: Spare) => (a.warm === b.warm ? a.tracked.record.createdAt < b.tracked.record.createdAt : !a.warm);
     for (const spare of [...this.#spares.values()]) {
       if (spare.pool.name !== lease.demand.pool || spare.adopted || !servesDemand(spare, lease)) continue;
       if (spare.tracked.state === "busy" || spare.tracked.state === "completed") {
@@ -1299,13 +1309,14 @@ export class RunnerWorker {
           chosen = spare;
           break;
         }
-      } else if (spare.warm && !spare.done && !spare.retired && spare.tracked.state === "idle" && (!chosen || spare.tracked.record.createdAt < chosen.tracked.record.createdAt)) {
+      } else if (spare.tracked.state === "idle" && !spare.done && !spare.retired && (spare.warm || spare.idleFrom + spare.pool.idleTimeoutSeconds * 1000 - Date.now() > ADOPT_IDLE_MARGIN_MS) && (!chosen || before(spare, chosen))) {
         chosen = spare;
       }
     }
     if (!chosen || chosen.adopted || !this.#spares.has(chosen.tracked.record.name)) return undefined;
     const spare = chosen;
     spare.adopted = true;
+    spare.adoptedIdle = !spare.warm && spare.tracked.state === "idle";
     spare.idleFrom = Date.now();
     this.#spares.delete(spare.tracked.record.name);
     // The runner's slot and its place under the pool limit are the demand's now.

@@ -254,6 +254,31 @@ test("a drain reaps an idle spare that is not warm at once, not at the end of it
   }
 });
 
+test("an idle spare that is not warm serves the next job of its repository: no launch for it, none beside it", async () => {
+  const { fake, host, r, start } = await warmHost("warm-idle-spare", { idleTimeoutSeconds: 600 });
+  const conn = redisConnection(r.url);
+  let sys = await start();
+  try {
+    const [runner] = await waitFor(() => fake.runners().filter((x) => !x.busy && x.status === "online").length === 1 && fake.runners(), 90_000, "a warm runner online");
+    // Restarted while another host holds the pool's one warm place: the runner is a spare that is
+    // not warm, which would idle out, and the warm loop launches nothing.
+    await sys.close();
+    await conn.zadd(`${r.prefix}:pool:default:warm:holders`, Date.now() + 300_000, `another-host:${randomUUID()}`);
+    sys = await start();
+    assert.match(sys.logs(), /"warm":false,"msg":"adopted running runner as a spare"/, sys.logs().slice(-3000));
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    const done = await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 60_000, "job completed");
+    assert.equal(done.runner_name, runner!.name, "the job ran on the spare");
+    assert.match(sys.logs(), /demand adopted by an idle runner of this host that is not warm/);
+    assert.equal(callsTo(fake, JIT), 1, "no launch for the job, nor beside the spare");
+    await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "the spare removed after its job");
+  } finally {
+    conn.disconnect();
+    await sys.close();
+    await fake.close();
+  }
+});
+
 test("a restarted worker whose demand adopts a warm runner before finding the demand's own runner on its host gives the warm runner back at once: no second launch, each runner in a slot", async () => {
   const { fake, host, r, start } = await warmHost("warm-served", { idleTimeoutSeconds: 600, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "60" } }, { heartbeatSeconds: 1 });
   const conn = redisConnection(r.url);
