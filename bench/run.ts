@@ -54,15 +54,25 @@ async function cleanup(): Promise<void> {
   cleanups.length = 0;
 }
 
-/** Containers this bench created and a failed phase may have left: baseline ones and bench hosts' runners. */
+/** The host ids the bench's jitrunner workers run as. */
+const BENCH_HOST = /^bench-(pickup|warm|burst)-[0-9a-f]{6}(-[a-c])?$/;
+
+/**
+ * Containers this bench created and a failed phase may have left: baseline ones and bench hosts'
+ * runners; then the bench hosts' runner volumes that no container uses (a runner's removal that
+ * failed or timed out before its volume's, or one removed by other hands, leaves its volume).
+ */
 async function removeBenchContainers(docker: Docker): Promise<void> {
   const all = await docker.listContainers({ all: true, filters: { label: ["dev.jitrunner.bench-baseline"] } });
   const runners = await docker.listContainers({ all: true, filters: { label: ["dev.jitrunner.managed-by=jitrunner"] } });
-  for (const c of runners) if (/^bench-(pickup|warm|burst)-[0-9a-f]{6}(-[a-c])?$/.test(c.Labels["dev.jitrunner.host"] ?? "")) all.push(c);
+  for (const c of runners) if (BENCH_HOST.test(c.Labels["dev.jitrunner.host"] ?? "")) all.push(c);
   await removeContainers(
     docker,
     all.map((c) => c.Id),
   );
+  const volumes = await docker.listVolumes({ filters: { dangling: ["true"], label: ["dev.jitrunner.managed-by=jitrunner"] } } as Docker.VolumeListOptions);
+  const left = (volumes.Volumes ?? []).filter((v) => BENCH_HOST.test(v.Labels?.["dev.jitrunner.host"] ?? ""));
+  await Promise.allSettled(left.map((v) => docker.getVolume(v.Name).remove()));
 }
 
 function loadavg1(): number {
