@@ -264,15 +264,16 @@ return out`;
 
 /**
  * Takes or refreshes the place of ARGV[2] in KEYS[1] for ARGV[1] ms; a new one only while fewer
- * than ARGV[3] are taken, or in the place of ARGV[4] (if given) while that one has not expired.
+ * than ARGV[3] are taken, once the place of ARGV[4] (if given) is freed.
  */
 const ACQUIRE = `${REDIS_NOW}
 local untilMs = now + tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) or (ARGV[4] and redis.call('ZREM', KEYS[1], ARGV[4]) == 1) then
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
   redis.call('ZADD', KEYS[1], untilMs, ARGV[2])
   return 1
 end
+if ARGV[4] then redis.call('ZREM', KEYS[1], ARGV[4]) end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[1], untilMs, ARGV[2])
 return 1`;
@@ -342,8 +343,9 @@ export class PoolLimits {
   }
 
   /**
-   * Takes (or refreshes) a place for `holder`; false when the pool is full. With `from`: takes
-   * that holder's place over if it is still held (full or not), else as without.
+   * Takes (or refreshes) a place for `holder`; false when the pool is full. With `from`: frees
+   * that holder's place first, in the same step (a new holder of the same runner takes it over,
+   * and no one else can slip in between).
    */
   async acquire(pool: string, holder: string, max: number, from?: string): Promise<boolean> {
     const args = from === undefined ? [] : [from];

@@ -231,8 +231,8 @@ export class RunnerWorker {
    * The places the process before this one on this host held under each pool's limits (its
    * hostHolder ids; any left after a crash), by limit: each runner it left that this process
    * adopts without a demand takes one of them over (#takePlace), instead of counting a second
-   * time beside it until it expires. Those left over once a host pass has listed the host's
-   * containers are freed (#freeInherited). Read once this process holds the host.
+   * time beside it until it expires. Those left over once a host pass has handled each of the
+   * host's containers are freed (#freeInherited). Read once this process holds the host.
    */
   #inherited: Map<string, string[]> | undefined;
   /**
@@ -1047,9 +1047,7 @@ export class RunnerWorker {
         if (spare.tracked.state === "idle") {
           // An idle spare that lost its warm place (a restart found the places still held by the
           // holders of the process before) takes a free one before any launch does.
-          if (!spare.warm && !spare.adopted && !spare.done && !spare.retired && atWarmTarget(pool, spare.tracked.record) && (await this.#unlessStopped(this.#limits.acquire(warmKey(pool.name), spare.holder, pool.minIdle).catch(() => false), false))) {
-            spare.warm = true;
-            spare.idleFrom = Number.POSITIVE_INFINITY;
+          if (!spare.warm && !spare.adopted && !spare.done && !spare.retired && atWarmTarget(pool, spare.tracked.record) && (await this.#unlessStopped(this.#warmUp(spare), false))) {
             this.#d.logger.info({ pool: pool.name, runner: spare.tracked.record.name }, "spare warm again");
           }
           continue;
@@ -1276,11 +1274,27 @@ export class RunnerWorker {
     // unrecorded, a lease of the demand redelivered after a crash launches anew, as after a failed write.
     await this.#d.runners.claimDemand(takerName, lease.id).catch(() => undefined);
     await this.#d.runners.update(idleName, { demandId: "" }).catch(() => undefined);
-    if (!idle.warm && !idle.done) {
-      idle.warm = await this.#limits.acquire(warmKey(idle.pool.name), idle.holder, idle.pool.minIdle).catch(() => false);
-      if (idle.warm) idle.idleFrom = Number.POSITIVE_INFINITY;
-    }
+    if (!idle.warm && !idle.done) await this.#warmUp(idle);
     return true;
+  }
+
+  /**
+   * Takes a warm place for an idle spare that has none; true when it is warm now. One a demand
+   * adopted (or that ended, or changed holders) while Redis answered gives the place back at once:
+   * warm, an adopted runner would never idle out, and the place would be held for no runner.
+   */
+  async #warmUp(spare: Spare): Promise<boolean> {
+    const { pool, holder } = spare;
+    const name = spare.tracked.record.name;
+    if (!(await this.#limits.acquire(warmKey(pool.name), holder, pool.minIdle).catch(() => false))) return false;
+    if (this.#spares.get(name) === spare && !spare.adopted && !spare.done && spare.holder === holder) {
+      spare.warm = true;
+      spare.idleFrom = Number.POSITIVE_INFINITY;
+      return true;
+    }
+    // Not when a hand-over gave the holder to another spare meanwhile: the place is that one's.
+    if (![...this.#spares.values()].some((other) => other !== spare && other.holder === holder)) await this.#limits.release(warmKey(pool.name), holder).catch(() => undefined);
+    return false;
   }
 
   /** A warm runner that took a job on its own gives up its warm place; it keeps its slot until it ends. */
@@ -1354,10 +1368,7 @@ export class RunnerWorker {
     this.#spares.set(spare.tracked.record.name, spare);
     if (spare.pool.maxRunners) await this.#limits.transfer(spare.pool.name, lease.id, spare.holder).catch(() => undefined);
     if (spare.tracked.state !== "idle" || spare.done || !atWarmTarget(spare.pool, spare.tracked.record)) return;
-    if (await this.#limits.acquire(warmKey(spare.pool.name), spare.holder, spare.pool.minIdle).catch(() => false)) {
-      spare.warm = true;
-      spare.idleFrom = Number.POSITIVE_INFINITY;
-    }
+    await this.#warmUp(spare);
   }
 
   /**
@@ -1480,12 +1491,15 @@ export class RunnerWorker {
     });
     if (!listed) return false;
     const names = new Set<string>();
+    let handled = true;
     for (const c of containers) {
       const name = c.labels[LABEL.runnerName] ?? c.name;
       names.add(name);
-      await pass.attempt({ runner: name, container: c.id.slice(0, 12) }, "reconciling container", () => this.#reconcileContainer(c, name, log));
+      if (!(await pass.attempt({ runner: name, container: c.id.slice(0, 12) }, "reconciling container", () => this.#reconcileContainer(c, name, log)))) handled = false;
     }
-    await this.#freeInherited(log);
+    // Not while a runner the process before left may still be adopted by the next pass: it takes
+    // its place over then (one never taken over expires on its own).
+    if (handled) await this.#freeInherited(log);
     // Left running, and gone since by other hands (an operator's `docker rm`): its slot is free.
     for (const [name, pool] of this.#leftRunning) {
       if (names.has(name)) continue;

@@ -190,8 +190,8 @@ test("warm runners outlive a worker restart: kept warm in slots of their own, no
 
     // After a crash, the process before still holds their places (warm, and under maxRunners)
     // until those expire; a stop frees them, so they are put back as a crash leaves them, with one
-    // more of a runner gone since. The runners come back warm at once, each in one of those
-    // places: none counts twice, and the one left over is freed.
+    // more under maxRunners, of a runner gone since. The runners come back warm at once, each in
+    // one of those places: none counts twice, and the one left over is freed.
     const key = (limit: string) => `${r.prefix}:pool:${limit}:holders`;
     const placesOf = async (limit: string) => (await conn.zrange(key(limit), 0, -1, "WITHSCORES")).filter((_, i) => i % 2 === 0);
     const crashed = { warm: await placesOf("default:warm"), pool: await placesOf("default") };
@@ -200,7 +200,7 @@ test("warm runners outlive a worker restart: kept warm in slots of their own, no
     await sys.close();
     const expires = Date.now() + 60_000;
     const gone = `${host}:${randomUUID()}`;
-    for (const holder of [...crashed.warm, gone]) await conn.zadd(key("default:warm"), expires, holder);
+    for (const holder of crashed.warm) await conn.zadd(key("default:warm"), expires, holder);
     for (const holder of [...crashed.pool, gone]) await conn.zadd(key("default"), expires, holder);
     sys = await restart();
     assert.equal((sys.logs().match(/"warm":true,"msg":"adopted running runner as a spare"/g) ?? []).length, MIN_IDLE, sys.logs().slice(-3000));

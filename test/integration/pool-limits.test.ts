@@ -26,7 +26,7 @@ test("a host's places are freed together, and no one else's: not a host whose id
   assert.equal(await limits.acquire("default", hostHolder("host-c"), 5), true, "a freed place is taken at once");
 });
 
-test("a place taken over from another holder: the pool full or not, the count stays; a holder whose place expired or was freed is no way in", async () => {
+test("a place taken over from another holder: the count stays; a holder whose place expired or was freed is no way in, nor one over a limit lowered since", async () => {
   const { redis, conn } = shared;
   const limits = new PoolLimits(conn, redis.prefix);
   const before = [hostHolder("host-a"), hostHolder("host-a")];
@@ -42,4 +42,13 @@ test("a place taken over from another holder: the pool full or not, the count st
   assert.equal(await limits.acquire("inherit", hostHolder("host-a"), 2, before[1]), true, "a freed holder named: a new place while there is room");
   assert.equal(await limits.acquire("inherit", hostHolder("host-a"), 2, "never-held"), false, "and none past the limit");
   assert.deepEqual(await limits.heldBy("inherit", "host-a"), await conn.zrange(`${redis.prefix}:pool:inherit:holders`, 0, -1), "heldBy lists the host's holders");
+
+  // Three places under a limit lowered to 2: taking one over frees it and takes none.
+  const three = [hostHolder("host-b"), hostHolder("host-b"), hostHolder("host-b")];
+  for (const h of three) assert.equal(await limits.acquire("lowered", h, 3), true);
+  const next = hostHolder("host-b");
+  assert.equal(await limits.acquire("lowered", next, 2, three[0]), false, "over the lowered limit");
+  assert.equal(await limits.count("lowered"), 2, "the old place freed all the same");
+  assert.equal(await limits.acquire("lowered", next, 2, three[1]), true, "at the limit once freed: taken over");
+  assert.deepEqual((await conn.zrange(`${redis.prefix}:pool:lowered:holders`, 0, -1)).sort(), [next, three[2]!].sort());
 });
