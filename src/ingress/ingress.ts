@@ -22,8 +22,11 @@ export interface DemandSink {
    * queued the job again (after an approval), so it is added afresh ("added").
    */
   add(demand: Demand, claim?: ClaimKey): Promise<"added" | "duplicate" | "replayed">;
-  /** Drops the job attempt's demand, and its renewals, where still waiting; false if none was. */
-  cancel(pool: string, jobId: number, runAttempt: number): Promise<boolean>;
+  /**
+   * Drops the job attempt's demand, and its renewals, where still waiting; false if none was.
+   * `over`: the attempt is over, and with none dropped, a later `queued` of it is checked first.
+   */
+  cancel(pool: string, jobId: number, runAttempt: number, over?: boolean): Promise<boolean>;
   /**
    * How the demand's item ended, if it has, and when: `completed` (its runner ran a job, this one
    * or another) or `failed` (it ran out of launch attempts).
@@ -320,8 +323,8 @@ export class Ingress {
       case "completed": {
         if (isOurRunner(config.runnerNamePrefix, job.runner_name)) return { outcome: await this.#mark(event, "completed") };
         if (job.runner_name) return { outcome: "not_ours" };
-        // Completed without a runner: cancelled while queued.
-        return this.#cancel(event);
+        // Completed without a runner: cancelled while queued (perhaps before its `queued` came).
+        return this.#cancel(event, true);
       }
       case "waiting":
         // Waiting for an approval, maybe for hours: a runner launched now would idle out. Once
@@ -337,11 +340,11 @@ export class Ingress {
    * labels and its repository's owner choose (as for a `queued` delivery: no pool for a job without
    * labels unless one opts in, no organization pool for a user's repository).
    */
-  async #cancel(event: WorkflowJobEvent): Promise<{ outcome: string; pool?: string }> {
+  async #cancel(event: WorkflowJobEvent, over = false): Promise<{ outcome: string; pool?: string }> {
     const job = event.workflow_job;
     const pool = matchPoolForOwner(job.labels, this.#deps.config.pools, event.repository.owner.type);
     if (!pool) return { outcome: unmatchedReason(job.labels) };
-    const dropped = await this.#deps.demand.cancel(pool.name, job.id, job.run_attempt ?? 1);
+    const dropped = await this.#deps.demand.cancel(pool.name, job.id, job.run_attempt ?? 1, over);
     return { outcome: dropped ? "demand_cancelled" : "no_demand", pool: pool.name };
   }
 

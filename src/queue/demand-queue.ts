@@ -11,7 +11,7 @@ import { inOneWrite, TurnBatch } from "../batch.ts";
 import { atMost } from "../timers.ts";
 import { errorMessage, LeaseLostError, redact } from "../errors.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
-import { demandIdOf, demandIdsOf } from "../demand.ts";
+import { demandId, demandIdOf, demandIdsOf } from "../demand.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
@@ -333,9 +333,12 @@ export class DemandQueues {
   /**
    * Drops a job attempt's demand that is still waiting (its job was cancelled while queued), and
    * its renewals that are (see MAX_RENEWALS): one look per id, all sent at once. False if none
-   * was waiting: taken by a worker, ended or gone.
+   * was waiting: taken by a worker, ended or gone. `over` (the attempt is over: `completed`): with
+   * none dropped, the attempt is marked seen, so that a `queued` delivered after it (GitHub does
+   * not keep their order) adds demand whose job is checked before anything is registered for it
+   * (Demand.seenBefore), rather than a registration made for a job already over.
    */
-  async cancel(pool: string, jobId: number, runAttempt: number): Promise<boolean> {
+  async cancel(pool: string, jobId: number, runAttempt: number, over = false): Promise<boolean> {
     const queue = this.#queue(pool);
     const dropped = await Promise.all(
       demandIdsOf(jobId, runAttempt).map(async (id) => {
@@ -344,7 +347,9 @@ export class DemandQueues {
         return (await queue.remove(id)) === 1;
       }),
     );
-    return dropped.includes(true);
+    if (dropped.includes(true)) return true;
+    if (over) await this.#redis.set(`${this.#settings.prefix}:seen:${demandId(jobId, runAttempt)}`, pool, "EX", SEEN_TTL_SECONDS, "NX");
+    return false;
   }
 
   /**

@@ -33,7 +33,7 @@ export function notingActivity(
       if (wait) await wait;
       return result;
     },
-    cancel: (pool, jobId, runAttempt) => sink.cancel(pool, jobId, runAttempt),
+    cancel: (pool, jobId, runAttempt, over) => sink.cancel(pool, jobId, runAttempt, over),
     ended: (demand) => sink.ended(demand),
     addAgain: (demand) => sink.addAgain(demand),
   };

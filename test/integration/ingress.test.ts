@@ -446,6 +446,24 @@ test("a job that waits for an approval has its waiting demand dropped", async ()
   assert.ok((await waitingJobs("default")).includes("4545-1"));
 });
 
+test("a `queued` delivered after the job's `completed` (cancelled while queued) adds demand that asks GitHub first; after a `waiting`, it does not", async () => {
+  const data = async (id: string) => {
+    const queue = new Queue("demand-default", { connection: conn, prefix: `${redis.prefix}:bull` });
+    try {
+      return (await queue.getJob(id))?.data as { seenBefore?: boolean } | undefined;
+    } finally {
+      await queue.close();
+    }
+  };
+  assert.equal(await sendJob("completed", 4951, ["self-hosted"]), "no_demand");
+  assert.equal(await sendJob("queued", 4951, ["self-hosted"]), "queued");
+  assert.equal((await data("4951-1"))?.seenBefore, true, "checked before anything is registered for it");
+  // Waiting for an approval is not over: the approval's `queued` is served as fresh demand.
+  assert.equal(await sendJob("waiting", 4952, ["self-hosted"]), "no_demand");
+  assert.equal(await sendJob("queued", 4952, ["self-hosted"]), "queued");
+  assert.equal((await data("4952-1"))?.seenBefore, undefined);
+});
+
 test("a copy of a `waiting` delivery that comes again after the approval does not drop the approval's demand", async () => {
   const waiting = randomUUID();
   assert.equal(await sendJob("queued", 4858, ["self-hosted"]), "queued");
