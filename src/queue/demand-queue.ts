@@ -266,7 +266,9 @@ export class DemandQueues {
     try {
       await this.#addBatch(pool).call(demand);
     } catch (err) {
-      await this.#redis.del(seenKey).catch(() => undefined);
+      // Not waited for: with Redis gone silent, it would hold the 503 for one more command
+      // timeout. Sent before any retry of this delivery's claims, it goes to Redis before them.
+      void this.#redis.del(seenKey).catch(() => undefined);
       throw err;
     }
     return "added";
