@@ -23,8 +23,15 @@ const FORGET = `
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 redis.call('SREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3])
+redis.call('DEL', KEYS[3], KEYS[5])
 redis.call('SET', KEYS[4], ARGV[2], 'KEEPTTL', 'XX')
+return 1`;
+
+/** The sweep of gone host KEYS[1] is ARGV[1]'s for ARGV[2] ms more, unless another's now: 1 if so. */
+const SWEEP_TURN = `
+local by = redis.call('GET', KEYS[1])
+if by and by ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1`;
 
 /** Who holds a host: this process (`held`) or another one, whose hold lasts `ttlMs` more. */
@@ -76,7 +83,8 @@ export class HostStore {
   readonly #redis: Redis & {
     jitrunnerHoldHost(key: string, instance: string, ttlMs: string): Promise<[number, string, number]>;
     jitrunnerDelIfEquals(key: string, value: string): Promise<number>;
-    jitrunnerForgetHost(index: string, lastBeat: string, info: string, drain: string, id: string, left: string, ifGone: string): Promise<number>;
+    jitrunnerForgetHost(index: string, lastBeat: string, info: string, drain: string, sweeping: string, id: string, left: string, ifGone: string): Promise<number>;
+    jitrunnerSweepTurn(key: string, by: string, ms: string): Promise<number>;
     jitrunnerHeartbeat(numberOfKeys: number, ...keysAndArgs: string[]): Promise<number>;
     jitrunnerBeats(numberOfKeys: number, ...keysAndArgs: string[]): Promise<string[]>;
   };
@@ -84,7 +92,8 @@ export class HostStore {
 
   constructor(redis: Redis, prefix: string) {
     redis.defineCommand("jitrunnerHoldHost", { numberOfKeys: 1, lua: HOLD_HOST });
-    redis.defineCommand("jitrunnerForgetHost", { numberOfKeys: 4, lua: FORGET });
+    redis.defineCommand("jitrunnerForgetHost", { numberOfKeys: 5, lua: FORGET });
+    redis.defineCommand("jitrunnerSweepTurn", { numberOfKeys: 1, lua: SWEEP_TURN });
     redis.defineCommand("jitrunnerDelIfEquals", { numberOfKeys: 1, lua: DEL_IF_EQUALS });
     redis.defineCommand("jitrunnerHeartbeat", { lua: HEARTBEAT });
     redis.defineCommand("jitrunnerBeats", { lua: BEATS });
@@ -103,6 +112,9 @@ export class HostStore {
   }
   #drainKey(id: string): string {
     return `${this.#prefix}:drain:${id}`;
+  }
+  #sweepingKey(id: string): string {
+    return `${this.#prefix}:sweeping:${id}`;
   }
   get #index(): string {
     return `${this.#prefix}:hosts`;
@@ -199,8 +211,18 @@ export class HostStore {
   }
 
   async #forget(id: string, ifGone: boolean): Promise<boolean> {
-    const done = await this.#redis.jitrunnerForgetHost(this.#index, this.#lastBeat, this.#key(id), this.#drainKey(id), id, DRAIN_LEFT, ifGone ? "1" : "0");
+    const done = await this.#redis.jitrunnerForgetHost(this.#index, this.#lastBeat, this.#key(id), this.#drainKey(id), this.#sweepingKey(id), id, DRAIN_LEFT, ifGone ? "1" : "0");
     return done === 1;
+  }
+
+  /**
+   * Whether worker `by` may sweep gone host `id` now: one worker at a time across the fleet, for
+   * `ms` from its last turn (it takes its turn again on each pass). Every worker sweeping every
+   * gone host would spend a GitHub write per worker on each runner (all but the first answered
+   * 404), and repeat, per worker, the calls a deregistration GitHub keeps refusing costs.
+   */
+  async sweepTurn(id: string, by: string, ms: number): Promise<boolean> {
+    return (await this.#redis.jitrunnerSweepTurn(this.#sweepingKey(id), by, String(ms))) === 1;
   }
 
   /** Asks the host's worker to drain; on a host drained already, the worker started there since too. */

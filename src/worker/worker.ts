@@ -76,6 +76,13 @@ const CONFIG_REFUSALS: ReadonlySet<string> = new Set(Object.values(CONFIG_REFUSA
 
 /** How often the warm loop looks at its pool when nothing happens. */
 const WARM_TICK_MS = 1000;
+/** How long a host loop pass starts deregistering runners of gone hosts; the next pass goes on. */
+const SWEEP_PASS_MS = 60_000;
+/**
+ * How long a worker's turn to sweep a gone host lasts (HostStore.sweepTurn): past a pass's sweep
+ * time, so a host being swept is not taken up by another worker meanwhile.
+ */
+const SWEEP_TURN_MS = 90_000;
 /**
  * A spare that is not warm is adopted by demand only this long before its idle timeout or more:
  * past it, its watch may be deregistering it (it looks at the deadline every 2 s).
@@ -316,7 +323,9 @@ export class RunnerWorker {
 
   async #startServing(): Promise<void> {
     this.#offPublicized = this.#d.events?.onPublicized((where) => this.#publicized(where));
-    if (await this.reconcile()) return this.#serveDemand();
+    // Demand is taken once the pass has handled this host's containers and records, not after its
+    // sweep of gone hosts too: that can wait minutes on GitHub's write budget.
+    if (await this.#listing()) return this.#serveDemand();
     // The host's containers could not be listed (an engine whose lists hang, Redis away): those a
     // stopped or crashed worker left (runners mid-job, warm runners) are not known yet. Opened now,
     // the demand and warm loops would fill the slots beside them, and the pass that later adopts
@@ -326,7 +335,7 @@ export class RunnerWorker {
       (async () => {
         for (let tries = 1; !this.#stopping; tries++) {
           await this.#pause(Math.min(30_000, 1000 * 2 ** tries));
-          if (this.#stopping || !(this.#passed || (await this.reconcile())) || this.#stopping) continue;
+          if (this.#stopping || !(this.#passed || (await this.#listing())) || this.#stopping) continue;
           if (!this.#passed) this.#d.logger.info("the host's containers listed: taking demand");
           try {
             await this.#serveDemand();
@@ -356,7 +365,12 @@ export class RunnerWorker {
       const config = this.#pools.get(pool);
       if (config && config.minIdle > 0) this.#loops.push(this.#warmLoop(config));
     }
-    this.#reconcileTimer = every(this.#d.reconcileIntervalSeconds * 1000, async () => void (await this.reconcile()));
+    // A pass under way (the first one's sweep of gone hosts) is waited for, and the next comes an
+    // interval after it, as after any pass.
+    this.#reconcileTimer = every(this.#d.reconcileIntervalSeconds * 1000, async () => {
+      if (this.#passes.size > 0) await Promise.allSettled([...this.#passes]);
+      else await this.reconcile();
+    });
   }
 
   async stop(): Promise<void> {
@@ -1446,10 +1460,13 @@ export class RunnerWorker {
    * fails is logged and tried again next pass, and the others are handled all the same. A pass
    * with any failure counts as an error in `jitrunner_reconcile_runs_total{loop="host"}`, and the
    * worker is not ready until a pass has none. True when the pass listed this host's containers
-   * (see #startServing).
+   * (see #startServing), as is `listed`, called before the sweep of gone hosts (which may wait on
+   * GitHub's write budget for each of their runners). One pass at a time: a call waits for the
+   * pass under way first.
    */
-  async reconcile(): Promise<boolean> {
-    const pass = this.#reconcilePass();
+  async reconcile(listed?: (listed: boolean) => void): Promise<boolean> {
+    while (this.#passes.size > 0) await Promise.allSettled([...this.#passes]);
+    const pass = this.#reconcilePass(listed);
     this.#passes.add(pass);
     try {
       return await pass;
@@ -1458,18 +1475,30 @@ export class RunnerWorker {
     }
   }
 
-  async #reconcilePass(): Promise<boolean> {
+  /** A host loop pass, until it has listed this host's containers or failed to: whether it did. */
+  #listing(): Promise<boolean> {
+    return new Promise<boolean>((resolve) => void this.reconcile(resolve).then(resolve, () => resolve(false)));
+  }
+
+  async #reconcilePass(onListed?: (listed: boolean) => void): Promise<boolean> {
     // Another process holds the host (this one stalled past its hold): what it launches is not
     // tracked here, and a container it has created but not yet started would look left behind.
     // The pass waits until the host is this process's again (counted as no pass meanwhile).
-    if (this.#presence.hostTaken) return false;
+    if (this.#presence.hostTaken) {
+      onListed?.(false);
+      return false;
+    }
     const log = this.#d.logger.child({ loop: "host" });
     const pass = new PassFailures(log);
     let listed = false;
     try {
-      listed = await this.#reconcileContainers(log, pass);
-      await this.#removeUnusedVolumes(log, pass);
-      await this.#reconcileRecords(log, pass);
+      try {
+        listed = await this.#reconcileContainers(log, pass);
+        await this.#removeUnusedVolumes(log, pass);
+        await this.#reconcileRecords(log, pass);
+      } finally {
+        onListed?.(listed);
+      }
       await this.#sweepGoneHosts(log, pass);
       const failed = pass.summary();
       if (failed) throw failed;
@@ -1746,7 +1775,18 @@ export class RunnerWorker {
       gone = (await hosts.list()).filter((h) => !h.record && h.id !== host).map((h) => h.id);
     });
     if (!listed) return;
-    for (const id of gone) await pass.attempt({ goneHost: id }, "sweeping gone host", () => this.#sweepGoneHost(id, log, pass));
+    // Each pass sweeps for a while at most, so that a long one (every runner's deregistration
+    // waits its turn in GitHub's write budget) does not hold up the next pass's own cleanup.
+    const until = Date.now() + SWEEP_PASS_MS;
+    for (const id of gone) {
+      if (Date.now() >= until) {
+        log.info({ goneHosts: gone.length }, "sweeping gone hosts goes on in the next pass");
+        return;
+      }
+      await pass.attempt({ goneHost: id }, "sweeping gone host", async () => {
+        if (await hosts.sweepTurn(id, host, SWEEP_TURN_MS)) await this.#sweepGoneHost(id, log, pass, until);
+      });
+    }
   }
 
   /**
@@ -1761,7 +1801,7 @@ export class RunnerWorker {
    * looked at again before each runner and before its places are freed, and the sweep stops once
    * it beats; forgetGone checks once more, in the same step as it forgets.
    */
-  async #sweepGoneHost(id: string, log: Logger, pass: PassFailures): Promise<void> {
+  async #sweepGoneHost(id: string, log: Logger, pass: PassFailures, until: number): Promise<void> {
     const { hosts, runners, metrics } = this.#d;
     const back = async (): Promise<boolean> => {
       if (!(await hosts.alive(id))) return false;
@@ -1769,6 +1809,8 @@ export class RunnerWorker {
       return true;
     };
     for (const name of await runners.listHost(id)) {
+      // Out of this pass's time: the next pass goes on with the runners left.
+      if (Date.now() >= until) return;
       if (await back()) return;
       await pass.attempt({ runner: name, goneHost: id }, "deregistering runner of a gone host", () => this.#sweepGoneRunner(id, name, log));
     }

@@ -144,6 +144,14 @@ export async function hostPasses(sys: { url: string }, outcome: "ok" | "error"):
   return metricSample(await (await fetch(`${sys.url}/metrics`)).text(), "jitrunner_reconcile_runs_total", `loop="host",outcome="${outcome}"`);
 }
 
+/**
+ * Waits for the end of a worker's first host loop pass: its start resolves once the pass has
+ * handled the host's containers and records, before the pass sweeps gone hosts.
+ */
+export async function firstHostPass(sys: { url: string }): Promise<void> {
+  await waitFor(async () => (await hostPasses(sys, "ok")) + (await hostPasses(sys, "error")) >= 1, 60_000, "the first host loop pass ended");
+}
+
 /** Registers a runner of acme/app at the fake as jitrunner would; its id and the token its program would use. */
 export async function registerRunner(fake: FakeGitHub, name: string, labels = ["self-hosted", "linux", "x64"]): Promise<{ id: number; token: string }> {
   const res = await new FakeGitHubClient(fake).call("POST", "/repos/acme/app/actions/runners/generate-jitconfig", { body: { name, runner_group_id: 1, labels } });

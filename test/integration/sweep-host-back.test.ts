@@ -1,8 +1,9 @@
 /**
- * A host found gone that beats again while another worker sweeps it, for real (fake GitHub, real
- * Redis, a real worker): its beat had lapsed only briefly, so the sweep stops at its next runner,
- * and the host keeps its other runners (records and registrations), its record in the fleet and
- * its places under the pool limit.
+ * Sweeping gone hosts, for real (fake GitHub, real Redis, a real worker). A host found gone that
+ * beats again while another worker sweeps it: its beat had lapsed only briefly, so the sweep stops
+ * at its next runner, and the host keeps its other runners (records and registrations), its record
+ * in the fleet and its places under the pool limit; the worker takes demand meanwhile. A gone host
+ * another worker has the turn to sweep is left to that one until its turn lapses.
  */
 import assert from "node:assert/strict";
 import { createServer, request, type Server } from "node:http";
@@ -11,6 +12,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { waitFor } from "../helpers/process.ts";
 import { callsTo, goneHost, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { hostHolder, HostStore, PoolLimits } from "../../src/state/hosts.ts";
@@ -89,7 +91,8 @@ test("a gone host that beats again while another worker sweeps it keeps its rema
   await goneHost(hostStore, lapsed);
 
   const relay = await holdingRelay(fake, ids);
-  // The worker's start runs one pass of the host loop before it resolves.
+  // The worker's start runs one pass of the host loop up to its sweep of gone hosts before it
+  // resolves (and takes demand); the sweep goes on after it.
   const starting = startSystem("worker", fake, r, host, {
     github: { appId: fake.appId, apiUrl: relay.url },
     worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1 },
@@ -97,11 +100,13 @@ test("a gone host that beats again while another worker sweeps it keeps its rema
   starting.catch(() => undefined);
   let sys: Awaited<typeof starting> | undefined;
   try {
-    await Promise.race([relay.reached, starting.then(() => assert.fail("the worker started without deregistering a runner of the gone host"))]);
+    await relay.reached;
+    // Started, taking demand, while the sweep's first deregistration waits on GitHub.
+    sys = await Promise.race([starting, sleep(20_000).then(() => assert.fail("the worker's start waited for its sweep of a gone host"))]);
+    assert.match(sys.logs(), /"msg":"worker started"/);
     // While the sweep's first deregistration is under way, the host beats again.
     await hostStore.heartbeat({ id: lapsed, capacity: 3, used: 0, pools: ["default"] }, 60_000);
     relay.release();
-    sys = await starting;
     // A few more passes of the host loop (one a second): the host beats, none sweeps it.
     await sleep(3_000);
 
@@ -121,6 +126,38 @@ test("a gone host that beats again while another worker sweeps it keeps its rema
     sys ??= await starting.catch(() => undefined);
     await sys?.close();
     await relay.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+test("a gone host another worker has the turn to sweep is left to it; swept once that turn lapses", { timeout: 90_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("turn");
+  const lapsed = uniqueHost("turn-gone");
+  const r = scopedRedis(redis, "sweep-turn");
+  hosts.push(host);
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  const name = "jitrunner-default-00turn0001";
+  const { id } = await registerRunner(fake, name);
+  await runners.put(idleRecord(fake, name, lapsed, id));
+  await goneHost(hostStore, lapsed);
+  // Another worker took its turn to sweep the host a moment ago.
+  assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 4_000), true);
+  assert.equal(await hostStore.sweepTurn(lapsed, host, 90_000), false, "one worker's turn at a time");
+  assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 4_000), true, "its own turn taken again");
+  const sys = await startSystem("worker", fake, r, host, { worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1 } });
+  try {
+    await sleep(2_000);
+    assert.equal(callsTo(fake, DELETE, "DELETE"), 0, "not swept while the other worker's turn lasts");
+    assert.ok(await runners.get(name), "its runner's record kept");
+    await waitFor(async () => !(await hostStore.list()).some((h) => h.id === lapsed), 20_000, "swept and forgotten once the turn lapsed");
+    assert.equal(callsTo(fake, DELETE, "DELETE"), 1, "its runner deregistered once");
+    assert.deepEqual(await conn.keys(`${r.prefix}:*${lapsed}*`), [], "no key of the host left, its sweep turn included");
+  } finally {
+    await sys.close();
     await fake.close();
     conn.disconnect();
   }

@@ -21,6 +21,7 @@ import {
   demandIn,
   docker,
   fakeRunnerPool,
+  firstHostPass,
   hostPasses,
   ourContainer,
   RUNNER_IMAGE,
@@ -82,6 +83,7 @@ test(
       worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1, docker: { socketPath, callTimeoutSeconds: LIMIT_SECONDS } },
     }));
     // The worker's start ran one pass, with the engine answering.
+    await firstHostPass(worker);
     assert.ok((await hostPasses(worker, "ok")) >= 1, "a pass with the engine answering counts ok");
     const errorsBefore = await hostPasses(worker, "error");
 

@@ -106,7 +106,7 @@ test("busy runners of a gone host whose completed webhook was lost: those GitHub
   await goneHost(hostStore, running);
 
   const interval = 4;
-  // The worker's start runs one pass of the host loop before it resolves.
+  // The worker's start runs one pass of the host loop up to its sweep of gone hosts, which goes on after.
   const sys = await startSystem("worker", fake, r, host, workerConfig(host, interval));
   try {
     await waitFor(async () => !(await known(hostStore, ended)), 10_000, "the host whose busy runners' jobs are over forgotten");

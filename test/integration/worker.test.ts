@@ -15,7 +15,7 @@ import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { LIST_CONTAINERS, startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { runJitrunner, waitFor, writeLogTail } from "../helpers/process.ts";
-import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, goneHost, hostPasses, ourContainer, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, firstHostPass, goneHost, hostPasses, ourContainer, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { ActivityLog } from "../../src/state/activity.ts";
@@ -686,9 +686,9 @@ test("a gone host whose idle runner GitHub fails to deregister stays known with 
   await goneHost(hostStore, gone);
   // A 5xx on the first attempt and on each of the client's retries: the first pass's call fails.
   fake.inject({ route: DELETE, method: "DELETE", status: 502, times: 4 });
-  // The worker's start runs one pass of the host loop before it resolves.
   const sys = await startSystem("worker", fake, r, host);
   try {
+    await firstHostPass(sys);
     assert.equal(callsTo(fake, DELETE, "DELETE"), 4, "the first pass tried to deregister the runner, and retried");
     assert.ok((await hostStore.list()).some((h) => h.id === gone), "the gone host is still known: the next pass looks at it again");
     assert.equal((await runners.get(name))?.host, gone, "the runner's record is kept");
@@ -740,9 +740,9 @@ test("a gone host's runners whose id was never noted are deregistered by name: o
   await takeJob(fake, busy, busyRunner);
   for (const name of [idle, busy]) await runners.put(idleRecord(fake, name, gone, 0, { state: "registering", runnerId: undefined }));
   await goneHost(hostStore, gone);
-  // The worker's start runs one pass of the host loop before it resolves.
   const sys = await startSystem("worker", fake, r, host);
   try {
+    await firstHostPass(sys);
     assert.ok(!fake.runners().some((x) => x.id === idleRunner.id), "the idle registration deleted, found by its name");
     assert.equal(await runners.get(idle), undefined, "its record removed");
     assert.match(sys.logs(), new RegExp(`"runner":"${idle}","goneHost":"${gone}","msg":"runner of a gone host deregistered"`));
@@ -847,7 +847,8 @@ test("the host loop handles each item on its own: a container the engine refuses
     worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, docker: { socketPath: proxy.socketPath } },
   });
   try {
-    // The worker's start ran one pass: everything but the stuck container is handled.
+    // The worker's first pass: everything but the stuck container is handled.
+    await firstHostPass(sys);
     assert.equal((await containersOf(host)).length, 1, "the container the engine refused is still there");
     assert.equal(await docker.getVolume(volume).inspect().then(() => true, () => false), false, "the unused volume removed");
     assert.equal(await runners.get(orphan), undefined, "the record without a container torn down");
