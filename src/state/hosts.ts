@@ -225,6 +225,11 @@ export class HostStore {
     return (await this.#redis.jitrunnerSweepTurn(this.#sweepingKey(id), by, String(ms))) === 1;
   }
 
+  /** Ends `by`'s turn to sweep gone host `id`, if it has it (its worker stopping). */
+  async endSweepTurn(id: string, by: string): Promise<void> {
+    await this.#redis.jitrunnerDelIfEquals(this.#sweepingKey(id), by);
+  }
+
   /** Asks the host's worker to drain; on a host drained already, the worker started there since too. */
   async drain(id: string): Promise<void> {
     await this.#redis.set(this.#drainKey(id), DRAIN_ASKED, "EX", DRAIN_MARK_SECONDS);

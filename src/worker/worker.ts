@@ -242,6 +242,8 @@ export class RunnerWorker {
    * host's containers are freed (#freeInherited). Read once this process holds the host.
    */
   #inherited: Map<string, string[]> | undefined;
+  /** Gone hosts this worker took a turn to sweep (HostStore.sweepTurn): handed back at its stop. */
+  readonly #sweepTurns = new Set<string>();
   /**
    * Host loop passes under way. A pass tears down what it finds (a stopped container left
    * running, a record without a container): a drain is over, and a stop decides whether the host
@@ -417,6 +419,8 @@ export class RunnerWorker {
         "runners of this host are still recorded (a teardown failed, or Redis did not answer): the host stays listed, for the next worker on it or the other hosts' host loops to clean up",
       );
     }
+    // Turns to sweep gone hosts go to the other workers at once, not when they lapse.
+    await atMost(Promise.allSettled([...this.#sweepTurns].map((id) => this.#d.hosts.endSweepTurn(id, this.#d.host))), 3_000);
     await this.#presence.stop(running === 0 && recorded === 0);
     this.#d.logger.info({ running: this.#d.launcher.tracked.size + this.#leftRunning.size }, "worker stopped; running runners left running");
     if (left) throw new Error(`worker stop incomplete: ${left}`);
@@ -1784,7 +1788,9 @@ export class RunnerWorker {
         return;
       }
       await pass.attempt({ goneHost: id }, "sweeping gone host", async () => {
-        if (await hosts.sweepTurn(id, host, SWEEP_TURN_MS)) await this.#sweepGoneHost(id, log, pass, until);
+        if (!(await hosts.sweepTurn(id, host, SWEEP_TURN_MS))) return;
+        this.#sweepTurns.add(id);
+        await this.#sweepGoneHost(id, log, pass, until);
       });
     }
   }

@@ -162,3 +162,33 @@ test("a gone host another worker has the turn to sweep is left to it; swept once
     conn.disconnect();
   }
 });
+
+test("a worker that stops hands its turn to sweep a gone host back at once", { timeout: 60_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("turn-stop");
+  const lapsed = uniqueHost("turn-stop-gone");
+  const r = scopedRedis(redis, "sweep-turn-stop");
+  hosts.push(host);
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  const name = "jitrunner-default-00turn0002";
+  const { id } = await registerRunner(fake, name);
+  await runners.put(idleRecord(fake, name, lapsed, id));
+  await goneHost(hostStore, lapsed);
+  // GitHub refuses the deregistration (an App that lost its permission): the host stays gone and known.
+  fake.inject({ route: DELETE, method: "DELETE", status: 403, times: 1000, body: { message: "Resource not accessible by integration" } });
+  const sys = await startSystem("worker", fake, r, host, { worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1 } });
+  try {
+    await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1, 20_000, "the worker sweeping the gone host");
+    assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 60_000), false, "its turn");
+  } finally {
+    await sys.close();
+  }
+  try {
+    assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 60_000), true, "another worker's turn, once it stopped");
+  } finally {
+    await fake.close();
+    conn.disconnect();
+  }
+});
