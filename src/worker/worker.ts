@@ -1063,8 +1063,8 @@ export class RunnerWorker {
       for (const spare of [...this.#spares.values()]) {
         if (spare.pool !== pool || spare.tracked.state === "starting") continue;
         if (spare.tracked.state === "idle") {
-          // An idle spare that lost its warm place (a restart found the places still held by the
-          // holders of the process before) takes a free one before any launch does.
+          // An idle spare with no warm place (a restart found the pool's warm places taken by other
+          // hosts, or the pool's minIdle lowered) takes a free one before any launch does.
           if (!spare.warm && !spare.adopted && !spare.done && !spare.retired && atWarmTarget(pool, spare.tracked.record) && (await this.#unlessStopped(this.#warmUp(spare), false))) {
             this.#d.logger.info({ pool: pool.name, runner: spare.tracked.record.name }, "spare warm again");
           }
