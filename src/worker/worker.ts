@@ -244,6 +244,8 @@ export class RunnerWorker {
   #inherited: Map<string, string[]> | undefined;
   /** Gone hosts this worker took a turn to sweep (HostStore.sweepTurn): handed back at its stop. */
   readonly #sweepTurns = new Set<string>();
+  /** Host loop passes that swept gone hosts: where in their list the next pass starts. */
+  #sweepRound = 0;
   /**
    * Host loop passes under way. A pass tears down what it finds (a stopped container left
    * running, a record without a container): a drain is over, and a stop decides whether the host
@@ -1470,6 +1472,12 @@ export class RunnerWorker {
    */
   async reconcile(listed?: (listed: boolean) => void): Promise<boolean> {
     while (this.#passes.size > 0) await Promise.allSettled([...this.#passes]);
+    // Stopping meanwhile: no new pass (it would take the runners a stop leaves running for ones
+    // no process watches, and remove them).
+    if (this.#stopping) {
+      listed?.(false);
+      return false;
+    }
     const pass = this.#reconcilePass(listed);
     this.#passes.add(pass);
     try {
@@ -1780,9 +1788,13 @@ export class RunnerWorker {
     });
     if (!listed) return;
     // Each pass sweeps for a while at most, so that a long one (every runner's deregistration
-    // waits its turn in GitHub's write budget) does not hold up the next pass's own cleanup.
+    // waits its turn in GitHub's write budget) does not hold up the next pass's own cleanup, nor a
+    // stop; each starts one host further along the list, so that one slow host does not keep
+    // those after it waiting for good.
     const until = Date.now() + SWEEP_PASS_MS;
-    for (const id of gone) {
+    const first = gone.length > 0 ? this.#sweepRound++ % gone.length : 0;
+    for (const id of [...gone.slice(first), ...gone.slice(0, first)]) {
+      if (this.#stopping) return;
       if (Date.now() >= until) {
         log.info({ goneHosts: gone.length }, "sweeping gone hosts goes on in the next pass");
         return;
@@ -1815,8 +1827,8 @@ export class RunnerWorker {
       return true;
     };
     for (const name of await runners.listHost(id)) {
-      // Out of this pass's time: the next pass goes on with the runners left.
-      if (Date.now() >= until) return;
+      // Out of this pass's time, or stopping: the next pass goes on with the runners left.
+      if (Date.now() >= until || this.#stopping) return;
       if (await back()) return;
       await pass.attempt({ runner: name, goneHost: id }, "deregistering runner of a gone host", () => this.#sweepGoneRunner(id, name, log));
     }

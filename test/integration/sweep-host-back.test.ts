@@ -131,7 +131,7 @@ test("a gone host that beats again while another worker sweeps it keeps its rema
   }
 });
 
-test("a gone host another worker has the turn to sweep is left to it; swept once that turn lapses", { timeout: 90_000 }, async () => {
+test("a gone host another worker has the turn to sweep is left to it; swept once that turn ends", { timeout: 90_000 }, async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("turn");
   const lapsed = uniqueHost("turn-gone");
@@ -145,15 +145,18 @@ test("a gone host another worker has the turn to sweep is left to it; swept once
   await runners.put(idleRecord(fake, name, lapsed, id));
   await goneHost(hostStore, lapsed);
   // Another worker took its turn to sweep the host a moment ago.
-  assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 4_000), true);
+  assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 60_000), true);
   assert.equal(await hostStore.sweepTurn(lapsed, host, 90_000), false, "one worker's turn at a time");
-  assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 4_000), true, "its own turn taken again");
+  assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 60_000), true, "its own turn taken again");
   const sys = await startSystem("worker", fake, r, host, { worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1 } });
   try {
-    await sleep(2_000);
+    // A few passes (one a second) while the other worker's turn lasts: none sweeps the host.
+    await sleep(3_000);
     assert.equal(callsTo(fake, DELETE, "DELETE"), 0, "not swept while the other worker's turn lasts");
     assert.ok(await runners.get(name), "its runner's record kept");
-    await waitFor(async () => !(await hostStore.list()).some((h) => h.id === lapsed), 20_000, "swept and forgotten once the turn lapsed");
+    // The other worker's turn lapses (here: ends, as at its stop).
+    await hostStore.endSweepTurn(lapsed, "another-worker");
+    await waitFor(async () => !(await hostStore.list()).some((h) => h.id === lapsed), 20_000, "swept and forgotten once the turn ended");
     assert.equal(callsTo(fake, DELETE, "DELETE"), 1, "its runner deregistered once");
     assert.deepEqual(await conn.keys(`${r.prefix}:*${lapsed}*`), [], "no key of the host left, its sweep turn included");
   } finally {

@@ -684,12 +684,13 @@ test("a gone host whose idle runner GitHub fails to deregister stays known with 
   const { id: runnerId } = await registerRunner(fake, name);
   await runners.put(idleRecord(fake, name, gone, runnerId));
   await goneHost(hostStore, gone);
-  // A 5xx on the first attempt and on each of the client's retries: the first pass's call fails.
-  fake.inject({ route: DELETE, method: "DELETE", status: 502, times: 4 });
+  // A 5xx on the first attempt and on each of the client's retries: the first pass's call fails
+  // (and the second pass's, should it come before the look below: both wait a while).
+  fake.inject({ route: DELETE, method: "DELETE", status: 502, times: 8 });
   const sys = await startSystem("worker", fake, r, host);
   try {
     await firstHostPass(sys);
-    assert.equal(callsTo(fake, DELETE, "DELETE"), 4, "the first pass tried to deregister the runner, and retried");
+    assert.ok(callsTo(fake, DELETE, "DELETE") >= 4, "the first pass tried to deregister the runner, and retried");
     assert.ok((await hostStore.list()).some((h) => h.id === gone), "the gone host is still known: the next pass looks at it again");
     assert.equal((await runners.get(name))?.host, gone, "the runner's record is kept");
     assert.deepEqual(await runners.listHost(gone), [name]);
@@ -697,7 +698,7 @@ test("a gone host whose idle runner GitHub fails to deregister stays known with 
     assert.ok((await hostPasses(sys, "error")) >= 1, "the pass counts as failed");
     assert.match(sys.logs(), new RegExp(`"runner":"${name}","goneHost":"${gone}","err":"[^"]*502[^"]*","msg":"deregistering runner of a gone host failed`));
 
-    await waitFor(async () => !(await hostStore.list()).some((h) => h.id === gone), 30_000, "the gone host forgotten on a later pass");
+    await waitFor(async () => !(await hostStore.list()).some((h) => h.id === gone), 60_000, "the gone host forgotten on a later pass");
     assert.ok(!fake.runners().some((x) => x.id === runnerId), "the registration deleted");
     assert.equal(await runners.get(name), undefined, "the record removed");
     assert.deepEqual(await conn.keys(`${r.prefix}:*${gone}*`), [], "no key of the gone host left");
