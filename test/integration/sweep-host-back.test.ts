@@ -131,24 +131,34 @@ test("a gone host that beats again while another worker sweeps it keeps its rema
   }
 });
 
-test("a gone host another worker has the turn to sweep is left to it; swept once that turn ends", { timeout: 90_000 }, async () => {
+/**
+ * The fake GitHub, a worker host of the test's own, and a gone host `lapsed` with one idle runner
+ * (`name`), registered and recorded; `start` starts the worker (a pass a second).
+ */
+async function goneHostWithRunner(tag: string, name: string) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("turn");
-  const lapsed = uniqueHost("turn-gone");
-  const r = scopedRedis(redis, "sweep-turn");
+  const host = uniqueHost(tag);
+  const lapsed = uniqueHost(`${tag}-gone`);
+  const r = scopedRedis(redis, `sweep-${tag}`);
   hosts.push(host);
   const conn = redisConnection(r.url);
   const runners = new RunnerStore(conn, r.prefix);
   const hostStore = new HostStore(conn, r.prefix);
-  const name = "jitrunner-default-00turn0001";
   const { id } = await registerRunner(fake, name);
   await runners.put(idleRecord(fake, name, lapsed, id));
   await goneHost(hostStore, lapsed);
+  const start = () => startSystem("worker", fake, r, host, { worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1 } });
+  return { fake, host, lapsed, r, conn, runners, hostStore, start };
+}
+
+test("a gone host another worker has the turn to sweep is left to it; swept once that turn ends", { timeout: 90_000 }, async () => {
+  const name = "jitrunner-default-00turn0001";
+  const { fake, host, lapsed, r, conn, runners, hostStore, start } = await goneHostWithRunner("turn", name);
   // Another worker took its turn to sweep the host a moment ago.
   assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 60_000), true);
   assert.equal(await hostStore.sweepTurn(lapsed, host, 90_000), false, "one worker's turn at a time");
   assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 60_000), true, "its own turn taken again");
-  const sys = await startSystem("worker", fake, r, host, { worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1 } });
+  const sys = await start();
   try {
     // A few passes (one a second) while the other worker's turn lasts: none sweeps the host.
     await sleep(3_000);
@@ -167,21 +177,10 @@ test("a gone host another worker has the turn to sweep is left to it; swept once
 });
 
 test("a worker that stops hands its turn to sweep a gone host back at once", { timeout: 60_000 }, async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("turn-stop");
-  const lapsed = uniqueHost("turn-stop-gone");
-  const r = scopedRedis(redis, "sweep-turn-stop");
-  hosts.push(host);
-  const conn = redisConnection(r.url);
-  const runners = new RunnerStore(conn, r.prefix);
-  const hostStore = new HostStore(conn, r.prefix);
-  const name = "jitrunner-default-00turn0002";
-  const { id } = await registerRunner(fake, name);
-  await runners.put(idleRecord(fake, name, lapsed, id));
-  await goneHost(hostStore, lapsed);
+  const { fake, lapsed, conn, hostStore, start } = await goneHostWithRunner("turn-stop", "jitrunner-default-00turn0002");
   // GitHub refuses the deregistration (an App that lost its permission): the host stays gone and known.
   fake.inject({ route: DELETE, method: "DELETE", status: 403, times: 1000, body: { message: "Resource not accessible by integration" } });
-  const sys = await startSystem("worker", fake, r, host, { worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 1 } });
+  const sys = await start();
   try {
     await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1, 20_000, "the worker sweeping the gone host");
     assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 60_000), false, "its turn");
