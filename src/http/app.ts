@@ -1,6 +1,7 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type { Logger } from "pino";
 import type { Secret } from "../config/secret.ts";
+import { errorMessage } from "../errors.ts";
 import type { Ingress } from "../ingress/ingress.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import { requireBearer } from "./auth.ts";
@@ -46,7 +47,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   app.setErrorHandler((err: Error & { statusCode?: number }, req, reply) => {
     const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
-    if (status >= 500) req.log.error({ err: { message: err.message, code: (err as { code?: string }).code } }, "request failed");
+    // The message as a string, which the logger's serializer redacts (it passes objects through).
+    if (status >= 500) req.log.error({ err: errorMessage(err), code: (err as { code?: string }).code }, "request failed");
     return reply.code(status).send({ error: status >= 500 ? "internal error" : err.message });
   });
 

@@ -30,7 +30,9 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
 
   // Requests refused before the handler runs (when Fastify reads the body: not JSON 415, over the
   // body limit 413, a body that does not match its Content-Length 400) are counted as unverified
-  // too, so that probes of every kind show in the metric.
+  // too, so that probes of every kind that reach the route show in the metric. Those Node or
+  // Fastify answer before any hook (headers Node cannot parse, its 408 request timeout, the 503
+  // while the server closes) are not counted.
   const onError = async (_req: FastifyRequest, _reply: FastifyReply, err: FastifyError): Promise<void> => {
     const outcome = refusedUnread(err);
     if (outcome) opts.metrics.unverifiedDelivery(outcome);

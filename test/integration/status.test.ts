@@ -4,6 +4,7 @@
  * from the real BullMQ queues, and the tokens on `/` and `/metrics`.
  */
 import assert from "node:assert/strict";
+import { Writable } from "node:stream";
 import { after, before, test } from "node:test";
 import type { FastifyInstance } from "fastify";
 import type { Redis } from "ioredis";
@@ -11,6 +12,7 @@ import { pino } from "pino";
 import { Secret } from "../../src/config/secret.ts";
 import { GitHubError } from "../../src/errors.ts";
 import { buildApp } from "../../src/http/app.ts";
+import { createLogger } from "../../src/logger.ts";
 import { Ingress } from "../../src/ingress/ingress.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
@@ -266,6 +268,40 @@ test("without tokens configured, / and /metrics are open; a worker-only app has 
   } finally {
     await open.close();
     await workerOnly.close();
+  }
+});
+
+test("a request that fails with a credential in its error's message gets 500 and a log line with the credential redacted", async () => {
+  // Error text can carry what GitHub or a library said; the error handler logs it as a string,
+  // which the logger's serializer redacts (an object would pass through it unredacted).
+  const token = `ghs_${"A1b2C3d4".repeat(5)}`;
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      lines.push(chunk.toString());
+      done();
+    },
+  });
+  const failing = await buildApp({
+    logger: createLogger("info", sink),
+    metrics: new Metrics({ processMetrics: false }),
+    readiness: async () => [],
+    status: {
+      snapshot: async () => {
+        throw new Error(`lookup failed with token ${token}`);
+      },
+    },
+  });
+  try {
+    const res = await failing.inject({ url: "/" });
+    assert.equal(res.statusCode, 500);
+    assert.ok(!res.body.includes(token));
+    const failed = lines.filter((l) => l.includes('"msg":"request failed"'));
+    assert.equal(failed.length, 1, lines.join(""));
+    assert.match(failed[0]!, /lookup failed with token/);
+    assert.ok(!failed[0]!.includes(token), failed[0]);
+  } finally {
+    await failing.close();
   }
 });
 
