@@ -219,15 +219,15 @@ export class Metrics {
     this.#demandFailed.inc({ pool });
   }
   /**
-   * Each pool's count of failed demand, and of failed launches for the usual reasons, exported
-   * from the start at 0: a counter that first appears at 1 shows Prometheus no increase (increase()
-   * of its first sample is 0), and the first failure after each start would go unseen by
-   * JitrunnerDemandFailed and JitrunnerLaunchFailures. A rarer reason still first appears at 1.
+   * Each pool's count of failed demand, and of failed launches for each reason, exported from the
+   * start at 0: a counter that first appears at 1 shows Prometheus no increase (increase() of its
+   * first sample is 0), and the first failure after each start would go unseen by
+   * JitrunnerDemandFailed and JitrunnerLaunchFailures.
    */
   failureCounters(pools: readonly string[]): void {
     for (const pool of pools) {
       this.#demandFailed.inc({ pool }, 0);
-      for (const reason of USUAL_LAUNCH_FAILURES) this.#launchFailures.inc({ pool, reason }, 0);
+      for (const reason of LAUNCH_FAILURE_REASONS) this.#launchFailures.inc({ pool, reason }, 0);
     }
   }
   /**
@@ -298,10 +298,24 @@ export class Metrics {
 export type UnverifiedOutcome = "unsigned" | "bad_signature" | "too_large" | "unsupported_media_type" | "bad_request";
 
 /**
- * Launch failure reasons exported at 0 from a worker's start (Metrics.failureCounters): GitHub or
- * the engine refused a step, Redis was away, or the runner never came online or ended without a job.
+ * Launch failure reasons exported at 0 from a worker's start (Metrics.failureCounters): every code
+ * a launch fails with. GitHub or the engine refused a step, Redis was away or refused a command,
+ * the runner never came online or ended without a job, its record was removed while it launched,
+ * the job's runner group is refused or could not be looked up; `error` for an error with no code.
  */
-const USUAL_LAUNCH_FAILURES = ["E_GITHUB", "E_DOCKER", "E_REDIS_UNAVAILABLE", "E_RUNNER_NEVER_ONLINE", "E_RUNNER_LOST"] as const;
+const LAUNCH_FAILURE_REASONS = [
+  "E_GITHUB",
+  "E_DOCKER",
+  "E_REDIS_UNAVAILABLE",
+  "E_REDIS_REFUSED",
+  "E_RUNNER_NEVER_ONLINE",
+  "E_RUNNER_LOST",
+  "E_RECORD_GONE",
+  "E_PUBLIC_RUNNER_GROUP",
+  "E_RUNNER_GROUP_MISSING",
+  "E_RUNNER_GROUP_UNKNOWN",
+  "error",
+] as const;
 /** Why a pool's warm runners may be refused (WarmRefusal): each a series of jitrunner_warm_refused. */
 const WARM_REFUSALS = ["public_repository", "public_runner_group", "runner_group_missing", "visibility_unknown"] as const;
 

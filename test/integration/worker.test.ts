@@ -43,6 +43,9 @@ test("a launch that fails after registration deletes the registration and leaves
     const before = await (await fetch(`${sys.url}/metrics`)).text();
     assert.match(before, /^jitrunner_demand_failed_total\{pool="default"\} 0$/m);
     assert.match(before, /^jitrunner_launch_failures_total\{pool="default",reason="E_DOCKER"\} 0$/m);
+    // Rarer reasons too: JitrunnerLaunchFailures counts 5 in 15 minutes per reason.
+    assert.match(before, /^jitrunner_launch_failures_total\{pool="default",reason="E_RUNNER_GROUP_UNKNOWN"\} 0$/m);
+    assert.match(before, /^jitrunner_launch_failures_total\{pool="default",reason="error"\} 0$/m);
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
     await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1 && callsTo(fake, JIT) >= 1, 30_000, "registration deleted after the failed create");
     await demandIn(r, `${job.id}-1`, "failed", 30_000);
