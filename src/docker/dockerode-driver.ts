@@ -368,7 +368,9 @@ export class DockerodeDriver implements RunnerDriver {
       id: c.Id,
       name: (c.Names[0] ?? "").replace(/^\//, ""),
       labels: c.Labels,
-      running: c.State === "running" || c.State === "restarting",
+      // Paused (`docker pause`) counts as running, as wait() counts it (State.Running): its job
+      // goes on once unpaused, and the host loop must not take it for stopped and remove it.
+      running: c.State === "running" || c.State === "restarting" || c.State === "paused",
       createdAt: c.Created * 1000,
     }));
   }

@@ -2,7 +2,9 @@
  * Which volumes DockerodeDriver removes, on the real Docker engine: a runner's own data volume
  * (named after it) goes with it; a pool's own volume mounted at /var/lib/docker (a cache an
  * operator keeps), whatever its name, stays; a dangling volume with no labels goes only when it is
- * named as a runner's is, not merely alike. Containers are created, never started (network `none`).
+ * named as a runner's is, not merely alike. Containers are created, never started (network `none`);
+ * and which containers the driver lists as running: a paused one is (one container started with
+ * `sleep`, network `none`).
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -87,4 +89,24 @@ test("a dangling volume without labels is removed only when named as a runner's 
   assert.equal(await volumeExists(labelled), false, "labelled as this host's");
   assert.equal(await volumeExists(alike), true, "merely alike: an operator's");
   assert.ok(removed >= 2);
+});
+
+test("a paused runner container is listed as running: the host loop adopts it rather than removing it mid-job", async () => {
+  const name = `${PREFIX}-default-${randomBytes(5).toString("hex")}`;
+  const labels = runnerLabels({ pool: "default", host: `${PREFIX}-paused`, runnerName: name, demandId: "2-1" });
+  // A plain process in the runner image (no runner, no engine inside), network `none`.
+  const c = await docker.createContainer({ name, Image: RUNNER_IMAGE, Entrypoint: ["sleep"], Cmd: ["120"], Labels: labels, HostConfig: { NetworkMode: "none" } });
+  try {
+    await c.start();
+    await c.pause();
+    assert.equal((await c.inspect()).State.Status, "paused");
+    const listed = await driver.list({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: `${PREFIX}-paused` });
+    assert.deepEqual(
+      listed.map((x) => [x.name, x.running]),
+      [[name, true]],
+    );
+    await c.unpause();
+  } finally {
+    await c.remove({ force: true, v: true });
+  }
 });
