@@ -27,6 +27,12 @@ export interface RunnerRecord {
    */
   askedAt?: number;
   /**
+   * When one of our processes first set out to delete its registration (ms since epoch), written
+   * before the call: GitHub's 404 to a later deletion then says we deleted it (the process died
+   * or stopped before removing the record), not that the runner ran a job and removed itself.
+   */
+  deregisteringAt?: number;
+  /**
    * The worker process that launched or adopted the runner (Launcher.instance). While that
    * process lives, only it tears down a record with no container: it may still be launching.
    */
@@ -270,6 +276,15 @@ export class RunnerStore {
     await redis.jitrunnerSetIfExists(this.#key(name), "askedAt", String(at));
   }
 
+  /**
+   * We set out to delete the runner's registration (see RunnerRecord.deregisteringAt), if it is
+   * still recorded.
+   */
+  async deregistering(name: string, at: number): Promise<void> {
+    const redis = this.#redis as Redis & { jitrunnerSetIfExists(key: string, field: string, value: string): Promise<number> };
+    await redis.jitrunnerSetIfExists(this.#key(name), "deregisteringAt", String(at));
+  }
+
   /** The container started: idle until a webhook says busy (unless one already has). */
   async started(name: string): Promise<void> {
     const redis = this.#redis as Redis & { jitrunnerStarted(key: string): Promise<number> };
@@ -349,6 +364,7 @@ function parseRecord(h: Record<string, string>): RunnerRecord | undefined {
     jobId: h.jobId ? Number(h.jobId) : undefined,
     busyAt: h.busyAt ? Number(h.busyAt) : undefined,
     askedAt: h.askedAt ? Number(h.askedAt) : undefined,
+    deregisteringAt: h.deregisteringAt ? Number(h.deregisteringAt) : undefined,
     instance: h.instance || undefined,
   };
 }

@@ -246,6 +246,8 @@ export class Launcher {
       // every IDLE_RECHECK_MS for as long as it waits, so those that fired must not be kept.
       const timers = new Set<NodeJS.Timeout>();
       const later = (fn: () => unknown, ms: number) => {
+        // Not once the watch is over (a check that ended after it): nothing would clear it.
+        if (finished) return;
         const timer = setTimeout(() => {
           timers.delete(timer);
           void fn();
@@ -342,7 +344,10 @@ export class Launcher {
         // GitHub no longer knows it, while its record is still ours: a JIT registration goes with its
         // one job (an unused one stays a day), and whoever of us deletes one removes its record too,
         // so it ran a job and the webhooks saying so were lost. It ends as after `completed`.
-        if (registered === undefined && (await d.runners.get(name).catch(() => undefined))?.runnerId === tracked.record.runnerId) {
+        // Not when one of our processes had set out to delete it (a stop or a crash since): that
+        // deletion may be what GitHub's answer shows.
+        const stored = registered === undefined ? await d.runners.get(name).catch(() => undefined) : undefined;
+        if (stored && stored.runnerId === tracked.record.runnerId && stored.deregisteringAt === undefined) {
           if (finished) return;
           log.warn(runnerField(log, name), "runner's registration gone at the start timeout: it ran a job; removing it after the completed grace");
           onState("completed");
@@ -388,8 +393,11 @@ export class Launcher {
         const result = deregistered ?? (await this.#deregister(latest, log));
         if (result === undefined) throw new Error("could not delete the runner's registration");
         // Only an id GitHub no longer knows says the runner removed itself: a name it does not
-        // know may never have been registered.
-        ranAJob = result === "busy" || (result === "not_found" && stored !== undefined && latest.runnerId !== undefined);
+        // know may never have been registered; nor does one we had set out to delete before (a
+        // process that died or stopped after GitHub's deletion). Taken for a runner that ran no
+        // job, its demand is served anew only after GitHub says its job is still queued.
+        const deletedBefore = (deregistered ? record : stored)?.deregisteringAt !== undefined;
+        ranAJob = result === "busy" || (result === "not_found" && stored !== undefined && latest.runnerId !== undefined && !deletedBefore);
       }
       // A runner that took no job did not serve its demand: a lease of it that comes back (its
       // worker died) must launch again, not find this runner and call the demand served. A runner
@@ -432,6 +440,10 @@ export class Launcher {
    */
   async #deregister(record: RunnerRecord, log: Logger): Promise<"deleted" | "not_found" | "busy" | undefined> {
     try {
+      // Noted first: should this process die or stop between GitHub's deletion and the record's
+      // removal, whoever tears the runner down later reads GitHub's 404 as our deletion, not as a
+      // runner that ran a job (RunnerRecord.deregisteringAt).
+      if (record.runnerId || record.installationId) await this.#d.runners.deregistering(record.name, Date.now());
       return await deregisterRecord(this.#d.github, record);
     } catch (err) {
       log.warn({ ...runnerField(log, record.name), err: errorMessage(err) }, "deleting runner registration failed");

@@ -296,6 +296,38 @@ test("the host loop tears down at once a record without a container that a stopp
   }
 });
 
+test("a record without a container whose registration GitHub no longer knows: its demand counts as served, unless one of our processes had set out to delete the registration (a crash after that deletion), when it is released", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("deleted-before");
+  const r = scopedRedis(redis, "deleted-before");
+  hosts.push(host);
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  await hostStore.heartbeat({ id: host, capacity: 2, used: 0, pools: ["default"] }, 60_000, "dead-process");
+  await hostStore.instanceGone("dead-process");
+  const now = Date.now();
+  const record = (name: string, over: Partial<RunnerRecord>): RunnerRecord => ({
+    name: `jitrunner-default-${name}`, pool: "default", host, state: "idle", installationId: fake.installationId, owner: "acme", repo: "app",
+    demandId: `demand-${name}`, createdAt: now - 120_000, instance: "dead-process", ...over,
+  });
+  // Ids GitHub does not know (404): one runner removed itself after a job whose webhooks were
+  // lost; the other was deleted by its worker, which died before it removed the record.
+  const ranAJob = record("ranajob001", { runnerId: 990_001 });
+  const deleted = record("deleted001", { runnerId: 990_002, deregisteringAt: now - 5_000 });
+  for (const x of [ranAJob, deleted]) await runners.put(x);
+  const sys = await startSystem("worker", fake, r, host);
+  try {
+    await waitFor(async () => (await runners.listHost(host)).length === 0, 30_000, "both records torn down");
+    assert.deepEqual(await runners.findByDemand(ranAJob.demandId), { name: ranAJob.name, record: undefined }, "the runner that removed itself served its demand");
+    assert.equal(await runners.findByDemand(deleted.demandId), undefined, "the runner we deleted did not: a lease of its demand launches again");
+  } finally {
+    await sys.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
 test("a stop asked for while the worker starts, once its start has gone past the worker's: the start ends and is the caller's to stop as any start, not undone unsaid", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("start-stop");
