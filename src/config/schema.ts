@@ -11,6 +11,13 @@ const name = z
   .regex(/^[a-z0-9][a-z0-9-]{0,30}$/, "must be 1-31 characters of a-z, 0-9 and '-', starting with a letter or digit");
 
 const label = z.string().min(1).max(256);
+/**
+ * The longest time any option in seconds may give: each ends up as a timer or a time limit, and
+ * Node runs a timer of over 24.8 days after 1 ms instead (a warning, not an error), so a huge value
+ * meant as "rarely" would act at once; a few options multiply theirs (3 beats to a gone host).
+ */
+const MAX_WAIT_SECONDS = 7 * 24 * 3600;
+const TOO_LONG = `at most ${MAX_WAIT_SECONDS} (7 days)`;
 
 /**
  * The path of a file that holds a secret: one line, no PEM header. A value that is not one is
@@ -74,9 +81,9 @@ const pool = z
      * nothing: only for an organization pool with a runner group of its own (checked in load.ts).
      */
     serveJobsWithoutLabels: z.boolean().default(false),
-    idleTimeoutSeconds: z.number().int().positive().default(600),
+    idleTimeoutSeconds: z.number().int().positive().max(MAX_WAIT_SECONDS, TOO_LONG).default(600),
     /** A runner GitHub does not list online this long after its container started is removed. */
-    startTimeoutSeconds: z.number().int().positive().default(300),
+    startTimeoutSeconds: z.number().int().positive().max(MAX_WAIT_SECONDS, TOO_LONG).default(300),
     /** Runners of this pool at once across every host; unset: no global limit. */
     maxRunners: z.number().int().positive().optional(),
     /** Idle registered runners kept ready across the fleet, so a job starts with no launch on its critical path. */
@@ -145,9 +152,9 @@ const docker = z
      */
     knownHostsFile: z.string().optional(),
     /** Time limit on list, inspect, remove and ping calls (not on waits for a container to stop). */
-    callTimeoutSeconds: z.number().min(1).default(DEFAULT_CALL_TIMEOUT_SECONDS),
+    callTimeoutSeconds: z.number().min(1).max(MAX_WAIT_SECONDS, TOO_LONG).default(DEFAULT_CALL_TIMEOUT_SECONDS),
     /** Time limit on creating and on starting a runner container. */
-    launchCallTimeoutSeconds: z.number().min(1).default(DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS),
+    launchCallTimeoutSeconds: z.number().min(1).max(MAX_WAIT_SECONDS, TOO_LONG).default(DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS),
   })
   .strict()
   .prefault({});
@@ -211,16 +218,16 @@ export const configSchema = z
         capacity: z.number().int().positive().default(4),
         pools: z.array(name).default([]),
         docker,
-        completedGraceSeconds: z.number().nonnegative().default(30),
+        completedGraceSeconds: z.number().nonnegative().max(MAX_WAIT_SECONDS, TOO_LONG).default(30),
         launchAttempts: z.number().int().positive().default(5),
         /** Container starts in flight on this worker's engine at once; more wait their turn (see Launcher). */
         concurrentStarts: z.number().int().positive().default(DEFAULT_CONCURRENT_STARTS),
-        reconcileIntervalSeconds: z.number().positive().default(30),
+        reconcileIntervalSeconds: z.number().positive().max(MAX_WAIT_SECONDS, TOO_LONG).default(30),
         /** A runner of a gone host recorded busy this long is asked about at GitHub, then once per this long (lost `completed` webhooks). */
-        goneHostBusyCheckSeconds: z.number().nonnegative().default(300),
-        heartbeatSeconds: z.number().positive().default(5),
+        goneHostBusyCheckSeconds: z.number().nonnegative().max(MAX_WAIT_SECONDS, TOO_LONG).default(300),
+        heartbeatSeconds: z.number().positive().max(MAX_WAIT_SECONDS, TOO_LONG).default(5),
         /** How long a stop waits for launches in flight and demand held before it leaves them to lapse (RunnerWorker.stop). */
-        stopTimeoutSeconds: z.number().positive().default(DEFAULT_STOP_TIMEOUT_SECONDS),
+        stopTimeoutSeconds: z.number().positive().max(MAX_WAIT_SECONDS, TOO_LONG).default(DEFAULT_STOP_TIMEOUT_SECONDS),
         /** A demand lease's lock, renewed every third of it; a dead worker's demand is back within about twice this. */
         leaseSeconds: z.number().min(5).max(3600).default(30),
       })
@@ -236,17 +243,17 @@ export const configSchema = z
     /** Leader-side reconciliation (src/reconcile): one elected worker compares GitHub with Redis. */
     reconcile: z
       .object({
-        leaderLockSeconds: z.number().min(1).default(15),
-        runnersIntervalSeconds: z.number().positive().default(300),
-        queuedIntervalSeconds: z.number().positive().default(300),
+        leaderLockSeconds: z.number().min(1).max(MAX_WAIT_SECONDS, TOO_LONG).default(15),
+        runnersIntervalSeconds: z.number().positive().max(MAX_WAIT_SECONDS, TOO_LONG).default(300),
+        queuedIntervalSeconds: z.number().positive().max(MAX_WAIT_SECONDS, TOO_LONG).default(300),
         queuedMaxRunsPerPass: z.number().int().positive().default(100),
-        retryFailedDemandSeconds: z.number().min(0).default(900),
-        deliveriesIntervalSeconds: z.number().min(0).default(60),
+        retryFailedDemandSeconds: z.number().min(0).max(MAX_WAIT_SECONDS, TOO_LONG).default(900),
+        deliveriesIntervalSeconds: z.number().min(0).max(MAX_WAIT_SECONDS, TOO_LONG).default(60),
         deliveriesMaxPerPass: z.number().int().positive().default(100),
-        deliveriesRetrySeconds: z.number().positive().default(60),
+        deliveriesRetrySeconds: z.number().positive().max(MAX_WAIT_SECONDS, TOO_LONG).default(60),
         activeWindowSeconds: z.number().positive().default(24 * 3600),
         maxRepositories: z.number().int().positive().default(100),
-        orphanGraceSeconds: z.number().nonnegative().default(300),
+        orphanGraceSeconds: z.number().nonnegative().max(MAX_WAIT_SECONDS, TOO_LONG).default(300),
       })
       .strict()
       .prefault({}),

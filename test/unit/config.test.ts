@@ -78,6 +78,33 @@ pools:
   assert.doesNotMatch(err.message, /not-a-pem-but-secret-XYZ|hunter2-webhook/);
 });
 
+test("an option in seconds over 7 days is refused at load: Node would run a timer of over 24.8 days at once", () => {
+  const text = `${minimal}    startTimeoutSeconds: 9999999
+worker:
+  heartbeatSeconds: 604801
+  docker:
+    callTimeoutSeconds: 5000000
+reconcile:
+  queuedIntervalSeconds: 2592000
+`;
+  const err = (() => {
+    try {
+      loadConfig({ text, env, readFile: noFiles });
+    } catch (e) {
+      return e;
+    }
+  })();
+  assert.ok(err instanceof ConfigError, "throws ConfigError");
+  const joined = err.problems.join("\n");
+  for (const where of ["pools.0.startTimeoutSeconds", "worker.heartbeatSeconds", "worker.docker.callTimeoutSeconds", "reconcile.queuedIntervalSeconds"]) {
+    assert.match(joined, new RegExp(`${where.replaceAll(".", "\\.")}.*at most 604800 \\(7 days\\)`), `reports ${where}: ${joined}`);
+  }
+  // 7 days itself is taken, and a window looked back over is not a wait.
+  const c = loadConfig({ text: `${minimal}    idleTimeoutSeconds: 604800\nreconcile:\n  activeWindowSeconds: 2592000\n`, env, readFile: noFiles });
+  assert.equal(c.pools[0]!.idleTimeoutSeconds, 604800);
+  assert.equal(c.reconcile.activeWindowSeconds, 2592000);
+});
+
 test("secrets come from files when the environment has none; unreadable files are reported", () => {
   const files: Record<string, string> = { "/run/key.pem": `${KEY}\n`, "/run/hook": "from-file-0123456789\n" };
   const read = (p: string) => files[p] ?? noFiles(p);
