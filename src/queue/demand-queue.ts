@@ -392,9 +392,10 @@ export class DemandQueues {
 
 /**
  * BullMQ's refusals of a lease's lock token (Scripts.finishedErrors): the lock is gone or another
- * lease's, or the stalled check moved the demand out of the active state.
+ * lease's, the item is gone (removed once back in the queue: its job ended), or the stalled check
+ * moved the demand out of the active state.
  */
-const LOCK_LOST = /^(Missing lock for job|Lock mismatch for job|Job \S+ is not in the active state)/;
+const LOCK_LOST = /^(Missing lock for job|Lock mismatch for job|Missing key for job|Job \S+ is not in the active state)/;
 
 /** A worker's hold on one demand, for the life of the runner launched for it. */
 export interface Lease {
@@ -402,6 +403,12 @@ export interface Lease {
   readonly demand: Demand;
   /** 1 on the first try. */
   readonly attempt: number;
+  /**
+   * Aborted (with a LeaseLostError) once a renewal finds the lease's lock gone: it lapsed, Redis
+   * away for longer than the lease, and the demand is back in the queue or another lease's. A
+   * launch not yet under way must not start: the demand's next holder launches its own.
+   */
+  readonly lost: AbortSignal;
   /** The tries the demand has in all (worker.launchAttempts): a failed `attempt` this high is its last. */
   readonly attempts: number;
   complete(result: string): Promise<void>;
@@ -514,24 +521,39 @@ export class DemandConsumer {
 
   #lease(job: Job<Demand>, token: string): Lease {
     const leaseMs = this.#leaseMs;
+    const lost = new AbortController();
     const renew = setInterval(() => {
-      job.extendLock(token, leaseMs).catch(() => undefined);
+      // 0: the lock is gone (it lapsed while Redis was away for longer than the lease) or another
+      // lease's; BullMQ's stalled check gives the demand back to the queue, if it has not already.
+      // A renewal that fails (Redis away) says nothing yet: the next one asks again.
+      job.extendLock(token, leaseMs).then(
+        (kept) => {
+          if (Number(kept) !== 0 || settling || lost.signal.aborted) return;
+          clearInterval(renew);
+          lost.abort(new LeaseLostError(job.id!, new Error("its lock was gone at a renewal")));
+        },
+        () => undefined,
+      );
     }, leaseMs / 3);
     renew.unref();
-    let settled = false;
-    const settle = async (fn: () => Promise<unknown>) => {
-      if (settled) return;
-      settled = true;
+    // The first settling call's outcome is every later one's: after a complete that failed, a fail
+    // rejects too, instead of resolving as if it had landed.
+    let settling: Promise<void> | undefined;
+    const settle = (fn: () => Promise<unknown>): Promise<void> => {
       clearInterval(renew);
-      try {
-        await fn();
-      } catch (err) {
-        throw LOCK_LOST.test(errorMessage(err)) ? new LeaseLostError(job.id!, err) : err;
-      }
+      settling ??= (async () => {
+        try {
+          await fn();
+        } catch (err) {
+          throw LOCK_LOST.test(errorMessage(err)) ? new LeaseLostError(job.id!, err) : err;
+        }
+      })();
+      return settling;
     };
     return {
       id: job.id!,
       demand: job.data,
+      lost: lost.signal,
       attempt: job.attemptsMade + 1,
       attempts: job.opts.attempts ?? 1,
       complete: (result) => settle(() => job.moveToCompleted(result, token, false)),

@@ -15,7 +15,7 @@ import { deregisterRecord, Launcher, NotNeeded, targetOf, type Tracked } from ".
 import { PassFailures } from "./pass-failures.ts";
 import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
-import { atMost, every } from "../timers.ts";
+import { atMost, every, linkedSignal } from "../timers.ts";
 import { JobChecks } from "./job-checks.ts";
 import { needsRunner } from "./still-queued.ts";
 import { Problems, UNREADY, type UnreadyReason } from "./unready.ts";
@@ -804,8 +804,13 @@ export class RunnerWorker {
             return;
           }
           await this.#checkRunnerGroup(pool, demand);
+          // The lease lapsed during the checks (Redis away for longer than it): the demand's next
+          // holder launches; nothing is registered here. One that lapses while the registration
+          // waits its turn in the write budget gives it up the same way (NotSentError).
+          if (lease.lost.aborted) throw lease.lost.reason;
           const started = Date.now();
-          const launching = this.#d.launcher.launch(targetOf(demand), pool, log, check, this.#shutdown.signal);
+          const stop = linkedSignal([this.#shutdown.signal, lease.lost]);
+          const launching = this.#d.launcher.launch(targetOf(demand), pool, log, check, stop.signal);
           this.#launches.add(launching);
           try {
             tracked = await launching;
@@ -814,6 +819,7 @@ export class RunnerWorker {
             await lease.complete("not_needed");
             return;
           } finally {
+            stop.dispose();
             this.#launches.delete(launching);
           }
           this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000, (Date.now() - demand.receivedAt) / 1000);
@@ -848,6 +854,10 @@ export class RunnerWorker {
         return;
       }
       if (err instanceof NotSentError) {
+        if (lease.lost.aborted) {
+          log.warn("the demand's lease lapsed while its registration waited (Redis away for longer than worker.leaseSeconds): nothing registered, its next holder launches");
+          return;
+        }
         // Stopping, with nothing registered: the demand goes back without spending an attempt.
         await lease.release().catch(() => undefined);
         return;

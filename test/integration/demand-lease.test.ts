@@ -130,8 +130,13 @@ test("a lease whose lock lapsed, its demand taken again by the same worker, can 
     // Its lock lapses (as while Redis was away for longer than the lease): the stalled check puts
     // the demand back, and the same worker takes it again.
     await conn.del(`${settings.prefix}:bull:demand-${POOL}:${stale.id}:lock`);
+    // Its next renewal finds the lock gone: the lease says it is lost, so that a launch not yet
+    // under way is not started for a demand that is its next holder's.
+    await waitFor(() => stale.lost.aborted, 10_000, "the stale lease known lost at its renewal");
+    assert.ok(stale.lost.reason instanceof LeaseLostError);
     again = await waitFor(() => consumer.next(), 30_000, "the demand taken again");
     assert.equal(again.id, stale.id);
+    assert.equal(again.lost.aborted, false, "the new lease holds");
 
     await assert.rejects(stale.fail(new Error("the stale lease's runner idled out"), false), LeaseLostError, "the stale lease's failure is refused, as a lease lost");
     const counts = (await queues.counts([POOL])).get(POOL)!;
@@ -141,6 +146,29 @@ test("a lease whose lock lapsed, its demand taken again by the same worker, can 
     assert.equal((await queues.counts([POOL])).get(POOL)!.completed, 1);
   } finally {
     await again?.complete("served").catch(() => undefined);
+    await queues.close();
+    await consumer.close();
+    consumerConn.disconnect();
+  }
+});
+
+test("a lease whose completion failed cannot then be failed as if that had landed: the first settling call's outcome is every later one's", async () => {
+  const { redis, conn } = shared;
+  const settings = { redisUrl: redis.url, prefix: `${redis.prefix}:settle`, attempts: 3, leaseMs: LEASE_MS };
+  const queues = new DemandQueues(settings, conn);
+  const consumerConn = redisConnection(redis.url);
+  const consumer = new DemandConsumer(settings, consumerConn, POOL, "host-a:1");
+  try {
+    assert.equal(await queues.add(demand(31)), "added");
+    await consumer.start();
+    const lease = await waitFor(() => consumer.next(), 20_000, "the demand leased");
+    // The item is gone from under the lease (as once it went back to the queue and its job's
+    // `completed` removed it): BullMQ refuses the completion, which means the lease is lost.
+    await conn.del(`${settings.prefix}:bull:demand-${POOL}:${lease.id}`);
+    await assert.rejects(lease.complete("served"), LeaseLostError);
+    await assert.rejects(lease.fail(new Error("the runner idled out"), false), LeaseLostError, "the failure after it is refused too, not taken for landed");
+    await assert.rejects(lease.release(), LeaseLostError);
+  } finally {
     await queues.close();
     await consumer.close();
     consumerConn.disconnect();

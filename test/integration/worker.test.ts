@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
-import { FakeGitHub } from "../fakes/github/index.ts";
+import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { LIST_CONTAINERS, startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
@@ -434,6 +434,40 @@ test("a worker stopped while launches wait for the write budget gives them up at
     assert.equal(records.length, sent, `a record only for each runner registered (${records.map((x) => x.state).join(", ")})`);
   } finally {
     if (!closed) await sys.close();
+    await fake.close();
+  }
+});
+
+test("a lease that lapses while its launch waits for the write budget gives the launch up, unsent: the demand's next lease launches, one registration per job", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("lease-lapsed");
+  const r = scopedRedis(redis, "lease-lapsed");
+  hosts.push(host);
+  // One write a minute: the second job's registration waits for the window.
+  const sys = await startSystem("all", fake, r, host, {
+    github: { appId: fake.appId, apiUrl: fake.url, writesPerMinute: 1 },
+    worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, leaseSeconds: 5 },
+    pools: [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "1" } })],
+  });
+  const conn = redisConnection(r.url);
+  try {
+    const jobs: FakeJob[] = [];
+    for (let i = 0; i < 2; i++) jobs.push(await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] }));
+    await waitFor(() => (sys.logs().match(/launching a runner/g) ?? []).length === 2 && callsTo(fake, JIT) === 1, 60_000, "one registration sent, the other waiting");
+    const runners = new RunnerStore(conn, r.prefix);
+    const waiting = [];
+    for (const j of jobs) if ((await runners.findByDemand(`${j.id}-1`))?.record?.runnerId === undefined) waiting.push(`${j.id}-1`);
+    assert.equal(waiting.length, 1, "one launch waits, with no runner id yet");
+    // Its lock lapses, as while Redis was away for longer than the lease.
+    await conn.del(`${r.prefix}:bull:demand-default:${waiting[0]}:lock`);
+    await waitFor(() => /lease lapsed while its registration waited/.test(sys.logs()), 20_000, "the waiting launch given up at its lease's next renewal");
+    assert.equal(callsTo(fake, JIT), 1, "nothing sent for the lapsed lease");
+    await waitFor(() => jobs.every((j) => fake.jobs().find((x) => x.id === j.id)?.status === "completed"), 150_000, "both jobs run, the second by its demand's next lease");
+    assert.equal(callsTo(fake, JIT), 2, "one registration per job");
+    assert.doesNotMatch(sys.logs(), /demand failed; returned to the queue/, "no launch attempt spent");
+  } finally {
+    conn.disconnect();
+    await sys.close();
     await fake.close();
   }
 });
