@@ -4,7 +4,7 @@ import type { PoolConfig } from "../config/load.ts";
 import { DEFAULT_STOP_TIMEOUT_SECONDS } from "../config/schema.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK, registeredFromLabels } from "../docker/labels.ts";
 import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
-import { DockerError, JitrunnerError, LeaseLostError, NotSentError, errorMessage, redact } from "../errors.ts";
+import { DockerError, GitHubError, JitrunnerError, LeaseLostError, NotSentError, errorMessage, redact } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
@@ -72,6 +72,14 @@ const UNATTRIBUTED_RECORD_MS = 60_000;
 
 /** Why a job's launch is refused by the pool's config, before anything is registered (#checkRunnerGroup). */
 const CONFIG_REFUSAL = { publicGroup: "E_PUBLIC_RUNNER_GROUP", missingGroup: "E_RUNNER_GROUP_MISSING" } as const;
+/**
+ * A demand whose launch failed with GitHub unavailable is handed back for 2 s, then 4 s, ... up to
+ * 60 s, spending no attempt, while it is younger than an hour; past that, such failures spend
+ * attempts as any other.
+ */
+const GITHUB_RETRY_BASE_MS = 2_000;
+const GITHUB_RETRY_MAX_MS = 60_000;
+const GITHUB_PATIENCE_MS = 3_600_000;
 const CONFIG_REFUSALS: ReadonlySet<string> = new Set(Object.values(CONFIG_REFUSAL));
 
 /** How often the warm loop looks at its pool when nothing happens. */
@@ -877,6 +885,18 @@ export class RunnerWorker {
         await this.#d.activity?.launchFailure(demand, lease.attempt, err, false).catch(() => undefined);
         log.warn({ attempt: lease.attempt, err: errorMessage(err) }, "launch failed with the Docker engine gone; demand handed back");
         await lease.release().catch(() => undefined);
+        return;
+      }
+      // GitHub did not answer, answered 5xx or held its calls back (a rate limit) through the
+      // client's retries: GitHub failed, not the job. Its attempts spent on an incident (5 in about
+      // 100 s), the demand would fail for good and wait on the reconciler's retry of failed demand
+      // (reconcile.retryFailedDemandSeconds, 10 a pass). It is handed back for a while instead, no
+      // attempt spent, each time twice as long (2 s to 60 s), for as long as GITHUB_PATIENCE_MS.
+      if (githubUnavailable(err) && Date.now() - demand.receivedAt < GITHUB_PATIENCE_MS) {
+        const ms = Math.min(GITHUB_RETRY_MAX_MS, GITHUB_RETRY_BASE_MS * 2 ** Math.min(lease.postponed, 10));
+        await this.#d.activity?.launchFailure(demand, lease.attempt, err, false).catch(() => undefined);
+        log.warn({ attempt: lease.attempt, retryInSeconds: ms / 1000, err: errorMessage(err) }, "launch failed with GitHub unavailable; demand handed back, no attempt spent");
+        await lease.postpone(ms).catch(() => undefined);
         return;
       }
       log.warn({ attempt: lease.attempt, retryable, err: errorMessage(err) }, "demand failed; returned to the queue");
@@ -1987,6 +2007,17 @@ function servesDemand(spare: Spare, lease: Lease): boolean {
 /** Whether a runner is registered where the pool's warm runners go now (its `warm` target). */
 function atWarmTarget(pool: PoolConfig, record: RunnerRecord): boolean {
   return pool.warm !== undefined && registeredAt(pool, record, { ...pool.warm, repo: pool.warm.repo ?? "" });
+}
+
+/**
+ * GitHub failed the call, not the job: no answer (a time limit, a refused connection), 408, a 5xx,
+ * or a rate limit waited out past the client's patience (403 or 429, retryable), each after the
+ * client's own retries.
+ */
+function githubUnavailable(err: unknown): boolean {
+  if (!(err instanceof GitHubError) || !err.retryable) return false;
+  const status = err.status;
+  return status === undefined || status === 408 || status === 403 || status === 429 || status >= 500;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -233,7 +233,7 @@ test("lost queued webhooks in more runs than a pass may list: every job served o
   }
 });
 
-test("a job whose launches all failed (GitHub down longer than its attempts last) gets fresh attempts later, and completes", async () => {
+test("a job whose launch failed for good (GitHub refused its registration) gets fresh attempts later, and completes", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("failed-retry");
   const r = scopedRedis(redis, "failed-retry");
@@ -244,8 +244,9 @@ test("a job whose launches all failed (GitHub down longer than its attempts last
     reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 3600, queuedIntervalSeconds: 1, deliveriesIntervalSeconds: 0, retryFailedDemandSeconds: RETRY_S },
   });
   try {
-    // The client tries a 5xx 4 times (1 + 4 + 9 s apart): one launch attempt, and it fails.
-    fake.inject({ route: JIT, method: "POST", status: 502, times: 4 });
+    // A 422 is GitHub's refusal, not its absence (a 5xx or no answer hands the demand back with no
+    // attempt spent, for an hour): tried once, and the one launch attempt spent.
+    fake.inject({ route: JIT, method: "POST", status: 422, times: 1 });
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     await demandIn(r, `${job.id}-1`, "failed", 60_000);
     const failedSeen = Date.now();
@@ -254,7 +255,7 @@ test("a job whose launches all failed (GitHub down longer than its attempts last
     await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "completed"), 90_000, "the job completed");
     assert.equal(fake.jobs().find((j) => j.id === job.id)?.conclusion, "success");
     const posts = fake.requests.filter((q) => q.route === JIT && q.method === "POST");
-    assert.deepEqual(posts.map((q) => q.status), [502, 502, 502, 502, 201], "4 failed tries, then one registration");
+    assert.deepEqual(posts.map((q) => q.status), [422, 201], "the refusal, then one registration");
     // Observed failed up to a poll after it failed: the retry waited out most of its delay at least.
     assert.ok(posts.at(-1)!.at - failedSeen >= (RETRY_S - 1) * 1000, `fresh attempts ${posts.at(-1)!.at - failedSeen} ms after the failure was seen`);
     const text = await metricsOf(sys.url);

@@ -472,6 +472,37 @@ test("a lease that lapses while its launch waits for the write budget gives the 
   }
 });
 
+test("a launch that fails with GitHub answering 5xx through the client's retries spends no attempt: the demand is handed back for a while, and its job served once GitHub answers", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("github-down");
+  const r = scopedRedis(redis, "github-down");
+  hosts.push(host);
+  // One launch attempt: were the failure spent as one, the demand would fail for good.
+  const sys = await startSystem("all", fake, r, host, {
+    worker: { hostId: host, capacity: 1, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, launchAttempts: 1 },
+    pools: [fakeRunnerPool(fake, { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "1" } })],
+  });
+  try {
+    // A call and its 3 retries: one launch's worth of 502s.
+    fake.inject({ route: JIT, status: 502, times: 4 });
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => /launch failed with GitHub unavailable; demand handed back, no attempt spent/.test(sys.logs()), 60_000, "the launch failed and handed back");
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id)?.status === "completed", 60_000, "the job served once GitHub answers");
+    assert.deepEqual(
+      fake.requests.filter((x) => x.route === JIT).map((x) => x.status),
+      [502, 502, 502, 502, 201],
+    );
+    await demandIn(r, `${job.id}-1`, "completed", 30_000);
+    const state = await demandState(r, "default", `${job.id}-1`);
+    // BullMQ counts the attempt that completed it: one in all, the handed-back one not counted.
+    assert.equal(state?.attempts, 1, "served on its first attempt, the failure not counted as one");
+    assert.doesNotMatch(sys.logs(), /demand failed; returned to the queue/);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
 test("a runner that hangs without ever taking its job is reaped at the idle timeout and its job retried, also when GitHub does not say whether the job is still queued", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost("hang");
