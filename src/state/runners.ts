@@ -27,7 +27,7 @@ export interface RunnerRecord {
    */
   askedAt?: number;
   /**
-   * When one of our processes first set out to delete its registration (ms since epoch), written
+   * When one of our processes last set out to delete its registration (ms since epoch), written
    * before the call: GitHub's 404 to a later deletion then says we deleted it (the process died
    * or stopped before removing the record), not that the runner ran a job and removed itself.
    */
