@@ -28,6 +28,11 @@ export interface Demand {
    * queued before it registers anything, as for demand that waited.
    */
   seenBefore?: true;
+  /**
+   * How many times a launch for it failed with GitHub unavailable and it was handed back for a
+   * while with no attempt spent (Lease.postpone): each wait twice the one before.
+   */
+  postponed?: number;
 }
 
 /** How a demand's queue item ended: its runner served it (`completed`) or it ran out of launch attempts (`failed`). */

@@ -72,6 +72,17 @@ export class DockerError extends JitrunnerError {
   }
 }
 
+/**
+ * GitHub failed the call, not the caller: no answer (a time limit, a refused connection), 408, a
+ * 5xx, or a rate limit waited out past the client's patience (403 or 429, retryable), each after
+ * the client's own retries.
+ */
+export function githubUnavailable(err: unknown): boolean {
+  if (!(err instanceof GitHubError) || !err.retryable) return false;
+  const status = err.status;
+  return status === undefined || status === 408 || status === 403 || status === 429 || status >= 500;
+}
+
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }

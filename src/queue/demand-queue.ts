@@ -416,11 +416,9 @@ export interface Lease {
   fail(err: Error, final: boolean): Promise<void>;
   /**
    * Hand the demand back for `ms`, spending no attempt (a failure that was not the job's, such as
-   * GitHub not answering); `postponed` of them came before this lease.
+   * GitHub not answering), counted in its Demand.postponed.
    */
   postpone(ms: number): Promise<void>;
-  /** How many times the demand was postponed before this lease (or its lease lapsed: a stall). */
-  readonly postponed: number;
   /**
    * Hand the demand back untouched (shutdown): another worker, or this one restarted, takes it.
    * Waits for Redis a few seconds at most; past that, the demand comes back when its lease lapses.
@@ -565,9 +563,13 @@ export class DemandConsumer {
       attempts: job.opts.attempts ?? 1,
       complete: (result) => settle(() => job.moveToCompleted(result, token, false)),
       fail: (err, final) => settle(() => job.moveToFailed(asKept(err, final), token, false)),
-      // BullMQ's moveToDelayed skips the attempt (attemptsMade stays; attemptsStarted counts it).
-      postpone: (ms) => settle(() => job.moveToDelayed(Date.now() + ms, token)),
-      postponed: Math.max(0, (job.attemptsStarted ?? 0) - job.attemptsMade - 1),
+      // BullMQ's moveToDelayed skips the attempt (attemptsMade stays). The count goes first, best
+      // effort: lost, the next wait is only as long as this one.
+      postpone: (ms) =>
+        settle(async () => {
+          await job.updateData({ ...job.data, postponed: (job.data.postponed ?? 0) + 1 }).catch(() => undefined);
+          await job.moveToDelayed(Date.now() + ms, token);
+        }),
       // Waits for Redis at most RELEASE_WAIT_MS (a stop while Redis is away must not wait for
       // it): a demand not handed back in time comes back all the same once its lease lapses.
       release: () => settle(() => atMost(job.moveToWait(token), RELEASE_WAIT_MS)),

@@ -285,6 +285,12 @@ export class RunnerStore {
     await redis.jitrunnerSetIfExists(this.#key(name), "deregisteringAt", String(at));
   }
 
+  /** The deletion set out (deregistering) surely deleted nothing: GitHub refused it. */
+  async deregisteringUndone(name: string): Promise<void> {
+    // HDEL creates nothing: a record removed meanwhile stays removed.
+    await this.#redis.hdel(this.#key(name), "deregisteringAt");
+  }
+
   /** The container started: idle until a webhook says busy (unless one already has). */
   async started(name: string): Promise<void> {
     const redis = this.#redis as Redis & { jitrunnerStarted(key: string): Promise<number> };

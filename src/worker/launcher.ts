@@ -5,7 +5,7 @@ import type { Demand } from "../demand.ts";
 import { demandIdOf } from "../demand.ts";
 import { runnerLabels } from "../docker/labels.ts";
 import type { RunnerDriver, RunnerSpec } from "../docker/driver.ts";
-import { GitHubError, JitrunnerError, NotSentError, errorMessage } from "../errors.ts";
+import { GitHubError, JitrunnerError, NotSentError, errorMessage, githubUnavailable } from "../errors.ts";
 import type { GitHubClient, JitRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
@@ -211,8 +211,9 @@ export class Launcher {
     } catch (err) {
       const reason = err instanceof NotNeeded ? "not_needed" : err instanceof NotSentError ? "launch_given_up" : "launch_failed";
       if (reason === "not_needed") rlog.info("job needs no runner after all; deleting the registration");
-      else if (reason === "launch_given_up") rlog.info("worker stopping: launch given up before its registration was asked for");
-      else rlog.warn({ err: errorMessage(err) }, "launch failed; undoing registration and container");
+      else if (reason === "launch_given_up") rlog.info("launch given up before its registration was asked for (the worker stopping, or the demand's lease lost)");
+      // GitHub unavailable: the worker says so, once per demand at warn (Worker's hand-back).
+      else rlog[githubUnavailable(err) ? "debug" : "warn"]({ err: errorMessage(err) }, "launch failed; undoing registration and container");
       await this.teardown(record, reason, rlog).catch((e) =>
         rlog.warn({ err: errorMessage(e) }, "cleanup after failed launch incomplete; the reconciler will retry"),
       );
@@ -440,11 +441,7 @@ export class Launcher {
    */
   async #deregister(record: RunnerRecord, log: Logger): Promise<"deleted" | "not_found" | "busy" | undefined> {
     try {
-      // Noted first: should this process die or stop between GitHub's deletion and the record's
-      // removal, whoever tears the runner down later reads GitHub's 404 as our deletion, not as a
-      // runner that ran a job (RunnerRecord.deregisteringAt).
-      if (record.runnerId || record.installationId) await this.#d.runners.deregistering(record.name, Date.now());
-      return await deregisterRecord(this.#d.github, record);
+      return await deregisterNoted(this.#d.github, this.#d.runners, record);
     } catch (err) {
       log.warn({ ...runnerField(log, record.name), err: errorMessage(err) }, "deleting runner registration failed");
       return undefined;
@@ -462,6 +459,31 @@ export function deregisterRecord(github: Pick<GitHubClient, "deleteRunner" | "de
   if (record.runnerId) return github.deleteRunner(scopeOf(record), record.runnerId);
   if (!record.installationId) return Promise.resolve("not_found");
   return github.deleteRunnerNamed(scopeOf(record), record.name);
+}
+
+/**
+ * deregisterRecord, noted on the record first (RunnerRecord.deregisteringAt): should this process
+ * die or stop between GitHub's deletion and the record's removal, whoever tears the runner down
+ * later reads GitHub's 404 as our deletion, not as a runner that ran a job. The note is taken back
+ * when GitHub surely deleted nothing: it refused (busy, or another 4xx); after no answer or a 5xx
+ * it stays, as the deletion may have landed.
+ */
+export async function deregisterNoted(
+  github: Pick<GitHubClient, "deleteRunner" | "deleteRunnerNamed">,
+  runners: Pick<RunnerStore, "deregistering" | "deregisteringUndone">,
+  record: RunnerRecord,
+): Promise<"deleted" | "not_found" | "busy"> {
+  const asks = Boolean(record.runnerId || record.installationId);
+  if (asks) await runners.deregistering(record.name, Date.now());
+  const undo = () => (asks ? runners.deregisteringUndone(record.name).catch(() => undefined) : undefined);
+  try {
+    const outcome = await deregisterRecord(github, record);
+    if (outcome === "busy") await undo();
+    return outcome;
+  } catch (err) {
+    if (err instanceof GitHubError && err.status !== undefined && err.status < 500 && err.status !== 408) await undo();
+    throw err;
+  }
 }
 
 function labelKey(record: RunnerRecord) {

@@ -4,14 +4,14 @@ import type { PoolConfig } from "../config/load.ts";
 import { DEFAULT_STOP_TIMEOUT_SECONDS } from "../config/schema.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK, registeredFromLabels } from "../docker/labels.ts";
 import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
-import { DockerError, GitHubError, JitrunnerError, LeaseLostError, NotSentError, errorMessage, redact } from "../errors.ts";
+import { DockerError, JitrunnerError, LeaseLostError, NotSentError, errorMessage, githubUnavailable, redact } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
 import { hostHolder, PoolLimits, type HostStore } from "../state/hosts.ts";
 import { registeredAt, scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
-import { deregisterRecord, Launcher, NotNeeded, targetOf, type Tracked } from "./launcher.ts";
+import { deregisterNoted, Launcher, NotNeeded, targetOf, type Tracked } from "./launcher.ts";
 import { PassFailures } from "./pass-failures.ts";
 import { HostPresence } from "./presence.ts";
 import { Slots } from "./slots.ts";
@@ -74,11 +74,13 @@ const UNATTRIBUTED_RECORD_MS = 60_000;
 const CONFIG_REFUSAL = { publicGroup: "E_PUBLIC_RUNNER_GROUP", missingGroup: "E_RUNNER_GROUP_MISSING" } as const;
 /**
  * A demand whose launch failed with GitHub unavailable is handed back for 2 s, then 4 s, ... up to
- * 60 s, spending no attempt, while it is younger than an hour; past that, such failures spend
- * attempts as any other.
+ * 5 minutes, spending no attempt, while it is younger than an hour; past that, such failures spend
+ * attempts as any other. Each try of a demand that waited asks GitHub whether its job is still
+ * queued first: at most 5 minutes apart, a long incident costs each waiting job about 18 tries an
+ * hour, its reads and writes within GitHub's budgets.
  */
 const GITHUB_RETRY_BASE_MS = 2_000;
-const GITHUB_RETRY_MAX_MS = 60_000;
+const GITHUB_RETRY_MAX_MS = 300_000;
 const GITHUB_PATIENCE_MS = 3_600_000;
 const CONFIG_REFUSALS: ReadonlySet<string> = new Set(Object.values(CONFIG_REFUSAL));
 
@@ -891,11 +893,13 @@ export class RunnerWorker {
       // client's retries: GitHub failed, not the job. Its attempts spent on an incident (5 in about
       // 100 s), the demand would fail for good and wait on the reconciler's retry of failed demand
       // (reconcile.retryFailedDemandSeconds, 10 a pass). It is handed back for a while instead, no
-      // attempt spent, each time twice as long (2 s to 60 s), for as long as GITHUB_PATIENCE_MS.
+      // attempt spent, each time twice as long (2 s to 5 minutes), for as long as GITHUB_PATIENCE_MS.
+      // Logged at warn the first time only: an incident would log a line per job per try.
       if (githubUnavailable(err) && Date.now() - demand.receivedAt < GITHUB_PATIENCE_MS) {
-        const ms = Math.min(GITHUB_RETRY_MAX_MS, GITHUB_RETRY_BASE_MS * 2 ** Math.min(lease.postponed, 10));
+        const postponed = demand.postponed ?? 0;
+        const ms = Math.min(GITHUB_RETRY_MAX_MS, GITHUB_RETRY_BASE_MS * 2 ** Math.min(postponed, 10));
         await this.#d.activity?.launchFailure(demand, lease.attempt, err, false).catch(() => undefined);
-        log.warn({ attempt: lease.attempt, retryInSeconds: ms / 1000, err: errorMessage(err) }, "launch failed with GitHub unavailable; demand handed back, no attempt spent");
+        log[postponed === 0 ? "warn" : "debug"]({ attempt: lease.attempt, postponed, retryInSeconds: ms / 1000, err: errorMessage(err) }, "launch failed with GitHub unavailable; demand handed back, no attempt spent");
         await lease.postpone(ms).catch(() => undefined);
         return;
       }
@@ -962,7 +966,7 @@ export class RunnerWorker {
     const record = existing.record;
     const hostGone = record && record.host !== this.#d.host && !(await this.#d.hosts.alive(record.host));
     if (record && hostGone && record.state !== "busy" && record.state !== "completed") {
-      const outcome = await deregisterRecord(this.#d.github, record);
+      const outcome = await deregisterNoted(this.#d.github, this.#d.runners, record);
       if (outcome !== "busy") {
         await this.#d.runners.remove(record, false);
         log.info({ runner: record.name, runnerHost: record.host }, "runner lost with its host; launching another");
@@ -1899,7 +1903,7 @@ export class RunnerWorker {
       return;
     }
     // A failure (a 5xx after retries, a rate limit) throws: the record stays, and so does the host.
-    const outcome = await deregisterRecord(this.#d.github, r);
+    const outcome = await deregisterNoted(this.#d.github, runners, r);
     if (outcome === "busy") {
       // Its webhooks lost: recorded busy, so that the next passes of every worker look at it once
       // an interval between them (#sweepGoneBusyRunner), not each asking GitHub every pass.
@@ -2007,17 +2011,6 @@ function servesDemand(spare: Spare, lease: Lease): boolean {
 /** Whether a runner is registered where the pool's warm runners go now (its `warm` target). */
 function atWarmTarget(pool: PoolConfig, record: RunnerRecord): boolean {
   return pool.warm !== undefined && registeredAt(pool, record, { ...pool.warm, repo: pool.warm.repo ?? "" });
-}
-
-/**
- * GitHub failed the call, not the job: no answer (a time limit, a refused connection), 408, a 5xx,
- * or a rate limit waited out past the client's patience (403 or 429, retryable), each after the
- * client's own retries.
- */
-function githubUnavailable(err: unknown): boolean {
-  if (!(err instanceof GitHubError) || !err.retryable) return false;
-  const status = err.status;
-  return status === undefined || status === 408 || status === 403 || status === 429 || status >= 500;
 }
 
 function sleep(ms: number): Promise<void> {

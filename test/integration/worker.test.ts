@@ -487,6 +487,7 @@ test("a launch that fails with GitHub answering 5xx through the client's retries
     fake.inject({ route: JIT, status: 502, times: 4 });
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     await waitFor(() => /launch failed with GitHub unavailable; demand handed back, no attempt spent/.test(sys.logs()), 60_000, "the launch failed and handed back");
+    assert.match(sys.logs(), /"level":40,[^\n]*"postponed":0,"retryInSeconds":2,[^\n]*demand handed back, no attempt spent/, "its first hand-back: 2 s, at warn");
     await waitFor(() => fake.jobs().find((j) => j.id === job.id)?.status === "completed", 60_000, "the job served once GitHub answers");
     assert.deepEqual(
       fake.requests.filter((x) => x.route === JIT).map((x) => x.status),

@@ -3,18 +3,23 @@
  * HTTP: GitHub answers 422 to a busy runner, but also to a request it finds invalid or spammed
  * (OpenAPI: "Validation failed, or the endpoint has been spammed"). Only a runner GitHub then says
  * is busy is "busy"; one it says is not busy fails the call (retryable: its caller tries again
- * later); one gone by then is "not_found". A deletion GitHub takes costs one call, as before.
+ * later); one gone by then is "not_found". A deletion GitHub takes costs one call, as before. And
+ * what a deletion notes on the runner's record (a real Redis): RunnerRecord.deregisteringAt.
  */
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
-import { githubFor } from "../helpers/github.ts";
+import { githubFailure, githubFor } from "../helpers/github.ts";
+import { redisForFile } from "../helpers/redis.ts";
 import { registerRunner } from "../helpers/system.ts";
 import { GitHubError } from "../../src/errors.ts";
+import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
+import { deregisterNoted } from "../../src/worker/launcher.ts";
 
 const RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
+const shared = redisForFile();
 const scope = (fake: FakeGitHub) => ({ installationId: fake.installationId, owner: "acme", repo: "app" });
 
 /** The calls made to one runner's route since `from`, as `METHOD status`. */
@@ -113,5 +118,39 @@ test("a 422 whose runner GitHub then cannot say anything of (the look refused) f
     assert.deepEqual([err.status, err.retryable], [422, true]);
     assert.deepEqual(runnerCalls(fake, from), ["DELETE 422", "GET 403"]);
     assert.equal(fake.runners().length, 1);
+  });
+});
+
+test("a deletion of a runner's registration is noted on its record first; the note is taken back when GitHub refused it (busy, or a 422 for another reason), and kept when it deleted or its answer may have landed (a 5xx)", async () => {
+  await withFake(async (fake, gh) => {
+    const runners = new RunnerStore(shared.conn, `${shared.redis.prefix}-noted`);
+    const noteOf = async (name: string) => (await runners.get(name))?.deregisteringAt;
+    const recorded = async (name: string): Promise<RunnerRecord> => {
+      const runner = await registerRunner(fake, name);
+      const record: RunnerRecord = { name, pool: "default", host: "host-a", state: "idle", installationId: fake.installationId, owner: "acme", repo: "app", runnerId: runner.id, demandId: `${name}-1`, createdAt: Date.now() };
+      await runners.put(record);
+      if (name.endsWith("busy")) await takeJob(fake, runner, name);
+      return record;
+    };
+
+    const busy = await recorded("jr-noted-busy");
+    assert.equal(await deregisterNoted(gh, runners, busy), "busy");
+    assert.equal(await noteOf(busy.name), undefined, "refused: nothing deleted");
+
+    const refused = await recorded("jr-noted-refused");
+    fake.inject({ route: RUNNER, method: "DELETE", status: 422, times: 1 });
+    assert.equal((await githubFailure(deregisterNoted(gh, runners, refused))).status, 422);
+    assert.equal(await noteOf(refused.name), undefined, "refused: nothing deleted");
+
+    // A 5xx to the call and each of its retries: GitHub may have deleted it all the same.
+    const failing = await recorded("jr-noted-5xx");
+    fake.inject({ route: RUNNER, method: "DELETE", status: 502, times: 4 });
+    assert.equal((await githubFailure(deregisterNoted(gh, runners, failing))).status, 502);
+    assert.equal(typeof (await noteOf(failing.name)), "number", "may have landed: kept");
+
+    const deleted = await recorded("jr-noted-deleted");
+    const before = Date.now();
+    assert.equal(await deregisterNoted(gh, runners, deleted), "deleted");
+    assert.ok(((await noteOf(deleted.name)) ?? 0) >= before, "deleted: the note stays until the record goes");
   });
 });
