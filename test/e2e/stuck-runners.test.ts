@@ -106,7 +106,7 @@ function startWithHangingRunner(
   r: TestRedis,
   host: string,
   jobSeconds: number,
-  reconcile: { orphanGraceSeconds: number; deliveriesIntervalSeconds: number },
+  reconcile: { orphanGraceSeconds: number; deliveriesIntervalSeconds: number; deliveriesRetrySeconds?: number },
   startTimeoutSeconds = 300,
 ) {
   const script = join(dirname(fake.socketPath), "hang-after-job.sh");
@@ -128,7 +128,9 @@ test("a runner that hangs after its job, its completed webhook lost: removed onc
   const r = scopedRedis(redis, "hung-after-job");
   hosts.push(host);
   // A long grace: the runner list's own look at the busy runner (next test) comes after the redelivery.
-  const sys = await startWithHangingRunner(fake, r, host, 4, { orphanGraceSeconds: 120, deliveriesIntervalSeconds: 2 });
+  // A failed redelivery is asked for again 2 s later, not 60: on a loaded machine a pass may ask for
+  // one before the test has pointed the webhook back at jitrunner, and that redelivery fails too.
+  const sys = await startWithHangingRunner(fake, r, host, 4, { orphanGraceSeconds: 120, deliveriesIntervalSeconds: 2, deliveriesRetrySeconds: 2 });
   const completedDeliveries = (jobId: number) => fake.deliveries.filter((d) => d.jobId === jobId && d.action === "completed");
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
