@@ -55,6 +55,12 @@ export class RetryScheduler {
   }
 
   async schedule<T>(fn: (...args: never[]) => T | PromiseLike<T>, ...args: unknown[]): Promise<T> {
+    // A schedule is a fresh call. The plugin counts a call's rate-limit retries on its request
+    // function (args[1]), the same function each time our client's own retries (#send, after a
+    // 5xx) send the call again: a count carried over would take the retry for one of the plugin's
+    // (weight 0, past the calls-at-once limit) and leave it fewer rate-limit retries.
+    const request = args[1] as { retryCount?: number } | undefined;
+    if (request && (typeof request === "function" || typeof request === "object")) request.retryCount = 0;
     for (let retryCount = 0; ; retryCount++) {
       if (this.#closed) throw new NotSentError("GitHub call");
       try {

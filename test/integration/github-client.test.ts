@@ -370,6 +370,18 @@ test("rate limits: 429 + retry-after and 403 + x-ratelimit-reset are waited out 
   assert.ok(metric(text, "jitrunner_github_rate_limit_remaining", 'installation="1"') > 0);
 });
 
+test("a call sent again after a 5xx has the throttling plugin's rate-limit retries afresh: its count does not carry over from the attempt before", async () => {
+  const fake = await fakeGitHub();
+  const c = client(fake, { shared: false });
+  const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted"] });
+  // The plugin's 3 retries spent on the first attempt; then a 502, which the client sends again.
+  fake.inject({ route: JOB, status: 429, times: 3, headers: { "retry-after": "1" } });
+  fake.inject({ route: JOB, status: 502, times: 1 });
+  fake.inject({ route: JOB, status: 429, times: 1, headers: { "retry-after": "1" } });
+  assert.equal((await c.gh.getJob(1, "acme", "app", job.id)).status, "queued");
+  assert.deepEqual(calls(fake, JOB), [429, 429, 429, 502, 429, 200], "the attempt after the 502 had a rate-limit retry of its own");
+});
+
 test("the rate-limit gauge keeps each budget apart: a token request's counters are not taken for the installation's it is for", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { shared: false });
