@@ -455,7 +455,7 @@ export class Launcher {
  * GitHub refused, it runs a job. Neither id nor installation (a container found with no record):
  * nothing to ask GitHub by, `not_found`. A failure throws.
  */
-export function deregisterRecord(github: Pick<GitHubClient, "deleteRunner" | "deleteRunnerNamed">, record: RunnerRecord): Promise<"deleted" | "not_found" | "busy"> {
+function deregisterRecord(github: Pick<GitHubClient, "deleteRunner" | "deleteRunnerNamed">, record: RunnerRecord): Promise<"deleted" | "not_found" | "busy"> {
   if (record.runnerId) return github.deleteRunner(scopeOf(record), record.runnerId);
   if (!record.installationId) return Promise.resolve("not_found");
   return github.deleteRunnerNamed(scopeOf(record), record.name);
