@@ -981,7 +981,7 @@ export class RunnerWorker {
     if (record && !hostGone && unwatched.spare) await this.#holdForEarlierRunner(lease, log, unwatched);
     // Adopted here: this lease's slot and place count for it now (the place is the same one).
     this.#releaseAdopted(existing.name, lease.id);
-    if (record && !hostGone) await this.#waitGone(existing.name);
+    if (record && !hostGone) await this.#waitGone(existing.name, log);
     // Gone without serving the demand (a launch cut short by a crash, a runner that took no job):
     // its teardown released the claim, and the demand needs a runner still.
     if (record && !hostGone && !this.#stopping && !(await this.#d.runners.findByDemand(lease.id))) {
@@ -1034,7 +1034,7 @@ export class RunnerWorker {
     this.#slotless.add(lease);
     this.#slots.release();
     log.info({ runner: name }, "waiting for the demand's runner on another host, holding no slot here");
-    await this.#waitGone(name, true);
+    await this.#waitGone(name, log, true);
     if (this.#stopping) {
       // The runner on the other host runs on, counted by the place its worker refreshes.
       this.#placesKept.add(lease);
@@ -1484,9 +1484,24 @@ export class RunnerWorker {
     }
   }
 
-  /** Until runner `name`'s record is gone, the worker stops, or (`whileOpen`) this host takes no demand. */
-  async #waitGone(name: string, whileOpen = false): Promise<void> {
-    while (!this.#stopping && (!whileOpen || this.#open) && (await this.#d.runners.get(name))) await sleep(2000);
+  /**
+   * Until runner `name`'s record is gone, the worker stops, or (`whileOpen`) this host takes no
+   * demand. The wait lasts the runner's whole job: a read Redis fails says nothing of the runner,
+   * and is tried again 2 s later (logged once), rather than fail the demand's launch and spend
+   * one of its attempts.
+   */
+  async #waitGone(name: string, log: Logger, whileOpen = false): Promise<void> {
+    let failing = false;
+    while (!this.#stopping && (!whileOpen || this.#open)) {
+      try {
+        if (!(await this.#d.runners.get(name))) return;
+        failing = false;
+      } catch (err) {
+        if (!failing) log.warn({ runner: name, err: errorMessage(err) }, "could not read the record of the demand's runner; reading it again every 2 s");
+        failing = true;
+      }
+      await sleep(2000);
+    }
   }
 
   /**
