@@ -125,12 +125,36 @@ export function runsToList<T extends { run: { id: number } }>(
     .map((x) => x.r);
 }
 
+/**
+ * The repositories a pass lists: at most `max`, those this leader has not listed yet first (most
+ * recently active first, as `active` comes), then those it listed longest ago. More active
+ * repositories than `max` are listed in turns, over several passes, rather than the least recently
+ * active ones never: a job whose webhook was lost is no less likely there. Pure.
+ */
+export function reposToList(active: readonly ActiveRepo[], lastListed: ReadonlyMap<string, number>, max: number): ActiveRepo[] {
+  return active
+    .map((repo, i) => ({ repo, i, at: lastListed.get(repoKey(repo)) ?? Number.NEGATIVE_INFINITY }))
+    .sort((a, b) => (a.at === b.at ? a.i - b.i : a.at - b.at))
+    .slice(0, max)
+    .map((x) => x.repo);
+}
+
+function repoKey(repo: ActiveRepo): string {
+  return `${repo.installationId}/${repo.owner}/${repo.repo}`;
+}
+
+/**
+ * Active repositories the loop takes in turns at most (a read of Redis each pass, and this
+ * leader's memory of when it listed each): past these, the least recently active are left out.
+ */
+const MAX_ACTIVE_IN_TURNS = 10_000;
+
 /** How far ahead of runs listed before a run never listed goes, in passes (see runsToList). */
 const NEW_RUN_HEAD_START_PASSES = 3;
 
 /**
  * Leader loop: GitHub's queued jobs against the demand we hold. For each recently active
- * repository, the runs that are queued, in progress or waiting (one of their jobs waits for an
+ * repository (at most `maxRepositories` a pass, in turns: reposToList), the runs that are queued, in progress or waiting (one of their jobs waits for an
  * environment's approval while others are queued), and their latest attempt's jobs; a job still
  * queued that a pool serves is added as demand through the same idempotent path as its webhook
  * (keyed by job id and run attempt), so a job whose `queued` webhook arrived adds nothing, and one
@@ -146,16 +170,29 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
   const lastListed = new Map<number, number>();
   /** When this leader first saw each run still queued, in progress or waiting. */
   const firstSeen = new Map<number, number>();
+  /** When this leader listed each active repository's runs last (see reposToList). */
+  const reposListed = new Map<string, number>();
+  let inTurns = false;
   return {
     name: GITHUB_QUEUED,
     intervalMs: d.intervalMs,
     leaderOnly: true,
     async run(signal) {
-      const repos = await d.repos.list(d.windowMs, d.maxRepositories);
+      const active = await d.repos.list(d.windowMs, Math.max(d.maxRepositories, MAX_ACTIVE_IN_TURNS));
+      const activeKeys = new Set(active.map(repoKey));
+      for (const key of reposListed.keys()) if (!activeKeys.has(key)) reposListed.delete(key);
+      const repos = reposToList(active, reposListed, d.maxRepositories);
+      if (active.length > d.maxRepositories !== inTurns) {
+        inTurns = !inTurns;
+        const log = d.logger.child({ loop: GITHUB_QUEUED, maxRepositories: d.maxRepositories });
+        if (inTurns) log.info({ active: active.length }, "more active repositories than reconcile.maxRepositories: their queued runs are listed in turns, over several passes (said once until they fit again)");
+        else log.info("every active repository's queued runs are listed each pass again");
+      }
       const failed: string[] = [];
       const runs = new Map<number, RunToCheck>();
       for (const repo of repos) {
         signal.throwIfAborted();
+        reposListed.set(repoKey(repo), Date.now());
         try {
           for (const run of await listOpenRuns(d, repo, signal)) runs.set(run.id, { run, installationId: repo.installationId });
         } catch (err) {

@@ -870,6 +870,54 @@ test("checking one registration fails: the later orphans of its scope are still 
   }
 });
 
+test("more active repositories than reconcile.maxRepositories: github-queued lists them in turns, so a lost queued job in the least recently active one is found too", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "queued-in-turns");
+  const conn = redisConnection(r.url);
+  const queues = new DemandQueues({ redisUrl: r.url, prefix: r.prefix, attempts: 3 }, conn);
+  try {
+    fake.setWebhookUrl(DEAD_URL);
+    const names = ["one", "two", "three"];
+    const jobs: FakeJob[] = [];
+    for (const repo of names) jobs.push(await fake.queueJob({ owner: "acme", repo, labels: ["self-hosted", "linux"] }));
+    // "three" the most recently active, "one" the least.
+    const repos = await activeRepos(conn, r.prefix, names.map((repo) => ({ installationId: fake.installationId, owner: "acme", repo })));
+    const logs: string[] = [];
+    const loop = githubQueuedLoop({
+      config: testConfig(),
+      github: octokit(fake),
+      demand: queues,
+      runners: new RunnerStore(conn, r.prefix),
+      repos,
+      intervalMs: 60_000,
+      windowMs: 3600_000,
+      maxRepositories: 2,
+      maxRunsPerPass: 10,
+      retryFailedAfterMs: 0,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("info", new Writable({ write: (c: Buffer, _e, cb) => (logs.push(c.toString()), cb()) })),
+    });
+    const added = async () => {
+      const states = await Promise.all(jobs.map((j) => demandState(r, "default", `${j.id}-${j.run_attempt}`)));
+      return names.filter((_, i) => states[i] !== undefined);
+    };
+    await loop.run(new AbortController().signal);
+    assert.deepEqual(await added(), ["two", "three"], "the first pass: the two most recently active");
+    assert.equal(logs.filter((l) => /listed in turns/.test(l)).length, 1, "said once");
+    await loop.run(new AbortController().signal);
+    assert.deepEqual(await added(), names, "the next pass takes the one left out first");
+    await loop.run(new AbortController().signal);
+    assert.equal(logs.filter((l) => /listed in turns/.test(l)).length, 1, "not said again");
+    const listed = fake.requests.filter((q) => q.route === "/repos/{owner}/{repo}/actions/runs").map((q) => q.path.split("/")[3]);
+    assert.equal(listed.length, 3 * 6, "two repositories a pass, three statuses each");
+    assert.ok(listed.slice(12).includes("two"), `the third pass: "two", listed longest ago (${listed.slice(12).join(", ")})`);
+  } finally {
+    await queues.close();
+    conn.disconnect();
+    await fake.close();
+  }
+});
+
 test("a queued job whose done demand BullMQ no longer holds: added again with the note of the runner that served it forgotten", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const r = scopedRedis(redis, "recover-expired");
