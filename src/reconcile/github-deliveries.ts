@@ -257,6 +257,9 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
         await ask(d, { guid: delivery.guid, attemptId: delivery.id, action: delivery.action, status: delivery.statusCode }, pass, now, signal);
       }
 
+      // Abandoned meanwhile (the term lapsed while Redis was away): its marks are no longer this
+      // process's to move, and would overwrite the new leader's.
+      signal.throwIfAborted();
       if (stoppedAt === undefined && read.next === undefined) {
         // All the way down: the next read stops a little before what this one began with.
         if (top > upTo) await d.log.setReadUpTo(top);
