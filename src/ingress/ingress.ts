@@ -171,7 +171,11 @@ export class Ingress {
       // Redis answers: the forget gets its answer at once (or the same refusal, harmless as above).
       await forgetting;
       const reply = redisErrorReply(err);
-      if (reply === undefined) throw err;
+      if (reply === undefined) {
+        // Neither Redis's doing: a 500, logged by the server.
+        this.#deps.metrics.delivery(delivery.event, action, "error");
+        throw err;
+      }
       this.#deps.metrics.delivery(delivery.event, action, "redis_error");
       this.#redisErrorReply(reply.message, delivery.deliveryId);
       throw new RedisRefusedError(reply.code, err);
