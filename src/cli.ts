@@ -121,7 +121,7 @@ async function main(argv: string[]): Promise<number> {
     const path = (file: string | undefined) => (file === undefined ? undefined : shownSecretPath(file));
     const shown = {
       ...config,
-      github: { ...config.github, privateKeyFile: path(config.github.privateKeyFile), webhookSecretFile: path(config.github.webhookSecretFile) },
+      github: { ...config.github, privateKeyFile: path(config.github.privateKeyFile), webhookSecretFile: path(config.github.webhookSecretFile), previousWebhookSecretFile: path(config.github.previousWebhookSecretFile) },
       server: { ...config.server, adminTokenFile: path(config.server.adminTokenFile), metricsTokenFile: path(config.server.metricsTokenFile) },
       worker: { ...config.worker, docker: { ...config.worker.docker, keyFile: path(config.worker.docker.keyFile) } },
       redis: { ...config.redis, url: withoutPassword(config.redis.url) },

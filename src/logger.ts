@@ -2,7 +2,7 @@ import { pino, type Logger } from "pino";
 import { redact } from "./errors.ts";
 
 /** Keys whose values never reach a log line, at the top of a line's fields or one level down. */
-const SECRET_KEYS = ["privateKey", "webhookSecret", "token", "encoded_jit_config", "jitConfig"];
+const SECRET_KEYS = ["privateKey", "webhookSecret", "previousWebhookSecret", "token", "encoded_jit_config", "jitConfig"];
 const SECRET_KEY_SET = new Set(SECRET_KEYS);
 const CENSOR = "[redacted]";
 /**

@@ -218,7 +218,12 @@ async function startWith(
   const app = await buildApp({
     logger,
     metrics,
-    webhooks: http && { secret: config.secrets.webhookSecret, bodyLimit: config.server.bodyLimitBytes, ingress: http.ingress },
+    webhooks: http && {
+      secret: config.secrets.webhookSecret,
+      ...(config.secrets.previousWebhookSecret && { previousSecret: config.secrets.previousWebhookSecret }),
+      bodyLimit: config.server.bodyLimitBytes,
+      ingress: http.ingress,
+    },
     // Fixed reasons only: /readyz needs no token, and the words of Redis, GitHub or Docker can
     // name hosts, organizations, runner groups, images or keys. They go to the log.
     readiness: async () => {

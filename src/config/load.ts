@@ -15,7 +15,11 @@ export interface Config extends Omit<ParsedConfig, "worker"> {
    * privateKey and webhookSecret are empty when the mode loaded for does not use them (secretsNeeded);
    * adminToken and metricsToken are absent when not set, or not read by that mode (tokensNeeded).
    */
-  secrets: { privateKey: Secret; webhookSecret: Secret; adminToken?: Secret; metricsToken?: Secret };
+  /**
+   * previousWebhookSecret: the one GitHub signed with before webhookSecret, accepted too while a
+   * rotation is under way (github.previousWebhookSecretFile).
+   */
+  secrets: { privateKey: Secret; webhookSecret: Secret; previousWebhookSecret?: Secret; adminToken?: Secret; metricsToken?: Secret };
 }
 
 export interface LoadSources {
@@ -143,6 +147,7 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   const needs = secretsNeeded(secretsFor);
   const privateKey = needs.privateKey ? secret("privateKey", "JITRUNNER_GITHUB_PRIVATE_KEY", gh.privateKeyFile) : new Secret("");
   const webhookSecret = needs.webhookSecret ? secret("webhookSecret", "JITRUNNER_GITHUB_WEBHOOK_SECRET", gh.webhookSecretFile) : new Secret("");
+  const previousWebhookSecret = needs.webhookSecret ? previousSecret(gh.previousWebhookSecretFile, env, readFile, problems) : undefined;
   const srv = (raw as Record<string, any>).server ?? {};
   // Likewise the tokens: a worker host mounts no admin token, an operator's shell neither.
   const tokens = tokensNeeded(secretsFor);
@@ -171,7 +176,7 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   const config: Config = {
     ...parsed.data,
     worker: { ...parsed.data.worker, hostId: parsed.data.worker.hostId ?? sanitizeHost(hostname()) },
-    secrets: { privateKey, webhookSecret, ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }) },
+    secrets: { privateKey, webhookSecret, ...(previousWebhookSecret && { previousWebhookSecret }), ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }) },
   };
   return { config, origins: overridden };
 }
@@ -393,6 +398,37 @@ function weakWebhookSecret(option: string, from: string, value: string): string[
     return [`${option}: the webhook secret (from ${from}) must be at least ${WEBHOOK_SECRET_MIN_LENGTH} characters; ${make}`];
   }
   return [];
+}
+
+/**
+ * The webhook secret GitHub signed with before the current one, from env or file, held to the
+ * same bar; undefined when neither is given.
+ */
+function previousSecret(file: unknown, env: Record<string, string | undefined>, readFile: (path: string) => string, problems: string[]): Secret | undefined {
+  const envName = "JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET";
+  const option = "github.previousWebhookSecretFile";
+  let value: string;
+  let from: string;
+  if (env[envName]) {
+    value = normalizeSecret(env[envName]);
+    from = envName;
+  } else if (typeof file === "string") {
+    if (!readablePath(file)) return undefined; // refused by the schema, unshown
+    from = shownSecretPath(file);
+    try {
+      value = normalizeSecret(readFile(file));
+    } catch (err) {
+      problems.push(cannotRead(option, from, err));
+      return undefined;
+    }
+  } else return undefined;
+  if (!value) {
+    problems.push(`${option}: ${from} holds only white space`);
+    return undefined;
+  }
+  const weak = weakWebhookSecret(option, from, value);
+  problems.push(...weak);
+  return weak.length > 0 ? undefined : new Secret(value);
 }
 
 /** An optional bearer token from env or file; undefined when neither is given. */

@@ -171,6 +171,7 @@ export const configSchema = z
           .default("https://api.github.com"),
         privateKeyFile: secretFile("JITRUNNER_GITHUB_PRIVATE_KEY").optional(),
         webhookSecretFile: secretFile("JITRUNNER_GITHUB_WEBHOOK_SECRET").optional(),
+        previousWebhookSecretFile: secretFile("JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET").optional(),
         checkStillQueued: z.boolean().default(true),
         overlapStillQueuedCheckSeconds: z.number().min(0).max(3600).default(10),
         writesPerMinute: z.number().int().min(1).max(10_000).default(DEFAULT_WRITES_PER_MINUTE),

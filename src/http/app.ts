@@ -22,7 +22,7 @@ export interface AppDeps {
   logger: Logger;
   metrics: Metrics;
   /** Absent in `worker` mode: no webhook route. */
-  webhooks?: { secret: Secret; bodyLimit: number; ingress: Ingress };
+  webhooks?: { secret: Secret; previousSecret?: Secret; bodyLimit: number; ingress: Ingress };
   /** Problems that make this process unready (empty: ready). */
   readiness: () => Promise<string[]>;
   /** The status page at `/`; absent: no page (a worker-only process). */
@@ -63,8 +63,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   if (deps.webhooks) {
-    const { secret, bodyLimit, ingress } = deps.webhooks;
-    await app.register(webhookRoutes, { secret, bodyLimit, ingress, metrics: deps.metrics });
+    await app.register(webhookRoutes, { ...deps.webhooks, metrics: deps.metrics });
   }
   if (deps.status) await app.register(statusRoutes, deps.status);
   return app;

@@ -7,6 +7,8 @@ import type { Metrics, UnverifiedOutcome } from "../metrics/metrics.ts";
 
 export interface WebhookRouteOptions {
   secret: Secret;
+  /** The secret GitHub signed with before `secret`, accepted too while a rotation is under way. */
+  previousSecret?: Secret;
   bodyLimit: number;
   ingress: Ingress;
   metrics: Metrics;
@@ -23,6 +25,9 @@ export interface WebhookRouteOptions {
  */
 export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOptions): Promise<void> {
   const secret = opts.secret.reveal();
+  const previous = opts.previousSecret?.reveal();
+  // Said once each: which secret GitHub signs with, while both are accepted.
+  const heard = { current: false, previous: false };
   app.removeAllContentTypeParsers();
   app.addContentTypeParser("application/json", { parseAs: "buffer", bodyLimit: opts.bodyLimit }, (_req, body, done) => {
     done(null, body);
@@ -51,9 +56,18 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
       opts.metrics.unverifiedDelivery("unsigned");
       return reply.code(401).send({ error: "missing X-Hub-Signature-256" });
     }
-    if (!signatureMatches(secret, body, signature)) {
+    const current = signatureMatches(secret, body, signature);
+    if (!current && !(previous && signatureMatches(previous, body, signature))) {
       opts.metrics.unverifiedDelivery("bad_signature");
       return reply.code(401).send({ error: "signature does not match" });
+    }
+    if (previous && !heard[current ? "current" : "previous"]) {
+      heard[current ? "current" : "previous"] = true;
+      req.log.info(
+        current
+          ? "a delivery signed with the webhook secret: once GitHub signs with it only, remove github.previousWebhookSecretFile (or JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET)"
+          : "a delivery signed with the previous webhook secret (github.previousWebhookSecretFile): GitHub does not sign with the new one yet",
+      );
     }
     // Verified from here on, but only the body: the headers are whatever the sender put there
     // (anyone holding one signed body can send it again with other headers). The delivery id is

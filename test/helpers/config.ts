@@ -13,8 +13,8 @@ export function testPrivateKey(): string {
 }
 
 /** A validated Config through the real loader, from a partial config object. */
-export function testConfig(input: Partial<ConfigInput> & { privateKey?: string; webhookSecret?: string } = {}): Config {
-  const { privateKey, webhookSecret, ...rest } = input;
+export function testConfig(input: Partial<ConfigInput> & { privateKey?: string; webhookSecret?: string; previousWebhookSecret?: string } = {}): Config {
+  const { privateKey, webhookSecret, previousWebhookSecret, ...rest } = input;
   const raw: ConfigInput = {
     github: { appId: 1, apiUrl: "http://127.0.0.1:9/" },
     pools: [{ name: "default", labels: ["self-hosted", "linux", "x64"], image: "jitrunner-test-runner:latest" }],
@@ -28,6 +28,7 @@ export function testConfig(input: Partial<ConfigInput> & { privateKey?: string; 
     env: {
       JITRUNNER_GITHUB_PRIVATE_KEY: privateKey ?? testPrivateKey(),
       JITRUNNER_GITHUB_WEBHOOK_SECRET: webhookSecret ?? WEBHOOK_SECRET,
+      ...(previousWebhookSecret && { JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET: previousWebhookSecret }),
     },
     // Secrets come from the environment above; files named in the config (an engine's TLS
     // files) are read as jitrunner reads them.

@@ -413,6 +413,21 @@ test("a webhook secret shorter than 16 characters is refused where it is read, n
   }
 });
 
+test("the previous webhook secret (a rotation) is read only where the webhook secret is, held to the same bar, and never shown", () => {
+  const text = minimal.replace("appId: 42", "appId: 42\n  previousWebhookSecretFile: /run/secrets/previous-webhook-secret");
+  const file = (value: string) => (p: string) => (p === "/run/secrets/previous-webhook-secret" ? value : noFiles(p));
+  const previous = "previous-secret-0123456789";
+  assert.equal(loadConfig({ text, env, readFile: file(`${previous}\n`) }).secrets.previousWebhookSecret?.reveal(), previous, "from its file, its newline dropped");
+  assert.equal(loadConfig({ text: minimal, env: { ...env, JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET: previous }, readFile: noFiles }).secrets.previousWebhookSecret?.reveal(), previous);
+  assert.equal(loadConfig({ text: minimal, env, readFile: noFiles }).secrets.previousWebhookSecret, undefined, "none unless given");
+  assert.equal(loadConfig({ text, env, readFile: file(previous), secretsFor: "worker" }).secrets.previousWebhookSecret, undefined, "a worker does not read it");
+  const short = problemsOf({ text, env, readFile: file("short-secret\n") }).join("\n");
+  assert.match(short, /^github\.previousWebhookSecretFile: .*\(from \/run\/secrets\/previous-webhook-secret\) must be at least 16 characters/m);
+  assert.doesNotMatch(short, /short-secret/, "the secret is not in the message");
+  assert.match(problemsOf({ text, env, readFile: noFiles }).join("\n"), /^github\.previousWebhookSecretFile: cannot read \/run\/secrets\/previous-webhook-secret/m);
+  assert.match(problemsOf({ text: minimal, env: { ...env, JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET: " \n" }, readFile: noFiles }).join("\n"), /JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET holds only white space/);
+});
+
 test("the example Secret's webhook-secret placeholder is refused, as is any value still holding it", () => {
   const example = parseYaml(readFileSync(new URL("../../deploy/kubernetes/secret.example.yml", import.meta.url), "utf8")) as { stringData: Record<string, string> };
   const placeholder = example.stringData["webhook-secret"]!;
