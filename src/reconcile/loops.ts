@@ -25,6 +25,8 @@ interface LoopState {
   loop: Loop;
   timer: NodeJS.Timeout | undefined;
   running: Promise<void> | undefined;
+  /** When its last pass started (Date.now()), if it ran one. */
+  startedAt: number | undefined;
   lastError: string | undefined;
   failures: number;
 }
@@ -47,7 +49,7 @@ export class LoopRunner {
 
   constructor(deps: LoopRunnerDeps) {
     this.#d = deps;
-    this.#states = deps.loops.map((loop) => ({ loop, timer: undefined, running: undefined, lastError: undefined, failures: 0 }));
+    this.#states = deps.loops.map((loop) => ({ loop, timer: undefined, running: undefined, startedAt: undefined, lastError: undefined, failures: 0 }));
   }
 
   /** Each loop's first pass starts at once (leader-only ones pass quietly until elected). */
@@ -55,9 +57,17 @@ export class LoopRunner {
     for (const s of this.#states) this.#schedule(s, 0);
   }
 
-  /** Runs the leader's loops now (on election), instead of waiting for their next interval. */
+  /**
+   * Runs the leader's loops on election: now, instead of waiting for their next interval, unless
+   * this process ran a pass less than an interval ago (a term lost and won back, as Redis stalls
+   * now and then: each pass at once would cost GitHub calls for every term), then an interval
+   * after that pass started.
+   */
   kickLeaderLoops(): void {
-    for (const s of this.#states) if (s.loop.leaderOnly && !s.running) this.#schedule(s, 0);
+    for (const s of this.#states) {
+      if (!s.loop.leaderOnly || s.running) continue;
+      this.#schedule(s, s.startedAt === undefined ? 0 : Math.max(0, s.startedAt + s.loop.intervalMs - Date.now()));
+    }
   }
 
   async close(): Promise<void> {
@@ -83,6 +93,7 @@ export class LoopRunner {
     }
     // Not AbortSignal.any: a composite per pass would stay on the closing signal and the term for good (see linkedSignal).
     const pass = linkedSignal([this.#closing.signal, loop.leaderOnly ? term : undefined], passTimeoutMs(loop.intervalMs));
+    s.startedAt = Date.now();
     s.running = this.#pass(s, pass.signal);
     await s.running;
     pass.dispose();

@@ -5,6 +5,7 @@
  * off from Redis ends its term before another can take the lock.
  */
 import assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,6 +14,7 @@ import { Redis } from "ioredis";
 import { pino } from "pino";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { LeaderElection } from "../../src/reconcile/leader.ts";
+import { LoopRunner } from "../../src/reconcile/loops.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { freePort } from "../helpers/ports.ts";
@@ -228,5 +230,35 @@ test("times in seconds that are no whole number of ms once multiplied (16.1 s is
   } finally {
     c.disconnect();
     await w.proc.stop();
+  }
+});
+
+test("a leader that loses its lock and wins it back runs its loops' next passes an interval after their last, not at once: a term lost now and then costs no extra pass", async () => {
+  const conn = new Redis(redis.url);
+  const prefix = `${redis.prefix}:rekick`;
+  const logger = pino({ level: "silent" });
+  const leader = new LeaderElection({ redis: conn, prefix, host: "rekick", lockMs: LOCK_MS, metrics: new Metrics(), logger });
+  const passes: number[] = [];
+  const loops = new LoopRunner({ loops: [{ name: "counted", intervalMs: 60_000, leaderOnly: true, run: async () => void passes.push(Date.now()) }], leader, metrics: new Metrics(), logger });
+  // As the Reconciler wires them.
+  let elected = 0;
+  leader.onChange((leading) => {
+    if (!leading) return;
+    elected++;
+    loops.kickLeaderLoops();
+  });
+  try {
+    await leader.start();
+    loops.start();
+    await waitFor(() => passes.length === 1, 5_000, "the first pass, on election");
+    // The lock taken from under it: its next renewal finds it gone, and its next round wins it back.
+    await conn.del(`${prefix}:leader`);
+    await waitFor(() => elected === 2, LOCK_MS * 3, "elected again");
+    await sleep(1_500);
+    assert.equal(passes.length, 1, "no pass within a minute of the last");
+  } finally {
+    await loops.close();
+    await leader.close();
+    conn.disconnect();
   }
 });
