@@ -47,7 +47,7 @@ export async function startSystem(
   fake: FakeGitHub,
   redis: TestRedis,
   hostId: string,
-  over: Partial<ConfigInput> = {},
+  over: Partial<ConfigInput> & { webhookSecret?: string; previousWebhookSecret?: string } = {},
   opts: StartOptions = {},
 ): Promise<SystemUnderTest> {
   const config = testConfig({
