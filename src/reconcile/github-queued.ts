@@ -172,6 +172,8 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
   const firstSeen = new Map<number, number>();
   /** When this leader listed each active repository's runs last (see reposToList). */
   const reposListed = new Map<string, number>();
+  /** The repository of each run in lastListed and firstSeen. */
+  const runRepo = new Map<number, string>();
   let inTurns = false;
   return {
     name: GITHUB_QUEUED,
@@ -190,18 +192,32 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
       }
       const failed: string[] = [];
       const runs = new Map<number, RunToCheck>();
+      const listed = new Set<string>();
       for (const repo of repos) {
         signal.throwIfAborted();
-        reposListed.set(repoKey(repo), Date.now());
+        const key = repoKey(repo);
+        reposListed.set(key, Date.now());
         try {
-          for (const run of await listOpenRuns(d, repo, signal)) runs.set(run.id, { run, installationId: repo.installationId });
+          for (const run of await listOpenRuns(d, repo, signal)) {
+            runs.set(run.id, { run, installationId: repo.installationId });
+            runRepo.set(run.id, key);
+          }
+          listed.add(key);
         } catch (err) {
           if (signal.aborted) throw err;
           failed.push(`${repo.owner}/${repo.repo}: ${errorMessage(err)}`);
         }
       }
-      for (const id of lastListed.keys()) if (!runs.has(id)) lastListed.delete(id);
-      for (const id of firstSeen.keys()) if (!runs.has(id)) firstSeen.delete(id);
+      // A run is forgotten once its repository, listed this pass, no longer shows it, or is no
+      // longer active. The runs of a repository not listed this pass (its turn to come, or its
+      // listing failed) keep their place in runsToList's order: else, with repositories listed in
+      // turns, every run would look new at each listing and those listed first would take every turn.
+      for (const [id, key] of runRepo) {
+        if (runs.has(id) || (!listed.has(key) && activeKeys.has(key))) continue;
+        runRepo.delete(id);
+        lastListed.delete(id);
+        firstSeen.delete(id);
+      }
       const now = Date.now();
       for (const id of runs.keys()) if (!firstSeen.has(id)) firstSeen.set(id, now);
       const pass: Pass = { failedDemand: [] };

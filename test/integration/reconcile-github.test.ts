@@ -918,6 +918,43 @@ test("more active repositories than reconcile.maxRepositories: github-queued lis
   }
 });
 
+test("repositories listed in turns keep their runs' turns: with fewer runs listed a pass than they hold, every run's jobs are listed within a few passes", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "queued-turns-runs");
+  const conn = redisConnection(r.url);
+  const queues = new DemandQueues({ redisUrl: r.url, prefix: r.prefix, attempts: 3 }, conn);
+  try {
+    fake.setWebhookUrl(DEAD_URL);
+    const names = ["a", "b", "c", "d"];
+    // Two runs in each repository, each with a job whose queued webhook was lost.
+    const jobs: FakeJob[] = [];
+    for (const repo of names) for (let i = 0; i < 2; i++) jobs.push(await fake.queueJob({ owner: "acme", repo, labels: ["self-hosted", "linux"] }));
+    const loop = githubQueuedLoop({
+      config: testConfig(),
+      github: octokit(fake),
+      demand: queues,
+      runners: new RunnerStore(conn, r.prefix),
+      repos: await activeRepos(conn, r.prefix, names.map((repo) => ({ installationId: fake.installationId, owner: "acme", repo }))),
+      intervalMs: 60_000,
+      windowMs: 3600_000,
+      // Two repositories a pass, and one repository's runs' jobs.
+      maxRepositories: 2,
+      maxRunsPerPass: 2,
+      retryFailedAfterMs: 0,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("silent"),
+    });
+    const added = async () => (await Promise.all(jobs.map((j) => demandState(r, "default", `${j.id}-${j.run_attempt}`)))).filter((d) => d !== undefined).length;
+    // Each pass lists two runs' jobs: four passes for the eight, each run's in its turn.
+    for (let pass = 1; pass <= 4; pass++) await loop.run(new AbortController().signal);
+    assert.equal(await added(), 8, "every lost job added within four passes");
+  } finally {
+    await queues.close();
+    conn.disconnect();
+    await fake.close();
+  }
+});
+
 test("a queued job whose done demand BullMQ no longer holds: added again with the note of the runner that served it forgotten", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const r = scopedRedis(redis, "recover-expired");
