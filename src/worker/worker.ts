@@ -1487,18 +1487,17 @@ export class RunnerWorker {
   /**
    * Until runner `name`'s record is gone, the worker stops, or (`whileOpen`) this host takes no
    * demand. The wait lasts the runner's whole job: a read Redis fails says nothing of the runner,
-   * and is tried again 2 s later (logged once), rather than fail the demand's launch and spend
-   * one of its attempts.
+   * and is tried again 2 s later (at warn the first time in the wait, then at debug), rather than
+   * fail the demand's launch and spend one of its attempts.
    */
   async #waitGone(name: string, log: Logger, whileOpen = false): Promise<void> {
-    let failing = false;
+    let warned = false;
     while (!this.#stopping && (!whileOpen || this.#open)) {
       try {
         if (!(await this.#d.runners.get(name))) return;
-        failing = false;
       } catch (err) {
-        if (!failing) log.warn({ runner: name, err: errorMessage(err) }, "could not read the record of the demand's runner; reading it again every 2 s");
-        failing = true;
+        log[warned ? "debug" : "warn"]({ runner: name, err: errorMessage(err) }, "could not read the record of the demand's runner; reading it again in 2 s");
+        warned = true;
       }
       await sleep(2000);
     }
