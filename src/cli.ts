@@ -134,10 +134,17 @@ async function main(argv: string[]): Promise<number> {
     }
     return 0;
   }
-  if ((command === "server" || command === "worker" || command === "all") && secretDebug.length > 0) {
-    // Secrets never reach the logs: not even through a library's debug output an operator turned on.
+  // Secrets never reach the logs: not even through a library's debug output an operator turned on.
+  // status and drain talk to Redis only: its client's output would print the Redis password.
+  const printing =
+    command === "server" || command === "worker" || command === "all"
+      ? secretDebug
+      : command === "status" || command === "drain"
+        ? secretDebug.filter((name) => name.startsWith("ioredis"))
+        : [];
+  if (printing.length > 0) {
     process.stderr.write(
-      `jitrunner ${command}: DEBUG=${process.env.DEBUG} turns on debug output that prints secrets (${secretDebug.join(", ")}: JIT configs, installation tokens, the Redis password) to stderr: ` +
+      `jitrunner ${command}: DEBUG=${process.env.DEBUG} turns on debug output that prints secrets (${printing.join(", ")}: JIT configs, installation tokens, the Redis password) to stderr: ` +
         `add ${DEBUG_SKIP_SECRETS} to it (DEBUG=${process.env.DEBUG},${DEBUG_SKIP_SECRETS}) or unset it\n`,
     );
     return 1;

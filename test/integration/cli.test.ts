@@ -148,6 +148,15 @@ test("jitrunner refuses to start with DEBUG turning on debug output that prints 
   const checked = await run(["check-config", "--config", configFile], { ...SECRETS, DEBUG: "modem" });
   assert.equal(checked.code, 0, checked.out);
   assert.match(checked.out, /warning: DEBUG=modem would print secrets \(modem\)/);
+  // The operator's commands talk to Redis only: ioredis's output (the AUTH command) is refused, docker-modem's is no matter.
+  for (const args of [["status"], ["drain", "--host", "nowhere", "--no-wait"]]) {
+    const refused = await run([...args, "--config", configFile], { DEBUG: "*" });
+    assert.equal(refused.code, 1, refused.out);
+    assert.match(refused.out, new RegExp(`jitrunner ${args[0]}: DEBUG=\\* turns on debug output that prints secrets \\(ioredis:redis`), refused.out);
+    assert.doesNotMatch(refused.out, /prints secrets \([^)]*modem/, "docker-modem is not theirs");
+    const modem = await run([...args, "--config", configFile], { DEBUG: "modem" });
+    assert.doesNotMatch(modem.out, /turns on debug output that prints secrets/, modem.out);
+  }
 });
 
 test("check-config judges the secrets by the mode asked about: --mode server needs no private key, --mode worker no webhook secret, the default (all) both", async () => {
