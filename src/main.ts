@@ -243,7 +243,12 @@ async function startWith(
     metricsToken: config.secrets.metricsToken,
   });
   const beginHttpClose = closeConnectionsAfterResponses(app);
-  undo.push(() => app.close());
+  // As close() does: a keep-alive client, or one stalled mid-body, would hold the close for good,
+  // and the failed start would neither listen nor exit.
+  undo.push(() => {
+    beginHttpClose();
+    return app.close();
+  });
   // A stop asked for during the start (StartOptions.signal): no step further; the caller undoes.
   const going = () => {
     if (opts.signal?.aborted) throw new StartAbortedError();
