@@ -95,6 +95,11 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`jitrunner ${command}: --mode must be server, worker or all\n`);
     return 2;
   }
+  // A usage error is said as one (exit 2) before the config is read, whatever the config.
+  if (command === "drain" && !values.host) {
+    process.stderr.write("jitrunner drain: --host ID is required\n");
+    return 2;
+  }
   const path = values.config ?? process.env.JITRUNNER_CONFIG ?? "jitrunner.yml";
   let text: string;
   try {
@@ -149,11 +154,7 @@ async function main(argv: string[]): Promise<number> {
     );
     return 1;
   }
-  if (command === "drain") {
-    if (!values.host) {
-      process.stderr.write("jitrunner drain: --host ID is required\n");
-      return 2;
-    }
+  if (command === "drain" && values.host) {
     if (values.undo) return undoDrain(config, values.host, process.stdout, process.stderr, origins);
     return drainHost(config, values.host, !values["no-wait"], process.stdout, process.stderr, origins);
   }

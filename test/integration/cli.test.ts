@@ -412,10 +412,13 @@ test("drain waiting for a host that stops answering with a busy runner still rec
   }
 });
 
-test("drain without --host exits 2, as --help says", async () => {
+test("drain without --host exits 2, as --help says, whatever the config", async () => {
   const r = await run(["drain", "--config", configFile], SECRETS);
   assert.equal(r.code, 2, r.out);
   assert.match(r.out, /jitrunner drain: --host ID is required/);
+  const noConfig = await run(["drain", "--config", "/nonexistent/jitrunner.yml"], SECRETS);
+  assert.equal(noConfig.code, 2, noConfig.out);
+  assert.match(noConfig.out, /jitrunner drain: --host ID is required/);
   const help = await run(["drain", "--help"], SECRETS);
   assert.match(help.out, /2 --host missing/);
 });
