@@ -32,7 +32,7 @@ export function localDockerSocket(socketPath: string | undefined, host: string |
 /**
  * Runs the process on as `spec` ("UID:GID", numbers) if it runs as root, adding the group of
  * `socket` (if it exists) to its groups. Undefined when there was nothing to do. Throws, saying
- * what is wrong, for a spec that is not two numbers or a user of id 0.
+ * what is wrong, for a spec that is not two numbers, a user of id 0 or a group of id 0.
  */
 export function dropPrivileges(spec: string | undefined, socket: string | undefined): DropResult | undefined {
   if (!spec || process.getuid?.() !== 0) return undefined;
@@ -41,6 +41,8 @@ export function dropPrivileges(spec: string | undefined, socket: string | undefi
   const uid = Number(m[1]);
   const gid = Number(m[2]);
   if (uid === 0) throw new Error("JITRUNNER_USER names root: unset it to run as root");
+  // Root's group would give back much of what leaving root takes away (files only root's group may write).
+  if (gid === 0) throw new Error("JITRUNNER_USER names root's group (GID 0): give a group of its own, as the image's 1000:1000");
   const groups = [gid];
   let found: string | undefined;
   let skipped: number | undefined;

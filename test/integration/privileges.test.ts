@@ -187,6 +187,7 @@ test("a JITRUNNER_USER that is not UID:GID in numbers stops the start, saying so
   for (const [spec, said] of [
     ["node", "JITRUNNER_USER must be UID:GID in numbers (the image's is 1000:1000), not 'node'"],
     ["0:0", "JITRUNNER_USER names root: unset it to run as root"],
+    ["1000:0", "JITRUNNER_USER names root's group (GID 0): give a group of its own, as the image's 1000:1000"],
   ]) {
     const jr = runJitrunner(["server", "--config", file], { JITRUNNER_USER: spec! });
     const code = await exitOf(jr);
