@@ -107,6 +107,14 @@ const ADOPT_IDLE_MARGIN_MS = 10_000;
 const WARM_REFUSED_PAUSE_MS = 60_000;
 
 /**
+ * After warm runners of a pool end without a job (their runner exits at once, never comes online:
+ * a broken image, a runner version GitHub no longer takes, a host whose Docker-in-Docker fails),
+ * the next waits 2 s, doubling with each such end up to this: each costs two GitHub writes (its
+ * registration and its deletion) out of the installation's budget that launches for jobs share.
+ */
+const WARM_ENDED_BACKOFF_MAX_MS = 5 * 60_000;
+
+/**
  * A stopping worker waits for its launches in flight and the demand it holds as long as Redis
  * answers: it asks Redis every this long whether it does, and gives it this long to answer.
  */
@@ -221,6 +229,8 @@ export class RunnerWorker {
   readonly #shutdown = new AbortController();
   /** Warm runners this host launched that no demand has adopted yet, by runner name. */
   readonly #spares = new Map<string, Spare>();
+  /** Per pool: warm runners that ended without a job in a row, and no warm launch until `until` (see WARM_ENDED_BACKOFF_MAX_MS). */
+  readonly #warmEnded = new Map<string, { count: number; until: number }>();
   /** Demands served by an adopted warm runner still idle, by GitHub job id. */
   readonly #adoptions = new Map<number, Adoption>();
   /**
@@ -1101,7 +1111,8 @@ export class RunnerWorker {
         if (spare.tracked.state === "idle") {
           // An idle spare with no warm place (a restart found the pool's warm places taken by other
           // hosts, or the pool's minIdle lowered) takes a free one before any launch does.
-          if (!spare.warm && !spare.adopted && !spare.done && !spare.retired && atWarmTarget(pool, spare.tracked.record) && (await this.#unlessStopped(this.#warmUp(spare), false))) {
+          // Not one near its idle deadline: its watch may be deregistering it already (as #adoptSpare).
+          if (!spare.warm && !spare.adopted && !spare.done && !spare.retired && !idlingOut(spare) && atWarmTarget(pool, spare.tracked.record) && (await this.#unlessStopped(this.#warmUp(spare), false))) {
             this.#d.logger.info({ pool: pool.name, runner: spare.tracked.record.name }, "spare warm again");
           }
           continue;
@@ -1111,8 +1122,10 @@ export class RunnerWorker {
         if (await this.#unlessStopped(this.#handOver(spare, this.#d.logger.child({ pool: pool.name })), false)) continue;
         if (spare.warm) await this.#unwarm(spare);
       }
-      // A slot free for each pool's demand stays free: warm runners never crowd demand out.
-      while (!this.#stopping && this.#open && this.#slots.tryAcquire(this.#d.sources.size)) {
+      // A slot free for each pool's demand stays free: warm runners never crowd demand out. None
+      // while warm runners of the pool that ended without a job hold launches back.
+      const held = (this.#warmEnded.get(pool.name)?.until ?? 0) > Date.now();
+      while (!held && !this.#stopping && this.#open && this.#slots.tryAcquire(this.#d.sources.size)) {
         const holder = hostHolder(this.#d.host);
         const place = (key: string, max: number) => this.#unlessStopped(this.#limits.acquire(key, holder, max).catch(() => false), false);
         const placed = (await place(warmKey(pool.name), pool.minIdle)) && (!pool.maxRunners || (await place(pool.name, pool.maxRunners)));
@@ -1195,7 +1208,8 @@ export class RunnerWorker {
       this.#steps.delete(launching);
     }
     this.#d.metrics.launched(pool.name, (Date.now() - started) / 1000);
-    this.#problems.clear(`warm:${pool.name}`);
+    // Not while its warm runners end without a job: that is said until one does its part.
+    if (!this.#warmEnded.has(pool.name)) this.#problems.clear(`warm:${pool.name}`);
     this.#keepSpare(pool, holder, tracked, places.warm, log);
     log.info({ runner: tracked.record.name }, "warm runner ready");
     return true;
@@ -1248,11 +1262,38 @@ export class RunnerWorker {
       if ((reason === "exited" || reason === "completed_grace_expired") && (await this.#handOver(spare, log))) return;
       // Adopted while the hand-over asked Redis: #serve tears it down and frees its slot.
       if (spare.adopted) return;
+      this.#noteSpareEnd(pool, spare, reason, log);
       this.#spares.delete(name);
       if (reason !== "shutdown") await this.#tearDown(tracked.record, reason, log);
       await this.#freeSparePlaces(pool, spare.holder);
       this.#checkDrained();
     });
+  }
+
+  /**
+   * A spare that ended without a job for a reason of its own (exited, never online: see
+   * ENDED_WITHOUT_JOB) holds the pool's next warm launches back, longer with each in a row, counts
+   * as a launch failure and is said (once, until a spare does its part: one that took a job, was
+   * adopted or idled out). One stopped, retired or drained is neither.
+   */
+  #noteSpareEnd(pool: PoolConfig, spare: Spare, reason: string, log: Logger): void {
+    const tookAJob = spare.tracked.state === "busy" || spare.tracked.state === "completed";
+    if (tookAJob || spare.adopted || reason === "idle_timeout") {
+      if (this.#warmEnded.delete(pool.name)) this.#problems.clear(`warm:${pool.name}`);
+      return;
+    }
+    if (!ENDED_WITHOUT_JOB.has(reason) || spare.retired) return;
+    const count = (this.#warmEnded.get(pool.name)?.count ?? 0) + 1;
+    const waitMs = Math.min(WARM_ENDED_BACKOFF_MAX_MS, 1000 * 2 ** Math.min(count, 20));
+    this.#warmEnded.set(pool.name, { count, until: Date.now() + waitMs });
+    this.#d.metrics.launchFailed(pool.name, reason === "start_timeout" ? "E_RUNNER_NEVER_ONLINE" : "E_RUNNER_LOST");
+    this.#noteError(
+      `warm:${pool.name}`,
+      UNREADY.launches,
+      `warm runners of pool ${pool.name} end without a job (${reason}): each next one waits twice as long, up to ${WARM_ENDED_BACKOFF_MAX_MS / 60_000} minutes`,
+      false,
+    );
+    log.info({ runner: spare.tracked.record.name, reason, inARow: count, nextInSeconds: waitMs / 1000 }, "warm runner ended without a job");
   }
 
   /**
@@ -1377,7 +1418,7 @@ export class RunnerWorker {
           chosen = spare;
           break;
         }
-      } else if (spare.tracked.state === "idle" && !spare.done && !spare.retired && (spare.warm || spare.idleFrom + spare.pool.idleTimeoutSeconds * 1000 - Date.now() > ADOPT_IDLE_MARGIN_MS) && (!chosen || before(spare, chosen))) {
+      } else if (spare.tracked.state === "idle" && !spare.done && !spare.retired && !idlingOut(spare) && (!chosen || before(spare, chosen))) {
         chosen = spare;
       }
     }
@@ -2020,6 +2061,11 @@ export class RunnerWorker {
  */
 function servesDemand(spare: Spare, lease: Lease): boolean {
   return registeredAt(spare.pool, spare.tracked.record, lease.demand);
+}
+
+/** A spare not warm within ADOPT_IDLE_MARGIN_MS of its idle deadline, or past it: its watch may be deregistering it. */
+function idlingOut(spare: Spare): boolean {
+  return !spare.warm && spare.idleFrom + spare.pool.idleTimeoutSeconds * 1000 - Date.now() <= ADOPT_IDLE_MARGIN_MS;
 }
 
 /** Whether a runner is registered where the pool's warm runners go now (its `warm` target). */

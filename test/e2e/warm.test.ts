@@ -333,6 +333,26 @@ test("a warm runner registered where the pool's warm runners no longer go (warm 
   }
 });
 
+test("warm runners that end without a job (a runner that exits at once) hold the pool's next warm launches back, twice as long each time: no relaunch every second", async () => {
+  // The fake runner exits 1 s after it comes online when no job comes: a warm runner that dies.
+  const { fake, start } = await warmHost("warm-dying", { env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_RUNNER_IDLE_SECONDS: "1" } });
+  const sys = await start();
+  const registered = () => fake.requests.filter((q) => q.route === JIT && q.status === 201).map((q) => q.at);
+  try {
+    // Ends 1, 2 and 3 hold the 2nd, 3rd and 4th launches back 2, 4 and 8 s after the end before.
+    const at = await waitFor(() => registered().length >= 4 && registered(), 120_000, "four warm registrations");
+    const gap = at[3]! - at[2]!;
+    assert.ok(gap >= 8_000, `the 4th warm runner registered ${gap} ms after the 3rd: at least the 8 s its backoff holds it back, besides the 3rd's own life`);
+    assert.match(sys.logs(), /warm runners of pool default end without a job \(exited\): each next one waits twice as long/);
+    const metrics = await (await fetch(`${sys.url}/metrics`)).text();
+    const lost = Number(/jitrunner_launch_failures_total\{pool="default",reason="E_RUNNER_LOST"\} (\d+)/.exec(metrics)?.[1]);
+    assert.ok(lost >= 3, `each end counted as a launch failure (${lost})`);
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
+
 /**
  * The fake GitHub, a host of the test's own and its Redis scope, and `start`, which starts
  * jitrunner (`all`, capacity 3) there with one pool of one warm runner registered on acme/`repo`
