@@ -13,11 +13,9 @@ export interface Config extends Omit<ParsedConfig, "worker"> {
   worker: ParsedConfig["worker"] & { hostId: string };
   /**
    * privateKey and webhookSecret are empty when the mode loaded for does not use them (secretsNeeded);
-   * adminToken and metricsToken are absent when not set, or not read by that mode (tokensNeeded).
-   */
-  /**
-   * previousWebhookSecret: the one GitHub signed with before webhookSecret, accepted too while a
-   * rotation is under way (github.previousWebhookSecretFile).
+   * adminToken and metricsToken are absent when not set, or not read by that mode (tokensNeeded);
+   * previousWebhookSecret likewise: the one GitHub signed with before webhookSecret, accepted too
+   * while a rotation is under way (github.previousWebhookSecretFile).
    */
   secrets: { privateKey: Secret; webhookSecret: Secret; previousWebhookSecret?: Secret; adminToken?: Secret; metricsToken?: Secret };
 }

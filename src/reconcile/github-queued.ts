@@ -154,11 +154,12 @@ const NEW_RUN_HEAD_START_PASSES = 3;
 
 /**
  * Leader loop: GitHub's queued jobs against the demand we hold. For each recently active
- * repository (at most `maxRepositories` a pass, in turns: reposToList), the runs that are queued, in progress or waiting (one of their jobs waits for an
- * environment's approval while others are queued), and their latest attempt's jobs; a job still
- * queued that a pool serves is added as demand through the same idempotent path as its webhook
- * (keyed by job id and run attempt), so a job whose `queued` webhook arrived adds nothing, and one
- * whose webhook was lost (or came while we were down) gets its runner.
+ * repository (at most `maxRepositories` a pass, in turns: reposToList), the runs that are queued,
+ * in progress or waiting (one of their jobs waits for an environment's approval while others are
+ * queued), and their latest attempt's jobs; a job still queued that a pool serves is added as
+ * demand through the same idempotent path as its webhook (keyed by job id and run attempt), so a
+ * job whose `queued` webhook arrived adds nothing, and one whose webhook was lost (or came while
+ * we were down) gets its runner.
  *
  * GitHub lists jobs per run only, so a backlog of queued runs would cost a call per run on every
  * pass: a pass lists at most `maxRunsPerPass` runs' jobs, those that waited longest first (a new

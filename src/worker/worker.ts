@@ -1278,8 +1278,8 @@ export class RunnerWorker {
    */
   #noteSpareEnd(pool: PoolConfig, spare: Spare, reason: string, log: Logger): void {
     const tookAJob = spare.tracked.state === "busy" || spare.tracked.state === "completed";
-    if (tookAJob || spare.adopted || reason === "idle_timeout") {
-      if (this.#warmEnded.delete(pool.name)) this.#problems.clear(`warm:${pool.name}`);
+    if (tookAJob || reason === "idle_timeout") {
+      this.#warmDidItsPart(pool);
       return;
     }
     if (!ENDED_WITHOUT_JOB.has(reason) || spare.retired) return;
@@ -1294,6 +1294,11 @@ export class RunnerWorker {
       false,
     );
     log.info({ runner: spare.tracked.record.name, reason, inARow: count, nextInSeconds: waitMs / 1000 }, "warm runner ended without a job");
+  }
+
+  /** A spare of `pool` did its part (see #noteSpareEnd): its warm launches are held back no more. */
+  #warmDidItsPart(pool: PoolConfig): void {
+    if (this.#warmEnded.delete(pool.name)) this.#problems.clear(`warm:${pool.name}`);
   }
 
   /**
@@ -1425,6 +1430,8 @@ export class RunnerWorker {
     if (!chosen || chosen.adopted || !this.#spares.has(chosen.tracked.record.name)) return undefined;
     const spare = chosen;
     spare.adopted = true;
+    // Online and idle until a demand took it: the pool's warm runners do their part again.
+    this.#warmDidItsPart(spare.pool);
     spare.adoptedIdle = !spare.warm && spare.tracked.state === "idle";
     spare.idleFrom = Date.now();
     this.#spares.delete(spare.tracked.record.name);
