@@ -21,8 +21,9 @@ import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { githubDeliveriesLoop } from "../../src/reconcile/github-deliveries.ts";
-import { githubQueuedLoop } from "../../src/reconcile/github-queued.ts";
+import { githubQueuedLoop, type GitHubQueuedDeps } from "../../src/reconcile/github-queued.ts";
 import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
+import type { ActiveRepos } from "../../src/state/active-repos.ts";
 import { RedeliveryLog } from "../../src/state/redeliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { githubFor } from "../helpers/github.ts";
@@ -41,6 +42,28 @@ function octokit(fake: FakeGitHub, writes?: { max: number; windowMs: number }): 
 
 /** acme/app as the only recently active repository (the real ActiveRepos, under `prefix`). */
 const activeApp = (fake: FakeGitHub, conn: ReturnType<typeof redisConnection>, prefix: string) => activeRepos(conn, prefix, [{ installationId: fake.installationId, owner: "acme", repo: "app" }]);
+
+/**
+ * The github-queued loop on the real client against `fake`, with `queues` and the stores on `conn`
+ * under `prefix`, over `repos`: 10 repositories and 10 runs a pass, silent, unless `over` says otherwise.
+ */
+function queuedLoop(fake: FakeGitHub, conn: ReturnType<typeof redisConnection>, prefix: string, queues: DemandQueues, repos: ActiveRepos, over: Partial<GitHubQueuedDeps> = {}) {
+  return githubQueuedLoop({
+    config: testConfig(),
+    github: octokit(fake),
+    demand: queues,
+    runners: new RunnerStore(conn, prefix),
+    repos,
+    intervalMs: 60_000,
+    windowMs: 3600_000,
+    maxRepositories: 10,
+    maxRunsPerPass: 10,
+    retryFailedAfterMs: 0,
+    metrics: new Metrics({ processMetrics: false }),
+    logger: createLogger("silent"),
+    ...over,
+  });
+}
 
 async function metricsOf(url: string): Promise<string> {
   return (await fetch(`${url}/metrics`)).text();
@@ -883,18 +906,8 @@ test("more active repositories than reconcile.maxRepositories: github-queued lis
     // "three" the most recently active, "one" the least.
     const repos = await activeRepos(conn, r.prefix, names.map((repo) => ({ installationId: fake.installationId, owner: "acme", repo })));
     const logs: string[] = [];
-    const loop = githubQueuedLoop({
-      config: testConfig(),
-      github: octokit(fake),
-      demand: queues,
-      runners: new RunnerStore(conn, r.prefix),
-      repos,
-      intervalMs: 60_000,
-      windowMs: 3600_000,
+    const loop = queuedLoop(fake, conn, r.prefix, queues, repos, {
       maxRepositories: 2,
-      maxRunsPerPass: 10,
-      retryFailedAfterMs: 0,
-      metrics: new Metrics({ processMetrics: false }),
       logger: createLogger("info", new Writable({ write: (c: Buffer, _e, cb) => (logs.push(c.toString()), cb()) })),
     });
     const added = async () => {
@@ -929,21 +942,9 @@ test("repositories listed in turns keep their runs' turns: with fewer runs liste
     // Two runs in each repository, each with a job whose queued webhook was lost.
     const jobs: FakeJob[] = [];
     for (const repo of names) for (let i = 0; i < 2; i++) jobs.push(await fake.queueJob({ owner: "acme", repo, labels: ["self-hosted", "linux"] }));
-    const loop = githubQueuedLoop({
-      config: testConfig(),
-      github: octokit(fake),
-      demand: queues,
-      runners: new RunnerStore(conn, r.prefix),
-      repos: await activeRepos(conn, r.prefix, names.map((repo) => ({ installationId: fake.installationId, owner: "acme", repo }))),
-      intervalMs: 60_000,
-      windowMs: 3600_000,
-      // Two repositories a pass, and one repository's runs' jobs.
-      maxRepositories: 2,
-      maxRunsPerPass: 2,
-      retryFailedAfterMs: 0,
-      metrics: new Metrics({ processMetrics: false }),
-      logger: createLogger("silent"),
-    });
+    const repos = await activeRepos(conn, r.prefix, names.map((repo) => ({ installationId: fake.installationId, owner: "acme", repo })));
+    // Two repositories a pass, and one repository's runs' jobs.
+    const loop = queuedLoop(fake, conn, r.prefix, queues, repos, { maxRepositories: 2, maxRunsPerPass: 2 });
     const added = async () => (await Promise.all(jobs.map((j) => demandState(r, "default", `${j.id}-${j.run_attempt}`)))).filter((d) => d !== undefined).length;
     // Each pass lists two runs' jobs: four passes for the eight, each run's in its turn.
     for (let pass = 1; pass <= 4; pass++) await loop.run(new AbortController().signal);
@@ -972,20 +973,7 @@ test("a queued job whose done demand BullMQ no longer holds: added again with th
     await runners.remove(gone, true);
     assert.equal((await runners.findByDemand(id))?.name, gone.name);
 
-    const loop = githubQueuedLoop({
-      config: testConfig(),
-      github: octokit(fake),
-      demand: queues,
-      runners,
-      repos: await activeApp(fake, conn, r.prefix),
-      intervalMs: 60_000,
-      windowMs: 3600_000,
-      maxRepositories: 10,
-      maxRunsPerPass: 10,
-      retryFailedAfterMs: 0,
-      metrics: new Metrics({ processMetrics: false }),
-      logger: createLogger("silent"),
-    });
+    const loop = queuedLoop(fake, conn, r.prefix, queues, await activeApp(fake, conn, r.prefix), { runners });
     await loop.run(new AbortController().signal);
     assert.equal((await demandState(r, "default", id))?.state, "waiting", "the demand added again");
     assert.equal(await runners.findByDemand(id), undefined, "no note of a runner: a worker launches one rather than taking it as served");
