@@ -267,8 +267,9 @@ export class DockerodeDriver implements RunnerDriver {
       // The runners' network went after the worker made it: `docker network prune` removes it
       // whenever no runner is running. Or another of that name came since (a worker on this
       // engine that stopped between making one and removing its own: see ensureRunnerNetwork).
-      // Made again, or cut to one, and the start tried once more.
-      const networkGone = err instanceof DockerError && err.message.includes(`(404): network ${RUNNER_NETWORK} not found`);
+      // Made again, or cut to one, and the start tried once more. Docker 28 and later say it as
+      // "failed to set up container networking: network ... not found", 20.10 without the prefix.
+      const networkGone = err instanceof DockerError && err.message.includes(`(404): `) && err.message.includes(`network ${RUNNER_NETWORK} not found`);
       if (!networkGone && !(err instanceof DockerError && err.message.includes(`network ${RUNNER_NETWORK} is ambiguous`))) throw err;
       await this.ensureRunnerNetwork();
       await start();

@@ -46,6 +46,7 @@ interface Failed {
   status: number;
   message: string;
   answered: number;
+  times: number;
 }
 
 interface Held {
@@ -79,8 +80,9 @@ export interface DockerProxy {
    * From now on, requests of `method` whose path matches `path` are answered `status` (500 by
    * default) with Docker's error body, `{"message": message}`, as the engine answers a create it
    * cannot do (an image it cannot pull) or a ping it cannot serve; the engine never sees them.
+   * With `times`, only that many are answered so (then it stops by itself).
    */
-  fail(method: string, path: RegExp, message: string, status?: number): Failing;
+  fail(method: string, path: RegExp, message: string, status?: number, times?: number): Failing;
   /** Cuts the connection of every container wait open now (the engine's side stays); how many. */
   cutWaits(): number;
   close(): Promise<void>;
@@ -97,7 +99,7 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
   const server: Server = createServer((req, res) => {
     const failing = [...failures].find((f) => f.method === req.method && f.path.test(req.url ?? ""));
     if (failing) {
-      failing.answered++;
+      if (++failing.answered >= failing.times) failures.delete(failing);
       // The body (a create's spec) is not read: drained, so the connection stays usable.
       req.resume();
       res.writeHead(failing.status, { "content-type": "application/json" });
@@ -176,8 +178,8 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
         },
       };
     },
-    fail: (method, path, message, status = 500) => {
-      const f: Failed = { method, path, status, message, answered: 0 };
+    fail: (method, path, message, status = 500, times = Number.POSITIVE_INFINITY) => {
+      const f: Failed = { method, path, status, message, answered: 0, times };
       failures.add(f);
       return {
         get answered() {

@@ -19,6 +19,7 @@ import { DockerodeDriver } from "../../src/docker/dockerode-driver.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK } from "../../src/docker/labels.ts";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
+import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { startEngine } from "../helpers/engines.ts";
 import { docker, fakeRunnerPool, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 
@@ -172,6 +173,28 @@ test("a container start after the network was removed makes it again and starts"
     assert.equal(exitCode, 0);
   } finally {
     await container.remove({ force: true });
+  }
+});
+
+test("a container start after the network was removed, said as Docker 28 and later say it, makes it again and starts", { timeout: 60_000 }, async () => {
+  await removeNetwork();
+  const proxy = await startDockerProxy();
+  const driver = new DockerodeDriver({ socketPath: proxy.socketPath });
+  await driver.ensureRunnerNetwork();
+  const container = await docker.createContainer({ Image: BASE_IMAGE, Cmd: ["true"], HostConfig: { NetworkMode: RUNNER_NETWORK } });
+  try {
+    await removeNetwork();
+    // This machine's engine (20.10) says "network ... not found"; Docker 28 and later wrap it
+    // (moby daemon/start_linux.go), as the proxy answers the first start here.
+    const failing = proxy.fail("POST", /\/containers\/[^/]+\/start(\?|$)/, `failed to set up container networking: network ${RUNNER_NETWORK} not found`, 404, 1);
+    await driver.start(container.id);
+    assert.equal(failing.answered, 1, "the first start was answered with Docker 28's words");
+    assert.equal((await inspectNetwork()).Options[ICC], "false", "the network made again");
+    const { exitCode } = await driver.wait(container.id, AbortSignal.timeout(30_000));
+    assert.equal(exitCode, 0);
+  } finally {
+    await container.remove({ force: true });
+    await proxy.close();
   }
 });
 
