@@ -329,7 +329,7 @@ export class DockerodeDriver implements RunnerDriver {
     return { exitCode: null };
   }
 
-  async remove(id: string): Promise<void> {
+  async remove(id: string): Promise<{ volumesLeft: Array<{ volume: string; error: Error }> }> {
     const container = this.#docker.getContainer(id);
     // Its data volume is named, and remove({ v: true }) deletes only anonymous ones. Only the
     // one named after this container: a pool's own volume mounted there (a cache) is not ours.
@@ -342,11 +342,15 @@ export class DockerodeDriver implements RunnerDriver {
     } catch (err) {
       const status = statusOf(err);
       // 404: already gone; 409: removal already in progress (a volume left is the host loop's).
-      if (status === 404 || status === 409) return;
+      if (status === 404 || status === 409) return { volumesLeft: [] };
       if (err instanceof DockerError) throw err;
       throw new DockerError(`remove container failed: ${this.#reason(err)}`, { cause: err });
     }
-    for (const v of volumes) await this.#removeVolume(v);
+    // The container is gone: its removal is done, whatever becomes of the volume (failed here,
+    // a teardown would stop short of the registration and the record).
+    const volumesLeft: Array<{ volume: string; error: Error }> = [];
+    for (const volume of volumes) await this.#removeVolume(volume).catch((error: Error) => volumesLeft.push({ volume, error }));
+    return { volumesLeft };
   }
 
   /** 404 (gone) and 409 (in use) are not errors: what stays is left to `removeUnusedVolumes`. */

@@ -36,8 +36,12 @@ export interface RunnerDriver {
   start(id: string): Promise<void>;
   /** Resolves when the container stops (or is gone), or when `signal` aborts. */
   wait(id: string, signal: AbortSignal): Promise<{ exitCode: number | null }>;
-  /** Removes the container and its volumes; a missing container is not an error. */
-  remove(id: string): Promise<void>;
+  /**
+   * Removes the container and its volumes; a missing container is not an error. Once the
+   * container is gone, a volume the engine did not remove (slow to delete a job's gigabytes of
+   * layers, an engine error) fails nothing: it is named in `volumesLeft`, for removeUnusedVolumes.
+   */
+  remove(id: string): Promise<{ volumesLeft: Array<{ volume: string; error: Error }> }>;
   /** Containers carrying all of these labels, running or not. */
   list(labels: Record<string, string>): Promise<RunnerContainer[]>;
   /**

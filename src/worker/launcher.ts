@@ -374,8 +374,12 @@ export class Launcher {
   async teardown(record: RunnerRecord, reason: string, log: Logger, deregistered?: "deleted" | "not_found"): Promise<{ tookAJob: boolean }> {
     const d = this.#d;
     try {
-      if (record.containerId) await d.driver.remove(record.containerId);
-      else for (const c of await d.driver.list(runnerLabels({ ...labelKey(record) }))) await d.driver.remove(c.id);
+      const ids = record.containerId ? [record.containerId] : (await d.driver.list(runnerLabels({ ...labelKey(record) }))).map((c) => c.id);
+      for (const id of ids) {
+        for (const { volume, error } of (await d.driver.remove(id)).volumesLeft) {
+          log.warn({ ...runnerField(log, record.name), volume, err: errorMessage(error) }, "could not remove the runner's data volume; the host loop removes it");
+        }
+      }
       // The container and its volume gone; its record, and maybe its registration, not yet.
       failpoint("teardown:after-remove");
       const stored = await d.runners.get(record.name);

@@ -4,7 +4,8 @@
  * operator keeps), whatever its name, stays; a dangling volume with no labels goes only when it is
  * named as a runner's is, not merely alike. Containers are created, never started (network `none`);
  * and which containers the driver lists as running: a paused one is (one container started with
- * `sleep`, network `none`).
+ * `sleep`, network `none`); and a volume the engine fails to remove (through a proxy answering
+ * its removal with an error) fails no container removal.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -13,6 +14,7 @@ import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver, dataVolumeName } from "../../src/docker/dockerode-driver.ts";
 import type { RunnerSpec } from "../../src/docker/driver.ts";
 import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
+import { startDockerProxy } from "../helpers/docker-proxy.ts";
 import { docker, RUNNER_IMAGE } from "../helpers/system.ts";
 
 /** A name prefix of this run's own, as a worker's `namePrefix`: nothing else on the engine has it. */
@@ -75,6 +77,30 @@ test("a runner's own data volume goes with it; a pool's volume at /var/lib/docke
     assert.equal(await volumeExists(dataVolumeName(withCache)), false, `${target}: no volume of its own, the pool mounts one there`);
     await driver.remove(id2);
     assert.equal(await volumeExists(cache), true, `${target}: the pool's volume is not ours to remove`);
+  }
+});
+
+test("a data volume the engine fails to remove fails nothing once the container is gone: it is named for the host loop, which removes it", async () => {
+  const proxy = await startDockerProxy();
+  try {
+    const through = new DockerodeDriver({ socketPath: proxy.socketPath });
+    const name = `${PREFIX}-default-${randomBytes(5).toString("hex")}`;
+    const id = await through.create(spec(name));
+    made.push(dataVolumeName(name));
+    // As an engine answers a volume it could not delete in time (a job's gigabytes of layers).
+    const failing = proxy.fail("DELETE", /\/volumes\//, "error while removing volume: context deadline exceeded");
+    const { volumesLeft } = await through.remove(id);
+    assert.equal(failing.answered, 1);
+    assert.deepEqual(
+      volumesLeft.map((v) => [v.volume, v.error.message]),
+      [[dataVolumeName(name), "remove volume failed: error while removing volume: context deadline exceeded"]],
+    );
+    assert.equal((await docker.listContainers({ all: true, filters: { name: [name] } })).length, 0, "the container is gone");
+    failing.stop();
+    await through.removeUnusedVolumes({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: `${PREFIX}-host` }, `${PREFIX}-`);
+    assert.equal(await volumeExists(dataVolumeName(name)), false, "removed by the host loop's sweep");
+  } finally {
+    await proxy.close();
   }
 });
 
