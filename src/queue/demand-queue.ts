@@ -469,7 +469,12 @@ export class DemandConsumer {
         prefix: `${settings.prefix}:bull`,
         autorun: false,
         lockDuration: leaseMs,
-        maxStalledCount: 3,
+        // A lapsed lease is never the demand's doing (a worker killed, Redis away for longer than
+        // the lease), and a lease that comes back finds any runner launched for it; the demand's
+        // own failures are counted by its launch attempts. BullMQ's default would fail it at its
+        // fourth lapse, inside the next take, with no launch failed, logged or counted (a worker
+        // crash-looping four times would drop every demand it held or took ahead).
+        maxStalledCount: Number.MAX_SAFE_INTEGER,
         stalledInterval: leaseMs,
         drainDelay: 2,
         name: workerId,

@@ -70,6 +70,42 @@ test("a lease's lock lasts worker.leaseSeconds and is renewed while held; one no
   }
 });
 
+test("a demand whose leases lapse again and again (its workers killed one after another) stays demand: the queue never fails it for stalling", async () => {
+  const { redis, conn } = shared;
+  // Short leases: each lapse takes a second or two.
+  const settings = { redisUrl: redis.url, prefix: redis.prefix, attempts: 3, leaseMs: 1_000 };
+  const queues = new DemandQueues(settings, conn);
+  // A worker that lives throughout: its stalled checks give each lapsed demand back to the queue.
+  const heirConn = redisConnection(redis.url);
+  const heir = new DemandConsumer(settings, heirConn, POOL, "host-heir:1");
+  const conns = [heirConn];
+  const consumers = [heir];
+  try {
+    assert.equal(await queues.add(demand(3)), "added");
+    await heir.start();
+    // BullMQ's default would fail the demand at its fourth stall, with no launch failed.
+    for (let i = 1; i <= 5; i++) {
+      const dyingConn = redisConnection(redis.url);
+      const dying = new DemandConsumer(settings, dyingConn, POOL, `host-dying-${i}:1`);
+      conns.push(dyingConn);
+      consumers.push(dying);
+      await dying.start();
+      const lease = await waitFor(() => dying.next(), 20_000, `the demand leased by dying worker ${i}`);
+      assert.equal(lease.id, "3-1");
+      // Killed: nothing renews its lock.
+      dyingConn.disconnect();
+    }
+    const back: Lease = await waitFor(() => heir.next(), 20_000, "the demand leased again after its fifth lapse");
+    assert.equal(back.id, "3-1");
+    assert.equal(back.attempt, 1, "no launch attempt spent");
+    await back.complete("served");
+  } finally {
+    await queues.close();
+    for (const c of consumers) await c.close();
+    for (const c of conns) c.disconnect();
+  }
+});
+
 test("demand already waiting is taken at once up to the number asked, each lease with its own lock; with none waiting, none is taken; a lease given back waits again", async () => {
   const { redis, conn } = shared;
   const settings = { redisUrl: redis.url, prefix: `${redis.prefix}:ready`, attempts: 3, leaseMs: LEASE_MS };
