@@ -336,12 +336,26 @@ export class Launcher {
         else later(idleCheck, 30_000);
       };
       later(idleCheck, Math.max(0, Math.min(deadline() - Date.now(), idleDeadline ? IDLE_RECHECK_MS : Infinity)));
-      // One look at GitHub, once: a runner not online by now never will be. Deleting it first
-      // settles the race with a job GitHub hands it at this very moment (422: busy, kept).
+      // One look at GitHub: a runner not online by now never will be. Deleting it first settles
+      // the race with a job GitHub hands it at this very moment (422: busy, kept). A look that
+      // fails (GitHub unreachable, 5xx through the client's retries) is taken again 30 s later, as
+      // the idle check's deletion is: given up, a runner that never came online would hold its
+      // slot until the idle timeout. Said at warn the first time, then at debug.
+      let startLookFailed = false;
       const startCheck = async () => {
         if (finished || tracked.state === "busy" || tracked.state === "completed" || !tracked.record.runnerId) return;
-        const registered = await d.github.getRunner(scopeOf(tracked.record), tracked.record.runnerId).catch(() => "error" as const);
-        if (finished || registered === "error" || registered?.status === "online") return;
+        let failure: unknown;
+        const registered = await d.github.getRunner(scopeOf(tracked.record), tracked.record.runnerId).catch((err: unknown) => {
+          failure = err;
+          return "error" as const;
+        });
+        if (finished) return;
+        if (registered === "error") {
+          log[startLookFailed ? "debug" : "warn"]({ ...runnerField(log, name), err: errorMessage(failure) }, "asking GitHub whether the runner came online failed at the start timeout; asking again in 30 s");
+          startLookFailed = true;
+          return later(startCheck, 30_000);
+        }
+        if (registered?.status === "online") return;
         // GitHub no longer knows it, while its record is still ours: a JIT registration goes with its
         // one job (an unused one stays a day), and whoever of us deletes one removes its record too,
         // so it ran a job and the webhooks saying so were lost. It ends as after `completed`.
