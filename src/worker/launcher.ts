@@ -337,9 +337,9 @@ export class Launcher {
       };
       later(idleCheck, Math.max(0, Math.min(deadline() - Date.now(), idleDeadline ? IDLE_RECHECK_MS : Infinity)));
       // One look at GitHub: a runner not online by now never will be. Deleting it first settles
-      // the race with a job GitHub hands it at this very moment (422: busy, kept). A look that
-      // fails (GitHub unreachable, 5xx through the client's retries) is taken again 30 s later, as
-      // the idle check's deletion is: given up, a runner that never came online would hold its
+      // the race with a job GitHub hands it at this very moment (422: busy, kept). A look or a
+      // deletion that fails (GitHub unreachable, 5xx through the client's retries) is tried again
+      // 30 s later, as the idle check's deletion is: given up, a runner that never came online would hold its
       // slot until the idle timeout. Said at warn the first time, then at debug.
       let startLookFailed = false;
       const startCheck = async () => {
@@ -372,6 +372,7 @@ export class Launcher {
         const result = await this.#deregister(tracked.record, log);
         if (result === "busy") await noteBusy();
         else if (result) finish("start_timeout");
+        else later(startCheck, 30_000);
       };
       later(startCheck, pool.startTimeoutSeconds * 1000);
     });

@@ -1,7 +1,7 @@
 /**
  * Runners that never do their part, for real (DinD runner containers, the fake GitHub, Redis):
  * one that never comes online is removed at the pool's start timeout and its demand retried (GitHub
- * failing the look at it then, it is looked at again, not left to the idle timeout); a
+ * failing the look at it or the deletion then, it is tried again, not left to the idle timeout); a
  * spare runner, launched for a job cancelled before it could take it, is reaped at the idle
  * timeout and its demand completed without another launch; one that hangs after its job, its
  * `completed` webhook lost, is removed once the deliveries loop has GitHub send that webhook again,
@@ -62,41 +62,47 @@ test("a runner that never comes online is removed at the start timeout, and its 
   }
 });
 
-test("a runner that never comes online, GitHub failing the start timeout's look at it: looked at again and removed at the start timeout, not the idle timeout", async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("never-online-unasked");
-  const r = scopedRedis(redis, "never-online-unasked");
-  hosts.push(host);
-  const pool = fakeRunnerPool(fake, {
-    startTimeoutSeconds: 4,
-    idleTimeoutSeconds: 120,
-    env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", RUNNER_CMD: "sleep 3600" },
+for (const [step, method, said] of [
+  ["look at it", "GET", /asking GitHub whether the runner came online failed at the start timeout; asking again in 30 s/],
+  ["deletion of its registration", "DELETE", /deleting runner registration failed/],
+] as const) {
+  test(`a runner that never comes online, GitHub failing the start timeout's ${step}: tried again and removed at the start timeout, not the idle timeout`, async () => {
+    const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+    const tag = `never-online-${method.toLowerCase()}-fails`;
+    const host = uniqueHost(tag);
+    const r = scopedRedis(redis, tag);
+    hosts.push(host);
+    const pool = fakeRunnerPool(fake, {
+      startTimeoutSeconds: 4,
+      idleTimeoutSeconds: 120,
+      env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", RUNNER_CMD: "sleep 3600" },
+    });
+    const sys = await startSystem("all", fake, r, host, {
+      pools: [pool],
+      worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, launchAttempts: 1 },
+    });
+    try {
+      // The first call fails through the client's retries (four attempts, 14 s); the next is answered.
+      fake.inject({ route: RUNNER, method, status: 502, times: 4 });
+      const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+      // 4 s start timeout, 14 s of retries, 30 s to the next try: about 50 s, where the idle
+      // timeout would end it at 120 s.
+      const failed = await demandIn(r, `${job.id}-1`, "failed", 90_000);
+      assert.equal(failed.attempts, 1);
+      assert.ok(callsTo(fake, RUNNER, method) >= 5, "the failed call's four attempts, then another");
+      await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "no container left");
+      assert.equal(fake.runners().length, 0, "no registration left");
+      const metrics = await (await fetch(`${sys.url}/metrics`)).text();
+      assert.match(metrics, /jitrunner_runner_removals_total\{pool="default",reason="start_timeout"\} 1/);
+      assert.doesNotMatch(metrics, /reason="idle_timeout"/);
+      assert.match(sys.logs(), said);
+      assert.match(sys.logs(), /runner never came online; removing it/);
+    } finally {
+      await sys.close();
+      await fake.close();
+    }
   });
-  const sys = await startSystem("all", fake, r, host, {
-    pools: [pool],
-    worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, launchAttempts: 1 },
-  });
-  try {
-    // The first look fails through the client's retries (four attempts, 14 s); the next is answered.
-    fake.inject({ route: RUNNER, method: "GET", status: 502, times: 4 });
-    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
-    // 4 s start timeout, 14 s of retries, 30 s to the next look: about 50 s, where the idle
-    // timeout would end it at 120 s.
-    const failed = await demandIn(r, `${job.id}-1`, "failed", 90_000);
-    assert.equal(failed.attempts, 1);
-    assert.ok(callsTo(fake, RUNNER, "GET") >= 5, "the failed look's four attempts, then another look");
-    await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "no container left");
-    assert.equal(fake.runners().length, 0, "no registration left");
-    const metrics = await (await fetch(`${sys.url}/metrics`)).text();
-    assert.match(metrics, /jitrunner_runner_removals_total\{pool="default",reason="start_timeout"\} 1/);
-    assert.doesNotMatch(metrics, /reason="idle_timeout"/);
-    assert.match(sys.logs(), /asking GitHub whether the runner came online failed at the start timeout; asking again in 30 s/);
-    assert.match(sys.logs(), /runner never came online; removing it/);
-  } finally {
-    await sys.close();
-    await fake.close();
-  }
-});
+}
 
 test("a job cancelled before its runner could take it: the spare runner is reaped at the idle timeout", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
