@@ -1,5 +1,6 @@
 /** The Redis connection of the commands an operator runs and waits on (`status`, `drain`): every step bounded. */
 import { Redis } from "ioredis";
+import { atOutsideUserInfo } from "../config/schema.ts";
 import { errorMessage, redisUnavailableReason } from "../errors.ts";
 import { within } from "../timers.ts";
 
@@ -50,19 +51,22 @@ export async function connectCli(redis: Redis): Promise<void> {
  * and a user name with no password (`redis://PASSWORD@host`, the ':' forgotten) as well.
  */
 export function withoutPassword(url: string): string {
-  try {
-    const u = new URL(url);
-    const nameAlone = u.username !== "" && !u.password;
-    if (!u.password && !nameAlone && !u.searchParams.has("password")) return url;
-    if (nameAlone) u.username = "redacted";
-    if (u.password) u.password = "redacted";
-    if (u.searchParams.has("password")) u.searchParams.set("password", "redacted");
-    return u.href;
-  } catch {
-    // Not a URL the WHATWG parser takes (a password with a '/' in it, say): hide all from the
-    // scheme to the last @.
-    return url.replace(/\/\/.*@/, "//redacted@");
-  }
+  const parsed = URL.canParse(url);
+  const shown = parsed ? userInfoReplaced(url) : url;
+  // Not a URL the WHATWG parser takes (a password with a '/' in it, say), or one it reads with an
+  // '@' left after the host (a password's '/', '#' or '?' ended the host early, so no password was
+  // found): hide all from the scheme to the last @. The config refuses both; this is for one that gets by.
+  return !parsed || atOutsideUserInfo(shown) ? shown.replace(/\/\/.*@/, "//redacted@") : shown;
+}
+
+function userInfoReplaced(url: string): string {
+  const u = new URL(url);
+  const nameAlone = u.username !== "" && !u.password;
+  if (!u.password && !nameAlone && !u.searchParams.has("password")) return url;
+  if (nameAlone) u.username = "redacted";
+  if (u.password) u.password = "redacted";
+  if (u.searchParams.has("password")) u.searchParams.set("password", "redacted");
+  return u.href;
 }
 
 /**

@@ -43,6 +43,17 @@ export function shownSecretPath(file: string): string {
   return /^\.{0,2}\//.test(file) ? file : "(a relative path, not shown in case it is the secret itself: start it with ./ to show it)";
 }
 
+/**
+ * Whether a URL the WHATWG parser takes holds an '@' it did not read as the end of the user name
+ * and password: a password's '/', '#' or '?' ended the host early (`redis://default:6379#pass@host`
+ * reads host `default`, port 6379 and no password), so the '@' and the password before it are
+ * left in the path, query or fragment.
+ */
+export function atOutsideUserInfo(url: string): boolean {
+  const u = new URL(url);
+  return `${u.pathname}${u.search}${u.hash}`.includes("@");
+}
+
 const mount = z
   .object({
     source: z.string().min(1),
@@ -185,6 +196,11 @@ export const configSchema = z
           .regex(/^rediss?:\/\//, "must be a redis:// or rediss:// URL")
           // Unparsable (a password with '/', '#' or '?' in it): the value is not echoed, it may hold the password.
           .refine((url) => URL.canParse(url), "must be a valid URL: percent-encode a password's '/', '#', '?' and '@' (e.g. '/' as %2F)")
+          // Parsed, but not as meant: ioredis would connect to the wrong host without the password.
+          .refine(
+            (url) => !URL.canParse(url) || !atOutsideUserInfo(url),
+            "has an '@' that does not end a user name and password (a '/', '#' or '?' in the password ended the host early): percent-encode a password's '/', '#', '?' and '@' (e.g. '/' as %2F)",
+          )
           .default("redis://127.0.0.1:6379"),
         prefix: z.string().regex(/^[A-Za-z0-9_-]+$/).default("jitrunner"),
       })

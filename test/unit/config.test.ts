@@ -306,6 +306,21 @@ test("a Redis URL the URL parser refuses (a password with '/') and a GitHub URL 
   assert.equal(new URL(c.redis.url).password, encodeURIComponent(password));
 });
 
+test("a Redis URL the URL parser takes with its password's '#', '/' or '?' ending the host early is refused without repeating it, and hidden up to its last '@' if printed", () => {
+  // Each parses (host `default`, port 6379, no password) and ioredis would connect there, the password left after the host.
+  for (const url of ["redis://default:6379#Sup3rSecret@127.0.0.1:6390", "redis://default:6379/Sup3rSecret@127.0.0.1:6390", "redis://default:6379?Sup3rSecret@127.0.0.1:6390"]) {
+    assert.ok(URL.canParse(url), url);
+    const problems = problemsOf({ text: minimal, env: { ...env, JITRUNNER_REDIS_URL: url }, readFile: noFiles }).join("\n");
+    assert.match(problems, /^redis\.url: has an '@' that does not end a user name and password .*: percent-encode a password's .* \(from JITRUNNER_REDIS_URL\)$/m);
+    assert.ok(!problems.includes("Sup3rSecret"), problems);
+    assert.equal(withoutPassword(url), "redis://redacted@127.0.0.1:6390");
+  }
+  // Percent-encoded, it is taken; so is an '@' in the password before the one that ends it (the parser takes the last).
+  for (const url of [`redis://default:${encodeURIComponent("6379#Sup3rSecret")}@127.0.0.1:6390`, "redis://:p@ss@127.0.0.1:6390"]) {
+    assert.equal(loadConfig({ text: minimal, env: { ...env, JITRUNNER_REDIS_URL: url }, readFile: noFiles }).redis.url, url);
+  }
+});
+
 test("a value an environment variable set is reported under its key and the variable's name, not as if the file held it", () => {
   const problems = problemsOf({
     text: minimal,
