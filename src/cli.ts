@@ -210,7 +210,8 @@ function shownEnvValue(name: string, value: string): string {
   if (/^[A-Za-z0-9+/=_-]{40,}$/.test(value) && !value.startsWith("/")) return "[redacted]";
   return redactTokens(
     value
-      .replace(/(\/\/[^/:@\s]*):[^/\s]*@/g, "$1:redacted@")
+      // To the last '@' before a space: a password's '/', not percent-encoded, does not end it.
+      .replace(/(\/\/[^/:@\s]*):\S*@/g, "$1:redacted@")
       .replace(/\/\/([^/:@\s]{16,})@/g, "//redacted@")
       .replace(/([?&])([^=&#\s]+)=([^&#\s]*)/g, (all, sep: string, key: string) => (credentialName(key) ? `${sep}${key}=redacted` : all)),
   );

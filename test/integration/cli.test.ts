@@ -89,7 +89,7 @@ test("check-config prints the resolved config without a secret: the keys' values
 
 test("check-config hides what a pool's runner environment holds of credentials: a URL's password, a value under a credential's name", async () => {
   const file = join(dir, "pool-env.yml");
-  const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      OPENAI_APIKEY: sk-apikey-Q7w\n      DB_PASS: db-pass-H4n\n      TZ: Europe/Berlin\n      DSN: "postgres://db/x?sslmode=require&password=dsn-pass-J6t"\n      GIT_URL: "https://git-user-token-P5z@git.example/o/r"\n      AT_PROXY: "http://ci:at@pass-R2d@proxy.internal:3128"\n      GH_PAT: pat-value-W1c\n      DB_PWD: db-pwd-T8k\n      BLOB: "ghs_0123456789abcdefABCDEF0123456789abcd"\n      TOOL_CACHE: /opt/hostedtoolcache/MyCompany/Tools/Shared/Cache/Linux\n      REPO_URL: "ssh://git@git.example/o/r?ref=main"\n`;
+  const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      OPENAI_APIKEY: sk-apikey-Q7w\n      DB_PASS: db-pass-H4n\n      TZ: Europe/Berlin\n      DSN: "postgres://db/x?sslmode=require&password=dsn-pass-J6t"\n      GIT_URL: "https://git-user-token-P5z@git.example/o/r"\n      AT_PROXY: "http://ci:at@pass-R2d@proxy.internal:3128"\n      GH_PAT: pat-value-W1c\n      DB_PWD: db-pwd-T8k\n      BLOB: "ghs_0123456789abcdefABCDEF0123456789abcd"\n      TOOL_CACHE: /opt/hostedtoolcache/MyCompany/Tools/Shared/Cache/Linux\n      REPO_URL: "ssh://git@git.example/o/r?ref=main"\n      DATABASE_URL: "postgres://app:k9/Xq+Secr3t@db:5432/app"\n      CACHE_URL: "redis://:Zm9v/YmFy@cache:6379"\n`;
   await writeFile(file, configText(redis.url, redis.prefix).replace("    isolation: capabilities\n", `    isolation: capabilities\n${env}`));
   const { code, out } = await run(["check-config", "--config", file], SECRETS);
   assert.equal(code, 0, out);
@@ -109,8 +109,11 @@ test("check-config hides what a pool's runner environment holds of credentials: 
     BLOB: "[redacted]",
     TOOL_CACHE: "/opt/hostedtoolcache/MyCompany/Tools/Shared/Cache/Linux",
     REPO_URL: "ssh://git@git.example/o/r?ref=main",
+    // A password's '/' (not percent-encoded) does not end it: the last '@' does.
+    DATABASE_URL: "postgres://app:redacted@db:5432/app",
+    CACHE_URL: "redis://:redacted@cache:6379",
   });
-  for (const secret of ["proxy-pass-K3x", "npm-token-V8r", "api-key-M2p", "sk-apikey-Q7w", "db-pass-H4n", "dsn-pass-J6t", "git-user-token-P5z", "pass-R2d", "pat-value-W1c", "db-pwd-T8k", "0123456789abcdef"]) {
+  for (const secret of ["proxy-pass-K3x", "npm-token-V8r", "api-key-M2p", "sk-apikey-Q7w", "db-pass-H4n", "dsn-pass-J6t", "git-user-token-P5z", "pass-R2d", "pat-value-W1c", "db-pwd-T8k", "0123456789abcdef", "k9/Xq", "Secr3t", "Zm9v", "YmFy"]) {
     assert.ok(!out.includes(secret), secret);
   }
 });
