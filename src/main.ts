@@ -3,7 +3,7 @@ import type { Redis, RedisOptions } from "ioredis";
 import type { Logger } from "pino";
 import { secretsNeeded, type Config } from "./config/load.ts";
 import { DockerodeDriver, type DockerFiles } from "./docker/dockerode-driver.ts";
-import { ConfigError, errorMessage, JitrunnerError, StartAbortedError } from "./errors.ts";
+import { ConfigError, errorMessage, JitrunnerError, redact, StartAbortedError } from "./errors.ts";
 import { OctokitGitHub } from "./github/octokit-client.ts";
 import { buildApp, REQUEST_TIMEOUT_MS } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
@@ -82,9 +82,25 @@ async function startWith(
   connections: Redis[],
   undo: Array<() => Promise<unknown>>,
 ): Promise<Running> {
-  const connect = (options: RedisOptions = {}): Redis => {
+  // Each connection's last error, redacted, until it is ready again: what readiness says of a Redis
+  // that is not connected (its status alone, connecting or reconnecting, says nothing of why).
+  const lastErrors = new Map<Redis, string>();
+  // The HTTP side's errors said at warn, once each: a server whose Redis refuses its password, or
+  // whose Redis host does not resolve, listens and answers 503 for good, and nothing else says why
+  // (the worker's start fails with the error instead). Repeats, and the worker's, go at debug.
+  const warned = new Set<string>();
+  const password = urlPassword(config.redis.url);
+  const connect = (options: RedisOptions = {}, warn = false): Redis => {
     const c = redisConnection(config.redis.url, options);
-    c.on("error", (err) => logger.debug({ err: errorMessage(err) }, "redis connection error"));
+    c.on("error", (err) => {
+      const said = redisErrorText(err, password);
+      lastErrors.set(c, said);
+      if (warn && !warned.has(said) && warned.size < WARNED_MAX) {
+        warned.add(said);
+        logger.warn({ err: said }, "redis connection error");
+      } else logger.debug({ err: said }, "redis connection error");
+    });
+    c.on("ready", () => lastErrors.delete(c));
     connections.push(c);
     return c;
   };
@@ -103,11 +119,11 @@ async function startWith(
   // wait for Redis to come back, with their own retries and backoff.
   let http: { redis: Redis; queueRedis: Redis; queues: DemandQueues; runners: RunnerStore; activity: ActivityLog; hosts: HostStore; ingress: Ingress } | undefined;
   if (mode !== "worker") {
-    const redis = connect(FAIL_FAST);
+    const redis = connect(FAIL_FAST, true);
     // BullMQ loads its Lua scripts into the connection it is given, and ioredis then copies them
     // onto every MULTI on it: our own state writes get a connection of their own (measured in
     // BENCHMARKS.md: about 0.1 ms of server CPU per delivery).
-    const queueRedis = connect(FAIL_FAST);
+    const queueRedis = connect(FAIL_FAST, true);
     // They hold no command until connected: listening before would refuse the first deliveries.
     // A Redis that is down does not keep the server from starting (unready, answering 503).
     await Promise.all([readyWithin(redis, STARTUP_REDIS_WAIT_MS), readyWithin(queueRedis, STARTUP_REDIS_WAIT_MS)]);
@@ -213,7 +229,8 @@ async function startWith(
   let workerStarted = false;
   // Ready once every connection a webhook needs answers (the HTTP side's two), else the worker's.
   const readinessRedis = http ? [http.redis, http.queueRedis] : redis ? [redis] : [];
-  // Redis's own words on the last unready answer: logged once each, as /readyz does not say them.
+  // Why Redis made the last answer unready (pingProblem): logged when it changes, as /readyz does
+  // not say it.
   let redisSaid: string | undefined;
   const app = await buildApp({
     logger,
@@ -228,7 +245,7 @@ async function startWith(
     // name hosts, organizations, runner groups, images or keys. They go to the log.
     readiness: async () => {
       const problems: string[] = [];
-      const redisProblem = (await Promise.all(readinessRedis.map(pingProblem))).find((p) => p !== undefined);
+      const redisProblem = (await Promise.all(readinessRedis.map((c) => pingProblem(c, lastErrors.get(c))))).find((p) => p !== undefined);
       if (redisProblem && redisProblem !== redisSaid) logger.warn({ err: redisProblem }, `not ready: ${REDIS_UNAVAILABLE}`);
       redisSaid = redisProblem;
       if (redisProblem) problems.push(REDIS_UNAVAILABLE);
@@ -388,14 +405,41 @@ const READY_PING_MS = 2_000;
 /** What /readyz says of a Redis that is not connected or does not answer a ping (pingProblem says why, to the log). */
 const REDIS_UNAVAILABLE = "redis: unavailable";
 
-/** Why Redis makes this process unready, or undefined; answers within READY_PING_MS. */
-async function pingProblem(redis: Redis): Promise<string | undefined> {
-  // Not connected: said at once, rather than a ping left waiting for the reconnection.
-  if (redis.status !== "ready") return `redis: not connected (${redis.status})`;
+/**
+ * Why Redis makes this process unready, or undefined; answers within READY_PING_MS. `lastError`:
+ * the connection's last error since it was last ready (redisErrorText), if any.
+ */
+async function pingProblem(redis: Redis, lastError: string | undefined): Promise<string | undefined> {
+  // Not connected: said at once, rather than a ping left waiting for the reconnection. Not its
+  // status: ioredis goes from connecting to reconnecting and back with each try, and each change
+  // would be logged as a new problem.
+  if (redis.status !== "ready") return `redis: not connected${lastError ? `: ${lastError}` : ""}`;
   try {
     await within(redis.ping(), READY_PING_MS, `no answer to a ping within ${READY_PING_MS} ms`);
     return undefined;
   } catch (err) {
     return `redis: ${errorMessage(err)}`;
+  }
+}
+
+/** Distinct connection errors said at warn at most (a message naming something that changes, at debug past them). */
+const WARNED_MAX = 20;
+
+/**
+ * A Redis connection's error as the log and readiness say it: its message redacted (redact), and
+ * the URL's password, should the message hold it, hidden too.
+ */
+function redisErrorText(err: unknown, password: string): string {
+  const text = redact(errorMessage(err));
+  return password ? text.replaceAll(password, "[redacted]") : text;
+}
+
+/** The password in a Redis URL (`redis://:PASSWORD@host`, or `?password=`), decoded; "" when none. */
+function urlPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    return decodeURIComponent(u.password) || (u.searchParams.get("password") ?? "");
+  } catch {
+    return "";
   }
 }
