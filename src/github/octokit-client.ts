@@ -43,6 +43,10 @@ const RATE_LIMIT_MAX_WAIT_SECONDS = 3900;
  * it instead of minting again: the calls out with the refused token are answered within this.
  */
 const REMINT_SHARED_MS = 30_000;
+/** A token minted again after a refusal for a permission: at most this often per installation. */
+const PERMISSION_REMINT_MS = 30_000;
+/** GitHub's message for a call the installation token has no permission for. */
+const NOT_ACCESSIBLE = /^Resource not accessible by integration/i;
 /**
  * A failed attempt is tried again this often at most, after 1, 4 and 9 s, when it may succeed:
  * 5xx, 408, or no answer (network error, attempt timeout). Never 409 or 422 (they carry meaning:
@@ -137,6 +141,8 @@ export class OctokitGitHub implements GitHubClient {
   readonly #groups = new Map<string, Promise<number>>();
   /** Aborted by close(): reads waiting out GitHub's wait fail with NotSentError. */
   readonly #closing = new AbortController();
+  /** When a token was last minted for each installation after a refusal for a permission (#remintForPermissions). */
+  readonly #permissionRemints = new Map<number, number>();
   /** The last token minted for each installation because GitHub refused the one before (see #curable). */
   readonly #remints = new Map<number, { minting: Promise<unknown>; at?: number }>();
   /** Scopes whose runner list was cut at MAX_PAGES, said so once. */
@@ -352,8 +358,12 @@ export class OctokitGitHub implements GitHubClient {
     }
   }
 
-  /** True when a retry can succeed: a JWT refused for its times (the clock is learned now), or a token GitHub no longer takes. */
+  /**
+   * True when a retry can succeed: a JWT refused for its times (the clock is learned now), a token
+   * GitHub no longer takes, or one minted before the installation had the permission (see below).
+   */
   async #curable(installationId: number, client: JitOctokitInstance, err: RequestFailure): Promise<boolean> {
+    if (err.status === 403 && NOT_ACCESSIBLE.test(err.response?.data?.message ?? err.message ?? "")) return this.#remintForPermissions(installationId, client);
     if (err.status !== 401) return false;
     if (JWT_TIME_ERROR.test(err.response?.data?.message ?? err.message ?? "")) return true;
     if (installationId === APP_INSTALLATION || isTokenRequest(err.request?.url)) return false;
@@ -376,6 +386,27 @@ export class OctokitGitHub implements GitHubClient {
       throw err;
     }
     remint.at = performance.now();
+    return true;
+  }
+
+  /**
+   * A token keeps the permissions its installation had when it was minted, and tokens are shared
+   * (Redis) and kept for most of their hour: an operator who grants the App the permission a call
+   * lacked (the owner accepting its new permissions) would see the refusals go on for up to an
+   * hour, restarts or not. So a refusal for a permission mints a new token and the call is tried
+   * again, at most once per PERMISSION_REMINT_MS for an installation: a permission that is still
+   * missing costs a token request a while, not one per call.
+   */
+  async #remintForPermissions(installationId: number, client: JitOctokitInstance): Promise<boolean> {
+    if (installationId === APP_INSTALLATION) return false;
+    const last = this.#permissionRemints.get(installationId);
+    if (last !== undefined && performance.now() - last < PERMISSION_REMINT_MS) return false;
+    this.#permissionRemints.set(installationId, performance.now());
+    this.#opts.logger.warn(
+      { installationId },
+      "GitHub refused a call as not accessible to the installation (a permission the App lacks, or lacked when its token was minted); minting a new token and trying once more",
+    );
+    await client.auth({ type: "installation", refresh: true });
     return true;
   }
 

@@ -328,6 +328,33 @@ test("calls out with a token GitHub stops accepting, refused one after another, 
   assert.deepEqual(calls(fake, JOB).filter((s) => s === 401).length, 5, "each call refused once, then retried with the new token");
 });
 
+test("a call refused for a permission its token was minted without gets a new token once the installation has it: minted again at most every 30 s, and shared", async () => {
+  const fake = await fakeGitHub();
+  const prefix = `${redis.prefix}-permission`;
+  const c = client(fake, { prefix });
+  const installation = fake.installations()[0]!.id;
+  // The App set up without Administration: write, as operators do.
+  fake.setPermissions(installation, { administration: "read" });
+  const refused = await failure(c.gh.generateJitConfig(repo(), { name: "jr-no-permission", labels: LABELS }));
+  assert.ok(refused instanceof GitHubError && refused.status === 403, String(refused));
+  assert.deepEqual(calls(fake, TOKEN), [201, 201], "refused, a new token minted in case the permission came since, refused again");
+  assert.deepEqual(calls(fake, REPO_JIT), [403, 403]);
+  // The owner accepts the App's new permissions. Within 30 s of that mint, no other.
+  fake.setPermissions(installation, { administration: "write" });
+  const soon = await failure(c.gh.generateJitConfig(repo(), { name: "jr-soon", labels: LABELS }));
+  assert.ok(soon instanceof GitHubError && soon.status === 403, String(soon));
+  assert.deepEqual(calls(fake, TOKEN), [201, 201]);
+  await sleep(30_500);
+  const jit = await c.gh.generateJitConfig(repo(), { name: "jr-granted", labels: LABELS });
+  assert.ok(jit.runnerId > 0);
+  assert.deepEqual(calls(fake, TOKEN), [201, 201, 201]);
+  assert.deepEqual(calls(fake, REPO_JIT), [403, 403, 403, 403, 201]);
+  assert.equal((c.logs().match(/minting a new token and trying once more/g) ?? []).length, 2);
+  // The new token is the shared one: another process registers with it, minting none.
+  await client(fake, { prefix }).gh.generateJitConfig(repo(), { name: "jr-other", labels: LABELS });
+  assert.deepEqual(calls(fake, TOKEN), [201, 201, 201]);
+});
+
 test("rate limits: 429 + retry-after and 403 + x-ratelimit-reset are waited out and counted; too many gives up", async () => {
   const fake = await fakeGitHub();
   const c = client(fake, { shared: false });
@@ -389,7 +416,7 @@ test("the rate-limit gauge keeps each budget apart: a token request's counters a
   for (let i = 0; i < 3; i++) await c.gh.listHookDeliveries();
   // The installation's first call mints its token (the App's budget), then fails without counters
   // of its own reaching the gauge: a 403 the client does not retry.
-  fake.inject({ route: JOB, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "https://docs.github.com/rest" } });
+  fake.inject({ route: JOB, status: 403, times: 1, body: { message: "Must have admin rights to Repository.", documentation_url: "https://docs.github.com/rest" } });
   await failure(c.gh.getJob(1, "acme", "app", job.id));
   let text = await c.metrics.render();
   // The fake keeps a budget for the App's JWT calls (an assumption: GitHub does not document one).
@@ -741,7 +768,7 @@ test("409 and 422 are answered at once, never retried; 5xx is retried; a lost an
   assert.equal(await c.gh.deleteRunnerNamed(repo(), "jr-lost"), "not_found");
   assert.equal(fake.runners().length, 0);
 
-  fake.inject({ route: JOB, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "x", status: "403" } });
+  fake.inject({ route: JOB, status: 403, times: 1, body: { message: "Must have admin rights to Repository.", documentation_url: "x", status: "403" } });
   const denied = await failure(c.gh.getJob(1, "acme", "app", job.id));
   assert.deepEqual([denied.status, denied.retryable], [403, false], "a permission 403 is not a rate limit");
   const checked = await assertNoSecretsFrom(fake, c.logs(), [conflict, refused, lost, denied]);
@@ -776,7 +803,7 @@ test("a JIT config that fails after an attempt whose answer was lost says so (an
   await c.gh.listRunners(repo()); // the token
   // GitHub registered it, the answer was lost; the retry is refused for good.
   fake.inject({ route: REPO_JIT, status: 502, times: 1, afterHandling: true });
-  fake.inject({ route: REPO_JIT, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "x", status: "403" } });
+  fake.inject({ route: REPO_JIT, status: 403, times: 1, body: { message: "Must have admin rights to Repository.", documentation_url: "x", status: "403" } });
   const refused = await failure(c.gh.generateJitConfig(repo(), { name: "jr-lost-refused", labels: LABELS }));
   assert.deepEqual([refused.status, refused.answerLost, refused.retryable], [403, true, false]);
   assert.deepEqual(fake.runners().map((r) => r.name), ["jr-lost-refused"], "the registration the lost answer told of");

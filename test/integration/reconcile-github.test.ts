@@ -865,7 +865,7 @@ test("checking one registration fails: the later orphans of its scope are still 
       createdAt: Date.now() - 60_000,
     });
     // GitHub refuses the first delete (a permission it keeps refusing).
-    fake.inject({ route: RUNNER, method: "DELETE", status: 403, times: 1, body: { message: "Resource not accessible by integration" } });
+    fake.inject({ route: RUNNER, method: "DELETE", status: 403, times: 1, body: { message: "Must have admin rights to Repository." } });
     const loop = githubRunnersLoop({
       github: octokit(fake),
       runners,

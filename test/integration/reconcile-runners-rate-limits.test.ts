@@ -37,7 +37,7 @@ test("the fake's rate-limit faults answer as GitHub does: a primary limit with r
     fake.inject({ route: JIT_PATH, status: 429, times: 1 });
     fake.inject({ route: JIT_PATH, status: 403, rateLimit: "secondary", times: 1 });
     fake.inject({ route: JIT_PATH, status: 429, rateLimit: "primary", times: 1, headers: { "x-ratelimit-reset": "1700000000" } });
-    fake.inject({ route: JIT_PATH, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "x", status: "403" } });
+    fake.inject({ route: JIT_PATH, status: 403, times: 1, body: { message: "Must have admin rights to Repository.", documentation_url: "x", status: "403" } });
     const answers = [];
     for (let i = 0; i < 5; i++) answers.push(await client.call("POST", JIT_PATH, { body }));
     const now = Date.now() / 1000;
@@ -62,7 +62,7 @@ test("the fake's rate-limit faults answer as GitHub does: a primary limit with r
       assert.equal(s.retryAfter, null, "no retry-after unless the fault gives one");
     }
     assert.deepEqual([primary429!.status, primary429!.remaining, primary429!.reset], [429, "0", 1700000000], "headers given override the defaults");
-    assert.deepEqual([denied!.status, denied!.message], [403, "Resource not accessible by integration"]);
+    assert.deepEqual([denied!.status, denied!.message], [403, "Must have admin rights to Repository."]);
     assert.notEqual(denied!.remaining, "0", "a 403 with a body of its own is no rate limit");
     assert.equal((await client.call("POST", JIT_PATH, { body })).status, 201, "then normal service");
   } finally {

@@ -132,7 +132,7 @@ test("a scope whose list fails in a pass keeps its orphan's grace: the next pass
     // Past the grace, the scope's list fails (a refusal the client does not retry; a 5xx past its
     // retries or a rate limit given up on fails the listing the same way).
     await new Promise((res) => setTimeout(res, GRACE_MS - (Date.now() - firstSeen) + 100));
-    fake.inject({ route: "/repos/acme/flaky/actions/runners", method: "GET", status: 403, times: 1, body: { message: "Resource not accessible by integration" } });
+    fake.inject({ route: "/repos/acme/flaky/actions/runners", method: "GET", status: 403, times: 1, body: { message: "Must have admin rights to Repository." } });
     await assert.rejects(loop.run(), /checking runners failed 1 times .*acme\/flaky: .*403/);
     assert.ok(ids().has(orphan), "nothing deleted in a pass that could not list the scope");
 
@@ -167,7 +167,7 @@ test("a runner recorded busy that GitHub no longer lists keeps its grace through
     assert.equal((await runners.get(name))?.state, "busy", "kept busy within the grace period");
 
     await new Promise((res) => setTimeout(res, GRACE_MS - (Date.now() - firstMissing) + 100));
-    fake.inject({ route: "/repos/acme/flaky/actions/runners", method: "GET", status: 403, times: 1, body: { message: "Resource not accessible by integration" } });
+    fake.inject({ route: "/repos/acme/flaky/actions/runners", method: "GET", status: 403, times: 1, body: { message: "Must have admin rights to Repository." } });
     await assert.rejects(loop.run(), /checking runners failed 1 times .*acme\/flaky: .*403/);
     assert.equal((await runners.get(name))?.state, "busy", "nothing changed in a pass that could not list the scope");
 

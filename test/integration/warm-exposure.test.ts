@@ -104,7 +104,7 @@ test("a failed lookup refuses (fail closed), said once, asked again a minute lat
   const { guard, clock, said, lines } = exposure();
   const p = pool({ warm: { installationId: fake.installationId, owner: "acme", repo: "flaky" } });
   // A 403 that is no rate limit: GitHub will keep refusing it (the App lacks access), no retry.
-  fake.inject({ route: REPO, status: 403, times: 2, body: { message: "Resource not accessible by integration", documentation_url: "https://docs.github.com/rest" } });
+  fake.inject({ route: REPO, status: 403, times: 2, body: { message: "Must have admin rights to Repository.", documentation_url: "https://docs.github.com/rest" } });
   const before = callsTo(fake, REPO);
   assert.equal(await guard.refusal(p), "visibility_unknown");
   assert.equal(await guard.refusal(p), "visibility_unknown", "kept for a minute: not asked again at once");
@@ -113,7 +113,7 @@ test("a failed lookup refuses (fail closed), said once, asked again a minute lat
   assert.equal(await guard.refusal(p), "visibility_unknown");
   assert.equal(callsTo(fake, REPO) - before, 2);
   assert.equal(said(/no warm runners launched until GitHub says/), 1, "said once while it keeps failing");
-  assert.match(lines.join(""), /Resource not accessible by integration/, "GitHub's word in the log");
+  assert.match(lines.join(""), /Must have admin rights to Repository/, "GitHub's word in the log");
   clock.now += 60_000;
   assert.equal(await guard.refusal(p), undefined, "allowed once a lookup succeeds");
   assert.equal(said(/warm runners allowed again/), 1);
@@ -180,7 +180,7 @@ test("a job's launch asks again after a failed lookup rather than trusting it fo
   fake.addRunnerGroup("flaky-ci");
   const p = pool({ name: "org-flaky", scope: "organization", runnerGroup: "flaky-ci", minIdle: 0 });
   const acme = { installationId: fake.installationId, owner: "acme" };
-  fake.inject({ route: GROUPS, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "https://docs.github.com/rest" } });
+  fake.inject({ route: GROUPS, status: 403, times: 1, body: { message: "Must have admin rights to Repository.", documentation_url: "https://docs.github.com/rest" } });
   const before = callsTo(fake, GROUPS);
   assert.equal(await guard.refusal(p, undefined, acme), "visibility_unknown");
   assert.equal(await guard.refusal(p, undefined, acme), "visibility_unknown", "the warm loop's way: kept a minute");
@@ -223,7 +223,7 @@ test("a job's launch in an answer's last minute takes that answer, and has GitHu
   fake.setRepositoryPrivate("acme", "ahead", true);
   clock.now += 4 * 60_000 + 30_000;
   // Two failures: the ask ahead, and the ask at the answer's end.
-  fake.inject({ route: REPO, status: 403, times: 2, body: { message: "Resource not accessible by integration", documentation_url: "https://docs.github.com/rest" } });
+  fake.inject({ route: REPO, status: 403, times: 2, body: { message: "Must have admin rights to Repository.", documentation_url: "https://docs.github.com/rest" } });
   assert.equal(await guard.refusal(p, undefined, target, true), "public_repository");
   await waitFor(() => callsTo(fake, REPO) === before + 3, 5_000, "the ask ahead made");
   // Let its failure come back (its answer is not awaited by anyone).

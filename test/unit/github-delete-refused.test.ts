@@ -108,7 +108,7 @@ test("a 422 whose runner GitHub then cannot say anything of (the look refused) f
   await withFake(async (fake, gh) => {
     const runner = await registerRunner(fake, "jr-unknown");
     fake.inject({ route: RUNNER, method: "DELETE", status: 422, times: 1 });
-    fake.inject({ route: RUNNER, method: "GET", status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "x", status: "403" } });
+    fake.inject({ route: RUNNER, method: "GET", status: 403, times: 1, body: { message: "Must have admin rights to Repository.", documentation_url: "x", status: "403" } });
     const from = fake.requests.length;
     const err = await gh.deleteRunner(scope(fake), runner.id).then(
       (outcome) => assert.fail(`answered ${outcome}`),

@@ -9,8 +9,8 @@ const TOKEN_SECONDS = 3600;
 export class FakeAuth {
   readonly privateKey: string;
   private readonly publicKey: KeyObject;
-  /** Each token's expiry (ms, the fake's clock) and the installation it was minted for. */
-  private readonly tokens = new Map<string, { expires: number; installationId: number }>();
+  /** Each token's expiry (ms, the fake's clock), the installation it was minted for and that installation's permissions then. */
+  private readonly tokens = new Map<string, { expires: number; installationId: number; permissions: Readonly<Record<string, string>> }>();
   private readonly usedJwts = new Set<string>();
   /** The fake's clock minus the real one, in ms (setClockSkew). */
   skewMs = 0;
@@ -75,8 +75,11 @@ export class FakeAuth {
     return [...this.tokens.keys()];
   }
 
-  /** A token for `installationId` only: the Router refuses it on owners other installations cover. */
-  issueToken(installationId: number): { token: string; expiresAt: string } {
+  /**
+   * A token for `installationId` only: the Router refuses it on owners other installations cover,
+   * and on routes that need a permission not among `permissions` (the installation's at the mint).
+   */
+  issueToken(installationId: number, permissions: Readonly<Record<string, string>>): { token: string; expiresAt: string } {
     const expires = this.now() + TOKEN_SECONDS * 1000;
     // GitHub's stateless format (`ghs_APPID_JWT`), rolled out from April 2026 (the endpoint's
     // description in GitHub's OpenAPI: apps must not rely on 40 characters), every other token;
@@ -87,7 +90,7 @@ export class FakeAuth {
             .map((part) => Buffer.from(JSON.stringify(part)).toString("base64url"))
             .join(".")}.${randomBytes(256).toString("base64url")}`
         : `ghs_${randomBytes(36).toString("base64").replace(/[^A-Za-z0-9]/g, "").slice(0, 36).padEnd(36, "0")}`;
-    this.tokens.set(token, { expires, installationId });
+    this.tokens.set(token, { expires, installationId, permissions: { ...permissions } });
     return { token, expiresAt: new Date(expires).toISOString().replace(/\.\d{3}Z$/, "Z") };
   }
 
@@ -96,6 +99,13 @@ export class FakeAuth {
     const m = /^(?:token|bearer)\s+(\S+)$/i.exec(authorization ?? "");
     const issued = m?.[1] ? this.tokens.get(m[1]) : undefined;
     return issued && issued.expires > this.now() ? issued.installationId : undefined;
+  }
+
+  /** The permissions the live installation token in the header was minted with; undefined when none. */
+  tokenPermissions(authorization: string | undefined): Readonly<Record<string, string>> | undefined {
+    const m = /^(?:token|bearer)\s+(\S+)$/i.exec(authorization ?? "");
+    const issued = m?.[1] ? this.tokens.get(m[1]) : undefined;
+    return issued && issued.expires > this.now() ? issued.permissions : undefined;
   }
 
   /** Test helper: make every issued installation token expire now. */

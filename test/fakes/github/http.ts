@@ -9,7 +9,7 @@ import { requestCheck, type RequestCheck, type RequestProblem } from "./request-
 export type AuthKind = "app" | "installation" | "none";
 
 /** What GitHub answers a valid installation token of `installationId` on a route outside that installation; undefined: allowed. */
-export type AccessCheck = (installationId: number, method: string, template: string, params: Record<string, string>) => Reply | undefined;
+export type AccessCheck = (installationId: number, method: string, template: string, params: Record<string, string>, tokenPermissions: Readonly<Record<string, string>>) => Reply | undefined;
 
 export interface Req {
   method: string;
@@ -301,7 +301,7 @@ export class Router {
       if (installationId === undefined) return ghError(401, "Bad credentials");
       // A valid token of another installation (installations.ts). Before the body is checked: a 422
       // for a repository the token cannot see would tell that it exists, which GitHub's 404 hides.
-      const refused = this.access?.(installationId, method, route.template, params);
+      const refused = this.access?.(installationId, method, route.template, params, this.auth.tokenPermissions(headers.authorization) ?? {});
       if (refused) return refused;
     }
     // After authentication, as GitHub checks: a body that is no JSON is a 400, one or a query the

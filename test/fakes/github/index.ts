@@ -134,8 +134,8 @@ export class FakeGitHub {
       emit: (job, action) => hooks.deliver(job.id, action, workflowJobPayload(ctx.urls, state, installations.forOwner(job.owner), job, action)),
     };
     const routes = [...appRoutes(ctx), ...runnerRoutes(ctx), ...jobRoutes(ctx), ...fakeRunnerRoutes(ctx), ...hookRoutes(ctx, hooks, opts.hookDeliveriesPageSize)];
-    const access = (installationId: number, method: string, template: string, params: Record<string, string>) =>
-      installations.refusal(installationId, method, template, params, state);
+    const access = (installationId: number, method: string, template: string, params: Record<string, string>, tokenPermissions: Readonly<Record<string, string>>) =>
+      installations.refusal(installationId, method, template, params, state, tokenPermissions);
     const router = new Router(routes, auth, { basePath, access });
     const tcp = createServer(router.listener);
     const unix = createServer(router.listener);
@@ -271,6 +271,17 @@ export class FakeGitHub {
    */
   addInstallation(owner: string, opts: { id?: number; type?: AccountType } = {}): FakeInstallation {
     return { ...this.ctx.installations.add(owner, opts) };
+  }
+
+  /**
+   * Change what installation `id` may do, as its account's owner does by accepting the App's new
+   * permissions (or the App by dropping some): tokens minted from now on carry them; those minted
+   * before keep the ones they were minted with, as GitHub's do.
+   */
+  setPermissions(id: number, permissions: Record<string, string>): void {
+    const found = this.ctx.installations.byId(id);
+    if (!found) throw new Error(`setPermissions: no installation ${id}`);
+    Object.assign(found.permissions, permissions);
   }
 
   /** Every installation, the default one first (its `account` undefined: it covers every owner no other does). */

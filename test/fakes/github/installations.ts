@@ -2,6 +2,7 @@
 // organization or user), and what an installation token may reach: a token works only on the
 // owner its installation covers, as on GitHub.
 import { ghError, type Reply } from "./http.ts";
+import { PERMISSIONS } from "./shapes.ts";
 import type { FakeState } from "./state.ts";
 
 export type AccountType = "Organization" | "User";
@@ -11,6 +12,12 @@ export interface FakeInstallation {
   /** The account's login; undefined for the default installation, which covers every owner no other installation does. */
   account: string | undefined;
   type: AccountType;
+  /**
+   * The permissions the account's owner has granted the App (GitHub's names and levels). A token
+   * keeps those it was minted with (GitHub's token answer lists them): one minted before a change
+   * does not follow it.
+   */
+  permissions: Record<string, string>;
 }
 
 const lower = (s: string): string => s.toLowerCase();
@@ -26,7 +33,7 @@ export class Installations {
   private readonly ids = new Map<number, FakeInstallation>();
 
   constructor(defaultId: number) {
-    this.fallback = { id: defaultId, account: undefined, type: "Organization" };
+    this.fallback = { id: defaultId, account: undefined, type: "Organization", permissions: { ...PERMISSIONS } };
     this.ids.set(defaultId, this.fallback);
   }
 
@@ -37,7 +44,7 @@ export class Installations {
     const id = o.id ?? Math.max(...this.ids.keys()) + 1;
     if (!Number.isSafeInteger(id) || id <= 0) throw new Error(`addInstallation: id ${id} is not a positive integer`);
     if (this.ids.has(id)) throw new Error(`addInstallation: installation ${id} exists`);
-    const installation: FakeInstallation = { id, account: owner, type: o.type ?? "Organization" };
+    const installation: FakeInstallation = { id, account: owner, type: o.type ?? "Organization", permissions: { ...PERMISSIONS } };
     this.byAccount.set(lower(owner), installation);
     this.ids.set(id, installation);
     return installation;
@@ -76,9 +83,16 @@ export class Installations {
    *   on it, which the installation does not have there: 403 "Resource not accessible by
    *   integration", GitHub's answer to a permission the installation lacks.
    */
-  refusal(tokenOf: number, method: string, template: string, params: Record<string, string>, state: FakeState): Reply | undefined {
+  refusal(tokenOf: number, method: string, template: string, params: Record<string, string>, state: FakeState, tokenPermissions: Record<string, string> = {}): Reply | undefined {
     const owner = params.org ?? params.owner;
     if (owner === undefined) return undefined;
+    // Self-hosted runners need Administration (a repository's) or Self-hosted runners (an
+    // organization's), read to list, write to change; a token without it: 403, as GitHub answers
+    // a permission the installation lacks, or lacked when the token was minted.
+    if (template.includes("/actions/runners")) {
+      const level = tokenPermissions[params.org !== undefined ? "organization_self_hosted_runners" : "administration"];
+      if (level !== "write" && (method !== "GET" || level !== "read")) return ghError(403, "Resource not accessible by integration");
+    }
     const covering = this.forOwner(owner);
     if (params.org !== undefined) {
       if (covering.type === "User") return ghError(404, "Not Found");

@@ -2,7 +2,7 @@
 // repository itself (its visibility).
 import type { Ctx } from "./context.ts";
 import { ghError, type Reply, type Route } from "./http.ts";
-import { app, fullRepository, installation, PERMISSIONS } from "./shapes.ts";
+import { app, fullRepository, installation } from "./shapes.ts";
 
 export function appRoutes(ctx: Ctx): Route[] {
   /**
@@ -27,8 +27,8 @@ export function appRoutes(ctx: Ctx): Route[] {
         if (!found) return ghError(404, "Not Found");
         // What GitHub answers a second, byte-identical App JWT (terraform-aws-github-runner#5025).
         if (ctx.auth.replayed(req.headers.authorization)) return ghError(404, "Not Found");
-        const { token, expiresAt } = ctx.auth.issueToken(found.id);
-        return { status: 201, body: { token, expires_at: expiresAt, permissions: PERMISSIONS, repository_selection: "all" } };
+        const { token, expiresAt } = ctx.auth.issueToken(found.id, found.permissions);
+        return { status: 201, body: { token, expires_at: expiresAt, permissions: { ...found.permissions }, repository_selection: "all" } };
       },
     },
     {
