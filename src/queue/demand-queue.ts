@@ -5,7 +5,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Queue, UnrecoverableError, Worker, type Job, type JobsOptions, type RedisConnection } from "bullmq";
+import { Job, Queue, UnrecoverableError, Worker, type JobsOptions, type RedisConnection } from "bullmq";
 import { Redis, type RedisOptions } from "ioredis";
 import { inOneWrite, TurnBatch } from "../batch.ts";
 import { atMost } from "../timers.ts";
@@ -457,9 +457,21 @@ export class DemandConsumer {
   readonly #make: () => Worker<Demand>;
   readonly #token: string;
   readonly #leaseMs: number;
+  readonly #connection: Redis;
+  /** Live leases' tokens, each with its demand's id: from the take's answer until the lease settles or is lost. */
+  readonly #leased = new Map<string, string>();
+  /** The tokens of takes sent and not yet answered. */
+  readonly #taking = new Set<string>();
+  /** Takes in flight when the connection closed, which ioredis sends again (see #take). */
+  #cut = new Set<string>();
+  readonly #onClose = (): void => {
+    for (const token of this.#taking) this.#cut.add(token);
+  };
 
   constructor(settings: QueueSettings, connection: Redis, pool: string, workerId: string) {
     this.#token = workerId;
+    this.#connection = connection;
+    connection.on("close", this.#onClose);
     // Whole ms: BullMQ sends a lock's time to Redis as is, and Redis refuses a PX of 8189.999999999999 (leaseSeconds 8.19).
     const leaseMs = Math.round(settings.leaseMs ?? DEFAULT_LEASE_MS);
     this.#leaseMs = leaseMs;
@@ -506,10 +518,7 @@ export class DemandConsumer {
 
   /** Waits up to about two seconds for demand; undefined when there is none. */
   async next(): Promise<Lease | undefined> {
-    const token = this.#newToken();
-    const job = (await this.#started().getNextJob(token, { block: true })) as Job<Demand> | undefined;
-    if (!job?.id) return undefined;
-    return this.#lease(job, token);
+    return this.#take(this.#started(), true);
   }
 
   /**
@@ -520,13 +529,51 @@ export class DemandConsumer {
    */
   async ready(max: number): Promise<Lease[]> {
     const worker = this.#started();
-    const taken = await Promise.allSettled(
-      Array.from({ length: max }, async () => {
-        const token = this.#newToken();
-        return { job: (await worker.getNextJob(token, { block: false })) as Job<Demand> | undefined, token };
+    const taken = await Promise.allSettled(Array.from({ length: max }, () => this.#take(worker, false)));
+    return taken.flatMap((t) => (t.status === "fulfilled" && t.value ? [t.value] : []));
+  }
+
+  /**
+   * One take. When the connection drops after Redis ran it but before its answer came, ioredis
+   * sends it again once reconnected, with the same token, and that run takes the next demand
+   * too: the answer is that one's, and the demand the first run took would sit active under a
+   * lock nothing renews until the stalled check gives it back (up to twice the lease). So once
+   * every take cut that way has its answer, demand locked with their tokens but leased by none
+   * is given back at once.
+   */
+  async #take(worker: Worker<Demand>, block: boolean): Promise<Lease | undefined> {
+    const token = this.#newToken();
+    // Known before it is sent: a close while it is out marks it cut.
+    this.#taking.add(token);
+    let job: Job<Demand> | undefined;
+    try {
+      job = (await worker.getNextJob(token, { block })) as Job<Demand> | undefined;
+    } finally {
+      this.#taking.delete(token);
+      if (job?.id) this.#leased.set(token, job.id);
+      if (this.#cut.has(token) && ![...this.#cut].some((t) => this.#taking.has(t))) {
+        const cut = this.#cut;
+        this.#cut = new Set();
+        // Best effort: what it misses comes back at the stalled check, as before.
+        this.#giveBackUnleased(worker, cut).catch(() => undefined);
+      }
+    }
+    return job?.id ? this.#lease(job, token) : undefined;
+  }
+
+  /** Gives back active demand locked with one of `tokens` that no live lease of that token holds. One read of the pool's active demand. */
+  async #giveBackUnleased(worker: Worker<Demand>, tokens: Set<string>): Promise<void> {
+    const ids = await this.#connection.lrange(worker.toKey("active"), 0, -1);
+    if (ids.length === 0) return;
+    const locks = await this.#connection.mget(ids.map((id) => `${worker.toKey(id)}:lock`));
+    await Promise.all(
+      ids.map(async (id, i) => {
+        const token = locks[i];
+        if (!token || !tokens.has(token) || this.#leased.get(token) === id) return;
+        // The token makes it safe against a lease made meanwhile: BullMQ refuses it unless the lock is still this one.
+        await (await Job.fromId<Demand>(worker, id))?.moveToWait(token);
       }),
     );
-    return taken.flatMap((t) => (t.status === "fulfilled" && t.value.job?.id ? [this.#lease(t.value.job, t.value.token)] : []));
   }
 
   #lease(job: Job<Demand>, token: string): Lease {
@@ -540,6 +587,7 @@ export class DemandConsumer {
         (kept) => {
           if (Number(kept) !== 0 || settling || lost.signal.aborted) return;
           clearInterval(renew);
+          this.#leased.delete(token);
           lost.abort(new LeaseLostError(job.id!, new Error("its lock was gone at a renewal")));
         },
         () => undefined,
@@ -556,6 +604,8 @@ export class DemandConsumer {
           await fn();
         } catch (err) {
           throw LOCK_LOST.test(errorMessage(err)) ? new LeaseLostError(job.id!, err) : err;
+        } finally {
+          this.#leased.delete(token);
         }
       })();
       return settling;
@@ -582,6 +632,7 @@ export class DemandConsumer {
   }
 
   async close(): Promise<void> {
+    this.#connection.off("close", this.#onClose);
     const worker = this.#worker;
     if (!worker) return;
     await Promise.race([worker.waitUntilReady().catch(() => undefined), sleep(CLOSE_WAIT_READY_MS, undefined, { ref: false })]);

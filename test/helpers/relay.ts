@@ -29,6 +29,52 @@ export async function silenceableRelay(target: URL): Promise<LoopbackServer & { 
 }
 
 /**
+ * A loopback relay to `target` that passes everything both ways, but cuts one connection once
+ * `cutAfter(marker)` was called: the first chunk from a client that contains `marker` goes on to
+ * the server, and when the server's next bytes come, both sides are closed instead of passing
+ * them (a command the server ran whose reply never came: a socket timeout, a failover, a network
+ * blip). `cuts` counts the connections cut; `url` is `target` with the relay's host and port.
+ */
+export async function cuttingRelay(target: URL): Promise<LoopbackServer & { url: string; cutAfter(marker: string): void; readonly cuts: number }> {
+  let marker: string | undefined;
+  let cuts = 0;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    let sent = false;
+    track(sockets, client);
+    track(sockets, upstream);
+    client.on("data", (chunk: Buffer) => {
+      if (marker !== undefined && chunk.includes(marker)) {
+        marker = undefined;
+        sent = true;
+      }
+      upstream.write(chunk);
+    });
+    upstream.on("data", (chunk: Buffer) => {
+      if (!sent) return void client.write(chunk);
+      cuts++;
+      client.destroy();
+      upstream.destroy();
+    });
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  const listening = await listen(server, sockets);
+  const url = new URL(target);
+  url.hostname = "127.0.0.1";
+  url.port = String(listening.port);
+  return {
+    ...listening,
+    url: url.toString(),
+    cutAfter: (m) => void (marker = m),
+    get cuts() {
+      return cuts;
+    },
+  };
+}
+
+/**
  * A TCP server on 127.0.0.1 (`port`, or any free one) that passes each connection's bytes both
  * ways to a connection of its own, `upstream()` (another address, a unix socket), while
  * `passing()` says so: what comes meanwhile is dropped. Either side closing closes the other.

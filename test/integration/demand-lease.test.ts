@@ -11,6 +11,7 @@ import { LeaseLostError } from "../../src/errors.ts";
 import { DemandConsumer, DemandQueues, redisConnection, type Lease } from "../../src/queue/demand-queue.ts";
 import { waitFor } from "../helpers/process.ts";
 import { redisForFile } from "../helpers/redis.ts";
+import { cuttingRelay } from "../helpers/relay.ts";
 
 const LEASE_MS = 5_000;
 const POOL = "default";
@@ -234,4 +235,70 @@ test("a lease of worker.leaseSeconds that is no whole number of ms once multipli
     await consumer.close();
     consumerConn.disconnect();
   }
+});
+
+/**
+ * A take whose reply is lost to a dropped connection (after Redis ran it): ioredis sends it again
+ * once reconnected, with the same token, and that run takes the next demand too. The lease is the
+ * second run's; the demand the first run took must not sit active, leased by none, until its lock
+ * lapses and the stalled check gives it back (the lease's length and up to as much again).
+ */
+async function takeCut(name: string, take: (consumer: DemandConsumer) => Promise<Lease[]>): Promise<void> {
+  const { redis, conn } = shared;
+  const settings = { redisUrl: redis.url, prefix: `${redis.prefix}:${name}`, attempts: 3, leaseMs: LEASE_MS };
+  const queues = new DemandQueues(settings, conn);
+  const relay = await cuttingRelay(new URL(redis.url));
+  const cutConn = redisConnection(relay.url);
+  const cut = new DemandConsumer(settings, cutConn, POOL, "host-cut:1");
+  const otherConn = redisConnection(redis.url);
+  const other = new DemandConsumer(settings, otherConn, POOL, "host-b:1");
+  const held: Lease[] = [];
+  try {
+    assert.equal(await queues.add(demand(51)), "added");
+    assert.equal(await queues.add(demand(52)), "added");
+    await cut.start();
+    // The take's command carries its token, which starts with the worker's id.
+    relay.cutAfter("host-cut:1:");
+    const leases = await take(cut);
+    held.push(...leases);
+    assert.equal(relay.cuts, 1, "the take's reply was lost, and the take sent again");
+    assert.deepEqual(leases.map((l) => l.demand.jobId), [52], "the lease is the second run's: the first took 51");
+
+    // Well within the lease: no lock has lapsed, so no stalled check has given anything back.
+    const counts = await waitFor(
+      async () => {
+        const c = (await queues.counts([POOL])).get(POOL)!;
+        return c.active === leases.length && c.waiting === 1 && c;
+      },
+      LEASE_MS / 2,
+      "as many active as leased, the other demand waiting again",
+    );
+    assert.equal(counts.active + counts.waiting, 2, JSON.stringify(counts));
+    assert.match((await conn.get(`${settings.prefix}:bull:demand-${POOL}:${leases[0]!.id}:lock`)) ?? "", /^host-cut:1:/, "the lease's own demand is still its");
+
+    await other.start();
+    const rest = await other.ready(1);
+    held.push(...rest);
+    assert.deepEqual(rest.map((l) => l.demand.jobId), [51], "the first run's demand, taken by another worker");
+    assert.equal(rest[0]!.attempt, 1, "given back unspent");
+  } finally {
+    await Promise.all(held.map((l) => l.complete("served").catch(() => undefined)));
+    await queues.close();
+    await other.close();
+    await cut.close();
+    otherConn.disconnect();
+    cutConn.disconnect();
+    await relay.close();
+  }
+}
+
+test("a ready() take whose reply was lost and that ioredis sent again leaves no demand active without a lease: the first run's demand waits again at once", async () => {
+  await takeCut("cut-ready", (consumer) => consumer.ready(1));
+});
+
+test("a next() take whose reply was lost and that ioredis sent again leaves no demand active without a lease: the first run's demand waits again at once", async () => {
+  await takeCut("cut-next", async (consumer) => {
+    const lease = await consumer.next();
+    return lease ? [lease] : [];
+  });
 });
