@@ -65,7 +65,19 @@ const mount = z
 const pool = z
   .object({
     name,
-    labels: z.array(label).min(1).max(100),
+    // Once each: GitHub compares labels without regard to case, and a pool's count of them decides
+    // between pools that both match a job (the fewest wins), which a label given twice would skew.
+    labels: z
+      .array(label)
+      .min(1)
+      .max(100)
+      .superRefine((labels, ctx) => {
+        const seen = new Set<string>();
+        for (const l of labels) {
+          if (seen.has(l.toLowerCase())) ctx.addIssue({ code: "custom", message: `label '${l}' is given twice (labels are compared without regard to case)` });
+          seen.add(l.toLowerCase());
+        }
+      }),
     image: z.string().min(1),
     scope: z.enum(["repository", "organization"]).default("repository"),
     /** Organization runner group by id (default 1, "Default")... */

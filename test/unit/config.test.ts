@@ -212,6 +212,9 @@ test("a private key whose line breaks were lost on the way (an unquoted \\n in a
 test("duplicate pools and unknown worker pools are cross-checked; YAML errors are clear", () => {
   const dup = `${minimal}  - name: default\n    labels: [x]\n    image: y\n`;
   assert.throws(() => loadConfig({ text: dup, env, readFile: noFiles }), /duplicate pool name 'default'/);
+  const twice = minimal.replace(/labels: \[[^\]]*\]/, "labels: [self-hosted, Linux, linux]");
+  assert.notEqual(twice, minimal);
+  assert.throws(() => loadConfig({ text: twice, env, readFile: noFiles }), /pools\.0\.labels: label 'linux' is given twice \(labels are compared without regard to case\)/);
   assert.throws(() => loadConfig({ text: "github: [unclosed", env, readFile: noFiles }), /not valid YAML/);
 });
 
