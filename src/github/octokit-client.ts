@@ -1,6 +1,7 @@
 import { createAppAuth } from "@octokit/auth-app";
 import { Octokit } from "@octokit/core";
 import { throttling, type ThrottlingOptions } from "@octokit/plugin-throttling";
+import { AsyncLocalStorage } from "node:async_hooks";
 import { setImmediate as turn, setTimeout as delay } from "node:timers/promises";
 import type { Redis } from "ioredis";
 import type { Logger } from "pino";
@@ -28,7 +29,7 @@ import type {
 } from "./client.ts";
 import { ConcurrencyGroup, DEFAULT_CONCURRENT_CALLS, RetryScheduler, throttleSchedulers } from "./request-gates.ts";
 import { RedisTokenCache } from "./token-cache.ts";
-import { DEFAULT_WRITES_PER_MINUTE, SharedWriteWindow, WriteWindow, type WriteBudget } from "./write-window.ts";
+import { DEFAULT_WRITES_PER_MINUTE, SharedWriteWindow, WriteWindow, type WriteBudget, type WriteGate } from "./write-window.ts";
 
 /** Pages read per listing at most: bounds one call of the reconciler. */
 const MAX_PAGES = 20;
@@ -61,6 +62,15 @@ const RETRY_BASE_MS = 1000;
 /** The reset fix first: its hook runs inside the throttling plugin's (see rate-limit-reset.ts). */
 const JitOctokit = Octokit.plugin(rateLimitResetPlugin, throttling);
 type JitOctokitInstance = InstanceType<typeof JitOctokit>;
+
+/**
+ * Set while a runner's deletion is asked for: the throttling plugin asks the write budget for a
+ * write's start without its route, and a deletion is a background write there (it waits behind
+ * registrations, and leaves them part of the window). It reaches the plugin's call of the budget
+ * because nothing queues a call before it: the plugin's retry limiter and call groups are ours
+ * (request-gates.ts), which run a call in its caller's context; Bottleneck's would not.
+ */
+const deleting = new AsyncLocalStorage<true>();
 
 export interface OctokitGitHubOptions {
   appId: number;
@@ -129,6 +139,13 @@ export class OctokitGitHub implements GitHubClient {
   readonly #tokens: RedisTokenCache | undefined;
   /** The write budget of every installation this client calls for (`throttle.id` keys it). */
   readonly #writes: WriteBudget;
+  /** The budget as the plugin's write group, telling it which writes are deletions (see `deleting`). */
+  readonly #writeGate: WriteGate = {
+    key: (id) => {
+      const key = this.#writes.key(id);
+      return { schedule: (options, fn) => key.schedule({ ...options, background: deleting.getStore() === true }, fn) };
+    },
+  };
   /** The throttling plugin's other schedulers, without Bottleneck's timer turns (see request-gates.ts). */
   readonly #calls: ConcurrencyGroup;
   // A token request is made with the App's JWT: once it has its place, it waits out a wait GitHub
@@ -232,7 +249,7 @@ export class OctokitGitHub implements GitHubClient {
       throttle: {
         id: throttleId,
         // The plugin only calls `key(id).schedule(options, fn)` on its write group (WriteGate).
-        write: this.#writes as unknown as NonNullable<ThrottlingOptions["write"]>,
+        write: this.#writeGate as unknown as NonNullable<ThrottlingOptions["write"]>,
         ...throttleSchedulers({ global: this.#calls, auth: this.#tokenRequests, retryLimiter: retries }),
         onRateLimit: limited("primary"),
         onSecondaryRateLimit: limited("secondary"),
@@ -514,19 +531,21 @@ export class OctokitGitHub implements GitHubClient {
   async deleteRunner(scope: RunnerScope, runnerId: number): Promise<"deleted" | "not_found" | "busy"> {
     const request = noticingLostAnswers();
     try {
-      await this.#call("delete runner", () =>
-        scope.repo
-          ? this.#client(scope.installationId).request("DELETE /repos/{owner}/{repo}/actions/runners/{runner_id}", {
-              owner: scope.owner,
-              repo: scope.repo,
-              runner_id: runnerId,
-              request,
-            })
-          : this.#client(scope.installationId).request("DELETE /orgs/{org}/actions/runners/{runner_id}", {
-              org: scope.owner,
-              runner_id: runnerId,
-              request,
-            }),
+      await deleting.run(true, () =>
+        this.#call("delete runner", () =>
+          scope.repo
+            ? this.#client(scope.installationId).request("DELETE /repos/{owner}/{repo}/actions/runners/{runner_id}", {
+                owner: scope.owner,
+                repo: scope.repo,
+                runner_id: runnerId,
+                request,
+              })
+            : this.#client(scope.installationId).request("DELETE /orgs/{org}/actions/runners/{runner_id}", {
+                org: scope.owner,
+                runner_id: runnerId,
+                request,
+              }),
+        ),
       );
       return "deleted";
     } catch (err) {

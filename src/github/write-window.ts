@@ -20,32 +20,64 @@ import { REDIS_TIMEOUT_MS } from "./token-cache.ts";
  */
 export const DEFAULT_WRITES_PER_MINUTE = 120;
 
+/** How a write asks for its start. */
+export interface WriteOptions {
+  /** 0: the throttling plugin's retry of a refused call, which goes first. */
+  priority?: number;
+  /**
+   * A write no job waits for (a runner's deletion): it waits behind the others, and never takes
+   * the part of the window kept for them (backgroundShare).
+   */
+  background?: boolean;
+}
+
+/**
+ * Starts in any window that background writes may take: all but a quarter of `max` (at least one
+ * when `max` is 2 or more). Dozens of deletions at once (warm runners retired, a drain, a gone
+ * host's sweep) would otherwise fill the whole window, in every process sharing it, and a job's
+ * registration would wait for the window to slide.
+ */
+export function backgroundShare(max: number): number {
+  return max > 1 ? max - Math.max(1, Math.floor(max / 4)) : max;
+}
+
 /** A write waiting for its start. */
 interface Waiter {
   resolve(): void;
   reject(err: unknown): void;
+  /** Its place: retries (0), then writes a job waits for (1), then background writes (2). */
+  rank: number;
+  /** Starts in the window it may take (the key's max, or backgroundShare of it). */
+  share: number;
 }
 
 /**
- * The writes of one key waiting for their start, first come first served (a refused call's retry
- * goes first), and the one timer set for when the next may start. `pump` starts what may start.
- * Closed, it fails every write waiting, and any that comes later, with NotSentError.
+ * The writes of one key waiting for their start, and the one timer set for when the next may
+ * start. In line, a refused call's retry goes first, then writes a job waits for (registrations),
+ * then background ones (deletions); first come first served within each. `pump` starts what may
+ * start. Closed, it fails every write waiting, and any that comes later, with NotSentError.
  */
 class Line {
   readonly waiting: Waiter[] = [];
+  readonly #max: number;
   readonly #pump: () => void;
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
 
-  constructor(pump: () => void) {
+  constructor(max: number, pump: () => void) {
+    this.#max = max;
     this.#pump = pump;
   }
 
-  join(first: boolean): Promise<void> {
+  join(options: WriteOptions): Promise<void> {
     if (this.#closed) return Promise.reject(new NotSentError("GitHub write"));
     return new Promise<void>((resolve, reject) => {
-      if (first) this.waiting.unshift({ resolve, reject });
-      else this.waiting.push({ resolve, reject });
+      const background = options.background === true;
+      const rank = options.priority === 0 ? 0 : background ? 2 : 1;
+      const at = this.waiting.findIndex((w) => w.rank > rank);
+      const waiter = { resolve, reject, rank, share: background ? backgroundShare(this.#max) : this.#max };
+      if (at < 0) this.waiting.push(waiter);
+      else this.waiting.splice(at, 0, waiter);
       this.#pump();
     });
   }
@@ -68,9 +100,12 @@ class Line {
   }
 }
 
-/** What @octokit/plugin-throttling calls on its `throttle.write` group (a Bottleneck.Group's shape). */
+/**
+ * What @octokit/plugin-throttling calls on its `throttle.write` group (a Bottleneck.Group's shape);
+ * it passes `priority` only, `background` is ours.
+ */
 export interface WriteGate {
-  key(id: string): { schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> };
+  key(id: string): { schedule<T>(options: WriteOptions, fn: () => T | PromiseLike<T>): Promise<T> };
 }
 
 /** A write gate that GitHub's "wait" answers pause, per key. */
@@ -90,9 +125,9 @@ export interface WriteBudget extends WriteGate {
 }
 
 /**
- * When writes may start, per key (installation): at most `max` starts in any `windowMs`, none while
- * the key is paused (GitHub said to wait), first come first served except `priority: 0` (the
- * throttling plugin's retry of a refused call), which goes first.
+ * When writes may start, per key (installation): at most `max` starts in any `windowMs` (background
+ * writes only backgroundShare of them), none while the key is paused (GitHub said to wait), in the
+ * order of their Line.
  *
  * A sliding window, so a burst of demand registers its runners at once and the budget still holds
  * over every window. Bottleneck (which the throttling plugin uses) offers a minimum gap (no burst),
@@ -141,16 +176,17 @@ class KeyWindow {
   readonly #windowMs: number;
   /** Start times within the last window, oldest first. */
   readonly #starts: number[] = [];
-  readonly #line = new Line(() => this.#pump());
+  readonly #line: Line;
   #pausedUntil = 0;
 
   constructor(max: number, windowMs: number) {
     this.#max = max;
     this.#windowMs = windowMs;
+    this.#line = new Line(max, () => this.#pump());
   }
 
-  async schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> {
-    await this.#line.join(options.priority === 0);
+  async schedule<T>(options: WriteOptions, fn: () => T | PromiseLike<T>): Promise<T> {
+    await this.#line.join(options);
     return fn();
   }
 
@@ -172,24 +208,34 @@ class KeyWindow {
     this.#line.stopTimer();
     const now = Date.now();
     const waiting = this.#line.waiting;
-    while (this.#starts.length > 0 && this.#starts[0]! <= now - this.#windowMs) this.#starts.shift();
-    while (waiting.length > 0) {
-      const full = this.#starts.length >= this.#max;
-      const at = Math.max(this.#pausedUntil, full ? this.#starts[0]! + this.#windowMs : now);
-      if (at > now) {
-        this.#line.wakeIn(at - now);
-        return;
-      }
-      this.#starts.push(now);
-      waiting.shift()!.resolve();
+    const starts = this.#starts;
+    while (starts.length > 0 && starts[0]! <= now - this.#windowMs) starts.shift();
+    if (waiting.length === 0) return;
+    if (this.#pausedUntil > now) {
+      this.#line.wakeIn(this.#pausedUntil - now);
+      return;
     }
+    // In line order, each write whose share of the window has room: a deletion that finds its
+    // share full leaves the deletions behind it waiting, but not a registration.
+    for (let i = 0; i < waiting.length; ) {
+      if (starts.length < waiting[i]!.share) {
+        starts.push(now);
+        waiting.splice(i, 1)[0]!.resolve();
+      } else i++;
+    }
+    if (waiting.length === 0) return;
+    // The next may start when the window holds fewer starts than the largest share waiting.
+    const share = Math.max(...waiting.map((w) => w.share));
+    this.#line.wakeIn(starts[starts.length - share]! + this.#windowMs - now);
   }
 }
 
 /**
- * Takes up to ARGV[3] starts in the window of KEYS[1] (a sorted set of start times), unless
- * KEYS[2] (a pause, ms since epoch) is still ahead; on Redis's clock, so that hosts whose clocks
- * differ share one window. Returns {starts taken, ms until the next start may be taken}.
+ * Takes up to ARGV[3] starts in the window of KEYS[1] (a sorted set of start times) while it holds
+ * fewer than ARGV[2], unless KEYS[2] (a pause, ms since epoch) is still ahead; on Redis's clock, so
+ * that hosts whose clocks differ share one window. Returns {starts taken, ms until the next start
+ * may be taken}: until the window holds fewer than ARGV[2] (it may hold more, taken under a larger
+ * max: registrations' starts, where background writes ask with a smaller one).
  */
 const TAKE_STARTS = `
 local t = redis.call('TIME')
@@ -198,14 +244,17 @@ local window = tonumber(ARGV[1])
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 if paused > now then return {0, paused - now} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local n = math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1]))
+local max = tonumber(ARGV[2])
+local card = redis.call('ZCARD', KEYS[1])
+local n = math.min(tonumber(ARGV[3]), max - card)
 if n > 0 then
   for i = 1, n do redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. i) end
   redis.call('PEXPIRE', KEYS[1], window)
+  card = card + n
 end
 if n >= tonumber(ARGV[3]) then return {n, 0} end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {math.max(n, 0), tonumber(oldest[2]) + window - now}`;
+local next = redis.call('ZRANGE', KEYS[1], card - max, card - max, 'WITHSCORES')
+return {math.max(n, 0), tonumber(next[2]) + window - now}`;
 
 /** Sets the pause of KEYS[1] to ARGV[1] ms from now on Redis's clock, unless a later one is set. */
 const PAUSE = `
@@ -223,8 +272,9 @@ type BudgetRedis = Redis & {
  * The same budget as WriteWindow, shared by every process on one Redis (all the workers of a
  * fleet call GitHub as one App): starts are taken from a window in Redis, and a pause that GitHub
  * asked of one process holds the writes of all (and their reads: `pausedFor`). Within a process,
- * writes start in order (a refused call's retry first), as with WriteWindow; across processes,
- * whoever asks first.
+ * writes start in the order of their Line, as with WriteWindow; across processes, whoever asks
+ * first, but background writes of any process only up to their share of the window, which keeps
+ * the rest for the registrations of all.
  */
 export class SharedWriteWindow implements WriteBudget {
   readonly #redis: BudgetRedis;
@@ -258,9 +308,9 @@ export class SharedWriteWindow implements WriteBudget {
     if (!k) {
       // One hash tag per key: both of its Redis keys in one cluster slot.
       const base = `${this.#prefix}:{${id}}`;
-      k = new SharedKeyWindow((want, callId) =>
+      k = new SharedKeyWindow(this.#max, (want, max, callId) =>
         within(
-          this.#redis.jitrunnerTakeWriteStarts(`${base}:starts`, `${base}:paused`, String(this.#windowMs), String(this.#max), String(want), callId),
+          this.#redis.jitrunnerTakeWriteStarts(`${base}:starts`, `${base}:paused`, String(this.#windowMs), String(max), String(want), callId),
           REDIS_TIMEOUT_MS,
           "redis did not answer the GitHub write budget",
         ),
@@ -304,17 +354,22 @@ export class SharedWriteWindow implements WriteBudget {
   }
 }
 
-class SharedKeyWindow {
-  readonly #take: (want: number, callId: string) => Promise<[number, number]>;
-  readonly #line = new Line(() => void this.#pump());
-  #pumping = false;
+type TakeStarts = (want: number, max: number, callId: string) => Promise<[number, number]>;
 
-  constructor(take: (want: number, callId: string) => Promise<[number, number]>) {
+class SharedKeyWindow {
+  readonly #take: TakeStarts;
+  readonly #line: Line;
+  #pumping = false;
+  /** Writes joined the line while it asked Redis: it asks again for them. */
+  #joined = false;
+
+  constructor(max: number, take: TakeStarts) {
     this.#take = take;
+    this.#line = new Line(max, () => void this.#pump());
   }
 
-  async schedule<T>(options: { priority?: number }, fn: () => T | PromiseLike<T>): Promise<T> {
-    await this.#line.join(options.priority === 0);
+  async schedule<T>(options: WriteOptions, fn: () => T | PromiseLike<T>): Promise<T> {
+    await this.#line.join(options);
     return fn();
   }
 
@@ -324,24 +379,57 @@ class SharedKeyWindow {
 
   /** Takes starts for the writes waiting, and sets one timer for when the next may start. */
   async #pump(): Promise<void> {
-    // One ask at a time: writes that come meanwhile are in the next one.
-    if (this.#pumping) return;
+    // One ask at a time: writes that join meanwhile are asked for in another round.
+    if (this.#pumping) {
+      this.#joined = true;
+      return;
+    }
     this.#pumping = true;
     this.#line.stopTimer();
     const waiting = this.#line.waiting;
+    let wakeMs = Infinity;
     try {
-      while (waiting.length > 0) {
-        const [taken, waitMs] = await this.#take(waiting.length, randomUUID());
-        for (const w of waiting.splice(0, taken)) w.resolve();
-        if (waiting.length > 0 && (waitMs > 0 || taken === 0)) {
-          this.#line.wakeIn(Math.max(1, waitMs));
-          break;
-        }
-      }
+      do {
+        this.#joined = false;
+        wakeMs = Math.min(wakeMs, await this.#round(waiting));
+      } while (this.#joined && waiting.length > 0);
+      if (waiting.length > 0) this.#line.wakeIn(Math.max(1, wakeMs));
     } catch (err) {
       for (const w of waiting.splice(0)) w.reject(err);
     } finally {
       this.#pumping = false;
     }
+  }
+
+  /**
+   * Asks Redis for the writes waiting now, in line order, one ask for each run of writes of one
+   * share: a run that finds its share of the window full leaves the later writes of that share
+   * waiting, but not those of a larger one (a registration behind deletions). Returns the ms until
+   * one that still waits may start (Infinity: none waits).
+   */
+  async #round(waiting: Waiter[]): Promise<number> {
+    const line = [...waiting];
+    let full = 0;
+    let wakeMs = Infinity;
+    for (let i = 0; i < line.length; ) {
+      const share = line[i]!.share;
+      let end = i + 1;
+      while (end < line.length && line[end]!.share === share) end++;
+      // Left out: writes of a full share, and any the line no longer holds (closed meanwhile).
+      const run = share > full ? line.slice(i, end).filter((w) => waiting.includes(w)) : [];
+      i = end;
+      if (run.length === 0) continue;
+      const [taken, waitMs] = await this.#take(run.length, share, randomUUID());
+      for (const w of run.slice(0, taken)) {
+        const at = waiting.indexOf(w);
+        if (at >= 0) waiting.splice(at, 1);
+        w.resolve();
+      }
+      if (taken < run.length) {
+        full = share;
+        wakeMs = Math.min(wakeMs, waitMs);
+      }
+    }
+    return wakeMs;
   }
 }

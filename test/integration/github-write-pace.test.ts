@@ -3,6 +3,8 @@
  * JIT configs asked for all at once (a burst of demand) reach GitHub at once while the budget has
  * room, and never more than the budget in any window when it has not; every one is served. Two
  * clients on one Redis (two workers of a fleet) share one budget, and one wait GitHub asked for.
+ * A registration goes ahead of the runner deletions waiting, and deletions, of any process, leave
+ * the window's last quarter to registrations.
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
@@ -17,6 +19,7 @@ import { waitFor } from "../helpers/process.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 
 const REPO_JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
+const REPO_RUNNER = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
 /**
  * The budget spaces the starts of writes; their arrival at GitHub varies by some ms each way (more
  * on a loaded machine), so spans are checked with this much slack.
@@ -75,6 +78,77 @@ function assertWithinBudget(posts: number[], max: number, windowMs: number): voi
     assert.ok(posts[i]! - posts[i - max]! >= windowMs - SLACK_MS, `POST ${i} a window after POST ${i - max}: ${offsets} ms`);
   }
 }
+
+/** The times the writes (JIT configs, runner deletions) that reached the fake after request `since` arrived, in order. */
+function writesSince(since: number, route?: string): number[] {
+  return fake!.requests
+    .slice(since)
+    .filter((r) => (r.route === REPO_JIT && r.method === "POST") || (r.route === REPO_RUNNER && r.method === "DELETE"))
+    .filter((r) => route === undefined || r.route === route)
+    .map((r) => r.at)
+    .sort((a, b) => a - b);
+}
+
+/**
+ * "At once" for a write that a full window would hold back: far under the 5 s windows below (the
+ * write waited a window or two behind deletions before), and over a busy machine's delays.
+ */
+const AT_ONCE_MS = 1500;
+
+for (const shared of [false, true]) {
+  test(`a registration asked for behind a dozen runner deletions goes ahead of them, and they all go on within the budget (${shared ? "shared through Redis" : "in this process"})`, async () => {
+    fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
+    if (shared) redis ??= await startRedis();
+    const max = 5;
+    const windowMs = 5000;
+    const gh = client({ max, windowMs }, shared ? `${redis!.prefix}-ahead` : undefined);
+    const scope = { installationId: 1, owner: "acme", repo: "app" };
+    // A read first, for the installation token: the window is still empty.
+    await gh.listRunners(scope);
+    const before = fake.requests.length;
+    // A dozen deletions at once (warm runners retired, a drain), runners GitHub no longer has.
+    const deletions = Array.from({ length: 12 }, (_, i) => gh.deleteRunner(scope, 900_000 + i));
+    await waitFor(() => writesSince(before).length > 0, 5_000, "the first deletion");
+    const t0 = Date.now();
+    await gh.generateJitConfig(scope, { name: `jr-ahead-${shared}`, labels: ["self-hosted"] });
+    const [post] = writesSince(before, REPO_JIT);
+    assert.ok(post !== undefined && post - t0 < AT_ONCE_MS, `the registration reached GitHub ${post! - t0} ms after it was asked for`);
+    assert.ok(writesSince(before, REPO_RUNNER).filter((at) => at <= post!).length <= max - 1, "the deletions left it a start in the window");
+    assert.deepEqual(await Promise.all(deletions), Array(12).fill("not_found"), "every deletion sent and answered");
+    const writes = writesSince(before);
+    assert.equal(writes.length, 13, "every write once");
+    assertWithinBudget(writes, max, windowMs);
+    gh.close();
+  });
+}
+
+test("deletions of one process leave the last quarter of the shared window: another process's registration starts at once", async () => {
+  fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });
+  redis ??= await startRedis();
+  const max = 5;
+  const windowMs = 5000;
+  const prefix = `${redis.prefix}-shared-reserve`;
+  const [a, b] = [client({ max, windowMs }, prefix), client({ max, windowMs }, prefix)];
+  const scope = { installationId: 1, owner: "acme", repo: "app" };
+  await a.listRunners(scope);
+  await b.listRunners(scope);
+  const before = fake.requests.length;
+  const deletions = Array.from({ length: 12 }, (_, i) => a.deleteRunner(scope, 910_000 + i));
+  // a's deletions take their part of the window, 4 of its 5 starts, and wait for the rest.
+  await waitFor(() => writesSince(before).length >= max - 1, 5_000, "the deletions' part of the window");
+  await new Promise((res) => setTimeout(res, 300));
+  assert.equal(writesSince(before).length, max - 1, "no deletion takes the window's last start");
+  const t0 = Date.now();
+  await b.generateJitConfig(scope, { name: "jr-reserve-b", labels: ["self-hosted"] });
+  const [post] = writesSince(before, REPO_JIT);
+  assert.ok(post !== undefined && post - t0 < AT_ONCE_MS, `the other process's registration reached GitHub ${post! - t0} ms after it was asked for`);
+  assert.deepEqual(await Promise.all(deletions), Array(12).fill("not_found"), "every deletion sent and answered");
+  const writes = writesSince(before);
+  assert.equal(writes.length, 13, "every write once");
+  assertWithinBudget(writes, max, windowMs);
+  a.close();
+  b.close();
+});
 
 test("a burst of JIT configs within the default budget reaches GitHub at once", async () => {
   fake ??= await FakeGitHub.start({ webhookSecret: "write-pace-secret" });

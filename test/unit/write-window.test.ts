@@ -1,11 +1,12 @@
 /**
  * WriteWindow, the GitHub client's write budget per installation: at most `max` starts in any
- * window, at once while the window has room, none while paused, retries first. Real timers with
+ * window, at once while the window has room, none while paused, retries first, background writes
+ * (runner deletions) last and never in the window's last quarter. Real timers with
  * short windows; each check allows for timers firing late on a loaded machine, never early.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { WriteWindow } from "../../src/github/write-window.ts";
+import { WriteWindow, backgroundShare } from "../../src/github/write-window.ts";
 
 const WINDOW_MS = 1500;
 /** "At once": well within half a window (a first call on a cold process takes a while). */
@@ -58,6 +59,32 @@ test("a pause holds every write of its installation, and a retry (priority 0) go
   w.pause("installation-1", 10);
   await w.key("installation-1").schedule({}, () => undefined);
   assert.ok(Date.now() - t1 >= WINDOW_MS);
+});
+
+test("background writes leave a quarter of the window to the others, and a write a job waits for starts before them", async () => {
+  assert.deepEqual([1, 2, 4, 5, 8, 120].map(backgroundShare), [1, 1, 3, 4, 6, 90]);
+  const w = new WriteWindow(4, 60_000);
+  const order: string[] = [];
+  const t0 = Date.now();
+  const deletions = Array.from({ length: 5 }, (_, i) => w.key("k").schedule({ background: true }, () => order.push(`deletion ${i}`)));
+  await Promise.all(deletions.slice(0, 3));
+  await w.key("k").schedule({}, () => order.push("registration"));
+  assert.ok(Date.now() - t0 < AT_ONCE_MS, "the registration at once");
+  assert.deepEqual(order, ["deletion 0", "deletion 1", "deletion 2", "registration"], "3 deletions of 4 starts: the last kept");
+  w.close();
+  for (const p of deletions.slice(3)) await assert.rejects(p, /given up before it was sent/);
+
+  // In line after a pause: retries first (a deletion's too), then the writes a job waits for, then background ones.
+  const w2 = new WriteWindow(10, 60_000);
+  const line: string[] = [];
+  w2.pause("k", WINDOW_MS);
+  await Promise.all([
+    w2.key("k").schedule({ background: true }, () => line.push("deletion")),
+    w2.key("k").schedule({}, () => line.push("registration 1")),
+    w2.key("k").schedule({ priority: 0, background: true }, () => line.push("retried deletion")),
+    w2.key("k").schedule({}, () => line.push("registration 2")),
+  ]);
+  assert.deepEqual(line, ["retried deletion", "registration 1", "registration 2", "deletion"]);
 });
 
 test("a write's own failure reaches its caller and uses its start", async () => {
