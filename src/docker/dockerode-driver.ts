@@ -118,6 +118,8 @@ export class DockerodeDriver implements RunnerDriver {
   readonly #docker: Docker;
   readonly #callMs: number;
   readonly #launchCallMs: number;
+  /** The engine's cgroup version, once asked (#cgroupV2). */
+  #cgroupV2Asked: Promise<boolean> | undefined;
   /** For an engine over SSH: its host key's check (see known-hosts.ts). */
   readonly #hostKeys: HostKeyVerifier | undefined;
   /** What set the engine's address, for an error saying it cannot be reached (engineUnreachable). */
@@ -188,13 +190,30 @@ export class DockerodeDriver implements RunnerDriver {
     await this.#call("ping", this.#callMs, (abortSignal) => ping({ abortSignal }));
   }
 
+  /**
+   * Whether the engine runs on cgroup v2, asked once (again after a failed ask, which creates
+   * as on v1 meanwhile: no cgroup namespace named).
+   */
+  #cgroupV2(): Promise<boolean> {
+    // dockerode's info takes options (abortSignal) as its other calls do; its types say none.
+    const info = this.#docker.info.bind(this.#docker) as unknown as (opts: { abortSignal: AbortSignal }) => Promise<{ CgroupVersion?: string }>;
+    this.#cgroupV2Asked ??= this.#call("engine info", this.#callMs, (abortSignal) => info({ abortSignal })).then(
+      (answer) => answer.CgroupVersion === "2",
+      () => {
+        this.#cgroupV2Asked = undefined;
+        return false;
+      },
+    );
+    return this.#cgroupV2Asked;
+  }
+
   async create(spec: RunnerSpec): Promise<string> {
     try {
       // The options go to the engine as the request body: they hold the JIT config, so no error
       // made here repeats it (see #call). Only the name goes in the URL: given the options alone,
       // docker-modem puts all of them in its query string too (a request line an engine's debug
       // log, or a proxy in front of it, would log).
-      const { name, ...body } = createOptions(spec);
+      const { name, ...body } = createOptions(spec, { cgroupV2: await this.#cgroupV2() });
       const container = await this.#call("create container", this.#launchCallMs, (abortSignal) =>
         this.#docker.createContainer({ _query: { name }, _body: body, abortSignal } as Docker.ContainerCreateOptions),
       );
@@ -581,8 +600,11 @@ const NOT_FROM_DOCKER_HOST: Docker.DockerOptions = {
   timeout: undefined,
 } as Docker.DockerOptions;
 
-/** The Docker API body for a runner container. Exported for tests. */
-export function createOptions(spec: RunnerSpec): Docker.ContainerCreateOptions {
+/**
+ * The Docker API body for a runner container; `cgroupV2`: the engine runs on cgroup v2. Exported
+ * for tests.
+ */
+export function createOptions(spec: RunnerSpec, engine: { cgroupV2?: boolean } = {}): Docker.ContainerCreateOptions {
   const env = { ...spec.env, ACTIONS_RUNNER_INPUT_JITCONFIG: spec.jitConfig.reveal() };
   const host: Docker.HostConfig = {
     NetworkMode: spec.networkMode,
@@ -618,6 +640,12 @@ export function createOptions(spec: RunnerSpec): Docker.ContainerCreateOptions {
       host.Runtime = "sysbox-runc";
       break;
   }
+  // On cgroup v2, a cgroup namespace of its own, whatever the engine's default: with the host's
+  // (`default-cgroupns-mode: host` in daemon.json), the inner engine would see the host's whole
+  // cgroup tree, writable when privileged, and put the job's containers outside the pool's memory,
+  // CPU and pids limits (the entrypoint then leaves cgroups alone, saying so). Docker's own default
+  // on v2 is private already; on v1 a namespace is not what confines the inner engine.
+  if (engine.cgroupV2 && spec.isolation !== "sysbox") (host as Record<string, unknown>).CgroupnsMode = "private";
   return {
     name: spec.name,
     Image: spec.image,

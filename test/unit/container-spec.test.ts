@@ -56,6 +56,14 @@ test("isolation profiles: privileged, capabilities, sysbox", () => {
   assert.equal(sysbox.CapAdd, undefined);
 });
 
+test("on a cgroup v2 engine a runner gets a cgroup namespace of its own, whatever the engine's default (sysbox makes its own); on v1 none is named", () => {
+  for (const isolation of ["privileged", "capabilities"] as const) {
+    assert.equal((createOptions(spec({ isolation }), { cgroupV2: true }).HostConfig as Record<string, unknown>).CgroupnsMode, "private", isolation);
+    assert.equal((createOptions(spec({ isolation }), { cgroupV2: false }).HostConfig as Record<string, unknown>).CgroupnsMode, undefined, isolation);
+  }
+  assert.equal((createOptions(spec({ isolation: "sysbox" }), { cgroupV2: true }).HostConfig as Record<string, unknown>).CgroupnsMode, undefined);
+});
+
 test("pool env cannot replace the JIT config; pool config has no way to set our labels", () => {
   const o = createOptions(spec({ env: { ACTIONS_RUNNER_INPUT_JITCONFIG: "hijack" } }));
   const jit = o.Env!.filter((e) => e.startsWith("ACTIONS_RUNNER_INPUT_JITCONFIG="));
