@@ -15,6 +15,7 @@ import { ActiveRepos } from "./state/active-repos.ts";
 import { DeliveryLog } from "./state/deliveries.ts";
 import { HostStore, PoolLimits } from "./state/hosts.ts";
 import { RunnerStore } from "./state/runners.ts";
+import { RedeliveryLog } from "./state/redeliveries.ts";
 import { ActivityLog } from "./state/activity.ts";
 import { collectStatus } from "./state/status.ts";
 import { within } from "./timers.ts";
@@ -147,6 +148,10 @@ async function startWith(
       const list = await hosts.list();
       metrics.hosts(list.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, beatAgeMs: h.beatAgeMs })));
     });
+    if (config.reconcile.deliveriesIntervalSeconds > 0) {
+      const redeliveries = new RedeliveryLog(redis, prefix);
+      metrics.onScrape(async () => metrics.deliveriesReadLag((await redeliveries.readLagMs()) / 1000));
+    }
     metrics.onScrape(async () => {
       for (const [pool, counts] of await queues.counts(allPools)) {
         metrics.queueJobs(pool, counts);

@@ -279,6 +279,7 @@ export const configSchema = z
         retryFailedDemandSeconds: z.number().min(0).max(MAX_WAIT_SECONDS, TOO_LONG).default(900),
         deliveriesIntervalSeconds: z.number().min(0).max(MAX_WAIT_SECONDS, TOO_LONG).default(60),
         deliveriesMaxPerPass: z.number().int().positive().default(100),
+        deliveriesMaxPagesPerPass: z.number().int().positive().max(1000).default(30),
         deliveriesRetrySeconds: z.number().positive().max(MAX_WAIT_SECONDS, TOO_LONG).default(60),
         activeWindowSeconds: z.number().positive().default(24 * 3600),
         maxRepositories: z.number().int().positive().default(100),

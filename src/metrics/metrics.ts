@@ -125,6 +125,11 @@ export class Metrics {
     labelNames: ["loop"],
     registers: [this.registry],
   });
+  readonly #deliveriesReadLag = new Gauge({
+    name: "jitrunner_deliveries_read_lag_seconds",
+    help: "How far below the newest webhook delivery it read the github-deliveries loop has still to read the App's delivery list (the backlog): a failure that old may not be redelivered yet; 0 when read through",
+    registers: [this.registry],
+  });
   readonly #leader = new Gauge({
     name: "jitrunner_leader",
     help: "1 while this process holds the reconcile leader lock, else 0 (the sum over a fleet is 1)",
@@ -279,6 +284,10 @@ export class Metrics {
   }
   reconcileAction(loop: string, action: string): void {
     this.#reconcileActions.inc({ loop, action });
+  }
+  /** From Redis, alike in every server: the loop runs on the leader, which may change. */
+  deliveriesReadLag(seconds: number): void {
+    this.#deliveriesReadLag.set(seconds);
   }
   leader(host: string, leading: boolean): void {
     this.#leader.set({ host }, leading ? 1 : 0);

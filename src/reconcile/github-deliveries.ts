@@ -2,16 +2,21 @@ import type { Logger } from "pino";
 import { errorMessage, GitHubError } from "../errors.ts";
 import type { GitHubClient, HookDelivery } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
-import type { RedeliveryLog } from "../state/redeliveries.ts";
+import type { ReadResume, RedeliveryLog } from "../state/redeliveries.ts";
 import type { Loop } from "./loops.ts";
 
 export const GITHUB_DELIVERIES = "github-deliveries";
 
 /** GitHub lets deliveries be redelivered for 3 days. */
 const REDELIVERABLE_MS = 3 * 24 * 3600 * 1000;
-/** Each pass re-reads this much before where the last one stopped (deliveries land out of order). */
-const OVERLAP_MS = 10 * 60 * 1000;
-const MAX_PAGES = 10;
+/**
+ * Each pass reads the newest deliveries down to this much before the newest one the last pass
+ * read: an attempt still in flight then (GitHub waits 10 s for an answer, 30 s on GHES) may be
+ * listed later, below it.
+ */
+const OVERLAP_MS = 60_000;
+/** Pages of 100 deliveries one pass reads at most, unless set (`reconcile.deliveriesMaxPagesPerPass`). */
+export const MAX_PAGES = 30;
 /**
  * Redeliveries asked for one event at most, spaced out (retryDelayMs): a receiver that keeps
  * failing is not hammered, and a receiver down for up to about 23 hours still gets the event.
@@ -69,6 +74,8 @@ export interface GitHubDeliveriesDeps {
   windowMs: number;
   /** Redeliveries one pass asks for at most. */
   maxPerPass: number;
+  /** Pages one pass reads at most (MAX_PAGES by default): the newest first, then the backlog. */
+  maxPages?: number;
   metrics: Metrics;
   logger: Logger;
   /** The wait before an event's second try (RETRY_BASE_MS by default); each later one 4 times the one before. */
@@ -84,7 +91,7 @@ interface Page {
 }
 
 /**
- * Reads the list newest first from `cursor` (the top when undefined) down to `floor`, MAX_PAGES
+ * Reads the list newest first from `cursor` (the top when undefined) down to `floor`, `maxPages`
  * pages at most. `next` is where the read goes on when the page limit stopped it before `floor`
  * and before the end of the list. Deliveries older than `floor` are left out.
  */
@@ -92,10 +99,11 @@ async function readDown(
   github: GitHubDeliveriesDeps["github"],
   cursor: string | undefined,
   floor: number,
+  maxPages: number,
   signal: AbortSignal,
 ): Promise<{ pages: Page[]; next?: string }> {
   const pages: Page[] = [];
-  for (let page = 0; page < MAX_PAGES; page++) {
+  for (let page = 0; page < maxPages; page++) {
     signal.throwIfAborted();
     const { deliveries, next } = await github.listHookDeliveries({ signal, cursor });
     const kept = deliveries.filter((d) => Date.parse(d.deliveredAt) >= floor);
@@ -167,6 +175,45 @@ async function ask(
   log.info({ action: event.action, status: event.status }, "asked GitHub to redeliver a failed workflow_job delivery");
 }
 
+/** What one pass read, for `marksAfter`. */
+export interface PassRead {
+  /** The mark and backlog the pass began with. */
+  upTo: number;
+  backlog: ReadResume | undefined;
+  /** How far down the newest pages were to be read. */
+  topFloor: number;
+  /** The newest delivery time read (0: none). */
+  newest: number;
+  /** Pages read from the top, and GitHub's cursor below them if the page limit stopped that read short. */
+  topPages: number;
+  topNext: string | undefined;
+  /** Whether the backlog was read this pass (only after the newest pages, all of them), and its cursor below the pages read. */
+  olderRead: boolean;
+  olderNext: string | undefined;
+  /** The first page (counted from the top page, then on through the backlog's) with a failure the request limit left, and its cursor. */
+  stop?: { page: number; cursor: string | undefined };
+}
+
+/**
+ * The mark and backlog the next pass begins with. Every page above `stop` is done; the rest of
+ * the newest pages, and the backlog's, are read again later. A gap among the newest pages joins
+ * the backlog as one read from the gap down to the lower of the two floors: the pages between
+ * are read twice, a cost paid only by a pass that could not finish its newest pages. Pure.
+ */
+export function marksAfter(r: PassRead): { upTo: number; backlog: ReadResume | undefined } {
+  const upTo = Math.max(r.upTo, r.newest);
+  const joined = (cursor: string): ReadResume => ({ cursor, floor: Math.min(r.topFloor, r.backlog?.floor ?? r.topFloor) });
+  if (r.stop) {
+    // Stopped on the top page: nothing done, the next pass reads it all again.
+    if (r.stop.cursor === undefined) return { upTo: r.upTo, backlog: r.backlog };
+    if (r.stop.page < r.topPages) return { upTo, backlog: joined(r.stop.cursor) };
+    return { upTo, backlog: { cursor: r.stop.cursor, floor: r.backlog!.floor } };
+  }
+  if (r.topNext !== undefined) return { upTo, backlog: joined(r.topNext) };
+  if (!r.olderRead) return { upTo, backlog: r.backlog };
+  return { upTo, backlog: r.olderNext === undefined ? undefined : { cursor: r.olderNext, floor: r.backlog!.floor } };
+}
+
 /**
  * Leader loop: the App's failed webhook deliveries. GitHub never retries a failed delivery by
  * itself; this loop asks it to, for `workflow_job` events that never reached us (receiver down,
@@ -184,42 +231,56 @@ async function ask(
  * request that fails (GitHub erring, rate limiting, unreachable) counts no try: the event waits
  * the same way for another request, and the pass goes on with the others.
  *
- * Each read goes down the list, newest first, to a little before the newest delivery the last
- * complete read saw (or to the lookback limit). A backlog larger than one pass may handle (more
- * pages than MAX_PAGES, more requests than `maxPerPass`) is read over several passes: the pass
- * saves GitHub's cursor of the first page it did not finish, and the next pass goes on from there;
- * only a read that got all the way down moves the "read up to" mark. A new failure waits until
- * the backlog is through. Nothing pins the read: events waiting for their time, refused (4xx) or
- * out of tries are passed over, and deliveries beyond the lookback limit end the read.
+ * The App gets a delivery for every job of its installations, GitHub-hosted ones too, so the list
+ * can grow by thousands a minute. Each pass first reads the newest deliveries, down to a minute
+ * before the newest one the last pass read (the first pass: the lookback window), so that a new
+ * failure is found within a pass or two; then it spends the pages left on the backlog: older
+ * pages not read yet (the lookback of the first pass, a gap left by a pass whose newest pages
+ * took more pages than it may read, or failures left by the request limit), from GitHub's cursor
+ * saved by the last pass. A pass that stops early (more pages than `maxPages`, more requests than
+ * `maxPerPass`) saves the cursor of the first page it did not finish, and a later pass goes on
+ * from there (its handled events are passed over then: asked for already, or waiting). Nothing
+ * pins the read: events waiting for their time, refused (4xx) or out of tries are passed over,
+ * and deliveries beyond the lookback limit end the read.
  */
 export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
   const clock = d.now ?? Date.now;
+  const maxPages = d.maxPages ?? MAX_PAGES;
+  // Said once when the newest pages start taking more than a pass may read, and once when they fit again.
+  let behind = false;
   return {
     name: GITHUB_DELIVERIES,
     intervalMs: d.intervalMs,
     leaderOnly: true,
     async run(signal) {
       const now = clock();
+      const lookback = now - REDELIVERABLE_MS;
       const upTo = await d.log.readUpTo();
-      // The window bounds the first read only: after a read, down to a little before what it saw,
+      const backlog = await d.log.resume();
+      // The window bounds the first read only: after a pass, down to a little before what it read,
       // however long ago (an outage longer than the window), as far as GitHub redelivers.
-      const floor = upTo > 0 ? Math.max(now - REDELIVERABLE_MS, upTo - OVERLAP_MS) : now - Math.min(d.windowMs, REDELIVERABLE_MS);
-      const resume = await d.log.resume();
-      let read: Awaited<ReturnType<typeof readDown>>;
-      try {
-        read = await readDown(d.github, resume?.cursor, floor, signal);
-      } catch (err) {
-        if (resume && cursorRefused(err)) {
-          d.logger.warn({ loop: GITHUB_DELIVERIES, err: (err as Error).message }, "GitHub refused the saved cursor: the next pass reads from the top");
-          await d.log.setResume(undefined);
+      const topFloor = upTo > 0 ? Math.max(lookback, upTo - OVERLAP_MS) : now - Math.min(d.windowMs, REDELIVERABLE_MS);
+      const top = await readDown(d.github, undefined, topFloor, maxPages, signal);
+      let older: Awaited<ReturnType<typeof readDown>> | undefined;
+      if (backlog && top.next === undefined && top.pages.length < maxPages) {
+        try {
+          older = await readDown(d.github, backlog.cursor, Math.max(lookback, backlog.floor), maxPages - top.pages.length, signal);
+        } catch (err) {
+          if (cursorRefused(err)) {
+            // Its pages are read again from the top: the next pass goes down to the backlog's floor.
+            d.logger.warn({ loop: GITHUB_DELIVERIES, err: (err as Error).message }, "GitHub refused the saved cursor: the next pass reads from the top");
+            await d.log.setReadUpTo(Math.min(upTo, backlog.floor + OVERLAP_MS));
+            await d.log.setResume(undefined);
+          }
+          throw err;
         }
-        throw err;
       }
+      const pages = [...top.pages, ...(older?.pages ?? [])];
+      // A page read twice (the backlog's top inside the newest pages) counts where it was read first.
       const pageOf = new Map<number, number>();
-      read.pages.forEach((p, i) => p.deliveries.forEach((delivery) => pageOf.set(delivery.id, i)));
-      const all = read.pages.flatMap((p) => p.deliveries);
-      // The newest delivery time when this read began at the top (kept across the passes of one read).
-      const top = resume?.top ?? all.reduce((t, delivery) => Math.max(t, Date.parse(delivery.deliveredAt)), 0);
+      pages.forEach((p, i) => p.deliveries.forEach((delivery) => pageOf.has(delivery.id) || pageOf.set(delivery.id, i)));
+      const all = pages.flatMap((p) => p.deliveries);
+      const newest = top.pages.flatMap((p) => p.deliveries).reduce((t, delivery) => Math.max(t, Date.parse(delivery.deliveredAt)), 0);
       await d.log.settled([...new Set(all.filter((x) => x.statusCode >= 200 && x.statusCode < 300).map((x) => x.guid))]);
 
       const pass: Pass = { requests: 0, asked: 0, failed: [] };
@@ -260,22 +321,38 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
       // Abandoned meanwhile (the term lapsed while Redis was away): its marks are no longer this
       // process's to move, and would overwrite the new leader's.
       signal.throwIfAborted();
-      if (stoppedAt === undefined && read.next === undefined) {
-        // All the way down: the next read stops a little before what this one began with.
-        if (top > upTo) await d.log.setReadUpTo(top);
-        if (resume) await d.log.setResume(undefined);
-      } else {
-        // Stopped early: go on from the first page not finished (its handled events are passed
-        // over then: asked for already, or waiting). A page read from the top needs no cursor:
-        // the mark has not moved.
-        const cursor = stoppedAt === undefined ? read.next : read.pages[pageOf.get(candidates[stoppedAt]!.id)!]!.cursor;
-        await d.log.setResume(cursor === undefined ? undefined : { cursor, top });
+      const stopPage = stoppedAt === undefined ? undefined : pageOf.get(candidates[stoppedAt]!.id)!;
+      const next = marksAfter({
+        upTo,
+        backlog,
+        topFloor,
+        newest,
+        topPages: top.pages.length,
+        topNext: top.next,
+        olderRead: older !== undefined,
+        olderNext: older?.next,
+        ...(stopPage === undefined ? {} : { stop: { page: stopPage, cursor: pages[stopPage]!.cursor } }),
+      });
+      if (next.upTo > upTo) await d.log.setReadUpTo(next.upTo);
+      if (next.backlog?.cursor !== backlog?.cursor || next.backlog?.floor !== backlog?.floor) await d.log.setResume(next.backlog);
+      // A first read's lookback deeper than a pass may read is a backlog, not a pass falling behind.
+      if (upTo > 0 && top.next !== undefined && !behind) {
+        behind = true;
+        d.logger.warn(
+          { loop: GITHUB_DELIVERIES, pages: maxPages },
+          "the deliveries since the last pass take more pages than a pass may read: new failures are found late (raise reconcile.deliveriesMaxPagesPerPass, or run passes more often)",
+        );
+      } else if (top.next === undefined && behind) {
+        behind = false;
+        d.logger.info({ loop: GITHUB_DELIVERIES }, "the deliveries since the last pass fit in a pass's pages again");
+      }
+      if (stoppedAt !== undefined || next.backlog !== undefined) {
         d.logger.info(
           {
             loop: GITHUB_DELIVERIES,
             redelivered: pass.asked,
             left: stoppedAt === undefined ? 0 : candidates.length - stoppedAt,
-            unreadPages: read.next !== undefined,
+            unreadPages: next.backlog !== undefined,
           },
           "failed deliveries left for the next pass",
         );

@@ -70,6 +70,7 @@ export class Reconciler {
           log: new RedeliveryLog(d.redis, d.config.redis.prefix),
           intervalMs: rc.deliveriesIntervalSeconds * 1000,
           maxPerPass: rc.deliveriesMaxPerPass,
+          maxPages: rc.deliveriesMaxPagesPerPass,
           retryBaseMs: rc.deliveriesRetrySeconds * 1000,
         }),
       );

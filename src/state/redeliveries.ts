@@ -4,12 +4,12 @@ import type { Redis } from "ioredis";
 const TTL_SECONDS = 3 * 24 * 3600;
 
 /**
- * Where a read of the App's delivery list that one pass could not finish goes on: GitHub's cursor
- * of the next page to read, and the newest delivery time seen when that read began at the top.
+ * Older pages of the App's delivery list not read yet (the backlog): GitHub's cursor of the next
+ * one, and the delivery time (ms) the read goes down to.
  */
 export interface ReadResume {
   cursor: string;
-  top: number;
+  floor: number;
 }
 
 /** What the redelivery loop has done about one event (delivery GUID). */
@@ -33,8 +33,8 @@ export interface DueEvent {
 }
 
 /**
- * What the leader's redelivery loop remembers across passes and leaders: how far back the App's
- * delivery list has been read, where an unfinished read goes on, and, per event (delivery GUID),
+ * What the leader's redelivery loop remembers across passes and leaders: the newest delivery read,
+ * which older pages are still to read (the backlog), and, per event (delivery GUID),
  * its redeliveries and failed requests and, while it waits for its next try, when that is due
  * (a sorted set by time, so a waiting event needs no re-read of the list).
  */
@@ -55,7 +55,7 @@ export class RedeliveryLog {
     return `${this.#prefix}:redelivery:due`;
   }
 
-  /** Newest delivery time (ms) of the last read that went all the way down; 0 before the first. */
+  /** Newest delivery time (ms) the last pass read at the top of the list; 0 before the first. */
   async readUpTo(): Promise<number> {
     return Number(await this.#redis.get(`${this.#prefix}:redelivery:read-up-to`)) || 0;
   }
@@ -64,19 +64,31 @@ export class RedeliveryLog {
     await this.#redis.set(`${this.#prefix}:redelivery:read-up-to`, String(ms), "EX", TTL_SECONDS);
   }
 
-  /** The unfinished read, if any. */
+  /**
+   * The backlog, if any. One saved by an older jitrunner (`{cursor, top}`: it moved the mark only
+   * once a read got all the way down) is not one: the next read from the top covers its pages.
+   */
   async resume(): Promise<ReadResume | undefined> {
     const raw = await this.#redis.get(`${this.#prefix}:redelivery:resume`);
     if (!raw) return undefined;
     try {
       const r = JSON.parse(raw) as Partial<ReadResume>;
-      return typeof r.cursor === "string" && typeof r.top === "number" ? { cursor: r.cursor, top: r.top } : undefined;
+      return typeof r.cursor === "string" && typeof r.floor === "number" ? { cursor: r.cursor, floor: r.floor } : undefined;
     } catch {
       return undefined;
     }
   }
 
-  /** Saves where the read goes on (`undefined`: the next pass reads from the top again). */
+  /**
+   * How far (ms) below the newest delivery read the list may still hold deliveries not read: from
+   * the mark down to the backlog's floor; 0 with no backlog.
+   */
+  async readLagMs(): Promise<number> {
+    const [upTo, backlog] = await Promise.all([this.readUpTo(), this.resume()]);
+    return upTo > 0 && backlog ? Math.max(0, upTo - backlog.floor) : 0;
+  }
+
+  /** Saves the backlog (`undefined`: none). */
   async setResume(r: ReadResume | undefined): Promise<void> {
     const key = `${this.#prefix}:redelivery:resume`;
     if (r) await this.#redis.set(key, JSON.stringify(r), "EX", TTL_SECONDS);

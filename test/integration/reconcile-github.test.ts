@@ -452,7 +452,7 @@ const past = (fake: FakeGitHub, status: number, at: number): DeliveryRecord =>
 
 test("a backlog deeper than the pages one pass reads: read on over several passes from where the last stopped, each failure redelivered once", async () => {
   // 5 a page (the fake's pages are that small, whatever the client's per_page of 100 asks), 10
-  // pages a pass: 60 failed events (and 15 delivered ones) from an outage an hour ago.
+  // pages a pass (maxPages): 60 failed events (and 15 delivered ones) from an outage an hour ago.
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET, hookDeliveriesPageSize: 5 });
   const receiver = await startReceiver(WEBHOOK_SECRET);
   receiver.status = 202;
@@ -469,9 +469,17 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
     }
     fake.setWebhookUrl(receiver.url);
     // One whose redelivery request GitHub fails (a 502 to each of the client's tries): no try
-    // counted, and the pass goes on with the others; it waits (a minute, longer than this test)
+    // counted, and the pass goes on with the others; it waits (an hour here, longer than this test)
     // before it is asked for again.
     const stuck = failed[30]!;
+    // A pass a minute, on a clock of the test's; GitHub stamps each redelivery with it. (Passes a
+    // few milliseconds apart would find every redelivery within the minute each pass reads again.)
+    let offset = 0;
+    const now = () => Date.now() + offset;
+    const stamped = new Set<object>(fake.deliveries);
+    const stamp = () => {
+      for (const d of fake.deliveries) if (!stamped.has(d)) (stamped.add(d), (d.deliveredAt = new Date(now()).toISOString().replace(/\.\d{3}Z$/, "Z")));
+    };
     fake.inject({ route: attemptsOf(stuck.attemptId), method: "POST", status: 502, times: CLIENT_TRIES });
     const lines: string[] = [];
     const sink = new Writable({ write: (chunk, _enc, cb) => (lines.push(String(chunk)), cb()) });
@@ -482,8 +490,11 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
       intervalMs: 1000,
       windowMs: 24 * 3600_000,
       maxPerPass: 20,
+      maxPages: 10,
+      retryBaseMs: 3600_000,
       metrics: new Metrics({ processMetrics: false }),
       logger: createLogger("info", sink),
+      now,
     });
     const signal = new AbortController().signal;
     let errors = 0;
@@ -495,6 +506,8 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
           () => (errors++, false),
         );
         await fake.webhooksIdle();
+        stamp();
+        offset += 60_000;
         if (ok && (await log.resume()) === undefined) return passes;
       }
       throw new Error("the read never got all the way down");
@@ -577,9 +590,11 @@ test("a saved cursor GitHub no longer takes: the pass fails once, and the next r
   try {
     const failed = Array.from({ length: 12 }, (_, i) => past(fake, 0, Date.now() - 3600_000 + i * 1000));
     const log = new RedeliveryLog(conn, r.prefix);
-    // Not of GitHub's form (`v1_<attempt id>`, as the fake's cursors): GitHub answers 400 "Invalid
-    // cursor", as the fake does. Had the pass not used it, it would not fail.
-    await log.setResume({ cursor: "v0_3", top: Date.now() });
+    // Read from the top down to half an hour ago; the hour before that is the backlog, saved with a
+    // cursor not of GitHub's form (`v1_<attempt id>`, as the fake's cursors): GitHub answers 400
+    // "Invalid cursor", as the fake does. Had the pass not used it, it would not fail.
+    await log.setReadUpTo(Date.now() - 1800_000);
+    await log.setResume({ cursor: "v0_3", floor: Date.now() - 2 * 3600_000 });
     const loop = githubDeliveriesLoop({
       github: gh,
       log,
@@ -595,8 +610,8 @@ test("a saved cursor GitHub no longer takes: the pass fails once, and the next r
     await loop.run(signal);
     assert.deepEqual(
       fake.requests.filter((q) => q.route === "/app/hook/deliveries").map((q) => q.status),
-      [400, 200, 200, 200],
-      "the refused cursor, then the 12 from the top, 5 a page",
+      [200, 400, 200, 200, 200],
+      "the newest page (nothing since the mark), the refused cursor, then the 12 from the top down to the backlog's floor, 5 a page",
     );
     assert.deepEqual(askedFor(fake).sort((a, b) => a - b), failed.map((f) => f.attemptId));
   } finally {
@@ -688,7 +703,7 @@ test("a saved cursor the fake GitHub no longer takes (400 Invalid cursor): the p
     await fake.webhooksIdle();
     const log = new RedeliveryLog(conn, r.prefix);
     // A cursor of another form than GitHub's `v1_<id>` (saved by an older jitrunner, say).
-    await log.setResume({ cursor: "MTIz", top: Date.now() });
+    await log.setResume({ cursor: "MTIz", floor: Date.now() - 24 * 3600_000 });
     const gh = octokit(fake);
     const loop = githubDeliveriesLoop({
       github: gh,
@@ -706,7 +721,8 @@ test("a saved cursor the fake GitHub no longer takes (400 Invalid cursor): the p
     gh.close();
     assert.deepEqual(
       fake.requests.filter((q) => q.route === "/app/hook/deliveries").map((q) => q.status),
-      [400, 200],
+      [200, 400, 200],
+      "the newest page, the refused cursor, the newest page again",
     );
     const guid = fake.deliveries.find((d) => d.jobId === job.id)!.id;
     assert.equal(callsTo(fake, ATTEMPTS, "POST"), 1, "the failed delivery asked for from the top");

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { HookDelivery } from "../../src/github/client.ts";
 import { decideQueued } from "../../src/ingress/policy.ts";
-import { MAX_FAILED_REQUESTS_PER_EVENT, MAX_REDELIVERIES_PER_EVENT, retryDelayMs, toRedeliver, transientFailure } from "../../src/reconcile/github-deliveries.ts";
+import { marksAfter, MAX_FAILED_REQUESTS_PER_EVENT, MAX_REDELIVERIES_PER_EVENT, retryDelayMs, toRedeliver, transientFailure, type PassRead } from "../../src/reconcile/github-deliveries.ts";
 import { queuedEventOf, renewalOf, runsToList, tookAnotherJob } from "../../src/reconcile/github-queued.ts";
 import { demandId, demandIdOf } from "../../src/demand.ts";
 import { scopesToCheck } from "../../src/reconcile/github-runners.ts";
@@ -148,6 +148,21 @@ test("redelivery tries: 1, 4, 16, 64, 256, 1,024 minutes apart, all of them (and
   const span = (max: number) => Array.from({ length: max - 1 }, (_, i) => retryDelayMs(i + 1)).reduce((a, b) => a + b, 0);
   assert.ok(span(MAX_REDELIVERIES_PER_EVENT) > 20 * 3600_000, "a receiver down for most of a day still gets the event");
   assert.ok(span(MAX_REDELIVERIES_PER_EVENT) + span(MAX_FAILED_REQUESTS_PER_EVENT) < 3 * 24 * 3600_000);
+});
+
+test("redelivery read marks: the newest read moves the mark; what a pass leaves unread is the backlog, a gap among the newest pages joined to it", () => {
+  // Marked at 1,000; a backlog from cursor b1 down to 100; the newest pages read down to 940.
+  const base: PassRead = { upTo: 1000, backlog: { cursor: "b1", floor: 100 }, topFloor: 940, newest: 1060, topPages: 3, topNext: undefined, olderRead: false, olderNext: undefined };
+  assert.deepEqual(marksAfter(base), { upTo: 1060, backlog: { cursor: "b1", floor: 100 } }, "no pages left for the backlog: kept");
+  assert.deepEqual(marksAfter({ ...base, olderRead: true, olderNext: "b2" }), { upTo: 1060, backlog: { cursor: "b2", floor: 100 } }, "read on");
+  assert.deepEqual(marksAfter({ ...base, olderRead: true }), { upTo: 1060, backlog: undefined }, "read through");
+  assert.deepEqual(marksAfter({ ...base, topNext: "t3" }), { upTo: 1060, backlog: { cursor: "t3", floor: 100 } }, "the newest not all read: from the gap down to the backlog's floor");
+  assert.deepEqual(marksAfter({ ...base, backlog: undefined, topNext: "t3" }), { upTo: 1060, backlog: { cursor: "t3", floor: 940 } }, "the gap alone");
+  // The request limit stopped the pass.
+  assert.deepEqual(marksAfter({ ...base, stop: { page: 0, cursor: undefined } }), { upTo: 1000, backlog: { cursor: "b1", floor: 100 } }, "on the top page: nothing moves");
+  assert.deepEqual(marksAfter({ ...base, stop: { page: 2, cursor: "t2" } }), { upTo: 1060, backlog: { cursor: "t2", floor: 100 } }, "lower among the newest: from there");
+  assert.deepEqual(marksAfter({ ...base, olderRead: true, olderNext: "b3", stop: { page: 4, cursor: "b2" } }), { upTo: 1060, backlog: { cursor: "b2", floor: 100 } }, "in the backlog: from there");
+  assert.deepEqual(marksAfter({ ...base, upTo: 0, backlog: undefined, newest: 0 }), { upTo: 0, backlog: undefined }, "nothing listed: no mark");
 });
 
 test("a demand's runner took another job only once GitHub marked it busy or done with a job of another id", () => {
