@@ -157,7 +157,10 @@ test("a job of another repository of the pool gets a runner of its own: warm run
     assert.equal(done.conclusion, "success");
     assert.ok(!warmNames.has(done.runner_name!), `the job ran on a runner of its own (${done.runner_name})`);
     assert.doesNotMatch(sys.logs(), /demand adopted by a warm runner/, "no warm runner of acme/app adopted for a job of acme/lib");
-    assert.equal(fake.requests.filter((x) => x.route === JIT && x.path.includes("/repos/acme/lib/")).length, 1, "one runner registered on acme/lib");
+    // At least one: on a loaded machine its first runner can be slow enough to come online that it
+    // idles out (the pool's idle timeout is 12 s here) and another is launched, as seen once in a
+    // full run beside another DinD test file.
+    assert.ok(fake.requests.filter((x) => x.route === JIT && x.path.includes("/repos/acme/lib/")).length >= 1, "a runner registered on acme/lib");
     assert.equal(fake.runners().filter((x) => warmNames.has(x.name) && !x.busy).length, MIN_IDLE, "the warm runners still wait");
   } finally {
     await sys.close();
