@@ -235,16 +235,33 @@ show_dockerd_log() {
 
 # 0: dockerd answers; 1: it died or did not answer in time; 2: a stop signal arrived meanwhile.
 wait_for_dockerd() {
-  local started deadline
+  local started deadline limit probe status
   started="$(now_ms)"
   deadline=$((SECONDS + wait_seconds))
   while :; do
-    if docker info >/dev/null 2>&1; then
+    # dockerd makes its socket before it can answer, and `docker info` waits for an answer with no
+    # time limit of its own: a dockerd hung in its initialisation would hold it for ever, past
+    # DOCKERD_WAIT_SECONDS. So each probe is bounded (by the time left, at most 5 s), and it runs in
+    # the background: bash runs a trap only between commands, but `wait` returns when a trapped
+    # signal arrives, so a `docker stop` ends the wait at once, not at the end of its grace period.
+    [[ -z "$stop_signal" ]] || return 2
+    limit=$((deadline - SECONDS))
+    ((limit <= 5)) || limit=5
+    ((limit >= 1)) || limit=1
+    timeout -k 1 "$limit" docker info >/dev/null 2>&1 &
+    probe=$!
+    status=0
+    wait "$probe" || status=$?
+    if [[ -n "$stop_signal" ]]; then
+      kill "$probe" 2>/dev/null || true
+      wait "$probe" 2>/dev/null || true
+      return 2
+    fi
+    if ((status == 0)); then
       local ms=$(($(now_ms) - started))
       log "dockerd is up after $((ms / 1000)).$(printf '%03d' $((ms % 1000)))s"
       return 0
     fi
-    [[ -z "$stop_signal" ]] || return 2
     if ! kill -0 "$dockerd_pid" 2>/dev/null; then
       log "dockerd exited during start-up"
       show_dockerd_log
