@@ -4,7 +4,8 @@
 # As root: prepares cgroups for nesting, makes sure /var/lib/docker can hold an engine, starts
 # dockerd in the background and waits for it, then runs the runner (as user `runner` when the image
 # has one, else as root) with the container's environment, forwards SIGTERM/SIGINT to it, and when
-# it exits stops dockerd and exits with the runner's exit code.
+# it exits kills the containers left running in its engine, stops dockerd and exits with the
+# runner's exit code.
 #
 # Environment (all optional):
 #   RUNNER_CMD              runner command, split on whitespace (default /home/runner/run.sh);
@@ -56,6 +57,7 @@ wait_seconds="$(int_env DOCKERD_WAIT_SECONDS 60)"
 stop_seconds="$(int_env DOCKERD_STOP_SECONDS 10)"
 
 dockerd_pid=""
+dockerd_up=0 # 1 once it answered: before that, asking it for its containers could only hang
 runner_pid=""
 stop_signal="" # TERM or INT, once one has arrived
 got_signal=0
@@ -71,11 +73,24 @@ on_signal() {
 trap 'on_signal TERM' TERM
 trap 'on_signal INT' INT
 
+# The inner engine's state goes with this container, so its containers get no grace: one a job left
+# running whose PID 1 ignores SIGTERM (`docker run -d busybox sleep 1000`) would hold dockerd's stop
+# for its whole shutdown timeout (10 s), and the runner's slot with it. Bounded in time, as an engine
+# that no longer answers must not hold the end either.
+kill_inner_containers() {
+  local killed
+  killed="$(timeout -k 1 5 sh -c 'docker ps -q | xargs -r docker kill' 2>/dev/null)" || true
+  if [[ -n "$killed" ]]; then
+    log "killed $(wc -l <<<"$killed") container(s) left running in the runner's engine"
+  fi
+}
+
 stop_dockerd() {
   local pid="$dockerd_pid"
   [[ -n "$pid" ]] || return 0
   dockerd_pid=""
   if kill -0 "$pid" 2>/dev/null; then
+    ((dockerd_up)) && kill_inner_containers
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + stop_seconds))
     while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
@@ -258,6 +273,7 @@ wait_for_dockerd() {
       return 2
     fi
     if ((status == 0)); then
+      dockerd_up=1
       local ms=$(($(now_ms) - started))
       log "dockerd is up after $((ms / 1000)).$(printf '%03d' $((ms % 1000)))s"
       return 0

@@ -1,9 +1,14 @@
 /**
  * The runner image's entrypoint (images/runner/entrypoint.sh, in the fake runner image) in runner
  * containers made as the worker makes them (createOptions: the capabilities isolation, network
- * none, a data volume of their own): a dockerd that makes its socket but never answers (hung in
- * its initialisation): the wait for it gives up at DOCKERD_WAIT_SECONDS and says so, and a
- * `docker stop` during that wait ends the container at once, not at the end of its grace period.
+ * none, a data volume of their own), at both ends of a runner's life:
+ *
+ * - a dockerd that makes its socket but never answers (hung in its initialisation): the wait for
+ *   it gives up at DOCKERD_WAIT_SECONDS and says so, and a `docker stop` during that wait ends the
+ *   container at once, not at the end of its grace period;
+ * - a job that leaves a container running in the runner's engine, one that ignores SIGTERM: the
+ *   runner container still ends within a few seconds of the runner's exit, not after the inner
+ *   engine's 10 s stop timeout.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -144,4 +149,23 @@ test("a dockerd that never answers: a docker stop during the wait for it ends th
   assert.ok(seconds < 4, `docker stop took ${seconds.toFixed(1)} s (grace period 10 s)\n${out}`);
   assert.equal(state.ExitCode, 143, "it ended on the SIGTERM, not on the SIGKILL at the end of the grace period");
   assert.match(out, /got SIGTERM before the runner started; stopping/);
+});
+
+test("a job that leaves a container running in the runner's engine: the runner container ends within seconds of the runner's exit", async (t) => {
+  const container = await startRunner("left-running", { RUNNER_CMD: "fake-job", FAKE_JOB_LEAVE_RUNNING: "1" });
+  const code = await exitOf(container, 120_000);
+  const lines = await logLines(container);
+  const out = lines.map((l) => l.text).join("\n");
+  assert.equal(code, 0, out);
+  assert.match(out, /^left running: [0-9a-f]{64}$/m, "the job left its container running");
+  const exited = lines.find((l) => /^\[entrypoint\] runner exited with status 0; stopping dockerd$/.test(l.text));
+  assert.ok(exited, out);
+  // Docker's clock on both sides. Measured: 1.6 s alone, 2.6 s beside another file's DinD runners;
+  // the inner engine's own stop waits 10 s for that container (9 s or more here without the kill).
+  const finished = isoMs((await container.inspect()).State.FinishedAt);
+  const seconds = (finished - exited.at) / 1000;
+  t.diagnostic(`ended ${seconds.toFixed(1)} s after the runner's exit`);
+  assert.ok(seconds < 5, `the container ended ${seconds.toFixed(1)} s after the runner's exit\n${out}`);
+  assert.match(out, /killed 1 container\(s\) left running in the runner's engine/);
+  assert.doesNotMatch(out, /did not stop within/);
 });

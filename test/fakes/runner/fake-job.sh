@@ -14,6 +14,11 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
 fi
 
 docker run --rm --network none "$image" /busybox echo nested-ok
+# A job that leaves a container of its own running when it ends, as `docker run -d` services do:
+# FAKE_JOB_LEAVE_RUNNING=1. Its PID 1 (a sleep) ignores SIGTERM, as many such programs do.
+if [[ "${FAKE_JOB_LEAVE_RUNNING:-}" == 1 ]]; then
+  echo "left running: $(docker run -d --network none "$image" /busybox sleep 1000)"
+fi
 # Tests that need a job still running (restarts, shutdown) make it last longer: FAKE_JOB_SECONDS,
 # or less once the test ends it (FakeGitHub.endJob: a file `end-<job id>` beside the socket).
 if [[ "${FAKE_JOB_SECONDS:-0}" != 0 ]]; then
