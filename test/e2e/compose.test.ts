@@ -103,7 +103,8 @@ function writeProjectDir(redisPort: number, jitrunnerPort: number, images: { nod
   const config = {
     github: { appId: fake.appId, apiUrl: fake.url, privateKeyFile: "/run/secrets/github-app-key", webhookSecretFile: "/run/secrets/webhook-secret" },
     redis: { prefix: hostId },
-    server: { host: "127.0.0.1", port: jitrunnerPort },
+    // The port comes from JITRUNNER_PORT (the override below), as the healthcheck reads it there.
+    server: { host: "127.0.0.1" },
     worker: { hostId, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 5 },
     pools: [fakeRunnerPool(fake, { image: RUNNER_IMAGE })],
   };
@@ -122,7 +123,7 @@ function writeProjectDir(redisPort: number, jitrunnerPort: number, images: { nod
         build: { network: "none", args: { NODE_IMAGE: images.node, NPM_OFFLINE: "true" }, labels: { [INPUTS_LABEL]: hashes.control } },
         image: CONTROL_IMAGE,
         network_mode: "host",
-        environment: { JITRUNNER_REDIS_URL: redisUrl, JITRUNNER_HOST_ID: hostId },
+        environment: { JITRUNNER_REDIS_URL: redisUrl, JITRUNNER_HOST_ID: hostId, JITRUNNER_PORT: String(jitrunnerPort) },
       },
       "runner-image": {
         build: { network: "none", args: { BASE_IMAGE: images.runnerBase, INSTALL_DOCKER: "false" }, labels: { [INPUTS_LABEL]: hashes.runner } },
@@ -223,6 +224,25 @@ test("a queued job runs on a runner container that the containerised jitrunner l
   // No secret, token or JIT config in the container's logs, its /metrics or its status page.
   const checked = await assertNoSecrets(fake, { texts: { "container logs": logs }, sys: { url } });
   assert.ok(checked.jitConfigs >= 1 && checked.places.includes("status page"), JSON.stringify(checked));
+});
+
+test("the containerised jitrunner is healthy by the real file's healthcheck (/readyz)", { timeout: 3 * 60_000 }, async () => {
+  const [svc] = await docker.listContainers({ filters: { label: [...projectFilter.label, "com.docker.compose.service=jitrunner"] } });
+  assert.ok(svc, "the jitrunner service's container runs");
+  const container = docker.getContainer(svc.Id);
+  assert.match(((await container.inspect()).Config.Healthcheck?.Test ?? []).join(" "), /\/readyz/, "the healthcheck of docker-compose.yml");
+  // The first check runs an interval (30 s) after the start: by now, or soon.
+  const health = await withLogs(
+    waitFor(
+      async () => {
+        const h = (await container.inspect()).State.Health;
+        return h?.Status === "healthy" ? h : undefined;
+      },
+      120_000,
+      "the jitrunner service to be healthy",
+    ),
+  );
+  assert.equal(health.Log.at(-1)?.ExitCode, 0);
 });
 
 test("docker-compose down -v leaves no container, volume or network of the project", { timeout: 5 * 60_000 }, async () => {

@@ -302,6 +302,21 @@ test("every Compose service that runs a worker (worker, all) gives its launches 
   }
 });
 
+test("every Compose service that runs jitrunner has a healthcheck on /readyz, so one stuck unready shows as unhealthy", () => {
+  const services = composeFiles.flatMap((path) =>
+    Object.entries((parseYamlFile(path)[0]!.services ?? {}) as Obj)
+      .filter(([, s]) => Array.isArray(s.command) && ["server", "worker", "all"].includes(s.command[0]))
+      .map(([name, s]) => ({ where: `${path} ${name}`, svc: s as Obj })),
+  );
+  assert.deepEqual(services.map((s) => s.where), ["docker-compose.yml jitrunner", "deploy/compose.worker.yml worker"]);
+  for (const { where, svc } of services) {
+    const check = svc.healthcheck as Obj | undefined;
+    assert.ok(check, `${where}: healthcheck`);
+    assert.equal(check.test[0], "CMD", `${where}: run without a shell (the image has none to spare)`);
+    assert.match(check.test.join(" "), /http:\/\/127\.0\.0\.1:[^/]*\/readyz\b/, `${where}: /readyz, which says unready, not /healthz`);
+  }
+});
+
 // --- systemd ---------------------------------------------------------------------------------------
 
 test("the systemd unit runs a worker that may finish its launches on stop", () => {
