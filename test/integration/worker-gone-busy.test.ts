@@ -175,7 +175,7 @@ test("a busy runner of a gone host is not asked about before it has been busy fo
   await runners.put(busyRecord(fake, name, gone, runner.id, Date.now()));
   await goneHost(hostStore, gone);
   // The first look fails: GitHub refuses it (an App that lost its permission; not retried).
-  fake.inject({ route: GET_RUNNER, method: "GET", status: 403, times: 1, body: { message: "Resource not accessible by integration" } });
+  fake.inject({ route: GET_RUNNER, method: "GET", status: 403, times: 1, body: { message: "Must have admin rights to Repository." } });
   const sys = await startSystem("worker", fake, r, host, workerConfig(host, interval));
   try {
     const busyAt = (await runners.get(name))?.busyAt ?? 0;

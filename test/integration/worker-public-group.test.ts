@@ -69,7 +69,7 @@ test("a private repository's job for a pool whose runner group admits public rep
 test("a group look-up that fails once is asked again on the launch's retry, and the job is served", { timeout: 120_000 }, async () => {
   const from = fake.requests.length;
   // A refusal the client does not retry itself (a 5xx it would): the launch's try fails.
-  fake.inject({ route: GROUPS, status: 403, times: 1, body: { message: "Resource not accessible by integration", documentation_url: "https://docs.github.com/rest" } });
+  fake.inject({ route: GROUPS, status: 403, times: 1, body: { message: "Must have admin rights to Repository.", documentation_url: "https://docs.github.com/rest" } });
   const job = await fake.queueJob({ owner: "acme", repo: "private-app", labels: ["self-hosted", "private"] });
   await waitFor(() => fake.jobs().find((j) => j.id === job.id)?.status === "completed", 90_000, "the job served");
   const statuses = fake.requests.slice(from).filter((r) => r.route === GROUPS).map((r) => r.status);
