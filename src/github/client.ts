@@ -65,12 +65,21 @@ export interface RepositoryVisibility {
   visibility?: string;
 }
 
-/** An organization's runner group, as the warm-runner check needs it. */
+/** An organization's runner group, as the runner group check (WarmExposure) needs it. */
 export interface RunnerGroupSummary {
   id: number;
   name: string;
   /** Whether jobs of the organization's public repositories may run on the group's runners. */
   allowsPublicRepositories: boolean;
+  /**
+   * Which of the organization's repositories the group admits: `all`, `private`, or `selected`
+   * (only those listRunnerGroupRepositories names). GitHub hands a job of any other repository to
+   * none of the group's runners.
+   */
+  visibility: string;
+  /** Whether the group's runners take only jobs of the workflows in `selectedWorkflows`. */
+  restrictedToWorkflows: boolean;
+  selectedWorkflows: string[];
 }
 
 /** One attempt to deliver one webhook event (`guid` is the X-GitHub-Delivery id, shared by redeliveries). */
@@ -123,6 +132,11 @@ export interface GitHubClient {
    * undefined when the organization has none such. `scope` must be an organization's.
    */
   getRunnerGroup(scope: RunnerScope, group: { id: number } | { name: string }, opts?: CallOptions): Promise<RunnerGroupSummary | undefined>;
+  /**
+   * The names of the repositories a runner group of visibility `selected` admits (all pages);
+   * `complete` false when there were more than the client reads. `scope` must be an organization's.
+   */
+  listRunnerGroupRepositories(scope: RunnerScope, groupId: number, opts?: CallOptions): Promise<{ names: string[]; complete: boolean }>;
   /** Every runner registered in a scope (all pages, up to a bound). */
   listRunners(scope: RunnerScope, opts?: CallOptions): Promise<RegisteredRunner[]>;
   /** Runs of a repository with this status (`queued`, `in_progress`, `waiting`), newest first, up to a bound. */

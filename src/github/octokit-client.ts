@@ -503,7 +503,16 @@ export class OctokitGitHub implements GitHubClient {
       const res = await this.#call("list runner groups", () =>
         client.request("GET /orgs/{org}/actions/runner-groups", { org: scope.owner, per_page: 100, page, request: { signal: opts.signal } }),
       );
-      seen.push(...res.data.runner_groups.map((g) => ({ id: g.id, name: g.name, allowsPublicRepositories: g.allows_public_repositories })));
+      seen.push(
+        ...res.data.runner_groups.map((g) => ({
+          id: g.id,
+          name: g.name,
+          allowsPublicRepositories: g.allows_public_repositories,
+          visibility: g.visibility,
+          restrictedToWorkflows: g.restricted_to_workflows ?? false,
+          selectedWorkflows: g.selected_workflows ?? [],
+        })),
+      );
       if (res.data.runner_groups.length < 100 || seen.length >= res.data.total_count) break;
     }
     return seen;
@@ -519,6 +528,26 @@ export class OctokitGitHub implements GitHubClient {
     // have runners registered in the old one, which the worker did not check.
     if (found) this.#groups.set(groupKey(scope, group.name), Promise.resolve(found.id));
     return found;
+  }
+
+  async listRunnerGroupRepositories(scope: RunnerScope, groupId: number, opts: CallOptions = {}): Promise<{ names: string[]; complete: boolean }> {
+    if (scope.repo) throw new GitHubError("runner groups are for organization runners only", undefined, { retryable: false });
+    const client = this.#client(scope.installationId);
+    const names: string[] = [];
+    for (let page = 1; page <= MAX_PAGES; page++) {
+      const res = await this.#call("list runner group repositories", () =>
+        client.request("GET /orgs/{org}/actions/runner-groups/{runner_group_id}/repositories", {
+          org: scope.owner,
+          runner_group_id: groupId,
+          per_page: 100,
+          page,
+          request: { signal: opts.signal },
+        }),
+      );
+      names.push(...res.data.repositories.map((r) => r.name));
+      if (res.data.repositories.length < 100 || names.length >= res.data.total_count) return { names, complete: true };
+    }
+    return { names, complete: false };
   }
 
   async getRepositoryVisibility(installationId: number, owner: string, repo: string, opts: CallOptions = {}): Promise<RepositoryVisibility> {

@@ -13,11 +13,22 @@ import { isPublicRepository } from "../ingress/policy.ts";
  */
 export type WarmRefusal = "public_repository" | "public_runner_group" | "runner_group_missing" | "visibility_unknown";
 
+/**
+ * Why a pool's runner may not be launched for a job: a warm refusal, or
+ * (`repository_not_in_group`) the organization pool's runner group admits only selected
+ * repositories and not the job's, so GitHub would never hand the job to that runner.
+ */
+export type Refusal = WarmRefusal | "repository_not_in_group";
+
 /** What GitHub said about where a pool's warm runners register. */
 export type WarmTargetFacts =
   | { kind: "repository"; repository: RepositoryVisibility }
-  /** `group` undefined: the organization has no such group. */
-  | { kind: "organization"; group: RunnerGroupSummary | undefined }
+  /**
+   * `group` undefined: the organization has no such group. `repositories`: the names (lower
+   * case) of the repositories a group of visibility `selected` admits; undefined when it admits
+   * all (or more than the client lists: then none is refused).
+   */
+  | { kind: "organization"; group: RunnerGroupSummary | undefined; repositories?: ReadonlySet<string> }
   /** The lookup failed: nothing is known. */
   | { kind: "unknown" };
 
@@ -68,6 +79,8 @@ export interface WarmExposureDeps {
 
 interface Verdict {
   refusal: WarmRefusal | undefined;
+  /** The repositories the organization pool's runner group admits, when it admits only some (WarmTargetFacts). */
+  admits?: ReadonlySet<string>;
   /** When GitHub was asked (ms since epoch). */
   asked: number;
   /** Asked again after this (ms since epoch). */
@@ -86,8 +99,11 @@ export interface ExposureTarget {
  * WARM_CHECK_TTL_MS per pool and target (once per WARM_CHECK_RETRY_MS while the lookup fails), not
  * per launch, and once at a time: `GET /repos/{owner}/{repo}` for a repository pool's warm
  * runners, `GET /orgs/{org}/actions/runner-groups` for an organization pool's runners, warm or
- * launched for a job (its runner group is per organization). A pool that allows public
- * repositories costs no call. Each change of a verdict is logged once.
+ * launched for a job (its runner group is per organization), and for a group that admits only
+ * selected repositories, `GET /orgs/{org}/actions/runner-groups/{id}/repositories` with it. A
+ * pool that allows public repositories costs no call, but for an organization pool's jobs, which
+ * are checked against the repositories its group admits all the same. Each change of a verdict
+ * is logged once.
  */
 export class WarmExposure {
   readonly #d: WarmExposureDeps;
@@ -95,9 +111,11 @@ export class WarmExposure {
   /** When a recheck was last asked for, by pool (see recheck). */
   readonly #rechecks = new Map<string, number>();
   /** Lookups under way, by key: callers at once share one. */
-  readonly #asking = new Map<string, Promise<WarmRefusal | undefined>>();
+  readonly #asking = new Map<string, Promise<Verdict>>();
   /** The refusal last logged per key ("" for none): a repeat is not logged again. */
   readonly #said = new Map<string, string>();
+  /** What was logged once per runner group (#sayOnce), by organization, group id and topic. */
+  readonly #saidOnce = new Set<string>();
 
   constructor(deps: WarmExposureDeps) {
     this.#d = deps;
@@ -110,9 +128,17 @@ export class WarmExposure {
    * `forJob`: for a job's launch, on its pickup path. A failed lookup kept from before is not
    * trusted, GitHub is asked again (its retries come sooner than the minute a failure is kept); an
    * answer past WARM_CHECK_REFRESH_AT of its life is taken, and GitHub asked again in the background.
+   * A `target` with a repository, for an organization pool (a job's), is also refused when the
+   * pool's runner group admits only selected repositories and not that one
+   * (`repository_not_in_group`), whether or not the pool allows public repositories: such a pool
+   * is launched for when the lookup fails, as it was before groups' repositories were asked.
    */
-  async refusal(pool: PoolConfig, signal?: AbortSignal, target: ExposureTarget | undefined = pool.warm, forJob = false): Promise<WarmRefusal | undefined> {
-    if (pool.allowPublicRepositories || !target) return undefined;
+  async refusal(pool: PoolConfig, signal?: AbortSignal, target: ExposureTarget | undefined = pool.warm, forJob = false): Promise<Refusal | undefined> {
+    if (!target) return undefined;
+    // A pool that allows public repositories has only its jobs' repositories checked, in an
+    // organization pool: a warm runner's group hands it no job of a repository it does not admit.
+    const admission = pool.scope === "organization" && target.repo !== undefined;
+    if (pool.allowPublicRepositories && !admission) return undefined;
     const key = keyOf(pool, target);
     const now = this.#d.now ?? Date.now;
     const kept = this.#verdicts.get(key);
@@ -120,13 +146,24 @@ export class WarmExposure {
       // Not for an answer a recheck cut short, whose end comes sooner anyway (asked again then, not
       // sooner than WARM_RECHECK_MIN_MS after the last ask), nor for a failure's minute.
       if (forJob && now() >= kept.asked + (this.#d.ttlMs ?? WARM_CHECK_TTL_MS) * WARM_CHECK_REFRESH_AT) void this.#asked(pool, target, key, signal).catch(() => undefined);
-      return kept.refusal;
+      return verdictFor(kept, target);
     }
-    return this.#asked(pool, target, key, signal);
+    return verdictFor(await this.#asked(pool, target, key, signal), target);
+  }
+
+  /**
+   * Whether an answer kept now says the organization pool's runner group does not admit
+   * `target`'s repository; asks nothing of GitHub (for a warm runner's adoption, which must not
+   * wait: a job GitHub would not hand the runner must not hold it until its idle timeout).
+   */
+  notAdmitted(pool: PoolConfig, target: ExposureTarget): boolean {
+    if (pool.scope !== "organization" || target.repo === undefined) return false;
+    const kept = this.#verdicts.get(keyOf(pool, target));
+    return kept !== undefined && verdictFor(kept, target) === "repository_not_in_group";
   }
 
   /** The lookup under way for `key`, or one started now. */
-  #asked(pool: PoolConfig, target: ExposureTarget, key: string, signal: AbortSignal | undefined): Promise<WarmRefusal | undefined> {
+  #asked(pool: PoolConfig, target: ExposureTarget, key: string, signal: AbortSignal | undefined): Promise<Verdict> {
     let asking = this.#asking.get(key);
     if (!asking) {
       asking = this.#ask(pool, target, key, signal).finally(() => this.#asking.delete(key));
@@ -135,7 +172,7 @@ export class WarmExposure {
     return asking;
   }
 
-  async #ask(pool: PoolConfig, target: ExposureTarget, key: string, signal: AbortSignal | undefined): Promise<WarmRefusal | undefined> {
+  async #ask(pool: PoolConfig, target: ExposureTarget, key: string, signal: AbortSignal | undefined): Promise<Verdict> {
     const now = this.#d.now ?? Date.now;
     const started = now();
     let facts: WarmTargetFacts;
@@ -143,23 +180,28 @@ export class WarmExposure {
     try {
       facts = await this.#facts(pool, target, signal);
     } catch (err) {
-      if (signal?.aborted) return "visibility_unknown";
+      if (signal?.aborted) return { refusal: "visibility_unknown", asked: started, until: started };
       facts = { kind: "unknown" };
       failure = errorMessage(err);
     }
     const kept = this.#verdicts.get(key);
     // A lookup ahead of its answer's end (see refusal) that failed leaves that answer to its end.
-    if (failure !== undefined && kept && kept.refusal !== "visibility_unknown" && now() < kept.until) return kept.refusal;
+    if (failure !== undefined && kept && kept.refusal !== "visibility_unknown" && now() < kept.until) return kept;
     const refusal = warmRefusal(pool, facts);
-    const failed = refusal === "visibility_unknown" || refusal === "runner_group_missing";
+    // A pool that allows public repositories is refused nothing on a failed lookup: asked again a minute on.
+    const failed = failure !== undefined || refusal === "visibility_unknown" || refusal === "runner_group_missing";
     const ttl = failed ? (this.#d.retryMs ?? WARM_CHECK_RETRY_MS) : (this.#d.ttlMs ?? WARM_CHECK_TTL_MS);
     const asked = now();
     // A recheck asked for while GitHub was being asked may be about a change after its answer.
     const recheckedSince = (this.#rechecks.get(pool.name) ?? -Infinity) >= started;
     const until = recheckedSince ? Math.min(asked + ttl, asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS)) : asked + ttl;
-    this.#verdicts.set(key, { refusal, asked, until });
+    const verdict: Verdict = { refusal, asked, until, ...(facts.kind === "organization" && facts.repositories ? { admits: facts.repositories } : {}) };
+    this.#verdicts.set(key, verdict);
     this.#say(pool, target, key, refusal, failure);
-    return refusal;
+    if (failure !== undefined && refusal === undefined) {
+      this.#d.logger.debug({ pool: pool.name, owner: target.owner, err: failure }, "could not learn which repositories the pool's runner group admits: its jobs are launched for (asked again in a minute)");
+    }
+    return verdict;
   }
 
   /**
@@ -185,8 +227,48 @@ export class WarmExposure {
     if (pool.scope === "repository") {
       return { kind: "repository", repository: await this.#d.github.getRepositoryVisibility(installationId, owner, repo ?? "", { signal }) };
     }
-    const group = pool.runnerGroup === undefined ? { id: pool.runnerGroupId ?? 1 } : { name: pool.runnerGroup };
-    return { kind: "organization", group: await this.#d.github.getRunnerGroup({ installationId, owner }, group, { signal }) };
+    const scope = { installationId, owner };
+    const group = await this.#d.github.getRunnerGroup(scope, pool.runnerGroup === undefined ? { id: pool.runnerGroupId ?? 1 } : { name: pool.runnerGroup }, { signal });
+    if (!group) return { kind: "organization", group };
+    this.#sayRestricted(owner, group);
+    if (group.visibility !== "selected") return { kind: "organization", group };
+    const listed = await this.#d.github.listRunnerGroupRepositories(scope, group.id, { signal });
+    if (!listed.complete) {
+      // Past what the client reads: a repository not listed may be admitted, so none is refused.
+      this.#sayOnce(`${owner.toLowerCase()}\0${group.id}\0many`, () =>
+        this.#d.logger.warn(
+          { owner, runnerGroup: group.name, listed: listed.names.length },
+          "runner group admits more selected repositories than are listed: jobs of repositories it does not admit are not refused, and their runners idle out",
+        ),
+      );
+      return { kind: "organization", group };
+    }
+    return { kind: "organization", group, repositories: new Set(listed.names.map((n) => n.toLowerCase())) };
+  }
+
+  /**
+   * Logs once per group that it takes only jobs of selected workflows: a job of another workflow
+   * is not told apart (its webhook does not say which workflow file and ref it runs), so its
+   * runner idles out. Said again if the group is restricted again after it was not.
+   */
+  #sayRestricted(owner: string, group: RunnerGroupSummary): void {
+    const key = `${owner.toLowerCase()}\0${group.id}\0workflows`;
+    if (!group.restrictedToWorkflows) {
+      this.#saidOnce.delete(key);
+      return;
+    }
+    this.#sayOnce(key, () =>
+      this.#d.logger.warn(
+        { owner, runnerGroup: group.name, selectedWorkflows: group.selectedWorkflows },
+        "runner group takes only jobs of its selected workflows: a runner launched for a job of another workflow gets no job and idles out; serve such jobs with a pool of another group",
+      ),
+    );
+  }
+
+  #sayOnce(key: string, say: () => void): void {
+    if (this.#saidOnce.has(key)) return;
+    this.#saidOnce.add(key);
+    say();
   }
 
   /** Logs a verdict when it differs from the one logged last for its key (the first allowed one is not news). */
@@ -224,6 +306,13 @@ export class WarmExposure {
       );
     }
   }
+}
+
+/** A kept verdict's refusal for `target`: its repository is checked when the group admits only some. */
+function verdictFor(verdict: Verdict, target: ExposureTarget): Refusal | undefined {
+  if (verdict.refusal) return verdict.refusal;
+  if (verdict.admits && target.repo !== undefined && !verdict.admits.has(target.repo.toLowerCase())) return "repository_not_in_group";
+  return undefined;
 }
 
 /** A verdict's key: the pool, and where its runners register (an organization's name is any case). */

@@ -71,7 +71,7 @@ export interface WorkerDeps {
 const UNATTRIBUTED_RECORD_MS = 60_000;
 
 /** Why a job's launch is refused by the pool's config, before anything is registered (#checkRunnerGroup). */
-const CONFIG_REFUSAL = { publicGroup: "E_PUBLIC_RUNNER_GROUP", missingGroup: "E_RUNNER_GROUP_MISSING" } as const;
+const CONFIG_REFUSAL = { publicGroup: "E_PUBLIC_RUNNER_GROUP", missingGroup: "E_RUNNER_GROUP_MISSING", repositoryNotInGroup: "E_RUNNER_GROUP_REPOSITORY" } as const;
 /**
  * A demand whose launch failed with GitHub unavailable is handed back for 2 s, then 4 s, ... up to
  * 5 minutes, spending no attempt, while it is younger than an hour; past that, such failures spend
@@ -937,12 +937,23 @@ export class RunnerWorker {
    * repositories or is not there; to be retried when GitHub cannot say (asked again on each try);
    * NotSentError when the worker stops. Refusals of the config are no failure of the worker's:
    * they do not make it unready (see #serve).
+   * A group that admits only selected repositories gets no runner for a job of another one, in
+   * any pool: GitHub would never hand it the job, and it would hold its slot and place until its
+   * idle timeout, then launch again on each try. The demand fails for good instead.
    */
   async #checkRunnerGroup(pool: PoolConfig, demand: Lease["demand"]): Promise<void> {
-    if (pool.scope !== "organization" || pool.allowPublicRepositories) return;
-    const refused = await this.#exposure.refusal(pool, this.#shutdown.signal, { installationId: demand.installationId, owner: demand.owner }, true);
+    if (pool.scope !== "organization") return;
+    const target = { installationId: demand.installationId, owner: demand.owner, repo: demand.repo };
+    const refused = await this.#exposure.refusal(pool, this.#shutdown.signal, target, true);
     if (this.#shutdown.signal.aborted) throw new NotSentError("the runner group check");
     const group = pool.runnerGroup ?? pool.runnerGroupId ?? 1;
+    if (refused === "repository_not_in_group") {
+      throw new JitrunnerError(
+        CONFIG_REFUSAL.repositoryNotInGroup,
+        `runner group ${group} of organization ${demand.owner} does not admit repository ${demand.owner}/${demand.repo} (it admits selected repositories only): GitHub would never hand this job to its runners; add the repository to the group, or serve its jobs with another pool than ${pool.name}`,
+        { retryable: false },
+      );
+    }
     if (refused === "public_runner_group") {
       throw new JitrunnerError(
         CONFIG_REFUSAL.publicGroup,
@@ -958,7 +969,7 @@ export class RunnerWorker {
       );
     }
     if (refused === "visibility_unknown") {
-      throw new JitrunnerError("E_RUNNER_GROUP_UNKNOWN", `could not learn from GitHub whether runner group ${group} of organization ${demand.owner} admits public repositories (see the log)`, {
+      throw new JitrunnerError("E_RUNNER_GROUP_UNKNOWN", `could not learn from GitHub whether runner group ${group} of organization ${demand.owner} admits public repositories, or which repositories it admits (see the log)`, {
         retryable: true,
       });
     }
@@ -1417,6 +1428,8 @@ export class RunnerWorker {
     const before = (a: Spare, b: Spare) => (a.warm === b.warm ? a.tracked.record.createdAt < b.tracked.record.createdAt : !a.warm);
     for (const spare of [...this.#spares.values()]) {
       if (spare.pool.name !== lease.demand.pool || spare.adopted || !servesDemand(spare, lease)) continue;
+      // Its runner group does not admit the job's repository (as last asked): the launch path refuses the demand.
+      if (this.#exposure.notAdmitted(spare.pool, targetOf(lease.demand))) continue;
       if (spare.tracked.state === "busy" || spare.tracked.state === "completed") {
         const record = await this.#unlessStopped(this.#d.runners.get(spare.tracked.record.name).catch(() => undefined), undefined);
         if (record?.jobId === lease.demand.jobId && !spare.adopted && this.#spares.has(record.name)) {

@@ -30,8 +30,8 @@ function jwt(claims: Record<string, unknown>, key = fake.privateKey): string {
   return `${head}.${sign("RSA-SHA256", Buffer.from(head), key).toString("base64url")}`;
 }
 
-async function register(path: string, name: string, labels: string[]) {
-  const res = await client.call("POST", `${path}/actions/runners/generate-jitconfig`, { body: { name, runner_group_id: 1, labels } });
+async function register(path: string, name: string, labels: string[], groupId = 1) {
+  const res = await client.call("POST", `${path}/actions/runners/generate-jitconfig`, { body: { name, runner_group_id: groupId, labels } });
   assert.equal(res.status, 201, JSON.stringify(res.body));
   const { runner, encoded_jit_config: jit } = res.body as { runner: { id: number }; encoded_jit_config: string };
   const { token } = JSON.parse(Buffer.from(jit, "base64").toString()) as { token: string };
@@ -136,6 +136,24 @@ test("dispatch: labels case-insensitive subset, oldest first, within the runner'
   assert.equal((await org.call("acquire")).body?.job?.id, twoRepo.id, "an org runner serves the org's repositories only");
   assert.equal(fake.jobs().find((j) => j.id === elsewhere.id)?.status, "queued");
   assert.equal((await gpu.call("acquire")).body?.job?.id, old.id, "acquire is idempotent while the runner holds a job");
+});
+
+test("dispatch: a runner of a group admitting selected repositories takes no job of another repository, as GitHub hands it none", async () => {
+  const group = fake.addRunnerGroup("only-a", { repositories: ["grp/A"] });
+  const b = await fake.queueJob({ owner: "grp", repo: "b", labels: ["self-hosted"] });
+  const a = await fake.queueJob({ owner: "grp", repo: "a", labels: ["self-hosted"] });
+  const inGroup = await register("/orgs/grp", "g-1", ["self-hosted"], group);
+  assert.equal((await inGroup.call("acquire")).body?.job?.id, a.id, "the admitted repository's job (names in any case), though B's is older");
+  const second = await register("/orgs/grp", "g-2", ["self-hosted"], group);
+  assert.equal((await second.call("acquire")).status, 204, "B's job is for no runner of the group");
+  assert.equal(fake.jobs().find((j) => j.id === b.id)?.status, "queued");
+  const listed = await client.call("GET", `/orgs/grp/actions/runner-groups/${group}/repositories`);
+  assert.deepEqual((listed.body as { repositories: Array<{ full_name: string }> }).repositories.map((r) => r.full_name), ["grp/A"]);
+  fake.setRunnerGroupRepositories(group, ["grp/a", "grp/b"]);
+  assert.equal((await second.call("acquire")).body?.job?.id, b.id, "admitted once added to the group");
+  const other = await fake.queueJob({ owner: "grp", repo: "c", labels: ["self-hosted"] });
+  const inDefault = await register("/orgs/grp", "g-3", ["self-hosted"]);
+  assert.equal((await inDefault.call("acquire")).body?.job?.id, other.id, "a group of visibility all admits every repository");
 });
 
 test("cancelJob: queued job completes as cancelled, no runner gets it", async () => {

@@ -106,11 +106,23 @@ test("a scripted flow's responses validate against the documented response schem
   );
   const org = await expectCall("POST", "/orgs/acme/actions/runners/generate-jitconfig", 201, { body: { ...gen, name: "jr-org-1" } });
   const open = fake.addRunnerGroup("open-to-public", { allowsPublicRepositories: true });
+  const selected = fake.addRunnerGroup("some-repos", { repositories: ["acme/app"], selectedWorkflows: ["acme/app/.github/workflows/ci.yml@refs/heads/main"] });
   const groups = await expectCall("GET", "/orgs/acme/actions/runner-groups", 200);
   assert.deepEqual(
-    groups.runner_groups.map((g: { id: number; allows_public_repositories: boolean }) => [g.id, g.allows_public_repositories]),
-    [[1, false], [open, true]],
+    groups.runner_groups.map((g: { id: number; allows_public_repositories: boolean; visibility: string; restricted_to_workflows: boolean }) => [
+      g.id,
+      g.allows_public_repositories,
+      g.visibility,
+      g.restricted_to_workflows,
+    ]),
+    [
+      [1, false, "all", false],
+      [open, true, "all", false],
+      [selected, false, "selected", true],
+    ],
   );
+  const admitted = await expectCall("GET", `/orgs/acme/actions/runner-groups/${selected}/repositories?per_page=100`, 200);
+  assert.deepEqual([admitted.total_count, admitted.repositories.map((r: { full_name: string }) => r.full_name)], [1, ["acme/app"]]);
 
   const listed = await expectCall("GET", `${repo}/actions/runners?per_page=10`, 200);
   assert.deepEqual(listed.runners.map((r: { name: string }) => r.name), ["jr-1"]);

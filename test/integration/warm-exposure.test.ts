@@ -21,6 +21,7 @@ import { callsTo } from "../helpers/system.ts";
 
 const REPO = "/repos/{owner}/{repo}";
 const GROUPS = "/orgs/{org}/actions/runner-groups";
+const GROUP_REPOS = "/orgs/{org}/actions/runner-groups/{runner_group_id}/repositories";
 
 let fake: FakeGitHub;
 let gh: OctokitGitHub;
@@ -60,8 +61,24 @@ test("the client reads a repository's visibility and an organization's runner gr
 
   const org = { installationId: inst, owner: "acme" };
   const open = fake.addRunnerGroup("Open-CI", { allowsPublicRepositories: true });
-  assert.deepEqual(await gh.getRunnerGroup(org, { id: 1 }), { id: 1, name: "Default", allowsPublicRepositories: false });
-  assert.deepEqual(await gh.getRunnerGroup(org, { name: "open-ci" }), { id: open, name: "Open-CI", allowsPublicRepositories: true }, "by name, in any case");
+  const plain = { visibility: "all", restrictedToWorkflows: false, selectedWorkflows: [] };
+  assert.deepEqual(await gh.getRunnerGroup(org, { id: 1 }), { id: 1, name: "Default", allowsPublicRepositories: false, ...plain });
+  assert.deepEqual(await gh.getRunnerGroup(org, { name: "open-ci" }), { id: open, name: "Open-CI", allowsPublicRepositories: true, ...plain }, "by name, in any case");
+  const workflows = ["acme/app/.github/workflows/deploy.yml@refs/heads/main"];
+  const many = Array.from({ length: 101 }, (_, i) => `acme/repo-${i}`);
+  const some = fake.addRunnerGroup("some-repos", { repositories: many, selectedWorkflows: workflows });
+  assert.deepEqual(await gh.getRunnerGroup(org, { id: some }), {
+    id: some,
+    name: "some-repos",
+    allowsPublicRepositories: false,
+    visibility: "selected",
+    restrictedToWorkflows: true,
+    selectedWorkflows: workflows,
+  });
+  const before = callsTo(fake, GROUP_REPOS);
+  const listed = await gh.listRunnerGroupRepositories(org, some);
+  assert.deepEqual([listed.complete, [...listed.names].sort()], [true, [...many.map((n) => n.slice("acme/".length))].sort()]);
+  assert.equal(callsTo(fake, GROUP_REPOS), before + 2, "101 repositories: two pages of 100");
   assert.equal(await gh.getRunnerGroup(org, { id: 999 }), undefined);
   assert.equal(await gh.getRunnerGroup(org, { name: "no-such-group" }), undefined);
   await assert.rejects(gh.getRunnerGroup({ ...org, repo: "app" }, { id: 1 }), /organization runners only/);
@@ -233,4 +250,54 @@ test("a job's launch in an answer's last minute takes that answer, and has GitHu
   assert.equal(await guard.refusal(p, undefined, target, true), "visibility_unknown", "past its end, asked again and failed: refused");
   assert.equal(await guard.refusal(p, undefined, target, true), undefined, "a job's launch asks again at once");
   assert.equal(callsTo(fake, REPO), before + 5);
+});
+
+test("an organization pool whose runner group admits selected repositories: a job of another is refused, whatever allowPublicRepositories says; warm runners are not", async () => {
+  const { guard, clock, said } = exposure();
+  const acme = { installationId: fake.installationId, owner: "acme" };
+  const group = fake.addRunnerGroup("only-app", { repositories: ["acme/app"] });
+  const p = pool({ name: "selected", scope: "organization", runnerGroup: "only-app", warm: acme });
+  const before = [callsTo(fake, GROUPS), callsTo(fake, GROUP_REPOS)];
+  const results = await Promise.all([guard.refusal(p, undefined, { ...acme, repo: "App" }, true), guard.refusal(p, undefined, { ...acme, repo: "other" }, true), guard.refusal(p)]);
+  assert.deepEqual(results, [undefined, "repository_not_in_group", undefined], "the admitted repository (in any case); another; the warm runner");
+  assert.deepEqual([callsTo(fake, GROUPS), callsTo(fake, GROUP_REPOS)], [before[0]! + 1, before[1]! + 1], "three callers at once: the group and its repositories asked once");
+  assert.equal(guard.notAdmitted(p, { ...acme, repo: "other" }), true, "said from the kept answer");
+  assert.equal(guard.notAdmitted(p, { ...acme, repo: "app" }), false);
+
+  // Kept as the public check's answer is: 5 minutes, then asked again.
+  fake.setRunnerGroupRepositories(group, ["acme/app", "acme/other"]);
+  clock.now += 60_000;
+  assert.equal(await guard.refusal(p, undefined, { ...acme, repo: "other" }), "repository_not_in_group");
+  assert.equal(callsTo(fake, GROUP_REPOS), before[1]! + 1);
+  clock.now += 5 * 60_000;
+  assert.equal(await guard.refusal(p, undefined, { ...acme, repo: "other" }), undefined, "added to the group: noticed at the next ask");
+  assert.equal(callsTo(fake, GROUP_REPOS), before[1]! + 2);
+
+  // A pool that allows public repositories: checked all the same for jobs, no call for warm runners,
+  // and launched for when the lookup fails (as it was before the check).
+  fake.setRunnerGroupRepositories(group, ["acme/app"]);
+  const open = pool({ name: "selected-open", scope: "organization", runnerGroup: "only-app", allowPublicRepositories: true, warm: acme });
+  const calls = callsTo(fake, GROUPS);
+  assert.equal(await guard.refusal(open), undefined);
+  assert.equal(callsTo(fake, GROUPS), calls, "no call for its warm runners");
+  fake.inject({ route: GROUPS, status: 403, times: 1, body: { message: "Must have admin rights to Repository.", documentation_url: "https://docs.github.com/rest" } });
+  assert.equal(await guard.refusal(open, undefined, { ...acme, repo: "other" }, true), undefined, "a failed lookup refuses nothing there");
+  clock.now += 60_000;
+  assert.equal(await guard.refusal(open, undefined, { ...acme, repo: "other" }, true), "repository_not_in_group", "asked again a minute on");
+  assert.equal(said(/runner group takes only jobs of its selected workflows/), 0);
+  assert.deepEqual(fake.invalidRequests(), []);
+});
+
+test("a runner group restricted to selected workflows is said once per group, at warn, and refuses nothing", async () => {
+  const { guard, clock, lines, said } = exposure();
+  const acme = { installationId: fake.installationId, owner: "acme" };
+  fake.addRunnerGroup("deploys", { selectedWorkflows: ["acme/app/.github/workflows/deploy.yml@refs/heads/main"] });
+  const a = pool({ name: "deploys-a", scope: "organization", runnerGroup: "deploys", minIdle: 0 });
+  const b = pool({ name: "deploys-b", scope: "organization", runnerGroup: "deploys", labels: ["self-hosted", "b"], minIdle: 0 });
+  assert.equal(await guard.refusal(a, undefined, { ...acme, repo: "app" }, true), undefined);
+  assert.equal(await guard.refusal(b, undefined, { ...acme, repo: "app" }, true), undefined);
+  clock.now += 10 * 60_000;
+  assert.equal(await guard.refusal(a, undefined, { ...acme, repo: "app" }, true), undefined);
+  assert.equal(said(/runner group takes only jobs of its selected workflows/), 1, lines.join(""));
+  assert.match(lines.find((l) => /selected workflows/.test(l)) ?? "", /"level":40.*"runnerGroup":"deploys".*deploy\.yml@refs\/heads\/main/);
 });

@@ -88,12 +88,12 @@ test("a runner group the organization does not have fails the job's demand for g
   assert.match(sys.logs(), /"retryable":false[^\n]*runner group privat-ci does not exist in organization acme: check runnerGroup or runnerGroupId of pool typo/);
 });
 
-test("the same group for a pool that allows public repositories: the job is served, with no check of the group", { timeout: 120_000 }, async () => {
+test("the same group for a pool that allows public repositories: the job is served, its group not refused for admitting them", { timeout: 120_000 }, async () => {
   const from = fake.requests.length;
   const job = await fake.queueJob({ owner: "acme", repo: "private-app", labels: ["self-hosted", "trusted"] });
   await waitFor(() => fake.jobs().find((j) => j.id === job.id)?.status === "completed", 90_000, "the job served");
   assert.equal(calls(ORG_JIT, from), 1);
-  // The registration's look-up of the group by name at most (none when the refused pool's check
-  // above already listed that organization's groups: the id is kept per organization).
+  // One look-up at most: the job's check of which repositories the group admits, whose answer the
+  // registration's look-up of the group by name takes (the id is kept per organization).
   assert.ok(calls(GROUPS, from) <= 1, `${calls(GROUPS, from)} group look-ups`);
 });

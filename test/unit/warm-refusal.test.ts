@@ -21,7 +21,7 @@ test("a repository pool: refused on a public repository, by its visibility when 
 });
 
 test("an organization pool: refused when its runner group admits public repositories, or is not there", () => {
-  const group = (allowsPublicRepositories: boolean) => ({ kind: "organization" as const, group: { id: 2, name: "ci", allowsPublicRepositories } });
+  const group = (allowsPublicRepositories: boolean) => ({ kind: "organization" as const, group: { id: 2, name: "ci", allowsPublicRepositories, visibility: "all", restrictedToWorkflows: false, selectedWorkflows: [] } });
   assert.equal(warmRefusal(strict, group(true)), "public_runner_group");
   assert.equal(warmRefusal(strict, group(false)), undefined);
   assert.equal(warmRefusal(strict, { kind: "organization", group: undefined }), "runner_group_missing");

@@ -255,12 +255,34 @@ export class FakeGitHub {
   /**
    * Add an organization runner group; returns its id. Group 1 ("Default") always exists.
    * `allowsPublicRepositories`: its runners may take public repositories' jobs (GitHub's default: no).
+   * `repositories` ("owner/name"): visibility `selected`, its runners take jobs of these only
+   * (see setRunnerGroupRepositories). `selectedWorkflows`: `restricted_to_workflows` with these
+   * (said, not enforced: a fake job has no workflow file).
    */
-  addRunnerGroup(name: string, opts: { allowsPublicRepositories?: boolean } = {}): number {
+  addRunnerGroup(name: string, opts: { allowsPublicRepositories?: boolean; repositories?: string[]; selectedWorkflows?: string[] } = {}): number {
     const id = Math.max(...this.state.runnerGroups.keys()) + 1;
     this.state.runnerGroups.set(id, name);
     if (opts.allowsPublicRepositories) this.state.publicRunnerGroups.add(id);
+    if (opts.repositories) this.setRunnerGroupRepositories(id, opts.repositories);
+    if (opts.selectedWorkflows) this.state.workflowRunnerGroups.set(id, [...opts.selectedWorkflows]);
     return id;
+  }
+
+  /**
+   * A runner group's repository access: `selected` with these repositories ("owner/name", any
+   * case; one the fake has not met yet is made, private), or all of them (`undefined`).
+   */
+  setRunnerGroupRepositories(id: number, repositories: string[] | undefined): void {
+    if (!repositories) {
+      this.state.selectedRunnerGroups.delete(id);
+      return;
+    }
+    const names = repositories.map((full) => {
+      const [owner = "", name = ""] = full.split("/");
+      const info = this.state.repoInfo(owner, name);
+      return `${info.owner}/${info.name}`.toLowerCase();
+    });
+    this.state.selectedRunnerGroups.set(id, new Set(names));
   }
 
   /**

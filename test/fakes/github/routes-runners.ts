@@ -2,10 +2,11 @@
 // list/get/delete runners, runner groups.
 import { paginate, type Ctx } from "./context.ts";
 import { ghError, type Reply, type Req, type Route } from "./http.ts";
-import { runner as runnerBody, runnerGroup } from "./shapes.ts";
+import { repository, runner as runnerBody, runnerGroup } from "./shapes.ts";
 import { ConflictError, type RunnerScope } from "./state.ts";
 
 const DOCS = "https://docs.github.com/rest/actions/self-hosted-runners";
+const GROUPS_DOCS = "https://docs.github.com/rest/actions/self-hosted-runner-groups";
 
 function scopeOf(req: Req): RunnerScope {
   const p = req.params;
@@ -91,9 +92,24 @@ export function runnerRoutes(ctx: Ctx): Route[] {
     template: "/orgs/{org}/actions/runner-groups",
     auth: "installation",
     handle: (req) => {
-      const groups = [...ctx.state.runnerGroups].map(([id, name]) => runnerGroup(ctx.urls, req.params.org ?? "", id, name, ctx.state.publicRunnerGroups.has(id)));
+      const groups = [...ctx.state.runnerGroups.keys()].map((id) => runnerGroup(ctx.urls, req.params.org ?? "", ctx.state, id));
       const page = paginate(ctx, req, groups);
       return { status: 200, body: { total_count: groups.length, runner_groups: page.items }, headers: page.headers };
+    },
+  });
+  routes.push({
+    method: "GET",
+    template: "/orgs/{org}/actions/runner-groups/{runner_group_id}/repositories",
+    auth: "installation",
+    handle: (req) => {
+      const id = Number(req.params.runner_group_id);
+      if (!ctx.state.runnerGroups.has(id)) return ghError(404, "Not Found", `${GROUPS_DOCS}#list-repository-access-to-a-self-hosted-runner-group-in-an-organization`);
+      // A group that admits all repositories lists none here (GitHub lists only selected ones).
+      const org = (req.params.org ?? "").toLowerCase();
+      const names = [...(ctx.state.selectedRunnerGroups.get(id) ?? [])].filter((n) => n.startsWith(`${org}/`));
+      const repos = names.map((n) => ctx.state.repos.get(n)).filter((r) => r !== undefined);
+      const page = paginate(ctx, req, repos);
+      return { status: 200, body: { total_count: repos.length, repositories: page.items.map((r) => repository(ctx.urls, r)) }, headers: page.headers };
     },
   });
   return routes;

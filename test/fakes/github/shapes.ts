@@ -299,17 +299,22 @@ export function app(u: Urls, appId: number, installationsCount: number) {
   };
 }
 
-export function runnerGroup(u: Urls, org: string, id: number, name: string, allowsPublicRepositories = false) {
+/** GitHub's "runner-groups-org"; `selected_repositories_url` only with visibility `selected`, as GitHub sends it. */
+export function runnerGroup(u: Urls, org: string, state: FakeState, id: number) {
+  const base = `${u.api}/orgs/${org}/actions/runner-groups/${id}`;
+  const selected = state.selectedRunnerGroups.has(id);
+  const workflows = state.workflowRunnerGroups.get(id);
   return {
     id,
-    name,
-    visibility: "all",
+    name: state.runnerGroups.get(id) ?? `group-${id}`,
+    visibility: selected ? "selected" : "all",
     default: id === 1,
-    runners_url: `${u.api}/orgs/${org}/actions/runner-groups/${id}/runners`,
+    ...(selected ? { selected_repositories_url: `${base}/repositories` } : {}),
+    runners_url: `${base}/runners`,
     inherited: false,
-    allows_public_repositories: allowsPublicRepositories,
-    restricted_to_workflows: false,
-    selected_workflows: [],
+    allows_public_repositories: state.publicRunnerGroups.has(id),
+    restricted_to_workflows: workflows !== undefined,
+    selected_workflows: workflows ?? [],
     workflow_restrictions_read_only: false,
   };
 }

@@ -92,6 +92,13 @@ export class FakeState {
   readonly runnerGroups = new Map<number, string>([[1, "Default"]]);
   /** Runner groups whose runners may take jobs of public repositories (GitHub's default: none). */
   readonly publicRunnerGroups = new Set<number>();
+  /**
+   * Runner groups of visibility `selected`: the repositories ("owner/name", lower case) whose jobs
+   * their runners may take. A group not here admits every repository of the organization.
+   */
+  readonly selectedRunnerGroups = new Map<number, Set<string>>();
+  /** Runner groups restricted to selected workflows, and those workflows (shown, not enforced: a fake job has no workflow file). */
+  readonly workflowRunnerGroups = new Map<number, string[]>();
 
   repoInfo(owner: string, name: string, isPrivate?: boolean): RepoInfo {
     const key = `${lower(owner)}/${lower(name)}`;
@@ -182,6 +189,7 @@ export class FakeState {
         j.status === "queued" &&
         (this.pinned.get(j.id) ?? runner.name) === runner.name &&
         scopeHoldsRepo(runner.scope, j.owner, j.repo) &&
+        this.groupAdmits(runner, j) &&
         labelsMatch(j.labels, runner.labels),
     );
     if (!job) return undefined;
@@ -195,6 +203,13 @@ export class FakeState {
     runner.status = "online";
     runner.job_id = job.id;
     return job;
+  }
+
+  /** Whether the runner's group admits the job's repository (GitHub hands it no job of another). */
+  groupAdmits(runner: FakeRunner, job: FakeJob): boolean {
+    if (runner.scope.kind !== "org") return true;
+    const selected = this.selectedRunnerGroups.get(runner.runner_group_id);
+    return selected === undefined || selected.has(`${lower(job.owner)}/${lower(job.repo)}`);
   }
 
   /** Lets a job waiting for approval be taken (`queued`); false when it was not waiting. */
