@@ -142,7 +142,11 @@ export class WarmExposure {
     const key = keyOf(pool, target);
     const now = this.#d.now ?? Date.now;
     const kept = this.#verdicts.get(key);
-    if (kept && now() < kept.until && !(forJob && kept.refusal === "visibility_unknown")) {
+    // For a job, a kept "not in the group" is not trusted past WARM_RECHECK_MIN_MS either: the
+    // refusal tells the operator to add the repository to the group, and a job re-run then must
+    // not fail for good (and wait for the retry of failed demand) on an answer from before.
+    const staleRefusal = forJob && kept !== undefined && verdictFor(kept, target) === "repository_not_in_group" && now() >= kept.asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS);
+    if (kept && now() < kept.until && !staleRefusal && !(forJob && kept.refusal === "visibility_unknown")) {
       // Not for an answer a recheck cut short, whose end comes sooner anyway (asked again then, not
       // sooner than WARM_RECHECK_MIN_MS after the last ask), nor for a failure's minute.
       if (forJob && now() >= kept.asked + (this.#d.ttlMs ?? WARM_CHECK_TTL_MS) * WARM_CHECK_REFRESH_AT) void this.#asked(pool, target, key, signal).catch(() => undefined);
@@ -232,7 +236,20 @@ export class WarmExposure {
     if (!group) return { kind: "organization", group };
     this.#sayRestricted(owner, group);
     if (group.visibility !== "selected") return { kind: "organization", group };
-    const listed = await this.#d.github.listRunnerGroupRepositories(scope, group.id, { signal });
+    // A listing that fails refuses nothing: the group itself is known, and such a pool launched for
+    // its jobs before groups' repositories were asked (a GHES without the route, a group an
+    // enterprise shares). Said once per group; asked again with the group's next lookup.
+    const listed = await this.#d.github.listRunnerGroupRepositories(scope, group.id, { signal }).catch((err: unknown) => {
+      if (signal?.aborted) throw err;
+      this.#sayOnce(`${owner.toLowerCase()}\0${group.id}\0unlisted`, () =>
+        this.#d.logger.warn(
+          { owner, runnerGroup: group.name, err: errorMessage(err) },
+          "could not list the repositories the runner group admits: jobs of repositories it does not admit are not refused, and their runners idle out",
+        ),
+      );
+      return undefined;
+    });
+    if (!listed) return { kind: "organization", group };
     if (!listed.complete) {
       // Past what the client reads: a repository not listed may be admitted, so none is refused.
       this.#sayOnce(`${owner.toLowerCase()}\0${group.id}\0many`, () =>

@@ -288,6 +288,34 @@ test("an organization pool whose runner group admits selected repositories: a jo
   assert.deepEqual(fake.invalidRequests(), []);
 });
 
+test("selected repositories: a job's refusal is asked again 10 s on (the operator adding its repository, as the refusal says), and a listing that fails refuses nothing, said once", async () => {
+  const { guard, clock, said } = exposure();
+  const acme = { installationId: fake.installationId, owner: "acme" };
+  const group = fake.addRunnerGroup("only-web", { repositories: ["acme/web"] });
+  const p = pool({ name: "selected-web", scope: "organization", runnerGroup: "only-web", warm: acme });
+  const api = { ...acme, repo: "api" };
+  assert.equal(await guard.refusal(p, undefined, api, true), "repository_not_in_group");
+  const asked = callsTo(fake, GROUP_REPOS);
+  fake.setRunnerGroupRepositories(group, ["acme/web", "acme/api"]);
+  clock.now += 5_000;
+  assert.equal(await guard.refusal(p, undefined, api, true), "repository_not_in_group", "5 s on: the answer kept");
+  assert.equal(callsTo(fake, GROUP_REPOS), asked);
+  clock.now += 5_000;
+  assert.equal(await guard.refusal(p, undefined, api, true), undefined, "10 s on, for a job: asked again, and admitted now");
+  assert.equal(callsTo(fake, GROUP_REPOS), asked + 1);
+
+  // The listing fails (a GHES without the route answers 404): nothing refused, said once.
+  fake.setRunnerGroupRepositories(group, ["acme/web"]);
+  fake.inject({ route: GROUP_REPOS, status: 404, times: 2, body: { message: "Not Found", documentation_url: "https://docs.github.com/rest" } });
+  for (let i = 0; i < 2; i++) {
+    clock.now += 10 * 60_000;
+    assert.equal(await guard.refusal(p, undefined, api, true), undefined, "a failed listing refuses nothing");
+  }
+  assert.equal(said(/could not list the repositories the runner group admits/), 1);
+  clock.now += 10 * 60_000;
+  assert.equal(await guard.refusal(p, undefined, api, true), "repository_not_in_group", "listed again once GitHub answers");
+});
+
 test("a runner group restricted to selected workflows is said once per group, at warn, and refuses nothing", async () => {
   const { guard, clock, lines, said } = exposure();
   const acme = { installationId: fake.installationId, owner: "acme" };
