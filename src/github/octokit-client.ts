@@ -159,7 +159,7 @@ export class OctokitGitHub implements GitHubClient {
   /** Aborted by close(): reads waiting out GitHub's wait fail with NotSentError. */
   readonly #closing = new AbortController();
   /** When a token was last minted for each installation after a refusal for a permission (#remintForPermissions). */
-  readonly #permissionRemints = new Map<number, number>();
+  readonly #permissionRemints = new Map<number, { minting: Promise<unknown>; at?: number }>();
   /** The last token minted for each installation because GitHub refused the one before (see #curable). */
   readonly #remints = new Map<number, { minting: Promise<unknown>; at?: number }>();
   /** Scopes whose runner list was cut at MAX_PAGES, said so once. */
@@ -416,14 +416,26 @@ export class OctokitGitHub implements GitHubClient {
    */
   async #remintForPermissions(installationId: number, client: JitOctokitInstance): Promise<boolean> {
     if (installationId === APP_INSTALLATION) return false;
+    // Calls refused alongside (out with the old token, or queued behind the mint) retry with the
+    // new token too, each once (a call is cured once), rather than fail for good.
     const last = this.#permissionRemints.get(installationId);
-    if (last !== undefined && performance.now() - last < PERMISSION_REMINT_MS) return false;
-    this.#permissionRemints.set(installationId, performance.now());
-    this.#opts.logger.warn(
+    if (last && (last.at === undefined || performance.now() - last.at < PERMISSION_REMINT_MS)) {
+      await last.minting.catch(() => undefined);
+      return true;
+    }
+    // Said at warn the first time for the installation; a permission that stays missing then at debug.
+    const said = last !== undefined;
+    this.#opts.logger[said ? "debug" : "warn"](
       { installationId },
       "GitHub refused a call as not accessible to the installation (a permission the App lacks, or lacked when its token was minted); minting a new token and trying once more",
     );
-    await client.auth({ type: "installation", refresh: true });
+    const remint: { minting: Promise<unknown>; at?: number } = { minting: client.auth({ type: "installation", refresh: true }) };
+    this.#permissionRemints.set(installationId, remint);
+    try {
+      await remint.minting;
+    } finally {
+      remint.at = performance.now();
+    }
     return true;
   }
 

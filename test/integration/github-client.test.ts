@@ -328,7 +328,7 @@ test("calls out with a token GitHub stops accepting, refused one after another, 
   assert.deepEqual(calls(fake, JOB).filter((s) => s === 401).length, 5, "each call refused once, then retried with the new token");
 });
 
-test("a call refused for a permission its token was minted without gets a new token once the installation has it: minted again at most every 30 s, and shared", async () => {
+test("a call refused for a permission its token was minted without gets a new token once the installation has it: minted again at most every 30 s, calls refused meanwhile retried with it, and shared", async () => {
   const fake = await fakeGitHub();
   const prefix = `${redis.prefix}-permission`;
   const c = client(fake, { prefix });
@@ -344,12 +344,15 @@ test("a call refused for a permission its token was minted without gets a new to
   const soon = await failure(c.gh.generateJitConfig(repo(), { name: "jr-soon", labels: LABELS }));
   assert.ok(soon instanceof GitHubError && soon.status === 403, String(soon));
   assert.deepEqual(calls(fake, TOKEN), [201, 201]);
+  assert.deepEqual(calls(fake, REPO_JIT), [403, 403, 403, 403], "within 30 s: tried again with the token minted then, no other minted");
   await sleep(30_500);
-  const jit = await c.gh.generateJitConfig(repo(), { name: "jr-granted", labels: LABELS });
-  assert.ok(jit.runnerId > 0);
-  assert.deepEqual(calls(fake, TOKEN), [201, 201, 201]);
-  assert.deepEqual(calls(fake, REPO_JIT), [403, 403, 403, 403, 201]);
-  assert.equal((c.logs().match(/minting a new token and trying once more/g) ?? []).length, 2);
+  // Three calls out at once with the old token: one mints, the others wait for its token; all registered.
+  const jits = await Promise.all(["jr-granted-1", "jr-granted-2", "jr-granted-3"].map((name) => c.gh.generateJitConfig(repo(), { name, labels: LABELS })));
+  assert.ok(jits.every((j) => j.runnerId > 0));
+  assert.deepEqual(calls(fake, TOKEN), [201, 201, 201], "one token for the three");
+  assert.deepEqual(calls(fake, REPO_JIT).slice(4).sort(), [201, 201, 201, 403, 403, 403]);
+  assert.equal((c.logs().match(/"level":40,[^\n]*minting a new token and trying once more/g) ?? []).length, 1, "said at warn the first time only");
+  assert.equal((c.logs().match(/minting a new token and trying once more/g) ?? []).length, 2, "then at debug");
   // The new token is the shared one: another process registers with it, minting none.
   await client(fake, { prefix }).gh.generateJitConfig(repo(), { name: "jr-other", labels: LABELS });
   assert.deepEqual(calls(fake, TOKEN), [201, 201, 201]);
