@@ -51,7 +51,9 @@ export function shownSecretPath(file: string): string {
  */
 export function atOutsideUserInfo(url: string): boolean {
   const u = new URL(url);
-  return `${u.pathname}${u.search}${u.hash}`.includes("@");
+  if (`${u.pathname}${u.hash}`.includes("@")) return true;
+  // In the query, only as the value of a parameter ioredis reads as such (`?password=p@ss`).
+  return [...u.searchParams].some(([key, value]) => key.includes("@") || (value.includes("@") && key !== "password" && key !== "username"));
 }
 
 const mount = z

@@ -318,10 +318,12 @@ test("a Redis URL the URL parser takes with its password's '#', '/' or '?' endin
     assert.ok(!problems.includes("Sup3rSecret"), problems);
     assert.equal(withoutPassword(url), "redis://redacted@127.0.0.1:6390");
   }
-  // Percent-encoded, it is taken; so is an '@' in the password before the one that ends it (the parser takes the last).
-  for (const url of [`redis://default:${encodeURIComponent("6379#Sup3rSecret")}@127.0.0.1:6390`, "redis://:p@ss@127.0.0.1:6390"]) {
+  // Percent-encoded, it is taken; so is an '@' in the password before the one that ends it (the parser takes the last),
+  // and one in the value of ioredis's `password` (or `username`) query parameter.
+  for (const url of [`redis://default:${encodeURIComponent("6379#Sup3rSecret")}@127.0.0.1:6390`, "redis://:p@ss@127.0.0.1:6390", "redis://cache:6379/0?password=p@ss"]) {
     assert.equal(loadConfig({ text: minimal, env: { ...env, JITRUNNER_REDIS_URL: url }, readFile: noFiles }).redis.url, url);
   }
+  assert.ok(!withoutPassword("redis://cache:6379/0?password=p@ss").includes("p@ss"));
 });
 
 test("a value an environment variable set is reported under its key and the variable's name, not as if the file held it", () => {
