@@ -44,8 +44,6 @@ const RATE_LIMIT_MAX_WAIT_SECONDS = 3900;
  * it instead of minting again: the calls out with the refused token are answered within this.
  */
 const REMINT_SHARED_MS = 30_000;
-/** A token minted again after a refusal for a permission: at most this often per installation. */
-const PERMISSION_REMINT_MS = 30_000;
 /** GitHub's message for a call the installation token has no permission for. */
 const NOT_ACCESSIBLE = /^Resource not accessible by integration/i;
 /**
@@ -158,8 +156,8 @@ export class OctokitGitHub implements GitHubClient {
   readonly #groups = new Map<string, Promise<number>>();
   /** Aborted by close(): reads waiting out GitHub's wait fail with NotSentError. */
   readonly #closing = new AbortController();
-  /** When a token was last minted for each installation after a refusal for a permission (#remintForPermissions). */
-  readonly #permissionRemints = new Map<number, { minting: Promise<unknown>; at?: number }>();
+  /** Installations a call was refused for a permission (said at warn the first time: #curable). */
+  readonly #permissionRefused = new Set<number>();
   /** The last token minted for each installation because GitHub refused the one before (see #curable). */
   readonly #remints = new Map<number, { minting: Promise<unknown>; at?: number }>();
   /** Scopes whose runner list was cut at MAX_PAGES, said so once. */
@@ -380,20 +378,43 @@ export class OctokitGitHub implements GitHubClient {
    * GitHub no longer takes, or one minted before the installation had the permission (see below).
    */
   async #curable(installationId: number, client: JitOctokitInstance, err: RequestFailure): Promise<boolean> {
-    if (err.status === 403 && NOT_ACCESSIBLE.test(err.response?.data?.message ?? err.message ?? "")) return this.#remintForPermissions(installationId, client);
+    const message = err.response?.data?.message ?? err.message ?? "";
+    if (err.status === 403 && NOT_ACCESSIBLE.test(message)) {
+      // A token keeps the permissions its installation had when it was minted, and ours are shared
+      // (Redis) for most of their hour: an operator who grants the App the permission a call
+      // lacked (the owner accepting its new permissions) would see the refusals go on for up to an
+      // hour, restarts or not. A permission still missing costs a token request a while, not one
+      // per call; said at warn the first time for the installation, then at debug.
+      if (installationId === APP_INSTALLATION) return false;
+      const first = !this.#permissionRefused.has(installationId);
+      this.#permissionRefused.add(installationId);
+      return this.#remint(installationId, client, () =>
+        this.#opts.logger[first ? "warn" : "debug"](
+          { installationId },
+          "GitHub refused a call as not accessible to the installation (a permission the App lacks, or lacked when its token was minted); minting a new token and trying once more",
+        ),
+      );
+    }
     if (err.status !== 401) return false;
-    if (JWT_TIME_ERROR.test(err.response?.data?.message ?? err.message ?? "")) return true;
+    if (JWT_TIME_ERROR.test(message)) return true;
     if (installationId === APP_INSTALLATION || isTokenRequest(err.request?.url)) return false;
     // Revoked or expired early: mint a new one (and share it) instead of failing for the rest of its life.
-    // Once per refusal, not per call refused: the calls that were out with the refused token get
-    // their 401s over a while, and each minting again would cost a token request apiece. A call
-    // refused soon after a mint retries with the new token (a call is retried once, then fails).
+    return this.#remint(installationId, client, () => this.#opts.logger.warn({ installationId }, "GitHub refused the installation token; minting a new one"));
+  }
+
+  /**
+   * Mints a new token for the installation (and shares it), once per refusal, not per call
+   * refused: the calls that were out with the refused token get their refusals over a while, and
+   * each minting again would cost a token request apiece. A call refused within REMINT_SHARED_MS
+   * of a mint waits for it and retries with its token (a call is retried once, then fails).
+   */
+  async #remint(installationId: number, client: JitOctokitInstance, say: () => void): Promise<boolean> {
     const last = this.#remints.get(installationId);
     if (last && (last.at === undefined || performance.now() - last.at < REMINT_SHARED_MS)) {
       await last.minting;
       return true;
     }
-    this.#opts.logger.warn({ installationId }, "GitHub refused the installation token; minting a new one");
+    say();
     const remint: { minting: Promise<unknown>; at?: number } = { minting: client.auth({ type: "installation", refresh: true }) };
     this.#remints.set(installationId, remint);
     try {
@@ -403,39 +424,6 @@ export class OctokitGitHub implements GitHubClient {
       throw err;
     }
     remint.at = performance.now();
-    return true;
-  }
-
-  /**
-   * A token keeps the permissions its installation had when it was minted, and tokens are shared
-   * (Redis) and kept for most of their hour: an operator who grants the App the permission a call
-   * lacked (the owner accepting its new permissions) would see the refusals go on for up to an
-   * hour, restarts or not. So a refusal for a permission mints a new token and the call is tried
-   * again, at most once per PERMISSION_REMINT_MS for an installation: a permission that is still
-   * missing costs a token request a while, not one per call.
-   */
-  async #remintForPermissions(installationId: number, client: JitOctokitInstance): Promise<boolean> {
-    if (installationId === APP_INSTALLATION) return false;
-    // Calls refused alongside (out with the old token, or queued behind the mint) retry with the
-    // new token too, each once (a call is cured once), rather than fail for good.
-    const last = this.#permissionRemints.get(installationId);
-    if (last && (last.at === undefined || performance.now() - last.at < PERMISSION_REMINT_MS)) {
-      await last.minting.catch(() => undefined);
-      return true;
-    }
-    // Said at warn the first time for the installation; a permission that stays missing then at debug.
-    const said = last !== undefined;
-    this.#opts.logger[said ? "debug" : "warn"](
-      { installationId },
-      "GitHub refused a call as not accessible to the installation (a permission the App lacks, or lacked when its token was minted); minting a new token and trying once more",
-    );
-    const remint: { minting: Promise<unknown>; at?: number } = { minting: client.auth({ type: "installation", refresh: true }) };
-    this.#permissionRemints.set(installationId, remint);
-    try {
-      await remint.minting;
-    } finally {
-      remint.at = performance.now();
-    }
     return true;
   }
 

@@ -21,13 +21,11 @@ import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { githubDeliveriesLoop } from "../../src/reconcile/github-deliveries.ts";
-import { githubQueuedLoop, type GitHubQueuedDeps } from "../../src/reconcile/github-queued.ts";
 import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
-import type { ActiveRepos } from "../../src/state/active-repos.ts";
 import { RedeliveryLog } from "../../src/state/redeliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { githubFor } from "../helpers/github.ts";
-import { activeRepos } from "../helpers/active-repos.ts";
+import { activeRepos, queuedLoop } from "../helpers/active-repos.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const DEAD_URL = "http://127.0.0.1:9/";
@@ -42,28 +40,6 @@ function octokit(fake: FakeGitHub, writes?: { max: number; windowMs: number }): 
 
 /** acme/app as the only recently active repository (the real ActiveRepos, under `prefix`). */
 const activeApp = (fake: FakeGitHub, conn: ReturnType<typeof redisConnection>, prefix: string) => activeRepos(conn, prefix, [{ installationId: fake.installationId, owner: "acme", repo: "app" }]);
-
-/**
- * The github-queued loop on the real client against `fake`, with `queues` and the stores on `conn`
- * under `prefix`, over `repos`: 10 repositories and 10 runs a pass, silent, unless `over` says otherwise.
- */
-function queuedLoop(fake: FakeGitHub, conn: ReturnType<typeof redisConnection>, prefix: string, queues: DemandQueues, repos: ActiveRepos, over: Partial<GitHubQueuedDeps> = {}) {
-  return githubQueuedLoop({
-    config: testConfig(),
-    github: octokit(fake),
-    demand: queues,
-    runners: new RunnerStore(conn, prefix),
-    repos,
-    intervalMs: 60_000,
-    windowMs: 3600_000,
-    maxRepositories: 10,
-    maxRunsPerPass: 10,
-    retryFailedAfterMs: 0,
-    metrics: new Metrics({ processMetrics: false }),
-    logger: createLogger("silent"),
-    ...over,
-  });
-}
 
 async function metricsOf(url: string): Promise<string> {
   return (await fetch(`${url}/metrics`)).text();

@@ -13,12 +13,8 @@ import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { redisForFile } from "../helpers/redis.ts";
 import { demandState, scopedRedis } from "../helpers/system.ts";
 import { githubFor } from "../helpers/github.ts";
-import { createLogger } from "../../src/logger.ts";
-import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues } from "../../src/queue/demand-queue.ts";
-import { githubQueuedLoop } from "../../src/reconcile/github-queued.ts";
-import { RunnerStore } from "../../src/state/runners.ts";
-import { activeRepos } from "../helpers/active-repos.ts";
+import { activeRepos, queuedLoop } from "../helpers/active-repos.ts";
 
 const shared = redisForFile();
 const LABELS = ["self-hosted", "linux"];
@@ -34,7 +30,11 @@ test("a lost queued webhook of a user's repository is recovered into a repositor
   try {
     const mine = await fake.queueJob({ owner: "someuser", repo: "dotfiles", labels: LABELS });
     const theirs = await fake.queueJob({ owner: "acme", repo: "app", labels: LABELS });
-    const loop = githubQueuedLoop({
+    const repos = await activeRepos(shared.conn, r.prefix, [
+      { installationId: 30, owner: "someuser", repo: "dotfiles" },
+      { installationId: fake.installationId, owner: "acme", repo: "app" },
+    ]);
+    const loop = queuedLoop(fake, shared.conn, r.prefix, queues, repos, {
       config: testConfig({
         pools: [
           { name: "org", labels: LABELS, image: IMAGE, scope: "organization" },
@@ -42,19 +42,6 @@ test("a lost queued webhook of a user's repository is recovered into a repositor
         ],
       }),
       github,
-      demand: queues,
-      runners: new RunnerStore(shared.conn, r.prefix),
-      repos: await activeRepos(shared.conn, r.prefix, [
-        { installationId: 30, owner: "someuser", repo: "dotfiles" },
-        { installationId: fake.installationId, owner: "acme", repo: "app" },
-      ]),
-      intervalMs: 60_000,
-      windowMs: 3600_000,
-      maxRepositories: 10,
-      maxRunsPerPass: 10,
-      retryFailedAfterMs: 0,
-      metrics: new Metrics({ processMetrics: false }),
-      logger: createLogger("silent"),
     });
     await loop.run(new AbortController().signal);
     assert.equal((await demandState(r, "repo", `${mine.id}-1`))?.state, "waiting", "the user's job: the repository pool");
