@@ -48,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
+      tokens: true,
       options: {
         config: { type: "string", short: "c" },
         help: { type: "boolean", short: "h" },
@@ -65,7 +66,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`jitrunner: ${errorMessage(err)}\n\n${USAGE}\n`);
     return 2;
   }
-  const { values, positionals } = parsed;
+  const { values, positionals, tokens } = parsed;
   const command = positionals[0];
   if (!command) {
     process.stdout.write(`${USAGE}\n`);
@@ -79,6 +80,11 @@ async function main(argv: string[]): Promise<number> {
   if (values.help) {
     process.stdout.write(`${help}\n`);
     return 0;
+  }
+  const misuse = usageError(command, positionals, tokens);
+  if (misuse) {
+    process.stderr.write(`jitrunner ${command}: ${misuse} (jitrunner ${command} --help)\n`);
+    return 2;
   }
   if (command === "app-manifest") {
     try {
@@ -185,6 +191,33 @@ async function main(argv: string[]): Promise<number> {
   const code = await runUntilStopped((signal) => start(config, command as Mode, logger, { origins, dockerFiles, signal }), logger);
   logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");
   return code;
+}
+
+/** The options each command takes (besides --help): any other is refused rather than ignored. */
+const COMMAND_OPTIONS: Record<string, readonly string[]> = {
+  server: ["config"],
+  worker: ["config"],
+  all: ["config"],
+  "check-config": ["config", "mode"],
+  status: ["config", "json"],
+  drain: ["config", "host", "no-wait", "undo"],
+  "app-manifest": ["url", "name", "redirect-url"],
+};
+
+/**
+ * What is wrong with how a known command was called, or undefined: an option it does not take
+ * (parseArgs knows every command's options, so it accepts them all), words after the command, or
+ * drain's --undo with --no-wait.
+ */
+function usageError(command: string, positionals: string[], tokens: ReadonlyArray<{ kind: string; name?: string; rawName?: string }>): string | undefined {
+  const allowed = COMMAND_OPTIONS[command] ?? [];
+  const foreign = tokens.find((t) => t.kind === "option" && t.name !== "help" && !allowed.includes(t.name!));
+  if (foreign) return `${foreign.rawName} is not an option of ${command}`;
+  if (positionals.length > 1) return `unexpected argument '${positionals[1]}'`;
+  if (tokens.some((t) => t.kind === "option" && t.name === "undo") && tokens.some((t) => t.kind === "option" && t.name === "no-wait")) {
+    return "--undo and --no-wait do not go together";
+  }
+  return undefined;
 }
 
 /** Exit once stdout and stderr are flushed (a piped `check-config` must not be cut short). */

@@ -17,6 +17,8 @@ Options:
 ${CONFIG_OPTION}
   -h, --help          show this help, or a command's: jitrunner <command> --help
 
+A command refuses options it does not list in its help (exit 2).
+
 Secrets come from files named in the config (github.privateKeyFile, github.webhookSecretFile)
 or from JITRUNNER_GITHUB_PRIVATE_KEY and JITRUNNER_GITHUB_WEBHOOK_SECRET. Each mode reads only
 the ones it uses: server the webhook secret, worker the private key, all both; status and drain
@@ -26,9 +28,14 @@ server, worker and all; status and drain neither. See README.md for every option
 const RUN_NOTE = `SIGTERM stops taking demand, lets launches in flight finish and leaves running runners
 running; a restarted worker adopts them.`;
 
-const RUN_EXIT = `Exit codes: 0 stopped (SIGTERM, SIGINT, or the end of a drain) with everything closed; 1 the
-config is not valid, the start failed, the stop could not close everything ("shutdown
-incomplete" in the log), or a second signal cut the stop short.`;
+const RUN_FAILED = `1 the config is not valid, the start failed, the stop could not
+close everything ("shutdown incomplete" in the log), or a second signal cut the stop short.`;
+
+/** A worker (worker, all) also exits at the end of a drain; a server is never drained. */
+const RUN_EXIT = `Exit codes: 0 stopped (SIGTERM, SIGINT, or the end of a drain) with everything closed;
+${RUN_FAILED}`;
+
+const SERVER_EXIT = `Exit codes: 0 stopped (SIGTERM, SIGINT) with everything closed; ${RUN_FAILED}`;
 
 export const COMMAND_HELP: Record<string, string> = {
   server: `Usage: jitrunner server --config FILE
@@ -38,7 +45,7 @@ page; needs the admin token when one is set), GET /metrics, GET /healthz and GET
 Runs no runners: pair it with one or more \`jitrunner worker\`. Needs the webhook secret, not
 the App's private key (it never calls GitHub): do not give the server the key.
 
-${RUN_EXIT}
+${SERVER_EXIT}
 
 Options:
 ${CONFIG_OPTION}
@@ -106,7 +113,7 @@ Exit codes: 0 the host drained (or, with --no-wait, was told to; with --undo, it
 1 no live host ID (with --undo: no drain mark on ID), or Redis cannot be reached or stopped
 answering (the host, once told, still drains); 3 the host's worker stopped beating (killed,
 crashed, stopped) with runners of it still recorded: they may still be running jobs, see
-\`jitrunner status\`; 2 --host missing.
+\`jitrunner status\`; 2 --host missing, or an option drain does not take.
 
 Options:
 ${CONFIG_OPTION}

@@ -230,6 +230,28 @@ test("--help works on every command, without a config", async () => {
   assert.match(unknown.out, /unknown command 'statos'/);
 });
 
+test("an option a command does not take, or a word after it, exits 2 before any config is read", async () => {
+  const env = { JITRUNNER_CONFIG: join(dir, "missing.yml") };
+  const cases: Array<[string[], RegExp]> = [
+    [["server", "--json"], /jitrunner server: --json is not an option of server \(jitrunner server --help\)/],
+    [["status", "--host", "h1"], /--host is not an option of status/],
+    [["worker", "--mode", "server"], /--mode is not an option of worker/],
+    [["app-manifest", "--config", "x.yml"], /--config is not an option of app-manifest/],
+    [["check-config", "extra"], /unexpected argument 'extra'/],
+    [["drain", "--host", "h1", "--undo", "--no-wait"], /--undo and --no-wait do not go together/],
+  ];
+  const results = await Promise.all(cases.map(([args]) => run(args, env)));
+  results.forEach((r, i) => {
+    const [args, said] = cases[i]!;
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.out}`);
+    assert.match(r.out, said);
+  });
+  // What each command takes is still taken (short forms too): here, the missing config is what stops it.
+  const taken = await run(["status", "-c", join(dir, "missing.yml"), "--json"]);
+  assert.equal(taken.code, 1, taken.out);
+  assert.match(taken.out, /no config at/);
+});
+
 test("app-manifest prints the manifest for the given base URL, with no config at all", async () => {
   const r = await run(["app-manifest", "--url", "https://ci.example.com"], { JITRUNNER_CONFIG: join(dir, "missing.yml") });
   assert.equal(r.code, 0, r.out);
