@@ -135,7 +135,7 @@ async function main(argv: string[]): Promise<number> {
       github: { ...config.github, privateKeyFile: path(config.github.privateKeyFile), webhookSecretFile: path(config.github.webhookSecretFile), previousWebhookSecretFile: path(config.github.previousWebhookSecretFile) },
       server: { ...config.server, adminTokenFile: path(config.server.adminTokenFile), metricsTokenFile: path(config.server.metricsTokenFile) },
       worker: { ...config.worker, docker: { ...config.worker.docker, keyFile: path(config.worker.docker.keyFile) } },
-      redis: { ...config.redis, url: withoutPassword(config.redis.url) },
+      redis: { ...config.redis, url: withoutPassword(config.redis.url), sentinelPasswordFile: path(config.redis.sentinelPasswordFile) },
       pools,
     };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);

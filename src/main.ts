@@ -9,6 +9,7 @@ import { buildApp, REQUEST_TIMEOUT_MS } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
 import { Metrics } from "./metrics/metrics.ts";
 import { DemandConsumer, DemandQueues, FAIL_FAST, redisConnection } from "./queue/demand-queue.ts";
+import { addressPasswords, redisAddressOf } from "./queue/redis-address.ts";
 import { notingActivity } from "./reconcile/repo-activity.ts";
 import { Reconciler } from "./reconcile/reconciler.ts";
 import { ActiveRepos } from "./state/active-repos.ts";
@@ -90,11 +91,14 @@ async function startWith(
   // whose Redis host does not resolve, listens and answers 503 for good, and nothing else says why
   // (the worker's start fails with the error instead). Repeats, and the worker's, go at debug.
   const warned = new Set<string>();
-  const password = urlPassword(config.redis.url);
+  const address = redisAddressOf(config);
+  const passwords = addressPasswords(address);
   const connect = (options: RedisOptions = {}, warn = false): Redis => {
-    const c = redisConnection(config.redis.url, options);
+    const c = redisConnection(address, options);
+    // A sentinel that could not be asked, when another could: the connection goes on through the others.
+    c.on("sentinelError", (err) => logger.debug({ err: redisErrorText(err, passwords) }, "redis sentinel error"));
     c.on("error", (err) => {
-      const said = redisErrorText(err, password);
+      const said = redisErrorText(err, passwords);
       lastErrors.set(c, said);
       if (warn && !warned.has(said) && warned.size < WARNED_MAX) {
         warned.add(said);
@@ -432,19 +436,11 @@ const WARNED_MAX = 20;
 
 /**
  * A Redis connection's error as the log and readiness say it: its message redacted (redact), and
- * the URL's password, should the message hold it, hidden too.
+ * the address's passwords (addressPasswords), should the message hold one, hidden too. The delay
+ * ioredis names when no sentinel answered (it grows with each try) is left out: the same outage
+ * reads the same, and is warned of once.
  */
-function redisErrorText(err: unknown, password: string): string {
-  const text = redact(errorMessage(err));
-  return password ? text.replaceAll(password, "[redacted]") : text;
-}
-
-/** The password in a Redis URL (`redis://:PASSWORD@host`, or `?password=`), decoded; "" when none. */
-function urlPassword(url: string): string {
-  try {
-    const u = new URL(url);
-    return decodeURIComponent(u.password) || (u.searchParams.get("password") ?? "");
-  } catch {
-    return "";
-  }
+function redisErrorText(err: unknown, passwords: string[]): string {
+  const text = redact(errorMessage(err)).replace(/(All sentinels are unreachable\. Retrying from scratch) after \d+ms\./, "$1.");
+  return passwords.reduce((said, password) => said.replaceAll(password, "[redacted]"), text);
 }

@@ -1,5 +1,6 @@
 import type { Redis } from "ioredis";
 import type { Config } from "../config/load.ts";
+import { redisAddressOf } from "../queue/redis-address.ts";
 import { HostStore } from "../state/hosts.ts";
 import { RunnerStore } from "../state/runners.ts";
 import { cliRedis, connectCli, isUnreachable, redisTarget, unreachableReason } from "./redis.ts";
@@ -25,7 +26,7 @@ export async function drainHost(
   origins?: ReadonlyMap<string, string>,
 ): Promise<number> {
   const unreachable = (e: unknown, note = ""): number => {
-    err.write(`jitrunner drain: cannot reach Redis at ${redisTarget(config.redis.url, origins)}: ${unreachableReason(e)}${note}\n`);
+    err.write(`jitrunner drain: cannot reach Redis at ${redisTarget(redisAddressOf(config), origins)}: ${unreachableReason(e)}${note}\n`);
     return 1;
   };
   const redis = await connected(config, unreachable);
@@ -111,7 +112,7 @@ export async function undoDrain(
   origins?: ReadonlyMap<string, string>,
 ): Promise<number> {
   const unreachable = (e: unknown): number => {
-    err.write(`jitrunner drain --undo: cannot reach Redis at ${redisTarget(config.redis.url, origins)}: ${unreachableReason(e)}\n`);
+    err.write(`jitrunner drain --undo: cannot reach Redis at ${redisTarget(redisAddressOf(config), origins)}: ${unreachableReason(e)}\n`);
     return 1;
   };
   const redis = await connected(config, unreachable);
@@ -138,7 +139,7 @@ export async function undoDrain(
 
 /** The CLI's Redis connection, connected; or, when it cannot connect, what `unreachable` returns for it. */
 async function connected(config: Config, unreachable: (e: unknown) => number): Promise<Redis | number> {
-  const redis = cliRedis(config.redis.url);
+  const redis = cliRedis(redisAddressOf(config));
   try {
     await connectCli(redis);
     return redis;

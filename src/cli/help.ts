@@ -91,8 +91,9 @@ ${CONFIG_OPTION}
 
   status: `Usage: jitrunner status --config FILE [--json]
 
-Reads Redis (redis.url, redis.prefix) and prints what the status page shows: pools with their
-queue depth, hosts and runners with state and age, recent jobs and recent launch failures.
+Reads Redis (redis.url or redis.sentinels, redis.prefix) and prints what the status page shows:
+pools with their queue depth, hosts and runners with state and age, recent jobs and recent launch
+failures.
 Exits 1 when Redis cannot be reached or a part could not be read (it says which); each step waits
 at most 5 s for Redis.
 

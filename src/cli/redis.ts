@@ -2,6 +2,7 @@
 import { Redis } from "ioredis";
 import { atOutsideUserInfo } from "../config/schema.ts";
 import { errorMessage, redisUnavailableReason } from "../errors.ts";
+import { addressOptions, type RedisAddress } from "../queue/redis-address.ts";
 import { within } from "../timers.ts";
 
 /** How long `status` and `drain` wait for Redis on one step: connecting, or any one command. */
@@ -16,14 +17,18 @@ export const NO_ANSWER = `Redis did not answer within ${CLI_REDIS_TIMEOUT_MS / 1
  * connection and never answers would otherwise be waited on for ever). While disconnected a
  * command fails at once, and a lost connection is not retried.
  */
-export function cliRedis(url: string): Redis {
-  const redis = new Redis(url, {
+export function cliRedis(address: RedisAddress): Redis {
+  const redis = new Redis(address.url, {
     lazyConnect: true,
     connectTimeout: CLI_REDIS_TIMEOUT_MS,
     commandTimeout: CLI_REDIS_TIMEOUT_MS,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     retryStrategy: () => null,
+    ...addressOptions(address),
+    // Through Sentinel: each sentinel is asked once, each answer waited for as long as a command.
+    sentinelRetryStrategy: () => null,
+    sentinelCommandTimeout: CLI_REDIS_TIMEOUT_MS,
   });
   redis.on("error", () => undefined);
   return redis;
@@ -72,11 +77,17 @@ function userInfoReplaced(url: string): string {
 /**
  * Which Redis a command could not reach, for an operator's line: its URL without a password, and
  * where the URL came from, so the one to fix is found: the environment variable that set it
- * (`origins`, the options the environment set), else `redis.url` in the config.
+ * (`origins`, the options the environment set), else `redis.url` in the config. Through Sentinel,
+ * the master's name and the sentinels asked, as redis.sentinelName and redis.sentinels give them.
  */
-export function redisTarget(url: string, origins?: ReadonlyMap<string, string>): string {
+export function redisTarget(address: RedisAddress, origins?: ReadonlyMap<string, string>): string {
+  const s = address.sentinel;
+  if (s) {
+    const sentinels = s.sentinels.map(({ host, port }) => `${host.includes(":") ? `[${host}]` : host}:${port}`).join(", ");
+    return `master '${s.name}' through the sentinels at ${sentinels} (redis.sentinelName, redis.sentinels)`;
+  }
   const from = origins?.get("redis.url");
-  return `${withoutPassword(url)} (${from ? `from ${from}` : "redis.url"})`;
+  return `${withoutPassword(address.url)} (${from ? `from ${from}` : "redis.url"})`;
 }
 
 /**

@@ -1,4 +1,5 @@
 import type { Config } from "../config/load.ts";
+import { redisAddressOf } from "../queue/redis-address.ts";
 import { DemandQueues } from "../queue/demand-queue.ts";
 import { ActivityLog } from "../state/activity.ts";
 import { HostStore } from "../state/hosts.ts";
@@ -20,11 +21,11 @@ export async function statusCommand(
   out: NodeJS.WritableStream,
   err: NodeJS.WritableStream,
 ): Promise<number> {
-  const redis = cliRedis(config.redis.url);
+  const redis = cliRedis(redisAddressOf(config));
   try {
     await connectCli(redis);
   } catch (e) {
-    err.write(`jitrunner status: cannot reach Redis at ${redisTarget(config.redis.url, opts.origins)}: ${unreachableReason(e)}\n`);
+    err.write(`jitrunner status: cannot reach Redis at ${redisTarget(redisAddressOf(config), opts.origins)}: ${unreachableReason(e)}\n`);
     redis.disconnect();
     return 1;
   }

@@ -4,7 +4,7 @@ import { posix } from "node:path";
 import { parseDocument } from "yaml";
 import type { ZodType } from "zod";
 import { ConfigError } from "../errors.ts";
-import { configSchema, secretFile, shownSecretPath, type ParsedConfig, type PoolConfig } from "./schema.ts";
+import { configSchema, secretFile, SENTINEL_ONLY, shownSecretPath, type ParsedConfig, type PoolConfig } from "./schema.ts";
 import { Secret } from "./secret.ts";
 
 export type { PoolConfig } from "./schema.ts";
@@ -15,9 +15,10 @@ export interface Config extends Omit<ParsedConfig, "worker"> {
    * privateKey and webhookSecret are empty when the mode loaded for does not use them (secretsNeeded);
    * adminToken and metricsToken are absent when not set, or not read by that mode (tokensNeeded);
    * previousWebhookSecret likewise: the one GitHub signed with before webhookSecret, accepted too
-   * while a rotation is under way (github.previousWebhookSecretFile).
+   * while a rotation is under way (github.previousWebhookSecretFile). redisSentinelPassword: the
+   * sentinels' (redis.sentinelPasswordFile), read in every mode, absent when not set.
    */
-  secrets: { privateKey: Secret; webhookSecret: Secret; previousWebhookSecret?: Secret; adminToken?: Secret; metricsToken?: Secret };
+  secrets: { privateKey: Secret; webhookSecret: Secret; previousWebhookSecret?: Secret; adminToken?: Secret; metricsToken?: Secret; redisSentinelPassword?: Secret };
 }
 
 export interface LoadSources {
@@ -151,6 +152,8 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   const tokens = tokensNeeded(secretsFor);
   const adminToken = tokens.adminToken ? optionalToken("server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN", srv.adminTokenFile, env, readFile, problems) : undefined;
   const metricsToken = tokens.metricsToken ? optionalToken("server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN", srv.metricsTokenFile, env, readFile, problems) : undefined;
+  // Every mode reaches Redis, status and drain too: the sentinels' password is read for all.
+  const redisSentinelPassword = sentinelPassword((raw as Record<string, any>).redis, env, readFile, problems);
   // The Docker TLS files, read by a worker at start: a missing one would fail it there, naming no option.
   const runsWorker = secretsFor === "worker" || secretsFor === "all";
   if (runsWorker) problems.push(...unreadableFiles((raw as Record<string, any>).worker?.docker, "worker.docker", DOCKER_FILES, readFile));
@@ -174,7 +177,7 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   const config: Config = {
     ...parsed.data,
     worker: { ...parsed.data.worker, hostId: parsed.data.worker.hostId ?? sanitizeHost(hostname()) },
-    secrets: { privateKey, webhookSecret, ...(previousWebhookSecret && { previousWebhookSecret }), ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }) },
+    secrets: { privateKey, webhookSecret, ...(previousWebhookSecret && { previousWebhookSecret }), ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }), ...(redisSentinelPassword && { redisSentinelPassword }) },
   };
   return { config, origins: overridden };
 }
@@ -429,6 +432,29 @@ function previousSecret(file: unknown, env: Record<string, string | undefined>, 
   return weak.length > 0 ? undefined : new Secret(value);
 }
 
+/**
+ * An optional secret from env or file, trimmed, and where it came from (the variable, or the
+ * file's path as it may be shown); undefined when neither is given or the file cannot be read.
+ */
+function optionalSecret(
+  option: string,
+  envName: string,
+  file: unknown,
+  env: Record<string, string | undefined>,
+  readFile: (path: string) => string,
+  problems: string[],
+): { value: string; from: string } | undefined {
+  if (env[envName]) return { value: env[envName].trim(), from: envName };
+  if (typeof file !== "string") return undefined;
+  if (!readablePath(file)) return undefined; // refused by the schema, unshown
+  try {
+    return { value: readFile(file).trim(), from: shownSecretPath(file) };
+  } catch (err) {
+    problems.push(cannotRead(option, shownSecretPath(file), err));
+    return undefined;
+  }
+}
+
 /** An optional bearer token from env or file; undefined when neither is given. */
 function optionalToken(
   option: string,
@@ -438,22 +464,39 @@ function optionalToken(
   readFile: (path: string) => string,
   problems: string[],
 ): Secret | undefined {
-  let value: string;
-  if (env[envName]) value = env[envName].trim();
-  else if (typeof file === "string") {
-    if (!readablePath(file)) return undefined; // refused by the schema, unshown
-    try {
-      value = readFile(file).trim();
-    } catch (err) {
-      problems.push(cannotRead(option, shownSecretPath(file), err));
-      return undefined;
-    }
-  } else return undefined;
-  if (value.length < TOKEN_MIN_LENGTH || /\s/.test(value)) {
-    problems.push(`${option}: the token (from ${env[envName] ? envName : shownSecretPath(String(file))}) must be at least ${TOKEN_MIN_LENGTH} characters without spaces`);
+  const token = optionalSecret(option, envName, file, env, readFile, problems);
+  if (!token) return undefined;
+  if (token.value.length < TOKEN_MIN_LENGTH || /\s/.test(token.value)) {
+    problems.push(`${option}: the token (from ${token.from}) must be at least ${TOKEN_MIN_LENGTH} characters without spaces`);
     return undefined;
   }
-  return new Secret(value);
+  return new Secret(token.value);
+}
+
+/**
+ * The sentinels' password (redis.sentinelPasswordFile, or env JITRUNNER_REDIS_SENTINEL_PASSWORD);
+ * undefined when not given. Refused without Sentinel (half a setup), and a sentinelUsername
+ * without it (the sentinels would be asked as the default user).
+ */
+function sentinelPassword(redis: unknown, env: Record<string, string | undefined>, readFile: (path: string) => string, problems: string[]): Secret | undefined {
+  const option = "redis.sentinelPasswordFile";
+  const envName = "JITRUNNER_REDIS_SENTINEL_PASSWORD";
+  const section = (typeof redis === "object" && redis !== null ? redis : {}) as Record<string, unknown>;
+  const sentinel = section.sentinels !== undefined || section.sentinelName !== undefined;
+  // The file's option without Sentinel is the schema's to refuse; the variable is said here.
+  if (env[envName] && !sentinel) {
+    problems.push(`${envName} ${SENTINEL_ONLY}`);
+    return undefined;
+  }
+  const password = optionalSecret(option, envName, section.sentinelPasswordFile, env, readFile, problems);
+  if (password && !password.value) {
+    problems.push(`${option}: ${password.from} holds only white space`);
+    return undefined;
+  }
+  if (section.sentinelUsername !== undefined && sentinel && !env[envName] && section.sentinelPasswordFile === undefined) {
+    problems.push(`redis.sentinelUsername: needs the sentinels' password too (redis.sentinelPasswordFile, or ${envName})`);
+  }
+  return password && new Secret(password.value);
 }
 
 /**

@@ -56,6 +56,26 @@ export function atOutsideUserInfo(url: string): boolean {
   return [...u.searchParams].some(([key, value]) => key.includes("@") || (value.includes("@") && key !== "password" && key !== "username"));
 }
 
+/** What a Sentinel option set without redis.sentinels and redis.sentinelName is told. */
+export const SENTINEL_ONLY = "is for Redis Sentinel: set redis.sentinels and redis.sentinelName too, or leave it out";
+
+/**
+ * A sentinel's address: `host:port`, the host a name, an IPv4 address or an IPv6 one in brackets
+ * (`[::1]:26379`). No scheme or password: the sentinels' password is one for all
+ * (redis.sentinelPasswordFile), and TLS follows redis.url's scheme.
+ */
+export const sentinelAddress = z.string().superRefine((value, ctx) => {
+  const port = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$/.exec(value)?.[1];
+  if (port === undefined) ctx.addIssue({ code: "custom", message: "must be host:port, as 10.0.0.5:26379, sentinel-1:26379 or [fd00::5]:26379" });
+  else if (Number(port) < 1 || Number(port) > 65535) ctx.addIssue({ code: "custom", message: "must have a port from 1 to 65535" });
+});
+
+/** A sentinel address (sentinelAddress) as ioredis takes it. */
+export function parseSentinelAddress(value: string): { host: string; port: number } {
+  const at = value.lastIndexOf(":");
+  return { host: value.slice(0, at).replace(/^\[|\]$/g, ""), port: Number(value.slice(at + 1)) };
+}
+
 const mount = z
   .object({
     source: z.string().min(1),
@@ -217,8 +237,32 @@ export const configSchema = z
           )
           .default("redis://127.0.0.1:6379"),
         prefix: z.string().regex(/^[A-Za-z0-9_-]+$/).default("jitrunner"),
+        /**
+         * Redis Sentinel: the sentinels asked for the master's address, each `host:port` (with
+         * sentinelName). The URL then gives the password, user name, database and TLS, not the address.
+         */
+        sentinels: z.array(sentinelAddress).min(1, "name at least one sentinel, or leave redis.sentinels out").optional(),
+        /** The master's name, as the sentinels monitor it (`sentinel monitor NAME ...`). */
+        sentinelName: z.string().regex(/^[^\s"']{1,256}$/, "must be the master's name as the sentinels monitor it (sentinel monitor NAME ...): no spaces or quotes").optional(),
+        /** ACL user the sentinels are asked as (with a sentinel password). */
+        sentinelUsername: z.string().min(1).max(256).optional(),
+        /** File with the sentinels' password (or env JITRUNNER_REDIS_SENTINEL_PASSWORD); unset: none. */
+        sentinelPasswordFile: secretFile("JITRUNNER_REDIS_SENTINEL_PASSWORD").optional(),
       })
       .strict()
+      .superRefine((redis, ctx) => {
+        // Half a Sentinel setup is refused, not taken for none (which would connect to redis.url's address).
+        const sentinel = redis.sentinels !== undefined || redis.sentinelName !== undefined;
+        if (redis.sentinels && redis.sentinelName === undefined) {
+          ctx.addIssue({ code: "custom", path: ["sentinelName"], message: "redis.sentinels needs the name of the master they monitor (sentinel monitor NAME ...)" });
+        }
+        if (redis.sentinelName !== undefined && !redis.sentinels) {
+          ctx.addIssue({ code: "custom", path: ["sentinels"], message: "redis.sentinelName needs the sentinels to ask for that master (host:port each)" });
+        }
+        for (const key of ["sentinelUsername", "sentinelPasswordFile"] as const) {
+          if (redis[key] !== undefined && !sentinel) ctx.addIssue({ code: "custom", path: [key], message: SENTINEL_ONLY });
+        }
+      })
       .prefault({}),
     server: z
       .object({

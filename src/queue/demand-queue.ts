@@ -13,6 +13,7 @@ import { errorMessage, LeaseLostError, redact } from "../errors.ts";
 import type { Demand, DemandEnd } from "../demand.ts";
 import { demandId, demandIdOf, demandIdsOf } from "../demand.ts";
 import type { ClaimKey } from "../state/deliveries.ts";
+import { addressOptions, type RedisAddress } from "./redis-address.ts";
 
 /** How long a redelivered `queued` webhook is still recognised (GitHub keeps deliveries 3 days). */
 const SEEN_TTL_SECONDS = 3 * 24 * 3600;
@@ -107,14 +108,18 @@ class Connection extends Redis {
   }
 }
 
-export function redisConnection(url: string, extra: RedisOptions = {}): Redis {
+/** A connection to the Redis at `address`: a URL, or an address that may name sentinels (see RedisAddress). */
+export function redisConnection(address: string | RedisAddress, extra: RedisOptions = {}): Redis {
+  const target = typeof address === "string" ? { url: address } : address;
   // BullMQ needs maxRetriesPerRequest: null on connections it blocks on. BullMQ's own connections
-  // (a worker's blocking one) are duplicates of this one, with its timeouts.
-  return new Connection(url, {
+  // (a worker's blocking one) are duplicates of this one, with its timeouts and its sentinels.
+  // The ready check is on: through Sentinel, it is what refuses a node that is no longer the master.
+  return new Connection(target.url, {
     maxRetriesPerRequest: null,
     enableReadyCheck: true,
     socketTimeout: REDIS_SOCKET_TIMEOUT_MS,
     keepAlive: REDIS_KEEPALIVE_MS,
+    ...addressOptions(target),
     ...extra,
   });
 }

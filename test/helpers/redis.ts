@@ -124,7 +124,7 @@ async function startOwnRedis(opts: OwnRedisOptions): Promise<OwnRedis> {
   };
 }
 
-interface Started {
+export interface Started {
   child: ChildProcess;
   port: number;
   url: string;
@@ -135,7 +135,7 @@ interface Started {
  * for: a test in the other lane (test/run.ts) may bind it first, and redis-server then exits. So
  * each try waits until the Redis answering there is its own, and a taken port is tried anew.
  */
-async function startOnFreePort(argsOn: (port: number) => string[], urlOn: (port: number) => string): Promise<Started> {
+export async function startOnFreePort(argsOn: (port: number) => string[], urlOn: (port: number) => string): Promise<Started> {
   for (let tries = 1; ; tries++) {
     const port = await freePort();
     const url = urlOn(port);

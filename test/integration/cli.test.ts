@@ -87,6 +87,27 @@ test("check-config prints the resolved config without a secret: the keys' values
   }
 });
 
+test("check-config shows a Sentinel setup without its passwords: the sentinels, the master's name, the password file's path", async () => {
+  const file = join(dir, "sentinel.yml");
+  const passwordFile = join(dir, "sentinel-password");
+  const sentinelPassword = "sentinel-pass-N4d";
+  await writeFile(passwordFile, `${sentinelPassword}\n`);
+  const redisSection = `redis:\n  url: redis://:data-pass-C8x@127.0.0.1:6379/1\n  prefix: x\n  sentinels: ["10.0.0.5:26379", "10.0.0.6:26379"]\n  sentinelName: mymaster\n  sentinelPasswordFile: ${passwordFile}\n`;
+  await writeFile(file, configText(redis.url, redis.prefix).replace(/^redis:\n(  .*\n)+/m, redisSection));
+  const { code, out } = await run(["check-config", "--config", file], SECRETS);
+  assert.equal(code, 0, out);
+  const printed = JSON.parse(out) as { redis: Record<string, unknown>; secrets: Record<string, string> };
+  assert.deepEqual(printed.redis, {
+    url: "redis://:redacted@127.0.0.1:6379/1",
+    prefix: "x",
+    sentinels: ["10.0.0.5:26379", "10.0.0.6:26379"],
+    sentinelName: "mymaster",
+    sentinelPasswordFile: passwordFile,
+  });
+  assert.equal(printed.secrets.redisSentinelPassword, "[redacted]");
+  for (const secret of [sentinelPassword, "data-pass-C8x"]) assert.ok(!out.includes(secret), secret);
+});
+
 test("check-config hides what a pool's runner environment holds of credentials: a URL's password, a value under a credential's name", async () => {
   const file = join(dir, "pool-env.yml");
   const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      OPENAI_APIKEY: sk-apikey-Q7w\n      DB_PASS: db-pass-H4n\n      TZ: Europe/Berlin\n      DSN: "postgres://db/x?sslmode=require&password=dsn-pass-J6t"\n      GIT_URL: "https://git-user-token-P5z@git.example/o/r"\n      AT_PROXY: "http://ci:at@pass-R2d@proxy.internal:3128"\n      GH_PAT: pat-value-W1c\n      DB_PWD: db-pwd-T8k\n      BLOB: "ghs_0123456789abcdefABCDEF0123456789abcd"\n      TOOL_CACHE: /opt/hostedtoolcache/MyCompany/Tools/Shared/Cache/Linux\n      REPO_URL: "ssh://git@git.example/o/r?ref=main"\n      DATABASE_URL: "postgres://app:k9/Xq+Secr3t@db:5432/app"\n      CACHE_URL: "redis://:Zm9v/YmFy@cache:6379"\n`;

@@ -1,0 +1,149 @@
+/**
+ * Redis Sentinel in the config: redis.sentinels and redis.sentinelName together, the sentinels'
+ * password from a file or the environment, and every half setup refused at once, the password
+ * never repeated. What the connections are given (redisAddressOf, addressOptions) and what an
+ * operator is shown (redisTarget).
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { redisTarget } from "../../src/cli/redis.ts";
+import { loadConfig } from "../../src/config/load.ts";
+import { ConfigError } from "../../src/errors.ts";
+import { addressOptions, addressPasswords, redisAddressOf } from "../../src/queue/redis-address.ts";
+import { testPrivateKey } from "../helpers/config.ts";
+
+const env = { JITRUNNER_GITHUB_PRIVATE_KEY: testPrivateKey(), JITRUNNER_GITHUB_WEBHOOK_SECRET: "s3cret-value-0123456789" };
+const SENTINEL_PASSWORD = "sentinel-pass-Hq8";
+const files: Record<string, string> = { "/run/secrets/sentinel-password": `${SENTINEL_PASSWORD}\n`, "/run/secrets/blank": " \n" };
+const readFile = (p: string): string => {
+  if (p in files) return files[p]!;
+  throw Object.assign(new Error(`ENOENT ${p}`), { code: "ENOENT" });
+};
+
+/** A config whose redis section is `redis` (YAML lines, indented under it). */
+function withRedis(redis: string): string {
+  return `
+github:
+  appId: 42
+redis:
+${redis
+  .trim()
+  .split("\n")
+  .map((l) => `  ${l.trim()}`)
+  .join("\n")}
+pools:
+  - name: default
+    labels: [self-hosted, linux]
+    image: runner:1
+`;
+}
+
+function problemsOf(text: string, over: Record<string, string> = {}): string[] {
+  try {
+    loadConfig({ text, env: { ...env, ...over }, readFile });
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.problems;
+  }
+  return assert.fail("the config was accepted");
+}
+
+test("sentinels and the master's name: the connections ask the sentinels, with redis.url's password and database, and the sentinels' own password", () => {
+  const c = loadConfig({
+    text: withRedis(`
+      url: redis://:data-pass-7Yw@ignored:6379/2
+      sentinels: ["10.0.0.5:26379", "sentinel-2.internal:26380", "[fd00::5]:26379"]
+      sentinelName: mymaster
+      sentinelPasswordFile: /run/secrets/sentinel-password
+    `),
+    env,
+    readFile,
+  });
+  assert.deepEqual(c.redis.sentinels, ["10.0.0.5:26379", "sentinel-2.internal:26380", "[fd00::5]:26379"]);
+  assert.equal(c.secrets.redisSentinelPassword?.reveal(), SENTINEL_PASSWORD);
+  const address = redisAddressOf(c);
+  assert.deepEqual(addressOptions(address), {
+    sentinels: [
+      { host: "10.0.0.5", port: 26379 },
+      { host: "sentinel-2.internal", port: 26380 },
+      { host: "fd00::5", port: 26379 },
+    ],
+    name: "mymaster",
+    sentinelPassword: SENTINEL_PASSWORD,
+    sentinelCommandTimeout: 5_000,
+  });
+  assert.deepEqual(addressPasswords(address), ["data-pass-7Yw", SENTINEL_PASSWORD]);
+  // What status and drain say when they cannot reach it: no password, no unused URL address.
+  const shown = redisTarget(address);
+  assert.equal(shown, "master 'mymaster' through the sentinels at 10.0.0.5:26379, sentinel-2.internal:26380, [fd00::5]:26379 (redis.sentinelName, redis.sentinels)");
+
+  // rediss://: TLS to the master and the sentinels; the variable gives the password, a user name with it.
+  const tls = loadConfig({
+    text: withRedis(`
+      url: rediss://:data-pass-7Yw@ignored:6379
+      sentinels: ["10.0.0.5:26379"]
+      sentinelName: mymaster
+      sentinelUsername: jitrunner
+    `),
+    env: { ...env, JITRUNNER_REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD },
+    readFile,
+  });
+  assert.deepEqual(addressOptions(redisAddressOf(tls)), {
+    sentinels: [{ host: "10.0.0.5", port: 26379 }],
+    name: "mymaster",
+    sentinelUsername: "jitrunner",
+    sentinelPassword: SENTINEL_PASSWORD,
+    sentinelCommandTimeout: 5_000,
+    enableTLSForSentinelMode: true,
+    sentinelTLS: {},
+  });
+
+  // Without Sentinel: the URL alone, as ever.
+  const plain = loadConfig({ text: withRedis("url: redis://:data-pass-7Yw@redis:6379"), env, readFile });
+  assert.deepEqual(redisAddressOf(plain), { url: "redis://:data-pass-7Yw@redis:6379" });
+  assert.deepEqual(addressOptions(redisAddressOf(plain)), {});
+  assert.equal(plain.secrets.redisSentinelPassword, undefined);
+});
+
+test("half a Sentinel setup is refused, each half named, never taken for the URL's one address", () => {
+  assert.deepEqual(problemsOf(withRedis(`sentinels: ["10.0.0.5:26379"]`)), [
+    "redis.sentinelName: redis.sentinels needs the name of the master they monitor (sentinel monitor NAME ...)",
+  ]);
+  assert.deepEqual(problemsOf(withRedis("sentinelName: mymaster")), ["redis.sentinels: redis.sentinelName needs the sentinels to ask for that master (host:port each)"]);
+  const only = "is for Redis Sentinel: set redis.sentinels and redis.sentinelName too, or leave it out";
+  assert.deepEqual(problemsOf(withRedis("sentinelUsername: jitrunner\nsentinelPasswordFile: /run/secrets/sentinel-password")).sort(), [
+    `redis.sentinelPasswordFile: ${only}`,
+    `redis.sentinelUsername: ${only}`,
+  ]);
+  assert.deepEqual(problemsOf(withRedis("url: redis://redis:6379"), { JITRUNNER_REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD }), [`JITRUNNER_REDIS_SENTINEL_PASSWORD ${only}`]);
+  // A user name with no password: the sentinels would be asked as the default user.
+  assert.deepEqual(problemsOf(withRedis(`sentinels: ["10.0.0.5:26379"]\nsentinelName: mymaster\nsentinelUsername: jitrunner`)), [
+    "redis.sentinelUsername: needs the sentinels' password too (redis.sentinelPasswordFile, or JITRUNNER_REDIS_SENTINEL_PASSWORD)",
+  ]);
+});
+
+test("sentinel addresses that are not host:port, a master name with spaces, and a password file that is blank, missing or the password itself are refused, all at once, the password unrepeated", () => {
+  const problems = problemsOf(
+    withRedis(`
+      sentinels: ["10.0.0.5", "redis://10.0.0.6:26379", "10.0.0.7:0", "10.0.0.8:70000", "fd00::5:26379", "sentinel-9:26379"]
+      sentinelName: my master
+      sentinelPasswordFile: ${SENTINEL_PASSWORD}-----BEGIN
+    `),
+  );
+  const hostPort = "must be host:port, as 10.0.0.5:26379, sentinel-1:26379 or [fd00::5]:26379";
+  assert.deepEqual(problems.filter((p) => p.startsWith("redis.sentinels")), [
+    `redis.sentinels.0: ${hostPort}`,
+    `redis.sentinels.1: ${hostPort}`,
+    "redis.sentinels.2: must have a port from 1 to 65535",
+    "redis.sentinels.3: must have a port from 1 to 65535",
+    `redis.sentinels.4: ${hostPort}`,
+  ]);
+  assert.ok(problems.some((p) => p.startsWith("redis.sentinelName: must be the master's name as the sentinels monitor it")), problems.join("\n"));
+  assert.ok(problems.some((p) => p.startsWith("redis.sentinelPasswordFile: must be the path of a file that holds the secret")), problems.join("\n"));
+  for (const p of problems) assert.ok(!p.includes(SENTINEL_PASSWORD), p);
+
+  assert.deepEqual(problemsOf(withRedis(`sentinels: []\nsentinelName: mymaster`)), ["redis.sentinels: name at least one sentinel, or leave redis.sentinels out"]);
+  const base = `sentinels: ["10.0.0.5:26379"]\nsentinelName: mymaster`;
+  assert.deepEqual(problemsOf(withRedis(`${base}\nsentinelPasswordFile: /run/secrets/blank`)), ["redis.sentinelPasswordFile: /run/secrets/blank holds only white space"]);
+  assert.deepEqual(problemsOf(withRedis(`${base}\nsentinelPasswordFile: /run/secrets/none`)), ["redis.sentinelPasswordFile: cannot read /run/secrets/none (ENOENT)"]);
+});
