@@ -563,7 +563,7 @@ export class DemandConsumer {
         this.#giveBackUnleased(worker, cut).catch(() => undefined);
       }
     }
-    return job?.id ? this.#lease(job, token) : undefined;
+    return job?.id ? this.#lease(worker, job, token) : undefined;
   }
 
   /** Gives back active demand locked with one of `tokens` that no live lease of that token holds. One read of the pool's active demand. */
@@ -581,8 +581,29 @@ export class DemandConsumer {
     );
   }
 
-  #lease(job: Job<Demand>, token: string): Lease {
+  /**
+   * Whether a settle that counts an attempt (complete, fail), refused by BullMQ as if its lease
+   * were lost, had landed all the same. When the connection drops after Redis ran it but before
+   * its answer came, ioredis sends it again once reconnected; that copy finds the lock gone with
+   * the first run, or another lease's once another worker took the demand (a failure with tries
+   * left). BullMQ counts an attempt at each settle of that kind (`attemptsMade`) and a take at each
+   * take (`attemptsStarted`): with no take since this lease's, or one whose lease still holds the
+   * demand, exactly one more attempt counted than at the take is this lease's settle. A lapsed
+   * lease's demand never shows that (the stalled check counts neither), nor does one whose later
+   * holder settled it too: in doubt, the lease is lost, as before.
+   */
+  async #landed(worker: Worker<Demand>, id: string, taken: { started: number; made: number }): Promise<boolean> {
+    const now = await Job.fromId<Demand>(worker, id).catch(() => undefined);
+    if (!now || now.attemptsMade !== taken.made + 1) return false;
+    const since = now.attemptsStarted - taken.started;
+    if (since !== 0 && since !== 1) return false;
+    const state = await now.getState().catch(() => "unknown");
+    return since === 0 ? state !== "active" && state !== "unknown" : state === "active";
+  }
+
+  #lease(worker: Worker<Demand>, job: Job<Demand>, token: string): Lease {
     const leaseMs = this.#leaseMs;
+    const taken = { started: job.attemptsStarted, made: job.attemptsMade };
     const lost = new AbortController();
     const renew = setInterval(() => {
       // 0: the lock is gone (it lapsed while Redis was away for longer than the lease) or another
@@ -602,13 +623,16 @@ export class DemandConsumer {
     // The first settling call's outcome is every later one's: after a complete that failed, a fail
     // rejects too, instead of resolving as if it had landed.
     let settling: Promise<void> | undefined;
-    const settle = (fn: () => Promise<unknown>): Promise<void> => {
+    // `counted`: a settle that counts an attempt, which #landed can recognise once sent again.
+    const settle = (fn: () => Promise<unknown>, counted = false): Promise<void> => {
       clearInterval(renew);
       settling ??= (async () => {
         try {
           await fn();
         } catch (err) {
-          throw LOCK_LOST.test(errorMessage(err)) ? new LeaseLostError(job.id!, err) : err;
+          if (!LOCK_LOST.test(errorMessage(err))) throw err;
+          if (counted && (await this.#landed(worker, job.id!, taken))) return;
+          throw new LeaseLostError(job.id!, err);
         } finally {
           this.#leased.delete(token);
         }
@@ -621,8 +645,8 @@ export class DemandConsumer {
       lost: lost.signal,
       attempt: job.attemptsMade + 1,
       attempts: job.opts.attempts ?? 1,
-      complete: (result) => settle(() => job.moveToCompleted(result, token, false)),
-      fail: (err, final) => settle(() => job.moveToFailed(asKept(err, final), token, false)),
+      complete: (result) => settle(() => job.moveToCompleted(result, token, false), true),
+      fail: (err, final) => settle(() => job.moveToFailed(asKept(err, final), token, false), true),
       // BullMQ's moveToDelayed skips the attempt (attemptsMade stays). The count goes first, best
       // effort: lost, the next wait is only as long as this one.
       postpone: (ms) =>

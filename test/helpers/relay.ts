@@ -33,13 +33,20 @@ export async function silenceableRelay(target: URL): Promise<LoopbackServer & { 
  * `cutAfter(marker)` was called: the first chunk from a client that contains `marker` goes on to
  * the server, and when the server's next bytes come, both sides are closed instead of passing
  * them (a command the server ran whose reply never came: a socket timeout, a failover, a network
- * blip). `cuts` counts the connections cut; `url` is `target` with the relay's host and port.
+ * blip). With `hold`, the connections made after that cut are closed at once until `reopen()`
+ * (a Redis unreachable for a while: a client's reconnect, and what it sends again, waits for it).
+ * `cuts` counts the connections cut; `url` is `target` with the relay's host and port.
  */
-export async function cuttingRelay(target: URL): Promise<LoopbackServer & { url: string; cutAfter(marker: string): void; readonly cuts: number }> {
+export async function cuttingRelay(
+  target: URL,
+): Promise<LoopbackServer & { url: string; cutAfter(marker: string, opts?: { hold?: boolean }): void; reopen(): void; readonly cuts: number }> {
   let marker: string | undefined;
+  let hold = false;
+  let held = false;
   let cuts = 0;
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
+    if (held) return void client.destroy();
     const upstream = connect(Number(target.port), target.hostname);
     let sent = false;
     track(sockets, client);
@@ -54,6 +61,7 @@ export async function cuttingRelay(target: URL): Promise<LoopbackServer & { url:
     upstream.on("data", (chunk: Buffer) => {
       if (!sent) return void client.write(chunk);
       cuts++;
+      held = hold;
       client.destroy();
       upstream.destroy();
     });
@@ -67,7 +75,11 @@ export async function cuttingRelay(target: URL): Promise<LoopbackServer & { url:
   return {
     ...listening,
     url: url.toString(),
-    cutAfter: (m) => void (marker = m),
+    cutAfter: (m, opts) => {
+      marker = m;
+      hold = opts?.hold ?? false;
+    },
+    reopen: () => void (held = false),
     get cuts() {
       return cuts;
     },

@@ -302,3 +302,92 @@ test("a next() take whose reply was lost and that ioredis sent again leaves no d
     return lease ? [lease] : [];
   });
 });
+
+/**
+ * A settling call (complete, fail) whose reply is lost to a dropped connection after Redis ran it:
+ * ioredis sends it again once reconnected, and BullMQ refuses that copy, the lock being gone with
+ * the first. The settle landed all the same: it must resolve, not reject as a lapsed lease (which
+ * made the worker warn of a lapse, and a demand's last failed try go uncounted as failed).
+ */
+async function settleCut(name: string, settle: (lease: Lease, marker: string) => Promise<void>, states: readonly string[]): Promise<void> {
+  const { redis, conn } = shared;
+  const settings = { redisUrl: redis.url, prefix: `${redis.prefix}:${name}`, attempts: 2, leaseMs: LEASE_MS };
+  const queues = new DemandQueues(settings, conn);
+  const relay = await cuttingRelay(new URL(redis.url));
+  const cutConn = redisConnection(relay.url);
+  const cut = new DemandConsumer(settings, cutConn, POOL, "host-cut:1");
+  let lease: Lease | undefined;
+  try {
+    assert.equal(await queues.add(demand(61)), "added");
+    await cut.start();
+    lease = await waitFor(() => cut.next(), 20_000, "the demand leased");
+    // Only the settle carries it (the completion's result, the failure's message).
+    const marker = `settle-cut-${name}`;
+    relay.cutAfter(marker);
+    await settle(lease, marker);
+    assert.equal(relay.cuts, 1, "the settle's reply was lost, and the settle sent again");
+    const counts = (await queues.counts([POOL])).get(POOL)!;
+    assert.equal(counts.active, 0, JSON.stringify(counts));
+    assert.equal(states.reduce((n, s) => n + counts[s as keyof typeof counts], 0), 1, `settled as ${states.join(" or ")}: ${JSON.stringify(counts)}`);
+  } finally {
+    await lease?.release().catch(() => undefined);
+    await queues.close();
+    await cut.close();
+    cutConn.disconnect();
+    await relay.close();
+  }
+}
+
+test("a completion whose reply was lost and that ioredis sent again is taken as landed, not as a lapsed lease", async () => {
+  await settleCut("cut-complete", (lease, marker) => lease.complete(marker), ["completed"]);
+});
+
+test("a failure with tries left whose reply was lost and that ioredis sent again is taken as landed, not as a lapsed lease", async () => {
+  await settleCut("cut-fail", (lease, marker) => lease.fail(new Error(marker), false), ["delayed", "waiting"]);
+});
+
+test("a last failure whose reply was lost and that ioredis sent again is taken as landed, not as a lapsed lease", async () => {
+  await settleCut("cut-fail-final", (lease, marker) => lease.fail(new Error(marker), true), ["failed"]);
+});
+
+test("a failure with tries left whose reply was lost, sent again once another worker took the demand for its next try, is taken as landed, and that worker's lease holds", async () => {
+  const { redis, conn } = shared;
+  const settings = { redisUrl: redis.url, prefix: `${redis.prefix}:cut-fail-taken`, attempts: 2, leaseMs: LEASE_MS };
+  const queues = new DemandQueues(settings, conn);
+  const relay = await cuttingRelay(new URL(redis.url));
+  const cutConn = redisConnection(relay.url);
+  const cut = new DemandConsumer(settings, cutConn, POOL, "host-cut:1");
+  const otherConn = redisConnection(redis.url);
+  const other = new DemandConsumer(settings, otherConn, POOL, "host-b:1");
+  let next: Lease | undefined;
+  try {
+    assert.equal(await queues.add(demand(71)), "added");
+    await cut.start();
+    const lease = await waitFor(() => cut.next(), 20_000, "the demand leased");
+    const marker = "settle-cut-fail-taken";
+    // The reconnect, and the failure sent again with it, wait until the other worker took the demand.
+    relay.cutAfter(marker, { hold: true });
+    const failing = lease.fail(new Error(marker), false);
+    failing.catch(() => undefined);
+    await other.start();
+    next = await waitFor(() => other.next(), 30_000, "the demand taken by the other worker for its next try");
+    assert.equal(next.id, lease.id);
+    assert.equal(next.attempt, 2, "the failure landed: its try was counted");
+    relay.reopen();
+    await failing;
+    assert.equal(relay.cuts, 1);
+    assert.equal(next.lost.aborted, false, "the other worker's lease holds");
+    assert.match((await conn.get(`${settings.prefix}:bull:demand-${POOL}:${next.id}:lock`)) ?? "", /^host-b:1:/);
+    await next.complete("served");
+    assert.equal((await queues.counts([POOL])).get(POOL)!.completed, 1);
+  } finally {
+    await next?.release().catch(() => undefined);
+    relay.reopen();
+    await queues.close();
+    await other.close();
+    await cut.close();
+    otherConn.disconnect();
+    cutConn.disconnect();
+    await relay.close();
+  }
+});
