@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import { errorMessage, GitHubError } from "../errors.ts";
 import type { GitHubClient, HookDelivery } from "../github/client.ts";
@@ -156,7 +157,7 @@ async function ask(
       log.warn({ err: errorMessage(err) }, "GitHub refused to redeliver a failed workflow_job delivery; passed over");
       return;
     }
-    const failures = await d.log.failed(guid);
+    const failures = await d.log.failed(guid, randomUUID());
     if (failures >= MAX_FAILED_REQUESTS_PER_EVENT) {
       await d.log.giveUp(guid);
       d.metrics.reconcileAction(GITHUB_DELIVERIES, "delivery_given_up");

@@ -12,6 +12,33 @@ export interface ReadResume {
   floor: number;
 }
 
+/**
+ * Notes an accepted redelivery of attempt ARGV[1] of an event (KEYS[1], its GUID ARGV[3]): one more
+ * try, unless that attempt (or a later one) is noted already. A note whose reply a dropped
+ * connection lost is sent again by ioredis once reconnected: counted twice, an event was given up
+ * after fewer tries than it has. 1: noted; 0: it was already.
+ */
+const NOTE_ASKED = `
+if tonumber(redis.call('HGET', KEYS[1], 'asked') or '0') >= tonumber(ARGV[1]) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'tries', 1)
+redis.call('HSET', KEYS[1], 'asked', ARGV[1])
+redis.call('HDEL', KEYS[1], 'failures', 'failedBy', 'attempt')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[3])
+return 1`;
+
+/**
+ * Counts a failed redelivery request (ARGV[1], an id of the request's own) of an event (KEYS[1]),
+ * unless that request is the one counted last (the same note sent again: see NOTE_ASKED); the
+ * failures so far.
+ */
+const NOTE_FAILED = `
+if redis.call('HGET', KEYS[1], 'failedBy') == ARGV[1] then return tonumber(redis.call('HGET', KEYS[1], 'failures') or '0') end
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+redis.call('HSET', KEYS[1], 'failedBy', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return n`;
+
 /** What the redelivery loop has done about one event (delivery GUID). */
 export interface EventTries {
   /** Redeliveries GitHub accepted. */
@@ -39,11 +66,16 @@ export interface DueEvent {
  * (a sorted set by time, so a waiting event needs no re-read of the list).
  */
 export class RedeliveryLog {
-  readonly #redis: Redis;
+  readonly #redis: Redis & {
+    jitrunnerNoteAsked(event: string, due: string, attemptId: string, ttl: string, guid: string): Promise<number>;
+    jitrunnerNoteFailed(event: string, request: string, ttl: string): Promise<number>;
+  };
   readonly #prefix: string;
 
   constructor(redis: Redis, prefix: string) {
-    this.#redis = redis;
+    redis.defineCommand("jitrunnerNoteAsked", { numberOfKeys: 2, lua: NOTE_ASKED });
+    redis.defineCommand("jitrunnerNoteFailed", { numberOfKeys: 1, lua: NOTE_FAILED });
+    this.#redis = redis as never;
     this.#prefix = prefix;
   }
 
@@ -109,18 +141,11 @@ export class RedeliveryLog {
 
   /**
    * Notes that GitHub accepted a redelivery of `guid`'s attempt `attemptId`: one more try, and the
-   * event no longer waits (its new attempt, once listed, says whether it is done).
+   * event no longer waits (its new attempt, once listed, says whether it is done). Once per
+   * attempt, however often sent (NOTE_ASKED).
    */
   async asked(guid: string, attemptId: number): Promise<void> {
-    const key = this.#eventKey(guid);
-    await this.#redis
-      .multi()
-      .hincrby(key, "tries", 1)
-      .hset(key, "asked", String(attemptId))
-      .hdel(key, "failures", "attempt")
-      .expire(key, TTL_SECONDS)
-      .zrem(this.#dueKey, guid)
-      .exec();
+    await this.#redis.jitrunnerNoteAsked(this.#eventKey(guid), this.#dueKey, String(attemptId), String(TTL_SECONDS), guid);
   }
 
   /** `guid` waits until `notBefore` (ms), when attempt `attemptId` is to be redelivered. */
@@ -135,17 +160,18 @@ export class RedeliveryLog {
       .exec();
   }
 
-  /** Counts a failed redelivery request for `guid` (no try: nothing was redelivered); the count so far. */
-  async failed(guid: string): Promise<number> {
-    const key = this.#eventKey(guid);
-    const [[, n] = [null, 0]] = (await this.#redis.multi().hincrby(key, "failures", 1).expire(key, TTL_SECONDS).exec()) ?? [];
-    return Number(n);
+  /**
+   * Counts a failed redelivery request for `guid` (no try: nothing was redelivered), `request`
+   * being an id of that request's own: once, however often sent (NOTE_FAILED). The count so far.
+   */
+  async failed(guid: string, request: string): Promise<number> {
+    return Number(await this.#redis.jitrunnerNoteFailed(this.#eventKey(guid), request, String(TTL_SECONDS)));
   }
 
   /** `guid` is passed over from now on. */
   async giveUp(guid: string): Promise<void> {
     const key = this.#eventKey(guid);
-    await this.#redis.multi().hset(key, "gaveUp", "1").hdel(key, "attempt").expire(key, TTL_SECONDS).zrem(this.#dueKey, guid).exec();
+    await this.#redis.multi().hset(key, "gaveUp", "1").hdel(key, "attempt", "failedBy").expire(key, TTL_SECONDS).zrem(this.#dueKey, guid).exec();
   }
 
   /** Events that arrived after all (an attempt succeeded): none of them waits any longer. */
