@@ -78,13 +78,14 @@ function userInfoReplaced(url: string): string {
  * Which Redis a command could not reach, for an operator's line: its URL without a password, and
  * where the URL came from, so the one to fix is found: the environment variable that set it
  * (`origins`, the options the environment set), else `redis.url` in the config. Through Sentinel,
- * the master's name and the sentinels asked, as redis.sentinelName and redis.sentinels give them.
+ * the master's name and the sentinels asked, and the options or variables that gave them.
  */
 export function redisTarget(address: RedisAddress, origins?: ReadonlyMap<string, string>): string {
   const s = address.sentinel;
   if (s) {
     const sentinels = s.sentinels.map(({ host, port }) => `${host.includes(":") ? `[${host}]` : host}:${port}`).join(", ");
-    return `master '${s.name}' through the sentinels at ${sentinels} (redis.sentinelName, redis.sentinels)`;
+    const named = ["redis.sentinelName", "redis.sentinels"].map((option) => origins?.get(option) ?? option).join(", ");
+    return `master '${s.name}' through the sentinels at ${sentinels} (${named})`;
   }
   const from = origins?.get("redis.url");
   return `${withoutPassword(address.url)} (${from ? `from ${from}` : "redis.url"})`;

@@ -336,6 +336,11 @@ function applyEnvOverrides(raw: Record<string, any>, env: Record<string, string 
     overridden.set(`${section}.${key}`, from);
   };
   if (env.JITRUNNER_REDIS_URL) set("redis", "url", env.JITRUNNER_REDIS_URL, "JITRUNNER_REDIS_URL");
+  // Comma-separated, as a Compose file or a unit's Environment= gives them; each checked by the schema.
+  if (env.JITRUNNER_REDIS_SENTINELS) {
+    set("redis", "sentinels", env.JITRUNNER_REDIS_SENTINELS.split(",").map((a) => a.trim()).filter((a) => a !== ""), "JITRUNNER_REDIS_SENTINELS");
+  }
+  if (env.JITRUNNER_REDIS_SENTINEL_NAME) set("redis", "sentinelName", env.JITRUNNER_REDIS_SENTINEL_NAME, "JITRUNNER_REDIS_SENTINEL_NAME");
   if (env.JITRUNNER_HOST_ID) set("worker", "hostId", env.JITRUNNER_HOST_ID, "JITRUNNER_HOST_ID");
   // Only white space is no port (Number(" ") is 0, an ephemeral one): kept as given, for the schema to refuse.
   if (env.JITRUNNER_PORT) set("server", "port", env.JITRUNNER_PORT.trim() === "" ? env.JITRUNNER_PORT : Number(env.JITRUNNER_PORT), "JITRUNNER_PORT");

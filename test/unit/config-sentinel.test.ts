@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { redisTarget } from "../../src/cli/redis.ts";
-import { loadConfig } from "../../src/config/load.ts";
+import { loadConfig, loadConfigWithOrigins } from "../../src/config/load.ts";
 import { ConfigError } from "../../src/errors.ts";
 import { addressOptions, addressPasswords, redisAddressOf } from "../../src/queue/redis-address.ts";
 import { testPrivateKey } from "../helpers/config.ts";
@@ -146,4 +146,24 @@ test("sentinel addresses that are not host:port, a master name with spaces, and 
   const base = `sentinels: ["10.0.0.5:26379"]\nsentinelName: mymaster`;
   assert.deepEqual(problemsOf(withRedis(`${base}\nsentinelPasswordFile: /run/secrets/blank`)), ["redis.sentinelPasswordFile: /run/secrets/blank holds only white space"]);
   assert.deepEqual(problemsOf(withRedis(`${base}\nsentinelPasswordFile: /run/secrets/none`)), ["redis.sentinelPasswordFile: cannot read /run/secrets/none (ENOENT)"]);
+});
+
+test("the sentinels and the master's name from the environment (JITRUNNER_REDIS_SENTINELS, comma-separated, and JITRUNNER_REDIS_SENTINEL_NAME) override the file's, and a bad address names its variable", () => {
+  const over = { JITRUNNER_REDIS_SENTINELS: " 10.0.0.5:26379, [fd00::5]:26380 ,", JITRUNNER_REDIS_SENTINEL_NAME: "prod-master" };
+  const c = loadConfig({ text: withRedis(`sentinels: ["10.9.9.9:26379"]\nsentinelName: old`), env: { ...env, ...over }, readFile });
+  assert.deepEqual(c.redis.sentinels, ["10.0.0.5:26379", "[fd00::5]:26380"]);
+  assert.equal(c.redis.sentinelName, "prod-master");
+  // A file with no Redis section at all: the variables make the whole setup.
+  const fromEnv = loadConfigWithOrigins({ text: withRedis("prefix: jitrunner"), env: { ...env, ...over }, readFile });
+  assert.equal(
+    redisTarget(redisAddressOf(fromEnv.config), fromEnv.origins),
+    "master 'prod-master' through the sentinels at 10.0.0.5:26379, [fd00::5]:26380 (JITRUNNER_REDIS_SENTINEL_NAME, JITRUNNER_REDIS_SENTINELS)",
+  );
+  assert.deepEqual(problemsOf(withRedis("prefix: jitrunner"), { JITRUNNER_REDIS_SENTINELS: "10.0.0.5", JITRUNNER_REDIS_SENTINEL_NAME: "m" }), [
+    "redis.sentinels.0: must be host:port, as 10.0.0.5:26379, sentinel-1:26379 or [fd00::5]:26379 (from JITRUNNER_REDIS_SENTINELS)",
+  ]);
+  // Half a setup from the environment is refused as from the file.
+  assert.deepEqual(problemsOf(withRedis("prefix: jitrunner"), { JITRUNNER_REDIS_SENTINEL_NAME: "m" }), [
+    "redis.sentinels: redis.sentinelName needs the sentinels to ask for that master (host:port each)",
+  ]);
 });
