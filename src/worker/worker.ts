@@ -243,10 +243,17 @@ export class RunnerWorker {
   /**
    * Runners of a demand adopted from the process before this one (restarted mid-job): each holds
    * a slot, and its demand's place under the pool limit, until it ends, as its launch did; or
-   * until a lease of its demand taken here holds a slot and place for it instead (#alreadyServed).
-   * By runner name.
+   * until a lease of its demand taken here holds a slot and place for it instead (#alreadyServed),
+   * theirs again should that lease be lost while it waits (#waitLost). By runner name.
    */
   readonly #adopted = new Map<string, { pool: PoolConfig; holder: string }>();
+  /**
+   * The runners of a demand the host loop adopted and watches, by name: whether their slot and
+   * place are #adopted's, or a lease's of their demand that waits for their end (#alreadyServed).
+   * The watch's end frees what #adopted holds for them; a lease lost while it waits gives the
+   * runner its slot and place back there (#waitLost).
+   */
+  readonly #adoptedWatched = new Set<string>();
   /**
    * Warm runners being launched, by holder: their places are refreshed on each beat as a
    * demand's are while it launches (a launch waiting out GitHub's rate limit, or a slow engine's
@@ -1002,7 +1009,10 @@ export class RunnerWorker {
     if (record && !hostGone && unwatched.spare) await this.#holdForEarlierRunner(lease, log, unwatched);
     // Adopted here: this lease's slot and place count for it now (the place is the same one).
     this.#releaseAdopted(existing.name, lease.id);
-    if (record && !hostGone) await this.#waitGone(existing.name, log);
+    if (record && !hostGone) {
+      await this.#waitGone(existing.name, log, lease);
+      if (lease.lost.aborted) return this.#waitLost(lease, existing.name, log);
+    }
     // Gone without serving the demand (a launch cut short by a crash, a runner that took no job):
     // its teardown released the claim, and the demand needs a runner still.
     if (record && !hostGone && !this.#stopping && !(await this.#d.runners.findByDemand(lease.id))) {
@@ -1055,7 +1065,8 @@ export class RunnerWorker {
     this.#slotless.add(lease);
     this.#slots.release();
     log.info({ runner: name }, "waiting for the demand's runner on another host, holding no slot here");
-    await this.#waitGone(name, log, true);
+    await this.#waitGone(name, log, lease, true);
+    if (lease.lost.aborted) return this.#waitLost(lease, name, log);
     if (this.#stopping) {
       // The runner on the other host runs on, counted by the place its worker refreshes.
       this.#placesKept.add(lease);
@@ -1546,22 +1557,57 @@ export class RunnerWorker {
   }
 
   /**
-   * Until runner `name`'s record is gone, the worker stops, or (`whileOpen`) this host takes no
-   * demand. The wait lasts the runner's whole job: a read Redis fails says nothing of the runner,
-   * and is tried again 2 s later (at warn the first time in the wait, then at debug), rather than
-   * fail the demand's launch and spend one of its attempts.
+   * Until runner `name`'s record is gone, the worker stops, `lease` is lost, or (`whileOpen`) this
+   * host takes no demand. The wait lasts the runner's whole job: a read Redis fails says nothing
+   * of the runner, and is tried again 2 s later (at warn the first time in the wait, then at
+   * debug), rather than fail the demand's launch and spend one of its attempts.
    */
-  async #waitGone(name: string, log: Logger, whileOpen = false): Promise<void> {
+  async #waitGone(name: string, log: Logger, lease: Lease, whileOpen = false): Promise<void> {
+    const cut = linkedSignal([this.#shutdown.signal, lease.lost]);
     let warned = false;
-    while (!this.#stopping && (!whileOpen || this.#open)) {
-      try {
-        if (!(await this.#d.runners.get(name))) return;
-      } catch (err) {
-        log[warned ? "debug" : "warn"]({ runner: name, err: errorMessage(err) }, "could not read the record of the demand's runner; reading it again in 2 s");
-        warned = true;
+    try {
+      while (!this.#stopping && !lease.lost.aborted && (!whileOpen || this.#open)) {
+        try {
+          if (!(await this.#d.runners.get(name))) return;
+        } catch (err) {
+          log[warned ? "debug" : "warn"]({ runner: name, err: errorMessage(err) }, "could not read the record of the demand's runner; reading it again in 2 s");
+          warned = true;
+        }
+        await delay(2000, undefined, { signal: cut.signal, ref: false }).catch(() => undefined);
       }
-      await sleep(2000);
+    } finally {
+      cut.dispose();
     }
+  }
+
+  /**
+   * The lease lapsed while it waited for its demand's runner `name` (Redis away for longer than
+   * the lease, or this process paused): the demand is back in the queue or another lease's, whose
+   * holder finds the same runner and waits for it in turn, on this host or another. Waited on,
+   * the lost lease would hold what it holds for the runner's whole job: for a runner of this
+   * host, its slot, so that the demand taken again here counted the runner twice, and a host of
+   * one slot could take it again only once the runner had ended. It ends now, settling nothing
+   * (the demand is its next holder's to settle), and the runner runs on. Its place under the pool
+   * limit is the demand's, the very place the runner's host and the demand's next lease hold
+   * (same holder id): kept, not freed under them. A slot it holds (none while it waits for a
+   * runner of another host) is the runner's again, as before the lease took it over, where this
+   * process watches the runner as adopted and no other lease of the demand here holds a slot for
+   * it (one that launched it, or took the demand again); else freed.
+   */
+  #waitLost(lease: Lease, name: string, log: Logger): true {
+    this.#placesKept.add(lease);
+    const pool = this.#pools.get(lease.demand.pool);
+    if (pool && !this.#slotless.has(lease) && this.#adoptedWatched.has(name) && !this.#adopted.has(name) && !this.#servedHere(lease.id, lease)) {
+      this.#adopted.set(name, { pool, holder: lease.id });
+      this.#slotless.add(lease);
+    }
+    log.warn({ runner: name }, "the demand's lease lapsed while it waited for its runner (Redis away for longer than worker.leaseSeconds, or this process paused): the runner runs on, and the demand's next holder waits for it");
+    return true;
+  }
+
+  /** Whether a lease of demand `id` (other than `except`) is served here. */
+  #servedHere(id: string, except?: Lease): boolean {
+    return [...this.#serving.values()].some((lease) => lease !== except && lease.id === id);
   }
 
   /**
@@ -1675,6 +1721,7 @@ export class RunnerWorker {
         return;
       }
       this.#holdAdopted(pool, tracked.record);
+      this.#adoptedWatched.add(name);
       log.info({ runner: name }, "adopted running runner");
       void launcher
         .watch(tracked, pool, log, this.#shutdown.signal)
@@ -1688,6 +1735,7 @@ export class RunnerWorker {
         })
         .catch((err: unknown) => log.warn({ runner: name, err: errorMessage(err) }, "watching an adopted runner failed; the next pass looks at it again"))
         .then((kept) => {
+          this.#adoptedWatched.delete(name);
           this.#releaseAdopted(name, undefined, kept === "kept");
           this.#checkDrained();
         });
@@ -1777,7 +1825,7 @@ export class RunnerWorker {
    * takes a place of this host's (a hostHolder: freed with the host should it go).
    */
   #holdAdopted(pool: PoolConfig, record: RunnerRecord): void {
-    if (record.demandId && [...this.#serving.values()].some((lease) => lease.id === record.demandId)) return;
+    if (record.demandId && this.#servedHere(record.demandId)) return;
     const holder = record.demandId || hostHolder(this.#d.host);
     this.#adopted.set(record.name, { pool, holder });
     this.#slots.take();

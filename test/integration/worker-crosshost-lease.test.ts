@@ -4,7 +4,8 @@
  * mid-job (a rolling upgrade) and hands the demand back, host B takes it, and A, restarted, adopts
  * the runner. B waits for that runner's end holding no slot of its own, and the runner holds one
  * place under `maxRunners` between both hosts: B launches another job meanwhile, and the demand
- * completes with no second runner once A's runner is done.
+ * completes with no second runner once A's runner is done. B's lease lapsing while it waits ends
+ * that wait, and leaves the runner and its place alone.
  */
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -120,6 +121,55 @@ test("a host drained while it waits for a demand's runner on another host hands 
     const done = await demandIn(r, `${job.id}-1`, "completed", 60_000);
     assert.equal(done.result, "served_by_earlier_runner");
     assert.equal(callsTo(fake, JIT), 1, "one runner for the job");
+  } finally {
+    await a2?.close();
+    await b?.close();
+    await a1.close();
+    await server.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+test("a lease that lapses while it waits for its demand's runner on another host ends that wait: the demand's next lease waits instead, the runner's one place stays held, and the demand completes once with no second runner", { timeout: 180_000 }, async () => {
+  const { fake, hostA, hostB, r, conn, hostStore, worker, server, a1 } = await twoHosts("lx", { leaseSeconds: 5, heartbeatSeconds: 1 });
+  const places = new PoolLimits(conn, r.prefix);
+  let b: Awaited<ReturnType<typeof startSystem>> | undefined;
+  let a2: Awaited<ReturnType<typeof startSystem>> | undefined;
+  const waits = () => (b?.logs().match(/waiting for the demand's runner on another host/g) ?? []).length;
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "the job running on host A");
+    b = await startSystem("worker", fake, r, hostB, worker(hostB));
+    await a1.close();
+    await waitFor(() => waits() === 1, 20_000, "host B waiting for A's runner");
+    a2 = await startSystem("worker", fake, r, hostA, worker(hostA));
+    await waitFor(() => /adopted running runner/.test(a2!.logs()), 30_000, "host A, restarted, adopted its runner");
+
+    // B's lease lapses, as while Redis was away for longer than it: B stops waiting on it, and
+    // the demand, back in the queue, is taken again (by B: A's one slot is its runner's).
+    await conn.del(`${r.prefix}:bull:demand-default:${job.id}-1:lock`);
+    await waitFor(() => /the demand's lease lapsed while it waited for its runner/.test(b!.logs()), 20_000, "B's wait ended with its lease");
+    await waitFor(() => waits() === 2, 30_000, "the demand's next lease waiting for A's runner");
+    const since = Date.now();
+    const beatOfB = await waitFor(async () => {
+      const record = (await hostStore.list()).find((h) => h.id === hostB)?.record;
+      return record && record.heartbeatAt > since && record;
+    }, 15_000, "a beat of host B since");
+    assert.equal(beatOfB.used, 0, "host B holds no slot for a runner on host A");
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await places.count("default"), 1, "A's runner still holds its one place");
+      await sleep(1000);
+    }
+
+    await fake.endJob(job.id);
+    const done = await demandIn(r, `${job.id}-1`, "completed", 90_000);
+    assert.equal(done.result, "served_by_earlier_runner");
+    assert.equal(fake.jobs().find((j) => j.id === job.id)?.conclusion, "success", "the runner ran its job to the end");
+    assert.equal(callsTo(fake, JIT), 1, "one runner for the job");
+    assert.doesNotMatch(b.logs(), /lease lapsed while it was served/, "the lost lease did not wait on to the runner's end");
+    await waitFor(async () => (await containersOf(hostA)).length === 0, 30_000, "A's runner removed");
+    await waitFor(async () => (await places.count("default")) === 0, 15_000, "its place freed");
   } finally {
     await a2?.close();
     await b?.close();
