@@ -98,6 +98,14 @@ async function startWith(
     // A sentinel that could not be asked, when another could: the connection goes on through the others.
     c.on("sentinelError", (err) => logger.debug({ err: redisErrorText(err, passwords) }, "redis sentinel error"));
     c.on("error", (err) => {
+      // ioredis goes on through its list of sentinels from where its last connection found the
+      // master: when that was the last one, its next reconnection first runs off the list's end
+      // and says so ("All sentinels are unreachable", no sentinel's error with it), then asks from
+      // the first. No sentinel was asked: not an outage.
+      if (/^All sentinels are unreachable\. Retrying from scratch after \d+ms\.$/.test(errorMessage(err))) {
+        logger.debug("redis sentinel list read to its end: asking from the first sentinel again");
+        return;
+      }
       const said = redisErrorText(err, passwords);
       lastErrors.set(c, said);
       if (warn && !warned.has(said) && warned.size < WARNED_MAX) {

@@ -26,7 +26,8 @@ export function cliRedis(address: RedisAddress): Redis {
     maxRetriesPerRequest: 0,
     retryStrategy: () => null,
     ...addressOptions(address),
-    // Through Sentinel: each sentinel is asked once, each answer waited for as long as a command.
+    // Through Sentinel: each sentinel is asked once, each answer waited for as long as a command
+    // (connectCli's limit leaves each that time).
     sentinelRetryStrategy: () => null,
     sentinelCommandTimeout: CLI_REDIS_TIMEOUT_MS,
   });
@@ -35,15 +36,25 @@ export function cliRedis(address: RedisAddress): Redis {
 }
 
 /**
- * Connects, ready for commands, within CLI_REDIS_TIMEOUT_MS, or rejects: with the socket's error
+ * How long a connect may take: CLI_REDIS_TIMEOUT_MS for Redis itself, and through Sentinel as
+ * much again for each sentinel's connect and for its answer, so that a sentinel that does not
+ * answer (its host down, packets dropped) leaves the next ones time to be asked.
+ */
+export function cliConnectLimitMs(redis: Redis): number {
+  return CLI_REDIS_TIMEOUT_MS * (1 + 2 * (redis.options.sentinels?.length ?? 0));
+}
+
+/**
+ * Connects, ready for commands, within cliConnectLimitMs, or rejects: with the socket's error
  * (ECONNREFUSED, ENOTFOUND) rather than ioredis's "Connection is closed." that follows it.
  */
 export async function connectCli(redis: Redis): Promise<void> {
   let last: Error | undefined;
   const onError = (e: Error) => (last = e);
   redis.on("error", onError);
+  const limitMs = cliConnectLimitMs(redis);
   try {
-    await within(redis.connect(), CLI_REDIS_TIMEOUT_MS, NO_ANSWER);
+    await within(redis.connect(), limitMs, limitMs === CLI_REDIS_TIMEOUT_MS ? NO_ANSWER : `Redis did not answer within ${limitMs / 1000} s`);
   } catch (e) {
     throw last && errorMessage(e).startsWith("Connection is closed") ? last : e;
   } finally {
@@ -67,10 +78,12 @@ export function withoutPassword(url: string): string {
 function userInfoReplaced(url: string): string {
   const u = new URL(url);
   const nameAlone = u.username !== "" && !u.password;
-  if (!u.password && !nameAlone && !u.searchParams.has("password")) return url;
+  // ioredis takes any of its options from the query: ?password=, ?sentinelPassword= too.
+  const secretParams = [...u.searchParams.keys()].filter((k) => /pass/i.test(k));
+  if (!u.password && !nameAlone && secretParams.length === 0) return url;
   if (nameAlone) u.username = "redacted";
   if (u.password) u.password = "redacted";
-  if (u.searchParams.has("password")) u.searchParams.set("password", "redacted");
+  for (const k of secretParams) u.searchParams.set(k, "redacted");
   return u.href;
 }
 
@@ -97,7 +110,8 @@ export function redisTarget(address: RedisAddress, origins?: ReadonlyMap<string,
  */
 export function unreachableReason(err: unknown): string {
   const message = errorMessage(err);
-  if (message === NO_ANSWER || message.endsWith("Command timed out")) return NO_ANSWER;
+  if (message.startsWith("Redis did not answer within ")) return message;
+  if (message.endsWith("Command timed out")) return NO_ANSWER;
   return message;
 }
 

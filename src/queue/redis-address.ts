@@ -63,9 +63,21 @@ export function addressOptions(address: RedisAddress): RedisOptions {
   };
 }
 
-/** The passwords an address holds (the URL's, decoded, and the sentinels'): hidden wherever an error might repeat one. */
+/**
+ * The passwords an address holds (the URL's, decoded, a query parameter's ioredis takes as an
+ * option, `?sentinelPassword=`, and the sentinels'): hidden wherever an error might repeat one.
+ */
 export function addressPasswords(address: RedisAddress): string[] {
-  return [urlPassword(address.url), address.sentinel?.password?.reveal() ?? ""].filter((p) => p !== "");
+  return [urlPassword(address.url), ...queryPasswords(address.url), address.sentinel?.password?.reveal() ?? ""].filter((p) => p !== "");
+}
+
+/** The values of a Redis URL's query parameters named as passwords (`?password=`, `?sentinelPassword=`). */
+function queryPasswords(url: string): string[] {
+  try {
+    return [...new URL(url).searchParams].filter(([k]) => /pass/i.test(k)).map(([, v]) => v);
+  } catch {
+    return [];
+  }
 }
 
 /** The password in a Redis URL (`redis://:PASSWORD@host`, or `?password=`), decoded; "" when none. */

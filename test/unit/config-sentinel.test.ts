@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { redisTarget } from "../../src/cli/redis.ts";
+import { cliConnectLimitMs, cliRedis, redisTarget, withoutPassword } from "../../src/cli/redis.ts";
 import { loadConfig, loadConfigWithOrigins } from "../../src/config/load.ts";
 import { ConfigError } from "../../src/errors.ts";
 import { addressOptions, addressPasswords, redisAddressOf } from "../../src/queue/redis-address.ts";
@@ -166,4 +166,25 @@ test("the sentinels and the master's name from the environment (JITRUNNER_REDIS_
   assert.deepEqual(problemsOf(withRedis("prefix: jitrunner"), { JITRUNNER_REDIS_SENTINEL_NAME: "m" }), [
     "redis.sentinels: redis.sentinelName needs the sentinels to ask for that master (host:port each)",
   ]);
+});
+
+test("a sentinel password given in redis.url's query, which ioredis takes as an option, is hidden where the URL is shown and in connection errors", () => {
+  const url = "redis://:data-pass-7Yw@unused:6379/0?sentinelPassword=S3ntinel-in-query&db=0";
+  const shown = withoutPassword(url);
+  assert.ok(!shown.includes("S3ntinel-in-query") && !shown.includes("data-pass-7Yw"), shown);
+  assert.match(shown, /sentinelPassword=redacted/);
+  assert.match(shown, /db=0/);
+  assert.deepEqual(addressPasswords({ url }), ["data-pass-7Yw", "S3ntinel-in-query"]);
+});
+
+test("status and drain give each sentinel time to be asked: a connect may take 5 s for Redis and 10 s more per sentinel", () => {
+  const one = cliRedis({ url: "redis://127.0.0.1:1" });
+  const three = cliRedis({ url: "redis://127.0.0.1:1", sentinel: { name: "m", sentinels: [1, 2, 3].map((i) => ({ host: `10.0.0.${i}`, port: 26379 })) } });
+  try {
+    assert.equal(cliConnectLimitMs(one), 5_000);
+    assert.equal(cliConnectLimitMs(three), 35_000);
+  } finally {
+    one.disconnect();
+    three.disconnect();
+  }
 });
