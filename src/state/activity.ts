@@ -9,6 +9,11 @@ export interface JobEvent {
   runAttempt: number;
   /** owner/repo */
   repo: string;
+  /**
+   * The repository owner's account type (`Organization`, `User`): which pools can serve the job
+   * (servesOwner). Absent in entries recorded before it was, and when GitHub did not say.
+   */
+  ownerType?: string;
   /** The job's name and its workflow's, when GitHub sent them. */
   name?: string;
   workflow?: string;
@@ -170,7 +175,7 @@ function jobEventOf(payload: unknown, outcome: string, at: number): JobEvent | u
   const p = payload as {
     action?: unknown;
     workflow_job?: Record<string, unknown>;
-    repository?: { full_name?: unknown };
+    repository?: { full_name?: unknown; owner?: { type?: unknown } };
   };
   const job = p?.workflow_job;
   if (!job || typeof job.id !== "number") return undefined;
@@ -179,6 +184,7 @@ function jobEventOf(payload: unknown, outcome: string, at: number): JobEvent | u
     jobId: job.id,
     runAttempt: typeof job.run_attempt === "number" ? job.run_attempt : 1,
     repo: text(p.repository?.full_name) ?? "",
+    ownerType: text(p.repository?.owner?.type),
     name: text(job.name),
     workflow: text(job.workflow_name),
     labels: Array.isArray(job.labels) ? job.labels.filter((l): l is string => typeof l === "string").slice(0, 20).map((l) => l.slice(0, TEXT_MAX)) : [],
@@ -198,6 +204,8 @@ export interface JobSummary {
   jobId: number;
   runAttempt: number;
   repo: string;
+  /** The owner's account type, when an event of the job said it (JobEvent.ownerType). */
+  ownerType?: string;
   name?: string;
   workflow?: string;
   labels: string[];
@@ -218,6 +226,7 @@ export function summarizeJobs(events: readonly JobEvent[], limit = 50): JobSumma
     const key = `${e.jobId}-${e.runAttempt}`;
     const s: JobSummary = byJob.get(key) ?? { jobId: e.jobId, runAttempt: e.runAttempt, repo: e.repo, labels: e.labels, outcome: e.outcome, lastAt: e.at };
     s.repo ||= e.repo;
+    s.ownerType ??= e.ownerType;
     s.name ??= e.name;
     s.workflow ??= e.workflow;
     if (e.labels.length) s.labels = e.labels;

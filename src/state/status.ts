@@ -1,6 +1,6 @@
 import type { PoolConfig } from "../config/load.ts";
 import { errorMessage, redact } from "../errors.ts";
-import { matchPool } from "../ingress/pools.ts";
+import { matchPoolForOwner } from "../ingress/pools.ts";
 import { summarizeJobs, type JobEvent, type JobSummary, type LaunchFailure } from "./activity.ts";
 import type { RunnerRecord, RunnerState } from "./runners.ts";
 
@@ -8,7 +8,8 @@ export const RUNNER_STATES: readonly RunnerState[] = ["registering", "starting",
 
 /** Where the facts come from: Redis through the state stores, and the demand queues. */
 export interface StatusSources {
-  pools: ReadonlyArray<Pick<PoolConfig, "name" | "labels" | "image" | "isolation" | "scope">>;
+  /** `serveJobsWithoutLabels` as the config says (jobs without labels are matched as the ingress matches them). */
+  pools: ReadonlyArray<Pick<PoolConfig, "name" | "labels" | "image" | "isolation" | "scope"> & { serveJobsWithoutLabels?: boolean }>;
   runners: { listAll(): Promise<RunnerRecord[]> };
   activity?: { recentJobEvents(count?: number): Promise<JobEvent[]>; recentFailures(count?: number): Promise<LaunchFailure[]> };
   /** Hosts as their heartbeats show them (HostStore.list), alive or gone. */
@@ -68,7 +69,11 @@ export interface RunnerStatus {
 }
 
 export interface JobStatus extends JobSummary {
-  /** The pool whose labels match the job's, if any. */
+  /**
+   * The pool that serves the job, by the ingress's rule (matchPoolForOwner): labels, and the
+   * owner's account type where the job's events said it (an organization pool serves no user's
+   * repository). Undefined when no pool does.
+   */
   pool?: string;
 }
 
@@ -150,7 +155,7 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
     };
   });
 
-  const jobs: JobStatus[] = summarizeJobs(events, opts.jobs ?? 30).map((j) => ({ ...j, pool: matchPool(j.labels, src.pools)?.name }));
+  const jobs: JobStatus[] = summarizeJobs(events, opts.jobs ?? 30).map((j) => ({ ...j, pool: matchPoolForOwner(j.labels, src.pools, j.ownerType)?.name }));
   return { generatedAt: now, pools, hosts, runners, jobs, failures, problems };
 }
 

@@ -22,12 +22,12 @@ export function signedHeaders(event: string, body: string, secret: string, deliv
 }
 
 /** A `workflow_job` queued payload built from GitHub's example, with the given fields. */
-export function queuedPayload(o: { jobId: number; labels: string[]; owner?: string; repo?: string; runAttempt?: number; installationId?: number }): Example {
+export function queuedPayload(o: { jobId: number; labels: string[]; owner?: string; repo?: string; runAttempt?: number; installationId?: number; ownerType?: "Organization" | "User" }): Example {
   const base = structuredClone(examplesOf("workflow_job").find((e) => e.action === "queued" && e.workflow_job.status === "queued")!);
   const owner = o.owner ?? "acme";
   const repo = o.repo ?? "app";
   base.workflow_job = { ...base.workflow_job, id: o.jobId, labels: o.labels, run_attempt: o.runAttempt ?? 1, runner_name: null, runner_id: null };
-  base.repository = { ...base.repository, name: repo, full_name: `${owner}/${repo}`, private: true, visibility: "private", owner: { ...base.repository.owner, login: owner } };
+  base.repository = { ...base.repository, name: repo, full_name: `${owner}/${repo}`, private: true, visibility: "private", owner: { ...base.repository.owner, login: owner, type: o.ownerType ?? base.repository.owner.type } };
   base.installation = { id: o.installationId ?? 1 };
   return base;
 }

@@ -320,3 +320,52 @@ test("a runner recorded busy with a job GitHub did not name (job 0: found busy a
     ],
   );
 });
+
+test("a job's pool on the status is the one the ingress chose: an organization pool serves no user's repository; an entry from before owner types were recorded matches as before", async () => {
+  // A job of `self-hosted` fits both pools, and the organization pool has the fewest labels: the
+  // ingress gives it to a user's job the repository pool all the same, and ignores a user's job of
+  // `self-hosted, linux`, which only the organization pool fits.
+  const prefix = `${redis.prefix}:owners`;
+  const owned = testConfig({
+    pools: [
+      { name: "org", labels: ["self-hosted", "linux"], image: "runner:1", scope: "organization" },
+      { name: "solo", labels: ["self-hosted", "x64", "big"], image: "runner:1" },
+    ],
+  });
+  const ownedQueues = new DemandQueues({ redisUrl: redis.url, prefix, attempts: 3 }, conn);
+  const log = new ActivityLog(conn, prefix);
+  const ingress = new Ingress({
+    config: owned,
+    demand: ownedQueues,
+    runners: new RunnerStore(conn, prefix),
+    deliveries: new DeliveryLog(conn, prefix),
+    metrics: new Metrics({ processMetrics: false }),
+    logger: pino({ level: "silent" }),
+    activity: log,
+  });
+  try {
+    const deliver = (jobId: number, ownerType: "Organization" | "User", labels: string[]) =>
+      ingress.handle({ event: "workflow_job", deliveryId: `owners-${jobId}`, receivedAt: Date.now(), payload: queuedPayload({ jobId, labels, ownerType, owner: ownerType === "User" ? "octocat" : "acme" }) });
+    assert.equal(await deliver(9101, "User", ["self-hosted"]), "queued");
+    assert.equal(await deliver(9102, "User", ["self-hosted", "linux"]), "ignored_user_owner_org_pool");
+    assert.equal(await deliver(9103, "Organization", ["self-hosted"]), "queued");
+    assert.deepEqual([...(await ownedQueues.pending(["org", "solo"]))], [["org", 1], ["solo", 1]], "the ingress's choice: 9101 to solo, 9103 to org");
+    // Written before events said the owner's type: matched by labels alone, as then.
+    const old = { at: Date.now(), jobId: 9100, runAttempt: 1, repo: "octocat/app", labels: ["self-hosted"], action: "queued", outcome: "queued" };
+    await conn.lpush(`${prefix}:activity:jobs`, JSON.stringify(old));
+
+    const snapshot = await collectStatus({ pools: owned.pools, runners: new RunnerStore(conn, prefix), activity: log });
+    const poolOf = (jobId: number) => snapshot.jobs.find((j) => j.jobId === jobId);
+    assert.deepEqual(
+      [9100, 9101, 9102, 9103].map((id) => [id, poolOf(id)?.ownerType, poolOf(id)?.pool]),
+      [
+        [9100, undefined, "org"],
+        [9101, "User", "solo"],
+        [9102, "User", undefined],
+        [9103, "Organization", "org"],
+      ],
+    );
+  } finally {
+    await ownedQueues.close();
+  }
+});
