@@ -10,6 +10,12 @@ export interface Demand {
   owner: string;
   repo: string;
   installationId: number;
+  /**
+   * Whether the job's repository is public (isPublicRepository), as GitHub said when the job was
+   * queued (its webhook, or the run the reconciler listed): an organization pool's runner group may
+   * admit no public repository (see WarmExposure). Absent in demand queued before it was recorded.
+   */
+  publicRepository?: boolean;
   labels: string[];
   /** When the `queued` webhook reached us (ms since epoch): the start of pickup latency. */
   receivedAt: number;

@@ -55,7 +55,8 @@ export function decideQueued(
   if (allowedRepositories.length > 0 && !allowedRepositories.some((r) => r.toLowerCase() === fullName.toLowerCase())) {
     return { kind: "ignore", reason: "repo_not_allowed" };
   }
-  if (isPublicRepository(event.repository) && !pool.allowPublicRepositories) return { kind: "ignore", reason: "public_repo" };
+  const publicRepository = isPublicRepository(event.repository);
+  if (publicRepository && !pool.allowPublicRepositories) return { kind: "ignore", reason: "public_repo" };
   const installationId = event.installation?.id;
   if (!installationId) return { kind: "ignore", reason: "no_installation" };
   return {
@@ -69,6 +70,7 @@ export function decideQueued(
       owner,
       repo: event.repository.name,
       installationId,
+      publicRepository,
       // Each once: a job's labels go into the demand kept in Redis, however often a payload repeats one.
       labels: [...new Set(job.labels)],
       receivedAt: meta.receivedAt,

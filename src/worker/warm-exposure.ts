@@ -14,11 +14,31 @@ import { isPublicRepository } from "../ingress/policy.ts";
 export type WarmRefusal = "public_repository" | "public_runner_group" | "runner_group_missing" | "visibility_unknown";
 
 /**
- * Why a pool's runner may not be launched for a job: a warm refusal, or
- * (`repository_not_in_group`) the organization pool's runner group admits only selected
- * repositories and not the job's, so GitHub would never hand the job to that runner.
+ * Why a pool's runner may not be launched for a job: a warm refusal, or the organization pool's
+ * runner group does not admit the job's repository, so GitHub would never hand the job to that
+ * runner: `repository_not_in_group`, the group admits only selected repositories and not the
+ * job's; `public_repository_not_admitted`, the job's repository is public and the group admits no
+ * public repository (admitsPublicRepositories).
  */
-export type Refusal = WarmRefusal | "repository_not_in_group";
+export type Refusal = WarmRefusal | AdmissionRefusal;
+
+/** The refusals that say the group does not admit a job's repository (see Refusal). */
+export type AdmissionRefusal = "repository_not_in_group" | "public_repository_not_admitted";
+
+function isAdmissionRefusal(refusal: Refusal | undefined): refusal is AdmissionRefusal {
+  return refusal === "repository_not_in_group" || refusal === "public_repository_not_admitted";
+}
+
+/**
+ * Whether GitHub hands the group's runners jobs of the organization's public repositories: only
+ * when the group allows public repositories (`allows_public_repositories`, off by default) and its
+ * repository access is not "Private repositories" (`visibility: private`, which admits private and
+ * internal repositories only). A public repository a group of selected repositories lists is not
+ * admitted either without `allows_public_repositories`.
+ */
+export function admitsPublicRepositories(group: Pick<RunnerGroupSummary, "allowsPublicRepositories" | "visibility">): boolean {
+  return group.allowsPublicRepositories && group.visibility !== "private";
+}
 
 /** What GitHub said about where a pool's warm runners register. */
 export type WarmTargetFacts =
@@ -46,7 +66,7 @@ export function warmRefusal(pool: Pick<PoolConfig, "allowPublicRepositories">, f
       return isPublicRepository(facts.repository) ? "public_repository" : undefined;
     case "organization":
       if (!facts.group) return "runner_group_missing";
-      return facts.group.allowsPublicRepositories ? "public_runner_group" : undefined;
+      return admitsPublicRepositories(facts.group) ? "public_runner_group" : undefined;
     case "unknown":
       return "visibility_unknown";
   }
@@ -81,6 +101,8 @@ interface Verdict {
   refusal: WarmRefusal | undefined;
   /** The repositories the organization pool's runner group admits, when it admits only some (WarmTargetFacts). */
   admits?: ReadonlySet<string>;
+  /** False when the organization pool's runner group admits no public repository (admitsPublicRepositories); undefined when not known. */
+  admitsPublic?: boolean;
   /** When GitHub was asked (ms since epoch). */
   asked: number;
   /** Asked again after this (ms since epoch). */
@@ -92,6 +114,11 @@ export interface ExposureTarget {
   installationId: number;
   owner: string;
   repo?: string;
+  /**
+   * For a job's target: whether its repository is public (Demand.publicRepository). Undefined (a
+   * warm target, a demand queued before it was recorded): no public repository is refused for it.
+   */
+  publicRepository?: boolean;
 }
 
 /**
@@ -101,9 +128,10 @@ export interface ExposureTarget {
  * runners, `GET /orgs/{org}/actions/runner-groups` for an organization pool's runners, warm or
  * launched for a job (its runner group is per organization), and for a group that admits only
  * selected repositories, `GET /orgs/{org}/actions/runner-groups/{id}/repositories` with it. A
- * pool that allows public repositories costs no call, but for an organization pool's jobs, which
- * are checked against the repositories its group admits all the same. Each change of a verdict
- * is logged once.
+ * repository pool that allows public repositories costs no call; an organization pool that does
+ * has its group looked at all the same, for its jobs and its warm runners: which repositories the
+ * group admits decides which jobs it launches for, and which its warm runners are adopted for
+ * (notAdmitted, which asks nothing). Each change of a verdict is logged once.
  */
 export class WarmExposure {
   readonly #d: WarmExposureDeps;
@@ -130,22 +158,24 @@ export class WarmExposure {
    * answer past WARM_CHECK_REFRESH_AT of its life is taken, and GitHub asked again in the background.
    * A `target` with a repository, for an organization pool (a job's), is also refused when the
    * pool's runner group admits only selected repositories and not that one
-   * (`repository_not_in_group`), whether or not the pool allows public repositories: such a pool
-   * is launched for when the lookup fails, as it was before groups' repositories were asked.
+   * (`repository_not_in_group`), or when the repository is public and the group admits no public
+   * repository (`public_repository_not_admitted`), whether or not the pool allows public
+   * repositories: such a pool is launched for when the lookup fails, as it was before groups'
+   * repositories were asked.
    */
   async refusal(pool: PoolConfig, signal?: AbortSignal, target: ExposureTarget | undefined = pool.warm, forJob = false): Promise<Refusal | undefined> {
     if (!target) return undefined;
-    // A pool that allows public repositories has only its jobs' repositories checked, in an
-    // organization pool: a warm runner's group hands it no job of a repository it does not admit.
-    const admission = pool.scope === "organization" && target.repo !== undefined;
-    if (pool.allowPublicRepositories && !admission) return undefined;
+    // A pool that allows public repositories is refused nothing for exposure; in an organization
+    // pool, its group is looked at all the same (its warm runners' too, so that a job is not
+    // handed a warm runner its group would never give it: notAdmitted).
+    if (pool.allowPublicRepositories && pool.scope !== "organization") return undefined;
     const key = keyOf(pool, target);
     const now = this.#d.now ?? Date.now;
     const kept = this.#verdicts.get(key);
-    // For a job, a kept "not in the group" is not trusted past WARM_RECHECK_MIN_MS either: the
-    // refusal tells the operator to add the repository to the group, and a job re-run then must
-    // not fail for good (and wait for the retry of failed demand) on an answer from before.
-    const staleRefusal = forJob && kept !== undefined && verdictFor(kept, target) === "repository_not_in_group" && now() >= kept.asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS);
+    // For a job, a kept "not admitted" is not trusted past WARM_RECHECK_MIN_MS either: the
+    // refusal tells the operator to change the group, and a job re-run then must not fail for
+    // good (and wait for the retry of failed demand) on an answer from before.
+    const staleRefusal = forJob && kept !== undefined && isAdmissionRefusal(verdictFor(kept, target)) && now() >= kept.asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS);
     if (kept && now() < kept.until && !staleRefusal && !(forJob && kept.refusal === "visibility_unknown")) {
       // Not for an answer a recheck cut short, whose end comes sooner anyway (asked again then, not
       // sooner than WARM_RECHECK_MIN_MS after the last ask), nor for a failure's minute.
@@ -157,13 +187,14 @@ export class WarmExposure {
 
   /**
    * Whether an answer kept now says the organization pool's runner group does not admit
-   * `target`'s repository; asks nothing of GitHub (for a warm runner's adoption, which must not
-   * wait: a job GitHub would not hand the runner must not hold it until its idle timeout).
+   * `target`'s repository (not listed, or public); asks nothing of GitHub (for a warm runner's
+   * adoption, which must not wait: a job GitHub would not hand the runner must not hold it until
+   * its idle timeout).
    */
   notAdmitted(pool: PoolConfig, target: ExposureTarget): boolean {
     if (pool.scope !== "organization" || target.repo === undefined) return false;
     const kept = this.#verdicts.get(keyOf(pool, target));
-    return kept !== undefined && verdictFor(kept, target) === "repository_not_in_group";
+    return kept !== undefined && isAdmissionRefusal(verdictFor(kept, target));
   }
 
   /** The lookup under way for `key`, or one started now. */
@@ -199,7 +230,13 @@ export class WarmExposure {
     // A recheck asked for while GitHub was being asked may be about a change after its answer.
     const recheckedSince = (this.#rechecks.get(pool.name) ?? -Infinity) >= started;
     const until = recheckedSince ? Math.min(asked + ttl, asked + (this.#d.recheckMinMs ?? WARM_RECHECK_MIN_MS)) : asked + ttl;
-    const verdict: Verdict = { refusal, asked, until, ...(facts.kind === "organization" && facts.repositories ? { admits: facts.repositories } : {}) };
+    const verdict: Verdict = {
+      refusal,
+      asked,
+      until,
+      ...(facts.kind === "organization" && facts.repositories ? { admits: facts.repositories } : {}),
+      ...(facts.kind === "organization" && facts.group ? { admitsPublic: admitsPublicRepositories(facts.group) } : {}),
+    };
     this.#verdicts.set(key, verdict);
     this.#say(pool, target, key, refusal, failure);
     if (failure !== undefined && refusal === undefined) {
@@ -325,10 +362,15 @@ export class WarmExposure {
   }
 }
 
-/** A kept verdict's refusal for `target`: its repository is checked when the group admits only some. */
+/**
+ * A kept verdict's refusal for `target`: a job's repository is checked when the group admits no
+ * public repository (if it is public: even one the group lists) or only some repositories.
+ */
 function verdictFor(verdict: Verdict, target: ExposureTarget): Refusal | undefined {
   if (verdict.refusal) return verdict.refusal;
-  if (verdict.admits && target.repo !== undefined && !verdict.admits.has(target.repo.toLowerCase())) return "repository_not_in_group";
+  if (target.repo === undefined) return undefined;
+  if (target.publicRepository === true && verdict.admitsPublic === false) return "public_repository_not_admitted";
+  if (verdict.admits && !verdict.admits.has(target.repo.toLowerCase())) return "repository_not_in_group";
   return undefined;
 }
 

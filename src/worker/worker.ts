@@ -20,7 +20,7 @@ import { JobChecks } from "./job-checks.ts";
 import { needsRunner } from "./still-queued.ts";
 import { Problems, UNREADY, type UnreadyReason } from "./unready.ts";
 import type { RunnerEvents } from "./runner-events.ts";
-import { WarmExposure } from "./warm-exposure.ts";
+import { WarmExposure, type ExposureTarget } from "./warm-exposure.ts";
 
 /** Where a worker takes demand from, per pool (BullMQ in production). */
 export interface DemandSource {
@@ -945,19 +945,28 @@ export class RunnerWorker {
    * NotSentError when the worker stops. Refusals of the config are no failure of the worker's:
    * they do not make it unready (see #serve).
    * A group that admits only selected repositories gets no runner for a job of another one, in
-   * any pool: GitHub would never hand it the job, and it would hold its slot and place until its
-   * idle timeout, then launch again on each try. The demand fails for good instead.
+   * any pool, and a group that admits no public repository (its repository access "Private
+   * repositories", or public repositories not allowed) none for a public repository's job (in a
+   * pool that allows public repositories: the ingress drops such jobs for the others): GitHub
+   * would never hand it the job, and it would hold its slot and place until its idle timeout, then
+   * launch again on each try. The demand fails for good instead.
    */
   async #checkRunnerGroup(pool: PoolConfig, demand: Lease["demand"]): Promise<void> {
     if (pool.scope !== "organization") return;
-    const target = { installationId: demand.installationId, owner: demand.owner, repo: demand.repo };
-    const refused = await this.#exposure.refusal(pool, this.#shutdown.signal, target, true);
+    const refused = await this.#exposure.refusal(pool, this.#shutdown.signal, exposureTargetOf(demand), true);
     if (this.#shutdown.signal.aborted) throw new NotSentError("the runner group check");
     const group = pool.runnerGroup ?? pool.runnerGroupId ?? 1;
     if (refused === "repository_not_in_group") {
       throw new JitrunnerError(
         CONFIG_REFUSAL.repositoryNotInGroup,
         `runner group ${group} of organization ${demand.owner} does not admit repository ${demand.owner}/${demand.repo} (it admits selected repositories only): GitHub would never hand this job to its runners; add the repository to the group, or serve its jobs with another pool than ${pool.name}`,
+        { retryable: false },
+      );
+    }
+    if (refused === "public_repository_not_admitted") {
+      throw new JitrunnerError(
+        CONFIG_REFUSAL.repositoryNotInGroup,
+        `runner group ${group} of organization ${demand.owner} does not admit public repository ${demand.owner}/${demand.repo} (its repository access is "Private repositories", or it does not allow public repositories): GitHub would never hand this job to its runners; allow public repositories in the group, or serve the repository's jobs with another pool than ${pool.name}`,
         { retryable: false },
       );
     }
@@ -1440,7 +1449,7 @@ export class RunnerWorker {
     for (const spare of [...this.#spares.values()]) {
       if (spare.pool.name !== lease.demand.pool || spare.adopted || !servesDemand(spare, lease)) continue;
       // Its runner group does not admit the job's repository (as last asked): the launch path refuses the demand.
-      if (this.#exposure.notAdmitted(spare.pool, targetOf(lease.demand))) continue;
+      if (this.#exposure.notAdmitted(spare.pool, exposureTargetOf(lease.demand))) continue;
       if (spare.tracked.state === "busy" || spare.tracked.state === "completed") {
         const record = await this.#unlessStopped(this.#d.runners.get(spare.tracked.record.name).catch(() => undefined), undefined);
         if (record?.jobId === lease.demand.jobId && !spare.adopted && this.#spares.has(record.name)) {
@@ -2129,6 +2138,11 @@ export class RunnerWorker {
  */
 function servesDemand(spare: Spare, lease: Lease): boolean {
   return registeredAt(spare.pool, spare.tracked.record, lease.demand);
+}
+
+/** Where a demand's runner registers, for the runner group check: with its repository, and whether that is public. */
+function exposureTargetOf(demand: Lease["demand"]): ExposureTarget {
+  return { installationId: demand.installationId, owner: demand.owner, repo: demand.repo, publicRepository: demand.publicRepository };
 }
 
 /** A spare not warm within ADOPT_IDLE_MARGIN_MS of its idle deadline, or past it: its watch may be deregistering it. */

@@ -156,6 +156,27 @@ test("dispatch: a runner of a group admitting selected repositories takes no job
   assert.equal((await inDefault.call("acquire")).body?.job?.id, other.id, "a group of visibility all admits every repository");
 });
 
+test("dispatch: a public repository's job goes to no runner of a group that admits no public repository (\"Private repositories\", or public ones not allowed), as GitHub hands it none", async () => {
+  const privateOnly = fake.addRunnerGroup("private-only", { privateRepositories: true, allowsPublicRepositories: true });
+  const open = fake.addRunnerGroup("open", { allowsPublicRepositories: true });
+  const pub = await fake.queueJob({ owner: "vis", repo: "site", labels: ["self-hosted"], private: false });
+  const priv = await fake.queueJob({ owner: "vis", repo: "app", labels: ["self-hosted"] });
+  const inPrivate = await register("/orgs/vis", "v-1", ["self-hosted"], privateOnly);
+  assert.equal((await inPrivate.call("acquire")).body?.job?.id, priv.id, "the private repository's job, though the public one's is older");
+  const second = await register("/orgs/vis", "v-2", ["self-hosted"], privateOnly);
+  assert.equal((await second.call("acquire")).status, 204, "the public repository's job is for no runner of the group");
+  const inDefault = await register("/orgs/vis", "v-3", ["self-hosted"]);
+  assert.equal((await inDefault.call("acquire")).status, 204, "nor for the Default group's (allows_public_repositories off)");
+  const listed = await client.call("GET", "/orgs/vis/actions/runner-groups");
+  const shown = (listed.body as { runner_groups: Array<{ id: number; visibility: string; allows_public_repositories: boolean }> }).runner_groups;
+  assert.deepEqual(shown.filter((g) => g.id === privateOnly).map((g) => [g.visibility, g.allows_public_repositories]), [["private", true]]);
+  const inOpen = await register("/orgs/vis", "v-4", ["self-hosted"], open);
+  assert.equal((await inOpen.call("acquire")).body?.job?.id, pub.id, "a group of visibility all that allows public repositories takes it");
+  fake.setRunnerGroupRepositories(privateOnly, undefined);
+  const again = await fake.queueJob({ owner: "vis", repo: "site", labels: ["self-hosted"] });
+  assert.equal((await second.call("acquire")).body?.job?.id, again.id, "its repository access all repositories again: admitted");
+});
+
 test("cancelJob: queued job completes as cancelled, no runner gets it", async () => {
   const job = await fake.queueJob({ owner: "can", repo: "cel", labels: ["self-hosted"] });
   await fake.cancelJob(job.id);

@@ -107,6 +107,7 @@ test("a scripted flow's responses validate against the documented response schem
   const org = await expectCall("POST", "/orgs/acme/actions/runners/generate-jitconfig", 201, { body: { ...gen, name: "jr-org-1" } });
   const open = fake.addRunnerGroup("open-to-public", { allowsPublicRepositories: true });
   const selected = fake.addRunnerGroup("some-repos", { repositories: ["acme/app"], selectedWorkflows: ["acme/app/.github/workflows/ci.yml@refs/heads/main"] });
+  const privateOnly = fake.addRunnerGroup("private-repos", { privateRepositories: true });
   const groups = await expectCall("GET", "/orgs/acme/actions/runner-groups", 200);
   assert.deepEqual(
     groups.runner_groups.map((g: { id: number; allows_public_repositories: boolean; visibility: string; restricted_to_workflows: boolean }) => [
@@ -119,6 +120,7 @@ test("a scripted flow's responses validate against the documented response schem
       [1, false, "all", false],
       [open, true, "all", false],
       [selected, false, "selected", true],
+      [privateOnly, false, "private", false],
     ],
   );
   const admitted = await expectCall("GET", `/orgs/acme/actions/runner-groups/${selected}/repositories?per_page=100`, 200);

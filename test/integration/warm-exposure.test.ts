@@ -136,7 +136,7 @@ test("a failed lookup refuses (fail closed), said once, asked again a minute lat
   assert.equal(said(/warm runners allowed again/), 1);
 });
 
-test("an organization pool: its runner group's allows_public_repositories decides; a group not there refuses; allowPublicRepositories costs no call", async () => {
+test("an organization pool: its runner group's allows_public_repositories decides; a group not there refuses; allowPublicRepositories refuses nothing, and costs a repository pool no call", async () => {
   const { guard } = exposure();
   const warm = { installationId: fake.installationId, owner: "acme" };
   fake.addRunnerGroup("public-ci", { allowsPublicRepositories: true });
@@ -147,11 +147,15 @@ test("an organization pool: its runner group's allows_public_repositories decide
   assert.equal(await guard.refusal(org({ runnerGroup: "Private-CI" })), undefined);
   assert.equal(await guard.refusal(org({ runnerGroup: "no-such-group" })), "runner_group_missing");
 
-  const before = callsTo(fake, GROUPS) + callsTo(fake, REPO);
+  const before = [callsTo(fake, GROUPS), callsTo(fake, REPO)];
   assert.equal(await guard.refusal(pool({ name: "allowed-org", scope: "organization", warm, runnerGroup: "public-ci", allowPublicRepositories: true })), undefined);
   fake.setRepositoryPrivate("acme", "public-app", false);
   assert.equal(await guard.refusal(pool({ name: "allowed-repo", warm: { ...warm, repo: "public-app" }, allowPublicRepositories: true })), undefined);
-  assert.equal(callsTo(fake, GROUPS) + callsTo(fake, REPO), before, "no call for pools that allow public repositories");
+  assert.deepEqual(
+    [callsTo(fake, GROUPS), callsTo(fake, REPO)],
+    [before[0]! + 1, before[1]!],
+    "the organization pool's group looked at all the same (which jobs its warm runners may be adopted for); no call for the repository pool",
+  );
 });
 
 test("a recheck (the repository made public) asks GitHub at the next look, but not sooner than 10 s after the last ask", async () => {
@@ -273,13 +277,16 @@ test("an organization pool whose runner group admits selected repositories: a jo
   assert.equal(await guard.refusal(p, undefined, { ...acme, repo: "other" }), undefined, "added to the group: noticed at the next ask");
   assert.equal(callsTo(fake, GROUP_REPOS), before[1]! + 2);
 
-  // A pool that allows public repositories: checked all the same for jobs, no call for warm runners,
-  // and launched for when the lookup fails (as it was before the check).
+  // A pool that allows public repositories: checked all the same for jobs, its group looked at for
+  // its warm runners too (which jobs they may be adopted for), and launched for when the lookup
+  // fails (as it was before the check).
   fake.setRunnerGroupRepositories(group, ["acme/app"]);
   const open = pool({ name: "selected-open", scope: "organization", runnerGroup: "only-app", allowPublicRepositories: true, warm: acme });
   const calls = callsTo(fake, GROUPS);
-  assert.equal(await guard.refusal(open), undefined);
-  assert.equal(callsTo(fake, GROUPS), calls, "no call for its warm runners");
+  assert.equal(await guard.refusal(open), undefined, "its warm runners are refused nothing");
+  assert.equal(callsTo(fake, GROUPS), calls + 1, "its group looked at for them");
+  assert.equal(guard.notAdmitted(open, { ...acme, repo: "other" }), true, "so none of them is adopted for a job of a repository the group does not admit");
+  clock.now += 10 * 60_000;
   fake.inject({ route: GROUPS, status: 403, times: 1, body: { message: "Must have admin rights to Repository.", documentation_url: "https://docs.github.com/rest" } });
   assert.equal(await guard.refusal(open, undefined, { ...acme, repo: "other" }, true), undefined, "a failed lookup refuses nothing there");
   clock.now += 60_000;
@@ -314,6 +321,38 @@ test("selected repositories: a job's refusal is asked again 10 s on (the operato
   assert.equal(said(/could not list the repositories the runner group admits/), 1);
   clock.now += 10 * 60_000;
   assert.equal(await guard.refusal(p, undefined, api, true), "repository_not_in_group", "listed again once GitHub answers");
+});
+
+test("a runner group that admits no public repository (\"Private repositories\", or public ones not allowed): a public repository's job is refused, a private one's and one not known are not, at no extra call", async () => {
+  const { guard, clock } = exposure();
+  const acme = { installationId: fake.installationId, owner: "acme" };
+  const privateOnly = fake.addRunnerGroup("private-only", { privateRepositories: true, allowsPublicRepositories: true });
+  fake.addRunnerGroup("all-but-public");
+  fake.addRunnerGroup("all-and-public", { allowsPublicRepositories: true });
+  const p = (name: string, runnerGroup: string) => pool({ name, scope: "organization", runnerGroup, allowPublicRepositories: true, warm: acme, minIdle: 0 });
+  const job = (repo: string, publicRepository?: boolean) => ({ ...acme, repo, ...(publicRepository === undefined ? {} : { publicRepository }) });
+  const before = [callsTo(fake, GROUPS), callsTo(fake, GROUP_REPOS), callsTo(fake, REPO)];
+  const inPrivate = p("in-private", "private-only");
+  assert.deepEqual(
+    await Promise.all([guard.refusal(inPrivate, undefined, job("site", true), true), guard.refusal(inPrivate, undefined, job("app", false), true), guard.refusal(inPrivate, undefined, job("old"), true)]),
+    ["public_repository_not_admitted", undefined, undefined],
+    "a public repository's job; a private one's; a demand from before it said",
+  );
+  assert.equal(guard.notAdmitted(inPrivate, job("site", true)), true, "said from the kept answer");
+  assert.equal(guard.notAdmitted(inPrivate, job("app", false)), false);
+  assert.equal(await guard.refusal(p("in-all-but-public", "all-but-public"), undefined, job("site", true), true), "public_repository_not_admitted", "allows_public_repositories off");
+  assert.equal(await guard.refusal(p("in-all-and-public", "all-and-public"), undefined, job("site", true), true), undefined);
+  assert.deepEqual([callsTo(fake, GROUPS), callsTo(fake, GROUP_REPOS), callsTo(fake, REPO)], [before[0]! + 3, before[1]!, before[2]!], "one look at each group; the repository's visibility is the job's own");
+  // A pool that does not allow public repositories may launch in a "Private repositories" group
+  // that says it allows them: no fork's pull request reaches its runners.
+  assert.equal(await guard.refusal(pool({ name: "strict-private", scope: "organization", runnerGroup: "private-only", warm: acme })), undefined);
+  // The refusal says to change the group: a job 10 s on has GitHub asked again, as for selected repositories.
+  fake.setRunnerGroupRepositories(privateOnly, undefined);
+  clock.now += 5_000;
+  assert.equal(await guard.refusal(inPrivate, undefined, job("site", true), true), "public_repository_not_admitted", "5 s on: the answer kept");
+  clock.now += 5_000;
+  assert.equal(await guard.refusal(inPrivate, undefined, job("site", true), true), undefined, "10 s on: asked again, admitted now");
+  assert.deepEqual(fake.invalidRequests(), []);
 });
 
 test("a runner group restricted to selected workflows is said once per group, at warn, and refuses nothing", async () => {

@@ -45,6 +45,7 @@ test("a queued job found through the API passes exactly the webhook's policy", (
       owner: "acme",
       repo: "app",
       installationId: 7,
+      publicRepository: false,
       labels: ["self-hosted", "linux"],
       receivedAt: 5,
       deliveryId: "reconcile-1",

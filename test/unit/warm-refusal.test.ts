@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { decideQueued, isPublicRepository } from "../../src/ingress/policy.ts";
-import { warmRefusal } from "../../src/worker/warm-exposure.ts";
+import { admitsPublicRepositories, warmRefusal } from "../../src/worker/warm-exposure.ts";
 import { testConfig } from "../helpers/config.ts";
 
 const strict = { allowPublicRepositories: false };
@@ -26,6 +26,37 @@ test("an organization pool: refused when its runner group admits public reposito
   assert.equal(warmRefusal(strict, group(false)), undefined);
   assert.equal(warmRefusal(strict, { kind: "organization", group: undefined }), "runner_group_missing");
   assert.equal(warmRefusal(open, group(true)), undefined);
+});
+
+test("a runner group admits public repositories only when it allows them and its repository access is not \"Private repositories\"", () => {
+  const group = (allowsPublicRepositories: boolean, visibility: string) => ({ allowsPublicRepositories, visibility });
+  assert.equal(admitsPublicRepositories(group(true, "all")), true);
+  assert.equal(admitsPublicRepositories(group(true, "selected")), true, "those of its selected repositories that are public");
+  assert.equal(admitsPublicRepositories(group(true, "private")), false, "private and internal repositories only, whatever allows_public_repositories says");
+  assert.equal(admitsPublicRepositories(group(false, "all")), false);
+  const organization = (allowsPublicRepositories: boolean, visibility: string) => ({
+    kind: "organization" as const,
+    group: { id: 2, name: "ci", allowsPublicRepositories, visibility, restrictedToWorkflows: false, selectedWorkflows: [] },
+  });
+  assert.equal(warmRefusal(strict, organization(true, "private")), undefined, "no fork's pull request reaches such a group's runners");
+});
+
+test("a job's demand says whether its repository is public, as the ingress decided it", () => {
+  const config = testConfig({ pools: [{ name: "p", labels: ["self-hosted"], image: "runner", allowPublicRepositories: true }] });
+  const demandOf = (r: { private: boolean; visibility?: string }) => {
+    const event = {
+      action: "queued",
+      workflow_job: { id: 1, run_id: 1, status: "queued", labels: ["self-hosted"], runner_name: null },
+      repository: { name: "app", full_name: "acme/app", owner: { login: "acme" }, ...r },
+      installation: { id: 1 },
+    };
+    const decision = decideQueued(event, config, { deliveryId: "d", receivedAt: 0 });
+    return decision.kind === "enqueue" ? decision.demand.publicRepository : "ignored";
+  };
+  assert.deepEqual(
+    [{ private: false, visibility: "public" }, { private: false }, { private: true, visibility: "private" }, { private: false, visibility: "internal" }].map(demandOf),
+    [true, true, false, false],
+  );
 });
 
 test("nothing known (the lookup failed): refused, fail closed, unless the pool allows public repositories anyway", () => {

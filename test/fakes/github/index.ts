@@ -254,15 +254,20 @@ export class FakeGitHub {
 
   /**
    * Add an organization runner group; returns its id. Group 1 ("Default") always exists.
-   * `allowsPublicRepositories`: its runners may take public repositories' jobs (GitHub's default: no).
+   * `allowsPublicRepositories`: its runners may take public repositories' jobs (GitHub's default:
+   * no; without it, a public repository's job goes to none of them, whatever its visibility).
    * `repositories` ("owner/name"): visibility `selected`, its runners take jobs of these only
-   * (see setRunnerGroupRepositories). `selectedWorkflows`: `restricted_to_workflows` with these
-   * (said, not enforced: a fake job has no workflow file).
+   * (see setRunnerGroupRepositories). `privateRepositories`: visibility `private` ("Private
+   * repositories"), its runners take jobs of private and internal repositories only, whatever
+   * `allowsPublicRepositories` says; not with `repositories`. `selectedWorkflows`:
+   * `restricted_to_workflows` with these (said, not enforced: a fake job has no workflow file).
    */
-  addRunnerGroup(name: string, opts: { allowsPublicRepositories?: boolean; repositories?: string[]; selectedWorkflows?: string[] } = {}): number {
+  addRunnerGroup(name: string, opts: { allowsPublicRepositories?: boolean; repositories?: string[]; privateRepositories?: boolean; selectedWorkflows?: string[] } = {}): number {
+    if (opts.repositories && opts.privateRepositories) throw new Error("addRunnerGroup: a group's visibility is `selected` or `private`, not both");
     const id = Math.max(...this.state.runnerGroups.keys()) + 1;
     this.state.runnerGroups.set(id, name);
     if (opts.allowsPublicRepositories) this.state.publicRunnerGroups.add(id);
+    if (opts.privateRepositories) this.state.privateRunnerGroups.add(id);
     if (opts.repositories) this.setRunnerGroupRepositories(id, opts.repositories);
     if (opts.selectedWorkflows) this.state.workflowRunnerGroups.set(id, [...opts.selectedWorkflows]);
     return id;
@@ -270,10 +275,13 @@ export class FakeGitHub {
 
   /**
    * A runner group's repository access: `selected` with these repositories ("owner/name", any
-   * case; one the fake has not met yet is made, private), or all of them (`undefined`).
+   * case; one the fake has not met yet is made, private), or all of them (`undefined`), or its
+   * private and internal ones (`"private"`).
    */
-  setRunnerGroupRepositories(id: number, repositories: string[] | undefined): void {
-    if (!repositories) {
+  setRunnerGroupRepositories(id: number, repositories: string[] | "private" | undefined): void {
+    this.state.privateRunnerGroups.delete(id);
+    if (repositories === "private") this.state.privateRunnerGroups.add(id);
+    if (!repositories || repositories === "private") {
       this.state.selectedRunnerGroups.delete(id);
       return;
     }

@@ -307,7 +307,7 @@ export function runnerGroup(u: Urls, org: string, state: FakeState, id: number) 
   return {
     id,
     name: state.runnerGroups.get(id) ?? `group-${id}`,
-    visibility: selected ? "selected" : "all",
+    visibility: selected ? "selected" : state.privateRunnerGroups.has(id) ? "private" : "all",
     default: id === 1,
     ...(selected ? { selected_repositories_url: `${base}/repositories` } : {}),
     runners_url: `${base}/runners`,

@@ -97,6 +97,11 @@ export class FakeState {
    * their runners may take. A group not here admits every repository of the organization.
    */
   readonly selectedRunnerGroups = new Map<number, Set<string>>();
+  /**
+   * Runner groups of visibility `private` ("Private repositories"): their runners take jobs of the
+   * organization's private (and internal) repositories only.
+   */
+  readonly privateRunnerGroups = new Set<number>();
   /** Runner groups restricted to selected workflows, and those workflows (shown, not enforced: a fake job has no workflow file). */
   readonly workflowRunnerGroups = new Map<number, string[]>();
 
@@ -205,11 +210,21 @@ export class FakeState {
     return job;
   }
 
-  /** Whether the runner's group admits the job's repository (GitHub hands it no job of another). */
+  /**
+   * Whether the runner's group admits the job's repository (GitHub hands it no job of another): a
+   * public repository only when the group allows public repositories and its visibility is not
+   * `private`, whatever else it admits (a public repository a `selected` group lists included);
+   * for a `selected` group, only the repositories it lists.
+   */
   groupAdmits(runner: FakeRunner, job: FakeJob): boolean {
     if (runner.scope.kind !== "org") return true;
-    const selected = this.selectedRunnerGroups.get(runner.runner_group_id);
-    return selected === undefined || selected.has(`${lower(job.owner)}/${lower(job.repo)}`);
+    const id = runner.runner_group_id;
+    const key = `${lower(job.owner)}/${lower(job.repo)}`;
+    // The repository as it is now: one made public since the job was queued counts as public.
+    const isPublic = !(this.repos.get(key)?.private ?? job.private);
+    if (isPublic && (!this.publicRunnerGroups.has(id) || this.privateRunnerGroups.has(id))) return false;
+    const selected = this.selectedRunnerGroups.get(id);
+    return selected === undefined || selected.has(key);
   }
 
   /** Lets a job waiting for approval be taken (`queued`); false when it was not waiting. */
