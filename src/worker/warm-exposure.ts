@@ -66,7 +66,10 @@ export function warmRefusal(pool: Pick<PoolConfig, "allowPublicRepositories">, f
       return isPublicRepository(facts.repository) ? "public_repository" : undefined;
     case "organization":
       if (!facts.group) return "runner_group_missing";
-      return admitsPublicRepositories(facts.group) ? "public_runner_group" : undefined;
+      // On the safe side: GitHub's own word that the group allows public repositories, whatever
+      // its visibility says (that "Private repositories" keeps them out is what GitHub's UI says,
+      // not its API), refuses a pool that serves no public repository.
+      return facts.group.allowsPublicRepositories ? "public_runner_group" : undefined;
     case "unknown":
       return "visibility_unknown";
   }

@@ -343,9 +343,9 @@ test("a runner group that admits no public repository (\"Private repositories\",
   assert.equal(await guard.refusal(p("in-all-but-public", "all-but-public"), undefined, job("site", true), true), "public_repository_not_admitted", "allows_public_repositories off");
   assert.equal(await guard.refusal(p("in-all-and-public", "all-and-public"), undefined, job("site", true), true), undefined);
   assert.deepEqual([callsTo(fake, GROUPS), callsTo(fake, GROUP_REPOS), callsTo(fake, REPO)], [before[0]! + 3, before[1]!, before[2]!], "one look at each group; the repository's visibility is the job's own");
-  // A pool that does not allow public repositories may launch in a "Private repositories" group
-  // that says it allows them: no fork's pull request reaches its runners.
-  assert.equal(await guard.refusal(pool({ name: "strict-private", scope: "organization", runnerGroup: "private-only", warm: acme })), undefined);
+  // A pool that does not allow public repositories is kept on the safe side: a "Private
+  // repositories" group that says it allows them is refused to it all the same.
+  assert.equal(await guard.refusal(pool({ name: "strict-private", scope: "organization", runnerGroup: "private-only", warm: acme })), "public_runner_group");
   // The refusal says to change the group: a job 10 s on has GitHub asked again, as for selected repositories.
   fake.setRunnerGroupRepositories(privateOnly, undefined);
   clock.now += 5_000;

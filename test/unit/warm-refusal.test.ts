@@ -38,7 +38,10 @@ test("a runner group admits public repositories only when it allows them and its
     kind: "organization" as const,
     group: { id: 2, name: "ci", allowsPublicRepositories, visibility, restrictedToWorkflows: false, selectedWorkflows: [] },
   });
-  assert.equal(warmRefusal(strict, organization(true, "private")), undefined, "no fork's pull request reaches such a group's runners");
+  // The pool that serves no public repository is kept on the safe side: a group that says it allows
+  // them is refused, whatever its visibility.
+  assert.equal(warmRefusal(strict, organization(true, "private")), "public_runner_group");
+  assert.equal(warmRefusal(strict, organization(false, "private")), undefined);
 });
 
 test("a job's demand says whether its repository is public, as the ingress decided it", () => {
