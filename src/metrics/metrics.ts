@@ -165,7 +165,12 @@ export class Metrics {
   });
   readonly #hostsGone = new Counter({
     name: "jitrunner_hosts_gone_total",
-    help: "Hosts whose heartbeat lapsed (worker killed, machine gone) and whose runners this process cleaned up",
+    help: "Hosts whose heartbeat lapsed without a clean stop (worker killed or crashed, machine or network gone) and whose runners this process cleaned up",
+    registers: [this.registry],
+  });
+  readonly #stoppedHostsSwept = new Counter({
+    name: "jitrunner_hosts_stopped_swept_total",
+    help: "Hosts whose worker stopped cleanly (SIGTERM) leaving runners, was not back within the host's expiry, and whose runners this process cleaned up",
     registers: [this.registry],
   });
 
@@ -265,8 +270,13 @@ export class Metrics {
       if (h.beatAgeMs !== undefined) this.#heartbeatAge.set({ host: h.id }, h.beatAgeMs / 1000);
     }
   }
+  /** A host forgotten by the gone-host sweep whose worker had not stopped cleanly. */
   hostGone(): void {
     this.#hostsGone.inc();
+  }
+  /** A host forgotten by the gone-host sweep whose worker had stopped cleanly (HostStore.noteStop). */
+  stoppedHostSwept(): void {
+    this.#stoppedHostsSwept.inc();
   }
   /** `resetsAtMs`: when the window resets on this host's clock (GitHub's `x-ratelimit-reset`), if known. */
   githubRateLimitRemaining(installationId: number, remaining: number, resetsAtMs?: number): void {

@@ -15,9 +15,11 @@ return {1, ARGV[1], tonumber(ARGV[2])}`;
 
 /**
  * Takes the host ARGV[1] out of the fleet: out of the index (KEYS[1]) and the last beats (KEYS[2]),
- * its record (KEYS[3]) deleted, its drain mark (KEYS[4]) made ARGV[2] if it has one. With ARGV[3]
- * '1', nothing when the record is there: the host beat again since another worker found it gone,
- * and the check and the removal must be one step, or a beat in between would be undone.
+ * its record (KEYS[3]), sweep turn (KEYS[5]) and note of a clean stop (KEYS[6]) deleted, its drain
+ * mark (KEYS[4]) made ARGV[2] if it has one. With ARGV[3] '1', nothing when the record is there:
+ * the host beat again since another worker found it gone, and the check and the removal must be
+ * one step, or a beat in between would be undone. Returns 0 if so, 2 if its worker had noted a
+ * clean stop (HostStore.noteStop), 1 otherwise.
  */
 const FORGET = `
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
@@ -25,6 +27,17 @@ redis.call('SREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3], KEYS[5])
 redis.call('SET', KEYS[4], ARGV[2], 'KEEPTTL', 'XX')
+return 1 + redis.call('DEL', KEYS[6])`;
+
+/**
+ * Notes (KEYS[2]) that the worker process ARGV[1] stopped cleanly on its host ARGV[2], for ARGV[3]
+ * seconds (HostStore.noteStop), if it still holds the host (KEYS[1]) and the host is in the fleet
+ * (the index, KEYS[3]): a process whose host another took, or one swept already, notes nothing.
+ * 1 if noted.
+ */
+const NOTE_STOP = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
 return 1`;
 
 /** The sweep of gone host KEYS[1] is ARGV[1]'s for ARGV[2] ms more, unless another's now: 1 if so. */
@@ -33,6 +46,22 @@ local by = redis.call('GET', KEYS[1])
 if by and by ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1`;
+
+/**
+ * How a host found gone was forgotten: `stopped` if its worker's last process stopped cleanly
+ * (SIGTERM: it took no more demand and left its runners running for the next process on the host,
+ * which did not come within the host's expiry), `gone` otherwise (killed, crashed, its machine or
+ * network lost, a stop cut short); `beats` if it was not, having beaten again.
+ */
+export type GoneHostEnd = "stopped" | "gone" | "beats";
+
+/**
+ * How long the note of a clean stop lasts at most. It goes when the host is forgotten or beats
+ * again; the expiry only bounds a note that neither removes (a host swept, or served again, by a
+ * worker of a version that knew no such note, during a rolling upgrade). Longer than a host
+ * stays listed for a runner's job: GitHub ends a job on a self-hosted runner after 5 days.
+ */
+const STOP_NOTE_SECONDS = 7 * 24 * 3600;
 
 /** Who holds a host: this process (`held`) or another one, whose hold lasts `ttlMs` more. */
 export interface HostHold {
@@ -77,13 +106,15 @@ export interface HostRecord {
 
 /**
  * Worker hosts in Redis. Each worker refreshes its record every few seconds with an expiry; a host
- * whose record expired has stopped (worker killed, machine gone), and others clean up after it.
+ * whose record expired has stopped (worker killed, machine gone; or its worker stopped cleanly and
+ * is not back), and others clean up after it.
  */
 export class HostStore {
   readonly #redis: Redis & {
     jitrunnerHoldHost(key: string, instance: string, ttlMs: string): Promise<[number, string, number]>;
     jitrunnerDelIfEquals(key: string, value: string): Promise<number>;
-    jitrunnerForgetHost(index: string, lastBeat: string, info: string, drain: string, sweeping: string, id: string, left: string, ifGone: string): Promise<number>;
+    jitrunnerForgetHost(index: string, lastBeat: string, info: string, drain: string, sweeping: string, stopped: string, id: string, left: string, ifGone: string): Promise<number>;
+    jitrunnerNoteStop(hold: string, stopped: string, index: string, instance: string, id: string, seconds: string): Promise<number>;
     jitrunnerSweepTurn(key: string, by: string, ms: string): Promise<number>;
     jitrunnerHeartbeat(numberOfKeys: number, ...keysAndArgs: string[]): Promise<number>;
     jitrunnerBeats(numberOfKeys: number, ...keysAndArgs: string[]): Promise<string[]>;
@@ -92,7 +123,8 @@ export class HostStore {
 
   constructor(redis: Redis, prefix: string) {
     redis.defineCommand("jitrunnerHoldHost", { numberOfKeys: 1, lua: HOLD_HOST });
-    redis.defineCommand("jitrunnerForgetHost", { numberOfKeys: 5, lua: FORGET });
+    redis.defineCommand("jitrunnerForgetHost", { numberOfKeys: 6, lua: FORGET });
+    redis.defineCommand("jitrunnerNoteStop", { numberOfKeys: 3, lua: NOTE_STOP });
     redis.defineCommand("jitrunnerSweepTurn", { numberOfKeys: 1, lua: SWEEP_TURN });
     redis.defineCommand("jitrunnerDelIfEquals", { numberOfKeys: 1, lua: DEL_IF_EQUALS });
     redis.defineCommand("jitrunnerHeartbeat", { lua: HEARTBEAT });
@@ -116,6 +148,13 @@ export class HostStore {
   #sweepingKey(id: string): string {
     return `${this.#prefix}:sweeping:${id}`;
   }
+  /**
+   * The note of a clean stop (noteStop): the worker process that stopped. It lasts as long as the
+   * host is listed, and goes when the host is forgotten or its worker beats again.
+   */
+  #stoppedKey(id: string): string {
+    return `${this.#prefix}:host-stopped:${id}`;
+  }
   get #index(): string {
     return `${this.#prefix}:hosts`;
   }
@@ -131,7 +170,7 @@ export class HostStore {
   async heartbeat(record: Omit<HostRecord, "heartbeatAt" | "draining">, ttlMs: number, instance?: string): Promise<void> {
     // The record's JSON up to its stamp, which the script adds on Redis's clock (HEARTBEAT).
     const head = `${JSON.stringify(record).slice(0, -1)},"heartbeatAt":`;
-    const keys = [this.#key(record.id), this.#index, this.#lastBeat, ...(instance ? [this.#instanceKey(instance)] : [])];
+    const keys = [this.#key(record.id), this.#index, this.#lastBeat, this.#stoppedKey(record.id), ...(instance ? [this.#instanceKey(instance)] : [])];
     // Whole ms: Redis refuses a PX of 3300.0000000000005 (heartbeatSeconds 1.1, three beats).
     await this.#redis.jitrunnerHeartbeat(keys.length, ...keys, head, String(Math.round(ttlMs)), record.id);
   }
@@ -158,6 +197,17 @@ export class HostStore {
   async instanceGone(instance: string, id?: string): Promise<void> {
     await this.#redis.del(this.#instanceKey(instance));
     if (id) await this.#redis.jitrunnerDelIfEquals(this.#holdKey(id), instance);
+  }
+
+  /**
+   * Notes that the worker process `instance` stopped cleanly on host `id` and left the host listed
+   * (runners of it still running, or still recorded): should no worker come back to the host
+   * within its expiry, the others sweep it as a gone host but count it as stopped, not gone
+   * (forgetGone). Nothing if the process no longer holds the host or the host is not listed; the
+   * host's next beat removes the note. Call it before `instanceGone`, which frees the hold.
+   */
+  async noteStop(id: string, instance: string): Promise<boolean> {
+    return (await this.#redis.jitrunnerNoteStop(this.#holdKey(id), this.#stoppedKey(id), this.#index, instance, id, String(STOP_NOTE_SECONDS))) === 1;
   }
 
   /** Resolves once Redis answers a PING on this store's connection. */
@@ -202,17 +252,18 @@ export class HostStore {
   }
 
   /**
-   * As `forget`, for a host found gone by another worker: nothing, and false, if it beat again
+   * As `forget`, for a host found gone by another worker: nothing, and `beats`, if it beat again
    * since (a beat that lapsed only briefly: a GC pause, a Redis hiccup), so that its record, its
-   * place in the fleet and its drain mark's `asked` stay while its worker runs.
+   * place in the fleet and its drain mark's `asked` stay while its worker runs. Otherwise whether
+   * its worker had stopped cleanly (`stopped`: noteStop) or not (`gone`).
    */
-  async forgetGone(id: string): Promise<boolean> {
-    return this.#forget(id, true);
+  async forgetGone(id: string): Promise<GoneHostEnd> {
+    const done = await this.#forget(id, true);
+    return done === 0 ? "beats" : done === 2 ? "stopped" : "gone";
   }
 
-  async #forget(id: string, ifGone: boolean): Promise<boolean> {
-    const done = await this.#redis.jitrunnerForgetHost(this.#index, this.#lastBeat, this.#key(id), this.#drainKey(id), this.#sweepingKey(id), id, DRAIN_LEFT, ifGone ? "1" : "0");
-    return done === 1;
+  async #forget(id: string, ifGone: boolean): Promise<number> {
+    return this.#redis.jitrunnerForgetHost(this.#index, this.#lastBeat, this.#key(id), this.#drainKey(id), this.#sweepingKey(id), this.#stoppedKey(id), id, DRAIN_LEFT, ifGone ? "1" : "0");
   }
 
   /**
@@ -270,17 +321,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
 /**
  * A worker's beat, stamped on Redis's clock (REDIS_NOW): its record (KEYS[1]) is ARGV[1], the
  * record's JSON up to its `heartbeatAt` value, with the time and the closing brace added, until
- * ARGV[2] ms from now; the host in the index (KEYS[2]) and its last beat (KEYS[3]); with a 4th
- * key, the worker process alive (ARGV[3], its host) as long. Readers on other machines measure
- * the beat's age against the same clock (HostStore.list), so a worker whose clock is behind does
- * not look stale, nor one ahead alive after it died.
+ * ARGV[2] ms from now; the host in the index (KEYS[2]) and its last beat (KEYS[3]); the note of
+ * an earlier process's clean stop (KEYS[4]) removed: the host is served again, and if this process
+ * is killed, its host is gone; with a 5th key, the worker process alive (ARGV[3], its host) as
+ * long. Readers on other machines measure the beat's age against the same clock (HostStore.list),
+ * so a worker whose clock is behind does not look stale, nor one ahead alive after it died.
  */
 const HEARTBEAT = `${REDIS_NOW}
 local at = string.format('%.0f', now)
 redis.call('SET', KEYS[1], ARGV[1] .. at .. '}', 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[3], at)
-if KEYS[4] then redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[2]) end
+redis.call('DEL', KEYS[4])
+if KEYS[5] then redis.call('SET', KEYS[5], ARGV[3], 'PX', ARGV[2]) end
 return 1`;
 
 /** Redis's clock now, in ms, with each listed host's last beat: what HostStore.list reads. */

@@ -24,6 +24,9 @@ export interface PresenceDeps {
   onBeat: () => Promise<void>;
 }
 
+/** How a worker's stop leaves its host (HostPresence.stop). */
+export type HostPresenceEnd = "leave" | "clean" | "cut_short";
+
 /** How long a stopping worker waits for Redis to take its last words (see stop). */
 const STOP_REDIS_MS = 5_000;
 
@@ -190,18 +193,25 @@ export class HostPresence {
 
   /**
    * Stops the heartbeat and says this process is gone (its records are others' to clean up now,
-   * its host is free for the next process); `leave` also removes this host's record (a clean exit:
-   * nothing of it runs).
+   * its host is free for the next process). `leave` (a clean exit, nothing of the host runs or is
+   * recorded) also removes this host's record; `clean` (a clean stop that leaves runners running,
+   * or recorded, for the next process on the host) notes the clean stop, so that if none comes
+   * within the host's expiry, the other workers' sweep of the host counts it as stopped, not gone;
+   * `cut_short` (a stop that left launches or demand to lapse, a failed start) says only that
+   * this process is gone, and the host is left as a crash leaves it.
    */
-  async stop(leave: boolean): Promise<void> {
+  async stop(end: HostPresenceEnd): Promise<void> {
     this.#stopped = true;
     this.#timer?.stop();
     // Bounded: with Redis away the commands would wait for it, and the stop with them. What they
-    // would have said, Redis learns anyway once this host's hold and beat expire.
+    // would have said, Redis learns anyway once this host's hold and beat expire (a clean stop
+    // then counts as gone).
     const said = (async () => {
+      // Before the hold goes with instanceGone: the note is written only by its holder.
+      if (end === "clean" && !this.#hostProblem) await this.#d.hosts.noteStop(this.#d.host, this.#d.instance).catch(() => undefined);
       await this.#d.hosts.instanceGone(this.#d.instance, this.#d.host).catch(() => undefined);
       // A host another process has taken is that process's to leave.
-      if (leave && !this.#hostProblem) await this.#d.hosts.forget(this.#d.host).catch(() => undefined);
+      if (end === "leave" && !this.#hostProblem) await this.#d.hosts.forget(this.#d.host).catch(() => undefined);
     })();
     await atMost(said, STOP_REDIS_MS);
   }

@@ -293,6 +293,8 @@ export class RunnerWorker {
    */
   #passed = false;
   #stopping = false;
+  /** The start failed: its stop leaves the host as a crash would (HostPresence.stop `cut_short`). */
+  #startFailed = false;
   #reconcileTimer: { stop(): void } | undefined;
   /** Stops hearing of repositories made public (see #publicized). */
   #offPublicized: (() => void) | undefined;
@@ -345,7 +347,9 @@ export class RunnerWorker {
       await this.#checkCordon();
       await this.#startServing();
     } catch (err) {
-      // Half started: stop what did start, and free the host for the next try.
+      // Half started: stop what did start, and free the host for the next try; a failed start
+      // is no clean stop (the process exits 1).
+      this.#startFailed = true;
       await this.stop().catch(() => undefined);
       throw err;
     }
@@ -450,7 +454,9 @@ export class RunnerWorker {
     }
     // Turns to sweep gone hosts go to the other workers at once, not when they lapse.
     await atMost(Promise.allSettled([...this.#sweepTurns].map((id) => this.#d.hosts.endSweepTurn(id, this.#d.host))), 3_000);
-    await this.#presence.stop(running === 0 && recorded === 0);
+    // A stop that left nothing to lapse is a clean one, even with runners left: should no worker
+    // come back to the host within its expiry, the others sweep it counted as stopped, not gone.
+    await this.#presence.stop(running === 0 && recorded === 0 ? "leave" : left || this.#startFailed ? "cut_short" : "clean");
     this.#d.logger.info({ running: this.#d.launcher.tracked.size + this.#leftRunning.size }, "worker stopped; running runners left running");
     if (left) throw new Error(`worker stop incomplete: ${left}`);
   }
@@ -2008,8 +2014,16 @@ export class RunnerWorker {
       if (left === 0) await this.#limits.releaseHost(pool, id);
     }
     if (left > 0) return;
-    if (!(await hosts.forgetGone(id))) {
+    const end = await hosts.forgetGone(id);
+    if (end === "beats") {
       log.info({ goneHost: id }, "gone host beats again; not forgotten");
+      return;
+    }
+    // Its worker stopped cleanly (a maintenance stop, an upgrade, a reboot) and is not back within
+    // the host's expiry: its runners were cleaned up all the same, but nothing went wrong.
+    if (end === "stopped") {
+      metrics.stoppedHostSwept();
+      log.info({ goneHost: id }, "gone host forgotten; its worker had stopped cleanly");
       return;
     }
     metrics.hostGone();

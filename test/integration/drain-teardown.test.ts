@@ -2,7 +2,8 @@
  * A drain whose last teardown fails, for real (fake GitHub, real Redis, a Docker proxy in front
  * of the real engine that refuses to remove the runner's container once, as an engine does that
  * cannot unmount what a Docker-in-Docker container left mounted): the drained worker exits, but
- * the host stays known while its runner is recorded, so that the fleet's host loops clean up.
+ * the host stays known while its runner is recorded, so that the fleet's host loops clean up,
+ * counting it as a host whose worker stopped cleanly, not one gone.
  */
 import assert from "node:assert/strict";
 import { Writable } from "node:stream";
@@ -55,6 +56,10 @@ test("a drained worker whose last teardown failed leaves its host listed; anothe
     second = await startSystem("worker", fake, r, other, { pools, worker: { ...worker, hostId: other, docker: {} } });
     await waitFor(async () => !(await runners.get(name)) && !(await hostStore.list()).some((h) => h.id === host), 30_000, "the runner and the host forgotten");
     assert.equal(await hostStore.drainMark(host), "left", "the host stays drained");
+    // Its worker stopped cleanly (drained, exit 0): counted as stopped, not gone (JitrunnerHostGone).
+    const text = await (await fetch(`${second.url}/metrics`)).text();
+    assert.match(text, /^jitrunner_hosts_stopped_swept_total 1$/m);
+    assert.match(text, /^jitrunner_hosts_gone_total 0$/m);
     // The host's next worker (drained: it takes no demand) removes the container left on its engine.
     sys = await startSystem("worker", fake, r, host, { pools, worker });
     await waitFor(async () => (await containersOf(host)).length === 0, 30_000, "the container removed");

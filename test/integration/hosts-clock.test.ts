@@ -1,8 +1,10 @@
 /**
  * src/state/hosts.ts against a real Redis, where hosts disagree or race: places under a pool's
  * limits (maxRunners, minIdle) expire on Redis's clock, not on each host's own, so a host whose
- * clock is off by more than a hold neither passes the limit nor loses others' places; and a gone
- * host that beat again is not forgotten by the worker that found it gone (forgetGone).
+ * clock is off by more than a hold neither passes the limit nor loses others' places; a gone
+ * host that beat again is not forgotten by the worker that found it gone (forgetGone); and a
+ * host whose worker noted a clean stop is forgotten as stopped, not gone, until a worker beats
+ * on it again (noteStop).
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -89,7 +91,7 @@ test("a gone host that beat again is not forgotten by the worker that found it g
   await hosts.drain("host-x");
   await hosts.heartbeat({ id: "host-x", ...record }, 60_000);
 
-  assert.equal(await hosts.forgetGone("host-x"), false, "not forgotten: it beats");
+  assert.equal(await hosts.forgetGone("host-x"), "beats", "not forgotten: it beats");
   const x = (await hosts.list()).find((h) => h.id === "host-x");
   assert.ok(x?.record, "its record and its place in the fleet stay");
   assert.ok(x.lastBeatAt > 0, "its last beat stays");
@@ -99,7 +101,7 @@ test("a gone host that beat again is not forgotten by the worker that found it g
   await hosts.heartbeat({ id: "host-y", ...record }, 100);
   await hosts.drain("host-y");
   await new Promise((r) => setTimeout(r, 200));
-  assert.equal(await hosts.forgetGone("host-y"), true);
+  assert.equal(await hosts.forgetGone("host-y"), "gone", "forgotten, gone: no clean stop was noted");
   assert.ok(!(await hosts.list()).some((h) => h.id === "host-y"), "out of the fleet");
   assert.equal(await conn.hexists(`${redis.prefix}-forget:hosts:lastbeat`, "host-y"), 0);
   assert.equal(await hosts.drainMark("host-y"), "left");
@@ -109,6 +111,52 @@ test("a gone host that beat again is not forgotten by the worker that found it g
   assert.ok(!(await hosts.list()).some((h) => h.id === "host-x"), "a leaving worker's host is out of the fleet");
   assert.equal(await hosts.alive("host-x"), false);
   assert.equal(await hosts.drainMark("host-x"), "left");
+});
+
+test("a clean stop noted by the host's holder makes its sweep `stopped`, not `gone`; a beat since, another process's note, or a host no longer listed does not", async () => {
+  const { redis, conn } = shared;
+  const prefix = `${redis.prefix}-stop-note`;
+  const hosts = new HostStore(conn, prefix);
+  const record = { capacity: 2, used: 0, pools: ["default"] };
+  const stop = async (id: string, instance: string) => {
+    await hosts.hold(id, instance, 60_000);
+    await hosts.heartbeat({ id, ...record }, 100, instance);
+    const noted = await hosts.noteStop(id, instance);
+    await hosts.instanceGone(instance, id);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(await hosts.alive(id), false, `${id} found gone`);
+    return noted;
+  };
+
+  // Stopped cleanly, runners left: forgotten as stopped, with every key of the host, its note too.
+  assert.equal(await stop("clean", "proc-1"), true);
+  const ttl = await conn.ttl(`${prefix}:host-stopped:clean`);
+  assert.ok(ttl > 6 * 24 * 3600, `the note expires, days later, should nothing remove it (${ttl} s)`);
+  assert.equal(await hosts.forgetGone("clean"), "stopped");
+  assert.deepEqual(await conn.keys(`${prefix}:*clean*`), [], "no key of the host left, the note neither");
+
+  // Stopped cleanly, then a worker on it again (it beats: the note goes), then killed: gone.
+  assert.equal(await stop("back", "proc-2"), true);
+  await hosts.hold("back", "proc-3", 60_000);
+  await hosts.heartbeat({ id: "back", ...record }, 100, "proc-3");
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(await hosts.forgetGone("back"), "gone", "the note of an earlier process's stop is gone with the next beat");
+
+  // A process that no longer holds its host (another took it) notes nothing for it.
+  await hosts.hold("taken", "proc-4", 60_000);
+  await hosts.heartbeat({ id: "taken", ...record }, 100, "proc-4");
+  assert.equal(await hosts.noteStop("taken", "proc-5"), false);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(await hosts.forgetGone("taken"), "gone");
+
+  // Nor for a host no longer listed (swept while its worker still ran): no key left behind.
+  await hosts.hold("swept", "proc-6", 60_000);
+  await hosts.heartbeat({ id: "swept", ...record }, 100, "proc-6");
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(await hosts.forgetGone("swept"), "gone");
+  assert.equal(await hosts.noteStop("swept", "proc-6"), false);
+  await hosts.instanceGone("proc-6", "swept");
+  assert.deepEqual(await conn.keys(`${prefix}:*swept*`), [], "no note of a host out of the fleet");
 });
 
 test("a beat's age is on Redis's clock: a worker two minutes behind, or ahead, is read as having beaten just now, and its age grows once it stops", async () => {

@@ -3,17 +3,21 @@
  * beats again while another worker sweeps it: its beat had lapsed only briefly, so the sweep stops
  * at its next runner, and the host keeps its other runners (records and registrations), its record
  * in the fleet and its places under the pool limit; the worker takes demand meanwhile. A gone host
- * another worker has the turn to sweep is left to that one until its turn lapses.
+ * another worker has the turn to sweep is left to that one until its turn lapses. A host whose
+ * worker process stopped cleanly (SIGTERM) with a warm runner left running, and did not come back
+ * within the host's expiry, is swept as one killed is, but counted as stopped, not gone.
  */
 import assert from "node:assert/strict";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
-import { waitFor } from "../helpers/process.ts";
-import { callsTo, goneHost, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { metricSample } from "../helpers/leftovers.ts";
+import { writeOperatorConfig } from "../helpers/operator-config.ts";
+import { runJitrunner, waitFor, writeLogTail, type JitrunnerProcess } from "../helpers/process.ts";
+import { callsTo, containersOf, fakeRunnerPool, goneHost, registerRunner, scopedRedis, startSystem, uniqueHost, workersForFile, type SystemUnderTest } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { hostHolder, HostStore, PoolLimits } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
@@ -190,6 +194,100 @@ test("a worker that stops hands its turn to sweep a gone host back at once", { t
   try {
     assert.equal(await hostStore.sweepTurn(lapsed, "another-worker", 60_000), true, "another worker's turn, once it stopped");
   } finally {
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+const children: JitrunnerProcess[] = [];
+after(async () => {
+  for (const c of children) await c.stop();
+});
+
+/** The value of a sample without labels in Prometheus text, 0 when absent. */
+function unlabelled(text: string, name: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(" ").at(-1)) : 0;
+}
+
+test("a worker stopped cleanly (SIGTERM) with a warm runner, not back within its host's expiry: its host is swept, its runner deregistered, and counted as stopped, not gone; one SIGKILLed is counted gone", { timeout: 240_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "stopped-swept");
+  const conn = redisConnection(r.url);
+  const runners = new RunnerStore(conn, r.prefix);
+  const hostStore = new HostStore(conn, r.prefix);
+  const sweeper = uniqueHost("sweeper");
+  const stopped = uniqueHost("stopped");
+  const killed = uniqueHost("killed");
+  hosts.push(sweeper, stopped, killed);
+  // Beats every second: a host silent for 3 s is gone.
+  const worker = { capacity: 2, heartbeatSeconds: 1, reconcileIntervalSeconds: 1, completedGraceSeconds: 5 };
+  const warmPool = fakeRunnerPool(fake, { minIdle: 1, warm: { installationId: fake.installationId, owner: "acme", repo: "app" } });
+  /** `jitrunner worker` as a child process keeping one warm runner, from a config file like an operator's. */
+  const warmWorker = (host: string): JitrunnerProcess => {
+    const file = writeOperatorConfig(fake, {
+      redis: { url: r.url, prefix: r.prefix }, server: { host: "127.0.0.1", port: 0 }, worker: { ...worker, hostId: host }, logLevel: "debug", pools: [warmPool],
+    });
+    const proc = runJitrunner(["worker", "--config", file]);
+    children.push(proc);
+    return proc;
+  };
+  /** The warm runner of `host` once it is online at GitHub and recorded idle. */
+  const warmRunnerOf = (host: string, proc: JitrunnerProcess) =>
+    waitFor(
+      async () => {
+        const [record, ...more] = await runners.listHost(host);
+        const runner = fake.runners().find((x) => x.name === record);
+        return more.length === 0 && runner?.status === "online" && !runner.busy && (await runners.get(record!))?.state === "idle" && runner.name;
+      },
+      120_000,
+      `a warm runner online on ${host} (${proc.output().slice(-1500)})`,
+    );
+  const known = async (id: string) => (await hostStore.list()).some((h) => h.id === id);
+  const metrics = async (sys: SystemUnderTest) => (await fetch(`${sys.url}/metrics`)).text();
+  let sys: SystemUnderTest | undefined;
+  try {
+    // The other host: it keeps no warm runner of its own, and sweeps gone hosts every second.
+    sys = await startSystem("worker", fake, r, sweeper, { pools: [fakeRunnerPool(fake)], worker: { ...worker, hostId: sweeper } });
+    const text0 = await metrics(sys);
+    assert.equal(unlabelled(text0, "jitrunner_hosts_gone_total"), 0);
+    assert.equal(unlabelled(text0, "jitrunner_hosts_stopped_swept_total"), 0, "exported from the start");
+
+    // A maintenance stop: SIGTERM, exit 0, the warm runner left running for a restarted worker.
+    const a = warmWorker(stopped);
+    const aRunner = await warmRunnerOf(stopped, a);
+    assert.equal(await a.stop(), 0, a.output().slice(-2000));
+    assert.match(a.output(), /worker stopped; running runners left running/);
+    assert.equal((await containersOf(stopped))[0]?.State, "running", "the warm runner left running");
+    // Not restarted within the host's expiry: the other host sweeps it as it sweeps a killed one.
+    await waitFor(async () => !(await known(stopped)), 30_000, "the stopped host swept and forgotten");
+    assert.ok(!fake.runners().some((x) => x.name === aRunner), "its warm runner deregistered, as today");
+    assert.deepEqual(await runners.listHost(stopped), [], "its runner's record removed");
+    assert.deepEqual(await conn.keys(`${r.prefix}:*${stopped}*`), [], "no key of the host left, the note of its clean stop neither");
+    let text = await metrics(sys);
+    assert.equal(metricSample(text, "jitrunner_runner_removals_total", 'pool="default",reason="host_gone"'), 1);
+    assert.equal(unlabelled(text, "jitrunner_hosts_gone_total"), 0, "a host stopped cleanly is not counted gone (JitrunnerHostGone)");
+    assert.equal(unlabelled(text, "jitrunner_hosts_stopped_swept_total"), 1);
+    assert.match(sys.logs(), new RegExp(`"goneHost":"${stopped}","msg":"gone host forgotten; its worker had stopped cleanly"`));
+
+    // A crash: SIGKILL, with a warm runner too. Swept the same way, and counted gone.
+    const c = warmWorker(killed);
+    const cRunner = await warmRunnerOf(killed, c);
+    c.child.kill("SIGKILL");
+    await c.exited();
+    await waitFor(async () => !(await known(killed)), 30_000, "the killed host swept and forgotten");
+    assert.ok(!fake.runners().some((x) => x.name === cRunner), "its warm runner deregistered");
+    assert.deepEqual(await conn.keys(`${r.prefix}:*${killed}*`), [], "no key of the killed host left");
+    text = await metrics(sys);
+    assert.equal(metricSample(text, "jitrunner_runner_removals_total", 'pool="default",reason="host_gone"'), 2);
+    assert.equal(unlabelled(text, "jitrunner_hosts_gone_total"), 1, "a killed host is counted gone");
+    assert.equal(unlabelled(text, "jitrunner_hosts_stopped_swept_total"), 1);
+    assert.match(sys.logs(), new RegExp(`"goneHost":"${killed}","msg":"gone host forgotten"`));
+  } catch (err) {
+    if (sys) writeLogTail("sweeping worker", sys.logs());
+    throw err;
+  } finally {
+    await sys?.close();
     await fake.close();
     conn.disconnect();
   }

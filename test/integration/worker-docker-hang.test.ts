@@ -235,7 +235,7 @@ test(
     const hang = proxy.hang("GET", PING);
     t.after(() => hang.release());
     await waitFor(() => hang.held >= 1, 10_000, "a beat waiting on its ping");
-    await presence.stop(true);
+    await presence.stop("leave");
     assert.ok(!(await hostStore.alive(host)) && !(await held()), "a clean stop leaves the host");
     // The beat's ping times out 1.5 s after it was sent, and the beat goes on: it must write nothing.
     const until = Date.now() + 3_000;
@@ -360,7 +360,7 @@ test(
       },
     });
     t.after(async () => {
-      await presence.stop(true);
+      await presence.stop("leave");
       conn.disconnect();
     });
     await presence.start();
