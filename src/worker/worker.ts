@@ -221,6 +221,19 @@ export class RunnerWorker {
    * restart keeps the pool's count, where a place given up at once let other hosts launch over it.
    */
   readonly #placesKept = new Set<Lease>();
+  /**
+   * The runner of this host each lease served here holds its slot for, by name: the one it
+   * launched, or a warm runner it adopted, once its launch or adoption is done; the demand's
+   * earlier runner it waits for (#alreadyServed). Leases of one demand that hold a slot for one
+   * runner count it once (#countOnce).
+   */
+  readonly #runnerOf = new Map<Lease, string>();
+  /**
+   * Leases that gave the slot they held for their demand's runner to a later lease of that demand
+   * here (#countOnce): lapsed, as a demand has one live lease at a time. Each holds no slot (it is
+   * in #slotless), and has it back should that later lease lapse while the runner runs (#waitLost).
+   */
+  readonly #gaveSlot = new Set<Lease>();
   /** Demand every pool's loop holds taken ahead, or has room set aside for in a take under way (see TAKE_AHEAD). */
   #aheadHeld = 0;
   readonly #loops: Promise<void>[] = [];
@@ -630,8 +643,12 @@ export class RunnerWorker {
       const held = lease;
       const serving: Promise<void> = this.#serve(held, spare).finally(async () => {
         this.#serving.delete(serving);
+        this.#runnerOf.delete(held);
+        this.#gaveSlot.delete(held);
         if (!this.#slotless.delete(held)) this.#slots.release();
-        if (!this.#placesKept.delete(held)) await this.#limits.release(held.demand.pool, held.id).catch(() => undefined);
+        // The place is the demand's (its id): not freed under another lease of it served here,
+        // whose end frees it (a lapsed lease that launched the runner another lease waits for).
+        if (!this.#placesKept.delete(held) && !this.#servedHere(held.id)) await this.#limits.release(held.demand.pool, held.id).catch(() => undefined);
         this.#checkDrained();
       });
       this.#serving.set(serving, held);
@@ -860,6 +877,9 @@ export class RunnerWorker {
           this.#steps.delete(lease);
         }
         this.#problems.clear(`launch:${pool.name}`);
+        // A later lease of the demand may wait here for this runner already (this one lapsed
+        // while it launched): the runner holds one slot between them.
+        this.#countOnce(lease, tracked.record.name);
         reason = await this.#d.launcher.watch(tracked, pool, log, this.#shutdown.signal);
       }
       if (reason === "shutdown") {
@@ -1025,8 +1045,12 @@ export class RunnerWorker {
     // Adopted here: this lease's slot and place count for it now (the place is the same one).
     this.#releaseAdopted(existing.name, lease.id);
     if (record && !hostGone) {
+      // Launched, or waited for, by an earlier lease of the demand here that lapsed: this lease
+      // takes that one's slot over, and the runner counts once.
+      this.#countOnce(lease, existing.name);
       await this.#waitGone(existing.name, log, lease);
-      if (lease.lost.aborted) return this.#waitLost(lease, existing.name, log);
+      // Lost, or found lost: a later lease of the demand took its slot (its lock was gone then).
+      if (lease.lost.aborted || this.#gaveSlot.has(lease)) return this.#waitLost(lease, existing.name, log);
     }
     // Gone without serving the demand (a launch cut short by a crash, a runner that took no job):
     // its teardown released the claim, and the demand needs a runner still.
@@ -1346,6 +1370,8 @@ export class RunnerWorker {
    */
   async #whileAdopted(lease: Lease, spare: Spare): Promise<{ tracked: Tracked; reason: string }> {
     for (;;) {
+      // The runner this lease holds its slot for (a later lease of the demand here may wait for it).
+      this.#countOnce(lease, spare.tracked.record.name);
       let wake!: () => void;
       const woken = new Promise<void>((resolve) => (wake = resolve));
       const adoption: Adoption = { lease, spare, wake };
@@ -1581,7 +1607,7 @@ export class RunnerWorker {
     const cut = linkedSignal([this.#shutdown.signal, lease.lost]);
     let warned = false;
     try {
-      while (!this.#stopping && !lease.lost.aborted && (!whileOpen || this.#open)) {
+      while (!this.#stopping && !lease.lost.aborted && !this.#gaveSlot.has(lease) && (!whileOpen || this.#open)) {
         try {
           if (!(await this.#d.runners.get(name))) return;
         } catch (err) {
@@ -1605,19 +1631,45 @@ export class RunnerWorker {
    * (the demand is its next holder's to settle), and the runner runs on. Its place under the pool
    * limit is the demand's, the very place the runner's host and the demand's next lease hold
    * (same holder id): kept, not freed under them. A slot it holds (none while it waits for a
-   * runner of another host) is the runner's again, as before the lease took it over, where this
-   * process watches the runner as adopted and no other lease of the demand here holds a slot for
-   * it (one that launched it, or took the demand again); else freed.
+   * runner of another host, nor once a later lease of the demand took it over) is the runner's
+   * again, as before the lease took it over: an earlier lease of the demand here that gave it
+   * this one (#countOnce: the lease that launched the runner, watching it to its end) has it back;
+   * else the runner has it as adopted, where this process watches it so and no other lease of the
+   * demand here holds a slot for it (one that took the demand again); else it is freed.
    */
   #waitLost(lease: Lease, name: string, log: Logger): true {
     this.#placesKept.add(lease);
     const pool = this.#pools.get(lease.demand.pool);
-    if (pool && !this.#slotless.has(lease) && this.#adoptedWatched.has(name) && !this.#adopted.has(name) && !this.#servedHere(lease.id, lease)) {
+    const gave = [...this.#serving.values()].find((other) => other !== lease && this.#gaveSlot.has(other) && this.#runnerOf.get(other) === name);
+    if (gave && !this.#slotless.has(lease)) {
+      this.#gaveSlot.delete(gave);
+      this.#slotless.delete(gave);
+      this.#slotless.add(lease);
+    } else if (pool && !this.#slotless.has(lease) && this.#adoptedWatched.has(name) && !this.#adopted.has(name) && !this.#servedHere(lease.id, lease)) {
       this.#adopted.set(name, { pool, holder: lease.id });
       this.#slotless.add(lease);
     }
     log.warn({ runner: name }, "the demand's lease lapsed while it waited for its runner (Redis away for longer than worker.leaseSeconds, or this process paused): the runner runs on, and the demand's next holder waits for it");
     return true;
+  }
+
+  /**
+   * `lease` holds its slot for runner `name` of this host now (launched, adopted warm, or waited
+   * for). Leases of one demand served here at once are all lapsed but the latest taken (a demand
+   * has one live lease; #serving keeps them in the order taken), and each holding a slot for the
+   * runner would count it once per lease, for its whole job: the latest keeps its slot, and each
+   * earlier one gives its own up (#gaveSlot), to have it back should that one lapse in turn while
+   * the runner runs (#waitLost). Whichever ends first, no slot is freed twice: one that gave its
+   * slot is in #slotless, its end frees none.
+   */
+  #countOnce(lease: Lease, name: string): void {
+    this.#runnerOf.set(lease, name);
+    const holders = [...this.#serving.values()].filter((held) => this.#runnerOf.get(held) === name && !this.#slotless.has(held));
+    for (const earlier of holders.slice(0, -1)) {
+      this.#slotless.add(earlier);
+      this.#gaveSlot.add(earlier);
+      this.#slots.release();
+    }
   }
 
   /** Whether a lease of demand `id` (other than `except`) is served here. */

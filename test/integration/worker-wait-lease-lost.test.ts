@@ -4,13 +4,18 @@
  * launched, for real (fake GitHub, real Redis, real Docker engine). The wait ends with the lease:
  * the demand is its next holder's, who finds the same runner and waits for it in turn. What the
  * lost lease held for the runner goes back to the runner, which runs on to its job's end.
+ *
+ * And the lease that launched a runner lapsing while the runner runs its job: the demand's next
+ * lease on the same host waits for that runner holding the launching lease's slot, not a second
+ * one, and gives it back should it lapse in turn; the runner counts once whichever ends first.
  */
 import assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
-import { callsTo, containersOf, demandIn, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore, PoolLimits } from "../../src/state/hosts.ts";
 
@@ -68,6 +73,140 @@ test("a lease that lapses while it waits for its demand's runner on its own host
     await fake.endJob(job2.id);
     await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "both runners removed");
     await waitFor(async () => (await places.count("default")) === 0, 15_000, "their places freed");
+  } finally {
+    await second?.close();
+    await first.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+/** The host's next beat after now: its record as the beat wrote it. */
+async function nextBeat(hostStore: HostStore, host: string) {
+  const since = Date.now();
+  return waitFor(async () => {
+    const record = (await hostStore.list()).find((h) => h.id === host)?.record;
+    return record && record.heartbeatAt > since && record;
+  }, 15_000, "a beat of the host since");
+}
+
+test("a lease that lapses while the runner it launched runs its job: the demand's next lease on the same host takes its slot over, and gives it back should it lapse too; the runner counts once, and other jobs launch beside it", { timeout: 420_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("launch-lost");
+  const r = scopedRedis(redis, "launch-lost");
+  hosts.push(host);
+  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "300" } })];
+  const over = { pools, worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, leaseSeconds: 5, heartbeatSeconds: 1 } };
+  const sys = await startSystem("all", fake, r, host, over);
+  const conn = redisConnection(r.url);
+  const hostStore = new HostStore(conn, r.prefix);
+  const places = new PoolLimits(conn, r.prefix);
+  const found = () => (sys.logs().match(/demand already has a runner/g) ?? []).length;
+  const running = (id: number) => waitFor(() => fake.jobs().find((j) => j.id === id && j.status === "in_progress"), 60_000, `job ${id} running`);
+  try {
+    const job1 = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await running(job1.id);
+    assert.equal(found(), 0, "job 1's runner launched by its demand's first lease");
+
+    // The launching lease lapses, as while Redis was away for longer than it: the demand goes back
+    // to the queue, and this host (the only one) takes it again and finds the runner it launched.
+    const demand1 = `${job1.id}-1`;
+    const lock = `${r.prefix}:bull:demand-default:${demand1}:lock`;
+    await conn.del(lock);
+    await waitFor(() => found() === 1, 30_000, "the demand taken again, its runner found");
+    assert.equal((await nextBeat(hostStore, host)).used, 1, "job 1's runner holds one slot, not one per lease of its demand");
+    assert.equal(await places.count("default"), 1, "and one place");
+
+    // The slot beside it is free: job 2 launches while job 1 runs.
+    const job2 = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await running(job2.id);
+    assert.equal((await nextBeat(hostStore, host)).used, 2, "one slot each");
+
+    // The waiting lease lapses in turn: the slot it took over goes back to the launching lease,
+    // which watches the runner on. The host is full (job 1's runner and job 2's): the demand waits
+    // in the queue, where a slot freed with the lost lease would have let this host take it.
+    await conn.del(lock);
+    await waitFor(() => /the demand's lease lapsed while it waited for its runner/.test(sys.logs()), 30_000, "the waiting lease lost");
+    await demandIn(r, demand1, "waiting", 30_000);
+    await sleep(5_000);
+    assert.equal((await demandState(r, "default", demand1))?.state, "waiting", "not taken again: no slot free");
+    assert.equal(found(), 1);
+    assert.equal((await nextBeat(hostStore, host)).used, 2, "job 1's runner still holds its slot");
+    assert.equal(await places.count("default"), 2, "and its place");
+
+    // Job 2 ends: its slot is free, the demand's third lease takes the launching lease's slot over.
+    await fake.endJob(job2.id);
+    await waitFor(() => found() === 2, 60_000, "the demand taken a third time, its runner found");
+    await waitFor(async () => (await containersOf(host)).length === 1, 60_000, "job 2's runner removed");
+    assert.equal((await nextBeat(hostStore, host)).used, 1, "one slot for job 1's runner");
+    const job3 = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await running(job3.id);
+    assert.equal(fake.jobs().find((j) => j.id === job1.id)?.status, "in_progress", "job 1 still running meanwhile: its runner left alone");
+
+    // Job 1 ends: the launching lease's watch tears its runner down and finds its lease lost; the
+    // demand's live lease completes it, served by that runner. Once both have ended, job 3's
+    // runner holds the one slot used: none left to job 1's, none freed twice.
+    await fake.endJob(job1.id);
+    const done = await demandIn(r, demand1, "completed", 90_000);
+    assert.equal(done.result, "served_by_earlier_runner");
+    assert.equal(fake.jobs().find((j) => j.id === job1.id)?.conclusion, "success");
+    await waitFor(() => /the demand's lease lapsed while it was served/.test(sys.logs()), 30_000, "the launching lease's end");
+    await waitFor(async () => (await containersOf(host)).length === 1, 30_000, "job 1's runner removed");
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await nextBeat(hostStore, host)).used, 1, "job 3's runner's slot only");
+      await sleep(500);
+    }
+    assert.equal(await places.count("default"), 1, "job 3's place only");
+    assert.equal(callsTo(fake, JIT), 3, "one runner registered per job");
+
+    await fake.endJob(job3.id);
+    await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "job 3's runner removed");
+    await waitFor(async () => (await places.count("default")) === 0, 15_000, "the places freed");
+    await waitFor(async () => (await nextBeat(hostStore, host)).used === 0, 15_000, "no slot used");
+  } finally {
+    await sys.close();
+    await fake.close();
+    conn.disconnect();
+  }
+});
+
+test("a worker stopped while the demand's next lease waits for the runner a lapsed lease launched: the stop ends cleanly, the runner runs on, and the restarted worker counts it once and completes its demand", { timeout: 300_000 }, async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("launch-lost-stop");
+  const r = scopedRedis(redis, "launch-lost-stop");
+  hosts.push(host);
+  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "120" } })];
+  const over = { pools, worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, leaseSeconds: 5, heartbeatSeconds: 1 } };
+  const first = await startSystem("all", fake, r, host, over);
+  let second: Awaited<ReturnType<typeof startSystem>> | undefined;
+  const conn = redisConnection(r.url);
+  const hostStore = new HostStore(conn, r.prefix);
+  const places = new PoolLimits(conn, r.prefix);
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "the job running");
+    await conn.del(`${r.prefix}:bull:demand-default:${job.id}-1:lock`);
+    await waitFor(() => /demand already has a runner/.test(first.logs()), 30_000, "the demand taken again, its runner found");
+    assert.equal((await nextBeat(hostStore, host)).used, 1, "the runner holds one slot");
+
+    // Stopped with both leases served: the live one hands the demand back, the lapsed one finds
+    // its lease gone; the runner runs on, its place kept for the next process.
+    await first.close();
+    assert.equal((await containersOf(host)).filter((c) => c.State === "running").length, 1, "the runner left running");
+    assert.equal(await places.count("default"), 1, "its place kept");
+
+    second = await startSystem("all", fake, r, host, over);
+    await waitFor(() => /adopted running runner/.test(second!.logs()), 30_000, "the runner adopted");
+    await waitFor(() => /demand already has a runner/.test(second!.logs()), 30_000, "the demand taken back, its runner found");
+    assert.equal((await nextBeat(hostStore, host)).used, 1, "one slot for it");
+    assert.equal(await places.count("default"), 1, "and one place");
+    await fake.endJob(job.id);
+    const done = await demandIn(r, `${job.id}-1`, "completed", 90_000);
+    assert.equal(done.result, "served_by_earlier_runner");
+    assert.equal(callsTo(fake, JIT), 1, "one runner for the job");
+    await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "the runner removed");
+    await waitFor(async () => (await places.count("default")) === 0, 15_000, "its place freed");
+    await waitFor(async () => (await nextBeat(hostStore, host)).used === 0, 15_000, "no slot used");
   } finally {
     await second?.close();
     await first.close();
