@@ -158,7 +158,7 @@ async function startWith(
     http = { redis, queueRedis, queues, runners, activity, hosts, ingress };
     metrics.onScrape(async () => {
       const list = await hosts.list();
-      metrics.hosts(list.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, beatAgeMs: h.beatAgeMs })));
+      metrics.hosts(list.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, beatAgeMs: h.beatAgeMs, stoppedCleanly: h.stoppedCleanly })));
     });
     if (config.reconcile.deliveriesIntervalSeconds > 0) {
       const redeliveries = new RedeliveryLog(redis, prefix);

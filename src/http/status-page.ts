@@ -31,7 +31,7 @@ code { font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; }
 .state-busy { background: #dafbe1; color: #116329; }
 .state-idle { background: #ddf4ff; color: #0550ae; }
 .state-starting, .state-registering { background: #fff8c5; color: #7d4e00; }
-.state-completed { background: #eef1f4; color: #59636e; }
+.state-completed, .state-stopped { background: #eef1f4; color: #59636e; }
 .state-up { background: #dafbe1; color: #116329; }
 .state-draining { background: #fff8c5; color: #7d4e00; }
 .state-engine_down, .state-gone { background: #ffebe9; color: #cf222e; }

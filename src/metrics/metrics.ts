@@ -163,6 +163,12 @@ export class Metrics {
     labelNames: ["host"],
     registers: [this.registry],
   });
+  readonly #hostStopped = new Gauge({
+    name: "jitrunner_host_stopped",
+    help: "1 for a host whose worker stopped cleanly (SIGTERM) leaving runners, and is not back: its heartbeat age grows without anything having gone wrong",
+    labelNames: ["host"],
+    registers: [this.registry],
+  });
   readonly #hostsGone = new Counter({
     name: "jitrunner_hosts_gone_total",
     help: "Hosts whose heartbeat lapsed without a clean stop (worker killed or crashed, machine or network gone) and whose runners this process cleaned up",
@@ -262,12 +268,14 @@ export class Metrics {
     if (Number.isFinite(seconds) && seconds >= 0) this.#jobDuration.observe({ pool, conclusion: c }, seconds);
   }
   /** Hosts from their heartbeats; a gone host has capacity 0 and an ever older heartbeat (its age on Redis's clock: HostStore.list). */
-  hosts(hosts: ReadonlyArray<{ id: string; capacity: number; beatAgeMs?: number }>): void {
+  hosts(hosts: ReadonlyArray<{ id: string; capacity: number; beatAgeMs?: number; stoppedCleanly?: boolean }>): void {
     this.#hostCapacity.reset();
     this.#heartbeatAge.reset();
+    this.#hostStopped.reset();
     for (const h of hosts) {
       this.#hostCapacity.set({ host: h.id }, h.capacity);
       if (h.beatAgeMs !== undefined) this.#heartbeatAge.set({ host: h.id }, h.beatAgeMs / 1000);
+      if (h.stoppedCleanly) this.#hostStopped.set({ host: h.id }, 1);
     }
   }
   /** A host forgotten by the gone-host sweep whose worker had not stopped cleanly. */

@@ -93,6 +93,11 @@ export interface HostListing {
   lastBeatAt: number;
   /** How long ago that beat was, on Redis's clock; absent when unknown. */
   beatAgeMs?: number;
+  /**
+   * With no record: its worker's last process stopped cleanly (noteStop), leaving runners for the
+   * next one, which has not come yet. Absent otherwise.
+   */
+  stoppedCleanly?: true;
 }
 
 export interface HostRecord {
@@ -222,7 +227,7 @@ export class HostStore {
   /**
    * Every host that ever heartbeat and has not been cleaned up, alive (with its record) or not,
    * with the time of its last heartbeat (0 if unknown) and how long ago that was, both on Redis's
-   * clock.
+   * clock, and, for one not alive, whether its worker stopped cleanly.
    */
   async list(): Promise<HostListing[]> {
     const ids = await this.#redis.smembers(this.#index);
@@ -232,7 +237,8 @@ export class HostStore {
       const raw = await this.#redis.get(this.#key(id));
       const record = raw ? this.#withMark(JSON.parse(raw) as HostRecord, await this.drainMark(id)) : undefined;
       const lastBeatAt = record?.heartbeatAt ?? beats[i] ?? 0;
-      out.push({ id, record, lastBeatAt, ...(lastBeatAt > 0 && { beatAgeMs: Math.max(0, redisNow! - lastBeatAt) }) });
+      const stoppedCleanly = !record && (await this.#redis.exists(this.#stoppedKey(id))) === 1;
+      out.push({ id, record, lastBeatAt, ...(lastBeatAt > 0 && { beatAgeMs: Math.max(0, redisNow! - lastBeatAt) }), ...(stoppedCleanly && { stoppedCleanly: true as const }) });
     }
     return out;
   }

@@ -13,7 +13,7 @@ export interface StatusSources {
   runners: { listAll(): Promise<RunnerRecord[]> };
   activity?: { recentJobEvents(count?: number): Promise<JobEvent[]>; recentFailures(count?: number): Promise<LaunchFailure[]> };
   /** Hosts as their heartbeats show them (HostStore.list), alive or gone. */
-  hosts?: { list(): Promise<Array<{ id: string; record?: { capacity: number; used: number; draining: boolean }; beatAgeMs?: number }>> };
+  hosts?: { list(): Promise<Array<{ id: string; record?: { capacity: number; used: number; draining: boolean }; beatAgeMs?: number; stoppedCleanly?: boolean }>> };
   /** Demand not yet taken by a worker, per pool (DemandQueues.pending). */
   pending?: (pools: readonly string[]) => Promise<Map<string, number>>;
   now?: () => number;
@@ -34,9 +34,11 @@ export interface PoolStatus {
 
 /**
  * What a host's heartbeat says: `up` (taking demand), `draining`, `engine_down` (its worker beats
- * but its Docker engine does not answer), `gone` (no heartbeat within its expiry).
+ * but its Docker engine does not answer), `stopped` (no heartbeat within its expiry, its worker
+ * having stopped cleanly, leaving runners for the next one), `gone` (no heartbeat within its
+ * expiry otherwise: killed, crashed, its machine or network lost).
  */
-export type HostHealth = "up" | "draining" | "engine_down" | "gone";
+export type HostHealth = "up" | "draining" | "engine_down" | "stopped" | "gone";
 
 /** A Docker host: from its heartbeat record (when hosts are read) and its runner records. */
 export interface HostStatus {
@@ -146,7 +148,7 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
       pools: [...new Set(mine.map((r) => r.pool))].sort(),
       oldestCreatedAt: mine.length ? Math.min(...mine.map((r) => r.createdAt)) : Number.NaN,
       ...(beat && {
-        health: hostHealth(beat.record),
+        health: hostHealth(beat.record, beat.stoppedCleanly),
         capacity: beat.record?.capacity ?? 0,
         used: beat.record?.used ?? 0,
         // On Redis's clock, as it was written: the reader's and the worker's may differ.
@@ -159,8 +161,8 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
   return { generatedAt: now, pools, hosts, runners, jobs, failures, problems };
 }
 
-function hostHealth(record: { capacity: number; draining: boolean } | undefined): HostHealth {
-  if (!record) return "gone";
+function hostHealth(record: { capacity: number; draining: boolean } | undefined, stoppedCleanly?: boolean): HostHealth {
+  if (!record) return stoppedCleanly ? "stopped" : "gone";
   if (record.draining) return "draining";
   return record.capacity > 0 ? "up" : "engine_down";
 }

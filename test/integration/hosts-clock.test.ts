@@ -128,8 +128,27 @@ test("a clean stop noted by the host's holder makes its sweep `stopped`, not `go
     return noted;
   };
 
-  // Stopped cleanly, runners left: forgotten as stopped, with every key of the host, its note too.
+  // Stopped cleanly, runners left: listed as stopped until swept (a runner of it may still run a
+  // job: its heartbeat age grows, and the metric, the alert and the status say it stopped, not
+  // gone); forgotten as stopped, with every key of the host, its note too.
   assert.equal(await stop("clean", "proc-1"), true);
+  await hosts.hold("killed", "proc-9", 60_000);
+  await hosts.heartbeat({ id: "killed", ...record }, 100, "proc-9");
+  await new Promise((r) => setTimeout(r, 200));
+  const listed = await hosts.list();
+  assert.equal(listed.find((h) => h.id === "clean")?.stoppedCleanly, true);
+  assert.equal(listed.find((h) => h.id === "killed")?.stoppedCleanly, undefined, "a host killed, not stopped");
+  const metrics = new Metrics({ processMetrics: false });
+  metrics.hosts(listed.map((h) => ({ id: h.id, capacity: h.record?.capacity ?? 0, beatAgeMs: h.beatAgeMs, stoppedCleanly: h.stoppedCleanly })));
+  const text = await metrics.registry.metrics();
+  assert.equal(metricSample(text, "jitrunner_host_stopped", 'host="clean"'), 1);
+  assert.ok(!/jitrunner_host_stopped\{host="killed"\}/.test(text), text);
+  const status = await collectStatus({ pools: [], runners: new RunnerStore(conn, prefix), hosts });
+  assert.deepEqual(
+    ["clean", "killed"].map((id) => status.hosts.find((h) => h.id === id)?.health),
+    ["stopped", "gone"],
+  );
+  assert.equal(await hosts.forgetGone("killed"), "gone");
   const ttl = await conn.ttl(`${prefix}:host-stopped:clean`);
   assert.ok(ttl > 6 * 24 * 3600, `the note expires, days later, should nothing remove it (${ttl} s)`);
   assert.equal(await hosts.forgetGone("clean"), "stopped");
