@@ -2,7 +2,7 @@
 import { Redis } from "ioredis";
 import { atOutsideUserInfo } from "../config/schema.ts";
 import { errorMessage, redisUnavailableReason } from "../errors.ts";
-import { addressOptions, type RedisAddress } from "../queue/redis-address.ts";
+import { addressOptions, isPasswordParam, type RedisAddress } from "../queue/redis-address.ts";
 import { within } from "../timers.ts";
 
 /** How long `status` and `drain` wait for Redis on one step: connecting, or any one command. */
@@ -78,8 +78,7 @@ export function withoutPassword(url: string): string {
 function userInfoReplaced(url: string): string {
   const u = new URL(url);
   const nameAlone = u.username !== "" && !u.password;
-  // ioredis takes any of its options from the query: ?password=, ?sentinelPassword= too.
-  const secretParams = [...u.searchParams.keys()].filter((k) => /pass/i.test(k));
+  const secretParams = [...u.searchParams.keys()].filter(isPasswordParam);
   if (!u.password && !nameAlone && secretParams.length === 0) return url;
   if (nameAlone) u.username = "redacted";
   if (u.password) u.password = "redacted";

@@ -68,24 +68,23 @@ export function addressOptions(address: RedisAddress): RedisOptions {
  * option, `?sentinelPassword=`, and the sentinels'): hidden wherever an error might repeat one.
  */
 export function addressPasswords(address: RedisAddress): string[] {
-  return [urlPassword(address.url), ...queryPasswords(address.url), address.sentinel?.password?.reveal() ?? ""].filter((p) => p !== "");
+  return [...urlPasswords(address.url), address.sentinel?.password?.reveal() ?? ""].filter((p) => p !== "");
 }
 
-/** The values of a Redis URL's query parameters named as passwords (`?password=`, `?sentinelPassword=`). */
-function queryPasswords(url: string): string[] {
-  try {
-    return [...new URL(url).searchParams].filter(([k]) => /pass/i.test(k)).map(([, v]) => v);
-  } catch {
-    return [];
-  }
+/**
+ * Whether a Redis URL's query parameter holds a password: ioredis takes any of its options from
+ * the query, `?password=` and `?sentinelPassword=` among them.
+ */
+export function isPasswordParam(name: string): boolean {
+  return /pass/i.test(name);
 }
 
-/** The password in a Redis URL (`redis://:PASSWORD@host`, or `?password=`), decoded; "" when none. */
-function urlPassword(url: string): string {
+/** The passwords in a Redis URL: its user info's (`redis://:PASSWORD@host`), decoded, and its query's (isPasswordParam). */
+function urlPasswords(url: string): string[] {
   try {
     const u = new URL(url);
-    return decodeURIComponent(u.password) || (u.searchParams.get("password") ?? "");
+    return [decodeURIComponent(u.password), ...[...u.searchParams].filter(([k]) => isPasswordParam(k)).map(([, v]) => v)];
   } catch {
-    return "";
+    return [];
   }
 }

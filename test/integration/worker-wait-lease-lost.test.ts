@@ -22,19 +22,40 @@ import { HostStore, PoolLimits } from "../../src/state/hosts.ts";
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const { redis, hosts } = workersForFile();
 
-test("a lease that lapses while it waits for its demand's runner on its own host stops waiting and gives the runner its slot back: the demand's next lease there takes that slot over, the runner counts once, and another job launches beside it", { timeout: 240_000 }, async () => {
+/**
+ * One test's parts: a fake GitHub, a host of two slots whose pool has two places, with short
+ * leases and beats, its runners' jobs lasting `jobSeconds` unless ended; the stores to read its
+ * slots and places. `start` starts a jitrunner process on it; `close` closes what the test did not.
+ */
+async function leaseLostSetup(name: string, jobSeconds: number) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("wait-lost");
-  const r = scopedRedis(redis, "wait-lost");
+  const host = uniqueHost(name);
+  const r = scopedRedis(redis, name);
   hosts.push(host);
-  // Two slots and two places: job 1's runner, and one more beside it unless job 1's counts twice.
-  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "120" } })];
+  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds) } })];
   const over = { pools, worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, leaseSeconds: 5, heartbeatSeconds: 1 } };
-  const first = await startSystem("all", fake, r, host, over);
-  let second: Awaited<ReturnType<typeof startSystem>> | undefined;
   const conn = redisConnection(r.url);
-  const hostStore = new HostStore(conn, r.prefix);
-  const places = new PoolLimits(conn, r.prefix);
+  return {
+    fake,
+    host,
+    r,
+    conn,
+    hostStore: new HostStore(conn, r.prefix),
+    places: new PoolLimits(conn, r.prefix),
+    start: () => startSystem("all", fake, r, host, over),
+    close: async () => {
+      await fake.close();
+      conn.disconnect();
+    },
+  };
+}
+
+test("a lease that lapses while it waits for its demand's runner on its own host stops waiting and gives the runner its slot back: the demand's next lease there takes that slot over, the runner counts once, and another job launches beside it", { timeout: 240_000 }, async () => {
+  // Two slots and two places: job 1's runner, and one more beside it unless job 1's counts twice.
+  const t = await leaseLostSetup("wait-lost", 120);
+  const { fake, host, r, conn, hostStore, places } = t;
+  const first = await t.start();
+  let second: Awaited<ReturnType<typeof startSystem>> | undefined;
   const found = () => (second?.logs().match(/demand already has a runner/g) ?? []).length;
   try {
     const job1 = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
@@ -42,7 +63,7 @@ test("a lease that lapses while it waits for its demand's runner on its own host
     // Restarted mid-job: the new process adopts the runner, takes the demand back and waits for
     // the runner's end, the lease holding the runner's slot and place.
     await first.close();
-    second = await startSystem("all", fake, r, host, over);
+    second = await t.start();
     await waitFor(() => found() === 1, 30_000, "the demand taken back and its runner found here");
 
     // The lease lapses, as while Redis was away for longer than it: the demand goes back to the
@@ -76,8 +97,7 @@ test("a lease that lapses while it waits for its demand's runner on its own host
   } finally {
     await second?.close();
     await first.close();
-    await fake.close();
-    conn.disconnect();
+    await t.close();
   }
 });
 
@@ -91,16 +111,9 @@ async function nextBeat(hostStore: HostStore, host: string) {
 }
 
 test("a lease that lapses while the runner it launched runs its job: the demand's next lease on the same host takes its slot over, and gives it back should it lapse too; the runner counts once, and other jobs launch beside it", { timeout: 420_000 }, async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("launch-lost");
-  const r = scopedRedis(redis, "launch-lost");
-  hosts.push(host);
-  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "300" } })];
-  const over = { pools, worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, leaseSeconds: 5, heartbeatSeconds: 1 } };
-  const sys = await startSystem("all", fake, r, host, over);
-  const conn = redisConnection(r.url);
-  const hostStore = new HostStore(conn, r.prefix);
-  const places = new PoolLimits(conn, r.prefix);
+  const t = await leaseLostSetup("launch-lost", 300);
+  const { fake, host, r, conn, hostStore, places } = t;
+  const sys = await t.start();
   const found = () => (sys.logs().match(/demand already has a runner/g) ?? []).length;
   const running = (id: number) => waitFor(() => fake.jobs().find((j) => j.id === id && j.status === "in_progress"), 60_000, `job ${id} running`);
   try {
@@ -165,23 +178,15 @@ test("a lease that lapses while the runner it launched runs its job: the demand'
     await waitFor(async () => (await nextBeat(hostStore, host)).used === 0, 15_000, "no slot used");
   } finally {
     await sys.close();
-    await fake.close();
-    conn.disconnect();
+    await t.close();
   }
 });
 
 test("a worker stopped while the demand's next lease waits for the runner a lapsed lease launched: the stop ends cleanly, the runner runs on, and the restarted worker counts it once and completes its demand", { timeout: 300_000 }, async () => {
-  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
-  const host = uniqueHost("launch-lost-stop");
-  const r = scopedRedis(redis, "launch-lost-stop");
-  hosts.push(host);
-  const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: "120" } })];
-  const over = { pools, worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, leaseSeconds: 5, heartbeatSeconds: 1 } };
-  const first = await startSystem("all", fake, r, host, over);
+  const t = await leaseLostSetup("launch-lost-stop", 120);
+  const { fake, host, r, conn, hostStore, places } = t;
+  const first = await t.start();
   let second: Awaited<ReturnType<typeof startSystem>> | undefined;
-  const conn = redisConnection(r.url);
-  const hostStore = new HostStore(conn, r.prefix);
-  const places = new PoolLimits(conn, r.prefix);
   try {
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
     await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "the job running");
@@ -195,7 +200,7 @@ test("a worker stopped while the demand's next lease waits for the runner a laps
     assert.equal((await containersOf(host)).filter((c) => c.State === "running").length, 1, "the runner left running");
     assert.equal(await places.count("default"), 1, "its place kept");
 
-    second = await startSystem("all", fake, r, host, over);
+    second = await t.start();
     await waitFor(() => /adopted running runner/.test(second!.logs()), 30_000, "the runner adopted");
     await waitFor(() => /demand already has a runner/.test(second!.logs()), 30_000, "the demand taken back, its runner found");
     assert.equal((await nextBeat(hostStore, host)).used, 1, "one slot for it");
@@ -210,7 +215,6 @@ test("a worker stopped while the demand's next lease waits for the runner a laps
   } finally {
     await second?.close();
     await first.close();
-    await fake.close();
-    conn.disconnect();
+    await t.close();
   }
 });
