@@ -891,6 +891,13 @@ export class RunnerWorker {
       const latest = await this.#d.runners.get(tracked.record.name).catch(() => undefined);
       const tookAJob = tracked.state === "busy" || tracked.state === "completed" || latest?.state === "busy" || latest?.state === "completed";
       const torn = await this.#tearDown(tracked.record, reason, log);
+      // The lease lapsed while the runner ran: the demand is its current holder's, whatever the
+      // runner did, and a runner that took no job is no launch of this host's that failed. The
+      // teardown settled the demand's claim (kept for a runner that took a job, released for one
+      // that took none; one cut short leaves it to the host loop's), and the holder reads it once
+      // the record is gone, to complete the demand or launch again: this lease neither retries
+      // nor releases the claim under it.
+      if (lease.lost.aborted) throw lease.lost.reason;
       const retry = tookAJob || torn?.tookAJob ? undefined : await this.#retryReason(lease, reason, log);
       if (retry) {
         // This runner did not serve the demand: forget its claim so the retry launches anew.

@@ -8,6 +8,8 @@
  * And the lease that launched a runner lapsing while the runner runs its job: the demand's next
  * lease on the same host waits for that runner holding the launching lease's slot, not a second
  * one, and gives it back should it lapse in turn; the runner counts once whichever ends first.
+ * Should that runner end without a job, the lapsed lease leaves the demand to its next holder,
+ * which launches again: no launch of the host failed, and the demand is served once.
  */
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -15,9 +17,10 @@ import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
-import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
+import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { HostStore, PoolLimits } from "../../src/state/hosts.ts";
+import { UNREADY } from "../../src/worker/unready.ts";
 
 const JIT = "/repos/{owner}/{repo}/actions/runners/generate-jitconfig";
 const { redis, hosts } = workersForFile();
@@ -215,6 +218,66 @@ test("a worker stopped while the demand's next lease waits for the runner a laps
   } finally {
     await second?.close();
     await first.close();
+    await t.close();
+  }
+});
+
+test("a lease that lapses while the runner it launched runs, and that runner then ends without a job: no launch failure counted, the worker stays ready, and the demand's next lease launches again and serves it once", { timeout: 300_000 }, async () => {
+  const t = await leaseLostSetup("launch-lost-no-job", 120);
+  const { fake, host, r, conn, hostStore, places } = t;
+  const sys = await t.start();
+  const found = () => (sys.logs().match(/demand already has a runner/g) ?? []).length;
+  const launchFailures = async () => {
+    const text = await (await fetch(`${sys.url}/metrics`)).text();
+    return text
+      .split("\n")
+      .filter((l) => l.startsWith("jitrunner_launch_failures_total{"))
+      .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+  };
+  try {
+    // No runner of ours may take the job for now: the one launched for it waits, idle.
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"], onlyRunner: "not-one-of-ours" });
+    const first = await waitFor(() => fake.runners().find((x) => x.status === "online"), 60_000, "the launched runner online");
+    const [container] = await containersOf(host);
+    assert.ok(container, "its container");
+
+    // The launching lease lapses, as while Redis was away for longer than it: this host (the only
+    // one) takes the demand again, finds the runner and waits for it.
+    await conn.del(`${r.prefix}:bull:demand-default:${job.id}-1:lock`);
+    await waitFor(() => found() === 1, 30_000, "the demand taken again, its runner found");
+
+    // The runner ends without a job. The next lease launches again, its registration held back a
+    // while: a launch that succeeds clears a launch problem, and would hide one noted meanwhile.
+    fake.inject({ route: JIT, method: "POST", delayMs: 15_000, times: 1 });
+    await docker.getContainer(container.Id).kill();
+    await waitFor(() => /lease lapsed while it was served|demand failed; returned to the queue/.test(sys.logs()), 60_000, "the launching lease's end");
+    assert.doesNotMatch(sys.logs(), /demand failed; returned to the queue/, "the lapsed lease did not fail the demand");
+    assert.doesNotMatch(sys.logs(), /launch for pool default failed/);
+    assert.equal(await launchFailures(), 0, "no launch failure counted");
+    const ready = (await (await fetch(`${sys.url}/readyz`)).json()) as { problems: string[] };
+    assert.ok(!ready.problems.includes(UNREADY.launches), `ready for launches: ${JSON.stringify(ready)}`);
+
+    // The demand's live lease launches again, once; its runner takes the job.
+    await waitFor(() => /earlier runner gone without a job; launching another/.test(sys.logs()), 60_000, "the next lease launching again");
+    const second = await waitFor(() => fake.runners().find((x) => x.status === "online" && x.name !== first.name), 60_000, "the second runner online");
+    fake.pinJob(job.id, second.name);
+    await waitFor(() => fake.jobs().find((j) => j.id === job.id && j.status === "in_progress"), 60_000, "the job running");
+    await fake.endJob(job.id);
+    const done = await demandIn(r, `${job.id}-1`, "completed", 90_000);
+    assert.equal(done.attempts, 1, "completed on its one attempt: none spent on the lapsed lease's runner");
+    const ran = fake.jobs().find((j) => j.id === job.id);
+    assert.equal(ran?.runner_name, second.name);
+    assert.equal(ran?.conclusion, "success");
+    assert.equal(found(), 1, "taken once more only");
+    assert.equal(callsTo(fake, JIT), 2, "the lapsed lease's runner and one more: no third");
+    assert.equal(await launchFailures(), 0);
+
+    await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "both runners removed");
+    await waitFor(async () => (await places.count("default")) === 0, 15_000, "the place freed");
+    await waitFor(async () => (await nextBeat(hostStore, host)).used === 0, 15_000, "no slot used");
+    assert.equal(callsTo(fake, JIT), 2, "no runner launched since");
+  } finally {
+    await sys.close();
     await t.close();
   }
 });

@@ -209,6 +209,16 @@ export class FakeGitHub {
     await this.ctx.emit(job, "queued");
   }
 
+  /**
+   * From now on only the runner named `runner` may take the queued job (see QueueJobOptions.onlyRunner);
+   * none: whichever idle runner with matching labels asks first, as on GitHub.
+   */
+  pinJob(id: number, runner?: string): void {
+    if (!this.state.jobs.has(id)) throw new Error(`pinJob: no job ${id}`);
+    if (runner === undefined) this.state.pinned.delete(id);
+    else this.state.pinned.set(id, runner);
+  }
+
   /** Cancel a job: completed/cancelled plus its completed webhook. A running job's runner stays busy until it reports. */
   async cancelJob(id: number): Promise<void> {
     const job = this.state.jobs.get(id);
