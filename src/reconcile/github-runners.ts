@@ -149,7 +149,7 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       // Forget what is no longer listed (gone, or now has a record), so the map stays bounded; only
       // in scopes listed this pass: one whose list failed or that a cap left out keeps its grace.
       for (const key of firstSeen.keys()) if (!seen.has(key) && listed.has(key.slice(0, key.lastIndexOf("#")))) firstSeen.delete(key);
-      await endBusyRunnersGoneFromGitHub(d, listed, began, missingSince, signal);
+      await endBusyRunnersGoneFromGitHub(d, listed, began, missingSince, failed, signal);
       if (failed.length > 0) throw new Error(`checking runners failed ${failed.length} times (${scopes.length} scopes); first: ${failed[0]}`);
     },
   };
@@ -234,13 +234,15 @@ async function deleteIfOrphan(
 /**
  * Marks completed the runners recorded busy (since before `began`) that their scope's list, taken
  * this pass, no longer names, once missing for the grace period and unknown to GitHub when asked
- * about by id (see githubRunnersLoop).
+ * about by id (see githubRunnersLoop). A runner whose look fails is added to `failed` and keeps its
+ * grace; the later runners are still looked at.
  */
 async function endBusyRunnersGoneFromGitHub(
   d: GitHubRunnersDeps,
   listed: ReadonlyMap<string, ReadonlySet<string>>,
   began: number,
   missingSince: Map<string, number>,
+  failed: string[],
   signal: AbortSignal,
 ): Promise<void> {
   // Missing from this pass's list, or in a scope not listed this pass (its list failed, or a cap
@@ -256,9 +258,18 @@ async function endBusyRunnersGoneFromGitHub(
     missingSince.set(r.name, since);
     if (Date.now() - since < d.graceMs || r.runnerId === undefined) continue;
     signal.throwIfAborted();
-    // A failed look throws, and the runner is asked about again next pass. One GitHub still knows
-    // was missed by a list: left alone, and the grace starts again should it go missing again.
-    const known = await d.github.getRunner(scopeOf(r), r.runnerId);
+    // A failed look keeps the runner's grace, and it is asked about again next pass; the runners
+    // after it are still looked at (one GitHub keeps refusing must not hide the others). One GitHub
+    // still knows was missed by a list: left alone, and the grace starts again should it go missing again.
+    let known: RegisteredRunner | undefined;
+    try {
+      known = await d.github.getRunner(scopeOf(r), r.runnerId);
+    } catch (err) {
+      if (signal.aborted) throw err;
+      failed.push(`${r.owner}/${r.repo ?? "(organization)"} busy runner ${r.name}: ${errorMessage(err)}`);
+      d.logger.warn({ loop: GITHUB_RUNNERS, runner: r.name, runnerId: r.runnerId, owner: r.owner, repo: r.repo, err: errorMessage(err) }, "asking GitHub about a runner recorded busy failed; the others go on");
+      continue;
+    }
     missingSince.delete(r.name);
     if (known) continue;
     if (!(await d.runners.mark(r.name, "completed", r.jobId ?? 0))) continue;

@@ -179,6 +179,41 @@ test("a runner recorded busy that GitHub no longer lists keeps its grace through
   }
 });
 
+test("two runners recorded busy gone from GitHub, GitHub failing every look at the first: the second is still marked completed, and the pass says the first failed", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const prefix = `${shared.redis.prefix}-busy-look-fails`;
+  const loop = loopOf(fake, prefix, [{ scope: "repository" }]);
+  const runners = new RunnerStore(shared.conn, prefix);
+  const names = ["jitrunner-default-00000000d1", "jitrunner-default-00000000d2"];
+  try {
+    // Both registered, recorded busy (the first the older), then gone from GitHub with their completed webhooks lost.
+    const ids: number[] = [];
+    for (const [i, name] of names.entries()) {
+      const runnerId = await register(fake, "/repos/acme/stuck", name);
+      ids.push(runnerId);
+      await runners.put({ name, pool: "default", host: "h1", state: "idle", installationId: fake.installationId, owner: "acme", repo: "stuck", runnerId, demandId: "", createdAt: Date.now() - 60_000 + i });
+      assert.ok(await runners.mark(name, "busy", 80 + i));
+      await new FakeGitHubClient(fake).call("DELETE", `/repos/acme/stuck/actions/runners/${runnerId}`);
+    }
+    await new Promise((res) => setTimeout(res, 5)); // busy since before the first pass began
+    // GitHub fails every look at the first runner (a 500 it keeps answering).
+    fake.inject({ route: `/repos/acme/stuck/actions/runners/${ids[0]}`, method: "GET", status: 500, times: 1000 });
+
+    const failure = await loop.run().then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    assert.equal((await runners.get(names[1]!))?.state, "completed", "the second looked at and marked completed, after the first failed");
+    assert.equal((await runners.get(names[0]!))?.state, "busy", "the first left as it was");
+    assert.match(String(failure), /checking runners failed 1 times .*busy runner jitrunner-default-00000000d1: .*500/, "the pass says so, after doing the rest");
+    const looks = fake.requests.filter((r) => r.route === "/repos/{owner}/{repo}/actions/runners/{runner_id}" && r.method === "GET").map((r) => r.path);
+    assert.ok(looks.includes(`/repos/acme/stuck/actions/runners/${ids[1]}`), "GitHub asked about the second");
+  } finally {
+    loop.close();
+    await fake.close();
+  }
+});
+
 test("more active repositories than maxRepositories: the newest are listed, and the cap is said once, not every pass", async () => {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const prefix = `${shared.redis.prefix}-repo-cap`;
