@@ -83,7 +83,8 @@ export interface GitHubQueuedDeps {
   github: Pick<GitHubClient, "listRuns" | "listRunJobs">;
   demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor" | "taken" | "held">;
   runners: Pick<RunnerStore, "findByDemand" | "forgetDemand">;
-  repos: Pick<ActiveRepos, "list">;
+  /** Read for the repositories to list; touched for those the loop adds demand of (see noteActive). */
+  repos: Pick<ActiveRepos, "list" | "touch">;
   intervalMs: number;
   windowMs: number;
   maxRepositories: number;
@@ -159,7 +160,9 @@ const NEW_RUN_HEAD_START_PASSES = 3;
  * queued), and their latest attempt's jobs; a job still queued that a pool serves is added as
  * demand through the same idempotent path as its webhook (keyed by job id and run attempt), so a
  * job whose `queued` webhook arrived adds nothing, and one whose webhook was lost (or came while
- * we were down) gets its runner.
+ * we were down) gets its runner. Demand the loop adds (recovered, renewed, retried) notes its
+ * repository as active, as the ingress notes one whose webhook it accepts: a repository whose
+ * webhooks keep failing stays listed while its jobs keep being recovered (noteActive).
  *
  * GitHub lists jobs per run only, so a backlog of queued runs would cost a call per run on every
  * pass: a pass lists at most `maxRunsPerPass` runs' jobs, those that waited longest first (a new
@@ -319,6 +322,7 @@ async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass:
     }
     const added = await d.demand.add(demand);
     if (added === "added") {
+      await noteActive(d, demand, ids);
       if (n === 0) {
         d.metrics.reconcileAction(GITHUB_QUEUED, "demand_recovered");
         d.logger.info(ids, "recovered a queued job that had no demand (its webhook was lost)");
@@ -344,6 +348,7 @@ async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass:
       // so the worker does not take it as served.
       await d.runners.forgetDemand(id);
       if (!(await d.demand.addAgain(demand))) return;
+      await noteActive(d, demand, ids);
       d.metrics.reconcileAction(GITHUB_QUEUED, "demand_renewed");
       d.logger.info({ ...ids, renewal: n }, "a queued job's runner took another job: its demand added again");
       return;
@@ -387,6 +392,23 @@ async function renewalKnown(d: GitHubQueuedDeps, renewal: Demand): Promise<boole
 async function retryFailed(d: GitHubQueuedDeps, { demand, at, ids }: FailedDemand): Promise<void> {
   await d.runners.forgetDemand(demandIdOf(demand));
   if (!(await d.demand.addAgain(demand))) return;
+  await noteActive(d, demand, ids);
   d.metrics.reconcileAction(GITHUB_QUEUED, "demand_retried");
   d.logger.info({ ...ids, failedAt: new Date(at).toISOString() }, "a queued job whose launches all failed: its demand added again with fresh attempts");
+}
+
+/**
+ * Notes `demand`'s repository as active (with its pool's scope, as the ingress does), so the loops
+ * go on listing it past `reconcile.activeWindowSeconds` after its last accepted webhook while the
+ * loop keeps finding its queued jobs: else a repository whose webhooks all fail (a secret mismatch's
+ * 401 is not redelivered) would have its jobs recovered for a day, then no more. Best effort, as at
+ * the ingress: the demand is added whether or not the note is written (a failure is logged).
+ */
+async function noteActive(d: GitHubQueuedDeps, demand: Demand, ids: JobIds): Promise<void> {
+  const scope = d.config.pools.find((p) => p.name === demand.pool)?.scope ?? "repository";
+  try {
+    await d.repos.touch({ installationId: demand.installationId, owner: demand.owner, repo: demand.repo, scope });
+  } catch (err) {
+    d.logger.warn({ ...ids, err: errorMessage(err) }, "could not note the repository of recovered demand as active");
+  }
 }

@@ -22,6 +22,7 @@ import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { githubDeliveriesLoop } from "../../src/reconcile/github-deliveries.ts";
 import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
+import { ActiveRepos } from "../../src/state/active-repos.ts";
 import { RedeliveryLog } from "../../src/state/redeliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { githubFor } from "../helpers/github.ts";
@@ -947,6 +948,34 @@ test("repositories listed in turns keep their runs' turns: with fewer runs liste
     // Each pass lists two runs' jobs: four passes for the eight, each run's in its turn.
     for (let pass = 1; pass <= 4; pass++) await loop.run(new AbortController().signal);
     assert.equal(await added(), 8, "every lost job added within four passes");
+  } finally {
+    await queues.close();
+    conn.disconnect();
+    await fake.close();
+  }
+});
+
+test("a repository whose webhooks all fail: its jobs recovered by github-queued keep it active, so a job queued after its last webhook falls out of reconcile.activeWindowSeconds is still recovered", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const r = scopedRedis(redis, "queued-keeps-active");
+  const conn = redisConnection(r.url);
+  const queues = new DemandQueues({ redisUrl: r.url, prefix: r.prefix, attempts: 3 }, conn);
+  const WINDOW_MS = 10_000;
+  try {
+    // Its last accepted webhook was a while ago, still inside the window (noted by the ingress's
+    // ActiveRepos; the loop has one of its own, as the reconciler does); none reaches us since.
+    const lastWebhook = Date.now() - 6000;
+    await new ActiveRepos(conn, r.prefix).touch({ installationId: fake.installationId, owner: "acme", repo: "app", scope: "repository" }, lastWebhook);
+    fake.setWebhookUrl(DEAD_URL);
+    const loop = queuedLoop(fake, conn, r.prefix, queues, new ActiveRepos(conn, r.prefix), { windowMs: WINDOW_MS });
+    const first = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await loop.run(new AbortController().signal);
+    assert.equal((await demandState(r, "default", `${first.id}-1`))?.state, "waiting", "recovered while the webhook's note is in the window");
+
+    await new Promise((res) => setTimeout(res, lastWebhook + WINDOW_MS + 200 - Date.now()));
+    const second = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await loop.run(new AbortController().signal);
+    assert.equal((await demandState(r, "default", `${second.id}-1`))?.state, "waiting", "recovered after the webhook's note fell out of the window: the recovery noted the repository");
   } finally {
     await queues.close();
     conn.disconnect();
