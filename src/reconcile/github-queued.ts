@@ -259,10 +259,12 @@ async function listOpenRuns(d: GitHubQueuedDeps, repo: ActiveRepo, signal: Abort
 }
 
 /** A still-queued job whose demand ran out of launch attempts at `at`, long enough ago. */
-interface FailedDemand {
+export interface FailedDemand {
   demand: Demand;
   at: number;
   ids: { loop: string; jobId: number; runId: number; repo: string; pool: string };
+  /** The runner the note of who served the demand named when it was found failed, if any. */
+  servedBy?: string;
 }
 
 /** What one pass found along the way. */
@@ -318,7 +320,7 @@ async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass:
       // demand added now as served: forgotten first. A done item's note stays: it tells the
       // item was used up once BullMQ drops it.
       if (!last && (await renewalKnown(d, renewalOf(first, n + 1)))) continue;
-      await d.runners.forgetDemand(id);
+      await d.runners.forgetDemand(id, served.name);
     }
     const added = await d.demand.add(demand);
     if (added === "added") {
@@ -342,11 +344,12 @@ async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass:
       // may yet take this job: wait for it; so may the runners launched for other jobs, still
       // booting when this demand was done.
       if (Date.now() - ended.at < RENEW_AFTER_MS) return;
-      if ((await d.runners.findByDemand(id))?.record) return;
+      const servedBy = await d.runners.findByDemand(id);
+      if (servedBy?.record) return;
       if (!last) continue;
       // Out of renewals: this one again, with the record of which runner served it forgotten,
       // so the worker does not take it as served.
-      await d.runners.forgetDemand(id);
+      if (servedBy) await d.runners.forgetDemand(id, servedBy.name);
       if (!(await d.demand.addAgain(demand))) return;
       await noteActive(d, demand, ids);
       d.metrics.reconcileAction(GITHUB_QUEUED, "demand_renewed");
@@ -356,7 +359,7 @@ async function recoverJob(d: GitHubQueuedDeps, first: Demand, ids: JobIds, pass:
     // Its launches all failed (GitHub or the hosts failing for longer than the backoff lasts), and
     // the job still waits: after a while, and a few jobs a pass, it gets its attempts afresh.
     if (d.retryFailedAfterMs <= 0 || Date.now() - ended.at < d.retryFailedAfterMs) return;
-    pass.failedDemand.push({ demand, at: ended.at, ids });
+    pass.failedDemand.push({ demand, at: ended.at, ids, ...(served && { servedBy: served.name }) });
     return;
   }
 }
@@ -389,8 +392,15 @@ async function renewalKnown(d: GitHubQueuedDeps, renewal: Demand): Promise<boole
   return (await d.runners.findByDemand(demandIdOf(renewal))) !== undefined;
 }
 
-async function retryFailed(d: GitHubQueuedDeps, { demand, at, ids }: FailedDemand): Promise<void> {
-  await d.runners.forgetDemand(demandIdOf(demand));
+/**
+ * Failed demand found this pass given its launch attempts afresh: the note of the runner that served
+ * it when it was found (one whose launch failed, or that took another job) forgotten first, so the
+ * worker does not take it as served. Only that runner's: should a new `queued` delivery have replaced
+ * the item since, and a worker launched a runner for it, that runner's note stays (else the demand,
+ * taken again after its lease lapsed, would get a second runner), and the item, pending, is not added.
+ */
+export async function retryFailed(d: Pick<GitHubQueuedDeps, "config" | "demand" | "runners" | "repos" | "metrics" | "logger">, { demand, at, ids, servedBy }: FailedDemand): Promise<void> {
+  if (servedBy) await d.runners.forgetDemand(demandIdOf(demand), servedBy);
   if (!(await d.demand.addAgain(demand))) return;
   await noteActive(d, demand, ids);
   d.metrics.reconcileAction(GITHUB_QUEUED, "demand_retried");
@@ -404,7 +414,7 @@ async function retryFailed(d: GitHubQueuedDeps, { demand, at, ids }: FailedDeman
  * 401 is not redelivered) would have its jobs recovered for a day, then no more. Best effort, as at
  * the ingress: the demand is added whether or not the note is written (a failure is logged).
  */
-async function noteActive(d: GitHubQueuedDeps, demand: Demand, ids: JobIds): Promise<void> {
+async function noteActive(d: Pick<GitHubQueuedDeps, "config" | "repos" | "logger">, demand: Demand, ids: JobIds): Promise<void> {
   const scope = d.config.pools.find((p) => p.name === demand.pool)?.scope ?? "repository";
   try {
     await d.repos.touch({ installationId: demand.installationId, owner: demand.owner, repo: demand.repo, scope });

@@ -297,9 +297,13 @@ export class RunnerStore {
     await redis.jitrunnerStarted(this.#key(name));
   }
 
-  /** Forgets which runner served a demand, whichever it was: the demand is to be served anew. */
-  async forgetDemand(demandId: string): Promise<void> {
-    await this.#redis.del(this.#demandKey(demandId));
+  /**
+   * Forgets that runner `name` served a demand: the demand is to be served anew. Only while the
+   * note still names it, in one step: a note of a runner launched for the demand since (added
+   * again meanwhile, and taken) stays.
+   */
+  async forgetDemand(demandId: string, name: string): Promise<void> {
+    await this.releaseDemand({ name, demandId });
   }
 
   /** This runner no longer answers for its demand (its launch failed): a retry launches anew. */
