@@ -191,17 +191,20 @@ export class DockerodeDriver implements RunnerDriver {
   }
 
   /**
-   * Whether the engine runs on cgroup v2, asked once (again after a failed ask, which creates
-   * as on v1 meanwhile: no cgroup namespace named).
+   * Whether the engine runs on cgroup v2, asked once. An ask that fails rejects (a retryable
+   * DockerError) and is asked again by the next create: unknown is never taken for v1, which
+   * would leave a runner without a cgroup namespace of its own on a v2 engine whose default is
+   * the host's (see createOptions). An engine that answers without a CgroupVersion predates
+   * Docker 20.10, which has no cgroup v2 support: v1.
    */
   #cgroupV2(): Promise<boolean> {
     // dockerode's info takes options (abortSignal) as its other calls do; its types say none.
     const info = this.#docker.info.bind(this.#docker) as unknown as (opts: { abortSignal: AbortSignal }) => Promise<{ CgroupVersion?: string }>;
     this.#cgroupV2Asked ??= this.#call("engine info", this.#callMs, (abortSignal) => info({ abortSignal })).then(
       (answer) => answer.CgroupVersion === "2",
-      () => {
+      (err: unknown) => {
         this.#cgroupV2Asked = undefined;
-        return false;
+        throw new DockerError(`could not learn the engine's cgroup version, so no runner is created: ${errorMessage(err)}`, { retryable: true, cause: err });
       },
     );
     return this.#cgroupV2Asked;

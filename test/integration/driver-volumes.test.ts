@@ -5,13 +5,15 @@
  * named as a runner's is, not merely alike. Containers are created, never started (network `none`);
  * and which containers the driver lists as running: a paused one is (one container started with
  * `sleep`, network `none`); and a volume the engine fails to remove (through a proxy answering
- * its removal with an error) fails no container removal.
+ * its removal with an error) fails no container removal; and an engine whose cgroup version could
+ * not be learnt (its info answered with an error) gets no create, and nothing is left.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, test } from "node:test";
 import { Secret } from "../../src/config/secret.ts";
 import { DockerodeDriver, dataVolumeName } from "../../src/docker/dockerode-driver.ts";
+import { DockerError } from "../../src/errors.ts";
 import type { RunnerSpec } from "../../src/docker/driver.ts";
 import { LABEL, MANAGED_BY, runnerLabels } from "../../src/docker/labels.ts";
 import { startDockerProxy } from "../helpers/docker-proxy.ts";
@@ -100,6 +102,43 @@ test("a data volume the engine fails to remove fails nothing once the container 
     await through.removeUnusedVolumes({ [LABEL.managedBy]: MANAGED_BY, [LABEL.host]: `${PREFIX}-host` }, `${PREFIX}-`);
     assert.equal(await volumeExists(dataVolumeName(name)), false, "removed by the host loop's sweep");
   } finally {
+    await proxy.close();
+  }
+});
+
+test("an engine that fails to say its cgroup version gets no create: nothing is left, and the next create asks again", async () => {
+  const name = `${PREFIX}-default-${randomBytes(5).toString("hex")}`;
+  const proxy = await startDockerProxy();
+  try {
+    // A driver of its own: one that asked already would not ask again.
+    const through = new DockerodeDriver({ socketPath: proxy.socketPath });
+    made.push(dataVolumeName(name));
+    // Taken for v1, a create on a v2 engine whose default is the host's cgroup namespace would give
+    // the runner the host's (docs/security.md): so unknown refuses the create, retryably.
+    const failing = proxy.fail("GET", /^\/(v[\d.]+\/)?info(\?|$)/, "engine info unavailable", 500, 1);
+    await assert.rejects(through.create(spec(name)), (err: DockerError) => {
+      assert.ok(err instanceof DockerError, String(err));
+      assert.equal(err.retryable, true);
+      assert.match(err.message, /could not learn the engine's cgroup version.*engine info unavailable/);
+      return true;
+    });
+    assert.equal(failing.answered, 1);
+    assert.equal((await docker.listContainers({ all: true, filters: { name: [name] } })).length, 0, "no container made");
+    assert.equal(await volumeExists(dataVolumeName(name)), false, "no volume left");
+
+    // Asked again, answered: the create goes ahead, a namespace of its own on a v2 engine.
+    const id = await through.create(spec(name));
+    try {
+      const v2 = (await docker.info()).CgroupVersion === "2";
+      const mode = ((await docker.getContainer(id).inspect()).HostConfig as { CgroupnsMode?: string }).CgroupnsMode;
+      if (v2) assert.equal(mode, "private");
+      else assert.notEqual(mode, "private", "on v1 no namespace is named");
+    } finally {
+      await through.remove(id);
+    }
+  } finally {
+    // Without the refusal, the first create made the container.
+    await docker.getContainer(name).remove({ force: true, v: true }).catch(() => undefined);
     await proxy.close();
   }
 });

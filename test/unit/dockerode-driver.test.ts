@@ -130,6 +130,8 @@ async function recordingEngine(dir: string): Promise<{ socketPath: string; seen:
     req.on("end", () => {
       seen.push({ url: req.url ?? "", body });
       if (req.url?.endsWith("/_ping")) res.writeHead(200, { "content-type": "text/plain" }).end("OK");
+      // An engine on cgroup v2, as a create asks first (it names the runner a cgroup namespace).
+      else if (req.method === "GET" && /\/info$/.test(req.url ?? "")) res.writeHead(200, { "content-type": "application/json" }).end('{"CgroupVersion":"2"}');
       else if (req.method === "POST" && req.url?.includes("/containers/create")) res.writeHead(201, { "content-type": "application/json" }).end('{"Id":"c0ffee","Warnings":[]}');
       else res.writeHead(404, { "content-type": "application/json" }).end('{"message":"not here"}');
     });
@@ -184,10 +186,11 @@ test("a create sends the JIT config in the request's body only: the URL carries 
     const [create, ...more] = engine.seen.filter((r) => r.url.includes("/containers/create"));
     assert.ok(create && more.length === 0, JSON.stringify(engine.seen.map((r) => r.url)));
     assert.match(create.url, /\/containers\/create\?name=jitrunner-default-0123456789$/);
-    const body = JSON.parse(create.body) as { Env: string[]; Image: string; Labels: Record<string, string> };
+    const body = JSON.parse(create.body) as { Env: string[]; Image: string; Labels: Record<string, string>; HostConfig: { CgroupnsMode?: string } };
     assert.ok(body.Env.includes(`ACTIONS_RUNNER_INPUT_JITCONFIG=${jit}`), "the runner still gets its JIT config");
     assert.equal(body.Image, "runner:1");
     assert.equal(body.Labels[LABEL.pool], "default");
+    assert.equal(body.HostConfig.CgroupnsMode, "private", "a v2 engine's runner gets a cgroup namespace of its own");
   } finally {
     await engine.close();
     rmSync(dir, { recursive: true, force: true });
