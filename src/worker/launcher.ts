@@ -205,7 +205,14 @@ export class Launcher {
       }
       failpoint("launch:after-start");
       tracked.state = "idle";
-      await d.runners.started(name);
+      // Best effort, as the host loop's adopt: the runner is running and may take a job any
+      // moment, so a refused write (Redis read-only in a failover, out of memory under noeviction)
+      // must not tear it down, as the catch below would, container first. Left `starting`, the
+      // record only shows so on the status page: the watch, the host loop (which adopts it as
+      // idle) and the sweep of a gone host treat it as an idle runner's.
+      await d.runners.started(name).catch((err: unknown) =>
+        rlog.warn({ err: errorMessage(err) }, "noting the runner's start in Redis failed; its record says starting until a job's webhook"),
+      );
       rlog.info({ container: record.containerId.slice(0, 12) }, "runner container started");
       return tracked;
     } catch (err) {

@@ -12,7 +12,8 @@ import { createServer, request, type IncomingMessage, type Server, type ServerRe
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const START = /^\/(v[\d.]+\/)?containers\/[^/]+\/start(\?|$)/;
+/** `POST` this: a container start. */
+export const START_CONTAINER = /^\/(v[\d.]+\/)?containers\/[^/]+\/start(\?|$)/;
 const REMOVE = /^\/(v[\d.]+\/)?containers\/([^/?]+)(\?|$)/;
 /** `GET` this: a container list (`docker ps`). */
 export const LIST_CONTAINERS = /^\/(v[\d.]+\/)?containers\/json(\?|$)/;
@@ -126,7 +127,7 @@ export async function startDockerProxy(engineSocket = "/var/run/docker.sock"): P
       waits.add(req);
       req.socket.once("close", () => waits.delete(req));
     }
-    const isStart = req.method === "POST" && START.test(req.url ?? "");
+    const isStart = req.method === "POST" && START_CONTAINER.test(req.url ?? "");
     let open = isStart;
     if (isStart) {
       counts.starts++;
