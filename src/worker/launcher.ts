@@ -5,7 +5,7 @@ import type { Demand } from "../demand.ts";
 import { demandIdOf } from "../demand.ts";
 import { runnerLabels } from "../docker/labels.ts";
 import type { RunnerDriver, RunnerSpec } from "../docker/driver.ts";
-import { GitHubError, JitrunnerError, NotSentError, errorMessage, githubUnavailable } from "../errors.ts";
+import { GitHubError, JitrunnerError, NotSentError, errorMessage, githubUnavailable, redact } from "../errors.ts";
 import type { GitHubClient, JitRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
@@ -157,7 +157,8 @@ export class Launcher {
           // teardown knows no runner id: delete it by name as well, then fail.
           const taken = err instanceof GitHubError && err.status === 409 && attempt < 3;
           if (!taken && !(err instanceof GitHubError && err.answerLost)) throw err;
-          const orphan = await d.github.deleteRunnerNamed(scopeOf(record), name).catch((e: unknown) => `not deleted: ${errorMessage(e)}`);
+          // GitHub's words, redacted as the logger redacts those under `err`.
+          const orphan = await d.github.deleteRunnerNamed(scopeOf(record), name).catch((e: unknown) => `not deleted: ${redact(errorMessage(e))}`);
           if (!taken) {
             rlog.warn({ orphan }, "registering failed after an answer was lost; the registration it may have made deleted by name");
             throw err;
