@@ -117,8 +117,10 @@ async function main(argv: string[]): Promise<number> {
   let config: Config;
   /** The options the environment set, by variable: errors about their values name it. */
   let origins: ReadonlyMap<string, string>;
+  /** Accepted but most likely wrong (the example's placeholders): check-config says them, a start logs them. */
+  let warnings: string[];
   try {
-    ({ config, origins } = loadConfigWithOrigins({ text, env: process.env, readFile: (p) => readFileSync(p, "utf8"), secretsFor }));
+    ({ config, origins, warnings } = loadConfigWithOrigins({ text, env: process.env, readFile: (p) => readFileSync(p, "utf8"), secretsFor }));
   } catch (err) {
     if (err instanceof ConfigError) process.stderr.write(`jitrunner: ${path}: ${err.message}\n`);
     else process.stderr.write(`jitrunner: cannot load config ${path}: ${errorMessage(err)}\n`);
@@ -139,6 +141,7 @@ async function main(argv: string[]): Promise<number> {
       pools,
     };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
+    for (const w of warnings) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
     if (values.mode !== "server") for (const w of connectionWarnings(config.worker.docker)) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
     if (secretDebug.length > 0) {
       process.stderr.write(`jitrunner check-config: warning: DEBUG=${process.env.DEBUG} would print secrets (${secretDebug.join(", ")}): jitrunner refuses to start with it; add ${DEBUG_SKIP_SECRETS}\n`);
@@ -187,6 +190,7 @@ async function main(argv: string[]): Promise<number> {
   if (dropped?.socketGroupSkipped !== undefined) {
     logger.warn({ socket: dropped.socket }, "the Docker socket belongs to group 0 (root): not added; give it a group of its own (a docker group) for the worker to use it");
   }
+  for (const w of warnings) logger.warn(`config: ${w}`);
   logger.info({ mode: command }, "starting");
   const code = await runUntilStopped((signal) => start(config, command as Mode, logger, { origins, dockerFiles, signal }), logger);
   logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");

@@ -81,9 +81,14 @@ export function loadConfig(sources: LoadSources): Config {
  * loadConfig, and the options the environment set, each with the variable that set it
  * ("server.port" -> "JITRUNNER_PORT"): for errors met later (Redis unreachable, port taken) to
  * name where a value came from, by the rule that set it, not a copy of that rule. Apart from the
- * config, so that printing the config (check-config) shows options only.
+ * config, so that printing the config (check-config) shows options only. `warnings`: what is
+ * accepted but most likely wrong (placeholderWarnings), for the start to log and check-config to say.
  */
-export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" }: LoadSources): { config: Config; origins: ReadonlyMap<string, string> } {
+export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" }: LoadSources): {
+  config: Config;
+  origins: ReadonlyMap<string, string>;
+  warnings: string[];
+} {
   // parseDocument, not parse: parse prints the YAML library's warnings (an unknown `!tag`) through
   // process.emitWarning with the source line under them, and a line may hold a pool's credential.
   // Errors and warnings alike are refused here, each by its first line (where, not what).
@@ -179,7 +184,43 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
     worker: { ...parsed.data.worker, hostId: parsed.data.worker.hostId ?? sanitizeHost(hostname()) },
     secrets: { privateKey, webhookSecret, ...(previousWebhookSecret && { previousWebhookSecret }), ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }), ...(redisSentinelPassword && { redisSentinelPassword }) },
   };
-  return { config, origins: overridden };
+  return { config, origins: overridden, warnings: placeholderWarnings(config) };
+}
+
+/** The placeholders deploy/jitrunner.example.yml (and the Kubernetes ConfigMap) ship. */
+const EXAMPLE = { appId: 123456, owner: "my-org", installationId: 12345678 };
+const FROM_EXAMPLE = "the example config's placeholder";
+
+/**
+ * The example's placeholders still in a config: valid values, so accepted (a warning, not a
+ * refusal), but a GitHub App id that is not the user's fails every call, and an allowedOwners of
+ * my-org refuses every job of the user's real organization (ignored_owner_not_allowed).
+ */
+export function placeholderWarnings(config: Pick<Config, "github" | "policy" | "pools">): string[] {
+  const warnings: string[] = [];
+  if (config.github.appId === EXAMPLE.appId) {
+    warnings.push(`github.appId: ${EXAMPLE.appId} is ${FROM_EXAMPLE}: set your GitHub App's id (its settings page, "App ID"); GitHub refuses the App's every call otherwise`);
+  }
+  const isExampleOwner = (o: string) => o.toLowerCase() === EXAMPLE.owner;
+  if (config.policy.allowedOwners.some(isExampleOwner)) {
+    warnings.push(
+      `policy.allowedOwners: ${EXAMPLE.owner} is ${FROM_EXAMPLE}: jobs of any owner not listed are refused (ignored_owner_not_allowed); ` +
+        "list your organization or user, or leave the list empty for any owner the App is installed on",
+    );
+  }
+  const repoOfExample = (r: string) => isExampleOwner(r.split("/")[0] ?? "");
+  if (config.policy.allowedRepositories.some(repoOfExample)) {
+    warnings.push(`policy.allowedRepositories: ${EXAMPLE.owner}/... is ${FROM_EXAMPLE}: jobs of repositories not listed are refused (ignored_repo_not_allowed)`);
+  }
+  config.pools.forEach((pool, i) => {
+    if (pool.warm?.installationId === EXAMPLE.installationId) {
+      warnings.push(`pools.${i}.warm.installationId: ${EXAMPLE.installationId} is ${FROM_EXAMPLE}: set your installation's id (installation.id in any workflow_job webhook)`);
+    }
+    if (pool.warm && isExampleOwner(pool.warm.owner)) {
+      warnings.push(`pools.${i}.warm.owner: ${EXAMPLE.owner} is ${FROM_EXAMPLE}: warm runners register with this owner; set your organization or user`);
+    }
+  });
+  return warnings;
 }
 
 /** What crossCheck looks at: the pools (undefined where one is not valid) and the worker section. */

@@ -6,6 +6,7 @@ import type { Metrics } from "../metrics/metrics.ts";
 import type { ActivityRecorder } from "../state/activity.ts";
 import { NO_CHANGE_TTL_SECONDS, type ClaimKey } from "../state/deliveries.ts";
 import type { DeliveredBy } from "../state/runners.ts";
+import { LogThrottle } from "../log-throttle.ts";
 import { isOurRunner } from "../worker/names.ts";
 import { BestEffortWrites } from "./best-effort.ts";
 import { decideQueued, type WorkflowJobEvent } from "./policy.ts";
@@ -102,6 +103,21 @@ const MAX_WAITING_FOR_REDIS = 1000;
 const CHANGED_NOTHING = new Set(["not_ours", "runner_unknown", "no_demand", "no_pool", "no_labels", "ignored_action"]);
 
 /**
+ * How often a job our pools' labels ask for, refused by the policy, is said at info, per owner
+ * (refused for its owner) or repository (for itself) and reason: a job refused where the operator
+ * meant it to run (allowedOwners still the example's my-org) shows, and a busy organization the
+ * App is installed on but not allowed cannot flood the log.
+ */
+export const REFUSAL_LOG_WINDOW_MS = 10 * 60_000;
+
+/** The policy's refusals said at info (REFUSAL_LOG_WINDOW_MS), and why, in the config's words. */
+const POLICY_REFUSALS: Partial<Record<string, (event: WorkflowJobEvent, pool: string | undefined) => string>> = {
+  owner_not_allowed: (e) => `the owner ${e.repository.owner.login} is not in policy.allowedOwners`,
+  repo_not_allowed: (e) => `the repository ${e.repository.full_name} is not in policy.allowedRepositories`,
+  public_repo: (e, pool) => `the repository ${e.repository.full_name} is public and pool ${pool ?? "?"} does not allow public repositories (allowPublicRepositories)`,
+};
+
+/**
  * Acts on one verified, parsed delivery and says what it did. Only `workflow_job` matters;
  * every other event is acknowledged and counted.
  *
@@ -119,6 +135,7 @@ export class Ingress {
   /** Since the first delivery Redis could not take (unavailable or refused), until one it takes. */
   #redisDown: { reason: string; refused: number } | undefined;
   #waitingForRedis = 0;
+  readonly #refusals = new LogThrottle({ windowMs: REFUSAL_LOG_WINDOW_MS });
 
   constructor(deps: IngressDeps) {
     this.#deps = deps;
@@ -382,7 +399,9 @@ export class Ingress {
     const decision = decideQueued(event, config, { deliveryId, receivedAt });
     if (decision.kind === "ignore") {
       if (!(await deliveries.claim(deliveryId, NO_CHANGE_TTL_SECONDS))) return "replayed";
-      logger.debug({ deliveryId, jobId: event.workflow_job.id, action: event.action, reason: decision.reason }, "queued job ignored");
+      if (!this.#saidRefused(event, decision.reason, deliveryId)) {
+        logger.debug({ deliveryId, jobId: event.workflow_job.id, action: event.action, reason: decision.reason }, "queued job ignored");
+      }
       return `ignored_${decision.reason}`;
     }
     const result = await this.#deps.demand.add(decision.demand, deliveries.claimKey(deliveryId));
@@ -392,6 +411,26 @@ export class Ingress {
       "demand queued",
     );
     return "queued";
+  }
+
+  /**
+   * Says at info a job the policy refused (POLICY_REFUSALS), once per owner or repository and
+   * reason per REFUSAL_LOG_WINDOW_MS, with how many were refused since it was last said. False
+   * when it is not said (another reason, or said already within the window).
+   */
+  #saidRefused(event: WorkflowJobEvent, reason: string, deliveryId: string): boolean {
+    const why = POLICY_REFUSALS[reason];
+    if (!why) return false;
+    const owner = event.repository.owner.login;
+    const repo = event.repository.full_name;
+    const refused = this.#refusals.pass(`${reason}:${(reason === "owner_not_allowed" ? owner : repo).toLowerCase()}`);
+    if (refused === undefined) return false;
+    const pool = matchPoolForOwner(event.workflow_job.labels, this.#deps.config.pools, event.repository.owner.type)?.name;
+    this.#deps.logger.info(
+      { deliveryId, jobId: event.workflow_job.id, owner, repo, pool, reason, refused },
+      `queued job refused: ${why(event, pool)}; said once per ${reason === "owner_not_allowed" ? "owner" : "repository"} every ${REFUSAL_LOG_WINDOW_MS / 60_000} minutes, \`refused\` counts the jobs refused since`,
+    );
+    return true;
   }
 
   /**

@@ -202,6 +202,17 @@ test("check-config judges the secrets by the mode asked about: --mode server nee
   assert.match(bad.out, /--mode must be server, worker or all/);
 });
 
+test("check-config warns of the example config's placeholders left in, and still accepts the config", async () => {
+  const file = join(dir, "placeholders.yml");
+  await writeFile(file, configText(redis.url, redis.prefix).replace("appId: 1", "appId: 123456") + "policy:\n  allowedOwners: [my-org]\n");
+  const r = await run(["check-config", "--config", file], SECRETS);
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /^jitrunner check-config: warning: github\.appId: 123456 is the example config's placeholder/m);
+  assert.match(r.out, /^jitrunner check-config: warning: policy\.allowedOwners: my-org is the example config's placeholder/m);
+  const clean = await run(["check-config", "--config", configFile], SECRETS);
+  assert.doesNotMatch(clean.out, /placeholder/);
+});
+
 test("check-config warns of a Docker engine reached in clear text on another machine, for the modes that launch runners", async () => {
   // Only named, never connected to: check-config reads the config and sends nothing.
   const env = { ...SECRETS, DOCKER_HOST: "tcp://engine.invalid:2375" };

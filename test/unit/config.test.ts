@@ -457,6 +457,28 @@ test("the example Secret's webhook-secret placeholder is refused, as is any valu
   }
 });
 
+test("the example config's placeholders left in (appId 123456, owner my-org, installationId 12345678) are accepted with a warning each; a filled-in config has none", () => {
+  const example = readFileSync(new URL("../../deploy/jitrunner.example.yml", import.meta.url), "utf8");
+  // The example, its warm runners' line taken in as it stands.
+  const text = example.replace("# minIdle: 2", "minIdle: 2").replace("# warm: {", "warm: {");
+  const { config, warnings } = loadConfigWithOrigins({ text, env, readFile: noFiles });
+  assert.equal(config.github.appId, 123456, "accepted: a warning, not a refusal");
+  const said = warnings.join("\n");
+  assert.match(said, /^github\.appId: 123456 is the example config's placeholder: set your GitHub App's id/m);
+  assert.match(said, /^policy\.allowedOwners: my-org is the example config's placeholder: jobs of any owner not listed are refused \(ignored_owner_not_allowed\)/m);
+  assert.match(said, /^pools\.0\.warm\.installationId: 12345678 is the example config's placeholder/m);
+  assert.match(said, /^pools\.0\.warm\.owner: my-org is the example config's placeholder/m);
+  assert.equal(warnings.length, 4, said);
+  // The Kubernetes ConfigMap ships the same placeholders.
+  const configMap = parseYaml(readFileSync(new URL("../../deploy/kubernetes/configmap.yml", import.meta.url), "utf8")) as { data: Record<string, string> };
+  const k8s = loadConfigWithOrigins({ text: Object.values(configMap.data).find((v) => v.includes("appId"))!, env, readFile: noFiles, secretsFor: "none" }).warnings.join("\n");
+  assert.match(k8s, /^github\.appId: 123456/m);
+  assert.match(k8s, /^policy\.allowedOwners: my-org/m);
+  const filled = text.replace("appId: 123456", "appId: 987").replaceAll("my-org", "acme").replace("12345678", "4242");
+  assert.deepEqual(loadConfigWithOrigins({ text: filled, env, readFile: noFiles }).warnings, []);
+  assert.deepEqual(loadConfigWithOrigins({ text: minimal, env, readFile: noFiles }).warnings, []);
+});
+
 test("a pool in the host's network or in another container's is refused: its jobs would reach what listens on that loopback", () => {
   for (const mode of ["host", "container:jitrunner-worker", "container:0123abcd"]) {
     const problems = problemsOf({ text: `${minimal}    networkMode: "${mode}"\n`, env, readFile: noFiles });
