@@ -22,7 +22,7 @@ export interface AppDeps {
   logger: Logger;
   metrics: Metrics;
   /** Absent in `worker` mode: no webhook route. */
-  webhooks?: { secret: Secret; previousSecret?: Secret; bodyLimit: number; ingress: Ingress };
+  webhooks?: { secret: Secret; previousSecret?: Secret; bodyLimit: number; ingress: Ingress; now?: () => number };
   /** Problems that make this process unready (empty: ready). */
   readiness: () => Promise<string[]>;
   /** The status page at `/`; absent: no page (a worker-only process). */

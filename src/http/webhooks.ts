@@ -3,6 +3,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import type { Secret } from "../config/secret.ts";
 import { RedisRefusedError, RedisUnavailableError } from "../errors.ts";
 import type { Ingress } from "../ingress/ingress.ts";
+import { LogThrottle } from "../log-throttle.ts";
 import type { Metrics, UnverifiedOutcome } from "../metrics/metrics.ts";
 
 export interface WebhookRouteOptions {
@@ -12,6 +13,8 @@ export interface WebhookRouteOptions {
   bodyLimit: number;
   ingress: Ingress;
   metrics: Metrics;
+  /** The clock the log of refused deliveries is rate-limited by (tests); default Date.now. */
+  now?: () => number;
 }
 
 /**
@@ -28,6 +31,13 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
   const previous = opts.previousSecret?.reveal();
   // Said once each: which secret GitHub signs with, while both are accepted.
   const heard = { current: false, previous: false };
+  // Deliveries refused for their signature, said at warn: the first at once, then at most one line
+  // per BAD_SIGNATURE_LOG_WINDOW_MS with how many since (a prober, or a GitHub that signs with
+  // another secret, cannot flood the log). Never the signature or the body.
+  const badSignatures = new LogThrottle({ windowMs: BAD_SIGNATURE_LOG_WINDOW_MS, ...(opts.now && { now: opts.now }) });
+  const badSignatureWhy = `signature does not match github.webhookSecretFile (or JITRUNNER_GITHUB_WEBHOOK_SECRET)${
+    previous ? " nor github.previousWebhookSecretFile (or JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET)" : ""
+  }: GitHub signs with another secret (the App's webhook secret), or the sender is not GitHub`;
   app.removeAllContentTypeParsers();
   app.addContentTypeParser("application/json", { parseAs: "buffer", bodyLimit: opts.bodyLimit }, (_req, body, done) => {
     done(null, body);
@@ -59,6 +69,8 @@ export async function webhookRoutes(app: FastifyInstance, opts: WebhookRouteOpti
     const current = signatureMatches(secret, body, signature);
     if (!current && !(previous && signatureMatches(previous, body, signature))) {
       opts.metrics.unverifiedDelivery("bad_signature");
+      const refused = badSignatures.pass("bad_signature");
+      if (refused !== undefined) req.log.warn({ refused }, `${refused} webhook ${refused === 1 ? "delivery" : "deliveries"} refused: ${badSignatureWhy}`);
       return reply.code(401).send({ error: "signature does not match" });
     }
     if (previous && !heard[current ? "current" : "previous"]) {
@@ -115,6 +127,9 @@ function refusedUnread(err: FastifyError): UnverifiedOutcome | undefined {
   const status = err.statusCode ?? 500;
   return status >= 400 && status < 500 ? "bad_request" : undefined;
 }
+
+/** At most one line per this long says the deliveries refused for their signature since the last. */
+export const BAD_SIGNATURE_LOG_WINDOW_MS = 60_000;
 
 const SIGNATURE = /^sha256=([0-9a-f]{64})$/i;
 /**
