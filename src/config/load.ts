@@ -162,15 +162,19 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   // The Docker TLS files, read by a worker at start: a missing one would fail it there, naming no option.
   const runsWorker = secretsFor === "worker" || secretsFor === "all";
   if (runsWorker) problems.push(...unreadableFiles((raw as Record<string, any>).worker?.docker, "worker.docker", DOCKER_FILES, readFile));
-  if (privateKey && privateKey.reveal() && !readablePrivateKey(privateKey.reveal())) {
+  const keyType = privateKey && privateKey.reveal() ? privateKeyType(privateKey.reveal()) : "rsa";
+  if (keyType !== "rsa") {
     // Which one was read: the variable wins over the file, which is then not read at all.
     const fromEnv = !!env.JITRUNNER_GITHUB_PRIVATE_KEY;
     const source = fromEnv
       ? `JITRUNNER_GITHUB_PRIVATE_KEY${gh.privateKeyFile ? `, which is read instead of github.privateKeyFile (${shownSecretPath(String(gh.privateKeyFile))})` : ""}`
       : `github.privateKeyFile: ${shownSecretPath(String(gh.privateKeyFile))}`;
     problems.push(
-      `privateKey (from ${source}): not a PEM private key that can be read (expected '-----BEGIN ... PRIVATE KEY-----' with its lines intact; ` +
-        "in an environment variable, its line breaks written as \\n)",
+      keyType === undefined
+        ? `privateKey (from ${source}): not a PEM private key that can be read (expected '-----BEGIN ... PRIVATE KEY-----' with its lines intact; ` +
+            "in an environment variable, its line breaks written as \\n)"
+        : `privateKey (from ${source}): a key of type ${keyType}, not rsa: a GitHub App signs its tokens (JWTs) with RS256, which needs the App's RSA key; ` +
+            "generate one in the App's settings (Private keys) and give the .pem GitHub downloads",
     );
   }
 
@@ -546,15 +550,16 @@ function sentinelPassword(redis: unknown, env: Record<string, string | undefined
 }
 
 /**
- * Whether `pem` is a private key Node can read: one whose line breaks an environment file ate
- * (systemd turns an unquoted \n into n) still looks like a PEM, and would fail only at start.
+ * The type of the private key `pem` holds ("rsa", "ec", "ed25519"...), or undefined when Node
+ * cannot read it: one whose line breaks an environment file ate (systemd turns an unquoted \n into
+ * n) still looks like a PEM, and would fail only at start; one of another type than RSA would fail
+ * every JWT (RS256).
  */
-function readablePrivateKey(pem: string): boolean {
+function privateKeyType(pem: string): string | undefined {
   try {
-    createPrivateKey(pem);
-    return true;
+    return createPrivateKey(pem).asymmetricKeyType ?? "unknown";
   } catch {
-    return false;
+    return undefined;
   }
 }
 

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { parse as parseYaml } from "yaml";
@@ -207,6 +208,27 @@ test("a private key whose line breaks were lost on the way (an unquoted \\n in a
   assert.match(fromFile, /^privateKey \(from github\.privateKeyFile: \/etc\/jitrunner\/app\.pem\): not a PEM private key/m);
   const both = problemsOf({ text: withFile, env: { JITRUNNER_GITHUB_PRIVATE_KEY: mangled }, readFile: () => KEY, secretsFor: "worker" }).join("\n");
   assert.match(both, /^privateKey \(from JITRUNNER_GITHUB_PRIVATE_KEY, which is read instead of github\.privateKeyFile \(\/etc\/jitrunner\/app\.pem\)\): not a PEM/m);
+});
+
+test("a private key that is not RSA (EC, Ed25519) is refused at load: App JWTs are RS256; without the key in the message", () => {
+  const withFile = `${minimal.replace("appId: 42", "appId: 42\n  privateKeyFile: /etc/jitrunner/app.pem")}`;
+  for (const [type, pem] of [
+    ["ec", generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ type: "pkcs8", format: "pem" }).toString()],
+    ["ec", generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ type: "sec1", format: "pem" }).toString()],
+    ["ed25519", generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString()],
+  ] as const) {
+    const fromEnv = problemsOf({ text: minimal, env: { ...env, JITRUNNER_GITHUB_PRIVATE_KEY: pem }, readFile: noFiles }).join("\n");
+    assert.match(fromEnv, new RegExp(`^privateKey \\(from JITRUNNER_GITHUB_PRIVATE_KEY\\): a key of type ${type}, not rsa: a GitHub App signs its tokens \\(JWTs\\) with RS256`, "m"));
+    assert.ok(!fromEnv.includes(pem.split("\n")[1]!), "no key material in the message");
+    const fromFile = problemsOf({ text: withFile, env: {}, readFile: () => pem, secretsFor: "worker" }).join("\n");
+    assert.match(fromFile, new RegExp(`^privateKey \\(from github\\.privateKeyFile: /etc/jitrunner/app\\.pem\\): a key of type ${type}, not rsa`, "m"));
+  }
+  // An RSA key in either PEM form GitHub and openssl give is taken.
+  const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey;
+  for (const type of ["pkcs1", "pkcs8"] as const) {
+    const pem = rsa.export({ type, format: "pem" }).toString();
+    assert.equal(loadConfig({ text: minimal, env: { ...env, JITRUNNER_GITHUB_PRIVATE_KEY: pem }, readFile: noFiles }).secrets.privateKey.reveal(), pem.trim());
+  }
 });
 
 test("duplicate pools and unknown worker pools are cross-checked; YAML errors are clear", () => {
