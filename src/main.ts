@@ -10,6 +10,7 @@ import { Ingress } from "./ingress/ingress.ts";
 import { Metrics } from "./metrics/metrics.ts";
 import { DemandConsumer, DemandQueues, FAIL_FAST, redisConnection } from "./queue/demand-queue.ts";
 import { addressPasswords, redisAddressOf } from "./queue/redis-address.ts";
+import { redisTarget } from "./cli/redis.ts";
 import { notingActivity } from "./reconcile/repo-activity.ts";
 import { Reconciler } from "./reconcile/reconciler.ts";
 import { ActiveRepos } from "./state/active-repos.ts";
@@ -66,13 +67,58 @@ export async function start(config: Config, mode: Mode, logger: Logger, opts: St
   if (needs.webhookSecret && !config.secrets.webhookSecret.reveal()) throw new ConfigError([`${mode} mode needs the webhook secret`]);
   const connections: Redis[] = [];
   const undo: Array<() => Promise<unknown>> = [];
+  const waitNote = new RedisWaitNote(logger, redisTarget(redisAddressOf(config), opts.origins), connections);
   try {
-    return await startWith(config, mode, logger, opts, connections, undo);
+    return await startWith(config, mode, logger, opts, connections, undo, waitNote);
   } catch (err) {
     // A start that fails half-way (engine unreachable, port taken) leaves nothing open.
     await Promise.allSettled(undo.reverse().map((fn) => fn()));
     for (const c of connections) c.disconnect();
     throw err;
+  } finally {
+    waitNote.end();
+  }
+}
+
+/** How often a start still waiting for Redis says so again. */
+const REDIS_WAIT_NOTE_MS = 30_000;
+
+/**
+ * Says at warn, while the start waits for Redis, which Redis it waits for and the option (or
+ * variable) that named it: at the first connection error, then every REDIS_WAIT_NOTE_MS while a
+ * connection is still not ready, until the start ends. A connection's error alone names neither,
+ * and a worker's start waits for Redis for as long as it takes, saying nothing else.
+ */
+class RedisWaitNote {
+  readonly #logger: Logger;
+  readonly #message: string;
+  readonly #connections: readonly Redis[];
+  #timer: NodeJS.Timeout | undefined;
+  #lastError: string | undefined;
+  #ended = false;
+
+  /** `target`: the Redis as redisTarget says it (its URL without a password, or the master and sentinels). */
+  constructor(logger: Logger, target: string, connections: readonly Redis[]) {
+    this.#logger = logger;
+    this.#message = `waiting for Redis at ${target}`;
+    this.#connections = connections;
+  }
+
+  /** A connection failed (its error as redisErrorText says it). */
+  failed(err: string): void {
+    this.#lastError = err;
+    if (this.#ended || this.#timer) return;
+    this.#logger.warn({ err }, this.#message);
+    this.#timer = setInterval(() => {
+      if (this.#connections.some((c) => c.status !== "ready")) this.#logger.warn({ err: this.#lastError }, this.#message);
+    }, REDIS_WAIT_NOTE_MS);
+    this.#timer.unref();
+  }
+
+  /** The start is over (started or failed): nothing more is said. */
+  end(): void {
+    this.#ended = true;
+    clearInterval(this.#timer);
   }
 }
 
@@ -83,6 +129,7 @@ async function startWith(
   opts: StartOptions,
   connections: Redis[],
   undo: Array<() => Promise<unknown>>,
+  waitNote: RedisWaitNote,
 ): Promise<Running> {
   // Each connection's last error, redacted, until it is ready again: what readiness says of a Redis
   // that is not connected (its status alone, connecting or reconnecting, says nothing of why).
@@ -104,10 +151,13 @@ async function startWith(
       // the first. No sentinel was asked: not an outage.
       if (/^All sentinels are unreachable\. Retrying from scratch after \d+ms\.$/.test(errorMessage(err))) {
         logger.debug("redis sentinel list read to its end: asking from the first sentinel again");
+        // During the start no connection found the master yet: every sentinel was asked, in vain.
+        waitNote.failed("all sentinels unreachable");
         return;
       }
       const said = redisErrorText(err, passwords);
       lastErrors.set(c, said);
+      waitNote.failed(said);
       if (warn && !warned.has(said) && warned.size < WARNED_MAX) {
         warned.add(said);
         logger.warn({ err: said }, "redis connection error");
