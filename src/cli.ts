@@ -23,7 +23,12 @@ import { statusCommand } from "./cli/status.ts";
 function unreadableConfig(path: string, err: unknown): string {
   const code = (err as NodeJS.ErrnoException).code;
   if (code === "ENOENT") return `no config at ${path}: pass --config FILE or set JITRUNNER_CONFIG; start from deploy/jitrunner.example.yml`;
-  if (code === "EISDIR") return `cannot read config ${path} (a directory: Docker creates one when a bind-mounted file does not exist; remove it and create the file)`;
+  if (code === "EISDIR") {
+    return (
+      `cannot read config ${path} (a directory: Docker creates one when a bind-mounted file does not exist; remove it and create the file. ` +
+      "Under Compose, the file mounted at /etc/jitrunner/jitrunner.yml is ./jitrunner.yml beside docker-compose.yml: remove the directory there and copy deploy/jitrunner.example.yml to it)"
+    );
+  }
   if (code === "EACCES") {
     const uid = process.getuid?.();
     return `cannot read config ${path} (EACCES): it must be readable by the user jitrunner runs as${uid === undefined ? "" : ` (uid ${uid})`}; the container image runs as uid 1000 unless started as root (the Compose files' user: root)`;

@@ -362,7 +362,8 @@ test("a config file that is missing, or a directory (Compose bind-mounting a fil
   assert.equal(r.code, 1, r.out);
   assert.equal(
     r.out,
-    `jitrunner: cannot read config ${mounted} (a directory: Docker creates one when a bind-mounted file does not exist; remove it and create the file)\n`,
+    `jitrunner: cannot read config ${mounted} (a directory: Docker creates one when a bind-mounted file does not exist; remove it and create the file. ` +
+      "Under Compose, the file mounted at /etc/jitrunner/jitrunner.yml is ./jitrunner.yml beside docker-compose.yml: remove the directory there and copy deploy/jitrunner.example.yml to it)\n",
   );
 });
 
