@@ -1,4 +1,4 @@
-import { describeOutcome, formatAge, RUNNER_STATES, type StateCounts, type StatusSnapshot } from "../state/status.ts";
+import { describeJob, formatAge, RUNNER_STATES, type StateCounts, type StatusSnapshot } from "../state/status.ts";
 
 const CELL_MAX = 60;
 
@@ -78,7 +78,7 @@ export function renderStatusText(s: StatusSnapshot): string {
       j.repo,
       j.name ?? "",
       j.pool ?? "none",
-      describeOutcome(j.outcome, j.conclusion),
+      describeJob(j),
       j.runner ?? "",
     ]),
     "no jobs seen yet",

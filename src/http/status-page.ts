@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { describeOutcome, formatAge, RUNNER_STATES, type StateCounts, type StatusSnapshot } from "../state/status.ts";
+import { describeJob, formatAge, RUNNER_STATES, type StateCounts, type StatusSnapshot } from "../state/status.ts";
 import { html, Html } from "./html.ts";
 
 /** Seconds between reloads of the page in the browser. */
@@ -145,7 +145,7 @@ function jobsSection(s: StatusSnapshot): Html {
   return section("jobs", "Recent jobs", s.jobs.length, () => html`<table>
 <thead><tr><th>When</th><th>Job</th><th>Repository</th><th>Workflow / job</th><th>Pool</th><th>Status</th><th>Runner</th></tr></thead>
 <tbody>${s.jobs.map(
-    (j) => html`<tr><td class="when">${ago(s.generatedAt, j.lastAt)}</td><td>${j.jobId}${j.runAttempt > 1 ? html` <span class="muted">(attempt ${j.runAttempt})</span>` : ""}</td><td>${j.repo}</td><td>${j.workflow ?? ""}${j.workflow && j.name ? " / " : ""}${j.name ?? ""}</td><td>${j.pool ?? html`<span class="muted">none</span>`}</td><td class="${j.conclusion && j.conclusion !== "success" ? "bad" : ""}">${describeOutcome(j.outcome, j.conclusion)}</td><td><code>${j.runner ?? ""}</code></td></tr>`,
+    (j) => html`<tr><td class="when">${ago(s.generatedAt, j.lastAt)}</td><td>${j.jobId}${j.runAttempt > 1 ? html` <span class="muted">(attempt ${j.runAttempt})</span>` : ""}</td><td>${j.repo}</td><td>${j.workflow ?? ""}${j.workflow && j.name ? " / " : ""}${j.name ?? ""}</td><td>${j.pool ?? html`<span class="muted">none</span>`}</td><td class="${(j.conclusion && j.conclusion !== "success") || j.launchFailed ? "bad" : ""}">${describeJob(j)}</td><td><code>${j.runner ?? ""}</code></td></tr>`,
   )}</tbody></table>`, "No jobs seen yet.");
 }
 

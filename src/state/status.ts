@@ -72,6 +72,13 @@ export interface RunnerStatus {
 
 export interface JobStatus extends JobSummary {
   /**
+   * A job still queued whose last launch failure was final (its demand failed: out of launch
+   * attempts, or an error that ends it): the failure's code. Its outcome is then `launch_failed`:
+   * nothing launches for it until the reconciler gives it fresh attempts
+   * (reconcile.retryFailedDemandSeconds), a later attempt fails again (not for good), or it starts.
+   */
+  launchFailed?: string;
+  /**
    * The pool that serves the job, by the ingress's rule (matchPoolForOwner): labels, and the
    * owner's account type where the job's events said it (an organization pool serves no user's
    * repository). Undefined when no pool does.
@@ -111,7 +118,8 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
     src.hosts ? attempt("hosts", () => src.hosts!.list(), []) : Promise.resolve([]),
     src.pending ? attempt("queue depth", () => src.pending!(poolNames), undefined) : Promise.resolve(undefined),
     src.activity ? attempt("recent jobs", () => src.activity!.recentJobEvents(), [] as JobEvent[]) : Promise.resolve([]),
-    src.activity ? attempt("recent failures", () => src.activity!.recentFailures(opts.failures ?? 20), [] as LaunchFailure[]) : Promise.resolve([]),
+    // All kept: a job's final failure is looked for among them, beyond the ones shown.
+    src.activity ? attempt("recent failures", () => src.activity!.recentFailures(), [] as LaunchFailure[]) : Promise.resolve([]),
   ]);
 
   const runners: RunnerStatus[] = records.map((r) => ({
@@ -157,8 +165,29 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
     };
   });
 
-  const jobs: JobStatus[] = summarizeJobs(events, opts.jobs ?? 30).map((j) => ({ ...j, pool: matchPoolForOwner(j.labels, src.pools, j.ownerType)?.name }));
-  return { generatedAt: now, pools, hosts, runners, jobs, failures, problems };
+  const jobs: JobStatus[] = summarizeJobs(events, opts.jobs ?? 30).map((j) => ({
+    ...j,
+    pool: matchPoolForOwner(j.labels, src.pools, j.ownerType)?.name,
+    ...finalFailureOf(j, failures),
+  }));
+  return { generatedAt: now, pools, hosts, runners, jobs, failures: failures.slice(0, opts.failures ?? 20), problems };
+}
+
+/**
+ * A job waiting for a runner whose latest launch failure since it was queued was final: shown as
+ * failed, not waiting (nothing launches for it until the reconciler's retry of failed demand).
+ */
+function finalFailureOf(job: JobSummary, failures: readonly LaunchFailure[]): Pick<JobStatus, "outcome" | "launchFailed"> | undefined {
+  if (job.outcome !== "queued") return undefined;
+  // Newest first, as read.
+  const last = failures.find((f) => f.jobId === job.jobId && f.repo === job.repo && f.at >= (job.queuedAt ?? job.lastAt));
+  return last && !last.retryable ? { outcome: "launch_failed", launchFailed: last.reason } : undefined;
+}
+
+/** What the job's row says of it: its outcome in words (describeOutcome), or its final launch failure. */
+export function describeJob(job: Pick<JobStatus, "outcome" | "conclusion" | "launchFailed">): string {
+  if (job.outcome === "launch_failed") return `launch failed (final): ${job.launchFailed ?? "error"}`;
+  return describeOutcome(job.outcome, job.conclusion);
 }
 
 function hostHealth(record: { capacity: number; draining: boolean } | undefined, stoppedCleanly?: boolean): HostHealth {

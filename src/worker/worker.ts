@@ -953,7 +953,6 @@ export class RunnerWorker {
         await lease.postpone(ms).catch(() => undefined);
         return;
       }
-      log.warn({ attempt: lease.attempt, retryable, err: errorMessage(err) }, "demand failed; returned to the queue");
       const failed = await lease.fail(err instanceof Error ? err : new Error(String(err)), !retryable).then(
         () => true,
         () => false,
@@ -962,6 +961,8 @@ export class RunnerWorker {
       // when the fail did not land (the lease lost to another holder, Redis away), as the demand goes on.
       const final = failed && (!retryable || lease.attempt >= lease.attempts);
       if (final) this.#d.metrics.demandFailed(pool.name);
+      if (final) log.error({ attempt: lease.attempt, retryable, err: errorMessage(err) }, finalFailure(lease, err));
+      else log.warn({ attempt: lease.attempt, retryable, err: errorMessage(err) }, "demand failed; returned to the queue");
       await this.#d.activity?.launchFailure(demand, lease.attempt, err, final).catch(() => undefined);
     }
   }
@@ -2226,6 +2227,15 @@ function idlingOut(spare: Spare): boolean {
 /** Whether a runner is registered where the pool's warm runners go now (its `warm` target). */
 function atWarmTarget(pool: PoolConfig, record: RunnerRecord): boolean {
   return pool.warm !== undefined && registeredAt(pool, record, { ...pool.warm, repo: pool.warm.repo ?? "" });
+}
+
+/**
+ * What a demand's final launch failure says: nothing launches for its job until the reconciler's
+ * github-queued loop gives it fresh attempts (reconcile.retryFailedDemandSeconds after the
+ * failure, if GitHub still lists the job as queued; 0 turns that off).
+ */
+function finalFailure(lease: Lease, err: unknown): string {
+  return `demand failed for good (attempt ${lease.attempt} of ${lease.attempts}): ${redact(errorMessage(err))}; tried again by the reconciler after reconcile.retryFailedDemandSeconds if GitHub still has it queued`;
 }
 
 function sleep(ms: number): Promise<void> {

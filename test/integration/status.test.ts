@@ -20,7 +20,9 @@ import { ActivityLog } from "../../src/state/activity.ts";
 import { DeliveryLog } from "../../src/state/deliveries.ts";
 import { HostStore } from "../../src/state/hosts.ts";
 import { RunnerStore, type RunnerRecord } from "../../src/state/runners.ts";
-import { collectStatus } from "../../src/state/status.ts";
+import { collectStatus, describeJob } from "../../src/state/status.ts";
+import { renderStatusText } from "../../src/cli/status-text.ts";
+import { renderStatusPage } from "../../src/http/status-page.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 import { examplesOf, queuedPayload, signedHeaders } from "../helpers/webhooks.ts";
@@ -367,5 +369,55 @@ test("a job's pool on the status is the one the ingress chose: an organization p
     );
   } finally {
     await ownedQueues.close();
+  }
+});
+
+test("a job whose launch failed for good shows as failed, not waiting for a runner, until a later attempt or its start says otherwise", async () => {
+  const prefix = `${redis.prefix}:final`;
+  const finalQueues = new DemandQueues({ redisUrl: redis.url, prefix, attempts: 3 }, conn);
+  const log = new ActivityLog(conn, prefix);
+  const ingress = new Ingress({
+    config,
+    demand: finalQueues,
+    runners: new RunnerStore(conn, prefix),
+    deliveries: new DeliveryLog(conn, prefix),
+    metrics: new Metrics({ processMetrics: false }),
+    logger: pino({ level: "silent" }),
+    activity: log,
+  });
+  try {
+    const queued = (jobId: number) => ingress.handle({ event: "workflow_job", deliveryId: `final-${jobId}`, receivedAt: Date.now(), payload: queuedPayload({ jobId, labels: ["self-hosted", "gpu"] }) });
+    const demand = (jobId: number) => ({ pool: "gpu", jobId, owner: "acme", repo: "app" });
+    const missing = Object.assign(new Error("create container failed (404): No such image: runner-gpu:2"), { code: "E_DOCKER" });
+    for (const id of [9201, 9202, 9203, 9204]) assert.equal(await queued(id), "queued");
+    // 9201: its last attempt failed; 9202: a try that is tried again; 9204: failed for good, then tried again by the reconciler and failing again, not for good.
+    await log.launchFailure(demand(9201), 1, missing, false);
+    await log.launchFailure(demand(9201), 3, missing, true);
+    await log.launchFailure(demand(9202), 1, missing, false);
+    await log.launchFailure(demand(9204), 3, missing, true);
+    await log.launchFailure(demand(9204), 1, missing, false);
+    // 9203: failed for good, then started (the reconciler's fresh attempts launched its runner, its record gone since).
+    await log.launchFailure(demand(9203), 3, missing, true);
+    const started = structuredClone(examplesOf("workflow_job").find((e) => e.action === "in_progress")!);
+    started.workflow_job = { ...started.workflow_job, id: 9203, run_attempt: 1, runner_name: "jitrunner-gpu-0000final1", labels: ["self-hosted", "gpu"] };
+    Object.assign(started, { installation: { id: 1 }, repository: queuedPayload({ jobId: 9203, labels: [] }).repository });
+    await ingress.handle({ event: "workflow_job", deliveryId: "final-9203-started", receivedAt: Date.now() + 1, payload: started });
+
+    const snapshot = await collectStatus({ pools: config.pools, runners: new RunnerStore(conn, prefix), activity: log });
+    const row = (jobId: number) => snapshot.jobs.find((j) => j.jobId === jobId)!;
+    assert.deepEqual(
+      [9201, 9202, 9203, 9204].map((id) => [id, describeJob(row(id))]),
+      [
+        [9201, "launch failed (final): E_DOCKER"],
+        [9202, "waiting for a runner"],
+        [9203, "ran on a runner no longer recorded"],
+        [9204, "waiting for a runner"],
+      ],
+    );
+    assert.equal(row(9201).launchFailed, "E_DOCKER");
+    assert.match(renderStatusText(snapshot), /^\S+ ago +9201 +acme\/app +.* +gpu +launch failed \(final\): E_DOCKER$/m);
+    assert.match(renderStatusPage(snapshot), /<td class="bad">launch failed \(final\): E_DOCKER<\/td>/);
+  } finally {
+    await finalQueues.close();
   }
 });

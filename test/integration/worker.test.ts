@@ -65,6 +65,17 @@ test("a launch that fails after registration deletes the registration and leaves
       return all.length >= 2 && all;
     }, 10_000, "both tries on the status page").finally(() => conn.disconnect());
     assert.deepEqual(failures.map((f) => [f.attempt, f.reason, f.retryable]), [[2, "E_DOCKER", false], [1, "E_DOCKER", true]]);
+    // The first try goes back to the queue (warn); the last is said at error, with what comes next.
+    const said = (msg: RegExp) => sys.logs().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { level: number; msg: string }).filter((l) => msg.test(l.msg));
+    assert.deepEqual(said(/^demand failed; returned to the queue$/).map((l) => l.level), [40], "the first try, at warn");
+    const final = said(/^demand failed for good/);
+    assert.equal(final.length, 1, sys.logs().slice(-3000));
+    assert.equal(final[0]!.level, 50, "at error");
+    assert.match(final[0]!.msg, /^demand failed for good \(attempt 2 of 2\): create container failed \(404\): No such image: jitrunner-no-such-image:never; tried again by the reconciler after reconcile\.retryFailedDemandSeconds if GitHub still has it queued$/);
+    // And the status: failed, not waiting for a runner.
+    const page = await (await fetch(`${sys.url}/`)).text();
+    assert.match(page, new RegExp(`<td>${job.id}</td>.*<td class="bad">launch failed \\(final\\): E_DOCKER</td>`));
+    assert.doesNotMatch(page, /waiting for a runner/);
     assert.match(sys.logs(), /create container failed \(404\)/);
     const removed = sys.logs().split("\n").filter((l) => l.includes('"msg":"runner removed"'));
     assert.ok(removed.length > 0);
