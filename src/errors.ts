@@ -65,12 +65,19 @@ export class StartAbortedError extends JitrunnerError {
   }
 }
 
-/** The Docker engine refused or failed an operation. */
+/**
+ * The Docker engine refused or failed an operation (E_DOCKER), or this host's engine lacks what a
+ * launch needs (`code`: E_IMAGE_MISSING, a pool's image not on it). Either is this host's, not the
+ * job's: the demand is tried again, by another host perhaps.
+ */
 export class DockerError extends JitrunnerError {
-  constructor(message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
-    super("E_DOCKER", message, { retryable: opts.retryable ?? true, cause: opts.cause });
+  constructor(message: string, opts: { retryable?: boolean; cause?: unknown; code?: string } = {}) {
+    super(opts.code ?? "E_DOCKER", message, { retryable: opts.retryable ?? true, cause: opts.cause });
   }
 }
+
+/** A launch's pool image is not on this host's Docker engine (workers never pull). */
+export const IMAGE_MISSING = "E_IMAGE_MISSING";
 
 /**
  * GitHub failed the call, not the caller: no answer (a time limit, a refused connection), 408, a

@@ -210,6 +210,18 @@ export class DockerodeDriver implements RunnerDriver {
     return this.#cgroupV2Asked;
   }
 
+  async hasImage(image: string): Promise<boolean> {
+    try {
+      // dockerode's image inspect takes no abortSignal: past the limit the call fails all the
+      // same, its request left to end by itself.
+      await this.#limited("inspect image", this.#callMs, () => this.#docker.getImage(image).inspect());
+      return true;
+    } catch (err) {
+      if (statusOf(err) === 404) return false;
+      throw this.#failed("inspect image", err);
+    }
+  }
+
   async create(spec: RunnerSpec): Promise<string> {
     try {
       // The options go to the engine as the request body: they hold the JIT config, so no error

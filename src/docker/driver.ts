@@ -32,6 +32,11 @@ export interface RunnerDriver {
    * of that name exists that lets its containers reach each other (not one jitrunner made).
    */
   ensureRunnerNetwork(): Promise<void>;
+  /**
+   * Whether the engine has `image` (an image inspect: 404 is false). Rejects (DockerError) when
+   * the engine fails to say. Never pulls.
+   */
+  hasImage(image: string): Promise<boolean>;
   create(spec: RunnerSpec): Promise<string>;
   start(id: string): Promise<void>;
   /** Resolves when the container stops (or is gone), or when `signal` aborts. */

@@ -333,6 +333,7 @@ export type UnverifiedOutcome = "unsigned" | "bad_signature" | "too_large" | "un
 const LAUNCH_FAILURE_REASONS = [
   "E_GITHUB",
   "E_DOCKER",
+  "E_IMAGE_MISSING",
   "E_REDIS_UNAVAILABLE",
   "E_REDIS_REFUSED",
   "E_RUNNER_NEVER_ONLINE",

@@ -10,6 +10,7 @@ import type { GitHubClient, JitRunner, RunnerScope } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { runnerName } from "./names.ts";
+import { PoolImages } from "./pool-images.ts";
 import type { RunnerEvents } from "./runner-events.ts";
 import { Slots } from "./slots.ts";
 
@@ -105,6 +106,8 @@ export class Launcher {
   readonly tracked = new Map<string, Tracked>();
   /** This process among the host's workers, past and present: written on each record it launches. */
   readonly instance = randomUUID();
+  /** Whether pools' images are on the engine: asked before each registration (see launch). */
+  readonly images: PoolImages;
   readonly #d: LauncherDeps;
   /** Starts wait here in order: see DEFAULT_CONCURRENT_STARTS. */
   readonly #starts: Slots;
@@ -112,6 +115,7 @@ export class Launcher {
   constructor(deps: LauncherDeps) {
     this.#d = deps;
     this.#starts = new Slots(deps.concurrentStarts ?? Number.POSITIVE_INFINITY);
+    this.images = new PoolImages(deps.driver);
   }
 
   /**
@@ -119,10 +123,12 @@ export class Launcher {
    * the container: when it says false, the registration is deleted and the launch ends in NotNeeded.
    * `stop` (the worker stopping) ends a launch still waiting to ask for its registration (a full
    * write budget, a wait GitHub asked of another call) in NotSentError; one that has asked goes on
-   * to the end.
+   * to the end. A pool image missing on the engine fails the launch first (E_IMAGE_MISSING, a
+   * DockerError), with nothing registered or recorded: workers never pull.
    */
   async launch(target: LaunchTarget, pool: PoolConfig, log: Logger, needed?: Promise<boolean>, stop?: AbortSignal): Promise<Tracked> {
     const d = this.#d;
+    await this.images.require(pool);
     let name = runnerName(d.namePrefix, pool.name);
     const record: RunnerRecord = {
       name,

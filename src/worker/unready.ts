@@ -11,6 +11,8 @@ export const UNREADY = {
   takingDemand: "worker: taking demand failing",
   poolLimit: "worker: pool limit check failing",
   launches: "worker: launches failing",
+  /** A pool's image is not on the engine (E_IMAGE_MISSING): launches fail before registering. */
+  imageMissing: "worker: pool image missing on the engine",
   hostLoop: "worker: host reconcile failing",
 } as const;
 

@@ -4,7 +4,7 @@ import type { PoolConfig } from "../config/load.ts";
 import { DEFAULT_STOP_TIMEOUT_SECONDS } from "../config/schema.ts";
 import { LABEL, MANAGED_BY, RUNNER_NETWORK, registeredFromLabels } from "../docker/labels.ts";
 import type { RunnerContainer, RunnerDriver } from "../docker/driver.ts";
-import { DockerError, JitrunnerError, LeaseLostError, NotSentError, errorMessage, githubUnavailable, redact } from "../errors.ts";
+import { DockerError, IMAGE_MISSING, JitrunnerError, LeaseLostError, NotSentError, errorMessage, githubUnavailable, redact } from "../errors.ts";
 import type { GitHubClient } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { Lease } from "../queue/demand-queue.ts";
@@ -19,6 +19,7 @@ import { atMost, every, linkedSignal } from "../timers.ts";
 import { JobChecks } from "./job-checks.ts";
 import { needsRunner } from "./still-queued.ts";
 import { Problems, UNREADY, type UnreadyReason } from "./unready.ts";
+import { missingImage } from "./pool-images.ts";
 import type { RunnerEvents } from "./runner-events.ts";
 import { WarmExposure, type ExposureTarget } from "./warm-exposure.ts";
 
@@ -314,6 +315,8 @@ export class RunnerWorker {
   /** Whether each warm pool's runners may register where they would (public repositories). */
   readonly #exposure: WarmExposure;
   readonly #problems = new Problems();
+  /** Served pools' images found missing on the engine: said once each, until found there (#checkImages). */
+  readonly #imagesMissing = new Set<string>();
   #drained: (() => void) | undefined;
   /** Resolves when an operator's drain has finished: no demand held, no runner left. */
   readonly drained: Promise<void>;
@@ -351,6 +354,7 @@ export class RunnerWorker {
 
   async start(): Promise<void> {
     await this.#d.driver.ping();
+    await this.#checkImages();
     // Before any launch: a network of that name that lets runners reach each other stops the start.
     if (this.#d.pools.some((p) => p.networkMode === RUNNER_NETWORK)) await this.#d.driver.ensureRunnerNetwork();
     await this.#presence.start();
@@ -837,6 +841,8 @@ export class RunnerWorker {
         // job cancelled meanwhile is likelier there and would waste a registration; so does demand
         // for a job attempt seen before (a late copy of its `queued` delivery: Demand.seenBefore).
         const fresh = lease.attempt === 1 && !demand.seenBefore && Date.now() - demand.receivedAt < (this.#d.overlapStillQueuedCheckSeconds ?? 0) * 1000;
+        // Nothing is asked of GitHub for a launch this engine lacks the image of (see PoolImages).
+        await this.#d.launcher.images.require(pool);
         // The first line of the job's launch: its registration may wait minutes on a slow GitHub.
         log.info({ attempt: lease.attempt }, "launching a runner");
         let checking = this.#d.checkStillQueued;
@@ -931,7 +937,7 @@ export class RunnerWorker {
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
       // A job the config refuses (its runner group) says nothing of this worker's health.
       if (!CONFIG_REFUSALS.has((err as { code?: string }).code ?? "")) {
-        this.#noteError(`launch:${pool.name}`, UNREADY.launches, `launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+        this.#noteError(`launch:${pool.name}`, launchProblem(err), `launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       }
       if (engineGone) {
         await this.#d.activity?.launchFailure(demand, lease.attempt, err, false).catch(() => undefined);
@@ -1269,7 +1275,7 @@ export class RunnerWorker {
       await this.#freeSparePlaces(pool, holder);
       if (err instanceof NotSentError) return false;
       this.#d.metrics.launchFailed(pool.name, (err as { code?: string }).code ?? "error");
-      this.#noteError(`warm:${pool.name}`, UNREADY.launches, `warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
+      this.#noteError(`warm:${pool.name}`, launchProblem(err), `warm runner launch for pool ${pool.name} failed: ${errorMessage(err)}`, false);
       return false;
     } finally {
       this.#warmLaunches.delete(holder);
@@ -1741,6 +1747,7 @@ export class RunnerWorker {
       } finally {
         onListed?.(listed);
       }
+      await this.#checkImages();
       await this.#sweepGoneHosts(log, pass);
       const failed = pass.summary();
       if (failed) throw failed;
@@ -1751,6 +1758,24 @@ export class RunnerWorker {
       this.#noteError("host", UNREADY.hostLoop, `host reconcile failed: ${errorMessage(err)}`, false);
     }
     return listed;
+  }
+
+  /**
+   * Warns once per image when a served pool's image is not on the engine, at start and on each
+   * host loop pass: no start failure, as an operator may build or pull it afterwards (workers never
+   * pull); meanwhile each launch for the pool fails E_IMAGE_MISSING before registering. Said at
+   * info once it is there. An engine that cannot say is left to the launches and the host loop.
+   */
+  async #checkImages(): Promise<void> {
+    for (const pool of this.#d.pools) {
+      const found = await this.#d.launcher.images.has(pool.image).catch(() => undefined);
+      if (found === false && !this.#imagesMissing.has(pool.image)) {
+        this.#imagesMissing.add(pool.image);
+        this.#d.logger.warn({ pool: pool.name, image: pool.image }, `${missingImage(pool)}; each launch for the pool fails (${IMAGE_MISSING}) until it is`);
+      } else if (found && this.#imagesMissing.delete(pool.image)) {
+        this.#d.logger.info({ pool: pool.name, image: pool.image }, `image ${pool.image} of pool ${pool.name} is on this Docker engine now`);
+      }
+    }
   }
 
   /** Whether the host's containers were listed (each one's handling may still have failed: it is tried again next pass). */
@@ -2227,6 +2252,11 @@ function idlingOut(spare: Spare): boolean {
 /** Whether a runner is registered where the pool's warm runners go now (its `warm` target). */
 function atWarmTarget(pool: PoolConfig, record: RunnerRecord): boolean {
   return pool.warm !== undefined && registeredAt(pool, record, { ...pool.warm, repo: pool.warm.repo ?? "" });
+}
+
+/** Why a failed launch makes the worker unready: a pool image missing on the engine, or a launch failure. */
+function launchProblem(err: unknown): UnreadyReason {
+  return (err as { code?: string }).code === IMAGE_MISSING ? UNREADY.imageMissing : UNREADY.launches;
 }
 
 /**

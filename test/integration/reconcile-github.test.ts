@@ -276,7 +276,7 @@ test("failed demand is given fresh attempts at most 10 jobs a pass: a pool that 
   hosts.push(host);
   const JOBS = 12;
   const sys = await startSystem("all", fake, r, host, {
-    // Every launch fails at its create (no such image), and one failure spends the demand.
+    // Every launch fails at its image check (no such image on the engine), and one failure spends the demand.
     pools: [fakeRunnerPool(fake, { image: "jitrunner-no-such-image:never" })],
     worker: worker(host, { launchAttempts: 1 }),
     reconcile: { leaderLockSeconds: 2, runnersIntervalSeconds: 3600, queuedIntervalSeconds: 3, deliveriesIntervalSeconds: 0, retryFailedDemandSeconds: 1 },

@@ -11,7 +11,8 @@ import { test } from "node:test";
 import { FakeGitHub } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
 import { waitFor } from "../helpers/process.ts";
-import { callsTo, containersOf, demandIn, demandState, fakeRunnerPool, scopedRedis, startSystem, uniqueHost, workersForFile, type SystemUnderTest } from "../helpers/system.ts";
+import { CREATE_CONTAINER, startDockerProxy } from "../helpers/docker-proxy.ts";
+import { callsTo, containersOf, demandIn, demandState, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile, type SystemUnderTest } from "../helpers/system.ts";
 import { redisConnection } from "../../src/queue/demand-queue.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 
@@ -79,9 +80,10 @@ test("a stopping worker that waits for a registration's answer says every 10 s w
   const r = scopedRedis(redis, "stop-progress");
   hosts.push(host);
   const github = { appId: fake.appId, apiUrl: fake.url, overlapStillQueuedCheckSeconds: 0 };
-  // The container is never made: the image does not exist (the launch fails after the answer).
-  const pools = [fakeRunnerPool(fake, { image: "jitrunner-no-such-image:never" })];
-  const server = await startSystem("server", fake, r, host, { github, pools });
+  // The container is never made: the engine refuses its create (the launch fails after the answer).
+  const proxy = await startDockerProxy();
+  proxy.fail("POST", CREATE_CONTAINER, `No such image: ${RUNNER_IMAGE}`, 404);
+  const server = await startSystem("server", fake, r, host, { github });
   let worker: SystemUnderTest | undefined;
   let closed = false;
   try {
@@ -89,7 +91,7 @@ test("a stopping worker that waits for a registration's answer says every 10 s w
     await demandIn(r, `${job.id}-1`, "waiting", 10_000);
     // The registration is asked for, and answered 13 s later: a sent registration is waited for.
     fake.inject({ route: JIT, delayMs: 13_000, times: 1 });
-    worker = await startSystem("worker", fake, r, host, { github, pools });
+    worker = await startSystem("worker", fake, r, host, { github, worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, docker: { socketPath: proxy.socketPath } } });
     await waitFor(() => callsTo(fake, JOB) === 1, 20_000, "the still-queued check answered");
     await sleep(1000); // the registration on its way
     await worker.close();
@@ -102,5 +104,6 @@ test("a stopping worker that waits for a registration's answer says every 10 s w
     if (!closed) await worker?.close();
     await server.close();
     await fake.close();
+    await proxy.close();
   }
 });

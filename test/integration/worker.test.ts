@@ -12,7 +12,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import { FakeGitHub, type FakeJob } from "../fakes/github/index.ts";
 import { WEBHOOK_SECRET } from "../helpers/config.ts";
-import { LIST_CONTAINERS, startDockerProxy } from "../helpers/docker-proxy.ts";
+import { CREATE_CONTAINER, LIST_CONTAINERS, startDockerProxy } from "../helpers/docker-proxy.ts";
 import { writeOperatorConfig } from "../helpers/operator-config.ts";
 import { runJitrunner, waitFor, writeLogTail } from "../helpers/process.ts";
 import { callsTo, containersOf, demandIn, demandState, docker, fakeRunnerPool, firstHostPass, goneHost, hostPasses, ourContainer, registerRunner, RUNNER_IMAGE, scopedRedis, startSystem, uniqueHost, workersForFile } from "../helpers/system.ts";
@@ -34,9 +34,11 @@ test("a launch that fails after registration deletes the registration and leaves
   const host = uniqueHost("fail");
   const r = scopedRedis(redis, "fail");
   hosts.push(host);
+  // The image is there when the launch looks, and gone by its create (removed meanwhile): the engine refuses the create.
+  const proxy = await startDockerProxy();
+  const refused = proxy.fail("POST", CREATE_CONTAINER, `No such image: ${RUNNER_IMAGE}`, 404);
   const sys = await startSystem("all", fake, r, host, {
-    pools: [fakeRunnerPool(fake, { image: "jitrunner-no-such-image:never" })],
-    worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, launchAttempts: 2 },
+    worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, launchAttempts: 2, docker: { socketPath: proxy.socketPath } },
   });
   try {
     // Exported at 0 from the start: a counter first seen at 1 shows Prometheus no increase.
@@ -50,6 +52,7 @@ test("a launch that fails after registration deletes the registration and leaves
     await waitFor(() => callsTo(fake, DELETE, "DELETE") >= 1 && callsTo(fake, JIT) >= 1, 30_000, "registration deleted after the failed create");
     await demandIn(r, `${job.id}-1`, "failed", 30_000);
     assert.equal(callsTo(fake, JIT), 2, "tried again: another host may have the image (2 launch attempts)");
+    assert.equal(refused.answered, 2);
     assert.equal(callsTo(fake, JIT), callsTo(fake, DELETE, "DELETE"), "every registration made was deleted");
     assert.equal(fake.runners().length, 0);
     assert.equal((await containersOf(host)).length, 0);
@@ -71,7 +74,7 @@ test("a launch that fails after registration deletes the registration and leaves
     const final = said(/^demand failed for good/);
     assert.equal(final.length, 1, sys.logs().slice(-3000));
     assert.equal(final[0]!.level, 50, "at error");
-    assert.match(final[0]!.msg, /^demand failed for good \(attempt 2 of 2\): create container failed \(404\): No such image: jitrunner-no-such-image:never; tried again by the reconciler after reconcile\.retryFailedDemandSeconds if GitHub still has it queued$/);
+    assert.match(final[0]!.msg, /^demand failed for good \(attempt 2 of 2\): create container failed \(404\): No such image: \S+; tried again by the reconciler after reconcile\.retryFailedDemandSeconds if GitHub still has it queued$/);
     // And the status: failed, not waiting for a runner.
     const page = await (await fetch(`${sys.url}/`)).text();
     assert.match(page, new RegExp(`<td>${job.id}</td>.*<td class="bad">launch failed \\(final\\): E_DOCKER</td>`));
@@ -86,9 +89,66 @@ test("a launch that fails after registration deletes the registration and leaves
   } finally {
     await sys.close();
     await fake.close();
+    await proxy.close();
   }
 });
 
+
+test("a pool whose image is not on the engine: said once at start, not again each host pass; each launch fails E_IMAGE_MISSING with nothing registered at GitHub, and /readyz says an image is missing; once the image is built, said so, and a job runs", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  const host = uniqueHost("noimage");
+  const r = scopedRedis(redis, "noimage");
+  hosts.push(host);
+  // A tag of this test's own, made from the runner image once the worker has met it missing.
+  const repo = `jitrunner-test-missing-${host}`;
+  const image = `${repo}:latest`;
+  const sys = await startSystem("all", fake, r, host, {
+    pools: [fakeRunnerPool(fake, { image })],
+    worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 1, launchAttempts: 2 },
+  });
+  try {
+    const lines = () => sys.logs().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { level: number; msg: string });
+    const warned = () => lines().filter((l) => l.msg.startsWith(`image ${image} of pool default is not on this Docker engine`));
+    assert.deepEqual(warned().map((l) => [l.level, l.msg]), [[40, `image ${image} of pool default is not on this Docker engine: build or pull it on this host (workers never pull); each launch for the pool fails (E_IMAGE_MISSING) until it is`]], "said at start, at warn");
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    await demandIn(r, `${job.id}-1`, "failed", 60_000);
+    assert.equal(callsTo(fake, JIT), 0, "nothing registered at GitHub");
+    assert.equal(callsTo(fake, "/repos/{owner}/{repo}/actions/jobs/{job_id}"), 0, "nor the job asked about");
+    assert.equal(fake.runners().length, 0);
+    assert.equal((await containersOf(host)).length, 0);
+    const final = lines().filter((l) => l.msg.startsWith("demand failed for good"));
+    assert.equal(final.length, 1);
+    assert.match(final[0]!.msg, new RegExp(`^demand failed for good \\(attempt 2 of 2\\): image ${repo}:latest of pool default is not on this Docker engine: build or pull it on this host \\(workers never pull\\); tried again`));
+    const metrics = await (await fetch(`${sys.url}/metrics`)).text();
+    assert.match(metrics, /^jitrunner_launch_failures_total\{pool="default",reason="E_IMAGE_MISSING"\} 2$/m);
+    const conn = redisConnection(r.url);
+    const failures = await new ActivityLog(conn, r.prefix).recentFailures().finally(() => conn.disconnect());
+    assert.deepEqual(failures.map((f) => [f.attempt, f.reason, f.retryable]), [[2, "E_IMAGE_MISSING", false], [1, "E_IMAGE_MISSING", true]]);
+    // /readyz in fixed words: not the image's name.
+    const readyz = await fetch(`${sys.url}/readyz`);
+    assert.equal(readyz.status, 503);
+    assert.deepEqual(await readyz.json(), { status: "unready", problems: ["worker: pool image missing on the engine"] });
+    // Host passes since: said once all the same.
+    const passes = await hostPasses(sys, "ok");
+    await waitFor(async () => (await hostPasses(sys, "ok")) >= passes + 2, 30_000, "two more host passes");
+    assert.equal(warned().length, 1, "said once");
+
+    await docker.getImage(RUNNER_IMAGE).tag({ repo, tag: "latest" });
+    try {
+      await waitFor(() => lines().some((l) => l.level === 30 && l.msg === `image ${image} of pool default is on this Docker engine now`), 30_000, "the image found by a host pass");
+      // The runner launched for it takes whichever of the two queued jobs GitHub hands it.
+      await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+      await waitFor(() => fake.jobs().some((j) => j.status === "completed"), 120_000, "a job run");
+      await waitFor(async () => (await fetch(`${sys.url}/readyz`)).status === 200, 30_000, "ready once a launch succeeded");
+    } finally {
+      await sys.close();
+      await docker.getImage(image).remove().catch(() => undefined);
+    }
+  } finally {
+    await sys.close();
+    await fake.close();
+  }
+});
 /**
  * A job cancelled while queued, its `completed` webhook lost, reaches a worker. `overlap`: how the
  * worker's still-queued check runs (github.overlapStillQueuedCheckSeconds).
