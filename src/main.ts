@@ -4,6 +4,7 @@ import type { Logger } from "pino";
 import { secretsNeeded, type Config } from "./config/load.ts";
 import { DockerodeDriver, type DockerFiles } from "./docker/dockerode-driver.ts";
 import { ConfigError, errorMessage, JitrunnerError, redact, StartAbortedError } from "./errors.ts";
+import { AppCredentialsCheck } from "./github/app-check.ts";
 import { OctokitGitHub } from "./github/octokit-client.ts";
 import { buildApp, REQUEST_TIMEOUT_MS } from "./http/app.ts";
 import { Ingress } from "./ingress/ingress.ts";
@@ -227,6 +228,8 @@ async function startWith(
   let reconciler: Reconciler | undefined;
   let reconcilerQueues: DemandQueues | undefined;
   let github: OctokitGitHub | undefined;
+  /** The App's credentials, asked of GitHub once at start (and again while refused): processes that call GitHub. */
+  let appCheck: AppCredentialsCheck | undefined;
   let redis: Redis | undefined;
   if (mode !== "server") {
     redis = connect();
@@ -247,6 +250,7 @@ async function startWith(
       writes: { max: config.github.writesPerMinute, windowMs: 60_000 },
       concurrentCalls: config.github.concurrentCalls,
     });
+    appCheck = new AppCredentialsCheck({ github, logger });
     events = new RunnerEvents(connect(), runners.eventsChannel);
     const launcher = new Launcher({
       host,
@@ -318,6 +322,7 @@ async function startWith(
       if (redisProblem) problems.push(REDIS_UNAVAILABLE);
       if (w && !workerStarted) problems.push("worker: starting");
       if (w) problems.push(...w.problems);
+      if (appCheck?.problem) problems.push(appCheck.problem);
       return problems;
     },
     status: http && {
@@ -348,12 +353,15 @@ async function startWith(
     // Undone in close()'s order. A worker whose start fails stops what it started (RunnerWorker.start).
     let reconcilerUp = false;
     undo.push(async () => {
+      appCheck?.stop();
       if (reconcilerUp) await rec.close();
       if (workerStarted) await wk.stop();
       gh.close();
       await ev.close();
     });
     going();
+    // Not waited for: GitHub slow or away must not hold the start; a refusal makes the process unready.
+    appCheck?.start();
     await ev.start();
     going();
     await wk.start();
@@ -380,6 +388,7 @@ async function startWith(
           await worker?.stop();
         })(),
       ]);
+      appCheck?.stop();
       github?.close();
       // Each whatever the others do: one that fails leaves none of the rest, nor the quits, undone.
       const closed = await Promise.allSettled([http?.queues.close(), reconcilerQueues?.close(), events?.close()]);

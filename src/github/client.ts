@@ -146,6 +146,8 @@ export interface GitHubClient {
    * or until `opts.enough` says the jobs read so far are enough.
    */
   listRunJobs(installationId: number, owner: string, repo: string, runId: number, opts?: RunJobsOptions): Promise<WorkflowJobSummary[]>;
+  /** The App itself (`GET /app`, App JWT): its id and slug. A 401 says GitHub refuses the App's JWT (a wrong App id or key). */
+  getApp(opts?: CallOptions): Promise<{ id: number; slug?: string }>;
   /** The App's webhook deliveries, newest first, one page; `cursor` continues (App JWT). */
   listHookDeliveries(opts?: CallOptions & { cursor?: string }): Promise<{ deliveries: HookDelivery[]; next?: string }>;
   /** Asks GitHub to deliver a past delivery again (App JWT). */

@@ -721,6 +721,11 @@ export class OctokitGitHub implements GitHubClient {
     return out;
   }
 
+  async getApp(opts: CallOptions = {}): Promise<{ id: number; slug?: string }> {
+    const res = await this.#call("get app", () => this.#client(APP_INSTALLATION).request("GET /app", { request: { signal: opts.signal } }));
+    return { id: Number(res.data?.id), slug: res.data?.slug ?? undefined };
+  }
+
   async listHookDeliveries(opts: CallOptions & { cursor?: string } = {}): Promise<{ deliveries: HookDelivery[]; next?: string }> {
     const res = await this.#call("list hook deliveries", () =>
       this.#client(APP_INSTALLATION).request("GET /app/hook/deliveries", {
