@@ -188,10 +188,13 @@ export class Metrics {
    * A verified delivery. The signature covers its body, not its headers: anyone holding one signed
    * body (GitHub shows them under Recent deliveries) can send it again with any X-GitHub-Event, so
    * the event label is one of the names the ingress acts on, or `other`. The action comes from the
-   * signed body, so GitHub chose it (bounded to a name pattern all the same).
+   * signed body, yet the body may not be GitHub's (a holder of the webhook secret, a bug), so it is
+   * one of the actions GitHub documents for the event (DOCUMENTED_ACTIONS), `none` for a body
+   * without one, or `other`: one made-up action after another adds no series.
    */
   delivery(event: string, action: string, outcome: string): void {
-    this.#deliveries.inc({ event: LABELLED_EVENTS.has(event) ? event : "other", action: bounded(action), outcome });
+    const labelled = LABELLED_EVENTS.has(event) ? event : "other";
+    this.#deliveries.inc({ event: labelled, action: actionLabel(labelled, action), outcome });
   }
   /**
    * A request refused before its signature was checked (`too_large`: over the body limit;
@@ -263,8 +266,9 @@ export class Metrics {
   jobStarted(pool: string, waitSeconds: number): void {
     if (Number.isFinite(waitSeconds) && waitSeconds >= 0) this.#jobWait.observe({ pool }, waitSeconds);
   }
+  /** `conclusion`: GitHub's, or `unknown` for none; any other than GitHub documents counts as `other` (JOB_CONCLUSIONS). */
   jobFinished(pool: string, conclusion: string, seconds: number): void {
-    const c = /^[a-z_]{1,20}$/.test(conclusion) ? conclusion : "other";
+    const c = JOB_CONCLUSIONS.has(conclusion) ? conclusion : "other";
     if (Number.isFinite(seconds) && seconds >= 0) this.#jobDuration.observe({ pool, conclusion: c }, seconds);
   }
   /** Hosts from their heartbeats; a gone host has capacity 0 and an ever older heartbeat (its age on Redis's clock: HostStore.list). */
@@ -351,7 +355,23 @@ const WARM_REFUSALS = ["public_repository", "public_runner_group", "runner_group
 /** The events that get a label of their own: those the ingress acts on. */
 const LABELLED_EVENTS: ReadonlySet<string> = new Set(["workflow_job", "repository", "ping"]);
 
-/** Action names of verified deliveries (from the signed body): keep the label set bounded all the same. */
-function bounded(value: string): string {
-  return /^[a-z_]{1,40}$/.test(value) ? value : "other";
+/**
+ * The actions GitHub documents for the events labelled with their action (@octokit/openapi's
+ * webhook schemas); any other event's action is `other`.
+ */
+const DOCUMENTED_ACTIONS: Readonly<Record<string, ReadonlySet<string>>> = {
+  workflow_job: new Set(["queued", "waiting", "in_progress", "completed"]),
+  repository: new Set(["archived", "created", "deleted", "edited", "privatized", "publicized", "renamed", "transferred", "unarchived"]),
+};
+
+/** A verified delivery's action as a label: documented for its event, `none` (the body has none), or `other`. */
+function actionLabel(event: string, action: string): string {
+  if (action === "none") return action;
+  return DOCUMENTED_ACTIONS[event]?.has(action) ? action : "other";
 }
+
+/**
+ * A job's conclusions as GitHub documents them (@octokit/openapi: a job's, and a check run's
+ * `stale`), and `unknown` for a job that completed without one.
+ */
+const JOB_CONCLUSIONS: ReadonlySet<string> = new Set(["success", "failure", "neutral", "cancelled", "skipped", "timed_out", "action_required", "stale", "unknown"]);

@@ -153,13 +153,43 @@ test("every event GitHub sends (the names @octokit/webhooks lists, projects_v2_i
   const body = JSON.stringify({ action: "created", hook_id: 1 });
   const names = [...new Set(emitterEventNames.filter((n: string) => /^[a-z0-9_]+$/.test(n)))].filter((n) => !["workflow_job", "ping", "repository"].includes(n));
   assert.ok(names.length > 50 && names.includes("projects_v2_item"), `${names.length} event names`);
-  const count = async () => Number(/^jitrunner_webhook_deliveries_total\{event="other",action="created",outcome="ignored_event"\} (\d+)$/m.exec(await metrics.render())?.[1] ?? 0);
+  // Their actions are none of ours to label: `other`, one series however many there are.
+  const count = async () => Number(/^jitrunner_webhook_deliveries_total\{event="other",action="other",outcome="ignored_event"\} (\d+)$/m.exec(await metrics.render())?.[1] ?? 0);
   const before = await count();
   for (const name of names) {
     const res = await post(body, signedHeaders(name, body, WEBHOOK_SECRET));
     assert.deepEqual([res.statusCode, res.json().outcome], [202, "ignored_event"], name);
   }
   assert.equal(await count(), before + names.length);
+});
+
+test("signed bodies with made-up actions or conclusions add no series of their own: counted as `other`", async () => {
+  const sample = (text: string, series: string) => Number(text.split("\n").find((l) => l.startsWith(`${series} `))?.split(" ")[1] ?? 0);
+  const before = await metrics.render();
+  const send = async (event: string, p: object) => {
+    const body = JSON.stringify(p);
+    return (await post(body, signedHeaders(event, body, WEBHOOK_SECRET))).json().outcome;
+  };
+  for (const action of ["zz_a", "zz_b"]) {
+    assert.equal(await sendJob(action, 7_400_001, ["self-hosted", "linux"]), "ignored_action");
+    // This ingress acts on no `repository` event: counted all the same.
+    assert.equal(await send("repository", { action, repository: { name: "app", owner: { login: "acme" } } }), "ignored_event");
+  }
+  // A job that ran on a runner named as ours (none we know), with a conclusion GitHub never sends.
+  const p = queuedPayload({ jobId: 7_400_002, labels: ["self-hosted", "linux", "x64"] });
+  p.action = "completed";
+  p.workflow_job.status = "completed";
+  p.workflow_job.runner_name = `${config.runnerNamePrefix}-default-zzzzzzzzzz`;
+  p.workflow_job.conclusion = "zz_x";
+  p.workflow_job.started_at = p.workflow_job.created_at;
+  p.workflow_job.completed_at = p.workflow_job.created_at;
+  assert.equal(await send("workflow_job", p), "runner_unknown");
+  const text = await metrics.render();
+  assert.doesNotMatch(text, /"zz_/, "no label value a sender made up");
+  const added = (series: string) => sample(text, series) - sample(before, series);
+  assert.equal(added('jitrunner_webhook_deliveries_total{event="workflow_job",action="other",outcome="ignored_action"}'), 2);
+  assert.equal(added('jitrunner_webhook_deliveries_total{event="repository",action="other",outcome="ignored_event"}'), 2);
+  assert.equal(added('jitrunner_job_duration_seconds_count{pool="default",conclusion="other"}'), 1);
 });
 
 test("a queued job becomes one demand item; replays and redeliveries add nothing", async () => {
@@ -341,7 +371,8 @@ test("an in_progress or completed delivery whose claim was taken but not acted o
     p.workflow_job.completed_at = p.workflow_job.created_at;
     return JSON.stringify(p);
   };
-  const finished = async () => Number(/^jitrunner_job_duration_seconds_count\{pool="default",conclusion="[a-z_]+"\} (\d+)$/m.exec(await metrics.render())?.[1] ?? 0);
+  const finished = async () =>
+    [...(await metrics.render()).matchAll(/^jitrunner_job_duration_seconds_count\{pool="default",conclusion="[a-z_]+"\} (\d+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
   const before = await finished();
   for (const [action, state, outcome] of [["in_progress", "busy", "runner_busy"], ["completed", "completed", "runner_completed"]] as const) {
     const deliveryId = randomUUID();
