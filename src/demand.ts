@@ -30,8 +30,9 @@ export interface Demand {
    * True for demand a `queued` delivery added for a job attempt seen before whose item had ended or
    * is gone: GitHub queued the job again after an approval, or it is a late redelivery or a
    * captured body sent again under a new delivery id, of a job long served (or, rarely, the first
-   * delivery's own add was lost after its claim). The worker asks GitHub whether the job is still
-   * queued before it registers anything, as for demand that waited.
+   * delivery's own add was lost after its claim). Also set on demand a `waiting` delivery kept
+   * because the job was queued again first (DemandQueues.waitsForApproval). The worker asks GitHub
+   * whether the job is still queued before it registers anything, as for demand that waited.
    */
   seenBefore?: true;
   /**

@@ -29,6 +29,13 @@ export interface DemandSink {
    */
   cancel(pool: string, jobId: number, runAttempt: number, over?: boolean): Promise<boolean>;
   /**
+   * The job attempt waits for an approval: its demand still waiting is dropped ("dropped"; "none"
+   * if none was), unless a `queued` delivery of it came first (handled before this one, though
+   * GitHub sent it after: the approval's), which keeps it ("kept"), to be checked with GitHub
+   * before a runner is launched for it.
+   */
+  waitsForApproval(pool: string, jobId: number, runAttempt: number): Promise<"dropped" | "kept" | "none">;
+  /**
    * How the demand's item ended, if it has, and when: `completed` (its runner ran a job, this one
    * or another) or `failed` (it ran out of launch attempts).
    */
@@ -319,6 +326,7 @@ export class Ingress {
     if (outcome === "runner_busy") logger.info({ ...ids, runner: job.runner_name }, "runner busy");
     else if (outcome === "runner_completed") logger.info({ ...ids, runner: job.runner_name }, "runner completed its job");
     else if (outcome === "demand_cancelled" && event.action === "waiting") logger.info({ ...ids, pool }, "demand dropped: job waits for an approval");
+    else if (outcome === "demand_kept") logger.info({ ...ids, pool }, "demand kept: the job was queued again before its `waiting` was handled (approved already?); GitHub is asked before a runner is launched");
     else if (outcome === "demand_cancelled") logger.info({ ...ids, pool }, "demand dropped: job ended before it got a runner");
     else if (outcome === "not_ours" && isOurRunner(this.#deps.config.runnerNamePrefix, job.runner_name)) {
       logger.warn(
@@ -349,8 +357,9 @@ export class Ingress {
       }
       case "waiting":
         // Waiting for an approval, maybe for hours: a runner launched now would idle out. Once
-        // approved, GitHub queues the job again, and that delivery adds its demand again.
-        return this.#cancel(event);
+        // approved, GitHub queues the job again, and that delivery adds its demand again; or came
+        // first, and the demand is kept (DemandSink.waitsForApproval).
+        return this.#waiting(event);
       default:
         return { outcome: "ignored_action" };
     }
@@ -367,6 +376,15 @@ export class Ingress {
     if (!pool) return { outcome: unmatchedReason(job.labels) };
     const dropped = await this.#deps.demand.cancel(pool.name, job.id, job.run_attempt ?? 1, over);
     return { outcome: dropped ? "demand_cancelled" : "no_demand", pool: pool.name };
+  }
+
+  /** A `waiting` delivery, in the pool the job's labels and owner choose (as #cancel). */
+  async #waiting(event: WorkflowJobEvent): Promise<{ outcome: string; pool?: string }> {
+    const job = event.workflow_job;
+    const pool = matchPoolForOwner(job.labels, this.#deps.config.pools, event.repository.owner.type);
+    if (!pool) return { outcome: unmatchedReason(job.labels) };
+    const result = await this.#deps.demand.waitsForApproval(pool.name, job.id, job.run_attempt ?? 1);
+    return { outcome: result === "dropped" ? "demand_cancelled" : result === "kept" ? "demand_kept" : "no_demand", pool: pool.name };
   }
 
   /** Marks the runner the delivery names, if its record is that runner and not a namesake. */

@@ -22,24 +22,36 @@ const RELEASE_WAIT_MS = 3_000;
 /** A lease's lock when the settings name none (`worker.leaseSeconds`' default). */
 const DEFAULT_LEASE_MS = 30_000;
 
+/**
+ * How long a job attempt queued again (a new `queued` delivery of an attempt seen before: an
+ * approval's, or GitHub sending the event twice) keeps its note that it was: a `waiting` delivery
+ * handled within it keeps the demand rather than dropping it (see waitsForApproval). GitHub's
+ * reorderings are seconds apart; a wrong note costs one still-queued check, never a runner.
+ */
+export const REQUEUED_NOTE_TTL_SECONDS = 600;
+
 const CLAIM_REPLAYED = 0;
 const CLAIM_DUPLICATE = 1;
 /**
- * Claims each delivery of a batch (KEYS[2i-1]), then the job attempt it asks for (KEYS[2i]),
+ * Claims each delivery of a batch (KEYS[3i-2]), then the job attempt it asks for (KEYS[3i-1]),
  * atomically and in one command for the whole batch. Measured here, batches of 10 sent in one
  * write: a call of its own per claim cost the process 11-13 µs of CPU per claim, one call for the
- * batch 6-7 µs. ARGV[1] is the attempts' expiry; ARGV[2i] and ARGV[2i+1] are delivery i's claim
- * expiry and the pool it names. A replayed delivery never claims the attempt: were the config
- * changed between two copies of one delivery, the attempt could otherwise end up marked seen with
- * no demand behind it. Per delivery, in order, 0: it was claimed before (by an earlier call, or
- * earlier in this batch); 1: only the attempt was; 2: both are new.
+ * batch 6-7 µs. ARGV[1] is the attempts' expiry, ARGV[2] the requeued notes'; ARGV[2i+1] and
+ * ARGV[2i+2] are delivery i's claim expiry and the pool it names. A replayed delivery never claims
+ * the attempt: were the config changed between two copies of one delivery, the attempt could
+ * otherwise end up marked seen with no demand behind it. A new delivery of an attempt seen before
+ * leaves the attempt's requeued note (KEYS[3i]), in the same step, so that a `waiting` handled
+ * after it, however the two raced, knows the job was queued again (waitsForApproval). Per
+ * delivery, in order, 0: it was claimed before (by an earlier call, or earlier in this batch); 1:
+ * only the attempt was; 2: both are new.
  */
 const CLAIM_DELIVERIES_AND_ATTEMPTS = `
 local out = {}
-for i = 1, #KEYS / 2 do
-  if not redis.call('SET', KEYS[2 * i - 1], '1', 'EX', ARGV[2 * i], 'NX') then
+for i = 1, #KEYS / 3 do
+  if not redis.call('SET', KEYS[3 * i - 2], '1', 'EX', ARGV[2 * i + 1], 'NX') then
     out[i] = ${CLAIM_REPLAYED}
-  elseif not redis.call('SET', KEYS[2 * i], ARGV[2 * i + 1], 'EX', ARGV[1], 'NX') then
+  elseif not redis.call('SET', KEYS[3 * i - 1], ARGV[2 * i + 2], 'EX', ARGV[1], 'NX') then
+    redis.call('SET', KEYS[3 * i], '1', 'EX', ARGV[2])
     out[i] = ${CLAIM_DUPLICATE}
   else
     out[i] = 2
@@ -47,10 +59,11 @@ for i = 1, #KEYS / 2 do
 end
 return out`;
 
-/** One delivery of that script's batch: its claim, the attempt's seen key, and the pool it names. */
+/** One delivery of that script's batch: its claim, the attempt's seen key and requeued note, and the pool it names. */
 interface ClaimCall {
   claim: ClaimKey;
   seenKey: string;
+  requeuedKey: string;
   pool: string;
 }
 /** The script as ioredis defines it without a fixed key count: the count comes first. */
@@ -250,7 +263,7 @@ export class DemandQueues {
     const { pool } = demand;
     const seenKey = `${this.#settings.prefix}:seen:${id}`;
     if (claim) {
-      const claimed = await this.#claims.call({ claim, seenKey, pool });
+      const claimed = await this.#claims.call({ claim, seenKey, requeuedKey: this.#requeuedKey(demand.jobId, demand.runAttempt), pool });
       if (claimed === CLAIM_REPLAYED || claimed === CLAIM_DUPLICATE) {
         // As #held, with the item's state: one read all the same ("unknown" when not held).
         await earlier?.catch(() => undefined);
@@ -287,9 +300,9 @@ export class DemandQueues {
 
   /** One turn's claims: one call of the script for all of them. */
   async #claimAll(calls: ClaimCall[]): Promise<Array<number | Error>> {
-    const keys = calls.flatMap((c) => [c.claim.key, c.seenKey]);
+    const keys = calls.flatMap((c) => [c.claim.key, c.seenKey, c.requeuedKey]);
     const args = calls.flatMap((c) => [String(c.claim.ttlSeconds), c.pool]);
-    const replies = await (this.#redis as Redis & Claiming).jitrunnerClaimDemands(keys.length, ...keys, String(SEEN_TTL_SECONDS), ...args);
+    const replies = await (this.#redis as Redis & Claiming).jitrunnerClaimDemands(keys.length, ...keys, String(SEEN_TTL_SECONDS), String(REQUEUED_NOTE_TTL_SECONDS), ...args);
     return calls.map((_c, i) => replies[i] ?? new Error("the claim script returned fewer results than claims"));
   }
 
@@ -357,6 +370,48 @@ export class DemandQueues {
     if (dropped.includes(true)) return true;
     if (over) await this.#redis.set(`${this.#settings.prefix}:seen:${demandId(jobId, runAttempt)}`, pool, "EX", SEEN_TTL_SECONDS, "NX");
     return false;
+  }
+
+  /**
+   * A `waiting` delivery: its job waits for an approval, maybe for hours, so the attempt's demand
+   * still waiting (and its renewals) is dropped ("dropped"), as cancel does; "none" if none was.
+   * Unless the job was queued again meanwhile: GitHub does not keep its deliveries' order, and an
+   * approval's `queued` handled first found the item pending and added nothing (`duplicate`). Its
+   * claim left the attempt's requeued note (REQUEUED_NOTE_TTL_SECONDS): then the demand is kept,
+   * marked to be checked with GitHub before anything is registered for it (Demand.seenBefore), so
+   * that a note left by a `queued` GitHub merely sent twice launches nothing for a job that really
+   * waits ("kept"). The note is looked at again after a drop: a `queued` whose claim came between
+   * the look and the drop answered `duplicate` too, and the dropped demand is added back.
+   */
+  async waitsForApproval(pool: string, jobId: number, runAttempt: number): Promise<"dropped" | "kept" | "none"> {
+    const queue = this.#queue(pool);
+    const note = this.#requeuedKey(jobId, runAttempt);
+    const pending = async () => {
+      const jobs = await Promise.all(
+        demandIdsOf(jobId, runAttempt).map(async (id) => {
+          const state = await queue.getJobState(id);
+          return state === "waiting" || state === "delayed" || state === "prioritized" ? queue.getJob(id) : undefined;
+        }),
+      );
+      return jobs.filter((j): j is Job => j !== undefined);
+    };
+    if ((await this.#redis.exists(note)) === 1) {
+      const kept = await pending();
+      await Promise.all(kept.map((j) => j.updateData({ ...(j.data as Demand), seenBefore: true }).catch(() => undefined)));
+      return kept.length > 0 ? "kept" : "none";
+    }
+    const dropped = (await Promise.all((await pending()).map(async (j) => ((await queue.remove(j.id!)) === 1 ? (j.data as Demand) : undefined)))).filter(
+      (d): d is Demand => d !== undefined,
+    );
+    if (dropped.length === 0) return "none";
+    if ((await this.#redis.exists(note)) === 0) return "dropped";
+    // Added under the same ids: one a `queued` added meanwhile (the item was gone by its look) stays as it is.
+    await Promise.all(dropped.map((d) => this.#addBatch(pool).call({ ...d, seenBefore: true })));
+    return "kept";
+  }
+
+  #requeuedKey(jobId: number, runAttempt: number): string {
+    return `${this.#settings.prefix}:requeued:${demandId(jobId, runAttempt)}`;
   }
 
   /**

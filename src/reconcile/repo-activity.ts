@@ -34,6 +34,7 @@ export function notingActivity(
       return result;
     },
     cancel: (pool, jobId, runAttempt, over) => sink.cancel(pool, jobId, runAttempt, over),
+    waitsForApproval: (pool, jobId, runAttempt) => sink.waitsForApproval(pool, jobId, runAttempt),
     ended: (demand) => sink.ended(demand),
     addAgain: (demand) => sink.addAgain(demand),
   };

@@ -233,7 +233,8 @@ export function summarizeJobs(events: readonly JobEvent[], limit = 50): JobSumma
     // `completed` is terminal: a late in_progress does not make the job look running again.
     if (!(s.completedAt && e.action !== "completed")) {
       // A `waiting` delivery drops the demand until the approval; what operators need to see is why.
-      s.outcome = e.action === "waiting" ? "awaiting_approval" : e.outcome;
+      // One that kept it (`demand_kept`) came after the approval's `queued`: the job is queued.
+      s.outcome = e.action === "waiting" && e.outcome !== "demand_kept" ? "awaiting_approval" : e.outcome;
       s.lastAt = e.at;
     }
     if (e.action === "queued" && e.outcome === "queued") s.queuedAt ??= e.at;

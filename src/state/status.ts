@@ -226,6 +226,8 @@ export function describeOutcome(outcome: string, conclusion?: string): string {
       return "ended before pickup; demand dropped";
     case "awaiting_approval":
       return "waiting for an approval";
+    case "demand_kept":
+      return "approved: waiting for a runner";
     case "no_demand":
       return conclusion ? `ended without our runner: ${conclusion}` : "ended without our runner";
     default:

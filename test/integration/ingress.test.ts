@@ -10,6 +10,7 @@ import { Ingress } from "../../src/ingress/ingress.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandConsumer, DemandQueues, redisConnection, type Lease } from "../../src/queue/demand-queue.ts";
 import { DeliveryLog } from "../../src/state/deliveries.ts";
+import type { Demand } from "../../src/demand.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
@@ -475,6 +476,68 @@ test("a job that waits for an approval has its waiting demand dropped", async ()
   // Approved: the new queued delivery adds the demand again.
   assert.equal(await sendJob("queued", 4545, ["self-hosted"]), "queued");
   assert.ok((await waitingJobs("default")).includes("4545-1"));
+});
+
+test("an approval's `queued` handled before the `waiting` it follows leaves the demand waiting, checked with GitHub first", async () => {
+  // GitHub sends queued (d1), waiting (d2), queued again once approved (d3), but d3 is handled first:
+  // the item is still pending, so d3 answers `duplicate`; the late d2 must not drop it.
+  assert.equal(await sendJob("queued", 4960, ["self-hosted"]), "queued");
+  assert.equal(await sendJob("queued", 4960, ["self-hosted"]), "duplicate");
+  assert.equal(await sendJob("waiting", 4960, ["self-hosted"]), "demand_kept");
+  assert.ok((await waitingJobs("default")).includes("4960-1"), "the approved job's demand still waits");
+  const queue = new Queue("demand-default", { connection: conn, prefix: `${redis.prefix}:bull` });
+  try {
+    // Its worker asks GitHub before registering anything: a `queued` sent twice before a real wait would keep it too.
+    assert.equal((await queue.getJob("4960-1"))?.data.seenBefore, true);
+  } finally {
+    await queue.close();
+  }
+  // The usual order still drops it at the `waiting` and adds it again at the approval.
+  assert.equal(await sendJob("queued", 4961, ["self-hosted"]), "queued");
+  assert.equal(await sendJob("waiting", 4961, ["self-hosted"]), "demand_cancelled");
+  assert.ok(!(await waitingJobs("default")).includes("4961-1"));
+  assert.equal(await sendJob("queued", 4961, ["self-hosted"]), "queued");
+  assert.ok((await waitingJobs("default")).includes("4961-1"));
+});
+
+test("an approval's `queued` claimed between a `waiting`'s look at the job's note and its drop (two servers at once): the dropped demand is added back", async () => {
+  // This server's connection runs the other server's `queued` right after the `waiting` looked at
+  // the requeued note and found none: that `queued` finds the item still pending (`duplicate`).
+  const hooked = redisConnection(redis.url);
+  const racing = new DemandQueues({ redisUrl: redis.url, prefix: redis.prefix, attempts: 3 }, hooked);
+  const deliveries = new DeliveryLog(conn, redis.prefix);
+  const demand = (deliveryId: string): Demand => ({
+    pool: "default", jobId: 4970, runId: 1, runAttempt: 1, owner: "acme", repo: "app", installationId: 1, labels: ["self-hosted"], receivedAt: Date.now(), deliveryId,
+  });
+  let between: (() => Promise<void>) | undefined;
+  const exists = hooked.exists.bind(hooked);
+  (hooked as unknown as { exists: (...keys: string[]) => Promise<number> }).exists = async (...keys: string[]) => {
+    const found = await exists(...keys);
+    const run = between;
+    between = undefined;
+    if (run && keys.some((k) => k.includes(":requeued:"))) await run();
+    return found;
+  };
+  try {
+    const d1 = randomUUID();
+    assert.equal(await racing.add(demand(d1), deliveries.claimKey(d1)), "added");
+    between = async () => {
+      const d3 = randomUUID();
+      assert.equal(await queues.add(demand(d3), deliveries.claimKey(d3)), "duplicate");
+    };
+    assert.equal(await racing.waitsForApproval("default", 4970, 1), "kept");
+    assert.equal(between, undefined, "the other server's `queued` ran in between");
+    const queue = new Queue("demand-default", { connection: conn, prefix: `${redis.prefix}:bull` });
+    try {
+      assert.equal((await queue.getJob("4970-1"))?.data.seenBefore, true, "back, checked with GitHub first");
+    } finally {
+      await queue.close();
+    }
+    assert.ok((await waitingJobs("default")).includes("4970-1"));
+  } finally {
+    await racing.close();
+    hooked.disconnect();
+  }
 });
 
 test("a `queued` delivered after the job's `completed` (cancelled while queued) adds demand that asks GitHub first; after a `waiting`, it does not", async () => {

@@ -86,13 +86,19 @@ test("job events fold into one row per job attempt; completed is terminal", () =
     ev(2, 3, "waiting", "demand_cancelled"), // held for an approval: its demand dropped until then
     ev(1, 3, "queued", "queued"),
     ev(1, 1, "queued", "queued"),
+    // Approved, its `queued` handled before the `waiting` GitHub sent first: the demand was kept.
+    ev(0.3, 4, "waiting", "demand_kept"),
+    ev(0.2, 4, "queued", "duplicate"),
+    ev(0.1, 4, "queued", "queued"),
   ];
   const rows = summarizeJobs(events);
   assert.deepEqual(rows.map((r) => [r.jobId, r.outcome, r.conclusion, r.queuedAt, r.startedAt, r.completedAt]), [
     [1, "runner_completed", "success", 1, 5, 4],
     [2, "queued", undefined, 3, undefined, undefined],
     [3, "awaiting_approval", undefined, 1, undefined, undefined],
+    [4, "demand_kept", undefined, 0.1, undefined, undefined],
   ]);
+  assert.equal(describeOutcome("demand_kept"), "approved: waiting for a runner");
   assert.equal(describeOutcome("awaiting_approval"), "waiting for an approval");
   assert.equal(describeOutcome("runner_completed", "success"), "completed: success");
   assert.equal(describeOutcome("ignored_public_repo"), "ignored: public repo");
