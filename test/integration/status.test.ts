@@ -58,6 +58,19 @@ function record(name: string, o: Partial<RunnerRecord> = {}): RunnerRecord {
   };
 }
 
+/** An ingress of its own under `prefix` (its runners and deliveries there), quiet and unmeasured. */
+function ingressUnder(prefix: string, cfg: typeof config, demand: DemandQueues, log: ActivityLog): Ingress {
+  return new Ingress({
+    config: cfg,
+    demand,
+    runners: new RunnerStore(conn, prefix),
+    deliveries: new DeliveryLog(conn, prefix),
+    metrics: new Metrics({ processMetrics: false }),
+    logger: pino({ level: "silent" }),
+    activity: log,
+  });
+}
+
 before(async () => {
   redis = await startRedis();
   conn = redisConnection(redis.url);
@@ -336,15 +349,7 @@ test("a job's pool on the status is the one the ingress chose: an organization p
   });
   const ownedQueues = new DemandQueues({ redisUrl: redis.url, prefix, attempts: 3 }, conn);
   const log = new ActivityLog(conn, prefix);
-  const ingress = new Ingress({
-    config: owned,
-    demand: ownedQueues,
-    runners: new RunnerStore(conn, prefix),
-    deliveries: new DeliveryLog(conn, prefix),
-    metrics: new Metrics({ processMetrics: false }),
-    logger: pino({ level: "silent" }),
-    activity: log,
-  });
+  const ingress = ingressUnder(prefix, owned, ownedQueues, log);
   try {
     const deliver = (jobId: number, ownerType: "Organization" | "User", labels: string[]) =>
       ingress.handle({ event: "workflow_job", deliveryId: `owners-${jobId}`, receivedAt: Date.now(), payload: queuedPayload({ jobId, labels, ownerType, owner: ownerType === "User" ? "octocat" : "acme" }) });
@@ -376,15 +381,7 @@ test("a job whose launch failed for good shows as failed, not waiting for a runn
   const prefix = `${redis.prefix}:final`;
   const finalQueues = new DemandQueues({ redisUrl: redis.url, prefix, attempts: 3 }, conn);
   const log = new ActivityLog(conn, prefix);
-  const ingress = new Ingress({
-    config,
-    demand: finalQueues,
-    runners: new RunnerStore(conn, prefix),
-    deliveries: new DeliveryLog(conn, prefix),
-    metrics: new Metrics({ processMetrics: false }),
-    logger: pino({ level: "silent" }),
-    activity: log,
-  });
+  const ingress = ingressUnder(prefix, config, finalQueues, log);
   try {
     const queued = (jobId: number) => ingress.handle({ event: "workflow_job", deliveryId: `final-${jobId}`, receivedAt: Date.now(), payload: queuedPayload({ jobId, labels: ["self-hosted", "gpu"] }) });
     const demand = (jobId: number) => ({ pool: "gpu", jobId, owner: "acme", repo: "app" });
