@@ -15,6 +15,7 @@ import { readDockerFiles, type DockerFiles } from "./docker/dockerode-driver.ts"
 import { runUntilStopped } from "./cli/run.ts";
 import { appManifest } from "./cli/manifest.ts";
 import { statusCommand } from "./cli/status.ts";
+import { nearest } from "./nearest.ts";
 
 /**
  * Why the config file cannot be read, with the way forward: a first run has none yet, and
@@ -47,27 +48,30 @@ function secretsForCommand(command: string, mode: string | undefined): SecretsFo
   return wanted === "server" || wanted === "worker" || wanted === "all" ? wanted : undefined;
 }
 
+/** Every command's options, for parseArgs: which command takes which is COMMAND_OPTIONS. */
+const OPTIONS = {
+  config: { type: "string", short: "c" },
+  help: { type: "boolean", short: "h" },
+  host: { type: "string" },
+  "no-wait": { type: "boolean" },
+  undo: { type: "boolean" },
+  json: { type: "boolean" },
+  url: { type: "string" },
+  name: { type: "string" },
+  "redirect-url": { type: "string" },
+  mode: { type: "string" },
+} as const;
+
 async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      tokens: true,
-      options: {
-        config: { type: "string", short: "c" },
-        help: { type: "boolean", short: "h" },
-        host: { type: "string" },
-        "no-wait": { type: "boolean" },
-        undo: { type: "boolean" },
-        json: { type: "boolean" },
-        url: { type: "string" },
-        name: { type: "string" },
-        "redirect-url": { type: "string" },
-        mode: { type: "string" },
-      },
-    });
+    parsed = parseArgs({ args: argv, allowPositionals: true, tokens: true, options: OPTIONS });
   } catch (err) {
+    // A mistyped option: said in one line, with the nearest the command takes, not parseArgs' text and the whole usage.
+    if ((err as NodeJS.ErrnoException).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+      process.stderr.write(`${unknownOption(argv)}\n`);
+      return 2;
+    }
     process.stderr.write(`jitrunner: ${errorMessage(err)}\n\n${USAGE}\n`);
     return 2;
   }
@@ -88,7 +92,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const misuse = usageError(command, positionals, tokens);
   if (misuse) {
-    process.stderr.write(`jitrunner ${command}: ${misuse} (jitrunner ${command} --help)\n`);
+    process.stderr.write(`jitrunner ${command}: ${misuse}; see jitrunner ${command} --help\n`);
     return 2;
   }
   if (command === "app-manifest") {
@@ -221,12 +225,33 @@ const COMMAND_OPTIONS: Record<string, readonly string[]> = {
 function usageError(command: string, positionals: string[], tokens: ReadonlyArray<{ kind: string; name?: string; rawName?: string }>): string | undefined {
   const allowed = COMMAND_OPTIONS[command] ?? [];
   const foreign = tokens.find((t) => t.kind === "option" && t.name !== "help" && !allowed.includes(t.name!));
-  if (foreign) return `${foreign.rawName} is not an option of ${command}`;
+  if (foreign) return notAnOption(foreign.rawName!, command);
   if (positionals.length > 1) return `unexpected argument '${positionals[1]}'`;
   if (tokens.some((t) => t.kind === "option" && t.name === "undo") && tokens.some((t) => t.kind === "option" && t.name === "no-wait")) {
     return "--undo and --no-wait do not go together";
   }
   return undefined;
+}
+
+/** "--X is not an option of CMD", with the nearest option CMD takes when one is near (long options only). */
+function notAnOption(rawName: string, command: string | undefined): string {
+  const own = command === undefined ? ["config", "help"] : [...(COMMAND_OPTIONS[command] ?? []), "help"];
+  const meant = rawName.startsWith("--") ? nearest(rawName.slice(2), own) : undefined;
+  return `${rawName} is not an option${command === undefined ? "" : ` of ${command}`}${meant === undefined ? "" : ` (did you mean --${meant}?)`}`;
+}
+
+/**
+ * The line for an option no command takes (parseArgs refused it): read again leniently to find
+ * the command it was given to (the first word that is one) and the option as typed.
+ */
+function unknownOption(argv: string[]): string {
+  const { positionals, tokens } = parseArgs({ args: argv, allowPositionals: true, tokens: true, strict: false, options: OPTIONS });
+  const command = positionals.find((p) => COMMAND_HELP[p] !== undefined);
+  const unknown = tokens.find((t) => t.kind === "option" && !Object.hasOwn(OPTIONS, t.name));
+  const rawName = unknown?.kind === "option" ? unknown.rawName : "an option";
+  return command === undefined
+    ? `jitrunner: ${notAnOption(rawName, undefined)}; see jitrunner --help`
+    : `jitrunner ${command}: ${notAnOption(rawName, command)}; see jitrunner ${command} --help`;
 }
 
 /** Exit once stdout and stderr are flushed (a piped `check-config` must not be cut short). */

@@ -265,7 +265,7 @@ test("--help works on every command, without a config", async () => {
 test("an option a command does not take, or a word after it, exits 2 before any config is read", async () => {
   const env = { JITRUNNER_CONFIG: join(dir, "missing.yml") };
   const cases: Array<[string[], RegExp]> = [
-    [["server", "--json"], /jitrunner server: --json is not an option of server \(jitrunner server --help\)/],
+    [["server", "--json"], /^jitrunner server: --json is not an option of server; see jitrunner server --help\n$/],
     [["status", "--host", "h1"], /--host is not an option of status/],
     [["worker", "--mode", "server"], /--mode is not an option of worker/],
     [["app-manifest", "--config", "x.yml"], /--config is not an option of app-manifest/],
@@ -277,6 +277,22 @@ test("an option a command does not take, or a word after it, exits 2 before any 
     const [args, said] = cases[i]!;
     assert.equal(r.code, 2, `${args.join(" ")}: ${r.out}`);
     assert.match(r.out, said);
+  });
+  // An option no command takes (a typo): one line, with the nearest the command takes, not parseArgs' text and the usage.
+  const typos: Array<[string[], string]> = [
+    [["all", "--confg", "x"], "jitrunner all: --confg is not an option of all (did you mean --config?); see jitrunner all --help\n"],
+    [["--confg", "x", "all"], "jitrunner all: --confg is not an option of all (did you mean --config?); see jitrunner all --help\n"],
+    [["check-config", "--mdoe", "server"], "jitrunner check-config: --mdoe is not an option of check-config (did you mean --mode?); see jitrunner check-config --help\n"],
+    [["drain", "--hots=h1"], "jitrunner drain: --hots is not an option of drain (did you mean --host?); see jitrunner drain --help\n"],
+    [["status", "--frobnicate"], "jitrunner status: --frobnicate is not an option of status; see jitrunner status --help\n"],
+    [["worker", "-x"], "jitrunner worker: -x is not an option of worker; see jitrunner worker --help\n"],
+    [["--confg"], "jitrunner: --confg is not an option (did you mean --config?); see jitrunner --help\n"],
+  ];
+  const typoResults = await Promise.all(typos.map(([args]) => run(args, env)));
+  typoResults.forEach((r, i) => {
+    const [args, said] = typos[i]!;
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.out}`);
+    assert.equal(r.out, said, args.join(" "));
   });
   // What each command takes is still taken (short forms too): here, the missing config is what stops it.
   const taken = await run(["status", "-c", join(dir, "missing.yml"), "--json"]);
