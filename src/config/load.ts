@@ -1,11 +1,12 @@
 import { createPrivateKey } from "node:crypto";
 import { hostname } from "node:os";
 import { posix } from "node:path";
-import { parseDocument } from "yaml";
-import type { ZodType } from "zod";
+import { isMap, isScalar, LineCounter, parseDocument, type Document } from "yaml";
+import { z, type ZodType } from "zod";
 import { ConfigError } from "../errors.ts";
 import { configSchema, secretFile, SENTINEL_ONLY, shownSecretPath, type ParsedConfig, type PoolConfig } from "./schema.ts";
 import { Secret } from "./secret.ts";
+import { nearest } from "../nearest.ts";
 
 export type { PoolConfig } from "./schema.ts";
 
@@ -92,7 +93,8 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   // parseDocument, not parse: parse prints the YAML library's warnings (an unknown `!tag`) through
   // process.emitWarning with the source line under them, and a line may hold a pool's credential.
   // Errors and warnings alike are refused here, each by its first line (where, not what).
-  const doc = parseDocument(text);
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter });
   const firstLine = (err: unknown) => (err as Error).message.split("\n")[0]!.replace(/:$/, "");
   const yamlProblems = [...doc.errors, ...doc.warnings].map(firstLine);
   if (yamlProblems.length > 0) {
@@ -113,9 +115,13 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
-      const where = issue.path.length ? issue.path.join(".") : "(top level)";
+      const where = issue.path.length ? optionPath(issue.path) : "(top level)";
+      if (issue.code === "unrecognized_keys") {
+        problems.push(...issue.keys.map((key) => unrecognizedKey(where, issue.path, key, doc, lineCounter)));
+        continue;
+      }
       // A value an environment variable set: name the variable, the file does not hold it.
-      const from = [...overridden].find(([key]) => where === key || where.startsWith(`${key}.`))?.[1];
+      const from = [...overridden].find(([key]) => where === key || where.startsWith(`${key}.`) || where.startsWith(`${key}[`))?.[1];
       problems.push(`${where}: ${issue.message}${from ? ` (from ${from})` : ""}`);
     }
   }
@@ -191,6 +197,53 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   return { config, origins: overridden, warnings: placeholderWarnings(config) };
 }
 
+/** An option's path as problems name it: `pools[0].mounts[1].source`. */
+export function optionPath(path: ReadonlyArray<PropertyKey>): string {
+  return path.map((k, i) => (typeof k === "number" ? `[${k}]` : `${i === 0 ? "" : "."}${String(k)}`)).join("");
+}
+
+/**
+ * A key the schema does not know, with its line in the file and the nearest key the object at
+ * `path` takes (a typo: `capacty` for `capacity`).
+ */
+function unrecognizedKey(where: string, path: ReadonlyArray<PropertyKey>, key: string, doc: Document, lineCounter: LineCounter): string {
+  const node = doc.getIn(path as unknown[], true);
+  const pair = isMap(node) ? node.items.find((p) => isScalar(p.key) && String(p.key.value) === key) : undefined;
+  const offset = isScalar(pair?.key) ? pair.key.range?.[0] : undefined;
+  const line = offset === undefined ? undefined : lineCounter.linePos(offset).line;
+  const meant = nearest(key, objectKeysAt(configSchema, path));
+  const notes = [line === undefined ? undefined : `line ${line}`, meant === undefined ? undefined : `did you mean "${meant}"?`].filter(Boolean);
+  return `${where}: Unrecognized key: "${key}"${notes.length ? ` (${notes.join("; ")})` : ""}`;
+}
+
+/**
+ * The keys the object schema at `path` in `schema` takes (through optional, default, transform
+ * and the like, an array's element, a record's value); none when `path` leads to no object.
+ */
+function objectKeysAt(schema: z.ZodType, path: ReadonlyArray<PropertyKey>): string[] {
+  let at: z.ZodType | undefined = schema;
+  for (let i = 0; ; i++) {
+    at = unwrapped(at);
+    if (at === undefined) return [];
+    if (i === path.length) return at instanceof z.ZodObject ? Object.keys(at.shape) : [];
+    const step = path[i];
+    if (at instanceof z.ZodObject && typeof step === "string") at = at.shape[step] as z.ZodType | undefined;
+    else if (at instanceof z.ZodArray && typeof step === "number") at = at.element as z.ZodType;
+    else if (at instanceof z.ZodRecord) at = at.valueType as z.ZodType;
+    else return [];
+  }
+}
+
+/** A schema without its wrappers (optional, default, prefault, nullable, a transform's pipe). */
+function unwrapped(schema: z.ZodType | undefined): z.ZodType | undefined {
+  let at = schema;
+  for (;;) {
+    if (at instanceof z.ZodOptional || at instanceof z.ZodDefault || at instanceof z.ZodPrefault || at instanceof z.ZodNullable) at = at.unwrap() as z.ZodType;
+    else if (at instanceof z.ZodPipe) at = at.in as z.ZodType;
+    else return at;
+  }
+}
+
 /** The placeholders deploy/jitrunner.example.yml (and the Kubernetes ConfigMap) ship. */
 const EXAMPLE = { appId: 123456, owner: "my-org", installationId: 12345678 };
 const FROM_EXAMPLE = "the example config's placeholder";
@@ -218,10 +271,10 @@ export function placeholderWarnings(config: Pick<Config, "github" | "policy" | "
   }
   config.pools.forEach((pool, i) => {
     if (pool.warm?.installationId === EXAMPLE.installationId) {
-      warnings.push(`pools.${i}.warm.installationId: ${EXAMPLE.installationId} is ${FROM_EXAMPLE}: set your installation's id (installation.id in any workflow_job webhook)`);
+      warnings.push(`pools[${i}].warm.installationId: ${EXAMPLE.installationId} is ${FROM_EXAMPLE}: set your installation's id (installation.id in any workflow_job webhook)`);
     }
     if (pool.warm && isExampleOwner(pool.warm.owner)) {
-      warnings.push(`pools.${i}.warm.owner: ${EXAMPLE.owner} is ${FROM_EXAMPLE}: warm runners register with this owner; set your organization or user`);
+      warnings.push(`pools[${i}].warm.owner: ${EXAMPLE.owner} is ${FROM_EXAMPLE}: warm runners register with this owner; set your organization or user`);
     }
   });
   return warnings;
@@ -290,35 +343,35 @@ function crossCheckAll(config: CrossChecked): string[] {
   const seen = new Set<string>();
   config.pools.forEach((pool, i) => {
     if (!pool) return;
-    if (seen.has(pool.name)) problems.push(`pools.${i}.name: duplicate pool name '${pool.name}'`);
+    if (seen.has(pool.name)) problems.push(`pools[${i}].name: duplicate pool name '${pool.name}'`);
     seen.add(pool.name);
     if (pool.runnerGroup !== undefined && pool.runnerGroupId !== undefined) {
-      problems.push(`pools.${i}: give runnerGroup (a name) or runnerGroupId, not both`);
+      problems.push(`pools[${i}]: give runnerGroup (a name) or runnerGroupId, not both`);
     }
     if (pool.runnerGroup !== undefined && pool.scope !== "organization") {
-      problems.push(`pools.${i}.runnerGroup: runner groups are for organization runners; set scope: organization`);
+      problems.push(`pools[${i}].runnerGroup: runner groups are for organization runners; set scope: organization`);
     } else if (pool.runnerGroupId !== 1 && pool.scope !== "organization") {
       // A repository's runners are in its Default group (1): GitHub would refuse every registration.
-      problems.push(`pools.${i}.runnerGroupId: runner groups are for organization runners (a repository's runners are in group 1, the Default); set scope: organization`);
+      problems.push(`pools[${i}].runnerGroupId: runner groups are for organization runners (a repository's runners are in group 1, the Default); set scope: organization`);
     }
     // Default group: runnerGroupId 1, set by the schema when no group is given.
     if (pool.serveJobsWithoutLabels && (pool.scope !== "organization" || (pool.runnerGroup === undefined && pool.runnerGroupId === 1))) {
       problems.push(
-        `pools.${i}.serveJobsWithoutLabels: only for a pool with scope: organization and a runner group of its own (runnerGroup, or a runnerGroupId other than 1, the Default group): ` +
+        `pools[${i}].serveJobsWithoutLabels: only for a pool with scope: organization and a runner group of its own (runnerGroup, or a runnerGroupId other than 1, the Default group): ` +
           "a job with no labels names only a runner group, which its webhooks do not carry, so this pool's runners must be in the one group such jobs ask for",
       );
     }
     if (pool.minIdle > 0 && !pool.warm) {
-      problems.push(`pools.${i}.warm: minIdle needs warm.installationId and warm.owner (and warm.repo for repository pools): where warm runners register`);
+      problems.push(`pools[${i}].warm: minIdle needs warm.installationId and warm.owner (and warm.repo for repository pools): where warm runners register`);
     }
     if (pool.warm && pool.scope === "repository" && !pool.warm.repo) {
-      problems.push(`pools.${i}.warm.repo: a repository pool's warm runners register on one repository; name it`);
+      problems.push(`pools[${i}].warm.repo: a repository pool's warm runners register on one repository; name it`);
     }
     if (pool.maxRunners !== undefined && pool.minIdle > 0 && pool.minIdle >= pool.maxRunners) {
       // Warm runners wait with no idle deadline: holding every place, they would keep for good
       // any job none of them can take (another repository of the pool, another owner).
       problems.push(
-        `pools.${i}.minIdle: ${pool.minIdle} warm runners ${pool.minIdle > pool.maxRunners ? "exceed" : "fill"} maxRunners (${pool.maxRunners}); ` +
+        `pools[${i}].minIdle: ${pool.minIdle} warm runners ${pool.minIdle > pool.maxRunners ? "exceed" : "fill"} maxRunners (${pool.maxRunners}); ` +
           "a job no warm runner can take (another repository of the pool, another owner) would wait while they idle: set maxRunners above minIdle",
       );
     }
@@ -326,7 +379,7 @@ function crossCheckAll(config: CrossChecked): string[] {
     // loopback: Redis, an engine on a loopback TCP port, jitrunner's own ports.
     if (pool.networkMode === "host" || pool.networkMode.startsWith("container:")) {
       problems.push(
-        `pools.${i}.networkMode: '${pool.networkMode}' puts runners in ${pool.networkMode === "host" ? "the host's network" : "another container's network"}, where any job reaches what listens on its loopback (Redis, a Docker engine on a TCP port, jitrunner's own ports); use bridge, none, jitrunner-runners or a network of your own`,
+        `pools[${i}].networkMode: '${pool.networkMode}' puts runners in ${pool.networkMode === "host" ? "the host's network" : "another container's network"}, where any job reaches what listens on its loopback (Redis, a Docker engine on a TCP port, jitrunner's own ports); use bridge, none, jitrunner-runners or a network of your own`,
       );
     }
     pool.mounts.forEach((m, j) => {
@@ -334,7 +387,7 @@ function crossCheckAll(config: CrossChecked): string[] {
       const reached = engineReachedBy(m.source);
       if (reached) {
         problems.push(
-          `pools.${i}.mounts.${j}: ${m.source} reaches ${reached}, where a container engine socket or an engine's state lives; runners must never get the host's engine`,
+          `pools[${i}].mounts[${j}]: ${m.source} reaches ${reached}, where a container engine socket or an engine's state lives; runners must never get the host's engine`,
         );
       }
     });
@@ -342,7 +395,7 @@ function crossCheckAll(config: CrossChecked): string[] {
   if (!config.worker) return problems;
   const known = new Set([...seen, ...(config.poolNames ?? [])]);
   for (const [i, wanted] of config.worker.pools.entries()) {
-    if (!known.has(wanted)) problems.push(`worker.pools.${i}: no pool named '${wanted}'`);
+    if (!known.has(wanted)) problems.push(`worker.pools[${i}]: no pool named '${wanted}'`);
   }
   const d = config.worker.docker;
   if (d.socketPath && d.host) problems.push("worker.docker: give socketPath or host, not both");

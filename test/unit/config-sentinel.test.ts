@@ -132,11 +132,11 @@ test("sentinel addresses that are not host:port, a master name with spaces, and 
   );
   const hostPort = "must be host:port, as 10.0.0.5:26379, sentinel-1:26379 or [fd00::5]:26379";
   assert.deepEqual(problems.filter((p) => p.startsWith("redis.sentinels")), [
-    `redis.sentinels.0: ${hostPort}`,
-    `redis.sentinels.1: ${hostPort}`,
-    "redis.sentinels.2: must have a port from 1 to 65535",
-    "redis.sentinels.3: must have a port from 1 to 65535",
-    `redis.sentinels.4: ${hostPort}`,
+    `redis.sentinels[0]: ${hostPort}`,
+    `redis.sentinels[1]: ${hostPort}`,
+    "redis.sentinels[2]: must have a port from 1 to 65535",
+    "redis.sentinels[3]: must have a port from 1 to 65535",
+    `redis.sentinels[4]: ${hostPort}`,
   ]);
   assert.ok(problems.some((p) => p.startsWith("redis.sentinelName: must be the master's name as the sentinels monitor it")), problems.join("\n"));
   assert.ok(problems.some((p) => p.startsWith("redis.sentinelPasswordFile: must be the path of a file that holds the secret")), problems.join("\n"));
@@ -160,7 +160,7 @@ test("the sentinels and the master's name from the environment (JITRUNNER_REDIS_
     "master 'prod-master' through the sentinels at 10.0.0.5:26379, [fd00::5]:26380 (JITRUNNER_REDIS_SENTINEL_NAME, JITRUNNER_REDIS_SENTINELS)",
   );
   assert.deepEqual(problemsOf(withRedis("prefix: jitrunner"), { JITRUNNER_REDIS_SENTINELS: "10.0.0.5", JITRUNNER_REDIS_SENTINEL_NAME: "m" }), [
-    "redis.sentinels.0: must be host:port, as 10.0.0.5:26379, sentinel-1:26379 or [fd00::5]:26379 (from JITRUNNER_REDIS_SENTINELS)",
+    "redis.sentinels[0]: must be host:port, as 10.0.0.5:26379, sentinel-1:26379 or [fd00::5]:26379 (from JITRUNNER_REDIS_SENTINELS)",
   ]);
   // Half a setup from the environment is refused as from the file.
   assert.deepEqual(problemsOf(withRedis("prefix: jitrunner"), { JITRUNNER_REDIS_SENTINEL_NAME: "m" }), [

@@ -14,6 +14,9 @@ const noFiles = (p: string): string => {
   throw Object.assign(new Error(`ENOENT ${p}`), { code: "ENOENT" });
 };
 
+/** `text` as a regular expression matching it literally (a path's dots and brackets). */
+const escaped = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
 const minimal = `
 github:
   appId: 42
@@ -72,8 +75,8 @@ pools:
   })();
   assert.ok(err instanceof ConfigError, "throws ConfigError");
   const joined = err.problems.join("\n");
-  for (const where of ["github.appId", "github.apiUrl", "server.port", "worker.capacity", "worker.leaseSeconds", "pools.0.name", "pools.0.labels", "pools.0.isolation", "pools.1", "privateKey"]) {
-    assert.match(joined, new RegExp(where.replace(".", "\\.")), `reports ${where}`);
+  for (const where of ["github.appId", "github.apiUrl", "server.port", "worker.capacity", "worker.leaseSeconds", "pools[0].name", "pools[0].labels", "pools[0].isolation", "pools[1]", "privateKey"]) {
+    assert.match(joined, new RegExp(escaped(where)), `reports ${where}`);
   }
   assert.ok(err.problems.length >= 10, `${err.problems.length} problems`);
   assert.doesNotMatch(err.message, /not-a-pem-but-secret-XYZ|hunter2-webhook/);
@@ -97,8 +100,8 @@ reconcile:
   })();
   assert.ok(err instanceof ConfigError, "throws ConfigError");
   const joined = err.problems.join("\n");
-  for (const where of ["pools.0.startTimeoutSeconds", "worker.heartbeatSeconds", "worker.docker.callTimeoutSeconds", "reconcile.queuedIntervalSeconds"]) {
-    assert.match(joined, new RegExp(`${where.replaceAll(".", "\\.")}.*at most 604800 \\(7 days\\)`), `reports ${where}: ${joined}`);
+  for (const where of ["pools[0].startTimeoutSeconds", "worker.heartbeatSeconds", "worker.docker.callTimeoutSeconds", "reconcile.queuedIntervalSeconds"]) {
+    assert.match(joined, new RegExp(`${escaped(where)}.*at most 604800 \\(7 days\\)`), `reports ${where}: ${joined}`);
   }
   // 7 days itself is taken, and a window looked back over is not a wait.
   const c = loadConfig({ text: `${minimal}    idleTimeoutSeconds: 604800\nreconcile:\n  activeWindowSeconds: 2592000\n`, env, readFile: noFiles });
@@ -236,8 +239,48 @@ test("duplicate pools and unknown worker pools are cross-checked; YAML errors ar
   assert.throws(() => loadConfig({ text: dup, env, readFile: noFiles }), /duplicate pool name 'default'/);
   const twice = minimal.replace(/labels: \[[^\]]*\]/, "labels: [self-hosted, Linux, linux]");
   assert.notEqual(twice, minimal);
-  assert.throws(() => loadConfig({ text: twice, env, readFile: noFiles }), /pools\.0\.labels: label 'linux' is given twice \(labels are compared without regard to case\)/);
+  assert.throws(() => loadConfig({ text: twice, env, readFile: noFiles }), /pools\[0\]\.labels: label 'linux' is given twice \(labels are compared without regard to case\)/);
   assert.throws(() => loadConfig({ text: "github: [unclosed", env, readFile: noFiles }), /not valid YAML/);
+});
+
+test("a key the schema does not know is named with its line and the nearest key its object takes; array items are written pools[0]", () => {
+  const text = `
+github:
+  appId: 42
+worker:
+  capacty: 3
+  docker:
+    hots: engine.internal
+pool: []
+pools:
+  - name: default
+    labels: [self-hosted, linux]
+    image: runner:1
+    minIddle: 1
+    mounts:
+      - { source: /srv/cache, target: /cache, readonly: true }
+    resources: { cpu: 2, zzzzzzzz: 1 }
+`;
+  let problems: string[] = [];
+  try {
+    loadConfig({ text, env, readFile: noFiles });
+  } catch (e) {
+    assert.ok(e instanceof ConfigError);
+    problems = e.problems;
+  }
+  for (const said of [
+    'worker: Unrecognized key: "capacty" (line 5; did you mean "capacity"?)',
+    'worker.docker: Unrecognized key: "hots" (line 7; did you mean "host"?)',
+    '(top level): Unrecognized key: "pool" (line 8; did you mean "pools"?)',
+    'pools[0]: Unrecognized key: "minIddle" (line 13; did you mean "minIdle"?)',
+    'pools[0].mounts[0]: Unrecognized key: "readonly" (line 15; did you mean "readOnly"?)',
+    'pools[0].resources: Unrecognized key: "cpu" (line 16; did you mean "cpus"?)',
+    // Nothing near: its line only.
+    'pools[0].resources: Unrecognized key: "zzzzzzzz" (line 16)',
+  ]) {
+    assert.ok(problems.includes(said), `${said}\nin:\n${problems.join("\n")}`);
+  }
+  assert.equal(problems.length, 7, problems.join("\n"));
 });
 
 test("a YAML warning is refused by where it is, and neither it nor an error prints the line that holds a credential", () => {
@@ -272,23 +315,23 @@ test("a YAML warning is refused by where it is, and neither it nor an error prin
 test("warm runners: minIdle needs where to register, a repository for repository pools, and leaves room under maxRunners", () => {
   const pool = (extra: string) => `${minimal}    ${extra.trim().split("\n").join("\n    ")}\n`;
   assert.equal(loadConfig({ text: minimal, env, readFile: noFiles }).pools[0]!.minIdle, 0);
-  assert.throws(() => loadConfig({ text: pool("minIdle: 2"), env, readFile: noFiles }), /pools\.0\.warm: minIdle needs warm\.installationId and warm\.owner/);
+  assert.throws(() => loadConfig({ text: pool("minIdle: 2"), env, readFile: noFiles }), /pools\[0\]\.warm: minIdle needs warm\.installationId and warm\.owner/);
   assert.throws(
     () => loadConfig({ text: pool("minIdle: 2\nwarm: { installationId: 7, owner: acme }"), env, readFile: noFiles }),
-    /pools\.0\.warm\.repo: a repository pool's warm runners register on one repository/,
+    /pools\[0\]\.warm\.repo: a repository pool's warm runners register on one repository/,
   );
   assert.throws(
     () => loadConfig({ text: pool("minIdle: 3\nmaxRunners: 2\nwarm: { installationId: 7, owner: acme, repo: app }"), env, readFile: noFiles }),
-    /pools\.0\.minIdle: 3 warm runners exceed maxRunners \(2\)/,
+    /pools\[0\]\.minIdle: 3 warm runners exceed maxRunners \(2\)/,
   );
   assert.throws(
     () => loadConfig({ text: pool("minIdle: 2\nmaxRunners: 2\nwarm: { installationId: 7, owner: acme, repo: app }"), env, readFile: noFiles }),
-    /pools\.0\.minIdle: 2 warm runners fill maxRunners \(2\); a job no warm runner can take .* set maxRunners above minIdle/,
+    /pools\[0\]\.minIdle: 2 warm runners fill maxRunners \(2\); a job no warm runner can take .* set maxRunners above minIdle/,
   );
   assert.equal(loadConfig({ text: pool("minIdle: 2\nmaxRunners: 3\nwarm: { installationId: 7, owner: acme, repo: app }"), env, readFile: noFiles }).pools[0]!.maxRunners, 3);
   const org = loadConfig({ text: pool("scope: organization\nminIdle: 1\nwarm: { installationId: 7, owner: acme }"), env, readFile: noFiles }).pools[0]!;
   assert.deepEqual([org.minIdle, org.warm], [1, { installationId: 7, owner: "acme" }]);
-  assert.throws(() => loadConfig({ text: pool("minIdle: -1"), env, readFile: noFiles }), /pools\.0\.minIdle/);
+  assert.throws(() => loadConfig({ text: pool("minIdle: -1"), env, readFile: noFiles }), /pools\[0\]\.minIdle/);
 });
 
 test("environment overrides redis url, host id and port", () => {
@@ -398,9 +441,9 @@ worker:
 `;
   const problems = problemsOf({ text, env, readFile: noFiles }).join("\n");
   assert.match(problems, /server\.port/);
-  assert.match(problems, /pools\.2\.labels/);
-  assert.match(problems, /pools\.1\.name: duplicate pool name 'default'/);
-  assert.match(problems, /worker\.pools\.2: no pool named 'missing'/);
+  assert.match(problems, /pools\[2\]\.labels/);
+  assert.match(problems, /pools\[1\]\.name: duplicate pool name 'default'/);
+  assert.match(problems, /worker\.pools\[2\]: no pool named 'missing'/);
   assert.match(problems, /worker\.docker: give socketPath or host, not both/);
   // A pool that is there but not valid is reported for what is wrong with it, not as missing.
   assert.doesNotMatch(problems, /no pool named 'broken'/);
@@ -488,8 +531,8 @@ test("the example config's placeholders left in (appId 123456, owner my-org, ins
   const said = warnings.join("\n");
   assert.match(said, /^github\.appId: 123456 is the example config's placeholder: set your GitHub App's id/m);
   assert.match(said, /^policy\.allowedOwners: my-org is the example config's placeholder: jobs of any owner not listed are refused \(ignored_owner_not_allowed\)/m);
-  assert.match(said, /^pools\.0\.warm\.installationId: 12345678 is the example config's placeholder/m);
-  assert.match(said, /^pools\.0\.warm\.owner: my-org is the example config's placeholder/m);
+  assert.match(said, /^pools\[0\]\.warm\.installationId: 12345678 is the example config's placeholder/m);
+  assert.match(said, /^pools\[0\]\.warm\.owner: my-org is the example config's placeholder/m);
   assert.equal(warnings.length, 4, said);
   // The Kubernetes ConfigMap ships the same placeholders.
   const configMap = parseYaml(readFileSync(new URL("../../deploy/kubernetes/configmap.yml", import.meta.url), "utf8")) as { data: Record<string, string> };
@@ -504,7 +547,7 @@ test("the example config's placeholders left in (appId 123456, owner my-org, ins
 test("a pool in the host's network or in another container's is refused: its jobs would reach what listens on that loopback", () => {
   for (const mode of ["host", "container:jitrunner-worker", "container:0123abcd"]) {
     const problems = problemsOf({ text: `${minimal}    networkMode: "${mode}"\n`, env, readFile: noFiles });
-    assert.ok(problems.some((p) => p.startsWith(`pools.0.networkMode: '${mode}' puts runners in `) && p.includes("loopback")), `${mode}: ${problems.join("\n")}`);
+    assert.ok(problems.some((p) => p.startsWith(`pools[0].networkMode: '${mode}' puts runners in `) && p.includes("loopback")), `${mode}: ${problems.join("\n")}`);
   }
   for (const mode of ["bridge", "none", "jitrunner-runners", "ci-net", "hostnet"]) {
     assert.equal(loadConfig({ text: `${minimal}    networkMode: "${mode}"\n`, env, readFile: noFiles }).pools[0]!.networkMode, mode);
@@ -541,7 +584,7 @@ test("a pool mount of the host's engine is refused however its path is written: 
   const problems = problemsOf({ text: mounts(refused), env, readFile: noFiles });
   refused.forEach((source, j) => {
     assert.ok(
-      problems.some((p) => p.startsWith(`pools.0.mounts.${j}: `) && p.includes("container engine socket")),
+      problems.some((p) => p.startsWith(`pools[0].mounts[${j}]: `) && p.includes("container engine socket")),
       `${source} is refused: ${problems.join("\n")}`,
     );
   });
@@ -609,12 +652,12 @@ pools:
     problems = err.problems.join("\n");
   }
   for (const expected of [
-    /^pools\.0\.isolation: /m,
-    /^pools\.0\.networkMode: 'host' puts runners in the host's network/m,
-    /^pools\.0\.mounts\.0: \/var\/run\/docker\.sock reaches /m,
-    /^pools\.0\.warm: minIdle needs warm\.installationId/m,
+    /^pools\[0\]\.isolation: /m,
+    /^pools\[0\]\.networkMode: 'host' puts runners in the host's network/m,
+    /^pools\[0\]\.mounts\[0\]: \/var\/run\/docker\.sock reaches /m,
+    /^pools\[0\]\.warm: minIdle needs warm\.installationId/m,
     /^worker\.hostId: /m,
-    /^worker\.pools\.0: no pool named 'nope'/m,
+    /^worker\.pools\[0\]: no pool named 'nope'/m,
     /^worker\.docker: give socketPath or host, not both/m,
   ]) {
     assert.match(problems, expected);

@@ -140,7 +140,7 @@ test("serveJobsWithoutLabels is refused at load for a repository pool or one in 
       testConfig({ pools: [{ name: "p", labels: ["self-hosted"], image: "x", serveJobsWithoutLabels: true, ...pool }] });
     } catch (err) {
       assert.ok(err instanceof ConfigError, String(err));
-      return err.problems.filter((p) => p.startsWith("pools.0.serveJobsWithoutLabels:"));
+      return err.problems.filter((p) => p.startsWith("pools[0].serveJobsWithoutLabels:"));
     }
     return [];
   };
