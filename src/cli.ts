@@ -128,8 +128,10 @@ async function main(argv: string[]): Promise<number> {
   let origins: ReadonlyMap<string, string>;
   /** Accepted but most likely wrong (the example's placeholders): check-config says them, a start logs them. */
   let warnings: string[];
+  /** The secrets a variable gave instead of their option's file (names only). */
+  let secretOrigins: ReadonlyMap<string, string>;
   try {
-    ({ config, origins, warnings } = loadConfigWithOrigins({ text, env: process.env, readFile: (p) => readFileSync(p, "utf8"), secretsFor }));
+    ({ config, origins, secretOrigins, warnings } = loadConfigWithOrigins({ text, env: process.env, readFile: (p) => readFileSync(p, "utf8"), secretsFor }));
   } catch (err) {
     if (err instanceof ConfigError) process.stderr.write(`jitrunner: ${path}: ${err.message}\n`);
     else process.stderr.write(`jitrunner: cannot load config ${path}: ${errorMessage(err)}\n`);
@@ -150,6 +152,9 @@ async function main(argv: string[]): Promise<number> {
       pools,
     };
     process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
+    // What the environment set wins over the file: an edit there to one of these changes nothing.
+    const fromEnv = environmentNote(origins, secretOrigins);
+    if (fromEnv) process.stderr.write(`jitrunner check-config: ${fromEnv}\n`);
     for (const w of warnings) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
     if (values.mode !== "server") for (const w of connectionWarnings(config.worker.docker)) process.stderr.write(`jitrunner check-config: warning: ${w}\n`);
     if (secretDebug.length > 0) {
@@ -204,6 +209,22 @@ async function main(argv: string[]): Promise<number> {
   const code = await runUntilStopped((signal) => start(config, command as Mode, logger, { origins, dockerFiles, signal }), logger);
   logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");
   return code;
+}
+
+/**
+ * The options the environment set (over the file's value), each with its variable, and the
+ * secrets a variable gave in place of their option's file: names only, never a value.
+ */
+function environmentNote(origins: ReadonlyMap<string, string>, secretOrigins: ReadonlyMap<string, string>): string | undefined {
+  const set = [...origins].map(([option, variable]) => `${option} (${variable})`);
+  const secrets = [...secretOrigins].map(([option, variable]) => `${variable} (read instead of ${option})`);
+  if (set.length + secrets.length === 0) return undefined;
+  return [
+    set.length > 0 ? `from the environment, over the config file: ${set.join(", ")}` : undefined,
+    secrets.length > 0 ? `secrets from the environment: ${secrets.join(", ")}` : undefined,
+  ]
+    .filter(Boolean)
+    .join("; ");
 }
 
 /** The options each command takes (besides --help): any other is refused rather than ignored. */

@@ -88,6 +88,11 @@ export function loadConfig(sources: LoadSources): Config {
 export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" }: LoadSources): {
   config: Config;
   origins: ReadonlyMap<string, string>;
+  /**
+   * The secrets read from a variable rather than their option's file, by that option
+   * ("github.privateKeyFile" -> "JITRUNNER_GITHUB_PRIVATE_KEY"): names only, for check-config to say.
+   */
+  secretOrigins: ReadonlyMap<string, string>;
   warnings: string[];
 } {
   // parseDocument, not parse: parse prints the YAML library's warnings (an unknown `!tag`) through
@@ -184,6 +189,16 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
     );
   }
 
+  // Each variable, when set, is read instead of its option's file (and the mode reads it).
+  const secretOrigins = new Map<string, string>();
+  const fromEnv = (read: boolean, option: string, envName: string) => read && env[envName] && secretOrigins.set(option, envName);
+  fromEnv(needs.privateKey, "github.privateKeyFile", "JITRUNNER_GITHUB_PRIVATE_KEY");
+  fromEnv(needs.webhookSecret, "github.webhookSecretFile", "JITRUNNER_GITHUB_WEBHOOK_SECRET");
+  fromEnv(needs.webhookSecret, "github.previousWebhookSecretFile", "JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET");
+  fromEnv(tokens.adminToken, "server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN");
+  fromEnv(tokens.metricsToken, "server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN");
+  fromEnv(true, "redis.sentinelPasswordFile", "JITRUNNER_REDIS_SENTINEL_PASSWORD");
+
   // On whatever parsed, so that a second run does not bring up problems the first could have named.
   problems.push(...crossCheck(parsed.success ? parsed.data : parsedParts(raw as Record<string, any>)));
   if (problems.length > 0 || !parsed.success || !privateKey || !webhookSecret) {
@@ -194,7 +209,7 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
     worker: { ...parsed.data.worker, hostId: parsed.data.worker.hostId ?? sanitizeHost(hostname()) },
     secrets: { privateKey, webhookSecret, ...(previousWebhookSecret && { previousWebhookSecret }), ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }), ...(redisSentinelPassword && { redisSentinelPassword }) },
   };
-  return { config, origins: overridden, warnings: placeholderWarnings(config) };
+  return { config, origins: overridden, secretOrigins, warnings: placeholderWarnings(config) };
 }
 
 /** An option's path as problems name it: `pools[0].mounts[1].source`. */

@@ -7,6 +7,8 @@ export interface JitrunnerProcess {
   child: ChildProcess;
   /** Everything the process wrote to stdout and stderr so far. */
   output(): string;
+  /** What it wrote to stdout alone (check-config's JSON, without the notes and warnings on stderr). */
+  stdout(): string;
   /**
    * The exit code once the process has exited and its output has all been read (its pipes closed;
    * at most 5 s after the exit, should a process it started hold them open). With `limitMs`, a
@@ -26,7 +28,11 @@ export function runJitrunner(args: string[], env: Record<string, string> = {}): 
     stdio: ["ignore", "pipe", "pipe"],
   });
   const chunks: string[] = [];
-  child.stdout!.on("data", (d: Buffer) => chunks.push(d.toString()));
+  const outChunks: string[] = [];
+  child.stdout!.on("data", (d: Buffer) => {
+    chunks.push(d.toString());
+    outChunks.push(d.toString());
+  });
   child.stderr!.on("data", (d: Buffer) => chunks.push(d.toString()));
   // "exit" can come before the last of the output is read; "close" comes after it.
   const exited = new Promise<number | null>((resolve) => {
@@ -36,6 +42,7 @@ export function runJitrunner(args: string[], env: Record<string, string> = {}): 
   return {
     child,
     output: () => chunks.join(""),
+    stdout: () => outChunks.join(""),
     exited: (limitMs, what = "still running") => {
       if (limitMs === undefined) return exited;
       let timer: NodeJS.Timeout | undefined;

@@ -33,10 +33,10 @@ let configFile: string;
  * Runs the CLI to its end: exit code and everything it printed. A process still running after
  * `limitMs` is killed and fails the test: a command that should give up hangs instead.
  */
-async function run(args: string[], env: Record<string, string> = {}, limitMs = 60_000): Promise<{ code: number | null; out: string }> {
+async function run(args: string[], env: Record<string, string> = {}, limitMs = 60_000): Promise<{ code: number | null; out: string; stdout: string }> {
   const p = runJitrunner(args, env);
   const code = await p.exited(limitMs, `jitrunner ${args[0]} still running`);
-  return { code, out: p.output() };
+  return { code, out: p.output(), stdout: p.stdout() };
 }
 
 function configText(redisUrl: string, prefix: string): string {
@@ -78,13 +78,46 @@ test("check-config prints the resolved config without a secret: the keys' values
     [`redis://:${password}@127.0.0.1:6399/2`, "redis://:redacted@127.0.0.1:6399/2"],
     [`redis://127.0.0.1:6399/2?password=${password}`, "redis://127.0.0.1:6399/2?password=redacted"],
   ] as const) {
-    const { code, out } = await run(["check-config", "--config", configFile], { ...SECRETS, JITRUNNER_REDIS_URL: url });
+    const { code, out, stdout } = await run(["check-config", "--config", configFile], { ...SECRETS, JITRUNNER_REDIS_URL: url });
     assert.equal(code, 0, out);
-    const printed = JSON.parse(out) as { redis: { url: string }; secrets: Record<string, string> };
+    const printed = JSON.parse(stdout) as { redis: { url: string }; secrets: Record<string, string> };
     assert.equal(printed.redis.url, shown);
     assert.equal(printed.secrets.webhookSecret, "[redacted]");
     for (const secret of [password, WEBHOOK_SECRET, SECRETS.JITRUNNER_GITHUB_PRIVATE_KEY.split("\n")[1]!]) assert.ok(!out.includes(secret));
   }
+});
+
+test("check-config says which options and secrets the environment set (names, never values), after the config", async () => {
+  const password = "redis-pass-E7u";
+  const env = { ...SECRETS, JITRUNNER_REDIS_URL: `redis://:${password}@redis:6379`, JITRUNNER_LOG_LEVEL: "debug", JITRUNNER_METRICS_TOKEN: "metrics-token-Y5t-0123456789" };
+  const { code, out, stdout } = await run(["check-config", "--config", configFile], env);
+  assert.equal(code, 0, out);
+  assert.equal((JSON.parse(stdout) as { redis: { url: string } }).redis.url, "redis://:redacted@redis:6379");
+  const line = out.split("\n").find((l) => l.startsWith("jitrunner check-config: from the environment"));
+  assert.equal(
+    line,
+    "jitrunner check-config: from the environment, over the config file: redis.url (JITRUNNER_REDIS_URL), logLevel (JITRUNNER_LOG_LEVEL); " +
+      "secrets from the environment: JITRUNNER_GITHUB_PRIVATE_KEY (read instead of github.privateKeyFile), " +
+      "JITRUNNER_GITHUB_WEBHOOK_SECRET (read instead of github.webhookSecretFile), JITRUNNER_METRICS_TOKEN (read instead of server.metricsTokenFile)",
+    out,
+  );
+  assert.ok(!stdout.includes("from the environment"), "the JSON on stdout stays JSON");
+  for (const secret of [password, "metrics-token-Y5t", WEBHOOK_SECRET]) assert.ok(!out.includes(secret), secret);
+  // A mode says only the secrets it reads: the server no private key.
+  const server = await run(["check-config", "--mode", "server", "--config", configFile], env);
+  assert.equal(server.code, 0, server.out);
+  assert.match(server.out, /secrets from the environment: JITRUNNER_GITHUB_WEBHOOK_SECRET \(read instead of github\.webhookSecretFile\), JITRUNNER_METRICS_TOKEN/);
+  assert.doesNotMatch(server.out, /JITRUNNER_GITHUB_PRIVATE_KEY/);
+  // Secrets from files and no variable for any option: nothing to say.
+  const keyFile = join(dir, "env-note-key.pem");
+  const secretFile = join(dir, "env-note-secret");
+  await writeFile(keyFile, SECRETS.JITRUNNER_GITHUB_PRIVATE_KEY);
+  await writeFile(secretFile, WEBHOOK_SECRET);
+  const fromFiles = join(dir, "env-note.yml");
+  await writeFile(fromFiles, configText(redis.url, redis.prefix).replace("  appId: 1\n", `  appId: 1\n  privateKeyFile: ${keyFile}\n  webhookSecretFile: ${secretFile}\n`));
+  const quiet = await run(["check-config", "--config", fromFiles], { JITRUNNER_GITHUB_PRIVATE_KEY: "", JITRUNNER_GITHUB_WEBHOOK_SECRET: "" });
+  assert.equal(quiet.code, 0, quiet.out);
+  assert.doesNotMatch(quiet.out, /from the environment/);
 });
 
 test("check-config shows a Sentinel setup without its passwords: the sentinels, the master's name, the password file's path", async () => {
@@ -94,9 +127,9 @@ test("check-config shows a Sentinel setup without its passwords: the sentinels, 
   await writeFile(passwordFile, `${sentinelPassword}\n`);
   const redisSection = `redis:\n  url: redis://:data-pass-C8x@127.0.0.1:6379/1\n  prefix: x\n  sentinels: ["10.0.0.5:26379", "10.0.0.6:26379"]\n  sentinelName: mymaster\n  sentinelPasswordFile: ${passwordFile}\n`;
   await writeFile(file, configText(redis.url, redis.prefix).replace(/^redis:\n(  .*\n)+/m, redisSection));
-  const { code, out } = await run(["check-config", "--config", file], SECRETS);
+  const { code, out, stdout } = await run(["check-config", "--config", file], SECRETS);
   assert.equal(code, 0, out);
-  const printed = JSON.parse(out) as { redis: Record<string, unknown>; secrets: Record<string, string> };
+  const printed = JSON.parse(stdout) as { redis: Record<string, unknown>; secrets: Record<string, string> };
   assert.deepEqual(printed.redis, {
     url: "redis://:redacted@127.0.0.1:6379/1",
     prefix: "x",
@@ -112,9 +145,9 @@ test("check-config hides what a pool's runner environment holds of credentials: 
   const file = join(dir, "pool-env.yml");
   const env = `    env:\n      HTTPS_PROXY: "http://ci:proxy-pass-K3x@proxy.internal:3128"\n      NPM_TOKEN: npm-token-V8r\n      API_KEY: api-key-M2p\n      OPENAI_APIKEY: sk-apikey-Q7w\n      DB_PASS: db-pass-H4n\n      TZ: Europe/Berlin\n      DSN: "postgres://db/x?sslmode=require&password=dsn-pass-J6t"\n      GIT_URL: "https://git-user-token-P5z@git.example/o/r"\n      AT_PROXY: "http://ci:at@pass-R2d@proxy.internal:3128"\n      GH_PAT: pat-value-W1c\n      DB_PWD: db-pwd-T8k\n      BLOB: "ghs_0123456789abcdefABCDEF0123456789abcd"\n      TOOL_CACHE: /opt/hostedtoolcache/MyCompany/Tools/Shared/Cache/Linux\n      REPO_URL: "ssh://git@git.example/o/r?ref=main"\n      DATABASE_URL: "postgres://app:k9/Xq+Secr3t@db:5432/app"\n      CACHE_URL: "redis://:Zm9v/YmFy@cache:6379"\n`;
   await writeFile(file, configText(redis.url, redis.prefix).replace("    isolation: capabilities\n", `    isolation: capabilities\n${env}`));
-  const { code, out } = await run(["check-config", "--config", file], SECRETS);
+  const { code, out, stdout } = await run(["check-config", "--config", file], SECRETS);
   assert.equal(code, 0, out);
-  const printed = JSON.parse(out) as { pools: Array<{ env: Record<string, string> }> };
+  const printed = JSON.parse(stdout) as { pools: Array<{ env: Record<string, string> }> };
   assert.deepEqual(printed.pools[0]!.env, {
     HTTPS_PROXY: "http://ci:redacted@proxy.internal:3128",
     NPM_TOKEN: "[redacted]",
@@ -148,7 +181,7 @@ test("check-config shows a secret file's path a mode does not read only when it 
   await writeFile(metricsFile, "metrics-token-0123456789\n");
   const worker = await run(["check-config", "--mode", "worker", "--config", file], SECRETS);
   assert.equal(worker.code, 0, worker.out);
-  const printed = JSON.parse(worker.out) as { server: { adminTokenFile: string; metricsTokenFile: string } };
+  const printed = JSON.parse(worker.stdout) as { server: { adminTokenFile: string; metricsTokenFile: string } };
   assert.equal(printed.server.metricsTokenFile, metricsFile);
   assert.match(printed.server.adminTokenFile, /^\(a relative path, not shown/);
   assert.ok(!worker.out.includes(token));
