@@ -544,6 +544,26 @@ test("the example config's placeholders left in (appId 123456, owner my-org, ins
   assert.deepEqual(loadConfigWithOrigins({ text: minimal, env, readFile: noFiles }).warnings, []);
 });
 
+test("a worker.docker.host without a port, with a port or a scheme written into it, is accepted with a warning where a worker runs: it goes to 80 (443)", () => {
+  const warningsOf = (docker: string, secretsFor?: "server" | "worker" | "all") =>
+    loadConfigWithOrigins({ text: `${minimal}worker:\n  docker: ${docker}\n`, env, readFile: noFiles, ...(secretsFor && { secretsFor }) }).warnings;
+  assert.deepEqual(warningsOf("{ host: engine.internal }"), [
+    "worker.docker.host without a port: port 80 (443 over https) is used, not Docker's 2375 (2376 over TLS); set worker.docker.port to the port the engine listens on",
+  ]);
+  assert.match(warningsOf("{ host: engine.internal, protocol: https }", "worker").join("\n"), /^worker\.docker\.host without a port: port 443 is used, not Docker's 2375/);
+  assert.match(
+    warningsOf("{ host: 'engine.internal:2375', port: 2375 }").join("\n"),
+    /^worker\.docker\.host: 'engine\.internal:2375' holds a port, which is not read there: the connection goes to port 80 \(443 over https\) whatever worker\.docker\.port says; give the host alone and port: 2375$/,
+  );
+  assert.match(warningsOf("{ host: '[fd00::5]:2376', protocol: https }").join("\n"), /holds a port.*port: 2376$/);
+  assert.match(warningsOf("{ host: 'tcp://engine.internal:2375' }").join("\n"), /^worker\.docker\.host: 'tcp:\/\/engine\.internal:2375' is a URL/);
+  // A port given, ssh (22 by default, as ssh's), a socket, or a mode that runs no worker: nothing to say.
+  for (const docker of ["{ host: engine.internal, port: 2375 }", "{ host: 'fd00::5', port: 2376, protocol: https }", "{ host: engine.internal, protocol: ssh }", "{ socketPath: /run/docker.sock }"]) {
+    assert.deepEqual(warningsOf(docker), [], docker);
+  }
+  assert.deepEqual(warningsOf("{ host: engine.internal }", "server"), []);
+});
+
 test("a pool in the host's network or in another container's is refused: its jobs would reach what listens on that loopback", () => {
   for (const mode of ["host", "container:jitrunner-worker", "container:0123abcd"]) {
     const problems = problemsOf({ text: `${minimal}    networkMode: "${mode}"\n`, env, readFile: noFiles });
