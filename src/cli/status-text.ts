@@ -51,7 +51,7 @@ export function renderStatusText(s: StatusSnapshot): string {
   );
   section(
     "HOSTS",
-    ["HOST", "HEALTH", "SLOTS", "HEARTBEAT", "RUNNERS", "POOLS", "OLDEST RUNNER"],
+    ["HOST", "HEALTH", "SLOTS", "HEARTBEAT", "RUNNERS", "POOLS SERVED", "OLDEST RUNNER"],
     s.hosts.map((h) => [
       h.id,
       h.health ?? "unknown",

@@ -127,7 +127,7 @@ function poolsSection(s: StatusSnapshot): Html {
 
 function hostsSection(s: StatusSnapshot): Html {
   return section("hosts", "Hosts", s.hosts.length, () => html`<table>
-<thead><tr><th>Host</th><th>Health</th><th class="num">Slots used</th><th class="num">Heartbeat</th><th>Runners</th><th>Pools</th><th>Oldest runner</th></tr></thead>
+<thead><tr><th>Host</th><th>Health</th><th class="num">Slots used</th><th class="num">Heartbeat</th><th>Runners</th><th>Pools served</th><th>Oldest runner</th></tr></thead>
 <tbody>${s.hosts.map(
     (h) => html`<tr data-host="${h.id}"><td><strong>${h.id}</strong></td><td>${h.health ? state(h.health) : html`<span class="muted">unknown</span>`}</td><td class="num">${h.capacity === undefined ? "" : `${h.used ?? 0} / ${h.capacity}`}</td><td class="num">${h.heartbeatAgeSeconds === undefined ? "" : `${formatAge(h.heartbeatAgeSeconds)} ago`}</td><td>${counts(h.runners)}</td><td>${h.pools.join(", ")}</td><td class="when">${ago(s.generatedAt, h.oldestCreatedAt)}</td></tr>`,
   )}</tbody></table>`, "No worker host has a heartbeat or a runner now.");

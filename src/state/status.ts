@@ -13,7 +13,7 @@ export interface StatusSources {
   runners: { listAll(): Promise<RunnerRecord[]> };
   activity?: { recentJobEvents(count?: number): Promise<JobEvent[]>; recentFailures(count?: number): Promise<LaunchFailure[]> };
   /** Hosts as their heartbeats show them (HostStore.list), alive or gone. */
-  hosts?: { list(): Promise<Array<{ id: string; record?: { capacity: number; used: number; draining: boolean }; beatAgeMs?: number; stoppedCleanly?: boolean }>> };
+  hosts?: { list(): Promise<Array<{ id: string; record?: { capacity: number; used: number; pools: string[]; draining: boolean }; beatAgeMs?: number; stoppedCleanly?: boolean }>> };
   /** Demand not yet taken by a worker, per pool (DemandQueues.pending). */
   pending?: (pools: readonly string[]) => Promise<Map<string, number>>;
   now?: () => number;
@@ -44,6 +44,7 @@ export type HostHealth = "up" | "draining" | "engine_down" | "stopped" | "gone";
 export interface HostStatus {
   id: string;
   runners: StateCounts;
+  /** The pools the host's worker serves (its heartbeat); for a host without one, those of its runners. */
   pools: string[];
   /** NaN when the host has no runner. */
   oldestCreatedAt: number;
@@ -153,7 +154,9 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
     return {
       id,
       runners: countStates(mine),
-      pools: [...new Set(mine.map((r) => r.pool))].sort(),
+      // The pools its worker serves, from its heartbeat (an idle host's too); without one (gone,
+      // stopped, or beats not read), the pools of the runners recorded on it.
+      pools: [...new Set(beat?.record ? beat.record.pools : mine.map((r) => r.pool))].sort(),
       oldestCreatedAt: mine.length ? Math.min(...mine.map((r) => r.createdAt)) : Number.NaN,
       ...(beat && {
         health: hostHealth(beat.record, beat.stoppedCleanly),

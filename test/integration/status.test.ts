@@ -205,7 +205,7 @@ test("the status page needs the admin token, and shows pools, queue depth, hosts
 
 test("hosts show their heartbeat: up, draining, engine down, and gone with an ever older last beat", async () => {
   const hosts = new HostStore(conn, `${redis.prefix}:beats`);
-  await hosts.heartbeat({ id: "host-up", capacity: 4, used: 1, pools: ["default"] }, 60_000);
+  await hosts.heartbeat({ id: "host-up", capacity: 4, used: 1, pools: ["gpu", "default"] }, 60_000);
   await hosts.heartbeat({ id: "host-engine", capacity: 0, used: 0, pools: ["default"] }, 60_000);
   await hosts.heartbeat({ id: "host-drain", capacity: 0, used: 2, pools: ["default"] }, 60_000);
   await hosts.drain("host-drain");
@@ -221,6 +221,15 @@ test("hosts show their heartbeat: up, draining, engine down, and gone with an ev
   // Hosts known only by their runners are still listed, with no heartbeat facts.
   assert.equal(byId.get("host-a")?.health, undefined);
   assert.equal(byId.get("host-a")?.runners.busy, 1);
+  // POOLS: the pools a host's worker serves, from its heartbeat, though it has no runner; a host
+  // known only by its runners (or gone: no record) shows theirs.
+  assert.deepEqual(
+    ["host-up", "host-engine", "host-gone", "host-a", "host-b"].map((id) => [id, byId.get(id)?.runners.busy ?? 0, byId.get(id)?.pools]),
+    [["host-up", 0, ["default", "gpu"]], ["host-engine", 0, ["default"]], ["host-gone", 0, []], ["host-a", 1, ["default"]], ["host-b", 0, ["gpu"]]],
+  );
+  const shown = renderStatusText(snapshot);
+  assert.match(shown, /^HOSTS\nHOST +HEALTH +SLOTS +HEARTBEAT +RUNNERS +POOLS SERVED +OLDEST RUNNER$/m);
+  assert.match(shown, /^host-up +up +1\/4 +\S+ ago +none +default,gpu\b/m);
 
   // The same facts as metrics: a gone host has capacity 0 and an age that grows.
   const metrics = new Metrics({ processMetrics: false });

@@ -47,6 +47,7 @@ test("the page carries every value escaped and no script anywhere", () => {
     assert.ok(page.includes(escapeHtml(text)), `page has ${text}`);
   }
   assert.match(page, /<meta http-equiv="refresh" content="15">/);
+  assert.match(page, /<th>Runners<\/th><th>Pools served<\/th>/, "the hosts' pools are those their workers serve");
 });
 
 test("the CSP admits exactly the page's own stylesheet", () => {
