@@ -125,8 +125,9 @@ test(`${JOBS} queued jobs -> ${JOBS} runners -> ${JOBS} completed jobs -> nothin
   assert.ok(beatAge >= 0 && beatAge < 30, `heartbeat age of a live host: ${beatAge}`);
   assert.match(metrics, /jitrunner_runners\{pool="default",host="[^"]+",state="busy"\} 0/);
 
-  // The happy path costs GitHub at most 2 calls per job (still-queued check + JIT config), plus tokens.
-  const perJob = fake.requests.filter((r) => !r.route.startsWith("/app/")).length / JOBS;
+  // The happy path costs GitHub at most 2 calls per job (still-queued check + JIT config), plus
+  // tokens and the worker's one App check at its start (GET /app).
+  const perJob = fake.requests.filter((r) => r.route !== "/app" && !r.route.startsWith("/app/")).length / JOBS;
   assert.ok(perJob <= 2, `${perJob} GitHub calls per job`);
 
   const page = await fetch(`${url}/`);
