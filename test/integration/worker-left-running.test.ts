@@ -81,8 +81,11 @@ test("a runner left running whose container other hands removed frees its slot a
     assert.deepEqual((await containersOf(host)).map((c) => c.Id), [container.id], "no runner of pool b launched");
     assert.equal((await slots())?.used, 1, "the slot still used");
 
-    // Other hands remove the container, through the engine's API (as `docker rm -f` does).
+    // Other hands remove the container, through the engine's API (as `docker rm -f` does, which
+    // leaves the image's anonymous /var/lib/docker volume: the test removes it, below).
+    const anonymous = (await container.inspect()).Mounts.filter((m) => m.Type === "volume").map((m) => m.Name!);
     await docker.getContainer(container.id).remove({ force: true });
+    for (const v of anonymous) await docker.getVolume(v).remove().catch(() => undefined);
 
     // The next pass finds it gone from the engine's list: its slot is free, and the job gets its runner.
     const gone = new RegExp(`"runner":"${LEFT}","pool":"a".*"msg":"runner left running is gone \\(its container removed by other hands\\): its slot is free"`);
