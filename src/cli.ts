@@ -8,7 +8,7 @@ import { createLogger } from "./logger.ts";
 import { start, type Mode } from "./main.ts";
 import { drainHost, undoDrain } from "./cli/drain.ts";
 import { COMMAND_HELP, USAGE } from "./cli/help.ts";
-import { withoutPassword } from "./cli/redis.ts";
+import { withoutPassword } from "./queue/redis-address.ts";
 import { DEBUG_SKIP_SECRETS, debugShowsSecrets } from "./cli/debug-env.ts";
 import { dropPrivileges, localDockerSocket, type DropResult } from "./cli/privileges.ts";
 import { readDockerFiles, type DockerFiles } from "./docker/dockerode-driver.ts";

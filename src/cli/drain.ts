@@ -1,9 +1,9 @@
 import type { Redis } from "ioredis";
 import type { Config } from "../config/load.ts";
-import { redisAddressOf } from "../queue/redis-address.ts";
+import { redisAddressOf, redisTarget } from "../queue/redis-address.ts";
 import { HostStore } from "../state/hosts.ts";
 import { RunnerStore } from "../state/runners.ts";
-import { cliRedis, connectCli, isUnreachable, redisTarget, unreachableReason } from "./redis.ts";
+import { cliRedis, connectCli, isUnreachable, unreachableReason } from "./redis.ts";
 
 /** `drain`'s exit code when the host stopped answering with runners of its own still recorded. */
 export const DRAIN_EXIT_HOST_VANISHED = 3;

@@ -1,8 +1,7 @@
 /** The Redis connection of the commands an operator runs and waits on (`status`, `drain`): every step bounded. */
 import { Redis } from "ioredis";
-import { atOutsideUserInfo } from "../config/schema.ts";
 import { errorMessage, redisUnavailableReason } from "../errors.ts";
-import { addressOptions, isPasswordParam, type RedisAddress } from "../queue/redis-address.ts";
+import { addressOptions, type RedisAddress } from "../queue/redis-address.ts";
 import { within } from "../timers.ts";
 
 /** How long `status` and `drain` wait for Redis on one step: connecting, or any one command. */
@@ -60,47 +59,6 @@ export async function connectCli(redis: Redis): Promise<void> {
   } finally {
     redis.off("error", onError);
   }
-}
-
-/**
- * A URL as it may be printed: a password in it (`redis://:PASSWORD@host`, `?password=`) replaced,
- * and a user name with no password (`redis://PASSWORD@host`, the ':' forgotten) as well.
- */
-export function withoutPassword(url: string): string {
-  const parsed = URL.canParse(url);
-  const shown = parsed ? userInfoReplaced(url) : url;
-  // Not a URL the WHATWG parser takes (a password with a '/' in it, say), or one it reads with an
-  // '@' left after the host (a password's '/', '#' or '?' ended the host early, so no password was
-  // found): hide all from the scheme to the last @. The config refuses both; this is for one that gets by.
-  return !parsed || atOutsideUserInfo(shown) ? shown.replace(/\/\/.*@/, "//redacted@") : shown;
-}
-
-function userInfoReplaced(url: string): string {
-  const u = new URL(url);
-  const nameAlone = u.username !== "" && !u.password;
-  const secretParams = [...u.searchParams.keys()].filter(isPasswordParam);
-  if (!u.password && !nameAlone && secretParams.length === 0) return url;
-  if (nameAlone) u.username = "redacted";
-  if (u.password) u.password = "redacted";
-  for (const k of secretParams) u.searchParams.set(k, "redacted");
-  return u.href;
-}
-
-/**
- * Which Redis a command could not reach, for an operator's line: its URL without a password, and
- * where the URL came from, so the one to fix is found: the environment variable that set it
- * (`origins`, the options the environment set), else `redis.url` in the config. Through Sentinel,
- * the master's name and the sentinels asked, and the options or variables that gave them.
- */
-export function redisTarget(address: RedisAddress, origins?: ReadonlyMap<string, string>): string {
-  const s = address.sentinel;
-  if (s) {
-    const sentinels = s.sentinels.map(({ host, port }) => `${host.includes(":") ? `[${host}]` : host}:${port}`).join(", ");
-    const named = ["redis.sentinelName", "redis.sentinels"].map((option) => origins?.get(option) ?? option).join(", ");
-    return `master '${s.name}' through the sentinels at ${sentinels} (${named})`;
-  }
-  const from = origins?.get("redis.url");
-  return `${withoutPassword(address.url)} (${from ? `from ${from}` : "redis.url"})`;
 }
 
 /**

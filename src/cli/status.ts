@@ -1,12 +1,12 @@
 import type { Config } from "../config/load.ts";
-import { redisAddressOf } from "../queue/redis-address.ts";
+import { redisAddressOf, redisTarget } from "../queue/redis-address.ts";
 import { DemandQueues } from "../queue/demand-queue.ts";
 import { ActivityLog } from "../state/activity.ts";
 import { HostStore } from "../state/hosts.ts";
 import { RunnerStore } from "../state/runners.ts";
 import { collectStatus } from "../state/status.ts";
 import { within } from "../timers.ts";
-import { CLI_REDIS_TIMEOUT_MS, cliRedis, connectCli, NO_ANSWER, redisTarget, unreachableReason } from "./redis.ts";
+import { CLI_REDIS_TIMEOUT_MS, cliRedis, connectCli, NO_ANSWER, unreachableReason } from "./redis.ts";
 import { renderStatusText } from "./status-text.ts";
 
 /**

@@ -1,11 +1,12 @@
 /**
  * Where jitrunner's Redis is: one address (redis.url), or the master a group of Redis Sentinels
  * names (redis.sentinels, redis.sentinelName). Every connection jitrunner makes is built from it,
- * the server's, the worker's and BullMQ's (redisConnection) and the operator commands' (cliRedis).
+ * the server's, the worker's and BullMQ's (redisConnection) and the operator commands' (cliRedis);
+ * and how it is shown wherever a line names it (withoutPassword, redisTarget).
  */
 import type { RedisOptions } from "ioredis";
 import type { Config } from "../config/load.ts";
-import { parseSentinelAddress } from "../config/schema.ts";
+import { atOutsideUserInfo, parseSentinelAddress } from "../config/schema.ts";
 import type { Secret } from "../config/secret.ts";
 
 export interface RedisAddress {
@@ -87,4 +88,45 @@ function urlPasswords(url: string): string[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * A URL as it may be printed: a password in it (`redis://:PASSWORD@host`, `?password=`) replaced,
+ * and a user name with no password (`redis://PASSWORD@host`, the ':' forgotten) as well.
+ */
+export function withoutPassword(url: string): string {
+  const parsed = URL.canParse(url);
+  const shown = parsed ? userInfoReplaced(url) : url;
+  // Not a URL the WHATWG parser takes (a password with a '/' in it, say), or one it reads with an
+  // '@' left after the host (a password's '/', '#' or '?' ended the host early, so no password was
+  // found): hide all from the scheme to the last @. The config refuses both; this is for one that gets by.
+  return !parsed || atOutsideUserInfo(shown) ? shown.replace(/\/\/.*@/, "//redacted@") : shown;
+}
+
+function userInfoReplaced(url: string): string {
+  const u = new URL(url);
+  const nameAlone = u.username !== "" && !u.password;
+  const secretParams = [...u.searchParams.keys()].filter(isPasswordParam);
+  if (!u.password && !nameAlone && secretParams.length === 0) return url;
+  if (nameAlone) u.username = "redacted";
+  if (u.password) u.password = "redacted";
+  for (const k of secretParams) u.searchParams.set(k, "redacted");
+  return u.href;
+}
+
+/**
+ * Which Redis a command could not reach, for an operator's line: its URL without a password, and
+ * where the URL came from, so the one to fix is found: the environment variable that set it
+ * (`origins`, the options the environment set), else `redis.url` in the config. Through Sentinel,
+ * the master's name and the sentinels asked, and the options or variables that gave them.
+ */
+export function redisTarget(address: RedisAddress, origins?: ReadonlyMap<string, string>): string {
+  const s = address.sentinel;
+  if (s) {
+    const sentinels = s.sentinels.map(({ host, port }) => `${host.includes(":") ? `[${host}]` : host}:${port}`).join(", ");
+    const named = ["redis.sentinelName", "redis.sentinels"].map((option) => origins?.get(option) ?? option).join(", ");
+    return `master '${s.name}' through the sentinels at ${sentinels} (${named})`;
+  }
+  const from = origins?.get("redis.url");
+  return `${withoutPassword(address.url)} (${from ? `from ${from}` : "redis.url"})`;
 }

@@ -6,10 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { cliConnectLimitMs, cliRedis, redisTarget, withoutPassword } from "../../src/cli/redis.ts";
+import { cliConnectLimitMs, cliRedis } from "../../src/cli/redis.ts";
 import { loadConfig, loadConfigWithOrigins } from "../../src/config/load.ts";
 import { ConfigError } from "../../src/errors.ts";
-import { addressOptions, addressPasswords, redisAddressOf } from "../../src/queue/redis-address.ts";
+import { addressOptions, addressPasswords, redisAddressOf, redisTarget, withoutPassword } from "../../src/queue/redis-address.ts";
 import { testPrivateKey } from "../helpers/config.ts";
 
 const env = { JITRUNNER_GITHUB_PRIVATE_KEY: testPrivateKey(), JITRUNNER_GITHUB_WEBHOOK_SECRET: "s3cret-value-0123456789" };

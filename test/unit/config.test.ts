@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { parse as parseYaml } from "yaml";
 import { loadConfig, loadConfigWithOrigins } from "../../src/config/load.ts";
-import { withoutPassword } from "../../src/cli/redis.ts";
+import { withoutPassword } from "../../src/queue/redis-address.ts";
 import { ConfigError } from "../../src/errors.ts";
 import { testPrivateKey } from "../helpers/config.ts";
 
