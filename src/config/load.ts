@@ -262,23 +262,15 @@ function unwrapped(schema: z.ZodType | undefined): z.ZodType | undefined {
 }
 
 /**
- * A worker.docker.host written as Docker's own tools take an address, which the connection does
- * not (docker-modem reads `host` as a name or address only, and `port` apart): without a port it
- * goes to 80 (443 over https), where no engine listens by default; a port written into the host
- * is not read, and `port` is then ignored too (80 or 443 all the same); a URL is not read as one. Accepted (an engine may listen on 80), with a warning.
+ * A worker.docker.host with no port, written in the config or in the host (the schema reads a
+ * port, a scheme and a user written into the host: readDockerHost): docker-modem then goes to 80
+ * (443 over https), where no engine listens by default. Accepted (an engine may listen on 80),
+ * with a warning.
  */
 export function dockerHostWarnings(docker: ParsedConfig["worker"]["docker"]): string[] {
   const { host, port, protocol } = docker;
   if (!host || protocol === "ssh") return []; // ssh: port 22 when none is given, as ssh's
   const defaultPort = protocol === "https" ? "443" : protocol === "http" ? "80" : "80 (443 over https)";
-  if (host.includes("://")) {
-    return [`worker.docker.host: '${host}' is a URL; the host takes a name or an address only: write its host in host, and port and protocol (http, https, ssh) apart`];
-  }
-  const written = /^(?:[^:[\]]+|\[[^\]]*\]):(\d+)$/.exec(host)?.[1];
-  if (written !== undefined) {
-    // Checked: docker-modem then goes to 80 (443) even with a port given.
-    return [`worker.docker.host: '${host}' holds a port, which is not read there: the connection goes to port ${defaultPort} whatever worker.docker.port says; give the host alone and port: ${written}`];
-  }
   if (port !== undefined) return [];
   return [
     `worker.docker.host without a port: port ${defaultPort} is used, not Docker's 2375 (2376 over TLS); set worker.docker.port to the port the engine listens on`,

@@ -179,6 +179,58 @@ export const DEFAULT_CALL_TIMEOUT_SECONDS = 60;
  */
 export const DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS = 120;
 
+/** The schemes a worker.docker.host URL may have, as Docker's own DOCKER_HOST and -H take them. */
+const DOCKER_HOST_SCHEMES = ["tcp", "http", "https", "ssh"];
+
+/**
+ * worker.docker.host written as Docker's own tools take an engine's address, a URL
+ * (`tcp://engine:2376`, `https://engine:2376`, `ssh://user@engine`) or `name:port`
+ * (`engine:2375`, `[fd00::5]:2376`), read into the host, port, protocol and username that the
+ * connection takes apart: docker-modem reads `host` as a name or an address only, so written as
+ * it stands the connection would go to port 80 of a name that does not resolve. `tcp` is https
+ * when the config names TLS files, http otherwise. A part written both ways must agree.
+ */
+function readDockerHost<D extends { host?: string | undefined; port?: number | undefined; protocol?: "http" | "https" | "ssh" | undefined; username?: string | undefined; caFile?: string | undefined; certFile?: string | undefined; keyFile?: unknown }>(
+  d: D,
+  ctx: z.RefinementCtx,
+): D {
+  const host = d.host;
+  if (host === undefined) return d;
+  let written: { name: string; port?: number; protocol?: "http" | "https" | "ssh"; username?: string };
+  if (host.includes("://")) {
+    const url = URL.canParse(host) ? new URL(host) : undefined;
+    const scheme = url?.protocol.slice(0, -1).toLowerCase() ?? "";
+    if (!url || !DOCKER_HOST_SCHEMES.includes(scheme) || url.hostname === "" || url.password !== "" || !["", "/"].includes(url.pathname) || url.search !== "" || url.hash !== "") {
+      const shown = url?.password ? host.replace(/\/\/.*@/, "//redacted@") : host; // a password is never repeated
+      ctx.addIssue({ code: "custom", path: ["host"], message: `'${shown}' is not an engine's address: give a name or an address, name:port, or a URL tcp://, http://, https:// or ssh://[user@]name[:port] (no password, path or query)` });
+      return d;
+    }
+    const tls = d.caFile !== undefined || d.certFile !== undefined || d.keyFile !== undefined;
+    written = {
+      name: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+      ...(url.port !== "" && { port: Number(url.port) }),
+      protocol: scheme === "tcp" ? (d.protocol ?? (tls ? "https" : "http")) : (scheme as "http" | "https" | "ssh"),
+      ...(url.username !== "" && { username: decodeURIComponent(url.username) }),
+    };
+  } else {
+    const m = /^(?:([^:[\]]+)|\[([^\]]*)\]):(\d+)$/.exec(host);
+    if (!m) return d;
+    written = { name: m[1] ?? m[2] ?? "", port: Number(m[3]) };
+  }
+  const disagree = (option: "port" | "protocol" | "username") => d[option] !== undefined && written[option] !== undefined && d[option] !== written[option];
+  for (const option of ["port", "protocol", "username"] as const) {
+    if (disagree(option)) ctx.addIssue({ code: "custom", path: [option], message: `${String(d[option])} disagrees with host '${host}', which says ${String(written[option])}: give it in one place` });
+  }
+  if (written.port !== undefined && (written.port < 1 || written.port > 65535)) ctx.addIssue({ code: "custom", path: ["host"], message: `'${host}' has a port outside 1 to 65535` });
+  return {
+    ...d,
+    host: written.name,
+    ...(written.port !== undefined && { port: written.port }),
+    ...(written.protocol !== undefined && { protocol: written.protocol }),
+    ...(written.username !== undefined && { username: written.username }),
+  };
+}
+
 const docker = z
   .object({
     socketPath: z.string().optional(),
@@ -202,6 +254,7 @@ const docker = z
     launchCallTimeoutSeconds: z.number().min(1).max(MAX_WAIT_SECONDS, TOO_LONG).default(DEFAULT_LAUNCH_CALL_TIMEOUT_SECONDS),
   })
   .strict()
+  .transform(readDockerHost)
   .prefault({});
 
 export const configSchema = z

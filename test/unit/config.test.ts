@@ -544,24 +544,61 @@ test("the example config's placeholders left in (appId 123456, owner my-org, ins
   assert.deepEqual(loadConfigWithOrigins({ text: minimal, env, readFile: noFiles }).warnings, []);
 });
 
-test("a worker.docker.host without a port, with a port or a scheme written into it, is accepted with a warning where a worker runs: it goes to 80 (443)", () => {
+test("a worker.docker.host without a port is accepted with a warning where a worker runs: it goes to 80 (443)", () => {
   const warningsOf = (docker: string, secretsFor?: "server" | "worker" | "all") =>
     loadConfigWithOrigins({ text: `${minimal}worker:\n  docker: ${docker}\n`, env, readFile: noFiles, ...(secretsFor && { secretsFor }) }).warnings;
   assert.deepEqual(warningsOf("{ host: engine.internal }"), [
     "worker.docker.host without a port: port 80 (443 over https) is used, not Docker's 2375 (2376 over TLS); set worker.docker.port to the port the engine listens on",
   ]);
   assert.match(warningsOf("{ host: engine.internal, protocol: https }", "worker").join("\n"), /^worker\.docker\.host without a port: port 443 is used, not Docker's 2375/);
-  assert.match(
-    warningsOf("{ host: 'engine.internal:2375', port: 2375 }").join("\n"),
-    /^worker\.docker\.host: 'engine\.internal:2375' holds a port, which is not read there: the connection goes to port 80 \(443 over https\) whatever worker\.docker\.port says; give the host alone and port: 2375$/,
-  );
-  assert.match(warningsOf("{ host: '[fd00::5]:2376', protocol: https }").join("\n"), /holds a port.*port: 2376$/);
-  assert.match(warningsOf("{ host: 'tcp://engine.internal:2375' }").join("\n"), /^worker\.docker\.host: 'tcp:\/\/engine\.internal:2375' is a URL/);
-  // A port given, ssh (22 by default, as ssh's), a socket, or a mode that runs no worker: nothing to say.
-  for (const docker of ["{ host: engine.internal, port: 2375 }", "{ host: 'fd00::5', port: 2376, protocol: https }", "{ host: engine.internal, protocol: ssh }", "{ socketPath: /run/docker.sock }"]) {
+  assert.match(warningsOf("{ host: 'tcp://engine.internal' }").join("\n"), /^worker\.docker\.host without a port: port 80 is used/);
+  // A port given (in port or in the host), ssh (22 by default, as ssh's), a socket, or a mode that runs no worker: nothing to say.
+  for (const docker of [
+    "{ host: engine.internal, port: 2375 }",
+    "{ host: 'engine.internal:2375' }",
+    "{ host: 'fd00::5', port: 2376, protocol: https }",
+    "{ host: engine.internal, protocol: ssh }",
+    "{ host: 'ssh://ops@engine.internal' }",
+    "{ socketPath: /run/docker.sock }",
+  ]) {
     assert.deepEqual(warningsOf(docker), [], docker);
   }
   assert.deepEqual(warningsOf("{ host: engine.internal }", "server"), []);
+});
+
+test("a worker.docker.host written as Docker's tools take it (a URL, name:port) is read into host, port, protocol and username: docker-modem takes them apart", () => {
+  const dockerOf = (docker: string) => {
+    const d = loadConfig({ text: `${minimal}worker:\n  docker: ${docker}\n`, env, readFile: noFiles }).worker.docker;
+    return { host: d.host, port: d.port, protocol: d.protocol, username: d.username };
+  };
+  const cases: Array<[string, ReturnType<typeof dockerOf>]> = [
+    ["{ host: 'engine.internal:2375' }", { host: "engine.internal", port: 2375, protocol: undefined, username: undefined }],
+    ["{ host: '[fd00::5]:2376', protocol: https }", { host: "fd00::5", port: 2376, protocol: "https", username: undefined }],
+    ["{ host: 'tcp://engine.internal:2375' }", { host: "engine.internal", port: 2375, protocol: "http", username: undefined }],
+    ["{ host: 'tcp://[fd00::5]:2376', protocol: https }", { host: "fd00::5", port: 2376, protocol: "https", username: undefined }],
+    ["{ host: 'https://engine.internal:2376/' }", { host: "engine.internal", port: 2376, protocol: "https", username: undefined }],
+    ["{ host: 'ssh://ops@engine.internal' }", { host: "engine.internal", port: undefined, protocol: "ssh", username: "ops" }],
+    ["{ host: 'ssh://engine.internal:2222', username: ops }", { host: "engine.internal", port: 2222, protocol: "ssh", username: "ops" }],
+    // Agreeing with what the host says is not a conflict; a plain name is left as it is.
+    ["{ host: 'engine.internal:2375', port: 2375 }", { host: "engine.internal", port: 2375, protocol: undefined, username: undefined }],
+    ["{ host: engine.internal, port: 2376, protocol: https }", { host: "engine.internal", port: 2376, protocol: "https", username: undefined }],
+  ];
+  for (const [docker, expected] of cases) assert.deepEqual(dockerOf(docker), expected, docker);
+});
+
+test("a worker.docker.host that says another port, protocol or user than its own option, or is no engine's address, is refused", () => {
+  const problemsFor = (docker: string) => problemsOf({ text: `${minimal}worker:\n  docker: ${docker}\n`, env, readFile: noFiles });
+  assert.ok(problemsFor("{ host: 'engine.internal:2375', port: 2376 }").some((p) => /^worker\.docker\.port: 2376 disagrees with host 'engine\.internal:2375', which says 2375/.test(p)));
+  assert.ok(problemsFor("{ host: 'http://engine.internal:2375', protocol: https }").some((p) => /^worker\.docker\.protocol: https disagrees with host/.test(p)));
+  assert.ok(problemsFor("{ host: 'ssh://ops@engine.internal', username: root }").some((p) => /^worker\.docker\.username: root disagrees/.test(p)));
+  for (const host of ["ftp://engine.internal", "tcp://engine.internal:2375/v1.41", "tcp://engine.internal?x=1"]) {
+    const problems = problemsFor(`{ host: '${host}' }`);
+    assert.ok(problems.some((p) => p.startsWith(`worker.docker.host: '${host}' is not an engine's address`)), `${host}: ${problems.join("\n")}`);
+  }
+  const withPassword = problemsFor("{ host: 'tcp://ops:s3cret-pw@engine.internal:2375' }").join("\n");
+  assert.match(withPassword, /^worker\.docker\.host: 'tcp:\/\/redacted@engine\.internal:2375' is not an engine's address/m);
+  assert.ok(!withPassword.includes("s3cret-pw"), withPassword);
+  assert.ok(problemsFor("{ host: 'engine.internal:70000' }").some((p) => /^worker\.docker\.host: 'engine\.internal:70000' has a port outside 1 to 65535/.test(p)));
 });
 
 test("a pool in the host's network or in another container's is refused: its jobs would reach what listens on that loopback", () => {
