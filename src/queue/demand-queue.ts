@@ -469,6 +469,13 @@ export interface Lease {
    * launch not yet under way must not start: the demand's next holder launches its own.
    */
   readonly lost: AbortSignal;
+  /**
+   * Asks Redis once, as a renewal does (and renewing it if so), whether the lease still holds its
+   * demand: false, and `lost` aborted, when its lock is gone. A renewal finds that only at its turn
+   * (a third of the lease), so `lost` may not say so yet right after Redis came back from an outage
+   * longer than the lease. A Redis that does not answer says nothing: true.
+   */
+  held(): Promise<boolean>;
   /** The tries the demand has in all (worker.launchAttempts): a failed `attempt` this high is its last. */
   readonly attempts: number;
   complete(result: string): Promise<void>;
@@ -660,10 +667,10 @@ export class DemandConsumer {
     const leaseMs = this.#leaseMs;
     const taken = { started: job.attemptsStarted, made: job.attemptsMade };
     const lost = new AbortController();
-    const renew = setInterval(() => {
-      // 0: the lock is gone (it lapsed while Redis was away for longer than the lease) or another
-      // lease's; BullMQ's stalled check gives the demand back to the queue, if it has not already.
-      // A renewal that fails (Redis away) says nothing yet: the next one asks again.
+    // 0: the lock is gone (it lapsed while Redis was away for longer than the lease) or another
+    // lease's; BullMQ's stalled check gives the demand back to the queue, if it has not already.
+    // A renewal that fails (Redis away) says nothing yet: the next one asks again.
+    const renewOnce = (): Promise<void> =>
       job.extendLock(token, leaseMs).then(
         (kept) => {
           if (Number(kept) !== 0 || settling || lost.signal.aborted) return;
@@ -673,7 +680,7 @@ export class DemandConsumer {
         },
         () => undefined,
       );
-    }, leaseMs / 3);
+    const renew = setInterval(() => void renewOnce(), leaseMs / 3);
     renew.unref();
     // The first settling call's outcome is every later one's: after a complete that failed, a fail
     // rejects too, instead of resolving as if it had landed.
@@ -698,6 +705,10 @@ export class DemandConsumer {
       id: job.id!,
       demand: job.data,
       lost: lost.signal,
+      held: async () => {
+        if (!settling && !lost.signal.aborted) await renewOnce();
+        return !lost.signal.aborted;
+      },
       attempt: job.attemptsMade + 1,
       attempts: job.opts.attempts ?? 1,
       complete: (result) => settle(() => job.moveToCompleted(result, token, false), true),

@@ -905,6 +905,10 @@ export class RunnerWorker {
       // nor releases the claim under it.
       if (lease.lost.aborted) throw lease.lost.reason;
       const retry = tookAJob || torn?.tookAJob ? undefined : await this.#retryReason(lease, reason, log);
+      // No renewal may have found the lapse yet (Redis back a moment ago from an outage longer
+      // than the lease): asked once before the runner counts as a launch that failed, a lease
+      // found lost ends as above.
+      if (retry && !(await lease.held())) throw lease.lost.reason;
       if (retry) {
         // This runner did not serve the demand: forget its claim so the retry launches anew.
         await this.#d.runners.releaseDemand(tracked.record);

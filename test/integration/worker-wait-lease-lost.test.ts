@@ -9,7 +9,8 @@
  * lease on the same host waits for that runner holding the launching lease's slot, not a second
  * one, and gives it back should it lapse in turn; the runner counts once whichever ends first.
  * Should that runner end without a job, the lapsed lease leaves the demand to its next holder,
- * which launches again: no launch of the host failed, and the demand is served once.
+ * which launches again: no launch of the host failed, and the demand is served once. So too when
+ * no renewal has found the lapse yet as the runner ends (Redis back a moment ago): the lease asks.
  */
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -27,16 +28,16 @@ const { redis, hosts } = workersForFile();
 
 /**
  * One test's parts: a fake GitHub, a host of two slots whose pool has two places, with short
- * leases and beats, its runners' jobs lasting `jobSeconds` unless ended; the stores to read its
+ * leases (`leaseSeconds`) and beats, its runners' jobs lasting `jobSeconds` unless ended; the stores to read its
  * slots and places. `start` starts a jitrunner process on it; `close` closes what the test did not.
  */
-async function leaseLostSetup(name: string, jobSeconds: number) {
+async function leaseLostSetup(name: string, jobSeconds: number, leaseSeconds = 5) {
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
   const host = uniqueHost(name);
   const r = scopedRedis(redis, name);
   hosts.push(host);
   const pools = [fakeRunnerPool(fake, { maxRunners: 2, env: { FAKE_GITHUB_SOCKET: "/fake-github/github.sock", FAKE_JOB_SECONDS: String(jobSeconds) } })];
-  const over = { pools, worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, leaseSeconds: 5, heartbeatSeconds: 1 } };
+  const over = { pools, worker: { hostId: host, capacity: 2, completedGraceSeconds: 5, reconcileIntervalSeconds: 2, leaseSeconds, heartbeatSeconds: 1 } };
   const conn = redisConnection(r.url);
   return {
     fake,
@@ -222,18 +223,20 @@ test("a worker stopped while the demand's next lease waits for the runner a laps
   }
 });
 
+/** The launch failures the system has counted, all pools and codes (its /metrics). */
+async function launchFailures(sys: { url: string }): Promise<number> {
+  const text = await (await fetch(`${sys.url}/metrics`)).text();
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith("jitrunner_launch_failures_total{"))
+    .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+}
+
 test("a lease that lapses while the runner it launched runs, and that runner then ends without a job: no launch failure counted, the worker stays ready, and the demand's next lease launches again and serves it once", { timeout: 300_000 }, async () => {
   const t = await leaseLostSetup("launch-lost-no-job", 120);
   const { fake, host, r, conn, hostStore, places } = t;
   const sys = await t.start();
   const found = () => (sys.logs().match(/demand already has a runner/g) ?? []).length;
-  const launchFailures = async () => {
-    const text = await (await fetch(`${sys.url}/metrics`)).text();
-    return text
-      .split("\n")
-      .filter((l) => l.startsWith("jitrunner_launch_failures_total{"))
-      .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
-  };
   try {
     // No runner of ours may take the job for now: the one launched for it waits, idle.
     const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"], onlyRunner: "not-one-of-ours" });
@@ -253,7 +256,7 @@ test("a lease that lapses while the runner it launched runs, and that runner the
     await waitFor(() => /lease lapsed while it was served|demand failed; returned to the queue/.test(sys.logs()), 60_000, "the launching lease's end");
     assert.doesNotMatch(sys.logs(), /demand failed; returned to the queue/, "the lapsed lease did not fail the demand");
     assert.doesNotMatch(sys.logs(), /launch for pool default failed/);
-    assert.equal(await launchFailures(), 0, "no launch failure counted");
+    assert.equal(await launchFailures(sys), 0, "no launch failure counted");
     const ready = (await (await fetch(`${sys.url}/readyz`)).json()) as { problems: string[] };
     assert.ok(!ready.problems.includes(UNREADY.launches), `ready for launches: ${JSON.stringify(ready)}`);
 
@@ -270,12 +273,54 @@ test("a lease that lapses while the runner it launched runs, and that runner the
     assert.equal(ran?.conclusion, "success");
     assert.equal(found(), 1, "taken once more only");
     assert.equal(callsTo(fake, JIT), 2, "the lapsed lease's runner and one more: no third");
-    assert.equal(await launchFailures(), 0);
+    assert.equal(await launchFailures(sys), 0);
 
     await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "both runners removed");
     await waitFor(async () => (await places.count("default")) === 0, 15_000, "the place freed");
     await waitFor(async () => (await nextBeat(hostStore, host)).used === 0, 15_000, "no slot used");
     assert.equal(callsTo(fake, JIT), 2, "no runner launched since");
+  } finally {
+    await sys.close();
+    await t.close();
+  }
+});
+
+test("a lease whose lock another holder took, no renewal having found it yet, and whose runner then ends without a job: it asks Redis, finds the lease lost, and counts no launch failure nor touches the holder's demand", { timeout: 240_000 }, async () => {
+  // Leases of an hour, renewed every 20 minutes: none renews while the test runs, so only the
+  // lease's own question finds its lock gone, as right after Redis came back from an outage.
+  const t = await leaseLostSetup("launch-lost-unnoticed", 120, 3600);
+  const { fake, host, r, conn, hostStore, places } = t;
+  const sys = await t.start();
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"], onlyRunner: "not-one-of-ours" });
+    await waitFor(() => fake.runners().find((x) => x.status === "online"), 60_000, "the launched runner online");
+    const [container] = await containersOf(host);
+    assert.ok(container, "its container");
+
+    // Another holder's lock on the demand, as the lease lapsed and another worker took it: the
+    // demand stays active, under that lock.
+    const demand = `${job.id}-1`;
+    const lock = `${r.prefix}:bull:demand-default:${demand}:lock`;
+    const other = "another-worker:lease";
+    assert.ok(await conn.get(lock), "the launching lease's lock");
+    await conn.set(lock, other, "EX", 3600);
+
+    await docker.getContainer(container.Id).kill();
+    await waitFor(() => /lease lapsed while it was served|demand failed; returned to the queue/.test(sys.logs()), 60_000, "the launching lease's end");
+    assert.doesNotMatch(sys.logs(), /demand failed; returned to the queue/, "the lost lease did not fail the demand");
+    assert.doesNotMatch(sys.logs(), /launch for pool default failed/);
+    assert.equal(await launchFailures(sys), 0, "no launch failure counted");
+    const ready = (await (await fetch(`${sys.url}/readyz`)).json()) as { problems: string[] };
+    assert.ok(!ready.problems.includes(UNREADY.launches), `ready for launches: ${JSON.stringify(ready)}`);
+    assert.equal(await conn.get(lock), other, "the holder's lock untouched");
+    const held = await demandState(r, "default", demand);
+    assert.equal(held?.state, "active", "the demand still the holder's");
+    assert.equal(held?.attempts, 0, "no attempt spent on it");
+
+    await waitFor(async () => (await containersOf(host)).length === 0, 60_000, "the runner removed");
+    await waitFor(async () => (await places.count("default")) === 0, 15_000, "its place freed");
+    await waitFor(async () => (await nextBeat(hostStore, host)).used === 0, 15_000, "no slot used");
+    assert.equal(callsTo(fake, JIT), 1, "no runner launched since");
   } finally {
     await sys.close();
     await t.close();
