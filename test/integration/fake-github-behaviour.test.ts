@@ -108,6 +108,21 @@ test("inject: the next N matching requests get the injected answer, then normal 
   assert.equal((await again.call("online")).status, 200, "runner-protocol calls are not hit by route-less faults");
 });
 
+test("clearFaults: a fault injected for many requests lasts until the test ends it; those of other routes or methods stay", async () => {
+  fake.inject({ route: "/app", method: "GET", status: 401, times: 1000 });
+  fake.inject({ route: "/app", method: "GET", status: 503, times: 1000 });
+  fake.inject({ route: "/repos/o/clear/actions/runners", status: 502, times: 1 });
+  const app = () => client.call("GET", "/app", { auth: "app" });
+  assert.deepEqual([(await app()).status, (await app()).status], [401, 401]);
+  assert.equal(fake.clearFaults({ route: "/app", method: "post" }), 0, "no fault of that method");
+  assert.equal(fake.clearFaults({ route: "/app", method: "get" }), 2, "both faults of GET /app, any case of the method");
+  const answered = await app();
+  assert.equal(answered.status, 200, "GitHub answers as it would again");
+  assert.equal((answered.body as { id: number }).id, fake.appId);
+  assert.equal((await client.call("GET", "/repos/o/clear/actions/runners")).status, 502, "another route's fault kept");
+  assert.equal(fake.clearFaults(), 0, "nothing left");
+});
+
 test("runner lists paginate with GitHub's Link header", async () => {
   for (const n of [1, 2, 3]) await register("/repos/o/paged", `p-${n}`, ["x"]);
   const page1 = await client.call("GET", "/repos/o/paged/actions/runners?per_page=2");

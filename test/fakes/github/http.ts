@@ -214,6 +214,16 @@ export class Router {
     this.faults.push({ ...fault });
   }
 
+  /** Forgets the faults not used up whose `route` and `method` are those of `match` (omitted: any); how many. */
+  clearFaults(match: { route?: string; method?: string }): number {
+    const kept = this.faults.filter(
+      (f) => (match.route !== undefined && f.route !== match.route) || (match.method !== undefined && f.method?.toUpperCase() !== match.method.toUpperCase()),
+    );
+    const cleared = this.faults.length - kept.length;
+    this.faults.splice(0, this.faults.length, ...kept);
+    return cleared;
+  }
+
   readonly listener = (req: IncomingMessage, res: ServerResponse): void => {
     this.serve(req, res).catch((err: unknown) => {
       if (!res.headersSent) this.send(res, ghError(500, `fake GitHub: ${String(err)}`), this.budgetOf(req));

@@ -190,6 +190,15 @@ export class FakeGitHub {
     this.router.inject(fault);
   }
 
+  /**
+   * Forgets the injected faults not used up yet whose `route` and `method` are the ones given
+   * (as injected; omitted: any), so that GitHub answers as it would from now on: a fault that
+   * lasts until the test says it ends. Returns how many were forgotten.
+   */
+  clearFaults(match: { route?: string; method?: string } = {}): number {
+    return this.router.clearFaults(match);
+  }
+
   async queueJob(o: QueueJobOptions): Promise<FakeJob> {
     if (o.labels.length === 0) throw new Error("queueJob: a job needs at least one label");
     const run = o.runId === undefined ? undefined : [...this.state.jobs.values()].find((j) => j.run_id === o.runId);
