@@ -11,9 +11,10 @@ export const APP_RECHECK_MS = 60_000;
 /**
  * One App JWT call (`GET /app`) at a worker's start, so that a wrong `github.appId` or private key
  * is said at once, not by the first job's launch: GitHub answering 401 makes the process unready
- * (APP_JWT_REFUSED) and is logged at error, until a later check passes. GitHub unreachable or
- * failing (no answer, 5xx, a rate limit) is said at warn and is no problem of the process's. Either
- * way it is asked again every APP_RECHECK_MS until it passes. Never waited for by the start.
+ * (APP_JWT_REFUSED) and is logged at error, until a later check passes (one that GitHub fails
+ * does not end it). GitHub unreachable or failing (no answer, 5xx, a rate limit) is said at warn
+ * and is no problem of the process's. Either way it is asked again every APP_RECHECK_MS until it
+ * passes. Never waited for by the start.
  */
 export class AppCredentialsCheck {
   readonly #github: Pick<GitHubClient, "getApp">;
@@ -65,7 +66,8 @@ export class AppCredentialsCheck {
       if (this.#stop.signal.aborted) return;
       const detail = redact(errorMessage(err));
       const refused = err instanceof GitHubError && err.status === 401;
-      this.#refused = refused;
+      // GitHub failing says nothing of the credentials: a refusal lasts until a check passes.
+      if (refused) this.#refused = true;
       if (detail !== this.#said) {
         if (refused) this.#logger.error({ err: detail }, "GitHub refuses the App's JWT: check github.appId and github.privateKeyFile");
         else this.#logger.warn({ err: detail }, `could not check the App's credentials at GitHub (GET /app); asked again in ${this.#recheckMs / 1000} s`);
