@@ -651,8 +651,11 @@ export class RunnerWorker {
         this.#gaveSlot.delete(held);
         if (!this.#slotless.delete(held)) this.#slots.release();
         // The place is the demand's (its id): not freed under another lease of it served here,
-        // whose end frees it (a lapsed lease that launched the runner another lease waits for).
-        if (!this.#placesKept.delete(held) && !this.#servedHere(held.id)) await this.#limits.release(held.demand.pool, held.id).catch(() => undefined);
+        // whose end frees it (a lapsed lease that launched the runner another lease waits for),
+        // nor by a lease that lapsed: the demand's next holder, on another host maybe, holds the
+        // same place, and freeing it would let the pool over its limit until that holder's next
+        // beat. Held by no one, it frees itself at its expiry (placeHoldMs).
+        if (!this.#placesKept.delete(held) && !this.#servedHere(held.id) && !held.lost.aborted) await this.#limits.release(held.demand.pool, held.id).catch(() => undefined);
         this.#checkDrained();
       });
       this.#serving.set(serving, held);
