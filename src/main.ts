@@ -291,7 +291,7 @@ async function startWith(
     // Workers campaign for the reconcile leader: they hold GitHub access and exist in every fleet.
     // Its producer is its own (in `all` mode too): the server's fails fast while Redis is away.
     reconcilerQueues = new DemandQueues(settings, connect());
-    reconciler = new Reconciler({ config, redis, github, demand: reconcilerQueues, runners, metrics, logger });
+    reconciler = new Reconciler({ config, redis, github, demand: reconcilerQueues, runners, activity, metrics, logger });
   }
 
   const w = worker;

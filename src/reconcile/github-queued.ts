@@ -6,6 +6,7 @@ import type { DemandSink } from "../ingress/ingress.ts";
 import { decideQueued, type WorkflowJobEvent } from "../ingress/policy.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
+import type { ActivityRecorder } from "../state/activity.ts";
 import type { DemandQueues } from "../queue/demand-queue.ts";
 import { registeredAt, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { demandIdOf, MAX_RENEWALS, type Demand } from "../demand.ts";
@@ -95,6 +96,8 @@ export interface GitHubQueuedDeps {
    * (at most MAX_RETRIES_PER_PASS such jobs a pass); 0: never.
    */
   retryFailedAfterMs: number;
+  /** Told of each failed demand retried, so the status stops showing the job's final failure. */
+  activity?: Pick<ActivityRecorder, "demandRetried">;
   metrics: Metrics;
   logger: Logger;
 }
@@ -398,11 +401,15 @@ async function renewalKnown(d: GitHubQueuedDeps, renewal: Demand): Promise<boole
  * worker does not take it as served. Only that runner's: should a new `queued` delivery have replaced
  * the item since, and a worker launched a runner for it, that runner's note stays (else the demand,
  * taken again after its lease lapsed, would get a second runner), and the item, pending, is not added.
+ * A retry is told to the activity log, so the status shows the job waiting again rather than its
+ * final failure.
  */
-export async function retryFailed(d: Pick<GitHubQueuedDeps, "config" | "demand" | "runners" | "repos" | "metrics" | "logger">, { demand, at, ids, servedBy }: FailedDemand): Promise<void> {
+export async function retryFailed(d: Pick<GitHubQueuedDeps, "config" | "demand" | "runners" | "repos" | "activity" | "metrics" | "logger">, { demand, at, ids, servedBy }: FailedDemand): Promise<void> {
   if (servedBy) await d.runners.forgetDemand(demandIdOf(demand), servedBy);
   if (!(await d.demand.addAgain(demand))) return;
   await noteActive(d, demand, ids);
+  // Best effort, as at the ingress: the demand is retried whether or not the status hears of it.
+  await d.activity?.demandRetried(demand).catch((err: unknown) => d.logger.debug({ ...ids, err: errorMessage(err) }, "could not write the activity log"));
   d.metrics.reconcileAction(GITHUB_QUEUED, "demand_retried");
   d.logger.info({ ...ids, failedAt: new Date(at).toISOString() }, "a queued job whose launches all failed: its demand added again with fresh attempts");
 }

@@ -6,6 +6,7 @@ import type { DemandSink } from "../ingress/ingress.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { DemandQueues } from "../queue/demand-queue.ts";
 import { ActiveRepos } from "../state/active-repos.ts";
+import type { ActivityRecorder } from "../state/activity.ts";
 import { RedeliveryLog } from "../state/redeliveries.ts";
 import type { RunnerStore } from "../state/runners.ts";
 import { githubDeliveriesLoop } from "./github-deliveries.ts";
@@ -20,6 +21,8 @@ export interface ReconcilerDeps {
   github: GitHubClient;
   demand: Pick<DemandSink, "add" | "ended" | "addAgain"> & Pick<DemandQueues, "waitingFor" | "taken" | "held">;
   runners: Pick<RunnerStore, "get" | "findByDemand" | "forgetDemand" | "listAll" | "mark">;
+  /** Told of failed demand the queued-jobs loop retries (the status page's recent jobs). */
+  activity?: Pick<ActivityRecorder, "demandRetried">;
   metrics: Metrics;
   logger: Logger;
 }
@@ -60,6 +63,7 @@ export class Reconciler {
         intervalMs: rc.queuedIntervalSeconds * 1000,
         maxRunsPerPass: rc.queuedMaxRunsPerPass,
         retryFailedAfterMs: rc.retryFailedDemandSeconds * 1000,
+        activity: d.activity,
       }),
     ];
     if (rc.deliveriesIntervalSeconds > 0) {

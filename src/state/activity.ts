@@ -1,8 +1,13 @@
 import type { Redis } from "ioredis";
 import { TurnBatch } from "../batch.ts";
+import type { Demand } from "../demand.ts";
 import { redact } from "../errors.ts";
 
-/** One `workflow_job` delivery as operators see it: what came in and what jitrunner did. */
+/**
+ * One `workflow_job` delivery as operators see it: what came in and what jitrunner did. Also the
+ * reconciler's retry of a still-queued job whose demand had failed for good (action `queued`,
+ * outcome `demand_retried`: ActivityLog.demandRetried).
+ */
 export interface JobEvent {
   at: number;
   jobId: number;
@@ -42,10 +47,11 @@ export interface LaunchFailure {
   retryable: boolean;
 }
 
-/** What the ingress and the worker tell the activity log: one call each. */
+/** What the ingress, the worker and the reconciler tell the activity log: one call each. */
 export interface ActivityRecorder {
   delivery(delivery: { event: string; payload: unknown; receivedAt: number }, outcome: string): Promise<void>;
   launchFailure(demand: { pool: string; jobId: number; owner: string; repo: string }, attempt: number, err: unknown, final: boolean): Promise<void>;
+  demandRetried(demand: Pick<Demand, "jobId" | "runAttempt" | "owner" | "repo" | "labels">): Promise<void>;
 }
 
 /**
@@ -141,6 +147,26 @@ export class ActivityLog implements ActivityRecorder {
     await this.#pushAll(this.#failuresKey, [JSON.stringify(entry)], this.#keepFailures);
   }
 
+  /**
+   * The reconciler gave a still-queued job whose demand had failed for good fresh launch attempts:
+   * a job event of its own (outcome `demand_retried`), so the status no longer shows the job's
+   * final failure before it (summarizeJobs' retriedAt), but waiting for a runner again.
+   */
+  async demandRetried(demand: Pick<Demand, "jobId" | "runAttempt" | "owner" | "repo" | "labels">): Promise<void> {
+    const entry: JobEvent = {
+      at: Date.now(),
+      jobId: demand.jobId,
+      runAttempt: demand.runAttempt,
+      repo: `${demand.owner}/${demand.repo}`.slice(0, TEXT_MAX),
+      labels: demand.labels.slice(0, 20).map((l) => l.slice(0, TEXT_MAX)),
+      action: "queued",
+      outcome: "demand_retried",
+    };
+    const written = this.#jobWrites.call(JSON.stringify(entry));
+    this.#lastJobWrite = written.catch(() => undefined);
+    await written;
+  }
+
   /** Newest first. */
   async recentJobEvents(count = this.#keepJobs): Promise<JobEvent[]> {
     await this.#lastJobWrite;
@@ -213,6 +239,8 @@ export interface JobSummary {
   outcome: string;
   lastAt: number;
   queuedAt?: number;
+  /** When the reconciler last gave the job's failed demand fresh launch attempts (outcome `demand_retried`). */
+  retriedAt?: number;
   startedAt?: number;
   completedAt?: number;
   runner?: string;
@@ -238,6 +266,7 @@ export function summarizeJobs(events: readonly JobEvent[], limit = 50): JobSumma
       s.lastAt = e.at;
     }
     if (e.action === "queued" && e.outcome === "queued") s.queuedAt ??= e.at;
+    if (e.outcome === "demand_retried") s.retriedAt = e.at;
     if (e.action === "in_progress") s.startedAt ??= e.at;
     if (e.action === "completed") s.completedAt ??= e.at;
     s.runner = e.runner ?? s.runner;

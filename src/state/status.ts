@@ -76,7 +76,8 @@ export interface JobStatus extends JobSummary {
    * A job still queued whose last launch failure was final (its demand failed: out of launch
    * attempts, or an error that ends it): the failure's code. Its outcome is then `launch_failed`:
    * nothing launches for it until the reconciler gives it fresh attempts
-   * (reconcile.retryFailedDemandSeconds), a later attempt fails again (not for good), or it starts.
+   * (reconcile.retryFailedDemandSeconds: outcome `demand_retried` then), a later attempt fails
+   * again (not for good), or it starts.
    */
   launchFailed?: string;
   /**
@@ -177,13 +178,16 @@ export async function collectStatus(src: StatusSources, opts: { jobs?: number; f
 }
 
 /**
- * A job waiting for a runner whose latest launch failure since it was queued was final: shown as
- * failed, not waiting (nothing launches for it until the reconciler's retry of failed demand).
+ * A job waiting for a runner whose latest launch failure since it was queued (or since the
+ * reconciler last retried its failed demand) was final: shown as failed, not waiting (nothing
+ * launches for it until the reconciler's retry of failed demand).
  */
 function finalFailureOf(job: JobSummary, failures: readonly LaunchFailure[]): Pick<JobStatus, "outcome" | "launchFailed"> | undefined {
-  if (job.outcome !== "queued") return undefined;
+  if (job.outcome !== "queued" && job.outcome !== "demand_retried") return undefined;
+  // Failures before the reconciler's latest retry of its failed demand are over: it has fresh attempts.
+  const since = Math.max(job.queuedAt ?? job.lastAt, job.retriedAt ?? Number.NEGATIVE_INFINITY);
   // Newest first, as read.
-  const last = failures.find((f) => f.jobId === job.jobId && f.repo === job.repo && f.at >= (job.queuedAt ?? job.lastAt));
+  const last = failures.find((f) => f.jobId === job.jobId && f.repo === job.repo && f.at >= since);
   return last && !last.retryable ? { outcome: "launch_failed", launchFailed: last.reason } : undefined;
 }
 
@@ -231,6 +235,8 @@ export function describeOutcome(outcome: string, conclusion?: string): string {
       return "waiting for an approval";
     case "demand_kept":
       return "approved: waiting for a runner";
+    case "demand_retried":
+      return "waiting for a runner (failed launches retried)";
     case "no_demand":
       return conclusion ? `ended without our runner: ${conclusion}` : "ended without our runner";
     default:

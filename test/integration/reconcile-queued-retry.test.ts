@@ -5,7 +5,8 @@
  * again as served; but only the note of the runner it named when the pass found the demand failed.
  * A new `queued` delivery may replace the failed item between the two, and a worker launch a runner
  * for it: that runner's note stays, else the demand, taken again after its lease lapsed, would get
- * a second runner.
+ * a second runner. And the status: the job's row no longer reads `launch failed (final)` once its
+ * demand is retried (the activity log told of the retry).
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -13,13 +14,18 @@ import { FakeGitHub } from "../fakes/github/index.ts";
 import { testConfig, WEBHOOK_SECRET } from "../helpers/config.ts";
 import { redisForFile } from "../helpers/redis.ts";
 import { demandIdOf, type Demand } from "../../src/demand.ts";
+import { Ingress } from "../../src/ingress/ingress.ts";
 import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandConsumer, DemandQueues, redisConnection, type Lease, type QueueSettings } from "../../src/queue/demand-queue.ts";
 import { GITHUB_QUEUED, retryFailed } from "../../src/reconcile/github-queued.ts";
 import { ActiveRepos } from "../../src/state/active-repos.ts";
+import { ActivityLog } from "../../src/state/activity.ts";
+import { DeliveryLog } from "../../src/state/deliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
+import { collectStatus, describeJob } from "../../src/state/status.ts";
 import { activeRepos, queuedLoop } from "../helpers/active-repos.ts";
+import { queuedPayload } from "../helpers/webhooks.ts";
 
 const shared = redisForFile();
 const DEAD_URL = "http://127.0.0.1:9/";
@@ -144,6 +150,50 @@ test("the loop finds failed demand with a runner's note left and retries it: the
     await loop.run(new AbortController().signal);
     assert.equal(await s.runners.findByDemand(id), undefined, "the note the pass saw forgotten");
     assert.equal(await s.state(d), "pending", "added again with fresh attempts");
+  } finally {
+    await s.close();
+    await fake.close();
+  }
+});
+
+test("a job whose demand failed for good reads `launch failed (final)` on the status until the loop retries it, then waiting for a runner, and final again only once the fresh attempts fail for good", async () => {
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
+  fake.setWebhookUrl(DEAD_URL);
+  const s = setUp("retry-status");
+  const activity = new ActivityLog(shared.conn, s.prefix);
+  try {
+    const job = await fake.queueJob({ owner: "acme", repo: "app", labels: ["self-hosted", "linux"] });
+    const d = { ...demandOf(job.id), runId: job.run_id, installationId: fake.installationId };
+    // Its `queued` webhook, through the ingress, which tells the activity log.
+    const ingress = new Ingress({ config: s.deps.config, demand: s.queues, runners: s.runners, deliveries: new DeliveryLog(shared.conn, s.prefix), metrics: s.deps.metrics, logger: s.deps.logger, activity });
+    const payload = queuedPayload({ jobId: job.id, labels: d.labels, installationId: fake.installationId });
+    payload.workflow_job.run_id = job.run_id;
+    assert.equal(await ingress.handle({ event: "workflow_job", deliveryId: `d-${job.id}`, receivedAt: Date.now(), payload }), "queued");
+    // Its launch fails for good, as the worker tells it (the item failed, the failure noted final).
+    const missing = Object.assign(new Error("create container failed (404): No such image: jitrunner-test-runner:latest"), { code: "E_DOCKER" });
+    const failForGood = async () => {
+      const lease = await s.take();
+      await lease.fail(missing, true);
+      await activity.launchFailure(d, lease.attempt, missing, true);
+    };
+    await failForGood();
+    const row = async () => {
+      const job_ = (await collectStatus({ pools: s.deps.config.pools, runners: s.runners, activity })).jobs.find((j) => j.jobId === job.id);
+      assert.ok(job_, "the job's row");
+      return describeJob(job_);
+    };
+    assert.equal(await row(), "launch failed (final): E_DOCKER");
+
+    const repos = await activeRepos(shared.conn, s.prefix, [{ installationId: fake.installationId, owner: "acme", repo: "app" }]);
+    const loop = queuedLoop(fake, shared.conn, s.prefix, s.queues, repos, { runners: s.runners, retryFailedAfterMs: 1, activity });
+    await new Promise((res) => setTimeout(res, 10));
+    await loop.run(new AbortController().signal);
+    assert.equal(await s.state(d), "pending", "added again with fresh attempts");
+    assert.equal(await row(), "waiting for a runner (failed launches retried)", "its final failure is over");
+
+    // The fresh attempts fail for good too: final again.
+    await failForGood();
+    assert.equal(await row(), "launch failed (final): E_DOCKER");
   } finally {
     await s.close();
     await fake.close();
