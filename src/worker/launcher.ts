@@ -215,10 +215,11 @@ export class Launcher {
       // Best effort, as the host loop's adopt: the runner is running and may take a job any
       // moment, so a refused write (Redis read-only in a failover, out of memory under noeviction)
       // must not tear it down, as the catch below would, container first. Left `starting`, the
-      // record only shows so on the status page: the watch, the host loop (which adopts it as
-      // idle) and the sweep of a gone host treat it as an idle runner's.
+      // record only shows so on the status page until the watch notes the start (at its reads of
+      // the record, every RECORD_RECHECK_MS) or a job's webhook marks it busy: the watch, the host
+      // loop (which adopts it as idle) and the sweep of a gone host treat it as an idle runner's.
       await d.runners.started(name).catch((err: unknown) =>
-        rlog.warn({ err: errorMessage(err) }, "noting the runner's start in Redis failed; its record says starting until a job's webhook"),
+        rlog.warn({ err: errorMessage(err) }, "noting the runner's start in Redis failed; its watch notes it once Redis takes writes again"),
       );
       rlog.info({ container: record.containerId.slice(0, 12) }, "runner container started");
       return tracked;
@@ -290,6 +291,16 @@ export class Launcher {
           later(() => finish("completed_grace_expired"), d.completedGraceSeconds * 1000);
         }
       };
+      // The start of a runner whose container runs while its record still says starting: the
+      // launch could not note it (Redis refusing writes then: see launch), or the process before
+      // this one died before it did. Noted at each read of the record until it is, so that the
+      // status shows the runner idle, not starting until a job's webhook. RunnerStore.started
+      // moves starting to idle only: a busy mark written meanwhile stays.
+      const noteStarted = () =>
+        d.runners.started(name).then(
+          () => log.info(runnerField(log, name), "runner's start noted in Redis after all"),
+          (err: unknown) => log.debug({ ...runnerField(log, name), err: errorMessage(err) }, "noting the runner's start in Redis failed again; tried again at the next read of its record"),
+        );
       // The record says what the events say, and what they could not: a webhook that arrived
       // before we listened, or one published while the subscriber was disconnected (a Redis restart
       // or failover, a dropped connection; pub/sub keeps nothing for it). It is read now, every
@@ -299,7 +310,10 @@ export class Launcher {
         recheck = undefined;
         void d.runners
           .get(name)
-          .then((r) => r && (r.state === "busy" || r.state === "completed") && onState(r.state), () => undefined)
+          .then(async (r) => {
+            if (r && (r.state === "busy" || r.state === "completed")) onState(r.state);
+            else if (r?.state === "starting" && tracked.state === "idle" && !finished) await noteStarted();
+          }, () => undefined)
           .finally(() => {
             if (!finished && tracked.state !== "completed" && !recheck) recheck = setTimeout(readRecord, RECORD_RECHECK_MS);
           });

@@ -4,7 +4,8 @@
  * same way), against a Redis of the test's own, the fake GitHub through the real client and the
  * real Docker engine behind a proxy that holds the start until Redis refuses (nothing of ours
  * stubbed). The runner is running and may be handed a job at any moment: the launch must not
- * tear it down for a record that could not be moved from `starting` to `idle`.
+ * tear it down for a record that could not be moved from `starting` to `idle`. Its watch moves it
+ * once Redis takes writes again, so the status does not show it starting until a job's webhook.
  */
 import assert from "node:assert/strict";
 import { Writable } from "node:stream";
@@ -27,7 +28,7 @@ import { RunnerEvents } from "../../src/worker/runner-events.ts";
 const host = `launcher-started-${process.pid}`;
 after(() => removeContainersOf(host));
 
-test("a runner whose start Redis refuses to note (writes refused right after its container started) is launched and watched, not torn down", async () => {
+test("a runner whose start Redis refuses to note (writes refused right after its container started) is launched and watched, not torn down, and its watch notes the start once Redis takes writes again", async () => {
   // Its own Redis: it is made to refuse writes, which a shared one must not.
   const redis = await startRedis({ own: true });
   const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET });
@@ -69,10 +70,24 @@ test("a runner whose start Redis refuses to note (writes refused right after its
       lines.some((l) => l.includes('"level":40') && l.includes("noting the runner's start in Redis failed") && l.includes("OOM")),
       `a warning says so: ${lines.join("")}`,
     );
-    await conn.config("SET", "maxmemory", "0");
 
-    // Watched as any launched runner: its container's end ends the watch.
-    const watching = launcher.watch(tracked, { ...pool, idleTimeoutSeconds: 600, startTimeoutSeconds: 600 }, createLogger("silent"), shutdown.signal);
+    // Watched as any launched runner, Redis still refusing: the watch's note of the start fails
+    // too, and is tried again at its next read of the record; once Redis takes writes, it is idle.
+    const watchLines: string[] = [];
+    const watchSink = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        watchLines.push(chunk.toString());
+        done();
+      },
+    });
+    const watching = launcher.watch(tracked, { ...pool, idleTimeoutSeconds: 600, startTimeoutSeconds: 600 }, createLogger("debug", watchSink).child({ runner: tracked.record.name }), shutdown.signal);
+    await waitFor(() => watchLines.some((l) => l.includes("noting the runner's start in Redis failed again") && l.includes("OOM")), 30_000, "the watch's refused note of the start");
+    assert.equal((await runners.get(tracked.record.name))?.state, "starting", "still starting while Redis refuses writes");
+    await conn.config("SET", "maxmemory", "0");
+    await waitFor(async () => (await runners.get(tracked.record.name))?.state === "idle", 30_000, "the record idle once Redis takes writes again");
+    assert.ok(watchLines.some((l) => l.includes('"level":30') && l.includes("runner's start noted in Redis after all")), `said at info: ${watchLines.join("")}`);
+
+    // Its container's end ends the watch.
     await docker.getContainer(container.Id).kill();
     assert.equal(await watching, "exited");
     await launcher.teardown(tracked.record, "exited", createLogger("silent"));
