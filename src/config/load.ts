@@ -1,10 +1,11 @@
 import { createPrivateKey } from "node:crypto";
 import { hostname } from "node:os";
 import { posix } from "node:path";
-import { isMap, isScalar, LineCounter, parseDocument, type Document } from "yaml";
+import { LineCounter, parseDocument, type Document } from "yaml";
 import { z, type ZodType } from "zod";
 import { ConfigError } from "../errors.ts";
 import { configSchema, secretFile, SENTINEL_ONLY, shownSecretPath, type ParsedConfig, type PoolConfig } from "./schema.ts";
+import { lineAt, optionPath, placeOf, problemPath } from "./lines.ts";
 import { Secret } from "./secret.ts";
 import { nearest } from "../nearest.ts";
 
@@ -126,10 +127,12 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
         continue;
       }
       // A value an environment variable set: name the variable, the file does not hold it.
-      const from = [...overridden].find(([key]) => where === key || where.startsWith(`${key}.`) || where.startsWith(`${key}[`))?.[1];
-      problems.push(`${where}: ${issue.message}${from ? ` (from ${from})` : ""}`);
+      const from = setBy(overridden, where);
+      const place = from ? undefined : placeOf(doc, lineCounter, issue.path);
+      problems.push(`${where}: ${issue.message}${from ? ` (from ${from})` : place ? ` (${place})` : ""}`);
     }
   }
+  const schemaProblems = problems.length;
 
   const secret = (what: "privateKey" | "webhookSecret", envName: string, file: string | undefined): Secret | undefined => {
     const normalize = what === "privateKey" ? normalizePem : normalizeSecret;
@@ -201,6 +204,10 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
 
   // On whatever parsed, so that a second run does not bring up problems the first could have named.
   problems.push(...crossCheck(parsed.success ? parsed.data : parsedParts(raw as Record<string, any>)));
+  // The schema's problems have their place already; the others, each by the option it begins with.
+  for (let i = schemaProblems; i < problems.length; i++) {
+    problems[i] = located(problems[i]!, doc, lineCounter, [overridden, secretOrigins]);
+  }
   if (problems.length > 0 || !parsed.success || !privateKey || !webhookSecret) {
     throw new ConfigError(problems);
   }
@@ -214,9 +221,20 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   return { config, origins: overridden, secretOrigins, warnings };
 }
 
-/** An option's path as problems name it: `pools[0].mounts[1].source`. */
-export function optionPath(path: ReadonlyArray<PropertyKey>): string {
-  return path.map((k, i) => (typeof k === "number" ? `[${k}]` : `${i === 0 ? "" : "."}${String(k)}`)).join("");
+/** The variable that set the option `where` names, or an option above it (`redis.sentinels` for `redis.sentinels[0]`). */
+function setBy(fromEnv: ReadonlyMap<string, string>, where: string): string | undefined {
+  return [...fromEnv].find(([key]) => where === key || where.startsWith(`${key}.`) || where.startsWith(`${key}[`))?.[1];
+}
+
+/**
+ * `problem` with its place in the file, when it begins with an option the file holds (or one
+ * above it) and no variable in `fromEnv` set that option instead: its value is not the file's.
+ */
+function located(problem: string, doc: Document, lineCounter: LineCounter, fromEnv: ReadonlyArray<ReadonlyMap<string, string>>): string {
+  const path = problemPath(problem);
+  if (path === undefined || fromEnv.some((origins) => setBy(origins, optionPath(path)))) return problem;
+  const place = placeOf(doc, lineCounter, path);
+  return place === undefined ? problem : `${problem} (${place})`;
 }
 
 /**
@@ -224,10 +242,7 @@ export function optionPath(path: ReadonlyArray<PropertyKey>): string {
  * `path` takes (a typo: `capacty` for `capacity`).
  */
 function unrecognizedKey(where: string, path: ReadonlyArray<PropertyKey>, key: string, doc: Document, lineCounter: LineCounter): string {
-  const node = doc.getIn(path as unknown[], true);
-  const pair = isMap(node) ? node.items.find((p) => isScalar(p.key) && String(p.key.value) === key) : undefined;
-  const offset = isScalar(pair?.key) ? pair.key.range?.[0] : undefined;
-  const line = offset === undefined ? undefined : lineCounter.linePos(offset).line;
+  const line = lineAt(doc, lineCounter, [...path, key]);
   const meant = nearest(key, objectKeysAt(configSchema, path));
   const notes = [line === undefined ? undefined : `line ${line}`, meant === undefined ? undefined : `did you mean "${meant}"?`].filter(Boolean);
   return `${where}: Unrecognized key: "${key}"${notes.length ? ` (${notes.join("; ")})` : ""}`;

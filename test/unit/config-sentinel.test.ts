@@ -107,18 +107,18 @@ test("sentinels and the master's name: the connections ask the sentinels, with r
 
 test("half a Sentinel setup is refused, each half named, never taken for the URL's one address", () => {
   assert.deepEqual(problemsOf(withRedis(`sentinels: ["10.0.0.5:26379"]`)), [
-    "redis.sentinelName: redis.sentinels needs the name of the master they monitor (sentinel monitor NAME ...)",
+    "redis.sentinelName: redis.sentinels needs the name of the master they monitor (sentinel monitor NAME ...) (redis at line 4)",
   ]);
-  assert.deepEqual(problemsOf(withRedis("sentinelName: mymaster")), ["redis.sentinels: redis.sentinelName needs the sentinels to ask for that master (host:port each)"]);
+  assert.deepEqual(problemsOf(withRedis("sentinelName: mymaster")), ["redis.sentinels: redis.sentinelName needs the sentinels to ask for that master (host:port each) (redis at line 4)"]);
   const only = "is for Redis Sentinel: set redis.sentinels and redis.sentinelName too, or leave it out";
   assert.deepEqual(problemsOf(withRedis("sentinelUsername: jitrunner\nsentinelPasswordFile: /run/secrets/sentinel-password")).sort(), [
-    `redis.sentinelPasswordFile: ${only}`,
-    `redis.sentinelUsername: ${only}`,
+    `redis.sentinelPasswordFile: ${only} (line 6)`,
+    `redis.sentinelUsername: ${only} (line 5)`,
   ]);
   assert.deepEqual(problemsOf(withRedis("url: redis://redis:6379"), { JITRUNNER_REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD }), [`JITRUNNER_REDIS_SENTINEL_PASSWORD ${only}`]);
   // A user name with no password: the sentinels would be asked as the default user.
   assert.deepEqual(problemsOf(withRedis(`sentinels: ["10.0.0.5:26379"]\nsentinelName: mymaster\nsentinelUsername: jitrunner`)), [
-    "redis.sentinelUsername: needs the sentinels' password too (redis.sentinelPasswordFile, or JITRUNNER_REDIS_SENTINEL_PASSWORD)",
+    "redis.sentinelUsername: needs the sentinels' password too (redis.sentinelPasswordFile, or JITRUNNER_REDIS_SENTINEL_PASSWORD) (line 7)",
   ]);
 });
 
@@ -132,20 +132,20 @@ test("sentinel addresses that are not host:port, a master name with spaces, and 
   );
   const hostPort = "must be host:port, as 10.0.0.5:26379, sentinel-1:26379 or [fd00::5]:26379";
   assert.deepEqual(problems.filter((p) => p.startsWith("redis.sentinels")), [
-    `redis.sentinels[0]: ${hostPort}`,
-    `redis.sentinels[1]: ${hostPort}`,
-    "redis.sentinels[2]: must have a port from 1 to 65535",
-    "redis.sentinels[3]: must have a port from 1 to 65535",
-    `redis.sentinels[4]: ${hostPort}`,
+    `redis.sentinels[0]: ${hostPort} (line 5)`,
+    `redis.sentinels[1]: ${hostPort} (line 5)`,
+    "redis.sentinels[2]: must have a port from 1 to 65535 (line 5)",
+    "redis.sentinels[3]: must have a port from 1 to 65535 (line 5)",
+    `redis.sentinels[4]: ${hostPort} (line 5)`,
   ]);
   assert.ok(problems.some((p) => p.startsWith("redis.sentinelName: must be the master's name as the sentinels monitor it")), problems.join("\n"));
   assert.ok(problems.some((p) => p.startsWith("redis.sentinelPasswordFile: must be the path of a file that holds the secret")), problems.join("\n"));
   for (const p of problems) assert.ok(!p.includes(SENTINEL_PASSWORD), p);
 
-  assert.deepEqual(problemsOf(withRedis(`sentinels: []\nsentinelName: mymaster`)), ["redis.sentinels: name at least one sentinel, or leave redis.sentinels out"]);
+  assert.deepEqual(problemsOf(withRedis(`sentinels: []\nsentinelName: mymaster`)), ["redis.sentinels: name at least one sentinel, or leave redis.sentinels out (line 5)"]);
   const base = `sentinels: ["10.0.0.5:26379"]\nsentinelName: mymaster`;
-  assert.deepEqual(problemsOf(withRedis(`${base}\nsentinelPasswordFile: /run/secrets/blank`)), ["redis.sentinelPasswordFile: /run/secrets/blank holds only white space"]);
-  assert.deepEqual(problemsOf(withRedis(`${base}\nsentinelPasswordFile: /run/secrets/none`)), ["redis.sentinelPasswordFile: cannot read /run/secrets/none (ENOENT)"]);
+  assert.deepEqual(problemsOf(withRedis(`${base}\nsentinelPasswordFile: /run/secrets/blank`)), ["redis.sentinelPasswordFile: /run/secrets/blank holds only white space (line 7)"]);
+  assert.deepEqual(problemsOf(withRedis(`${base}\nsentinelPasswordFile: /run/secrets/none`)), ["redis.sentinelPasswordFile: cannot read /run/secrets/none (ENOENT) (line 7)"]);
 });
 
 test("the sentinels and the master's name from the environment (JITRUNNER_REDIS_SENTINELS, comma-separated, and JITRUNNER_REDIS_SENTINEL_NAME) override the file's, and a bad address names its variable", () => {
@@ -164,7 +164,7 @@ test("the sentinels and the master's name from the environment (JITRUNNER_REDIS_
   ]);
   // Half a setup from the environment is refused as from the file.
   assert.deepEqual(problemsOf(withRedis("prefix: jitrunner"), { JITRUNNER_REDIS_SENTINEL_NAME: "m" }), [
-    "redis.sentinels: redis.sentinelName needs the sentinels to ask for that master (host:port each)",
+    "redis.sentinels: redis.sentinelName needs the sentinels to ask for that master (host:port each) (redis at line 4)",
   ]);
 });
 

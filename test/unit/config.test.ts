@@ -283,6 +283,51 @@ pools:
   assert.equal(problems.length, 7, problems.join("\n"));
 });
 
+test("every config problem about an option the file holds names its line; one left out, the line of the mapping it is missing from; one a variable set, the variable", () => {
+  const text = `
+github:
+  appId: 42
+  privateKeyFile: /run/secrets/none
+server:
+  port: 70000
+  adminTokenFile: /run/secrets/admin
+worker:
+  pools: [default, gpu]
+policy:
+  allowedOwners: [acme, 5]
+pools:
+  - name: default
+    labels: [self-hosted]
+    image: runner:1
+    maxRunners: "abc"
+    warm:
+      owner: acme
+  - name: default
+    labels: [self-hosted]
+    image: runner:2
+`;
+  // The key from its file, not the variable; the admin token from its variable, over the file's option.
+  const sources = { text, env: { JITRUNNER_GITHUB_WEBHOOK_SECRET: env.JITRUNNER_GITHUB_WEBHOOK_SECRET, JITRUNNER_ADMIN_TOKEN: "short" }, readFile: noFiles };
+  assert.deepEqual(problemsOf(sources).sort(), [
+    "github.privateKeyFile: cannot read /run/secrets/none (ENOENT) (line 4)",
+    "policy.allowedOwners[1]: Invalid input: expected string, received number (line 11)",
+    "pools[0].maxRunners: Invalid input: expected number, received string (line 16)",
+    "pools[0].warm.installationId: Invalid input: expected number, received undefined (pools[0].warm at line 17)",
+    "pools[1].name: duplicate pool name 'default' (line 19)",
+    "server.adminTokenFile: the token (from JITRUNNER_ADMIN_TOKEN) must be at least 16 characters without spaces",
+    "server.port: Too big: expected number to be <=65535 (line 6)",
+    "worker.pools[1]: no pool named 'gpu' (line 9)",
+  ]);
+  // A value a variable set names the variable, not the file's line (which the value is not).
+  const over = problemsOf({ ...sources, env: { ...sources.env, JITRUNNER_PORT: "80000" } });
+  assert.ok(over.includes("server.port: Too big: expected number to be <=65535 (from JITRUNNER_PORT)"), over.join("\n"));
+  // A whole section left out has no line to name.
+  assert.deepEqual(problemsOf({ text: "pools: []\n", env, readFile: noFiles }).sort(), [
+    "github: Invalid input: expected object, received undefined",
+    "pools: at least one pool is needed (line 1)",
+  ]);
+});
+
 test("a YAML warning is refused by where it is, and neither it nor an error prints the line that holds a credential", () => {
   const emitted: string[] = [];
   const onWarning = (w: Error) => emitted.push(w.message);
@@ -364,7 +409,7 @@ test("a Redis URL the URL parser refuses (a password with '/') and a GitHub URL 
     readFile: noFiles,
   }).join("\n");
   assert.match(problems, /^redis\.url: must be a valid URL: percent-encode .* \(from JITRUNNER_REDIS_URL\)$/m);
-  assert.match(problems, /^github\.apiUrl: must not hold a user name or password$/m);
+  assert.match(problems, /^github\.apiUrl: must not hold a user name or password \(line 4\)$/m);
   assert.ok(!problems.includes(password) && !problems.includes("gh-pass-77"), problems);
   // Printed anyway (check-config prints what it resolved), it is hidden, up to the last '@'.
   assert.equal(withoutPassword(`redis://:${password}@redis:6379`), "redis://redacted@redis:6379");

@@ -37,11 +37,11 @@ test("runner group: the Default group (1) unless given by id or by name", () => 
 
 test("runner group: by id and by name at once is refused, and so is a group other than the Default for repository runners", () => {
   assert.deepEqual(problems({ scope: "organization", runnerGroupId: 2, runnerGroup: "ci" }), [
-    "pools[0]: give runnerGroup (a name) or runnerGroupId, not both",
+    "pools[0]: give runnerGroup (a name) or runnerGroupId, not both (line 1)",
   ]);
-  assert.deepEqual(problems({ runnerGroup: "ci" }), ["pools[0].runnerGroup: runner groups are for organization runners; set scope: organization"]);
+  assert.deepEqual(problems({ runnerGroup: "ci" }), ["pools[0].runnerGroup: runner groups are for organization runners; set scope: organization (line 1)"]);
   assert.deepEqual(problems({ runnerGroupId: 7 }), [
-    "pools[0].runnerGroupId: runner groups are for organization runners (a repository's runners are in group 1, the Default); set scope: organization",
+    "pools[0].runnerGroupId: runner groups are for organization runners (a repository's runners are in group 1, the Default); set scope: organization (line 1)",
   ]);
   assert.equal(load({ runnerGroupId: 1 }).pools[0]!.runnerGroupId, 1, "the Default group, as the schema sets it");
   assert.match(problems({ scope: "organization", runnerGroup: "" }).join("\n"), /pools\[0\]\.runnerGroup/);
