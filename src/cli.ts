@@ -62,6 +62,19 @@ const OPTIONS = {
   mode: { type: "string" },
 } as const;
 
+/** The options that take a value. */
+type ValueOption = { [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K]["type"] extends "string" ? K : never }[keyof typeof OPTIONS];
+
+/** What each option that takes a value needs, for the line that says it was given none. */
+const VALUE_NEEDED: Record<ValueOption, string> = {
+  config: "a path to the config file",
+  host: "a host's ID, its worker.hostId",
+  url: "the base URL where GitHub reaches jitrunner",
+  name: "the App's name",
+  "redirect-url": "the URL GitHub sends the browser back to",
+  mode: "server, worker or all",
+};
+
 async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
@@ -70,6 +83,12 @@ async function main(argv: string[]): Promise<number> {
     // A mistyped option: said in one line, with the nearest the command takes, not parseArgs' text and the whole usage.
     if ((err as NodeJS.ErrnoException).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
       process.stderr.write(`${unknownOption(argv)}\n`);
+      return 2;
+    }
+    // Likewise an option given no value (last, or followed by another option), or a value it does not take.
+    const line = (err as NodeJS.ErrnoException).code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" ? badOptionValue(argv) : undefined;
+    if (line !== undefined) {
+      process.stderr.write(`${line}\n`);
       return 2;
     }
     process.stderr.write(`jitrunner: ${errorMessage(err)}\n\n${USAGE}\n`);
@@ -240,13 +259,15 @@ const COMMAND_OPTIONS: Record<string, readonly string[]> = {
 
 /**
  * What is wrong with how a known command was called, or undefined: an option it does not take
- * (parseArgs knows every command's options, so it accepts them all), words after the command, or
- * drain's --undo with --no-wait.
+ * (parseArgs knows every command's options, so it accepts them all), an empty value (`--config=`),
+ * words after the command, or drain's --undo with --no-wait.
  */
-function usageError(command: string, positionals: string[], tokens: ReadonlyArray<{ kind: string; name?: string; rawName?: string }>): string | undefined {
+function usageError(command: string, positionals: string[], tokens: ReadonlyArray<{ kind: string; name?: string; rawName?: string; value?: string }>): string | undefined {
   const allowed = COMMAND_OPTIONS[command] ?? [];
   const foreign = tokens.find((t) => t.kind === "option" && t.name !== "help" && !allowed.includes(t.name!));
   if (foreign) return notAnOption(foreign.rawName!, command);
+  const empty = tokens.find((t) => t.kind === "option" && t.value === "");
+  if (empty) return `${empty.rawName!} needs a value (${VALUE_NEEDED[empty.name as ValueOption]})`;
   if (positionals.length > 1) return `unexpected argument '${positionals[1]}'`;
   if (tokens.some((t) => t.kind === "option" && t.name === "undo") && tokens.some((t) => t.kind === "option" && t.name === "no-wait")) {
     return "--undo and --no-wait do not go together";
@@ -273,6 +294,37 @@ function unknownOption(argv: string[]): string {
   return command === undefined
     ? `jitrunner: ${notAnOption(rawName, undefined)}; see jitrunner --help`
     : `jitrunner ${command}: ${notAnOption(rawName, command)}; see jitrunner ${command} --help`;
+}
+
+/**
+ * The line for an option parseArgs refused the value of (undefined when none is found): one that
+ * needs a value given none (the last word, or followed by another option: parseArgs will not take
+ * `--config --json` as the path `--json`), or one that takes none given one (`--json=yes`). An
+ * option the command does not take is said as such, as usageError would.
+ */
+function badOptionValue(argv: string[]): string | undefined {
+  const { positionals, tokens } = parseArgs({ args: argv, allowPositionals: true, tokens: true, strict: false, options: OPTIONS });
+  const command = positionals.find((p) => COMMAND_HELP[p] !== undefined);
+  for (const t of tokens) {
+    if (t.kind !== "option" || !Object.hasOwn(OPTIONS, t.name)) continue;
+    const problem = valueProblem(t.name as keyof typeof OPTIONS, t.rawName, t.value, t.inlineValue);
+    if (problem === undefined) continue;
+    const taken = command === undefined || t.name === "help" || (COMMAND_OPTIONS[command] ?? []).includes(t.name);
+    const said = taken ? problem : notAnOption(t.rawName, command);
+    return command === undefined ? `jitrunner: ${said}; see jitrunner --help` : `jitrunner ${command}: ${said}; see jitrunner ${command} --help`;
+  }
+  return undefined;
+}
+
+/**
+ * What is wrong with the value an option was given, as parseArgs reads it (strict: false), or
+ * undefined: none for one that needs one (missing, or another option taken in its place as strict
+ * parsing refuses it: a word of two or more characters starting with '-'), one for one that takes none.
+ */
+function valueProblem(name: keyof typeof OPTIONS, rawName: string, value: string | undefined, inline: boolean | undefined): string | undefined {
+  if (OPTIONS[name].type === "boolean") return inline ? `${rawName} takes no value` : undefined;
+  const optionLike = value !== undefined && !inline && value.length > 1 && value.startsWith("-");
+  return value === undefined || optionLike ? `${rawName} needs a value (${VALUE_NEEDED[name as ValueOption]})` : undefined;
 }
 
 /** Exit once stdout and stderr are flushed (a piped `check-config` must not be cut short). */

@@ -327,6 +327,28 @@ test("an option a command does not take, or a word after it, exits 2 before any 
     assert.equal(r.code, 2, `${args.join(" ")}: ${r.out}`);
     assert.equal(r.out, said, args.join(" "));
   });
+  // An option given no value (the last word, another option after it, or empty), or a value it does not take: likewise one line.
+  const values: Array<[string[], string]> = [
+    [["all", "--config"], "jitrunner all: --config needs a value (a path to the config file); see jitrunner all --help\n"],
+    [["status", "--config", "--json"], "jitrunner status: --config needs a value (a path to the config file); see jitrunner status --help\n"],
+    [["worker", "-c"], "jitrunner worker: -c needs a value (a path to the config file); see jitrunner worker --help\n"],
+    [["server", "--config="], "jitrunner server: --config needs a value (a path to the config file); see jitrunner server --help\n"],
+    [["drain", "--host"], "jitrunner drain: --host needs a value (a host's ID, its worker.hostId); see jitrunner drain --help\n"],
+    [["check-config", "--mode", "-c", "x.yml"], "jitrunner check-config: --mode needs a value (server, worker or all); see jitrunner check-config --help\n"],
+    [["app-manifest", "--url"], "jitrunner app-manifest: --url needs a value (the base URL where GitHub reaches jitrunner); see jitrunner app-manifest --help\n"],
+    [["app-manifest", "--name", "--url", "https://ci.example.com"], "jitrunner app-manifest: --name needs a value (the App's name); see jitrunner app-manifest --help\n"],
+    [["app-manifest", "--redirect-url"], "jitrunner app-manifest: --redirect-url needs a value (the URL GitHub sends the browser back to); see jitrunner app-manifest --help\n"],
+    [["status", "--json=yes"], "jitrunner status: --json takes no value; see jitrunner status --help\n"],
+    // One the command does not take is said as such, value or not.
+    [["status", "--host"], "jitrunner status: --host is not an option of status; see jitrunner status --help\n"],
+    [["--config"], "jitrunner: --config needs a value (a path to the config file); see jitrunner --help\n"],
+  ];
+  const valueResults = await Promise.all(values.map(([args]) => run(args, env)));
+  valueResults.forEach((r, i) => {
+    const [args, said] = values[i]!;
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.out}`);
+    assert.equal(r.out, said, args.join(" "));
+  });
   // What each command takes is still taken (short forms too): here, the missing config is what stops it.
   const taken = await run(["status", "-c", join(dir, "missing.yml"), "--json"]);
   assert.equal(taken.code, 1, taken.out);
