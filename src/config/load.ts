@@ -380,7 +380,7 @@ function crossCheck(config: CrossChecked): string[] {
   const dropped = config.dropped;
   if (!dropped) return crossCheckAll(config);
   return crossCheckAll(config).filter((problem) => {
-    const pool = /^pools\.(\d+)[.:]/.exec(problem);
+    const pool = /^pools\[(\d+)\][.:]/.exec(problem);
     if (pool) return !namesAny(problem, dropped.pools[Number(pool[1])]);
     return !(problem.startsWith("worker.") && namesAny(problem, dropped.worker));
   });

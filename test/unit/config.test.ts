@@ -766,3 +766,9 @@ pools:
   }
   assert.equal(problems.split("\n").length, 7, `these seven, and no cross-check of a refused field's default: ${problems}`);
 });
+
+test("a pool field the schema refused hides the cross-checks that would be about its default: a mistyped scope with a runner group is one problem, not two", () => {
+  const problems = problemsOf({ text: `${minimal}    scope: organisation\n    runnerGroup: ci\n`, env, readFile: noFiles });
+  assert.ok(problems.some((p) => p.startsWith("pools[0].scope: ")), problems.join("\n"));
+  assert.ok(!problems.some((p) => p.includes("set scope: organization")), `no cross-check of the default scope: ${problems.join("\n")}`);
+});
