@@ -196,6 +196,7 @@ async function main(argv: string[]): Promise<number> {
     );
     return 1;
   }
+  if (command === "drain" || command === "status") exitOnSignals(command);
   if (command === "drain" && values.host) {
     if (values.undo) return undoDrain(config, values.host, process.stdout, process.stderr, origins);
     return drainHost(config, values.host, !values["no-wait"], process.stdout, process.stderr, origins);
@@ -228,6 +229,24 @@ async function main(argv: string[]): Promise<number> {
   const code = await runUntilStopped((signal) => start(config, command as Mode, logger, { origins, dockerFiles, signal }), logger);
   logger.info(code === 0 ? "stopped" : "stopped, shutdown incomplete");
   return code;
+}
+
+/** The exit codes of an operator command stopped by a signal, as a shell gives them (128 + its number). */
+export const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
+
+/**
+ * status and drain hear SIGINT and SIGTERM themselves: run in a container (`docker compose run`,
+ * as docs/operations.md shows), the process is PID 1, where a signal nothing listens for is
+ * ignored, and a waiting drain would outlive Ctrl-C and `docker stop` for as long as the host's
+ * jobs take. Stopping the wait is safe: a host told to drain drains all the same.
+ */
+function exitOnSignals(command: "status" | "drain"): void {
+  const stop = (signal: keyof typeof SIGNAL_EXIT) => {
+    const still = command === "drain" ? ": a host already told to drain drains all the same (jitrunner drain --host ID --undo takes it back)" : "";
+    process.stderr.write(`jitrunner ${command}: stopped by ${signal}${still}\n`);
+    process.exit(SIGNAL_EXIT[signal]);
+  };
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => stop(signal));
 }
 
 /**

@@ -114,7 +114,8 @@ Exit codes: 0 the host drained (or, with --no-wait, was told to; with --undo, it
 1 no live host ID (with --undo: no drain mark on ID), or Redis cannot be reached or stopped
 answering (the host, once told, still drains); 3 the host's worker stopped beating (killed,
 crashed, stopped) with runners of it still recorded: they may still be running jobs, see
-\`jitrunner status\`; 2 --host missing, or an option drain does not take.
+\`jitrunner status\`; 2 --host missing, or an option drain does not take; 130 (SIGINT, Ctrl-C) or
+143 (SIGTERM) the wait stopped (the host, once told, still drains).
 
 Options:
 ${CONFIG_OPTION}

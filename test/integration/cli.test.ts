@@ -542,6 +542,27 @@ test("drain waiting for a host that stops answering with a busy runner still rec
   }
 });
 
+test("drain waiting for a host ends at Ctrl-C or SIGTERM with 130 or 143, as a process that is PID 1 in a container would not by itself; the host still drains", async () => {
+  const hosts = new HostStore(conn, redis.prefix);
+  await hosts.heartbeat({ id: "host-sig", capacity: 2, used: 1, pools: ["default"] }, 60_000);
+  try {
+    for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+      const p = runJitrunner(["drain", "--config", configFile, "--host", "host-sig"], SECRETS);
+      try {
+        await waitFor(() => p.output().includes("draining host-sig"), 20_000, "drain to tell the host");
+        p.child.kill(signal);
+        assert.equal(await p.exited(20_000, `drain still waiting after ${signal}`), code, p.output());
+        assert.match(p.output(), new RegExp(`^jitrunner drain: stopped by ${signal}: a host already told to drain drains all the same`, "m"));
+        assert.equal(await hosts.draining("host-sig"), true, "the host still draining");
+      } finally {
+        await p.stop();
+      }
+    }
+  } finally {
+    await hosts.forget("host-sig");
+  }
+});
+
 test("drain without --host exits 2, as --help says, whatever the config", async () => {
   const r = await run(["drain", "--config", configFile], SECRETS);
   assert.equal(r.code, 2, r.out);
