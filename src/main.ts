@@ -376,17 +376,14 @@ async function startWith(
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
-      // The HTTP side and the worker stop side by side: a keep-alive client (a proxy, a scraper)
-      // must not hold up the launches' end, nor the launches the HTTP server's. A delivery in
-      // flight still reaches the queue: it closes below, once both are done.
+      // The HTTP side, the leader and the worker stop side by side: a keep-alive client (a proxy,
+      // a scraper) must not hold up the launches' end, nor the launches the HTTP server's; nor
+      // the leader's pass in flight (up to two Redis calls of a third of its lock each) the
+      // worker's stop, during which it would take demand after saying it takes none (and a
+      // failed leader close would skip the worker's stop). A delivery in flight still reaches the
+      // queue: it closes below, once all are done.
       beginHttpClose();
-      const stopped = await Promise.allSettled([
-        app.close(),
-        (async () => {
-          await reconciler?.close();
-          await worker?.stop();
-        })(),
-      ]);
+      const stopped = await Promise.allSettled([app.close(), reconciler?.close(), worker?.stop()]);
       appCheck?.stop();
       github?.close();
       // Each whatever the others do: one that fails leaves none of the rest, nor the quits, undone.
