@@ -25,10 +25,14 @@ const DEFAULT_LEASE_MS = 30_000;
 /**
  * How long a job attempt queued again (a new `queued` delivery of an attempt seen before: an
  * approval's, or GitHub sending the event twice) keeps its note that it was: a `waiting` delivery
- * handled within it keeps the demand rather than dropping it (see waitsForApproval). GitHub's
- * reorderings are seconds apart; a wrong note costs one still-queued check, never a runner.
+ * handled within it keeps the demand rather than dropping it (see waitsForApproval). As long as
+ * the attempt is recognised, GitHub's 3 days: GitHub's own reorderings are seconds apart, but a
+ * `waiting` whose first delivery failed comes again only when redelivered (by an operator, or a
+ * tool reading the App's deliveries), any time within those 3 days of its sending, which came
+ * before the approval's. A wrong note costs one still-queued check, never a runner. One small key
+ * per job attempt queued again, expiring as its seen key does.
  */
-export const REQUEUED_NOTE_TTL_SECONDS = 600;
+export const REQUEUED_NOTE_TTL_SECONDS = SEEN_TTL_SECONDS;
 
 const CLAIM_REPLAYED = 0;
 const CLAIM_DUPLICATE = 1;
@@ -381,7 +385,9 @@ export class DemandQueues {
    * marked to be checked with GitHub before anything is registered for it (Demand.seenBefore), so
    * that a note left by a `queued` GitHub merely sent twice launches nothing for a job that really
    * waits ("kept"). The note is looked at again after a drop: a `queued` whose claim came between
-   * the look and the drop answered `duplicate` too, and the dropped demand is added back.
+   * the look and the drop answered `duplicate` too, and the dropped demand is added back. An
+   * approval's `queued` that was the first of the attempt handled (the first `queued` never came)
+   * leaves no note: a `waiting` after it drops the demand, for the queued-jobs loop to recover.
    */
   async waitsForApproval(pool: string, jobId: number, runAttempt: number): Promise<"dropped" | "kept" | "none"> {
     const queue = this.#queue(pool);

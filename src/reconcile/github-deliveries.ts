@@ -51,9 +51,10 @@ export function transientFailure(statusCode: number): boolean {
  * The events to redeliver, from one read of the App's delivery list: `workflow_job` events none
  * of whose attempts succeeded and whose latest attempt failed transiently; the latest attempt's id
  * for each. Not `waiting` ones: lost, one costs nothing (the worker's still-queued check launches
- * no runner for a job that waits for an approval), whereas redelivered after the approval it
- * would drop the demand the approval's `queued` added, and the job would wait for the queued-jobs
- * loop. Pure.
+ * no runner for a job that waits for an approval), whereas redelivered after the approval it gains
+ * nothing, and where the approval's `queued` left no note (it was the first of the attempt handled:
+ * see DemandQueues.waitsForApproval) it would drop the demand that `queued` added, and the job
+ * would wait for the queued-jobs loop. Pure.
  */
 export function toRedeliver(deliveries: readonly HookDelivery[]): HookDelivery[] {
   const byGuid = new Map<string, HookDelivery[]>();

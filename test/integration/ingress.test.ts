@@ -74,6 +74,14 @@ async function sendJob(action: string, jobId: number, labels: string[], delivery
   return (await post(body, signedHeaders("workflow_job", body, WEBHOOK_SECRET, deliveryId))).json().outcome;
 }
 
+/** Ages `key` by `seconds`: its time to live is that much shorter, and it is gone if that was all of it (as Redis would have it). */
+async function age(key: string, seconds: number): Promise<void> {
+  const left = await conn.pttl(key);
+  assert.ok(left > 0, `${key} exists and expires`);
+  if (left <= seconds * 1000) await conn.del(key);
+  else await conn.pexpire(key, left - seconds * 1000);
+}
+
 /**
  * Leases the demand item `id` of the default pool as a worker would, and hands it to `use`.
  * Earlier tests' demand waits in the same queue: held aside, and handed back after.
@@ -492,6 +500,16 @@ test("an approval's `queued` handled before the `waiting` it follows leaves the 
   } finally {
     await queue.close();
   }
+  // A `waiting` whose first delivery failed, redelivered long after the approval (by an operator, a
+  // day or more later; GitHub allows 3 days): the note is aged in Redis, as if that time had passed.
+  assert.equal(await sendJob("queued", 4962, ["self-hosted"]), "queued");
+  assert.equal(await sendJob("queued", 4962, ["self-hosted"]), "duplicate");
+  const note = `${redis.prefix}:requeued:4962-1`;
+  const day = 24 * 3600;
+  assert.ok((await conn.ttl(note)) <= 3 * day, "the note expires: at most GitHub's 3 days");
+  await age(note, 3 * day - 60);
+  assert.equal(await sendJob("waiting", 4962, ["self-hosted"]), "demand_kept", "a `waiting` redelivered near the end of GitHub's 3 days");
+  assert.ok((await waitingJobs("default")).includes("4962-1"), "the approved job's demand still waits");
   // The usual order still drops it at the `waiting` and adds it again at the approval.
   assert.equal(await sendJob("queued", 4961, ["self-hosted"]), "queued");
   assert.equal(await sendJob("waiting", 4961, ["self-hosted"]), "demand_cancelled");
