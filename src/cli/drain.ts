@@ -12,7 +12,7 @@ export const DRAIN_EXIT_HOST_VANISHED = 3;
  * `jitrunner drain --host ID`: the host takes no new demand, lets its running jobs finish, then
  * its worker exits 0. The host stays drained (HostStore DrainMark `left`): a worker started on it
  * again, by a restart policy or by hand, takes no demand until `drain --undo` (undoDrain). With
- * `wait`, returns once the host has left the fleet, with a progress line every 10 s. Each call to Redis waits at most CLI_REDIS_TIMEOUT_MS (cliRedis), the wait itself as
+ * `wait`, returns once the host's worker has drained and exited (the mark says `left`, or the host left the fleet), with a progress line every 10 s. Each call to Redis waits at most CLI_REDIS_TIMEOUT_MS (cliRedis), the wait itself as
  * long as the jobs take. Exits 1 when Redis cannot be reached, and DRAIN_EXIT_HOST_VANISHED when
  * the host's worker stopped beating with runners still recorded (see #ended). `origins`: the
  * options the environment set, for the error naming where the Redis URL came from (redisTarget).
@@ -47,9 +47,11 @@ export async function drainHost(
     for (;;) {
       const now = (await hosts.list()).find((h) => h.id === host);
       // The worker left: a restart policy may have started the next one on the host already,
-      // listed again but drained still. Looked at after the list, which reads the host's index and
-      // then its record: a worker leaving sets the mark and drops the record in one step, so one
-      // that left between those two reads is not taken for one that stopped beating.
+      // listed again but drained still. Or it drained and exited with a runner still recorded (its
+      // last teardown failed): the host stays listed for the fleet's host loops to clean up, with
+      // the mark `left` all the same, and no job runs. Looked at after the list, which reads the
+      // host's index and then its record: a worker leaving sets the mark and drops the record in
+      // one step, so one that left between those two reads is not taken for one that stopped beating.
       const mark = await hosts.drainMark(host);
       if (mark === "left") {
         out.write(`${host} drained\n${stays(host)}`);
@@ -71,12 +73,14 @@ export async function drainHost(
 }
 
 /**
- * The host's record is gone: it left, or it vanished. A drained worker removes its last runner's
- * record, then leaves the fleet (HostPresence.stop: HostStore.forget takes it out of the host
- * list), so a host no longer `listed` has left. A worker that stopped beating (killed, crashed,
- * stopped with runners left running) is still listed once its record lapses, and so are its
- * runners' records until other workers sweep them: the sweep keeps a gone host listed while any
- * runner of it is recorded, busy ones until their job is known to be over.
+ * The host's record is gone, and its drain mark does not say `left`: it left, or it vanished. A
+ * drained worker removes its last runner's record, then leaves the fleet (HostPresence.stop:
+ * HostStore.forget takes it out of the host list), so a host no longer `listed` has left (one
+ * whose last teardown failed stays listed, but marks the host `left`: HostStore.leftDrained). A
+ * worker that stopped beating (killed, crashed, stopped with runners left running) is still
+ * listed once its record lapses, and so are its runners' records until other workers sweep them:
+ * the sweep keeps a gone host listed while any runner of it is recorded, busy ones until their job
+ * is known to be over.
  */
 async function ended(host: string, listed: boolean, marked: boolean, runners: RunnerStore, out: NodeJS.WritableStream, err: NodeJS.WritableStream): Promise<number> {
   let recorded = 0;

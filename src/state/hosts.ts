@@ -74,7 +74,7 @@ export interface HostHold {
 const DRAIN_MARK_SECONDS = 7 * 24 * 3600;
 /** The drain mark while the worker asked to drain still runs (the value of marks from before `left`). */
 const DRAIN_ASKED = "1";
-/** The drain mark once that worker left (HostStore.forget): the host stays drained until `drain --undo`. */
+/** The drain mark once that worker left (HostStore.forget, leftDrained): the host stays drained until `drain --undo`. */
 const DRAIN_LEFT = "left";
 
 /**
@@ -306,6 +306,16 @@ export class HostStore {
     const value = await this.#redis.get(this.#drainKey(id));
     if (value === null) return undefined;
     return value === DRAIN_LEFT ? "left" : "asked";
+  }
+
+  /**
+   * Makes the host's drain mark, if it has one, `left` (its expiry kept): its worker drained and
+   * exited, but stays listed (a runner of it still recorded: a teardown that failed), so that the
+   * fleet's host loops clean up after it; the host stays drained for a worker started on it later,
+   * as when it leaves the fleet (forget).
+   */
+  async leftDrained(id: string): Promise<void> {
+    await this.#redis.set(this.#drainKey(id), DRAIN_LEFT, "KEEPTTL", "XX");
   }
 
   /** Removes the host's drain mark (`drain --undo`); false if it had none. */

@@ -198,9 +198,12 @@ export class HostPresence {
    * or recorded, for the next process on the host) notes the clean stop, so that if none comes
    * within the host's expiry, the other workers' sweep of the host counts it as stopped, not gone;
    * `cut_short` (a stop that left launches or demand to lapse, a failed start) says only that
-   * this process is gone, and the host is left as a crash leaves it.
+   * this process is gone, and the host is left as a crash leaves it. `drained`: the stop follows
+   * an operator's drain that finished (no runner left running); a `clean` one then also makes the
+   * host's drain mark `left`, as `leave` does, so that `jitrunner drain` sees the worker gone and a
+   * worker started on the host later stays up cordoned instead of draining again.
    */
-  async stop(end: HostPresenceEnd): Promise<void> {
+  async stop(end: HostPresenceEnd, drained = false): Promise<void> {
     this.#stopped = true;
     this.#timer?.stop();
     // Bounded: with Redis away the commands would wait for it, and the stop with them. What they
@@ -209,6 +212,8 @@ export class HostPresence {
     const said = (async () => {
       // Before the hold goes with instanceGone: the note is written only by its holder.
       if (end === "clean" && !this.#hostProblem) await this.#d.hosts.noteStop(this.#d.host, this.#d.instance).catch(() => undefined);
+      // Before the hold goes too: the host's next process, once it holds it, finds the mark left.
+      if (end === "clean" && drained && !this.#hostProblem) await this.#d.hosts.leftDrained(this.#d.host).catch(() => undefined);
       await this.#d.hosts.instanceGone(this.#d.instance, this.#d.host).catch(() => undefined);
       // A host another process has taken is that process's to leave.
       if (end === "leave" && !this.#hostProblem) await this.#d.hosts.forget(this.#d.host).catch(() => undefined);

@@ -318,6 +318,8 @@ export class RunnerWorker {
   /** Served pools' images found missing on the engine: said once each, until found there (#checkImages). */
   readonly #imagesMissing = new Set<string>();
   #drained: (() => void) | undefined;
+  /** An operator's drain has finished (`drained` resolved): the stop leaves the host drained (HostPresence.stop). */
+  #drainOver = false;
   /** Resolves when an operator's drain has finished: no demand held, no runner left. */
   readonly drained: Promise<void>;
 
@@ -473,7 +475,8 @@ export class RunnerWorker {
     await atMost(Promise.allSettled([...this.#sweepTurns].map((id) => this.#d.hosts.endSweepTurn(id, this.#d.host))), 3_000);
     // A stop that left nothing to lapse is a clean one, even with runners left: should no worker
     // come back to the host within its expiry, the others sweep it counted as stopped, not gone.
-    await this.#presence.stop(running === 0 && recorded === 0 ? "leave" : left || this.#startFailed ? "cut_short" : "clean");
+    // One after a finished drain whose last teardown failed leaves the host drained (mark `left`).
+    await this.#presence.stop(running === 0 && recorded === 0 ? "leave" : left || this.#startFailed ? "cut_short" : "clean", this.#drainOver);
     this.#d.logger.info({ running: this.#d.launcher.tracked.size + this.#leftRunning.size }, "worker stopped; running runners left running");
     if (left) throw new Error(`worker stop incomplete: ${left}`);
   }
@@ -801,7 +804,9 @@ export class RunnerWorker {
    */
   async #finishDrain(): Promise<void> {
     while (this.#passes.size > 0) await Promise.allSettled([...this.#passes]);
-    if (this.#idleDrained()) this.#drained?.();
+    if (!this.#idleDrained()) return;
+    this.#drainOver = true;
+    this.#drained?.();
   }
 
   async #serve(lease: Lease, spare?: Spare): Promise<void> {
