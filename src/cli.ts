@@ -32,7 +32,9 @@ function unreadableConfig(path: string, err: unknown): string {
   }
   if (code === "EACCES") {
     const uid = process.getuid?.();
-    return `cannot read config ${path} (EACCES): it must be readable by the user jitrunner runs as${uid === undefined ? "" : ` (uid ${uid})`}; the container image runs as uid 1000 unless started as root (the Compose files' user: root)`;
+    // uid 1000 is the image's `node`; on a host, most often the first login user: said only for it.
+    const image = uid === 1000 ? "; the container image runs as uid 1000 unless started as root (the Compose files' user: root)" : "";
+    return `cannot read config ${path} (EACCES): it must be readable by the user jitrunner runs as${uid === undefined ? "" : ` (uid ${uid})`}${image}`;
   }
   return `cannot read config ${path}: ${code ?? errorMessage(err)}`;
 }

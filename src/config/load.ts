@@ -31,6 +31,12 @@ export interface LoadSources {
   /** Reads a secret file; throws if it cannot. */
   readFile: (path: string) => string;
   /**
+   * The uid this process runs as (default: process.getuid()), for the advice on a file it may not
+   * read: the secrets are read before the process may run on as another user (JITRUNNER_USER),
+   * so a file it cannot read must be made readable by this uid.
+   */
+  uid?: number | undefined;
+  /**
    * What the config is loaded for, which says which GitHub secrets are read and required (the
    * others are neither read nor required, and left empty): `worker` the App's private key (it
    * calls GitHub), `server` the webhook secret (it checks deliveries), `all` (the default) both,
@@ -73,7 +79,7 @@ const DOCKER_FILES = ["caFile", "certFile", "keyFile"] as const;
 
 /**
  * Turns config text and environment into a validated Config, or throws ConfigError with every
- * problem found. Pure apart from `readFile`. Secret values never appear in the errors.
+ * problem found. Pure apart from `readFile` (and `uid`'s default). Secret values never appear in the errors.
  */
 export function loadConfig(sources: LoadSources): Config {
   return loadConfigWithOrigins(sources).config;
@@ -86,7 +92,7 @@ export function loadConfig(sources: LoadSources): Config {
  * config, so that printing the config (check-config) shows options only. `warnings`: what is
  * accepted but most likely wrong (placeholderWarnings), for the start to log and check-config to say.
  */
-export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" }: LoadSources): {
+export function loadConfigWithOrigins({ text, env, readFile, uid = process.getuid?.(), secretsFor = "all" }: LoadSources): {
   config: Config;
   origins: ReadonlyMap<string, string>;
   /**
@@ -133,6 +139,7 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
     }
   }
   const schemaProblems = problems.length;
+  const files: Files = { read: readFile, uid };
 
   const secret = (what: "privateKey" | "webhookSecret", envName: string, file: string | undefined): Secret | undefined => {
     const normalize = what === "privateKey" ? normalizePem : normalizeSecret;
@@ -150,12 +157,12 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
     }
     if (!readablePath(file)) return undefined; // refused by the schema, unshown
     try {
-      const value = normalize(readFile(file));
+      const value = normalize(files.read(file));
       if (!value) problems.push(`github.${what}File: ${shownSecretPath(file)} is empty`);
       else if (what === "webhookSecret") problems.push(...weakWebhookSecret(`github.${what}File`, shownSecretPath(file), value));
       return new Secret(value);
     } catch (err) {
-      problems.push(cannotRead(`github.${what}File`, shownSecretPath(file), err));
+      problems.push(cannotRead(`github.${what}File`, shownSecretPath(file), err, files.uid));
       return undefined;
     }
   };
@@ -165,17 +172,17 @@ export function loadConfigWithOrigins({ text, env, readFile, secretsFor = "all" 
   const needs = secretsNeeded(secretsFor);
   const privateKey = needs.privateKey ? secret("privateKey", "JITRUNNER_GITHUB_PRIVATE_KEY", gh.privateKeyFile) : new Secret("");
   const webhookSecret = needs.webhookSecret ? secret("webhookSecret", "JITRUNNER_GITHUB_WEBHOOK_SECRET", gh.webhookSecretFile) : new Secret("");
-  const previousWebhookSecret = needs.webhookSecret ? previousSecret(gh.previousWebhookSecretFile, env, readFile, problems) : undefined;
+  const previousWebhookSecret = needs.webhookSecret ? previousSecret(gh.previousWebhookSecretFile, env, files, problems) : undefined;
   const srv = (raw as Record<string, any>).server ?? {};
   // Likewise the tokens: a worker host mounts no admin token, an operator's shell neither.
   const tokens = tokensNeeded(secretsFor);
-  const adminToken = tokens.adminToken ? optionalToken("server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN", srv.adminTokenFile, env, readFile, problems) : undefined;
-  const metricsToken = tokens.metricsToken ? optionalToken("server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN", srv.metricsTokenFile, env, readFile, problems) : undefined;
+  const adminToken = tokens.adminToken ? optionalToken("server.adminTokenFile", "JITRUNNER_ADMIN_TOKEN", srv.adminTokenFile, env, files, problems) : undefined;
+  const metricsToken = tokens.metricsToken ? optionalToken("server.metricsTokenFile", "JITRUNNER_METRICS_TOKEN", srv.metricsTokenFile, env, files, problems) : undefined;
   // Every mode reaches Redis, status and drain too: the sentinels' password is read for all.
-  const redisSentinelPassword = sentinelPassword((raw as Record<string, any>).redis, env, readFile, problems);
+  const redisSentinelPassword = sentinelPassword((raw as Record<string, any>).redis, env, files, problems);
   // The Docker TLS files, read by a worker at start: a missing one would fail it there, naming no option.
   const runsWorker = secretsFor === "worker" || secretsFor === "all";
-  if (runsWorker) problems.push(...unreadableFiles((raw as Record<string, any>).worker?.docker, "worker.docker", DOCKER_FILES, readFile));
+  if (runsWorker) problems.push(...unreadableFiles((raw as Record<string, any>).worker?.docker, "worker.docker", DOCKER_FILES, files));
   const keyType = privateKey && privateKey.reveal() ? privateKeyType(privateKey.reveal()) : "rsa";
   if (keyType !== "rsa") {
     // Which one was read: the variable wins over the file, which is then not read at all.
@@ -497,25 +504,38 @@ function applyEnvOverrides(raw: Record<string, any>, env: Record<string, string 
   return overridden;
 }
 
+/** How the loader reads the files a config names, and the uid it reads them as (LoadSources.uid). */
+interface Files {
+  read: (path: string) => string;
+  uid: number | undefined;
+}
+
+/** The uid the container image runs as (its user `node`), unless started as root. */
+const IMAGE_UID = 1000;
+
 /**
  * A file that cannot be read, as a config problem naming its option. Permission denied says who
- * must be able to read it: secrets are often made root's, and the image runs as uid 1000.
+ * must be able to read it: `uid`, the user this process runs as (secrets are read before it may
+ * run on as JITRUNNER_USER, so that one never matters here). Not uid 1000 for every process: on a
+ * host, 1000 is most often the first login user, who should never hold the App's key.
  */
-function cannotRead(option: string, file: string, err: unknown): string {
+function cannotRead(option: string, file: string, err: unknown, uid: number | undefined): string {
   const code = (err as NodeJS.ErrnoException).code ?? "error";
   if (code === "EISDIR") {
     return `${option}: cannot read ${file}: it is a directory (Docker creates one when a bind-mounted file does not exist; remove it and create the file)`;
   }
   if (code !== "EACCES") return `${option}: cannot read ${file} (${code})`;
-  const uid = process.getuid?.();
-  return (
-    `${option}: cannot read ${file} (EACCES): it must be readable by the user jitrunner runs as` +
-    `${uid === undefined ? "" : ` (uid ${uid})`}; the container image runs as uid 1000 unless started as root (the Compose files' user: root): chown 1000 ${file.startsWith("(") ? "the file" : file}, mode 0400 or 0600`
-  );
+  const target = file.startsWith("(") ? "the file" : file;
+  if (uid === undefined) return `${option}: cannot read ${file} (EACCES): it must be readable by the user jitrunner runs as`;
+  const image =
+    uid === IMAGE_UID
+      ? `; in the container image, whose user is uid ${IMAGE_UID}, start it as root instead (the Compose files' user: root): it reads its secrets as root, then runs on as uid ${IMAGE_UID}`
+      : "";
+  return `${option}: cannot read ${file} (EACCES): it must be readable by the user jitrunner runs as (uid ${uid}): chown ${uid} ${target}, mode 0400 or 0600${image}`;
 }
 
 /** Problems with the files a config section names (each read once: missing, unreadable, empty). */
-function unreadableFiles(section: unknown, where: string, keys: readonly string[], readFile: (path: string) => string): string[] {
+function unreadableFiles(section: unknown, where: string, keys: readonly string[], files: Files): string[] {
   if (typeof section !== "object" || section === null) return [];
   const problems: string[] = [];
   for (const key of keys) {
@@ -524,9 +544,9 @@ function unreadableFiles(section: unknown, where: string, keys: readonly string[
     if (key === "keyFile" && !readablePath(file)) continue; // refused by the schema, unshown
     const shown = key === "keyFile" ? shownSecretPath(file) : file;
     try {
-      if (!readFile(file).trim()) problems.push(`${where}.${key}: ${shown} is empty`);
+      if (!files.read(file).trim()) problems.push(`${where}.${key}: ${shown} is empty`);
     } catch (err) {
-      problems.push(cannotRead(`${where}.${key}`, shown, err));
+      problems.push(cannotRead(`${where}.${key}`, shown, err, files.uid));
     }
   }
   return problems;
@@ -556,7 +576,7 @@ function weakWebhookSecret(option: string, from: string, value: string): string[
  * The webhook secret GitHub signed with before the current one, from env or file, held to the
  * same bar; undefined when neither is given.
  */
-function previousSecret(file: unknown, env: Record<string, string | undefined>, readFile: (path: string) => string, problems: string[]): Secret | undefined {
+function previousSecret(file: unknown, env: Record<string, string | undefined>, files: Files, problems: string[]): Secret | undefined {
   const envName = "JITRUNNER_GITHUB_PREVIOUS_WEBHOOK_SECRET";
   const option = "github.previousWebhookSecretFile";
   let value: string;
@@ -568,9 +588,9 @@ function previousSecret(file: unknown, env: Record<string, string | undefined>, 
     if (!readablePath(file)) return undefined; // refused by the schema, unshown
     from = shownSecretPath(file);
     try {
-      value = normalizeSecret(readFile(file));
+      value = normalizeSecret(files.read(file));
     } catch (err) {
-      problems.push(cannotRead(option, from, err));
+      problems.push(cannotRead(option, from, err, files.uid));
       return undefined;
     }
   } else return undefined;
@@ -592,16 +612,16 @@ function optionalSecret(
   envName: string,
   file: unknown,
   env: Record<string, string | undefined>,
-  readFile: (path: string) => string,
+  files: Files,
   problems: string[],
 ): { value: string; from: string } | undefined {
   if (env[envName]) return { value: env[envName].trim(), from: envName };
   if (typeof file !== "string") return undefined;
   if (!readablePath(file)) return undefined; // refused by the schema, unshown
   try {
-    return { value: readFile(file).trim(), from: shownSecretPath(file) };
+    return { value: files.read(file).trim(), from: shownSecretPath(file) };
   } catch (err) {
-    problems.push(cannotRead(option, shownSecretPath(file), err));
+    problems.push(cannotRead(option, shownSecretPath(file), err, files.uid));
     return undefined;
   }
 }
@@ -612,10 +632,10 @@ function optionalToken(
   envName: string,
   file: unknown,
   env: Record<string, string | undefined>,
-  readFile: (path: string) => string,
+  files: Files,
   problems: string[],
 ): Secret | undefined {
-  const token = optionalSecret(option, envName, file, env, readFile, problems);
+  const token = optionalSecret(option, envName, file, env, files, problems);
   if (!token) return undefined;
   if (token.value.length < TOKEN_MIN_LENGTH || /\s/.test(token.value)) {
     problems.push(`${option}: the token (from ${token.from}) must be at least ${TOKEN_MIN_LENGTH} characters without spaces`);
@@ -629,7 +649,7 @@ function optionalToken(
  * undefined when not given. Refused without Sentinel (half a setup), and a sentinelUsername
  * without it (the sentinels would be asked as the default user).
  */
-function sentinelPassword(redis: unknown, env: Record<string, string | undefined>, readFile: (path: string) => string, problems: string[]): Secret | undefined {
+function sentinelPassword(redis: unknown, env: Record<string, string | undefined>, files: Files, problems: string[]): Secret | undefined {
   const option = "redis.sentinelPasswordFile";
   const envName = "JITRUNNER_REDIS_SENTINEL_PASSWORD";
   const section = (typeof redis === "object" && redis !== null ? redis : {}) as Record<string, unknown>;
@@ -639,7 +659,7 @@ function sentinelPassword(redis: unknown, env: Record<string, string | undefined
     problems.push(`${envName} ${SENTINEL_ONLY}`);
     return undefined;
   }
-  const password = optionalSecret(option, envName, section.sentinelPasswordFile, env, readFile, problems);
+  const password = optionalSecret(option, envName, section.sentinelPasswordFile, env, files, problems);
   if (password && !password.value) {
     problems.push(`${option}: ${password.from} holds only white space`);
     return undefined;

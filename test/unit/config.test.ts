@@ -516,9 +516,19 @@ test("a secret or key file the process may not read says who must be able to rea
     throw Object.assign(new Error(`EACCES ${p}`), { code: "EACCES" });
   };
   const text = minimal.replace("appId: 42", "appId: 42\n  privateKeyFile: /run/secrets/github-app-key\n  webhookSecretFile: /run/secrets/webhook-secret");
-  const problems = problemsOf({ text: `${text}server:\n  adminTokenFile: /run/secrets/admin\n`, env: {}, readFile: denied }).join("\n");
-  for (const [option, file] of [["github.privateKeyFile", "/run/secrets/github-app-key"], ["github.webhookSecretFile", "/run/secrets/webhook-secret"], ["server.adminTokenFile", "/run/secrets/admin"]] as const) {
-    assert.match(problems, new RegExp(`${option.replace(".", "\\.")}: cannot read ${file} \\(EACCES\\): it must be readable by the user jitrunner runs as.*chown 1000 ${file}`));
+  const files = [["github.privateKeyFile", "/run/secrets/github-app-key"], ["github.webhookSecretFile", "/run/secrets/webhook-secret"], ["server.adminTokenFile", "/run/secrets/admin"]] as const;
+  const problemsAs = (uid: number) => problemsOf({ text: `${text}server:\n  adminTokenFile: /run/secrets/admin\n`, env: {}, readFile: denied, uid }).join("\n");
+  // A systemd unit's system user (uid 999 here): the file goes to it, not to uid 1000, on a host
+  // most often the first login user, who would then hold the App's key while the worker still cannot read it.
+  const system = problemsAs(999);
+  for (const [option, file] of files) {
+    assert.match(system, new RegExp(`${option.replace(".", "\\.")}: cannot read ${file} \\(EACCES\\): it must be readable by the user jitrunner runs as \\(uid 999\\): chown 999 ${file}, mode 0400 or 0600 \\(line \\d+\\)(\n|$)`));
+  }
+  assert.doesNotMatch(system, /1000/);
+  // The container image's user: the same, and how the image reads them as root instead.
+  const image = problemsAs(1000);
+  for (const [option, file] of files) {
+    assert.match(image, new RegExp(`${option.replace(".", "\\.")}: cannot read ${file} \\(EACCES\\): .*\\(uid 1000\\): chown 1000 ${file}, mode 0400 or 0600; in the container image, whose user is uid 1000, start it as root instead`));
   }
   // Other errors stay as they were: a missing file is not a question of owners.
   assert.doesNotMatch(problemsOf({ text, env: {}, readFile: noFiles }).join("\n"), /chown/);
