@@ -8,6 +8,7 @@ import { createLogger } from "./logger.ts";
 import { start, type Mode } from "./main.ts";
 import { drainHost, undoDrain } from "./cli/drain.ts";
 import { COMMAND_HELP, USAGE } from "./cli/help.ts";
+import { COMMAND_OPTIONS, OPTIONS } from "./cli/options.ts";
 import { withoutPassword } from "./queue/redis-address.ts";
 import { DEBUG_SKIP_SECRETS, debugShowsSecrets } from "./cli/debug-env.ts";
 import { dropPrivileges, localDockerSocket, type DropResult } from "./cli/privileges.ts";
@@ -49,20 +50,6 @@ function secretsForCommand(command: string, mode: string | undefined): SecretsFo
   const wanted = command === "check-config" ? (mode ?? "all") : command;
   return wanted === "server" || wanted === "worker" || wanted === "all" ? wanted : undefined;
 }
-
-/** Every command's options, for parseArgs: which command takes which is COMMAND_OPTIONS. */
-const OPTIONS = {
-  config: { type: "string", short: "c" },
-  help: { type: "boolean", short: "h" },
-  host: { type: "string" },
-  "no-wait": { type: "boolean" },
-  undo: { type: "boolean" },
-  json: { type: "boolean" },
-  url: { type: "string" },
-  name: { type: "string" },
-  "redirect-url": { type: "string" },
-  mode: { type: "string" },
-} as const;
 
 /** The options that take a value. */
 type ValueOption = { [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K]["type"] extends "string" ? K : never }[keyof typeof OPTIONS];
@@ -266,17 +253,6 @@ function environmentNote(origins: ReadonlyMap<string, string>, secretOrigins: Re
     .filter(Boolean)
     .join("; ");
 }
-
-/** The options each command takes (besides --help): any other is refused rather than ignored. */
-const COMMAND_OPTIONS: Record<string, readonly string[]> = {
-  server: ["config"],
-  worker: ["config"],
-  all: ["config"],
-  "check-config": ["config", "mode"],
-  status: ["config", "json"],
-  drain: ["config", "host", "no-wait", "undo"],
-  "app-manifest": ["url", "name", "redirect-url"],
-};
 
 /**
  * What is wrong with how a known command was called, or undefined: an option it does not take
