@@ -117,9 +117,10 @@ for (const shared of [false, true]) {
     assert.deepEqual(await Promise.all(deletions), Array(12).fill("not_found"), "every deletion sent and answered");
     const writes = writesSince(before);
     assert.equal(writes.length, 13, "every write once");
-    // Five writes started together arrive over a while on a loaded machine (254 ms, with two DinD
-    // test files beside this one), the next five closer: a tenth of the window's slack.
-    assertWithinBudget(writes, max, windowMs, windowMs / 10);
+    // Five writes started together arrive over a while on a loaded machine (254 ms with two DinD
+    // test files beside this one; 494 ms in a full run beside other work), the next five closer:
+    // a fifth of the window's slack. A write over the budget would come a whole window early.
+    assertWithinBudget(writes, max, windowMs, windowMs / 5);
     gh.close();
   });
 }
