@@ -224,7 +224,7 @@ export function loadConfigWithOrigins({ text, env, readFile, uid = process.getui
     secrets: { privateKey, webhookSecret, ...(previousWebhookSecret && { previousWebhookSecret }), ...(adminToken && { adminToken }), ...(metricsToken && { metricsToken }), ...(redisSentinelPassword && { redisSentinelPassword }) },
   };
   // The engine's address matters only where a worker runs.
-  const warnings = [...placeholderWarnings(config), ...(runsWorker ? dockerHostWarnings(config.worker.docker) : [])];
+  const warnings = [...placeholderWarnings(config), ...(runsWorker ? [...dockerHostWarnings(config.worker.docker), ...warmCapacityWarnings(config)] : [])];
   return { config, origins: overridden, secretOrigins, warnings };
 }
 
@@ -296,6 +296,23 @@ export function dockerHostWarnings(docker: ParsedConfig["worker"]["docker"]): st
   if (port !== undefined) return [];
   return [
     `worker.docker.host without a port: port ${defaultPort} is used, not Docker's 2375 (2376 over TLS); set worker.docker.port to the port the engine listens on`,
+  ];
+}
+
+/**
+ * A worker keeps one slot per pool it serves free for demand and launches warm runners only into
+ * the rest (`capacity` less the pools served): a host whose capacity leaves none never holds a
+ * warm runner, and nothing else would say so. Said only for that case: minIdle is across the
+ * fleet, so a host holding fewer than a pool's minIdle is no fault by itself.
+ */
+export function warmCapacityWarnings(config: Pick<Config, "pools" | "worker">): string[] {
+  const served = config.worker.pools.length ? config.pools.filter((p) => config.worker.pools.includes(p.name)) : config.pools;
+  const warm = served.filter((p) => p.minIdle > 0).map((p) => p.name);
+  const { capacity } = config.worker;
+  if (warm.length === 0 || capacity > served.length) return [];
+  return [
+    `worker.capacity: ${capacity} leaves no slot for warm runners on this host (one is kept free for demand per pool served, ${served.length} here): ` +
+      `pools ${warm.join(", ")} get no warm runner from it; set capacity above ${served.length} plus the warm runners it should hold`,
   ];
 }
 

@@ -357,6 +357,23 @@ test("a YAML warning is refused by where it is, and neither it nor an error prin
   assert.deepEqual(emitted.filter((m) => /tag|hunter2/i.test(m)), [], "nothing printed through process warnings");
 });
 
+test("a worker whose capacity leaves no slot beyond the one kept per pool served is warned of where a warm pool is served: it would never hold a warm runner", () => {
+  const warm = "    minIdle: 2\n    warm: { installationId: 7, owner: acme, repo: app }\n";
+  const second = "  - name: gpu\n    labels: [self-hosted, gpu]\n    image: runner:1\n";
+  const warningsOf = (worker: string, pools = `${minimal}${warm}${second}`, secretsFor: "server" | "worker" | "all" = "all") =>
+    loadConfigWithOrigins({ text: `${pools}worker:\n${worker}`, env, readFile: noFiles, secretsFor }).warnings.filter((w) => w.startsWith("worker.capacity"));
+  assert.deepEqual(warningsOf("  capacity: 2\n"), [
+    "worker.capacity: 2 leaves no slot for warm runners on this host (one is kept free for demand per pool served, 2 here): pools default get no warm runner from it; set capacity above 2 plus the warm runners it should hold",
+  ]);
+  assert.equal(warningsOf("  capacity: 1\n").length, 1);
+  // Room for one, a worker serving only the pool without warm runners, no warm pool, or no worker here: nothing to say.
+  assert.deepEqual(warningsOf("  capacity: 3\n"), []);
+  assert.deepEqual(warningsOf("  capacity: 1\n  pools: [gpu]\n"), []);
+  assert.deepEqual(warningsOf("  capacity: 1\n", `${minimal}${second}`), []);
+  assert.deepEqual(warningsOf("  capacity: 2\n", undefined, "server"), []);
+  assert.equal(warningsOf("  capacity: 1\n  pools: [default]\n").length, 1, "one pool served, one slot: kept for demand");
+});
+
 test("warm runners: minIdle needs where to register, a repository for repository pools, and leaves room under maxRunners", () => {
   const pool = (extra: string) => `${minimal}    ${extra.trim().split("\n").join("\n    ")}\n`;
   assert.equal(loadConfig({ text: minimal, env, readFile: noFiles }).pools[0]!.minIdle, 0);
