@@ -10,7 +10,7 @@ import type { ActivityRecorder } from "../state/activity.ts";
 import type { DemandQueues } from "../queue/demand-queue.ts";
 import { registeredAt, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { demandIdOf, MAX_RENEWALS, type Demand } from "../demand.ts";
-import type { Loop } from "./loops.ts";
+import { ListingCutNotice, listingDeadline, passTimeoutMs, type Loop } from "./loops.ts";
 
 export const GITHUB_QUEUED = "github-queued";
 
@@ -171,6 +171,11 @@ const NEW_RUN_HEAD_START_PASSES = 3;
  * pass: a pass lists at most `maxRunsPerPass` runs' jobs, those that waited longest first (a new
  * run with a head start of a few passes: runsToList), so a large backlog is covered over several
  * passes within a fixed budget, and runs listed before are listed again while new ones keep coming.
+ *
+ * With GitHub slow, listing every repository's runs could take the pass's whole time limit, and
+ * the pass would be aborted before listing any run's jobs: a pass starts listing no repository past
+ * half its limit (listingDeadline), lists the jobs of the runs it found, and the repositories it did
+ * not reach are the first the next pass lists (their turn is noted only when their listing starts).
  */
 export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
   /** When each run still queued, in progress or waiting had its jobs listed last (this leader's memory). */
@@ -182,11 +187,13 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
   /** The repository of each run in lastListed and firstSeen. */
   const runRepo = new Map<number, string>();
   let inTurns = false;
+  const cut = new ListingCutNotice(d.logger.child({ loop: GITHUB_QUEUED }), "repositories' runs");
   return {
     name: GITHUB_QUEUED,
     intervalMs: d.intervalMs,
     leaderOnly: true,
     async run(signal) {
+      const listUntil = listingDeadline(d.intervalMs, Date.now());
       const active = await d.repos.list(d.windowMs, Math.max(d.maxRepositories, MAX_ACTIVE_IN_TURNS));
       const activeKeys = new Set(active.map(repoKey));
       for (const key of reposListed.keys()) if (!activeKeys.has(key)) reposListed.delete(key);
@@ -200,8 +207,11 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
       const failed: string[] = [];
       const runs = new Map<number, RunToCheck>();
       const listed = new Set<string>();
+      let reached = 0;
       for (const repo of repos) {
         signal.throwIfAborted();
+        if (Date.now() >= listUntil) break;
+        reached++;
         const key = repoKey(repo);
         reposListed.set(key, Date.now());
         try {
@@ -215,6 +225,7 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
           failed.push(`${repo.owner}/${repo.repo}: ${errorMessage(err)}`);
         }
       }
+      cut.note(reached, repos.length, passTimeoutMs(d.intervalMs));
       // A run is forgotten once its repository, listed this pass, no longer shows it, or is no
       // longer active. The runs of a repository not listed this pass (its turn to come, or its
       // listing failed) keep their place in runsToList's order: else, with repositories listed in
@@ -248,7 +259,8 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
           failed.push(`${f.ids.repo} job ${f.ids.jobId}: ${errorMessage(err)}`);
         }
       }
-      if (failed.length > 0) throw new Error(`checking queued jobs failed ${failed.length} times (${repos.length} repositories); first: ${failed[0]}`);
+      const of = reached < repos.length ? `${reached} of ${repos.length} repositories listed: stopped at half the pass's time limit` : `${repos.length} repositories`;
+      if (failed.length > 0) throw new Error(`checking queued jobs failed ${failed.length} times (${of}); first: ${failed[0]}`);
     },
   };
 }

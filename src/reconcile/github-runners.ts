@@ -6,7 +6,7 @@ import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveOrganization, ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
-import type { Loop } from "./loops.ts";
+import { ListingCutNotice, listingDeadline, passTimeoutMs, type Loop } from "./loops.ts";
 
 export const GITHUB_RUNNERS = "github-runners";
 
@@ -56,6 +56,18 @@ export function recordedScopes(records: readonly Pick<RunnerRecord, "installatio
   return { scopes: [...scopes.values()], more: false };
 }
 
+/**
+ * `scopes` in the order a pass lists them: those listed longest ago (in passes; never: first)
+ * first, ties in the order given. Every scope is listed each pass while GitHub answers in time;
+ * a pass that stops listing at its deadline leaves the rest to be listed first by the next. Pure.
+ */
+export function scopesInTurn(scopes: readonly RunnerScope[], lastListed: ReadonlyMap<string, number>): RunnerScope[] {
+  return scopes
+    .map((scope, i) => ({ scope, i, at: lastListed.get(scopeKey(scope)) ?? Number.NEGATIVE_INFINITY }))
+    .sort((a, b) => (a.at === b.at ? a.i - b.i : a.at - b.at))
+    .map((x) => x.scope);
+}
+
 function scopeKey(s: RunnerScope): string {
   return `${s.installationId}/${s.owner}/${s.repo ?? ""}`.toLowerCase();
 }
@@ -102,24 +114,42 @@ export interface GitHubRunnersDeps {
  * runner that still runs its job would fail that job; so GitHub is asked about the runner itself
  * before it is marked (one call, only for a runner missing that long), and a runner it still
  * knows is left alone.
+ *
+ * With GitHub slow, listing every scope could take the pass's whole time limit, and the pass would
+ * be aborted before that check: a pass starts listing no scope past half its limit
+ * (listingDeadline) and checks the busy runners of the scopes it listed; the scopes it did not
+ * reach are the first the next pass lists (scopesInTurn).
  */
 export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
   const firstSeen = new Map<string, number>();
   const missingSince = new Map<string, number>();
+  /** The pass in which each scope's listing last started (see scopesInTurn). */
+  const scopesListed = new Map<string, number>();
+  let passes = 0;
   const capped = new CapNotice(d);
+  const cut = new ListingCutNotice(d.logger.child({ loop: GITHUB_RUNNERS }), "runner lists");
   return {
     name: GITHUB_RUNNERS,
     intervalMs: d.intervalMs,
     leaderOnly: true,
     async run(signal) {
       const began = Date.now();
-      const scopes = await passScopes(d, capped);
+      const listUntil = listingDeadline(d.intervalMs, began);
+      const pass = ++passes;
+      const all = await passScopes(d, capped);
+      const keys = new Set(all.map(scopeKey));
+      for (const key of scopesListed.keys()) if (!keys.has(key)) scopesListed.delete(key);
+      const scopes = scopesInTurn(all, scopesListed);
       const seen = new Set<string>();
       const failed: string[] = [];
       /** Scopes listed this pass, and the names of ours each list holds. */
       const listed = new Map<string, Set<string>>();
+      let reached = 0;
       for (const scope of scopes) {
         signal.throwIfAborted();
+        if (Date.now() >= listUntil) break;
+        reached++;
+        scopesListed.set(scopeKey(scope), pass);
         let registrations: RegisteredRunner[];
         try {
           registrations = await d.github.listRunners(scope, { signal });
@@ -149,8 +179,10 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       // Forget what is no longer listed (gone, or now has a record), so the map stays bounded; only
       // in scopes listed this pass: one whose list failed or that a cap left out keeps its grace.
       for (const key of firstSeen.keys()) if (!seen.has(key) && listed.has(key.slice(0, key.lastIndexOf("#")))) firstSeen.delete(key);
+      cut.note(reached, scopes.length, passTimeoutMs(d.intervalMs));
       await endBusyRunnersGoneFromGitHub(d, listed, began, missingSince, failed, signal);
-      if (failed.length > 0) throw new Error(`checking runners failed ${failed.length} times (${scopes.length} scopes); first: ${failed[0]}`);
+      const of = reached < scopes.length ? `${reached} of ${scopes.length} scopes listed: stopped at half the pass's time limit` : `${scopes.length} scopes`;
+      if (failed.length > 0) throw new Error(`checking runners failed ${failed.length} times (${of}); first: ${failed[0]}`);
     },
   };
 }

@@ -37,6 +37,48 @@ export function passTimeoutMs(intervalMs: number): number {
 }
 
 /**
+ * When a pass begun at `began` that lists first (runs, runners) and then acts on what it listed
+ * starts no new listing: half its time limit in. With GitHub slow, listing everything would take
+ * the whole limit and the pass would be aborted before acting on any of it; stopped here, the
+ * later phase gets the other half, with what was listed, and the next pass lists the rest first.
+ */
+export function listingDeadline(intervalMs: number, began: number): number {
+  return began + passTimeoutMs(intervalMs) / 2;
+}
+
+/**
+ * Tells of passes that stop listing at their listing deadline: a warning for the first such pass,
+ * debug for the ones after it, and info once a pass lists everything again; one line a pass at
+ * most, never one per repository or scope.
+ */
+export class ListingCutNotice {
+  readonly #log: Logger;
+  readonly #what: string;
+  #cut = false;
+
+  /** `what`: what the loop lists, plural ("repositories' runs", "runner lists"). */
+  constructor(log: Logger, what: string) {
+    this.#log = log;
+    this.#what = what;
+  }
+
+  /** After a pass's listing: `listed` of `total` listed, stopped early if fewer. */
+  note(listed: number, total: number, limitMs: number): void {
+    const cut = listed < total;
+    const was = this.#cut;
+    this.#cut = cut;
+    if (!cut) {
+      if (was) this.#log.info(`a pass listed all its ${this.#what} again within half its time limit`);
+      return;
+    }
+    const fields = { listed, notListed: total - listed, passLimitSeconds: limitMs / 1000 };
+    const msg = `GitHub is slow: the pass stopped listing ${this.#what} at half its time limit and went on with those listed; the next pass lists the rest first`;
+    if (was) this.#log.debug(fields, msg);
+    else this.#log.warn(fields, `${msg} (said once until a pass lists all again)`);
+  }
+}
+
+/**
  * Runs each loop on its own timer (garm's startLoopForFunction): a loop that fails or hangs never
  * delays or stops another, and the next pass of a loop starts only after the previous one settled
  * (a pass that ignores its abort signal is abandoned, not awaited). A failure is logged when it
