@@ -4,7 +4,7 @@ import { errorMessage, GitHubError } from "../errors.ts";
 import type { GitHubClient, HookDelivery } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ReadResume, RedeliveryLog } from "../state/redeliveries.ts";
-import type { Loop } from "./loops.ts";
+import type { Loop, PassBudget } from "./loops.ts";
 
 export const GITHUB_DELIVERIES = "github-deliveries";
 
@@ -25,6 +25,14 @@ export const MAX_PAGES = 30;
 export const MAX_REDELIVERIES_PER_EVENT = 7;
 /** Failed redelivery requests (GitHub erring, rate-limiting, unreachable) for one event at most, spaced the same way. */
 export const MAX_FAILED_REQUESTS_PER_EVENT = 7;
+/**
+ * A pass whose time limit is this far gone starts no more reads (the rest goes to redelivery
+ * requests, so that slow reads cannot starve them), and at END_AT no more requests: it ends as a
+ * pass stopped by its page or request limit does, its marks moved, well before it would be cut
+ * off (its progress then lost with its marks).
+ */
+export const READ_UNTIL = 3 / 8;
+export const END_AT = 3 / 4;
 /** The wait before an event's second try, unless set (`reconcile.deliveriesRetrySeconds`); each wait after is 4 times the one before. */
 export const RETRY_BASE_MS = 60_000;
 
@@ -94,8 +102,9 @@ interface Page {
 
 /**
  * Reads the list newest first from `cursor` (the top when undefined) down to `floor`, `maxPages`
- * pages at most. `next` is where the read goes on when the page limit stopped it before `floor`
- * and before the end of the list. Deliveries older than `floor` are left out.
+ * pages at most, and no page but the first once `timeUp`. `next` is where the read goes on when
+ * the page limit or the time (`timeUp` true) stopped it before `floor` and before the end of the
+ * list. Deliveries older than `floor` are left out.
  */
 async function readDown(
   github: GitHubDeliveriesDeps["github"],
@@ -103,10 +112,12 @@ async function readDown(
   floor: number,
   maxPages: number,
   signal: AbortSignal,
-): Promise<{ pages: Page[]; next?: string }> {
+  timeUp: () => boolean,
+): Promise<{ pages: Page[]; next?: string; timeUp?: true }> {
   const pages: Page[] = [];
   for (let page = 0; page < maxPages; page++) {
     signal.throwIfAborted();
+    if (page > 0 && timeUp()) return { pages, next: cursor, timeUp: true };
     const { deliveries, next } = await github.listHookDeliveries({ signal, cursor });
     const kept = deliveries.filter((d) => Date.parse(d.deliveredAt) >= floor);
     pages.push({ cursor, deliveries: kept });
@@ -241,7 +252,9 @@ export function marksAfter(r: PassRead): { upTo: number; backlog: ReadResume | u
  * took more pages than it may read, or failures left by the request limit), from GitHub's cursor
  * saved by the last pass. A pass that stops early (more pages than `maxPages`, more requests than
  * `maxPerPass`) saves the cursor of the first page it did not finish, and a later pass goes on
- * from there (its handled events are passed over then: asked for already, or waiting). Nothing
+ * from there (its handled events are passed over then: asked for already, or waiting); so does a
+ * pass whose time limit is running out (READ_UNTIL, END_AT), where one cut off at the limit would
+ * move no marks (as a pass whose term lapsed must not) and the next would start over. Nothing
  * pins the read: events waiting for their time, refused (4xx) or out of tries are passed over,
  * and deliveries beyond the lookback limit end the read.
  */
@@ -250,23 +263,34 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
   const maxPages = d.maxPages ?? MAX_PAGES;
   // Said once when the newest pages start taking more than a pass may read, and once when they fit again.
   let behind = false;
+  // Said once when passes start stopping at their time limit, and once when one finishes in time again.
+  let slow = false;
   return {
     name: GITHUB_DELIVERIES,
     intervalMs: d.intervalMs,
     leaderOnly: true,
-    async run(signal) {
+    async run(signal, budget?: PassBudget) {
       const now = clock();
+      // Whether the pass stopped reading or asking early for time, leaving the rest to the next.
+      let timeUp = false;
+      /** Whether `share` of the pass's time limit is gone (never without one): then it stops early. */
+      const past = (share: number): boolean => {
+        if (budget === undefined || budget.leftMs() > budget.limitMs * (1 - share)) return false;
+        timeUp = true;
+        return true;
+      };
+      const readTimeUp = () => past(READ_UNTIL);
       const lookback = now - REDELIVERABLE_MS;
       const upTo = await d.log.readUpTo();
       const backlog = await d.log.resume();
       // The window bounds the first read only: after a pass, down to a little before what it read,
       // however long ago (an outage longer than the window), as far as GitHub redelivers.
       const topFloor = upTo > 0 ? Math.max(lookback, upTo - OVERLAP_MS) : now - Math.min(d.windowMs, REDELIVERABLE_MS);
-      const top = await readDown(d.github, undefined, topFloor, maxPages, signal);
+      const top = await readDown(d.github, undefined, topFloor, maxPages, signal, readTimeUp);
       let older: Awaited<ReturnType<typeof readDown>> | undefined;
-      if (backlog && top.next === undefined && top.pages.length < maxPages) {
+      if (backlog && top.next === undefined && top.pages.length < maxPages && !readTimeUp()) {
         try {
-          older = await readDown(d.github, backlog.cursor, Math.max(lookback, backlog.floor), maxPages - top.pages.length, signal);
+          older = await readDown(d.github, backlog.cursor, Math.max(lookback, backlog.floor), maxPages - top.pages.length, signal, readTimeUp);
         } catch (err) {
           if (cursorRefused(err)) {
             // Its pages are read again from the top: the next pass goes down to the backlog's floor.
@@ -286,9 +310,12 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
       await d.log.settled([...new Set(all.filter((x) => x.statusCode >= 200 && x.statusCode < 300).map((x) => x.guid))]);
 
       const pass: Pass = { requests: 0, asked: 0, failed: [] };
+      // Out of time: the requests not made yet are left for the next pass, as those past maxPerPass are.
+      const endTimeUp = () => past(END_AT);
       // Events whose wait is over first: they have waited longest.
       for (const due of await d.log.due(now, d.maxPerPass)) {
         signal.throwIfAborted();
+        if (endTimeUp()) break;
         await ask(d, due, pass, now, signal);
       }
       const candidates = toRedeliver(all);
@@ -317,11 +344,15 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
           await d.log.wait(delivery.guid, delivery.id, notBefore);
           continue;
         }
+        if (endTimeUp()) {
+          stoppedAt = i;
+          break;
+        }
         await ask(d, { guid: delivery.guid, attemptId: delivery.id, action: delivery.action, status: delivery.statusCode }, pass, now, signal);
       }
 
-      // Abandoned meanwhile (the term lapsed while Redis was away): its marks are no longer this
-      // process's to move, and would overwrite the new leader's.
+      // Abandoned meanwhile (the term lapsed while Redis was away, or cut off at its time limit): its
+      // marks are no longer this process's to move, and would overwrite the new leader's.
       signal.throwIfAborted();
       const stopPage = stoppedAt === undefined ? undefined : pageOf.get(candidates[stoppedAt]!.id)!;
       const next = marksAfter({
@@ -338,7 +369,7 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
       if (next.upTo > upTo) await d.log.setReadUpTo(next.upTo);
       if (next.backlog?.cursor !== backlog?.cursor || next.backlog?.floor !== backlog?.floor) await d.log.setResume(next.backlog);
       // A first read's lookback deeper than a pass may read is a backlog, not a pass falling behind.
-      if (upTo > 0 && top.next !== undefined && !behind) {
+      if (upTo > 0 && top.next !== undefined && !top.timeUp && !behind) {
         behind = true;
         d.logger.warn(
           { loop: GITHUB_DELIVERIES, pages: maxPages },
@@ -348,6 +379,16 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
         behind = false;
         d.logger.info({ loop: GITHUB_DELIVERIES }, "the deliveries since the last pass fit in a pass's pages again");
       }
+      if (timeUp && !slow) {
+        slow = true;
+        d.logger.warn(
+          { loop: GITHUB_DELIVERIES, limitSeconds: Math.round(budget!.limitMs / 1000) },
+          "GitHub answers too slowly for a pass to finish within its time limit: each pass stops early and the next goes on from there",
+        );
+      } else if (!timeUp && slow) {
+        slow = false;
+        d.logger.info({ loop: GITHUB_DELIVERIES }, "a pass finished within its time limit again");
+      }
       if (stoppedAt !== undefined || next.backlog !== undefined) {
         d.logger.info(
           {
@@ -355,6 +396,7 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
             redelivered: pass.asked,
             left: stoppedAt === undefined ? 0 : candidates.length - stoppedAt,
             unreadPages: next.backlog !== undefined,
+            timeUp,
           },
           "failed deliveries left for the next pass",
         );

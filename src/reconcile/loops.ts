@@ -10,8 +10,26 @@ export interface Loop {
   intervalMs: number;
   /** Runs only while this process is the elected leader. */
   leaderOnly: boolean;
-  /** One pass. Must stop (throw) soon after `signal` aborts: closing, timed out, or leadership lost. */
-  run(signal: AbortSignal): Promise<void>;
+  /**
+   * One pass. Must stop (throw) soon after `signal` aborts: closing, timed out, or leadership lost.
+   * `budget` (none: no limit) tells a pass that works through a backlog how much of its time limit
+   * is left, so that it can stop early and save its progress instead of being cut off.
+   */
+  run(signal: AbortSignal, budget?: PassBudget): Promise<void>;
+}
+
+/** A pass's time limit, as the pass sees it: `signal` aborts it when none is left. */
+export interface PassBudget {
+  /** The whole limit (ms). */
+  limitMs: number;
+  /** What is left of it (ms, a monotonic clock: not a test's clock). */
+  leftMs(): number;
+}
+
+/** A budget of `limitMs` from now. */
+export function passBudget(limitMs: number): PassBudget {
+  const end = performance.now() + limitMs;
+  return { limitMs, leftMs: () => end - performance.now() };
 }
 
 export interface LoopRunnerDeps {
@@ -134,20 +152,21 @@ export class LoopRunner {
       return;
     }
     // Not AbortSignal.any: a composite per pass would stay on the closing signal and the term for good (see linkedSignal).
-    const pass = linkedSignal([this.#closing.signal, loop.leaderOnly ? term : undefined], passTimeoutMs(loop.intervalMs));
+    const limitMs = passTimeoutMs(loop.intervalMs);
+    const pass = linkedSignal([this.#closing.signal, loop.leaderOnly ? term : undefined], limitMs);
     s.startedAt = Date.now();
-    s.running = this.#pass(s, pass.signal);
+    s.running = this.#pass(s, pass.signal, passBudget(limitMs));
     await s.running;
     pass.dispose();
     s.running = undefined;
     this.#schedule(s, loop.intervalMs);
   }
 
-  async #pass(s: LoopState, signal: AbortSignal): Promise<void> {
+  async #pass(s: LoopState, signal: AbortSignal, budget: PassBudget): Promise<void> {
     const { loop } = s;
     const { metrics, logger } = this.#d;
     try {
-      await abortable(loop.run(signal), signal);
+      await abortable(loop.run(signal, budget), signal);
       metrics.reconcileRun(loop.name, "ok");
       if (s.failures > 0) logger.info({ loop: loop.name, failedPasses: s.failures }, "reconcile loop recovered");
       s.failures = 0;

@@ -22,6 +22,7 @@ import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues, redisConnection } from "../../src/queue/demand-queue.ts";
 import { githubDeliveriesLoop } from "../../src/reconcile/github-deliveries.ts";
 import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
+import { passBudget } from "../../src/reconcile/loops.ts";
 import { ActiveRepos } from "../../src/state/active-repos.ts";
 import { RedeliveryLog } from "../../src/state/redeliveries.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
@@ -513,6 +514,84 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
     const backlog = lines.map((l) => JSON.parse(l) as { msg: string; redelivered?: number }).filter((l) => l.msg === "failed deliveries left for the next pass");
     assert.ok(backlog.length >= 3 && backlog.every((b) => (b.redelivered ?? 99) <= 20), JSON.stringify(backlog));
   } finally {
+    gh.close();
+    conn.disconnect();
+    await receiver.close();
+    await fake.close();
+  }
+});
+
+test("GitHub slower than a pass's time limit allows: each pass stops early with its marks moved, and the next goes on from there, each failure redelivered once", async () => {
+  // 60 failed events (and 15 delivered ones) from an outage an hour ago, 5 a page: 15 pages, each
+  // taking GitHub 600 ms, more than the whole 8-second limit of a pass; a redelivery request 200 ms.
+  // Cut off at its limit, a pass asked for nothing and moved no marks, and the next read the same
+  // pages again, cut off as well, for as long as GitHub stayed slow.
+  const LIMIT_MS = 8000;
+  const fake = await FakeGitHub.start({ webhookSecret: WEBHOOK_SECRET, hookDeliveriesPageSize: 5 });
+  const receiver = await startReceiver(WEBHOOK_SECRET);
+  receiver.status = 202;
+  const r = scopedRedis(redis, "redeliver-slow");
+  const conn = redisConnection(r.url);
+  const gh = octokit(fake, { max: 1000, windowMs: 60_000 });
+  try {
+    const hourAgo = Date.now() - 3600_000;
+    const failed: DeliveryRecord[] = [];
+    for (let i = 0; i < 75; i++) {
+      const d = past(fake, i % 5 === 4 ? 202 : 0, hourAgo + i * 30_000);
+      if (d.status === 0) failed.push(d);
+    }
+    fake.setWebhookUrl(receiver.url);
+    fake.inject({ route: "/app/hook/deliveries", method: "GET", delayMs: 600, times: 10_000 });
+    fake.inject({ route: ATTEMPTS, method: "POST", delayMs: 200, times: 10_000 });
+    // A pass a minute on a clock of the test's, GitHub stamping each redelivery with it (as above).
+    let offset = 0;
+    const now = () => Date.now() + offset;
+    const stamped = new Set<object>(fake.deliveries);
+    const stamp = () => {
+      for (const d of fake.deliveries) if (!stamped.has(d)) (stamped.add(d), (d.deliveredAt = new Date(now()).toISOString().replace(/\.\d{3}Z$/, "Z")));
+    };
+    const lines: string[] = [];
+    const sink = new Writable({ write: (chunk, _enc, cb) => (lines.push(String(chunk)), cb()) });
+    const log = new RedeliveryLog(conn, r.prefix);
+    const loop = githubDeliveriesLoop({
+      github: gh,
+      log,
+      intervalMs: 1000,
+      windowMs: 24 * 3600_000,
+      maxPerPass: 100,
+      metrics: new Metrics({ processMetrics: false }),
+      logger: createLogger("info", sink),
+      now,
+    });
+    const outcomes: string[] = [];
+    const marks: string[] = [];
+    for (let pass = 1; pass <= 15; pass++) {
+      // As the loop runner runs a pass: aborted at its limit, told the limit.
+      const outcome = await loop.run(AbortSignal.timeout(LIMIT_MS), passBudget(LIMIT_MS)).then(
+        () => "ok",
+        (err: unknown) => (err as Error).name,
+      );
+      outcomes.push(outcome);
+      await fake.webhooksIdle();
+      stamp();
+      offset += 60_000;
+      marks.push(JSON.stringify([await log.readUpTo(), await log.resume()]));
+      if (outcome === "ok" && (await log.resume()) === undefined && askedFor(fake).length >= failed.length) break;
+    }
+    assert.ok(
+      outcomes.every((o) => o === "ok"),
+      `every pass ended by itself, none cut off: ${outcomes.join(" ")}`,
+    );
+    assert.ok(outcomes.length >= 3, `several passes: ${outcomes.length}`);
+    assert.equal(new Set(marks).size, marks.length, `the marks moved on every pass: ${marks.join(" ")}`);
+    for (const f of failed) assert.deepEqual(answers(fake, f.attemptId), [202], `event ${f.id}: asked for once`);
+    assert.deepEqual(askedFor(fake).sort((a, b) => a - b), failed.map((f) => f.attemptId), "nothing else asked for");
+    assert.equal(await log.resume(), undefined, "the read finished");
+    const stopped = lines.map((l) => JSON.parse(l) as { msg: string; timeUp?: boolean }).filter((l) => l.msg === "failed deliveries left for the next pass");
+    assert.ok(stopped.length >= 2 && stopped.every((s) => s.timeUp === true), JSON.stringify(stopped));
+    assert.equal(lines.filter((l) => l.includes("GitHub answers too slowly")).length, 1, "said once");
+  } finally {
+    fake.clearFaults();
     gh.close();
     conn.disconnect();
     await receiver.close();
