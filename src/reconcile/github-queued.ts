@@ -10,7 +10,7 @@ import type { ActivityRecorder } from "../state/activity.ts";
 import type { DemandQueues } from "../queue/demand-queue.ts";
 import { registeredAt, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { demandIdOf, MAX_RENEWALS, type Demand } from "../demand.ts";
-import { ListingCutNotice, listingDeadline, passTimeoutMs, type Loop } from "./loops.ts";
+import { ListingCutNotice, listingOver, passTimeoutMs, type Loop, type PassBudget } from "./loops.ts";
 
 export const GITHUB_QUEUED = "github-queued";
 
@@ -174,7 +174,7 @@ const NEW_RUN_HEAD_START_PASSES = 3;
  *
  * With GitHub slow, listing every repository's runs could take the pass's whole time limit, and
  * the pass would be aborted before listing any run's jobs: a pass starts listing no repository past
- * half its limit (listingDeadline), lists the jobs of the runs it found, and the repositories it did
+ * half its limit (listingOver), lists the jobs of the runs it found, and the repositories it did
  * not reach are the first the next pass lists (their turn is noted only when their listing starts).
  */
 export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
@@ -192,8 +192,7 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
     name: GITHUB_QUEUED,
     intervalMs: d.intervalMs,
     leaderOnly: true,
-    async run(signal) {
-      const listUntil = listingDeadline(d.intervalMs, Date.now());
+    async run(signal, budget?: PassBudget) {
       const active = await d.repos.list(d.windowMs, Math.max(d.maxRepositories, MAX_ACTIVE_IN_TURNS));
       const activeKeys = new Set(active.map(repoKey));
       for (const key of reposListed.keys()) if (!activeKeys.has(key)) reposListed.delete(key);
@@ -210,7 +209,7 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
       let reached = 0;
       for (const repo of repos) {
         signal.throwIfAborted();
-        if (Date.now() >= listUntil) break;
+        if (listingOver(budget)) break;
         reached++;
         const key = repoKey(repo);
         reposListed.set(key, Date.now());
@@ -225,7 +224,7 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
           failed.push(`${repo.owner}/${repo.repo}: ${errorMessage(err)}`);
         }
       }
-      cut.note(reached, repos.length, passTimeoutMs(d.intervalMs));
+      cut.note(reached, repos.length, budget?.limitMs ?? passTimeoutMs(d.intervalMs));
       // A run is forgotten once its repository, listed this pass, no longer shows it, or is no
       // longer active. The runs of a repository not listed this pass (its turn to come, or its
       // listing failed) keep their place in runsToList's order: else, with repositories listed in

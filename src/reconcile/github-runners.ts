@@ -6,7 +6,7 @@ import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveOrganization, ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
-import { ListingCutNotice, listingDeadline, passTimeoutMs, type Loop } from "./loops.ts";
+import { ListingCutNotice, listingOver, passTimeoutMs, type Loop, type PassBudget } from "./loops.ts";
 
 export const GITHUB_RUNNERS = "github-runners";
 
@@ -117,7 +117,7 @@ export interface GitHubRunnersDeps {
  *
  * With GitHub slow, listing every scope could take the pass's whole time limit, and the pass would
  * be aborted before that check: a pass starts listing no scope past half its limit
- * (listingDeadline) and checks the busy runners of the scopes it listed; the scopes it did not
+ * (listingOver) and checks the busy runners of the scopes it listed; the scopes it did not
  * reach are the first the next pass lists (scopesInTurn).
  */
 export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
@@ -132,9 +132,8 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
     name: GITHUB_RUNNERS,
     intervalMs: d.intervalMs,
     leaderOnly: true,
-    async run(signal) {
+    async run(signal, budget?: PassBudget) {
       const began = Date.now();
-      const listUntil = listingDeadline(d.intervalMs, began);
       const pass = ++passes;
       const all = await passScopes(d, capped);
       const keys = new Set(all.map(scopeKey));
@@ -147,7 +146,7 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       let reached = 0;
       for (const scope of scopes) {
         signal.throwIfAborted();
-        if (Date.now() >= listUntil) break;
+        if (listingOver(budget)) break;
         reached++;
         scopesListed.set(scopeKey(scope), pass);
         let registrations: RegisteredRunner[];
@@ -179,7 +178,7 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       // Forget what is no longer listed (gone, or now has a record), so the map stays bounded; only
       // in scopes listed this pass: one whose list failed or that a cap left out keeps its grace.
       for (const key of firstSeen.keys()) if (!seen.has(key) && listed.has(key.slice(0, key.lastIndexOf("#")))) firstSeen.delete(key);
-      cut.note(reached, scopes.length, passTimeoutMs(d.intervalMs));
+      cut.note(reached, scopes.length, budget?.limitMs ?? passTimeoutMs(d.intervalMs));
       await endBusyRunnersGoneFromGitHub(d, listed, began, missingSince, failed, signal);
       const of = reached < scopes.length ? `${reached} of ${scopes.length} scopes listed: stopped at half the pass's time limit` : `${scopes.length} scopes`;
       if (failed.length > 0) throw new Error(`checking runners failed ${failed.length} times (${of}); first: ${failed[0]}`);

@@ -55,13 +55,14 @@ export function passTimeoutMs(intervalMs: number): number {
 }
 
 /**
- * When a pass begun at `began` that lists first (runs, runners) and then acts on what it listed
- * starts no new listing: half its time limit in. With GitHub slow, listing everything would take
- * the whole limit and the pass would be aborted before acting on any of it; stopped here, the
- * later phase gets the other half, with what was listed, and the next pass lists the rest first.
+ * Whether a pass that lists first (runs, runners) and then acts on what it listed should start no
+ * new listing: half its time limit is spent. With GitHub slow, listing everything would take the
+ * whole limit and the pass would be aborted before acting on any of it; stopped here, the later
+ * phase gets the other half, with what was listed, and the next pass lists the rest first. With
+ * no budget (a pass run by hand), never.
  */
-export function listingDeadline(intervalMs: number, began: number): number {
-  return began + passTimeoutMs(intervalMs) / 2;
+export function listingOver(budget: PassBudget | undefined): boolean {
+  return budget !== undefined && budget.leftMs() <= budget.limitMs / 2;
 }
 
 /**

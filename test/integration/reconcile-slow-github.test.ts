@@ -5,7 +5,7 @@
  * half its limit and goes on with what it listed, so github-queued still lists runs' jobs and
  * recovers a lost queued job, and github-runners still ends a busy runner gone from GitHub; the
  * next pass lists first what this one did not reach. Each test's pass runs under the limit the
- * loop runner gives it (passTimeoutMs), as a leader's would.
+ * loop runner gives it (passTimeoutMs), with its budget, as a leader's would.
  */
 import assert from "node:assert/strict";
 import { Writable } from "node:stream";
@@ -20,10 +20,16 @@ import { createLogger } from "../../src/logger.ts";
 import { Metrics } from "../../src/metrics/metrics.ts";
 import { DemandQueues } from "../../src/queue/demand-queue.ts";
 import { githubRunnersLoop } from "../../src/reconcile/github-runners.ts";
-import { passTimeoutMs } from "../../src/reconcile/loops.ts";
+import { passBudget, passTimeoutMs, type Loop } from "../../src/reconcile/loops.ts";
 import { RunnerStore } from "../../src/state/runners.ts";
 
 const shared = redisForFile();
+
+/** One pass, under the time limit and with the budget the loop runner gives it. */
+function pass(loop: Loop): Promise<void> {
+  const limitMs = passTimeoutMs(INTERVAL_MS);
+  return loop.run(AbortSignal.timeout(limitMs), passBudget(limitMs));
+}
 const LABELS = ["self-hosted", "linux"];
 const RUNS = "/repos/{owner}/{repo}/actions/runs";
 const RUN_JOBS = "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs";
@@ -66,7 +72,7 @@ test("GitHub slow to list runs: github-queued stops listing repositories at half
     // Three list calls a repository (one per run status), 1.5 s each: 54 s for all twelve.
     fake.inject({ route: RUNS, method: "GET", delayMs: 1_500, times: 1_000 });
 
-    await loop.run(AbortSignal.timeout(passTimeoutMs(INTERVAL_MS)));
+    await pass(loop);
     const first = [...new Set(reposAsked(fake, RUNS))].sort();
     assert.ok(first.length > 0 && first.length < REPOS.length, `the listing stopped early: ${first.length} of ${REPOS.length} repositories`);
     assert.ok(reposAsked(fake, RUN_JOBS).length > 0, "the runs' jobs were listed");
@@ -78,7 +84,7 @@ test("GitHub slow to list runs: github-queued stops listing repositories at half
     // GitHub fast again: the next pass lists first the repositories the last one did not reach.
     fake.clearFaults({ route: RUNS });
     const from = fake.requests.length;
-    await loop.run(AbortSignal.timeout(passTimeoutMs(INTERVAL_MS)));
+    await pass(loop);
     const second = reposAsked(fake, RUNS, from);
     const notReached = REPOS.length - first.length;
     assert.deepEqual([...new Set(second.slice(0, 3 * notReached))].sort(), REPOS.filter((repo) => !first.includes(repo)), "the rest listed first");
@@ -118,7 +124,7 @@ test("GitHub slow to list runners: github-runners stops listing scopes at half t
     // 3 s a list: 39 s for the thirteen scopes (the recorded runner's, then the active repositories').
     fake.inject({ route: RUNNERS, method: "GET", delayMs: 3_000, times: 1_000 });
 
-    await loop.run(AbortSignal.timeout(passTimeoutMs(INTERVAL_MS)));
+    await pass(loop);
     const first = reposAsked(fake, RUNNERS);
     assert.ok(first.length > 0 && first.length < REPOS.length + 1, `the listing stopped early: ${first.length} of ${REPOS.length + 1} scopes`);
     assert.equal((await runners.get("jitrunner-default-00000000a1"))?.state, "completed", "the busy runner gone from GitHub ended, within the pass's limit");
@@ -126,7 +132,7 @@ test("GitHub slow to list runners: github-runners stops listing scopes at half t
 
     fake.clearFaults({ route: RUNNERS });
     const from = fake.requests.length;
-    await loop.run(AbortSignal.timeout(passTimeoutMs(INTERVAL_MS)));
+    await pass(loop);
     const second = reposAsked(fake, RUNNERS, from);
     const rest = ["gone", ...REPOS].filter((repo) => !first.includes(repo));
     assert.deepEqual(second.slice(0, rest.length).sort(), rest.sort(), "the scopes not reached listed first");
