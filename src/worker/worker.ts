@@ -21,7 +21,7 @@ import { needsRunner } from "./still-queued.ts";
 import { Problems, UNREADY, type UnreadyReason } from "./unready.ts";
 import { missingImage } from "./pool-images.ts";
 import type { RunnerEvents } from "./runner-events.ts";
-import { WarmExposure, type ExposureTarget } from "./warm-exposure.ts";
+import { WarmExposure, type ExposureTarget, type Refusal } from "./warm-exposure.ts";
 
 /** Where a worker takes demand from, per pool (BullMQ in production). */
 export interface DemandSource {
@@ -314,6 +314,8 @@ export class RunnerWorker {
   #offPublicized: (() => void) | undefined;
   /** Whether each warm pool's runners may register where they would (public repositories). */
   readonly #exposure: WarmExposure;
+  /** Per warm pool, ends the pause its warm loop sleeps now (#warmPause): a repository made public (#publicized). */
+  readonly #warmWakes = new Map<string, AbortController>();
   readonly #problems = new Problems();
   /** Served pools' images found missing on the engine: said once each, until found there (#checkImages). */
   readonly #imagesMissing = new Set<string>();
@@ -1189,7 +1191,7 @@ export class RunnerWorker {
         // otherwise cost every warm runner (and deregistrations GitHub then fails too).
         if (refused === "public_repository" || refused === "public_runner_group") this.#retireSpares(pool, refused);
         this.#d.metrics.warmRefused(pool.name, refused);
-        await this.#pause(WARM_REFUSED_PAUSE_MS);
+        await this.#warmPause(pool, WARM_REFUSED_PAUSE_MS);
         continue;
       }
       this.#d.metrics.warmRefused(pool.name, undefined);
@@ -1212,7 +1214,13 @@ export class RunnerWorker {
       // A slot free for each pool's demand stays free: warm runners never crowd demand out. None
       // while warm runners of the pool that ended without a job hold launches back.
       const held = (this.#warmEnded.get(pool.name)?.until ?? 0) > Date.now();
-      while (!held && !this.#stopping && this.#open && this.#slots.tryAcquire(this.#d.sources.size)) {
+      let refusedSince: Refusal | undefined;
+      while (!held && !this.#stopping && this.#open) {
+        // Asked before each launch too (free while GitHub's answer is kept): while jobs adopt warm
+        // runners, this loop may launch for long without coming back to the check above, and a
+        // repository made public meanwhile (#publicized) must get no warm runner from here.
+        refusedSince = await this.#unlessStopped(this.#exposure.refusal(pool, this.#shutdown.signal), undefined);
+        if (refusedSince || this.#stopping || !this.#open || !this.#slots.tryAcquire(this.#d.sources.size)) break;
         const holder = hostHolder(this.#d.host);
         const place = (key: string, max: number) => this.#unlessStopped(this.#limits.acquire(key, holder, max).catch(() => false), false);
         const placed = (await place(warmKey(pool.name), pool.minIdle)) && (!pool.maxRunners || (await place(pool.name, pool.maxRunners)));
@@ -1229,8 +1237,10 @@ export class RunnerWorker {
         }
         failures = 0;
       }
+      // Refused: said, and its idle warm runners retired, at the top (the answer is kept: no call).
+      if (refusedSince) continue;
       // After a failure, back off (the slots stay free for demand meanwhile).
-      await this.#pause(failures > 0 ? Math.min(60_000, 1000 * 2 ** failures) : WARM_TICK_MS);
+      await this.#warmPause(pool, failures > 0 ? Math.min(60_000, 1000 * 2 ** failures) : WARM_TICK_MS);
     }
   }
 
@@ -1249,9 +1259,11 @@ export class RunnerWorker {
 
   /**
    * A repository made public (`where`; undefined: perhaps any, messages were missed): the warm
-   * pools that register on it ask GitHub again now, not at their next check, and their warm loop
-   * (a second at most away) removes their idle warm runners. An organization pool's warm runners
-   * are refused by their runner group, which no repository's change alters.
+   * pools that register on it ask GitHub again now, not at their next check. Their warm loop is
+   * woken from any pause (a backoff, a refusal's minute) and asks before its next launch; and the
+   * answer is asked for here too, so that their idle warm runners are removed at once, not only
+   * after a launch under way ends. An organization pool's warm runners are refused by their
+   * runner group, which no repository's change alters.
    */
   #publicized(where: { owner: string; repo: string } | undefined): void {
     const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
@@ -1261,6 +1273,24 @@ export class RunnerWorker {
       if (where && !(same(warm.owner, where.owner) && same(warm.repo ?? "", where.repo))) continue;
       // Said only when it changed something: replays of one delivery add no line each.
       if (this.#exposure.recheck(pool.name) && where) this.#d.logger.info({ pool: pool.name, owner: warm.owner, repo: warm.repo }, "warm repository made public: asking GitHub again");
+      this.#warmWakes.get(pool.name)?.abort();
+      // Shares the lookup of the warm loop, should it ask at once too; never throws (a refusal).
+      void this.#exposure.refusal(pool, this.#shutdown.signal).then((refused) => {
+        if (!this.#stopping && refused === "public_repository") this.#retireSpares(pool, refused);
+      });
+    }
+  }
+
+  /** A pause of `pool`'s warm loop: until `ms` have passed, the worker stops, or #publicized wakes it. */
+  async #warmPause(pool: PoolConfig, ms: number): Promise<void> {
+    const wake = new AbortController();
+    this.#warmWakes.set(pool.name, wake);
+    const { signal, dispose } = linkedSignal([this.#shutdown.signal, wake.signal]);
+    try {
+      await delay(ms, undefined, { signal, ref: false }).catch(() => undefined);
+    } finally {
+      dispose();
+      if (this.#warmWakes.get(pool.name) === wake) this.#warmWakes.delete(pool.name);
     }
   }
 
