@@ -108,11 +108,13 @@ return 1`;
  * runner id (ARGV[5], '' if none) differs from the record's, where both have one; or its
  * installation (ARGV[6]), owner (ARGV[7]) or repository (ARGV[8]) from the record's, where the
  * record has one (installation 0 is unknown, repository '' an organization runner). Logins and
- * names compare case-insensitively, as GitHub's do.
+ * names compare case-insensitively, as GitHub's do. A jobId of 0 (not known: a deletion GitHub
+ * refused as busy, a leader's loop) keeps the one recorded: a demand of that job must still find
+ * its runner by it (the worker's hand-over and adoption of warm runners).
  */
 const MARK_IF_EXISTS = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local state, runnerId, installationId, owner, repo = unpack(redis.call('HMGET', KEYS[1], 'state', 'runnerId', 'installationId', 'owner', 'repo'))
+local state, runnerId, installationId, owner, repo, jobId = unpack(redis.call('HMGET', KEYS[1], 'state', 'runnerId', 'installationId', 'owner', 'repo', 'jobId'))
 if ARGV[4] == '1' then
   if runnerId and runnerId ~= '' and ARGV[5] ~= '' and runnerId ~= ARGV[5] then return 3 end
   if installationId and installationId ~= '' and installationId ~= '0' and installationId ~= ARGV[6] then return 3 end
@@ -120,7 +122,8 @@ if ARGV[4] == '1' then
   if repo and repo ~= '' and string.lower(repo) ~= string.lower(ARGV[8]) then return 3 end
 end
 if state == 'completed' and ARGV[1] ~= 'completed' then return 2 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'jobId', ARGV[2], ARGV[1] .. 'At', ARGV[3])
+if ARGV[2] ~= '0' or not jobId or jobId == '' then jobId = ARGV[2] end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'jobId', jobId, ARGV[1] .. 'At', ARGV[3])
 return 1`;
 
 /** Who a webhook delivery says ran its job: `workflow_job.runner_id`, `installation.id`, `repository`. */
@@ -316,7 +319,8 @@ export class RunnerStore {
   /**
    * From our own loops, which know the runner is ours (GitHub listed or answered for it by id):
    * mark a runner busy or completed and tell its worker. Returns false when no record exists (it
-   * is gone). `completed` is terminal: a later `busy` does not undo it.
+   * is gone). `completed` is terminal: a later `busy` does not undo it. `jobId` 0 (not known)
+   * leaves a job id already recorded.
    */
   async mark(name: string, state: "busy" | "completed", jobId: number): Promise<boolean> {
     return (await this.#mark(name, state, jobId, ["0"])) !== 0;

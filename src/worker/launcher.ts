@@ -325,7 +325,8 @@ export class Launcher {
       // so that the checks of busy runners cover it: the record's busy state for this watch, the
       // leader's look at GitHub's list for a runner that hangs after its job (a record left idle
       // would never be looked at), and status. Its job is not known: 0, as that leader's loop
-      // writes. A write that fails is tried again while the watch lasts (logged once).
+      // writes, which keeps a job id an `in_progress` webhook recorded (a demand of that job finds
+      // its runner by it). A write that fails is tried again while the watch lasts (logged once).
       let busyWriteFailed = false;
       const noteBusy = async () => {
         onState("busy");

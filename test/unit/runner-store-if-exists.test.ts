@@ -56,6 +56,27 @@ test("claimDemand claims for a record that exists, and writes nothing, the deman
   assert.equal(await runners.findByDemand("4243-1"), undefined, "no claim for the demand either");
 });
 
+test("mark with job 0 (not known: a deletion GitHub refused as busy) keeps the job id an in_progress webhook recorded; a known one replaces it", async () => {
+  const { runners, record } = setUp("mark-job");
+  await runners.put({ ...record, state: "idle", demandId: "" });
+  const by = { installationId: 1, owner: "acme", repo: "app" };
+  assert.equal(await runners.markFromWebhook(record.name, "busy", 4242, by), "marked");
+  assert.equal(await runners.mark(record.name, "busy", 0), true);
+  const busy = await runners.get(record.name);
+  assert.deepEqual([busy?.state, busy?.jobId], ["busy", 4242], "the job the webhook named stays recorded");
+
+  assert.equal(await runners.mark(record.name, "completed", 0), true);
+  assert.deepEqual([(await runners.get(record.name))?.state, (await runners.get(record.name))?.jobId], ["completed", 4242]);
+  assert.equal(await runners.markFromWebhook(record.name, "completed", 4343, by), "marked");
+  assert.equal((await runners.get(record.name))?.jobId, 4343, "a known job id is written as given");
+
+  const other = { ...record, name: `${record.name}-none`, state: "idle" as const, demandId: "" };
+  await runners.put(other);
+  assert.equal(await runners.mark(other.name, "busy", 0), true);
+  const none = await runners.get(other.name);
+  assert.deepEqual([none?.state, none?.jobId], ["busy", 0], "none recorded: 0, as before");
+});
+
 test("findByDemand never reads a demand's runner as gone while a failed launch's record is being removed: it sees the claim and the record, or neither", async () => {
   // Two connections, as a worker taking a lease over and another forgetting its failed runner:
   // `remove(record, false)` deletes the claim, then the record. A read of the claim, then of the
