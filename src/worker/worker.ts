@@ -163,8 +163,10 @@ interface Spare {
   done?: boolean;
   /** Adopted by a demand while idle and not warm (it would have idled out). */
   adoptedIdle?: boolean;
-  /** Whether it took over a demand for the job it took on its own (#handOver; asked once, unless Redis failed). */
+  /** It took over a demand for the job it took on its own (#handOver): kept once true, or while asked. */
   handedOver?: Promise<boolean>;
+  /** The job it took on its own, once its record names one (read from Redis once, for #handOver). */
+  jobId?: number;
   /** To be deregistered and removed at once: GitHub could hand it a public repository's job (#retireSpares). */
   retired?: boolean;
 }
@@ -1447,20 +1449,31 @@ export class RunnerWorker {
    * the taker was. True when the taker now belongs to a demand.
    */
   #handOver(taker: Spare, log: Logger): Promise<boolean> {
-    taker.handedOver ??= this.#tryHandOver(taker, log).catch((err: unknown) => {
-      // Reading its job from Redis failed: asked again at the next look (the warm loop's next
-      // tick), not answered "no" for good, which would leave the adopted runner to idle out. At
-      // debug: with Redis away this comes each tick, and the outage is told elsewhere.
-      log.debug({ runner: taker.tracked.record.name, err: errorMessage(err) }, "could not read which job a warm runner took; asked again");
-      taker.handedOver = undefined;
-      return false;
-    });
+    taker.handedOver ??= this.#tryHandOver(taker, log).then(
+      (handed) => {
+        // Only a hand-over is kept: a "no" is asked again at the next look (the warm loop's next
+        // tick, while the runner stays busy), as the demand of its job may register its adoption
+        // (#whileAdopted) only after the runner was first seen busy.
+        if (!handed) taker.handedOver = undefined;
+        return handed;
+      },
+      (err: unknown) => {
+        // Reading its job from Redis failed: asked again at the next look, not answered "no" for
+        // good, which would leave the adopted runner to idle out. At debug: with Redis away this
+        // comes each tick, and the outage is told elsewhere.
+        log.debug({ runner: taker.tracked.record.name, err: errorMessage(err) }, "could not read which job a warm runner took; asked again");
+        taker.handedOver = undefined;
+        return false;
+      },
+    );
     return taker.handedOver;
   }
 
   async #tryHandOver(taker: Spare, log: Logger): Promise<boolean> {
     if (taker.adopted) return false;
-    const jobId = (await this.#d.runners.get(taker.tracked.record.name))?.jobId;
+    // Read until the record names its job (0: not known yet), then kept: asked each tick, no read each.
+    const jobId = taker.jobId ?? (await this.#d.runners.get(taker.tracked.record.name))?.jobId;
+    if (jobId) taker.jobId = jobId;
     const adoption = jobId === undefined ? undefined : this.#adoptions.get(jobId);
     const idle = adoption?.spare;
     // From here to the wake-up, synchronous: neither runner's end can slip in between the checks
