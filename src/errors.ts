@@ -38,6 +38,23 @@ export class GitHubError extends JitrunnerError {
 }
 
 /**
+ * A read not sent, or not tried again, because GitHub asked its installation to wait (a rate limit,
+ * shared by every process on the same Redis) until `until` (ms, this host's clock), longer than its
+ * caller would wait (CallOptions.maxWaitMs). Retryable: the same call succeeds once the wait is over.
+ */
+export class RateLimitPausedError extends GitHubError {
+  readonly installationId: number;
+  readonly until: number;
+  constructor(installationId: number, until: number) {
+    const at = new Date(until).toISOString().slice(11, 16);
+    const minutes = Math.max(1, Math.ceil((until - Date.now()) / 60_000));
+    super(`installation ${installationId} is paused by GitHub's rate limit until ${at} UTC (in ${minutes} min)`, 429, { retryable: true });
+    this.installationId = installationId;
+    this.until = until;
+  }
+}
+
+/**
  * A call given up before it was sent (its caller stopped: a worker shutting down): nothing reached
  * GitHub, so nothing needs undoing there.
  */

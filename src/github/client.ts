@@ -95,6 +95,15 @@ export interface HookDelivery {
 /** Bounds a call: aborted calls reject. */
 export interface CallOptions {
   signal?: AbortSignal;
+  /**
+   * Reads only: how long the call may wait out a rate-limit wait GitHub asked of its installation
+   * (shared by every process on the same Redis) before it is sent, or after GitHub refuses it. A
+   * longer wait fails it at once with RateLimitPausedError, unsent or not retried. Without it, a
+   * read waits as long as GitHub asks, up to about an hour (a primary limit's window): what a
+   * launch needs. The leader's loops give a few seconds, so one installation out of its budget
+   * does not hold the other installations' checks for the hour.
+   */
+  maxWaitMs?: number;
 }
 
 /** How far listRunJobs reads (see there). */
@@ -124,7 +133,7 @@ export interface GitHubClient {
   deleteRunnerNamed(scope: RunnerScope, name: string): Promise<"deleted" | "not_found" | "busy">;
   getJob(installationId: number, owner: string, repo: string, jobId: number): Promise<JobStatus>;
   /** One registered runner; undefined when GitHub has none with this id (404). */
-  getRunner(scope: RunnerScope, runnerId: number): Promise<RegisteredRunner | undefined>;
+  getRunner(scope: RunnerScope, runnerId: number, opts?: CallOptions): Promise<RegisteredRunner | undefined>;
   /** A repository's visibility now: whether a runner registered on it can be handed jobs of anyone's pull request. */
   getRepositoryVisibility(installationId: number, owner: string, repo: string, opts?: CallOptions): Promise<RepositoryVisibility>;
   /**

@@ -7,7 +7,7 @@ import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import type { Secret } from "../config/secret.ts";
 import { Secret as SecretValue } from "../config/secret.ts";
-import { GitHubError, NotSentError, errorMessage } from "../errors.ts";
+import { GitHubError, NotSentError, RateLimitPausedError, errorMessage } from "../errors.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import { linkedSignal } from "../timers.ts";
 import { GitHubClock, JWT_TIME_ERROR, appJwtSigner, type CreateJwt } from "./app-jwt.ts";
@@ -69,6 +69,13 @@ type JitOctokitInstance = InstanceType<typeof JitOctokit>;
  * (request-gates.ts), which run a call in its caller's context; Bottleneck's would not.
  */
 const deleting = new AsyncLocalStorage<true>();
+
+/**
+ * The patience of the read being sent (CallOptions.maxWaitMs), for a check that runs inside the
+ * throttling plugin with no sight of the call's options: the wait a call that queued behind the
+ * installation's calls-at-once limit does before it starts (#calls). Reaches it as `deleting` does.
+ */
+const patience = new AsyncLocalStorage<number | undefined>();
 
 export interface OctokitGitHubOptions {
   appId: number;
@@ -175,7 +182,7 @@ export class OctokitGitHub implements GitHubClient {
     this.#calls = new ConcurrencyGroup(opts.concurrentCalls ?? DEFAULT_CONCURRENT_CALLS, {
       afterWait: async (id) => {
         await turn();
-        await this.#waitOut(id, undefined, "GitHub call");
+        await this.#waitOut(id, undefined, "GitHub call", patience.getStore());
       },
     });
     const max = opts.writes?.max ?? DEFAULT_WRITES_PER_MINUTE;
@@ -205,8 +212,11 @@ export class OctokitGitHub implements GitHubClient {
     const throttleId = throttleIdOf(installationId);
     const limited =
       (kind: "primary" | "secondary") =>
-      (retryAfter: number, options: { method: string; url: string }, _octokit: unknown, retryCount: number): boolean => {
-        const again = retryCount < RATE_LIMIT_RETRIES && retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS;
+      (retryAfter: number, options: { method: string; url: string; request?: ReadRequest }, _octokit: unknown, retryCount: number): boolean => {
+        // A read whose caller would wait less (maxWaitMs) is not retried: #send says why it failed.
+        const maxWaitMs = isRead(options.method) ? options.request?.maxWaitMs : undefined;
+        const impatient = maxWaitMs !== undefined && Math.max(1, retryAfter) * 1000 > maxWaitMs;
+        const again = retryCount < RATE_LIMIT_RETRIES && retryAfter <= RATE_LIMIT_MAX_WAIT_SECONDS && !impatient;
         metrics.githubRateLimited(kind, again ? "retried" : "gave_up");
         // GitHub's wait is for every request, not only the one refused: the plugin retries this one
         // after it, and no other call of this installation starts before it is over either (writes
@@ -222,7 +232,11 @@ export class OctokitGitHub implements GitHubClient {
         }
         logger.warn(
           { route: options.url, method: options.method, installationId: app ? APP_INSTALLATION : installationId, retryAfter, retryCount },
-          again ? `GitHub ${kind} rate limit: waiting ${retryAfter} s as told, then retrying` : `GitHub ${kind} rate limit: giving up on this call`,
+          again
+            ? `GitHub ${kind} rate limit: waiting ${retryAfter} s as told, then retrying`
+            : impatient
+              ? `GitHub ${kind} rate limit: giving up on this call, whose caller waits ${maxWaitMs / 1000} s at most (the installation's other calls wait ${retryAfter} s)`
+              : `GitHub ${kind} rate limit: giving up on this call`,
         );
         return again;
       };
@@ -272,7 +286,9 @@ export class OctokitGitHub implements GitHubClient {
     options: O,
   ): Promise<R> {
     const signal = options.request?.signal;
-    const read = options.method === "GET" || options.method === "HEAD";
+    const read = isRead(options.method);
+    // How long a read may wait out its installation's rate-limit wait (CallOptions.maxWaitMs).
+    const maxWaitMs = read ? (options.request as ReadRequest | undefined)?.maxWaitMs : undefined;
     // A read whose caller gives up is let go at once while no attempt of it is out: while its
     // installation's token is being minted (the token request waits, out a wait GitHub asked of
     // the App, up to an hour, or through its own retries, in a gate no caller's signal reaches),
@@ -291,14 +307,20 @@ export class OctokitGitHub implements GitHubClient {
     for (let retry = 0; ; retry++) {
       // Writes wait out GitHub's wait in the write budget (inside the throttling plugin); token
       // requests in their gate (#tokenRequests); reads here.
-      if (read) await this.#waitOutPause(installationId, signal);
+      if (read) await this.#waitOutPause(installationId, signal, "GitHub read", maxWaitMs);
       try {
-        return this.#answered(installationId, options, await orGivenUp(async () => request(options)));
+        return this.#answered(installationId, options, await orGivenUp(async () => patience.run(maxWaitMs, () => request(options))));
       } catch (err) {
-        // Never sent (its caller gave up, the client closed): no answer to count, nothing to retry.
-        if (notSent(err)) throw err;
+        // Never sent (its caller gave up, the client closed, or would not wait): no answer to count, nothing to retry.
+        if (notSent(err) || err instanceof RateLimitPausedError) throw err;
         const failure = err as RequestFailure;
         this.#failed(options, failure);
+        // Refused for a rate limit, and not retried because its caller would not wait that long
+        // (see `limited`): said as the wait it began, which holds the installation's other calls.
+        if (maxWaitMs !== undefined && rateLimited(failure)) {
+          const ms = await this.#writes.pausedFor(throttleIdOf(installationId));
+          if (ms > maxWaitMs) throw new RateLimitPausedError(installationId, Date.now() + ms);
+        }
         if (!cured && !signal?.aborted && (await orGivenUp(() => this.#curable(installationId, client, failure)))) {
           cured = true;
           continue;
@@ -316,20 +338,22 @@ export class OctokitGitHub implements GitHubClient {
   /**
    * Waits until no wait GitHub asked for holds `installationId`'s calls (in any process sharing
    * the write budget's Redis), for RATE_LIMIT_MAX_WAIT_SECONDS at most: a longer one fails the call
-   * at once as rate limited (as a refused call told to wait that long gives up). A caller that gives
+   * at once as rate limited (as a refused call told to wait that long gives up), and so does one
+   * longer than `maxWaitMs`, the caller's patience, with RateLimitPausedError. A caller that gives
    * up meanwhile (`signal`), or the client closing, ends the wait in NotSentError: nothing was sent.
    */
-  #waitOutPause(installationId: number, signal: AbortSignal | undefined, what = "GitHub read"): Promise<void> {
-    return this.#waitOut(throttleIdOf(installationId), signal, what);
+  #waitOutPause(installationId: number, signal: AbortSignal | undefined, what = "GitHub read", maxWaitMs?: number): Promise<void> {
+    return this.#waitOut(throttleIdOf(installationId), signal, what, maxWaitMs);
   }
 
   /** #waitOutPause, by the installation's throttle id. */
-  async #waitOut(id: string, signal: AbortSignal | undefined, what: string): Promise<void> {
+  async #waitOut(id: string, signal: AbortSignal | undefined, what: string, maxWaitMs?: number): Promise<void> {
     let waited = 0;
     for (;;) {
       if (signal?.aborted || this.#closing.signal.aborted) throw new NotSentError(what);
       const ms = await this.#writes.pausedFor(id);
       if (ms <= 0) return;
+      if (maxWaitMs !== undefined && waited + ms > maxWaitMs) throw new RateLimitPausedError(installationOf(id), Date.now() + ms);
       if (waited + ms > RATE_LIMIT_MAX_WAIT_SECONDS * 1000) {
         throw new GitHubError(`rate limited: GitHub asked to wait ${Math.ceil(ms / 1000)} s more`, 429, { retryable: true });
       }
@@ -501,7 +525,7 @@ export class OctokitGitHub implements GitHubClient {
     const seen: RunnerGroupSummary[] = [];
     for (let page = 1; page <= MAX_PAGES; page++) {
       const res = await this.#call("list runner groups", () =>
-        client.request("GET /orgs/{org}/actions/runner-groups", { org: scope.owner, per_page: 100, page, request: { signal: opts.signal } }),
+        client.request("GET /orgs/{org}/actions/runner-groups", { org: scope.owner, per_page: 100, page, request: readRequest(opts) }),
       );
       seen.push(
         ...res.data.runner_groups.map((g) => ({
@@ -541,7 +565,7 @@ export class OctokitGitHub implements GitHubClient {
           runner_group_id: groupId,
           per_page: 100,
           page,
-          request: { signal: opts.signal },
+          request: readRequest(opts),
         }),
       );
       names.push(...res.data.repositories.map((r) => r.name));
@@ -552,7 +576,7 @@ export class OctokitGitHub implements GitHubClient {
 
   async getRepositoryVisibility(installationId: number, owner: string, repo: string, opts: CallOptions = {}): Promise<RepositoryVisibility> {
     const res = await this.#call("get repository", () =>
-      this.#client(installationId).request("GET /repos/{owner}/{repo}", { owner, repo, request: { signal: opts.signal } }),
+      this.#client(installationId).request("GET /repos/{owner}/{repo}", { owner, repo, request: readRequest(opts) }),
     );
     return { private: res.data.private, ...(res.data.visibility ? { visibility: res.data.visibility } : {}) };
   }
@@ -624,13 +648,14 @@ export class OctokitGitHub implements GitHubClient {
     return { status: res.data.status, conclusion: res.data.conclusion ?? null, runnerName: res.data.runner_name ?? null };
   }
 
-  async getRunner(scope: RunnerScope, runnerId: number): Promise<RegisteredRunner | undefined> {
+  async getRunner(scope: RunnerScope, runnerId: number, opts: CallOptions = {}): Promise<RegisteredRunner | undefined> {
     const client = this.#client(scope.installationId);
+    const request = readRequest(opts);
     try {
       const res = await this.#call("get runner", () =>
         scope.repo
-          ? client.request("GET /repos/{owner}/{repo}/actions/runners/{runner_id}", { owner: scope.owner, repo: scope.repo, runner_id: runnerId })
-          : client.request("GET /orgs/{org}/actions/runners/{runner_id}", { org: scope.owner, runner_id: runnerId }),
+          ? client.request("GET /repos/{owner}/{repo}/actions/runners/{runner_id}", { owner: scope.owner, repo: scope.repo, runner_id: runnerId, request })
+          : client.request("GET /orgs/{org}/actions/runners/{runner_id}", { org: scope.owner, runner_id: runnerId, request }),
       );
       return { id: res.data.id, name: res.data.name, status: res.data.status, busy: res.data.busy };
     } catch (err) {
@@ -643,7 +668,7 @@ export class OctokitGitHub implements GitHubClient {
     const client = this.#client(scope.installationId);
     const out: RegisteredRunner[] = [];
     for (let page = 1; page <= MAX_PAGES; page++) {
-      const params = { per_page: 100, page, request: { signal: opts.signal } };
+      const params = { per_page: 100, page, request: readRequest(opts) };
       const res = await this.#call("list runners", () =>
         scope.repo
           ? client.request("GET /repos/{owner}/{repo}/actions/runners", { owner: scope.owner, repo: scope.repo, ...params })
@@ -678,7 +703,7 @@ export class OctokitGitHub implements GitHubClient {
           status: status as "queued",
           per_page: 100,
           page,
-          request: { signal: opts.signal },
+          request: readRequest(opts),
         }),
       );
       for (const r of res.data.workflow_runs) {
@@ -702,7 +727,7 @@ export class OctokitGitHub implements GitHubClient {
           filter: "latest",
           per_page: 100,
           page,
-          request: { signal: opts.signal },
+          request: readRequest(opts),
         }),
       );
       for (const j of res.data.jobs) {
@@ -722,7 +747,7 @@ export class OctokitGitHub implements GitHubClient {
   }
 
   async getApp(opts: CallOptions = {}): Promise<{ id: number; slug?: string }> {
-    const res = await this.#call("get app", () => this.#client(APP_INSTALLATION).request("GET /app", { request: { signal: opts.signal } }));
+    const res = await this.#call("get app", () => this.#client(APP_INSTALLATION).request("GET /app", { request: readRequest(opts) }));
     return { id: Number(res.data?.id), slug: res.data?.slug ?? undefined };
   }
 
@@ -731,7 +756,7 @@ export class OctokitGitHub implements GitHubClient {
       this.#client(APP_INSTALLATION).request("GET /app/hook/deliveries", {
         per_page: 100,
         ...(opts.cursor ? { cursor: opts.cursor } : {}),
-        request: { signal: opts.signal },
+        request: readRequest(opts),
       }),
     );
     const deliveries = res.data.map((d) => ({
@@ -757,16 +782,15 @@ export class OctokitGitHub implements GitHubClient {
     try {
       res = await fn();
     } catch (err) {
-      // Never sent (its caller gave up, the client closed): said as such.
+      // Never sent (its caller gave up, the client closed, or would not wait out a rate limit): said as such.
       const never = notSent(err);
       if (never) throw never;
+      if (err instanceof RateLimitPausedError) throw err;
       const e = err as RequestFailure;
       let status = e.status;
-      const rateLimited =
-        status === 429 || (status === 403 && (e.response?.headers?.["x-ratelimit-remaining"] === "0" || /rate limit/i.test(e.response?.data?.message ?? "")));
       // 403 without a rate limit is a permission GitHub will keep refusing.
       // 408: GitHub's own time limit on the request; `transient` tried it again already.
-      const retryable = status === undefined || status === 0 || status === 408 || status >= 500 || rateLimited;
+      const retryable = status === undefined || status === 0 || status === 408 || status >= 500 || rateLimited(e);
       // GitHub's message only: octokit's error carries the request, and with it tokens and JIT configs.
       let detail = e.response?.data?.message ?? errorMessage(err).split("\n")[0];
       // Not answered: no status, though octokit gives it 500. A failed fetch is the network (DNS, a
@@ -818,6 +842,25 @@ function mintFailed(options: HookOptions, err: RequestFailure): boolean {
   return isTokenRequest(err.request?.url) && !isTokenRequest(options.url);
 }
 
+function isRead(method: string | undefined): boolean {
+  return method === "GET" || method === "HEAD";
+}
+
+/** GitHub refused the call for a rate limit: a 429, or a 403 saying so (else a 403 is a permission). */
+function rateLimited(e: RequestFailure): boolean {
+  return e.status === 429 || (e.status === 403 && (e.response?.headers?.["x-ratelimit-remaining"] === "0" || /rate limit/i.test(e.response?.data?.message ?? "")));
+}
+
+/** A read's request options: its caller's signal and patience (CallOptions), which #send reads. */
+interface ReadRequest {
+  signal?: AbortSignal;
+  maxWaitMs?: number;
+}
+
+function readRequest(opts: CallOptions): ReadRequest {
+  return { signal: opts.signal, ...(opts.maxWaitMs !== undefined && { maxWaitMs: opts.maxWaitMs }) };
+}
+
 /** A failure worth another attempt: 5xx, 408, or no answer at all. */
 function transient(err: RequestFailure): boolean {
   const status = err.status;
@@ -827,6 +870,11 @@ function transient(err: RequestFailure): boolean {
 /** The throttling plugin's id of an installation's calls: their write budget and GitHub's waits are kept under it. */
 function throttleIdOf(installationId: number): string {
   return `installation-${installationId}`;
+}
+
+/** The installation of a throttle id (throttleIdOf). */
+function installationOf(throttleId: string): number {
+  return Number(throttleId.slice("installation-".length));
 }
 
 /** The group of this name: spelt exactly so first, else in any case (as GitHub's names are shown). */

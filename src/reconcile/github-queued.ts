@@ -11,6 +11,7 @@ import type { DemandQueues } from "../queue/demand-queue.ts";
 import { registeredAt, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { demandIdOf, MAX_RENEWALS, type Demand } from "../demand.ts";
 import { ListingCutNotice, listingOver, passTimeoutMs, type Loop, type PassBudget } from "./loops.ts";
+import { PausedInstallations, RECONCILE_MAX_WAIT_MS } from "./paused.ts";
 
 export const GITHUB_QUEUED = "github-queued";
 
@@ -207,12 +208,15 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
       const runs = new Map<number, RunToCheck>();
       const listed = new Set<string>();
       let reached = 0;
+      // An installation out of its rate limit is skipped for the pass (its repositories' turn taken).
+      const paused = new PausedInstallations();
       for (const repo of repos) {
         signal.throwIfAborted();
         if (listingOver(budget)) break;
         reached++;
         const key = repoKey(repo);
         reposListed.set(key, Date.now());
+        if (paused.skips(repo.installationId)) continue;
         try {
           for (const run of await listOpenRuns(d, repo, signal)) {
             runs.set(run.id, { run, installationId: repo.installationId });
@@ -221,6 +225,7 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
           listed.add(key);
         } catch (err) {
           if (signal.aborted) throw err;
+          paused.note(repo.installationId, err);
           failed.push(`${repo.owner}/${repo.repo}: ${errorMessage(err)}`);
         }
       }
@@ -240,11 +245,13 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
       const pass: Pass = { failedDemand: [] };
       for (const { run, installationId } of runsToList([...runs.values()], lastListed, firstSeen, d.maxRunsPerPass, NEW_RUN_HEAD_START_PASSES * d.intervalMs)) {
         signal.throwIfAborted();
+        if (paused.skips(installationId)) continue;
         try {
           await recoverRun(d, run, installationId, pass, signal);
           lastListed.set(run.id, Date.now());
         } catch (err) {
           if (signal.aborted) throw err;
+          paused.note(installationId, err);
           failed.push(`${run.owner}/${run.repo} run ${run.id}: ${errorMessage(err)}`);
         }
       }
@@ -259,7 +266,7 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
         }
       }
       const of = reached < repos.length ? `${reached} of ${repos.length} repositories listed: stopped at half the pass's time limit` : `${repos.length} repositories`;
-      if (failed.length > 0) throw new Error(`checking queued jobs failed ${failed.length} times (${of}); first: ${failed[0]}`);
+      if (failed.length > 0) throw new Error(`checking queued jobs failed ${failed.length} times (${of}); first: ${failed[0]}${paused.summary}`);
     },
   };
 }
@@ -267,7 +274,7 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
 async function listOpenRuns(d: GitHubQueuedDeps, repo: ActiveRepo, signal: AbortSignal): Promise<WorkflowRunSummary[]> {
   const runs = new Map<number, WorkflowRunSummary>();
   for (const status of RUN_STATUSES) {
-    for (const run of await d.github.listRuns(repo.installationId, repo.owner, repo.repo, status, { signal })) runs.set(run.id, run);
+    for (const run of await d.github.listRuns(repo.installationId, repo.owner, repo.repo, status, { signal, maxWaitMs: RECONCILE_MAX_WAIT_MS })) runs.set(run.id, run);
   }
   return [...runs.values()];
 }
@@ -287,7 +294,7 @@ interface Pass {
 }
 
 async function recoverRun(d: GitHubQueuedDeps, run: WorkflowRunSummary, installationId: number, pass: Pass, signal: AbortSignal): Promise<void> {
-  const jobs = await d.github.listRunJobs(installationId, run.owner, run.repo, run.id, { signal });
+  const jobs = await d.github.listRunJobs(installationId, run.owner, run.repo, run.id, { signal, maxWaitMs: RECONCILE_MAX_WAIT_MS });
   for (const job of jobs) {
     if (job.status !== "queued") continue;
     const receivedAt = Date.now();

@@ -7,6 +7,7 @@ import type { ActiveOrganization, ActiveRepo, ActiveRepos } from "../state/activ
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
 import { ListingCutNotice, listingOver, passTimeoutMs, type Loop, type PassBudget } from "./loops.ts";
+import { PausedInstallations, RECONCILE_MAX_WAIT_MS } from "./paused.ts";
 
 export const GITHUB_RUNNERS = "github-runners";
 
@@ -144,16 +145,20 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       /** Scopes listed this pass, and the names of ours each list holds. */
       const listed = new Map<string, Set<string>>();
       let reached = 0;
+      // An installation out of its rate limit is skipped for the pass: its scopes count as not listed.
+      const paused = new PausedInstallations();
       for (const scope of scopes) {
         signal.throwIfAborted();
         if (listingOver(budget)) break;
         reached++;
+        if (paused.skips(scope.installationId)) continue;
         scopesListed.set(scopeKey(scope), pass);
         let registrations: RegisteredRunner[];
         try {
-          registrations = await d.github.listRunners(scope, { signal });
+          registrations = await d.github.listRunners(scope, { signal, maxWaitMs: RECONCILE_MAX_WAIT_MS });
         } catch (err) {
           if (signal.aborted) throw err;
+          paused.note(scope.installationId, err);
           failed.push(`${scope.owner}/${scope.repo ?? "(organization)"}: ${errorMessage(err)}`);
           continue;
         }
@@ -179,9 +184,9 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
       // in scopes listed this pass: one whose list failed or that a cap left out keeps its grace.
       for (const key of firstSeen.keys()) if (!seen.has(key) && listed.has(key.slice(0, key.lastIndexOf("#")))) firstSeen.delete(key);
       cut.note(reached, scopes.length, budget?.limitMs ?? passTimeoutMs(d.intervalMs));
-      await endBusyRunnersGoneFromGitHub(d, listed, began, missingSince, failed, signal);
+      await endBusyRunnersGoneFromGitHub(d, listed, began, missingSince, failed, signal, paused);
       const of = reached < scopes.length ? `${reached} of ${scopes.length} scopes listed: stopped at half the pass's time limit` : `${scopes.length} scopes`;
-      if (failed.length > 0) throw new Error(`checking runners failed ${failed.length} times (${of}); first: ${failed[0]}`);
+      if (failed.length > 0) throw new Error(`checking runners failed ${failed.length} times (${of}); first: ${failed[0]}${paused.summary}`);
     },
   };
 }
@@ -275,6 +280,7 @@ async function endBusyRunnersGoneFromGitHub(
   missingSince: Map<string, number>,
   failed: string[],
   signal: AbortSignal,
+  paused: PausedInstallations,
 ): Promise<void> {
   // Missing from this pass's list, or in a scope not listed this pass (its list failed, or a cap
   // left it out): the grace of either goes on.
@@ -289,14 +295,16 @@ async function endBusyRunnersGoneFromGitHub(
     missingSince.set(r.name, since);
     if (Date.now() - since < d.graceMs || r.runnerId === undefined) continue;
     signal.throwIfAborted();
+    if (paused.skips(r.installationId)) continue;
     // A failed look keeps the runner's grace, and it is asked about again next pass; the runners
     // after it are still looked at (one GitHub keeps refusing must not hide the others). One GitHub
     // still knows was missed by a list: left alone, and the grace starts again should it go missing again.
     let known: RegisteredRunner | undefined;
     try {
-      known = await d.github.getRunner(scopeOf(r), r.runnerId);
+      known = await d.github.getRunner(scopeOf(r), r.runnerId, { signal, maxWaitMs: RECONCILE_MAX_WAIT_MS });
     } catch (err) {
       if (signal.aborted) throw err;
+      paused.note(r.installationId, err);
       failed.push(`${r.owner}/${r.repo ?? "(organization)"} busy runner ${r.name}: ${errorMessage(err)}`);
       d.logger.warn({ loop: GITHUB_RUNNERS, runner: r.name, runnerId: r.runnerId, owner: r.owner, repo: r.repo, err: errorMessage(err) }, "asking GitHub about a runner recorded busy failed; the others go on");
       continue;
