@@ -428,6 +428,20 @@ function askedFor(fake: FakeGitHub, from = 0): number[] {
 const past = (fake: FakeGitHub, status: number, at: number): DeliveryRecord =>
   fake.addPastDelivery({ owner: "acme", repo: "outage", labels: ["self-hosted", "gpu"], status, deliveredAt: at });
 
+/**
+ * An outage's deliveries an hour ago, one every 30 s: 75 `queued` events, every fifth delivered
+ * (202), the other 60 failed (returned, oldest first).
+ */
+function outageBacklog(fake: FakeGitHub): DeliveryRecord[] {
+  const hourAgo = Date.now() - 3600_000;
+  const failed: DeliveryRecord[] = [];
+  for (let i = 0; i < 75; i++) {
+    const d = past(fake, i % 5 === 4 ? 202 : 0, hourAgo + i * 30_000);
+    if (d.status === 0) failed.push(d);
+  }
+  return failed;
+}
+
 test("a backlog deeper than the pages one pass reads: read on over several passes from where the last stopped, each failure redelivered once", async () => {
   // 5 a page (the fake's pages are that small, whatever the client's per_page of 100 asks), 10
   // pages a pass (maxPages): 60 failed events (and 15 delivered ones) from an outage an hour ago.
@@ -439,12 +453,7 @@ test("a backlog deeper than the pages one pass reads: read on over several passe
   // A write budget that does not pace 60 redeliveries (pacing is tested elsewhere).
   const gh = octokit(fake, { max: 1000, windowMs: 60_000 });
   try {
-    const hourAgo = Date.now() - 3600_000;
-    const failed: DeliveryRecord[] = [];
-    for (let i = 0; i < 75; i++) {
-      const d = past(fake, i % 5 === 4 ? 202 : 0, hourAgo + i * 30_000);
-      if (d.status === 0) failed.push(d);
-    }
+    const failed = outageBacklog(fake);
     fake.setWebhookUrl(receiver.url);
     // One whose redelivery request GitHub fails (a 502 to each of the client's tries): no try
     // counted, and the pass goes on with the others; it waits (an hour here, longer than this test)
@@ -534,12 +543,7 @@ test("GitHub slower than a pass's time limit allows: each pass stops early with 
   const conn = redisConnection(r.url);
   const gh = octokit(fake, { max: 1000, windowMs: 60_000 });
   try {
-    const hourAgo = Date.now() - 3600_000;
-    const failed: DeliveryRecord[] = [];
-    for (let i = 0; i < 75; i++) {
-      const d = past(fake, i % 5 === 4 ? 202 : 0, hourAgo + i * 30_000);
-      if (d.status === 0) failed.push(d);
-    }
+    const failed = outageBacklog(fake);
     fake.setWebhookUrl(receiver.url);
     fake.inject({ route: "/app/hook/deliveries", method: "GET", delayMs: 600, times: 10_000 });
     fake.inject({ route: ATTEMPTS, method: "POST", delayMs: 200, times: 10_000 });
