@@ -4,7 +4,7 @@ import { errorMessage, GitHubError } from "../errors.ts";
 import type { GitHubClient, HookDelivery } from "../github/client.ts";
 import type { Metrics } from "../metrics/metrics.ts";
 import type { ReadResume, RedeliveryLog } from "../state/redeliveries.ts";
-import type { Loop, PassBudget } from "./loops.ts";
+import { TimeUpNotice, type Loop, type PassBudget } from "./loops.ts";
 
 export const GITHUB_DELIVERIES = "github-deliveries";
 
@@ -264,7 +264,11 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
   // Said once when the newest pages start taking more than a pass may read, and once when they fit again.
   let behind = false;
   // Said once when passes start stopping at their time limit, and once when one finishes in time again.
-  let slow = false;
+  const slow = new TimeUpNotice(
+    d.logger.child({ loop: GITHUB_DELIVERIES }),
+    "GitHub answers too slowly for a pass to finish within its time limit: each pass stops early and the next goes on from there",
+    "a pass finished within its time limit again",
+  );
   return {
     name: GITHUB_DELIVERIES,
     intervalMs: d.intervalMs,
@@ -379,16 +383,7 @@ export function githubDeliveriesLoop(d: GitHubDeliveriesDeps): Loop {
         behind = false;
         d.logger.info({ loop: GITHUB_DELIVERIES }, "the deliveries since the last pass fit in a pass's pages again");
       }
-      if (timeUp && !slow) {
-        slow = true;
-        d.logger.warn(
-          { loop: GITHUB_DELIVERIES, limitSeconds: Math.round(budget!.limitMs / 1000) },
-          "GitHub answers too slowly for a pass to finish within its time limit: each pass stops early and the next goes on from there",
-        );
-      } else if (!timeUp && slow) {
-        slow = false;
-        d.logger.info({ loop: GITHUB_DELIVERIES }, "a pass finished within its time limit again");
-      }
+      slow.note(timeUp, { limitSeconds: Math.round((budget?.limitMs ?? 0) / 1000) });
       if (stoppedAt !== undefined || next.backlog !== undefined) {
         d.logger.info(
           {

@@ -10,7 +10,7 @@ import type { ActivityRecorder } from "../state/activity.ts";
 import type { DemandQueues } from "../queue/demand-queue.ts";
 import { registeredAt, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { demandIdOf, MAX_RENEWALS, type Demand } from "../demand.ts";
-import { ListingCutNotice, listingOver, passTimeoutMs, type Loop, type PassBudget } from "./loops.ts";
+import { listingCutNotice, listingOver, passTimeoutMs, type Loop, type PassBudget } from "./loops.ts";
 import { PausedInstallations, RECONCILE_MAX_WAIT_MS } from "./paused.ts";
 
 export const GITHUB_QUEUED = "github-queued";
@@ -188,7 +188,7 @@ export function githubQueuedLoop(d: GitHubQueuedDeps): Loop {
   /** The repository of each run in lastListed and firstSeen. */
   const runRepo = new Map<number, string>();
   let inTurns = false;
-  const cut = new ListingCutNotice(d.logger.child({ loop: GITHUB_QUEUED }), "repositories' runs");
+  const cut = listingCutNotice(d.logger.child({ loop: GITHUB_QUEUED }), "repositories' runs");
   return {
     name: GITHUB_QUEUED,
     intervalMs: d.intervalMs,

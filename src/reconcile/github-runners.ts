@@ -6,7 +6,7 @@ import type { Metrics } from "../metrics/metrics.ts";
 import type { ActiveOrganization, ActiveRepo, ActiveRepos } from "../state/active-repos.ts";
 import { scopeOf, type RunnerRecord, type RunnerStore } from "../state/runners.ts";
 import { isOurRunner } from "../worker/names.ts";
-import { ListingCutNotice, listingOver, passTimeoutMs, type Loop, type PassBudget } from "./loops.ts";
+import { listingCutNotice, listingOver, passTimeoutMs, type Loop, type PassBudget } from "./loops.ts";
 import { PausedInstallations, RECONCILE_MAX_WAIT_MS } from "./paused.ts";
 
 export const GITHUB_RUNNERS = "github-runners";
@@ -128,7 +128,7 @@ export function githubRunnersLoop(d: GitHubRunnersDeps): Loop {
   const scopesListed = new Map<string, number>();
   let passes = 0;
   const capped = new CapNotice(d);
-  const cut = new ListingCutNotice(d.logger.child({ loop: GITHUB_RUNNERS }), "runner lists");
+  const cut = listingCutNotice(d.logger.child({ loop: GITHUB_RUNNERS }), "runner lists");
   return {
     name: GITHUB_RUNNERS,
     intervalMs: d.intervalMs,

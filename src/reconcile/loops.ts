@@ -66,35 +66,44 @@ export function listingOver(budget: PassBudget | undefined): boolean {
 }
 
 /**
- * Tells of passes that stop listing at their listing deadline: a warning for the first such pass,
- * debug for the ones after it, and info once a pass lists everything again; one line a pass at
- * most, never one per repository or scope.
+ * Tells of passes that stop early for time (GitHub slow): a warning for the first such pass,
+ * debug for the ones after it, and info once a pass gets through in time again; one line a pass at
+ * most, never one per repository, scope or delivery.
  */
-export class ListingCutNotice {
+export class TimeUpNotice {
   readonly #log: Logger;
-  readonly #what: string;
+  readonly #slow: string;
+  readonly #back: string;
   #cut = false;
 
-  /** `what`: what the loop lists, plural ("repositories' runs", "runner lists"). */
-  constructor(log: Logger, what: string) {
+  /** `slow`: what a pass stopped early says; `back`: what the first pass in time again says. */
+  constructor(log: Logger, slow: string, back: string) {
     this.#log = log;
-    this.#what = what;
+    this.#slow = slow;
+    this.#back = back;
   }
 
-  /** After a pass's listing: `listed` of `total` listed, stopped early if fewer. */
-  note(listed: number, total: number, limitMs: number): void {
-    const cut = listed < total;
+  /** After a pass: whether it stopped early for time, with `fields` to say then. */
+  note(cut: boolean, fields: Record<string, unknown>): void {
     const was = this.#cut;
     this.#cut = cut;
     if (!cut) {
-      if (was) this.#log.info(`a pass listed all its ${this.#what} again within half its time limit`);
+      if (was) this.#log.info(this.#back);
       return;
     }
-    const fields = { listed, notListed: total - listed, passLimitSeconds: limitMs / 1000 };
-    const msg = `GitHub is slow: the pass stopped listing ${this.#what} at half its time limit and went on with those listed; the next pass lists the rest first`;
-    if (was) this.#log.debug(fields, msg);
-    else this.#log.warn(fields, `${msg} (said once until a pass lists all again)`);
+    if (was) this.#log.debug(fields, this.#slow);
+    else this.#log.warn(fields, `${this.#slow} (said once until a pass gets through in time again)`);
   }
+}
+
+/** A TimeUpNotice for a loop that lists first (listingOver); `what`: what it lists, plural. */
+export function listingCutNotice(log: Logger, what: string): { note(listed: number, total: number, limitMs: number): void } {
+  const notice = new TimeUpNotice(
+    log,
+    `GitHub is slow: the pass stopped listing ${what} at half its time limit and went on with those listed; the next pass lists the rest first`,
+    `a pass listed all its ${what} again within half its time limit`,
+  );
+  return { note: (listed, total, limitMs) => notice.note(listed < total, { listed, notListed: total - listed, passLimitSeconds: limitMs / 1000 }) };
 }
 
 /**
